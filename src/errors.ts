@@ -1,0 +1,77 @@
+/**
+ * Typed errors. Each carries the exit code of DESIGN.md's table so the entry
+ * point is the one place that turns a failure into a process exit status.
+ */
+export const ExitCode = {
+  ok: 0,
+  runtime: 1,
+  usage: 2,
+  integrity: 3,
+  locked: 4,
+  health: 5,
+  interrupted: 130,
+} as const;
+
+export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
+
+export class LifeboatError extends Error {
+  readonly exitCode: ExitCodeValue;
+  /** What the user should do about it, shown after the message. */
+  readonly hint?: string;
+  constructor(message: string, exitCode: ExitCodeValue, options?: { cause?: unknown; hint?: string }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.exitCode = exitCode;
+    this.hint = options?.hint;
+    this.name = new.target.name;
+  }
+}
+
+/** I/O, storage or network failure that retries did not cure. */
+export class RuntimeFailure extends LifeboatError {
+  constructor(message: string, options?: { cause?: unknown; hint?: string }) {
+    super(message, ExitCode.runtime, options);
+  }
+}
+
+/** Bad flags, arguments or configuration. */
+export class UsageError extends LifeboatError {
+  constructor(message: string, options?: { cause?: unknown; hint?: string }) {
+    super(message, ExitCode.usage, options);
+  }
+}
+
+/** Checksum mismatch, missing or unreadable backup data, hostile input. */
+export class IntegrityError extends LifeboatError {
+  constructor(message: string, options?: { cause?: unknown; hint?: string }) {
+    super(message, ExitCode.integrity, options);
+  }
+}
+
+export class LockedError extends LifeboatError {
+  constructor(message: string, options?: { cause?: unknown; hint?: string }) {
+    super(message, ExitCode.locked, options);
+  }
+}
+
+/** A health check or a drill objective failed. */
+export class HealthError extends LifeboatError {
+  constructor(message: string, options?: { cause?: unknown; hint?: string }) {
+    super(message, ExitCode.health, options);
+  }
+}
+
+export class InterruptedError extends LifeboatError {
+  constructor(message = 'interrupted') {
+    super(message, ExitCode.interrupted);
+  }
+}
+
+/** Throws InterruptedError when the signal has fired; called between units of work. */
+export function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new InterruptedError();
+}
+
+export function errorMessage(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}

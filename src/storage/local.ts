@@ -1,0 +1,240 @@
+import { createReadStream, createWriteStream, type Dirent } from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { RuntimeFailure, errorMessage } from '../errors.js';
+import {
+  ObjectNotFoundError,
+  type GetOptions,
+  type ObjectInfo,
+  type PutOptions,
+  type Storage,
+  type StorageCapabilities,
+} from './storage.js';
+
+/** Temporary files live here until they are renamed into place. */
+const TMP_DIR = '.tmp';
+
+/**
+ * A repository in a local directory. Writes go to a temporary file, are fsynced
+ * and renamed into place, and the directory is fsynced, so a crash never leaves a
+ * partially written object under its final name.
+ */
+export class LocalStorage implements Storage {
+  readonly location: string;
+  readonly capabilities: StorageCapabilities = { conditionalPut: true, rangedGet: true };
+  readonly root: string;
+
+  constructor(root: string) {
+    this.root = path.resolve(root);
+    this.location = this.root;
+  }
+
+  private pathOf(key: string): string {
+    if (key === '' || key.startsWith('/') || key.split('/').some((s) => s === '..' || s === '.' || s === '')) {
+      throw new RuntimeFailure(`invalid object key ${JSON.stringify(key)}`);
+    }
+    return path.join(this.root, ...key.split('/'));
+  }
+
+  private async tempFile(): Promise<string> {
+    const dir = path.join(this.root, TMP_DIR);
+    await fsp.mkdir(dir, { recursive: true });
+    return path.join(dir, `${process.pid}-${randomBytes(6).toString('hex')}`);
+  }
+
+  private async commit(tmp: string, final: string, exclusive: boolean): Promise<boolean> {
+    const dir = path.dirname(final);
+    await fsp.mkdir(dir, { recursive: true });
+    if (exclusive) {
+      // link() fails with EEXIST atomically, which rename() would not.
+      try {
+        await fsp.link(tmp, final);
+      } catch (err) {
+        await fsp.rm(tmp, { force: true });
+        if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+        throw err;
+      }
+      await fsp.rm(tmp, { force: true });
+    } else {
+      await fsp.rename(tmp, final);
+    }
+    await fsyncDir(dir);
+    return true;
+  }
+
+  async put(key: string, body: Readable, options?: PutOptions): Promise<ObjectInfo> {
+    const final = this.pathOf(key);
+    const tmp = await this.tempFile();
+    try {
+      const out = createWriteStream(tmp, { flags: 'wx', highWaterMark: 1 << 20 });
+      await pipeline(body, out, { signal: options?.signal });
+      const fh = await fsp.open(tmp, 'r+');
+      try {
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      const { size } = await fsp.stat(tmp);
+      await this.commit(tmp, final, false);
+      return { key, size };
+    } catch (err) {
+      await fsp.rm(tmp, { force: true });
+      throw wrap('write', key, err);
+    }
+  }
+
+  async putDocument(key: string, data: Uint8Array, options?: { ifAbsent?: boolean }): Promise<boolean> {
+    const final = this.pathOf(key);
+    const tmp = await this.tempFile();
+    try {
+      const fh = await fsp.open(tmp, 'wx');
+      try {
+        await fh.writeFile(data);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      return await this.commit(tmp, final, options?.ifAbsent === true);
+    } catch (err) {
+      await fsp.rm(tmp, { force: true });
+      throw wrap('write', key, err);
+    }
+  }
+
+  async getDocument(key: string): Promise<Buffer> {
+    try {
+      return await fsp.readFile(this.pathOf(key));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new ObjectNotFoundError(key, this.location);
+      throw wrap('read', key, err);
+    }
+  }
+
+  async get(key: string, options?: GetOptions): Promise<Readable> {
+    const file = this.pathOf(key);
+    const fh = await fsp.open(file, 'r').catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') throw new ObjectNotFoundError(key, this.location);
+      throw wrap('read', key, err);
+    });
+    const start = options?.offset ?? 0;
+    const end = options?.length === undefined ? undefined : start + options.length - 1;
+    if (end !== undefined && end < start) {
+      await fh.close();
+      const { Readable } = await import('node:stream');
+      return Readable.from([]);
+    }
+    return createReadStream('', { fd: fh, start, end, highWaterMark: 1 << 20, signal: options?.signal });
+  }
+
+  async head(key: string): Promise<ObjectInfo | undefined> {
+    try {
+      const st = await fsp.stat(this.pathOf(key));
+      return st.isFile() ? { key, size: st.size } : undefined;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw wrap('stat', key, err);
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    const slash = prefix.lastIndexOf('/');
+    const dirKey = slash < 0 ? '' : prefix.slice(0, slash);
+    const startDir = dirKey === '' ? this.root : path.join(this.root, ...dirKey.split('/'));
+    yield* this.walk(startDir, dirKey, prefix);
+  }
+
+  private async *walk(dir: string, dirKey: string, prefix: string): AsyncIterable<ObjectInfo> {
+    let entries: Dirent[];
+    try {
+      entries = await fsp.readdir(dir, { withFileTypes: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return;
+      throw wrap('list', dirKey || '/', err);
+    }
+    // Key order: sort by the key each entry contributes ('a/' sorts as 'a/').
+    const named = entries
+      .filter((e) => !(dirKey === '' && e.name === TMP_DIR))
+      .map((e) => ({ e, key: dirKey === '' ? e.name : `${dirKey}/${e.name}` }))
+      .sort((a, b) => compareKeys(a.e.isDirectory() ? `${a.key}/` : a.key, b.e.isDirectory() ? `${b.key}/` : b.key));
+    for (const { e, key } of named) {
+      if (e.isDirectory()) {
+        if (`${key}/`.startsWith(prefix) || prefix.startsWith(`${key}/`)) {
+          yield* this.walk(path.join(dir, e.name), key, prefix);
+        }
+      } else if (e.isFile() && key.startsWith(prefix)) {
+        const st = await fsp.stat(path.join(dir, e.name)).catch(() => undefined);
+        if (st) yield { key, size: st.size };
+      }
+    }
+  }
+
+  async delete(keys: readonly string[]): Promise<void> {
+    const dirs = new Set<string>();
+    for (const key of keys) {
+      const file = this.pathOf(key);
+      try {
+        await fsp.unlink(file);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw wrap('delete', key, err);
+      }
+      dirs.add(path.dirname(file));
+    }
+    // Drop directories the deletes emptied, so a removed point leaves no trace.
+    for (const dir of [...dirs].sort((a, b) => b.length - a.length)) {
+      let d = dir;
+      while (d !== this.root && d.startsWith(this.root)) {
+        try {
+          await fsp.rmdir(d);
+        } catch {
+          break;
+        }
+        d = path.dirname(d);
+      }
+    }
+  }
+
+  async cleanupIncomplete(olderThanMs: number): Promise<number> {
+    const dir = path.join(this.root, TMP_DIR);
+    let names: string[];
+    try {
+      names = await fsp.readdir(dir);
+    } catch {
+      return 0;
+    }
+    let removed = 0;
+    const cutoff = Date.now() - olderThanMs;
+    for (const name of names) {
+      const file = path.join(dir, name);
+      const st = await fsp.stat(file).catch(() => undefined);
+      if (st && st.mtimeMs <= cutoff) {
+        await fsp.rm(file, { force: true });
+        removed++;
+      }
+    }
+    return removed;
+  }
+
+  async close(): Promise<void> {}
+}
+
+function compareKeys(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await fsp.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+function wrap(op: string, key: string, err: unknown): Error {
+  if (err instanceof RuntimeFailure) return err;
+  if (err instanceof Error && err.name === 'AbortError') return err;
+  return new RuntimeFailure(`cannot ${op} ${key}: ${errorMessage(err)}`, { cause: err });
+}

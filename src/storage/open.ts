@@ -1,0 +1,49 @@
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { UsageError } from '../errors.js';
+import { LocalStorage } from './local.js';
+import type { Storage } from './storage.js';
+
+/** S3 settings from the config file and flags; everything else comes from the AWS chain. */
+export interface S3Settings {
+  endpoint?: string;
+  region?: string;
+  forcePathStyle?: boolean;
+  storageClass?: string;
+  sse?: string;
+  kmsKeyId?: string;
+  /** How many object transfers may run at once. */
+  concurrency?: number;
+}
+
+export interface RepositoryLocation {
+  kind: 'local' | 's3';
+  /** Directory for local repositories. */
+  dir?: string;
+  bucket?: string;
+  prefix?: string;
+}
+
+export function parseRepositoryUrl(url: string, cwd: string): RepositoryLocation {
+  if (url.startsWith('s3://')) {
+    const rest = url.slice('s3://'.length);
+    const slash = rest.indexOf('/');
+    const bucket = slash < 0 ? rest : rest.slice(0, slash);
+    const prefix = slash < 0 ? '' : rest.slice(slash + 1).replace(/^\/+|\/+$/g, '');
+    if (bucket.length < 3) throw new UsageError(`repository ${url}: the bucket name must have at least 3 characters`);
+    return { kind: 's3', bucket, prefix };
+  }
+  if (url.startsWith('file://')) return { kind: 'local', dir: fileURLToPath(url) };
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
+    throw new UsageError(`repository ${url}: unsupported scheme; use a directory, file:// or s3://`);
+  }
+  return { kind: 'local', dir: path.resolve(cwd, url) };
+}
+
+export async function openStorage(url: string, options: { cwd: string; s3?: S3Settings; env?: NodeJS.ProcessEnv }): Promise<Storage> {
+  const where = parseRepositoryUrl(url, options.cwd);
+  if (where.kind === 'local') return new LocalStorage(where.dir!);
+  // Loaded on demand: the AWS SDK costs start-up time that local repositories should not pay.
+  const { S3Storage } = await import('./s3.js');
+  return S3Storage.create({ bucket: where.bucket!, prefix: where.prefix ?? '', settings: options.s3 ?? {}, env: options.env ?? process.env });
+}

@@ -1,0 +1,88 @@
+import type { Readable } from 'node:stream';
+import { RuntimeFailure } from '../errors.js';
+
+/** One stored object as a listing or a head request sees it. */
+export interface ObjectInfo {
+  key: string;
+  size: number;
+}
+
+/**
+ * What a driver can promise. Callers branch on these, never on the driver type.
+ */
+export interface StorageCapabilities {
+  /** putDocument({ifAbsent}) is an atomic create-if-absent (used for the repository lock). */
+  conditionalPut: boolean;
+  /** get() with an offset reads from there without transferring the bytes before it. */
+  rangedGet: boolean;
+}
+
+export interface PutOptions {
+  /** Size in bytes when known in advance (lets a driver choose single-part uploads). */
+  size?: number;
+  signal?: AbortSignal;
+}
+
+export interface GetOptions {
+  offset?: number;
+  /** Number of bytes to read from offset; to the end when absent. */
+  length?: number;
+  signal?: AbortSignal;
+}
+
+/**
+ * The storage seam: everything the core knows about where backups live.
+ * Keys are '/'-separated relative names (`points/<id>.json`, `data/<id>/v000001.tar`).
+ * Drivers know nothing about backups.
+ */
+export interface Storage {
+  /** Where the repository is, for messages; never contains credentials. */
+  readonly location: string;
+  readonly capabilities: StorageCapabilities;
+  /**
+   * Streams `body` into `key`. The object becomes visible under `key` only once
+   * it is completely and durably stored; a failed or aborted put leaves nothing visible.
+   */
+  put(key: string, body: Readable, options?: PutOptions): Promise<ObjectInfo>;
+  /**
+   * Writes a small document atomically. With `ifAbsent`, returns false and
+   * changes nothing when the key already exists.
+   */
+  putDocument(key: string, data: Uint8Array, options?: { ifAbsent?: boolean }): Promise<boolean>;
+  /** Reads a whole small document. Throws ObjectNotFoundError when absent. */
+  getDocument(key: string): Promise<Buffer>;
+  /** Streams an object (or a byte range of it). Throws ObjectNotFoundError when absent. */
+  get(key: string, options?: GetOptions): Promise<Readable>;
+  /** Size of an object, or undefined when it does not exist. */
+  head(key: string): Promise<ObjectInfo | undefined>;
+  /** Every object whose key starts with `prefix`, in key order. */
+  list(prefix: string): AsyncIterable<ObjectInfo>;
+  /** Removes objects; keys that do not exist are ignored. */
+  delete(keys: readonly string[]): Promise<void>;
+  /**
+   * Removes what interrupted writes of this driver left behind (temporary files,
+   * incomplete multipart uploads) that started more than `olderThanMs` ago.
+   * Returns how many were removed.
+   */
+  cleanupIncomplete(olderThanMs: number): Promise<number>;
+  close(): Promise<void>;
+}
+
+export class ObjectNotFoundError extends RuntimeFailure {
+  readonly key: string;
+  constructor(key: string, location: string) {
+    super(`object ${key} does not exist in ${location}`);
+    this.key = key;
+  }
+}
+
+export function isNotFound(err: unknown): err is ObjectNotFoundError {
+  return err instanceof ObjectNotFoundError;
+}
+
+/** Collects a listing; for small prefixes only (points, locks). */
+export async function listAll(storage: Storage, prefix: string): Promise<ObjectInfo[]> {
+  const out: ObjectInfo[] = [];
+  for await (const info of storage.list(prefix)) out.push(info);
+  return out;
+}
