@@ -1,1 +1,154 @@
-export async function main(_argv: string[]): Promise<void> {}
+import { Command, CommanderError, Option } from 'commander';
+import { createRequire } from 'node:module';
+import type { Writable } from 'node:stream';
+import { ExitCode, LifeboatError, errorMessage } from '../errors.js';
+import type { CliContext, GlobalOptions } from './context.js';
+import { paint } from './output.js';
+import { registerInit } from './commands/init.js';
+import { registerBackup } from './commands/backup.js';
+import { registerList } from './commands/list.js';
+import { registerShow } from './commands/show.js';
+import { registerDiff } from './commands/diff.js';
+import { registerVerify } from './commands/verify.js';
+import { registerRestore } from './commands/restore.js';
+import { registerUnlock } from './commands/unlock.js';
+
+export interface CliIo {
+  stdout: Writable & { isTTY?: boolean };
+  stderr: Writable & { isTTY?: boolean };
+  env: NodeJS.ProcessEnv;
+  cwd: string;
+}
+
+/** What every command action receives: its context plus its own arguments and options. */
+export type CommandRunner = <A extends unknown[]>(
+  action: (ctx: CliContext, ...args: A) => Promise<void>,
+) => (...args: unknown[]) => Promise<void>;
+
+const EXIT_CODES_HELP = `
+Exit codes:
+  0    success
+  1    runtime failure (I/O, storage, network after retries)
+  2    usage or configuration error
+  3    integrity failure (checksum mismatch, missing or unreadable backup data)
+  4    the repository is locked by another live process
+  5    a health check or a drill objective failed
+  130  interrupted (SIGINT/SIGTERM); the repository is left consistent`;
+
+function version(): string {
+  const require = createRequire(import.meta.url);
+  return (require('../../../package.json') as { version: string }).version;
+}
+
+export function buildProgram(io: CliIo, signal: AbortSignal, state: { printed: boolean; ctx?: CliContext }): Command {
+  const program = new Command('lifeboat')
+    .description('Backup and disaster recovery for machine-learning model deployments.')
+    .version(version(), '-V, --version')
+    .option('-c, --config <file>', 'config file (default: lifeboat.yaml, or LIFEBOAT_CONFIG)')
+    .option('-r, --repo <url>', 'repository: a directory, file:// or s3://bucket/prefix (overrides LIFEBOAT_REPO and the config)')
+    .option('--json', 'print one JSON document on stdout and nothing else there')
+    .option('-q, --quiet', 'print only errors and warnings')
+    .option('--no-color', 'no colour (NO_COLOR is honoured too)')
+    .option('--debug', 'show stack traces of errors')
+    .addOption(new Option('--s3-endpoint <url>', 'S3 endpoint for MinIO, Ceph, R2 … (or s3.endpoint, AWS_ENDPOINT_URL_S3)'))
+    .option('--s3-path-style', 'path-style S3 addressing (s3.forcePathStyle)')
+    .addHelpText('after', EXIT_CODES_HELP)
+    .showSuggestionAfterError()
+    .exitOverride()
+    .configureOutput({
+      writeOut: (s) => io.stdout.write(s),
+      writeErr: (s) => io.stderr.write(s),
+    });
+
+  const run: CommandRunner = (action) =>
+    async (...args: unknown[]) => {
+      const command = args[args.length - 1] as Command;
+      const global = command.optsWithGlobals() as GlobalOptions;
+      const interactive = io.stderr.isTTY === true;
+      const ctx: CliContext = {
+        cwd: io.cwd,
+        env: io.env,
+        stdout: io.stdout,
+        stderr: io.stderr,
+        interactive,
+        color: global.color !== false && !io.env.NO_COLOR && io.stdout.isTTY === true,
+        json: global.json === true,
+        quiet: global.quiet === true,
+        debug: global.debug === true,
+        signal,
+        global,
+      };
+      state.ctx = ctx;
+      const stdoutWrite = io.stdout.write.bind(io.stdout);
+      ctx.stdout = new Proxy(io.stdout, {
+        get(target, prop, receiver) {
+          if (prop === 'write') {
+            return (...w: Parameters<typeof stdoutWrite>) => {
+              state.printed = true;
+              return stdoutWrite(...w);
+            };
+          }
+          return Reflect.get(target, prop, receiver);
+        },
+      });
+      await (action as (ctx: CliContext, ...a: unknown[]) => Promise<void>)(ctx, ...args.slice(0, -1));
+    };
+
+  for (const register of [registerInit, registerBackup, registerList, registerShow, registerDiff, registerVerify, registerRestore, registerUnlock]) {
+    const sub = register(program, run);
+    sub.exitOverride().configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) });
+    sub.addHelpText('after', EXIT_CODES_HELP);
+  }
+  return program;
+}
+
+/** Runs the CLI and returns the exit code (the only place failures become codes). */
+export async function runCli(argv: string[], io: CliIo, signal: AbortSignal): Promise<number> {
+  const state: { printed: boolean; ctx?: CliContext } = { printed: false };
+  const program = buildProgram(io, signal, state);
+  try {
+    if (argv.length <= 2) {
+      program.outputHelp();
+      return ExitCode.usage;
+    }
+    await program.parseAsync(argv);
+    return ExitCode.ok;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.exitCode === 0 || err.code === 'commander.helpDisplayed' || err.code === 'commander.version') return ExitCode.ok;
+      return ExitCode.usage;
+    }
+    const code = err instanceof LifeboatError ? err.exitCode : ExitCode.runtime;
+    const ctx = state.ctx;
+    if (ctx?.json && !state.printed) {
+      io.stdout.write(`${JSON.stringify({ ok: false, error: { message: errorMessage(err), exitCode: code } }, null, 2)}\n`);
+    }
+    const color = ctx ? paint(ctx) : paint({ color: false } as CliContext);
+    const hint = err instanceof LifeboatError && err.hint ? `\n  ${err.hint}` : '';
+    io.stderr.write(`${color.red('lifeboat:')} ${errorMessage(err)}${hint}\n`);
+    if (ctx?.debug && err instanceof Error && err.stack) io.stderr.write(`${err.stack}\n`);
+    else if (!(err instanceof LifeboatError) && !ctx?.quiet) io.stderr.write('  (an unexpected error: run again with --debug for details)\n');
+    return code;
+  }
+}
+
+/** The process entry: signals become an abort, the exit code is set, never process.exit(). */
+export async function main(argv: string[]): Promise<void> {
+  const controller = new AbortController();
+  let signals = 0;
+  const onSignal = (name: string) => {
+    signals++;
+    if (signals > 1) {
+      process.stderr.write(`lifeboat: ${name} again, stopping at once\n`);
+      process.exit(ExitCode.interrupted);
+    }
+    process.stderr.write(`lifeboat: ${name} received, stopping cleanly…\n`);
+    controller.abort();
+  };
+  process.on('SIGINT', () => onSignal('SIGINT'));
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  const code = await runCli(argv, { stdout: process.stdout, stderr: process.stderr, env: process.env, cwd: process.cwd() }, controller.signal);
+  process.exitCode = controller.signal.aborted && code !== ExitCode.ok ? ExitCode.interrupted : code;
+  process.removeAllListeners('SIGINT');
+  process.removeAllListeners('SIGTERM');
+}

@@ -1,9 +1,664 @@
-import { UsageError } from '../errors.js';
+import { createHash } from 'node:crypto';
+import { Agent as HttpAgent } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
+import { Readable, addAbortSignal } from 'node:stream';
+import {
+  AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
+  CreateMultipartUploadCommand,
+  DeleteObjectsCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListMultipartUploadsCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+  UploadPartCommand,
+  type CompletedPart,
+  type GetObjectCommandOutput,
+  type ServerSideEncryption,
+  type StorageClass,
+} from '@aws-sdk/client-s3';
+import { NodeHttpHandler } from '@smithy/node-http-handler';
+import { RuntimeFailure, UsageError } from '../errors.js';
 import type { S3Settings } from './open.js';
-import type { Storage } from './storage.js';
+import { DEFAULT_RETRY_POLICY, asFailure, backoffDelay, isRetryable, retrying, withRetry, type RetryPolicy } from './retry.js';
+import {
+  ObjectNotFoundError,
+  type GetOptions,
+  type ObjectInfo,
+  type PutOptions,
+  type Storage,
+  type StorageCapabilities,
+} from './storage.js';
 
-export class S3Storage {
-  static async create(_options: { bucket: string; prefix: string; settings: S3Settings; env: NodeJS.ProcessEnv }): Promise<Storage> {
-    throw new UsageError('s3:// repositories are not available yet');
+const MiB = 1024 * 1024;
+/** S3's limits on multipart uploads. */
+const MIN_PART_SIZE = 5 * MiB;
+const MAX_PARTS = 10_000;
+const DELETE_BATCH = 1000;
+
+/** Knobs below the config file's settings; tests shrink them, users never need to. */
+export interface S3Tuning {
+  /** Size of a multipart part (and the largest object sent in one PutObject). Default 8 MiB. */
+  partSize?: number;
+  /** Parts of one object in flight at once. Default 4. */
+  partConcurrency?: number;
+  retry?: RetryPolicy;
+  connectionTimeoutMs?: number;
+  /** A socket with no traffic for this long is abandoned (and the request retried). */
+  socketTimeoutMs?: number;
+}
+
+export interface S3CreateOptions {
+  bucket: string;
+  prefix: string;
+  settings: S3Settings;
+  env: NodeJS.ProcessEnv;
+  tuning?: S3Tuning;
+}
+
+/**
+ * A repository in an S3 bucket (AWS, or any S3-compatible server).
+ *
+ * Retries happen at two levels. The retry wrapper (retry.ts) repeats whole
+ * requests that can be repeated: documents, heads, deletes, opening a download.
+ * A streaming upload cannot be repeated as a whole, since its body is a one-shot
+ * stream, so this driver retries below it, on what it holds in memory: each
+ * buffered multipart part, or the buffered body of a small object. A download
+ * that breaks mid-body is resumed here with a ranged GET from the first byte
+ * not yet delivered, and list pages are retried one by one.
+ */
+export class S3Storage implements Storage {
+  readonly location: string;
+  readonly capabilities: StorageCapabilities = { conditionalPut: true, rangedGet: true };
+  private readonly root: string;
+  private readonly writeParams: { StorageClass?: StorageClass; ServerSideEncryption?: ServerSideEncryption; SSEKMSKeyId?: string };
+  private readonly transfers: Semaphore;
+  private readonly partSize: number;
+  private readonly partConcurrency: number;
+  private readonly retry: RetryPolicy;
+
+  /** Opens a repository; the result retries transient failures (see withRetry). */
+  static async create(options: S3CreateOptions): Promise<Storage> {
+    return withRetry(S3Storage.open(options), options.tuning?.retry ?? DEFAULT_RETRY_POLICY);
+  }
+
+  /** The bare driver, without the retry wrapper. */
+  static open(options: S3CreateOptions): S3Storage {
+    const { settings, env } = options;
+    const concurrency = settings.concurrency ?? 4;
+    if (!Number.isInteger(concurrency) || concurrency < 1) {
+      throw new UsageError(`s3.concurrency must be a whole number of at least 1, not ${String(settings.concurrency)}`);
+    }
+    const endpoint = settings.endpoint ?? nonEmpty(env.AWS_ENDPOINT_URL_S3) ?? nonEmpty(env.AWS_ENDPOINT_URL);
+    if (endpoint !== undefined && !/^https?:\/\/[^/]/.test(endpoint)) {
+      throw new UsageError(`s3.endpoint must be an http:// or https:// URL, not ${endpoint}`);
+    }
+    // S3-compatible servers rarely have a region of their own; AWS's default is their convention.
+    const region =
+      settings.region ?? nonEmpty(env.AWS_REGION) ?? nonEmpty(env.AWS_DEFAULT_REGION) ?? (endpoint ? 'us-east-1' : undefined);
+    const tuning = options.tuning ?? {};
+    const partConcurrency = tuning.partConcurrency ?? 4;
+    // Sockets for every part of every transfer, plus downloads a caller holds open.
+    const agentOptions = { keepAlive: true, maxSockets: Math.max(50, concurrency * partConcurrency * 2) };
+    const client = new S3Client({
+      region,
+      endpoint,
+      // A custom endpoint (MinIO, Ceph, R2, ...) is addressed by path unless told otherwise.
+      forcePathStyle: settings.forcePathStyle ?? endpoint !== undefined,
+      credentials: staticCredentials(env),
+      // Servers other than AWS reject or mangle the aws-chunked CRC framing newer SDKs
+      // send by default; we send Content-MD5 ourselves instead.
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      // Our retries (with backoff and resumable pieces) are the ones that count.
+      maxAttempts: 1,
+      requestHandler: new NodeHttpHandler({
+        connectionTimeout: tuning.connectionTimeoutMs ?? 10_000,
+        socketTimeout: tuning.socketTimeoutMs ?? 60_000,
+        httpAgent: new HttpAgent(agentOptions),
+        httpsAgent: new HttpsAgent(agentOptions),
+      }),
+    });
+    return new S3Storage(client, options.bucket, options.prefix, settings, concurrency, tuning);
+  }
+
+  private constructor(
+    private readonly client: S3Client,
+    private readonly bucket: string,
+    prefix: string,
+    settings: S3Settings,
+    concurrency: number,
+    tuning: S3Tuning,
+  ) {
+    const trimmed = prefix.replace(/^\/+|\/+$/g, '');
+    this.root = trimmed === '' ? '' : `${trimmed}/`;
+    this.location = `s3://${bucket}${trimmed === '' ? '' : `/${trimmed}`}`;
+    this.writeParams = {
+      ...(settings.storageClass ? { StorageClass: settings.storageClass as StorageClass } : {}),
+      ...(settings.sse ? { ServerSideEncryption: settings.sse as ServerSideEncryption } : {}),
+      ...(settings.kmsKeyId ? { SSEKMSKeyId: settings.kmsKeyId } : {}),
+    };
+    this.transfers = new Semaphore(concurrency);
+    this.partSize = Math.max(1, tuning.partSize ?? 8 * MiB);
+    this.partConcurrency = Math.max(1, tuning.partConcurrency ?? 4);
+    this.retry = tuning.retry ?? DEFAULT_RETRY_POLICY;
+  }
+
+  private objectKey(key: string): string {
+    if (key === '' || key.startsWith('/') || key.split('/').some((s) => s === '..' || s === '.' || s === '')) {
+      throw new RuntimeFailure(`invalid object key ${JSON.stringify(key)}`);
+    }
+    return this.root + key;
+  }
+
+  async put(key: string, body: Readable, options?: PutOptions): Promise<ObjectInfo> {
+    const objectKey = this.objectKey(key);
+    const signal = options?.signal;
+    if (signal) addAbortSignal(signal, body);
+    const release = await this.transfers.acquire();
+    try {
+      const partSize = this.partSizeFor(options?.size);
+      const reader = new ChunkReader(body);
+      const first = await reader.read(partSize);
+      if (first.length < partSize || (await reader.atEnd())) {
+        await this.putBuffered(key, objectKey, first, signal);
+        return { key, size: first.length };
+      }
+      return await this.putMultipart(key, objectKey, reader, first, partSize, signal);
+    } catch (err) {
+      body.destroy();
+      throw asFailure('put', key, err);
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * Parts are at least S3's minimum, and large enough that an object of the
+   * announced size fits in S3's 10,000 parts. Of unknown size, the part size
+   * doubles every 2,000 parts, so memory stays small for ordinary objects and
+   * objects of hundreds of GB still fit.
+   */
+  private partSizeFor(size: number | undefined): number {
+    const base = this.partSize;
+    if (size === undefined) return base;
+    return Math.max(base, Math.ceil(size / MAX_PARTS / MiB) * MiB);
+  }
+
+  private async putBuffered(key: string, objectKey: string, data: Buffer, signal?: AbortSignal): Promise<void> {
+    const contentMd5 = md5Base64(data);
+    await retrying(
+      this.retry,
+      'put',
+      key,
+      () =>
+        this.client.send(
+          new PutObjectCommand({
+            Bucket: this.bucket,
+            Key: objectKey,
+            Body: data,
+            ContentLength: data.length,
+            ContentMD5: contentMd5,
+            ...this.writeParams,
+          }),
+          { abortSignal: signal },
+        ),
+      signal,
+    );
+  }
+
+  private async putMultipart(
+    key: string,
+    objectKey: string,
+    reader: ChunkReader,
+    first: Buffer,
+    fixedPartSize: number,
+    signal?: AbortSignal,
+  ): Promise<ObjectInfo> {
+    const created = await retrying(
+      this.retry,
+      'put',
+      key,
+      () => this.client.send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key: objectKey, ...this.writeParams }), { abortSignal: signal }),
+      signal,
+    );
+    const uploadId = created.UploadId;
+    if (!uploadId) throw new RuntimeFailure(`put ${key} failed: the server returned no multipart upload id`);
+    const inFlight = new Set<Promise<void>>();
+    const parts: CompletedPart[] = [];
+    let failure: { error: unknown } | undefined;
+    try {
+      let size = 0;
+      let part = first;
+      for (let partNumber = 1; part.length > 0; partNumber++) {
+        if (partNumber > MAX_PARTS) throw new RuntimeFailure(`put ${key} failed: the object is larger than S3's ${MAX_PARTS} parts allow`);
+        const upload = this.uploadPart(key, objectKey, uploadId, partNumber, part, signal).then(
+          (etag) => void parts.push({ PartNumber: partNumber, ETag: etag }),
+          (error: unknown) => void (failure ??= { error }),
+        );
+        inFlight.add(upload);
+        void upload.finally(() => inFlight.delete(upload));
+        size += part.length;
+        // Bounded memory: at most partConcurrency parts in flight plus the one being read.
+        while (inFlight.size >= this.partConcurrency && !failure) await Promise.race(inFlight);
+        if (failure) throw failure.error;
+        part = await reader.read(fixedPartSize === this.partSize ? this.growingPartSize(partNumber + 1) : fixedPartSize);
+      }
+      await Promise.all(inFlight);
+      if (failure) throw failure.error;
+      parts.sort((a, b) => a.PartNumber! - b.PartNumber!);
+      await this.completeMultipart(key, objectKey, uploadId, parts, size, signal);
+      return { key, size };
+    } catch (err) {
+      // Let parts still on the wire settle first: a part landing after the abort would be kept.
+      await Promise.allSettled(inFlight);
+      await this.client
+        .send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: objectKey, UploadId: uploadId }))
+        .catch(() => {
+          // Best effort: the upload stays invisible either way, and cleanupIncomplete
+          // removes it later. The error worth reporting is the original one.
+        });
+      throw err;
+    }
+  }
+
+  private growingPartSize(partNumber: number): number {
+    return this.partSize * 2 ** Math.floor((partNumber - 1) / 2000);
+  }
+
+  private async uploadPart(
+    key: string,
+    objectKey: string,
+    uploadId: string,
+    partNumber: number,
+    data: Buffer,
+    signal?: AbortSignal,
+  ): Promise<string> {
+    const contentMd5 = md5Base64(data);
+    const result = await retrying(
+      this.retry,
+      'put',
+      `${key} (part ${partNumber})`,
+      () =>
+        this.client.send(
+          new UploadPartCommand({
+            Bucket: this.bucket,
+            Key: objectKey,
+            UploadId: uploadId,
+            PartNumber: partNumber,
+            Body: data,
+            ContentLength: data.length,
+            ContentMD5: contentMd5,
+          }),
+          { abortSignal: signal },
+        ),
+      signal,
+    );
+    if (!result.ETag) throw new RuntimeFailure(`put ${key} failed: the server returned no ETag for part ${partNumber}`);
+    return result.ETag;
+  }
+
+  private async completeMultipart(
+    key: string,
+    objectKey: string,
+    uploadId: string,
+    parts: CompletedPart[],
+    size: number,
+    signal?: AbortSignal,
+  ): Promise<void> {
+    await retrying(
+      this.retry,
+      'put',
+      key,
+      async (attempt) => {
+        try {
+          await this.client.send(
+            new CompleteMultipartUploadCommand({ Bucket: this.bucket, Key: objectKey, UploadId: uploadId, MultipartUpload: { Parts: parts } }),
+            { abortSignal: signal },
+          );
+        } catch (err) {
+          // A repeated completion whose first attempt succeeded but lost its answer
+          // finds the upload gone; the object is then there with our size.
+          if (attempt > 1 && errorName(err) === 'NoSuchUpload') return;
+          throw err;
+        }
+      },
+      signal,
+    );
+    // The completion's own answer is not trusted for the result (some servers send
+    // an empty ETag there); the object as the server now shows it is.
+    const stored = await retrying(this.retry, 'head', key, () => this.headObject(objectKey));
+    if (stored?.size !== size) {
+      throw new RuntimeFailure(`put ${key} failed: stored ${stored?.size ?? 'no'} bytes where ${size} were sent`);
+    }
+  }
+
+  async putDocument(key: string, data: Uint8Array, options?: { ifAbsent?: boolean }): Promise<boolean> {
+    const objectKey = this.objectKey(key);
+    const body = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    const release = await this.transfers.acquire();
+    try {
+      await this.client.send(
+        new PutObjectCommand({
+          Bucket: this.bucket,
+          Key: objectKey,
+          Body: body,
+          ContentLength: body.length,
+          ContentMD5: md5Base64(body),
+          ...(options?.ifAbsent ? { IfNoneMatch: '*' } : {}),
+          ...this.writeParams,
+        }),
+      );
+      return true;
+    } catch (err) {
+      if (options?.ifAbsent && (httpStatus(err) === 412 || errorName(err) === 'PreconditionFailed')) return false;
+      throw err;
+    } finally {
+      release();
+    }
+  }
+
+  async getDocument(key: string): Promise<Buffer> {
+    const objectKey = this.objectKey(key);
+    const release = await this.transfers.acquire();
+    try {
+      const response = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: objectKey }));
+      const bytes = await response.Body!.transformToByteArray();
+      if (response.ContentLength !== undefined && bytes.length !== response.ContentLength) {
+        throw Object.assign(new Error('response body ended early'), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
+      }
+      return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    } catch (err) {
+      if (isMissing(err)) throw new ObjectNotFoundError(key, this.location);
+      throw err;
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * The concurrency limit covers opening the download, not reading it: a permit
+   * held until the caller finishes reading would deadlock a caller that opens
+   * several streams before it drains them.
+   */
+  async get(key: string, options?: GetOptions): Promise<Readable> {
+    const objectKey = this.objectKey(key);
+    const start = options?.offset ?? 0;
+    const length = options?.length;
+    const signal = options?.signal;
+    if (length === 0) {
+      if ((await this.headObject(objectKey)) === undefined) throw new ObjectNotFoundError(key, this.location);
+      return Readable.from([]);
+    }
+    const end = length === undefined ? undefined : start + length - 1;
+    let first: GetObjectCommandOutput;
+    const release = await this.transfers.acquire();
+    try {
+      first = await this.openRange(objectKey, start, end, undefined, signal);
+    } catch (err) {
+      if (isMissing(err)) throw new ObjectNotFoundError(key, this.location);
+      // Reading from at or past the end: nothing to read, as with a file.
+      if (httpStatus(err) === 416 || errorName(err) === 'InvalidRange') {
+        if ((await this.headObject(objectKey)) === undefined) throw new ObjectNotFoundError(key, this.location);
+        return Readable.from([]);
+      }
+      throw err;
+    } finally {
+      release();
+    }
+    const stream = Readable.from(this.resumingBody(key, objectKey, first, start, end, signal), { objectMode: false });
+    if (signal) addAbortSignal(signal, stream);
+    return stream;
+  }
+
+  private openRange(objectKey: string, start: number, end: number | undefined, etag: string | undefined, signal?: AbortSignal) {
+    const range = start === 0 && end === undefined ? undefined : `bytes=${start}-${end ?? ''}`;
+    return this.client.send(
+      new GetObjectCommand({ Bucket: this.bucket, Key: objectKey, Range: range, ...(etag ? { IfMatch: etag } : {}) }),
+      { abortSignal: signal },
+    );
+  }
+
+  /**
+   * The bytes of a download; when the connection breaks mid-body, continues with
+   * a ranged GET from the first byte not yet delivered, pinned to the same
+   * object version by its ETag. The retry budget is renewed after each MiB of
+   * progress, so a long download survives many spread-out faults but a stuck
+   * one gives up.
+   */
+  private async *resumingBody(
+    key: string,
+    objectKey: string,
+    first: GetObjectCommandOutput,
+    start: number,
+    end: number | undefined,
+    signal?: AbortSignal,
+  ): AsyncGenerator<Buffer> {
+    let response = first;
+    const etag = first.ETag;
+    const expected = first.ContentLength;
+    let delivered = 0;
+    let failures = 0;
+    let deliveredAtLastFailure = 0;
+    for (;;) {
+      const body = response.Body as Readable | undefined;
+      try {
+        if (body) {
+          for await (const chunk of body) {
+            delivered += (chunk as Buffer).length;
+            yield chunk as Buffer;
+          }
+        }
+        if (expected !== undefined && delivered < expected) {
+          throw Object.assign(new Error('response body ended early'), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
+        }
+        return;
+      } catch (err) {
+        body?.destroy();
+        if (delivered - deliveredAtLastFailure >= MiB) failures = 0;
+        deliveredAtLastFailure = delivered;
+        failures++;
+        if (!isRetryable(err) || signal?.aborted || failures >= this.retry.maxAttempts) {
+          throw asFailure('get', key, err, failures);
+        }
+        const delayMs = backoffDelay(this.retry, failures);
+        this.retry.onRetry?.({ operation: 'get', key, attempt: failures, delayMs, error: err });
+        await new Promise((resolve) => setTimeout(resolve, delayMs));
+        response = await retrying(this.retry, 'get', key, () => this.openRange(objectKey, start + delivered, end, etag, signal), signal).catch(
+          (reopenError: unknown) => {
+            const cause = (reopenError as { cause?: unknown }).cause ?? reopenError;
+            if (httpStatus(cause) === 412) {
+              throw new RuntimeFailure(`get ${key} failed: the object changed while it was read`, { cause });
+            }
+            throw reopenError;
+          },
+        );
+      }
+    }
+  }
+
+  async head(key: string): Promise<ObjectInfo | undefined> {
+    const info = await this.headObject(this.objectKey(key));
+    return info === undefined ? undefined : { key, size: info.size };
+  }
+
+  private async headObject(objectKey: string): Promise<{ size: number } | undefined> {
+    try {
+      const response = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: objectKey }));
+      return { size: response.ContentLength ?? 0 };
+    } catch (err) {
+      if (isMissing(err)) return undefined;
+      throw err;
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    let continuationToken: string | undefined;
+    do {
+      const token = continuationToken;
+      const page = await retrying(this.retry, 'list', prefix === '' ? '/' : prefix, () =>
+        this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.root + prefix, ContinuationToken: token })),
+      );
+      for (const object of page.Contents ?? []) {
+        if (object.Key === undefined || !object.Key.startsWith(this.root)) continue;
+        yield { key: object.Key.slice(this.root.length), size: object.Size ?? 0 };
+      }
+      continuationToken = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (continuationToken);
+  }
+
+  async delete(keys: readonly string[]): Promise<void> {
+    for (let i = 0; i < keys.length; i += DELETE_BATCH) {
+      const batch = keys.slice(i, i + DELETE_BATCH).map((key) => ({ Key: this.objectKey(key) }));
+      const response = await this.client.send(
+        new DeleteObjectsCommand({ Bucket: this.bucket, Delete: { Objects: batch, Quiet: true } }),
+      );
+      const errors = (response.Errors ?? []).filter((e) => e.Code !== 'NoSuchKey');
+      if (errors.length > 0) {
+        const firstError = errors[0]!;
+        const key = firstError.Key?.slice(this.root.length) ?? '?';
+        // Named after the server's code, so the retry wrapper can judge it like any error.
+        throw Object.assign(new Error(`${errors.length} of ${batch.length} deletes failed, first ${key}: ${firstError.Code ?? 'unknown'}`), {
+          name: firstError.Code ?? 'DeleteFailed',
+        });
+      }
+    }
+  }
+
+  async cleanupIncomplete(olderThanMs: number): Promise<number> {
+    const cutoff = Date.now() - olderThanMs;
+    let removed = 0;
+    let keyMarker: string | undefined;
+    let uploadIdMarker: string | undefined;
+    for (;;) {
+      let page;
+      try {
+        page = await this.client.send(
+          new ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: this.root, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }),
+        );
+      } catch (err) {
+        // A server without multipart listing (some test stand-ins) has nothing we can find.
+        if (httpStatus(err) === 501 || httpStatus(err) === 405 || errorName(err) === 'NotImplemented') return removed;
+        throw err;
+      }
+      for (const upload of page.Uploads ?? []) {
+        if (!upload.Key || !upload.UploadId || (upload.Initiated && upload.Initiated.getTime() > cutoff)) continue;
+        try {
+          await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: upload.Key, UploadId: upload.UploadId }));
+          removed++;
+        } catch (err) {
+          if (errorName(err) !== 'NoSuchUpload') throw err;
+        }
+      }
+      if (!page.IsTruncated) return removed;
+      keyMarker = page.NextKeyMarker;
+      uploadIdMarker = page.NextUploadIdMarker;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.client.destroy();
+  }
+}
+
+/** Keys from the given environment, so a caller's env is honoured; else the SDK's default chain. */
+function staticCredentials(env: NodeJS.ProcessEnv) {
+  const accessKeyId = nonEmpty(env.AWS_ACCESS_KEY_ID);
+  const secretAccessKey = nonEmpty(env.AWS_SECRET_ACCESS_KEY);
+  if (accessKeyId === undefined || secretAccessKey === undefined) return undefined;
+  return { accessKeyId, secretAccessKey, sessionToken: nonEmpty(env.AWS_SESSION_TOKEN) };
+}
+
+function nonEmpty(value: string | undefined): string | undefined {
+  return value === undefined || value === '' ? undefined : value;
+}
+
+function md5Base64(data: Uint8Array): string {
+  return createHash('md5').update(data).digest('base64');
+}
+
+function httpStatus(err: unknown): number | undefined {
+  return (err as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata?.httpStatusCode;
+}
+
+function errorName(err: unknown): string | undefined {
+  return (err as { name?: string } | undefined)?.name;
+}
+
+function isMissing(err: unknown): boolean {
+  const name = errorName(err);
+  return httpStatus(err) === 404 || name === 'NoSuchKey' || name === 'NotFound';
+}
+
+/** Reads a byte stream in pieces of a requested size. */
+class ChunkReader {
+  private readonly iterator: AsyncIterator<unknown>;
+  private leftover: Buffer | undefined;
+  private ended = false;
+
+  constructor(body: Readable) {
+    this.iterator = body[Symbol.asyncIterator]();
+  }
+
+  /** The next `size` bytes, or fewer at the end of the stream (empty once it has ended). */
+  async read(size: number): Promise<Buffer> {
+    const chunks: Buffer[] = [];
+    let have = 0;
+    while (have < size) {
+      let chunk = this.leftover ?? (await this.next());
+      this.leftover = undefined;
+      if (chunk === undefined) break;
+      const wanted = size - have;
+      if (chunk.length > wanted) {
+        this.leftover = chunk.subarray(wanted);
+        chunk = chunk.subarray(0, wanted);
+      }
+      chunks.push(chunk);
+      have += chunk.length;
+    }
+    return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, have);
+  }
+
+  async atEnd(): Promise<boolean> {
+    if (this.leftover === undefined) this.leftover = await this.next();
+    return this.leftover === undefined;
+  }
+
+  private async next(): Promise<Buffer | undefined> {
+    while (!this.ended) {
+      const result = await this.iterator.next();
+      if (result.done) {
+        this.ended = true;
+        break;
+      }
+      const chunk = Buffer.isBuffer(result.value) ? result.value : Buffer.from(result.value as Uint8Array | string);
+      if (chunk.length > 0) return chunk;
+    }
+    return undefined;
+  }
+}
+
+/** Bounds how many transfers run at once. */
+class Semaphore {
+  private available: number;
+  private readonly waiting: (() => void)[] = [];
+
+  constructor(permits: number) {
+    this.available = permits;
+  }
+
+  async acquire(): Promise<() => void> {
+    if (this.available > 0) this.available--;
+    else await new Promise<void>((resolve) => this.waiting.push(resolve));
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.available++;
+    };
   }
 }

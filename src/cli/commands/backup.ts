@@ -1,0 +1,118 @@
+import * as path from 'node:path';
+import type { Command } from 'commander';
+import { UsageError } from '../../errors.js';
+import { backup, type BackupResult } from '../../core/backup.js';
+import type { SourceSpec } from '../../core/scan.js';
+import type { LifeboatConfig } from '../../config/config.js';
+import type { BackupType } from '../../format/ids.js';
+import { openRepository, type CliContext } from '../context.js';
+import { formatBytes } from '../format.js';
+import { formatDuration } from '../../config/duration.js';
+import { ProgressRenderer, printResult } from '../output.js';
+import type { CommandRunner } from '../main.js';
+
+interface BackupFlags {
+  type?: string;
+  source: string[];
+  exclude: string[];
+  tag: string[];
+  dryRun?: boolean;
+  strict?: boolean;
+}
+
+const collect = (value: string, previous: string[]) => [...previous, value];
+
+/** Sources from PATH arguments and --source flags, else from the config file. */
+export function resolveSources(ctx: CliContext, paths: string[], flags: string[], config: LifeboatConfig): SourceSpec[] {
+  const specs: SourceSpec[] = [];
+  for (const p of paths) specs.push({ name: path.basename(path.resolve(ctx.cwd, p)), path: path.resolve(ctx.cwd, p) });
+  for (const f of flags) {
+    const eq = f.indexOf('=');
+    if (eq <= 0 || eq === f.length - 1) throw new UsageError(`--source ${f}: expected NAME=PATH`);
+    specs.push({ name: f.slice(0, eq), path: path.resolve(ctx.cwd, f.slice(eq + 1)) });
+  }
+  if (specs.length > 0) return specs;
+  for (const [name, src] of Object.entries(config.sources ?? {})) {
+    if (typeof src === 'string') specs.push({ name, path: src });
+    else if ('path' in src) specs.push({ name, path: src.path });
+    else throw new UsageError(`sources.${name}: ${'sqlite' in src ? 'sqlite' : 'command'} sources are not supported by this version`);
+  }
+  return specs;
+}
+
+function parseTags(tags: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const t of tags) {
+    const eq = t.indexOf('=');
+    if (eq <= 0) throw new UsageError(`--tag ${t}: expected KEY=VALUE`);
+    out[t.slice(0, eq)] = t.slice(eq + 1);
+  }
+  return out;
+}
+
+export function backupJson(r: BackupResult) {
+  return {
+    id: r.id,
+    type: r.type,
+    parent: r.parent,
+    files: r.files,
+    bytes: r.bytes,
+    added: r.added,
+    changed: r.changed,
+    removed: r.removed,
+    storedBytes: r.storedBytes,
+    durationMs: r.durationMs,
+    dryRun: r.dryRun,
+    warnings: r.warnings.map(({ code, path: p, message }) => ({ code, path: p, message })),
+  };
+}
+
+export async function runBackup(ctx: CliContext, paths: string[], flags: BackupFlags): Promise<void> {
+  const type = (flags.type ?? 'incr') as BackupType;
+  if (!['full', 'diff', 'incr'].includes(type)) throw new UsageError(`--type ${flags.type}: use full, diff or incr`);
+  const { repo, config, close } = await openRepository(ctx);
+  const renderer = new ProgressRenderer(ctx, flags.dryRun ? 'backup (dry run)' : 'backup');
+  try {
+    const result = await backup(repo, {
+      sources: resolveSources(ctx, paths, flags.source, config),
+      type,
+      excludes: [...(config.exclude ?? []), ...flags.exclude],
+      tags: parseTags(flags.tag),
+      dryRun: flags.dryRun,
+      strict: flags.strict,
+      signal: ctx.signal,
+      reporter: renderer,
+      concurrency: config.s3?.concurrency,
+    });
+    renderer.stop();
+    printResult(ctx, backupJson(result), () => {
+      const verb = result.dryRun ? 'would take' : 'took';
+      return [
+        `${verb} ${result.type} backup ${result.dryRun ? '' : `${result.id} `}${result.parent ? `(parent ${result.parent})` : ''}`.replace(/\s+$/, ''),
+        `  ${result.files} files, ${formatBytes(result.bytes)}; ${result.added} added, ${result.changed} changed, ${result.removed} removed`,
+        `  ${result.dryRun ? 'would store' : 'stored'} ${formatBytes(result.storedBytes)} in ${formatDuration(result.durationMs)}${result.warnings.length ? `, ${result.warnings.length} warning(s)` : ''}`,
+      ].join('\n');
+    });
+  } finally {
+    renderer.stop();
+    await close();
+  }
+}
+
+export function registerBackup(program: Command, run: CommandRunner): Command {
+  return program
+    .command('backup')
+    .description('take a backup point of the sources (default type incr; the first backup is always full)')
+    .argument('[paths...]', 'directories to back up, each a source named by its basename')
+    .option('-t, --type <type>', 'full, diff (changes since the last full) or incr (changes since the last backup)')
+    .option('-s, --source <name=path>', 'a named source (repeatable)', collect, [])
+    .option('-e, --exclude <glob>', 'skip matching paths, relative to each source (repeatable)', collect, [])
+    .option('--tag <key=value>', 'label the point (repeatable)', collect, [])
+    .option('-n, --dry-run', 'show what would be stored, store nothing')
+    .option('--strict', 'fail (exit 3) on any warning, such as a file that changed while it was read')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  lifeboat backup /srv/models /etc/triton --type full\n  lifeboat backup --source models=/srv/models --exclude "**/*.tmp"\n  lifeboat backup            # sources from lifeboat.yaml, incremental',
+    )
+    .action(run((ctx, paths: string[], flags: BackupFlags) => runBackup(ctx, paths, flags)));
+}

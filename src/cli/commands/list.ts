@@ -1,0 +1,56 @@
+import type { Command } from 'commander';
+import type { Manifest } from '../../format/manifest.js';
+import { openRepository, type CliContext } from '../context.js';
+import { formatBytes, table } from '../format.js';
+import { printResult } from '../output.js';
+import type { CommandRunner } from '../main.js';
+
+export function pointJson(m: Manifest) {
+  return {
+    id: m.id,
+    type: m.type,
+    parent: m.parent,
+    full: m.full,
+    startedAt: m.startedAt,
+    completedAt: m.completedAt,
+    files: m.stats.files,
+    bytes: m.stats.bytes,
+    storedBytes: m.stats.storedBytes,
+    tags: m.tags,
+  };
+}
+
+export async function runList(ctx: CliContext): Promise<void> {
+  const { repo, close } = await openRepository(ctx);
+  try {
+    const points = await repo.allManifests();
+    printResult(ctx, points.map(pointJson), () => {
+      if (points.length === 0) return 'no backup points yet';
+      const rows = [['ID', 'TYPE', 'PARENT', 'COMPLETED', 'FILES', 'SIZE', 'STORED', 'TAGS']];
+      for (const m of points) {
+        rows.push([
+          m.id,
+          m.type,
+          m.parent ?? '-',
+          m.completedAt.replace(/\.\d+Z$/, 'Z'),
+          String(m.stats.files),
+          formatBytes(m.stats.bytes),
+          formatBytes(m.stats.storedBytes),
+          Object.entries(m.tags).map(([k, v]) => `${k}=${v}`).join(',') || '-',
+        ]);
+      }
+      return table(rows);
+    });
+  } finally {
+    await close();
+  }
+}
+
+export function registerList(program: Command, run: CommandRunner): Command {
+  return program
+    .command('list')
+    .alias('ls')
+    .description('list backup points, oldest first')
+    .addHelpText('after', '\nExample:\n  lifeboat list --json | jq -r \'.[-1].id\'')
+    .action(run((ctx) => runList(ctx)));
+}

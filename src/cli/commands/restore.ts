@@ -1,0 +1,57 @@
+import type { Command } from 'commander';
+import { UsageError } from '../../errors.js';
+import { restore } from '../../core/restore.js';
+import { openRepository, type CliContext } from '../context.js';
+import { formatBytes } from '../format.js';
+import { formatDuration } from '../../config/duration.js';
+import { ProgressRenderer, printResult } from '../output.js';
+import type { CommandRunner } from '../main.js';
+
+interface RestoreFlags {
+  target?: string;
+  delta?: boolean;
+  force?: boolean;
+  include: string[];
+}
+
+const collect = (value: string, previous: string[]) => [...previous, value];
+
+export async function runRestore(ctx: CliContext, selector: string, flags: RestoreFlags): Promise<void> {
+  if (!flags.target) throw new UsageError('restore needs --target DIR');
+  const { repo, close } = await openRepository(ctx);
+  const renderer = new ProgressRenderer(ctx, 'restore');
+  try {
+    const point = await repo.resolve(selector);
+    const result = await restore(repo, point, {
+      target: flags.target.startsWith('/') ? flags.target : `${ctx.cwd}/${flags.target}`,
+      delta: flags.delta,
+      force: flags.force,
+      include: flags.include,
+      signal: ctx.signal,
+      reporter: renderer,
+    });
+    renderer.stop();
+    const json: Record<string, unknown> = { point: result.point, target: result.target, files: result.files, bytes: result.bytes, durationMs: result.durationMs };
+    if (result.rewritten !== undefined) Object.assign(json, { rewritten: result.rewritten, unchanged: result.unchanged, removed: result.removed });
+    printResult(ctx, json, () => {
+      const delta = result.rewritten !== undefined ? ` (${result.rewritten} rewritten, ${result.unchanged} unchanged, ${result.removed} removed)` : '';
+      return `restored ${result.point} to ${result.target}: ${result.files} files, ${formatBytes(result.bytes)}, every checksum verified, in ${formatDuration(result.durationMs)}${delta}`;
+    });
+  } finally {
+    renderer.stop();
+    await close();
+  }
+}
+
+export function registerRestore(program: Command, run: CommandRunner): Command {
+  return program
+    .command('restore')
+    .description('restore a backup point into a directory, verifying every file; each source lands in DIR/<source>/')
+    .argument('<point>', 'id, unique id prefix, latest, or an ISO-8601 time')
+    .option('--target <dir>', 'where to restore (must be empty or absent, unless --delta or --force)')
+    .option('--delta', 'update an existing target: rewrite only files whose content differs, remove what the point lacks')
+    .option('--force', 'replace a non-empty target')
+    .option('-i, --include <glob>', 'restore only matching <source>/<path> entries (repeatable)', collect, [])
+    .addHelpText('after', '\nExamples:\n  lifeboat restore latest --target /srv/restore\n  lifeboat restore 2026-11-20T03:00:00Z --target /srv/models-prev --delta')
+    .action(run((ctx, selector: string, flags: RestoreFlags) => runRestore(ctx, selector, flags)));
+}

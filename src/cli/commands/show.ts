@@ -1,0 +1,57 @@
+import type { Command } from 'commander';
+import { openRepository, type CliContext } from '../context.js';
+import { formatBytes } from '../format.js';
+import { printResult } from '../output.js';
+import type { CommandRunner } from '../main.js';
+import { pointJson } from './list.js';
+
+function modeString(type: string, mode: number): string {
+  const t = type === 'dir' ? 'd' : type === 'symlink' ? 'l' : '-';
+  const bits = 'rwxrwxrwx';
+  let s = '';
+  for (let i = 0; i < 9; i++) s += mode & (1 << (8 - i)) ? bits[i] : '-';
+  return t + s;
+}
+
+export async function runShow(ctx: CliContext, selector: string): Promise<void> {
+  const { repo, close } = await openRepository(ctx);
+  try {
+    const m = await repo.resolve(selector);
+    const files = m.entries.map((e) => ({
+      source: e.source,
+      path: e.path,
+      type: e.type,
+      size: e.size,
+      mode: e.mode,
+      mtime: new Date(Number(BigInt(e.mtimeNs) / 1_000_000n)).toISOString(),
+      sha256: e.sha256 ?? null,
+      target: e.target ?? null,
+      storedIn: e.ref?.point ?? null,
+    }));
+    printResult(ctx, { ...pointJson(m), sources: m.sources.map((s) => ({ name: s.name, kind: s.kind, path: s.path })), warnings: m.warnings, entries: files }, () => {
+      const head = [
+        `point ${m.id} (${m.type}${m.parent ? `, parent ${m.parent}` : ''}), completed ${m.completedAt} on ${m.host}`,
+        `sources: ${m.sources.map((s) => `${s.name}=${s.path}`).join(', ')}`,
+        `${m.stats.files} files, ${formatBytes(m.stats.bytes)}, ${formatBytes(m.stats.storedBytes)} stored in this point`,
+        '',
+      ];
+      const lines = files.map((f) => {
+        const stored = f.storedIn && f.storedIn !== m.id ? `  (in ${f.storedIn})` : '';
+        const link = f.target ? ` -> ${f.target}` : '';
+        return `${modeString(f.type, f.mode)}  ${String(f.size).padStart(12)}  ${f.mtime.replace(/\.\d+Z$/, 'Z')}  ${f.source}/${f.path}${link}${stored}`;
+      });
+      return [...head, ...lines].join('\n');
+    });
+  } finally {
+    await close();
+  }
+}
+
+export function registerShow(program: Command, run: CommandRunner): Command {
+  return program
+    .command('show')
+    .description('the files of one backup point')
+    .argument('<point>', 'id, unique id prefix, latest, or an ISO-8601 time')
+    .addHelpText('after', '\nExamples:\n  lifeboat show latest\n  lifeboat show 2026-11-20T03:00:00Z --json')
+    .action(run((ctx, selector: string) => runShow(ctx, selector)));
+}

@@ -1,0 +1,70 @@
+import type { Writable } from 'node:stream';
+import { loadConfig, type LifeboatConfig } from '../config/config.js';
+import { UsageError } from '../errors.js';
+import { Repository } from '../core/repository.js';
+import { openStorage, type S3Settings } from '../storage/open.js';
+import type { Storage } from '../storage/storage.js';
+
+/** Everything a command needs from its environment, injectable for tests. */
+export interface CliContext {
+  cwd: string;
+  env: NodeJS.ProcessEnv;
+  stdout: Writable;
+  stderr: Writable;
+  /** stderr is a terminal: spinners and colour are allowed there. */
+  interactive: boolean;
+  color: boolean;
+  json: boolean;
+  quiet: boolean;
+  debug: boolean;
+  signal: AbortSignal;
+  global: GlobalOptions;
+}
+
+export interface GlobalOptions {
+  config?: string;
+  repo?: string;
+  json?: boolean;
+  quiet?: boolean;
+  color?: boolean;
+  debug?: boolean;
+  s3Endpoint?: string;
+  s3PathStyle?: boolean;
+}
+
+export async function contextConfig(ctx: CliContext): Promise<LifeboatConfig> {
+  return (await loadConfig({ explicit: ctx.global.config, cwd: ctx.cwd, env: ctx.env })).config;
+}
+
+/** flags > environment > config file. */
+export function repositoryUrl(ctx: CliContext, config: LifeboatConfig): string {
+  const url = ctx.global.repo ?? ctx.env.LIFEBOAT_REPO ?? config.repository;
+  if (!url) {
+    throw new UsageError('no repository given', { hint: 'pass --repo URL, set LIFEBOAT_REPO, or set repository: in lifeboat.yaml' });
+  }
+  return url;
+}
+
+export function s3Settings(ctx: CliContext, config: LifeboatConfig): S3Settings {
+  const s3: S3Settings = { ...(config.s3 ?? {}) };
+  if (ctx.global.s3Endpoint) s3.endpoint = ctx.global.s3Endpoint;
+  if (ctx.global.s3PathStyle) s3.forcePathStyle = true;
+  return s3;
+}
+
+export async function openContextStorage(ctx: CliContext, config: LifeboatConfig): Promise<Storage> {
+  return openStorage(repositoryUrl(ctx, config), { cwd: ctx.cwd, s3: s3Settings(ctx, config), env: ctx.env });
+}
+
+/** Opens the configured repository; the caller closes `storage` when done. */
+export async function openRepository(ctx: CliContext): Promise<{ repo: Repository; config: LifeboatConfig; close: () => Promise<void> }> {
+  const config = await contextConfig(ctx);
+  const storage = await openContextStorage(ctx, config);
+  try {
+    const repo = await Repository.open(storage);
+    return { repo, config, close: () => storage.close() };
+  } catch (err) {
+    await storage.close();
+    throw err;
+  }
+}

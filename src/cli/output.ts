@@ -1,0 +1,101 @@
+import chalk, { Chalk, type ChalkInstance } from 'chalk';
+import ora, { type Ora } from 'ora';
+import type { Notice, Progress, Reporter } from '../core/events.js';
+import type { CliContext } from './context.js';
+import { formatBytes } from './format.js';
+import { formatDuration } from '../config/duration.js';
+
+const PLAIN_PROGRESS_EVERY_MS = 5000;
+
+export function paint(ctx: CliContext): ChalkInstance {
+  return ctx.color ? new Chalk({ level: chalk.level || 1 }) : new Chalk({ level: 0 });
+}
+
+/** The result of a command: JSON document or text, always on stdout. */
+export function printResult(ctx: CliContext, json: unknown, text: () => string): void {
+  if (ctx.json) ctx.stdout.write(`${JSON.stringify(json, null, 2)}\n`);
+  else if (!ctx.quiet) {
+    const t = text();
+    if (t) ctx.stdout.write(`${t}\n`);
+  }
+}
+
+/** A log line on stderr; timestamped when nobody is watching a terminal. */
+export function log(ctx: CliContext, message: string): void {
+  if (ctx.quiet) return;
+  const prefix = ctx.interactive ? '' : `${new Date().toISOString()} `;
+  ctx.stderr.write(`${prefix}${message}\n`);
+}
+
+export function logNotice(ctx: CliContext, n: Notice): void {
+  const c = paint(ctx);
+  const where = n.path ? `${n.path}: ` : '';
+  if (n.level === 'warning') {
+    const prefix = ctx.interactive ? '' : `${new Date().toISOString()} `;
+    ctx.stderr.write(`${prefix}${c.yellow('warning:')} ${where}${n.message}\n`);
+  } else log(ctx, `${where}${n.message}`);
+}
+
+/**
+ * Renders core progress: an ora spinner with bytes, MiB/s and ETA on a
+ * terminal, a plain line every few seconds otherwise, nothing with --quiet.
+ */
+export class ProgressRenderer implements Reporter {
+  private spinner?: Ora;
+  private readonly started = Date.now();
+  private lastPlain = 0;
+  private last?: Progress;
+
+  constructor(
+    private readonly ctx: CliContext,
+    private readonly label: string,
+  ) {
+    if (ctx.interactive && !ctx.quiet) {
+      this.spinner = ora({ text: label, stream: ctx.stderr as NodeJS.WriteStream, color: 'cyan', isEnabled: true }).start();
+    }
+  }
+
+  progress(p: Progress): void {
+    this.last = p;
+    if (this.ctx.quiet) return;
+    if (this.spinner) {
+      this.spinner.text = this.describe(p);
+      return;
+    }
+    const now = Date.now();
+    if (now - this.lastPlain >= PLAIN_PROGRESS_EVERY_MS) {
+      if (this.lastPlain !== 0 || now - this.started >= PLAIN_PROGRESS_EVERY_MS) log(this.ctx, this.describe(p));
+      this.lastPlain = now;
+    }
+  }
+
+  notice(n: Notice): void {
+    if (this.ctx.quiet && n.level !== 'warning') return;
+    if (this.spinner) {
+      this.spinner.clear();
+      logNotice(this.ctx, n);
+      this.spinner.render();
+    } else logNotice(this.ctx, n);
+  }
+
+  private describe(p: Progress): string {
+    const elapsed = (Date.now() - this.started) / 1000;
+    if (p.phase === 'scan') return `${this.label}: scanning, ${p.filesDone} entries, ${formatBytes(p.bytesDone)}`;
+    const rate = elapsed > 0 ? p.bytesDone / elapsed : 0;
+    const parts = [`${this.label}:`];
+    if (p.bytesTotal > 0) {
+      parts.push(`${formatBytes(p.bytesDone)} / ${formatBytes(p.bytesTotal)} (${Math.floor((100 * p.bytesDone) / p.bytesTotal)}%)`);
+    } else parts.push(formatBytes(p.bytesDone));
+    parts.push(`${p.filesDone}${p.filesTotal ? `/${p.filesTotal}` : ''} files`);
+    parts.push(`${(rate / (1 << 20)).toFixed(1)} MiB/s`);
+    if (rate > 0 && p.bytesTotal > p.bytesDone) parts.push(`ETA ${formatDuration(((p.bytesTotal - p.bytesDone) / rate) * 1000)}`);
+    if (p.current && this.spinner) parts.push(p.current.length > 60 ? `…${p.current.slice(-59)}` : p.current);
+    return parts.join('  ');
+  }
+
+  stop(): void {
+    this.spinner?.stop();
+    this.spinner = undefined;
+    void this.last;
+  }
+}

@@ -1,0 +1,125 @@
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { parseDocument } from 'yaml';
+import { z } from 'zod';
+import { UsageError } from '../errors.js';
+import { parseDuration } from './duration.js';
+
+const duration = z.string().refine((v) => parseDuration(v) !== undefined, 'must be a duration such as 90s, 15m, 2h or 14d');
+
+const sourceSchema = z.union([
+  z.string().min(1),
+  z.object({ path: z.string().min(1) }).strict(),
+  z.object({ sqlite: z.string().min(1) }).strict(),
+  z.object({ command: z.string().min(1), restore: z.string().optional(), timeout: duration.optional() }).strict(),
+]);
+
+const healthSchema = z
+  .object({
+    url: z.string().url().optional(),
+    command: z.string().optional(),
+    timeout: duration.optional(),
+    interval: duration.optional(),
+    retries: z.number().int().min(0).optional(),
+  })
+  .strict()
+  .refine((h) => h.url !== undefined || h.command !== undefined, 'needs a url or a command');
+
+export const configSchema = z
+  .object({
+    repository: z.string().min(1).describe('where backups live: a directory, file:// or s3://bucket/prefix').optional(),
+    s3: z
+      .object({
+        endpoint: z.string().url().optional(),
+        region: z.string().optional(),
+        forcePathStyle: z.boolean().optional(),
+        storageClass: z.string().optional(),
+        sse: z.string().optional(),
+        kmsKeyId: z.string().optional(),
+        concurrency: z.number().int().min(1).max(64).optional(),
+      })
+      .strict()
+      .optional(),
+    sources: z.record(z.string().regex(/^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$/, 'source names use letters, digits, . _ -'), sourceSchema).optional(),
+    exclude: z.array(z.string()).optional(),
+    hooks: z
+      .object({ preBackup: z.string().optional(), postBackup: z.string().optional(), timeout: duration.optional() })
+      .strict()
+      .optional(),
+    retention: z
+      .object({ keepFull: z.number().int().min(1).optional(), keepDiff: z.number().int().min(0).optional(), keepWithin: duration.optional() })
+      .strict()
+      .optional(),
+    targets: z
+      .record(
+        z.string(),
+        z
+          .object({
+            slots: z.string(),
+            active: z.string(),
+            health: healthSchema.optional(),
+            activate: z.string().optional(),
+            deactivate: z.string().optional(),
+            keepSlots: z.number().int().min(2).optional(),
+          })
+          .strict(),
+      )
+      .optional(),
+    notify: z.object({ url: z.string().url(), on: z.array(z.enum(['failure', 'success'])).optional() }).strict().optional(),
+  })
+  .strict();
+
+export type LifeboatConfig = z.infer<typeof configSchema>;
+
+export interface LoadedConfig {
+  config: LifeboatConfig;
+  /** The file it came from; undefined when none was found (the default file is optional). */
+  file?: string;
+}
+
+/**
+ * Finds and validates the config: `--config`, else LIFEBOAT_CONFIG, else
+ * `lifeboat.yaml` in the working directory if present. Relative paths inside
+ * it are resolved against the file's directory.
+ */
+export async function loadConfig(options: { explicit?: string; cwd: string; env: NodeJS.ProcessEnv }): Promise<LoadedConfig> {
+  const named = options.explicit ?? options.env.LIFEBOAT_CONFIG;
+  const file = path.resolve(options.cwd, named ?? 'lifeboat.yaml');
+  let text: string;
+  try {
+    text = await fsp.readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT' && named === undefined) return { config: {} };
+    throw new UsageError(`cannot read config file ${file}: ${(err as Error).message}`);
+  }
+  return { config: parseConfig(text, file), file };
+}
+
+export function parseConfig(text: string, file: string): LifeboatConfig {
+  const doc = parseDocument(text, { prettyErrors: false });
+  if (doc.errors.length > 0) {
+    const e = doc.errors[0]!;
+    const line = e.linePos?.[0]?.line;
+    throw new UsageError(`${file}${line ? `:${line}` : ''}: invalid YAML: ${e.message.split('\n')[0]}`);
+  }
+  const raw = doc.toJS() ?? {};
+  const result = configSchema.safeParse(raw);
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    const key = issue.path.map(String).join('.') || '(top level)';
+    let message = issue.message;
+    if (issue.code === 'unrecognized_keys') message = `unknown key ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`;
+    throw new UsageError(`${file}: ${key}: ${message}`);
+  }
+  const config = result.data;
+  const base = path.dirname(file);
+  if (config.repository && !/^[a-z][a-z0-9+.-]*:\/\//i.test(config.repository)) config.repository = path.resolve(base, config.repository);
+  if (config.sources) {
+    for (const [name, src] of Object.entries(config.sources)) {
+      if (typeof src === 'string') config.sources[name] = path.resolve(base, src);
+      else if ('path' in src) src.path = path.resolve(base, src.path);
+      else if ('sqlite' in src) src.sqlite = path.resolve(base, src.sqlite);
+    }
+  }
+  return config;
+}

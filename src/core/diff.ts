@@ -1,0 +1,37 @@
+import type { Manifest, ManifestEntry } from '../format/manifest.js';
+import { comparePaths } from '../format/paths.js';
+
+export interface PointDiff {
+  added: string[];
+  changed: { path: string; what: string[] }[];
+  removed: string[];
+}
+
+/** What differs between two points, by `<source>/<path>`. Pure. */
+export function diffPoints(from: Manifest, to: Manifest): PointDiff {
+  const key = (e: ManifestEntry) => `${e.source}/${e.path}`;
+  const before = new Map(from.entries.map((e) => [key(e), e]));
+  const after = new Map(to.entries.map((e) => [key(e), e]));
+  const result: PointDiff = { added: [], changed: [], removed: [] };
+  for (const [k, e] of after) {
+    const old = before.get(k);
+    if (!old) {
+      result.added.push(k);
+      continue;
+    }
+    const what: string[] = [];
+    if (old.type !== e.type) what.push('type');
+    else {
+      if (old.sha256 !== e.sha256 || old.size !== e.size) what.push('content');
+      if (old.target !== e.target) what.push('target');
+      if (old.mode !== e.mode) what.push('mode');
+      if (old.mtimeNs !== e.mtimeNs && e.type === 'file') what.push('mtime');
+    }
+    if (what.length) result.changed.push({ path: k, what });
+  }
+  for (const k of before.keys()) if (!after.has(k)) result.removed.push(k);
+  result.added.sort(comparePaths);
+  result.removed.sort(comparePaths);
+  result.changed.sort((a, b) => comparePaths(a.path, b.path));
+  return result;
+}

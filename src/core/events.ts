@@ -1,0 +1,25 @@
+/** What long-running core work reports; the CLI decides how to show it. */
+export interface Progress {
+  phase: 'scan' | 'backup' | 'restore' | 'verify';
+  filesDone: number;
+  filesTotal: number;
+  bytesDone: number;
+  bytesTotal: number;
+  /** The file being worked on, when there is one. */
+  current?: string;
+}
+
+export interface Notice {
+  level: 'info' | 'warning';
+  /** Stable machine-readable code, e.g. `file-changed-during-read`. */
+  code: string;
+  message: string;
+  path?: string;
+}
+
+export interface Reporter {
+  progress?(p: Progress): void;
+  notice?(n: Notice): void;
+}
+
+export const silentReporter: Reporter = {};

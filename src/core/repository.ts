@@ -1,0 +1,163 @@
+import { randomBytes } from 'node:crypto';
+import { UsageError, IntegrityError } from '../errors.js';
+import { decodeDocument, encodeDocument } from '../format/document.js';
+import { POINT_ID } from '../format/ids.js';
+import {
+  FORMAT_VERSION,
+  keys,
+  manifestSchema,
+  repositoryConfigSchema,
+  type Manifest,
+  type RepositoryConfig,
+} from '../format/manifest.js';
+import { isNotFound, type Storage } from '../storage/storage.js';
+
+export const DEFAULT_VOLUME_SIZE = 256 * 1024 * 1024;
+
+/** A repository: its config, its committed points, and the storage under them. */
+export class Repository {
+  private readonly manifests = new Map<string, Manifest>();
+
+  private constructor(
+    readonly storage: Storage,
+    readonly config: RepositoryConfig,
+  ) {}
+
+  static async init(storage: Storage, options: { volumeSize?: number } = {}): Promise<Repository> {
+    const config: RepositoryConfig = {
+      format: 'lifeboat-repository',
+      version: FORMAT_VERSION,
+      id: randomBytes(16).toString('hex'),
+      createdAt: new Date().toISOString(),
+      encryption: null,
+      volumeSize: options.volumeSize ?? DEFAULT_VOLUME_SIZE,
+    };
+    let existing = false;
+    for await (const _ of storage.list('')) {
+      existing = true;
+      break;
+    }
+    if (existing || !(await storage.putDocument(keys.config, encodeDocument(config), { ifAbsent: true }))) {
+      throw new UsageError(`${storage.location} is not empty; refusing to create a repository there`, {
+        hint: 'choose an empty directory or bucket prefix',
+      });
+    }
+    return new Repository(storage, config);
+  }
+
+  static async open(storage: Storage): Promise<Repository> {
+    let raw: Buffer;
+    try {
+      raw = await storage.getDocument(keys.config);
+    } catch (err) {
+      if (isNotFound(err)) {
+        throw new UsageError(`there is no lifeboat repository at ${storage.location}`, {
+          hint: 'create one with `lifeboat init`, or check --repo',
+        });
+      }
+      throw err;
+    }
+    const head = safeJson(raw);
+    if (head && typeof head.version === 'number' && head.version > FORMAT_VERSION) {
+      throw new UsageError(`the repository at ${storage.location} has format version ${head.version}; this lifeboat reads up to ${FORMAT_VERSION}`, {
+        hint: 'upgrade lifeboat',
+      });
+    }
+    const config = decodeDocument(raw, repositoryConfigSchema, `repository config ${keys.config}`);
+    return new Repository(storage, config);
+  }
+
+  /** Ids of committed points, oldest first. */
+  async pointIds(): Promise<string[]> {
+    const ids: string[] = [];
+    for await (const { key } of this.storage.list(keys.pointsPrefix)) {
+      const m = /^points\/(.+)\.json$/.exec(key);
+      if (m && POINT_ID.test(m[1]!)) ids.push(m[1]!);
+    }
+    return ids.sort();
+  }
+
+  async manifest(id: string): Promise<Manifest> {
+    const cached = this.manifests.get(id);
+    if (cached) return cached;
+    let raw: Buffer;
+    try {
+      raw = await this.storage.getDocument(keys.point(id));
+    } catch (err) {
+      if (isNotFound(err)) throw new IntegrityError(`backup point ${id} is missing its manifest ${keys.point(id)}`);
+      throw err;
+    }
+    const manifest = decodeDocument(raw, manifestSchema, `manifest of ${id}`);
+    if (manifest.id !== id) throw new IntegrityError(`manifest ${keys.point(id)} describes ${manifest.id}, not ${id}`);
+    this.manifests.set(id, manifest);
+    return manifest;
+  }
+
+  /** Every committed point, oldest first. */
+  async allManifests(): Promise<Manifest[]> {
+    const out: Manifest[] = [];
+    for (const id of await this.pointIds()) out.push(await this.manifest(id));
+    return out;
+  }
+
+  async commitManifest(manifest: Manifest): Promise<void> {
+    const ok = await this.storage.putDocument(keys.point(manifest.id), encodeDocument(manifest), { ifAbsent: true });
+    if (!ok) throw new IntegrityError(`backup point ${manifest.id} already exists`);
+    this.manifests.set(manifest.id, manifest);
+  }
+
+  /**
+   * Resolves a point selector: an id, a unique prefix of one, `latest`, or an
+   * ISO-8601 time (the newest point completed at or before it).
+   */
+  async resolve(selector: string): Promise<Manifest> {
+    const ids = await this.pointIds();
+    if (ids.length === 0) throw new UsageError(`the repository at ${this.storage.location} has no backup points yet`);
+    if (selector === 'latest') return this.manifest(ids[ids.length - 1]!);
+    if (/^\d{4}-\d{2}-\d{2}/.test(selector)) {
+      const at = Date.parse(selector);
+      if (!Number.isFinite(at)) throw new UsageError(`${JSON.stringify(selector)} is not a valid ISO-8601 time`);
+      let best: Manifest | undefined;
+      for (const id of ids) {
+        const m = await this.manifest(id);
+        const done = Date.parse(m.completedAt);
+        if (done <= at && (!best || done >= Date.parse(best.completedAt))) best = m;
+      }
+      if (!best) throw new UsageError(`no backup point completed at or before ${selector}`);
+      return best;
+    }
+    const matches = ids.filter((id) => id.startsWith(selector));
+    if (matches.length === 0) {
+      throw new UsageError(`no backup point matches ${JSON.stringify(selector)}`, { hint: 'see `lifeboat list`' });
+    }
+    if (matches.length > 1 && !matches.includes(selector)) {
+      const shown = matches.slice(0, 5).join(', ') + (matches.length > 5 ? ', …' : '');
+      throw new UsageError(`${JSON.stringify(selector)} matches ${matches.length} backup points (${shown}); give more of the id`);
+    }
+    return this.manifest(matches.includes(selector) ? selector : matches[0]!);
+  }
+
+  /** Data prefixes (`data/<id>/`) that belong to no committed point: leftovers of aborted backups. */
+  async orphanDataPrefixes(exclude: ReadonlySet<string> = new Set()): Promise<{ prefix: string; keys: string[]; bytes: number }[]> {
+    const committed = new Set(await this.pointIds());
+    const byPoint = new Map<string, { keys: string[]; bytes: number }>();
+    for await (const { key, size } of this.storage.list(keys.dataPrefix)) {
+      const id = key.split('/')[1] ?? '';
+      if (committed.has(id) || exclude.has(id)) continue;
+      const slot = byPoint.get(id) ?? { keys: [], bytes: 0 };
+      slot.keys.push(key);
+      slot.bytes += size;
+      byPoint.set(id, slot);
+    }
+    return [...byPoint].map(([id, v]) => ({ prefix: keys.pointData(id), ...v }));
+  }
+}
+
+function safeJson(raw: Buffer): Record<string, unknown> | undefined {
+  try {
+    const v = JSON.parse(raw.toString('utf8'));
+    return typeof v === 'object' && v !== null ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}

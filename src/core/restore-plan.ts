@@ -1,0 +1,105 @@
+import { minimatch } from 'minimatch';
+import { IntegrityError } from '../errors.js';
+import type { Manifest, ManifestEntry, VolumeRecord } from '../format/manifest.js';
+import { assertSafePath, checkSourceName, comparePaths, linkStaysInside } from '../format/paths.js';
+import { entryKey } from './backup-plan.js';
+import type { Repository } from './repository.js';
+
+export interface VolumeJob {
+  point: string;
+  index: number;
+  record: VolumeRecord;
+  /** Manifest entries to write, by entry index inside the volume. */
+  wanted: Map<number, ManifestEntry[]>;
+}
+
+export interface RestorePlan {
+  manifest: Manifest;
+  entries: ManifestEntry[];
+  files: ManifestEntry[];
+  volumes: VolumeJob[];
+  bytes: number;
+}
+
+/**
+ * Checks every entry of a point before anything is written: safe names,
+ * nothing written through a link or a file, links that stay inside their
+ * source, content references that exist along the chain.
+ */
+export async function planRestore(repo: Repository, manifest: Manifest, include: readonly string[] = []): Promise<RestorePlan> {
+  const sources = new Set<string>();
+  for (const s of manifest.sources) {
+    try {
+      checkSourceName(s.name);
+    } catch {
+      throw new IntegrityError(`manifest of ${manifest.id} names an unsafe source ${JSON.stringify(s.name)}`);
+    }
+    sources.add(s.name);
+  }
+  const byKey = new Map<string, ManifestEntry>();
+  for (const e of manifest.entries) {
+    if (!sources.has(e.source)) throw new IntegrityError(`manifest of ${manifest.id}: ${e.path} belongs to unknown source ${e.source}`);
+    assertSafePath(e.path, `manifest path in ${manifest.id}:`);
+    const key = entryKey(e.source, e.path);
+    if (byKey.has(key)) throw new IntegrityError(`manifest of ${manifest.id} lists ${e.source}/${e.path} twice`);
+    byKey.set(key, e);
+  }
+  for (const e of manifest.entries) {
+    // Every ancestor must be a directory of the point: a write never goes through a link or a file.
+    const parts = e.path.split('/');
+    for (let i = 1; i < parts.length; i++) {
+      const parent = byKey.get(entryKey(e.source, parts.slice(0, i).join('/')));
+      if (parent && parent.type !== 'dir') {
+        throw new IntegrityError(`refusing ${e.source}/${e.path} of ${manifest.id}: its parent ${e.source}/${parent.path} is a ${parent.type}, not a directory`);
+      }
+    }
+    if (e.type === 'symlink') {
+      if (!e.target || !linkStaysInside(e.path, e.target)) {
+        throw new IntegrityError(`refusing symlink ${e.source}/${e.path} of ${manifest.id}: its target ${JSON.stringify(e.target)} leads outside the restored tree`);
+      }
+    }
+    if (e.type === 'file' && (!e.sha256 || !e.ref)) {
+      throw new IntegrityError(`manifest of ${manifest.id}: file ${e.source}/${e.path} has no checksum or content reference`);
+    }
+  }
+
+  let entries = [...manifest.entries].sort((a, b) => comparePaths(`${a.source}/${a.path}`, `${b.source}/${b.path}`));
+  if (include.length > 0) entries = filterIncluded(entries, include);
+
+  const files = entries.filter((e) => e.type === 'file');
+  const jobs = new Map<string, VolumeJob>();
+  for (const f of files) {
+    const ref = f.ref!;
+    const key = `${ref.point}\u0000${ref.volume}`;
+    let job = jobs.get(key);
+    if (!job) {
+      let holder: Manifest;
+      try {
+        holder = ref.point === manifest.id ? manifest : await repo.manifest(ref.point);
+      } catch (err) {
+        throw new IntegrityError(`${f.source}/${f.path} of ${manifest.id} is stored in point ${ref.point}, which cannot be read: ${(err as Error).message}`);
+      }
+      const record = holder.volumes[ref.volume];
+      if (!record) throw new IntegrityError(`${f.source}/${f.path} of ${manifest.id} refers to volume ${ref.volume} of ${ref.point}, which does not exist`);
+      job = { point: ref.point, index: ref.volume, record, wanted: new Map() };
+      jobs.set(key, job);
+    }
+    const list = job.wanted.get(ref.entry) ?? [];
+    list.push(f);
+    job.wanted.set(ref.entry, list);
+  }
+  const volumes = [...jobs.values()].sort((a, b) => (a.point === b.point ? a.index - b.index : a.point < b.point ? -1 : 1));
+  return { manifest, entries, files, volumes, bytes: files.reduce((n, f) => n + f.size, 0) };
+}
+
+function filterIncluded(entries: ManifestEntry[], include: readonly string[]): ManifestEntry[] {
+  const matches = (e: ManifestEntry) => include.some((g) => minimatch(`${e.source}/${e.path}`, g, { dot: true }));
+  const chosen = entries.filter((e) => e.type !== 'dir' && matches(e));
+  const dirs = new Set<string>();
+  for (const e of chosen) {
+    const parts = e.path.split('/');
+    for (let i = 1; i < parts.length; i++) dirs.add(entryKey(e.source, parts.slice(0, i).join('/')));
+  }
+  const chosenSet = new Set(chosen);
+  return entries.filter((e) => (e.type === 'dir' ? dirs.has(entryKey(e.source, e.path)) || matches(e) : chosenSet.has(e)));
+}

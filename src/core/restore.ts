@@ -1,0 +1,374 @@
+import { createWriteStream } from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { createHash, randomBytes } from 'node:crypto';
+import { IntegrityError, UsageError, errorMessage, throwIfAborted } from '../errors.js';
+import { volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
+import { unsafePathReason } from '../format/paths.js';
+import { readVolume, type VolumeEntry } from '../format/tar.js';
+import type { Notice, Progress, Reporter } from './events.js';
+import type { Repository } from './repository.js';
+import { planRestore, type RestorePlan, type VolumeJob } from './restore-plan.js';
+
+export interface RestoreOptions {
+  target: string;
+  /** Rewrite only what differs in an existing target, and remove what the point lacks. */
+  delta?: boolean;
+  /** Replace a non-empty target. */
+  force?: boolean;
+  include?: string[];
+  signal?: AbortSignal;
+  reporter?: Reporter;
+}
+
+export interface RestoreResult {
+  point: string;
+  target: string;
+  files: number;
+  bytes: number;
+  durationMs: number;
+  /** With --delta: files rewritten, left alone, and removed. */
+  rewritten?: number;
+  unchanged?: number;
+  removed?: number;
+  warnings: Notice[];
+}
+
+/**
+ * Restores a point: plan (validate everything) → stream the volumes of the
+ * chain into a staging directory beside the target, checking every file's
+ * SHA-256 as it is written → set links, modes and times → move into place.
+ * A failure at any step removes the staging directory and leaves the target
+ * as it was.
+ */
+export async function restore(repo: Repository, manifest: Manifest, options: RestoreOptions): Promise<RestoreResult> {
+  const started = Date.now();
+  const reporter = options.reporter ?? {};
+  const warnings: Notice[] = [];
+  const target = path.resolve(options.target);
+  const targetState = await inspectTarget(target);
+  if (targetState === 'not-a-directory') throw new UsageError(`restore target ${target} exists and is not a directory`);
+  if (targetState === 'non-empty' && !options.delta && !options.force) {
+    throw new UsageError(`restore target ${target} is not empty`, {
+      hint: 'use --delta to update it in place, --force to replace it, or choose an empty directory',
+    });
+  }
+  const plan = await planRestore(repo, manifest, options.include);
+  const delta = options.delta === true && targetState === 'non-empty';
+  await fsp.mkdir(path.dirname(target), { recursive: true });
+  const staging = path.join(path.dirname(target), `.${path.basename(target)}.lifeboat-staging-${process.pid}-${randomBytes(4).toString('hex')}`);
+  await fsp.mkdir(staging, { mode: 0o700 });
+  try {
+    const result: RestoreResult = { point: manifest.id, target, files: plan.files.length, bytes: plan.bytes, durationMs: 0, warnings };
+    let wanted = plan.files;
+    if (delta) {
+      const unchanged = await filesAlreadyRight(target, plan.files, options.signal);
+      wanted = plan.files.filter((f) => !unchanged.has(f));
+      result.unchanged = unchanged.size;
+      result.rewritten = wanted.length;
+    }
+    await fetchFiles(repo, plan, new Set(wanted), staging, reporter, warnings, options.signal);
+    throwIfAborted(options.signal);
+    if (delta) {
+      result.removed = await applyDelta(plan, staging, target, new Set(wanted), (options.include ?? []).length === 0);
+      await fsp.rm(staging, { recursive: true, force: true });
+    } else {
+      await finishTree(plan, staging);
+      await moveIntoPlace(staging, target, targetState);
+    }
+    result.durationMs = Date.now() - started;
+    return result;
+  } catch (err) {
+    await fsp.rm(staging, { recursive: true, force: true }).catch(() => undefined);
+    throw err;
+  }
+}
+
+type TargetState = 'absent' | 'empty' | 'non-empty' | 'not-a-directory';
+
+async function inspectTarget(target: string): Promise<TargetState> {
+  try {
+    const st = await fsp.lstat(target);
+    if (!st.isDirectory()) return 'not-a-directory';
+    return (await fsp.readdir(target)).length === 0 ? 'empty' : 'non-empty';
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'absent';
+    throw err;
+  }
+}
+
+function pathIn(root: string, e: { source: string; path: string }): string {
+  return path.join(root, e.source, ...e.path.split('/'));
+}
+
+/** Streams every volume that holds a wanted file and writes those files under `staging`. */
+async function fetchFiles(
+  repo: Repository,
+  plan: RestorePlan,
+  wanted: ReadonlySet<ManifestEntry>,
+  staging: string,
+  reporter: Reporter,
+  warnings: Notice[],
+  signal?: AbortSignal,
+): Promise<void> {
+  const progress: Progress = { phase: 'restore', filesDone: 0, filesTotal: wanted.size, bytesDone: 0, bytesTotal: 0 };
+  for (const f of wanted) progress.bytesTotal += f.size;
+  const made = new Set<string>();
+  const ensureDir = async (dir: string) => {
+    if (made.has(dir)) return;
+    await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+    made.add(dir);
+  };
+  for (const job of plan.volumes) {
+    throwIfAborted(signal);
+    const jobWanted = new Map<number, ManifestEntry[]>();
+    for (const [index, list] of job.wanted) {
+      const mine = list.filter((e) => wanted.has(e));
+      if (mine.length) jobWanted.set(index, mine);
+    }
+    if (jobWanted.size === 0) continue;
+    const found = new Set<number>();
+    const what = `volume ${job.record.key}`;
+    let body;
+    try {
+      body = await repo.storage.get(job.record.key, { signal });
+    } catch (err) {
+      throw new IntegrityError(`${what} of point ${job.point} cannot be read: ${errorMessage(err)}`, { cause: err });
+    }
+    const read = await readVolume(
+      body,
+      what,
+      async (entry) => {
+        checkArchiveEntry(entry, what);
+        const targets = jobWanted.get(entry.index);
+        if (!targets) return;
+        found.add(entry.index);
+        const first = targets[0]!;
+        const expectedName = volumeEntryName(first.source, first.path);
+        if (entry.type !== 'File' && entry.type !== 'OldFile' && entry.type !== 'ContiguousFile') {
+          throw new IntegrityError(`${what}: entry ${entry.index} is a ${entry.type}, but ${expectedName} is a file`);
+        }
+        if (entry.size !== first.size) {
+          throw new IntegrityError(`${what}: entry ${entry.index} (${entry.name}) has ${entry.size} bytes, the manifest says ${first.size} for ${expectedName}`);
+        }
+        const file = pathIn(staging, first);
+        await ensureDir(path.dirname(file));
+        await writeVerified(entry, file, first, what, progress, reporter, signal);
+        for (const copy of targets.slice(1)) {
+          const other = pathIn(staging, copy);
+          await ensureDir(path.dirname(other));
+          await fsp.copyFile(file, other);
+        }
+        progress.filesDone += targets.length;
+      },
+      signal,
+    );
+    throwIfAborted(signal);
+    for (const [index, list] of jobWanted) {
+      if (!found.has(index)) {
+        throw new IntegrityError(`${what} of point ${job.point} lacks entry ${index}, which holds ${list[0]!.source}/${list[0]!.path}`);
+      }
+    }
+    if (read.size !== job.record.size || read.crc32 !== job.record.crc32) {
+      // Every file taken from it verified, so the restore stands; verify will name the damage.
+      const notice: Notice = { level: 'warning', code: 'volume-checksum', message: `${what} does not match its recorded size or CRC-32; run \`lifeboat verify --read-data\`` };
+      warnings.push(notice);
+      reporter.notice?.(notice);
+    }
+  }
+}
+
+/** Refuses entries no extractor should ever write: escapes, absolute names, hard links, devices. */
+function checkArchiveEntry(entry: VolumeEntry, what: string): void {
+  const name = entry.name.replace(/\/+$/, '');
+  const reason = unsafePathReason(name);
+  if (reason) throw new IntegrityError(`refusing ${what}: entry ${JSON.stringify(entry.name)} is unsafe (${reason})`);
+  if (!['File', 'OldFile', 'ContiguousFile', 'Directory', 'SymbolicLink'].includes(entry.type)) {
+    throw new IntegrityError(`refusing ${what}: entry ${JSON.stringify(entry.name)} has type ${entry.type}`);
+  }
+}
+
+async function writeVerified(
+  entry: VolumeEntry,
+  file: string,
+  expected: ManifestEntry,
+  what: string,
+  progress: Progress,
+  reporter: Reporter,
+  signal?: AbortSignal,
+): Promise<void> {
+  const hash = createHash('sha256');
+  // 'wx' never follows or replaces anything already at that path.
+  const out = createWriteStream(file, { flags: 'wx', mode: 0o600, highWaterMark: 1 << 20 });
+  const closed = new Promise<void>((resolve, reject) => {
+    out.on('close', () => resolve());
+    out.on('error', reject);
+  });
+  let size = 0;
+  let sinceReport = 0;
+  try {
+    for await (const chunk of entry.body) {
+      throwIfAborted(signal);
+      hash.update(chunk);
+      size += chunk.length;
+      sinceReport += chunk.length;
+      progress.bytesDone += chunk.length;
+      if (!out.write(chunk)) await new Promise<void>((r, j) => {
+        out.once('drain', r);
+        out.once('error', j);
+      });
+      if (sinceReport >= 8 << 20) {
+        sinceReport = 0;
+        reporter.progress?.({ ...progress, current: `${expected.source}/${expected.path}` });
+      }
+    }
+  } finally {
+    out.end();
+    await closed;
+  }
+  reporter.progress?.({ ...progress, current: `${expected.source}/${expected.path}` });
+  const digest = hash.digest('hex');
+  if (size !== expected.size || digest !== expected.sha256) {
+    throw new IntegrityError(
+      `${expected.source}/${expected.path} from ${what} does not match its checksum (SHA-256 ${digest}, expected ${expected.sha256})`,
+    );
+  }
+}
+
+function nsToSeconds(ns: string): number {
+  const big = BigInt(ns);
+  return Number(big / 1_000_000_000n) + Number(big % 1_000_000_000n) / 1e9;
+}
+
+/** Creates dirs and links, then applies modes and times (deepest first so parents keep theirs). */
+async function finishTree(plan: RestorePlan, root: string): Promise<void> {
+  for (const s of plan.manifest.sources) await fsp.mkdir(path.join(root, s.name), { recursive: true, mode: 0o700 });
+  for (const e of plan.entries) {
+    const p = pathIn(root, e);
+    if (e.type === 'dir') await fsp.mkdir(p, { recursive: true, mode: 0o700 });
+    else if (e.type === 'symlink') {
+      await fsp.mkdir(path.dirname(p), { recursive: true, mode: 0o700 });
+      await fsp.symlink(e.target!, p);
+    }
+  }
+  await applyMetadata(plan, root);
+}
+
+async function applyMetadata(plan: RestorePlan, root: string): Promise<void> {
+  for (const e of [...plan.entries].reverse()) {
+    const p = pathIn(root, e);
+    const t = nsToSeconds(e.mtimeNs);
+    if (e.type === 'symlink') {
+      await fsp.lutimes(p, t, t).catch(() => undefined);
+      continue;
+    }
+    await fsp.chmod(p, e.mode);
+    await fsp.utimes(p, t, t);
+  }
+  for (const s of plan.manifest.sources) {
+    const p = path.join(root, s.name);
+    if (s.mode !== undefined) await fsp.chmod(p, s.mode);
+    if (s.mtimeNs !== undefined) await fsp.utimes(p, nsToSeconds(s.mtimeNs), nsToSeconds(s.mtimeNs));
+  }
+}
+
+async function moveIntoPlace(staging: string, target: string, state: TargetState): Promise<void> {
+  await fsp.chmod(staging, 0o755);
+  if (state === 'non-empty') {
+    const old = `${staging}-replaced`;
+    await fsp.rename(target, old);
+    try {
+      await fsp.rename(staging, target);
+    } catch (err) {
+      await fsp.rename(old, target);
+      throw err;
+    }
+    await fsp.rm(old, { recursive: true, force: true });
+    return;
+  }
+  // rename() replaces an empty directory atomically.
+  await fsp.rename(staging, target);
+}
+
+/** Files in the target whose size and SHA-256 already match the point. */
+async function filesAlreadyRight(target: string, files: ManifestEntry[], signal?: AbortSignal): Promise<Set<ManifestEntry>> {
+  const right = new Set<ManifestEntry>();
+  for (const f of files) {
+    throwIfAborted(signal);
+    const p = pathIn(target, f);
+    const st = await fsp.lstat(p).catch(() => undefined);
+    if (!st || !st.isFile() || st.size !== f.size) continue;
+    if ((await hashFile(p)) === f.sha256) right.add(f);
+  }
+  return right;
+}
+
+async function hashFile(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  const fh = await fsp.open(file, 'r');
+  try {
+    for await (const chunk of fh.createReadStream({ highWaterMark: 1 << 20, autoClose: false }) as AsyncIterable<Buffer>) hash.update(chunk);
+  } finally {
+    await fh.close();
+  }
+  return hash.digest('hex');
+}
+
+/**
+ * Brings an existing target to the point: verified files from staging are
+ * renamed over whatever is there, anything the point lacks under its sources
+ * is removed, and links, modes and times are set. Returns how many paths were removed.
+ */
+async function applyDelta(
+  plan: RestorePlan,
+  staging: string,
+  target: string,
+  rewritten: ReadonlySet<ManifestEntry>,
+  prune: boolean,
+): Promise<number> {
+  const wantedPaths = new Map<string, ManifestEntry>();
+  for (const e of plan.entries) wantedPaths.set(path.join(e.source, ...e.path.split('/')), e);
+  let removed = 0;
+  // Remove what the point does not have, or has with another type, deepest first.
+  for (const s of plan.manifest.sources) {
+    const root = path.join(target, s.name);
+    const st = await fsp.lstat(root).catch(() => undefined);
+    if (st && !st.isDirectory()) await fsp.rm(root, { recursive: true, force: true });
+    await fsp.mkdir(root, { recursive: true });
+    // With --include only part of the point is wanted, so nothing else is judged extra.
+    if (prune) removed += await pruneTree(root, s.name, wantedPaths);
+  }
+  for (const e of plan.entries) {
+    const p = pathIn(target, e);
+    if (e.type === 'dir') {
+      await fsp.mkdir(p, { recursive: true });
+    } else if (e.type === 'symlink') {
+      const current = await fsp.readlink(p).catch(() => undefined);
+      if (current !== e.target) {
+        await fsp.rm(p, { recursive: true, force: true });
+        await fsp.symlink(e.target!, p);
+      }
+    } else if (rewritten.has(e)) {
+      await fsp.rename(pathIn(staging, e), p);
+    }
+  }
+  await applyMetadata(plan, target);
+  return removed;
+}
+
+async function pruneTree(dir: string, rel: string, wanted: Map<string, ManifestEntry>): Promise<number> {
+  let removed = 0;
+  for (const d of await fsp.readdir(dir, { withFileTypes: true })) {
+    const relPath = path.join(rel, d.name);
+    const abs = path.join(dir, d.name);
+    const want = wanted.get(relPath);
+    const kind = d.isDirectory() ? 'dir' : d.isSymbolicLink() ? 'symlink' : d.isFile() ? 'file' : 'other';
+    if (!want || want.type !== kind) {
+      await fsp.rm(abs, { recursive: true, force: true });
+      removed++;
+    } else if (kind === 'dir') {
+      removed += await pruneTree(abs, relPath, wanted);
+    }
+  }
+  return removed;
+}

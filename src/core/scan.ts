@@ -1,0 +1,139 @@
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import type { BigIntStats } from 'node:fs';
+import { minimatch } from 'minimatch';
+import { UsageError, errorMessage, throwIfAborted } from '../errors.js';
+import { comparePaths, linkStaysInside } from '../format/paths.js';
+import type { Reporter } from './events.js';
+
+export interface SourceSpec {
+  name: string;
+  path: string;
+}
+
+/** One filesystem entry of a source, as found by the scan. */
+export interface ScannedEntry {
+  source: string;
+  /** '/'-separated, relative to the source root. */
+  path: string;
+  type: 'file' | 'dir' | 'symlink';
+  mode: number;
+  mtimeNs: string;
+  size: number;
+  ino: string;
+  uid: number;
+  gid: number;
+  target?: string;
+  /** Absolute path on disk. */
+  abs: string;
+}
+
+export interface ScannedSource {
+  spec: SourceSpec;
+  root: string;
+  mode: number;
+  mtimeNs: string;
+  entries: ScannedEntry[];
+}
+
+export function isExcluded(relPath: string, isDir: boolean, patterns: readonly string[]): boolean {
+  for (const pattern of patterns) {
+    if (minimatch(relPath, pattern, { dot: true })) return true;
+    // `**/cache/**` should prune the directory itself, not only what is under it.
+    if (isDir && minimatch(`${relPath}/.`, pattern, { dot: true })) return true;
+  }
+  return false;
+}
+
+export function entryFromStat(source: string, rel: string, abs: string, st: BigIntStats): Omit<ScannedEntry, 'type' | 'target'> {
+  return {
+    source,
+    path: rel,
+    mode: Number(st.mode & 0o7777n),
+    mtimeNs: st.mtimeNs.toString(),
+    size: Number(st.size),
+    ino: st.ino.toString(),
+    uid: Number(st.uid),
+    gid: Number(st.gid),
+    abs,
+  };
+}
+
+/**
+ * Walks a source tree without following symlinks. Unreadable entries and
+ * special files are reported and skipped, never fatal.
+ */
+export async function scanSource(
+  spec: SourceSpec,
+  excludes: readonly string[],
+  reporter: Reporter,
+  signal?: AbortSignal,
+): Promise<ScannedSource> {
+  const root = path.resolve(spec.path);
+  let rootStat: BigIntStats;
+  try {
+    rootStat = await fsp.stat(root, { bigint: true });
+  } catch (err) {
+    throw new UsageError(`source ${spec.name}: cannot read ${root}: ${errorMessage(err)}`);
+  }
+  if (!rootStat.isDirectory()) throw new UsageError(`source ${spec.name}: ${root} is not a directory`);
+
+  const entries: ScannedEntry[] = [];
+  const pending: string[] = [''];
+  let bytes = 0;
+  while (pending.length > 0) {
+    throwIfAborted(signal);
+    const relDir = pending.pop()!;
+    const absDir = relDir === '' ? root : path.join(root, relDir);
+    let names: string[];
+    try {
+      names = await fsp.readdir(absDir);
+    } catch (err) {
+      reporter.notice?.({ level: 'warning', code: 'unreadable', path: `${spec.name}/${relDir}`, message: `cannot read directory: ${errorMessage(err)}` });
+      continue;
+    }
+    for (const name of names) {
+      const rel = relDir === '' ? name : `${relDir}/${name}`;
+      const abs = path.join(absDir, name);
+      let st: BigIntStats;
+      try {
+        st = await fsp.lstat(abs, { bigint: true });
+      } catch (err) {
+        reporter.notice?.({ level: 'warning', code: 'unreadable', path: `${spec.name}/${rel}`, message: `cannot stat: ${errorMessage(err)}` });
+        continue;
+      }
+      const isDir = st.isDirectory();
+      if (isExcluded(rel, isDir, excludes)) continue;
+      const base = entryFromStat(spec.name, rel, abs, st);
+      if (isDir) {
+        entries.push({ ...base, type: 'dir', size: 0 });
+        pending.push(rel);
+      } else if (st.isFile()) {
+        entries.push({ ...base, type: 'file' });
+        bytes += base.size;
+      } else if (st.isSymbolicLink()) {
+        let target: string;
+        try {
+          target = await fsp.readlink(abs);
+        } catch (err) {
+          reporter.notice?.({ level: 'warning', code: 'unreadable', path: `${spec.name}/${rel}`, message: `cannot read link: ${errorMessage(err)}` });
+          continue;
+        }
+        if (!linkStaysInside(rel, target)) {
+          reporter.notice?.({
+            level: 'warning',
+            code: 'link-escapes',
+            path: `${spec.name}/${rel}`,
+            message: `symlink points outside the source (${target}); restore will refuse it`,
+          });
+        }
+        entries.push({ ...base, type: 'symlink', size: 0, target });
+      } else {
+        reporter.notice?.({ level: 'warning', code: 'special-file', path: `${spec.name}/${rel}`, message: 'not a regular file, directory or symlink; skipped' });
+      }
+    }
+    reporter.progress?.({ phase: 'scan', filesDone: entries.length, filesTotal: 0, bytesDone: bytes, bytesTotal: 0 });
+  }
+  entries.sort((a, b) => comparePaths(a.path, b.path));
+  return { spec, root, mode: Number(rootStat.mode & 0o7777n), mtimeNs: rootStat.mtimeNs.toString(), entries };
+}

@@ -1,0 +1,214 @@
+import { createHash } from 'node:crypto';
+import { errorMessage, throwIfAborted } from '../errors.js';
+import { keys, volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
+import { unsafePathReason } from '../format/paths.js';
+import { readVolume } from '../format/tar.js';
+import type { Notice, Progress, Reporter } from './events.js';
+import type { Repository } from './repository.js';
+
+export type ProblemKind =
+  | 'manifest-unreadable'
+  | 'chain-broken'
+  | 'missing-volume'
+  | 'size-mismatch'
+  | 'checksum-mismatch'
+  | 'volume-damaged'
+  | 'missing-entry'
+  | 'unsafe-entry';
+
+export interface Problem {
+  point: string;
+  path: string;
+  kind: ProblemKind;
+  detail: string;
+}
+
+export interface VerifyOptions {
+  /** Only this point and the chain it depends on. */
+  point?: Manifest;
+  readData?: boolean;
+  signal?: AbortSignal;
+  reporter?: Reporter;
+}
+
+export interface VerifyResult {
+  ok: boolean;
+  backups: number;
+  files: number;
+  bytesRead: number;
+  problems: Problem[];
+  warnings: Notice[];
+}
+
+/**
+ * Checks the repository: every point's manifest reads and its chain is
+ * complete, every referenced volume exists with its recorded size; with
+ * `readData`, every volume is read back and every file's SHA-256 and every
+ * volume's CRC-32 checked. Leftovers of aborted backups are warnings.
+ */
+export async function verify(repo: Repository, options: VerifyOptions = {}): Promise<VerifyResult> {
+  const reporter = options.reporter ?? {};
+  const problems: Problem[] = [];
+  const warnings: Notice[] = [];
+  const result: VerifyResult = { ok: true, backups: 0, files: 0, bytesRead: 0, problems, warnings };
+
+  const ids = await repo.pointIds();
+  const manifests = new Map<string, Manifest>();
+  const unreadable = new Set<string>();
+  const load = async (id: string) => {
+    if (manifests.has(id)) return manifests.get(id);
+    if (unreadable.has(id)) return undefined;
+    try {
+      const m = await repo.manifest(id);
+      manifests.set(id, m);
+      return m;
+    } catch (err) {
+      unreadable.add(id);
+      problems.push({ point: id, path: keys.point(id), kind: 'manifest-unreadable', detail: errorMessage(err) });
+      return undefined;
+    }
+  };
+
+  let selected: string[];
+  if (options.point) {
+    // The point and every point its files or chain reach.
+    const chain = new Set<string>();
+    const queue = [options.point.id];
+    while (queue.length) {
+      const id = queue.pop()!;
+      if (chain.has(id)) continue;
+      chain.add(id);
+      const m = ids.includes(id) ? await load(id) : undefined;
+      if (!m) continue;
+      if (m.parent) queue.push(m.parent);
+      for (const e of m.entries) if (e.ref && e.ref.point !== id) queue.push(e.ref.point);
+    }
+    selected = ids.filter((id) => chain.has(id));
+  } else {
+    selected = ids;
+  }
+
+  const existing = new Map<string, number>();
+  for await (const { key, size } of repo.storage.list(keys.dataPrefix)) existing.set(key, size);
+
+  for (const id of selected) {
+    throwIfAborted(options.signal);
+    const m = await load(id);
+    if (!m) continue;
+    result.backups++;
+    result.files += m.stats.files;
+    for (const ancestor of [m.parent, m.full]) {
+      if (ancestor && ancestor !== id && !ids.includes(ancestor)) {
+        problems.push({ point: id, path: keys.point(ancestor), kind: 'chain-broken', detail: `depends on ${ancestor}, which is missing` });
+      }
+    }
+    for (const v of m.volumes) {
+      const size = existing.get(v.key);
+      if (size === undefined) problems.push({ point: id, path: v.key, kind: 'missing-volume', detail: 'volume object does not exist' });
+      else if (size !== v.size) problems.push({ point: id, path: v.key, kind: 'size-mismatch', detail: `stored size ${size}, recorded ${v.size}` });
+    }
+    for (const e of m.entries) {
+      if (e.type !== 'file' || !e.ref || e.ref.point === id) continue;
+      const holder = ids.includes(e.ref.point) ? await load(e.ref.point) : undefined;
+      if (!holder || !holder.volumes[e.ref.volume]) {
+        problems.push({ point: id, path: `${e.source}/${e.path}`, kind: 'chain-broken', detail: `its bytes are in ${e.ref.point} volume ${e.ref.volume}, which is missing` });
+      }
+    }
+  }
+
+  if (options.readData) {
+    const progress: Progress = { phase: 'verify', filesDone: 0, filesTotal: 0, bytesDone: 0, bytesTotal: 0 };
+    for (const id of selected) {
+      const m = manifests.get(id);
+      if (!m) continue;
+      for (const v of m.volumes) if (existing.has(v.key)) progress.bytesTotal += v.size;
+    }
+    for (const id of selected) {
+      const m = manifests.get(id);
+      if (!m) continue;
+      for (let i = 0; i < m.volumes.length; i++) {
+        throwIfAborted(options.signal);
+        if (!existing.has(m.volumes[i]!.key)) continue;
+        await readBackVolume(repo, m, i, problems, progress, reporter, options.signal);
+      }
+    }
+    result.bytesRead = progress.bytesDone;
+  }
+
+  if (!options.point) {
+    for (const orphan of await repo.orphanDataPrefixes()) {
+      const n: Notice = {
+        level: 'warning',
+        code: 'leftovers',
+        path: orphan.prefix,
+        message: `${orphan.keys.length} object(s), ${orphan.bytes} bytes, left by an aborted backup; the next backup removes them`,
+      };
+      warnings.push(n);
+      reporter.notice?.(n);
+    }
+  }
+  result.ok = problems.length === 0;
+  return result;
+}
+
+async function readBackVolume(
+  repo: Repository,
+  m: Manifest,
+  volumeIndex: number,
+  problems: Problem[],
+  progress: Progress,
+  reporter: Reporter,
+  signal?: AbortSignal,
+): Promise<void> {
+  const record = m.volumes[volumeIndex]!;
+  const byEntry = new Map<number, ManifestEntry>();
+  for (const e of m.entries) if (e.ref && e.ref.point === m.id && e.ref.volume === volumeIndex) byEntry.set(e.ref.entry, e);
+  const seen = new Set<number>();
+  const startBytes = progress.bytesDone;
+  try {
+    const body = await repo.storage.get(record.key, { signal });
+    const read = await readVolume(
+      body,
+      `volume ${record.key}`,
+      async (entry) => {
+        const reason = unsafePathReason(entry.name.replace(/\/+$/, ''));
+        if (reason) {
+          problems.push({ point: m.id, path: record.key, kind: 'unsafe-entry', detail: `entry ${JSON.stringify(entry.name)}: ${reason}` });
+        }
+        const expected = byEntry.get(entry.index);
+        if (!expected) return;
+        seen.add(entry.index);
+        const name = volumeEntryName(expected.source, expected.path);
+        const hash = createHash('sha256');
+        let size = 0;
+        for await (const chunk of entry.body) {
+          hash.update(chunk);
+          size += chunk.length;
+        }
+        const digest = hash.digest('hex');
+        if (entry.name !== name) {
+          problems.push({ point: m.id, path: name, kind: 'missing-entry', detail: `entry ${entry.index} of ${record.key} is ${JSON.stringify(entry.name)}` });
+        } else if (size !== expected.size || digest !== expected.sha256) {
+          problems.push({ point: m.id, path: name, kind: 'checksum-mismatch', detail: `SHA-256 ${digest} (${size} bytes) in ${record.key}, expected ${expected.sha256} (${expected.size} bytes)` });
+        }
+        progress.filesDone++;
+        progress.bytesDone += size;
+        reporter.progress?.({ ...progress, current: name });
+      },
+      signal,
+    );
+    progress.bytesDone = startBytes + read.size;
+    if (read.size !== record.size || read.crc32 !== record.crc32) {
+      problems.push({ point: m.id, path: record.key, kind: 'volume-damaged', detail: `CRC-32 or size differs from the recorded ${record.size} bytes` });
+    }
+  } catch (err) {
+    if (signal?.aborted) throw err;
+    problems.push({ point: m.id, path: record.key, kind: 'volume-damaged', detail: errorMessage(err) });
+    progress.bytesDone = startBytes + record.size;
+  }
+  for (const [index, e] of byEntry) {
+    if (!seen.has(index)) {
+      problems.push({ point: m.id, path: volumeEntryName(e.source, e.path), kind: 'missing-entry', detail: `entry ${index} not found in ${record.key}` });
+    }
+  }
+}

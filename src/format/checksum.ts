@@ -1,0 +1,29 @@
+import { createHash } from 'node:crypto';
+import * as zlib from 'node:zlib';
+
+export function sha256Hex(data: Uint8Array | string): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+type Crc32 = (data: Uint8Array, value?: number) => number;
+
+// zlib.crc32 exists from Node 20.15 / 22.2; older 20.x releases get the table version.
+const nativeCrc32 = (zlib as unknown as { crc32?: Crc32 }).crc32;
+
+let table: Uint32Array | undefined;
+function tableCrc32(data: Uint8Array, value = 0): number {
+  if (!table) {
+    table = new Uint32Array(256);
+    for (let n = 0; n < 256; n++) {
+      let c = n;
+      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+      table[n] = c >>> 0;
+    }
+  }
+  let crc = ~value >>> 0;
+  for (let i = 0; i < data.length; i++) crc = table[(crc ^ data[i]!) & 0xff]! ^ (crc >>> 8);
+  return ~crc >>> 0;
+}
+
+/** CRC-32 (IEEE) of data, continuing from `value`; covers whole volumes cheaply. */
+export const crc32: Crc32 = nativeCrc32 ?? tableCrc32;

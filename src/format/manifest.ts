@@ -1,0 +1,102 @@
+import { z } from 'zod';
+import { POINT_ID } from './ids.js';
+
+export const FORMAT_VERSION = 1;
+
+const pointId = z.string().regex(POINT_ID, 'not a backup point id');
+const sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'not a SHA-256 hex digest');
+const count = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+const nsTime = z.string().regex(/^-?\d{1,30}$/, 'not a nanosecond timestamp');
+
+/** Where one file's bytes live: the n-th entry of a volume of some point. */
+export const refSchema = z.object({
+  point: pointId,
+  volume: count,
+  entry: count,
+});
+export type ContentRef = z.infer<typeof refSchema>;
+
+export const entrySchema = z.object({
+  source: z.string().min(1).max(64),
+  path: z.string().min(1).max(4096),
+  type: z.enum(['file', 'dir', 'symlink']),
+  mode: z.number().int().min(0).max(0o7777),
+  mtimeNs: nsTime,
+  size: count,
+  ino: z.string().regex(/^\d{1,30}$/).optional(),
+  sha256: sha256.optional(),
+  target: z.string().min(1).max(4096).optional(),
+  ref: refSchema.optional(),
+});
+export type ManifestEntry = z.infer<typeof entrySchema>;
+
+export const volumeSchema = z.object({
+  key: z.string().min(1).max(1024),
+  size: count,
+  crc32: z.number().int().min(0).max(0xffffffff),
+  entries: count,
+  // Room for later formats: a volume says how it is encoded, so old ones keep reading.
+  compression: z.enum(['none']),
+  encryption: z.enum(['none']),
+});
+export type VolumeRecord = z.infer<typeof volumeSchema>;
+
+export const sourceSchema = z.object({
+  name: z.string().min(1).max(64),
+  kind: z.enum(['files']),
+  path: z.string(),
+  mode: z.number().int().min(0).max(0o7777).optional(),
+  mtimeNs: nsTime.optional(),
+});
+export type SourceRecord = z.infer<typeof sourceSchema>;
+
+export const manifestSchema = z.object({
+  format: z.literal(FORMAT_VERSION),
+  id: pointId,
+  type: z.enum(['full', 'diff', 'incr']),
+  parent: pointId.nullable(),
+  full: pointId,
+  startedAt: z.string(),
+  completedAt: z.string(),
+  host: z.string(),
+  tags: z.record(z.string(), z.string()),
+  sources: z.array(sourceSchema).max(10_000),
+  volumes: z.array(volumeSchema).max(1_000_000),
+  entries: z.array(entrySchema).max(50_000_000),
+  stats: z.object({
+    files: count,
+    bytes: count,
+    added: count,
+    changed: count,
+    removed: count,
+    storedBytes: count,
+  }),
+  warnings: z.array(z.object({ code: z.string(), path: z.string().optional(), message: z.string() })),
+});
+export type Manifest = z.infer<typeof manifestSchema>;
+
+export const repositoryConfigSchema = z.object({
+  format: z.literal('lifeboat-repository'),
+  version: z.literal(FORMAT_VERSION),
+  id: z.string().regex(/^[0-9a-f]{32}$/),
+  createdAt: z.string(),
+  encryption: z.null(),
+  volumeSize: count,
+});
+export type RepositoryConfig = z.infer<typeof repositoryConfigSchema>;
+
+/** Object keys of the repository layout (docs/FORMAT.md). */
+export const keys = {
+  config: 'config.json',
+  pointsPrefix: 'points/',
+  point: (id: string) => `points/${id}.json`,
+  dataPrefix: 'data/',
+  pointData: (id: string) => `data/${id}/`,
+  volume: (id: string, n: number) => `data/${id}/v${String(n + 1).padStart(6, '0')}.tar`,
+  lock: 'locks/lock.json',
+} as const;
+
+/** Name of a file's entry inside a tar volume: `<source>/<path>`. */
+export function volumeEntryName(source: string, path: string): string {
+  return `${source}/${path}`;
+}

@@ -1,0 +1,53 @@
+import { IntegrityError, UsageError } from '../errors.js';
+
+const SOURCE_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$/;
+
+export function checkSourceName(name: string): void {
+  if (!SOURCE_NAME.test(name)) {
+    throw new UsageError(`source name ${JSON.stringify(name)} is invalid: use letters, digits, '.', '_' or '-' (at most 64)`);
+  }
+}
+
+/**
+ * Why a relative path from a manifest or an archive may not be written, or
+ * undefined when it is safe: relative, no empty, '.' or '..' segments, no NUL.
+ */
+export function unsafePathReason(p: string): string | undefined {
+  if (p.length === 0) return 'empty path';
+  if (p.includes('\0')) return 'path contains a NUL byte';
+  if (p.startsWith('/') || /^[A-Za-z]:/.test(p) || p.startsWith('\\')) return 'absolute path';
+  for (const segment of p.split('/')) {
+    if (segment === '..') return "path contains '..'";
+    if (segment === '' || segment === '.') return 'path has an empty or "." segment';
+  }
+  return undefined;
+}
+
+export function assertSafePath(p: string, what: string): void {
+  const reason = unsafePathReason(p);
+  if (reason) throw new IntegrityError(`refusing ${what} ${JSON.stringify(p)}: ${reason}`);
+}
+
+/**
+ * Whether a symlink at `linkPath` (relative to a root) pointing at `target`
+ * stays inside that root once resolved lexically.
+ */
+export function linkStaysInside(linkPath: string, target: string): boolean {
+  if (target.startsWith('/') || target.includes('\0')) return false;
+  const parts = linkPath.split('/').slice(0, -1);
+  for (const segment of target.split('/')) {
+    if (segment === '' || segment === '.') continue;
+    if (segment === '..') {
+      if (parts.length === 0) return false;
+      parts.pop();
+    } else parts.push(segment);
+  }
+  return true;
+}
+
+/** Sort key that keeps a directory's entries right after it ('a', 'a/b', 'a-c'). */
+export function comparePaths(a: string, b: string): number {
+  const ka = a.replaceAll('/', '\u0000');
+  const kb = b.replaceAll('/', '\u0000');
+  return ka < kb ? -1 : ka > kb ? 1 : 0;
+}

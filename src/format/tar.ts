@@ -1,0 +1,201 @@
+import { PassThrough, type Readable } from 'node:stream';
+import { Header, Parser, Pax, type ReadEntry } from 'tar';
+import { IntegrityError } from '../errors.js';
+import { crc32 } from './checksum.js';
+
+const BLOCK = 512;
+const ZERO_BLOCKS = Buffer.alloc(BLOCK * 2);
+
+export interface TarHeaderFields {
+  name: string;
+  type: 'File' | 'Directory' | 'SymbolicLink';
+  size: number;
+  mode: number;
+  mtime: Date;
+  uid?: number;
+  gid?: number;
+  linkpath?: string;
+}
+
+/**
+ * Writes one standard (ustar + pax) tar volume into `stream`, counting bytes,
+ * entries and a CRC-32 of everything written. Headers are encoded by node-tar;
+ * file bodies are pushed by the caller, so it can hash them in the same pass.
+ */
+export class TarVolumeWriter {
+  readonly stream: PassThrough;
+  size = 0;
+  crc = 0;
+  entries = 0;
+
+  constructor(highWaterMark = 4 << 20) {
+    this.stream = new PassThrough({ highWaterMark });
+  }
+
+  private async push(buf: Buffer): Promise<void> {
+    if (buf.length === 0) return;
+    this.crc = crc32(buf, this.crc);
+    this.size += buf.length;
+    if (this.stream.destroyed) throw this.stream.errored ?? new Error('volume stream closed');
+    if (!this.stream.write(buf)) await waitForDrain(this.stream);
+  }
+
+  /** Starts an entry; returns its index in the volume (what a manifest refers to). */
+  async header(fields: TarHeaderFields): Promise<number> {
+    const name = fields.type === 'Directory' ? `${fields.name}/` : fields.name;
+    const header = new Header({
+      path: name,
+      type: fields.type,
+      size: fields.type === 'File' ? fields.size : 0,
+      mode: fields.mode,
+      mtime: fields.mtime,
+      uid: fields.uid ?? 0,
+      gid: fields.gid ?? 0,
+      linkpath: fields.linkpath,
+    });
+    if (header.encode()) {
+      const pax = new Pax({
+        path: name,
+        linkpath: fields.linkpath,
+        size: fields.type === 'File' ? fields.size : 0,
+        mtime: fields.mtime,
+        uid: fields.uid ?? 0,
+        gid: fields.gid ?? 0,
+      });
+      await this.push(pax.encode());
+    }
+    await this.push(header.block!);
+    return this.entries++;
+  }
+
+  async body(chunk: Buffer): Promise<void> {
+    await this.push(chunk);
+  }
+
+  /**
+   * Ends a file entry after `written` of its declared `size` bytes: zero-fills
+   * a short body (the caller records it as torn) and pads to the block size.
+   */
+  async endEntry(written: number, size: number): Promise<void> {
+    let missing = size - written;
+    while (missing > 0) {
+      const n = Math.min(missing, 1 << 20);
+      await this.push(Buffer.alloc(n));
+      missing -= n;
+    }
+    const pad = (BLOCK - (size % BLOCK)) % BLOCK;
+    if (pad) await this.push(Buffer.alloc(pad));
+  }
+
+  async end(): Promise<void> {
+    await this.push(ZERO_BLOCKS);
+    this.stream.end();
+  }
+}
+
+function waitForDrain(stream: PassThrough): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = (err?: Error) => {
+      stream.off('drain', onDrain);
+      stream.off('close', onClose);
+      stream.off('error', onError);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onDrain = () => done();
+    const onClose = () => done(stream.errored ?? new Error('volume stream closed'));
+    const onError = (err: Error) => done(err);
+    stream.on('drain', onDrain);
+    stream.on('close', onClose);
+    stream.on('error', onError);
+  });
+}
+
+export interface VolumeEntry {
+  index: number;
+  name: string;
+  type: string;
+  size: number;
+  mode: number;
+  linkpath?: string;
+  /** The entry's body; read it or leave it (it is skipped). */
+  body: AsyncIterable<Buffer>;
+}
+
+export interface VolumeReadResult {
+  size: number;
+  crc32: number;
+  entries: number;
+}
+
+/**
+ * Streams a tar volume through node-tar's parser, calling `onEntry` for each
+ * entry in order. Damaged headers and truncated volumes are IntegrityErrors.
+ */
+export async function readVolume(
+  source: Readable,
+  what: string,
+  onEntry: (entry: VolumeEntry) => Promise<void>,
+  signal?: AbortSignal,
+): Promise<VolumeReadResult> {
+  let size = 0;
+  let crc = 0;
+  let index = 0;
+  let failure: unknown;
+  let pending: Promise<void> = Promise.resolve();
+
+  const parser = new Parser({ strict: true });
+  const ended = new Promise<void>((resolve) => parser.on('end', () => resolve()));
+  parser.on('error', (err: Error) => {
+    failure ??= new IntegrityError(`${what} is not a readable tar volume: ${err.message}`, { cause: err });
+  });
+  parser.on('entry', (entry: ReadEntry) => {
+    const current = index++;
+    pending = pending.then(async () => {
+      if (failure) {
+        entry.resume();
+        return;
+      }
+      try {
+        await onEntry({
+          index: current,
+          name: entry.path,
+          type: entry.type,
+          size: entry.size ?? 0,
+          mode: entry.mode ?? 0,
+          linkpath: entry.linkpath,
+          body: entry as unknown as AsyncIterable<Buffer>,
+        });
+      } catch (err) {
+        failure ??= err;
+      } finally {
+        // Whatever the handler left unread is skipped so the parser moves on.
+        entry.resume();
+      }
+    });
+  });
+
+  try {
+    for await (const chunk of source as AsyncIterable<Buffer>) {
+      if (signal?.aborted) break;
+      size += chunk.length;
+      crc = crc32(chunk, crc);
+      if (failure) break;
+      if (!parser.write(chunk)) await new Promise<void>((r) => parser.once('drain', () => r()));
+    }
+  } catch (err) {
+    failure ??= err;
+  }
+  if (failure || signal?.aborted) {
+    source.destroy();
+    parser.abort?.(new Error('stopped'));
+    await pending.catch(() => undefined);
+    if (failure) throw failure;
+    return { size, crc32: crc, entries: index };
+  }
+  parser.end();
+  await ended;
+  await pending;
+  if (failure) throw failure;
+  return { size, crc32: crc, entries: index };
+}

@@ -1,0 +1,248 @@
+import type { Readable } from 'node:stream';
+import { LifeboatError, RuntimeFailure, errorMessage } from '../errors.js';
+import type { GetOptions, ObjectInfo, PutOptions, Storage, StorageCapabilities } from './storage.js';
+
+export interface RetryPolicy {
+  /** Total attempts, the first one included. */
+  maxAttempts: number;
+  /** Backoff before retry n is a random delay in [0, min(maxDelayMs, baseDelayMs * 2^(n-1))] ("full jitter"). */
+  baseDelayMs: number;
+  maxDelayMs: number;
+  /** Source of randomness in [0, 1); tests pass a seeded one. */
+  random?: () => number;
+  /** Called before each backoff, e.g. for a debug log or a test's counter. */
+  onRetry?: (event: { operation: string; key: string; attempt: number; delayMs: number; error: unknown }) => void;
+}
+
+export const DEFAULT_RETRY_POLICY: RetryPolicy = { maxAttempts: 6, baseDelayMs: 100, maxDelayMs: 5000 };
+
+const RETRYABLE_NAMES = new Set([
+  'TimeoutError',
+  'RequestTimeout',
+  'RequestTimeoutException',
+  'SlowDown',
+  'Throttling',
+  'ThrottlingException',
+  'ThrottledException',
+  'RequestThrottled',
+  'RequestThrottledException',
+  'TooManyRequestsException',
+  'RequestLimitExceeded',
+  'InternalError',
+  'ServiceUnavailable',
+  // A concurrent conditional write on the same key; S3 documents it as retryable.
+  'ConditionalRequestConflict',
+  // Content-MD5 did not match what arrived: the bytes were damaged in transit and a
+  // resend of the same buffered body is the cure. Bodies we send are always buffered.
+  'BadDigest',
+]);
+
+const RETRYABLE_CODES = new Set([
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'ECONNABORTED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENETDOWN',
+  'ERR_STREAM_PREMATURE_CLOSE',
+  'UND_ERR_SOCKET',
+]);
+
+const RETRYABLE_STATUS = new Set([408, 429, 500, 502, 503, 504]);
+
+/**
+ * Whether an error is worth another attempt: timeouts, dropped connections,
+ * server errors and throttling. Decided from names, codes and HTTP status, never
+ * from messages (some servers send none). Our own typed errors (not found,
+ * integrity, interrupts) are final.
+ */
+export function isRetryable(err: unknown): boolean {
+  if (err === null || typeof err !== 'object') return false;
+  if (err instanceof LifeboatError) return false;
+  const e = err as {
+    name?: string;
+    code?: string;
+    $retryable?: unknown;
+    $metadata?: { httpStatusCode?: number };
+    cause?: unknown;
+  };
+  if (e.name === 'AbortError') return false;
+  const status = e.$metadata?.httpStatusCode;
+  if (status !== undefined && RETRYABLE_STATUS.has(status)) return true;
+  if (e.name !== undefined && RETRYABLE_NAMES.has(e.name)) return true;
+  if (e.code !== undefined && RETRYABLE_CODES.has(e.code)) return true;
+  if (e.$retryable) return true;
+  // A response whose body could not be read or parsed (the connection dropped
+  // while a small XML answer was arriving) carries no HTTP error status.
+  if (status !== undefined && status < 300 && e.name !== undefined && /Deserializ|Parse/i.test(e.name)) return true;
+  if (e.cause !== undefined && e.cause !== err) return isRetryable(e.cause);
+  return false;
+}
+
+/** Status and name of an SDK error, for messages (radosgw's errors have no message of their own). */
+export function describeError(err: unknown): string {
+  const e = err as { name?: string; code?: string; $metadata?: { httpStatusCode?: number } } | undefined;
+  const parts: string[] = [];
+  if (e?.$metadata?.httpStatusCode !== undefined) parts.push(`HTTP ${e.$metadata.httpStatusCode}`);
+  if (e?.name && e.name !== 'Error') parts.push(e.name);
+  if (e?.code && e.code !== e.name) parts.push(e.code);
+  const message = errorMessage(err);
+  if (message && message !== 'UnknownError' && !parts.includes(message)) parts.push(message);
+  return parts.join(' ') || 'unknown error';
+}
+
+export function backoffDelay(policy: RetryPolicy, attempt: number): number {
+  const ceiling = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** (attempt - 1));
+  return Math.floor((policy.random ?? Math.random)() * ceiling);
+}
+
+/**
+ * Runs `fn` until it succeeds, a non-retryable error occurs, or the attempts are
+ * spent. Typed errors pass through unchanged; any other final error becomes a
+ * RuntimeFailure that names the operation and the key.
+ */
+export async function retrying<T>(
+  policy: RetryPolicy,
+  operation: string,
+  key: string,
+  fn: (attempt: number) => Promise<T>,
+  signal?: AbortSignal,
+): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn(attempt);
+    } catch (err) {
+      if (!isRetryable(err) || signal?.aborted) throw asFailure(operation, key, err, attempt);
+      if (attempt >= policy.maxAttempts) throw asFailure(operation, key, err, attempt);
+      const delayMs = backoffDelay(policy, attempt);
+      policy.onRetry?.({ operation, key, attempt, delayMs, error: err });
+      await sleep(delayMs, signal);
+    }
+  }
+}
+
+export function asFailure(operation: string, key: string, err: unknown, attempts = 1): Error {
+  if (err instanceof LifeboatError) return err;
+  if (err instanceof Error && err.name === 'AbortError') return err;
+  const status = (err as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
+  const tries = attempts > 1 ? ` after ${attempts} attempts` : '';
+  const hint =
+    status === 403
+      ? 'check the credentials (AWS chain) and the permissions of the bucket'
+      : status === 301 || (err as { name?: string })?.name === 'PermanentRedirect'
+        ? 'check the region (s3.region) or the endpoint of the repository'
+        : undefined;
+  return new RuntimeFailure(`${operation} ${key} failed${tries}: ${describeError(err)}`, { cause: err, hint });
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  if (ms <= 0) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
+    function done() {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    }
+  });
+}
+
+/**
+ * Retries every storage operation that can be repeated safely.
+ *
+ * `put` is passed through: its body is a one-shot stream that cannot be rewound,
+ * so a driver retries below it, on pieces it holds in memory (the S3 driver
+ * resends buffered multipart parts and buffered small objects). Likewise a `get`
+ * stream that breaks mid-body is resumed by the driver; here only opening it is
+ * retried. A `list` that fails mid-way is resumed after the last key it yielded.
+ */
+export function withRetry(storage: Storage, policy: RetryPolicy = DEFAULT_RETRY_POLICY): Storage {
+  return new RetryingStorage(storage, policy);
+}
+
+class RetryingStorage implements Storage {
+  constructor(
+    private readonly inner: Storage,
+    private readonly policy: RetryPolicy,
+  ) {}
+
+  get location(): string {
+    return this.inner.location;
+  }
+
+  get capabilities(): StorageCapabilities {
+    return this.inner.capabilities;
+  }
+
+  async put(key: string, body: Readable, options?: PutOptions): Promise<ObjectInfo> {
+    try {
+      return await this.inner.put(key, body, options);
+    } catch (err) {
+      throw asFailure('put', key, err);
+    }
+  }
+
+  async putDocument(key: string, data: Uint8Array, options?: { ifAbsent?: boolean }): Promise<boolean> {
+    let retried = false;
+    const created = await retrying(this.policy, 'put', key, async (attempt) => {
+      retried = attempt > 1;
+      return this.inner.putDocument(key, data, options);
+    });
+    if (created || !retried) return created;
+    // A create-if-absent that was retried may have succeeded on an attempt whose
+    // answer was lost: then the object exists with exactly our bytes.
+    const stored = await this.getDocument(key).catch(() => undefined);
+    return stored !== undefined && Buffer.compare(stored, Buffer.from(data)) === 0;
+  }
+
+  getDocument(key: string): Promise<Buffer> {
+    return retrying(this.policy, 'get', key, () => this.inner.getDocument(key));
+  }
+
+  get(key: string, options?: GetOptions): Promise<Readable> {
+    return retrying(this.policy, 'get', key, () => this.inner.get(key, options), options?.signal);
+  }
+
+  head(key: string): Promise<ObjectInfo | undefined> {
+    return retrying(this.policy, 'head', key, () => this.inner.head(key));
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    let lastKey: string | undefined;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        for await (const info of this.inner.list(prefix)) {
+          if (lastKey !== undefined && info.key <= lastKey) continue;
+          lastKey = info.key;
+          attempt = 1;
+          yield info;
+        }
+        return;
+      } catch (err) {
+        if (!isRetryable(err) || attempt >= this.policy.maxAttempts) {
+          throw asFailure('list', prefix === '' ? '/' : prefix, err, attempt);
+        }
+        const delayMs = backoffDelay(this.policy, attempt);
+        this.policy.onRetry?.({ operation: 'list', key: prefix, attempt, delayMs, error: err });
+        await sleep(delayMs);
+      }
+    }
+  }
+
+  delete(keys: readonly string[]): Promise<void> {
+    const what = keys.length === 1 ? keys[0]! : `${keys.length} objects`;
+    return retrying(this.policy, 'delete', what, () => this.inner.delete(keys));
+  }
+
+  cleanupIncomplete(olderThanMs: number): Promise<number> {
+    return retrying(this.policy, 'clean up', 'incomplete uploads', () => this.inner.cleanupIncomplete(olderThanMs));
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
