@@ -41,6 +41,9 @@ export interface BackupPlan {
   filesToStore: number;
 }
 
+/** Coarse filesystem timestamps (FAT: 2 s) set the window. */
+const RACY_WINDOW_MS = 2000;
+
 export const entryKey = (source: string, path: string) => `${source}\u0000${path}`;
 
 /**
@@ -49,6 +52,10 @@ export const entryKey = (source: string, path: string) => `${source}\u0000${path
  * the reference; everything else is read and stored.
  */
 export function planBackup(scanned: readonly ScannedEntry[], reference: Manifest | undefined): BackupPlan {
+  // A file modified within the timestamp granularity of the reference's scan may
+  // have changed again without its mtime moving ("racy" files, as git calls them):
+  // such files are read again rather than trusted.
+  const racyAfterNs = reference ? BigInt(Date.parse(reference.startedAt) - RACY_WINDOW_MS) * 1_000_000n : 0n;
   const previous = new Map<string, ManifestEntry>();
   for (const e of reference?.entries ?? []) previous.set(entryKey(e.source, e.path), e);
   const seen = new Set<string>();
@@ -61,7 +68,13 @@ export function planBackup(scanned: readonly ScannedEntry[], reference: Manifest
     let same = false;
     if (prev && prev.type === s.type) {
       if (s.type === 'file') {
-        const contentSame = prev.size === s.size && prev.mtimeNs === s.mtimeNs && prev.ino === s.ino && prev.sha256 !== undefined && prev.ref !== undefined;
+        const contentSame =
+          prev.size === s.size &&
+          prev.mtimeNs === s.mtimeNs &&
+          prev.ino === s.ino &&
+          prev.sha256 !== undefined &&
+          prev.ref !== undefined &&
+          BigInt(prev.mtimeNs) < racyAfterNs;
         storeData = !contentSame;
         same = contentSame && prev.mode === s.mode;
       } else {

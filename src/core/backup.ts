@@ -74,6 +74,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     throw new UsageError('nothing to back up: give paths, --source NAME=PATH, or sources in the config file');
   }
 
+  const startedAt = now();
   const lock = options.dryRun ? undefined : await acquireLock(repo.storage, 'backup');
   let sink: VolumeSink | undefined;
   let id: string | undefined;
@@ -96,7 +97,6 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const totalBytes = allEntries.reduce((n, e) => n + (e.type === 'file' ? e.size : 0), 0);
     const fileCount = allEntries.filter((e) => e.type === 'file').length;
 
-    const startedAt = now();
     id = await uniquePointId(repo, startedAt, choice.type);
     const result: BackupResult = {
       id,

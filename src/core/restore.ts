@@ -1,4 +1,5 @@
 import { createWriteStream } from 'node:fs';
+import { once } from 'node:events';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
@@ -213,10 +214,7 @@ async function writeVerified(
       size += chunk.length;
       sinceReport += chunk.length;
       progress.bytesDone += chunk.length;
-      if (!out.write(chunk)) await new Promise<void>((r, j) => {
-        out.once('drain', r);
-        out.once('error', j);
-      });
+      if (!out.write(chunk)) await once(out, 'drain');
       if (sinceReport >= 8 << 20) {
         sinceReport = 0;
         reporter.progress?.({ ...progress, current: `${expected.source}/${expected.path}` });

@@ -1,0 +1,65 @@
+import { PassThrough } from 'node:stream';
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { runCli } from '../../src/cli/main.js';
+
+export const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../bin/lifeboat.js');
+
+export interface CliRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+  /** stdout parsed as JSON (throws when it is not one document). */
+  json<T = any>(): T;
+}
+
+function collect(): { stream: PassThrough; text: () => string } {
+  const stream = new PassThrough();
+  const chunks: Buffer[] = [];
+  stream.on('data', (c: Buffer) => chunks.push(c));
+  return { stream, text: () => Buffer.concat(chunks).toString('utf8') };
+}
+
+/** Runs the CLI in this process with captured, non-TTY streams. */
+export async function lifeboat(args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv; signal?: AbortSignal } = {}): Promise<CliRun> {
+  const out = collect();
+  const err = collect();
+  const env = { ...stripLifeboatEnv(process.env), ...(options.env ?? {}) };
+  const code = await runCli(['node', 'lifeboat', ...args], { stdout: out.stream, stderr: err.stream, env, cwd: options.cwd ?? process.cwd() }, options.signal ?? new AbortController().signal);
+  const stdout = out.text();
+  return {
+    code,
+    stdout,
+    stderr: err.text(),
+    json() {
+      return JSON.parse(stdout);
+    },
+  };
+}
+
+function stripLifeboatEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const copy = { ...env };
+  for (const k of Object.keys(copy)) if (k.startsWith('LIFEBOAT_')) delete copy[k];
+  return copy;
+}
+
+/** Starts the real executable as a child process. */
+export function spawnLifeboat(args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): ChildProcess {
+  return spawn(process.execPath, [BIN, ...args], {
+    cwd: options.cwd,
+    env: { ...stripLifeboatEnv(process.env), ...(options.env ?? {}) },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+}
+
+export async function runChild(args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<CliRun> {
+  const child = spawnLifeboat(args, options);
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  child.stdout!.on('data', (c: Buffer) => out.push(c));
+  child.stderr!.on('data', (c: Buffer) => err.push(c));
+  const code = await new Promise<number>((resolve) => child.on('close', (c, sig) => resolve(c ?? (sig ? 128 : 1))));
+  const stdout = Buffer.concat(out).toString('utf8');
+  return { code, stdout, stderr: Buffer.concat(err).toString('utf8'), json: () => JSON.parse(stdout) };
+}

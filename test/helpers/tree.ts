@@ -1,0 +1,92 @@
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+/** A small, fast, seedable PRNG (mulberry32), so failures replay from the printed seed. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export function seedFromEnv(): number {
+  const fromEnv = Number(process.env.LIFEBOAT_TEST_SEED);
+  return Number.isFinite(fromEnv) && fromEnv > 0 ? fromEnv : Math.floor(Math.random() * 2 ** 31) + 1;
+}
+
+export async function tempDir(prefix = 'lifeboat-test-'): Promise<string> {
+  return fsp.mkdtemp(path.join(os.tmpdir(), prefix));
+}
+
+/** Writes `size` pseudo-random bytes, a chunk at a time. */
+export async function writeRandomFile(file: string, size: number, rand: () => number): Promise<void> {
+  const fh = await fsp.open(file, 'w');
+  try {
+    let left = size;
+    const chunk = Buffer.alloc(Math.min(size, 1 << 20));
+    const words = new Uint32Array(chunk.buffer, chunk.byteOffset, Math.floor(chunk.length / 4));
+    while (left > 0) {
+      const n = Math.min(left, chunk.length);
+      for (let i = 0; i < words.length; i++) words[i] = (rand() * 4294967296) >>> 0;
+      for (let i = words.length * 4; i < chunk.length; i++) chunk[i] = (rand() * 256) | 0;
+      await fh.write(chunk, 0, n);
+      left -= n;
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+export interface SnapshotEntry {
+  type: 'file' | 'dir' | 'symlink';
+  mode: number;
+  size: number;
+  sha256?: string;
+  target?: string;
+  mtimeMs: number;
+}
+
+/** Everything a restore must reproduce about a tree, keyed by relative path. */
+export async function snapshotTree(root: string): Promise<Map<string, SnapshotEntry>> {
+  const out = new Map<string, SnapshotEntry>();
+  const walk = async (dir: string, rel: string) => {
+    for (const name of (await fsp.readdir(dir)).sort()) {
+      const abs = path.join(dir, name);
+      const r = rel ? `${rel}/${name}` : name;
+      const st = await fsp.lstat(abs);
+      if (st.isSymbolicLink()) out.set(r, { type: 'symlink', mode: 0, size: 0, target: await fsp.readlink(abs), mtimeMs: 0 });
+      else if (st.isDirectory()) {
+        out.set(r, { type: 'dir', mode: st.mode & 0o7777, size: 0, mtimeMs: Math.floor(st.mtimeMs) });
+        await walk(abs, r);
+      } else {
+        const hash = createHash('sha256');
+        for await (const c of fs.createReadStream(abs)) hash.update(c as Buffer);
+        out.set(r, { type: 'file', mode: st.mode & 0o7777, size: st.size, sha256: hash.digest('hex'), mtimeMs: Math.floor(st.mtimeMs) });
+      }
+    }
+  };
+  await walk(root, '');
+  return out;
+}
+
+/** Describes the first difference between two snapshots, or undefined when equal. */
+export function compareSnapshots(expected: Map<string, SnapshotEntry>, actual: Map<string, SnapshotEntry>): string | undefined {
+  for (const [p, e] of expected) {
+    const a = actual.get(p);
+    if (!a) return `missing ${p}`;
+    if (a.type !== e.type) return `${p}: type ${a.type}, expected ${e.type}`;
+    if (e.type === 'file' && (a.sha256 !== e.sha256 || a.size !== e.size)) return `${p}: content differs`;
+    if (e.type === 'symlink' && a.target !== e.target) return `${p}: link target ${a.target}, expected ${e.target}`;
+    if (e.type !== 'symlink' && a.mode !== e.mode) return `${p}: mode ${a.mode.toString(8)}, expected ${e.mode.toString(8)}`;
+    if (e.type === 'file' && Math.abs(a.mtimeMs - e.mtimeMs) > 1) return `${p}: mtime ${a.mtimeMs}, expected ${e.mtimeMs}`;
+  }
+  for (const p of actual.keys()) if (!expected.has(p)) return `unexpected ${p}`;
+  return undefined;
+}
