@@ -158,7 +158,8 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
  * so a driver retries below it, on pieces it holds in memory (the S3 driver
  * resends buffered multipart parts and buffered small objects). Likewise a `get`
  * stream that breaks mid-body is resumed by the driver; here only opening it is
- * retried. A `list` that fails mid-way is resumed after the last key it yielded.
+ * retried. A listing is retried by the driver page by page, since only the
+ * driver can continue from where a failed page left off.
  */
 export function withRetry(storage: Storage, policy: RetryPolicy = DEFAULT_RETRY_POLICY): Storage {
   return new RetryingStorage(storage, policy);
@@ -212,24 +213,10 @@ class RetryingStorage implements Storage {
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
-    let lastKey: string | undefined;
-    for (let attempt = 1; ; attempt++) {
-      try {
-        for await (const info of this.inner.list(prefix)) {
-          if (lastKey !== undefined && info.key <= lastKey) continue;
-          lastKey = info.key;
-          attempt = 1;
-          yield info;
-        }
-        return;
-      } catch (err) {
-        if (!isRetryable(err) || attempt >= this.policy.maxAttempts) {
-          throw asFailure('list', prefix === '' ? '/' : prefix, err, attempt);
-        }
-        const delayMs = backoffDelay(this.policy, attempt);
-        this.policy.onRetry?.({ operation: 'list', key: prefix, attempt, delayMs, error: err });
-        await sleep(delayMs);
-      }
+    try {
+      yield* this.inner.list(prefix);
+    } catch (err) {
+      throw asFailure('list', prefix === '' ? '/' : prefix, err);
     }
   }
 

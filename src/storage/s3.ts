@@ -102,6 +102,9 @@ export class S3Storage implements Storage {
     const partConcurrency = tuning.partConcurrency ?? 4;
     // Sockets for every part of every transfer, plus downloads a caller holds open.
     const agentOptions = { keepAlive: true, maxSockets: Math.max(50, concurrency * partConcurrency * 2) };
+    // The SDK warns on every run under Node < 22 about its future releases; this
+    // project pins its SDK version, and the warning would be noise in every cron log.
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
     const client = new S3Client({
       region,
       endpoint,
