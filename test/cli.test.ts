@@ -1,0 +1,184 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { lifeboat } from './helpers/cli.js';
+import { exists, smallDeployment } from './helpers/repo.js';
+import { tempDir } from './helpers/tree.js';
+
+test('config errors exit 2 and name the key', async () => {
+  const dir = await tempDir();
+  const cases: [string, RegExp][] = [
+    ['repository: [unclosed', /invalid YAML/],
+    ['repository: ./r\nretention: { keepFull: "four" }\n', /retention\.keepFull: /],
+    ['repository: ./r\nsurprise: 1\n', /unknown key "surprise"/],
+    ['repository: ./r\nsources: { "bad name!": /srv }\n', /sources\.bad name!: /],
+    ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { timeout: 60s } } }\n', /targets\.prod\.health: needs a url or a command/],
+    ['repository: ./r\nretention: { keepWithin: "two weeks" }\n', /retention\.keepWithin: must be a duration/],
+  ];
+  for (const [yaml, pattern] of cases) {
+    await fsp.writeFile(path.join(dir, 'lifeboat.yaml'), yaml);
+    const r = await lifeboat(['list'], { cwd: dir });
+    assert.equal(r.code, 2, `${yaml}: ${r.stderr}`);
+    assert.match(r.stderr, pattern);
+    assert.match(r.stderr, /lifeboat\.yaml/);
+  }
+  const missing = await lifeboat(['--config', path.join(dir, 'nope.yaml'), 'list'], { cwd: dir });
+  assert.equal(missing.code, 2);
+  const none = await lifeboat(['list'], { cwd: os.tmpdir() === dir ? '/' : await tempDir() });
+  assert.equal(none.code, 2);
+  assert.match(none.stderr, /no repository given/);
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+test('flags override LIFEBOAT_REPO, which overrides the config file; sources come from the config', async () => {
+  const d = await smallDeployment();
+  const other = path.join(d.work, 'other-repo');
+  await fsp.writeFile(path.join(d.work, 'lifeboat.yaml'), `repository: ./nowhere\nsources:\n  models: ./models\nexclude: ["**/tokenizer.json"]\n`);
+  const viaEnv = await lifeboat(['--json', 'backup'], { cwd: d.work, env: { LIFEBOAT_REPO: d.repo } });
+  assert.equal(viaEnv.code, 0, viaEnv.stderr);
+  const shown = (await lifeboat(['--json', 'show', 'latest'], { cwd: d.work, env: { LIFEBOAT_REPO: d.repo } })).json();
+  assert.deepEqual(shown.sources.map((s: { name: string }) => s.name), ['models']);
+  assert.ok(!shown.entries.some((e: { path: string }) => e.path.endsWith('tokenizer.json')), 'config excludes apply');
+  assert.equal((await lifeboat(['--repo', other, 'init'], { cwd: d.work, env: { LIFEBOAT_REPO: d.repo } })).code, 0);
+  const flagWins = await lifeboat(['--repo', other, '--json', 'list'], { cwd: d.work, env: { LIFEBOAT_REPO: d.repo } });
+  assert.deepEqual(flagWins.json(), []);
+  const cfg = path.join(d.work, 'elsewhere.yaml');
+  await fsp.writeFile(cfg, `repository: ${d.repo}\n`);
+  const viaConfigEnv = await lifeboat(['--json', 'list'], { cwd: '/', env: { LIFEBOAT_CONFIG: cfg } });
+  assert.equal(viaConfigEnv.json().length, 1);
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('point selectors: id, prefix, latest, ISO time; ambiguous or unknown is exit 2', async () => {
+  const d = await smallDeployment();
+  const ids: string[] = [];
+  for (const type of ['full', 'incr', 'diff']) {
+    await fsp.appendFile(path.join(d.src, 'config.json'), ' ');
+    const r = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', type]);
+    ids.push(r.json().id);
+  }
+  const list = (await lifeboat(['--repo', d.repo, '--json', 'list'])).json();
+  const show = async (sel: string) => lifeboat(['--repo', d.repo, '--json', 'show', sel]);
+  assert.equal((await show('latest')).json().id, ids[2]);
+  assert.equal((await show(ids[1]!)).json().id, ids[1]);
+  assert.equal((await show(ids[1]!.slice(0, -1))).json().id, ids[1], 'unique prefix (the id without its type letter)');
+  assert.equal((await show(list[1].completedAt)).json().id, ids[1], 'ISO time selects the newest point completed at or before it');
+  assert.equal((await show('1999-01-01T00:00:00Z')).code, 2);
+  const ambiguous = await show(ids[0]!.slice(0, 8));
+  assert.equal(ambiguous.code, 2);
+  assert.match(ambiguous.stderr, /matches 3 backup points/);
+  assert.equal((await show('nomatch')).code, 2);
+  assert.equal((await show('2026-13-45')).code, 2);
+  const diff = (await lifeboat(['--repo', d.repo, '--json', 'diff', ids[0]!, ids[2]!])).json();
+  assert.deepEqual(diff.changed.map((c: { path: string }) => c.path), ['models/config.json']);
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('--json prints exactly one document on stdout, logs go to stderr', async () => {
+  const d = await smallDeployment();
+  const r = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'incr']);
+  assert.equal(r.code, 0);
+  const doc = r.json();
+  for (const key of ['id', 'type', 'parent', 'files', 'bytes', 'added', 'changed', 'removed', 'storedBytes', 'durationMs']) assert.ok(key in doc, key);
+  assert.equal(doc.type, 'full');
+  assert.match(r.stderr, /no full backup exists yet/);
+  const failed = await lifeboat(['--repo', d.repo, '--json', 'show', 'nomatch']);
+  assert.equal(failed.code, 2);
+  assert.equal(failed.json().ok, false, 'a failure is still one JSON document');
+  const rr = await lifeboat(['--repo', d.repo, '--json', 'restore', 'latest', '--target', path.join(d.work, 'out')]);
+  assert.deepEqual(Object.keys(rr.json()).sort(), ['bytes', 'durationMs', 'files', 'point', 'target']);
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('restore refuses a non-empty target without --delta or --force; --force replaces it', async () => {
+  const d = await smallDeployment();
+  await lifeboat(['--repo', d.repo, 'backup', d.src]);
+  const target = path.join(d.work, 'out');
+  await fsp.mkdir(target);
+  await fsp.writeFile(path.join(target, 'keep-me'), 'precious');
+  const r = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', target]);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /not empty/);
+  assert.equal(await fsp.readFile(path.join(target, 'keep-me'), 'utf8'), 'precious');
+  const forced = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', target, '--force']);
+  assert.equal(forced.code, 0, forced.stderr);
+  assert.equal(await exists(path.join(target, 'keep-me')), false);
+  assert.equal(await fsp.readFile(path.join(target, 'models', 'config.json'), 'utf8'), await fsp.readFile(path.join(d.src, 'config.json'), 'utf8'));
+  const only = path.join(d.work, 'only');
+  const inc = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', only, '--include', 'models/tok/**']);
+  assert.equal(inc.code, 0, inc.stderr);
+  assert.ok(await exists(path.join(only, 'models', 'tok', 'tokenizer.json')));
+  assert.equal(await exists(path.join(only, 'models', 'weights.bin')), false);
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('a second writer exits 4 naming the holder; a stale lock is taken over; unlock refuses a live lock', async () => {
+  const d = await smallDeployment();
+  const lockFile = path.join(d.repo, 'locks', 'lock.json');
+  await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+  const live = { host: os.hostname(), pid: process.pid, command: 'backup', startedAt: new Date().toISOString(), refreshedAt: new Date().toISOString(), leaseMs: 1800000 };
+  await fsp.writeFile(lockFile, JSON.stringify(live));
+  const blocked = await lifeboat(['--repo', d.repo, 'backup', d.src]);
+  assert.equal(blocked.code, 4);
+  assert.match(blocked.stderr, new RegExp(`pid ${process.pid}`));
+  assert.match(blocked.stderr, new RegExp(os.hostname()));
+  assert.equal((await lifeboat(['--repo', d.repo, 'unlock'])).code, 4);
+
+  const stale = { ...live, pid: 2 ** 22 + 12345 };
+  await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+  await fsp.writeFile(lockFile, JSON.stringify(stale));
+  const took = await lifeboat(['--repo', d.repo, 'backup', d.src]);
+  assert.equal(took.code, 0, took.stderr);
+  assert.match(took.stderr, /stale lock/);
+  assert.equal(await exists(lockFile), false, 'released after the backup');
+
+  await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+  await fsp.writeFile(lockFile, JSON.stringify({ ...live, host: 'another-host', refreshedAt: new Date(Date.now() - 3600_000).toISOString() }));
+  const u = await lifeboat(['--repo', d.repo, '--json', 'unlock']);
+  assert.equal(u.code, 0);
+  assert.equal(u.json().stale, true);
+  assert.equal(await exists(lockFile), false);
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('init refuses a non-empty location; commands on a missing repository exit 2', async () => {
+  const d = await smallDeployment();
+  const again = await lifeboat(['--repo', d.repo, 'init']);
+  assert.equal(again.code, 2);
+  const missing = await lifeboat(['--repo', path.join(d.work, 'nothing'), 'list']);
+  assert.equal(missing.code, 2);
+  assert.match(missing.stderr, /lifeboat init/);
+  const help = await lifeboat(['restore', '--help']);
+  assert.equal(help.code, 0);
+  assert.match(help.stdout, /Exit codes/);
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('unchanged files are not read again by an incremental backup', async () => {
+  const d = await smallDeployment();
+  // Old mtimes: outside the racy window, so size+mtime+inode are trusted.
+  const old = new Date(Date.now() - 3600_000);
+  for (const f of ['config.json', 'weights.bin', 'tok/tokenizer.json']) await fsp.utimes(path.join(d.src, f), old, old);
+  const full = (await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'full'])).json();
+  const shaBefore = (await lifeboat(['--repo', d.repo, '--json', 'show', full.id])).json().entries.find((e: { path: string }) => e.path === 'weights.bin').sha256;
+  // Same size, mtime and inode, other bytes: only a backup that reads the file can notice.
+  const weights = path.join(d.src, 'weights.bin');
+  const fh = await fsp.open(weights, 'r+');
+  await fh.write(Buffer.from('different'), 0, 9, 0);
+  await fh.close();
+  await fsp.utimes(weights, old, old);
+  await fsp.chmod(path.join(d.src, 'config.json'), 0o600);
+  const r = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'incr']);
+  assert.equal(r.code, 0, r.stderr);
+  const doc = r.json();
+  assert.equal(doc.storedBytes, 0, 'nothing stored: no volume written');
+  assert.equal(doc.changed, 1, 'the chmod is a metadata change');
+  const after = (await lifeboat(['--repo', d.repo, '--json', 'show', doc.id])).json();
+  const w = after.entries.find((e: { path: string }) => e.path === 'weights.bin');
+  assert.equal(w.sha256, shaBefore, 'the recorded checksum was kept without reading');
+  assert.equal(w.storedIn, full.id);
+  assert.equal(after.entries.find((e: { path: string }) => e.path === 'config.json').mode, 0o600);
+  await fsp.rm(d.work, { recursive: true, force: true });
+});

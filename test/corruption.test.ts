@@ -1,0 +1,87 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { lifeboat } from './helpers/cli.js';
+import { exists, repoFiles, smallDeployment } from './helpers/repo.js';
+import { prng, seedFromEnv } from './helpers/tree.js';
+
+async function flipByte(file: string, offset: number): Promise<void> {
+  const fh = await fsp.open(file, 'r+');
+  const b = Buffer.alloc(1);
+  await fh.read(b, 0, 1, offset);
+  b[0] = b[0]! ^ 0x01;
+  await fh.write(b, 0, 1, offset);
+  await fh.close();
+}
+
+test('a flipped byte in a volume is found by verify --read-data and refused by restore (exit 3)', async () => {
+  const d = await smallDeployment();
+  const b = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src]);
+  assert.equal(b.code, 0, b.stderr);
+  const id = b.json().id;
+  const volume = (await repoFiles(d.repo)).find((f) => f.startsWith(`data/${id}/`))!;
+  const file = path.join(d.repo, ...volume.split('/'));
+  // Inside weights.bin's body: the largest entry, so the middle of the volume.
+  await flipByte(file, Math.floor((await fsp.stat(file)).size / 2));
+
+  assert.equal((await lifeboat(['--repo', d.repo, 'verify'])).code, 0, 'a structural verify does not read data');
+  const v = await lifeboat(['--repo', d.repo, '--json', 'verify', '--read-data']);
+  assert.equal(v.code, 3);
+  const report = v.json();
+  assert.equal(report.ok, false);
+  assert.ok(report.problems.some((p: { point: string; path: string; kind: string }) => p.point === id && p.path === 'models/weights.bin' && p.kind === 'checksum-mismatch'), v.stdout);
+
+  const target = path.join(d.work, 'restored');
+  const r = await lifeboat(['--repo', d.repo, 'restore', id, '--target', target]);
+  assert.equal(r.code, 3, r.stderr);
+  assert.match(r.stderr, /models\/weights\.bin/);
+  assert.equal(await exists(target), false, 'no half-restored target');
+  assert.deepEqual((await fsp.readdir(d.work)).filter((n) => n.includes('staging')), [], 'staging removed');
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('any single flipped bit anywhere in a volume or manifest is detected (randomized)', async (t) => {
+  const seed = seedFromEnv();
+  t.diagnostic(`seed ${seed}`);
+  const rand = prng(seed);
+  const d = await smallDeployment();
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src])).code, 0);
+  const objects = (await repoFiles(d.repo)).filter((f) => f.startsWith('data/') || f.startsWith('points/'));
+  for (let i = 0; i < 12; i++) {
+    const key = objects[Math.floor(rand() * objects.length)]!;
+    const file = path.join(d.repo, ...key.split('/'));
+    const size = (await fsp.stat(file)).size;
+    const offset = Math.floor(rand() * size);
+    const bit = 1 << Math.floor(rand() * 8);
+    const fh = await fsp.open(file, 'r+');
+    const b = Buffer.alloc(1);
+    await fh.read(b, 0, 1, offset);
+    await fh.write(Buffer.from([b[0]! ^ bit]), 0, 1, offset);
+    const v = await lifeboat(['--repo', d.repo, '--json', 'verify', '--read-data']);
+    await fh.write(b, 0, 1, offset);
+    await fh.close();
+    assert.equal(v.code, 3, `bit ${bit} at ${key}:${offset} went unnoticed: ${v.stdout}`);
+  }
+  assert.equal((await lifeboat(['--repo', d.repo, 'verify', '--read-data'])).code, 0);
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('a missing volume or a damaged manifest is an integrity failure', async () => {
+  const d = await smallDeployment();
+  const id = (await lifeboat(['--repo', d.repo, '--json', 'backup', d.src])).json().id;
+  const files = await repoFiles(d.repo);
+  const manifest = path.join(d.repo, 'points', `${id}.json`);
+  const original = await fsp.readFile(manifest, 'utf8');
+  await fsp.writeFile(manifest, original.replace('"vm"', '"xx"').replace(/"host": "[^"]*"/, '"host": "elsewhere"'));
+  const list = await lifeboat(['--repo', d.repo, 'list']);
+  assert.equal(list.code, 3);
+  assert.match(list.stderr, /damaged/);
+  await fsp.writeFile(manifest, original);
+
+  await fsp.rm(path.join(d.repo, ...files.find((f) => f.startsWith('data/'))!.split('/')));
+  const v = await lifeboat(['--repo', d.repo, '--json', 'verify']);
+  assert.equal(v.code, 3);
+  assert.equal(v.json().problems[0].kind, 'missing-volume');
+  await fsp.rm(d.work, { recursive: true, force: true });
+});

@@ -1,0 +1,158 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { Header } from 'tar';
+import { lifeboat } from './helpers/cli.js';
+import { exists, smallDeployment } from './helpers/repo.js';
+import { encodeDocument } from '../src/format/document.js';
+import { crc32, sha256Hex } from '../src/format/checksum.js';
+
+interface CraftedEntry {
+  name: string;
+  type?: 'File' | 'Link' | 'SymbolicLink' | 'Directory';
+  body?: string;
+  linkpath?: string;
+}
+
+/** A tar archive built header by header, as an attacker would. */
+function craftTar(entries: CraftedEntry[]): Buffer {
+  const parts: Buffer[] = [];
+  for (const e of entries) {
+    const body = Buffer.from(e.body ?? '');
+    const h = new Header({ path: e.name, type: e.type ?? 'File', size: body.length, mode: 0o644, mtime: new Date(0), linkpath: e.linkpath });
+    h.encode();
+    parts.push(h.block!, body, Buffer.alloc((512 - (body.length % 512)) % 512));
+  }
+  parts.push(Buffer.alloc(1024));
+  return Buffer.concat(parts);
+}
+
+interface Setup {
+  work: string;
+  repo: string;
+  id: string;
+  manifest: Record<string, any>;
+}
+
+async function setup(): Promise<Setup> {
+  const d = await smallDeployment();
+  const id = (await lifeboat(['--repo', d.repo, '--json', 'backup', d.src])).json().id;
+  const raw = JSON.parse(await fsp.readFile(path.join(d.repo, 'points', `${id}.json`), 'utf8'));
+  delete raw.checksum;
+  return { work: d.work, repo: d.repo, id, manifest: raw };
+}
+
+/** Replaces the point's only volume and manifest with crafted ones (valid checksums, hostile content). */
+async function plant(s: Setup, volume: Buffer | undefined, edit: (m: Record<string, any>) => void): Promise<void> {
+  const m = structuredClone(s.manifest);
+  if (volume) {
+    const key = m.volumes[0].key as string;
+    await fsp.writeFile(path.join(s.repo, ...key.split('/')), volume);
+    m.volumes[0].size = volume.length;
+    m.volumes[0].crc32 = crc32(volume);
+  }
+  edit(m);
+  await fsp.writeFile(path.join(s.repo, 'points', `${s.id}.json`), encodeDocument(m));
+}
+
+function fileEntry(m: Record<string, any>, p: string): Record<string, any> {
+  return m.entries.find((e: { path: string }) => e.path === p);
+}
+
+async function expectRefused(s: Setup, what: string, pattern: RegExp): Promise<void> {
+  const target = path.join(s.work, 'target');
+  const r = await lifeboat(['--repo', s.repo, 'restore', s.id, '--target', target]);
+  assert.equal(r.code, 3, `${what}: ${r.stderr}`);
+  assert.match(r.stderr, pattern, what);
+  assert.equal(await exists(target), false, `${what}: no target was created`);
+  const outside = (await fsp.readdir(s.work)).filter((n) => !['models', 'repo'].includes(n));
+  assert.deepEqual(outside, [], `${what}: nothing was written outside the target`);
+  assert.equal(await exists('/tmp/lifeboat-evil'), false);
+}
+
+test('archive entries with .. or absolute names are refused with exit 3', async () => {
+  const s = await setup();
+  const body = '{"vocab_size": 32000, "hidden": 64}';
+  const sha = sha256Hex(body);
+  for (const name of ['../evil', 'models/../../evil', '/tmp/lifeboat-evil']) {
+    await plant(s, craftTar([{ name, body }]), (m) => {
+      const e = fileEntry(m, 'config.json');
+      e.ref = { point: s.id, volume: 0, entry: 0 };
+      e.sha256 = sha;
+      e.size = body.length;
+      m.entries = [e];
+    });
+    await expectRefused(s, `entry ${name}`, /unsafe/);
+  }
+  // An unsafe entry is refused even when no file of the point refers to it.
+  await plant(s, craftTar([{ name: 'models/config.json', body }, { name: '../evil', body: 'x' }]), (m) => {
+    const e = fileEntry(m, 'config.json');
+    Object.assign(e, { ref: { point: s.id, volume: 0, entry: 0 }, sha256: sha, size: body.length });
+    m.entries = [e];
+  });
+  await expectRefused(s, 'unreferenced ../evil', /unsafe/);
+  const v = await lifeboat(['--repo', s.repo, '--json', 'verify', '--read-data']);
+  assert.equal(v.code, 3);
+  assert.ok(v.json().problems.some((p: { kind: string }) => p.kind === 'unsafe-entry'));
+  await fsp.rm(s.work, { recursive: true, force: true });
+});
+
+test('hard links and links in archives are refused', async () => {
+  const s = await setup();
+  await plant(s, craftTar([{ name: 'models/config.json', type: 'Link', linkpath: '/etc/passwd' }]), (m) => {
+    const e = fileEntry(m, 'config.json');
+    e.ref = { point: s.id, volume: 0, entry: 0 };
+    m.entries = [e];
+  });
+  await expectRefused(s, 'hard link entry', /type Link/);
+  await fsp.rm(s.work, { recursive: true, force: true });
+});
+
+test('manifest paths that are absolute, contain .., or lead through a symlink are refused', async () => {
+  const s = await setup();
+  const cases: [string, (m: Record<string, any>) => void, RegExp][] = [
+    ['path with ..', (m) => (fileEntry(m, 'config.json').path = '../escape.json'), /'\.\.'/],
+    ['nested ..', (m) => (fileEntry(m, 'config.json').path = 'tok/../../escape.json'), /'\.\.'/],
+    ['absolute path', (m) => (fileEntry(m, 'config.json').path = '/tmp/lifeboat-evil'), /absolute/],
+    ['unsafe source name', (m) => {
+      m.sources[0].name = '..';
+      for (const e of m.entries) e.source = '..';
+    }, /unsafe source/],
+    [
+      'write through a symlink',
+      (m) => {
+        const dir = fileEntry(m, 'tok');
+        Object.assign(dir, { type: 'symlink', target: 'tok-real', mode: 0o777 });
+        m.entries.push({ ...dir, path: 'tok-real', type: 'dir', mode: 0o755, target: undefined });
+      },
+      /parent .* is a symlink/,
+    ],
+    [
+      'symlink that escapes',
+      (m) => m.entries.push({ source: 'models', path: 'escape', type: 'symlink', mode: 0o777, mtimeNs: '0', size: 0, target: '../../../etc' }),
+      /leads outside/,
+    ],
+    ['absolute symlink', (m) => m.entries.push({ source: 'models', path: 'abs', type: 'symlink', mode: 0o777, mtimeNs: '0', size: 0, target: '/etc/passwd' }), /leads outside/],
+  ];
+  for (const [what, edit, pattern] of cases) {
+    await plant(s, undefined, (m) => {
+      edit(m);
+      m.entries = JSON.parse(JSON.stringify(m.entries));
+    });
+    await expectRefused(s, what, pattern);
+  }
+  await fsp.rm(s.work, { recursive: true, force: true });
+});
+
+test('a manifest that does not match its schema is an integrity error, not a crash', async () => {
+  const s = await setup();
+  await plant(s, undefined, (m) => {
+    m.entries[0].size = -5;
+  });
+  const r = await lifeboat(['--repo', s.repo, 'restore', s.id, '--target', path.join(s.work, 'target')]);
+  assert.equal(r.code, 3);
+  assert.match(r.stderr, /malformed at entries\.0\.size/);
+  assert.doesNotMatch(r.stderr, /at .*\.js:\d+/, 'no stack trace');
+  await fsp.rm(s.work, { recursive: true, force: true });
+});
