@@ -1,0 +1,172 @@
+/**
+ * The S3 driver under network and server faults, injected by a proxy between
+ * it and a real S3 server: within the retry budget every transfer completes
+ * bit-exact; beyond it the operation fails cleanly and leaves nothing visible.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { RuntimeFailure } from '../src/errors.js';
+import type { RetryPolicy } from '../src/storage/retry.js';
+import { S3Storage } from '../src/storage/s3.js';
+import { listAll, type Storage } from '../src/storage/storage.js';
+import { generatedStream, readAll, seededRandom, sha256Of, testSeed } from './helpers/data.js';
+import { startFaultProxy, type FaultProxy } from './helpers/fault-proxy.js';
+import { createTestBucket, startS3Server, type S3TestServer } from './helpers/s3server.js';
+
+const MiB = 1024 * 1024;
+const PART_SIZE = 5 * MiB;
+
+let server: S3TestServer;
+let proxy: FaultProxy;
+let bucket: string;
+let seed: number;
+
+before(async () => {
+  server = await startS3Server();
+  bucket = await createTestBucket(server);
+  seed = testSeed('s3 faults');
+  proxy = await startFaultProxy({ upstream: server.endpoint, seed, delayMs: 1500 });
+});
+after(async () => {
+  await proxy?.stop();
+  await server?.stop();
+});
+
+function storageThroughProxy(prefix: string, retry: Partial<RetryPolicy> = {}): Promise<Storage> {
+  return S3Storage.create({
+    bucket,
+    prefix,
+    settings: { endpoint: proxy.endpoint },
+    env: server.env,
+    tuning: {
+      partSize: PART_SIZE,
+      // Shorter than the proxy's delay faults, so those become timeouts.
+      socketTimeoutMs: 1000,
+      connectionTimeoutMs: 1000,
+      retry: { maxAttempts: 10, baseDelayMs: 5, maxDelayMs: 50, random: seededRandom(seed + 1), ...retry },
+    },
+  });
+}
+
+describe('S3 driver under faults', () => {
+  it('puts and gets multi-MB objects bit-exact through faults within the retry budget', async () => {
+    const storage = await storageThroughProxy('within-budget');
+    proxy.setRates({ slowDown: 0.08, internalError: 0.05, dropRequest: 0.06, dropResponse: 0.06, delay: 0.02 });
+    // Whatever the seed draws, every kind of fault happens at least once.
+    for (const kind of ['slowDown', 'internalError', 'dropRequest', 'dropResponse', 'delay'] as const) proxy.inject(kind, { method: 'PUT' });
+    proxy.inject('dropResponse', { method: 'GET' });
+    try {
+      const sizes = [0, 300 * 1024, 3 * MiB, 12 * MiB + 12345, 17 * MiB];
+      for (const [i, size] of sizes.entries()) {
+        const key = `objects/${i}`;
+        assert.deepEqual(await storage.put(key, generatedStream(size, seed + i, { irregularChunks: true })), { key, size });
+      }
+      for (const [i, size] of sizes.entries()) {
+        assert.deepEqual(await sha256Of(await storage.get(`objects/${i}`)), await sha256Of(generatedStream(size, seed + i)), `object ${i}`);
+        assert.deepEqual(await storage.head(`objects/${i}`), { key: `objects/${i}`, size });
+      }
+      const ranged = await readAll(await storage.get('objects/3', { offset: PART_SIZE - 100, length: 200 }));
+      const whole = await readAll(generatedStream(sizes[3]!, seed + 3));
+      assert.ok(ranged.equals(whole.subarray(PART_SIZE - 100, PART_SIZE + 100)));
+      for (let i = 0; i < 20; i++) await storage.putDocument(`docs/${i}`, Buffer.from(`document ${i}`));
+      for (let i = 0; i < 20; i++) assert.equal((await storage.getDocument(`docs/${i}`)).toString(), `document ${i}`);
+      assert.equal((await listAll(storage, 'docs/')).length, 20);
+      await storage.delete(Array.from({ length: 20 }, (_, i) => `docs/${i}`));
+      assert.deepEqual(await listAll(storage, 'docs/'), []);
+    } finally {
+      proxy.setRates({});
+      await storage.close();
+    }
+    const faults = Object.values(proxy.injected).reduce((a, b) => a + b, 0);
+    console.log(`# faults injected: ${JSON.stringify(proxy.injected)} over ${proxy.requests.length} requests`);
+    assert.ok(faults >= 6, 'the proxy injected faults');
+  });
+
+  it('fails a put cleanly with a RuntimeFailure when faults outlast the retry budget', async () => {
+    const storage = await storageThroughProxy('beyond-budget', { maxAttempts: 3 });
+    try {
+      for (const [key, size] of [
+        ['big/object', 12 * MiB],
+        ['small/object', 100 * 1024],
+      ] as const) {
+        // Every upload request fails; creating and aborting the multipart upload work.
+        proxy.setRates({ slowDown: 0.5, internalError: 0.5 }, ['PUT']);
+        await assert.rejects(storage.put(key, generatedStream(size, seed)), (err: unknown) => {
+          assert.ok(err instanceof RuntimeFailure, `a RuntimeFailure, not ${String(err)}`);
+          assert.equal(err.exitCode, 1);
+          assert.match(err.message, /\bput\b/);
+          assert.ok(err.message.includes(key), `the message names the key: ${err.message}`);
+          assert.match(err.message, /after 3 attempts/);
+          return true;
+        });
+        proxy.setRates({});
+        assert.equal(await storage.head(key), undefined);
+      }
+      assert.deepEqual(await listAll(storage, ''), []);
+      if (server.capabilities.multipartListAndAbort) {
+        assert.equal(await storage.cleanupIncomplete(0), 0, 'the failed put aborted its multipart upload');
+      }
+    } finally {
+      proxy.setRates({});
+      await storage.close();
+    }
+  });
+
+  it('fails a get cleanly when every download breaks', async () => {
+    const storage = await storageThroughProxy('get-beyond-budget', { maxAttempts: 3 });
+    try {
+      await storage.put('object', generatedStream(2 * MiB, seed));
+      proxy.setRates({ slowDown: 1 }, ['GET']);
+      await assert.rejects(storage.get('object'), (err: unknown) => {
+        assert.ok(err instanceof RuntimeFailure);
+        assert.match(err.message, /get object failed after 3 attempts: HTTP 503 SlowDown/);
+        return true;
+      });
+      await assert.rejects(storage.getDocument('object'), RuntimeFailure);
+    } finally {
+      proxy.setRates({});
+      await storage.close();
+    }
+  });
+
+  it('resumes an interrupted download with a ranged GET', async () => {
+    const storage = await storageThroughProxy('resume');
+    try {
+      const size = 12 * MiB + 7;
+      await storage.put('object', generatedStream(size, seed + 7));
+      const before = proxy.requests.length;
+      proxy.inject('dropResponse', { method: 'GET', times: 2 });
+      assert.deepEqual(await sha256Of(await storage.get('object')), await sha256Of(generatedStream(size, seed + 7)));
+      const gets = proxy.requests.slice(before).filter((r) => r.method === 'GET');
+      assert.equal(gets[0]?.range, undefined, 'the first request reads the whole object');
+      const resumed = gets.slice(1).map((r) => r.range);
+      assert.ok(resumed.length >= 2, `resumed twice: ${JSON.stringify(resumed)}`);
+      for (const range of resumed) assert.match(range ?? '', /^bytes=[1-9]\d*-$/, 'resumed from where it stopped');
+
+      // A ranged read resumes inside its own range.
+      const before2 = proxy.requests.length;
+      proxy.inject('dropResponse', { method: 'GET' });
+      const part = await readAll(await storage.get('object', { offset: MiB, length: 4 * MiB }));
+      const whole = await readAll(generatedStream(size, seed + 7));
+      assert.ok(part.equals(whole.subarray(MiB, 5 * MiB)));
+      const ranges = proxy.requests.slice(before2).map((r) => r.range);
+      assert.equal(ranges[0], `bytes=${MiB}-${5 * MiB - 1}`);
+      assert.match(ranges[1] ?? '', new RegExp(`^bytes=\\d+-${5 * MiB - 1}$`));
+    } finally {
+      await storage.close();
+    }
+  });
+
+  it('reports a create-if-absent as won when its answer was lost and the retry finds its own document', async (t) => {
+    if (!server.capabilities.conditionalPut) return t.skip(`the ${server.kind} test server lacks conditional puts (If-None-Match)`);
+    const storage = await storageThroughProxy('lost-answer');
+    try {
+      proxy.inject('dropResponse', { method: 'PUT' });
+      assert.equal(await storage.putDocument('lock', Buffer.from('holder 1'), { ifAbsent: true }), true);
+      assert.equal(await storage.putDocument('lock', Buffer.from('holder 2'), { ifAbsent: true }), false);
+      assert.equal((await storage.getDocument('lock')).toString(), 'holder 1');
+    } finally {
+      await storage.close();
+    }
+  });
+});
