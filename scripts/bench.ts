@@ -1,0 +1,418 @@
+/**
+ * `npm run bench`: lifeboat against tar on the same generated model
+ * deployment (about 2 GiB: four ~400 MiB BF16 shards, a 100 MiB ONNX-like
+ * model, ~2,000 small configs and logs), every step a child process timed for
+ * wall time and peak RSS, inputs read once beforehand so every step starts from
+ * a warm page cache.
+ *
+ * Environment:
+ *   LIFEBOAT_BENCH_SCALE=0.1        scale the large files (quick check)
+ *   LIFEBOAT_BENCH_KEEP=1           keep the deployment, archives and repositories in .bench/
+ *   LIFEBOAT_BENCH_PROFILE=1        run lifeboat with --cpu-prof (profiles in .bench/profiles/)
+ *   LIFEBOAT_BENCH_S3_REPO=s3://…   also run the lifeboat steps against this repository
+ *   LIFEBOAT_BENCH_S3_ARGS="…"      extra global flags for it (e.g. --s3-endpoint URL --s3-path-style);
+ *                                   credentials come from the usual AWS environment
+ *
+ * Results are printed as a table and written to .bench/results.json.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { constants as fsConstants } from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { compareTrees, generateDeployment, mutateDeployment } from '../fixtures/generate.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const BIN = path.join(ROOT, 'bin', 'lifeboat.js');
+const MiB = 1 << 20;
+
+// ---------------------------------------------------------------------------
+// Measuring
+
+export interface Measurement {
+  seconds: number;
+  peakRssMiB: number;
+  stdout: string;
+  stderr: string;
+}
+
+let timeBinary: string | null | undefined;
+
+async function findTime(): Promise<string | null> {
+  if (timeBinary !== undefined) return timeBinary;
+  try {
+    await fsp.access('/usr/bin/time', fsConstants.X_OK);
+    timeBinary = '/usr/bin/time';
+  } catch {
+    timeBinary = null;
+  }
+  return timeBinary;
+}
+
+/**
+ * Runs a command, measuring its wall time and peak RSS: through GNU time when
+ * it is there, else by polling the child's VmHWM in /proc.
+ */
+export async function measure(command: string, args: string[], options: { cwd: string; env?: NodeJS.ProcessEnv }): Promise<Measurement> {
+  const time = await findTime();
+  const rssFile = path.join(os.tmpdir(), `lifeboat-bench-rss-${process.pid}-${Date.now()}`);
+  const [cmd, argv] = time ? [time, ['-f', '%M', '-o', rssFile, command, ...args]] : [command, args];
+  const started = performance.now();
+  const child = spawn(cmd, argv, { cwd: options.cwd, env: options.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
+  child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+  let polledKiB = 0;
+  const poll = time
+    ? undefined
+    : setInterval(() => {
+        fsp
+          .readFile(`/proc/${child.pid}/status`, 'utf8')
+          .then((s) => {
+            const m = /VmHWM:\s+(\d+) kB/.exec(s);
+            if (m) polledKiB = Math.max(polledKiB, Number(m[1]));
+          })
+          .catch(() => undefined);
+      }, 20);
+  const code = await new Promise<number | null>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (c, signal) => resolve(signal ? null : c));
+  });
+  const seconds = (performance.now() - started) / 1000;
+  if (poll) clearInterval(poll);
+  let peakKiB = polledKiB;
+  if (time) {
+    const text = await fsp.readFile(rssFile, 'utf8').catch(() => '');
+    await fsp.rm(rssFile, { force: true });
+    peakKiB = Number(text.trim().split('\n').pop()) || 0;
+  }
+  if (code !== 0) {
+    throw new Error(`${command} ${args.join(' ')} failed (exit ${code ?? 'by signal'}):\n${stderr.slice(-4000)}`);
+  }
+  return { seconds, peakRssMiB: peakKiB / 1024, stdout, stderr };
+}
+
+async function filesUnder(dir: string, maxSize = Infinity): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await fsp.readdir(dir, { withFileTypes: true })) {
+    const abs = path.join(dir, e.name);
+    if (e.isDirectory()) out.push(...(await filesUnder(abs, maxSize)));
+    else if (e.isFile() && (maxSize === Infinity || (await fsp.stat(abs)).size <= maxSize)) out.push(abs);
+  }
+  return out;
+}
+
+const warmBuffer = Buffer.allocUnsafe(4 * MiB);
+
+/**
+ * Reads every file under the given paths once, so the step that follows finds
+ * them in the page cache (the machine drops cache on its own), and flushes
+ * dirty pages so the previous step's writes do not land in this one.
+ */
+export async function warm(paths: string[], options: { maxFileSize?: number } = {}): Promise<number> {
+  spawnSync('sync');
+  let bytes = 0;
+  for (const p of paths) {
+    const st = await fsp.stat(p).catch(() => undefined);
+    if (!st) continue;
+    for (const file of st.isDirectory() ? await filesUnder(p, options.maxFileSize) : [p]) {
+      const fh = await fsp.open(file, 'r');
+      try {
+        for (;;) {
+          const { bytesRead } = await fh.read(warmBuffer, 0, warmBuffer.length, null);
+          if (bytesRead === 0) break;
+          bytes += bytesRead;
+        }
+      } finally {
+        await fh.close();
+      }
+    }
+  }
+  return bytes;
+}
+
+// ---------------------------------------------------------------------------
+// Steps
+
+export interface StepResult {
+  step: string;
+  group: string;
+  seconds: number;
+  /** Deployment bytes over wall time (what a user waits for), MiB/s. */
+  mibPerSec: number;
+  peakRssMiB: number;
+  /** Bytes written to the repository, for backups. */
+  storedBytes?: number;
+  /** Time lifeboat itself reports (without process start-up), ms. */
+  reportedMs?: number;
+  /** The tar step this one is compared with, and the ratio of times. */
+  vsTar?: { step: string; ratio: number };
+  /** This step's time over its repository's full backup. */
+  vsFull?: number;
+  target?: { text: string; ok: boolean };
+}
+
+export interface BenchContext {
+  /** The .bench directory. */
+  dir: string;
+  /** The deployment backed up, a directory named `deployment`. */
+  deployment: string;
+  deploymentBytes: number;
+  steps: StepResult[];
+  log: (line: string) => void;
+}
+
+export interface RepositoryTarget {
+  /** Name shown in the table, e.g. "local" or "s3". */
+  label: string;
+  /** A directory or URL, passed as --repo. */
+  repo: string;
+  /** Extra global flags before the command (e.g. --s3-endpoint URL --s3-path-style). */
+  args?: string[];
+  /** Environment of the lifeboat processes (default: this process's). */
+  env?: NodeJS.ProcessEnv;
+  /** A local repository directory to warm before a restore (none for object storage). */
+  localDir?: string;
+}
+
+function lifeboatArgs(ctx: BenchContext, target: RepositoryTarget, args: string[]): string[] {
+  const node: string[] = [];
+  if (process.env.LIFEBOAT_BENCH_PROFILE === '1') node.push('--cpu-prof', `--cpu-prof-dir=${path.join(ctx.dir, 'profiles')}`);
+  return [...node, BIN, '--repo', target.repo, ...(target.args ?? []), ...args];
+}
+
+async function lifeboat(ctx: BenchContext, target: RepositoryTarget, args: string[]): Promise<Measurement> {
+  return measure(process.execPath, lifeboatArgs(ctx, target, args), { cwd: ctx.dir, env: { ...(target.env ?? process.env), NO_COLOR: '1' } });
+}
+
+function record(ctx: BenchContext, partial: Omit<StepResult, 'mibPerSec'>): StepResult {
+  const result: StepResult = { ...partial, mibPerSec: ctx.deploymentBytes / MiB / partial.seconds };
+  ctx.steps.push(result);
+  const extra = result.storedBytes !== undefined ? `, stored ${(result.storedBytes / MiB).toFixed(1)} MiB` : '';
+  ctx.log(`  ${result.step}: ${result.seconds.toFixed(2)} s, ${result.mibPerSec.toFixed(0)} MiB/s, peak RSS ${result.peakRssMiB.toFixed(0)} MiB${extra}`);
+  return result;
+}
+
+function tarStep(ctx: BenchContext, name: string): StepResult | undefined {
+  return ctx.steps.find((s) => s.group === 'baseline' && s.step === name);
+}
+
+/** The baselines: sha256sum of every file, tar -cf of the deployment, tar -xf of that archive. */
+export async function benchBaselines(ctx: BenchContext): Promise<void> {
+  const files = (await filesUnder(ctx.deployment)).map((f) => path.relative(ctx.dir, f));
+  ctx.log('sha256sum (reference: the cost of hashing everything once)');
+  await warm([ctx.deployment]);
+  let m = await measure('sha256sum', files, { cwd: ctx.dir });
+  record(ctx, { step: 'sha256sum', group: 'baseline', seconds: m.seconds, peakRssMiB: m.peakRssMiB });
+
+  const archive = path.join(ctx.dir, 'deployment.tar');
+  ctx.log('tar -cf');
+  await warm([ctx.deployment]);
+  m = await measure('tar', ['-cf', archive, 'deployment'], { cwd: ctx.dir });
+  record(ctx, { step: 'tar -cf', group: 'baseline', seconds: m.seconds, peakRssMiB: m.peakRssMiB });
+
+  const out = path.join(ctx.dir, 'tar-extract');
+  await fsp.mkdir(out);
+  ctx.log('tar -xf');
+  await warm([archive]);
+  m = await measure('tar', ['-xf', archive, '-C', out], { cwd: ctx.dir });
+  record(ctx, { step: 'tar -xf', group: 'baseline', seconds: m.seconds, peakRssMiB: m.peakRssMiB });
+  await fsp.rm(out, { recursive: true, force: true });
+  await fsp.rm(archive, { force: true });
+}
+
+const RSS_LIMIT_MiB = 150;
+
+/**
+ * The lifeboat steps against one repository: full backup, incremental with
+ * nothing changed, incremental after rewriting one shard and 20 small files,
+ * restore of the latest point into an empty directory (then checked against
+ * the deployment, untimed). Another repository kind (S3) is one more call.
+ */
+export async function benchRepository(ctx: BenchContext, target: RepositoryTarget, options: { mutateSeed?: number } = {}): Promise<StepResult[]> {
+  const first = ctx.steps.length;
+  const tarC = tarStep(ctx, 'tar -cf');
+  const tarX = tarStep(ctx, 'tar -xf');
+  const metadata = target.localDir ? [target.localDir] : [];
+  const L = target.label;
+  const vs = (tar: StepResult | undefined, seconds: number) => (tar ? { step: tar.step, ratio: seconds / tar.seconds } : undefined);
+
+  await lifeboat(ctx, target, ['init']);
+
+  ctx.log(`[${L}] full backup`);
+  await warm([ctx.deployment]);
+  let m = await lifeboat(ctx, target, ['backup', 'deployment', '--type', 'full', '--json']);
+  let json = JSON.parse(m.stdout) as { type: string; storedBytes: number; durationMs: number; changed: number; added: number };
+  if (json.type !== 'full') throw new Error(`expected a full backup, got ${json.type}`);
+  const fullRatio = vs(tarC, m.seconds);
+  const full = record(ctx, {
+    step: `${L}: full backup`,
+    group: L,
+    seconds: m.seconds,
+    peakRssMiB: m.peakRssMiB,
+    storedBytes: json.storedBytes,
+    reportedMs: json.durationMs,
+    vsTar: fullRatio,
+    vsFull: 1,
+    target: fullRatio ? { text: '≤ 1.00× tar -cf', ok: fullRatio.ratio <= 1 } : undefined,
+  });
+
+  ctx.log(`[${L}] incremental, nothing changed`);
+  await warm([ctx.deployment, ...metadata], { maxFileSize: 16 * MiB });
+  m = await lifeboat(ctx, target, ['backup', 'deployment', '--type', 'incr', '--json']);
+  json = JSON.parse(m.stdout);
+  let ratio = m.seconds / full.seconds;
+  record(ctx, {
+    step: `${L}: incr, unchanged`,
+    group: L,
+    seconds: m.seconds,
+    peakRssMiB: m.peakRssMiB,
+    storedBytes: json.storedBytes,
+    reportedMs: json.durationMs,
+    vsTar: vs(tarC, m.seconds),
+    vsFull: ratio,
+    target: { text: '≤ 0.05× full', ok: ratio <= 0.05 },
+  });
+
+  const mutation = await mutateDeployment(ctx.deployment, { seed: options.mutateSeed ?? 1, rewriteShard: 1, touch: 20 });
+  ctx.log(`[${L}] incremental after rewriting ${mutation.rewritten.join(', ')} and ${mutation.touched.length} small files`);
+  await warm([ctx.deployment, ...metadata], { maxFileSize: 16 * MiB });
+  m = await lifeboat(ctx, target, ['backup', 'deployment', '--type', 'incr', '--json']);
+  json = JSON.parse(m.stdout);
+  ratio = m.seconds / full.seconds;
+  record(ctx, {
+    step: `${L}: incr, 1 shard + 20 files`,
+    group: L,
+    seconds: m.seconds,
+    peakRssMiB: m.peakRssMiB,
+    storedBytes: json.storedBytes,
+    reportedMs: json.durationMs,
+    vsTar: vs(tarC, m.seconds),
+    vsFull: ratio,
+    target: { text: '≤ 0.35× full', ok: ratio <= 0.35 },
+  });
+
+  const restoreDir = path.join(ctx.dir, `restore-${L}`);
+  await fsp.rm(restoreDir, { recursive: true, force: true });
+  await fsp.mkdir(restoreDir);
+  ctx.log(`[${L}] restore latest`);
+  await warm(metadata);
+  m = await lifeboat(ctx, target, ['restore', 'latest', '--target', restoreDir, '--json']);
+  const restored = JSON.parse(m.stdout) as { durationMs: number };
+  const restoreRatio = vs(tarX, m.seconds);
+  record(ctx, {
+    step: `${L}: restore latest`,
+    group: L,
+    seconds: m.seconds,
+    peakRssMiB: m.peakRssMiB,
+    reportedMs: restored.durationMs,
+    vsTar: restoreRatio,
+    vsFull: m.seconds / full.seconds,
+    target: restoreRatio ? { text: '≤ 1.20× tar -xf', ok: restoreRatio.ratio <= 1.2 } : undefined,
+  });
+  const check = await compareTrees(ctx.deployment, path.join(restoreDir, 'deployment'));
+  if (check.problems.length > 0) throw new Error(`[${L}] the restore differs from the deployment: ${check.problems.slice(0, 5).join('; ')}`);
+  ctx.log(`  restore checked: ${check.files} files, ${(check.bytes / MiB).toFixed(1)} MiB identical to the deployment`);
+  await fsp.rm(restoreDir, { recursive: true, force: true });
+
+  const steps = ctx.steps.slice(first);
+  for (const s of steps) {
+    const memory = { text: `RSS < ${RSS_LIMIT_MiB} MiB`, ok: s.peakRssMiB < RSS_LIMIT_MiB };
+    s.target = s.target ? { text: `${s.target.text}, ${memory.text}`, ok: s.target.ok && memory.ok } : memory;
+  }
+  return steps;
+}
+
+// ---------------------------------------------------------------------------
+// Report
+
+function table(steps: readonly StepResult[]): string {
+  const header = ['step', 'seconds', 'MiB/s', 'peak RSS MiB', 'stored MiB', 'vs tar', 'vs full', 'target', 'met'];
+  const rows = steps.map((s) => [
+    s.step,
+    s.seconds.toFixed(2),
+    s.mibPerSec.toFixed(0),
+    s.peakRssMiB.toFixed(0),
+    s.storedBytes !== undefined ? (s.storedBytes / MiB).toFixed(1) : '',
+    s.vsTar ? `${s.vsTar.ratio.toFixed(2)}× ${s.vsTar.step}` : '',
+    s.vsFull !== undefined && !s.step.endsWith('full backup') ? `${s.vsFull.toFixed(3)}×` : '',
+    s.target?.text ?? '',
+    s.target ? (s.target.ok ? 'yes' : 'NO') : '',
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const right = new Set([1, 2, 3, 4, 6]);
+  const line = (cells: string[]) => `| ${cells.map((c, i) => (right.has(i) ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join(' | ')} |`;
+  return [line(header), `|${widths.map((w, i) => (right.has(i) ? `${'-'.repeat(w + 1)}:` : '-'.repeat(w + 2))).join('|')}|`, ...rows.map(line)].join('\n');
+}
+
+function machine() {
+  const cpus = os.cpus();
+  return {
+    nproc: os.availableParallelism(),
+    cpu: cpus[0]?.model ?? 'unknown',
+    memoryMiB: Math.round(os.totalmem() / MiB),
+    platform: `${os.platform()} ${os.release()} ${os.arch()}`,
+    node: process.version,
+    tar: (spawnSync('tar', ['--version'], { encoding: 'utf8' }).stdout ?? '').split('\n')[0] ?? 'unknown',
+    peakRssFrom: timeBinary ? 'GNU time %M' : '/proc VmHWM polling',
+  };
+}
+
+async function main(): Promise<void> {
+  const scale = Number(process.env.LIFEBOAT_BENCH_SCALE ?? '1');
+  if (!(scale > 0)) throw new Error('LIFEBOAT_BENCH_SCALE must be a positive number');
+  const dir = path.join(ROOT, '.bench');
+  await fsp.rm(dir, { recursive: true, force: true });
+  await fsp.mkdir(dir, { recursive: true });
+  const log = (line: string) => console.log(line);
+  await findTime();
+
+  const options = { seed: 1, shards: 4, shardBytes: Math.round(400 * MiB * scale), onnxBytes: Math.round(100 * MiB * scale), smallFiles: 2000, mtime: new Date('2025-06-01T00:00:00Z') };
+  const m = machine();
+  log(`machine: ${m.nproc} CPUs (${m.cpu}), ${m.memoryMiB} MiB RAM, ${m.platform}, node ${m.node}, ${m.tar}`);
+  log(`generating the deployment (scale ${scale}) …`);
+  const genStarted = performance.now();
+  const deployment = await generateDeployment(path.join(dir, 'deployment'), options);
+  log(
+    `  ${deployment.files} files, ${(deployment.bytes / MiB).toFixed(0)} MiB (${deployment.shards.length} shards, ONNX ${(options.onnxBytes / MiB).toFixed(0)} MiB, ${deployment.smallFiles.length} small files) in ${((performance.now() - genStarted) / 1000).toFixed(1)} s`,
+  );
+
+  const ctx: BenchContext = { dir, deployment: deployment.root, deploymentBytes: deployment.bytes, steps: [], log };
+  await benchBaselines(ctx);
+
+  const targets: RepositoryTarget[] = [{ label: 'local', repo: path.join(dir, 'repo'), localDir: path.join(dir, 'repo') }];
+  if (process.env.LIFEBOAT_BENCH_S3_REPO) {
+    const args = (process.env.LIFEBOAT_BENCH_S3_ARGS ?? '').split(/\s+/).filter(Boolean);
+    targets.push({ label: 's3', repo: process.env.LIFEBOAT_BENCH_S3_REPO, args });
+  }
+  for (const [i, target] of targets.entries()) await benchRepository(ctx, target, { mutateSeed: i + 1 });
+
+  log('');
+  log(table(ctx.steps));
+  log('');
+  log('MiB/s is the deployment size over wall time; "vs full" is the time over the same repository\'s full backup.');
+  const missed = ctx.steps.filter((s) => s.target && !s.target.ok);
+  log(missed.length === 0 ? 'every target met' : `targets missed: ${missed.map((s) => s.step).join(', ')}`);
+
+  const results = {
+    startedAt: new Date().toISOString(),
+    machine: m,
+    scale,
+    deployment: { files: deployment.files, bytes: deployment.bytes, shards: deployment.shards.length, shardBytes: options.shardBytes, onnxBytes: options.onnxBytes, smallFiles: deployment.smallFiles.length },
+    steps: ctx.steps,
+  };
+  if (process.env.LIFEBOAT_BENCH_KEEP !== '1') {
+    for (const name of await fsp.readdir(dir)) if (name !== 'profiles') await fsp.rm(path.join(dir, name), { recursive: true, force: true });
+  }
+  await fsp.writeFile(path.join(dir, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
+  log('results written to .bench/results.json');
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main().catch((err: unknown) => {
+    console.error(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+    process.exitCode = 1;
+  });
+}
