@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { RuntimeFailure } from '../src/errors.js';
-import type { RetryPolicy } from '../src/storage/retry.js';
+import { describeError, type RetryPolicy } from '../src/storage/retry.js';
 import { S3Storage } from '../src/storage/s3.js';
 import { listAll, type Storage } from '../src/storage/storage.js';
 import { generatedStream, readAll, seededRandom, sha256Of, testSeed } from './helpers/data.js';
@@ -20,6 +20,8 @@ let server: S3TestServer;
 let proxy: FaultProxy;
 let bucket: string;
 let seed: number;
+/** What the driver retried, by error, for the log. */
+const retried = new Map<string, number>();
 
 before(async () => {
   server = await startS3Server();
@@ -43,7 +45,17 @@ function storageThroughProxy(prefix: string, retry: Partial<RetryPolicy> = {}): 
       // Shorter than the proxy's delay faults, so those become timeouts.
       socketTimeoutMs: 1000,
       connectionTimeoutMs: 1000,
-      retry: { maxAttempts: 10, baseDelayMs: 5, maxDelayMs: 50, random: seededRandom(seed + 1), ...retry },
+      retry: {
+        maxAttempts: 10,
+        baseDelayMs: 5,
+        maxDelayMs: 50,
+        random: seededRandom(seed + 1),
+        onRetry: ({ error }) => {
+          const what = describeError(error);
+          retried.set(what, (retried.get(what) ?? 0) + 1);
+        },
+        ...retry,
+      },
     },
   });
 }
@@ -79,6 +91,7 @@ describe('S3 driver under faults', () => {
     }
     const faults = Object.values(proxy.injected).reduce((a, b) => a + b, 0);
     console.log(`# faults injected: ${JSON.stringify(proxy.injected)} over ${proxy.requests.length} requests`);
+    console.log(`# retried: ${JSON.stringify(Object.fromEntries(retried))}`);
     assert.ok(faults >= 6, 'the proxy injected faults');
   });
 
@@ -152,6 +165,26 @@ describe('S3 driver under faults', () => {
       const ranges = proxy.requests.slice(before2).map((r) => r.range);
       assert.equal(ranges[0], `bytes=${MiB}-${5 * MiB - 1}`);
       assert.match(ranges[1] ?? '', new RegExp(`^bytes=\\d+-${5 * MiB - 1}$`));
+    } finally {
+      await storage.close();
+    }
+  });
+
+  it('resends an upload whose body was damaged in transit; every upload carries Content-MD5', async (t) => {
+    if (!server.capabilities.contentMd5Check) return t.skip(`the ${server.kind} test server does not check Content-MD5 or the payload hash`);
+    const storage = await storageThroughProxy('damaged');
+    try {
+      const before = proxy.requests.length;
+      const size = 2 * PART_SIZE + 1000;
+      // Damage the single PutObject, then the first two multipart parts.
+      proxy.inject('corruptRequest', { method: 'PUT', times: 3 });
+      await storage.put('small', generatedStream(1000, seed + 8));
+      await storage.put('large', generatedStream(size, seed + 9));
+      assert.deepEqual(await sha256Of(await storage.get('small')), await sha256Of(generatedStream(1000, seed + 8)));
+      assert.deepEqual(await sha256Of(await storage.get('large')), await sha256Of(generatedStream(size, seed + 9)));
+      const puts = proxy.requests.slice(before).filter((r) => r.method === 'PUT');
+      assert.equal(puts.filter((r) => r.fault === 'corruptRequest').length, 3);
+      assert.ok(puts.every((r) => r.contentMd5), 'every PUT carried Content-MD5');
     } finally {
       await storage.close();
     }

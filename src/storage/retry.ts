@@ -32,9 +32,11 @@ const RETRYABLE_NAMES = new Set([
   'ServiceUnavailable',
   // A concurrent conditional write on the same key; S3 documents it as retryable.
   'ConditionalRequestConflict',
-  // Content-MD5 did not match what arrived: the bytes were damaged in transit and a
-  // resend of the same buffered body is the cure. Bodies we send are always buffered.
+  // The Content-MD5 or the signed SHA-256 did not match what arrived: the bytes were
+  // damaged in transit and a resend of the same buffered body is the cure. Bodies
+  // we send are always buffered.
   'BadDigest',
+  'XAmzContentSHA256Mismatch',
 ]);
 
 const RETRYABLE_CODES = new Set([

@@ -2,7 +2,8 @@
  * An HTTP proxy on 127.0.0.1 that sits between the S3 client and a real server
  * and misbehaves the way networks and busy S3 endpoints do: it drops connections
  * in the middle of a request or response body, answers 503 SlowDown and 500
- * InternalError with S3's XML error bodies, and delays answers. Faults are drawn
+ * InternalError with S3's XML error bodies, delays answers, and flips a bit of
+ * an upload's body (which the server's Content-MD5 check must catch). Faults are drawn
  * from a seeded PRNG at configurable rates, or scripted for the next requests.
  * The proxy stops itself after a lifetime, and injects at most `maxFaults`.
  */
@@ -10,7 +11,7 @@ import { Agent, createServer, request as httpRequest, type IncomingMessage, type
 import type { AddressInfo, Socket } from 'node:net';
 import { seededRandom } from './data.js';
 
-export type FaultKind = 'slowDown' | 'internalError' | 'dropRequest' | 'dropResponse' | 'delay';
+export type FaultKind = 'slowDown' | 'internalError' | 'dropRequest' | 'dropResponse' | 'delay' | 'corruptRequest';
 
 /** Probability per request of each fault; they are exclusive, their sum at most 1. */
 export type FaultRates = Partial<Record<FaultKind, number>>;
@@ -32,6 +33,8 @@ export interface ProxiedRequest {
   method: string;
   path: string;
   range?: string;
+  /** Whether the request carried a Content-MD5 header. */
+  contentMd5: boolean;
   fault?: FaultKind;
 }
 
@@ -47,7 +50,7 @@ export interface FaultProxy {
   stop(): Promise<void>;
 }
 
-const FAULT_KINDS: FaultKind[] = ['slowDown', 'internalError', 'dropRequest', 'dropResponse', 'delay'];
+const FAULT_KINDS: FaultKind[] = ['slowDown', 'internalError', 'dropRequest', 'dropResponse', 'delay', 'corruptRequest'];
 
 export async function startFaultProxy(options: FaultProxyOptions): Promise<FaultProxy> {
   const upstream = new URL(options.upstream);
@@ -91,7 +94,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     const method = req.method ?? 'GET';
     const fault = chooseFault(method);
     const id = ++requestCount;
-    requests.push({ method, path: req.url ?? '/', range: header(req, 'range'), fault });
+    requests.push({ method, path: req.url ?? '/', range: header(req, 'range'), contentMd5: header(req, 'content-md5') !== undefined, fault });
     if (fault) injected[fault]++;
     switch (fault) {
       case 'slowDown':
@@ -124,6 +127,21 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
       if (fault === 'delay') setTimeout(send, delayMs);
       else send();
     });
+    if (fault === 'corruptRequest') {
+      const length = Number(header(req, 'content-length') ?? 0);
+      const flipAt = Math.floor(length * random());
+      let passed = 0;
+      req.on('data', (chunk: Buffer) => {
+        if (flipAt >= passed && flipAt < passed + chunk.length) {
+          chunk = Buffer.from(chunk);
+          chunk[flipAt - passed]! ^= 0x01;
+        }
+        passed += chunk.length;
+        upstreamRequest.write(chunk);
+      });
+      req.on('end', () => upstreamRequest.end());
+      return;
+    }
     if (fault === 'dropRequest') {
       const length = Number(header(req, 'content-length') ?? 0);
       if (length === 0) {
