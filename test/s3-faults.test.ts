@@ -190,6 +190,25 @@ describe('S3 driver under faults', () => {
     }
   });
 
+  it('keeps at most `concurrency` transfers in flight', async () => {
+    // Every answer is held back a while, so requests pile up unless the driver limits them.
+    const slow = await startFaultProxy({ upstream: server.endpoint, seed, rates: { delay: 1 }, delayMs: 100 });
+    const throughSlow = await S3Storage.create({
+      bucket,
+      prefix: 'concurrency',
+      settings: { endpoint: slow.endpoint, concurrency: 2 },
+      env: server.env,
+    });
+    try {
+      await Promise.all(Array.from({ length: 8 }, (_, i) => throughSlow.putDocument(`doc-${i}`, Buffer.from(`${i}`))));
+      await Promise.all(Array.from({ length: 8 }, (_, i) => throughSlow.getDocument(`doc-${i}`)));
+      assert.equal(slow.maxConcurrent, 2);
+    } finally {
+      await throughSlow.close();
+      await slow.stop();
+    }
+  });
+
   it('reports a create-if-absent as won when its answer was lost and the retry finds its own document', async (t) => {
     if (!server.capabilities.conditionalPut) return t.skip(`the ${server.kind} test server lacks conditional puts (If-None-Match)`);
     const storage = await storageThroughProxy('lost-answer');

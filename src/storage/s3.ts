@@ -140,7 +140,10 @@ export class S3Storage implements Storage {
     this.location = `s3://${bucket}${trimmed === '' ? '' : `/${trimmed}`}`;
     this.writeParams = {
       ...(settings.storageClass ? { StorageClass: settings.storageClass as StorageClass } : {}),
-      ...(settings.sse ? { ServerSideEncryption: settings.sse as ServerSideEncryption } : {}),
+      // A KMS key implies KMS encryption; S3 refuses the key id without it.
+      ...(settings.sse || settings.kmsKeyId
+        ? { ServerSideEncryption: (settings.sse ?? 'aws:kms') as ServerSideEncryption }
+        : {}),
       ...(settings.kmsKeyId ? { SSEKMSKeyId: settings.kmsKeyId } : {}),
     };
     this.transfers = new Semaphore(concurrency);

@@ -44,6 +44,8 @@ export interface FaultProxy {
   readonly requests: ProxiedRequest[];
   /** Faults injected so far, by kind. */
   readonly injected: Record<FaultKind, number>;
+  /** The most requests that were open at the same time. */
+  readonly maxConcurrent: number;
   setRates(rates: FaultRates, methods?: string[]): void;
   /** Injects `kind` into the next `times` requests with this method (any when absent), before any random fault. */
   inject(kind: FaultKind, options?: { method?: string; times?: number }): void;
@@ -65,6 +67,8 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   const injected = Object.fromEntries(FAULT_KINDS.map((k) => [k, 0])) as Record<FaultKind, number>;
   const sockets = new Set<Socket>();
   let requestCount = 0;
+  let open = 0;
+  let maxConcurrent = 0;
 
   function chooseFault(method: string): FaultKind | undefined {
     if (totalInjected() >= maxFaults) return undefined;
@@ -91,6 +95,9 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     // Connections this proxy cuts raise errors on both sides; they are the point.
     req.on('error', () => {});
     res.on('error', () => {});
+    open++;
+    maxConcurrent = Math.max(maxConcurrent, open);
+    res.on('close', () => open--);
     const method = req.method ?? 'GET';
     const fault = chooseFault(method);
     const id = ++requestCount;
@@ -215,6 +222,9 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     endpoint: `http://127.0.0.1:${port}`,
     requests,
     injected,
+    get maxConcurrent() {
+      return maxConcurrent;
+    },
     setRates(next, nextMethods) {
       rates = next;
       methods = nextMethods;
