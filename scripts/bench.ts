@@ -33,6 +33,9 @@ const MiB = 1 << 20;
 export interface Measurement {
   seconds: number;
   peakRssMiB: number;
+  /** User and system CPU seconds of the child (less skewed by a busy machine than wall time). */
+  cpuUser?: number;
+  cpuSystem?: number;
   stdout: string;
   stderr: string;
 }
@@ -57,7 +60,7 @@ async function findTime(): Promise<string | null> {
 export async function measure(command: string, args: string[], options: { cwd: string; env?: NodeJS.ProcessEnv }): Promise<Measurement> {
   const time = await findTime();
   const rssFile = path.join(os.tmpdir(), `lifeboat-bench-rss-${process.pid}-${Date.now()}`);
-  const [cmd, argv] = time ? [time, ['-f', '%M', '-o', rssFile, command, ...args]] : [command, args];
+  const [cmd, argv] = time ? [time, ['-f', '%M %U %S', '-o', rssFile, command, ...args]] : [command, args];
   const started = performance.now();
   const child = spawn(cmd, argv, { cwd: options.cwd, env: options.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
@@ -65,6 +68,8 @@ export async function measure(command: string, args: string[], options: { cwd: s
   child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
   child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
   let polledKiB = 0;
+  let polledCpu: [number, number] | undefined;
+  const ticks = 100; // USER_HZ on Linux
   const poll = time
     ? undefined
     : setInterval(() => {
@@ -75,6 +80,13 @@ export async function measure(command: string, args: string[], options: { cwd: s
             if (m) polledKiB = Math.max(polledKiB, Number(m[1]));
           })
           .catch(() => undefined);
+        fsp
+          .readFile(`/proc/${child.pid}/stat`, 'utf8')
+          .then((s) => {
+            const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+            polledCpu = [Number(f[11]) / ticks, Number(f[12]) / ticks];
+          })
+          .catch(() => undefined);
       }, 20);
   const code = await new Promise<number | null>((resolve, reject) => {
     child.on('error', reject);
@@ -83,15 +95,18 @@ export async function measure(command: string, args: string[], options: { cwd: s
   const seconds = (performance.now() - started) / 1000;
   if (poll) clearInterval(poll);
   let peakKiB = polledKiB;
+  let cpu = polledCpu;
   if (time) {
     const text = await fsp.readFile(rssFile, 'utf8').catch(() => '');
     await fsp.rm(rssFile, { force: true });
-    peakKiB = Number(text.trim().split('\n').pop()) || 0;
+    const [rss, user, sys] = (text.trim().split('\n').pop() ?? '').split(' ').map(Number);
+    peakKiB = rss || 0;
+    cpu = user !== undefined && sys !== undefined && !Number.isNaN(user + sys) ? [user, sys] : undefined;
   }
   if (code !== 0) {
     throw new Error(`${command} ${args.join(' ')} failed (exit ${code ?? 'by signal'}):\n${stderr.slice(-4000)}`);
   }
-  return { seconds, peakRssMiB: peakKiB / 1024, stdout, stderr };
+  return { seconds, peakRssMiB: peakKiB / 1024, cpuUser: cpu?.[0], cpuSystem: cpu?.[1], stdout, stderr };
 }
 
 async function filesUnder(dir: string, maxSize = Infinity): Promise<string[]> {
@@ -140,6 +155,8 @@ export interface StepResult {
   step: string;
   group: string;
   seconds: number;
+  cpuUser?: number;
+  cpuSystem?: number;
   /** Deployment bytes over wall time (what a user waits for), MiB/s. */
   mibPerSec: number;
   peakRssMiB: number;
@@ -191,7 +208,8 @@ function record(ctx: BenchContext, partial: Omit<StepResult, 'mibPerSec'>): Step
   const result: StepResult = { ...partial, mibPerSec: ctx.deploymentBytes / MiB / partial.seconds };
   ctx.steps.push(result);
   const extra = result.storedBytes !== undefined ? `, stored ${(result.storedBytes / MiB).toFixed(1)} MiB` : '';
-  ctx.log(`  ${result.step}: ${result.seconds.toFixed(2)} s, ${result.mibPerSec.toFixed(0)} MiB/s, peak RSS ${result.peakRssMiB.toFixed(0)} MiB${extra}`);
+  const cpu = result.cpuUser !== undefined ? ` (CPU ${result.cpuUser.toFixed(2)} user + ${result.cpuSystem!.toFixed(2)} sys)` : '';
+  ctx.log(`  ${result.step}: ${result.seconds.toFixed(2)} s${cpu}, ${result.mibPerSec.toFixed(0)} MiB/s, peak RSS ${result.peakRssMiB.toFixed(0)} MiB${extra}`);
   return result;
 }
 
@@ -205,20 +223,20 @@ export async function benchBaselines(ctx: BenchContext): Promise<void> {
   ctx.log('sha256sum (reference: the cost of hashing everything once)');
   await warm([ctx.deployment]);
   let m = await measure('sha256sum', files, { cwd: ctx.dir });
-  record(ctx, { step: 'sha256sum', group: 'baseline', seconds: m.seconds, peakRssMiB: m.peakRssMiB });
+  record(ctx, { step: 'sha256sum', group: 'baseline', seconds: m.seconds, cpuUser: m.cpuUser, cpuSystem: m.cpuSystem, peakRssMiB: m.peakRssMiB });
 
   const archive = path.join(ctx.dir, 'deployment.tar');
   ctx.log('tar -cf');
   await warm([ctx.deployment]);
   m = await measure('tar', ['-cf', archive, 'deployment'], { cwd: ctx.dir });
-  record(ctx, { step: 'tar -cf', group: 'baseline', seconds: m.seconds, peakRssMiB: m.peakRssMiB });
+  record(ctx, { step: 'tar -cf', group: 'baseline', seconds: m.seconds, cpuUser: m.cpuUser, cpuSystem: m.cpuSystem, peakRssMiB: m.peakRssMiB });
 
   const out = path.join(ctx.dir, 'tar-extract');
   await fsp.mkdir(out);
   ctx.log('tar -xf');
   await warm([archive]);
   m = await measure('tar', ['-xf', archive, '-C', out], { cwd: ctx.dir });
-  record(ctx, { step: 'tar -xf', group: 'baseline', seconds: m.seconds, peakRssMiB: m.peakRssMiB });
+  record(ctx, { step: 'tar -xf', group: 'baseline', seconds: m.seconds, cpuUser: m.cpuUser, cpuSystem: m.cpuSystem, peakRssMiB: m.peakRssMiB });
   await fsp.rm(out, { recursive: true, force: true });
   await fsp.rm(archive, { force: true });
 }
@@ -251,6 +269,8 @@ export async function benchRepository(ctx: BenchContext, target: RepositoryTarge
     step: `${L}: full backup`,
     group: L,
     seconds: m.seconds,
+    cpuUser: m.cpuUser,
+    cpuSystem: m.cpuSystem,
     peakRssMiB: m.peakRssMiB,
     storedBytes: json.storedBytes,
     reportedMs: json.durationMs,
@@ -268,6 +288,8 @@ export async function benchRepository(ctx: BenchContext, target: RepositoryTarge
     step: `${L}: incr, unchanged`,
     group: L,
     seconds: m.seconds,
+    cpuUser: m.cpuUser,
+    cpuSystem: m.cpuSystem,
     peakRssMiB: m.peakRssMiB,
     storedBytes: json.storedBytes,
     reportedMs: json.durationMs,
@@ -286,6 +308,8 @@ export async function benchRepository(ctx: BenchContext, target: RepositoryTarge
     step: `${L}: incr, 1 shard + 20 files`,
     group: L,
     seconds: m.seconds,
+    cpuUser: m.cpuUser,
+    cpuSystem: m.cpuSystem,
     peakRssMiB: m.peakRssMiB,
     storedBytes: json.storedBytes,
     reportedMs: json.durationMs,
@@ -306,6 +330,8 @@ export async function benchRepository(ctx: BenchContext, target: RepositoryTarge
     step: `${L}: restore latest`,
     group: L,
     seconds: m.seconds,
+    cpuUser: m.cpuUser,
+    cpuSystem: m.cpuSystem,
     peakRssMiB: m.peakRssMiB,
     reportedMs: restored.durationMs,
     vsTar: restoreRatio,
@@ -329,10 +355,11 @@ export async function benchRepository(ctx: BenchContext, target: RepositoryTarge
 // Report
 
 function table(steps: readonly StepResult[]): string {
-  const header = ['step', 'seconds', 'MiB/s', 'peak RSS MiB', 'stored MiB', 'vs tar', 'vs full', 'target', 'met'];
+  const header = ['step', 'seconds', 'CPU s', 'MiB/s', 'peak RSS MiB', 'stored MiB', 'vs tar', 'vs full', 'target', 'met'];
   const rows = steps.map((s) => [
     s.step,
     s.seconds.toFixed(2),
+    s.cpuUser !== undefined ? (s.cpuUser + s.cpuSystem!).toFixed(2) : '',
     s.mibPerSec.toFixed(0),
     s.peakRssMiB.toFixed(0),
     s.storedBytes !== undefined ? (s.storedBytes / MiB).toFixed(1) : '',
@@ -342,7 +369,7 @@ function table(steps: readonly StepResult[]): string {
     s.target ? (s.target.ok ? 'yes' : 'NO') : '',
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const right = new Set([1, 2, 3, 4, 6]);
+  const right = new Set([1, 2, 3, 4, 5, 7]);
   const line = (cells: string[]) => `| ${cells.map((c, i) => (right.has(i) ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join(' | ')} |`;
   return [line(header), `|${widths.map((w, i) => (right.has(i) ? `${'-'.repeat(w + 1)}:` : '-'.repeat(w + 2))).join('|')}|`, ...rows.map(line)].join('\n');
 }
@@ -357,6 +384,8 @@ function machine() {
     node: process.version,
     tar: (spawnSync('tar', ['--version'], { encoding: 'utf8' }).stdout ?? '').split('\n')[0] ?? 'unknown',
     peakRssFrom: timeBinary ? 'GNU time %M' : '/proc VmHWM polling',
+    /** Other work on the machine skews absolute times; the ratios to tar in the same run much less. */
+    loadAverage: os.loadavg().map((x) => Math.round(x * 100) / 100),
   };
 }
 
@@ -366,12 +395,13 @@ async function main(): Promise<void> {
   const dir = path.join(ROOT, '.bench');
   await fsp.rm(dir, { recursive: true, force: true });
   await fsp.mkdir(dir, { recursive: true });
+  const startedAt = new Date().toISOString();
   const log = (line: string) => console.log(line);
   await findTime();
 
   const options = { seed: 1, shards: 4, shardBytes: Math.round(400 * MiB * scale), onnxBytes: Math.round(100 * MiB * scale), smallFiles: 2000, mtime: new Date('2025-06-01T00:00:00Z') };
   const m = machine();
-  log(`machine: ${m.nproc} CPUs (${m.cpu}), ${m.memoryMiB} MiB RAM, ${m.platform}, node ${m.node}, ${m.tar}`);
+  log(`machine: ${m.nproc} CPUs (${m.cpu}), ${m.memoryMiB} MiB RAM, ${m.platform}, node ${m.node}, ${m.tar}, load average ${m.loadAverage.join(' ')}`);
   log(`generating the deployment (scale ${scale}) …`);
   const genStarted = performance.now();
   const deployment = await generateDeployment(path.join(dir, 'deployment'), options);
@@ -392,12 +422,13 @@ async function main(): Promise<void> {
   log('');
   log(table(ctx.steps));
   log('');
-  log('MiB/s is the deployment size over wall time; "vs full" is the time over the same repository\'s full backup.');
+  log('MiB/s is the deployment size over wall time; CPU s is user + system time of the process;');
+  log('"vs tar" and "vs full" are ratios of wall times, "vs full" to the same repository\'s full backup.');
   const missed = ctx.steps.filter((s) => s.target && !s.target.ok);
   log(missed.length === 0 ? 'every target met' : `targets missed: ${missed.map((s) => s.step).join(', ')}`);
 
   const results = {
-    startedAt: new Date().toISOString(),
+    startedAt,
     machine: m,
     scale,
     deployment: { files: deployment.files, bytes: deployment.bytes, shards: deployment.shards.length, shardBytes: options.shardBytes, onnxBytes: options.onnxBytes, smallFiles: deployment.smallFiles.length },
