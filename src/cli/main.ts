@@ -64,7 +64,9 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: { printed: b
     async (...args: unknown[]) => {
       const command = args[args.length - 1] as Command;
       const global = command.optsWithGlobals() as GlobalOptions;
-      const interactive = io.stderr.isTTY === true;
+      // A terminal that reports no width (some CI pseudo-terminals) can't redraw a spinner line.
+      const columns = (io.stderr as { columns?: number }).columns ?? 0;
+      const interactive = io.stderr.isTTY === true && columns > 0;
       const ctx: CliContext = {
         cwd: io.cwd,
         env: io.env,
