@@ -11,6 +11,7 @@ import { chooseReference, planBackup, type PlannedEntry } from './backup-plan.js
 import type { Repository } from './repository.js';
 import { scanSource, type ScannedEntry, type ScannedSource, type SourceSpec } from './scan.js';
 import { VolumeSink } from './volume-sink.js';
+import { DEFAULT_TRANSFERS } from './pool.js';
 import type { TarVolumeWriter } from '../format/tar.js';
 import { UsageError } from '../errors.js';
 
@@ -119,7 +120,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       return result;
     }
 
-    sink = new VolumeSink(repo.storage, id, options.volumeSize ?? repo.config.volumeSize, options.concurrency ?? 2, options.signal);
+    sink = new VolumeSink(repo.storage, id, options.volumeSize ?? repo.config.volumeSize, options.concurrency ?? DEFAULT_TRANSFERS, options.signal);
     const entries: ManifestEntry[] = [];
     const progress = { phase: 'backup' as const, filesDone: 0, filesTotal: plan.filesToStore, bytesDone: 0, bytesTotal: plan.bytesToStore };
     for (const planned of plan.entries) {

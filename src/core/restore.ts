@@ -9,7 +9,8 @@ import { unsafePathReason } from '../format/paths.js';
 import { readVolume, type VolumeEntry } from '../format/tar.js';
 import type { Notice, Progress, Reporter } from './events.js';
 import type { Repository } from './repository.js';
-import { planRestore, type RestorePlan, type VolumeJob } from './restore-plan.js';
+import { planRestore, type RestorePlan } from './restore-plan.js';
+import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 
 export interface RestoreOptions {
   target: string;
@@ -18,6 +19,8 @@ export interface RestoreOptions {
   /** Replace a non-empty target. */
   force?: boolean;
   include?: string[];
+  /** Volumes streamed at once (they hold disjoint files). */
+  concurrency?: number;
   signal?: AbortSignal;
   reporter?: Reporter;
 }
@@ -68,7 +71,7 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
       result.unchanged = unchanged.size;
       result.rewritten = wanted.length;
     }
-    await fetchFiles(repo, plan, new Set(wanted), staging, reporter, warnings, options.signal);
+    await fetchFiles(repo, plan, new Set(wanted), staging, reporter, warnings, options.concurrency ?? DEFAULT_TRANSFERS, options.signal);
     throwIfAborted(options.signal);
     if (delta) {
       result.removed = await applyDelta(plan, staging, target, new Set(wanted), (options.include ?? []).length === 0);
@@ -110,6 +113,7 @@ async function fetchFiles(
   staging: string,
   reporter: Reporter,
   warnings: Notice[],
+  concurrency: number,
   signal?: AbortSignal,
 ): Promise<void> {
   const progress: Progress = { phase: 'restore', filesDone: 0, filesTotal: wanted.size, bytesDone: 0, bytesTotal: 0 };
@@ -120,14 +124,14 @@ async function fetchFiles(
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
     made.add(dir);
   };
-  for (const job of plan.volumes) {
+  await runPool(plan.volumes, concurrency, async (job) => {
     throwIfAborted(signal);
     const jobWanted = new Map<number, ManifestEntry[]>();
     for (const [index, list] of job.wanted) {
       const mine = list.filter((e) => wanted.has(e));
       if (mine.length) jobWanted.set(index, mine);
     }
-    if (jobWanted.size === 0) continue;
+    if (jobWanted.size === 0) return;
     const found = new Set<number>();
     const what = `volume ${job.record.key}`;
     let body;
@@ -176,7 +180,7 @@ async function fetchFiles(
       warnings.push(notice);
       reporter.notice?.(notice);
     }
-  }
+  });
 }
 
 /** Refuses entries no extractor should ever write: escapes, absolute names, hard links, devices. */

@@ -5,6 +5,7 @@ import { unsafePathReason } from '../format/paths.js';
 import { readVolume } from '../format/tar.js';
 import type { Notice, Progress, Reporter } from './events.js';
 import type { Repository } from './repository.js';
+import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 
 export type ProblemKind =
   | 'manifest-unreadable'
@@ -27,6 +28,8 @@ export interface VerifyOptions {
   /** Only this point and the chain it depends on. */
   point?: Manifest;
   readData?: boolean;
+  /** Volumes read at once. */
+  concurrency?: number;
   signal?: AbortSignal;
   reporter?: Reporter;
 }
@@ -123,15 +126,18 @@ export async function verify(repo: Repository, options: VerifyOptions = {}): Pro
       if (!m) continue;
       for (const v of m.volumes) if (existing.has(v.key)) progress.bytesTotal += v.size;
     }
+    const jobs: { m: Manifest; index: number }[] = [];
     for (const id of selected) {
       const m = manifests.get(id);
       if (!m) continue;
-      for (let i = 0; i < m.volumes.length; i++) {
-        throwIfAborted(options.signal);
-        if (!existing.has(m.volumes[i]!.key)) continue;
-        await readBackVolume(repo, m, i, problems, progress, reporter, options.signal);
-      }
+      m.volumes.forEach((v, index) => {
+        if (existing.has(v.key)) jobs.push({ m, index });
+      });
     }
+    await runPool(jobs, options.concurrency ?? DEFAULT_TRANSFERS, async ({ m, index }) => {
+      throwIfAborted(options.signal);
+      await readBackVolume(repo, m, index, problems, progress, reporter, options.signal);
+    });
     result.bytesRead = progress.bytesDone;
   }
 
@@ -164,7 +170,7 @@ async function readBackVolume(
   const byEntry = new Map<number, ManifestEntry>();
   for (const e of m.entries) if (e.ref && e.ref.point === m.id && e.ref.volume === volumeIndex) byEntry.set(e.ref.entry, e);
   const seen = new Set<number>();
-  const startBytes = progress.bytesDone;
+  let counted = 0;
   try {
     const body = await repo.storage.get(record.key, { signal });
     const read = await readVolume(
@@ -193,18 +199,18 @@ async function readBackVolume(
         }
         progress.filesDone++;
         progress.bytesDone += size;
+        counted += size;
         reporter.progress?.({ ...progress, current: name });
       },
       signal,
     );
-    progress.bytesDone = startBytes + read.size;
+    progress.bytesDone += read.size - counted;
     if (read.size !== record.size || read.crc32 !== record.crc32) {
       problems.push({ point: m.id, path: record.key, kind: 'volume-damaged', detail: `CRC-32 or size differs from the recorded ${record.size} bytes` });
     }
   } catch (err) {
     if (signal?.aborted) throw err;
     problems.push({ point: m.id, path: record.key, kind: 'volume-damaged', detail: errorMessage(err) });
-    progress.bytesDone = startBytes + record.size;
   }
   for (const [index, e] of byEntry) {
     if (!seen.has(index)) {

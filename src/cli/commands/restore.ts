@@ -18,7 +18,7 @@ const collect = (value: string, previous: string[]) => [...previous, value];
 
 export async function runRestore(ctx: CliContext, selector: string, flags: RestoreFlags): Promise<void> {
   if (!flags.target) throw new UsageError('restore needs --target DIR');
-  const { repo, close } = await openRepository(ctx);
+  const { repo, config, close } = await openRepository(ctx);
   const renderer = new ProgressRenderer(ctx, 'restore');
   try {
     const point = await repo.resolve(selector);
@@ -27,6 +27,7 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
       delta: flags.delta,
       force: flags.force,
       include: flags.include,
+      concurrency: config.s3?.concurrency,
       signal: ctx.signal,
       reporter: renderer,
     });

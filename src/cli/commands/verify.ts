@@ -11,11 +11,11 @@ interface VerifyFlags {
 }
 
 export async function runVerify(ctx: CliContext, selector: string | undefined, flags: VerifyFlags): Promise<void> {
-  const { repo, close } = await openRepository(ctx);
+  const { repo, config, close } = await openRepository(ctx);
   const renderer = new ProgressRenderer(ctx, 'verify');
   try {
     const point = selector ? await repo.resolve(selector) : undefined;
-    const result = await verify(repo, { point, readData: flags.readData, signal: ctx.signal, reporter: renderer });
+    const result = await verify(repo, { point, readData: flags.readData, concurrency: config.s3?.concurrency, signal: ctx.signal, reporter: renderer });
     renderer.stop();
     printResult(
       ctx,
