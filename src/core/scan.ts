@@ -8,7 +8,14 @@ import type { Reporter } from './events.js';
 
 export interface SourceSpec {
   name: string;
+  /** The directory that is scanned. */
   path: string;
+  /** What it captures; serving-state providers materialise their state into `path` first. Default files. */
+  kind?: 'files' | 'sqlite' | 'command';
+  /** Recorded in the manifest instead of `path` (the database file, or the command line). */
+  origin?: string;
+  /** command sources: the command that restores the state from stdin. */
+  restore?: string;
 }
 
 /** One filesystem entry of a source, as found by the scan. */

@@ -43,8 +43,12 @@ export type VolumeRecord = z.infer<typeof volumeSchema>;
 
 export const sourceSchema = z.object({
   name: z.string().min(1).max(64),
-  kind: z.enum(['files']),
+  /** files: a directory tree; sqlite: an online copy of a database; command: a command's stdout. */
+  kind: z.enum(['files', 'sqlite', 'command']),
+  /** Where the source lives on the backed-up host (the database file, the command line for command sources). */
   path: z.string(),
+  /** command sources: the command that takes the captured state on stdin. */
+  restore: z.string().optional(),
   mode: z.number().int().min(0).max(0o7777).optional(),
   mtimeNs: nsTime.optional(),
 });
