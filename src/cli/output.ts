@@ -1,5 +1,5 @@
 import chalk, { Chalk, type ChalkInstance } from 'chalk';
-import ora, { type Ora } from 'ora';
+import type { Ora } from 'ora';
 import type { Notice, Progress, Reporter } from '../core/events.js';
 import type { CliContext } from './context.js';
 import { formatBytes } from './format.js';
@@ -20,14 +20,27 @@ export function printResult(ctx: CliContext, json: unknown, text: () => string):
   }
 }
 
+/** One log line as JSON (`--log-format json`): time, level, msg, and any fields. */
+export function jsonLogLine(level: 'info' | 'warning' | 'error', message: string, fields: Record<string, unknown> = {}): string {
+  return `${JSON.stringify({ time: new Date().toISOString(), level, msg: message, ...fields })}\n`;
+}
+
 /** A log line on stderr; timestamped when nobody is watching a terminal. */
 export function log(ctx: CliContext, message: string): void {
   if (ctx.quiet) return;
+  if (ctx.logFormat === 'json') {
+    ctx.stderr.write(jsonLogLine('info', message));
+    return;
+  }
   const prefix = ctx.interactive ? '' : `${new Date().toISOString()} `;
   ctx.stderr.write(`${prefix}${message}\n`);
 }
 
 export function logNotice(ctx: CliContext, n: Notice): void {
+  if (ctx.logFormat === 'json') {
+    if (n.level === 'warning' || !ctx.quiet) ctx.stderr.write(jsonLogLine(n.level, n.message, { code: n.code, ...(n.path ? { path: n.path } : {}) }));
+    return;
+  }
   const c = paint(ctx);
   const where = n.path ? `${n.path}: ` : '';
   if (n.level === 'warning') {
@@ -42,6 +55,7 @@ export function logNotice(ctx: CliContext, n: Notice): void {
  */
 export class ProgressRenderer implements Reporter {
   private spinner?: Ora;
+  private stopped = false;
   private readonly started = Date.now();
   private lastPlain = 0;
   private last?: Progress;
@@ -51,7 +65,11 @@ export class ProgressRenderer implements Reporter {
     private readonly label: string,
   ) {
     if (ctx.interactive && !ctx.quiet) {
-      this.spinner = ora({ text: label, stream: ctx.stderr as NodeJS.WriteStream, color: 'cyan', isEnabled: true }).start();
+      // ora (and its terminal-width tables) is loaded only when there is a terminal to spin on.
+      void import('ora').then(({ default: ora }) => {
+        if (this.stopped) return;
+        this.spinner = ora({ text: this.last ? this.describe(this.last) : label, stream: ctx.stderr as NodeJS.WriteStream, color: 'cyan', isEnabled: true }).start();
+      });
     }
   }
 
@@ -94,8 +112,8 @@ export class ProgressRenderer implements Reporter {
   }
 
   stop(): void {
+    this.stopped = true;
     this.spinner?.stop();
     this.spinner = undefined;
-    void this.last;
   }
 }

@@ -1,96 +1,118 @@
 import type { BackupType } from '../format/ids.js';
 import type { Manifest, ManifestEntry } from '../format/manifest.js';
+import { POINT_ID } from '../format/ids.js';
 import type { ScannedEntry } from './scan.js';
+
+/** The type a point id ends with (F, D, I), so choosing a reference needs no manifest reads. */
+const TYPE_OF_LETTER: Record<string, BackupType> = { F: 'full', D: 'diff', I: 'incr' };
 
 export interface ReferenceChoice {
   type: BackupType;
-  /** The manifest unchanged files are compared with (and whose refs they reuse). */
-  reference?: Manifest;
+  /** Id of the point unchanged files are compared with (and whose refs they reuse). */
+  referenceId?: string;
   /** Set when the requested type could not be honoured. */
   fallbackReason?: string;
 }
 
 /**
  * diff compares with the newest full; incr with the newest point of any type;
- * with no full yet, every backup is a full.
+ * with no full yet, every backup is a full. Works on ids alone (oldest first).
  */
-export function chooseReference(history: readonly Manifest[], requested: BackupType): ReferenceChoice {
+export function chooseReference(ids: readonly string[], requested: BackupType): ReferenceChoice {
   if (requested === 'full') return { type: 'full' };
-  const lastFull = [...history].reverse().find((m) => m.type === 'full');
+  const typeOf = (id: string) => (POINT_ID.test(id) ? TYPE_OF_LETTER[id[id.length - 1]!] : undefined);
+  const lastFull = [...ids].reverse().find((id) => typeOf(id) === 'full');
   if (!lastFull) return { type: 'full', fallbackReason: `no full backup exists yet, so this ${requested} backup is taken as a full` };
-  if (requested === 'diff') return { type: 'diff', reference: lastFull };
-  return { type: 'incr', reference: history[history.length - 1] };
+  if (requested === 'diff') return { type: 'diff', referenceId: lastFull };
+  return { type: 'incr', referenceId: ids[ids.length - 1] };
 }
+
+export type ContentAction =
+  /** Not a file, or a file whose recorded checksum and reference are reused unread. */
+  | 'reuse'
+  /** Read, hash and store (new or changed). */
+  | 'store'
+  /** Read and hash; reuse the reference when the content is unchanged, store it otherwise. */
+  | 'verify';
 
 export interface PlannedEntry {
   scanned: ScannedEntry;
   /** The reference's entry for the same path, when there is one. */
   previous?: ManifestEntry;
-  /** File bytes must be read and stored (new or changed content). */
-  storeData: boolean;
-  /** A tar header is written for it (files, and new or changed dirs and links). */
+  action: ContentAction;
+  /** A tar header is written for it (dirs and links that are new or changed). */
   inVolume: boolean;
 }
 
 export interface BackupPlan {
   entries: PlannedEntry[];
-  added: number;
-  changed: number;
-  removed: number;
-  bytesToStore: number;
-  filesToStore: number;
+  /** Bytes that will (or may, for 'verify') be read. */
+  bytesToRead: number;
+  filesToRead: number;
 }
+
+export const entryKey = (source: string, path: string) => `${source}\u0000${path}`;
 
 /** Coarse filesystem timestamps (FAT: 2 s) set the window. */
 const RACY_WINDOW_MS = 2000;
 
-export const entryKey = (source: string, path: string) => `${source}\u0000${path}`;
-
 /**
- * Decides what to store. A file keeps its recorded SHA-256 and content
+ * Decides what to read. A file keeps its recorded SHA-256 and content
  * reference without being read when its size, mtime (ns) and inode all match
- * the reference; everything else is read and stored.
+ * the reference. A file modified within the timestamp granularity of the
+ * reference's scan may have changed again without its mtime moving ("racy",
+ * as git calls it): it is read and hashed, and stored only if it differs.
  */
 export function planBackup(scanned: readonly ScannedEntry[], reference: Manifest | undefined): BackupPlan {
-  // A file modified within the timestamp granularity of the reference's scan may
-  // have changed again without its mtime moving ("racy" files, as git calls them):
-  // such files are read again rather than trusted.
   const racyAfterNs = reference ? BigInt(Date.parse(reference.startedAt) - RACY_WINDOW_MS) * 1_000_000n : 0n;
   const previous = new Map<string, ManifestEntry>();
   for (const e of reference?.entries ?? []) previous.set(entryKey(e.source, e.path), e);
-  const seen = new Set<string>();
-  const plan: BackupPlan = { entries: [], added: 0, changed: 0, removed: 0, bytesToStore: 0, filesToStore: 0 };
+  const plan: BackupPlan = { entries: [], bytesToRead: 0, filesToRead: 0 };
   for (const s of scanned) {
-    const key = entryKey(s.source, s.path);
-    seen.add(key);
-    const prev = previous.get(key);
-    let storeData = false;
-    let same = false;
-    if (prev && prev.type === s.type) {
-      if (s.type === 'file') {
-        const contentSame =
-          prev.size === s.size &&
-          prev.mtimeNs === s.mtimeNs &&
-          prev.ino === s.ino &&
-          prev.sha256 !== undefined &&
-          prev.ref !== undefined &&
-          BigInt(prev.mtimeNs) < racyAfterNs;
-        storeData = !contentSame;
-        same = contentSame && prev.mode === s.mode;
-      } else {
-        same = prev.mode === s.mode && prev.mtimeNs === s.mtimeNs && prev.target === s.target;
+    const prev = previous.get(entryKey(s.source, s.path));
+    let action: ContentAction = 'reuse';
+    let inVolume = false;
+    if (s.type === 'file') {
+      const reusable = prev?.type === 'file' && prev.sha256 !== undefined && prev.ref !== undefined;
+      const statSame = reusable && prev.size === s.size && prev.mtimeNs === s.mtimeNs && prev.ino === s.ino;
+      action = !statSame ? 'store' : BigInt(prev.mtimeNs) >= racyAfterNs ? 'verify' : 'reuse';
+      if (action !== 'reuse') {
+        plan.bytesToRead += s.size;
+        plan.filesToRead++;
       }
     } else {
-      storeData = s.type === 'file';
+      inVolume = !prev || prev.type !== s.type || prev.mode !== s.mode || prev.mtimeNs !== s.mtimeNs || prev.target !== s.target;
     }
-    if (!prev) plan.added++;
-    else if (!same) plan.changed++;
-    if (storeData) {
-      plan.bytesToStore += s.size;
-      plan.filesToStore++;
-    }
-    plan.entries.push({ scanned: s, previous: prev, storeData, inVolume: s.type === 'file' ? storeData : !same });
+    plan.entries.push({ scanned: s, previous: prev, action, inVolume });
   }
-  for (const key of previous.keys()) if (!seen.has(key)) plan.removed++;
   return plan;
+}
+
+export interface ChangeCounts {
+  added: number;
+  changed: number;
+  removed: number;
+}
+
+/**
+ * Files and links added, changed (content, mode, link target or mtime) and
+ * removed against the reference; directories are not counted, as in `diff`.
+ */
+export function countChanges(entries: readonly ManifestEntry[], reference: Manifest | undefined): ChangeCounts {
+  const counts: ChangeCounts = { added: 0, changed: 0, removed: 0 };
+  const previous = new Map<string, ManifestEntry>();
+  for (const e of reference?.entries ?? []) if (e.type !== 'dir') previous.set(entryKey(e.source, e.path), e);
+  const seen = new Set<string>();
+  for (const e of entries) {
+    if (e.type === 'dir') continue;
+    const key = entryKey(e.source, e.path);
+    seen.add(key);
+    const prev = previous.get(key);
+    if (!prev) counts.added++;
+    else if (prev.type !== e.type || prev.sha256 !== e.sha256 || prev.size !== e.size || prev.mode !== e.mode || prev.target !== e.target || (e.type === 'file' && prev.mtimeNs !== e.mtimeNs)) {
+      counts.changed++;
+    }
+  }
+  for (const key of previous.keys()) if (!seen.has(key)) counts.removed++;
+  return counts;
 }

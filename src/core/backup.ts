@@ -1,13 +1,15 @@
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
+import type { BigIntStats } from 'node:fs';
 import { IntegrityError, errorMessage, throwIfAborted } from '../errors.js';
 import { makePointId, type BackupType } from '../format/ids.js';
-import { keys, volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
+import { keys, volumeEntryName, type ContentRef, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { checkSourceName } from '../format/paths.js';
-import type { Notice, Reporter } from './events.js';
+import type { Notice, Progress, Reporter } from './events.js';
 import { acquireLock } from './lock.js';
-import { chooseReference, planBackup, type PlannedEntry } from './backup-plan.js';
+import { chooseReference, countChanges, planBackup, type PlannedEntry } from './backup-plan.js';
+import { SMALL_FILE, SmallFilePrefetcher, type WholeFile } from './file-reader.js';
 import type { Repository } from './repository.js';
 import { scanSource, type ScannedEntry, type ScannedSource, type SourceSpec } from './scan.js';
 import { VolumeSink } from './volume-sink.js';
@@ -85,47 +87,62 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     }
     if (!options.dryRun) await removeLeftovers(repo, reporter);
 
-    const history = await repo.allManifests();
-    const choice = chooseReference(history, options.type);
+    const ids = await repo.pointIds();
+    const choice = chooseReference(ids, options.type);
     if (choice.fallbackReason) reporter.notice?.({ level: 'info', code: 'type-fallback', message: choice.fallbackReason });
+    const reference = choice.referenceId ? await repo.manifest(choice.referenceId) : undefined;
 
     const scanned: ScannedSource[] = [];
     for (const spec of options.sources) {
       scanned.push(await scanSource(spec, options.excludes ?? [], { ...reporter, notice: (n) => (n.level === 'warning' ? warn(n) : reporter.notice?.(n)) }, options.signal));
     }
     const allEntries = scanned.flatMap((s) => s.entries);
-    const plan = planBackup(allEntries, choice.reference);
+    const plan = planBackup(allEntries, reference);
     const totalBytes = allEntries.reduce((n, e) => n + (e.type === 'file' ? e.size : 0), 0);
     const fileCount = allEntries.filter((e) => e.type === 'file').length;
 
-    id = await uniquePointId(repo, startedAt, choice.type);
+    id = await uniquePointId(repo, ids, startedAt, choice.type);
     const result: BackupResult = {
       id,
       type: choice.type,
       requestedType: options.type,
-      parent: choice.reference?.id ?? null,
+      parent: reference?.id ?? null,
       files: fileCount,
       bytes: totalBytes,
-      added: plan.added,
-      changed: plan.changed,
-      removed: plan.removed,
+      added: 0,
+      changed: 0,
+      removed: 0,
       storedBytes: 0,
       durationMs: 0,
       dryRun: options.dryRun === true,
       warnings,
     };
     if (options.dryRun) {
-      result.storedBytes = plan.bytesToStore;
+      // Without reading, a racy file counts as changed and its bytes as stored.
+      const guessed = plan.entries.map((p) => plannedAsEntry(p));
+      Object.assign(result, countChanges(guessed, reference));
+      result.storedBytes = plan.bytesToRead;
       result.durationMs = Date.now() - started;
       return result;
     }
 
     sink = new VolumeSink(repo.storage, id, options.volumeSize ?? repo.config.volumeSize, options.concurrency ?? DEFAULT_TRANSFERS, options.signal);
+    const small = plan.entries.flatMap((p, position) =>
+      p.action !== 'reuse' && p.scanned.size <= SMALL_FILE ? [{ position, path: p.scanned.abs, size: p.scanned.size }] : [],
+    );
+    const context: StoreContext = {
+      pointId: id,
+      sink,
+      prefetch: new SmallFilePrefetcher(small),
+      progress: { phase: 'backup', filesDone: 0, filesTotal: plan.filesToRead, bytesDone: 0, bytesTotal: plan.bytesToRead },
+      reporter,
+      warn,
+      signal: options.signal,
+    };
     const entries: ManifestEntry[] = [];
-    const progress = { phase: 'backup' as const, filesDone: 0, filesTotal: plan.filesToStore, bytesDone: 0, bytesTotal: plan.bytesToStore };
-    for (const planned of plan.entries) {
+    for (const [position, planned] of plan.entries.entries()) {
       throwIfAborted(options.signal);
-      const entry = await storeEntry(planned, id, sink, progress, reporter, warn, options.signal);
+      const entry = await storeEntry(planned, position, context);
       if (entry) entries.push(entry);
     }
     const volumes = await sink.finish();
@@ -135,12 +152,14 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       throw new IntegrityError(`backup refused by --strict: ${warnings.length} warning(s), first: ${warnings[0]!.path ?? ''} ${warnings[0]!.message}`);
     }
     const storedBytes = volumes.reduce((n, v) => n + v.size, 0);
+    const counts = countChanges(entries, reference);
+    Object.assign(result, counts);
     const manifest: Manifest = {
       format: 1,
       id,
       type: choice.type,
-      parent: choice.reference?.id ?? null,
-      full: choice.reference ? choice.reference.full : id,
+      parent: reference?.id ?? null,
+      full: reference ? reference.full : id,
       startedAt: startedAt.toISOString(),
       completedAt: now().toISOString(),
       host: os.hostname(),
@@ -155,7 +174,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       })),
       volumes,
       entries,
-      stats: { files: fileCount, bytes: totalBytes, added: plan.added, changed: plan.changed, removed: plan.removed, storedBytes },
+      stats: { files: fileCount, bytes: totalBytes, ...counts, storedBytes },
       warnings: warnings.map((w) => ({ code: w.code, path: w.path, message: w.message })),
     };
     await repo.commitManifest(manifest);
@@ -175,11 +194,11 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   }
 }
 
-async function uniquePointId(repo: Repository, at: Date, type: BackupType): Promise<string> {
-  const taken = new Set(await repo.pointIds());
+async function uniquePointId(repo: Repository, ids: readonly string[], at: Date, type: BackupType): Promise<string> {
+  const taken = new Set(ids);
   let t = at.getTime();
   // Two backups in the same millisecond (tests, scripts) get distinct ids.
-  while (taken.has(makePointId(new Date(t), type)) || (await repo.storage.head(`${keys.pointData(makePointId(new Date(t), type))}v000001.tar`))) t++;
+  while (taken.has(makePointId(new Date(t), type)) || (await repo.storage.head(keys.volume(makePointId(new Date(t), type), 0)))) t++;
   return makePointId(new Date(t), type);
 }
 
@@ -206,140 +225,162 @@ function mtimeDate(ns: string): Date {
   return new Date(Number(BigInt(ns) / 1_000_000n));
 }
 
-async function storeEntry(
-  planned: PlannedEntry,
-  pointId: string,
-  sink: VolumeSink,
-  progress: { filesDone: number; bytesDone: number; phase: 'backup'; filesTotal: number; bytesTotal: number },
-  reporter: Reporter,
-  warn: (n: Omit<Notice, 'level'>) => void,
-  signal?: AbortSignal,
-): Promise<ManifestEntry | undefined> {
-  const s = planned.scanned;
+const EMPTY_SHA256 = createHash('sha256').digest('hex');
+const PROGRESS_EVERY_BYTES = 8 << 20;
+
+interface StoreContext {
+  pointId: string;
+  sink: VolumeSink;
+  prefetch: SmallFilePrefetcher;
+  progress: Progress;
+  reporter: Reporter;
+  warn: (n: Omit<Notice, 'level'>) => void;
+  signal?: AbortSignal;
+}
+
+function baseEntry(s: ScannedEntry): ManifestEntry {
   const base: ManifestEntry = { source: s.source, path: s.path, type: s.type, mode: s.mode, mtimeNs: s.mtimeNs, size: s.size };
   if (s.type === 'file') base.ino = s.ino;
   if (s.type === 'symlink') base.target = s.target;
-  const name = volumeEntryName(s.source, s.path);
+  return base;
+}
 
+/** What the manifest entry would be if every file read matched its plan (for --dry-run). */
+function plannedAsEntry(p: PlannedEntry): ManifestEntry {
+  const base = baseEntry(p.scanned);
+  if (p.scanned.type !== 'file') return base;
+  return p.action === 'reuse' ? { ...base, sha256: p.previous!.sha256, ref: p.previous!.ref } : base;
+}
+
+/** One file's content as read: its bytes' digest and the stat around the read. */
+interface ReadOutcome {
+  sha256: string;
+  size: number;
+  mode: number;
+  mtimeNs: string;
+  ino: string;
+  torn: boolean;
+}
+
+function outcomeOf(before: BigIntStats, after: BigIntStats, read: number, sha256: string): ReadOutcome {
+  const size = Number(before.size);
+  return {
+    sha256,
+    size,
+    mode: Number(before.mode & 0o7777n),
+    mtimeNs: before.mtimeNs.toString(),
+    ino: before.ino.toString(),
+    torn: read !== size || after.size !== before.size || after.mtimeNs !== before.mtimeNs,
+  };
+}
+
+function unchangedFrom(prev: ManifestEntry | undefined, o: ReadOutcome): prev is ManifestEntry {
+  return prev !== undefined && !o.torn && prev.sha256 === o.sha256 && prev.size === o.size && prev.ref !== undefined;
+}
+
+async function storeEntry(planned: PlannedEntry, position: number, ctx: StoreContext): Promise<ManifestEntry | undefined> {
+  const s = planned.scanned;
+  const base = baseEntry(s);
+  const name = volumeEntryName(s.source, s.path);
   if (s.type !== 'file') {
     if (planned.inVolume) {
-      const { writer } = await sink.current();
-      await writer.header({
-        name,
-        type: s.type === 'dir' ? 'Directory' : 'SymbolicLink',
-        size: 0,
-        mode: s.mode,
-        mtime: mtimeDate(s.mtimeNs),
-        uid: s.uid,
-        gid: s.gid,
-        linkpath: s.target,
-      });
+      const { writer } = await ctx.sink.current();
+      await writer.header({ name, type: s.type === 'dir' ? 'Directory' : 'SymbolicLink', size: 0, mode: s.mode, mtime: mtimeDate(s.mtimeNs), uid: s.uid, gid: s.gid, linkpath: s.target });
     }
     return base;
   }
-  if (!planned.storeData) {
-    return { ...base, sha256: planned.previous!.sha256, ref: planned.previous!.ref };
-  }
+  if (planned.action === 'reuse') return { ...base, sha256: planned.previous!.sha256, ref: planned.previous!.ref };
 
-  let attempt = 0;
-  for (;;) {
-    attempt++;
-    const stored = await storeFileOnce(s, name, pointId, sink, progress, reporter, signal);
-    if (stored.missing) {
-      warn({ code: 'file-vanished', path: name, message: 'file disappeared before it could be read; not in this point' });
+  const prefetched = ctx.prefetch.take(position);
+  for (let attempt = 1; ; attempt++) {
+    const stored = prefetched && attempt === 1 ? await storeWholeFile(await prefetched, planned, name, ctx) : await storeFileOnce(planned, name, ctx, attempt);
+    if (stored === 'vanished') {
+      ctx.warn({ code: 'file-vanished', path: name, message: 'file disappeared before it could be read; not in this point' });
       return undefined;
     }
-    const entry: ManifestEntry = { ...base, size: stored.size, mtimeNs: stored.mtimeNs, mode: stored.mode, sha256: stored.sha256, ref: stored.ref };
-    if (!stored.torn) {
-      progress.filesDone++;
-      return entry;
-    }
-    if (attempt >= READ_ATTEMPTS) {
-      warn({ code: 'file-changed-during-read', path: name, message: `file kept changing while it was read (${attempt} attempts); the stored copy may be inconsistent` });
-      progress.filesDone++;
+    const entry: ManifestEntry = { ...base, size: stored.size, mtimeNs: stored.mtimeNs, mode: stored.mode, ino: stored.ino, sha256: stored.sha256, ref: stored.ref };
+    if (!stored.torn || attempt >= READ_ATTEMPTS) {
+      if (stored.torn) {
+        ctx.warn({ code: 'file-changed-during-read', path: name, message: `file kept changing while it was read (${attempt} attempts); the stored copy may be inconsistent` });
+      }
+      ctx.progress.filesDone++;
       return entry;
     }
   }
 }
 
-const EMPTY_SHA256 = createHash('sha256').digest('hex');
+type Stored = ReadOutcome & { ref: ContentRef };
 
-interface StoredFile {
-  size: number;
-  mtimeNs: string;
-  mode: number;
-  sha256: string;
-  ref: ManifestEntry['ref'];
-  torn: boolean;
-  missing?: boolean;
+/** Archives a small file already read whole (or reuses its reference when it proves unchanged). */
+async function storeWholeFile(whole: WholeFile | undefined, planned: PlannedEntry, name: string, ctx: StoreContext): Promise<Stored | 'vanished'> {
+  if (!whole) return 'vanished';
+  const outcome = outcomeOf(whole.before, whole.after, whole.data.length, createHash('sha256').update(whole.data).digest('hex'));
+  ctx.progress.bytesDone += whole.data.length;
+  if (planned.action === 'verify' && unchangedFrom(planned.previous, outcome)) return { ...outcome, ref: planned.previous.ref! };
+  const { writer, volume } = await ctx.sink.current();
+  const { index, offset } = await writer.header({ name, type: 'File', size: outcome.size, mode: outcome.mode, mtime: mtimeDate(outcome.mtimeNs), uid: planned.scanned.uid, gid: planned.scanned.gid });
+  await writer.body(whole.data.subarray(0, Math.min(whole.data.length, outcome.size)));
+  const written = Math.min(whole.data.length, outcome.size);
+  await writer.endEntry(written, outcome.size);
+  if (written < outcome.size) outcome.sha256 = createHash('sha256').update(whole.data.subarray(0, written)).update(Buffer.alloc(outcome.size - written)).digest('hex');
+  return { ...outcome, ref: { point: ctx.pointId, volume, entry: index, offset } };
 }
 
-/** One pass over one file: read → hash → append to the volume. */
-async function storeFileOnce(
-  s: ScannedEntry,
-  name: string,
-  pointId: string,
-  sink: VolumeSink,
-  progress: { filesDone: number; bytesDone: number; phase: 'backup'; filesTotal: number; bytesTotal: number },
-  reporter: Reporter,
-  signal?: AbortSignal,
-): Promise<StoredFile> {
+/**
+ * One streaming pass over one file: read → hash → append to the volume. For a
+ * racy file on its first attempt, a hash-only pass comes first, and the file
+ * is stored only if it differs from the reference.
+ */
+async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreContext, attempt: number): Promise<Stored | 'vanished'> {
+  const s = planned.scanned;
   let fh: fsp.FileHandle;
   try {
     fh = await fsp.open(s.abs, 'r');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      return { size: 0, mtimeNs: s.mtimeNs, mode: s.mode, sha256: EMPTY_SHA256, ref: undefined, torn: false, missing: true };
-    }
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'vanished';
     throw new IntegrityError(`cannot read ${s.abs}: ${errorMessage(err)}`);
   }
   try {
+    if (planned.action === 'verify' && attempt === 1) {
+      const before = await fh.stat({ bigint: true });
+      const hash = createHash('sha256');
+      const read = await copyBody(fh, Number(before.size), hash, undefined, ctx, name);
+      const outcome = outcomeOf(before, await fh.stat({ bigint: true }), read, hash.digest('hex'));
+      if (unchangedFrom(planned.previous, outcome)) return { ...outcome, ref: planned.previous.ref! };
+    }
     const before = await fh.stat({ bigint: true });
     const size = Number(before.size);
-    const mode = Number(before.mode & 0o7777n);
-    const mtimeNs = before.mtimeNs.toString();
-    const { writer, volume } = await sink.current();
-    const entry = await writer.header({ name, type: 'File', size, mode, mtime: mtimeDate(mtimeNs), uid: s.uid, gid: s.gid });
+    const { writer, volume } = await ctx.sink.current();
+    const { index, offset } = await writer.header({ name, type: 'File', size, mode: Number(before.mode & 0o7777n), mtime: mtimeDate(before.mtimeNs.toString()), uid: s.uid, gid: s.gid });
     const hash = createHash('sha256');
-    const written = await copyBody(fh, size, writer, hash, progress, reporter, name, signal);
+    const written = await copyBody(fh, size, hash, writer, ctx, name);
     if (written < size) hash.update(Buffer.alloc(size - written));
     await writer.endEntry(written, size);
-    const after = await fh.stat({ bigint: true });
-    const torn = written !== size || after.size !== before.size || after.mtimeNs !== before.mtimeNs;
-    return { size, mtimeNs, mode, sha256: hash.digest('hex'), ref: { point: pointId, volume, entry }, torn };
+    const outcome = outcomeOf(before, await fh.stat({ bigint: true }), written, hash.digest('hex'));
+    return { ...outcome, ref: { point: ctx.pointId, volume, entry: index, offset } };
   } finally {
     await fh.close();
   }
 }
 
-const PROGRESS_EVERY_BYTES = 8 << 20;
-
-async function copyBody(
-  fh: fsp.FileHandle,
-  size: number,
-  writer: TarVolumeWriter,
-  hash: ReturnType<typeof createHash>,
-  progress: { filesDone: number; bytesDone: number; phase: 'backup'; filesTotal: number; bytesTotal: number },
-  reporter: Reporter,
-  name: string,
-  signal?: AbortSignal,
-): Promise<number> {
+/** Streams the first `size` bytes of a file into the hash (and the volume, when given). */
+async function copyBody(fh: fsp.FileHandle, size: number, hash: Hash, writer: TarVolumeWriter | undefined, ctx: StoreContext, name: string): Promise<number> {
   if (size === 0) return 0;
   let written = 0;
   let sinceReport = 0;
   const stream = fh.createReadStream({ start: 0, end: size - 1, highWaterMark: 1 << 20, autoClose: false });
   for await (const chunk of stream as AsyncIterable<Buffer>) {
-    throwIfAborted(signal);
+    throwIfAborted(ctx.signal);
     hash.update(chunk);
-    await writer.body(chunk);
+    if (writer) await writer.body(chunk);
     written += chunk.length;
-    progress.bytesDone += chunk.length;
+    ctx.progress.bytesDone += chunk.length;
     sinceReport += chunk.length;
     if (sinceReport >= PROGRESS_EVERY_BYTES) {
       sinceReport = 0;
-      reporter.progress?.({ ...progress, current: name });
+      ctx.reporter.progress?.({ ...ctx.progress, current: name });
     }
   }
-  reporter.progress?.({ ...progress, current: name });
+  ctx.reporter.progress?.({ ...ctx.progress, current: name });
   return written;
 }

@@ -134,53 +134,90 @@ async function fetchFiles(
     if (jobWanted.size === 0) return;
     const found = new Set<number>();
     const what = `volume ${job.record.key}`;
-    let body;
-    try {
-      body = await repo.storage.get(job.record.key, { signal });
-    } catch (err) {
-      throw new IntegrityError(`${what} of point ${job.point} cannot be read: ${errorMessage(err)}`, { cause: err });
+    const onEntry = async (entry: VolumeEntry) => {
+      checkArchiveEntry(entry, what);
+      const targets = jobWanted.get(entry.index);
+      if (!targets) return;
+      found.add(entry.index);
+      const first = targets[0]!;
+      const expectedName = volumeEntryName(first.source, first.path);
+      if (entry.type !== 'File' && entry.type !== 'OldFile' && entry.type !== 'ContiguousFile') {
+        throw new IntegrityError(`${what}: entry ${entry.index} is a ${entry.type}, but ${expectedName} is a file`);
+      }
+      if (entry.size !== first.size) {
+        throw new IntegrityError(`${what}: entry ${entry.index} (${entry.name}) has ${entry.size} bytes, the manifest says ${first.size} for ${expectedName}`);
+      }
+      const file = pathIn(staging, first);
+      await ensureDir(path.dirname(file));
+      await writeVerified(entry, file, first, what, progress, reporter, signal);
+      for (const copy of targets.slice(1)) {
+        const other = pathIn(staging, copy);
+        await ensureDir(path.dirname(other));
+        await fsp.copyFile(file, other);
+      }
+      progress.filesDone += targets.length;
+    };
+    for (const run of planReads(jobWanted, job.record.size)) {
+      throwIfAborted(signal);
+      let body;
+      try {
+        body = await repo.storage.get(job.record.key, { signal, offset: run.offset });
+      } catch (err) {
+        throw new IntegrityError(`${what} of point ${job.point} cannot be read: ${errorMessage(err)}`, { cause: err });
+      }
+      const last = run.lastIndex;
+      const read = await readVolume(
+        body,
+        what,
+        // Past the run's last wanted entry the stream is cut short: nothing there is looked at.
+        async (entry) => (last === undefined || entry.index <= last ? onEntry(entry) : undefined),
+        { signal, firstIndex: run.firstIndex, lastIndex: last },
+      );
+      throwIfAborted(signal);
+      if (last === undefined && (read.size !== job.record.size || read.crc32 !== job.record.crc32)) {
+        // Every file taken from it verified, so the restore stands; verify will name the damage.
+        const notice: Notice = { level: 'warning', code: 'volume-checksum', message: `${what} does not match its recorded size or CRC-32; run \`lifeboat verify --read-data\`` };
+        warnings.push(notice);
+        reporter.notice?.(notice);
+      }
     }
-    const read = await readVolume(
-      body,
-      what,
-      async (entry) => {
-        checkArchiveEntry(entry, what);
-        const targets = jobWanted.get(entry.index);
-        if (!targets) return;
-        found.add(entry.index);
-        const first = targets[0]!;
-        const expectedName = volumeEntryName(first.source, first.path);
-        if (entry.type !== 'File' && entry.type !== 'OldFile' && entry.type !== 'ContiguousFile') {
-          throw new IntegrityError(`${what}: entry ${entry.index} is a ${entry.type}, but ${expectedName} is a file`);
-        }
-        if (entry.size !== first.size) {
-          throw new IntegrityError(`${what}: entry ${entry.index} (${entry.name}) has ${entry.size} bytes, the manifest says ${first.size} for ${expectedName}`);
-        }
-        const file = pathIn(staging, first);
-        await ensureDir(path.dirname(file));
-        await writeVerified(entry, file, first, what, progress, reporter, signal);
-        for (const copy of targets.slice(1)) {
-          const other = pathIn(staging, copy);
-          await ensureDir(path.dirname(other));
-          await fsp.copyFile(file, other);
-        }
-        progress.filesDone += targets.length;
-      },
-      signal,
-    );
-    throwIfAborted(signal);
     for (const [index, list] of jobWanted) {
       if (!found.has(index)) {
         throw new IntegrityError(`${what} of point ${job.point} lacks entry ${index}, which holds ${list[0]!.source}/${list[0]!.path}`);
       }
     }
-    if (read.size !== job.record.size || read.crc32 !== job.record.crc32) {
-      // Every file taken from it verified, so the restore stands; verify will name the damage.
-      const notice: Notice = { level: 'warning', code: 'volume-checksum', message: `${what} does not match its recorded size or CRC-32; run \`lifeboat verify --read-data\`` };
-      warnings.push(notice);
-      reporter.notice?.(notice);
-    }
   });
+}
+
+/** Gaps between wanted entries smaller than this are read through rather than skipped. */
+const SKIP_GAP = 8 << 20;
+
+interface VolumeRead {
+  offset: number;
+  firstIndex: number;
+  /** Undefined: read to the end (and check the whole volume's CRC-32). */
+  lastIndex?: number;
+}
+
+/**
+ * Which byte ranges of a volume to read: the whole volume when most of it is
+ * wanted, else runs of wanted entries, so a restore does not stream the old
+ * copy of a rewritten 400 MiB shard only to throw it away.
+ */
+function planReads(wanted: Map<number, ManifestEntry[]>, volumeSize: number): VolumeRead[] {
+  const entries = [...wanted].map(([index, list]) => ({ index, offset: list[0]!.ref?.offset, size: list[0]!.size })).sort((a, b) => a.index - b.index);
+  if (entries.some((e) => e.offset === undefined)) return [{ offset: 0, firstIndex: 0 }];
+  const runs: (VolumeRead & { end: number })[] = [];
+  for (const e of entries) {
+    const run = runs[runs.length - 1];
+    if (run && e.offset! - run.end < SKIP_GAP) {
+      run.lastIndex = e.index;
+      run.end = e.offset! + e.size + 4096;
+    } else runs.push({ offset: e.offset!, firstIndex: e.index, lastIndex: e.index, end: e.offset! + e.size + 4096 });
+  }
+  const skipped = volumeSize - runs.reduce((n, r) => n + (r.end - r.offset), 0);
+  if (skipped < SKIP_GAP) return [{ offset: 0, firstIndex: 0 }];
+  return runs.map(({ offset, firstIndex, lastIndex }) => ({ offset, firstIndex, lastIndex }));
 }
 
 /** Refuses entries no extractor should ever write: escapes, absolute names, hard links, devices. */

@@ -202,7 +202,7 @@ async function readBackVolume(
         counted += size;
         reporter.progress?.({ ...progress, current: name });
       },
-      signal,
+      { signal },
     );
     progress.bytesDone += read.size - counted;
     if (read.size !== record.size || read.crc32 !== record.crc32) {

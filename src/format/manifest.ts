@@ -13,6 +13,8 @@ export const refSchema = z.object({
   point: pointId,
   volume: count,
   entry: count,
+  /** Byte offset of the entry's first header block, so a reader can start there. */
+  offset: count.optional(),
 });
 export type ContentRef = z.infer<typeof refSchema>;
 

@@ -40,8 +40,9 @@ export class TarVolumeWriter {
     if (!this.stream.write(buf)) await waitForDrain(this.stream);
   }
 
-  /** Starts an entry; returns its index in the volume (what a manifest refers to). */
-  async header(fields: TarHeaderFields): Promise<number> {
+  /** Starts an entry; returns its index in the volume and the byte offset where it starts. */
+  async header(fields: TarHeaderFields): Promise<{ index: number; offset: number }> {
+    const offset = this.size;
     const name = fields.type === 'Directory' ? `${fields.name}/` : fields.name;
     const header = new Header({
       path: name,
@@ -65,7 +66,7 @@ export class TarVolumeWriter {
       await this.push(pax.encode());
     }
     await this.push(header.block!);
-    return this.entries++;
+    return { index: this.entries++, offset };
   }
 
   async body(chunk: Buffer): Promise<void> {
@@ -132,15 +133,25 @@ export interface VolumeReadResult {
  * Streams a tar volume through node-tar's parser, calling `onEntry` for each
  * entry in order. Damaged headers and truncated volumes are IntegrityErrors.
  */
+export interface ReadVolumeOptions {
+  signal?: AbortSignal;
+  /** Index of the first entry in `source` (when it starts at an entry's offset, not at 0). */
+  firstIndex?: number;
+  /** Stop once the entry with this index has been handled (the rest is not read). */
+  lastIndex?: number;
+}
+
 export async function readVolume(
   source: Readable,
   what: string,
   onEntry: (entry: VolumeEntry) => Promise<void>,
-  signal?: AbortSignal,
+  options: ReadVolumeOptions = {},
 ): Promise<VolumeReadResult> {
+  const signal = options.signal;
   let size = 0;
   let crc = 0;
-  let index = 0;
+  let index = options.firstIndex ?? 0;
+  let reachedLast = false;
   let failure: unknown;
   let pending: Promise<void> = Promise.resolve();
 
@@ -171,6 +182,7 @@ export async function readVolume(
       } finally {
         // Whatever the handler left unread is skipped so the parser moves on.
         entry.resume();
+        if (options.lastIndex !== undefined && current >= options.lastIndex) reachedLast = true;
       }
     });
   });
@@ -180,11 +192,18 @@ export async function readVolume(
       if (signal?.aborted) break;
       size += chunk.length;
       crc = crc32(chunk, crc);
-      if (failure) break;
+      if (failure || reachedLast) break;
       if (!parser.write(chunk)) await new Promise<void>((r) => parser.once('drain', () => r()));
     }
   } catch (err) {
     failure ??= err;
+  }
+  if (reachedLast && !failure) {
+    // Entries after the last wanted one may be queued; their handlers only skip them.
+    source.destroy();
+    await pending;
+    if (failure) throw failure;
+    return { size, crc32: crc, entries: index };
   }
   if (failure || signal?.aborted) {
     source.destroy();
