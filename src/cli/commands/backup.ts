@@ -8,7 +8,9 @@ import type { BackupType } from '../../format/ids.js';
 import { openRepository, type CliContext } from '../context.js';
 import { formatBytes } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
-import { ProgressRenderer, printResult } from '../output.js';
+import { ProgressRenderer, log, printResult } from '../output.js';
+import { captureSources, stateSource, type CapturedSources, type PendingSource } from '../../state/capture.js';
+import { BackupHooks } from '../../state/hooks.js';
 import type { CommandRunner } from '../main.js';
 
 interface BackupFlags {
@@ -23,8 +25,8 @@ interface BackupFlags {
 const collect = (value: string, previous: string[]) => [...previous, value];
 
 /** Sources from PATH arguments and --source flags, else from the config file. */
-export function resolveSources(ctx: CliContext, paths: string[], flags: string[], config: LifeboatConfig): SourceSpec[] {
-  const specs: SourceSpec[] = [];
+export function resolveSources(ctx: CliContext, paths: string[], flags: string[], config: LifeboatConfig): PendingSource[] {
+  const specs: PendingSource[] = [];
   for (const p of paths) specs.push({ name: path.basename(path.resolve(ctx.cwd, p)), path: path.resolve(ctx.cwd, p) });
   for (const f of flags) {
     const eq = f.indexOf('=');
@@ -35,7 +37,7 @@ export function resolveSources(ctx: CliContext, paths: string[], flags: string[]
   for (const [name, src] of Object.entries(config.sources ?? {})) {
     if (typeof src === 'string') specs.push({ name, path: src });
     else if ('path' in src) specs.push({ name, path: src.path });
-    else throw new UsageError(`sources.${name}: ${'sqlite' in src ? 'sqlite' : 'command'} sources are not supported by this version`);
+    else specs.push(stateSource(name, src));
   }
   return specs;
 }
@@ -72,9 +74,21 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
   if (!['full', 'diff', 'incr'].includes(type)) throw new UsageError(`--type ${flags.type}: use full, diff or incr`);
   const { repo, config, close } = await openRepository(ctx);
   const renderer = new ProgressRenderer(ctx, flags.dryRun ? 'backup (dry run)' : 'backup');
+  // A dry run takes nothing, so it does not pause the server either.
+  const hooks = new BackupHooks(flags.dryRun ? undefined : config.hooks, { cwd: ctx.cwd, env: ctx.env, signal: ctx.signal, onOutput: (line) => log(ctx, line) });
+  let state: CapturedSources | undefined;
+  let point: string | undefined;
   try {
+    await hooks.before();
+    state = await captureSources(resolveSources(ctx, paths, flags.source, config), {
+      cwd: ctx.cwd,
+      env: ctx.env,
+      signal: ctx.signal,
+      notice: (n) => renderer.notice(n),
+      onOutput: (line) => log(ctx, line),
+    });
     const result = await backup(repo, {
-      sources: resolveSources(ctx, paths, flags.source, config),
+      sources: state.sources,
       type,
       excludes: [...(config.exclude ?? []), ...flags.exclude],
       tags: parseTags(flags.tag),
@@ -84,6 +98,7 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
       reporter: renderer,
       concurrency: config.s3?.concurrency,
     });
+    if (!result.dryRun) point = result.id;
     renderer.stop();
     printResult(ctx, backupJson(result), () => {
       const verb = result.dryRun ? 'would take' : 'took';
@@ -93,10 +108,16 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
         `  ${result.dryRun ? 'would store' : 'stored'} ${formatBytes(result.storedBytes)} in ${formatDuration(result.durationMs)}${result.warnings.length ? `, ${result.warnings.length} warning(s)` : ''}`,
       ].join('\n');
     });
+  } catch (err) {
+    await state?.cleanup();
+    await hooks.after({ error: err }, (message) => log(ctx, `warning: ${message}`));
+    throw err;
   } finally {
     renderer.stop();
+    await state?.cleanup();
     await close();
   }
+  await hooks.after({ point });
 }
 
 export function registerBackup(program: Command, run: CommandRunner): Command {

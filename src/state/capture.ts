@@ -1,0 +1,103 @@
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { SourceSpec } from '../core/scan.js';
+import type { Notice } from '../core/events.js';
+import { parseDuration } from '../config/duration.js';
+import { captureCommand, COMMAND_OUTPUT_FILE } from './command.js';
+import { copySqlite } from './sqlite.js';
+
+/** A command that runs without a stated timeout may run this long. */
+export const DEFAULT_COMMAND_TIMEOUT_MS = 60 * 60 * 1000;
+
+/** A serving-state source from the config, before it is captured. */
+export type StateSource =
+  | { name: string; kind: 'sqlite'; database: string }
+  | { name: string; kind: 'command'; command: string; restore?: string; timeout?: string };
+
+/** A source as the backup command resolves it: a tree, or serving state still to capture. */
+export type PendingSource = SourceSpec | (SourceSpec & { state: StateSource });
+
+/** The config entry `sources.<name>` when it is serving state, as a pending source. */
+export function stateSource(name: string, src: { sqlite: string } | { command: string; restore?: string; timeout?: string }): PendingSource {
+  if ('sqlite' in src) return { name, path: '', kind: 'sqlite', origin: src.sqlite, state: { name, kind: 'sqlite', database: src.sqlite } };
+  return {
+    name,
+    path: '',
+    kind: 'command',
+    origin: src.command,
+    ...(src.restore ? { restore: src.restore } : {}),
+    state: { name, kind: 'command', command: src.command, restore: src.restore, timeout: src.timeout },
+  };
+}
+
+export interface CaptureOptions {
+  cwd?: string;
+  env?: NodeJS.ProcessEnv;
+  signal?: AbortSignal;
+  /** Where the temporary directories go (default the system's). */
+  tmpDir?: string;
+  notice?: (n: Notice) => void;
+  onOutput?: (line: string) => void;
+}
+
+export interface CapturedSources {
+  /** Every source, state sources now materialised into directories. */
+  sources: SourceSpec[];
+  /** Removes the temporary directories; safe to call more than once. */
+  cleanup(): Promise<void>;
+}
+
+/**
+ * Materialises each serving-state source into its own temporary directory,
+ * which the backup then captures like any tree: a SQLite source becomes
+ * `<dir>/<database file name>` (an online copy), a command source
+ * `<dir>/stdout` (its output, streamed to disk). The manifest records the kind,
+ * the origin (database path or command line) and the restore command. A
+ * failure removes whatever was made and fails the whole capture.
+ */
+export async function captureSources(sources: readonly PendingSource[], options: CaptureOptions = {}): Promise<CapturedSources> {
+  const pending = sources.filter((s): s is SourceSpec & { state: StateSource } => 'state' in s);
+  if (pending.length === 0) return { sources: [...sources], cleanup: async () => undefined };
+  const root = await fsp.mkdtemp(path.join(options.tmpDir ?? os.tmpdir(), 'lifeboat-state-'));
+  let cleaned = false;
+  const cleanup = async () => {
+    if (cleaned) return;
+    cleaned = true;
+    await fsp.rm(root, { recursive: true, force: true });
+  };
+  try {
+    const out: SourceSpec[] = [];
+    for (const s of sources) {
+      if (!('state' in s)) {
+        out.push(s);
+        continue;
+      }
+      const dir = path.join(root, s.name);
+      await fsp.mkdir(dir, { mode: 0o700 });
+      const { state } = s;
+      if (state.kind === 'sqlite') {
+        const file = path.join(dir, path.basename(state.database));
+        const copy = await copySqlite(s.name, state.database, file, options.signal);
+        options.notice?.({ level: 'info', code: 'state-captured', path: s.name, message: `copied SQLite database ${state.database} online (${copy.pages} pages, ${copy.durationMs} ms)` });
+      } else {
+        const timeoutMs = (state.timeout !== undefined ? parseDuration(state.timeout) : undefined) ?? DEFAULT_COMMAND_TIMEOUT_MS;
+        const result = await captureCommand(s.name, state.command, path.join(dir, COMMAND_OUTPUT_FILE), {
+          cwd: options.cwd,
+          env: { ...(options.env ?? process.env), LIFEBOAT_SOURCE: s.name },
+          timeoutMs,
+          signal: options.signal,
+          onOutput: options.onOutput,
+        });
+        options.notice?.({ level: 'info', code: 'state-captured', path: s.name, message: `captured ${result.bytes} bytes of output of \`${state.command}\` (${result.durationMs} ms)` });
+      }
+      const spec: SourceSpec = { name: s.name, path: dir, kind: state.kind, origin: s.origin };
+      if (s.restore) spec.restore = s.restore;
+      out.push(spec);
+    }
+    return { sources: out, cleanup };
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+}

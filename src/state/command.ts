@@ -1,0 +1,156 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
+import { InterruptedError, RuntimeFailure, errorMessage } from '../errors.js';
+
+/** How much of a command's stderr is kept for an error message. */
+const STDERR_TAIL = 4000;
+/** After SIGTERM on a timeout, how long a command gets before SIGKILL. */
+const KILL_GRACE_MS = 2000;
+
+export interface CommandOptions {
+  cwd?: string;
+  env?: NodeJS.ProcessEnv;
+  /** Milliseconds; the command (and its process group) is killed when it runs longer. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  /** Each complete line the command writes on stderr (and on stdout, where stdout is not captured). */
+  onOutput?: (line: string) => void;
+}
+
+export interface CommandResult {
+  durationMs: number;
+  /** Bytes written to the output file, for captures. */
+  bytes?: number;
+}
+
+/** Calls `emit` for each complete line of a byte stream, keeping a tail for messages. */
+class LineTail {
+  private partial = '';
+  tail = '';
+  constructor(private readonly emit?: (line: string) => void) {}
+  push(chunk: Buffer): void {
+    const text = chunk.toString('utf8');
+    this.tail = (this.tail + text).slice(-STDERR_TAIL);
+    if (!this.emit) return;
+    const lines = (this.partial + text).split('\n');
+    this.partial = lines.pop() ?? '';
+    for (const line of lines) if (line.trim()) this.emit(line.replace(/\r$/, ''));
+  }
+  end(): void {
+    if (this.emit && this.partial.trim()) this.emit(this.partial);
+    this.partial = '';
+  }
+}
+
+function describeExit(what: string, code: number | null, sig: NodeJS.Signals | null, tail: string): string {
+  const how = sig ? `was killed by ${sig}` : `exited with status ${code}`;
+  const last = tail.trim().split('\n').slice(-3).join(' | ');
+  return `${what} ${how}${last ? `: ${last}` : ''}`;
+}
+
+/** Kills the command's whole process group (it runs in its own, through `sh -c`). */
+function killGroup(child: ChildProcess, sig: NodeJS.Signals): void {
+  if (child.pid === undefined) return;
+  try {
+    process.kill(-child.pid, sig);
+  } catch {
+    try {
+      child.kill(sig);
+    } catch {
+      // already gone
+    }
+  }
+}
+
+/**
+ * Runs `command` through `sh -c` in its own process group, with optional
+ * stdin/stdout wiring, a timeout and abort. Resolves when it exited with
+ * status 0; otherwise rejects with a RuntimeFailure naming `what`, the status
+ * and the last lines of its stderr.
+ */
+export async function runShell(
+  what: string,
+  command: string,
+  options: CommandOptions & { stdinFile?: string; stdoutFile?: string } = {},
+): Promise<CommandResult> {
+  const started = Date.now();
+  if (options.signal?.aborted) throw new InterruptedError();
+  const child = spawn('sh', ['-c', command], {
+    cwd: options.cwd,
+    env: options.env ?? process.env,
+    stdio: [options.stdinFile ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
+  const stderr = new LineTail(options.onOutput);
+  child.stderr!.on('data', (c: Buffer) => stderr.push(c));
+  let stdoutDone: Promise<unknown> = Promise.resolve();
+  let bytes = 0;
+  if (options.stdoutFile) {
+    // Streamed to disk, never held in memory: a dump may be many GiB.
+    child.stdout!.on('data', (c: Buffer) => {
+      bytes += c.length;
+    });
+    stdoutDone = pipeline(child.stdout!, createWriteStream(options.stdoutFile, { mode: 0o600 }));
+  } else {
+    const stdout = new LineTail(options.onOutput);
+    child.stdout!.on('data', (c: Buffer) => stdout.push(c));
+    child.stdout!.on('end', () => stdout.end());
+  }
+  let stdinDone: Promise<unknown> = Promise.resolve();
+  if (options.stdinFile) {
+    stdinDone = pipeline(createReadStream(options.stdinFile), child.stdin!).catch((err: NodeJS.ErrnoException) => {
+      // A command may exit without reading all of its input; its status decides.
+      if (err.code !== 'EPIPE' && err.code !== 'ERR_STREAM_PREMATURE_CLOSE') throw err;
+    });
+  }
+
+  let timedOut = false;
+  let aborted = false;
+  let killTimer: NodeJS.Timeout | undefined;
+  const stop = () => {
+    killGroup(child, 'SIGTERM');
+    killTimer = setTimeout(() => killGroup(child, 'SIGKILL'), KILL_GRACE_MS);
+  };
+  const timer = options.timeoutMs !== undefined ? setTimeout(() => ((timedOut = true), stop()), options.timeoutMs) : undefined;
+  const onAbort = () => ((aborted = true), stop());
+  options.signal?.addEventListener('abort', onAbort, { once: true });
+
+  try {
+    const exit = new Promise<{ code: number | null; sig: NodeJS.Signals | null }>((resolve, reject) => {
+      child.once('error', reject);
+      child.once('close', (code, sig) => resolve({ code, sig }));
+    });
+    const [{ code, sig }] = await Promise.all([exit, stdoutDone, stdinDone]);
+    stderr.end();
+    if (aborted) throw new InterruptedError();
+    if (timedOut) throw new RuntimeFailure(`${what} timed out after ${options.timeoutMs} ms and was stopped`);
+    if (code !== 0) throw new RuntimeFailure(describeExit(what, code, sig, stderr.tail));
+    return { durationMs: Date.now() - started, ...(options.stdoutFile ? { bytes } : {}) };
+  } catch (err) {
+    killGroup(child, 'SIGKILL');
+    if (err instanceof RuntimeFailure || err instanceof InterruptedError) throw err;
+    if (aborted) throw new InterruptedError();
+    throw new RuntimeFailure(`${what} failed: ${errorMessage(err)}`, { cause: err });
+  } finally {
+    if (timer) clearTimeout(timer);
+    if (killTimer) clearTimeout(killTimer);
+    options.signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+/** The file a command source's output is kept in, inside its source directory. */
+export const COMMAND_OUTPUT_FILE = 'stdout';
+
+/**
+ * Captures a command's stdout as state: streamed into `file`; a non-zero exit,
+ * a timeout or a failure to start fails the capture.
+ */
+export async function captureCommand(name: string, command: string, file: string, options: CommandOptions = {}): Promise<CommandResult> {
+  return runShell(`command of source ${name}`, command, { ...options, stdoutFile: file });
+}
+
+/** Runs a command source's restore command with the captured state on its stdin. */
+export async function restoreCommand(name: string, command: string, file: string, options: CommandOptions = {}): Promise<CommandResult> {
+  return runShell(`restore command of source ${name}`, command, { ...options, stdinFile: file });
+}

@@ -1,0 +1,228 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
+import { lifeboat } from './helpers/cli.js';
+import { exists } from './helpers/repo.js';
+import { tempDir } from './helpers/tree.js';
+import { integrityCheck } from '../src/state/sqlite.js';
+import { captureSources, stateSource } from '../src/state/capture.js';
+import { restoreCommand } from '../src/state/command.js';
+import { BackupHooks } from '../src/state/hooks.js';
+
+const WRITER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'helpers', 'sqlite-writer.js');
+const ROWS_PER_TXN = 40;
+
+/** A writer process and the highest transaction it has said it committed. */
+function startWriter(db: string, journalMode: string): { child: ChildProcess; committed: () => number; ready: Promise<void>; stop: () => Promise<number> } {
+  const child = spawn(process.execPath, [WRITER, db, journalMode, String(ROWS_PER_TXN)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let committed = 0;
+  let buffered = '';
+  let onReady: () => void;
+  const ready = new Promise<void>((resolve) => (onReady = resolve));
+  child.stdout!.on('data', (c: Buffer) => {
+    buffered += c.toString();
+    const lines = buffered.split('\n');
+    buffered = lines.pop()!;
+    for (const line of lines) {
+      const m = /^committed (\d+)$/.exec(line);
+      if (m) committed = Number(m[1]);
+      if (committed >= 5) onReady();
+    }
+  });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  return {
+    child,
+    committed: () => committed,
+    ready,
+    stop: async () => {
+      child.kill('SIGTERM');
+      await exited;
+      return committed;
+    },
+  };
+}
+
+async function makeRepo(work: string): Promise<string> {
+  const repo = path.join(work, 'repo');
+  const r = await lifeboat(['--repo', repo, 'init']);
+  assert.equal(r.code, 0, r.stderr);
+  return repo;
+}
+
+/** A database with some bulk, so the online copy has pages to copy while the writer runs. */
+function seedDatabase(file: string, journalMode: string): void {
+  const db = new Database(file);
+  db.pragma(`journal_mode = ${journalMode}`);
+  db.exec('CREATE TABLE bulk (id INTEGER PRIMARY KEY, data BLOB NOT NULL)');
+  const insert = db.prepare('INSERT INTO bulk (data) VALUES (?)');
+  db.transaction(() => {
+    for (let i = 0; i < 8000; i++) insert.run(Buffer.alloc(1024, i & 0xff));
+  })();
+  db.close();
+}
+
+for (const journalMode of ['delete', 'wal']) {
+  test(`a SQLite database written to during the backup is copied consistently (journal_mode=${journalMode})`, async () => {
+    const work = await tempDir();
+    const repo = await makeRepo(work);
+    const dbFile = path.join(work, 'state', 'registry.db');
+    await fsp.mkdir(path.dirname(dbFile));
+    seedDatabase(dbFile, journalMode);
+    await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ./repo\nsources:\n  registry: { sqlite: ./state/registry.db }\n`);
+    const writer = startWriter(dbFile, journalMode);
+    try {
+      await writer.ready;
+      const before = writer.committed();
+      const r = await lifeboat(['--json', 'backup', '--type', 'full'], { cwd: work });
+      assert.equal(r.code, 0, r.stderr);
+      const id = r.json().id as string;
+      // Keep writing a moment after, then stop.
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      const after = await writer.stop();
+      assert.ok(after > before, 'the writer kept committing');
+
+      const target = path.join(work, 'restored');
+      const restored = await lifeboat(['--repo', repo, 'restore', id, '--target', target]);
+      assert.equal(restored.code, 0, restored.stderr);
+      const copy = path.join(target, 'registry', 'registry.db');
+      assert.equal(integrityCheck(copy), 'ok');
+      assert.ok(!(await exists(`${copy}-wal`)), 'the copy is one self-contained file');
+      const db = new Database(copy, { readonly: true });
+      try {
+        assert.equal((db.prepare('SELECT count(*) AS n FROM bulk').get() as { n: number }).n, 8000);
+        const groups = db.prepare('SELECT txn, count(*) AS n FROM t GROUP BY txn ORDER BY txn').all() as { txn: number; n: number }[];
+        // A prefix of the committed transactions, each one whole.
+        assert.ok(groups.length >= before, `holds at least the ${before} transactions committed before the backup (has ${groups.length})`);
+        assert.ok(groups.length <= after, `holds no more than were ever committed (${groups.length} > ${after})`);
+        groups.forEach((g, i) => {
+          assert.equal(g.txn, i + 1, 'no gap in the committed transactions');
+          assert.equal(g.n, ROWS_PER_TXN, `transaction ${g.txn} is whole`);
+        });
+        assert.equal(db.pragma('journal_mode', { simple: true }), 'delete');
+      } finally {
+        db.close();
+      }
+      const manifest = JSON.parse(await fsp.readFile(path.join(repo, 'points', `${id}.json`), 'utf8'));
+      assert.deepEqual(
+        manifest.sources.map((s: { name: string; kind: string; path: string }) => [s.name, s.kind, s.path]),
+        [['registry', 'sqlite', dbFile]],
+      );
+    } finally {
+      await writer.stop();
+      await fsp.rm(work, { recursive: true, force: true });
+    }
+  });
+}
+
+test('a command source captures stdout as state; its restore command takes it on stdin', async () => {
+  const work = await tempDir();
+  const repo = await makeRepo(work);
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'config.json'), '{}');
+  // Output larger than a pipe buffer, with stderr chatter that must not end up in the state.
+  const cmd = `node -e "for (let i = 0; i < 20000; i++) process.stdout.write('feature ' + i + '\\\\n'); console.error('dumped')"`;
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    `repository: ./repo\nsources:\n  models: ./models\n  features:\n    command: ${JSON.stringify(cmd)}\n    restore: "cat > restored-features.txt"\n    timeout: 30s\n`,
+  );
+  const r = await lifeboat(['--json', 'backup'], { cwd: work });
+  assert.equal(r.code, 0, r.stderr);
+  const id = r.json().id as string;
+  const manifest = JSON.parse(await fsp.readFile(path.join(repo, 'points', `${id}.json`), 'utf8'));
+  const features = manifest.sources.find((s: { name: string }) => s.name === 'features');
+  assert.deepEqual(features, { ...features, kind: 'command', path: cmd, restore: 'cat > restored-features.txt' });
+  assert.equal(manifest.sources.find((s: { name: string }) => s.name === 'models').kind, 'files');
+
+  const target = path.join(work, 'restored');
+  assert.equal((await lifeboat(['--repo', repo, 'restore', id, '--target', target])).code, 0);
+  const state = path.join(target, 'features', 'stdout');
+  const text = await fsp.readFile(state, 'utf8');
+  assert.equal(text.split('\n').length, 20001);
+  assert.ok(text.startsWith('feature 0\nfeature 1\n'));
+  assert.ok(!text.includes('dumped'));
+
+  await restoreCommand('features', features.restore, state, { cwd: work });
+  assert.equal(await fsp.readFile(path.join(work, 'restored-features.txt'), 'utf8'), text);
+  await assert.rejects(restoreCommand('features', 'cat >/dev/null; exit 4', state), /restore command of source features exited with status 4/);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a failing or hanging command fails the backup, leaves no point and no temporary state', async () => {
+  const work = await tempDir();
+  const repo = await makeRepo(work);
+  for (const [source, pattern] of [
+    ['{ command: "echo partial; echo no redis here >&2; exit 3" }', /command of source features exited with status 3: no redis here/],
+    ['{ command: "echo partial; sleep 30", timeout: 1s }', /command of source features timed out/],
+    ['{ sqlite: ./missing.db }', /source features: cannot read the SQLite database/],
+  ] as const) {
+    await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ./repo\nsources:\n  features: ${source}\n`);
+    const started = Date.now();
+    const r = await lifeboat(['backup'], { cwd: work });
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, pattern);
+    assert.ok(Date.now() - started < 15_000);
+  }
+  assert.deepEqual(await fsp.readdir(path.join(repo, 'points')).catch(() => []), []);
+
+  const tmp = path.join(work, 'tmp');
+  await fsp.mkdir(tmp);
+  await assert.rejects(
+    captureSources([{ name: 'models', path: work }, stateSource('a', { command: 'echo ok' }), stateSource('b', { command: 'exit 9' })], { tmpDir: tmp }),
+    /exited with status 9/,
+  );
+  assert.deepEqual(await fsp.readdir(tmp), [], 'a failed capture removes what it made');
+  const ok = await captureSources([stateSource('a', { command: 'echo ok' })], { tmpDir: tmp });
+  assert.equal(await fsp.readFile(path.join(ok.sources[0]!.path, 'stdout'), 'utf8'), 'ok\n');
+  assert.deepEqual(ok.sources[0], { name: 'a', path: ok.sources[0]!.path, kind: 'command', origin: 'echo ok' });
+  await ok.cleanup();
+  assert.deepEqual(await fsp.readdir(tmp), []);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('hooks: pre and post run around the backup; a failing pre-hook fails it and the post-hook still runs', async () => {
+  const work = await tempDir();
+  const repo = await makeRepo(work);
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'config.json'), '{}');
+  const config = (pre: string, timeout = '30s') =>
+    fsp.writeFile(
+      path.join(work, 'lifeboat.yaml'),
+      `repository: ./repo\nsources:\n  models: ./models\nhooks:\n  preBackup: ${JSON.stringify(pre)}\n  postBackup: 'echo "post $LIFEBOAT_BACKUP_OUTCOME $LIFEBOAT_POINT" >> hooks.log'\n  timeout: ${timeout}\n`,
+    );
+  const hookLog = () => fsp.readFile(path.join(work, 'hooks.log'), 'utf8').catch(() => '');
+
+  await config('echo pre >> hooks.log');
+  const ok = await lifeboat(['--json', 'backup'], { cwd: work });
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.equal(await hookLog(), `pre\npost ok ${ok.json().id}\n`);
+
+  await fsp.rm(path.join(work, 'hooks.log'));
+  await config('echo pre >> hooks.log; echo cannot pause >&2; exit 7');
+  const failed = await lifeboat(['backup'], { cwd: work });
+  assert.equal(failed.code, 1);
+  assert.match(failed.stderr, /preBackup hook exited with status 7: cannot pause/);
+  assert.equal(await hookLog(), 'pre\npost failed \n');
+
+  await fsp.rm(path.join(work, 'hooks.log'));
+  await config('sleep 30', '1s');
+  const started = Date.now();
+  const slow = await lifeboat(['backup'], { cwd: work });
+  assert.equal(slow.code, 1);
+  assert.match(slow.stderr, /preBackup hook timed out/);
+  assert.ok(Date.now() - started < 10_000);
+  assert.equal(await hookLog(), 'post failed \n');
+  assert.equal((await fsp.readdir(path.join(repo, 'points'))).length, 1, 'only the first backup took a point');
+
+  // A failing post-hook after a good backup is an error too (the server may still be paused).
+  const hooks = new BackupHooks({ postBackup: 'exit 2' });
+  await assert.rejects(hooks.after({ point: 'x' }), /postBackup hook exited with status 2/);
+  const quiet = new BackupHooks({ postBackup: 'exit 2' });
+  const reported: string[] = [];
+  await quiet.after({ error: new Error('backup failed') }, (m) => reported.push(m));
+  assert.match(reported[0]!, /status 2/);
+  await fsp.rm(work, { recursive: true, force: true });
+});
