@@ -36,17 +36,42 @@ function pidAlive(pid: number): boolean {
   }
 }
 
-/** Pure staleness rule: the owner is gone from this host, or its lease ran out. */
-export function lockStaleness(info: LockInfo, now: Date, host = os.hostname(), alive = pidAlive): string | undefined {
+/** How readers judge staleness; the holder's recorded lease applies when unset. */
+export interface StalenessOptions {
+  /** A lock whose lease was not refreshed for this long is stale. */
+  staleAfterMs?: number;
+  host?: string;
+  alive?: (pid: number) => boolean;
+}
+
+/** How often a holder with this lease refreshes it. */
+export function refreshInterval(leaseMs: number): number {
+  return Math.max(1000, Math.min(60_000, Math.floor(leaseMs / 3)));
+}
+
+/**
+ * Pure staleness rule: the owner is gone from this host, or its lease has not
+ * been refreshed for `staleAfterMs` (default: the lease the holder recorded).
+ * A threshold shorter than two of the holder's refresh intervals is raised to
+ * that, so a live holder is never judged stale between two refreshes.
+ */
+export function lockStaleness(info: LockInfo, now: Date, options: StalenessOptions = {}): string | undefined {
+  const host = options.host ?? os.hostname();
+  const alive = options.alive ?? pidAlive;
   if (info.host === host && !alive(info.pid)) return `process ${info.pid} no longer runs on ${host}`;
   const refreshed = Date.parse(info.refreshedAt);
-  if (Number.isFinite(refreshed) && now.getTime() - refreshed > info.leaseMs) {
-    return `its lease was last refreshed at ${info.refreshedAt}, more than ${Math.round(info.leaseMs / 60000)} min ago`;
+  const limit = Math.max(options.staleAfterMs ?? info.leaseMs, Math.min(info.leaseMs, 2 * refreshInterval(info.leaseMs)));
+  if (Number.isFinite(refreshed) && now.getTime() - refreshed > limit) {
+    return `its lease was last refreshed at ${info.refreshedAt}, more than ${describeLimit(limit)} ago`;
   }
   return undefined;
 }
 
-export async function readLock(storage: Storage): Promise<LockStatus | undefined> {
+function describeLimit(ms: number): string {
+  return ms >= 120_000 ? `${Math.round(ms / 60000)} min` : `${Math.round(ms / 1000)} s`;
+}
+
+export async function readLock(storage: Storage, options: StalenessOptions = {}): Promise<LockStatus | undefined> {
   let raw: Buffer;
   try {
     raw = await storage.getDocument(keys.lock);
@@ -62,8 +87,19 @@ export async function readLock(storage: Storage): Promise<LockStatus | undefined
     info = { host: '?', pid: 0, command: '?', startedAt: '?', refreshedAt: new Date(0).toISOString(), leaseMs: 1 };
     return { info, stale: true, reason: 'the lock document is unreadable' };
   }
-  const reason = lockStaleness(info, new Date());
+  const reason = lockStaleness(info, new Date(), options);
   return { info, stale: reason !== undefined, reason };
+}
+
+/**
+ * Removes the lock when it is stale by `options` (for writers whose engine
+ * judges staleness by the recorded lease only). Returns what was removed.
+ */
+export async function clearStaleLock(storage: Storage, options: StalenessOptions): Promise<LockStatus | undefined> {
+  const holder = await readLock(storage, options);
+  if (!holder?.stale) return undefined;
+  await storage.delete([keys.lock]);
+  return holder;
 }
 
 export interface HeldLock {
@@ -79,13 +115,13 @@ export interface HeldLock {
  * lease is refreshed while the lock is held, so a crashed holder on another
  * host is recognised once its lease runs out.
  */
-export async function acquireLock(storage: Storage, command: string, leaseMs = DEFAULT_LEASE_MS): Promise<HeldLock> {
+export async function acquireLock(storage: Storage, command: string, leaseMs = DEFAULT_LEASE_MS, options: StalenessOptions = {}): Promise<HeldLock> {
   const now = new Date().toISOString();
   const info: LockInfo = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs };
   const encode = (i: LockInfo) => Buffer.from(JSON.stringify(i));
   let tookOver: LockStatus | undefined;
   if (!(await storage.putDocument(keys.lock, encode(info), { ifAbsent: true }))) {
-    const holder = await readLock(storage);
+    const holder = await readLock(storage, options);
     if (holder && !holder.stale) {
       throw new LockedError(`the repository is locked by ${describeLock(holder.info)}`, {
         hint: 'wait for it to finish; if that process is gone, run `lifeboat unlock`',
@@ -98,7 +134,7 @@ export async function acquireLock(storage: Storage, command: string, leaseMs = D
       throw new LockedError(`the repository was locked by ${winner ? describeLock(winner.info) : 'another process'} while taking over a stale lock`);
     }
   }
-  const refreshEvery = Math.max(1000, Math.min(60_000, Math.floor(leaseMs / 3)));
+  const refreshEvery = refreshInterval(leaseMs);
   let refreshing: Promise<unknown> = Promise.resolve();
   const timer = setInterval(() => {
     info.refreshedAt = new Date().toISOString();

@@ -1,0 +1,109 @@
+import type { Command } from 'commander';
+import { UsageError } from '../../errors.js';
+import { parseDuration } from '../../config/duration.js';
+import type { LifeboatConfig } from '../../config/config.js';
+import { prune } from '../../core/prune.js';
+import type { RetentionPolicy } from '../../core/retention.js';
+import { openRepository, type CliContext } from '../context.js';
+import { addCronOptions, lockStaleAfterMs, runMonitored, type CronFlags } from '../cron.js';
+import { formatBytes } from '../format.js';
+import { formatDuration } from '../../config/duration.js';
+import { ProgressRenderer, printResult } from '../output.js';
+import type { CommandRunner } from '../main.js';
+
+interface PruneFlags extends CronFlags {
+  keepFull?: string;
+  keepDiff?: string;
+  keepWithin?: string;
+  dryRun?: boolean;
+}
+
+function count(flag: string, value: string, min: number): number {
+  if (!/^\d+$/.test(value) || Number(value) < min) throw new UsageError(`${flag} ${value}: expected a whole number of at least ${min}`);
+  return Number(value);
+}
+
+/** flags > retention: in the config; keep-full is required so a prune never keeps "nothing". */
+export function retentionPolicy(flags: PruneFlags, config: LifeboatConfig): RetentionPolicy {
+  const r = config.retention ?? {};
+  const keepFull = flags.keepFull !== undefined ? count('--keep-full', flags.keepFull, 1) : r.keepFull;
+  if (keepFull === undefined) {
+    throw new UsageError('prune needs --keep-full N (or retention.keepFull in the config)', {
+      hint: 'for example: lifeboat prune --keep-full 4 --keep-diff 7 --keep-within 14d',
+    });
+  }
+  const keepDiff = flags.keepDiff !== undefined ? count('--keep-diff', flags.keepDiff, 0) : r.keepDiff;
+  const withinText = flags.keepWithin ?? r.keepWithin;
+  let keepWithinMs: number | undefined;
+  if (withinText !== undefined) {
+    keepWithinMs = parseDuration(withinText);
+    if (keepWithinMs === undefined) throw new UsageError(`--keep-within ${withinText}: expected a duration such as 36h or 14d`);
+  }
+  return { keepFull, keepDiff, keepWithinMs };
+}
+
+export async function runPrune(ctx: CliContext, flags: PruneFlags): Promise<void> {
+  await runMonitored(ctx, 'prune', flags, async (figures) => {
+    const { repo, config, close } = await openRepository(ctx);
+    const renderer = new ProgressRenderer(ctx, flags.dryRun ? 'prune (dry run)' : 'prune');
+    try {
+      const policy = retentionPolicy(flags, config);
+      const result = await prune(repo, {
+        policy,
+        dryRun: flags.dryRun,
+        lockStaleAfterMs: lockStaleAfterMs(flags, config),
+        signal: ctx.signal,
+        reporter: renderer,
+      });
+      renderer.stop();
+      figures.points = result.dryRun ? result.keep.length + result.remove.length : result.keep.length;
+      figures.files = result.data.length;
+      figures.bytes = result.bytes;
+      printResult(
+        ctx,
+        {
+          dryRun: result.dryRun,
+          keep: result.keep.map(({ id, type, reasons }) => ({ id, type, reasons })),
+          remove: result.remove.map(({ id, type, reasons }) => ({ id, type, reasons })),
+          objects: [...result.manifests, ...result.data.map((d) => d.key)],
+          dataObjects: result.data.length,
+          dataBytes: result.bytes,
+          durationMs: result.durationMs,
+        },
+        () => {
+          const lines: string[] = [];
+          for (const d of result.keep) lines.push(`keep    ${d.id}  ${d.type.padEnd(4)}  ${d.reasons.join('; ')}`);
+          for (const d of result.remove) lines.push(`${result.dryRun ? 'would remove' : 'remove'}  ${d.id}  ${d.type.padEnd(4)}  ${d.reasons.join('; ')}`);
+          if (result.dryRun) {
+            for (const key of [...result.manifests, ...result.data.map((d) => d.key)]) lines.push(`  would delete ${key}`);
+          }
+          const verb = result.dryRun ? 'would remove' : 'removed';
+          lines.push(
+            `${verb} ${result.remove.length} point(s) and ${result.data.length} data object(s), ${formatBytes(result.bytes)}; ${result.keep.length} point(s) kept${result.dryRun ? '' : ` in ${formatDuration(result.durationMs)}`}`,
+          );
+          return lines.join('\n');
+        },
+      );
+    } finally {
+      renderer.stop();
+      await close();
+    }
+  });
+}
+
+export function registerPrune(program: Command, run: CommandRunner): Command {
+  const command = program
+    .command('prune')
+    .description('remove backup points the retention policy does not keep, and the data only they used; never breaks a chain')
+    .option('--keep-full <n>', 'keep the newest N full points and what depends on them (retention.keepFull)')
+    .option('--keep-diff <n>', 'keep the newest N differential points of kept fulls (retention.keepDiff)')
+    .option('--keep-within <duration>', 'keep every point completed within this long, e.g. 14d (retention.keepWithin)')
+    .option('-n, --dry-run', 'list exactly what would be removed, remove nothing');
+  addCronOptions(command, { lock: true });
+  return command
+    .addHelpText(
+      'after',
+      '\nA kept incr keeps its whole chain, a kept diff its full, and the newest point is always kept.\n\nExamples:\n  lifeboat prune --keep-full 4 --keep-diff 7 --keep-within 14d --dry-run\n  lifeboat prune            # policy from retention: in lifeboat.yaml',
+    )
+    .action(run((ctx, flags: PruneFlags) => runPrune(ctx, flags)));
+}

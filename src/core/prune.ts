@@ -1,0 +1,125 @@
+import { throwIfAborted } from '../errors.js';
+import { keys, type Manifest } from '../format/manifest.js';
+import type { Reporter } from './events.js';
+import { appendEvent } from './journal.js';
+import { acquireLock } from './lock.js';
+import type { Repository } from './repository.js';
+import { planRetention, type RetentionDecision, type RetentionPolicy } from './retention.js';
+
+export interface PruneOptions {
+  policy: RetentionPolicy;
+  dryRun?: boolean;
+  /** Points kept whatever the policy says, with the reason. */
+  protected?: ReadonlyMap<string, string>;
+  now?: Date;
+  /** A lock not refreshed for this long is stale and taken over. */
+  lockStaleAfterMs?: number;
+  signal?: AbortSignal;
+  reporter?: Reporter;
+}
+
+export interface PrunePlan {
+  keep: RetentionDecision[];
+  remove: RetentionDecision[];
+  /** Manifests to delete, in the order they are deleted (newest first). */
+  manifests: string[];
+  /** Data objects no kept point references, in key order. */
+  data: { key: string; size: number }[];
+  bytes: number;
+}
+
+export interface PruneResult extends PrunePlan {
+  dryRun: boolean;
+  durationMs: number;
+}
+
+/** Volumes a point needs: its own, and those of the points its files' bytes live in. */
+function referencedVolumes(m: Manifest, byId: ReadonlyMap<string, Manifest>): string[] {
+  const out = m.volumes.map((v) => v.key);
+  for (const e of m.entries) {
+    if (!e.ref || e.ref.point === m.id) continue;
+    const holder = byId.get(e.ref.point);
+    out.push(holder?.volumes[e.ref.volume]?.key ?? keys.volume(e.ref.point, e.ref.volume));
+  }
+  return out;
+}
+
+/** The plan: what the policy keeps and removes, and exactly which objects would go. Reads only. */
+export async function planPrune(repo: Repository, options: Pick<PruneOptions, 'policy' | 'protected' | 'now'>): Promise<PrunePlan> {
+  const manifests = await repo.allManifests();
+  const byId = new Map(manifests.map((m) => [m.id, m]));
+  const retention = planRetention(
+    manifests.map((m) => ({
+      id: m.id,
+      type: m.type,
+      parent: m.parent,
+      full: m.full,
+      completedAt: m.completedAt,
+      references: [...new Set(m.entries.flatMap((e) => (e.ref && e.ref.point !== m.id ? [e.ref.point] : [])))],
+    })),
+    options.policy,
+    { now: options.now ?? new Date(), protected: options.protected },
+  );
+  const needed = new Set<string>();
+  for (const d of retention.keep) for (const key of referencedVolumes(byId.get(d.id)!, byId)) needed.add(key);
+  const data: { key: string; size: number }[] = [];
+  for await (const { key, size } of repo.storage.list(keys.dataPrefix)) if (!needed.has(key)) data.push({ key, size });
+  return {
+    keep: retention.keep,
+    remove: retention.remove,
+    manifests: retention.remove.map((d) => keys.point(d.id)).reverse(),
+    data,
+    bytes: data.reduce((n, d) => n + d.size, 0),
+  };
+}
+
+const DELETE_BATCH = 500;
+
+/**
+ * Prune: lock → plan → delete the manifests of removed points one at a time,
+ * newest first (a point's dependents are newer than it, so every visible point
+ * keeps a complete chain whenever this stops) → delete data objects no kept
+ * point references (what an interruption leaves here is unreferenced data,
+ * which verify reports and the next prune or backup removes).
+ */
+export async function prune(repo: Repository, options: PruneOptions): Promise<PruneResult> {
+  const started = Date.now();
+  const reporter = options.reporter ?? {};
+  const lock = options.dryRun ? undefined : await acquireLock(repo.storage, 'prune', undefined, { staleAfterMs: options.lockStaleAfterMs });
+  try {
+    if (lock?.tookOver) {
+      reporter.notice?.({ level: 'warning', code: 'stale-lock', message: `took over a stale lock (${lock.tookOver.reason})` });
+    }
+    const plan = await planPrune(repo, options);
+    if (options.dryRun) return { ...plan, dryRun: true, durationMs: Date.now() - started };
+
+    const total = plan.manifests.length + plan.data.length;
+    const progress = { phase: 'verify' as const, filesDone: 0, filesTotal: total, bytesDone: 0, bytesTotal: plan.bytes };
+    for (const key of plan.manifests) {
+      throwIfAborted(options.signal);
+      await repo.storage.delete([key]);
+      progress.filesDone++;
+      reporter.progress?.({ ...progress, current: key });
+    }
+    for (let i = 0; i < plan.data.length; i += DELETE_BATCH) {
+      throwIfAborted(options.signal);
+      const batch = plan.data.slice(i, i + DELETE_BATCH);
+      await repo.storage.delete(batch.map((d) => d.key));
+      progress.filesDone += batch.length;
+      progress.bytesDone += batch.reduce((n, d) => n + d.size, 0);
+      reporter.progress?.({ ...progress, current: batch[batch.length - 1]!.key });
+    }
+    await repo.storage.cleanupIncomplete(0);
+    const durationMs = Date.now() - started;
+    await appendEvent(repo.storage, {
+      type: 'prune',
+      point: null,
+      outcome: 'ok',
+      durationMs,
+      detail: { kept: plan.keep.length, removed: plan.remove.map((d) => d.id), dataObjects: plan.data.length, dataBytes: plan.bytes },
+    });
+    return { ...plan, dryRun: false, durationMs };
+  } finally {
+    await lock?.release();
+  }
+}
