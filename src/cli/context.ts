@@ -19,6 +19,8 @@ export interface CliContext {
   debug: boolean;
   signal: AbortSignal;
   global: GlobalOptions;
+  /** `json`: every log line on stderr is one JSON object, for log shippers. */
+  logFormat?: 'text' | 'json';
 }
 
 export interface GlobalOptions {
@@ -30,6 +32,7 @@ export interface GlobalOptions {
   debug?: boolean;
   s3Endpoint?: string;
   s3PathStyle?: boolean;
+  logFormat?: string;
 }
 
 export async function contextConfig(ctx: CliContext): Promise<LifeboatConfig> {

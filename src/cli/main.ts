@@ -3,7 +3,7 @@ import { createRequire } from 'node:module';
 import type { Writable } from 'node:stream';
 import { ExitCode, LifeboatError, errorMessage } from '../errors.js';
 import type { CliContext, GlobalOptions } from './context.js';
-import { paint } from './output.js';
+import { jsonLogLine, paint } from './output.js';
 import { registerInit } from './commands/init.js';
 import { registerBackup } from './commands/backup.js';
 import { registerList } from './commands/list.js';
@@ -12,6 +12,7 @@ import { registerDiff } from './commands/diff.js';
 import { registerVerify } from './commands/verify.js';
 import { registerRestore } from './commands/restore.js';
 import { registerUnlock } from './commands/unlock.js';
+import { registerPrune } from './commands/prune.js';
 
 export interface CliIo {
   stdout: Writable & { isTTY?: boolean };
@@ -50,6 +51,7 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: { printed: b
     .option('-q, --quiet', 'print only errors and warnings')
     .option('--no-color', 'no colour (NO_COLOR is honoured too)')
     .option('--debug', 'show stack traces of errors')
+    .addOption(new Option('--log-format <format>', 'log lines on stderr: text, or json (one object per line, for log shippers)').choices(['text', 'json']))
     .addOption(new Option('--s3-endpoint <url>', 'S3 endpoint for MinIO, Ceph, R2 … (or s3.endpoint, AWS_ENDPOINT_URL_S3)'))
     .option('--s3-path-style', 'path-style S3 addressing (s3.forcePathStyle)')
     .addHelpText('after', EXIT_CODES_HELP)
@@ -66,7 +68,8 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: { printed: b
       const global = command.optsWithGlobals() as GlobalOptions;
       // A terminal that reports no width (some CI pseudo-terminals) can't redraw a spinner line.
       const columns = (io.stderr as { columns?: number }).columns ?? 0;
-      const interactive = io.stderr.isTTY === true && columns > 0;
+      const logFormat = global.logFormat === 'json' ? 'json' : 'text';
+      const interactive = io.stderr.isTTY === true && columns > 0 && logFormat === 'text';
       const ctx: CliContext = {
         cwd: io.cwd,
         env: io.env,
@@ -79,6 +82,7 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: { printed: b
         debug: global.debug === true,
         signal,
         global,
+        logFormat,
       };
       state.ctx = ctx;
       const stdoutWrite = io.stdout.write.bind(io.stdout);
@@ -96,7 +100,7 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: { printed: b
       await (action as (ctx: CliContext, ...a: unknown[]) => Promise<void>)(ctx, ...args.slice(0, -1));
     };
 
-  for (const register of [registerInit, registerBackup, registerList, registerShow, registerDiff, registerVerify, registerRestore, registerUnlock]) {
+  for (const register of [registerInit, registerBackup, registerList, registerShow, registerDiff, registerVerify, registerRestore, registerUnlock, registerPrune]) {
     const sub = register(program, run);
     sub.exitOverride().configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) });
     sub.addHelpText('after', EXIT_CODES_HELP);
@@ -124,6 +128,10 @@ export async function runCli(argv: string[], io: CliIo, signal: AbortSignal): Pr
     const ctx = state.ctx;
     if (ctx?.json && !state.printed) {
       io.stdout.write(`${JSON.stringify({ ok: false, error: { message: errorMessage(err), exitCode: code } }, null, 2)}\n`);
+    }
+    if (ctx?.logFormat === 'json') {
+      io.stderr.write(jsonLogLine('error', errorMessage(err), { exitCode: code, ...(err instanceof LifeboatError && err.hint ? { hint: err.hint } : {}) }));
+      return code;
     }
     const color = ctx ? paint(ctx) : paint({ color: false } as CliContext);
     const hint = err instanceof LifeboatError && err.hint ? `\n  ${err.hint}` : '';

@@ -1,0 +1,135 @@
+import type { Command } from 'commander';
+import { Option } from 'commander';
+import { ExitCode, LifeboatError, UsageError, errorMessage } from '../errors.js';
+import type { LifeboatConfig } from '../config/config.js';
+import { parseDuration } from '../config/duration.js';
+import { updateMetricsFile, type MetricSample } from '../core/metrics.js';
+import { makeEvent, redactUrl, sendNotification } from '../core/notify.js';
+import { contextConfig, repositoryUrl, type CliContext } from './context.js';
+import { logNotice } from './output.js';
+
+/** Flags every command run unattended takes (backup, verify, prune, drill). */
+export interface CronFlags {
+  metricsFile?: string;
+  notifyUrl?: string;
+  notifyOn?: string[];
+  lockStaleAfter?: string;
+}
+
+/** What a command tells the wrapper about its run, for metrics and notifications. */
+export interface RunFigures {
+  point?: string | null;
+  bytes?: number;
+  files?: number;
+  /** Points in the repository after the run. */
+  points?: number;
+  /** Drills: achieved RTO and RPO, and whether every objective was met. */
+  rtoMs?: number;
+  rpoMs?: number;
+  objectivesMet?: boolean;
+}
+
+const collect = (value: string, previous: string[] = []) => [...previous, ...value.split(',').map((v) => v.trim()).filter(Boolean)];
+
+export function addCronOptions(command: Command, options: { lock?: boolean } = {}): Command {
+  command
+    .option('--metrics-file <path>', 'write Prometheus text-format metrics here (atomically), for node_exporter\'s textfile collector')
+    .option('--notify-url <url>', 'POST a JSON event here when the run fails (or notify.url in the config)')
+    .addOption(new Option('--notify-on <events>', 'when to notify: failure (always), success (comma-separated, repeatable)').argParser(collect));
+  if (options.lock) command.option('--lock-stale-after <duration>', 'take over a lock not refreshed for this long (lock.staleAfter; default 30m)');
+  return command;
+}
+
+/** flags > config > default (the holder's recorded lease, 30 minutes by default). */
+export function lockStaleAfterMs(flags: CronFlags, config: LifeboatConfig): number | undefined {
+  const text = flags.lockStaleAfter ?? config.lock?.staleAfter;
+  if (text === undefined) return undefined;
+  const ms = parseDuration(text);
+  if (ms === undefined || ms <= 0) throw new UsageError(`--lock-stale-after ${text}: expected a duration such as 10m or 2h`);
+  return ms;
+}
+
+/**
+ * Runs a command for cron and CI: measures it, then writes the metrics file and
+ * sends the notification whether it succeeded or failed, and rethrows its error
+ * so the exit code is unchanged. Neither metrics nor notification failures fail
+ * the command; they are logged as warnings.
+ */
+export async function runMonitored(ctx: CliContext, command: string, flags: CronFlags, body: (figures: RunFigures) => Promise<void>): Promise<void> {
+  const startedAt = new Date();
+  const figures: RunFigures = {};
+  let failure: unknown;
+  try {
+    await body(figures);
+  } catch (err) {
+    failure = err;
+  }
+  const endedAt = new Date();
+  const exitCode = failure === undefined ? ExitCode.ok : failure instanceof LifeboatError ? failure.exitCode : ExitCode.runtime;
+  const interrupted = ctx.signal.aborted && failure !== undefined;
+  const code = interrupted ? ExitCode.interrupted : exitCode;
+
+  let config: LifeboatConfig = {};
+  try {
+    config = await contextConfig(ctx);
+  } catch {
+    // The command reports a broken config itself; flags still work.
+  }
+  const warn = (message: string, code2: string) => logNotice(ctx, { level: 'warning', code: code2, message });
+
+  if (flags.metricsFile) {
+    try {
+      await updateMetricsFile(flags.metricsFile, command, metricSamples(command, code, startedAt, endedAt, figures));
+    } catch (err) {
+      warn(`could not write the metrics file ${flags.metricsFile}: ${errorMessage(err)}`, 'metrics-failed');
+    }
+  }
+
+  const url = flags.notifyUrl ?? config.notify?.url;
+  const on = new Set(flags.notifyOn ?? config.notify?.on ?? ['failure']);
+  for (const e of on) {
+    if (e !== 'failure' && e !== 'success') warn(`--notify-on ${e}: use failure or success`, 'notify-on-unknown');
+  }
+  if (url && (failure !== undefined || on.has('success'))) {
+    let repository: string | null = null;
+    try {
+      repository = repositoryUrl(ctx, config);
+    } catch {
+      // No repository was given; the event says so.
+    }
+    const event = makeEvent({
+      command,
+      outcome: failure === undefined ? 'success' : 'failure',
+      exitCode: code,
+      message: failure === undefined ? null : errorMessage(failure),
+      repository,
+      point: figures.point ?? null,
+      startedAt: startedAt.toISOString(),
+      endedAt: endedAt.toISOString(),
+      durationMs: endedAt.getTime() - startedAt.getTime(),
+      detail: { ...figures },
+    });
+    const problem = await sendNotification(url, event);
+    if (problem) warn(`could not notify ${redactUrl(url)}: ${problem}`, 'notify-failed');
+  }
+  if (failure !== undefined) throw failure;
+}
+
+function metricSamples(command: string, code: number, startedAt: Date, endedAt: Date, f: RunFigures): MetricSample[] {
+  const labels = { command };
+  const seconds = (d: Date) => d.getTime() / 1000;
+  const out: MetricSample[] = [
+    { name: 'lifeboat_last_run_timestamp_seconds', labels, value: seconds(endedAt) },
+    { name: 'lifeboat_last_run_duration_seconds', labels, value: (endedAt.getTime() - startedAt.getTime()) / 1000 },
+    { name: 'lifeboat_last_run_exit_code', labels, value: code },
+    { name: 'lifeboat_last_run_success', labels, value: code === 0 ? 1 : 0 },
+  ];
+  if (code === 0) out.push({ name: 'lifeboat_last_success_timestamp_seconds', labels, value: seconds(endedAt) });
+  if (f.bytes !== undefined) out.push({ name: 'lifeboat_last_run_bytes', labels, value: f.bytes });
+  if (f.files !== undefined) out.push({ name: 'lifeboat_last_run_files', labels, value: f.files });
+  if (f.points !== undefined) out.push({ name: 'lifeboat_points', labels, value: f.points });
+  if (f.rtoMs !== undefined) out.push({ name: 'lifeboat_drill_rto_seconds', labels, value: f.rtoMs / 1000 });
+  if (f.rpoMs !== undefined) out.push({ name: 'lifeboat_drill_rpo_seconds', labels, value: f.rpoMs / 1000 });
+  if (f.objectivesMet !== undefined) out.push({ name: 'lifeboat_drill_objectives_met', labels, value: f.objectivesMet ? 1 : 0 });
+  return out;
+}

@@ -1,0 +1,63 @@
+import * as os from 'node:os';
+import { errorMessage } from '../errors.js';
+
+export const NOTIFY_TIMEOUT_MS = 5000;
+
+/** The JSON body POSTed to a notify URL (stable; extend, never rename). */
+export interface NotifyEvent {
+  source: 'lifeboat';
+  command: string;
+  outcome: 'success' | 'failure';
+  exitCode: number;
+  /** The error message of a failure; null on success. */
+  message: string | null;
+  host: string;
+  repository: string | null;
+  point: string | null;
+  startedAt: string;
+  endedAt: string;
+  durationMs: number;
+  /** Command figures: bytes, files, points, rtoMs, rpoMs … */
+  detail: Record<string, unknown>;
+}
+
+export function makeEvent(e: Omit<NotifyEvent, 'source' | 'host'>): NotifyEvent {
+  return { source: 'lifeboat', host: os.hostname(), ...e };
+}
+
+/**
+ * POSTs the event as JSON with a short timeout. Never throws: a notification
+ * that cannot be delivered must not fail the backup it reports on. Returns
+ * undefined when delivered, else why not.
+ */
+export async function sendNotification(url: string, event: NotifyEvent, timeoutMs = NOTIFY_TIMEOUT_MS): Promise<string | undefined> {
+  try {
+    const res = await fetch(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'user-agent': 'lifeboat' },
+      body: JSON.stringify(event),
+      signal: AbortSignal.timeout(timeoutMs),
+      redirect: 'follow',
+    });
+    await res.arrayBuffer().catch(() => undefined);
+    if (!res.ok) return `the server answered ${res.status} ${res.statusText}`.trim();
+    return undefined;
+  } catch (err) {
+    const cause = (err as { cause?: unknown }).cause;
+    return cause ? `${errorMessage(err)}: ${errorMessage(cause)}` : errorMessage(err);
+  }
+}
+
+/** A URL fit for logs: no user, password or query string (tokens often live there). */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    u.username = '';
+    u.password = '';
+    const hadQuery = u.search !== '';
+    u.search = '';
+    return `${u.toString()}${hadQuery ? '?…' : ''}`;
+  } catch {
+    return '(invalid URL)';
+  }
+}
