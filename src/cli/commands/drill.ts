@@ -1,0 +1,130 @@
+import * as path from 'node:path';
+import type { Command } from 'commander';
+import { HealthError, IntegrityError, UsageError, errorMessage } from '../../errors.js';
+import { formatDuration, parseDuration } from '../../config/duration.js';
+import { drill, type DrillResult } from '../../core/drill.js';
+import { drillErrorJUnit, drillJUnit } from '../../core/junit.js';
+import { writeFileAtomic } from '../../core/metrics.js';
+import { contextConfig, openRepository, repositoryUrl, type CliContext } from '../context.js';
+import { addCronOptions, runMonitored, type CronFlags } from '../cron.js';
+import { formatBytes } from '../format.js';
+import { ProgressRenderer, log, printResult } from '../output.js';
+import type { CommandRunner } from '../main.js';
+
+interface DrillFlags extends CronFlags {
+  smoke?: string;
+  smokeTimeout?: string;
+  rto?: string;
+  rpo?: string;
+  junit?: string;
+  workDir?: string;
+}
+
+function duration(flag: string, text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const ms = parseDuration(text);
+  if (ms === undefined) throw new UsageError(`${flag} ${text}: expected a duration such as 90s, 15m or 24h`);
+  return ms;
+}
+
+export function drillJson(r: DrillResult) {
+  return {
+    ok: r.ok,
+    point: r.point,
+    rtoMs: r.rtoMs,
+    rpoMs: r.rpoMs,
+    objectives: r.objectives,
+    files: r.files,
+    bytes: r.bytes,
+    smoke: r.smoke,
+    problems: r.problems,
+    checks: r.checks,
+    exitCode: r.exitCode,
+  };
+}
+
+function summary(r: DrillResult): string {
+  const mark = (s: string) => (s === 'passed' ? 'ok  ' : s === 'failed' ? 'FAIL' : 'skip');
+  const lines = [`drill of ${r.point}: ${r.ok ? 'passed' : 'FAILED'}`];
+  for (const c of r.checks) lines.push(`  ${mark(c.status)}  ${c.name.padEnd(9)} ${c.message}`);
+  lines.push(`  RTO ${formatDuration(r.rtoMs)} (restore ${r.files} files, ${formatBytes(r.bytes)}, verify, smoke), RPO ${formatDuration(r.rpoMs)}`);
+  if (r.smoke && r.smoke.exitCode !== 0 && r.smoke.output) {
+    lines.push('  smoke output (tail):', ...r.smoke.output.trimEnd().split('\n').slice(-20).map((l) => `    ${l}`));
+  }
+  return lines.join('\n');
+}
+
+export async function runDrill(ctx: CliContext, selector: string | undefined, flags: DrillFlags): Promise<void> {
+  await runMonitored(ctx, 'drill', flags, async (figures) => {
+    const options = {
+      smoke: flags.smoke,
+      smokeTimeoutMs: duration('--smoke-timeout', flags.smokeTimeout),
+      rtoMs: duration('--rto', flags.rto),
+      rpoMs: duration('--rpo', flags.rpo),
+    };
+    const junitFile = flags.junit ? path.resolve(ctx.cwd, flags.junit) : undefined;
+    let repository = '(unknown)';
+    let result: DrillResult;
+    const renderer = new ProgressRenderer(ctx, 'drill');
+    try {
+      const config = await contextConfig(ctx);
+      repository = repositoryUrl(ctx, config);
+      const { repo, close } = await openRepository(ctx);
+      try {
+        const point = await repo.resolve(selector ?? 'latest');
+        figures.point = point.id;
+        result = await drill(repo, point, {
+          ...options,
+          workDir: flags.workDir ? path.resolve(ctx.cwd, flags.workDir) : undefined,
+          cwd: ctx.cwd,
+          env: ctx.env,
+          concurrency: config.s3?.concurrency,
+          signal: ctx.signal,
+          reporter: renderer,
+        });
+      } finally {
+        await close();
+      }
+    } catch (err) {
+      renderer.stop();
+      if (junitFile && !ctx.signal.aborted) await writeFileAtomic(junitFile, drillErrorJUnit(errorMessage(err), repository, selector ?? 'latest')).catch(() => undefined);
+      throw err;
+    } finally {
+      renderer.stop();
+    }
+    Object.assign(figures, { bytes: result.bytes, files: result.files, rtoMs: result.rtoMs, rpoMs: result.rpoMs, objectivesMet: result.ok });
+    if (junitFile) {
+      await writeFileAtomic(junitFile, drillJUnit(result, repository));
+      log(ctx, `wrote the JUnit report ${junitFile}`);
+    }
+    printResult(ctx, drillJson(result), () => summary(result));
+    if (result.exitCode === 3) {
+      throw new IntegrityError(`drill of ${result.point} failed: ${result.problems[0]?.message ?? 'the data did not restore intact'}`, {
+        hint: 'run `lifeboat verify --read-data` to find every damaged point; drill an older point that verifies',
+      });
+    }
+    if (result.exitCode === 5) {
+      throw new HealthError(`drill of ${result.point} failed: ${result.problems.map((p) => `${p.check}: ${p.message}`).join('; ')}`);
+    }
+  });
+}
+
+export function registerDrill(program: Command, run: CommandRunner): Command {
+  const command = program
+    .command('drill')
+    .description('prove a point restores: restore it into a temporary directory, check every file, run a smoke test, measure RTO and RPO')
+    .argument('[point]', 'id, unique id prefix, latest (default), or an ISO-8601 time')
+    .option('--smoke <command>', 'run this shell command on the restored deployment (LIFEBOAT_RESTORE_DIR is set); non-zero exit fails the drill')
+    .option('--smoke-timeout <duration>', 'kill the smoke command after this long (default 15m)')
+    .option('--rto <duration>', 'recovery time objective: restore + verification + smoke must take at most this long')
+    .option('--rpo <duration>', 'recovery point objective: the point must be at most this old')
+    .option('--junit <file>', 'write a JUnit XML report (one testcase per check) for CI')
+    .option('--work-dir <dir>', 'make the temporary restore directory here (default: the system temporary directory)');
+  addCronOptions(command);
+  return command
+    .addHelpText(
+      'after',
+      '\nExit status: 0 every check passed, 3 the data did not restore intact, 5 the smoke test or an objective failed.\n\nExamples:\n  lifeboat drill --rpo 26h --rto 15m --junit drill.xml\n  lifeboat drill latest --smoke \'python smoke.py "$LIFEBOAT_RESTORE_DIR/models"\' --json',
+    )
+    .action(run((ctx, selector: string | undefined, flags: DrillFlags) => runDrill(ctx, selector, flags)));
+}

@@ -1,0 +1,264 @@
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { ExitCode, IntegrityError, LifeboatError, errorMessage, throwIfAborted } from '../errors.js';
+import type { Manifest } from '../format/manifest.js';
+import { unsafePathReason } from '../format/paths.js';
+import type { Reporter } from './events.js';
+import { appendEvent } from './journal.js';
+import type { Repository } from './repository.js';
+import { restore } from './restore.js';
+
+export type CheckName = 'restore' | 'checksums' | 'smoke' | 'rto' | 'rpo';
+
+/** One check of a drill: one JUnit testcase. */
+export interface DrillCheck {
+  name: CheckName;
+  status: 'passed' | 'failed' | 'skipped';
+  durationMs: number;
+  /** Why it failed or was skipped, or what it measured. */
+  message: string;
+  /** Captured output (the smoke command's stdout and stderr, tail). */
+  output?: string;
+}
+
+export interface Objective {
+  objectiveMs: number;
+  achievedMs: number;
+  met: boolean;
+}
+
+export interface DrillResult {
+  ok: boolean;
+  point: string;
+  startedAt: string;
+  /** Achieved recovery time: restore + checksum verification + smoke test. */
+  rtoMs: number;
+  /** Age of the point when the drill started: the data a disaster now would lose. */
+  rpoMs: number;
+  objectives: { rto: Objective | null; rpo: Objective | null };
+  files: number;
+  bytes: number;
+  smoke: { command: string; exitCode: number | null; signal: string | null; durationMs: number; output: string } | null;
+  problems: { check: CheckName; message: string }[];
+  checks: DrillCheck[];
+  /** 0 passed, 3 the data did not restore intact, 5 the smoke test or an objective failed. */
+  exitCode: 0 | 3 | 5;
+}
+
+export interface DrillOptions {
+  smoke?: string;
+  smokeTimeoutMs?: number;
+  rtoMs?: number;
+  rpoMs?: number;
+  /** Where the temporary restore directory is made (default: the system's temporary directory). */
+  workDir?: string;
+  /** Working directory and environment of the smoke command. */
+  cwd?: string;
+  env?: NodeJS.ProcessEnv;
+  concurrency?: number;
+  now?: () => Date;
+  signal?: AbortSignal;
+  reporter?: Reporter;
+}
+
+const OUTPUT_TAIL = 64 * 1024;
+export const DEFAULT_SMOKE_TIMEOUT_MS = 15 * 60 * 1000;
+
+/**
+ * A restore drill: restore the point into a temporary directory (every file's
+ * SHA-256 checked as written) → read every restored file back and check it
+ * against the manifest → run the smoke command on it → measure RTO and RPO
+ * against the objectives → record it in the journal → remove the directory.
+ * Check failures are results, not exceptions; usage and storage errors throw.
+ */
+export async function drill(repo: Repository, point: Manifest, options: DrillOptions = {}): Promise<DrillResult> {
+  const now = options.now ?? (() => new Date());
+  const reporter = options.reporter ?? {};
+  const started = now();
+  const rpoMs = Math.max(0, started.getTime() - Date.parse(point.completedAt));
+  const checks: DrillCheck[] = [];
+  const problems: DrillResult['problems'] = [];
+  const fail = (c: DrillCheck) => {
+    checks.push(c);
+    if (c.status === 'failed') problems.push({ check: c.name, message: c.message });
+  };
+  const base = await fsp.mkdtemp(path.join(options.workDir ?? os.tmpdir(), 'lifeboat-drill-'));
+  const target = path.join(base, 'restore');
+  let integrity = false;
+  let smoke: DrillResult['smoke'] = null;
+  let files = 0;
+  let bytes = 0;
+  const t0 = Date.now();
+  try {
+    // 1. Restore.
+    let restored = false;
+    try {
+      const r = await restore(repo, point, { target, concurrency: options.concurrency, signal: options.signal, reporter });
+      files = r.files;
+      bytes = r.bytes;
+      restored = true;
+      fail({ name: 'restore', status: 'passed', durationMs: Date.now() - t0, message: `restored ${r.files} files, ${r.bytes} bytes` });
+    } catch (err) {
+      throwIfAborted(options.signal);
+      if (err instanceof LifeboatError && err.exitCode === ExitCode.usage) throw err;
+      integrity = err instanceof IntegrityError;
+      fail({ name: 'restore', status: 'failed', durationMs: Date.now() - t0, message: errorMessage(err) });
+      fail(
+        integrity
+          ? { name: 'checksums', status: 'failed', durationMs: 0, message: `the restore refused damaged data: ${errorMessage(err)}` }
+          : { name: 'checksums', status: 'skipped', durationMs: 0, message: 'not reached: the restore failed' },
+      );
+    }
+
+    // 2. Checksums, read back from what landed on disk.
+    if (restored) {
+      const t1 = Date.now();
+      const bad = await checkRestoredTree(point, target, options.signal);
+      integrity = bad.length > 0;
+      fail(
+        bad.length === 0
+          ? { name: 'checksums', status: 'passed', durationMs: Date.now() - t1, message: `${files} files read back, every SHA-256 matches the manifest` }
+          : { name: 'checksums', status: 'failed', durationMs: Date.now() - t1, message: `${bad.length} file(s) differ from the manifest: ${bad.slice(0, 5).join('; ')}` },
+      );
+    }
+
+    // 3. Smoke test on the restored deployment.
+    if (!options.smoke) fail({ name: 'smoke', status: 'skipped', durationMs: 0, message: 'no smoke command given (--smoke)' });
+    else if (!restored || integrity) fail({ name: 'smoke', status: 'skipped', durationMs: 0, message: 'not run: the restored data is not intact' });
+    else {
+      smoke = await runSmoke(options.smoke, target, point, options);
+      throwIfAborted(options.signal);
+      const how = smoke.signal ? `was killed by ${smoke.signal}` : `exited with ${smoke.exitCode}`;
+      fail({
+        name: 'smoke',
+        status: smoke.exitCode === 0 ? 'passed' : 'failed',
+        durationMs: smoke.durationMs,
+        message: smoke.exitCode === 0 ? 'the smoke command passed' : `the smoke command ${how}`,
+        output: smoke.output,
+      });
+    }
+    const rtoMs = Date.now() - t0;
+
+    // 4. Objectives.
+    const objective = (name: 'rto' | 'rpo', limit: number | undefined, achieved: number, label: string): Objective | null => {
+      if (limit === undefined) {
+        fail({ name, status: 'skipped', durationMs: 0, message: `achieved ${label} ${achieved} ms; no objective given (--${name})` });
+        return null;
+      }
+      const met = achieved <= limit && (name === 'rpo' || problems.length === 0);
+      const why = achieved > limit ? `achieved ${label} ${achieved} ms exceeds the objective of ${limit} ms` : `achieved ${label} ${achieved} ms, but the recovery did not succeed`;
+      fail({ name, status: met ? 'passed' : 'failed', durationMs: 0, message: met ? `achieved ${label} ${achieved} ms within the objective of ${limit} ms` : why });
+      return { objectiveMs: limit, achievedMs: achieved, met };
+    };
+    const rto = objective('rto', options.rtoMs, rtoMs, 'RTO');
+    const rpo = objective('rpo', options.rpoMs, rpoMs, 'RPO');
+
+    const exitCode = integrity ? ExitCode.integrity : problems.length > 0 ? ExitCode.health : ExitCode.ok;
+    const result: DrillResult = {
+      ok: problems.length === 0,
+      point: point.id,
+      startedAt: started.toISOString(),
+      rtoMs,
+      rpoMs,
+      objectives: { rto, rpo },
+      files,
+      bytes,
+      smoke,
+      problems,
+      checks,
+      exitCode: exitCode as 0 | 3 | 5,
+    };
+    try {
+      await appendEvent(repo.storage, {
+        type: 'drill',
+        point: point.id,
+        outcome: result.ok ? 'ok' : 'failed',
+        durationMs: rtoMs,
+        detail: { rtoMs, rpoMs, objectives: result.objectives, smokeExitCode: smoke?.exitCode ?? null, problems },
+      });
+    } catch (err) {
+      reporter.notice?.({ level: 'warning', code: 'journal-failed', message: `could not record the drill in the journal: ${errorMessage(err)}` });
+    }
+    return result;
+  } finally {
+    await fsp.rm(base, { recursive: true, force: true }).catch(() => undefined);
+  }
+}
+
+/** Reads every restored file and link back and compares it with the manifest. */
+async function checkRestoredTree(point: Manifest, target: string, signal?: AbortSignal): Promise<string[]> {
+  const bad: string[] = [];
+  for (const e of point.entries) {
+    throwIfAborted(signal);
+    if (unsafePathReason(e.path) !== undefined) continue;
+    const file = path.join(target, e.source, e.path);
+    const name = `${e.source}/${e.path}`;
+    try {
+      const st = await fsp.lstat(file);
+      if (e.type === 'file') {
+        if (!st.isFile()) bad.push(`${name}: not a regular file`);
+        else if (st.size !== e.size) bad.push(`${name}: ${st.size} bytes, expected ${e.size}`);
+        else if (e.sha256 && (await sha256File(file)) !== e.sha256) bad.push(`${name}: SHA-256 mismatch`);
+      } else if (e.type === 'symlink') {
+        if (!st.isSymbolicLink() || (await fsp.readlink(file)) !== e.target) bad.push(`${name}: link differs`);
+      } else if (!st.isDirectory()) bad.push(`${name}: not a directory`);
+    } catch (err) {
+      bad.push(`${name}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing' : errorMessage(err)}`);
+    }
+  }
+  return bad;
+}
+
+async function sha256File(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of fs.createReadStream(file)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+/** Runs the smoke command through the shell with LIFEBOAT_RESTORE_DIR set; keeps the tail of its output. */
+function runSmoke(command: string, target: string, point: Manifest, options: DrillOptions): Promise<NonNullable<DrillResult['smoke']>> {
+  const started = Date.now();
+  return new Promise((resolve) => {
+    const child = spawn(command, {
+      shell: true,
+      cwd: options.cwd,
+      env: { ...(options.env ?? process.env), LIFEBOAT_RESTORE_DIR: target, LIFEBOAT_POINT: point.id },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: process.platform !== 'win32',
+    });
+    let output = '';
+    const keep = (chunk: Buffer) => {
+      output += chunk.toString('utf8');
+      if (output.length > 2 * OUTPUT_TAIL) output = output.slice(-OUTPUT_TAIL);
+    };
+    child.stdout!.on('data', keep);
+    child.stderr!.on('data', keep);
+    const kill = () => {
+      try {
+        if (child.pid !== undefined) process.kill(process.platform === 'win32' ? child.pid : -child.pid, 'SIGKILL');
+      } catch {
+        child.kill('SIGKILL');
+      }
+    };
+    const timer = setTimeout(() => {
+      output += `\n[lifeboat: the smoke command ran longer than ${options.smokeTimeoutMs ?? DEFAULT_SMOKE_TIMEOUT_MS} ms and was killed]\n`;
+      kill();
+    }, options.smokeTimeoutMs ?? DEFAULT_SMOKE_TIMEOUT_MS);
+    const onAbort = () => kill();
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+    const done = (exitCode: number | null, signal: string | null) => {
+      clearTimeout(timer);
+      options.signal?.removeEventListener('abort', onAbort);
+      resolve({ command, exitCode, signal, durationMs: Date.now() - started, output: output.slice(-OUTPUT_TAIL) });
+    };
+    child.on('error', (err) => {
+      output += `\n[lifeboat: could not start the smoke command: ${err.message}]\n`;
+      done(127, null);
+    });
+    child.on('close', (code, signal) => done(code, signal));
+  });
+}

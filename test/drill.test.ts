@@ -1,0 +1,180 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { lifeboat } from './helpers/cli.js';
+import { repoFiles, smallDeployment } from './helpers/repo.js';
+import { tempDir } from './helpers/tree.js';
+import { findAll, parseXml, type XmlElement } from './helpers/xml.js';
+import { drillJUnit } from '../src/core/junit.js';
+import type { DrillResult } from '../src/core/drill.js';
+
+async function deployment() {
+  const d = await smallDeployment();
+  const r = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'full']);
+  assert.equal(r.code, 0, r.stderr);
+  return { ...d, id: r.json().id as string, scratch: await tempDir() };
+}
+
+async function junit(file: string): Promise<{ suite: XmlElement; cases: Map<string, XmlElement> }> {
+  const root = parseXml(await fsp.readFile(file, 'utf8'));
+  assert.equal(root.name, 'testsuites');
+  const [suite] = findAll(root, 'testsuite');
+  assert.ok(suite, 'one testsuite');
+  const cases = new Map(findAll(suite, 'testcase').map((c) => [c.attrs.name!, c]));
+  assert.equal(Number(suite.attrs.tests), cases.size);
+  assert.equal(Number(suite.attrs.failures), [...cases.values()].filter((c) => findAll(c, 'failure').length > 0).length, 'failures count matches');
+  assert.equal(Number(root.attrs.tests), cases.size);
+  return { suite, cases };
+}
+
+const failed = (c: XmlElement | undefined) => c !== undefined && c.children.some((x) => x.name === 'failure');
+const skipped = (c: XmlElement | undefined) => c !== undefined && c.children.some((x) => x.name === 'skipped');
+
+test('a drill of a good point passes, writes valid JUnit XML with one testcase per check, journals itself and cleans up', async () => {
+  const d = await deployment();
+  const report = path.join(d.work, 'reports', 'drill.xml');
+  await fsp.mkdir(path.dirname(report));
+  const smoke = 'test -f "$LIFEBOAT_RESTORE_DIR/models/weights.bin" && test "$LIFEBOAT_POINT" != "" && echo "prediction: 0.93"';
+  const r = await lifeboat(
+    ['--repo', d.repo, '--json', 'drill', '--smoke', smoke, '--rto', '10m', '--rpo', '1h', '--junit', 'reports/drill.xml', '--work-dir', d.scratch],
+    { cwd: d.work },
+  );
+  assert.equal(r.code, 0, r.stderr + r.stdout);
+  const j = r.json();
+  assert.equal(j.ok, true);
+  assert.equal(j.point, d.id);
+  assert.equal(j.files, 3);
+  assert.ok(j.rtoMs >= 0 && j.rpoMs >= 0);
+  assert.deepEqual(j.problems, []);
+  assert.equal(j.objectives.rto.met, true);
+  assert.equal(j.objectives.rpo.objectiveMs, 3600_000);
+  assert.equal(j.smoke.exitCode, 0);
+  assert.match(j.smoke.output, /prediction: 0.93/);
+
+  const { suite, cases } = await junit(report);
+  assert.deepEqual([...cases.keys()], ['restore', 'checksums', 'smoke', 'RTO', 'RPO']);
+  assert.equal(suite.attrs.failures, '0');
+  assert.equal(suite.attrs.errors, '0');
+  for (const c of cases.values()) assert.ok(!failed(c) && !skipped(c), `${c.attrs.name} passed`);
+  assert.match(findAll(cases.get('smoke')!, 'system-out')[0]!.text, /prediction: 0.93/);
+  const props = new Map(findAll(suite, 'property').map((p) => [p.attrs.name, p.attrs.value]));
+  assert.equal(props.get('point'), d.id);
+
+  assert.deepEqual(await fsp.readdir(d.scratch), [], 'the temporary restore is removed');
+  const journal = (await repoFiles(d.repo)).filter((f) => f.startsWith('journal/'));
+  assert.equal(journal.length, 1);
+  const event = JSON.parse(await fsp.readFile(path.join(d.repo, journal[0]!), 'utf8'));
+  assert.equal(event.type, 'drill');
+  assert.equal(event.point, d.id);
+  assert.equal(event.outcome, 'ok');
+
+  // Without objectives or smoke, those checks are skipped, and the text summary says what passed.
+  const plain = await lifeboat(['--repo', d.repo, 'drill', '--junit', report]);
+  assert.equal(plain.code, 0, plain.stderr);
+  assert.match(plain.stdout, /drill of .*: passed/);
+  const again = await junit(report);
+  assert.ok(skipped(again.cases.get('smoke')) && skipped(again.cases.get('RTO')) && skipped(again.cases.get('RPO')));
+  assert.ok(!failed(again.cases.get('restore')));
+  await fsp.rm(d.work, { recursive: true, force: true });
+  await fsp.rm(d.scratch, { recursive: true, force: true });
+});
+
+test('a failing smoke command fails the drill with exit 5 and the smoke testcase marked', async () => {
+  const d = await deployment();
+  const report = path.join(d.work, 'drill.xml');
+  const r = await lifeboat(['--repo', d.repo, '--json', 'drill', '--smoke', 'echo "model failed to load" >&2; exit 7', '--junit', report, '--work-dir', d.scratch]);
+  assert.equal(r.code, 5, r.stderr);
+  const j = r.json();
+  assert.equal(j.ok, false);
+  assert.equal(j.smoke.exitCode, 7);
+  assert.deepEqual(j.problems.map((p: { check: string }) => p.check), ['smoke']);
+  const { cases } = await junit(report);
+  assert.ok(failed(cases.get('smoke')));
+  assert.match(findAll(cases.get('smoke')!, 'failure')[0]!.attrs.message!, /exited with 7/);
+  assert.match(findAll(cases.get('smoke')!, 'system-out')[0]!.text, /model failed to load/);
+  assert.ok(!failed(cases.get('restore')) && !failed(cases.get('checksums')));
+  assert.deepEqual(await fsp.readdir(d.scratch), []);
+  await fsp.rm(d.work, { recursive: true, force: true });
+  await fsp.rm(d.scratch, { recursive: true, force: true });
+});
+
+test('a missed RPO or RTO objective fails with exit 5 and that testcase marked', async () => {
+  const d = await deployment();
+  const report = path.join(d.work, 'drill.xml');
+  await new Promise((r) => setTimeout(r, 20));
+  const r = await lifeboat(['--repo', d.repo, '--json', 'drill', '--rpo', '10ms', '--rto', '1h', '--junit', report]);
+  assert.equal(r.code, 5, r.stderr);
+  assert.equal(r.json().objectives.rpo.met, false);
+  assert.deepEqual(r.json().problems.map((p: { check: string }) => p.check), ['rpo']);
+  assert.match(r.stderr, /rpo/i);
+  const { cases } = await junit(report);
+  assert.ok(failed(cases.get('RPO')));
+  assert.ok(!failed(cases.get('RTO')) && !failed(cases.get('restore')));
+
+  const slow = await lifeboat(['--repo', d.repo, '--json', 'drill', '--smoke', 'sleep 0.2', '--rto', '50ms', '--junit', report]);
+  assert.equal(slow.code, 5);
+  assert.ok(failed((await junit(report)).cases.get('RTO')));
+  await fsp.rm(d.work, { recursive: true, force: true });
+  await fsp.rm(d.scratch, { recursive: true, force: true });
+});
+
+test('a drill of corrupted data fails with exit 3 and the checksums testcase marked; the smoke test is not run', async () => {
+  const d = await deployment();
+  const volume = (await repoFiles(d.repo)).find((f) => f.startsWith('data/') && f.endsWith('.tar'))!;
+  const file = path.join(d.repo, volume);
+  const bytes = await fsp.readFile(file);
+  // The middle of the volume is inside weights.bin, by far its largest member.
+  bytes[Math.floor(bytes.length / 2)] ^= 0x20;
+  await fsp.writeFile(file, bytes);
+  const report = path.join(d.work, 'drill.xml');
+  const marker = path.join(d.work, 'smoke-ran');
+  const r = await lifeboat(['--repo', d.repo, '--json', 'drill', '--smoke', `touch ${marker}`, '--junit', report, '--work-dir', d.scratch]);
+  assert.equal(r.code, 3, r.stderr);
+  assert.equal(r.json().ok, false);
+  assert.ok(r.json().problems.some((p: { check: string }) => p.check === 'checksums'));
+  const { cases } = await junit(report);
+  assert.ok(failed(cases.get('checksums')));
+  assert.ok(skipped(cases.get('smoke')));
+  await assert.rejects(fsp.access(marker), 'the smoke command did not run on damaged data');
+  assert.deepEqual(await fsp.readdir(d.scratch), [], 'the temporary restore is removed after a failure too');
+  const journal = (await repoFiles(d.repo)).filter((f) => f.startsWith('journal/'));
+  assert.equal(JSON.parse(await fsp.readFile(path.join(d.repo, journal[0]!), 'utf8')).outcome, 'failed');
+  await fsp.rm(d.work, { recursive: true, force: true });
+  await fsp.rm(d.scratch, { recursive: true, force: true });
+});
+
+test('a drill that cannot start exits 2 and still leaves a JUnit report with the error', async () => {
+  const d = await deployment();
+  const report = path.join(d.work, 'drill.xml');
+  const r = await lifeboat(['--repo', d.repo, 'drill', 'nosuchpoint', '--junit', report]);
+  assert.equal(r.code, 2);
+  const root = parseXml(await fsp.readFile(report, 'utf8'));
+  const errors = findAll(root, 'error');
+  assert.equal(errors.length, 1);
+  assert.match(errors[0]!.attrs.message!, /nosuchpoint/);
+  await fsp.rm(d.work, { recursive: true, force: true });
+  await fsp.rm(d.scratch, { recursive: true, force: true });
+});
+
+test('JUnit output escapes anything a smoke command prints', () => {
+  const nasty = 'a<b>&"c"\'d\u0000\u001b[31m]]>\ud83d\ude00 done';
+  const result: DrillResult = {
+    ok: false,
+    point: '20261122-030000-000F',
+    startedAt: new Date().toISOString(),
+    rtoMs: 1234,
+    rpoMs: 5678,
+    objectives: { rto: null, rpo: null },
+    files: 1,
+    bytes: 2,
+    smoke: { command: `run ${nasty}`, exitCode: 1, signal: null, durationMs: 5, output: nasty },
+    problems: [{ check: 'smoke', message: nasty }],
+    checks: [{ name: 'smoke', status: 'failed', durationMs: 5, message: nasty, output: nasty }],
+    exitCode: 5,
+  };
+  const root = parseXml(drillJUnit(result, 's3://bucket/prefix'));
+  const failure = findAll(root, 'failure')[0]!;
+  assert.equal(failure.attrs.message, nasty.replace('\u0000', '\ufffd').replace('\u001b', '\ufffd'));
+  assert.match(findAll(root, 'system-out')[0]!.text, /\]\]>😀 done/);
+});
