@@ -1,50 +1,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { lifeboat } from './helpers/cli.js';
 import { exists } from './helpers/repo.js';
 import { tempDir } from './helpers/tree.js';
+import { ROWS_PER_TXN, startWriter } from './helpers/writer.js';
 import { integrityCheck } from '../src/state/sqlite.js';
 import { captureSources, stateSource } from '../src/state/capture.js';
 import { restoreCommand } from '../src/state/command.js';
 import { BackupHooks } from '../src/state/hooks.js';
-
-const WRITER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'helpers', 'sqlite-writer.js');
-const ROWS_PER_TXN = 40;
-
-/** A writer process and the highest transaction it has said it committed. */
-function startWriter(db: string, journalMode: string): { child: ChildProcess; committed: () => number; ready: Promise<void>; stop: () => Promise<number> } {
-  const child = spawn(process.execPath, [WRITER, db, journalMode, String(ROWS_PER_TXN)], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let committed = 0;
-  let buffered = '';
-  let onReady: () => void;
-  const ready = new Promise<void>((resolve) => (onReady = resolve));
-  child.stdout!.on('data', (c: Buffer) => {
-    buffered += c.toString();
-    const lines = buffered.split('\n');
-    buffered = lines.pop()!;
-    for (const line of lines) {
-      const m = /^committed (\d+)$/.exec(line);
-      if (m) committed = Number(m[1]);
-      if (committed >= 5) onReady();
-    }
-  });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  return {
-    child,
-    committed: () => committed,
-    ready,
-    stop: async () => {
-      child.kill('SIGTERM');
-      await exited;
-      return committed;
-    },
-  };
-}
 
 async function makeRepo(work: string): Promise<string> {
   const repo = path.join(work, 'repo');

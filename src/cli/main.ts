@@ -12,6 +12,9 @@ import { registerDiff } from './commands/diff.js';
 import { registerVerify } from './commands/verify.js';
 import { registerRestore } from './commands/restore.js';
 import { registerUnlock } from './commands/unlock.js';
+import { registerFailover } from './commands/failover.js';
+import { registerRollback } from './commands/rollback.js';
+import { registerStatus } from './commands/status.js';
 import { registerPrune } from './commands/prune.js';
 import { registerDrill } from './commands/drill.js';
 
@@ -101,7 +104,7 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: { printed: b
       await (action as (ctx: CliContext, ...a: unknown[]) => Promise<void>)(ctx, ...args.slice(0, -1));
     };
 
-  for (const register of [registerInit, registerBackup, registerList, registerShow, registerDiff, registerVerify, registerRestore, registerUnlock, registerPrune, registerDrill]) {
+  for (const register of [registerInit, registerBackup, registerList, registerShow, registerDiff, registerVerify, registerRestore, registerUnlock, registerPrune, registerDrill, registerFailover, registerRollback, registerStatus]) {
     const sub = register(program, run);
     sub.exitOverride().configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) });
     sub.addHelpText('after', EXIT_CODES_HELP);

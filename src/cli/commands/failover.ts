@@ -1,0 +1,104 @@
+import * as path from 'node:path';
+import type { Command } from 'commander';
+import { HealthError } from '../../errors.js';
+import { loadConfig } from '../../config/config.js';
+import { failover, rollback, type SwitchResult } from '../../core/failover.js';
+import { chooseTarget, type TargetSpec } from '../../core/targets.js';
+import { openRepository, type CliContext } from '../context.js';
+import { formatBytes } from '../format.js';
+import { formatDuration } from '../../config/duration.js';
+import { ProgressRenderer, printResult } from '../output.js';
+import type { CommandRunner } from '../main.js';
+
+interface FailoverFlags {
+  to?: string;
+  state?: boolean;
+}
+
+/** The named target from the config, paths taken from the config file's directory. */
+export async function resolveTarget(ctx: CliContext, name: string | undefined): Promise<TargetSpec> {
+  const { config, file } = await loadConfig({ explicit: ctx.global.config, cwd: ctx.cwd, env: ctx.env });
+  return chooseTarget(config, name, file ? path.dirname(file) : ctx.cwd, ctx.env);
+}
+
+export function switchJson(r: SwitchResult) {
+  return { ...r };
+}
+
+/** The text report of a failover or rollback, and the error that ends a failed one. */
+export function reportSwitch(ctx: CliContext, verb: 'failover' | 'rollback', r: SwitchResult): void {
+  printResult(ctx, switchJson(r), () => {
+    const what = r.point ?? r.slot;
+    if (!r.ok) return '';
+    const lines = [
+      `${verb === 'failover' ? 'failed over' : 'rolled back'} ${r.target} to ${what}: healthy ${r.health.unchecked ? '(no health check configured)' : `after ${r.health.attempts} check(s)`}, RTO ${formatDuration(r.rtoMs ?? r.durationMs)}`,
+    ];
+    if (r.restore) {
+      lines.push(
+        r.reused
+          ? `  slot ${r.slot} already held it: ${r.restore.unchanged} files checked${r.restore.rewritten || r.restore.removed ? `, ${r.restore.rewritten} rewritten, ${r.restore.removed} removed` : ''}`
+          : `  restored ${r.restore.files} files, ${formatBytes(r.restore.bytes)} into ${r.slot}, every checksum verified`,
+      );
+    }
+    if (r.from.path && r.from.path !== r.slot) lines.push(`  previous: ${r.from.point ?? r.from.path} (back with: lifeboat rollback --to ${r.target})`);
+    if (r.pruned.length) lines.push(`  removed old slots: ${r.pruned.join(', ')}`);
+    return lines.join('\n');
+  });
+  if (r.ok) return;
+  const back = r.switchedBack
+    ? r.from.path
+      ? `; switched back to ${r.from.point ?? r.from.path}, which is ${r.previousHealthy ? 'healthy again' : 'NOT healthy either'}`
+      : '; the link was removed again (there was none before)'
+    : '; the active link was not changed';
+  throw new HealthError(`${verb} of ${r.target} to ${r.point ?? r.slot} failed: ${r.reason}${back}`, {
+    hint: r.previousHealthy === false ? 'the target is down: fail over to another point (lifeboat list, lifeboat failover POINT --to TARGET)' : undefined,
+  });
+}
+
+export async function runFailover(ctx: CliContext, selector: string | undefined, flags: FailoverFlags): Promise<void> {
+  const spec = await resolveTarget(ctx, flags.to);
+  const { repo, config, close } = await openRepository(ctx);
+  const renderer = new ProgressRenderer(ctx, `failover to ${spec.name}`);
+  try {
+    const point = await repo.resolve(selector ?? 'latest');
+    const result = await failover(repo, point, spec, {
+      signal: ctx.signal,
+      reporter: renderer,
+      concurrency: config.s3?.concurrency,
+      applyState: flags.state !== false,
+    });
+    renderer.stop();
+    reportSwitch(ctx, 'failover', result);
+  } finally {
+    renderer.stop();
+    await close();
+  }
+}
+
+export async function runRollback(ctx: CliContext, flags: FailoverFlags): Promise<void> {
+  const spec = await resolveTarget(ctx, flags.to);
+  const { repo, close } = await openRepository(ctx);
+  const renderer = new ProgressRenderer(ctx, `rollback of ${spec.name}`);
+  try {
+    const result = await rollback(repo, spec, { signal: ctx.signal, reporter: renderer, applyState: flags.state !== false });
+    renderer.stop();
+    reportSwitch(ctx, 'rollback', result);
+  } finally {
+    renderer.stop();
+    await close();
+  }
+}
+
+export function registerFailover(program: Command, run: CommandRunner): Command {
+  return program
+    .command('failover')
+    .description('restore a point into a slot of a target, switch its active link atomically, health-check, and switch back on failure (exit 5)')
+    .argument('[point]', 'id, unique id prefix, latest (default), or an ISO-8601 time')
+    .option('--to <target>', 'the target from lifeboat.yaml (may be left out when there is only one)')
+    .option('--no-state', 'do not run the restore commands of command sources')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  lifeboat failover --to prod                          # the latest point\n  lifeboat failover 2026-11-20T03:00:00Z --to prod     # the state as of that moment',
+    )
+    .action(run((ctx, selector: string | undefined, flags: FailoverFlags) => runFailover(ctx, selector, flags)));
+}

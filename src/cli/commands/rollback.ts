@@ -1,0 +1,13 @@
+import type { Command } from 'commander';
+import type { CommandRunner } from '../main.js';
+import { runRollback } from './failover.js';
+
+export function registerRollback(program: Command, run: CommandRunner): Command {
+  return program
+    .command('rollback')
+    .description('switch a target back to the slot it served before its last failover or rollback, with health checks')
+    .option('--to <target>', 'the target from lifeboat.yaml (may be left out when there is only one)')
+    .option('--no-state', 'do not run the restore commands of command sources')
+    .addHelpText('after', '\nExample:\n  lifeboat rollback --to prod')
+    .action(run((ctx, flags: { to?: string; state?: boolean }) => runRollback(ctx, flags)));
+}

@@ -1,0 +1,68 @@
+import * as path from 'node:path';
+import type { Command } from 'commander';
+import { HealthError } from '../../errors.js';
+import { loadConfig } from '../../config/config.js';
+import { status, type TargetStatus } from '../../core/failover.js';
+import type { JournalEvent } from '../../core/journal.js';
+import { chooseTarget } from '../../core/targets.js';
+import { openRepository, type CliContext } from '../context.js';
+import { formatDuration } from '../../config/duration.js';
+import { paint, printResult } from '../output.js';
+import type { CommandRunner } from '../main.js';
+
+interface StatusFlags {
+  target?: string;
+  events?: string;
+}
+
+function describeEvent(e: JournalEvent): string {
+  const rto = typeof e.detail?.rtoMs === 'number' ? `, RTO ${formatDuration(e.detail.rtoMs)}` : '';
+  const reason = typeof e.detail?.reason === 'string' ? `: ${e.detail.reason}` : '';
+  return `${e.at}  ${e.type} ${e.point ?? ''} ${e.outcome}${rto} (${e.user}@${e.host})${reason}`.replace(/\s+\(/, ' (');
+}
+
+function describeTarget(ctx: CliContext, t: TargetStatus): string[] {
+  const c = paint(ctx);
+  const health = t.health.checked ? (t.health.ok ? c.green(`healthy (${t.health.detail})`) : c.red(`UNHEALTHY (${t.health.detail})`)) : 'health not checked';
+  const active = t.active.error ?? (t.active.path ? `${t.active.point ?? t.active.path}${t.active.ageMs !== null ? `, taken ${formatDuration(t.active.ageMs)} ago` : ''}` : 'no active link');
+  const lines = [`target ${t.name}: ${active}; ${health}`];
+  if (t.previous.path) lines.push(`  previous: ${t.previous.point ?? t.previous.path}`);
+  if (t.slots.length) lines.push(`  slots: ${t.slots.map((s) => `${s.name}${s.active ? ' (active)' : s.previous ? ' (previous)' : ''}`).join(', ')}`);
+  for (const e of t.events) lines.push(`  ${describeEvent(e)}`);
+  return lines;
+}
+
+export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<void> {
+  const { config, file } = await loadConfig({ explicit: ctx.global.config, cwd: ctx.cwd, env: ctx.env });
+  const base = file ? path.dirname(file) : ctx.cwd;
+  const names = flags.target ? [flags.target] : Object.keys(config.targets ?? {});
+  const specs = names.map((n) => chooseTarget(config, n, base, ctx.env));
+  const events = flags.events === undefined ? 5 : Number(flags.events);
+  const { repo, close } = await openRepository(ctx);
+  try {
+    const result = await status(repo, specs, { events: Number.isInteger(events) && events >= 0 ? events : 5, signal: ctx.signal });
+    printResult(ctx, result, () => {
+      const lines = [result.newest ? `newest backup ${result.newest.id}, ${formatDuration(result.newest.ageMs)} ago (RPO)` : 'no backups yet'];
+      for (const t of result.targets) lines.push(...describeTarget(ctx, t));
+      if (result.targets.length === 0) {
+        lines.push('no targets configured');
+        for (const e of result.events) lines.push(`  ${describeEvent(e)}`);
+      }
+      return lines.join('\n');
+    });
+    const sick = result.targets.filter((t) => t.health.checked && !t.health.ok);
+    if (sick.length) throw new HealthError(`unhealthy: ${sick.map((t) => `${t.name} (${t.health.detail})`).join(', ')}`);
+  } finally {
+    await close();
+  }
+}
+
+export function registerStatus(program: Command, run: CommandRunner): Command {
+  return program
+    .command('status')
+    .description('per target: the active point, its health, the age of the newest backup (RPO) and the last events; exit 5 when a target is unhealthy')
+    .option('--target <name>', 'only this target')
+    .option('--events <n>', 'journal events shown per target (default 5)')
+    .addHelpText('after', '\nExamples:\n  lifeboat status\n  lifeboat status --json --target prod')
+    .action(run((ctx, flags: StatusFlags) => runStatus(ctx, flags)));
+}

@@ -1,0 +1,432 @@
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { UsageError, errorMessage } from '../errors.js';
+import type { Manifest } from '../format/manifest.js';
+import { COMMAND_OUTPUT_FILE, restoreCommand } from '../state/command.js';
+import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
+import type { Reporter } from './events.js';
+import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } from './health.js';
+import { appendEvent, readEvents, type JournalEvent } from './journal.js';
+import type { Repository } from './repository.js';
+import { restore } from './restore.js';
+import { listSlots, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, writeTargetState } from './slots.js';
+import type { TargetSpec } from './targets.js';
+
+export interface SwitchOptions {
+  signal?: AbortSignal;
+  reporter?: Reporter;
+  /** Run the restore commands of command sources with their captured state (default true). */
+  applyState?: boolean;
+  /** Volumes streamed at once while restoring. */
+  concurrency?: number;
+  hookTimeoutMs?: number;
+}
+
+export type SwitchOutcome = 'ok' | 'rolled-back' | 'failed';
+
+export interface SwitchResult {
+  ok: boolean;
+  outcome: SwitchOutcome;
+  target: string;
+  /** The point now meant to be served (the one asked for). */
+  point: string | null;
+  slot: string;
+  /** What the link pointed at before. */
+  from: { path: string | null; point: string | null };
+  /** The link points at `slot` now. */
+  switched: boolean;
+  /** The slot already held the point (checked file by file) and was reused. */
+  reused?: boolean;
+  restore?: { files: number; bytes: number; rewritten?: number; unchanged?: number; removed?: number; durationMs: number };
+  health: HealthResult;
+  /** Start to healthy: the achieved recovery time. */
+  rtoMs: number | null;
+  durationMs: number;
+  /** When it failed: why. */
+  reason?: string;
+  /** After a failed switch: the link was put back, and whether the old slot answered healthy again. */
+  switchedBack?: boolean;
+  previousHealthy?: boolean | null;
+  pruned: string[];
+}
+
+interface Run {
+  spec: TargetSpec;
+  options: SwitchOptions;
+  started: number;
+}
+
+function note(run: Run, code: string, message: string, level: 'info' | 'warning' = 'info'): void {
+  run.options.reporter?.notice?.({ level, code, message });
+}
+
+function hookEnv(run: Run, slot: string | null, point: string | null): NodeJS.ProcessEnv {
+  return {
+    ...(run.spec.env ?? process.env),
+    LIFEBOAT_TARGET: run.spec.name,
+    LIFEBOAT_ACTIVE: run.spec.active,
+    LIFEBOAT_SLOT: slot ?? '',
+    LIFEBOAT_POINT: point ?? '',
+  };
+}
+
+async function hook(run: Run, name: 'activate' | 'deactivate', slot: string | null, point: string | null): Promise<void> {
+  const command = run.spec[name];
+  if (!command) return;
+  note(run, `hook-${name}`, `running ${name} hook`);
+  await runHook(name, command, {
+    cwd: run.spec.cwd,
+    env: hookEnv(run, slot, point),
+    timeoutMs: run.options.hookTimeoutMs ?? DEFAULT_HOOK_TIMEOUT_MS,
+    signal: run.options.signal,
+  });
+}
+
+async function health(run: Run, slot: string | null, point: string | null): Promise<HealthResult> {
+  return waitHealthy(run.spec.health, {
+    cwd: run.spec.cwd,
+    env: hookEnv(run, slot, point),
+    signal: run.options.signal,
+    onAttempt: (a, n) => {
+      if (!a.ok) note(run, 'health-attempt', `health check ${n}: ${a.detail}`);
+    },
+  });
+}
+
+/** Feeds each command source's captured state to its restore command. */
+async function applyState(run: Run, manifest: Manifest, slot: string): Promise<void> {
+  if (run.options.applyState === false) return;
+  for (const s of manifest.sources) {
+    if (s.kind !== 'command' || !s.restore) continue;
+    note(run, 'state-restore', `restoring the state of ${s.name} with \`${s.restore}\``);
+    await restoreCommand(s.name, s.restore, path.join(slot, s.name, COMMAND_OUTPUT_FILE), {
+      cwd: run.spec.cwd,
+      env: hookEnv(run, slot, manifest.id),
+      timeoutMs: run.options.hookTimeoutMs ?? DEFAULT_HOOK_TIMEOUT_MS,
+      signal: run.options.signal,
+    });
+  }
+}
+
+async function manifestOf(repo: Repository, point: string | null | undefined): Promise<Manifest | undefined> {
+  if (!point) return undefined;
+  return repo.manifest(point).catch(() => undefined);
+}
+
+async function isDirectory(p: string): Promise<boolean> {
+  return fsp.stat(p).then(
+    (st) => st.isDirectory(),
+    () => false,
+  );
+}
+
+function healthFailure(run: Run, h: HealthResult): string {
+  const t = run.spec.health?.timeoutMs ?? DEFAULT_HEALTH_TIMEOUT_MS;
+  return `not healthy after ${h.attempts} attempt(s) in ${h.ms} ms (limit ${t} ms): ${h.detail}`;
+}
+
+/**
+ * Moves the link from `from` to `to`: deactivate → switch → activate → poll
+ * health. When the new slot does not become healthy the link is switched
+ * back, the old slot's state reapplied and activated, and its health confirmed.
+ */
+async function transition(
+  run: Run,
+  repo: Repository,
+  from: string | null,
+  to: string,
+  point: string | null,
+): Promise<Pick<SwitchResult, 'ok' | 'health' | 'reason' | 'switchedBack' | 'previousHealthy' | 'rtoMs'>> {
+  const fromPoint = slotPoint(run.spec.slots, from) ?? null;
+  if (from) {
+    try {
+      await hook(run, 'deactivate', from, fromPoint);
+    } catch (err) {
+      // Nothing was switched: bring the old slot back to service before failing.
+      await hook(run, 'activate', from, fromPoint).catch(() => undefined);
+      throw err;
+    }
+  }
+  await switchActive(run.spec.active, to);
+  note(run, 'switched', `${run.spec.active} → ${to}`);
+  let reason: string | undefined;
+  let h: HealthResult = { ok: false, attempts: 0, ms: 0, detail: 'not checked' };
+  try {
+    await hook(run, 'activate', to, point);
+  } catch (err) {
+    reason = errorMessage(err);
+  }
+  if (!reason) {
+    h = await health(run, to, point);
+    if (h.ok) return { ok: true, health: h, rtoMs: Date.now() - run.started };
+    reason = healthFailure(run, h);
+  }
+  note(run, 'switching-back', `${to} failed (${reason}); switching back to ${from ?? 'no link'}`, 'warning');
+  await hook(run, 'deactivate', to, point).catch((err) => note(run, 'hook-failed', `deactivate hook: ${errorMessage(err)}`, 'warning'));
+  await switchActive(run.spec.active, from);
+  let previousHealthy: boolean | null = null;
+  if (from) {
+    const old = await manifestOf(repo, fromPoint);
+    if (old) await applyState(run, old, from).catch((err) => note(run, 'state-restore-failed', errorMessage(err), 'warning'));
+    await hook(run, 'activate', from, fromPoint).catch((err) => note(run, 'hook-failed', `activate hook: ${errorMessage(err)}`, 'warning'));
+    previousHealthy = (await health(run, from, fromPoint)).ok;
+    note(run, previousHealthy ? 'previous-healthy' : 'previous-unhealthy', `${from} is ${previousHealthy ? 'healthy again' : 'NOT healthy either'}`, previousHealthy ? 'info' : 'warning');
+  }
+  return { ok: false, health: h, reason, switchedBack: true, previousHealthy, rtoMs: null };
+}
+
+async function remember(run: Run, from: string | null, to: string, kind: string): Promise<void> {
+  const state = await readTargetState(run.spec.slots);
+  state.previous = from;
+  state.history.push({ at: new Date().toISOString(), from, to, kind });
+  await writeTargetState(run.spec.slots, state);
+}
+
+/** Removes the least recently used slots beyond keepSlots; never the active or the previous one. */
+async function pruneSlots(run: Run, active: string, previous: string | null): Promise<string[]> {
+  const keep = run.spec.keepSlots;
+  if (keep === undefined) return [];
+  const state = await readTargetState(run.spec.slots);
+  const lastUsed = new Map<string, number>();
+  for (const h of state.history) lastUsed.set(h.to, Date.parse(h.at));
+  const protectedDirs = new Set([active, ...(previous ? [previous] : [])]);
+  const doomed = planSlotPrune(await listSlots(run.spec.slots), keep, protectedDirs, lastUsed);
+  for (const s of doomed) {
+    await fsp.rm(s.path, { recursive: true, force: true });
+    note(run, 'slot-removed', `removed old slot ${s.name}`);
+  }
+  return doomed.map((s) => s.name);
+}
+
+async function journal(run: Run, repo: Repository, type: string, result: SwitchResult): Promise<void> {
+  try {
+    await appendEvent(repo.storage, {
+      type,
+      point: result.point,
+      target: run.spec.name,
+      outcome: result.outcome,
+      durationMs: result.durationMs,
+      detail: {
+        slot: result.slot,
+        from: result.from.path,
+        fromPoint: result.from.point,
+        rtoMs: result.rtoMs,
+        reused: result.reused,
+        healthAttempts: result.health.attempts,
+        ...(result.reason ? { reason: result.reason } : {}),
+        ...(result.previousHealthy !== undefined ? { previousHealthy: result.previousHealthy } : {}),
+      },
+    });
+  } catch (err) {
+    note(run, 'journal-failed', `could not record the ${type} in the journal: ${errorMessage(err)}`, 'warning');
+  }
+}
+
+async function journalError(run: Run, repo: Repository, type: string, point: string | null, err: unknown): Promise<void> {
+  await appendEvent(repo.storage, {
+    type,
+    point,
+    target: run.spec.name,
+    outcome: 'failed',
+    durationMs: Date.now() - run.started,
+    detail: { reason: errorMessage(err) },
+  }).catch(() => undefined);
+}
+
+/**
+ * Fails a target over to a point: restore it into its slot (or check and
+ * reuse the slot that holds it, repairing what differs) → run the restore
+ * commands of command sources → pre-activation check → deactivate → switch
+ * the link atomically → activate → poll health. A target that does not get
+ * healthy is switched back (outcome rolled-back). Every outcome is journalled.
+ * Errors before the switch (a restore that fails verification, a failed
+ * pre-activation check) leave the link untouched.
+ */
+export async function failover(repo: Repository, manifest: Manifest, spec: TargetSpec, options: SwitchOptions = {}): Promise<SwitchResult> {
+  const run: Run = { spec, options, started: Date.now() };
+  const slot = slotPath(spec.slots, manifest.id);
+  try {
+    const from = await readActive(spec.active);
+    const fromPoint = slotPoint(spec.slots, from) ?? null;
+    const reused = await isDirectory(slot);
+    note(run, reused ? 'slot-check' : 'slot-restore', reused ? `checking slot ${slot} file by file` : `restoring ${manifest.id} into ${slot}`);
+    const r = await restore(repo, manifest, { target: slot, delta: reused, concurrency: options.concurrency, signal: options.signal, reporter: options.reporter });
+    const changed = (r.rewritten ?? 0) + (r.removed ?? 0);
+    if (reused) note(run, 'slot-reused', changed ? `slot ${slot} repaired: ${r.rewritten} rewritten, ${r.removed} removed` : `slot ${slot} holds ${manifest.id} intact`);
+    const result: SwitchResult = {
+      ok: false,
+      outcome: 'failed',
+      target: spec.name,
+      point: manifest.id,
+      slot,
+      from: { path: from, point: fromPoint },
+      switched: false,
+      reused,
+      restore: { files: r.files, bytes: r.bytes, rewritten: r.rewritten, unchanged: r.unchanged, removed: r.removed, durationMs: r.durationMs },
+      health: { ok: false, attempts: 0, ms: 0, detail: 'not checked' },
+      rtoMs: null,
+      durationMs: 0,
+      pruned: [],
+    };
+    const finish = async (): Promise<SwitchResult> => {
+      result.durationMs = Date.now() - run.started;
+      await journal(run, repo, 'failover', result);
+      return result;
+    };
+
+    await applyState(run, manifest, slot);
+
+    if (from === slot) {
+      // Already serving this point: the slot was checked; reload only if it had to be repaired.
+      if (changed) await hook(run, 'activate', slot, manifest.id);
+      result.health = await health(run, slot, manifest.id);
+      result.switched = true;
+      result.ok = result.health.ok;
+      result.outcome = result.ok ? 'ok' : 'failed';
+      result.rtoMs = result.ok ? Date.now() - run.started : null;
+      if (!result.ok) result.reason = healthFailure(run, result.health);
+      return finish();
+    }
+
+    const pre = spec.health?.preActivate;
+    if (pre) {
+      note(run, 'pre-activate', `checking ${slot} before activating it`);
+      const check = await checkOnce({ command: pre }, spec.health?.timeoutMs ?? DEFAULT_HEALTH_TIMEOUT_MS, { cwd: spec.cwd, env: hookEnv(run, slot, manifest.id), signal: options.signal });
+      if (!check.ok) {
+        result.reason = `pre-activation check failed: ${check.detail}`;
+        return finish();
+      }
+    }
+
+    const t = await transition(run, repo, from, slot, manifest.id);
+    Object.assign(result, t);
+    if (t.ok) {
+      result.switched = true;
+      result.outcome = 'ok';
+      await remember(run, from, slot, 'failover');
+      result.pruned = await pruneSlots(run, slot, from);
+    } else {
+      result.outcome = 'rolled-back';
+    }
+    return finish();
+  } catch (err) {
+    await journalError(run, repo, 'failover', manifest.id, err);
+    throw err;
+  }
+}
+
+/**
+ * Switches a target back to the slot it served before its last switch, with
+ * the same health checking (and switching back again if that slot is not
+ * healthy). Rolling back twice returns to where it started.
+ */
+export async function rollback(repo: Repository, spec: TargetSpec, options: SwitchOptions = {}): Promise<SwitchResult> {
+  const run: Run = { spec, options, started: Date.now() };
+  let to: string | null = null;
+  try {
+    const state = await readTargetState(spec.slots);
+    const from = await readActive(spec.active);
+    to = state.previous;
+    if (!to) throw new UsageError(`target ${spec.name} has no previous slot to roll back to`, { hint: 'fail over to a chosen point instead: lifeboat failover POINT --to TARGET' });
+    if (!(await isDirectory(to))) {
+      throw new UsageError(`the previous slot ${to} of target ${spec.name} no longer exists`, { hint: 'fail over to a chosen point instead: lifeboat failover POINT --to TARGET' });
+    }
+    if (to === from) throw new UsageError(`target ${spec.name} already serves ${to}`);
+    const point = slotPoint(spec.slots, to) ?? null;
+    const result: SwitchResult = {
+      ok: false,
+      outcome: 'failed',
+      target: spec.name,
+      point,
+      slot: to,
+      from: { path: from, point: slotPoint(spec.slots, from) ?? null },
+      switched: false,
+      health: { ok: false, attempts: 0, ms: 0, detail: 'not checked' },
+      rtoMs: null,
+      durationMs: 0,
+      pruned: [],
+    };
+    const manifest = await manifestOf(repo, point);
+    if (manifest) await applyState(run, manifest, to);
+    const t = await transition(run, repo, from, to, point);
+    Object.assign(result, t);
+    if (t.ok) {
+      result.switched = true;
+      result.outcome = 'ok';
+      await remember(run, from, to, 'rollback');
+    } else {
+      result.outcome = 'rolled-back';
+    }
+    result.durationMs = Date.now() - run.started;
+    await journal(run, repo, 'rollback', result);
+    return result;
+  } catch (err) {
+    await journalError(run, repo, 'rollback', slotPoint(spec.slots, to) ?? null, err);
+    throw err;
+  }
+}
+
+export interface TargetStatus {
+  name: string;
+  active: { path: string | null; slot: string | null; point: string | null; completedAt: string | null; ageMs: number | null; error?: string };
+  previous: { path: string | null; point: string | null };
+  health: { ok: boolean; detail: string; ms: number; checked: boolean };
+  /** Age of the newest backup point: the data a failure now would lose at most. */
+  rpoMs: number | null;
+  slots: { name: string; point: string | null; active: boolean; previous: boolean }[];
+  events: JournalEvent[];
+}
+
+export interface StatusResult {
+  newest: { id: string; completedAt: string; ageMs: number } | null;
+  targets: TargetStatus[];
+  /** The newest journal events of the repository, oldest first. */
+  events: JournalEvent[];
+}
+
+/** Per target: what is active, whether it is healthy, the RPO, the slots and the last events. */
+export async function status(repo: Repository, specs: TargetSpec[], options: { now?: Date; events?: number; signal?: AbortSignal } = {}): Promise<StatusResult> {
+  const now = (options.now ?? new Date()).getTime();
+  const ids = await repo.pointIds();
+  let newest: StatusResult['newest'] = null;
+  if (ids.length) {
+    const m = await repo.manifest(ids[ids.length - 1]!);
+    newest = { id: m.id, completedAt: m.completedAt, ageMs: Math.max(0, now - Date.parse(m.completedAt)) };
+  }
+  const events = await readEvents(repo.storage, 200);
+  const wanted = options.events ?? 5;
+  const targets: TargetStatus[] = [];
+  for (const spec of specs) {
+    let activePath: string | null = null;
+    let error: string | undefined;
+    try {
+      activePath = await readActive(spec.active);
+    } catch (err) {
+      error = errorMessage(err);
+    }
+    const point = slotPoint(spec.slots, activePath) ?? null;
+    const m = point ? await repo.manifest(point).catch(() => undefined) : undefined;
+    const state = await readTargetState(spec.slots);
+    const h = spec.health && (spec.health.url || spec.health.command)
+      ? await checkOnce(spec.health, Math.min(spec.health.timeoutMs ?? 5000, 5000), { cwd: spec.cwd, env: spec.env, signal: options.signal })
+      : undefined;
+    const slots = await listSlots(spec.slots);
+    targets.push({
+      name: spec.name,
+      active: {
+        path: activePath,
+        slot: activePath ? path.basename(activePath) : null,
+        point,
+        completedAt: m?.completedAt ?? null,
+        ageMs: m ? Math.max(0, now - Date.parse(m.completedAt)) : null,
+        ...(error ? { error } : {}),
+      },
+      previous: { path: state.previous, point: slotPoint(spec.slots, state.previous) ?? null },
+      health: h ? { ok: h.ok, detail: h.detail, ms: h.ms, checked: true } : { ok: activePath !== null, detail: 'no health check configured', ms: 0, checked: false },
+      rpoMs: newest?.ageMs ?? null,
+      slots: slots.map((s) => ({ name: s.name, point: s.point ?? null, active: s.path === activePath, previous: s.path === state.previous })),
+      events: events.filter((e) => e.target === spec.name).slice(-wanted),
+    });
+  }
+  return { newest, targets, events: events.slice(-Math.max(wanted, 10)) };
+}

@@ -1,0 +1,115 @@
+import { errorMessage, throwIfAborted } from '../errors.js';
+import { runShell } from '../state/command.js';
+
+export const DEFAULT_HEALTH_TIMEOUT_MS = 60_000;
+export const DEFAULT_HEALTH_INTERVAL_MS = 1_000;
+/** One attempt never waits longer than this, so a hung server still gets retried. */
+const MAX_ATTEMPT_MS = 10_000;
+
+export interface HealthSpec {
+  /** Healthy when it answers 2xx. */
+  url?: string;
+  /** Healthy when it exits 0. */
+  command?: string;
+  /**
+   * Run against the new slot before the link is switched (LIFEBOAT_SLOT names
+   * it); a failure stops the failover with nothing changed.
+   */
+  preActivate?: string;
+  /** How long the target has to become healthy. */
+  timeoutMs?: number;
+  /** Pause between attempts. */
+  intervalMs?: number;
+  /** Failed attempts allowed before giving up early (default: as many as fit in the timeout). */
+  retries?: number;
+}
+
+export interface HealthAttempt {
+  ok: boolean;
+  /** HTTP status, or the command's outcome. */
+  detail: string;
+  ms: number;
+}
+
+export interface HealthResult {
+  ok: boolean;
+  attempts: number;
+  /** From the first attempt to the verdict. */
+  ms: number;
+  /** The last attempt's detail. */
+  detail: string;
+  /** No check configured: healthy by assumption. */
+  unchecked?: boolean;
+}
+
+export interface HealthRunOptions {
+  cwd?: string;
+  env?: NodeJS.ProcessEnv;
+  signal?: AbortSignal;
+  onAttempt?: (attempt: HealthAttempt, n: number) => void;
+}
+
+/** One health check attempt: the URL must answer 2xx, or the command exit 0, within `timeoutMs`. */
+export async function checkOnce(spec: HealthSpec, timeoutMs: number, options: HealthRunOptions = {}): Promise<HealthAttempt> {
+  const started = Date.now();
+  if (spec.url) {
+    try {
+      const signals = [AbortSignal.timeout(timeoutMs), ...(options.signal ? [options.signal] : [])];
+      const res = await fetch(spec.url, { signal: AbortSignal.any(signals), headers: { connection: 'close' } });
+      await res.arrayBuffer().catch(() => undefined);
+      return { ok: res.status >= 200 && res.status < 300, detail: `HTTP ${res.status}`, ms: Date.now() - started };
+    } catch (err) {
+      const reason = (err as Error).name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : errorMessage((err as { cause?: unknown }).cause ?? err);
+      return { ok: false, detail: reason, ms: Date.now() - started };
+    }
+  }
+  if (spec.command) {
+    try {
+      await runShell('health check', spec.command, { cwd: options.cwd, env: options.env, timeoutMs, signal: options.signal });
+      return { ok: true, detail: 'exit 0', ms: Date.now() - started };
+    } catch (err) {
+      throwIfAborted(options.signal);
+      return { ok: false, detail: errorMessage(err), ms: Date.now() - started };
+    }
+  }
+  return { ok: true, detail: 'no health check configured', ms: 0 };
+}
+
+/**
+ * Polls until the target is healthy, the timeout has passed, or more than
+ * `retries` attempts failed. The first attempt is made at once.
+ */
+export async function waitHealthy(spec: HealthSpec | undefined, options: HealthRunOptions = {}): Promise<HealthResult> {
+  if (!spec || (!spec.url && !spec.command)) return { ok: true, attempts: 0, ms: 0, detail: 'no health check configured', unchecked: true };
+  const timeoutMs = spec.timeoutMs ?? DEFAULT_HEALTH_TIMEOUT_MS;
+  const intervalMs = spec.intervalMs ?? DEFAULT_HEALTH_INTERVAL_MS;
+  const started = Date.now();
+  const deadline = started + timeoutMs;
+  let attempts = 0;
+  let last: HealthAttempt = { ok: false, detail: 'not checked', ms: 0 };
+  for (;;) {
+    throwIfAborted(options.signal);
+    attempts++;
+    const budget = Math.max(100, Math.min(deadline - Date.now(), MAX_ATTEMPT_MS));
+    last = await checkOnce(spec, budget, options);
+    options.onAttempt?.(last, attempts);
+    if (last.ok) return { ok: true, attempts, ms: Date.now() - started, detail: last.detail };
+    const failures = attempts;
+    if (spec.retries !== undefined && failures > spec.retries) break;
+    if (Date.now() + intervalMs > deadline) break;
+    await sleep(intervalMs, options.signal);
+  }
+  return { ok: false, attempts, ms: Date.now() - started, detail: last.detail };
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    }
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}

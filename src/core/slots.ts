@@ -1,0 +1,131 @@
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { z } from 'zod';
+import { UsageError } from '../errors.js';
+import { POINT_ID } from '../format/ids.js';
+
+/** Kept in the slots directory: what the link pointed at before the last switch, and the switches made. */
+export const TARGET_STATE_FILE = '.lifeboat-target.json';
+const HISTORY = 50;
+
+const targetStateSchema = z.object({
+  version: z.literal(1),
+  /** Absolute path the link pointed at before the last successful switch (what rollback returns to). */
+  previous: z.string().nullable(),
+  history: z.array(z.object({ at: z.string(), from: z.string().nullable(), to: z.string(), kind: z.string() })),
+});
+export type TargetState = z.infer<typeof targetStateSchema>;
+
+/** The slot directory that holds a point. */
+export function slotPath(slots: string, point: string): string {
+  return path.join(slots, point);
+}
+
+/** The point a slot holds, from its name; undefined for directories lifeboat did not make. */
+export function slotPoint(slots: string, dir: string | null | undefined): string | undefined {
+  if (!dir || path.dirname(dir) !== path.resolve(slots)) return undefined;
+  const name = path.basename(dir);
+  return POINT_ID.test(name) ? name : undefined;
+}
+
+/**
+ * Where the `active` link points (absolute), or null when there is no link.
+ * Anything else at that path (a real directory) is refused: switching it
+ * atomically is impossible, and replacing it would destroy it.
+ */
+export async function readActive(active: string): Promise<string | null> {
+  let st;
+  try {
+    st = await fsp.lstat(active);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw err;
+  }
+  if (!st.isSymbolicLink()) {
+    throw new UsageError(`${active} is not a symbolic link`, {
+      hint: `move it aside and make it a link to the directory the server reads (ln -s DIR ${active}), so it can be switched atomically`,
+    });
+  }
+  return path.resolve(path.dirname(active), await fsp.readlink(active));
+}
+
+/**
+ * Points the link at `dir` atomically: a new link is made beside it and
+ * renamed over it, so readers see the old target or the new one, never no
+ * link. The link is relative when the slot is near it, so the tree can move.
+ * `dir` null removes the link (back to a target that never had one).
+ */
+export async function switchActive(active: string, dir: string | null): Promise<void> {
+  if (dir === null) {
+    await fsp.rm(active, { force: true });
+    return;
+  }
+  const parent = path.dirname(active);
+  await fsp.mkdir(parent, { recursive: true });
+  const tmp = path.join(parent, `.${path.basename(active)}.lifeboat-${process.pid}-${randomBytes(4).toString('hex')}`);
+  await fsp.symlink(path.relative(parent, dir) || '.', tmp);
+  try {
+    await fsp.rename(tmp, active);
+  } catch (err) {
+    await fsp.rm(tmp, { force: true });
+    throw err;
+  }
+  const dirFd = await fsp.open(parent, 'r').catch(() => undefined);
+  await dirFd?.sync().catch(() => undefined);
+  await dirFd?.close();
+}
+
+export async function readTargetState(slots: string): Promise<TargetState> {
+  try {
+    const parsed = targetStateSchema.safeParse(JSON.parse(await fsp.readFile(path.join(slots, TARGET_STATE_FILE), 'utf8')));
+    if (parsed.success) return parsed.data;
+  } catch {
+    // Missing or damaged: start afresh; the link itself is the truth about what is active.
+  }
+  return { version: 1, previous: null, history: [] };
+}
+
+export async function writeTargetState(slots: string, state: TargetState): Promise<void> {
+  await fsp.mkdir(slots, { recursive: true });
+  const file = path.join(slots, TARGET_STATE_FILE);
+  const tmp = `${file}.${process.pid}-${randomBytes(4).toString('hex')}`;
+  const body = { ...state, history: state.history.slice(-HISTORY) };
+  await fsp.writeFile(tmp, `${JSON.stringify(body, null, 2)}\n`);
+  await fsp.rename(tmp, file);
+}
+
+export interface SlotInfo {
+  name: string;
+  path: string;
+  point?: string;
+  mtimeMs: number;
+}
+
+/** The slot directories (hidden entries and staging directories aside), oldest first. */
+export async function listSlots(slots: string): Promise<SlotInfo[]> {
+  const names = await fsp.readdir(slots).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return [] as string[];
+    throw err;
+  });
+  const out: SlotInfo[] = [];
+  for (const name of names) {
+    if (name.startsWith('.')) continue;
+    const p = path.join(slots, name);
+    const st = await fsp.lstat(p).catch(() => undefined);
+    if (!st?.isDirectory()) continue;
+    out.push({ name, path: p, point: POINT_ID.test(name) ? name : undefined, mtimeMs: st.mtimeMs });
+  }
+  return out.sort((a, b) => a.mtimeMs - b.mtimeMs || a.name.localeCompare(b.name));
+}
+
+/**
+ * Which slots to remove so at most `keep` remain: the least recently used
+ * lifeboat slots first, never the active or the previous one (a pure plan).
+ */
+export function planSlotPrune(slots: SlotInfo[], keep: number, protectedDirs: ReadonlySet<string>, lastUsed: ReadonlyMap<string, number>): SlotInfo[] {
+  const used = (s: SlotInfo) => lastUsed.get(s.path) ?? s.mtimeMs;
+  const candidates = slots.filter((s) => s.point && !protectedDirs.has(s.path)).sort((a, b) => used(a) - used(b));
+  const excess = slots.filter((s) => s.point).length - keep;
+  return excess > 0 ? candidates.slice(0, excess) : [];
+}

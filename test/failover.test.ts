@@ -1,0 +1,292 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
+import { lifeboat } from './helpers/cli.js';
+import { exists } from './helpers/repo.js';
+import { tempDir } from './helpers/tree.js';
+import { ProcessGroup, freePort, sleep, stderrTail, waitForPort } from './helpers/processes.js';
+import { ROWS_PER_TXN, startWriter } from './helpers/writer.js';
+import { generateDeployment, rewriteSafetensorsData } from '../fixtures/generate.js';
+import { integrityCheck } from '../src/state/sqlite.js';
+import { planSlotPrune, switchActive, readActive, type SlotInfo } from '../src/core/slots.js';
+
+const SERVER = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/model-server.js');
+
+interface Answer {
+  model: string;
+  digest: string;
+  vector: number[];
+  argmax: number;
+  checksum: string;
+}
+
+async function get(port: number, what: string): Promise<{ status: number; body: any }> {
+  const res = await fetch(`http://127.0.0.1:${port}${what}`, { headers: { connection: 'close' } });
+  return { status: res.status, body: await res.json() };
+}
+
+const predict = async (port: number): Promise<Answer> => {
+  const r = await get(port, '/predict?text=lifeboat%20to%20the%20rescue');
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  return r.body as Answer;
+};
+
+/** Waits until /health reports a model loaded after `generation` (or an error, when `healthy` is false). */
+async function reloaded(port: number, generation: number, healthy: boolean): Promise<{ status: number; body: any }> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const r = await get(port, '/health');
+    if (r.body.generation > generation && (r.status === 200) === healthy) return r;
+    if (Date.now() > deadline) throw new Error(`server did not reload: ${JSON.stringify(r.body)}`);
+    await sleep(50);
+  }
+}
+
+test('failover end to end: back up a served deployment, lose it, fail over to chosen points, switch back from a broken one, roll back, status', async () => {
+  const work = await tempDir();
+  const group = new ProcessGroup(work);
+  const writer = { stop: async () => 0 };
+  try {
+    // A deployment served from an `active` link, with a registry database and a feature cache beside it.
+    const live = path.join(work, 'live');
+    const dep = await generateDeployment(live, { seed: 11, shards: 2, shardBytes: 96 << 10, onnxBytes: 4096, smallFiles: 6 });
+    const stateDir = path.join(work, 'state');
+    await fsp.mkdir(stateDir);
+    await fsp.writeFile(path.join(stateDir, 'features.json'), '{"version":"A"}\n');
+    const serving = path.join(work, 'serving');
+    await fsp.mkdir(serving);
+    await fsp.symlink('../live', path.join(serving, 'current'));
+    const port = await freePort();
+    const server = group.spawn(process.execPath, [SERVER, '--model', path.join(serving, 'current', 'models', dep.modelName), '--port', String(port)]);
+    await waitForPort(port, 10_000, `model server (${stderrTail(server)})`);
+    await reloaded(port, 0, true);
+
+    await fsp.writeFile(
+      path.join(work, 'lifeboat.yaml'),
+      [
+        'repository: ./repo',
+        'sources:',
+        '  models: ./live/models',
+        '  serving: ./live/serving',
+        '  registry: { sqlite: ./state/registry.db }',
+        '  features: { command: "cat state/features.json", restore: "cat > state/features.restored" }',
+        'targets:',
+        '  prod:',
+        '    slots: ./serving/slots',
+        '    active: ./serving/current',
+        `    health: { url: "http://127.0.0.1:${port}/health", timeout: 3s, interval: 100ms }`,
+        `    activate: "kill -HUP ${server.pid}"`,
+        '    keepSlots: 2',
+        '',
+      ].join('\n'),
+    );
+    assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+
+    // Point A, taken while another process writes to the registry.
+    const db = new Database(path.join(stateDir, 'registry.db'));
+    db.exec("CREATE TABLE models (name TEXT, version TEXT); INSERT INTO models VALUES ('lb', 'A')");
+    db.close();
+    const w = startWriter(path.join(stateDir, 'registry.db'), 'wal');
+    writer.stop = w.stop;
+    await w.ready;
+    const a = await lifeboat(['--json', 'backup', '--type', 'full'], { cwd: work });
+    assert.equal(a.code, 0, a.stderr);
+    await w.stop();
+    const pointA = a.json().id as string;
+    const answerA = await predict(port);
+
+    // Point B: new weights, new features.
+    for (const shard of dep.shards) await rewriteSafetensorsData(path.join(live, shard), 99);
+    await fsp.writeFile(path.join(stateDir, 'features.json'), '{"version":"B"}\n');
+    let generation = (await get(port, '/health')).body.generation;
+    process.kill(server.pid!, 'SIGHUP');
+    await reloaded(port, generation, true);
+    const answerB = await predict(port);
+    assert.notDeepEqual(answerB.vector, answerA.vector, 'other weights, other answer');
+    const b = await lifeboat(['--json', 'backup'], { cwd: work });
+    assert.equal(b.code, 0, b.stderr);
+    const pointB = b.json().id as string;
+
+    // Point C: a broken model (its config no longer matches its weights).
+    const configFile = path.join(live, 'models', dep.modelName, 'config.json');
+    const config = JSON.parse(await fsp.readFile(configFile, 'utf8'));
+    await fsp.writeFile(configFile, JSON.stringify({ ...config, hidden_size: config.hidden_size * 2 }));
+    const c = await lifeboat(['--json', 'backup'], { cwd: work });
+    assert.equal(c.code, 0, c.stderr);
+    const pointC = c.json().id as string;
+
+    // Disaster: the live copy is gone.
+    await fsp.rm(live, { recursive: true, force: true });
+    generation = (await get(port, '/health')).body.generation;
+    process.kill(server.pid!, 'SIGHUP');
+    const down = await reloaded(port, generation, false);
+    assert.equal(down.status, 503);
+
+    // Fail over to A: the server answers as it did at A.
+    const fa = await lifeboat(['--json', 'failover', pointA, '--to', 'prod'], { cwd: work });
+    assert.equal(fa.code, 0, fa.stderr);
+    const ra = fa.json();
+    assert.equal(ra.ok, true);
+    assert.equal(ra.outcome, 'ok');
+    assert.equal(ra.point, pointA);
+    assert.equal(ra.slot, path.join(serving, 'slots', pointA));
+    assert.equal(ra.reused, false);
+    assert.ok(ra.rtoMs > 0 && ra.rtoMs <= ra.durationMs);
+    assert.equal(await readActive(path.join(serving, 'current')), ra.slot);
+    assert.equal(await fsp.readlink(path.join(serving, 'current')), path.join('slots', pointA), 'a relative link');
+    assert.deepEqual(await predict(port), answerA);
+    // The serving state came back with it.
+    const registry = path.join(ra.slot, 'registry', 'registry.db');
+    assert.equal(integrityCheck(registry), 'ok');
+    const rdb = new Database(registry, { readonly: true });
+    assert.deepEqual(rdb.prepare('SELECT version FROM models').all(), [{ version: 'A' }]);
+    const groups = rdb.prepare('SELECT txn, count(*) AS n FROM t GROUP BY txn ORDER BY txn').all() as { txn: number; n: number }[];
+    rdb.close();
+    groups.forEach((g, i) => assert.deepEqual(g, { txn: i + 1, n: ROWS_PER_TXN }));
+    assert.equal(await fsp.readFile(path.join(stateDir, 'features.restored'), 'utf8'), '{"version":"A"}\n');
+
+    // Fail over to B (text output, for the operator).
+    const fb = await lifeboat(['failover', pointB.slice(0, 19), '--to', 'prod'], { cwd: work });
+    assert.equal(fb.code, 0, fb.stderr);
+    assert.match(fb.stdout, new RegExp(`failed over prod to ${pointB}: healthy after \\d+ check\\(s\\), RTO `));
+    assert.match(fb.stdout, new RegExp(`previous: ${pointA} \\(back with: lifeboat rollback --to prod\\)`));
+    assert.deepEqual(await predict(port), answerB);
+    assert.equal(await fsp.readFile(path.join(stateDir, 'features.restored'), 'utf8'), '{"version":"B"}\n');
+
+    // Fail over to the broken C: unhealthy, switched back to B, which answers again; exit 5.
+    const fc = await lifeboat(['--json', 'failover', pointC, '--to', 'prod'], { cwd: work });
+    assert.equal(fc.code, 5, fc.stderr);
+    const rc = fc.json();
+    assert.equal(rc.ok, false);
+    assert.equal(rc.outcome, 'rolled-back');
+    assert.equal(rc.switchedBack, true);
+    assert.equal(rc.previousHealthy, true);
+    assert.match(rc.reason, /not healthy after \d+ attempt\(s\).*HTTP 503/);
+    assert.match(fc.stderr, /failover of prod to .* failed: .*switched back to .*, which is healthy again/);
+    assert.equal(await readActive(path.join(serving, 'current')), path.join(serving, 'slots', pointB));
+    assert.deepEqual(await predict(port), answerB);
+    assert.equal(await fsp.readFile(path.join(stateDir, 'features.restored'), 'utf8'), '{"version":"B"}\n', 'B state reapplied');
+
+    // Roll back: to A, the slot served before the last successful switch.
+    const rb = await lifeboat(['--json', 'rollback', '--to', 'prod'], { cwd: work });
+    assert.equal(rb.code, 0, rb.stderr);
+    assert.equal(rb.json().point, pointA);
+    assert.deepEqual(await predict(port), answerA);
+
+    // Fail over to B again: its slot is checked and reused; keepSlots 2 removes C, never the active or previous.
+    await fsp.appendFile(path.join(serving, 'slots', pointB, 'serving', 'routing.yaml'), '# stray edit\n');
+    const fb2 = await lifeboat(['--json', 'failover', pointB, '--to', 'prod'], { cwd: work });
+    assert.equal(fb2.code, 0, fb2.stderr);
+    const rb2 = fb2.json();
+    assert.equal(rb2.reused, true);
+    assert.equal(rb2.restore.rewritten, 1, 'the damaged file was repaired');
+    assert.deepEqual(rb2.pruned, [pointC]);
+    assert.ok(!(await exists(path.join(serving, 'slots', pointC))));
+    assert.ok(await exists(path.join(serving, 'slots', pointA)));
+    assert.deepEqual(await predict(port), answerB);
+
+    // Status: active point, health, RPO and the journal.
+    const st = await lifeboat(['--json', 'status'], { cwd: work });
+    assert.equal(st.code, 0, st.stderr);
+    const s = st.json();
+    assert.equal(s.newest.id, pointC);
+    assert.equal(s.targets.length, 1);
+    const t = s.targets[0];
+    assert.equal(t.name, 'prod');
+    assert.equal(t.active.point, pointB);
+    assert.equal(t.previous.point, pointA);
+    assert.equal(t.health.ok, true);
+    assert.equal(t.health.detail, 'HTTP 200');
+    assert.ok(typeof t.rpoMs === 'number' && t.rpoMs >= 0);
+    assert.deepEqual(
+      t.events.map((e: any) => [e.type, e.point, e.outcome]),
+      [
+        ['failover', pointA, 'ok'],
+        ['failover', pointB, 'ok'],
+        ['failover', pointC, 'rolled-back'],
+        ['rollback', pointA, 'ok'],
+        ['failover', pointB, 'ok'],
+      ].slice(-5),
+    );
+    assert.ok(t.events.every((e: any) => e.user && e.host && e.at && e.durationMs >= 0));
+    assert.equal(typeof t.events[0].detail.rtoMs, 'number');
+    const text = await lifeboat(['status'], { cwd: work });
+    assert.match(text.stdout, new RegExp(`target prod: ${pointB}, taken .* ago; healthy \\(HTTP 200\\)`));
+
+    // A dead server: status says so and exits 5.
+    await group.stop();
+    const dead = await lifeboat(['--json', 'status'], { cwd: work });
+    assert.equal(dead.code, 5);
+    assert.equal(dead.json().targets[0].health.ok, false);
+  } finally {
+    await writer.stop();
+    await group.stop();
+    await fsp.rm(work, { recursive: true, force: true });
+  }
+});
+
+test('failover refuses an active path that is a real directory, and a target that is not configured', async () => {
+  const work = await tempDir();
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights');
+  await fsp.mkdir(path.join(work, 'current'));
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\ntargets:\n  prod: { slots: ./slots, active: ./current }\n');
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['backup'], { cwd: work })).code, 0);
+  const r = await lifeboat(['failover', '--to', 'prod'], { cwd: work });
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /current is not a symbolic link/);
+  assert.ok(!(await exists(path.join(work, 'slots'))), 'nothing restored');
+  const other = await lifeboat(['failover', '--to', 'staging'], { cwd: work });
+  assert.equal(other.code, 2);
+  assert.match(other.stderr, /no target "staging"/);
+
+  // Without a health check, a failover to the only target just switches.
+  await fsp.rmdir(path.join(work, 'current'));
+  const none = await lifeboat(['rollback'], { cwd: work });
+  assert.equal(none.code, 2);
+  assert.match(none.stderr, /no previous slot/);
+  const ok = await lifeboat(['--json', 'failover'], { cwd: work });
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.equal(ok.json().health.unchecked, true);
+  assert.equal(await fsp.readFile(path.join(work, 'current', 'models', 'w.bin'), 'utf8'), 'weights');
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('the link switch is a rename: readers never see it missing', async () => {
+  const work = await tempDir();
+  for (const d of ['a', 'b']) await fsp.mkdir(path.join(work, d));
+  const active = path.join(work, 'current');
+  await switchActive(active, path.join(work, 'a'));
+  let missing = 0;
+  let stop = false;
+  const reader = (async () => {
+    while (!stop) {
+      if ((await readActive(active)) === null) missing++;
+      await new Promise((r) => setImmediate(r));
+    }
+  })();
+  for (let i = 0; i < 200; i++) await switchActive(active, path.join(work, i % 2 ? 'a' : 'b'));
+  stop = true;
+  await reader;
+  assert.equal(missing, 0);
+  assert.deepEqual((await fsp.readdir(work)).sort(), ['a', 'b', 'current'], 'no temporary links left');
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('slot pruning keeps the newest, never the active or previous slot', () => {
+  const slot = (name: string, mtimeMs: number): SlotInfo => ({ name, path: `/s/${name}`, point: name, mtimeMs });
+  const slots = [slot('20260101-000000-000F', 1), slot('20260102-000000-000I', 2), slot('20260103-000000-000I', 3), slot('20260104-000000-000I', 4)];
+  const names = (list: SlotInfo[]) => list.map((s) => s.name);
+  assert.deepEqual(names(planSlotPrune(slots, 2, new Set(['/s/20260104-000000-000I', '/s/20260101-000000-000F']), new Map())), [
+    '20260102-000000-000I',
+    '20260103-000000-000I',
+  ]);
+  assert.deepEqual(names(planSlotPrune(slots, 3, new Set(), new Map([['/s/20260101-000000-000F', 10]]))), ['20260102-000000-000I']);
+  assert.deepEqual(planSlotPrune(slots, 4, new Set(), new Map()), []);
+  // Directories lifeboat did not make are never touched, nor counted.
+  assert.deepEqual(planSlotPrune([...slots, { name: 'manual', path: '/s/manual', mtimeMs: 0 }], 4, new Set(), new Map()), []);
+});
