@@ -18,6 +18,23 @@ export const refSchema = z.object({
 });
 export type ContentRef = z.infer<typeof refSchema>;
 
+/** What model validation recognised in a file: its format and a summary of its tensors. */
+export const modelInfoSchema = z.object({
+  format: z.enum(['safetensors', 'safetensors-index', 'onnx', 'gguf', 'hf-config', 'tokenizer', 'tokenizer-config']),
+  tensors: count.optional(),
+  /** safetensors-index: how many shard files it names. */
+  shards: count.optional(),
+  /** Lower-case dtype names, most common first. */
+  dtypes: z.array(z.string().max(32)).max(64).optional(),
+  vocabSize: count.optional(),
+  architecture: z.string().max(256).optional(),
+  /** onnx: external-data files referenced. */
+  externalData: count.optional(),
+  version: count.optional(),
+  note: z.string().max(1024).optional(),
+});
+export type ModelInfo = z.infer<typeof modelInfoSchema>;
+
 export const entrySchema = z.object({
   source: z.string().min(1).max(64),
   path: z.string().min(1).max(4096),
@@ -29,6 +46,8 @@ export const entrySchema = z.object({
   sha256: sha256.optional(),
   target: z.string().min(1).max(4096).optional(),
   ref: refSchema.optional(),
+  /** Files a model validator recognised (safetensors, ONNX, GGUF, configs). */
+  model: modelInfoSchema.optional(),
 });
 export type ManifestEntry = z.infer<typeof entrySchema>;
 

@@ -1,0 +1,74 @@
+import type * as fsp from 'node:fs/promises';
+
+/** Reads up to `length` bytes at `position`; fewer only at the end of the file. */
+export async function readAt(fh: fsp.FileHandle, position: number, length: number): Promise<Buffer> {
+  const buf = Buffer.alloc(length);
+  let filled = 0;
+  while (filled < length) {
+    const { bytesRead } = await fh.read(buf, filled, length - filled, position + filled);
+    if (bytesRead === 0) break;
+    filled += bytesRead;
+  }
+  return filled === length ? buf : buf.subarray(0, filled);
+}
+
+const WINDOW = 1 << 20;
+
+/**
+ * Sequential little-endian reads through a file with a bounded buffer: what a
+ * header walk needs without ever holding the file. Every length taken from the
+ * file is checked against what is left before anything is allocated.
+ */
+export class FileCursor {
+  private buf: Buffer = Buffer.alloc(0);
+  private bufStart = 0;
+  pos = 0;
+
+  constructor(
+    private readonly fh: fsp.FileHandle,
+    readonly size: number,
+  ) {}
+
+  get remaining(): number {
+    return this.size - this.pos;
+  }
+
+  private async need(n: number, what: string): Promise<Buffer> {
+    if (n > this.remaining) throw new TruncatedError(`${what} at byte ${this.pos} runs past the end of the file (${this.size} bytes)`);
+    const end = this.pos + n;
+    if (this.pos < this.bufStart || end > this.bufStart + this.buf.length) {
+      this.bufStart = this.pos;
+      this.buf = await readAt(this.fh, this.pos, Math.min(Math.max(n, WINDOW), this.size - this.pos));
+      if (this.buf.length < n) throw new TruncatedError(`${what} at byte ${this.pos}: the file is shorter than it claims`);
+    }
+    const at = this.pos - this.bufStart;
+    this.pos = end;
+    return this.buf.subarray(at, at + n);
+  }
+
+  async u8(what: string): Promise<number> {
+    return (await this.need(1, what)).readUInt8(0);
+  }
+  async u32(what: string): Promise<number> {
+    return (await this.need(4, what)).readUInt32LE(0);
+  }
+  async u64(what: string): Promise<bigint> {
+    return (await this.need(8, what)).readBigUInt64LE(0);
+  }
+  async bytes(n: number, what: string): Promise<Buffer> {
+    return Buffer.from(await this.need(n, what));
+  }
+  skip(n: number, what: string): void {
+    if (n > this.remaining) throw new TruncatedError(`${what} at byte ${this.pos} runs past the end of the file (${this.size} bytes)`);
+    this.pos += n;
+  }
+}
+
+/** A length or count read from a file points past its end. */
+export class TruncatedError extends Error {}
+
+/** A bigint from a file as a number, or an error naming it when it cannot be one. */
+export function safeNumber(v: bigint, what: string): number {
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new TruncatedError(`${what} ${v} is impossibly large`);
+  return Number(v);
+}
