@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
@@ -11,7 +12,7 @@ import { ProcessGroup, freePort, sleep, stderrTail, waitForPort } from './helper
 import { ROWS_PER_TXN, startWriter } from './helpers/writer.js';
 import { generateDeployment, rewriteSafetensorsData } from '../fixtures/generate.js';
 import { integrityCheck } from '../src/state/sqlite.js';
-import { planSlotPrune, switchActive, readActive, type SlotInfo } from '../src/core/slots.js';
+import { listSlots, planSlotPrune, switchActive, readActive, type SlotInfo } from '../src/core/slots.js';
 
 const SERVER = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/model-server.js');
 
@@ -239,7 +240,7 @@ test('failover refuses an active path that is a real directory, and a target tha
   const r = await lifeboat(['failover', '--to', 'prod'], { cwd: work });
   assert.equal(r.code, 2);
   assert.match(r.stderr, /current is not a symbolic link/);
-  assert.ok(!(await exists(path.join(work, 'slots'))), 'nothing restored');
+  assert.deepEqual(await listSlots(path.join(work, 'slots')), [], 'nothing restored');
   const other = await lifeboat(['failover', '--to', 'staging'], { cwd: work });
   assert.equal(other.code, 2);
   assert.match(other.stderr, /no target "staging"/);
@@ -249,10 +250,19 @@ test('failover refuses an active path that is a real directory, and a target tha
   const none = await lifeboat(['rollback'], { cwd: work });
   assert.equal(none.code, 2);
   assert.match(none.stderr, /no previous slot/);
+  // A switch in progress elsewhere (a live process holds the target's lock): exit 4, nothing touched.
+  const lock = path.join(work, 'slots', '.lifeboat-switch.lock');
+  await fsp.writeFile(lock, JSON.stringify({ host: os.hostname(), pid: process.pid, command: 'failover', startedAt: new Date().toISOString() }));
+  const locked = await lifeboat(['failover'], { cwd: work });
+  assert.equal(locked.code, 4, locked.stderr);
+  assert.match(locked.stderr, /target prod is being switched by failover/);
+  // One left by a process that is gone is taken over.
+  await fsp.writeFile(lock, JSON.stringify({ host: os.hostname(), pid: 2 ** 22 + 17, command: 'failover', startedAt: new Date().toISOString() }));
   const ok = await lifeboat(['--json', 'failover'], { cwd: work });
   assert.equal(ok.code, 0, ok.stderr);
   assert.equal(ok.json().health.unchecked, true);
   assert.equal(await fsp.readFile(path.join(work, 'current', 'models', 'w.bin'), 'utf8'), 'weights');
+  assert.ok(!(await exists(lock)), 'the lock is released');
   await fsp.rm(work, { recursive: true, force: true });
 });
 

@@ -9,7 +9,7 @@ import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } 
 import { appendEvent, readEvents, type JournalEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
-import { listSlots, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, writeTargetState } from './slots.js';
+import { listSlots, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, writeTargetState } from './slots.js';
 import type { TargetSpec } from './targets.js';
 
 export interface SwitchOptions {
@@ -245,6 +245,7 @@ async function journalError(run: Run, repo: Repository, type: string, point: str
 export async function failover(repo: Repository, manifest: Manifest, spec: TargetSpec, options: SwitchOptions = {}): Promise<SwitchResult> {
   const run: Run = { spec, options, started: Date.now() };
   const slot = slotPath(spec.slots, manifest.id);
+  const unlock = await lockTarget(spec.slots, spec.name, `failover ${manifest.id}`);
   try {
     const from = await readActive(spec.active);
     const fromPoint = slotPoint(spec.slots, from) ?? null;
@@ -312,6 +313,8 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
   } catch (err) {
     await journalError(run, repo, 'failover', manifest.id, err);
     throw err;
+  } finally {
+    await unlock();
   }
 }
 
@@ -323,6 +326,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
 export async function rollback(repo: Repository, spec: TargetSpec, options: SwitchOptions = {}): Promise<SwitchResult> {
   const run: Run = { spec, options, started: Date.now() };
   let to: string | null = null;
+  const unlock = await lockTarget(spec.slots, spec.name, 'rollback');
   try {
     const state = await readTargetState(spec.slots);
     const from = await readActive(spec.active);
@@ -363,6 +367,8 @@ export async function rollback(repo: Repository, spec: TargetSpec, options: Swit
   } catch (err) {
     await journalError(run, repo, 'rollback', slotPoint(spec.slots, to) ?? null, err);
     throw err;
+  } finally {
+    await unlock();
   }
 }
 

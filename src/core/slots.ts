@@ -2,7 +2,8 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
-import { UsageError } from '../errors.js';
+import * as os from 'node:os';
+import { LockedError, UsageError } from '../errors.js';
 import { POINT_ID } from '../format/ids.js';
 
 /** Kept in the slots directory: what the link pointed at before the last switch, and the switches made. */
@@ -128,4 +129,52 @@ export function planSlotPrune(slots: SlotInfo[], keep: number, protectedDirs: Re
   const candidates = slots.filter((s) => s.point && !protectedDirs.has(s.path)).sort((a, b) => used(a) - used(b));
   const excess = slots.filter((s) => s.point).length - keep;
   return excess > 0 ? candidates.slice(0, excess) : [];
+}
+
+const TARGET_LOCK_FILE = '.lifeboat-switch.lock';
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Takes the target's switch lock (a file in its slots directory, made with
+ * O_EXCL), so two failovers or rollbacks never switch one link at once. A lock
+ * left by a process that is gone from this host is taken over. Exit 4 otherwise.
+ */
+export async function lockTarget(slots: string, name: string, command: string): Promise<() => Promise<void>> {
+  await fsp.mkdir(slots, { recursive: true });
+  const file = path.join(slots, TARGET_LOCK_FILE);
+  const mine = JSON.stringify({ host: os.hostname(), pid: process.pid, command, startedAt: new Date().toISOString() });
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      await fsp.writeFile(file, mine, { flag: 'wx' });
+      return async () => {
+        const current = await fsp.readFile(file, 'utf8').catch(() => '');
+        if (current === mine) await fsp.rm(file, { force: true });
+      };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    const text = await fsp.readFile(file, 'utf8').catch(() => '');
+    let holder: { host?: string; pid?: number; command?: string; startedAt?: string } = {};
+    try {
+      holder = JSON.parse(text);
+    } catch {
+      // a lock being written this instant, or damaged: judged below
+    }
+    const gone = holder.host === os.hostname() && typeof holder.pid === 'number' && !alive(holder.pid);
+    if (!gone && text !== '') {
+      throw new LockedError(`target ${name} is being switched by ${holder.command ?? 'another process'} (pid ${holder.pid ?? '?'} on ${holder.host ?? '?'}, since ${holder.startedAt ?? '?'})`, {
+        hint: `wait for it to finish; if that process is gone, remove ${file}`,
+      });
+    }
+    await fsp.rm(file, { force: true });
+  }
+  throw new LockedError(`target ${name}: could not take the switch lock ${file}`);
 }
