@@ -16,6 +16,7 @@ import { VolumeSink } from './volume-sink.js';
 import { DEFAULT_TRANSFERS } from './pool.js';
 import type { TarVolumeWriter } from '../format/tar.js';
 import { UsageError } from '../errors.js';
+import { validateSources, withModel } from '../model/sources.js';
 
 export interface BackupOptions {
   sources: SourceSpec[];
@@ -96,6 +97,12 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     for (const spec of options.sources) {
       scanned.push(await scanSource(spec, options.excludes ?? [], { ...reporter, notice: (n) => (n.level === 'warning' ? warn(n) : reporter.notice?.(n)) }, options.signal));
     }
+    // Model files are checked on the source (headers only): a model that would not load is a warning, a failure with --strict.
+    const models = await validateSources(scanned, options.signal);
+    for (const f of models.findings) warn({ code: 'model-invalid', path: f.path, message: `${f.format}: ${f.reason}` });
+    if (options.strict && models.findings.length > 0) {
+      throw new IntegrityError(`backup refused by --strict: ${models.findings.length} model problem(s), first: ${models.findings[0]!.path}: ${models.findings[0]!.reason}`);
+    }
     const allEntries = scanned.flatMap((s) => s.entries);
     const plan = planBackup(allEntries, reference);
     const totalBytes = allEntries.reduce((n, e) => n + (e.type === 'file' ? e.size : 0), 0);
@@ -143,7 +150,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     for (const [position, planned] of plan.entries.entries()) {
       throwIfAborted(options.signal);
       const entry = await storeEntry(planned, position, context);
-      if (entry) entries.push(entry);
+      if (entry) entries.push(withModel(entry, models.recognised));
     }
     const volumes = await sink.finish();
     throwIfAborted(options.signal);

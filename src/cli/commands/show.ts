@@ -4,6 +4,7 @@ import { formatBytes } from '../format.js';
 import { printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 import { pointJson } from './list.js';
+import { summariseModels } from '../../model/summary.js';
 
 function modeString(type: string, mode: number): string {
   const t = type === 'dir' ? 'd' : type === 'symlink' ? 'l' : '-';
@@ -27,12 +28,15 @@ export async function runShow(ctx: CliContext, selector: string): Promise<void> 
       sha256: e.sha256 ?? null,
       target: e.target ?? null,
       storedIn: e.ref?.point ?? null,
+      ...(e.model ? { model: e.model } : {}),
     }));
-    printResult(ctx, { ...pointJson(m), sources: m.sources.map((s) => ({ name: s.name, kind: s.kind, path: s.path })), warnings: m.warnings, entries: files }, () => {
+    const models = summariseModels(m.entries);
+    printResult(ctx, { ...pointJson(m), sources: m.sources.map((s) => ({ name: s.name, kind: s.kind, path: s.path })), models, warnings: m.warnings, entries: files }, () => {
       const head = [
         `point ${m.id} (${m.type}${m.parent ? `, parent ${m.parent}` : ''}), completed ${m.completedAt} on ${m.host}`,
         `sources: ${m.sources.map((s) => `${s.name}=${s.path}`).join(', ')}`,
         `${m.stats.files} files, ${formatBytes(m.stats.bytes)}, ${formatBytes(m.stats.storedBytes)} stored in this point`,
+        ...models.map((x) => `model: ${x.path}: ${x.format}, ${x.summary}`),
         '',
       ];
       const lines = files.map((f) => {
