@@ -6,6 +6,9 @@ import { parseDuration } from '../config/duration.js';
 import { updateMetricsFile, type MetricSample } from '../core/metrics.js';
 import { makeEvent, redactUrl, sendNotification } from '../core/notify.js';
 import { contextConfig, repositoryUrl, type CliContext } from './context.js';
+import type { Storage } from '../storage/storage.js';
+import type { Reporter } from '../core/events.js';
+import { clearStaleLock, describeLock } from '../core/lock.js';
 import { logNotice } from './output.js';
 
 /** Flags every command run unattended takes (backup, verify, prune, drill). */
@@ -132,4 +135,18 @@ function metricSamples(command: string, code: number, startedAt: Date, endedAt: 
   if (f.rpoMs !== undefined) out.push({ name: 'lifeboat_drill_rpo_seconds', labels, value: f.rpoMs / 1000 });
   if (f.objectivesMet !== undefined) out.push({ name: 'lifeboat_drill_objectives_met', labels, value: f.objectivesMet ? 1 : 0 });
   return out;
+}
+
+/**
+ * For engines that judge a lock by its recorded lease only: with a staleness
+ * threshold configured, a lock stale by it is removed (and reported) before the
+ * engine takes its own lock.
+ */
+export async function takeOverStaleLock(ctx: CliContext, storage: Storage, flags: CronFlags, config: LifeboatConfig, reporter: Reporter): Promise<void> {
+  const staleAfterMs = lockStaleAfterMs(flags, config);
+  if (staleAfterMs === undefined) return;
+  const removed = await clearStaleLock(storage, { staleAfterMs });
+  if (removed) {
+    reporter.notice?.({ level: 'warning', code: 'stale-lock', message: `took over a stale lock of ${describeLock(removed.info)} (${removed.reason})` });
+  }
 }

@@ -31,10 +31,25 @@ export function makeEvent(e: Omit<NotifyEvent, 'source' | 'host'>): NotifyEvent 
  * undefined when delivered, else why not.
  */
 export async function sendNotification(url: string, event: NotifyEvent, timeoutMs = NOTIFY_TIMEOUT_MS): Promise<string | undefined> {
+  const headers: Record<string, string> = { 'content-type': 'application/json', 'user-agent': 'lifeboat' };
+  let target: URL;
   try {
-    const res = await fetch(url, {
+    target = new URL(url);
+  } catch {
+    return 'the notify URL is not a valid URL';
+  }
+  // fetch refuses credentials in a URL; `https://user:token@host/…` means basic authentication.
+  if (target.username || target.password) {
+    const user = decodeURIComponent(target.username);
+    const password = decodeURIComponent(target.password);
+    headers.authorization = `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
+    target.username = '';
+    target.password = '';
+  }
+  try {
+    const res = await fetch(target, {
       method: 'POST',
-      headers: { 'content-type': 'application/json', 'user-agent': 'lifeboat' },
+      headers,
       body: JSON.stringify(event),
       signal: AbortSignal.timeout(timeoutMs),
       redirect: 'follow',
@@ -44,7 +59,9 @@ export async function sendNotification(url: string, event: NotifyEvent, timeoutM
     return undefined;
   } catch (err) {
     const cause = (err as { cause?: unknown }).cause;
-    return cause ? `${errorMessage(err)}: ${errorMessage(cause)}` : errorMessage(err);
+    const message = cause ? `${errorMessage(err)}: ${errorMessage(cause)}` : errorMessage(err);
+    // Messages may quote the URL; its query string can hold a token.
+    return message.split(url).join(redactUrl(url)).split(target.toString()).join(redactUrl(url));
   }
 }
 

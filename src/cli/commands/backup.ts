@@ -12,8 +12,9 @@ import { ProgressRenderer, log, printResult } from '../output.js';
 import { captureSources, stateSource, type CapturedSources, type PendingSource } from '../../state/capture.js';
 import { BackupHooks } from '../../state/hooks.js';
 import type { CommandRunner } from '../main.js';
+import { addCronOptions, runMonitored, takeOverStaleLock, type CronFlags, type RunFigures } from '../cron.js';
 
-interface BackupFlags {
+interface BackupFlags extends CronFlags {
   type?: string;
   source: string[];
   exclude: string[];
@@ -69,7 +70,7 @@ export function backupJson(r: BackupResult) {
   };
 }
 
-export async function runBackup(ctx: CliContext, paths: string[], flags: BackupFlags): Promise<void> {
+export async function runBackup(ctx: CliContext, paths: string[], flags: BackupFlags, figures: RunFigures = {}): Promise<void> {
   const type = (flags.type ?? 'incr') as BackupType;
   if (!['full', 'diff', 'incr'].includes(type)) throw new UsageError(`--type ${flags.type}: use full, diff or incr`);
   const { repo, config, close } = await openRepository(ctx);
@@ -79,6 +80,7 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
   let state: CapturedSources | undefined;
   let point: string | undefined;
   try {
+    if (!flags.dryRun) await takeOverStaleLock(ctx, repo.storage, flags, config, renderer);
     await hooks.before();
     state = await captureSources(resolveSources(ctx, paths, flags.source, config), {
       cwd: ctx.cwd,
@@ -99,6 +101,7 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
       concurrency: config.s3?.concurrency,
     });
     if (!result.dryRun) point = result.id;
+    Object.assign(figures, { point: point ?? null, bytes: result.bytes, files: result.files, points: (await repo.pointIds()).length });
     renderer.stop();
     printResult(ctx, backupJson(result), () => {
       const verb = result.dryRun ? 'would take' : 'took';
@@ -121,7 +124,7 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
 }
 
 export function registerBackup(program: Command, run: CommandRunner): Command {
-  return program
+  const command = program
     .command('backup')
     .description('take a backup point of the sources (default type incr; the first backup is always full)')
     .argument('[paths...]', 'directories to back up, each a source named by its basename')
@@ -135,5 +138,6 @@ export function registerBackup(program: Command, run: CommandRunner): Command {
       'after',
       '\nExamples:\n  lifeboat backup /srv/models /etc/triton --type full\n  lifeboat backup --source models=/srv/models --exclude "**/*.tmp"\n  lifeboat backup            # sources from lifeboat.yaml, incremental',
     )
-    .action(run((ctx, paths: string[], flags: BackupFlags) => runBackup(ctx, paths, flags)));
+    .action(run((ctx, paths: string[], flags: BackupFlags) => runMonitored(ctx, 'backup', flags, (figures) => runBackup(ctx, paths, flags, figures))));
+  return addCronOptions(command, { lock: true });
 }

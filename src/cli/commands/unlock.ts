@@ -5,11 +5,12 @@ import { keys } from '../../format/manifest.js';
 import { openRepository, type CliContext } from '../context.js';
 import { printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
+import { lockStaleAfterMs } from '../cron.js';
 
-export async function runUnlock(ctx: CliContext, flags: { force?: boolean }): Promise<void> {
-  const { repo, close } = await openRepository(ctx);
+export async function runUnlock(ctx: CliContext, flags: { force?: boolean; lockStaleAfter?: string }): Promise<void> {
+  const { repo, config, close } = await openRepository(ctx);
   try {
-    const status = await readLock(repo.storage);
+    const status = await readLock(repo.storage, { staleAfterMs: lockStaleAfterMs(flags, config) });
     if (!status) {
       printResult(ctx, { removed: false, lock: null }, () => 'the repository is not locked');
       return;
@@ -31,6 +32,7 @@ export function registerUnlock(program: Command, run: CommandRunner): Command {
     .command('unlock')
     .description('remove a stale repository lock, after checking its owner is gone')
     .option('--force', 'remove the lock even if its owner looks alive')
+    .option('--lock-stale-after <duration>', 'a lock not refreshed for this long counts as stale (lock.staleAfter; default: the lease the holder recorded, 30m)')
     .addHelpText('after', '\nExample:\n  lifeboat unlock')
-    .action(run((ctx, flags: { force?: boolean }) => runUnlock(ctx, flags)));
+    .action(run((ctx, flags: { force?: boolean; lockStaleAfter?: string }) => runUnlock(ctx, flags)));
 }

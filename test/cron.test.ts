@@ -1,0 +1,398 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as http from 'node:http';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { AddressInfo } from 'node:net';
+import { DeleteObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { lifeboat, type CliRun } from './helpers/cli.js';
+import { smallDeployment } from './helpers/repo.js';
+import { freePort } from './helpers/processes.js';
+import { createTestBucket, startS3Server, type S3TestServer } from './helpers/s3server.js';
+import { sendNotification, makeEvent } from '../src/core/notify.js';
+
+// ---- a strict reader of the Prometheus text exposition format (0.0.4) ----
+
+interface Sample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+/**
+ * Parses a textfile-collector file and throws on anything node_exporter would
+ * refuse or misread: bad names or label syntax, a value that is not a float,
+ * a TYPE after its samples or twice, samples of one metric not contiguous,
+ * duplicate series, a missing final newline.
+ */
+function parsePrometheus(text: string): Sample[] {
+  assert.ok(text.endsWith('\n'), 'the file ends with a newline');
+  const samples: Sample[] = [];
+  const typed = new Map<string, string>();
+  const helped = new Set<string>();
+  const finished = new Set<string>();
+  const series = new Set<string>();
+  let current: string | undefined;
+  const lines = text.slice(0, -1).split('\n');
+  for (const [n, line] of lines.entries()) {
+    const where = `line ${n + 1}: ${JSON.stringify(line)}`;
+    let m: RegExpExecArray | null;
+    if ((m = /^# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) (.*)$/.exec(line))) {
+      assert.ok(!helped.has(m[1]!), `second HELP for ${m[1]} (${where})`);
+      assert.ok(!/\\[^\\n]/.test(m[2]!.replace(/\\\\/g, '')), `bad escape in HELP (${where})`);
+      helped.add(m[1]!);
+      continue;
+    }
+    if ((m = /^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped)$/.exec(line))) {
+      assert.ok(!typed.has(m[1]!), `second TYPE for ${m[1]} (${where})`);
+      assert.ok(!samples.some((s) => s.name === m![1]), `TYPE after samples of ${m[1]} (${where})`);
+      typed.set(m[1]!, m[2]!);
+      continue;
+    }
+    assert.ok(!line.startsWith('#') || !/^# (HELP|TYPE)/.test(line), `malformed ${where}`);
+    if (line.startsWith('#') || line.trim() === '') continue;
+    m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? ([^ ]+)( -?\d+)?$/.exec(line);
+    assert.ok(m, `not a sample: ${where}`);
+    const name = m[1]!;
+    const labels: Record<string, string> = {};
+    if (m[2]) {
+      const body = m[2].slice(1, -1);
+      const re = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)/y;
+      let consumed = 0;
+      while (consumed < body.length) {
+        re.lastIndex = consumed;
+        const l = re.exec(body);
+        assert.ok(l, `bad labels at ${consumed} (${where})`);
+        assert.ok(!(l[1]! in labels), `duplicate label ${l[1]} (${where})`);
+        labels[l[1]!] = l[2]!.replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c));
+        consumed = re.lastIndex;
+      }
+    }
+    const v = m[3]!;
+    assert.ok(/^(?:[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]Inf|NaN)$/.test(v), `bad value ${v} (${where})`);
+    if (current !== name) {
+      assert.ok(!finished.has(name), `samples of ${name} are not contiguous (${where})`);
+      if (current) finished.add(current);
+      current = name;
+    }
+    const key = `${name}${JSON.stringify(Object.entries(labels).sort())}`;
+    assert.ok(!series.has(key), `duplicate series (${where})`);
+    series.add(key);
+    samples.push({ name, labels, value: v === '+Inf' ? Infinity : v === '-Inf' ? -Infinity : Number(v) });
+  }
+  return samples;
+}
+
+const value = (samples: Sample[], name: string, command: string) => samples.find((s) => s.name === name && s.labels.command === command)?.value;
+
+// ---- a local webhook receiver ----
+
+interface Receiver {
+  url: string;
+  bodies: any[];
+  close(): Promise<void>;
+}
+
+async function receiver(status = 204): Promise<Receiver> {
+  const bodies: any[] = [];
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      assert.equal(req.method, 'POST');
+      assert.match(req.headers['content-type'] ?? '', /application\/json/);
+      bodies.push(JSON.parse(Buffer.concat(chunks).toString('utf8')));
+      res.writeHead(status).end();
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address() as AddressInfo;
+  return { url: `http://127.0.0.1:${port}/hooks/lifeboat?token=secret`, bodies, close: () => new Promise((r) => server.close(() => r())) };
+}
+
+test('--metrics-file writes Prometheus text format atomically, keeps other commands\' samples, and carries the last success over a failure', async () => {
+  const d = await smallDeployment();
+  const metrics = path.join(d.work, 'textfile', 'lifeboat.prom');
+  await fsp.mkdir(path.dirname(metrics));
+  const before = Date.now() / 1000;
+  const b = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--metrics-file', metrics]);
+  assert.equal(b.code, 0, b.stderr);
+  let samples = parsePrometheus(await fsp.readFile(metrics, 'utf8'));
+  assert.equal(value(samples, 'lifeboat_last_run_exit_code', 'backup'), 0);
+  assert.equal(value(samples, 'lifeboat_last_run_success', 'backup'), 1);
+  const success = value(samples, 'lifeboat_last_success_timestamp_seconds', 'backup')!;
+  assert.ok(success >= before - 1 && success <= Date.now() / 1000 + 1, 'last success is now');
+  assert.equal(value(samples, 'lifeboat_last_run_bytes', 'backup'), b.json().bytes);
+  assert.equal(value(samples, 'lifeboat_last_run_files', 'backup'), b.json().files);
+  assert.equal(value(samples, 'lifeboat_points', 'backup'), 1);
+  assert.ok(value(samples, 'lifeboat_last_run_duration_seconds', 'backup')! >= 0);
+
+  const v = await lifeboat(['--repo', d.repo, 'verify', '--read-data', '--metrics-file', metrics]);
+  assert.equal(v.code, 0, v.stderr);
+  const dr = await lifeboat(['--repo', d.repo, 'drill', '--rpo', '1h', '--metrics-file', metrics]);
+  assert.equal(dr.code, 0, dr.stderr);
+  const pr = await lifeboat(['--repo', d.repo, 'prune', '--keep-full', '3', '--metrics-file', metrics]);
+  assert.equal(pr.code, 0, pr.stderr);
+  samples = parsePrometheus(await fsp.readFile(metrics, 'utf8'));
+  for (const command of ['backup', 'verify', 'drill', 'prune']) assert.equal(value(samples, 'lifeboat_last_run_exit_code', command), 0, command);
+  assert.ok(value(samples, 'lifeboat_last_run_bytes', 'verify')! > 0);
+  assert.ok(value(samples, 'lifeboat_drill_rto_seconds', 'drill')! >= 0);
+  assert.ok(value(samples, 'lifeboat_drill_rpo_seconds', 'drill')! >= 0);
+  assert.equal(value(samples, 'lifeboat_drill_objectives_met', 'drill'), 1);
+
+  // A failed backup: its exit status is recorded, its last success is kept.
+  const failed = await lifeboat(['--repo', d.repo, 'backup', path.join(d.work, 'missing'), '--metrics-file', metrics]);
+  assert.notEqual(failed.code, 0);
+  samples = parsePrometheus(await fsp.readFile(metrics, 'utf8'));
+  assert.equal(value(samples, 'lifeboat_last_run_exit_code', 'backup'), failed.code);
+  assert.equal(value(samples, 'lifeboat_last_run_success', 'backup'), 0);
+  assert.equal(value(samples, 'lifeboat_last_success_timestamp_seconds', 'backup'), success);
+  assert.equal(value(samples, 'lifeboat_last_run_exit_code', 'verify'), 0, 'other commands are untouched');
+  assert.deepEqual(await fsp.readdir(path.dirname(metrics)), ['lifeboat.prom'], 'no temporary file is left beside it');
+
+  // A drill that misses its objective says so in its metrics.
+  const missed = await lifeboat(['--repo', d.repo, 'drill', '--rpo', '1ms', '--metrics-file', metrics]);
+  assert.equal(missed.code, 5);
+  samples = parsePrometheus(await fsp.readFile(metrics, 'utf8'));
+  assert.equal(value(samples, 'lifeboat_last_run_exit_code', 'drill'), 5);
+  assert.equal(value(samples, 'lifeboat_drill_objectives_met', 'drill'), 0);
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('--notify-url POSTs a JSON event on failure, on success only when asked; notify.url comes from the config too', async () => {
+  const d = await smallDeployment();
+  const hook = await receiver();
+  try {
+    const ok = await lifeboat(['--repo', d.repo, 'backup', d.src, '--notify-url', hook.url]);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.equal(hook.bodies.length, 0, 'no event for a success by default');
+
+    const bad = await lifeboat(['--repo', d.repo, 'backup', path.join(d.work, 'missing'), '--notify-url', hook.url]);
+    assert.notEqual(bad.code, 0);
+    assert.equal(hook.bodies.length, 1);
+    const e = hook.bodies[0];
+    assert.equal(e.source, 'lifeboat');
+    assert.equal(e.command, 'backup');
+    assert.equal(e.outcome, 'failure');
+    assert.equal(e.exitCode, bad.code);
+    assert.match(e.message, /missing/);
+    assert.equal(e.host, os.hostname());
+    assert.equal(e.repository, d.repo);
+    assert.ok(Date.parse(e.startedAt) <= Date.parse(e.endedAt));
+
+    const told = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--notify-url', hook.url, '--notify-on', 'success']);
+    assert.equal(told.code, 0, told.stderr);
+    assert.equal(hook.bodies.length, 2);
+    assert.equal(hook.bodies[1].outcome, 'success');
+    assert.equal(hook.bodies[1].exitCode, 0);
+    assert.equal(hook.bodies[1].point, told.json().id);
+    assert.equal(hook.bodies[1].detail.files, told.json().files);
+
+    await fsp.writeFile(path.join(d.work, 'lifeboat.yaml'), `repository: ${d.repo}\nnotify: { url: "${hook.url}", on: [failure] }\n`);
+    const drill = await lifeboat(['drill', '--rpo', '1ms'], { cwd: d.work });
+    assert.equal(drill.code, 5);
+    assert.equal(hook.bodies.length, 3);
+    assert.equal(hook.bodies[2].command, 'drill');
+    assert.equal(hook.bodies[2].exitCode, 5);
+    assert.equal(typeof hook.bodies[2].detail.rpoMs, 'number');
+  } finally {
+    await hook.close();
+  }
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('a dead or failing notify URL does not fail the backup; the warning does not show the URL\'s secrets', async () => {
+  const d = await smallDeployment();
+  const port = await freePort();
+  const dead = `http://user:pass@127.0.0.1:${port}/hook?token=secret`;
+  const r = await lifeboat(['--repo', d.repo, 'backup', d.src, '--notify-url', dead, '--notify-on', 'success']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /could not notify/);
+  assert.ok(!r.stderr.includes('secret') && !r.stderr.includes('pass'), r.stderr);
+
+  const hook = await receiver(500);
+  try {
+    const r2 = await lifeboat(['--repo', d.repo, 'backup', d.src, '--notify-url', hook.url, '--notify-on', 'success']);
+    assert.equal(r2.code, 0);
+    assert.match(r2.stderr, /500/);
+  } finally {
+    await hook.close();
+  }
+
+  // A server that never answers is given up on after the timeout.
+  const sockets = new Set<import('node:net').Socket>();
+  const silent = http.createServer(() => undefined);
+  silent.on('connection', (s) => sockets.add(s));
+  await new Promise<void>((res) => silent.listen(0, '127.0.0.1', res));
+  const started = Date.now();
+  const event = makeEvent({ command: 'backup', outcome: 'failure', exitCode: 1, message: 'x', repository: null, point: null, startedAt: '', endedAt: '', durationMs: 0, detail: {} });
+  const problem = await sendNotification(`http://127.0.0.1:${(silent.address() as AddressInfo).port}/`, event, 300);
+  assert.ok(problem, 'a timeout is reported');
+  assert.ok(Date.now() - started < 3000);
+  for (const s of sockets) s.destroy();
+  await new Promise((res) => silent.close(res));
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('--log-format json: every stderr line is one JSON object; results stay on stdout', async () => {
+  const d = await smallDeployment();
+  const lockFile = path.join(d.repo, 'locks', 'lock.json');
+  await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+  const now = new Date().toISOString();
+  await fsp.writeFile(lockFile, JSON.stringify({ host: os.hostname(), pid: 2 ** 22 + 4321, command: 'backup', startedAt: now, refreshedAt: now, leaseMs: 1_800_000 }));
+  const r = await lifeboat(['--repo', d.repo, '--log-format', 'json', 'backup', d.src]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /took full backup/);
+  const lines = r.stderr.trimEnd().split('\n');
+  assert.ok(lines.length >= 1);
+  const parsed = lines.map((l) => JSON.parse(l));
+  for (const p of parsed) {
+    assert.ok(!Number.isNaN(Date.parse(p.time)), 'time');
+    assert.ok(['info', 'warning', 'error'].includes(p.level));
+    assert.equal(typeof p.msg, 'string');
+  }
+  assert.ok(parsed.some((p) => p.level === 'warning' && p.code === 'stale-lock'), r.stderr);
+
+  const bad = await lifeboat(['--repo', path.join(d.work, 'nothing'), '--log-format', 'json', 'verify']);
+  assert.equal(bad.code, 2);
+  const err = JSON.parse(bad.stderr.trim());
+  assert.equal(err.level, 'error');
+  assert.equal(err.exitCode, 2);
+  assert.match(err.msg, /no lifeboat repository/);
+
+  // Without it, a non-terminal gets plain timestamped lines.
+  await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+  await fsp.writeFile(lockFile, JSON.stringify({ host: os.hostname(), pid: 2 ** 22 + 4321, command: 'backup', startedAt: now, refreshedAt: now, leaseMs: 1_800_000 }));
+  const plain = await lifeboat(['--repo', d.repo, 'backup', d.src]);
+  assert.match(plain.stderr, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z warning: took over a stale lock/m);
+  assert.ok(!/\x1b\[/.test(plain.stderr), 'no ANSI escapes');
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+// ---- locks that heal themselves, the same on local disk and S3 ----
+
+interface LockBed {
+  cli(args: string[]): Promise<CliRun>;
+  putLock(info: object): Promise<void>;
+  lockExists(): Promise<boolean>;
+  src: string;
+}
+
+async function staleLockScenario(bed: LockBed): Promise<void> {
+  const minutesAgo = (m: number) => new Date(Date.now() - m * 60_000).toISOString();
+  const elsewhere = { host: 'batch-node-7', pid: 4242, command: 'backup', startedAt: minutesAgo(60), refreshedAt: minutesAgo(10), leaseMs: 1_800_000 };
+
+  // Refreshed 10 minutes ago with a 30-minute lease: live by default.
+  await bed.putLock(elsewhere);
+  const blocked = await bed.cli(['backup', bed.src]);
+  assert.equal(blocked.code, 4, blocked.stderr);
+  assert.match(blocked.stderr, /batch-node-7, pid 4242/);
+  assert.equal((await bed.cli(['unlock'])).code, 4, 'unlock refuses a live lock');
+
+  // With a 5-minute threshold it is stale: reported and taken over by the next writer.
+  const took = await bed.cli(['backup', bed.src, '--lock-stale-after', '5m']);
+  assert.equal(took.code, 0, took.stderr);
+  assert.match(took.stderr, /took over a stale lock .*batch-node-7.*10 min|took over a stale lock .*batch-node-7/);
+  assert.equal(await bed.lockExists(), false, 'released after the backup');
+
+  await bed.putLock(elsewhere);
+  const pruned = await bed.cli(['prune', '--keep-full', '2', '--lock-stale-after', '5m']);
+  assert.equal(pruned.code, 0, pruned.stderr);
+  assert.match(pruned.stderr, /stale lock/);
+  assert.equal(await bed.lockExists(), false);
+
+  await bed.putLock(elsewhere);
+  const u = await bed.cli(['--json', 'unlock', '--lock-stale-after', '5m']);
+  assert.equal(u.code, 0, u.stderr);
+  assert.equal(u.json().removed, true);
+  assert.equal(u.json().stale, true);
+  assert.equal(await bed.lockExists(), false);
+
+  // A holder on this host whose process is gone is stale at once, without any setting.
+  await bed.putLock({ ...elsewhere, host: os.hostname(), pid: 2 ** 22 + 777, refreshedAt: minutesAgo(0) });
+  const dead = await bed.cli(['backup', bed.src]);
+  assert.equal(dead.code, 0, dead.stderr);
+  assert.match(dead.stderr, /no longer runs/);
+
+  // A live holder (this very process): unlock refuses, --force removes it.
+  await bed.putLock({ ...elsewhere, host: os.hostname(), pid: process.pid, refreshedAt: minutesAgo(0) });
+  assert.equal((await bed.cli(['unlock', '--lock-stale-after', '5m'])).code, 4);
+  const forced = await bed.cli(['--json', 'unlock', '--force']);
+  assert.equal(forced.code, 0);
+  assert.equal(forced.json().stale, false);
+  assert.equal(await bed.lockExists(), false);
+
+  // An expired lease (an OOM-killed cron job on another host) heals by itself.
+  await bed.putLock({ ...elsewhere, refreshedAt: minutesAgo(45) });
+  const healed = await bed.cli(['backup', bed.src]);
+  assert.equal(healed.code, 0, healed.stderr);
+  assert.match(healed.stderr, /stale lock/);
+}
+
+test('stale locks are reported and taken over, with a configurable threshold; unlock refuses a live lock unless --force (local)', async () => {
+  const d = await smallDeployment();
+  const lockFile = path.join(d.repo, 'locks', 'lock.json');
+  await staleLockScenario({
+    src: d.src,
+    cli: (args) => lifeboat(['--repo', d.repo, ...args]),
+    putLock: async (info) => {
+      await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+      await fsp.writeFile(lockFile, JSON.stringify(info));
+    },
+    lockExists: () => fsp.access(lockFile).then(() => true, () => false),
+  });
+  // lock.staleAfter in the config does what the flag does.
+  await fsp.writeFile(path.join(d.work, 'lifeboat.yaml'), `repository: ${d.repo}\nlock: { staleAfter: 5m }\n`);
+  await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+  await fsp.writeFile(lockFile, JSON.stringify({ host: 'batch-node-7', pid: 1, command: 'prune', startedAt: new Date().toISOString(), refreshedAt: new Date(Date.now() - 600_000).toISOString(), leaseMs: 1_800_000 }));
+  const r = await lifeboat(['backup', d.src], { cwd: d.work });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /stale lock/);
+  await fsp.writeFile(path.join(d.work, 'lifeboat.yaml'), `repository: ${d.repo}\nlock: { staleAfter: soon }\n`);
+  const bad = await lifeboat(['backup', d.src], { cwd: d.work });
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /lock\.staleAfter/);
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+describe('on S3', () => {
+  let server: S3TestServer;
+  let bucket: string;
+  let sdk: S3Client;
+  before(async () => {
+    server = await startS3Server();
+    bucket = await createTestBucket(server);
+    sdk = new S3Client({
+      endpoint: server.endpoint,
+      region: server.region,
+      forcePathStyle: true,
+      credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey },
+    });
+  });
+  after(async () => {
+    sdk?.destroy();
+    await server?.stop();
+  });
+
+  test('stale locks are taken over and unlock behaves the same on an S3 repository', async () => {
+    const d = await smallDeployment();
+    const repoArgs = ['--repo', `s3://${bucket}/cron-lock`, '--s3-endpoint', server.endpoint, '--s3-path-style'];
+    const cli = (args: string[]) => lifeboat([...repoArgs, ...args], { env: server.env });
+    assert.equal((await cli(['init'])).code, 0);
+    const key = 'cron-lock/locks/lock.json';
+    await staleLockScenario({
+      src: d.src,
+      cli,
+      putLock: async (info) => {
+        await sdk.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: JSON.stringify(info) }));
+      },
+      lockExists: async () => {
+        const out = await sdk.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: key }));
+        return (out.Contents ?? []).some((o) => o.Key === key);
+      },
+    });
+    await sdk.send(new DeleteObjectCommand({ Bucket: bucket, Key: key }));
+    await fsp.rm(d.work, { recursive: true, force: true });
+  });
+});
