@@ -18,6 +18,8 @@ const healthSchema = z
   .object({
     url: z.string().url().optional(),
     command: z.string().optional(),
+    /** A command run against the new slot before the link is switched; failing it aborts the failover. */
+    preActivate: z.string().optional(),
     timeout: duration.optional(),
     interval: duration.optional(),
     retries: z.number().int().min(0).optional(),
@@ -124,6 +126,10 @@ export function parseConfig(text: string, file: string): LifeboatConfig {
       else if ('path' in src) src.path = path.resolve(base, src.path);
       else if ('sqlite' in src) src.sqlite = path.resolve(base, src.sqlite);
     }
+  }
+  for (const target of Object.values(config.targets ?? {})) {
+    target.slots = path.resolve(base, target.slots);
+    target.active = path.resolve(base, target.active);
   }
   return config;
 }

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
-import { UsageError } from '../../errors.js';
+import { UsageError, errorMessage } from '../../errors.js';
+import { appendEvent } from '../../core/journal.js';
 import { restore } from '../../core/restore.js';
 import { openRepository, type CliContext } from '../context.js';
 import { formatBytes } from '../format.js';
@@ -22,6 +23,7 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
   const renderer = new ProgressRenderer(ctx, 'restore');
   try {
     const point = await repo.resolve(selector);
+    const started = Date.now();
     const result = await restore(repo, point, {
       target: flags.target.startsWith('/') ? flags.target : `${ctx.cwd}/${flags.target}`,
       delta: flags.delta,
@@ -30,7 +32,11 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
       concurrency: config.s3?.concurrency,
       signal: ctx.signal,
       reporter: renderer,
+    }).catch(async (err: unknown) => {
+      await appendEvent(repo.storage, { type: 'restore', point: point.id, target: flags.target, outcome: 'failed', durationMs: Date.now() - started, detail: { error: errorMessage(err) } }).catch(() => undefined);
+      throw err;
     });
+    await appendEvent(repo.storage, { type: 'restore', point: result.point, target: result.target, outcome: 'ok', durationMs: result.durationMs, detail: { files: result.files, bytes: result.bytes } });
     renderer.stop();
     const json: Record<string, unknown> = { point: result.point, target: result.target, files: result.files, bytes: result.bytes, durationMs: result.durationMs };
     if (result.rewritten !== undefined) Object.assign(json, { rewritten: result.rewritten, unchanged: result.unchanged, removed: result.removed });
