@@ -36,7 +36,10 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
       await appendEvent(repo.storage, { type: 'restore', point: point.id, target: flags.target, outcome: 'failed', durationMs: Date.now() - started, detail: { error: errorMessage(err) } }).catch(() => undefined);
       throw err;
     });
-    await appendEvent(repo.storage, { type: 'restore', point: result.point, target: result.target, outcome: 'ok', durationMs: result.durationMs, detail: { files: result.files, bytes: result.bytes } });
+    // A restore may run with read-only credentials: failing to journal it must not fail it.
+    await appendEvent(repo.storage, { type: 'restore', point: result.point, target: result.target, outcome: 'ok', durationMs: result.durationMs, detail: { files: result.files, bytes: result.bytes } }).catch(
+      (err: unknown) => renderer.notice({ level: 'warning', code: 'journal', message: `could not record the restore in the journal: ${errorMessage(err)}` }),
+    );
     renderer.stop();
     const json: Record<string, unknown> = { point: result.point, target: result.target, files: result.files, bytes: result.bytes, durationMs: result.durationMs };
     if (result.rewritten !== undefined) Object.assign(json, { rewritten: result.rewritten, unchanged: result.unchanged, removed: result.removed });
