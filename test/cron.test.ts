@@ -396,3 +396,22 @@ describe('on S3', () => {
     await fsp.rm(d.work, { recursive: true, force: true });
   });
 });
+
+test('completion bash|zsh lists every command and its options; the bash script parses', async () => {
+  const bash = await lifeboat(['completion', 'bash']);
+  assert.equal(bash.code, 0);
+  for (const word of ['backup', 'drill', 'prune', 'unlock', '--keep-full', '--metrics-file', '--log-format']) assert.ok(bash.stdout.includes(word), word);
+  const { execFileSync } = await import('node:child_process');
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'lifeboat-completion-'));
+  await fsp.writeFile(path.join(dir, 'lifeboat.bash'), bash.stdout);
+  execFileSync('bash', ['-n', path.join(dir, 'lifeboat.bash')]);
+  const zsh = await lifeboat(['completion', 'zsh']);
+  assert.equal(zsh.code, 0);
+  assert.match(zsh.stdout, /^#compdef lifeboat/);
+  assert.match(zsh.stdout, /'drill:/);
+  assert.equal((await lifeboat(['completion', 'fish'])).code, 2);
+  const version = await lifeboat(['--version']);
+  assert.equal(version.code, 0);
+  assert.match(version.stdout, /^\d+\.\d+\.\d+/);
+  await fsp.rm(dir, { recursive: true, force: true });
+});

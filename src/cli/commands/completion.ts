@@ -1,0 +1,139 @@
+import type { Command, Option } from 'commander';
+import { UsageError } from '../../errors.js';
+import type { CliContext } from '../context.js';
+import type { CommandRunner } from '../main.js';
+
+/** Options whose value is a path: complete file names there. */
+const FILE_VALUES = new Set(['--config', '--metrics-file', '--junit', '--target', '--work-dir']);
+const DIR_VALUES = new Set(['--target', '--work-dir']);
+
+interface Spec {
+  name: string;
+  description: string;
+  options: Option[];
+}
+
+function specs(program: Command): { global: Option[]; commands: Spec[] } {
+  return {
+    global: program.options.filter((o) => !o.hidden),
+    commands: program.commands.map((c) => ({ name: c.name(), description: c.description(), options: c.options.filter((o) => !o.hidden) })),
+  };
+}
+
+const flagsOf = (o: Option) => [o.long, o.short].filter((f): f is string => Boolean(f));
+const takesValue = (o: Option) => o.required || o.optional;
+
+export function bashCompletion(program: Command): string {
+  const { global, commands } = specs(program);
+  const words = (opts: Option[]) => opts.flatMap(flagsOf).join(' ');
+  const valued = [...global, ...commands.flatMap((c) => c.options)].filter(takesValue);
+  const fileFlags = [...new Set(valued.filter((o) => o.long && FILE_VALUES.has(o.long)).flatMap(flagsOf))];
+  const choiceCases = [...new Map(valued.filter((o) => o.argChoices?.length).map((o) => [o.long!, o])).values()].map(
+    (o) => `    ${flagsOf(o).join('|')}) COMPREPLY=( $(compgen -W "${o.argChoices!.join(' ')}" -- "$cur") ); return ;;`,
+  );
+  const otherValued = [...new Set(valued.filter((o) => !(o.long && FILE_VALUES.has(o.long)) && !o.argChoices?.length).flatMap(flagsOf))];
+  return `# bash completion for lifeboat
+# Install: lifeboat completion bash > /etc/bash_completion.d/lifeboat
+#      or: echo 'source <(lifeboat completion bash)' >> ~/.bashrc
+_lifeboat() {
+  local cur prev cmd i opts
+  cur="\${COMP_WORDS[COMP_CWORD]}"
+  prev="\${COMP_WORDS[COMP_CWORD-1]}"
+  cmd=""
+  for ((i = 1; i < COMP_CWORD; i++)); do
+    case "\${COMP_WORDS[i]}" in
+      ${commands.map((c) => c.name).join('|')}) cmd="\${COMP_WORDS[i]}"; break ;;
+    esac
+  done
+  case "$prev" in
+${choiceCases.join('\n')}
+${fileFlags.length ? `    ${fileFlags.join('|')}) COMPREPLY=( $(compgen -f -- "$cur") ); return ;;` : ''}
+${otherValued.length ? `    ${otherValued.join('|')}) COMPREPLY=(); return ;;` : ''}
+  esac
+  if [[ "$cmd" == "completion" ]]; then COMPREPLY=( $(compgen -W "bash zsh" -- "$cur") ); return; fi
+  case "$cmd" in
+${commands.map((c) => `    ${c.name}) opts="${words(c.options)}" ;;`).join('\n')}
+    *) opts="" ;;
+  esac
+  if [[ "$cur" == -* ]]; then
+    COMPREPLY=( $(compgen -W "$opts ${words(global)} --help" -- "$cur") )
+  elif [[ -z "$cmd" ]]; then
+    COMPREPLY=( $(compgen -W "${commands.map((c) => c.name).join(' ')}" -- "$cur") )
+  else
+    COMPREPLY=( $(compgen -f -- "$cur") )
+  fi
+}
+complete -o filenames -F _lifeboat lifeboat
+`;
+}
+
+/** Text safe inside a single-quoted _arguments spec: no quotes, brackets or colons. */
+function zshText(s: string): string {
+  const t = s.replace(/'/g, '').replace(/[[\]]/g, '').replace(/:/g, ' -').replace(/\s+/g, ' ').trim();
+  return t.length <= 90 ? t : `${t.slice(0, 90).replace(/\s+\S*$/, '')} …`;
+}
+
+function zshOption(o: Option): string {
+  const flags = flagsOf(o);
+  const repeatable = o.variadic || /repeatable/.test(o.description);
+  // A repeatable option excludes nothing; a single-use one excludes its other spellings once given.
+  const prefix = repeatable ? '*' : flags.length > 1 ? `(${flags.join(' ')})` : '';
+  const head = flags.length > 1 ? `${prefix}'{${flags.join(',')}}'` : `${prefix}${flags[0]!}`;
+  let value = '';
+  if (takesValue(o)) {
+    const what = zshText(o.flags.replace(/^.*[<[]([^>\]]+)[>\]].*$/, '$1')) || 'value';
+    if (o.argChoices?.length) value = `:${what}:(${o.argChoices.join(' ')})`;
+    else if (o.long && DIR_VALUES.has(o.long)) value = `:${what}:_files -/`;
+    else if (o.long && FILE_VALUES.has(o.long)) value = `:${what}:_files`;
+    else value = `:${what}: `;
+  }
+  return `'${head}[${zshText(o.description)}]${value}'`;
+}
+
+export function zshCompletion(program: Command): string {
+  const { global, commands } = specs(program);
+  return `#compdef lifeboat
+# zsh completion for lifeboat
+# Install: lifeboat completion zsh > "\${fpath[1]}/_lifeboat"   (then restart zsh)
+_lifeboat() {
+  local -a commands
+  local context state state_descr line
+  typeset -A opt_args
+  commands=(
+${commands.map((c) => `    '${c.name}:${zshText(c.description)}'`).join('\n')}
+  )
+  _arguments -C \\
+${global.map((o) => `    ${zshOption(o)} \\`).join('\n')}
+    '1: :->command' \\
+    '*:: :->args'
+  case $state in
+    command) _describe -t commands 'lifeboat command' commands ;;
+    args)
+      case $words[1] in
+${commands
+  .map((c) => {
+    const args = c.name === 'completion' ? ["'1:shell:(bash zsh)'"] : [...c.options.map(zshOption), "'*:file:_files'"];
+    return `        ${c.name}) _arguments ${args.join(' ')} ;;`;
+  })
+  .join('\n')}
+      esac ;;
+  esac
+}
+_lifeboat "$@"
+`;
+}
+
+export async function runCompletion(ctx: CliContext, program: Command, shell: string | undefined): Promise<void> {
+  if (shell === 'bash') ctx.stdout.write(bashCompletion(program));
+  else if (shell === 'zsh') ctx.stdout.write(zshCompletion(program));
+  else throw new UsageError(`completion ${shell ?? ''}: choose bash or zsh`.replace('  ', ' '), { hint: 'lifeboat completion bash > /etc/bash_completion.d/lifeboat' });
+}
+
+export function registerCompletion(program: Command, run: CommandRunner): Command {
+  return program
+    .command('completion')
+    .description('print a shell completion script for bash or zsh')
+    .argument('<shell>', 'bash or zsh')
+    .addHelpText('after', '\nExamples:\n  source <(lifeboat completion bash)\n  lifeboat completion zsh > "${fpath[1]}/_lifeboat"')
+    .action(run((ctx, shell: string) => runCompletion(ctx, program, shell)));
+}
