@@ -17,6 +17,7 @@ import { registerRollback } from './commands/rollback.js';
 import { registerStatus } from './commands/status.js';
 import { registerPrune } from './commands/prune.js';
 import { registerDrill } from './commands/drill.js';
+import { registerCompletion } from './commands/completion.js';
 
 export interface CliIo {
   stdout: Writable & { isTTY?: boolean };
@@ -104,7 +105,7 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: { printed: b
       await (action as (ctx: CliContext, ...a: unknown[]) => Promise<void>)(ctx, ...args.slice(0, -1));
     };
 
-  for (const register of [registerInit, registerBackup, registerList, registerShow, registerDiff, registerVerify, registerRestore, registerUnlock, registerPrune, registerDrill, registerFailover, registerRollback, registerStatus]) {
+  for (const register of [registerInit, registerBackup, registerList, registerShow, registerDiff, registerVerify, registerRestore, registerUnlock, registerPrune, registerDrill, registerFailover, registerRollback, registerStatus, registerCompletion]) {
     const sub = register(program, run);
     sub.exitOverride().configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) });
     sub.addHelpText('after', EXIT_CODES_HELP);
