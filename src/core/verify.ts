@@ -6,6 +6,8 @@ import { readVolume } from '../format/tar.js';
 import type { Notice, Progress, Reporter } from './events.js';
 import type { Repository } from './repository.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
+import { deepCheck } from './verify-deep.js';
+import * as ledgers from './verify-ledger.js';
 
 export type ProblemKind =
   | 'manifest-unreadable'
@@ -15,7 +17,9 @@ export type ProblemKind =
   | 'checksum-mismatch'
   | 'volume-damaged'
   | 'missing-entry'
-  | 'unsafe-entry';
+  | 'unsafe-entry'
+  | 'model-invalid'
+  | 'restore-failed';
 
 export interface Problem {
   point: string;
@@ -28,6 +32,17 @@ export interface VerifyOptions {
   /** Only this point and the chain it depends on. */
   point?: Manifest;
   readData?: boolean;
+  /** With readData: read only volumes the ledger has never seen verified, plus a rotating sample of the rest. */
+  sinceVerified?: boolean;
+  /** The sample's share of verified volumes, in percent (default 5): each is re-read within ceil(100 / PERCENT) runs. */
+  samplePercent?: number;
+  /** With readData: read a random share of the volumes, in percent. */
+  subsetPercent?: number;
+  /** Restore the point(s) into a temporary directory and validate the model files there. */
+  deep?: boolean;
+  /** Where --deep restores (default: the system's temporary directory). */
+  tmpDir?: string;
+  now?: () => Date;
   /** Volumes read at once. */
   concurrency?: number;
   signal?: AbortSignal;
@@ -41,6 +56,10 @@ export interface VerifyResult {
   bytesRead: number;
   problems: Problem[];
   warnings: Notice[];
+  /** With readData: the oldest recorded verification of the checked points' volumes (null when one was never verified). */
+  oldestVerifiedAt?: string | null;
+  /** With readData: which volumes were read, and why. */
+  volumes?: { total: number; read: number; fresh?: number; sampled?: number; skipped: number; neverVerified: number; run?: number; buckets?: number };
 }
 
 /**
@@ -121,24 +140,55 @@ export async function verify(repo: Repository, options: VerifyOptions = {}): Pro
 
   if (options.readData) {
     const progress: Progress = { phase: 'verify', filesDone: 0, filesTotal: 0, bytesDone: 0, bytesTotal: 0 };
-    for (const id of selected) {
-      const m = manifests.get(id);
-      if (!m) continue;
-      for (const v of m.volumes) if (existing.has(v.key)) progress.bytesTotal += v.size;
-    }
-    const jobs: { m: Manifest; index: number }[] = [];
+    const jobs: { m: Manifest; index: number; volume: ledgers.LedgerVolume }[] = [];
     for (const id of selected) {
       const m = manifests.get(id);
       if (!m) continue;
       m.volumes.forEach((v, index) => {
-        if (existing.has(v.key)) jobs.push({ m, index });
+        if (existing.has(v.key)) jobs.push({ m, index, volume: v });
       });
     }
-    await runPool(jobs, options.concurrency ?? DEFAULT_TRANSFERS, async ({ m, index }) => {
+    const ledger = await ledgers.readLedger(repo.storage, (message) => {
+      const n: Notice = { level: 'warning', code: 'ledger-damaged', path: ledgers.LEDGER_KEY, message };
+      warnings.push(n);
+      reporter.notice?.(n);
+    });
+    let chosen = jobs;
+    if (options.sinceVerified) {
+      const sel = ledgers.selectSinceVerified(jobs, ledger, options.samplePercent ?? ledgers.DEFAULT_SAMPLE_PERCENT);
+      chosen = sel.read;
+      result.volumes = { total: jobs.length, read: sel.read.length, fresh: sel.fresh, sampled: sel.sampled, skipped: sel.skipped, neverVerified: 0, run: sel.run, buckets: sel.buckets };
+    } else if (options.subsetPercent !== undefined) {
+      chosen = ledgers.selectSubset(jobs, options.subsetPercent);
+    }
+    for (const { volume } of chosen) progress.bytesTotal += volume.size;
+    const ok: ledgers.LedgerVolume[] = [];
+    const failed: string[] = [];
+    await runPool(chosen, options.concurrency ?? DEFAULT_TRANSFERS, async ({ m, index, volume }) => {
       throwIfAborted(options.signal);
-      await readBackVolume(repo, m, index, problems, progress, reporter, options.signal);
+      const found: Problem[] = [];
+      await readBackVolume(repo, m, index, found, progress, reporter, options.signal);
+      problems.push(...found);
+      if (found.length === 0) ok.push(volume);
+      else failed.push(volume.key);
     });
     result.bytesRead = progress.bytesDone;
+    const updated = ledgers.updateLedger(ledger, ok, failed, new Set(existing.keys()), (options.now ?? (() => new Date()))(), options.sinceVerified === true);
+    try {
+      await ledgers.writeLedger(repo.storage, updated);
+    } catch (err) {
+      const n: Notice = { level: 'warning', code: 'ledger-not-written', path: ledgers.LEDGER_KEY, message: `could not record what was verified: ${errorMessage(err)}` };
+      warnings.push(n);
+      reporter.notice?.(n);
+    }
+    const oldest = ledgers.oldestVerification(updated, jobs.map((j) => j.volume));
+    result.oldestVerifiedAt = oldest.oldestVerifiedAt;
+    result.volumes = { ...(result.volumes ?? { total: jobs.length, read: chosen.length, skipped: jobs.length - chosen.length }), neverVerified: oldest.neverVerified };
+  }
+
+  if (options.deep) {
+    const points = options.point ? [options.point] : selected.flatMap((id) => manifests.get(id) ?? []);
+    problems.push(...(await deepCheck(repo, points, { tmpDir: options.tmpDir, concurrency: options.concurrency, signal: options.signal, reporter })));
   }
 
   if (!options.point) {

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { IntegrityError } from '../../errors.js';
+import { IntegrityError, UsageError } from '../../errors.js';
 import { verify } from '../../core/verify.js';
 import { openRepository, type CliContext } from '../context.js';
 import { formatBytes } from '../format.js';
@@ -9,14 +9,45 @@ import { addCronOptions, runMonitored, type CronFlags, type RunFigures } from '.
 
 interface VerifyFlags extends CronFlags {
   readData?: boolean;
+  sinceVerified?: boolean;
+  sample?: string;
+  subset?: string;
+  deep?: boolean;
+}
+
+function percent(flag: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value.replace(/%$/, ''));
+  if (!Number.isFinite(n) || n <= 0 || n > 100) throw new UsageError(`${flag} ${value}: expected a percentage above 0 and at most 100`);
+  return n;
+}
+
+function age(iso: string, now: number): string {
+  const h = Math.max(0, (now - Date.parse(iso)) / 3_600_000);
+  return h < 48 ? `${Math.round(h)} hour(s) ago` : `${Math.round(h / 24)} day(s) ago`;
 }
 
 export async function runVerify(ctx: CliContext, selector: string | undefined, flags: VerifyFlags, figures: RunFigures = {}): Promise<void> {
   const { repo, config, close } = await openRepository(ctx);
   const renderer = new ProgressRenderer(ctx, 'verify');
   try {
+    const samplePercent = percent('--sample', flags.sample);
+    const subsetPercent = percent('--subset', flags.subset);
+    if (flags.sinceVerified && subsetPercent !== undefined) throw new UsageError('--since-verified and --subset choose volumes in different ways; give one of them');
+    if (samplePercent !== undefined && !flags.sinceVerified) throw new UsageError('--sample goes with --since-verified');
+    const readData = flags.readData === true || flags.sinceVerified === true || subsetPercent !== undefined;
     const point = selector ? await repo.resolve(selector) : undefined;
-    const result = await verify(repo, { point, readData: flags.readData, concurrency: config.s3?.concurrency, signal: ctx.signal, reporter: renderer });
+    const result = await verify(repo, {
+      point,
+      readData,
+      sinceVerified: flags.sinceVerified,
+      samplePercent,
+      subsetPercent,
+      deep: flags.deep,
+      concurrency: config.s3?.concurrency,
+      signal: ctx.signal,
+      reporter: renderer,
+    });
     renderer.stop();
     Object.assign(figures, { point: point?.id ?? null, bytes: result.bytesRead, files: result.files, points: result.backups });
     printResult(
@@ -28,11 +59,20 @@ export async function runVerify(ctx: CliContext, selector: string | undefined, f
         bytesRead: result.bytesRead,
         problems: result.problems,
         warnings: result.warnings.map(({ code, path, message }) => ({ code, path, message })),
+        ...(result.volumes ? { oldestVerifiedAt: result.oldestVerifiedAt ?? null, volumes: result.volumes } : {}),
+        ...(flags.deep ? { deep: true } : {}),
       },
       () => {
         const lines = [
-          `checked ${result.backups} backup point(s), ${result.files} files${flags.readData ? `, read ${formatBytes(result.bytesRead)}` : ' (structure only; --read-data reads every byte)'}`,
+          `checked ${result.backups} backup point(s), ${result.files} files${readData ? `, read ${formatBytes(result.bytesRead)}` : ' (structure only; --read-data reads every byte)'}${flags.deep ? ', restored and validated the model files' : ''}`,
         ];
+        const v = result.volumes;
+        if (v) {
+          const why = v.fresh !== undefined ? ` (${v.fresh} never verified, ${v.sampled} as the 1-in-${v.buckets} sample)` : '';
+          lines.push(`read ${v.read} of ${v.total} volume(s)${why}`);
+          if (result.oldestVerifiedAt) lines.push(`oldest verification: ${result.oldestVerifiedAt} (${age(result.oldestVerifiedAt, Date.now())})${v.neverVerified ? `; ${v.neverVerified} volume(s) never verified` : ''}`);
+          else if (v.neverVerified) lines.push(`${v.neverVerified} volume(s) never verified`);
+        }
         for (const p of result.problems) lines.push(`  ${p.kind}: ${p.point} ${p.path}: ${p.detail}`);
         lines.push(result.ok ? 'no problems found' : `${result.problems.length} problem(s) found`);
         return lines.join('\n');
@@ -55,7 +95,13 @@ export function registerVerify(program: Command, run: CommandRunner): Command {
     .description('check that every point is complete; with --read-data, read everything back and check every checksum')
     .argument('[point]', 'only this point and what it depends on')
     .option('--read-data', 'read all data and check every SHA-256 and volume CRC-32')
-    .addHelpText('after', '\nExamples:\n  lifeboat verify\n  lifeboat verify latest --read-data --json')
+    .option('--since-verified', 'read only volumes never verified, plus a rotating sample of the rest (implies --read-data)')
+    .option('--sample <percent>', 'with --since-verified: the share re-read each run (default 5); every volume is re-read within ceil(100/PERCENT) runs')
+    .option('--subset <percent>', 'read a random share of the volumes (implies --read-data)')
+    .option('--deep', 'restore the point(s) into a temporary directory and check that the models there would load (safetensors, ONNX, GGUF, configs)')
+    .addHelpText(
+      'after',
+      '\nEvery --read-data run records which volumes it read in the repository (ledger/verified.json).\n\nExamples:\n  lifeboat verify\n  lifeboat verify latest --read-data --json\n  lifeboat verify --read-data --since-verified --sample 10\n  lifeboat verify latest --deep')
     .action(run((ctx, selector: string | undefined, flags: VerifyFlags) => runMonitored(ctx, 'verify', flags, (figures) => runVerify(ctx, selector, flags, figures))));
   return addCronOptions(command);
 }
