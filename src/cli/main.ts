@@ -12,6 +12,7 @@ import { registerDiff } from './commands/diff.js';
 import { registerVerify } from './commands/verify.js';
 import { registerRestore } from './commands/restore.js';
 import { registerUnlock } from './commands/unlock.js';
+import { registerPin, registerUnpin } from './commands/pin.js';
 import { registerFailover } from './commands/failover.js';
 import { registerRollback } from './commands/rollback.js';
 import { registerStatus } from './commands/status.js';
@@ -105,7 +106,7 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: { printed: b
       await (action as (ctx: CliContext, ...a: unknown[]) => Promise<void>)(ctx, ...args.slice(0, -1));
     };
 
-  for (const register of [registerInit, registerBackup, registerList, registerShow, registerDiff, registerVerify, registerRestore, registerUnlock, registerPrune, registerDrill, registerFailover, registerRollback, registerStatus, registerCompletion]) {
+  for (const register of [registerInit, registerBackup, registerList, registerShow, registerDiff, registerVerify, registerRestore, registerPin, registerUnpin, registerUnlock, registerPrune, registerDrill, registerFailover, registerRollback, registerStatus, registerCompletion]) {
     const sub = register(program, run);
     sub.exitOverride().configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) });
     sub.addHelpText('after', EXIT_CODES_HELP);

@@ -4,6 +4,7 @@ import { openRepository, type CliContext } from '../context.js';
 import { formatBytes, table } from '../format.js';
 import { printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
+import { readPins } from '../../core/pins.js';
 
 export function pointJson(m: Manifest) {
   return {
@@ -24,9 +25,11 @@ export async function runList(ctx: CliContext): Promise<void> {
   const { repo, close } = await openRepository(ctx);
   try {
     const points = await repo.allManifests();
-    printResult(ctx, points.map(pointJson), () => {
+    const pins = await readPins(repo.storage);
+    const pinned = (id: string) => ({ pinned: pins.has(id), pinReason: pins.get(id)?.reason ?? null });
+    printResult(ctx, points.map((m) => ({ ...pointJson(m), ...pinned(m.id) })), () => {
       if (points.length === 0) return 'no backup points yet';
-      const rows = [['ID', 'TYPE', 'PARENT', 'COMPLETED', 'FILES', 'SIZE', 'STORED', 'TAGS']];
+      const rows = [['ID', 'TYPE', 'PARENT', 'COMPLETED', 'FILES', 'SIZE', 'STORED', 'TAGS', 'PINNED']];
       for (const m of points) {
         rows.push([
           m.id,
@@ -37,6 +40,7 @@ export async function runList(ctx: CliContext): Promise<void> {
           formatBytes(m.stats.bytes),
           formatBytes(m.stats.storedBytes),
           Object.entries(m.tags).map(([k, v]) => `${k}=${v}`).join(',') || '-',
+          pins.has(m.id) ? `pinned: ${pins.get(m.id)!.reason}` : '-',
         ]);
       }
       return table(rows);

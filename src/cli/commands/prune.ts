@@ -10,6 +10,8 @@ import { formatBytes } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
 import { ProgressRenderer, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
+import { protectedPoints } from '../../core/pins.js';
+import { configuredTargets } from './pin.js';
 
 interface PruneFlags extends CronFlags {
   keepFull?: string;
@@ -50,6 +52,8 @@ export async function runPrune(ctx: CliContext, flags: PruneFlags): Promise<void
       const policy = retentionPolicy(flags, config);
       const result = await prune(repo, {
         policy,
+        // Pinned points and what targets serve are kept whatever the policy says.
+        protected: await protectedPoints(repo, { targets: await configuredTargets(ctx) }),
         dryRun: flags.dryRun,
         lockStaleAfterMs: lockStaleAfterMs(flags, config),
         signal: ctx.signal,

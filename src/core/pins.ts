@@ -1,0 +1,148 @@
+import * as os from 'node:os';
+import { z } from 'zod';
+import { LockedError, UsageError, errorMessage } from '../errors.js';
+import { decodeDocument, encodeDocument } from '../format/document.js';
+import { POINT_ID } from '../format/ids.js';
+import { isNotFound, type Storage } from '../storage/storage.js';
+import { appendEvent, journalEventSchema, type JournalEvent } from './journal.js';
+import { describeLock, readLock } from './lock.js';
+import type { Repository } from './repository.js';
+import { readActive, readTargetState, slotPoint } from './slots.js';
+import type { TargetSpec } from './targets.js';
+
+const PREFIX = 'pins/';
+export const pinKey = (id: string) => `${PREFIX}${id}.json`;
+
+const pinSchema = z.object({
+  point: z.string().regex(POINT_ID),
+  reason: z.string().min(1).max(1000),
+  pinnedAt: z.string(),
+  user: z.string(),
+  host: z.string(),
+});
+export type Pin = z.infer<typeof pinSchema>;
+
+function whoAmI(): string {
+  try {
+    return os.userInfo().username;
+  } catch {
+    return process.env.USER ?? 'unknown';
+  }
+}
+
+/** Pins a point (or changes the reason of a pin): prune keeps it, and what it depends on, until it is unpinned. */
+export async function pin(repo: Repository, point: string, reason: string, now = new Date()): Promise<{ pin: Pin; replaced?: Pin }> {
+  const text = reason.trim();
+  if (!text) throw new UsageError('a pin needs a reason: --reason TEXT');
+  if (text.length > 1000) throw new UsageError('--reason is longer than 1000 characters');
+  // A prune that is running planned without this pin; pinning now would promise what it may not keep.
+  const lock = await readLock(repo.storage);
+  if (lock && !lock.stale && lock.info.command === 'prune') {
+    throw new LockedError(`a prune is running (${describeLock(lock.info)}); pin ${point} when it has finished`);
+  }
+  const replaced = (await readPins(repo.storage)).get(point);
+  const record: Pin = { point, reason: text, pinnedAt: now.toISOString(), user: whoAmI(), host: os.hostname() };
+  await repo.storage.putDocument(pinKey(point), encodeDocument(record));
+  await appendEvent(repo.storage, { type: 'pin', point, outcome: 'ok', detail: { reason: text } }).catch(() => undefined);
+  return { pin: record, ...(replaced ? { replaced } : {}) };
+}
+
+/** Removes a pin; an error when the point is not pinned. */
+export async function unpin(repo: Repository, point: string): Promise<Pin> {
+  const existing = (await readPins(repo.storage)).get(point);
+  if (!existing) throw new UsageError(`${point} is not pinned`, { hint: 'see `lifeboat list` for pinned points' });
+  await repo.storage.delete([pinKey(point)]);
+  await appendEvent(repo.storage, { type: 'unpin', point, outcome: 'ok', detail: { reason: existing.reason } }).catch(() => undefined);
+  return existing;
+}
+
+/**
+ * Every pin, by point. A pin document that does not read still pins its point
+ * (named by its key), so a damaged pin can never let prune remove a point.
+ */
+export async function readPins(storage: Storage): Promise<Map<string, Pin>> {
+  const out = new Map<string, Pin>();
+  for await (const { key } of storage.list(PREFIX)) {
+    const id = /^pins\/(.+)\.json$/.exec(key)?.[1];
+    if (!id || !POINT_ID.test(id)) continue;
+    try {
+      const p = decodeDocument(await storage.getDocument(key), pinSchema, `pin ${key}`);
+      out.set(id, p);
+    } catch (err) {
+      if (isNotFound(err)) continue;
+      out.set(id, { point: id, reason: `pinned (its pin document does not read: ${errorMessage(err)})`, pinnedAt: '', user: '', host: '' });
+    }
+  }
+  return out;
+}
+
+/** How many journal events are read, newest first, to find what each target serves. */
+const JOURNAL_LOOKBACK = 1000;
+const SWITCHES = new Set(['failover', 'rollback']);
+
+/**
+ * What targets serve, from the repository's journal: for each target, its
+ * newest successful failover or rollback names the point now active and
+ * (`fromPoint`) the one before it. This is what a host that does not run the
+ * targets (a backup server pruning the repository) knows.
+ */
+async function journalSlots(storage: Storage, out: Map<string, string>): Promise<void> {
+  const keys: string[] = [];
+  for await (const { key } of storage.list('journal/')) if (key.endsWith('.json')) keys.push(key);
+  keys.sort().reverse();
+  const seen = new Set<string>();
+  for (const key of keys.slice(0, JOURNAL_LOOKBACK)) {
+    let e: JournalEvent;
+    try {
+      const parsed = journalEventSchema.safeParse(JSON.parse((await storage.getDocument(key)).toString('utf8')));
+      if (!parsed.success) continue;
+      e = parsed.data;
+    } catch {
+      continue;
+    }
+    if (!SWITCHES.has(e.type) || e.outcome !== 'ok' || !e.target || seen.has(e.target)) continue;
+    seen.add(e.target);
+    if (e.point) addReason(out, e.point, `active slot of target ${e.target} (${e.type} ${e.at})`);
+    const from = e.detail?.fromPoint;
+    if (typeof from === 'string' && POINT_ID.test(from)) addReason(out, from, `previous slot of target ${e.target} (rollback goes there)`);
+  }
+}
+
+/** What configured targets on this host serve: the point of the active link's slot and of the previous slot. */
+async function localSlots(targets: readonly TargetSpec[], out: Map<string, string>): Promise<void> {
+  for (const t of targets) {
+    try {
+      const active = slotPoint(t.slots, await readActive(t.active));
+      if (active) addReason(out, active, `active slot of target ${t.name}`);
+    } catch {
+      // Not a link lifeboat can read here (another host's target): the journal speaks for it.
+    }
+    const previous = slotPoint(t.slots, (await readTargetState(t.slots)).previous);
+    if (previous) addReason(out, previous, `previous slot of target ${t.name} (rollback goes there)`);
+  }
+}
+
+function addReason(out: Map<string, string>, id: string, reason: string): void {
+  const had = out.get(id);
+  if (!had) out.set(id, reason);
+  else if (!had.includes(reason)) out.set(id, `${had}; ${reason}`);
+}
+
+export interface ProtectionOptions {
+  /** Targets of this host's config: their links and slot state are read too. */
+  targets?: readonly TargetSpec[];
+}
+
+/**
+ * Points that retention must keep whatever its policy says, with the reason:
+ * pinned points, and the points that targets' active and previous slots were
+ * restored from (from the journal, and from the configured targets' links
+ * when they are on this host). Prune keeps what these depend on as well.
+ */
+export async function protectedPoints(repo: Repository, options: ProtectionOptions = {}): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  for (const [id, p] of await readPins(repo.storage)) addReason(out, id, `pinned: ${p.reason}`);
+  await journalSlots(repo.storage, out);
+  await localSlots(options.targets ?? [], out);
+  return out;
+}
