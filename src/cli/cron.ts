@@ -6,9 +6,6 @@ import { parseDuration } from '../config/duration.js';
 import { updateMetricsFile, type MetricSample } from '../core/metrics.js';
 import { makeEvent, redactUrl, sendNotification } from '../core/notify.js';
 import { contextConfig, repositoryUrl, type CliContext } from './context.js';
-import type { Storage } from '../storage/storage.js';
-import type { Reporter } from '../core/events.js';
-import { clearStaleLock, describeLock } from '../core/lock.js';
 import { logNotice } from './output.js';
 
 /** Flags every command run unattended takes (backup, verify, prune, drill). */
@@ -137,16 +134,3 @@ function metricSamples(command: string, code: number, startedAt: Date, endedAt: 
   return out;
 }
 
-/**
- * For engines that judge a lock by its recorded lease only: with a staleness
- * threshold configured, a lock stale by it is removed (and reported) before the
- * engine takes its own lock.
- */
-export async function takeOverStaleLock(ctx: CliContext, storage: Storage, flags: CronFlags, config: LifeboatConfig, reporter: Reporter): Promise<void> {
-  const staleAfterMs = lockStaleAfterMs(flags, config);
-  if (staleAfterMs === undefined) return;
-  const removed = await clearStaleLock(storage, { staleAfterMs });
-  if (removed) {
-    reporter.notice?.({ level: 'warning', code: 'stale-lock', message: `took over a stale lock of ${describeLock(removed.info)} (${removed.reason})` });
-  }
-}

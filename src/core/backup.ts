@@ -7,7 +7,7 @@ import { makePointId, type BackupType } from '../format/ids.js';
 import { keys, volumeEntryName, type ContentRef, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { checkSourceName } from '../format/paths.js';
 import type { Notice, Progress, Reporter } from './events.js';
-import { acquireLock } from './lock.js';
+import { acquireLock, describeLock } from './lock.js';
 import { chooseReference, countChanges, planBackup, type PlannedEntry } from './backup-plan.js';
 import { SMALL_FILE, SmallFilePrefetcher, type WholeFile } from './file-reader.js';
 import type { Repository } from './repository.js';
@@ -28,6 +28,8 @@ export interface BackupOptions {
   strict?: boolean;
   signal?: AbortSignal;
   reporter?: Reporter;
+  /** A lock not refreshed for this long is stale and taken over (default: the lock's own lease). */
+  lockStaleAfterMs?: number;
   /** Volume uploads in flight at once. */
   concurrency?: number;
   volumeSize?: number;
@@ -79,12 +81,12 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   }
 
   const startedAt = now();
-  const lock = options.dryRun ? undefined : await acquireLock(repo.storage, 'backup');
+  const lock = options.dryRun ? undefined : await acquireLock(repo.storage, 'backup', undefined, { staleAfterMs: options.lockStaleAfterMs });
   let sink: VolumeSink | undefined;
   let id: string | undefined;
   try {
     if (lock?.tookOver) {
-      reporter.notice?.({ level: 'warning', code: 'stale-lock', message: `took over a stale lock (${lock.tookOver.reason})` });
+      reporter.notice?.({ level: 'warning', code: 'stale-lock', message: `took over a stale lock of ${describeLock(lock.tookOver.info)} (${lock.tookOver.reason})` });
     }
     if (!options.dryRun) await removeLeftovers(repo, reporter);
 

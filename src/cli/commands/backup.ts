@@ -12,7 +12,7 @@ import { ProgressRenderer, log, printResult } from '../output.js';
 import { captureSources, stateSource, type CapturedSources, type PendingSource } from '../../state/capture.js';
 import { BackupHooks } from '../../state/hooks.js';
 import type { CommandRunner } from '../main.js';
-import { addCronOptions, runMonitored, takeOverStaleLock, type CronFlags, type RunFigures } from '../cron.js';
+import { addCronOptions, lockStaleAfterMs, runMonitored, type CronFlags, type RunFigures } from '../cron.js';
 
 interface BackupFlags extends CronFlags {
   type?: string;
@@ -80,7 +80,6 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
   let state: CapturedSources | undefined;
   let point: string | undefined;
   try {
-    if (!flags.dryRun) await takeOverStaleLock(ctx, repo.storage, flags, config, renderer);
     await hooks.before();
     state = await captureSources(resolveSources(ctx, paths, flags.source, config), {
       cwd: ctx.cwd,
@@ -96,6 +95,7 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
       tags: parseTags(flags.tag),
       dryRun: flags.dryRun,
       strict: flags.strict,
+      lockStaleAfterMs: lockStaleAfterMs(flags, config),
       signal: ctx.signal,
       reporter: renderer,
       concurrency: config.s3?.concurrency,
