@@ -1,0 +1,339 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { generateDeployment, readSafetensorsHeader, writeSafetensors, type TensorSpec } from '../fixtures/generate.js';
+import { onnxTypes } from '../src/model/onnx.js';
+import { checkOnnx } from '../src/model/onnx.js';
+import { treeOf, validateDirectory, type ModelFinding } from '../src/model/validate.js';
+import { lifeboat } from './helpers/cli.js';
+import { tempDir } from './helpers/tree.js';
+
+async function scratch(t: { after(fn: () => Promise<void>): void }): Promise<string> {
+  const dir = await tempDir('lifeboat-model-');
+  t.after(() => fsp.rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+const tensors = (prefix: string, n: number): TensorSpec[] => Array.from({ length: n }, (_, i) => ({ name: `${prefix}.${i}.weight`, shape: [8, 4 + i] }));
+
+/** A sharded BF16 checkpoint with its index, config and tokenizer, as transformers saves one. */
+async function checkpoint(dir: string, shards = 3): Promise<{ shardNames: string[]; map: Record<string, string> }> {
+  await fsp.mkdir(dir, { recursive: true });
+  const shardNames: string[] = [];
+  const map: Record<string, string> = {};
+  for (let s = 0; s < shards; s++) {
+    const name = `model-${String(s + 1).padStart(5, '0')}-of-${String(shards).padStart(5, '0')}.safetensors`;
+    const list = tensors(`layers.${s}`, 3);
+    await writeSafetensors(path.join(dir, name), list, 11 + s);
+    for (const t of list) map[t.name] = name;
+    shardNames.push(name);
+  }
+  await fsp.writeFile(path.join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: 0 }, weight_map: map }));
+  await fsp.writeFile(path.join(dir, 'config.json'), JSON.stringify({ architectures: ['LlamaForCausalLM'], model_type: 'llama', vocab_size: 300 }));
+  const vocab: Record<string, number> = {};
+  for (let i = 0; i < 290; i++) vocab[`t${i}`] = i;
+  await fsp.writeFile(path.join(dir, 'tokenizer.json'), JSON.stringify({ model: { type: 'BPE', vocab }, added_tokens: [{ id: 290, content: '<s>' }] }));
+  await fsp.writeFile(path.join(dir, 'tokenizer_config.json'), JSON.stringify({ added_tokens_decoder: { '290': { content: '<s>' } } }));
+  return { shardNames, map };
+}
+
+/** A safetensors file with exactly this header and this many data bytes. */
+async function rawSafetensors(file: string, header: Record<string, unknown>, dataBytes: number): Promise<void> {
+  const json = Buffer.from(JSON.stringify(header));
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(json.length));
+  await fsp.writeFile(file, Buffer.concat([len, json, Buffer.alloc(dataBytes, 7)]));
+}
+
+function only(findings: ModelFinding[], file: string, reason: RegExp): void {
+  assert.ok(
+    findings.some((f) => f.path === file && reason.test(f.reason)),
+    `expected a finding for ${file} matching ${reason}, got ${JSON.stringify(findings, null, 1)}`,
+  );
+}
+
+// ---------------------------------------------------------------------------
+// safetensors
+
+test('a valid sharded safetensors checkpoint passes and is summarised', async (t) => {
+  const dir = await scratch(t);
+  await checkpoint(path.join(dir, 'llama'), 3);
+  const { findings, recognised } = await validateDirectory(dir);
+  assert.deepEqual(findings, []);
+  assert.deepEqual(recognised.get('llama/model.safetensors.index.json'), { format: 'safetensors-index', shards: 3, tensors: 9, dtypes: ['bf16'] });
+  assert.deepEqual(recognised.get('llama/model-00002-of-00003.safetensors'), { format: 'safetensors', tensors: 3, dtypes: ['bf16'] });
+  assert.equal(recognised.get('llama/config.json')?.vocabSize, 300);
+  assert.equal(recognised.get('llama/tokenizer.json')?.vocabSize, 291);
+});
+
+test('the generated deployment (BF16 shards, index, tokenizer, ONNX) validates clean', async (t) => {
+  const dir = await scratch(t);
+  const d = await generateDeployment(dir, { seed: 3 });
+  const { findings, recognised } = await validateDirectory(dir);
+  assert.deepEqual(findings, []);
+  assert.equal(recognised.get(d.onnx)?.format, 'onnx');
+  assert.equal([...recognised.values()].filter((r) => r.format === 'safetensors').length, d.shards.length);
+});
+
+test('broken safetensors: truncated shard, offsets past the end, overlapping tensors, a gap', async (t) => {
+  const dir = await scratch(t);
+  const { shardNames } = await checkpoint(dir, 2);
+  const shard = path.join(dir, shardNames[1]!);
+  const { size } = await fsp.stat(shard);
+  await fsp.truncate(shard, size - 10);
+  await rawSafetensors(path.join(dir, 'past-end.safetensors'), { a: { dtype: 'F32', shape: [4], data_offsets: [0, 16] }, b: { dtype: 'F32', shape: [4], data_offsets: [16, 32] } }, 24);
+  await rawSafetensors(path.join(dir, 'overlap.safetensors'), { a: { dtype: 'F32', shape: [4], data_offsets: [0, 16] }, b: { dtype: 'F32', shape: [4], data_offsets: [8, 24] } }, 24);
+  await rawSafetensors(path.join(dir, 'gap.safetensors'), { a: { dtype: 'F16', shape: [2], data_offsets: [4, 8] } }, 8);
+  await rawSafetensors(path.join(dir, 'shape.safetensors'), { a: { dtype: 'BF16', shape: [3, 3], data_offsets: [0, 16] } }, 16);
+  await fsp.writeFile(path.join(dir, 'huge-header.safetensors'), Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0x7b]));
+  await fsp.writeFile(path.join(dir, 'not-json.safetensors'), Buffer.concat([Buffer.from([4, 0, 0, 0, 0, 0, 0, 0]), Buffer.from('{"a"')]));
+
+  const { findings } = await validateDirectory(dir);
+  only(findings, shardNames[1]!, /past the end of the data/);
+  only(findings, 'past-end.safetensors', /tensor b data_offsets end at 32, past the end of the data \(24 bytes/);
+  only(findings, 'overlap.safetensors', /tensor b .* overlaps a/);
+  only(findings, 'gap.safetensors', /gap of 4 bytes before tensor a/);
+  only(findings, 'shape.safetensors', /BF16 of shape \[3, 3\] needs 18 bytes, data_offsets give 16/);
+  only(findings, 'huge-header.safetensors', /header length \d+ runs past the end of the file/);
+  only(findings, 'not-json.safetensors', /not valid JSON/);
+  assert.ok(!findings.some((f) => f.path === shardNames[0]), 'the intact shard is not reported');
+});
+
+test('sharded index: a shard missing from the snapshot, a tensor mapped to the wrong shard', async (t) => {
+  const dir = await scratch(t);
+  const { shardNames, map } = await checkpoint(path.join(dir, 'a'), 3);
+  await fsp.rm(path.join(dir, 'a', shardNames[2]!));
+  const b = await checkpoint(path.join(dir, 'b'), 2);
+  const moved = Object.keys(b.map).find((k) => b.map[k] === b.shardNames[1])!;
+  await fsp.writeFile(path.join(dir, 'b', 'model.safetensors.index.json'), JSON.stringify({ weight_map: { ...b.map, [moved]: b.shardNames[0] } }));
+
+  const { findings } = await validateDirectory(dir);
+  const missing = Object.values(map).filter((s) => s === shardNames[2]).length;
+  only(findings, 'a/model.safetensors.index.json', new RegExp(`shard ${shardNames[2]} \\(${missing} tensor\\(s\\)\\) is missing from the snapshot`));
+  only(findings, 'b/model.safetensors.index.json', new RegExp(`tensor ${moved.replace(/\./g, '\\.')} is mapped to ${b.shardNames[0]} but is not in it \\(it is in ${b.shardNames[1]}\\)`));
+  assert.equal(findings.length, 2, JSON.stringify(findings));
+});
+
+test('symlinked shards (a Hugging Face cache snapshot) count as present and are checked through the link', async (t) => {
+  const dir = await scratch(t);
+  const { shardNames } = await checkpoint(path.join(dir, 'blobs'), 2);
+  await fsp.mkdir(path.join(dir, 'snapshot'));
+  for (const name of [...shardNames, 'model.safetensors.index.json']) await fsp.symlink(path.join('..', 'blobs', name), path.join(dir, 'snapshot', name));
+  const files = await treeOf(dir);
+  assert.equal(files.find((f) => f.name === `snapshot/${shardNames[0]}`)?.linkTo, `blobs/${shardNames[0]}`);
+  const { findings } = await validateDirectory(dir);
+  assert.deepEqual(findings, []);
+});
+
+// ---------------------------------------------------------------------------
+// ONNX, written with the same protobuf library
+
+async function writeOnnxModel(file: string, options: { external?: string; externalLength?: number; embedded?: number } = {}): Promise<void> {
+  const { Model } = onnxTypes();
+  const initializer: Record<string, unknown>[] = [];
+  if (options.external) {
+    initializer.push({
+      name: 'W',
+      dims: [4, 4],
+      data_type: 1,
+      data_location: 1,
+      external_data: [
+        { key: 'location', value: options.external },
+        { key: 'offset', value: '0' },
+        { key: 'length', value: String(options.externalLength ?? 64) },
+      ],
+    });
+  }
+  if (options.embedded) initializer.push({ name: 'B', dims: [options.embedded / 4], data_type: 1, raw_data: Buffer.alloc(options.embedded, 1) });
+  const model = Model.fromObject({
+    ir_version: 9,
+    producer_name: 'test',
+    opset_import: [{ domain: '', version: 17 }],
+    graph: { name: 'g', node: [{ input: ['x', 'W'], output: ['y'], op_type: 'MatMul' }], initializer },
+  });
+  await fsp.writeFile(file, Model.encode(model).finish());
+}
+
+test('ONNX: a valid model with external data passes; a missing or short external-data file is reported', async (t) => {
+  const dir = await scratch(t);
+  await fsp.mkdir(path.join(dir, 'ok'));
+  await writeOnnxModel(path.join(dir, 'ok', 'model.onnx'), { external: 'weights.bin' });
+  await fsp.writeFile(path.join(dir, 'ok', 'weights.bin'), Buffer.alloc(64));
+  await fsp.mkdir(path.join(dir, 'missing'));
+  await writeOnnxModel(path.join(dir, 'missing', 'model.onnx'), { external: 'model.onnx.data' });
+  await fsp.mkdir(path.join(dir, 'short'));
+  await writeOnnxModel(path.join(dir, 'short', 'model.onnx'), { external: 'w.bin', externalLength: 100 });
+  await fsp.writeFile(path.join(dir, 'short', 'w.bin'), Buffer.alloc(64));
+  await fsp.mkdir(path.join(dir, 'escape'));
+  await writeOnnxModel(path.join(dir, 'escape', 'model.onnx'), { external: '../ok/weights.bin' });
+  await fsp.writeFile(path.join(dir, 'garbage.onnx'), Buffer.from([0x0a, 0xff, 0xff, 0xff, 0x0f, 1, 2]));
+
+  const { findings, recognised } = await validateDirectory(dir);
+  assert.ok(!findings.some((f) => f.path.startsWith('ok/')), JSON.stringify(findings));
+  assert.deepEqual(recognised.get('ok/model.onnx'), { format: 'onnx', tensors: 1, dtypes: ['f32'], externalData: 1, version: 9, note: 'opset 17' });
+  only(findings, 'missing/model.onnx', /tensor W: external data file model\.onnx\.data is not in the snapshot/);
+  only(findings, 'short/model.onnx', /bytes 0–100 run past its end \(64 bytes\)/);
+  only(findings, 'escape/model.onnx', /outside the model's directory/);
+  only(findings, 'garbage.onnx', /does not parse as an ONNX ModelProto/);
+});
+
+test('ONNX above the whole-file bound is walked field by field, big tensor data skipped unread', async (t) => {
+  const dir = await scratch(t);
+  const file = path.join(dir, 'model.onnx');
+  await writeOnnxModel(file, { external: 'gone.bin', embedded: 3 << 20 });
+  const size = (await fsp.stat(file)).size;
+  const tree = new Map([['model.onnx', { name: 'model.onnx', abs: file, size }]]);
+  const walked = await checkOnnx({ name: 'model.onnx', abs: file, size }, tree, 0);
+  assert.equal(walked.info?.tensors, 2);
+  assert.match(walked.info?.note ?? '', /structure walked/);
+  assert.deepEqual(walked.reasons, ['tensor W: external data file gone.bin is not in the snapshot']);
+  // A cut-off file does not walk.
+  await fsp.truncate(file, size - 1000);
+  const cut = await checkOnnx({ name: 'model.onnx', abs: file, size: size - 1000 }, tree, 0);
+  assert.match(cut.reasons[0] ?? '', /does not parse as an ONNX ModelProto: field \d+ at byte \d+ runs past the end/);
+});
+
+// ---------------------------------------------------------------------------
+// GGUF
+
+function ggufString(s: string): Buffer {
+  const b = Buffer.from(s);
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(b.length));
+  return Buffer.concat([len, b]);
+}
+
+/** A GGUF v3 file with F32 tensors of `elements` each; `claimTensors` overrides the count in the header. */
+function gguf(names: string[], elements: number, claimTensors = names.length): Buffer {
+  const u32 = (n: number) => {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(n);
+    return b;
+  };
+  const u64 = (n: number) => {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(BigInt(n));
+    return b;
+  };
+  const parts: Buffer[] = [Buffer.from('GGUF'), u32(3), u64(claimTensors), u64(3)];
+  parts.push(ggufString('general.architecture'), u32(8), ggufString('llama'));
+  parts.push(ggufString('general.alignment'), u32(4), u32(32));
+  parts.push(ggufString('tokenizer.ggml.tokens'), u32(9), u32(8), u64(3), ggufString('a'), ggufString('b'), ggufString('c'));
+  names.forEach((name, i) => parts.push(ggufString(name), u32(1), u64(elements), u32(0), u64(i * elements * 4)));
+  let head = Buffer.concat(parts);
+  head = Buffer.concat([head, Buffer.alloc((32 - (head.length % 32)) % 32)]);
+  const data = Buffer.alloc(names.length * elements * 4);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 37 + 11) & 0xff;
+  return Buffer.concat([head, data]);
+}
+
+test('GGUF: a consistent header passes; a wrong tensor count or a truncated file is reported', async (t) => {
+  const dir = await scratch(t);
+  await fsp.writeFile(path.join(dir, 'ok.gguf'), gguf(['tok_embd', 'output'], 64));
+  await fsp.writeFile(path.join(dir, 'more.gguf'), gguf(['tok_embd', 'output'], 64, 3));
+  await fsp.writeFile(path.join(dir, 'fewer.gguf'), gguf(['tok_embd', 'output'], 64, 1));
+  await fsp.writeFile(path.join(dir, 'cut.gguf'), gguf(['tok_embd', 'output'], 64).subarray(0, -40));
+  await fsp.writeFile(path.join(dir, 'magic.gguf'), Buffer.from('GGML....'));
+
+  const { findings, recognised } = await validateDirectory(dir);
+  assert.ok(!findings.some((f) => f.path === 'ok.gguf'), JSON.stringify(findings));
+  assert.deepEqual(recognised.get('ok.gguf'), { format: 'gguf', version: 3, tensors: 2, dtypes: ['f32'], architecture: 'llama' });
+  assert.ok(findings.some((f) => f.path === 'more.gguf' && /tensor/.test(f.reason)), JSON.stringify(findings));
+  only(findings, 'fewer.gguf', /bytes after the last tensor belong to no tensor \(does the header count all 1 tensors\?\)/);
+  only(findings, 'cut.gguf', /tensor output .* runs past the end of the file/);
+  only(findings, 'magic.gguf', /GGUF magic/);
+});
+
+// ---------------------------------------------------------------------------
+// Configs and tokenizers
+
+test('config and tokenizer: vocabulary mismatches and unparsable files are reported', async (t) => {
+  const dir = await scratch(t);
+  await checkpoint(path.join(dir, 'bigger'), 1);
+  await fsp.writeFile(path.join(dir, 'bigger', 'config.json'), JSON.stringify({ model_type: 'llama', vocab_size: 200 }));
+  await checkpoint(path.join(dir, 'other'), 1);
+  await fsp.writeFile(path.join(dir, 'other', 'config.json'), JSON.stringify({ model_type: 'llama', vocab_size: 128256 }));
+  await fsp.mkdir(path.join(dir, 'broken'));
+  await fsp.writeFile(path.join(dir, 'broken', 'tokenizer.json'), '{"model": ');
+  await fsp.mkdir(path.join(dir, 'padded'));
+  await fsp.writeFile(path.join(dir, 'padded', 'config.json'), JSON.stringify({ text_config: { vocab_size: 32064 } }));
+  await fsp.writeFile(path.join(dir, 'padded', 'tokenizer.json'), JSON.stringify({ model: { vocab: Object.fromEntries(Array.from({ length: 32011 }, (_, i) => [`t${i}`, i])) } }));
+
+  const { findings } = await validateDirectory(dir);
+  only(findings, 'bigger/tokenizer.json', /uses token ids up to 290, but config\.json has vocab_size 200/);
+  only(findings, 'bigger/tokenizer_config.json', /uses token ids up to 290/);
+  only(findings, 'other/tokenizer.json', /far fewer than vocab_size 128256/);
+  only(findings, 'broken/tokenizer.json', /not valid JSON/);
+  assert.ok(!findings.some((f) => f.path.startsWith('padded/')), 'an embedding padded a little beyond the tokenizer is normal');
+});
+
+// ---------------------------------------------------------------------------
+// Through the CLI
+
+test('backup warns about an invalid model, --strict refuses it with exit 3; manifest, show and show --json carry the summary', async (t) => {
+  const work = await scratch(t);
+  const repo = path.join(work, 'repo');
+  const src = path.join(work, 'models');
+  const { shardNames } = await checkpoint(path.join(src, 'llama'), 4);
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+
+  const clean = await lifeboat(['--repo', repo, '--json', 'backup', src, '--strict']);
+  assert.equal(clean.code, 0, clean.stderr);
+  const shown = await lifeboat(['--repo', repo, '--json', 'show', 'latest']);
+  assert.equal(shown.code, 0, shown.stderr);
+  const doc = shown.json();
+  const index = doc.models.find((m: { path: string }) => m.path === 'models/llama/model.safetensors.index.json');
+  assert.deepEqual(index, { format: 'safetensors-index', shards: 4, tensors: 12, dtypes: ['bf16'], path: 'models/llama/model.safetensors.index.json', summary: '4 shards, 12 tensors, bf16' });
+  assert.ok(!doc.models.some((m: { format: string }) => m.format === 'safetensors'), 'shards of an index are summarised by it');
+  const entry = doc.entries.find((e: { path: string }) => e.path === `llama/${shardNames[0]}`);
+  assert.deepEqual(entry.model, { format: 'safetensors', tensors: 3, dtypes: ['bf16'] });
+  const text = await lifeboat(['--repo', repo, 'show', 'latest']);
+  assert.match(text.stdout, /model: models\/llama\/model\.safetensors\.index\.json: safetensors-index, 4 shards, 12 tensors, bf16/);
+
+  const shard = path.join(src, 'llama', shardNames[3]!);
+  const header = await readSafetensorsHeader(shard);
+  await fsp.truncate(shard, header.fileBytes - 1);
+  const ids = async () => (await lifeboat(['--repo', repo, '--json', 'list'])).json().map((p: { id: string }) => p.id);
+  const before = await ids();
+  const strict = await lifeboat(['--repo', repo, '--json', 'backup', src, '--strict']);
+  assert.equal(strict.code, 3, strict.stderr);
+  assert.match(strict.stderr, /refused by --strict: 1 model problem\(s\), first: models\/llama\/model-00004-of-00004\.safetensors: .*past the end of the data/);
+  assert.deepEqual(await ids(), before, 'no point was committed');
+
+  const lax = await lifeboat(['--repo', repo, '--json', 'backup', src]);
+  assert.equal(lax.code, 0, lax.stderr);
+  assert.deepEqual(
+    lax.json().warnings.filter((w: { code: string }) => w.code === 'model-invalid').map((w: { path: string }) => w.path),
+    [`models/llama/${shardNames[3]}`],
+  );
+  assert.match(lax.stderr, /model-00004-of-00004\.safetensors/);
+});
+
+test('verify --deep restores a point and finds the model problem stored in it (exit 3); a clean point passes', async (t) => {
+  const work = await scratch(t);
+  const repo = path.join(work, 'repo');
+  const src = path.join(work, 'models');
+  const { shardNames } = await checkpoint(path.join(src, 'llama'), 2);
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const good = await lifeboat(['--repo', repo, '--json', 'backup', src]);
+  assert.equal(good.code, 0, good.stderr);
+  const deepGood = await lifeboat(['--repo', repo, '--json', 'verify', good.json().id, '--deep']);
+  assert.equal(deepGood.code, 0, deepGood.stdout);
+  assert.equal(deepGood.json().ok, true);
+
+  // The point taken after a shard went missing holds a model that will not load.
+  await fsp.rm(path.join(src, 'llama', shardNames[1]!));
+  const bad = await lifeboat(['--repo', repo, '--json', 'backup', src]);
+  assert.equal(bad.code, 0, bad.stderr);
+  const structural = await lifeboat(['--repo', repo, '--json', 'verify', '--read-data']);
+  assert.equal(structural.code, 0, 'the bytes are all there: only --deep can tell');
+  const deep = await lifeboat(['--repo', repo, '--json', 'verify', '--deep']);
+  assert.equal(deep.code, 3, deep.stderr);
+  const problems = deep.json().problems;
+  assert.deepEqual(
+    problems.map((p: { point: string; path: string; kind: string }) => [p.point, p.path, p.kind]),
+    [[bad.json().id, 'models/llama/model.safetensors.index.json', 'model-invalid']],
+  );
+  assert.match(problems[0].detail, new RegExp(`shard ${shardNames[1]} .* is missing from the snapshot`));
+});
