@@ -1,0 +1,135 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { lifeboat } from './helpers/cli.js';
+import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
+import { appendEvent } from '../src/core/journal.js';
+import { protectedPoints } from '../src/core/pins.js';
+import { Repository } from '../src/core/repository.js';
+import { openStorage } from '../src/storage/open.js';
+
+interface Listed {
+  id: string;
+  type: string;
+  pinned: boolean;
+  pinReason: string | null;
+}
+
+/** Two chains (full, incr, full, incr) of a small tree. */
+async function fourPoints(t: { after(fn: () => Promise<void>): void }) {
+  const work = await tempDir('lifeboat-pins-');
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  const repo = path.join(work, 'repo');
+  await fsp.mkdir(src);
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const rand = prng(5);
+  const ids: string[] = [];
+  for (const [i, type] of ['full', 'incr', 'full', 'incr'].entries()) {
+    await writeRandomFile(path.join(src, `w${i}.bin`), 20_000, rand);
+    const r = await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', type]);
+    assert.equal(r.code, 0, r.stderr);
+    ids.push(r.json().id);
+  }
+  return { work, src, repo, ids };
+}
+
+const list = async (repo: string): Promise<Listed[]> => (await lifeboat(['--repo', repo, '--json', 'list'])).json();
+
+test('pin and unpin: list shows the pin and its reason; unpinning what is not pinned is a usage error', async (t) => {
+  const { repo, ids } = await fourPoints(t);
+  const noReason = await lifeboat(['--repo', repo, 'pin', ids[0]!]);
+  assert.equal(noReason.code, 2);
+  const blank = await lifeboat(['--repo', repo, 'pin', ids[0]!, '--reason', '  ']);
+  assert.equal(blank.code, 2);
+
+  const p = await lifeboat(['--repo', repo, '--json', 'pin', ids[0]!.slice(0, -1), '--reason', 'release 2.3, audit hold']);
+  assert.equal(p.code, 0, p.stderr);
+  assert.equal(p.json().point, ids[0]);
+  let points = await list(repo);
+  assert.deepEqual(points.map((x) => [x.pinned, x.pinReason]), [[true, 'release 2.3, audit hold'], [false, null], [false, null], [false, null]]);
+  const text = await lifeboat(['--repo', repo, 'list']);
+  assert.match(text.stdout, new RegExp(`${ids[0]}.*pinned: release 2\\.3, audit hold`));
+
+  const again = await lifeboat(['--repo', repo, '--json', 'pin', ids[0]!, '--reason', 'kept for the audit']);
+  assert.equal(again.json().previousReason, 'release 2.3, audit hold');
+
+  const u = await lifeboat(['--repo', repo, 'unpin', ids[0]!]);
+  assert.equal(u.code, 0, u.stderr);
+  assert.match(u.stdout, /unpinned .* kept for the audit/);
+  points = await list(repo);
+  assert.ok(points.every((x) => !x.pinned));
+  const twice = await lifeboat(['--repo', repo, 'unpin', ids[0]!]);
+  assert.equal(twice.code, 2);
+  assert.match(twice.stderr, /is not pinned/);
+});
+
+test('prune --keep-full 1 keeps a pinned old full (and says why in --dry-run); unpinned, it goes', async (t) => {
+  const { work, repo, ids } = await fourPoints(t);
+  assert.equal((await lifeboat(['--repo', repo, 'pin', ids[0]!, '--reason', 'model v1 in the audit'])).code, 0);
+
+  const dry = await lifeboat(['--repo', repo, 'prune', '--keep-full', '1', '--dry-run']);
+  assert.equal(dry.code, 0, dry.stderr);
+  assert.match(dry.stdout, new RegExp(`keep +${ids[0]} +full +pinned: model v1 in the audit`));
+  const dryJson = (await lifeboat(['--repo', repo, '--json', 'prune', '--keep-full', '1', '--dry-run'])).json();
+  assert.deepEqual(dryJson.keep.find((k: { id: string }) => k.id === ids[0]).reasons, ['pinned: model v1 in the audit']);
+
+  const real = await lifeboat(['--repo', repo, '--json', 'prune', '--keep-full', '1']);
+  assert.equal(real.code, 0, real.stderr);
+  const left = (await list(repo)).map((p) => p.id);
+  assert.ok(left.includes(ids[0]!), 'the pinned full survives');
+  assert.ok(!left.includes(ids[1]!), 'the incr on it was not pinned and goes');
+  const v = await lifeboat(['--repo', repo, '--json', 'verify', '--read-data']);
+  assert.equal(v.code, 0, v.stdout);
+  const r = await lifeboat(['--repo', repo, '--json', 'restore', ids[0]!, '--target', path.join(work, 'out')]);
+  assert.equal(r.code, 0, r.stderr);
+
+  assert.equal((await lifeboat(['--repo', repo, 'unpin', ids[0]!])).code, 0);
+  assert.equal((await lifeboat(['--repo', repo, 'prune', '--keep-full', '1'])).code, 0);
+  assert.ok(!(await list(repo)).some((p) => p.id === ids[0]), 'unpinned, retention removes it');
+});
+
+test("a target's active and previous slots protect their points: from this host's targets and from the journal", async (t) => {
+  const { work, repo, ids } = await fourPoints(t);
+  const config = path.join(work, 'lifeboat.yaml');
+  await fsp.writeFile(config, `repository: ${repo}\ntargets:\n  prod:\n    slots: ./slots\n    active: ./current\n`);
+  const env = { LIFEBOAT_CONFIG: config };
+
+  // The oldest full is serving prod; then prod fails over to the newest, and the oldest is its rollback slot.
+  const first = await lifeboat(['--json', 'failover', ids[0]!, '--to', 'prod'], { cwd: work, env });
+  assert.equal(first.code, 0, first.stderr);
+  let dry = await lifeboat(['--json', 'prune', '--keep-full', '1', '--dry-run'], { cwd: work, env });
+  assert.equal(dry.code, 0, dry.stderr);
+  const reasons = (json: { keep: { id: string; reasons: string[] }[] }, id: string) => json.keep.find((k) => k.id === id)?.reasons ?? [];
+  assert.match(reasons(dry.json(), ids[0]!).join('; '), /active slot of target prod/);
+
+  const second = await lifeboat(['--json', 'failover', ids[3]!, '--to', 'prod'], { cwd: work, env });
+  assert.equal(second.code, 0, second.stderr);
+  dry = await lifeboat(['--json', 'prune', '--keep-full', '1', '--dry-run'], { cwd: work, env });
+  assert.match(reasons(dry.json(), ids[0]!).join('; '), /previous slot of target prod/);
+  const text = await lifeboat(['prune', '--keep-full', '1', '--dry-run'], { cwd: work, env });
+  assert.match(text.stdout, new RegExp(`keep +${ids[0]} +full +.*previous slot of target prod`));
+
+  // Another host prunes with no targets configured: the journal still says what prod serves.
+  const elsewhere = await lifeboat(['--repo', repo, '--json', 'prune', '--keep-full', '1']);
+  assert.equal(elsewhere.code, 0, elsewhere.stderr);
+  assert.match(reasons(elsewhere.json(), ids[0]!).join('; '), /previous slot of target prod/);
+  assert.ok((await list(repo)).some((p) => p.id === ids[0]));
+});
+
+test('protectedPoints reads the newest successful switch per target from the journal and ignores failed ones', async (t) => {
+  const { repo, ids } = await fourPoints(t);
+  const storage = await openStorage(repo, { cwd: process.cwd(), s3: {}, env: {} });
+  t.after(() => storage.close());
+  const r = await Repository.open(storage);
+  const at = (s: number) => new Date(Date.UTC(2026, 10, 1, 0, 0, s)).toISOString();
+  await appendEvent(storage, { type: 'failover', at: at(1), point: ids[0]!, target: 'eu', outcome: 'ok', detail: { fromPoint: null } });
+  await appendEvent(storage, { type: 'failover', at: at(2), point: ids[2]!, target: 'eu', outcome: 'ok', detail: { fromPoint: ids[0]! } });
+  await appendEvent(storage, { type: 'failover', at: at(3), point: ids[3]!, target: 'eu', outcome: 'rolled-back', detail: { fromPoint: ids[2]! } });
+  await appendEvent(storage, { type: 'drill', at: at(4), point: ids[1]!, outcome: 'ok' });
+  const got = await protectedPoints(r);
+  assert.deepEqual([...got.keys()].sort(), [ids[0]!, ids[2]!].sort());
+  assert.match(got.get(ids[2]!)!, /active slot of target eu/);
+  assert.match(got.get(ids[0]!)!, /previous slot of target eu/);
+});
