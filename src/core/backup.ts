@@ -227,7 +227,7 @@ export async function removeLeftovers(repo: Repository, reporter: Reporter): Pro
       message: `removed ${orphan.keys.length} object(s), ${orphan.bytes} bytes, left by an aborted backup under ${orphan.prefix}`,
     });
   }
-  await repo.storage.cleanupIncomplete(0);
+  await repo.storage.cleanupIncomplete(0, keys.dataPrefix);
 }
 
 function mtimeDate(ns: string): Date {

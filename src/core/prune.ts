@@ -109,7 +109,7 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
       progress.bytesDone += batch.reduce((n, d) => n + d.size, 0);
       reporter.progress?.({ ...progress, current: batch[batch.length - 1]!.key });
     }
-    await repo.storage.cleanupIncomplete(0);
+    await repo.storage.cleanupIncomplete(0, keys.dataPrefix);
     const durationMs = Date.now() - started;
     await appendEvent(repo.storage, {
       type: 'prune',

@@ -11,8 +11,12 @@ import {
   type RepositoryConfig,
 } from '../format/manifest.js';
 import { isNotFound, type Storage } from '../storage/storage.js';
+import { runPool } from './pool.js';
 
 export const DEFAULT_VOLUME_SIZE = 256 * 1024 * 1024;
+
+/** Manifest reads in flight at once when many are needed. */
+const MANIFEST_READS = 16;
 
 /** A repository: its config, its committed points, and the storage under them. */
 export class Repository {
@@ -93,10 +97,13 @@ export class Repository {
     return manifest;
   }
 
-  /** Every committed point, oldest first. */
+  /** Every committed point, oldest first; read several at a time, since each is a round trip on S3. */
   async allManifests(): Promise<Manifest[]> {
-    const out: Manifest[] = [];
-    for (const id of await this.pointIds()) out.push(await this.manifest(id));
+    const ids = await this.pointIds();
+    const out: Manifest[] = new Array(ids.length);
+    await runPool(ids, MANIFEST_READS, async (id, i) => {
+      out[i] = await this.manifest(id);
+    });
     return out;
   }
 
@@ -118,8 +125,7 @@ export class Repository {
       const at = Date.parse(selector);
       if (!Number.isFinite(at)) throw new UsageError(`${JSON.stringify(selector)} is not a valid ISO-8601 time`);
       let best: Manifest | undefined;
-      for (const id of ids) {
-        const m = await this.manifest(id);
+      for (const m of await this.allManifests()) {
         const done = Date.parse(m.completedAt);
         if (done <= at && (!best || done >= Date.parse(best.completedAt))) best = m;
       }

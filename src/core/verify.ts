@@ -113,6 +113,10 @@ export async function verify(repo: Repository, options: VerifyOptions = {}): Pro
   const existing = new Map<string, number>();
   for await (const { key, size } of repo.storage.list(keys.dataPrefix)) existing.set(key, size);
 
+  // Manifests first, several at a time: each is a round trip on S3.
+  await runPool(selected, 16, async (id) => {
+    await load(id);
+  });
   for (const id of selected) {
     throwIfAborted(options.signal);
     const m = await load(id);

@@ -227,8 +227,8 @@ class RetryingStorage implements Storage {
     return retrying(this.policy, 'delete', what, () => this.inner.delete(keys));
   }
 
-  cleanupIncomplete(olderThanMs: number): Promise<number> {
-    return retrying(this.policy, 'clean up', 'incomplete uploads', () => this.inner.cleanupIncomplete(olderThanMs));
+  cleanupIncomplete(olderThanMs: number, prefix?: string): Promise<number> {
+    return retrying(this.policy, 'clean up', 'incomplete uploads', () => this.inner.cleanupIncomplete(olderThanMs, prefix));
   }
 
   close(): Promise<void> {

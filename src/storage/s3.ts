@@ -81,7 +81,22 @@ export class S3Storage implements Storage {
 
   /** Opens a repository; the result retries transient failures (see withRetry). */
   static async create(options: S3CreateOptions): Promise<Storage> {
-    return withRetry(S3Storage.open(options), options.tuning?.retry ?? DEFAULT_RETRY_POLICY);
+    const storage = S3Storage.open(options);
+    await storage.checkRegion();
+    return withRetry(storage, options.tuning?.retry ?? DEFAULT_RETRY_POLICY);
+  }
+
+  /** A missing region is a configuration mistake: say so before the first request fails obscurely. */
+  private async checkRegion(): Promise<void> {
+    try {
+      const region = await this.client.config.region();
+      if (region) return;
+    } catch {
+      // Falls through to the usage error below.
+    }
+    throw new UsageError(`no AWS region is set for ${this.location}`, {
+      hint: 'set s3.region in lifeboat.yaml, AWS_REGION, or a region in your AWS profile',
+    });
   }
 
   /** The bare driver, without the retry wrapper. */
@@ -533,7 +548,7 @@ export class S3Storage implements Storage {
     }
   }
 
-  async cleanupIncomplete(olderThanMs: number): Promise<number> {
+  async cleanupIncomplete(olderThanMs: number, prefix = ''): Promise<number> {
     const cutoff = Date.now() - olderThanMs;
     let removed = 0;
     let keyMarker: string | undefined;
@@ -542,7 +557,7 @@ export class S3Storage implements Storage {
       let page;
       try {
         page = await this.client.send(
-          new ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: this.root, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }),
+          new ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: `${this.root}${prefix}`, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }),
         );
       } catch (err) {
         // A server without multipart listing (some test stand-ins) has nothing we can find.

@@ -61,10 +61,10 @@ export interface Storage {
   delete(keys: readonly string[]): Promise<void>;
   /**
    * Removes what interrupted writes of this driver left behind (temporary files,
-   * incomplete multipart uploads) that started more than `olderThanMs` ago.
-   * Returns how many were removed.
+   * incomplete multipart uploads) that started more than `olderThanMs` ago,
+   * under `prefix` when given (never outside the repository). Returns how many were removed.
    */
-  cleanupIncomplete(olderThanMs: number): Promise<number>;
+  cleanupIncomplete(olderThanMs: number, prefix?: string): Promise<number>;
   close(): Promise<void>;
 }
 

@@ -84,7 +84,7 @@ crash dir = ${dir}/crash
 debug ms = 0
 
 [client.rgw.a]
-rgw frontends = beast endpoint=127.0.0.1:${rgwPort}
+rgw frontends = beast endpoint=127.0.0.1:${rgwPort} tcp_nodelay=1
 rgw data = ${dir}/rgw
 # With cephx off radosgw otherwise hangs at start (get_initial_auth_request returned -13).
 ms mon client mode = crc secure
