@@ -53,7 +53,7 @@ test('a drill of a good point passes, writes valid JUnit XML with one testcase p
   assert.match(j.smoke.output, /prediction: 0.93/);
 
   const { suite, cases } = await junit(report);
-  assert.deepEqual([...cases.keys()], ['restore', 'checksums', 'smoke', 'RTO', 'RPO']);
+  assert.deepEqual([...cases.keys()], ['restore', 'checksums', 'model', 'smoke', 'RTO', 'RPO']);
   assert.equal(suite.attrs.failures, '0');
   assert.equal(suite.attrs.errors, '0');
   for (const c of cases.values()) assert.ok(!failed(c) && !skipped(c), `${c.attrs.name} passed`);

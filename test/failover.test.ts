@@ -119,6 +119,15 @@ test('failover end to end: back up a served deployment, lose it, fail over to ch
     assert.equal(c.code, 0, c.stderr);
     const pointC = c.json().id as string;
 
+    // Point D: a truncated shard, a model the validators reject before any switch.
+    await fsp.writeFile(configFile, JSON.stringify(config));
+    const shardFile = path.join(live, dep.shards[0]!);
+    await fsp.truncate(shardFile, (await fsp.stat(shardFile)).size - 100);
+    const dPoint = await lifeboat(['--json', 'backup'], { cwd: work });
+    assert.equal(dPoint.code, 0, dPoint.stderr);
+    assert.match(dPoint.stderr, /model-invalid|warning/);
+    const pointD = dPoint.json().id as string;
+
     // Disaster: the live copy is gone.
     await fsp.rm(live, { recursive: true, force: true });
     generation = (await get(port, '/health')).body.generation;
@@ -171,6 +180,14 @@ test('failover end to end: back up a served deployment, lose it, fail over to ch
     assert.deepEqual(await predict(port), answerB);
     assert.equal(await fsp.readFile(path.join(stateDir, 'features.restored'), 'utf8'), '{"version":"B"}\n', 'B state reapplied');
 
+    // Fail over to D: the restored slot fails model validation, so nothing is switched; exit 5.
+    const fd = await lifeboat(['--json', 'failover', pointD, '--to', 'prod'], { cwd: work });
+    assert.equal(fd.code, 5, fd.stderr);
+    assert.equal(fd.json().switched, false);
+    assert.match(fd.json().reason, /would not load/);
+    assert.equal(await readActive(path.join(serving, 'current')), path.join(serving, 'slots', pointB));
+    assert.deepEqual(await predict(port), answerB);
+
     // Roll back: to A, the slot served before the last successful switch.
     const rb = await lifeboat(['--json', 'rollback', '--to', 'prod'], { cwd: work });
     assert.equal(rb.code, 0, rb.stderr);
@@ -184,7 +201,7 @@ test('failover end to end: back up a served deployment, lose it, fail over to ch
     const rb2 = fb2.json();
     assert.equal(rb2.reused, true);
     assert.equal(rb2.restore.rewritten, 1, 'the damaged file was repaired');
-    assert.deepEqual(rb2.pruned, [pointC]);
+    assert.deepEqual(rb2.pruned, [pointC, pointD]);
     assert.ok(!(await exists(path.join(serving, 'slots', pointC))));
     assert.ok(await exists(path.join(serving, 'slots', pointA)));
     assert.deepEqual(await predict(port), answerB);
@@ -193,7 +210,7 @@ test('failover end to end: back up a served deployment, lose it, fail over to ch
     const st = await lifeboat(['--json', 'status'], { cwd: work });
     assert.equal(st.code, 0, st.stderr);
     const s = st.json();
-    assert.equal(s.newest.id, pointC);
+    assert.equal(s.newest.id, pointD);
     assert.equal(s.targets.length, 1);
     const t = s.targets[0];
     assert.equal(t.name, 'prod');
@@ -208,12 +225,13 @@ test('failover end to end: back up a served deployment, lose it, fail over to ch
         ['failover', pointA, 'ok'],
         ['failover', pointB, 'ok'],
         ['failover', pointC, 'rolled-back'],
+        ['failover', pointD, 'failed'],
         ['rollback', pointA, 'ok'],
         ['failover', pointB, 'ok'],
       ].slice(-5),
     );
     assert.ok(t.events.every((e: any) => e.user && e.host && e.at && e.durationMs >= 0));
-    assert.equal(typeof t.events[0].detail.rtoMs, 'number');
+    assert.equal(typeof t.events.find((e: any) => e.outcome === 'ok').detail.rtoMs, 'number');
     const text = await lifeboat(['status'], { cwd: work });
     assert.match(text.stdout, new RegExp(`target prod: ${pointB}, taken .* ago; healthy \\(HTTP 200\\)`));
 

@@ -11,8 +11,9 @@ import type { Reporter } from './events.js';
 import { appendEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
+import { validateDirectory } from '../model/validate.js';
 
-export type CheckName = 'restore' | 'checksums' | 'smoke' | 'rto' | 'rpo';
+export type CheckName = 'restore' | 'checksums' | 'model' | 'smoke' | 'rto' | 'rpo';
 
 /** One check of a drill: one JUnit testcase. */
 export interface DrillCheck {
@@ -126,7 +127,20 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
       );
     }
 
-    // 3. Smoke test on the restored deployment.
+    // 3. The restored models load: headers, shards and vocabularies agree (bit-exact bytes can still be a model that will not load).
+    if (!restored || integrity) fail({ name: 'model', status: 'skipped', durationMs: 0, message: 'not run: the restored data is not intact' });
+    else {
+      const t2 = Date.now();
+      const models = await validateDirectory(target, { signal: options.signal });
+      integrity = models.findings.length > 0;
+      fail(
+        models.findings.length === 0
+          ? { name: 'model', status: 'passed', durationMs: Date.now() - t2, message: `${models.recognised.size} model file(s) recognised, all consistent` }
+          : { name: 'model', status: 'failed', durationMs: Date.now() - t2, message: models.findings.slice(0, 5).map((f) => `${f.path}: ${f.reason}`).join('; ') },
+      );
+    }
+
+    // 4. Smoke test on the restored deployment.
     if (!options.smoke) fail({ name: 'smoke', status: 'skipped', durationMs: 0, message: 'no smoke command given (--smoke)' });
     else if (!restored || integrity) fail({ name: 'smoke', status: 'skipped', durationMs: 0, message: 'not run: the restored data is not intact' });
     else {

@@ -9,6 +9,7 @@ import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } 
 import { appendEvent, readEvents, type JournalEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
+import { validateDirectory } from '../model/validate.js';
 import { listSlots, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, writeTargetState } from './slots.js';
 import type { TargetSpec } from './targets.js';
 
@@ -286,6 +287,14 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
       result.outcome = result.ok ? 'ok' : 'failed';
       result.rtoMs = result.ok ? Date.now() - run.started : null;
       if (!result.ok) result.reason = healthFailure(run, result.health);
+      return finish();
+    }
+
+    // A slot whose bytes verified can still hold a model that will not load: check before anything switches.
+    const models = await validateDirectory(slot, { signal: options.signal });
+    if (models.findings.length > 0) {
+      note(run, 'model-invalid', `${models.findings.length} model problem(s) in ${slot}`);
+      result.reason = `the model in ${slot} would not load: ${models.findings.slice(0, 3).map((f) => `${f.path}: ${f.reason}`).join('; ')}`;
       return finish();
     }
 

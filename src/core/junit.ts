@@ -31,6 +31,7 @@ const seconds = (ms: number) => (ms / 1000).toFixed(3);
 const CHECK_TITLES: Record<CheckName, string> = {
   restore: 'restore',
   checksums: 'checksums',
+  model: 'model',
   smoke: 'smoke',
   rto: 'RTO',
   rpo: 'RPO',

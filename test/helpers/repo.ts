@@ -19,7 +19,7 @@ export async function smallDeployment(options: { bigFiles?: number; bigSize?: nu
   await fsp.writeFile(path.join(src, 'tok', 'tokenizer.json'), JSON.stringify({ model: { vocab: { a: 0, b: 1 } } }));
   await writeRandomFile(path.join(src, 'weights.bin'), 300_000, rand);
   for (let i = 0; i < (options.bigFiles ?? 0); i++) {
-    await writeRandomFile(path.join(src, `shard-${i}.safetensors`), options.bigSize ?? 32 << 20, rand);
+    await writeRandomFile(path.join(src, `shard-${i}.bin`), options.bigSize ?? 32 << 20, rand);
   }
   const repo = path.join(work, 'repo');
   const init = await lifeboat(['--repo', repo, 'init']);
