@@ -2,7 +2,7 @@ import { throwIfAborted } from '../errors.js';
 import { keys, type Manifest } from '../format/manifest.js';
 import type { Reporter } from './events.js';
 import { appendEvent } from './journal.js';
-import { acquireLock } from './lock.js';
+import { acquireLock, describeLock } from './lock.js';
 import type { Repository } from './repository.js';
 import { planRetention, type RetentionDecision, type RetentionPolicy } from './retention.js';
 
@@ -11,6 +11,8 @@ export interface PruneOptions {
   dryRun?: boolean;
   /** Points kept whatever the policy says, with the reason. */
   protected?: ReadonlyMap<string, string>;
+  /** Finds the protected points once the lock is held, so a pin taken meanwhile is not missed. */
+  findProtected?: () => Promise<ReadonlyMap<string, string>>;
   now?: Date;
   /** A lock not refreshed for this long is stale and taken over. */
   lockStaleAfterMs?: number;
@@ -88,9 +90,10 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
   const lock = options.dryRun ? undefined : await acquireLock(repo.storage, 'prune', undefined, { staleAfterMs: options.lockStaleAfterMs });
   try {
     if (lock?.tookOver) {
-      reporter.notice?.({ level: 'warning', code: 'stale-lock', message: `took over a stale lock (${lock.tookOver.reason})` });
+      reporter.notice?.({ level: 'warning', code: 'stale-lock', message: `took over a stale lock of ${describeLock(lock.tookOver.info)} (${lock.tookOver.reason})` });
     }
-    const plan = await planPrune(repo, options);
+    const protectedPoints = options.findProtected ? await options.findProtected() : options.protected;
+    const plan = await planPrune(repo, { ...options, protected: protectedPoints });
     if (options.dryRun) return { ...plan, dryRun: true, durationMs: Date.now() - started };
 
     const total = plan.manifests.length + plan.data.length;

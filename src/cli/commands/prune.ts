@@ -53,7 +53,7 @@ export async function runPrune(ctx: CliContext, flags: PruneFlags): Promise<void
       const result = await prune(repo, {
         policy,
         // Pinned points and what targets serve are kept whatever the policy says.
-        protected: await protectedPoints(repo, { targets: await configuredTargets(ctx) }),
+        findProtected: async () => protectedPoints(repo, { targets: await configuredTargets(ctx) }),
         dryRun: flags.dryRun,
         lockStaleAfterMs: lockStaleAfterMs(flags, config),
         signal: ctx.signal,
