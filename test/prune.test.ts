@@ -77,7 +77,7 @@ test('retention plan: chains are never broken; keep-within and protected points 
   assert.deepEqual(ids(plain.keep), ['05', '06']);
   assert.deepEqual(ids(plain.remove), ['01', '02', '03', '04']);
   assert.match(plain.remove[0]!.reasons[0]!, /older than the 1 newest full/);
-  assert.match(plain.remove[3]!.reasons[0]!, /parent .* is removed/);
+  assert.match(plain.remove[3]!.reasons[0]!, /parent .* is not kept by the policy/);
 
   // The incr at 04:00 is within 3h: it keeps its diff and its full, but not the unrelated incr at 02:00.
   const within = planRetention(points, { keepFull: 1, keepWithinMs: 3 * 3600_000 }, { now });

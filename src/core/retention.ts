@@ -28,7 +28,7 @@ export interface RetentionDecision {
   id: string;
   type: RetentionPoint['type'];
   keep: boolean;
-  /** Why: `one of the 2 newest fulls`, `needed by 20261122-…I`, `its parent … is removed`. */
+  /** Why: `one of the 2 newest fulls`, `needed by 20261122-…I`, `its parent … is not kept by the policy`. */
   reasons: string[];
 }
 
@@ -82,7 +82,7 @@ export function planRetention(points: readonly RetentionPoint[], policy: Retenti
   for (const p of sorted) {
     if (p.type !== 'incr') continue;
     if (p.parent && kept.has(p.parent)) keep(p.id, `its parent ${p.parent} is kept`);
-    else removal.set(p.id, p.parent ? `its parent ${p.parent} is removed` : 'it has no parent');
+    else removal.set(p.id, p.parent ? `its parent ${p.parent} is not kept by the policy` : 'it has no parent');
   }
 
   // Overrides: the newest point, recent points, protected points.
