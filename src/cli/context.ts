@@ -2,6 +2,8 @@ import type { Writable } from 'node:stream';
 import { loadConfig, type LifeboatConfig } from '../config/config.js';
 import { UsageError } from '../errors.js';
 import { Repository } from '../core/repository.js';
+import { unlockStorage } from '../core/keys.js';
+import { passwordSource } from './password.js';
 import { openStorage, type S3Settings } from '../storage/open.js';
 import type { Storage } from '../storage/storage.js';
 
@@ -33,6 +35,8 @@ export interface GlobalOptions {
   s3Endpoint?: string;
   s3PathStyle?: boolean;
   logFormat?: string;
+  /** File holding the password of an encrypted repository. */
+  passwordFile?: string;
 }
 
 export async function contextConfig(ctx: CliContext): Promise<LifeboatConfig> {
@@ -62,8 +66,10 @@ export async function openContextStorage(ctx: CliContext, config: LifeboatConfig
 /** Opens the configured repository; the caller closes `storage` when done. */
 export async function openRepository(ctx: CliContext): Promise<{ repo: Repository; config: LifeboatConfig; close: () => Promise<void> }> {
   const config = await contextConfig(ctx);
-  const storage = await openContextStorage(ctx, config);
+  let storage = await openContextStorage(ctx, config);
   try {
+    // An encrypted repository is unlocked here; the core sees plaintext through the wrapper.
+    storage = (await unlockStorage(storage, passwordSource(ctx))).storage;
     const repo = await Repository.open(storage);
     return { repo, config, close: () => storage.close() };
   } catch (err) {

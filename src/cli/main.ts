@@ -19,6 +19,7 @@ import { registerStatus } from './commands/status.js';
 import { registerPrune } from './commands/prune.js';
 import { registerDrill } from './commands/drill.js';
 import { registerCompletion } from './commands/completion.js';
+import { registerKey } from './commands/key.js';
 
 export interface CliIo {
   stdout: Writable & { isTTY?: boolean };
@@ -60,6 +61,7 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: { printed: b
     .addOption(new Option('--log-format <format>', 'log lines on stderr: text, or json (one object per line, for log shippers)').choices(['text', 'json']))
     .addOption(new Option('--s3-endpoint <url>', 'S3 endpoint for MinIO, Ceph, R2 … (or s3.endpoint, AWS_ENDPOINT_URL_S3)'))
     .option('--s3-path-style', 'path-style S3 addressing (s3.forcePathStyle)')
+    .option('--password-file <file>', 'password of an encrypted repository (or LIFEBOAT_PASSWORD_FILE, LIFEBOAT_PASSWORD)')
     .addHelpText('after', EXIT_CODES_HELP)
     .showSuggestionAfterError()
     .exitOverride()
@@ -106,7 +108,7 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: { printed: b
       await (action as (ctx: CliContext, ...a: unknown[]) => Promise<void>)(ctx, ...args.slice(0, -1));
     };
 
-  for (const register of [registerInit, registerBackup, registerList, registerShow, registerDiff, registerVerify, registerRestore, registerPin, registerUnpin, registerUnlock, registerPrune, registerDrill, registerFailover, registerRollback, registerStatus, registerCompletion]) {
+  for (const register of [registerInit, registerBackup, registerList, registerShow, registerDiff, registerVerify, registerRestore, registerPin, registerUnpin, registerUnlock, registerPrune, registerDrill, registerFailover, registerRollback, registerStatus, registerKey, registerCompletion]) {
     const sub = register(program, run);
     sub.exitOverride().configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) });
     sub.addHelpText('after', EXIT_CODES_HELP);

@@ -7,6 +7,7 @@ import {
   keys,
   manifestSchema,
   repositoryConfigSchema,
+  type EncryptionConfig,
   type Manifest,
   type RepositoryConfig,
 } from '../format/manifest.js';
@@ -27,13 +28,13 @@ export class Repository {
     readonly config: RepositoryConfig,
   ) {}
 
-  static async init(storage: Storage, options: { volumeSize?: number } = {}): Promise<Repository> {
+  static async init(storage: Storage, options: { volumeSize?: number; encryption?: EncryptionConfig } = {}): Promise<Repository> {
     const config: RepositoryConfig = {
       format: 'lifeboat-repository',
       version: FORMAT_VERSION,
       id: randomBytes(16).toString('hex'),
       createdAt: new Date().toISOString(),
-      encryption: null,
+      encryption: options.encryption ?? null,
       volumeSize: options.volumeSize ?? DEFAULT_VOLUME_SIZE,
     };
     let existing = false;

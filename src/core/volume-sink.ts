@@ -31,7 +31,7 @@ export class VolumeSink {
       const index = this.volumes.length;
       const writer = new TarVolumeWriter();
       const key = keys.volume(this.pointId, index);
-      const record: VolumeRecord = { key, size: 0, crc32: 0, entries: 0, compression: 'none', encryption: 'none' };
+      const record: VolumeRecord = { key, size: 0, crc32: 0, entries: 0, compression: 'none', encryption: this.storage.encryption ?? 'none' };
       this.volumes.push(record);
       this.upload = this.storage.put(key, writer.stream, { signal: this.signal }).then(
         (info) => {

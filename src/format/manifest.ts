@@ -58,7 +58,7 @@ export const volumeSchema = z.object({
   entries: count,
   // Room for later formats: a volume says how it is encoded, so old ones keep reading.
   compression: z.enum(['none']),
-  encryption: z.enum(['none']),
+  encryption: z.enum(['none', 'aes-256-gcm']),
 });
 export type VolumeRecord = z.infer<typeof volumeSchema>;
 
@@ -100,12 +100,22 @@ export const manifestSchema = z.object({
 });
 export type Manifest = z.infer<typeof manifestSchema>;
 
+/** An encrypted repository's settings (docs/SECURITY.md); the keys themselves are under keys/. */
+export const encryptionConfigSchema = z.object({
+  algorithm: z.literal('aes-256-gcm'),
+  /** Plaintext bytes per encrypted segment. */
+  segmentSize: count,
+  /** scrypt parameters the first key was made with (each key records its own). */
+  kdf: z.object({ name: z.literal('scrypt'), logN: count, r: count, p: count }),
+});
+export type EncryptionConfig = z.infer<typeof encryptionConfigSchema>;
+
 export const repositoryConfigSchema = z.object({
   format: z.literal('lifeboat-repository'),
   version: z.literal(FORMAT_VERSION),
   id: z.string().regex(/^[0-9a-f]{32}$/),
   createdAt: z.string(),
-  encryption: z.null(),
+  encryption: encryptionConfigSchema.nullable(),
   volumeSize: count,
 });
 export type RepositoryConfig = z.infer<typeof repositoryConfigSchema>;

@@ -39,6 +39,8 @@ export interface Storage {
   /** Where the repository is, for messages; never contains credentials. */
   readonly location: string;
   readonly capabilities: StorageCapabilities;
+  /** Set by a wrapper that encrypts every object it stores (recorded in each volume's record). */
+  readonly encryption?: 'aes-256-gcm';
   /**
    * Streams `body` into `key`. The object becomes visible under `key` only once
    * it is completely and durably stored; a failed or aborted put leaves nothing visible.

@@ -1,23 +1,65 @@
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
 import { Repository } from '../../core/repository.js';
+import { addKey, encryptionSettings, newDataKey } from '../../core/keys.js';
+import { DEFAULT_KDF, KDF_LIMITS } from '../../crypto/kdf.js';
+import { keys } from '../../format/manifest.js';
 import { contextConfig, openContextStorage, type CliContext } from '../context.js';
+import { newPassword, passwordSource } from '../password.js';
 import { printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 
 interface InitOptions {
   encryption?: string;
+  kdfLogN?: string;
 }
 
 export async function runInit(ctx: CliContext, options: InitOptions): Promise<void> {
-  if (options.encryption !== undefined && options.encryption !== 'none') {
-    throw new UsageError(`encryption ${options.encryption} is not available in this version`, { hint: 'create the repository without --encryption' });
+  const algorithm = options.encryption ?? 'none';
+  if (algorithm !== 'none' && algorithm !== 'aes-256-gcm') {
+    throw new UsageError(`unknown encryption ${JSON.stringify(algorithm)}`, { hint: 'use --encryption aes-256-gcm, or none' });
   }
+  const source = passwordSource(ctx);
+  if (algorithm === 'none' && source.given) {
+    throw new UsageError('a password was given, but the repository would not be encrypted', {
+      hint: 'add --encryption aes-256-gcm, or unset LIFEBOAT_PASSWORD (and drop --password-file)',
+    });
+  }
+  let logN = DEFAULT_KDF.logN;
+  if (options.kdfLogN !== undefined) {
+    logN = Number(options.kdfLogN);
+    if (algorithm === 'none') throw new UsageError('--kdf-log-n needs --encryption aes-256-gcm');
+    if (!Number.isInteger(logN) || logN < KDF_LIMITS.logN.min || logN > 20) {
+      throw new UsageError(`--kdf-log-n must be an integer from ${KDF_LIMITS.logN.min} to 20`);
+    }
+  }
+  // Asked before anything is written, so a refused password leaves no trace.
+  const password = algorithm === 'none' ? undefined : source.given ? await source.get('password') : await newPassword(ctx, undefined);
   const config = await contextConfig(ctx);
   const storage = await openContextStorage(ctx, config);
   try {
-    const repo = await Repository.init(storage);
-    printResult(ctx, { repository: storage.location, id: repo.config.id, version: repo.config.version, encryption: null }, () => `created lifeboat repository ${repo.config.id.slice(0, 8)} at ${storage.location}`);
+    const encryption = password === undefined ? undefined : encryptionSettings({ ...DEFAULT_KDF, logN });
+    const repo = await Repository.init(storage, { encryption });
+    let keyId: string | undefined;
+    if (password !== undefined && encryption) {
+      const dataKey = newDataKey();
+      try {
+        keyId = await addKey(storage, repo.config.id, dataKey, password, encryption.kdf as typeof DEFAULT_KDF);
+      } catch (err) {
+        // Without its key the new repository is unusable: take the config back.
+        await storage.delete([keys.config]).catch(() => undefined);
+        throw err;
+      } finally {
+        dataKey.fill(0);
+      }
+    }
+    printResult(
+      ctx,
+      { repository: storage.location, id: repo.config.id, version: repo.config.version, encryption: encryption ? encryption.algorithm : null, ...(keyId ? { key: keyId } : {}) },
+      () =>
+        `created lifeboat repository ${repo.config.id.slice(0, 8)} at ${storage.location}` +
+        (keyId ? `, encrypted with aes-256-gcm (key ${keyId}); keep the password safe: without it the backups cannot be read` : ''),
+    );
   } finally {
     await storage.close();
   }
@@ -27,7 +69,11 @@ export function registerInit(program: Command, run: CommandRunner): Command {
   return program
     .command('init')
     .description('create an empty repository; refuses a location that is not empty')
-    .option('--encryption <algorithm>', 'client-side encryption (none)')
-    .addHelpText('after', '\nExample:\n  lifeboat init --repo /backups/fraud-detector')
+    .option('--encryption <algorithm>', 'client-side encryption: aes-256-gcm, or none (the default)')
+    .option('--kdf-log-n <n>', `scrypt cost of the first password as log2(N), ${KDF_LIMITS.logN.min}..20 (default ${DEFAULT_KDF.logN}; lower opens faster and is cheaper to guess)`)
+    .addHelpText(
+      'after',
+      '\nThe password of an encrypted repository comes from --password-file, LIFEBOAT_PASSWORD_FILE,\nLIFEBOAT_PASSWORD, or a prompt on a terminal.\n\nExamples:\n  lifeboat init --repo /backups/fraud-detector\n  LIFEBOAT_PASSWORD_FILE=/etc/lifeboat/password lifeboat init --repo s3://ml-backups/prod --encryption aes-256-gcm',
+    )
     .action(run((ctx, options: InitOptions) => runInit(ctx, options)));
 }

@@ -1,0 +1,106 @@
+import type { Command } from 'commander';
+import { UsageError } from '../../errors.js';
+import { acquireLock } from '../../core/lock.js';
+import { addKey, keyInfo, keyObject, readKeys, removeKey, unlockStorage, type UnlockedKey } from '../../core/keys.js';
+import type { RepositoryConfig } from '../../format/manifest.js';
+import type { Storage } from '../../storage/storage.js';
+import { contextConfig, openContextStorage, type CliContext } from '../context.js';
+import { newPassword, passwordSource } from '../password.js';
+import { log, printResult } from '../output.js';
+import type { CommandRunner } from '../main.js';
+
+interface NewPasswordOptions {
+  newPasswordFile?: string;
+}
+
+/** Opens and unlocks the repository; key commands need an encrypted one. */
+async function withKey<T>(ctx: CliContext, fn: (storage: Storage, key: UnlockedKey, config: RepositoryConfig) => Promise<T>): Promise<T> {
+  const config = await contextConfig(ctx);
+  let storage = await openContextStorage(ctx, config);
+  try {
+    const unlocked = await unlockStorage(storage, passwordSource(ctx));
+    storage = unlocked.storage;
+    if (!unlocked.config) throw new UsageError(`there is no lifeboat repository at ${storage.location}`, { hint: 'create one with `lifeboat init`, or check --repo' });
+    if (!unlocked.key) throw new UsageError(`the repository at ${storage.location} is not encrypted; it has no keys`);
+    return await fn(storage, unlocked.key, unlocked.config);
+  } finally {
+    await storage.close();
+  }
+}
+
+async function runKeyList(ctx: CliContext): Promise<void> {
+  await withKey(ctx, async (storage, key) => {
+    const { keys, damaged } = await readKeys(storage);
+    const rows = keys.map((k) => ({ ...keyInfo(k), current: k.id === key.keyId })).sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+    for (const d of damaged) log(ctx, `warning: ${d} is damaged and cannot open the repository`);
+    printResult(ctx, rows, () =>
+      [' ', 'ID'.padEnd(16), 'CREATED'.padEnd(24), 'HOST'.padEnd(20), 'KDF']
+        .join(' ')
+        .concat(
+          ...rows.map((r) => `\n${r.current ? '*' : ' '} ${r.id} ${r.createdAt.padEnd(24)} ${r.host.padEnd(20)} scrypt N=2^${r.kdf.logN} r=${r.kdf.r} p=${r.kdf.p}`),
+        ),
+    );
+  });
+}
+
+async function runKeyAdd(ctx: CliContext, options: NewPasswordOptions): Promise<void> {
+  await withKey(ctx, async (storage, key, config) => {
+    const password = await newPassword(ctx, options.newPasswordFile);
+    // The new key gets the cost of the key that was opened, which a bucket writer cannot have lowered.
+    const id = await addKey(storage, config.id, key.dataKey, password, key.kdf);
+    printResult(ctx, { id }, () => `added key ${id}`);
+  });
+}
+
+async function runKeyRemove(ctx: CliContext, selector: string): Promise<void> {
+  await withKey(ctx, async (storage, key) => {
+    const lock = await acquireLock(storage, 'key remove');
+    try {
+      const id = await removeKey(storage, key.keyId, selector);
+      printResult(ctx, { removed: id }, () => `removed key ${id}`);
+    } finally {
+      await lock.release();
+    }
+  });
+}
+
+async function runKeyPasswd(ctx: CliContext, options: NewPasswordOptions): Promise<void> {
+  await withKey(ctx, async (storage, key, config) => {
+    const password = await newPassword(ctx, options.newPasswordFile);
+    const lock = await acquireLock(storage, 'key passwd');
+    try {
+      // The new key is stored before the old one goes, so a failure in between leaves both passwords working.
+      const id = await addKey(storage, config.id, key.dataKey, password, key.kdf);
+      await storage.delete([keyObject(key.keyId)]);
+      printResult(ctx, { id, removed: key.keyId }, () => `changed the password: key ${id} replaces key ${key.keyId}`);
+    } finally {
+      await lock.release();
+    }
+  });
+}
+
+export function registerKey(program: Command, run: CommandRunner): Command {
+  const key = program
+    .command('key')
+    .description('passwords of an encrypted repository: each key opens the same data with its own password')
+    .addHelpText(
+      'after',
+      '\nThe current password comes from --password-file, LIFEBOAT_PASSWORD_FILE, LIFEBOAT_PASSWORD or a prompt;\na new one from --new-password-file, LIFEBOAT_NEW_PASSWORD or a prompt.\n\nExamples:\n  lifeboat key list\n  lifeboat key add --new-password-file /etc/lifeboat/ops-password\n  lifeboat key remove 3f2a9c\n  lifeboat key passwd --new-password-file /etc/lifeboat/new-password',
+    );
+  key.command('list').description('the keys of the repository; * marks the one the password opened').action(run((ctx) => runKeyList(ctx)));
+  key
+    .command('add')
+    .description('add a password')
+    .option('--new-password-file <file>', 'file holding the new password (or LIFEBOAT_NEW_PASSWORD, or a prompt)')
+    .action(run((ctx, options: NewPasswordOptions) => runKeyAdd(ctx, options)));
+  key
+    .command('remove <id>')
+    .description('remove a password (not the one in use, never the last)')
+    .action(run((ctx, id: string) => runKeyRemove(ctx, id)));
+  key
+    .command('passwd')
+    .description('change the password in use: add a key with the new password, then remove the old one')
+    .option('--new-password-file <file>', 'file holding the new password (or LIFEBOAT_NEW_PASSWORD, or a prompt)')
+    .action(run((ctx, options: NewPasswordOptions) => runKeyPasswd(ctx, options)));
+  return key;
+}

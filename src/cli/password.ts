@@ -1,0 +1,96 @@
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { InterruptedError, UsageError } from '../errors.js';
+import type { PasswordSource } from '../core/keys.js';
+import type { CliContext } from './context.js';
+
+/** Password files may end with one newline, which is not part of the password. */
+async function readPasswordFile(ctx: CliContext, file: string, what: string): Promise<string> {
+  const full = path.resolve(ctx.cwd, file);
+  let text: string;
+  try {
+    const st = await fsp.stat(full);
+    if (!st.isFile() || st.size > 64 * 1024) throw new UsageError(`${what} ${full} is not a small regular file`);
+    text = await fsp.readFile(full, 'utf8');
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    throw new UsageError(`cannot read ${what} ${full}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+  const password = text.replace(/\r?\n$/, '');
+  if (password.length === 0) throw new UsageError(`${what} ${full} is empty`);
+  return password;
+}
+
+function canPrompt(ctx: CliContext): boolean {
+  return process.stdin.isTTY === true && (ctx.stderr as { isTTY?: boolean }).isTTY === true && !ctx.json;
+}
+
+/** Reads a line from the terminal without echoing it. */
+export function promptHidden(ctx: CliContext, question: string): Promise<string> {
+  const stdin = process.stdin;
+  ctx.stderr.write(`${question}: `);
+  stdin.setRawMode(true);
+  stdin.resume();
+  return new Promise((resolve, reject) => {
+    let line = '';
+    const finish = () => {
+      stdin.off('data', onData);
+      stdin.setRawMode(false);
+      stdin.pause();
+      ctx.stderr.write('\n');
+    };
+    const onData = (data: Buffer) => {
+      for (const ch of data.toString('utf8')) {
+        if (ch === '\r' || ch === '\n') {
+          finish();
+          resolve(line);
+          return;
+        }
+        if (ch === '\u0003' || ch === '\u0004') {
+          finish();
+          reject(new InterruptedError());
+          return;
+        }
+        if (ch === '\u007f' || ch === '\b') line = line.slice(0, -1);
+        else line += ch;
+      }
+    };
+    stdin.on('data', onData);
+  });
+}
+
+/**
+ * The repository password: --password-file, then LIFEBOAT_PASSWORD_FILE, then
+ * LIFEBOAT_PASSWORD, then a prompt on a terminal. Never a flag's value, which
+ * would show in `ps` and shell history.
+ */
+export function passwordSource(ctx: CliContext): PasswordSource {
+  const file = ctx.global.passwordFile ?? ctx.env.LIFEBOAT_PASSWORD_FILE;
+  const env = ctx.env.LIFEBOAT_PASSWORD;
+  return {
+    given: file !== undefined || (env !== undefined && env !== ''),
+    async get(purpose: string) {
+      if (file !== undefined) return readPasswordFile(ctx, file, 'password file');
+      if (env !== undefined && env !== '') return env;
+      if (canPrompt(ctx)) return promptHidden(ctx, purpose.charAt(0).toUpperCase() + purpose.slice(1));
+      throw new UsageError('this repository is encrypted and no password was given', {
+        hint: 'set LIFEBOAT_PASSWORD, or pass --password-file FILE',
+      });
+    },
+  };
+}
+
+/** A new password (key add, key passwd): --new-password-file, LIFEBOAT_NEW_PASSWORD, or asked twice on a terminal. */
+export async function newPassword(ctx: CliContext, file: string | undefined): Promise<string> {
+  if (file !== undefined) return readPasswordFile(ctx, file, 'new password file');
+  const env = ctx.env.LIFEBOAT_NEW_PASSWORD;
+  if (env !== undefined && env !== '') return env;
+  if (!canPrompt(ctx)) {
+    throw new UsageError('no new password was given', { hint: 'pass --new-password-file FILE or set LIFEBOAT_NEW_PASSWORD' });
+  }
+  const first = await promptHidden(ctx, 'New password');
+  if (first.length === 0) throw new UsageError('the password is empty');
+  const again = await promptHidden(ctx, 'Repeat the new password');
+  if (first !== again) throw new UsageError('the two passwords differ');
+  return first;
+}

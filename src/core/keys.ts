@@ -1,0 +1,205 @@
+import { randomBytes } from 'node:crypto';
+import * as os from 'node:os';
+import { z } from 'zod';
+import { IntegrityError, UsageError } from '../errors.js';
+import { decodeDocument, encodeDocument } from '../format/document.js';
+import { keys as layout, repositoryConfigSchema, type EncryptionConfig, type RepositoryConfig } from '../format/manifest.js';
+import { DATA_KEY_SIZE, SEGMENT_SIZE } from '../crypto/segments.js';
+import { DEFAULT_KDF, checkKdf, deriveKey, unwrapKey, wrapKey, type KdfParams } from '../crypto/kdf.js';
+import { EncryptedStorage } from '../storage/encrypted.js';
+import { isNotFound, type Storage } from '../storage/storage.js';
+
+export const KEYS_PREFIX = 'keys/';
+/** Key files tried at most when unlocking, so a flooded keys/ cannot stall an open. */
+export const MAX_KEYS = 64;
+
+const KEY_ID = /^[0-9a-f]{16}$/;
+const base64 = z.string().max(1024).regex(/^[A-Za-z0-9+/]*={0,2}$/);
+
+const keyFileSchema = z.object({
+  format: z.literal('lifeboat-key'),
+  version: z.literal(1),
+  id: z.string().regex(KEY_ID),
+  createdAt: z.string().max(64),
+  host: z.string().max(256),
+  kdf: z.object({ name: z.literal('scrypt'), logN: z.number().int(), r: z.number().int(), p: z.number().int() }),
+  salt: base64,
+  /** AES-256-GCM nonce and sealed data key (key, then tag). */
+  nonce: base64,
+  wrappedKey: base64,
+});
+export type KeyFile = z.infer<typeof keyFileSchema>;
+
+export interface KeyInfo {
+  id: string;
+  createdAt: string;
+  host: string;
+  kdf: KdfParams;
+}
+
+/** Where a password comes from; `given` says one was supplied without asking. */
+export interface PasswordSource {
+  given: boolean;
+  get(purpose: string): Promise<string>;
+}
+
+export interface UnlockedKey {
+  keyId: string;
+  dataKey: Buffer;
+  kdf: KdfParams;
+}
+
+export const keyObject = (id: string) => `${KEYS_PREFIX}${id}.json`;
+
+/** What the data key is wrapped with: the repository and the key file, so a key file cannot be moved. */
+function wrapContext(repositoryId: string, keyId: string): string {
+  return `lifeboat key v1 ${repositoryId} ${keyId}`;
+}
+
+export function newDataKey(): Buffer {
+  return randomBytes(DATA_KEY_SIZE);
+}
+
+export function encryptionSettings(kdf: KdfParams = DEFAULT_KDF): EncryptionConfig {
+  checkKdf(kdf);
+  return { algorithm: 'aes-256-gcm', segmentSize: SEGMENT_SIZE, kdf: { ...kdf } };
+}
+
+/** Writes a new key file that opens `dataKey` with `password`; returns its id. */
+export async function addKey(storage: Storage, repositoryId: string, dataKey: Buffer, password: string, kdf: KdfParams): Promise<string> {
+  if (password.length === 0) throw new UsageError('the password is empty');
+  const id = randomBytes(8).toString('hex');
+  const salt = randomBytes(32);
+  const kek = await deriveKey(password, salt, kdf);
+  const wrapped = wrapKey(kek, dataKey, wrapContext(repositoryId, id));
+  kek.fill(0);
+  const file: KeyFile = {
+    format: 'lifeboat-key',
+    version: 1,
+    id,
+    createdAt: new Date().toISOString(),
+    host: os.hostname(),
+    kdf: { name: 'scrypt', logN: kdf.logN, r: kdf.r, p: kdf.p },
+    salt: salt.toString('base64'),
+    nonce: wrapped.nonce.toString('base64'),
+    wrappedKey: wrapped.sealed.toString('base64'),
+  };
+  if (!(await storage.putDocument(keyObject(id), encodeDocument(file), { ifAbsent: true }))) {
+    throw new IntegrityError(`key ${id} already exists`);
+  }
+  return id;
+}
+
+/** Every readable key file; damaged ones are returned separately, never trusted. */
+export async function readKeys(storage: Storage): Promise<{ keys: KeyFile[]; damaged: string[] }> {
+  const found: KeyFile[] = [];
+  const damaged: string[] = [];
+  let seen = 0;
+  for await (const { key, size } of storage.list(KEYS_PREFIX)) {
+    if (!key.endsWith('.json')) continue;
+    if (++seen > MAX_KEYS) throw new IntegrityError(`the repository has more than ${MAX_KEYS} key files under ${KEYS_PREFIX}`);
+    if (size > 64 * 1024) {
+      damaged.push(key);
+      continue;
+    }
+    try {
+      const file = decodeDocument(await storage.getDocument(key), keyFileSchema, `key ${key}`);
+      if (keyObject(file.id) !== key) throw new IntegrityError(`${key} describes key ${file.id}`);
+      found.push(file);
+    } catch (err) {
+      if (isNotFound(err)) continue;
+      if (!(err instanceof IntegrityError)) throw err;
+      damaged.push(key);
+    }
+  }
+  return { keys: found, damaged };
+}
+
+export function keyInfo(file: KeyFile): KeyInfo {
+  return { id: file.id, createdAt: file.createdAt, host: file.host, kdf: { ...file.kdf } };
+}
+
+async function tryKey(file: KeyFile, repositoryId: string, password: string): Promise<Buffer | undefined> {
+  try {
+    checkKdf(file.kdf);
+  } catch {
+    return undefined;
+  }
+  const kek = await deriveKey(password, Buffer.from(file.salt, 'base64'), file.kdf);
+  try {
+    return unwrapKey(kek, { nonce: Buffer.from(file.nonce, 'base64'), sealed: Buffer.from(file.wrappedKey, 'base64') }, wrapContext(repositoryId, file.id));
+  } finally {
+    kek.fill(0);
+  }
+}
+
+/** Finds the key that `password` opens; a wrong password is a usage error (exit 2). */
+export async function unlockKey(storage: Storage, repositoryId: string, password: string): Promise<UnlockedKey> {
+  const { keys } = await readKeys(storage);
+  if (keys.length === 0) {
+    throw new IntegrityError(`the encrypted repository at ${storage.location} has no readable key under ${KEYS_PREFIX}`);
+  }
+  for (const file of keys) {
+    const dataKey = await tryKey(file, repositoryId, password);
+    if (dataKey) return { keyId: file.id, dataKey, kdf: { ...file.kdf } };
+  }
+  throw new UsageError(`wrong password: none of the ${keys.length} key(s) of the repository at ${storage.location} opens with it`, {
+    hint: 'check LIFEBOAT_PASSWORD or --password-file',
+  });
+}
+
+/** Reads the repository config without trusting it further than its schema; undefined when absent or unreadable. */
+async function readConfig(storage: Storage): Promise<RepositoryConfig | undefined> {
+  try {
+    return decodeDocument(await storage.getDocument(layout.config), repositoryConfigSchema, `repository config ${layout.config}`);
+  } catch (err) {
+    if (isNotFound(err) || err instanceof IntegrityError) return undefined; // Repository.open says what is wrong
+    throw err;
+  }
+}
+
+/**
+ * Prepares a repository's storage for Repository.open: an encrypted repository
+ * asks for its password, unlocks a key and returns the decrypting wrapper; an
+ * unencrypted one is returned as it is. Nothing is written.
+ */
+export async function unlockStorage(storage: Storage, password: PasswordSource): Promise<{ storage: Storage; key?: UnlockedKey; config?: RepositoryConfig }> {
+  const config = await readConfig(storage);
+  if (!config) return { storage };
+  if (!config.encryption) {
+    if (password.given) {
+      throw new UsageError(`the repository at ${storage.location} is not encrypted, but a password was given`, {
+        hint: 'unset LIFEBOAT_PASSWORD (and drop --password-file) for this repository, or create an encrypted one with `lifeboat init --encryption aes-256-gcm`',
+      });
+    }
+    // A repository with keys but a config that says "no encryption" was altered: writing plaintext into it would leak.
+    for await (const _ of storage.list(KEYS_PREFIX)) {
+      throw new IntegrityError(`the repository config ${layout.config} at ${storage.location} says it is not encrypted, but the repository has keys; refusing to use it`, {
+        hint: 'the config may have been altered; see docs/SECURITY.md',
+      });
+    }
+    return { storage, config };
+  }
+  if (config.encryption.segmentSize !== SEGMENT_SIZE) {
+    throw new UsageError(`the repository at ${storage.location} uses ${config.encryption.segmentSize}-byte encrypted segments; this lifeboat reads ${SEGMENT_SIZE}`, { hint: 'upgrade lifeboat' });
+  }
+  const key = await unlockKey(storage, config.id, await password.get(`password for ${storage.location}`));
+  return { storage: new EncryptedStorage(storage, key.dataKey), key, config };
+}
+
+/** Removes a key file; refuses the key in use and the last key. */
+export async function removeKey(storage: Storage, current: string, selector: string): Promise<string> {
+  const { keys } = await readKeys(storage);
+  const matches = keys.filter((k) => k.id.startsWith(selector));
+  if (matches.length === 0) throw new UsageError(`no key matches ${JSON.stringify(selector)}`, { hint: 'see `lifeboat key list`' });
+  if (matches.length > 1) throw new UsageError(`${JSON.stringify(selector)} matches ${matches.length} keys; give more of the id`);
+  const target = matches[0]!;
+  if (target.id === current) {
+    throw new UsageError(`key ${target.id} is the one this password opened; refusing to remove it`, {
+      hint: 'unlock with another password to remove this key, or use `lifeboat key passwd` to change this password',
+    });
+  }
+  if (keys.length <= 1) throw new UsageError('refusing to remove the last key of the repository');
+  await storage.delete([keyObject(target.id)]);
+  return target.id;
+}

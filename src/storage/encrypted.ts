@@ -1,0 +1,165 @@
+import { Readable } from 'node:stream';
+import { IntegrityError } from '../errors.js';
+import {
+  DecryptStream,
+  EncryptStream,
+  HEADER_SIZE,
+  SEGMENT_SIZE,
+  ciphertextSize,
+  decryptBuffer,
+  encryptBuffer,
+  lastSegmentIndex,
+  plaintextSize,
+  segmentOffset,
+} from '../crypto/segments.js';
+import type { GetOptions, ObjectInfo, PutOptions, Storage, StorageCapabilities } from './storage.js';
+
+/** The largest document (manifest, ledger, pin, journal event) read into memory. */
+export const MAX_DOCUMENT_BYTES = 512 * 1024 * 1024;
+
+/**
+ * Objects left in plaintext: what is needed before a key is unlocked (the
+ * repository config and the key files) and the lock, which other processes read
+ * to name the holder.
+ */
+export function isPlaintextKey(key: string): boolean {
+  return key === 'config.json' || key.startsWith('keys/') || key.startsWith('locks/');
+}
+
+/**
+ * Client-side encryption as a Storage wrapper: every object but the plaintext
+ * bootstrap is stored in the segmented AES-256-GCM format of src/crypto/segments.ts.
+ * Callers see plaintext bytes and plaintext sizes; damage is an IntegrityError
+ * that names the object.
+ */
+export class EncryptedStorage implements Storage {
+  readonly location: string;
+  readonly capabilities: StorageCapabilities;
+  readonly encryption = 'aes-256-gcm' as const;
+
+  constructor(
+    private readonly inner: Storage,
+    private readonly dataKey: Buffer,
+  ) {
+    this.location = inner.location;
+    this.capabilities = inner.capabilities;
+  }
+
+  async put(key: string, body: Readable, options?: PutOptions): Promise<ObjectInfo> {
+    if (isPlaintextKey(key)) return this.inner.put(key, body, options);
+    const encrypt = new EncryptStream(this.dataKey, key);
+    body.on('error', (err) => encrypt.destroy(err));
+    body.pipe(encrypt);
+    const info = await this.inner.put(key, encrypt, {
+      ...options,
+      size: options?.size === undefined ? undefined : ciphertextSize(options.size),
+    });
+    const size = plaintextSize(info.size);
+    if (size !== encrypt.plainBytes) {
+      throw new IntegrityError(`${key} was stored with ${info.size} encrypted bytes, which does not match the ${encrypt.plainBytes} bytes written`);
+    }
+    return { key, size };
+  }
+
+  async putDocument(key: string, data: Uint8Array, options?: { ifAbsent?: boolean }): Promise<boolean> {
+    if (isPlaintextKey(key)) return this.inner.putDocument(key, data, options);
+    return this.inner.putDocument(key, encryptBuffer(this.dataKey, key, data), options);
+  }
+
+  async getDocument(key: string): Promise<Buffer> {
+    if (isPlaintextKey(key)) return this.inner.getDocument(key);
+    // Streamed, so an object too large to be a document is refused before it is held in memory.
+    const body = await this.inner.get(key);
+    const chunks: Buffer[] = [];
+    let size = 0;
+    try {
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        size += chunk.length;
+        if (size > ciphertextSize(MAX_DOCUMENT_BYTES)) {
+          throw new IntegrityError(`${key} is larger than the ${MAX_DOCUMENT_BYTES >> 20} MiB a document may have`);
+        }
+        chunks.push(chunk);
+      }
+    } finally {
+      body.destroy();
+    }
+    return decryptBuffer(this.dataKey, key, Buffer.concat(chunks, size));
+  }
+
+  async get(key: string, options?: GetOptions): Promise<Readable> {
+    if (isPlaintextKey(key)) return this.inner.get(key, options);
+    const offset = options?.offset ?? 0;
+    const signal = options?.signal;
+    if (offset === 0 && options?.length === undefined) {
+      return decrypting(await this.inner.get(key, { signal }), new DecryptStream(this.dataKey, key));
+    }
+    // A range: the header gives the object's key, the size which segment is the last.
+    const info = await this.inner.head(key);
+    if (!info) return this.inner.get(key, options); // throws the driver's not-found error
+    const total = plaintextSize(info.size);
+    if (total === undefined) throw new IntegrityError(`${key} is truncated or extended: ${info.size} bytes is not a possible encrypted size`);
+    const end = Math.min(total, options?.length === undefined ? total : offset + options.length);
+    if (offset >= end) return Readable.from([]);
+    const header = await readAll(await this.inner.get(key, { offset: 0, length: HEADER_SIZE, signal }), HEADER_SIZE);
+    if (header.length !== HEADER_SIZE) throw new IntegrityError(`${key} is truncated: its encryption header is incomplete`);
+    const first = Math.floor(offset / SEGMENT_SIZE);
+    const last = Math.floor((end - 1) / SEGMENT_SIZE);
+    const from = segmentOffset(first);
+    const to = Math.min(info.size, segmentOffset(last + 1));
+    const decrypt = new DecryptStream(this.dataKey, key, {
+      header,
+      firstSegment: first,
+      finalSegment: lastSegmentIndex(total),
+      skip: offset - first * SEGMENT_SIZE,
+      limit: end - offset,
+    });
+    return decrypting(await this.inner.get(key, { offset: from, length: to - from, signal }), decrypt);
+  }
+
+  async head(key: string): Promise<ObjectInfo | undefined> {
+    const info = await this.inner.head(key);
+    return info && !isPlaintextKey(key) ? { key, size: plainSizeOf(info.size) } : info;
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    for await (const info of this.inner.list(prefix)) {
+      yield isPlaintextKey(info.key) ? info : { key: info.key, size: plainSizeOf(info.size) };
+    }
+  }
+
+  delete(keys: readonly string[]): Promise<void> {
+    return this.inner.delete(keys);
+  }
+
+  cleanupIncomplete(olderThanMs: number, prefix?: string): Promise<number> {
+    return this.inner.cleanupIncomplete(olderThanMs, prefix);
+  }
+
+  close(): Promise<void> {
+    this.dataKey.fill(0);
+    return this.inner.close();
+  }
+}
+
+/** An impossible encrypted size shows as -1, which never matches a recorded size. */
+function plainSizeOf(size: number): number {
+  return plaintextSize(size) ?? -1;
+}
+
+function decrypting(source: Readable, decrypt: DecryptStream): Readable {
+  source.on('error', (err) => decrypt.destroy(err));
+  decrypt.on('close', () => source.destroy());
+  return source.pipe(decrypt);
+}
+
+async function readAll(stream: Readable, max: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of stream as AsyncIterable<Buffer>) {
+    chunks.push(chunk);
+    size += chunk.length;
+    if (size >= max) break;
+  }
+  stream.destroy();
+  return Buffer.concat(chunks, Math.min(size, max));
+}
