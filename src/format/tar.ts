@@ -154,6 +154,8 @@ export async function readVolume(
   let reachedLast = false;
   let failure: unknown;
   let pending: Promise<void> = Promise.resolve();
+  // The entry a handler is reading: stopped on a failure, so the handler is not left waiting for bytes that never come.
+  let active: ReadEntry | undefined;
 
   const parser = new Parser({ strict: true });
   const ended = new Promise<void>((resolve) => parser.on('end', () => resolve()));
@@ -167,6 +169,7 @@ export async function readVolume(
         entry.resume();
         return;
       }
+      active = entry;
       try {
         await onEntry({
           index: current,
@@ -180,6 +183,7 @@ export async function readVolume(
       } catch (err) {
         failure ??= err;
       } finally {
+        active = undefined;
         // Whatever the handler left unread is skipped so the parser moves on.
         entry.resume();
         if (options.lastIndex !== undefined && current >= options.lastIndex) reachedLast = true;
@@ -208,6 +212,7 @@ export async function readVolume(
   if (failure || signal?.aborted) {
     source.destroy();
     parser.abort?.(new Error('stopped'));
+    active?.destroy();
     await pending.catch(() => undefined);
     if (failure) throw failure;
     return { size, crc32: crc, entries: index };
