@@ -1,0 +1,493 @@
+/**
+ * Encryption at rest: the segment format and the storage wrapper on their own,
+ * round trips of every backup type through encrypted repositories on local disk
+ * and on the S3 test server, tampering (flipped bytes, truncation, reordered,
+ * dropped and spliced segments, swapped objects) found by verify and restore,
+ * wrong passwords refused before anything is written, no password or plaintext
+ * anywhere in outputs or stored objects, and the key commands.
+ */
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { Readable } from 'node:stream';
+import { after, before, describe, it } from 'node:test';
+import {
+  DecryptStream,
+  EncryptStream,
+  HEADER_SIZE,
+  SEGMENT_SIZE,
+  TAG_SIZE,
+  ciphertextSize,
+  decryptBuffer,
+  encryptBuffer,
+  plaintextSize,
+} from '../src/crypto/segments.js';
+import { EncryptedStorage } from '../src/storage/encrypted.js';
+import { LocalStorage } from '../src/storage/local.js';
+import { encodeDocument } from '../src/format/document.js';
+import { lifeboat, type CliRun } from './helpers/cli.js';
+import { readAll } from './helpers/data.js';
+import { exists, repoFiles } from './helpers/repo.js';
+import { createTestBucket, startS3Server, type S3TestServer } from './helpers/s3server.js';
+import { compareSnapshots, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile } from './helpers/tree.js';
+
+const PASSWORD = 'correct horse battery staple 7f3a';
+const MARKER = 'PLAINTEXT-MARKER-the-model-weights-are-secret-91c2';
+const SEALED = SEGMENT_SIZE + TAG_SIZE;
+
+let work: string;
+let seed: number;
+
+before(async () => {
+  work = await tempDir('lifeboat-enc-');
+  seed = seedFromEnv();
+  console.log(`# encryption: seed ${seed} (replay with LIFEBOAT_TEST_SEED=${seed})`);
+});
+
+after(async () => {
+  if (work) await fsp.rm(work, { recursive: true, force: true });
+});
+
+const env = (password = PASSWORD): NodeJS.ProcessEnv => ({ LIFEBOAT_PASSWORD: password });
+
+async function ok(run: Promise<CliRun>, what: string): Promise<CliRun> {
+  const r = await run;
+  assert.equal(r.code, 0, `${what} exited ${r.code}: ${r.stderr}`);
+  return r;
+}
+
+/** A source tree: a text file with a known marker, random weights over several segments, a tokenizer. */
+async function makeSource(dir: string, rand: () => number): Promise<void> {
+  await fsp.mkdir(path.join(dir, 'tok'), { recursive: true });
+  await fsp.writeFile(path.join(dir, 'notes.txt'), `${MARKER}\n`.repeat(50));
+  await fsp.writeFile(path.join(dir, 'tok', 'tokenizer.json'), JSON.stringify({ model: { vocab: { a: 0, b: 1 } } }));
+  await writeRandomFile(path.join(dir, 'weights.bin'), 5 * SEGMENT_SIZE + 1234, rand);
+}
+
+async function initEncrypted(repo: string, extra: string[] = []): Promise<void> {
+  await ok(lifeboat(['--repo', repo, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10', ...extra], { env: env() }), 'init');
+}
+
+async function digest(dir: string): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  for (const f of await repoFiles(dir)) out.set(f, createHash('sha256').update(await fsp.readFile(path.join(dir, f))).digest('hex'));
+  return out;
+}
+
+describe('the segment format', () => {
+  const key = randomBytes(32);
+
+  it('maps sizes both ways and round-trips every boundary size, streamed and in memory', async () => {
+    for (const size of [0, 1, 15, 16, SEGMENT_SIZE - 1, SEGMENT_SIZE, SEGMENT_SIZE + 1, 2 * SEGMENT_SIZE, 3 * SEGMENT_SIZE + 17]) {
+      const plain = randomBytes(size);
+      const sealed = encryptBuffer(key, 'data/x', plain);
+      assert.equal(sealed.length, ciphertextSize(size), `ciphertext size of ${size}`);
+      assert.equal(plaintextSize(sealed.length), size, `plaintext size of ${sealed.length}`);
+      assert.deepEqual(decryptBuffer(key, 'data/x', sealed), plain);
+      const enc = new EncryptStream(key, 'data/x');
+      const streamed = await readAll(Readable.from(chunks(plain, 1000)).pipe(enc));
+      assert.equal(streamed.length, sealed.length);
+      assert.equal(enc.plainBytes, size);
+      assert.deepEqual(await readAll(Readable.from(chunks(streamed, 7777)).pipe(new DecryptStream(key, 'data/x'))), plain);
+    }
+    // Sizes no plaintext encrypts to.
+    for (const bad of [0, HEADER_SIZE, HEADER_SIZE + TAG_SIZE - 1, HEADER_SIZE + SEALED + 1, HEADER_SIZE + SEALED + TAG_SIZE]) {
+      assert.equal(plaintextSize(bad), undefined, `size ${bad}`);
+    }
+  });
+
+  it('a wrong name (a renamed or spliced object), a wrong key, a flipped bit each fail to authenticate', () => {
+    const sealed = encryptBuffer(key, 'points/a.json', randomBytes(3 * SEGMENT_SIZE));
+    assert.throws(() => decryptBuffer(key, 'points/b.json', sealed), /does not authenticate/);
+    assert.throws(() => decryptBuffer(randomBytes(32), 'points/a.json', sealed), /does not authenticate/);
+    for (const at of [0, 5, HEADER_SIZE - 1, HEADER_SIZE, HEADER_SIZE + SEALED + 3, sealed.length - 1]) {
+      const copy = Buffer.from(sealed);
+      copy[at]! ^= 0x10;
+      assert.throws(() => decryptBuffer(key, 'points/a.json', copy), /damaged|tampered|not an encrypted|unknown encryption/, `bit flipped at ${at}`);
+    }
+  });
+
+  it('ranged reads through the wrapper return exactly the requested plaintext bytes', async () => {
+    const dir = path.join(work, 'ranged');
+    const storage = new EncryptedStorage(new LocalStorage(dir), Buffer.from(key));
+    const plain = randomBytes(4 * SEGMENT_SIZE + 999);
+    const info = await storage.put('data/p/v000001.tar', Readable.from(chunks(plain, 65_000)));
+    assert.equal(info.size, plain.length);
+    assert.equal((await storage.head('data/p/v000001.tar'))?.size, plain.length);
+    const listed = [];
+    for await (const o of storage.list('data/')) listed.push(o);
+    assert.deepEqual(listed, [{ key: 'data/p/v000001.tar', size: plain.length }]);
+    const rand = prng(seed);
+    const cases: [number, number | undefined][] = [
+      [0, undefined],
+      [1, undefined],
+      [SEGMENT_SIZE, undefined],
+      [plain.length - 1, undefined],
+      [plain.length, undefined],
+      [plain.length + 10, undefined],
+      [0, 1],
+      [SEGMENT_SIZE - 1, 2],
+      [2 * SEGMENT_SIZE, SEGMENT_SIZE],
+      [3, plain.length * 2],
+    ];
+    for (let i = 0; i < 30; i++) cases.push([Math.floor(rand() * plain.length), Math.floor(rand() * 3 * SEGMENT_SIZE) + 1]);
+    for (const [offset, length] of cases) {
+      const got = await readAll(await storage.get('data/p/v000001.tar', { offset, length }));
+      const end = length === undefined ? plain.length : Math.min(plain.length, offset + length);
+      assert.deepEqual(got, plain.subarray(Math.min(offset, plain.length), end), `offset ${offset} length ${length}`);
+    }
+  });
+});
+
+describe('an encrypted repository on local disk', () => {
+  let src: string;
+  let repo: string;
+  const points: { id: string; tree: Map<string, any> }[] = [];
+  const outputs: string[] = [];
+  const record = (r: CliRun) => {
+    outputs.push(r.stdout, r.stderr);
+    return r;
+  };
+
+  before(async () => {
+    src = path.join(work, 'local-src', 'models');
+    repo = path.join(work, 'local-repo');
+    await fsp.mkdir(src, { recursive: true });
+    await makeSource(src, prng(seed));
+  });
+
+  it('round trip: full → incr → diff, every point restores bit-exact; volumes record aes-256-gcm', async () => {
+    record(await ok(lifeboat(['--repo', repo, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10'], { env: env() }), 'init'));
+    const rand = prng(seed + 1);
+    for (const [type, change] of [
+      ['full', async () => undefined],
+      ['incr', async () => writeRandomFile(path.join(src, 'weights.bin'), 3 * SEGMENT_SIZE + 5, rand)],
+      ['diff', async () => fsp.writeFile(path.join(src, 'tok', 'extra.txt'), `${MARKER} extra\n`)],
+    ] as const) {
+      await change();
+      const r = record(await ok(lifeboat(['--repo', repo, '--json', 'backup', src, '--type', type], { env: env() }), `backup ${type}`));
+      points.push({ id: r.json().id, tree: await snapshotTree(src) });
+    }
+    record(await ok(lifeboat(['--repo', repo, 'verify', '--read-data'], { env: env() }), 'verify'));
+    for (const p of points) {
+      const target = path.join(work, `local-restore-${p.id}`);
+      record(await ok(lifeboat(['--repo', repo, 'restore', p.id, '--target', target], { env: env() }), `restore ${p.id}`));
+      assert.equal(compareSnapshots(p.tree, await snapshotTree(path.join(target, 'models'))), undefined);
+    }
+    const show = record(await ok(lifeboat(['--repo', repo, '--json', 'list'], { env: env() }), 'list'));
+    assert.equal(show.json().length, 3);
+    // Every object but the bootstrap is in the encrypted format.
+    for (const f of await repoFiles(repo)) {
+      const head = (await fsp.readFile(path.join(repo, f))).subarray(0, 4).toString('latin1');
+      if (f === 'config.json' || f.startsWith('keys/')) assert.equal(head.charAt(0), '{', f);
+      else assert.equal(head, 'LBEN', `${f} is encrypted`);
+    }
+    const storage = new LocalStorage(repo);
+    const { unlockStorage } = await import('../src/core/keys.js');
+    const unlocked = await unlockStorage(storage, { given: true, get: async () => PASSWORD });
+    const manifest = JSON.parse((await unlocked.storage.getDocument(`points/${points[0]!.id}.json`)).toString('utf8'));
+    assert.ok(manifest.volumes.length > 0);
+    for (const v of manifest.volumes) assert.equal(v.encryption, 'aes-256-gcm');
+    await unlocked.storage.close();
+  });
+
+  it('no password or plaintext in any output stream or stored object', async () => {
+    assert.ok(points.length === 3, 'the round trip ran');
+    const runs = [
+      ['--json', 'list'],
+      ['show', 'latest'],
+      ['--json', 'show', 'latest'],
+      ['--log-format', 'json', 'verify', '--read-data'],
+      ['--debug', 'diff', points[0]!.id, points[2]!.id],
+      ['key', 'list'],
+      ['--json', 'key', 'list'],
+    ];
+    for (const args of runs) record(await ok(lifeboat(['--repo', repo, ...args], { env: env() }), args.join(' ')));
+    // Failures too: a wrong password with --debug, and --json.
+    record(await lifeboat(['--repo', repo, '--debug', 'list'], { env: env(`${PASSWORD}x`) }));
+    record(await lifeboat(['--repo', repo, '--json', 'verify'], { env: env(`x${PASSWORD}`) }));
+    const passwordFile = path.join(work, 'pw-secret');
+    await fsp.writeFile(passwordFile, `${PASSWORD}\n`);
+    record(await ok(lifeboat(['--repo', repo, '--password-file', passwordFile, '--json', 'list']), 'list with --password-file'));
+    const metrics = path.join(work, 'metrics.prom');
+    record(await ok(lifeboat(['--repo', repo, '--json', 'backup', src, '--metrics-file', metrics], { env: env() }), 'backup with metrics'));
+    outputs.push(await fsp.readFile(metrics, 'utf8'));
+    const all = outputs.join('\n');
+    assert.ok(!all.includes(PASSWORD), 'the password appears in an output');
+    assert.ok(!all.includes(MARKER), 'file content appears in an output');
+    for (const f of await repoFiles(repo)) {
+      const bytes = await fsp.readFile(path.join(repo, f));
+      assert.ok(!bytes.includes(PASSWORD), `${f} holds the password`);
+      assert.ok(!bytes.includes(MARKER), `${f} holds file content in plaintext`);
+      assert.ok(!bytes.includes('weights.bin'), `${f} holds a file name in plaintext`);
+    }
+  });
+
+  it('a wrong or missing password exits 2 with a clear message and writes nothing', async () => {
+    const before = await digest(repo);
+    const target = path.join(work, 'wrong-pw-target');
+    const cases: [string[], NodeJS.ProcessEnv][] = [
+      [['backup', src], env('wrong')],
+      [['restore', 'latest', '--target', target], env('wrong')],
+      [['verify', '--read-data'], env('wrong')],
+      [['prune', '--keep-full', '1'], env('wrong')],
+      [['key', 'add'], { ...env('wrong'), LIFEBOAT_NEW_PASSWORD: 'another' }],
+      [['list'], {}],
+    ];
+    for (const [args, e] of cases) {
+      const r = await lifeboat(['--repo', repo, ...args], { env: e });
+      assert.equal(r.code, 2, `${args.join(' ')}: exit ${r.code}: ${r.stderr}`);
+      assert.match(r.stderr, e.LIFEBOAT_PASSWORD ? /wrong password/ : /no password was given/);
+    }
+    assert.equal(await exists(target), false);
+    assert.deepEqual(await digest(repo), before);
+  });
+
+  it('an unencrypted repository refuses a password; a config altered to "unencrypted" is refused', async () => {
+    const plain = path.join(work, 'plain-repo');
+    await ok(lifeboat(['--repo', plain, 'init']), 'init');
+    const r = await lifeboat(['--repo', plain, 'list'], { env: env() });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /not encrypted, but a password was given/);
+    assert.equal((await lifeboat(['--repo', path.join(work, 'plain-2'), 'init'], { env: env() })).code, 2);
+
+    const copy = path.join(work, 'downgraded');
+    await fsp.cp(repo, copy, { recursive: true });
+    const config = JSON.parse(await fsp.readFile(path.join(copy, 'config.json'), 'utf8'));
+    config.encryption = null;
+    await fsp.writeFile(path.join(copy, 'config.json'), encodeDocument(config));
+    const before = await digest(copy);
+    const b = await lifeboat(['--repo', copy, 'backup', src]);
+    assert.equal(b.code, 3, b.stderr);
+    assert.match(b.stderr, /says it is not encrypted, but the repository has keys/);
+    assert.deepEqual(await digest(copy), before);
+  });
+});
+
+/** One way of damaging a repository copy; returns the object it damaged. */
+type Tamper = (repo: string, ctx: { full: string; incr: string }) => Promise<string>;
+
+function volumeOf(point: string): string {
+  return `data/${point}/v000001.tar`;
+}
+
+async function edit(repo: string, key: string, fn: (b: Buffer) => Buffer): Promise<string> {
+  const file = path.join(repo, ...key.split('/'));
+  await fsp.writeFile(file, fn(await fsp.readFile(file)));
+  return key;
+}
+
+function segment(b: Buffer, i: number): Buffer {
+  return b.subarray(HEADER_SIZE + i * SEALED, HEADER_SIZE + (i + 1) * SEALED);
+}
+
+const tampers: Record<string, Tamper> = {
+  'flip a byte in a middle segment of a volume': (repo, c) =>
+    edit(repo, volumeOf(c.full), (b) => {
+      b[HEADER_SIZE + SEALED + 100]! ^= 1;
+      return b;
+    }),
+  'flip a byte of a volume header (its salt)': (repo, c) =>
+    edit(repo, volumeOf(c.full), (b) => {
+      b[HEADER_SIZE - 3]! ^= 0x80;
+      return b;
+    }),
+  'flip a tag byte of the final segment': (repo, c) =>
+    edit(repo, volumeOf(c.full), (b) => {
+      b[b.length - 1]! ^= 1;
+      return b;
+    }),
+  'truncate a volume by its final segment': (repo, c) =>
+    edit(repo, volumeOf(c.full), (b) => b.subarray(0, HEADER_SIZE + Math.floor((b.length - HEADER_SIZE - 1) / SEALED) * SEALED)),
+  'truncate a volume in the middle of a segment': (repo, c) => edit(repo, volumeOf(c.full), (b) => b.subarray(0, HEADER_SIZE + 2 * SEALED + 500)),
+  'swap two segments of a volume': (repo, c) =>
+    edit(repo, volumeOf(c.full), (b) => Buffer.concat([b.subarray(0, HEADER_SIZE), segment(b, 1), segment(b, 0), b.subarray(HEADER_SIZE + 2 * SEALED)])),
+  'drop a middle segment of a volume': (repo, c) =>
+    edit(repo, volumeOf(c.full), (b) => Buffer.concat([b.subarray(0, HEADER_SIZE + SEALED), b.subarray(HEADER_SIZE + 2 * SEALED)])),
+  'duplicate a segment (append it after the final one)': (repo, c) => edit(repo, volumeOf(c.full), (b) => Buffer.concat([b, segment(b, 1)])),
+  'splice a segment of another volume in at the same index': async (repo, c) => {
+    const other = await fsp.readFile(path.join(repo, ...volumeOf(c.incr).split('/')));
+    return edit(repo, volumeOf(c.full), (b) => Buffer.concat([b.subarray(0, HEADER_SIZE + SEALED), segment(other, 1), b.subarray(HEADER_SIZE + 2 * SEALED)]));
+  },
+  "replace a volume by another point's volume (header and all)": async (repo, c) => {
+    const other = await fsp.readFile(path.join(repo, ...volumeOf(c.incr).split('/')));
+    return edit(repo, volumeOf(c.full), () => other);
+  },
+  'flip a byte of a manifest': (repo, c) =>
+    edit(repo, `points/${c.full}.json`, (b) => {
+      b[HEADER_SIZE + 40]! ^= 4;
+      return b;
+    }),
+  'truncate a manifest': (repo, c) => edit(repo, `points/${c.full}.json`, (b) => b.subarray(0, b.length - 7)),
+  "replace a manifest by another point's manifest": async (repo, c) => {
+    const other = await fsp.readFile(path.join(repo, 'points', `${c.incr}.json`));
+    return edit(repo, `points/${c.full}.json`, () => other);
+  },
+};
+
+describe('tampering with an encrypted repository', () => {
+  let pristine: string;
+  let src: string;
+  const ids = { full: '', incr: '' };
+
+  before(async () => {
+    src = path.join(work, 'tamper-src', 'models');
+    pristine = path.join(work, 'tamper-repo');
+    await fsp.mkdir(src, { recursive: true });
+    const rand = prng(seed + 2);
+    await makeSource(src, rand);
+    await initEncrypted(pristine);
+    ids.full = (await ok(lifeboat(['--repo', pristine, '--json', 'backup', src, '--type', 'full'], { env: env() }), 'full')).json().id;
+    await writeRandomFile(path.join(src, 'weights.bin'), 4 * SEGMENT_SIZE, rand);
+    ids.incr = (await ok(lifeboat(['--repo', pristine, '--json', 'backup', src, '--type', 'incr'], { env: env() }), 'incr')).json().id;
+  });
+
+  for (const [name, tamper] of Object.entries(tampers)) {
+    it(`${name}: verify --read-data and restore exit 3 naming the object; no target`, async () => {
+      const repo = path.join(work, `t-${name.replace(/[^a-z]+/gi, '-')}`);
+      await fsp.cp(pristine, repo, { recursive: true });
+      const object = await tamper(repo, ids);
+      const verify = await lifeboat(['--repo', repo, 'verify', '--read-data'], { env: env() });
+      assert.equal(verify.code, 3, `verify exited ${verify.code}: ${verify.stdout}${verify.stderr}`);
+      assert.ok(`${verify.stdout}${verify.stderr}`.includes(object), `verify names ${object}: ${verify.stdout}${verify.stderr}`);
+      const target = path.join(repo, '..', `${path.basename(repo)}-target`);
+      const restore = await lifeboat(['--repo', repo, 'restore', ids.full, '--target', target], { env: env() });
+      assert.equal(restore.code, 3, `restore exited ${restore.code}: ${restore.stderr}`);
+      assert.ok(restore.stderr.includes(object), `restore names ${object}: ${restore.stderr}`);
+      assert.equal(await exists(target), false, 'no target after a failed restore');
+    });
+  }
+});
+
+describe('keys', () => {
+  let repo: string;
+
+  before(async () => {
+    repo = path.join(work, 'keys-repo');
+    await initEncrypted(repo);
+    const src = path.join(work, 'keys-src');
+    await fsp.mkdir(src);
+    await fsp.writeFile(path.join(src, 'a.txt'), 'a');
+    await ok(lifeboat(['--repo', repo, 'backup', src], { env: env() }), 'backup');
+  });
+
+  it('key add, list, remove and passwd; never the key in use, never the last one', async () => {
+    const list = async (password: string) => (await ok(lifeboat(['--repo', repo, '--json', 'key', 'list'], { env: env(password) }), 'key list')).json();
+    const first = await list(PASSWORD);
+    assert.equal(first.length, 1);
+    assert.equal(first[0].current, true);
+    assert.equal(first[0].kdf.logN, 10);
+
+    // The only key: refused, whatever the selector.
+    const last = await lifeboat(['--repo', repo, 'key', 'remove', first[0].id], { env: env() });
+    assert.equal(last.code, 2, last.stderr);
+
+    const newFile = path.join(work, 'second-pw');
+    await fsp.writeFile(newFile, 'second password\n');
+    const added = (await ok(lifeboat(['--repo', repo, '--json', 'key', 'add', '--new-password-file', newFile], { env: env() }), 'key add')).json();
+    const both = await list('second password');
+    assert.equal(both.length, 2);
+    assert.deepEqual(both.filter((k: any) => k.current).map((k: any) => k.id), [added.id]);
+    await ok(lifeboat(['--repo', repo, 'list'], { env: env('second password') }), 'list with the second password');
+
+    const inUse = await lifeboat(['--repo', repo, 'key', 'remove', added.id], { env: env('second password') });
+    assert.equal(inUse.code, 2);
+    assert.match(inUse.stderr, /refusing to remove it/);
+    await ok(lifeboat(['--repo', repo, 'key', 'remove', first[0].id.slice(0, 6)], { env: env('second password') }), 'key remove');
+    assert.equal((await lifeboat(['--repo', repo, 'list'], { env: env() })).code, 2, 'the removed password no longer opens');
+
+    const changed = (await ok(lifeboat(['--repo', repo, '--json', 'key', 'passwd'], { env: { ...env('second password'), LIFEBOAT_NEW_PASSWORD: 'third password' } }), 'key passwd')).json();
+    assert.equal(changed.removed, added.id);
+    assert.equal((await lifeboat(['--repo', repo, 'list'], { env: env('second password') })).code, 2);
+    const third = await list('third password');
+    assert.deepEqual(third.map((k: any) => k.id), [changed.id]);
+    assert.equal(third[0].kdf.logN, 10, 'a new key keeps the cost of the key that opened it');
+    await ok(lifeboat(['--repo', repo, 'verify', '--read-data'], { env: env('third password') }), 'verify with the new password');
+    assert.ok(!(await repoFiles(repo)).some((f) => f.startsWith('locks/')), 'the lock is released');
+  });
+
+  it('init stores the default scrypt cost; an unknown algorithm is a usage error', async () => {
+    const r = path.join(work, 'default-kdf');
+    await ok(lifeboat(['--repo', r, 'init', '--encryption', 'aes-256-gcm'], { env: env() }), 'init');
+    const config = JSON.parse(await fsp.readFile(path.join(r, 'config.json'), 'utf8'));
+    assert.deepEqual(config.encryption, { algorithm: 'aes-256-gcm', segmentSize: SEGMENT_SIZE, kdf: { name: 'scrypt', logN: 17, r: 8, p: 1 } });
+    assert.equal((await lifeboat(['--repo', path.join(work, 'bad-alg'), 'init', '--encryption', 'rot13'], { env: env() })).code, 2);
+    const none = await lifeboat(['--repo', path.join(work, 'no-pw'), 'init', '--encryption', 'aes-256-gcm']);
+    assert.equal(none.code, 2, none.stderr);
+    assert.equal(await exists(path.join(work, 'no-pw')), false);
+  });
+});
+
+describe('an encrypted repository on the S3 test server', () => {
+  let server: S3TestServer;
+  let bucket: string;
+
+  before(async () => {
+    server = await startS3Server();
+    bucket = await createTestBucket(server);
+  });
+
+  after(async () => {
+    await server?.stop();
+  });
+
+  it('round trip: full → incr → diff restore bit-exact; a flipped byte is found; a wrong password exits 2', async () => {
+    const repoArgs = ['--repo', `s3://${bucket}/enc`, '--s3-endpoint', server.endpoint, '--s3-path-style'];
+    const e = { ...server.env, ...env() };
+    const src = path.join(work, 's3-src', 'models');
+    await fsp.mkdir(src, { recursive: true });
+    const rand = prng(seed + 3);
+    await makeSource(src, rand);
+    await ok(lifeboat([...repoArgs, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10'], { env: e }), 'init');
+    const points: { id: string; tree: Map<string, any> }[] = [];
+    for (const [type, change] of [
+      ['full', async () => undefined],
+      ['incr', async () => writeRandomFile(path.join(src, 'weights.bin'), 2 * SEGMENT_SIZE + 9, rand)],
+      ['diff', async () => fsp.writeFile(path.join(src, 'new.txt'), 'new')],
+    ] as const) {
+      await change();
+      const r = await ok(lifeboat([...repoArgs, '--json', 'backup', src, '--type', type], { env: e }), `backup ${type}`);
+      points.push({ id: r.json().id, tree: await snapshotTree(src) });
+    }
+    await ok(lifeboat([...repoArgs, 'verify', '--read-data'], { env: e }), 'verify');
+    for (const p of points) {
+      const target = path.join(work, `s3-restore-${p.id}`);
+      await ok(lifeboat([...repoArgs, 'restore', p.id, '--target', target], { env: e }), `restore ${p.id}`);
+      assert.equal(compareSnapshots(p.tree, await snapshotTree(path.join(target, 'models'))), undefined);
+    }
+    const wrong = await lifeboat([...repoArgs, 'list'], { env: { ...server.env, ...env('nope') } });
+    assert.equal(wrong.code, 2, wrong.stderr);
+
+    // Damage one stored volume through the S3 API: verify and restore exit 3 naming it.
+    const { S3Client, GetObjectCommand, PutObjectCommand } = await import('@aws-sdk/client-s3');
+    const sdk = new S3Client({
+      endpoint: server.endpoint,
+      region: server.region,
+      forcePathStyle: true,
+      credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey },
+    });
+    try {
+      const key = `enc/${volumeOf(points[0]!.id)}`;
+      const body = Buffer.from(await (await sdk.send(new GetObjectCommand({ Bucket: bucket, Key: key }))).Body!.transformToByteArray());
+      assert.ok(!body.includes(MARKER));
+      body[HEADER_SIZE + SEALED + 7]! ^= 2;
+      await sdk.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body }));
+    } finally {
+      sdk.destroy();
+    }
+    const verify = await lifeboat([...repoArgs, 'verify', '--read-data'], { env: e });
+    assert.equal(verify.code, 3);
+    assert.ok(verify.stdout.includes(volumeOf(points[0]!.id)), verify.stdout);
+    const target = path.join(work, 's3-restore-damaged');
+    const restore = await lifeboat([...repoArgs, 'restore', points[0]!.id, '--target', target], { env: e });
+    assert.equal(restore.code, 3, restore.stderr);
+    assert.match(restore.stderr, /does not authenticate/);
+    assert.equal(await exists(target), false);
+  });
+});
+
+function* chunks(b: Buffer, size: number): Generator<Buffer> {
+  for (let i = 0; i < b.length; i += size) yield b.subarray(i, i + size);
+  if (b.length === 0) return;
+}
