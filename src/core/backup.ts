@@ -1,6 +1,6 @@
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
-import { createHash, type Hash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
 import { IntegrityError, errorMessage, throwIfAborted } from '../errors.js';
 import { makePointId, type BackupType } from '../format/ids.js';
@@ -10,6 +10,7 @@ import type { Notice, Progress, Reporter } from './events.js';
 import { acquireLock, describeLock } from './lock.js';
 import { chooseReference, countChanges, planBackup, type BackupPlan, type PlannedEntry } from './backup-plan.js';
 import { SMALL_FILE, SmallFilePrefetcher, type WholeFile } from './file-reader.js';
+import { Sha256Offload, type StreamDigest } from './hash-offload.js';
 import type { Repository } from './repository.js';
 import { scanSource, type ScannedEntry, type ScannedSource, type SourceSpec } from './scan.js';
 import { VolumeSink } from './volume-sink.js';
@@ -85,6 +86,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   const startedAt = now();
   const lock = options.dryRun ? undefined : await acquireLock(repo.storage, 'backup', undefined, { staleAfterMs: options.lockStaleAfterMs });
   let sink: VolumeSink | undefined;
+  let hasher: Sha256Offload | undefined;
   let id: string | undefined;
   try {
     if (lock?.tookOver) {
@@ -141,8 +143,10 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const small = plan.entries.flatMap((p, position) =>
       p.action !== 'reuse' && p.scanned.size <= SMALL_FILE ? [{ position, path: p.scanned.abs, size: p.scanned.size }] : [],
     );
+    hasher = new Sha256Offload();
     const context: StoreContext = {
       pointId: id,
+      hasher,
       sink,
       prefetch: new SmallFilePrefetcher(small),
       progress: { phase: 'backup', filesDone: 0, filesTotal: plan.filesToRead, bytesDone: 0, bytesTotal: plan.bytesToRead },
@@ -201,6 +205,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     }
     throw err;
   } finally {
+    await hasher?.close();
     await lock?.release();
   }
 }
@@ -265,6 +270,7 @@ const PROGRESS_EVERY_BYTES = 8 << 20;
 
 interface StoreContext {
   pointId: string;
+  hasher: Sha256Offload;
   sink: VolumeSink;
   prefetch: SmallFilePrefetcher;
   progress: Progress;
@@ -378,20 +384,20 @@ async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreCont
   try {
     if (planned.action === 'verify' && attempt === 1) {
       const before = await fh.stat({ bigint: true });
-      const hash = createHash('sha256');
+      const hash = ctx.hasher.stream();
       const read = await copyBody(fh, Number(before.size), hash, undefined, ctx, name);
-      const outcome = outcomeOf(before, await fh.stat({ bigint: true }), read, hash.digest('hex'));
+      const outcome = outcomeOf(before, await fh.stat({ bigint: true }), read, await hash.digest());
       if (unchangedFrom(planned.previous, outcome)) return { ...outcome, ref: planned.previous.ref! };
     }
     const before = await fh.stat({ bigint: true });
     const size = Number(before.size);
     const { writer, volume } = await ctx.sink.current();
     const { index, offset } = await writer.header({ name, type: 'File', size, mode: Number(before.mode & 0o7777n), mtime: mtimeDate(before.mtimeNs.toString()), uid: s.uid, gid: s.gid });
-    const hash = createHash('sha256');
+    const hash = ctx.hasher.stream();
     const written = await copyBody(fh, size, hash, writer, ctx, name);
     if (written < size) hash.update(Buffer.alloc(size - written));
     await writer.endEntry(written, size);
-    const outcome = outcomeOf(before, await fh.stat({ bigint: true }), written, hash.digest('hex'));
+    const outcome = outcomeOf(before, await fh.stat({ bigint: true }), written, await hash.digest());
     return { ...outcome, ref: { point: ctx.pointId, volume, entry: index, offset } };
   } finally {
     await fh.close();
@@ -399,7 +405,7 @@ async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreCont
 }
 
 /** Streams the first `size` bytes of a file into the hash (and the volume, when given). */
-async function copyBody(fh: fsp.FileHandle, size: number, hash: Hash, writer: TarVolumeWriter | undefined, ctx: StoreContext, name: string): Promise<number> {
+async function copyBody(fh: fsp.FileHandle, size: number, hash: StreamDigest, writer: TarVolumeWriter | undefined, ctx: StoreContext, name: string): Promise<number> {
   if (size === 0) return 0;
   let written = 0;
   let sinceReport = 0;
@@ -408,6 +414,7 @@ async function copyBody(fh: fsp.FileHandle, size: number, hash: Hash, writer: Ta
     throwIfAborted(ctx.signal);
     hash.update(chunk);
     if (writer) await writer.body(chunk);
+    await ctx.hasher.ready();
     written += chunk.length;
     ctx.progress.bytesDone += chunk.length;
     sinceReport += chunk.length;

@@ -3,6 +3,8 @@ import { once } from 'node:events';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
+import { Sha256Offload, type StreamDigest } from './hash-offload.js';
+import { SMALL_FILE } from './file-reader.js';
 import { IntegrityError, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
@@ -118,6 +120,27 @@ async function fetchFiles(
 ): Promise<void> {
   const progress: Progress = { phase: 'restore', filesDone: 0, filesTotal: wanted.size, bytesDone: 0, bytesTotal: 0 };
   for (const f of wanted) progress.bytesTotal += f.size;
+  // Large files are hashed on a second core while they are written.
+  const hasher = [...wanted].some((f) => f.size > SMALL_FILE) ? new Sha256Offload() : undefined;
+  try {
+    await fetchVolumes(repo, plan, wanted, staging, reporter, warnings, concurrency, progress, hasher, signal);
+  } finally {
+    await hasher?.close();
+  }
+}
+
+async function fetchVolumes(
+  repo: Repository,
+  plan: RestorePlan,
+  wanted: ReadonlySet<ManifestEntry>,
+  staging: string,
+  reporter: Reporter,
+  warnings: Notice[],
+  concurrency: number,
+  progress: Progress,
+  hasher: Sha256Offload | undefined,
+  signal?: AbortSignal,
+): Promise<void> {
   const made = new Set<string>();
   const ensureDir = async (dir: string) => {
     if (made.has(dir)) return;
@@ -149,7 +172,7 @@ async function fetchFiles(
       }
       const file = pathIn(staging, first);
       await ensureDir(path.dirname(file));
-      await writeVerified(entry, file, first, what, progress, reporter, signal);
+      await writeVerified(entry, file, first, what, progress, reporter, first.size > SMALL_FILE ? hasher : undefined, signal);
       for (const copy of targets.slice(1)) {
         const other = pathIn(staging, copy);
         await ensureDir(path.dirname(other));
@@ -237,9 +260,10 @@ async function writeVerified(
   what: string,
   progress: Progress,
   reporter: Reporter,
+  hasher: Sha256Offload | undefined,
   signal?: AbortSignal,
 ): Promise<void> {
-  const hash = createHash('sha256');
+  const hash = hasher ? hasher.stream() : inlineDigest();
   // 'wx' never follows or replaces anything already at that path.
   const out = createWriteStream(file, { flags: 'wx', mode: 0o600, highWaterMark: 1 << 20 });
   const closed = new Promise<void>((resolve, reject) => {
@@ -256,6 +280,7 @@ async function writeVerified(
       sinceReport += chunk.length;
       progress.bytesDone += chunk.length;
       if (!out.write(chunk)) await once(out, 'drain');
+      await hasher?.ready();
       if (sinceReport >= 8 << 20) {
         sinceReport = 0;
         reporter.progress?.({ ...progress, current: `${expected.source}/${expected.path}` });
@@ -266,12 +291,17 @@ async function writeVerified(
     await closed;
   }
   reporter.progress?.({ ...progress, current: `${expected.source}/${expected.path}` });
-  const digest = hash.digest('hex');
+  const digest = await hash.digest();
   if (size !== expected.size || digest !== expected.sha256) {
     throw new IntegrityError(
       `${expected.source}/${expected.path} from ${what} does not match its checksum (SHA-256 ${digest}, expected ${expected.sha256})`,
     );
   }
+}
+
+function inlineDigest(): StreamDigest {
+  const hash = createHash('sha256');
+  return { update: (data) => void hash.update(data), digest: async () => hash.digest('hex') };
 }
 
 function nsToSeconds(ns: string): number {
