@@ -212,7 +212,12 @@ export async function readVolume(
   if (failure || signal?.aborted) {
     source.destroy();
     parser.abort?.(new Error('stopped'));
-    active?.destroy();
+    // Ended rather than destroyed: a destroyed entry never wakes a reader that asks for more after it.
+    try {
+      active?.end();
+    } catch {
+      // already ended
+    }
     await pending.catch(() => undefined);
     if (failure) throw failure;
     return { size, crc32: crc, entries: index };
