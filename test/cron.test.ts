@@ -9,7 +9,7 @@ import { DeleteObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client }
 import { lifeboat, type CliRun } from './helpers/cli.js';
 import { smallDeployment } from './helpers/repo.js';
 import { freePort } from './helpers/processes.js';
-import { createTestBucket, startS3Server, type S3TestServer } from './helpers/s3server.js';
+import { createTestBucket, testClient, startS3Server, type S3TestServer } from './helpers/s3server.js';
 import { sendNotification, makeEvent } from '../src/core/notify.js';
 
 // ---- a strict reader of the Prometheus text exposition format (0.0.4) ----
@@ -363,12 +363,7 @@ describe('on S3', () => {
   before(async () => {
     server = await startS3Server();
     bucket = await createTestBucket(server);
-    sdk = new S3Client({
-      endpoint: server.endpoint,
-      region: server.region,
-      forcePathStyle: true,
-      credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey },
-    });
+    sdk = testClient(server);
   });
   after(async () => {
     sdk?.destroy();

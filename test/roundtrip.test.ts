@@ -3,13 +3,7 @@ import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { lifeboat } from './helpers/cli.js';
-import { compareSnapshots, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile, type SnapshotEntry } from './helpers/tree.js';
-
-const MODES = [0o644, 0o600, 0o755, 0o640, 0o444];
-
-function pick<T>(rand: () => number, items: readonly T[]): T {
-  return items[Math.floor(rand() * items.length)]!;
-}
+import { MODES, compareSnapshots, mutateTree, pick, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile, type SnapshotEntry } from './helpers/tree.js';
 
 function randomName(rand: () => number, n: number): string {
   const kinds = [
@@ -51,58 +45,9 @@ async function buildTree(root: string, rand: () => number): Promise<void> {
   await fsp.symlink('../weights.safetensors', path.join(dirs[1]!, 'up-link'));
 }
 
-async function listFiles(root: string): Promise<string[]> {
-  const out: string[] = [];
-  const walk = async (d: string) => {
-    for (const e of await fsp.readdir(d, { withFileTypes: true })) {
-      const p = path.join(d, e.name);
-      if (e.isDirectory()) await walk(p);
-      else if (e.isFile()) out.push(p);
-    }
-  };
-  await walk(root);
-  return out.sort();
-}
-
 /** Edits, appends, truncations, deletions, additions, renames and chmods. */
-async function mutate(root: string, rand: () => number, round: number): Promise<string[]> {
-  const did: string[] = [];
-  for (let i = 0; i < 8; i++) {
-    const files = await listFiles(root);
-    if (files.length === 0) break;
-    const f = pick(rand, files);
-    const op = pick(rand, ['edit', 'append', 'truncate', 'delete', 'add', 'rename', 'chmod'] as const);
-    switch (op) {
-      case 'edit': {
-        const st = await fsp.stat(f);
-        if (st.size === 0) break;
-        const fh = await fsp.open(f, 'r+');
-        await fh.write(Buffer.from([Math.floor(rand() * 256), 1, 2, 3]), 0, Math.min(4, st.size), Math.floor(rand() * st.size));
-        await fh.close();
-        break;
-      }
-      case 'append':
-        await fsp.appendFile(f, `appended ${round}-${i}`);
-        break;
-      case 'truncate':
-        await fsp.truncate(f, Math.floor((await fsp.stat(f)).size / 2));
-        break;
-      case 'delete':
-        await fsp.rm(f);
-        break;
-      case 'add':
-        await writeRandomFile(path.join(path.dirname(f), `added-${round}-${i}`), randomSize(rand), rand);
-        break;
-      case 'rename':
-        await fsp.rename(f, path.join(path.dirname(f), `renamed-${round}-${i}`));
-        break;
-      case 'chmod':
-        await fsp.chmod(f, pick(rand, MODES));
-        break;
-    }
-    did.push(`${op} ${path.relative(root, f)}`);
-  }
-  return did;
+function mutate(root: string, rand: () => number, round: number): Promise<string[]> {
+  return mutateTree(root, rand, round, { operations: 8, sizeOf: randomSize });
 }
 
 test('randomized round trip: full → incr → diff → incr, every point restores bit-exact', async (t) => {

@@ -25,8 +25,8 @@ import { makePointId } from '../src/format/ids.js';
 import { S3Storage } from '../src/storage/s3.js';
 import { lifeboat, spawnLifeboat, type CliRun } from './helpers/cli.js';
 import { startFaultProxy, type FaultKind } from './helpers/fault-proxy.js';
-import { createTestBucket, startS3Server, type S3TestServer } from './helpers/s3server.js';
-import { compareSnapshots, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile, type SnapshotEntry } from './helpers/tree.js';
+import { createTestBucket, testClient, startS3Server, type S3TestServer } from './helpers/s3server.js';
+import { MODES, compareSnapshots, mutateTree, pick, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile, type SnapshotEntry } from './helpers/tree.js';
 
 const MiB = 1024 * 1024;
 /** The driver's default part size: volumes larger than this go up as multipart uploads. */
@@ -41,14 +41,7 @@ let seed: number;
 before(async () => {
   server = await startS3Server();
   bucket = await createTestBucket(server);
-  sdk = new S3Client({
-    endpoint: server.endpoint,
-    region: server.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  });
+  sdk = testClient(server);
   work = await tempDir('lifeboat-s3repo-');
   seed = seedFromEnv();
   console.log(`# s3 repository: seed ${seed} (replay with LIFEBOAT_TEST_SEED=${seed})`);
@@ -136,12 +129,6 @@ async function pool<T>(items: readonly T[], width: number, job: (item: T) => Pro
 // ---------------------------------------------------------------------------
 // Trees
 
-const MODES = [0o644, 0o600, 0o755, 0o640, 0o444];
-
-function pick<T>(rand: () => number, items: readonly T[]): T {
-  return items[Math.floor(rand() * items.length)]!;
-}
-
 function randomSize(rand: () => number): number {
   const r = rand();
   if (r < 0.15) return 0;
@@ -170,19 +157,6 @@ async function buildTree(root: string, rand: () => number, bigFile: boolean): Pr
   }
 }
 
-async function filesUnder(root: string): Promise<string[]> {
-  const out: string[] = [];
-  const walk = async (d: string) => {
-    for (const e of await fsp.readdir(d, { withFileTypes: true })) {
-      const p = path.join(d, e.name);
-      if (e.isDirectory()) await walk(p);
-      else if (e.isFile()) out.push(p);
-    }
-  };
-  await walk(root);
-  return out.sort();
-}
-
 /** Edits (one of them inside the big file), appends, truncations, deletions, additions, renames, chmods. */
 async function mutate(root: string, rand: () => number, round: number): Promise<string[]> {
   const did: string[] = [];
@@ -193,41 +167,7 @@ async function mutate(root: string, rand: () => number, round: number): Promise<
     await fh.close();
     did.push('edit-big');
   }
-  for (let i = 0; i < 6; i++) {
-    const files = (await filesUnder(root)).filter((f) => f !== big);
-    if (files.length === 0) break;
-    const f = pick(rand, files);
-    const op = pick(rand, ['edit', 'append', 'truncate', 'delete', 'add', 'rename', 'chmod'] as const);
-    switch (op) {
-      case 'edit': {
-        const size = (await fsp.stat(f)).size;
-        if (size === 0) break;
-        const fh = await fsp.open(f, 'r+');
-        await fh.write(Buffer.from([Math.floor(rand() * 256), 1, 2, 3]), 0, Math.min(4, size), Math.floor(rand() * size));
-        await fh.close();
-        break;
-      }
-      case 'append':
-        await fsp.appendFile(f, `appended ${round}-${i}`);
-        break;
-      case 'truncate':
-        await fsp.truncate(f, Math.floor((await fsp.stat(f)).size / 2));
-        break;
-      case 'delete':
-        await fsp.rm(f);
-        break;
-      case 'add':
-        await writeRandomFile(path.join(path.dirname(f), `added-${round}-${i}`), randomSize(rand), rand);
-        break;
-      case 'rename':
-        await fsp.rename(f, path.join(path.dirname(f), `renamed-${round}-${i}`));
-        break;
-      case 'chmod':
-        await fsp.chmod(f, pick(rand, MODES));
-        break;
-    }
-    did.push(op);
-  }
+  did.push(...(await mutateTree(root, rand, round, { operations: 6, sizeOf: randomSize, skip: (f) => f === big })).map((d) => d.split(' ')[0]!));
   return did;
 }
 

@@ -115,15 +115,22 @@ function withEnv(server: Omit<S3TestServer, 'env'>): S3TestServer {
   };
 }
 
-/** Creates a bucket with a fresh random name and returns the name. */
-export async function createTestBucket(server: S3TestServer, endpoint = server.endpoint): Promise<string> {
-  const bucket = `lifeboat-test-${randomBytes(6).toString('hex')}`;
-  const client = new S3Client({
+/** An SDK client for tests that look at the bucket directly, with the settings non-AWS servers need. */
+export function testClient(server: S3TestServer, endpoint = server.endpoint): S3Client {
+  return new S3Client({
     endpoint,
     region: server.region,
     forcePathStyle: true,
     credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey },
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
   });
+}
+
+/** Creates a bucket with a fresh random name and returns the name. */
+export async function createTestBucket(server: S3TestServer, endpoint = server.endpoint): Promise<string> {
+  const bucket = `lifeboat-test-${randomBytes(6).toString('hex')}`;
+  const client = testClient(server, endpoint);
   try {
     await client.send(new CreateBucketCommand({ Bucket: bucket }));
   } finally {

@@ -3,18 +3,10 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { seededRandom } from './data.js';
 
 /** A small, fast, seedable PRNG (mulberry32), so failures replay from the printed seed. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export const prng = seededRandom;
 
 export function seedFromEnv(): number {
   const fromEnv = Number(process.env.LIFEBOAT_TEST_SEED);
@@ -89,4 +81,74 @@ export function compareSnapshots(expected: Map<string, SnapshotEntry>, actual: M
   }
   for (const p of actual.keys()) if (!expected.has(p)) return `unexpected ${p}`;
   return undefined;
+}
+
+export const MODES = [0o644, 0o600, 0o755, 0o640, 0o444];
+
+export function pick<T>(rand: () => number, items: readonly T[]): T {
+  return items[Math.floor(rand() * items.length)]!;
+}
+
+/** Regular files under a directory, sorted. */
+export async function listFiles(root: string): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (d: string) => {
+    for (const e of await fsp.readdir(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) await walk(p);
+      else if (e.isFile()) out.push(p);
+    }
+  };
+  await walk(root);
+  return out.sort();
+}
+
+export interface MutateOptions {
+  /** How many random operations. */
+  operations: number;
+  /** Size of an added file. */
+  sizeOf: (rand: () => number) => number;
+  /** Files left alone. */
+  skip?: (file: string) => boolean;
+}
+
+/** Edits, appends, truncations, deletions, additions, renames and chmods; returns what it did. */
+export async function mutateTree(root: string, rand: () => number, round: number, options: MutateOptions): Promise<string[]> {
+  const did: string[] = [];
+  for (let i = 0; i < options.operations; i++) {
+    const files = (await listFiles(root)).filter((f) => !options.skip?.(f));
+    if (files.length === 0) break;
+    const f = pick(rand, files);
+    const op = pick(rand, ['edit', 'append', 'truncate', 'delete', 'add', 'rename', 'chmod'] as const);
+    switch (op) {
+      case 'edit': {
+        const size = (await fsp.stat(f)).size;
+        if (size === 0) break;
+        const fh = await fsp.open(f, 'r+');
+        await fh.write(Buffer.from([Math.floor(rand() * 256), 1, 2, 3]), 0, Math.min(4, size), Math.floor(rand() * size));
+        await fh.close();
+        break;
+      }
+      case 'append':
+        await fsp.appendFile(f, `appended ${round}-${i}`);
+        break;
+      case 'truncate':
+        await fsp.truncate(f, Math.floor((await fsp.stat(f)).size / 2));
+        break;
+      case 'delete':
+        await fsp.rm(f);
+        break;
+      case 'add':
+        await writeRandomFile(path.join(path.dirname(f), `added-${round}-${i}`), options.sizeOf(rand), rand);
+        break;
+      case 'rename':
+        await fsp.rename(f, path.join(path.dirname(f), `renamed-${round}-${i}`));
+        break;
+      case 'chmod':
+        await fsp.chmod(f, pick(rand, MODES));
+        break;
+    }
+    did.push(`${op} ${path.relative(root, f)}`);
+  }
+  return did;
 }
