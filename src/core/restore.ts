@@ -73,7 +73,7 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
       result.unchanged = unchanged.size;
       result.rewritten = wanted.length;
     }
-    await fetchFiles(repo, plan, new Set(wanted), staging, reporter, warnings, options.concurrency ?? DEFAULT_TRANSFERS, options.signal);
+    await fetchFiles({ repo, plan, wanted: new Set(wanted), staging, reporter, warnings, concurrency: options.concurrency ?? DEFAULT_TRANSFERS, signal: options.signal });
     throwIfAborted(options.signal);
     if (delta) {
       result.removed = await applyDelta(plan, staging, target, new Set(wanted), (options.include ?? []).length === 0);
@@ -107,40 +107,33 @@ function pathIn(root: string, e: { source: string; path: string }): string {
   return path.join(root, e.source, ...e.path.split('/'));
 }
 
+interface FetchContext {
+  repo: Repository;
+  plan: RestorePlan;
+  wanted: ReadonlySet<ManifestEntry>;
+  staging: string;
+  reporter: Reporter;
+  warnings: Notice[];
+  concurrency: number;
+  progress: Progress;
+  /** Hashes large files on a second core. */
+  hasher?: Sha256Offload;
+  signal?: AbortSignal;
+}
+
 /** Streams every volume that holds a wanted file and writes those files under `staging`. */
-async function fetchFiles(
-  repo: Repository,
-  plan: RestorePlan,
-  wanted: ReadonlySet<ManifestEntry>,
-  staging: string,
-  reporter: Reporter,
-  warnings: Notice[],
-  concurrency: number,
-  signal?: AbortSignal,
-): Promise<void> {
-  const progress: Progress = { phase: 'restore', filesDone: 0, filesTotal: wanted.size, bytesDone: 0, bytesTotal: 0 };
-  for (const f of wanted) progress.bytesTotal += f.size;
-  // Large files are hashed on a second core while they are written.
-  const hasher = [...wanted].some((f) => f.size > SMALL_FILE) ? new Sha256Offload() : undefined;
+async function fetchFiles(context: Omit<FetchContext, 'progress' | 'hasher'>): Promise<void> {
+  const progress: Progress = { phase: 'restore', filesDone: 0, filesTotal: context.wanted.size, bytesDone: 0, bytesTotal: 0 };
+  for (const f of context.wanted) progress.bytesTotal += f.size;
+  const hasher = [...context.wanted].some((f) => f.size > SMALL_FILE) ? new Sha256Offload() : undefined;
   try {
-    await fetchVolumes(repo, plan, wanted, staging, reporter, warnings, concurrency, progress, hasher, signal);
+    await fetchVolumes({ ...context, progress, hasher });
   } finally {
     await hasher?.close();
   }
 }
 
-async function fetchVolumes(
-  repo: Repository,
-  plan: RestorePlan,
-  wanted: ReadonlySet<ManifestEntry>,
-  staging: string,
-  reporter: Reporter,
-  warnings: Notice[],
-  concurrency: number,
-  progress: Progress,
-  hasher: Sha256Offload | undefined,
-  signal?: AbortSignal,
-): Promise<void> {
+async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, concurrency, progress, hasher, signal }: FetchContext): Promise<void> {
   const made = new Set<string>();
   const ensureDir = async (dir: string) => {
     if (made.has(dir)) return;
