@@ -22,7 +22,7 @@ export function checkKdf(params: KdfParams): void {
       throw new UsageError(`scrypt ${k} ${v} is outside ${KDF_LIMITS[k].min}..${KDF_LIMITS[k].max}`);
     }
   }
-  if (128 * params.r * params.p * 2 ** params.logN > 2 ** 31) throw new UsageError('scrypt parameters need more than 2 GiB of memory');
+  if (128 * params.r * 2 ** params.logN > 2 ** 30) throw new UsageError('scrypt parameters need more than 1 GiB of memory');
 }
 
 /** Derives the 256-bit key-encryption key of a password. */

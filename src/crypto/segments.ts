@@ -135,17 +135,26 @@ export class EncryptStream extends Transform {
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
     this.plainBytes += chunk.length;
+    // One output buffer per input chunk: fewer, larger writes downstream.
+    const out: Buffer[] = [];
     let at = 0;
     while (at < chunk.length) {
       if (this.fill === SEGMENT_SIZE) {
-        for (const b of seal(this.key, this.header, this.index++, false, this.buffer)) this.push(b);
+        out.push(...seal(this.key, this.header, this.index++, false, this.buffer));
         this.fill = 0;
+      }
+      if (this.fill === 0 && chunk.length - at > SEGMENT_SIZE) {
+        // A whole segment with more after it: sealed straight from the chunk, without a copy.
+        out.push(...seal(this.key, this.header, this.index++, false, chunk.subarray(at, at + SEGMENT_SIZE)));
+        at += SEGMENT_SIZE;
+        continue;
       }
       const n = Math.min(SEGMENT_SIZE - this.fill, chunk.length - at);
       chunk.copy(this.buffer, this.fill, at, at + n);
       this.fill += n;
       at += n;
     }
+    if (out.length > 0) this.push(out.length === 1 ? out[0] : Buffer.concat(out));
     done();
   }
 
@@ -211,13 +220,25 @@ export class DecryptStream extends Transform {
         if (this.headerFill < HEADER_SIZE) return done();
         this.setHeader(this.headerBuf);
       }
+      const out: Buffer[] = [];
       while (at < chunk.length) {
-        if (this.fill === SEALED_SEGMENT) this.openPending(false);
+        if (this.fill === SEALED_SEGMENT) {
+          out.push(this.openSegment(this.pending, false));
+          this.fill = 0;
+        }
+        if (this.fill === 0 && chunk.length - at > SEALED_SEGMENT) {
+          // A whole segment with more after it: opened straight from the chunk, without a copy.
+          out.push(this.openSegment(chunk.subarray(at, at + SEALED_SEGMENT), false));
+          at += SEALED_SEGMENT;
+          continue;
+        }
         const n = Math.min(SEALED_SEGMENT - this.fill, chunk.length - at);
         chunk.copy(this.pending, this.fill, at, at + n);
         this.fill += n;
         at += n;
       }
+      const plain = out.length === 1 ? out[0]! : Buffer.concat(out);
+      if (plain.length > 0) this.push(plain);
       done();
     } catch (err) {
       done(err as Error);
@@ -229,31 +250,32 @@ export class DecryptStream extends Transform {
       if (!this.header) throw new IntegrityError(`${this.name} is truncated: its encryption header is incomplete`);
       // The last segment of the stream is always still buffered here; none at all is a truncation.
       if (this.fill === 0) throw truncated(this.name, this.index);
-      this.openPending(true);
+      const plain = this.openSegment(this.pending.subarray(0, this.fill), true);
+      this.fill = 0;
+      if (plain.length > 0) this.push(plain);
       done();
     } catch (err) {
       done(err as Error);
     }
   }
 
-  /** Opens the buffered segment; `atEnd`: nothing follows it in this stream. */
-  private openPending(atEnd: boolean): void {
+  /** Opens one sealed segment; `atEnd`: nothing follows it in this stream. Returns the plaintext to emit. */
+  private openSegment(sealed: Buffer, atEnd: boolean): Buffer {
     const known = this.options.finalSegment;
     if (known !== undefined && this.index > known) {
       throw new IntegrityError(`${this.name} is damaged or was tampered with: it has more encrypted segments than its size allows`);
     }
     const final = known !== undefined ? this.index === known : atEnd;
-    if (!final && this.fill !== SEALED_SEGMENT) throw truncated(this.name, this.index);
-    let plain = open(this.key!, this.header!, this.index, final, this.pending.subarray(0, this.fill), this.name);
+    if (!final && sealed.length !== SEALED_SEGMENT) throw truncated(this.name, this.index);
+    let plain = open(this.key!, this.header!, this.index, final, sealed, this.name);
     this.index++;
-    this.fill = 0;
     if (this.skip > 0) {
       plain = plain.subarray(Math.min(this.skip, plain.length));
       this.skip = 0;
     }
     if (plain.length > this.remaining) plain = plain.subarray(0, this.remaining);
     this.remaining -= plain.length;
-    if (plain.length > 0) this.push(plain);
+    return plain;
   }
 }
 
