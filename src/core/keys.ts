@@ -135,16 +135,18 @@ async function tryKey(file: KeyFile, repositoryId: string, password: string): Pr
 
 /** Finds the key that `password` opens; a wrong password is a usage error (exit 2). */
 export async function unlockKey(storage: Storage, repositoryId: string, password: string): Promise<UnlockedKey> {
-  const { keys } = await readKeys(storage);
+  const { keys, damaged } = await readKeys(storage);
   if (keys.length === 0) {
-    throw new IntegrityError(`the encrypted repository at ${storage.location} has no readable key under ${KEYS_PREFIX}`);
+    throw new IntegrityError(`the encrypted repository at ${storage.location} has no readable key under ${KEYS_PREFIX}${damaged.length ? ` (damaged: ${damaged.join(', ')})` : ''}`);
   }
   for (const file of keys) {
     const dataKey = await tryKey(file, repositoryId, password);
     if (dataKey) return { keyId: file.id, dataKey, kdf: { ...file.kdf } };
   }
   throw new UsageError(`wrong password: none of the ${keys.length} key(s) of the repository at ${storage.location} opens with it`, {
-    hint: 'check LIFEBOAT_PASSWORD or --password-file',
+    hint: damaged.length
+      ? `${damaged.length} key file(s) are damaged and were not tried (${damaged.join(', ')}); check the password source as well`
+      : 'check LIFEBOAT_PASSWORD, LIFEBOAT_PASSWORD_FILE or --password-file',
   });
 }
 
