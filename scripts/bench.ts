@@ -192,6 +192,8 @@ export interface RepositoryTarget {
   env?: NodeJS.ProcessEnv;
   /** A local repository directory to warm before a restore (none for object storage). */
   localDir?: string;
+  /** Extra flags of `init` (e.g. --encryption aes-256-gcm). */
+  initArgs?: string[];
 }
 
 function lifeboatArgs(ctx: BenchContext, target: RepositoryTarget, args: string[]): string[] {
@@ -257,7 +259,7 @@ export async function benchRepository(ctx: BenchContext, target: RepositoryTarge
   const L = target.label;
   const vs = (tar: StepResult | undefined, seconds: number) => (tar ? { step: tar.step, ratio: seconds / tar.seconds } : undefined);
 
-  await lifeboat(ctx, target, ['init']);
+  await lifeboat(ctx, target, ['init', ...(target.initArgs ?? [])]);
 
   ctx.log(`[${L}] full backup`);
   await warm([ctx.deployment]);
@@ -413,6 +415,14 @@ async function main(): Promise<void> {
   await benchBaselines(ctx);
 
   const targets: RepositoryTarget[] = [{ label: 'local', repo: path.join(dir, 'repo'), localDir: path.join(dir, 'repo') }];
+  // The same local repository with client-side encryption: its rows against the plain ones are the cost of encryption.
+  targets.push({
+    label: 'local-encrypted',
+    repo: path.join(dir, 'repo-encrypted'),
+    localDir: path.join(dir, 'repo-encrypted'),
+    env: { ...process.env, LIFEBOAT_PASSWORD: 'bench password' },
+    initArgs: ['--encryption', 'aes-256-gcm'],
+  });
   if (process.env.LIFEBOAT_BENCH_S3_REPO) {
     const args = (process.env.LIFEBOAT_BENCH_S3_ARGS ?? '').split(/\s+/).filter(Boolean);
     targets.push({ label: 's3', repo: process.env.LIFEBOAT_BENCH_S3_REPO, args });
