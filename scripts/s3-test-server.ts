@@ -4,10 +4,14 @@
  * point lifeboat at it, and stops it on Ctrl-C (or after 30 minutes).
  *
  *   node dist/scripts/s3-test-server.js
+ *
+ * Ceph keeps the data in RAM: LIFEBOAT_S3_MEMORY_GIB (default 2) sets how much
+ * it may hold (the benchmark's repository needs about 6).
  */
 import { createTestBucket, startS3Server } from '../test/helpers/s3server.js';
 
-const server = await startS3Server();
+const gib = Number(process.env.LIFEBOAT_S3_MEMORY_GIB ?? '2');
+const server = await startS3Server({ memstoreBytes: Math.round(gib * 1024 ** 3) });
 const bucket = await createTestBucket(server);
 console.log(`export AWS_ACCESS_KEY_ID=${server.accessKeyId}`);
 console.log(`export AWS_SECRET_ACCESS_KEY=${server.secretAccessKey}`);

@@ -39,19 +39,19 @@ export interface S3TestServer {
   stop(): Promise<void>;
 }
 
-export async function startS3Server(): Promise<S3TestServer> {
+export async function startS3Server(options: { memstoreBytes?: number } = {}): Promise<S3TestServer> {
   const forced = process.env.LIFEBOAT_TEST_S3;
   if (forced !== undefined && forced !== '' && forced !== 'ceph' && forced !== 's3rver') {
     throw new Error(`LIFEBOAT_TEST_S3 must be ceph or s3rver, not ${forced}`);
   }
   const useCeph = forced === 'ceph' || (forced !== 's3rver' && (await cephAvailable()));
-  const server = useCeph ? await startCeph() : await startS3rver();
+  const server = useCeph ? await startCeph(options.memstoreBytes) : await startS3rver();
   console.log(`# S3 test server: ${server.kind} at ${server.endpoint}`);
   return server;
 }
 
-async function startCeph(): Promise<S3TestServer> {
-  const ceph = await startCephS3();
+async function startCeph(memstoreBytes?: number): Promise<S3TestServer> {
+  const ceph = await startCephS3({ memstoreBytes });
   return withEnv({
     kind: 'ceph',
     endpoint: ceph.endpoint,
