@@ -1,6 +1,7 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import protobuf from 'protobufjs';
+import { createRequire } from 'node:module';
+import type protobuf from 'protobufjs';
 import { errorMessage } from '../errors.js';
 import { readAt } from './io.js';
 import { bump, dtypeSummary, type FileCheck, type ModelInfo, type TreeFile } from './types.js';
@@ -62,9 +63,16 @@ message ModelProto {
 }
 `;
 
+// Loaded on first use: most deployments have no ONNX file, and every command would pay for it at start-up.
+const require = createRequire(import.meta.url);
+let protobufModule: typeof protobuf | undefined;
+function pb(): typeof protobuf {
+  return (protobufModule ??= require('protobufjs') as typeof protobuf);
+}
+
 let root: protobuf.Root | undefined;
 export function onnxTypes(): { Model: protobuf.Type; Graph: protobuf.Type; Tensor: protobuf.Type; root: protobuf.Root } {
-  root ??= protobuf.parse(ONNX_PROTO_SUBSET, { keepCase: true }).root;
+  root ??= pb().parse(ONNX_PROTO_SUBSET, { keepCase: true }).root;
   return { root, Model: root.lookupType('onnx.ModelProto'), Graph: root.lookupType('onnx.GraphProto'), Tensor: root.lookupType('onnx.TensorProto') };
 }
 
@@ -119,7 +127,7 @@ async function walkMessage(fh: fsp.FileHandle, type: protobuf.Type, start: numbe
   let pos = start;
   while (pos < end) {
     const head = await readAt(fh, pos, Math.min(20, end - pos));
-    const reader = protobuf.Reader.create(head);
+    const reader = pb().Reader.create(head);
     const tag = reader.uint32();
     const wireType = tag & 7;
     const id = tag >>> 3;
@@ -144,7 +152,7 @@ async function walkMessage(fh: fsp.FileHandle, type: protobuf.Type, start: numbe
       }
     } else if (field && wireType === 2) {
       field.resolve();
-      if (field.resolvedType instanceof protobuf.Type) {
+      if (field.resolvedType instanceof pb().Type) {
         const sub = await walkMessage(fh, field.resolvedType, bodyStart, fieldEnd, depth + 1);
         if (field.repeated) out[field.name] = [...((out[field.name] as unknown[]) ?? []), sub];
         else out[field.name] = sub;

@@ -1,6 +1,14 @@
 import * as fsp from 'node:fs/promises';
-import Database from 'better-sqlite3';
+import { createRequire } from 'node:module';
+import type BetterSqlite3 from 'better-sqlite3';
 import { InterruptedError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
+
+// A native module loaded only when a SQLite source is backed up or restored, not by every command.
+const require = createRequire(import.meta.url);
+let sqliteModule: typeof BetterSqlite3 | undefined;
+function sqlite(): typeof BetterSqlite3 {
+  return (sqliteModule ??= require('better-sqlite3') as typeof BetterSqlite3);
+}
 
 /** How long the copy waits for a writer's lock before SQLite reports busy. */
 const BUSY_TIMEOUT_MS = 10_000;
@@ -38,9 +46,9 @@ export async function copySqlite(name: string, database: string, destination: st
   for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
     if (signal?.aborted) throw new InterruptedError();
     await fsp.rm(destination, { force: true });
-    let source: Database.Database | undefined;
+    let source: BetterSqlite3.Database | undefined;
     try {
-      source = new Database(database, { readonly: true, fileMustExist: true, timeout: BUSY_TIMEOUT_MS });
+      source = new (sqlite())(database, { readonly: true, fileMustExist: true, timeout: BUSY_TIMEOUT_MS });
       const meta = await source.backup(destination, { progress: () => 0x7fffffff });
       source.close();
       source = undefined;
@@ -66,7 +74,7 @@ export async function copySqlite(name: string, database: string, destination: st
 
 /** Makes the copy a single rollback-journal file and checks it; returns its size. */
 async function seal(file: string): Promise<number> {
-  const db = new Database(file, { fileMustExist: true });
+  const db = new (sqlite())(file, { fileMustExist: true });
   try {
     db.pragma('journal_mode = DELETE');
     const result = db.pragma('quick_check', { simple: true });
@@ -79,7 +87,7 @@ async function seal(file: string): Promise<number> {
 
 /** Runs `PRAGMA integrity_check` on a database file; 'ok' when it is sound. */
 export function integrityCheck(file: string): string {
-  const db = new Database(file, { readonly: true, fileMustExist: true });
+  const db = new (sqlite())(file, { readonly: true, fileMustExist: true });
   try {
     const rows = db.pragma('integrity_check') as { integrity_check: string }[];
     return rows.map((r) => r.integrity_check).join('; ');
