@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { lifeboat } from './helpers/cli.js';
+import { lifeboat, spawnLifeboat } from './helpers/cli.js';
 import { exists, smallDeployment } from './helpers/repo.js';
 import { tempDir } from './helpers/tree.js';
 
@@ -181,4 +181,14 @@ test('unchanged files are not read again by an incremental backup', async () => 
   assert.equal(w.storedIn, full.id);
   assert.equal(after.entries.find((e: { path: string }) => e.path === 'config.json').mode, 0o600);
   await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('a reader that closes the pipe early (lifeboat … | head) is not an error', async () => {
+  const child = spawnLifeboat(['--help']);
+  child.stdout!.destroy();
+  const stderr: Buffer[] = [];
+  child.stderr!.on('data', (c: Buffer) => stderr.push(c));
+  const code = await new Promise<number | null>((r) => child.on('close', (c) => r(c)));
+  assert.equal(code, 0, Buffer.concat(stderr).toString());
+  assert.doesNotMatch(Buffer.concat(stderr).toString(), /EPIPE|Unhandled/);
 });

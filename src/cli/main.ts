@@ -163,6 +163,12 @@ export async function main(argv: string[]): Promise<void> {
     process.stderr.write(`lifeboat: ${name} received, stopping cleanly…\n`);
     controller.abort();
   };
+  // `lifeboat list | head` closes the pipe early: that is not a failure of the command.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPIPE') throw err;
+    });
+  }
   process.on('SIGINT', () => onSignal('SIGINT'));
   process.on('SIGTERM', () => onSignal('SIGTERM'));
   const code = await runCli(argv, { stdout: process.stdout, stderr: process.stderr, env: process.env, cwd: process.cwd() }, controller.signal);
