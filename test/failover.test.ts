@@ -78,7 +78,7 @@ test('failover end to end: back up a served deployment, lose it, fail over to ch
         '  prod:',
         '    slots: ./serving/slots',
         '    active: ./serving/current',
-        `    health: { url: "http://127.0.0.1:${port}/health", timeout: 3s, interval: 100ms }`,
+        `    health: { url: "http://127.0.0.1:${port}/health", timeout: 10s, interval: 100ms }`,
         `    activate: "kill -HUP ${server.pid}"`,
         '    keepSlots: 2',
         '',

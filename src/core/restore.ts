@@ -150,6 +150,7 @@ async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, c
     if (jobWanted.size === 0) return;
     const found = new Set<number>();
     const what = `volume ${job.record.key}`;
+    const writes = new PendingWrites();
     const onEntry = async (entry: VolumeEntry) => {
       checkArchiveEntry(entry, what);
       const targets = jobWanted.get(entry.index);
@@ -164,39 +165,61 @@ async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, c
         throw new IntegrityError(`${what}: entry ${entry.index} (${entry.name}) has ${entry.size} bytes, the manifest says ${first.size} for ${expectedName}`);
       }
       const file = pathIn(staging, first);
-      await ensureDir(path.dirname(file));
-      await writeVerified(entry, file, first, what, progress, reporter, first.size > SMALL_FILE ? hasher : undefined, signal);
-      for (const copy of targets.slice(1)) {
-        const other = pathIn(staging, copy);
-        await ensureDir(path.dirname(other));
-        await fsp.copyFile(file, other);
+      if (first.size <= SMALL_FILE) {
+        // Small files are read whole and checked here; their writes overlap the parsing of what follows.
+        const data = await readVerified(entry, first, what, progress);
+        writes.add(
+          (async () => {
+            for (const t of targets) {
+              const p = pathIn(staging, t);
+              await ensureDir(path.dirname(p));
+              await fsp.writeFile(p, data, { flag: 'wx', mode: 0o600 });
+            }
+          })(),
+        );
+        if (writes.size >= SMALL_WRITES_IN_FLIGHT) await writes.drain(SMALL_WRITES_IN_FLIGHT / 2);
+      } else {
+        await ensureDir(path.dirname(file));
+        await writeVerified(entry, file, first, what, progress, reporter, hasher, signal);
+        for (const copy of targets.slice(1)) {
+          const other = pathIn(staging, copy);
+          await ensureDir(path.dirname(other));
+          await fsp.copyFile(file, other);
+        }
       }
       progress.filesDone += targets.length;
     };
-    for (const run of planReads(jobWanted, job.record.size)) {
-      throwIfAborted(signal);
-      let body;
-      try {
-        body = await repo.storage.get(job.record.key, { signal, offset: run.offset });
-      } catch (err) {
-        throw new IntegrityError(`${what} of point ${job.point} cannot be read: ${errorMessage(err)}`, { cause: err });
+    try {
+      for (const run of planReads(jobWanted, job.record.size)) {
+        throwIfAborted(signal);
+        let body;
+        try {
+          body = await repo.storage.get(job.record.key, { signal, offset: run.offset });
+        } catch (err) {
+          throw new IntegrityError(`${what} of point ${job.point} cannot be read: ${errorMessage(err)}`, { cause: err });
+        }
+        const last = run.lastIndex;
+        const read = await readVolume(
+          body,
+          what,
+          // Past the run's last wanted entry the stream is cut short: nothing there is looked at.
+          async (entry) => (last === undefined || entry.index <= last ? onEntry(entry) : undefined),
+          { signal, firstIndex: run.firstIndex, lastIndex: last },
+        );
+        throwIfAborted(signal);
+        if (last === undefined && (read.size !== job.record.size || read.crc32 !== job.record.crc32)) {
+          // Every file taken from it verified, so the restore stands; verify will name the damage.
+          const notice: Notice = { level: 'warning', code: 'volume-checksum', message: `${what} does not match its recorded size or CRC-32; run \`lifeboat verify --read-data\`` };
+          warnings.push(notice);
+          reporter.notice?.(notice);
+        }
       }
-      const last = run.lastIndex;
-      const read = await readVolume(
-        body,
-        what,
-        // Past the run's last wanted entry the stream is cut short: nothing there is looked at.
-        async (entry) => (last === undefined || entry.index <= last ? onEntry(entry) : undefined),
-        { signal, firstIndex: run.firstIndex, lastIndex: last },
-      );
-      throwIfAborted(signal);
-      if (last === undefined && (read.size !== job.record.size || read.crc32 !== job.record.crc32)) {
-        // Every file taken from it verified, so the restore stands; verify will name the damage.
-        const notice: Notice = { level: 'warning', code: 'volume-checksum', message: `${what} does not match its recorded size or CRC-32; run \`lifeboat verify --read-data\`` };
-        warnings.push(notice);
-        reporter.notice?.(notice);
-      }
+    } catch (err) {
+      // No write may land in the staging directory after it is removed.
+      await writes.drain(0).catch(() => undefined);
+      throw err;
     }
+    await writes.drain(0);
     for (const [index, list] of jobWanted) {
       if (!found.has(index)) {
         throw new IntegrityError(`${what} of point ${job.point} lacks entry ${index}, which holds ${list[0]!.source}/${list[0]!.path}`);
@@ -234,6 +257,57 @@ function planReads(wanted: Map<number, ManifestEntry[]>, volumeSize: number): Vo
   const skipped = volumeSize - runs.reduce((n, r) => n + (r.end - r.offset), 0);
   if (skipped < SKIP_GAP) return [{ offset: 0, firstIndex: 0 }];
   return runs.map(({ offset, firstIndex, lastIndex }) => ({ offset, firstIndex, lastIndex }));
+}
+
+/** chmod/utimes calls in flight when a restore sets file metadata. */
+const METADATA_IN_FLIGHT = 16;
+
+/** Small-file writes in flight per volume before the parser waits for some to finish. */
+const SMALL_WRITES_IN_FLIGHT = 32;
+
+/** A bounded set of writes; the first failure is thrown by the next drain. */
+class PendingWrites {
+  private readonly pending = new Set<Promise<void>>();
+  private failure: unknown;
+
+  get size(): number {
+    return this.pending.size;
+  }
+
+  add(write: Promise<void>): void {
+    const tracked = write.then(
+      () => void this.pending.delete(tracked),
+      (err: unknown) => {
+        this.failure ??= err;
+        this.pending.delete(tracked);
+      },
+    );
+    this.pending.add(tracked);
+  }
+
+  /** Waits until at most `left` writes are in flight. */
+  async drain(left: number): Promise<void> {
+    while (this.pending.size > left) await Promise.race(this.pending);
+    if (this.failure) throw this.failure;
+  }
+}
+
+/** Reads a small entry whole and checks its size and SHA-256 before anything is written. */
+async function readVerified(entry: VolumeEntry, expected: ManifestEntry, what: string, progress: Progress): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of entry.body) {
+    size += chunk.length;
+    if (size > expected.size) break;
+    chunks.push(chunk);
+  }
+  const data = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+  progress.bytesDone += data.length;
+  const digest = createHash('sha256').update(data).digest('hex');
+  if (size !== expected.size || digest !== expected.sha256) {
+    throw new IntegrityError(`${expected.source}/${expected.path} from ${what} does not match its checksum (SHA-256 ${digest}, expected ${expected.sha256})`);
+  }
+  return data;
 }
 
 /** Refuses entries no extractor should ever write: escapes, absolute names, hard links, devices. */
@@ -317,16 +391,20 @@ async function finishTree(plan: RestorePlan, root: string): Promise<void> {
 }
 
 async function applyMetadata(plan: RestorePlan, root: string): Promise<void> {
-  for (const e of [...plan.entries].reverse()) {
+  const set = async (e: ManifestEntry) => {
     const p = pathIn(root, e);
     const t = nsToSeconds(e.mtimeNs);
     if (e.type === 'symlink') {
       await fsp.lutimes(p, t, t).catch(() => undefined);
-      continue;
+      return;
     }
     await fsp.chmod(p, e.mode);
     await fsp.utimes(p, t, t);
-  }
+  };
+  // Setting a file's mode or time leaves its directory's mtime alone, so files go in
+  // parallel; directories follow, deepest first, so a parent's time is set last.
+  await runPool(plan.entries.filter((e) => e.type !== 'dir'), METADATA_IN_FLIGHT, set);
+  for (const e of [...plan.entries].reverse()) if (e.type === 'dir') await set(e);
   for (const s of plan.manifest.sources) {
     const p = path.join(root, s.name);
     if (s.mode !== undefined) await fsp.chmod(p, s.mode);
