@@ -424,6 +424,14 @@ async function main(): Promise<void> {
   log('');
   log('MiB/s is the deployment size over wall time; CPU s is user + system time of the process;');
   log('"vs tar" and "vs full" are ratios of wall times, "vs full" to the same repository\'s full backup.');
+  // Each other repository kind against the plain local one, step by step (the cost of S3, of encryption).
+  for (const group of [...new Set(ctx.steps.map((s) => s.group))].filter((g) => g !== 'local' && g !== 'baseline')) {
+    const pairs = ctx.steps
+      .filter((s) => s.group === group)
+      .map((s) => ({ step: s.step.slice(group.length + 2), s, local: ctx.steps.find((l) => l.group === 'local' && l.step === `local: ${s.step.slice(group.length + 2)}`) }))
+      .filter((p) => p.local);
+    log(`${group} vs local disk: ${pairs.map((p) => `${p.step} ${(p.s.seconds / p.local!.seconds).toFixed(2)}× the time (${p.s.mibPerSec.toFixed(0)} vs ${p.local!.mibPerSec.toFixed(0)} MiB/s)`).join('; ')}`);
+  }
   const missed = ctx.steps.filter((s) => s.target && !s.target.ok);
   log(missed.length === 0 ? 'every target met' : `targets missed: ${missed.map((s) => s.step).join(', ')}`);
 
