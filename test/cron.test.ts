@@ -370,7 +370,11 @@ describe('on S3', () => {
     await server?.stop();
   });
 
-  test('stale locks are taken over and unlock behaves the same on an S3 repository', async () => {
+  test('stale locks are taken over and unlock behaves the same on an S3 repository', async (t) => {
+    if (!server.capabilities.conditionalPut) {
+      t.skip(`${server.kind} ignores If-None-Match: *, so a lock cannot be created exclusively there`);
+      return;
+    }
     const d = await smallDeployment();
     const repoArgs = ['--repo', `s3://${bucket}/cron-lock`, '--s3-endpoint', server.endpoint, '--s3-path-style'];
     const cli = (args: string[]) => lifeboat([...repoArgs, ...args], { env: server.env });
