@@ -265,7 +265,6 @@ function mtimeDate(ns: string): Date {
   return new Date(Number(BigInt(ns) / 1_000_000n));
 }
 
-const EMPTY_SHA256 = createHash('sha256').digest('hex');
 const PROGRESS_EVERY_BYTES = 8 << 20;
 
 interface StoreContext {

@@ -1,12 +1,11 @@
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ExitCode, IntegrityError, LifeboatError, errorMessage, throwIfAborted } from '../errors.js';
 import type { Manifest } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
+import { sha256OfFile } from '../format/checksum.js';
 import type { Reporter } from './events.js';
 import { appendEvent } from './journal.js';
 import type { Repository } from './repository.js';
@@ -216,7 +215,7 @@ async function checkRestoredTree(point: Manifest, target: string, signal?: Abort
       if (e.type === 'file') {
         if (!st.isFile()) bad.push(`${name}: not a regular file`);
         else if (st.size !== e.size) bad.push(`${name}: ${st.size} bytes, expected ${e.size}`);
-        else if (e.sha256 && (await sha256File(file)) !== e.sha256) bad.push(`${name}: SHA-256 mismatch`);
+        else if (e.sha256 && (await sha256OfFile(file)) !== e.sha256) bad.push(`${name}: SHA-256 mismatch`);
       } else if (e.type === 'symlink') {
         if (!st.isSymbolicLink() || (await fsp.readlink(file)) !== e.target) bad.push(`${name}: link differs`);
       } else if (!st.isDirectory()) bad.push(`${name}: not a directory`);
@@ -225,12 +224,6 @@ async function checkRestoredTree(point: Manifest, target: string, signal?: Abort
     }
   }
   return bad;
-}
-
-async function sha256File(file: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of fs.createReadStream(file)) hash.update(chunk as Buffer);
-  return hash.digest('hex');
 }
 
 /** Runs the smoke command through the shell with LIFEBOAT_RESTORE_DIR set; keeps the tail of its output. */

@@ -145,12 +145,12 @@ export class Repository {
   }
 
   /** Data prefixes (`data/<id>/`) that belong to no committed point: leftovers of aborted backups. */
-  async orphanDataPrefixes(exclude: ReadonlySet<string> = new Set()): Promise<{ prefix: string; keys: string[]; bytes: number }[]> {
+  async orphanDataPrefixes(): Promise<{ prefix: string; keys: string[]; bytes: number }[]> {
     const committed = new Set(await this.pointIds());
     const byPoint = new Map<string, { keys: string[]; bytes: number }>();
     for await (const { key, size } of this.storage.list(keys.dataPrefix)) {
       const id = key.split('/')[1] ?? '';
-      if (committed.has(id) || exclude.has(id)) continue;
+      if (committed.has(id)) continue;
       const slot = byPoint.get(id) ?? { keys: [], bytes: 0 };
       slot.keys.push(key);
       slot.bytes += size;

@@ -8,6 +8,7 @@ import { SMALL_FILE } from './file-reader.js';
 import { IntegrityError, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
+import { sha256OfFile } from '../format/checksum.js';
 import { readVolume, type VolumeEntry } from '../format/tar.js';
 import type { Notice, Progress, Reporter } from './events.js';
 import type { Repository } from './repository.js';
@@ -438,20 +439,9 @@ async function filesAlreadyRight(target: string, files: ManifestEntry[], signal?
     const p = pathIn(target, f);
     const st = await fsp.lstat(p).catch(() => undefined);
     if (!st || !st.isFile() || st.size !== f.size) continue;
-    if ((await hashFile(p)) === f.sha256) right.add(f);
+    if ((await sha256OfFile(p)) === f.sha256) right.add(f);
   }
   return right;
-}
-
-async function hashFile(file: string): Promise<string> {
-  const hash = createHash('sha256');
-  const fh = await fsp.open(file, 'r');
-  try {
-    for await (const chunk of fh.createReadStream({ highWaterMark: 1 << 20, autoClose: false }) as AsyncIterable<Buffer>) hash.update(chunk);
-  } finally {
-    await fh.close();
-  }
-  return hash.digest('hex');
 }
 
 /**

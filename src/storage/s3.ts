@@ -33,8 +33,7 @@ import {
 } from './storage.js';
 
 const MiB = 1024 * 1024;
-/** S3's limits on multipart uploads. */
-const MIN_PART_SIZE = 5 * MiB;
+/** S3's limit on the parts of one multipart upload. */
 const MAX_PARTS = 10_000;
 const DELETE_BATCH = 1000;
 

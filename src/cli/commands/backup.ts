@@ -2,7 +2,6 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
 import { backup, type BackupResult } from '../../core/backup.js';
-import type { SourceSpec } from '../../core/scan.js';
 import type { LifeboatConfig } from '../../config/config.js';
 import type { BackupType } from '../../format/ids.js';
 import { openRepository, type CliContext } from '../context.js';
