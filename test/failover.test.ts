@@ -79,7 +79,9 @@ test('failover end to end: back up a served deployment, lose it, fail over to ch
         '    slots: ./serving/slots',
         '    active: ./serving/current',
         `    health: { url: "http://127.0.0.1:${port}/health", timeout: 10s, interval: 100ms }`,
-        `    activate: "kill -HUP ${server.pid}"`,
+        // A reload request that returns once the reload is done, as a real reload command should:
+        // after a bare signal, the first health check could still reach the old model.
+        `    activate: ${JSON.stringify(`"${process.execPath}" -e "fetch('http://127.0.0.1:${port}/admin/reload', { method: 'POST' }).then((r) => r.arrayBuffer())"`)}`,
         '    keepSlots: 2',
         '',
       ].join('\n'),
