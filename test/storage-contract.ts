@@ -207,6 +207,36 @@ export function runStorageContract(
       assert.deepEqual(await listAll(storage, 'aborted/'), []);
     });
 
+    it('a writer stores each chunk as it was when write() resolved, though the caller reuses one buffer', async () => {
+      const seed = 77;
+      for (const size of [0, 1000, part + 1, Math.floor(2.5 * part)]) {
+        const key = `writer/object-${size}`;
+        const writer = await storage.openWriter(key);
+        // One buffer, refilled with the next chunk as soon as each write resolves, then scribbled over.
+        const reused = Buffer.alloc(part);
+        let chunk = 0;
+        for await (const piece of generatedStream(size, seed, { irregularChunks: true })) {
+          for (let at = 0; at < (piece as Buffer).length; ) {
+            const n = Math.min(1 + ((chunk++ * 7919) % reused.length), (piece as Buffer).length - at);
+            (piece as Buffer).copy(reused, 0, at, at + n);
+            await writer.write(reused.subarray(0, n));
+            reused.fill(0xee);
+            at += n;
+          }
+        }
+        assert.deepEqual(await writer.end(), { key, size });
+        assert.deepEqual(await sha256Of(await storage.get(key)), await sha256Of(generatedStream(size, seed)), `content of ${size} bytes`);
+      }
+    });
+
+    it('an aborted writer leaves nothing visible', async () => {
+      const writer = await storage.openWriter('aborted-writer/object');
+      for await (const piece of generatedStream(2 * part, 8)) await writer.write(piece as Buffer);
+      await writer.abort(new Error('stopped on purpose'));
+      assert.equal(await storage.head('aborted-writer/object'), undefined);
+      assert.deepEqual(await listAll(storage, 'aborted-writer/'), []);
+    });
+
     it('failed puts leave no incomplete writes behind', async (t) => {
       if (options.skip?.cleanupIncomplete) return t.skip(options.skip.cleanupIncomplete);
       await assert.rejects(storage.put('failed-clean/object', failingStream(2 * part + 1, 5)));

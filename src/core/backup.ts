@@ -149,6 +149,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       hasher,
       sink,
       prefetch: new SmallFilePrefetcher(small),
+      readBuffers: [Buffer.allocUnsafe(READ_CHUNK), Buffer.allocUnsafe(READ_CHUNK)],
       progress: { phase: 'backup', filesDone: 0, filesTotal: plan.filesToRead, bytesDone: 0, bytesTotal: plan.bytesToRead },
       reporter,
       warn,
@@ -266,12 +267,16 @@ function mtimeDate(ns: string): Date {
 }
 
 const PROGRESS_EVERY_BYTES = 8 << 20;
+/** Bytes read from a large file at a time. */
+const READ_CHUNK = 1 << 20;
 
 interface StoreContext {
   pointId: string;
   hasher: Sha256Offload;
   sink: VolumeSink;
   prefetch: SmallFilePrefetcher;
+  /** The two buffers large files are read through (files are stored one at a time). */
+  readBuffers: [Buffer, Buffer];
   progress: Progress;
   reporter: Reporter;
   warn: (n: Omit<Notice, 'level'>) => void;
@@ -403,24 +408,43 @@ async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreCont
   }
 }
 
-/** Streams the first `size` bytes of a file into the hash (and the volume, when given). */
+/**
+ * Streams the first `size` bytes of a file into the hash (and the volume, when
+ * given). Two buffers take turns: one is read into while the other is hashed
+ * and written, and both are reused for every file, so a backup allocates no
+ * memory per chunk (which would leave V8 collecting gigabytes of dead buffers).
+ */
 async function copyBody(fh: fsp.FileHandle, size: number, hash: StreamDigest, writer: TarVolumeWriter | undefined, ctx: StoreContext, name: string): Promise<number> {
   if (size === 0) return 0;
+  const buffers = ctx.readBuffers;
+  const readInto = (turn: number, position: number): Promise<number> =>
+    position >= size ? Promise.resolve(0) : fh.read(buffers[turn]!, 0, Math.min(READ_CHUNK, size - position), position).then((r) => r.bytesRead);
   let written = 0;
   let sinceReport = 0;
-  const stream = fh.createReadStream({ start: 0, end: size - 1, highWaterMark: 1 << 20, autoClose: false });
-  for await (const chunk of stream as AsyncIterable<Buffer>) {
-    throwIfAborted(ctx.signal);
-    hash.update(chunk);
-    if (writer) await writer.body(chunk);
-    await ctx.hasher.ready();
-    written += chunk.length;
-    ctx.progress.bytesDone += chunk.length;
-    sinceReport += chunk.length;
-    if (sinceReport >= PROGRESS_EVERY_BYTES) {
-      sinceReport = 0;
-      ctx.reporter.progress?.({ ...ctx.progress, current: name });
+  let turn = 0;
+  let next = readInto(turn, 0);
+  try {
+    for (;;) {
+      const n = await next;
+      if (n === 0) break;
+      const chunk = buffers[turn]!.subarray(0, n);
+      turn ^= 1;
+      next = readInto(turn, written + n);
+      throwIfAborted(ctx.signal);
+      hash.update(chunk);
+      if (writer) await writer.body(chunk);
+      await ctx.hasher.ready();
+      written += n;
+      ctx.progress.bytesDone += n;
+      sinceReport += n;
+      if (sinceReport >= PROGRESS_EVERY_BYTES) {
+        sinceReport = 0;
+        ctx.reporter.progress?.({ ...ctx.progress, current: name });
+      }
     }
+  } finally {
+    // Never leave a read running into a buffer the next file will use.
+    await next.catch(() => undefined);
   }
   ctx.reporter.progress?.({ ...ctx.progress, current: name });
   return written;

@@ -1,16 +1,15 @@
 import { keys, type VolumeRecord } from '../format/manifest.js';
 import { TarVolumeWriter } from '../format/tar.js';
 import { IntegrityError } from '../errors.js';
-import type { Storage } from '../storage/storage.js';
+import type { ObjectWriter, Storage } from '../storage/storage.js';
 
 /**
  * Feeds entries into tar volumes of one backup point, starting a new volume
  * once the current one passes `volumeSize` and letting up to `concurrency`
- * finished volumes upload while the next one is written.
+ * finished volumes complete (flush, upload) while the next one is written.
  */
 export class VolumeSink {
-  private writer?: TarVolumeWriter;
-  private upload?: Promise<unknown>;
+  private current_?: { tar: TarVolumeWriter; out: ObjectWriter };
   private readonly inFlight: Promise<unknown>[] = [];
   private failure: unknown;
   readonly volumes: VolumeRecord[] = [];
@@ -26,58 +25,59 @@ export class VolumeSink {
   /** The volume the next entry goes to; opens one when needed. */
   async current(): Promise<{ writer: TarVolumeWriter; volume: number }> {
     if (this.failure) throw this.failure;
-    if (this.writer && this.writer.size >= this.volumeSize) await this.closeCurrent();
-    if (!this.writer) {
-      const index = this.volumes.length;
-      const writer = new TarVolumeWriter();
-      const key = keys.volume(this.pointId, index);
-      const record: VolumeRecord = { key, size: 0, crc32: 0, entries: 0, compression: 'none', encryption: this.storage.encryption ?? 'none' };
-      this.volumes.push(record);
-      this.upload = this.storage.put(key, writer.stream, { signal: this.signal }).then(
-        (info) => {
-          if (info.size !== writer.size) {
-            throw new IntegrityError(`volume ${key} was stored with ${info.size} bytes, ${writer.size} were written`);
-          }
-        },
-        (err) => {
-          this.failure ??= err;
-          writer.stream.destroy(err instanceof Error ? err : new Error(String(err)));
-          throw err;
-        },
-      );
-      this.upload.catch(() => undefined);
-      this.writer = writer;
+    if (this.current_ && this.current_.tar.size >= this.volumeSize) await this.closeCurrent();
+    if (!this.current_) {
+      const key = keys.volume(this.pointId, this.volumes.length);
+      const out = await this.storage.openWriter(key, { signal: this.signal });
+      this.volumes.push({ key, size: 0, crc32: 0, entries: 0, compression: 'none', encryption: this.storage.encryption ?? 'none' });
+      this.current_ = { tar: new TarVolumeWriter(out), out };
     }
-    return { writer: this.writer, volume: this.volumes.length - 1 };
+    return { writer: this.current_.tar, volume: this.volumes.length - 1 };
   }
 
   private async closeCurrent(): Promise<void> {
-    const writer = this.writer!;
-    await writer.end();
+    const { tar, out } = this.current_!;
+    this.current_ = undefined;
+    try {
+      await tar.end();
+    } catch (err) {
+      await out.abort(err as Error);
+      throw err;
+    }
     const record = this.volumes[this.volumes.length - 1]!;
-    record.size = writer.size;
-    record.crc32 = writer.crc;
-    record.entries = writer.entries;
-    this.inFlight.push(this.upload!);
-    this.writer = undefined;
-    this.upload = undefined;
+    record.size = tar.size;
+    record.crc32 = tar.crc;
+    record.entries = tar.entries;
+    const stored = out.end().then(
+      (info) => {
+        if (info.size !== tar.size) throw new IntegrityError(`volume ${record.key} was stored with ${info.size} bytes, ${tar.size} were written`);
+      },
+      (err: unknown) => {
+        this.failure ??= err;
+        throw err;
+      },
+    );
+    stored.catch(() => undefined);
+    this.inFlight.push(stored);
     while (this.inFlight.length >= this.concurrency) await this.inFlight.shift();
   }
 
   /** Ends the last volume and waits until every volume is stored. */
   async finish(): Promise<VolumeRecord[]> {
-    if (this.writer) await this.closeCurrent();
+    if (this.current_) await this.closeCurrent();
     while (this.inFlight.length > 0) await this.inFlight.shift();
     if (this.failure) throw this.failure;
     return this.volumes;
   }
 
-  /** Stops every upload in progress; their partial objects never become visible. */
+  /** Stops the volume being written; its partial object never becomes visible. */
   abort(err: Error): void {
-    this.writer?.stream.destroy(err);
+    const current = this.current_;
+    this.current_ = undefined;
+    if (current) this.inFlight.push(current.out.abort(err));
   }
 
   async settle(): Promise<void> {
-    await Promise.allSettled([this.upload, ...this.inFlight]);
+    await Promise.allSettled(this.inFlight);
   }
 }

@@ -1,6 +1,10 @@
-import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto';
+import { hkdfSync, randomBytes } from 'node:crypto';
 import { Transform, type TransformCallback } from 'node:stream';
 import { IntegrityError } from '../errors.js';
+import { cipherThread } from './cipher-thread.js';
+import { HEADER_SIZE, SALT_SIZE, TAG_SIZE, openInto, sealInto } from './gcm.js';
+
+export { HEADER_SIZE, SALT_SIZE, TAG_SIZE };
 
 /**
  * The encrypted object format (docs/SECURITY.md):
@@ -18,13 +22,14 @@ import { IntegrityError } from '../errors.js';
  */
 export const SEGMENT_LOG2 = 16;
 export const SEGMENT_SIZE = 1 << SEGMENT_LOG2;
-export const TAG_SIZE = 16;
-export const SALT_SIZE = 32;
-export const HEADER_SIZE = 8 + SALT_SIZE;
 const SEALED_SEGMENT = SEGMENT_SIZE + TAG_SIZE;
 const MAGIC = Buffer.from('LBEN', 'latin1');
 const VERSION = 1;
 const INFO = 'lifeboat object v1\0';
+/** Segments per batch handed to the encryption thread. */
+const BATCH_SEGMENTS = 16;
+/** Batches of one stream out at the encryption thread at once: the bound on its memory. */
+const IN_FLIGHT = 3;
 
 export const DATA_KEY_SIZE = 32;
 
@@ -77,91 +82,107 @@ function objectKey(dataKey: Buffer, header: Buffer, name: string): Buffer {
   return Buffer.from(hkdfSync('sha256', dataKey, header.subarray(8), INFO + name, 32));
 }
 
-function nonceAndAad(header: Buffer, index: number, final: boolean): { nonce: Buffer; aad: Buffer } {
-  const nonce = Buffer.alloc(12);
-  nonce.writeUInt32BE(Math.floor(index / 0x1_0000_0000), 0);
-  nonce.writeUInt32BE(index >>> 0, 4);
-  nonce[8] = final ? 1 : 0;
-  const aad = Buffer.alloc(HEADER_SIZE + 9);
-  header.copy(aad, 0);
-  nonce.copy(aad, HEADER_SIZE, 0, 9);
-  return { nonce, aad };
-}
-
-/** Seals one segment; returns ciphertext then tag. */
-function seal(key: Buffer, header: Buffer, index: number, final: boolean, plain: Buffer): Buffer[] {
-  const { nonce, aad } = nonceAndAad(header, index, final);
-  const cipher = createCipheriv('aes-256-gcm', key, nonce);
-  cipher.setAAD(aad);
-  const body = cipher.update(plain);
-  cipher.final();
-  return [body, cipher.getAuthTag()];
-}
-
-function open(key: Buffer, header: Buffer, index: number, final: boolean, sealed: Buffer, name: string): Buffer {
-  if (sealed.length < TAG_SIZE) throw truncated(name, index);
-  const { nonce, aad } = nonceAndAad(header, index, final);
-  const decipher = createDecipheriv('aes-256-gcm', key, nonce);
-  decipher.setAAD(aad);
-  decipher.setAuthTag(sealed.subarray(sealed.length - TAG_SIZE));
-  const body = decipher.update(sealed.subarray(0, sealed.length - TAG_SIZE));
-  try {
-    decipher.final();
-  } catch {
-    throw new IntegrityError(`${name} is damaged or was tampered with: encrypted segment ${index} does not authenticate`);
-  }
-  return body;
-}
-
 function truncated(name: string, index: number): IntegrityError {
   return new IntegrityError(`${name} is truncated: encrypted segment ${index} is incomplete or missing`);
 }
 
-/** Encrypts a stream; memory is one segment. `name` is the object's key in the repository. */
-export class EncryptStream extends Transform {
-  private readonly header = newHeader();
-  private readonly key: Buffer;
-  private readonly buffer = Buffer.allocUnsafe(SEGMENT_SIZE);
-  private fill = 0;
-  private index = 0;
-  /** Plaintext bytes seen so far. */
-  plainBytes = 0;
+/** A batch of segments sealed or opened: the input buffer back, and the result. */
+export interface BatchResult {
+  input: ArrayBuffer;
+  output: Buffer;
+}
 
-  constructor(dataKey: Buffer, name: string) {
-    super({ highWaterMark: 1 << 20 });
-    this.key = objectKey(dataKey, this.header, name);
-    this.push(this.header);
+/**
+ * Gathers bytes into batches of whole segments and hands them to the
+ * encryption thread, at most IN_FLIGHT at a time, emitting results in order.
+ * Input buffers go to the thread and come back to be filled again, so memory
+ * is a few batches whatever the object's size.
+ */
+export class SegmentBatches {
+  private readonly spare: ArrayBuffer[] = [];
+  private readonly inFlight: Promise<Buffer>[] = [];
+  private batch: Uint8Array;
+  private fill = 0;
+
+  constructor(
+    private readonly batchSize: number,
+    private readonly process: (input: ArrayBuffer, length: number, last: boolean) => Promise<BatchResult>,
+    private readonly emit: (output: Buffer) => void | Promise<void>,
+  ) {
+    this.batch = new Uint8Array(batchSize);
   }
 
-  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
-    this.plainBytes += chunk.length;
-    // One output buffer per input chunk: fewer, larger writes downstream.
-    const out: Buffer[] = [];
-    let at = 0;
+  /** Bytes gathered and not yet handed over. */
+  get pending(): number {
+    return this.fill;
+  }
+
+  /** Copies bytes in, handing each full batch over once more bytes follow it. */
+  async append(chunk: Uint8Array, from = 0): Promise<void> {
+    let at = from;
     while (at < chunk.length) {
-      if (this.fill === SEGMENT_SIZE) {
-        out.push(...seal(this.key, this.header, this.index++, false, this.buffer));
-        this.fill = 0;
-      }
-      if (this.fill === 0 && chunk.length - at > SEGMENT_SIZE) {
-        // A whole segment with more after it: sealed straight from the chunk, without a copy.
-        out.push(...seal(this.key, this.header, this.index++, false, chunk.subarray(at, at + SEGMENT_SIZE)));
-        at += SEGMENT_SIZE;
-        continue;
-      }
-      const n = Math.min(SEGMENT_SIZE - this.fill, chunk.length - at);
-      chunk.copy(this.buffer, this.fill, at, at + n);
+      if (this.fill === this.batchSize) await this.handOver(false);
+      const n = Math.min(this.batchSize - this.fill, chunk.length - at);
+      this.batch.set(chunk.subarray(at, at + n), this.fill);
       this.fill += n;
       at += n;
     }
-    if (out.length > 0) this.push(out.length === 1 ? out[0] : Buffer.concat(out));
-    done();
   }
 
-  override _flush(done: TransformCallback): void {
-    for (const b of seal(this.key, this.header, this.index, true, this.buffer.subarray(0, this.fill))) this.push(b);
-    this.buffer.fill(0);
-    done();
+  /** Hands over what is left as the stream's last batch and emits every result. */
+  finish(): Promise<void> {
+    return this.handOver(true);
+  }
+
+  private async handOver(last: boolean): Promise<void> {
+    const result = this.process(this.batch.buffer as ArrayBuffer, this.fill, last).then(({ input, output }) => {
+      this.spare.push(input);
+      return output;
+    });
+    // Awaited in order below; until then a failure must not count as unhandled.
+    result.catch(() => undefined);
+    this.inFlight.push(result);
+    this.batch = new Uint8Array(this.spare.pop() ?? new ArrayBuffer(this.batchSize));
+    this.fill = 0;
+    while (this.inFlight.length >= (last ? 1 : IN_FLIGHT)) {
+      const output = await this.inFlight.shift()!;
+      if (output.length > 0) await this.emit(output);
+    }
+  }
+}
+
+/** Plaintext bytes per batch handed to the encryption thread. */
+export const SEAL_BATCH = BATCH_SEGMENTS * SEGMENT_SIZE;
+/** Largest sealed output of one batch. */
+export const SEALED_BATCH = BATCH_SEGMENTS * SEALED_SEGMENT;
+
+/** Seals the segments of one object, batch by batch, in order. */
+export class SegmentSealer {
+  readonly header = newHeader();
+  private readonly key: Buffer;
+  private index = 0;
+
+  constructor(dataKey: Buffer, name: string) {
+    this.key = objectKey(dataKey, this.header, name);
+  }
+
+  /** Seals `length` bytes of `input` (whole segments unless `last`); `output`, when given, receives the result. */
+  async seal(input: ArrayBuffer, length: number, last: boolean, output?: ArrayBuffer): Promise<BatchResult> {
+    const first = this.index;
+    const segments = last ? Math.max(1, Math.ceil(length / SEGMENT_SIZE)) : length / SEGMENT_SIZE;
+    this.index += segments;
+    const reply = await cipherThread.run({
+      op: 'seal',
+      key: this.key,
+      header: this.header,
+      segmentSize: SEGMENT_SIZE,
+      firstIndex: first,
+      finalIndex: last ? first + segments - 1 : -1,
+      input,
+      length,
+      output,
+    });
+    return { input: reply.input, output: Buffer.from(reply.output!, 0, reply.length) };
   }
 }
 
@@ -178,12 +199,11 @@ export interface DecryptOptions {
   limit?: number;
 }
 
-/** Decrypts a stream; memory is one segment. Any damage is an IntegrityError naming the object. */
+/** Decrypts a stream with bounded memory. Any damage is an IntegrityError naming the object. */
 export class DecryptStream extends Transform {
+  private readonly batches: SegmentBatches;
   private header?: Buffer;
   private key?: Buffer;
-  private readonly pending = Buffer.allocUnsafe(SEALED_SEGMENT);
-  private fill = 0;
   private headerFill = 0;
   private headerBuf?: Buffer;
   private index: number;
@@ -196,6 +216,9 @@ export class DecryptStream extends Transform {
     private readonly options: DecryptOptions = {},
   ) {
     super({ highWaterMark: 1 << 20 });
+    this.batches = new SegmentBatches(SEALED_BATCH, (input, length, last) => this.open(input, length, last), (out) => {
+      this.push(out);
+    });
     this.index = options.firstSegment ?? 0;
     this.skip = options.skip ?? 0;
     this.remaining = options.limit ?? Number.POSITIVE_INFINITY;
@@ -220,62 +243,45 @@ export class DecryptStream extends Transform {
         if (this.headerFill < HEADER_SIZE) return done();
         this.setHeader(this.headerBuf);
       }
-      const out: Buffer[] = [];
-      while (at < chunk.length) {
-        if (this.fill === SEALED_SEGMENT) {
-          out.push(this.openSegment(this.pending, false));
-          this.fill = 0;
-        }
-        if (this.fill === 0 && chunk.length - at > SEALED_SEGMENT) {
-          // A whole segment with more after it: opened straight from the chunk, without a copy.
-          out.push(this.openSegment(chunk.subarray(at, at + SEALED_SEGMENT), false));
-          at += SEALED_SEGMENT;
-          continue;
-        }
-        const n = Math.min(SEALED_SEGMENT - this.fill, chunk.length - at);
-        chunk.copy(this.pending, this.fill, at, at + n);
-        this.fill += n;
-        at += n;
-      }
-      const plain = out.length === 1 ? out[0]! : Buffer.concat(out);
-      if (plain.length > 0) this.push(plain);
-      done();
+      this.batches.append(chunk, at).then(() => done(), done);
     } catch (err) {
       done(err as Error);
     }
   }
 
   override _flush(done: TransformCallback): void {
-    try {
-      if (!this.header) throw new IntegrityError(`${this.name} is truncated: its encryption header is incomplete`);
-      // The last segment of the stream is always still buffered here; none at all is a truncation.
-      if (this.fill === 0) throw truncated(this.name, this.index);
-      const plain = this.openSegment(this.pending.subarray(0, this.fill), true);
-      this.fill = 0;
-      if (plain.length > 0) this.push(plain);
-      done();
-    } catch (err) {
-      done(err as Error);
-    }
+    if (!this.header) return done(new IntegrityError(`${this.name} is truncated: its encryption header is incomplete`));
+    // The last segment of the stream is always still held here; none at all is a truncation.
+    if (this.batches.pending === 0) return done(truncated(this.name, this.index));
+    this.batches.finish().then(() => done(), done);
   }
 
-  /** Opens one sealed segment; `atEnd`: nothing follows it in this stream. Returns the plaintext to emit. */
-  private openSegment(sealed: Buffer, atEnd: boolean): Buffer {
+  /** Opens a batch of sealed segments; `last`: nothing follows it in this stream. */
+  private async open(input: ArrayBuffer, length: number, last: boolean): Promise<BatchResult> {
+    const first = this.index;
+    const segments = Math.ceil(length / SEALED_SEGMENT);
+    this.index += segments;
+    const lastIndex = first + segments - 1;
     const known = this.options.finalSegment;
-    if (known !== undefined && this.index > known) {
+    if (known !== undefined && lastIndex > known) {
       throw new IntegrityError(`${this.name} is damaged or was tampered with: it has more encrypted segments than its size allows`);
     }
-    const final = known !== undefined ? this.index === known : atEnd;
-    if (!final && sealed.length !== SEALED_SEGMENT) throw truncated(this.name, this.index);
-    let plain = open(this.key!, this.header!, this.index, final, sealed, this.name);
-    this.index++;
+    const finalIndex = known ?? (last ? lastIndex : -1);
+    // Every segment but the final one is whole; the batch holds whole segments but perhaps its last.
+    const tail = length - (segments - 1) * SEALED_SEGMENT;
+    if (tail < TAG_SIZE || (lastIndex !== finalIndex && tail !== SEALED_SEGMENT)) throw truncated(this.name, lastIndex);
+    const reply = await cipherThread.run({ op: 'open', key: this.key!, header: this.header!, segmentSize: SEGMENT_SIZE, firstIndex: first, finalIndex, input, length });
+    if (reply.failedIndex !== undefined) {
+      throw new IntegrityError(`${this.name} is damaged or was tampered with: encrypted segment ${reply.failedIndex} does not authenticate`);
+    }
+    let plain = Buffer.from(reply.output, 0, reply.length);
     if (this.skip > 0) {
       plain = plain.subarray(Math.min(this.skip, plain.length));
       this.skip = 0;
     }
     if (plain.length > this.remaining) plain = plain.subarray(0, this.remaining);
     this.remaining -= plain.length;
-    return plain;
+    return { input: reply.input, output: plain };
   }
 }
 
@@ -283,13 +289,14 @@ export class DecryptStream extends Transform {
 export function encryptBuffer(dataKey: Buffer, name: string, plain: Uint8Array): Buffer {
   const header = newHeader();
   const key = objectKey(dataKey, header, name);
-  const data = Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength);
-  const out: Buffer[] = [header];
-  const last = lastSegmentIndex(data.length);
+  const last = lastSegmentIndex(plain.length);
+  const out = Buffer.allocUnsafe(ciphertextSize(plain.length));
+  header.copy(out, 0);
+  let at = HEADER_SIZE;
   for (let i = 0; i <= last; i++) {
-    out.push(...seal(key, header, i, i === last, data.subarray(i * SEGMENT_SIZE, (i + 1) * SEGMENT_SIZE)));
+    at += sealInto(key, header, i, i === last, plain.subarray(i * SEGMENT_SIZE, (i + 1) * SEGMENT_SIZE), out, at);
   }
-  return Buffer.concat(out);
+  return out;
 }
 
 /** Decrypts a small object held in memory. */
@@ -301,10 +308,13 @@ export function decryptBuffer(dataKey: Buffer, name: string, sealed: Buffer): Bu
   if (size === undefined) throw new IntegrityError(`${name} is truncated or extended: ${sealed.length} bytes is not a possible encrypted size`);
   const key = objectKey(dataKey, header, name);
   const last = lastSegmentIndex(size);
-  const out: Buffer[] = [];
+  const out = Buffer.allocUnsafe(size);
+  let at = 0;
   for (let i = 0; i <= last; i++) {
     const start = segmentOffset(i);
-    out.push(open(key, header, i, i === last, sealed.subarray(start, Math.min(sealed.length, start + SEALED_SEGMENT)), name));
+    const n = openInto(key, header, i, i === last, sealed.subarray(start, Math.min(sealed.length, start + SEALED_SEGMENT)), out, at);
+    if (n < 0) throw new IntegrityError(`${name} is damaged or was tampered with: encrypted segment ${i} does not authenticate`);
+    at += n;
   }
-  return Buffer.concat(out);
+  return out;
 }

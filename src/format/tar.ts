@@ -1,4 +1,4 @@
-import { PassThrough, type Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { Header, Parser, Pax, type ReadEntry } from 'tar';
 import { IntegrityError } from '../errors.js';
 import { crc32 } from './checksum.js';
@@ -17,27 +17,59 @@ export interface TarHeaderFields {
   linkpath?: string;
 }
 
+/** Where a volume's bytes go: resolves once the chunk's memory may be reused (an ObjectWriter). */
+export interface ChunkSink {
+  write(chunk: Uint8Array): Promise<void>;
+}
+
+/** Pieces smaller than this are gathered into one write; larger ones go out as they are. */
+const GATHER_BELOW = 256 << 10;
+const GATHER_SIZE = 1 << 20;
+
 /**
- * Writes one standard (ustar + pax) tar volume into `stream`, counting bytes,
+ * Writes one standard (ustar + pax) tar volume into `sink`, counting bytes,
  * entries and a CRC-32 of everything written. Headers are encoded by node-tar;
  * file bodies are pushed by the caller, so it can hash them in the same pass.
+ * Headers, padding and small files are gathered into large writes (two
+ * buffers, so one fills while the other is written): a write per tar block
+ * would cost a round trip each.
  */
 export class TarVolumeWriter {
-  readonly stream: PassThrough;
   size = 0;
   crc = 0;
   entries = 0;
+  private gather = Buffer.allocUnsafe(GATHER_SIZE);
+  private spare = Buffer.allocUnsafe(GATHER_SIZE);
+  private gathered = 0;
+  private writing: Promise<void> = Promise.resolve();
 
-  constructor(highWaterMark = 4 << 20) {
-    this.stream = new PassThrough({ highWaterMark });
-  }
+  constructor(private readonly sink: ChunkSink) {}
 
-  private async push(buf: Buffer): Promise<void> {
+  private async push(buf: Uint8Array): Promise<void> {
     if (buf.length === 0) return;
     this.crc = crc32(buf, this.crc);
     this.size += buf.length;
-    if (this.stream.destroyed) throw this.stream.errored ?? new Error('volume stream closed');
-    if (!this.stream.write(buf)) await waitForDrain(this.stream);
+    if (buf.length < GATHER_BELOW) {
+      if (this.gathered + buf.length > GATHER_SIZE) await this.flush();
+      this.gather.set(buf, this.gathered);
+      this.gathered += buf.length;
+      return;
+    }
+    await this.flush();
+    await this.writing;
+    await this.sink.write(buf);
+  }
+
+  /** Starts writing what is gathered; waits only for the write before it, whose buffer it takes next. */
+  private async flush(): Promise<void> {
+    if (this.gathered === 0) return;
+    await this.writing;
+    const full = this.gather.subarray(0, this.gathered);
+    [this.gather, this.spare] = [this.spare, this.gather];
+    this.gathered = 0;
+    this.writing = this.sink.write(full);
+    // A failure is reported by the next push or by end().
+    this.writing.catch(() => undefined);
   }
 
   /** Starts an entry; returns its index in the volume and the byte offset where it starts. */
@@ -69,7 +101,8 @@ export class TarVolumeWriter {
     return { index: this.entries++, offset };
   }
 
-  async body(chunk: Buffer): Promise<void> {
+  /** Appends part of a file's body; resolves once `chunk` may be reused. */
+  async body(chunk: Uint8Array): Promise<void> {
     await this.push(chunk);
   }
 
@@ -85,31 +118,15 @@ export class TarVolumeWriter {
       missing -= n;
     }
     const pad = (BLOCK - (size % BLOCK)) % BLOCK;
-    if (pad) await this.push(Buffer.alloc(pad));
+    if (pad) await this.push(ZERO_BLOCKS.subarray(0, pad));
   }
 
+  /** Writes the end-of-archive blocks and everything still gathered. */
   async end(): Promise<void> {
     await this.push(ZERO_BLOCKS);
-    this.stream.end();
+    await this.flush();
+    await this.writing;
   }
-}
-
-function waitForDrain(stream: PassThrough): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const done = (err?: Error) => {
-      stream.off('drain', onDrain);
-      stream.off('close', onClose);
-      stream.off('error', onError);
-      if (err) reject(err);
-      else resolve();
-    };
-    const onDrain = () => done();
-    const onClose = () => done(stream.errored ?? new Error('volume stream closed'));
-    const onError = (err: Error) => done(err);
-    stream.on('drain', onDrain);
-    stream.on('close', onClose);
-    stream.on('error', onError);
-  });
 }
 
 export interface VolumeEntry {

@@ -2,9 +2,11 @@ import { Readable } from 'node:stream';
 import { IntegrityError } from '../errors.js';
 import {
   DecryptStream,
-  EncryptStream,
   HEADER_SIZE,
+  SEAL_BATCH,
   SEGMENT_SIZE,
+  SegmentBatches,
+  SegmentSealer,
   ciphertextSize,
   decryptBuffer,
   encryptBuffer,
@@ -12,7 +14,8 @@ import {
   plaintextSize,
   segmentOffset,
 } from '../crypto/segments.js';
-import type { GetOptions, ObjectInfo, PutOptions, Storage, StorageCapabilities } from './storage.js';
+import { putThroughWriter } from './writer-over-put.js';
+import type { GetOptions, ObjectInfo, ObjectWriter, PutOptions, Storage, StorageCapabilities } from './storage.js';
 
 /** The largest document (manifest, ledger, pin, journal event) read into memory. */
 export const MAX_DOCUMENT_BYTES = 512 * 1024 * 1024;
@@ -47,18 +50,23 @@ export class EncryptedStorage implements Storage {
 
   async put(key: string, body: Readable, options?: PutOptions): Promise<ObjectInfo> {
     if (isPlaintextKey(key)) return this.inner.put(key, body, options);
-    const encrypt = new EncryptStream(this.dataKey, key);
-    body.on('error', (err) => encrypt.destroy(err));
-    body.pipe(encrypt);
-    const info = await this.inner.put(key, encrypt, {
+    return putThroughWriter(await this.openWriter(key, options), body);
+  }
+
+  async openWriter(key: string, options?: PutOptions): Promise<ObjectWriter> {
+    if (isPlaintextKey(key)) return this.inner.openWriter(key, options);
+    const inner = await this.inner.openWriter(key, {
       ...options,
       size: options?.size === undefined ? undefined : ciphertextSize(options.size),
     });
-    const size = plaintextSize(info.size);
-    if (size !== encrypt.plainBytes) {
-      throw new IntegrityError(`${key} was stored with ${info.size} encrypted bytes, which does not match the ${encrypt.plainBytes} bytes written`);
+    const sealer = new SegmentSealer(this.dataKey, key);
+    try {
+      await inner.write(sealer.header);
+    } catch (err) {
+      await inner.abort(err as Error);
+      throw err;
     }
-    return { key, size };
+    return new SealingWriter(key, sealer, inner);
   }
 
   async putDocument(key: string, data: Uint8Array, options?: { ifAbsent?: boolean }): Promise<boolean> {
@@ -138,6 +146,55 @@ export class EncryptedStorage implements Storage {
   close(): Promise<void> {
     this.dataKey.fill(0);
     return this.inner.close();
+  }
+}
+
+/**
+ * Encrypts into another writer. Sealed batches are written in order and their
+ * buffers go back to the encryption thread to be filled again, so a long
+ * object allocates nothing per batch.
+ */
+class SealingWriter implements ObjectWriter {
+  private readonly spareOutputs: ArrayBuffer[] = [];
+  private readonly batches: SegmentBatches;
+  private plainBytes = 0;
+
+  constructor(
+    private readonly key: string,
+    sealer: SegmentSealer,
+    private readonly inner: ObjectWriter,
+  ) {
+    this.batches = new SegmentBatches(
+      SEAL_BATCH,
+      (input, length, last) => sealer.seal(input, length, last, this.spareOutputs.pop()),
+      async (sealed) => {
+        await inner.write(sealed);
+        this.spareOutputs.push(sealed.buffer as ArrayBuffer);
+      },
+    );
+  }
+
+  async write(chunk: Uint8Array): Promise<void> {
+    this.plainBytes += chunk.length;
+    await this.batches.append(chunk);
+  }
+
+  async end(): Promise<ObjectInfo> {
+    try {
+      await this.batches.finish();
+    } catch (err) {
+      await this.inner.abort(err as Error);
+      throw err;
+    }
+    const info = await this.inner.end();
+    if (plaintextSize(info.size) !== this.plainBytes) {
+      throw new IntegrityError(`${this.key} was stored with ${info.size} encrypted bytes, which does not match the ${this.plainBytes} bytes written`);
+    }
+    return { key: this.key, size: this.plainBytes };
+  }
+
+  abort(reason: Error): Promise<void> {
+    return this.inner.abort(reason);
   }
 }
 

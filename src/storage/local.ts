@@ -1,14 +1,15 @@
-import { createReadStream, createWriteStream, type Dirent } from 'node:fs';
+import { createReadStream, type Dirent } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { RuntimeFailure, errorMessage } from '../errors.js';
+import { putThroughWriter } from './writer-over-put.js';
 import {
   ObjectNotFoundError,
   type GetOptions,
   type ObjectInfo,
+  type ObjectWriter,
   type PutOptions,
   type Storage,
   type StorageCapabilities,
@@ -66,24 +67,59 @@ export class LocalStorage implements Storage {
   }
 
   async put(key: string, body: Readable, options?: PutOptions): Promise<ObjectInfo> {
+    return putThroughWriter(await this.openWriter(key, options), body).catch((err: unknown) => {
+      throw wrap('write', key, err);
+    });
+  }
+
+  async openWriter(key: string, options?: PutOptions): Promise<ObjectWriter> {
     const final = this.pathOf(key);
     const tmp = await this.tempFile();
-    try {
-      const out = createWriteStream(tmp, { flags: 'wx', highWaterMark: 1 << 20 });
-      await pipeline(body, out, { signal: options?.signal });
-      const fh = await fsp.open(tmp, 'r+');
-      try {
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
-      const { size } = await fsp.stat(tmp);
-      await this.commit(tmp, final, false);
-      return { key, size };
-    } catch (err) {
-      await fsp.rm(tmp, { force: true });
+    const fh = await fsp.open(tmp, 'wx').catch((err: unknown) => {
       throw wrap('write', key, err);
-    }
+    });
+    const signal = options?.signal;
+    let size = 0;
+    let closed = false;
+    const discard = async (): Promise<void> => {
+      if (!closed) {
+        closed = true;
+        await fh.close().catch(() => undefined);
+      }
+      await fsp.rm(tmp, { force: true });
+    };
+    return {
+      write: async (chunk: Uint8Array): Promise<void> => {
+        signal?.throwIfAborted();
+        try {
+          // Positional writes complete before they resolve, so the caller may reuse the chunk.
+          for (let at = 0; at < chunk.length; ) {
+            const { bytesWritten } = await fh.write(chunk, at, chunk.length - at, size);
+            at += bytesWritten;
+            size += bytesWritten;
+          }
+        } catch (err) {
+          await discard();
+          throw wrap('write', key, err);
+        }
+      },
+      end: async (): Promise<ObjectInfo> => {
+        try {
+          signal?.throwIfAborted();
+          await fh.sync();
+          closed = true;
+          await fh.close();
+          await this.commit(tmp, final, false);
+          return { key, size };
+        } catch (err) {
+          await discard();
+          throw wrap('write', key, err);
+        }
+      },
+      abort: async (): Promise<void> => {
+        await discard();
+      },
+    };
   }
 
   async putDocument(key: string, data: Uint8Array, options?: { ifAbsent?: boolean }): Promise<boolean> {

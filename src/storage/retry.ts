@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import { LifeboatError, RuntimeFailure, errorMessage } from '../errors.js';
-import type { GetOptions, ObjectInfo, PutOptions, Storage, StorageCapabilities } from './storage.js';
+import type { GetOptions, ObjectInfo, ObjectWriter, PutOptions, Storage, StorageCapabilities } from './storage.js';
 
 export interface RetryPolicy {
   /** Total attempts, the first one included. */
@@ -187,6 +187,18 @@ class RetryingStorage implements Storage {
     } catch (err) {
       throw asFailure('put', key, err);
     }
+  }
+
+  async openWriter(key: string, options?: PutOptions): Promise<ObjectWriter> {
+    const fail = (err: unknown): never => {
+      throw asFailure('put', key, err);
+    };
+    const writer = await this.inner.openWriter(key, options).catch(fail);
+    return {
+      write: (chunk) => writer.write(chunk).catch(fail),
+      end: () => writer.end().catch(fail),
+      abort: (reason) => writer.abort(reason),
+    };
   }
 
   async putDocument(key: string, data: Uint8Array, options?: { ifAbsent?: boolean }): Promise<boolean> {

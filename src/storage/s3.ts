@@ -23,10 +23,12 @@ import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { RuntimeFailure, UsageError } from '../errors.js';
 import type { S3Settings } from './open.js';
 import { DEFAULT_RETRY_POLICY, asFailure, backoffDelay, isRetryable, retrying, withRetry, type RetryPolicy } from './retry.js';
+import { writerOverPut } from './writer-over-put.js';
 import {
   ObjectNotFoundError,
   type GetOptions,
   type ObjectInfo,
+  type ObjectWriter,
   type PutOptions,
   type Storage,
   type StorageCapabilities,
@@ -171,6 +173,10 @@ export class S3Storage implements Storage {
       throw new RuntimeFailure(`invalid object key ${JSON.stringify(key)}`);
     }
     return this.root + key;
+  }
+
+  async openWriter(key: string, options?: PutOptions): Promise<ObjectWriter> {
+    return writerOverPut((body) => this.put(key, body, options));
   }
 
   async put(key: string, body: Readable, options?: PutOptions): Promise<ObjectInfo> {

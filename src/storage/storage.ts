@@ -31,6 +31,20 @@ export interface GetOptions {
 }
 
 /**
+ * An object being written piece by piece. The caller may reuse a chunk's
+ * memory as soon as `write` resolves, which lets it recycle a few buffers
+ * instead of allocating one per chunk.
+ */
+export interface ObjectWriter {
+  /** Appends `chunk`; resolves once its memory may be reused. */
+  write(chunk: Uint8Array): Promise<void>;
+  /** Completes the object; it is visible under its key once this resolves, and nothing is when it rejects. */
+  end(): Promise<ObjectInfo>;
+  /** Abandons the object; nothing becomes visible under its key. */
+  abort(reason: Error): Promise<void>;
+}
+
+/**
  * The storage seam: everything the core knows about where backups live.
  * Keys are '/'-separated relative names (`points/<id>.json`, `data/<id>/v000001.tar`).
  * Drivers know nothing about backups.
@@ -46,6 +60,8 @@ export interface Storage {
    * it is completely and durably stored; a failed or aborted put leaves nothing visible.
    */
   put(key: string, body: Readable, options?: PutOptions): Promise<ObjectInfo>;
+  /** Like put, written through calls instead of a stream; the same visibility guarantee. */
+  openWriter(key: string, options?: PutOptions): Promise<ObjectWriter>;
   /**
    * Writes a small document atomically. With `ifAbsent`, returns false and
    * changes nothing when the key already exists.
