@@ -28,8 +28,8 @@ const VERSION = 1;
 const INFO = 'lifeboat object v1\0';
 /** Segments per batch handed to the encryption thread. */
 const BATCH_SEGMENTS = 16;
-/** Batches of one stream out at the encryption thread at once: the bound on its memory. */
-const IN_FLIGHT = 3;
+/** Batches of one stream handed over and not yet emitted: the bound on its memory. */
+const IN_FLIGHT = 4;
 
 export const DATA_KEY_SIZE = 32;
 
@@ -94,13 +94,15 @@ export interface BatchResult {
 
 /**
  * Gathers bytes into batches of whole segments and hands them to the
- * encryption thread, at most IN_FLIGHT at a time, emitting results in order.
+ * encryption thread, at most IN_FLIGHT not yet emitted, emitting results in order.
  * Input buffers go to the thread and come back to be filled again, so memory
  * is a few batches whatever the object's size.
  */
 export class SegmentBatches {
   private readonly spare: ArrayBuffer[] = [];
-  private readonly inFlight: Promise<Buffer>[] = [];
+  /** Batches handed over and not yet emitted, oldest first. */
+  private readonly outstanding: Promise<void>[] = [];
+  private emitting: Promise<void> = Promise.resolve();
   private batch: Uint8Array;
   private fill = 0;
 
@@ -139,15 +141,17 @@ export class SegmentBatches {
       this.spare.push(input);
       return output;
     });
-    // Awaited in order below; until then a failure must not count as unhandled.
     result.catch(() => undefined);
-    this.inFlight.push(result);
+    // Results are emitted in order, each after the one before, while the caller goes on filling batches:
+    // writing batch k overlaps sealing batch k+1 and gathering k+2.
+    const emitted = this.emitting.then(() => result).then((output) => (output.length > 0 ? this.emit(output) : undefined));
+    // A failure reaches the caller through the awaits below; until then it must not count as unhandled.
+    emitted.catch(() => undefined);
+    this.emitting = emitted;
+    this.outstanding.push(emitted);
     this.batch = new Uint8Array(this.spare.pop() ?? new ArrayBuffer(this.batchSize));
     this.fill = 0;
-    while (this.inFlight.length >= (last ? 1 : IN_FLIGHT)) {
-      const output = await this.inFlight.shift()!;
-      if (output.length > 0) await this.emit(output);
-    }
+    while (this.outstanding.length >= (last ? 1 : IN_FLIGHT)) await this.outstanding.shift();
   }
 }
 
