@@ -2,6 +2,7 @@ import type { Readable } from 'node:stream';
 import { Header, Parser, Pax, type ReadEntry } from 'tar';
 import { IntegrityError } from '../errors.js';
 import { crc32 } from './checksum.js';
+import { streamChunks } from './stream-chunks.js';
 
 const BLOCK = 512;
 const ZERO_BLOCKS = Buffer.alloc(BLOCK * 2);
@@ -209,7 +210,7 @@ export async function readVolume(
   });
 
   try {
-    for await (const chunk of source as AsyncIterable<Buffer>) {
+    for await (const chunk of streamChunks(source)) {
       if (signal?.aborted) break;
       size += chunk.length;
       crc = crc32(chunk, crc);
