@@ -206,6 +206,7 @@ export interface DecryptOptions {
 /** Decrypts a stream with bounded memory. Any damage is an IntegrityError naming the object. */
 export class DecryptStream extends Transform {
   private readonly batches: SegmentBatches;
+  private readWanted?: () => void;
   private header?: Buffer;
   private key?: Buffer;
   private headerFill = 0;
@@ -220,13 +221,34 @@ export class DecryptStream extends Transform {
     private readonly options: DecryptOptions = {},
   ) {
     super({ highWaterMark: 1 << 20 });
-    this.batches = new SegmentBatches(SEALED_BATCH, (input, length, last) => this.open(input, length, last), (out) => {
-      this.push(out);
-    });
+    this.batches = new SegmentBatches(SEALED_BATCH, (input, length, last) => this.open(input, length, last), (out) => this.pushPlaintext(out));
     this.index = options.firstSegment ?? 0;
     this.skip = options.skip ?? 0;
     this.remaining = options.limit ?? Number.POSITIVE_INFINITY;
     if (options.header) this.setHeader(options.header);
+  }
+
+  /**
+   * Pushes plaintext; when the reader has enough buffered, resolves only once
+   * it asks for more. Results arrive after the write callback has run, so
+   * without this the stream would decrypt ahead of a slow reader without bound.
+   */
+  private pushPlaintext(out: Buffer): void | Promise<void> {
+    if (this.push(out)) return;
+    return new Promise<void>((resolve) => (this.readWanted = resolve));
+  }
+
+  override _read(size: number): void {
+    const wanted = this.readWanted;
+    this.readWanted = undefined;
+    wanted?.();
+    super._read(size);
+  }
+
+  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    this.readWanted?.();
+    this.readWanted = undefined;
+    super._destroy(err, callback);
   }
 
   private setHeader(header: Buffer): void {
