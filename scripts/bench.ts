@@ -63,6 +63,11 @@ async function fastest(runs: number, prepare: (run: number) => Promise<void>, ru
   return { ...best!, peakRssMiB: peak, allSeconds };
 }
 
+/** The fields of a step's result that come straight from its measurement. */
+function timing(m: Measurement & { allSeconds?: number[] }): Pick<StepResult, 'seconds' | 'allSeconds' | 'cpuUser' | 'cpuSystem' | 'peakRssMiB'> {
+  return { seconds: m.seconds, allSeconds: m.allSeconds, cpuUser: m.cpuUser, cpuSystem: m.cpuSystem, peakRssMiB: m.peakRssMiB };
+}
+
 let timeBinary: string | null | undefined;
 
 async function findTime(): Promise<string | null> {
@@ -252,7 +257,7 @@ export async function benchBaselines(ctx: BenchContext): Promise<void> {
   ctx.log('sha256sum (reference: the cost of hashing everything once; one run)');
   await warm([ctx.deployment]);
   let m: Measurement & { allSeconds?: number[] } = await measure('sha256sum', files, { cwd: ctx.dir });
-  record(ctx, { step: 'sha256sum', group: 'baseline', seconds: m.seconds, cpuUser: m.cpuUser, cpuSystem: m.cpuSystem, peakRssMiB: m.peakRssMiB });
+  record(ctx, { step: 'sha256sum', group: 'baseline', ...timing(m) });
 
   const archive = path.join(ctx.dir, 'deployment.tar');
   ctx.log('tar -cf');
@@ -264,7 +269,7 @@ export async function benchBaselines(ctx: BenchContext): Promise<void> {
     },
     () => measure('tar', ['-cf', archive, 'deployment'], { cwd: ctx.dir }),
   );
-  record(ctx, { step: 'tar -cf', group: 'baseline', seconds: m.seconds, allSeconds: m.allSeconds, cpuUser: m.cpuUser, cpuSystem: m.cpuSystem, peakRssMiB: m.peakRssMiB });
+  record(ctx, { step: 'tar -cf', group: 'baseline', ...timing(m) });
 
   const out = path.join(ctx.dir, 'tar-extract');
   ctx.log('tar -xf');
@@ -277,7 +282,7 @@ export async function benchBaselines(ctx: BenchContext): Promise<void> {
     },
     () => measure('tar', ['-xf', archive, '-C', out], { cwd: ctx.dir }),
   );
-  record(ctx, { step: 'tar -xf', group: 'baseline', seconds: m.seconds, allSeconds: m.allSeconds, cpuUser: m.cpuUser, cpuSystem: m.cpuSystem, peakRssMiB: m.peakRssMiB });
+  record(ctx, { step: 'tar -xf', group: 'baseline', ...timing(m) });
   await fsp.rm(out, { recursive: true, force: true });
   await fsp.rm(archive, { force: true });
 }
@@ -316,11 +321,7 @@ export async function benchRepository(ctx: BenchContext, target: RepositoryTarge
   const full = record(ctx, {
     step: `${L}: full backup`,
     group: L,
-    seconds: m.seconds,
-    allSeconds: m.allSeconds,
-    cpuUser: m.cpuUser,
-    cpuSystem: m.cpuSystem,
-    peakRssMiB: m.peakRssMiB,
+    ...timing(m),
     storedBytes: json.storedBytes,
     reportedMs: json.durationMs,
     vsTar: fullRatio,
@@ -336,11 +337,7 @@ export async function benchRepository(ctx: BenchContext, target: RepositoryTarge
     record(ctx, {
       step: `${L}: ${step}`,
       group: L,
-      seconds: run.seconds,
-      allSeconds: run.allSeconds,
-      cpuUser: run.cpuUser,
-      cpuSystem: run.cpuSystem,
-      peakRssMiB: run.peakRssMiB,
+      ...timing(run),
       storedBytes: result.storedBytes,
       reportedMs: result.durationMs,
       vsTar: vs(tarC, run.seconds),
@@ -376,11 +373,7 @@ export async function benchRepository(ctx: BenchContext, target: RepositoryTarge
   record(ctx, {
     step: `${L}: restore latest`,
     group: L,
-    seconds: m.seconds,
-    allSeconds: m.allSeconds,
-    cpuUser: m.cpuUser,
-    cpuSystem: m.cpuSystem,
-    peakRssMiB: m.peakRssMiB,
+    ...timing(m),
     reportedMs: restored.durationMs,
     vsTar: restoreRatio,
     vsFull: m.seconds / full.seconds,

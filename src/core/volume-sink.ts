@@ -9,7 +9,7 @@ import type { ObjectWriter, Storage } from '../storage/storage.js';
  * finished volumes complete (flush, upload) while the next one is written.
  */
 export class VolumeSink {
-  private current_?: { tar: TarVolumeWriter; out: ObjectWriter };
+  private active?: { tar: TarVolumeWriter; out: ObjectWriter };
   private readonly inFlight: Promise<unknown>[] = [];
   private failure: unknown;
   readonly volumes: VolumeRecord[] = [];
@@ -25,19 +25,19 @@ export class VolumeSink {
   /** The volume the next entry goes to; opens one when needed. */
   async current(): Promise<{ writer: TarVolumeWriter; volume: number }> {
     if (this.failure) throw this.failure;
-    if (this.current_ && this.current_.tar.size >= this.volumeSize) await this.closeCurrent();
-    if (!this.current_) {
+    if (this.active && this.active.tar.size >= this.volumeSize) await this.closeCurrent();
+    if (!this.active) {
       const key = keys.volume(this.pointId, this.volumes.length);
       const out = await this.storage.openWriter(key, { signal: this.signal });
       this.volumes.push({ key, size: 0, crc32: 0, entries: 0, compression: 'none', encryption: this.storage.encryption ?? 'none' });
-      this.current_ = { tar: new TarVolumeWriter(out), out };
+      this.active = { tar: new TarVolumeWriter(out), out };
     }
-    return { writer: this.current_.tar, volume: this.volumes.length - 1 };
+    return { writer: this.active.tar, volume: this.volumes.length - 1 };
   }
 
   private async closeCurrent(): Promise<void> {
-    const { tar, out } = this.current_!;
-    this.current_ = undefined;
+    const { tar, out } = this.active!;
+    this.active = undefined;
     try {
       await tar.end();
     } catch (err) {
@@ -64,7 +64,7 @@ export class VolumeSink {
 
   /** Ends the last volume and waits until every volume is stored. */
   async finish(): Promise<VolumeRecord[]> {
-    if (this.current_) await this.closeCurrent();
+    if (this.active) await this.closeCurrent();
     while (this.inFlight.length > 0) await this.inFlight.shift();
     if (this.failure) throw this.failure;
     return this.volumes;
@@ -72,8 +72,8 @@ export class VolumeSink {
 
   /** Stops the volume being written; its partial object never becomes visible. */
   abort(err: Error): void {
-    const current = this.current_;
-    this.current_ = undefined;
+    const current = this.active;
+    this.active = undefined;
     if (current) this.inFlight.push(current.out.abort(err));
   }
 

@@ -86,6 +86,10 @@ function truncated(name: string, index: number): IntegrityError {
   return new IntegrityError(`${name} is truncated: encrypted segment ${index} is incomplete or missing`);
 }
 
+function notAuthentic(name: string, index: number): IntegrityError {
+  return new IntegrityError(`${name} is damaged or was tampered with: encrypted segment ${index} does not authenticate`);
+}
+
 /** A batch of segments sealed or opened: the input buffer back, and the result. */
 export interface BatchResult {
   input: ArrayBuffer;
@@ -298,7 +302,7 @@ export class DecryptStream extends Transform {
     if (tail < TAG_SIZE || (lastIndex !== finalIndex && tail !== SEALED_SEGMENT)) throw truncated(this.name, lastIndex);
     const reply = await cipherThread.run({ op: 'open', key: this.key!, header: this.header!, segmentSize: SEGMENT_SIZE, firstIndex: first, finalIndex, input, length });
     if (reply.failedIndex !== undefined) {
-      throw new IntegrityError(`${this.name} is damaged or was tampered with: encrypted segment ${reply.failedIndex} does not authenticate`);
+      throw notAuthentic(this.name, reply.failedIndex);
     }
     let plain = Buffer.from(reply.output, 0, reply.length);
     if (this.skip > 0) {
@@ -339,7 +343,7 @@ export function decryptBuffer(dataKey: Buffer, name: string, sealed: Buffer): Bu
   for (let i = 0; i <= last; i++) {
     const start = segmentOffset(i);
     const n = openInto(key, header, i, i === last, sealed.subarray(start, Math.min(sealed.length, start + SEALED_SEGMENT)), out, at);
-    if (n < 0) throw new IntegrityError(`${name} is damaged or was tampered with: encrypted segment ${i} does not authenticate`);
+    if (n < 0) throw notAuthentic(name, i);
     at += n;
   }
   return out;

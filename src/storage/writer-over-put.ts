@@ -6,8 +6,8 @@ import type { ObjectInfo, ObjectWriter } from './storage.js';
  * copied before it is queued, since such a driver may hold on to what it reads
  * (the S3 driver keeps whole parts for resending).
  */
-export function writerOverPut(put: (body: PassThrough) => Promise<ObjectInfo>, highWaterMark = 1 << 20): ObjectWriter {
-  const body = new PassThrough({ highWaterMark });
+export function writerOverPut(put: (body: PassThrough) => Promise<ObjectInfo>): ObjectWriter {
+  const body = new PassThrough({ highWaterMark: 1 << 20 });
   const stored = put(body);
   stored.catch(() => undefined);
   return {
