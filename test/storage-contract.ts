@@ -93,6 +93,35 @@ export function runStorageContract(
       }
     });
 
+    it('reads through openReader into the caller\'s buffers, whole and in ranges', async () => {
+      const size = 2 * part + 4321;
+      const data = await generatedBytes(size, 11);
+      await storage.put('reader/object', generatedStream(size, 11));
+      const readThrough = async (options: { offset?: number; length?: number }, bufferSize: number): Promise<Buffer> => {
+        const reader = await storage.openReader('reader/object', options);
+        const into = Buffer.alloc(bufferSize);
+        const parts: Buffer[] = [];
+        try {
+          for (let n = await reader.read(into); n > 0; n = await reader.read(into)) parts.push(Buffer.from(into.subarray(0, n)));
+          assert.equal(await reader.read(into), 0, 'a reader at its end stays there');
+        } finally {
+          await reader.close();
+          await reader.close();
+        }
+        return Buffer.concat(parts);
+      };
+      for (const bufferSize of [1000, 65536, 3 << 20]) {
+        assert.ok((await readThrough({}, bufferSize)).equals(data), `whole object through ${bufferSize}-byte buffers`);
+        assert.ok((await readThrough({ offset: part - 3 }, bufferSize)).equals(data.subarray(part - 3)), `from an offset through ${bufferSize}-byte buffers`);
+        assert.ok((await readThrough({ offset: 17, length: part }, bufferSize)).equals(data.subarray(17, 17 + part)), `a range through ${bufferSize}-byte buffers`);
+      }
+      // Closed before its end: nothing more is read and nothing is left open.
+      const early = await storage.openReader('reader/object');
+      assert.ok((await early.read(Buffer.alloc(100))) > 0);
+      await early.close();
+      await assert.rejects(storage.openReader('missing/object'), ObjectNotFoundError);
+    });
+
     it('reports missing objects', async () => {
       assert.equal(await storage.head('missing/object'), undefined);
       await assert.rejects(storage.get('missing/object'), (err: unknown) => {

@@ -15,7 +15,8 @@ import {
   segmentOffset,
 } from '../crypto/segments.js';
 import { putThroughWriter } from './writer-over-put.js';
-import type { GetOptions, ObjectInfo, ObjectWriter, PutOptions, Storage, StorageCapabilities } from './storage.js';
+import { readerOverStream } from './reader-over-stream.js';
+import type { GetOptions, ObjectInfo, ObjectReader, ObjectWriter, PutOptions, Storage, StorageCapabilities } from './storage.js';
 
 /** The largest document (manifest, ledger, pin, journal event) read into memory. */
 export const MAX_DOCUMENT_BYTES = 512 * 1024 * 1024;
@@ -122,6 +123,10 @@ export class EncryptedStorage implements Storage {
       limit: end - offset,
     });
     return decrypting(await this.inner.get(key, { offset: from, length: to - from, signal }), decrypt);
+  }
+
+  async openReader(key: string, options?: GetOptions): Promise<ObjectReader> {
+    return readerOverStream(await this.get(key, options));
   }
 
   async head(key: string): Promise<ObjectInfo | undefined> {

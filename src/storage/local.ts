@@ -9,6 +9,7 @@ import {
   ObjectNotFoundError,
   type GetOptions,
   type ObjectInfo,
+  type ObjectReader,
   type ObjectWriter,
   type PutOptions,
   type Storage,
@@ -150,11 +151,7 @@ export class LocalStorage implements Storage {
   }
 
   async get(key: string, options?: GetOptions): Promise<Readable> {
-    const file = this.pathOf(key);
-    const fh = await fsp.open(file, 'r').catch((err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT') throw new ObjectNotFoundError(key, this.location);
-      throw wrap('read', key, err);
-    });
+    const fh = await this.openForReading(key);
     const start = options?.offset ?? 0;
     const end = options?.length === undefined ? undefined : start + options.length - 1;
     if (end !== undefined && end < start) {
@@ -163,6 +160,39 @@ export class LocalStorage implements Storage {
       return Readable.from([]);
     }
     return createReadStream('', { fd: fh, start, end, highWaterMark: 1 << 20, signal: options?.signal });
+  }
+
+  async openReader(key: string, options?: GetOptions): Promise<ObjectReader> {
+    const fh = await this.openForReading(key);
+    let position = options?.offset ?? 0;
+    const end = options?.length === undefined ? Number.POSITIVE_INFINITY : position + options.length;
+    let closed = false;
+    return {
+      read: async (into: Uint8Array): Promise<number> => {
+        options?.signal?.throwIfAborted();
+        const want = Math.min(into.length, end - position);
+        if (want <= 0 || closed) return 0;
+        try {
+          const { bytesRead } = await fh.read(into, 0, want, position);
+          position += bytesRead;
+          return bytesRead;
+        } catch (err) {
+          throw wrap('read', key, err);
+        }
+      },
+      close: async (): Promise<void> => {
+        if (closed) return;
+        closed = true;
+        await fh.close();
+      },
+    };
+  }
+
+  private async openForReading(key: string): Promise<fsp.FileHandle> {
+    return fsp.open(this.pathOf(key), 'r').catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') throw new ObjectNotFoundError(key, this.location);
+      throw wrap('read', key, err);
+    });
   }
 
   async head(key: string): Promise<ObjectInfo | undefined> {

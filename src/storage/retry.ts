@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import { LifeboatError, RuntimeFailure, errorMessage } from '../errors.js';
-import type { GetOptions, ObjectInfo, ObjectWriter, PutOptions, Storage, StorageCapabilities } from './storage.js';
+import type { GetOptions, ObjectInfo, ObjectReader, ObjectWriter, PutOptions, Storage, StorageCapabilities } from './storage.js';
 
 export interface RetryPolicy {
   /** Total attempts, the first one included. */
@@ -220,6 +220,10 @@ class RetryingStorage implements Storage {
 
   get(key: string, options?: GetOptions): Promise<Readable> {
     return retrying(this.policy, 'get', key, () => this.inner.get(key, options), options?.signal);
+  }
+
+  openReader(key: string, options?: GetOptions): Promise<ObjectReader> {
+    return retrying(this.policy, 'get', key, () => this.inner.openReader(key, options), options?.signal);
   }
 
   head(key: string): Promise<ObjectInfo | undefined> {

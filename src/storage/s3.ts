@@ -24,10 +24,12 @@ import { RuntimeFailure, UsageError } from '../errors.js';
 import type { S3Settings } from './open.js';
 import { DEFAULT_RETRY_POLICY, asFailure, backoffDelay, isRetryable, retrying, withRetry, type RetryPolicy } from './retry.js';
 import { writerOverPut } from './writer-over-put.js';
+import { readerOverStream } from './reader-over-stream.js';
 import {
   ObjectNotFoundError,
   type GetOptions,
   type ObjectInfo,
+  type ObjectReader,
   type ObjectWriter,
   type PutOptions,
   type Storage,
@@ -409,6 +411,10 @@ export class S3Storage implements Storage {
    * held until the caller finishes reading would deadlock a caller that opens
    * several streams before it drains them.
    */
+  async openReader(key: string, options?: GetOptions): Promise<ObjectReader> {
+    return readerOverStream(await this.get(key, options));
+  }
+
   async get(key: string, options?: GetOptions): Promise<Readable> {
     const objectKey = this.objectKey(key);
     const start = options?.offset ?? 0;

@@ -45,6 +45,17 @@ export interface ObjectWriter {
 }
 
 /**
+ * An object being read into the caller's buffers, so a reader can recycle a
+ * few buffers instead of receiving a new one per chunk.
+ */
+export interface ObjectReader {
+  /** Fills the start of `into` with the next bytes; resolves with how many (0 at the end). */
+  read(into: Uint8Array): Promise<number>;
+  /** Releases the object; safe to call more than once. */
+  close(): Promise<void>;
+}
+
+/**
  * The storage seam: everything the core knows about where backups live.
  * Keys are '/'-separated relative names (`points/<id>.json`, `data/<id>/v000001.tar`).
  * Drivers know nothing about backups.
@@ -71,6 +82,8 @@ export interface Storage {
   getDocument(key: string): Promise<Buffer>;
   /** Streams an object (or a byte range of it). Throws ObjectNotFoundError when absent. */
   get(key: string, options?: GetOptions): Promise<Readable>;
+  /** Like get, read through calls into the caller's buffers. */
+  openReader(key: string, options?: GetOptions): Promise<ObjectReader>;
   /** Size of an object, or undefined when it does not exist. */
   head(key: string): Promise<ObjectInfo | undefined>;
   /** Every object whose key starts with `prefix`, in key order. */
