@@ -1,5 +1,3 @@
-import { createWriteStream } from 'node:fs';
-import { once } from 'node:events';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
@@ -195,7 +193,7 @@ async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, c
         throwIfAborted(signal);
         let body;
         try {
-          body = await repo.storage.get(job.record.key, { signal, offset: run.offset });
+          body = await repo.storage.openReader(job.record.key, { signal, offset: run.offset });
         } catch (err) {
           throw new IntegrityError(`${what} of point ${job.point} cannot be read: ${errorMessage(err)}`, { cause: err });
         }
@@ -295,16 +293,19 @@ class PendingWrites {
 
 /** Reads a small entry whole and checks its size and SHA-256 before anything is written. */
 async function readVerified(entry: VolumeEntry, expected: ManifestEntry, what: string, progress: Progress): Promise<Buffer> {
-  const chunks: Buffer[] = [];
+  // The body's chunks are views of recycled buffers: the file is copied out, since its write outlives them.
+  const data = Buffer.allocUnsafe(expected.size);
   let size = 0;
   for await (const chunk of entry.body) {
+    if (size + chunk.length > expected.size) {
+      size += chunk.length;
+      break;
+    }
+    chunk.copy(data, size);
     size += chunk.length;
-    if (size > expected.size) break;
-    chunks.push(chunk);
   }
-  const data = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
-  progress.bytesDone += data.length;
-  const digest = createHash('sha256').update(data).digest('hex');
+  progress.bytesDone += Math.min(size, expected.size);
+  const digest = createHash('sha256').update(data.subarray(0, Math.min(size, expected.size))).digest('hex');
   if (size !== expected.size || digest !== expected.sha256) {
     throw new IntegrityError(`${expected.source}/${expected.path} from ${what} does not match its checksum (SHA-256 ${digest}, expected ${expected.sha256})`);
   }
@@ -333,21 +334,18 @@ async function writeVerified(
 ): Promise<void> {
   const hash = hasher ? hasher.stream() : inlineDigest();
   // 'wx' never follows or replaces anything already at that path.
-  const out = createWriteStream(file, { flags: 'wx', mode: 0o600, highWaterMark: 1 << 20 });
-  const closed = new Promise<void>((resolve, reject) => {
-    out.on('close', () => resolve());
-    out.on('error', reject);
-  });
+  const out = await fsp.open(file, 'wx', 0o600);
   let size = 0;
   let sinceReport = 0;
   try {
     for await (const chunk of entry.body) {
       throwIfAborted(signal);
       hash.update(chunk);
+      // Written before the next chunk is asked for: the chunk's buffer is then refilled.
+      for (let at = 0; at < chunk.length; ) at += (await out.write(chunk, at, chunk.length - at, size + at)).bytesWritten;
       size += chunk.length;
       sinceReport += chunk.length;
       progress.bytesDone += chunk.length;
-      if (!out.write(chunk)) await once(out, 'drain');
       await hasher?.ready();
       if (sinceReport >= 8 << 20) {
         sinceReport = 0;
@@ -355,8 +353,7 @@ async function writeVerified(
       }
     }
   } finally {
-    out.end();
-    await closed;
+    await out.close();
   }
   reporter.progress?.({ ...progress, current: `${expected.source}/${expected.path}` });
   const digest = await hash.digest();

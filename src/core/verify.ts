@@ -226,7 +226,7 @@ async function readBackVolume(
   const seen = new Set<number>();
   let counted = 0;
   try {
-    const body = await repo.storage.get(record.key, { signal });
+    const body = await repo.storage.openReader(record.key, { signal });
     const read = await readVolume(
       body,
       `volume ${record.key}`,

@@ -1,8 +1,7 @@
-import type { Readable } from 'node:stream';
-import { Header, Parser, Pax, type ReadEntry } from 'tar';
-import { IntegrityError } from '../errors.js';
+import { Header, Pax } from 'tar';
+import { IntegrityError, throwIfAborted } from '../errors.js';
+import type { ObjectReader } from '../storage/storage.js';
 import { crc32 } from './checksum.js';
-import { streamChunks } from './stream-chunks.js';
 
 const BLOCK = 512;
 const ZERO_BLOCKS = Buffer.alloc(BLOCK * 2);
@@ -137,7 +136,10 @@ export interface VolumeEntry {
   size: number;
   mode: number;
   linkpath?: string;
-  /** The entry's body; read it or leave it (it is skipped). */
+  /**
+   * The entry's body; read it or leave it (it is skipped). Each chunk is a
+   * view of a recycled buffer, valid until the next chunk is asked for.
+   */
   body: AsyncIterable<Buffer>;
 }
 
@@ -147,10 +149,6 @@ export interface VolumeReadResult {
   entries: number;
 }
 
-/**
- * Streams a tar volume through node-tar's parser, calling `onEntry` for each
- * entry in order. Damaged headers and truncated volumes are IntegrityErrors.
- */
 export interface ReadVolumeOptions {
   signal?: AbortSignal;
   /** Index of the first entry in `source` (when it starts at an entry's offset, not at 0). */
@@ -159,90 +157,207 @@ export interface ReadVolumeOptions {
   lastIndex?: number;
 }
 
+/** Size of the buffers a volume is read into: whole blocks, so no header straddles two. */
+const READ_BUFFER = 1 << 20;
+/** Buffers per volume being read: one with the caller, the others filled ahead. */
+const READ_BUFFERS = 3;
+/** Largest extended header (pax record, GNU long name) accepted, as node-tar bounds it. */
+const MAX_META = 1 << 20;
+const META_TYPES = new Set([
+  'ExtendedHeader',
+  'OldExtendedHeader',
+  'GlobalExtendedHeader',
+  'NextFileHasLongPath',
+  'OldGnuLongPath',
+  'NextFileHasLongLinkpath',
+]);
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * Reads an object ahead into a few recycled buffers, counting its size and
+ * CRC-32. Reads are issued one after another (an ObjectReader is sequential);
+ * a buffer goes back to be refilled when the caller asks for the next one.
+ */
+class ReadAhead {
+  size = 0;
+  crc = 0;
+  private readonly queue: Promise<{ buffer: Buffer; data: Buffer }>[] = [];
+  private tail: Promise<unknown> = Promise.resolve();
+  private held?: Buffer;
+  private ended = false;
+  private stopped = false;
+
+  constructor(private readonly reader: ObjectReader) {
+    for (let i = 0; i < READ_BUFFERS; i++) this.schedule(Buffer.allocUnsafe(READ_BUFFER));
+  }
+
+  private schedule(buffer: Buffer): void {
+    const filled = this.tail.then(() => this.fill(buffer));
+    // A failed read ends the chain; next() reports it.
+    this.tail = filled.catch(() => {
+      this.stopped = true;
+    });
+    filled.catch(() => undefined);
+    this.queue.push(filled);
+  }
+
+  private async fill(buffer: Buffer): Promise<{ buffer: Buffer; data: Buffer }> {
+    let n = 0;
+    while (n < buffer.length && !this.ended && !this.stopped) {
+      const got = await this.reader.read(buffer.subarray(n));
+      if (got === 0) this.ended = true;
+      n += got;
+    }
+    const data = buffer.subarray(0, n);
+    this.size += n;
+    this.crc = crc32(data, this.crc);
+    return { buffer, data };
+  }
+
+  /** The next bytes of the object (a full buffer but at its end), or undefined at the end. */
+  async next(): Promise<Buffer | undefined> {
+    if (this.held) this.schedule(this.held);
+    this.held = undefined;
+    const { buffer, data } = await this.queue.shift()!;
+    if (data.length === 0) return undefined;
+    this.held = buffer;
+    return data;
+  }
+
+  /** Lets the read in flight finish, starts no other, and releases the object. */
+  async close(): Promise<void> {
+    this.stopped = true;
+    await this.tail;
+    await this.reader.close();
+  }
+}
+
+/**
+ * Reads a tar volume from `source`, calling `onEntry` for each entry in order.
+ * node-tar decodes every header and extended header; this loop only frames
+ * the blocks, so the volume flows through a few recycled buffers instead of a
+ * stream that allocates one per chunk. Damaged headers and truncated volumes
+ * are IntegrityErrors.
+ */
 export async function readVolume(
-  source: Readable,
+  source: ObjectReader,
   what: string,
   onEntry: (entry: VolumeEntry) => Promise<void>,
   options: ReadVolumeOptions = {},
 ): Promise<VolumeReadResult> {
-  const signal = options.signal;
-  let size = 0;
-  let crc = 0;
-  let index = options.firstIndex ?? 0;
-  let reachedLast = false;
-  let failure: unknown;
-  let pending: Promise<void> = Promise.resolve();
-  // The entry a handler is reading: stopped on a failure, so the handler is not left waiting for bytes that never come.
-  let active: ReadEntry | undefined;
+  const feed = new ReadAhead(source);
+  const invalid = (reason: string) => new IntegrityError(`${what} is not a readable tar volume: ${reason}`);
+  let buf: Buffer = EMPTY;
+  let pos = 0;
+  /** Makes sure unread bytes are at hand; false at the end of the volume. */
+  const refill = async (): Promise<boolean> => {
+    if (pos < buf.length) return true;
+    throwIfAborted(options.signal);
+    const next = await feed.next();
+    if (!next) return false;
+    if (next.length % BLOCK !== 0) throw invalid(`it ends inside a block (${feed.size} bytes)`);
+    buf = next;
+    pos = 0;
+    return true;
+  };
+  /** Up to `max` bytes, as a view of the current buffer. */
+  const take = async (max: number): Promise<Buffer> => {
+    if (!(await refill())) throw invalid(`it ends inside an entry (${feed.size} bytes)`);
+    const n = Math.min(max, buf.length - pos);
+    pos += n;
+    return buf.subarray(pos - n, pos);
+  };
+  const skip = async (n: number): Promise<void> => {
+    while (n > 0) n -= (await take(n)).length;
+  };
 
-  const parser = new Parser({ strict: true });
-  const ended = new Promise<void>((resolve) => parser.on('end', () => resolve()));
-  parser.on('error', (err: Error) => {
-    failure ??= new IntegrityError(`${what} is not a readable tar volume: ${err.message}`, { cause: err });
-  });
-  parser.on('entry', (entry: ReadEntry) => {
-    const current = index++;
-    pending = pending.then(async () => {
-      if (failure) {
-        entry.resume();
-        return;
+  let index = options.firstIndex ?? 0;
+  let ex: Pax | undefined;
+  let gex: Pax | undefined;
+  let sawNullBlock = false;
+  try {
+    while (await refill()) {
+      let header: Header;
+      try {
+        header = new Header(buf, pos, ex, gex);
+      } catch (err) {
+        throw invalid(`entry ${index} has an undecodable header (${(err as Error).message})`);
       }
-      active = entry;
+      pos += BLOCK;
+      if (header.nullBlock) {
+        if (sawNullBlock) break;
+        sawNullBlock = true;
+        continue;
+      }
+      sawNullBlock = false;
+      const type = header.type;
+      const isLink = type === 'Link' || type === 'SymbolicLink';
+      if (!header.cksumValid) throw invalid(`the header of entry ${index} fails its checksum`);
+      if (!header.path) throw invalid(`entry ${index} has no path`);
+      if (isLink && !header.linkpath) throw invalid(`link entry ${index} has no target`);
+      if (!isLink && !/^(Global)?ExtendedHeader$/.test(type) && header.linkpath) throw invalid(`entry ${index} has a link target but is a ${type}`);
+      const size = header.size ?? 0;
+      if (!Number.isSafeInteger(size) || size < 0) throw invalid(`entry ${index} declares an impossible size`);
+      const padding = (BLOCK - (size % BLOCK)) % BLOCK;
+
+      if (META_TYPES.has(type)) {
+        if (size > MAX_META) throw invalid(`an extended header of ${size} bytes precedes entry ${index}`);
+        const meta = Buffer.allocUnsafe(size);
+        for (let got = 0; got < size; ) {
+          const part = await take(size - got);
+          part.copy(meta, got);
+          got += part.length;
+        }
+        await skip(padding);
+        const text = meta.toString('utf8');
+        if (type === 'GlobalExtendedHeader') gex = Pax.parse(text, gex, true);
+        else if (type === 'ExtendedHeader' || type === 'OldExtendedHeader') ex = Pax.parse(text, ex, false);
+        else {
+          ex ??= new Pax({});
+          const value = text.replace(/\0.*/s, '');
+          if (type === 'NextFileHasLongLinkpath') ex.linkpath = value;
+          else ex.path = value;
+        }
+        continue;
+      }
+
+      // As node-tar's ReadEntry: an extended header's path and link target win over the
+      // header's own fields (which decode() set before adding the ustar prefix).
+      const name = ex?.path ?? header.path;
+      const linkpath = ex?.linkpath ?? gex?.linkpath ?? header.linkpath;
+      ex = undefined;
+      const current = index++;
+      let remain = size;
+      let live = true;
+      const body: AsyncIterable<Buffer> = {
+        async *[Symbol.asyncIterator]() {
+          while (live && remain > 0) {
+            const part = await take(remain);
+            remain -= part.length;
+            yield part;
+          }
+        },
+      };
       try {
         await onEntry({
           index: current,
-          name: entry.path,
-          type: entry.type,
-          size: entry.size ?? 0,
-          mode: entry.mode ?? 0,
-          linkpath: entry.linkpath,
-          body: entry as unknown as AsyncIterable<Buffer>,
+          name,
+          type,
+          size,
+          mode: header.mode ?? 0,
+          linkpath: linkpath || undefined,
+          body,
         });
-      } catch (err) {
-        failure ??= err;
       } finally {
-        active = undefined;
-        // Whatever the handler left unread is skipped so the parser moves on.
-        entry.resume();
-        if (options.lastIndex !== undefined && current >= options.lastIndex) reachedLast = true;
+        live = false;
       }
-    });
-  });
-
-  try {
-    for await (const chunk of streamChunks(source)) {
-      if (signal?.aborted) break;
-      size += chunk.length;
-      crc = crc32(chunk, crc);
-      if (failure || reachedLast) break;
-      if (!parser.write(chunk)) await new Promise<void>((r) => parser.once('drain', () => r()));
+      if (options.lastIndex !== undefined && current >= options.lastIndex) return { size: feed.size, crc32: feed.crc, entries: index };
+      await skip(remain + padding);
     }
-  } catch (err) {
-    failure ??= err;
+    // Whatever follows the end-of-archive blocks still counts toward the volume's size and CRC-32.
+    while (await refill()) pos = buf.length;
+    return { size: feed.size, crc32: feed.crc, entries: index };
+  } finally {
+    await feed.close();
   }
-  if (reachedLast && !failure) {
-    // Entries after the last wanted one may be queued; their handlers only skip them.
-    source.destroy();
-    await pending;
-    if (failure) throw failure;
-    return { size, crc32: crc, entries: index };
-  }
-  if (failure || signal?.aborted) {
-    source.destroy();
-    parser.abort?.(new Error('stopped'));
-    // Ended rather than destroyed: a destroyed entry never wakes a reader that asks for more after it.
-    try {
-      active?.end();
-    } catch {
-      // already ended
-    }
-    await pending.catch(() => undefined);
-    if (failure) throw failure;
-    return { size, crc32: crc, entries: index };
-  }
-  parser.end();
-  await ended;
-  await pending;
-  if (failure) throw failure;
-  return { size, crc32: crc, entries: index };
 }

@@ -1,0 +1,130 @@
+/**
+ * readVolume against archives written by GNU tar (gnu and pax formats), so
+ * the block framing is checked on input lifeboat did not write itself.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { IntegrityError } from '../src/errors.js';
+import { crc32 } from '../src/format/checksum.js';
+import { readVolume, type VolumeEntry } from '../src/format/tar.js';
+import { LocalStorage } from '../src/storage/local.js';
+import { generatedBytes, testSeed } from './helpers/data.js';
+import { run } from './helpers/processes.js';
+
+interface SeenEntry {
+  index: number;
+  name: string;
+  type: string;
+  size: number;
+  linkpath?: string;
+  sha256?: string;
+}
+
+async function readAllEntries(storage: LocalStorage, key: string, options: { offset?: number; firstIndex?: number; lastIndex?: number } = {}) {
+  const seen: SeenEntry[] = [];
+  const result = await readVolume(
+    await storage.openReader(key, { offset: options.offset }),
+    key,
+    async (entry: VolumeEntry) => {
+      const hash = createHash('sha256');
+      let size = 0;
+      for await (const chunk of entry.body) {
+        hash.update(chunk);
+        size += chunk.length;
+      }
+      assert.equal(size, entry.size, `body of ${entry.name}`);
+      seen.push({
+        index: entry.index,
+        name: entry.name.replace(/\/$/, ''),
+        type: entry.type,
+        size: entry.size,
+        linkpath: entry.linkpath,
+        sha256: entry.type === 'File' ? hash.digest('hex') : undefined,
+      });
+    },
+    { firstIndex: options.firstIndex, lastIndex: options.lastIndex },
+  );
+  return { seen, result };
+}
+
+describe('reading tar volumes written by GNU tar', () => {
+  let work: string;
+  let storage: LocalStorage;
+  const files = new Map<string, Buffer>();
+  const longDir = `d-${'é'.repeat(60)}`;
+  const longName = `${longDir}/${'n'.repeat(150)}.bin`;
+  const longTarget = `${'t'.repeat(120)}/target`;
+
+  before(async () => {
+    work = await fsp.mkdtemp(path.join(os.tmpdir(), 'lifeboat-tar-'));
+    storage = new LocalStorage(path.join(work, 'repo'));
+    const seed = testSeed('tar-volume');
+    // Sizes around the 1 MiB read buffers, so bodies and headers fall on both sides of a boundary.
+    const sizes = [0, 1, 511, 512, 513, (1 << 20) - 512 - 100, 3 * (1 << 20) + 7, 200_000];
+    for (const [i, size] of sizes.entries()) files.set(`f${i}.bin`, await generatedBytes(size, seed + i));
+    files.set(longName, await generatedBytes(70_000, seed + 99));
+    const tree = path.join(work, 'tree');
+    for (const [name, data] of files) {
+      await fsp.mkdir(path.dirname(path.join(tree, name)), { recursive: true });
+      await fsp.writeFile(path.join(tree, name), data);
+    }
+    await fsp.symlink(longTarget, path.join(tree, 'link'));
+    await fsp.mkdir(path.join(tree, 'empty-dir'));
+  });
+
+  after(async () => {
+    await fsp.rm(work, { recursive: true, force: true });
+  });
+
+  for (const format of ['gnu', 'pax']) {
+    it(`reads every entry of a ${format}-format archive with its name, link target and bytes`, async () => {
+      const archive = path.join(work, 'repo', `${format}.tar`);
+      await fsp.mkdir(path.dirname(archive), { recursive: true });
+      await run('tar', [`--format=${format}`, '-cf', archive, '-C', path.join(work, 'tree'), '--sort=name', '.']);
+      const { seen, result } = await readAllEntries(storage, `${format}.tar`);
+      const bytes = await fsp.readFile(archive);
+      assert.equal(result.size, bytes.length);
+      assert.equal(result.crc32, crc32(bytes));
+      assert.equal(result.entries, seen.length);
+      for (const [name, data] of files) {
+        const entry = seen.find((e) => e.name === `./${name}`);
+        assert.ok(entry, `${name} is listed`);
+        assert.equal(entry.sha256, createHash('sha256').update(data).digest('hex'), `${name} content`);
+      }
+      const link = seen.find((e) => e.name === './link');
+      assert.equal(link?.type, 'SymbolicLink');
+      assert.equal(link?.linkpath, longTarget);
+      assert.equal(seen.find((e) => e.name === './empty-dir')?.type, 'Directory');
+      assert.deepEqual(
+        seen.map((e) => e.index),
+        seen.map((_, i) => i),
+      );
+
+      // Stopping after an entry reads no further; starting at an entry's offset numbers from there.
+      const { seen: firstTwo } = await readAllEntries(storage, `${format}.tar`, { lastIndex: 1 });
+      assert.deepEqual(firstTwo, seen.slice(0, 2));
+    });
+  }
+
+  it('refuses a volume cut inside an entry or inside a block, and one with a damaged header', async () => {
+    const archive = path.join(work, 'repo', 'cut.tar');
+    await run('tar', ['--format=pax', '-cf', archive, '-C', path.join(work, 'tree'), 'f6.bin']);
+    const whole = await fsp.readFile(archive);
+    for (const cut of [2048, 1 << 20, whole.length - 1024 * 10 - 3]) {
+      await fsp.writeFile(archive, whole.subarray(0, cut));
+      await assert.rejects(readAllEntries(storage, 'cut.tar'), (err: unknown) => {
+        assert.ok(err instanceof IntegrityError, `cut at ${cut}: ${String(err)}`);
+        assert.match(err.message, /cut\.tar is not a readable tar volume: it ends inside/);
+        return true;
+      });
+    }
+    const damaged = Buffer.from(whole);
+    damaged[0]! ^= 0x01; // the first header's name: its checksum no longer matches
+    await fsp.writeFile(archive, damaged);
+    await assert.rejects(readAllEntries(storage, 'cut.tar'), /fails its checksum/);
+  });
+});
