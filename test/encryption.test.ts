@@ -13,7 +13,6 @@ import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import {
-  DecryptStream,
   HEADER_SIZE,
   SEGMENT_SIZE,
   TAG_SIZE,
@@ -78,7 +77,8 @@ describe('the segment format', () => {
   const key = randomBytes(32);
 
   it('maps sizes both ways and round-trips every boundary size, streamed and in memory', async () => {
-    for (const size of [0, 1, 15, 16, SEGMENT_SIZE - 1, SEGMENT_SIZE, SEGMENT_SIZE + 1, 2 * SEGMENT_SIZE, 3 * SEGMENT_SIZE + 17]) {
+    // Sizes around a segment and around a batch of segments handed to the encryption thread (16).
+    for (const size of [0, 1, 15, 16, SEGMENT_SIZE - 1, SEGMENT_SIZE, SEGMENT_SIZE + 1, 2 * SEGMENT_SIZE, 3 * SEGMENT_SIZE + 17, 16 * SEGMENT_SIZE, 16 * SEGMENT_SIZE + 1, 32 * SEGMENT_SIZE - 1]) {
       const plain = randomBytes(size);
       const sealed = encryptBuffer(key, 'data/x', plain);
       assert.equal(sealed.length, ciphertextSize(size), `ciphertext size of ${size}`);
@@ -90,7 +90,14 @@ describe('the segment format', () => {
       assert.equal(info.size, size);
       const streamed = await inner.getDocument('data/x');
       assert.equal(streamed.length, sealed.length);
-      assert.deepEqual(await readAll(Readable.from(chunks(streamed, 7777)).pipe(new DecryptStream(key, 'data/x'))), plain);
+      const encrypted = new EncryptedStorage(inner, Buffer.from(key));
+      assert.deepEqual(await readAll(await encrypted.get('data/x')), plain, `streamed read of ${size}`);
+      const reader = await encrypted.openReader('data/x');
+      const parts: Buffer[] = [];
+      const into = Buffer.alloc(7777);
+      for (let n = await reader.read(into); n > 0; n = await reader.read(into)) parts.push(Buffer.from(into.subarray(0, n)));
+      await reader.close();
+      assert.deepEqual(Buffer.concat(parts), plain, `read of ${size} through 7777-byte buffers`);
     }
     // Sizes no plaintext encrypts to.
     for (const bad of [0, HEADER_SIZE, HEADER_SIZE + TAG_SIZE - 1, HEADER_SIZE + SEALED + 1, HEADER_SIZE + SEALED + TAG_SIZE]) {

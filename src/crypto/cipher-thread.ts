@@ -12,7 +12,7 @@ export interface CipherRequest {
   finalIndex: number;
   input: ArrayBuffer;
   length: number;
-  /** Where to put a sealed result when large enough (a buffer recycled by the caller); else the thread allocates one. */
+  /** Where to put the result when large enough (a buffer recycled by the caller); else the thread allocates one. */
   output?: ArrayBuffer;
 }
 

@@ -31,7 +31,8 @@ function seal(m: CipherRequest, input: Uint8Array): CipherReply {
 function open(m: CipherRequest, input: Uint8Array): CipherReply {
   const size = m.segmentSize + TAG_SIZE;
   const segments = Math.ceil(input.length / size);
-  const output = new ArrayBuffer(Math.max(0, input.length - segments * TAG_SIZE));
+  const needed = Math.max(0, input.length - segments * TAG_SIZE);
+  const output = m.output && m.output.byteLength >= needed ? m.output : new ArrayBuffer(needed);
   const out = new Uint8Array(output);
   let at = 0;
   for (let i = 0; i < segments; i++) {

@@ -1,5 +1,4 @@
 import { hkdfSync, randomBytes } from 'node:crypto';
-import { Transform, type TransformCallback } from 'node:stream';
 import { IntegrityError } from '../errors.js';
 import { cipherThread } from './cipher-thread.js';
 import { HEADER_SIZE, SALT_SIZE, TAG_SIZE, openInto, sealInto } from './gcm.js';
@@ -22,12 +21,12 @@ export { HEADER_SIZE, SALT_SIZE, TAG_SIZE };
  */
 export const SEGMENT_LOG2 = 16;
 export const SEGMENT_SIZE = 1 << SEGMENT_LOG2;
-const SEALED_SEGMENT = SEGMENT_SIZE + TAG_SIZE;
+export const SEALED_SEGMENT = SEGMENT_SIZE + TAG_SIZE;
 const MAGIC = Buffer.from('LBEN', 'latin1');
 const VERSION = 1;
 const INFO = 'lifeboat object v1\0';
 /** Segments per batch handed to the encryption thread. */
-const BATCH_SEGMENTS = 16;
+export const BATCH_SEGMENTS = 16;
 /** Batches of one stream handed over and not yet emitted: the bound on its memory. */
 const IN_FLIGHT = 4;
 
@@ -69,7 +68,7 @@ function newHeader(): Buffer {
   return header;
 }
 
-function checkHeader(header: Buffer, name: string): void {
+export function checkHeader(header: Buffer, name: string): void {
   if (header.length !== HEADER_SIZE || !header.subarray(0, 4).equals(MAGIC)) {
     throw new IntegrityError(`${name} is not an encrypted lifeboat object (its header is damaged)`);
   }
@@ -78,15 +77,15 @@ function checkHeader(header: Buffer, name: string): void {
   }
 }
 
-function objectKey(dataKey: Buffer, header: Buffer, name: string): Buffer {
+export function objectKey(dataKey: Buffer, header: Buffer, name: string): Buffer {
   return Buffer.from(hkdfSync('sha256', dataKey, header.subarray(8), INFO + name, 32));
 }
 
-function truncated(name: string, index: number): IntegrityError {
+export function truncated(name: string, index: number): IntegrityError {
   return new IntegrityError(`${name} is truncated: encrypted segment ${index} is incomplete or missing`);
 }
 
-function notAuthentic(name: string, index: number): IntegrityError {
+export function notAuthentic(name: string, index: number): IntegrityError {
   return new IntegrityError(`${name} is damaged or was tampered with: encrypted segment ${index} does not authenticate`);
 }
 
@@ -191,127 +190,6 @@ export class SegmentSealer {
       output,
     });
     return { input: reply.input, output: Buffer.from(reply.output!, 0, reply.length) };
-  }
-}
-
-export interface DecryptOptions {
-  /** The object's header, when the stream starts at a segment rather than at the header. */
-  header?: Buffer;
-  /** Index of the first segment in the stream. */
-  firstSegment?: number;
-  /** Index of the object's last segment, when known (ranged reads); else the stream's last segment is the final one. */
-  finalSegment?: number;
-  /** Plaintext bytes of the first segment to drop. */
-  skip?: number;
-  /** Plaintext bytes to emit at most. */
-  limit?: number;
-}
-
-/** Decrypts a stream with bounded memory. Any damage is an IntegrityError naming the object. */
-export class DecryptStream extends Transform {
-  private readonly batches: SegmentBatches;
-  private readWanted?: () => void;
-  private header?: Buffer;
-  private key?: Buffer;
-  private headerFill = 0;
-  private headerBuf?: Buffer;
-  private index: number;
-  private skip: number;
-  private remaining: number;
-
-  constructor(
-    private readonly dataKey: Buffer,
-    private readonly name: string,
-    private readonly options: DecryptOptions = {},
-  ) {
-    super({ highWaterMark: 1 << 20 });
-    this.batches = new SegmentBatches(SEALED_BATCH, (input, length, last) => this.open(input, length, last), (out) => this.pushPlaintext(out));
-    this.index = options.firstSegment ?? 0;
-    this.skip = options.skip ?? 0;
-    this.remaining = options.limit ?? Number.POSITIVE_INFINITY;
-    if (options.header) this.setHeader(options.header);
-  }
-
-  /**
-   * Pushes plaintext; when the reader has enough buffered, resolves only once
-   * it asks for more. Results arrive after the write callback has run, so
-   * without this the stream would decrypt ahead of a slow reader without bound.
-   */
-  private pushPlaintext(out: Buffer): void | Promise<void> {
-    if (this.push(out)) return;
-    return new Promise<void>((resolve) => (this.readWanted = resolve));
-  }
-
-  override _read(size: number): void {
-    const wanted = this.readWanted;
-    this.readWanted = undefined;
-    wanted?.();
-    super._read(size);
-  }
-
-  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
-    this.readWanted?.();
-    this.readWanted = undefined;
-    super._destroy(err, callback);
-  }
-
-  private setHeader(header: Buffer): void {
-    checkHeader(header, this.name);
-    this.header = header;
-    this.key = objectKey(this.dataKey, header, this.name);
-  }
-
-  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
-    try {
-      let at = 0;
-      if (!this.header) {
-        this.headerBuf ??= Buffer.alloc(HEADER_SIZE);
-        const n = Math.min(HEADER_SIZE - this.headerFill, chunk.length);
-        chunk.copy(this.headerBuf, this.headerFill, 0, n);
-        this.headerFill += n;
-        at = n;
-        if (this.headerFill < HEADER_SIZE) return done();
-        this.setHeader(this.headerBuf);
-      }
-      this.batches.append(chunk, at).then(() => done(), done);
-    } catch (err) {
-      done(err as Error);
-    }
-  }
-
-  override _flush(done: TransformCallback): void {
-    if (!this.header) return done(new IntegrityError(`${this.name} is truncated: its encryption header is incomplete`));
-    // The last segment of the stream is always still held here; none at all is a truncation.
-    if (this.batches.pending === 0) return done(truncated(this.name, this.index));
-    this.batches.finish().then(() => done(), done);
-  }
-
-  /** Opens a batch of sealed segments; `last`: nothing follows it in this stream. */
-  private async open(input: ArrayBuffer, length: number, last: boolean): Promise<BatchResult> {
-    const first = this.index;
-    const segments = Math.ceil(length / SEALED_SEGMENT);
-    this.index += segments;
-    const lastIndex = first + segments - 1;
-    const known = this.options.finalSegment;
-    if (known !== undefined && lastIndex > known) {
-      throw new IntegrityError(`${this.name} is damaged or was tampered with: it has more encrypted segments than its size allows`);
-    }
-    const finalIndex = known ?? (last ? lastIndex : -1);
-    // Every segment but the final one is whole; the batch holds whole segments but perhaps its last.
-    const tail = length - (segments - 1) * SEALED_SEGMENT;
-    if (tail < TAG_SIZE || (lastIndex !== finalIndex && tail !== SEALED_SEGMENT)) throw truncated(this.name, lastIndex);
-    const reply = await cipherThread.run({ op: 'open', key: this.key!, header: this.header!, segmentSize: SEGMENT_SIZE, firstIndex: first, finalIndex, input, length });
-    if (reply.failedIndex !== undefined) {
-      throw notAuthentic(this.name, reply.failedIndex);
-    }
-    let plain = Buffer.from(reply.output, 0, reply.length);
-    if (this.skip > 0) {
-      plain = plain.subarray(Math.min(this.skip, plain.length));
-      this.skip = 0;
-    }
-    if (plain.length > this.remaining) plain = plain.subarray(0, this.remaining);
-    this.remaining -= plain.length;
-    return { input: reply.input, output: plain };
   }
 }
 

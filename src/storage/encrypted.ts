@@ -1,7 +1,6 @@
 import { Readable } from 'node:stream';
 import { IntegrityError } from '../errors.js';
 import {
-  DecryptStream,
   HEADER_SIZE,
   SEAL_BATCH,
   SEGMENT_SIZE,
@@ -15,7 +14,8 @@ import {
   segmentOffset,
 } from '../crypto/segments.js';
 import { putThroughWriter } from './writer-over-put.js';
-import { readerOverStream } from './reader-over-stream.js';
+import { DecryptingReader } from '../crypto/decrypting-reader.js';
+import { EMPTY_READER, streamOverReader } from './reader-over-stream.js';
 import type { GetOptions, ObjectInfo, ObjectReader, ObjectWriter, PutOptions, Storage, StorageCapabilities } from './storage.js';
 
 /** The largest document (manifest, ledger, pin, journal event) read into memory. */
@@ -97,36 +97,51 @@ export class EncryptedStorage implements Storage {
 
   async get(key: string, options?: GetOptions): Promise<Readable> {
     if (isPlaintextKey(key)) return this.inner.get(key, options);
-    const offset = options?.offset ?? 0;
-    const signal = options?.signal;
-    if (offset === 0 && options?.length === undefined) {
-      return decrypting(await this.inner.get(key, { signal }), new DecryptStream(this.dataKey, key));
-    }
-    // A range: the header gives the object's key, the size which segment is the last.
-    const info = await this.inner.head(key);
-    if (!info) return this.inner.get(key, options); // throws the driver's not-found error
-    const total = plaintextSize(info.size);
-    if (total === undefined) throw new IntegrityError(`${key} is truncated or extended: ${info.size} bytes is not a possible encrypted size`);
-    const end = Math.min(total, options?.length === undefined ? total : offset + options.length);
-    if (offset >= end) return Readable.from([]);
-    const header = await readAll(await this.inner.get(key, { offset: 0, length: HEADER_SIZE, signal }), HEADER_SIZE);
-    if (header.length !== HEADER_SIZE) throw new IntegrityError(`${key} is truncated: its encryption header is incomplete`);
-    const first = Math.floor(offset / SEGMENT_SIZE);
-    const last = Math.floor((end - 1) / SEGMENT_SIZE);
-    const from = segmentOffset(first);
-    const to = Math.min(info.size, segmentOffset(last + 1));
-    const decrypt = new DecryptStream(this.dataKey, key, {
-      header,
-      firstSegment: first,
-      finalSegment: lastSegmentIndex(total),
-      skip: offset - first * SEGMENT_SIZE,
-      limit: end - offset,
-    });
-    return decrypting(await this.inner.get(key, { offset: from, length: to - from, signal }), decrypt);
+    return streamOverReader(await this.openReader(key, options));
   }
 
   async openReader(key: string, options?: GetOptions): Promise<ObjectReader> {
-    return readerOverStream(await this.get(key, options));
+    if (isPlaintextKey(key)) return this.inner.openReader(key, options);
+    const signal = options?.signal;
+    // The size tells which segment is the final one, so each batch is known whole or last before it is read.
+    const info = await this.inner.head(key);
+    if (!info) return this.inner.openReader(key, options); // throws the driver's not-found error
+    const total = plaintextSize(info.size);
+    if (total === undefined) throw new IntegrityError(`${key} is truncated or extended: ${info.size} bytes is not a possible encrypted size`);
+    const offset = options?.offset ?? 0;
+    const end = Math.min(total, options?.length === undefined ? total : offset + options.length);
+    const whole = offset === 0 && end === total;
+    // A whole object is always opened, even when empty: its one segment proves it authentic.
+    if (offset >= end && !whole) return EMPTY_READER;
+    const finalSegment = lastSegmentIndex(total);
+    const first = Math.floor(offset / SEGMENT_SIZE);
+    const last = whole ? finalSegment : Math.floor((end - 1) / SEGMENT_SIZE);
+    const inner = await this.inner.openReader(key, { offset: first === 0 ? 0 : segmentOffset(first), signal });
+    try {
+      const header = Buffer.alloc(HEADER_SIZE);
+      const headerSource = first === 0 ? inner : await this.inner.openReader(key, { offset: 0, length: HEADER_SIZE, signal });
+      try {
+        for (let n = 0; n < HEADER_SIZE; ) {
+          const got = await headerSource.read(header.subarray(n));
+          if (got === 0) throw new IntegrityError(`${key} is truncated: its encryption header is incomplete`);
+          n += got;
+        }
+      } finally {
+        if (headerSource !== inner) await headerSource.close();
+      }
+      return new DecryptingReader(this.dataKey, key, inner, {
+        header,
+        firstSegment: first,
+        lastSegment: last,
+        finalSegment,
+        finalSegmentSize: total - finalSegment * SEGMENT_SIZE,
+        skip: offset - first * SEGMENT_SIZE,
+        limit: end - offset,
+      });
+    } catch (err) {
+      await inner.close();
+      throw err;
+    }
   }
 
   async head(key: string): Promise<ObjectInfo | undefined> {
@@ -206,22 +221,4 @@ class SealingWriter implements ObjectWriter {
 /** An impossible encrypted size shows as -1, which never matches a recorded size. */
 function plainSizeOf(size: number): number {
   return plaintextSize(size) ?? -1;
-}
-
-function decrypting(source: Readable, decrypt: DecryptStream): Readable {
-  source.on('error', (err) => decrypt.destroy(err));
-  decrypt.on('close', () => source.destroy());
-  return source.pipe(decrypt);
-}
-
-async function readAll(stream: Readable, max: number): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of stream as AsyncIterable<Buffer>) {
-    chunks.push(chunk);
-    size += chunk.length;
-    if (size >= max) break;
-  }
-  stream.destroy();
-  return Buffer.concat(chunks, Math.min(size, max));
 }

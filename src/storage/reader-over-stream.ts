@@ -1,4 +1,4 @@
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { streamChunks } from '../format/stream-chunks.js';
 import type { ObjectReader } from './storage.js';
 
@@ -34,4 +34,26 @@ export function readerOverStream(source: Readable): ObjectReader {
       await chunks.return(undefined);
     },
   };
+}
+
+/** A reader of an empty object. */
+export const EMPTY_READER: ObjectReader = { read: async () => 0, close: async () => undefined };
+
+/** A byte stream over an ObjectReader, for callers that want one; each chunk is a buffer of its own. */
+export function streamOverReader(reader: ObjectReader, chunkSize = 1 << 20): Readable {
+  return new Readable({
+    read() {
+      const chunk = Buffer.allocUnsafe(chunkSize);
+      reader.read(chunk).then(
+        (n) => this.push(n === 0 ? null : chunk.subarray(0, n)),
+        (err: Error) => this.destroy(err),
+      );
+    },
+    destroy(err, callback) {
+      reader.close().then(
+        () => callback(err),
+        (closeErr: Error) => callback(err ?? closeErr),
+      );
+    },
+  });
 }
