@@ -45,7 +45,16 @@ Exit codes:
 
 function version(): string {
   const require = createRequire(import.meta.url);
-  return (require('../../../package.json') as { version: string }).version;
+  // Compiled modules sit three levels below the package root, the bundle two.
+  for (const candidate of ['../../../package.json', '../../package.json']) {
+    try {
+      const pkg = require(candidate) as { name?: string; version?: string };
+      if (pkg.name === 'lifeboat' && pkg.version) return pkg.version;
+    } catch {
+      // not at this level
+    }
+  }
+  return 'unknown';
 }
 
 export function buildProgram(io: CliIo, signal: AbortSignal, state: { printed: boolean; ctx?: CliContext }): Command {

@@ -1,6 +1,6 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import type { BigIntStats } from 'node:fs';
+import { lstatSync, readlinkSync, type BigIntStats } from 'node:fs';
 import { minimatch } from 'minimatch';
 import { UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { comparePaths, linkStaysInside } from '../format/paths.js';
@@ -66,6 +66,9 @@ export function entryFromStat(source: string, rel: string, abs: string, st: BigI
   };
 }
 
+/** Entries stated between turns of the event loop. */
+const SYNC_BATCH = 256;
+
 /**
  * Walks a source tree without following symlinks. Unreadable entries and
  * special files are reported and skipped, never fatal.
@@ -99,12 +102,18 @@ export async function scanSource(
       reporter.notice?.({ level: 'warning', code: 'unreadable', path: `${spec.name}/${relDir}`, message: `cannot read directory: ${errorMessage(err)}` });
       continue;
     }
-    for (const name of names) {
+    for (const [i, name] of names.entries()) {
+      // Stats are synchronous: a round trip through the thread pool per file costs more than the
+      // stat itself (most of an unchanged backup's time); the event loop still runs between batches.
+      if (i > 0 && i % SYNC_BATCH === 0) {
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        throwIfAborted(signal);
+      }
       const rel = relDir === '' ? name : `${relDir}/${name}`;
       const abs = path.join(absDir, name);
       let st: BigIntStats;
       try {
-        st = await fsp.lstat(abs, { bigint: true });
+        st = lstatSync(abs, { bigint: true });
       } catch (err) {
         reporter.notice?.({ level: 'warning', code: 'unreadable', path: `${spec.name}/${rel}`, message: `cannot stat: ${errorMessage(err)}` });
         continue;
@@ -121,7 +130,7 @@ export async function scanSource(
       } else if (st.isSymbolicLink()) {
         let target: string;
         try {
-          target = await fsp.readlink(abs);
+          target = readlinkSync(abs);
         } catch (err) {
           reporter.notice?.({ level: 'warning', code: 'unreadable', path: `${spec.name}/${rel}`, message: `cannot read link: ${errorMessage(err)}` });
           continue;

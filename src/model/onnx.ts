@@ -64,10 +64,10 @@ message ModelProto {
 `;
 
 // Loaded on first use: most deployments have no ONNX file, and every command would pay for it at start-up.
-const require = createRequire(import.meta.url);
+const requireAtRunTime = createRequire(import.meta.url);
 let protobufModule: typeof protobuf | undefined;
 function pb(): typeof protobuf {
-  return (protobufModule ??= require('protobufjs') as typeof protobuf);
+  return (protobufModule ??= requireAtRunTime('protobufjs') as typeof protobuf);
 }
 
 let root: protobuf.Root | undefined;

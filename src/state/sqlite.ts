@@ -4,10 +4,10 @@ import type BetterSqlite3 from 'better-sqlite3';
 import { InterruptedError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
 
 // A native module loaded only when a SQLite source is backed up or restored, not by every command.
-const require = createRequire(import.meta.url);
+const requireAtRunTime = createRequire(import.meta.url);
 let sqliteModule: typeof BetterSqlite3 | undefined;
 function sqlite(): typeof BetterSqlite3 {
-  return (sqliteModule ??= require('better-sqlite3') as typeof BetterSqlite3);
+  return (sqliteModule ??= requireAtRunTime('better-sqlite3') as typeof BetterSqlite3);
 }
 
 /** How long the copy waits for a writer's lock before SQLite reports busy. */
