@@ -390,7 +390,7 @@ async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreCont
       const before = await fh.stat({ bigint: true });
       const hash = ctx.hasher.stream();
       const read = await copyBody(fh, Number(before.size), hash, undefined, ctx, name);
-      const outcome = outcomeOf(before, await fh.stat({ bigint: true }), read, await hash.digest());
+      const outcome = outcomeOf(before, await fh.stat({ bigint: true }), read, (await hash.digest()).sha256);
       if (unchangedFrom(planned.previous, outcome)) return { ...outcome, ref: planned.previous.ref! };
     }
     const before = await fh.stat({ bigint: true });
@@ -399,9 +399,12 @@ async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreCont
     const { index, offset } = await writer.header({ name, type: 'File', size, mode: Number(before.mode & 0o7777n), mtime: mtimeDate(before.mtimeNs.toString()), uid: s.uid, gid: s.gid });
     const hash = ctx.hasher.stream();
     const written = await copyBody(fh, size, hash, writer, ctx, name);
+    // A torn read is zero-filled to the declared size, in the volume and in the sums alike.
     if (written < size) hash.update(Buffer.alloc(size - written));
-    await writer.endEntry(written, size);
-    const outcome = outcomeOf(before, await fh.stat({ bigint: true }), written, await hash.digest());
+    const sums = await hash.digest();
+    // The hashing thread checksummed the body, so the volume's CRC-32 takes it from there.
+    await writer.endEntry(written, size, sums.crc32);
+    const outcome = outcomeOf(before, await fh.stat({ bigint: true }), written, sums.sha256);
     return { ...outcome, ref: { point: ctx.pointId, volume, entry: index, offset } };
   } finally {
     await fh.close();
@@ -432,7 +435,7 @@ async function copyBody(fh: fsp.FileHandle, size: number, hash: StreamDigest, wr
       next = readInto(turn, written + n);
       throwIfAborted(ctx.signal);
       hash.update(chunk);
-      if (writer) await writer.body(chunk);
+      if (writer) await writer.body(chunk, { checksummed: true });
       await ctx.hasher.ready();
       written += n;
       ctx.progress.bytesDone += n;

@@ -1,97 +1,162 @@
 import { Worker } from 'node:worker_threads';
 
-/** Size of the buffers that carry bytes to the hashing thread and back. */
-const SLAB = 1 << 20;
-/** Slabs in circulation: the bound on bytes handed over and not yet hashed. */
-const SLABS = 6;
+/** Size of one slot of the ring that carries bytes to the hashing thread. */
+const SLOT = 1 << 20;
+/** Slots in the ring: the bound on bytes handed over and not yet hashed. */
+const SLOTS = 6;
+/** Indexes into the control words: slots filled by the caller, slots hashed by the thread. */
+const PRODUCED = 0;
+const CONSUMED = 1;
+/** Slot lengths with a meaning of their own. */
+const DIGEST = -1;
+const EXIT = -2;
+/** How long an update without a free slot waits before it declares the thread dead. */
+const STALL_MS = 60_000;
+
+/** What a stream of bytes hashed to. */
+export interface StreamSums {
+  /** SHA-256, as hex. */
+  sha256: string;
+  crc32: number;
+}
 
 export interface StreamDigest {
   update(data: Buffer): void;
-  /** The SHA-256 of everything passed to update, as hex. */
-  digest(): Promise<string>;
+  /** The sums of everything passed to update. */
+  digest(): Promise<StreamSums>;
 }
 
+type WaitAsync = (array: Int32Array, index: number, value: number) => { async: boolean; value: Promise<string> | string };
+
 /**
- * SHA-256 on a second core. Each update copies the bytes into one of a few
- * slabs (a memcpy, far cheaper than hashing them) and moves the slab to the
- * worker, which hashes it and moves it back; so the caller can go on writing
- * the original, memory stays bounded, and no garbage piles up on either side.
+ * SHA-256 and CRC-32 on a second core. Bytes are copied into a ring of slots in shared
+ * memory (a memcpy, far cheaper than hashing them) and the thread hashes them
+ * in order; the two sides meet through two counters, so the bytes cost no
+ * message and no allocation. Only digests come back as messages.
  */
 export class Sha256Offload {
   private readonly worker: Worker;
+  private readonly data = new SharedArrayBuffer(SLOTS * SLOT);
+  private readonly control = new Int32Array(new SharedArrayBuffer(8));
+  /** Per slot: the stream id and the byte length (or DIGEST / EXIT). */
+  private readonly slots = new Int32Array(new SharedArrayBuffer(SLOTS * 8));
+  private produced = 0;
   private nextId = 1;
-  private readonly free: ArrayBuffer[] = [];
-  private slabs = 0;
-  private waiting: (() => void)[] = [];
-  private readonly digests = new Map<number, { resolve: (hex: string) => void; reject: (err: Error) => void }>();
+  private readonly digests = new Map<number, { resolve: (sums: StreamSums) => void; reject: (err: Error) => void }>();
   private failure?: Error;
+  private exited = false;
+  /** Callers waiting on the thread: while any are, it holds the process open (neither a shared-memory wait nor an unref'd thread does). */
+  private waiting = 0;
 
   constructor() {
-    this.worker = new Worker(new URL('./sha256-worker.js', import.meta.url));
-    // Never the reason a finished command lingers.
-    this.worker.unref();
-    this.worker.on('message', (m: { op: 'ack'; slab: ArrayBuffer } | { op: 'digest'; id: number; hex: string }) => {
-      if (m.op === 'ack') {
-        this.free.push(m.slab);
-        this.wake();
-      } else {
-        this.digests.get(m.id)?.resolve(m.hex);
-        this.digests.delete(m.id);
-      }
+    this.worker = new Worker(new URL('./sha256-worker.js', import.meta.url), {
+      workerData: { data: this.data, control: this.control, slots: this.slots, slot: SLOT, count: SLOTS },
+    });
+    this.worker.on('message', (m: { id: number; hex: string; crc: number }) => {
+      this.digests.get(m.id)?.resolve({ sha256: m.hex, crc32: m.crc });
+      this.digests.delete(m.id);
+      this.release();
     });
     this.worker.on('error', (err) => this.fail(err));
     this.worker.on('exit', (code) => {
-      if (code !== 0) this.fail(new Error(`the hashing thread stopped with code ${code}`));
+      this.exited = true;
+      this.fail(new Error(`the hashing thread stopped${code === 0 ? '' : ` with code ${code}`}`));
     });
+    // Never the reason a finished command lingers; after the listeners, which would otherwise hold it again.
+    this.worker.unref();
   }
 
   private fail(err: Error): void {
     this.failure ??= err;
-    for (const d of this.digests.values()) d.reject(err);
+    for (const d of this.digests.values()) {
+      d.reject(err);
+      this.release();
+    }
     this.digests.clear();
-    this.wake();
   }
 
-  private wake(): void {
-    const waiting = this.waiting;
-    this.waiting = [];
-    for (const w of waiting) w();
+  private hold(): void {
+    if (this.waiting++ === 0) this.worker.ref();
   }
 
-  /** Resolves once a slab is free for the next update. */
+  private release(): void {
+    if (--this.waiting === 0) this.worker.unref();
+  }
+
+  private get free(): number {
+    return SLOTS - (this.produced - Atomics.load(this.control, CONSUMED));
+  }
+
+  /** Resolves once a slot is free for the next update. */
   async ready(): Promise<void> {
-    while (this.free.length === 0 && this.slabs >= SLABS && !this.failure) await new Promise<void>((r) => this.waiting.push(r));
+    while (this.free === 0 && !this.failure) {
+      const seen = Atomics.load(this.control, CONSUMED);
+      if (this.produced - seen < SLOTS) break;
+      const wait = (Atomics as unknown as { waitAsync: WaitAsync }).waitAsync(this.control, CONSUMED, seen);
+      if (!wait.async) continue;
+      this.hold();
+      try {
+        await wait.value;
+      } finally {
+        this.release();
+      }
+    }
     if (this.failure) throw this.failure;
   }
 
-  private slab(): ArrayBuffer {
-    const slab = this.free.pop();
-    if (slab) return slab;
-    this.slabs++;
-    return new ArrayBuffer(SLAB);
+  /** Fills the next slot; when none is free (the caller skipped ready), waits for one on the spot. */
+  private publish(id: number, length: number, bytes?: Uint8Array): void {
+    if (this.failure) throw this.failure;
+    // The thread's death is reported by an event, which cannot arrive while this waits: hence the bound.
+    const deadline = Date.now() + STALL_MS;
+    while (this.free === 0) {
+      if (Date.now() > deadline) throw (this.failure = new Error(`the hashing thread has not taken any data for ${STALL_MS / 1000} s`));
+      Atomics.wait(this.control, CONSUMED, Atomics.load(this.control, CONSUMED), 100);
+    }
+    const slot = this.produced % SLOTS;
+    if (bytes) new Uint8Array(this.data, slot * SLOT, bytes.length).set(bytes);
+    this.slots[slot * 2] = id;
+    this.slots[slot * 2 + 1] = length;
+    this.produced++;
+    Atomics.store(this.control, PRODUCED, this.produced);
+    Atomics.notify(this.control, PRODUCED);
   }
 
   stream(): StreamDigest {
     const id = this.nextId++;
     return {
       update: (data: Buffer) => {
-        for (let at = 0; at < data.length; at += SLAB) {
-          const piece = data.subarray(at, Math.min(data.length, at + SLAB));
-          const slab = this.slab();
-          new Uint8Array(slab).set(piece);
-          this.worker.postMessage({ op: 'data', id, slab, length: piece.length }, [slab]);
+        for (let at = 0; at < data.length; at += SLOT) {
+          const piece = data.subarray(at, Math.min(data.length, at + SLOT));
+          this.publish(id, piece.length, piece);
         }
       },
-      digest: () =>
-        new Promise<string>((resolve, reject) => {
-          if (this.failure) return reject(this.failure);
+      digest: async () => {
+        await this.ready();
+        return new Promise<StreamSums>((resolve, reject) => {
+          try {
+            this.publish(id, DIGEST);
+          } catch (err) {
+            reject(err as Error);
+            return;
+          }
+          // The reply is an event, so it cannot arrive before this is registered.
+          this.hold();
           this.digests.set(id, { resolve, reject });
-          this.worker.postMessage({ op: 'digest', id });
-        }),
+        });
+      },
     };
   }
 
   async close(): Promise<void> {
+    if (!this.exited && !this.failure) {
+      await this.ready().catch(() => undefined);
+      const exited = new Promise<void>((resolve) => this.worker.once('exit', () => resolve()));
+      // Held until it has gone, or the process could end with this promise pending.
+      this.worker.ref();
+      this.publish(0, EXIT);
+      await exited;
+    }
     await this.worker.terminate();
   }
 }

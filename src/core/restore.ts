@@ -6,7 +6,7 @@ import { SMALL_FILE } from './file-reader.js';
 import { IntegrityError, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
-import { sha256OfFile } from '../format/checksum.js';
+import { crc32, sha256OfFile } from '../format/checksum.js';
 import { readVolume, type VolumeEntry } from '../format/tar.js';
 import type { Notice, Progress, Reporter } from './events.js';
 import type { Repository } from './repository.js';
@@ -356,7 +356,7 @@ async function writeVerified(
     await out.close();
   }
   reporter.progress?.({ ...progress, current: `${expected.source}/${expected.path}` });
-  const digest = await hash.digest();
+  const digest = (await hash.digest()).sha256;
   if (size !== expected.size || digest !== expected.sha256) {
     throw new IntegrityError(
       `${expected.source}/${expected.path} from ${what} does not match its checksum (SHA-256 ${digest}, expected ${expected.sha256})`,
@@ -366,7 +366,14 @@ async function writeVerified(
 
 function inlineDigest(): StreamDigest {
   const hash = createHash('sha256');
-  return { update: (data) => void hash.update(data), digest: async () => hash.digest('hex') };
+  let crc = 0;
+  return {
+    update: (data) => {
+      hash.update(data);
+      crc = crc32(data, crc);
+    },
+    digest: async () => ({ sha256: hash.digest('hex'), crc32: crc }),
+  };
 }
 
 function nsToSeconds(ns: string): number {

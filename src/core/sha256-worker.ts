@@ -1,23 +1,50 @@
-// Runs in a worker thread: SHA-256 of the streams the main thread feeds it, so
-// hashing (the most expensive step of a backup or a restore) runs beside the
-// reading and writing instead of between them. Each slab is moved back once
-// hashed, to be filled again.
+// Runs in a worker thread: SHA-256 and CRC-32 of the streams the main thread feeds it
+// through a ring of shared slots (src/core/hash-offload.ts), so hashing (the
+// most expensive step of a backup or a restore) runs beside the reading and
+// writing instead of between them. The thread blocks on the ring's counter
+// between slots; it needs no event loop but to send digests back.
 import { createHash, type Hash } from 'node:crypto';
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
+import { crc32 } from '../format/checksum.js';
 
-type Message = { op: 'data'; id: number; slab: ArrayBuffer; length: number } | { op: 'digest'; id: number };
+const { data, control, slots, slot: SLOT, count: SLOTS } = workerData as {
+  data: SharedArrayBuffer;
+  control: Int32Array;
+  slots: Int32Array;
+  slot: number;
+  count: number;
+};
+const PRODUCED = 0;
+const CONSUMED = 1;
+const DIGEST = -1;
+const EXIT = -2;
 
-const streams = new Map<number, Hash>();
-
-parentPort!.on('message', (m: Message) => {
-  if (m.op === 'data') {
-    let hash = streams.get(m.id);
-    if (!hash) streams.set(m.id, (hash = createHash('sha256')));
-    hash.update(new Uint8Array(m.slab, 0, m.length));
-    parentPort!.postMessage({ op: 'ack', slab: m.slab }, [m.slab]);
-  } else {
-    const hash = streams.get(m.id) ?? createHash('sha256');
-    streams.delete(m.id);
-    parentPort!.postMessage({ op: 'digest', id: m.id, hex: hash.digest('hex') });
+const streams = new Map<number, { hash: Hash; crc: number }>();
+let consumed = 0;
+for (;;) {
+  // Bounded, so a termination (which takes effect only while JavaScript runs) is never stuck behind the wait.
+  Atomics.wait(control, PRODUCED, consumed, 50);
+  const produced = Atomics.load(control, PRODUCED);
+  let exit = false;
+  while (consumed < produced && !exit) {
+    const at = consumed % SLOTS;
+    const id = slots[at * 2]!;
+    const length = slots[at * 2 + 1]!;
+    if (length === EXIT) exit = true;
+    else if (length === DIGEST) {
+      const stream = streams.get(id) ?? { hash: createHash('sha256'), crc: 0 };
+      streams.delete(id);
+      parentPort!.postMessage({ id, hex: stream.hash.digest('hex'), crc: stream.crc });
+    } else {
+      let stream = streams.get(id);
+      if (!stream) streams.set(id, (stream = { hash: createHash('sha256'), crc: 0 }));
+      const bytes = new Uint8Array(data, at * SLOT, length);
+      stream.hash.update(bytes);
+      stream.crc = crc32(bytes, stream.crc);
+    }
+    consumed++;
+    Atomics.store(control, CONSUMED, consumed);
+    Atomics.notify(control, CONSUMED);
   }
-});
+  if (exit) break;
+}

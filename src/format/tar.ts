@@ -1,7 +1,7 @@
 import { Header, Pax } from 'tar';
 import { IntegrityError, throwIfAborted } from '../errors.js';
 import type { ObjectReader } from '../storage/storage.js';
-import { crc32 } from './checksum.js';
+import { crc32, crc32Combine } from './checksum.js';
 
 const BLOCK = 512;
 const ZERO_BLOCKS = Buffer.alloc(BLOCK * 2);
@@ -42,12 +42,14 @@ export class TarVolumeWriter {
   private spare = Buffer.allocUnsafe(GATHER_SIZE);
   private gathered = 0;
   private writing: Promise<void> = Promise.resolve();
+  private bodyCrcPending = false;
 
   constructor(private readonly sink: ChunkSink) {}
 
-  private async push(buf: Uint8Array): Promise<void> {
+  /** `checksummed`: part of a body whose CRC-32 the caller computes and passes to endEntry. */
+  private async push(buf: Uint8Array, checksummed = false): Promise<void> {
     if (buf.length === 0) return;
-    this.crc = crc32(buf, this.crc);
+    if (!checksummed) this.crc = crc32(buf, this.crc);
     this.size += buf.length;
     if (buf.length < GATHER_BELOW) {
       if (this.gathered + buf.length > GATHER_SIZE) await this.flush();
@@ -101,22 +103,32 @@ export class TarVolumeWriter {
     return { index: this.entries++, offset };
   }
 
-  /** Appends part of a file's body; resolves once `chunk` may be reused. */
-  async body(chunk: Uint8Array): Promise<void> {
-    await this.push(chunk);
+  /**
+   * Appends part of a file's body; resolves once `chunk` may be reused. With
+   * `checksummed`, the caller computes the body's CRC-32 (on another thread)
+   * and hands it to endEntry; a body is checksummed whole or not at all.
+   */
+  async body(chunk: Uint8Array, options: { checksummed?: boolean } = {}): Promise<void> {
+    if (options.checksummed) this.bodyCrcPending = true;
+    await this.push(chunk, options.checksummed);
   }
 
   /**
    * Ends a file entry after `written` of its declared `size` bytes: zero-fills
    * a short body (the caller records it as torn) and pads to the block size.
+   * `bodyCrc`: the CRC-32 of the declared body (zero fill included) when its
+   * chunks were passed as checksummed.
    */
-  async endEntry(written: number, size: number): Promise<void> {
+  async endEntry(written: number, size: number, bodyCrc?: number): Promise<void> {
+    if (this.bodyCrcPending && bodyCrc === undefined) throw new Error('a body passed as checksummed needs its CRC-32 at its end');
+    this.bodyCrcPending = false;
     let missing = size - written;
     while (missing > 0) {
       const n = Math.min(missing, 1 << 20);
-      await this.push(Buffer.alloc(n));
+      await this.push(Buffer.alloc(n), bodyCrc !== undefined);
       missing -= n;
     }
+    if (bodyCrc !== undefined) this.crc = crc32Combine(this.crc, bodyCrc, size);
     const pad = (BLOCK - (size % BLOCK)) % BLOCK;
     if (pad) await this.push(ZERO_BLOCKS.subarray(0, pad));
   }
