@@ -338,7 +338,8 @@ async function writeVerified(
   let size = 0;
   let sinceReport = 0;
   try {
-    for await (const chunk of entry.body) {
+    // The hash's thread checksums the body too, so the volume's CRC-32 need not be computed here.
+    for await (const chunk of entry.bodyChecksummedElsewhere()) {
       throwIfAborted(signal);
       hash.update(chunk);
       // Written before the next chunk is asked for: the chunk's buffer is then refilled.
@@ -356,7 +357,9 @@ async function writeVerified(
     await out.close();
   }
   reporter.progress?.({ ...progress, current: `${expected.source}/${expected.path}` });
-  const digest = (await hash.digest()).sha256;
+  const sums = await hash.digest();
+  entry.bodyCrc(sums.crc32);
+  const digest = sums.sha256;
   if (size !== expected.size || digest !== expected.sha256) {
     throw new IntegrityError(
       `${expected.source}/${expected.path} from ${what} does not match its checksum (SHA-256 ${digest}, expected ${expected.sha256})`,

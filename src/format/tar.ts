@@ -153,6 +153,13 @@ export interface VolumeEntry {
    * view of a recycled buffer, valid until the next chunk is asked for.
    */
   body: AsyncIterable<Buffer>;
+  /**
+   * The same body for a handler that computes its CRC-32 elsewhere (beside
+   * its hash, on another thread): it must read the body whole and pass the
+   * CRC-32 to `bodyCrc`, which the volume's CRC-32 takes from there.
+   */
+  bodyChecksummedElsewhere(): AsyncIterable<Buffer>;
+  bodyCrc(crc: number): void;
 }
 
 export interface VolumeReadResult {
@@ -186,13 +193,12 @@ const META_TYPES = new Set([
 const EMPTY = Buffer.alloc(0);
 
 /**
- * Reads an object ahead into a few recycled buffers, counting its size and
- * CRC-32. Reads are issued one after another (an ObjectReader is sequential);
+ * Reads an object ahead into a few recycled buffers, counting its size.
+ * Reads are issued one after another (an ObjectReader is sequential);
  * a buffer goes back to be refilled when the caller asks for the next one.
  */
 class ReadAhead {
   size = 0;
-  crc = 0;
   private readonly queue: Promise<{ buffer: Buffer; data: Buffer }>[] = [];
   private tail: Promise<unknown> = Promise.resolve();
   private held?: Buffer;
@@ -220,10 +226,8 @@ class ReadAhead {
       if (got === 0) this.ended = true;
       n += got;
     }
-    const data = buffer.subarray(0, n);
     this.size += n;
-    this.crc = crc32(data, this.crc);
-    return { buffer, data };
+    return { buffer, data: buffer.subarray(0, n) };
   }
 
   /** The next bytes of the object (a full buffer but at its end), or undefined at the end. */
@@ -272,12 +276,16 @@ export async function readVolume(
     pos = 0;
     return true;
   };
-  /** Up to `max` bytes, as a view of the current buffer. */
-  const take = async (max: number): Promise<Buffer> => {
+  // The CRC-32 of every byte up to `pos`, but for bodies whose handler checksums them elsewhere.
+  let crc = 0;
+  /** Up to `max` bytes, as a view of the current buffer; `checksummed`: the caller covers their CRC-32. */
+  const take = async (max: number, checksummed = false): Promise<Buffer> => {
     if (!(await refill())) throw invalid(`it ends inside an entry (${feed.size} bytes)`);
     const n = Math.min(max, buf.length - pos);
     pos += n;
-    return buf.subarray(pos - n, pos);
+    const part = buf.subarray(pos - n, pos);
+    if (!checksummed) crc = crc32(part, crc);
+    return part;
   };
   const skip = async (n: number): Promise<void> => {
     while (n > 0) n -= (await take(n)).length;
@@ -295,6 +303,7 @@ export async function readVolume(
       } catch (err) {
         throw invalid(`entry ${index} has an undecodable header (${(err as Error).message})`);
       }
+      crc = crc32(buf.subarray(pos, pos + BLOCK), crc);
       pos += BLOCK;
       if (header.nullBlock) {
         if (sawNullBlock) break;
@@ -341,15 +350,19 @@ export async function readVolume(
       const current = index++;
       let remain = size;
       let live = true;
-      const body: AsyncIterable<Buffer> = {
+      let elsewhere = false;
+      let reportedCrc: number | undefined;
+      const chunks = (checksummed: boolean): AsyncIterable<Buffer> => ({
         async *[Symbol.asyncIterator]() {
+          if (remain < size && checksummed !== elsewhere) throw new Error('a body is read checksummed here or elsewhere, not both');
+          elsewhere = checksummed;
           while (live && remain > 0) {
-            const part = await take(remain);
+            const part = await take(remain, checksummed);
             remain -= part.length;
             yield part;
           }
         },
-      };
+      });
       try {
         await onEntry({
           index: current,
@@ -358,17 +371,26 @@ export async function readVolume(
           size,
           mode: header.mode ?? 0,
           linkpath: linkpath || undefined,
-          body,
+          body: chunks(false),
+          bodyChecksummedElsewhere: () => chunks(true),
+          bodyCrc: (value) => void (reportedCrc = value),
         });
       } finally {
         live = false;
       }
-      if (options.lastIndex !== undefined && current >= options.lastIndex) return { size: feed.size, crc32: feed.crc, entries: index };
+      if (elsewhere) {
+        if (remain > 0 || reportedCrc === undefined) throw new Error(`the handler of entry ${current} did not read its body whole or report its CRC-32`);
+        crc = crc32Combine(crc, reportedCrc, size);
+      }
+      if (options.lastIndex !== undefined && current >= options.lastIndex) return { size: feed.size, crc32: crc, entries: index };
       await skip(remain + padding);
     }
     // Whatever follows the end-of-archive blocks still counts toward the volume's size and CRC-32.
-    while (await refill()) pos = buf.length;
-    return { size: feed.size, crc32: feed.crc, entries: index };
+    while (await refill()) {
+      crc = crc32(buf.subarray(pos), crc);
+      pos = buf.length;
+    }
+    return { size: feed.size, crc32: crc, entries: index };
   } finally {
     await feed.close();
   }
