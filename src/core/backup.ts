@@ -356,6 +356,9 @@ async function storeEntry(planned: PlannedEntry, position: number, ctx: StoreCon
 
 type Stored = ReadOutcome & { ref: ContentRef };
 
+/** What a torn read is padded with, a piece at a time. */
+const ZERO_FILL = Buffer.alloc(1 << 20);
+
 /** Archives a small file already read whole (or reuses its reference when it proves unchanged). */
 async function storeWholeFile(whole: WholeFile | undefined, planned: PlannedEntry, name: string, ctx: StoreContext): Promise<Stored | 'vanished'> {
   if (!whole) return 'vanished';
@@ -400,7 +403,7 @@ async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreCont
     const hash = ctx.hasher.stream();
     const written = await copyBody(fh, size, hash, writer, ctx, name);
     // A torn read is zero-filled to the declared size, in the volume and in the sums alike.
-    if (written < size) hash.update(Buffer.alloc(size - written));
+    for (let missing = size - written; missing > 0; missing -= ZERO_FILL.length) await hash.update(ZERO_FILL.subarray(0, Math.min(missing, ZERO_FILL.length)));
     const sums = await hash.digest();
     // The hashing thread checksummed the body, so the volume's CRC-32 takes it from there.
     await writer.endEntry(written, size, sums.crc32);
@@ -434,9 +437,8 @@ async function copyBody(fh: fsp.FileHandle, size: number, hash: StreamDigest, wr
       turn ^= 1;
       next = readInto(turn, written + n);
       throwIfAborted(ctx.signal);
-      hash.update(chunk);
-      if (writer) await writer.body(chunk, { checksummed: true });
-      await ctx.hasher.ready();
+      // Hashed and written side by side; both are done with the buffer before it is read into again.
+      await Promise.all([hash.update(chunk), writer?.body(chunk, { checksummed: true })]);
       written += n;
       ctx.progress.bytesDone += n;
       sinceReport += n;

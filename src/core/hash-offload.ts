@@ -10,8 +10,6 @@ const CONSUMED = 1;
 /** Slot lengths with a meaning of their own. */
 const DIGEST = -1;
 const EXIT = -2;
-/** How long an update without a free slot waits before it declares the thread dead. */
-const STALL_MS = 60_000;
 
 /** What a stream of bytes hashed to. */
 export interface StreamSums {
@@ -21,12 +19,13 @@ export interface StreamSums {
 }
 
 export interface StreamDigest {
-  update(data: Buffer): void;
+  /** Takes `data` in; resolves once its memory may be reused. */
+  update(data: Uint8Array): Promise<void>;
   /** The sums of everything passed to update. */
   digest(): Promise<StreamSums>;
 }
 
-type WaitAsync = (array: Int32Array, index: number, value: number) => { async: boolean; value: Promise<string> | string };
+type WaitAsync = (array: Int32Array, index: number, value: number, timeout?: number) => { async: boolean; value: Promise<string> | string };
 
 /**
  * SHA-256 and CRC-32 on a second core. Bytes are copied into a ring of slots in shared
@@ -87,32 +86,24 @@ export class Sha256Offload {
     return SLOTS - (this.produced - Atomics.load(this.control, CONSUMED));
   }
 
-  /** Resolves once a slot is free for the next update. */
-  async ready(): Promise<void> {
-    while (this.free === 0 && !this.failure) {
-      const seen = Atomics.load(this.control, CONSUMED);
-      if (this.produced - seen < SLOTS) break;
-      const wait = (Atomics as unknown as { waitAsync: WaitAsync }).waitAsync(this.control, CONSUMED, seen);
-      if (!wait.async) continue;
-      this.hold();
-      try {
-        await wait.value;
-      } finally {
-        this.release();
-      }
-    }
+  /** Waits until the thread has taken another slot (or failed); the caller checks for a free slot again. */
+  private async slotTaken(): Promise<void> {
     if (this.failure) throw this.failure;
+    const seen = Atomics.load(this.control, CONSUMED);
+    if (this.produced - seen < SLOTS) return;
+    // Bounded, so a thread that died (an event, which a pending wait would not notice) is found out.
+    const wait = (Atomics as unknown as { waitAsync: WaitAsync }).waitAsync(this.control, CONSUMED, seen, 1000);
+    if (!wait.async) return;
+    this.hold();
+    try {
+      await wait.value;
+    } finally {
+      this.release();
+    }
   }
 
-  /** Fills the next slot; when none is free (the caller skipped ready), waits for one on the spot. */
+  /** Fills the next slot, which the caller has just seen free. */
   private publish(id: number, length: number, bytes?: Uint8Array): void {
-    if (this.failure) throw this.failure;
-    // The thread's death is reported by an event, which cannot arrive while this waits: hence the bound.
-    const deadline = Date.now() + STALL_MS;
-    while (this.free === 0) {
-      if (Date.now() > deadline) throw (this.failure = new Error(`the hashing thread has not taken any data for ${STALL_MS / 1000} s`));
-      Atomics.wait(this.control, CONSUMED, Atomics.load(this.control, CONSUMED), 100);
-    }
     const slot = this.produced % SLOTS;
     if (bytes) new Uint8Array(this.data, slot * SLOT, bytes.length).set(bytes);
     this.slots[slot * 2] = id;
@@ -122,24 +113,26 @@ export class Sha256Offload {
     Atomics.notify(this.control, PRODUCED);
   }
 
+  /**
+   * Publishes into the next free slot, waiting for one without blocking. The
+   * check and the publish run in one turn, so concurrent streams never take
+   * the same slot.
+   */
+  private async send(id: number, length: number, bytes?: Uint8Array): Promise<void> {
+    while (this.free === 0 || this.failure) await this.slotTaken();
+    this.publish(id, length, bytes);
+  }
+
   stream(): StreamDigest {
     const id = this.nextId++;
     return {
-      update: (data: Buffer) => {
-        for (let at = 0; at < data.length; at += SLOT) {
-          const piece = data.subarray(at, Math.min(data.length, at + SLOT));
-          this.publish(id, piece.length, piece);
-        }
+      update: async (data: Uint8Array) => {
+        for (let at = 0; at < data.length; at += SLOT) await this.send(id, Math.min(SLOT, data.length - at), data.subarray(at, at + SLOT));
       },
       digest: async () => {
-        await this.ready();
+        await this.send(id, DIGEST);
         return new Promise<StreamSums>((resolve, reject) => {
-          try {
-            this.publish(id, DIGEST);
-          } catch (err) {
-            reject(err as Error);
-            return;
-          }
+          if (this.failure) return reject(this.failure);
           // The reply is an event, so it cannot arrive before this is registered.
           this.hold();
           this.digests.set(id, { resolve, reject });
@@ -150,11 +143,10 @@ export class Sha256Offload {
 
   async close(): Promise<void> {
     if (!this.exited && !this.failure) {
-      await this.ready().catch(() => undefined);
       const exited = new Promise<void>((resolve) => this.worker.once('exit', () => resolve()));
       // Held until it has gone, or the process could end with this promise pending.
       this.worker.ref();
-      this.publish(0, EXIT);
+      await this.send(0, EXIT).catch(() => this.worker.terminate());
       await exited;
     }
     await this.worker.terminate();

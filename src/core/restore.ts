@@ -341,13 +341,11 @@ async function writeVerified(
     // The hash's thread checksums the body too, so the volume's CRC-32 need not be computed here.
     for await (const chunk of entry.bodyChecksummedElsewhere()) {
       throwIfAborted(signal);
-      hash.update(chunk);
-      // Written before the next chunk is asked for: the chunk's buffer is then refilled.
-      for (let at = 0; at < chunk.length; ) at += (await out.write(chunk, at, chunk.length - at, size + at)).bytesWritten;
+      // Hashed and written side by side, both before the next chunk is asked for: the chunk's buffer is then refilled.
+      await Promise.all([hash.update(chunk), writeAt(out, chunk, size)]);
       size += chunk.length;
       sinceReport += chunk.length;
       progress.bytesDone += chunk.length;
-      await hasher?.ready();
       if (sinceReport >= 8 << 20) {
         sinceReport = 0;
         reporter.progress?.({ ...progress, current: `${expected.source}/${expected.path}` });
@@ -367,11 +365,15 @@ async function writeVerified(
   }
 }
 
+async function writeAt(out: fsp.FileHandle, chunk: Uint8Array, position: number): Promise<void> {
+  for (let at = 0; at < chunk.length; ) at += (await out.write(chunk, at, chunk.length - at, position + at)).bytesWritten;
+}
+
 function inlineDigest(): StreamDigest {
   const hash = createHash('sha256');
   let crc = 0;
   return {
-    update: (data) => {
+    update: async (data) => {
       hash.update(data);
       crc = crc32(data, crc);
     },

@@ -1,0 +1,63 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { Sha256Offload } from '../src/core/hash-offload.js';
+import { crc32 } from '../src/format/checksum.js';
+import { seededRandom, testSeed } from './helpers/data.js';
+
+describe('hashing on a second thread', () => {
+  it('gives every stream its own SHA-256 and CRC-32 while many share the ring', async () => {
+    const random = seededRandom(testSeed('hash-offload'));
+    const hasher = new Sha256Offload();
+    try {
+      const streams = Array.from({ length: 7 }, (_, i) => ({ digest: hasher.stream(), hash: createHash('sha256'), crc: 0, left: i === 0 ? 0 : Math.floor(random() * (9 << 20)) }));
+      // Each stream feeds pieces of random sizes (some above a slot) from one reused buffer, interleaved with the others.
+      const scratch = Buffer.alloc(3 << 20);
+      await Promise.all(
+        streams.map(async (s) => {
+          while (s.left > 0) {
+            const n = Math.min(s.left, 1 + Math.floor(random() * scratch.length));
+            const piece = Buffer.alloc(n);
+            for (let i = 0; i < n; i += 4096) piece[i] = Math.floor(random() * 256);
+            s.hash.update(piece);
+            s.crc = crc32(piece, s.crc);
+            await s.digest.update(piece);
+            piece.fill(0); // the caller may reuse its memory once update resolves
+            s.left -= n;
+          }
+        }),
+      );
+      for (const [i, s] of streams.entries()) {
+        assert.deepEqual(await s.digest.digest(), { sha256: s.hash.digest('hex'), crc32: s.crc }, `stream ${i}`);
+      }
+    } finally {
+      await hasher.close();
+    }
+  });
+
+  it('never keeps a finished program alive, closed or not', () => {
+    const module = fileURLToPath(new URL('../src/core/hash-offload.js', import.meta.url));
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'lifeboat-offload-'));
+    for (const close of [true, false]) {
+      const script = `
+        const { Sha256Offload } = await import(${JSON.stringify(module)});
+        const h = new Sha256Offload();
+        const s = h.stream();
+        await s.update(Buffer.alloc(5 << 20, 1));
+        console.log((await s.digest()).sha256);
+        ${close ? 'await h.close();' : ''}
+      `;
+      const file = path.join(dir, `offload-${close ? 'closed' : 'left-open'}.mjs`);
+      writeFileSync(file, script);
+      const run = spawnSync(process.execPath, [file], { encoding: 'utf8', timeout: 20_000 });
+      assert.equal(run.status, 0, `exit status (close: ${close}): ${run.stderr}`);
+      assert.equal(run.stdout.trim(), createHash('sha256').update(Buffer.alloc(5 << 20, 1)).digest('hex'));
+    }
+    rmSync(dir, { recursive: true, force: true });
+  });
+});
