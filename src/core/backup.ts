@@ -143,10 +143,10 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const small = plan.entries.flatMap((p, position) =>
       p.action !== 'reuse' && p.scanned.size <= SMALL_FILE ? [{ position, path: p.scanned.abs, size: p.scanned.size }] : [],
     );
-    hasher = new Sha256Offload();
     const context: StoreContext = {
       pointId: id,
-      hasher,
+      // Started on first use: a backup that reads no large file (most incrementals) never waits for the thread.
+      hasher: () => (hasher ??= new Sha256Offload()),
       sink,
       prefetch: new SmallFilePrefetcher(small),
       readBuffers: [Buffer.allocUnsafe(READ_CHUNK), Buffer.allocUnsafe(READ_CHUNK)],
@@ -272,7 +272,7 @@ const READ_CHUNK = 1 << 20;
 
 interface StoreContext {
   pointId: string;
-  hasher: Sha256Offload;
+  hasher: () => Sha256Offload;
   sink: VolumeSink;
   prefetch: SmallFilePrefetcher;
   /** The two buffers large files are read through (files are stored one at a time). */
@@ -391,7 +391,7 @@ async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreCont
   try {
     if (planned.action === 'verify' && attempt === 1) {
       const before = await fh.stat({ bigint: true });
-      const hash = ctx.hasher.stream();
+      const hash = ctx.hasher().stream();
       const read = await copyBody(fh, Number(before.size), hash, undefined, ctx, name);
       const outcome = outcomeOf(before, await fh.stat({ bigint: true }), read, (await hash.digest()).sha256);
       if (unchangedFrom(planned.previous, outcome)) return { ...outcome, ref: planned.previous.ref! };
@@ -400,7 +400,7 @@ async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreCont
     const size = Number(before.size);
     const { writer, volume } = await ctx.sink.current();
     const { index, offset } = await writer.header({ name, type: 'File', size, mode: Number(before.mode & 0o7777n), mtime: mtimeDate(before.mtimeNs.toString()), uid: s.uid, gid: s.gid });
-    const hash = ctx.hasher.stream();
+    const hash = ctx.hasher().stream();
     const written = await copyBody(fh, size, hash, writer, ctx, name);
     // A torn read is zero-filled to the declared size, in the volume and in the sums alike.
     for (let missing = size - written; missing > 0; missing -= ZERO_FILL.length) await hash.update(ZERO_FILL.subarray(0, Math.min(missing, ZERO_FILL.length)));
