@@ -16,6 +16,9 @@ import {
   type StorageCapabilities,
 } from './storage.js';
 
+/** Bytes written to an object between the starts of its background writebacks. */
+const EARLY_SYNC_BYTES = 32 << 20;
+
 /** Temporary files live here until they are renamed into place. */
 const TMP_DIR = '.tmp';
 
@@ -82,7 +85,11 @@ export class LocalStorage implements Storage {
     const signal = options?.signal;
     let size = 0;
     let closed = false;
+    // Writeback started while the object is still being written, so the final fsync finds little left to do.
+    let unsynced = 0;
+    let syncing: Promise<void> = Promise.resolve();
     const discard = async (): Promise<void> => {
+      await syncing;
       if (!closed) {
         closed = true;
         await fh.close().catch(() => undefined);
@@ -99,6 +106,12 @@ export class LocalStorage implements Storage {
             at += bytesWritten;
             size += bytesWritten;
           }
+          unsynced += chunk.length;
+          if (unsynced >= EARLY_SYNC_BYTES) {
+            unsynced = 0;
+            // One at a time; a failure here is found again by the final fsync.
+            syncing = syncing.then(() => fh.datasync()).catch(() => undefined);
+          }
         } catch (err) {
           await discard();
           throw wrap('write', key, err);
@@ -107,6 +120,7 @@ export class LocalStorage implements Storage {
       end: async (): Promise<ObjectInfo> => {
         try {
           signal?.throwIfAborted();
+          await syncing;
           await fh.sync();
           closed = true;
           await fh.close();
