@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { RuntimeFailure, errorMessage } from '../errors.js';
+import { EarlyWriteback, syncPath } from '../format/durable.js';
 import { putThroughWriter } from './writer-over-put.js';
 import {
   ObjectNotFoundError,
@@ -15,9 +16,6 @@ import {
   type Storage,
   type StorageCapabilities,
 } from './storage.js';
-
-/** Bytes written to an object between the starts of its background writebacks. */
-const EARLY_SYNC_BYTES = 32 << 20;
 
 /** Temporary files live here until they are renamed into place. */
 const TMP_DIR = '.tmp';
@@ -66,7 +64,7 @@ export class LocalStorage implements Storage {
     } else {
       await fsp.rename(tmp, final);
     }
-    await fsyncDir(dir);
+    await syncPath(dir);
     return true;
   }
 
@@ -86,10 +84,9 @@ export class LocalStorage implements Storage {
     let size = 0;
     let closed = false;
     // Writeback started while the object is still being written, so the final fsync finds little left to do.
-    let unsynced = 0;
-    let syncing: Promise<void> = Promise.resolve();
+    const writeback = new EarlyWriteback(fh);
     const discard = async (): Promise<void> => {
-      await syncing;
+      await writeback.settle();
       if (!closed) {
         closed = true;
         await fh.close().catch(() => undefined);
@@ -106,12 +103,7 @@ export class LocalStorage implements Storage {
             at += bytesWritten;
             size += bytesWritten;
           }
-          unsynced += chunk.length;
-          if (unsynced >= EARLY_SYNC_BYTES) {
-            unsynced = 0;
-            // One at a time; a failure here is found again by the final fsync.
-            syncing = syncing.then(() => fh.datasync()).catch(() => undefined);
-          }
+          writeback.wrote(chunk.length);
         } catch (err) {
           await discard();
           throw wrap('write', key, err);
@@ -120,7 +112,7 @@ export class LocalStorage implements Storage {
       end: async (): Promise<ObjectInfo> => {
         try {
           signal?.throwIfAborted();
-          await syncing;
+          await writeback.settle();
           await fh.sync();
           closed = true;
           await fh.close();
@@ -302,15 +294,6 @@ export class LocalStorage implements Storage {
 
 function compareKeys(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fsp.open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
 }
 
 function wrap(op: string, key: string, err: unknown): Error {
