@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import { writeFileSynced } from '../format/durable.js';
 
 /**
  * Prometheus text exposition format (version 0.0.4) for node_exporter's
@@ -87,13 +88,7 @@ export function parseSamples(text: string): MetricSample[] {
 export async function writeFileAtomic(file: string, data: string): Promise<void> {
   const dir = path.dirname(file);
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
-  const fh = await fsp.open(tmp, 'w', 0o644);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
+  await writeFileSynced(tmp, data, { mode: 0o644 });
   try {
     await fsp.rename(tmp, file);
   } catch (err) {

@@ -7,7 +7,7 @@ import { IntegrityError, UsageError, errorMessage, throwIfAborted } from '../err
 import { volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { crc32, sha256OfFile } from '../format/checksum.js';
-import { EarlyWriteback, syncPath } from '../format/durable.js';
+import { EarlyWriteback, syncPath, writeAt, writeFileSynced } from '../format/durable.js';
 import { readVolume, type VolumeEntry } from '../format/tar.js';
 import type { Notice, Progress, Reporter } from './events.js';
 import type { Repository } from './repository.js';
@@ -176,7 +176,7 @@ async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, c
             for (const t of targets) {
               const p = pathIn(staging, t);
               await ensureDir(path.dirname(p));
-              await writeDurably(p, data);
+              await writeFileSynced(p, data, { flag: 'wx', mode: 0o600, dataOnly: true });
             }
           })(),
         );
@@ -375,10 +375,6 @@ async function writeVerified(
   }
 }
 
-async function writeAt(out: fsp.FileHandle, chunk: Uint8Array, position: number): Promise<void> {
-  for (let at = 0; at < chunk.length; ) at += (await out.write(chunk, at, chunk.length - at, position + at)).bytesWritten;
-}
-
 function inlineDigest(): StreamDigest {
   const hash = createHash('sha256');
   let crc = 0;
@@ -449,17 +445,6 @@ async function syncDirectories(plan: RestorePlan, root: string): Promise<void> {
   const dirs = [...found].sort((a, b) => b.length - a.length);
   await runPool(dirs, METADATA_IN_FLIGHT, (dir) => syncPath(dir));
   await syncPath(root);
-}
-
-/** Writes a small file whole, refusing to replace anything, and syncs its data. */
-async function writeDurably(file: string, data: Uint8Array): Promise<void> {
-  const fh = await fsp.open(file, 'wx', 0o600);
-  try {
-    await fh.writeFile(data);
-    await fh.datasync();
-  } finally {
-    await fh.close();
-  }
 }
 
 async function moveIntoPlace(staging: string, target: string, state: TargetState): Promise<void> {

@@ -104,7 +104,7 @@ export async function scanSource(
     }
     for (const [i, name] of names.entries()) {
       // Stats are synchronous: a round trip through the thread pool per file costs more than the
-      // stat itself (most of an unchanged backup's time); the event loop still runs between batches.
+      // stat itself; the event loop still runs between batches.
       if (i > 0 && i % SYNC_BATCH === 0) {
         await new Promise<void>((resolve) => setImmediate(resolve));
         throwIfAborted(signal);

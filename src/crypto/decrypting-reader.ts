@@ -1,4 +1,4 @@
-import type { ObjectReader } from '../storage/storage.js';
+import { readFully, type ObjectReader } from '../storage/storage.js';
 import { cipherThread } from './cipher-thread.js';
 import {
   BATCH_SEGMENTS,
@@ -112,12 +112,9 @@ export class DecryptingReader implements ObjectReader {
   }
 
   private async fillExactly(into: Uint8Array, firstSegment: number): Promise<void> {
-    for (let n = 0; n < into.length; ) {
-      if (this.stopped) throw new Error('closed');
-      const got = await this.inner.read(into.subarray(n));
-      if (got === 0) throw truncated(this.name, firstSegment + Math.floor(n / SEALED_SEGMENT));
-      n += got;
-    }
+    if (this.stopped) throw new Error('closed');
+    const n = await readFully(this.inner, into);
+    if (n < into.length) throw truncated(this.name, firstSegment + Math.floor(n / SEALED_SEGMENT));
   }
 
   async read(into: Uint8Array): Promise<number> {

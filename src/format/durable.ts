@@ -1,5 +1,24 @@
 import * as fsp from 'node:fs/promises';
 
+/** Writes all of `chunk` at `position`; resolves once the chunk may be reused. */
+export async function writeAt(fh: fsp.FileHandle, chunk: Uint8Array, position: number): Promise<void> {
+  for (let at = 0; at < chunk.length; ) at += (await fh.write(chunk, at, chunk.length - at, position + at)).bytesWritten;
+}
+
+/**
+ * Writes a whole file and syncs it before closing (its data only, with
+ * `dataOnly`). `flag` 'wx' refuses to replace anything already there.
+ */
+export async function writeFileSynced(file: string, data: Uint8Array | string, options: { flag?: string; mode?: number; dataOnly?: boolean } = {}): Promise<void> {
+  const fh = await fsp.open(file, options.flag ?? 'w', options.mode);
+  try {
+    await fh.writeFile(data);
+    await (options.dataOnly ? fh.datasync() : fh.sync());
+  } finally {
+    await fh.close();
+  }
+}
+
 /**
  * Makes what was written to a file (or, for a directory, the names in it)
  * durable: fsync, or fdatasync with `dataOnly` when the file's size is all

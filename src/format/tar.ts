@@ -1,6 +1,6 @@
 import { Header, Pax } from 'tar';
 import { IntegrityError, throwIfAborted } from '../errors.js';
-import type { ObjectReader } from '../storage/storage.js';
+import { readFully, type ObjectReader } from '../storage/storage.js';
 import { crc32, crc32Combine } from './checksum.js';
 
 const BLOCK = 512;
@@ -220,12 +220,8 @@ class ReadAhead {
   }
 
   private async fill(buffer: Buffer): Promise<{ buffer: Buffer; data: Buffer }> {
-    let n = 0;
-    while (n < buffer.length && !this.ended && !this.stopped) {
-      const got = await this.reader.read(buffer.subarray(n));
-      if (got === 0) this.ended = true;
-      n += got;
-    }
+    const n = this.ended || this.stopped ? 0 : await readFully(this.reader, buffer);
+    if (n < buffer.length) this.ended = true;
     this.size += n;
     return { buffer, data: buffer.subarray(0, n) };
   }

@@ -16,7 +16,7 @@ import {
 import { putThroughWriter } from './writer-over-put.js';
 import { DecryptingReader } from '../crypto/decrypting-reader.js';
 import { EMPTY_READER, streamOverReader } from './reader-over-stream.js';
-import type { GetOptions, ObjectInfo, ObjectReader, ObjectWriter, PutOptions, Storage, StorageCapabilities } from './storage.js';
+import { readFully, type GetOptions, type ObjectInfo, type ObjectReader, type ObjectWriter, type PutOptions, type Storage, type StorageCapabilities } from './storage.js';
 
 /** The largest document (manifest, ledger, pin, journal event) read into memory. */
 export const MAX_DOCUMENT_BYTES = 512 * 1024 * 1024;
@@ -121,11 +121,7 @@ export class EncryptedStorage implements Storage {
       const header = Buffer.alloc(HEADER_SIZE);
       const headerSource = first === 0 ? inner : await this.inner.openReader(key, { offset: 0, length: HEADER_SIZE, signal });
       try {
-        for (let n = 0; n < HEADER_SIZE; ) {
-          const got = await headerSource.read(header.subarray(n));
-          if (got === 0) throw new IntegrityError(`${key} is truncated: its encryption header is incomplete`);
-          n += got;
-        }
+        if ((await readFully(headerSource, header)) < HEADER_SIZE) throw new IntegrityError(`${key} is truncated: its encryption header is incomplete`);
       } finally {
         if (headerSource !== inner) await headerSource.close();
       }

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { RuntimeFailure, errorMessage } from '../errors.js';
-import { EarlyWriteback, syncPath } from '../format/durable.js';
+import { EarlyWriteback, syncPath, writeAt, writeFileSynced } from '../format/durable.js';
 import { putThroughWriter } from './writer-over-put.js';
 import {
   ObjectNotFoundError,
@@ -98,11 +98,8 @@ export class LocalStorage implements Storage {
         signal?.throwIfAborted();
         try {
           // Positional writes complete before they resolve, so the caller may reuse the chunk.
-          for (let at = 0; at < chunk.length; ) {
-            const { bytesWritten } = await fh.write(chunk, at, chunk.length - at, size);
-            at += bytesWritten;
-            size += bytesWritten;
-          }
+          await writeAt(fh, chunk, size);
+          size += chunk.length;
           writeback.wrote(chunk.length);
         } catch (err) {
           await discard();
@@ -133,13 +130,7 @@ export class LocalStorage implements Storage {
     const final = this.pathOf(key);
     const tmp = await this.tempFile();
     try {
-      const fh = await fsp.open(tmp, 'wx');
-      try {
-        await fh.writeFile(data);
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
+      await writeFileSynced(tmp, data, { flag: 'wx' });
       return await this.commit(tmp, final, options?.ifAbsent === true);
     } catch (err) {
       await fsp.rm(tmp, { force: true });

@@ -406,15 +406,15 @@ export class S3Storage implements Storage {
     }
   }
 
+  async openReader(key: string, options?: GetOptions): Promise<ObjectReader> {
+    return readerOverStream(await this.get(key, options));
+  }
+
   /**
    * The concurrency limit covers opening the download, not reading it: a permit
    * held until the caller finishes reading would deadlock a caller that opens
    * several streams before it drains them.
    */
-  async openReader(key: string, options?: GetOptions): Promise<ObjectReader> {
-    return readerOverStream(await this.get(key, options));
-  }
-
   async get(key: string, options?: GetOptions): Promise<Readable> {
     const objectKey = this.objectKey(key);
     const start = options?.offset ?? 0;

@@ -111,6 +111,17 @@ export function isNotFound(err: unknown): err is ObjectNotFoundError {
   return err instanceof ObjectNotFoundError;
 }
 
+/** Reads until `into` is full or the object ends; resolves with how many bytes it holds. */
+export async function readFully(reader: ObjectReader, into: Uint8Array): Promise<number> {
+  let n = 0;
+  while (n < into.length) {
+    const got = await reader.read(into.subarray(n));
+    if (got === 0) break;
+    n += got;
+  }
+  return n;
+}
+
 /** Collects a listing; for small prefixes only (points, locks). */
 export async function listAll(storage: Storage, prefix: string): Promise<ObjectInfo[]> {
   const out: ObjectInfo[] = [];
