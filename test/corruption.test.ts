@@ -15,13 +15,18 @@ async function flipByte(file: string, offset: number): Promise<void> {
   await fh.close();
 }
 
-test('a flipped byte in a volume is found by verify --read-data and refused by restore (exit 3)', async () => {
+/** A small deployment backed up once, and the key and path of the point's volume. */
+async function backedUpVolume() {
   const d = await smallDeployment();
   const b = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src]);
   assert.equal(b.code, 0, b.stderr);
-  const id = b.json().id;
+  const id: string = b.json().id;
   const volume = (await repoFiles(d.repo)).find((f) => f.startsWith(`data/${id}/`))!;
-  const file = path.join(d.repo, ...volume.split('/'));
+  return { d, id, volume, file: path.join(d.repo, ...volume.split('/')) };
+}
+
+test('a flipped byte in a volume is found by verify --read-data and refused by restore (exit 3)', async () => {
+  const { d, id, volume, file } = await backedUpVolume();
   // Inside weights.bin's body: the largest entry, so the middle of the volume.
   await flipByte(file, Math.floor((await fsp.stat(file)).size / 2));
 
@@ -38,6 +43,26 @@ test('a flipped byte in a volume is found by verify --read-data and refused by r
   assert.match(r.stderr, /models\/weights\.bin/);
   assert.equal(await exists(target), false, 'no half-restored target');
   assert.deepEqual((await fsp.readdir(d.work)).filter((n) => n.includes('staging')), [], 'staging removed');
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('a flipped byte in the padding after a file body, outside every SHA-256, fails the volume CRC-32 of its framing', async () => {
+  const { d, id, volume, file } = await backedUpVolume();
+  // Walks the tar headers to the first file body that does not end on a block.
+  const bytes = await fsp.readFile(file);
+  let padding = -1;
+  for (let pos = 0; pos + 512 <= bytes.length && padding < 0; ) {
+    const size = parseInt(bytes.subarray(pos + 124, pos + 136).toString('latin1').replace(/\0.*$/s, '').trim() || '0', 8);
+    if (String.fromCharCode(bytes[pos + 156]!) === '0' && size % 512 !== 0) padding = pos + 512 + size;
+    pos += 512 + Math.ceil(size / 512) * 512;
+  }
+  assert.ok(padding > 0, 'the volume has a padded file body');
+  await flipByte(file, padding);
+  const v = await lifeboat(['--repo', d.repo, '--json', 'verify', '--read-data']);
+  assert.equal(v.code, 3, v.stdout);
+  assert.ok(v.json().problems.some((p: { path: string; kind: string }) => p.path === volume && p.kind === 'volume-damaged'), v.stdout);
+  await flipByte(file, padding);
+  assert.equal((await lifeboat(['--repo', d.repo, 'verify', '--read-data'])).code, 0);
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
 import { IntegrityError, errorMessage, throwIfAborted } from '../errors.js';
 import { makePointId, type BackupType } from '../format/ids.js';
-import { keys, volumeEntryName, type ContentRef, type Manifest, type ManifestEntry } from '../format/manifest.js';
+import { MANIFEST_FORMAT, keys, volumeEntryName, type ContentRef, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { checkSourceName } from '../format/paths.js';
 import type { Notice, Progress, Reporter } from './events.js';
 import { acquireLock, describeLock } from './lock.js';
@@ -171,7 +171,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const counts = countChanges(entries, reference);
     Object.assign(result, counts);
     const manifest: Manifest = {
-      format: 1,
+      format: MANIFEST_FORMAT,
       id,
       type: choice.type,
       parent: reference?.id ?? null,
@@ -393,7 +393,7 @@ async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreCont
       const before = await fh.stat({ bigint: true });
       const hash = ctx.hasher().stream();
       const read = await copyBody(fh, Number(before.size), hash, undefined, ctx, name);
-      const outcome = outcomeOf(before, await fh.stat({ bigint: true }), read, (await hash.digest()).sha256);
+      const outcome = outcomeOf(before, await fh.stat({ bigint: true }), read, await hash.digest());
       if (unchangedFrom(planned.previous, outcome)) return { ...outcome, ref: planned.previous.ref! };
     }
     const before = await fh.stat({ bigint: true });
@@ -404,10 +404,9 @@ async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreCont
     const written = await copyBody(fh, size, hash, writer, ctx, name);
     // A torn read is zero-filled to the declared size, in the volume and in the sums alike.
     for (let missing = size - written; missing > 0; missing -= ZERO_FILL.length) await hash.update(ZERO_FILL.subarray(0, Math.min(missing, ZERO_FILL.length)));
-    const sums = await hash.digest();
-    // The hashing thread checksummed the body, so the volume's CRC-32 takes it from there.
-    await writer.endEntry(written, size, sums.crc32);
-    const outcome = outcomeOf(before, await fh.stat({ bigint: true }), written, sums.sha256);
+    const sha256 = await hash.digest();
+    await writer.endEntry(written, size);
+    const outcome = outcomeOf(before, await fh.stat({ bigint: true }), written, sha256);
     return { ...outcome, ref: { point: ctx.pointId, volume, entry: index, offset } };
   } finally {
     await fh.close();
@@ -438,7 +437,7 @@ async function copyBody(fh: fsp.FileHandle, size: number, hash: StreamDigest, wr
       next = readInto(turn, written + n);
       throwIfAborted(ctx.signal);
       // Hashed and written side by side; both are done with the buffer before it is read into again.
-      await Promise.all([hash.update(chunk), writer?.body(chunk, { checksummed: true })]);
+      await Promise.all([hash.update(chunk), writer?.body(chunk)]);
       written += n;
       ctx.progress.bytesDone += n;
       sinceReport += n;

@@ -11,24 +11,17 @@ const CONSUMED = 1;
 const DIGEST = -1;
 const EXIT = -2;
 
-/** What a stream of bytes hashed to. */
-export interface StreamSums {
-  /** SHA-256, as hex. */
-  sha256: string;
-  crc32: number;
-}
-
 export interface StreamDigest {
   /** Takes `data` in; resolves once its memory may be reused. */
   update(data: Uint8Array): Promise<void>;
-  /** The sums of everything passed to update. */
-  digest(): Promise<StreamSums>;
+  /** The SHA-256 (as hex) of everything passed to update. */
+  digest(): Promise<string>;
 }
 
 type WaitAsync = (array: Int32Array, index: number, value: number, timeout?: number) => { async: boolean; value: Promise<string> | string };
 
 /**
- * SHA-256 and CRC-32 on a second core. Bytes are copied into a ring of slots in shared
+ * SHA-256 on a second core. Bytes are copied into a ring of slots in shared
  * memory (a memcpy, far cheaper than hashing them) and the thread hashes them
  * in order; the two sides meet through two counters, so the bytes cost no
  * message and no allocation. Only digests come back as messages.
@@ -41,7 +34,7 @@ export class Sha256Offload {
   private readonly slots = new Int32Array(new SharedArrayBuffer(SLOTS * 8));
   private produced = 0;
   private nextId = 1;
-  private readonly digests = new Map<number, { resolve: (sums: StreamSums) => void; reject: (err: Error) => void }>();
+  private readonly digests = new Map<number, { resolve: (sha256: string) => void; reject: (err: Error) => void }>();
   private failure?: Error;
   private exited = false;
   /** Callers waiting on the thread: while any are, it holds the process open (neither a shared-memory wait nor an unref'd thread does). */
@@ -51,8 +44,8 @@ export class Sha256Offload {
     this.worker = new Worker(new URL('./sha256-worker.js', import.meta.url), {
       workerData: { data: this.data, control: this.control, slots: this.slots, slot: SLOT, count: SLOTS },
     });
-    this.worker.on('message', (m: { id: number; hex: string; crc: number }) => {
-      this.digests.get(m.id)?.resolve({ sha256: m.hex, crc32: m.crc });
+    this.worker.on('message', (m: { id: number; hex: string }) => {
+      this.digests.get(m.id)?.resolve(m.hex);
       this.digests.delete(m.id);
       this.release();
     });
@@ -131,7 +124,7 @@ export class Sha256Offload {
       },
       digest: async () => {
         await this.send(id, DIGEST);
-        return new Promise<StreamSums>((resolve, reject) => {
+        return new Promise<string>((resolve, reject) => {
           if (this.failure) return reject(this.failure);
           // The reply is an event, so it cannot arrive before this is registered.
           this.hold();

@@ -4,9 +4,9 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Sha256Offload, type StreamDigest } from './hash-offload.js';
 import { SMALL_FILE } from './file-reader.js';
 import { IntegrityError, UsageError, errorMessage, throwIfAborted } from '../errors.js';
-import { volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
+import { recordedChecksum, volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
-import { crc32, sha256OfFile } from '../format/checksum.js';
+import { sha256OfFile } from '../format/checksum.js';
 import { EarlyWriteback, syncPath, writeAt, writeFileSynced } from '../format/durable.js';
 import { readVolume, type VolumeEntry } from '../format/tar.js';
 import type { Notice, Progress, Reporter } from './events.js';
@@ -203,15 +203,16 @@ async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, c
           throw new IntegrityError(`${what} of point ${job.point} cannot be read: ${errorMessage(err)}`, { cause: err });
         }
         const last = run.lastIndex;
+        const recorded = recordedChecksum(job.record);
         const read = await readVolume(
           body,
           what,
           // Past the run's last wanted entry the stream is cut short: nothing there is looked at.
           async (entry) => (last === undefined || entry.index <= last ? onEntry(entry) : undefined),
-          { signal, firstIndex: run.firstIndex, lastIndex: last },
+          { signal, firstIndex: run.firstIndex, lastIndex: last, checksum: recorded.checksum },
         );
         throwIfAborted(signal);
-        if (last === undefined && (read.size !== job.record.size || read.crc32 !== job.record.crc32)) {
+        if (last === undefined && (read.size !== job.record.size || read.crc32 !== recorded.crc32)) {
           // Every file taken from it verified, so the restore stands; verify will name the damage.
           const notice: Notice = { level: 'warning', code: 'volume-checksum', message: `${what} does not match its recorded size or CRC-32; run \`lifeboat verify --read-data\`` };
           warnings.push(notice);
@@ -344,8 +345,7 @@ async function writeVerified(
   let size = 0;
   let sinceReport = 0;
   try {
-    // The hash's thread checksums the body too, so the volume's CRC-32 need not be computed here.
-    for await (const chunk of entry.bodyChecksummedElsewhere()) {
+    for await (const chunk of entry.body) {
       throwIfAborted(signal);
       // Hashed and written side by side, both before the next chunk is asked for: the chunk's buffer is then refilled.
       await Promise.all([hash.update(chunk), writeAt(out, chunk, size)]);
@@ -365,9 +365,7 @@ async function writeVerified(
     await out.close();
   }
   reporter.progress?.({ ...progress, current: `${expected.source}/${expected.path}` });
-  const sums = await hash.digest();
-  entry.bodyCrc(sums.crc32);
-  const digest = sums.sha256;
+  const digest = await hash.digest();
   if (size !== expected.size || digest !== expected.sha256) {
     throw new IntegrityError(
       `${expected.source}/${expected.path} from ${what} does not match its checksum (SHA-256 ${digest}, expected ${expected.sha256})`,
@@ -377,13 +375,9 @@ async function writeVerified(
 
 function inlineDigest(): StreamDigest {
   const hash = createHash('sha256');
-  let crc = 0;
   return {
-    update: async (data) => {
-      hash.update(data);
-      crc = crc32(data, crc);
-    },
-    digest: async () => ({ sha256: hash.digest('hex'), crc32: crc }),
+    update: async (data) => void hash.update(data),
+    digest: async () => hash.digest('hex'),
   };
 }
 

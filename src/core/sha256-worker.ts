@@ -1,11 +1,10 @@
-// Runs in a worker thread: SHA-256 and CRC-32 of the streams the main thread feeds it
+// Runs in a worker thread: SHA-256 of the streams the main thread feeds it
 // through a ring of shared slots (src/core/hash-offload.ts), so hashing (the
 // most expensive step of a backup or a restore) runs beside the reading and
 // writing instead of between them. The thread blocks on the ring's counter
 // between slots; it needs no event loop but to send digests back.
 import { createHash, type Hash } from 'node:crypto';
 import { parentPort, workerData } from 'node:worker_threads';
-import { crc32 } from '../format/checksum.js';
 
 const { data, control, slots, slot: SLOT, count: SLOTS } = workerData as {
   data: SharedArrayBuffer;
@@ -19,7 +18,7 @@ const CONSUMED = 1;
 const DIGEST = -1;
 const EXIT = -2;
 
-const streams = new Map<number, { hash: Hash; crc: number }>();
+const streams = new Map<number, Hash>();
 let consumed = 0;
 for (;;) {
   // Bounded, so a termination (which takes effect only while JavaScript runs) is never stuck behind the wait.
@@ -32,15 +31,13 @@ for (;;) {
     const length = slots[at * 2 + 1]!;
     if (length === EXIT) exit = true;
     else if (length === DIGEST) {
-      const stream = streams.get(id) ?? { hash: createHash('sha256'), crc: 0 };
+      const hash = streams.get(id) ?? createHash('sha256');
       streams.delete(id);
-      parentPort!.postMessage({ id, hex: stream.hash.digest('hex'), crc: stream.crc });
+      parentPort!.postMessage({ id, hex: hash.digest('hex') });
     } else {
-      let stream = streams.get(id);
-      if (!stream) streams.set(id, (stream = { hash: createHash('sha256'), crc: 0 }));
-      const bytes = new Uint8Array(data, at * SLOT, length);
-      stream.hash.update(bytes);
-      stream.crc = crc32(bytes, stream.crc);
+      let hash = streams.get(id);
+      if (!hash) streams.set(id, (hash = createHash('sha256')));
+      hash.update(new Uint8Array(data, at * SLOT, length));
     }
     consumed++;
     Atomics.store(control, CONSUMED, consumed);

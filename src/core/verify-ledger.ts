@@ -19,6 +19,7 @@ const ledgerSchema = z.object({
       verifiedAt: z.string(),
       /** The volume as it was read; a volume recorded with other figures counts as never verified. */
       size: z.number().int().min(0),
+      /** The CRC-32 its manifest records (of the whole volume, or of its framing). */
       crc32: z.number().int().min(0),
     }),
   ),

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { errorMessage, throwIfAborted } from '../errors.js';
-import { keys, volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
+import { keys, recordedChecksum, volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { readVolume } from '../format/tar.js';
 import type { Notice, Progress, Reporter } from './events.js';
@@ -149,7 +149,7 @@ export async function verify(repo: Repository, options: VerifyOptions = {}): Pro
       const m = manifests.get(id);
       if (!m) continue;
       m.volumes.forEach((v, index) => {
-        if (existing.has(v.key)) jobs.push({ m, index, volume: v });
+        if (existing.has(v.key)) jobs.push({ m, index, volume: { key: v.key, size: v.size, crc32: recordedChecksum(v).crc32 } });
       });
     }
     const ledger = await ledgers.readLedger(repo.storage, (message) => {
@@ -221,6 +221,7 @@ async function readBackVolume(
   signal?: AbortSignal,
 ): Promise<void> {
   const record = m.volumes[volumeIndex]!;
+  const recorded = recordedChecksum(record);
   const byEntry = new Map<number, ManifestEntry>();
   for (const e of m.entries) if (e.ref && e.ref.point === m.id && e.ref.volume === volumeIndex) byEntry.set(e.ref.entry, e);
   const seen = new Set<number>();
@@ -256,11 +257,11 @@ async function readBackVolume(
         counted += size;
         reporter.progress?.({ ...progress, current: name });
       },
-      { signal },
+      { signal, checksum: recorded.checksum },
     );
     progress.bytesDone += read.size - counted;
-    if (read.size !== record.size || read.crc32 !== record.crc32) {
-      problems.push({ point: m.id, path: record.key, kind: 'volume-damaged', detail: `CRC-32 or size differs from the recorded ${record.size} bytes` });
+    if (read.size !== record.size || read.crc32 !== recorded.crc32) {
+      problems.push({ point: m.id, path: record.key, kind: 'volume-damaged', detail: `CRC-32 or size differs from the recorded ${record.size} bytes${recorded.checksum === 'framing' ? ' (its CRC-32 covers its headers and padding)' : ''}` });
     }
   } catch (err) {
     if (signal?.aborted) throw err;

@@ -29,7 +29,7 @@ export class VolumeSink {
     if (!this.active) {
       const key = keys.volume(this.pointId, this.volumes.length);
       const out = await this.storage.openWriter(key, { signal: this.signal });
-      this.volumes.push({ key, size: 0, crc32: 0, entries: 0, compression: 'none', encryption: this.storage.encryption ?? 'none' });
+      this.volumes.push({ key, size: 0, framingCrc32: 0, entries: 0, compression: 'none', encryption: this.storage.encryption ?? 'none' });
       this.active = { tar: new TarVolumeWriter(out), out };
     }
     return { writer: this.active.tar, volume: this.volumes.length - 1 };
@@ -46,7 +46,7 @@ export class VolumeSink {
     }
     const record = this.volumes[this.volumes.length - 1]!;
     record.size = tar.size;
-    record.crc32 = tar.crc;
+    record.framingCrc32 = tar.framingCrc;
     record.entries = tar.entries;
     const stored = out.end().then(
       (info) => {

@@ -33,47 +33,5 @@ function tableCrc32(data: Uint8Array, value = 0): number {
   return ~crc >>> 0;
 }
 
-/** CRC-32 (IEEE) of data, continuing from `value`; covers whole volumes cheaply. */
+/** CRC-32 (IEEE) of data, continuing from `value`; covers the framing of volumes (and whole volumes of format 1). */
 export const crc32: Crc32 = nativeCrc32 ?? tableCrc32;
-
-const CRC_POLY = 0xedb88320;
-
-/** a(x)·b(x) modulo the CRC-32 polynomial, in the reflected bit order zlib uses; `a` must not be 0. */
-function multModP(a: number, b: number): number {
-  let m = 0x80000000;
-  let p = 0;
-  for (;;) {
-    if ((a & m) >>> 0 !== 0) {
-      p ^= b;
-      if ((a & (m - 1)) >>> 0 === 0) break;
-    }
-    m >>>= 1;
-    b = b & 1 ? (b >>> 1) ^ CRC_POLY : b >>> 1;
-  }
-  return p >>> 0;
-}
-
-let powersOfX: Uint32Array | undefined;
-
-/** x^(n·2^k) modulo the polynomial. */
-function xPowModP(n: number, k: number): number {
-  if (!powersOfX) {
-    powersOfX = new Uint32Array(32);
-    let p = 0x40000000; // x^1
-    powersOfX[0] = p;
-    for (let i = 1; i < 32; i++) powersOfX[i] = p = multModP(p, p);
-  }
-  let p = 0x80000000; // x^0
-  // Arithmetic rather than bit operators: lengths pass 2^32 bytes.
-  for (; n > 0; n = Math.floor(n / 2), k++) if (n % 2 === 1) p = multModP(powersOfX[k & 31]!, p);
-  return p;
-}
-
-/**
- * The CRC-32 of A followed by B, from the CRC-32s of A and B and the length
- * of B (zlib's crc32_combine), so parts of a stream can be checksummed apart.
- */
-export function crc32Combine(crcA: number, crcB: number, lengthB: number): number {
-  if (lengthB === 0) return crcA >>> 0;
-  return (multModP(xPowModP(lengthB, 3), crcA) ^ crcB) >>> 0;
-}

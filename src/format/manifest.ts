@@ -1,7 +1,14 @@
 import { z } from 'zod';
 import { POINT_ID } from './ids.js';
+import type { VolumeChecksum } from './tar.js';
 
 export const FORMAT_VERSION = 1;
+/**
+ * Format of the manifests written now. 1: a volume records the CRC-32 of all
+ * its bytes; 2: of its framing only (every byte outside file bodies, which
+ * their files' SHA-256 already covers). Both are read.
+ */
+export const MANIFEST_FORMAT = 2;
 
 const pointId = z.string().regex(POINT_ID, 'not a backup point id');
 const sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'not a SHA-256 hex digest');
@@ -54,13 +61,21 @@ export type ManifestEntry = z.infer<typeof entrySchema>;
 export const volumeSchema = z.object({
   key: z.string().min(1).max(1024),
   size: count,
-  crc32: z.number().int().min(0).max(0xffffffff),
+  /** Manifest format 1: CRC-32 of the whole volume. */
+  crc32: z.number().int().min(0).max(0xffffffff).optional(),
+  /** Manifest format 2: CRC-32 of the volume's bytes outside file bodies. */
+  framingCrc32: z.number().int().min(0).max(0xffffffff).optional(),
   entries: count,
   // Room for later formats: a volume says how it is encoded, so old ones keep reading.
   compression: z.enum(['none']),
   encryption: z.enum(['none', 'aes-256-gcm']),
 });
 export type VolumeRecord = z.infer<typeof volumeSchema>;
+
+/** What a volume's recorded CRC-32 covers, and its value. */
+export function recordedChecksum(volume: VolumeRecord): { checksum: VolumeChecksum; crc32: number } {
+  return volume.framingCrc32 !== undefined ? { checksum: 'framing', crc32: volume.framingCrc32 } : { checksum: 'volume', crc32: volume.crc32 ?? 0 };
+}
 
 export const sourceSchema = z.object({
   name: z.string().min(1).max(64),
@@ -75,29 +90,39 @@ export const sourceSchema = z.object({
 });
 export type SourceRecord = z.infer<typeof sourceSchema>;
 
-export const manifestSchema = z.object({
-  format: z.literal(FORMAT_VERSION),
-  id: pointId,
-  type: z.enum(['full', 'diff', 'incr']),
-  parent: pointId.nullable(),
-  full: pointId,
-  startedAt: z.string(),
-  completedAt: z.string(),
-  host: z.string(),
-  tags: z.record(z.string(), z.string()),
-  sources: z.array(sourceSchema).max(10_000),
-  volumes: z.array(volumeSchema).max(1_000_000),
-  entries: z.array(entrySchema).max(50_000_000),
-  stats: z.object({
-    files: count,
-    bytes: count,
-    added: count,
-    changed: count,
-    removed: count,
-    storedBytes: count,
-  }),
-  warnings: z.array(z.object({ code: z.string(), path: z.string().optional(), message: z.string() })),
-});
+export const manifestSchema = z
+  .object({
+    format: z.union([z.literal(1), z.literal(MANIFEST_FORMAT)]),
+    id: pointId,
+    type: z.enum(['full', 'diff', 'incr']),
+    parent: pointId.nullable(),
+    full: pointId,
+    startedAt: z.string(),
+    completedAt: z.string(),
+    host: z.string(),
+    tags: z.record(z.string(), z.string()),
+    sources: z.array(sourceSchema).max(10_000),
+    volumes: z.array(volumeSchema).max(1_000_000),
+    entries: z.array(entrySchema).max(50_000_000),
+    stats: z.object({
+      files: count,
+      bytes: count,
+      added: count,
+      changed: count,
+      removed: count,
+      storedBytes: count,
+    }),
+    warnings: z.array(z.object({ code: z.string(), path: z.string().optional(), message: z.string() })),
+  })
+  .superRefine((m, ctx) => {
+    const field = m.format === 1 ? 'crc32' : 'framingCrc32';
+    const other = m.format === 1 ? 'framingCrc32' : 'crc32';
+    m.volumes.forEach((v, i) => {
+      if (v[field] === undefined || v[other] !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['volumes', i, field], message: `a volume of manifest format ${m.format} records ${field} (and not ${other})` });
+      }
+    });
+  });
 export type Manifest = z.infer<typeof manifestSchema>;
 
 /** An encrypted repository's settings (docs/SECURITY.md); the keys themselves are under keys/. */

@@ -1,7 +1,7 @@
 import { Header, Pax } from 'tar';
 import { IntegrityError, throwIfAborted } from '../errors.js';
 import { readFully, type ObjectReader } from '../storage/storage.js';
-import { crc32, crc32Combine } from './checksum.js';
+import { crc32 } from './checksum.js';
 
 const BLOCK = 512;
 const ZERO_BLOCKS = Buffer.alloc(BLOCK * 2);
@@ -28,7 +28,8 @@ const GATHER_SIZE = 1 << 20;
 
 /**
  * Writes one standard (ustar + pax) tar volume into `sink`, counting bytes,
- * entries and a CRC-32 of everything written. Headers are encoded by node-tar;
+ * entries and the CRC-32 of its framing: every byte but file bodies, which
+ * their files' SHA-256 covers (docs/FORMAT.md). Headers are encoded by node-tar;
  * file bodies are pushed by the caller, so it can hash them in the same pass.
  * Headers, padding and small files are gathered into large writes (two
  * buffers, so one fills while the other is written): a write per tar block
@@ -36,20 +37,19 @@ const GATHER_SIZE = 1 << 20;
  */
 export class TarVolumeWriter {
   size = 0;
-  crc = 0;
+  /** CRC-32 of every byte written outside file bodies. */
+  framingCrc = 0;
   entries = 0;
   private gather = Buffer.allocUnsafe(GATHER_SIZE);
   private spare = Buffer.allocUnsafe(GATHER_SIZE);
   private gathered = 0;
   private writing: Promise<void> = Promise.resolve();
-  private bodyCrcPending = false;
 
   constructor(private readonly sink: ChunkSink) {}
 
-  /** `checksummed`: part of a body whose CRC-32 the caller computes and passes to endEntry. */
-  private async push(buf: Uint8Array, checksummed = false): Promise<void> {
+  private async push(buf: Uint8Array, isBody = false): Promise<void> {
     if (buf.length === 0) return;
-    if (!checksummed) this.crc = crc32(buf, this.crc);
+    if (!isBody) this.framingCrc = crc32(buf, this.framingCrc);
     this.size += buf.length;
     if (buf.length < GATHER_BELOW) {
       if (this.gathered + buf.length > GATHER_SIZE) await this.flush();
@@ -103,32 +103,22 @@ export class TarVolumeWriter {
     return { index: this.entries++, offset };
   }
 
-  /**
-   * Appends part of a file's body; resolves once `chunk` may be reused. With
-   * `checksummed`, the caller computes the body's CRC-32 (on another thread)
-   * and hands it to endEntry; a body is checksummed whole or not at all.
-   */
-  async body(chunk: Uint8Array, options: { checksummed?: boolean } = {}): Promise<void> {
-    if (options.checksummed) this.bodyCrcPending = true;
-    await this.push(chunk, options.checksummed);
+  /** Appends part of a file's body (the caller hashes it); resolves once `chunk` may be reused. */
+  async body(chunk: Uint8Array): Promise<void> {
+    await this.push(chunk, true);
   }
 
   /**
    * Ends a file entry after `written` of its declared `size` bytes: zero-fills
    * a short body (the caller records it as torn) and pads to the block size.
-   * `bodyCrc`: the CRC-32 of the declared body (zero fill included) when its
-   * chunks were passed as checksummed.
    */
-  async endEntry(written: number, size: number, bodyCrc?: number): Promise<void> {
-    if (this.bodyCrcPending && bodyCrc === undefined) throw new Error('a body passed as checksummed needs its CRC-32 at its end');
-    this.bodyCrcPending = false;
+  async endEntry(written: number, size: number): Promise<void> {
     let missing = size - written;
     while (missing > 0) {
       const n = Math.min(missing, 1 << 20);
-      await this.push(Buffer.alloc(n), bodyCrc !== undefined);
+      await this.push(Buffer.alloc(n), true);
       missing -= n;
     }
-    if (bodyCrc !== undefined) this.crc = crc32Combine(this.crc, bodyCrc, size);
     const pad = (BLOCK - (size % BLOCK)) % BLOCK;
     if (pad) await this.push(ZERO_BLOCKS.subarray(0, pad));
   }
@@ -153,20 +143,20 @@ export interface VolumeEntry {
    * view of a recycled buffer, valid until the next chunk is asked for.
    */
   body: AsyncIterable<Buffer>;
-  /**
-   * The same body for a handler that computes its CRC-32 elsewhere (beside
-   * its hash, on another thread): it must read the body whole and pass the
-   * CRC-32 to `bodyCrc`, which the volume's CRC-32 takes from there.
-   */
-  bodyChecksummedElsewhere(): AsyncIterable<Buffer>;
-  bodyCrc(crc: number): void;
 }
 
 export interface VolumeReadResult {
   size: number;
+  /** CRC-32 of what `checksum` names. */
   crc32: number;
   entries: number;
 }
+
+/**
+ * What a volume's recorded CRC-32 covers: every byte (volumes of manifest
+ * format 1), or its framing, every byte outside file bodies (format 2).
+ */
+export type VolumeChecksum = 'volume' | 'framing';
 
 export interface ReadVolumeOptions {
   signal?: AbortSignal;
@@ -174,6 +164,8 @@ export interface ReadVolumeOptions {
   firstIndex?: number;
   /** Stop once the entry with this index has been handled (the rest is not read). */
   lastIndex?: number;
+  /** What the returned CRC-32 covers (default: the framing). */
+  checksum?: VolumeChecksum;
 }
 
 /** Size of the buffers a volume is read into: whole blocks, so no header straddles two. */
@@ -272,19 +264,20 @@ export async function readVolume(
     pos = 0;
     return true;
   };
-  // The CRC-32 of every byte up to `pos`, but for bodies whose handler checksums them elsewhere.
+  // The CRC-32 of every byte up to `pos` that the checksum covers.
   let crc = 0;
-  /** Up to `max` bytes, as a view of the current buffer; `checksummed`: the caller covers their CRC-32. */
-  const take = async (max: number, checksummed = false): Promise<Buffer> => {
+  const bodiesChecksummed = options.checksum === 'volume';
+  /** Up to `max` bytes, as a view of the current buffer. */
+  const take = async (max: number, isBody = false): Promise<Buffer> => {
     if (!(await refill())) throw invalid(`it ends inside an entry (${feed.size} bytes)`);
     const n = Math.min(max, buf.length - pos);
     pos += n;
     const part = buf.subarray(pos - n, pos);
-    if (!checksummed) crc = crc32(part, crc);
+    if (!isBody || bodiesChecksummed) crc = crc32(part, crc);
     return part;
   };
-  const skip = async (n: number): Promise<void> => {
-    while (n > 0) n -= (await take(n)).length;
+  const skip = async (n: number, isBody = false): Promise<void> => {
+    while (n > 0) n -= (await take(n, isBody)).length;
   };
 
   let index = options.firstIndex ?? 0;
@@ -346,40 +339,23 @@ export async function readVolume(
       const current = index++;
       let remain = size;
       let live = true;
-      let elsewhere = false;
-      let reportedCrc: number | undefined;
-      const chunks = (checksummed: boolean): AsyncIterable<Buffer> => ({
+      const body: AsyncIterable<Buffer> = {
         async *[Symbol.asyncIterator]() {
-          if (remain < size && checksummed !== elsewhere) throw new Error('a body is read checksummed here or elsewhere, not both');
-          elsewhere = checksummed;
           while (live && remain > 0) {
-            const part = await take(remain, checksummed);
+            const part = await take(remain, true);
             remain -= part.length;
             yield part;
           }
         },
-      });
+      };
       try {
-        await onEntry({
-          index: current,
-          name,
-          type,
-          size,
-          mode: header.mode ?? 0,
-          linkpath: linkpath || undefined,
-          body: chunks(false),
-          bodyChecksummedElsewhere: () => chunks(true),
-          bodyCrc: (value) => void (reportedCrc = value),
-        });
+        await onEntry({ index: current, name, type, size, mode: header.mode ?? 0, linkpath: linkpath || undefined, body });
       } finally {
         live = false;
       }
-      if (elsewhere) {
-        if (remain > 0 || reportedCrc === undefined) throw new Error(`the handler of entry ${current} did not read its body whole or report its CRC-32`);
-        crc = crc32Combine(crc, reportedCrc, size);
-      }
       if (options.lastIndex !== undefined && current >= options.lastIndex) return { size: feed.size, crc32: crc, entries: index };
-      await skip(remain + padding);
+      await skip(remain, true);
+      await skip(padding);
     }
     // Whatever follows the end-of-archive blocks still counts toward the volume's size and CRC-32.
     while (await refill()) {
