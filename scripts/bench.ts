@@ -3,7 +3,9 @@
  * deployment (about 2 GiB: four ~400 MiB BF16 shards, a 100 MiB ONNX-like
  * model, ~2,000 small configs and logs), every step a child process timed for
  * wall time and peak RSS, inputs read once beforehand so every step starts from
- * a warm page cache.
+ * a warm page cache. Each run of a local full backup and restore comes right
+ * after a run of `tar` (and each encrypted one right after a plain one), and
+ * its ratio is the median of those pairs'.
  *
  * Environment:
  *   LIFEBOAT_BENCH_SCALE=0.1        scale the large files (quick check)
@@ -48,24 +50,62 @@ export interface Measurement {
  */
 const RUNS = Math.max(1, Math.floor(Number(process.env.LIFEBOAT_BENCH_RUNS ?? '3')) || 1);
 
-/** Runs `prepare` (untimed) then `run`, `runs` times; returns the fastest run, with the peak RSS of all. */
-async function fastest(runs: number, prepare: (run: number) => Promise<void>, run: (run: number) => Promise<Measurement>): Promise<Measurement & { allSeconds: number[] }> {
+/** A step to time right before each run of another, and what to do (untimed) before it. */
+export interface PairedStep {
+  /** Named in the report, e.g. "tar -cf". */
+  step: string;
+  prepare: (run: number) => Promise<void>;
+  run: (run: number) => Promise<Measurement>;
+}
+
+/**
+ * Runs `prepare` (untimed) then `run`, `runs` times; returns the fastest run,
+ * with the peak RSS of all. With `paired`, each run follows a run of that
+ * step, and the ratio of each pair is returned: on a machine whose page cache
+ * has slow phases lasting minutes, a pair meets the same phase, where blocks
+ * of runs of one tool, then of the other, may not.
+ */
+async function fastest(
+  runs: number,
+  prepare: (run: number) => Promise<void>,
+  run: (run: number) => Promise<Measurement>,
+  paired?: PairedStep,
+): Promise<Measurement & { allSeconds: number[]; pairs?: { step: string; seconds: number[]; ratios: number[] } }> {
   let best: Measurement | undefined;
   let peak = 0;
   const allSeconds: number[] = [];
+  const pairs = paired ? { step: paired.step, seconds: [] as number[], ratios: [] as number[] } : undefined;
   for (let i = 0; i < runs; i++) {
+    let before: Measurement | undefined;
+    if (paired) {
+      await paired.prepare(i);
+      before = await paired.run(i);
+    }
     await prepare(i);
     const m = await run(i);
     allSeconds.push(m.seconds);
+    if (pairs && before) {
+      pairs.seconds.push(before.seconds);
+      pairs.ratios.push(m.seconds / before.seconds);
+    }
     peak = Math.max(peak, m.peakRssMiB);
     if (!best || m.seconds < best.seconds) best = m;
   }
-  return { ...best!, peakRssMiB: peak, allSeconds };
+  return { ...best!, peakRssMiB: peak, allSeconds, pairs };
+}
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
 /** The fields of a step's result that come straight from its measurement. */
-function timing(m: Measurement & { allSeconds?: number[] }): Pick<StepResult, 'seconds' | 'allSeconds' | 'cpuUser' | 'cpuSystem' | 'peakRssMiB'> {
-  return { seconds: m.seconds, allSeconds: m.allSeconds, cpuUser: m.cpuUser, cpuSystem: m.cpuSystem, peakRssMiB: m.peakRssMiB };
+function timing(
+  m: Measurement & { allSeconds?: number[]; pairs?: { step: string; seconds: number[]; ratios: number[] } },
+): Pick<StepResult, 'seconds' | 'allSeconds' | 'cpuUser' | 'cpuSystem' | 'peakRssMiB' | 'pairs'> {
+  const pairs = m.pairs ? { ...m.pairs, median: median(m.pairs.ratios) } : undefined;
+  return { seconds: m.seconds, allSeconds: m.allSeconds, cpuUser: m.cpuUser, cpuSystem: m.cpuSystem, peakRssMiB: m.peakRssMiB, pairs };
 }
 
 let timeBinary: string | null | undefined;
@@ -195,8 +235,10 @@ export interface StepResult {
   storedBytes?: number;
   /** Time lifeboat itself reports (without process start-up), ms. */
   reportedMs?: number;
-  /** The tar step this one is compared with, and the ratio of times. */
+  /** The tar step this one is compared with, and the ratio of times (the median of the pairs' when paired with it). */
   vsTar?: { step: string; ratio: number };
+  /** Runs of another step, each timed right before one of this step's, and each pair's ratio. */
+  pairs?: { step: string; seconds: number[]; ratios: number[]; median: number };
   /** This step's time over its repository's full backup. */
   vsFull?: number;
   target?: { text: string; ok: boolean };
@@ -210,6 +252,8 @@ export interface BenchContext {
   deploymentBytes: number;
   steps: StepResult[];
   log: (line: string) => void;
+  /** tar -cf and tar -xf, to pair with lifeboat's runs; set by benchBaselines. */
+  tar?: { create: PairedStep; extract: PairedStep };
 }
 
 export interface RepositoryTarget {
@@ -244,6 +288,10 @@ function record(ctx: BenchContext, partial: Omit<StepResult, 'mibPerSec'>): Step
   const extra = `${runs}${result.storedBytes !== undefined ? `, stored ${(result.storedBytes / MiB).toFixed(1)} MiB` : ''}`;
   const cpu = result.cpuUser !== undefined ? ` (CPU ${result.cpuUser.toFixed(2)} user + ${result.cpuSystem!.toFixed(2)} sys)` : '';
   ctx.log(`  ${result.step}: ${result.seconds.toFixed(2)} s${cpu}, ${result.mibPerSec.toFixed(0)} MiB/s, peak RSS ${result.peakRssMiB.toFixed(0)} MiB${extra}`);
+  const p = result.pairs;
+  if (p) {
+    ctx.log(`    each run right after one of ${p.step} (${p.seconds.map((x) => x.toFixed(2)).join(', ')} s): ${p.ratios.map((x) => `${x.toFixed(2)}×`).join(', ')}, median ${p.median.toFixed(2)}×`);
+  }
   return result;
 }
 
@@ -259,32 +307,40 @@ export async function benchBaselines(ctx: BenchContext): Promise<void> {
   let m: Measurement & { allSeconds?: number[] } = await measure('sha256sum', files, { cwd: ctx.dir });
   record(ctx, { step: 'sha256sum', group: 'baseline', ...timing(m) });
 
+  // The archive stays: tar -xf runs again beside each lifeboat restore.
   const archive = path.join(ctx.dir, 'deployment.tar');
-  ctx.log('tar -cf');
-  m = await fastest(
-    RUNS,
-    async () => {
-      await fsp.rm(archive, { force: true });
+  const scratch = path.join(ctx.dir, 'tar-scratch.tar');
+  const out = path.join(ctx.dir, 'tar-extract');
+  const create = (file: string): PairedStep => ({
+    step: 'tar -cf',
+    prepare: async () => {
+      await fsp.rm(file, { force: true });
       await warm([ctx.deployment]);
     },
-    () => measure('tar', ['-cf', archive, 'deployment'], { cwd: ctx.dir }),
-  );
-  record(ctx, { step: 'tar -cf', group: 'baseline', ...timing(m) });
-
-  const out = path.join(ctx.dir, 'tar-extract');
-  ctx.log('tar -xf');
-  m = await fastest(
-    RUNS,
-    async () => {
+    run: () => measure('tar', ['-cf', file, 'deployment'], { cwd: ctx.dir }),
+  });
+  const extract: PairedStep = {
+    step: 'tar -xf',
+    prepare: async () => {
       await fsp.rm(out, { recursive: true, force: true });
       await fsp.mkdir(out);
       await warm([archive]);
     },
-    () => measure('tar', ['-xf', archive, '-C', out], { cwd: ctx.dir }),
-  );
+    run: async () => {
+      const run = await measure('tar', ['-xf', archive, '-C', out], { cwd: ctx.dir });
+      await fsp.rm(out, { recursive: true, force: true });
+      return run;
+    },
+  };
+  ctx.log('tar -cf');
+  const tarCreate = create(archive);
+  m = await fastest(RUNS, tarCreate.prepare, tarCreate.run);
+  record(ctx, { step: 'tar -cf', group: 'baseline', ...timing(m) });
+  ctx.log('tar -xf');
+  m = await fastest(RUNS, extract.prepare, extract.run);
   record(ctx, { step: 'tar -xf', group: 'baseline', ...timing(m) });
-  await fsp.rm(out, { recursive: true, force: true });
-  await fsp.rm(archive, { force: true });
+  // Later runs of tar -cf write a scratch archive, so the one tar -xf reads stays as it is.
+  ctx.tar = { create: create(scratch), extract };
 }
 
 const RSS_LIMIT_MiB = 150;
@@ -295,13 +351,19 @@ const RSS_LIMIT_MiB = 150;
  * restore of the latest point into an empty directory (then checked against
  * the deployment, untimed). Another repository kind (S3) is one more call.
  */
-export async function benchRepository(ctx: BenchContext, target: RepositoryTarget, options: { mutateSeed?: number } = {}): Promise<StepResult[]> {
+export async function benchRepository(
+  ctx: BenchContext,
+  target: RepositoryTarget,
+  options: { mutateSeed?: number; pairFull?: PairedStep; pairRestore?: PairedStep } = {},
+): Promise<StepResult[]> {
   const first = ctx.steps.length;
   const tarC = tarStep(ctx, 'tar -cf');
   const tarX = tarStep(ctx, 'tar -xf');
   const metadata = target.localDir ? [target.localDir] : [];
   const L = target.label;
-  const vs = (tar: StepResult | undefined, seconds: number) => (tar ? { step: tar.step, ratio: seconds / tar.seconds } : undefined);
+  // Against tar's fastest run, or the median of the pairs when each run was paired with one of tar's.
+  const vs = (tar: StepResult | undefined, m: { seconds: number; pairs?: { step: string; ratios: number[] } }) =>
+    m.pairs?.step === tar?.step && m.pairs ? { step: m.pairs.step, ratio: median(m.pairs.ratios) } : tar ? { step: tar.step, ratio: m.seconds / tar.seconds } : undefined;
 
   // A full backup is repeated into a fresh repository each time; object storage is not emptied, so it runs once.
   const runs = target.localDir ? RUNS : 1;
@@ -314,10 +376,11 @@ export async function benchRepository(ctx: BenchContext, target: RepositoryTarge
       await warm([ctx.deployment]);
     },
     () => lifeboat(ctx, target, ['backup', 'deployment', '--type', 'full', '--json']),
+    options.pairFull,
   );
   const json = JSON.parse(m.stdout) as { type: string; storedBytes: number; durationMs: number; changed: number; added: number };
   if (json.type !== 'full') throw new Error(`expected a full backup, got ${json.type}`);
-  const fullRatio = vs(tarC, m.seconds);
+  const fullRatio = vs(tarC, m);
   const full = record(ctx, {
     step: `${L}: full backup`,
     group: L,
@@ -340,7 +403,7 @@ export async function benchRepository(ctx: BenchContext, target: RepositoryTarge
       ...timing(run),
       storedBytes: result.storedBytes,
       reportedMs: result.durationMs,
-      vsTar: vs(tarC, run.seconds),
+      vsTar: vs(tarC, run),
       vsFull: ratio,
       target: { text: `≤ ${limit.toFixed(2)}× full`, ok: ratio <= limit },
     });
@@ -367,9 +430,10 @@ export async function benchRepository(ctx: BenchContext, target: RepositoryTarge
       await warm(metadata);
     },
     () => lifeboat(ctx, target, ['restore', 'latest', '--target', restoreDir, '--json']),
+    options.pairRestore,
   );
   const restored = JSON.parse(m.stdout) as { durationMs: number };
-  const restoreRatio = vs(tarX, m.seconds);
+  const restoreRatio = vs(tarX, m);
   record(ctx, {
     step: `${L}: restore latest`,
     group: L,
@@ -453,20 +517,52 @@ async function main(): Promise<void> {
   const ctx: BenchContext = { dir, deployment: deployment.root, deploymentBytes: deployment.bytes, steps: [], log };
   await benchBaselines(ctx);
 
-  const targets: RepositoryTarget[] = [{ label: 'local', repo: path.join(dir, 'repo'), localDir: path.join(dir, 'repo') }];
-  // The same local repository with client-side encryption: its rows against the plain ones are the cost of encryption.
-  targets.push({
-    label: 'local-encrypted',
-    repo: path.join(dir, 'repo-encrypted'),
-    localDir: path.join(dir, 'repo-encrypted'),
-    env: { ...process.env, LIFEBOAT_PASSWORD: 'bench password' },
-    initArgs: ['--encryption', 'aes-256-gcm'],
-  });
+  const local: RepositoryTarget = { label: 'local', repo: path.join(dir, 'repo'), localDir: path.join(dir, 'repo') };
+  await benchRepository(ctx, local, { mutateSeed: 1, pairFull: ctx.tar!.create, pairRestore: ctx.tar!.extract });
+  // The same local repository with client-side encryption: its rows against the plain ones are the cost of
+  // encryption, each run paired with a plain one (a full backup into a scratch repository, a restore of the plain one).
+  const scratchRepo: RepositoryTarget = { label: 'local', repo: path.join(dir, 'repo-pair'), localDir: path.join(dir, 'repo-pair') };
+  const plainRestore = path.join(dir, 'restore-pair');
+  await benchRepository(
+    ctx,
+    {
+      label: 'local-encrypted',
+      repo: path.join(dir, 'repo-encrypted'),
+      localDir: path.join(dir, 'repo-encrypted'),
+      env: { ...process.env, LIFEBOAT_PASSWORD: 'bench password' },
+      initArgs: ['--encryption', 'aes-256-gcm'],
+    },
+    {
+      mutateSeed: 2,
+      pairFull: {
+        step: 'local: full backup',
+        prepare: async () => {
+          await fsp.rm(scratchRepo.localDir!, { recursive: true, force: true });
+          await lifeboat(ctx, scratchRepo, ['init']);
+          await warm([ctx.deployment]);
+        },
+        run: () => lifeboat(ctx, scratchRepo, ['backup', 'deployment', '--type', 'full', '--json']),
+      },
+      pairRestore: {
+        step: 'local: restore latest',
+        prepare: async () => {
+          await fsp.rm(plainRestore, { recursive: true, force: true });
+          await fsp.mkdir(plainRestore);
+          await warm([local.localDir!]);
+        },
+        run: async () => {
+          const run = await lifeboat(ctx, local, ['restore', 'latest', '--target', plainRestore, '--json']);
+          await fsp.rm(plainRestore, { recursive: true, force: true });
+          return run;
+        },
+      },
+    },
+  );
+  await fsp.rm(scratchRepo.localDir!, { recursive: true, force: true });
   if (process.env.LIFEBOAT_BENCH_S3_REPO) {
     const args = (process.env.LIFEBOAT_BENCH_S3_ARGS ?? '').split(/\s+/).filter(Boolean);
-    targets.push({ label: 's3', repo: process.env.LIFEBOAT_BENCH_S3_REPO, args });
+    await benchRepository(ctx, { label: 's3', repo: process.env.LIFEBOAT_BENCH_S3_REPO, args }, { mutateSeed: 3 });
   }
-  for (const [i, target] of targets.entries()) await benchRepository(ctx, target, { mutateSeed: i + 1 });
 
   log('');
   log(table(ctx.steps));
@@ -479,7 +575,9 @@ async function main(): Promise<void> {
       .filter((s) => s.group === group)
       .map((s) => ({ step: s.step.slice(group.length + 2), s, local: ctx.steps.find((l) => l.group === 'local' && l.step === `local: ${s.step.slice(group.length + 2)}`) }))
       .filter((p) => p.local);
-    log(`${group} vs local disk: ${pairs.map((p) => `${p.step} ${(p.s.seconds / p.local!.seconds).toFixed(2)}× the time (${p.s.mibPerSec.toFixed(0)} vs ${p.local!.mibPerSec.toFixed(0)} MiB/s)`).join('; ')}`);
+    // Paired runs give the median of their ratios; otherwise the fastest runs are compared.
+    const ratio = (p: (typeof pairs)[number]) => (p.s.pairs?.step === p.local!.step ? `${p.s.pairs.median.toFixed(2)}× the time (median of ${p.s.pairs.ratios.length} pairs)` : `${(p.s.seconds / p.local!.seconds).toFixed(2)}× the time`);
+    log(`${group} vs local disk: ${pairs.map((p) => `${p.step} ${ratio(p)} (${p.s.mibPerSec.toFixed(0)} vs ${p.local!.mibPerSec.toFixed(0)} MiB/s)`).join('; ')}`);
   }
   const missed = ctx.steps.filter((s) => s.target && !s.target.ok);
   log(missed.length === 0 ? 'every target met' : `targets missed: ${missed.map((s) => s.step).join(', ')}`);
