@@ -153,6 +153,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       progress: { phase: 'backup', filesDone: 0, filesTotal: plan.filesToRead, bytesDone: 0, bytesTotal: plan.bytesToRead },
       reporter,
       warn,
+      superseded: [],
       signal: options.signal,
     };
     const entries: ManifestEntry[] = [];
@@ -190,6 +191,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       })),
       volumes,
       entries,
+      ...(context.superseded.length > 0 ? { superseded: context.superseded } : {}),
       stats: { files: fileCount, bytes: totalBytes, ...counts, storedBytes },
       warnings: warnings.map((w) => ({ code: w.code, path: w.path, message: w.message })),
     };
@@ -280,6 +282,8 @@ interface StoreContext {
   progress: Progress;
   reporter: Reporter;
   warn: (n: Omit<Notice, 'level'>) => void;
+  /** Stored copies of files read again because they changed while being read. */
+  superseded: NonNullable<Manifest['superseded']>;
   signal?: AbortSignal;
 }
 
@@ -351,6 +355,7 @@ async function storeEntry(planned: PlannedEntry, position: number, ctx: StoreCon
       ctx.progress.filesDone++;
       return entry;
     }
+    if (stored.ref.point === ctx.pointId) ctx.superseded.push({ volume: stored.ref.volume, entry: stored.ref.entry, size: stored.size, sha256: stored.sha256 });
   }
 }
 
@@ -367,10 +372,13 @@ async function storeWholeFile(whole: WholeFile | undefined, planned: PlannedEntr
   if (planned.action === 'verify' && unchangedFrom(planned.previous, outcome)) return { ...outcome, ref: planned.previous.ref! };
   const { writer, volume } = await ctx.sink.current();
   const { index, offset } = await writer.header({ name, type: 'File', size: outcome.size, mode: outcome.mode, mtime: mtimeDate(outcome.mtimeNs), uid: planned.scanned.uid, gid: planned.scanned.gid });
-  await writer.body(whole.data.subarray(0, Math.min(whole.data.length, outcome.size)));
   const written = Math.min(whole.data.length, outcome.size);
+  await writer.body(whole.data.subarray(0, written));
   await writer.endEntry(written, outcome.size);
-  if (written < outcome.size) outcome.sha256 = createHash('sha256').update(whole.data.subarray(0, written)).update(Buffer.alloc(outcome.size - written)).digest('hex');
+  // A file that grew or shrank while it was read is stored cut or zero-filled to its size: the digest is of what is stored.
+  if (whole.data.length !== outcome.size) {
+    outcome.sha256 = createHash('sha256').update(whole.data.subarray(0, written)).update(Buffer.alloc(outcome.size - written)).digest('hex');
+  }
   return { ...outcome, ref: { point: ctx.pointId, volume, entry: index, offset } };
 }
 

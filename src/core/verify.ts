@@ -224,6 +224,7 @@ async function readBackVolume(
   const recorded = recordedChecksum(record);
   const byEntry = new Map<number, ManifestEntry>();
   for (const e of m.entries) if (e.ref && e.ref.point === m.id && e.ref.volume === volumeIndex) byEntry.set(e.ref.entry, e);
+  const superseded = new Map((m.superseded ?? []).filter((s) => s.volume === volumeIndex).map((s) => [s.entry, s]));
   const seen = new Set<number>();
   let counted = 0;
   try {
@@ -237,16 +238,20 @@ async function readBackVolume(
           problems.push({ point: m.id, path: record.key, kind: 'unsafe-entry', detail: `entry ${JSON.stringify(entry.name)}: ${reason}` });
         }
         const expected = byEntry.get(entry.index);
+        const dead = expected ? undefined : superseded.get(entry.index);
+        if (dead) {
+          seen.add(entry.index);
+          const digest = await bodyDigest(entry.body);
+          if (digest.size !== dead.size || digest.sha256 !== dead.sha256) {
+            problems.push({ point: m.id, path: record.key, kind: 'checksum-mismatch', detail: `entry ${entry.index} (a copy superseded by a later read of ${entry.name}) has SHA-256 ${digest.sha256}, expected ${dead.sha256}` });
+          }
+          counted += digest.size;
+          return;
+        }
         if (!expected) return;
         seen.add(entry.index);
         const name = volumeEntryName(expected.source, expected.path);
-        const hash = createHash('sha256');
-        let size = 0;
-        for await (const chunk of entry.body) {
-          hash.update(chunk);
-          size += chunk.length;
-        }
-        const digest = hash.digest('hex');
+        const { sha256: digest, size } = await bodyDigest(entry.body);
         if (entry.name !== name) {
           problems.push({ point: m.id, path: name, kind: 'missing-entry', detail: `entry ${entry.index} of ${record.key} is ${JSON.stringify(entry.name)}` });
         } else if (size !== expected.size || digest !== expected.sha256) {
@@ -267,9 +272,22 @@ async function readBackVolume(
     if (signal?.aborted) throw err;
     problems.push({ point: m.id, path: record.key, kind: 'volume-damaged', detail: errorMessage(err) });
   }
+  for (const index of superseded.keys()) {
+    if (!seen.has(index)) problems.push({ point: m.id, path: record.key, kind: 'missing-entry', detail: `entry ${index} (a superseded copy) not found in ${record.key}` });
+  }
   for (const [index, e] of byEntry) {
     if (!seen.has(index)) {
       problems.push({ point: m.id, path: volumeEntryName(e.source, e.path), kind: 'missing-entry', detail: `entry ${index} not found in ${record.key}` });
     }
   }
+}
+
+async function bodyDigest(body: AsyncIterable<Buffer>): Promise<{ sha256: string; size: number }> {
+  const hash = createHash('sha256');
+  let size = 0;
+  for await (const chunk of body) {
+    hash.update(chunk);
+    size += chunk.length;
+  }
+  return { sha256: hash.digest('hex'), size };
 }

@@ -104,6 +104,13 @@ export const manifestSchema = z
     sources: z.array(sourceSchema).max(10_000),
     volumes: z.array(volumeSchema).max(1_000_000),
     entries: z.array(entrySchema).max(50_000_000),
+    /**
+     * Copies of files that changed while they were read, stored and then read
+     * again: no entry refers to them, and they are listed so that verify
+     * --read-data checks their bytes too (format 2, whose volume CRC-32 leaves
+     * bodies out).
+     */
+    superseded: z.array(z.object({ volume: count, entry: count, size: count, sha256 })).max(50_000_000).optional(),
     stats: z.object({
       files: count,
       bytes: count,

@@ -1,0 +1,83 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { lifeboat } from './helpers/cli.js';
+import { smallDeployment } from './helpers/repo.js';
+import { prng, writeRandomFile } from './helpers/tree.js';
+
+/** Rewrites random 4 KiB pieces of a file in place, without pause, until killed; says "writing" once started. */
+const REWRITER = `
+const fs = require('node:fs');
+const fd = fs.openSync(process.argv[1], 'r+');
+const size = fs.fstatSync(fd).size;
+const piece = Buffer.alloc(4096);
+let n = 0;
+for (;;) {
+  piece.fill(n & 0xff);
+  fs.writeSync(fd, piece, 0, piece.length, Math.floor(Math.random() * (size - piece.length)));
+  if (n++ === 0) process.stdout.write('writing\\n');
+}
+`;
+
+/** Byte offset of the body of entry `index` (extended headers count with the entry they precede). */
+function bodyOffset(volume: Buffer, index: number): number {
+  let entry = 0;
+  for (let pos = 0; pos + 512 <= volume.length; ) {
+    const size = parseInt(volume.subarray(pos + 124, pos + 136).toString('latin1').replace(/\0.*$/s, '').trim() || '0', 8);
+    const type = String.fromCharCode(volume[pos + 156]!);
+    if (!'xgLK'.includes(type)) {
+      if (entry === index) return pos + 512;
+      entry++;
+    }
+    pos += 512 + Math.ceil(size / 512) * 512;
+  }
+  throw new Error(`no entry ${index} in the volume`);
+}
+
+test('a file rewritten while it is read is read again; every stored copy, superseded ones too, is checked by verify --read-data', async () => {
+  const d = await smallDeployment();
+  const hot = path.join(d.src, 'hot.bin');
+  await writeRandomFile(hot, 24 << 20, prng(5));
+  const writer = spawn(process.execPath, ['-e', REWRITER, hot], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let backup;
+  try {
+    await once(writer.stdout!, 'data');
+    backup = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'full']);
+  } finally {
+    writer.kill('SIGKILL');
+    await once(writer, 'exit');
+  }
+  assert.equal(backup.code, 0, backup.stderr);
+  const id: string = backup.json().id;
+  const manifest = JSON.parse(await fsp.readFile(path.join(d.repo, 'points', `${id}.json`), 'utf8'));
+  const hotEntry = manifest.entries.find((e: { path: string }) => e.path === 'hot.bin');
+  assert.ok(manifest.superseded?.length >= 1, 'the copies read before the last are listed');
+  for (const copy of manifest.superseded) {
+    assert.notEqual(copy.entry, hotEntry.ref.entry, 'the copy that counts is not listed as superseded');
+    assert.equal(copy.size, 24 << 20);
+  }
+  assert.equal((await lifeboat(['--repo', d.repo, 'verify', '--read-data'])).code, 0, 'every copy reads back as stored');
+
+  // A superseded copy is never restored, and no entry's SHA-256 covers it: its own listed digest must.
+  const copy = manifest.superseded[0];
+  const key: string = manifest.volumes[copy.volume].key;
+  const file = path.join(d.repo, ...key.split('/'));
+  const at = bodyOffset(await fsp.readFile(file), copy.entry) + 1000;
+  const fh = await fsp.open(file, 'r+');
+  const byte = Buffer.alloc(1);
+  await fh.read(byte, 0, 1, at);
+  await fh.write(Buffer.from([byte[0]! ^ 0x40]), 0, 1, at);
+  await fh.close();
+  const v = await lifeboat(['--repo', d.repo, '--json', 'verify', '--read-data']);
+  assert.equal(v.code, 3, v.stdout);
+  assert.ok(
+    v.json().problems.some((p: { path: string; kind: string; detail: string }) => p.path === key && p.kind === 'checksum-mismatch' && /superseded/.test(p.detail)),
+    v.stdout,
+  );
+  const restore = await lifeboat(['--repo', d.repo, 'restore', id, '--target', path.join(d.work, 'out')]);
+  assert.equal(restore.code, 0, `the point itself is intact: ${restore.stderr}`);
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
