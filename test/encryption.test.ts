@@ -419,7 +419,7 @@ describe('keys', () => {
     const r = path.join(work, 'default-kdf');
     await ok(lifeboat(['--repo', r, 'init', '--encryption', 'aes-256-gcm'], { env: env() }), 'init');
     const config = JSON.parse(await fsp.readFile(path.join(r, 'config.json'), 'utf8'));
-    assert.deepEqual(config.encryption, { algorithm: 'aes-256-gcm', segmentSize: SEGMENT_SIZE, kdf: { name: 'scrypt', logN: 17, r: 8, p: 1 } });
+    assert.deepEqual(config.encryption, { algorithm: 'aes-256-gcm', segmentSize: SEGMENT_SIZE, kdf: { name: 'scrypt', logN: 14, r: 8, p: 5 } });
     assert.equal((await lifeboat(['--repo', path.join(work, 'bad-alg'), 'init', '--encryption', 'rot13'], { env: env() })).code, 2);
     const none = await lifeboat(['--repo', path.join(work, 'no-pw'), 'init', '--encryption', 'aes-256-gcm']);
     assert.equal(none.code, 2, none.stderr);

@@ -70,7 +70,7 @@ export function registerInit(program: Command, run: CommandRunner): Command {
     .command('init')
     .description('create an empty repository; refuses a location that is not empty')
     .option('--encryption <algorithm>', 'client-side encryption: aes-256-gcm, or none (the default)')
-    .option('--kdf-log-n <n>', `scrypt cost of the first password as log2(N), ${KDF_LIMITS.logN.min}..20 (default ${DEFAULT_KDF.logN}; lower opens faster and is cheaper to guess)`)
+    .option('--kdf-log-n <n>', `scrypt cost of the first password as log2(N), ${KDF_LIMITS.logN.min}..20, with r = ${DEFAULT_KDF.r} and p = ${DEFAULT_KDF.p} (default ${DEFAULT_KDF.logN}; lower opens faster and is cheaper to guess)`)
     .addHelpText(
       'after',
       '\nThe password of an encrypted repository comes from --password-file, LIFEBOAT_PASSWORD_FILE,\nLIFEBOAT_PASSWORD, or a prompt on a terminal.\n\nExamples:\n  lifeboat init --repo /backups/fraud-detector\n  LIFEBOAT_PASSWORD_FILE=/etc/lifeboat/password lifeboat init --repo s3://ml-backups/prod --encryption aes-256-gcm',
