@@ -7,6 +7,7 @@
  * and loads only with an S3 repository; native and CommonJS-only packages are
  * required at run time as before.
  */
+import { rm } from 'node:fs/promises';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
@@ -14,9 +15,13 @@ import { build } from 'esbuild';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const compiled = path.join(root, 'dist/src');
 
+const outdir = path.join(root, 'dist/bundle');
+// Chunk names carry a hash of their content: without this, every build would leave the last one's behind.
+await rm(outdir, { recursive: true, force: true });
+
 await build({
   entryPoints: ['cli/main.js', 'core/sha256-worker.js', 'crypto/cipher-worker.js'].map((f) => path.join(compiled, f)),
-  outdir: path.join(root, 'dist/bundle'),
+  outdir,
   entryNames: '[name]',
   bundle: true,
   splitting: true,
