@@ -40,7 +40,8 @@ function bodyOffset(volume: Buffer, index: number): number {
 test('a file rewritten while it is read is read again; every stored copy, superseded ones too, is checked by verify --read-data', async () => {
   const d = await smallDeployment();
   const hot = path.join(d.src, 'hot.bin');
-  await writeRandomFile(hot, 24 << 20, prng(5));
+  // Large enough that its read spans many scheduler ticks, even on a busy machine.
+  await writeRandomFile(hot, 48 << 20, prng(5));
   const writer = spawn(process.execPath, ['-e', REWRITER, hot], { stdio: ['ignore', 'pipe', 'inherit'] });
   let backup;
   try {
@@ -57,7 +58,7 @@ test('a file rewritten while it is read is read again; every stored copy, supers
   assert.ok(manifest.superseded?.length >= 1, 'the copies read before the last are listed');
   for (const copy of manifest.superseded) {
     assert.notEqual(copy.entry, hotEntry.ref.entry, 'the copy that counts is not listed as superseded');
-    assert.equal(copy.size, 24 << 20);
+    assert.equal(copy.size, 48 << 20);
   }
   assert.equal((await lifeboat(['--repo', d.repo, 'verify', '--read-data'])).code, 0, 'every copy reads back as stored');
 
