@@ -13,7 +13,7 @@ import {
   plaintextSize,
   segmentOffset,
 } from '../crypto/segments.js';
-import { putThroughWriter } from './writer-over-put.js';
+import { putThroughWriter } from './put-through-writer.js';
 import { DecryptingReader } from '../crypto/decrypting-reader.js';
 import { EMPTY_READER, streamOverReader } from './reader-over-stream.js';
 import { readFully, type GetOptions, type ObjectInfo, type ObjectReader, type ObjectWriter, type PutOptions, type Storage, type StorageCapabilities } from './storage.js';

@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { RuntimeFailure, errorMessage } from '../errors.js';
 import { EarlyWriteback, syncPath, writeAt, writeFileSynced } from '../format/durable.js';
-import { putThroughWriter } from './writer-over-put.js';
+import { putThroughWriter } from './put-through-writer.js';
 import {
   ObjectNotFoundError,
   type GetOptions,
