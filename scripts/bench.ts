@@ -50,6 +50,13 @@ export interface Measurement {
  */
 const RUNS = Math.max(1, Math.floor(Number(process.env.LIFEBOAT_BENCH_RUNS ?? '3')) || 1);
 
+/** Runs of one step, each timed right before one of another's, and the ratio of each pair. */
+export interface PairRuns {
+  step: string;
+  seconds: number[];
+  ratios: number[];
+}
+
 /** A step to time right before each run of another, and what to do (untimed) before it. */
 export interface PairedStep {
   /** Named in the report, e.g. "tar -cf". */
@@ -70,11 +77,11 @@ async function fastest(
   prepare: (run: number) => Promise<void>,
   run: (run: number) => Promise<Measurement>,
   paired?: PairedStep,
-): Promise<Measurement & { allSeconds: number[]; pairs?: { step: string; seconds: number[]; ratios: number[] } }> {
+): Promise<Measurement & { allSeconds: number[]; pairs?: PairRuns }> {
   let best: Measurement | undefined;
   let peak = 0;
   const allSeconds: number[] = [];
-  const pairs = paired ? { step: paired.step, seconds: [] as number[], ratios: [] as number[] } : undefined;
+  const pairs: PairRuns | undefined = paired ? { step: paired.step, seconds: [], ratios: [] } : undefined;
   for (let i = 0; i < runs; i++) {
     let before: Measurement | undefined;
     if (paired) {
@@ -102,7 +109,7 @@ function median(values: readonly number[]): number {
 
 /** The fields of a step's result that come straight from its measurement. */
 function timing(
-  m: Measurement & { allSeconds?: number[]; pairs?: { step: string; seconds: number[]; ratios: number[] } },
+  m: Measurement & { allSeconds?: number[]; pairs?: PairRuns },
 ): Pick<StepResult, 'seconds' | 'allSeconds' | 'cpuUser' | 'cpuSystem' | 'peakRssMiB' | 'pairs'> {
   const pairs = m.pairs ? { ...m.pairs, median: median(m.pairs.ratios) } : undefined;
   return { seconds: m.seconds, allSeconds: m.allSeconds, cpuUser: m.cpuUser, cpuSystem: m.cpuSystem, peakRssMiB: m.peakRssMiB, pairs };
@@ -238,7 +245,7 @@ export interface StepResult {
   /** The tar step this one is compared with, and the ratio of times (the median of the pairs' when paired with it). */
   vsTar?: { step: string; ratio: number };
   /** Runs of another step, each timed right before one of this step's, and each pair's ratio. */
-  pairs?: { step: string; seconds: number[]; ratios: number[]; median: number };
+  pairs?: PairRuns & { median: number };
   /** This step's time over its repository's full backup. */
   vsFull?: number;
   target?: { text: string; ok: boolean };
@@ -279,6 +286,36 @@ function lifeboatArgs(ctx: BenchContext, target: RepositoryTarget, args: string[
 
 async function lifeboat(ctx: BenchContext, target: RepositoryTarget, args: string[]): Promise<Measurement> {
   return measure(process.execPath, lifeboatArgs(ctx, target, args), { cwd: ctx.dir, env: { ...(target.env ?? process.env), NO_COLOR: '1' } });
+}
+
+/** A full backup into a fresh repository (a local one is emptied first), as a step to time. */
+function fullBackupStep(ctx: BenchContext, target: RepositoryTarget): PairedStep {
+  return {
+    step: `${target.label}: full backup`,
+    prepare: async () => {
+      if (target.localDir) await fsp.rm(target.localDir, { recursive: true, force: true });
+      await lifeboat(ctx, target, ['init', ...(target.initArgs ?? [])]);
+      await warm([ctx.deployment]);
+    },
+    run: () => lifeboat(ctx, target, ['backup', 'deployment', '--type', 'full', '--json']),
+  };
+}
+
+/** A restore of the latest point into an emptied `dir`, as a step to time; unless `keep`, the restored tree is removed after each run. */
+function restoreStep(ctx: BenchContext, target: RepositoryTarget, dir: string, options: { keep?: boolean } = {}): PairedStep {
+  return {
+    step: `${target.label}: restore latest`,
+    prepare: async () => {
+      await fsp.rm(dir, { recursive: true, force: true });
+      await fsp.mkdir(dir);
+      await warm(target.localDir ? [target.localDir] : []);
+    },
+    run: async () => {
+      const run = await lifeboat(ctx, target, ['restore', 'latest', '--target', dir, '--json']);
+      if (!options.keep) await fsp.rm(dir, { recursive: true, force: true });
+      return run;
+    },
+  };
 }
 
 function record(ctx: BenchContext, partial: Omit<StepResult, 'mibPerSec'>): StepResult {
@@ -362,27 +399,19 @@ export async function benchRepository(
   const metadata = target.localDir ? [target.localDir] : [];
   const L = target.label;
   // Against tar's fastest run, or the median of the pairs when each run was paired with one of tar's.
-  const vs = (tar: StepResult | undefined, m: { seconds: number; pairs?: { step: string; ratios: number[] } }) =>
+  const vs = (tar: StepResult | undefined, m: { seconds: number; pairs?: PairRuns }) =>
     m.pairs?.step === tar?.step && m.pairs ? { step: m.pairs.step, ratio: median(m.pairs.ratios) } : tar ? { step: tar.step, ratio: m.seconds / tar.seconds } : undefined;
 
   // A full backup is repeated into a fresh repository each time; object storage is not emptied, so it runs once.
   const runs = target.localDir ? RUNS : 1;
   ctx.log(`[${L}] full backup`);
-  let m = await fastest(
-    runs,
-    async () => {
-      if (target.localDir) await fsp.rm(target.localDir, { recursive: true, force: true });
-      await lifeboat(ctx, target, ['init', ...(target.initArgs ?? [])]);
-      await warm([ctx.deployment]);
-    },
-    () => lifeboat(ctx, target, ['backup', 'deployment', '--type', 'full', '--json']),
-    options.pairFull,
-  );
+  const fullStep = fullBackupStep(ctx, target);
+  let m = await fastest(runs, fullStep.prepare, fullStep.run, options.pairFull);
   const json = JSON.parse(m.stdout) as { type: string; storedBytes: number; durationMs: number; changed: number; added: number };
   if (json.type !== 'full') throw new Error(`expected a full backup, got ${json.type}`);
   const fullRatio = vs(tarC, m);
   const full = record(ctx, {
-    step: `${L}: full backup`,
+    step: fullStep.step,
     group: L,
     ...timing(m),
     storedBytes: json.storedBytes,
@@ -422,20 +451,13 @@ export async function benchRepository(
 
   const restoreDir = path.join(ctx.dir, `restore-${L}`);
   ctx.log(`[${L}] restore latest`);
-  m = await fastest(
-    RUNS,
-    async () => {
-      await fsp.rm(restoreDir, { recursive: true, force: true });
-      await fsp.mkdir(restoreDir);
-      await warm(metadata);
-    },
-    () => lifeboat(ctx, target, ['restore', 'latest', '--target', restoreDir, '--json']),
-    options.pairRestore,
-  );
+  // The last run's tree stays, to be checked below.
+  const restoreRun = restoreStep(ctx, target, restoreDir, { keep: true });
+  m = await fastest(RUNS, restoreRun.prepare, restoreRun.run, options.pairRestore);
   const restored = JSON.parse(m.stdout) as { durationMs: number };
   const restoreRatio = vs(tarX, m);
   record(ctx, {
-    step: `${L}: restore latest`,
+    step: restoreRun.step,
     group: L,
     ...timing(m),
     reportedMs: restored.durationMs,
@@ -522,7 +544,6 @@ async function main(): Promise<void> {
   // The same local repository with client-side encryption: its rows against the plain ones are the cost of
   // encryption, each run paired with a plain one (a full backup into a scratch repository, a restore of the plain one).
   const scratchRepo: RepositoryTarget = { label: 'local', repo: path.join(dir, 'repo-pair'), localDir: path.join(dir, 'repo-pair') };
-  const plainRestore = path.join(dir, 'restore-pair');
   await benchRepository(
     ctx,
     {
@@ -534,28 +555,8 @@ async function main(): Promise<void> {
     },
     {
       mutateSeed: 2,
-      pairFull: {
-        step: 'local: full backup',
-        prepare: async () => {
-          await fsp.rm(scratchRepo.localDir!, { recursive: true, force: true });
-          await lifeboat(ctx, scratchRepo, ['init']);
-          await warm([ctx.deployment]);
-        },
-        run: () => lifeboat(ctx, scratchRepo, ['backup', 'deployment', '--type', 'full', '--json']),
-      },
-      pairRestore: {
-        step: 'local: restore latest',
-        prepare: async () => {
-          await fsp.rm(plainRestore, { recursive: true, force: true });
-          await fsp.mkdir(plainRestore);
-          await warm([local.localDir!]);
-        },
-        run: async () => {
-          const run = await lifeboat(ctx, local, ['restore', 'latest', '--target', plainRestore, '--json']);
-          await fsp.rm(plainRestore, { recursive: true, force: true });
-          return run;
-        },
-      },
+      pairFull: fullBackupStep(ctx, scratchRepo),
+      pairRestore: restoreStep(ctx, local, path.join(dir, 'restore-pair')),
     },
   );
   await fsp.rm(scratchRepo.localDir!, { recursive: true, force: true });
