@@ -436,8 +436,10 @@ async function syncDirectories(plan: RestorePlan, root: string): Promise<void> {
     if (e.type === 'dir') found.add(p);
     found.add(path.dirname(p));
   }
+  found.delete(root);
   const dirs = [...found].sort((a, b) => b.length - a.length);
   await runPool(dirs, METADATA_IN_FLIGHT, (dir) => syncPath(dir));
+  // Last, once every directory in it is durable.
   await syncPath(root);
 }
 

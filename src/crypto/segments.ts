@@ -117,15 +117,9 @@ export class SegmentBatches {
     this.batch = new Uint8Array(batchSize);
   }
 
-  /** Bytes gathered and not yet handed over. */
-  get pending(): number {
-    return this.fill;
-  }
-
   /** Copies bytes in, handing each full batch over once more bytes follow it. */
-  async append(chunk: Uint8Array, from = 0): Promise<void> {
-    let at = from;
-    while (at < chunk.length) {
+  async append(chunk: Uint8Array): Promise<void> {
+    for (let at = 0; at < chunk.length; ) {
       if (this.fill === this.batchSize) await this.handOver(false);
       const n = Math.min(this.batchSize - this.fill, chunk.length - at);
       this.batch.set(chunk.subarray(at, at + n), this.fill);
