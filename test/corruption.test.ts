@@ -4,6 +4,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { lifeboat } from './helpers/cli.js';
 import { exists, repoFiles, smallDeployment } from './helpers/repo.js';
+import { tarBlocks } from './helpers/tar-blocks.js';
 import { prng, seedFromEnv } from './helpers/tree.js';
 
 async function flipByte(file: string, offset: number): Promise<void> {
@@ -48,14 +49,8 @@ test('a flipped byte in a volume is found by verify --read-data and refused by r
 
 test('a flipped byte in the padding after a file body, outside every SHA-256, fails the volume CRC-32 of its framing', async () => {
   const { d, id, volume, file } = await backedUpVolume();
-  // Walks the tar headers to the first file body that does not end on a block.
-  const bytes = await fsp.readFile(file);
-  let padding = -1;
-  for (let pos = 0; pos + 512 <= bytes.length && padding < 0; ) {
-    const size = parseInt(bytes.subarray(pos + 124, pos + 136).toString('latin1').replace(/\0.*$/s, '').trim() || '0', 8);
-    if (String.fromCharCode(bytes[pos + 156]!) === '0' && size % 512 !== 0) padding = pos + 512 + size;
-    pos += 512 + Math.ceil(size / 512) * 512;
-  }
+  // The first file body that does not end on a block.
+  const padding = [...tarBlocks(await fsp.readFile(file))].find((b) => b.type === '0' && b.size % 512 !== 0)?.padding ?? -1;
   assert.ok(padding > 0, 'the volume has a padded file body');
   await flipByte(file, padding);
   const v = await lifeboat(['--repo', d.repo, '--json', 'verify', '--read-data']);

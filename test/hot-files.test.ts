@@ -6,6 +6,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { lifeboat } from './helpers/cli.js';
 import { smallDeployment } from './helpers/repo.js';
+import { tarBlocks } from './helpers/tar-blocks.js';
 import { prng, writeRandomFile } from './helpers/tree.js';
 
 /** Rewrites random 4 KiB pieces of a file in place, without pause, until killed; says "writing" once started. */
@@ -24,17 +25,9 @@ for (;;) {
 
 /** Byte offset of the body of entry `index` (extended headers count with the entry they precede). */
 function bodyOffset(volume: Buffer, index: number): number {
-  let entry = 0;
-  for (let pos = 0; pos + 512 <= volume.length; ) {
-    const size = parseInt(volume.subarray(pos + 124, pos + 136).toString('latin1').replace(/\0.*$/s, '').trim() || '0', 8);
-    const type = String.fromCharCode(volume[pos + 156]!);
-    if (!'xgLK'.includes(type)) {
-      if (entry === index) return pos + 512;
-      entry++;
-    }
-    pos += 512 + Math.ceil(size / 512) * 512;
-  }
-  throw new Error(`no entry ${index} in the volume`);
+  const entry = [...tarBlocks(volume)].filter((b) => b.type !== '' && !b.meta)[index];
+  if (!entry) throw new Error(`no entry ${index} in the volume`);
+  return entry.body;
 }
 
 test('a file rewritten while it is read is read again; every stored copy, superseded ones too, is checked by verify --read-data', async () => {

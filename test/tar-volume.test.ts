@@ -13,6 +13,7 @@ import { crc32 } from '../src/format/checksum.js';
 import { readVolume, type VolumeChecksum, type VolumeEntry } from '../src/format/tar.js';
 import { LocalStorage } from '../src/storage/local.js';
 import { generatedBytes, testSeed } from './helpers/data.js';
+import { tarBlocks } from './helpers/tar-blocks.js';
 import { run } from './helpers/processes.js';
 
 interface SeenEntry {
@@ -65,18 +66,9 @@ async function readAllEntries(
  */
 function framingCrcOf(archive: Buffer): number {
   let crc = 0;
-  let pos = 0;
-  while (pos < archive.length) {
-    const header = archive.subarray(pos, pos + 512);
-    crc = crc32(header, crc);
-    pos += 512;
-    if (header.every((b) => b === 0)) continue;
-    const size = parseInt(header.subarray(124, 136).toString('latin1').replace(/\0.*$/s, '').trim() || '0', 8);
-    const padded = Math.ceil(size / 512) * 512;
-    const type = String.fromCharCode(header[156]!);
-    if ('LKxg'.includes(type)) crc = crc32(archive.subarray(pos, pos + padded), crc);
-    else crc = crc32(archive.subarray(pos + size, pos + padded), crc);
-    pos += padded;
+  for (const b of tarBlocks(archive)) {
+    crc = crc32(archive.subarray(b.header, b.body), crc);
+    crc = crc32(archive.subarray(b.meta ? b.body : b.padding, b.next), crc);
   }
   return crc;
 }
