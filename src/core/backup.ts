@@ -15,7 +15,7 @@ import type { Repository } from './repository.js';
 import { scanSource, type ScannedEntry, type ScannedSource, type SourceSpec } from './scan.js';
 import { VolumeSink } from './volume-sink.js';
 import { DEFAULT_TRANSFERS } from './pool.js';
-import type { TarVolumeWriter } from '../format/tar.js';
+import { ZERO_FILL, type TarVolumeWriter } from '../format/tar.js';
 import { UsageError } from '../errors.js';
 import { validateSources, withModel } from '../model/sources.js';
 import type { ValidationResult } from '../model/validate.js';
@@ -360,9 +360,6 @@ async function storeEntry(planned: PlannedEntry, position: number, ctx: StoreCon
 }
 
 type Stored = ReadOutcome & { ref: ContentRef };
-
-/** What a torn read is padded with, a piece at a time. */
-const ZERO_FILL = Buffer.alloc(1 << 20);
 
 /** Archives a small file already read whole (or reuses its reference when it proves unchanged). */
 async function storeWholeFile(whole: WholeFile | undefined, planned: PlannedEntry, name: string, ctx: StoreContext): Promise<Stored | 'vanished'> {

@@ -5,6 +5,8 @@ import { crc32 } from './checksum.js';
 
 const BLOCK = 512;
 const ZERO_BLOCKS = Buffer.alloc(BLOCK * 2);
+/** What a torn read is padded with, a piece at a time (read only). */
+export const ZERO_FILL = Buffer.alloc(1 << 20);
 
 export interface TarHeaderFields {
   name: string;
@@ -115,8 +117,8 @@ export class TarVolumeWriter {
   async endEntry(written: number, size: number): Promise<void> {
     let missing = size - written;
     while (missing > 0) {
-      const n = Math.min(missing, 1 << 20);
-      await this.push(Buffer.alloc(n), true);
+      const n = Math.min(missing, ZERO_FILL.length);
+      await this.push(ZERO_FILL.subarray(0, n), true);
       missing -= n;
     }
     const pad = (BLOCK - (size % BLOCK)) % BLOCK;
