@@ -1,7 +1,6 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { parseDocument } from 'yaml';
-import { z } from 'zod';
+import * as z from 'zod';
 import { UsageError } from '../errors.js';
 import { parseDuration } from './duration.js';
 
@@ -98,10 +97,12 @@ export async function loadConfig(options: { explicit?: string; cwd: string; env:
     if ((err as NodeJS.ErrnoException).code === 'ENOENT' && named === undefined) return { config: {} };
     throw new UsageError(`cannot read config file ${file}: ${(err as Error).message}`);
   }
-  return { config: parseConfig(text, file), file };
+  return { config: await parseConfig(text, file), file };
 }
 
-export function parseConfig(text: string, file: string): LifeboatConfig {
+export async function parseConfig(text: string, file: string): Promise<LifeboatConfig> {
+  // Most runs have no config file; the YAML parser is loaded only for those that do.
+  const { parseDocument } = await import('yaml');
   const doc = parseDocument(text, { prettyErrors: false });
   if (doc.errors.length > 0) {
     const e = doc.errors[0]!;

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import * as os from 'node:os';
-import { z } from 'zod';
+import * as z from 'zod';
 import type { Storage } from '../storage/storage.js';
 
 const PREFIX = 'journal/';

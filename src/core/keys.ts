@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import * as os from 'node:os';
-import { z } from 'zod';
+import * as z from 'zod';
 import { IntegrityError, UsageError } from '../errors.js';
 import { decodeDocument, encodeDocument } from '../format/document.js';
 import { keys as layout, repositoryConfigSchema, type EncryptionConfig, type RepositoryConfig } from '../format/manifest.js';

@@ -1,5 +1,5 @@
 import * as os from 'node:os';
-import { z } from 'zod';
+import * as z from 'zod';
 import { LockedError, errorMessage } from '../errors.js';
 import { isNotFound, type Storage } from '../storage/storage.js';
 import { keys } from '../format/manifest.js';

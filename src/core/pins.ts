@@ -1,5 +1,5 @@
 import * as os from 'node:os';
-import { z } from 'zod';
+import * as z from 'zod';
 import { LockedError, UsageError, errorMessage } from '../errors.js';
 import { decodeDocument, encodeDocument } from '../format/document.js';
 import { POINT_ID } from '../format/ids.js';

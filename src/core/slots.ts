@@ -1,7 +1,7 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { z } from 'zod';
+import * as z from 'zod';
 import * as os from 'node:os';
 import { LockedError, UsageError } from '../errors.js';
 import { POINT_ID } from '../format/ids.js';

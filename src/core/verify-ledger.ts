@@ -1,5 +1,5 @@
 import { createHash, randomInt } from 'node:crypto';
-import { z } from 'zod';
+import * as z from 'zod';
 import { decodeDocument, encodeDocument } from '../format/document.js';
 import { errorMessage } from '../errors.js';
 import { isNotFound, type Storage } from '../storage/storage.js';

@@ -1,4 +1,4 @@
-import type { z } from 'zod';
+import type * as z from 'zod';
 import { IntegrityError } from '../errors.js';
 import { sha256Hex } from './checksum.js';
 

@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 import { POINT_ID } from './ids.js';
 import type { VolumeChecksum } from './tar.js';
 
