@@ -97,19 +97,32 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const ids = await repo.pointIds();
     const choice = chooseReference(ids, options.type);
     if (choice.fallbackReason) reporter.notice?.({ level: 'info', code: 'type-fallback', message: choice.fallbackReason });
-    const reference = choice.referenceId ? await repo.manifest(choice.referenceId) : undefined;
+    // The reference manifest is read and checked while the sources are scanned: one waits on the disk while the other computes.
+    const referenceRead = choice.referenceId ? repo.manifest(choice.referenceId) : Promise.resolve(undefined);
+    referenceRead.catch(() => undefined);
 
     const scanned: ScannedSource[] = [];
     for (const spec of options.sources) {
       scanned.push(await scanSource(spec, options.excludes ?? [], { ...reporter, notice: (n) => (n.level === 'warning' ? warn(n) : reporter.notice?.(n)) }, options.signal));
     }
+    const reference = await referenceRead;
     const allEntries = scanned.flatMap((s) => s.entries);
     const plan = planBackup(allEntries, reference);
     // Model files are checked on the source (headers only): a model that would not load is a warning, a failure with --strict.
-    const models = unchangedFiles(plan, reference) ? modelsOf(reference!) : await validateSources(scanned, options.signal);
-    for (const f of models.findings) warn({ code: 'model-invalid', path: f.path, message: `${f.format}: ${f.reason}` });
-    if (options.strict && models.findings.length > 0) {
-      throw new IntegrityError(`backup refused by --strict: ${models.findings.length} model problem(s), first: ${models.findings[0]!.path}: ${models.findings[0]!.reason}`);
+    // The checks mostly wait on small reads, so they run beside the storing unless --strict must refuse before it.
+    const modelCheck = unchangedFiles(plan, reference) ? Promise.resolve(modelsOf(reference!)) : validateSources(scanned, options.signal);
+    modelCheck.catch(() => undefined);
+    const modelsChecked = async (): Promise<ValidationResult> => {
+      const models = await modelCheck;
+      for (const f of models.findings) warn({ code: 'model-invalid', path: f.path, message: `${f.format}: ${f.reason}` });
+      return models;
+    };
+    let models: ValidationResult | undefined;
+    if (options.strict || options.dryRun) {
+      models = await modelsChecked();
+      if (options.strict && models.findings.length > 0) {
+        throw new IntegrityError(`backup refused by --strict: ${models.findings.length} model problem(s), first: ${models.findings[0]!.path}: ${models.findings[0]!.reason}`);
+      }
     }
     const totalBytes = allEntries.reduce((n, e) => n + (e.type === 'file' ? e.size : 0), 0);
     const fileCount = allEntries.filter((e) => e.type === 'file').length;
@@ -156,14 +169,16 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       superseded: [],
       signal: options.signal,
     };
-    const entries: ManifestEntry[] = [];
+    const stored: ManifestEntry[] = [];
     for (const [position, planned] of plan.entries.entries()) {
       throwIfAborted(options.signal);
       const entry = await storeEntry(planned, position, context);
-      if (entry) entries.push(withModel(entry, models.recognised));
+      if (entry) stored.push(entry);
     }
     const volumes = await sink.finish();
     throwIfAborted(options.signal);
+    const { recognised } = models ?? (await modelsChecked());
+    const entries = stored.map((entry) => withModel(entry, recognised));
 
     if (options.strict && warnings.length > 0) {
       throw new IntegrityError(`backup refused by --strict: ${warnings.length} warning(s), first: ${warnings[0]!.path ?? ''} ${warnings[0]!.message}`);
