@@ -308,6 +308,11 @@ test('backup warns about an invalid model, --strict refuses it with exit 3; mani
     [`models/llama/${shardNames[3]}`],
   );
   assert.match(lax.stderr, /model-00004-of-00004\.safetensors/);
+  // Without --strict the checks run while the changed files are stored; what they found must still reach the manifest.
+  const laxPoint = (await lifeboat(['--repo', repo, '--json', 'show', 'latest'])).json();
+  assert.equal(laxPoint.id, lax.json().id);
+  assert.deepEqual(laxPoint.entries.find((e: { path: string }) => e.path === `llama/${shardNames[0]}`).model, { format: 'safetensors', tensors: 3, dtypes: ['bf16'] });
+  assert.ok(laxPoint.warnings.some((w: { code: string; path: string }) => w.code === 'model-invalid' && w.path === `models/llama/${shardNames[3]}`), JSON.stringify(laxPoint.warnings));
 });
 
 test('verify --deep restores a point and finds the model problem stored in it (exit 3); a clean point passes', async (t) => {
