@@ -1,4 +1,5 @@
-import { Header, Pax } from 'tar';
+import { Header } from 'tar/header';
+import { Pax } from 'tar/pax';
 import { IntegrityError, throwIfAborted } from '../errors.js';
 import { readFully, type ObjectReader } from '../storage/storage.js';
 import { crc32 } from './checksum.js';
