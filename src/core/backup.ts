@@ -88,11 +88,15 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   let sink: VolumeSink | undefined;
   let hasher: Sha256Offload | undefined;
   let id: string | undefined;
+  let leftoversRemoved: Promise<void> = Promise.resolve();
   try {
     if (lock?.tookOver) {
       reporter.notice?.({ level: 'warning', code: 'stale-lock', message: `took over a stale lock of ${describeLock(lock.tookOver.info)} (${lock.tookOver.reason})` });
     }
-    if (!options.dryRun) await removeLeftovers(repo, reporter);
+    // Leftovers of aborted backups are listed and removed while this one scans; they must be gone
+    // before it writes, since its own volumes have no manifest yet either.
+    if (!options.dryRun) leftoversRemoved = removeLeftovers(repo, reporter);
+    leftoversRemoved.catch(() => undefined);
 
     const ids = await repo.pointIds();
     const choice = chooseReference(ids, options.type);
@@ -152,6 +156,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       return result;
     }
 
+    await leftoversRemoved;
     sink = new VolumeSink(repo.storage, id, options.volumeSize ?? repo.config.volumeSize, options.concurrency ?? DEFAULT_TRANSFERS, options.signal);
     const small = plan.entries.flatMap((p, position) =>
       p.action !== 'reuse' && p.scanned.size <= SMALL_FILE ? [{ position, path: p.scanned.abs, size: p.scanned.size }] : [],
@@ -224,6 +229,8 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     throw err;
   } finally {
     await hasher?.close();
+    // The lock covers the removal too, even when the backup failed before waiting for it.
+    await leftoversRemoved.catch(() => undefined);
     await lock?.release();
   }
 }
