@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { lifeboat, spawnLifeboat } from './helpers/cli.js';
+import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
 import { exists, smallDeployment } from './helpers/repo.js';
 import { tempDir } from './helpers/tree.js';
 
@@ -29,6 +29,21 @@ test('config errors exit 2 and name the key', async () => {
   const none = await lifeboat(['list'], { cwd: os.tmpdir() === dir ? '/' : await tempDir() });
   assert.equal(none.code, 2);
   assert.match(none.stderr, /no repository given/);
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+test('the installed program reads a config file, and names the key of a bad one (exit 2)', async () => {
+  // In-process runs use the compiled modules; the program users run is the bundle, which loads the YAML parser its own way.
+  const dir = await tempDir();
+  assert.equal((await lifeboat(['--repo', path.join(dir, 'repo'), 'init'])).code, 0);
+  await fsp.writeFile(path.join(dir, 'lifeboat.yaml'), 'repository: ./repo\nretention: { keepFull: 2 }\n');
+  const listed = await runChild(['--json', 'list'], { cwd: dir });
+  assert.equal(listed.code, 0, listed.stderr);
+  assert.deepEqual(listed.json(), []);
+  await fsp.writeFile(path.join(dir, 'lifeboat.yaml'), 'repository: ./repo\nretention: { keepFull: "four" }\n');
+  const bad = await runChild(['list'], { cwd: dir });
+  assert.equal(bad.code, 2, bad.stderr);
+  assert.match(bad.stderr, /lifeboat\.yaml: retention\.keepFull: /);
   await fsp.rm(dir, { recursive: true, force: true });
 });
 

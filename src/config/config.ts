@@ -101,8 +101,10 @@ export async function loadConfig(options: { explicit?: string; cwd: string; env:
 }
 
 export async function parseConfig(text: string, file: string): Promise<LifeboatConfig> {
-  // Most runs have no config file; the YAML parser is loaded only for those that do.
-  const { parseDocument } = await import('yaml');
+  // Most runs have no config file; the YAML parser is loaded only for those that do. It is a
+  // CommonJS package: bundled, its exports arrive as the default export only.
+  const yaml: typeof import('yaml') & { default?: typeof import('yaml') } = await import('yaml');
+  const { parseDocument } = yaml.default ?? yaml;
   const doc = parseDocument(text, { prettyErrors: false });
   if (doc.errors.length > 0) {
     const e = doc.errors[0]!;
