@@ -1,0 +1,63 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import Database from 'better-sqlite3';
+import { runChild, type CliRun } from './helpers/cli.js';
+import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
+
+// Most tests run the CLI in-process on the compiled modules. Users run the bundle, which loads
+// some dependencies its own way (on demand, CommonJS through esbuild's interop, worker threads
+// from beside it): this walks one encrypted deployment through it, config file and all.
+test('the installed program backs up, verifies, restores and drills an encrypted deployment from its config file', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const models = path.join(work, 'models');
+  await fsp.mkdir(path.join(models, 'tok'), { recursive: true });
+  await fsp.writeFile(path.join(models, 'config.json'), JSON.stringify({ vocab_size: 2 }));
+  await fsp.writeFile(path.join(models, 'tok', 'tokenizer.json'), JSON.stringify({ model: { vocab: { a: 0, b: 1 } } }));
+  // Larger than a small file, so the hashing and encryption threads both run.
+  await writeRandomFile(path.join(models, 'weights.bin'), 3 << 20, prng(11));
+  const db = new Database(path.join(work, 'registry.db'));
+  db.exec('CREATE TABLE versions (name TEXT); INSERT INTO versions VALUES (\'v41\')');
+  db.close();
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    ['repository: ./repo', 'sources:', '  models: ./models', '  registry: { sqlite: ./registry.db }', '  features: { command: "printf features-v1" }', ''].join('\n'),
+  );
+  const env = { LIFEBOAT_PASSWORD: 'correct horse battery staple' };
+  const run = (args: string[], options: { env?: NodeJS.ProcessEnv } = {}): Promise<CliRun> => runChild(args, { cwd: work, env: options.env ?? env });
+  const ok = async (args: string[]): Promise<CliRun> => {
+    const r = await run(args);
+    assert.equal(r.code, 0, `lifeboat ${args.join(' ')}: ${r.stderr}`);
+    return r;
+  };
+
+  await ok(['init', '--encryption', 'aes-256-gcm']);
+  const full = (await ok(['--json', 'backup', '--type', 'full'])).json();
+  assert.equal(full.type, 'full');
+  assert.equal(full.files, 5);
+  await fsp.writeFile(path.join(models, 'config.json'), JSON.stringify({ vocab_size: 2, hidden: 8 }));
+  const incr = (await ok(['--json', 'backup'])).json();
+  assert.equal(incr.type, 'incr');
+  assert.ok(incr.changed >= 1, JSON.stringify(incr));
+  assert.deepEqual((await ok(['--json', 'list'])).json().map((p: { id: string }) => p.id), [full.id, incr.id]);
+  assert.match((await ok(['verify', '--read-data'])).stdout, /no problems found/);
+
+  const out = path.join(work, 'restored');
+  await ok(['--json', 'restore', full.id, '--target', out]);
+  assert.deepEqual(JSON.parse(await fsp.readFile(path.join(out, 'models', 'config.json'), 'utf8')), { vocab_size: 2 });
+  assert.ok((await fsp.readFile(path.join(out, 'models', 'weights.bin'))).equals(await fsp.readFile(path.join(models, 'weights.bin'))));
+  assert.equal(await fsp.readFile(path.join(out, 'features', 'stdout'), 'utf8'), 'features-v1');
+  const restoredDb = new Database(path.join(out, 'registry', 'registry.db'), { readonly: true });
+  assert.deepEqual(restoredDb.prepare('SELECT name FROM versions').all(), [{ name: 'v41' }]);
+  restoredDb.close();
+
+  const drill = (await ok(['--json', 'drill'])).json();
+  assert.equal(drill.ok, true, JSON.stringify(drill));
+  assert.equal(drill.point, incr.id);
+
+  const wrong = await run(['list'], { env: { LIFEBOAT_PASSWORD: 'wrong' } });
+  assert.equal(wrong.code, 2, wrong.stderr);
+  assert.match(wrong.stderr, /wrong password/);
+});
