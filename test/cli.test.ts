@@ -47,6 +47,20 @@ test('the installed program reads a config file, and names the key of a bad one 
   await fsp.rm(dir, { recursive: true, force: true });
 });
 
+test('an S3 repository with no credentials anywhere is a set-up error (exit 2) that says how to provide them', async () => {
+  const home = await tempDir();
+  const env: NodeJS.ProcessEnv = { ...process.env, HOME: home, AWS_REGION: 'us-east-1', AWS_EC2_METADATA_DISABLED: 'true' };
+  for (const k of Object.keys(env)) {
+    if (/^AWS_(ACCESS_KEY_ID|SECRET_ACCESS_KEY|SESSION_TOKEN|PROFILE|CONFIG_FILE|SHARED_CREDENTIALS_FILE|WEB_IDENTITY_TOKEN_FILE|ROLE_ARN|CONTAINER_.*)$/.test(k)) delete env[k];
+  }
+  // Nothing listens there: credentials are looked for before any request is sent.
+  const r = await runChild(['--repo', 's3://lifeboat-nobody/repo', '--s3-endpoint', 'http://127.0.0.1:9', '--s3-path-style', 'list'], { env });
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /no AWS credentials were found/);
+  assert.match(r.stderr, /AWS_PROFILE/);
+  await fsp.rm(home, { recursive: true, force: true });
+});
+
 test('flags override LIFEBOAT_REPO, which overrides the config file; sources come from the config', async () => {
   const d = await smallDeployment();
   const other = path.join(d.work, 'other-repo');

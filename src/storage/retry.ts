@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import { LifeboatError, RuntimeFailure, errorMessage } from '../errors.js';
+import { LifeboatError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
 import type { GetOptions, ObjectInfo, ObjectReader, ObjectWriter, PutOptions, Storage, StorageCapabilities } from './storage.js';
 
 export interface RetryPolicy {
@@ -129,6 +129,13 @@ export async function retrying<T>(
 export function asFailure(operation: string, key: string, err: unknown, attempts = 1): Error {
   if (err instanceof LifeboatError) return err;
   if (err instanceof Error && err.name === 'AbortError') return err;
+  // No credentials anywhere in the AWS chain is a set-up mistake, found before any request is sent.
+  if ((err as { name?: string })?.name === 'CredentialsProviderError') {
+    return new UsageError(`no AWS credentials were found for the repository (${operation} ${key})`, {
+      cause: err,
+      hint: 'set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an instance or container role provides them',
+    });
+  }
   const status = (err as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
   const tries = attempts > 1 ? ` after ${attempts} attempts` : '';
   const hint =
