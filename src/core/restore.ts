@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { Sha256Offload, type StreamDigest } from './hash-offload.js';
 import { SMALL_FILE } from './file-reader.js';
-import { IntegrityError, UsageError, errorMessage, throwIfAborted } from '../errors.js';
+import { IntegrityError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { recordedChecksum, volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { sha256OfFile } from '../format/checksum.js';
@@ -13,6 +13,7 @@ import type { Notice, Progress, Reporter } from './events.js';
 import type { Repository } from './repository.js';
 import { planRestore, type RestorePlan } from './restore-plan.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
+import { makeDirectories } from '../format/mkdirs.js';
 
 export interface RestoreOptions {
   target: string;
@@ -61,9 +62,13 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
   }
   const plan = await planRestore(repo, manifest, options.include);
   const delta = options.delta === true && targetState === 'non-empty';
-  await fsp.mkdir(path.dirname(target), { recursive: true });
   const staging = path.join(path.dirname(target), `.${path.basename(target)}.lifeboat-staging-${process.pid}-${randomBytes(4).toString('hex')}`);
-  await fsp.mkdir(staging, { mode: 0o700 });
+  try {
+    await makeDirectories(path.dirname(target));
+    await fsp.mkdir(staging, { mode: 0o700 });
+  } catch (err) {
+    throw new RuntimeFailure(`cannot create ${staging} to restore into: ${errorMessage(err)}`, { cause: err, hint: 'check the --target path and that it is writable' });
+  }
   try {
     const result: RestoreResult = { point: manifest.id, target, files: plan.files.length, bytes: plan.bytes, durationMs: 0, warnings };
     let wanted = plan.files;
@@ -140,7 +145,7 @@ async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, c
   const made = new Set<string>();
   const ensureDir = async (dir: string) => {
     if (made.has(dir)) return;
-    await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+    await makeDirectories(dir, 0o700);
     made.add(dir);
   };
   await runPool(plan.volumes, concurrency, async (job) => {
@@ -388,12 +393,12 @@ function nsToSeconds(ns: string): number {
 
 /** Creates dirs and links, then applies modes and times (deepest first so parents keep theirs). */
 async function finishTree(plan: RestorePlan, root: string): Promise<void> {
-  for (const s of plan.manifest.sources) await fsp.mkdir(path.join(root, s.name), { recursive: true, mode: 0o700 });
+  for (const s of plan.manifest.sources) await makeDirectories(path.join(root, s.name), 0o700);
   for (const e of plan.entries) {
     const p = pathIn(root, e);
-    if (e.type === 'dir') await fsp.mkdir(p, { recursive: true, mode: 0o700 });
+    if (e.type === 'dir') await makeDirectories(p, 0o700);
     else if (e.type === 'symlink') {
-      await fsp.mkdir(path.dirname(p), { recursive: true, mode: 0o700 });
+      await makeDirectories(path.dirname(p), 0o700);
       await fsp.symlink(e.target!, p);
     }
   }
@@ -494,14 +499,14 @@ async function applyDelta(
     const root = path.join(target, s.name);
     const st = await fsp.lstat(root).catch(() => undefined);
     if (st && !st.isDirectory()) await fsp.rm(root, { recursive: true, force: true });
-    await fsp.mkdir(root, { recursive: true });
+    await makeDirectories(root);
     // With --include only part of the point is wanted, so nothing else is judged extra.
     if (prune) removed += await pruneTree(root, s.name, wantedPaths);
   }
   for (const e of plan.entries) {
     const p = pathIn(target, e);
     if (e.type === 'dir') {
-      await fsp.mkdir(p, { recursive: true });
+      await makeDirectories(p);
     } else if (e.type === 'symlink') {
       const current = await fsp.readlink(p).catch(() => undefined);
       if (current !== e.target) {

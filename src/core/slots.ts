@@ -3,8 +3,9 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import * as z from 'zod';
 import * as os from 'node:os';
-import { LockedError, UsageError } from '../errors.js';
+import { LockedError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
 import { POINT_ID } from '../format/ids.js';
+import { makeDirectories } from '../format/mkdirs.js';
 
 /** Kept in the slots directory: what the link pointed at before the last switch, and the switches made. */
 export const TARGET_STATE_FILE = '.lifeboat-target.json';
@@ -63,7 +64,7 @@ export async function switchActive(active: string, dir: string | null): Promise<
     return;
   }
   const parent = path.dirname(active);
-  await fsp.mkdir(parent, { recursive: true });
+  await makeDirectories(parent);
   const tmp = path.join(parent, `.${path.basename(active)}.lifeboat-${process.pid}-${randomBytes(4).toString('hex')}`);
   await fsp.symlink(path.relative(parent, dir) || '.', tmp);
   try {
@@ -88,7 +89,7 @@ export async function readTargetState(slots: string): Promise<TargetState> {
 }
 
 export async function writeTargetState(slots: string, state: TargetState): Promise<void> {
-  await fsp.mkdir(slots, { recursive: true });
+  await makeDirectories(slots);
   const file = path.join(slots, TARGET_STATE_FILE);
   const tmp = `${file}.${process.pid}-${randomBytes(4).toString('hex')}`;
   const body = { ...state, history: state.history.slice(-HISTORY) };
@@ -148,7 +149,12 @@ function alive(pid: number): boolean {
  * left by a process that is gone from this host is taken over. Exit 4 otherwise.
  */
 export async function lockTarget(slots: string, name: string, command: string): Promise<() => Promise<void>> {
-  await fsp.mkdir(slots, { recursive: true });
+  await makeDirectories(slots).catch((err: unknown) => {
+    throw new RuntimeFailure(`cannot create the slots directory ${slots} of target ${name}: ${errorMessage(err)}`, {
+      cause: err,
+      hint: `check targets.${name}.slots in the config file`,
+    });
+  });
   const file = path.join(slots, TARGET_LOCK_FILE);
   const mine = JSON.stringify({ host: os.hostname(), pid: process.pid, command, startedAt: new Date().toISOString() });
   for (let attempt = 0; attempt < 3; attempt++) {

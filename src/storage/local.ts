@@ -6,6 +6,7 @@ import type { Readable } from 'node:stream';
 import { RuntimeFailure, errorMessage } from '../errors.js';
 import { EarlyWriteback, syncPath, writeAt, writeFileSynced } from '../format/durable.js';
 import { putThroughWriter } from './put-through-writer.js';
+import { makeDirectories } from '../format/mkdirs.js';
 import {
   ObjectNotFoundError,
   type GetOptions,
@@ -44,13 +45,15 @@ export class LocalStorage implements Storage {
 
   private async tempFile(): Promise<string> {
     const dir = path.join(this.root, TMP_DIR);
-    await fsp.mkdir(dir, { recursive: true });
+    await makeDirectories(dir).catch((err: unknown) => {
+      throw new RuntimeFailure(`cannot create ${dir}: ${errorMessage(err)}`, { cause: err });
+    });
     return path.join(dir, `${process.pid}-${randomBytes(6).toString('hex')}`);
   }
 
   private async commit(tmp: string, final: string, exclusive: boolean): Promise<boolean> {
     const dir = path.dirname(final);
-    await fsp.mkdir(dir, { recursive: true });
+    await makeDirectories(dir);
     if (exclusive) {
       // link() fails with EEXIST atomically, which rename() would not.
       try {

@@ -1,0 +1,44 @@
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+
+/**
+ * `mkdir -p`: creates a directory and any missing parents, and accepts one
+ * that is already there. Node's own `mkdir(dir, { recursive: true })` loops
+ * forever when a directory cannot be created although its parent exists
+ * (mkdir under /proc or /sys answers ENOENT), so a mistyped repository or
+ * target path would hang the command at full CPU. This climbs once to the
+ * nearest existing ancestor and creates each missing level once.
+ */
+export async function makeDirectories(dir: string, mode?: number): Promise<void> {
+  const missing: string[] = [];
+  for (let at = path.resolve(dir); ; ) {
+    try {
+      await fsp.mkdir(at, { mode });
+      break;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EEXIST') {
+        await requireDirectory(at, err);
+        break;
+      }
+      const parent = path.dirname(at);
+      if (code !== 'ENOENT' || parent === at) throw err;
+      missing.push(at);
+      at = parent;
+    }
+  }
+  for (const level of missing.reverse()) {
+    try {
+      await fsp.mkdir(level, { mode });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      await requireDirectory(level, err);
+    }
+  }
+}
+
+/** Something is at `at`: fine if it is a directory (or a link to one), else the mkdir's error stands. */
+async function requireDirectory(at: string, mkdirError: unknown): Promise<void> {
+  const st = await fsp.stat(at).catch(() => undefined);
+  if (!st?.isDirectory()) throw Object.assign(new Error(`${at} exists and is not a directory`), { code: 'ENOTDIR', path: at, cause: mkdirError });
+}

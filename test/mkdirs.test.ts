@@ -1,0 +1,60 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { makeDirectories } from '../src/format/mkdirs.js';
+import { lifeboat } from './helpers/cli.js';
+import { smallDeployment } from './helpers/repo.js';
+import { tempDir } from './helpers/tree.js';
+
+// Under /proc, mkdir answers ENOENT although the parent exists: Node's recursive mkdir never returns there.
+const UNCREATABLE = '/proc/lifeboat-cannot-create/here';
+const procMissing = await fsp.stat('/proc/self').then(
+  () => undefined,
+  () => 'no /proc on this system',
+);
+// A regression hangs at full CPU; the timeout turns that into a failure.
+const BOUNDED = { timeout: 30_000 };
+
+test('makeDirectories creates missing levels, accepts what exists, and refuses a file or a dangling link in the way', BOUNDED, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const deep = path.join(work, 'a', 'b', 'c');
+  await makeDirectories(deep, 0o700);
+  assert.ok((await fsp.stat(deep)).isDirectory());
+  assert.equal((await fsp.stat(path.join(work, 'a'))).mode & 0o777, 0o700 & ~process.umask());
+  await makeDirectories(deep);
+  await makeDirectories(work);
+
+  await fsp.writeFile(path.join(work, 'file'), 'x');
+  await assert.rejects(makeDirectories(path.join(work, 'file', 'below')), { code: 'ENOTDIR' });
+  await assert.rejects(makeDirectories(path.join(work, 'file')), { code: 'ENOTDIR' });
+  await fsp.symlink(path.join(work, 'nowhere'), path.join(work, 'dangling'));
+  await assert.rejects(makeDirectories(path.join(work, 'dangling', 'repo')), { code: 'ENOTDIR' });
+  await fsp.symlink(deep, path.join(work, 'to-deep'));
+  await makeDirectories(path.join(work, 'to-deep', 'd'));
+  assert.ok((await fsp.stat(path.join(deep, 'd'))).isDirectory());
+});
+
+test('makeDirectories gives up where a directory cannot be created although its parent exists', { ...BOUNDED, skip: procMissing }, async () => {
+  await assert.rejects(makeDirectories(UNCREATABLE), { code: 'ENOENT' });
+});
+
+test('init, restore and failover into a path that cannot be created fail with the path named instead of hanging', { ...BOUNDED, skip: procMissing }, async (t) => {
+  const init = await lifeboat(['--repo', UNCREATABLE, 'init']);
+  assert.equal(init.code, 1, init.stderr);
+  assert.match(init.stderr, /cannot create \/proc\/lifeboat-cannot-create\/here/);
+
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src, '--type', 'full'])).code, 0);
+  const restore = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', `${UNCREATABLE}/restore`]);
+  assert.equal(restore.code, 1, restore.stderr);
+  assert.match(restore.stderr, /cannot create .*lifeboat-cannot-create.* to restore into/);
+
+  const config = path.join(d.work, 'lifeboat.yaml');
+  await fsp.writeFile(config, `repository: ${d.repo}\ntargets:\n  prod: { slots: ${UNCREATABLE}/slots, active: ${d.work}/current }\n`);
+  const failover = await lifeboat(['--config', config, 'failover', '--to', 'prod']);
+  assert.equal(failover.code, 1, failover.stderr);
+  assert.match(failover.stderr, /cannot create the slots directory .* of target prod/);
+});
