@@ -20,6 +20,7 @@ import { UsageError } from '../errors.js';
 import { validateSources, withModel } from '../model/sources.js';
 import type { ValidationResult } from '../model/validate.js';
 import type { ModelFinding, ModelInfo } from '../model/types.js';
+import { openRegularFile } from '../format/durable.js';
 
 export interface BackupOptions {
   sources: SourceSpec[];
@@ -410,9 +411,10 @@ async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreCont
   const s = planned.scanned;
   let fh: fsp.FileHandle;
   try {
-    fh = await fsp.open(s.abs, 'r');
+    fh = await openRegularFile(s.abs);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'vanished';
+    // Gone, or no longer a file (a pipe there would block the read): either way the scanned file is not there.
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'EFTYPE') return 'vanished';
     throw new IntegrityError(`cannot read ${s.abs}: ${errorMessage(err)}`);
   }
   try {

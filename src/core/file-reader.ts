@@ -1,5 +1,6 @@
 import * as fsp from 'node:fs/promises';
 import type { BigIntStats } from 'node:fs';
+import { openRegularFile } from '../format/durable.js';
 
 /** Files up to this size are read whole, ahead of time, so their latency overlaps. */
 export const SMALL_FILE = 1 << 20;
@@ -14,9 +15,9 @@ export interface WholeFile {
 export async function readWholeFile(file: string): Promise<WholeFile | undefined> {
   let fh: fsp.FileHandle;
   try {
-    fh = await fsp.open(file, 'r');
+    fh = await openRegularFile(file);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'EFTYPE') return undefined;
     throw err;
   }
   try {

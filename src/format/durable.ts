@@ -1,3 +1,4 @@
+import { constants as fsConstants } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 
 /** Writes all of `chunk` at `position`; resolves once the chunk may be reused. */
@@ -57,5 +58,33 @@ export class EarlyWriteback {
   /** Waits for the writeback in flight; call before the final fsync or closing the file. */
   settle(): Promise<void> {
     return this.syncing;
+  }
+}
+
+/**
+ * Opens a file for reading only if it is a regular file. A named pipe or a
+ * device put where a file should be would otherwise block the open (and the
+ * thread doing it) for as long as nothing writes to it: with O_NONBLOCK the
+ * open returns at once, and the type is checked before anything is read.
+ */
+export async function openRegularFile(file: string): Promise<fsp.FileHandle> {
+  const fh = await fsp.open(file, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+  try {
+    if ((await fh.stat()).isFile()) return fh;
+  } catch (err) {
+    await fh.close();
+    throw err;
+  }
+  await fh.close();
+  throw Object.assign(new Error(`${file} is not a regular file`), { code: 'EFTYPE', path: file });
+}
+
+/** A regular file's whole content as UTF-8 (see openRegularFile). */
+export async function readRegularFile(file: string): Promise<string> {
+  const fh = await openRegularFile(file);
+  try {
+    return await fh.readFile('utf8');
+  } finally {
+    await fh.close();
   }
 }

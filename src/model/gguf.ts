@@ -1,7 +1,7 @@
-import * as fsp from 'node:fs/promises';
 import { errorMessage } from '../errors.js';
 import { FileCursor, TruncatedError, safeNumber } from './io.js';
 import { bump, dtypeSummary, type FileCheck } from './types.js';
+import { openRegularFile } from '../format/durable.js';
 
 const MAGIC = 0x46554747; // "GGUF" read as a little-endian u32
 /** Keys and tensor names longer than this are not read (the format's own limit is far lower in practice). */
@@ -50,7 +50,7 @@ async function skipValue(c: FileCursor, type: number, v1: boolean, key: string, 
  * a table that runs into the data or as unaccounted bytes at the end.
  */
 export async function checkGguf(abs: string): Promise<FileCheck> {
-  const fh = await fsp.open(abs, 'r');
+  const fh = await openRegularFile(abs);
   try {
     const size = (await fh.stat()).size;
     const c = new FileCursor(fh, size);

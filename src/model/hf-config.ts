@@ -1,6 +1,6 @@
-import * as fsp from 'node:fs/promises';
 import { errorMessage } from '../errors.js';
 import type { FileCheck, ModelFinding, ModelInfo } from './types.js';
+import { readRegularFile } from '../format/durable.js';
 
 /** Config and tokenizer files are parsed whole; anything bigger than this is not read. */
 export const MAX_JSON_BYTES = 256 << 20;
@@ -18,7 +18,7 @@ async function readJson(abs: string, size: number): Promise<{ value?: Record<str
   if (size > MAX_JSON_BYTES) return { reason: `is ${size} bytes; more than ${MAX_JSON_BYTES} is not read` };
   let parsed: unknown;
   try {
-    parsed = JSON.parse(await fsp.readFile(abs, 'utf8'));
+    parsed = JSON.parse(await readRegularFile(abs));
   } catch (err) {
     return { reason: `is not valid JSON: ${errorMessage(err)}` };
   }

@@ -5,6 +5,7 @@ import type protobuf from 'protobufjs';
 import { errorMessage } from '../errors.js';
 import { readAt } from './io.js';
 import { bump, dtypeSummary, type FileCheck, type ModelInfo, type TreeFile } from './types.js';
+import { openRegularFile } from '../format/durable.js';
 
 /**
  * The part of onnx/onnx.proto (IR version 10) that validation needs: the
@@ -209,7 +210,7 @@ export async function checkOnnx(file: TreeFile, byName: ReadonlyMap<string, Tree
   const reasons: string[] = [];
   let model: ModelMsg;
   let walked = false;
-  const fh = await fsp.open(file.abs, 'r');
+  const fh = await openRegularFile(file.abs);
   try {
     const size = (await fh.stat()).size;
     try {

@@ -1,8 +1,8 @@
-import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { errorMessage } from '../errors.js';
 import { readAt } from './io.js';
 import { bump, dtypeSummary, type FileCheck, type ModelFinding, type ModelInfo, type TreeFile } from './types.js';
+import { openRegularFile, readRegularFile } from '../format/durable.js';
 
 /** The safetensors format caps its JSON header at 100 MB; nothing bigger is read. */
 export const MAX_HEADER_BYTES = 100_000_000;
@@ -51,7 +51,7 @@ interface Tensor {
  */
 export async function checkSafetensors(abs: string): Promise<SafetensorsCheck> {
   const reasons: string[] = [];
-  const fh = await fsp.open(abs, 'r');
+  const fh = await openRegularFile(abs);
   try {
     const size = (await fh.stat()).size;
     if (size < 8) return { reasons: [`file is ${size} bytes, shorter than the 8-byte header length`] };
@@ -137,7 +137,7 @@ async function readIndex(abs: string, size: number): Promise<{ map?: Map<string,
   if (size > MAX_HEADER_BYTES) return { reason: `index is ${size} bytes; more than ${MAX_HEADER_BYTES} is not read` };
   let parsed: unknown;
   try {
-    parsed = JSON.parse(await fsp.readFile(abs, 'utf8'));
+    parsed = JSON.parse(await readRegularFile(abs));
   } catch (err) {
     return { reason: `not valid JSON: ${errorMessage(err)}` };
   }

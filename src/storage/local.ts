@@ -3,8 +3,8 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { RuntimeFailure, errorMessage } from '../errors.js';
-import { EarlyWriteback, syncPath, writeAt, writeFileSynced } from '../format/durable.js';
+import { IntegrityError, RuntimeFailure, errorMessage } from '../errors.js';
+import { EarlyWriteback, openRegularFile, syncPath, writeAt, writeFileSynced } from '../format/durable.js';
 import { putThroughWriter } from './put-through-writer.js';
 import { makeDirectories } from '../format/mkdirs.js';
 import {
@@ -143,7 +143,12 @@ export class LocalStorage implements Storage {
 
   async getDocument(key: string): Promise<Buffer> {
     try {
-      return await fsp.readFile(this.pathOf(key));
+      const fh = await openRegularFile(this.pathOf(key));
+      try {
+        return await fh.readFile();
+      } finally {
+        await fh.close();
+      }
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new ObjectNotFoundError(key, this.location);
       throw wrap('read', key, err);
@@ -189,7 +194,7 @@ export class LocalStorage implements Storage {
   }
 
   private async openForReading(key: string): Promise<fsp.FileHandle> {
-    return fsp.open(this.pathOf(key), 'r').catch((err: NodeJS.ErrnoException) => {
+    return openRegularFile(this.pathOf(key)).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT') throw new ObjectNotFoundError(key, this.location);
       throw wrap('read', key, err);
     });
@@ -293,5 +298,7 @@ function compareKeys(a: string, b: string): number {
 function wrap(op: string, key: string, err: unknown): Error {
   if (err instanceof RuntimeFailure) return err;
   if (err instanceof Error && err.name === 'AbortError') return err;
+  // Only lifeboat's own files belong in a repository: a pipe or a device there is damage or tampering.
+  if ((err as NodeJS.ErrnoException).code === 'EFTYPE') return new IntegrityError(`cannot ${op} ${key}: it is not a regular file in the repository`, { cause: err });
   return new RuntimeFailure(`cannot ${op} ${key}: ${errorMessage(err)}`, { cause: err });
 }

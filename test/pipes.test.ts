@@ -1,0 +1,55 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { openRegularFile } from '../src/format/durable.js';
+import { readWholeFile } from '../src/core/file-reader.js';
+import { lifeboat } from './helpers/cli.js';
+import { smallDeployment } from './helpers/repo.js';
+import { tempDir } from './helpers/tree.js';
+
+// Opening a named pipe for reading blocks until something writes to it: where lifeboat expects a
+// file, a pipe must be refused at once. A regression hangs; the timeout turns that into a failure.
+const BOUNDED = { timeout: 30_000 };
+const noMkfifo = spawnSync('mkfifo', ['--version']).status === 0 ? undefined : 'mkfifo is not installed';
+
+async function pipeAt(file: string): Promise<void> {
+  await fsp.rm(file, { force: true });
+  const made = spawnSync('mkfifo', [file]);
+  assert.equal(made.status, 0, String(made.stderr));
+}
+
+test('a pipe where a file is expected is refused at once, not read', { ...BOUNDED, skip: noMkfifo }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const pipe = path.join(work, 'tokenizer.json');
+  await pipeAt(pipe);
+  await assert.rejects(openRegularFile(pipe), { code: 'EFTYPE' });
+  assert.equal(await readWholeFile(pipe), undefined, 'a source file that became a pipe counts as gone');
+  await fsp.writeFile(path.join(work, 'real'), 'x');
+  const fh = await openRegularFile(path.join(work, 'real'));
+  assert.equal((await fh.readFile('utf8')), 'x');
+  await fh.close();
+});
+
+test('pipes planted in a repository are integrity failures (exit 3), not a hang', { ...BOUNDED, skip: noMkfifo }, async (t) => {
+  const d = await smallDeployment({ bigFiles: 1, bigSize: 2 << 20 });
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const full = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'full']);
+  assert.equal(full.code, 0, full.stderr);
+  const id = full.json().id as string;
+
+  const volume = path.join(d.repo, 'data', id, 'v000001.tar');
+  await pipeAt(volume);
+  const verify = await lifeboat(['--repo', d.repo, 'verify', '--read-data']);
+  assert.equal(verify.code, 3, verify.stderr);
+  const restore = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', path.join(d.work, 'out')]);
+  assert.equal(restore.code, 3, restore.stderr);
+  assert.match(restore.stderr, /not a regular file in the repository/);
+
+  await pipeAt(path.join(d.repo, 'config.json'));
+  const list = await lifeboat(['--repo', d.repo, 'list']);
+  assert.equal(list.code, 3, list.stderr);
+  assert.match(list.stderr, /config\.json: it is not a regular file in the repository/);
+});
