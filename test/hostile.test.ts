@@ -159,3 +159,17 @@ test('a manifest that does not match its schema is an integrity error, not a cra
   assert.doesNotMatch(r.stderr, /at .*\.js:\d+/, 'no stack trace');
   await fsp.rm(s.work, { recursive: true, force: true });
 });
+
+test('a document larger than any lifeboat writes is refused before it is read (exit 3)', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const full = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'full']);
+  assert.equal(full.code, 0, full.stderr);
+  // Sparse: 600 MiB that take no disk space, and would take at least as much memory to read.
+  await fsp.truncate(path.join(d.repo, 'points', `${full.json().id}.json`), 600 << 20);
+  const before = process.memoryUsage().rss;
+  const show = await lifeboat(['--repo', d.repo, 'show', 'latest']);
+  assert.equal(show.code, 3, show.stderr);
+  assert.match(show.stderr, /larger than the 512 MiB a document may have/);
+  assert.ok(process.memoryUsage().rss - before < 256 << 20, 'the document was not read into memory');
+});

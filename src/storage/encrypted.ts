@@ -16,10 +16,8 @@ import {
 import { putThroughWriter } from './put-through-writer.js';
 import { DecryptingReader } from '../crypto/decrypting-reader.js';
 import { EMPTY_READER, streamOverReader } from './reader-over-stream.js';
-import { readFully, type GetOptions, type ObjectInfo, type ObjectReader, type ObjectWriter, type PutOptions, type Storage, type StorageCapabilities } from './storage.js';
+import { MAX_DOCUMENT_BYTES, documentTooLarge, readFully, type GetOptions, type ObjectInfo, type ObjectReader, type ObjectWriter, type PutOptions, type Storage, type StorageCapabilities } from './storage.js';
 
-/** The largest document (manifest, ledger, pin, journal event) read into memory. */
-export const MAX_DOCUMENT_BYTES = 512 * 1024 * 1024;
 
 /**
  * Objects left in plaintext: what is needed before a key is unlocked (the
@@ -84,9 +82,7 @@ export class EncryptedStorage implements Storage {
     try {
       for await (const chunk of body as AsyncIterable<Buffer>) {
         size += chunk.length;
-        if (size > ciphertextSize(MAX_DOCUMENT_BYTES)) {
-          throw new IntegrityError(`${key} is larger than the ${MAX_DOCUMENT_BYTES >> 20} MiB a document may have`);
-        }
+        if (size > ciphertextSize(MAX_DOCUMENT_BYTES)) throw documentTooLarge(key);
         chunks.push(chunk);
       }
     } finally {

@@ -3,12 +3,14 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { IntegrityError, RuntimeFailure, errorMessage } from '../errors.js';
+import { IntegrityError, LifeboatError, RuntimeFailure, errorMessage } from '../errors.js';
 import { EarlyWriteback, openRegularFile, syncPath, writeAt, writeFileSynced } from '../format/durable.js';
 import { putThroughWriter } from './put-through-writer.js';
 import { makeDirectories } from '../format/mkdirs.js';
 import {
+  MAX_DOCUMENT_BYTES,
   ObjectNotFoundError,
+  documentTooLarge,
   type GetOptions,
   type ObjectInfo,
   type ObjectReader,
@@ -145,6 +147,7 @@ export class LocalStorage implements Storage {
     try {
       const fh = await openRegularFile(this.pathOf(key));
       try {
+        if ((await fh.stat()).size > MAX_DOCUMENT_BYTES) throw documentTooLarge(key);
         return await fh.readFile();
       } finally {
         await fh.close();
@@ -296,7 +299,7 @@ function compareKeys(a: string, b: string): number {
 }
 
 function wrap(op: string, key: string, err: unknown): Error {
-  if (err instanceof RuntimeFailure) return err;
+  if (err instanceof LifeboatError) return err;
   if (err instanceof Error && err.name === 'AbortError') return err;
   // Only lifeboat's own files belong in a repository: a pipe or a device there is damage or tampering.
   if ((err as NodeJS.ErrnoException).code === 'EFTYPE') return new IntegrityError(`cannot ${op} ${key}: it is not a regular file in the repository`, { cause: err });

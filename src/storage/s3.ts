@@ -27,7 +27,9 @@ import { putThroughWriter } from './put-through-writer.js';
 import { MAX_PARTS, PartWriter } from './s3-part-writer.js';
 import { readerOverStream } from './reader-over-stream.js';
 import {
+  MAX_DOCUMENT_BYTES,
   ObjectNotFoundError,
+  documentTooLarge,
   type GetOptions,
   type ObjectInfo,
   type ObjectReader,
@@ -354,6 +356,10 @@ export class S3Storage implements Storage {
     const release = await this.transfers.acquire();
     try {
       const response = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: objectKey }));
+      if ((response.ContentLength ?? 0) > MAX_DOCUMENT_BYTES) {
+        (response.Body as Readable | undefined)?.destroy();
+        throw documentTooLarge(key);
+      }
       const bytes = await response.Body!.transformToByteArray();
       if (response.ContentLength !== undefined && bytes.length !== response.ContentLength) {
         throw Object.assign(new Error('response body ended early'), { code: 'ERR_STREAM_PREMATURE_CLOSE' });

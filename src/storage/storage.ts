@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import { RuntimeFailure } from '../errors.js';
+import { IntegrityError, RuntimeFailure } from '../errors.js';
 
 /** One stored object as a listing or a head request sees it. */
 export interface ObjectInfo {
@@ -97,6 +97,14 @@ export interface Storage {
    */
   cleanupIncomplete(olderThanMs: number, prefix?: string): Promise<number>;
   close(): Promise<void>;
+}
+
+/** The largest document (config, manifest, ledger, pin, journal event) read into memory. */
+export const MAX_DOCUMENT_BYTES = 512 * 1024 * 1024;
+
+/** Refused before it is read: nothing lifeboat writes as a document comes near the limit. */
+export function documentTooLarge(key: string): IntegrityError {
+  return new IntegrityError(`${key} is larger than the ${MAX_DOCUMENT_BYTES >> 20} MiB a document may have`);
 }
 
 export class ObjectNotFoundError extends RuntimeFailure {
