@@ -415,6 +415,24 @@ describe('keys', () => {
     assert.ok(!(await repoFiles(repo)).some((f) => f.startsWith('locks/')), 'the lock is released');
   });
 
+  it('planted key files with the costliest scrypt parameters cannot stall unlocking: cheapest first, within a budget', { timeout: 60_000 }, async () => {
+    const r = path.join(work, 'planted-keys');
+    await initEncrypted(r);
+    const keyDir = path.join(r, 'keys');
+    const [own] = await fsp.readdir(keyDir);
+    const { checksum: _checksum, ...genuine } = JSON.parse(await fsp.readFile(path.join(keyDir, own!), 'utf8'));
+    // Each would take scrypt about 40 s and 1 GiB (the most a key may ask for), whatever the password.
+    for (let i = 0; i < 3; i++) {
+      const id = randomBytes(8).toString('hex');
+      const planted = { ...genuine, id, kdf: { name: 'scrypt', logN: 20, r: 8, p: 16 } };
+      await fsp.writeFile(path.join(keyDir, `${id}.json`), encodeDocument(planted));
+    }
+    await ok(lifeboat(['--repo', r, 'list'], { env: env() }), 'the genuine key still opens');
+    const wrong = await lifeboat(['--repo', r, 'list'], { env: env('not the password') });
+    assert.equal(wrong.code, 2, wrong.stderr);
+    assert.match(wrong.stderr, /3 key\(s\) with costlier scrypt parameters than lifeboat creates were not tried/);
+  });
+
   it('init stores the default scrypt cost; an unknown algorithm is a usage error', async () => {
     const r = path.join(work, 'default-kdf');
     await ok(lifeboat(['--repo', r, 'init', '--encryption', 'aes-256-gcm'], { env: env() }), 'init');

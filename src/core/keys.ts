@@ -139,16 +139,35 @@ export async function unlockKey(storage: Storage, repositoryId: string, password
   if (keys.length === 0) {
     throw new IntegrityError(`the encrypted repository at ${storage.location} has no readable key under ${KEYS_PREFIX}${damaged.length ? ` (damaged: ${damaged.join(', ')})` : ''}`);
   }
-  for (const file of keys) {
+  // Cheapest first, within a budget: key files planted with the costliest parameters allowed
+  // (about 40 s of scrypt each) cannot stretch a wrong password's answer to most of an hour.
+  const ordered = [...keys].sort((a, b) => kdfWork(a.kdf) - kdfWork(b.kdf));
+  let spent = 0;
+  let tried = 0;
+  for (const file of ordered) {
+    if (tried > 0 && spent + kdfWork(file.kdf) > KDF_WORK_BUDGET) break;
+    spent += kdfWork(file.kdf);
+    tried++;
     const dataKey = await tryKey(file, repositoryId, password);
     if (dataKey) return { keyId: file.id, dataKey, kdf: { ...file.kdf } };
   }
-  throw new UsageError(`wrong password: none of the ${keys.length} key(s) of the repository at ${storage.location} opens with it`, {
-    hint: damaged.length
-      ? `${damaged.length} key file(s) are damaged and were not tried (${damaged.join(', ')}); check the password source as well`
-      : 'check LIFEBOAT_PASSWORD, LIFEBOAT_PASSWORD_FILE or --password-file',
+  const untried = ordered.length - tried;
+  const notes = [
+    ...(untried ? [`${untried} key(s) with costlier scrypt parameters than lifeboat creates were not tried, which can mean tampering`] : []),
+    ...(damaged.length ? [`${damaged.length} key file(s) are damaged and were not tried (${damaged.join(', ')})`] : []),
+  ];
+  throw new UsageError(`wrong password: none of the ${tried} key(s) tried of the repository at ${storage.location} opens with it`, {
+    hint: notes.length ? `${notes.join('; ')}; check the password source as well` : 'check LIFEBOAT_PASSWORD, LIFEBOAT_PASSWORD_FILE or --password-file',
   });
 }
+
+/** scrypt's work for a key, in units of N × r × p. */
+function kdfWork(kdf: KdfParams): number {
+  return 2 ** kdf.logN * kdf.r * kdf.p;
+}
+
+/** Total scrypt work one unlock may spend: 64 keys with the default parameters (about 13 s). */
+const KDF_WORK_BUDGET = MAX_KEYS * kdfWork(DEFAULT_KDF);
 
 /** Reads the repository config without trusting it further than its schema; undefined when absent or unreadable. */
 async function readConfig(storage: Storage): Promise<RepositoryConfig | undefined> {
