@@ -494,6 +494,7 @@ export class S3Storage implements Storage {
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    const markers = new ListingMarkers(`list ${prefix === '' ? '/' : prefix}`);
     let continuationToken: string | undefined;
     do {
       const token = continuationToken;
@@ -504,7 +505,7 @@ export class S3Storage implements Storage {
         if (object.Key === undefined || !object.Key.startsWith(this.root)) continue;
         yield { key: object.Key.slice(this.root.length), size: object.Size ?? 0 };
       }
-      continuationToken = page.IsTruncated ? page.NextContinuationToken : undefined;
+      continuationToken = page.IsTruncated ? markers.next(page.NextContinuationToken) : undefined;
     } while (continuationToken);
   }
 
@@ -528,6 +529,7 @@ export class S3Storage implements Storage {
 
   async cleanupIncomplete(olderThanMs: number, prefix = ''): Promise<number> {
     const cutoff = Date.now() - olderThanMs;
+    const markers = new ListingMarkers(`list incomplete uploads under ${prefix === '' ? '/' : prefix}`);
     let removed = 0;
     let keyMarker: string | undefined;
     let uploadIdMarker: string | undefined;
@@ -552,6 +554,7 @@ export class S3Storage implements Storage {
         }
       }
       if (!page.IsTruncated) return removed;
+      markers.next(page.NextKeyMarker === undefined && page.NextUploadIdMarker === undefined ? undefined : `${page.NextKeyMarker ?? ''}\0${page.NextUploadIdMarker ?? ''}`);
       keyMarker = page.NextKeyMarker;
       uploadIdMarker = page.NextUploadIdMarker;
     }
@@ -559,6 +562,24 @@ export class S3Storage implements Storage {
 
   async close(): Promise<void> {
     this.client.destroy();
+  }
+}
+
+/**
+ * The continuation markers of one paged listing. A server that says a listing
+ * goes on without saying where, or hands out a marker it gave before, would
+ * otherwise keep the listing going forever (or end it early without a word).
+ */
+class ListingMarkers {
+  private readonly seen = new Set<string>();
+
+  constructor(private readonly what: string) {}
+
+  next(marker: string | undefined): string {
+    if (marker === undefined || marker === '') throw new RuntimeFailure(`${this.what} failed: the server said the listing goes on but gave no marker to continue from`);
+    if (this.seen.has(marker)) throw new RuntimeFailure(`${this.what} failed: the server handed out the same continuation marker twice, so its listing would never end`);
+    this.seen.add(marker);
+    return marker;
   }
 }
 

@@ -1,0 +1,78 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { RuntimeFailure } from '../src/errors.js';
+import { S3Storage } from '../src/storage/s3.js';
+import type { Storage } from '../src/storage/storage.js';
+
+// A server (broken or hostile) whose listings never end: every page says there is more.
+// The driver must give up with an error, not list forever. The timeout turns a regression
+// into a failure instead of a hang.
+const BOUNDED = { timeout: 30_000 };
+
+async function endlessListingServer(markers: (page: number) => { token?: string; keyMarker?: string; uploadIdMarker?: string }): Promise<{ endpoint: string; pages: () => number; stop: () => Promise<void> }> {
+  let pages = 0;
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://stub');
+    const m = markers(pages++);
+    res.setHeader('content-type', 'application/xml');
+    if (url.searchParams.has('uploads')) {
+      res.end(
+        `<?xml version="1.0" encoding="UTF-8"?><ListMultipartUploadsResult><Bucket>b</Bucket><IsTruncated>true</IsTruncated>` +
+          (m.keyMarker === undefined ? '' : `<NextKeyMarker>${m.keyMarker}</NextKeyMarker>`) +
+          (m.uploadIdMarker === undefined ? '' : `<NextUploadIdMarker>${m.uploadIdMarker}</NextUploadIdMarker>`) +
+          `</ListMultipartUploadsResult>`,
+      );
+      return;
+    }
+    res.end(
+      `<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>b</Name><KeyCount>1</KeyCount><IsTruncated>true</IsTruncated>` +
+        (m.token === undefined ? '' : `<NextContinuationToken>${m.token}</NextContinuationToken>`) +
+        `<Contents><Key>repo/points/p${pages}.json</Key><Size>1</Size></Contents></ListBucketResult>`,
+    );
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return { endpoint: `http://127.0.0.1:${port}`, pages: () => pages, stop: () => new Promise((resolve) => server.close(() => resolve())) };
+}
+
+function storageAt(endpoint: string): Promise<Storage> {
+  return S3Storage.create({
+    bucket: 'b',
+    prefix: 'repo',
+    settings: { endpoint, forcePathStyle: true, region: 'us-east-1' },
+    env: { AWS_ACCESS_KEY_ID: 'stub', AWS_SECRET_ACCESS_KEY: 'stub' },
+    tuning: { retry: { maxAttempts: 1, baseDelayMs: 1, maxDelayMs: 1 } },
+  });
+}
+
+async function drain(storage: Storage, limit: number): Promise<number> {
+  let n = 0;
+  for await (const _ of storage.list('points/')) if (++n > limit) break;
+  return n;
+}
+
+for (const [name, markers] of [
+  ['the same continuation token on every page', () => ({ token: 'again' })],
+  ['tokens that come round again', (page: number) => ({ token: `t${page % 3}` })],
+  ['more pages promised and no token given', () => ({})],
+] as const) {
+  test(`listing: ${name} is an error, not an endless listing`, BOUNDED, async (t) => {
+    const stub = await endlessListingServer(markers);
+    t.after(() => stub.stop());
+    const storage = await storageAt(stub.endpoint);
+    t.after(() => storage.close());
+    await assert.rejects(drain(storage, 10_000), (err: unknown) => err instanceof RuntimeFailure && /listing|marker/.test((err as Error).message));
+    assert.ok(stub.pages() <= 5, `${stub.pages()} pages were asked for`);
+  });
+}
+
+test('incomplete uploads: a listing that never moves on is an error, not an endless loop', BOUNDED, async (t) => {
+  const stub = await endlessListingServer(() => ({}));
+  t.after(() => stub.stop());
+  const storage = await storageAt(stub.endpoint);
+  t.after(() => storage.close());
+  await assert.rejects(storage.cleanupIncomplete(0), RuntimeFailure);
+  assert.ok(stub.pages() <= 2, `${stub.pages()} pages were asked for`);
+});
