@@ -2,11 +2,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { RuntimeFailure } from '../src/errors.js';
+import { IntegrityError, RuntimeFailure } from '../src/errors.js';
 import { S3Storage } from '../src/storage/s3.js';
 import type { Storage } from '../src/storage/storage.js';
 
-// A server (broken or hostile) whose listings never end: every page says there is more.
+// Replies of a broken or hostile server: listings whose every page says there is more, and a
+// document that claims to be larger than any lifeboat writes.
 // The driver must give up with an error, not list forever. The timeout turns a regression
 // into a failure instead of a hang.
 const BOUNDED = { timeout: 30_000 };
@@ -75,4 +76,28 @@ test('incomplete uploads: a listing that never moves on is an error, not an endl
   t.after(() => storage.close());
   await assert.rejects(storage.cleanupIncomplete(0), RuntimeFailure);
   assert.ok(stub.pages() <= 2, `${stub.pages()} pages were asked for`);
+});
+
+test('a document the server says is larger than any lifeboat writes is refused before its body is read (exit 3)', BOUNDED, async (t) => {
+  let sent = 0;
+  const server = http.createServer((_req, res) => {
+    // Claims 600 MiB, then trickles zeros for as long as anyone reads.
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(600 << 20) });
+    const chunk = Buffer.alloc(64 << 10);
+    const pump = () => {
+      while (!res.destroyed && sent < 600 << 20) {
+        sent += chunk.length;
+        if (!res.write(chunk)) return void res.once('drain', pump);
+      }
+      res.end();
+    };
+    pump();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  server.on('connection', (socket) => t.after(() => socket.destroy()));
+  const storage = await storageAt(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
+  t.after(() => storage.close());
+  await assert.rejects(storage.getDocument('points/huge.json'), (err: unknown) => err instanceof IntegrityError && /larger than the 512 MiB a document may have/.test((err as Error).message));
+  assert.ok(sent < 64 << 20, `${sent >> 20} MiB were sent before the driver gave up`);
 });
