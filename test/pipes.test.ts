@@ -28,9 +28,9 @@ test('a pipe where a file is expected is refused at once, not read', { ...BOUNDE
   await assert.rejects(openRegularFile(pipe), { code: 'EFTYPE' });
   assert.equal(await readWholeFile(pipe), undefined, 'a source file that became a pipe counts as gone');
   await fsp.writeFile(path.join(work, 'real'), 'x');
-  const fh = await openRegularFile(path.join(work, 'real'));
-  assert.equal((await fh.readFile('utf8')), 'x');
-  await fh.close();
+  const { handle } = await openRegularFile(path.join(work, 'real'));
+  assert.equal(await handle.readFile('utf8'), 'x');
+  await handle.close();
 });
 
 test('pipes planted in a repository are integrity failures (exit 3), not a hang', { ...BOUNDED, skip: noMkfifo }, async (t) => {

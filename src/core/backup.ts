@@ -20,7 +20,7 @@ import { UsageError } from '../errors.js';
 import { validateSources, withModel } from '../model/sources.js';
 import type { ValidationResult } from '../model/validate.js';
 import type { ModelFinding, ModelInfo } from '../model/types.js';
-import { openRegularFile } from '../format/durable.js';
+import { isGoneAsFile, openRegularFile, type OpenedFile } from '../format/durable.js';
 
 export interface BackupOptions {
   sources: SourceSpec[];
@@ -409,23 +409,25 @@ async function storeWholeFile(whole: WholeFile | undefined, planned: PlannedEntr
  */
 async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreContext, attempt: number): Promise<Stored | 'vanished'> {
   const s = planned.scanned;
-  let fh: fsp.FileHandle;
+  let opened: OpenedFile;
   try {
-    fh = await openRegularFile(s.abs);
+    opened = await openRegularFile(s.abs);
   } catch (err) {
     // Gone, or no longer a file (a pipe there would block the read): either way the scanned file is not there.
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'EFTYPE') return 'vanished';
+    if (isGoneAsFile(err)) return 'vanished';
     throw new IntegrityError(`cannot read ${s.abs}: ${errorMessage(err)}`);
   }
+  const fh = opened.handle;
+  let before = opened.stats;
   try {
     if (planned.action === 'verify' && attempt === 1) {
-      const before = await fh.stat({ bigint: true });
       const hash = ctx.hasher().stream();
       const read = await copyBody(fh, Number(before.size), hash, undefined, ctx, name);
       const outcome = outcomeOf(before, await fh.stat({ bigint: true }), read, await hash.digest());
       if (unchangedFrom(planned.previous, outcome)) return { ...outcome, ref: planned.previous.ref! };
+      // It may have changed during the pass just made: what is stored is described as it is now.
+      before = await fh.stat({ bigint: true });
     }
-    const before = await fh.stat({ bigint: true });
     const size = Number(before.size);
     const { writer, volume } = await ctx.sink.current();
     const { index, offset } = await writer.header({ name, type: 'File', size, mode: Number(before.mode & 0o7777n), mtime: mtimeDate(before.mtimeNs.toString()), uid: s.uid, gid: s.gid });

@@ -1,6 +1,5 @@
-import * as fsp from 'node:fs/promises';
 import type { BigIntStats } from 'node:fs';
-import { openRegularFile } from '../format/durable.js';
+import { isGoneAsFile, openRegularFile, type OpenedFile } from '../format/durable.js';
 
 /** Files up to this size are read whole, ahead of time, so their latency overlaps. */
 export const SMALL_FILE = 1 << 20;
@@ -13,15 +12,15 @@ export interface WholeFile {
 
 /** Reads a small file whole, with its stat before and after (to detect changes while reading). */
 export async function readWholeFile(file: string): Promise<WholeFile | undefined> {
-  let fh: fsp.FileHandle;
+  let opened: OpenedFile;
   try {
-    fh = await openRegularFile(file);
+    opened = await openRegularFile(file);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'EFTYPE') return undefined;
+    if (isGoneAsFile(err)) return undefined;
     throw err;
   }
+  const { handle: fh, stats: before } = opened;
   try {
-    const before = await fh.stat({ bigint: true });
     const size = Number(before.size);
     const data = Buffer.allocUnsafe(size);
     let filled = 0;

@@ -1,4 +1,4 @@
-import { constants as fsConstants } from 'node:fs';
+import { constants as fsConstants, type BigIntStats } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 
 /** Writes all of `chunk` at `position`; resolves once the chunk may be reused. */
@@ -61,30 +61,44 @@ export class EarlyWriteback {
   }
 }
 
+/** A file opened by openRegularFile, with the stat its type was checked with (taken just after opening). */
+export interface OpenedFile {
+  handle: fsp.FileHandle;
+  stats: BigIntStats;
+}
+
 /**
  * Opens a file for reading only if it is a regular file. A named pipe or a
  * device put where a file should be would otherwise block the open (and the
  * thread doing it) for as long as nothing writes to it: with O_NONBLOCK the
  * open returns at once, and the type is checked before anything is read.
  */
-export async function openRegularFile(file: string): Promise<fsp.FileHandle> {
-  const fh = await fsp.open(file, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+export async function openRegularFile(file: string): Promise<OpenedFile> {
+  const handle = await fsp.open(file, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+  let stats: BigIntStats;
   try {
-    if ((await fh.stat()).isFile()) return fh;
+    stats = await handle.stat({ bigint: true });
   } catch (err) {
-    await fh.close();
+    await handle.close();
     throw err;
   }
-  await fh.close();
+  if (stats.isFile()) return { handle, stats };
+  await handle.close();
   throw Object.assign(new Error(`${file} is not a regular file`), { code: 'EFTYPE', path: file });
+}
+
+/** The error of openRegularFile when the file is gone or is no longer a regular file. */
+export function isGoneAsFile(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'ENOENT' || code === 'EFTYPE';
 }
 
 /** A regular file's whole content as UTF-8 (see openRegularFile). */
 export async function readRegularFile(file: string): Promise<string> {
-  const fh = await openRegularFile(file);
+  const { handle } = await openRegularFile(file);
   try {
-    return await fh.readFile('utf8');
+    return await handle.readFile('utf8');
   } finally {
-    await fh.close();
+    await handle.close();
   }
 }

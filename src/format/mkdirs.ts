@@ -37,7 +37,7 @@ export async function makeDirectories(dir: string, mode?: number): Promise<void>
   }
 }
 
-/** Something is at `at`: fine if it is a directory (or a link to one), else the mkdir's error stands. */
+/** Something is at `at`: fine if it is a directory (or a link to one), else ENOTDIR, with the mkdir's error as its cause. */
 async function requireDirectory(at: string, mkdirError: unknown): Promise<void> {
   const st = await fsp.stat(at).catch(() => undefined);
   if (!st?.isDirectory()) throw Object.assign(new Error(`${at} exists and is not a directory`), { code: 'ENOTDIR', path: at, cause: mkdirError });

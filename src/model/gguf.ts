@@ -50,9 +50,9 @@ async function skipValue(c: FileCursor, type: number, v1: boolean, key: string, 
  * a table that runs into the data or as unaccounted bytes at the end.
  */
 export async function checkGguf(abs: string): Promise<FileCheck> {
-  const fh = await openRegularFile(abs);
+  const { handle: fh, stats } = await openRegularFile(abs);
   try {
-    const size = (await fh.stat()).size;
+    const size = Number(stats.size);
     const c = new FileCursor(fh, size);
     const reasons: string[] = [];
     try {

@@ -210,9 +210,9 @@ export async function checkOnnx(file: TreeFile, byName: ReadonlyMap<string, Tree
   const reasons: string[] = [];
   let model: ModelMsg;
   let walked = false;
-  const fh = await openRegularFile(file.abs);
+  const { handle: fh, stats } = await openRegularFile(file.abs);
   try {
-    const size = (await fh.stat()).size;
+    const size = Number(stats.size);
     try {
       if (size <= fullParseBytes) {
         model = Model.decode(await readAt(fh, 0, size)) as unknown as ModelMsg;

@@ -51,9 +51,9 @@ interface Tensor {
  */
 export async function checkSafetensors(abs: string): Promise<SafetensorsCheck> {
   const reasons: string[] = [];
-  const fh = await openRegularFile(abs);
+  const { handle: fh, stats } = await openRegularFile(abs);
   try {
-    const size = (await fh.stat()).size;
+    const size = Number(stats.size);
     if (size < 8) return { reasons: [`file is ${size} bytes, shorter than the 8-byte header length`] };
     const headerLength = (await readAt(fh, 0, 8)).readBigUInt64LE(0);
     if (headerLength > BigInt(size - 8)) {

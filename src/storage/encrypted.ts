@@ -18,7 +18,6 @@ import { DecryptingReader } from '../crypto/decrypting-reader.js';
 import { EMPTY_READER, streamOverReader } from './reader-over-stream.js';
 import { MAX_DOCUMENT_BYTES, documentTooLarge, readFully, type GetOptions, type ObjectInfo, type ObjectReader, type ObjectWriter, type PutOptions, type Storage, type StorageCapabilities } from './storage.js';
 
-
 /**
  * Objects left in plaintext: what is needed before a key is unlocked (the
  * repository config and the key files) and the lock, which other processes read

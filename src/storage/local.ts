@@ -145,12 +145,12 @@ export class LocalStorage implements Storage {
 
   async getDocument(key: string): Promise<Buffer> {
     try {
-      const fh = await openRegularFile(this.pathOf(key));
+      const { handle, stats } = await openRegularFile(this.pathOf(key));
       try {
-        if ((await fh.stat()).size > MAX_DOCUMENT_BYTES) throw documentTooLarge(key);
-        return await fh.readFile();
+        if (stats.size > BigInt(MAX_DOCUMENT_BYTES)) throw documentTooLarge(key);
+        return await handle.readFile();
       } finally {
-        await fh.close();
+        await handle.close();
       }
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new ObjectNotFoundError(key, this.location);
@@ -197,7 +197,7 @@ export class LocalStorage implements Storage {
   }
 
   private async openForReading(key: string): Promise<fsp.FileHandle> {
-    return openRegularFile(this.pathOf(key)).catch((err: NodeJS.ErrnoException) => {
+    return openRegularFile(this.pathOf(key)).then(({ handle }) => handle, (err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT') throw new ObjectNotFoundError(key, this.location);
       throw wrap('read', key, err);
     });
