@@ -214,7 +214,7 @@ async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, c
           what,
           // Past the run's last wanted entry the stream is cut short: nothing there is looked at.
           async (entry) => (last === undefined || entry.index <= last ? onEntry(entry) : undefined),
-          { signal, firstIndex: run.firstIndex, lastIndex: last, checksum: recorded.checksum },
+          { signal, firstIndex: run.firstIndex, lastIndex: last, checksum: recorded.checksum, maxSize: job.record.size - run.offset },
         );
         throwIfAborted(signal);
         if (last === undefined && (read.size !== job.record.size || read.crc32 !== recorded.crc32)) {

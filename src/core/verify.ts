@@ -262,7 +262,7 @@ async function readBackVolume(
         counted += size;
         reporter.progress?.({ ...progress, current: name });
       },
-      { signal, checksum: recorded.checksum },
+      { signal, checksum: recorded.checksum, maxSize: record.size },
     );
     progress.bytesDone += read.size - counted;
     if (read.size !== record.size || read.crc32 !== recorded.crc32) {

@@ -169,6 +169,12 @@ export interface ReadVolumeOptions {
   lastIndex?: number;
   /** What the returned CRC-32 covers (default: the framing). */
   checksum?: VolumeChecksum;
+  /**
+   * Bytes `source` should hold at most (the recorded size, less the offset it
+   * starts at). More is an IntegrityError: a server that streams well-formed
+   * entries without end must not keep a reader going forever.
+   */
+  maxSize?: number;
 }
 
 /** Size of the buffers a volume is read into: whole blocks, so no header straddles two. */
@@ -200,7 +206,11 @@ class ReadAhead {
   private ended = false;
   private stopped = false;
 
-  constructor(private readonly reader: ObjectReader) {
+  constructor(
+    private readonly reader: ObjectReader,
+    private readonly maxSize: number,
+    private readonly tooLong: () => Error,
+  ) {
     for (let i = 0; i < READ_BUFFERS; i++) this.schedule(Buffer.allocUnsafe(READ_BUFFER));
   }
 
@@ -218,6 +228,7 @@ class ReadAhead {
     const n = this.ended || this.stopped ? 0 : await readFully(this.reader, buffer);
     if (n < buffer.length) this.ended = true;
     this.size += n;
+    if (this.size > this.maxSize) throw this.tooLong();
     return { buffer, data: buffer.subarray(0, n) };
   }
 
@@ -252,8 +263,9 @@ export async function readVolume(
   onEntry: (entry: VolumeEntry) => Promise<void>,
   options: ReadVolumeOptions = {},
 ): Promise<VolumeReadResult> {
-  const feed = new ReadAhead(source);
   const invalid = (reason: string) => new IntegrityError(`${what} is not a readable tar volume: ${reason}`);
+  const maxSize = options.maxSize ?? Number.MAX_SAFE_INTEGER;
+  const feed = new ReadAhead(source, maxSize, () => new IntegrityError(`${what} holds more than the ${maxSize} bytes recorded for it`));
   let buf: Buffer = EMPTY;
   let pos = 0;
   /** Makes sure unread bytes are at hand; false at the end of the volume. */
