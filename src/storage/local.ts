@@ -4,7 +4,8 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { IntegrityError, LifeboatError, RuntimeFailure, errorMessage } from '../errors.js';
-import { EarlyWriteback, openRegularFile, syncPath, writeAt, writeFileSynced } from '../format/durable.js';
+import { openRegularFile, syncPath, writeFileSynced } from '../format/durable.js';
+import { createFileSink } from '../format/file-sink.js';
 import { putThroughWriter } from './put-through-writer.js';
 import { makeDirectories } from '../format/mkdirs.js';
 import {
@@ -82,30 +83,21 @@ export class LocalStorage implements Storage {
   async openWriter(key: string, options?: PutOptions): Promise<ObjectWriter> {
     const final = this.pathOf(key);
     const tmp = await this.tempFile();
-    const fh = await fsp.open(tmp, 'wx').catch((err: unknown) => {
+    const file = await createFileSink(tmp).catch((err: unknown) => {
       throw wrap('write', key, err);
     });
     const signal = options?.signal;
     let size = 0;
-    let closed = false;
-    // Writeback started while the object is still being written, so the final fsync finds little left to do.
-    const writeback = new EarlyWriteback(fh);
     const discard = async (): Promise<void> => {
-      await writeback.settle();
-      if (!closed) {
-        closed = true;
-        await fh.close().catch(() => undefined);
-      }
+      await file.discard();
       await fsp.rm(tmp, { force: true });
     };
     return {
       write: async (chunk: Uint8Array): Promise<void> => {
         signal?.throwIfAborted();
         try {
-          // Positional writes complete before they resolve, so the caller may reuse the chunk.
-          await writeAt(fh, chunk, size);
+          await file.write(chunk);
           size += chunk.length;
-          writeback.wrote(chunk.length);
         } catch (err) {
           await discard();
           throw wrap('write', key, err);
@@ -114,10 +106,7 @@ export class LocalStorage implements Storage {
       end: async (): Promise<ObjectInfo> => {
         try {
           signal?.throwIfAborted();
-          await writeback.settle();
-          await fh.sync();
-          closed = true;
-          await fh.close();
+          await file.finish();
           await this.commit(tmp, final, false);
           return { key, size };
         } catch (err) {
