@@ -38,6 +38,37 @@ describe('hashing on a second thread', () => {
     }
   });
 
+  it('hashes bytes read into its lent buffers where they are, in order with copied ones (randomized)', async () => {
+    const random = seededRandom(testSeed('hash-offload in place'));
+    const hasher = new Sha256Offload();
+    try {
+      const digest = hasher.stream();
+      const expected = createHash('sha256');
+      const hashed: Promise<void>[] = [];
+      const copied = Buffer.alloc(1 << 20);
+      for (let i = 0; i < 60; i++) {
+        const turn = i % hasher.buffers.length;
+        // A lent buffer is written to again only once its last bytes are hashed.
+        await hashed[turn];
+        const n = Math.floor(random() * (hasher.buffers[turn]!.length + 1));
+        if (random() < 0.75) {
+          const view = hasher.buffers[turn]!.subarray(0, n);
+          for (let at = 0; at < n; at += 512) view[at] = Math.floor(random() * 256);
+          expected.update(view);
+          hashed[turn] = (await digest.updateInPlace(view)).hashed;
+        } else {
+          for (let at = 0; at < n; at += 512) copied[at] = Math.floor(random() * 256);
+          expected.update(copied.subarray(0, n));
+          await digest.update(copied.subarray(0, n));
+        }
+      }
+      assert.equal(await digest.digest(), expected.digest('hex'));
+      await assert.rejects(hasher.stream().updateInPlace(Buffer.alloc(10)), /lends/);
+    } finally {
+      await hasher.close();
+    }
+  });
+
   it('never keeps a finished program alive, closed or not', () => {
     const module = fileURLToPath(new URL('../src/core/hash-offload.js', import.meta.url));
     const dir = mkdtempSync(path.join(os.tmpdir(), 'lifeboat-offload-'));

@@ -3,6 +3,7 @@
  * the block framing is checked on input lifeboat did not write itself.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
@@ -10,9 +11,9 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { IntegrityError } from '../src/errors.js';
 import { crc32 } from '../src/format/checksum.js';
-import { readVolume, type VolumeChecksum, type VolumeEntry } from '../src/format/tar.js';
+import { TarVolumeWriter, readVolume, type VolumeChecksum, type VolumeEntry } from '../src/format/tar.js';
 import { LocalStorage } from '../src/storage/local.js';
-import { generatedBytes, testSeed } from './helpers/data.js';
+import { generatedBytes, seededRandom, testSeed } from './helpers/data.js';
 import { tarBlocks } from './helpers/tar-blocks.js';
 import { run } from './helpers/processes.js';
 
@@ -157,5 +158,55 @@ describe('reading tar volumes written by GNU tar', () => {
     damaged[0]! ^= 0x01; // the first header's name: its checksum no longer matches
     await fsp.writeFile(archive, damaged);
     await assert.rejects(readAllEntries(storage, 'cut.tar'), /fails its checksum/);
+  });
+});
+
+describe('volumes whose large bodies start on a 4 KiB boundary', () => {
+  it('pads with a pax comment that lifeboat, node-tar and GNU tar all read past (randomized)', async () => {
+    const seed = testSeed('aligned bodies');
+    const random = seededRandom(seed);
+    const work = await fsp.mkdtemp(path.join(os.tmpdir(), 'lifeboat-aligned-'));
+    try {
+      const storage = new LocalStorage(path.join(work, 'repo'));
+      const out = await storage.openWriter('v.tar');
+      const tar = new TarVolumeWriter(out);
+      const names = ['plain.bin', `d-${'é'.repeat(70)}/x.bin`, `${'n'.repeat(150)}.bin`, 'ünïcode.bin', `a/${'b'.repeat(98)}`];
+      const written: { name: string; data: Buffer; aligned: boolean }[] = [];
+      for (let i = 0; i < 40; i++) {
+        const name = `${i}-${names[Math.floor(random() * names.length)]}`;
+        const data = await generatedBytes(Math.floor(random() * random() * 300_000), seed + i);
+        const aligned = random() < 0.6;
+        await tar.header({ name, type: 'File', size: data.length, mode: 0o644, mtime: new Date(1_700_000_000_000), alignBody: aligned });
+        await tar.body(data);
+        await tar.endEntry(data.length, data.length);
+        written.push({ name, data, aligned });
+      }
+      await tar.end();
+      await out.end();
+      const archive = await fsp.readFile(path.join(work, 'repo', 'v.tar'));
+      assert.equal(archive.length, tar.size);
+
+      const bodies = [...tarBlocks(archive)].filter((b) => b.type === '0');
+      assert.equal(bodies.length, written.length);
+      for (const [i, w] of written.entries()) {
+        if (w.aligned) assert.equal(bodies[i]!.body % 4096, 0, `the body of ${w.name} starts at ${bodies[i]!.body} (seed ${seed})`);
+      }
+
+      const { seen } = await readAllEntries(storage, 'v.tar');
+      assert.deepEqual(
+        seen.map((e) => [e.name, e.sha256]),
+        written.map((w) => [w.name, createHash('sha256').update(w.data).digest('hex')]),
+        `seed ${seed}`,
+      );
+
+      const extracted = path.join(work, 'x');
+      await fsp.mkdir(extracted);
+      const gnu = spawnSync('tar', ['-xf', path.join(work, 'repo', 'v.tar'), '-C', extracted], { encoding: 'utf8' });
+      assert.equal(gnu.status, 0, gnu.stderr);
+      assert.equal(gnu.stderr, '', 'GNU tar reads past the padding without a word');
+      for (const w of written) assert.ok((await fsp.readFile(path.join(extracted, w.name))).equals(w.data), `${w.name} as GNU tar extracts it (seed ${seed})`);
+    } finally {
+      await fsp.rm(work, { recursive: true, force: true });
+    }
   });
 });

@@ -10,7 +10,7 @@ import type { Notice, Progress, Reporter } from './events.js';
 import { acquireLock, describeLock } from './lock.js';
 import { chooseReference, countChanges, planBackup, type BackupPlan, type PlannedEntry } from './backup-plan.js';
 import { SMALL_FILE, SmallFilePrefetcher, type WholeFile } from './file-reader.js';
-import { Sha256Offload, type StreamDigest } from './hash-offload.js';
+import { Sha256Offload, type OffloadedDigest } from './hash-offload.js';
 import type { Repository } from './repository.js';
 import { scanSource, type ScannedEntry, type ScannedSource, type SourceSpec } from './scan.js';
 import { VolumeSink } from './volume-sink.js';
@@ -168,7 +168,6 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       hasher: () => (hasher ??= new Sha256Offload()),
       sink,
       prefetch: new SmallFilePrefetcher(small),
-      readBuffers: [Buffer.allocUnsafe(READ_CHUNK), Buffer.allocUnsafe(READ_CHUNK)],
       progress: { phase: 'backup', filesDone: 0, filesTotal: plan.filesToRead, bytesDone: 0, bytesTotal: plan.bytesToRead },
       reporter,
       warn,
@@ -292,16 +291,12 @@ function mtimeDate(ns: string): Date {
 }
 
 const PROGRESS_EVERY_BYTES = 8 << 20;
-/** Bytes read from a large file at a time. */
-const READ_CHUNK = 1 << 20;
 
 interface StoreContext {
   pointId: string;
   hasher: () => Sha256Offload;
   sink: VolumeSink;
   prefetch: SmallFilePrefetcher;
-  /** The two buffers large files are read through (files are stored one at a time). */
-  readBuffers: [Buffer, Buffer];
   progress: Progress;
   reporter: Reporter;
   warn: (n: Omit<Notice, 'level'>) => void;
@@ -430,7 +425,17 @@ async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreCont
     }
     const size = Number(before.size);
     const { writer, volume } = await ctx.sink.current();
-    const { index, offset } = await writer.header({ name, type: 'File', size, mode: Number(before.mode & 0o7777n), mtime: mtimeDate(before.mtimeNs.toString()), uid: s.uid, gid: s.gid });
+    const { index, offset } = await writer.header({
+      name,
+      type: 'File',
+      size,
+      mode: Number(before.mode & 0o7777n),
+      mtime: mtimeDate(before.mtimeNs.toString()),
+      uid: s.uid,
+      gid: s.gid,
+      // Its body then goes from the buffers it is read into straight to the disk (with direct I/O).
+      alignBody: size > SMALL_FILE,
+    });
     const hash = ctx.hasher().stream();
     const written = await copyBody(fh, size, hash, writer, ctx, name);
     // A torn read is zero-filled to the declared size, in the volume and in the sums alike.
@@ -446,15 +451,22 @@ async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreCont
 
 /**
  * Streams the first `size` bytes of a file into the hash (and the volume, when
- * given). Two buffers take turns: one is read into while the other is hashed
- * and written, and both are reused for every file, so a backup allocates no
- * memory per chunk (which would leave V8 collecting gigabytes of dead buffers).
+ * given). It is read into the hasher's shared buffers in turn, hashed where it
+ * is by the hashing thread, and written from there too: no byte is copied in
+ * this process, and the buffers are reused for every file (files are stored
+ * one at a time), so a backup allocates no memory per chunk. A buffer is read
+ * into again only once its bytes are hashed and written.
  */
-async function copyBody(fh: fsp.FileHandle, size: number, hash: StreamDigest, writer: TarVolumeWriter | undefined, ctx: StoreContext, name: string): Promise<number> {
+async function copyBody(fh: fsp.FileHandle, size: number, hash: OffloadedDigest, writer: TarVolumeWriter | undefined, ctx: StoreContext, name: string): Promise<number> {
   if (size === 0) return 0;
-  const buffers = ctx.readBuffers;
-  const readInto = (turn: number, position: number): Promise<number> =>
-    position >= size ? Promise.resolve(0) : fh.read(buffers[turn]!, 0, Math.min(READ_CHUNK, size - position), position).then((r) => r.bytesRead);
+  const buffers = ctx.hasher().buffers;
+  const hashed: Promise<void>[] = [];
+  const readInto = async (turn: number, position: number): Promise<number> => {
+    if (position >= size) return 0;
+    await hashed[turn];
+    const buffer = buffers[turn]!;
+    return (await fh.read(buffer, 0, Math.min(buffer.length, size - position), position)).bytesRead;
+  };
   let written = 0;
   let sinceReport = 0;
   let turn = 0;
@@ -464,11 +476,12 @@ async function copyBody(fh: fsp.FileHandle, size: number, hash: StreamDigest, wr
       const n = await next;
       if (n === 0) break;
       const chunk = buffers[turn]!.subarray(0, n);
-      turn ^= 1;
+      const current = turn;
+      turn = (turn + 1) % buffers.length;
       next = readInto(turn, written + n);
       throwIfAborted(ctx.signal);
-      // Hashed and written side by side; both are done with the buffer before it is read into again.
-      await Promise.all([hash.update(chunk), writer?.body(chunk)]);
+      hashed[current] = (await hash.updateInPlace(chunk)).hashed;
+      await writer?.body(chunk);
       written += n;
       ctx.progress.bytesDone += n;
       sinceReport += n;
@@ -478,8 +491,9 @@ async function copyBody(fh: fsp.FileHandle, size: number, hash: StreamDigest, wr
       }
     }
   } finally {
-    // Never leave a read running into a buffer the next file will use.
+    // Never leave a read running into a buffer, nor a buffer being hashed, when the next file uses them.
     await next.catch(() => undefined);
+    await Promise.allSettled(hashed);
   }
   ctx.reporter.progress?.({ ...ctx.progress, current: name });
   return written;

@@ -1,9 +1,14 @@
 import { Worker } from 'node:worker_threads';
+import { alignedMemory } from '../format/aligned-memory.js';
 
 /** Size of one slot of the ring that carries bytes to the hashing thread. */
 const SLOT = 1 << 20;
 /** Slots in the ring: the bound on bytes handed over and not yet hashed. */
 const SLOTS = 6;
+/** Buffers of the same shared memory lent to a caller to read into, so their bytes are hashed where they are. */
+const LENT = 4;
+/** Words per slot: stream id, byte length (or DIGEST / EXIT), byte offset in the shared memory. */
+const WORDS = 3;
 /** Indexes into the control words: slots filled by the caller, slots hashed by the thread. */
 const PRODUCED = 0;
 const CONSUMED = 1;
@@ -18,20 +23,33 @@ export interface StreamDigest {
   digest(): Promise<string>;
 }
 
+/** A digest computed by Sha256Offload's thread. */
+export interface OffloadedDigest extends StreamDigest {
+  /**
+   * Takes in `data`, a view of one of the hasher's `buffers`, without copying
+   * it; resolves once it is queued, with a promise that settles once it is
+   * hashed. Until then the buffer must not be written to.
+   */
+  updateInPlace(data: Uint8Array): Promise<{ hashed: Promise<void> }>;
+}
+
 type WaitAsync = (array: Int32Array, index: number, value: number, timeout?: number) => { async: boolean; value: Promise<string> | string };
 
 /**
  * SHA-256 on a second core. Bytes are copied into a ring of slots in shared
- * memory (a memcpy, far cheaper than hashing them) and the thread hashes them
+ * memory (a memcpy, far cheaper than hashing them), or read straight into
+ * buffers of that memory which the hasher lends, and the thread hashes them
  * in order; the two sides meet through two counters, so the bytes cost no
  * message and no allocation. Only digests come back as messages.
  */
 export class Sha256Offload {
   private readonly worker: Worker;
-  private readonly data = new SharedArrayBuffer(SLOTS * SLOT);
+  // Page-aligned, so a lent buffer can also be written to disk with direct I/O.
+  private readonly data = alignedMemory((SLOTS + LENT) * SLOT, { shared: true }) as SharedArrayBuffer;
   private readonly control = new Int32Array(new SharedArrayBuffer(8));
-  /** Per slot: the stream id and the byte length (or DIGEST / EXIT). */
-  private readonly slots = new Int32Array(new SharedArrayBuffer(SLOTS * 8));
+  private readonly slots = new Int32Array(new SharedArrayBuffer(SLOTS * WORDS * 4));
+  /** Buffers to read into and pass to updateInPlace, one slot each. */
+  readonly buffers: readonly Buffer[] = Array.from({ length: LENT }, (_, i) => Buffer.from(this.data, (SLOTS + i) * SLOT, SLOT));
   private produced = 0;
   private nextId = 1;
   private readonly digests = new Map<number, { resolve: (sha256: string) => void; reject: (err: Error) => void }>();
@@ -42,7 +60,7 @@ export class Sha256Offload {
 
   constructor() {
     this.worker = new Worker(new URL('./sha256-worker.js', import.meta.url), {
-      workerData: { data: this.data, control: this.control, slots: this.slots, slot: SLOT, count: SLOTS },
+      workerData: { data: this.data, control: this.control, slots: this.slots, count: SLOTS, words: WORDS },
     });
     this.worker.on('message', (m: { id: number; hex: string }) => {
       this.digests.get(m.id)?.resolve(m.hex);
@@ -84,6 +102,11 @@ export class Sha256Offload {
     if (this.failure) throw this.failure;
     const seen = Atomics.load(this.control, CONSUMED);
     if (this.produced - seen < SLOTS) return;
+    await this.consumedChange(seen);
+  }
+
+  /** Resolves once the thread has moved past `seen` slots taken (or after a second, to look again). */
+  private async consumedChange(seen: number): Promise<void> {
     // Bounded, so a thread that died (an event, which a pending wait would not notice) is found out.
     const wait = (Atomics as unknown as { waitAsync: WaitAsync }).waitAsync(this.control, CONSUMED, seen, 1000);
     if (!wait.async) return;
@@ -95,15 +118,32 @@ export class Sha256Offload {
     }
   }
 
-  /** Fills the next slot, which the caller has just seen free. */
-  private publish(id: number, length: number, bytes?: Uint8Array): void {
+  /** Resolves once the thread has taken the `sequence`-th slot published. */
+  private async taken(sequence: number): Promise<void> {
+    for (;;) {
+      if (this.failure) throw this.failure;
+      const seen = Atomics.load(this.control, CONSUMED);
+      if (seen > sequence) return;
+      await this.consumedChange(seen);
+    }
+  }
+
+  /**
+   * Fills the next slot, which the caller has just seen free: with a copy of
+   * `bytes`, or (`inPlace`) with where they are in the shared memory.
+   */
+  private publish(id: number, length: number, bytes?: Uint8Array, inPlace = false): number {
     const slot = this.produced % SLOTS;
-    if (bytes) new Uint8Array(this.data, slot * SLOT, bytes.length).set(bytes);
-    this.slots[slot * 2] = id;
-    this.slots[slot * 2 + 1] = length;
+    let offset = slot * SLOT;
+    if (bytes && inPlace) offset = bytes.byteOffset;
+    else if (bytes) new Uint8Array(this.data, offset, bytes.length).set(bytes);
+    this.slots[slot * WORDS] = id;
+    this.slots[slot * WORDS + 1] = length;
+    this.slots[slot * WORDS + 2] = offset;
     this.produced++;
     Atomics.store(this.control, PRODUCED, this.produced);
     Atomics.notify(this.control, PRODUCED);
+    return this.produced - 1;
   }
 
   /**
@@ -111,16 +151,23 @@ export class Sha256Offload {
    * check and the publish run in one turn, so concurrent streams never take
    * the same slot.
    */
-  private async send(id: number, length: number, bytes?: Uint8Array): Promise<void> {
+  private async send(id: number, length: number, bytes?: Uint8Array, inPlace = false): Promise<number> {
     while (this.free === 0 || this.failure) await this.slotTaken();
-    this.publish(id, length, bytes);
+    return this.publish(id, length, bytes, inPlace);
   }
 
-  stream(): StreamDigest {
+  stream(): OffloadedDigest {
     const id = this.nextId++;
     return {
       update: async (data: Uint8Array) => {
         for (let at = 0; at < data.length; at += SLOT) await this.send(id, Math.min(SLOT, data.length - at), data.subarray(at, at + SLOT));
+      },
+      updateInPlace: async (data: Uint8Array) => {
+        if (data.buffer !== this.data || data.byteOffset < SLOTS * SLOT || data.length > SLOT) throw new Error('updateInPlace takes a view of one of the buffers the hasher lends');
+        const sequence = await this.send(id, data.length, data, true);
+        const hashed = this.taken(sequence);
+        hashed.catch(() => undefined);
+        return { hashed };
       },
       digest: async () => {
         await this.send(id, DIGEST);

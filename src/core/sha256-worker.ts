@@ -6,12 +6,12 @@
 import { createHash, type Hash } from 'node:crypto';
 import { parentPort, workerData } from 'node:worker_threads';
 
-const { data, control, slots, slot: SLOT, count: SLOTS } = workerData as {
+const { data, control, slots, count: SLOTS, words: WORDS } = workerData as {
   data: SharedArrayBuffer;
   control: Int32Array;
   slots: Int32Array;
-  slot: number;
   count: number;
+  words: number;
 };
 const PRODUCED = 0;
 const CONSUMED = 1;
@@ -27,8 +27,8 @@ for (;;) {
   let exit = false;
   while (consumed < produced && !exit) {
     const at = consumed % SLOTS;
-    const id = slots[at * 2]!;
-    const length = slots[at * 2 + 1]!;
+    const id = slots[at * WORDS]!;
+    const length = slots[at * WORDS + 1]!;
     if (length === EXIT) exit = true;
     else if (length === DIGEST) {
       const hash = streams.get(id) ?? createHash('sha256');
@@ -37,7 +37,8 @@ for (;;) {
     } else {
       let hash = streams.get(id);
       if (!hash) streams.set(id, (hash = createHash('sha256')));
-      hash.update(new Uint8Array(data, at * SLOT, length));
+      // The slot itself holds the bytes, or says where in the shared memory they were read to.
+      hash.update(new Uint8Array(data, slots[at * WORDS + 2]!, length));
     }
     consumed++;
     Atomics.store(control, CONSUMED, consumed);

@@ -1,5 +1,6 @@
 import { constants as fsConstants } from 'node:fs';
 import * as fsp from 'node:fs/promises';
+import { ALIGN, alignedMemory, isAlignedChunk } from './aligned-memory.js';
 import { EarlyWriteback, writeAt } from './durable.js';
 
 /**
@@ -58,11 +59,6 @@ class BufferedFileSink implements FileSink {
 
 /** Bytes per aligned buffer, and per direct write but the last. */
 const BLOCK = 1 << 20;
-/**
- * Alignment of a direct write's memory, file offset and length: a page,
- * which covers the logical block size of every common device.
- */
-const ALIGN = 4096;
 /** Direct writes of one file in flight at once; the caller fills the next buffer meanwhile. */
 const WRITES_IN_FLIGHT = 3;
 /** Buffers allocated together. */
@@ -74,11 +70,9 @@ const idle: Buffer[] = [];
 function takeBuffer(): Buffer {
   const reused = idle.pop();
   if (reused) return reused;
-  // WebAssembly memory is allocated in whole pages, so it is page-aligned as direct I/O needs;
-  // the memory of a Node Buffer is not.
-  const arena = new WebAssembly.Memory({ initial: (BUFFERS_PER_ARENA * BLOCK) >> 16 });
-  for (let i = 1; i < BUFFERS_PER_ARENA; i++) idle.push(Buffer.from(arena.buffer, i * BLOCK, BLOCK));
-  return Buffer.from(arena.buffer, 0, BLOCK);
+  const arena = alignedMemory(BUFFERS_PER_ARENA * BLOCK);
+  for (let i = 1; i < BUFFERS_PER_ARENA; i++) idle.push(Buffer.from(arena, i * BLOCK, BLOCK));
+  return Buffer.from(arena, 0, BLOCK);
 }
 
 function isInvalid(err: unknown): boolean {
@@ -123,6 +117,13 @@ class DirectFileSink implements FileSink {
   }
 
   async write(chunk: Uint8Array): Promise<void> {
+    if (isAlignedChunk(chunk) && this.filled % ALIGN === 0) {
+      // Straight from the caller's memory, once what was copied before it is on its way.
+      if (this.filled > 0) await this.issue();
+      await this.writeBlock(chunk, this.position);
+      this.position += chunk.length;
+      return;
+    }
     for (let at = 0; at < chunk.length; ) {
       const n = Math.min(chunk.length - at, BLOCK - this.filled);
       this.current!.set(chunk.subarray(at, at + n), this.filled);
@@ -148,7 +149,7 @@ class DirectFileSink implements FileSink {
     while (this.inFlight.length >= WRITES_IN_FLIGHT) await this.inFlight.shift();
   }
 
-  private async writeBlock(bytes: Buffer, position: number): Promise<void> {
+  private async writeBlock(bytes: Uint8Array, position: number): Promise<void> {
     if (!this.buffered) {
       try {
         return await writeAt(this.fh, bytes, position);

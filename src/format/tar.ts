@@ -18,11 +18,40 @@ export interface TarHeaderFields {
   uid?: number;
   gid?: number;
   linkpath?: string;
+  /**
+   * Start the body at a multiple of 4 KiB in the volume, so it can be written
+   * straight from aligned memory with direct I/O (see bodyAligningPax).
+   */
+  alignBody?: boolean;
 }
 
 /** Where a volume's bytes go: resolves once the chunk's memory may be reused (an ObjectWriter). */
 export interface ChunkSink {
   write(chunk: Uint8Array): Promise<void>;
+}
+
+/** Where aligned bodies start: a multiple of a page, as direct I/O needs. */
+const BODY_ALIGN = 4096;
+
+/**
+ * A pax extended header for an entry starting at `offset` that ends where
+ * the entry's own header then ends on a 4 KiB boundary. It carries the
+ * entry's pax fields, if any, and a `comment` record of the right length,
+ * which every tar reader ignores (POSIX.1-2001).
+ */
+function bodyAligningPax(fields: ConstructorParameters<typeof Pax>[0], offset: number): Buffer {
+  const bare = Buffer.byteLength(new Pax(fields).encodeBody());
+  // The extended header takes one block plus `blocks` of records, the entry's header one more.
+  for (let blocks = 1; blocks <= 16; blocks++) {
+    if ((offset + BLOCK * (blocks + 2)) % BODY_ALIGN !== 0) continue;
+    // A record is "<length> comment=<text>\n", its length counting its own digits.
+    const record = blocks * BLOCK - bare;
+    const text = record - String(record).length - ' comment=\n'.length;
+    if (text < 1) continue;
+    const pax = new Pax({ ...fields, comment: '0'.repeat(text) }).encode();
+    if ((offset + pax.length + BLOCK) % BODY_ALIGN === 0) return pax;
+  }
+  throw new Error(`no pax header aligns a body after offset ${offset}`);
 }
 
 /** Pieces smaller than this are gathered into one write; larger ones go out as they are. */
@@ -81,27 +110,21 @@ export class TarVolumeWriter {
   async header(fields: TarHeaderFields): Promise<{ index: number; offset: number }> {
     const offset = this.size;
     const name = fields.type === 'Directory' ? `${fields.name}/` : fields.name;
+    const size = fields.type === 'File' ? fields.size : 0;
     const header = new Header({
       path: name,
       type: fields.type,
-      size: fields.type === 'File' ? fields.size : 0,
+      size,
       mode: fields.mode,
       mtime: fields.mtime,
       uid: fields.uid ?? 0,
       gid: fields.gid ?? 0,
       linkpath: fields.linkpath,
     });
-    if (header.encode()) {
-      const pax = new Pax({
-        path: name,
-        linkpath: fields.linkpath,
-        size: fields.type === 'File' ? fields.size : 0,
-        mtime: fields.mtime,
-        uid: fields.uid ?? 0,
-        gid: fields.gid ?? 0,
-      });
-      await this.push(pax.encode());
-    }
+    // encode() is true when the ustar header cannot hold a field (a long or unicode name, a large size).
+    const paxFields = header.encode() ? { path: name, linkpath: fields.linkpath, size, mtime: fields.mtime, uid: fields.uid ?? 0, gid: fields.gid ?? 0 } : undefined;
+    if (fields.alignBody) await this.push(bodyAligningPax(paxFields ?? { path: name }, offset));
+    else if (paxFields) await this.push(new Pax(paxFields).encode());
     await this.push(header.block!);
     return { index: this.entries++, offset };
   }
