@@ -75,3 +75,26 @@ test('a file rewritten while it is read is read again; every stored copy, supers
   assert.equal(restore.code, 0, `the point itself is intact: ${restore.stderr}`);
   await fsp.rm(d.work, { recursive: true, force: true });
 });
+
+test('a small file rewritten after the scan is noticed: read again, or stored with a warning', async () => {
+  const d = await smallDeployment();
+  const hot = path.join(d.src, 'hot-config.json');
+  // Small enough to be read whole, ahead of time; rewritten in place, so its size never changes.
+  await writeRandomFile(hot, 64 << 10, prng(6));
+  const writer = spawn(process.execPath, ['-e', REWRITER, hot], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let backup;
+  try {
+    await once(writer.stdout!, 'data');
+    backup = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'full']);
+  } finally {
+    writer.kill('SIGKILL');
+    await once(writer, 'exit');
+  }
+  assert.equal(backup.code, 0, backup.stderr);
+  const id: string = backup.json().id;
+  const manifest = JSON.parse(await fsp.readFile(path.join(d.repo, 'points', `${id}.json`), 'utf8'));
+  const warned = manifest.warnings.some((w: { code: string; path?: string }) => w.code === 'file-changed-during-read' && w.path?.endsWith('hot-config.json'));
+  assert.ok(warned || manifest.superseded?.length >= 1, `neither read again nor warned about: ${JSON.stringify(manifest.warnings)}`);
+  assert.equal((await lifeboat(['--repo', d.repo, 'verify', '--read-data'])).code, 0, 'every copy reads back as stored');
+  await fsp.rm(d.work, { recursive: true, force: true });
+});

@@ -382,17 +382,22 @@ type Stored = ReadOutcome & { ref: ContentRef };
 /** Archives a small file already read whole (or reuses its reference when it proves unchanged). */
 async function storeWholeFile(whole: WholeFile | undefined, planned: PlannedEntry, name: string, ctx: StoreContext): Promise<Stored | 'vanished'> {
   if (!whole) return 'vanished';
-  const outcome = outcomeOf(whole.before, whole.after, whole.data.length, createHash('sha256').update(whole.data).digest('hex'));
-  ctx.progress.bytesDone += whole.data.length;
+  const { data, stats } = whole;
+  const s = planned.scanned;
+  const outcome = outcomeOf(stats, stats, data.length, createHash('sha256').update(data).digest('hex'));
+  // There is no stat from just before the read: one that differs from the scan's, or a read that
+  // found more than the scan saw, may mean the file changed while it was read.
+  outcome.torn ||= data.length > s.size || outcome.size !== s.size || outcome.mtimeNs !== s.mtimeNs || outcome.ino !== s.ino;
+  ctx.progress.bytesDone += data.length;
   if (planned.action === 'verify' && unchangedFrom(planned.previous, outcome)) return { ...outcome, ref: planned.previous.ref! };
   const { writer, volume } = await ctx.sink.current();
   const { index, offset } = await writer.header({ name, type: 'File', size: outcome.size, mode: outcome.mode, mtime: mtimeDate(outcome.mtimeNs), uid: planned.scanned.uid, gid: planned.scanned.gid });
-  const written = Math.min(whole.data.length, outcome.size);
-  await writer.body(whole.data.subarray(0, written));
+  const written = Math.min(data.length, outcome.size);
+  await writer.body(data.subarray(0, written));
   await writer.endEntry(written, outcome.size);
   // A file that grew or shrank while it was read is stored cut or zero-filled to its size: the digest is of what is stored.
-  if (whole.data.length !== outcome.size) {
-    outcome.sha256 = createHash('sha256').update(whole.data.subarray(0, written)).update(Buffer.alloc(outcome.size - written)).digest('hex');
+  if (data.length !== outcome.size) {
+    outcome.sha256 = createHash('sha256').update(data.subarray(0, written)).update(Buffer.alloc(outcome.size - written)).digest('hex');
   }
   return { ...outcome, ref: { point: ctx.pointId, volume, entry: index, offset } };
 }

@@ -1,38 +1,51 @@
-import type { BigIntStats } from 'node:fs';
-import { isGoneAsFile, openRegularFile, type OpenedFile } from '../format/durable.js';
+import * as fs from 'node:fs';
 
 /** Files up to this size are read whole, ahead of time, so their latency overlaps. */
 export const SMALL_FILE = 1 << 20;
 
 export interface WholeFile {
+  /** Up to one byte more than the size the file was expected to have (so growth shows). */
   data: Buffer;
-  before: BigIntStats;
-  after: BigIntStats;
+  /** Taken once the file was read. */
+  stats: fs.BigIntStats;
 }
 
-/** Reads a small file whole, with its stat before and after (to detect changes while reading). */
-export async function readWholeFile(file: string): Promise<WholeFile | undefined> {
-  let opened: OpenedFile;
+// Callbacks on plain descriptors: for thousands of small files, FileHandle objects
+// and their promises cost more CPU than the reading itself.
+const openFd = (file: string, flags: number) => new Promise<number>((resolve, reject) => fs.open(file, flags, (err, fd) => (err ? reject(err) : resolve(fd))));
+const readFd = (fd: number, into: Buffer) => new Promise<number>((resolve, reject) => fs.read(fd, into, 0, into.length, 0, (err, n) => (err ? reject(err) : resolve(n))));
+const statFd = (fd: number) => new Promise<fs.BigIntStats>((resolve, reject) => fs.fstat(fd, { bigint: true }, (err, stats) => (err ? reject(err) : resolve(stats))));
+const closeFd = (fd: number) => new Promise<void>((resolve) => fs.close(fd, () => resolve()));
+
+/**
+ * Reads a small file whole with one read of up to `size` + 1 bytes (a read
+ * of a regular file comes up short only at its end), then stats it. It is
+ * opened with O_NONBLOCK, so a named pipe or a device put there since the scan
+ * cannot block the read; one is found by the stat and counts as gone.
+ * Undefined when the file is gone.
+ */
+export async function readWholeFile(file: string, size: number): Promise<WholeFile | undefined> {
+  let fd: number;
   try {
-    opened = await openRegularFile(file);
+    fd = await openFd(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
   } catch (err) {
-    if (isGoneAsFile(err)) return undefined;
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw err;
   }
-  const { handle: fh, stats: before } = opened;
   try {
-    const size = Number(before.size);
-    const data = Buffer.allocUnsafe(size);
-    let filled = 0;
-    while (filled < size) {
-      const { bytesRead } = await fh.read(data, filled, size - filled, filled);
-      if (bytesRead === 0) break;
-      filled += bytesRead;
+    const data = Buffer.allocUnsafe(size + 1);
+    let read: number | { err: unknown };
+    try {
+      read = await readFd(fd, data);
+    } catch (err) {
+      read = { err };
     }
-    const after = await fh.stat({ bigint: true });
-    return { data: data.subarray(0, filled), before, after };
+    const stats = await statFd(fd);
+    if (!stats.isFile()) return undefined;
+    if (typeof read !== 'number') throw read.err;
+    return { data: data.subarray(0, read), stats };
   } finally {
-    await fh.close();
+    await closeFd(fd);
   }
 }
 
@@ -56,7 +69,7 @@ export class SmallFilePrefetcher {
   private fill(): void {
     while (this.cursor < this.files.length && this.pending.size < this.maxFiles && this.pendingBytes < this.maxBytes) {
       const f = this.files[this.cursor++]!;
-      const read = readWholeFile(f.path);
+      const read = readWholeFile(f.path, f.size);
       // Failures surface when the read is taken; until then nobody awaits it.
       read.catch(() => undefined);
       this.pending.set(f.position, { read, size: f.size });
