@@ -5,7 +5,7 @@ import { once } from 'node:events';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { lifeboat } from './helpers/cli.js';
-import { smallDeployment } from './helpers/repo.js';
+import { smallDeployment, type SmallDeployment } from './helpers/repo.js';
 import { tarBlocks } from './helpers/tar-blocks.js';
 import { prng, writeRandomFile } from './helpers/tree.js';
 
@@ -30,11 +30,8 @@ function bodyOffset(volume: Buffer, index: number): number {
   return entry.body;
 }
 
-test('a file rewritten while it is read is read again; every stored copy, superseded ones too, is checked by verify --read-data', async () => {
-  const d = await smallDeployment();
-  const hot = path.join(d.src, 'hot.bin');
-  // Large enough that its read spans many scheduler ticks, even on a busy machine.
-  await writeRandomFile(hot, 48 << 20, prng(5));
+/** A full backup of the deployment taken while `hot` is rewritten without pause; its point id and manifest. */
+async function backupWhileRewriting(d: SmallDeployment, hot: string): Promise<{ id: string; manifest: any }> {
   const writer = spawn(process.execPath, ['-e', REWRITER, hot], { stdio: ['ignore', 'pipe', 'inherit'] });
   let backup;
   try {
@@ -46,7 +43,15 @@ test('a file rewritten while it is read is read again; every stored copy, supers
   }
   assert.equal(backup.code, 0, backup.stderr);
   const id: string = backup.json().id;
-  const manifest = JSON.parse(await fsp.readFile(path.join(d.repo, 'points', `${id}.json`), 'utf8'));
+  return { id, manifest: JSON.parse(await fsp.readFile(path.join(d.repo, 'points', `${id}.json`), 'utf8')) };
+}
+
+test('a file rewritten while it is read is read again; every stored copy, superseded ones too, is checked by verify --read-data', async () => {
+  const d = await smallDeployment();
+  const hot = path.join(d.src, 'hot.bin');
+  // Large enough that its read spans many scheduler ticks, even on a busy machine.
+  await writeRandomFile(hot, 48 << 20, prng(5));
+  const { id, manifest } = await backupWhileRewriting(d, hot);
   const hotEntry = manifest.entries.find((e: { path: string }) => e.path === 'hot.bin');
   assert.ok(manifest.superseded?.length >= 1, 'the copies read before the last are listed');
   for (const copy of manifest.superseded) {
@@ -81,18 +86,7 @@ test('a small file rewritten after the scan is noticed: read again, or stored wi
   const hot = path.join(d.src, 'hot-config.json');
   // Small enough to be read whole, ahead of time; rewritten in place, so its size never changes.
   await writeRandomFile(hot, 64 << 10, prng(6));
-  const writer = spawn(process.execPath, ['-e', REWRITER, hot], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let backup;
-  try {
-    await once(writer.stdout!, 'data');
-    backup = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'full']);
-  } finally {
-    writer.kill('SIGKILL');
-    await once(writer, 'exit');
-  }
-  assert.equal(backup.code, 0, backup.stderr);
-  const id: string = backup.json().id;
-  const manifest = JSON.parse(await fsp.readFile(path.join(d.repo, 'points', `${id}.json`), 'utf8'));
+  const { id, manifest } = await backupWhileRewriting(d, hot);
   const warned = manifest.warnings.some((w: { code: string; path?: string }) => w.code === 'file-changed-during-read' && w.path?.endsWith('hot-config.json'));
   assert.ok(warned || manifest.superseded?.length >= 1, `neither read again nor warned about: ${JSON.stringify(manifest.warnings)}`);
   assert.equal((await lifeboat(['--repo', d.repo, 'verify', '--read-data'])).code, 0, 'every copy reads back as stored');
