@@ -86,7 +86,7 @@ test('a small file rewritten after the scan is noticed: read again, or stored wi
   const hot = path.join(d.src, 'hot-config.json');
   // Small enough to be read whole, ahead of time; rewritten in place, so its size never changes.
   await writeRandomFile(hot, 64 << 10, prng(6));
-  const { id, manifest } = await backupWhileRewriting(d, hot);
+  const { manifest } = await backupWhileRewriting(d, hot);
   const warned = manifest.warnings.some((w: { code: string; path?: string }) => w.code === 'file-changed-during-read' && w.path?.endsWith('hot-config.json'));
   assert.ok(warned || manifest.superseded?.length >= 1, `neither read again nor warned about: ${JSON.stringify(manifest.warnings)}`);
   assert.equal((await lifeboat(['--repo', d.repo, 'verify', '--read-data'])).code, 0, 'every copy reads back as stored');

@@ -1,4 +1,5 @@
 import { test } from 'node:test';
+import { execFileSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
@@ -341,4 +342,50 @@ test('verify --deep restores a point and finds the model problem stored in it (e
     [[bad.json().id, 'models/llama/model.safetensors.index.json', 'model-invalid']],
   );
   assert.match(problems[0].detail, new RegExp(`shard ${shardNames[1]} .* is missing from the snapshot`));
+});
+
+test('an incremental keeps what its reference found in files it did not read, and checks again what a change can affect', async (t) => {
+  const work = await scratch(t);
+  const repo = path.join(work, 'repo');
+  const src = path.join(work, 'models');
+  const { shardNames } = await checkpoint(path.join(src, 'llama'), 2);
+  await fsp.mkdir(path.join(src, 'bad-tok'));
+  const badTokenizer = path.join(src, 'bad-tok', 'tokenizer.json');
+  await fsp.writeFile(badTokenizer, '{"model": ');
+  // Old enough that the backup trusts its stat (a file written just before a backup is read again).
+  execFileSync('touch', ['-d', '2020-01-01', badTokenizer]);
+  await fsp.mkdir(path.join(src, 'onnx'));
+  await writeOnnxModel(path.join(src, 'onnx', 'model.onnx'), { external: 'weights.bin' });
+  await fsp.writeFile(path.join(src, 'onnx', 'weights.bin'), Buffer.alloc(64));
+  execFileSync('touch', ['-d', '2020-01-01', path.join(src, 'onnx', 'model.onnx')]);
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const full = await lifeboat(['--repo', repo, '--json', 'backup', src]);
+  assert.equal(full.code, 0, full.stderr);
+  const modelWarnings = (run: { json(): { warnings: { code: string; path: string; message: string }[] } }) =>
+    run.json().warnings.filter((w) => w.code === 'model-invalid').map((w) => `${w.path}: ${w.message}`);
+  assert.equal(modelWarnings(full).length, 1, JSON.stringify(modelWarnings(full)));
+  assert.match(modelWarnings(full)[0]!, /^models\/bad-tok\/tokenizer\.json: tokenizer: .*not valid JSON/);
+
+  // The broken tokenizer is mended in place, its size and mtime kept: to a backup it is the same file,
+  // not read again, so what the reference found in it stands (were it read again, nothing would be found).
+  const before = await fsp.stat(badTokenizer, { bigint: true });
+  const stamp = path.join(work, 'stamp');
+  // touch copies the mtime to the nanosecond, which utimes from JavaScript cannot.
+  execFileSync('touch', ['-r', badTokenizer, stamp]);
+  await fsp.writeFile(badTokenizer, '{"a":1}   ');
+  execFileSync('touch', ['-r', stamp, badTokenizer]);
+  const after = await fsp.stat(badTokenizer, { bigint: true });
+  assert.deepEqual([after.size, after.mtimeNs, after.ino], [before.size, before.mtimeNs, before.ino]);
+  // A shard changes, and the ONNX model's external data is cut short: the model did not change, but its directory did.
+  await writeSafetensors(path.join(src, 'llama', shardNames[0]!), tensors('layers.0', 3), 99);
+  await fsp.writeFile(path.join(src, 'onnx', 'weights.bin'), Buffer.alloc(10));
+
+  const incr = await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', 'incr']);
+  assert.equal(incr.code, 0, incr.stderr);
+  const found = modelWarnings(incr);
+  assert.ok(found.some((w) => /^models\/bad-tok\/tokenizer\.json: tokenizer: .*not valid JSON/.test(w)), `the reference's finding in the unread tokenizer stands: ${JSON.stringify(found)}`);
+  assert.ok(found.some((w) => /^models\/onnx\/model\.onnx: onnx: .*run past its end \(10 bytes\)/.test(w)), `the ONNX model is checked again: ${JSON.stringify(found)}`);
+  const entries = (await lifeboat(['--repo', repo, '--json', 'show', 'latest'])).json().entries as { path: string; model?: unknown }[];
+  assert.deepEqual(entries.find((e) => e.path === 'llama/config.json')?.model, { format: 'hf-config', vocabSize: 300, architecture: 'LlamaForCausalLM' });
+  assert.deepEqual(entries.find((e) => e.path === 'llama/tokenizer.json')?.model, { format: 'tokenizer', vocabSize: 291 });
 });

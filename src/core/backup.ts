@@ -17,9 +17,9 @@ import { VolumeSink } from './volume-sink.js';
 import { DEFAULT_TRANSFERS } from './pool.js';
 import { ZERO_FILL, type TarVolumeWriter } from '../format/tar.js';
 import { UsageError } from '../errors.js';
-import { validateSources, withModel } from '../model/sources.js';
-import type { ValidationResult } from '../model/validate.js';
-import type { ModelFinding, ModelInfo } from '../model/types.js';
+import { knownChecks, recordedFindings, validateSources, withModel } from '../model/sources.js';
+import type { KnownCheck, ValidationResult } from '../model/validate.js';
+import type { ModelInfo } from '../model/types.js';
 import { isGoneAsFile, openRegularFile, type OpenedFile } from '../format/durable.js';
 
 export interface BackupOptions {
@@ -115,7 +115,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const plan = planBackup(allEntries, reference);
     // Model files are checked on the source (headers only): a model that would not load is a warning, a failure with --strict.
     // The checks mostly wait on small reads, so they run beside the storing unless --strict must refuse before it.
-    const modelCheck = unchangedFiles(plan, reference) ? Promise.resolve(modelsOf(reference!)) : validateSources(scanned, options.signal);
+    const modelCheck = unchangedFiles(plan, reference) ? Promise.resolve(modelsOf(reference!)) : validateSources(scanned, options.signal, reusableChecks(plan, reference));
     modelCheck.catch(() => undefined);
     const modelsChecked = async (): Promise<ValidationResult> => {
       const models = await modelCheck;
@@ -250,15 +250,30 @@ function unchangedFiles(plan: BackupPlan, reference: Manifest | undefined): bool
 function modelsOf(reference: Manifest): ValidationResult {
   const recognised = new Map<string, ModelInfo>();
   for (const e of reference.entries) if (e.model) recognised.set(volumeEntryName(e.source, e.path), e.model as ModelInfo);
-  const findings = reference.warnings
-    .filter((w) => w.code === 'model-invalid' && w.path !== undefined)
-    .map((w) => {
-      const colon = w.message.indexOf(': ');
-      return { path: w.path!, format: colon > 0 ? w.message.slice(0, colon) : 'model', reason: colon > 0 ? w.message.slice(colon + 2) : w.message } as ModelFinding;
-    });
-  return { findings, recognised };
+  return { findings: recordedFindings(reference.warnings), recognised };
 }
 
+/**
+ * Model checks of the reference that still hold: for files the plan reuses
+ * unread, given every file that is new, changed or gone since.
+ */
+function reusableChecks(plan: BackupPlan, reference: Manifest | undefined): Map<string, KnownCheck> | undefined {
+  if (!reference) return undefined;
+  const unchanged = new Set<string>();
+  const changed: string[] = [];
+  const present = new Set<string>();
+  for (const p of plan.entries) {
+    const name = volumeEntryName(p.scanned.source, p.scanned.path);
+    present.add(name);
+    if (p.scanned.type === 'file' && p.action === 'reuse') unchanged.add(name);
+    else if (p.scanned.type !== 'dir') changed.push(name);
+  }
+  for (const e of reference.entries) {
+    const name = volumeEntryName(e.source, e.path);
+    if (e.type !== 'dir' && !present.has(name)) changed.push(name);
+  }
+  return knownChecks(reference, unchanged, changed);
+}
 async function uniquePointId(repo: Repository, ids: readonly string[], at: Date, type: BackupType): Promise<string> {
   const taken = new Set(ids);
   let t = at.getTime();

@@ -17,9 +17,21 @@ export interface ValidationResult {
 
 export interface ValidateOptions {
   signal?: AbortSignal;
+  /**
+   * Results to take as they are instead of reading the file again, by tree
+   * name: what a file that has not changed since it was last checked gave.
+   */
+  known?: ReadonlyMap<string, KnownCheck>;
 }
 
-function formatOf(name: string): ModelFormat | undefined {
+/** A file's check result kept from an earlier validation. */
+export interface KnownCheck extends FileCheck {
+  format: ModelFormat;
+  /** config.json: vocab_size; tokenizer.json: the number of token ids it uses. */
+  vocab?: number;
+}
+
+export function formatOf(name: string): ModelFormat | undefined {
   const base = path.posix.basename(name);
   if (isSafetensorsIndex(base)) return 'safetensors-index';
   if (base.endsWith('.safetensors')) return 'safetensors';
@@ -64,7 +76,11 @@ export async function validateTree(files: readonly TreeFile[], options: Validate
     const format = formatOf(f.name);
     if (!format) continue;
     throwIfAborted(options.signal);
-    if (format === 'safetensors') {
+    const known = options.known?.get(f.name);
+    if (known && known.format === format) {
+      record(f, format, known);
+      if (format === 'hf-config' || format === 'tokenizer' || format === 'tokenizer-config') hf.set(f.name, { kind: format, check: known });
+    } else if (format === 'safetensors') {
       const check = await guarded(f, format, () => checkSafetensors(f.abs));
       if (check) safetensors.set(f.name, check);
     } else if (format === 'safetensors-index') {
