@@ -7,7 +7,8 @@ import { IntegrityError, RuntimeFailure, UsageError, errorMessage, throwIfAborte
 import { recordedChecksum, volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { sha256OfFile } from '../format/checksum.js';
-import { EarlyWriteback, syncPath, writeAt, writeFileSynced } from '../format/durable.js';
+import { syncPath, writeFileSynced } from '../format/durable.js';
+import { createFileSink } from '../format/file-sink.js';
 import { readVolume, type VolumeEntry } from '../format/tar.js';
 import type { Notice, Progress, Reporter } from './events.js';
 import type { Repository } from './repository.js';
@@ -344,17 +345,15 @@ async function writeVerified(
   signal?: AbortSignal,
 ): Promise<void> {
   const hash = hasher ? hasher.stream() : inlineDigest();
-  // 'wx' never follows or replaces anything already at that path.
-  const out = await fsp.open(file, 'wx', 0o600);
-  const writeback = new EarlyWriteback(out);
+  // Never follows or replaces anything already at that path; written past the page cache where it can be.
+  const out = await createFileSink(file, 0o600);
   let size = 0;
   let sinceReport = 0;
   try {
     for await (const chunk of entry.body) {
       throwIfAborted(signal);
       // Hashed and written side by side, both before the next chunk is asked for: the chunk's buffer is then refilled.
-      await Promise.all([hash.update(chunk), writeAt(out, chunk, size)]);
-      writeback.wrote(chunk.length);
+      await Promise.all([hash.update(chunk), out.write(chunk)]);
       size += chunk.length;
       sinceReport += chunk.length;
       progress.bytesDone += chunk.length;
@@ -363,11 +362,10 @@ async function writeVerified(
         reporter.progress?.({ ...progress, current: `${expected.source}/${expected.path}` });
       }
     }
-    await writeback.settle();
-    await out.datasync();
-  } finally {
-    await writeback.settle();
-    await out.close();
+    await out.finish();
+  } catch (err) {
+    await out.discard();
+    throw err;
   }
   reporter.progress?.({ ...progress, current: `${expected.source}/${expected.path}` });
   const digest = await hash.digest();

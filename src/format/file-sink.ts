@@ -17,12 +17,13 @@ export interface FileSink {
 }
 
 /**
- * Creates `file` (which must not exist) and opens it for writing, bypassing
- * the page cache where the file system allows it.
+ * Creates `file` (which must not exist, with `mode` before the umask) and
+ * opens it for writing, bypassing the page cache where the file system
+ * allows it.
  */
-export async function createFileSink(file: string): Promise<FileSink> {
-  const direct = await DirectFileSink.create(file);
-  return direct ?? new BufferedFileSink(await fsp.open(file, 'wx'));
+export async function createFileSink(file: string, mode = 0o666): Promise<FileSink> {
+  const direct = await DirectFileSink.create(file, mode);
+  return direct ?? new BufferedFileSink(await fsp.open(file, 'wx', mode));
 }
 
 /** Writes through the page cache, starting writeback early so the final fsync finds little to do. */
@@ -83,8 +84,8 @@ function isInvalid(err: unknown): boolean {
  * Writes with O_DIRECT from page-aligned buffers: the bytes go from this
  * process's memory to the device, with no copy into the page cache, no dirty
  * pages for the kernel to write back, and no fsync waiting for them. A
- * volume is written once and not read again by the backup that writes it, so
- * caching it gains nothing. Incoming chunks are copied into aligned buffers
+ * volume, or a restored file, is written once and not read again by the
+ * command that writes it, so caching it gains nothing. Incoming chunks are copied into aligned buffers
  * of 1 MiB, written a few at a time; the last one is padded to the alignment
  * and the file truncated to its true size.
  */
@@ -104,11 +105,11 @@ class DirectFileSink implements FileSink {
   ) {}
 
   /** Undefined when this platform or file system has no direct I/O. */
-  static async create(file: string): Promise<DirectFileSink | undefined> {
+  static async create(file: string, mode: number): Promise<DirectFileSink | undefined> {
     const direct = fsConstants.O_DIRECT;
     if (direct === undefined) return undefined;
     try {
-      const fh = await fsp.open(file, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | direct, 0o666);
+      const fh = await fsp.open(file, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | direct, mode);
       return new DirectFileSink(fh, file);
     } catch (err) {
       if (isInvalid(err)) return undefined;
