@@ -113,6 +113,10 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const reference = await referenceRead;
     const allEntries = scanned.flatMap((s) => s.entries);
     const plan = planBackup(allEntries, reference);
+    // The hashing thread takes tens of milliseconds to start: started now, it is ready when the first large file is read.
+    if (!options.dryRun && plan.entries.some((p) => p.action !== 'reuse' && p.scanned.type === 'file' && p.scanned.size > SMALL_FILE)) {
+      hasher = new Sha256Offload();
+    }
     // Model files are checked on the source (headers only): a model that would not load is a warning, a failure with --strict.
     // The checks mostly wait on small reads, so they run beside the storing unless --strict must refuse before it.
     const modelCheck = unchangedFiles(plan, reference) ? Promise.resolve(modelsOf(reference!)) : validateSources(scanned, options.signal, reusableChecks(plan, reference));
