@@ -29,7 +29,7 @@ test('a file written through the sink holds exactly the bytes written, whatever 
   const dir = await tempDir(t);
   const plain = Buffer.alloc(3 << 20);
   // Whole pages of page-aligned memory go to the disk from where they are, not through the sink's buffers.
-  const aligned = Buffer.from(alignedMemory(3 << 20));
+  const aligned = Buffer.from(alignedMemory(3 << 20)!);
   for (let round = 0; round < 40; round++) {
     const file = path.join(dir, `f${round}`);
     const sink = await createFileSink(file);

@@ -1,4 +1,5 @@
 import { test } from 'node:test';
+import { spawnSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
@@ -60,4 +61,26 @@ test('the installed program backs up, verifies, restores and drills an encrypted
   const wrong = await run(['list'], { env: { LIFEBOAT_PASSWORD: 'wrong' } });
   assert.equal(wrong.code, 2, wrong.stderr);
   assert.match(wrong.stderr, /wrong password/);
+});
+
+test('under node --jitless, which has no WebAssembly and so no aligned memory, backups and restores go through the page cache', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const models = path.join(work, 'models');
+  await fsp.mkdir(models, { recursive: true });
+  await writeRandomFile(path.join(models, 'weights.bin'), 5 << 20, prng(12));
+  await fsp.writeFile(path.join(models, 'config.json'), JSON.stringify({ vocab_size: 2 }));
+  const env = { NODE_OPTIONS: '--jitless' };
+  const run = async (args: string[]): Promise<CliRun> => {
+    const r = await runChild(args, { cwd: work, env });
+    assert.equal(r.code, 0, `lifeboat ${args.join(' ')}: ${r.stderr}`);
+    return r;
+  };
+  const premise = spawnSync(process.execPath, ['-e', 'process.stdout.write(typeof WebAssembly)'], { env: { ...process.env, ...env }, encoding: 'utf8' });
+  assert.equal(premise.stdout, 'undefined', 'node --jitless has no WebAssembly');
+  await run(['--repo', 'repo', 'init']);
+  await run(['--repo', 'repo', 'backup', 'models']);
+  await run(['--repo', 'repo', 'verify', '--read-data']);
+  await run(['--repo', 'repo', 'restore', 'latest', '--target', 'out']);
+  assert.ok((await fsp.readFile(path.join(work, 'out', 'models', 'weights.bin'))).equals(await fsp.readFile(path.join(models, 'weights.bin'))));
 });

@@ -45,7 +45,7 @@ type WaitAsync = (array: Int32Array, index: number, value: number, timeout?: num
 export class Sha256Offload {
   private readonly worker: Worker;
   // Page-aligned, so a lent buffer can also be written to disk with direct I/O.
-  private readonly data = alignedMemory((SLOTS + LENT) * SLOT, { shared: true }) as SharedArrayBuffer;
+  private readonly data = (alignedMemory((SLOTS + LENT) * SLOT, { shared: true }) ?? new SharedArrayBuffer((SLOTS + LENT) * SLOT)) as SharedArrayBuffer;
   private readonly control = new Int32Array(new SharedArrayBuffer(8));
   private readonly slots = new Int32Array(new SharedArrayBuffer(SLOTS * WORDS * 4));
   /** Buffers to read into and pass to updateInPlace, one slot each. */

@@ -10,8 +10,10 @@ const aligned = new WeakSet<ArrayBufferLike>();
  * `bytes` (a multiple of 64 KiB) of page-aligned memory, shared between
  * threads with `shared`. WebAssembly memory is allocated in whole pages; the
  * memory of a Node Buffer is not aligned, and direct I/O refuses it.
+ * Undefined where Node runs without WebAssembly (`--jitless`).
  */
-export function alignedMemory(bytes: number, options: { shared?: boolean } = {}): ArrayBuffer | SharedArrayBuffer {
+export function alignedMemory(bytes: number, options: { shared?: boolean } = {}): ArrayBuffer | SharedArrayBuffer | undefined {
+  if (typeof WebAssembly !== 'object') return undefined;
   const pages = Math.ceil(bytes / 65536);
   const memory = new WebAssembly.Memory(options.shared ? { initial: pages, maximum: pages, shared: true } : { initial: pages });
   aligned.add(memory.buffer);

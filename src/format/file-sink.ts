@@ -71,7 +71,8 @@ const idle: Buffer[] = [];
 function takeBuffer(): Buffer {
   const reused = idle.pop();
   if (reused) return reused;
-  const arena = alignedMemory(BUFFERS_PER_ARENA * BLOCK);
+  // DirectFileSink.create made sure aligned memory can be had.
+  const arena = alignedMemory(BUFFERS_PER_ARENA * BLOCK)!;
   for (let i = 1; i < BUFFERS_PER_ARENA; i++) idle.push(Buffer.from(arena, i * BLOCK, BLOCK));
   return Buffer.from(arena, 0, BLOCK);
 }
@@ -106,10 +107,10 @@ class DirectFileSink implements FileSink {
     private readonly file: string,
   ) {}
 
-  /** Undefined when this platform or file system has no direct I/O. */
+  /** Undefined when this platform or file system has no direct I/O, or Node no aligned memory. */
   static async create(file: string, mode: number): Promise<DirectFileSink | undefined> {
     const direct = fsConstants.O_DIRECT;
-    if (direct === undefined) return undefined;
+    if (direct === undefined || typeof WebAssembly !== 'object') return undefined;
     try {
       const fh = await fsp.open(file, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | direct, mode);
       return new DirectFileSink(fh, file);
