@@ -4,8 +4,8 @@ import { ALIGN, alignedMemory, isAlignedChunk } from './aligned-memory.js';
 import { EarlyWriteback, writeAt } from './durable.js';
 
 /**
- * A new file written front to back and made durable at the end: where a
- * repository's volumes go before they are renamed into place.
+ * A new file written front to back and made durable at the end: a volume of
+ * a local repository before it is renamed into place, or a restored file.
  */
 export interface FileSink {
   /** Appends `chunk`; resolves once its memory may be reused. */
