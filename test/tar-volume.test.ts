@@ -209,4 +209,30 @@ describe('volumes whose large bodies start on a 4 KiB boundary', () => {
       await fsp.rm(work, { recursive: true, force: true });
     }
   });
+
+  it('aligns the body of an entry whose own pax records already take many blocks', async () => {
+    const work = await fsp.mkdtemp(path.join(os.tmpdir(), 'lifeboat-aligned-'));
+    try {
+      const storage = new LocalStorage(path.join(work, 'repo'));
+      const out = await storage.openWriter('v.tar');
+      const tar = new TarVolumeWriter(out);
+      // A name of 9,000 bytes: its pax record alone fills 18 blocks.
+      const names = [`${'ü'.repeat(100)}/`.repeat(45) + 'x.bin', 'after.bin'];
+      const data = Buffer.alloc(10_000, 7);
+      for (const name of names) {
+        await tar.header({ name, type: 'File', size: data.length, mode: 0o644, mtime: new Date(0), alignBody: true });
+        await tar.body(data);
+        await tar.endEntry(data.length, data.length);
+      }
+      await tar.end();
+      await out.end();
+      const archive = await fsp.readFile(path.join(work, 'repo', 'v.tar'));
+      const bodies = [...tarBlocks(archive)].filter((b) => b.type === '0');
+      assert.deepEqual(bodies.map((b) => b.body % 4096), [0, 0]);
+      const { seen } = await readAllEntries(storage, 'v.tar');
+      assert.deepEqual(seen.map((e) => e.name), names);
+    } finally {
+      await fsp.rm(work, { recursive: true, force: true });
+    }
+  });
 });

@@ -42,7 +42,10 @@ const BODY_ALIGN = 4096;
 function bodyAligningPax(fields: ConstructorParameters<typeof Pax>[0], offset: number): Buffer {
   const bare = Buffer.byteLength(new Pax(fields).encodeBody());
   // The extended header takes one block plus `blocks` of records, the entry's header one more.
-  for (let blocks = 1; blocks <= 16; blocks++) {
+  // Eight block counts in a row cover every position in a 4 KiB page; sixteen leave room for a
+  // count whose comment record cannot be made to fit exactly.
+  const fewest = Math.ceil((bare + 16) / BLOCK);
+  for (let blocks = fewest; blocks < fewest + (2 * BODY_ALIGN) / BLOCK; blocks++) {
     if ((offset + BLOCK * (blocks + 2)) % BODY_ALIGN !== 0) continue;
     // A record is "<length> comment=<text>\n", its length counting its own digits.
     const record = blocks * BLOCK - bare;
