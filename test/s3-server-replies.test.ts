@@ -48,6 +48,12 @@ function storageAt(endpoint: string): Promise<Storage> {
   });
 }
 
+async function drainFolders(storage: Storage, limit: number): Promise<number> {
+  let n = 0;
+  for await (const _ of storage.listPrefixes('data/')) if (++n > limit) break;
+  return n;
+}
+
 async function drain(storage: Storage, limit: number): Promise<number> {
   let n = 0;
   for await (const _ of storage.list('points/')) if (++n > limit) break;
@@ -66,6 +72,10 @@ for (const [name, markers] of [
     t.after(() => storage.close());
     await assert.rejects(drain(storage, 10_000), (err: unknown) => err instanceof RuntimeFailure && /listing|marker/.test((err as Error).message));
     assert.ok(stub.pages() <= 5, `${stub.pages()} pages were asked for`);
+    // Listing folders pages the same way, and stops the same way.
+    const before = stub.pages();
+    await assert.rejects(drainFolders(storage, 10_000), (err: unknown) => err instanceof RuntimeFailure && /listing|marker/.test((err as Error).message));
+    assert.ok(stub.pages() - before <= 5, `${stub.pages() - before} pages of folders were asked for`);
   });
 }
 

@@ -176,6 +176,24 @@ export function runStorageContract(
       assert.ok((await listAll(storage, '')).some((o) => o.key === 'order/b/2'));
     });
 
+    it('lists the folders one level below a prefix, once each, in key order', async () => {
+      for (const key of ['tree/b/1', 'tree/a/1', 'tree/a/2', 'tree/a/deep/3', 'tree/a-x/1', 'tree/file', 'treeish/c/1']) await storage.putDocument(key, Buffer.from(key));
+      const folders: string[] = [];
+      for await (const folder of storage.listPrefixes('tree/')) folders.push(folder);
+      assert.deepEqual(folders, ['tree/a-x/', 'tree/a/', 'tree/b/']);
+      const deeper: string[] = [];
+      for await (const folder of storage.listPrefixes('tree/a/')) deeper.push(folder);
+      assert.deepEqual(deeper, ['tree/a/deep/']);
+      // A folder whose objects are all deleted is gone, as in an object store.
+      await storage.delete(['tree/b/1']);
+      const after: string[] = [];
+      for await (const folder of storage.listPrefixes('tree/')) after.push(folder);
+      assert.deepEqual(after, ['tree/a-x/', 'tree/a/']);
+      const none: string[] = [];
+      for await (const folder of storage.listPrefixes('no-such-prefix/')) none.push(folder);
+      assert.deepEqual(none, []);
+    });
+
     it('lists in key order', async (t) => {
       if (options.skip?.listOrder) return t.skip(options.skip.listOrder);
       for (const key of orderKeys) await storage.putDocument(key, Buffer.from(key));

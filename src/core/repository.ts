@@ -147,16 +147,19 @@ export class Repository {
   /** Data prefixes (`data/<id>/`) that belong to no committed point: leftovers of aborted backups. */
   async orphanDataPrefixes(): Promise<{ prefix: string; keys: string[]; bytes: number }[]> {
     const committed = new Set(await this.pointIds());
-    const byPoint = new Map<string, { keys: string[]; bytes: number }>();
-    for await (const { key, size } of this.storage.list(keys.dataPrefix)) {
-      const id = key.split('/')[1] ?? '';
+    const orphans: { prefix: string; keys: string[]; bytes: number }[] = [];
+    // One entry per point's folder, not per volume: only the folders of uncommitted points are listed in full.
+    for await (const folder of this.storage.listPrefixes(keys.dataPrefix)) {
+      const id = folder.slice(keys.dataPrefix.length, -1);
       if (committed.has(id)) continue;
-      const slot = byPoint.get(id) ?? { keys: [], bytes: 0 };
-      slot.keys.push(key);
-      slot.bytes += size;
-      byPoint.set(id, slot);
+      const orphan = { prefix: keys.pointData(id), keys: [] as string[], bytes: 0 };
+      for await (const { key, size } of this.storage.list(folder)) {
+        orphan.keys.push(key);
+        orphan.bytes += size;
+      }
+      if (orphan.keys.length > 0) orphans.push(orphan);
     }
-    return [...byPoint].map(([id, v]) => ({ prefix: keys.pointData(id), ...v }));
+    return orphans;
   }
 }
 

@@ -140,6 +140,11 @@ export class EncryptedStorage implements Storage {
     return info && !isPlaintextKey(key) ? { key, size: plainSizeOf(info.size) } : info;
   }
 
+  listPrefixes(prefix: string): AsyncIterable<string> {
+    // Keys are not encrypted: the folders are the driver's.
+    return this.inner.listPrefixes(prefix);
+  }
+
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
     for await (const info of this.inner.list(prefix)) {
       yield isPlaintextKey(info.key) ? info : { key: info.key, size: plainSizeOf(info.size) };

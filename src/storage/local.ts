@@ -209,6 +209,24 @@ export class LocalStorage implements Storage {
     yield* this.walk(startDir, dirKey, prefix);
   }
 
+  async *listPrefixes(prefix: string): AsyncIterable<string> {
+    let entries: Dirent[];
+    try {
+      entries = await fsp.readdir(path.join(this.root, ...prefix.split('/').filter(Boolean)), { withFileTypes: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return;
+      throw wrap('list', prefix || '/', err);
+    }
+    const folders = entries.filter((e) => e.isDirectory() && !(prefix === '' && e.name === TMP_DIR)).map((e) => `${prefix}${e.name}/`);
+    for (const folder of folders.sort(compareKeys)) {
+      // A folder emptied by deletes holds no object, and an object store would not list it.
+      for await (const _ of this.list(folder)) {
+        yield folder;
+        break;
+      }
+    }
+  }
+
   private async *walk(dir: string, dirKey: string, prefix: string): AsyncIterable<ObjectInfo> {
     let entries: Dirent[];
     try {

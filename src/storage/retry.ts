@@ -245,6 +245,14 @@ class RetryingStorage implements Storage {
     }
   }
 
+  async *listPrefixes(prefix: string): AsyncIterable<string> {
+    try {
+      yield* this.inner.listPrefixes(prefix);
+    } catch (err) {
+      throw asFailure('list', prefix === '' ? '/' : prefix, err);
+    }
+  }
+
   delete(keys: readonly string[]): Promise<void> {
     const what = keys.length === 1 ? keys[0]! : `${keys.length} objects`;
     return retrying(this.policy, 'delete', what, () => this.inner.delete(keys));

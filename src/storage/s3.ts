@@ -509,6 +509,22 @@ export class S3Storage implements Storage {
     } while (continuationToken);
   }
 
+  async *listPrefixes(prefix: string): AsyncIterable<string> {
+    const markers = new ListingMarkers(`list folders of ${prefix === '' ? '/' : prefix}`);
+    let continuationToken: string | undefined;
+    do {
+      const token = continuationToken;
+      const page = await retrying(this.retry, 'list', prefix === '' ? '/' : prefix, () =>
+        this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.root + prefix, Delimiter: '/', ContinuationToken: token })),
+      );
+      for (const common of page.CommonPrefixes ?? []) {
+        if (common.Prefix === undefined || !common.Prefix.startsWith(this.root)) continue;
+        yield common.Prefix.slice(this.root.length);
+      }
+      continuationToken = page.IsTruncated ? markers.next(page.NextContinuationToken) : undefined;
+    } while (continuationToken);
+  }
+
   async delete(keys: readonly string[]): Promise<void> {
     for (let i = 0; i < keys.length; i += DELETE_BATCH) {
       const batch = keys.slice(i, i + DELETE_BATCH).map((key) => ({ Key: this.objectKey(key) }));

@@ -88,6 +88,13 @@ export interface Storage {
   head(key: string): Promise<ObjectInfo | undefined>;
   /** Every object whose key starts with `prefix`, in key order. */
   list(prefix: string): AsyncIterable<ObjectInfo>;
+  /**
+   * The "folders" one level below `prefix` (which ends in '/'): each distinct
+   * `prefix + segment + '/'` that some object's key starts with, in key order.
+   * Objects directly under `prefix` are not listed. Costs one listing entry
+   * per folder, however many objects each holds.
+   */
+  listPrefixes(prefix: string): AsyncIterable<string>;
   /** Removes objects; keys that do not exist are ignored. */
   delete(keys: readonly string[]): Promise<void>;
   /**
