@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import { closeFd, openFd, readFd, statFd } from '../format/fd.js';
 
 /** Files up to this size are read whole, ahead of time, so their latency overlaps. */
 export const SMALL_FILE = 1 << 20;
@@ -9,13 +10,6 @@ export interface WholeFile {
   /** Taken once the file was read. */
   stats: fs.BigIntStats;
 }
-
-// Callbacks on plain descriptors: for thousands of small files, FileHandle objects
-// and their promises cost more CPU than the reading itself.
-const openFd = (file: string, flags: number) => new Promise<number>((resolve, reject) => fs.open(file, flags, (err, fd) => (err ? reject(err) : resolve(fd))));
-const readFd = (fd: number, into: Buffer) => new Promise<number>((resolve, reject) => fs.read(fd, into, 0, into.length, 0, (err, n) => (err ? reject(err) : resolve(n))));
-const statFd = (fd: number) => new Promise<fs.BigIntStats>((resolve, reject) => fs.fstat(fd, { bigint: true }, (err, stats) => (err ? reject(err) : resolve(stats))));
-const closeFd = (fd: number) => new Promise<void>((resolve) => fs.close(fd, () => resolve()));
 
 /**
  * Reads a small file whole with one read of up to `size` + 1 bytes (a read
@@ -36,7 +30,7 @@ export async function readWholeFile(file: string, size: number): Promise<WholeFi
     const data = Buffer.allocUnsafe(size + 1);
     let read: number | { err: unknown };
     try {
-      read = await readFd(fd, data);
+      read = await readFd(fd, data, 0);
     } catch (err) {
       read = { err };
     }

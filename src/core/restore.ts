@@ -143,11 +143,16 @@ async function fetchFiles(context: Omit<FetchContext, 'progress' | 'hasher'>): P
 }
 
 async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, concurrency, progress, hasher, signal }: FetchContext): Promise<void> {
-  const made = new Set<string>();
-  const ensureDir = async (dir: string) => {
-    if (made.has(dir)) return;
-    await makeDirectories(dir, 0o700);
-    made.add(dir);
+  const made = new Map<string, Promise<void>>();
+  // The promise is kept, so files written at once into one new directory create it once.
+  const ensureDir = (dir: string): Promise<void> => {
+    let making = made.get(dir);
+    if (!making) {
+      making = makeDirectories(dir, 0o700);
+      made.set(dir, making);
+      making.catch(() => made.delete(dir));
+    }
+    return making;
   };
   await runPool(plan.volumes, concurrency, async (job) => {
     throwIfAborted(signal);
