@@ -16,6 +16,7 @@ import {
   UploadPartCommand,
   type CompletedPart,
   type GetObjectCommandOutput,
+  type ListObjectsV2CommandOutput,
   type ServerSideEncryption,
   type StorageClass,
 } from '@aws-sdk/client-s3';
@@ -494,33 +495,33 @@ export class S3Storage implements Storage {
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
-    const markers = new ListingMarkers(`list ${prefix === '' ? '/' : prefix}`);
-    let continuationToken: string | undefined;
-    do {
-      const token = continuationToken;
-      const page = await retrying(this.retry, 'list', prefix === '' ? '/' : prefix, () =>
-        this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.root + prefix, ContinuationToken: token })),
-      );
+    for await (const page of this.listingPages(prefix, `list ${prefix === '' ? '/' : prefix}`)) {
       for (const object of page.Contents ?? []) {
         if (object.Key === undefined || !object.Key.startsWith(this.root)) continue;
         yield { key: object.Key.slice(this.root.length), size: object.Size ?? 0 };
       }
-      continuationToken = page.IsTruncated ? markers.next(page.NextContinuationToken) : undefined;
-    } while (continuationToken);
+    }
   }
 
   async *listPrefixes(prefix: string): AsyncIterable<string> {
-    const markers = new ListingMarkers(`list folders of ${prefix === '' ? '/' : prefix}`);
-    let continuationToken: string | undefined;
-    do {
-      const token = continuationToken;
-      const page = await retrying(this.retry, 'list', prefix === '' ? '/' : prefix, () =>
-        this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.root + prefix, Delimiter: '/', ContinuationToken: token })),
-      );
+    for await (const page of this.listingPages(prefix, `list folders of ${prefix === '' ? '/' : prefix}`, '/')) {
       for (const common of page.CommonPrefixes ?? []) {
         if (common.Prefix === undefined || !common.Prefix.startsWith(this.root)) continue;
         yield common.Prefix.slice(this.root.length);
       }
+    }
+  }
+
+  /** The pages of one ListObjectsV2 listing under `prefix`, each retried, until the server says it is done. */
+  private async *listingPages(prefix: string, what: string, delimiter?: string): AsyncIterable<ListObjectsV2CommandOutput> {
+    const markers = new ListingMarkers(what);
+    let continuationToken: string | undefined;
+    do {
+      const token = continuationToken;
+      const page = await retrying(this.retry, 'list', prefix === '' ? '/' : prefix, () =>
+        this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.root + prefix, Delimiter: delimiter, ContinuationToken: token })),
+      );
+      yield page;
       continuationToken = page.IsTruncated ? markers.next(page.NextContinuationToken) : undefined;
     } while (continuationToken);
   }
