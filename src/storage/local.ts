@@ -210,13 +210,7 @@ export class LocalStorage implements Storage {
   }
 
   async *listPrefixes(prefix: string): AsyncIterable<string> {
-    let entries: Dirent[];
-    try {
-      entries = await fsp.readdir(path.join(this.root, ...prefix.split('/').filter(Boolean)), { withFileTypes: true });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return;
-      throw wrap('list', prefix || '/', err);
-    }
+    const entries = await entriesOf(path.join(this.root, ...prefix.split('/').filter(Boolean)), prefix || '/');
     const folders = entries.filter((e) => e.isDirectory() && !(prefix === '' && e.name === TMP_DIR)).map((e) => `${prefix}${e.name}/`);
     for (const folder of folders.sort(compareKeys)) {
       // A folder emptied by deletes holds no object, and an object store would not list it.
@@ -228,13 +222,7 @@ export class LocalStorage implements Storage {
   }
 
   private async *walk(dir: string, dirKey: string, prefix: string): AsyncIterable<ObjectInfo> {
-    let entries: Dirent[];
-    try {
-      entries = await fsp.readdir(dir, { withFileTypes: true });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return;
-      throw wrap('list', dirKey || '/', err);
-    }
+    const entries = await entriesOf(dir, dirKey || '/');
     // Key order: sort by the key each entry contributes ('a/' sorts as 'a/').
     const named = entries
       .filter((e) => !(dirKey === '' && e.name === TMP_DIR))
@@ -303,6 +291,17 @@ export class LocalStorage implements Storage {
 
 function compareKeys(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** A directory's entries, or none when it is not there (a listing of a prefix nothing is under). */
+async function entriesOf(dir: string, keyForErrors: string): Promise<Dirent[]> {
+  try {
+    return await fsp.readdir(dir, { withFileTypes: true });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return [];
+    throw wrap('list', keyForErrors, err);
+  }
 }
 
 function wrap(op: string, key: string, err: unknown): Error {
