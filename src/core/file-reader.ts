@@ -39,7 +39,8 @@ export async function readWholeFile(file: string, size: number): Promise<WholeFi
     if (typeof read !== 'number') throw read.err;
     return { data: data.subarray(0, read), stats };
   } finally {
-    await closeFd(fd);
+    // Only read: a failure to close it is of no consequence.
+    await closeFd(fd).catch(() => undefined);
   }
 }
 

@@ -1,4 +1,4 @@
-import { close as fsClose, constants as fsConstants, type BigIntStats } from 'node:fs';
+import { constants as fsConstants, type BigIntStats } from 'node:fs';
 import { closeFd, openFd, syncFd, writeFd } from './fd.js';
 import * as fsp from 'node:fs/promises';
 
@@ -14,16 +14,14 @@ export async function writeAt(fh: fsp.FileHandle, chunk: Uint8Array, position: n
 export async function writeFileSynced(file: string, data: Uint8Array | string, options: { flag?: string; mode?: number; dataOnly?: boolean } = {}): Promise<void> {
   // A plain descriptor: a restore writes thousands of small files this way.
   const fd = await openFd(file, options.flag ?? 'w', options.mode ?? 0o666);
-  let closed = false;
   try {
     await writeFd(fd, typeof data === 'string' ? Buffer.from(data) : data, 0);
     await syncFd(fd, options.dataOnly);
-    closed = true;
-    // Closing a written file can report a write error, so this close is checked.
-    await new Promise<void>((resolve, reject) => fsClose(fd, (err) => (err ? reject(err) : resolve())));
-  } finally {
-    if (!closed) await closeFd(fd);
+  } catch (err) {
+    await closeFd(fd).catch(() => undefined);
+    throw err;
   }
+  await closeFd(fd);
 }
 
 /**

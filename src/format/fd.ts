@@ -23,5 +23,5 @@ export const statFd = (fd: number): Promise<fs.BigIntStats> =>
 export const syncFd = (fd: number, dataOnly = false): Promise<void> =>
   new Promise((resolve, reject) => (dataOnly ? fs.fdatasync : fs.fsync)(fd, (err) => (err ? reject(err) : resolve())));
 
-/** Closes `fd`; a failure to close a file only read is of no consequence, so it is not reported. */
-export const closeFd = (fd: number): Promise<void> => new Promise((resolve) => fs.close(fd, () => resolve()));
+/** Closes `fd`. Closing a written file can report a write error; a caller that only read may ignore it. */
+export const closeFd = (fd: number): Promise<void> => new Promise((resolve, reject) => fs.close(fd, (err) => (err ? reject(err) : resolve())));
