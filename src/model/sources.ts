@@ -1,5 +1,5 @@
 import * as path from 'node:path';
-import { volumeEntryName, type ManifestEntry } from '../format/manifest.js';
+import { volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import type { ScannedSource } from '../core/scan.js';
 import type { TreeFile } from './types.js';
 import { formatOf, validateTree, type KnownCheck, type ValidationResult } from './validate.js';
@@ -47,7 +47,7 @@ export function validateSources(scanned: readonly ScannedSource[], signal?: Abor
  * records no vocabulary to check.
  */
 export function knownChecks(
-  reference: { entries: readonly ManifestEntry[]; warnings: readonly { code: string; path?: string; message: string }[] },
+  reference: Pick<Manifest, 'entries' | 'warnings'>,
   unchanged: ReadonlySet<string>,
   changedNames: readonly string[],
 ): Map<string, KnownCheck> {
@@ -76,7 +76,7 @@ export function knownChecks(
 }
 
 /** The model findings a point recorded as warnings ("<format>: <reason>"). */
-export function recordedFindings(warnings: readonly { code: string; path?: string; message: string }[]): ModelFinding[] {
+export function recordedFindings(warnings: Manifest['warnings']): ModelFinding[] {
   return warnings
     .filter((w) => w.code === 'model-invalid' && w.path !== undefined)
     .map((w) => {
