@@ -13,11 +13,16 @@ const aligned = new WeakSet<ArrayBufferLike>();
  * Undefined where Node runs without WebAssembly (`--jitless`).
  */
 export function alignedMemory(bytes: number, options: { shared?: boolean } = {}): ArrayBuffer | SharedArrayBuffer | undefined {
-  if (typeof WebAssembly !== 'object') return undefined;
+  if (!alignedMemoryAvailable()) return undefined;
   const pages = Math.ceil(bytes / 65536);
   const memory = new WebAssembly.Memory(options.shared ? { initial: pages, maximum: pages, shared: true } : { initial: pages });
   aligned.add(memory.buffer);
   return memory.buffer;
+}
+
+/** Whether alignedMemory can give any: not where Node runs without WebAssembly (`--jitless`). */
+export function alignedMemoryAvailable(): boolean {
+  return typeof WebAssembly === 'object';
 }
 
 /** Whether a direct write can take `chunk` as it is: its memory starts on a page and it holds whole pages. */

@@ -1,6 +1,6 @@
 import { constants as fsConstants } from 'node:fs';
 import * as fsp from 'node:fs/promises';
-import { ALIGN, alignedMemory, isAlignedChunk } from './aligned-memory.js';
+import { ALIGN, alignedMemory, alignedMemoryAvailable, isAlignedChunk } from './aligned-memory.js';
 import { EarlyWriteback, writeAt } from './durable.js';
 
 /**
@@ -110,7 +110,7 @@ class DirectFileSink implements FileSink {
   /** Undefined when this platform or file system has no direct I/O, or Node no aligned memory. */
   static async create(file: string, mode: number): Promise<DirectFileSink | undefined> {
     const direct = fsConstants.O_DIRECT;
-    if (direct === undefined || typeof WebAssembly !== 'object') return undefined;
+    if (direct === undefined || !alignedMemoryAvailable()) return undefined;
     try {
       const fh = await fsp.open(file, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | direct, mode);
       return new DirectFileSink(fh, file);
