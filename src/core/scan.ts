@@ -1,6 +1,6 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { lstatSync, readlinkSync, type BigIntStats } from 'node:fs';
+import { lstatSync, readdirSync, readlinkSync, type BigIntStats } from 'node:fs';
 import { minimatch } from 'minimatch';
 import { UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { comparePaths, linkStaysInside } from '../format/paths.js';
@@ -66,7 +66,7 @@ export function entryFromStat(source: string, rel: string, abs: string, st: BigI
   };
 }
 
-/** Entries stated between turns of the event loop. */
+/** Entries listed and stated between turns of the event loop. */
 const SYNC_BATCH = 256;
 
 /**
@@ -91,24 +91,28 @@ export async function scanSource(
   const entries: ScannedEntry[] = [];
   const pending: string[] = [''];
   let bytes = 0;
+  let sinceYield = 0;
+  // Directories are listed and entries stated synchronously: a round trip through the thread pool
+  // per directory or file costs more than the call itself. The event loop still runs between batches.
+  const yieldNow = async (): Promise<void> => {
+    sinceYield = 0;
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    throwIfAborted(signal);
+  };
   while (pending.length > 0) {
     throwIfAborted(signal);
     const relDir = pending.pop()!;
     const absDir = relDir === '' ? root : path.join(root, relDir);
     let names: string[];
     try {
-      names = await fsp.readdir(absDir);
+      names = readdirSync(absDir);
     } catch (err) {
       reporter.notice?.({ level: 'warning', code: 'unreadable', path: `${spec.name}/${relDir}`, message: `cannot read directory: ${errorMessage(err)}` });
       continue;
     }
-    for (const [i, name] of names.entries()) {
-      // Stats are synchronous: a round trip through the thread pool per file costs more than the
-      // stat itself; the event loop still runs between batches.
-      if (i > 0 && i % SYNC_BATCH === 0) {
-        await new Promise<void>((resolve) => setImmediate(resolve));
-        throwIfAborted(signal);
-      }
+    if (++sinceYield >= SYNC_BATCH) await yieldNow();
+    for (const name of names) {
+      if (++sinceYield >= SYNC_BATCH) await yieldNow();
       const rel = relDir === '' ? name : `${relDir}/${name}`;
       const abs = path.join(absDir, name);
       let st: BigIntStats;

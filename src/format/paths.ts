@@ -47,7 +47,14 @@ export function linkStaysInside(linkPath: string, target: string): boolean {
 
 /** Sort key that keeps a directory's entries right after it ('a', 'a/b', 'a-c'). */
 export function comparePaths(a: string, b: string): number {
-  const ka = a.replaceAll('/', '\u0000');
-  const kb = b.replaceAll('/', '\u0000');
-  return ka < kb ? -1 : ka > kb ? 1 : 0;
+  // Code unit by code unit, with '/' taken as 0: sorting thousands of paths must not build two strings per comparison.
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const ca = a.charCodeAt(i);
+    const cb = b.charCodeAt(i);
+    if (ca !== cb) return (ca === SLASH ? 0 : ca) < (cb === SLASH ? 0 : cb) ? -1 : 1;
+  }
+  return a.length < b.length ? -1 : a.length > b.length ? 1 : 0;
 }
+
+const SLASH = 0x2f;
