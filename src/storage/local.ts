@@ -212,13 +212,11 @@ export class LocalStorage implements Storage {
   async *listPrefixes(prefix: string): AsyncIterable<string> {
     const entries = await entriesOf(path.join(this.root, ...prefix.split('/').filter(Boolean)), prefix || '/');
     const folders = entries.filter((e) => e.isDirectory() && !(prefix === '' && e.name === TMP_DIR)).map((e) => `${prefix}${e.name}/`);
-    for (const folder of folders.sort(compareKeys)) {
-      // A folder emptied by deletes holds no object, and an object store would not list it.
-      for await (const _ of this.list(folder)) {
-        yield folder;
-        break;
-      }
-    }
+    folders.sort(compareKeys);
+    // A folder emptied by deletes holds no object, and an object store would not list it. Folders are looked
+    // into all at once: a backup lists one per point while it scans, and waits for them before it writes.
+    const holding = await Promise.all(folders.map((folder) => holdsFile(path.join(this.root, ...folder.split('/').filter(Boolean)), folder)));
+    yield* folders.filter((_, i) => holding[i]);
   }
 
   private async *walk(dir: string, dirKey: string, prefix: string): AsyncIterable<ObjectInfo> {
@@ -294,6 +292,16 @@ function compareKeys(a: string, b: string): number {
 }
 
 /** A directory's entries, or none when it is not there (a listing of a prefix nothing is under). */
+/** Whether a file lies anywhere under `dir`. */
+async function holdsFile(dir: string, keyForErrors: string): Promise<boolean> {
+  const entries = await entriesOf(dir, keyForErrors);
+  if (entries.some((e) => e.isFile())) return true;
+  for (const e of entries) {
+    if (e.isDirectory() && (await holdsFile(path.join(dir, e.name), `${keyForErrors}${e.name}/`))) return true;
+  }
+  return false;
+}
+
 async function entriesOf(dir: string, keyForErrors: string): Promise<Dirent[]> {
   try {
     return await fsp.readdir(dir, { withFileTypes: true });
