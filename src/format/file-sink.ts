@@ -115,8 +115,13 @@ class DirectFileSink implements FileSink {
       const fh = await fsp.open(file, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | direct, mode);
       return new DirectFileSink(fh, file);
     } catch (err) {
-      if (isInvalid(err)) return undefined;
-      throw err;
+      if (!isInvalid(err)) throw err;
+      // Linux creates the file before it finds that the file system refuses O_DIRECT (ramfs, some FUSE
+      // file systems). O_EXCL makes it this call's own file: an existing one would have failed with EEXIST.
+      await fsp.unlink(file).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'ENOENT') throw e;
+      });
+      return undefined;
     }
   }
 
