@@ -15,6 +15,7 @@ import type { Repository } from './repository.js';
 import { planRestore, type RestorePlan } from './restore-plan.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 import { makeDirectories } from '../format/mkdirs.js';
+import { isMountPoint } from '../format/mounts.js';
 
 export interface RestoreOptions {
   target: string;
@@ -47,14 +48,15 @@ export interface RestoreResult {
  * chain into a staging directory beside the target, checking every file's
  * SHA-256 as it is written → set links, modes and times → move into place.
  * A failure at any step removes the staging directory and leaves the target
- * as it was.
+ * as it was. A target where a file system is mounted cannot be renamed: the
+ * staging directory is made inside it, and its sources are moved in one by one.
  */
 export async function restore(repo: Repository, manifest: Manifest, options: RestoreOptions): Promise<RestoreResult> {
   const started = Date.now();
   const reporter = options.reporter ?? {};
   const warnings: Notice[] = [];
   const target = path.resolve(options.target);
-  const targetState = await inspectTarget(target);
+  const { state: targetState, mountPoint } = await inspectTarget(target);
   if (targetState === 'not-a-directory') throw new UsageError(`restore target ${target} exists and is not a directory`);
   if (targetState === 'non-empty' && !options.delta && !options.force) {
     throw new UsageError(`restore target ${target} is not empty`, {
@@ -63,7 +65,9 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
   }
   const plan = await planRestore(repo, manifest, options.include);
   const delta = options.delta === true && targetState === 'non-empty';
-  const staging = path.join(path.dirname(target), `.${path.basename(target)}.lifeboat-staging-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const unique = `${process.pid}-${randomBytes(4).toString('hex')}`;
+  // Staged on the target's file system, so that moving the restored files into place is a rename.
+  const staging = mountPoint ? path.join(target, `.lifeboat-staging-${unique}`) : path.join(path.dirname(target), `.${path.basename(target)}.lifeboat-staging-${unique}`);
   try {
     await makeDirectories(path.dirname(target));
     await fsp.mkdir(staging, { mode: 0o700 });
@@ -88,8 +92,13 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
     } else {
       await finishTree(plan, staging);
       await syncDirectories(plan, staging);
-      await moveIntoPlace(staging, target, targetState);
-      await syncPath(path.dirname(target));
+      if (mountPoint) {
+        await moveIntoMountPoint(staging, target, targetState === 'non-empty');
+        await syncPath(target);
+      } else {
+        await moveIntoPlace(staging, target, targetState);
+        await syncPath(path.dirname(target));
+      }
     }
     result.durationMs = Date.now() - started;
     return result;
@@ -101,15 +110,21 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
 
 type TargetState = 'absent' | 'empty' | 'non-empty' | 'not-a-directory';
 
-async function inspectTarget(target: string): Promise<TargetState> {
+/** fsck's directory at the root of an ext2/3/4 file system: at a mount point it is not part of what is restored or replaced. */
+const LOST_AND_FOUND = 'lost+found';
+
+async function inspectTarget(target: string): Promise<{ state: TargetState; mountPoint: boolean }> {
+  let st;
   try {
-    const st = await fsp.lstat(target);
-    if (!st.isDirectory()) return 'not-a-directory';
-    return (await fsp.readdir(target)).length === 0 ? 'empty' : 'non-empty';
+    st = await fsp.lstat(target);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'absent';
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { state: 'absent', mountPoint: false };
     throw err;
   }
+  if (!st.isDirectory()) return { state: 'not-a-directory', mountPoint: false };
+  const mountPoint = await isMountPoint(target);
+  const names = (await fsp.readdir(target)).filter((n) => !(mountPoint && n === LOST_AND_FOUND));
+  return { state: names.length === 0 ? 'empty' : 'non-empty', mountPoint };
 }
 
 function pathIn(root: string, e: { source: string; path: string }): string {
@@ -467,6 +482,40 @@ async function moveIntoPlace(staging: string, target: string, state: TargetState
   }
   // rename() replaces an empty directory atomically.
   await fsp.rename(staging, target);
+}
+
+/**
+ * Moves what was restored into a target where a file system is mounted, one
+ * source at a time (each is a rename within that file system). When it
+ * replaces, what was there is set aside first and removed last; if a move
+ * fails, everything is put back as it was.
+ */
+async function moveIntoMountPoint(staging: string, target: string, replace: boolean): Promise<void> {
+  const aside = `${staging}-replaced`;
+  const keep = new Set([path.basename(staging), LOST_AND_FOUND]);
+  const previous = replace ? (await fsp.readdir(target)).filter((n) => !keep.has(n)) : [];
+  const setAside: string[] = [];
+  const placed: string[] = [];
+  try {
+    if (previous.length > 0) await fsp.mkdir(aside, { mode: 0o700 });
+    for (const name of previous) {
+      await fsp.rename(path.join(target, name), path.join(aside, name));
+      setAside.push(name);
+    }
+    for (const name of await fsp.readdir(staging)) {
+      await fsp.rename(path.join(staging, name), path.join(target, name));
+      placed.push(name);
+    }
+  } catch (err) {
+    let putBack = true;
+    for (const name of placed) await fsp.rename(path.join(target, name), path.join(staging, name)).catch(() => (putBack = false));
+    for (const name of setAside) await fsp.rename(path.join(aside, name), path.join(target, name)).catch(() => (putBack = false));
+    // Whatever could not be put back stays set aside, not deleted.
+    if (putBack) await fsp.rm(aside, { recursive: true, force: true }).catch(() => undefined);
+    throw err;
+  }
+  await fsp.rmdir(staging);
+  if (previous.length > 0) await fsp.rm(aside, { recursive: true, force: true });
 }
 
 /** Files in the target whose size and SHA-256 already match the point. */

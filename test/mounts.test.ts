@@ -1,0 +1,135 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { BIN, lifeboat } from './helpers/cli.js';
+import { compareSnapshots, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile } from './helpers/tree.js';
+
+/**
+ * File systems mounted for a test: a private mount namespace lends the test a
+ * ramfs without touching the machine's mounts; it vanishes with the last
+ * process in it. (Run as root, or where user namespaces are allowed.)
+ */
+function namespaceCommand(): string[] | undefined {
+  const candidates = process.getuid?.() === 0 ? [['unshare', '--mount', '--propagation', 'private'], ['unshare', '--map-root-user', '--mount']] : [['unshare', '--map-root-user', '--mount']];
+  for (const prefix of candidates) {
+    const probe = spawnSync(prefix[0]!, [...prefix.slice(1), 'true'], { stdio: 'ignore' });
+    if (probe.status === 0) return prefix;
+  }
+  return undefined;
+}
+
+const unshare = namespaceCommand();
+
+function withoutLifeboatSettings(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(env).filter(([k]) => !k.startsWith('LIFEBOAT_')));
+}
+
+/** Runs a shell script in a new mount namespace; what it leaves on a ramfs must be copied out before it ends. */
+function inNamespace(script: string, env: Record<string, string>): void {
+  const run = spawnSync(unshare![0]!, [...unshare!.slice(1), 'sh', '-c', `set -e\n${script}`], {
+    env: { ...withoutLifeboatSettings(process.env), BIN, ...env },
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
+  assert.equal(run.status, 0, `the run in a mount namespace failed (status ${run.status}):\n${run.stderr}`);
+}
+
+const skip = unshare ? false : 'unshare cannot make a mount namespace here';
+
+// Volumes and restored files are written with O_DIRECT where the file system allows it.
+// ramfs does not: opening a file there with O_DIRECT fails with EINVAL.
+test('a repository and a restore on a file system without direct I/O (ramfs) work through the page cache', { skip }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  await fsp.mkdir(path.join(src, 'tok'), { recursive: true });
+  const rand = prng(seedFromEnv());
+  // Large files (over 1 MiB) are the ones written straight from aligned memory when direct I/O is there.
+  await writeRandomFile(path.join(src, 'shard-0.safetensors.bin'), (5 << 20) + 123, rand);
+  await writeRandomFile(path.join(src, 'shard-1.safetensors.bin'), 3 << 20, rand);
+  await writeRandomFile(path.join(src, 'tok', 'vocab.txt'), 70_001, rand);
+  await fsp.writeFile(path.join(src, 'config.json'), '{"hidden_size": 64}\n');
+  const mount = path.join(work, 'ramfs');
+  const copied = path.join(work, 'restored-copy');
+  await fsp.mkdir(mount);
+
+  inNamespace(
+    String.raw`
+mount -t ramfs ramfs "$MNT"
+# The premise: this file system refuses O_DIRECT (else the test would prove nothing).
+node -e '
+const fs = require("node:fs");
+try { fs.openSync(process.argv[1], fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_DIRECT); }
+catch (e) { if (e.code === "EINVAL") process.exit(0); throw e; }
+console.error("O_DIRECT was accepted"); process.exit(9);
+' "$MNT/probe"
+rm -f "$MNT/probe"
+node "$BIN" init --repo "$MNT/repo"
+node "$BIN" --repo "$MNT/repo" backup "$SRC" --type full --json > /dev/null
+echo extra >> "$SRC/config.json"
+node "$BIN" --repo "$MNT/repo" backup "$SRC" --type incr --json > /dev/null
+node "$BIN" --repo "$MNT/repo" verify --read-data > /dev/null
+node "$BIN" --repo "$MNT/repo" restore latest --target "$MNT/restored" > /dev/null
+cp -a "$MNT/restored" "$COPY"
+`,
+    { MNT: mount, SRC: src, COPY: copied },
+  );
+  // The namespace is gone, and with it the ramfs: nothing of it is left on the directory it covered.
+  assert.deepEqual(await fsp.readdir(mount), []);
+  const difference = compareSnapshots(await snapshotTree(src), await snapshotTree(path.join(copied, 'models')));
+  assert.equal(difference, undefined, difference);
+});
+
+test('a restore into a directory where a file system is mounted stages inside it, keeps lost+found, and replaces or updates with --force and --delta', { skip }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  await fsp.mkdir(path.join(src, 'tok'), { recursive: true });
+  const rand = prng(seedFromEnv());
+  await writeRandomFile(path.join(src, 'weights.bin'), (2 << 20) + 5, rand);
+  await writeRandomFile(path.join(src, 'tok', 'vocab.txt'), 9_000, rand);
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const full = await lifeboat(['--repo', repo, 'backup', src, '--type', 'full', '--json']);
+  assert.equal(full.code, 0, full.stderr);
+  const atFull = await snapshotTree(src);
+  await writeRandomFile(path.join(src, 'tok', 'vocab.txt'), 12_000, rand);
+  await fsp.writeFile(path.join(src, 'added.json'), '{}\n');
+  const incr = await lifeboat(['--repo', repo, 'backup', src, '--type', 'incr', '--json']);
+  assert.equal(incr.code, 0, incr.stderr);
+  const atIncr = await snapshotTree(src);
+
+  const target = path.join(work, 'mounted');
+  const out = path.join(work, 'out');
+  await fsp.mkdir(target);
+  await fsp.mkdir(out);
+  inNamespace(
+    String.raw`
+mount -t ramfs ramfs "$TARGET"
+mkdir "$TARGET/lost+found"
+node "$BIN" --repo "$REPO" restore "$FULL" --target "$TARGET" > /dev/null
+cp -a "$TARGET" "$OUT/first"
+echo stray > "$TARGET/stray"
+status=0; node "$BIN" --repo "$REPO" restore latest --target "$TARGET" 2> "$OUT/refused.txt" || status=$?
+echo $status > "$OUT/refused-status"
+node "$BIN" --repo "$REPO" restore latest --target "$TARGET" --force > /dev/null
+cp -a "$TARGET" "$OUT/forced"
+node "$BIN" --repo "$REPO" restore "$FULL" --target "$TARGET" --delta > /dev/null
+cp -a "$TARGET" "$OUT/delta"
+`,
+    { TARGET: target, REPO: repo, FULL: full.json().id, OUT: out },
+  );
+  const sameAs = async (expected: Map<string, unknown>, dir: string) => compareSnapshots(expected as never, await snapshotTree(path.join(out, dir, 'models')));
+  assert.equal(await sameAs(atFull, 'first'), undefined);
+  assert.deepEqual((await fsp.readdir(path.join(out, 'first'))).sort(), ['lost+found', 'models']);
+  assert.equal((await fsp.readFile(path.join(out, 'refused-status'), 'utf8')).trim(), '2', 'a target holding more than lost+found is not empty');
+  assert.match(await fsp.readFile(path.join(out, 'refused.txt'), 'utf8'), /is not empty/);
+  assert.equal(await sameAs(atIncr, 'forced'), undefined);
+  assert.deepEqual((await fsp.readdir(path.join(out, 'forced'))).sort(), ['lost+found', 'models'], '--force replaces what was there, lost+found aside');
+  assert.equal(await sameAs(atFull, 'delta'), undefined);
+  assert.deepEqual((await fsp.readdir(path.join(out, 'delta'))).sort(), ['lost+found', 'models']);
+  // Nothing was staged on the file system the mount point lies on.
+  assert.deepEqual((await fsp.readdir(work)).sort(), ['models', 'mounted', 'out', 'repo']);
+});
