@@ -75,3 +75,19 @@ export function errorMessage(err: unknown): string {
   if (err instanceof Error) return err.message;
   return String(err);
 }
+
+/** What to do about a failed file-system call on `where`, for the errors a user can fix. */
+export function fileSystemHint(err: unknown, where: string): string | undefined {
+  switch ((err as NodeJS.ErrnoException | undefined)?.code) {
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return `free space on the file system of ${where}, or use another place`;
+    case 'EACCES':
+    case 'EPERM':
+      return `check that this user may write ${where}`;
+    case 'EROFS':
+      return `${where} is on a read-only file system`;
+    default:
+      return undefined;
+  }
+}

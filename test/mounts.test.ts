@@ -133,3 +133,42 @@ cp -a "$TARGET" "$OUT/delta"
   // Nothing was staged on the file system the mount point lies on.
   assert.deepEqual((await fsp.readdir(work)).sort(), ['models', 'mounted', 'out', 'repo']);
 });
+
+test('a restore that cannot fit is refused before it writes, and a disk that fills up midway is one clear sentence', { skip }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  await fsp.mkdir(path.join(src, 'logs'), { recursive: true });
+  const rand = prng(seedFromEnv());
+  await writeRandomFile(path.join(src, 'weights.bin'), 3 << 20, rand);
+  for (let i = 0; i < 60; i++) await fsp.writeFile(path.join(src, 'logs', `run-${i}.log`), `line ${i}\n`);
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  assert.equal((await lifeboat(['--repo', repo, 'backup', src, '--type', 'full'])).code, 0);
+
+  const small = path.join(work, 'small');
+  const fewInodes = path.join(work, 'few-inodes');
+  const out = path.join(work, 'out');
+  await Promise.all([small, fewInodes, out].map((d) => fsp.mkdir(d)));
+  inNamespace(
+    String.raw`
+mount -t tmpfs -o size=1m tmpfs "$SMALL"
+status=0; node "$BIN" --repo "$REPO" restore latest --target "$SMALL/restore" 2> "$OUT/small.txt" || status=$?
+echo $status > "$OUT/small-status"; ls -A "$SMALL" > "$OUT/small-left"
+# Room for the bytes, not for the files: the disk fills up while the restore writes.
+mount -t tmpfs -o size=64m,nr_inodes=24 tmpfs "$FEW"
+status=0; node "$BIN" --repo "$REPO" restore latest --target "$FEW/restore" 2> "$OUT/few.txt" || status=$?
+echo $status > "$OUT/few-status"; ls -A "$FEW" > "$OUT/few-left"
+`,
+    { SMALL: small, FEW: fewInodes, REPO: repo, OUT: out },
+  );
+  const read = (name: string) => fsp.readFile(path.join(out, name), 'utf8');
+  assert.equal((await read('small-status')).trim(), '1');
+  assert.match(await read('small.txt'), /the restore needs 3\.\d+ MiB on the file system of .*small\/restore, and \d+\.\d+ (KiB|MiB) is free\n {2}free space there/);
+  assert.equal(await read('small-left'), '', 'nothing is left behind');
+  assert.equal((await read('few-status')).trim(), '1');
+  const few = await read('few.txt');
+  assert.match(few, /^lifeboat: cannot restore into .*few-inodes\/restore: ENOSPC: no space left on device.*\n {2}free space on the file system of .*few-inodes\/restore/);
+  assert.doesNotMatch(few, /lifeboat-staging|unexpected error/);
+  assert.equal(await read('few-left'), '', 'the staging directory is removed');
+});

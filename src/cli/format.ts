@@ -1,13 +1,4 @@
-export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return i === 0 ? `${n} B` : `${v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
-}
+export { formatBytes } from '../format/units.js';
 
 /** A plain-text table with left-aligned columns. */
 export function table(rows: string[][]): string {

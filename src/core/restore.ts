@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { Sha256Offload, type StreamDigest } from './hash-offload.js';
 import { SMALL_FILE } from './file-reader.js';
-import { IntegrityError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
+import { IntegrityError, LifeboatError, RuntimeFailure, UsageError, errorMessage, fileSystemHint, throwIfAborted } from '../errors.js';
 import { recordedChecksum, volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { sha256OfFile } from '../format/checksum.js';
@@ -16,6 +16,7 @@ import { planRestore, type RestorePlan } from './restore-plan.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 import { makeDirectories } from '../format/mkdirs.js';
 import { isMountPoint } from '../format/mounts.js';
+import { formatBytes } from '../format/units.js';
 
 export interface RestoreOptions {
   target: string;
@@ -83,6 +84,7 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
       result.unchanged = unchanged.size;
       result.rewritten = wanted.length;
     }
+    await checkFreeSpace(staging, target, wanted);
     await fetchFiles({ repo, plan, wanted: new Set(wanted), staging, reporter, warnings, concurrency: options.concurrency ?? DEFAULT_TRANSFERS, signal: options.signal });
     throwIfAborted(options.signal);
     if (delta) {
@@ -104,8 +106,32 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
     return result;
   } catch (err) {
     await fsp.rm(staging, { recursive: true, force: true }).catch(() => undefined);
-    throw err;
+    throw asRestoreFailure(err, staging, target);
   }
+}
+
+/**
+ * Refuses at once a restore that cannot fit, instead of failing when the disk
+ * is full. File systems that report no size (ramfs, some network ones) are
+ * not judged.
+ */
+async function checkFreeSpace(staging: string, target: string, files: readonly ManifestEntry[]): Promise<void> {
+  const needed = files.reduce((n, f) => n + f.size, 0);
+  const fsStats = await fsp.statfs(staging).catch(() => undefined);
+  if (!fsStats || fsStats.blocks === 0) return;
+  const free = fsStats.bavail * fsStats.bsize;
+  if (needed > free) {
+    throw new RuntimeFailure(`the restore needs ${formatBytes(needed)} on the file system of ${target}, and ${formatBytes(free)} is free`, {
+      hint: 'free space there, restore a part with --include, or choose another --target',
+    });
+  }
+}
+
+/** A failed file-system call while restoring, told as one sentence about the target (the staging directory is an internal name). */
+function asRestoreFailure(err: unknown, staging: string, target: string): unknown {
+  if (err instanceof LifeboatError || (err instanceof Error && err.name === 'AbortError') || (err as NodeJS.ErrnoException).code === undefined) return err;
+  const message = errorMessage(err).replaceAll(staging, target);
+  return new RuntimeFailure(`cannot restore into ${target}: ${message}`, { cause: err, hint: fileSystemHint(err, target) });
 }
 
 type TargetState = 'absent' | 'empty' | 'non-empty' | 'not-a-directory';

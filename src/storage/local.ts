@@ -3,7 +3,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { IntegrityError, LifeboatError, RuntimeFailure, errorMessage } from '../errors.js';
+import { IntegrityError, LifeboatError, RuntimeFailure, errorMessage, fileSystemHint } from '../errors.js';
 import { openRegularFile, syncPath, writeFileSynced } from '../format/durable.js';
 import { createFileSink } from '../format/file-sink.js';
 import { putThroughWriter } from './put-through-writer.js';
@@ -317,5 +317,5 @@ function wrap(op: string, key: string, err: unknown): Error {
   if (err instanceof Error && err.name === 'AbortError') return err;
   // Only lifeboat's own files belong in a repository: a pipe or a device there is damage or tampering.
   if ((err as NodeJS.ErrnoException).code === 'EFTYPE') return new IntegrityError(`cannot ${op} ${key}: it is not a regular file in the repository`, { cause: err });
-  return new RuntimeFailure(`cannot ${op} ${key}: ${errorMessage(err)}`, { cause: err });
+  return new RuntimeFailure(`cannot ${op} ${key}: ${errorMessage(err)}`, { cause: err, hint: fileSystemHint(err, 'the repository') });
 }
