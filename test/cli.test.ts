@@ -140,6 +140,18 @@ test('restore refuses a non-empty target without --delta or --force; --force rep
   assert.equal(inc.code, 0, inc.stderr);
   assert.ok(await exists(path.join(only, 'models', 'tok', 'tokenizer.json')));
   assert.equal(await exists(path.join(only, 'models', 'weights.bin')), false);
+  // A link to the live directory is not followed, nor replaced: it names what it is.
+  const live = path.join(d.work, 'live');
+  await fsp.symlink(target, live);
+  const linked = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', live]);
+  assert.equal(linked.code, 2);
+  assert.match(linked.stderr, new RegExp(`is a symbolic link \\(to ${target.replaceAll('/', '\\/')}\\)\n.*lifeboat failover`));
+  assert.equal((await fsp.lstat(live)).isSymbolicLink(), true);
+  const file = path.join(d.work, 'a-file');
+  await fsp.writeFile(file, 'x');
+  const onFile = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', file]);
+  assert.equal(onFile.code, 2);
+  assert.match(onFile.stderr, /exists and is not a directory/);
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 

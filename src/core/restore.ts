@@ -58,7 +58,16 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
   const warnings: Notice[] = [];
   const target = path.resolve(options.target);
   const { state: targetState, mountPoint } = await inspectTarget(target);
-  if (targetState === 'not-a-directory') throw new UsageError(`restore target ${target} exists and is not a directory`);
+  if (targetState === 'not-a-directory') {
+    const link = await fsp.readlink(target).catch(() => undefined);
+    if (link !== undefined) {
+      // Replacing a live link is failover's job, with a health check and a way back.
+      throw new UsageError(`restore target ${target} is a symbolic link (to ${link})`, {
+        hint: `restore into the directory it points to, or let \`lifeboat failover\` restore beside it and switch the link`,
+      });
+    }
+    throw new UsageError(`restore target ${target} exists and is not a directory`);
+  }
   if (targetState === 'non-empty' && !options.delta && !options.force) {
     throw new UsageError(`restore target ${target} is not empty`, {
       hint: 'use --delta to update it in place, --force to replace it, or choose an empty directory',
