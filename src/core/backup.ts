@@ -302,6 +302,8 @@ export async function removeLeftovers(repo: Repository, reporter: Reporter): Pro
       message: `removed ${orphan.keys.length} object(s), ${orphan.bytes} bytes, left by an aborted backup under ${orphan.prefix}`,
     });
   }
+  const summaries = await repo.orphanSummaries();
+  if (summaries.length > 0) await repo.storage.delete(summaries);
   await repo.storage.cleanupIncomplete(0, keys.dataPrefix);
 }
 

@@ -1,5 +1,5 @@
 import { throwIfAborted } from '../errors.js';
-import { keys, type Manifest } from '../format/manifest.js';
+import { keys, type PointSummary } from '../format/manifest.js';
 import type { Reporter } from './events.js';
 import { appendEvent } from './journal.js';
 import { acquireLock, describeLock } from './lock.js';
@@ -25,6 +25,8 @@ export interface PrunePlan {
   remove: RetentionDecision[];
   /** Manifests to delete, in the order they are deleted (newest first). */
   manifests: string[];
+  /** Summary documents to delete: the removed points', and any that belong to no point. */
+  summaries: string[];
   /** Data objects no kept point references, in key order. */
   data: { key: string; size: number }[];
   bytes: number;
@@ -36,28 +38,25 @@ export interface PruneResult extends PrunePlan {
 }
 
 /** Volumes a point needs: its own, and those of the points its files' bytes live in. */
-function referencedVolumes(m: Manifest, byId: ReadonlyMap<string, Manifest>): string[] {
-  const out = m.volumes.map((v) => v.key);
-  for (const e of m.entries) {
-    if (!e.ref || e.ref.point === m.id) continue;
-    const holder = byId.get(e.ref.point);
-    out.push(holder?.volumes[e.ref.volume]?.key ?? keys.volume(e.ref.point, e.ref.volume));
-  }
+function referencedVolumes(m: PointSummary, byId: ReadonlyMap<string, PointSummary>): string[] {
+  const out = [...m.volumes];
+  for (const use of m.uses) out.push(byId.get(use.point)?.volumes[use.volume] ?? keys.volume(use.point, use.volume));
   return out;
 }
 
 /** The plan: what the policy keeps and removes, and exactly which objects would go. Reads only. */
 export async function planPrune(repo: Repository, options: Pick<PruneOptions, 'policy' | 'protected' | 'now'>): Promise<PrunePlan> {
-  const manifests = await repo.allManifests();
-  const byId = new Map(manifests.map((m) => [m.id, m]));
+  // Summaries, not manifests: a repository of many large points is planned without reading every file list.
+  const summaries = await repo.allSummaries();
+  const byId = new Map(summaries.map((m) => [m.id, m]));
   const retention = planRetention(
-    manifests.map((m) => ({
+    summaries.map((m) => ({
       id: m.id,
       type: m.type,
       parent: m.parent,
       full: m.full,
       completedAt: m.completedAt,
-      references: [...new Set(m.entries.flatMap((e) => (e.ref && e.ref.point !== m.id ? [e.ref.point] : [])))],
+      references: [...new Set(m.uses.map((u) => u.point))],
     })),
     options.policy,
     { now: options.now ?? new Date(), protected: options.protected },
@@ -66,10 +65,12 @@ export async function planPrune(repo: Repository, options: Pick<PruneOptions, 'p
   for (const d of retention.keep) for (const key of referencedVolumes(byId.get(d.id)!, byId)) needed.add(key);
   const data: { key: string; size: number }[] = [];
   for await (const { key, size } of repo.storage.list(keys.dataPrefix)) if (!needed.has(key)) data.push({ key, size });
+  const removed = retention.remove.map((d) => d.id).reverse();
   return {
     keep: retention.keep,
     remove: retention.remove,
-    manifests: retention.remove.map((d) => keys.point(d.id)).reverse(),
+    manifests: removed.map((id) => keys.point(id)),
+    summaries: [...removed.map((id) => keys.summary(id)), ...(await repo.orphanSummaries())],
     data,
     bytes: data.reduce((n, d) => n + d.size, 0),
   };
@@ -96,7 +97,7 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
     const plan = await planPrune(repo, { ...options, protected: protectedPoints });
     if (options.dryRun) return { ...plan, dryRun: true, durationMs: Date.now() - started };
 
-    const total = plan.manifests.length + plan.data.length;
+    const total = plan.manifests.length + plan.summaries.length + plan.data.length;
     const progress = { phase: 'verify' as const, filesDone: 0, filesTotal: total, bytesDone: 0, bytesTotal: plan.bytes };
     for (const key of plan.manifests) {
       throwIfAborted(options.signal);
@@ -104,6 +105,9 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
       progress.filesDone++;
       reporter.progress?.({ ...progress, current: key });
     }
+    // A summary left without its manifest is ignored, and removed by the next prune.
+    if (plan.summaries.length > 0) await repo.storage.delete(plan.summaries);
+    progress.filesDone += plan.summaries.length;
     for (let i = 0; i < plan.data.length; i += DELETE_BATCH) {
       throwIfAborted(options.signal);
       const batch = plan.data.slice(i, i + DELETE_BATCH);

@@ -7,8 +7,11 @@ import {
   keys,
   manifestSchema,
   repositoryConfigSchema,
+  summarize,
+  summarySchema,
   type EncryptionConfig,
   type Manifest,
+  type PointSummary,
   type RepositoryConfig,
 } from '../format/manifest.js';
 import { isNotFound, type Storage } from '../storage/storage.js';
@@ -85,6 +88,13 @@ export class Repository {
   async manifest(id: string): Promise<Manifest> {
     const cached = this.manifests.get(id);
     if (cached) return cached;
+    const manifest = await this.readManifest(id);
+    this.manifests.set(id, manifest);
+    return manifest;
+  }
+
+  /** Reads and checks a manifest without keeping it: summaries of many points must not hold every manifest in memory. */
+  private async readManifest(id: string): Promise<Manifest> {
     let raw: Buffer;
     try {
       raw = await this.storage.getDocument(keys.point(id));
@@ -94,21 +104,62 @@ export class Repository {
     }
     const manifest = decodeDocument(raw, manifestSchema, `manifest of ${id}`);
     if (manifest.id !== id) throw new IntegrityError(`manifest ${keys.point(id)} describes ${manifest.id}, not ${id}`);
-    this.manifests.set(id, manifest);
     return manifest;
   }
 
-  /** Every committed point, oldest first; read several at a time, since each is a round trip on S3. */
-  async allManifests(): Promise<Manifest[]> {
+  /**
+   * A committed point's summary document; derived from its manifest for a
+   * point without one (written before summaries existed) or with a damaged
+   * one (which verify reports).
+   */
+  async summary(id: string): Promise<PointSummary> {
+    const cached = this.manifests.get(id);
+    if (cached) return summarize(cached);
+    const stored = await this.storedSummary(id).catch((err: unknown) => {
+      if (err instanceof IntegrityError) return undefined;
+      throw err;
+    });
+    return stored ?? summarize(await this.readManifest(id));
+  }
+
+  /** The summary document of a point as stored, undefined when there is none; IntegrityError when it is damaged. */
+  async storedSummary(id: string): Promise<PointSummary | undefined> {
+    let raw: Buffer;
+    try {
+      raw = await this.storage.getDocument(keys.summary(id));
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+    const summary = decodeDocument(raw, summarySchema, `summary of ${id}`);
+    if (summary.id !== id) throw new IntegrityError(`summary ${keys.summary(id)} describes ${summary.id}, not ${id}`);
+    return summary;
+  }
+
+  /** Every committed point's summary, oldest first; read several at a time, since each is a round trip on S3. */
+  async allSummaries(): Promise<PointSummary[]> {
     const ids = await this.pointIds();
-    const out: Manifest[] = new Array(ids.length);
+    const out: PointSummary[] = new Array(ids.length);
     await runPool(ids, MANIFEST_READS, async (id, i) => {
-      out[i] = await this.manifest(id);
+      out[i] = await this.summary(id);
     });
     return out;
   }
 
+  /** Summary documents of no committed point: left by a backup stopped just before its commit, or a prune. */
+  async orphanSummaries(): Promise<string[]> {
+    const committed = new Set(await this.pointIds());
+    const orphans: string[] = [];
+    for await (const { key } of this.storage.list(keys.summariesPrefix)) {
+      const id = /^summaries\/(.+)\.json$/.exec(key)?.[1];
+      if (id === undefined || !committed.has(id)) orphans.push(key);
+    }
+    return orphans;
+  }
+
+  /** Stores the point's summary, then commits its manifest: the manifest makes the point exist. */
   async commitManifest(manifest: Manifest): Promise<void> {
+    await this.storage.putDocument(keys.summary(manifest.id), encodeDocument(summarize(manifest)));
     const ok = await this.storage.putDocument(keys.point(manifest.id), encodeDocument(manifest), { ifAbsent: true });
     if (!ok) throw new IntegrityError(`backup point ${manifest.id} already exists`);
     this.manifests.set(manifest.id, manifest);
@@ -125,13 +176,13 @@ export class Repository {
     if (/^\d{4}-\d{2}-\d{2}/.test(selector)) {
       const at = Date.parse(selector);
       if (!Number.isFinite(at)) throw new UsageError(`${JSON.stringify(selector)} is not a valid ISO-8601 time`);
-      let best: Manifest | undefined;
-      for (const m of await this.allManifests()) {
+      let best: PointSummary | undefined;
+      for (const m of await this.allSummaries()) {
         const done = Date.parse(m.completedAt);
         if (done <= at && (!best || done >= Date.parse(best.completedAt))) best = m;
       }
       if (!best) throw new UsageError(`no backup point completed at or before ${selector}`);
-      return best;
+      return this.manifest(best.id);
     }
     const matches = ids.filter((id) => id.startsWith(selector));
     if (matches.length === 0) {

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
-import { errorMessage, throwIfAborted } from '../errors.js';
-import { keys, recordedChecksum, volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
+import { isDeepStrictEqual } from 'node:util';
+import { IntegrityError, errorMessage, throwIfAborted } from '../errors.js';
+import { keys, recordedChecksum, summarize, volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { readVolume } from '../format/tar.js';
 import type { Notice, Progress, Reporter } from './events.js';
@@ -11,6 +12,7 @@ import * as ledgers from './verify-ledger.js';
 
 export type ProblemKind =
   | 'manifest-unreadable'
+  | 'summary-mismatch'
   | 'chain-broken'
   | 'missing-volume'
   | 'size-mismatch'
@@ -113,9 +115,11 @@ export async function verify(repo: Repository, options: VerifyOptions = {}): Pro
   const existing = new Map<string, number>();
   for await (const { key, size } of repo.storage.list(keys.dataPrefix)) existing.set(key, size);
 
-  // Manifests first, several at a time: each is a round trip on S3.
+  // Manifests first, several at a time: each is a round trip on S3. Each point's summary must say what its manifest says.
   await runPool(selected, 16, async (id) => {
-    await load(id);
+    const m = await load(id);
+    const mismatch = m ? await summaryMismatch(repo, m) : undefined;
+    if (mismatch) problems.push({ point: id, path: keys.summary(id), kind: 'summary-mismatch', detail: mismatch });
   });
   for (const id of selected) {
     throwIfAborted(options.signal);
@@ -196,6 +200,11 @@ export async function verify(repo: Repository, options: VerifyOptions = {}): Pro
   }
 
   if (!options.point) {
+    for (const key of await repo.orphanSummaries()) {
+      const n: Notice = { level: 'warning', code: 'leftovers', path: key, message: 'a summary of no backup point, left by an aborted backup or prune; the next backup or prune removes it' };
+      warnings.push(n);
+      reporter.notice?.(n);
+    }
     for (const orphan of await repo.orphanDataPrefixes()) {
       const n: Notice = {
         level: 'warning',
@@ -209,6 +218,19 @@ export async function verify(repo: Repository, options: VerifyOptions = {}): Pro
   }
   result.ok = problems.length === 0;
   return result;
+}
+
+/** Why a point's stored summary is unusable or disagrees with its manifest; undefined when it agrees or the point has none. */
+async function summaryMismatch(repo: Repository, m: Manifest): Promise<string | undefined> {
+  let stored;
+  try {
+    stored = await repo.storedSummary(m.id);
+  } catch (err) {
+    if (err instanceof IntegrityError) return err.message;
+    throw err;
+  }
+  if (stored === undefined || isDeepStrictEqual(stored, summarize(m))) return undefined;
+  return 'the summary that list, prune and time selectors read does not match the manifest';
 }
 
 async function readBackVolume(

@@ -90,47 +90,84 @@ export const sourceSchema = z.object({
 });
 export type SourceRecord = z.infer<typeof sourceSchema>;
 
-export const manifestSchema = z
-  .object({
-    format: z.union([z.literal(1), z.literal(MANIFEST_FORMAT)]),
-    id: pointId,
-    type: z.enum(['full', 'diff', 'incr']),
-    parent: pointId.nullable(),
-    full: pointId,
-    startedAt: z.string(),
-    completedAt: z.string(),
-    host: z.string(),
-    tags: z.record(z.string(), z.string()),
-    sources: z.array(sourceSchema).max(10_000),
-    volumes: z.array(volumeSchema).max(1_000_000),
-    entries: z.array(entrySchema).max(50_000_000),
-    /**
-     * Copies of files that changed while they were read, stored and then read
-     * again: no entry refers to them, and they are listed so that verify
-     * --read-data checks their bytes too (format 2, whose volume CRC-32 leaves
-     * bodies out).
-     */
-    superseded: z.array(z.object({ volume: count, entry: count, size: count, sha256 })).max(50_000_000).optional(),
-    stats: z.object({
-      files: count,
-      bytes: count,
-      added: count,
-      changed: count,
-      removed: count,
-      storedBytes: count,
-    }),
-    warnings: z.array(z.object({ code: z.string(), path: z.string().optional(), message: z.string() })),
-  })
-  .superRefine((m, ctx) => {
-    const field = m.format === 1 ? 'crc32' : 'framingCrc32';
-    const other = m.format === 1 ? 'framingCrc32' : 'crc32';
-    m.volumes.forEach((v, i) => {
-      if (v[field] === undefined || v[other] !== undefined) {
-        ctx.addIssue({ code: 'custom', path: ['volumes', i, field], message: `a volume of manifest format ${m.format} records ${field} (and not ${other})` });
-      }
-    });
+/** The manifest's fields, before the checks across them. */
+const manifestFields = z.object({
+  format: z.union([z.literal(1), z.literal(MANIFEST_FORMAT)]),
+  id: pointId,
+  type: z.enum(['full', 'diff', 'incr']),
+  parent: pointId.nullable(),
+  full: pointId,
+  startedAt: z.string(),
+  completedAt: z.string(),
+  host: z.string(),
+  tags: z.record(z.string(), z.string()),
+  sources: z.array(sourceSchema).max(10_000),
+  volumes: z.array(volumeSchema).max(1_000_000),
+  entries: z.array(entrySchema).max(50_000_000),
+  /**
+   * Copies of files that changed while they were read, stored and then read
+   * again: no entry refers to them, and they are listed so that verify
+   * --read-data checks their bytes too (format 2, whose volume CRC-32 leaves
+   * bodies out).
+   */
+  superseded: z.array(z.object({ volume: count, entry: count, size: count, sha256 })).max(50_000_000).optional(),
+  stats: z.object({
+    files: count,
+    bytes: count,
+    added: count,
+    changed: count,
+    removed: count,
+    storedBytes: count,
+  }),
+  warnings: z.array(z.object({ code: z.string(), path: z.string().optional(), message: z.string() })),
+});
+
+export const manifestSchema = manifestFields.superRefine((m, ctx) => {
+  const field = m.format === 1 ? 'crc32' : 'framingCrc32';
+  const other = m.format === 1 ? 'framingCrc32' : 'crc32';
+  m.volumes.forEach((v, i) => {
+    if (v[field] === undefined || v[other] !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['volumes', i, field], message: `a volume of manifest format ${m.format} records ${field} (and not ${other})` });
+    }
   });
+});
 export type Manifest = z.infer<typeof manifestSchema>;
+
+/**
+ * What listing, choosing and pruning points need from a manifest, in a small
+ * document of its own (`summaries/<id>.json`), written just before the
+ * manifest is committed: `list`, `prune` and time selectors read these instead
+ * of every manifest, whose size grows with the number of files.
+ */
+export const summarySchema = manifestFields.pick({ id: true, type: true, parent: true, full: true, startedAt: true, completedAt: true, tags: true }).extend({
+  format: z.literal(1),
+  stats: z.object({ files: count, bytes: count, storedBytes: count }),
+  /** This point's own volumes, in order. */
+  volumes: z.array(z.string().min(1).max(1024)).max(1_000_000),
+  /** Volumes of other points that hold some of this point's files. */
+  uses: z.array(z.object({ point: pointId, volume: count })).max(50_000_000),
+});
+export type PointSummary = z.infer<typeof summarySchema>;
+
+export function summarize(m: Manifest): PointSummary {
+  const uses = new Map<string, { point: string; volume: number }>();
+  for (const e of m.entries) {
+    if (e.ref && e.ref.point !== m.id) uses.set(`${e.ref.point}/${e.ref.volume}`, { point: e.ref.point, volume: e.ref.volume });
+  }
+  return {
+    format: 1,
+    id: m.id,
+    type: m.type,
+    parent: m.parent,
+    full: m.full,
+    startedAt: m.startedAt,
+    completedAt: m.completedAt,
+    tags: m.tags,
+    stats: { files: m.stats.files, bytes: m.stats.bytes, storedBytes: m.stats.storedBytes },
+    volumes: m.volumes.map((v) => v.key),
+    uses: [...uses.values()].sort((a, b) => (a.point < b.point ? -1 : a.point > b.point ? 1 : a.volume - b.volume)),
+  };
+}
 
 /** An encrypted repository's settings (docs/SECURITY.md); the keys themselves are under keys/. */
 export const encryptionConfigSchema = z.object({
@@ -157,6 +194,8 @@ export const keys = {
   config: 'config.json',
   pointsPrefix: 'points/',
   point: (id: string) => `points/${id}.json`,
+  summariesPrefix: 'summaries/',
+  summary: (id: string) => `summaries/${id}.json`,
   dataPrefix: 'data/',
   pointData: (id: string) => `data/${id}/`,
   volume: (id: string, n: number) => `data/${id}/v${String(n + 1).padStart(6, '0')}.tar`,

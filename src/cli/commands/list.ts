@@ -1,12 +1,15 @@
 import type { Command } from 'commander';
-import type { Manifest } from '../../format/manifest.js';
+import type { PointSummary } from '../../format/manifest.js';
 import { openRepository, type CliContext } from '../context.js';
 import { formatBytes, table } from '../format.js';
 import { printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 import { readPins } from '../../core/pins.js';
 
-export function pointJson(m: Manifest) {
+/** What list prints of a point; a manifest has it too. */
+type PointFacts = Omit<PointSummary, 'format' | 'volumes' | 'uses'>;
+
+export function pointJson(m: PointFacts) {
   return {
     id: m.id,
     type: m.type,
@@ -24,7 +27,7 @@ export function pointJson(m: Manifest) {
 export async function runList(ctx: CliContext): Promise<void> {
   const { repo, close } = await openRepository(ctx);
   try {
-    const points = await repo.allManifests();
+    const points = await repo.allSummaries();
     const pins = await readPins(repo.storage);
     const pinned = (id: string) => ({ pinned: pins.has(id), pinReason: pins.get(id)?.reason ?? null });
     printResult(ctx, points.map((m) => ({ ...pointJson(m), ...pinned(m.id) })), () => {

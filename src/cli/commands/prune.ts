@@ -69,7 +69,7 @@ export async function runPrune(ctx: CliContext, flags: PruneFlags): Promise<void
           dryRun: result.dryRun,
           keep: result.keep.map(({ id, type, reasons }) => ({ id, type, reasons })),
           remove: result.remove.map(({ id, type, reasons }) => ({ id, type, reasons })),
-          objects: [...result.manifests, ...result.data.map((d) => d.key)],
+          objects: [...result.manifests, ...result.summaries, ...result.data.map((d) => d.key)],
           dataObjects: result.data.length,
           dataBytes: result.bytes,
           durationMs: result.durationMs,
@@ -79,7 +79,7 @@ export async function runPrune(ctx: CliContext, flags: PruneFlags): Promise<void
           for (const d of result.keep) lines.push(`keep    ${d.id}  ${d.type.padEnd(4)}  ${d.reasons.join('; ')}`);
           for (const d of result.remove) lines.push(`${result.dryRun ? 'would remove' : 'remove'}  ${d.id}  ${d.type.padEnd(4)}  ${d.reasons.join('; ')}`);
           if (result.dryRun) {
-            for (const key of [...result.manifests, ...result.data.map((d) => d.key)]) lines.push(`  would delete ${key}`);
+            for (const key of [...result.manifests, ...result.summaries, ...result.data.map((d) => d.key)]) lines.push(`  would delete ${key}`);
           }
           const verb = result.dryRun ? 'would remove' : 'removed';
           lines.push(
