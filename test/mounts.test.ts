@@ -172,3 +172,31 @@ echo $status > "$OUT/few-status"; ls -A "$FEW" > "$OUT/few-left"
   assert.doesNotMatch(few, /lifeboat-staging|unexpected error/);
   assert.equal(await read('few-left'), '', 'the staging directory is removed');
 });
+
+test('a repository mounted read-only restores and verifies, with a warning that no reader could be registered', { skip }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  await fsp.mkdir(src);
+  await writeRandomFile(path.join(src, 'weights.bin'), (2 << 20) + 9, prng(seedFromEnv()));
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  assert.equal((await lifeboat(['--repo', repo, 'backup', src])).code, 0);
+  const readOnly = path.join(work, 'read-only');
+  const out = path.join(work, 'out');
+  await fsp.mkdir(readOnly);
+  await fsp.mkdir(out);
+  inNamespace(
+    String.raw`
+mount --bind "$REPO" "$RO"
+mount -o remount,bind,ro "$RO"
+node "$BIN" --repo "$RO" restore latest --target "$OUT/restored" 2> "$OUT/restore.txt"
+node "$BIN" --repo "$RO" verify --read-data 2> "$OUT/verify.txt" > /dev/null
+`,
+    { REPO: repo, RO: readOnly, OUT: out },
+  );
+  assert.equal(compareSnapshots(await snapshotTree(src), await snapshotTree(path.join(out, 'restored', 'models'))), undefined);
+  for (const log of ['restore.txt', 'verify.txt']) {
+    assert.match(await fsp.readFile(path.join(out, log), 'utf8'), /could not register as a reader of the repository \(.*read-only file system.*\); a prune started meanwhile could remove/);
+  }
+});

@@ -1,5 +1,6 @@
 import { errorMessage, throwIfAborted } from '../errors.js';
 import { runShell } from '../state/command.js';
+import { sleep } from '../sleep.js';
 
 export const DEFAULT_HEALTH_TIMEOUT_MS = 60_000;
 export const DEFAULT_HEALTH_INTERVAL_MS = 1_000;
@@ -102,14 +103,3 @@ export async function waitHealthy(spec: HealthSpec | undefined, options: HealthR
   return { ok: false, attempts, ms: Date.now() - started, detail: last.detail };
 }
 
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    }
-    signal?.addEventListener('abort', done, { once: true });
-  });
-}

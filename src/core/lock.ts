@@ -1,8 +1,11 @@
 import * as os from 'node:os';
+import { randomBytes } from 'node:crypto';
 import * as z from 'zod';
-import { LockedError, errorMessage } from '../errors.js';
+import { LockedError, errorMessage, throwIfAborted } from '../errors.js';
+import { sleep } from '../sleep.js';
 import { isNotFound, type Storage } from '../storage/storage.js';
 import { keys } from '../format/manifest.js';
+import type { Notice, Reporter } from './events.js';
 
 export const DEFAULT_LEASE_MS = 30 * 60 * 1000;
 
@@ -71,10 +74,10 @@ function describeLimit(ms: number): string {
   return ms >= 120_000 ? `${Math.round(ms / 60000)} min` : `${Math.round(ms / 1000)} s`;
 }
 
-export async function readLock(storage: Storage, options: StalenessOptions = {}): Promise<LockStatus | undefined> {
+export async function readLock(storage: Storage, options: StalenessOptions = {}, key: string = keys.lock): Promise<LockStatus | undefined> {
   let raw: Buffer;
   try {
-    raw = await storage.getDocument(keys.lock);
+    raw = await storage.getDocument(key);
   } catch (err) {
     if (isNotFound(err)) return undefined;
     throw err;
@@ -118,7 +121,7 @@ export interface HeldLock {
 export async function acquireLock(storage: Storage, command: string, leaseMs = DEFAULT_LEASE_MS, options: StalenessOptions = {}): Promise<HeldLock> {
   const now = new Date().toISOString();
   const info: LockInfo = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs };
-  const encode = (i: LockInfo) => Buffer.from(JSON.stringify(i));
+  const encode = encodeLock;
   let tookOver: LockStatus | undefined;
   if (!(await storage.putDocument(keys.lock, encode(info), { ifAbsent: true }))) {
     const holder = await readLock(storage, options);
@@ -134,19 +137,12 @@ export async function acquireLock(storage: Storage, command: string, leaseMs = D
       throw new LockedError(`the repository was locked by ${winner ? describeLock(winner.info) : 'another process'} while taking over a stale lock`);
     }
   }
-  const refreshEvery = refreshInterval(leaseMs);
-  let refreshing: Promise<unknown> = Promise.resolve();
-  const timer = setInterval(() => {
-    info.refreshedAt = new Date().toISOString();
-    refreshing = storage.putDocument(keys.lock, encode(info)).catch(() => undefined);
-  }, refreshEvery);
-  timer.unref();
+  const lease = keepRefreshed(storage, keys.lock, info);
   return {
     info,
     tookOver,
     async release() {
-      clearInterval(timer);
-      await refreshing;
+      await lease.stop();
       try {
         const current = await readLock(storage);
         if (current && current.info.pid === info.pid && current.info.host === info.host && current.info.startedAt === info.startedAt) {
@@ -157,4 +153,124 @@ export async function acquireLock(storage: Storage, command: string, leaseMs = D
       }
     },
   };
+}
+
+const encodeLock = (info: LockInfo) => Buffer.from(JSON.stringify(info));
+
+/** Rewrites a held lock's document as its lease runs, until stopped. */
+function keepRefreshed(storage: Storage, key: string, info: LockInfo): { stop(): Promise<void> } {
+  let refreshing: Promise<unknown> = Promise.resolve();
+  const timer = setInterval(() => {
+    info.refreshedAt = new Date().toISOString();
+    refreshing = storage.putDocument(key, encodeLock(info)).catch(() => undefined);
+  }, refreshInterval(info.leaseMs));
+  timer.unref();
+  return {
+    async stop() {
+      clearInterval(timer);
+      await refreshing;
+    },
+  };
+}
+
+/** Commands whose exclusive lock readers must not run beside: they delete committed data. */
+const DELETES_DATA = new Set(['prune']);
+
+export interface ReadLock {
+  /** Why no reader lock could be written (a read-only repository or credentials), when none was. */
+  unlocked?: string;
+  release(): Promise<void>;
+}
+
+/** How often a reader waiting for a prune looks again. */
+const PRUNE_POLL_MS = 1000;
+
+export interface ReadLockOptions extends StalenessOptions {
+  signal?: AbortSignal;
+  /** Called once when the reader has to wait for a prune that holds the lock. */
+  waiting?: (prune: LockInfo) => void;
+}
+
+/**
+ * Registers a reader (restore, verify, drill) under locks/readers/, so that a
+ * prune does not delete what it reads: a prune that finds a live reader exits
+ * 4, and a reader that finds a prune running waits for it to finish. Each
+ * writes its own lock before looking for the other's, so of two that start
+ * together at least one sees the other. Backups do not exclude readers: they
+ * delete nothing a committed point uses. Where no lock can be written (a
+ * repository mounted read-only, read-only credentials), the reader goes on
+ * without one.
+ */
+export async function acquireReadLock(storage: Storage, command: string, options: ReadLockOptions = {}): Promise<ReadLock> {
+  const now = new Date().toISOString();
+  const info: LockInfo = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs: DEFAULT_LEASE_MS };
+  const key = keys.reader(`${info.host.replace(/[^A-Za-z0-9._-]/g, '_')}-${info.pid}-${randomBytes(4).toString('hex')}`);
+  try {
+    await storage.putDocument(key, encodeLock(info));
+  } catch (err) {
+    return { unlocked: errorMessage(err), release: async () => undefined };
+  }
+  const lease = keepRefreshed(storage, key, info);
+  const release = async () => {
+    await lease.stop();
+    await storage.delete([key]).catch(() => undefined);
+  };
+  try {
+    for (let announced = false; ; announced = true) {
+      const writer = await readLock(storage, options);
+      if (!writer || writer.stale || !DELETES_DATA.has(writer.info.command)) break;
+      // Registered already, so no new prune starts; this one was past its look at the readers.
+      if (!announced) options.waiting?.(writer.info);
+      await sleep(PRUNE_POLL_MS, options.signal);
+      throwIfAborted(options.signal);
+    }
+  } catch (err) {
+    await release();
+    throw err;
+  }
+  return { release };
+}
+
+/**
+ * Runs `work` registered as a reader of the repository: after a running prune,
+ * and keeping new ones from starting until it is done.
+ */
+export async function whileReading<T>(storage: Storage, command: string, context: { signal?: AbortSignal; reporter: Reporter; warnings: Notice[] }, work: () => Promise<T>): Promise<T> {
+  const lock = await acquireReadLock(storage, command, { signal: context.signal, waiting: (prune) => context.reporter.notice?.(waitingNotice(prune)) });
+  try {
+    if (lock.unlocked) {
+      const notice = unlockedNotice(lock.unlocked);
+      context.warnings.push(notice);
+      context.reporter.notice?.(notice);
+    }
+    return await work();
+  } finally {
+    await lock.release();
+  }
+}
+
+/** The warning of a reader that could not register itself. */
+function waitingNotice(prune: LockInfo): Notice {
+  return { level: 'info', code: 'waiting-for-prune', message: `waiting for the prune by ${describeLock(prune)} to finish` };
+}
+
+function unlockedNotice(reason: string): Notice {
+  return {
+    level: 'warning',
+    code: 'no-read-lock',
+    message: `could not register as a reader of the repository (${reason}); a prune started meanwhile could remove what is being read`,
+  };
+}
+
+/** Readers registered under locks/readers/: the live ones, and the stale ones (which a prune removes). */
+export async function readersOf(storage: Storage, options: StalenessOptions = {}): Promise<{ live: (LockStatus & { key: string })[]; stale: string[] }> {
+  const live: (LockStatus & { key: string })[] = [];
+  const stale: string[] = [];
+  for await (const { key } of storage.list(keys.readersPrefix)) {
+    const status = await readLock(storage, options, key);
+    if (!status) continue;
+    if (status.stale) stale.push(key);
+    else live.push({ ...status, key });
+  }
+  return { live, stale };
 }

@@ -1,8 +1,8 @@
-import { throwIfAborted } from '../errors.js';
+import { LockedError, throwIfAborted } from '../errors.js';
 import { keys, type PointSummary } from '../format/manifest.js';
 import type { Reporter } from './events.js';
 import { appendEvent } from './journal.js';
-import { acquireLock, describeLock } from './lock.js';
+import { acquireLock, describeLock, readersOf } from './lock.js';
 import type { Repository } from './repository.js';
 import { planRetention, type RetentionDecision, type RetentionPolicy } from './retention.js';
 
@@ -92,6 +92,16 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
   try {
     if (lock?.tookOver) {
       reporter.notice?.({ level: 'warning', code: 'stale-lock', message: `took over a stale lock of ${describeLock(lock.tookOver.info)} (${lock.tookOver.reason})` });
+    }
+    if (lock) {
+      const readers = await readersOf(repo.storage, { staleAfterMs: options.lockStaleAfterMs });
+      if (readers.live.length > 0) {
+        const others = readers.live.length > 1 ? ` and ${readers.live.length - 1} other reader(s)` : '';
+        throw new LockedError(`the repository is being read by ${describeLock(readers.live[0]!.info)}${others}`, {
+          hint: 'prune again when it has finished (a reader that is gone stops counting once its lease runs out, at once on its own host)',
+        });
+      }
+      if (readers.stale.length > 0) await repo.storage.delete(readers.stale);
     }
     const protectedPoints = options.findProtected ? await options.findProtected() : options.protected;
     const plan = await planPrune(repo, { ...options, protected: protectedPoints });

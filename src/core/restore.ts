@@ -16,6 +16,7 @@ import { planRestore, type RestorePlan } from './restore-plan.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 import { makeDirectories } from '../format/mkdirs.js';
 import { isMountPoint } from '../format/mounts.js';
+import { whileReading } from './lock.js';
 import { formatBytes } from '../format/units.js';
 
 export interface RestoreOptions {
@@ -73,6 +74,21 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
       hint: 'use --delta to update it in place, --force to replace it, or choose an empty directory',
     });
   }
+  return whileReading(repo.storage, 'restore', { signal: options.signal, reporter, warnings }, () =>
+    restoreLocked(repo, manifest, options, { target, targetState, mountPoint, reporter, warnings, started }),
+  );
+}
+
+interface RestoreSetting {
+  target: string;
+  targetState: TargetState;
+  mountPoint: boolean;
+  reporter: Reporter;
+  warnings: Notice[];
+  started: number;
+}
+
+async function restoreLocked(repo: Repository, manifest: Manifest, options: RestoreOptions, { target, targetState, mountPoint, reporter, warnings, started }: RestoreSetting): Promise<RestoreResult> {
   const plan = await planRestore(repo, manifest, options.include);
   const delta = options.delta === true && targetState === 'non-empty';
   const unique = `${process.pid}-${randomBytes(4).toString('hex')}`;

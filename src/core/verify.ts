@@ -8,6 +8,7 @@ import type { Notice, Progress, Reporter } from './events.js';
 import type { Repository } from './repository.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 import { deepCheck } from './verify-deep.js';
+import { whileReading } from './lock.js';
 import * as ledgers from './verify-ledger.js';
 
 export type ProblemKind =
@@ -72,8 +73,12 @@ export interface VerifyResult {
  */
 export async function verify(repo: Repository, options: VerifyOptions = {}): Promise<VerifyResult> {
   const reporter = options.reporter ?? {};
-  const problems: Problem[] = [];
   const warnings: Notice[] = [];
+  return whileReading(repo.storage, 'verify', { signal: options.signal, reporter, warnings }, () => verifyLocked(repo, options, reporter, warnings));
+}
+
+async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: Reporter, warnings: Notice[]): Promise<VerifyResult> {
+  const problems: Problem[] = [];
   const result: VerifyResult = { ok: true, backups: 0, files: 0, bytesRead: 0, problems, warnings };
 
   const ids = await repo.pointIds();

@@ -200,6 +200,8 @@ export const keys = {
   pointData: (id: string) => `data/${id}/`,
   volume: (id: string, n: number) => `data/${id}/v${String(n + 1).padStart(6, '0')}.tar`,
   lock: 'locks/lock.json',
+  readersPrefix: 'locks/readers/',
+  reader: (name: string) => `locks/readers/${name}.json`,
 } as const;
 
 /** Name of a file's entry inside a tar volume: `<source>/<path>`. */

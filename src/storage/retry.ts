@@ -1,6 +1,7 @@
 import type { Readable } from 'node:stream';
 import { LifeboatError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
 import type { GetOptions, ObjectInfo, ObjectReader, ObjectWriter, PutOptions, Storage, StorageCapabilities } from './storage.js';
+import { sleep } from '../sleep.js';
 
 export interface RetryPolicy {
   /** Total attempts, the first one included. */
@@ -145,19 +146,6 @@ export function asFailure(operation: string, key: string, err: unknown, attempts
         ? 'check the region (s3.region) or the endpoint of the repository'
         : undefined;
   return new RuntimeFailure(`${operation} ${key} failed${tries}: ${describeError(err)}`, { cause: err, hint });
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  if (ms <= 0) return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    signal?.addEventListener('abort', done, { once: true });
-    function done() {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    }
-  });
 }
 
 /**

@@ -1,0 +1,99 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { lifeboat } from './helpers/cli.js';
+import { smallDeployment } from './helpers/repo.js';
+import { sleep } from './helpers/processes.js';
+
+function lockDocument(command: string, pid = process.pid) {
+  const now = new Date().toISOString();
+  return JSON.stringify({ host: os.hostname(), pid, command, startedAt: now, refreshedAt: now, leaseMs: 1_800_000 });
+}
+
+/** A pid no process has (Linux pids stay below 2^22). */
+const GONE = 2 ** 22 + 4242;
+
+async function twoFulls() {
+  const d = await smallDeployment();
+  for (let i = 0; i < 2; i++) {
+    await fsp.writeFile(path.join(d.src, 'config.json'), JSON.stringify({ step: i }));
+    const r = await lifeboat(['--repo', d.repo, 'backup', d.src, '--type', 'full']);
+    assert.equal(r.code, 0, r.stderr);
+  }
+  return d;
+}
+
+const readersDir = (repo: string) => path.join(repo, 'locks', 'readers');
+const readers = async (repo: string) => (await fsp.readdir(readersDir(repo)).catch(() => [])).sort();
+
+test('a prune does not remove what a live reader reads: it exits 4 naming the reader; a reader that is gone is removed', async (t) => {
+  const d = await twoFulls();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  await fsp.mkdir(readersDir(d.repo), { recursive: true });
+  await fsp.writeFile(path.join(readersDir(d.repo), 'elsewhere.json'), lockDocument('restore'));
+
+  const blocked = await lifeboat(['--repo', d.repo, 'prune', '--keep-full', '1']);
+  assert.equal(blocked.code, 4, blocked.stderr);
+  assert.match(blocked.stderr, new RegExp(`being read by restore on ${os.hostname()}, pid ${process.pid}`));
+  assert.equal((await lifeboat(['--repo', d.repo, '--json', 'list'])).json().length, 2, 'nothing was removed');
+  assert.deepEqual(await readers(d.repo), ['elsewhere.json'], 'the reader is left alone');
+  const dry = await lifeboat(['--repo', d.repo, 'prune', '--keep-full', '1', '--dry-run']);
+  assert.equal(dry.code, 0, 'a dry run removes nothing, so readers do not stop it');
+
+  const kept = await lifeboat(['--repo', d.repo, '--json', 'unlock']);
+  assert.equal(kept.json().readersRemoved, 0, 'unlock leaves a live reader alone');
+  await fsp.writeFile(path.join(readersDir(d.repo), 'elsewhere.json'), lockDocument('restore', GONE));
+  const unlocked = await lifeboat(['--repo', d.repo, '--json', 'unlock']);
+  assert.equal(unlocked.json().readersRemoved, 1, 'unlock removes a reader that is gone');
+  assert.deepEqual(await readers(d.repo), []);
+
+  await fsp.mkdir(readersDir(d.repo), { recursive: true });
+  await fsp.writeFile(path.join(readersDir(d.repo), 'elsewhere.json'), lockDocument('restore', GONE));
+  const pruned = await lifeboat(['--repo', d.repo, 'prune', '--keep-full', '1']);
+  assert.equal(pruned.code, 0, pruned.stderr);
+  assert.equal((await lifeboat(['--repo', d.repo, '--json', 'list'])).json().length, 1);
+  assert.deepEqual(await readers(d.repo), [], 'the stale reader is removed');
+
+  // Readers register while they read and leave nothing behind.
+  assert.equal((await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', path.join(d.work, 'out')])).code, 0);
+  assert.equal((await lifeboat(['--repo', d.repo, 'verify', '--read-data'])).code, 0);
+  assert.deepEqual(await readers(d.repo), []);
+});
+
+test('restore and verify wait for a running prune to finish, not for a backup', async (t) => {
+  const d = await twoFulls();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const lockFile = path.join(d.repo, 'locks', 'lock.json');
+  await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+  await fsp.writeFile(lockFile, lockDocument('prune'));
+  const target = path.join(d.work, 'a');
+  const restoring = lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', target]);
+  const verifying = lifeboat(['--repo', d.repo, 'verify']);
+  await sleep(1500);
+  await assert.rejects(fsp.access(target), 'nothing is restored while the prune runs');
+  assert.equal((await readers(d.repo)).length, 2, 'both are registered, so no new prune starts');
+  await fsp.rm(lockFile);
+  const [restored, verified] = await Promise.all([restoring, verifying]);
+  assert.equal(restored.code, 0, restored.stderr);
+  assert.equal(verified.code, 0, verified.stderr);
+  for (const r of [restored, verified]) assert.match(r.stderr, new RegExp(`waiting for the prune by prune on ${os.hostname()}, pid ${process.pid}`));
+  assert.deepEqual(await readers(d.repo), []);
+
+  await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+  await fsp.writeFile(lockFile, lockDocument('backup'));
+  const beside = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', path.join(d.work, 'b')]);
+  assert.equal(beside.code, 0, beside.stderr);
+  assert.doesNotMatch(beside.stderr, /waiting/);
+  assert.equal((await lifeboat(['--repo', d.repo, 'verify'])).code, 0);
+
+  // A reader interrupted while it waits leaves no registration behind.
+  await fsp.writeFile(lockFile, lockDocument('prune'));
+  const controller = new AbortController();
+  const interrupted = lifeboat(['--repo', d.repo, 'verify'], { signal: controller.signal });
+  await sleep(300);
+  controller.abort();
+  assert.equal((await interrupted).code, 130);
+  assert.deepEqual(await readers(d.repo), []);
+});
