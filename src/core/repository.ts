@@ -88,13 +88,13 @@ export class Repository {
   async manifest(id: string): Promise<Manifest> {
     const cached = this.manifests.get(id);
     if (cached) return cached;
-    const manifest = await this.readManifest(id);
+    const manifest = await this.loadManifest(id);
     this.manifests.set(id, manifest);
     return manifest;
   }
 
-  /** Reads and checks a manifest without keeping it: summaries of many points must not hold every manifest in memory. */
-  private async readManifest(id: string): Promise<Manifest> {
+  /** Reads and checks a manifest without keeping it: work over many points must not hold every manifest in memory. */
+  async loadManifest(id: string): Promise<Manifest> {
     let raw: Buffer;
     try {
       raw = await this.storage.getDocument(keys.point(id));
@@ -119,7 +119,7 @@ export class Repository {
       if (err instanceof IntegrityError) return undefined;
       throw err;
     });
-    return stored ?? summarize(await this.readManifest(id));
+    return stored ?? summarize(await this.loadManifest(id));
   }
 
   /** The summary document of a point as stored, undefined when there is none; IntegrityError when it is damaged. */

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { isDeepStrictEqual } from 'node:util';
 import { IntegrityError, errorMessage, throwIfAborted } from '../errors.js';
-import { keys, recordedChecksum, summarize, volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
+import { keys, recordedChecksum, summarize, volumeEntryName, type Manifest, type ManifestEntry, type VolumeRecord } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { readVolume } from '../format/tar.js';
 import type { Notice, Progress, Reporter } from './events.js';
@@ -82,37 +82,46 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
   const result: VerifyResult = { ok: true, backups: 0, files: 0, bytesRead: 0, problems, warnings };
 
   const ids = await repo.pointIds();
-  const manifests = new Map<string, Manifest>();
+  const known = new Set(ids);
+  // Manifests are read, checked and dropped point by point: a repository's manifests together need not fit in memory.
   const unreadable = new Set<string>();
-  const load = async (id: string) => {
-    if (manifests.has(id)) return manifests.get(id);
+  const read = async (id: string): Promise<Manifest | undefined> => {
     if (unreadable.has(id)) return undefined;
     try {
-      const m = await repo.manifest(id);
-      manifests.set(id, m);
-      return m;
+      return await repo.loadManifest(id);
     } catch (err) {
+      if (!unreadable.has(id)) problems.push({ point: id, path: keys.point(id), kind: 'manifest-unreadable', detail: errorMessage(err) });
       unreadable.add(id);
-      problems.push({ point: id, path: keys.point(id), kind: 'manifest-unreadable', detail: errorMessage(err) });
       return undefined;
     }
   };
+  /** Each checked point's volumes: what its dependents' references are checked against, and what --read-data reads. */
+  const volumesOf = new Map<string, VolumeRecord[]>();
+  const volumesOfHolder = async (id: string): Promise<VolumeRecord[] | undefined> => {
+    if (!volumesOf.has(id) && known.has(id)) {
+      const m = await read(id);
+      if (m) volumesOf.set(id, m.volumes);
+    }
+    return volumesOf.get(id);
+  };
 
   let selected: string[];
+  const chain = new Map<string, Manifest>();
   if (options.point) {
-    // The point and every point its files or chain reach.
-    const chain = new Set<string>();
+    // The point and every point its files or chain reach (few: their manifests are kept for the checks below).
     const queue = [options.point.id];
+    const seen = new Set<string>();
     while (queue.length) {
       const id = queue.pop()!;
-      if (chain.has(id)) continue;
-      chain.add(id);
-      const m = ids.includes(id) ? await load(id) : undefined;
+      if (seen.has(id)) continue;
+      seen.add(id);
+      const m = known.has(id) ? await read(id) : undefined;
       if (!m) continue;
+      chain.set(id, m);
       if (m.parent) queue.push(m.parent);
       for (const e of m.entries) if (e.ref && e.ref.point !== id) queue.push(e.ref.point);
     }
-    selected = ids.filter((id) => chain.has(id));
+    selected = ids.filter((id) => seen.has(id));
   } else {
     selected = ids;
   }
@@ -120,20 +129,30 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
   const existing = new Map<string, number>();
   for await (const { key, size } of repo.storage.list(keys.dataPrefix)) existing.set(key, size);
 
-  // Manifests first, several at a time: each is a round trip on S3. Each point's summary must say what its manifest says.
-  await runPool(selected, 16, async (id) => {
-    const m = await load(id);
+  // Several manifests are read ahead of the one checked (each is a round trip on S3), oldest first, so
+  // the points a manifest refers to (older ones) were checked before it. Each point's summary must say what its manifest says.
+  const loadChecked = async (id: string): Promise<Manifest | undefined> => {
+    const m = chain.get(id) ?? (await read(id));
     const mismatch = m ? await summaryMismatch(repo, m) : undefined;
     if (mismatch) problems.push({ point: id, path: keys.summary(id), kind: 'summary-mismatch', detail: mismatch });
-  });
+    return m;
+  };
+  const ahead: Promise<Manifest | undefined>[] = [];
+  let queued = 0;
   for (const id of selected) {
+    while (queued < selected.length && ahead.length < MANIFESTS_AHEAD) {
+      const loading = loadChecked(selected[queued++]!);
+      loading.catch(() => undefined);
+      ahead.push(loading);
+    }
+    const m = await ahead.shift()!;
     throwIfAborted(options.signal);
-    const m = await load(id);
     if (!m) continue;
+    volumesOf.set(id, m.volumes);
     result.backups++;
     result.files += m.stats.files;
     for (const ancestor of [m.parent, m.full]) {
-      if (ancestor && ancestor !== id && !ids.includes(ancestor)) {
+      if (ancestor && ancestor !== id && !known.has(ancestor)) {
         problems.push({ point: id, path: keys.point(ancestor), kind: 'chain-broken', detail: `depends on ${ancestor}, which is missing` });
       }
     }
@@ -144,8 +163,8 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
     }
     for (const e of m.entries) {
       if (e.type !== 'file' || !e.ref || e.ref.point === id) continue;
-      const holder = ids.includes(e.ref.point) ? await load(e.ref.point) : undefined;
-      if (!holder || !holder.volumes[e.ref.volume]) {
+      const holder = await volumesOfHolder(e.ref.point);
+      if (!holder || !holder[e.ref.volume]) {
         problems.push({ point: id, path: `${e.source}/${e.path}`, kind: 'chain-broken', detail: `its bytes are in ${e.ref.point} volume ${e.ref.volume}, which is missing` });
       }
     }
@@ -153,14 +172,13 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
 
   if (options.readData) {
     const progress: Progress = { phase: 'verify', filesDone: 0, filesTotal: 0, bytesDone: 0, bytesTotal: 0 };
-    const jobs: { m: Manifest; index: number; volume: ledgers.LedgerVolume }[] = [];
+    const jobs: { point: string; index: number; volume: ledgers.LedgerVolume }[] = [];
     for (const id of selected) {
-      const m = manifests.get(id);
-      if (!m) continue;
-      m.volumes.forEach((v, index) => {
-        if (existing.has(v.key)) jobs.push({ m, index, volume: { key: v.key, size: v.size, crc32: recordedChecksum(v).crc32 } });
+      volumesOf.get(id)?.forEach((v, index) => {
+        if (existing.has(v.key)) jobs.push({ point: id, index, volume: { key: v.key, size: v.size, crc32: recordedChecksum(v).crc32 } });
       });
     }
+    const manifestOf = recentlyRead(read, (options.concurrency ?? DEFAULT_TRANSFERS) + 2);
     const ledger = await ledgers.readLedger(repo.storage, (message) => {
       const n: Notice = { level: 'warning', code: 'ledger-damaged', path: ledgers.LEDGER_KEY, message };
       warnings.push(n);
@@ -177,8 +195,10 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
     for (const { volume } of chosen) progress.bytesTotal += volume.size;
     const ok: ledgers.LedgerVolume[] = [];
     const failed: string[] = [];
-    await runPool(chosen, options.concurrency ?? DEFAULT_TRANSFERS, async ({ m, index, volume }) => {
+    await runPool(chosen, options.concurrency ?? DEFAULT_TRANSFERS, async ({ point, index, volume }) => {
       throwIfAborted(options.signal);
+      const m = await manifestOf(point);
+      if (!m) return;
       const found: Problem[] = [];
       await readBackVolume(repo, m, index, found, progress, reporter, options.signal);
       problems.push(...found);
@@ -200,8 +220,10 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
   }
 
   if (options.deep) {
-    const points = options.point ? [options.point] : selected.flatMap((id) => manifests.get(id) ?? []);
-    problems.push(...(await deepCheck(repo, points, { tmpDir: options.tmpDir, concurrency: options.concurrency, signal: options.signal, reporter })));
+    for (const id of options.point ? [options.point.id] : selected) {
+      const m = id === options.point?.id ? options.point : await read(id);
+      if (m) problems.push(...(await deepCheck(repo, [m], { tmpDir: options.tmpDir, concurrency: options.concurrency, signal: options.signal, reporter })));
+    }
   }
 
   if (!options.point) {
@@ -223,6 +245,21 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
   }
   result.ok = problems.length === 0;
   return result;
+}
+
+/** Manifests read ahead of the one being checked. */
+const MANIFESTS_AHEAD = 8;
+
+/** `read`, remembering the last `keep` results (volumes are read in point order, several at a time). */
+function recentlyRead(read: (id: string) => Promise<Manifest | undefined>, keep: number): (id: string) => Promise<Manifest | undefined> {
+  const recent = new Map<string, Promise<Manifest | undefined>>();
+  return (id) => {
+    const known = recent.get(id) ?? read(id);
+    recent.delete(id);
+    recent.set(id, known);
+    if (recent.size > keep) recent.delete(recent.keys().next().value!);
+    return known;
+  };
 }
 
 /** Why a point's stored summary is unusable or disagrees with its manifest; undefined when it agrees or the point has none. */

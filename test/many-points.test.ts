@@ -1,0 +1,67 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { BIN, lifeboat } from './helpers/cli.js';
+import { tempDir } from './helpers/tree.js';
+import { encodeDocument } from '../src/format/document.js';
+import { MANIFEST_FORMAT, summarize, type Manifest } from '../src/format/manifest.js';
+
+const POINTS = 60;
+const ENTRIES = 5000;
+/** Far less than the manifests take together (about 5 MiB each once parsed), and twice what one at a time needs. */
+const HEAP_MIB = 48;
+
+/** Runs the installed program with a small heap, as a long-lived repository's manifests would outgrow any heap. */
+async function withSmallHeap(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [`--max-old-space-size=${HEAP_MIB}`, BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  child.stdout.on('data', (c: Buffer) => out.push(c));
+  child.stderr.on('data', (c: Buffer) => err.push(c));
+  const code = await new Promise<number>((resolve) => child.on('close', (c, signal) => resolve(c ?? (signal ? 128 : 1))));
+  return { code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() };
+}
+
+test('list, time selectors, prune and verify hold one manifest at a time, not every point\'s', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  await fsp.mkdir(path.join(repo, 'points'));
+  await fsp.mkdir(path.join(repo, 'summaries'));
+  // A year of daily fulls would look like this; directories only, so that the points need no volumes.
+  const ids: string[] = [];
+  for (let i = 0; i < POINTS; i++) {
+    const at = new Date(Date.UTC(2026, 0, 1, 3) + i * 86_400_000);
+    const id = `${at.toISOString().slice(0, 10).replaceAll('-', '')}-030000-000F`;
+    const entries = Array.from({ length: ENTRIES }, (_, k) => ({ source: 'models', path: `layer-${k}/step-${i}`, type: 'dir' as const, mode: 0o755, mtimeNs: '1767236400000000000', size: 0 }));
+    const manifest: Manifest = {
+      format: MANIFEST_FORMAT, id, type: 'full', parent: null, full: id, startedAt: at.toISOString(), completedAt: at.toISOString(), host: 'test', tags: {},
+      sources: [{ name: 'models', kind: 'files', path: '/srv/models' }], volumes: [], entries,
+      stats: { files: 0, bytes: 0, added: 0, changed: 0, removed: 0, storedBytes: 0 }, warnings: [],
+    };
+    await fsp.writeFile(path.join(repo, 'points', `${id}.json`), encodeDocument(manifest));
+    await fsp.writeFile(path.join(repo, 'summaries', `${id}.json`), encodeDocument(summarize(manifest)));
+    ids.push(id);
+  }
+
+  const listed = await withSmallHeap(['--repo', repo, '--json', 'list']);
+  assert.equal(listed.code, 0, listed.stderr);
+  assert.deepEqual(JSON.parse(listed.stdout).map((p: { id: string }) => p.id), ids);
+  const shown = await withSmallHeap(['--repo', repo, '--json', 'show', '2026-01-15T12:00:00Z']);
+  assert.equal(shown.code, 0, shown.stderr);
+  assert.equal(JSON.parse(shown.stdout).id, ids[14]);
+  const pruned = await withSmallHeap(['--repo', repo, '--json', 'prune', '--keep-full', '50', '--dry-run']);
+  assert.equal(pruned.code, 0, pruned.stderr);
+  assert.equal(JSON.parse(pruned.stdout).remove.length, 10);
+
+  // Without summaries, as in a repository written before them, each manifest is read and dropped.
+  await fsp.rm(path.join(repo, 'summaries'), { recursive: true });
+  for (const args of [['list'], ['verify']]) {
+    const r = await withSmallHeap(['--repo', repo, '--json', ...args]);
+    assert.equal(r.code, 0, `${args[0]}: ${r.stderr.slice(-2000)}`);
+    if (args[0] === 'verify') assert.equal(JSON.parse(r.stdout).backups, POINTS);
+  }
+});
