@@ -1,6 +1,6 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { lstatSync, readdirSync, readlinkSync, type BigIntStats } from 'node:fs';
+import { lstatSync, readdirSync, readlinkSync, statSync, type BigIntStats } from 'node:fs';
 import { minimatch } from 'minimatch';
 import { UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { comparePaths, linkStaysInside } from '../format/paths.js';
@@ -52,6 +52,14 @@ export function isExcluded(relPath: string, isDir: boolean, patterns: readonly s
   return false;
 }
 
+function statOrUndefined(file: string): BigIntStats | undefined {
+  try {
+    return statSync(file, { bigint: true });
+  } catch {
+    return undefined;
+  }
+}
+
 export function entryFromStat(source: string, rel: string, abs: string, st: BigIntStats): Omit<ScannedEntry, 'type' | 'target'> {
   return {
     source,
@@ -92,6 +100,7 @@ export async function scanSource(
   const pending: string[] = [''];
   let bytes = 0;
   let sinceYield = 0;
+  const followed: string[] = [];
   // Directories are listed and entries stated synchronously: a round trip through the thread pool
   // per directory or file costs more than the call itself. The event loop still runs between batches.
   const yieldNow = async (): Promise<void> => {
@@ -140,11 +149,20 @@ export async function scanSource(
           continue;
         }
         if (!linkStaysInside(rel, target)) {
+          // A link out of the source (a Hugging Face snapshot's links into its blobs/) stands for the file it
+          // points to, which is stored in its place, as rsync --copy-unsafe-links does: the backup restores on its own.
+          const pointed = statOrUndefined(abs);
+          if (pointed?.isFile()) {
+            entries.push({ ...entryFromStat(spec.name, rel, abs, pointed), type: 'file' });
+            bytes += Number(pointed.size);
+            followed.push(`${rel} -> ${target}`);
+            continue;
+          }
           reporter.notice?.({
             level: 'warning',
             code: 'link-escapes',
             path: `${spec.name}/${rel}`,
-            message: `symlink points outside the source (${target}); restore will refuse it`,
+            message: `symlink points outside the source (${target}), and not to a regular file; restore will refuse it`,
           });
         }
         entries.push({ ...base, type: 'symlink', size: 0, target });
@@ -153,6 +171,14 @@ export async function scanSource(
       }
     }
     reporter.progress?.({ phase: 'scan', filesDone: entries.length, filesTotal: 0, bytesDone: bytes, bytesTotal: 0 });
+  }
+  if (followed.length > 0) {
+    reporter.notice?.({
+      level: 'info',
+      code: 'links-followed',
+      path: spec.name,
+      message: `${followed.length} symlink(s) point outside the source; the files they point to are stored in their place (${followed.slice(0, 3).join(', ')}${followed.length > 3 ? ', …' : ''})`,
+    });
   }
   entries.sort((a, b) => comparePaths(a.path, b.path));
   return { spec, root, mode: Number(rootStat.mode & 0o7777n), mtimeNs: rootStat.mtimeNs.toString(), entries };

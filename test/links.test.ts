@@ -1,0 +1,63 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { lifeboat } from './helpers/cli.js';
+import { prng, seedFromEnv, tempDir, writeRandomFile } from './helpers/tree.js';
+
+/**
+ * The layout of a Hugging Face hub cache: a snapshot directory whose files are
+ * symlinks into the repository's blobs/, outside the snapshot that is backed up.
+ */
+test('a source whose symlinks point outside it (a Hugging Face snapshot) is stored with the files they point to, and restores on its own', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const rand = prng(seedFromEnv());
+  const cache = path.join(work, 'hub', 'models--org--tiny');
+  const snapshot = path.join(cache, 'snapshots', 'rev1');
+  await fsp.mkdir(path.join(cache, 'blobs'), { recursive: true });
+  await fsp.mkdir(path.join(snapshot, 'sub'), { recursive: true });
+  await fsp.writeFile(path.join(cache, 'blobs', 'aaa'), '{"hidden_size": 8}\n');
+  await writeRandomFile(path.join(cache, 'blobs', 'bbb'), (3 << 20) + 17, rand);
+  await fsp.chmod(path.join(cache, 'blobs', 'bbb'), 0o640);
+  await fsp.symlink('../../blobs/aaa', path.join(snapshot, 'settings.json'));
+  await fsp.symlink('../../blobs/bbb', path.join(snapshot, 'weights.bin'));
+  await fsp.writeFile(path.join(snapshot, 'sub', 'notes.txt'), 'kept as is\n');
+  await fsp.symlink('sub/notes.txt', path.join(snapshot, 'notes-link'));
+
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const full = await lifeboat(['--repo', repo, '--json', 'backup', snapshot, '--type', 'full']);
+  assert.equal(full.code, 0, full.stderr);
+  assert.match(full.stderr, /2 symlink\(s\) point outside the source; the files they point to are stored in their place \(settings\.json -> \.\.\/\.\.\/blobs\/aaa, weights\.bin -> \.\.\/\.\.\/blobs\/bbb\)/);
+  assert.deepEqual(full.json().warnings, [], 'nothing a restore would refuse');
+
+  const first = path.join(work, 'first');
+  const restored = await lifeboat(['--repo', repo, 'restore', full.json().id, '--target', first]);
+  assert.equal(restored.code, 0, restored.stderr);
+  const out = path.join(first, 'rev1');
+  for (const [name, blob] of [['settings.json', 'aaa'], ['weights.bin', 'bbb']]) {
+    const st = await fsp.lstat(path.join(out, name!));
+    assert.ok(st.isFile(), `${name} is restored as a regular file`);
+    assert.deepEqual(await fsp.readFile(path.join(out, name!)), await fsp.readFile(path.join(cache, 'blobs', blob!)));
+  }
+  assert.equal((await fsp.stat(path.join(out, 'weights.bin'))).mode & 0o777, 0o640, 'with the mode of the file it pointed to');
+  assert.equal(await fsp.readlink(path.join(out, 'notes-link')), 'sub/notes.txt', 'a link inside the source stays a link');
+
+  // A new revision of a blob: the link now points to another file, and the incremental stores it.
+  await writeRandomFile(path.join(cache, 'blobs', 'ccc'), (2 << 20) + 3, rand);
+  await fsp.rm(path.join(snapshot, 'weights.bin'));
+  await fsp.symlink('../../blobs/ccc', path.join(snapshot, 'weights.bin'));
+  const incr = await lifeboat(['--repo', repo, '--json', 'backup', snapshot, '--type', 'incr']);
+  assert.equal(incr.code, 0, incr.stderr);
+  assert.equal(incr.json().changed, 1);
+  const latest = path.join(work, 'latest');
+  assert.equal((await lifeboat(['--repo', repo, 'restore', 'latest', '--target', latest])).code, 0);
+  assert.deepEqual(await fsp.readFile(path.join(latest, 'rev1', 'weights.bin')), await fsp.readFile(path.join(cache, 'blobs', 'ccc')));
+
+  // A link out of the source to a directory is not followed: it stays a link, with a warning.
+  await fsp.symlink('../../blobs', path.join(snapshot, 'all-blobs'));
+  const linked = await lifeboat(['--repo', repo, '--json', 'backup', snapshot, '--type', 'incr']);
+  assert.equal(linked.code, 0, linked.stderr);
+  assert.deepEqual(linked.json().warnings.map((w: { code: string; path: string }) => [w.code, w.path]), [['link-escapes', 'rev1/all-blobs']]);
+});
