@@ -140,6 +140,18 @@ test('restore refuses a non-empty target without --delta or --force; --force rep
   assert.equal(inc.code, 0, inc.stderr);
   assert.ok(await exists(path.join(only, 'models', 'tok', 'tokenizer.json')));
   assert.equal(await exists(path.join(only, 'models', 'weights.bin')), false);
+  // A directory, or a source, means what is in it; a pattern that matches nothing is an error, not an empty restore.
+  const dir = path.join(d.work, 'dir');
+  assert.equal((await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', dir, '--include', 'models/tok'])).code, 0);
+  assert.ok(await exists(path.join(dir, 'models', 'tok', 'tokenizer.json')));
+  assert.equal(await exists(path.join(dir, 'models', 'config.json')), false);
+  const whole = path.join(d.work, 'whole');
+  assert.equal((await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', whole, '--include', 'models'])).code, 0);
+  assert.ok(await exists(path.join(whole, 'models', 'weights.bin')));
+  const typo = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', path.join(d.work, 'typo'), '--include', 'tok/**', '--include', 'models/config.json']);
+  assert.equal(typo.code, 2);
+  assert.match(typo.stderr, /--include "tok\/\*\*" matches nothing in .*\n.*this point's sources: models/);
+  assert.equal(await exists(path.join(d.work, 'typo')), false, 'nothing is restored');
   // A link to the live directory is not followed, nor replaced: it names what it is.
   const live = path.join(d.work, 'live');
   await fsp.symlink(target, live);

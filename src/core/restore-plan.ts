@@ -1,5 +1,5 @@
-import { minimatch } from 'minimatch';
-import { IntegrityError } from '../errors.js';
+import { Minimatch } from 'minimatch';
+import { IntegrityError, UsageError } from '../errors.js';
 import type { Manifest, ManifestEntry, VolumeRecord } from '../format/manifest.js';
 import { assertSafePath, checkSourceName, comparePaths, linkStaysInside } from '../format/paths.js';
 import { entryKey } from './backup-plan.js';
@@ -64,7 +64,7 @@ export async function planRestore(repo: Repository, manifest: Manifest, include:
   }
 
   let entries = [...manifest.entries].sort((a, b) => comparePaths(`${a.source}/${a.path}`, `${b.source}/${b.path}`));
-  if (include.length > 0) entries = filterIncluded(entries, include);
+  if (include.length > 0) entries = filterIncluded(manifest, entries, include);
 
   const files = entries.filter((e) => e.type === 'file');
   const jobs = new Map<string, VolumeJob>();
@@ -92,14 +92,43 @@ export async function planRestore(repo: Repository, manifest: Manifest, include:
   return { manifest, entries, files, volumes, bytes: files.reduce((n, f) => n + f.size, 0) };
 }
 
-function filterIncluded(entries: ManifestEntry[], include: readonly string[]): ManifestEntry[] {
-  const matches = (e: ManifestEntry) => include.some((g) => minimatch(`${e.source}/${e.path}`, g, { dot: true }));
-  const chosen = entries.filter((e) => e.type !== 'dir' && matches(e));
-  const dirs = new Set<string>();
+/**
+ * The entries `include` chooses: those a pattern matches, everything under a
+ * directory a pattern matches (`models/tokenizer` means the directory's
+ * contents), and the directories that lead to them. A pattern that matches
+ * nothing is a mistake to say, not a restore of nothing.
+ */
+function filterIncluded(manifest: Manifest, entries: ManifestEntry[], include: readonly string[]): ManifestEntry[] {
+  const patterns = include.map((g) => ({ glob: g, matcher: new Minimatch(g, { dot: true }), used: false }));
+  const matches = (name: string) => {
+    let any = false;
+    for (const p of patterns) {
+      if (p.matcher.match(name)) any = p.used = true;
+    }
+    return any;
+  };
+  // A source's name stands for all of it.
+  const chosenDirs = new Set(manifest.sources.map((s) => s.name).filter((name) => matches(name)));
+  const chosen = new Set<ManifestEntry>();
+  for (const e of entries) {
+    const name = `${e.source}/${e.path}`;
+    // Entries come sorted, a directory before what is in it.
+    const parent = name.slice(0, name.lastIndexOf('/'));
+    if (matches(name) || chosenDirs.has(parent)) {
+      chosen.add(e);
+      if (e.type === 'dir') chosenDirs.add(name);
+    }
+  }
+  const unused = patterns.filter((p) => !p.used).map((p) => p.glob);
+  if (unused.length > 0) {
+    throw new UsageError(`--include ${unused.map((g) => JSON.stringify(g)).join(', ')} matches nothing in ${manifest.id}`, {
+      hint: `patterns match <source>/<path>; this point's sources: ${manifest.sources.map((s) => s.name).join(', ')} (see \`lifeboat show ${manifest.id}\`)`,
+    });
+  }
+  const leading = new Set<string>();
   for (const e of chosen) {
     const parts = e.path.split('/');
-    for (let i = 1; i < parts.length; i++) dirs.add(entryKey(e.source, parts.slice(0, i).join('/')));
+    for (let i = 1; i < parts.length; i++) leading.add(entryKey(e.source, parts.slice(0, i).join('/')));
   }
-  const chosenSet = new Set(chosen);
-  return entries.filter((e) => (e.type === 'dir' ? dirs.has(entryKey(e.source, e.path)) || matches(e) : chosenSet.has(e)));
+  return entries.filter((e) => chosen.has(e) || (e.type === 'dir' && leading.has(entryKey(e.source, e.path))));
 }
