@@ -81,7 +81,7 @@ export function planBackup(scanned: readonly ScannedEntry[], reference: Manifest
         plan.filesToRead++;
       }
     } else {
-      inVolume = !prev || prev.type !== s.type || prev.mode !== s.mode || prev.mtimeNs !== s.mtimeNs || prev.target !== s.target;
+      inVolume = !prev || prev.type !== s.type || prev.mode !== s.mode || prev.mtimeNs !== s.mtimeNs || prev.target !== s.target || prev.uid !== s.uid || prev.gid !== s.gid;
     }
     plan.entries.push({ scanned: s, previous: prev, action, inVolume });
   }

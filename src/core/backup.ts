@@ -212,6 +212,8 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
         ...(s.spec.restore ? { restore: s.spec.restore } : {}),
         mode: s.mode,
         mtimeNs: s.mtimeNs,
+        uid: s.uid,
+        gid: s.gid,
       })),
       volumes,
       entries,
@@ -327,7 +329,7 @@ interface StoreContext {
 }
 
 function baseEntry(s: ScannedEntry): ManifestEntry {
-  const base: ManifestEntry = { source: s.source, path: s.path, type: s.type, mode: s.mode, mtimeNs: s.mtimeNs, size: s.size };
+  const base: ManifestEntry = { source: s.source, path: s.path, type: s.type, mode: s.mode, mtimeNs: s.mtimeNs, size: s.size, uid: s.uid, gid: s.gid };
   if (s.type === 'file') base.ino = s.ino;
   if (s.type === 'symlink') base.target = s.target;
   return base;

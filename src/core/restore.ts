@@ -474,10 +474,19 @@ async function finishTree(plan: RestorePlan, root: string): Promise<void> {
   await applyMetadata(plan, root);
 }
 
+/**
+ * Owners are restored as tar restores them: by number, when the restore runs
+ * as root (a server running as its own user must be able to read its restored
+ * weights); otherwise files belong to whoever restores them.
+ */
+const restoresOwners = process.geteuid?.() === 0;
+
 async function applyMetadata(plan: RestorePlan, root: string): Promise<void> {
   const set = async (e: ManifestEntry) => {
     const p = pathIn(root, e);
     const t = nsToSeconds(e.mtimeNs);
+    // Before the mode: a change of owner clears the set-user-ID and set-group-ID bits.
+    if (restoresOwners && e.uid !== undefined && e.gid !== undefined) await fsp.lchown(p, e.uid, e.gid);
     if (e.type === 'symlink') {
       await fsp.lutimes(p, t, t).catch(() => undefined);
       return;
@@ -491,6 +500,7 @@ async function applyMetadata(plan: RestorePlan, root: string): Promise<void> {
   for (const e of [...plan.entries].reverse()) if (e.type === 'dir') await set(e);
   for (const s of plan.manifest.sources) {
     const p = path.join(root, s.name);
+    if (restoresOwners && s.uid !== undefined && s.gid !== undefined) await fsp.chown(p, s.uid, s.gid);
     if (s.mode !== undefined) await fsp.chmod(p, s.mode);
     if (s.mtimeNs !== undefined) await fsp.utimes(p, nsToSeconds(s.mtimeNs), nsToSeconds(s.mtimeNs));
   }

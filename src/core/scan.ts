@@ -40,6 +40,8 @@ export interface ScannedSource {
   root: string;
   mode: number;
   mtimeNs: string;
+  uid: number;
+  gid: number;
   entries: ScannedEntry[];
 }
 
@@ -181,5 +183,5 @@ export async function scanSource(
     });
   }
   entries.sort((a, b) => comparePaths(a.path, b.path));
-  return { spec, root, mode: Number(rootStat.mode & 0o7777n), mtimeNs: rootStat.mtimeNs.toString(), entries };
+  return { spec, root, mode: Number(rootStat.mode & 0o7777n), mtimeNs: rootStat.mtimeNs.toString(), uid: Number(rootStat.uid), gid: Number(rootStat.gid), entries };
 }

@@ -14,6 +14,8 @@ const pointId = z.string().regex(POINT_ID, 'not a backup point id');
 const sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'not a SHA-256 hex digest');
 const count = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
 const nsTime = z.string().regex(/^-?\d{1,30}$/, 'not a nanosecond timestamp');
+/** A numeric user or group id, as stat gives it. */
+const ownerId = z.number().int().min(0).max(0xffffffff);
 
 /** Where one file's bytes live: the n-th entry of a volume of some point. */
 export const refSchema = z.object({
@@ -49,6 +51,9 @@ export const entrySchema = z.object({
   mode: z.number().int().min(0).max(0o7777),
   mtimeNs: nsTime,
   size: count,
+  /** Owner and group (numeric), restored when the restore runs as root. Absent in manifests of older versions. */
+  uid: ownerId.optional(),
+  gid: ownerId.optional(),
   ino: z.string().regex(/^\d{1,30}$/).optional(),
   sha256: sha256.optional(),
   target: z.string().min(1).max(4096).optional(),
@@ -87,6 +92,8 @@ export const sourceSchema = z.object({
   restore: z.string().optional(),
   mode: z.number().int().min(0).max(0o7777).optional(),
   mtimeNs: nsTime.optional(),
+  uid: ownerId.optional(),
+  gid: ownerId.optional(),
 });
 export type SourceRecord = z.infer<typeof sourceSchema>;
 
