@@ -176,6 +176,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       reporter,
       warn,
       superseded: [],
+      hardLinks: new Map(),
       signal: options.signal,
     };
     const stored: ManifestEntry[] = [];
@@ -325,6 +326,8 @@ interface StoreContext {
   warn: (n: Omit<Notice, 'level'>) => void;
   /** Stored copies of files read again because they changed while being read. */
   superseded: NonNullable<Manifest['superseded']>;
+  /** The first entry of each file with several names in this point, by device and inode. */
+  hardLinks: Map<string, ManifestEntry>;
   signal?: AbortSignal;
 }
 
@@ -369,6 +372,21 @@ function unchangedFrom(prev: ManifestEntry | undefined, o: ReadOutcome): prev is
 }
 
 async function storeEntry(planned: PlannedEntry, position: number, ctx: StoreContext): Promise<ManifestEntry | undefined> {
+  const s = planned.scanned;
+  if (s.type !== 'file' || s.nlink < 2) return storeOwnEntry(planned, position, ctx);
+  // Another name of a file already in this point is recorded as a link to it, and not read or stored again.
+  const inode = `${s.dev}:${s.ino}`;
+  const first = ctx.hardLinks.get(inode);
+  if (first && first.source === s.source && first.size === s.size && first.mtimeNs === s.mtimeNs) {
+    ctx.prefetch.take(position)?.catch(() => undefined);
+    return { ...baseEntry(s), sha256: first.sha256, ref: first.ref, link: first.path };
+  }
+  const entry = await storeOwnEntry(planned, position, ctx);
+  if (entry && !first) ctx.hardLinks.set(inode, entry);
+  return entry;
+}
+
+async function storeOwnEntry(planned: PlannedEntry, position: number, ctx: StoreContext): Promise<ManifestEntry | undefined> {
   const s = planned.scanned;
   const base = baseEntry(s);
   const name = volumeEntryName(s.source, s.path);

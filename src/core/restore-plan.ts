@@ -16,7 +16,10 @@ export interface VolumeJob {
 export interface RestorePlan {
   manifest: Manifest;
   entries: ManifestEntry[];
+  /** Every file restored, hard links included. */
   files: ManifestEntry[];
+  /** Files restored as another name of a file written before them. */
+  links: { entry: ManifestEntry; to: ManifestEntry }[];
   volumes: VolumeJob[];
   bytes: number;
 }
@@ -26,7 +29,7 @@ export interface RestorePlan {
  * nothing written through a link or a file, links that stay inside their
  * source, content references that exist along the chain.
  */
-export async function planRestore(repo: Repository, manifest: Manifest, include: readonly string[] = []): Promise<RestorePlan> {
+export async function planRestore(repo: Repository, manifest: Manifest, include: readonly string[] = [], options: { hardLinks?: boolean } = {}): Promise<RestorePlan> {
   const sources = new Set<string>();
   for (const s of manifest.sources) {
     try {
@@ -61,14 +64,29 @@ export async function planRestore(repo: Repository, manifest: Manifest, include:
     if (e.type === 'file' && (!e.sha256 || !e.ref)) {
       throw new IntegrityError(`manifest of ${manifest.id}: file ${e.source}/${e.path} has no checksum or content reference`);
     }
+    if (e.link !== undefined) {
+      const to = byKey.get(entryKey(e.source, e.link));
+      if (e.type !== 'file' || !to || to.type !== 'file' || to.link !== undefined || comparePaths(to.path, e.path) >= 0 || to.sha256 !== e.sha256 || to.size !== e.size) {
+        throw new IntegrityError(`refusing ${e.source}/${e.path} of ${manifest.id}: it is recorded as a hard link to ${JSON.stringify(e.link)}, which is not an earlier file with the same content`);
+      }
+    }
   }
 
   let entries = [...manifest.entries].sort((a, b) => comparePaths(`${a.source}/${a.path}`, `${b.source}/${b.path}`));
   if (include.length > 0) entries = filterIncluded(manifest, entries, include);
 
   const files = entries.filter((e) => e.type === 'file');
-  const jobs = new Map<string, VolumeJob>();
+  // A hard link is made once the file it names is written; without that file (left out by --include), or
+  // when links are not wanted (a delta restore compares and rewrites each name on its own), it is written as a copy.
+  const written = new Set(files);
+  const links: RestorePlan['links'] = [];
   for (const f of files) {
+    const to = f.link === undefined ? undefined : byKey.get(entryKey(f.source, f.link))!;
+    if (to && options.hardLinks !== false && written.has(to)) links.push({ entry: f, to });
+  }
+  for (const { entry } of links) written.delete(entry);
+  const jobs = new Map<string, VolumeJob>();
+  for (const f of written) {
     const ref = f.ref!;
     const key = `${ref.point}\u0000${ref.volume}`;
     let job = jobs.get(key);
@@ -89,7 +107,7 @@ export async function planRestore(repo: Repository, manifest: Manifest, include:
     job.wanted.set(ref.entry, list);
   }
   const volumes = [...jobs.values()].sort((a, b) => (a.point === b.point ? a.index - b.index : a.point < b.point ? -1 : 1));
-  return { manifest, entries, files, volumes, bytes: files.reduce((n, f) => n + f.size, 0) };
+  return { manifest, entries, files, links, volumes, bytes: files.reduce((n, f) => n + f.size, 0) };
 }
 
 /**

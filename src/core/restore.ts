@@ -89,8 +89,9 @@ interface RestoreSetting {
 }
 
 async function restoreLocked(repo: Repository, manifest: Manifest, options: RestoreOptions, { target, targetState, mountPoint, reporter, warnings, started }: RestoreSetting): Promise<RestoreResult> {
-  const plan = await planRestore(repo, manifest, options.include);
   const delta = options.delta === true && targetState === 'non-empty';
+  // A delta restore compares and rewrites each name on its own, so hard links are written as copies there.
+  const plan = await planRestore(repo, manifest, options.include, { hardLinks: !delta });
   const unique = `${process.pid}-${randomBytes(4).toString('hex')}`;
   // Staged on the target's file system, so that moving the restored files into place is a rename.
   const staging = mountPoint ? path.join(target, `.lifeboat-staging-${unique}`) : path.join(path.dirname(target), `.${path.basename(target)}.lifeboat-staging-${unique}`);
@@ -102,7 +103,8 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
   }
   try {
     const result: RestoreResult = { point: manifest.id, target, files: plan.files.length, bytes: plan.bytes, durationMs: 0, warnings };
-    let wanted = plan.files;
+    const linked = new Set(plan.links.map((l) => l.entry));
+    let wanted = plan.files.filter((f) => !linked.has(f));
     if (delta) {
       const unchanged = await filesAlreadyRight(target, plan.files, options.signal);
       wanted = plan.files.filter((f) => !unchanged.has(f));
@@ -117,6 +119,7 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
       await syncDirectories(plan, target);
       await fsp.rm(staging, { recursive: true, force: true });
     } else {
+      await makeHardLinks(plan, staging);
       await finishTree(plan, staging);
       await syncDirectories(plan, staging);
       if (mountPoint) {
@@ -461,6 +464,15 @@ function nsToSeconds(ns: string): number {
 }
 
 /** Creates dirs and links, then applies modes and times (deepest first so parents keep theirs). */
+/** Gives each written file its other names (its hard links). */
+async function makeHardLinks(plan: RestorePlan, root: string): Promise<void> {
+  for (const { entry, to } of plan.links) {
+    const p = pathIn(root, entry);
+    await makeDirectories(path.dirname(p), 0o700);
+    await fsp.link(pathIn(root, to), p);
+  }
+}
+
 async function finishTree(plan: RestorePlan, root: string): Promise<void> {
   for (const s of plan.manifest.sources) await makeDirectories(path.join(root, s.name), 0o700);
   for (const e of plan.entries) {

@@ -28,6 +28,9 @@ export interface ScannedEntry {
   mtimeNs: string;
   size: number;
   ino: string;
+  /** Device and link count: files with the same device and inode are one file under several names (hard links). */
+  dev: string;
+  nlink: number;
   uid: number;
   gid: number;
   target?: string;
@@ -70,6 +73,8 @@ export function entryFromStat(source: string, rel: string, abs: string, st: BigI
     mtimeNs: st.mtimeNs.toString(),
     size: Number(st.size),
     ino: st.ino.toString(),
+    dev: st.dev.toString(),
+    nlink: Number(st.nlink),
     uid: Number(st.uid),
     gid: Number(st.gid),
     abs,

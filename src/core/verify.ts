@@ -287,7 +287,8 @@ async function readBackVolume(
   const record = m.volumes[volumeIndex]!;
   const recorded = recordedChecksum(record);
   const byEntry = new Map<number, ManifestEntry>();
-  for (const e of m.entries) if (e.ref && e.ref.point === m.id && e.ref.volume === volumeIndex) byEntry.set(e.ref.entry, e);
+  // A hard link shares the entry of the file it names, which is what the volume holds.
+  for (const e of m.entries) if (e.ref && e.ref.point === m.id && e.ref.volume === volumeIndex && e.link === undefined) byEntry.set(e.ref.entry, e);
   const superseded = new Map((m.superseded ?? []).filter((s) => s.volume === volumeIndex).map((s) => [s.entry, s]));
   const seen = new Set<number>();
   let counted = 0;

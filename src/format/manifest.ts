@@ -57,6 +57,8 @@ export const entrySchema = z.object({
   ino: z.string().regex(/^\d{1,30}$/).optional(),
   sha256: sha256.optional(),
   target: z.string().min(1).max(4096).optional(),
+  /** A hard link: the path of an earlier file of the same source that is the same file (same content and reference). */
+  link: z.string().min(1).max(4096).optional(),
   ref: refSchema.optional(),
   /** Files a model validator recognised (safetensors, ONNX, GGUF, configs). */
   model: modelInfoSchema.optional(),

@@ -1,0 +1,98 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { lifeboat } from './helpers/cli.js';
+import { compareSnapshots, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile } from './helpers/tree.js';
+import { decodeDocument, encodeDocument } from '../src/format/document.js';
+import { manifestSchema } from '../src/format/manifest.js';
+
+const BIG = (3 << 20) + 11;
+
+/** Model versions that share unchanged files by hard links, as `cp -al` or `rsync --link-dest` leave them. */
+async function versions(work: string) {
+  const rand = prng(seedFromEnv());
+  const src = path.join(work, 'models');
+  for (const v of ['v1', 'v2', 'v3']) await fsp.mkdir(path.join(src, v), { recursive: true });
+  await writeRandomFile(path.join(src, 'v1', 'weights.bin'), BIG, rand);
+  await fsp.writeFile(path.join(src, 'v1', 'config.json'), '{"v": 1}\n');
+  await fsp.link(path.join(src, 'v1', 'weights.bin'), path.join(src, 'v2', 'weights.bin'));
+  await fsp.link(path.join(src, 'v1', 'weights.bin'), path.join(src, 'v3', 'weights.bin'));
+  await fsp.link(path.join(src, 'v1', 'config.json'), path.join(src, 'v2', 'config.json'));
+  await fsp.writeFile(path.join(src, 'v3', 'config.json'), '{"v": 3}\n');
+  return src;
+}
+
+const inode = async (p: string) => (await fsp.stat(p)).ino;
+
+test('hard links are stored once and restored as links; verify, incrementals, --include and --delta handle them', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = await versions(work);
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const full = await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', 'full']);
+  assert.equal(full.code, 0, full.stderr);
+  assert.equal(full.json().bytes, 3 * BIG + 3 * 9);
+  assert.ok(full.json().storedBytes < BIG + 64 * 1024, `the weights are stored once (${full.json().storedBytes} bytes stored)`);
+  const manifest = decodeDocument(await fsp.readFile(path.join(repo, 'points', `${full.json().id}.json`)), manifestSchema, 'manifest');
+  const links = manifest.entries.filter((e) => e.link !== undefined).map((e) => [e.path, e.link]);
+  assert.deepEqual(links, [['v2/config.json', 'v1/config.json'], ['v2/weights.bin', 'v1/weights.bin'], ['v3/weights.bin', 'v1/weights.bin']]);
+
+  const out = path.join(work, 'out');
+  assert.equal((await lifeboat(['--repo', repo, 'restore', 'latest', '--target', out])).code, 0);
+  assert.equal(compareSnapshots(await snapshotTree(src), await snapshotTree(path.join(out, 'models'))), undefined);
+  const weights = await inode(path.join(out, 'models', 'v1', 'weights.bin'));
+  assert.equal(await inode(path.join(out, 'models', 'v2', 'weights.bin')), weights);
+  assert.equal(await inode(path.join(out, 'models', 'v3', 'weights.bin')), weights);
+  assert.equal(await inode(path.join(out, 'models', 'v2', 'config.json')), await inode(path.join(out, 'models', 'v1', 'config.json')));
+  assert.notEqual(await inode(path.join(out, 'models', 'v3', 'config.json')), await inode(path.join(out, 'models', 'v1', 'config.json')));
+  const verified = await lifeboat(['--repo', repo, '--json', 'verify', '--read-data']);
+  assert.equal(verified.code, 0, verified.stdout);
+
+  // A fourth version made the same way: the incremental stores nothing new for it.
+  await fsp.mkdir(path.join(src, 'v4'));
+  await fsp.link(path.join(src, 'v1', 'weights.bin'), path.join(src, 'v4', 'weights.bin'));
+  const incr = await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', 'incr']);
+  assert.equal(incr.code, 0, incr.stderr);
+  assert.ok(incr.json().storedBytes < 64 * 1024);
+  const latest = path.join(work, 'latest');
+  assert.equal((await lifeboat(['--repo', repo, 'restore', 'latest', '--target', latest])).code, 0);
+  assert.equal(await inode(path.join(latest, 'models', 'v4', 'weights.bin')), await inode(path.join(latest, 'models', 'v1', 'weights.bin')));
+  assert.equal((await lifeboat(['--repo', repo, 'verify', '--read-data'])).code, 0);
+
+  // Without the file a link names, the link is written as a copy; so is every file a delta rewrites.
+  const part = path.join(work, 'part');
+  assert.equal((await lifeboat(['--repo', repo, 'restore', 'latest', '--target', part, '--include', 'models/v3'])).code, 0);
+  assert.deepEqual(await fsp.readFile(path.join(part, 'models', 'v3', 'weights.bin')), await fsp.readFile(path.join(src, 'v1', 'weights.bin')));
+  await fsp.rm(path.join(out, 'models', 'v2', 'weights.bin'));
+  const delta = await lifeboat(['--repo', repo, '--json', 'restore', 'latest', '--target', out, '--delta']);
+  assert.equal(delta.code, 0, delta.stderr);
+  assert.equal(compareSnapshots(await snapshotTree(src), await snapshotTree(path.join(out, 'models'))), undefined);
+});
+
+test('a manifest whose hard link names no earlier file with the same content is refused (exit 3)', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = await versions(work);
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const id = (await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', 'full'])).json().id;
+  const file = path.join(repo, 'points', `${id}.json`);
+  const original = decodeDocument(await fsp.readFile(file), manifestSchema, 'manifest');
+  const tamper = [
+    (e: { path: string; link?: string }) => e.path === 'v2/weights.bin' && (e.link = 'v3/weights.bin'),
+    (e: { path: string; link?: string }) => e.path === 'v3/config.json' && (e.link = 'v1/config.json'),
+    (e: { path: string; link?: string }) => e.path === 'v2/config.json' && (e.link = '../../etc/passwd'),
+  ];
+  for (const [i, change] of tamper.entries()) {
+    const m = structuredClone(original);
+    m.entries.forEach(change);
+    await fsp.writeFile(file, encodeDocument(m));
+    const target = path.join(work, `out-${i}`);
+    const r = await lifeboat(['--repo', repo, 'restore', id, '--target', target]);
+    assert.equal(r.code, 3, `tampering ${i}: ${r.stderr}`);
+    assert.match(r.stderr, /recorded as a hard link to/);
+    await assert.rejects(fsp.access(target), 'nothing is restored');
+  }
+});
