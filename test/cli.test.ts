@@ -245,3 +245,23 @@ test('a reader that closes the pipe early (lifeboat … | head) is not an error'
   assert.equal(code, 0, Buffer.concat(stderr).toString());
   assert.doesNotMatch(Buffer.concat(stderr).toString(), /EPIPE|Unhandled/);
 });
+
+test('a repository inside a source is left out of its backups, instead of being backed up into itself', async () => {
+  const work = await tempDir();
+  const src = path.join(work, 'srv');
+  await fsp.mkdir(path.join(src, 'models'), { recursive: true });
+  await fsp.writeFile(path.join(src, 'models', 'config.json'), '{}');
+  // Reached through a symlinked path, so only the directory's identity can tell.
+  await fsp.symlink(src, path.join(work, 'srv-link'));
+  const repo = path.join(work, 'srv-link', 'backups');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const first = await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', 'full']);
+  assert.equal(first.code, 0, first.stderr);
+  assert.match(first.stderr, /srv\/backups: the repository lies inside this source; it is left out of the backup/);
+  const second = await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', 'full']);
+  assert.equal(second.json().files, 1);
+  assert.ok(second.json().storedBytes < 16 * 1024, `the first backup's volumes are not stored again (${second.json().storedBytes} bytes)`);
+  const shown = await lifeboat(['--repo', repo, '--json', 'show', 'latest']);
+  assert.deepEqual(shown.json().entries.map((e: { path: string }) => e.path).filter((p: string) => p.includes('backups')), []);
+  await fsp.rm(work, { recursive: true, force: true });
+});

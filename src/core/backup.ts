@@ -1,5 +1,6 @@
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
+import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
 import { IntegrityError, errorMessage, throwIfAborted } from '../errors.js';
@@ -107,8 +108,12 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     referenceRead.catch(() => undefined);
 
     const scanned: ScannedSource[] = [];
+    // A local repository inside a source would be backed up into itself, growing with every backup.
+    const leaveOut = new Set<string>();
+    const repoDir = path.isAbsolute(repo.storage.location) ? await fsp.stat(repo.storage.location).catch(() => undefined) : undefined;
+    if (repoDir) leaveOut.add(`${repoDir.dev}:${repoDir.ino}`);
     for (const spec of options.sources) {
-      scanned.push(await scanSource(spec, options.excludes ?? [], { ...reporter, notice: (n) => (n.level === 'warning' ? warn(n) : reporter.notice?.(n)) }, options.signal));
+      scanned.push(await scanSource(spec, options.excludes ?? [], { ...reporter, notice: (n) => (n.level === 'warning' ? warn(n) : reporter.notice?.(n)) }, options.signal, leaveOut));
     }
     const reference = await referenceRead;
     const allEntries = scanned.flatMap((s) => s.entries);

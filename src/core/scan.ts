@@ -93,6 +93,8 @@ export async function scanSource(
   excludes: readonly string[],
   reporter: Reporter,
   signal?: AbortSignal,
+  /** Directories never to back up, by device and inode (`dev:ino`): the repository itself. */
+  leaveOut: ReadonlySet<string> = new Set(),
 ): Promise<ScannedSource> {
   const root = path.resolve(spec.path);
   let rootStat: BigIntStats;
@@ -140,6 +142,10 @@ export async function scanSource(
       }
       const isDir = st.isDirectory();
       if (isExcluded(rel, isDir, excludes)) continue;
+      if (isDir && leaveOut.has(`${st.dev}:${st.ino}`)) {
+        reporter.notice?.({ level: 'info', code: 'repository-left-out', path: `${spec.name}/${rel}`, message: 'the repository lies inside this source; it is left out of the backup' });
+        continue;
+      }
       const base = entryFromStat(spec.name, rel, abs, st);
       if (isDir) {
         entries.push({ ...base, type: 'dir', size: 0 });
