@@ -200,3 +200,34 @@ node "$BIN" --repo "$RO" verify --read-data 2> "$OUT/verify.txt" > /dev/null
     assert.match(await fsp.readFile(path.join(out, log), 'utf8'), /could not register as a reader of the repository \(.*read-only file system.*\); a prune started meanwhile could remove/);
   }
 });
+
+test('a target that holds a mount point: --delta fills it across file systems, --force refuses to replace it', { skip }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  await fsp.mkdir(path.join(src, 'tok'), { recursive: true });
+  const rand = prng(seedFromEnv());
+  await writeRandomFile(path.join(src, 'weights.bin'), (2 << 20) + 1, rand);
+  await writeRandomFile(path.join(src, 'tok', 'vocab.txt'), 5_000, rand);
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  assert.equal((await lifeboat(['--repo', repo, 'backup', src])).code, 0);
+  const target = path.join(work, 'srv');
+  const out = path.join(work, 'out');
+  await fsp.mkdir(path.join(target, 'models'), { recursive: true });
+  await fsp.mkdir(out);
+  inNamespace(
+    String.raw`
+mount -t ramfs ramfs "$TARGET/models"
+echo stale > "$TARGET/models/old.txt"
+status=0; node "$BIN" --repo "$REPO" restore latest --target "$TARGET" --force 2> "$OUT/force.txt" || status=$?
+echo $status > "$OUT/force-status"
+node "$BIN" --repo "$REPO" restore latest --target "$TARGET" --delta > /dev/null
+cp -a "$TARGET/models" "$OUT/models"
+`,
+    { TARGET: target, REPO: repo, OUT: out },
+  );
+  assert.equal((await fsp.readFile(path.join(out, 'force-status'), 'utf8')).trim(), '2');
+  assert.match(await fsp.readFile(path.join(out, 'force.txt'), 'utf8'), /holds file systems mounted at .*srv\/models; --force will not replace it/);
+  assert.equal(compareSnapshots(await snapshotTree(src), await snapshotTree(path.join(out, 'models'))), undefined, 'the delta restore filled the mounted directory');
+});

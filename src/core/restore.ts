@@ -1,4 +1,5 @@
 import * as fsp from 'node:fs/promises';
+import { constants as fsConstants } from 'node:fs';
 import * as path from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { Sha256Offload, type StreamDigest } from './hash-offload.js';
@@ -15,7 +16,7 @@ import type { Repository } from './repository.js';
 import { planRestore, type RestorePlan } from './restore-plan.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 import { makeDirectories } from '../format/mkdirs.js';
-import { isMountPoint } from '../format/mounts.js';
+import { isMountPoint, mountsUnder } from '../format/mounts.js';
 import { whileReading } from './lock.js';
 import { formatBytes } from '../format/units.js';
 
@@ -73,6 +74,15 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
     throw new UsageError(`restore target ${target} is not empty`, {
       hint: 'use --delta to update it in place, --force to replace it, or choose an empty directory',
     });
+  }
+  if (targetState === 'non-empty' && !options.delta) {
+    // Replacing the tree would carry those file systems away with the old one and then delete what is on them.
+    const mounts = await mountsUnder(target);
+    if (mounts.length > 0) {
+      throw new UsageError(`restore target ${target} holds file systems mounted at ${mounts.slice(0, 3).join(', ')}${mounts.length > 3 ? ', …' : ''}; --force will not replace it`, {
+        hint: 'use --delta to update it in place, or restore into each mount point on its own',
+      });
+    }
   }
   return whileReading(repo.storage, 'restore', { signal: options.signal, reporter, warnings }, () =>
     restoreLocked(repo, manifest, options, { target, targetState, mountPoint, reporter, warnings, started }),
@@ -639,11 +649,35 @@ async function applyDelta(
         await fsp.symlink(e.target!, p);
       }
     } else if (rewritten.has(e)) {
-      await fsp.rename(pathIn(staging, e), p);
+      await moveFile(pathIn(staging, e), p);
     }
   }
   await applyMetadata(plan, target);
   return removed;
+}
+
+/**
+ * Renames a verified file into place; where the place is on another file
+ * system (a source directory that is itself a mount point), copies it beside
+ * its place, syncs the copy and renames that instead.
+ */
+async function moveFile(from: string, to: string): Promise<void> {
+  try {
+    await fsp.rename(from, to);
+    return;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+  }
+  const beside = path.join(path.dirname(to), `.${path.basename(to)}.lifeboat-${randomBytes(4).toString('hex')}`);
+  try {
+    await fsp.copyFile(from, beside, fsConstants.COPYFILE_EXCL);
+    await syncPath(beside);
+    await fsp.rename(beside, to);
+  } catch (err) {
+    await fsp.rm(beside, { force: true });
+    throw err;
+  }
+  await fsp.rm(from);
 }
 
 async function pruneTree(dir: string, rel: string, wanted: Map<string, ManifestEntry>): Promise<number> {

@@ -13,11 +13,22 @@ export async function isMountPoint(dir: string): Promise<boolean> {
   const [own, above] = await Promise.all([fsp.stat(real), fsp.stat(parent)]);
   if (own.dev !== above.dev) return true;
   // A bind mount of the same file system keeps its device number; Linux lists every mount in mountinfo.
+  return (await mountPoints()).includes(real);
+}
+
+/** Where file systems are mounted below `dir` (not at it), from /proc/self/mountinfo; none where there is no such file. */
+export async function mountsUnder(dir: string): Promise<string[]> {
+  const real = await fsp.realpath(dir);
+  const prefix = real.endsWith('/') ? real : `${real}/`;
+  return (await mountPoints()).filter((m) => m.startsWith(prefix));
+}
+
+async function mountPoints(): Promise<string[]> {
   const mountinfo = await fsp.readFile('/proc/self/mountinfo', 'utf8').catch(() => undefined);
-  if (mountinfo === undefined) return false;
-  return mountinfo.split('\n').some((line) => {
+  if (mountinfo === undefined) return [];
+  return mountinfo.split('\n').flatMap((line) => {
     const field = line.split(' ')[4];
-    return field !== undefined && unescapeOctal(field) === real;
+    return field === undefined ? [] : [unescapeOctal(field)];
   });
 }
 
