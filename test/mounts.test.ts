@@ -36,6 +36,21 @@ function inNamespace(script: string, env: Record<string, string>): void {
   assert.equal(run.status, 0, `the run in a mount namespace failed (status ${run.status}):\n${run.stderr}`);
 }
 
+/** A source `models` of random files (path → size) under `work`, and a repository holding one full backup of it. */
+async function backedUp(work: string, files: Record<string, number>) {
+  const src = path.join(work, 'models');
+  const rand = prng(seedFromEnv());
+  for (const [name, size] of Object.entries(files)) {
+    await fsp.mkdir(path.dirname(path.join(src, name)), { recursive: true });
+    await writeRandomFile(path.join(src, name), size, rand);
+  }
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const full = await lifeboat(['--repo', repo, 'backup', src, '--type', 'full', '--json']);
+  assert.equal(full.code, 0, full.stderr);
+  return { src, repo, rand, fullId: full.json().id as string };
+}
+
 const skip = unshare ? false : 'unshare cannot make a mount namespace here';
 
 // Volumes and restored files are written with O_DIRECT where the file system allows it.
@@ -85,15 +100,7 @@ cp -a "$MNT/restored" "$COPY"
 test('a restore into a directory where a file system is mounted stages inside it, keeps lost+found, and replaces or updates with --force and --delta', { skip }, async (t) => {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
-  const src = path.join(work, 'models');
-  await fsp.mkdir(path.join(src, 'tok'), { recursive: true });
-  const rand = prng(seedFromEnv());
-  await writeRandomFile(path.join(src, 'weights.bin'), (2 << 20) + 5, rand);
-  await writeRandomFile(path.join(src, 'tok', 'vocab.txt'), 9_000, rand);
-  const repo = path.join(work, 'repo');
-  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
-  const full = await lifeboat(['--repo', repo, 'backup', src, '--type', 'full', '--json']);
-  assert.equal(full.code, 0, full.stderr);
+  const { src, repo, rand, fullId } = await backedUp(work, { 'weights.bin': (2 << 20) + 5, 'tok/vocab.txt': 9_000 });
   const atFull = await snapshotTree(src);
   await writeRandomFile(path.join(src, 'tok', 'vocab.txt'), 12_000, rand);
   await fsp.writeFile(path.join(src, 'added.json'), '{}\n');
@@ -119,7 +126,7 @@ cp -a "$TARGET" "$OUT/forced"
 node "$BIN" --repo "$REPO" restore "$FULL" --target "$TARGET" --delta > /dev/null
 cp -a "$TARGET" "$OUT/delta"
 `,
-    { TARGET: target, REPO: repo, FULL: full.json().id, OUT: out },
+    { TARGET: target, REPO: repo, FULL: fullId, OUT: out },
   );
   const sameAs = async (expected: Map<string, unknown>, dir: string) => compareSnapshots(expected as never, await snapshotTree(path.join(out, dir, 'models')));
   assert.equal(await sameAs(atFull, 'first'), undefined);
@@ -137,14 +144,8 @@ cp -a "$TARGET" "$OUT/delta"
 test('a restore that cannot fit is refused before it writes, and a disk that fills up midway is one clear sentence', { skip }, async (t) => {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
-  const src = path.join(work, 'models');
-  await fsp.mkdir(path.join(src, 'logs'), { recursive: true });
-  const rand = prng(seedFromEnv());
-  await writeRandomFile(path.join(src, 'weights.bin'), 3 << 20, rand);
-  for (let i = 0; i < 60; i++) await fsp.writeFile(path.join(src, 'logs', `run-${i}.log`), `line ${i}\n`);
-  const repo = path.join(work, 'repo');
-  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
-  assert.equal((await lifeboat(['--repo', repo, 'backup', src, '--type', 'full'])).code, 0);
+  const logs = Object.fromEntries(Array.from({ length: 60 }, (_, i) => [`logs/run-${i}.log`, 10]));
+  const { repo } = await backedUp(work, { 'weights.bin': 3 << 20, ...logs });
 
   const small = path.join(work, 'small');
   const fewInodes = path.join(work, 'few-inodes');
@@ -176,12 +177,7 @@ echo $status > "$OUT/few-status"; ls -A "$FEW" > "$OUT/few-left"
 test('a repository mounted read-only restores and verifies, with a warning that no reader could be registered', { skip }, async (t) => {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
-  const src = path.join(work, 'models');
-  await fsp.mkdir(src);
-  await writeRandomFile(path.join(src, 'weights.bin'), (2 << 20) + 9, prng(seedFromEnv()));
-  const repo = path.join(work, 'repo');
-  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
-  assert.equal((await lifeboat(['--repo', repo, 'backup', src])).code, 0);
+  const { src, repo } = await backedUp(work, { 'weights.bin': (2 << 20) + 9 });
   const readOnly = path.join(work, 'read-only');
   const out = path.join(work, 'out');
   await fsp.mkdir(readOnly);
@@ -204,14 +200,7 @@ node "$BIN" --repo "$RO" verify --read-data 2> "$OUT/verify.txt" > /dev/null
 test('a target that holds a mount point: --delta fills it across file systems, --force refuses to replace it', { skip }, async (t) => {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
-  const src = path.join(work, 'models');
-  await fsp.mkdir(path.join(src, 'tok'), { recursive: true });
-  const rand = prng(seedFromEnv());
-  await writeRandomFile(path.join(src, 'weights.bin'), (2 << 20) + 1, rand);
-  await writeRandomFile(path.join(src, 'tok', 'vocab.txt'), 5_000, rand);
-  const repo = path.join(work, 'repo');
-  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
-  assert.equal((await lifeboat(['--repo', repo, 'backup', src])).code, 0);
+  const { src, repo } = await backedUp(work, { 'weights.bin': (2 << 20) + 1, 'tok/vocab.txt': 5_000 });
   const target = path.join(work, 'srv');
   const out = path.join(work, 'out');
   await fsp.mkdir(path.join(target, 'models'), { recursive: true });
