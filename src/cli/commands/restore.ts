@@ -61,7 +61,10 @@ export function registerRestore(program: Command, run: CommandRunner): Command {
     .option('--target <dir>', 'where to restore (must be empty or absent, unless --delta or --force)')
     .option('--delta', 'update an existing target: rewrite only files whose content differs, remove what the point lacks')
     .option('--force', 'replace a non-empty target')
-    .option('-i, --include <glob>', 'restore only matching <source>/<path> entries (repeatable)', collect, [])
-    .addHelpText('after', '\nExamples:\n  lifeboat restore latest --target /srv/restore\n  lifeboat restore 2026-11-20T03:00:00Z --target /srv/models-prev --delta')
+    .option('-i, --include <glob>', 'restore only matching <source>/<path> entries; a directory or source name means all in it (repeatable)', collect, [])
+    .addHelpText(
+      'after',
+      '\nExamples:\n  lifeboat restore latest --target /srv/restore\n  lifeboat restore 2026-11-20T03:00:00Z --target /srv/models-prev --delta\n  lifeboat restore latest --target /tmp/tok --include models/tokenizer',
+    )
     .action(run((ctx, selector: string, flags: RestoreFlags) => runRestore(ctx, selector, flags)));
 }
