@@ -29,6 +29,11 @@ test('config errors exit 2 and name the key', async () => {
   const none = await lifeboat(['list'], { cwd: os.tmpdir() === dir ? '/' : await tempDir() });
   assert.equal(none.code, 2);
   assert.match(none.stderr, /no repository given/);
+  const repo = path.join(dir, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const root = await lifeboat(['--repo', repo, 'backup', '/', '--dry-run']);
+  assert.equal(root.code, 2);
+  assert.match(root.stderr, /\/ has no name to give its source\n {2}name it: --source root=\//);
   await fsp.rm(dir, { recursive: true, force: true });
 });
 

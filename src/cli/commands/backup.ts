@@ -27,7 +27,12 @@ const collect = (value: string, previous: string[]) => [...previous, value];
 /** Sources from PATH arguments and --source flags, else from the config file. */
 export function resolveSources(ctx: CliContext, paths: string[], flags: string[], config: LifeboatConfig): PendingSource[] {
   const specs: PendingSource[] = [];
-  for (const p of paths) specs.push({ name: path.basename(path.resolve(ctx.cwd, p)), path: path.resolve(ctx.cwd, p) });
+  for (const p of paths) {
+    const abs = path.resolve(ctx.cwd, p);
+    const name = path.basename(abs);
+    if (name === '') throw new UsageError(`${abs} has no name to give its source`, { hint: `name it: --source root=${abs}` });
+    specs.push({ name, path: abs });
+  }
   for (const f of flags) {
     const eq = f.indexOf('=');
     if (eq <= 0 || eq === f.length - 1) throw new UsageError(`--source ${f}: expected NAME=PATH`);
