@@ -405,7 +405,8 @@ export async function status(repo: Repository, specs: TargetSpec[], options: { n
   const ids = await repo.pointIds();
   let newest: StatusResult['newest'] = null;
   if (ids.length) {
-    const m = await repo.manifest(ids[ids.length - 1]!);
+    // Summaries: status runs from monitoring every few minutes and needs no file list.
+    const m = await repo.summary(ids[ids.length - 1]!);
     newest = { id: m.id, completedAt: m.completedAt, ageMs: Math.max(0, now - Date.parse(m.completedAt)) };
   }
   const events = await readEvents(repo.storage, 200);
@@ -420,7 +421,7 @@ export async function status(repo: Repository, specs: TargetSpec[], options: { n
       error = errorMessage(err);
     }
     const point = slotPoint(spec.slots, activePath) ?? null;
-    const m = point ? await repo.manifest(point).catch(() => undefined) : undefined;
+    const m = point ? await repo.summary(point).catch(() => undefined) : undefined;
     const state = await readTargetState(spec.slots);
     const h = spec.health && (spec.health.url || spec.health.command)
       ? await checkOnce(spec.health, Math.min(spec.health.timeoutMs ?? 5000, 5000), { cwd: spec.cwd, env: spec.env, signal: options.signal })
