@@ -384,6 +384,11 @@ async function storeEntry(planned: PlannedEntry, position: number, ctx: StoreCon
   const first = ctx.hardLinks.get(inode);
   if (first && first.source === s.source && first.size === s.size && first.mtimeNs === s.mtimeNs) {
     ctx.prefetch.take(position)?.catch(() => undefined);
+    if (planned.action !== 'reuse') {
+      // Counted among the files to read when the plan was made.
+      ctx.progress.filesDone++;
+      ctx.progress.bytesDone += s.size;
+    }
     return { ...baseEntry(s), sha256: first.sha256, ref: first.ref, link: first.path };
   }
   const entry = await storeOwnEntry(planned, position, ctx);

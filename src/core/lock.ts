@@ -249,11 +249,12 @@ export async function whileReading<T>(storage: Storage, command: string, context
   }
 }
 
-/** The warning of a reader that could not register itself. */
+/** What a reader says while it waits for a prune. */
 function waitingNotice(prune: LockInfo): Notice {
   return { level: 'info', code: 'waiting-for-prune', message: `waiting for the prune by ${describeLock(prune)} to finish` };
 }
 
+/** The warning of a reader that could not register itself. */
 function unlockedNotice(reason: string): Notice {
   return {
     level: 'warning',

@@ -473,7 +473,6 @@ function nsToSeconds(ns: string): number {
   return Number(big / 1_000_000_000n) + Number(big % 1_000_000_000n) / 1e9;
 }
 
-/** Creates dirs and links, then applies modes and times (deepest first so parents keep theirs). */
 /** Gives each written file its other names (its hard links). */
 async function makeHardLinks(plan: RestorePlan, root: string): Promise<void> {
   for (const { entry, to } of plan.links) {
@@ -483,6 +482,7 @@ async function makeHardLinks(plan: RestorePlan, root: string): Promise<void> {
   }
 }
 
+/** Creates dirs and links, then applies modes and times (deepest first so parents keep theirs). */
 async function finishTree(plan: RestorePlan, root: string): Promise<void> {
   for (const s of plan.manifest.sources) await makeDirectories(path.join(root, s.name), 0o700);
   for (const e of plan.entries) {
