@@ -58,6 +58,16 @@ test('list, time selectors and prune read each point\'s summary, not its manifes
   assert.deepEqual(kept.json().objects, []);
   const clean = await lifeboat(['--repo', d.repo, '--json', 'verify', '--read-data']);
   assert.equal(clean.code, 0, clean.stdout);
+
+  // The next backup writes the summaries the older points lack, once.
+  const next = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'incr']);
+  assert.equal(next.code, 0, next.stderr);
+  for (const id of [...d.ids, next.json().id]) {
+    const written = decodeDocument(await fsp.readFile(summaryFile(d.repo, id)), summarySchema, 'summary');
+    assert.equal(written.id, id);
+  }
+  assert.deepEqual((await lifeboat(['--repo', d.repo, '--json', 'list'])).json().slice(0, 3), listed);
+  assert.equal((await lifeboat(['--repo', d.repo, 'verify'])).code, 0);
 });
 
 test('verify reports a summary that disagrees with its manifest or is damaged; a summary of no point is a leftover the next backup removes', async (t) => {

@@ -300,7 +300,7 @@ async function deletePrefix(repo: Repository, prefix: string): Promise<void> {
   if (found.length) await repo.storage.delete(found);
 }
 
-/** Removes the data of backups that never committed (killed, crashed). Needs the lock. */
+/** Removes what backups that never committed left (killed, crashed), and writes summaries older points lack. Needs the lock. */
 export async function removeLeftovers(repo: Repository, reporter: Reporter): Promise<void> {
   for (const orphan of await repo.orphanDataPrefixes()) {
     await repo.storage.delete(orphan.keys);
@@ -310,8 +310,13 @@ export async function removeLeftovers(repo: Repository, reporter: Reporter): Pro
       message: `removed ${orphan.keys.length} object(s), ${orphan.bytes} bytes, left by an aborted backup under ${orphan.prefix}`,
     });
   }
-  const summaries = await repo.orphanSummaries();
-  if (summaries.length > 0) await repo.storage.delete(summaries);
+  const summaries = await repo.summaryGaps();
+  if (summaries.orphans.length > 0) await repo.storage.delete(summaries.orphans);
+  // Points written before summaries existed get theirs, once, so that list and prune need not read their manifests again.
+  for (const id of summaries.missing) {
+    const manifest = await repo.loadManifest(id).catch(() => undefined);
+    if (manifest) await repo.writeSummary(manifest);
+  }
   await repo.storage.cleanupIncomplete(0, keys.dataPrefix);
 }
 

@@ -148,18 +148,29 @@ export class Repository {
 
   /** Summary documents of no committed point: left by a backup stopped just before its commit, or a prune. */
   async orphanSummaries(): Promise<string[]> {
+    return (await this.summaryGaps()).orphans;
+  }
+
+  /** Summary documents of no committed point, and committed points without a summary (written before summaries existed). */
+  async summaryGaps(): Promise<{ orphans: string[]; missing: string[] }> {
     const committed = new Set(await this.pointIds());
+    const summarised = new Set<string>();
     const orphans: string[] = [];
     for await (const { key } of this.storage.list(keys.summariesPrefix)) {
       const id = /^summaries\/(.+)\.json$/.exec(key)?.[1];
-      if (id === undefined || !committed.has(id)) orphans.push(key);
+      if (id !== undefined && committed.has(id)) summarised.add(id);
+      else orphans.push(key);
     }
-    return orphans;
+    return { orphans, missing: [...committed].filter((id) => !summarised.has(id)) };
+  }
+
+  async writeSummary(manifest: Manifest): Promise<void> {
+    await this.storage.putDocument(keys.summary(manifest.id), encodeDocument(summarize(manifest)));
   }
 
   /** Stores the point's summary, then commits its manifest: the manifest makes the point exist. */
   async commitManifest(manifest: Manifest): Promise<void> {
-    await this.storage.putDocument(keys.summary(manifest.id), encodeDocument(summarize(manifest)));
+    await this.writeSummary(manifest);
     const ok = await this.storage.putDocument(keys.point(manifest.id), encodeDocument(manifest), { ifAbsent: true });
     if (!ok) throw new IntegrityError(`backup point ${manifest.id} already exists`);
     this.manifests.set(manifest.id, manifest);
