@@ -83,8 +83,11 @@ test('a drill of a good point passes, writes valid JUnit XML with one testcase p
 test('a failing smoke command fails the drill with exit 5 and the smoke testcase marked', async () => {
   const d = await deployment();
   const report = path.join(d.work, 'drill.xml');
-  const r = await lifeboat(['--repo', d.repo, '--json', 'drill', '--smoke', 'echo "model failed to load" >&2; exit 7', '--junit', report, '--work-dir', d.scratch]);
+  // A work directory that does not exist yet is made.
+  const workDir = path.join(d.scratch, 'made', 'for-the-drill');
+  const r = await lifeboat(['--repo', d.repo, '--json', 'drill', '--smoke', 'echo "model failed to load" >&2; exit 7', '--junit', report, '--work-dir', workDir]);
   assert.equal(r.code, 5, r.stderr);
+  assert.deepEqual(await fsp.readdir(workDir), []);
   const j = r.json();
   assert.equal(j.ok, false);
   assert.equal(j.smoke.exitCode, 7);
@@ -94,7 +97,7 @@ test('a failing smoke command fails the drill with exit 5 and the smoke testcase
   assert.match(findAll(cases.get('smoke')!, 'failure')[0]!.attrs.message!, /exited with 7/);
   assert.match(findAll(cases.get('smoke')!, 'system-out')[0]!.text, /model failed to load/);
   assert.ok(!failed(cases.get('restore')) && !failed(cases.get('checksums')));
-  assert.deepEqual(await fsp.readdir(d.scratch), []);
+  assert.deepEqual(await fsp.readdir(d.scratch), ['made']);
   await fsp.rm(d.work, { recursive: true, force: true });
   await fsp.rm(d.scratch, { recursive: true, force: true });
 });

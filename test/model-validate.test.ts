@@ -324,9 +324,12 @@ test('verify --deep restores a point and finds the model problem stored in it (e
   assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
   const good = await lifeboat(['--repo', repo, '--json', 'backup', src]);
   assert.equal(good.code, 0, good.stderr);
-  const deepGood = await lifeboat(['--repo', repo, '--json', 'verify', good.json().id, '--deep']);
+  // Restored under a work directory that is made for it, and left empty.
+  const workDir = path.join(work, 'deep-work', 'not-yet');
+  const deepGood = await lifeboat(['--repo', repo, '--json', 'verify', good.json().id, '--deep', '--work-dir', workDir]);
   assert.equal(deepGood.code, 0, deepGood.stdout);
   assert.equal(deepGood.json().ok, true);
+  assert.deepEqual(await fsp.readdir(workDir), []);
 
   // The point taken after a shard went missing holds a model that will not load.
   await fsp.rm(path.join(src, 'llama', shardNames[1]!));

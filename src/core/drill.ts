@@ -86,6 +86,8 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
     checks.push(c);
     if (c.status === 'failed') problems.push({ check: c.name, message: c.message });
   };
+  // A work directory that does not exist yet is made, as a restore target's parents are.
+  if (options.workDir !== undefined) await fsp.mkdir(options.workDir, { recursive: true });
   const base = await fsp.mkdtemp(path.join(options.workDir ?? os.tmpdir(), 'lifeboat-drill-'));
   const target = path.join(base, 'restore');
   let integrity = false;

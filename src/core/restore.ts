@@ -160,7 +160,7 @@ async function checkFreeSpace(staging: string, target: string, files: readonly M
   const free = fsStats.bavail * fsStats.bsize;
   if (needed > free) {
     throw new RuntimeFailure(`the restore needs ${formatBytes(needed)} on the file system of ${target}, and ${formatBytes(free)} is free`, {
-      hint: 'free space there, restore a part with --include, or restore somewhere else (restore --target, drill --work-dir)',
+      hint: 'free space there, restore a part with --include, or restore somewhere else (restore --target; --work-dir for drill and verify --deep)',
     });
   }
 }

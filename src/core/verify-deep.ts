@@ -32,6 +32,8 @@ export async function deepCheck(repo: Repository, points: readonly Manifest[], o
   const problems: DeepProblem[] = [];
   for (const m of points) {
     throwIfAborted(options.signal);
+    // A work directory that does not exist yet is made, as a restore target's parents are.
+    if (options.tmpDir !== undefined) await fsp.mkdir(options.tmpDir, { recursive: true });
     const work = await fsp.mkdtemp(path.join(options.tmpDir ?? os.tmpdir(), 'lifeboat-deep-'));
     try {
       const target = path.join(work, m.id);

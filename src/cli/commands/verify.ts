@@ -1,3 +1,4 @@
+import * as path from 'node:path';
 import type { Command } from 'commander';
 import { IntegrityError, UsageError } from '../../errors.js';
 import { verify } from '../../core/verify.js';
@@ -13,6 +14,7 @@ interface VerifyFlags extends CronFlags {
   sample?: string;
   subset?: string;
   deep?: boolean;
+  workDir?: string;
 }
 
 function percent(flag: string, value: string | undefined): number | undefined {
@@ -35,6 +37,7 @@ export async function runVerify(ctx: CliContext, selector: string | undefined, f
     const subsetPercent = percent('--subset', flags.subset);
     if (flags.sinceVerified && subsetPercent !== undefined) throw new UsageError('--since-verified and --subset choose volumes in different ways; give one of them');
     if (samplePercent !== undefined && !flags.sinceVerified) throw new UsageError('--sample goes with --since-verified');
+    if (flags.workDir !== undefined && !flags.deep) throw new UsageError('--work-dir goes with --deep');
     const readData = flags.readData === true || flags.sinceVerified === true || subsetPercent !== undefined;
     const point = selector ? await repo.resolve(selector) : undefined;
     const result = await verify(repo, {
@@ -44,6 +47,7 @@ export async function runVerify(ctx: CliContext, selector: string | undefined, f
       samplePercent,
       subsetPercent,
       deep: flags.deep,
+      tmpDir: flags.workDir === undefined ? undefined : path.resolve(ctx.cwd, flags.workDir),
       concurrency: config.s3?.concurrency,
       signal: ctx.signal,
       reporter: renderer,
@@ -99,6 +103,7 @@ export function registerVerify(program: Command, run: CommandRunner): Command {
     .option('--sample <percent>', 'with --since-verified: the share re-read each run (default 5); every volume is re-read within ceil(100/PERCENT) runs')
     .option('--subset <percent>', 'read a random share of the volumes (implies --read-data)')
     .option('--deep', 'restore the point(s) into a temporary directory and check that the models there would load (safetensors, ONNX, GGUF, configs)')
+    .option('--work-dir <dir>', 'with --deep: make the temporary restore directory here (default: the system temporary directory)')
     .addHelpText(
       'after',
       '\nEvery --read-data run records which volumes it read in the repository (ledger/verified.json).\n\nExamples:\n  lifeboat verify\n  lifeboat verify latest --read-data --json\n  lifeboat verify --read-data --since-verified --sample 10\n  lifeboat verify latest --deep')
