@@ -72,3 +72,27 @@ test('a restore that succeeded has every file on disk', async (t) => {
   assert.deepEqual(unwritten, [], 'restored files with pages not yet on disk');
   await fsp.rm(d.work, { recursive: true, force: true });
 });
+
+test('a restore removes the staging directories that killed restores left beside its target, and leaves what a killed --force set aside', async () => {
+  const d = await smallDeployment();
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src])).code, 0);
+  const target = path.join(d.work, 'out');
+  // A restore killed while it streamed (its process is gone), one still running (this test's process), and a
+  // --force killed between moving the old target aside and the new one in.
+  const gone = 2 ** 22 + 777;
+  const killed = path.join(d.work, `.out.lifeboat-staging-${gone}-0badcafe`);
+  const running = path.join(d.work, `.out.lifeboat-staging-${process.pid}-00c0ffee`);
+  const setAside = path.join(d.work, `.out.lifeboat-staging-${gone}-0badbeef-replaced`);
+  for (const dir of [killed, running, setAside]) {
+    await fsp.mkdir(path.join(dir, 'models'), { recursive: true });
+    await fsp.writeFile(path.join(dir, 'models', 'partial.bin'), 'x');
+  }
+  const r = await lifeboat(['--repo', d.repo, '--json', 'restore', 'latest', '--target', target]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /removed the staging directory of an interrupted restore/);
+  await assert.rejects(fsp.access(killed), 'the killed restore\'s staging directory is removed');
+  await fsp.access(running);
+  await fsp.access(path.join(setAside, 'models', 'partial.bin'));
+  assert.match(r.stderr, new RegExp(`warning: ${setAside.replaceAll('.', '\\.')}: holds what an interrupted restore --force was replacing`));
+  await fsp.rm(d.work, { recursive: true, force: true });
+});

@@ -6,6 +6,7 @@ import { sleep } from '../sleep.js';
 import { isNotFound, type Storage } from '../storage/storage.js';
 import { keys } from '../format/manifest.js';
 import type { Notice, Reporter } from './events.js';
+import { processRuns } from './process-alive.js';
 
 export const DEFAULT_LEASE_MS = 30 * 60 * 1000;
 
@@ -30,15 +31,6 @@ export function describeLock(info: LockInfo): string {
   return `${info.command} on ${info.host}, pid ${info.pid}, since ${info.startedAt}`;
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** How readers judge staleness; the holder's recorded lease applies when unset. */
 export interface StalenessOptions {
   /** A lock whose lease was not refreshed for this long is stale. */
@@ -60,7 +52,7 @@ export function refreshInterval(leaseMs: number): number {
  */
 export function lockStaleness(info: LockInfo, now: Date, options: StalenessOptions = {}): string | undefined {
   const host = options.host ?? os.hostname();
-  const alive = options.alive ?? pidAlive;
+  const alive = options.alive ?? processRuns;
   if (info.host === host && !alive(info.pid)) return `process ${info.pid} no longer runs on ${host}`;
   const refreshed = Date.parse(info.refreshedAt);
   const limit = Math.max(options.staleAfterMs ?? info.leaseMs, Math.min(info.leaseMs, 2 * refreshInterval(info.leaseMs)));

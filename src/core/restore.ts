@@ -18,6 +18,7 @@ import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 import { makeDirectories } from '../format/mkdirs.js';
 import { isMountPoint, mountsUnder } from '../format/mounts.js';
 import { whileReading } from './lock.js';
+import { processRuns } from './process-alive.js';
 import { formatBytes } from '../format/units.js';
 
 export interface RestoreOptions {
@@ -104,7 +105,9 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
   const plan = await planRestore(repo, manifest, options.include, { hardLinks: !delta });
   const unique = `${process.pid}-${randomBytes(4).toString('hex')}`;
   // Staged on the target's file system, so that moving the restored files into place is a rename.
-  const staging = mountPoint ? path.join(target, `.lifeboat-staging-${unique}`) : path.join(path.dirname(target), `.${path.basename(target)}.lifeboat-staging-${unique}`);
+  const stagingPrefix = mountPoint ? '.lifeboat-staging-' : `.${path.basename(target)}.lifeboat-staging-`;
+  const staging = path.join(mountPoint ? target : path.dirname(target), `${stagingPrefix}${unique}`);
+  await clearInterruptedStaging(path.dirname(staging), stagingPrefix, reporter, warnings);
   try {
     await makeDirectories(path.dirname(target));
     await fsp.mkdir(staging, { mode: 0o700 });
@@ -145,6 +148,30 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
   } catch (err) {
     await fsp.rm(staging, { recursive: true, force: true }).catch(() => undefined);
     throw asRestoreFailure(err, staging, target);
+  }
+}
+
+/**
+ * Removes the staging directories that restores killed on this host left
+ * beside this target (their process is gone), which would otherwise fill the
+ * disk restore after restore. What an interrupted --force had set aside is
+ * the old target's content: it is left, with a warning.
+ */
+async function clearInterruptedStaging(dir: string, prefix: string, reporter: Reporter, warnings: Notice[]): Promise<void> {
+  const names = await fsp.readdir(dir).catch(() => [] as string[]);
+  for (const name of names) {
+    if (!name.startsWith(prefix)) continue;
+    const m = /^(\d+)-[0-9a-f]{8}(-replaced)?$/.exec(name.slice(prefix.length));
+    if (!m || processRuns(Number(m[1]))) continue;
+    const where = path.join(dir, name);
+    if (m[2]) {
+      const n: Notice = { level: 'warning', code: 'replaced-left', path: where, message: 'holds what an interrupted restore --force was replacing; remove it once it is not needed' };
+      warnings.push(n);
+      reporter.notice?.(n);
+      continue;
+    }
+    await fsp.rm(where, { recursive: true, force: true });
+    reporter.notice?.({ level: 'info', code: 'staging-removed', path: where, message: 'removed the staging directory of an interrupted restore' });
   }
 }
 

@@ -6,6 +6,7 @@ import * as os from 'node:os';
 import { LockedError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
 import { POINT_ID } from '../format/ids.js';
 import { makeDirectories } from '../format/mkdirs.js';
+import { processRuns } from './process-alive.js';
 
 /** Kept in the slots directory: what the link pointed at before the last switch, and the switches made. */
 export const TARGET_STATE_FILE = '.lifeboat-target.json';
@@ -134,15 +135,6 @@ export function planSlotPrune(slots: SlotInfo[], keep: number, protectedDirs: Re
 
 const TARGET_LOCK_FILE = '.lifeboat-switch.lock';
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /**
  * Takes the target's switch lock (a file in its slots directory, made with
  * O_EXCL), so two failovers or rollbacks never switch one link at once. A lock
@@ -174,7 +166,7 @@ export async function lockTarget(slots: string, name: string, command: string): 
     } catch {
       // a lock being written this instant, or damaged: judged below
     }
-    const gone = holder.host === os.hostname() && typeof holder.pid === 'number' && !alive(holder.pid);
+    const gone = holder.host === os.hostname() && typeof holder.pid === 'number' && !processRuns(holder.pid);
     if (!gone && text !== '') {
       throw new LockedError(`target ${name} is being switched by ${holder.command ?? 'another process'} (pid ${holder.pid ?? '?'} on ${holder.host ?? '?'}, since ${holder.startedAt ?? '?'})`, {
         hint: `wait for it to finish; if that process is gone, remove ${file}`,
