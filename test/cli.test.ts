@@ -63,6 +63,13 @@ test('an S3 repository with no credentials anywhere is a set-up error (exit 2) t
   assert.equal(r.code, 2, r.stderr);
   assert.match(r.stderr, /no AWS credentials were found/);
   assert.match(r.stderr, /AWS_PROFILE/);
+
+  // With credentials, an endpoint nothing answers at is a runtime failure (exit 1) that points at the endpoint.
+  const unreachable = await runChild(['--repo', 's3://lifeboat-nobody/repo', '--s3-endpoint', 'http://127.0.0.1:9', '--s3-path-style', 'list'], {
+    env: { ...env, AWS_ACCESS_KEY_ID: 'AKIDEXAMPLE', AWS_SECRET_ACCESS_KEY: 'not-a-secret' },
+  });
+  assert.equal(unreachable.code, 1, unreachable.stderr);
+  assert.match(unreachable.stderr, /ECONNREFUSED.*\n {2}check the endpoint \(s3\.endpoint, --s3-endpoint\) and that this host can reach it/);
   await fsp.rm(home, { recursive: true, force: true });
 });
 

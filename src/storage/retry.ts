@@ -127,6 +127,16 @@ export async function retrying<T>(
   }
 }
 
+/** Errors that say the server could not be reached at all, as opposed to answering with an error. */
+const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
+
+function unreachable(err: unknown): boolean {
+  for (let e = err as { code?: string; cause?: unknown } | undefined, depth = 0; e && depth < 4; e = e.cause as typeof e, depth++) {
+    if (e.code !== undefined && UNREACHABLE_CODES.has(e.code)) return true;
+  }
+  return false;
+}
+
 export function asFailure(operation: string, key: string, err: unknown, attempts = 1): Error {
   if (err instanceof LifeboatError) return err;
   if (err instanceof Error && err.name === 'AbortError') return err;
@@ -144,7 +154,9 @@ export function asFailure(operation: string, key: string, err: unknown, attempts
       ? 'check the credentials (AWS chain) and the permissions of the bucket'
       : status === 301 || (err as { name?: string })?.name === 'PermanentRedirect'
         ? 'check the region (s3.region) or the endpoint of the repository'
-        : undefined;
+        : unreachable(err)
+          ? 'check the endpoint (s3.endpoint, --s3-endpoint) and that this host can reach it'
+          : undefined;
   return new RuntimeFailure(`${operation} ${key} failed${tries}: ${describeError(err)}`, { cause: err, hint });
 }
 
