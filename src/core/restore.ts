@@ -1,10 +1,9 @@
 import * as fsp from 'node:fs/promises';
-import { constants as fsConstants } from 'node:fs';
 import * as path from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { Sha256Offload, type StreamDigest } from './hash-offload.js';
 import { SMALL_FILE } from './file-reader.js';
-import { IntegrityError, LifeboatError, RuntimeFailure, UsageError, errorMessage, fileSystemHint, throwIfAborted } from '../errors.js';
+import { IntegrityError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { recordedChecksum, volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { sha256OfFile } from '../format/checksum.js';
@@ -16,10 +15,9 @@ import type { Repository } from './repository.js';
 import { planRestore, type RestorePlan } from './restore-plan.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 import { makeDirectories } from '../format/mkdirs.js';
-import { isMountPoint, mountsUnder } from '../format/mounts.js';
+import { mountsUnder } from '../format/mounts.js';
 import { whileReading } from './lock.js';
-import { processRuns } from './process-alive.js';
-import { formatBytes } from '../format/units.js';
+import { asRestoreFailure, checkFreeSpace, clearInterruptedStaging, inspectTarget, moveFile, moveIntoMountPoint, moveIntoPlace, type TargetState } from './restore-target.js';
 
 export interface RestoreOptions {
   target: string;
@@ -149,73 +147,6 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
     await fsp.rm(staging, { recursive: true, force: true }).catch(() => undefined);
     throw asRestoreFailure(err, staging, target);
   }
-}
-
-/**
- * Removes the staging directories that restores killed on this host left
- * beside this target (their process is gone), which would otherwise fill the
- * disk restore after restore. What an interrupted --force had set aside is
- * the old target's content: it is left, with a warning.
- */
-async function clearInterruptedStaging(dir: string, prefix: string, reporter: Reporter, warnings: Notice[]): Promise<void> {
-  const names = await fsp.readdir(dir).catch(() => [] as string[]);
-  for (const name of names) {
-    if (!name.startsWith(prefix)) continue;
-    const m = /^(\d+)-[0-9a-f]{8}(-replaced)?$/.exec(name.slice(prefix.length));
-    if (!m || processRuns(Number(m[1]))) continue;
-    const where = path.join(dir, name);
-    if (m[2]) {
-      const n: Notice = { level: 'warning', code: 'replaced-left', path: where, message: 'holds what an interrupted restore --force was replacing; remove it once it is not needed' };
-      warnings.push(n);
-      reporter.notice?.(n);
-      continue;
-    }
-    await fsp.rm(where, { recursive: true, force: true });
-    reporter.notice?.({ level: 'info', code: 'staging-removed', path: where, message: 'removed the staging directory of an interrupted restore' });
-  }
-}
-
-/**
- * Refuses at once a restore that cannot fit, instead of failing when the disk
- * is full. File systems that report no size (ramfs, some network ones) are
- * not judged.
- */
-async function checkFreeSpace(staging: string, target: string, files: readonly ManifestEntry[]): Promise<void> {
-  const needed = files.reduce((n, f) => n + f.size, 0);
-  const fsStats = await fsp.statfs(staging).catch(() => undefined);
-  if (!fsStats || fsStats.blocks === 0) return;
-  const free = fsStats.bavail * fsStats.bsize;
-  if (needed > free) {
-    throw new RuntimeFailure(`the restore needs ${formatBytes(needed)} on the file system of ${target}, and ${formatBytes(free)} is free`, {
-      hint: 'free space there, restore a part with --include, or restore somewhere else (restore --target; --work-dir for drill and verify --deep)',
-    });
-  }
-}
-
-/** A failed file-system call while restoring, told as one sentence about the target (the staging directory is an internal name). */
-function asRestoreFailure(err: unknown, staging: string, target: string): unknown {
-  if (err instanceof LifeboatError || (err instanceof Error && err.name === 'AbortError') || (err as NodeJS.ErrnoException).code === undefined) return err;
-  const message = errorMessage(err).replaceAll(staging, target);
-  return new RuntimeFailure(`cannot restore into ${target}: ${message}`, { cause: err, hint: fileSystemHint(err, target) });
-}
-
-type TargetState = 'absent' | 'empty' | 'non-empty' | 'not-a-directory';
-
-/** fsck's directory at the root of an ext2/3/4 file system: at a mount point it is not part of what is restored or replaced. */
-const LOST_AND_FOUND = 'lost+found';
-
-async function inspectTarget(target: string): Promise<{ state: TargetState; mountPoint: boolean }> {
-  let st;
-  try {
-    st = await fsp.lstat(target);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { state: 'absent', mountPoint: false };
-    throw err;
-  }
-  if (!st.isDirectory()) return { state: 'not-a-directory', mountPoint: false };
-  const mountPoint = await isMountPoint(target);
-  const names = (await fsp.readdir(target)).filter((n) => !(mountPoint && n === LOST_AND_FOUND));
-  return { state: names.length === 0 ? 'empty' : 'non-empty', mountPoint };
 }
 
 function pathIn(root: string, e: { source: string; path: string }): string {
@@ -576,58 +507,6 @@ async function syncDirectories(plan: RestorePlan, root: string): Promise<void> {
   await syncPath(root);
 }
 
-async function moveIntoPlace(staging: string, target: string, state: TargetState): Promise<void> {
-  await fsp.chmod(staging, 0o755);
-  if (state === 'non-empty') {
-    const old = `${staging}-replaced`;
-    await fsp.rename(target, old);
-    try {
-      await fsp.rename(staging, target);
-    } catch (err) {
-      await fsp.rename(old, target);
-      throw err;
-    }
-    await fsp.rm(old, { recursive: true, force: true });
-    return;
-  }
-  // rename() replaces an empty directory atomically.
-  await fsp.rename(staging, target);
-}
-
-/**
- * Moves what was restored into a target where a file system is mounted, one
- * source at a time (each is a rename within that file system). When it
- * replaces, what was there is set aside first and removed last; if a move
- * fails, everything is put back as it was.
- */
-async function moveIntoMountPoint(staging: string, target: string, replace: boolean): Promise<void> {
-  const aside = `${staging}-replaced`;
-  const keep = new Set([path.basename(staging), LOST_AND_FOUND]);
-  const previous = replace ? (await fsp.readdir(target)).filter((n) => !keep.has(n)) : [];
-  const setAside: string[] = [];
-  const placed: string[] = [];
-  try {
-    if (previous.length > 0) await fsp.mkdir(aside, { mode: 0o700 });
-    for (const name of previous) {
-      await fsp.rename(path.join(target, name), path.join(aside, name));
-      setAside.push(name);
-    }
-    for (const name of await fsp.readdir(staging)) {
-      await fsp.rename(path.join(staging, name), path.join(target, name));
-      placed.push(name);
-    }
-  } catch (err) {
-    let putBack = true;
-    for (const name of placed) await fsp.rename(path.join(target, name), path.join(staging, name)).catch(() => (putBack = false));
-    for (const name of setAside) await fsp.rename(path.join(aside, name), path.join(target, name)).catch(() => (putBack = false));
-    // Whatever could not be put back stays set aside, not deleted.
-    if (putBack) await fsp.rm(aside, { recursive: true, force: true }).catch(() => undefined);
-    throw err;
-  }
-  await fsp.rmdir(staging);
-  if (previous.length > 0) await fsp.rm(aside, { recursive: true, force: true });
-}
-
 /** Files in the target whose size and SHA-256 already match the point. */
 async function filesAlreadyRight(target: string, files: ManifestEntry[], signal?: AbortSignal): Promise<Set<ManifestEntry>> {
   const right = new Set<ManifestEntry>();
@@ -681,30 +560,6 @@ async function applyDelta(
   }
   await applyMetadata(plan, target);
   return removed;
-}
-
-/**
- * Renames a verified file into place; where the place is on another file
- * system (a source directory that is itself a mount point), copies it beside
- * its place, syncs the copy and renames that instead.
- */
-async function moveFile(from: string, to: string): Promise<void> {
-  try {
-    await fsp.rename(from, to);
-    return;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
-  }
-  const beside = path.join(path.dirname(to), `.${path.basename(to)}.lifeboat-${randomBytes(4).toString('hex')}`);
-  try {
-    await fsp.copyFile(from, beside, fsConstants.COPYFILE_EXCL);
-    await syncPath(beside);
-    await fsp.rename(beside, to);
-  } catch (err) {
-    await fsp.rm(beside, { force: true });
-    throw err;
-  }
-  await fsp.rm(from);
 }
 
 async function pruneTree(dir: string, rel: string, wanted: Map<string, ManifestEntry>): Promise<number> {
