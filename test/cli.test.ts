@@ -277,3 +277,14 @@ test('a repository inside a source is left out of its backups, instead of being 
   assert.deepEqual(shown.json().entries.map((e: { path: string }) => e.path).filter((p: string) => p.includes('backups')), []);
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test('a file whose name is not UTF-8 is a warning that says so, and the rest is backed up', async () => {
+  const d = await smallDeployment();
+  const dir = Buffer.from(d.src);
+  await fsp.writeFile(Buffer.concat([dir, Buffer.from('/bad-'), Buffer.from([0xff, 0xfe]), Buffer.from('.bin')]), 'x');
+  const r = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(r.json().warnings?.map((w: { code: string }) => w.code) ?? [], ['name-not-utf8']);
+  assert.match(r.stderr, /its name is not valid UTF-8, which lifeboat cannot store; rename it to back it up/);
+  await fsp.rm(d.work, { recursive: true, force: true });
+});

@@ -137,7 +137,14 @@ export async function scanSource(
       try {
         st = lstatSync(abs, { bigint: true });
       } catch (err) {
-        reporter.notice?.({ level: 'warning', code: 'unreadable', path: `${spec.name}/${rel}`, message: `cannot stat: ${errorMessage(err)}` });
+        // A name that is not UTF-8 comes back from readdir with U+FFFD in it, and names no file.
+        const mangled = name.includes('\uFFFD') && (err as NodeJS.ErrnoException).code === 'ENOENT';
+        reporter.notice?.({
+          level: 'warning',
+          code: mangled ? 'name-not-utf8' : 'unreadable',
+          path: `${spec.name}/${rel}`,
+          message: mangled ? 'its name is not valid UTF-8, which lifeboat cannot store; rename it to back it up' : `cannot stat: ${errorMessage(err)}`,
+        });
         continue;
       }
       const isDir = st.isDirectory();
