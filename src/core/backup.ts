@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
 import { IntegrityError, errorMessage, throwIfAborted } from '../errors.js';
 import { makePointId, type BackupType } from '../format/ids.js';
-import { MANIFEST_FORMAT, keys, volumeEntryName, type ContentRef, type Manifest, type ManifestEntry } from '../format/manifest.js';
+import { MANIFEST_FORMAT, MAX_MANIFEST_CHARS, estimateManifestChars, keys, volumeEntryName, type ContentRef, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { checkSourceName } from '../format/paths.js';
 import type { Notice, Progress, Reporter } from './events.js';
 import { acquireLock, describeLock } from './lock.js';
@@ -118,6 +118,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const reference = await referenceRead;
     const allEntries = scanned.flatMap((s) => s.entries);
     const plan = planBackup(allEntries, reference);
+    if (estimateManifestChars(allEntries) > MAX_MANIFEST_CHARS) throw manifestTooLarge(allEntries.length);
     // The hashing thread takes tens of milliseconds to start: started now, it is ready when the first large file is read.
     if (!options.dryRun && plan.entries.some((p) => p.action !== 'reuse' && p.scanned.type === 'file' && p.scanned.size > SMALL_FILE)) {
       hasher = new Sha256Offload();
@@ -227,7 +228,13 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       stats: { files: fileCount, bytes: totalBytes, ...counts, storedBytes },
       warnings: warnings.map((w) => ({ code: w.code, path: w.path, message: w.message })),
     };
-    await repo.commitManifest(manifest);
+    try {
+      await repo.commitManifest(manifest);
+    } catch (err) {
+      // Past the estimate (very long names): JSON.stringify cannot build the document.
+      if (err instanceof RangeError) throw manifestTooLarge(manifest.entries.length);
+      throw err;
+    }
     result.storedBytes = storedBytes;
     result.durationMs = Date.now() - started;
     return result;
@@ -298,6 +305,12 @@ async function deletePrefix(repo: Repository, prefix: string): Promise<void> {
   const found: string[] = [];
   for await (const { key } of repo.storage.list(prefix)) found.push(key);
   if (found.length) await repo.storage.delete(found);
+}
+
+function manifestTooLarge(entries: number): UsageError {
+  return new UsageError(`a point of ${entries} files and directories needs a larger manifest than one can be (about 1.2 million entries)`, {
+    hint: 'leave out what need not be restored (--exclude, e.g. logs), or back the sources up as points of their own, each in its repository',
+  });
 }
 
 /** Removes what backups that never committed left (killed, crashed), and writes summaries older points lack. Needs the lock. */

@@ -198,6 +198,26 @@ export const repositoryConfigSchema = z.object({
 });
 export type RepositoryConfig = z.infer<typeof repositoryConfigSchema>;
 
+/**
+ * The most a manifest may take: what a document may be (MAX_DOCUMENT_BYTES),
+ * which is also about the longest string V8 builds (2^29 - 24 characters).
+ */
+export const MAX_MANIFEST_CHARS = 2 ** 29 - 24;
+
+/** What an entry's JSON takes besides its names: type, mode, times, size, owner, inode, SHA-256, reference, indentation. */
+const ENTRY_CHARS = 420;
+
+/**
+ * About how large the manifest of these entries will be, from their count and
+ * the length of their names, so that a point too large for one manifest
+ * (over a million files) is refused before anything is stored.
+ */
+export function estimateManifestChars(entries: readonly { source: string; path: string; target?: string }[]): number {
+  let chars = 0;
+  for (const e of entries) chars += ENTRY_CHARS + e.source.length + e.path.length + (e.target?.length ?? 0);
+  return chars;
+}
+
 /** Object keys of the repository layout (docs/FORMAT.md). */
 export const keys = {
   config: 'config.json',
