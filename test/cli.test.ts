@@ -129,7 +129,7 @@ test('--json prints exactly one document on stdout, logs go to stderr', async ()
   assert.equal(failed.code, 2);
   assert.equal(failed.json().ok, false, 'a failure is still one JSON document');
   const rr = await lifeboat(['--repo', d.repo, '--json', 'restore', 'latest', '--target', path.join(d.work, 'out')]);
-  assert.deepEqual(Object.keys(rr.json()).sort(), ['bytes', 'durationMs', 'files', 'point', 'target']);
+  assert.deepEqual(Object.keys(rr.json()).sort(), ['bytes', 'durationMs', 'files', 'point', 'target', 'warnings']);
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 

@@ -94,5 +94,6 @@ test('a restore removes the staging directories that killed restores left beside
   await fsp.access(running);
   await fsp.access(path.join(setAside, 'models', 'partial.bin'));
   assert.match(r.stderr, new RegExp(`warning: ${setAside.replaceAll('.', '\\.')}: holds what an interrupted restore --force was replacing`));
+  assert.deepEqual(r.json().warnings.map((w: { code: string; path: string }) => [w.code, w.path]), [['replaced-left', setAside]], 'and in --json');
   await fsp.rm(d.work, { recursive: true, force: true });
 });

@@ -41,7 +41,14 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
       (err: unknown) => renderer.notice({ level: 'warning', code: 'journal', message: `could not record the restore in the journal: ${errorMessage(err)}` }),
     );
     renderer.stop();
-    const json: Record<string, unknown> = { point: result.point, target: result.target, files: result.files, bytes: result.bytes, durationMs: result.durationMs };
+    const json: Record<string, unknown> = {
+      point: result.point,
+      target: result.target,
+      files: result.files,
+      bytes: result.bytes,
+      durationMs: result.durationMs,
+      warnings: result.warnings.map(({ code, path, message }) => ({ code, path, message })),
+    };
     if (result.rewritten !== undefined) Object.assign(json, { rewritten: result.rewritten, unchanged: result.unchanged, removed: result.removed });
     printResult(ctx, json, () => {
       const delta = result.rewritten !== undefined ? ` (${result.rewritten} rewritten, ${result.unchanged} unchanged, ${result.removed} removed)` : '';
