@@ -252,7 +252,8 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     const fromPoint = slotPoint(spec.slots, from) ?? null;
     const reused = await isDirectory(slot);
     note(run, reused ? 'slot-check' : 'slot-restore', reused ? `checking slot ${slot} file by file` : `restoring ${manifest.id} into ${slot}`);
-    const r = await restore(repo, manifest, { target: slot, delta: reused, concurrency: options.concurrency, signal: options.signal, reporter: options.reporter });
+    // The server loads the slot right after the switch: the weights are left in memory for it.
+    const r = await restore(repo, manifest, { target: slot, delta: reused, concurrency: options.concurrency, pageCache: true, signal: options.signal, reporter: options.reporter });
     const changed = (r.rewritten ?? 0) + (r.removed ?? 0);
     if (reused) note(run, 'slot-reused', changed ? `slot ${slot} repaired: ${r.rewritten} rewritten, ${r.removed} removed` : `slot ${slot} holds ${manifest.id} intact`);
     const result: SwitchResult = {

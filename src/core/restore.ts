@@ -28,6 +28,11 @@ export interface RestoreOptions {
   include?: string[];
   /** Volumes streamed at once (they hold disjoint files). */
   concurrency?: number;
+  /**
+   * Write large files through the page cache instead of past it: for a server
+   * about to load them (a failover), which then reads them from memory.
+   */
+  pageCache?: boolean;
   signal?: AbortSignal;
   reporter?: Reporter;
 }
@@ -123,7 +128,7 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
       result.rewritten = wanted.length;
     }
     await checkFreeSpace(staging, target, wanted);
-    await fetchFiles({ repo, plan, wanted: new Set(wanted), staging, reporter, warnings, concurrency: options.concurrency ?? DEFAULT_TRANSFERS, signal: options.signal });
+    await fetchFiles({ repo, plan, wanted: new Set(wanted), staging, reporter, warnings, concurrency: options.concurrency ?? DEFAULT_TRANSFERS, pageCache: options.pageCache, signal: options.signal });
     throwIfAborted(options.signal);
     if (delta) {
       result.removed = await applyDelta(plan, staging, target, new Set(wanted), (options.include ?? []).length === 0);
@@ -164,6 +169,7 @@ interface FetchContext {
   progress: Progress;
   /** Hashes large files on a second core. */
   hasher?: Sha256Offload;
+  pageCache?: boolean;
   signal?: AbortSignal;
 }
 
@@ -179,7 +185,7 @@ async function fetchFiles(context: Omit<FetchContext, 'progress' | 'hasher'>): P
   }
 }
 
-async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, concurrency, progress, hasher, signal }: FetchContext): Promise<void> {
+async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, concurrency, progress, hasher, pageCache, signal }: FetchContext): Promise<void> {
   const made = new Map<string, Promise<void>>();
   // The promise is kept, so files written at once into one new directory create it once.
   const ensureDir = (dir: string): Promise<void> => {
@@ -231,7 +237,7 @@ async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, c
         if (writes.size >= SMALL_WRITES_IN_FLIGHT) await writes.drain(SMALL_WRITES_IN_FLIGHT / 2);
       } else {
         await ensureDir(path.dirname(file));
-        await writeVerified(entry, file, first, what, progress, reporter, hasher, signal);
+        await writeVerified(entry, file, first, what, progress, reporter, hasher, pageCache === true, signal);
         for (const copy of targets.slice(1)) {
           const other = pathIn(staging, copy);
           await ensureDir(path.dirname(other));
@@ -384,11 +390,12 @@ async function writeVerified(
   progress: Progress,
   reporter: Reporter,
   hasher: Sha256Offload | undefined,
+  pageCache: boolean,
   signal?: AbortSignal,
 ): Promise<void> {
   const hash = hasher ? hasher.stream() : inlineDigest();
-  // Never follows or replaces anything already at that path; written past the page cache where it can be.
-  const out = await createFileSink(file, 0o600);
+  // Never follows or replaces anything already at that path; written past the page cache where it can be, unless asked.
+  const out = await createFileSink(file, 0o600, { pageCache });
   let size = 0;
   let sinceReport = 0;
   try {

@@ -19,10 +19,11 @@ export interface FileSink {
 /**
  * Creates `file` (which must not exist, with `mode` before the umask) and
  * opens it for writing, bypassing the page cache where the file system
- * allows it.
+ * allows it, unless `pageCache` asks to keep what is written there (for a
+ * reader about to load it).
  */
-export async function createFileSink(file: string, mode = 0o666): Promise<FileSink> {
-  const direct = await DirectFileSink.create(file, mode);
+export async function createFileSink(file: string, mode = 0o666, options: { pageCache?: boolean } = {}): Promise<FileSink> {
+  const direct = options.pageCache ? undefined : await DirectFileSink.create(file, mode);
   return direct ?? new BufferedFileSink(await fsp.open(file, 'wx', mode));
 }
 

@@ -1,0 +1,54 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { lifeboat } from './helpers/cli.js';
+import { prng, seedFromEnv, tempDir, writeRandomFile } from './helpers/tree.js';
+
+const SIZE = 16 << 20;
+const hasFincore = spawnSync('fincore', ['--version'], { stdio: 'ignore' }).status === 0;
+
+/** Bytes of `file` in the page cache, as fincore (util-linux) counts them. */
+function resident(file: string): number {
+  const r = spawnSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', file], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  return Number(r.stdout.trim());
+}
+
+test('a failover leaves the restored weights in the page cache for the server that loads them; a plain restore writes past it', { skip: hasFincore ? false : 'fincore (util-linux) is not installed' }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await fsp.mkdir(path.join(work, 'live', 'models'), { recursive: true });
+  await writeRandomFile(path.join(work, 'live', 'models', 'weights.bin'), SIZE, prng(seedFromEnv()));
+  await fsp.mkdir(path.join(work, 'serving'));
+  const seen = path.join(work, 'resident-at-health-check');
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    [
+      'repository: ./repo',
+      'sources:',
+      '  models: ./live/models',
+      'targets:',
+      '  prod:',
+      '    slots: ./serving/slots',
+      '    active: ./serving/current',
+      // The health check runs right after the switch, where a server would load the weights.
+      `    health: { command: ${JSON.stringify(`fincore --bytes --noheadings --output RES "$LIFEBOAT_SLOT/models/weights.bin" > "${seen}"`)}, timeout: 10s }`,
+      '',
+    ].join('\n'),
+  );
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['backup', '--type', 'full'], { cwd: work })).code, 0);
+
+  const plain = path.join(work, 'plain');
+  assert.equal((await lifeboat(['restore', 'latest', '--target', plain], { cwd: work })).code, 0);
+  const afterRestore = resident(path.join(plain, 'models', 'weights.bin'));
+
+  const failover = await lifeboat(['failover', 'latest'], { cwd: work });
+  assert.equal(failover.code, 0, failover.stderr);
+  const atHealthCheck = Number((await fsp.readFile(seen, 'utf8')).trim());
+  t.diagnostic(`resident after a restore: ${afterRestore} bytes; at the failover's health check: ${atHealthCheck} bytes of ${SIZE}`);
+  assert.ok(atHealthCheck >= 0.9 * SIZE, `only ${atHealthCheck} of ${SIZE} bytes were in memory when the server would load them`);
+  assert.ok(afterRestore <= 0.1 * SIZE, `a plain restore left ${afterRestore} of ${SIZE} bytes in memory`);
+});
