@@ -16,7 +16,7 @@ function resident(file: string): number {
   return Number(r.stdout.trim());
 }
 
-test('a failover leaves the restored weights in the page cache for the server that loads them; a plain restore writes past it', { skip: hasFincore ? false : 'fincore (util-linux) is not installed' }, async (t) => {
+test('a failover and a drill leave the restored weights in the page cache for what loads them next; a plain restore writes past it', { skip: hasFincore ? false : 'fincore (util-linux) is not installed' }, async (t) => {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
   await fsp.mkdir(path.join(work, 'live', 'models'), { recursive: true });
@@ -51,4 +51,18 @@ test('a failover leaves the restored weights in the page cache for the server th
   t.diagnostic(`resident after a restore: ${afterRestore} bytes; at the failover's health check: ${atHealthCheck} bytes of ${SIZE}`);
   assert.ok(atHealthCheck >= 0.9 * SIZE, `only ${atHealthCheck} of ${SIZE} bytes were in memory when the server would load them`);
   assert.ok(afterRestore <= 0.1 * SIZE, `a plain restore left ${afterRestore} of ${SIZE} bytes in memory`);
+
+  // A drill restores as a failover does, so reading every restored file back to check it reads memory, not
+  // the disk. It runs in this process, with the repository's volume read into memory first, so this process's
+  // count of blocks read from storage is what the check read from disk.
+  const data = path.join(work, 'repo', 'data');
+  for (const point of await fsp.readdir(data)) {
+    for (const volume of await fsp.readdir(path.join(data, point))) await fsp.readFile(path.join(data, point, volume));
+  }
+  const before = process.resourceUsage().fsRead;
+  const drill = await lifeboat(['drill'], { cwd: work });
+  assert.equal(drill.code, 0, drill.stderr);
+  const readFromDisk = (process.resourceUsage().fsRead - before) * 512;
+  t.diagnostic(`read from storage during the drill: ${readFromDisk} bytes`);
+  assert.ok(readFromDisk < 0.25 * SIZE, `the drill read ${readFromDisk} bytes from storage to check ${SIZE} bytes it had just restored`);
 });

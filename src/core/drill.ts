@@ -99,7 +99,8 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
     // 1. Restore.
     let restored = false;
     try {
-      const r = await restore(repo, point, { target, concurrency: options.concurrency, signal: options.signal, reporter });
+      // Through the page cache, as a failover restores: the read-back check and the smoke test then find the files in memory.
+      const r = await restore(repo, point, { target, concurrency: options.concurrency, pageCache: true, signal: options.signal, reporter });
       files = r.files;
       bytes = r.bytes;
       restored = true;
