@@ -3,7 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
-import { IntegrityError, errorMessage, throwIfAborted } from '../errors.js';
+import { IntegrityError, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { makePointId, type BackupType } from '../format/ids.js';
 import { MANIFEST_FORMAT, MAX_MANIFEST_CHARS, estimateManifestChars, keys, volumeEntryName, type ContentRef, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { checkSourceName } from '../format/paths.js';
@@ -17,7 +17,6 @@ import { scanSource, type ScannedEntry, type ScannedSource, type SourceSpec } fr
 import { VolumeSink } from './volume-sink.js';
 import { DEFAULT_TRANSFERS } from './pool.js';
 import { ZERO_FILL, type TarVolumeWriter } from '../format/tar.js';
-import { UsageError } from '../errors.js';
 import { knownChecks, recordedFindings, validateSources, withModel } from '../model/sources.js';
 import type { KnownCheck, ValidationResult } from '../model/validate.js';
 import type { ModelInfo } from '../model/types.js';
@@ -315,7 +314,9 @@ function manifestTooLarge(entries: number): UsageError {
 
 /** Removes what backups that never committed left (killed, crashed), and writes summaries older points lack. Needs the lock. */
 export async function removeLeftovers(repo: Repository, reporter: Reporter): Promise<void> {
-  for (const orphan of await repo.orphanDataPrefixes()) {
+  // Listed once for both kinds of leftovers: on S3 each listing is a request.
+  const committed = new Set(await repo.pointIds());
+  for (const orphan of await repo.orphanDataPrefixes(committed)) {
     await repo.storage.delete(orphan.keys);
     reporter.notice?.({
       level: 'info',
@@ -323,7 +324,7 @@ export async function removeLeftovers(repo: Repository, reporter: Reporter): Pro
       message: `removed ${orphan.keys.length} object(s), ${orphan.bytes} bytes, left by an aborted backup under ${orphan.prefix}`,
     });
   }
-  const summaries = await repo.summaryGaps();
+  const summaries = await repo.summaryGaps(committed);
   if (summaries.orphans.length > 0) await repo.storage.delete(summaries.orphans);
   // Points written before summaries existed get theirs, once, so that list and prune need not read their manifests again.
   for (const id of summaries.missing) {

@@ -70,7 +70,7 @@ export async function planPrune(repo: Repository, options: Pick<PruneOptions, 'p
     keep: retention.keep,
     remove: retention.remove,
     manifests: removed.map((id) => keys.point(id)),
-    summaries: [...removed.map((id) => keys.summary(id)), ...(await repo.orphanSummaries())],
+    summaries: [...removed.map((id) => keys.summary(id)), ...(await repo.orphanSummaries(new Set(byId.keys())))],
     data,
     bytes: data.reduce((n, d) => n + d.size, 0),
   };

@@ -146,14 +146,13 @@ export class Repository {
     return out;
   }
 
-  /** Summary documents of no committed point: left by a backup stopped just before its commit, or a prune. */
-  async orphanSummaries(): Promise<string[]> {
-    return (await this.summaryGaps()).orphans;
+  /** Summary documents of no committed point (`committed`: the ids pointIds gave): left by a backup stopped just before its commit, or a prune. */
+  async orphanSummaries(committed: ReadonlySet<string>): Promise<string[]> {
+    return (await this.summaryGaps(committed)).orphans;
   }
 
   /** Summary documents of no committed point, and committed points without a summary (written before summaries existed). */
-  async summaryGaps(): Promise<{ orphans: string[]; missing: string[] }> {
-    const committed = new Set(await this.pointIds());
+  async summaryGaps(committed: ReadonlySet<string>): Promise<{ orphans: string[]; missing: string[] }> {
     const summarised = new Set<string>();
     const orphans: string[] = [];
     for await (const { key } of this.storage.list(keys.summariesPrefix)) {
@@ -206,9 +205,8 @@ export class Repository {
     return this.manifest(matches.includes(selector) ? selector : matches[0]!);
   }
 
-  /** Data prefixes (`data/<id>/`) that belong to no committed point: leftovers of aborted backups. */
-  async orphanDataPrefixes(): Promise<{ prefix: string; keys: string[]; bytes: number }[]> {
-    const committed = new Set(await this.pointIds());
+  /** Data prefixes (`data/<id>/`) that belong to no committed point (`committed`: the ids pointIds gave): leftovers of aborted backups. */
+  async orphanDataPrefixes(committed: ReadonlySet<string>): Promise<{ prefix: string; keys: string[]; bytes: number }[]> {
     const orphans: { prefix: string; keys: string[]; bytes: number }[] = [];
     // One entry per point's folder, not per volume: only the folders of uncommitted points are listed in full.
     for await (const folder of this.storage.listPrefixes(keys.dataPrefix)) {

@@ -227,12 +227,12 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
   }
 
   if (!options.point) {
-    for (const key of await repo.orphanSummaries()) {
+    for (const key of await repo.orphanSummaries(known)) {
       const n: Notice = { level: 'warning', code: 'leftovers', path: key, message: 'a summary of no backup point, left by an aborted backup or prune; the next backup or prune removes it' };
       warnings.push(n);
       reporter.notice?.(n);
     }
-    for (const orphan of await repo.orphanDataPrefixes()) {
+    for (const orphan of await repo.orphanDataPrefixes(known)) {
       const n: Notice = {
         level: 'warning',
         code: 'leftovers',
