@@ -1,6 +1,5 @@
 import { spawn } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { ExitCode, IntegrityError, LifeboatError, errorMessage, throwIfAborted } from '../errors.js';
 import type { Manifest } from '../format/manifest.js';
@@ -12,6 +11,7 @@ import type { Repository } from './repository.js';
 import { restore } from './restore.js';
 import { validateDirectory } from '../model/validate.js';
 import { runPool } from './pool.js';
+import { makeWorkDirectory } from '../format/mkdirs.js';
 
 export type CheckName = 'restore' | 'checksums' | 'model' | 'smoke' | 'rto' | 'rpo';
 
@@ -87,9 +87,7 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
     checks.push(c);
     if (c.status === 'failed') problems.push({ check: c.name, message: c.message });
   };
-  // A work directory that does not exist yet is made, as a restore target's parents are.
-  if (options.workDir !== undefined) await fsp.mkdir(options.workDir, { recursive: true });
-  const base = await fsp.mkdtemp(path.join(options.workDir ?? os.tmpdir(), 'lifeboat-drill-'));
+  const base = await makeWorkDirectory(options.workDir, 'lifeboat-drill-');
   const target = path.join(base, 'restore');
   let integrity = false;
   let smoke: DrillResult['smoke'] = null;

@@ -1,5 +1,4 @@
 import * as fsp from 'node:fs/promises';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { errorMessage, throwIfAborted } from '../errors.js';
 import type { Manifest } from '../format/manifest.js';
@@ -7,6 +6,7 @@ import { validateDirectory } from '../model/validate.js';
 import type { Reporter } from './events.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
+import { makeWorkDirectory } from '../format/mkdirs.js';
 
 export interface DeepProblem {
   point: string;
@@ -32,9 +32,7 @@ export async function deepCheck(repo: Repository, points: readonly Manifest[], o
   const problems: DeepProblem[] = [];
   for (const m of points) {
     throwIfAborted(options.signal);
-    // A work directory that does not exist yet is made, as a restore target's parents are.
-    if (options.tmpDir !== undefined) await fsp.mkdir(options.tmpDir, { recursive: true });
-    const work = await fsp.mkdtemp(path.join(options.tmpDir ?? os.tmpdir(), 'lifeboat-deep-'));
+    const work = await makeWorkDirectory(options.tmpDir, 'lifeboat-deep-');
     try {
       const target = path.join(work, m.id);
       try {

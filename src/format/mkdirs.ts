@@ -1,5 +1,6 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import * as os from 'node:os';
 
 /**
  * `mkdir -p`: creates a directory and any missing parents, and accepts one
@@ -41,4 +42,10 @@ export async function makeDirectories(dir: string, mode?: number): Promise<void>
 async function requireDirectory(at: string, mkdirError: unknown): Promise<void> {
   const st = await fsp.stat(at).catch(() => undefined);
   if (!st?.isDirectory()) throw Object.assign(new Error(`${at} exists and is not a directory`), { code: 'ENOTDIR', path: at, cause: mkdirError });
+}
+
+/** A new temporary directory in `parent`, made first if it is not there yet; in the system's temporary directory without one. */
+export async function makeWorkDirectory(parent: string | undefined, prefix: string): Promise<string> {
+  if (parent !== undefined) await makeDirectories(parent);
+  return fsp.mkdtemp(path.join(parent ?? os.tmpdir(), prefix));
 }
