@@ -113,9 +113,8 @@ export interface HeldLock {
 export async function acquireLock(storage: Storage, command: string, leaseMs = DEFAULT_LEASE_MS, options: StalenessOptions = {}): Promise<HeldLock> {
   const now = new Date().toISOString();
   const info: LockInfo = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs };
-  const encode = encodeLock;
   let tookOver: LockStatus | undefined;
-  if (!(await storage.putDocument(keys.lock, encode(info), { ifAbsent: true }))) {
+  if (!(await storage.putDocument(keys.lock, encodeLock(info), { ifAbsent: true }))) {
     const holder = await readLock(storage, options);
     if (holder && !holder.stale) {
       throw new LockedError(`the repository is locked by ${describeLock(holder.info)}`, {
@@ -124,7 +123,7 @@ export async function acquireLock(storage: Storage, command: string, leaseMs = D
     }
     tookOver = holder;
     await storage.delete([keys.lock]);
-    if (!(await storage.putDocument(keys.lock, encode(info), { ifAbsent: true }))) {
+    if (!(await storage.putDocument(keys.lock, encodeLock(info), { ifAbsent: true }))) {
       const winner = await readLock(storage);
       throw new LockedError(`the repository was locked by ${winner ? describeLock(winner.info) : 'another process'} while taking over a stale lock`);
     }

@@ -291,7 +291,6 @@ function compareKeys(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
-/** A directory's entries, or none when it is not there (a listing of a prefix nothing is under). */
 /** Whether a file lies anywhere under `dir`. */
 async function holdsFile(dir: string, keyForErrors: string): Promise<boolean> {
   const entries = await entriesOf(dir, keyForErrors);
@@ -302,6 +301,7 @@ async function holdsFile(dir: string, keyForErrors: string): Promise<boolean> {
   return false;
 }
 
+/** A directory's entries, or none when it is not there (a listing of a prefix nothing is under). */
 async function entriesOf(dir: string, keyForErrors: string): Promise<Dirent[]> {
   try {
     return await fsp.readdir(dir, { withFileTypes: true });
