@@ -69,6 +69,29 @@ describe('hashing on a second thread', () => {
     }
   });
 
+  it('keeps the program alive until close returns, even while lent buffers are still being hashed', () => {
+    const module = fileURLToPath(new URL('../src/core/hash-offload.js', import.meta.url));
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'lifeboat-offload-'));
+    // Closing with every lent buffer queued and none awaited: the waits for them end while close waits for
+    // the thread to exit, and must not let the program end with close pending (exit 13, nothing printed).
+    const script = `
+      const { Sha256Offload } = await import(${JSON.stringify(module)});
+      for (let round = 0; round < 20; round++) {
+        const h = new Sha256Offload();
+        const s = h.stream();
+        for (const buffer of h.buffers) await s.updateInPlace(buffer);
+        await h.close();
+      }
+      console.log('closed');
+    `;
+    const file = path.join(dir, 'offload-close-while-hashing.mjs');
+    writeFileSync(file, script);
+    const run = spawnSync(process.execPath, [file], { encoding: 'utf8', timeout: 60_000 });
+    rmSync(dir, { recursive: true, force: true });
+    assert.equal(run.status, 0, `exit status: ${run.stderr}`);
+    assert.equal(run.stdout.trim(), 'closed');
+  });
+
   it('never keeps a finished program alive, closed or not', () => {
     const module = fileURLToPath(new URL('../src/core/hash-offload.js', import.meta.url));
     const dir = mkdtempSync(path.join(os.tmpdir(), 'lifeboat-offload-'));

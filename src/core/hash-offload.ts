@@ -63,8 +63,10 @@ export class Sha256Offload {
       workerData: { data: this.data, control: this.control, slots: this.slots, count: SLOTS, words: WORDS },
     });
     this.worker.on('message', (m: { id: number; hex: string }) => {
-      this.digests.get(m.id)?.resolve(m.hex);
+      const waiter = this.digests.get(m.id);
+      if (!waiter) return;
       this.digests.delete(m.id);
+      waiter.resolve(m.hex);
       this.release();
     });
     this.worker.on('error', (err) => this.fail(err));
@@ -184,10 +186,16 @@ export class Sha256Offload {
   async close(): Promise<void> {
     if (!this.exited && !this.failure) {
       const exited = new Promise<void>((resolve) => this.worker.once('exit', () => resolve()));
-      // Held until it has gone, or the process could end with this promise pending.
-      this.worker.ref();
-      await this.send(0, EXIT).catch(() => this.worker.terminate());
-      await exited;
+      // Held until it has gone, or the process could end with this promise pending. A count like any
+      // other wait's: a wait still pending (a lent buffer's) ends when the thread takes EXIT, and its
+      // release must not let go of the thread before it has exited.
+      this.hold();
+      try {
+        await this.send(0, EXIT).catch(() => this.worker.terminate());
+        await exited;
+      } finally {
+        this.release();
+      }
     }
     await this.worker.terminate();
   }
