@@ -61,8 +61,8 @@ export class HealthError extends LifeboatError {
 }
 
 export class InterruptedError extends LifeboatError {
-  constructor(message = 'interrupted') {
-    super(message, ExitCode.interrupted);
+  constructor(message = 'interrupted', options?: { hint?: string }) {
+    super(message, ExitCode.interrupted, options);
   }
 }
 

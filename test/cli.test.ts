@@ -16,6 +16,7 @@ test('config errors exit 2 and name the key', async () => {
     ['repository: ./r\nsources: { "bad name!": /srv }\n', /sources\.bad name!: /],
     ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { timeout: 60s } } }\n', /targets\.prod\.health: needs a url or a command/],
     ['repository: ./r\nretention: { keepWithin: "two weeks" }\n', /retention\.keepWithin: must be a duration/],
+    ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { url: "ftp://127.0.0.1/health" } } }\n', /targets\.prod\.health\.url: must be an http:\/\/ or https:\/\/ URL/],
   ];
   for (const [yaml, pattern] of cases) {
     await fsp.writeFile(path.join(dir, 'lifeboat.yaml'), yaml);

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
+import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -284,6 +285,70 @@ test('failover refuses an active path that is a real directory, and a target tha
   assert.equal(await fsp.readFile(path.join(work, 'current', 'models', 'w.bin'), 'utf8'), 'weights');
   assert.ok(!(await exists(lock)), 'the lock is released');
   await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a failover interrupted while the new slot is checked leaves it linked and recorded, so a rollback returns; health URLs on ports fetch refuses work', async () => {
+  const work = await tempDir();
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights A');
+  const slots = path.join(work, 'slots');
+  const active = path.join(work, 'current');
+  const wanted = { slot: '' };
+  const interrupt = { controller: new AbortController(), requests: 0 };
+  // Healthy only while the link points at the wanted slot; the first unhealthy answer interrupts the failover.
+  const server = http.createServer((_req, res) => {
+    void readActive(active).then((linked) => {
+      interrupt.requests++;
+      const healthy = linked === wanted.slot;
+      if (!healthy) interrupt.controller.abort();
+      res.writeHead(healthy ? 200 : 503, { connection: 'close' }).end();
+    });
+  });
+  // Ports that fetch refuses, as browsers do: a model server may listen on one.
+  let port = 0;
+  for (const candidate of [10080, 6665, 6666, 6667, 6668, 6669]) {
+    const bound = await new Promise<boolean>((resolve) => {
+      server.once('error', () => resolve(false));
+      server.listen(candidate, '127.0.0.1', () => resolve(true));
+    });
+    if (bound) {
+      port = candidate;
+      break;
+    }
+  }
+  assert.ok(port, 'one of the ports fetch refuses is free');
+  try {
+    await fsp.writeFile(
+      path.join(work, 'lifeboat.yaml'),
+      `repository: ./repo\nsources:\n  models: ./models\ntargets:\n  prod: { slots: ./slots, active: ./current, health: { url: "http://127.0.0.1:${port}/health", timeout: 20s, interval: 100ms } }\n`,
+    );
+    assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+    const first = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+    await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights B');
+    const second = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+
+    wanted.slot = path.join(slots, first);
+    const healthy = await lifeboat(['failover', first], { cwd: work });
+    assert.equal(healthy.code, 0, healthy.stderr);
+    assert.equal(await readActive(active), wanted.slot);
+
+    const interrupted = await lifeboat(['failover', second], { cwd: work, signal: interrupt.controller.signal });
+    assert.equal(interrupted.code, 130, interrupted.stderr);
+    assert.match(interrupted.stderr, new RegExp(`interrupted after the switch: prod now serves ${second}, not confirmed healthy\\n {2}lifeboat rollback --to prod switches back to ${first}`));
+    assert.equal(await readActive(active), path.join(slots, second), 'the new slot stays linked');
+    const status = await lifeboat(['--json', 'status'], { cwd: work });
+    assert.equal(status.json().targets[0].previous.point, first);
+    assert.match(status.json().targets[0].events.at(-1).detail.reason, /interrupted after the switch/);
+
+    const back = await lifeboat(['rollback'], { cwd: work });
+    assert.equal(back.code, 0, back.stderr);
+    assert.equal(await readActive(active), wanted.slot);
+    assert.equal(await fsp.readFile(path.join(active, 'models', 'w.bin'), 'utf8'), 'weights A');
+  } finally {
+    server.closeAllConnections();
+    server.close();
+    await fsp.rm(work, { recursive: true, force: true });
+  }
 });
 
 test('the link switch is a rename: readers never see it missing', async () => {

@@ -15,7 +15,7 @@ const sourceSchema = z.union([
 
 const healthSchema = z
   .object({
-    url: z.string().url().optional(),
+    url: z.string().url().refine((u) => /^https?:\/\//i.test(u), 'must be an http:// or https:// URL').optional(),
     command: z.string().optional(),
     /** A command run against the new slot before the link is switched; failing it aborts the failover. */
     preActivate: z.string().optional(),

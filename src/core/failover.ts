@@ -1,6 +1,6 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { UsageError, errorMessage } from '../errors.js';
+import { InterruptedError, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import type { Manifest } from '../format/manifest.js';
 import { COMMAND_OUTPUT_FILE, restoreCommand } from '../state/command.js';
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
@@ -45,6 +45,8 @@ export interface SwitchResult {
   durationMs: number;
   /** When it failed: why. */
   reason?: string;
+  /** Stopped by a signal after the link was switched: the slot is served, not confirmed healthy. */
+  interrupted?: boolean;
   /** After a failed switch: the link was put back, and whether the old slot answered healthy again. */
   switchedBack?: boolean;
   previousHealthy?: boolean | null;
@@ -137,7 +139,7 @@ async function transition(
   from: string | null,
   to: string,
   point: string | null,
-): Promise<Pick<SwitchResult, 'ok' | 'health' | 'reason' | 'switchedBack' | 'previousHealthy' | 'rtoMs'>> {
+): Promise<Pick<SwitchResult, 'ok' | 'health' | 'reason' | 'switchedBack' | 'previousHealthy' | 'rtoMs' | 'interrupted'>> {
   const fromPoint = slotPoint(run.spec.slots, from) ?? null;
   if (from) {
     try {
@@ -153,14 +155,22 @@ async function transition(
   let reason: string | undefined;
   let h: HealthResult = { ok: false, attempts: 0, ms: 0, detail: 'not checked' };
   try {
-    await hook(run, 'activate', to, point);
+    try {
+      await hook(run, 'activate', to, point);
+    } catch (err) {
+      throwIfAborted(run.options.signal);
+      reason = errorMessage(err);
+    }
+    if (!reason) {
+      h = await health(run, to, point);
+      if (h.ok) return { ok: true, health: h, rtoMs: Date.now() - run.started };
+      reason = healthFailure(run, h);
+    }
   } catch (err) {
-    reason = errorMessage(err);
-  }
-  if (!reason) {
-    h = await health(run, to, point);
-    if (h.ok) return { ok: true, health: h, rtoMs: Date.now() - run.started };
-    reason = healthFailure(run, h);
+    // Stopped while the new slot was being activated or checked: it stays linked (it may be about to
+    // answer), and the caller records the switch so that a rollback returns to `from`.
+    if (err instanceof InterruptedError) return { ok: false, health: h, reason: 'interrupted before the new slot was confirmed healthy', interrupted: true, rtoMs: null };
+    throw err;
   }
   note(run, 'switching-back', `${to} failed (${reason}); switching back to ${from ?? 'no link'}`, 'warning');
   await hook(run, 'deactivate', to, point).catch((err) => note(run, 'hook-failed', `deactivate hook: ${errorMessage(err)}`, 'warning'));
@@ -181,6 +191,19 @@ async function remember(run: Run, from: string | null, to: string, kind: string)
   state.previous = from;
   state.history.push({ at: new Date().toISOString(), from, to, kind });
   await writeTargetState(run.spec.slots, state);
+}
+
+/**
+ * After an interrupt that left `result.slot` linked: the switch is recorded as
+ * any other, so a rollback returns to the slot served before; then the command
+ * ends (exit 130, journalled as a failure) saying what is served now.
+ */
+async function interruptedAfterSwitch(run: Run, kind: 'failover' | 'rollback', result: SwitchResult): Promise<never> {
+  await remember(run, result.from.path, result.slot, kind);
+  const back = result.from.path
+    ? `lifeboat rollback --to ${run.spec.name} switches back to ${result.from.point ?? result.from.path}`
+    : `lifeboat status --target ${run.spec.name} shows whether it answers healthy`;
+  throw new InterruptedError(`interrupted after the switch: ${run.spec.name} now serves ${result.point ?? result.slot}, not confirmed healthy`, { hint: back });
 }
 
 /** Removes the least recently used slots beyond keepSlots; never the active or the previous one. */
@@ -311,6 +334,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
 
     const t = await transition(run, repo, from, slot, manifest.id);
     Object.assign(result, t);
+    if (t.interrupted) return await interruptedAfterSwitch(run, 'failover', result);
     if (t.ok) {
       result.switched = true;
       result.outcome = 'ok';
@@ -364,6 +388,7 @@ export async function rollback(repo: Repository, spec: TargetSpec, options: Swit
     if (manifest) await applyState(run, manifest, to);
     const t = await transition(run, repo, from, to, point);
     Object.assign(result, t);
+    if (t.interrupted) return await interruptedAfterSwitch(run, 'rollback', result);
     if (t.ok) {
       result.switched = true;
       result.outcome = 'ok';

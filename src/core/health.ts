@@ -1,3 +1,5 @@
+import * as http from 'node:http';
+import * as https from 'node:https';
 import { errorMessage, throwIfAborted } from '../errors.js';
 import { runShell } from '../state/command.js';
 import { sleep } from '../sleep.js';
@@ -50,17 +52,37 @@ export interface HealthRunOptions {
   onAttempt?: (attempt: HealthAttempt, n: number) => void;
 }
 
+/**
+ * The status of a GET of `url`, its body read and dropped. node:http rather
+ * than fetch, which refuses ports that browsers block (6000, 6665-6669, 10080…)
+ * where a model server may well listen, as curl and a Kubernetes probe allow.
+ */
+function httpGet(url: string, signal: AbortSignal): Promise<{ status: number; location?: string }> {
+  return new Promise((resolve, reject) => {
+    const client = url.startsWith('https:') ? https : url.startsWith('http:') ? http : undefined;
+    if (!client) return reject(new Error(`${url} is not an http: or https: URL`));
+    // No keep-alive agent: each attempt is a new connection, as the server's first client after a switch makes.
+    const request = client.get(url, { signal, agent: false, headers: { connection: 'close' } }, (res) => {
+      res.resume();
+      res.on('error', reject);
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, ...(res.statusCode && res.statusCode >= 300 && res.statusCode < 400 && res.headers.location ? { location: res.headers.location } : {}) }));
+    });
+    request.on('error', (err) => reject(signal.aborted ? (signal.reason ?? err) : err));
+  });
+}
+
 /** One health check attempt: the URL must answer 2xx, or the command exit 0, within `timeoutMs`. */
 export async function checkOnce(spec: HealthSpec, timeoutMs: number, options: HealthRunOptions = {}): Promise<HealthAttempt> {
   const started = Date.now();
   if (spec.url) {
     try {
       const signals = [AbortSignal.timeout(timeoutMs), ...(options.signal ? [options.signal] : [])];
-      const res = await fetch(spec.url, { signal: AbortSignal.any(signals), headers: { connection: 'close' } });
-      await res.arrayBuffer().catch(() => undefined);
-      return { ok: res.status >= 200 && res.status < 300, detail: `HTTP ${res.status}`, ms: Date.now() - started };
+      const answer = await httpGet(spec.url, AbortSignal.any(signals));
+      const moved = answer.location ? ` (redirects to ${answer.location}, which is not followed)` : '';
+      return { ok: answer.status >= 200 && answer.status < 300, detail: `HTTP ${answer.status}${moved}`, ms: Date.now() - started };
     } catch (err) {
-      const reason = (err as Error).name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : errorMessage((err as { cause?: unknown }).cause ?? err);
+      // OpenSSL's messages run over several lines; the first says it.
+      const reason = (err as Error).name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : errorMessage(err).split('\n')[0]!.trim();
       return { ok: false, detail: reason, ms: Date.now() - started };
     }
   }
