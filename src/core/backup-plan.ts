@@ -1,7 +1,7 @@
 import type { BackupType } from '../format/ids.js';
 import type { Manifest, ManifestEntry } from '../format/manifest.js';
 import { POINT_ID } from '../format/ids.js';
-import type { ScannedEntry } from './scan.js';
+import type { ScannedEntry, ScannedSource } from './scan.js';
 
 /** The type a point id ends with (F, D, I), so choosing a reference needs no manifest reads. */
 const TYPE_OF_LETTER: Record<string, BackupType> = { F: 'full', D: 'diff', I: 'incr' };
@@ -12,6 +12,18 @@ export interface ReferenceChoice {
   referenceId?: string;
   /** Set when the requested type could not be honoured. */
   fallbackReason?: string;
+}
+
+/** Sources of files that hold no file or link now (directories at most). */
+export function emptySources(scanned: readonly ScannedSource[]): ScannedSource[] {
+  return scanned.filter((s) => (s.spec.kind ?? 'files') === 'files' && !s.entries.some((e) => e.type !== 'dir'));
+}
+
+/** Of `empty` sources, those `latest` held files or links in, with how many. */
+export function emptiedSince(empty: readonly ScannedSource[], latest: Manifest): { source: ScannedSource; held: number }[] {
+  const held = new Map<string, number>();
+  for (const e of latest.entries) if (e.type !== 'dir') held.set(e.source, (held.get(e.source) ?? 0) + 1);
+  return empty.filter((s) => held.get(s.spec.name)).map((source) => ({ source, held: held.get(source.spec.name)! }));
 }
 
 /**

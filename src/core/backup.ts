@@ -3,13 +3,13 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
-import { IntegrityError, UsageError, errorMessage, throwIfAborted } from '../errors.js';
+import { IntegrityError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { makePointId, type BackupType } from '../format/ids.js';
 import { MANIFEST_FORMAT, MAX_MANIFEST_CHARS, estimateManifestChars, keys, volumeEntryName, type ContentRef, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { checkSourceName } from '../format/paths.js';
 import type { Notice, Progress, Reporter } from './events.js';
 import { acquireLock, describeLock } from './lock.js';
-import { chooseReference, countChanges, planBackup, type BackupPlan, type PlannedEntry } from './backup-plan.js';
+import { chooseReference, countChanges, emptiedSince, emptySources, planBackup, type BackupPlan, type PlannedEntry } from './backup-plan.js';
 import { SMALL_FILE, SmallFilePrefetcher, type WholeFile } from './file-reader.js';
 import { Sha256Offload, type OffloadedDigest } from './hash-offload.js';
 import type { Repository } from './repository.js';
@@ -30,6 +30,8 @@ export interface BackupOptions {
   dryRun?: boolean;
   /** Warnings (files changed while read, escaping links, unreadable files) fail the backup. */
   strict?: boolean;
+  /** Back up a source of files that is empty although the newest point held files in it. */
+  allowEmpty?: boolean;
   signal?: AbortSignal;
   reporter?: Reporter;
   /** A lock not refreshed for this long is stale and taken over (default: the lock's own lease). */
@@ -115,6 +117,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       scanned.push(await scanSource(spec, options.excludes ?? [], { ...reporter, notice: (n) => (n.level === 'warning' ? warn(n) : reporter.notice?.(n)) }, options.signal, leaveOut));
     }
     const reference = await referenceRead;
+    if (!options.allowEmpty) await refuseEmptied(repo, scanned, ids, reference);
     const allEntries = scanned.flatMap((s) => s.entries);
     const plan = planBackup(allEntries, reference);
     if (estimateManifestChars(allEntries) > MAX_MANIFEST_CHARS) throw manifestTooLarge(allEntries.length);
@@ -251,6 +254,25 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     await leftoversRemoved.catch(() => undefined);
     await lock?.release();
   }
+}
+
+/**
+ * A source that held files in the newest point and holds none now is most
+ * often a volume that did not mount: such a point would record the deployment
+ * as gone, and retention would in time keep only points like it.
+ */
+async function refuseEmptied(repo: Repository, scanned: readonly ScannedSource[], ids: readonly string[], reference: Manifest | undefined): Promise<void> {
+  const empty = emptySources(scanned);
+  const latestId = ids[ids.length - 1];
+  if (!empty.length || !latestId) return;
+  const latest = reference?.id === latestId ? reference : await repo.manifest(latestId);
+  const emptied = emptiedSince(empty, latest);
+  if (!emptied.length) return;
+  const { source, held } = emptied[0]!;
+  const others = emptied.length > 1 ? ` (and ${emptied.slice(1).map((e) => e.source.spec.name).join(', ')})` : '';
+  throw new RuntimeFailure(`source ${source.spec.name} is empty${others}: ${source.root} holds no files, where the newest point ${latestId} has ${held}; is a volume not mounted?`, {
+    hint: 'nothing was stored; if the source is meant to be empty now, run again with --allow-empty',
+  });
 }
 
 /** Every file is the reference's, unread and unchanged: what it recognised still holds. */

@@ -20,6 +20,7 @@ interface BackupFlags extends CronFlags {
   tag: string[];
   dryRun?: boolean;
   strict?: boolean;
+  allowEmpty?: boolean;
 }
 
 const collect = (value: string, previous: string[]) => [...previous, value];
@@ -99,6 +100,7 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
       tags: parseTags(flags.tag),
       dryRun: flags.dryRun,
       strict: flags.strict,
+      allowEmpty: flags.allowEmpty,
       lockStaleAfterMs: lockStaleAfterMs(flags, config),
       signal: ctx.signal,
       reporter: renderer,
@@ -138,6 +140,7 @@ export function registerBackup(program: Command, run: CommandRunner): Command {
     .option('--tag <key=value>', 'label the point (repeatable)', collect, [])
     .option('-n, --dry-run', 'show what would be stored, store nothing')
     .option('--strict', 'fail (exit 3) on any warning, such as a file that changed while it was read')
+    .option('--allow-empty', 'back up a source that is empty although the newest point has files in it (refused otherwise: a volume that did not mount?)')
     .addHelpText(
       'after',
       '\nExamples:\n  lifeboat backup /srv/models /etc/triton --type full\n  lifeboat backup --source models=/srv/models --exclude "**/*.tmp"\n  lifeboat backup            # sources from lifeboat.yaml, incremental',

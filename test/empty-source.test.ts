@@ -1,0 +1,46 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { lifeboat } from './helpers/cli.js';
+import { tempDir } from './helpers/tree.js';
+
+test('a source that held files in the newest point and is empty now (a volume not mounted) is refused unless --allow-empty', async () => {
+  const work = await tempDir();
+  const repo = path.join(work, 'repo');
+  const models = path.join(work, 'models');
+  const serving = path.join(work, 'serving');
+  await fsp.mkdir(path.join(models, 'llama'), { recursive: true });
+  await fsp.mkdir(serving);
+  await fsp.writeFile(path.join(serving, 'server.yaml'), 'port: 8000\n');
+  const sources = ['--source', `models=${models}`, '--source', `serving=${serving}`];
+  const backup = (...args: string[]) => lifeboat(['--repo', repo, '--json', 'backup', ...sources, ...args]);
+  const points = async () => (await lifeboat(['--repo', repo, '--json', 'list'])).json().length as number;
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+
+  // Empty from the first point on: nothing to compare with, so it is taken.
+  const first = await backup();
+  assert.equal(first.code, 0, first.stderr);
+  await fsp.writeFile(path.join(models, 'llama', 'model.safetensors'), 'weights');
+  await fsp.symlink('model.safetensors', path.join(models, 'llama', 'current'));
+  assert.equal((await backup()).code, 0);
+
+  // The volume behind models/ did not mount: its mount point holds an empty directory at most.
+  await fsp.rm(path.join(models, 'llama'), { recursive: true });
+  await fsp.mkdir(path.join(models, 'lost+found'));
+  for (const args of [[], ['--type', 'full'], ['--type', 'diff'], ['--dry-run']]) {
+    const refused = await backup(...args);
+    assert.equal(refused.code, 1, `${args.join(' ')}: ${refused.stderr}`);
+    assert.match(refused.stderr, new RegExp(`source models is empty: ${models} holds no files, where the newest point \\S+ has 2; is a volume not mounted\\?\\n {2}nothing was stored; if the source is meant to be empty now, run again with --allow-empty`));
+    assert.equal(refused.json().ok, false);
+  }
+  assert.equal(await points(), 2, 'no point was added');
+
+  const allowed = await backup('--allow-empty');
+  assert.equal(allowed.code, 0, allowed.stderr);
+  assert.equal(allowed.json().removed, 2);
+  // Compared with the newest point, which is empty now.
+  assert.equal((await backup()).code, 0);
+  assert.equal(await points(), 4);
+  await fsp.rm(work, { recursive: true, force: true });
+});
