@@ -5,6 +5,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { BIN, lifeboat } from './helpers/cli.js';
 import { prng, seedFromEnv, tempDir } from './helpers/tree.js';
+import { inNamespace, unshare } from './helpers/namespace.js';
 
 const asRoot = process.geteuid?.() === 0;
 const NOBODY = 65534;
@@ -72,4 +73,55 @@ test('a restore as root gives files, directories and links the owners they had a
   assert.equal(await new Promise((resolve) => child.on('close', resolve)), 0, Buffer.concat(err).toString());
   const theirs = await owners(path.join(forNobody, 'out'));
   for (const [p, o] of theirs) assert.match(o, new RegExp(`^${NOBODY}:${NOBODY} `), `${p} belongs to the user who restored it`);
+});
+
+const userNamespace = unshare?.includes('--map-root-user');
+
+test('a restore as root on another host gives files the local ids of their owners\' names, as tar does; --numeric-owner keeps the numbers', { skip: !asRoot || !unshare || userNamespace ? 'needs root and a mount namespace, to lend each "host" its own /etc/passwd' : false }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  await fsp.mkdir(src);
+  // triton and mlflow exist on the backed-up host; 4242 has no name there.
+  const owned: Record<string, [number, number]> = { 'model.safetensors': [2001, 2001], 'mlflow.db': [2002, 2002], 'scratch.bin': [4242, 4343] };
+  for (const [name, [uid, gid]] of Object.entries(owned)) {
+    await fsp.writeFile(path.join(src, name), name);
+    await fsp.chown(path.join(src, name), uid, gid);
+  }
+  await fsp.chown(src, 2001, 2001);
+  const hosts = {
+    // The backed-up host, and a stand-by where triton got other ids and mlflow does not exist.
+    a: { passwd: 'root:x:0:0::/root:/bin/sh\ntriton:x:2001:2001::/nonexistent:/bin/false\nmlflow:x:2002:2002::/nonexistent:/bin/false\n', group: 'root:x:0:\ntriton:x:2001:\nmlflow:x:2002:\n' },
+    b: { passwd: 'root:x:0:0::/root:/bin/sh\n# a comment\ntriton:x:3005:3006::/nonexistent:/bin/false\n', group: 'root:x:0:\ntriton:x:3006:\n' },
+  };
+  for (const [host, files] of Object.entries(hosts)) {
+    await fsp.writeFile(path.join(work, `passwd-${host}`), files.passwd);
+    await fsp.writeFile(path.join(work, `group-${host}`), files.group);
+  }
+  const asHost = (host: string, commands: string) =>
+    inNamespace(`mount --bind "$WORK/passwd-${host}" /etc/passwd\nmount --bind "$WORK/group-${host}" /etc/group\n${commands}`, { WORK: work });
+  asHost('a', 'node "$BIN" --repo "$WORK/repo" init > /dev/null\nnode "$BIN" --repo "$WORK/repo" backup "$WORK/models" > /dev/null');
+  asHost(
+    'b',
+    [
+      'node "$BIN" --repo "$WORK/repo" restore latest --target "$WORK/by-name" > /dev/null',
+      'node "$BIN" --repo "$WORK/repo" restore latest --target "$WORK/by-number" --numeric-owner > /dev/null',
+      // A delta restore sets owners too: a file chowned since is given its owner back.
+      'cp -a "$WORK/by-name" "$WORK/by-delta" && chown 0:0 "$WORK/by-delta/models/model.safetensors"',
+      'node "$BIN" --repo "$WORK/repo" restore latest --target "$WORK/by-delta" --delta > /dev/null',
+    ].join('\n'),
+  );
+  const ownerOf = async (p: string) => {
+    const st = await fsp.stat(p);
+    return [st.uid, st.gid];
+  };
+  for (const target of ['by-name', 'by-delta']) {
+    const root = path.join(work, target, 'models');
+    assert.deepEqual(await ownerOf(path.join(root, 'model.safetensors')), [3005, 3006], `${target}: triton's file`);
+    assert.deepEqual(await ownerOf(root), [3005, 3006], `${target}: the source's root, triton's`);
+    assert.deepEqual(await ownerOf(path.join(root, 'mlflow.db')), [2002, 2002], `${target}: a name the host lacks keeps its number`);
+    assert.deepEqual(await ownerOf(path.join(root, 'scratch.bin')), [4242, 4343], `${target}: an id without a name keeps its number`);
+  }
+  for (const [name, ids] of Object.entries(owned)) assert.deepEqual(await ownerOf(path.join(work, 'by-number', 'models', name)), ids, `--numeric-owner: ${name}`);
+  assert.deepEqual(await ownerOf(path.join(work, 'by-number', 'models')), [2001, 2001]);
 });

@@ -7,6 +7,7 @@ import { IntegrityError, RuntimeFailure, UsageError, errorMessage, throwIfAborte
 import { makePointId, type BackupType } from '../format/ids.js';
 import { MANIFEST_FORMAT, MAX_MANIFEST_CHARS, estimateManifestChars, keys, volumeEntryName, type ContentRef, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { checkSourceName } from '../format/paths.js';
+import { localAccounts, namesOf } from '../format/accounts.js';
 import type { Notice, Progress, Reporter } from './events.js';
 import { acquireLock, describeLock } from './lock.js';
 import { chooseReference, countChanges, emptiedSince, emptySources, planBackup, type BackupPlan, type PlannedEntry } from './backup-plan.js';
@@ -229,6 +230,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       ...(context.superseded.length > 0 ? { superseded: context.superseded } : {}),
       stats: { files: fileCount, bytes: totalBytes, ...counts, storedBytes },
       warnings: warnings.map((w) => ({ code: w.code, path: w.path, message: w.message })),
+      owners: ownerNames(scanned),
     };
     try {
       await repo.commitManifest(manifest);
@@ -273,6 +275,22 @@ async function refuseEmptied(repo: Repository, scanned: readonly ScannedSource[]
   throw new RuntimeFailure(`source ${source.spec.name} is empty${others}: ${source.root} holds no files, where the newest point ${latestId} has ${held}; is a volume not mounted?`, {
     hint: 'nothing was stored; if the source is meant to be empty now, run again with --allow-empty',
   });
+}
+
+/** The names this host gives the owners and groups of the scanned sources and entries. */
+function ownerNames(scanned: readonly ScannedSource[]): NonNullable<Manifest['owners']> {
+  const uids = new Set<number>();
+  const gids = new Set<number>();
+  for (const s of scanned) {
+    uids.add(s.uid);
+    gids.add(s.gid);
+    for (const e of s.entries) {
+      uids.add(e.uid);
+      gids.add(e.gid);
+    }
+  }
+  const accounts = localAccounts();
+  return { users: namesOf(uids, accounts.users), groups: namesOf(gids, accounts.groups) };
 }
 
 /** Every file is the reference's, unread and unchanged: what it recognised still holds. */

@@ -15,6 +15,7 @@ import type { Repository } from './repository.js';
 import { planRestore, type RestorePlan } from './restore-plan.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 import { makeDirectories } from '../format/mkdirs.js';
+import { idMapper, localAccounts } from '../format/accounts.js';
 import { mountsUnder } from '../format/mounts.js';
 import { whileReading } from './lock.js';
 import { asRestoreFailure, checkFreeSpace, clearInterruptedStaging, inspectTarget, moveFile, moveIntoMountPoint, moveIntoPlace, type TargetState } from './restore-target.js';
@@ -33,6 +34,8 @@ export interface RestoreOptions {
    * about to load them (a failover), which then reads them from memory.
    */
   pageCache?: boolean;
+  /** As root, give files the recorded uid and gid numbers, not the local ids of the recorded names. */
+  numericOwner?: boolean;
   signal?: AbortSignal;
   reporter?: Reporter;
 }
@@ -106,6 +109,7 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
   const delta = options.delta === true && targetState === 'non-empty';
   // A delta restore compares and rewrites each name on its own, so hard links are written as copies there.
   const plan = await planRestore(repo, manifest, options.include, { hardLinks: !delta });
+  const owners = ownerMapping(manifest, options.numericOwner === true);
   const unique = `${process.pid}-${randomBytes(4).toString('hex')}`;
   // Staged on the target's file system, so that moving the restored files into place is a rename.
   const stagingPrefix = mountPoint ? '.lifeboat-staging-' : `.${path.basename(target)}.lifeboat-staging-`;
@@ -131,12 +135,12 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
     await fetchFiles({ repo, plan, wanted: new Set(wanted), staging, reporter, warnings, concurrency: options.concurrency ?? DEFAULT_TRANSFERS, pageCache: options.pageCache, signal: options.signal });
     throwIfAborted(options.signal);
     if (delta) {
-      result.removed = await applyDelta(plan, staging, target, new Set(wanted), (options.include ?? []).length === 0);
+      result.removed = await applyDelta(plan, staging, target, new Set(wanted), (options.include ?? []).length === 0, owners);
       await syncDirectories(plan, target);
       await fsp.rm(staging, { recursive: true, force: true });
     } else {
       await makeHardLinks(plan, staging);
-      await finishTree(plan, staging);
+      await finishTree(plan, staging, owners);
       await syncDirectories(plan, staging);
       if (mountPoint) {
         await moveIntoMountPoint(staging, target, targetState === 'non-empty');
@@ -448,7 +452,7 @@ async function makeHardLinks(plan: RestorePlan, root: string): Promise<void> {
 }
 
 /** Creates dirs and links, then applies modes and times (deepest first so parents keep theirs). */
-async function finishTree(plan: RestorePlan, root: string): Promise<void> {
+async function finishTree(plan: RestorePlan, root: string, owners: OwnerMapping | undefined): Promise<void> {
   for (const s of plan.manifest.sources) await makeDirectories(path.join(root, s.name), 0o700);
   for (const e of plan.entries) {
     const p = pathIn(root, e);
@@ -458,22 +462,35 @@ async function finishTree(plan: RestorePlan, root: string): Promise<void> {
       await fsp.symlink(e.target!, p);
     }
   }
-  await applyMetadata(plan, root);
+  await applyMetadata(plan, root, owners);
+}
+
+/** Local owner and group of a recorded uid and gid. */
+interface OwnerMapping {
+  uid(id: number): number;
+  gid(id: number): number;
 }
 
 /**
- * Owners are restored as tar restores them: by number, when the restore runs
- * as root (a server running as its own user must be able to read its restored
- * weights); otherwise files belong to whoever restores them.
+ * Owners are restored as tar and borg restore them, when the restore runs as
+ * root (a server running as its own user must be able to read its restored
+ * weights): by the name the backed-up host gave the id, where this host knows
+ * that name, else by number; with `numeric`, by number only. A restore by
+ * another user leaves files to that user.
  */
-const restoresOwners = process.geteuid?.() === 0;
+function ownerMapping(manifest: Manifest, numeric: boolean): OwnerMapping | undefined {
+  if (process.geteuid?.() !== 0) return undefined;
+  if (numeric) return { uid: (id) => id, gid: (id) => id };
+  const local = localAccounts();
+  return { uid: idMapper(manifest.owners?.users, local.users), gid: idMapper(manifest.owners?.groups, local.groups) };
+}
 
-async function applyMetadata(plan: RestorePlan, root: string): Promise<void> {
+async function applyMetadata(plan: RestorePlan, root: string, owners: OwnerMapping | undefined): Promise<void> {
   const set = async (e: ManifestEntry) => {
     const p = pathIn(root, e);
     const t = nsToSeconds(e.mtimeNs);
     // Before the mode: a change of owner clears the set-user-ID and set-group-ID bits.
-    if (restoresOwners && e.uid !== undefined && e.gid !== undefined) await fsp.lchown(p, e.uid, e.gid);
+    if (owners && e.uid !== undefined && e.gid !== undefined) await fsp.lchown(p, owners.uid(e.uid), owners.gid(e.gid));
     if (e.type === 'symlink') {
       await fsp.lutimes(p, t, t).catch(() => undefined);
       return;
@@ -487,7 +504,7 @@ async function applyMetadata(plan: RestorePlan, root: string): Promise<void> {
   for (const e of [...plan.entries].reverse()) if (e.type === 'dir') await set(e);
   for (const s of plan.manifest.sources) {
     const p = path.join(root, s.name);
-    if (restoresOwners && s.uid !== undefined && s.gid !== undefined) await fsp.chown(p, s.uid, s.gid);
+    if (owners && s.uid !== undefined && s.gid !== undefined) await fsp.chown(p, owners.uid(s.uid), owners.gid(s.gid));
     if (s.mode !== undefined) await fsp.chmod(p, s.mode);
     if (s.mtimeNs !== undefined) await fsp.utimes(p, nsToSeconds(s.mtimeNs), nsToSeconds(s.mtimeNs));
   }
@@ -541,6 +558,7 @@ async function applyDelta(
   target: string,
   rewritten: ReadonlySet<ManifestEntry>,
   prune: boolean,
+  owners: OwnerMapping | undefined,
 ): Promise<number> {
   const wantedPaths = new Map<string, ManifestEntry>();
   for (const e of plan.entries) wantedPaths.set(path.join(e.source, ...e.path.split('/')), e);
@@ -568,7 +586,7 @@ async function applyDelta(
       await moveFile(pathIn(staging, e), p);
     }
   }
-  await applyMetadata(plan, target);
+  await applyMetadata(plan, target, owners);
   return removed;
 }
 

@@ -129,6 +129,13 @@ const manifestFields = z.object({
     storedBytes: count,
   }),
   warnings: z.array(z.object({ code: z.string(), path: z.string().optional(), message: z.string() })),
+  /** Names of the owners' uids and gids on the backed-up host, so a restore elsewhere can map them by name. */
+  owners: z
+    .object({
+      users: z.record(z.string().regex(/^\d{1,10}$/), z.string().min(1).max(256)),
+      groups: z.record(z.string().regex(/^\d{1,10}$/), z.string().min(1).max(256)),
+    })
+    .optional(),
 });
 
 export const manifestSchema = manifestFields.superRefine((m, ctx) => {

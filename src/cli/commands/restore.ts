@@ -13,6 +13,7 @@ interface RestoreFlags {
   delta?: boolean;
   force?: boolean;
   include: string[];
+  numericOwner?: boolean;
 }
 
 const collect = (value: string, previous: string[]) => [...previous, value];
@@ -29,6 +30,7 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
       delta: flags.delta,
       force: flags.force,
       include: flags.include,
+      numericOwner: flags.numericOwner,
       concurrency: config.s3?.concurrency,
       signal: ctx.signal,
       reporter: renderer,
@@ -68,6 +70,7 @@ export function registerRestore(program: Command, run: CommandRunner): Command {
     .option('--target <dir>', 'where to restore (must be empty or absent, unless --delta or --force)')
     .option('--delta', 'update an existing target: rewrite only files whose content differs, remove what the point lacks')
     .option('--force', 'replace a non-empty target')
+    .option('--numeric-owner', 'as root, give files the recorded uid and gid numbers instead of the local ids of the recorded user and group names')
     .option('-i, --include <glob>', 'restore only matching <source>/<path> entries; a directory or source name means all in it (repeatable)', collect, [])
     .addHelpText(
       'after',
