@@ -35,6 +35,11 @@ test('config errors exit 2 and name the key', async () => {
   const root = await lifeboat(['--repo', repo, 'backup', '/', '--dry-run']);
   assert.equal(root.code, 2);
   assert.match(root.stderr, /\/ has no name to give its source\n {2}name it: --source root=\//);
+  // A single-file model is not a source: its directory is.
+  await fsp.writeFile(path.join(dir, 'model.gguf'), 'GGUF');
+  const file = await lifeboat(['--repo', repo, 'backup', path.join(dir, 'model.gguf'), '--dry-run']);
+  assert.equal(file.code, 2);
+  assert.match(file.stderr, new RegExp(`model.gguf is not a directory; a source is a directory, restored as DIR/<source name>/\\n {2}back up the directory that holds it: --source ${path.basename(dir)}=${dir}, with --exclude`));
   await fsp.rm(dir, { recursive: true, force: true });
 });
 

@@ -103,7 +103,13 @@ export async function scanSource(
   } catch (err) {
     throw new UsageError(`source ${spec.name}: cannot read ${root}: ${errorMessage(err)}`);
   }
-  if (!rootStat.isDirectory()) throw new UsageError(`source ${spec.name}: ${root} is not a directory`);
+  if (!rootStat.isDirectory()) {
+    // A single-file model (a .gguf, a .onnx) is the usual case: its directory is the source.
+    const parent = path.dirname(root);
+    throw new UsageError(`source ${spec.name}: ${root} is not a directory; a source is a directory, restored as DIR/<source name>/`, {
+      hint: rootStat.isFile() ? `back up the directory that holds it: --source ${path.basename(parent) || 'root'}=${parent}, with --exclude for what else is there` : undefined,
+    });
+  }
 
   const entries: ScannedEntry[] = [];
   const pending: string[] = [''];
