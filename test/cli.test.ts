@@ -1,6 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { once } from 'node:events';
 import * as fsp from 'node:fs/promises';
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
@@ -293,4 +296,28 @@ test('a file whose name is not UTF-8 is a warning that says so, and the rest is 
   assert.deepEqual(r.json().warnings?.map((w: { code: string }) => w.code) ?? [], ['name-not-utf8']);
   assert.match(r.stderr, /its name is not valid UTF-8, which lifeboat cannot store; rename it to back it up/);
   await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('sockets and named pipes in a source are left out with one line, not a warning each run; --strict passes', async () => {
+  const dir = await tempDir();
+  const src = path.join(dir, 'models');
+  await fsp.mkdir(src);
+  await fsp.writeFile(path.join(src, 'weights.bin'), 'weights');
+  execFileSync('mkfifo', [path.join(src, 'requests.fifo')]);
+  // A model server's control socket, as one leaves it beside its files.
+  const server = net.createServer().listen(path.join(src, 'server.sock'));
+  await once(server, 'listening');
+  try {
+    const repo = path.join(dir, 'repo');
+    assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+    const r = await lifeboat(['--repo', repo, 'backup', src, '--strict']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /models: 2 socket\(s\) and named pipe\(s\) left out, which hold no data \(requests\.fifo, server\.sock\)/);
+    assert.doesNotMatch(r.stderr, /warning/);
+    const shown = await lifeboat(['--repo', repo, '--json', 'show', 'latest']);
+    assert.deepEqual(shown.json().entries.map((e: { path: string }) => e.path), ['weights.bin']);
+  } finally {
+    server.close();
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
 });

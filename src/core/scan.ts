@@ -116,6 +116,7 @@ export async function scanSource(
   let bytes = 0;
   let sinceYield = 0;
   const followed: string[] = [];
+  const passThrough: string[] = [];
   // Directories are listed and entries stated synchronously: a round trip through the thread pool
   // per directory or file costs more than the call itself. The event loop still runs between batches.
   const yieldNow = async (): Promise<void> => {
@@ -192,6 +193,9 @@ export async function scanSource(
           });
         }
         entries.push({ ...base, type: 'symlink', size: 0, target });
+      } else if (st.isSocket() || st.isFIFO()) {
+        // A server's socket or a pipe holds no data to restore (tar leaves sockets out too): not worth a warning every run.
+        passThrough.push(rel);
       } else {
         reporter.notice?.({ level: 'warning', code: 'special-file', path: `${spec.name}/${rel}`, message: 'not a regular file, directory or symlink; skipped' });
       }
@@ -204,6 +208,14 @@ export async function scanSource(
       code: 'links-followed',
       path: spec.name,
       message: `${followed.length} symlink(s) point outside the source; the files they point to are stored in their place (${followed.slice(0, 3).join(', ')}${followed.length > 3 ? ', …' : ''})`,
+    });
+  }
+  if (passThrough.length > 0) {
+    reporter.notice?.({
+      level: 'info',
+      code: 'sockets-left-out',
+      path: spec.name,
+      message: `${passThrough.length} socket(s) and named pipe(s) left out, which hold no data (${passThrough.slice(0, 3).join(', ')}${passThrough.length > 3 ? ', …' : ''})`,
     });
   }
   entries.sort((a, b) => comparePaths(a.path, b.path));
