@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { lifeboat } from './helpers/cli.js';
 import { exists } from './helpers/repo.js';
+import { inNamespace, unshare } from './helpers/namespace.js';
 import { tempDir } from './helpers/tree.js';
 import { ProcessGroup, freePort, sleep, stderrTail, waitForPort } from './helpers/processes.js';
 import { ROWS_PER_TXN, startWriter } from './helpers/writer.js';
@@ -384,4 +385,32 @@ test('slot pruning keeps the newest, never the active or previous slot', () => {
   assert.deepEqual(planSlotPrune(slots, 4, new Set(), new Map()), []);
   // Directories lifeboat did not make are never touched, nor counted.
   assert.deepEqual(planSlotPrune([...slots, { name: 'manual', path: '/s/manual', mtimeMs: 0 }], 4, new Set(), new Map()), []);
+});
+
+test('a failover removes the slots beyond keepSlots before restoring, so a disk that holds keepSlots slots is enough', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await fsp.mkdir(path.join(work, 'live', 'models'), { recursive: true });
+  await fsp.mkdir(path.join(work, 'out'));
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    'repository: ./repo\nsources:\n  models: ./live/models\ntargets:\n  prod: { slots: ./slotsfs/slots, active: ./current, keepSlots: 3 }\n',
+  );
+  // Slots of 3 MB on a 10 MiB file system: three fit, four do not.
+  const script = [
+    'cd "$WORK"',
+    'mkdir slotsfs && mount -t tmpfs -o size=10m tmpfs slotsfs',
+    'node "$BIN" init > /dev/null',
+    'for i in 1 2 3 4; do',
+    '  head -c 3000000 /dev/urandom > live/models/weights.bin',
+    '  node "$BIN" --json backup > /dev/null',
+    '  node "$BIN" --json failover > "out/failover-$i.json"',
+    'done',
+    'ls slotsfs/slots > out/slots.txt',
+  ].join('\n');
+  inNamespace(script, { WORK: work });
+  const runs = await Promise.all([1, 2, 3, 4].map(async (i) => JSON.parse(await fsp.readFile(path.join(work, 'out', `failover-${i}.json`), 'utf8'))));
+  assert.ok(runs.every((r) => r.ok));
+  assert.deepEqual(runs[3].pruned, [runs[0].point], 'the least recently used slot made room');
+  assert.deepEqual((await fsp.readFile(path.join(work, 'out', 'slots.txt'), 'utf8')).trim().split('\n'), runs.slice(1).map((r) => r.point));
 });

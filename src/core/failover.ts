@@ -9,6 +9,7 @@ import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } 
 import { appendEvent, readEvents, type JournalEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
+import { NotEnoughSpace } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
 import { listSlots, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, writeTargetState } from './slots.js';
 import type { TargetSpec } from './targets.js';
@@ -206,14 +207,16 @@ async function interruptedAfterSwitch(run: Run, kind: 'failover' | 'rollback', r
   throw new InterruptedError(`interrupted after the switch: ${run.spec.name} now serves ${result.point ?? result.slot}, not confirmed healthy`, { hint: back });
 }
 
-/** Removes the least recently used slots beyond keepSlots; never the active or the previous one. */
-async function pruneSlots(run: Run, active: string, previous: string | null): Promise<string[]> {
-  const keep = run.spec.keepSlots;
+/**
+ * Removes the least recently used slots beyond `keep` (keepSlots); never the
+ * active or the previous one.
+ */
+async function pruneSlots(run: Run, active: string | null, previous: string | null, keep = run.spec.keepSlots): Promise<string[]> {
   if (keep === undefined) return [];
   const state = await readTargetState(run.spec.slots);
   const lastUsed = new Map<string, number>();
   for (const h of state.history) lastUsed.set(h.to, Date.parse(h.at));
-  const protectedDirs = new Set([active, ...(previous ? [previous] : [])]);
+  const protectedDirs = new Set([active, previous].filter((d): d is string => d !== null));
   const doomed = planSlotPrune(await listSlots(run.spec.slots), keep, protectedDirs, lastUsed);
   for (const s of doomed) {
     await fsp.rm(s.path, { recursive: true, force: true });
@@ -274,9 +277,16 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     const from = await readActive(spec.active);
     const fromPoint = slotPoint(spec.slots, from) ?? null;
     const reused = await isDirectory(slot);
+    // Room for the new slot within the policy: the slots a success would remove are removed first, so
+    // the disk needs to hold keepSlots slots, not one more.
+    const madeRoom = reused || spec.keepSlots === undefined ? [] : await pruneSlots(run, from, (await readTargetState(spec.slots)).previous, Math.max(0, spec.keepSlots - 1));
     note(run, reused ? 'slot-check' : 'slot-restore', reused ? `checking slot ${slot} file by file` : `restoring ${manifest.id} into ${slot}`);
     // The server loads the slot right after the switch: the weights are left in memory for it.
-    const r = await restore(repo, manifest, { target: slot, delta: reused, concurrency: options.concurrency, pageCache: true, signal: options.signal, reporter: options.reporter });
+    const r = await restore(repo, manifest, { target: slot, delta: reused, concurrency: options.concurrency, pageCache: true, signal: options.signal, reporter: options.reporter }).catch((err: unknown) => {
+      if (!(err instanceof NotEnoughSpace)) throw err;
+      const kept = spec.keepSlots === undefined ? 'set keepSlots to have old slots removed' : `keepSlots (${spec.keepSlots}) never removes the active slot or the previous one, kept for a rollback`;
+      throw new NotEnoughSpace(err.message, `free space on the file system of ${spec.slots} (lifeboat status lists the slots; ${kept})`);
+    });
     const changed = (r.rewritten ?? 0) + (r.removed ?? 0);
     if (reused) note(run, 'slot-reused', changed ? `slot ${slot} repaired: ${r.rewritten} rewritten, ${r.removed} removed` : `slot ${slot} holds ${manifest.id} intact`);
     const result: SwitchResult = {
@@ -292,7 +302,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
       health: { ok: false, attempts: 0, ms: 0, detail: 'not checked' },
       rtoMs: null,
       durationMs: 0,
-      pruned: [],
+      pruned: madeRoom,
     };
     const finish = async (): Promise<SwitchResult> => {
       result.durationMs = Date.now() - run.started;
@@ -339,7 +349,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
       result.switched = true;
       result.outcome = 'ok';
       await remember(run, from, slot, 'failover');
-      result.pruned = await pruneSlots(run, slot, from);
+      result.pruned = [...madeRoom, ...(await pruneSlots(run, slot, from))];
     } else {
       result.outcome = 'rolled-back';
     }

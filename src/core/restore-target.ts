@@ -50,10 +50,13 @@ export async function checkFreeSpace(staging: string, target: string, files: rea
   const fsStats = await fsp.statfs(staging).catch(() => undefined);
   if (!fsStats || fsStats.blocks === 0) return;
   const free = fsStats.bavail * fsStats.bsize;
-  if (needed > free) {
-    throw new RuntimeFailure(`the restore needs ${formatBytes(needed)} on the file system of ${target}, and ${formatBytes(free)} is free`, {
-      hint: 'free space there, restore a part with --include, or restore somewhere else (restore --target; --work-dir for drill and verify --deep)',
-    });
+  if (needed > free) throw new NotEnoughSpace(`the restore needs ${formatBytes(needed)} on the file system of ${target}, and ${formatBytes(free)} is free`);
+}
+
+/** A restore refused before writing, for want of free space; callers may give their own hint. */
+export class NotEnoughSpace extends RuntimeFailure {
+  constructor(message: string, hint = 'free space there, restore a part with --include, or restore somewhere else (restore --target; --work-dir for drill and verify --deep)') {
+    super(message, { hint });
   }
 }
 
