@@ -58,6 +58,18 @@ test('the installed program reads a config file, and names the key of a bad one 
   const bad = await runChild(['list'], { cwd: dir });
   assert.equal(bad.code, 2, bad.stderr);
   assert.match(bad.stderr, /lifeboat\.yaml: retention\.keepFull: /);
+
+  // `~` in a path of the config file is the home directory, as a shell would have made it.
+  const home = path.join(dir, 'home');
+  await fsp.mkdir(path.join(home, 'models'), { recursive: true });
+  await fsp.writeFile(path.join(home, 'models', 'w.bin'), 'weights');
+  await fsp.writeFile(path.join(dir, 'lifeboat.yaml'), 'repository: ~/backups\nsources:\n  models: ~/models\n');
+  const env = { HOME: home };
+  assert.equal((await runChild(['init'], { cwd: dir, env })).code, 0);
+  const backup = await runChild(['--json', 'backup'], { cwd: dir, env });
+  assert.equal(backup.code, 0, backup.stderr);
+  assert.equal(backup.json().files, 1);
+  assert.ok(await exists(path.join(home, 'backups', 'config.json')));
   await fsp.rm(dir, { recursive: true, force: true });
 });
 

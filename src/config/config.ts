@@ -1,4 +1,5 @@
 import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import * as z from 'zod';
 import { UsageError } from '../errors.js';
@@ -122,17 +123,28 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
   }
   const config = result.data;
   const base = path.dirname(file);
-  if (config.repository && !/^[a-z][a-z0-9+.-]*:\/\//i.test(config.repository)) config.repository = path.resolve(base, config.repository);
+  const resolve = (p: string) => resolveConfigPath(base, p);
+  if (config.repository && !/^[a-z][a-z0-9+.-]*:\/\//i.test(config.repository)) config.repository = resolve(config.repository);
   if (config.sources) {
     for (const [name, src] of Object.entries(config.sources)) {
-      if (typeof src === 'string') config.sources[name] = path.resolve(base, src);
-      else if ('path' in src) src.path = path.resolve(base, src.path);
-      else if ('sqlite' in src) src.sqlite = path.resolve(base, src.sqlite);
+      if (typeof src === 'string') config.sources[name] = resolve(src);
+      else if ('path' in src) src.path = resolve(src.path);
+      else if ('sqlite' in src) src.sqlite = resolve(src.sqlite);
     }
   }
   for (const target of Object.values(config.targets ?? {})) {
-    target.slots = path.resolve(base, target.slots);
-    target.active = path.resolve(base, target.active);
+    target.slots = resolve(target.slots);
+    target.active = resolve(target.active);
   }
   return config;
+}
+
+/**
+ * A path of the config file: relative to the file's directory, and `~` or
+ * `~/…` under the home directory, as a shell would have expanded it on the
+ * command line (YAML does not).
+ */
+export function resolveConfigPath(base: string, p: string): string {
+  if (p === '~' || p.startsWith('~/')) return path.join(os.homedir(), p.slice(1));
+  return path.resolve(base, p);
 }
