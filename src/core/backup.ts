@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
 import { IntegrityError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
-import { makePointId, type BackupType } from '../format/ids.js';
+import { makePointId, pointTime, type BackupType } from '../format/ids.js';
 import { MANIFEST_FORMAT, MAX_MANIFEST_CHARS, estimateManifestChars, keys, volumeEntryName, type ContentRef, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { checkSourceName } from '../format/paths.js';
 import { localAccounts, namesOf } from '../format/accounts.js';
@@ -103,6 +103,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     leftoversRemoved.catch(() => undefined);
 
     const ids = await repo.pointIds();
+    refuseClockBehind(ids, startedAt);
     const choice = chooseReference(ids, options.type);
     if (choice.fallbackReason) reporter.notice?.({ level: 'info', code: 'type-fallback', message: choice.fallbackReason });
     // The reference manifest is read and checked while the sources are scanned: one waits on the disk while the other computes.
@@ -332,6 +333,20 @@ function reusableChecks(plan: BackupPlan, reference: Manifest | undefined): Map<
   }
   return knownChecks(reference, unchanged, changed);
 }
+/**
+ * Points are ordered by the time in their ids. A clock behind the newest
+ * point's (a host restored from a snapshot, NTP not yet synced) would give the
+ * new point an earlier id: it would not be the latest, and the next incr would
+ * build on the wrong point. pgBackRest refuses such a backup too.
+ */
+function refuseClockBehind(ids: readonly string[], now: Date): void {
+  const newest = ids[ids.length - 1];
+  if (!newest || pointTime(newest) <= now.getTime()) return;
+  throw new RuntimeFailure(`this host's clock says ${now.toISOString()}, before the newest point ${newest} (started ${new Date(pointTime(newest)).toISOString()}): a point taken now would sort before it`, {
+    hint: 'set the clock right (timedatectl, NTP) and run again; nothing was stored',
+  });
+}
+
 async function uniquePointId(repo: Repository, ids: readonly string[], at: Date, type: BackupType): Promise<string> {
   const taken = new Set(ids);
   let t = at.getTime();

@@ -4,6 +4,9 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { lifeboat } from './helpers/cli.js';
 import { tempDir } from './helpers/tree.js';
+import { backup } from '../src/core/backup.js';
+import { Repository } from '../src/core/repository.js';
+import { LocalStorage } from '../src/storage/local.js';
 
 test('a source that held files in the newest point and is empty now (a volume not mounted) is refused unless --allow-empty', async () => {
   const work = await tempDir();
@@ -42,5 +45,26 @@ test('a source that held files in the newest point and is empty now (a volume no
   // Compared with the newest point, which is empty now.
   assert.equal((await backup()).code, 0);
   assert.equal(await points(), 4);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a backup on a host whose clock is behind the newest point is refused, since its point would sort before it', async () => {
+  const work = await tempDir();
+  const repo = path.join(work, 'repo');
+  const models = path.join(work, 'models');
+  await fsp.mkdir(models);
+  await fsp.writeFile(path.join(models, 'w.bin'), 'weights');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  // The newest point was taken by a host whose clock ran an hour ahead.
+  const ahead = new Date(Date.now() + 3_600_000);
+  const storage = new LocalStorage(repo);
+  const future = await backup(await Repository.open(storage), { sources: [{ name: 'models', path: models }], type: 'full', now: () => ahead });
+  await storage.close();
+  for (const args of [[], ['--type', 'full'], ['--dry-run']]) {
+    const refused = await lifeboat(['--repo', repo, 'backup', models, ...args]);
+    assert.equal(refused.code, 1, refused.stderr);
+    assert.match(refused.stderr, new RegExp(`this host's clock says \\S+, before the newest point ${future.id} \\(started ${ahead.toISOString().replace(/\./g, '\\.')}\\): a point taken now would sort before it\\n {2}set the clock right`));
+  }
+  assert.equal((await lifeboat(['--repo', repo, '--json', 'list'])).json().length, 1);
   await fsp.rm(work, { recursive: true, force: true });
 });
