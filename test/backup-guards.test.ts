@@ -48,7 +48,7 @@ test('a source that held files in the newest point and is empty now (a volume no
   await fsp.rm(work, { recursive: true, force: true });
 });
 
-test('a backup on a host whose clock is behind the newest point is refused, since its point would sort before it', async () => {
+test('a backup on a host whose clock is behind the newest point gets an id after it, with a warning; --strict refuses it', async () => {
   const work = await tempDir();
   const repo = path.join(work, 'repo');
   const models = path.join(work, 'models');
@@ -60,11 +60,21 @@ test('a backup on a host whose clock is behind the newest point is refused, sinc
   const storage = new LocalStorage(repo);
   const future = await backup(await Repository.open(storage), { sources: [{ name: 'models', path: models }], type: 'full', now: () => ahead });
   await storage.close();
-  for (const args of [[], ['--type', 'full'], ['--dry-run']]) {
-    const refused = await lifeboat(['--repo', repo, 'backup', models, ...args]);
-    assert.equal(refused.code, 1, refused.stderr);
-    assert.match(refused.stderr, new RegExp(`this host's clock says \\S+, before the newest point ${future.id} \\(started ${ahead.toISOString().replace(/\./g, '\\.')}\\): a point taken now would sort before it\\n {2}set the clock right`));
-  }
-  assert.equal((await lifeboat(['--repo', repo, '--json', 'list'])).json().length, 1);
+  const warning = new RegExp(`this host's clock says \\S+, before the newest point ${future.id} \\(started ${ahead.toISOString().replace(/\./g, '\\.')}\\); the new point's id is set just after it`);
+
+  const strict = await lifeboat(['--repo', repo, 'backup', models, '--strict']);
+  assert.equal(strict.code, 3, strict.stderr);
+  assert.match(strict.stderr, warning);
+  await fsp.writeFile(path.join(models, 'w.bin'), 'weights, retrained');
+  const taken = await lifeboat(['--repo', repo, '--json', 'backup', models]);
+  assert.equal(taken.code, 0, taken.stderr);
+  assert.match(taken.stderr, warning);
+  const ids = (await lifeboat(['--repo', repo, '--json', 'list'])).json().map((p: { id: string }) => p.id);
+  assert.deepEqual(ids, [future.id, taken.json().id], 'in the order they were taken');
+  assert.equal(taken.json().parent, future.id);
+  assert.equal(taken.json().changed, 1);
+  const latest = path.join(work, 'latest');
+  assert.equal((await lifeboat(['--repo', repo, 'restore', 'latest', '--target', latest])).code, 0);
+  assert.equal(await fsp.readFile(path.join(latest, 'models', 'w.bin'), 'utf8'), 'weights, retrained');
   await fsp.rm(work, { recursive: true, force: true });
 });

@@ -103,7 +103,8 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     leftoversRemoved.catch(() => undefined);
 
     const ids = await repo.pointIds();
-    refuseClockBehind(ids, startedAt);
+    const clockBehind = clockBehindNotice(ids, startedAt);
+    if (clockBehind) warn(clockBehind);
     const choice = chooseReference(ids, options.type);
     if (choice.fallbackReason) reporter.notice?.({ level: 'info', code: 'type-fallback', message: choice.fallbackReason });
     // The reference manifest is read and checked while the sources are scanned: one waits on the disk while the other computes.
@@ -335,21 +336,24 @@ function reusableChecks(plan: BackupPlan, reference: Manifest | undefined): Map<
 }
 /**
  * Points are ordered by the time in their ids. A clock behind the newest
- * point's (a host restored from a snapshot, NTP not yet synced) would give the
- * new point an earlier id: it would not be the latest, and the next incr would
- * build on the wrong point. pgBackRest refuses such a backup too.
+ * point's (a host restored from a snapshot, NTP not yet synced; or the newest
+ * point's host ran ahead) would give the new point an earlier id: it would not
+ * be the latest, and the next incr would build on the wrong point. Its id is
+ * set just after the newest instead (uniquePointId), with this warning.
  */
-function refuseClockBehind(ids: readonly string[], now: Date): void {
+function clockBehindNotice(ids: readonly string[], now: Date): Omit<Notice, 'level'> | undefined {
   const newest = ids[ids.length - 1];
-  if (!newest || pointTime(newest) <= now.getTime()) return;
-  throw new RuntimeFailure(`this host's clock says ${now.toISOString()}, before the newest point ${newest} (started ${new Date(pointTime(newest)).toISOString()}): a point taken now would sort before it`, {
-    hint: 'set the clock right (timedatectl, NTP) and run again; nothing was stored',
-  });
+  if (!newest || pointTime(newest) <= now.getTime()) return undefined;
+  return {
+    code: 'clock-behind',
+    message: `this host's clock says ${now.toISOString()}, before the newest point ${newest} (started ${new Date(pointTime(newest)).toISOString()}); the new point's id is set just after it, to keep points in the order they were taken. Check the clocks (timedatectl, NTP)`,
+  };
 }
 
 async function uniquePointId(repo: Repository, ids: readonly string[], at: Date, type: BackupType): Promise<string> {
   const taken = new Set(ids);
-  let t = at.getTime();
+  const newest = ids[ids.length - 1];
+  let t = Math.max(at.getTime(), newest ? pointTime(newest) + 1 : 0);
   // Two backups in the same millisecond (tests, scripts) get distinct ids.
   while (taken.has(makePointId(new Date(t), type)) || (await repo.storage.head(keys.volume(makePointId(new Date(t), type), 0)))) t++;
   return makePointId(new Date(t), type);
