@@ -189,6 +189,7 @@ test('failover end to end: back up a served deployment, lose it, fail over to ch
     assert.equal(fd.code, 5, fd.stderr);
     assert.equal(fd.json().switched, false);
     assert.match(fd.json().reason, /would not load/);
+    assert.deepEqual(fd.json().pruned, [pointC], 'keepSlots 2 made room for D: C was neither active nor previous');
     assert.equal(await readActive(path.join(serving, 'current')), path.join(serving, 'slots', pointB));
     assert.deepEqual(await predict(port), answerB);
 
@@ -198,14 +199,14 @@ test('failover end to end: back up a served deployment, lose it, fail over to ch
     assert.equal(rb.json().point, pointA);
     assert.deepEqual(await predict(port), answerA);
 
-    // Fail over to B again: its slot is checked and reused; keepSlots 2 removes C, never the active or previous.
+    // Fail over to B again: its slot is checked and reused; keepSlots 2 removes D, never the active or previous.
     await fsp.appendFile(path.join(serving, 'slots', pointB, 'serving', 'routing.yaml'), '# stray edit\n');
     const fb2 = await lifeboat(['--json', 'failover', pointB, '--to', 'prod'], { cwd: work });
     assert.equal(fb2.code, 0, fb2.stderr);
     const rb2 = fb2.json();
     assert.equal(rb2.reused, true);
     assert.equal(rb2.restore.rewritten, 1, 'the damaged file was repaired');
-    assert.deepEqual(rb2.pruned, [pointC, pointD]);
+    assert.deepEqual(rb2.pruned, [pointD]);
     assert.ok(!(await exists(path.join(serving, 'slots', pointC))));
     assert.ok(await exists(path.join(serving, 'slots', pointA)));
     assert.deepEqual(await predict(port), answerB);
