@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import * as os from 'node:os';
 import * as z from 'zod';
 import type { Storage } from '../storage/storage.js';
+import { runPool } from './pool.js';
 
 const PREFIX = 'journal/';
 
@@ -45,14 +46,19 @@ export async function readEvents(storage: Storage, limit = 50): Promise<JournalE
   const keys: string[] = [];
   for await (const { key } of storage.list(PREFIX)) if (key.endsWith('.json')) keys.push(key);
   keys.sort();
-  const events: JournalEvent[] = [];
-  for (const key of keys.slice(-limit)) {
+  const wanted = keys.slice(-limit);
+  const read: (JournalEvent | undefined)[] = new Array(wanted.length);
+  // Several at once: on S3 each is a round trip, and `status` runs from monitoring every few minutes.
+  await runPool(wanted, EVENTS_IN_FLIGHT, async (key, i) => {
     try {
       const parsed = journalEventSchema.safeParse(JSON.parse((await storage.getDocument(key)).toString('utf8')));
-      if (parsed.success) events.push(parsed.data);
+      if (parsed.success) read[i] = parsed.data;
     } catch {
       // A damaged journal entry must not hide the others.
     }
-  }
-  return events;
+  });
+  return read.filter((e): e is JournalEvent => e !== undefined);
 }
+
+/** Journal entries read at once. */
+const EVENTS_IN_FLIGHT = 16;
