@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import { lifeboat } from './helpers/cli.js';
 import { smallDeployment } from './helpers/repo.js';
 import { sleep } from './helpers/processes.js';
+import { makePointId } from '../src/format/ids.js';
 
 function lockDocument(command: string, pid = process.pid) {
   const now = new Date().toISOString();
@@ -96,4 +97,31 @@ test('restore and verify wait for a running prune to finish, not for a backup', 
   controller.abort();
   assert.equal((await interrupted).code, 130);
   assert.deepEqual(await readers(d.repo), []);
+});
+
+test('verify during a backup says the uncommitted point is being written, and warns only about older leftovers', async () => {
+  const d = await twoFulls();
+  const lockStarted = Date.now();
+  // A backup holds the lock and has written part of its point; an aborted one left data before it.
+  await fsp.mkdir(path.join(d.repo, 'locks'), { recursive: true });
+  await fsp.writeFile(path.join(d.repo, 'locks', 'lock.json'), lockDocument('backup'));
+  const writing = makePointId(new Date(lockStarted + 1500), 'incr');
+  const aborted = makePointId(new Date(lockStarted - 3_600_000), 'incr');
+  for (const id of [writing, aborted]) {
+    await fsp.mkdir(path.join(d.repo, 'data', id), { recursive: true });
+    await fsp.writeFile(path.join(d.repo, 'data', id, 'v000001.tar'), Buffer.alloc(1024));
+  }
+  await fsp.writeFile(path.join(d.repo, 'summaries', `${writing}.json`), '{}');
+  const r = await lifeboat(['--repo', d.repo, '--json', 'verify']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, new RegExp(`data/${writing}/: being written by the running backup on ${os.hostname()}, pid ${process.pid}`));
+  assert.match(r.stderr, new RegExp(`summaries/${writing}\\.json: being written by the running backup on`));
+  assert.match(r.stderr, new RegExp(`warning: data/${aborted}/: 1 object\\(s\\), 1024 bytes, left by an aborted backup`));
+  assert.deepEqual(r.json().warnings.map((w: { path: string }) => w.path), [`data/${aborted}/`]);
+
+  // Once that backup is gone, what it left is a leftover like any other.
+  await fsp.writeFile(path.join(d.repo, 'locks', 'lock.json'), lockDocument('backup', GONE));
+  const after = await lifeboat(['--repo', d.repo, '--json', 'verify']);
+  assert.deepEqual(after.json().warnings.map((w: { path: string }) => w.path).sort(), [`data/${aborted}/`, `data/${writing}/`, `summaries/${writing}.json`].sort());
+  await fsp.rm(d.work, { recursive: true, force: true });
 });

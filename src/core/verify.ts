@@ -8,7 +8,8 @@ import type { Notice, Progress, Reporter } from './events.js';
 import type { Repository } from './repository.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 import { deepCheck } from './verify-deep.js';
-import { whileReading } from './lock.js';
+import { describeLock, readLock, whileReading, type LockInfo } from './lock.js';
+import { POINT_ID, pointTime } from '../format/ids.js';
 import * as ledgers from './verify-ledger.js';
 
 export type ProblemKind =
@@ -227,24 +228,43 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
   }
 
   if (!options.point) {
-    for (const key of await repo.orphanSummaries(known)) {
-      const n: Notice = { level: 'warning', code: 'leftovers', path: key, message: 'a summary of no backup point, left by an aborted backup or prune; the next backup or prune removes it' };
+    const summaries = await repo.orphanSummaries(known);
+    const data = await repo.orphanDataPrefixes(known);
+    // Read after the listings: a backup that started while they ran holds the lock by now.
+    const writing = summaries.length + data.length > 0 ? await pointBeingWritten(repo) : () => undefined;
+    const report = async (id: string, key: string, leftover: string) => {
+      const backup = writing(id);
+      if (backup) {
+        reporter.notice?.({ level: 'info', code: 'in-progress', path: key, message: `being written by the running ${describeLock(backup)}` });
+        return;
+      }
+      // Committed since `known` was listed.
+      if (await repo.storage.head(keys.point(id))) return;
+      const n: Notice = { level: 'warning', code: 'leftovers', path: key, message: leftover };
       warnings.push(n);
       reporter.notice?.(n);
+    };
+    for (const key of summaries) {
+      await report(key.slice(keys.summariesPrefix.length, -'.json'.length), key, 'a summary of no backup point, left by an aborted backup or prune; the next backup or prune removes it');
     }
-    for (const orphan of await repo.orphanDataPrefixes(known)) {
-      const n: Notice = {
-        level: 'warning',
-        code: 'leftovers',
-        path: orphan.prefix,
-        message: `${orphan.keys.length} object(s), ${orphan.bytes} bytes, left by an aborted backup; the next backup removes them`,
-      };
-      warnings.push(n);
-      reporter.notice?.(n);
+    for (const orphan of data) {
+      const message = `${orphan.keys.length} object(s), ${orphan.bytes} bytes, left by an aborted backup; the next backup removes them`;
+      await report(orphan.prefix.slice(keys.dataPrefix.length, -1), orphan.prefix, message);
     }
   }
   result.ok = problems.length === 0;
   return result;
+}
+
+/**
+ * Which uncommitted point a live backup may be writing: one whose id is no
+ * older than that backup's lock (its id is taken after the lock, by the same clock).
+ */
+async function pointBeingWritten(repo: Repository): Promise<(id: string) => LockInfo | undefined> {
+  const writer = await readLock(repo.storage).catch(() => undefined);
+  if (!writer || writer.stale || writer.info.command !== 'backup') return () => undefined;
+  const since = Date.parse(writer.info.startedAt);
+  return (id) => (POINT_ID.test(id) && pointTime(id) >= since ? writer.info : undefined);
 }
 
 /** Manifests read ahead of the one being checked. */
