@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { BIN, lifeboat } from './helpers/cli.js';
@@ -124,4 +124,30 @@ test('a restore as root on another host gives files the local ids of their owner
   }
   for (const [name, ids] of Object.entries(owned)) assert.deepEqual(await ownerOf(path.join(work, 'by-number', 'models', name)), ids, `--numeric-owner: ${name}`);
   assert.deepEqual(await ownerOf(path.join(work, 'by-number', 'models')), [2001, 2001]);
+});
+
+const userNamespaces = spawnSync('unshare', ['--user', '--map-root-user', 'true'], { stdio: 'ignore' }).status === 0;
+
+test('a restore where owners cannot be set (a user namespace, NFS with root_squash, FAT) restores everything and warns once', { skip: asRoot && userNamespaces ? false : 'needs root, to give files other owners, and user namespaces' }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  await fsp.mkdir(path.join(src, 'shards'), { recursive: true });
+  for (const name of ['config.json', 'shards/a.bin', 'shards/b.bin']) {
+    await fsp.writeFile(path.join(src, name), name);
+    await fsp.chown(path.join(src, name), 2001, 2001);
+  }
+  await fsp.chmod(path.join(src, 'shards', 'a.bin'), 0o640);
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  assert.equal((await lifeboat(['--repo', repo, 'backup', src])).code, 0);
+  // Root inside a user namespace that maps no id but its own: every change of owner is EINVAL.
+  const target = path.join(work, 'restored');
+  const run = spawnSync('unshare', ['--user', '--map-root-user', process.execPath, BIN, '--repo', repo, '--json', 'restore', 'latest', '--target', target], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(run.status, 0, run.stderr);
+  assert.equal(run.stderr.match(/could not be given their owners/g)?.length, 1, run.stderr);
+  assert.match(run.stderr, /warning: .*: the files could not be given their owners \(EINVAL: .*\); they belong to 0:0/);
+  assert.deepEqual(JSON.parse(run.stdout).warnings.map((w: { code: string }) => w.code), ['owners-not-set']);
+  for (const name of ['config.json', 'shards/a.bin', 'shards/b.bin']) assert.equal(await fsp.readFile(path.join(target, 'models', name), 'utf8'), name);
+  assert.equal((await fsp.stat(path.join(target, 'models', 'shards', 'a.bin'))).mode & 0o777, 0o640, 'modes are still set');
 });

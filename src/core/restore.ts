@@ -150,6 +150,17 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
         await syncPath(path.dirname(target));
       }
     }
+    if (owners?.refused) {
+      const who = `${process.getuid?.() ?? '?'}:${process.getgid?.() ?? '?'}`;
+      const n: Notice = {
+        level: 'warning',
+        code: 'owners-not-set',
+        path: owners.refused.path?.replaceAll(staging, target),
+        message: `the files could not be given their owners (${owners.refused.code}: the file system, such as NFS with root_squash or FAT, or a user namespace does not allow it); they belong to ${who}`,
+      };
+      warnings.push(n);
+      reporter.notice?.(n);
+    }
     result.durationMs = Date.now() - started;
     return result;
   } catch (err) {
@@ -469,6 +480,21 @@ async function finishTree(plan: RestorePlan, root: string, owners: OwnerMapping 
 interface OwnerMapping {
   uid(id: number): number;
   gid(id: number): number;
+  /** Set when the file system refused a change of owner: no further one is tried. */
+  refused?: NodeJS.ErrnoException;
+}
+
+/** Gives `p` its owner, unless owners are not restored or were refused before; a refusal is kept, not thrown. */
+async function setOwner(owners: OwnerMapping | undefined, p: string, uid: number | undefined, gid: number | undefined, follow: boolean): Promise<void> {
+  if (!owners || owners.refused || uid === undefined || gid === undefined) return;
+  try {
+    await (follow ? fsp.chown : fsp.lchown)(p, owners.uid(uid), owners.gid(gid));
+  } catch (err) {
+    // EPERM: NFS with root_squash, FAT; EINVAL: an id a user namespace does not map. tar warns and goes on too.
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'EPERM' && code !== 'EINVAL') throw err;
+    owners.refused = err as NodeJS.ErrnoException;
+  }
 }
 
 /**
@@ -490,7 +516,7 @@ async function applyMetadata(plan: RestorePlan, root: string, owners: OwnerMappi
     const p = pathIn(root, e);
     const t = nsToSeconds(e.mtimeNs);
     // Before the mode: a change of owner clears the set-user-ID and set-group-ID bits.
-    if (owners && e.uid !== undefined && e.gid !== undefined) await fsp.lchown(p, owners.uid(e.uid), owners.gid(e.gid));
+    await setOwner(owners, p, e.uid, e.gid, false);
     if (e.type === 'symlink') {
       await fsp.lutimes(p, t, t).catch(() => undefined);
       return;
@@ -504,7 +530,7 @@ async function applyMetadata(plan: RestorePlan, root: string, owners: OwnerMappi
   for (const e of [...plan.entries].reverse()) if (e.type === 'dir') await set(e);
   for (const s of plan.manifest.sources) {
     const p = path.join(root, s.name);
-    if (owners && s.uid !== undefined && s.gid !== undefined) await fsp.chown(p, owners.uid(s.uid), owners.gid(s.gid));
+    await setOwner(owners, p, s.uid, s.gid, true);
     if (s.mode !== undefined) await fsp.chmod(p, s.mode);
     if (s.mtimeNs !== undefined) await fsp.utimes(p, nsToSeconds(s.mtimeNs), nsToSeconds(s.mtimeNs));
   }
