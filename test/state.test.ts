@@ -11,6 +11,7 @@ import { integrityCheck } from '../src/state/sqlite.js';
 import { captureSources, stateSource } from '../src/state/capture.js';
 import { restoreCommand } from '../src/state/command.js';
 import { BackupHooks } from '../src/state/hooks.js';
+import { inNamespace, unshare } from './helpers/namespace.js';
 
 async function makeRepo(work: string): Promise<string> {
   const repo = path.join(work, 'repo');
@@ -191,4 +192,32 @@ test('hooks: pre and post run around the backup; a failing pre-hook fails it and
   await quiet.after({ error: new Error('backup failed') }, (m) => reported.push(m));
   assert.match(reported[0]!, /status 2/);
   await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a command source whose output does not fit where it is staged fails the backup saying so; --work-dir stages it elsewhere', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights');
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\n  features: { command: "head -c 3000000 /dev/zero" }\n');
+  await fsp.mkdir(path.join(work, 'out'));
+  // TMPDIR on a 1 MiB file system: the 3 MB dump does not fit there.
+  const script = [
+    'cd "$WORK"',
+    'mkdir small && mount -t tmpfs -o size=1m tmpfs small',
+    'node "$BIN" init > /dev/null',
+    'status=0; TMPDIR="$WORK/small" node "$BIN" backup 2> out/full.txt || status=$?',
+    'echo "$status" > out/status.txt',
+    'ls -A small > out/left.txt',
+    'node "$BIN" --json backup --work-dir "$WORK/staging/new" > out/backup.json',
+    'node "$BIN" restore latest --target "$WORK/restored" > /dev/null',
+  ].join('\n');
+  inNamespace(script, { WORK: work });
+  const read = (name: string) => fsp.readFile(path.join(work, 'out', name), 'utf8');
+  assert.equal((await read('status.txt')).trim(), '1');
+  assert.match(await read('full.txt'), new RegExp(`could not keep the output of the command of source features in ${work}/small: ENOSPC: .*\\n {2}free space on the file system of ${work}/small, or use another place; lifeboat backup --work-dir DIR \\(or TMPDIR\\) stages serving state elsewhere`));
+  assert.equal((await read('left.txt')).trim(), '', 'the partial output was removed');
+  assert.equal(JSON.parse(await read('backup.json')).files, 2);
+  assert.equal((await fsp.stat(path.join(work, 'restored', 'features', 'stdout'))).size, 3_000_000);
+  assert.deepEqual(await fsp.readdir(path.join(work, 'staging', 'new')), [], 'the staging directory is emptied');
 });

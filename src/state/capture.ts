@@ -6,6 +6,8 @@ import type { Notice } from '../core/events.js';
 import { parseDuration } from '../config/duration.js';
 import { captureCommand, COMMAND_OUTPUT_FILE } from './command.js';
 import { copySqlite } from './sqlite.js';
+import { RuntimeFailure, errorMessage } from '../errors.js';
+import { makeWorkDirectory } from '../format/mkdirs.js';
 
 /** A command that runs without a stated timeout may run this long. */
 export const DEFAULT_COMMAND_TIMEOUT_MS = 60 * 60 * 1000;
@@ -59,7 +61,9 @@ export interface CapturedSources {
 export async function captureSources(sources: readonly PendingSource[], options: CaptureOptions = {}): Promise<CapturedSources> {
   const pending = sources.filter((s): s is SourceSpec & { state: StateSource } => 'state' in s);
   if (pending.length === 0) return { sources: [...sources], cleanup: async () => undefined };
-  const root = await fsp.mkdtemp(path.join(options.tmpDir ?? os.tmpdir(), 'lifeboat-state-'));
+  const root = await makeWorkDirectory(options.tmpDir, 'lifeboat-state-').catch((err: unknown) => {
+    throw new RuntimeFailure(`cannot make a directory to capture serving state in, under ${options.tmpDir ?? os.tmpdir()}: ${errorMessage(err)}`, { cause: err, hint: 'give another one with --work-dir' });
+  });
   let cleaned = false;
   const cleanup = async () => {
     if (cleaned) return;
@@ -88,6 +92,7 @@ export async function captureSources(sources: readonly PendingSource[], options:
           timeoutMs,
           signal: options.signal,
           onOutput: options.onOutput,
+          stagedIn: options.tmpDir ?? os.tmpdir(),
         });
         options.notice?.({ level: 'info', code: 'state-captured', path: s.name, message: `captured ${result.bytes} bytes of output of \`${state.command}\` (${result.durationMs} ms)` });
       }

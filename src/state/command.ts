@@ -1,7 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
-import { InterruptedError, RuntimeFailure, errorMessage } from '../errors.js';
+import * as path from 'node:path';
+import { InterruptedError, RuntimeFailure, errorMessage, fileSystemHint } from '../errors.js';
 
 /** How much of a command's stderr is kept for an error message. */
 const STDERR_TAIL = 4000;
@@ -72,7 +73,7 @@ function killGroup(child: ChildProcess, sig: NodeJS.Signals): void {
 export async function runShell(
   what: string,
   command: string,
-  options: CommandOptions & { stdinFile?: string; stdoutFile?: string } = {},
+  options: CommandOptions & { stdinFile?: string; stdoutFile?: string; stagedIn?: string } = {},
 ): Promise<CommandResult> {
   const started = Date.now();
   if (options.signal?.aborted) throw new InterruptedError();
@@ -91,7 +92,15 @@ export async function runShell(
     child.stdout!.on('data', (c: Buffer) => {
       bytes += c.length;
     });
-    stdoutDone = pipeline(child.stdout!, createWriteStream(options.stdoutFile, { mode: 0o600 }));
+    const file = options.stdoutFile;
+    const place = options.stagedIn ?? path.dirname(file);
+    stdoutDone = pipeline(child.stdout!, createWriteStream(file, { mode: 0o600 })).catch((err: unknown) => {
+      // The command did not fail: keeping its output did (a full temporary file system, most often).
+      throw new RuntimeFailure(`could not keep the output of the ${what} in ${place}: ${errorMessage(err)}`, {
+        cause: err,
+        hint: `${fileSystemHint(err, place) ?? 'check that place'}; lifeboat backup --work-dir DIR (or TMPDIR) stages serving state elsewhere`,
+      });
+    });
   } else {
     const stdout = new LineTail(options.onOutput);
     child.stdout!.on('data', (c: Buffer) => stdout.push(c));
@@ -146,7 +155,7 @@ export const COMMAND_OUTPUT_FILE = 'stdout';
  * Captures a command's stdout as state: streamed into `file`; a non-zero exit,
  * a timeout or a failure to start fails the capture.
  */
-export async function captureCommand(name: string, command: string, file: string, options: CommandOptions = {}): Promise<CommandResult> {
+export async function captureCommand(name: string, command: string, file: string, options: CommandOptions & { stagedIn?: string } = {}): Promise<CommandResult> {
   return runShell(`command of source ${name}`, command, { ...options, stdoutFile: file });
 }
 

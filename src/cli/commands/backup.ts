@@ -21,6 +21,7 @@ interface BackupFlags extends CronFlags {
   dryRun?: boolean;
   strict?: boolean;
   allowEmpty?: boolean;
+  workDir?: string;
 }
 
 const collect = (value: string, previous: string[]) => [...previous, value];
@@ -92,6 +93,7 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
       signal: ctx.signal,
       notice: (n) => renderer.notice(n),
       onOutput: (line) => log(ctx, line),
+      tmpDir: flags.workDir === undefined ? undefined : path.resolve(ctx.cwd, flags.workDir),
     });
     const result = await backup(repo, {
       sources: state.sources,
@@ -140,6 +142,7 @@ export function registerBackup(program: Command, run: CommandRunner): Command {
     .option('--tag <key=value>', 'label the point (repeatable)', collect, [])
     .option('-n, --dry-run', 'show what would be stored, store nothing')
     .option('--strict', 'fail (exit 3) on any warning, such as a file that changed while it was read')
+    .option('--work-dir <dir>', 'where SQLite copies and command output are staged before they are stored (default: the system temporary directory)')
     .option('--allow-empty', 'back up a source that is empty although the newest point has files in it (refused otherwise: a volume that did not mount?)')
     .addHelpText(
       'after',
