@@ -184,6 +184,12 @@ async function smallModels(dir: string, rand: () => number): Promise<string> {
 // ---------------------------------------------------------------------------
 
 describe('an S3 repository through the CLI', () => {
+  it('a bucket that does not exist is a set-up error (exit 2) that says so; init does not create it', async () => {
+    const r = await lifeboat(['--repo', `s3://${bucket}-missing/repo`, '--s3-endpoint', server.endpoint, '--s3-path-style', 'init'], { env: server.env });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /the repository's bucket does not exist \(.*NoSuchBucket.*\)\n {2}check the bucket name in the repository URL and the endpoint; lifeboat does not create buckets/);
+  });
+
   it('round trip: full → incr → diff, every point restores bit-exact (with a multipart volume)', async (t) => {
     t.diagnostic(`seed ${seed}`);
     const rand = prng(seed);

@@ -147,6 +147,13 @@ export function asFailure(operation: string, key: string, err: unknown, attempts
       hint: 'set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an instance or container role provides them',
     });
   }
+  // A wrong bucket name, or a bucket not made yet (init does not create buckets): a set-up mistake too.
+  if ((err as { name?: string })?.name === 'NoSuchBucket') {
+    return new UsageError(`the repository's bucket does not exist (${operation} ${key}: ${describeError(err)})`, {
+      cause: err,
+      hint: 'check the bucket name in the repository URL and the endpoint; lifeboat does not create buckets (aws s3 mb s3://BUCKET)',
+    });
+  }
   const status = (err as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
   const tries = attempts > 1 ? ` after ${attempts} attempts` : '';
   const hint =
