@@ -3,9 +3,11 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
 import * as fsp from 'node:fs/promises';
+import * as https from 'node:https';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
 import { exists, smallDeployment } from './helpers/repo.js';
 import { tempDir } from './helpers/tree.js';
@@ -331,5 +333,30 @@ test('sockets and named pipes in a source are left out with one line, not a warn
   } finally {
     server.close();
     await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('an S3 endpoint whose TLS certificate this host does not trust gets a hint to give its CA with NODE_EXTRA_CA_CERTS, which then works', async () => {
+  // A self-signed certificate for 127.0.0.1, valid for a century: an on-premises MinIO or Ceph with its own CA.
+  const helpers = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../test/helpers');
+  const cert = path.join(helpers, 'loopback-tls.crt');
+  const server = https.createServer({ cert: await fsp.readFile(cert), key: await fsp.readFile(path.join(helpers, 'loopback-tls.key')) }, (_req, res) => {
+    res.writeHead(404, { 'content-type': 'application/xml' }).end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>');
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  try {
+    const port = (server.address() as net.AddressInfo).port;
+    const env = { AWS_ACCESS_KEY_ID: 'lifeboat-test', AWS_SECRET_ACCESS_KEY: 'lifeboat-test-secret', AWS_REGION: 'us-east-1' };
+    const args = ['--repo', 's3://models/prod', '--s3-endpoint', `https://127.0.0.1:${port}`, '--s3-path-style', 'list'];
+    const untrusted = await runChild(args, { env });
+    assert.equal(untrusted.code, 1, untrusted.stderr);
+    assert.match(untrusted.stderr, /SELF_SIGNED.*\n {2}this host does not trust the endpoint's TLS certificate: give the CA that signed it with NODE_EXTRA_CA_CERTS=\/path\/to\/ca\.pem/);
+    // Following the hint, the server is reached: it has no repository there.
+    const trusted = await runChild(args, { env: { ...env, NODE_EXTRA_CA_CERTS: cert } });
+    assert.equal(trusted.code, 2, trusted.stderr);
+    assert.match(trusted.stderr, /there is no lifeboat repository at s3:\/\/models\/prod/);
+  } finally {
+    server.close();
   }
 });

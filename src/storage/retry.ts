@@ -130,11 +130,25 @@ export async function retrying<T>(
 /** Errors that say the server could not be reached at all, as opposed to answering with an error. */
 const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
 
-function unreachable(err: unknown): boolean {
+/** The first error code along `err`'s causes that `wanted` holds. */
+function codeAlong(err: unknown, wanted: (code: string) => boolean): string | undefined {
   for (let e = err as { code?: string; cause?: unknown } | undefined, depth = 0; e && depth < 4; e = e.cause as typeof e, depth++) {
-    if (e.code !== undefined && UNREACHABLE_CODES.has(e.code)) return true;
+    if (e.code !== undefined && wanted(e.code)) return e.code;
   }
-  return false;
+  return undefined;
+}
+
+function unreachable(err: unknown): boolean {
+  return codeAlong(err, (code) => UNREACHABLE_CODES.has(code)) !== undefined;
+}
+
+/** What to do about an endpoint whose TLS certificate this host does not accept (an on-premises MinIO or Ceph, most often). */
+function certificateHint(err: unknown): string | undefined {
+  const code = codeAlong(err, (c) => c.includes('CERT') || c.includes('SELF_SIGNED') || c === 'UNABLE_TO_VERIFY_LEAF_SIGNATURE');
+  if (code === undefined) return undefined;
+  if (code === 'CERT_HAS_EXPIRED') return "the endpoint's TLS certificate has expired: renew it on the server";
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return "the endpoint's TLS certificate is for another host name: use the name it was issued for in the endpoint";
+  return "this host does not trust the endpoint's TLS certificate: give the CA that signed it with NODE_EXTRA_CA_CERTS=/path/to/ca.pem";
 }
 
 export function asFailure(operation: string, key: string, err: unknown, attempts = 1): Error {
@@ -163,7 +177,7 @@ export function asFailure(operation: string, key: string, err: unknown, attempts
         ? 'check the region (s3.region) or the endpoint of the repository'
         : unreachable(err)
           ? 'check the endpoint (s3.endpoint, --s3-endpoint) and that this host can reach it'
-          : undefined;
+          : certificateHint(err);
   return new RuntimeFailure(`${operation} ${key} failed${tries}: ${describeError(err)}`, { cause: err, hint });
 }
 
