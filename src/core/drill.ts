@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { ExitCode, IntegrityError, LifeboatError, errorMessage, throwIfAborted } from '../errors.js';
+import { formatDuration } from '../config/duration.js';
 import type { Manifest } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { sha256OfFile } from '../format/checksum.js';
@@ -161,12 +162,13 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
     // 4. Objectives.
     const objective = (name: 'rto' | 'rpo', limit: number | undefined, achieved: number, label: string): Objective | null => {
       if (limit === undefined) {
-        fail({ name, status: 'skipped', durationMs: 0, message: `achieved ${label} ${achieved} ms; no objective given (--${name})` });
+        fail({ name, status: 'skipped', durationMs: 0, message: `achieved ${label} ${formatDuration(achieved)}; no objective given (--${name})` });
         return null;
       }
       const met = achieved <= limit && (name === 'rpo' || problems.length === 0);
-      const why = achieved > limit ? `achieved ${label} ${achieved} ms exceeds the objective of ${limit} ms` : `achieved ${label} ${achieved} ms, but the recovery did not succeed`;
-      fail({ name, status: met ? 'passed' : 'failed', durationMs: 0, message: met ? `achieved ${label} ${achieved} ms within the objective of ${limit} ms` : why });
+      const [got, allowed] = [formatDuration(achieved), formatDuration(limit)];
+      const why = achieved > limit ? `achieved ${label} ${got} exceeds the objective of ${allowed}` : `achieved ${label} ${got}, but the recovery did not succeed`;
+      fail({ name, status: met ? 'passed' : 'failed', durationMs: 0, message: met ? `achieved ${label} ${got} within the objective of ${allowed}` : why });
       return { objectiveMs: limit, achievedMs: achieved, met };
     };
     const rto = objective('rto', options.rtoMs, rtoMs, 'RTO');
