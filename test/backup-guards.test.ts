@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { symlinkSync, unlinkSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { lifeboat } from './helpers/cli.js';
@@ -76,5 +77,48 @@ test('a backup on a host whose clock is behind the newest point gets an id after
   const latest = path.join(work, 'latest');
   assert.equal((await lifeboat(['--repo', repo, 'restore', 'latest', '--target', latest])).code, 0);
   assert.equal(await fsp.readFile(path.join(latest, 'models', 'w.bin'), 'utf8'), 'weights, retrained');
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a source under a link that a failover switches during the backup is read from one slot, the one linked when it began', async () => {
+  const work = await tempDir();
+  const repo = path.join(work, 'repo');
+  // /srv/serving/current/models, with current -> slots/a; slot b has other content and one more file.
+  for (const [slot, extra] of [['a', []], ['b', ['models/shards/new.bin']]] as const) {
+    for (const file of ['models/config.json', 'models/shards/w.bin', ...extra]) {
+      await fsp.mkdir(path.dirname(path.join(work, 'slots', slot, file)), { recursive: true });
+      await fsp.writeFile(path.join(work, 'slots', slot, file), `${slot}:${file}`);
+    }
+  }
+  const current = path.join(work, 'current');
+  await fsp.symlink(path.join('slots', 'a'), current);
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const storage = new LocalStorage(repo);
+  let switched = false;
+  const taken = await backup(await Repository.open(storage), {
+    sources: [{ name: 'models', path: path.join(current, 'models') }],
+    type: 'full',
+    reporter: {
+      progress: () => {
+        // Right after the scan's first directory: the link moves to the other slot, as a failover does.
+        if (switched) return;
+        switched = true;
+        unlinkSync(current);
+        symlinkSync(path.join('slots', 'b'), current);
+      },
+    },
+  });
+  await storage.close();
+  assert.ok(switched);
+  const restored = path.join(work, 'restored');
+  assert.equal((await lifeboat(['--repo', repo, 'restore', taken.id, '--target', restored])).code, 0);
+  const files: string[] = [];
+  for (const f of await fsp.readdir(path.join(restored, 'models'), { recursive: true })) {
+    const abs = path.join(restored, 'models', f);
+    if ((await fsp.stat(abs)).isFile()) files.push(`${f}=${await fsp.readFile(abs, 'utf8')}`);
+  }
+  assert.deepEqual(files.sort(), ['config.json=a:models/config.json', 'shards/w.bin=a:models/shards/w.bin']);
+  const shown = await lifeboat(['--repo', repo, 'show', taken.id]);
+  assert.match(shown.stdout, new RegExp(`sources: models=${current}/models`), 'the path as given is recorded');
   await fsp.rm(work, { recursive: true, force: true });
 });

@@ -40,6 +40,7 @@ export interface ScannedEntry {
 
 export interface ScannedSource {
   spec: SourceSpec;
+  /** The source's directory as given (it is read with its symbolic links resolved when the scan began). */
   root: string;
   mode: number;
   mtimeNs: string;
@@ -96,17 +97,21 @@ export async function scanSource(
   /** Directories never to back up, by device and inode (`dev:ino`): the repository itself. */
   leaveOut: ReadonlySet<string> = new Set(),
 ): Promise<ScannedSource> {
-  const root = path.resolve(spec.path);
+  const given = path.resolve(spec.path);
+  let root: string;
   let rootStat: BigIntStats;
   try {
+    // Everything is read through the resolved path: a source under a target's `active` link
+    // (/srv/serving/current/models) stays in one slot when a failover switches the link meanwhile.
+    root = await fsp.realpath(given);
     rootStat = await fsp.stat(root, { bigint: true });
   } catch (err) {
-    throw new UsageError(`source ${spec.name}: cannot read ${root}: ${errorMessage(err)}`);
+    throw new UsageError(`source ${spec.name}: cannot read ${given}: ${errorMessage(err)}`);
   }
   if (!rootStat.isDirectory()) {
     // A single-file model (a .gguf, a .onnx) is the usual case: its directory is the source.
-    const parent = path.dirname(root);
-    throw new UsageError(`source ${spec.name}: ${root} is not a directory; a source is a directory, restored as DIR/<source name>/`, {
+    const parent = path.dirname(given);
+    throw new UsageError(`source ${spec.name}: ${given} is not a directory; a source is a directory, restored as DIR/<source name>/`, {
       hint: rootStat.isFile() ? `back up the directory that holds it: --source ${path.basename(parent) || 'root'}=${parent}, with --exclude for what else is there` : undefined,
     });
   }
@@ -219,5 +224,5 @@ export async function scanSource(
     });
   }
   entries.sort((a, b) => comparePaths(a.path, b.path));
-  return { spec, root, mode: Number(rootStat.mode & 0o7777n), mtimeNs: rootStat.mtimeNs.toString(), uid: Number(rootStat.uid), gid: Number(rootStat.gid), entries };
+  return { spec, root: given, mode: Number(rootStat.mode & 0o7777n), mtimeNs: rootStat.mtimeNs.toString(), uid: Number(rootStat.uid), gid: Number(rootStat.gid), entries };
 }
