@@ -1,20 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { lifeboat } from './helpers/cli.js';
 import { prng, seedFromEnv, tempDir, writeRandomFile } from './helpers/tree.js';
+import { hasFincore, resident } from './helpers/page-cache.js';
 
 const SIZE = 16 << 20;
-const hasFincore = spawnSync('fincore', ['--version'], { stdio: 'ignore' }).status === 0;
-
-/** Bytes of `file` in the page cache, as fincore (util-linux) counts them. */
-function resident(file: string): number {
-  const r = spawnSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', file], { encoding: 'utf8' });
-  assert.equal(r.status, 0, r.stderr);
-  return Number(r.stdout.trim());
-}
 
 test('a failover and a drill leave the restored weights in the page cache for what loads them next; a plain restore writes past it', { skip: hasFincore ? false : 'fincore (util-linux) is not installed' }, async (t) => {
   const work = await tempDir();

@@ -87,7 +87,10 @@ export function planBackup(scanned: readonly ScannedEntry[], reference: Manifest
     if (s.type === 'file') {
       const reusable = prev?.type === 'file' && prev.sha256 !== undefined && prev.ref !== undefined;
       const statSame = reusable && prev.size === s.size && prev.mtimeNs === s.mtimeNs && prev.ino === s.ino;
-      action = !statSame ? 'store' : BigInt(prev.mtimeNs) >= racyAfterNs ? 'verify' : 'reuse';
+      // Same size, mtime and inode, but a new change time: written in place with its mtime set back
+      // (or only chmod'ed). Read and compared, as borg and restic do; stored only if it differs.
+      const ctimeMoved = statSame && prev.ctimeNs !== undefined && prev.ctimeNs !== s.ctimeNs;
+      action = !statSame ? 'store' : ctimeMoved || BigInt(prev.mtimeNs) >= racyAfterNs ? 'verify' : 'reuse';
       if (action !== 'reuse') {
         plan.bytesToRead += s.size;
         plan.filesToRead++;

@@ -416,7 +416,10 @@ interface StoreContext {
 
 function baseEntry(s: ScannedEntry): ManifestEntry {
   const base: ManifestEntry = { source: s.source, path: s.path, type: s.type, mode: s.mode, mtimeNs: s.mtimeNs, size: s.size, uid: s.uid, gid: s.gid };
-  if (s.type === 'file') base.ino = s.ino;
+  if (s.type === 'file') {
+    base.ino = s.ino;
+    base.ctimeNs = s.ctimeNs;
+  }
   if (s.type === 'symlink') base.target = s.target;
   return base;
 }
@@ -434,6 +437,7 @@ interface ReadOutcome {
   size: number;
   mode: number;
   mtimeNs: string;
+  ctimeNs: string;
   ino: string;
   torn: boolean;
 }
@@ -445,6 +449,7 @@ function outcomeOf(before: BigIntStats, after: BigIntStats, read: number, sha256
     size,
     mode: Number(before.mode & 0o7777n),
     mtimeNs: before.mtimeNs.toString(),
+    ctimeNs: before.ctimeNs.toString(),
     ino: before.ino.toString(),
     torn: read !== size || after.size !== before.size || after.mtimeNs !== before.mtimeNs,
   };
@@ -494,7 +499,7 @@ async function storeOwnEntry(planned: PlannedEntry, position: number, ctx: Store
       ctx.warn({ code: 'file-vanished', path: name, message: 'file disappeared before it could be read; not in this point' });
       return undefined;
     }
-    const entry: ManifestEntry = { ...base, size: stored.size, mtimeNs: stored.mtimeNs, mode: stored.mode, ino: stored.ino, sha256: stored.sha256, ref: stored.ref };
+    const entry: ManifestEntry = { ...base, size: stored.size, mtimeNs: stored.mtimeNs, ctimeNs: stored.ctimeNs, mode: stored.mode, ino: stored.ino, sha256: stored.sha256, ref: stored.ref };
     if (!stored.torn || attempt >= READ_ATTEMPTS) {
       if (stored.torn) {
         ctx.warn({ code: 'file-changed-during-read', path: name, message: `file kept changing while it was read (${attempt} attempts); the stored copy may be inconsistent` });

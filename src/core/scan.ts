@@ -26,6 +26,8 @@ export interface ScannedEntry {
   type: 'file' | 'dir' | 'symlink';
   mode: number;
   mtimeNs: string;
+  /** Change time: moves on any write or change of metadata, and cannot be set back, as mtime can. */
+  ctimeNs: string;
   size: number;
   ino: string;
   /** Device and link count: files with the same device and inode are one file under several names (hard links). */
@@ -72,6 +74,7 @@ export function entryFromStat(source: string, rel: string, abs: string, st: BigI
     path: rel,
     mode: Number(st.mode & 0o7777n),
     mtimeNs: st.mtimeNs.toString(),
+    ctimeNs: st.ctimeNs.toString(),
     size: Number(st.size),
     ino: st.ino.toString(),
     dev: st.dev.toString(),

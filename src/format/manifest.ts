@@ -55,6 +55,8 @@ export const entrySchema = z.object({
   uid: ownerId.optional(),
   gid: ownerId.optional(),
   ino: z.string().regex(/^\d{1,30}$/).optional(),
+  /** Files: the change time when read, compared by the next incremental (absent in manifests of older versions). */
+  ctimeNs: nsTime.optional(),
   sha256: sha256.optional(),
   target: z.string().min(1).max(4096).optional(),
   /** A hard link: the path of an earlier file of the same source that is the same file (same content and reference). */
@@ -212,7 +214,7 @@ export type RepositoryConfig = z.infer<typeof repositoryConfigSchema>;
 export const MAX_MANIFEST_CHARS = 2 ** 29 - 24;
 
 /** What an entry's JSON takes besides its names: type, mode, times, size, owner, inode, SHA-256, reference, indentation. */
-const ENTRY_CHARS = 420;
+const ENTRY_CHARS = 455;
 
 /**
  * About how large the manifest of these entries will be, from their count and
