@@ -55,21 +55,24 @@ test('a backup killed with SIGKILL at any moment leaves no visible point; the ne
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 
-test('SIGINT stops a backup cleanly with exit 130 and leaves the repository consistent', async () => {
-  const d = await smallDeployment({ bigFiles: 4, bigSize: 48 << 20 });
-  const child = spawnLifeboat(['--repo', d.repo, 'backup', d.src, '--type', 'full']);
-  const stderr: Buffer[] = [];
-  child.stderr!.on('data', (c: Buffer) => stderr.push(c));
-  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-  // Interrupt once volume data is being written.
-  const started = await waitFor(async () => (await fsp.readdir(path.join(d.repo, '.tmp')).catch(() => [])).length > 0, 20_000);
-  assert.ok(started, 'the backup started writing');
-  child.kill('SIGINT');
-  assert.equal(await exited, 130, Buffer.concat(stderr).toString());
-  const files = await repoFiles(d.repo);
-  assert.deepEqual(files, ['config.json'], 'nothing but the config remains: no volume, temporary file or lock');
-  assert.equal((await lifeboat(['--repo', d.repo, '--json', 'list'])).json().length, 0);
-  const v = await lifeboat(['--repo', d.repo, '--json', 'verify']);
-  assert.equal(v.code, 0);
-  await fsp.rm(d.work, { recursive: true, force: true });
-});
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  test(`${signal} stops a backup cleanly with exit 130 and leaves the repository consistent`, async () => {
+    const d = await smallDeployment({ bigFiles: 4, bigSize: 48 << 20 });
+    const child = spawnLifeboat(['--repo', d.repo, 'backup', d.src, '--type', 'full']);
+    const stderr: Buffer[] = [];
+    child.stderr!.on('data', (c: Buffer) => stderr.push(c));
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    // Interrupt once volume data is being written.
+    const started = await waitFor(async () => (await fsp.readdir(path.join(d.repo, '.tmp')).catch(() => [])).length > 0, 20_000);
+    assert.ok(started, 'the backup started writing');
+    child.kill(signal);
+    assert.equal(await exited, 130, Buffer.concat(stderr).toString());
+    assert.match(Buffer.concat(stderr).toString(), new RegExp(`${signal} received, stopping cleanly`));
+    const files = await repoFiles(d.repo);
+    assert.deepEqual(files, ['config.json'], 'nothing but the config remains: no volume, temporary file or lock');
+    assert.equal((await lifeboat(['--repo', d.repo, '--json', 'list'])).json().length, 0);
+    const v = await lifeboat(['--repo', d.repo, '--json', 'verify']);
+    assert.equal(v.code, 0);
+    await fsp.rm(d.work, { recursive: true, force: true });
+  });
+}

@@ -41,7 +41,7 @@ Exit codes:
   3    integrity failure (checksum mismatch, missing or unreadable backup data)
   4    the repository is locked by another live process
   5    a health check or a drill objective failed
-  130  interrupted (SIGINT/SIGTERM); the repository is left consistent`;
+  130  interrupted (SIGINT, SIGTERM or SIGHUP); the repository is left consistent`;
 
 function version(): string {
   const require = createRequire(import.meta.url);
@@ -180,8 +180,11 @@ export async function main(argv: string[]): Promise<void> {
   }
   process.on('SIGINT', () => onSignal('SIGINT'));
   process.on('SIGTERM', () => onSignal('SIGTERM'));
+  // A terminal or SSH session that goes away mid-restore: stop as cleanly as on Ctrl-C, not at once.
+  process.on('SIGHUP', () => onSignal('SIGHUP'));
   const code = await runCli(argv, { stdout: process.stdout, stderr: process.stderr, env: process.env, cwd: process.cwd() }, controller.signal);
   process.exitCode = controller.signal.aborted && code !== ExitCode.ok ? ExitCode.interrupted : code;
   process.removeAllListeners('SIGINT');
   process.removeAllListeners('SIGTERM');
+  process.removeAllListeners('SIGHUP');
 }
