@@ -1,8 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { lifeboat, spawnLifeboat } from './helpers/cli.js';
+import { BIN, lifeboat, spawnLifeboat } from './helpers/cli.js';
 import { prng, seedFromEnv } from './helpers/tree.js';
 import { repoFiles, smallDeployment } from './helpers/repo.js';
 
@@ -76,3 +77,21 @@ for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     await fsp.rm(d.work, { recursive: true, force: true });
   });
 }
+
+const hasScript = spawnSync('script', ['--version'], { stdio: 'ignore' }).status === 0;
+
+test('a backup whose terminal goes away (an SSH session that drops) stops cleanly and leaves the repository consistent', { skip: hasScript ? false : 'script (util-linux) is not installed' }, async () => {
+  const d = await smallDeployment({ bigFiles: 4, bigSize: 48 << 20 });
+  // `script` lends the backup a terminal; killing it closes that terminal: the backup gets SIGHUP, and EIO when it writes there.
+  const command = [process.execPath, BIN, '--repo', d.repo, 'backup', d.src, '--type', 'full'].map((a) => JSON.stringify(a)).join(' ');
+  const terminal = spawn('script', ['-qfc', command, '/dev/null'], { stdio: 'ignore' });
+  const started = await waitFor(async () => (await fsp.readdir(path.join(d.repo, '.tmp')).catch(() => [])).length > 0, 20_000);
+  assert.ok(started, 'the backup started writing');
+  terminal.kill('SIGKILL');
+  // Listed while the backup removes its files: a folder that vanishes meanwhile is a look too early.
+  const cleaned = await waitFor(() => repoFiles(d.repo).then((files) => files.join() === 'config.json', () => false), 20_000);
+  assert.ok(cleaned, `the backup cleaned up after itself: ${(await repoFiles(d.repo)).join(', ')}`);
+  assert.equal((await lifeboat(['--repo', d.repo, '--json', 'list'])).json().length, 0);
+  assert.equal((await lifeboat(['--repo', d.repo, 'verify'])).code, 0);
+  await fsp.rm(d.work, { recursive: true, force: true });
+});

@@ -175,7 +175,8 @@ export async function main(argv: string[]): Promise<void> {
   // `lifeboat list | head` closes the pipe early: that is not a failure of the command.
   for (const stream of [process.stdout, process.stderr]) {
     stream.on('error', (err: NodeJS.ErrnoException) => {
-      if (err.code !== 'EPIPE') throw err;
+      // EIO: the terminal is gone (after a SIGHUP); the command still ends cleanly, unheard.
+      if (err.code !== 'EPIPE' && err.code !== 'EIO') throw err;
     });
   }
   process.on('SIGINT', () => onSignal('SIGINT'));
