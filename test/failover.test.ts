@@ -286,6 +286,12 @@ test('failover refuses an active path that is a real directory, and a target tha
   assert.equal(ok.json().health.unchecked, true);
   assert.equal(await fsp.readFile(path.join(work, 'current', 'models', 'w.bin'), 'utf8'), 'weights');
   assert.ok(!(await exists(lock)), 'the lock is released');
+  assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
+  // The served slot removed by hand: the link dangles, which status reports as unhealthy even without a health check.
+  await fsp.rm(ok.json().slot, { recursive: true });
+  const dangling = await lifeboat(['status'], { cwd: work });
+  assert.equal(dangling.code, 5, dangling.stderr);
+  assert.match(dangling.stdout, new RegExp(`target prod: ${path.join(work, 'current')} links to ${ok.json().slot}, which is missing`));
   await fsp.rm(work, { recursive: true, force: true });
 });
 

@@ -453,6 +453,8 @@ export async function status(repo: Repository, specs: TargetSpec[], options: { n
     let error: string | undefined;
     try {
       activePath = await readActive(spec.active);
+      // A slot removed by hand leaves the link dangling: the server has nothing to load after a restart.
+      if (activePath && !(await isDirectory(activePath))) error = `${spec.active} links to ${activePath}, which is missing`;
     } catch (err) {
       error = errorMessage(err);
     }
@@ -474,7 +476,7 @@ export async function status(repo: Repository, specs: TargetSpec[], options: { n
         ...(error ? { error } : {}),
       },
       previous: { path: state.previous, point: slotPoint(spec.slots, state.previous) ?? null },
-      health: h ? { ok: h.ok, detail: h.detail, ms: h.ms, checked: true } : { ok: activePath !== null, detail: 'no health check configured', ms: 0, checked: false },
+      health: h ? { ok: h.ok, detail: h.detail, ms: h.ms, checked: true } : { ok: activePath !== null && error === undefined, detail: error ?? 'no health check configured', ms: 0, checked: false },
       rpoMs: newest?.ageMs ?? null,
       slots: slots.map((s) => ({ name: s.name, point: s.point ?? null, active: s.path === activePath, previous: s.path === state.previous })),
       events: events.filter((e) => e.target === spec.name).slice(-wanted),

@@ -50,7 +50,8 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
       }
       return lines.join('\n');
     });
-    const sick = result.targets.filter((t) => t.health.checked && !t.health.ok);
+    // A dangling or unreadable link is down whether or not a health check is configured.
+    const sick = result.targets.filter((t) => (t.health.checked && !t.health.ok) || t.active.error !== undefined);
     if (sick.length) throw new HealthError(`unhealthy: ${sick.map((t) => `${t.name} (${t.health.detail})`).join(', ')}`);
   } finally {
     await close();
