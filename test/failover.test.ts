@@ -421,3 +421,29 @@ test('a failover removes the slots beyond keepSlots before restoring, so a disk 
   assert.deepEqual(runs[3].pruned, [runs[0].point], 'the least recently used slot made room');
   assert.deepEqual((await fsp.readFile(path.join(work, 'out', 'slots.txt'), 'utf8')).trim().split('\n'), runs.slice(1).map((r) => r.point));
 });
+
+test('a failover that does not get healthy keeps the new slot linked when the old one was removed by hand, instead of a dangling link', async () => {
+  const work = await tempDir();
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights A');
+  // Healthy only while the first point is served.
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    'repository: ./repo\nsources:\n  models: ./models\ntargets:\n  prod: { slots: ./slots, active: ./current, health: { command: \'test "$LIFEBOAT_POINT" = "$(cat first)"\', timeout: 1s, interval: 100ms } }\n',
+  );
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const first = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+  await fsp.writeFile(path.join(work, 'first'), first);
+  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights B');
+  const second = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  await fsp.rm(path.join(work, 'slots', first), { recursive: true });
+
+  const r = await lifeboat(['--json', 'failover', second], { cwd: work });
+  assert.equal(r.code, 5, r.stderr);
+  assert.match(r.stderr, new RegExp(`the slot it served before, ${path.join(work, 'slots', first)}, is missing, so ${path.join(work, 'slots', second)} stays linked`));
+  assert.equal(r.json().previousMissing, true);
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
+  assert.equal(await fsp.readFile(path.join(work, 'current', 'models', 'w.bin'), 'utf8'), 'weights B');
+  await fsp.rm(work, { recursive: true, force: true });
+});

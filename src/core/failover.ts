@@ -48,6 +48,8 @@ export interface SwitchResult {
   reason?: string;
   /** Stopped by a signal after the link was switched: the slot is served, not confirmed healthy. */
   interrupted?: boolean;
+  /** The new slot did not get healthy, and the old one is gone (removed by hand): the new one stays linked. */
+  previousMissing?: boolean;
   /** After a failed switch: the link was put back, and whether the old slot answered healthy again. */
   switchedBack?: boolean;
   previousHealthy?: boolean | null;
@@ -140,7 +142,7 @@ async function transition(
   from: string | null,
   to: string,
   point: string | null,
-): Promise<Pick<SwitchResult, 'ok' | 'health' | 'reason' | 'switchedBack' | 'previousHealthy' | 'rtoMs' | 'interrupted'>> {
+): Promise<Pick<SwitchResult, 'ok' | 'health' | 'reason' | 'switchedBack' | 'previousHealthy' | 'rtoMs' | 'interrupted' | 'previousMissing'>> {
   const fromPoint = slotPoint(run.spec.slots, from) ?? null;
   if (from) {
     try {
@@ -172,6 +174,11 @@ async function transition(
     // answer), and the caller records the switch so that a rollback returns to `from`.
     if (err instanceof InterruptedError) return { ok: false, health: h, reason: 'interrupted before the new slot was confirmed healthy', interrupted: true, rtoMs: null };
     throw err;
+  }
+  if (from && !(await isDirectory(from))) {
+    // Switching back would leave the link dangling: the new slot at least holds a verified point.
+    note(run, 'previous-missing', `${to} failed (${reason}); ${from} is missing, so ${to} stays linked`, 'warning');
+    return { ok: false, health: h, reason, previousMissing: true, rtoMs: null };
   }
   note(run, 'switching-back', `${to} failed (${reason}); switching back to ${from ?? 'no link'}`, 'warning');
   await hook(run, 'deactivate', to, point).catch((err) => note(run, 'hook-failed', `deactivate hook: ${errorMessage(err)}`, 'warning'));
@@ -350,6 +357,9 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
       result.outcome = 'ok';
       await remember(run, from, slot, 'failover');
       result.pruned = [...madeRoom, ...(await pruneSlots(run, slot, from))];
+    } else if (t.previousMissing) {
+      result.switched = true;
+      await remember(run, from, slot, 'failover');
     } else {
       result.outcome = 'rolled-back';
     }
@@ -402,6 +412,9 @@ export async function rollback(repo: Repository, spec: TargetSpec, options: Swit
     if (t.ok) {
       result.switched = true;
       result.outcome = 'ok';
+      await remember(run, from, to, 'rollback');
+    } else if (t.previousMissing) {
+      result.switched = true;
       await remember(run, from, to, 'rollback');
     } else {
       result.outcome = 'rolled-back';

@@ -45,13 +45,15 @@ export function reportSwitch(ctx: CliContext, verb: 'failover' | 'rollback', r: 
     return lines.join('\n');
   });
   if (r.ok) return;
-  const back = r.switchedBack
-    ? r.from.path
-      ? `; switched back to ${r.from.point ?? r.from.path}, which is ${r.previousHealthy ? 'healthy again' : 'NOT healthy either'}`
-      : '; the link was removed again (there was none before)'
-    : '; the active link was not changed';
+  const back = r.previousMissing
+    ? `; the slot it served before, ${r.from.path}, is missing, so ${r.slot} stays linked`
+    : r.switchedBack
+      ? r.from.path
+        ? `; switched back to ${r.from.point ?? r.from.path}, which is ${r.previousHealthy ? 'healthy again' : 'NOT healthy either'}`
+        : '; the link was removed again (there was none before)'
+      : '; the active link was not changed';
   throw new HealthError(`${verb} of ${r.target} to ${r.point ?? r.slot} failed: ${r.reason}${back}`, {
-    hint: r.previousHealthy === false ? 'the target is down: fail over to another point (lifeboat list, lifeboat failover POINT --to TARGET)' : undefined,
+    hint: r.previousHealthy === false || r.previousMissing ? 'the target is down: fail over to another point (lifeboat list, lifeboat failover POINT --to TARGET)' : undefined,
   });
 }
 
