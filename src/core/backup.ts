@@ -334,6 +334,7 @@ function reusableChecks(plan: BackupPlan, reference: Manifest | undefined): Map<
   }
   return knownChecks(reference, unchanged, changed);
 }
+
 /**
  * Points are ordered by the time in their ids. A clock behind the newest
  * point's (a host restored from a snapshot, NTP not yet synced; or the newest
