@@ -8,6 +8,7 @@ import {
   manifestSchema,
   repositoryConfigSchema,
   summarize,
+  summaryIdOf,
   summarySchema,
   type EncryptionConfig,
   type Manifest,
@@ -156,7 +157,7 @@ export class Repository {
     const summarised = new Set<string>();
     const orphans: string[] = [];
     for await (const { key } of this.storage.list(keys.summariesPrefix)) {
-      const id = /^summaries\/(.+)\.json$/.exec(key)?.[1];
+      const id = summaryIdOf(key);
       if (id !== undefined && committed.has(id)) summarised.add(id);
       else orphans.push(key);
     }
@@ -206,13 +207,13 @@ export class Repository {
   }
 
   /** Data prefixes (`data/<id>/`) that belong to no committed point (`committed`: the ids pointIds gave): leftovers of aborted backups. */
-  async orphanDataPrefixes(committed: ReadonlySet<string>): Promise<{ prefix: string; keys: string[]; bytes: number }[]> {
-    const orphans: { prefix: string; keys: string[]; bytes: number }[] = [];
+  async orphanDataPrefixes(committed: ReadonlySet<string>): Promise<{ id: string; prefix: string; keys: string[]; bytes: number }[]> {
+    const orphans: { id: string; prefix: string; keys: string[]; bytes: number }[] = [];
     // One entry per point's folder, not per volume: only the folders of uncommitted points are listed in full.
     for await (const folder of this.storage.listPrefixes(keys.dataPrefix)) {
       const id = folder.slice(keys.dataPrefix.length, -1);
       if (committed.has(id)) continue;
-      const orphan = { prefix: keys.pointData(id), keys: [] as string[], bytes: 0 };
+      const orphan = { id, prefix: keys.pointData(id), keys: [] as string[], bytes: 0 };
       for await (const { key, size } of this.storage.list(folder)) {
         orphan.keys.push(key);
         orphan.bytes += size;

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { isDeepStrictEqual } from 'node:util';
 import { IntegrityError, errorMessage, throwIfAborted } from '../errors.js';
-import { keys, recordedChecksum, summarize, volumeEntryName, type Manifest, type ManifestEntry, type VolumeRecord } from '../format/manifest.js';
+import { keys, recordedChecksum, summarize, summaryIdOf, volumeEntryName, type Manifest, type ManifestEntry, type VolumeRecord } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { readVolume } from '../format/tar.js';
 import type { Notice, Progress, Reporter } from './events.js';
@@ -232,24 +232,24 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
     const data = await repo.orphanDataPrefixes(known);
     // Read after the listings: a backup that started while they ran holds the lock by now.
     const writing = summaries.length + data.length > 0 ? await pointBeingWritten(repo) : () => undefined;
-    const report = async (id: string, key: string, leftover: string) => {
-      const backup = writing(id);
+    const report = async (id: string | undefined, key: string, leftover: string) => {
+      const backup = id === undefined ? undefined : writing(id);
       if (backup) {
         reporter.notice?.({ level: 'info', code: 'in-progress', path: key, message: `being written by the running ${describeLock(backup)}` });
         return;
       }
       // Committed since `known` was listed.
-      if (await repo.storage.head(keys.point(id))) return;
+      if (id !== undefined && (await repo.storage.head(keys.point(id)))) return;
       const n: Notice = { level: 'warning', code: 'leftovers', path: key, message: leftover };
       warnings.push(n);
       reporter.notice?.(n);
     };
     for (const key of summaries) {
-      await report(key.slice(keys.summariesPrefix.length, -'.json'.length), key, 'a summary of no backup point, left by an aborted backup or prune; the next backup or prune removes it');
+      await report(summaryIdOf(key), key, 'a summary of no backup point, left by an aborted backup or prune; the next backup or prune removes it');
     }
     for (const orphan of data) {
       const message = `${orphan.keys.length} object(s), ${orphan.bytes} bytes, left by an aborted backup; the next backup removes them`;
-      await report(orphan.prefix.slice(keys.dataPrefix.length, -1), orphan.prefix, message);
+      await report(orphan.id, orphan.prefix, message);
     }
   }
   result.ok = problems.length === 0;

@@ -242,6 +242,11 @@ export const keys = {
   reader: (name: string) => `locks/readers/${name}.json`,
 } as const;
 
+/** The point a summary key (`summaries/<id>.json`) names; undefined for any other key. */
+export function summaryIdOf(key: string): string | undefined {
+  return /^summaries\/(.+)\.json$/.exec(key)?.[1];
+}
+
 /** Name of a file's entry inside a tar volume: `<source>/<path>`. */
 export function volumeEntryName(source: string, path: string): string {
   return `${source}/${path}`;

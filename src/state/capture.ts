@@ -61,8 +61,9 @@ export interface CapturedSources {
 export async function captureSources(sources: readonly PendingSource[], options: CaptureOptions = {}): Promise<CapturedSources> {
   const pending = sources.filter((s): s is SourceSpec & { state: StateSource } => 'state' in s);
   if (pending.length === 0) return { sources: [...sources], cleanup: async () => undefined };
+  const workDir = options.tmpDir ?? os.tmpdir();
   const root = await makeWorkDirectory(options.tmpDir, 'lifeboat-state-').catch((err: unknown) => {
-    throw new RuntimeFailure(`cannot make a directory to capture serving state in, under ${options.tmpDir ?? os.tmpdir()}: ${errorMessage(err)}`, { cause: err, hint: 'give another one with --work-dir' });
+    throw new RuntimeFailure(`cannot make a directory to capture serving state in, under ${workDir}: ${errorMessage(err)}`, { cause: err, hint: 'give another one with --work-dir' });
   });
   let cleaned = false;
   const cleanup = async () => {
@@ -92,7 +93,7 @@ export async function captureSources(sources: readonly PendingSource[], options:
           timeoutMs,
           signal: options.signal,
           onOutput: options.onOutput,
-          stagedIn: options.tmpDir ?? os.tmpdir(),
+          stagedIn: workDir,
         });
         options.notice?.({ level: 'info', code: 'state-captured', path: s.name, message: `captured ${result.bytes} bytes of output of \`${state.command}\` (${result.durationMs} ms)` });
       }
