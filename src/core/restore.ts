@@ -14,6 +14,7 @@ import type { Notice, Progress, Reporter } from './events.js';
 import type { Repository } from './repository.js';
 import { planRestore, type RestorePlan } from './restore-plan.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
+import { firstFew } from '../format/units.js';
 import { makeDirectories } from '../format/mkdirs.js';
 import { idMapper, localAccounts } from '../format/accounts.js';
 import { mountsUnder } from '../format/mounts.js';
@@ -86,7 +87,7 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
     // Replacing the tree would carry those file systems away with the old one and then delete what is on them.
     const mounts = await mountsUnder(target);
     if (mounts.length > 0) {
-      throw new UsageError(`restore target ${target} holds file systems mounted at ${mounts.slice(0, 3).join(', ')}${mounts.length > 3 ? ', …' : ''}; --force will not replace it`, {
+      throw new UsageError(`restore target ${target} holds file systems mounted at ${firstFew(mounts)}; --force will not replace it`, {
         hint: 'use --delta to update it in place, or restore into each mount point on its own',
       });
     }

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { lstatSync, readdirSync, readlinkSync, statSync, type BigIntStats } from 'node:fs';
 import { minimatch } from 'minimatch';
 import { UsageError, errorMessage, throwIfAborted } from '../errors.js';
+import { firstFew } from '../format/units.js';
 import { comparePaths, linkStaysInside } from '../format/paths.js';
 import type { Reporter } from './events.js';
 
@@ -215,7 +216,7 @@ export async function scanSource(
       level: 'info',
       code: 'links-followed',
       path: spec.name,
-      message: `${followed.length} symlink(s) point outside the source; the files they point to are stored in their place (${followed.slice(0, 3).join(', ')}${followed.length > 3 ? ', …' : ''})`,
+      message: `${followed.length} symlink(s) point outside the source; the files they point to are stored in their place (${firstFew(followed)})`,
     });
   }
   if (passThrough.length > 0) {
@@ -223,7 +224,7 @@ export async function scanSource(
       level: 'info',
       code: 'sockets-left-out',
       path: spec.name,
-      message: `${passThrough.length} socket(s) and named pipe(s) left out, which hold no data (${passThrough.slice(0, 3).join(', ')}${passThrough.length > 3 ? ', …' : ''})`,
+      message: `${passThrough.length} socket(s) and named pipe(s) left out, which hold no data (${firstFew(passThrough)})`,
     });
   }
   entries.sort((a, b) => comparePaths(a.path, b.path));

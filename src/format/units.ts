@@ -9,3 +9,8 @@ export function formatBytes(n: number): string {
   }
   return i === 0 ? `${n} B` : `${v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
 }
+
+/** The first three of `items`, and an ellipsis when there are more: a list that fits in one line of a message. */
+export function firstFew(items: readonly string[]): string {
+  return `${items.slice(0, 3).join(', ')}${items.length > 3 ? ', …' : ''}`;
+}
