@@ -202,6 +202,23 @@ async function remember(run: Run, from: string | null, to: string, kind: string)
 }
 
 /**
+ * Takes in what a transition left. A link left on the new slot (healthy, or
+ * kept because the old slot is gone) is remembered, so that a rollback
+ * returns; an interrupt ends the command; otherwise it was switched back.
+ */
+async function settle(run: Run, kind: 'failover' | 'rollback', result: SwitchResult, t: Awaited<ReturnType<typeof transition>>): Promise<void> {
+  Object.assign(result, t);
+  if (t.interrupted) await interruptedAfterSwitch(run, kind, result);
+  if (!t.ok && !t.previousMissing) {
+    result.outcome = 'rolled-back';
+    return;
+  }
+  result.switched = true;
+  if (t.ok) result.outcome = 'ok';
+  await remember(run, result.from.path, result.slot, kind);
+}
+
+/**
  * After an interrupt that left `result.slot` linked: the switch is recorded as
  * any other, so a rollback returns to the slot served before; then the command
  * ends (exit 130, journalled as a failure) saying what is served now.
@@ -350,19 +367,8 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     }
 
     const t = await transition(run, repo, from, slot, manifest.id);
-    Object.assign(result, t);
-    if (t.interrupted) return await interruptedAfterSwitch(run, 'failover', result);
-    if (t.ok) {
-      result.switched = true;
-      result.outcome = 'ok';
-      await remember(run, from, slot, 'failover');
-      result.pruned = [...madeRoom, ...(await pruneSlots(run, slot, from))];
-    } else if (t.previousMissing) {
-      result.switched = true;
-      await remember(run, from, slot, 'failover');
-    } else {
-      result.outcome = 'rolled-back';
-    }
+    await settle(run, 'failover', result, t);
+    if (t.ok) result.pruned = [...madeRoom, ...(await pruneSlots(run, slot, from))];
     return finish();
   } catch (err) {
     await journalError(run, repo, 'failover', manifest.id, err);
@@ -406,19 +412,7 @@ export async function rollback(repo: Repository, spec: TargetSpec, options: Swit
     };
     const manifest = await manifestOf(repo, point);
     if (manifest) await applyState(run, manifest, to);
-    const t = await transition(run, repo, from, to, point);
-    Object.assign(result, t);
-    if (t.interrupted) return await interruptedAfterSwitch(run, 'rollback', result);
-    if (t.ok) {
-      result.switched = true;
-      result.outcome = 'ok';
-      await remember(run, from, to, 'rollback');
-    } else if (t.previousMissing) {
-      result.switched = true;
-      await remember(run, from, to, 'rollback');
-    } else {
-      result.outcome = 'rolled-back';
-    }
+    await settle(run, 'rollback', result, await transition(run, repo, from, to, point));
     result.durationMs = Date.now() - run.started;
     await journal(run, repo, 'rollback', result);
     return result;
