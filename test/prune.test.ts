@@ -58,6 +58,7 @@ test('retention plan: chains are never broken; keep-within and protected points 
   const id = (h: number, t: string) => `20261101-${String(h).padStart(2, '0')}0000-000${t}`;
   const p = (h: number, type: RetentionPoint['type'], parent: number | null, full: number): RetentionPoint => ({
     id: id(h, type[0]!.toUpperCase()),
+    deployment: 'default',
     type,
     parent: parent === null ? null : points.find((x) => x.id.startsWith(`20261101-${String(parent).padStart(2, '0')}`))!.id,
     full: points.find((x) => x.id.startsWith(`20261101-${String(full).padStart(2, '0')}`))?.id ?? id(h, 'F'),

@@ -2,6 +2,7 @@ import type { Writable } from 'node:stream';
 import { loadConfig, type LifeboatConfig } from '../config/config.js';
 import { UsageError } from '../errors.js';
 import { Repository } from '../core/repository.js';
+import { checkDeploymentName } from '../format/paths.js';
 import { unlockStorage } from '../core/keys.js';
 import { passwordSource } from './password.js';
 import { openStorage, type S3Settings } from '../storage/open.js';
@@ -28,6 +29,7 @@ export interface CliContext {
 export interface GlobalOptions {
   config?: string;
   repo?: string;
+  deployment?: string;
   json?: boolean;
   quiet?: boolean;
   color?: boolean;
@@ -52,6 +54,13 @@ export function repositoryUrl(ctx: CliContext, config: LifeboatConfig): string {
   return url;
 }
 
+/** flags > environment > config file; undefined when none names one. */
+export function deploymentName(ctx: CliContext, config: LifeboatConfig): string | undefined {
+  const name = ctx.global.deployment ?? (ctx.env.LIFEBOAT_DEPLOYMENT || undefined) ?? config.deployment;
+  if (name !== undefined) checkDeploymentName(name);
+  return name;
+}
+
 export function s3Settings(ctx: CliContext, config: LifeboatConfig): S3Settings {
   const s3: S3Settings = { ...(config.s3 ?? {}) };
   if (ctx.global.s3Endpoint) s3.endpoint = ctx.global.s3Endpoint;
@@ -70,7 +79,7 @@ export async function openRepository(ctx: CliContext): Promise<{ repo: Repositor
   try {
     // An encrypted repository is unlocked here; the core sees plaintext through the wrapper.
     storage = (await unlockStorage(storage, passwordSource(ctx))).storage;
-    const repo = await Repository.open(storage);
+    const repo = await Repository.open(storage, { deployment: deploymentName(ctx, config) });
     return { repo, config, close: () => storage.close() };
   } catch (err) {
     await storage.close();

@@ -63,6 +63,7 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: { printed: b
     .version(version(), '-V, --version')
     .option('-c, --config <file>', 'config file (default: lifeboat.yaml, or LIFEBOAT_CONFIG)')
     .option('-r, --repo <url>', 'repository: a directory, file:// or s3://bucket/prefix (overrides LIFEBOAT_REPO and the config)')
+    .option('--deployment <name>', 'the deployment, in a repository shared by several (overrides LIFEBOAT_DEPLOYMENT and the config)')
     .option('--json', 'print one JSON document on stdout and nothing else there')
     .option('-q, --quiet', 'print only errors and warnings')
     .option('--no-color', 'no colour (NO_COLOR is honoured too)')

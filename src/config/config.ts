@@ -3,6 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as z from 'zod';
 import { UsageError } from '../errors.js';
+import { NAME } from '../format/paths.js';
 import { parseDuration } from './duration.js';
 
 const duration = z.string().refine((v) => parseDuration(v) !== undefined, 'must be a duration such as 90s, 15m, 2h or 14d');
@@ -30,6 +31,7 @@ const healthSchema = z
 export const configSchema = z
   .object({
     repository: z.string().min(1).describe('where backups live: a directory, file:// or s3://bucket/prefix').optional(),
+    deployment: z.string().regex(NAME, 'deployment names use letters, digits, . _ -').optional(),
     s3: z
       .object({
         endpoint: z.string().url().optional(),
@@ -42,7 +44,7 @@ export const configSchema = z
       })
       .strict()
       .optional(),
-    sources: z.record(z.string().regex(/^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$/, 'source names use letters, digits, . _ -'), sourceSchema).optional(),
+    sources: z.record(z.string().regex(NAME, 'source names use letters, digits, . _ -'), sourceSchema).optional(),
     exclude: z.array(z.string()).optional(),
     hooks: z
       .object({ preBackup: z.string().optional(), postBackup: z.string().optional(), timeout: duration.optional() })

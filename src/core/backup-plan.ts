@@ -1,10 +1,6 @@
 import type { BackupType } from '../format/ids.js';
-import type { Manifest, ManifestEntry } from '../format/manifest.js';
-import { POINT_ID } from '../format/ids.js';
+import type { Manifest, ManifestEntry, PointSummary } from '../format/manifest.js';
 import type { ScannedEntry, ScannedSource } from './scan.js';
-
-/** The type a point id ends with (F, D, I), so choosing a reference needs no manifest reads. */
-const TYPE_OF_LETTER: Record<string, BackupType> = { F: 'full', D: 'diff', I: 'incr' };
 
 export interface ReferenceChoice {
   type: BackupType;
@@ -27,16 +23,19 @@ export function emptiedSince(empty: readonly ScannedSource[], latest: Manifest):
 }
 
 /**
- * diff compares with the newest full; incr with the newest point of any type;
- * with no full yet, every backup is a full. Works on ids alone (oldest first).
+ * diff compares with the newest full of its deployment; incr with the newest
+ * point of any type of it; with no point of the deployment yet, every backup
+ * is a full. The newest point's full is the newest full, so the newest
+ * point's summary alone decides.
  */
-export function chooseReference(ids: readonly string[], requested: BackupType): ReferenceChoice {
+export function chooseReference(newest: Pick<PointSummary, 'id' | 'full'> | undefined, requested: BackupType, deployment: string, othersExist: boolean): ReferenceChoice {
   if (requested === 'full') return { type: 'full' };
-  const typeOf = (id: string) => (POINT_ID.test(id) ? TYPE_OF_LETTER[id[id.length - 1]!] : undefined);
-  const lastFull = [...ids].reverse().find((id) => typeOf(id) === 'full');
-  if (!lastFull) return { type: 'full', fallbackReason: `no full backup exists yet, so this ${requested} backup is taken as a full` };
-  if (requested === 'diff') return { type: 'diff', referenceId: lastFull };
-  return { type: 'incr', referenceId: ids[ids.length - 1] };
+  if (!newest) {
+    const why = othersExist ? `deployment ${deployment} has no backup in this repository yet` : 'no full backup exists yet';
+    return { type: 'full', fallbackReason: `${why}, so this ${requested} backup is taken as a full` };
+  }
+  if (requested === 'diff') return { type: 'diff', referenceId: newest.full };
+  return { type: 'incr', referenceId: newest.id };
 }
 
 export type ContentAction =

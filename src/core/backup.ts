@@ -5,8 +5,8 @@ import { createHash } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
 import { IntegrityError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { makePointId, pointTime, type BackupType } from '../format/ids.js';
-import { MANIFEST_FORMAT, MAX_MANIFEST_CHARS, estimateManifestChars, keys, volumeEntryName, type ContentRef, type Manifest, type ManifestEntry } from '../format/manifest.js';
-import { checkSourceName } from '../format/paths.js';
+import { DEFAULT_DEPLOYMENT, MANIFEST_FORMAT, MAX_MANIFEST_CHARS, estimateManifestChars, keys, volumeEntryName, type ContentRef, type Manifest, type ManifestEntry } from '../format/manifest.js';
+import { checkDeploymentName, checkSourceName } from '../format/paths.js';
 import { localAccounts, namesOf } from '../format/accounts.js';
 import type { Notice, Progress, Reporter } from './events.js';
 import { acquireLock, describeLock } from './lock.js';
@@ -33,6 +33,8 @@ export interface BackupOptions {
   strict?: boolean;
   /** Back up a source of files that is empty although the newest point held files in it. */
   allowEmpty?: boolean;
+  /** The deployment the point belongs to (default: `default`); references are taken within it. */
+  deployment?: string;
   signal?: AbortSignal;
   reporter?: Reporter;
   /** A lock not refreshed for this long is stale and taken over (default: the lock's own lease). */
@@ -48,6 +50,7 @@ export interface BackupResult {
   type: BackupType;
   requestedType: BackupType;
   parent: string | null;
+  deployment: string;
   files: number;
   bytes: number;
   added: number;
@@ -77,6 +80,8 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     warnings.push(notice);
     reporter.notice?.(notice);
   };
+  const deployment = options.deployment ?? DEFAULT_DEPLOYMENT;
+  checkDeploymentName(deployment);
   const seenNames = new Set<string>();
   for (const s of options.sources) {
     checkSourceName(s.name);
@@ -105,7 +110,8 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const ids = await repo.pointIds();
     const clockBehind = clockBehindNotice(ids, startedAt);
     if (clockBehind) warn(clockBehind);
-    const choice = chooseReference(ids, options.type);
+    const newest = await repo.newestOf(deployment, ids);
+    const choice = chooseReference(newest, options.type, deployment, ids.length > 0);
     if (choice.fallbackReason) reporter.notice?.({ level: 'info', code: 'type-fallback', message: choice.fallbackReason });
     // The reference manifest is read and checked while the sources are scanned: one waits on the disk while the other computes.
     const referenceRead = choice.referenceId ? repo.manifest(choice.referenceId) : Promise.resolve(undefined);
@@ -120,7 +126,15 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       scanned.push(await scanSource(spec, options.excludes ?? [], { ...reporter, notice: (n) => (n.level === 'warning' ? warn(n) : reporter.notice?.(n)) }, options.signal, leaveOut));
     }
     const reference = await referenceRead;
-    if (!options.allowEmpty) await refuseEmptied(repo, scanned, ids, reference);
+    if (reference && options.deployment === undefined && reference.host !== os.hostname()) {
+      // Most often a host that took over after a failover; but two hosts sharing a repository unnamed build on each other's points.
+      reporter.notice?.({
+        level: 'info',
+        code: 'other-host',
+        message: `this ${choice.type} builds on ${reference.id}, taken on host ${reference.host}; if this host backs up another deployment, name each with --deployment so their backups stay apart`,
+      });
+    }
+    if (!options.allowEmpty) await refuseEmptied(repo, scanned, newest?.id, reference);
     const allEntries = scanned.flatMap((s) => s.entries);
     const plan = planBackup(allEntries, reference);
     if (estimateManifestChars(allEntries) > MAX_MANIFEST_CHARS) throw manifestTooLarge(allEntries.length);
@@ -153,6 +167,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       type: choice.type,
       requestedType: options.type,
       parent: reference?.id ?? null,
+      deployment,
       files: fileCount,
       bytes: totalBytes,
       added: 0,
@@ -215,6 +230,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       full: reference ? reference.full : id,
       startedAt: startedAt.toISOString(),
       completedAt: now().toISOString(),
+      ...(options.deployment !== undefined ? { deployment: options.deployment } : {}),
       host: os.hostname(),
       tags: options.tags ?? {},
       sources: scanned.map((s) => ({
@@ -265,9 +281,8 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
  * often a volume that did not mount: such a point would record the deployment
  * as gone, and retention would in time keep only points like it.
  */
-async function refuseEmptied(repo: Repository, scanned: readonly ScannedSource[], ids: readonly string[], reference: Manifest | undefined): Promise<void> {
+async function refuseEmptied(repo: Repository, scanned: readonly ScannedSource[], latestId: string | undefined, reference: Manifest | undefined): Promise<void> {
   const empty = emptySources(scanned);
-  const latestId = ids[ids.length - 1];
   if (!empty.length || !latestId) return;
   const latest = reference?.id === latestId ? reference : await repo.manifest(latestId);
   const emptied = emptiedSince(empty, latest);

@@ -445,13 +445,10 @@ export interface StatusResult {
 /** Per target: what is active, whether it is healthy, the RPO, the slots and the last events. */
 export async function status(repo: Repository, specs: TargetSpec[], options: { now?: Date; events?: number; signal?: AbortSignal } = {}): Promise<StatusResult> {
   const now = (options.now ?? new Date()).getTime();
-  const ids = await repo.pointIds();
   let newest: StatusResult['newest'] = null;
-  if (ids.length) {
-    // Summaries: status runs from monitoring every few minutes and needs no file list.
-    const m = await repo.summary(ids[ids.length - 1]!);
-    newest = { id: m.id, completedAt: m.completedAt, ageMs: Math.max(0, now - Date.parse(m.completedAt)) };
-  }
+  // Summaries: status runs from monitoring every few minutes and needs no file list.
+  const m = await repo.latestInScope();
+  if (m) newest = { id: m.id, completedAt: m.completedAt, ageMs: Math.max(0, now - Date.parse(m.completedAt)) };
   const events = await readEvents(repo.storage, 200);
   const wanted = options.events ?? 5;
   const targets: TargetStatus[] = [];

@@ -1,5 +1,5 @@
 import { LockedError, throwIfAborted } from '../errors.js';
-import { keys, type PointSummary } from '../format/manifest.js';
+import { deploymentOf, keys, type PointSummary } from '../format/manifest.js';
 import type { Reporter } from './events.js';
 import { appendEvent } from './journal.js';
 import { acquireLock, describeLock, readersOf } from './lock.js';
@@ -13,6 +13,8 @@ export interface PruneOptions {
   protected?: ReadonlyMap<string, string>;
   /** Finds the protected points once the lock is held, so a pin taken meanwhile is not missed. */
   findProtected?: () => Promise<ReadonlyMap<string, string>>;
+  /** Prune this deployment's points only (default: each deployment's, on its own). */
+  deployment?: string;
   now?: Date;
   /** A lock not refreshed for this long is stale and taken over. */
   lockStaleAfterMs?: number;
@@ -45,13 +47,14 @@ function referencedVolumes(m: PointSummary, byId: ReadonlyMap<string, PointSumma
 }
 
 /** The plan: what the policy keeps and removes, and exactly which objects would go. Reads only. */
-export async function planPrune(repo: Repository, options: Pick<PruneOptions, 'policy' | 'protected' | 'now'>): Promise<PrunePlan> {
+export async function planPrune(repo: Repository, options: Pick<PruneOptions, 'policy' | 'protected' | 'deployment' | 'now'>): Promise<PrunePlan> {
   // Summaries, not manifests: a repository of many large points is planned without reading every file list.
   const summaries = await repo.allSummaries();
   const byId = new Map(summaries.map((m) => [m.id, m]));
   const retention = planRetention(
     summaries.map((m) => ({
       id: m.id,
+      deployment: deploymentOf(m),
       type: m.type,
       parent: m.parent,
       full: m.full,
@@ -59,7 +62,7 @@ export async function planPrune(repo: Repository, options: Pick<PruneOptions, 'p
       references: [...new Set(m.uses.map((u) => u.point))],
     })),
     options.policy,
-    { now: options.now ?? new Date(), protected: options.protected },
+    { now: options.now ?? new Date(), protected: options.protected, deployment: options.deployment },
   );
   const needed = new Set<string>();
   for (const d of retention.keep) for (const key of referencedVolumes(byId.get(d.id)!, byId)) needed.add(key);

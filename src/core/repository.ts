@@ -4,6 +4,7 @@ import { decodeDocument, encodeDocument } from '../format/document.js';
 import { POINT_ID } from '../format/ids.js';
 import {
   FORMAT_VERSION,
+  deploymentOf,
   keys,
   manifestSchema,
   repositoryConfigSchema,
@@ -26,6 +27,12 @@ const MANIFEST_READS = 16;
 /** A repository: its config, its committed points, and the storage under them. */
 export class Repository {
   private readonly manifests = new Map<string, Manifest>();
+
+  /**
+   * The deployment `latest` and times select among. Unset: the repository's
+   * only deployment; a repository holding several asks which.
+   */
+  deployment: string | undefined;
 
   private constructor(
     readonly storage: Storage,
@@ -54,7 +61,7 @@ export class Repository {
     return new Repository(storage, config);
   }
 
-  static async open(storage: Storage): Promise<Repository> {
+  static async open(storage: Storage, options: { deployment?: string } = {}): Promise<Repository> {
     let raw: Buffer;
     try {
       raw = await storage.getDocument(keys.config);
@@ -73,7 +80,9 @@ export class Repository {
       });
     }
     const config = decodeDocument(raw, repositoryConfigSchema, `repository config ${keys.config}`);
-    return new Repository(storage, config);
+    const repo = new Repository(storage, config);
+    repo.deployment = options.deployment;
+    return repo;
   }
 
   /** Ids of committed points, oldest first. */
@@ -147,6 +156,55 @@ export class Repository {
     return out;
   }
 
+  /**
+   * The newest point of `deployment`, read newest first and stopping there:
+   * in a repository of one deployment, that is the newest summary alone.
+   */
+  async newestOf(deployment: string, ids?: readonly string[]): Promise<PointSummary | undefined> {
+    const all = ids ?? (await this.pointIds());
+    let end = all.length;
+    for (let batch = 1; end > 0; batch = MANIFEST_READS) {
+      const start = Math.max(0, end - batch);
+      const summaries = await Promise.all(all.slice(start, end).map((id) => this.summary(id)));
+      const found = summaries.reverse().find((s) => deploymentOf(s) === deployment);
+      if (found) return found;
+      end = start;
+    }
+    return undefined;
+  }
+
+  /**
+   * The points `latest` and times select among, oldest first: those of the
+   * chosen deployment, or of the only one. A repository of several
+   * deployments and none chosen is a usage error that names them.
+   */
+  async pointsInScope(): Promise<PointSummary[]> {
+    const all = await this.allSummaries();
+    const names = [...new Set(all.map(deploymentOf))].sort();
+    if (this.deployment !== undefined) {
+      const chosen = all.filter((s) => deploymentOf(s) === this.deployment);
+      if (chosen.length === 0 && all.length > 0) {
+        throw new UsageError(`the repository at ${this.storage.location} has no backup points of deployment ${this.deployment}`, {
+          hint: `its deployments: ${names.join(', ')}`,
+        });
+      }
+      return chosen;
+    }
+    if (names.length > 1) {
+      throw new UsageError(`the repository at ${this.storage.location} holds the backups of ${names.length} deployments (${names.join(', ')}); say which`, {
+        hint: `add --deployment ${names[0]} (or deployment: in lifeboat.yaml), or give a point id`,
+      });
+    }
+    return all;
+  }
+
+  /** The newest point `latest` selects, undefined when there is none. */
+  async latestInScope(): Promise<PointSummary | undefined> {
+    if (this.deployment === undefined) return (await this.pointsInScope()).at(-1);
+    const newest = await this.newestOf(this.deployment);
+    return newest ?? (await this.pointsInScope()).at(-1);
+  }
+
   /** Summary documents of no committed point (`committed`: the ids pointIds gave): left by a backup stopped just before its commit, or a prune. */
   async orphanSummaries(committed: ReadonlySet<string>): Promise<string[]> {
     return (await this.summaryGaps(committed)).orphans;
@@ -178,17 +236,18 @@ export class Repository {
 
   /**
    * Resolves a point selector: an id, a unique prefix of one, `latest`, or an
-   * ISO-8601 time (the newest point completed at or before it).
+   * ISO-8601 time (the newest point completed at or before it). `latest` and
+   * times select among the points of the deployment in scope.
    */
   async resolve(selector: string): Promise<Manifest> {
     const ids = await this.pointIds();
     if (ids.length === 0) throw new UsageError(`the repository at ${this.storage.location} has no backup points yet`);
-    if (selector === 'latest') return this.manifest(ids[ids.length - 1]!);
+    if (selector === 'latest') return this.manifest((await this.latestInScope())!.id);
     if (/^\d{4}-\d{2}-\d{2}/.test(selector)) {
       const at = Date.parse(selector);
       if (!Number.isFinite(at)) throw new UsageError(`${JSON.stringify(selector)} is not a valid ISO-8601 time`);
       let best: PointSummary | undefined;
-      for (const m of await this.allSummaries()) {
+      for (const m of await this.pointsInScope()) {
         const done = Date.parse(m.completedAt);
         if (done <= at && (!best || done >= Date.parse(best.completedAt))) best = m;
       }

@@ -7,6 +7,8 @@
 
 export interface RetentionPoint {
   id: string;
+  /** The policy applies to each deployment's points on their own. */
+  deployment: string;
   type: 'full' | 'diff' | 'incr';
   parent: string | null;
   full: string;
@@ -43,6 +45,8 @@ export interface RetentionOptions {
   now: Date;
   /** Points kept whatever the policy says, with the reason (a pin). */
   protected?: ReadonlyMap<string, string>;
+  /** Apply the policy to this deployment's points only and keep the others' (default: to each deployment's). */
+  deployment?: string;
 }
 
 const plural = (n: number, one: string, many: string) => (n === 1 ? `the newest ${one}` : `one of the ${n} newest ${many}`);
@@ -58,41 +62,17 @@ export function planRetention(points: readonly RetentionPoint[], policy: Retenti
     reasons.get(id)?.push(why);
   };
 
-  // Fulls: the newest keepFull of them.
-  const fullsNewestFirst = sorted.filter((p) => p.type === 'full').reverse();
-  fullsNewestFirst.forEach((p, i) => {
-    if (policy.keepFull === undefined) keep(p.id, 'fulls are kept (no keep-full limit)');
-    else if (i < policy.keepFull) keep(p.id, plural(policy.keepFull, 'full', 'fulls'));
-    else removal.set(p.id, `older than the ${policy.keepFull} newest full(s)`);
-  });
-
-  // Diffs: live with their full; with keepDiff, only the newest keepDiff of kept fulls.
-  const diffsNewestFirst = sorted.filter((p) => p.type === 'diff').reverse();
-  let diffsKept = 0;
-  for (const p of diffsNewestFirst) {
-    if (!kept.has(p.full)) removal.set(p.id, `its full ${p.full} is removed`);
-    else if (policy.keepDiff === undefined) keep(p.id, `its full ${p.full} is kept`);
-    else if (diffsKept < policy.keepDiff) {
-      diffsKept++;
-      keep(p.id, plural(policy.keepDiff, 'diff', 'diffs'));
-    } else removal.set(p.id, `older than the ${policy.keepDiff} newest diff(s)`);
-  }
-
-  // Incrs: live as long as the point they were taken against (oldest first, so parents are decided).
+  // Deployments sharing a repository are kept apart: one's fulls do not push out another's.
+  const deployments = new Map<string, RetentionPoint[]>();
   for (const p of sorted) {
-    if (p.type !== 'incr') continue;
-    if (p.parent && kept.has(p.parent)) keep(p.id, `its parent ${p.parent} is kept`);
-    else removal.set(p.id, p.parent ? `its parent ${p.parent} is not kept by the policy` : 'it has no parent');
+    const own = deployments.get(p.deployment);
+    if (own) own.push(p);
+    else deployments.set(p.deployment, [p]);
   }
-
-  // Overrides: the newest point, recent points, protected points.
-  const newest = sorted[sorted.length - 1];
-  if (newest) keep(newest.id, 'the newest point');
-  if (policy.keepWithinMs !== undefined) {
-    const since = options.now.getTime() - policy.keepWithinMs;
-    for (const p of sorted) {
-      if (Date.parse(p.completedAt) >= since) keep(p.id, `completed within ${describeMs(policy.keepWithinMs)}`);
-    }
+  for (const [deployment, own] of deployments) {
+    if (options.deployment !== undefined && deployment !== options.deployment) {
+      for (const p of own) keep(p.id, `deployment ${deployment} is not pruned here`);
+    } else applyPolicy(own, policy, options.now, keep, removal);
   }
   for (const [id, why] of options.protected ?? []) if (byId.has(id)) keep(id, why);
 
@@ -116,6 +96,52 @@ export function planRetention(points: readonly RetentionPoint[], policy: Retenti
     else plan.remove.push({ id: p.id, type: p.type, keep: false, reasons: [removal.get(p.id) ?? 'not kept by the policy'] });
   }
   return plan;
+}
+
+/** The policy over one deployment's points (oldest first): what it keeps, and why the rest goes. */
+function applyPolicy(sorted: readonly RetentionPoint[], policy: RetentionPolicy, now: Date, keep: (id: string, why: string) => void, removal: Map<string, string>): void {
+  const kept = new Set<string>();
+  const keepHere = (id: string, why: string) => {
+    kept.add(id);
+    keep(id, why);
+  };
+
+  // Fulls: the newest keepFull of them.
+  const fullsNewestFirst = sorted.filter((p) => p.type === 'full').reverse();
+  fullsNewestFirst.forEach((p, i) => {
+    if (policy.keepFull === undefined) keepHere(p.id, 'fulls are kept (no keep-full limit)');
+    else if (i < policy.keepFull) keepHere(p.id, plural(policy.keepFull, 'full', 'fulls'));
+    else removal.set(p.id, `older than the ${policy.keepFull} newest full(s)`);
+  });
+
+  // Diffs: live with their full; with keepDiff, only the newest keepDiff of kept fulls.
+  const diffsNewestFirst = sorted.filter((p) => p.type === 'diff').reverse();
+  let diffsKept = 0;
+  for (const p of diffsNewestFirst) {
+    if (!kept.has(p.full)) removal.set(p.id, `its full ${p.full} is removed`);
+    else if (policy.keepDiff === undefined) keepHere(p.id, `its full ${p.full} is kept`);
+    else if (diffsKept < policy.keepDiff) {
+      diffsKept++;
+      keepHere(p.id, plural(policy.keepDiff, 'diff', 'diffs'));
+    } else removal.set(p.id, `older than the ${policy.keepDiff} newest diff(s)`);
+  }
+
+  // Incrs: live as long as the point they were taken against (oldest first, so parents are decided).
+  for (const p of sorted) {
+    if (p.type !== 'incr') continue;
+    if (p.parent && kept.has(p.parent)) keepHere(p.id, `its parent ${p.parent} is kept`);
+    else removal.set(p.id, p.parent ? `its parent ${p.parent} is not kept by the policy` : 'it has no parent');
+  }
+
+  // Overrides: the newest point, recent points.
+  const newest = sorted[sorted.length - 1];
+  if (newest) keep(newest.id, 'the newest point');
+  if (policy.keepWithinMs !== undefined) {
+    const since = now.getTime() - policy.keepWithinMs;
+    for (const p of sorted) {
+      if (Date.parse(p.completedAt) >= since) keep(p.id, `completed within ${describeMs(policy.keepWithinMs)}`);
+    }
+  }
 }
 
 function describeMs(ms: number): string {

@@ -1,5 +1,6 @@
 import * as z from 'zod';
 import { POINT_ID } from './ids.js';
+import { NAME } from './paths.js';
 import type { VolumeChecksum } from './tar.js';
 
 export const FORMAT_VERSION = 1;
@@ -14,6 +15,15 @@ const pointId = z.string().regex(POINT_ID, 'not a backup point id');
 const sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'not a SHA-256 hex digest');
 const count = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
 const nsTime = z.string().regex(/^-?\d{1,30}$/, 'not a nanosecond timestamp');
+/** The deployment of points taken without a name, and of points written before names existed. */
+export const DEFAULT_DEPLOYMENT = 'default';
+const deploymentName = z.string().regex(NAME, 'not a deployment name');
+
+/** The deployment a point belongs to. */
+export function deploymentOf(point: { deployment?: string | undefined }): string {
+  return point.deployment ?? DEFAULT_DEPLOYMENT;
+}
+
 /** A numeric user or group id, as stat gives it. */
 const ownerId = z.number().int().min(0).max(0xffffffff);
 
@@ -110,6 +120,11 @@ const manifestFields = z.object({
   full: pointId,
   startedAt: z.string(),
   completedAt: z.string(),
+  /**
+   * Which deployment the point belongs to, when one repository holds several:
+   * references and retention stay within a deployment. Absent: the default.
+   */
+  deployment: deploymentName.optional(),
   host: z.string(),
   tags: z.record(z.string(), z.string()),
   sources: z.array(sourceSchema).max(10_000),
@@ -157,7 +172,7 @@ export type Manifest = z.infer<typeof manifestSchema>;
  * manifest is committed: `list`, `prune` and time selectors read these instead
  * of every manifest, whose size grows with the number of files.
  */
-export const summarySchema = manifestFields.pick({ id: true, type: true, parent: true, full: true, startedAt: true, completedAt: true, tags: true }).extend({
+export const summarySchema = manifestFields.pick({ id: true, type: true, parent: true, full: true, startedAt: true, completedAt: true, deployment: true, tags: true }).extend({
   format: z.literal(1),
   stats: z.object({ files: count, bytes: count, storedBytes: count }),
   /** This point's own volumes, in order. */
@@ -180,6 +195,7 @@ export function summarize(m: Manifest): PointSummary {
     full: m.full,
     startedAt: m.startedAt,
     completedAt: m.completedAt,
+    ...(m.deployment !== undefined ? { deployment: m.deployment } : {}),
     tags: m.tags,
     stats: { files: m.stats.files, bytes: m.stats.bytes, storedBytes: m.stats.storedBytes },
     volumes: m.volumes.map((v) => v.key),

@@ -1,11 +1,20 @@
 import { IntegrityError, UsageError } from '../errors.js';
 
-const SOURCE_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$/;
+/** What a source's or a deployment's name may be: it names a directory of a restore. */
+export const NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$/;
+
+function checkName(kind: string, name: string): void {
+  if (!NAME.test(name)) {
+    throw new UsageError(`${kind} name ${JSON.stringify(name)} is invalid: use letters, digits, '.', '_' or '-' (at most 64)`);
+  }
+}
 
 export function checkSourceName(name: string): void {
-  if (!SOURCE_NAME.test(name)) {
-    throw new UsageError(`source name ${JSON.stringify(name)} is invalid: use letters, digits, '.', '_' or '-' (at most 64)`);
-  }
+  checkName('source', name);
+}
+
+export function checkDeploymentName(name: string): void {
+  checkName('deployment', name);
 }
 
 /**

@@ -4,6 +4,7 @@ import { UsageError } from '../../errors.js';
 import { backup, type BackupResult } from '../../core/backup.js';
 import type { LifeboatConfig } from '../../config/config.js';
 import type { BackupType } from '../../format/ids.js';
+import { DEFAULT_DEPLOYMENT } from '../../format/manifest.js';
 import { openRepository, type CliContext } from '../context.js';
 import { formatBytes } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
@@ -64,6 +65,7 @@ export function backupJson(r: BackupResult) {
     id: r.id,
     type: r.type,
     parent: r.parent,
+    deployment: r.deployment,
     files: r.files,
     bytes: r.bytes,
     added: r.added,
@@ -103,6 +105,7 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
       dryRun: flags.dryRun,
       strict: flags.strict,
       allowEmpty: flags.allowEmpty,
+      deployment: repo.deployment,
       lockStaleAfterMs: lockStaleAfterMs(flags, config),
       signal: ctx.signal,
       reporter: renderer,
@@ -114,7 +117,7 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
     printResult(ctx, backupJson(result), () => {
       const verb = result.dryRun ? 'would take' : 'took';
       return [
-        `${verb} ${result.type} backup ${result.dryRun ? '' : `${result.id} `}${result.parent ? `(parent ${result.parent})` : ''}`.replace(/\s+$/, ''),
+        `${verb} ${result.type} backup ${result.dryRun ? '' : `${result.id} `}${result.deployment === DEFAULT_DEPLOYMENT ? '' : `of ${result.deployment} `}${result.parent ? `(parent ${result.parent})` : ''}`.replace(/\s+$/, ''),
         `  ${result.files} files, ${formatBytes(result.bytes)}; ${result.added} added, ${result.changed} changed, ${result.removed} removed`,
         `  ${result.dryRun ? 'would store' : 'stored'} ${formatBytes(result.storedBytes)} in ${formatDuration(result.durationMs)}${result.warnings.length ? `, ${result.warnings.length} warning(s)` : ''}`,
       ].join('\n');

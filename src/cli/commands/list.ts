@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import type { PointSummary } from '../../format/manifest.js';
+import { deploymentOf, type PointSummary } from '../../format/manifest.js';
 import { openRepository, type CliContext } from '../context.js';
 import { formatBytes, table } from '../format.js';
 import { printResult } from '../output.js';
@@ -15,6 +15,7 @@ export function pointJson(m: PointFacts) {
     type: m.type,
     parent: m.parent,
     full: m.full,
+    deployment: deploymentOf(m),
     startedAt: m.startedAt,
     completedAt: m.completedAt,
     files: m.stats.files,
@@ -32,10 +33,13 @@ export async function runList(ctx: CliContext): Promise<void> {
     const pinned = (id: string) => ({ pinned: pins.has(id), pinReason: pins.get(id)?.reason ?? null });
     printResult(ctx, points.map((m) => ({ ...pointJson(m), ...pinned(m.id) })), () => {
       if (points.length === 0) return 'no backup points yet';
-      const rows = [['ID', 'TYPE', 'PARENT', 'COMPLETED', 'FILES', 'SIZE', 'STORED', 'TAGS', 'PINNED']];
+      // A repository shared by several deployments says whose each point is.
+      const shared = new Set(points.map(deploymentOf)).size > 1;
+      const rows = [['ID', ...(shared ? ['DEPLOYMENT'] : []), 'TYPE', 'PARENT', 'COMPLETED', 'FILES', 'SIZE', 'STORED', 'TAGS', 'PINNED']];
       for (const m of points) {
         rows.push([
           m.id,
+          ...(shared ? [deploymentOf(m)] : []),
           m.type,
           m.parent ?? '-',
           m.completedAt.replace(/\.\d+Z$/, 'Z'),

@@ -54,6 +54,7 @@ export async function runPrune(ctx: CliContext, flags: PruneFlags): Promise<void
         policy,
         // Pinned points and what targets serve are kept whatever the policy says.
         findProtected: async () => protectedPoints(repo, { targets: await configuredTargets(ctx) }),
+        deployment: repo.deployment,
         dryRun: flags.dryRun,
         lockStaleAfterMs: lockStaleAfterMs(flags, config),
         signal: ctx.signal,

@@ -1,0 +1,169 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { lifeboat } from './helpers/cli.js';
+import { tempDir } from './helpers/tree.js';
+import { planRetention, type RetentionPoint } from '../src/core/retention.js';
+import { encodeDocument } from '../src/format/document.js';
+
+/** Two hosts, each serving its own model, back up into one repository under the same source name. */
+async function sharedRepository() {
+  const work = await tempDir();
+  const repo = path.join(work, 'repo');
+  const models = { a: path.join(work, 'host-a', 'models'), b: path.join(work, 'host-b', 'models') };
+  for (const [name, dir] of Object.entries(models)) {
+    await fsp.mkdir(dir, { recursive: true });
+    await fsp.writeFile(path.join(dir, 'model.safetensors'), `weights of ${name} `.repeat(1000));
+    await fsp.writeFile(path.join(dir, `only-${name}.json`), `{"model": "${name}"}\n`);
+  }
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const backup = async (deployment: 'a' | 'b', ...args: string[]) => {
+    const run = await lifeboat(['--repo', repo, '--deployment', deployment, '--json', 'backup', '--source', `models=${models[deployment]}`, ...args]);
+    assert.equal(run.code, 0, run.stderr);
+    return { ...run.json(), stderr: run.stderr };
+  };
+  return { work, repo, models, backup };
+}
+
+test('deployments sharing a repository: each backup builds on its own deployment, and latest asks which', async () => {
+  const { work, repo, backup } = await sharedRepository();
+  const a1 = await backup('a', '--type', 'full');
+  assert.equal(a1.deployment, 'a');
+
+  // b's first backup has nothing of its own to build on: a's point is not its reference.
+  const b1 = await backup('b');
+  assert.equal(b1.type, 'full');
+  assert.equal(b1.parent, null);
+  assert.match(b1.stderr, /deployment b has no backup in this repository yet, so this incr backup is taken as a full/);
+
+  // a's incremental builds on a's own point, not on b's newer one: nothing changed, nothing stored.
+  const a2 = await backup('a');
+  assert.equal(a2.parent, a1.id);
+  assert.deepEqual([a2.added, a2.changed, a2.removed, a2.storedBytes], [0, 0, 0, 0]);
+  const b2 = await backup('b', '--type', 'diff');
+  assert.equal(b2.parent, b1.id);
+  assert.equal(b2.storedBytes, 0);
+
+  const listed = (await lifeboat(['--repo', repo, '--json', 'list'])).json();
+  assert.deepEqual(listed.map((p: { deployment: string }) => p.deployment), ['a', 'b', 'a', 'b']);
+  const table = await lifeboat(['--repo', repo, 'list']);
+  assert.match(table.stdout, /^ID\s+DEPLOYMENT\s+TYPE/);
+  assert.match(table.stdout, new RegExp(`${a2.id}\\s+a\\s+incr`));
+
+  // latest and times select within one deployment; without one, the repository asks which.
+  const target = (name: string) => path.join(work, 'restored', name);
+  const ambiguous = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target('x')]);
+  assert.equal(ambiguous.code, 2, ambiguous.stderr);
+  assert.match(ambiguous.stderr, /holds the backups of 2 deployments \(a, b\); say which\n {2}add --deployment a \(or deployment: in lifeboat\.yaml\), or give a point id/);
+  await assert.rejects(fsp.access(target('x')));
+
+  const byFlag = await lifeboat(['--repo', repo, '--json', '--deployment', 'a', 'restore', 'latest', '--target', target('flag')]);
+  assert.equal(byFlag.code, 0, byFlag.stderr);
+  assert.equal(byFlag.json().point, a2.id);
+  await fsp.access(path.join(target('flag'), 'models', 'only-a.json'));
+
+  const byEnv = await lifeboat(['--repo', repo, '--json', 'restore', new Date().toISOString(), '--target', target('env')], { env: { LIFEBOAT_DEPLOYMENT: 'b' } });
+  assert.equal(byEnv.json().point, b2.id);
+
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ${repo}\ndeployment: b\n`);
+  const byConfig = await lifeboat(['--json', 'show', 'latest'], { cwd: work });
+  assert.equal(byConfig.json().id, b2.id);
+  assert.equal(byConfig.json().deployment, 'b');
+  // A point id needs no deployment.
+  assert.equal((await lifeboat(['--repo', repo, '--json', 'show', a1.id])).json().deployment, 'a');
+
+  const unknown = await lifeboat(['--repo', repo, '--deployment', 'c', 'restore', 'latest', '--target', target('c')]);
+  assert.equal(unknown.code, 2);
+  assert.match(unknown.stderr, /has no backup points of deployment c\n {2}its deployments: a, b/);
+  const invalid = await lifeboat(['--repo', repo, '--deployment', '../a', 'list']);
+  assert.equal(invalid.code, 2);
+  assert.match(invalid.stderr, /deployment name "\.\.\/a" is invalid/);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('prune applies the policy to each deployment on its own: one deployment\'s fulls never push out another\'s', async () => {
+  const { work, repo, backup } = await sharedRepository();
+  const a1 = await backup('a', '--type', 'full');
+  const a2 = await backup('a');
+  const b: { id: string }[] = [];
+  for (let i = 0; i < 3; i++) b.push(await backup('b', '--type', 'full'));
+
+  const prune = async (...args: string[]) => {
+    const run = await lifeboat(['--repo', repo, '--json', ...args, 'prune', '--keep-full', '1']);
+    assert.equal(run.code, 0, run.stderr);
+    return run.json();
+  };
+  // Only a's points are pruned when a is named; b's three fulls stay.
+  const onlyA = await prune('--deployment', 'a');
+  assert.deepEqual(onlyA.remove, []);
+  assert.deepEqual(onlyA.keep.find((d: { id: string }) => d.id === b[0].id).reasons, ['deployment b is not pruned here']);
+
+  const all = await prune();
+  assert.deepEqual(all.remove.map((d: { id: string }) => d.id), [b[0].id, b[1].id]);
+  const left = (await lifeboat(['--repo', repo, '--json', 'list'])).json().map((p: { id: string }) => p.id);
+  assert.deepEqual(left, [a1.id, a2.id, b[2].id]);
+  assert.equal((await lifeboat(['--repo', repo, 'verify', '--read-data'])).code, 0);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('retention plan: the newest point and keep-full count per deployment', () => {
+  const point = (id: string, deployment: string, type: RetentionPoint['type'], parent: string | null, full: string): RetentionPoint => ({
+    id,
+    deployment,
+    type,
+    parent,
+    full,
+    completedAt: new Date(Date.UTC(2026, 10, 1, Number(id.slice(9, 11)))).toISOString(),
+  });
+  const points = [
+    point('20261101-010000-000F', 'a', 'full', null, '20261101-010000-000F'),
+    point('20261101-020000-000I', 'a', 'incr', '20261101-010000-000F', '20261101-010000-000F'),
+    point('20261101-030000-000F', 'b', 'full', null, '20261101-030000-000F'),
+    point('20261101-040000-000F', 'b', 'full', null, '20261101-040000-000F'),
+    point('20261101-050000-000F', 'a', 'full', null, '20261101-050000-000F'),
+  ];
+  const plan = planRetention(points, { keepFull: 1 }, { now: new Date(Date.UTC(2026, 10, 2)) });
+  assert.deepEqual(
+    plan.remove.map((d) => [d.id, d.reasons]),
+    [
+      ['20261101-010000-000F', ['older than the 1 newest full(s)']],
+      ['20261101-020000-000I', ['its parent 20261101-010000-000F is not kept by the policy']],
+      ['20261101-030000-000F', ['older than the 1 newest full(s)']],
+    ],
+  );
+  assert.deepEqual(
+    plan.keep.map((d) => [d.id, d.reasons]),
+    [
+      ['20261101-040000-000F', ['the newest full', 'the newest point']],
+      ['20261101-050000-000F', ['the newest full', 'the newest point']],
+    ],
+  );
+});
+
+test('an unnamed backup building on a point another host took says how to keep deployments apart', async () => {
+  const { work, repo, models } = await sharedRepository();
+  const backup = (...args: string[]) => lifeboat(['--repo', repo, 'backup', '--source', `models=${models.a}`, ...args]);
+  assert.equal((await backup()).code, 0);
+  assert.doesNotMatch((await backup()).stderr, /taken on host/, 'this host took it');
+
+  // The newest point as another host would have written it.
+  const takenElsewhere = async () => {
+    const [newest] = (await lifeboat(['--repo', repo, '--json', 'list'])).json().slice(-1);
+    const file = path.join(repo, 'points', `${newest.id}.json`);
+    const { checksum: _, ...manifest } = JSON.parse(await fsp.readFile(file, 'utf8'));
+    await fsp.writeFile(file, encodeDocument({ ...manifest, host: 'gpu-node-7' }));
+    return newest.id as string;
+  };
+  await takenElsewhere();
+  // A named deployment has said what it is.
+  const named = await backup('--deployment', 'default');
+  assert.equal(named.code, 0, named.stderr);
+  assert.doesNotMatch(named.stderr, /taken on host/);
+
+  const elsewhere = await takenElsewhere();
+  const unnamed = await backup();
+  assert.equal(unnamed.code, 0, unnamed.stderr);
+  assert.match(unnamed.stderr, new RegExp(`this incr builds on ${elsewhere}, taken on host gpu-node-7; if this host backs up another deployment, name each with --deployment`));
+  await fsp.rm(work, { recursive: true, force: true });
+});
