@@ -69,8 +69,9 @@ const RACY_WINDOW_MS = 2000;
 
 /**
  * Decides what to read. A file keeps its recorded SHA-256 and content
- * reference without being read when its size, mtime (ns) and inode all match
- * the reference. A file modified within the timestamp granularity of the
+ * reference without being read when its size, mtime (ns), inode and ctime all
+ * match the reference; when only the inode or the ctime moved, it is read and
+ * stored only if its bytes differ. A file modified within the timestamp granularity of the
  * reference's scan may have changed again without its mtime moving ("racy",
  * as git calls it): it is read and hashed, and stored only if it differs.
  */
@@ -85,11 +86,14 @@ export function planBackup(scanned: readonly ScannedEntry[], reference: Manifest
     let inVolume = false;
     if (s.type === 'file') {
       const reusable = prev?.type === 'file' && prev.sha256 !== undefined && prev.ref !== undefined;
-      const statSame = reusable && prev.size === s.size && prev.mtimeNs === s.mtimeNs && prev.ino === s.ino;
-      // Same size, mtime and inode, but a new change time: written in place with its mtime set back
-      // (or only chmod'ed). Read and compared, as borg and restic do; stored only if it differs.
+      const timesSame = reusable && prev.size === s.size && prev.mtimeNs === s.mtimeNs;
+      // Same size and mtime under another inode: copied with its times kept (a failover's new slot,
+      // cp -a, rsync -a, a FUSE remount), most likely the same bytes. Same inode too, but a new change
+      // time: written in place with its mtime set back, or only chmod'ed. Either is read and compared,
+      // as borg and restic do, and stored only if it differs.
+      const statSame = timesSame && prev.ino === s.ino;
       const ctimeMoved = statSame && prev.ctimeNs !== undefined && prev.ctimeNs !== s.ctimeNs;
-      action = !statSame ? 'store' : ctimeMoved || BigInt(prev.mtimeNs) >= racyAfterNs ? 'verify' : 'reuse';
+      action = !timesSame ? 'store' : !statSame || ctimeMoved || BigInt(prev.mtimeNs) >= racyAfterNs ? 'verify' : 'reuse';
       if (action !== 'reuse') {
         plan.bytesToRead += s.size;
         plan.filesToRead++;

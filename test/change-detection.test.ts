@@ -1,0 +1,54 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { lifeboat } from './helpers/cli.js';
+import { compareSnapshots, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile } from './helpers/tree.js';
+
+test('files copied with their times kept (a failover\'s new slot, cp -a, a remount) are read and compared, not stored again; one whose bytes differ is stored', async (t) => {
+  const seed = seedFromEnv();
+  t.diagnostic(`seed ${seed}`);
+  const rand = prng(seed);
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const repo = path.join(work, 'repo');
+  const models = path.join(work, 'models');
+  await fsp.mkdir(path.join(models, 'llama'), { recursive: true });
+  for (let i = 0; i < 4; i++) await writeRandomFile(path.join(models, 'llama', `shard-${i}.safetensors`), 1 << 20, rand);
+  await fsp.writeFile(path.join(models, 'llama', 'config.json'), '{"vocab_size": 32000}\n');
+  const backup = async () => {
+    const run = await lifeboat(['--repo', repo, '--json', 'backup', models]);
+    assert.equal(run.code, 0, run.stderr);
+    return run.json();
+  };
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const full = await backup();
+
+  // The same files under the same names, with their sizes and times, but new inodes.
+  const copy = path.join(work, 'copy');
+  execFileSync('cp', ['-a', models, copy]);
+  await fsp.rm(models, { recursive: true });
+  await fsp.rename(copy, models);
+  const copied = await backup();
+  assert.deepEqual([copied.added, copied.changed, copied.removed], [0, 0, 0]);
+  assert.equal(copied.storedBytes, 0, `stored ${copied.storedBytes} bytes of files it already had`);
+
+  // A file replaced by other bytes of the same size, its mtime set back: only its inode and ctime tell.
+  const shard = path.join(models, 'llama', 'shard-2.safetensors');
+  const { mtime, atime } = await fsp.stat(shard);
+  const replacement = path.join(work, 'replacement');
+  await writeRandomFile(replacement, 1 << 20, rand);
+  await fsp.utimes(replacement, atime, mtime);
+  await fsp.rename(replacement, shard);
+  const expected = await snapshotTree(models);
+  const replaced = await backup();
+  assert.equal(replaced.changed, 1);
+  assert.ok(replaced.storedBytes >= 1 << 20 && replaced.storedBytes < 2 << 20, `stored ${replaced.storedBytes} bytes for one changed 1 MiB file`);
+
+  const target = path.join(work, 'restored');
+  const restored = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target]);
+  assert.equal(restored.code, 0, restored.stderr);
+  assert.equal(compareSnapshots(expected, await snapshotTree(path.join(target, 'models'))), undefined);
+  assert.notEqual(full.id, replaced.id);
+});
