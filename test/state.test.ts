@@ -221,3 +221,66 @@ test('a command source whose output does not fit where it is staged fails the ba
   assert.equal((await fsp.stat(path.join(work, 'restored', 'features', 'stdout'))).size, 3_000_000);
   assert.deepEqual(await fsp.readdir(path.join(work, 'staging', 'new')), [], 'the staging directory is emptied');
 });
+
+test('a SQLite source with restore: true is copied back into the live database by failover and rollback, under a reader that stays open; the state it replaced is kept', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await fsp.mkdir(path.join(work, 'live', 'models'), { recursive: true });
+  await fsp.writeFile(path.join(work, 'live', 'models', 'config.json'), '{}\n');
+  await fsp.mkdir(path.join(work, 'state'));
+  await fsp.mkdir(path.join(work, 'serving'));
+  const dbFile = path.join(work, 'state', 'registry.db');
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    [
+      'repository: ./repo',
+      'sources:',
+      '  models: ./live/models',
+      '  registry: { sqlite: ./state/registry.db, restore: true }',
+      'targets:',
+      '  prod: { slots: ./serving/slots, active: ./serving/current, health: { command: "true" } }',
+      '',
+    ].join('\n'),
+  );
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const live = new Database(dbFile);
+  live.pragma('journal_mode = wal');
+  live.exec("CREATE TABLE stage (model TEXT PRIMARY KEY, version TEXT); INSERT INTO stage VALUES ('fraud', 'A')");
+  const backup = async () => {
+    const r = await lifeboat(['--json', 'backup'], { cwd: work });
+    assert.equal(r.code, 0, r.stderr);
+    return r.json().id as string;
+  };
+  const pointA = await backup();
+  live.exec("UPDATE stage SET version = 'B'");
+  const pointB = await backup();
+  // Written after the last backup: only the kept copy will have it.
+  live.exec("UPDATE stage SET version = 'C'");
+  const version = () => (live.prepare("SELECT version FROM stage WHERE model = 'fraud'").get() as { version: string }).version;
+  const move = async (...args: string[]) => {
+    const r = await lifeboat(['--json', ...args], { cwd: work });
+    assert.equal(r.code, 0, r.stderr);
+    return r;
+  };
+
+  const toA = await move('failover', pointA, '--to', 'prod');
+  assert.equal(version(), 'A', 'the open connection reads the restored state');
+  const kept = (await fsp.readdir(path.join(work, 'state'))).filter((f) => f.startsWith('registry.db.lifeboat-replaced-'));
+  assert.equal(kept.length, 1);
+  assert.match(toA.stderr, new RegExp(`the state ${dbFile.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} had before is kept as \\S+${kept[0]}`));
+  const keptDb = new Database(path.join(work, 'state', kept[0]!), { readonly: true });
+  assert.equal((keptDb.prepare('SELECT version FROM stage').get() as { version: string }).version, 'C');
+  keptDb.close();
+
+  await move('failover', pointB, '--to', 'prod');
+  assert.equal(version(), 'B');
+  await move('rollback', '--to', 'prod');
+  assert.equal(version(), 'A');
+  await move('failover', pointB, '--to', 'prod', '--no-state');
+  assert.equal(version(), 'A', '--no-state leaves the database alone');
+  // One kept state per restore, however quickly they follow each other.
+  assert.equal((await fsp.readdir(path.join(work, 'state'))).filter((f) => f.startsWith('registry.db.lifeboat-replaced-')).length, 3);
+  assert.equal(live.pragma('journal_mode', { simple: true }), 'wal', 'the live database keeps its journal mode');
+  live.close();
+  assert.equal(integrityCheck(dbFile), 'ok');
+});

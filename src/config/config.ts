@@ -11,7 +11,8 @@ const duration = z.string().refine((v) => parseDuration(v) !== undefined, 'must 
 const sourceSchema = z.union([
   z.string().min(1),
   z.object({ path: z.string().min(1) }).strict(),
-  z.object({ sqlite: z.string().min(1) }).strict(),
+  // restore: a failover or rollback copies the point's state back into this database.
+  z.object({ sqlite: z.string().min(1), restore: z.boolean().optional() }).strict(),
   z.object({ command: z.string().min(1), restore: z.string().optional(), timeout: duration.optional() }).strict(),
 ]);
 

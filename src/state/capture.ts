@@ -21,8 +21,11 @@ export type StateSource =
 export type PendingSource = SourceSpec | (SourceSpec & { state: StateSource });
 
 /** The config entry `sources.<name>` when it is serving state, as a pending source. */
-export function stateSource(name: string, src: { sqlite: string } | { command: string; restore?: string; timeout?: string }): PendingSource {
-  if ('sqlite' in src) return { name, path: '', kind: 'sqlite', origin: src.sqlite, state: { name, kind: 'sqlite', database: src.sqlite } };
+export function stateSource(name: string, src: { sqlite: string; restore?: boolean } | { command: string; restore?: string; timeout?: string }): PendingSource {
+  if ('sqlite' in src) {
+    // The point records where its copy goes back to: the database it was copied from.
+    return { name, path: '', kind: 'sqlite', origin: src.sqlite, ...(src.restore ? { restore: src.sqlite } : {}), state: { name, kind: 'sqlite', database: src.sqlite } };
+  }
   return {
     name,
     path: '',

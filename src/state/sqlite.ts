@@ -1,4 +1,5 @@
 import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import type BetterSqlite3 from 'better-sqlite3';
 import { InterruptedError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
@@ -69,6 +70,65 @@ export async function copySqlite(name: string, database: string, destination: st
   await fsp.rm(destination, { force: true });
   throw new RuntimeFailure(`source ${name}: ${database} stayed locked by a writer through ${ATTEMPTS} attempts: ${errorMessage(lastError)}`, {
     hint: 'a transaction that holds the database for minutes blocks a consistent copy; use a pre-backup hook to pause it',
+  });
+}
+
+export interface SqliteRestore extends SqliteCopy {
+  /** Where the database's state from just before was kept, when there was one. */
+  keptAs?: string;
+}
+
+/**
+ * Copies a point's copy of a database back into the live database, with the
+ * online backup API again: one write transaction, so readers and writers
+ * of the live database see either the old state or the restored one, never a
+ * mix, and a failure leaves the old state. The old state is first kept
+ * beside it (`<database>.lifeboat-replaced-<time>`), since whatever was
+ * written since the point was taken would otherwise be lost.
+ */
+export async function restoreSqlite(name: string, copy: string, database: string, signal?: AbortSignal): Promise<SqliteRestore> {
+  const started = Date.now();
+  let keptAs: string | undefined;
+  if (await fsp.stat(database).then((st) => st.size > 0, () => false)) {
+    keptAs = await unusedName(`${database}.lifeboat-replaced-${new Date().toISOString().replace(/[-:]/g, '')}`);
+    await copySqlite(name, database, keptAs, signal);
+  } else {
+    await fsp.mkdir(path.dirname(database), { recursive: true });
+  }
+  const meta = await retryWhileBusy(name, database, signal, async () => {
+    const source = new (sqlite())(copy, { readonly: true, fileMustExist: true });
+    try {
+      return await source.backup(database, { progress: () => 0x7fffffff });
+    } finally {
+      source.close();
+    }
+  });
+  return { pages: meta.totalPages, bytes: (await fsp.stat(database)).size, durationMs: Date.now() - started, ...(keptAs ? { keptAs } : {}) };
+}
+
+/** `base`, or `base-2`, `base-3` … when it is taken: a kept state is never overwritten. */
+async function unusedName(base: string): Promise<string> {
+  for (let n = 1; ; n++) {
+    const name = n === 1 ? base : `${base}-${n}`;
+    if (!(await fsp.stat(name).then(() => true, () => false))) return name;
+  }
+}
+
+/** Runs `attempt` again while the database stays locked by another connection, a few times with a growing pause. */
+async function retryWhileBusy<T>(name: string, database: string, signal: AbortSignal | undefined, attempt: () => Promise<T>): Promise<T> {
+  let lastError: unknown;
+  for (let n = 1; n <= ATTEMPTS; n++) {
+    if (signal?.aborted) throw new InterruptedError();
+    try {
+      return await attempt();
+    } catch (err) {
+      if (!isBusy(err)) throw new RuntimeFailure(`source ${name}: restoring ${database} failed: ${errorMessage(err)}`, { cause: err });
+      lastError = err;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200 * n));
+  }
+  throw new RuntimeFailure(`source ${name}: ${database} stayed locked by another connection through ${ATTEMPTS} attempts: ${errorMessage(lastError)}`, {
+    hint: 'stop what holds a long transaction on it (the deactivate hook can), or restore it by hand from the slot',
   });
 }
 

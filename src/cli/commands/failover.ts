@@ -97,7 +97,7 @@ export function registerFailover(program: Command, run: CommandRunner): Command 
     .description('restore a point into a slot of a target, switch its active link atomically, health-check, and switch back on failure (exit 5)')
     .argument('[point]', 'id, unique id prefix, latest (default), or an ISO-8601 time')
     .option('--to <target>', 'the target from lifeboat.yaml (may be left out when there is only one)')
-    .option('--no-state', 'do not run the restore commands of command sources')
+    .option('--no-state', 'leave serving state alone: no restore commands of command sources, no SQLite database copied back')
     .addHelpText(
       'after',
       '\nExamples:\n  lifeboat failover --to prod                          # the latest point\n  lifeboat failover 2026-11-20T03:00:00Z --to prod     # the state as of that moment',

@@ -7,7 +7,7 @@ export function registerRollback(program: Command, run: CommandRunner): Command 
     .command('rollback')
     .description('switch a target back to the slot it served before its last failover or rollback, with health checks')
     .option('--to <target>', 'the target from lifeboat.yaml (may be left out when there is only one)')
-    .option('--no-state', 'do not run the restore commands of command sources')
+    .option('--no-state', 'leave serving state alone: no restore commands of command sources, no SQLite database copied back')
     .addHelpText('after', '\nExample:\n  lifeboat rollback --to prod')
     .action(run((ctx, flags: { to?: string; state?: boolean }) => runRollback(ctx, flags)));
 }
