@@ -160,6 +160,21 @@ test('--metrics-file writes Prometheus text format atomically, keeps other comma
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 
+test('--metrics-file shared by the runs of two deployments keeps each one\'s samples apart (label deployment)', async () => {
+  const d = await smallDeployment();
+  const metrics = path.join(d.work, 'lifeboat.prom');
+  const run = (...args: string[]) => lifeboat(['--repo', d.repo, ...args, '--metrics-file', metrics]);
+  assert.equal((await run('--deployment', 'a', 'backup', d.src)).code, 0);
+  assert.equal((await run('--deployment', 'b', 'backup', d.src)).code, 0);
+  assert.notEqual((await run('--deployment', 'b', 'backup', path.join(d.work, 'missing'))).code, 0);
+  const samples = parsePrometheus(await fsp.readFile(metrics, 'utf8'));
+  const of = (deployment: string) => samples.find((s) => s.name === 'lifeboat_last_run_success' && s.labels.command === 'backup' && s.labels.deployment === deployment)?.value;
+  assert.equal(of('a'), 1, "b's failure does not replace a's success");
+  assert.equal(of('b'), 0);
+  assert.ok(samples.some((s) => s.name === 'lifeboat_last_success_timestamp_seconds' && s.labels.deployment === 'b'), "b's last success is kept over its failure");
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
 test('--notify-url POSTs a JSON event on failure, on success only when asked; notify.url comes from the config too', async () => {
   const d = await smallDeployment();
   const hook = await receiver();
@@ -179,6 +194,7 @@ test('--notify-url POSTs a JSON event on failure, on success only when asked; no
     assert.match(e.message, /missing/);
     assert.equal(e.host, os.hostname());
     assert.equal(e.repository, d.repo);
+    assert.equal(e.deployment, null);
     assert.ok(Date.parse(e.startedAt) <= Date.parse(e.endedAt));
 
     const told = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--notify-url', hook.url, '--notify-on', 'success']);
@@ -189,11 +205,12 @@ test('--notify-url POSTs a JSON event on failure, on success only when asked; no
     assert.equal(hook.bodies[1].point, told.json().id);
     assert.equal(hook.bodies[1].detail.files, told.json().files);
 
-    await fsp.writeFile(path.join(d.work, 'lifeboat.yaml'), `repository: ${d.repo}\nnotify: { url: "${hook.url}", on: [failure] }\n`);
+    await fsp.writeFile(path.join(d.work, 'lifeboat.yaml'), `repository: ${d.repo}\ndeployment: default\nnotify: { url: "${hook.url}", on: [failure] }\n`);
     const drill = await lifeboat(['drill', '--rpo', '1ms'], { cwd: d.work });
     assert.equal(drill.code, 5);
     assert.equal(hook.bodies.length, 3);
     assert.equal(hook.bodies[2].command, 'drill');
+    assert.equal(hook.bodies[2].deployment, 'default');
     assert.equal(hook.bodies[2].exitCode, 5);
     assert.equal(typeof hook.bodies[2].detail.rpoMs, 'number');
   } finally {
@@ -226,7 +243,7 @@ test('a dead or failing notify URL does not fail the backup; the warning does no
   silent.on('connection', (s) => sockets.add(s));
   await new Promise<void>((res) => silent.listen(0, '127.0.0.1', res));
   const started = Date.now();
-  const event = makeEvent({ command: 'backup', outcome: 'failure', exitCode: 1, message: 'x', repository: null, point: null, startedAt: '', endedAt: '', durationMs: 0, detail: {} });
+  const event = makeEvent({ command: 'backup', outcome: 'failure', exitCode: 1, message: 'x', repository: null, deployment: null, point: null, startedAt: '', endedAt: '', durationMs: 0, detail: {} });
   const problem = await sendNotification(`http://127.0.0.1:${(silent.address() as AddressInfo).port}/`, event, 300);
   assert.ok(problem, 'a timeout is reported');
   assert.ok(Date.now() - started < 3000);

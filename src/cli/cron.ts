@@ -5,7 +5,7 @@ import type { LifeboatConfig } from '../config/config.js';
 import { parseDuration } from '../config/duration.js';
 import { updateMetricsFile, type MetricSample } from '../core/metrics.js';
 import { makeEvent, redactUrl, sendNotification } from '../core/notify.js';
-import { contextConfig, repositoryUrl, type CliContext } from './context.js';
+import { contextConfig, deploymentName, repositoryUrl, type CliContext } from './context.js';
 import { logNotice } from './output.js';
 
 /** Flags every command run unattended takes (backup, verify, prune, drill). */
@@ -70,8 +70,10 @@ export async function runMonitored(ctx: CliContext, command: string, flags: Cron
   const code = interrupted ? ExitCode.interrupted : exitCode;
 
   let config: LifeboatConfig = {};
+  let deployment: string | undefined;
   try {
     config = await contextConfig(ctx);
+    deployment = deploymentName(ctx, config);
   } catch {
     // The command reports a broken config itself; flags still work.
   }
@@ -79,7 +81,7 @@ export async function runMonitored(ctx: CliContext, command: string, flags: Cron
 
   if (flags.metricsFile) {
     try {
-      await updateMetricsFile(flags.metricsFile, command, metricSamples(command, code, startedAt, endedAt, figures));
+      await updateMetricsFile(flags.metricsFile, { command, deployment }, metricSamples({ command, deployment }, code, startedAt, endedAt, figures));
     } catch (err) {
       warn(`could not write the metrics file ${flags.metricsFile}: ${errorMessage(err)}`, 'metrics-failed');
     }
@@ -103,6 +105,7 @@ export async function runMonitored(ctx: CliContext, command: string, flags: Cron
       exitCode: code,
       message: failure === undefined ? null : errorMessage(failure),
       repository,
+      deployment: deployment ?? null,
       point: figures.point ?? null,
       startedAt: startedAt.toISOString(),
       endedAt: endedAt.toISOString(),
@@ -115,8 +118,9 @@ export async function runMonitored(ctx: CliContext, command: string, flags: Cron
   if (failure !== undefined) throw failure;
 }
 
-function metricSamples(command: string, code: number, startedAt: Date, endedAt: Date, f: RunFigures): MetricSample[] {
-  const labels = { command };
+function metricSamples(run: { command: string; deployment?: string }, code: number, startedAt: Date, endedAt: Date, f: RunFigures): MetricSample[] {
+  // A deployment label only where one is named, so the series of a repository of one deployment stay as they were.
+  const labels: Record<string, string> = run.deployment === undefined ? { command: run.command } : { command: run.command, deployment: run.deployment };
   const seconds = (d: Date) => d.getTime() / 1000;
   const out: MetricSample[] = [
     { name: 'lifeboat_last_run_timestamp_seconds', labels, value: seconds(endedAt) },

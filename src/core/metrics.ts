@@ -98,18 +98,20 @@ export async function writeFileAtomic(file: string, data: string): Promise<void>
 }
 
 /**
- * Replaces the samples of one command (those labelled `command=<command>`) in
- * a metrics file, keeping the others. `lifeboat_last_success_timestamp_seconds`
- * of a failed run is carried over from the file, so an alert on its age works.
+ * Replaces the samples of one command (those labelled `command=<command>`,
+ * and `deployment=<name>` when the run names one) in a metrics file, keeping
+ * the others: the runs of several deployments can share one file.
+ * `lifeboat_last_success_timestamp_seconds` of a failed run is carried over
+ * from the file, so an alert on its age works.
  */
-export async function updateMetricsFile(file: string, command: string, samples: readonly MetricSample[]): Promise<void> {
+export async function updateMetricsFile(file: string, run: { command: string; deployment?: string }, samples: readonly MetricSample[]): Promise<void> {
   let previous: MetricSample[] = [];
   try {
     previous = parseSamples(await fsp.readFile(file, 'utf8'));
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
-  const mine = (s: MetricSample) => s.labels.command === command;
+  const mine = (s: MetricSample) => s.labels.command === run.command && s.labels.deployment === run.deployment;
   const next = [...samples];
   const lastSuccess = 'lifeboat_last_success_timestamp_seconds';
   if (!next.some((s) => s.name === lastSuccess)) {

@@ -13,6 +13,8 @@ export interface NotifyEvent {
   message: string | null;
   host: string;
   repository: string | null;
+  /** The deployment the run named (--deployment, LIFEBOAT_DEPLOYMENT, deployment: in the config); null when none. */
+  deployment: string | null;
   point: string | null;
   startedAt: string;
   endedAt: string;
