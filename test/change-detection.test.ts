@@ -52,3 +52,42 @@ test('files copied with their times kept (a failover\'s new slot, cp -a, a remou
   assert.equal(compareSnapshots(expected, await snapshotTree(path.join(target, 'models'))), undefined);
   assert.notEqual(full.id, replaced.id);
 });
+
+test('a model directory renamed or rotated (current/ → previous/) is compared by inode with its old place and not stored again; swapped files keep their own bytes', async (t) => {
+  const seed = seedFromEnv();
+  t.diagnostic(`seed ${seed}`);
+  const rand = prng(seed);
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const repo = path.join(work, 'repo');
+  const models = path.join(work, 'models');
+  await fsp.mkdir(path.join(models, 'current'), { recursive: true });
+  for (let i = 0; i < 3; i++) await writeRandomFile(path.join(models, 'current', `shard-${i}.safetensors`), 1 << 20, rand);
+  await writeRandomFile(path.join(models, 'current', 'a.bin'), 64 << 10, rand);
+  await writeRandomFile(path.join(models, 'current', 'b.bin'), 64 << 10, rand);
+  const backup = async () => {
+    const run = await lifeboat(['--repo', repo, '--json', 'backup', models]);
+    assert.equal(run.code, 0, run.stderr);
+    return run.json();
+  };
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  await backup();
+
+  // The deployed version is rotated aside and a new one, sharing nothing, comes in; two files trade names.
+  await fsp.rename(path.join(models, 'current'), path.join(models, 'previous'));
+  await fsp.mkdir(path.join(models, 'current'));
+  await fsp.writeFile(path.join(models, 'current', 'config.json'), '{"version": 2}\n');
+  const swap = path.join(models, 'previous', 'swap.tmp');
+  await fsp.rename(path.join(models, 'previous', 'a.bin'), swap);
+  await fsp.rename(path.join(models, 'previous', 'b.bin'), path.join(models, 'previous', 'a.bin'));
+  await fsp.rename(swap, path.join(models, 'previous', 'b.bin'));
+  const expected = await snapshotTree(models);
+  const rotated = await backup();
+  assert.ok(rotated.storedBytes < 64 << 10, `stored ${rotated.storedBytes} bytes for a rename and one small new file`);
+
+  const target = path.join(work, 'restored');
+  const restored = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target]);
+  assert.equal(restored.code, 0, restored.stderr);
+  assert.equal(compareSnapshots(expected, await snapshotTree(path.join(target, 'models'))), undefined);
+  assert.equal((await lifeboat(['--repo', repo, 'verify', '--read-data'])).code, 0);
+});

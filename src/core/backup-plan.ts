@@ -1,5 +1,5 @@
 import type { BackupType } from '../format/ids.js';
-import type { Manifest, ManifestEntry, PointSummary } from '../format/manifest.js';
+import type { ContentRef, Manifest, ManifestEntry, PointSummary } from '../format/manifest.js';
 import type { ScannedEntry, ScannedSource } from './scan.js';
 
 export interface ReferenceChoice {
@@ -48,8 +48,13 @@ export type ContentAction =
 
 export interface PlannedEntry {
   scanned: ScannedEntry;
-  /** The reference's entry for the same path, when there is one. */
-  previous?: ManifestEntry;
+  /**
+   * Files: the reference's entry whose recorded content this file is expected
+   * to have, reused unread ('reuse') or after a comparison ('verify'): the
+   * entry at the same path, or for a file moved or renamed since, the entry
+   * of the same inode, size and mtime at its old path.
+   */
+  basis?: ManifestEntry;
   action: ContentAction;
   /** A tar header is written for it (dirs and links that are new or changed). */
   inVolume: boolean;
@@ -78,33 +83,49 @@ const RACY_WINDOW_MS = 2000;
 export function planBackup(scanned: readonly ScannedEntry[], reference: Manifest | undefined): BackupPlan {
   const racyAfterNs = reference ? BigInt(Date.parse(reference.startedAt) - RACY_WINDOW_MS) * 1_000_000n : 0n;
   const previous = new Map<string, ManifestEntry>();
-  for (const e of reference?.entries ?? []) previous.set(entryKey(e.source, e.path), e);
+  const byInode = new Map<string, ManifestEntry>();
+  for (const e of reference?.entries ?? []) {
+    previous.set(entryKey(e.source, e.path), e);
+    if (reusable(e) && e.ino !== undefined) byInode.set(inodeKey(e.ino, e.size, e.mtimeNs), e);
+  }
   const plan: BackupPlan = { entries: [], bytesToRead: 0, filesToRead: 0 };
   for (const s of scanned) {
-    const prev = previous.get(entryKey(s.source, s.path));
+    const atPath = previous.get(entryKey(s.source, s.path));
+    let basis: ManifestEntry | undefined;
     let action: ContentAction = 'reuse';
     let inVolume = false;
     if (s.type === 'file') {
-      const reusable = prev?.type === 'file' && prev.sha256 !== undefined && prev.ref !== undefined;
-      const timesSame = reusable && prev.size === s.size && prev.mtimeNs === s.mtimeNs;
+      const timesAtPath = reusable(atPath) && atPath.size === s.size && atPath.mtimeNs === s.mtimeNs;
+      // Moved or renamed since (a model directory rotated from current/ to previous/): the inode
+      // still holds the old path's content, so it is compared with that instead of stored again.
+      const prev = timesAtPath ? atPath : (byInode.get(inodeKey(s.ino, s.size, s.mtimeNs)) ?? atPath);
+      const timesSame = reusable(prev) && prev.size === s.size && prev.mtimeNs === s.mtimeNs;
       // Same size and mtime under another inode: copied with its times kept (a failover's new slot,
       // cp -a, rsync -a, a FUSE remount), most likely the same bytes. Same inode too, but a new change
       // time: written in place with its mtime set back, or only chmod'ed. Either is read and compared,
       // as borg and restic do, and stored only if it differs.
-      const statSame = timesSame && prev.ino === s.ino;
+      const statSame = timesSame && prev === atPath && prev.ino === s.ino;
       const ctimeMoved = statSame && prev.ctimeNs !== undefined && prev.ctimeNs !== s.ctimeNs;
       action = !timesSame ? 'store' : !statSame || ctimeMoved || BigInt(prev.mtimeNs) >= racyAfterNs ? 'verify' : 'reuse';
+      if (timesSame) basis = prev;
       if (action !== 'reuse') {
         plan.bytesToRead += s.size;
         plan.filesToRead++;
       }
     } else {
-      inVolume = !prev || prev.type !== s.type || prev.mode !== s.mode || prev.mtimeNs !== s.mtimeNs || prev.target !== s.target || prev.uid !== s.uid || prev.gid !== s.gid;
+      inVolume = !atPath || atPath.type !== s.type || atPath.mode !== s.mode || atPath.mtimeNs !== s.mtimeNs || atPath.target !== s.target || atPath.uid !== s.uid || atPath.gid !== s.gid;
     }
-    plan.entries.push({ scanned: s, previous: prev, action, inVolume });
+    plan.entries.push({ scanned: s, ...(basis ? { basis } : {}), action, inVolume });
   }
   return plan;
 }
+
+/** A file entry whose content can be taken over: it has a checksum and a place in some volume. */
+function reusable(e: ManifestEntry | undefined): e is ManifestEntry & { size: number; sha256: string; ref: ContentRef } {
+  return e?.type === 'file' && e.size !== undefined && e.sha256 !== undefined && e.ref !== undefined;
+}
+
+const inodeKey = (ino: string, size: number, mtimeNs: string) => `${ino}:${size}:${mtimeNs}`;
 
 export interface ChangeCounts {
   added: number;

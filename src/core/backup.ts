@@ -444,7 +444,7 @@ function baseEntry(s: ScannedEntry): ManifestEntry {
 function plannedAsEntry(p: PlannedEntry): ManifestEntry {
   const base = baseEntry(p.scanned);
   if (p.scanned.type !== 'file') return base;
-  return p.action === 'reuse' ? { ...base, sha256: p.previous!.sha256, ref: p.previous!.ref } : base;
+  return p.action === 'reuse' ? { ...base, sha256: p.basis!.sha256, ref: p.basis!.ref } : base;
 }
 
 /** One file's content as read: its bytes' digest and the stat around the read. */
@@ -506,7 +506,7 @@ async function storeOwnEntry(planned: PlannedEntry, position: number, ctx: Store
     }
     return base;
   }
-  if (planned.action === 'reuse') return { ...base, sha256: planned.previous!.sha256, ref: planned.previous!.ref };
+  if (planned.action === 'reuse') return { ...base, sha256: planned.basis!.sha256, ref: planned.basis!.ref };
 
   const prefetched = ctx.prefetch.take(position);
   for (let attempt = 1; ; attempt++) {
@@ -539,7 +539,7 @@ async function storeWholeFile(whole: WholeFile | undefined, planned: PlannedEntr
   // found more than the scan saw, may mean the file changed while it was read.
   outcome.torn ||= data.length > s.size || outcome.size !== s.size || outcome.mtimeNs !== s.mtimeNs || outcome.ino !== s.ino;
   ctx.progress.bytesDone += data.length;
-  if (planned.action === 'verify' && unchangedFrom(planned.previous, outcome)) return { ...outcome, ref: planned.previous.ref! };
+  if (planned.action === 'verify' && unchangedFrom(planned.basis, outcome)) return { ...outcome, ref: planned.basis.ref! };
   const { writer, volume } = await ctx.sink.current();
   const { index, offset } = await writer.header({ name, type: 'File', size: outcome.size, mode: outcome.mode, mtime: mtimeDate(outcome.mtimeNs), uid: planned.scanned.uid, gid: planned.scanned.gid });
   const written = Math.min(data.length, outcome.size);
@@ -574,7 +574,7 @@ async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreCont
       const hash = ctx.hasher().stream();
       const read = await copyBody(fh, Number(before.size), hash, undefined, ctx, name);
       const outcome = outcomeOf(before, await fh.stat({ bigint: true }), read, await hash.digest());
-      if (unchangedFrom(planned.previous, outcome)) return { ...outcome, ref: planned.previous.ref! };
+      if (unchangedFrom(planned.basis, outcome)) return { ...outcome, ref: planned.basis.ref! };
       // It may have changed during the pass just made: what is stored is described as it is now.
       before = await fh.stat({ bigint: true });
     }
