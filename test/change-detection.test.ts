@@ -1,4 +1,4 @@
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
@@ -6,23 +6,35 @@ import * as path from 'node:path';
 import { lifeboat } from './helpers/cli.js';
 import { compareSnapshots, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile } from './helpers/tree.js';
 
-test('files copied with their times kept (a failover\'s new slot, cp -a, a remount) are read and compared, not stored again; one whose bytes differ is stored', async (t) => {
+/** A repository and a source `models/` to fill; `backup` takes an incremental and gives its JSON. */
+async function setUp(t: TestContext) {
   const seed = seedFromEnv();
   t.diagnostic(`seed ${seed}`);
-  const rand = prng(seed);
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
   const repo = path.join(work, 'repo');
   const models = path.join(work, 'models');
-  await fsp.mkdir(path.join(models, 'llama'), { recursive: true });
-  for (let i = 0; i < 4; i++) await writeRandomFile(path.join(models, 'llama', `shard-${i}.safetensors`), 1 << 20, rand);
-  await fsp.writeFile(path.join(models, 'llama', 'config.json'), '{"vocab_size": 32000}\n');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
   const backup = async () => {
     const run = await lifeboat(['--repo', repo, '--json', 'backup', models]);
     assert.equal(run.code, 0, run.stderr);
     return run.json();
   };
-  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const restoresAs = async (expected: Awaited<ReturnType<typeof snapshotTree>>) => {
+    const target = path.join(work, 'restored');
+    await fsp.rm(target, { recursive: true, force: true });
+    const restored = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target]);
+    assert.equal(restored.code, 0, restored.stderr);
+    assert.equal(compareSnapshots(expected, await snapshotTree(path.join(target, 'models'))), undefined);
+  };
+  return { rand: prng(seed), work, repo, models, backup, restoresAs };
+}
+
+test('files copied with their times kept (a failover\'s new slot, cp -a, a remount) are read and compared, not stored again; one whose bytes differ is stored', async (t) => {
+  const { rand, work, models, backup, restoresAs } = await setUp(t);
+  await fsp.mkdir(path.join(models, 'llama'), { recursive: true });
+  for (let i = 0; i < 4; i++) await writeRandomFile(path.join(models, 'llama', `shard-${i}.safetensors`), 1 << 20, rand);
+  await fsp.writeFile(path.join(models, 'llama', 'config.json'), '{"vocab_size": 32000}\n');
   const full = await backup();
 
   // The same files under the same names, with their sizes and times, but new inodes.
@@ -46,31 +58,16 @@ test('files copied with their times kept (a failover\'s new slot, cp -a, a remou
   assert.equal(replaced.changed, 1);
   assert.ok(replaced.storedBytes >= 1 << 20 && replaced.storedBytes < 2 << 20, `stored ${replaced.storedBytes} bytes for one changed 1 MiB file`);
 
-  const target = path.join(work, 'restored');
-  const restored = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target]);
-  assert.equal(restored.code, 0, restored.stderr);
-  assert.equal(compareSnapshots(expected, await snapshotTree(path.join(target, 'models'))), undefined);
+  await restoresAs(expected);
   assert.notEqual(full.id, replaced.id);
 });
 
 test('a model directory renamed or rotated (current/ → previous/) is compared by inode with its old place and not stored again; swapped files keep their own bytes', async (t) => {
-  const seed = seedFromEnv();
-  t.diagnostic(`seed ${seed}`);
-  const rand = prng(seed);
-  const work = await tempDir();
-  t.after(() => fsp.rm(work, { recursive: true, force: true }));
-  const repo = path.join(work, 'repo');
-  const models = path.join(work, 'models');
+  const { rand, repo, models, backup, restoresAs } = await setUp(t);
   await fsp.mkdir(path.join(models, 'current'), { recursive: true });
   for (let i = 0; i < 3; i++) await writeRandomFile(path.join(models, 'current', `shard-${i}.safetensors`), 1 << 20, rand);
   await writeRandomFile(path.join(models, 'current', 'a.bin'), 64 << 10, rand);
   await writeRandomFile(path.join(models, 'current', 'b.bin'), 64 << 10, rand);
-  const backup = async () => {
-    const run = await lifeboat(['--repo', repo, '--json', 'backup', models]);
-    assert.equal(run.code, 0, run.stderr);
-    return run.json();
-  };
-  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
   await backup();
 
   // The deployed version is rotated aside and a new one, sharing nothing, comes in; two files trade names.
@@ -85,9 +82,6 @@ test('a model directory renamed or rotated (current/ → previous/) is compared 
   const rotated = await backup();
   assert.ok(rotated.storedBytes < 64 << 10, `stored ${rotated.storedBytes} bytes for a rename and one small new file`);
 
-  const target = path.join(work, 'restored');
-  const restored = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target]);
-  assert.equal(restored.code, 0, restored.stderr);
-  assert.equal(compareSnapshots(expected, await snapshotTree(path.join(target, 'models'))), undefined);
+  await restoresAs(expected);
   assert.equal((await lifeboat(['--repo', repo, 'verify', '--read-data'])).code, 0);
 });
