@@ -72,6 +72,7 @@ test('deployments sharing a repository: each backup builds on its own deployment
   assert.equal(byConfig.json().deployment, 'b');
   // A point id needs no deployment.
   assert.equal((await lifeboat(['--repo', repo, '--json', 'show', a1.id])).json().deployment, 'a');
+  assert.match((await lifeboat(['--repo', repo, 'show', a1.id])).stdout, new RegExp(`^point ${a1.id} \\(full\\) of deployment a, completed`));
 
   const unknown = await lifeboat(['--repo', repo, '--deployment', 'c', 'restore', 'latest', '--target', target('c')]);
   assert.equal(unknown.code, 2);

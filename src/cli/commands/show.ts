@@ -33,7 +33,7 @@ export async function runShow(ctx: CliContext, selector: string): Promise<void> 
     const models = summariseModels(m.entries);
     printResult(ctx, { ...pointJson(m), sources: m.sources.map((s) => ({ name: s.name, kind: s.kind, path: s.path })), models, warnings: m.warnings, entries: files }, () => {
       const head = [
-        `point ${m.id} (${m.type}${m.parent ? `, parent ${m.parent}` : ''}), completed ${m.completedAt} on ${m.host}`,
+        `point ${m.id} (${m.type}${m.parent ? `, parent ${m.parent}` : ''})${m.deployment ? ` of deployment ${m.deployment}` : ''}, completed ${m.completedAt} on ${m.host}`,
         `sources: ${m.sources.map((s) => `${s.name}=${s.path}`).join(', ')}`,
         `${m.stats.files} files, ${formatBytes(m.stats.bytes)}, ${formatBytes(m.stats.storedBytes)} stored in this point`,
         ...models.map((x) => `model: ${x.path}: ${x.format}, ${x.summary}`),
