@@ -42,8 +42,11 @@ export class UsageError extends LifeboatError {
 
 /** Checksum mismatch, missing or unreadable backup data, hostile input. */
 export class IntegrityError extends LifeboatError {
-  constructor(message: string, options?: { cause?: unknown; hint?: string }) {
+  /** The stored volume found damaged or missing, when the failure is in one. */
+  volume?: string;
+  constructor(message: string, options?: { cause?: unknown; hint?: string; volume?: string }) {
     super(message, ExitCode.integrity, options);
+    if (options?.volume !== undefined) this.volume = options.volume;
   }
 }
 

@@ -108,3 +108,41 @@ test('a missing volume or a damaged manifest is an integrity failure', async () 
   assert.equal(v.json().problems[0].kind, 'missing-volume');
   await fsp.rm(d.work, { recursive: true, force: true });
 });
+
+test('a restore that meets a damaged or missing volume names the newest point that does without it, and the command that restores it', async () => {
+  const d = await smallDeployment();
+  const backup = async (...args: string[]) => {
+    const b = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, ...args]);
+    assert.equal(b.code, 0, b.stderr);
+    return b.json().id as string;
+  };
+  const first = await backup('--type', 'full');
+  await fsp.writeFile(path.join(d.src, 'weights.bin'), 'new weights');
+  const second = await backup();
+  await fsp.writeFile(path.join(d.src, 'config.json'), '{"vocab_size": 32001}');
+  const third = await backup();
+
+  // The second point's volume holds the new weights, which the third point reuses.
+  const volume = (await repoFiles(d.repo)).find((f) => f.startsWith(`data/${second}/`))!;
+  const volumeFile = path.join(d.repo, ...volume.split('/'));
+  await flipByte(volumeFile, (await fsp.readFile(volumeFile)).indexOf('new weights'));
+  const target = path.join(d.work, 'restored');
+  const r = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', target]);
+  assert.equal(r.code, 3, r.stderr);
+  assert.match(r.stderr, new RegExp(`\\n  ${first} \\(completed [^)]+\\) needs nothing of ${volume}: lifeboat restore ${first} --target ${target}\\n`));
+  assert.equal(await exists(target), false);
+  assert.notEqual(third, first);
+  // A failover fails before its switch, and says which point to fail over to.
+  await fsp.writeFile(path.join(d.work, 'lifeboat.yaml'), `repository: ./repo\ntargets:\n  prod: { slots: ./slots, active: ./current, health: { command: "true" } }\n`);
+  const failover = await lifeboat(['failover', 'latest', '--to', 'prod'], { cwd: d.work });
+  assert.equal(failover.code, 3, failover.stderr);
+  assert.match(failover.stderr, new RegExp(`needs nothing of ${volume}: lifeboat failover ${first} --to prod\n`));
+  assert.equal(await exists(path.join(d.work, 'current')), false, 'the link was not switched');
+
+  // With the full's volume gone too, no point restores.
+  await fsp.rm(path.join(d.repo, 'data', first), { recursive: true });
+  const none = await lifeboat(['--repo', d.repo, '--json', 'restore', second, '--target', target]);
+  assert.equal(none.code, 3);
+  assert.match(none.json().error.hint, /every other point of this deployment needs data\/\S+ too; `lifeboat verify --read-data` names all the damage/);
+  await fsp.rm(d.work, { recursive: true, force: true });
+});

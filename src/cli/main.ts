@@ -145,7 +145,8 @@ export async function runCli(argv: string[], io: CliIo, signal: AbortSignal): Pr
     const code = err instanceof LifeboatError ? err.exitCode : ExitCode.runtime;
     const ctx = state.ctx;
     if (ctx?.json && !state.printed) {
-      io.stdout.write(`${JSON.stringify({ ok: false, error: { message: errorMessage(err), exitCode: code } }, null, 2)}\n`);
+      const hint = err instanceof LifeboatError && err.hint ? { hint: err.hint } : {};
+      io.stdout.write(`${JSON.stringify({ ok: false, error: { message: errorMessage(err), exitCode: code, ...hint } }, null, 2)}\n`);
     }
     if (ctx?.logFormat === 'json') {
       io.stderr.write(jsonLogLine('error', errorMessage(err), { exitCode: code, ...(err instanceof LifeboatError && err.hint ? { hint: err.hint } : {}) }));

@@ -1,5 +1,5 @@
 import { LockedError, throwIfAborted } from '../errors.js';
-import { deploymentOf, keys, type PointSummary } from '../format/manifest.js';
+import { deploymentOf, keys, volumesNeeded } from '../format/manifest.js';
 import type { Reporter } from './events.js';
 import { appendEvent } from './journal.js';
 import { acquireLock, describeLock, readersOf } from './lock.js';
@@ -39,13 +39,6 @@ export interface PruneResult extends PrunePlan {
   durationMs: number;
 }
 
-/** Volumes a point needs: its own, and those of the points its files' bytes live in. */
-function referencedVolumes(m: PointSummary, byId: ReadonlyMap<string, PointSummary>): string[] {
-  const out = [...m.volumes];
-  for (const use of m.uses) out.push(byId.get(use.point)?.volumes[use.volume] ?? keys.volume(use.point, use.volume));
-  return out;
-}
-
 /** The plan: what the policy keeps and removes, and exactly which objects would go. Reads only. */
 export async function planPrune(repo: Repository, options: Pick<PruneOptions, 'policy' | 'protected' | 'deployment' | 'now'>): Promise<PrunePlan> {
   // Summaries, not manifests: a repository of many large points is planned without reading every file list.
@@ -65,7 +58,7 @@ export async function planPrune(repo: Repository, options: Pick<PruneOptions, 'p
     { now: options.now ?? new Date(), protected: options.protected, deployment: options.deployment },
   );
   const needed = new Set<string>();
-  for (const d of retention.keep) for (const key of referencedVolumes(byId.get(d.id)!, byId)) needed.add(key);
+  for (const d of retention.keep) for (const key of volumesNeeded(byId.get(d.id)!, byId)) needed.add(key);
   const data: { key: string; size: number }[] = [];
   for await (const { key, size } of repo.storage.list(keys.dataPrefix)) if (!needed.has(key)) data.push({ key, size });
   const removed = retention.remove.map((d) => d.id).reverse();

@@ -11,6 +11,7 @@ import {
   summarize,
   summaryIdOf,
   summarySchema,
+  volumesNeeded,
   type EncryptionConfig,
   type Manifest,
   type PointSummary,
@@ -196,6 +197,18 @@ export class Repository {
       });
     }
     return all;
+  }
+
+  /**
+   * The newest point of `point`'s deployment, other than it, whose restore
+   * reads nothing of `volume`: what to restore instead when that volume is
+   * damaged or missing.
+   */
+  async newestWithout(volume: string, point: Pick<Manifest, 'id' | 'deployment'>): Promise<PointSummary | undefined> {
+    const all = await this.allSummaries();
+    const byId = new Map(all.map((s) => [s.id, s]));
+    const deployment = deploymentOf(point);
+    return all.filter((s) => s.id !== point.id && deploymentOf(s) === deployment && !volumesNeeded(s, byId).includes(volume)).at(-1);
   }
 
   /** The newest point `latest` selects, undefined when there is none. */

@@ -292,12 +292,14 @@ async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, c
     } catch (err) {
       // No write may land in the staging directory after it is removed.
       await writes.drain(0).catch(() => undefined);
+      // Named, so that the command can say which points do without it.
+      if (err instanceof IntegrityError) err.volume ??= job.record.key;
       throw err;
     }
     await writes.drain(0);
     for (const [index, list] of jobWanted) {
       if (!found.has(index)) {
-        throw new IntegrityError(`${what} of point ${job.point} lacks entry ${index}, which holds ${list[0]!.source}/${list[0]!.path}`);
+        throw new IntegrityError(`${what} of point ${job.point} lacks entry ${index}, which holds ${list[0]!.source}/${list[0]!.path}`, { volume: job.record.key });
       }
     }
   });

@@ -203,6 +203,13 @@ export function summarize(m: Manifest): PointSummary {
   };
 }
 
+/** Volume keys a point's restore reads: its own, and those of the points its files' bytes live in (`byId`: every point's summary). */
+export function volumesNeeded(m: PointSummary, byId: ReadonlyMap<string, PointSummary>): string[] {
+  const out = [...m.volumes];
+  for (const use of m.uses) out.push(byId.get(use.point)?.volumes[use.volume] ?? keys.volume(use.point, use.volume));
+  return out;
+}
+
 /** An encrypted repository's settings (docs/SECURITY.md); the keys themselves are under keys/. */
 export const encryptionConfigSchema = z.object({
   algorithm: z.literal('aes-256-gcm'),

@@ -5,6 +5,7 @@ import { loadConfig } from '../../config/config.js';
 import { failover, rollback, type SwitchResult } from '../../core/failover.js';
 import { chooseTarget, type TargetSpec } from '../../core/targets.js';
 import { openRepository, type CliContext } from '../context.js';
+import { withIntactAlternative } from '../damage.js';
 import { formatBytes } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
 import { ProgressRenderer, printResult } from '../output.js';
@@ -68,6 +69,9 @@ export async function runFailover(ctx: CliContext, selector: string | undefined,
       reporter: renderer,
       concurrency: config.s3?.concurrency,
       applyState: flags.state !== false,
+    }).catch(async (err: unknown) => {
+      // Damaged data fails the restore before the switch: the link is as it was.
+      throw await withIntactAlternative(err, repo, point, (id) => `lifeboat failover ${id} --to ${spec.name}`);
     });
     renderer.stop();
     reportSwitch(ctx, 'failover', result);

@@ -3,6 +3,7 @@ import { UsageError, errorMessage } from '../../errors.js';
 import { appendEvent } from '../../core/journal.js';
 import { restore } from '../../core/restore.js';
 import { openRepository, type CliContext } from '../context.js';
+import { withIntactAlternative } from '../damage.js';
 import { formatBytes } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
 import { ProgressRenderer, printResult } from '../output.js';
@@ -36,7 +37,7 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
       reporter: renderer,
     }).catch(async (err: unknown) => {
       await appendEvent(repo.storage, { type: 'restore', point: point.id, target: flags.target, outcome: 'failed', durationMs: Date.now() - started, detail: { error: errorMessage(err) } }).catch(() => undefined);
-      throw err;
+      throw await withIntactAlternative(err, repo, point, (id) => `lifeboat restore ${id} --target ${flags.target}`);
     });
     // A restore may run with read-only credentials: failing to journal it must not fail it.
     await appendEvent(repo.storage, { type: 'restore', point: result.point, target: result.target, outcome: 'ok', durationMs: result.durationMs, detail: { files: result.files, bytes: result.bytes } }).catch(
