@@ -168,3 +168,37 @@ test('an unnamed backup building on a point another host took says how to keep d
   assert.match(unnamed.stderr, new RegExp(`this incr builds on ${elsewhere}, taken on host gpu-node-7; if this host backs up another deployment, name each with --deployment`));
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test('deployments.json spares latest from reading every point when the repository holds one deployment, and is rebuilt from the points when missing', async () => {
+  const { work, repo, models, backup } = await sharedRepository();
+  const unnamed = (...args: string[]) => lifeboat(['--repo', repo, '--json', ...args]);
+  const first = (await unnamed('backup', '--source', `models=${models.a}`)).json().id;
+  const newest = (await unnamed('backup', '--source', `models=${models.a}`, '--type', 'full')).json().id;
+  const record = path.join(repo, 'deployments.json');
+  assert.deepEqual(JSON.parse(await fsp.readFile(record, 'utf8')).names, ['default']);
+
+  // An old point damaged beyond reading: latest does not need it.
+  await fsp.writeFile(path.join(repo, 'points', `${first}.json`), '{}');
+  await fsp.writeFile(path.join(repo, 'summaries', `${first}.json`), '{}');
+  const target = path.join(work, 'restored');
+  const latest = await unnamed('restore', 'latest', '--target', target);
+  assert.equal(latest.code, 0, latest.stderr);
+  assert.equal(latest.json().point, newest);
+  await fsp.rm(path.join(repo, 'points', `${first}.json`));
+  await fsp.rm(path.join(repo, 'summaries', `${first}.json`));
+
+  // A repository written before the record: the first named backup makes it from every point, unnamed ones included.
+  await fsp.rm(record);
+  await backup('b');
+  assert.deepEqual(JSON.parse(await fsp.readFile(record, 'utf8')).names, ['b', 'default']);
+  const ambiguous = await unnamed('restore', 'latest', '--target', target);
+  assert.equal(ambiguous.code, 2, ambiguous.stderr);
+
+  // A name recorded by a backup that then failed: latest reads the points and finds one deployment after all.
+  await fsp.rm(path.join(repo, 'points', `${newest}.json`));
+  await fsp.rm(path.join(repo, 'summaries', `${newest}.json`));
+  const onlyB = await unnamed('show', 'latest');
+  assert.equal(onlyB.code, 0, onlyB.stderr);
+  assert.equal(onlyB.json().deployment, 'b');
+  await fsp.rm(work, { recursive: true, force: true });
+});

@@ -251,6 +251,8 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       owners: ownerNames(scanned),
     };
     try {
+      // Recorded before the point exists, so the record never lacks a deployment that has points.
+      await repo.recordDeployments({ adding: deployment });
       await repo.commitManifest(manifest);
     } catch (err) {
       // Past the estimate (very long names): JSON.stringify cannot build the document.

@@ -29,6 +29,8 @@ export interface PrunePlan {
   manifests: string[];
   /** Summary documents to delete: the removed points', and any that belong to no point. */
   summaries: string[];
+  /** The deployments of the points kept. */
+  deployments: string[];
   /** Data objects no kept point references, in key order. */
   data: { key: string; size: number }[];
   bytes: number;
@@ -64,6 +66,7 @@ export async function planPrune(repo: Repository, options: Pick<PruneOptions, 'p
   const removed = retention.remove.map((d) => d.id).reverse();
   return {
     keep: retention.keep,
+    deployments: [...new Set(retention.keep.map((d) => deploymentOf(byId.get(d.id)!)))].sort(),
     remove: retention.remove,
     manifests: removed.map((id) => keys.point(id)),
     summaries: [...removed.map((id) => keys.summary(id)), ...(await repo.orphanSummaries(new Set(byId.keys())))],
@@ -113,6 +116,7 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
     }
     // A summary left without its manifest is ignored, and removed by the next prune.
     if (plan.summaries.length > 0) await repo.storage.delete(plan.summaries);
+    await repo.recordDeployments({ names: plan.deployments });
     progress.filesDone += plan.summaries.length;
     for (let i = 0; i < plan.data.length; i += DELETE_BATCH) {
       throwIfAborted(options.signal);

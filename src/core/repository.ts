@@ -5,6 +5,7 @@ import { POINT_ID } from '../format/ids.js';
 import {
   FORMAT_VERSION,
   deploymentOf,
+  deploymentsSchema,
   keys,
   manifestSchema,
   repositoryConfigSchema,
@@ -12,6 +13,7 @@ import {
   summaryIdOf,
   summarySchema,
   volumesNeeded,
+  type DeploymentsRecord,
   type EncryptionConfig,
   type Manifest,
   type PointSummary,
@@ -213,9 +215,38 @@ export class Repository {
 
   /** The newest point `latest` selects, undefined when there is none. */
   async latestInScope(): Promise<PointSummary | undefined> {
-    if (this.deployment === undefined) return (await this.pointsInScope()).at(-1);
-    const newest = await this.newestOf(this.deployment);
-    return newest ?? (await this.pointsInScope()).at(-1);
+    if (this.deployment !== undefined) return (await this.newestOf(this.deployment)) ?? (await this.pointsInScope()).at(-1);
+    // One recorded deployment: the newest point is the answer, read alone (status probes every few minutes).
+    const recorded = await this.recordedDeployments();
+    if (recorded && recorded.length <= 1) {
+      const ids = await this.pointIds();
+      return ids.length ? this.summary(ids[ids.length - 1]!) : undefined;
+    }
+    return (await this.pointsInScope()).at(-1);
+  }
+
+  /** The names `deployments.json` records; undefined when it is missing or damaged (repositories written before it). */
+  async recordedDeployments(): Promise<string[] | undefined> {
+    try {
+      return decodeDocument(await this.storage.getDocument(keys.deployments), deploymentsSchema, keys.deployments).names;
+    } catch (err) {
+      if (isNotFound(err) || err instanceof IntegrityError) return undefined;
+      throw err;
+    }
+  }
+
+  /**
+   * Records the deployments with points, before a point of `adding` is
+   * committed (`adding`) or after a prune (`names`, exactly). Callers hold the
+   * repository lock. Missing, the record is made from every point's summary.
+   */
+  async recordDeployments(change: { adding: string } | { names: readonly string[] }): Promise<void> {
+    const before = await this.recordedDeployments();
+    let names: string[];
+    if ('names' in change) names = [...new Set(change.names)].sort();
+    else names = [...new Set([...(before ?? (await this.allSummaries()).map(deploymentOf)), change.adding])].sort();
+    if (before && before.length === names.length && before.every((n, i) => n === names[i])) return;
+    await this.storage.putDocument(keys.deployments, encodeDocument({ format: 1, names } satisfies DeploymentsRecord));
   }
 
   /** Summary documents of no committed point (`committed`: the ids pointIds gave): left by a backup stopped just before its commit, or a prune. */

@@ -203,6 +203,19 @@ export function summarize(m: Manifest): PointSummary {
   };
 }
 
+/**
+ * The deployments that have points in the repository (`deployments.json`),
+ * kept by the writers under the repository lock: a backup adds its own before
+ * it commits, a prune rewrites it from the points it keeps. It may name a
+ * deployment whose only backup failed, never miss one, so one name is proof
+ * that `latest` needs no deployment, without reading every point's summary.
+ */
+export const deploymentsSchema = z.object({
+  format: z.literal(1),
+  names: z.array(deploymentName).max(100_000),
+});
+export type DeploymentsRecord = z.infer<typeof deploymentsSchema>;
+
 /** Volume keys a point's restore reads: its own, and those of the points its files' bytes live in (`byId`: every point's summary). */
 export function volumesNeeded(m: PointSummary, byId: ReadonlyMap<string, PointSummary>): string[] {
   const out = [...m.volumes];
@@ -255,6 +268,7 @@ export const keys = {
   config: 'config.json',
   pointsPrefix: 'points/',
   point: (id: string) => `points/${id}.json`,
+  deployments: 'deployments.json',
   summariesPrefix: 'summaries/',
   summary: (id: string) => `summaries/${id}.json`,
   dataPrefix: 'data/',
