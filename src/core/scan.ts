@@ -52,13 +52,28 @@ export interface ScannedSource {
   entries: ScannedEntry[];
 }
 
+/**
+ * Whether a path relative to its source's root is left out. As in tar, rsync,
+ * restic and .gitignore: a pattern without a slash (`*.tmp`, `__pycache__`)
+ * matches a name at any depth; one with a slash matches the whole relative
+ * path; a leading slash anchors it at the source's root (`/logs`); a trailing
+ * slash matches directories only (`cache/`). A directory left out is not read.
+ */
 export function isExcluded(relPath: string, isDir: boolean, patterns: readonly string[]): boolean {
-  for (const pattern of patterns) {
-    if (minimatch(relPath, pattern, { dot: true })) return true;
-    // `**/cache/**` should prune the directory itself, not only what is under it.
-    if (isDir && minimatch(`${relPath}/.`, pattern, { dot: true })) return true;
-  }
-  return false;
+  return patterns.some((pattern) => excludedBy(relPath, isDir, pattern));
+}
+
+function excludedBy(relPath: string, isDir: boolean, pattern: string): boolean {
+  let p = pattern;
+  // `cache/**` leaves out the directory itself, not only what is under it; `cache` keeps the slash's anchoring.
+  const parent = p.slice(0, -3);
+  if (p.endsWith('/**') && isDir && excludedBy(relPath, isDir, parent.includes('/') ? parent : `/${parent}`)) return true;
+  const dirsOnly = p.endsWith('/');
+  if (dirsOnly) p = p.replace(/\/+$/, '');
+  const anchored = p.startsWith('/');
+  if (anchored) p = p.replace(/^\/+/, '');
+  if ((dirsOnly && !isDir) || p === '') return false;
+  return minimatch(relPath, p, { dot: true, matchBase: !anchored });
 }
 
 function statOrUndefined(file: string): BigIntStats | undefined {
