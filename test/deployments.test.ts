@@ -14,7 +14,7 @@ async function sharedRepository() {
   const models = { a: path.join(work, 'host-a', 'models'), b: path.join(work, 'host-b', 'models') };
   for (const [name, dir] of Object.entries(models)) {
     await fsp.mkdir(dir, { recursive: true });
-    await fsp.writeFile(path.join(dir, 'model.safetensors'), `weights of ${name} `.repeat(1000));
+    await fsp.writeFile(path.join(dir, 'weights.bin'), `weights of ${name} `.repeat(1000));
     await fsp.writeFile(path.join(dir, `only-${name}.json`), `{"model": "${name}"}\n`);
   }
   assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
@@ -66,10 +66,17 @@ test('deployments sharing a repository: each backup builds on its own deployment
   const byEnv = await lifeboat(['--repo', repo, '--json', 'restore', new Date().toISOString(), '--target', target('env')], { env: { LIFEBOAT_DEPLOYMENT: 'b' } });
   assert.equal(byEnv.json().point, b2.id);
 
-  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ${repo}\ndeployment: b\n`);
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ${repo}\ndeployment: b\ntargets:\n  prod: { slots: ./slots, active: ./current, health: { command: "true" } }\n`);
   const byConfig = await lifeboat(['--json', 'show', 'latest'], { cwd: work });
   assert.equal(byConfig.json().id, b2.id);
   assert.equal(byConfig.json().deployment, 'b');
+  // An id of another deployment, copied from list, does not go into service.
+  const wrongModel = await lifeboat(['failover', a2.id, '--to', 'prod'], { cwd: work });
+  assert.equal(wrongModel.code, 2, wrongModel.stderr);
+  assert.match(wrongModel.stderr, new RegExp(`point ${a2.id} is a backup of deployment a, not of b, which prod serves\n {2}choose a point of b \\(lifeboat list\\), or name the deployment with --deployment a`));
+  await assert.rejects(fsp.lstat(path.join(work, 'current')), 'nothing was switched');
+  const right = await lifeboat(['failover', b1.id, '--to', 'prod'], { cwd: work });
+  assert.equal(right.code, 0, right.stderr);
   // A point id needs no deployment.
   assert.equal((await lifeboat(['--repo', repo, '--json', 'show', a1.id])).json().deployment, 'a');
   assert.match((await lifeboat(['--repo', repo, 'show', a1.id])).stdout, new RegExp(`^point ${a1.id} \\(full\\) of deployment a, completed`));

@@ -1,6 +1,7 @@
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { HealthError } from '../../errors.js';
+import { HealthError, UsageError } from '../../errors.js';
+import { deploymentOf } from '../../format/manifest.js';
 import { loadConfig } from '../../config/config.js';
 import { failover, rollback, type SwitchResult } from '../../core/failover.js';
 import { chooseTarget, type TargetSpec } from '../../core/targets.js';
@@ -64,6 +65,12 @@ export async function runFailover(ctx: CliContext, selector: string | undefined,
   const renderer = new ProgressRenderer(ctx, `failover to ${spec.name}`);
   try {
     const point = await repo.resolve(selector ?? 'latest');
+    // An id copied from `list`, which shows every deployment's points, must not put another model into service.
+    if (repo.deployment !== undefined && deploymentOf(point) !== repo.deployment) {
+      throw new UsageError(`point ${point.id} is a backup of deployment ${deploymentOf(point)}, not of ${repo.deployment}, which ${spec.name} serves`, {
+        hint: `choose a point of ${repo.deployment} (lifeboat list), or name the deployment with --deployment ${deploymentOf(point)} if that is what ${spec.name} should serve`,
+      });
+    }
     const result = await failover(repo, point, spec, {
       signal: ctx.signal,
       reporter: renderer,
