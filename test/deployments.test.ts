@@ -77,6 +77,13 @@ test('deployments sharing a repository: each backup builds on its own deployment
   await assert.rejects(fsp.lstat(path.join(work, 'current')), 'nothing was switched');
   const right = await lifeboat(['failover', b1.id, '--to', 'prod'], { cwd: work });
   assert.equal(right.code, 0, right.stderr);
+  // Named nowhere, the deployment of the point the target serves stands in.
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ${repo}\ntargets:\n  prod: { slots: ./slots, active: ./current, health: { command: "true" } }\n`);
+  const unnamedWrong = await lifeboat(['failover', a2.id, '--to', 'prod'], { cwd: work });
+  assert.equal(unnamedWrong.code, 2, unnamedWrong.stderr);
+  assert.match(unnamedWrong.stderr, /is a backup of deployment a, not of b, which prod serves/);
+  const meant = await lifeboat(['--deployment', 'a', 'failover', a2.id, '--to', 'prod'], { cwd: work });
+  assert.equal(meant.code, 0, meant.stderr);
   // A point id needs no deployment.
   assert.equal((await lifeboat(['--repo', repo, '--json', 'show', a1.id])).json().deployment, 'a');
   assert.match((await lifeboat(['--repo', repo, 'show', a1.id])).stdout, new RegExp(`^point ${a1.id} \\(full\\) of deployment a, completed`));

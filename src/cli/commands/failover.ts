@@ -5,6 +5,8 @@ import { deploymentOf } from '../../format/manifest.js';
 import { loadConfig } from '../../config/config.js';
 import { failover, rollback, type SwitchResult } from '../../core/failover.js';
 import { chooseTarget, type TargetSpec } from '../../core/targets.js';
+import { readActive, slotPoint } from '../../core/slots.js';
+import type { Repository } from '../../core/repository.js';
 import { openRepository, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
 import { formatBytes } from '../format.js';
@@ -66,9 +68,10 @@ export async function runFailover(ctx: CliContext, selector: string | undefined,
   try {
     const point = await repo.resolve(selector ?? 'latest');
     // An id copied from `list`, which shows every deployment's points, must not put another model into service.
-    if (repo.deployment !== undefined && deploymentOf(point) !== repo.deployment) {
-      throw new UsageError(`point ${point.id} is a backup of deployment ${deploymentOf(point)}, not of ${repo.deployment}, which ${spec.name} serves`, {
-        hint: `choose a point of ${repo.deployment} (lifeboat list), or name the deployment with --deployment ${deploymentOf(point)} if that is what ${spec.name} should serve`,
+    const serves = repo.deployment ?? (await servedDeployment(repo, spec));
+    if (serves !== undefined && deploymentOf(point) !== serves) {
+      throw new UsageError(`point ${point.id} is a backup of deployment ${deploymentOf(point)}, not of ${serves}, which ${spec.name} serves`, {
+        hint: `choose a point of ${serves} (lifeboat list), or name the deployment with --deployment ${deploymentOf(point)} if that is what ${spec.name} should serve`,
       });
     }
     const result = await failover(repo, point, spec, {
@@ -86,6 +89,13 @@ export async function runFailover(ctx: CliContext, selector: string | undefined,
     renderer.stop();
     await close();
   }
+}
+
+/** The deployment of the point a target's active slot holds, when it is known. */
+async function servedDeployment(repo: Repository, spec: TargetSpec): Promise<string | undefined> {
+  const active = slotPoint(spec.slots, await readActive(spec.active).catch(() => null));
+  if (!active) return undefined;
+  return repo.summary(active).then(deploymentOf, () => undefined);
 }
 
 export async function runRollback(ctx: CliContext, flags: FailoverFlags): Promise<void> {
