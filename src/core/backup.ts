@@ -5,12 +5,12 @@ import { createHash } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
 import { IntegrityError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { makePointId, pointTime, type BackupType } from '../format/ids.js';
-import { DEFAULT_DEPLOYMENT, MANIFEST_FORMAT, MAX_MANIFEST_CHARS, estimateManifestChars, keys, volumeEntryName, type ContentRef, type Manifest, type ManifestEntry } from '../format/manifest.js';
+import { DEFAULT_DEPLOYMENT, MANIFEST_FORMAT, MAX_MANIFEST_CHARS, deploymentOf, type PointSummary, estimateManifestChars, keys, volumeEntryName, type ContentRef, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { checkDeploymentName, checkSourceName } from '../format/paths.js';
 import { localAccounts, namesOf } from '../format/accounts.js';
 import type { Notice, Progress, Reporter } from './events.js';
 import { acquireLock, describeLock } from './lock.js';
-import { chooseReference, countChanges, emptiedSince, emptySources, planBackup, type BackupPlan, type PlannedEntry } from './backup-plan.js';
+import { chooseReference, type ReferenceChoice, countChanges, emptiedSince, emptySources, planBackup, type BackupPlan, type PlannedEntry } from './backup-plan.js';
 import { SMALL_FILE, SmallFilePrefetcher, type WholeFile } from './file-reader.js';
 import { Sha256Offload, type OffloadedDigest } from './hash-offload.js';
 import type { Repository } from './repository.js';
@@ -110,12 +110,12 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const ids = await repo.pointIds();
     const clockBehind = clockBehindNotice(ids, startedAt);
     if (clockBehind) warn(clockBehind);
-    const newest = await repo.newestOf(deployment, ids);
-    const choice = chooseReference(newest, options.type, deployment, ids.length > 0);
-    if (choice.fallbackReason) reporter.notice?.({ level: 'info', code: 'type-fallback', message: choice.fallbackReason });
-    // The reference manifest is read and checked while the sources are scanned: one waits on the disk while the other computes.
-    const referenceRead = choice.referenceId ? repo.manifest(choice.referenceId) : Promise.resolve(undefined);
+    // The reference is chosen, and its manifest read and checked, while the sources are scanned: one waits on the disk while the other computes.
+    const referenceRead = readReference(repo, ids, options.type, deployment);
     referenceRead.catch(() => undefined);
+    // So is the record of deployments, which the commit may extend.
+    const deploymentsRecorded = options.dryRun ? undefined : repo.recordedDeployments();
+    deploymentsRecorded?.catch(() => undefined);
 
     const scanned: ScannedSource[] = [];
     // A local repository inside a source would be backed up into itself, growing with every backup.
@@ -125,7 +125,8 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     for (const spec of options.sources) {
       scanned.push(await scanSource(spec, options.excludes ?? [], { ...reporter, notice: (n) => (n.level === 'warning' ? warn(n) : reporter.notice?.(n)) }, options.signal, leaveOut));
     }
-    const reference = await referenceRead;
+    const { choice, newest, reference } = await referenceRead;
+    if (choice.fallbackReason) reporter.notice?.({ level: 'info', code: 'type-fallback', message: choice.fallbackReason });
     if (reference && options.deployment === undefined && reference.host !== os.hostname()) {
       // Most often a host that took over after a failover; but two hosts sharing a repository unnamed build on each other's points.
       reporter.notice?.({
@@ -252,7 +253,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     };
     try {
       // Recorded before the point exists, so the record never lacks a deployment that has points.
-      await repo.recordDeployments({ adding: deployment });
+      await repo.recordDeployments({ adding: deployment }, deploymentsRecorded);
       await repo.commitManifest(manifest);
     } catch (err) {
       // Past the estimate (very long names): JSON.stringify cannot build the document.
@@ -276,6 +277,22 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     await leftoversRemoved.catch(() => undefined);
     await lock?.release();
   }
+}
+
+/**
+ * Chooses the reference and reads its manifest. An incr's reference is
+ * almost always the newest point: its manifest is read at once, and the
+ * summaries only when that point belongs to another deployment.
+ */
+async function readReference(repo: Repository, ids: readonly string[], requested: BackupType, deployment: string): Promise<{ choice: ReferenceChoice; newest?: Pick<PointSummary, 'id' | 'full'>; reference?: Manifest }> {
+  const newestId = ids[ids.length - 1];
+  if (requested === 'incr' && newestId) {
+    const latest = await repo.manifest(newestId);
+    if (deploymentOf(latest) === deployment) return { choice: chooseReference(latest, requested, deployment, true), newest: latest, reference: latest };
+  }
+  const newest = await repo.newestOf(deployment, ids);
+  const choice = chooseReference(newest, requested, deployment, ids.length > 0);
+  return { choice, newest, reference: choice.referenceId ? await repo.manifest(choice.referenceId) : undefined };
 }
 
 /**

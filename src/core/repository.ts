@@ -238,10 +238,11 @@ export class Repository {
   /**
    * Records the deployments with points, before a point of `adding` is
    * committed (`adding`) or after a prune (`names`, exactly). Callers hold the
-   * repository lock. Missing, the record is made from every point's summary.
+   * repository lock (`recorded`: the record as read under it). Missing, the
+   * record is made from every point's summary.
    */
-  async recordDeployments(change: { adding: string } | { names: readonly string[] }): Promise<void> {
-    const before = await this.recordedDeployments();
+  async recordDeployments(change: { adding: string } | { names: readonly string[] }, recorded: Promise<string[] | undefined> = this.recordedDeployments()): Promise<void> {
+    const before = await recorded;
     let names: string[];
     if ('names' in change) names = [...new Set(change.names)].sort();
     else names = [...new Set([...(before ?? (await this.allSummaries()).map(deploymentOf)), change.adding])].sort();
