@@ -50,6 +50,11 @@ test('deployments sharing a repository: each backup builds on its own deployment
   const table = await lifeboat(['--repo', repo, 'list']);
   assert.match(table.stdout, /^ID\s+DEPLOYMENT\s+TYPE/);
   assert.match(table.stdout, new RegExp(`${a2.id}\\s+a\\s+incr`));
+  // With a deployment named, list shows its points, so that the last id listed is one of its own.
+  const ofA = await lifeboat(['--repo', repo, '--deployment', 'a', '--json', 'list']);
+  assert.deepEqual(ofA.json().map((p: { id: string }) => p.id), [a1.id, a2.id]);
+  assert.match((await lifeboat(['--repo', repo, '--deployment', 'a', 'list'])).stdout, /\n2 point\(s\) of other deployments \(b\) not shown; list --all shows them\n$/);
+  assert.equal((await lifeboat(['--repo', repo, '--deployment', 'a', '--json', 'list', '--all'])).json().length, 4);
 
   // latest and times select within one deployment; without one, the repository asks which.
   const target = (name: string) => path.join(work, 'restored', name);

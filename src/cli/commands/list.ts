@@ -25,14 +25,19 @@ export function pointJson(m: PointFacts) {
   };
 }
 
-export async function runList(ctx: CliContext): Promise<void> {
+export async function runList(ctx: CliContext, flags: { all?: boolean } = {}): Promise<void> {
   const { repo, close } = await openRepository(ctx);
   try {
-    const points = await repo.allSummaries();
+    const every = await repo.allSummaries();
+    // With a deployment named, its points alone: an id taken from the list (`.[-1].id`) is then one of its own.
+    const scope = flags.all ? undefined : repo.deployment;
+    const points = scope === undefined ? every : every.filter((m) => deploymentOf(m) === scope);
+    const others = [...new Set(every.filter((m) => !points.includes(m)).map(deploymentOf))].sort();
     const pins = await readPins(repo.storage);
     const pinned = (id: string) => ({ pinned: pins.has(id), pinReason: pins.get(id)?.reason ?? null });
     printResult(ctx, points.map((m) => ({ ...pointJson(m), ...pinned(m.id) })), () => {
-      if (points.length === 0) return 'no backup points yet';
+      const hidden = others.length ? `\n${every.length - points.length} point(s) of other deployments (${others.join(', ')}) not shown; list --all shows them` : '';
+      if (points.length === 0) return `no backup points${scope === undefined ? '' : ` of deployment ${scope}`} yet${hidden}`;
       // A repository shared by several deployments says whose each point is.
       const shared = new Set(points.map(deploymentOf)).size > 1;
       const rows = [['ID', ...(shared ? ['DEPLOYMENT'] : []), 'TYPE', 'PARENT', 'COMPLETED', 'FILES', 'SIZE', 'STORED', 'TAGS', 'PINNED']];
@@ -50,7 +55,7 @@ export async function runList(ctx: CliContext): Promise<void> {
           pins.has(m.id) ? `pinned: ${pins.get(m.id)!.reason}` : '-',
         ]);
       }
-      return table(rows);
+      return table(rows) + hidden;
     });
   } finally {
     await close();
@@ -61,7 +66,8 @@ export function registerList(program: Command, run: CommandRunner): Command {
   return program
     .command('list')
     .alias('ls')
-    .description('list backup points, oldest first')
+    .description('list backup points, oldest first (of the deployment named, when one is)')
+    .option('-a, --all', 'the points of every deployment, even when one is named')
     .addHelpText('after', '\nExample:\n  lifeboat list --json | jq -r \'.[-1].id\'')
-    .action(run((ctx) => runList(ctx)));
+    .action(run((ctx, flags: { all?: boolean }) => runList(ctx, flags)));
 }
