@@ -138,6 +138,9 @@ test('a restore that meets a damaged or missing volume names the newest point th
   assert.equal(failover.code, 3, failover.stderr);
   assert.match(failover.stderr, new RegExp(`needs nothing of ${volume}: lifeboat failover ${first} --to prod\n`));
   assert.equal(await exists(path.join(d.work, 'current')), false, 'the link was not switched');
+  const drill = await lifeboat(['--repo', d.repo, 'drill']);
+  assert.equal(drill.code, 3, drill.stderr);
+  assert.match(drill.stderr, new RegExp(`needs nothing of ${volume}: lifeboat drill ${first}\n`));
 
   // With the full's volume gone too, no point restores.
   await fsp.rm(path.join(d.repo, 'data', first), { recursive: true });

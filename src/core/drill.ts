@@ -49,6 +49,8 @@ export interface DrillResult {
   checks: DrillCheck[];
   /** 0 passed, 3 the data did not restore intact, 5 the smoke test or an objective failed. */
   exitCode: 0 | 3 | 5;
+  /** The stored volume the restore found damaged or missing, when it names one. */
+  damagedVolume?: string;
 }
 
 export interface DrillOptions {
@@ -91,6 +93,7 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
   const base = await makeWorkDirectory(options.workDir, 'lifeboat-drill-');
   const target = path.join(base, 'restore');
   let integrity = false;
+  let damagedVolume: string | undefined;
   let smoke: DrillResult['smoke'] = null;
   let files = 0;
   let bytes = 0;
@@ -109,6 +112,7 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
       throwIfAborted(options.signal);
       if (err instanceof LifeboatError && err.exitCode === ExitCode.usage) throw err;
       integrity = err instanceof IntegrityError;
+      if (err instanceof IntegrityError) damagedVolume = err.volume;
       fail({ name: 'restore', status: 'failed', durationMs: Date.now() - t0, message: errorMessage(err) });
       fail(
         integrity
@@ -188,6 +192,7 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
       problems,
       checks,
       exitCode: exitCode as 0 | 3 | 5,
+      ...(damagedVolume !== undefined ? { damagedVolume } : {}),
     };
     try {
       await appendEvent(repo.storage, {

@@ -6,6 +6,7 @@ import { drill, type DrillResult } from '../../core/drill.js';
 import { drillErrorJUnit, drillJUnit } from '../../core/junit.js';
 import { writeFileAtomic } from '../../core/metrics.js';
 import { contextConfig, openRepository, repositoryUrl, type CliContext } from '../context.js';
+import { withIntactAlternative } from '../damage.js';
 import { addCronOptions, runMonitored, type CronFlags } from '../cron.js';
 import { formatBytes } from '../format.js';
 import { ProgressRenderer, log, printResult } from '../output.js';
@@ -65,6 +66,7 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
     const junitFile = flags.junit ? path.resolve(ctx.cwd, flags.junit) : undefined;
     let repository = '(unknown)';
     let result: DrillResult;
+    let damaged: unknown;
     const renderer = new ProgressRenderer(ctx, 'drill');
     try {
       const config = await contextConfig(ctx);
@@ -82,6 +84,13 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
           signal: ctx.signal,
           reporter: renderer,
         });
+        if (result.exitCode === 3) {
+          const failure = new IntegrityError(`drill of ${result.point} failed: ${result.problems[0]?.message ?? 'the data did not restore intact'}`, {
+            hint: 'run `lifeboat verify --read-data` to find every damaged point; drill an older point that verifies',
+            volume: result.damagedVolume,
+          });
+          damaged = await withIntactAlternative(failure, repo, point, (id) => `lifeboat drill ${id}`);
+        }
       } finally {
         await close();
       }
@@ -98,11 +107,7 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
       log(ctx, `wrote the JUnit report ${junitFile}`);
     }
     printResult(ctx, drillJson(result), () => summary(result));
-    if (result.exitCode === 3) {
-      throw new IntegrityError(`drill of ${result.point} failed: ${result.problems[0]?.message ?? 'the data did not restore intact'}`, {
-        hint: 'run `lifeboat verify --read-data` to find every damaged point; drill an older point that verifies',
-      });
-    }
+    if (damaged) throw damaged;
     if (result.exitCode === 5) {
       throw new HealthError(`drill of ${result.point} failed: ${result.problems.map((p) => `${p.check}: ${p.message}`).join('; ')}`);
     }
