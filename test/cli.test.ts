@@ -233,6 +233,30 @@ test('a second writer exits 4 naming the holder; a stale lock is taken over; unl
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 
+test('--retry-lock waits for a live holder to finish (hosts whose cron jobs start together), and gives up with exit 4 when it does not', async () => {
+  const d = await smallDeployment();
+  const lockFile = path.join(d.repo, 'locks', 'lock.json');
+  await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+  const live = { host: 'gpu-node-7', pid: 4242, command: 'backup', startedAt: new Date().toISOString(), refreshedAt: new Date().toISOString(), leaseMs: 1800000 };
+  await fsp.writeFile(lockFile, JSON.stringify(live));
+
+  const gaveUp = await lifeboat(['--repo', d.repo, 'backup', d.src, '--retry-lock', '600ms']);
+  assert.equal(gaveUp.code, 4, gaveUp.stderr);
+  assert.match(gaveUp.stderr, /the repository is locked by backup on gpu-node-7, pid 4242, since \S+; waiting up to 600ms for it\n/);
+  assert.match(gaveUp.stderr, /lifeboat: the repository is locked by backup on gpu-node-7, pid 4242, since \S+, still after waiting 600ms\n {2}wait longer with --retry-lock/);
+
+  // The holder finishes while the second backup waits; the config gives the wait this time.
+  await fsp.writeFile(path.join(d.work, 'lifeboat.yaml'), `repository: ./repo\nlock: { retry: 30s }\n`);
+  const waiting = lifeboat(['--json', 'backup', d.src], { cwd: d.work });
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  await fsp.rm(lockFile);
+  const waited = await waiting;
+  assert.equal(waited.code, 0, waited.stderr);
+  assert.match(waited.stderr, /the repository is locked by backup on gpu-node-7, pid 4242, since \S+; waiting up to 30\.0s for it/);
+  assert.equal(waited.json().type, 'full');
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
 test('init refuses a non-empty location; commands on a missing repository exit 2', async () => {
   const d = await smallDeployment();
   const again = await lifeboat(['--repo', d.repo, 'init']);

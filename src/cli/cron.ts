@@ -14,6 +14,7 @@ export interface CronFlags {
   notifyUrl?: string;
   notifyOn?: string[];
   lockStaleAfter?: string;
+  retryLock?: string;
 }
 
 /** What a command tells the wrapper about its run, for metrics and notifications. */
@@ -36,7 +37,11 @@ export function addCronOptions(command: Command, options: { lock?: boolean } = {
     .option('--metrics-file <path>', 'write Prometheus text-format metrics here (atomically), for node_exporter\'s textfile collector')
     .option('--notify-url <url>', 'POST a JSON event here when the run fails (or notify.url in the config)')
     .addOption(new Option('--notify-on <events>', 'when to notify: failure (always), success (comma-separated, repeatable)').argParser(collect));
-  if (options.lock) command.option('--lock-stale-after <duration>', 'take over a lock not refreshed for this long (lock.staleAfter; default 30m)');
+  if (options.lock) {
+    command
+      .option('--lock-stale-after <duration>', 'take over a lock not refreshed for this long (lock.staleAfter; default 30m)')
+      .option('--retry-lock <duration>', 'wait this long for a lock another live process holds, instead of exiting 4 at once (lock.retry)');
+  }
   return command;
 }
 
@@ -46,6 +51,15 @@ export function lockStaleAfterMs(flags: CronFlags, config: LifeboatConfig): numb
   if (text === undefined) return undefined;
   const ms = parseDuration(text);
   if (ms === undefined || ms <= 0) throw new UsageError(`--lock-stale-after ${text}: expected a duration such as 10m or 2h`);
+  return ms;
+}
+
+/** flags > config > not at all. */
+export function lockRetryMs(flags: CronFlags, config: LifeboatConfig): number | undefined {
+  const text = flags.retryLock ?? config.lock?.retry;
+  if (text === undefined) return undefined;
+  const ms = parseDuration(text);
+  if (ms === undefined || ms < 0) throw new UsageError(`--retry-lock ${text}: expected a duration such as 10m or 2h`);
   return ms;
 }
 

@@ -72,7 +72,10 @@ export const configSchema = z
       .optional(),
     notify: z.object({ url: z.string().url(), on: z.array(z.enum(['failure', 'success'])).optional() }).strict().optional(),
     lock: z
-      .object({ staleAfter: duration.describe('a lock whose lease was not refreshed for this long is stale and taken over (default 30m)').optional() })
+      .object({
+        staleAfter: duration.describe('a lock whose lease was not refreshed for this long is stale and taken over (default 30m)').optional(),
+        retry: duration.describe('how long backup and prune wait for a lock another live process holds (default: not at all)').optional(),
+      })
       .strict()
       .optional(),
   })

@@ -9,7 +9,7 @@ import { DEFAULT_DEPLOYMENT, MANIFEST_FORMAT, MAX_MANIFEST_CHARS, deploymentOf, 
 import { checkDeploymentName, checkSourceName } from '../format/paths.js';
 import { localAccounts, namesOf } from '../format/accounts.js';
 import type { Notice, Progress, Reporter } from './events.js';
-import { acquireLock, describeLock } from './lock.js';
+import { acquireLock, describeLock, writerLockOptions } from './lock.js';
 import { chooseReference, type ReferenceChoice, countChanges, emptiedSince, emptySources, planBackup, type BackupPlan, type PlannedEntry } from './backup-plan.js';
 import { SMALL_FILE, SmallFilePrefetcher, type WholeFile } from './file-reader.js';
 import { Sha256Offload, type OffloadedDigest } from './hash-offload.js';
@@ -39,6 +39,8 @@ export interface BackupOptions {
   reporter?: Reporter;
   /** A lock not refreshed for this long is stale and taken over (default: the lock's own lease). */
   lockStaleAfterMs?: number;
+  /** How long to wait for the lock while another live process holds it (default: not at all, exit 4). */
+  lockRetryMs?: number;
   /** Volume uploads in flight at once. */
   concurrency?: number;
   volumeSize?: number;
@@ -93,7 +95,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   }
 
   const startedAt = now();
-  const lock = options.dryRun ? undefined : await acquireLock(repo.storage, 'backup', undefined, { staleAfterMs: options.lockStaleAfterMs });
+  const lock = options.dryRun ? undefined : await acquireLock(repo.storage, 'backup', undefined, writerLockOptions(options, reporter));
   let sink: VolumeSink | undefined;
   let hasher: Sha256Offload | undefined;
   let id: string | undefined;

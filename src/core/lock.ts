@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import * as z from 'zod';
 import { LockedError, errorMessage, throwIfAborted } from '../errors.js';
 import { sleep } from '../sleep.js';
+import { formatDuration } from '../config/duration.js';
 import { isNotFound, type Storage } from '../storage/storage.js';
 import { keys } from '../format/manifest.js';
 import type { Notice, Reporter } from './events.js';
@@ -104,44 +105,86 @@ export interface HeldLock {
   release(): Promise<void>;
 }
 
+export interface LockWait {
+  /** How long to wait for a live holder to finish before failing with exit 4 (restic's --retry-lock); default not at all. */
+  retryForMs?: number;
+  signal?: AbortSignal;
+  /** Told once, when the lock is found held by a live process and there is time to wait. */
+  onWait?: (holder: LockStatus) => void;
+}
+
 /**
  * Takes the repository's exclusive lock (backups, prunes). A live holder makes
- * this fail at once with exit 4; a stale one is taken over and reported. The
- * lease is refreshed while the lock is held, so a crashed holder on another
- * host is recognised once its lease runs out.
+ * this fail with exit 4, at once or after `retryForMs` of waiting for it; a
+ * stale one is taken over and reported. The lease is refreshed while the lock
+ * is held, so a crashed holder on another host is recognised once its lease
+ * runs out.
  */
-export async function acquireLock(storage: Storage, command: string, leaseMs = DEFAULT_LEASE_MS, options: StalenessOptions = {}): Promise<HeldLock> {
+export async function acquireLock(storage: Storage, command: string, leaseMs = DEFAULT_LEASE_MS, options: StalenessOptions & LockWait = {}): Promise<HeldLock> {
+  const waitMs = options.retryForMs ?? 0;
+  const deadline = Date.now() + waitMs;
+  // Hosts whose cron jobs start together are spread out, and a short wait is not a busy loop.
+  const pollMs = Math.min(5000, Math.max(100, waitMs / 20));
+  for (let attempt = 1; ; attempt++) {
+    const outcome = await tryLock(storage, command, leaseMs, options);
+    if ('held' in outcome) return outcome.held;
+    const remaining = deadline - Date.now();
+    if (remaining <= 0) {
+      throw new LockedError(`the repository is locked by ${describeLock(outcome.busy.info)}${waitMs > 0 ? `, still after waiting ${formatDuration(waitMs)}` : ''}`, {
+        hint: waitMs > 0 ? 'wait longer with --retry-lock (or lock.retry); if that process is gone, run `lifeboat unlock`' : 'wait for it to finish, or let the command wait with --retry-lock 30m; if that process is gone, run `lifeboat unlock`',
+      });
+    }
+    if (attempt === 1) options.onWait?.(outcome.busy);
+    await sleep(Math.min(remaining, pollMs * (0.5 + Math.random())), options.signal);
+    throwIfAborted(options.signal);
+  }
+}
+
+/** What a writing command (backup, prune) takes the lock with: staleness, how long to wait, and a notice when it waits. */
+export function writerLockOptions(o: { lockStaleAfterMs?: number; lockRetryMs?: number; signal?: AbortSignal }, reporter: Reporter): StalenessOptions & LockWait {
+  return {
+    staleAfterMs: o.lockStaleAfterMs,
+    retryForMs: o.lockRetryMs,
+    signal: o.signal,
+    onWait: (holder) =>
+      reporter.notice?.({ level: 'info', code: 'lock-wait', message: `the repository is locked by ${describeLock(holder.info)}; waiting up to ${formatDuration(o.lockRetryMs ?? 0)} for it` }),
+  };
+}
+
+/** One attempt: the lock taken (a stale holder's taken over), or the live holder that has it. */
+async function tryLock(storage: Storage, command: string, leaseMs: number, options: StalenessOptions): Promise<{ held: HeldLock } | { busy: LockStatus }> {
   const now = new Date().toISOString();
   const info: LockInfo = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs };
   let tookOver: LockStatus | undefined;
   if (!(await storage.putDocument(keys.lock, encodeLock(info), { ifAbsent: true }))) {
     const holder = await readLock(storage, options);
-    if (holder && !holder.stale) {
-      throw new LockedError(`the repository is locked by ${describeLock(holder.info)}`, {
-        hint: 'wait for it to finish; if that process is gone, run `lifeboat unlock`',
-      });
-    }
+    if (holder && !holder.stale) return { busy: holder };
+    // Released between the two calls: the next attempt takes it.
+    if (!holder) return tryLock(storage, command, leaseMs, options);
     tookOver = holder;
     await storage.delete([keys.lock]);
     if (!(await storage.putDocument(keys.lock, encodeLock(info), { ifAbsent: true }))) {
       const winner = await readLock(storage);
-      throw new LockedError(`the repository was locked by ${winner ? describeLock(winner.info) : 'another process'} while taking over a stale lock`);
+      if (winner && !winner.stale) return { busy: winner };
+      throw new LockedError(`the repository was locked by another process while taking over a stale lock`);
     }
   }
   const lease = keepRefreshed(storage, keys.lock, info);
   return {
-    info,
-    tookOver,
-    async release() {
-      await lease.stop();
-      try {
-        const current = await readLock(storage);
-        if (current && current.info.pid === info.pid && current.info.host === info.host && current.info.startedAt === info.startedAt) {
-          await storage.delete([keys.lock]);
+    held: {
+      info,
+      tookOver,
+      async release() {
+        await lease.stop();
+        try {
+          const current = await readLock(storage);
+          if (current && current.info.pid === info.pid && current.info.host === info.host && current.info.startedAt === info.startedAt) {
+            await storage.delete([keys.lock]);
+          }
+        } catch (err) {
+          throw new LockedError(`could not release the repository lock: ${errorMessage(err)}`);
         }
-      } catch (err) {
-        throw new LockedError(`could not release the repository lock: ${errorMessage(err)}`);
-      }
+      },
     },
   };
 }

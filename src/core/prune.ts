@@ -2,7 +2,7 @@ import { LockedError, throwIfAborted } from '../errors.js';
 import { deploymentOf, keys, volumesNeeded } from '../format/manifest.js';
 import type { Reporter } from './events.js';
 import { appendEvent } from './journal.js';
-import { acquireLock, describeLock, readersOf } from './lock.js';
+import { acquireLock, describeLock, readersOf, writerLockOptions } from './lock.js';
 import type { Repository } from './repository.js';
 import { planRetention, type RetentionDecision, type RetentionPolicy } from './retention.js';
 
@@ -18,6 +18,8 @@ export interface PruneOptions {
   now?: Date;
   /** A lock not refreshed for this long is stale and taken over. */
   lockStaleAfterMs?: number;
+  /** How long to wait for the lock while another live process holds it (default: not at all, exit 4). */
+  lockRetryMs?: number;
   signal?: AbortSignal;
   reporter?: Reporter;
 }
@@ -87,7 +89,7 @@ const DELETE_BATCH = 500;
 export async function prune(repo: Repository, options: PruneOptions): Promise<PruneResult> {
   const started = Date.now();
   const reporter = options.reporter ?? {};
-  const lock = options.dryRun ? undefined : await acquireLock(repo.storage, 'prune', undefined, { staleAfterMs: options.lockStaleAfterMs });
+  const lock = options.dryRun ? undefined : await acquireLock(repo.storage, 'prune', undefined, writerLockOptions(options, reporter));
   try {
     if (lock?.tookOver) {
       reporter.notice?.({ level: 'warning', code: 'stale-lock', message: `took over a stale lock of ${describeLock(lock.tookOver.info)} (${lock.tookOver.reason})` });

@@ -12,7 +12,7 @@ import { ProgressRenderer, log, printResult } from '../output.js';
 import { captureSources, stateSource, type CapturedSources, type PendingSource } from '../../state/capture.js';
 import { BackupHooks } from '../../state/hooks.js';
 import type { CommandRunner } from '../main.js';
-import { addCronOptions, lockStaleAfterMs, runMonitored, type CronFlags, type RunFigures } from '../cron.js';
+import { addCronOptions, lockRetryMs, lockStaleAfterMs, runMonitored, type CronFlags, type RunFigures } from '../cron.js';
 
 interface BackupFlags extends CronFlags {
   type?: string;
@@ -107,6 +107,7 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
       allowEmpty: flags.allowEmpty,
       deployment: repo.deployment,
       lockStaleAfterMs: lockStaleAfterMs(flags, config),
+      lockRetryMs: lockRetryMs(flags, config),
       signal: ctx.signal,
       reporter: renderer,
       concurrency: config.s3?.concurrency,

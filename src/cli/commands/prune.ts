@@ -5,7 +5,7 @@ import type { LifeboatConfig } from '../../config/config.js';
 import { prune } from '../../core/prune.js';
 import type { RetentionPolicy } from '../../core/retention.js';
 import { openRepository, type CliContext } from '../context.js';
-import { addCronOptions, lockStaleAfterMs, runMonitored, type CronFlags } from '../cron.js';
+import { addCronOptions, lockRetryMs, lockStaleAfterMs, runMonitored, type CronFlags } from '../cron.js';
 import { formatBytes } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
 import { ProgressRenderer, printResult } from '../output.js';
@@ -57,6 +57,7 @@ export async function runPrune(ctx: CliContext, flags: PruneFlags): Promise<void
         deployment: repo.deployment,
         dryRun: flags.dryRun,
         lockStaleAfterMs: lockStaleAfterMs(flags, config),
+        lockRetryMs: lockRetryMs(flags, config),
         signal: ctx.signal,
         reporter: renderer,
       });
