@@ -137,6 +137,17 @@ test('point selectors: id, prefix, latest, ISO time; ambiguous or unknown is exi
   assert.match(ambiguous.stderr, /matches 3 backup points/);
   assert.equal((await show('nomatch')).code, 2);
   assert.equal((await show('2026-13-45')).code, 2);
+  // A time names its zone: without one it could be read an hour or more off.
+  const at = list[1].completedAt.replace(/\.\d+Z$/, '');
+  const zoneless = await lifeboat(['--repo', d.repo, 'show', at]);
+  assert.equal(zoneless.code, 2);
+  assert.match(zoneless.stderr, new RegExp(`${at} has no time zone\n {2}add Z for UTC, as lifeboat shows times \\(${at}Z\\), or the offset meant`));
+  const dateOnly = await lifeboat(['--repo', d.repo, 'show', at.slice(0, 10)]);
+  assert.equal(dateOnly.code, 2);
+  assert.match(dateOnly.stderr, /is a date; a point is chosen by a time, with its zone\n {2}for the state at the end of that day in UTC: \d{4}-\d{2}-\d{2}T23:59:59Z/);
+  // The same instant written with an offset.
+  const offset = new Date(Date.parse(list[1].completedAt) + 3600_000).toISOString().replace('Z', '+01:00');
+  assert.equal((await show(offset)).json().id, ids[1]);
   const diff = (await lifeboat(['--repo', d.repo, '--json', 'diff', ids[0]!, ids[2]!])).json();
   assert.deepEqual(diff.changed.map((c: { path: string }) => c.path), ['models/config.json']);
   await fsp.rm(d.work, { recursive: true, force: true });

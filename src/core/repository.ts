@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { UsageError, IntegrityError } from '../errors.js';
 import { decodeDocument, encodeDocument } from '../format/document.js';
-import { POINT_ID } from '../format/ids.js';
+import { POINT_ID, parseTimeSelector } from '../format/ids.js';
 import {
   FORMAT_VERSION,
   deploymentOf,
@@ -289,8 +289,7 @@ export class Repository {
     if (ids.length === 0) throw new UsageError(`the repository at ${this.storage.location} has no backup points yet`);
     if (selector === 'latest') return this.manifest((await this.latestInScope())!.id);
     if (/^\d{4}-\d{2}-\d{2}/.test(selector)) {
-      const at = Date.parse(selector);
-      if (!Number.isFinite(at)) throw new UsageError(`${JSON.stringify(selector)} is not a valid ISO-8601 time`);
+      const at = parseTimeSelector(selector);
       let best: PointSummary | undefined;
       for (const m of await this.pointsInScope()) {
         const done = Date.parse(m.completedAt);

@@ -1,3 +1,4 @@
+import { UsageError } from '../errors.js';
 export type BackupType = 'full' | 'diff' | 'incr';
 
 const TYPE_LETTER: Record<BackupType, string> = { full: 'F', diff: 'D', incr: 'I' };
@@ -15,4 +16,28 @@ export function makePointId(at: Date, type: BackupType): string {
 /** When a point was started, from its id (milliseconds since the epoch, UTC). */
 export function pointTime(id: string): number {
   return Date.UTC(Number(id.slice(0, 4)), Number(id.slice(4, 6)) - 1, Number(id.slice(6, 8)), Number(id.slice(9, 11)), Number(id.slice(11, 13)), Number(id.slice(13, 15)), Number(id.slice(16, 19)));
+}
+
+const TIME_SELECTOR = /^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)(Z|[+-]\d{2}:?\d{2})?)?$/i;
+
+/**
+ * The instant an ISO-8601 time selector names. It must carry its zone: a time
+ * without one, read as UTC or as this host's zone, could select the state of
+ * the wrong hour during an outage, so it is refused with the forms that would do.
+ */
+export function parseTimeSelector(selector: string): number {
+  const m = TIME_SELECTOR.exec(selector);
+  const at = m ? Date.parse(`${m[1]}T${m[2] ?? '00:00'}${m[3] ?? 'Z'}`) : NaN;
+  if (!m || !Number.isFinite(at)) throw new UsageError(`${JSON.stringify(selector)} is not a valid ISO-8601 time`, { hint: 'such as 2026-11-20T03:00:00Z' });
+  if (m[2] === undefined) {
+    throw new UsageError(`${selector} is a date; a point is chosen by a time, with its zone`, {
+      hint: `for the state at the end of that day in UTC: ${m[1]}T23:59:59Z`,
+    });
+  }
+  if (m[3] === undefined) {
+    throw new UsageError(`${selector} has no time zone`, {
+      hint: `add Z for UTC, as lifeboat shows times (${m[1]}T${m[2]}Z), or the offset meant (${m[1]}T${m[2]}+02:00)`,
+    });
+  }
+  return at;
 }
