@@ -136,6 +136,9 @@ test('point selectors: id, prefix, latest, ISO time; ambiguous or unknown is exi
   assert.equal(ambiguous.code, 2);
   assert.match(ambiguous.stderr, /matches 3 backup points/);
   assert.equal((await show('nomatch')).code, 2);
+  const typo = await lifeboat(['--repo', d.repo, 'show', 'lastest']);
+  assert.equal(typo.code, 2);
+  assert.match(typo.stderr, /no backup point matches "lastest"\n {2}did you mean latest\?/);
   assert.equal((await show('2026-13-45')).code, 2);
   // A time names its zone: without one it could be read an hour or more off.
   const at = list[1].completedAt.replace(/\.\d+Z$/, '');

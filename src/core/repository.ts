@@ -300,7 +300,8 @@ export class Repository {
     }
     const matches = ids.filter((id) => id.startsWith(selector));
     if (matches.length === 0) {
-      throw new UsageError(`no backup point matches ${JSON.stringify(selector)}`, { hint: 'see `lifeboat list`' });
+      const hint = /^[a-z]+$/i.test(selector) && editDistance(selector.toLowerCase(), 'latest') <= 2 ? 'did you mean latest?' : 'see `lifeboat list`';
+      throw new UsageError(`no backup point matches ${JSON.stringify(selector)}`, { hint });
     }
     if (matches.length > 1 && !matches.includes(selector)) {
       const shown = matches.slice(0, 5).join(', ') + (matches.length > 5 ? ', …' : '');
@@ -325,6 +326,17 @@ export class Repository {
     }
     return orphans;
   }
+}
+
+/** Levenshtein distance, for telling a typo of `latest` from an id. */
+function editDistance(a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j++) next[j] = Math.min(row[j]! + 1, next[j - 1]! + 1, row[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    row = next;
+  }
+  return row[b.length]!;
 }
 
 function safeJson(raw: Buffer): Record<string, unknown> | undefined {
