@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { lifeboat } from './helpers/cli.js';
-import { compareSnapshots, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile } from './helpers/tree.js';
+import { compareSnapshots, listFiles, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile } from './helpers/tree.js';
 
 /** A repository and a source `models/` to fill; `backup` takes an incremental and gives its JSON. */
 async function setUp(t: TestContext) {
@@ -27,14 +27,20 @@ async function setUp(t: TestContext) {
     assert.equal(restored.code, 0, restored.stderr);
     assert.equal(compareSnapshots(expected, await snapshotTree(path.join(target, 'models'))), undefined);
   };
-  return { rand: prng(seed), work, repo, models, backup, restoresAs };
+  // Files written just before a backup are compared anyway (racy); old ones are trusted by their stat alone.
+  const age = async () => {
+    const anHourAgo = new Date(Math.floor(Date.now() / 1000) * 1000 - 3600_000);
+    for (const file of await listFiles(models)) await fsp.utimes(file, anHourAgo, anHourAgo);
+  };
+  return { rand: prng(seed), work, repo, models, backup, restoresAs, age };
 }
 
 test('files copied with their times kept (a failover\'s new slot, cp -a, a remount) are read and compared, not stored again; one whose bytes differ is stored', async (t) => {
-  const { rand, work, models, backup, restoresAs } = await setUp(t);
+  const { rand, work, models, backup, restoresAs, age } = await setUp(t);
   await fsp.mkdir(path.join(models, 'llama'), { recursive: true });
   for (let i = 0; i < 4; i++) await writeRandomFile(path.join(models, 'llama', `shard-${i}.safetensors`), 1 << 20, rand);
   await fsp.writeFile(path.join(models, 'llama', 'config.json'), '{"vocab_size": 32000}\n');
+  await age();
   const full = await backup();
 
   // The same files under the same names, with their sizes and times, but new inodes.
@@ -48,11 +54,14 @@ test('files copied with their times kept (a failover\'s new slot, cp -a, a remou
 
   // A file replaced by other bytes of the same size, its mtime set back: only its inode and ctime tell.
   const shard = path.join(models, 'llama', 'shard-2.safetensors');
-  const { mtime, atime } = await fsp.stat(shard);
   const replacement = path.join(work, 'replacement');
   await writeRandomFile(replacement, 1 << 20, rand);
-  await fsp.utimes(replacement, atime, mtime);
+  // touch -r copies the times to the nanosecond, as utimes from JavaScript cannot.
+  execFileSync('touch', ['-r', shard, replacement]);
+  const before = await fsp.stat(shard, { bigint: true });
   await fsp.rename(replacement, shard);
+  const after = await fsp.stat(shard, { bigint: true });
+  assert.deepEqual([after.size, after.mtimeNs], [before.size, before.mtimeNs], 'only the inode tells');
   const expected = await snapshotTree(models);
   const replaced = await backup();
   assert.equal(replaced.changed, 1);
@@ -63,11 +72,12 @@ test('files copied with their times kept (a failover\'s new slot, cp -a, a remou
 });
 
 test('a model directory renamed or rotated (current/ → previous/) is compared by inode with its old place and not stored again; swapped files keep their own bytes', async (t) => {
-  const { rand, repo, models, backup, restoresAs } = await setUp(t);
+  const { rand, repo, models, backup, restoresAs, age } = await setUp(t);
   await fsp.mkdir(path.join(models, 'current'), { recursive: true });
   for (let i = 0; i < 3; i++) await writeRandomFile(path.join(models, 'current', `shard-${i}.safetensors`), 1 << 20, rand);
   await writeRandomFile(path.join(models, 'current', 'a.bin'), 64 << 10, rand);
   await writeRandomFile(path.join(models, 'current', 'b.bin'), 64 << 10, rand);
+  await age();
   await backup();
 
   // The deployed version is rotated aside and a new one, sharing nothing, comes in; two files trade names.
