@@ -73,24 +73,30 @@ test('a restore that succeeded has every file on disk', async (t) => {
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 
-test('a restore removes the staging directories that killed restores left beside its target, and leaves what a killed --force set aside', async () => {
+test('a restore takes over the newest staging directory that killed restores left beside its target, removes older ones, and leaves what a killed --force set aside', async () => {
   const d = await smallDeployment();
   assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src])).code, 0);
   const target = path.join(d.work, 'out');
-  // A restore killed while it streamed (its process is gone), one still running (this test's process), and a
+  // Two restores killed while they streamed (their process is gone), one still running (this test's process), and a
   // --force killed between moving the old target aside and the new one in.
   const gone = 2 ** 22 + 777;
-  const killed = path.join(d.work, `.out.lifeboat-staging-${gone}-0badcafe`);
+  const older = path.join(d.work, `.out.lifeboat-staging-${gone}-0badcafe`);
+  const newer = path.join(d.work, `.out.lifeboat-staging-${gone}-0badf00d`);
   const running = path.join(d.work, `.out.lifeboat-staging-${process.pid}-00c0ffee`);
   const setAside = path.join(d.work, `.out.lifeboat-staging-${gone}-0badbeef-replaced`);
-  for (const dir of [killed, running, setAside]) {
+  for (const dir of [older, newer, running, setAside]) {
     await fsp.mkdir(path.join(dir, 'models'), { recursive: true });
     await fsp.writeFile(path.join(dir, 'models', 'partial.bin'), 'x');
   }
+  const anHourAgo = new Date(Date.now() - 3600_000);
+  await fsp.utimes(older, anHourAgo, anHourAgo);
   const r = await lifeboat(['--repo', d.repo, '--json', 'restore', 'latest', '--target', target]);
   assert.equal(r.code, 0, r.stderr);
-  assert.match(r.stderr, /removed the staging directory of an interrupted restore/);
-  await assert.rejects(fsp.access(killed), 'the killed restore\'s staging directory is removed');
+  assert.match(r.stderr, new RegExp(`${older.replaceAll('.', '\\.')}: removed the staging directory of an interrupted restore`));
+  assert.match(r.stderr, new RegExp(`${newer.replaceAll('.', '\\.')}: resuming an interrupted restore: 0 file\\(s\\), 0 B, already there and verified`));
+  await assert.rejects(fsp.access(older), 'the older staging directory is removed');
+  await assert.rejects(fsp.access(newer), 'the newer one became the target');
+  await assert.rejects(fsp.access(path.join(target, 'models', 'partial.bin')), 'with nothing the point lacks');
   await fsp.access(running);
   await fsp.access(path.join(setAside, 'models', 'partial.bin'));
   assert.match(r.stderr, new RegExp(`warning: ${setAside.replaceAll('.', '\\.')}: holds what an interrupted restore --force was replacing`));

@@ -17,13 +17,15 @@ import { processRuns } from './process-alive.js';
  */
 
 /**
- * Removes the staging directories that restores killed on this host left
- * beside this target (their process is gone), which would otherwise fill the
- * disk restore after restore. What an interrupted --force had set aside is
- * the old target's content: it is left, with a warning.
+ * What restores killed or failed on this host left beside this target (their
+ * process is gone): the newest such staging directory is returned, for this
+ * restore to resume from, and older ones are removed, since they would
+ * otherwise fill the disk restore after restore. What an interrupted --force
+ * had set aside is the old target's content: it is left, with a warning.
  */
-export async function clearInterruptedStaging(dir: string, prefix: string, reporter: Reporter, warnings: Notice[]): Promise<void> {
+export async function takeInterruptedStaging(dir: string, prefix: string, reporter: Reporter, warnings: Notice[]): Promise<string | undefined> {
   const names = await fsp.readdir(dir).catch(() => [] as string[]);
+  const leftovers: { where: string; mtimeMs: number }[] = [];
   for (const name of names) {
     if (!name.startsWith(prefix)) continue;
     const m = /^(\d+)-[0-9a-f]{8}(-replaced)?$/.exec(name.slice(prefix.length));
@@ -35,9 +37,15 @@ export async function clearInterruptedStaging(dir: string, prefix: string, repor
       reporter.notice?.(n);
       continue;
     }
+    const st = await fsp.lstat(where).catch(() => undefined);
+    if (st?.isDirectory()) leftovers.push({ where, mtimeMs: st.mtimeMs });
+  }
+  leftovers.sort((a, b) => b.mtimeMs - a.mtimeMs);
+  for (const { where } of leftovers.slice(1)) {
     await fsp.rm(where, { recursive: true, force: true });
     reporter.notice?.({ level: 'info', code: 'staging-removed', path: where, message: 'removed the staging directory of an interrupted restore' });
   }
+  return leftovers[0]?.where;
 }
 
 /**

@@ -4,6 +4,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Sha256Offload, type StreamDigest } from './hash-offload.js';
 import { SMALL_FILE } from './file-reader.js';
 import { IntegrityError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
+import { formatBytes } from '../format/units.js';
 import { recordedChecksum, volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { sha256OfFile } from '../format/checksum.js';
@@ -19,7 +20,7 @@ import { makeDirectories } from '../format/mkdirs.js';
 import { idMapper, localAccounts } from '../format/accounts.js';
 import { mountsUnder } from '../format/mounts.js';
 import { whileReading } from './lock.js';
-import { asRestoreFailure, checkFreeSpace, clearInterruptedStaging, inspectTarget, moveFile, moveIntoMountPoint, moveIntoPlace, type TargetState } from './restore-target.js';
+import { asRestoreFailure, checkFreeSpace, inspectTarget, takeInterruptedStaging, moveFile, moveIntoMountPoint, moveIntoPlace, type TargetState } from './restore-target.js';
 
 export interface RestoreOptions {
   target: string;
@@ -115,13 +116,17 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
   // Staged on the target's file system, so that moving the restored files into place is a rename.
   const stagingPrefix = mountPoint ? '.lifeboat-staging-' : `.${path.basename(target)}.lifeboat-staging-`;
   const staging = path.join(mountPoint ? target : path.dirname(target), `${stagingPrefix}${unique}`);
-  await clearInterruptedStaging(path.dirname(staging), stagingPrefix, reporter, warnings);
+  const leftover = await takeInterruptedStaging(path.dirname(staging), stagingPrefix, reporter, warnings);
   try {
     await makeDirectories(path.dirname(target));
-    await fsp.mkdir(staging, { mode: 0o700 });
+    // A restore killed or failed before left its verified files there: this one goes on from them.
+    if (leftover) await fsp.rename(leftover, staging);
+    else await fsp.mkdir(staging, { mode: 0o700 });
   } catch (err) {
     throw new RuntimeFailure(`cannot create ${staging} to restore into: ${errorMessage(err)}`, { cause: err, hint: 'check the --target path and that it is writable' });
   }
+  // Once files are written (or were taken over), what verified is kept for a next restore when this one fails.
+  let worthKeeping = leftover !== undefined;
   try {
     const result: RestoreResult = { point: manifest.id, target, files: plan.files.length, bytes: plan.bytes, durationMs: 0, warnings };
     const linked = new Set(plan.links.map((l) => l.entry));
@@ -132,8 +137,16 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
       result.unchanged = unchanged.size;
       result.rewritten = wanted.length;
     }
-    await checkFreeSpace(staging, target, wanted);
-    await fetchFiles({ repo, plan, wanted: new Set(wanted), staging, reporter, warnings, concurrency: options.concurrency ?? DEFAULT_TRANSFERS, pageCache: options.pageCache, signal: options.signal });
+    let toFetch = wanted;
+    if (leftover) {
+      const reused = await keepVerifiedFiles(staging, plan, wanted, options.signal);
+      toFetch = wanted.filter((f) => !reused.has(f));
+      const bytes = [...reused].reduce((n, f) => n + f.size, 0);
+      reporter.notice?.({ level: 'info', code: 'restore-resumed', path: leftover, message: `resuming an interrupted restore: ${reused.size} file(s), ${formatBytes(bytes)}, already there and verified` });
+    }
+    await checkFreeSpace(staging, target, toFetch);
+    worthKeeping = true;
+    await fetchFiles({ repo, plan, wanted: new Set(toFetch), staging, reporter, warnings, concurrency: options.concurrency ?? DEFAULT_TRANSFERS, pageCache: options.pageCache, signal: options.signal });
     throwIfAborted(options.signal);
     if (delta) {
       result.removed = await applyDelta(plan, staging, target, new Set(wanted), (options.include ?? []).length === 0, owners);
@@ -165,9 +178,46 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
     result.durationMs = Date.now() - started;
     return result;
   } catch (err) {
-    await fsp.rm(staging, { recursive: true, force: true }).catch(() => undefined);
+    // Data that did not verify is not worth keeping, nor is a staging directory nothing was written into, nor
+    // one that filled the disk. Otherwise (the network, storage, an interrupt) what verified stays for the next
+    // restore to resume from.
+    const diskFull = ['ENOSPC', 'EDQUOT'].includes((err as NodeJS.ErrnoException).code ?? '');
+    if (worthKeeping && !diskFull && !(err instanceof IntegrityError) && !(err instanceof UsageError)) {
+      reporter.notice?.({ level: 'warning', code: 'restore-kept', path: staging, message: `the files restored so far are kept there; the next restore into ${target} goes on from them (remove it if there will be none)` });
+    } else {
+      await fsp.rm(staging, { recursive: true, force: true }).catch(() => undefined);
+    }
     throw asRestoreFailure(err, staging, target);
   }
+}
+
+/**
+ * Keeps, in a staging directory taken over from an interrupted restore, the
+ * wanted files that are there whole and verify against their SHA-256, and
+ * removes everything else (partial files, other points' files, links,
+ * directories the point does not have), so that the tree moved into place
+ * holds nothing but the point.
+ */
+async function keepVerifiedFiles(staging: string, plan: RestorePlan, wanted: readonly ManifestEntry[], signal?: AbortSignal): Promise<Set<ManifestEntry>> {
+  const kept = await filesAlreadyRight(staging, [...wanted], signal);
+  const keptPaths = new Set([...kept].map((f) => pathIn(staging, f)));
+  const dirs = new Set<string>();
+  for (const e of plan.entries) {
+    let dir = e.type === 'dir' ? pathIn(staging, e) : path.dirname(pathIn(staging, e));
+    while (dir.length > staging.length && !dirs.has(dir)) {
+      dirs.add(dir);
+      dir = path.dirname(dir);
+    }
+  }
+  const sweep = async (dir: string): Promise<void> => {
+    for (const d of await fsp.readdir(dir, { withFileTypes: true })) {
+      const p = path.join(dir, d.name);
+      if (d.isDirectory() && dirs.has(p)) await sweep(p);
+      else if (!keptPaths.has(p)) await fsp.rm(p, { recursive: true, force: true });
+    }
+  };
+  await sweep(staging);
+  return kept;
 }
 
 function pathIn(root: string, e: { source: string; path: string }): string {

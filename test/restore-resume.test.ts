@@ -1,0 +1,76 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { lifeboat } from './helpers/cli.js';
+import { compareSnapshots, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile } from './helpers/tree.js';
+import { InterruptedError } from '../src/errors.js';
+import { Repository } from '../src/core/repository.js';
+import { restore } from '../src/core/restore.js';
+import type { Notice } from '../src/core/events.js';
+import { LocalStorage } from '../src/storage/local.js';
+
+test('an interrupted restore keeps what it verified beside the target, and the next restore goes on from it without fetching those files again', async (t) => {
+  const seed = seedFromEnv();
+  t.diagnostic(`seed ${seed}`);
+  const rand = prng(seed);
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const repoDir = path.join(work, 'repo');
+  const src = path.join(work, 'models');
+  await fsp.mkdir(src);
+  // Small volumes: each file in a volume of its own, so the volumes of the files already restored can be taken away.
+  const storage = new LocalStorage(repoDir);
+  await Repository.init(storage, { volumeSize: 1 << 20 });
+  for (let i = 0; i < 12; i++) await writeRandomFile(path.join(src, `shard-${String(i).padStart(2, '0')}.bin`), (1 << 20) + Math.floor(rand() * (1 << 20)), rand);
+  const expected = await snapshotTree(src);
+  assert.equal((await lifeboat(['--repo', repoDir, 'backup', src])).code, 0);
+
+  const repo = await Repository.open(storage);
+  const manifest = await repo.resolve('latest');
+  const target = path.join(work, 'restored');
+  const stop = new AbortController();
+  const notices: Notice[] = [];
+  await assert.rejects(
+    restore(repo, manifest, {
+      target,
+      signal: stop.signal,
+      concurrency: 1,
+      reporter: {
+        progress: (p) => {
+          if (p.filesDone >= 4) stop.abort();
+        },
+        notice: (n) => notices.push(n),
+      },
+    }),
+    InterruptedError,
+  );
+  await assert.rejects(fsp.access(target), 'no half-restored target');
+  const [kept] = (await fsp.readdir(work)).filter((n) => n.startsWith('.restored.lifeboat-staging-'));
+  assert.ok(kept, 'the staging directory is kept');
+  assert.ok(notices.some((n) => n.code === 'restore-kept' && n.path === path.join(work, kept!)), JSON.stringify(notices));
+  // As when that restore's process has exited: its pid is in the name.
+  const staging = `.restored.lifeboat-staging-${2 ** 22 + 4321}-0badcafe`;
+  await fsp.rename(path.join(work, kept!), path.join(work, staging));
+
+  // The files that made it whole, and the volumes only they are in: gone now, so the next restore must not need them.
+  const done = new Set<string>();
+  for (const e of manifest.entries) {
+    if (e.type !== 'file') continue;
+    const data = await fsp.readFile(path.join(work, staging, e.source, e.path)).catch(() => undefined);
+    if (data && createHash('sha256').update(data).digest('hex') === e.sha256) done.add(e.path);
+  }
+  assert.ok(done.size >= 4 && done.size < 12, `${done.size} files were restored before the interrupt`);
+  for (const [i, v] of manifest.volumes.entries()) {
+    const files = manifest.entries.filter((e) => e.ref?.volume === i && e.ref.point === manifest.id);
+    if (files.length > 0 && files.every((e) => done.has(e.path))) await fsp.rm(path.join(repoDir, v.key));
+  }
+  await repo.storage.close();
+
+  const resumed = await lifeboat(['--repo', repoDir, 'restore', 'latest', '--target', target]);
+  assert.equal(resumed.code, 0, `${resumed.stderr} done=${[...done].join(",")}`);
+  assert.match(resumed.stderr, new RegExp(`resuming an interrupted restore: ${done.size} file\\(s\\), [\\d.]+ MiB, already there and verified`));
+  assert.equal(compareSnapshots(expected, await snapshotTree(path.join(target, 'models'))), undefined);
+  assert.deepEqual((await fsp.readdir(work)).filter((n) => n.includes('staging')), [], 'nothing is left beside the target');
+});
