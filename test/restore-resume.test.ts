@@ -74,3 +74,30 @@ test('an interrupted restore keeps what it verified beside the target, and the n
   assert.equal(compareSnapshots(expected, await snapshotTree(path.join(target, 'models'))), undefined);
   assert.deepEqual((await fsp.readdir(work)).filter((n) => n.includes('staging')), [], 'nothing is left beside the target');
 });
+
+test('a failover goes on from what an interrupted failover to the same point left in the slots directory, and removes what one to another point left', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  await fsp.mkdir(src);
+  await writeRandomFile(path.join(src, 'weights.bin'), 2 << 20, prng(5));
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\ntargets:\n  prod: { slots: ./slots, active: ./current, health: { command: "true" } }\n');
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const point = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+
+  const gone = 2 ** 22 + 999;
+  const slots = path.join(work, 'slots');
+  const same = path.join(slots, `.${point}.lifeboat-staging-${gone}-0badcafe`);
+  const other = path.join(slots, `.20261101-000000-000F.lifeboat-staging-${gone}-0badf00d`);
+  await fsp.mkdir(path.join(same, 'models'), { recursive: true });
+  await fsp.copyFile(path.join(src, 'weights.bin'), path.join(same, 'models', 'weights.bin'));
+  await fsp.mkdir(path.join(other, 'models'), { recursive: true });
+  await fsp.writeFile(path.join(other, 'models', 'weights.bin'), 'half of another model');
+
+  const r = await lifeboat(['failover', '--to', 'prod'], { cwd: work });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /removed \.20261101-000000-000F\.lifeboat-staging-\d+-0badf00d, left by an interrupted failover to another point/);
+  assert.match(r.stderr, /resuming an interrupted restore: 1 file\(s\), 2\.00 MiB, already there and verified/);
+  assert.deepEqual((await fsp.readdir(slots)).filter((n) => n.includes('staging')), [], 'no staging directory is left');
+  assert.equal((await fsp.readFile(path.join(slots, point, 'models', 'weights.bin'))).equals(await fsp.readFile(path.join(src, 'weights.bin'))), true);
+});

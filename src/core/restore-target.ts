@@ -49,6 +49,22 @@ export async function takeInterruptedStaging(dir: string, prefix: string, report
 }
 
 /**
+ * Removes what interrupted restores into other directories of `dir` left (their
+ * process gone), except those into `keepFor`: a failover to another point will
+ * never resume them, and a slots disk sized for its slots has no room for them.
+ */
+export async function removeOtherStaging(dir: string, keepFor: string): Promise<string[]> {
+  const removed: string[] = [];
+  for (const name of await fsp.readdir(dir).catch(() => [] as string[])) {
+    const m = /^\.(.+)\.lifeboat-staging-(\d+)-[0-9a-f]{8}$/.exec(name);
+    if (!m || m[1] === keepFor || processRuns(Number(m[2]))) continue;
+    await fsp.rm(path.join(dir, name), { recursive: true, force: true });
+    removed.push(name);
+  }
+  return removed;
+}
+
+/**
  * Refuses at once a restore that cannot fit, instead of failing when the disk
  * is full. File systems that report no size (ramfs, some network ones) are
  * not judged.
