@@ -101,3 +101,29 @@ test('a failover goes on from what an interrupted failover to the same point lef
   assert.deepEqual((await fsp.readdir(slots)).filter((n) => n.includes('staging')), [], 'no staging directory is left');
   assert.equal((await fsp.readFile(path.join(slots, point, 'models', 'weights.bin'))).equals(await fsp.readFile(path.join(src, 'weights.bin'))), true);
 });
+
+test('reading back what is already at a target (--delta, or a resumed restore) reports its progress', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  await fsp.mkdir(src);
+  for (let i = 0; i < 3; i++) await writeRandomFile(path.join(src, `shard-${i}.bin`), 3 << 20, prng(i + 1));
+  const repoDir = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repoDir, 'init'])).code, 0);
+  assert.equal((await lifeboat(['--repo', repoDir, 'backup', src])).code, 0);
+  const target = path.join(work, 'restored');
+  assert.equal((await lifeboat(['--repo', repoDir, 'restore', 'latest', '--target', target])).code, 0);
+
+  const repo = await Repository.open(new LocalStorage(repoDir));
+  t.after(() => repo.storage.close());
+  const seen: { filesDone: number; bytesDone: number; bytesTotal: number }[] = [];
+  const r = await restore(repo, await repo.resolve('latest'), {
+    target,
+    delta: true,
+    reporter: { progress: (p) => (p.phase === 'compare' ? seen.push(p) : undefined) },
+  });
+  assert.equal(r.unchanged, 3);
+  assert.deepEqual(seen.map((p) => p.filesDone), [1, 2, 3]);
+  assert.ok(seen.every((p) => p.bytesTotal === 9 << 20));
+  assert.equal(seen.at(-1)!.bytesDone, 9 << 20);
+});

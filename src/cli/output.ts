@@ -59,6 +59,8 @@ export class ProgressRenderer implements Reporter {
   private readonly started = Date.now();
   private lastPlain = 0;
   private last?: Progress;
+  /** When the current phase began: its rate and ETA count from there. */
+  private phaseStarted = Date.now();
 
   constructor(
     private readonly ctx: CliContext,
@@ -74,6 +76,7 @@ export class ProgressRenderer implements Reporter {
   }
 
   progress(p: Progress): void {
+    if (this.last && this.last.phase !== p.phase) this.phaseStarted = Date.now();
     this.last = p;
     if (this.ctx.quiet) return;
     if (this.spinner) {
@@ -97,10 +100,10 @@ export class ProgressRenderer implements Reporter {
   }
 
   private describe(p: Progress): string {
-    const elapsed = (Date.now() - this.started) / 1000;
+    const elapsed = (Date.now() - this.phaseStarted) / 1000;
     if (p.phase === 'scan') return `${this.label}: scanning, ${p.filesDone} entries, ${formatBytes(p.bytesDone)}`;
     const rate = elapsed > 0 ? p.bytesDone / elapsed : 0;
-    const parts = [`${this.label}:`];
+    const parts = [p.phase === 'compare' ? `${this.label}: checking what is already there,` : `${this.label}:`];
     if (p.bytesTotal > 0) {
       parts.push(`${formatBytes(p.bytesDone)} / ${formatBytes(p.bytesTotal)} (${Math.floor((100 * p.bytesDone) / p.bytesTotal)}%)`);
     } else parts.push(formatBytes(p.bytesDone));

@@ -1,6 +1,7 @@
 /** What long-running core work reports; the CLI decides how to show it. */
 export interface Progress {
-  phase: 'scan' | 'backup' | 'restore' | 'verify';
+  /** `compare`: files already at a target (or left by an interrupted restore) read back and checked. */
+  phase: 'scan' | 'backup' | 'restore' | 'verify' | 'compare';
   filesDone: number;
   filesTotal: number;
   bytesDone: number;

@@ -132,14 +132,14 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
     const linked = new Set(plan.links.map((l) => l.entry));
     let wanted = plan.files.filter((f) => !linked.has(f));
     if (delta) {
-      const unchanged = await filesAlreadyRight(target, plan.files, options.signal);
+      const unchanged = await filesAlreadyRight(target, plan.files, options.signal, reporter);
       wanted = plan.files.filter((f) => !unchanged.has(f));
       result.unchanged = unchanged.size;
       result.rewritten = wanted.length;
     }
     let toFetch = wanted;
     if (leftover) {
-      const reused = await keepVerifiedFiles(staging, plan, wanted, options.signal);
+      const reused = await keepVerifiedFiles(staging, plan, wanted, options.signal, reporter);
       toFetch = wanted.filter((f) => !reused.has(f));
       const bytes = [...reused].reduce((n, f) => n + f.size, 0);
       reporter.notice?.({ level: 'info', code: 'restore-resumed', path: leftover, message: `resuming an interrupted restore: ${reused.size} file(s), ${formatBytes(bytes)}, already there and verified` });
@@ -198,8 +198,8 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
  * directories the point does not have), so that the tree moved into place
  * holds nothing but the point.
  */
-async function keepVerifiedFiles(staging: string, plan: RestorePlan, wanted: readonly ManifestEntry[], signal?: AbortSignal): Promise<Set<ManifestEntry>> {
-  const kept = await filesAlreadyRight(staging, [...wanted], signal);
+async function keepVerifiedFiles(staging: string, plan: RestorePlan, wanted: readonly ManifestEntry[], signal: AbortSignal | undefined, reporter: Reporter): Promise<Set<ManifestEntry>> {
+  const kept = await filesAlreadyRight(staging, [...wanted], signal, reporter);
   const keptPaths = new Set([...kept].map((f) => pathIn(staging, f)));
   const dirs = new Set<string>();
   for (const e of plan.entries) {
@@ -610,16 +610,22 @@ async function syncDirectories(plan: RestorePlan, root: string): Promise<void> {
   await syncPath(root);
 }
 
-/** Files in the target whose size and SHA-256 already match the point. */
-async function filesAlreadyRight(target: string, files: ManifestEntry[], signal?: AbortSignal): Promise<Set<ManifestEntry>> {
+/**
+ * Files in the target whose size and SHA-256 already match the point. Reading
+ * a large target back takes minutes: it is reported as it goes.
+ */
+async function filesAlreadyRight(target: string, files: ManifestEntry[], signal: AbortSignal | undefined, reporter: Reporter): Promise<Set<ManifestEntry>> {
   const right = new Set<ManifestEntry>();
+  const progress: Progress = { phase: 'compare', filesDone: 0, filesTotal: files.length, bytesDone: 0, bytesTotal: files.reduce((n, f) => n + f.size, 0) };
   // Several at a time: a round trip per small file costs more than hashing it.
   await runPool(files, FILES_COMPARED_AT_ONCE, async (f) => {
     throwIfAborted(signal);
     const p = pathIn(target, f);
     const st = await fsp.lstat(p).catch(() => undefined);
-    if (!st || !st.isFile() || st.size !== f.size) return;
-    if ((await sha256OfFile(p)) === f.sha256) right.add(f);
+    if (st?.isFile() && st.size === f.size && (await sha256OfFile(p)) === f.sha256) right.add(f);
+    progress.filesDone++;
+    progress.bytesDone += f.size;
+    reporter.progress?.({ ...progress, current: `${f.source}/${f.path}` });
   });
   return right;
 }
