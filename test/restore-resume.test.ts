@@ -127,3 +127,25 @@ test('reading back what is already at a target (--delta, or a resumed restore) r
   assert.ok(seen.every((p) => p.bytesTotal === 9 << 20));
   assert.equal(seen.at(-1)!.bytesDone, 9 << 20);
 });
+
+test('a staging directory another user could write to is not gone on from, but removed', { skip: process.getuid?.() === 0 ? false : 'needs root, to give the planted directory another owner' }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  await fsp.mkdir(src);
+  await fsp.writeFile(path.join(src, 'config.json'), '{"vocab_size": 32000}\n');
+  const repoDir = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repoDir, 'init'])).code, 0);
+  assert.equal((await lifeboat(['--repo', repoDir, 'backup', src])).code, 0);
+  // Planted beside the target, as anyone could in a shared directory: the right bytes, but another user's tree.
+  const planted = path.join(work, `.restored.lifeboat-staging-${2 ** 22 + 55}-0badcafe`);
+  await fsp.mkdir(path.join(planted, 'models'), { recursive: true });
+  await fsp.copyFile(path.join(src, 'config.json'), path.join(planted, 'models', 'config.json'));
+  await fsp.chown(planted, 12345, 12345);
+  await fsp.chmod(planted, 0o777);
+  const r = await lifeboat(['--repo', repoDir, 'restore', 'latest', '--target', path.join(work, 'restored')]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /removed a staging directory that another user could write to/);
+  assert.doesNotMatch(r.stderr, /resuming/);
+  assert.equal((await fsp.stat(path.join(work, 'restored'))).uid, 0, 'the target is this user\'s');
+});

@@ -38,7 +38,15 @@ export async function takeInterruptedStaging(dir: string, prefix: string, report
       continue;
     }
     const st = await fsp.lstat(where).catch(() => undefined);
-    if (st?.isDirectory()) leftovers.push({ where, mtimeMs: st.mtimeMs });
+    // Only a directory this user made, that no one else could write into, is gone on from: one planted in a
+    // shared directory (/tmp) could hold links, or be changed after its files were checked.
+    if (!st) continue;
+    const ours = st.isDirectory() && st.uid === (process.getuid?.() ?? st.uid) && (st.mode & 0o022) === 0;
+    if (ours) leftovers.push({ where, mtimeMs: st.mtimeMs });
+    else {
+      await fsp.rm(where, { recursive: true, force: true });
+      reporter.notice?.({ level: 'info', code: 'staging-removed', path: where, message: 'removed a staging directory that another user could write to' });
+    }
   }
   leftovers.sort((a, b) => b.mtimeMs - a.mtimeMs);
   for (const { where } of leftovers.slice(1)) {
