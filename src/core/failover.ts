@@ -313,7 +313,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     // Room for the new slot within the policy: the slots a success would remove are removed first, so
     // the disk needs to hold keepSlots slots, not one more.
     const madeRoom = reused || spec.keepSlots === undefined ? [] : await pruneSlots(run, from, (await readTargetState(spec.slots)).previous, Math.max(0, spec.keepSlots - 1));
-    for (const name of await removeOtherStaging(spec.slots, manifest.id)) note(run, 'staging-removed', `removed ${name}, left by an interrupted failover to another point`);
+    for (const name of await removeOtherStaging(slot)) note(run, 'staging-removed', `removed ${name}, left by an interrupted failover to another point`);
     note(run, reused ? 'slot-check' : 'slot-restore', reused ? `checking slot ${slot} file by file` : `restoring ${manifest.id} into ${slot}`);
     // The server loads the slot right after the switch: the weights are left in memory for it.
     const r = await restore(repo, manifest, { target: slot, delta: reused, concurrency: options.concurrency, pageCache: true, signal: options.signal, reporter: options.reporter }).catch((err: unknown) => {

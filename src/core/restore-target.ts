@@ -16,6 +16,27 @@ import { processRuns } from './process-alive.js';
  * and moving the verified tree or files into place.
  */
 
+/** What marks a staging directory's name: `.<target>.lifeboat-staging-<pid>-<random>`, or without `.<target>` inside a mount point. */
+const STAGING_MARK = '.lifeboat-staging-';
+
+/** The name a restore into `target` gives its staging directories, up to the owner's pid. */
+export function stagingPrefix(target: string, mountPoint: boolean): string {
+  return mountPoint ? STAGING_MARK : `.${path.basename(target)}${STAGING_MARK}`;
+}
+
+/** A staging directory's name for this process, beside (or, at a mount point, in) `target`. */
+export function stagingPath(target: string, mountPoint: boolean): string {
+  return path.join(mountPoint ? target : path.dirname(target), `${stagingPrefix(target, mountPoint)}${process.pid}-${randomBytes(4).toString('hex')}`);
+}
+
+/** Who left a staging directory, from what follows its prefix; `replaced`: what a --force set aside. */
+function stagingOwner(rest: string): { pid: number; running: boolean; replaced: boolean } | undefined {
+  const m = /^(\d+)-[0-9a-f]{8}(-replaced)?$/.exec(rest);
+  if (!m) return undefined;
+  const pid = Number(m[1]);
+  return { pid, running: processRuns(pid), replaced: m[2] !== undefined };
+}
+
 /**
  * What restores killed or failed on this host left beside this target (their
  * process is gone): the newest such staging directory is returned, for this
@@ -28,10 +49,10 @@ export async function takeInterruptedStaging(dir: string, prefix: string, report
   const leftovers: { where: string; mtimeMs: number }[] = [];
   for (const name of names) {
     if (!name.startsWith(prefix)) continue;
-    const m = /^(\d+)-[0-9a-f]{8}(-replaced)?$/.exec(name.slice(prefix.length));
-    if (!m || processRuns(Number(m[1]))) continue;
+    const owner = stagingOwner(name.slice(prefix.length));
+    if (!owner || owner.running) continue;
     const where = path.join(dir, name);
-    if (m[2]) {
+    if (owner.replaced) {
       const n: Notice = { level: 'warning', code: 'replaced-left', path: where, message: 'holds what an interrupted restore --force was replacing; remove it once it is not needed' };
       warnings.push(n);
       reporter.notice?.(n);
@@ -57,16 +78,19 @@ export async function takeInterruptedStaging(dir: string, prefix: string, report
 }
 
 /**
- * Removes what interrupted restores into other directories of `dir` left (their
- * process gone), except those into `keepFor`: a failover to another point will
- * never resume them, and a slots disk sized for its slots has no room for them.
+ * Removes what interrupted restores into other directories beside `target`
+ * left (their process gone): a failover to another point will never resume
+ * them, and a slots disk sized for its slots has no room for them.
  */
-export async function removeOtherStaging(dir: string, keepFor: string): Promise<string[]> {
+export async function removeOtherStaging(target: string): Promise<string[]> {
+  const own = stagingPrefix(target, false);
   const removed: string[] = [];
-  for (const name of await fsp.readdir(dir).catch(() => [] as string[])) {
-    const m = /^\.(.+)\.lifeboat-staging-(\d+)-[0-9a-f]{8}$/.exec(name);
-    if (!m || m[1] === keepFor || processRuns(Number(m[2]))) continue;
-    await fsp.rm(path.join(dir, name), { recursive: true, force: true });
+  for (const name of await fsp.readdir(path.dirname(target)).catch(() => [] as string[])) {
+    const mark = name.indexOf(STAGING_MARK);
+    if (mark <= 0 || name.startsWith(own)) continue;
+    const owner = stagingOwner(name.slice(mark + STAGING_MARK.length));
+    if (!owner || owner.running || owner.replaced) continue;
+    await fsp.rm(path.join(path.dirname(target), name), { recursive: true, force: true });
     removed.push(name);
   }
   return removed;

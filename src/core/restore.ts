@@ -1,6 +1,6 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { Sha256Offload, type StreamDigest } from './hash-offload.js';
 import { SMALL_FILE } from './file-reader.js';
 import { IntegrityError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
@@ -20,7 +20,7 @@ import { makeDirectories } from '../format/mkdirs.js';
 import { idMapper, localAccounts } from '../format/accounts.js';
 import { mountsUnder } from '../format/mounts.js';
 import { whileReading } from './lock.js';
-import { asRestoreFailure, checkFreeSpace, inspectTarget, takeInterruptedStaging, moveFile, moveIntoMountPoint, moveIntoPlace, type TargetState } from './restore-target.js';
+import { asRestoreFailure, checkFreeSpace, inspectTarget, moveFile, moveIntoMountPoint, moveIntoPlace, stagingPath, stagingPrefix, takeInterruptedStaging, type TargetState } from './restore-target.js';
 
 export interface RestoreOptions {
   target: string;
@@ -112,11 +112,9 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
   // A delta restore compares and rewrites each name on its own, so hard links are written as copies there.
   const plan = await planRestore(repo, manifest, options.include, { hardLinks: !delta });
   const owners = ownerMapping(manifest, options.numericOwner === true);
-  const unique = `${process.pid}-${randomBytes(4).toString('hex')}`;
   // Staged on the target's file system, so that moving the restored files into place is a rename.
-  const stagingPrefix = mountPoint ? '.lifeboat-staging-' : `.${path.basename(target)}.lifeboat-staging-`;
-  const staging = path.join(mountPoint ? target : path.dirname(target), `${stagingPrefix}${unique}`);
-  const leftover = await takeInterruptedStaging(path.dirname(staging), stagingPrefix, reporter, warnings);
+  const staging = stagingPath(target, mountPoint);
+  const leftover = await takeInterruptedStaging(path.dirname(staging), stagingPrefix(target, mountPoint), reporter, warnings);
   try {
     await makeDirectories(path.dirname(target));
     // A restore killed or failed before left its verified files there: this one goes on from them.
