@@ -45,22 +45,22 @@ export function addCronOptions(command: Command, options: { lock?: boolean } = {
   return command;
 }
 
-/** flags > config > default (the holder's recorded lease, 30 minutes by default). */
-export function lockStaleAfterMs(flags: CronFlags, config: LifeboatConfig): number | undefined {
-  const text = flags.lockStaleAfter ?? config.lock?.staleAfter;
+/** A lock duration from its flag or the config (flags win); undefined when neither gives one. */
+function lockDuration(flag: string, text: string | undefined, zeroAllowed: boolean): number | undefined {
   if (text === undefined) return undefined;
   const ms = parseDuration(text);
-  if (ms === undefined || ms <= 0) throw new UsageError(`--lock-stale-after ${text}: expected a duration such as 10m or 2h`);
+  if (ms === undefined || ms < 0 || (ms === 0 && !zeroAllowed)) throw new UsageError(`${flag} ${text}: expected a duration such as 10m or 2h`);
   return ms;
+}
+
+/** flags > config > default (the holder's recorded lease, 30 minutes by default). */
+export function lockStaleAfterMs(flags: CronFlags, config: LifeboatConfig): number | undefined {
+  return lockDuration('--lock-stale-after', flags.lockStaleAfter ?? config.lock?.staleAfter, false);
 }
 
 /** flags > config > not at all. */
 export function lockRetryMs(flags: CronFlags, config: LifeboatConfig): number | undefined {
-  const text = flags.retryLock ?? config.lock?.retry;
-  if (text === undefined) return undefined;
-  const ms = parseDuration(text);
-  if (ms === undefined || ms < 0) throw new UsageError(`--retry-lock ${text}: expected a duration such as 10m or 2h`);
-  return ms;
+  return lockDuration('--retry-lock', flags.retryLock ?? config.lock?.retry, true);
 }
 
 /**
