@@ -213,15 +213,17 @@ export class Repository {
     return all.filter((s) => s.id !== point.id && deploymentOf(s) === deployment && !volumesNeeded(s, byId).includes(volume)).at(-1);
   }
 
-  /** The newest point `latest` selects, undefined when there is none. */
-  async latestInScope(): Promise<PointSummary | undefined> {
-    if (this.deployment !== undefined) return (await this.newestOf(this.deployment)) ?? (await this.pointsInScope()).at(-1);
+  /**
+   * The newest point `latest` selects, undefined when there is none (`ids`:
+   * what pointIds gave, when the caller has it). Where the quick answers do
+   * not apply, pointsInScope decides, and names the deployments if it must ask.
+   */
+  async latestInScope(ids?: readonly string[]): Promise<PointSummary | undefined> {
+    const all = ids ?? (await this.pointIds());
+    if (this.deployment !== undefined) return (await this.newestOf(this.deployment, all)) ?? (await this.pointsInScope()).at(-1);
     // One recorded deployment: the newest point is the answer, read alone (status probes every few minutes).
     const recorded = await this.recordedDeployments();
-    if (recorded && recorded.length <= 1) {
-      const ids = await this.pointIds();
-      return ids.length ? this.summary(ids[ids.length - 1]!) : undefined;
-    }
+    if (recorded && recorded.length <= 1) return all.length ? this.summary(all[all.length - 1]!) : undefined;
     return (await this.pointsInScope()).at(-1);
   }
 
@@ -287,7 +289,7 @@ export class Repository {
   async resolve(selector: string): Promise<Manifest> {
     const ids = await this.pointIds();
     if (ids.length === 0) throw new UsageError(`the repository at ${this.storage.location} has no backup points yet`);
-    if (selector === 'latest') return this.manifest((await this.latestInScope())!.id);
+    if (selector === 'latest') return this.manifest((await this.latestInScope(ids))!.id);
     if (/^\d{4}-\d{2}-\d{2}/.test(selector)) {
       const at = parseTimeSelector(selector);
       let best: PointSummary | undefined;
