@@ -43,34 +43,32 @@ export async function copySqlite(name: string, database: string, destination: st
     if (err instanceof UsageError) throw err;
     throw new UsageError(`source ${name}: cannot read the SQLite database ${database}: ${errorMessage(err)}`);
   }
-  let lastError: unknown;
-  for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
-    if (signal?.aborted) throw new InterruptedError();
-    await fsp.rm(destination, { force: true });
-    let source: BetterSqlite3.Database | undefined;
-    try {
-      source = new (sqlite())(database, { readonly: true, fileMustExist: true, timeout: BUSY_TIMEOUT_MS });
-      const meta = await source.backup(destination, { progress: () => 0x7fffffff });
-      source.close();
-      source = undefined;
-      const bytes = await seal(destination);
-      return { pages: meta.totalPages, bytes, durationMs: Date.now() - started };
-    } catch (err) {
-      lastError = err;
-      if (!isBusy(err)) {
+  try {
+    return await retryWhileBusy(
+      signal,
+      async () => {
         await fsp.rm(destination, { force: true });
-        if (err instanceof RuntimeFailure) throw err;
-        throw new RuntimeFailure(`source ${name}: online backup of ${database} failed: ${errorMessage(err)}`, { cause: err });
-      }
-    } finally {
-      source?.close();
-    }
-    await new Promise((resolve) => setTimeout(resolve, 200 * attempt));
+        const source = new (sqlite())(database, { readonly: true, fileMustExist: true, timeout: BUSY_TIMEOUT_MS });
+        let pages: number;
+        try {
+          pages = (await source.backup(destination, { progress: () => 0x7fffffff })).totalPages;
+        } finally {
+          source.close();
+        }
+        return { pages, bytes: await seal(destination), durationMs: Date.now() - started };
+      },
+      {
+        failed: (err) => (err instanceof RuntimeFailure ? err : new RuntimeFailure(`source ${name}: online backup of ${database} failed: ${errorMessage(err)}`, { cause: err })),
+        stayedLocked: (last) =>
+          new RuntimeFailure(`source ${name}: ${database} stayed locked by a writer through ${ATTEMPTS} attempts: ${errorMessage(last)}`, {
+            hint: 'a transaction that holds the database for minutes blocks a consistent copy; use a pre-backup hook to pause it',
+          }),
+      },
+    );
+  } catch (err) {
+    await fsp.rm(destination, { force: true });
+    throw err;
   }
-  await fsp.rm(destination, { force: true });
-  throw new RuntimeFailure(`source ${name}: ${database} stayed locked by a writer through ${ATTEMPTS} attempts: ${errorMessage(lastError)}`, {
-    hint: 'a transaction that holds the database for minutes blocks a consistent copy; use a pre-backup hook to pause it',
-  });
 }
 
 export interface SqliteRestore extends SqliteCopy {
@@ -95,14 +93,24 @@ export async function restoreSqlite(name: string, copy: string, database: string
   } else {
     await fsp.mkdir(path.dirname(database), { recursive: true });
   }
-  const meta = await retryWhileBusy(name, database, signal, async () => {
-    const source = new (sqlite())(copy, { readonly: true, fileMustExist: true });
-    try {
-      return await source.backup(database, { progress: () => 0x7fffffff });
-    } finally {
-      source.close();
-    }
-  });
+  const meta = await retryWhileBusy(
+    signal,
+    async () => {
+      const source = new (sqlite())(copy, { readonly: true, fileMustExist: true });
+      try {
+        return await source.backup(database, { progress: () => 0x7fffffff });
+      } finally {
+        source.close();
+      }
+    },
+    {
+      failed: (err) => new RuntimeFailure(`source ${name}: restoring ${database} failed: ${errorMessage(err)}`, { cause: err }),
+      stayedLocked: (last) =>
+        new RuntimeFailure(`source ${name}: ${database} stayed locked by another connection through ${ATTEMPTS} attempts: ${errorMessage(last)}`, {
+          hint: 'stop what holds a long transaction on it (the deactivate hook can), or restore it by hand from the slot',
+        }),
+    },
+  );
   return { pages: meta.totalPages, bytes: (await fsp.stat(database)).size, durationMs: Date.now() - started, ...(keptAs ? { keptAs } : {}) };
 }
 
@@ -114,22 +122,24 @@ async function unusedName(base: string): Promise<string> {
   }
 }
 
-/** Runs `attempt` again while the database stays locked by another connection, a few times with a growing pause. */
-async function retryWhileBusy<T>(name: string, database: string, signal: AbortSignal | undefined, attempt: () => Promise<T>): Promise<T> {
+/**
+ * Runs `attempt` again while the database stays locked by another connection,
+ * a few times with a growing pause; any other failure, or the last lock, is
+ * thrown as the caller words it.
+ */
+async function retryWhileBusy<T>(signal: AbortSignal | undefined, attempt: () => Promise<T>, errors: { failed(err: unknown): Error; stayedLocked(last: unknown): Error }): Promise<T> {
   let lastError: unknown;
   for (let n = 1; n <= ATTEMPTS; n++) {
     if (signal?.aborted) throw new InterruptedError();
     try {
       return await attempt();
     } catch (err) {
-      if (!isBusy(err)) throw new RuntimeFailure(`source ${name}: restoring ${database} failed: ${errorMessage(err)}`, { cause: err });
+      if (!isBusy(err)) throw errors.failed(err);
       lastError = err;
     }
     await new Promise((resolve) => setTimeout(resolve, 200 * n));
   }
-  throw new RuntimeFailure(`source ${name}: ${database} stayed locked by another connection through ${ATTEMPTS} attempts: ${errorMessage(lastError)}`, {
-    hint: 'stop what holds a long transaction on it (the deactivate hook can), or restore it by hand from the slot',
-  });
+  throw errors.stayedLocked(lastError);
 }
 
 /** Makes the copy a single rollback-journal file and checks it; returns its size. */
