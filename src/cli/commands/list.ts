@@ -32,7 +32,7 @@ export async function runList(ctx: CliContext, flags: { all?: boolean } = {}): P
     // With a deployment named, its points alone: an id taken from the list (`.[-1].id`) is then one of its own.
     const scope = flags.all ? undefined : repo.deployment;
     const points = scope === undefined ? every : every.filter((m) => deploymentOf(m) === scope);
-    const others = [...new Set(every.filter((m) => !points.includes(m)).map(deploymentOf))].sort();
+    const others = scope === undefined ? [] : [...new Set(every.map(deploymentOf))].filter((d) => d !== scope).sort();
     const pins = await readPins(repo.storage);
     const pinned = (id: string) => ({ pinned: pins.has(id), pinReason: pins.get(id)?.reason ?? null });
     printResult(ctx, points.map((m) => ({ ...pointJson(m), ...pinned(m.id) })), () => {
