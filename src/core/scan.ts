@@ -1,7 +1,7 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { lstatSync, readdirSync, readlinkSync, statSync, type BigIntStats } from 'node:fs';
-import { minimatch } from 'minimatch';
+import { Minimatch } from 'minimatch';
 import { UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { firstFew } from '../format/units.js';
 import { comparePaths, linkStaysInside } from '../format/paths.js';
@@ -60,20 +60,29 @@ export interface ScannedSource {
  * slash matches directories only (`cache/`). A directory left out is not read.
  */
 export function isExcluded(relPath: string, isDir: boolean, patterns: readonly string[]): boolean {
-  return patterns.some((pattern) => excludedBy(relPath, isDir, pattern));
+  return excludeMatcher(patterns)(relPath, isDir);
 }
 
-function excludedBy(relPath: string, isDir: boolean, pattern: string): boolean {
-  let p = pattern;
+/** The patterns compiled once, for a scan that asks about every entry. */
+export function excludeMatcher(patterns: readonly string[]): (relPath: string, isDir: boolean) => boolean {
+  const rules = patterns.flatMap(compileExclude);
+  return (relPath, isDir) => rules.some((r) => (isDir || !r.dirsOnly) && r.matcher.match(relPath));
+}
+
+function compileExclude(pattern: string): { matcher: Minimatch; dirsOnly: boolean }[] {
+  const rules: { matcher: Minimatch; dirsOnly: boolean }[] = [];
   // `cache/**` leaves out the directory itself, not only what is under it; `cache` keeps the slash's anchoring.
-  const parent = p.slice(0, -3);
-  if (p.endsWith('/**') && isDir && excludedBy(relPath, isDir, parent.includes('/') ? parent : `/${parent}`)) return true;
+  if (pattern.endsWith('/**')) {
+    const parent = pattern.slice(0, -3);
+    rules.push(...compileExclude(parent.includes('/') ? parent : `/${parent}`).map((r) => ({ ...r, dirsOnly: true })));
+  }
+  let p = pattern;
   const dirsOnly = p.endsWith('/');
   if (dirsOnly) p = p.replace(/\/+$/, '');
   const anchored = p.startsWith('/');
   if (anchored) p = p.replace(/^\/+/, '');
-  if ((dirsOnly && !isDir) || p === '') return false;
-  return minimatch(relPath, p, { dot: true, matchBase: !anchored });
+  if (p !== '') rules.push({ matcher: new Minimatch(p, { dot: true, matchBase: !anchored }), dirsOnly });
+  return rules;
 }
 
 function statOrUndefined(file: string): BigIntStats | undefined {
@@ -135,6 +144,7 @@ export async function scanSource(
     });
   }
 
+  const excluded = excludeMatcher(excludes);
   const entries: ScannedEntry[] = [];
   const pending: string[] = [''];
   let bytes = 0;
@@ -179,7 +189,7 @@ export async function scanSource(
         continue;
       }
       const isDir = st.isDirectory();
-      if (isExcluded(rel, isDir, excludes)) continue;
+      if (excluded(rel, isDir)) continue;
       if (isDir && leaveOut.has(`${st.dev}:${st.ino}`)) {
         reporter.notice?.({ level: 'info', code: 'repository-left-out', path: `${spec.name}/${rel}`, message: 'the repository lies inside this source; it is left out of the backup' });
         continue;
