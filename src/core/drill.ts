@@ -13,6 +13,7 @@ import { restore } from './restore.js';
 import { validateDirectory } from '../model/validate.js';
 import { runPool } from './pool.js';
 import { makeWorkDirectory } from '../format/mkdirs.js';
+import { removeTree } from '../format/remove-tree.js';
 
 export type CheckName = 'restore' | 'checksums' | 'model' | 'smoke' | 'rto' | 'rpo';
 
@@ -207,7 +208,7 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
     }
     return result;
   } finally {
-    await fsp.rm(base, { recursive: true, force: true }).catch(() => undefined);
+    await removeTree(base).catch(() => undefined);
   }
 }
 

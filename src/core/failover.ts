@@ -14,6 +14,7 @@ import { NotEnoughSpace, removeOtherStaging } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
 import { listSlots, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, writeTargetState } from './slots.js';
 import type { TargetSpec } from './targets.js';
+import { removeTree } from '../format/remove-tree.js';
 
 export interface SwitchOptions {
   signal?: AbortSignal;
@@ -252,7 +253,7 @@ async function pruneSlots(run: Run, active: string | null, previous: string | nu
   const protectedDirs = new Set([active, previous].filter((d): d is string => d !== null));
   const doomed = planSlotPrune(await listSlots(run.spec.slots), keep, protectedDirs, lastUsed);
   for (const s of doomed) {
-    await fsp.rm(s.path, { recursive: true, force: true });
+    await removeTree(s.path);
     note(run, 'slot-removed', `removed old slot ${s.name}`);
   }
   return doomed.map((s) => s.name);

@@ -9,6 +9,7 @@ import { isMountPoint } from '../format/mounts.js';
 import { formatBytes } from '../format/units.js';
 import type { Notice, Reporter } from './events.js';
 import { processRuns } from './process-alive.js';
+import { removeTree } from '../format/remove-tree.js';
 
 /*
  * The target side of a restore: what is at the target, where the staging
@@ -65,13 +66,13 @@ export async function takeInterruptedStaging(dir: string, prefix: string, report
     const ours = st.isDirectory() && st.uid === (process.getuid?.() ?? st.uid) && (st.mode & 0o022) === 0;
     if (ours) leftovers.push({ where, mtimeMs: st.mtimeMs });
     else {
-      await fsp.rm(where, { recursive: true, force: true });
+      await removeTree(where);
       reporter.notice?.({ level: 'info', code: 'staging-removed', path: where, message: 'removed a staging directory that another user could write to' });
     }
   }
   leftovers.sort((a, b) => b.mtimeMs - a.mtimeMs);
   for (const { where } of leftovers.slice(1)) {
-    await fsp.rm(where, { recursive: true, force: true });
+    await removeTree(where);
     reporter.notice?.({ level: 'info', code: 'staging-removed', path: where, message: 'removed the staging directory of an interrupted restore' });
   }
   return leftovers[0]?.where;
@@ -90,7 +91,7 @@ export async function removeOtherStaging(target: string): Promise<string[]> {
     if (mark <= 0 || name.startsWith(own)) continue;
     const owner = stagingOwner(name.slice(mark + STAGING_MARK.length));
     if (!owner || owner.running || owner.replaced) continue;
-    await fsp.rm(path.join(path.dirname(target), name), { recursive: true, force: true });
+    await removeTree(path.join(path.dirname(target), name));
     removed.push(name);
   }
   return removed;
@@ -148,7 +149,7 @@ export async function inspectTarget(target: string): Promise<{ state: TargetStat
  * replaces, what was there is set aside first and removed last; if a move
  * fails, everything is put back as it was.
  */
-export async function moveIntoMountPoint(staging: string, target: string, replace: boolean): Promise<void> {
+export async function moveIntoMountPoint(staging: string, target: string, replace: boolean): Promise<Notice | undefined> {
   const aside = `${staging}-replaced`;
   const keep = new Set([path.basename(staging), LOST_AND_FOUND]);
   const previous = replace ? (await fsp.readdir(target)).filter((n) => !keep.has(n)) : [];
@@ -169,11 +170,11 @@ export async function moveIntoMountPoint(staging: string, target: string, replac
     for (const name of placed) await fsp.rename(path.join(target, name), path.join(staging, name)).catch(() => (putBack = false));
     for (const name of setAside) await fsp.rename(path.join(aside, name), path.join(target, name)).catch(() => (putBack = false));
     // Whatever could not be put back stays set aside, not deleted.
-    if (putBack) await fsp.rm(aside, { recursive: true, force: true }).catch(() => undefined);
+    if (putBack) await removeTree(aside).catch(() => undefined);
     throw err;
   }
   await fsp.rmdir(staging);
-  if (previous.length > 0) await fsp.rm(aside, { recursive: true, force: true });
+  return previous.length > 0 ? removeReplaced(aside) : undefined;
 }
 
 /**
@@ -200,7 +201,8 @@ export async function moveFile(from: string, to: string): Promise<void> {
   await fsp.rm(from);
 }
 
-export async function moveIntoPlace(staging: string, target: string, state: TargetState): Promise<void> {
+/** Moves the verified staging directory to the target; returns a warning when what it replaced could not be removed. */
+export async function moveIntoPlace(staging: string, target: string, state: TargetState): Promise<Notice | undefined> {
   await fsp.chmod(staging, 0o755);
   if (state === 'non-empty') {
     const old = `${staging}-replaced`;
@@ -211,9 +213,23 @@ export async function moveIntoPlace(staging: string, target: string, state: Targ
       await fsp.rename(old, target);
       throw err;
     }
-    await fsp.rm(old, { recursive: true, force: true });
-    return;
+    return removeReplaced(old);
   }
   // rename() replaces an empty directory atomically.
   await fsp.rename(staging, target);
+  return undefined;
+}
+
+/**
+ * Removes what a restore replaced, once the restored tree is in place. The
+ * restore has then succeeded: a failure here (files of another user, say)
+ * leaves it set aside, named in a warning, rather than failing the restore.
+ */
+async function removeReplaced(aside: string): Promise<Notice | undefined> {
+  try {
+    await removeTree(aside);
+    return undefined;
+  } catch (err) {
+    return { level: 'warning', code: 'replaced-left', path: aside, message: `holds what was replaced, which could not be removed (${errorMessage(err)}); remove it by hand` };
+  }
 }

@@ -21,6 +21,7 @@ import { idMapper, localAccounts } from '../format/accounts.js';
 import { mountsUnder } from '../format/mounts.js';
 import { whileReading } from './lock.js';
 import { asRestoreFailure, checkFreeSpace, inspectTarget, moveFile, moveIntoMountPoint, moveIntoPlace, stagingPath, stagingPrefix, takeInterruptedStaging, type TargetState } from './restore-target.js';
+import { directoriesNeedOpening, openDirectories, removeTree } from '../format/remove-tree.js';
 
 export interface RestoreOptions {
   target: string;
@@ -149,17 +150,16 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
     if (delta) {
       result.removed = await applyDelta(plan, staging, target, new Set(wanted), (options.include ?? []).length === 0, owners);
       await syncDirectories(plan, target);
-      await fsp.rm(staging, { recursive: true, force: true });
+      await removeTree(staging);
     } else {
       await makeHardLinks(plan, staging);
       await finishTree(plan, staging, owners);
       await syncDirectories(plan, staging);
-      if (mountPoint) {
-        await moveIntoMountPoint(staging, target, targetState === 'non-empty');
-        await syncPath(target);
-      } else {
-        await moveIntoPlace(staging, target, targetState);
-        await syncPath(path.dirname(target));
+      const left = mountPoint ? await moveIntoMountPoint(staging, target, targetState === 'non-empty') : await moveIntoPlace(staging, target, targetState);
+      await syncPath(mountPoint ? target : path.dirname(target));
+      if (left) {
+        warnings.push(left);
+        reporter.notice?.(left);
       }
     }
     if (owners?.refused) {
@@ -183,7 +183,7 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
     if (worthKeeping && !diskFull && !(err instanceof IntegrityError) && !(err instanceof UsageError)) {
       reporter.notice?.({ level: 'warning', code: 'restore-kept', path: staging, message: `the files restored so far are kept there; the next restore into ${target} goes on from them (remove it if there will be none)` });
     } else {
-      await fsp.rm(staging, { recursive: true, force: true }).catch(() => undefined);
+      await removeTree(staging).catch(() => undefined);
     }
     throw asRestoreFailure(err, staging, target);
   }
@@ -197,6 +197,8 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
  * holds nothing but the point.
  */
 async function keepVerifiedFiles(staging: string, plan: RestorePlan, wanted: readonly ManifestEntry[], signal: AbortSignal | undefined, reporter: Reporter): Promise<Set<ManifestEntry>> {
+  // A restore that failed after setting the point's modes may have left read-only directories.
+  if (directoriesNeedOpening()) await openDirectories(staging);
   const kept = await filesAlreadyRight(staging, [...wanted], signal, reporter);
   const keptPaths = new Set([...kept].map((f) => pathIn(staging, f)));
   const dirs = new Set<string>();
@@ -211,7 +213,7 @@ async function keepVerifiedFiles(staging: string, plan: RestorePlan, wanted: rea
     for (const d of await fsp.readdir(dir, { withFileTypes: true })) {
       const p = path.join(dir, d.name);
       if (d.isDirectory() && dirs.has(p)) await sweep(p);
-      else if (!keptPaths.has(p)) await fsp.rm(p, { recursive: true, force: true });
+      else if (!keptPaths.has(p)) await removeTree(p);
     }
   };
   await sweep(staging);
@@ -650,8 +652,10 @@ async function applyDelta(
   for (const s of plan.manifest.sources) {
     const root = path.join(target, s.name);
     const st = await fsp.lstat(root).catch(() => undefined);
-    if (st && !st.isDirectory()) await fsp.rm(root, { recursive: true, force: true });
+    if (st && !st.isDirectory()) await removeTree(root);
     await makeDirectories(root);
+    // Read-only directories the point restored before get their modes back from the point below.
+    if (directoriesNeedOpening()) await openDirectories(root);
     // With --include only part of the point is wanted, so nothing else is judged extra.
     if (prune) removed += await pruneTree(root, s.name, wantedPaths);
   }
@@ -662,7 +666,7 @@ async function applyDelta(
     } else if (e.type === 'symlink') {
       const current = await fsp.readlink(p).catch(() => undefined);
       if (current !== e.target) {
-        await fsp.rm(p, { recursive: true, force: true });
+        await removeTree(p);
         await fsp.symlink(e.target!, p);
       }
     } else if (rewritten.has(e)) {
@@ -681,7 +685,7 @@ async function pruneTree(dir: string, rel: string, wanted: Map<string, ManifestE
     const want = wanted.get(relPath);
     const kind = d.isDirectory() ? 'dir' : d.isSymbolicLink() ? 'symlink' : d.isFile() ? 'file' : 'other';
     if (!want || want.type !== kind) {
-      await fsp.rm(abs, { recursive: true, force: true });
+      await removeTree(abs);
       removed++;
     } else if (kind === 'dir') {
       removed += await pruneTree(abs, relPath, wanted);

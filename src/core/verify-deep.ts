@@ -7,6 +7,7 @@ import type { Reporter } from './events.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
 import { makeWorkDirectory } from '../format/mkdirs.js';
+import { removeTree } from '../format/remove-tree.js';
 
 export interface DeepProblem {
   point: string;
@@ -45,7 +46,7 @@ export async function deepCheck(repo: Repository, points: readonly Manifest[], o
       const { findings } = await validateDirectory(target, { signal: options.signal });
       for (const f of findings) problems.push({ point: m.id, path: f.path, kind: 'model-invalid', detail: `${f.format}: ${f.reason}` });
     } finally {
-      await fsp.rm(work, { recursive: true, force: true });
+      await removeTree(work);
     }
   }
   return problems;

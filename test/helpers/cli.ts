@@ -44,16 +44,25 @@ function stripLifeboatEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   return copy;
 }
 
+export interface ChildOptions {
+  cwd?: string;
+  env?: NodeJS.ProcessEnv;
+  /** Another user to run as (the test runs as root). */
+  user?: { uid: number; gid: number };
+}
+
 /** Starts the real executable as a child process. */
-export function spawnLifeboat(args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): ChildProcess {
+export function spawnLifeboat(args: string[], options: ChildOptions = {}): ChildProcess {
   return spawn(process.execPath, [BIN, ...args], {
     cwd: options.cwd,
+    uid: options.user?.uid,
+    gid: options.user?.gid,
     env: { ...stripLifeboatEnv(process.env), ...(options.env ?? {}) },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
 }
 
-export async function runChild(args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<CliRun> {
+export async function runChild(args: string[], options: ChildOptions = {}): Promise<CliRun> {
   const child = spawnLifeboat(args, options);
   const out: Buffer[] = [];
   const err: Buffer[] = [];
