@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type * as z from 'zod';
 import { IntegrityError } from '../errors.js';
 import { sha256Hex } from './checksum.js';
@@ -6,11 +7,34 @@ import { sha256Hex } from './checksum.js';
  * Repository documents (config, manifests) are JSON with a trailing `checksum`
  * over the compact serialisation of everything else, so a flipped bit in a
  * manifest is caught like one in a volume.
+ *
+ * They are written compact, the checksum last, so that the bytes before
+ * `,"checksum"` (closed with `}`) are exactly what the checksum covers: a
+ * reader hashes the bytes it got, instead of serialising a manifest of a
+ * million entries again to hash that. Documents written indented (by older
+ * versions) are checked the slow way.
  */
 export function encodeDocument(body: Record<string, unknown>): Buffer {
   const { checksum: _ignored, ...rest } = body;
-  const checksum = `sha256:${sha256Hex(JSON.stringify(rest))}`;
-  return Buffer.from(`${JSON.stringify({ ...rest, checksum }, null, 1)}\n`);
+  const compact = JSON.stringify(rest);
+  const checksum = `sha256:${sha256Hex(compact)}`;
+  const members = compact === '{}' ? '{' : `${compact.slice(0, -1)},`;
+  return Buffer.from(`${members}"checksum":"${checksum}"}\n`);
+}
+
+const CHECKSUM_TAIL = /^,"checksum":"sha256:([0-9a-f]{64})"\}$/;
+const CHECKSUM_TAIL_BYTES = ',"checksum":"sha256:"}'.length + 64;
+
+/** Whether the document's raw bytes carry their checksum as encodeDocument writes it, and it matches them. */
+function rawChecksumMatches(data: Buffer): boolean {
+  let end = data.length;
+  if (data[end - 1] === 0x0a) end--;
+  // An empty document, `{"checksum":…}`, has no comma before its checksum: it is checked the slow way.
+  if (end < CHECKSUM_TAIL_BYTES + 1) return false;
+  const tail = CHECKSUM_TAIL.exec(data.toString('latin1', end - CHECKSUM_TAIL_BYTES, end));
+  if (!tail) return false;
+  const hash = createHash('sha256').update(data.subarray(0, end - CHECKSUM_TAIL_BYTES)).update('}');
+  return hash.digest('hex') === tail[1];
 }
 
 export function decodeDocument<T>(data: Buffer, schema: z.ZodType<T>, what: string): T {
@@ -24,7 +48,8 @@ export function decodeDocument<T>(data: Buffer, schema: z.ZodType<T>, what: stri
     throw new IntegrityError(`${what} is not a JSON object`);
   }
   const { checksum, ...rest } = parsed as Record<string, unknown>;
-  if (typeof checksum !== 'string' || checksum !== `sha256:${sha256Hex(JSON.stringify(rest))}`) {
+  // The raw bytes hashed are the bytes parsed; JSON.parse keeps the last of repeated members, the checksum written last.
+  if (!rawChecksumMatches(data) && (typeof checksum !== 'string' || checksum !== `sha256:${sha256Hex(JSON.stringify(rest))}`)) {
     throw new IntegrityError(`${what} is damaged: its checksum does not match its content`);
   }
   const result = schema.safeParse(rest);

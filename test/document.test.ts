@@ -1,0 +1,59 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import * as z from 'zod';
+import { IntegrityError } from '../src/errors.js';
+import { decodeDocument, encodeDocument } from '../src/format/document.js';
+import { seededRandom, testSeed } from './helpers/data.js';
+
+const anything = z.record(z.string(), z.unknown());
+
+function randomValue(random: () => number, depth: number): unknown {
+  const letters = ['a', 'z', '0', ' ', '"', '\\', '\n', 'é', '日', '😀', '\u2028', '}', ',', 'checksum'];
+  const text = () => Array.from({ length: Math.floor(random() * 12) }, () => letters[Math.floor(random() * letters.length)]).join('');
+  const kind = Math.floor(random() * (depth > 2 ? 4 : 6));
+  if (kind === 0) return text();
+  if (kind === 1) return Math.floor(random() * 2 ** 40) * (random() < 0.5 ? -1 : 1);
+  if (kind === 2) return random() < 0.5 ? null : random() < 0.5;
+  if (kind === 3) return random() * 1000;
+  if (kind === 4) return Array.from({ length: Math.floor(random() * 4) }, () => randomValue(random, depth + 1));
+  return Object.fromEntries(Array.from({ length: Math.floor(random() * 4) }, () => [text(), randomValue(random, depth + 1)]));
+}
+
+/** A document as versions before compact documents wrote it: indented, the checksum over the compact form. */
+function indented(body: Record<string, unknown>): Buffer {
+  const checksum = `sha256:${createHash('sha256').update(JSON.stringify(body)).digest('hex')}`;
+  return Buffer.from(`${JSON.stringify({ ...body, checksum }, null, 1)}\n`);
+}
+
+test('documents are compact, their checksum covers their own bytes, and any changed byte is found; indented ones still read (randomized)', () => {
+  const seed = testSeed('documents');
+  const random = seededRandom(seed);
+  for (let round = 0; round < 300; round++) {
+    const body = Object.fromEntries(Array.from({ length: Math.floor(random() * 6) }, (_, i) => [`k${i}${random() < 0.2 ? '"é' : ''}`, randomValue(random, 0)]));
+    const encoded = encodeDocument(body);
+    const text = encoded.toString('utf8');
+    assert.equal(text, `${JSON.stringify({ ...body, checksum: JSON.parse(text).checksum })}\n`, `seed ${seed} round ${round}: compact, checksum last`);
+    if (Object.keys(body).length > 0) {
+      // The bytes before the checksum, closed, are what it covers: a reader hashes what it got.
+      const before = text.slice(0, text.lastIndexOf(',"checksum":')) + '}';
+      assert.equal(JSON.parse(text).checksum, `sha256:${createHash('sha256').update(before).digest('hex')}`);
+    }
+    for (const form of [encoded, indented(body)]) {
+      assert.deepEqual(decodeDocument(form, anything, 'doc'), body, `seed ${seed} round ${round}`);
+      // Any byte changed (but the final newline, which is not part of the JSON) is damage.
+      const at = Math.floor(random() * (form.length - 1));
+      const damaged = Buffer.from(form);
+      damaged[at] = damaged[at]! ^ (1 << Math.floor(random() * 7));
+      assert.throws(() => decodeDocument(damaged, anything, 'doc'), IntegrityError, `seed ${seed} round ${round}: byte ${at} of ${form === encoded ? 'compact' : 'indented'} changed`);
+    }
+  }
+});
+
+test('a compact document with a member appended after its checksum, or one repeated after it, is damaged', () => {
+  const text = encodeDocument({ id: 'a', entries: [1, 2] }).toString('utf8').trimEnd();
+  const checksum = JSON.parse(text).checksum as string;
+  for (const forged of [`${text.slice(0, -1)},"entries":[]}`, `{"id":"a","entries":[1,2],"checksum":"${checksum}","id":"b"}`]) {
+    assert.throws(() => decodeDocument(Buffer.from(forged), anything, 'doc'), IntegrityError, forged);
+  }
+});
