@@ -24,6 +24,9 @@ test('config errors exit 2 and name the key', async () => {
     ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { timeout: 60s } } }\n', /targets\.prod\.health: needs a url or a command/],
     ['repository: ./r\nretention: { keepWithin: "two weeks" }\n', /retention\.keepWithin: must be a duration/],
     ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { url: "ftp://127.0.0.1/health" } } }\n', /targets\.prod\.health\.url: must be an http:\/\/ or https:\/\/ URL/],
+    // A disaster-recovery restore cannot wait hours for a retrieval.
+    ['repository: s3://b/r\ns3: { storageClass: DEEP_ARCHIVE }\n', /s3\.storageClass: is an archive class: its objects cannot be read until a retrieval request finishes/],
+    ['repository: s3://b/r\ns3: { storageClass: glacier }\n', /s3\.storageClass: is an archive class/],
   ];
   for (const [yaml, pattern] of cases) {
     await fsp.writeFile(path.join(dir, 'lifeboat.yaml'), yaml);

@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import * as z from 'zod';
 import { UsageError } from '../errors.js';
 import { NAME } from '../format/paths.js';
+import { ARCHIVE_STORAGE_CLASSES } from '../storage/storage.js';
 import { parseDuration } from './duration.js';
 
 const duration = z.string().refine((v) => parseDuration(v) !== undefined, 'must be a duration such as 90s, 15m, 2h or 14d');
@@ -38,7 +39,13 @@ export const configSchema = z
         endpoint: z.string().url().optional(),
         region: z.string().optional(),
         forcePathStyle: z.boolean().optional(),
-        storageClass: z.string().optional(),
+        storageClass: z
+          .string()
+          .refine(
+            (c) => !ARCHIVE_STORAGE_CLASSES.has(c.toUpperCase()),
+            'is an archive class: its objects cannot be read until a retrieval request finishes, hours later, so a restore could not start; use a class read at once (STANDARD_IA, ONEZONE_IA, INTELLIGENT_TIERING, GLACIER_IR)',
+          )
+          .optional(),
         sse: z.string().optional(),
         kmsKeyId: z.string().optional(),
         concurrency: z.number().int().min(1).max(64).optional(),

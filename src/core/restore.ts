@@ -22,6 +22,7 @@ import { mountsUnder } from '../format/mounts.js';
 import { whileReading } from './lock.js';
 import { asRestoreFailure, checkFreeSpace, inspectTarget, moveFile, moveIntoMountPoint, moveIntoPlace, stagingPath, stagingPrefix, takeInterruptedStaging, type TargetState } from './restore-target.js';
 import { directoriesNeedOpening, openDirectories, removeTree } from '../format/remove-tree.js';
+import { ArchivedObjectError } from '../storage/storage.js';
 
 export interface RestoreOptions {
   target: string;
@@ -320,6 +321,8 @@ async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, c
         try {
           body = await repo.storage.openReader(job.record.key, { signal, offset: run.offset });
         } catch (err) {
+          // An archived volume's own error says what to do about it.
+          if (err instanceof ArchivedObjectError) throw err;
           throw new IntegrityError(`${what} of point ${job.point} cannot be read: ${errorMessage(err)}`, { cause: err });
         }
         const last = run.lastIndex;

@@ -23,7 +23,8 @@ export type ProblemKind =
   | 'missing-entry'
   | 'unsafe-entry'
   | 'model-invalid'
-  | 'restore-failed';
+  | 'restore-failed'
+  | 'volume-archived';
 
 export interface Problem {
   point: string;
@@ -128,7 +129,13 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
   }
 
   const existing = new Map<string, number>();
-  for await (const { key, size } of repo.storage.list(keys.dataPrefix)) existing.set(key, size);
+  // Volumes a lifecycle rule moved to an archive class (S3 Glacier): there, but not readable when a restore needs them.
+  const archived = new Map<string, string>();
+  for await (const { key, size, archived: storageClass } of repo.storage.list(keys.dataPrefix)) {
+    existing.set(key, size);
+    if (storageClass !== undefined) archived.set(key, storageClass);
+  }
+  const archivedDetail = (key: string) => `in the archive storage class ${archived.get(key)}: it cannot be read until it is retrieved from there`;
 
   // Several manifests are read ahead of the one checked (each is a round trip on S3), oldest first, so
   // the points a manifest refers to (older ones) were checked before it. Each point's summary must say what its manifest says.
@@ -161,12 +168,19 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
       const size = existing.get(v.key);
       if (size === undefined) problems.push({ point: id, path: v.key, kind: 'missing-volume', detail: 'volume object does not exist' });
       else if (size !== v.size) problems.push({ point: id, path: v.key, kind: 'size-mismatch', detail: `stored size ${size}, recorded ${v.size}` });
+      else if (archived.has(v.key)) problems.push({ point: id, path: v.key, kind: 'volume-archived', detail: archivedDetail(v.key) });
     }
+    const archivedNeeded = new Set<string>();
     for (const e of m.entries) {
       if (e.type !== 'file' || !e.ref || e.ref.point === id) continue;
       const holder = await volumesOfHolder(e.ref.point);
-      if (!holder || !holder[e.ref.volume]) {
+      const volume = holder?.[e.ref.volume];
+      if (!volume) {
         problems.push({ point: id, path: `${e.source}/${e.path}`, kind: 'chain-broken', detail: `its bytes are in ${e.ref.point} volume ${e.ref.volume}, which is missing` });
+      } else if (archived.has(volume.key) && !archivedNeeded.has(volume.key)) {
+        // Once per volume: every file an incremental takes unchanged from an archived full would otherwise be a line of its own.
+        archivedNeeded.add(volume.key);
+        problems.push({ point: id, path: volume.key, kind: 'volume-archived', detail: `this point needs ${volume.key} of ${e.ref.point}, ${archivedDetail(volume.key)}` });
       }
     }
   }
@@ -176,7 +190,7 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
     const jobs: { point: string; index: number; volume: ledgers.LedgerVolume }[] = [];
     for (const id of selected) {
       volumesOf.get(id)?.forEach((v, index) => {
-        if (existing.has(v.key)) jobs.push({ point: id, index, volume: { key: v.key, size: v.size, crc32: recordedChecksum(v).crc32 } });
+        if (existing.has(v.key) && !archived.has(v.key)) jobs.push({ point: id, index, volume: { key: v.key, size: v.size, crc32: recordedChecksum(v).crc32 } });
       });
     }
     const manifestOf = recentlyRead(read, (options.concurrency ?? DEFAULT_TRANSFERS) + 2);

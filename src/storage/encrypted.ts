@@ -147,7 +147,7 @@ export class EncryptedStorage implements Storage {
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
     for await (const info of this.inner.list(prefix)) {
-      yield isPlaintextKey(info.key) ? info : { key: info.key, size: plainSizeOf(info.size) };
+      yield isPlaintextKey(info.key) ? info : { ...info, size: plainSizeOf(info.size) };
     }
   }
 

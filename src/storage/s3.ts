@@ -28,6 +28,8 @@ import { putThroughWriter } from './put-through-writer.js';
 import { MAX_PARTS, PartWriter } from './s3-part-writer.js';
 import { readerOverStream } from './reader-over-stream.js';
 import {
+  ARCHIVE_STORAGE_CLASSES,
+  ArchivedObjectError,
   MAX_DOCUMENT_BYTES,
   ObjectNotFoundError,
   documentTooLarge,
@@ -399,6 +401,7 @@ export class S3Storage implements Storage {
       first = await this.openRange(objectKey, start, end, undefined, signal);
     } catch (err) {
       if (isMissing(err)) throw new ObjectNotFoundError(key, this.location);
+      if (errorName(err) === 'InvalidObjectState') throw new ArchivedObjectError(key, archiveTierOf(err));
       // Reading from at or past the end: nothing to read, as with a file.
       if (httpStatus(err) === 416 || errorName(err) === 'InvalidRange') {
         if ((await this.headObject(objectKey)) === undefined) throw new ObjectNotFoundError(key, this.location);
@@ -498,7 +501,8 @@ export class S3Storage implements Storage {
     for await (const page of this.listingPages(prefix, `list ${prefix === '' ? '/' : prefix}`)) {
       for (const object of page.Contents ?? []) {
         if (object.Key === undefined || !object.Key.startsWith(this.root)) continue;
-        yield { key: object.Key.slice(this.root.length), size: object.Size ?? 0 };
+        const archived = object.StorageClass !== undefined && ARCHIVE_STORAGE_CLASSES.has(object.StorageClass) ? { archived: object.StorageClass } : {};
+        yield { key: object.Key.slice(this.root.length), size: object.Size ?? 0, ...archived };
       }
     }
   }
@@ -622,6 +626,13 @@ function httpStatus(err: unknown): number | undefined {
 
 function errorName(err: unknown): string | undefined {
   return (err as { name?: string } | undefined)?.name;
+}
+
+/** The storage class (and Intelligent-Tiering access tier) an InvalidObjectState error names. */
+function archiveTierOf(err: unknown): string {
+  const { StorageClass, AccessTier } = err as { StorageClass?: string; AccessTier?: string };
+  if (StorageClass === undefined) return 'an archive tier';
+  return AccessTier === undefined ? StorageClass : `${StorageClass} (${AccessTier})`;
 }
 
 function isMissing(err: unknown): boolean {

@@ -5,6 +5,28 @@ import { IntegrityError, RuntimeFailure } from '../errors.js';
 export interface ObjectInfo {
   key: string;
   size: number;
+  /** The storage class of an object that cannot be read until it is retrieved from an archive (S3 Glacier). */
+  archived?: string;
+}
+
+/**
+ * S3 storage classes whose objects must be retrieved (a request that takes
+ * hours) before they can be read. A lifecycle rule that moves a repository's
+ * volumes there leaves points that cannot be restored when they are needed.
+ */
+export const ARCHIVE_STORAGE_CLASSES: ReadonlySet<string> = new Set(['GLACIER', 'DEEP_ARCHIVE']);
+
+/** A stored object that must be retrieved from an archive before it can be read. */
+export class ArchivedObjectError extends IntegrityError {
+  constructor(
+    readonly key: string,
+    readonly storageClass: string,
+  ) {
+    super(`${key} is in the archive storage class ${storageClass} and cannot be read until it is retrieved from there`, {
+      volume: key,
+      hint: `retrieve it first (aws s3api restore-object), and keep the repository's objects out of lifecycle rules that archive them`,
+    });
+  }
 }
 
 /**

@@ -49,6 +49,12 @@ export interface FaultProxy {
   setRates(rates: FaultRates, methods?: string[]): void;
   /** Injects `kind` into the next `times` requests with this method (any when absent), before any random fault. */
   inject(kind: FaultKind, options?: { method?: string; times?: number }): void;
+  /**
+   * Acts as S3 does for objects a lifecycle rule moved to an archive class: listings
+   * name their storage class, and reading one answers 403 InvalidObjectState.
+   * `matches` gets the object's bucket and key (`bucket/key`, path-style).
+   */
+  archive(matches: (object: string) => boolean, storageClass?: string): void;
   stop(): Promise<void>;
 }
 
@@ -66,6 +72,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   const requests: ProxiedRequest[] = [];
   const injected = Object.fromEntries(FAULT_KINDS.map((k) => [k, 0])) as Record<FaultKind, number>;
   const sockets = new Set<Socket>();
+  let archived: { matches: (object: string) => boolean; storageClass: string } | undefined;
   let requestCount = 0;
   let open = 0;
   let maxConcurrent = 0;
@@ -103,6 +110,14 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     const id = ++requestCount;
     requests.push({ method, path: req.url ?? '/', range: header(req, 'range'), contentMd5: header(req, 'content-md5') !== undefined, fault });
     if (fault) injected[fault]++;
+    const url = new URL(req.url ?? '/', 'http://proxy');
+    if (archived && method === 'GET') {
+      const object = decodeURIComponent(url.pathname.slice(1));
+      if (url.searchParams.get('list-type') === '2') return forward(req, res, undefined, (listing) => withStorageClass(listing, url.pathname.slice(1).replace(/\/$/, ''), archived!));
+      if (!url.search.includes('uploads') && archived.matches(object)) {
+        return answerError(req, res, 403, 'InvalidObjectState', "The operation is not valid for the object's storage class", id, `<StorageClass>${archived.storageClass}</StorageClass>`);
+      }
+    }
     switch (fault) {
       case 'slowDown':
         return answerError(req, res, 503, 'SlowDown', 'Please reduce your request rate.', id);
@@ -117,7 +132,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     socket.on('close', () => sockets.delete(socket));
   });
 
-  function forward(req: IncomingMessage, res: ServerResponse, fault: FaultKind | undefined): void {
+  function forward(req: IncomingMessage, res: ServerResponse, fault: FaultKind | undefined, rewrite?: (body: string) => string): void {
     const upstreamRequest = httpRequest({
       agent,
       host: upstream.hostname,
@@ -130,6 +145,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     upstreamRequest.on('error', () => req.socket.destroy());
     upstreamRequest.on('response', (upstreamResponse) => {
       upstreamResponse.on('error', () => req.socket.destroy());
+      if (rewrite) return relayRewritten(res, upstreamResponse, rewrite);
       const send = () => relayResponse(req, res, upstreamResponse, fault === 'dropResponse');
       if (fault === 'delay') setTimeout(send, delayMs);
       else send();
@@ -232,6 +248,9 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     inject(kind, injectOptions = {}) {
       scripted.push({ kind, method: injectOptions.method, remaining: injectOptions.times ?? 1 });
     },
+    archive(matches, storageClass = 'GLACIER') {
+      archived = { matches, storageClass };
+    },
     stop,
   };
 }
@@ -241,14 +260,40 @@ function header(req: IncomingMessage, name: string): string | undefined {
   return Array.isArray(value) ? value[0] : value;
 }
 
+/** Relays a (small) response whole, its body rewritten. */
+function relayRewritten(res: ServerResponse, upstreamResponse: IncomingMessage, rewrite: (body: string) => string): void {
+  const chunks: Buffer[] = [];
+  upstreamResponse.on('data', (c: Buffer) => chunks.push(c));
+  upstreamResponse.on('end', () => {
+    const body = Buffer.from(rewrite(Buffer.concat(chunks).toString('utf8')));
+    const { 'transfer-encoding': _chunked, ...headers } = upstreamResponse.headers;
+    res.writeHead(upstreamResponse.statusCode ?? 502, { ...headers, 'content-length': String(body.length) });
+    res.end(body);
+  });
+}
+
+/** A ListObjectsV2 page with the archived objects' storage class; `bucket` is the listing's path (path-style). */
+function withStorageClass(listing: string, bucket: string, archived: { matches: (object: string) => boolean; storageClass: string }): string {
+  return listing.replace(/<Contents>([\s\S]*?)<\/Contents>/g, (whole, inner: string) => {
+    const key = /<Key>([^<]*)<\/Key>/.exec(inner)?.[1];
+    if (key === undefined || !archived.matches(`${bucket}/${unescapeXml(key)}`)) return whole;
+    const storageClass = `<StorageClass>${archived.storageClass}</StorageClass>`;
+    return `<Contents>${/<StorageClass>/.test(inner) ? inner.replace(/<StorageClass>[^<]*<\/StorageClass>/, storageClass) : inner + storageClass}</Contents>`;
+  });
+}
+
+function unescapeXml(text: string): string {
+  return text.replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&quot;/g, '"').replace(/&apos;/g, "'").replace(/&amp;/g, '&');
+}
+
 /** Answers with an S3 error document, after reading the request body as a server would. */
-function answerError(req: IncomingMessage, res: ServerResponse, status: number, code: string, message: string, id: number): void {
+function answerError(req: IncomingMessage, res: ServerResponse, status: number, code: string, message: string, id: number, extra = ''): void {
   req.resume();
   req.on('end', () => {
     const body =
       req.method === 'HEAD'
         ? ''
-        : `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code><Message>${message}</Message>` +
+        : `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code><Message>${message}</Message>${extra}` +
           `<RequestId>fault-${id}</RequestId><HostId>fault-proxy</HostId></Error>`;
     res.writeHead(status, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
     res.end(body);

@@ -84,7 +84,9 @@ export async function runVerify(ctx: CliContext, selector: string | undefined, f
     );
     if (!result.ok) {
       throw new IntegrityError(`verify found ${result.problems.length} problem(s) in ${repo.storage.location}`, {
-        hint: 'restore from an older point that verifies, or take a new full backup',
+        hint: result.problems.some((p) => p.kind === 'volume-archived')
+          ? 'retrieve the archived volumes (aws s3api restore-object) and keep the repository out of lifecycle rules that archive objects, or take a new full backup'
+          : 'restore from an older point that verifies, or take a new full backup',
       });
     }
   } finally {
