@@ -219,6 +219,41 @@ test('--notify-url POSTs a JSON event on failure, on success only when asked; no
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 
+test('a backup that left a file out succeeds, and says so to monitoring: --notify-on warning and lifeboat_last_run_warnings', async () => {
+  const d = await smallDeployment();
+  const hook = await receiver();
+  const metrics = path.join(d.work, 'lifeboat.prom');
+  const backup = (...extra: string[]) => lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--notify-url', hook.url, '--notify-on', 'warning', '--metrics-file', metrics, ...extra]);
+  try {
+    const clean = await backup();
+    assert.equal(clean.code, 0, clean.stderr);
+    assert.equal(hook.bodies.length, 0, 'no event for a backup without warnings');
+    assert.equal(value(parsePrometheus(await fsp.readFile(metrics, 'utf8')), 'lifeboat_last_run_warnings', 'backup'), 0);
+
+    // A name that is not UTF-8 cannot be stored: the file is left out, with a warning.
+    await fsp.writeFile(Buffer.from(`${d.src}/bad-\xff-name.bin`, 'latin1'), 'weights');
+    const warned = await backup();
+    assert.equal(warned.code, 0, warned.stderr);
+    assert.equal(hook.bodies.length, 1);
+    const e = hook.bodies[0];
+    assert.equal(e.outcome, 'success');
+    assert.equal(e.point, warned.json().id);
+    assert.equal(e.detail.warnings, 1);
+    assert.equal(e.warnings.length, 1);
+    assert.match(e.warnings[0].message, /not valid UTF-8/);
+    assert.equal(typeof e.warnings[0].code, 'string');
+    assert.equal(value(parsePrometheus(await fsp.readFile(metrics, 'utf8')), 'lifeboat_last_run_warnings', 'backup'), 1);
+
+    // Failures are always told; a warning only when asked.
+    const quiet = await lifeboat(['--repo', d.repo, 'backup', d.src, '--notify-url', hook.url]);
+    assert.equal(quiet.code, 0, quiet.stderr);
+    assert.equal(hook.bodies.length, 1);
+  } finally {
+    await hook.close();
+  }
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
 test('a dead or failing notify URL does not fail the backup; the warning does not show the URL\'s secrets', async () => {
   const d = await smallDeployment();
   const port = await freePort();
@@ -243,7 +278,7 @@ test('a dead or failing notify URL does not fail the backup; the warning does no
   silent.on('connection', (s) => sockets.add(s));
   await new Promise<void>((res) => silent.listen(0, '127.0.0.1', res));
   const started = Date.now();
-  const event = makeEvent({ command: 'backup', outcome: 'failure', exitCode: 1, message: 'x', repository: null, deployment: null, point: null, startedAt: '', endedAt: '', durationMs: 0, detail: {} });
+  const event = makeEvent({ command: 'backup', outcome: 'failure', exitCode: 1, message: 'x', repository: null, deployment: null, point: null, startedAt: '', endedAt: '', durationMs: 0, warnings: [], detail: {} });
   const problem = await sendNotification(`http://127.0.0.1:${(silent.address() as AddressInfo).port}/`, event, 300);
   assert.ok(problem, 'a timeout is reported');
   assert.ok(Date.now() - started < 3000);

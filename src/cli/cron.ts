@@ -28,7 +28,20 @@ export interface RunFigures {
   rtoMs?: number;
   rpoMs?: number;
   objectivesMet?: boolean;
+  /** What the run warned about (files left out, a file that kept changing …); it still succeeded. */
+  warnings?: readonly RunWarning[];
 }
+
+export interface RunWarning {
+  code: string;
+  path?: string;
+  message: string;
+}
+
+/** Warnings an event carries at most; the count is in `detail.warnings`. */
+const EVENT_WARNINGS = 20;
+
+const NOTIFY_ON = new Set(['failure', 'warning', 'success']);
 
 const collect = (value: string, previous: string[] = []) => [...previous, ...value.split(',').map((v) => v.trim()).filter(Boolean)];
 
@@ -36,7 +49,7 @@ export function addCronOptions(command: Command, options: { lock?: boolean } = {
   command
     .option('--metrics-file <path>', 'write Prometheus text-format metrics here (atomically), for node_exporter\'s textfile collector')
     .option('--notify-url <url>', 'POST a JSON event here when the run fails (or notify.url in the config)')
-    .addOption(new Option('--notify-on <events>', 'when to notify: failure (always), success (comma-separated, repeatable)').argParser(collect));
+    .addOption(new Option('--notify-on <events>', 'when to notify: failure (always), warning (a success with warnings), success (comma-separated, repeatable)').argParser(collect));
   if (options.lock) {
     command
       .option('--lock-stale-after <duration>', 'take over a lock not refreshed for this long (lock.staleAfter; default 30m)')
@@ -104,9 +117,10 @@ export async function runMonitored(ctx: CliContext, command: string, flags: Cron
   const url = flags.notifyUrl ?? config.notify?.url;
   const on = new Set(flags.notifyOn ?? config.notify?.on ?? ['failure']);
   for (const e of on) {
-    if (e !== 'failure' && e !== 'success') warn(`--notify-on ${e}: use failure or success`, 'notify-on-unknown');
+    if (!NOTIFY_ON.has(e)) warn(`--notify-on ${e}: use failure, warning or success`, 'notify-on-unknown');
   }
-  if (url && (failure !== undefined || on.has('success'))) {
+  const warnings = figures.warnings ?? [];
+  if (url && (failure !== undefined || on.has('success') || (on.has('warning') && warnings.length > 0))) {
     let repository: string | null = null;
     try {
       repository = repositoryUrl(ctx, config);
@@ -124,7 +138,8 @@ export async function runMonitored(ctx: CliContext, command: string, flags: Cron
       startedAt: startedAt.toISOString(),
       endedAt: endedAt.toISOString(),
       durationMs: endedAt.getTime() - startedAt.getTime(),
-      detail: { ...figures },
+      warnings: warnings.slice(0, EVENT_WARNINGS).map(({ code: c, path, message }) => ({ code: c, ...(path === undefined ? {} : { path }), message })),
+      detail: { ...figures, warnings: warnings.length },
     });
     const problem = await sendNotification(url, event);
     if (problem) warn(`could not notify ${redactUrl(url)}: ${problem}`, 'notify-failed');
@@ -149,6 +164,7 @@ function metricSamples(run: { command: string; deployment?: string }, code: numb
   if (f.rtoMs !== undefined) out.push({ name: 'lifeboat_drill_rto_seconds', labels, value: f.rtoMs / 1000 });
   if (f.rpoMs !== undefined) out.push({ name: 'lifeboat_drill_rpo_seconds', labels, value: f.rpoMs / 1000 });
   if (f.objectivesMet !== undefined) out.push({ name: 'lifeboat_drill_objectives_met', labels, value: f.objectivesMet ? 1 : 0 });
+  if (f.warnings !== undefined) out.push({ name: 'lifeboat_last_run_warnings', labels, value: f.warnings.length });
   return out;
 }
 

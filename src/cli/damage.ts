@@ -1,4 +1,5 @@
 import { IntegrityError } from '../errors.js';
+import { ArchivedObjectError } from '../storage/storage.js';
 import type { Repository } from '../core/repository.js';
 import type { Manifest } from '../format/manifest.js';
 
@@ -13,7 +14,7 @@ export async function withIntactAlternative(err: unknown, repo: Repository, poin
   const alternative = other
     ? `${other.id} (completed ${other.completedAt}) needs nothing of ${err.volume}: ${command(other.id)}`
     : `every other point of this deployment needs ${err.volume} too; \`lifeboat verify --read-data\` names all the damage`;
-  // What the error itself advises (retrieving an archived volume) comes first.
-  const hint = err.hint === undefined ? alternative : `${err.hint}; or restore another point: ${alternative}`;
+  // Retrieving an archived volume is the other way out: it comes first.
+  const hint = err instanceof ArchivedObjectError ? `${err.hint}; or use another point: ${alternative}` : alternative;
   return new IntegrityError(err.message, { cause: err, hint, volume: err.volume });
 }

@@ -77,7 +77,7 @@ export const configSchema = z
           .strict(),
       )
       .optional(),
-    notify: z.object({ url: z.string().url(), on: z.array(z.enum(['failure', 'success'])).optional() }).strict().optional(),
+    notify: z.object({ url: z.string().url(), on: z.array(z.enum(['failure', 'warning', 'success'])).optional() }).strict().optional(),
     lock: z
       .object({
         staleAfter: duration.describe('a lock whose lease was not refreshed for this long is stale and taken over (default 30m)').optional(),

@@ -23,6 +23,7 @@ export const METRIC_HELP: Record<string, string> = {
   lifeboat_last_run_success: '1 when the last run of the command succeeded, else 0.',
   lifeboat_last_run_bytes: 'Bytes the last run handled (backed up, read, restored or removed).',
   lifeboat_last_run_files: 'Files the last run handled.',
+  lifeboat_last_run_warnings: 'Warnings of the last run (files left out, a file that kept changing while read …).',
   lifeboat_points: 'Backup points in the repository after the last run.',
   lifeboat_drill_rto_seconds: 'Achieved recovery time of the last drill (restore, verification and smoke test).',
   lifeboat_drill_rpo_seconds: 'Age of the drilled point when the last drill ran.',

@@ -19,7 +19,9 @@ export interface NotifyEvent {
   startedAt: string;
   endedAt: string;
   durationMs: number;
-  /** Command figures: bytes, files, points, rtoMs, rpoMs … */
+  /** The run's warnings (the first 20; `detail.warnings` counts them all): files left out, a file that kept changing … */
+  warnings: { code: string; path?: string; message: string }[];
+  /** Command figures: bytes, files, points, rtoMs, rpoMs, warnings (a count) … */
   detail: Record<string, unknown>;
 }
 

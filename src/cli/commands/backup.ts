@@ -113,7 +113,7 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
       concurrency: config.s3?.concurrency,
     });
     if (!result.dryRun) point = result.id;
-    Object.assign(figures, { point: point ?? null, bytes: result.bytes, files: result.files, points: (await repo.pointIds()).length });
+    Object.assign(figures, { point: point ?? null, bytes: result.bytes, files: result.files, points: (await repo.pointIds()).length, warnings: result.warnings });
     renderer.stop();
     printResult(ctx, backupJson(result), () => {
       const verb = result.dryRun ? 'would take' : 'took';

@@ -53,7 +53,7 @@ export async function runVerify(ctx: CliContext, selector: string | undefined, f
       reporter: renderer,
     });
     renderer.stop();
-    Object.assign(figures, { point: point?.id ?? null, bytes: result.bytesRead, files: result.files, points: result.backups });
+    Object.assign(figures, { point: point?.id ?? null, bytes: result.bytesRead, files: result.files, points: result.backups, warnings: result.warnings });
     printResult(
       ctx,
       {
