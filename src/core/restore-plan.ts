@@ -15,6 +15,9 @@ export interface VolumeJob {
 
 export interface RestorePlan {
   manifest: Manifest;
+  /** The sources restored, each into `<target>/<name>`; or, with `asTarget`, the one source written as the target itself. */
+  sources: Manifest['sources'];
+  asTarget?: string;
   entries: ManifestEntry[];
   /** Every file restored, hard links included. */
   files: ManifestEntry[];
@@ -29,7 +32,12 @@ export interface RestorePlan {
  * nothing written through a link or a file, links that stay inside their
  * source, content references that exist along the chain.
  */
-export async function planRestore(repo: Repository, manifest: Manifest, include: readonly string[] = [], options: { hardLinks?: boolean } = {}): Promise<RestorePlan> {
+export async function planRestore(
+  repo: Repository,
+  manifest: Manifest,
+  include: readonly string[] = [],
+  options: { hardLinks?: boolean; /** Restore only this source, as the target itself. */ asTarget?: string } = {},
+): Promise<RestorePlan> {
   const sources = new Set<string>();
   for (const s of manifest.sources) {
     try {
@@ -74,6 +82,11 @@ export async function planRestore(repo: Repository, manifest: Manifest, include:
 
   let entries = [...manifest.entries].sort((a, b) => comparePaths(`${a.source}/${a.path}`, `${b.source}/${b.path}`));
   if (include.length > 0) entries = filterIncluded(manifest, entries, include);
+  const only = options.asTarget;
+  if (only !== undefined) {
+    if (!sources.has(only)) throw new UsageError(`${manifest.id} has no source ${JSON.stringify(only)}`);
+    entries = entries.filter((e) => e.source === only);
+  }
 
   const files = entries.filter((e) => e.type === 'file');
   // A hard link is made once the file it names is written; without that file (left out by --include), or
@@ -107,7 +120,18 @@ export async function planRestore(repo: Repository, manifest: Manifest, include:
     job.wanted.set(ref.entry, list);
   }
   const volumes = [...jobs.values()].sort((a, b) => (a.point === b.point ? a.index - b.index : a.point < b.point ? -1 : 1));
-  return { manifest, entries, files, links, volumes, bytes: files.reduce((n, f) => n + f.size, 0) };
+  const restored = only === undefined ? manifest.sources : manifest.sources.filter((src) => src.name === only);
+  return { manifest, sources: restored, ...(only === undefined ? {} : { asTarget: only }), entries, files, links, volumes, bytes: files.reduce((n, f) => n + f.size, 0) };
+}
+
+/** The sources in which `include` chooses something (every source without patterns); a pattern that matches nothing is an error. */
+export function sourcesIncluded(manifest: Manifest, include: readonly string[]): Set<string> {
+  if (include.length === 0) return new Set(manifest.sources.map((s) => s.name));
+  const sorted = [...manifest.entries].sort((a, b) => comparePaths(`${a.source}/${a.path}`, `${b.source}/${b.path}`));
+  const chosen = filterIncluded(manifest, sorted, include);
+  // A source named by a pattern counts even when it is empty.
+  const named = manifest.sources.filter((s) => include.some((g) => new Minimatch(g, { dot: true }).match(s.name))).map((s) => s.name);
+  return new Set([...chosen.map((e) => e.source), ...named]);
 }
 
 /**

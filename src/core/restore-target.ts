@@ -201,9 +201,13 @@ export async function moveFile(from: string, to: string): Promise<void> {
   await fsp.rm(from);
 }
 
-/** Moves the verified staging directory to the target; returns a warning when what it replaced could not be removed. */
-export async function moveIntoPlace(staging: string, target: string, state: TargetState): Promise<Notice | undefined> {
-  await fsp.chmod(staging, 0o755);
+/**
+ * Moves the verified staging directory to the target (opened to 0755 first,
+ * unless `openUp` is false); returns a warning when what it replaced could not be removed.
+ */
+export async function moveIntoPlace(staging: string, target: string, state: TargetState, openUp = true): Promise<Notice | undefined> {
+  // Made 0700 so no one reads a half-restored tree; a source restored as the target has its own mode by now.
+  if (openUp) await fsp.chmod(staging, 0o755);
   if (state === 'non-empty') {
     const old = `${staging}-replaced`;
     await fsp.rename(target, old);

@@ -40,6 +40,8 @@ export interface RestoreOptions {
   pageCache?: boolean;
   /** As root, give files the recorded uid and gid numbers, not the local ids of the recorded names. */
   numericOwner?: boolean;
+  /** Restore only this source, its tree as the target itself (not `<target>/<source>`): a restore to where it was backed up from. */
+  asTarget?: string;
   signal?: AbortSignal;
   reporter?: Reporter;
 }
@@ -70,6 +72,18 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
   const reporter = options.reporter ?? {};
   const warnings: Notice[] = [];
   const target = path.resolve(options.target);
+  const { targetState, mountPoint } = await checkRestoreTarget(target, options);
+  return whileReading(repo.storage, 'restore', { signal: options.signal, reporter, warnings }, () =>
+    restoreLocked(repo, manifest, options, { target, targetState, mountPoint, reporter, warnings, started }),
+  );
+}
+
+/**
+ * What a target is, refusing one a restore must not write into with these
+ * options: a link, a file, a non-empty directory without --delta or --force,
+ * one holding mount points with --force. Nothing is written.
+ */
+export async function checkRestoreTarget(target: string, options: Pick<RestoreOptions, 'delta' | 'force'>): Promise<{ targetState: TargetState; mountPoint: boolean }> {
   const { state: targetState, mountPoint } = await inspectTarget(target);
   if (targetState === 'not-a-directory') {
     const link = await fsp.readlink(target).catch(() => undefined);
@@ -95,9 +109,7 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
       });
     }
   }
-  return whileReading(repo.storage, 'restore', { signal: options.signal, reporter, warnings }, () =>
-    restoreLocked(repo, manifest, options, { target, targetState, mountPoint, reporter, warnings, started }),
-  );
+  return { targetState, mountPoint };
 }
 
 interface RestoreSetting {
@@ -112,7 +124,7 @@ interface RestoreSetting {
 async function restoreLocked(repo: Repository, manifest: Manifest, options: RestoreOptions, { target, targetState, mountPoint, reporter, warnings, started }: RestoreSetting): Promise<RestoreResult> {
   const delta = options.delta === true && targetState === 'non-empty';
   // A delta restore compares and rewrites each name on its own, so hard links are written as copies there.
-  const plan = await planRestore(repo, manifest, options.include, { hardLinks: !delta });
+  const plan = await planRestore(repo, manifest, options.include, { hardLinks: !delta, asTarget: options.asTarget });
   const owners = ownerMapping(manifest, options.numericOwner === true);
   // Staged on the target's file system, so that moving the restored files into place is a rename.
   const staging = stagingPath(target, mountPoint);
@@ -132,7 +144,7 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
     const linked = new Set(plan.links.map((l) => l.entry));
     let wanted = plan.files.filter((f) => !linked.has(f));
     if (delta) {
-      const unchanged = await filesAlreadyRight(target, plan.files, options.signal, reporter);
+      const unchanged = await filesAlreadyRight(plan, target, plan.files, options.signal, reporter);
       wanted = plan.files.filter((f) => !unchanged.has(f));
       result.unchanged = unchanged.size;
       result.rewritten = wanted.length;
@@ -156,7 +168,7 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
       await makeHardLinks(plan, staging);
       await finishTree(plan, staging, owners);
       await syncDirectories(plan, staging);
-      const left = mountPoint ? await moveIntoMountPoint(staging, target, targetState === 'non-empty') : await moveIntoPlace(staging, target, targetState);
+      const left = mountPoint ? await moveIntoMountPoint(staging, target, targetState === 'non-empty') : await moveIntoPlace(staging, target, targetState, plan.asTarget === undefined);
       await syncPath(mountPoint ? target : path.dirname(target));
       if (left) {
         warnings.push(left);
@@ -200,11 +212,11 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
 async function keepVerifiedFiles(staging: string, plan: RestorePlan, wanted: readonly ManifestEntry[], signal: AbortSignal | undefined, reporter: Reporter): Promise<Set<ManifestEntry>> {
   // A restore that failed after setting the point's modes may have left read-only directories.
   if (directoriesNeedOpening()) await openDirectories(staging);
-  const kept = await filesAlreadyRight(staging, [...wanted], signal, reporter);
-  const keptPaths = new Set([...kept].map((f) => pathIn(staging, f)));
+  const kept = await filesAlreadyRight(plan, staging, [...wanted], signal, reporter);
+  const keptPaths = new Set([...kept].map((f) => pathIn(plan, staging, f)));
   const dirs = new Set<string>();
   for (const e of plan.entries) {
-    let dir = e.type === 'dir' ? pathIn(staging, e) : path.dirname(pathIn(staging, e));
+    let dir = e.type === 'dir' ? pathIn(plan, staging, e) : path.dirname(pathIn(plan, staging, e));
     while (dir.length > staging.length && !dirs.has(dir)) {
       dirs.add(dir);
       dir = path.dirname(dir);
@@ -221,8 +233,13 @@ async function keepVerifiedFiles(staging: string, plan: RestorePlan, wanted: rea
   return kept;
 }
 
-function pathIn(root: string, e: { source: string; path: string }): string {
-  return path.join(root, e.source, ...e.path.split('/'));
+/** Where a source's tree goes under `root`: `<root>/<source>`, or `root` itself for the source restored as the target. */
+function sourceDir(plan: RestorePlan, root: string, source: string): string {
+  return plan.asTarget === source ? root : path.join(root, source);
+}
+
+function pathIn(plan: RestorePlan, root: string, e: { source: string; path: string }): string {
+  return path.join(sourceDir(plan, root, e.source), ...e.path.split('/'));
 }
 
 interface FetchContext {
@@ -288,14 +305,14 @@ async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, c
       if (entry.size !== first.size) {
         throw new IntegrityError(`${what}: entry ${entry.index} (${entry.name}) has ${entry.size} bytes, the manifest says ${first.size} for ${expectedName}`);
       }
-      const file = pathIn(staging, first);
+      const file = pathIn(plan, staging, first);
       if (first.size <= SMALL_FILE) {
         // Small files are read whole and checked here; their writes overlap the parsing of what follows.
         const data = await readVerified(entry, first, what, progress);
         writes.add(
           (async () => {
             for (const t of targets) {
-              const p = pathIn(staging, t);
+              const p = pathIn(plan, staging, t);
               await ensureDir(path.dirname(p));
               await writeFileSynced(p, data, { flag: 'wx', mode: 0o600, dataOnly: true });
             }
@@ -306,7 +323,7 @@ async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, c
         await ensureDir(path.dirname(file));
         await writeVerified(entry, file, first, what, progress, reporter, hasher, pageCache === true, signal);
         for (const copy of targets.slice(1)) {
-          const other = pathIn(staging, copy);
+          const other = pathIn(plan, staging, copy);
           await ensureDir(path.dirname(other));
           await fsp.copyFile(file, other);
           await syncPath(other, { dataOnly: true });
@@ -512,17 +529,17 @@ function nsToSeconds(ns: string): number {
 /** Gives each written file its other names (its hard links). */
 async function makeHardLinks(plan: RestorePlan, root: string): Promise<void> {
   for (const { entry, to } of plan.links) {
-    const p = pathIn(root, entry);
+    const p = pathIn(plan, root, entry);
     await makeDirectories(path.dirname(p), 0o700);
-    await fsp.link(pathIn(root, to), p);
+    await fsp.link(pathIn(plan, root, to), p);
   }
 }
 
 /** Creates dirs and links, then applies modes and times (deepest first so parents keep theirs). */
 async function finishTree(plan: RestorePlan, root: string, owners: OwnerMapping | undefined): Promise<void> {
-  for (const s of plan.manifest.sources) await makeDirectories(path.join(root, s.name), 0o700);
+  for (const s of plan.sources) await makeDirectories(sourceDir(plan, root, s.name), 0o700);
   for (const e of plan.entries) {
-    const p = pathIn(root, e);
+    const p = pathIn(plan, root, e);
     if (e.type === 'dir') await makeDirectories(p, 0o700);
     else if (e.type === 'symlink') {
       await makeDirectories(path.dirname(p), 0o700);
@@ -569,7 +586,7 @@ function ownerMapping(manifest: Manifest, numeric: boolean): OwnerMapping | unde
 
 async function applyMetadata(plan: RestorePlan, root: string, owners: OwnerMapping | undefined): Promise<void> {
   const set = async (e: ManifestEntry) => {
-    const p = pathIn(root, e);
+    const p = pathIn(plan, root, e);
     const t = nsToSeconds(e.mtimeNs);
     // Before the mode: a change of owner clears the set-user-ID and set-group-ID bits.
     await setOwner(owners, p, e.uid, e.gid, false);
@@ -584,8 +601,8 @@ async function applyMetadata(plan: RestorePlan, root: string, owners: OwnerMappi
   // parallel; directories follow, deepest first, so a parent's time is set last.
   await runPool(plan.entries.filter((e) => e.type !== 'dir'), METADATA_IN_FLIGHT, set);
   for (const e of [...plan.entries].reverse()) if (e.type === 'dir') await set(e);
-  for (const s of plan.manifest.sources) {
-    const p = path.join(root, s.name);
+  for (const s of plan.sources) {
+    const p = sourceDir(plan, root, s.name);
     await setOwner(owners, p, s.uid, s.gid, true);
     if (s.mode !== undefined) await fsp.chmod(p, s.mode);
     if (s.mtimeNs !== undefined) await fsp.utimes(p, nsToSeconds(s.mtimeNs), nsToSeconds(s.mtimeNs));
@@ -602,7 +619,7 @@ async function syncDirectories(plan: RestorePlan, root: string): Promise<void> {
   const found = new Set<string>();
   // Parents too: with --include they may have been made for a file without an entry of their own.
   for (const e of plan.entries) {
-    const p = pathIn(root, e);
+    const p = pathIn(plan, root, e);
     if (e.type === 'dir') found.add(p);
     found.add(path.dirname(p));
   }
@@ -617,13 +634,13 @@ async function syncDirectories(plan: RestorePlan, root: string): Promise<void> {
  * Files in the target whose size and SHA-256 already match the point. Reading
  * a large target back takes minutes: it is reported as it goes.
  */
-async function filesAlreadyRight(target: string, files: ManifestEntry[], signal: AbortSignal | undefined, reporter: Reporter): Promise<Set<ManifestEntry>> {
+async function filesAlreadyRight(plan: RestorePlan, target: string, files: ManifestEntry[], signal: AbortSignal | undefined, reporter: Reporter): Promise<Set<ManifestEntry>> {
   const right = new Set<ManifestEntry>();
   const progress: Progress = { phase: 'compare', filesDone: 0, filesTotal: files.length, bytesDone: 0, bytesTotal: files.reduce((n, f) => n + f.size, 0) };
   // Several at a time: a round trip per small file costs more than hashing it.
   await runPool(files, FILES_COMPARED_AT_ONCE, async (f) => {
     throwIfAborted(signal);
-    const p = pathIn(target, f);
+    const p = pathIn(plan, target, f);
     const st = await fsp.lstat(p).catch(() => undefined);
     if (st?.isFile() && st.size === f.size && (await sha256OfFile(p)) === f.sha256) right.add(f);
     progress.filesDone++;
@@ -652,8 +669,8 @@ async function applyDelta(
   for (const e of plan.entries) wantedPaths.set(path.join(e.source, ...e.path.split('/')), e);
   let removed = 0;
   // Remove what the point does not have, or has with another type, deepest first.
-  for (const s of plan.manifest.sources) {
-    const root = path.join(target, s.name);
+  for (const s of plan.sources) {
+    const root = sourceDir(plan, target, s.name);
     const st = await fsp.lstat(root).catch(() => undefined);
     if (st && !st.isDirectory()) await removeTree(root);
     await makeDirectories(root);
@@ -663,7 +680,7 @@ async function applyDelta(
     if (prune) removed += await pruneTree(root, s.name, wantedPaths);
   }
   for (const e of plan.entries) {
-    const p = pathIn(target, e);
+    const p = pathIn(plan, target, e);
     if (e.type === 'dir') {
       await makeDirectories(p);
     } else if (e.type === 'symlink') {
@@ -673,7 +690,7 @@ async function applyDelta(
         await fsp.symlink(e.target!, p);
       }
     } else if (rewritten.has(e)) {
-      await moveFile(pathIn(staging, e), p);
+      await moveFile(pathIn(plan, staging, e), p);
     }
   }
   await applyMetadata(plan, target, owners);

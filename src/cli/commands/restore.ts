@@ -1,7 +1,13 @@
+import * as path from 'node:path';
 import type { Command } from 'commander';
 import { UsageError, errorMessage } from '../../errors.js';
 import { appendEvent } from '../../core/journal.js';
-import { restore } from '../../core/restore.js';
+import { checkRestoreTarget, restore, type RestoreResult } from '../../core/restore.js';
+import { sourcesIncluded } from '../../core/restore-plan.js';
+import type { Notice } from '../../core/events.js';
+import type { Manifest } from '../../format/manifest.js';
+import type { LifeboatConfig } from '../../config/config.js';
+import type { Repository } from '../../core/repository.js';
 import { openRepository, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
 import { formatBytes } from '../format.js';
@@ -11,6 +17,7 @@ import type { CommandRunner } from '../main.js';
 
 interface RestoreFlags {
   target?: string;
+  inPlace?: boolean;
   delta?: boolean;
   force?: boolean;
   include: string[];
@@ -19,8 +26,21 @@ interface RestoreFlags {
 
 const collect = (value: string, previous: string[]) => [...previous, value];
 
+/** What every restore of this command is given, whatever its target. */
+function commonOptions(ctx: CliContext, flags: RestoreFlags, config: LifeboatConfig, renderer: ProgressRenderer) {
+  return { delta: flags.delta, force: flags.force, include: flags.include, numericOwner: flags.numericOwner, concurrency: config.s3?.concurrency, signal: ctx.signal, reporter: renderer };
+}
+
+/** Records a restore that succeeded. A restore may run with read-only credentials: failing to journal it must not fail it. */
+async function journalRestored(repo: Repository, renderer: ProgressRenderer, result: RestoreResult, detail: Record<string, unknown> = {}): Promise<void> {
+  await appendEvent(repo.storage, { type: 'restore', point: result.point, target: result.target, outcome: 'ok', durationMs: result.durationMs, detail: { files: result.files, bytes: result.bytes, ...detail } }).catch(
+    (err: unknown) => renderer.notice({ level: 'warning', code: 'journal', message: `could not record the restore in the journal: ${errorMessage(err)}` }),
+  );
+}
+
 export async function runRestore(ctx: CliContext, selector: string, flags: RestoreFlags): Promise<void> {
-  if (!flags.target) throw new UsageError('restore needs --target DIR');
+  if (flags.inPlace) return runRestoreInPlace(ctx, selector, flags);
+  if (!flags.target) throw new UsageError('restore needs --target DIR', { hint: 'or --in-place, to restore each source to the directory it was backed up from' });
   const { repo, config, close } = await openRepository(ctx);
   const renderer = new ProgressRenderer(ctx, 'restore');
   try {
@@ -28,21 +48,12 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
     const started = Date.now();
     const result = await restore(repo, point, {
       target: flags.target.startsWith('/') ? flags.target : `${ctx.cwd}/${flags.target}`,
-      delta: flags.delta,
-      force: flags.force,
-      include: flags.include,
-      numericOwner: flags.numericOwner,
-      concurrency: config.s3?.concurrency,
-      signal: ctx.signal,
-      reporter: renderer,
+      ...commonOptions(ctx, flags, config, renderer),
     }).catch(async (err: unknown) => {
       await appendEvent(repo.storage, { type: 'restore', point: point.id, target: flags.target, outcome: 'failed', durationMs: Date.now() - started, detail: { error: errorMessage(err) } }).catch(() => undefined);
       throw await withIntactAlternative(err, repo, point, (id) => `lifeboat restore ${id} --target ${flags.target}`);
     });
-    // A restore may run with read-only credentials: failing to journal it must not fail it.
-    await appendEvent(repo.storage, { type: 'restore', point: result.point, target: result.target, outcome: 'ok', durationMs: result.durationMs, detail: { files: result.files, bytes: result.bytes } }).catch(
-      (err: unknown) => renderer.notice({ level: 'warning', code: 'journal', message: `could not record the restore in the journal: ${errorMessage(err)}` }),
-    );
+    await journalRestored(repo, renderer, result);
     renderer.stop();
     const json: Record<string, unknown> = {
       point: result.point,
@@ -63,19 +74,112 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
   }
 }
 
+/** One source of a point and where --in-place puts it back. */
+interface SourcePlace {
+  name: string;
+  path: string;
+}
+
+/**
+ * The tree sources of a point that --in-place restores, each to the directory
+ * it was backed up from. State sources (a database copy, a command's output)
+ * have no directory of their own: a failover puts them back.
+ */
+function placesOf(point: Manifest, include: readonly string[], notice: (n: Notice) => void): SourcePlace[] {
+  const chosen = sourcesIncluded(point, include);
+  const places: SourcePlace[] = [];
+  for (const s of point.sources) {
+    if (!chosen.has(s.name)) continue;
+    if (s.kind !== 'files') {
+      notice({ level: 'info', code: 'state-not-in-place', message: `${s.name} (${s.kind} state) is not restored in place; \`lifeboat failover\` puts it back, or restore it with --target` });
+      continue;
+    }
+    if (!path.isAbsolute(s.path) || path.resolve(s.path) === path.parse(s.path).root) {
+      throw new UsageError(`source ${s.name} of ${point.id} was backed up from ${JSON.stringify(s.path)}, which --in-place will not restore into`, { hint: 'restore it with --target DIR' });
+    }
+    places.push({ name: s.name, path: path.resolve(s.path) });
+  }
+  if (places.length === 0) throw new UsageError(`${point.id} has no directory source to restore in place`, { hint: 'restore it with --target DIR' });
+  return places;
+}
+
+/**
+ * restore --in-place: each tree source of the point goes back to the directory
+ * it was backed up from, one after the other, each with the guarantees of a
+ * restore into --target (staged beside it, verified, moved into place).
+ */
+async function runRestoreInPlace(ctx: CliContext, selector: string, flags: RestoreFlags): Promise<void> {
+  if (flags.target) throw new UsageError('--in-place restores each source to the directory it was backed up from: it takes no --target');
+  if (flags.force && flags.include.length > 0) {
+    throw new UsageError('--force with --include would replace each source directory with only what the patterns choose', { hint: 'use --delta to restore only those files in place' });
+  }
+  const { repo, config, close } = await openRepository(ctx);
+  const renderer = new ProgressRenderer(ctx, 'restore');
+  try {
+    const point = await repo.resolve(selector);
+    const places = placesOf(point, flags.include, (n) => renderer.notice(n));
+    // Every directory is checked before any is written: a refusal must not come after half the sources were restored.
+    for (const p of places) await checkRestoreTarget(p.path, flags);
+    for (const p of places) renderer.notice({ level: 'info', code: 'in-place', message: `${p.name} goes back to ${p.path}` });
+    const started = Date.now();
+    const done: (RestoreResult & { source: string })[] = [];
+    for (const place of places) {
+      const result = await restore(repo, point, { target: place.path, asTarget: place.name, ...commonOptions(ctx, flags, config, renderer) }).catch(async (err: unknown) => {
+        await appendEvent(repo.storage, { type: 'restore', point: point.id, target: place.path, outcome: 'failed', durationMs: Date.now() - started, detail: { error: errorMessage(err), source: place.name } }).catch(() => undefined);
+        // Each source is restored whole or not at all; which ones made it is worth a line of its own.
+        if (done.length > 0) {
+          renderer.notice({ level: 'warning', code: 'in-place-partial', message: `restored before ${place.name} failed: ${done.map((d) => `${d.source} to ${d.target}`).join(', ')}; ${place.name} and the sources after it are as they were` });
+        }
+        throw await withIntactAlternative(err, repo, point, (id) => `lifeboat restore ${id} --in-place`);
+      });
+      done.push({ ...result, source: place.name });
+      await journalRestored(repo, renderer, result, { source: place.name });
+    }
+    renderer.stop();
+    const durationMs = Date.now() - started;
+    const files = done.reduce((n, d) => n + d.files, 0);
+    const bytes = done.reduce((n, d) => n + d.bytes, 0);
+    const json = {
+      point: point.id,
+      target: null,
+      files,
+      bytes,
+      durationMs,
+      sources: done.map((d) => ({
+        source: d.source,
+        target: d.target,
+        files: d.files,
+        bytes: d.bytes,
+        ...(d.rewritten !== undefined ? { rewritten: d.rewritten, unchanged: d.unchanged, removed: d.removed } : {}),
+      })),
+      warnings: done.flatMap((d) => d.warnings).map(({ code, path: p, message }) => ({ code, path: p, message })),
+    };
+    printResult(ctx, json, () =>
+      [
+        `restored ${point.id} in place: ${files} files, ${formatBytes(bytes)}, every checksum verified, in ${formatDuration(durationMs)}`,
+        ...done.map((d) => `  ${d.source} → ${d.target}: ${d.files} files${d.rewritten !== undefined ? ` (${d.rewritten} rewritten, ${d.unchanged} unchanged, ${d.removed} removed)` : ''}`),
+      ].join('\n'),
+    );
+  } finally {
+    renderer.stop();
+    await close();
+  }
+}
+
 export function registerRestore(program: Command, run: CommandRunner): Command {
   return program
     .command('restore')
-    .description('restore a backup point into a directory, verifying every file; each source lands in DIR/<source>/')
+    .description('restore a backup point into a directory, verifying every file; each source lands in DIR/<source>/ (or, --in-place, where it was backed up from)')
     .argument('<point>', 'id, unique id prefix, latest, or an ISO-8601 time')
     .option('--target <dir>', 'where to restore (must be empty or absent, unless --delta or --force)')
+    .option('--in-place', 'restore each directory source to the directory it was backed up from (with --delta: only what differs)')
     .option('--delta', 'update an existing target: rewrite only files whose content differs, remove what the point lacks')
     .option('--force', 'replace a non-empty target')
     .option('--numeric-owner', 'as root, give files the recorded uid and gid numbers instead of the local ids of the recorded user and group names')
     .option('-i, --include <glob>', 'restore only matching <source>/<path> entries; a directory or source name means all in it (repeatable)', collect, [])
     .addHelpText(
       'after',
-      '\nExamples:\n  lifeboat restore latest --target /srv/restore\n  lifeboat restore 2026-11-20T03:00:00Z --target /srv/models-prev --delta\n  lifeboat restore latest --target /tmp/tok --include models/tokenizer',
+      '\nExamples:\n  lifeboat restore latest --target /srv/restore\n  lifeboat restore 2026-11-20T03:00:00Z --target /srv/models-prev --delta\n  lifeboat restore latest --target /tmp/tok --include models/tokenizer\n  lifeboat restore latest --in-place --delta        # a rebuilt or damaged host: every source where it was',
     )
     .action(run((ctx, selector: string, flags: RestoreFlags) => runRestore(ctx, selector, flags)));
 }

@@ -1,0 +1,93 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import Database from 'better-sqlite3';
+import { lifeboat, type CliRun } from './helpers/cli.js';
+import { compareSnapshots, mutateTree, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile } from './helpers/tree.js';
+
+/** A host's layout: sources in unrelated directories, one of them a database. */
+async function host(work: string, rand: () => number): Promise<{ models: string; triton: string }> {
+  const models = path.join(work, 'srv', 'models');
+  const triton = path.join(work, 'etc', 'triton');
+  await fsp.mkdir(path.join(models, 'llama', 'tokenizer'), { recursive: true });
+  await fsp.mkdir(triton, { recursive: true });
+  for (let i = 0; i < 6; i++) await writeRandomFile(path.join(models, 'llama', `shard-${i}.bin`), 1000 + Math.floor(rand() * 200_000), rand);
+  await fsp.writeFile(path.join(models, 'llama', 'tokenizer', 'tokenizer.json'), '{"model": {"vocab": {}}}');
+  await fsp.chmod(models, 0o750);
+  await fsp.writeFile(path.join(triton, 'config.pbtxt'), 'name: "llama"\n');
+  await fsp.mkdir(path.join(work, 'state'));
+  const db = new Database(path.join(work, 'state', 'registry.db'));
+  db.exec('CREATE TABLE versions (name TEXT); INSERT INTO versions VALUES (\'v1\');');
+  db.close();
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./srv/models\n  triton: ./etc/triton\n  registry: { sqlite: ./state/registry.db }\n');
+  return { models, triton };
+}
+
+test('restore --in-place puts each directory source back where it was backed up from; every directory is checked before any is written', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const seed = seedFromEnv();
+  const rand = prng(seed);
+  const { models, triton } = await host(work, rand);
+  const run = (...args: string[]): Promise<CliRun> => lifeboat(args, { cwd: work });
+  const ok = async (...args: string[]): Promise<CliRun> => {
+    const r = await run(...args);
+    assert.equal(r.code, 0, `seed ${seed}: lifeboat ${args.join(' ')}: ${r.stderr}`);
+    return r;
+  };
+  const state = async () => ({ models: await snapshotTree(models), triton: await snapshotTree(triton), modelsMode: (await fsp.stat(models)).mode & 0o7777 });
+  const matches = async (expected: Awaited<ReturnType<typeof state>>, how: string) => {
+    const now = await state();
+    assert.equal(compareSnapshots(expected.models, now.models), undefined, `seed ${seed}: ${how}: models`);
+    assert.equal(compareSnapshots(expected.triton, now.triton), undefined, `seed ${seed}: ${how}: triton`);
+    assert.equal(now.modelsMode.toString(8), expected.modelsMode.toString(8), `${how}: the source directory's own mode`);
+  };
+  await ok('init');
+  const full = (await ok('--json', 'backup', '--type', 'full')).json().id as string;
+  const atFull = await state();
+
+  // The host loses its models; someone edits the serving config.
+  await fsp.rm(models, { recursive: true });
+  await fsp.writeFile(path.join(triton, 'config.pbtxt'), 'name: "broken"\n');
+  await fsp.writeFile(path.join(triton, 'stray.txt'), 'left by hand');
+  const refused = await run('restore', full, '--in-place');
+  assert.equal(refused.code, 2, refused.stderr);
+  assert.match(refused.stderr, new RegExp(`restore target ${triton} is not empty`));
+  assert.equal(await fsp.stat(models).catch(() => undefined), undefined, 'nothing was restored before the refusal');
+
+  const delta = await ok('--json', 'restore', full, '--in-place', '--delta');
+  await matches(atFull, '--in-place --delta');
+  const doc = delta.json();
+  assert.equal(doc.target, null);
+  assert.deepEqual(doc.sources.map((s: { source: string; target: string }) => [s.source, s.target]), [['models', models], ['triton', triton]]);
+  assert.equal(doc.files, doc.sources.reduce((n: number, s: { files: number }) => n + s.files, 0));
+  assert.match(delta.stderr, /registry \(sqlite state\) is not restored in place/);
+
+  // A new version, then back to the full with --force: nothing is left beside the directories.
+  await mutateTree(models, rand, 1, { operations: 8, sizeOf: (r) => Math.floor(r() * 50_000) });
+  await ok('backup');
+  await ok('restore', full, '--in-place', '--force');
+  await matches(atFull, '--in-place --force');
+  assert.deepEqual((await fsp.readdir(path.dirname(models))).sort(), ['models']);
+  assert.deepEqual((await fsp.readdir(path.dirname(triton))).sort(), ['triton']);
+
+  // --include with --delta rewrites only what the patterns choose, in the sources they choose.
+  await fsp.writeFile(path.join(models, 'llama', 'tokenizer', 'tokenizer.json'), '{}');
+  await fsp.writeFile(path.join(models, 'llama', 'shard-0.bin'), 'truncated');
+  await fsp.writeFile(path.join(triton, 'config.pbtxt'), 'name: "edited"\n');
+  await ok('restore', full, '--in-place', '--delta', '--include', 'models/llama/tokenizer');
+  const now = await state();
+  assert.equal(now.models.get('llama/tokenizer/tokenizer.json')?.sha256, atFull.models.get('llama/tokenizer/tokenizer.json')?.sha256);
+  assert.notEqual(now.models.get('llama/shard-0.bin')?.sha256, atFull.models.get('llama/shard-0.bin')?.sha256, 'outside the pattern: left alone');
+  assert.equal(await fsp.readFile(path.join(triton, 'config.pbtxt'), 'utf8'), 'name: "edited"\n', 'a source the patterns do not choose: left alone');
+
+  for (const [args, message] of [
+    [['--in-place', '--force', '--include', 'models/llama'], /--force with --include would replace each source directory/],
+    [['--in-place', '--target', path.join(work, 'elsewhere')], /--in-place restores each source to the directory it was backed up from: it takes no --target/],
+  ] as const) {
+    const r = await run('restore', full, ...args);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, message);
+  }
+});
