@@ -18,6 +18,8 @@ import { scanSource, type ScannedEntry, type ScannedSource, type SourceSpec } fr
 import { VolumeSink } from './volume-sink.js';
 import { DEFAULT_TRANSFERS } from './pool.js';
 import { ZERO_FILL, type TarVolumeWriter } from '../format/tar.js';
+import { ContentTwins } from './content-twins.js';
+import { ProbeCollector, readProbe } from '../format/probe.js';
 import { knownChecks, recordedFindings, validateSources, withModel } from '../model/sources.js';
 import type { KnownCheck, ValidationResult } from '../model/validate.js';
 import type { ModelInfo } from '../model/types.js';
@@ -206,6 +208,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       warn,
       superseded: [],
       hardLinks: new Map(),
+      twins: new ContentTwins(reference),
       signal: options.signal,
     };
     const stored: ManifestEntry[] = [];
@@ -448,6 +451,8 @@ interface StoreContext {
   superseded: NonNullable<Manifest['superseded']>;
   /** The first entry of each file with several names in this point, by device and inode. */
   hardLinks: Map<string, ManifestEntry>;
+  /** Content already stored, for files new under their name. */
+  twins: ContentTwins;
   signal?: AbortSignal;
 }
 
@@ -527,19 +532,22 @@ async function storeOwnEntry(planned: PlannedEntry, position: number, ctx: Store
     }
     return base;
   }
-  if (planned.action === 'reuse') return { ...base, sha256: planned.basis!.sha256, ref: planned.basis!.ref };
+  if (planned.action === 'reuse') return withProbe({ ...base, sha256: planned.basis!.sha256, ref: planned.basis!.ref }, planned.basis!.probe);
 
   const prefetched = ctx.prefetch.take(position);
+  if (!prefetched && planned.action === 'store') planned = await withLargeTwin(planned, ctx);
   for (let attempt = 1; ; attempt++) {
     const stored = prefetched && attempt === 1 ? await storeWholeFile(await prefetched, planned, name, ctx) : await storeFileOnce(planned, name, ctx, attempt);
     if (stored === 'vanished') {
       ctx.warn({ code: 'file-vanished', path: name, message: 'file disappeared before it could be read; not in this point' });
       return undefined;
     }
-    const entry: ManifestEntry = { ...base, size: stored.size, mtimeNs: stored.mtimeNs, ctimeNs: stored.ctimeNs, mode: stored.mode, ino: stored.ino, sha256: stored.sha256, ref: stored.ref };
+    const entry = withProbe({ ...base, size: stored.size, mtimeNs: stored.mtimeNs, ctimeNs: stored.ctimeNs, mode: stored.mode, ino: stored.ino, sha256: stored.sha256, ref: stored.ref }, stored.probe);
     if (!stored.torn || attempt >= READ_ATTEMPTS) {
       if (stored.torn) {
         ctx.warn({ code: 'file-changed-during-read', path: name, message: `file kept changing while it was read (${attempt} attempts); the stored copy may be inconsistent` });
+      } else if (stored.ref.point === ctx.pointId) {
+        ctx.twins.add(entry);
       }
       ctx.progress.filesDone++;
       return entry;
@@ -548,7 +556,36 @@ async function storeOwnEntry(planned: PlannedEntry, position: number, ctx: Store
   }
 }
 
-type Stored = ReadOutcome & { ref: ContentRef };
+type Stored = ReadOutcome & { ref: ContentRef; probe?: string };
+
+function withProbe(entry: ManifestEntry, probe: string | undefined): ManifestEntry {
+  return probe === undefined ? entry : { ...entry, probe };
+}
+
+/**
+ * A large file new under its name (or changed there) whose size and probe match
+ * a file already stored is read once to compare, and stored only if its bytes
+ * differ: the 'verify' pass that racy files take, against that twin. One read
+ * of 64 KiB settles most files, and none is read when no stored file has its size.
+ */
+async function withLargeTwin(planned: PlannedEntry, ctx: StoreContext): Promise<PlannedEntry> {
+  const s = planned.scanned;
+  if (s.size <= SMALL_FILE || !ctx.twins.mayHaveLargeTwin(s.size)) return planned;
+  let probe: string | undefined;
+  try {
+    const { handle } = await openRegularFile(s.abs);
+    try {
+      probe = await readProbe(handle, s.size);
+    } finally {
+      await handle.close();
+    }
+  } catch {
+    // Whatever went wrong is met again, and reported, when the file is read to be stored.
+    return planned;
+  }
+  const twin = probe === undefined ? undefined : ctx.twins.largeCandidate(s.size, probe);
+  return twin ? { ...planned, action: 'verify', basis: twin } : planned;
+}
 
 /** Archives a small file already read whole (or reuses its reference when it proves unchanged). */
 async function storeWholeFile(whole: WholeFile | undefined, planned: PlannedEntry, name: string, ctx: StoreContext): Promise<Stored | 'vanished'> {
@@ -561,6 +598,8 @@ async function storeWholeFile(whole: WholeFile | undefined, planned: PlannedEntr
   outcome.torn ||= data.length > s.size || outcome.size !== s.size || outcome.mtimeNs !== s.mtimeNs || outcome.ino !== s.ino;
   ctx.progress.bytesDone += data.length;
   if (planned.action === 'verify' && unchangedFrom(planned.basis, outcome)) return { ...outcome, ref: planned.basis.ref! };
+  const twin = outcome.torn ? undefined : ctx.twins.smallTwin(outcome.size, outcome.sha256);
+  if (twin) return { ...outcome, ref: twin.ref };
   const { writer, volume } = await ctx.sink.current();
   const { index, offset } = await writer.header({ name, type: 'File', size: outcome.size, mode: outcome.mode, mtime: mtimeDate(outcome.mtimeNs), uid: planned.scanned.uid, gid: planned.scanned.gid });
   const written = Math.min(data.length, outcome.size);
@@ -593,9 +632,10 @@ async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreCont
   try {
     if (planned.action === 'verify' && attempt === 1) {
       const hash = ctx.hasher().stream();
-      const read = await copyBody(fh, Number(before.size), hash, undefined, ctx, name);
+      const probe = probeCollector(Number(before.size));
+      const read = await copyBody(fh, Number(before.size), hash, undefined, ctx, name, probe);
       const outcome = outcomeOf(before, await fh.stat({ bigint: true }), read, await hash.digest());
-      if (unchangedFrom(planned.basis, outcome)) return { ...outcome, ref: planned.basis.ref! };
+      if (unchangedFrom(planned.basis, outcome)) return { ...outcome, ref: planned.basis.ref!, probe: probe?.digest() };
       // It may have changed during the pass just made: what is stored is described as it is now.
       before = await fh.stat({ bigint: true });
     }
@@ -613,16 +653,22 @@ async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreCont
       alignBody: size > SMALL_FILE,
     });
     const hash = ctx.hasher().stream();
-    const written = await copyBody(fh, size, hash, writer, ctx, name);
+    const probe = probeCollector(size);
+    const written = await copyBody(fh, size, hash, writer, ctx, name, probe);
     // A torn read is zero-filled to the declared size, in the volume and in the sums alike.
     for (let missing = size - written; missing > 0; missing -= ZERO_FILL.length) await hash.update(ZERO_FILL.subarray(0, Math.min(missing, ZERO_FILL.length)));
     const sha256 = await hash.digest();
     await writer.endEntry(written, size);
     const outcome = outcomeOf(before, await fh.stat({ bigint: true }), written, sha256);
-    return { ...outcome, ref: { point: ctx.pointId, volume, entry: index, offset } };
+    return { ...outcome, ref: { point: ctx.pointId, volume, entry: index, offset }, probe: outcome.torn ? undefined : probe?.digest() };
   } finally {
     await fh.close();
   }
+}
+
+/** Large files get a probe, collected as they are read. */
+function probeCollector(size: number): ProbeCollector | undefined {
+  return size > SMALL_FILE ? new ProbeCollector(size) : undefined;
 }
 
 /**
@@ -633,7 +679,7 @@ async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreCont
  * one at a time), so a backup allocates no memory per chunk. A buffer is read
  * into again only once its bytes are hashed and written.
  */
-async function copyBody(fh: fsp.FileHandle, size: number, hash: OffloadedDigest, writer: TarVolumeWriter | undefined, ctx: StoreContext, name: string): Promise<number> {
+async function copyBody(fh: fsp.FileHandle, size: number, hash: OffloadedDigest, writer: TarVolumeWriter | undefined, ctx: StoreContext, name: string, probe?: ProbeCollector): Promise<number> {
   if (size === 0) return 0;
   const buffers = ctx.hasher().buffers;
   const hashed: Promise<void>[] = [];
@@ -652,6 +698,7 @@ async function copyBody(fh: fsp.FileHandle, size: number, hash: OffloadedDigest,
       const n = await next;
       if (n === 0) break;
       const chunk = buffers[turn]!.subarray(0, n);
+      probe?.add(chunk, written);
       const current = turn;
       turn = (turn + 1) % buffers.length;
       next = readInto(turn, written + n);

@@ -321,8 +321,11 @@ async function readBackVolume(
   const record = m.volumes[volumeIndex]!;
   const recorded = recordedChecksum(record);
   const byEntry = new Map<number, ManifestEntry>();
-  // A hard link shares the entry of the file it names, which is what the volume holds.
-  for (const e of m.entries) if (e.ref && e.ref.point === m.id && e.ref.volume === volumeIndex && e.link === undefined) byEntry.set(e.ref.entry, e);
+  // A hard link shares the entry of the file it names, which is what the volume holds; so does a copy of a
+  // file stored before it in this point (ContentTwins), the volume holding the bytes under the first one's name.
+  for (const e of m.entries) {
+    if (e.ref && e.ref.point === m.id && e.ref.volume === volumeIndex && e.link === undefined && !byEntry.has(e.ref.entry)) byEntry.set(e.ref.entry, e);
+  }
   const superseded = new Map((m.superseded ?? []).filter((s) => s.volume === volumeIndex).map((s) => [s.entry, s]));
   const seen = new Set<number>();
   let counted = 0;

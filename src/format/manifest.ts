@@ -72,6 +72,12 @@ export const entrySchema = z.object({
   /** A hard link: the path of an earlier file of the same source that is the same file (same content and reference). */
   link: z.string().min(1).max(4096).optional(),
   ref: refSchema.optional(),
+  /**
+   * Files over 1 MiB: SHA-256 (first 128 bits, hex) of the 64 KiB in the middle of the file
+   * (src/format/probe.ts). A later backup reads that much of a new file of the same size
+   * to find a copy of this one before reading it whole.
+   */
+  probe: z.string().regex(/^[0-9a-f]{32}$/).optional(),
   /** Files a model validator recognised (safetensors, ONNX, GGUF, configs). */
   model: modelInfoSchema.optional(),
 });
