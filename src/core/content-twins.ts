@@ -16,12 +16,26 @@ export class ContentTwins {
   private readonly large = new Map<string, Stored>();
   private readonly largeSizes = new Set<number>();
 
+  private reference: Manifest | undefined;
+
+  /** The reference's files are indexed when first needed: an incremental that stores nothing never pays for it. */
   constructor(reference: Manifest | undefined) {
-    for (const e of reference?.entries ?? []) this.add(e);
+    this.reference = reference;
   }
 
-  /** Remembers a stored file (of the reference, or stored by this backup). */
+  private indexed(): this {
+    const reference = this.reference;
+    this.reference = undefined;
+    for (const e of reference?.entries ?? []) this.remember(e);
+    return this;
+  }
+
+  /** Remembers a file this backup stored. */
   add(e: ManifestEntry): void {
+    this.indexed().remember(e);
+  }
+
+  private remember(e: ManifestEntry): void {
     if (e.type !== 'file' || e.sha256 === undefined || e.ref === undefined) return;
     const stored = e as Stored;
     if (e.size <= SMALL_FILE) {
@@ -34,16 +48,16 @@ export class ContentTwins {
 
   /** A stored small file with these bytes. */
   smallTwin(size: number, sha256: string): Stored | undefined {
-    return this.small.get(`${size}:${sha256}`);
+    return this.indexed().small.get(`${size}:${sha256}`);
   }
 
   /** Whether a large file of this size may have a twin: worth reading its probe. */
   mayHaveLargeTwin(size: number): boolean {
-    return this.largeSizes.has(size);
+    return this.indexed().largeSizes.has(size);
   }
 
   /** A stored large file with this size and probe: a candidate, to be confirmed by its SHA-256. */
   largeCandidate(size: number, probe: string): Stored | undefined {
-    return this.large.get(`${size}:${probe}`);
+    return this.indexed().large.get(`${size}:${probe}`);
   }
 }
