@@ -190,3 +190,37 @@ cp -a "$TARGET/models" "$OUT/models"
   assert.match(await fsp.readFile(path.join(out, 'force.txt'), 'utf8'), /holds file systems mounted at .*srv\/models; --force will not replace it/);
   assert.equal(compareSnapshots(await snapshotTree(src), await snapshotTree(path.join(out, 'models'))), undefined, 'the delta restore filled the mounted directory');
 });
+
+test('restore --in-place into a source that is a mount point (a volume of its own at /srv/models): --delta and --force update it, keeping lost+found', { skip }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  const out = path.join(work, 'out');
+  await fsp.mkdir(src);
+  await fsp.mkdir(out);
+  // The source is backed up, then restored, while a file system is mounted on it.
+  inNamespace(
+    String.raw`
+mount -t ramfs ramfs "$SRC"
+mkdir "$SRC/lost+found" "$SRC/tok"
+head -c 3000000 /dev/urandom > "$SRC/weights.bin"
+echo '{"vocab": 1}' > "$SRC/tok/vocab.json"
+node "$BIN" --repo "$WORK/repo" init > /dev/null
+node "$BIN" --repo "$WORK/repo" backup "$SRC" --json > "$OUT/full.json"
+cp -a "$SRC" "$OUT/at-full"
+head -c 3000000 /dev/urandom > "$SRC/weights.bin"
+echo stray > "$SRC/stray.txt"
+node "$BIN" --repo "$WORK/repo" restore latest --in-place --delta > /dev/null
+cp -a "$SRC" "$OUT/delta"
+echo damaged > "$SRC/tok/vocab.json"
+node "$BIN" --repo "$WORK/repo" restore latest --in-place --force > /dev/null
+cp -a "$SRC" "$OUT/forced"
+`,
+    { SRC: src, WORK: work, OUT: out },
+  );
+  const atFull = await snapshotTree(path.join(out, 'at-full'));
+  for (const how of ['delta', 'forced']) {
+    assert.equal(compareSnapshots(atFull, await snapshotTree(path.join(out, how))), undefined, how);
+    assert.deepEqual((await fsp.readdir(path.join(out, how))).sort(), ['lost+found', 'tok', 'weights.bin'], `${how}: the staging directory is gone, lost+found stays`);
+  }
+});

@@ -127,7 +127,7 @@ export function asRestoreFailure(err: unknown, staging: string, target: string):
 export type TargetState = 'absent' | 'empty' | 'non-empty' | 'not-a-directory';
 
 /** fsck's directory at the root of an ext2/3/4 file system: at a mount point it is not part of what is restored or replaced. */
-const LOST_AND_FOUND = 'lost+found';
+export const LOST_AND_FOUND = 'lost+found';
 
 export async function inspectTarget(target: string): Promise<{ state: TargetState; mountPoint: boolean }> {
   let st;

@@ -20,7 +20,7 @@ import { makeDirectories } from '../format/mkdirs.js';
 import { idMapper, localAccounts } from '../format/accounts.js';
 import { mountsUnder } from '../format/mounts.js';
 import { whileReading } from './lock.js';
-import { asRestoreFailure, checkFreeSpace, inspectTarget, moveFile, moveIntoMountPoint, moveIntoPlace, stagingPath, stagingPrefix, takeInterruptedStaging, type TargetState } from './restore-target.js';
+import { LOST_AND_FOUND, asRestoreFailure, checkFreeSpace, inspectTarget, moveFile, moveIntoMountPoint, moveIntoPlace, stagingPath, stagingPrefix, takeInterruptedStaging, type TargetState } from './restore-target.js';
 import { directoriesNeedOpening, openDirectories, removeTree } from '../format/remove-tree.js';
 import { ArchivedObjectError } from '../storage/storage.js';
 
@@ -161,7 +161,9 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
     await fetchFiles({ repo, plan, wanted: new Set(toFetch), staging, reporter, warnings, concurrency: options.concurrency ?? DEFAULT_TRANSFERS, pageCache: options.pageCache, signal: options.signal });
     throwIfAborted(options.signal);
     if (delta) {
-      result.removed = await applyDelta(plan, staging, target, new Set(wanted), (options.include ?? []).length === 0, owners);
+      // A source restored in place as a mount point holds the staging directory, and fsck's lost+found: neither is extra.
+      const keep = new Set([staging, ...(mountPoint ? [path.join(target, LOST_AND_FOUND)] : [])]);
+      result.removed = await applyDelta(plan, staging, target, new Set(wanted), (options.include ?? []).length === 0 ? keep : undefined, owners);
       await syncDirectories(plan, target);
       await removeTree(staging);
     } else {
@@ -662,7 +664,8 @@ async function applyDelta(
   staging: string,
   target: string,
   rewritten: ReadonlySet<ManifestEntry>,
-  prune: boolean,
+  /** What is never removed, when what the point lacks is removed (not with --include). */
+  prune: ReadonlySet<string> | undefined,
   owners: OwnerMapping | undefined,
 ): Promise<number> {
   const wantedPaths = new Map<string, ManifestEntry>();
@@ -677,7 +680,7 @@ async function applyDelta(
     // Read-only directories the point restored before get their modes back from the point below.
     if (directoriesNeedOpening()) await openDirectories(root);
     // With --include only part of the point is wanted, so nothing else is judged extra.
-    if (prune) removed += await pruneTree(root, s.name, wantedPaths);
+    if (prune) removed += await pruneTree(root, s.name, wantedPaths, prune);
   }
   for (const e of plan.entries) {
     const p = pathIn(plan, target, e);
@@ -697,18 +700,19 @@ async function applyDelta(
   return removed;
 }
 
-async function pruneTree(dir: string, rel: string, wanted: Map<string, ManifestEntry>): Promise<number> {
+async function pruneTree(dir: string, rel: string, wanted: Map<string, ManifestEntry>, keep: ReadonlySet<string>): Promise<number> {
   let removed = 0;
   for (const d of await fsp.readdir(dir, { withFileTypes: true })) {
     const relPath = path.join(rel, d.name);
     const abs = path.join(dir, d.name);
+    if (keep.has(abs)) continue;
     const want = wanted.get(relPath);
     const kind = d.isDirectory() ? 'dir' : d.isSymbolicLink() ? 'symlink' : d.isFile() ? 'file' : 'other';
     if (!want || want.type !== kind) {
       await removeTree(abs);
       removed++;
     } else if (kind === 'dir') {
-      removed += await pruneTree(abs, relPath, wanted);
+      removed += await pruneTree(abs, relPath, wanted, keep);
     }
   }
   return removed;
