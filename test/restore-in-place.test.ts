@@ -91,3 +91,29 @@ test('restore --in-place puts each directory source back where it was backed up 
     assert.match(r.stderr, message);
   }
 });
+
+test('restore --in-place of a source backed up through a symbolic link goes into the directory the link leads to; a link that leads nowhere is refused', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const data = path.join(work, 'data', 'models');
+  await fsp.mkdir(data, { recursive: true });
+  await fsp.writeFile(path.join(data, 'weights.bin'), 'weights v1');
+  const link = path.join(work, 'models');
+  await fsp.symlink(data, link);
+  const run = (...args: string[]) => lifeboat(['--repo', path.join(work, 'repo'), ...args]);
+  assert.equal((await run('init')).code, 0);
+  const b = await run('--json', 'backup', link);
+  assert.equal(b.code, 0, b.stderr);
+  await fsp.writeFile(path.join(data, 'weights.bin'), 'damaged');
+
+  const r = await run('restore', 'latest', '--in-place', '--delta');
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, new RegExp(`models goes back to ${data} \\(through the link ${link}\\)`));
+  assert.equal(await fsp.readFile(path.join(data, 'weights.bin'), 'utf8'), 'weights v1');
+  assert.equal((await fsp.lstat(link)).isSymbolicLink(), true, 'the link stays a link');
+
+  await fsp.rm(path.join(work, 'data'), { recursive: true });
+  const dangling = await run('restore', 'latest', '--in-place');
+  assert.equal(dangling.code, 2, dangling.stderr);
+  assert.match(dangling.stderr, /a symbolic link that leads to no directory now/);
+});

@@ -1,3 +1,4 @@
+import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { UsageError, errorMessage } from '../../errors.js';
@@ -78,6 +79,8 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
 interface SourcePlace {
   name: string;
   path: string;
+  /** The symbolic link the source was backed up through, when it was. */
+  via?: string;
 }
 
 /**
@@ -85,7 +88,7 @@ interface SourcePlace {
  * it was backed up from. State sources (a database copy, a command's output)
  * have no directory of their own: a failover puts them back.
  */
-function placesOf(point: Manifest, include: readonly string[], notice: (n: Notice) => void): SourcePlace[] {
+async function placesOf(point: Manifest, include: readonly string[], notice: (n: Notice) => void): Promise<SourcePlace[]> {
   const chosen = sourcesIncluded(point, include);
   const places: SourcePlace[] = [];
   for (const s of point.sources) {
@@ -97,10 +100,30 @@ function placesOf(point: Manifest, include: readonly string[], notice: (n: Notic
     if (!path.isAbsolute(s.path) || path.resolve(s.path) === path.parse(s.path).root) {
       throw new UsageError(`source ${s.name} of ${point.id} was backed up from ${JSON.stringify(s.path)}, which --in-place will not restore into`, { hint: 'restore it with --target DIR' });
     }
-    places.push({ name: s.name, path: path.resolve(s.path) });
+    const recorded = path.resolve(s.path);
+    const resolved = await throughLink(s.name, recorded);
+    places.push({ name: s.name, path: resolved, ...(resolved === recorded ? {} : { via: recorded }) });
   }
   if (places.length === 0) throw new UsageError(`${point.id} has no directory source to restore in place`, { hint: 'restore it with --target DIR' });
   return places;
+}
+
+/**
+ * A source backed up through a symbolic link (`/srv/models` → `/data/models`)
+ * goes back into the directory the link leads to now; a link that leads
+ * nowhere is refused, since what it should lead to cannot be guessed.
+ */
+async function throughLink(name: string, recorded: string): Promise<string> {
+  const st = await fsp.lstat(recorded).catch(() => undefined);
+  if (!st?.isSymbolicLink()) return recorded;
+  const resolved = await fsp.realpath(recorded).catch(() => undefined);
+  const target = resolved === undefined ? undefined : await fsp.stat(resolved).catch(() => undefined);
+  if (!target?.isDirectory()) {
+    throw new UsageError(`source ${name} was backed up from ${recorded}, a symbolic link that leads to no directory now`, {
+      hint: `make the link lead where the source should go, or restore it with --target DIR`,
+    });
+  }
+  return resolved!;
 }
 
 /**
@@ -117,10 +140,10 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
   const renderer = new ProgressRenderer(ctx, 'restore');
   try {
     const point = await repo.resolve(selector);
-    const places = placesOf(point, flags.include, (n) => renderer.notice(n));
+    const places = await placesOf(point, flags.include, (n) => renderer.notice(n));
     // Every directory is checked before any is written: a refusal must not come after half the sources were restored.
     for (const p of places) await checkRestoreTarget(p.path, flags);
-    for (const p of places) renderer.notice({ level: 'info', code: 'in-place', message: `${p.name} goes back to ${p.path}` });
+    for (const p of places) renderer.notice({ level: 'info', code: 'in-place', message: `${p.name} goes back to ${p.path}${p.via ? ` (through the link ${p.via})` : ''}` });
     const started = Date.now();
     const done: (RestoreResult & { source: string })[] = [];
     for (const place of places) {
