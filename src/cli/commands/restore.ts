@@ -149,9 +149,9 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
     for (const place of places) {
       const result = await restore(repo, point, { target: place.path, asTarget: place.name, ...commonOptions(ctx, flags, config, renderer) }).catch(async (err: unknown) => {
         await appendEvent(repo.storage, { type: 'restore', point: point.id, target: place.path, outcome: 'failed', durationMs: Date.now() - started, detail: { error: errorMessage(err), source: place.name } }).catch(() => undefined);
-        // Each source is restored whole or not at all; which ones made it is worth a line of its own.
+        // Sources are restored one after the other: which ones made it is worth a line of its own.
         if (done.length > 0) {
-          renderer.notice({ level: 'warning', code: 'in-place-partial', message: `restored before ${place.name} failed: ${done.map((d) => `${d.source} to ${d.target}`).join(', ')}; ${place.name} and the sources after it are as they were` });
+          renderer.notice({ level: 'warning', code: 'in-place-partial', message: `restored before ${place.name} failed: ${done.map((d) => `${d.source} to ${d.target}`).join(', ')}; the sources after it were not touched` });
         }
         throw await withIntactAlternative(err, repo, point, (id) => `lifeboat restore ${id} --in-place`);
       });
