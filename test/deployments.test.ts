@@ -89,6 +89,15 @@ test('deployments sharing a repository: each backup builds on its own deployment
   assert.match(unnamedWrong.stderr, /is a backup of deployment a, not of b, which prod serves/);
   const meant = await lifeboat(['--deployment', 'a', 'failover', a2.id, '--to', 'prod'], { cwd: work });
   assert.equal(meant.code, 0, meant.stderr);
+  // A probe of the shared repository, naming no deployment, gets each one's newest point and RPO.
+  const status = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.equal(status.code, 0, status.stderr);
+  const st = status.json();
+  assert.equal(st.newest, null);
+  assert.deepEqual(st.deployments.map((d: { deployment: string; id: string }) => [d.deployment, d.id]), [['a', a2.id], ['b', b2.id]]);
+  assert.equal(st.targets[0].rpoMs, st.deployments[0].ageMs, 'a target\'s RPO is that of the deployment it serves');
+  const statusText = await lifeboat(['status'], { cwd: work });
+  assert.match(statusText.stdout, new RegExp(`^deployment a: newest backup ${a2.id}, .* ago \\(RPO\\)\ndeployment b: newest backup ${b2.id}`));
   // A point id needs no deployment.
   assert.equal((await lifeboat(['--repo', repo, '--json', 'show', a1.id])).json().deployment, 'a');
   assert.match((await lifeboat(['--repo', repo, 'show', a1.id])).stdout, new RegExp(`^point ${a1.id} \\(full\\) of deployment a, completed`));

@@ -1,7 +1,7 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { InterruptedError, UsageError, errorMessage, throwIfAborted } from '../errors.js';
-import type { Manifest } from '../format/manifest.js';
+import { deploymentOf, type Manifest } from '../format/manifest.js';
 import { COMMAND_OUTPUT_FILE, restoreCommand } from '../state/command.js';
 import { restoreSqlite } from '../state/sqlite.js';
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
@@ -447,7 +447,10 @@ export interface TargetStatus {
 }
 
 export interface StatusResult {
+  /** The newest point of the deployment named, or of the only one; null when there is none, or several and none was named. */
   newest: { id: string; completedAt: string; ageMs: number } | null;
+  /** In a repository of several deployments with none named: the newest point of each. */
+  deployments?: { deployment: string; id: string; completedAt: string; ageMs: number }[];
   targets: TargetStatus[];
   /** The newest journal events of the repository, oldest first. */
   events: JournalEvent[];
@@ -457,9 +460,23 @@ export interface StatusResult {
 export async function status(repo: Repository, specs: TargetSpec[], options: { now?: Date; events?: number; signal?: AbortSignal } = {}): Promise<StatusResult> {
   const now = (options.now ?? new Date()).getTime();
   let newest: StatusResult['newest'] = null;
+  let deployments: StatusResult['deployments'];
+  const age = (completedAt: string) => Math.max(0, now - Date.parse(completedAt));
   // Summaries: status runs from monitoring every few minutes and needs no file list.
-  const m = await repo.latestInScope();
-  if (m) newest = { id: m.id, completedAt: m.completedAt, ageMs: Math.max(0, now - Date.parse(m.completedAt)) };
+  const ids = await repo.pointIds();
+  const names = repo.deployment === undefined ? await repo.deploymentNames() : [];
+  const several = names.length > 1 ? names : undefined;
+  if (several) {
+    // A central probe of a shared repository: the RPO of every deployment, rather than a question.
+    deployments = [];
+    for (const name of several) {
+      const p = await repo.newestOf(name, ids);
+      if (p) deployments.push({ deployment: name, id: p.id, completedAt: p.completedAt, ageMs: age(p.completedAt) });
+    }
+  } else {
+    const m = await repo.latestInScope(ids);
+    if (m) newest = { id: m.id, completedAt: m.completedAt, ageMs: age(m.completedAt) };
+  }
   const events = await readEvents(repo.storage, 200);
   const wanted = options.events ?? 5;
   const targets: TargetStatus[] = [];
@@ -492,10 +509,10 @@ export async function status(repo: Repository, specs: TargetSpec[], options: { n
       },
       previous: { path: state.previous, point: slotPoint(spec.slots, state.previous) ?? null },
       health: h ? { ok: h.ok, detail: h.detail, ms: h.ms, checked: true } : { ok: activePath !== null && error === undefined, detail: error ?? 'no health check configured', ms: 0, checked: false },
-      rpoMs: newest?.ageMs ?? null,
+      rpoMs: newest?.ageMs ?? deployments?.find((d) => d.deployment === (m ? deploymentOf(m) : undefined))?.ageMs ?? null,
       slots: slots.map((s) => ({ name: s.name, point: s.point ?? null, active: s.path === activePath, previous: s.path === state.previous })),
       events: events.filter((e) => e.target === spec.name).slice(-wanted),
     });
   }
-  return { newest, targets, events: events.slice(-Math.max(wanted, 10)) };
+  return { newest, ...(deployments ? { deployments } : {}), targets, events: events.slice(-Math.max(wanted, 10)) };
 }

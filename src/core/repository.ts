@@ -227,6 +227,11 @@ export class Repository {
     return (await this.pointsInScope()).at(-1);
   }
 
+  /** The deployments that have points: as `deployments.json` records them, else from every point's summary. */
+  async deploymentNames(): Promise<string[]> {
+    return (await this.recordedDeployments()) ?? [...new Set((await this.allSummaries()).map(deploymentOf))].sort();
+  }
+
   /** The names `deployments.json` records; undefined when it is missing or damaged (repositories written before it). */
   async recordedDeployments(): Promise<string[] | undefined> {
     try {

@@ -42,7 +42,9 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
   try {
     const result = await status(repo, specs, { events: Number.isInteger(events) && events >= 0 ? events : 5, signal: ctx.signal });
     printResult(ctx, result, () => {
-      const lines = [result.newest ? `newest backup ${result.newest.id}, ${formatDuration(result.newest.ageMs)} ago (RPO)` : 'no backups yet'];
+      const lines = result.deployments
+        ? result.deployments.map((d) => `deployment ${d.deployment}: newest backup ${d.id}, ${formatDuration(d.ageMs)} ago (RPO)`)
+        : [result.newest ? `newest backup ${result.newest.id}, ${formatDuration(result.newest.ageMs)} ago (RPO)` : 'no backups yet'];
       for (const t of result.targets) lines.push(...describeTarget(ctx, t));
       if (result.targets.length === 0) {
         lines.push('no targets configured');
