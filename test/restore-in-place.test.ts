@@ -131,3 +131,43 @@ test('restore --in-place of a source backed up through a symbolic link goes into
   assert.equal(dangling.code, 2, dangling.stderr);
   assert.match(dangling.stderr, /a symbolic link that leads to no directory now/);
 });
+
+/** The repository's journal entries (none before the first restore or failover). */
+const journalOf = (work: string) => fsp.readdir(path.join(work, 'repo', 'journal')).catch(() => [] as string[]);
+
+test('restore --dry-run says what a restore would write, rewrite and remove, and writes nothing: not the target, not the journal', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const { models, triton } = await host(work, prng(seedFromEnv()));
+  const run = (...args: string[]): Promise<CliRun> => lifeboat(args, { cwd: work });
+  assert.equal((await run('init')).code, 0);
+  const b = await run('--json', 'backup');
+  assert.equal(b.code, 0, b.stderr);
+  await fsp.writeFile(path.join(models, 'llama', 'shard-1.bin'), 'damaged');
+  for (let i = 0; i < 25; i++) await fsp.writeFile(path.join(triton, `stray-${i}.txt`), 'left by hand');
+  const before = { models: await snapshotTree(models), triton: await snapshotTree(triton), journal: await journalOf(work), beside: await fsp.readdir(path.dirname(models)) };
+
+  const delta = await run('--json', 'restore', 'latest', '--in-place', '--delta', '--dry-run');
+  assert.equal(delta.code, 0, delta.stderr);
+  const [m, tr] = delta.json().sources;
+  assert.deepEqual([m.rewritten, m.removed, m.dryRun], [1, 0, true]);
+  assert.deepEqual([tr.rewritten, tr.unchanged, tr.removed], [0, 1, 25]);
+  assert.equal(tr.removals.length, 20, 'the first 20 removals are named; all are counted');
+  assert.ok(tr.removals.every((p: string) => /^stray-\d+\.txt$/.test(p)), JSON.stringify(tr.removals));
+  const text = await run('restore', 'latest', '--in-place', '--delta', '--dry-run');
+  assert.match(text.stdout, /models → .*: \d+ files \(1 would be rewritten, \d+ unchanged, 0 would be removed\)/);
+  assert.match(text.stdout, /triton → .*\(0 would be rewritten, 1 unchanged, 25 would be removed: stray-.*, …\)/);
+
+  const fresh = path.join(work, 'fresh');
+  const into = await run('--json', 'restore', 'latest', '--target', fresh, '--dry-run');
+  assert.equal(into.code, 0, into.stderr);
+  assert.equal(into.json().files, b.json().files);
+  await assert.rejects(fsp.access(fresh), 'an absent target stays absent');
+  // The refusals are the restore's own.
+  assert.equal((await run('restore', 'latest', '--in-place', '--dry-run')).code, 2);
+
+  assert.equal(compareSnapshots(before.models, await snapshotTree(models)), undefined);
+  assert.equal(compareSnapshots(before.triton, await snapshotTree(triton)), undefined);
+  assert.deepEqual(await journalOf(work), before.journal, 'a dry run is not journaled');
+  assert.deepEqual(await fsp.readdir(path.dirname(models)), before.beside, 'no staging directory');
+});

@@ -42,6 +42,8 @@ export interface RestoreOptions {
   numericOwner?: boolean;
   /** Restore only this source, its tree as the target itself (not `<target>/<source>`): a restore to where it was backed up from. */
   asTarget?: string;
+  /** Check and plan, and with --delta compare, but write nothing: say what a restore would do. */
+  dryRun?: boolean;
   signal?: AbortSignal;
   reporter?: Reporter;
 }
@@ -56,6 +58,11 @@ export interface RestoreResult {
   rewritten?: number;
   unchanged?: number;
   removed?: number;
+  /** With --dry-run: nothing was written; `replaced` says whether a non-empty target would be replaced (--force). */
+  dryRun?: boolean;
+  replaced?: boolean;
+  /** With --dry-run --delta: the first paths that would be removed, relative to the target. */
+  removals?: string[];
   warnings: Notice[];
 }
 
@@ -73,6 +80,7 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
   const warnings: Notice[] = [];
   const target = path.resolve(options.target);
   const { targetState, mountPoint } = await checkRestoreTarget(target, options);
+  if (options.dryRun) return plannedRestore(repo, manifest, options, { target, targetState, mountPoint, reporter, warnings, started });
   return whileReading(repo.storage, 'restore', { signal: options.signal, reporter, warnings }, () =>
     restoreLocked(repo, manifest, options, { target, targetState, mountPoint, reporter, warnings, started }),
   );
@@ -110,6 +118,40 @@ export async function checkRestoreTarget(target: string, options: Pick<RestoreOp
     }
   }
   return { targetState, mountPoint };
+}
+
+/** Removals a dry run lists by name; it counts them all. */
+const DRY_RUN_REMOVALS = 20;
+
+/**
+ * restore --dry-run: what a restore would write, replace and remove, found as
+ * the restore finds it (the point's chain checked, a --delta target read back
+ * and compared), with nothing written to the target or the repository.
+ */
+async function plannedRestore(repo: Repository, manifest: Manifest, options: RestoreOptions, { target, targetState, mountPoint, warnings, reporter, started }: RestoreSetting): Promise<RestoreResult> {
+  const delta = options.delta === true && targetState === 'non-empty';
+  const plan = await planRestore(repo, manifest, options.include, { hardLinks: !delta, asTarget: options.asTarget });
+  const result: RestoreResult = { point: manifest.id, target, files: plan.files.length, bytes: plan.bytes, durationMs: 0, dryRun: true, warnings };
+  if (delta) {
+    const unchanged = await filesAlreadyRight(plan, target, plan.files, options.signal, reporter);
+    result.unchanged = unchanged.size;
+    result.rewritten = plan.files.length - unchanged.size;
+    const removals: string[] = [];
+    if ((options.include ?? []).length === 0) {
+      const wantedPaths = new Map(plan.entries.map((e) => [path.join(e.source, ...e.path.split('/')), e]));
+      const keep = new Set(mountPoint ? [path.join(target, LOST_AND_FOUND)] : []);
+      for (const s of plan.sources) {
+        const root = sourceDir(plan, target, s.name);
+        if (await fsp.lstat(root).then((st) => st.isDirectory(), () => false)) await extrasIn(root, s.name, wantedPaths, keep, (p) => removals.push(path.relative(target, p)));
+      }
+    }
+    result.removed = removals.length;
+    result.removals = removals.slice(0, DRY_RUN_REMOVALS);
+  } else {
+    result.replaced = targetState === 'non-empty';
+  }
+  result.durationMs = Date.now() - started;
+  return result;
 }
 
 interface RestoreSetting {
@@ -701,19 +743,21 @@ async function applyDelta(
 }
 
 async function pruneTree(dir: string, rel: string, wanted: Map<string, ManifestEntry>, keep: ReadonlySet<string>): Promise<number> {
-  let removed = 0;
+  const extras: string[] = [];
+  await extrasIn(dir, rel, wanted, keep, (p) => extras.push(p));
+  for (const p of extras) await removeTree(p);
+  return extras.length;
+}
+
+/** Calls `found` with each path under `dir` the point does not have, or has with another type (not what is under it). */
+async function extrasIn(dir: string, rel: string, wanted: Map<string, ManifestEntry>, keep: ReadonlySet<string>, found: (abs: string) => void): Promise<void> {
   for (const d of await fsp.readdir(dir, { withFileTypes: true })) {
     const relPath = path.join(rel, d.name);
     const abs = path.join(dir, d.name);
     if (keep.has(abs)) continue;
     const want = wanted.get(relPath);
     const kind = d.isDirectory() ? 'dir' : d.isSymbolicLink() ? 'symlink' : d.isFile() ? 'file' : 'other';
-    if (!want || want.type !== kind) {
-      await removeTree(abs);
-      removed++;
-    } else if (kind === 'dir') {
-      removed += await pruneTree(abs, relPath, wanted, keep);
-    }
+    if (!want || want.type !== kind) found(abs);
+    else if (kind === 'dir') await extrasIn(abs, relPath, wanted, keep, found);
   }
-  return removed;
 }

@@ -23,17 +23,19 @@ interface RestoreFlags {
   force?: boolean;
   include: string[];
   numericOwner?: boolean;
+  dryRun?: boolean;
 }
 
 const collect = (value: string, previous: string[]) => [...previous, value];
 
 /** What every restore of this command is given, whatever its target. */
 function commonOptions(ctx: CliContext, flags: RestoreFlags, config: LifeboatConfig, renderer: ProgressRenderer) {
-  return { delta: flags.delta, force: flags.force, include: flags.include, numericOwner: flags.numericOwner, concurrency: config.s3?.concurrency, signal: ctx.signal, reporter: renderer };
+  return { delta: flags.delta, force: flags.force, include: flags.include, numericOwner: flags.numericOwner, dryRun: flags.dryRun, concurrency: config.s3?.concurrency, signal: ctx.signal, reporter: renderer };
 }
 
 /** Records a restore that succeeded. A restore may run with read-only credentials: failing to journal it must not fail it. */
 async function journalRestored(repo: Repository, renderer: ProgressRenderer, result: RestoreResult, detail: Record<string, unknown> = {}): Promise<void> {
+  if (result.dryRun) return;
   await appendEvent(repo.storage, { type: 'restore', point: result.point, target: result.target, outcome: 'ok', durationMs: result.durationMs, detail: { files: result.files, bytes: result.bytes, ...detail } }).catch(
     (err: unknown) => renderer.notice({ level: 'warning', code: 'journal', message: `could not record the restore in the journal: ${errorMessage(err)}` }),
   );
@@ -51,28 +53,42 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
       target: flags.target.startsWith('/') ? flags.target : `${ctx.cwd}/${flags.target}`,
       ...commonOptions(ctx, flags, config, renderer),
     }).catch(async (err: unknown) => {
-      await appendEvent(repo.storage, { type: 'restore', point: point.id, target: flags.target, outcome: 'failed', durationMs: Date.now() - started, detail: { error: errorMessage(err) } }).catch(() => undefined);
+      if (!flags.dryRun) await appendEvent(repo.storage, { type: 'restore', point: point.id, target: flags.target, outcome: 'failed', durationMs: Date.now() - started, detail: { error: errorMessage(err) } }).catch(() => undefined);
       throw await withIntactAlternative(err, repo, point, (id) => `lifeboat restore ${id} --target ${flags.target}`);
     });
     await journalRestored(repo, renderer, result);
     renderer.stop();
-    const json: Record<string, unknown> = {
-      point: result.point,
-      target: result.target,
-      files: result.files,
-      bytes: result.bytes,
-      durationMs: result.durationMs,
-      warnings: result.warnings.map(({ code, path, message }) => ({ code, path, message })),
-    };
-    if (result.rewritten !== undefined) Object.assign(json, { rewritten: result.rewritten, unchanged: result.unchanged, removed: result.removed });
-    printResult(ctx, json, () => {
-      const delta = result.rewritten !== undefined ? ` (${result.rewritten} rewritten, ${result.unchanged} unchanged, ${result.removed} removed)` : '';
-      return `restored ${result.point} to ${result.target}: ${result.files} files, ${formatBytes(result.bytes)}, every checksum verified, in ${formatDuration(result.durationMs)}${delta}`;
-    });
+    const json = { point: result.point, ...targetFigures(result), durationMs: result.durationMs, warnings: result.warnings.map(({ code, path, message }) => ({ code, path, message })) };
+    printResult(ctx, json, () =>
+      result.dryRun
+        ? `would restore ${result.point} to ${result.target}: ${result.files} files, ${formatBytes(result.bytes)}${outcomeText(result)}; nothing was written`
+        : `restored ${result.point} to ${result.target}: ${result.files} files, ${formatBytes(result.bytes)}, every checksum verified, in ${formatDuration(result.durationMs)}${outcomeText(result)}`,
+    );
   } finally {
     renderer.stop();
     await close();
   }
+}
+
+/** A restore's figures for one target, as --json gives them. */
+function targetFigures(r: RestoreResult) {
+  return {
+    target: r.target,
+    files: r.files,
+    bytes: r.bytes,
+    ...(r.rewritten !== undefined ? { rewritten: r.rewritten, unchanged: r.unchanged, removed: r.removed } : {}),
+    ...(r.dryRun ? { dryRun: true, ...(r.replaced !== undefined ? { replaced: r.replaced } : {}), ...(r.removals ? { removals: r.removals } : {}) } : {}),
+  };
+}
+
+/** What was (or, with --dry-run, would be) done to what was there, in words. */
+function outcomeText(r: RestoreResult): string {
+  const would = r.dryRun ? 'would be ' : '';
+  if (r.rewritten !== undefined) {
+    const named = r.removals && r.removals.length > 0 ? `: ${r.removals.join(', ')}${r.removed! > r.removals.length ? ', …' : ''}` : '';
+    return ` (${r.rewritten} ${would}rewritten, ${r.unchanged} unchanged, ${r.removed} ${would}removed${named})`;
+  }
+  return r.replaced ? ' (what is there would be replaced)' : '';
 }
 
 /** One source of a point and where --in-place puts it back. */
@@ -143,12 +159,12 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
     const places = await placesOf(point, flags.include, (n) => renderer.notice(n));
     // Every directory is checked before any is written: a refusal must not come after half the sources were restored.
     for (const p of places) await checkRestoreTarget(p.path, flags);
-    for (const p of places) renderer.notice({ level: 'info', code: 'in-place', message: `${p.name} goes back to ${p.path}${p.via ? ` (through the link ${p.via})` : ''}` });
+    for (const p of places) renderer.notice({ level: 'info', code: 'in-place', message: `${p.name} ${flags.dryRun ? 'would go' : 'goes'} back to ${p.path}${p.via ? ` (through the link ${p.via})` : ''}` });
     const started = Date.now();
     const done: (RestoreResult & { source: string })[] = [];
     for (const place of places) {
       const result = await restore(repo, point, { target: place.path, asTarget: place.name, ...commonOptions(ctx, flags, config, renderer) }).catch(async (err: unknown) => {
-        await appendEvent(repo.storage, { type: 'restore', point: point.id, target: place.path, outcome: 'failed', durationMs: Date.now() - started, detail: { error: errorMessage(err), source: place.name } }).catch(() => undefined);
+        if (!flags.dryRun) await appendEvent(repo.storage, { type: 'restore', point: point.id, target: place.path, outcome: 'failed', durationMs: Date.now() - started, detail: { error: errorMessage(err), source: place.name } }).catch(() => undefined);
         // Sources are restored one after the other: which ones made it is worth a line of its own.
         if (done.length > 0) {
           renderer.notice({ level: 'warning', code: 'in-place-partial', message: `restored before ${place.name} failed: ${done.map((d) => `${d.source} to ${d.target}`).join(', ')}; the sources after it were not touched` });
@@ -168,19 +184,16 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
       files,
       bytes,
       durationMs,
-      sources: done.map((d) => ({
-        source: d.source,
-        target: d.target,
-        files: d.files,
-        bytes: d.bytes,
-        ...(d.rewritten !== undefined ? { rewritten: d.rewritten, unchanged: d.unchanged, removed: d.removed } : {}),
-      })),
+      ...(flags.dryRun ? { dryRun: true } : {}),
+      sources: done.map((d) => ({ source: d.source, ...targetFigures(d) })),
       warnings: done.flatMap((d) => d.warnings).map(({ code, path: p, message }) => ({ code, path: p, message })),
     };
     printResult(ctx, json, () =>
       [
-        `restored ${point.id} in place: ${files} files, ${formatBytes(bytes)}, every checksum verified, in ${formatDuration(durationMs)}`,
-        ...done.map((d) => `  ${d.source} → ${d.target}: ${d.files} files${d.rewritten !== undefined ? ` (${d.rewritten} rewritten, ${d.unchanged} unchanged, ${d.removed} removed)` : ''}`),
+        flags.dryRun
+          ? `would restore ${point.id} in place: ${files} files, ${formatBytes(bytes)}; nothing was written`
+          : `restored ${point.id} in place: ${files} files, ${formatBytes(bytes)}, every checksum verified, in ${formatDuration(durationMs)}`,
+        ...done.map((d) => `  ${d.source} → ${d.target}: ${d.files} files${outcomeText(d)}`),
       ].join('\n'),
     );
   } finally {
@@ -198,11 +211,12 @@ export function registerRestore(program: Command, run: CommandRunner): Command {
     .option('--in-place', 'restore each directory source to the directory it was backed up from (with --delta: only what differs)')
     .option('--delta', 'update an existing target: rewrite only files whose content differs, remove what the point lacks')
     .option('--force', 'replace a non-empty target')
+    .option('--dry-run', 'say what would be written, rewritten and removed (a --delta target is read and compared), and write nothing')
     .option('--numeric-owner', 'as root, give files the recorded uid and gid numbers instead of the local ids of the recorded user and group names')
     .option('-i, --include <glob>', 'restore only matching <source>/<path> entries; a directory or source name means all in it (repeatable)', collect, [])
     .addHelpText(
       'after',
-      '\nExamples:\n  lifeboat restore latest --target /srv/restore\n  lifeboat restore 2026-11-20T03:00:00Z --target /srv/models-prev --delta\n  lifeboat restore latest --target /tmp/tok --include models/tokenizer\n  lifeboat restore latest --in-place --delta        # a rebuilt or damaged host: every source where it was',
+      '\nExamples:\n  lifeboat restore latest --target /srv/restore\n  lifeboat restore 2026-11-20T03:00:00Z --target /srv/models-prev --delta\n  lifeboat restore latest --target /tmp/tok --include models/tokenizer\n  lifeboat restore latest --in-place --delta        # a rebuilt or damaged host: every source where it was\n  lifeboat restore latest --in-place --delta --dry-run   # what that would rewrite and remove',
     )
     .action(run((ctx, selector: string, flags: RestoreFlags) => runRestore(ctx, selector, flags)));
 }
