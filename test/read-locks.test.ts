@@ -7,6 +7,9 @@ import { lifeboat } from './helpers/cli.js';
 import { smallDeployment } from './helpers/repo.js';
 import { sleep } from './helpers/processes.js';
 import { makePointId } from '../src/format/ids.js';
+import { Repository } from '../src/core/repository.js';
+import { prune } from '../src/core/prune.js';
+import { LocalStorage } from '../src/storage/local.js';
 
 function lockDocument(command: string, pid = process.pid) {
   const now = new Date().toISOString();
@@ -97,6 +100,57 @@ test('restore and verify wait for a running prune to finish, not for a backup', 
   controller.abort();
   assert.equal((await interrupted).code, 130);
   assert.deepEqual(await readers(d.repo), []);
+});
+
+test('once a running prune has said which points it removes, a restore of another point goes on beside it; one of those points waits', { timeout: 60_000 }, async (t) => {
+  const d = await twoFulls();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const [older, newer] = (await lifeboat(['--repo', d.repo, '--json', 'list'])).json().map((p: { id: string }) => p.id) as string[];
+  const lockFile = path.join(d.repo, 'locks', 'lock.json');
+  await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+  await fsp.writeFile(lockFile, JSON.stringify({ ...JSON.parse(lockDocument('prune')), removing: [older] }));
+
+  const kept = await lifeboat(['--repo', d.repo, 'restore', newer!, '--target', path.join(d.work, 'kept')]);
+  assert.equal(kept.code, 0, kept.stderr);
+  assert.doesNotMatch(kept.stderr, /waiting/);
+  assert.equal((await lifeboat(['--repo', d.repo, 'verify', newer!])).code, 0, 'a verify of that point too');
+
+  const target = path.join(d.work, 'removed');
+  const waiting = lifeboat(['--repo', d.repo, 'restore', older!, '--target', target]);
+  await sleep(1500);
+  await assert.rejects(fsp.access(target), 'a point the prune removes is not read while it runs');
+  await fsp.rm(lockFile);
+  const after = await waiting;
+  assert.equal(after.code, 0, after.stderr);
+  assert.match(after.stderr, /waiting for the prune by prune on/);
+});
+
+test('a prune says which points it removes in its lock before it removes any', async (t) => {
+  const d = await twoFulls();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const [older] = (await lifeboat(['--repo', d.repo, '--json', 'list'])).json().map((p: { id: string }) => p.id) as string[];
+  // What the prune asks of the storage, in order: the lock it rewrites and what it deletes.
+  const inner = new LocalStorage(d.repo);
+  const log: string[] = [];
+  const storage = new Proxy(inner, {
+    get(target, prop) {
+      if (prop === 'putDocument') {
+        return async (key: string, data: Uint8Array, options?: { ifAbsent?: boolean }) => {
+          const removing = key === 'locks/lock.json' ? JSON.parse(Buffer.from(data).toString('utf8')).removing : undefined;
+          if (removing) log.push(`announce ${removing.join(',')}`);
+          return target.putDocument(key, data, options);
+        };
+      }
+      if (prop === 'delete') return async (keys: readonly string[]) => (log.push(`delete ${keys.join(',')}`), target.delete(keys));
+      const value = Reflect.get(target, prop);
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
+  const result = await prune(await Repository.open(storage), { policy: { keepFull: 1 } });
+  assert.deepEqual(result.remove.map((p) => p.id), [older]);
+  const announced = log.findIndex((l) => l.startsWith('announce'));
+  assert.equal(log[announced], `announce ${older}`);
+  assert.ok(announced < log.findIndex((l) => l.startsWith('delete') && l.includes(`points/${older}.json`)), log.join('\n'));
 });
 
 test('verify during a backup says the uncommitted point is being written, and warns only about older leftovers', async () => {

@@ -18,6 +18,8 @@ const lockSchema = z.object({
   startedAt: z.string(),
   refreshedAt: z.string(),
   leaseMs: z.number().int().positive(),
+  /** A prune, once it has planned: the points it removes. Readers of other points need not wait for it. */
+  removing: z.array(z.string().max(64)).max(10_000_000).optional(),
 });
 export type LockInfo = z.infer<typeof lockSchema>;
 
@@ -102,6 +104,8 @@ export interface HeldLock {
   info: LockInfo;
   /** Set when a stale lock was taken over to get this one. */
   tookOver?: LockStatus;
+  /** Records in the lock the points this holder (a prune) removes, before it removes any. */
+  announce(removing: readonly string[]): Promise<void>;
   release(): Promise<void>;
 }
 
@@ -174,6 +178,10 @@ async function tryLock(storage: Storage, command: string, leaseMs: number, optio
     held: {
       info,
       tookOver,
+      async announce(removing) {
+        info.removing = [...removing];
+        await storage.putDocument(keys.lock, encodeLock(info));
+      },
       async release() {
         await lease.stop();
         try {
@@ -223,6 +231,12 @@ export interface ReadLockOptions extends StalenessOptions {
   signal?: AbortSignal;
   /** Called once when the reader has to wait for a prune that holds the lock. */
   waiting?: (prune: LockInfo) => void;
+  /**
+   * The points the reader reads (each with the chain it depends on, which a
+   * prune keeps with it). A prune that has said what it removes, none of
+   * these, does not make it wait. Unset: every prune does.
+   */
+  reads?: readonly string[];
 }
 
 /**
@@ -253,6 +267,8 @@ export async function acquireReadLock(storage: Storage, command: string, options
     for (let announced = false; ; announced = true) {
       const writer = await readLock(storage, options);
       if (!writer || writer.stale || !DELETES_DATA.has(writer.info.command)) break;
+      const removing = writer.info.removing;
+      if (removing && options.reads && !options.reads.some((id) => removing.includes(id))) break;
       // Registered already, so no new prune starts; this one was past its look at the readers.
       if (!announced) options.waiting?.(writer.info);
       await sleep(PRUNE_POLL_MS, options.signal);
@@ -269,8 +285,13 @@ export async function acquireReadLock(storage: Storage, command: string, options
  * Runs `work` registered as a reader of the repository: after a running prune,
  * and keeping new ones from starting until it is done.
  */
-export async function whileReading<T>(storage: Storage, command: string, context: { signal?: AbortSignal; reporter: Reporter; warnings: Notice[] }, work: () => Promise<T>): Promise<T> {
-  const lock = await acquireReadLock(storage, command, { signal: context.signal, waiting: (prune) => context.reporter.notice?.(waitingNotice(prune)) });
+export async function whileReading<T>(
+  storage: Storage,
+  command: string,
+  context: { signal?: AbortSignal; reporter: Reporter; warnings: Notice[]; reads?: readonly string[] },
+  work: () => Promise<T>,
+): Promise<T> {
+  const lock = await acquireReadLock(storage, command, { signal: context.signal, reads: context.reads, waiting: (prune) => context.reporter.notice?.(waitingNotice(prune)) });
   try {
     if (lock.unlocked) {
       const notice = unlockedNotice(lock.unlocked);

@@ -107,6 +107,8 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
     const protectedPoints = options.findProtected ? await options.findProtected() : options.protected;
     const plan = await planPrune(repo, { ...options, protected: protectedPoints });
     if (options.dryRun) return { ...plan, dryRun: true, durationMs: Date.now() - started };
+    // Readers of the points kept (and of what they depend on, kept with them) need not wait for this prune.
+    await lock?.announce(plan.remove.map((d) => d.id));
 
     const total = plan.manifests.length + plan.summaries.length + plan.data.length;
     const progress = { phase: 'verify' as const, filesDone: 0, filesTotal: total, bytesDone: 0, bytesTotal: plan.bytes };

@@ -81,7 +81,7 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
   const target = path.resolve(options.target);
   const { targetState, mountPoint } = await checkRestoreTarget(target, options);
   if (options.dryRun) return plannedRestore(repo, manifest, options, { target, targetState, mountPoint, reporter, warnings, started });
-  return whileReading(repo.storage, 'restore', { signal: options.signal, reporter, warnings }, () =>
+  return whileReading(repo.storage, 'restore', { signal: options.signal, reporter, warnings, reads: [manifest.id] }, () =>
     restoreLocked(repo, manifest, options, { target, targetState, mountPoint, reporter, warnings, started }),
   );
 }

@@ -76,7 +76,9 @@ export interface VerifyResult {
 export async function verify(repo: Repository, options: VerifyOptions = {}): Promise<VerifyResult> {
   const reporter = options.reporter ?? {};
   const warnings: Notice[] = [];
-  return whileReading(repo.storage, 'verify', { signal: options.signal, reporter, warnings }, () => verifyLocked(repo, options, reporter, warnings));
+  // Verifying every point reads those a running prune removes: only a verify of one point goes on beside it.
+  const reads = options.point ? [options.point.id] : undefined;
+  return whileReading(repo.storage, 'verify', { signal: options.signal, reporter, warnings, reads }, () => verifyLocked(repo, options, reporter, warnings));
 }
 
 async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: Reporter, warnings: Notice[]): Promise<VerifyResult> {
