@@ -171,3 +171,42 @@ test('restore --dry-run says what a restore would write, rewrite and remove, and
   assert.deepEqual(await journalOf(work), before.journal, 'a dry run is not journaled');
   assert.deepEqual(await fsp.readdir(path.dirname(models)), before.beside, 'no staging directory');
 });
+
+test('restore --in-place --state puts serving state back as a failover does: the SQLite registry copied into the live database, a command fed its captured output', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await host(work, prng(seedFromEnv()));
+  await fsp.writeFile(path.join(work, 'state', 'features.json'), '{"version": "A"}\n');
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    'repository: ./repo\nsources:\n  models: ./srv/models\n  registry: { sqlite: ./state/registry.db, restore: true }\n  features: { command: "cat state/features.json", restore: "cat > state/features.restored" }\n',
+  );
+  const run = (...args: string[]): Promise<CliRun> => lifeboat(args, { cwd: work });
+  assert.equal((await run('init')).code, 0);
+  const b = await run('--json', 'backup');
+  assert.equal(b.code, 0, b.stderr);
+  const db = path.join(work, 'state', 'registry.db');
+  const live = new Database(db);
+  live.exec("INSERT INTO versions VALUES ('v2')");
+  live.close();
+
+  const dry = await run('--json', 'restore', 'latest', '--in-place', '--delta', '--state', '--dry-run');
+  assert.equal(dry.code, 0, dry.stderr);
+  assert.deepEqual(dry.json().state, ['registry', 'features']);
+  await assert.rejects(fsp.access(path.join(work, 'state', 'features.restored')), 'a dry run puts nothing back');
+
+  const r = await run('--json', 'restore', 'latest', '--in-place', '--delta', '--state');
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(r.json().state, ['registry', 'features']);
+  const restored = new Database(db, { readonly: true });
+  assert.deepEqual(restored.prepare('SELECT name FROM versions ORDER BY name').all(), [{ name: 'v1' }]);
+  restored.close();
+  assert.equal(await fsp.readFile(path.join(work, 'state', 'features.restored'), 'utf8'), '{"version": "A"}\n');
+  assert.equal((await fsp.readdir(path.join(work, 'state'))).filter((n) => n.startsWith('registry.db.lifeboat-replaced-')).length, 1, 'what the database held is kept beside it');
+
+  const without = await run('restore', 'latest', '--target', path.join(work, 'x'), '--state');
+  assert.equal(without.code, 2);
+  assert.match(without.stderr, /--state puts serving state back with --in-place/);
+  const notAsked = await run('restore', 'latest', '--in-place', '--delta');
+  assert.match(notAsked.stderr, /registry \(sqlite state\) is not restored in place: --state puts it back/);
+});

@@ -2,8 +2,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { InterruptedError, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { deploymentOf, type Manifest } from '../format/manifest.js';
-import { COMMAND_OUTPUT_FILE, restoreCommand } from '../state/command.js';
-import { restoreSqlite } from '../state/sqlite.js';
+import { putStateBack } from '../state/put-back.js';
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
 import type { Reporter } from './events.js';
 import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } from './health.js';
@@ -104,24 +103,13 @@ async function health(run: Run, slot: string | null, point: string | null): Prom
 /** Feeds each command source's captured state to its restore command, and copies SQLite sources back where asked. */
 async function applyState(run: Run, manifest: Manifest, slot: string): Promise<void> {
   if (run.options.applyState === false) return;
-  for (const s of manifest.sources) {
-    if (!s.restore) continue;
-    if (s.kind === 'sqlite') {
-      const copy = path.join(slot, s.name, path.basename(s.path));
-      note(run, 'state-restore', `restoring the SQLite database ${s.restore} from ${copy}`);
-      const restored = await restoreSqlite(s.name, copy, s.restore, run.options.signal);
-      if (restored.keptAs) note(run, 'state-kept', `the state ${s.restore} had before is kept as ${restored.keptAs}`);
-      continue;
-    }
-    if (s.kind !== 'command') continue;
-    note(run, 'state-restore', `restoring the state of ${s.name} with \`${s.restore}\``);
-    await restoreCommand(s.name, s.restore, path.join(slot, s.name, COMMAND_OUTPUT_FILE), {
-      cwd: run.spec.cwd,
-      env: hookEnv(run, slot, manifest.id),
-      timeoutMs: run.options.hookTimeoutMs ?? DEFAULT_HOOK_TIMEOUT_MS,
-      signal: run.options.signal,
-    });
-  }
+  await putStateBack(manifest, slot, {
+    cwd: run.spec.cwd,
+    env: hookEnv(run, slot, manifest.id),
+    timeoutMs: run.options.hookTimeoutMs ?? DEFAULT_HOOK_TIMEOUT_MS,
+    signal: run.options.signal,
+    note: (code, message) => note(run, code, message),
+  });
 }
 
 async function manifestOf(repo: Repository, point: string | null | undefined): Promise<Manifest | undefined> {

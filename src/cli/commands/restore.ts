@@ -9,6 +9,11 @@ import type { Notice } from '../../core/events.js';
 import type { Manifest } from '../../format/manifest.js';
 import type { LifeboatConfig } from '../../config/config.js';
 import type { Repository } from '../../core/repository.js';
+import { loadConfig } from '../../config/config.js';
+import { makeWorkDirectory } from '../../format/mkdirs.js';
+import { removeTree } from '../../format/remove-tree.js';
+import { putStateBack, stateToPutBack } from '../../state/put-back.js';
+import { DEFAULT_HOOK_TIMEOUT_MS } from '../../state/hooks.js';
 import { openRepository, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
 import { formatBytes } from '../format.js';
@@ -24,6 +29,7 @@ interface RestoreFlags {
   include: string[];
   numericOwner?: boolean;
   dryRun?: boolean;
+  state?: boolean;
 }
 
 const collect = (value: string, previous: string[]) => [...previous, value];
@@ -43,6 +49,7 @@ async function journalRestored(repo: Repository, renderer: ProgressRenderer, res
 
 export async function runRestore(ctx: CliContext, selector: string, flags: RestoreFlags): Promise<void> {
   if (flags.inPlace) return runRestoreInPlace(ctx, selector, flags);
+  if (flags.state) throw new UsageError('--state puts serving state back with --in-place', { hint: 'restore --in-place --state, or let `lifeboat failover` put it back' });
   if (!flags.target) throw new UsageError('restore needs --target DIR', { hint: 'or --in-place, to restore each source to the directory it was backed up from' });
   const { repo, config, close } = await openRepository(ctx);
   const renderer = new ProgressRenderer(ctx, 'restore');
@@ -67,6 +74,34 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
   } finally {
     renderer.stop();
     await close();
+  }
+}
+
+/**
+ * restore --in-place --state: the point's state sources are restored into a
+ * scratch directory, verified as any restore is, then put back where the point
+ * says, as a failover does (SQLite copied into the live database, what it held
+ * kept beside it; a command fed its captured output).
+ */
+async function restoreState(ctx: CliContext, repo: Repository, point: Manifest, names: string[], options: ReturnType<typeof commonOptions>, renderer: ProgressRenderer): Promise<void> {
+  if (options.dryRun) {
+    for (const name of names) renderer.notice({ level: 'info', code: 'state-restore', message: `would put back the state of ${name}` });
+    return;
+  }
+  const { file } = await loadConfig({ explicit: ctx.global.config, cwd: ctx.cwd, env: ctx.env });
+  const scratch = await makeWorkDirectory(undefined, 'lifeboat-state-');
+  try {
+    const root = path.join(scratch, 'point');
+    await restore(repo, point, { ...options, delta: false, force: false, include: names, target: root });
+    await putStateBack({ ...point, sources: point.sources.filter((s) => names.includes(s.name)) }, root, {
+      cwd: file ? path.dirname(file) : ctx.cwd,
+      env: { ...ctx.env, LIFEBOAT_POINT: point.id },
+      timeoutMs: DEFAULT_HOOK_TIMEOUT_MS,
+      signal: ctx.signal,
+      note: (code, message) => renderer.notice({ level: 'info', code, message }),
+    });
+  } finally {
+    await removeTree(scratch).catch(() => undefined);
   }
 }
 
@@ -104,13 +139,14 @@ interface SourcePlace {
  * it was backed up from. State sources (a database copy, a command's output)
  * have no directory of their own: a failover puts them back.
  */
-async function placesOf(point: Manifest, include: readonly string[], notice: (n: Notice) => void): Promise<SourcePlace[]> {
-  const chosen = sourcesIncluded(point, include);
+async function placesOf(point: Manifest, chosen: ReadonlySet<string>, state: boolean, notice: (n: Notice) => void): Promise<SourcePlace[]> {
   const places: SourcePlace[] = [];
   for (const s of point.sources) {
     if (!chosen.has(s.name)) continue;
     if (s.kind !== 'files') {
-      notice({ level: 'info', code: 'state-not-in-place', message: `${s.name} (${s.kind} state) is not restored in place; \`lifeboat failover\` puts it back, or restore it with --target` });
+      if (state && s.restore) continue;
+      const how = s.restore ? '--state puts it back, as a failover does' : 'the point records nowhere to put it back (restore: in the config); restore it with --target';
+      notice({ level: 'info', code: 'state-not-in-place', message: `${s.name} (${s.kind} state) is not restored in place: ${how}` });
       continue;
     }
     if (!path.isAbsolute(s.path) || path.resolve(s.path) === path.parse(s.path).root) {
@@ -120,7 +156,6 @@ async function placesOf(point: Manifest, include: readonly string[], notice: (n:
     const resolved = await throughLink(s.name, recorded);
     places.push({ name: s.name, path: resolved, ...(resolved === recorded ? {} : { via: recorded }) });
   }
-  if (places.length === 0) throw new UsageError(`${point.id} has no directory source to restore in place`, { hint: 'restore it with --target DIR' });
   return places;
 }
 
@@ -156,7 +191,12 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
   const renderer = new ProgressRenderer(ctx, 'restore');
   try {
     const point = await repo.resolve(selector);
-    const places = await placesOf(point, flags.include, (n) => renderer.notice(n));
+    const chosen = sourcesIncluded(point, flags.include);
+    const places = await placesOf(point, chosen, flags.state === true, (n) => renderer.notice(n));
+    const state = flags.state ? stateToPutBack(point).filter((name) => chosen.has(name)) : [];
+    if (places.length === 0 && state.length === 0) {
+      throw new UsageError(`${point.id} has no directory source to restore in place${flags.state ? ', nor state to put back' : ''}`, { hint: 'restore it with --target DIR' });
+    }
     // Every directory is checked before any is written: a refusal must not come after half the sources were restored.
     for (const p of places) await checkRestoreTarget(p.path, flags);
     for (const p of places) renderer.notice({ level: 'info', code: 'in-place', message: `${p.name} ${flags.dryRun ? 'would go' : 'goes'} back to ${p.path}${p.via ? ` (through the link ${p.via})` : ''}` });
@@ -174,6 +214,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
       done.push({ ...result, source: place.name });
       await journalRestored(repo, renderer, result, { source: place.name });
     }
+    if (state.length > 0) await restoreState(ctx, repo, point, state, commonOptions(ctx, flags, config, renderer), renderer);
     renderer.stop();
     const durationMs = Date.now() - started;
     const files = done.reduce((n, d) => n + d.files, 0);
@@ -186,6 +227,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
       durationMs,
       ...(flags.dryRun ? { dryRun: true } : {}),
       sources: done.map((d) => ({ source: d.source, ...targetFigures(d) })),
+      ...(flags.state ? { state } : {}),
       warnings: done.flatMap((d) => d.warnings).map(({ code, path: p, message }) => ({ code, path: p, message })),
     };
     printResult(ctx, json, () =>
@@ -194,6 +236,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
           ? `would restore ${point.id} in place: ${files} files, ${formatBytes(bytes)}; nothing was written`
           : `restored ${point.id} in place: ${files} files, ${formatBytes(bytes)}, every checksum verified, in ${formatDuration(durationMs)}`,
         ...done.map((d) => `  ${d.source} → ${d.target}: ${d.files} files${outcomeText(d)}`),
+        ...(state.length > 0 ? [`  state ${flags.dryRun ? 'to put back' : 'put back'}: ${state.join(', ')}`] : []),
       ].join('\n'),
     );
   } finally {
@@ -211,6 +254,7 @@ export function registerRestore(program: Command, run: CommandRunner): Command {
     .option('--in-place', 'restore each directory source to the directory it was backed up from (with --delta: only what differs)')
     .option('--delta', 'update an existing target: rewrite only files whose content differs, remove what the point lacks')
     .option('--force', 'replace a non-empty target')
+    .option('--state', 'with --in-place: put serving state back too (SQLite copied into the live database, restore commands fed their captured output), as a failover does')
     .option('--dry-run', 'say what would be written, rewritten and removed (a --delta target is read and compared), and write nothing')
     .option('--numeric-owner', 'as root, give files the recorded uid and gid numbers instead of the local ids of the recorded user and group names')
     .option('-i, --include <glob>', 'restore only matching <source>/<path> entries; a directory or source name means all in it (repeatable)', collect, [])
