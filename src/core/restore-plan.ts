@@ -81,7 +81,7 @@ export async function planRestore(
   }
 
   let entries = [...manifest.entries].sort((a, b) => comparePaths(`${a.source}/${a.path}`, `${b.source}/${b.path}`));
-  if (include.length > 0) entries = filterIncluded(manifest, entries, include);
+  if (include.length > 0) entries = chooseIncluded(manifest, entries, include).entries;
   const only = options.asTarget;
   if (only !== undefined) {
     if (!sources.has(only)) throw new UsageError(`${manifest.id} has no source ${JSON.stringify(only)}`);
@@ -128,19 +128,17 @@ export async function planRestore(
 export function sourcesIncluded(manifest: Manifest, include: readonly string[]): Set<string> {
   if (include.length === 0) return new Set(manifest.sources.map((s) => s.name));
   const sorted = [...manifest.entries].sort((a, b) => comparePaths(`${a.source}/${a.path}`, `${b.source}/${b.path}`));
-  const chosen = filterIncluded(manifest, sorted, include);
-  // A source named by a pattern counts even when it is empty.
-  const named = manifest.sources.filter((s) => include.some((g) => new Minimatch(g, { dot: true }).match(s.name))).map((s) => s.name);
-  return new Set([...chosen.map((e) => e.source), ...named]);
+  return chooseIncluded(manifest, sorted, include).sources;
 }
 
 /**
- * The entries `include` chooses: those a pattern matches, everything under a
- * directory a pattern matches (`models/tokenizer` means the directory's
- * contents), and the directories that lead to them. A pattern that matches
- * nothing is a mistake to say, not a restore of nothing.
+ * The entries `include` chooses, and the sources they are in: those a
+ * pattern matches, everything under a directory a pattern matches
+ * (`models/tokenizer` means the directory's contents), and the directories
+ * that lead to them. A pattern that matches nothing is a mistake to say, not
+ * a restore of nothing.
  */
-function filterIncluded(manifest: Manifest, entries: ManifestEntry[], include: readonly string[]): ManifestEntry[] {
+function chooseIncluded(manifest: Manifest, entries: ManifestEntry[], include: readonly string[]): { entries: ManifestEntry[]; sources: Set<string> } {
   const patterns = include.map((g) => ({ glob: g, matcher: new Minimatch(g, { dot: true }), used: false }));
   const matches = (name: string) => {
     let any = false;
@@ -172,5 +170,7 @@ function filterIncluded(manifest: Manifest, entries: ManifestEntry[], include: r
     const parts = e.path.split('/');
     for (let i = 1; i < parts.length; i++) leading.add(entryKey(e.source, parts.slice(0, i).join('/')));
   }
-  return entries.filter((e) => chosen.has(e) || (e.type === 'dir' && leading.has(entryKey(e.source, e.path))));
+  // A source named by a pattern counts even when it is empty.
+  const sources = new Set([...manifest.sources.map((s) => s.name).filter((name) => chosenDirs.has(name)), ...[...chosen].map((e) => e.source)]);
+  return { entries: entries.filter((e) => chosen.has(e) || (e.type === 'dir' && leading.has(entryKey(e.source, e.path)))), sources };
 }
