@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { Sha256Offload, type StreamDigest } from './hash-offload.js';
 import { SMALL_FILE } from './file-reader.js';
 import { IntegrityError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
-import { formatBytes } from '../format/units.js';
+import { firstFew, formatBytes } from '../format/units.js';
 import { recordedChecksum, volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { sha256OfFile } from '../format/checksum.js';
@@ -15,7 +15,6 @@ import type { Notice, Progress, Reporter } from './events.js';
 import type { Repository } from './repository.js';
 import { planRestore, type RestorePlan } from './restore-plan.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
-import { firstFew } from '../format/units.js';
 import { makeDirectories } from '../format/mkdirs.js';
 import { idMapper, localAccounts } from '../format/accounts.js';
 import { mountsUnder } from '../format/mounts.js';
@@ -136,17 +135,9 @@ async function plannedRestore(repo: Repository, manifest: Manifest, options: Res
     const unchanged = await filesAlreadyRight(plan, target, plan.files, options.signal, reporter);
     result.unchanged = unchanged.size;
     result.rewritten = plan.files.length - unchanged.size;
-    const removals: string[] = [];
-    if ((options.include ?? []).length === 0) {
-      const wantedPaths = new Map(plan.entries.map((e) => [path.join(e.source, ...e.path.split('/')), e]));
-      const keep = new Set(mountPoint ? [path.join(target, LOST_AND_FOUND)] : []);
-      for (const s of plan.sources) {
-        const root = sourceDir(plan, target, s.name);
-        if (await fsp.lstat(root).then((st) => st.isDirectory(), () => false)) await extrasIn(root, s.name, wantedPaths, keep, (p) => removals.push(path.relative(target, p)));
-      }
-    }
+    const removals = await extrasInTarget(plan, target, { mountPoint, include: options.include ?? [] });
     result.removed = removals.length;
-    result.removals = removals.slice(0, DRY_RUN_REMOVALS);
+    result.removals = removals.slice(0, DRY_RUN_REMOVALS).map((p) => path.relative(target, p));
   } else {
     result.replaced = targetState === 'non-empty';
   }
@@ -203,9 +194,7 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
     await fetchFiles({ repo, plan, wanted: new Set(toFetch), staging, reporter, warnings, concurrency: options.concurrency ?? DEFAULT_TRANSFERS, pageCache: options.pageCache, signal: options.signal });
     throwIfAborted(options.signal);
     if (delta) {
-      // A source restored in place as a mount point holds the staging directory, and fsck's lost+found: neither is extra.
-      const keep = new Set([staging, ...(mountPoint ? [path.join(target, LOST_AND_FOUND)] : [])]);
-      result.removed = await applyDelta(plan, staging, target, new Set(wanted), (options.include ?? []).length === 0 ? keep : undefined, owners);
+      result.removed = await applyDelta(plan, staging, target, new Set(wanted), { mountPoint, include: options.include ?? [] }, owners);
       await syncDirectories(plan, target);
       await removeTree(staging);
     } else {
@@ -706,14 +695,9 @@ async function applyDelta(
   staging: string,
   target: string,
   rewritten: ReadonlySet<ManifestEntry>,
-  /** What is never removed, when what the point lacks is removed (not with --include). */
-  prune: ReadonlySet<string> | undefined,
+  layout: { mountPoint: boolean; include: readonly string[] },
   owners: OwnerMapping | undefined,
 ): Promise<number> {
-  const wantedPaths = new Map<string, ManifestEntry>();
-  for (const e of plan.entries) wantedPaths.set(path.join(e.source, ...e.path.split('/')), e);
-  let removed = 0;
-  // Remove what the point does not have, or has with another type, deepest first.
   for (const s of plan.sources) {
     const root = sourceDir(plan, target, s.name);
     const st = await fsp.lstat(root).catch(() => undefined);
@@ -721,9 +705,10 @@ async function applyDelta(
     await makeDirectories(root);
     // Read-only directories the point restored before get their modes back from the point below.
     if (directoriesNeedOpening()) await openDirectories(root);
-    // With --include only part of the point is wanted, so nothing else is judged extra.
-    if (prune) removed += await pruneTree(root, s.name, wantedPaths, prune);
   }
+  // Remove what the point does not have, or has with another type.
+  const extras = await extrasInTarget(plan, target, { ...layout, staging });
+  for (const p of extras) await removeTree(p);
   for (const e of plan.entries) {
     const p = pathIn(plan, target, e);
     if (e.type === 'dir') {
@@ -739,17 +724,29 @@ async function applyDelta(
     }
   }
   await applyMetadata(plan, target, owners);
-  return removed;
-}
-
-async function pruneTree(dir: string, rel: string, wanted: Map<string, ManifestEntry>, keep: ReadonlySet<string>): Promise<number> {
-  const extras: string[] = [];
-  await extrasIn(dir, rel, wanted, keep, (p) => extras.push(p));
-  for (const p of extras) await removeTree(p);
   return extras.length;
 }
 
-/** Calls `found` with each path under `dir` the point does not have, or has with another type (not what is under it). */
+/**
+ * What a --delta removes from the target: each path under the point's
+ * sources that the point lacks, or has with another type (not what is under
+ * it). With --include only part of the point is wanted, so nothing is judged
+ * extra. A source restored in place as a mount point holds the staging
+ * directory, and fsck's lost+found: neither is extra.
+ */
+async function extrasInTarget(plan: RestorePlan, target: string, layout: { mountPoint: boolean; include: readonly string[]; staging?: string }): Promise<string[]> {
+  if (layout.include.length > 0) return [];
+  const wanted = new Map(plan.entries.map((e) => [path.join(e.source, ...e.path.split('/')), e]));
+  const keep = new Set([...(layout.staging ? [layout.staging] : []), ...(layout.mountPoint ? [path.join(target, LOST_AND_FOUND)] : [])]);
+  const extras: string[] = [];
+  for (const s of plan.sources) {
+    const root = sourceDir(plan, target, s.name);
+    if (await fsp.lstat(root).then((st) => st.isDirectory(), () => false)) await extrasIn(root, s.name, wanted, keep, (p) => extras.push(p));
+  }
+  return extras;
+}
+
+/** Calls `found` with each path under `dir` (at `rel` in the point) the point does not have, or has with another type. */
 async function extrasIn(dir: string, rel: string, wanted: Map<string, ManifestEntry>, keep: ReadonlySet<string>, found: (abs: string) => void): Promise<void> {
   for (const d of await fsp.readdir(dir, { withFileTypes: true })) {
     const relPath = path.join(rel, d.name);
