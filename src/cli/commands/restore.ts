@@ -165,16 +165,13 @@ async function placesOf(point: Manifest, chosen: ReadonlySet<string>, state: boo
  * nowhere is refused, since what it should lead to cannot be guessed.
  */
 async function throughLink(name: string, recorded: string): Promise<string> {
-  const st = await fsp.lstat(recorded).catch(() => undefined);
-  if (!st?.isSymbolicLink()) return recorded;
-  const resolved = await fsp.realpath(recorded).catch(() => undefined);
-  const target = resolved === undefined ? undefined : await fsp.stat(resolved).catch(() => undefined);
-  if (!target?.isDirectory()) {
+  if (!(await fsp.lstat(recorded).then((st) => st.isSymbolicLink(), () => false))) return recorded;
+  if (!(await fsp.stat(recorded).then((st) => st.isDirectory(), () => false))) {
     throw new UsageError(`source ${name} was backed up from ${recorded}, a symbolic link that leads to no directory now`, {
       hint: `make the link lead where the source should go, or restore it with --target DIR`,
     });
   }
-  return resolved!;
+  return fsp.realpath(recorded);
 }
 
 /**
