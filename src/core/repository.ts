@@ -183,7 +183,7 @@ export class Repository {
    */
   async pointsInScope(): Promise<PointSummary[]> {
     const all = await this.allSummaries();
-    const names = [...new Set(all.map(deploymentOf))].sort();
+    const names = deploymentsOf(all);
     if (this.deployment !== undefined) {
       const chosen = all.filter((s) => deploymentOf(s) === this.deployment);
       if (chosen.length === 0 && all.length > 0) {
@@ -229,7 +229,7 @@ export class Repository {
 
   /** The deployments that have points: as `deployments.json` records them, else from every point's summary. */
   async deploymentNames(): Promise<string[]> {
-    return (await this.recordedDeployments()) ?? [...new Set((await this.allSummaries()).map(deploymentOf))].sort();
+    return (await this.recordedDeployments()) ?? deploymentsOf(await this.allSummaries());
   }
 
   /** The names `deployments.json` records; undefined when it is missing or damaged (repositories written before it). */
@@ -353,4 +353,9 @@ function safeJson(raw: Buffer): Record<string, unknown> | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** The deployments these points belong to, sorted. */
+function deploymentsOf(summaries: readonly PointSummary[]): string[] {
+  return [...new Set(summaries.map(deploymentOf))].sort();
 }
