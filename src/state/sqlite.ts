@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import type BetterSqlite3 from 'better-sqlite3';
 import { InterruptedError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
+import { makeDirectories } from '../format/mkdirs.js';
 
 // A native module loaded only when a SQLite source is backed up or restored, not by every command.
 const requireAtRunTime = createRequire(import.meta.url);
@@ -91,7 +92,7 @@ export async function restoreSqlite(name: string, copy: string, database: string
     keptAs = await unusedName(`${database}.lifeboat-replaced-${new Date().toISOString().replace(/[-:]/g, '')}`);
     await copySqlite(name, database, keptAs, signal);
   } else {
-    await fsp.mkdir(path.dirname(database), { recursive: true });
+    await makeDirectories(path.dirname(database));
   }
   const meta = await retryWhileBusy(
     signal,
