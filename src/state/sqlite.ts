@@ -108,7 +108,7 @@ export async function restoreSqlite(name: string, copy: string, database: string
       failed: (err) => new RuntimeFailure(`source ${name}: restoring ${database} failed: ${errorMessage(err)}`, { cause: err }),
       stayedLocked: (last) =>
         new RuntimeFailure(`source ${name}: ${database} stayed locked by another connection through ${ATTEMPTS} attempts: ${errorMessage(last)}`, {
-          hint: 'stop what holds a long transaction on it (the deactivate hook can), or restore it by hand from the slot',
+          hint: `stop what holds a long transaction on it (the deactivate hook can), or copy it back by hand from the point (restore --target DIR --include ${name})`,
         }),
     },
   );
