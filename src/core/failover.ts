@@ -453,16 +453,16 @@ export async function status(repo: Repository, specs: TargetSpec[], options: { n
   // Summaries: status runs from monitoring every few minutes and needs no file list.
   const ids = await repo.pointIds();
   const names = repo.deployment === undefined ? await repo.deploymentNames() : [];
-  const several = names.length > 1 ? names : undefined;
-  if (several) {
+  if (names.length > 1) {
     // A central probe of a shared repository: the RPO of every deployment, rather than a question.
     deployments = [];
-    for (const name of several) {
+    for (const name of names) {
       const p = await repo.newestOf(name, ids);
       if (p) deployments.push({ deployment: name, id: p.id, completedAt: p.completedAt, ageMs: age(p.completedAt) });
     }
   } else {
-    const m = await repo.latestInScope(ids);
+    // The only deployment, its name just read, or the one named.
+    const m = names.length === 1 ? await repo.newestOf(names[0]!, ids) : await repo.latestInScope(ids);
     if (m) newest = { id: m.id, completedAt: m.completedAt, ageMs: age(m.completedAt) };
   }
   const events = await readEvents(repo.storage, 200);
