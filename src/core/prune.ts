@@ -1,5 +1,5 @@
 import { LockedError, throwIfAborted } from '../errors.js';
-import { deploymentOf, keys, volumesNeeded } from '../format/manifest.js';
+import { deploymentOf, deploymentsOf, keys, volumesNeeded } from '../format/manifest.js';
 import type { Reporter } from './events.js';
 import { appendEvent } from './journal.js';
 import { acquireLock, describeLock, readersOf, writerLockOptions } from './lock.js';
@@ -68,7 +68,7 @@ export async function planPrune(repo: Repository, options: Pick<PruneOptions, 'p
   const removed = retention.remove.map((d) => d.id).reverse();
   return {
     keep: retention.keep,
-    deployments: [...new Set(retention.keep.map((d) => deploymentOf(byId.get(d.id)!)))].sort(),
+    deployments: deploymentsOf(retention.keep.map((d) => byId.get(d.id)!)),
     remove: retention.remove,
     manifests: removed.map((id) => keys.point(id)),
     summaries: [...removed.map((id) => keys.summary(id)), ...(await repo.orphanSummaries(new Set(byId.keys())))],

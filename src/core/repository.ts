@@ -5,6 +5,7 @@ import { POINT_ID, parseTimeSelector } from '../format/ids.js';
 import {
   FORMAT_VERSION,
   deploymentOf,
+  deploymentsOf,
   deploymentsSchema,
   keys,
   manifestSchema,
@@ -252,7 +253,7 @@ export class Repository {
     const before = await recorded;
     let names: string[];
     if ('names' in change) names = [...new Set(change.names)].sort();
-    else names = [...new Set([...(before ?? (await this.allSummaries()).map(deploymentOf)), change.adding])].sort();
+    else names = [...new Set([...(before ?? deploymentsOf(await this.allSummaries())), change.adding])].sort();
     if (before && before.length === names.length && before.every((n, i) => n === names[i])) return;
     await this.storage.putDocument(keys.deployments, encodeDocument({ format: 1, names } satisfies DeploymentsRecord));
   }
@@ -353,9 +354,4 @@ function safeJson(raw: Buffer): Record<string, unknown> | undefined {
   } catch {
     return undefined;
   }
-}
-
-/** The deployments these points belong to, sorted. */
-function deploymentsOf(summaries: readonly PointSummary[]): string[] {
-  return [...new Set(summaries.map(deploymentOf))].sort();
 }

@@ -24,6 +24,11 @@ export function deploymentOf(point: { deployment?: string | undefined }): string
   return point.deployment ?? DEFAULT_DEPLOYMENT;
 }
 
+/** The deployments these points belong to, each once, sorted. */
+export function deploymentsOf(points: readonly { deployment?: string | undefined }[]): string[] {
+  return [...new Set(points.map(deploymentOf))].sort();
+}
+
 /** A numeric user or group id, as stat gives it. */
 const ownerId = z.number().int().min(0).max(0xffffffff);
 

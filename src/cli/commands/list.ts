@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { deploymentOf, type PointSummary } from '../../format/manifest.js';
+import { deploymentOf, deploymentsOf, type PointSummary } from '../../format/manifest.js';
 import { openRepository, type CliContext } from '../context.js';
 import { formatBytes, table } from '../format.js';
 import { printResult } from '../output.js';
@@ -32,7 +32,7 @@ export async function runList(ctx: CliContext, flags: { all?: boolean } = {}): P
     // With a deployment named, its points alone: an id taken from the list (`.[-1].id`) is then one of its own.
     const scope = flags.all ? undefined : repo.deployment;
     const points = scope === undefined ? every : every.filter((m) => deploymentOf(m) === scope);
-    const others = scope === undefined ? [] : [...new Set(every.map(deploymentOf))].filter((d) => d !== scope).sort();
+    const others = scope === undefined ? [] : deploymentsOf(every).filter((d) => d !== scope);
     const pins = await readPins(repo.storage);
     const pinned = (id: string) => ({ pinned: pins.has(id), pinReason: pins.get(id)?.reason ?? null });
     printResult(ctx, points.map((m) => ({ ...pointJson(m), ...pinned(m.id) })), () => {
