@@ -334,7 +334,8 @@ describe('an S3 repository through the CLI', () => {
       } else {
         const started = Date.now();
         while (Date.now() - started < 20_000 && !(await uploadStarted(prefix, committed))) await new Promise((r) => setTimeout(r, 10));
-        const delay = Math.floor(rand() * 500);
+        // Within the upload, which takes a few hundred milliseconds here: half a second let some seeds miss it every time.
+        const delay = Math.floor(rand() * 100);
         await new Promise((r) => setTimeout(r, delay));
         when = `${delay} ms after its upload started`;
       }
