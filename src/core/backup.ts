@@ -11,7 +11,7 @@ import { localAccounts, namesOf } from '../format/accounts.js';
 import type { Notice, Progress, Reporter } from './events.js';
 import { acquireLock, describeLock, writerLockOptions } from './lock.js';
 import { chooseReference, type ReferenceChoice, countChanges, emptiedSince, emptySources, planBackup, type BackupPlan, type PlannedEntry } from './backup-plan.js';
-import { SMALL_FILE, SmallFilePrefetcher, type WholeFile } from './file-reader.js';
+import { SMALL_FILE, readWholeFile, type WholeFile } from './file-reader.js';
 import { Sha256Offload, type OffloadedDigest } from './hash-offload.js';
 import type { Repository } from './repository.js';
 import { scanSource, type ScannedEntry, type ScannedSource, type SourceSpec } from './scan.js';
@@ -194,15 +194,11 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
 
     await leftoversRemoved;
     sink = new VolumeSink(repo.storage, id, options.volumeSize ?? repo.config.volumeSize, options.concurrency ?? DEFAULT_TRANSFERS, options.signal);
-    const small = plan.entries.flatMap((p, position) =>
-      p.action !== 'reuse' && p.scanned.size <= SMALL_FILE ? [{ position, path: p.scanned.abs, size: p.scanned.size }] : [],
-    );
     const context: StoreContext = {
       pointId: id,
       // Started on first use: a backup that reads no large file (most incrementals) never waits for the thread.
       hasher: () => (hasher ??= new Sha256Offload()),
       sink,
-      prefetch: new SmallFilePrefetcher(small),
       progress: { phase: 'backup', filesDone: 0, filesTotal: plan.filesToRead, bytesDone: 0, bytesTotal: plan.bytesToRead },
       reporter,
       warn,
@@ -212,9 +208,9 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       signal: options.signal,
     };
     const stored: ManifestEntry[] = [];
-    for (const [position, planned] of plan.entries.entries()) {
+    for (const planned of plan.entries) {
       throwIfAborted(options.signal);
-      const entry = await storeEntry(planned, position, context);
+      const entry = await storeEntry(planned, context);
       if (entry) stored.push(entry);
     }
     const volumes = await sink.finish();
@@ -443,7 +439,6 @@ interface StoreContext {
   pointId: string;
   hasher: () => Sha256Offload;
   sink: VolumeSink;
-  prefetch: SmallFilePrefetcher;
   progress: Progress;
   reporter: Reporter;
   warn: (n: Omit<Notice, 'level'>) => void;
@@ -501,14 +496,13 @@ function unchangedFrom(prev: ManifestEntry | undefined, o: ReadOutcome): prev is
   return prev !== undefined && !o.torn && prev.sha256 === o.sha256 && prev.size === o.size && prev.ref !== undefined;
 }
 
-async function storeEntry(planned: PlannedEntry, position: number, ctx: StoreContext): Promise<ManifestEntry | undefined> {
+async function storeEntry(planned: PlannedEntry, ctx: StoreContext): Promise<ManifestEntry | undefined> {
   const s = planned.scanned;
-  if (s.type !== 'file' || s.nlink < 2) return storeOwnEntry(planned, position, ctx);
+  if (s.type !== 'file' || s.nlink < 2) return storeOwnEntry(planned, ctx);
   // Another name of a file already in this point is recorded as a link to it, and not read or stored again.
   const inode = `${s.dev}:${s.ino}`;
   const first = ctx.hardLinks.get(inode);
   if (first && first.source === s.source && first.size === s.size && first.mtimeNs === s.mtimeNs) {
-    ctx.prefetch.take(position)?.catch(() => undefined);
     if (planned.action !== 'reuse') {
       // Counted among the files to read when the plan was made.
       ctx.progress.filesDone++;
@@ -516,12 +510,12 @@ async function storeEntry(planned: PlannedEntry, position: number, ctx: StoreCon
     }
     return { ...baseEntry(s), sha256: first.sha256, ref: first.ref, link: first.path };
   }
-  const entry = await storeOwnEntry(planned, position, ctx);
+  const entry = await storeOwnEntry(planned, ctx);
   if (entry && !first) ctx.hardLinks.set(inode, entry);
   return entry;
 }
 
-async function storeOwnEntry(planned: PlannedEntry, position: number, ctx: StoreContext): Promise<ManifestEntry | undefined> {
+async function storeOwnEntry(planned: PlannedEntry, ctx: StoreContext): Promise<ManifestEntry | undefined> {
   const s = planned.scanned;
   const base = baseEntry(s);
   const name = volumeEntryName(s.source, s.path);
@@ -534,10 +528,10 @@ async function storeOwnEntry(planned: PlannedEntry, position: number, ctx: Store
   }
   if (planned.action === 'reuse') return withProbe({ ...base, sha256: planned.basis!.sha256, ref: planned.basis!.ref }, planned.basis!.probe);
 
-  const prefetched = ctx.prefetch.take(position);
-  if (!prefetched && planned.action === 'store') planned = await withLargeTwin(planned, ctx);
+  const small = s.size <= SMALL_FILE;
+  if (!small && planned.action === 'store') planned = await withLargeTwin(planned, ctx);
   for (let attempt = 1; ; attempt++) {
-    const stored = prefetched && attempt === 1 ? await storeWholeFile(await prefetched, planned, name, ctx) : await storeFileOnce(planned, name, ctx, attempt);
+    const stored = small && attempt === 1 ? await storeWholeFile(readWholeFile(s.abs, s.size), planned, name, ctx) : await storeFileOnce(planned, name, ctx, attempt);
     if (stored === 'vanished') {
       ctx.warn({ code: 'file-vanished', path: name, message: 'file disappeared before it could be read; not in this point' });
       return undefined;
