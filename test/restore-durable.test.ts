@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { test } from 'node:test';
-import { lifeboat } from './helpers/cli.js';
+import { lifeboat, runChild } from './helpers/cli.js';
 import { smallDeployment } from './helpers/repo.js';
 import { prng, writeRandomFile } from './helpers/tree.js';
 
@@ -62,14 +62,22 @@ test('a restore that succeeded has every file on disk', async (t) => {
   for (let i = 0; i < 30; i++) await fsp.writeFile(path.join(d.src, 'tok', `extra-${i}.json`), JSON.stringify({ i }));
   const backup = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'full']);
   assert.equal(backup.code, 0, backup.stderr);
-  const target = path.join(d.work, 'restored');
-  const restore = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', target]);
-  assert.equal(restore.code, 0, restore.stderr);
-  const files = await filesUnder(target);
-  assert.ok(files.length >= 34, `restored ${files.length} files`);
-  const pages = unwrittenPages(files)!;
-  const unwritten = [...pages].filter(([, n]) => n > 0);
-  assert.deepEqual(unwritten, [], 'restored files with pages not yet on disk');
+  // Small files are synced together by `sync -f`; without it (no coreutils on PATH here), one by one.
+  const noSync = path.join(d.work, 'empty-path');
+  await fsp.mkdir(noSync);
+  for (const [how, run] of [
+    ['with sync -f', (target: string) => lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', target])],
+    ['without sync on PATH', (target: string) => runChild(['--repo', d.repo, 'restore', 'latest', '--target', target], { env: { PATH: noSync } })],
+  ] as const) {
+    const target = path.join(d.work, `restored ${how}`);
+    const restore = await run(target);
+    assert.equal(restore.code, 0, restore.stderr);
+    const files = await filesUnder(target);
+    assert.ok(files.length >= 34, `restored ${files.length} files`);
+    const pages = unwrittenPages(files)!;
+    const unwritten = [...pages].filter(([, n]) => n > 0);
+    assert.deepEqual(unwritten, [], `restored ${how}: files with pages not yet on disk`);
+  }
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 

@@ -182,10 +182,10 @@ export async function moveIntoMountPoint(staging: string, target: string, replac
  * system (a source directory that is itself a mount point), copies it beside
  * its place, syncs the copy and renames that instead.
  */
-export async function moveFile(from: string, to: string): Promise<void> {
+export async function moveFile(from: string, to: string): Promise<'renamed' | 'copied'> {
   try {
     await fsp.rename(from, to);
-    return;
+    return 'renamed';
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
   }
@@ -199,6 +199,7 @@ export async function moveFile(from: string, to: string): Promise<void> {
     throw err;
   }
   await fsp.rm(from);
+  return 'copied';
 }
 
 /**

@@ -1,6 +1,7 @@
 import { constants as fsConstants, type BigIntStats } from 'node:fs';
 import { closeFd, openFd, syncFd, writeFd } from './fd.js';
 import * as fsp from 'node:fs/promises';
+import { spawn } from 'node:child_process';
 
 /** Writes all of `chunk` at `position`; resolves once the chunk may be reused. */
 export async function writeAt(fh: fsp.FileHandle, chunk: Uint8Array, position: number): Promise<void> {
@@ -105,4 +106,18 @@ export async function readRegularFile(file: string): Promise<string> {
   } finally {
     await handle.close();
   }
+}
+
+/**
+ * syncfs(2) on the file system that holds `dir`, through coreutils' `sync -f`
+ * (Node has no binding for it). False where it could not be done (not Linux,
+ * no `sync`, or one without -f): the caller syncs file by file instead.
+ */
+export function syncFileSystem(dir: string): Promise<boolean> {
+  if (process.platform !== 'linux') return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const child = spawn('sync', ['-f', dir], { stdio: 'ignore' });
+    child.on('error', () => resolve(false));
+    child.on('close', (code) => resolve(code === 0));
+  });
 }
