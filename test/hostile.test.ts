@@ -132,6 +132,17 @@ test('manifest paths that are absolute, contain .., or lead through a symlink ar
       /parent .* is a symlink/,
     ],
     [
+      // No entry for tok/sub: the nearest ancestor the manifest lists is the link, two levels up.
+      'write through a symlink further up',
+      (m) => {
+        const dir = fileEntry(m, 'tok');
+        Object.assign(dir, { type: 'symlink', target: 'tok-real', mode: 0o777 });
+        m.entries.push({ ...dir, path: 'tok-real', type: 'dir', mode: 0o755, target: undefined });
+        for (const e of m.entries) if (e.path.startsWith('tok/')) e.path = `tok/sub/${e.path.slice(4)}`;
+      },
+      /tok\/sub\/.*: its parent models\/tok is a symlink/,
+    ],
+    [
       'symlink that escapes',
       (m) => m.entries.push({ source: 'models', path: 'escape', type: 'symlink', mode: 0o777, mtimeNs: '0', size: 0, target: '../../../etc' }),
       /leads outside/,

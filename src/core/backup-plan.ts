@@ -1,3 +1,4 @@
+import { PathIndex } from './path-index.js';
 import type { BackupType } from '../format/ids.js';
 import type { ContentRef, Manifest, ManifestEntry, PointSummary } from '../format/manifest.js';
 import type { ScannedEntry, ScannedSource } from './scan.js';
@@ -82,15 +83,20 @@ const RACY_WINDOW_MS = 2000;
  */
 export function planBackup(scanned: readonly ScannedEntry[], reference: Manifest | undefined): BackupPlan {
   const racyAfterNs = reference ? BigInt(Date.parse(reference.startedAt) - RACY_WINDOW_MS) * 1_000_000n : 0n;
-  const previous = new Map<string, ManifestEntry>();
-  const byInode = new Map<string, ManifestEntry>();
-  for (const e of reference?.entries ?? []) {
-    previous.set(entryKey(e.source, e.path), e);
-    if (reusable(e) && e.ino !== undefined) byInode.set(inodeKey(e.ino, e.size, e.mtimeNs), e);
-  }
+  const previous = new PathIndex<ManifestEntry>();
+  for (const e of reference?.entries ?? []) previous.set(e.source, e.path, e);
+  // Built when a file first does not match its path's entry: an unchanged incremental never needs it.
+  let byInode: Map<string, ManifestEntry> | undefined;
+  const movedFrom = (s: ScannedEntry): ManifestEntry | undefined => {
+    if (!byInode) {
+      byInode = new Map();
+      for (const e of reference?.entries ?? []) if (reusable(e) && e.ino !== undefined) byInode.set(inodeKey(e.ino, e.size, e.mtimeNs), e);
+    }
+    return byInode.get(inodeKey(s.ino, s.size, s.mtimeNs));
+  };
   const plan: BackupPlan = { entries: [], bytesToRead: 0, filesToRead: 0 };
   for (const s of scanned) {
-    const atPath = previous.get(entryKey(s.source, s.path));
+    const atPath = previous.get(s.source, s.path);
     let basis: ManifestEntry | undefined;
     let action: ContentAction = 'reuse';
     let inVolume = false;
@@ -98,7 +104,7 @@ export function planBackup(scanned: readonly ScannedEntry[], reference: Manifest
       const timesAtPath = reusable(atPath) && atPath.size === s.size && atPath.mtimeNs === s.mtimeNs;
       // Moved or renamed since (a model directory rotated from current/ to previous/): the inode
       // still holds the old path's content, so it is compared with that instead of stored again.
-      const prev = timesAtPath ? atPath : (byInode.get(inodeKey(s.ino, s.size, s.mtimeNs)) ?? atPath);
+      const prev = timesAtPath ? atPath : (movedFrom(s) ?? atPath);
       const timesSame = reusable(prev) && prev.size === s.size && prev.mtimeNs === s.mtimeNs;
       // Same size and mtime under another inode: copied with its times kept (a failover's new slot,
       // cp -a, rsync -a, a FUSE remount), most likely the same bytes. Same inode too, but a new change
@@ -139,19 +145,19 @@ export interface ChangeCounts {
  */
 export function countChanges(entries: readonly ManifestEntry[], reference: Manifest | undefined): ChangeCounts {
   const counts: ChangeCounts = { added: 0, changed: 0, removed: 0 };
-  const previous = new Map<string, ManifestEntry>();
-  for (const e of reference?.entries ?? []) if (e.type !== 'dir') previous.set(entryKey(e.source, e.path), e);
-  const seen = new Set<string>();
+  const previous = new PathIndex<ManifestEntry>();
+  for (const e of reference?.entries ?? []) if (e.type !== 'dir') previous.set(e.source, e.path, e);
+  // A point lists each path once, so the reference's paths not matched are the ones removed.
+  let matched = 0;
   for (const e of entries) {
     if (e.type === 'dir') continue;
-    const key = entryKey(e.source, e.path);
-    seen.add(key);
-    const prev = previous.get(key);
+    const prev = previous.get(e.source, e.path);
+    if (prev) matched++;
     if (!prev) counts.added++;
     else if (prev.type !== e.type || prev.sha256 !== e.sha256 || prev.size !== e.size || prev.mode !== e.mode || prev.target !== e.target || (e.type === 'file' && prev.mtimeNs !== e.mtimeNs)) {
       counts.changed++;
     }
   }
-  for (const key of previous.keys()) if (!seen.has(key)) counts.removed++;
+  counts.removed = previous.size - matched;
   return counts;
 }

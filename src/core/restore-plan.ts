@@ -3,6 +3,7 @@ import { IntegrityError, UsageError } from '../errors.js';
 import type { Manifest, ManifestEntry, VolumeRecord } from '../format/manifest.js';
 import { assertSafePath, checkSourceName, comparePaths, linkStaysInside } from '../format/paths.js';
 import { entryKey } from './backup-plan.js';
+import { PathIndex } from './path-index.js';
 import type { Repository } from './repository.js';
 
 export interface VolumeJob {
@@ -47,22 +48,23 @@ export async function planRestore(
     }
     sources.add(s.name);
   }
-  const byKey = new Map<string, ManifestEntry>();
+  const byPath = new PathIndex<ManifestEntry>();
   for (const e of manifest.entries) {
     if (!sources.has(e.source)) throw new IntegrityError(`manifest of ${manifest.id}: ${e.path} belongs to unknown source ${e.source}`);
     assertSafePath(e.path, `manifest path in ${manifest.id}:`);
-    const key = entryKey(e.source, e.path);
-    if (byKey.has(key)) throw new IntegrityError(`manifest of ${manifest.id} lists ${e.source}/${e.path} twice`);
-    byKey.set(key, e);
+    if (byPath.has(e.source, e.path)) throw new IntegrityError(`manifest of ${manifest.id} lists ${e.source}/${e.path} twice`);
+    byPath.set(e.source, e.path, e);
   }
   for (const e of manifest.entries) {
-    // Every ancestor must be a directory of the point: a write never goes through a link or a file.
-    const parts = e.path.split('/');
-    for (let i = 1; i < parts.length; i++) {
-      const parent = byKey.get(entryKey(e.source, parts.slice(0, i).join('/')));
-      if (parent && parent.type !== 'dir') {
+    // Every ancestor must be a directory of the point: a write never goes through a link or a file. The
+    // nearest ancestor the point lists settles it, since its own ancestors are checked with it.
+    for (let end = e.path.lastIndexOf('/'); end > 0; end = e.path.lastIndexOf('/', end - 1)) {
+      const parent = byPath.get(e.source, e.path.slice(0, end));
+      if (!parent) continue;
+      if (parent.type !== 'dir') {
         throw new IntegrityError(`refusing ${e.source}/${e.path} of ${manifest.id}: its parent ${e.source}/${parent.path} is a ${parent.type}, not a directory`);
       }
+      break;
     }
     if (e.type === 'symlink') {
       if (!e.target || !linkStaysInside(e.path, e.target)) {
@@ -73,7 +75,7 @@ export async function planRestore(
       throw new IntegrityError(`manifest of ${manifest.id}: file ${e.source}/${e.path} has no checksum or content reference`);
     }
     if (e.link !== undefined) {
-      const to = byKey.get(entryKey(e.source, e.link));
+      const to = byPath.get(e.source, e.link);
       if (e.type !== 'file' || !to || to.type !== 'file' || to.link !== undefined || comparePaths(to.path, e.path) >= 0 || to.sha256 !== e.sha256 || to.size !== e.size) {
         throw new IntegrityError(`refusing ${e.source}/${e.path} of ${manifest.id}: it is recorded as a hard link to ${JSON.stringify(e.link)}, which is not an earlier file with the same content`);
       }
@@ -94,7 +96,7 @@ export async function planRestore(
   const written = new Set(files);
   const links: RestorePlan['links'] = [];
   for (const f of files) {
-    const to = f.link === undefined ? undefined : byKey.get(entryKey(f.source, f.link))!;
+    const to = f.link === undefined ? undefined : byPath.get(f.source, f.link)!;
     if (to && options.hardLinks !== false && written.has(to)) links.push({ entry: f, to });
   }
   for (const { entry } of links) written.delete(entry);
