@@ -11,7 +11,7 @@ import { localAccounts, namesOf } from '../format/accounts.js';
 import type { Notice, Progress, Reporter } from './events.js';
 import { acquireLock, describeLock, writerLockOptions } from './lock.js';
 import { chooseReference, type ReferenceChoice, countChanges, emptiedSince, emptySources, planBackup, type BackupPlan, type PlannedEntry } from './backup-plan.js';
-import { SMALL_FILE, readWholeFile, type WholeFile } from './file-reader.js';
+import { SMALL_FILE, SmallFileReader, type WholeFile } from './file-reader.js';
 import { Sha256Offload, type OffloadedDigest } from './hash-offload.js';
 import type { Repository } from './repository.js';
 import { scanSource, type ScannedEntry, type ScannedSource, type SourceSpec } from './scan.js';
@@ -194,11 +194,15 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
 
     await leftoversRemoved;
     sink = new VolumeSink(repo.storage, id, options.volumeSize ?? repo.config.volumeSize, options.concurrency ?? DEFAULT_TRANSFERS, options.signal);
+    const small = plan.entries.flatMap((p, position) =>
+      p.scanned.type === 'file' && p.action !== 'reuse' && p.scanned.size <= SMALL_FILE ? [{ position, path: p.scanned.abs, size: p.scanned.size }] : [],
+    );
     const context: StoreContext = {
       pointId: id,
       // Started on first use: a backup that reads no large file (most incrementals) never waits for the thread.
       hasher: () => (hasher ??= new Sha256Offload()),
       sink,
+      smallFiles: new SmallFileReader(small),
       progress: { phase: 'backup', filesDone: 0, filesTotal: plan.filesToRead, bytesDone: 0, bytesTotal: plan.bytesToRead },
       reporter,
       warn,
@@ -208,9 +212,9 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       signal: options.signal,
     };
     const stored: ManifestEntry[] = [];
-    for (const planned of plan.entries) {
+    for (const [position, planned] of plan.entries.entries()) {
       throwIfAborted(options.signal);
-      const entry = await storeEntry(planned, context);
+      const entry = await storeEntry(planned, position, context);
       if (entry) stored.push(entry);
     }
     const volumes = await sink.finish();
@@ -439,6 +443,7 @@ interface StoreContext {
   pointId: string;
   hasher: () => Sha256Offload;
   sink: VolumeSink;
+  smallFiles: SmallFileReader;
   progress: Progress;
   reporter: Reporter;
   warn: (n: Omit<Notice, 'level'>) => void;
@@ -496,9 +501,9 @@ function unchangedFrom(prev: ManifestEntry | undefined, o: ReadOutcome): prev is
   return prev !== undefined && !o.torn && prev.sha256 === o.sha256 && prev.size === o.size && prev.ref !== undefined;
 }
 
-async function storeEntry(planned: PlannedEntry, ctx: StoreContext): Promise<ManifestEntry | undefined> {
+async function storeEntry(planned: PlannedEntry, position: number, ctx: StoreContext): Promise<ManifestEntry | undefined> {
   const s = planned.scanned;
-  if (s.type !== 'file' || s.nlink < 2) return storeOwnEntry(planned, ctx);
+  if (s.type !== 'file' || s.nlink < 2) return storeOwnEntry(planned, position, ctx);
   // Another name of a file already in this point is recorded as a link to it, and not read or stored again.
   const inode = `${s.dev}:${s.ino}`;
   const first = ctx.hardLinks.get(inode);
@@ -510,12 +515,12 @@ async function storeEntry(planned: PlannedEntry, ctx: StoreContext): Promise<Man
     }
     return { ...baseEntry(s), sha256: first.sha256, ref: first.ref, link: first.path };
   }
-  const entry = await storeOwnEntry(planned, ctx);
+  const entry = await storeOwnEntry(planned, position, ctx);
   if (entry && !first) ctx.hardLinks.set(inode, entry);
   return entry;
 }
 
-async function storeOwnEntry(planned: PlannedEntry, ctx: StoreContext): Promise<ManifestEntry | undefined> {
+async function storeOwnEntry(planned: PlannedEntry, position: number, ctx: StoreContext): Promise<ManifestEntry | undefined> {
   const s = planned.scanned;
   const base = baseEntry(s);
   const name = volumeEntryName(s.source, s.path);
@@ -528,10 +533,10 @@ async function storeOwnEntry(planned: PlannedEntry, ctx: StoreContext): Promise<
   }
   if (planned.action === 'reuse') return withProbe({ ...base, sha256: planned.basis!.sha256, ref: planned.basis!.ref }, planned.basis!.probe);
 
-  const small = s.size <= SMALL_FILE;
-  if (!small && planned.action === 'store') planned = await withLargeTwin(planned, ctx);
+  const whole = ctx.smallFiles.take(position);
+  if (!whole && planned.action === 'store') planned = await withLargeTwin(planned, ctx);
   for (let attempt = 1; ; attempt++) {
-    const stored = small && attempt === 1 ? await storeWholeFile(readWholeFile(s.abs, s.size), planned, name, ctx) : await storeFileOnce(planned, name, ctx, attempt);
+    const stored = whole && attempt === 1 ? await storeWholeFile(await whole, planned, name, ctx) : await storeFileOnce(planned, name, ctx, attempt);
     if (stored === 'vanished') {
       ctx.warn({ code: 'file-vanished', path: name, message: 'file disappeared before it could be read; not in this point' });
       return undefined;
