@@ -12,6 +12,7 @@
  *   LIFEBOAT_BENCH_RUNS=3           times each step runs; the fastest run is reported
  *   LIFEBOAT_BENCH_KEEP=1           keep the deployment, archives and repositories in .bench/
  *   LIFEBOAT_BENCH_PROFILE=1        run lifeboat with --cpu-prof (profiles in .bench/profiles/)
+ *   LIFEBOAT_BENCH_MANY_FILES=100000  files of the many-small-files deployment (0: leave it out)
  *   LIFEBOAT_BENCH_S3_REPO=s3://…   also run the lifeboat steps against this repository
  *   LIFEBOAT_BENCH_S3_ARGS="…"      extra global flags for it (e.g. --s3-endpoint URL --s3-path-style);
  *                                   credentials come from the usual AWS environment
@@ -55,6 +56,8 @@ export interface PairRuns {
   step: string;
   seconds: number[];
   ratios: number[];
+  /** The other step's highest peak RSS. */
+  peakRssMiB: number;
 }
 
 /** A step to time right before each run of another, and what to do (untimed) before it. */
@@ -81,7 +84,7 @@ async function fastest(
   let best: Measurement | undefined;
   let peak = 0;
   const allSeconds: number[] = [];
-  const pairs: PairRuns | undefined = paired ? { step: paired.step, seconds: [], ratios: [] } : undefined;
+  const pairs: PairRuns | undefined = paired ? { step: paired.step, seconds: [], ratios: [], peakRssMiB: 0 } : undefined;
   for (let i = 0; i < runs; i++) {
     let before: Measurement | undefined;
     if (paired) {
@@ -94,6 +97,7 @@ async function fastest(
     if (pairs && before) {
       pairs.seconds.push(before.seconds);
       pairs.ratios.push(m.seconds / before.seconds);
+      pairs.peakRssMiB = Math.max(pairs.peakRssMiB, before.peakRssMiB);
     }
     peak = Math.max(peak, m.peakRssMiB);
     if (!best || m.seconds < best.seconds) best = m;
@@ -495,6 +499,77 @@ export async function benchRepository(
   return steps;
 }
 
+/**
+ * A deployment of many small files (100,000 by default: the configs, logs and
+ * feature files of a model store that has run for a while), where the cost
+ * per file, not per byte, decides: `tar -cf`, a full backup, an unchanged
+ * incremental, `tar -xf` and a restore. Runs are paired with tar's as in the
+ * main deployment; there are no targets, only the ratios.
+ */
+/** The runs of a step that was only run paired with another, as a result of its own. */
+function pairedStepResult(group: string, pairs: PairRuns): Omit<StepResult, 'mibPerSec'> {
+  return { step: pairs.step, group, seconds: Math.min(...pairs.seconds), allSeconds: pairs.seconds, peakRssMiB: pairs.peakRssMiB };
+}
+
+const MANY_FILES = 'many files';
+
+export async function benchManyFiles(ctx: BenchContext, count: number): Promise<void> {
+  const G = MANY_FILES;
+  const dir = path.join(ctx.dir, 'many-files');
+  ctx.log(`[${G}] generating a deployment of ${count} small files …`);
+  const generated = await generateDeployment(path.join(dir, 'deployment'), { seed: 4, shards: 1, shardBytes: MiB, onnxBytes: MiB, smallFiles: count, mtime: new Date('2025-06-01T00:00:00Z') });
+  ctx.log(`  ${generated.files} files, ${(generated.bytes / MiB).toFixed(0)} MiB`);
+  const sub: BenchContext = { dir, deployment: generated.root, deploymentBytes: generated.bytes, steps: ctx.steps, log: ctx.log };
+  const archive = path.join(dir, 'deployment.tar');
+  // Each run extracts and restores into a directory of its own, all removed at the end: on an ext4 without
+  // a journal, files created within a minute or more of the removal of 100,000 others take many times as long
+  // (the allocator passes over inodes freed so recently), which had made runs take 2.6 to 57 s.
+  const out = (run: number) => path.join(dir, `tar-extract-${run}`);
+  const restored = (run: number) => path.join(dir, `restore-${run}`);
+  const tarCreate: PairedStep = {
+    step: `${G}: tar -cf`,
+    prepare: async () => {
+      await fsp.rm(archive, { force: true });
+      await warm([generated.root]);
+    },
+    run: () => measure('tar', ['-cf', archive, 'deployment'], { cwd: dir }),
+  };
+  const tarExtract: PairedStep = {
+    step: `${G}: tar -xf`,
+    prepare: async (run) => {
+      await fsp.mkdir(out(run));
+      await warm([archive]);
+    },
+    run: (run) => measure('tar', ['-xf', archive, '-C', out(run)], { cwd: dir }),
+  };
+  const target: RepositoryTarget = { label: G, repo: path.join(dir, 'repo'), localDir: path.join(dir, 'repo') };
+  const ratio = (m: { seconds: number; pairs?: PairRuns }) => (m.pairs ? { step: m.pairs.step.slice(G.length + 2), ratio: median(m.pairs.ratios) } : undefined);
+
+  ctx.log(`[${G}] full backup, each run after tar -cf`);
+  const fullStep = fullBackupStep(sub, target);
+  let m = await fastest(RUNS, fullStep.prepare, fullStep.run, tarCreate);
+  record(sub, pairedStepResult(G, m.pairs!));
+  const full = record(sub, { step: fullStep.step, group: G, ...timing(m), vsTar: ratio(m), vsFull: 1 });
+
+  ctx.log(`[${G}] incremental, nothing changed`);
+  m = await fastest(RUNS, () => warm([generated.root]).then(() => undefined), () => lifeboat(sub, target, ['backup', 'deployment', '--type', 'incr', '--json']));
+  record(sub, { step: `${G}: incr, unchanged`, group: G, ...timing(m), vsFull: m.seconds / full.seconds });
+
+  ctx.log(`[${G}] restore latest, each run after tar -xf`);
+  m = await fastest(
+    RUNS,
+    () => warm([target.localDir!]).then(() => undefined),
+    (run) => lifeboat(sub, target, ['restore', 'latest', '--target', restored(run), '--json']),
+    tarExtract,
+  );
+  record(sub, pairedStepResult(G, m.pairs!));
+  record(sub, { step: `${G}: restore latest`, group: G, ...timing(m), vsTar: ratio(m) });
+  const check = await compareTrees(generated.root, path.join(restored(RUNS - 1), 'deployment'));
+  if (check.problems.length > 0) throw new Error(`[${G}] the restore differs from the deployment: ${check.problems.slice(0, 5).join('; ')}`);
+  ctx.log(`  restore checked: ${check.files} files identical to the deployment`);
+  await fsp.rm(dir, { recursive: true, force: true });
+}
+
 // ---------------------------------------------------------------------------
 // Report
 
@@ -577,6 +652,8 @@ async function main(): Promise<void> {
     },
   );
   await fsp.rm(scratchRepo.localDir!, { recursive: true, force: true });
+  const manyFiles = Math.floor(Number(process.env.LIFEBOAT_BENCH_MANY_FILES ?? '100000'));
+  if (manyFiles > 0) await benchManyFiles(ctx, manyFiles);
   if (process.env.LIFEBOAT_BENCH_S3_REPO) {
     const args = (process.env.LIFEBOAT_BENCH_S3_ARGS ?? '').split(/\s+/).filter(Boolean);
     await benchRepository(ctx, { label: 's3', repo: process.env.LIFEBOAT_BENCH_S3_REPO, args }, { mutateSeed: 3 });
@@ -588,7 +665,7 @@ async function main(): Promise<void> {
   log('MiB/s is the deployment size over wall time; CPU s is user + system time of the process;');
   log('"vs tar" and "vs full" are ratios of wall times, "vs full" to the same repository\'s full backup.');
   // Each other repository kind against the plain local one, step by step (the cost of S3, of encryption).
-  for (const group of [...new Set(ctx.steps.map((s) => s.group))].filter((g) => g !== 'local' && g !== 'baseline')) {
+  for (const group of [...new Set(ctx.steps.map((s) => s.group))].filter((g) => g !== 'local' && g !== 'baseline' && g !== MANY_FILES)) {
     const pairs = ctx.steps
       .filter((s) => s.group === group)
       .map((s) => ({ step: s.step.slice(group.length + 2), s, local: ctx.steps.find((l) => l.group === 'local' && l.step === `local: ${s.step.slice(group.length + 2)}`) }))
