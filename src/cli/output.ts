@@ -56,16 +56,21 @@ export function logNotice(ctx: CliContext, n: Notice): void {
 export class ProgressRenderer implements Reporter {
   private spinner?: Ora;
   private stopped = false;
-  private readonly started = Date.now();
+  private readonly started: number;
   private lastPlain = 0;
   private last?: Progress;
-  /** When the current phase began: its rate and ETA count from there. */
-  private phaseStarted = Date.now();
+  /**
+   * When the current phase sent its first progress, and its bytes then: its rate and ETA count from
+   * there, not from the start of the command (a verify --read-data may check manifests for minutes first).
+   */
+  private phase = { started: 0, bytes: 0 };
 
   constructor(
     private readonly ctx: CliContext,
     private readonly label: string,
+    private readonly now: () => number = Date.now,
   ) {
+    this.started = now();
     if (ctx.interactive && !ctx.quiet) {
       // ora (and its terminal-width tables) is loaded only when there is a terminal to spin on.
       void import('ora').then(({ default: ora }) => {
@@ -76,14 +81,14 @@ export class ProgressRenderer implements Reporter {
   }
 
   progress(p: Progress): void {
-    if (this.last && this.last.phase !== p.phase) this.phaseStarted = Date.now();
+    if (this.last?.phase !== p.phase) this.phase = { started: this.now(), bytes: p.bytesDone };
     this.last = p;
     if (this.ctx.quiet) return;
     if (this.spinner) {
       this.spinner.text = this.describe(p);
       return;
     }
-    const now = Date.now();
+    const now = this.now();
     if (now - this.lastPlain >= PLAIN_PROGRESS_EVERY_MS) {
       if (this.lastPlain !== 0 || now - this.started >= PLAIN_PROGRESS_EVERY_MS) log(this.ctx, this.describe(p));
       this.lastPlain = now;
@@ -100,9 +105,9 @@ export class ProgressRenderer implements Reporter {
   }
 
   private describe(p: Progress): string {
-    const elapsed = (Date.now() - this.phaseStarted) / 1000;
+    const elapsed = (this.now() - this.phase.started) / 1000;
     if (p.phase === 'scan') return `${this.label}: scanning, ${p.filesDone} entries, ${formatBytes(p.bytesDone)}`;
-    const rate = elapsed > 0 ? p.bytesDone / elapsed : 0;
+    const rate = elapsed > 0 ? (p.bytesDone - this.phase.bytes) / elapsed : 0;
     const parts = [p.phase === 'compare' ? `${this.label}: checking what is already there,` : `${this.label}:`];
     if (p.bytesTotal > 0) {
       parts.push(`${formatBytes(p.bytesDone)} / ${formatBytes(p.bytesTotal)} (${Math.floor((100 * p.bytesDone) / p.bytesTotal)}%)`);

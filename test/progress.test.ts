@@ -1,0 +1,61 @@
+/**
+ * The plain progress line (stderr not a terminal): its rate and ETA count
+ * from the phase's first report, not from the start of the command, which
+ * may have spent minutes on other work first.
+ */
+import assert from 'node:assert/strict';
+import { PassThrough } from 'node:stream';
+import { test } from 'node:test';
+import type { CliContext } from '../src/cli/context.js';
+import { ProgressRenderer } from '../src/cli/output.js';
+import type { Progress } from '../src/core/events.js';
+
+function plainContext(): { ctx: CliContext; lines: () => string[] } {
+  const stderr = new PassThrough();
+  let text = '';
+  stderr.on('data', (chunk: Buffer) => (text += chunk.toString()));
+  const ctx: CliContext = {
+    cwd: process.cwd(),
+    env: {},
+    stdout: new PassThrough(),
+    stderr,
+    interactive: false,
+    color: false,
+    json: false,
+    quiet: false,
+    debug: false,
+    signal: new AbortController().signal,
+    global: {},
+  };
+  return { ctx, lines: () => text.split('\n').filter(Boolean) };
+}
+
+const MiB = 1 << 20;
+const verify = (bytesDone: number): Progress => ({ phase: 'verify', filesDone: 1, filesTotal: 10, bytesDone, bytesTotal: 1000 * MiB });
+
+test('progress counts its rate and ETA from the first report of its phase', () => {
+  const { ctx, lines } = plainContext();
+  let clock = 1_000_000;
+  const renderer = new ProgressRenderer(ctx, 'verify', () => clock);
+  // Two minutes of checking manifests before any data is read.
+  clock += 120_000;
+  renderer.progress(verify(10 * MiB));
+  // Then 90 MiB more in 10 s: 9 MiB/s, and the 900 MiB left take 100 s.
+  clock += 10_000;
+  renderer.progress(verify(100 * MiB));
+  const last = lines().at(-1)!;
+  assert.match(last, /verify: {2}100\.0 MiB \/ 1000\.0 MiB \(10%\) {2}1\/10 files {2}9\.0 MiB\/s {2}ETA 1m40s$/);
+});
+
+test('a new phase starts its own rate', () => {
+  const { ctx, lines } = plainContext();
+  let clock = 0;
+  const renderer = new ProgressRenderer(ctx, 'restore', () => clock);
+  clock += 6_000;
+  renderer.progress({ phase: 'compare', filesDone: 5, filesTotal: 5, bytesDone: 500 * MiB, bytesTotal: 500 * MiB });
+  clock += 1_000;
+  renderer.progress({ phase: 'restore', filesDone: 0, filesTotal: 5, bytesDone: 0, bytesTotal: 200 * MiB });
+  clock += 10_000;
+  renderer.progress({ phase: 'restore', filesDone: 2, filesTotal: 5, bytesDone: 50 * MiB, bytesTotal: 200 * MiB });
+  assert.match(lines().at(-1)!, /restore: {2}50\.0 MiB \/ 200\.0 MiB \(25%\) {2}2\/5 files {2}5\.0 MiB\/s {2}ETA 30\.0s$/);
+});
