@@ -11,7 +11,8 @@ import * as path from 'node:path';
 import { test } from 'node:test';
 import { lifeboat, runChild } from './helpers/cli.js';
 import { smallDeployment } from './helpers/repo.js';
-import { prng, writeRandomFile } from './helpers/tree.js';
+import { MANY_SMALL_FILES } from '../src/core/restore.js';
+import { MODES, compareSnapshots, pick, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile } from './helpers/tree.js';
 
 const PROBE = `
 import ctypes, os, sys
@@ -62,7 +63,7 @@ test('a restore that succeeded has every file on disk', async (t) => {
   for (let i = 0; i < 30; i++) await fsp.writeFile(path.join(d.src, 'tok', `extra-${i}.json`), JSON.stringify({ i }));
   const backup = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'full']);
   assert.equal(backup.code, 0, backup.stderr);
-  // Small files are synced together by `sync -f`; without it (no coreutils on PATH here), one by one.
+  // Without coreutils on PATH, lifeboat cannot use `sync -f`; with this few small files it does not need to.
   const noSync = path.join(d.work, 'empty-path');
   await fsp.mkdir(noSync);
   for (const [how, run] of [
@@ -79,6 +80,56 @@ test('a restore that succeeded has every file on disk', async (t) => {
     assert.deepEqual(unwritten, [], `restored ${how}: files with pages not yet on disk`);
   }
   await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('a restore of many small files writes them with their modes, times and owners and syncs them together, with sync -f or file by file without it', async (t) => {
+  const seed = seedFromEnv();
+  t.diagnostic(`seed ${seed} (replay with LIFEBOAT_TEST_SEED=${seed})`);
+  const rand = prng(seed);
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'configs');
+  const owned: string[] = [];
+  // Enough small files for the restore to write them on the main thread and sync them together.
+  for (let i = 0; i < MANY_SMALL_FILES + 50; i++) {
+    const dir = path.join(src, `run-${i % 40}`);
+    if (i < 40) await fsp.mkdir(dir, { recursive: true });
+    const file = path.join(dir, `step-${i}.json`);
+    await fsp.writeFile(file, JSON.stringify({ i, loss: rand() }).repeat(1 + Math.floor(rand() * 40)));
+    const when = new Date(Date.UTC(2025, 0, 1) + Math.floor(rand() * 3e10));
+    await fsp.utimes(file, when, when);
+    // A change of owner after the mode would clear set-user-ID: the mode must survive it.
+    if (i % 1000 === 7 && process.getuid?.() === 0) {
+      await fsp.chown(file, 4321, 8765);
+      await fsp.chmod(file, 0o4755);
+      owned.push(path.relative(src, file));
+    } else await fsp.chmod(file, pick(rand, MODES));
+  }
+  const expected = await snapshotTree(src);
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const backup = await lifeboat(['--repo', repo, 'backup', src]);
+  assert.equal(backup.code, 0, backup.stderr);
+  const noSync = path.join(work, 'empty-path');
+  await fsp.mkdir(noSync);
+  for (const [how, run] of [
+    ['with sync -f', (target: string) => lifeboat(['--repo', repo, 'restore', 'latest', '--target', target])],
+    ['without sync on PATH', (target: string) => runChild(['--repo', repo, 'restore', 'latest', '--target', target], { env: { PATH: noSync } })],
+  ] as const) {
+    const target = path.join(work, `restored ${how}`);
+    const restore = await run(target);
+    assert.equal(restore.code, 0, restore.stderr);
+    const root = path.join(target, 'configs');
+    const files = [...expected].filter(([, e]) => e.type === 'file').map(([p]) => path.join(root, p));
+    const pages = unwrittenPages(files);
+    if (pages) assert.deepEqual([...pages].filter(([, n]) => n > 0), [], `restored ${how}: files with pages not yet on disk`);
+    else t.diagnostic('python3 or cachestat(2) missing: durability not observed');
+    assert.equal(compareSnapshots(expected, await snapshotTree(root)), undefined, `restored ${how}: the tree as it was`);
+    for (const rel of owned) {
+      const st = await fsp.stat(path.join(root, rel));
+      assert.deepEqual([st.uid, st.gid, st.mode & 0o7777], [4321, 8765, 0o4755], `restored ${how}: ${rel} keeps its owner and set-user-ID`);
+    }
+  }
 });
 
 test('a restore takes over the newest staging directory that killed restores left beside its target, removes older ones, and leaves what a killed --force set aside', async () => {

@@ -152,9 +152,12 @@ export function countChanges(entries: readonly ManifestEntry[], reference: Manif
   for (const e of entries) {
     if (e.type === 'dir') continue;
     const prev = previous.get(e.source, e.path);
-    if (prev) matched++;
-    if (!prev) counts.added++;
-    else if (prev.type !== e.type || prev.sha256 !== e.sha256 || prev.size !== e.size || prev.mode !== e.mode || prev.target !== e.target || (e.type === 'file' && prev.mtimeNs !== e.mtimeNs)) {
+    if (!prev) {
+      counts.added++;
+      continue;
+    }
+    matched++;
+    if (prev.type !== e.type || prev.sha256 !== e.sha256 || prev.size !== e.size || prev.mode !== e.mode || prev.target !== e.target || (e.type === 'file' && prev.mtimeNs !== e.mtimeNs)) {
       counts.changed++;
     }
   }
