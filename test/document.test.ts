@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { isDeepStrictEqual } from 'node:util';
 import * as z from 'zod';
 import { IntegrityError } from '../src/errors.js';
 import { decodeDocument, encodeDocument } from '../src/format/document.js';
@@ -26,6 +27,14 @@ function indented(body: Record<string, unknown>): Buffer {
   return Buffer.from(`${JSON.stringify({ ...body, checksum }, null, 1)}\n`);
 }
 
+function sameContent(a: Buffer, b: Buffer): boolean {
+  try {
+    return isDeepStrictEqual(JSON.parse(a.toString('utf8')), JSON.parse(b.toString('utf8')));
+  } catch {
+    return false;
+  }
+}
+
 test('documents are compact, their checksum covers their own bytes, and any changed byte is found; indented ones still read (randomized)', () => {
   const seed = testSeed('documents');
   const random = seededRandom(seed);
@@ -45,6 +54,9 @@ test('documents are compact, their checksum covers their own bytes, and any chan
       const at = Math.floor(random() * (form.length - 1));
       const damaged = Buffer.from(form);
       damaged[at] = damaged[at]! ^ (1 << Math.floor(random() * 7));
+      // The indented form is checked by its content: a change of spelling only (the last digit of a fraction
+      // that still reads as the same double) leaves the content, and its checksum, as they were.
+      if (form !== encoded && sameContent(damaged, form)) continue;
       assert.throws(() => decodeDocument(damaged, anything, 'doc'), IntegrityError, `seed ${seed} round ${round}: byte ${at} of ${form === encoded ? 'compact' : 'indented'} changed`);
     }
   }
