@@ -304,12 +304,7 @@ interface FetchContext {
   pageCache?: boolean;
   signal?: AbortSignal;
   owners: OwnerMapping | undefined;
-  written: SmallFilesWritten;
-}
-
-/** Small files written without a sync of their own, and the entries whose owner, mode and time were set then. */
-interface SmallFilesWritten {
-  paths: string[];
+  /** Small files written without a sync of their own, their owner, mode and time set then. */
   settled: Set<ManifestEntry>;
 }
 
@@ -318,18 +313,18 @@ interface SmallFilesWritten {
  * `staging`, then makes them durable. Returns the entries whose metadata was
  * set as they were written.
  */
-async function fetchFiles(context: Omit<FetchContext, 'progress' | 'hasher' | 'written'>): Promise<ReadonlySet<ManifestEntry>> {
+async function fetchFiles(context: Omit<FetchContext, 'progress' | 'hasher' | 'settled'>): Promise<ReadonlySet<ManifestEntry>> {
   const progress: Progress = { phase: 'restore', filesDone: 0, filesTotal: context.wanted.size, bytesDone: 0, bytesTotal: 0 };
   for (const f of context.wanted) progress.bytesTotal += f.size;
   const hasher = [...context.wanted].some((f) => f.size > SMALL_FILE) ? new Sha256Offload() : undefined;
-  const written: SmallFilesWritten = { paths: [], settled: new Set() };
+  const settled = new Set<ManifestEntry>();
   try {
-    await fetchVolumes({ ...context, progress, hasher, written });
+    await fetchVolumes({ ...context, progress, hasher, settled });
   } finally {
     await hasher?.close();
   }
-  await syncSmallFiles(context.staging, written.paths, context.signal);
-  return written.settled;
+  await syncSmallFiles(context.staging, [...settled].map((e) => pathIn(context.plan, context.staging, e)), context.signal);
+  return settled;
 }
 
 /**
@@ -347,7 +342,7 @@ async function syncSmallFiles(staging: string, files: readonly string[], signal:
   });
 }
 
-async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, concurrency, progress, hasher, pageCache, signal, owners, written }: FetchContext): Promise<void> {
+async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, concurrency, progress, hasher, pageCache, signal, owners, settled }: FetchContext): Promise<void> {
   let smallFiles = 0;
   for (const f of wanted) if (f.size <= SMALL_FILE) smallFiles++;
   const manySmallFiles = smallFiles >= MANY_SMALL_FILES;
@@ -395,8 +390,7 @@ async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, c
             const p = pathIn(plan, staging, t);
             await ensureDir(path.dirname(p));
             writeSmallFile(p, data, t, owners);
-            written.paths.push(p);
-            written.settled.add(t);
+            settled.add(t);
           }
         } else {
           // Their writes and syncs overlap the parsing of what follows.
