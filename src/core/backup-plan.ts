@@ -66,6 +66,8 @@ export interface BackupPlan {
   /** Bytes that will (or may, for 'verify') be read. */
   bytesToRead: number;
   filesToRead: number;
+  /** The reference's entries by source and path (countChanges looks them up again). */
+  referenceByPath: PathIndex<ManifestEntry>;
 }
 
 export const entryKey = (source: string, path: string) => `${source}\u0000${path}`;
@@ -83,8 +85,7 @@ const RACY_WINDOW_MS = 2000;
  */
 export function planBackup(scanned: readonly ScannedEntry[], reference: Manifest | undefined): BackupPlan {
   const racyAfterNs = reference ? BigInt(Date.parse(reference.startedAt) - RACY_WINDOW_MS) * 1_000_000n : 0n;
-  const previous = new PathIndex<ManifestEntry>();
-  for (const e of reference?.entries ?? []) previous.set(e.source, e.path, e);
+  const previous = byPath(reference);
   // Built when a file first does not match its path's entry: an unchanged incremental never needs it.
   let byInode: Map<string, ManifestEntry> | undefined;
   const movedFrom = (s: ScannedEntry): ManifestEntry | undefined => {
@@ -94,7 +95,7 @@ export function planBackup(scanned: readonly ScannedEntry[], reference: Manifest
     }
     return byInode.get(inodeKey(s.ino, s.size, s.mtimeNs));
   };
-  const plan: BackupPlan = { entries: [], bytesToRead: 0, filesToRead: 0 };
+  const plan: BackupPlan = { entries: [], bytesToRead: 0, filesToRead: 0, referenceByPath: previous };
   for (const s of scanned) {
     const atPath = previous.get(s.source, s.path);
     let basis: ManifestEntry | undefined;
@@ -143,16 +144,14 @@ export interface ChangeCounts {
  * Files and links added, changed (content, mode, link target or mtime) and
  * removed against the reference; directories are not counted, as in `diff`.
  */
-export function countChanges(entries: readonly ManifestEntry[], reference: Manifest | undefined): ChangeCounts {
+export function countChanges(entries: readonly ManifestEntry[], reference: Manifest | undefined, previous = byPath(reference)): ChangeCounts {
   const counts: ChangeCounts = { added: 0, changed: 0, removed: 0 };
-  const previous = new PathIndex<ManifestEntry>();
-  for (const e of reference?.entries ?? []) if (e.type !== 'dir') previous.set(e.source, e.path, e);
-  // A point lists each path once, so the reference's paths not matched are the ones removed.
+  // A point lists each path once, so the reference's files and links not matched are the ones removed.
   let matched = 0;
   for (const e of entries) {
     if (e.type === 'dir') continue;
     const prev = previous.get(e.source, e.path);
-    if (!prev) {
+    if (!prev || prev.type === 'dir') {
       counts.added++;
       continue;
     }
@@ -161,6 +160,14 @@ export function countChanges(entries: readonly ManifestEntry[], reference: Manif
       counts.changed++;
     }
   }
-  counts.removed = previous.size - matched;
+  let files = 0;
+  for (const e of reference?.entries ?? []) if (e.type !== 'dir') files++;
+  counts.removed = files - matched;
   return counts;
+}
+
+function byPath(reference: Manifest | undefined): PathIndex<ManifestEntry> {
+  const index = new PathIndex<ManifestEntry>();
+  for (const e of reference?.entries ?? []) index.set(e.source, e.path, e);
+  return index;
 }

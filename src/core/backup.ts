@@ -186,7 +186,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     if (options.dryRun) {
       // Without reading, a racy file counts as changed and its bytes as stored.
       const guessed = plan.entries.map((p) => plannedAsEntry(p));
-      Object.assign(result, countChanges(guessed, reference));
+      Object.assign(result, countChanges(guessed, reference, plan.referenceByPath));
       result.storedBytes = plan.bytesToRead;
       result.durationMs = Date.now() - started;
       return result;
@@ -226,7 +226,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       throw new IntegrityError(`backup refused by --strict: ${warnings.length} warning(s), first: ${warnings[0]!.path ?? ''} ${warnings[0]!.message}`);
     }
     const storedBytes = volumes.reduce((n, v) => n + v.size, 0);
-    const counts = countChanges(entries, reference);
+    const counts = countChanges(entries, reference, plan.referenceByPath);
     Object.assign(result, counts);
     const manifest: Manifest = {
       format: MANIFEST_FORMAT,

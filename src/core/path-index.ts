@@ -6,11 +6,6 @@
  */
 export class PathIndex<T> {
   private readonly bySource = new Map<string, Map<string, T>>();
-  private count = 0;
-
-  get size(): number {
-    return this.count;
-  }
 
   get(source: string, path: string): T | undefined {
     return this.bySource.get(source)?.get(path);
@@ -23,7 +18,6 @@ export class PathIndex<T> {
   set(source: string, path: string, value: T): void {
     let paths = this.bySource.get(source);
     if (!paths) this.bySource.set(source, (paths = new Map()));
-    if (!paths.has(path)) this.count++;
     paths.set(path, value);
   }
 }
