@@ -190,6 +190,27 @@ describe('an S3 repository through the CLI', () => {
     assert.match(r.stderr, /the repository's bucket does not exist \(.*NoSuchBucket.*\)\n {2}check the bucket name in the repository URL and the endpoint; lifeboat does not create buckets/);
   });
 
+  it('credentials the server refuses are a set-up error (exit 2) that names them, for init and for a repository that exists', async (t) => {
+    if (!server.capabilities.checksCredentials) return t.skip(`the ${server.kind} test server accepts any credentials`);
+    const repo = `s3://${bucket}/credentials`;
+    const s3 = ['--repo', repo, '--s3-endpoint', server.endpoint, '--s3-path-style'];
+    const wrongSecret = { ...server.env, AWS_SECRET_ACCESS_KEY: `${server.secretAccessKey}x` };
+    const unknownKey = { ...server.env, AWS_ACCESS_KEY_ID: 'LIFEBOATNOSUCHKEY001' };
+    for (const env of [wrongSecret, unknownKey]) {
+      const r = await lifeboat([...s3, 'init'], { env });
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, /the S3 server refused the repository's credentials/);
+    }
+    assert.equal((await lifeboat([...s3, 'init'], { env: server.env })).code, 0);
+    for (const [env, why] of [[wrongSecret, /the secret key does not match the access key id/], [unknownKey, /its access key id is unknown to the server/]] as const) {
+      const r = await lifeboat([...s3, 'list', '--json'], { env });
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, why);
+      assert.match(r.stderr, /check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY/);
+      assert.ok(!r.stderr.includes(server.secretAccessKey), 'the secret is not shown');
+    }
+  });
+
   it('round trip: full → incr → diff, every point restores bit-exact (with a multipart volume)', async (t) => {
     t.diagnostic(`seed ${seed}`);
     const rand = prng(seed);

@@ -168,6 +168,15 @@ export function asFailure(operation: string, key: string, err: unknown, attempts
       hint: 'check the bucket name in the repository URL and the endpoint; lifeboat does not create buckets (aws s3 mb s3://BUCKET)',
     });
   }
+  // A key the server does not know, or a secret that does not match it: the credentials given are wrong, not the storage.
+  const rejected = (err as { name?: string })?.name;
+  if (rejected === 'InvalidAccessKeyId' || rejected === 'SignatureDoesNotMatch') {
+    const which = rejected === 'InvalidAccessKeyId' ? 'its access key id is unknown to the server' : 'the secret key does not match the access key id';
+    return new UsageError(`the S3 server refused the repository's credentials: ${which} (${operation} ${key}: ${describeError(err)})`, {
+      cause: err,
+      hint: 'check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the profile AWS_PROFILE names, and that they belong to the endpoint of the repository',
+    });
+  }
   const status = (err as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
   const tries = attempts > 1 ? ` after ${attempts} attempts` : '';
   const hint =

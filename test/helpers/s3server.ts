@@ -25,6 +25,8 @@ export interface S3ServerCapabilities {
   contentMd5Check: boolean;
   /** ListObjectsV2 returns keys in byte order (s3rver walks its directories instead). */
   keyOrderListing: boolean;
+  /** A request signed with an unknown key id or a wrong secret is refused (403). */
+  checksCredentials: boolean;
 }
 
 export interface S3TestServer {
@@ -58,7 +60,7 @@ async function startCeph(memstoreBytes?: number): Promise<S3TestServer> {
     accessKeyId: ceph.accessKeyId,
     secretAccessKey: ceph.secretAccessKey,
     region: 'us-east-1',
-    capabilities: { conditionalPut: true, multipartListAndAbort: true, contentMd5Check: true, keyOrderListing: true },
+    capabilities: { conditionalPut: true, multipartListAndAbort: true, contentMd5Check: true, keyOrderListing: true, checksCredentials: true },
     stop: () => ceph.stop(),
   });
 }
@@ -96,7 +98,7 @@ async function startS3rver(): Promise<S3TestServer> {
     accessKeyId: 'S3RVER',
     secretAccessKey: 'S3RVER',
     region: 'us-east-1',
-    capabilities: { conditionalPut: false, multipartListAndAbort: false, contentMd5Check: false, keyOrderListing: false },
+    capabilities: { conditionalPut: false, multipartListAndAbort: false, contentMd5Check: false, keyOrderListing: false, checksCredentials: false },
     async stop() {
       await processes.stop(1000);
       await fsp.rm(dir, { recursive: true, force: true });
