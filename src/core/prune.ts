@@ -1,6 +1,6 @@
 import { LockedError, throwIfAborted } from '../errors.js';
 import { deploymentOf, deploymentsOf, keys, volumesNeeded } from '../format/manifest.js';
-import type { Reporter } from './events.js';
+import { type Reporter, progressAt } from './events.js';
 import { appendEvent } from './journal.js';
 import { acquireLock, describeLock, readersOf, writerLockOptions } from './lock.js';
 import type { Repository } from './repository.js';
@@ -116,7 +116,7 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
       throwIfAborted(options.signal);
       await repo.storage.delete([key]);
       progress.filesDone++;
-      reporter.progress?.({ ...progress, current: key });
+      reporter.progress?.(progressAt(progress, key));
     }
     // A summary left without its manifest is ignored, and removed by the next prune.
     if (plan.summaries.length > 0) await repo.storage.delete(plan.summaries);
@@ -128,7 +128,7 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
       await repo.storage.delete(batch.map((d) => d.key));
       progress.filesDone += batch.length;
       progress.bytesDone += batch.reduce((n, d) => n + d.size, 0);
-      reporter.progress?.({ ...progress, current: batch[batch.length - 1]!.key });
+      reporter.progress?.(progressAt(progress, batch[batch.length - 1]!.key));
     }
     await repo.storage.cleanupIncomplete(0, keys.dataPrefix);
     const durationMs = Date.now() - started;

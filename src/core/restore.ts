@@ -12,7 +12,7 @@ import { sha256OfFile } from '../format/checksum.js';
 import { syncFileSystem, syncPath, writeFileSynced } from '../format/durable.js';
 import { createFileSink } from '../format/file-sink.js';
 import { readVolume, type VolumeEntry } from '../format/tar.js';
-import type { Notice, Progress, Reporter } from './events.js';
+import { type Notice, type Progress, type Reporter, progressAt } from './events.js';
 import type { Repository } from './repository.js';
 import { planRestore, type RestorePlan } from './restore-plan.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
@@ -596,7 +596,7 @@ async function writeVerified(
       progress.bytesDone += chunk.length;
       if (sinceReport >= 8 << 20) {
         sinceReport = 0;
-        reporter.progress?.({ ...progress, current: `${expected.source}/${expected.path}` });
+        reporter.progress?.(progressAt(progress, `${expected.source}/${expected.path}`));
       }
     }
     await out.finish();
@@ -604,7 +604,7 @@ async function writeVerified(
     await out.discard();
     throw err;
   }
-  reporter.progress?.({ ...progress, current: `${expected.source}/${expected.path}` });
+  reporter.progress?.(progressAt(progress, `${expected.source}/${expected.path}`));
   const digest = await hash.digest();
   if (size !== expected.size || digest !== expected.sha256) {
     throw new IntegrityError(
@@ -782,7 +782,7 @@ async function filesAlreadyRight(plan: RestorePlan, target: string, files: Manif
     if (st?.isFile() && st.size === f.size && (await sha256OfFile(p)) === f.sha256) right.add(f);
     progress.filesDone++;
     progress.bytesDone += f.size;
-    reporter.progress?.({ ...progress, current: `${f.source}/${f.path}` });
+    reporter.progress?.(progressAt(progress, `${f.source}/${f.path}`));
   });
   return right;
 }

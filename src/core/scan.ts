@@ -93,19 +93,27 @@ function statOrUndefined(file: string): BigIntStats | undefined {
   }
 }
 
-export function entryFromStat(source: string, rel: string, abs: string, st: BigIntStats): Omit<ScannedEntry, 'type' | 'target'> {
+/**
+ * Every entry is built by this one literal, its properties always in the same
+ * order: Node 20's V8 gives an object made as `{ ...base, type }` a hidden class
+ * of its own, and 100,000 of those cost about 40 MB and slowed every later read
+ * of the entries.
+ */
+export function entryFromStat(source: string, rel: string, abs: string, st: BigIntStats, type: ScannedEntry['type'], target?: string): ScannedEntry {
   return {
     source,
     path: rel,
+    type,
     mode: Number(st.mode & 0o7777n),
     mtimeNs: st.mtimeNs.toString(),
     ctimeNs: st.ctimeNs.toString(),
-    size: Number(st.size),
+    size: type === 'file' ? Number(st.size) : 0,
     ino: st.ino.toString(),
     dev: st.dev.toString(),
     nlink: Number(st.nlink),
     uid: Number(st.uid),
     gid: Number(st.gid),
+    target,
     abs,
   };
 }
@@ -194,13 +202,13 @@ export async function scanSource(
         reporter.notice?.({ level: 'info', code: 'repository-left-out', path: `${spec.name}/${rel}`, message: 'the repository lies inside this source; it is left out of the backup' });
         continue;
       }
-      const base = entryFromStat(spec.name, rel, abs, st);
       if (isDir) {
-        entries.push({ ...base, type: 'dir', size: 0 });
+        entries.push(entryFromStat(spec.name, rel, abs, st, 'dir'));
         pending.push(rel);
       } else if (st.isFile()) {
-        entries.push({ ...base, type: 'file' });
-        bytes += base.size;
+        const entry = entryFromStat(spec.name, rel, abs, st, 'file');
+        entries.push(entry);
+        bytes += entry.size;
       } else if (st.isSymbolicLink()) {
         let target: string;
         try {
@@ -214,7 +222,7 @@ export async function scanSource(
           // points to, which is stored in its place, as rsync --copy-unsafe-links does: the backup restores on its own.
           const pointed = statOrUndefined(abs);
           if (pointed?.isFile()) {
-            entries.push({ ...entryFromStat(spec.name, rel, abs, pointed), type: 'file' });
+            entries.push(entryFromStat(spec.name, rel, abs, pointed, 'file'));
             bytes += Number(pointed.size);
             followed.push(`${rel} -> ${target}`);
             continue;
@@ -226,7 +234,7 @@ export async function scanSource(
             message: `symlink points outside the source (${target}), and not to a regular file; restore will refuse it`,
           });
         }
-        entries.push({ ...base, type: 'symlink', size: 0, target });
+        entries.push(entryFromStat(spec.name, rel, abs, st, 'symlink', target));
       } else if (st.isSocket() || st.isFIFO()) {
         // A server's socket or a pipe holds no data to restore (tar leaves sockets out too): not worth a warning every run.
         passThrough.push(rel);

@@ -4,7 +4,7 @@ import { IntegrityError, errorMessage, throwIfAborted } from '../errors.js';
 import { keys, recordedChecksum, summarize, summaryIdOf, volumeEntryName, type Manifest, type ManifestEntry, type VolumeRecord } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { readVolume } from '../format/tar.js';
-import type { Notice, Progress, Reporter } from './events.js';
+import { type Notice, type Progress, type Reporter, progressAt } from './events.js';
 import type { Repository } from './repository.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 import { deepCheck } from './verify-deep.js';
@@ -364,7 +364,7 @@ async function readBackVolume(
         progress.filesDone++;
         progress.bytesDone += size;
         counted += size;
-        reporter.progress?.({ ...progress, current: name });
+        reporter.progress?.(progressAt(progress, name));
       },
       { signal, checksum: recorded.checksum, maxSize: record.size },
     );
