@@ -292,6 +292,32 @@ test('failover refuses an active path that is a real directory, and a target tha
   const dangling = await lifeboat(['status'], { cwd: work });
   assert.equal(dangling.code, 5, dangling.stderr);
   assert.match(dangling.stdout, new RegExp(`target prod: ${path.join(work, 'current')} links to ${ok.json().slot}, which is missing`));
+  assert.match(dangling.stderr, /unhealthy: prod \(.* links to .*, which is missing\)\n {2}serve a point again: lifeboat failover --to prod/);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test("status runs a target's health command with the variables a failover gives it: the check a failover passed passes there too", async () => {
+  const work = await tempDir();
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights');
+  const seen = path.join(work, 'seen');
+  // Passes only where the served slot holds the weights, and records what it was told.
+  const check = `test -f "$LIFEBOAT_SLOT/models/w.bin" && echo "$LIFEBOAT_TARGET $LIFEBOAT_ACTIVE $LIFEBOAT_SLOT $LIFEBOAT_POINT" > ${seen}`;
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    `repository: ./repo\nsources:\n  models: ./models\ntargets:\n  prod:\n    slots: ./slots\n    active: ./current\n    health: { command: '${check}', timeout: 10s, interval: 100ms }\n`,
+  );
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const point = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id;
+  const failover = await lifeboat(['--json', 'failover', '--to', 'prod'], { cwd: work });
+  assert.equal(failover.code, 0, failover.stderr);
+  const afterFailover = await fsp.readFile(seen, 'utf8');
+  await fsp.rm(seen);
+  const status = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.equal(status.code, 0, status.stderr);
+  assert.equal(status.json().targets[0].health.ok, true);
+  assert.equal(await fsp.readFile(seen, 'utf8'), afterFailover);
+  assert.equal(afterFailover, `prod ${path.join(work, 'current')} ${failover.json().slot} ${point}\n`);
   await fsp.rm(work, { recursive: true, force: true });
 });
 

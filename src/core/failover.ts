@@ -67,14 +67,19 @@ function note(run: Run, code: string, message: string, level: 'info' | 'warning'
   run.options.reporter?.notice?.({ level, code, message });
 }
 
-function hookEnv(run: Run, slot: string | null, point: string | null): NodeJS.ProcessEnv {
+/** What hooks and health checks of a target see: the environment, with the target, its link, the slot and the point. */
+function targetEnv(spec: TargetSpec, slot: string | null, point: string | null): NodeJS.ProcessEnv {
   return {
-    ...(run.spec.env ?? process.env),
-    LIFEBOAT_TARGET: run.spec.name,
-    LIFEBOAT_ACTIVE: run.spec.active,
+    ...(spec.env ?? process.env),
+    LIFEBOAT_TARGET: spec.name,
+    LIFEBOAT_ACTIVE: spec.active,
     LIFEBOAT_SLOT: slot ?? '',
     LIFEBOAT_POINT: point ?? '',
   };
+}
+
+function hookEnv(run: Run, slot: string | null, point: string | null): NodeJS.ProcessEnv {
+  return targetEnv(run.spec, slot, point);
 }
 
 async function hook(run: Run, name: 'activate' | 'deactivate', slot: string | null, point: string | null): Promise<void> {
@@ -482,7 +487,7 @@ export async function status(repo: Repository, specs: TargetSpec[], options: { n
     const m = point ? await repo.summary(point).catch(() => undefined) : undefined;
     const state = await readTargetState(spec.slots);
     const h = spec.health && (spec.health.url || spec.health.command)
-      ? await checkOnce(spec.health, Math.min(spec.health.timeoutMs ?? 5000, 5000), { cwd: spec.cwd, env: spec.env, signal: options.signal })
+      ? await checkOnce(spec.health, Math.min(spec.health.timeoutMs ?? 5000, 5000), { cwd: spec.cwd, env: targetEnv(spec, activePath, point), signal: options.signal })
       : undefined;
     const slots = await listSlots(spec.slots);
     targets.push({

@@ -54,7 +54,13 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
     });
     // A dangling or unreadable link is down whether or not a health check is configured.
     const sick = result.targets.filter((t) => (t.health.checked && !t.health.ok) || t.active.error !== undefined);
-    if (sick.length) throw new HealthError(`unhealthy: ${sick.map((t) => `${t.name} (${t.health.detail})`).join(', ')}`);
+    if (sick.length) {
+      const unlinked = sick.find((t) => t.active.error !== undefined);
+      throw new HealthError(`unhealthy: ${sick.map((t) => `${t.name} (${t.active.error ?? t.health.detail})`).join(', ')}`, {
+        // A server answering from what it loaded before its slot went away will not come back after a restart.
+        hint: unlinked ? `serve a point again: lifeboat failover --to ${unlinked.name}` : undefined,
+      });
+    }
   } finally {
     await close();
   }
