@@ -159,6 +159,22 @@ test('manifest paths that are absolute, contain .., or lead through a symlink ar
   await fsp.rm(s.work, { recursive: true, force: true });
 });
 
+test('a point with a link that escapes is still restored in part: a restore whose --include leaves the link out succeeds', async () => {
+  const s = await setup();
+  await plant(s, undefined, (m) => {
+    m.entries.push({ source: 'models', path: 'escape', type: 'symlink', mode: 0o777, mtimeNs: '0', size: 0, target: '/etc' });
+  });
+  const whole = await lifeboat(['--repo', s.repo, 'restore', s.id, '--target', path.join(s.work, 'whole')]);
+  assert.equal(whole.code, 3, whole.stderr);
+  assert.match(whole.stderr, /refusing symlink models\/escape .* leads outside the restored tree\n {2}restore the rest with --include/);
+  const target = path.join(s.work, 'part');
+  const part = await lifeboat(['--repo', s.repo, 'restore', s.id, '--target', target, '--include', 'models/config.json']);
+  assert.equal(part.code, 0, part.stderr);
+  assert.equal(await fsp.readFile(path.join(target, 'models', 'config.json'), 'utf8'), await fsp.readFile(path.join(s.work, 'models', 'config.json'), 'utf8'));
+  assert.equal(await exists(path.join(target, 'models', 'escape')), false);
+  await fsp.rm(s.work, { recursive: true, force: true });
+});
+
 test('a manifest that does not match its schema is an integrity error, not a crash', async () => {
   const s = await setup();
   await plant(s, undefined, (m) => {

@@ -55,9 +55,59 @@ test('a source whose symlinks point outside it (a Hugging Face snapshot) is stor
   assert.equal((await lifeboat(['--repo', repo, 'restore', 'latest', '--target', latest])).code, 0);
   assert.deepEqual(await fsp.readFile(path.join(latest, 'rev1', 'weights.bin')), await fsp.readFile(path.join(cache, 'blobs', 'ccc')));
 
-  // A link out of the source to a directory is not followed: it stays a link, with a warning.
+  // A link out of the source to a directory, or to nothing, is not followed: it is left out, with a warning,
+  // rather than kept in a point that restore would then refuse.
   await fsp.symlink('../../blobs', path.join(snapshot, 'all-blobs'));
+  await fsp.symlink('/nowhere/at/all', path.join(snapshot, 'sub', 'dangling'));
   const linked = await lifeboat(['--repo', repo, '--json', 'backup', snapshot, '--type', 'incr']);
   assert.equal(linked.code, 0, linked.stderr);
-  assert.deepEqual(linked.json().warnings.map((w: { code: string; path: string }) => [w.code, w.path]), [['link-escapes', 'rev1/all-blobs']]);
+  assert.deepEqual(
+    linked.json().warnings.map((w: { code: string; path: string }) => [w.code, w.path]),
+    [['link-escapes', 'rev1/all-blobs'], ['link-escapes', 'rev1/sub/dangling']],
+  );
+  assert.match(linked.json().warnings[0].message, /left out of the backup/);
+  const without = path.join(work, 'without');
+  const back = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', without]);
+  assert.equal(back.code, 0, back.stderr);
+  await assert.rejects(fsp.lstat(path.join(without, 'rev1', 'all-blobs')), { code: 'ENOENT' });
+  await assert.rejects(fsp.lstat(path.join(without, 'rev1', 'sub', 'dangling')), { code: 'ENOENT' });
+  assert.equal(await fsp.readFile(path.join(without, 'rev1', 'sub', 'notes.txt'), 'utf8'), 'kept as is\n');
+});
+
+test('absolute symlinks into the source (a live-version pointer) are stored as relative links and name the restored copy', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const models = path.join(work, 'srv', 'models');
+  await fsp.mkdir(path.join(models, 'v3', 'tok'), { recursive: true });
+  await fsp.writeFile(path.join(models, 'v3', 'weights.bin'), 'v3 weights');
+  await fsp.writeFile(path.join(models, 'v3', 'tok', 'vocab.txt'), 'a\nb\n');
+  await fsp.symlink(path.join(models, 'v3'), path.join(models, 'current'));
+  await fsp.symlink(path.join(models, 'v3', 'weights.bin'), path.join(models, 'v3', 'tok', 'weights-link'));
+  await fsp.symlink(`${models}/./v3/../`, path.join(models, 'v3', 'root'));
+  // The source given through a link to it: absolute targets may name either path.
+  await fsp.symlink(path.join(work, 'srv'), path.join(work, 'srv-link'));
+  await fsp.symlink(path.join(work, 'srv-link', 'models', 'v3', 'tok'), path.join(models, 'tok-via-link'));
+
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const full = await lifeboat(['--repo', repo, '--json', 'backup', '--source', `models=${path.join(work, 'srv-link', 'models')}`, '--type', 'full']);
+  assert.equal(full.code, 0, full.stderr);
+  assert.deepEqual(full.json().warnings, []);
+  assert.match(full.stderr, /4 absolute symlink\(s\) into the source are stored as relative links/);
+  const again = await lifeboat(['--repo', repo, '--json', 'backup', '--source', `models=${path.join(work, 'srv-link', 'models')}`]);
+  assert.equal(again.code, 0, again.stderr);
+  assert.equal(again.json().changed, 0, 'unchanged links are not changes');
+
+  // Restored elsewhere, each link names the restored copy; the tree it was backed up from may be gone.
+  await fsp.rm(path.join(work, 'srv'), { recursive: true });
+  const out = path.join(work, 'out');
+  const restored = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', out]);
+  assert.equal(restored.code, 0, restored.stderr);
+  const root = path.join(out, 'models');
+  assert.equal(await fsp.readlink(path.join(root, 'current')), 'v3');
+  assert.equal(await fsp.readlink(path.join(root, 'v3', 'tok', 'weights-link')), '../weights.bin');
+  assert.equal(await fsp.readlink(path.join(root, 'v3', 'root')), '..');
+  assert.equal(await fsp.readlink(path.join(root, 'tok-via-link')), 'v3/tok');
+  assert.equal(await fsp.readFile(path.join(root, 'current', 'weights.bin'), 'utf8'), 'v3 weights');
+  assert.equal(await fsp.readFile(path.join(root, 'v3', 'tok', 'weights-link'), 'utf8'), 'v3 weights');
 });

@@ -66,11 +66,6 @@ export async function planRestore(
       }
       break;
     }
-    if (e.type === 'symlink') {
-      if (!e.target || !linkStaysInside(e.path, e.target)) {
-        throw new IntegrityError(`refusing symlink ${e.source}/${e.path} of ${manifest.id}: its target ${JSON.stringify(e.target)} leads outside the restored tree`);
-      }
-    }
     if (e.type === 'file' && (!e.sha256 || !e.ref)) {
       throw new IntegrityError(`manifest of ${manifest.id}: file ${e.source}/${e.path} has no checksum or content reference`);
     }
@@ -90,6 +85,14 @@ export async function planRestore(
     entries = entries.filter((e) => e.source === only);
   }
 
+  for (const e of entries) {
+    // Only links to be restored: one --include leaves out does not keep the rest of the point from being restored.
+    if (e.type === 'symlink' && (!e.target || !linkStaysInside(e.path, e.target))) {
+      throw new IntegrityError(`refusing symlink ${e.source}/${e.path} of ${manifest.id}: its target ${JSON.stringify(e.target)} leads outside the restored tree`, {
+        hint: 'restore the rest with --include naming what you need, which leaves this link out',
+      });
+    }
+  }
   const files = entries.filter((e) => e.type === 'file');
   // A hard link is made once the file it names is written; without that file (left out by --include), or
   // when links are not wanted (a delta restore compares and rewrites each name on its own), it is written as a copy.

@@ -4,7 +4,7 @@ import { lstatSync, readdirSync, readlinkSync, statSync, type BigIntStats } from
 import { Minimatch } from 'minimatch';
 import { UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { firstFew } from '../format/units.js';
-import { comparePaths, linkStaysInside } from '../format/paths.js';
+import { comparePaths, linkStaysInside, relativeTargetInside } from '../format/paths.js';
 import type { Reporter } from './events.js';
 
 export interface SourceSpec {
@@ -158,6 +158,8 @@ export async function scanSource(
   let bytes = 0;
   let sinceYield = 0;
   const followed: string[] = [];
+  const madeRelative: string[] = [];
+  const roots = [...new Set([root, given])];
   const passThrough: string[] = [];
   // Directories are listed and entries stated synchronously: a round trip through the thread pool
   // per directory or file costs more than the call itself. The event loop still runs between batches.
@@ -218,6 +220,14 @@ export async function scanSource(
           continue;
         }
         if (!linkStaysInside(rel, target)) {
+          // An absolute link into the source (a `current` pointing at /srv/models/v3 in /srv/models) is kept as a
+          // relative one: restored anywhere, it names the restored copy, not the place it was backed up from.
+          const relative = relativeTargetInside(rel, target, roots);
+          if (relative !== undefined) {
+            entries.push(entryFromStat(spec.name, rel, abs, st, 'symlink', relative));
+            madeRelative.push(`${rel} -> ${target}`);
+            continue;
+          }
           // A link out of the source (a Hugging Face snapshot's links into its blobs/) stands for the file it
           // points to, which is stored in its place, as rsync --copy-unsafe-links does: the backup restores on its own.
           const pointed = statOrUndefined(abs);
@@ -227,12 +237,14 @@ export async function scanSource(
             followed.push(`${rel} -> ${target}`);
             continue;
           }
+          // Kept, it would make restore refuse the point: a link that leads out of the restored tree is hostile input there.
           reporter.notice?.({
             level: 'warning',
             code: 'link-escapes',
             path: `${spec.name}/${rel}`,
-            message: `symlink points outside the source (${target}), and not to a regular file; restore will refuse it`,
+            message: `symlink points outside the source (${target}), and not to a regular file; left out of the backup (back up what it points to as a source of its own)`,
           });
+          continue;
         }
         entries.push(entryFromStat(spec.name, rel, abs, st, 'symlink', target));
       } else if (st.isSocket() || st.isFIFO()) {
@@ -250,6 +262,14 @@ export async function scanSource(
       code: 'links-followed',
       path: spec.name,
       message: `${followed.length} symlink(s) point outside the source; the files they point to are stored in their place (${firstFew(followed)})`,
+    });
+  }
+  if (madeRelative.length > 0) {
+    reporter.notice?.({
+      level: 'info',
+      code: 'links-made-relative',
+      path: spec.name,
+      message: `${madeRelative.length} absolute symlink(s) into the source are stored as relative links, which name the restored copy wherever it is restored (${firstFew(madeRelative)})`,
     });
   }
   if (passThrough.length > 0) {

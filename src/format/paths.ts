@@ -1,3 +1,4 @@
+import * as path from 'node:path';
 import { IntegrityError, UsageError } from '../errors.js';
 
 /** What a source's or a deployment's name may be: it names a directory of a restore. */
@@ -52,6 +53,25 @@ export function linkStaysInside(linkPath: string, target: string): boolean {
     } else parts.push(segment);
   }
   return true;
+}
+
+/**
+ * An absolute symlink target inside the source root (given as one or more
+ * absolute paths, such as the path as configured and as resolved), as a
+ * target relative to the link at `linkPath`, so that a restored link names the
+ * restored copy wherever the source is restored; undefined for a target
+ * elsewhere. The path is read lexically, as linkStaysInside reads it.
+ */
+export function relativeTargetInside(linkPath: string, target: string, roots: readonly string[]): string | undefined {
+  if (!target.startsWith('/') || target.includes('\0')) return undefined;
+  const resolved = path.posix.normalize(target);
+  for (const root of roots) {
+    const prefix = root.endsWith('/') ? root : `${root}/`;
+    const inner = resolved === root ? '' : resolved.startsWith(prefix) ? resolved.slice(prefix.length) : undefined;
+    if (inner === undefined) continue;
+    return path.posix.relative(path.posix.dirname(`/${linkPath}`), `/${inner}`) || '.';
+  }
+  return undefined;
 }
 
 /** Sort key that keeps a directory's entries right after it ('a', 'a/b', 'a-c'). */
