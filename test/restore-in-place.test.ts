@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
@@ -209,4 +210,51 @@ test('restore --in-place --state puts serving state back as a failover does: the
   assert.match(without.stderr, /--state puts serving state back with --in-place/);
   const notAsked = await run('restore', 'latest', '--in-place', '--delta');
   assert.match(notAsked.stderr, /registry \(sqlite state\) is not restored in place: --state puts it back/);
+});
+
+test('restore --in-place --delta over an unchanged tree leaves its files alone: their times stay exact, their change times do not move, and the next incremental reads none of them', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const models = path.join(work, 'models');
+  await fsp.mkdir(path.join(models, 'tok'), { recursive: true });
+  const files = ['config.json', 'weights.bin', 'tok/vocab.txt'];
+  for (const [i, f] of files.entries()) {
+    await fsp.writeFile(path.join(models, f), `content ${i}\n`);
+    // A time below the microsecond, as file systems keep them: the finest a restore could set is a microsecond.
+    execFileSync('touch', ['-d', `@1763800000.75002658${i}`, path.join(models, f)]);
+  }
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\n');
+  const ok = async (...args: string[]): Promise<CliRun> => {
+    const r = await lifeboat(args, { cwd: work });
+    assert.equal(r.code, 0, `lifeboat ${args.join(' ')}: ${r.stderr}`);
+    return r;
+  };
+  await ok('init');
+  await ok('backup', '--type', 'full');
+  const times = async () => Promise.all(files.map(async (f) => {
+    const st = await fsp.lstat(path.join(models, f), { bigint: true });
+    return `${f} mtime ${st.mtimeNs} ctime ${st.ctimeNs} mode ${st.mode}`;
+  }));
+  const before = await times();
+  // Change times come from a clock that moves every few milliseconds.
+  await new Promise((r) => setTimeout(r, 50));
+  const delta = await ok('--json', 'restore', 'latest', '--in-place', '--delta');
+  assert.equal(delta.json().sources[0].rewritten, 0);
+  assert.deepEqual(await times(), before);
+  const incr = await ok('--json', 'backup', '--type', 'incr');
+  assert.equal(incr.json().changed, 0);
+  assert.equal(incr.json().storedBytes, 0);
+
+  // A file whose mode and time were changed by hand gets them back; the others are still left alone.
+  await fsp.chmod(path.join(models, 'config.json'), 0o600);
+  execFileSync('touch', ['-d', '@1700000000', path.join(models, 'config.json')]);
+  const touched = (await times())[0];
+  await new Promise((r) => setTimeout(r, 50));
+  await ok('restore', 'latest', '--in-place', '--delta');
+  const after = await times();
+  assert.deepEqual(after.slice(1), before.slice(1));
+  assert.notEqual(after[0], touched);
+  const config = await fsp.lstat(path.join(models, 'config.json'), { bigint: true });
+  assert.equal(config.mode & 0o7777n, 0o644n);
+  assert.equal(config.mtimeNs / 1000n, 1763800000750026580n / 1000n);
 });

@@ -720,10 +720,30 @@ function ownerMapping(manifest: Manifest, numeric: boolean): OwnerMapping | unde
   return { uid: idMapper(manifest.owners?.users, local.users), gid: idMapper(manifest.owners?.groups, local.groups) };
 }
 
-/** Gives every entry its owner, mode and time, but those that got them as they were written. */
-async function applyMetadata(plan: RestorePlan, root: string, owners: OwnerMapping | undefined, alreadySet: (e: ManifestEntry) => boolean): Promise<void> {
+/**
+ * Whether what is at a path already has the entry's owner, mode and time, as
+ * near as a restore sets a time (to the microsecond).
+ */
+function metadataAsRecorded(now: fs.BigIntStats, e: ManifestEntry, owners: OwnerMapping | undefined): boolean {
+  const ownerRight = !ownerWanted(owners, e.uid, e.gid) || (Number(now.uid) === owners.uid(e.uid!) && Number(now.gid) === owners.gid(e.gid!));
+  const modeRight = e.type === 'symlink' || Number(now.mode & 0o7777n) === e.mode;
+  return ownerRight && modeRight && now.mtimeNs / 1000n === BigInt(e.mtimeNs) / 1000n;
+}
+
+/**
+ * Gives every entry its owner, mode and time, but those that got them as they
+ * were written. With `keepWhereRight` (a --delta into a tree that may hold
+ * them already), entries whose owner, mode and time are right are left alone:
+ * setting them again, even to the same values, moves their change time, and
+ * the next incremental backup of the tree would read every such file again.
+ */
+async function applyMetadata(plan: RestorePlan, root: string, owners: OwnerMapping | undefined, alreadySet: (e: ManifestEntry) => boolean, keepWhereRight = false): Promise<void> {
   const set = async (e: ManifestEntry) => {
     const p = pathIn(plan, root, e);
+    if (keepWhereRight) {
+      const now = await fsp.lstat(p, { bigint: true }).catch(() => undefined);
+      if (now && metadataAsRecorded(now, e, owners)) return;
+    }
     const t = nsToSeconds(e.mtimeNs);
     // Before the mode: a change of owner clears the set-user-ID and set-group-ID bits.
     await setOwner(owners, p, e.uid, e.gid, false);
@@ -830,7 +850,7 @@ async function applyDelta(
       if ((await moveFile(pathIn(plan, staging, e), p)) === 'copied') copied.add(e);
     }
   }
-  await applyMetadata(plan, target, owners, (e) => settled.has(e) && !copied.has(e));
+  await applyMetadata(plan, target, owners, (e) => settled.has(e) && !copied.has(e), true);
   return extras.length;
 }
 
