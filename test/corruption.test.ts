@@ -102,10 +102,24 @@ test('a missing volume or a damaged manifest is an integrity failure', async () 
   }
   await fsp.writeFile(manifest, original);
 
-  await fsp.rm(path.join(d.repo, ...files.find((f) => f.startsWith('data/'))!.split('/')));
+  // An incremental and a differential that take files unchanged from the full: the full's volume gone fails them too.
+  await fsp.appendFile(path.join(d.src, 'config.json'), ' ');
+  const incr = (await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'incr'])).json().id;
+  await fsp.appendFile(path.join(d.src, 'config.json'), ' ');
+  const diff = (await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'diff'])).json().id;
+  const volume = files.find((f) => f.startsWith('data/'))!;
+  await fsp.rm(path.join(d.repo, ...volume.split('/')));
   const v = await lifeboat(['--repo', d.repo, '--json', 'verify']);
   assert.equal(v.code, 3);
-  assert.equal(v.json().problems[0].kind, 'missing-volume');
+  assert.deepEqual(
+    v.json().problems.map((p: { point: string; kind: string; path: string }) => [p.point, p.kind, p.path]),
+    [id, incr, diff].map((point) => [point, 'missing-volume', volume]),
+    'every point that needs the volume is named, once',
+  );
+  assert.match(v.json().problems[1].detail, new RegExp(`this point needs ${volume} of ${id}, which does not exist`));
+  const latest = await lifeboat(['--repo', d.repo, 'verify', 'latest']);
+  assert.equal(latest.code, 3);
+  assert.match(latest.stderr + latest.stdout, new RegExp(`${diff}.*${volume}`));
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 

@@ -172,18 +172,26 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
       else if (size !== v.size) problems.push({ point: id, path: v.key, kind: 'size-mismatch', detail: `stored size ${size}, recorded ${v.size}` });
       else if (archived.has(v.key)) problems.push({ point: id, path: v.key, kind: 'volume-archived', detail: archivedDetail(v.key) });
     }
-    const archivedNeeded = new Set<string>();
+    // A volume of an older point that is archived, missing or cut short fails the restore of every point that needs it:
+    // each of those is named, so that nobody picks one of them as the point to fall back to.
+    const unusableNeeded = new Set<string>();
     for (const e of m.entries) {
       if (e.type !== 'file' || !e.ref || e.ref.point === id) continue;
       const holder = await volumesOfHolder(e.ref.point);
       const volume = holder?.[e.ref.volume];
       if (!volume) {
         problems.push({ point: id, path: `${e.source}/${e.path}`, kind: 'chain-broken', detail: `its bytes are in ${e.ref.point} volume ${e.ref.volume}, which is missing` });
-      } else if (archived.has(volume.key) && !archivedNeeded.has(volume.key)) {
-        // Once per volume: every file an incremental takes unchanged from an archived full would otherwise be a line of its own.
-        archivedNeeded.add(volume.key);
-        problems.push({ point: id, path: volume.key, kind: 'volume-archived', detail: `this point needs ${volume.key} of ${e.ref.point}, ${archivedDetail(volume.key)}` });
+        continue;
       }
+      // Once per volume: every file an incremental takes unchanged from a full would otherwise be a line of its own.
+      if (unusableNeeded.has(volume.key)) continue;
+      const size = existing.get(volume.key);
+      const needs = `this point needs ${volume.key} of ${e.ref.point}`;
+      if (size === undefined) problems.push({ point: id, path: volume.key, kind: 'missing-volume', detail: `${needs}, which does not exist` });
+      else if (size !== volume.size) problems.push({ point: id, path: volume.key, kind: 'size-mismatch', detail: `${needs}, stored with size ${size}, recorded ${volume.size}` });
+      else if (archived.has(volume.key)) problems.push({ point: id, path: volume.key, kind: 'volume-archived', detail: `${needs}, ${archivedDetail(volume.key)}` });
+      else continue;
+      unusableNeeded.add(volume.key);
     }
   }
 
