@@ -74,6 +74,7 @@ test('prune --keep-full 1 keeps a pinned old full (and says why in --dry-run); u
   assert.match(dry.stdout, new RegExp(`keep +${ids[0]} +full +pinned: model v1 in the audit`));
   const dryJson = (await lifeboat(['--repo', repo, '--json', 'prune', '--keep-full', '1', '--dry-run'])).json();
   assert.deepEqual(dryJson.keep.find((k: { id: string }) => k.id === ids[0]).reasons, ['pinned: model v1 in the audit']);
+  assert.deepEqual(dryJson.remove.find((k: { id: string }) => k.id === ids[1]).reasons, [`its parent ${ids[0]} is kept only as pinned: model v1 in the audit, which keeps that point alone`]);
 
   const real = await lifeboat(['--repo', repo, '--json', 'prune', '--keep-full', '1']);
   assert.equal(real.code, 0, real.stderr);

@@ -72,7 +72,7 @@ export function planRetention(points: readonly RetentionPoint[], policy: Retenti
   for (const [deployment, own] of deployments) {
     if (options.deployment !== undefined && deployment !== options.deployment) {
       for (const p of own) keep(p.id, `deployment ${deployment} is not pruned here`);
-    } else applyPolicy(own, policy, options.now, keep, removal);
+    } else applyPolicy(own, policy, options.now, keep, removal, options.protected ?? new Map());
   }
   for (const [id, why] of options.protected ?? []) if (byId.has(id)) keep(id, why);
 
@@ -99,7 +99,14 @@ export function planRetention(points: readonly RetentionPoint[], policy: Retenti
 }
 
 /** The policy over one deployment's points (oldest first): what it keeps, and why the rest goes. */
-function applyPolicy(sorted: readonly RetentionPoint[], policy: RetentionPolicy, now: Date, keep: (id: string, why: string) => void, removal: Map<string, string>): void {
+function applyPolicy(
+  sorted: readonly RetentionPoint[],
+  policy: RetentionPolicy,
+  now: Date,
+  keep: (id: string, why: string) => void,
+  removal: Map<string, string>,
+  pinned: ReadonlyMap<string, string>,
+): void {
   const kept = new Set<string>();
   const keepHere = (id: string, why: string) => {
     kept.add(id);
@@ -130,7 +137,12 @@ function applyPolicy(sorted: readonly RetentionPoint[], policy: RetentionPolicy,
   for (const p of sorted) {
     if (p.type !== 'incr') continue;
     if (p.parent && kept.has(p.parent)) keepHere(p.id, `its parent ${p.parent} is kept`);
-    else removal.set(p.id, p.parent ? `its parent ${p.parent} is not kept by the policy` : 'it has no parent');
+    else if (!p.parent) removal.set(p.id, 'it has no parent');
+    else {
+      // A pin (or a slot that serves it) keeps its point, not the incrementals taken against it.
+      const why = pinned.get(p.parent);
+      removal.set(p.id, why === undefined ? `its parent ${p.parent} is not kept by the policy` : `its parent ${p.parent} is kept only as ${why}, which keeps that point alone`);
+    }
   }
 
   // Overrides: the newest point, recent points.
