@@ -1,5 +1,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as http from 'node:http';
 import * as os from 'node:os';
@@ -448,18 +449,50 @@ describe('on S3', () => {
   });
 });
 
-test('completion bash|zsh lists every command and its options; the bash script parses', async () => {
+function hasCommand(name: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${name}`]).status === 0;
+}
+
+test('completion bash|zsh completes commands, the commands of key, options and their values, in bash and in an interactive zsh', async (t) => {
   const bash = await lifeboat(['completion', 'bash']);
   assert.equal(bash.code, 0);
   for (const word of ['backup', 'drill', 'prune', 'unlock', '--keep-full', '--metrics-file', '--log-format']) assert.ok(bash.stdout.includes(word), word);
-  const { execFileSync } = await import('node:child_process');
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'lifeboat-completion-'));
   await fsp.writeFile(path.join(dir, 'lifeboat.bash'), bash.stdout);
   execFileSync('bash', ['-n', path.join(dir, 'lifeboat.bash')]);
+  // What bash offers after the words typed so far (the last one being completed).
+  const offered = (...typed: string[]) =>
+    execFileSync('bash', ['-c', 'source "$1"; shift; COMP_WORDS=(lifeboat "$@"); COMP_CWORD=$#; _lifeboat; printf "%s\\n" "${COMPREPLY[@]}"', 'complete', path.join(dir, 'lifeboat.bash'), ...typed], { encoding: 'utf8' }).split('\n').filter(Boolean);
+  assert.deepEqual(offered('ba'), ['backup']);
+  assert.deepEqual(offered('key', '').sort(), ['add', 'list', 'passwd', 'remove']);
+  assert.deepEqual(offered('--repo', '/r', 'key', 'add', '--new'), ['--new-password-file']);
+  assert.deepEqual(offered('key', 'add', '--new-password-file', path.join(dir, 'lifeboat.b')), [path.join(dir, 'lifeboat.bash')]);
+  assert.deepEqual(offered('backup', '--ty'), ['--type']);
+  assert.deepEqual(offered('--log-format', '').sort(), ['json', 'text']);
   const zsh = await lifeboat(['completion', 'zsh']);
   assert.equal(zsh.code, 0);
   assert.match(zsh.stdout, /^#compdef lifeboat/);
   assert.match(zsh.stdout, /'drill:/);
+  if (hasCommand('zsh')) {
+    await fsp.writeFile(path.join(dir, '_lifeboat'), zsh.stdout);
+    execFileSync('zsh', ['-n', path.join(dir, '_lifeboat')]);
+    // An interactive zsh in a pseudo-terminal, as a user has it: tab after what is typed, and read the screen.
+    const script = [
+      'zmodload zsh/zpty',
+      "zpty z 'zsh -f -i'",
+      `zpty -w z 'PS1="> "; fpath=(${dir} $fpath); autoload -Uz compinit; compinit -u -D; function lifeboat { }'`,
+      ...['lifeboat key ', 'lifeboat key add --new', 'lifeboat dri'].flatMap((line) => ['sleep 1', `zpty -w -n z $'\\C-u${line}\\t'`]),
+      'sleep 1',
+      'all=""; while zpty -r -t z chunk; do all+="$chunk"; done',
+      "print -r -- \"$all\" | sed 's/\\x1b\\[[0-9;?]*[a-zA-Z]//g'",
+      'zpty -d z',
+    ].join('\n');
+    const screen = execFileSync('zsh', ['-f', '-c', script], { encoding: 'utf8', timeout: 30_000 });
+    assert.match(screen, /add +-- add a password/, 'key offers its commands, described');
+    assert.match(screen, /passwd +-- change the password/);
+    assert.match(screen, /lifeboat key add --new-password-file/, 'an option of key add');
+    assert.match(screen, /lifeboat drill /, 'a command');
+  } else t.diagnostic('zsh is not installed: its completion script was not run');
   assert.equal((await lifeboat(['completion', 'fish'])).code, 2);
   const version = await lifeboat(['--version']);
   assert.equal(version.code, 0);

@@ -4,20 +4,23 @@ import type { CliContext } from '../context.js';
 import type { CommandRunner } from '../main.js';
 
 /** Options whose value is a path: complete file names there. */
-const FILE_VALUES = new Set(['--config', '--metrics-file', '--junit', '--target', '--work-dir']);
+const FILE_VALUES = new Set(['--config', '--metrics-file', '--junit', '--target', '--work-dir', '--password-file', '--new-password-file']);
 const DIR_VALUES = new Set(['--target', '--work-dir']);
 
 interface Spec {
   name: string;
   description: string;
   options: Option[];
+  /** A command's own commands (`key add`, `key list`…). */
+  subcommands: Spec[];
+}
+
+function specOf(c: Command): Spec {
+  return { name: c.name(), description: c.description(), options: c.options.filter((o) => !o.hidden), subcommands: c.commands.map(specOf) };
 }
 
 function specs(program: Command): { global: Option[]; commands: Spec[] } {
-  return {
-    global: program.options.filter((o) => !o.hidden),
-    commands: program.commands.map((c) => ({ name: c.name(), description: c.description(), options: c.options.filter((o) => !o.hidden) })),
-  };
+  return { global: program.options.filter((o) => !o.hidden), commands: program.commands.map(specOf) };
 }
 
 const flagsOf = (o: Option) => [o.long, o.short].filter((f): f is string => Boolean(f));
@@ -26,7 +29,8 @@ const takesValue = (o: Option) => o.required || o.optional;
 export function bashCompletion(program: Command): string {
   const { global, commands } = specs(program);
   const words = (opts: Option[]) => opts.flatMap(flagsOf).join(' ');
-  const valued = [...global, ...commands.flatMap((c) => c.options)].filter(takesValue);
+  const nested = commands.flatMap((c) => c.subcommands.map((sub) => ({ ...sub, name: `${c.name} ${sub.name}` })));
+  const valued = [...global, ...[...commands, ...nested].flatMap((c) => c.options)].filter(takesValue);
   const fileFlags = [...new Set(valued.filter((o) => o.long && FILE_VALUES.has(o.long)).flatMap(flagsOf))];
   const choiceCases = [...new Map(valued.filter((o) => o.argChoices?.length).map((o) => [o.long!, o])).values()].map(
     (o) => `    ${flagsOf(o).join('|')}) COMPREPLY=( $(compgen -W "${o.argChoices!.join(' ')}" -- "$cur") ); return ;;`,
@@ -40,10 +44,17 @@ _lifeboat() {
   cur="\${COMP_WORDS[COMP_CWORD]}"
   prev="\${COMP_WORDS[COMP_CWORD-1]}"
   cmd=""
+  sub=""
   for ((i = 1; i < COMP_CWORD; i++)); do
-    case "\${COMP_WORDS[i]}" in
-      ${commands.map((c) => c.name).join('|')}) cmd="\${COMP_WORDS[i]}"; break ;;
-    esac
+    if [[ -z "$cmd" ]]; then
+      case "\${COMP_WORDS[i]}" in
+        ${commands.map((c) => c.name).join('|')}) cmd="\${COMP_WORDS[i]}" ;;
+      esac
+    else
+      case "$cmd \${COMP_WORDS[i]}" in
+        ${nested.length ? nested.map((c) => `"${c.name}"`).join('|') : '"-"'}) sub="\${COMP_WORDS[i]}"; break ;;
+      esac
+    fi
   done
   case "$prev" in
 ${choiceCases.join('\n')}
@@ -51,14 +62,18 @@ ${fileFlags.length ? `    ${fileFlags.join('|')}) COMPREPLY=( $(compgen -f -- "$
 ${otherValued.length ? `    ${otherValued.join('|')}) COMPREPLY=(); return ;;` : ''}
   esac
   if [[ "$cmd" == "completion" ]]; then COMPREPLY=( $(compgen -W "bash zsh" -- "$cur") ); return; fi
-  case "$cmd" in
-${commands.map((c) => `    ${c.name}) opts="${words(c.options)}" ;;`).join('\n')}
+  case "$cmd\${sub:+ $sub}" in
+${[...commands, ...nested].map((c) => `    "${c.name}") opts="${words(c.options)}" ;;`).join('\n')}
     *) opts="" ;;
   esac
   if [[ "$cur" == -* ]]; then
     COMPREPLY=( $(compgen -W "$opts ${words(global)} --help" -- "$cur") )
   elif [[ -z "$cmd" ]]; then
     COMPREPLY=( $(compgen -W "${commands.map((c) => c.name).join(' ')}" -- "$cur") )
+${commands
+  .filter((c) => c.subcommands.length)
+  .map((c) => `  elif [[ "$cmd" == "${c.name}" && -z "$sub" ]]; then\n    COMPREPLY=( $(compgen -W "${c.subcommands.map((x) => x.name).join(' ')}" -- "$cur") )`)
+  .join('\n')}
   else
     COMPREPLY=( $(compgen -f -- "$cur") )
   fi
@@ -90,6 +105,19 @@ function zshOption(o: Option): string {
   return `'${head}[${zshText(o.description)}]${value}'`;
 }
 
+function zshArguments(c: Spec): string {
+  const args = c.name === 'completion' ? ["'1:shell:(bash zsh)'"] : [...c.options.map(zshOption), "'*:file:_files'"];
+  return `_arguments ${args.join(' ')}`;
+}
+
+/** The case of one command: its options, or for a command of commands (key), their names and then each one's options. */
+function zshCommandCase(c: Spec): string {
+  if (c.subcommands.length === 0) return `        ${c.name}) ${zshArguments(c)} ;;`;
+  const names = c.subcommands.map((sub) => `'${sub.name}:${zshText(sub.description)}'`).join(' ');
+  const each = c.subcommands.map((sub) => `${sub.name}) ${zshArguments(sub)} ;;`).join(' ');
+  return `        ${c.name}) if (( CURRENT == 2 )); then local -a subcommands; subcommands=(${names}); _describe -t commands 'lifeboat ${c.name} command' subcommands; else words=("\${(@)words[2,-1]}"); (( CURRENT-- )); case $words[1] in ${each} esac; fi ;;`;
+}
+
 export function zshCompletion(program: Command): string {
   const { global, commands } = specs(program);
   return `#compdef lifeboat
@@ -110,12 +138,7 @@ ${global.map((o) => `    ${zshOption(o)} \\`).join('\n')}
     command) _describe -t commands 'lifeboat command' commands ;;
     args)
       case $words[1] in
-${commands
-  .map((c) => {
-    const args = c.name === 'completion' ? ["'1:shell:(bash zsh)'"] : [...c.options.map(zshOption), "'*:file:_files'"];
-    return `        ${c.name}) _arguments ${args.join(' ')} ;;`;
-  })
-  .join('\n')}
+${commands.map(zshCommandCase).join('\n')}
       esac ;;
   esac
 }
