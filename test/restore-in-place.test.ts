@@ -258,3 +258,56 @@ test('restore --in-place --delta over an unchanged tree leaves its files alone: 
   assert.equal(config.mode & 0o7777n, 0o644n);
   assert.equal(config.mtimeNs / 1000n, 1763800000750026580n / 1000n);
 });
+
+test('a restore never deletes or writes into the repository: a --delta over a tree that holds it leaves it alone, --force and targets inside it are refused', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'srv', 'models');
+  await fsp.mkdir(path.join(src, 'llama'), { recursive: true });
+  await fsp.writeFile(path.join(src, 'llama', 'config.json'), '{"layers": 2}');
+  const repo = path.join(src, 'backups', 'repo');
+  const run = (...args: string[]) => lifeboat(['--repo', repo, ...args]);
+  const ok = async (...args: string[]) => {
+    const r = await run(...args);
+    assert.equal(r.code, 0, `lifeboat ${args.join(' ')}: ${r.stderr}`);
+    return r;
+  };
+  // The repository inside the source: backups leave it out.
+  await ok('init');
+  await ok('backup', '--source', `models=${src}`);
+  const listed = async () => (await ok('--json', 'list')).json().length;
+  assert.equal(await listed(), 1);
+
+  await fsp.writeFile(path.join(src, 'llama', 'config.json'), '{"layers": 3}');
+  const dry = await ok('--json', 'restore', 'latest', '--in-place', '--delta', '--dry-run');
+  assert.equal(dry.json().sources[0].removed, 0, 'the repository is not listed for removal');
+  await ok('restore', 'latest', '--in-place', '--delta');
+  assert.equal(await fsp.readFile(path.join(src, 'llama', 'config.json'), 'utf8'), '{"layers": 2}');
+  assert.equal(await listed(), 1, 'the repository is still there');
+  await ok('verify', '--read-data');
+
+  const refusals: [string[], RegExp][] = [
+    [['restore', 'latest', '--in-place', '--force'], /holds the repository .*--force would delete it/],
+    [['restore', 'latest', '--target', path.join(work, 'srv'), '--force'], /holds the repository/],
+    [['restore', 'latest', '--target', repo, '--delta'], /lies inside the repository/],
+    [['restore', 'latest', '--target', path.join(repo, 'data', 'out')], /lies inside the repository/],
+  ];
+  for (const [args, why] of refusals) {
+    const r = await run(...args);
+    assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, why);
+    assert.equal(await listed(), 1, `${args.join(' ')}: the repository is still there`);
+  }
+  // A point of another tree with a file where the repository is: a --delta of it over this tree is refused, nothing written.
+  const other = path.join(work, 'other', 'models');
+  await fsp.mkdir(other, { recursive: true });
+  await fsp.writeFile(path.join(other, 'backups'), 'a file');
+  await fsp.writeFile(path.join(other, 'config.json'), '{}');
+  const clashing = (await ok('--json', 'backup', '--source', `models=${other}`)).json().id;
+  const clash = await run('restore', clashing, '--target', path.join(work, 'srv'), '--delta');
+  assert.equal(clash.code, 2, clash.stderr);
+  assert.match(clash.stderr, /models\/backups of .* would be restored where the repository is/);
+  assert.equal(await fsp.stat(path.join(src, 'config.json')).catch(() => undefined), undefined, 'nothing was written');
+  assert.equal(await listed(), 2);
+  await ok('verify', '--read-data');
+});

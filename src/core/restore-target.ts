@@ -129,6 +129,33 @@ export type TargetState = 'absent' | 'empty' | 'non-empty' | 'not-a-directory';
 /** fsck's directory at the root of an ext2/3/4 file system: at a mount point it is not part of what is restored or replaced. */
 export const LOST_AND_FOUND = 'lost+found';
 
+/** The real path of `p`, or of its nearest existing ancestor with the rest appended. */
+async function realPathOfNearest(p: string): Promise<string> {
+  const rest: string[] = [];
+  for (let at = path.resolve(p); ; at = path.dirname(at)) {
+    try {
+      return path.join(await fsp.realpath(at), ...rest.reverse());
+    } catch {
+      if (at === path.dirname(at)) return path.resolve(p);
+      rest.push(path.basename(at));
+    }
+  }
+}
+
+/** How a restore target and a repository on local disk overlap: the target in the repository, or the repository (at a path under the target) in the target. */
+export type RepositoryOverlap = { targetInside: true } | { repositoryInside: string } | undefined;
+
+export async function repositoryOverlap(repositoryLocation: string, target: string): Promise<RepositoryOverlap> {
+  // An S3 repository (s3://…) shares nothing with a directory.
+  if (!path.isAbsolute(repositoryLocation)) return undefined;
+  const repo = await realPathOfNearest(repositoryLocation);
+  const real = await realPathOfNearest(target);
+  const within = (inner: string, outer: string) => inner === outer || inner.startsWith(outer.endsWith(path.sep) ? outer : outer + path.sep);
+  if (within(real, repo)) return { targetInside: true };
+  if (within(repo, real)) return { repositoryInside: path.join(path.resolve(target), path.relative(real, repo)) };
+  return undefined;
+}
+
 export async function inspectTarget(target: string): Promise<{ state: TargetState; mountPoint: boolean }> {
   let st;
   try {

@@ -20,7 +20,20 @@ import { makeDirectories } from '../format/mkdirs.js';
 import { idMapper, localAccounts } from '../format/accounts.js';
 import { mountsUnder } from '../format/mounts.js';
 import { whileReading } from './lock.js';
-import { LOST_AND_FOUND, asRestoreFailure, checkFreeSpace, inspectTarget, moveFile, moveIntoMountPoint, moveIntoPlace, stagingPath, stagingPrefix, takeInterruptedStaging, type TargetState } from './restore-target.js';
+import {
+  LOST_AND_FOUND,
+  asRestoreFailure,
+  checkFreeSpace,
+  inspectTarget,
+  moveFile,
+  moveIntoMountPoint,
+  moveIntoPlace,
+  repositoryOverlap,
+  stagingPath,
+  stagingPrefix,
+  takeInterruptedStaging,
+  type TargetState,
+} from './restore-target.js';
 import { directoriesNeedOpening, openDirectories, removeTree } from '../format/remove-tree.js';
 import { ArchivedObjectError } from '../storage/storage.js';
 
@@ -79,19 +92,27 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
   const reporter = options.reporter ?? {};
   const warnings: Notice[] = [];
   const target = path.resolve(options.target);
-  const { targetState, mountPoint } = await checkRestoreTarget(target, options);
-  if (options.dryRun) return plannedRestore(repo, manifest, options, { target, targetState, mountPoint, reporter, warnings, started });
-  return whileReading(repo.storage, 'restore', { signal: options.signal, reporter, warnings, reads: [manifest.id] }, () =>
-    restoreLocked(repo, manifest, options, { target, targetState, mountPoint, reporter, warnings, started }),
-  );
+  const { targetState, mountPoint, repositoryInside } = await checkRestoreTarget(target, options, repo.storage.location);
+  const setting: RestoreSetting = { target, targetState, mountPoint, repositoryInside, reporter, warnings, started };
+  if (options.dryRun) return plannedRestore(repo, manifest, options, setting);
+  return whileReading(repo.storage, 'restore', { signal: options.signal, reporter, warnings, reads: [manifest.id] }, () => restoreLocked(repo, manifest, options, setting));
 }
 
 /**
  * What a target is, refusing one a restore must not write into with these
  * options: a link, a file, a non-empty directory without --delta or --force,
- * one holding mount points with --force. Nothing is written.
+ * one holding mount points with --force, one inside the repository, or one
+ * holding the repository with --force. Nothing is written.
  */
-export async function checkRestoreTarget(target: string, options: Pick<RestoreOptions, 'delta' | 'force'>): Promise<{ targetState: TargetState; mountPoint: boolean }> {
+export async function checkRestoreTarget(
+  target: string,
+  options: Pick<RestoreOptions, 'delta' | 'force'>,
+  repositoryLocation?: string,
+): Promise<{ targetState: TargetState; mountPoint: boolean; repositoryInside?: string }> {
+  const overlap = repositoryLocation === undefined ? undefined : await repositoryOverlap(repositoryLocation, target);
+  if (overlap && 'targetInside' in overlap) {
+    throw new UsageError(`restore target ${target} lies inside the repository ${repositoryLocation}`, { hint: 'restore outside the repository; writing there would damage the backups' });
+  }
   const { state: targetState, mountPoint } = await inspectTarget(target);
   if (targetState === 'not-a-directory') {
     const link = await fsp.readlink(target).catch(() => undefined);
@@ -108,6 +129,12 @@ export async function checkRestoreTarget(target: string, options: Pick<RestoreOp
       hint: 'use --delta to update it in place, --force to replace it, or choose an empty directory',
     });
   }
+  const repositoryInside = overlap?.repositoryInside;
+  if (repositoryInside !== undefined && targetState === 'non-empty' && !options.delta) {
+    throw new UsageError(`restore target ${target} holds the repository (${repositoryInside}); --force would delete it with the rest of the tree`, {
+      hint: 'use --delta, which leaves the repository alone, or restore elsewhere',
+    });
+  }
   if (targetState === 'non-empty' && !options.delta) {
     // Replacing the tree would carry those file systems away with the old one and then delete what is on them.
     const mounts = await mountsUnder(target);
@@ -117,7 +144,28 @@ export async function checkRestoreTarget(target: string, options: Pick<RestoreOp
       });
     }
   }
-  return { targetState, mountPoint };
+  return { targetState, mountPoint, ...(repositoryInside === undefined ? {} : { repositoryInside }) };
+}
+
+/**
+ * A --delta into a tree that holds the repository leaves the repository, and
+ * the directories that lead to it, alone: refuses a point that has anything
+ * but directories there, which the restore would put in its place.
+ */
+function pathsToKeepForRepository(plan: RestorePlan, target: string, repositoryInside: string | undefined): string[] {
+  if (repositoryInside === undefined) return [];
+  const keep: string[] = [];
+  for (let at = repositoryInside; at.startsWith(target + path.sep); at = path.dirname(at)) keep.push(at);
+  const kept = new Set(keep);
+  for (const e of plan.entries) {
+    const p = pathIn(plan, target, e);
+    if ((kept.has(p) && e.type !== 'dir') || p === repositoryInside || p.startsWith(repositoryInside + path.sep)) {
+      throw new UsageError(`${e.source}/${e.path} of ${plan.manifest.id} would be restored where the repository is (${repositoryInside})`, {
+        hint: 'restore into another directory',
+      });
+    }
+  }
+  return keep;
 }
 
 /** Removals a dry run lists by name; it counts them all. */
@@ -128,15 +176,16 @@ const DRY_RUN_REMOVALS = 20;
  * the restore finds it (the point's chain checked, a --delta target read back
  * and compared), with nothing written to the target or the repository.
  */
-async function plannedRestore(repo: Repository, manifest: Manifest, options: RestoreOptions, { target, targetState, mountPoint, warnings, reporter, started }: RestoreSetting): Promise<RestoreResult> {
+async function plannedRestore(repo: Repository, manifest: Manifest, options: RestoreOptions, { target, targetState, mountPoint, repositoryInside, warnings, reporter, started }: RestoreSetting): Promise<RestoreResult> {
   const delta = options.delta === true && targetState === 'non-empty';
   const plan = await planRestore(repo, manifest, options.include, { hardLinks: !delta, asTarget: options.asTarget });
+  const keep = pathsToKeepForRepository(plan, target, repositoryInside);
   const result: RestoreResult = { point: manifest.id, target, files: plan.files.length, bytes: plan.bytes, durationMs: 0, dryRun: true, warnings };
   if (delta) {
     const unchanged = await filesAlreadyRight(plan, target, plan.files, options.signal, reporter);
     result.unchanged = unchanged.size;
     result.rewritten = plan.files.length - unchanged.size;
-    const removals = await extrasInTarget(plan, target, { mountPoint, include: options.include ?? [] });
+    const removals = await extrasInTarget(plan, target, { mountPoint, include: options.include ?? [], keep });
     result.removed = removals.length;
     result.removals = removals.slice(0, DRY_RUN_REMOVALS).map((p) => path.relative(target, p));
   } else {
@@ -150,15 +199,18 @@ interface RestoreSetting {
   target: string;
   targetState: TargetState;
   mountPoint: boolean;
+  /** Where a local repository lies under the target, which a --delta leaves alone. */
+  repositoryInside?: string;
   reporter: Reporter;
   warnings: Notice[];
   started: number;
 }
 
-async function restoreLocked(repo: Repository, manifest: Manifest, options: RestoreOptions, { target, targetState, mountPoint, reporter, warnings, started }: RestoreSetting): Promise<RestoreResult> {
+async function restoreLocked(repo: Repository, manifest: Manifest, options: RestoreOptions, { target, targetState, mountPoint, repositoryInside, reporter, warnings, started }: RestoreSetting): Promise<RestoreResult> {
   const delta = options.delta === true && targetState === 'non-empty';
   // A delta restore compares and rewrites each name on its own, so hard links are written as copies there.
   const plan = await planRestore(repo, manifest, options.include, { hardLinks: !delta, asTarget: options.asTarget });
+  const keep = pathsToKeepForRepository(plan, target, repositoryInside);
   const owners = ownerMapping(manifest, options.numericOwner === true);
   // Staged on the target's file system, so that moving the restored files into place is a rename.
   const staging = stagingPath(target, mountPoint);
@@ -206,7 +258,7 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
     });
     throwIfAborted(options.signal);
     if (delta) {
-      result.removed = await applyDelta(plan, staging, target, new Set(wanted), { mountPoint, include: options.include ?? [] }, owners, settled);
+      result.removed = await applyDelta(plan, staging, target, new Set(wanted), { mountPoint, include: options.include ?? [], keep }, owners, settled);
       await syncDirectories(plan, target);
       await removeTree(staging);
     } else {
@@ -819,7 +871,7 @@ async function applyDelta(
   staging: string,
   target: string,
   rewritten: ReadonlySet<ManifestEntry>,
-  layout: { mountPoint: boolean; include: readonly string[] },
+  layout: { mountPoint: boolean; include: readonly string[]; keep: readonly string[] },
   owners: OwnerMapping | undefined,
   settled: ReadonlySet<ManifestEntry>,
 ): Promise<number> {
@@ -861,10 +913,10 @@ async function applyDelta(
  * extra. A source restored in place as a mount point holds the staging
  * directory, and fsck's lost+found: neither is extra.
  */
-async function extrasInTarget(plan: RestorePlan, target: string, layout: { mountPoint: boolean; include: readonly string[]; staging?: string }): Promise<string[]> {
+async function extrasInTarget(plan: RestorePlan, target: string, layout: { mountPoint: boolean; include: readonly string[]; staging?: string; keep: readonly string[] }): Promise<string[]> {
   if (layout.include.length > 0) return [];
   const wanted = new Map(plan.entries.map((e) => [path.join(e.source, ...e.path.split('/')), e]));
-  const keep = new Set([...(layout.staging ? [layout.staging] : []), ...(layout.mountPoint ? [path.join(target, LOST_AND_FOUND)] : [])]);
+  const keep = new Set([...(layout.staging ? [layout.staging] : []), ...(layout.mountPoint ? [path.join(target, LOST_AND_FOUND)] : []), ...layout.keep]);
   const extras: string[] = [];
   for (const s of plan.sources) {
     const root = sourceDir(plan, target, s.name);
