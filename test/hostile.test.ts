@@ -148,6 +148,14 @@ test('manifest paths that are absolute, contain .., or lead through a symlink ar
       /leads outside/,
     ],
     ['absolute symlink', (m) => m.entries.push({ source: 'models', path: 'abs', type: 'symlink', mode: 0o777, mtimeNs: '0', size: 0, target: '/etc/passwd' }), /leads outside/],
+    [
+      'symlink that escapes through another one',
+      (m) => {
+        const link = { source: 'models', type: 'symlink', mode: 0o777, mtimeNs: '0', size: 0 };
+        m.entries.push({ ...link, path: 'tok/s', target: '..' }, { ...link, path: 'up', target: 'tok/s/../..' });
+      },
+      /refusing symlink models\/up .* leads outside/,
+    ],
   ];
   for (const [what, edit, pattern] of cases) {
     await plant(s, undefined, (m) => {
@@ -155,6 +163,12 @@ test('manifest paths that are absolute, contain .., or lead through a symlink ar
       m.entries = JSON.parse(JSON.stringify(m.entries));
     });
     await expectRefused(s, what, pattern);
+    // verify finds what restore refuses, without reading any data.
+    const v = await lifeboat(['--repo', s.repo, '--json', 'verify']);
+    assert.equal(v.code, 3, `${what}: verify: ${v.stdout}`);
+    const found = v.json().problems.find((p: { kind: string }) => p.kind === 'unsafe-entry');
+    assert.ok(found, `${what}: verify reports it`);
+    assert.match(found.detail, pattern, what);
   }
   await fsp.rm(s.work, { recursive: true, force: true });
 });

@@ -111,3 +111,34 @@ test('absolute symlinks into the source (a live-version pointer) are stored as r
   assert.equal(await fsp.readFile(path.join(root, 'current', 'weights.bin'), 'utf8'), 'v3 weights');
   assert.equal(await fsp.readFile(path.join(root, 'v3', 'tok', 'weights-link'), 'utf8'), 'v3 weights');
 });
+
+test('a link that leads out of the source through another link is found, as the kernel would follow it: stored as its file, or left out', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'src');
+  await fsp.mkdir(path.join(src, 'a', 'b'), { recursive: true });
+  await fsp.writeFile(path.join(work, 'outside.txt'), 'not part of the source');
+  await fsp.writeFile(path.join(src, 'f'), 'inside');
+  // Read alone, each of these stays inside; through a/b/s (which leads to the source's root) they do not.
+  await fsp.symlink('../..', path.join(src, 'a', 'b', 's'));
+  await fsp.symlink('a/b/s/..', path.join(src, 'up'));
+  await fsp.symlink('a/b/s/../outside.txt', path.join(src, 'peek'));
+  await fsp.symlink('a/b/s/f', path.join(src, 'same'));
+  await fsp.symlink('loop2', path.join(src, 'loop1'));
+  await fsp.symlink('loop1', path.join(src, 'loop2'));
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const b = await lifeboat(['--repo', repo, '--json', 'backup', '--source', `s=${src}`]);
+  assert.equal(b.code, 0, b.stderr);
+  assert.deepEqual(b.json().warnings.map((w: { code: string; path: string }) => [w.code, w.path]), [['link-escapes', 's/up']]);
+  assert.match(b.stderr, /peek -> a\/b\/s\/\.\.\/outside\.txt/, 'the file it leads to is stored in its place');
+  const out = path.join(work, 'out');
+  const r = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', out]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(await fsp.readFile(path.join(out, 's', 'peek'), 'utf8'), 'not part of the source');
+  assert.ok((await fsp.lstat(path.join(out, 's', 'peek'))).isFile());
+  assert.equal(await fsp.readlink(path.join(out, 's', 'same')), 'a/b/s/f', 'through a link, but inside: kept as a link');
+  assert.equal(await fsp.readFile(path.join(out, 's', 'same'), 'utf8'), 'inside');
+  assert.equal(await fsp.readlink(path.join(out, 's', 'loop1')), 'loop2', 'a loop leads nowhere, and is kept');
+  await assert.rejects(fsp.lstat(path.join(out, 's', 'up')), { code: 'ENOENT' });
+});

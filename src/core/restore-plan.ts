@@ -1,7 +1,7 @@
 import { Minimatch } from 'minimatch';
 import { IntegrityError, UsageError } from '../errors.js';
 import type { Manifest, ManifestEntry, VolumeRecord } from '../format/manifest.js';
-import { assertSafePath, checkSourceName, comparePaths, linkStaysInside } from '../format/paths.js';
+import { assertSafePath, checkSourceName, comparePaths, linkEscapes } from '../format/paths.js';
 import { entryKey } from './backup-plan.js';
 import { PathIndex } from './path-index.js';
 import type { Repository } from './repository.js';
@@ -39,6 +39,60 @@ export async function planRestore(
   include: readonly string[] = [],
   options: { hardLinks?: boolean; /** Restore only this source, as the target itself. */ asTarget?: string } = {},
 ): Promise<RestorePlan> {
+  const { sources, byPath } = checkEntries(manifest);
+  let entries = [...manifest.entries].sort((a, b) => comparePaths(`${a.source}/${a.path}`, `${b.source}/${b.path}`));
+  if (include.length > 0) entries = chooseIncluded(manifest, entries, include).entries;
+  const only = options.asTarget;
+  if (only !== undefined) {
+    if (!sources.has(only)) throw new UsageError(`${manifest.id} has no source ${JSON.stringify(only)}`);
+    entries = entries.filter((e) => e.source === only);
+  }
+
+  // Only links to be restored: one --include leaves out does not keep the rest of the point from being restored.
+  refuseEscapingLinks(manifest, byPath, entries);
+  const files = entries.filter((e) => e.type === 'file');
+  // A hard link is made once the file it names is written; without that file (left out by --include), or
+  // when links are not wanted (a delta restore compares and rewrites each name on its own), it is written as a copy.
+  const written = new Set(files);
+  const links: RestorePlan['links'] = [];
+  for (const f of files) {
+    const to = f.link === undefined ? undefined : byPath.get(f.source, f.link)!;
+    if (to && options.hardLinks !== false && written.has(to)) links.push({ entry: f, to });
+  }
+  for (const { entry } of links) written.delete(entry);
+  const jobs = new Map<string, VolumeJob>();
+  for (const f of written) {
+    const ref = f.ref!;
+    const key = `${ref.point}\u0000${ref.volume}`;
+    let job = jobs.get(key);
+    if (!job) {
+      let holder: Manifest;
+      try {
+        holder = ref.point === manifest.id ? manifest : await repo.manifest(ref.point);
+      } catch (err) {
+        throw new IntegrityError(`${f.source}/${f.path} of ${manifest.id} is stored in point ${ref.point}, which cannot be read: ${(err as Error).message}`);
+      }
+      const record = holder.volumes[ref.volume];
+      if (!record) throw new IntegrityError(`${f.source}/${f.path} of ${manifest.id} refers to volume ${ref.volume} of ${ref.point}, which does not exist`);
+      job = { point: ref.point, index: ref.volume, record, wanted: new Map() };
+      jobs.set(key, job);
+    }
+    const list = job.wanted.get(ref.entry) ?? [];
+    list.push(f);
+    job.wanted.set(ref.entry, list);
+  }
+  const volumes = [...jobs.values()].sort((a, b) => (a.point === b.point ? a.index - b.index : a.point < b.point ? -1 : 1));
+  const restored = only === undefined ? manifest.sources : manifest.sources.filter((src) => src.name === only);
+  return { manifest, sources: restored, ...(only === undefined ? {} : { asTarget: only }), entries, files, links, volumes, bytes: files.reduce((n, f) => n + f.size, 0) };
+}
+
+/**
+ * Checks every entry of a point before anything is written: safe names,
+ * nothing written through a link or a file, hard links to an earlier file with
+ * the same content, files with a checksum and a reference. Returns the point's
+ * sources and its entries by path.
+ */
+export function checkEntries(manifest: Manifest): { sources: Set<string>; byPath: PathIndex<ManifestEntry> } {
   const sources = new Set<string>();
   for (const s of manifest.sources) {
     try {
@@ -77,56 +131,22 @@ export async function planRestore(
     }
   }
 
-  let entries = [...manifest.entries].sort((a, b) => comparePaths(`${a.source}/${a.path}`, `${b.source}/${b.path}`));
-  if (include.length > 0) entries = chooseIncluded(manifest, entries, include).entries;
-  const only = options.asTarget;
-  if (only !== undefined) {
-    if (!sources.has(only)) throw new UsageError(`${manifest.id} has no source ${JSON.stringify(only)}`);
-    entries = entries.filter((e) => e.source === only);
-  }
+  return { sources, byPath };
+}
 
+/** Refuses a link of `entries` that leads out of the restored tree, read as the kernel would follow it through the point's other links. */
+export function refuseEscapingLinks(manifest: Manifest, byPath: PathIndex<ManifestEntry>, entries: readonly ManifestEntry[]): void {
+  const linkAt = (source: string) => (p: string) => {
+    const e = byPath.get(source, p);
+    return e?.type === 'symlink' ? (e.target ?? '/') : undefined;
+  };
   for (const e of entries) {
-    // Only links to be restored: one --include leaves out does not keep the rest of the point from being restored.
-    if (e.type === 'symlink' && (!e.target || !linkStaysInside(e.path, e.target))) {
+    if (e.type === 'symlink' && (!e.target || linkEscapes(e.path, e.target, linkAt(e.source)))) {
       throw new IntegrityError(`refusing symlink ${e.source}/${e.path} of ${manifest.id}: its target ${JSON.stringify(e.target)} leads outside the restored tree`, {
         hint: 'restore the rest with --include naming what you need, which leaves this link out',
       });
     }
   }
-  const files = entries.filter((e) => e.type === 'file');
-  // A hard link is made once the file it names is written; without that file (left out by --include), or
-  // when links are not wanted (a delta restore compares and rewrites each name on its own), it is written as a copy.
-  const written = new Set(files);
-  const links: RestorePlan['links'] = [];
-  for (const f of files) {
-    const to = f.link === undefined ? undefined : byPath.get(f.source, f.link)!;
-    if (to && options.hardLinks !== false && written.has(to)) links.push({ entry: f, to });
-  }
-  for (const { entry } of links) written.delete(entry);
-  const jobs = new Map<string, VolumeJob>();
-  for (const f of written) {
-    const ref = f.ref!;
-    const key = `${ref.point}\u0000${ref.volume}`;
-    let job = jobs.get(key);
-    if (!job) {
-      let holder: Manifest;
-      try {
-        holder = ref.point === manifest.id ? manifest : await repo.manifest(ref.point);
-      } catch (err) {
-        throw new IntegrityError(`${f.source}/${f.path} of ${manifest.id} is stored in point ${ref.point}, which cannot be read: ${(err as Error).message}`);
-      }
-      const record = holder.volumes[ref.volume];
-      if (!record) throw new IntegrityError(`${f.source}/${f.path} of ${manifest.id} refers to volume ${ref.volume} of ${ref.point}, which does not exist`);
-      job = { point: ref.point, index: ref.volume, record, wanted: new Map() };
-      jobs.set(key, job);
-    }
-    const list = job.wanted.get(ref.entry) ?? [];
-    list.push(f);
-    job.wanted.set(ref.entry, list);
-  }
-  const volumes = [...jobs.values()].sort((a, b) => (a.point === b.point ? a.index - b.index : a.point < b.point ? -1 : 1));
-  const restored = only === undefined ? manifest.sources : manifest.sources.filter((src) => src.name === only);
-  return { manifest, sources: restored, ...(only === undefined ? {} : { asTarget: only }), entries, files, links, volumes, bytes: files.reduce((n, f) => n + f.size, 0) };
 }
 
 /** The sources in which `include` chooses something (every source without patterns); a pattern that matches nothing is an error. */

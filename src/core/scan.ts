@@ -4,7 +4,7 @@ import { lstatSync, readdirSync, readlinkSync, statSync, type BigIntStats } from
 import { Minimatch } from 'minimatch';
 import { UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { firstFew } from '../format/units.js';
-import { comparePaths, linkStaysInside, relativeTargetInside } from '../format/paths.js';
+import { comparePaths, linkEscapes, linkStaysInside, relativeTargetInside } from '../format/paths.js';
 import type { Reporter } from './events.js';
 
 export interface SourceSpec {
@@ -116,6 +116,39 @@ export function entryFromStat(source: string, rel: string, abs: string, st: BigI
     target,
     abs,
   };
+}
+
+/**
+ * A link that stays inside its source read on its own may still lead out of it
+ * through another link (`e -> a/s/../..` with `a/s -> ../..`), and restore
+ * refuses it. It gets what a link out of the source gets: the file it points
+ * to stored in its place, or it is left out with a warning. Returns the bytes
+ * of the files stored in place of links.
+ */
+function leaveOutLinksThroughLinks(entries: ScannedEntry[], source: string, followed: string[], reporter: Reporter): number {
+  const links = new Map<string, string>();
+  for (const e of entries) if (e.type === 'symlink') links.set(e.path, e.target!);
+  if (links.size === 0) return 0;
+  let bytes = 0;
+  for (let i = 0; i < entries.length; i++) {
+    const e = entries[i]!;
+    if (e.type !== 'symlink' || !linkEscapes(e.path, e.target!, (p) => links.get(p))) continue;
+    const pointed = statOrUndefined(e.abs);
+    if (pointed?.isFile()) {
+      entries[i] = entryFromStat(source, e.path, e.abs, pointed, 'file');
+      bytes += entries[i]!.size;
+      followed.push(`${e.path} -> ${e.target}`);
+      continue;
+    }
+    reporter.notice?.({
+      level: 'warning',
+      code: 'link-escapes',
+      path: `${source}/${e.path}`,
+      message: `symlink leads outside the source through another link (${e.target}), and not to a regular file; left out of the backup`,
+    });
+    entries.splice(i--, 1);
+  }
+  return bytes;
 }
 
 /** Entries listed and stated between turns of the event loop. */
@@ -256,6 +289,7 @@ export async function scanSource(
     }
     reporter.progress?.({ phase: 'scan', filesDone: entries.length, filesTotal: 0, bytesDone: bytes, bytesTotal: 0 });
   }
+  bytes += leaveOutLinksThroughLinks(entries, spec.name, followed, reporter);
   if (followed.length > 0) {
     reporter.notice?.({
       level: 'info',

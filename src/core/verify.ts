@@ -5,6 +5,7 @@ import { keys, recordedChecksum, summarize, summaryIdOf, volumeEntryName, type M
 import { unsafePathReason } from '../format/paths.js';
 import { readVolume } from '../format/tar.js';
 import { type Notice, type Progress, type Reporter, progressAt } from './events.js';
+import { checkEntries, refuseEscapingLinks } from './restore-plan.js';
 import type { Repository } from './repository.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 import { deepCheck } from './verify-deep.js';
@@ -161,6 +162,12 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
     volumesOf.set(id, m.volumes);
     result.backups++;
     result.files += m.stats.files;
+    try {
+      // What restore would refuse before writing anything (an unsafe name, a link out of the tree) fails verify too.
+      refuseEscapingLinks(m, checkEntries(m).byPath, m.entries);
+    } catch (err) {
+      problems.push({ point: id, path: keys.point(id), kind: 'unsafe-entry', detail: errorMessage(err) });
+    }
     for (const ancestor of [m.parent, m.full]) {
       if (ancestor && ancestor !== id && !known.has(ancestor)) {
         problems.push({ point: id, path: keys.point(ancestor), kind: 'chain-broken', detail: `depends on ${ancestor}, which is missing` });

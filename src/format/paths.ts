@@ -55,6 +55,41 @@ export function linkStaysInside(linkPath: string, target: string): boolean {
   return true;
 }
 
+/** Links followed in one resolution before it is taken for a loop, as the kernel's limit (40). */
+const MAX_LINKS_FOLLOWED = 40;
+
+/**
+ * Whether a symlink at `linkPath` pointing at `target` leads out of its root
+ * once resolved as the kernel would resolve it in the restored tree: through
+ * the other links of that tree (`linkAt` gives the target of the link at a
+ * path, if there is one), so that `e -> a/s/../..` with `a/s -> ../..` is
+ * found to escape, as a lexical reading of `e` alone would not. A loop of links
+ * leads nowhere, and so not out.
+ */
+export function linkEscapes(linkPath: string, target: string, linkAt: (p: string) => string | undefined): boolean {
+  if (target.startsWith('/') || target.includes('\0')) return true;
+  const parts = linkPath.split('/').slice(0, -1);
+  const pending = target.split('/').reverse();
+  let followed = 0;
+  while (pending.length > 0) {
+    const segment = pending.pop()!;
+    if (segment === '' || segment === '.') continue;
+    if (segment === '..') {
+      if (parts.length === 0) return true;
+      parts.pop();
+      continue;
+    }
+    parts.push(segment);
+    const next = linkAt(parts.join('/'));
+    if (next === undefined) continue;
+    if (++followed > MAX_LINKS_FOLLOWED) return false;
+    if (next.startsWith('/') || next.includes('\0')) return true;
+    parts.pop();
+    pending.push(...next.split('/').reverse());
+  }
+  return false;
+}
+
 /**
  * An absolute symlink target inside the source root (given as one or more
  * absolute paths, such as the path as configured and as resolved), as a
