@@ -1,7 +1,7 @@
 import { Command, CommanderError, Option } from 'commander';
 import { createRequire } from 'node:module';
 import type { Writable } from 'node:stream';
-import { ExitCode, LifeboatError, errorMessage } from '../errors.js';
+import { ExitCode, LifeboatError, UsageError, errorMessage } from '../errors.js';
 import type { CliContext, GlobalOptions } from './context.js';
 import { jsonLogLine, paint } from './output.js';
 import { registerInit } from './commands/init.js';
@@ -73,12 +73,7 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: { printed: b
     .option('--s3-path-style', 'path-style S3 addressing (s3.forcePathStyle)')
     .option('--password-file <file>', 'password of an encrypted repository (or LIFEBOAT_PASSWORD_FILE, LIFEBOAT_PASSWORD)')
     .addHelpText('after', EXIT_CODES_HELP)
-    .showSuggestionAfterError()
-    .exitOverride()
-    .configureOutput({
-      writeOut: (s) => io.stdout.write(s),
-      writeErr: (s) => io.stderr.write(s),
-    });
+    .showSuggestionAfterError();
 
   const run: CommandRunner = (action) =>
     async (...args: unknown[]) => {
@@ -119,11 +114,57 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: { printed: b
     };
 
   for (const register of [registerInit, registerBackup, registerList, registerShow, registerDiff, registerVerify, registerRestore, registerPin, registerUnpin, registerUnlock, registerPrune, registerDrill, registerFailover, registerRollback, registerStatus, registerKey, registerCompletion]) {
-    const sub = register(program, run);
-    sub.exitOverride().configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) });
-    sub.addHelpText('after', EXIT_CODES_HELP);
+    register(program, run).addHelpText('after', EXIT_CODES_HELP);
+  }
+  for (const command of withSubcommands(program)) {
+    command.exitOverride(asUsageError(command)).configureOutput({
+      writeOut: (s) => io.stdout.write(s),
+      writeErr: (s) => io.stderr.write(s),
+      // Its errors are rendered as lifeboat's own, by runCli.
+      outputError: () => undefined,
+    });
   }
   return program;
+}
+
+function withSubcommands(command: Command): Command[] {
+  return [command, ...command.commands.flatMap(withSubcommands)];
+}
+
+/** `lifeboat key add`: the words that run a command, for hints. */
+function commandLine(command: Command): string {
+  return command.parent ? `${commandLine(command.parent)} ${command.name()}` : command.name();
+}
+
+/**
+ * What commander finds wrong with the command line (an unknown option, a missing argument or
+ * required option, an unknown command, a command that needs a subcommand) becomes a usage error
+ * like any other, so that it is rendered as one (`lifeboat: …`, a hint, the JSON error document
+ * with --json). --help and --version end with exit 0 as commander ends them.
+ */
+function asUsageError(command: Command): (err: CommanderError) => never {
+  return (err) => {
+    if (err.exitCode === 0) throw err;
+    const help = `see ${commandLine(command)} --help`;
+    // `lifeboat key` without a subcommand: commander has just printed the help, to stderr.
+    if (err.code === 'commander.help') {
+      const names = command.commands.map((c) => c.name());
+      const which = names.length > 1 ? `${names.slice(0, -1).join(', ')} or ${names.at(-1)}` : names.join('');
+      throw new UsageError(command.parent ? `${command.name()} needs a command: ${which}` : 'no command given', { cause: err, hint: help });
+    }
+    // "error: unknown option '--bogus'\n(Did you mean --all?)"
+    const [problem = err.message, ...suggestion] = err.message.replace(/^error: /, '').split('\n');
+    const didYouMean = suggestion.join(' ').replace(/^\((.*)\)$/, '$1').replace(/^Did/, 'did');
+    throw new UsageError(problem, { cause: err, hint: didYouMean ? `${didYouMean} ${help}` : help });
+  };
+}
+
+/** Whether a flag is on the command line before any `--`: what commander could not parse is known from there alone. */
+function givenOnCommandLine(argv: readonly string[], flag: string, value?: string): boolean {
+  const end = argv.indexOf('--');
+  const args = argv.slice(2, end === -1 ? undefined : end);
+  if (value === undefined) return args.includes(flag);
+  return args.some((a, i) => a === `${flag}=${value}` || (a === flag && args[i + 1] === value));
 }
 
 /** Runs the CLI and returns the exit code (the only place failures become codes). */
@@ -138,17 +179,18 @@ export async function runCli(argv: string[], io: CliIo, signal: AbortSignal): Pr
     await program.parseAsync(argv);
     return ExitCode.ok;
   } catch (err) {
-    if (err instanceof CommanderError) {
-      if (err.exitCode === 0 || err.code === 'commander.helpDisplayed' || err.code === 'commander.version') return ExitCode.ok;
-      return ExitCode.usage;
-    }
+    // --help and --version: shown; every other complaint of commander's arrives as a UsageError.
+    if (err instanceof CommanderError) return ExitCode.ok;
     const code = err instanceof LifeboatError ? err.exitCode : ExitCode.runtime;
     const ctx = state.ctx;
-    if (ctx?.json && !state.printed) {
+    // Before a command runs (commander refused the command line), its context does not exist yet.
+    const json = ctx ? ctx.json : givenOnCommandLine(argv, '--json');
+    const logFormat = ctx ? ctx.logFormat : givenOnCommandLine(argv, '--log-format', 'json') ? 'json' : 'text';
+    if (json && !state.printed) {
       const hint = err instanceof LifeboatError && err.hint ? { hint: err.hint } : {};
       io.stdout.write(`${JSON.stringify({ ok: false, error: { message: errorMessage(err), exitCode: code, ...hint } }, null, 2)}\n`);
     }
-    if (ctx?.logFormat === 'json') {
+    if (logFormat === 'json') {
       io.stderr.write(jsonLogLine('error', errorMessage(err), { exitCode: code, ...(err instanceof LifeboatError && err.hint ? { hint: err.hint } : {}) }));
       return code;
     }

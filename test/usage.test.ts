@@ -1,0 +1,56 @@
+/**
+ * The command line itself: what commander refuses, flag values that cannot
+ * be used, and the help text, each answered as every other usage error is.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { runChild, type CliRun } from './helpers/cli.js';
+
+/** One `lifeboat: …` sentence with its hint on stderr, exit 2, and with --json the error document alone on stdout. */
+function assertUsageError(r: CliRun, message: RegExp, hint: RegExp, json: boolean): void {
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, new RegExp(`^lifeboat: ${message.source}\\n {2}${hint.source}\\n$`, 'm'));
+  assert.doesNotMatch(r.stderr, /^error:/m);
+  if (!json) {
+    assert.equal(r.stdout, '');
+    return;
+  }
+  const doc = r.json();
+  assert.deepEqual(Object.keys(doc), ['ok', 'error']);
+  assert.equal(doc.ok, false);
+  assert.equal(doc.error.exitCode, 2);
+  assert.match(doc.error.message, message);
+  assert.match(doc.error.hint, hint);
+}
+
+test('what commander refuses (a missing argument or option, an unknown option or command) is a usage error like any other, with the JSON error document wherever --json stands', async () => {
+  assertUsageError(await runChild(['--json', 'diff', 'latest']), /missing required argument 'to'/, /see lifeboat diff --help/, true);
+  assertUsageError(await runChild(['list', '--bogus', '--json']), /unknown option '--bogus'/, /see lifeboat list --help/, true);
+  assertUsageError(await runChild(['--json', 'pin', 'latest']), /required option '--reason <text>' not specified/, /see lifeboat pin --help/, true);
+  assertUsageError(await runChild(['list', '--al']), /unknown option '--al'/, /did you mean --all\? see lifeboat list --help/, false);
+  assertUsageError(await runChild(['restore', 'latest', '--json', '--target']), /option '--target <dir>' argument missing/, /see lifeboat restore --help/, true);
+  assertUsageError(await runChild(['--json', 'bogus']), /unknown command 'bogus'/, /see lifeboat --help/, true);
+  assertUsageError(await runChild(['key', 'add', '--bogus']), /unknown option '--bogus'/, /see lifeboat key add --help/, false);
+  // commander prints the help of a command that needs a subcommand; the error comes after it.
+  const key = await runChild(['--json', 'key']);
+  assertUsageError(key, /key needs a command: list, add, remove or passwd/, /see lifeboat key --help/, true);
+  assert.match(key.stderr, /^Usage: lifeboat key/);
+  // After a `--`, --json is an argument, not the flag.
+  assertUsageError(await runChild(['diff', '--', '--json']), /missing required argument 'to'/, /see lifeboat diff --help/, false);
+  const logLine = await runChild(['--log-format', 'json', 'diff', 'latest']);
+  assert.equal(logLine.code, 2);
+  assert.deepEqual(
+    (({ level, msg, exitCode, hint }) => ({ level, msg, exitCode, hint }))(JSON.parse(logLine.stderr)),
+    { level: 'error', msg: "missing required argument 'to'", exitCode: 2, hint: 'see lifeboat diff --help' },
+  );
+
+  for (const args of [['--help'], ['diff', '--help'], ['help', 'diff'], ['--json', 'key', 'add', '--help']]) {
+    const help = await runChild(args);
+    assert.equal(help.code, 0, `${args.join(' ')}: ${help.stderr}`);
+    assert.match(help.stdout, /^Usage: lifeboat/);
+    assert.equal(help.stderr, '');
+  }
+  const version = await runChild(['--version', '--json']);
+  assert.equal(version.code, 0);
+  assert.match(version.stdout, /^\d+\.\d+\.\d+\n$/);
+});
