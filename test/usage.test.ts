@@ -4,6 +4,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { runChild, type CliRun } from './helpers/cli.js';
 
 /** One `lifeboat: …` sentence with its hint on stderr, exit 2, and with --json the error document alone on stdout. */
@@ -53,4 +56,17 @@ test('what commander refuses (a missing argument or option, an unknown option or
   const version = await runChild(['--version', '--json']);
   assert.equal(version.code, 0);
   assert.match(version.stdout, /^\d+\.\d+\.\d+\n$/);
+});
+
+test("--help's exit codes are README.md's, word for word", async () => {
+  const readme = await fsp.readFile(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../README.md'), 'utf8');
+  const table = readme.split('\n## Exit codes\n')[1]!.split('\n## ')[0]!;
+  const documented = [...table.matchAll(/^\| (\d+) \| (.*) \|$/gm)].map(([, code, meaning]) => `${code} ${meaning!.replace(/`/g, '')}`);
+  assert.ok(documented.length >= 7, table);
+  for (const args of [['--help'], ['backup', '--help']]) {
+    const help = (await runChild(args)).stdout.split('\nExit codes:\n')[1]!;
+    // A meaning that does not fit a line goes on, indented, on the next.
+    const listed = help.trimEnd().replace(/\n {5,}/g, ' ').split('\n').map((line) => line.trim().replace(/\s+/, ' '));
+    assert.deepEqual(listed, documented);
+  }
 });

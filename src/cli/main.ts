@@ -33,15 +33,19 @@ export type CommandRunner = <A extends unknown[]>(
   action: (ctx: CliContext, ...args: A) => Promise<void>,
 ) => (...args: unknown[]) => Promise<void>;
 
+/** The table of README.md's "Exit codes", word for word (a test compares them). */
 const EXIT_CODES_HELP = `
 Exit codes:
   0    success
   1    runtime failure (I/O, storage, network after retries)
   2    usage or configuration error
-  3    integrity failure (checksum mismatch, missing or unreadable backup data)
+  3    integrity failure: a checksum mismatch, missing or unreadable backup data,
+       hostile input
   4    the repository is locked by another live process
-  5    a health check or a drill objective failed
-  130  interrupted (SIGINT, SIGTERM or SIGHUP); the repository is left consistent`;
+  5    a health check or a drill objective failed; a failover that switched back;
+       status with an unhealthy target
+  130  interrupted (SIGINT, SIGTERM, or SIGHUP when the terminal or SSH session
+       goes away); the repository is left consistent`;
 
 function version(): string {
   const require = createRequire(import.meta.url);
