@@ -6,8 +6,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import { PassThrough } from 'node:stream';
 import { fileURLToPath } from 'node:url';
-import { runChild, type CliRun } from './helpers/cli.js';
+import type { Command } from 'commander';
+import { buildProgram } from '../src/cli/main.js';
+import { lifeboat, runChild, type CliRun } from './helpers/cli.js';
 
 /** One `lifeboat: …` sentence with its hint on stderr, exit 2, and with --json the error document alone on stdout. */
 function assertUsageError(r: CliRun, message: RegExp, hint: RegExp, json: boolean): void {
@@ -69,4 +72,21 @@ test("--help's exit codes are README.md's, word for word", async () => {
     const listed = help.trimEnd().replace(/\n {5,}/g, ' ').split('\n').map((line) => line.trim().replace(/\s+/, ' '));
     assert.deepEqual(listed, documented);
   }
+});
+
+test('every point id in the examples of --help has the form of an id, or of a prefix of one', async () => {
+  const program = buildProgram({ stdout: new PassThrough(), stderr: new PassThrough(), env: {}, cwd: process.cwd() }, new AbortController().signal, { printed: false });
+  const commandLines = (c: Command, words: string[]): string[][] => [words, ...c.commands.flatMap((sub) => commandLines(sub, [...words, sub.name()]))];
+  // 20261122-030000-123F: digits where digits are, and the type's letter last.
+  const shape = (s: string) => s.replace(/\d/g, '9').replace(/[A-Z]$/, (letter) => ('FDI'.includes(letter) ? 'A' : '?'));
+  let ids = 0;
+  for (const words of commandLines(program, [])) {
+    const help = await lifeboat([...words, '--help']);
+    assert.equal(help.code, 0, help.stderr);
+    for (const [id] of help.stdout.matchAll(/\b\d{8}\S*/g)) {
+      ids++;
+      assert.ok('99999999-999999-999A'.startsWith(shape(id)), `lifeboat ${words.join(' ')} --help: ${id} is no point id, nor a prefix of one`);
+    }
+  }
+  assert.ok(ids >= 3, 'the examples of pin, unpin and diff name points');
 });

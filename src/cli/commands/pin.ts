@@ -48,7 +48,7 @@ export function registerPin(program: Command, run: CommandRunner): Command {
     .description('keep a point whatever the retention policy says, until it is unpinned')
     .argument('<point>', 'id, unique id prefix, latest, or an ISO-8601 time')
     .requiredOption('--reason <text>', 'why it is kept (shown by list and prune --dry-run)')
-    .addHelpText('after', '\nExamples:\n  lifeboat pin latest --reason "release 2.3 candidate"\n  lifeboat pin 20261120-030000F --reason "audit hold, ticket 4411"')
+    .addHelpText('after', '\nExamples:\n  lifeboat pin latest --reason "release 2.3 candidate"\n  lifeboat pin 20261120-030000-000F --reason "audit hold, ticket 4411"')
     .action(run((ctx, selector: string, flags: PinFlags) => runPin(ctx, selector, flags)));
 }
 
@@ -57,6 +57,6 @@ export function registerUnpin(program: Command, run: CommandRunner): Command {
     .command('unpin')
     .description('remove the pin of a point, so retention decides about it again')
     .argument('<point>', 'id, unique id prefix, latest, or an ISO-8601 time')
-    .addHelpText('after', '\nExample:\n  lifeboat unpin 20261120-030000F')
+    .addHelpText('after', '\nExample:\n  lifeboat unpin 20261120-030000-000F')
     .action(run((ctx, selector: string) => runUnpin(ctx, selector)));
 }
