@@ -443,6 +443,26 @@ describe('keys', () => {
     assert.equal(none.code, 2, none.stderr);
     assert.equal(await exists(path.join(work, 'no-pw')), false);
   });
+
+  it('without a password and no terminal, init names the ways init takes one, and the key commands theirs; the way named works', async () => {
+    const pwFile = path.join(work, 'named-pw');
+    await fsp.writeFile(pwFile, `${PASSWORD}\n`);
+    const r = path.join(work, 'hinted');
+    const none = await lifeboat(['--repo', r, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10']);
+    assert.equal(none.code, 2, none.stderr);
+    assert.equal(none.stderr, 'lifeboat: an encrypted repository needs a password, and none was given\n  pass --password-file FILE, or set LIFEBOAT_PASSWORD_FILE or LIFEBOAT_PASSWORD\n');
+    await ok(lifeboat(['--repo', r, '--password-file', pwFile, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10']), 'init --password-file');
+    await ok(lifeboat(['--repo', r, 'list'], { env: { LIFEBOAT_PASSWORD_FILE: pwFile } }), 'list with LIFEBOAT_PASSWORD_FILE');
+    const locked = await lifeboat(['--repo', r, 'list']);
+    assert.equal(locked.code, 2, locked.stderr);
+    assert.match(locked.stderr, /no password was given\n {2}pass --password-file FILE, or set LIFEBOAT_PASSWORD_FILE or LIFEBOAT_PASSWORD\n$/);
+    for (const command of ['add', 'passwd']) {
+      const noNew = await lifeboat(['--repo', r, 'key', command], { env: env() });
+      assert.equal(noNew.code, 2, noNew.stderr);
+      assert.equal(noNew.stderr, 'lifeboat: no new password was given\n  pass --new-password-file FILE or set LIFEBOAT_NEW_PASSWORD\n');
+    }
+    await ok(lifeboat(['--repo', r, 'key', 'add', '--new-password-file', pwFile], { env: env() }), 'key add --new-password-file');
+  });
 });
 
 describe('an encrypted repository on the S3 test server', () => {

@@ -21,6 +21,12 @@ async function readPasswordFile(ctx: CliContext, file: string, what: string): Pr
   return password;
 }
 
+/** The ways to give the password of a repository, said when none was given and there is no terminal to ask on. */
+export const GIVE_A_PASSWORD = 'pass --password-file FILE, or set LIFEBOAT_PASSWORD_FILE or LIFEBOAT_PASSWORD';
+
+/** What key add and key passwd say when no new password was given. */
+const NO_NEW_PASSWORD = { message: 'no new password was given', hint: 'pass --new-password-file FILE or set LIFEBOAT_NEW_PASSWORD' };
+
 function canPrompt(ctx: CliContext): boolean {
   return process.stdin.isTTY === true && (ctx.stderr as { isTTY?: boolean }).isTTY === true && !ctx.json;
 }
@@ -73,21 +79,21 @@ export function passwordSource(ctx: CliContext): PasswordSource {
       if (file !== undefined) return readPasswordFile(ctx, file, 'password file');
       if (env !== undefined && env !== '') return env;
       if (canPrompt(ctx)) return promptHidden(ctx, purpose.charAt(0).toUpperCase() + purpose.slice(1));
-      throw new UsageError('this repository is encrypted and no password was given', {
-        hint: 'set LIFEBOAT_PASSWORD, or pass --password-file FILE',
-      });
+      throw new UsageError('this repository is encrypted and no password was given', { hint: GIVE_A_PASSWORD });
     },
   };
 }
 
-/** A new password (key add, key passwd): --new-password-file, LIFEBOAT_NEW_PASSWORD, or asked twice on a terminal. */
-export async function newPassword(ctx: CliContext, file: string | undefined): Promise<string> {
+/**
+ * A new password (key add, key passwd): --new-password-file, LIFEBOAT_NEW_PASSWORD, or asked twice
+ * on a terminal. `missing` is the error without any of them: init, which asks for the first
+ * password this way, takes it from --password-file and says so.
+ */
+export async function newPassword(ctx: CliContext, file: string | undefined, missing: { message: string; hint: string } = NO_NEW_PASSWORD): Promise<string> {
   if (file !== undefined) return readPasswordFile(ctx, file, 'new password file');
   const env = ctx.env.LIFEBOAT_NEW_PASSWORD;
   if (env !== undefined && env !== '') return env;
-  if (!canPrompt(ctx)) {
-    throw new UsageError('no new password was given', { hint: 'pass --new-password-file FILE or set LIFEBOAT_NEW_PASSWORD' });
-  }
+  if (!canPrompt(ctx)) throw new UsageError(missing.message, { hint: missing.hint });
   const first = await promptHidden(ctx, 'New password');
   if (first.length === 0) throw new UsageError('the password is empty');
   const again = await promptHidden(ctx, 'Repeat the new password');

@@ -5,7 +5,7 @@ import { addKey, encryptionSettings, newDataKey } from '../../core/keys.js';
 import { DEFAULT_KDF, KDF_LIMITS } from '../../crypto/kdf.js';
 import { keys } from '../../format/manifest.js';
 import { contextConfig, openContextStorage, type CliContext } from '../context.js';
-import { newPassword, passwordSource } from '../password.js';
+import { GIVE_A_PASSWORD, newPassword, passwordSource } from '../password.js';
 import { printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 
@@ -22,7 +22,7 @@ export async function runInit(ctx: CliContext, options: InitOptions): Promise<vo
   const source = passwordSource(ctx);
   if (algorithm === 'none' && source.given) {
     throw new UsageError('a password was given, but the repository would not be encrypted', {
-      hint: 'add --encryption aes-256-gcm, or unset LIFEBOAT_PASSWORD (and drop --password-file)',
+      hint: 'add --encryption aes-256-gcm, or unset LIFEBOAT_PASSWORD and LIFEBOAT_PASSWORD_FILE (and drop --password-file)',
     });
   }
   let logN = DEFAULT_KDF.logN;
@@ -34,7 +34,12 @@ export async function runInit(ctx: CliContext, options: InitOptions): Promise<vo
     }
   }
   // Asked before anything is written, so a refused password leaves no trace.
-  const password = algorithm === 'none' ? undefined : source.given ? await source.get('password') : await newPassword(ctx, undefined);
+  const password =
+    algorithm === 'none'
+      ? undefined
+      : source.given
+        ? await source.get('password')
+        : await newPassword(ctx, undefined, { message: 'an encrypted repository needs a password, and none was given', hint: GIVE_A_PASSWORD });
   const config = await contextConfig(ctx);
   const storage = await openContextStorage(ctx, config);
   try {
