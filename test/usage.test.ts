@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { buildProgram } from '../src/cli/main.js';
 import { lifeboat, runChild, type CliRun } from './helpers/cli.js';
+import { smallDeployment } from './helpers/repo.js';
 
 /** One `lifeboat: …` sentence with its hint on stderr, exit 2, and with --json the error document alone on stdout. */
 function assertUsageError(r: CliRun, message: RegExp, hint: RegExp, json: boolean): void {
@@ -89,4 +90,31 @@ test('every point id in the examples of --help has the form of an id, or of a pr
     }
   }
   assert.ok(ids >= 3, 'the examples of pin, unpin and diff name points');
+});
+
+test('a flag value that cannot be used is refused (exit 2) naming the flag and what it takes, not read as the default or as no flag', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const repo = ['--repo', d.repo];
+  assert.equal((await lifeboat([...repo, 'backup', d.src])).code, 0);
+  const refused: [string[], RegExp][] = [
+    [['status', '--events', 'abc'], /--events abc: expected a whole number of at least 0/],
+    [['status', '--events', '-1'], /--events -1: expected a whole number of at least 0/],
+    [['status', '--events', '2.5'], /--events 2\.5: expected a whole number of at least 0/],
+    [['backup', d.src, '--notify-on', 'bogus'], /--notify-on bogus: use failure, warning or success/],
+    [['backup', d.src, '--notify-on', 'failure,bogus'], /--notify-on bogus: use failure, warning or success/],
+    [['backup', d.src, '--notify-on', ''], /--notify-on "": use failure, warning or success/],
+    [['backup', d.src, '--notify-url', ''], /--notify-url "": expected an http:\/\/ or https:\/\/ URL/],
+    [['backup', d.src, '--metrics-file', ''], /--metrics-file "": expected the path of a file/],
+    [['drill', '--junit', ''], /--junit "": expected the path of a file/],
+    [['drill', '--smoke', ''], /--smoke "": expected a shell command/],
+  ];
+  for (const [args, message] of refused) {
+    const r = await lifeboat([...repo, '--json', ...args]);
+    assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, new RegExp(`^lifeboat: ${message.source}\\n`));
+    assert.match(r.json().error.message, message);
+  }
+  assert.equal((await lifeboat([...repo, '--json', 'list'])).json().length, 1, 'no backup was taken by the refused ones');
+  assert.equal((await lifeboat([...repo, 'status', '--events', '0'])).code, 0);
 });

@@ -7,6 +7,7 @@ import { updateMetricsFile, type MetricSample } from '../core/metrics.js';
 import { makeEvent, redactUrl, sendNotification } from '../core/notify.js';
 import { contextConfig, deploymentName, repositoryUrl, type CliContext } from './context.js';
 import { logNotice } from './output.js';
+import { nonEmpty, pathFlag } from './flags.js';
 
 /** Flags every command run unattended takes (backup, verify, prune, drill). */
 export interface CronFlags {
@@ -83,6 +84,13 @@ export function lockRetryMs(flags: CronFlags, config: LifeboatConfig): number | 
  * the command; they are logged as warnings.
  */
 export async function runMonitored(ctx: CliContext, command: string, flags: CronFlags, body: (figures: RunFigures) => Promise<void>): Promise<void> {
+  // Checked before the run: a mistyped flag must not leave a nightly failure unreported.
+  for (const e of flags.notifyOn ?? []) {
+    if (!NOTIFY_ON.has(e)) throw new UsageError(`--notify-on ${e}: use failure, warning or success`);
+  }
+  if (flags.notifyOn?.length === 0) throw new UsageError('--notify-on "": use failure, warning or success');
+  nonEmpty('--notify-url', flags.notifyUrl, 'an http:// or https:// URL');
+  pathFlag(ctx.cwd, '--metrics-file', flags.metricsFile, 'a file');
   const startedAt = new Date();
   const figures: RunFigures = {};
   let failure: unknown;
@@ -116,9 +124,6 @@ export async function runMonitored(ctx: CliContext, command: string, flags: Cron
 
   const url = flags.notifyUrl ?? config.notify?.url;
   const on = new Set(flags.notifyOn ?? config.notify?.on ?? ['failure']);
-  for (const e of on) {
-    if (!NOTIFY_ON.has(e)) warn(`--notify-on ${e}: use failure, warning or success`, 'notify-on-unknown');
-  }
   const warnings = figures.warnings ?? [];
   if (url && (failure !== undefined || on.has('success') || (on.has('warning') && warnings.length > 0))) {
     let repository: string | null = null;

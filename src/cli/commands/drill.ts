@@ -9,6 +9,7 @@ import { contextConfig, openRepository, repositoryUrl, type CliContext } from '.
 import { withIntactAlternative } from '../damage.js';
 import { addCronOptions, runMonitored, type CronFlags } from '../cron.js';
 import { formatBytes } from '../format.js';
+import { nonEmpty, pathFlag } from '../flags.js';
 import { ProgressRenderer, log, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 
@@ -58,12 +59,12 @@ function summary(r: DrillResult): string {
 export async function runDrill(ctx: CliContext, selector: string | undefined, flags: DrillFlags): Promise<void> {
   await runMonitored(ctx, 'drill', flags, async (figures) => {
     const options = {
-      smoke: flags.smoke,
+      smoke: nonEmpty('--smoke', flags.smoke, 'a shell command'),
       smokeTimeoutMs: duration('--smoke-timeout', flags.smokeTimeout),
       rtoMs: duration('--rto', flags.rto),
       rpoMs: duration('--rpo', flags.rpo),
     };
-    const junitFile = flags.junit ? path.resolve(ctx.cwd, flags.junit) : undefined;
+    const junitFile = pathFlag(ctx.cwd, '--junit', flags.junit, 'a file');
     let repository = '(unknown)';
     let result: DrillResult;
     let damaged: unknown;

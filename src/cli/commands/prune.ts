@@ -6,6 +6,7 @@ import { prune } from '../../core/prune.js';
 import type { RetentionPolicy } from '../../core/retention.js';
 import { openRepository, type CliContext } from '../context.js';
 import { addCronOptions, lockRetryMs, lockStaleAfterMs, runMonitored, type CronFlags } from '../cron.js';
+import { count } from '../flags.js';
 import { formatBytes } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
 import { ProgressRenderer, printResult } from '../output.js';
@@ -18,11 +19,6 @@ interface PruneFlags extends CronFlags {
   keepDiff?: string;
   keepWithin?: string;
   dryRun?: boolean;
-}
-
-function count(flag: string, value: string, min: number): number {
-  if (!/^\d+$/.test(value) || Number(value) < min) throw new UsageError(`${flag} ${value}: expected a whole number of at least ${min}`);
-  return Number(value);
 }
 
 /** flags > retention: in the config; keep-full is required so a prune never keeps "nothing". */

@@ -8,6 +8,7 @@ import { chooseTarget } from '../../core/targets.js';
 import { openRepository, type CliContext } from '../context.js';
 import { formatDuration } from '../../config/duration.js';
 import { paint, printResult } from '../output.js';
+import { count } from '../flags.js';
 import type { CommandRunner } from '../main.js';
 
 interface StatusFlags {
@@ -37,10 +38,10 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
   const base = file ? path.dirname(file) : ctx.cwd;
   const names = flags.target ? [flags.target] : Object.keys(config.targets ?? {});
   const specs = names.map((n) => chooseTarget(config, n, base, ctx.env));
-  const events = flags.events === undefined ? 5 : Number(flags.events);
+  const events = flags.events === undefined ? 5 : count('--events', flags.events, 0);
   const { repo, close } = await openRepository(ctx);
   try {
-    const result = await status(repo, specs, { events: Number.isInteger(events) && events >= 0 ? events : 5, signal: ctx.signal });
+    const result = await status(repo, specs, { events, signal: ctx.signal });
     printResult(ctx, result, () => {
       const lines = result.deployments
         ? result.deployments.map((d) => `deployment ${d.deployment}: newest backup ${d.id}, ${formatDuration(d.ageMs)} ago (RPO)`)

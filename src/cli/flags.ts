@@ -1,0 +1,25 @@
+import * as path from 'node:path';
+import { UsageError } from '../errors.js';
+
+/*
+ * Flag values a command cannot use are refused before it does anything (exit 2), naming the flag
+ * and what it takes, instead of being read as the default or as no flag at all.
+ */
+
+/** A whole number of at least `min`. */
+export function count(flag: string, value: string, min: number): number {
+  if (!/^\d+$/.test(value) || Number(value) < min) throw new UsageError(`${flag} ${value}: expected a whole number of at least ${min}`);
+  return Number(value);
+}
+
+/** A value that must say something: `--smoke ''` would otherwise read as no smoke test at all. */
+export function nonEmpty(flag: string, value: string | undefined, what: string): string | undefined {
+  if (value === '') throw new UsageError(`${flag} "": expected ${what}`);
+  return value;
+}
+
+/** The file or directory a flag names, resolved from the working directory. */
+export function pathFlag(cwd: string, flag: string, value: string | undefined, what: 'a file' | 'a directory'): string | undefined {
+  const given = nonEmpty(flag, value, `the path of ${what}`);
+  return given === undefined ? undefined : path.resolve(cwd, given);
+}
