@@ -118,3 +118,36 @@ test('a flag value that cannot be used is refused (exit 2) naming the flag and w
   assert.equal((await lifeboat([...repo, '--json', 'list'])).json().length, 1, 'no backup was taken by the refused ones');
   assert.equal((await lifeboat([...repo, 'status', '--events', '0'])).code, 0);
 });
+
+test('a file where a restore target or a --work-dir, or one of their parents, must be a directory is a usage error (exit 2) that names it', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const repo = ['--repo', d.repo];
+  assert.equal((await lifeboat([...repo, 'backup', d.src])).code, 0);
+  const file = path.join(d.work, 'afile');
+  await fsp.writeFile(file, 'not a directory');
+  await fsp.symlink(path.join(d.work, 'nowhere'), path.join(d.work, 'dangling'));
+  const refused: [string[], string][] = [
+    [['restore', 'latest', '--target', 'afile/x'], `restore target ${file}/x cannot be made: ${file} is not a directory`],
+    [['restore', 'latest', '--target', 'afile/x/y', '--dry-run'], `restore target ${file}/x/y cannot be made: ${file} is not a directory`],
+    [['restore', 'latest', '--target', 'afile'], `restore target ${file} exists and is not a directory`],
+    [['drill', '--work-dir', 'afile'], `--work-dir afile: ${file} is not a directory`],
+    [['drill', '--work-dir', 'afile/x'], `--work-dir afile/x: ${file} is not a directory`],
+    [['drill', '--work-dir', 'dangling/x'], `--work-dir dangling/x: ${d.work}/dangling is not a directory`],
+    [['verify', '--deep', '--work-dir', 'afile/x'], `--work-dir afile/x: ${file} is not a directory`],
+    [['backup', d.src, '--work-dir', 'afile'], `--work-dir afile: ${file} is not a directory`],
+  ];
+  for (const [args, message] of refused) {
+    const r = await lifeboat([...repo, ...args], { cwd: d.work });
+    assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.equal(r.stderr.split('\n')[0], `lifeboat: ${message}`);
+    assert.doesNotMatch(r.stderr, /unexpected error|ENOTDIR/);
+  }
+  // A drill that cannot start still leaves its JUnit report, with the error.
+  const report = path.join(d.work, 'drill.xml');
+  assert.equal((await lifeboat([...repo, 'drill', '--work-dir', 'afile/x', '--junit', report], { cwd: d.work })).code, 2);
+  assert.match(await fsp.readFile(report, 'utf8'), /afile is not a directory/);
+  // What is missing on the way is made.
+  assert.equal((await lifeboat([...repo, 'drill', '--work-dir', 'made/for/it'], { cwd: d.work })).code, 0);
+  assert.deepEqual(await fsp.readdir(path.join(d.work, 'made', 'for', 'it')), []);
+});

@@ -1,5 +1,6 @@
 import * as path from 'node:path';
 import { UsageError } from '../errors.js';
+import { notADirectoryOnTheWay } from '../format/mkdirs.js';
 
 /*
  * Flag values a command cannot use are refused before it does anything (exit 2), naming the flag
@@ -22,4 +23,16 @@ export function nonEmpty(flag: string, value: string | undefined, what: string):
 export function pathFlag(cwd: string, flag: string, value: string | undefined, what: 'a file' | 'a directory'): string | undefined {
   const given = nonEmpty(flag, value, `the path of ${what}`);
   return given === undefined ? undefined : path.resolve(cwd, given);
+}
+
+/**
+ * A directory a flag names, made if need be (--work-dir): a file, or a link to one, where it or one
+ * of its parents must be a directory is refused here, instead of failing deep in the command as an
+ * unexpected error.
+ */
+export async function directoryFlag(cwd: string, flag: string, value: string | undefined): Promise<string | undefined> {
+  const dir = pathFlag(cwd, flag, value, 'a directory');
+  const blocker = dir === undefined ? undefined : await notADirectoryOnTheWay(dir);
+  if (blocker !== undefined) throw new UsageError(`${flag} ${value}: ${blocker} is not a directory`, { hint: 'give a directory, or a path where one can be made' });
+  return dir;
 }

@@ -16,7 +16,7 @@ import { type Notice, type Progress, type Reporter, progressAt } from './events.
 import type { Repository } from './repository.js';
 import { planRestore, type RestorePlan } from './restore-plan.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
-import { makeDirectories } from '../format/mkdirs.js';
+import { makeDirectories, notADirectoryOnTheWay } from '../format/mkdirs.js';
 import { idMapper, localAccounts } from '../format/accounts.js';
 import { mountsUnder } from '../format/mounts.js';
 import { whileReading } from './lock.js';
@@ -113,7 +113,11 @@ export async function checkRestoreTarget(
   if (overlap && 'targetInside' in overlap) {
     throw new UsageError(`restore target ${target} lies inside the repository ${repositoryLocation}`, { hint: 'restore outside the repository; writing there would damage the backups' });
   }
-  const { state: targetState, mountPoint } = await inspectTarget(target);
+  const { state: targetState, mountPoint } = await inspectTarget(target).catch(async (err: unknown) => {
+    const blocker = (err as NodeJS.ErrnoException).code === 'ENOTDIR' ? await notADirectoryOnTheWay(target) : undefined;
+    if (blocker === undefined) throw err;
+    throw new UsageError(`restore target ${target} cannot be made: ${blocker} is not a directory`, { cause: err });
+  });
   if (targetState === 'not-a-directory') {
     const link = await fsp.readlink(target).catch(() => undefined);
     if (link !== undefined) {

@@ -44,6 +44,23 @@ async function requireDirectory(at: string, mkdirError: unknown): Promise<void> 
   if (!st?.isDirectory()) throw Object.assign(new Error(`${at} exists and is not a directory`), { code: 'ENOTDIR', path: at, cause: mkdirError });
 }
 
+/**
+ * What keeps `dir` from being a directory or being made one: the first path on the way to it, from
+ * the root, that is there and is not a directory (a file, a link to one or to nothing). Undefined
+ * when nothing on the way is in it (what is missing can be made).
+ */
+export async function notADirectoryOnTheWay(dir: string): Promise<string | undefined> {
+  const full = path.resolve(dir);
+  let at = path.parse(full).root;
+  for (const name of full.slice(at.length).split(path.sep).filter(Boolean)) {
+    at = path.join(at, name);
+    const st = await fsp.stat(at).catch(() => undefined);
+    if (st?.isDirectory()) continue;
+    return st || (await fsp.lstat(at).catch(() => undefined)) ? at : undefined;
+  }
+  return undefined;
+}
+
 /** A new temporary directory in `parent`, made first if it is not there yet; in the system's temporary directory without one. */
 export async function makeWorkDirectory(parent: string | undefined, prefix: string): Promise<string> {
   if (parent !== undefined) await makeDirectories(parent);

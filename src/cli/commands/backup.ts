@@ -13,6 +13,7 @@ import { captureSources, stateSource, type CapturedSources, type PendingSource }
 import { BackupHooks } from '../../state/hooks.js';
 import type { CommandRunner } from '../main.js';
 import { addCronOptions, lockRetryMs, lockStaleAfterMs, runMonitored, type CronFlags, type RunFigures } from '../cron.js';
+import { directoryFlag } from '../flags.js';
 
 interface BackupFlags extends CronFlags {
   type?: string;
@@ -81,6 +82,8 @@ export function backupJson(r: BackupResult) {
 export async function runBackup(ctx: CliContext, paths: string[], flags: BackupFlags, figures: RunFigures = {}): Promise<void> {
   const type = (flags.type ?? 'incr') as BackupType;
   if (!['full', 'diff', 'incr'].includes(type)) throw new UsageError(`--type ${flags.type}: use full, diff or incr`);
+  // Before the preBackup hook pauses the server.
+  const workDir = await directoryFlag(ctx.cwd, '--work-dir', flags.workDir);
   const { repo, config, close } = await openRepository(ctx);
   const renderer = new ProgressRenderer(ctx, flags.dryRun ? 'backup (dry run)' : 'backup');
   // A dry run takes nothing, so it does not pause the server either.
@@ -95,7 +98,7 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
       signal: ctx.signal,
       notice: (n) => renderer.notice(n),
       onOutput: (line) => log(ctx, line),
-      tmpDir: flags.workDir === undefined ? undefined : path.resolve(ctx.cwd, flags.workDir),
+      tmpDir: workDir,
     });
     const result = await backup(repo, {
       sources: state.sources,

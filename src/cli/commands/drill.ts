@@ -1,4 +1,3 @@
-import * as path from 'node:path';
 import type { Command } from 'commander';
 import { HealthError, IntegrityError, UsageError, errorMessage } from '../../errors.js';
 import { formatDuration, parseDuration } from '../../config/duration.js';
@@ -9,7 +8,7 @@ import { contextConfig, openRepository, repositoryUrl, type CliContext } from '.
 import { withIntactAlternative } from '../damage.js';
 import { addCronOptions, runMonitored, type CronFlags } from '../cron.js';
 import { formatBytes } from '../format.js';
-import { nonEmpty, pathFlag } from '../flags.js';
+import { directoryFlag, nonEmpty, pathFlag } from '../flags.js';
 import { ProgressRenderer, log, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 
@@ -70,6 +69,7 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
     let damaged: unknown;
     const renderer = new ProgressRenderer(ctx, 'drill');
     try {
+      const workDir = await directoryFlag(ctx.cwd, '--work-dir', flags.workDir);
       const config = await contextConfig(ctx);
       repository = repositoryUrl(ctx, config);
       const { repo, close } = await openRepository(ctx);
@@ -78,7 +78,7 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
         figures.point = point.id;
         result = await drill(repo, point, {
           ...options,
-          workDir: flags.workDir ? path.resolve(ctx.cwd, flags.workDir) : undefined,
+          workDir,
           cwd: ctx.cwd,
           env: ctx.env,
           concurrency: config.s3?.concurrency,

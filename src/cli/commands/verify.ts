@@ -1,4 +1,3 @@
-import * as path from 'node:path';
 import type { Command } from 'commander';
 import { IntegrityError, UsageError } from '../../errors.js';
 import { verify } from '../../core/verify.js';
@@ -7,6 +6,7 @@ import { formatBytes } from '../format.js';
 import { ProgressRenderer, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 import { addCronOptions, runMonitored, type CronFlags, type RunFigures } from '../cron.js';
+import { directoryFlag } from '../flags.js';
 
 interface VerifyFlags extends CronFlags {
   readData?: boolean;
@@ -38,6 +38,7 @@ export async function runVerify(ctx: CliContext, selector: string | undefined, f
     if (flags.sinceVerified && subsetPercent !== undefined) throw new UsageError('--since-verified and --subset choose volumes in different ways; give one of them');
     if (samplePercent !== undefined && !flags.sinceVerified) throw new UsageError('--sample goes with --since-verified');
     if (flags.workDir !== undefined && !flags.deep) throw new UsageError('--work-dir goes with --deep');
+    const workDir = await directoryFlag(ctx.cwd, '--work-dir', flags.workDir);
     const readData = flags.readData === true || flags.sinceVerified === true || subsetPercent !== undefined;
     const point = selector ? await repo.resolve(selector) : undefined;
     const result = await verify(repo, {
@@ -47,7 +48,7 @@ export async function runVerify(ctx: CliContext, selector: string | undefined, f
       samplePercent,
       subsetPercent,
       deep: flags.deep,
-      tmpDir: flags.workDir === undefined ? undefined : path.resolve(ctx.cwd, flags.workDir),
+      tmpDir: workDir,
       concurrency: config.s3?.concurrency,
       signal: ctx.signal,
       reporter: renderer,
