@@ -90,6 +90,7 @@ test('a failing smoke command fails the drill with exit 5 and the smoke testcase
   assert.deepEqual(await fsp.readdir(workDir), []);
   const j = r.json();
   assert.equal(j.ok, false);
+  assert.deepEqual(j.error, { message: `drill of ${j.point} failed: smoke: ${j.problems[0].message}`, exitCode: 5 });
   assert.equal(j.smoke.exitCode, 7);
   assert.deepEqual(j.problems.map((p: { check: string }) => p.check), ['smoke']);
   const { cases } = await junit(report);

@@ -184,6 +184,17 @@ test('hooks: pre and post run around the backup; a failing pre-hook fails it and
   assert.equal(await hookLog(), 'post failed \n');
   assert.equal((await fsp.readdir(path.join(repo, 'points'))).length, 1, 'only the first backup took a point');
 
+  // A post-hook that fails after a good backup fails the run, and --json's one document says so,
+  // with the point that was taken all the same.
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ./repo\nsources:\n  models: ./models\nhooks:\n  postBackup: 'echo cannot resume >&2; exit 3'\n`);
+  const postFailed = await lifeboat(['--json', 'backup'], { cwd: work });
+  assert.equal(postFailed.code, 1, postFailed.stderr);
+  const doc = postFailed.json();
+  assert.equal(doc.ok, false);
+  assert.deepEqual(doc.error, { message: 'postBackup hook exited with status 3: cannot resume', exitCode: 1 });
+  assert.equal(doc.type, 'incr');
+  assert.equal((await lifeboat(['--json', 'list'], { cwd: work })).json().at(-1).id, doc.id);
+
   // A failing post-hook after a good backup is an error too (the server may still be paused).
   const hooks = new BackupHooks({ postBackup: 'exit 2' });
   await assert.rejects(hooks.after({ point: 'x' }), /postBackup hook exited with status 2/);

@@ -24,6 +24,12 @@ export interface CliContext {
   global: GlobalOptions;
   /** `json`: every log line on stderr is one JSON object, for log shippers. */
   logFormat?: 'text' | 'json';
+  /**
+   * With --json, takes the command's document instead of printing it: the entry point prints it
+   * when the command has ended, with ok false and the error if it failed after all (a backup whose
+   * postBackup hook fails), so that stdout holds one document that agrees with the exit code.
+   */
+  keepDocument?: (document: unknown) => void;
 }
 
 export interface GlobalOptions {

@@ -3,7 +3,7 @@ import { createRequire } from 'node:module';
 import type { Writable } from 'node:stream';
 import { ExitCode, LifeboatError, UsageError, errorMessage } from '../errors.js';
 import type { CliContext, GlobalOptions } from './context.js';
-import { jsonLogLine, paint } from './output.js';
+import { documentText, failureDocument, jsonLogLine, paint } from './output.js';
 import { registerInit } from './commands/init.js';
 import { registerBackup } from './commands/backup.js';
 import { registerList } from './commands/list.js';
@@ -61,7 +61,14 @@ function version(): string {
   return 'unknown';
 }
 
-export function buildProgram(io: CliIo, signal: AbortSignal, state: { printed: boolean; ctx?: CliContext }): Command {
+/** What runCli learns of a command while it runs: its context, whether it wrote to stdout, its --json document. */
+export interface RunState {
+  printed: boolean;
+  ctx?: CliContext;
+  document?: unknown;
+}
+
+export function buildProgram(io: CliIo, signal: AbortSignal, state: RunState): Command {
   const program = new Command('lifeboat')
     .description('Backup and disaster recovery for machine-learning model deployments.')
     .version(version(), '-V, --version')
@@ -100,6 +107,7 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: { printed: b
         signal,
         global,
         logFormat,
+        keepDocument: (document) => (state.document = document),
       };
       state.ctx = ctx;
       const stdoutWrite = io.stdout.write.bind(io.stdout);
@@ -173,7 +181,7 @@ function givenOnCommandLine(argv: readonly string[], flag: string, value?: strin
 
 /** Runs the CLI and returns the exit code (the only place failures become codes). */
 export async function runCli(argv: string[], io: CliIo, signal: AbortSignal): Promise<number> {
-  const state: { printed: boolean; ctx?: CliContext } = { printed: false };
+  const state: RunState = { printed: false };
   const program = buildProgram(io, signal, state);
   try {
     if (argv.length <= 2) {
@@ -181,6 +189,7 @@ export async function runCli(argv: string[], io: CliIo, signal: AbortSignal): Pr
       return ExitCode.usage;
     }
     await program.parseAsync(argv);
+    if (state.document !== undefined) io.stdout.write(documentText(state.document));
     return ExitCode.ok;
   } catch (err) {
     // --help and --version: shown; every other complaint of commander's arrives as a UsageError.
@@ -190,10 +199,7 @@ export async function runCli(argv: string[], io: CliIo, signal: AbortSignal): Pr
     // Before a command runs (commander refused the command line), its context does not exist yet.
     const json = ctx ? ctx.json : givenOnCommandLine(argv, '--json');
     const logFormat = ctx ? ctx.logFormat : givenOnCommandLine(argv, '--log-format', 'json') ? 'json' : 'text';
-    if (json && !state.printed) {
-      const hint = err instanceof LifeboatError && err.hint ? { hint: err.hint } : {};
-      io.stdout.write(`${JSON.stringify({ ok: false, error: { message: errorMessage(err), exitCode: code, ...hint } }, null, 2)}\n`);
-    }
+    if (json && !state.printed) io.stdout.write(documentText(failureDocument(err, code, state.document)));
     if (logFormat === 'json') {
       io.stderr.write(jsonLogLine('error', errorMessage(err), { exitCode: code, ...(err instanceof LifeboatError && err.hint ? { hint: err.hint } : {}) }));
       return code;

@@ -4,6 +4,7 @@ import type { Notice, Progress, Reporter } from '../core/events.js';
 import type { CliContext } from './context.js';
 import { formatBytes } from './format.js';
 import { formatDuration } from '../config/duration.js';
+import { LifeboatError, errorMessage } from '../errors.js';
 
 const PLAIN_PROGRESS_EVERY_MS = 5000;
 
@@ -13,11 +14,28 @@ export function paint(ctx: CliContext): ChalkInstance {
 
 /** The result of a command: JSON document or text, always on stdout. */
 export function printResult(ctx: CliContext, json: unknown, text: () => string): void {
-  if (ctx.json) ctx.stdout.write(`${JSON.stringify(json, null, 2)}\n`);
-  else if (!ctx.quiet) {
+  if (ctx.json) {
+    if (ctx.keepDocument) ctx.keepDocument(json);
+    else ctx.stdout.write(documentText(json));
+  } else if (!ctx.quiet) {
     const t = text();
     if (t) ctx.stdout.write(`${t}\n`);
   }
+}
+
+export function documentText(document: unknown): string {
+  return `${JSON.stringify(document, null, 2)}\n`;
+}
+
+/**
+ * The document of a command that failed: ok false and the error, after what the command's own
+ * document says it did before it failed (the point a backup took before its postBackup hook
+ * failed, the problems verify found). A list has no room for them: the error stands alone.
+ */
+export function failureDocument(err: unknown, exitCode: number, before?: unknown): Record<string, unknown> {
+  const hint = err instanceof LifeboatError && err.hint ? { hint: err.hint } : {};
+  const done = before !== null && typeof before === 'object' && !Array.isArray(before) ? before : {};
+  return { ...done, ok: false, error: { message: errorMessage(err), exitCode, ...hint } };
 }
 
 /** One log line as JSON (`--log-format json`): time, level, msg, and any fields. */
