@@ -1,6 +1,7 @@
 /**
- * The command line itself: what commander refuses, flag values that cannot
- * be used, and the help text, each answered as every other usage error is.
+ * The command line itself: what commander refuses and flag values that cannot
+ * be used, each answered as every other usage error is; the help text; what
+ * --quiet leaves out.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -150,4 +151,40 @@ test('a file where a restore target or a --work-dir, or one of their parents, mu
   // What is missing on the way is made.
   assert.equal((await lifeboat([...repo, 'drill', '--work-dir', 'made/for/it'], { cwd: d.work })).code, 0);
   assert.deepEqual(await fsp.readdir(path.join(d.work, 'made', 'for', 'it')), []);
+});
+
+test('--quiet leaves out progress, notes and the report of a task that succeeded, not what a command is run to show', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const quiet = (...args: string[]) => lifeboat(['--repo', d.repo, '--quiet', ...args], { cwd: d.work });
+  const silent = async (...args: string[]) => {
+    const r = await quiet(...args);
+    assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
+    assert.equal(r.stdout, '', `${args.join(' ')} reports a task done`);
+    assert.equal(r.stderr, '', `${args.join(' ')} has nothing to warn about`);
+  };
+  const shows = async (pattern: RegExp, ...args: string[]) => {
+    const r = await quiet(...args);
+    assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stdout, pattern, `${args.join(' ')} shows what it is run to show`);
+  };
+  assert.equal((await quiet('backup', d.src)).stdout, '');
+  await fsp.writeFile(path.join(d.src, 'config.json'), JSON.stringify({ vocab_size: 32000, hidden: 128 }));
+  // What cron runs: a backup and a verify that succeed print nothing at all.
+  await silent('backup', d.src);
+  await silent('verify', '--read-data');
+  await silent('restore', 'latest', '--target', 'restored');
+  await silent('drill');
+  const [first, second] = (await lifeboat(['--repo', d.repo, '--json', 'list'])).json().map((p: { id: string }) => p.id);
+  await shows(new RegExp(`${first}[^]*${second}`), 'list');
+  await shows(/models\/tok\/tokenizer\.json/, 'show', 'latest');
+  await shows(/1 changed[^]*\nM models\/config\.json/, 'diff', first, second);
+  await shows(/newest backup/, 'status');
+  await shows(/would take incr backup/, 'backup', d.src, '--dry-run');
+  await shows(/would restore/, 'restore', 'latest', '--target', 'restored', '--delta', '--dry-run');
+  await shows(/would remove 0 point\(s\)/, 'prune', '--keep-full', '1', '--dry-run');
+  // A drill that failed says which check did.
+  const failed = await quiet('drill', '--smoke', 'exit 3');
+  assert.equal(failed.code, 5);
+  assert.match(failed.stdout, /FAILED\n[^]*FAIL {2}smoke/);
 });

@@ -76,7 +76,7 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: RunState): C
     .option('-r, --repo <url>', 'repository: a directory, file:// or s3://bucket/prefix (overrides LIFEBOAT_REPO and the config)')
     .option('--deployment <name>', 'the deployment, in a repository shared by several (overrides LIFEBOAT_DEPLOYMENT and the config)')
     .option('--json', 'print one JSON document on stdout and nothing else there')
-    .option('-q, --quiet', 'print only errors and warnings')
+    .option('-q, --quiet', 'no progress, notes, or report of a task that succeeded (a backup from cron prints nothing); errors, warnings and what a command is run to show still print: list, show, diff, status, key list, dry runs, the problems verify or drill found')
     .option('--no-color', 'no colour (NO_COLOR is honoured too)')
     .option('--debug', 'show stack traces of errors')
     .addOption(new Option('--log-format <format>', 'log lines on stderr: text, or json (one object per line, for log shippers)').choices(['text', 'json']))

@@ -12,12 +12,17 @@ export function paint(ctx: CliContext): ChalkInstance {
   return ctx.color ? new Chalk({ level: chalk.level || 1 }) : new Chalk({ level: 0 });
 }
 
-/** The result of a command: JSON document or text, always on stdout. */
-export function printResult(ctx: CliContext, json: unknown, text: () => string): void {
+/**
+ * The result of a command: JSON document or text, always on stdout. --quiet leaves out the text
+ * that reports a task done (a backup taken, a point restored), so that a cron job that succeeded
+ * mails nothing; `shownWhenQuiet` marks what the command was run to show (a listing, a diff, what
+ * a dry run would do, the problems a verify found), which --quiet keeps, as restic's does.
+ */
+export function printResult(ctx: CliContext, json: unknown, text: () => string, options: { shownWhenQuiet?: boolean } = {}): void {
   if (ctx.json) {
     if (ctx.keepDocument) ctx.keepDocument(json);
     else ctx.stdout.write(documentText(json));
-  } else if (!ctx.quiet) {
+  } else if (!ctx.quiet || options.shownWhenQuiet) {
     const t = text();
     if (t) ctx.stdout.write(`${t}\n`);
   }

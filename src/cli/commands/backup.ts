@@ -125,7 +125,7 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
         `  ${result.files} files, ${formatBytes(result.bytes)}; ${result.added} added, ${result.changed} changed, ${result.removed} removed`,
         `  ${result.dryRun ? 'would store' : 'stored'} ${formatBytes(result.storedBytes)} in ${formatDuration(result.durationMs)}${result.warnings.length ? `, ${result.warnings.length} warning(s)` : ''}`,
       ].join('\n');
-    });
+    }, { shownWhenQuiet: result.dryRun });
   } catch (err) {
     await state?.cleanup();
     await hooks.after({ error: err }, (message) => log(ctx, `warning: ${message}`));

@@ -16,7 +16,7 @@ export async function runDiff(ctx: CliContext, a: string, b: string): Promise<vo
       for (const c of d.changed) lines.push(`M ${c.path}  (${c.what.join(', ')})`);
       for (const p of d.removed) lines.push(`- ${p}`);
       return lines.join('\n');
-    });
+    }, { shownWhenQuiet: true });
   } finally {
     await close();
   }

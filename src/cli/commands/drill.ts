@@ -107,7 +107,8 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
       await writeFileAtomic(junitFile, drillJUnit(result, repository));
       log(ctx, `wrote the JUnit report ${junitFile}`);
     }
-    printResult(ctx, drillJson(result), () => summary(result));
+    // A drill that failed says which checks did, --quiet or not.
+    printResult(ctx, drillJson(result), () => summary(result), { shownWhenQuiet: !result.ok });
     if (damaged) throw damaged;
     if (result.exitCode === 5) {
       throw new HealthError(`drill of ${result.point} failed: ${result.problems.map((p) => `${p.check}: ${p.message}`).join('; ')}`);

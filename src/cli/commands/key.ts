@@ -39,6 +39,7 @@ async function runKeyList(ctx: CliContext): Promise<void> {
         .concat(
           ...rows.map((r) => `\n${r.current ? '*' : ' '} ${r.id} ${r.createdAt.padEnd(24)} ${r.host.padEnd(20)} scrypt N=2^${r.kdf.logN} r=${r.kdf.r} p=${r.kdf.p}`),
         ),
+      { shownWhenQuiet: true },
     );
   });
 }

@@ -56,7 +56,7 @@ export async function runList(ctx: CliContext, flags: { all?: boolean } = {}): P
         ]);
       }
       return table(rows) + hidden;
-    });
+    }, { shownWhenQuiet: true });
   } finally {
     await close();
   }

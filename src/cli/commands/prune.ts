@@ -85,6 +85,7 @@ export async function runPrune(ctx: CliContext, flags: PruneFlags): Promise<void
           );
           return lines.join('\n');
         },
+        { shownWhenQuiet: result.dryRun },
       );
     } finally {
       renderer.stop();

@@ -70,6 +70,7 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
       result.dryRun
         ? `would restore ${result.point} to ${result.target}: ${result.files} files, ${formatBytes(result.bytes)}${outcomeText(result)}; nothing was written`
         : `restored ${result.point} to ${result.target}: ${result.files} files, ${formatBytes(result.bytes)}, every checksum verified, in ${formatDuration(result.durationMs)}${outcomeText(result)}`,
+      { shownWhenQuiet: result.dryRun },
     );
   } finally {
     renderer.stop();
@@ -235,6 +236,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
         ...done.map((d) => `  ${d.source} → ${d.target}: ${d.files} files${outcomeText(d)}`),
         ...(state.length > 0 ? [`  state ${flags.dryRun ? 'to put back' : 'put back'}: ${state.join(', ')}`] : []),
       ].join('\n'),
+      { shownWhenQuiet: flags.dryRun },
     );
   } finally {
     renderer.stop();

@@ -45,7 +45,7 @@ export async function runShow(ctx: CliContext, selector: string): Promise<void> 
         return `${modeString(f.type, f.mode)}  ${String(f.size).padStart(12)}  ${f.mtime.replace(/\.\d+Z$/, 'Z')}  ${f.source}/${f.path}${link}${stored}`;
       });
       return [...head, ...lines].join('\n');
-    });
+    }, { shownWhenQuiet: true });
   } finally {
     await close();
   }

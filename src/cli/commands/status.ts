@@ -52,7 +52,7 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
         for (const e of result.events) lines.push(`  ${describeEvent(e)}`);
       }
       return lines.join('\n');
-    });
+    }, { shownWhenQuiet: true });
     // A dangling or unreadable link is down whether or not a health check is configured.
     const sick = result.targets.filter((t) => (t.health.checked && !t.health.ok) || t.active.error !== undefined);
     if (sick.length) {

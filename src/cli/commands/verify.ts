@@ -82,6 +82,8 @@ export async function runVerify(ctx: CliContext, selector: string | undefined, f
         lines.push(result.ok ? 'no problems found' : `${result.problems.length} problem(s) found`);
         return lines.join('\n');
       },
+      // The problems found are what a nightly verify --quiet is run for.
+      { shownWhenQuiet: !result.ok },
     );
     if (!result.ok) {
       throw new IntegrityError(`verify found ${result.problems.length} problem(s) in ${repo.storage.location}`, {
