@@ -6,15 +6,7 @@ import * as path from 'node:path';
 import { BIN, lifeboat, spawnLifeboat } from './helpers/cli.js';
 import { prng, seedFromEnv } from './helpers/tree.js';
 import { repoFiles, smallDeployment } from './helpers/repo.js';
-
-async function waitFor(cond: () => Promise<boolean>, timeoutMs: number): Promise<boolean> {
-  const until = Date.now() + timeoutMs;
-  while (Date.now() < until) {
-    if (await cond()) return true;
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  return false;
-}
+import { waitFor } from './helpers/processes.js';
 
 test('a backup killed with SIGKILL at any moment leaves no visible point; the next backup cleans up', async (t) => {
   const seed = seedFromEnv();

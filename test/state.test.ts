@@ -3,8 +3,8 @@ import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
-import { lifeboat } from './helpers/cli.js';
-import { exists } from './helpers/repo.js';
+import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
+import { exists, repoFiles } from './helpers/repo.js';
 import { tempDir } from './helpers/tree.js';
 import { ROWS_PER_TXN, startWriter } from './helpers/writer.js';
 import { integrityCheck } from '../src/state/sqlite.js';
@@ -12,6 +12,7 @@ import { captureSources, stateSource } from '../src/state/capture.js';
 import { restoreCommand } from '../src/state/command.js';
 import { BackupHooks } from '../src/state/hooks.js';
 import { inNamespace, unshare } from './helpers/namespace.js';
+import { waitFor } from './helpers/processes.js';
 
 async function makeRepo(work: string): Promise<string> {
   const repo = path.join(work, 'repo');
@@ -203,6 +204,77 @@ test('hooks: pre and post run around the backup; a failing pre-hook fails it and
   await quiet.after({ error: new Error('backup failed') }, (m) => reported.push(m));
   assert.match(reported[0]!, /status 2/);
   await fsp.rm(work, { recursive: true, force: true });
+});
+
+/**
+ * A deployment whose backups run a pre-hook that waits until the file `go` exists, and a command
+ * source that says in dumps.log whenever it runs: the first backup holds the lock as long as the test wants.
+ */
+async function pausingDeployment(work: string): Promise<{ read: (name: string) => Promise<string>; letGo: () => Promise<void> }> {
+  await makeRepo(work);
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'config.json'), '{}');
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    [
+      'repository: ./repo',
+      'sources:',
+      '  models: ./models',
+      '  features: { command: "echo dumped >> dumps.log; echo state" }',
+      'hooks:',
+      '  preBackup: "echo pre >> hooks.log; while [ ! -e go ]; do sleep 0.05; done"',
+      `  postBackup: 'echo "post $LIFEBOAT_BACKUP_OUTCOME" >> hooks.log'`,
+      '  timeout: 60s',
+      '',
+    ].join('\n'),
+  );
+  return {
+    read: (name) => fsp.readFile(path.join(work, name), 'utf8').catch(() => ''),
+    letGo: () => fsp.writeFile(path.join(work, 'go'), ''),
+  };
+}
+
+test('a backup started while another runs exits 4 at once, before its pre-hook or a capture of serving state runs', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const { read, letGo } = await pausingDeployment(work);
+  const first = runChild(['--json', 'backup'], { cwd: work });
+  assert.ok(await waitFor(async () => (await read('hooks.log')) === 'pre\n', 30_000), 'the first backup ran its pre-hook');
+
+  // A second backup that ran its pre-hook would wait for `go` as well: made after a while, the test fails instead of hanging.
+  const release = setTimeout(() => void letGo(), 10_000);
+  const started = Date.now();
+  const second = await runChild(['--json', 'backup'], { cwd: work });
+  clearTimeout(release);
+  assert.equal(second.code, 4, second.stderr);
+  assert.match(second.stderr, /the repository is locked by backup on .+, pid \d+/);
+  assert.ok(Date.now() - started < 10_000, 'the second backup did not wait');
+  assert.equal(await read('hooks.log'), 'pre\n', 'the second backup ran neither hook');
+  assert.equal(await read('dumps.log'), '', 'and captured no state');
+
+  await letGo();
+  const done = await first;
+  assert.equal(done.code, 0, done.stderr);
+  assert.equal(await read('hooks.log'), 'pre\npost ok\n');
+  assert.equal(await read('dumps.log'), 'dumped\n');
+});
+
+test('a backup interrupted in its pre-hook runs the post-hook, exits 130 and releases the lock', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const { read } = await pausingDeployment(work);
+  const child = spawnLifeboat(['backup'], { cwd: work });
+  const stderr: Buffer[] = [];
+  child.stderr!.on('data', (c: Buffer) => stderr.push(c));
+  child.stdout!.resume();
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  assert.ok(await waitFor(async () => (await read('hooks.log')) === 'pre\n', 30_000), 'the backup ran its pre-hook');
+  assert.ok(await exists(path.join(work, 'repo', 'locks', 'lock.json')), 'under the lock');
+  child.kill('SIGINT');
+  assert.equal(await exited, 130, Buffer.concat(stderr).toString());
+  assert.equal(await read('hooks.log'), 'pre\npost failed\n');
+  assert.equal(await read('dumps.log'), '');
+  assert.deepEqual(await repoFiles(path.join(work, 'repo')), ['config.json'], 'no lock is left behind');
 });
 
 test('a command source whose output does not fit where it is staged fails the backup saying so; --work-dir stages it elsewhere', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {

@@ -9,7 +9,7 @@ import { DEFAULT_DEPLOYMENT, MANIFEST_FORMAT, MAX_MANIFEST_CHARS, deploymentOf, 
 import { checkDeploymentName, checkSourceName } from '../format/paths.js';
 import { localAccounts, namesOf } from '../format/accounts.js';
 import { type Notice, type Progress, type Reporter, progressAt } from './events.js';
-import { acquireLock, describeLock, writerLockOptions } from './lock.js';
+import { acquireWriterLock, type HeldLock } from './lock.js';
 import { chooseReference, type ReferenceChoice, countChanges, emptiedSince, emptySources, planBackup, type BackupPlan, type PlannedEntry } from './backup-plan.js';
 import { SMALL_FILE, SmallFileReader, type WholeFile } from './file-reader.js';
 import { Sha256Offload, type OffloadedDigest } from './hash-offload.js';
@@ -43,6 +43,11 @@ export interface BackupOptions {
   lockStaleAfterMs?: number;
   /** How long to wait for the lock while another live process holds it (default: not at all, exit 4). */
   lockRetryMs?: number;
+  /**
+   * The repository lock, when the caller took it first (to run the pre-backup hook and capture
+   * serving state under it); the backup then neither takes nor releases it.
+   */
+  lock?: HeldLock;
   /** Volume uploads in flight at once. */
   concurrency?: number;
   volumeSize?: number;
@@ -86,26 +91,15 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   };
   const deployment = options.deployment ?? DEFAULT_DEPLOYMENT;
   checkDeploymentName(deployment);
-  const seenNames = new Set<string>();
-  for (const s of options.sources) {
-    checkSourceName(s.name);
-    if (seenNames.has(s.name)) throw new UsageError(`source name ${s.name} is given twice; name sources with --source NAME=PATH`);
-    seenNames.add(s.name);
-  }
-  if (options.sources.length === 0) {
-    throw new UsageError('nothing to back up: give paths, --source NAME=PATH, or sources in the config file');
-  }
+  checkBackupSources(options.sources);
 
   const startedAt = now();
-  const lock = options.dryRun ? undefined : await acquireLock(repo.storage, 'backup', undefined, writerLockOptions(options, reporter));
+  const lock = options.dryRun ? undefined : (options.lock ?? (await acquireWriterLock(repo.storage, 'backup', options, reporter)));
   let sink: VolumeSink | undefined;
   let hasher: Sha256Offload | undefined;
   let id: string | undefined;
   let leftoversRemoved: Promise<void> = Promise.resolve();
   try {
-    if (lock?.tookOver) {
-      reporter.notice?.({ level: 'warning', code: 'stale-lock', message: `took over a stale lock of ${describeLock(lock.tookOver.info)} (${lock.tookOver.reason})` });
-    }
     // Leftovers of aborted backups are listed and removed while this one scans; they must be gone
     // before it writes, since its own volumes have no manifest yet either.
     if (!options.dryRun) leftoversRemoved = removeLeftovers(repo, reporter);
@@ -280,7 +274,20 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     await hasher?.close();
     // The lock covers the removal too, even when the backup failed before waiting for it.
     await leftoversRemoved.catch(() => undefined);
-    await lock?.release();
+    if (lock !== options.lock) await lock?.release();
+  }
+}
+
+/** Refuses sources that could not make a point (none at all, a name given twice or not usable): before the lock is taken, a hook run or state captured. */
+export function checkBackupSources(sources: readonly Pick<SourceSpec, 'name'>[]): void {
+  const seenNames = new Set<string>();
+  for (const s of sources) {
+    checkSourceName(s.name);
+    if (seenNames.has(s.name)) throw new UsageError(`source name ${s.name} is given twice; name sources with --source NAME=PATH`);
+    seenNames.add(s.name);
+  }
+  if (sources.length === 0) {
+    throw new UsageError('nothing to back up: give paths, --source NAME=PATH, or sources in the config file');
   }
 }
 

@@ -145,7 +145,7 @@ export async function acquireLock(storage: Storage, command: string, leaseMs = D
 }
 
 /** What a writing command (backup, prune) takes the lock with: staleness, how long to wait, and a notice when it waits. */
-export function writerLockOptions(o: { lockStaleAfterMs?: number; lockRetryMs?: number; signal?: AbortSignal }, reporter: Reporter): StalenessOptions & LockWait {
+export function writerLockOptions(o: WriterLockOptions, reporter: Reporter): StalenessOptions & LockWait {
   return {
     staleAfterMs: o.lockStaleAfterMs,
     retryForMs: o.lockRetryMs,
@@ -153,6 +153,32 @@ export function writerLockOptions(o: { lockStaleAfterMs?: number; lockRetryMs?: 
     onWait: (holder) =>
       reporter.notice?.({ level: 'info', code: 'lock-wait', message: `the repository is locked by ${describeLock(holder.info)}; waiting up to ${formatDuration(o.lockRetryMs ?? 0)} for it` }),
   };
+}
+
+/** What a writing command says about how to take the lock. */
+export interface WriterLockOptions {
+  lockStaleAfterMs?: number;
+  lockRetryMs?: number;
+  signal?: AbortSignal;
+}
+
+/** Takes the repository lock for a writing command (backup, prune), and reports a stale lock it took over. */
+export async function acquireWriterLock(storage: Storage, command: string, options: WriterLockOptions, reporter: Reporter): Promise<HeldLock> {
+  const lock = await acquireLock(storage, command, undefined, writerLockOptions(options, reporter));
+  if (lock.tookOver) {
+    reporter.notice?.({ level: 'warning', code: 'stale-lock', message: `took over a stale lock of ${describeLock(lock.tookOver.info)} (${lock.tookOver.reason})` });
+  }
+  return lock;
+}
+
+/** Runs `work` holding the repository lock as a writing command, and releases it however `work` ends. */
+export async function whileHoldingLock<T>(storage: Storage, command: string, options: WriterLockOptions, reporter: Reporter, work: (lock: HeldLock) => Promise<T>): Promise<T> {
+  const lock = await acquireWriterLock(storage, command, options, reporter);
+  try {
+    return await work(lock);
+  } finally {
+    await lock.release();
+  }
 }
 
 /** One attempt: the lock taken (a stale holder's taken over), or the live holder that has it. */

@@ -2,7 +2,7 @@ import { LockedError, throwIfAborted } from '../errors.js';
 import { deploymentOf, deploymentsOf, keys, volumesNeeded } from '../format/manifest.js';
 import { type Reporter, progressAt } from './events.js';
 import { appendEvent } from './journal.js';
-import { acquireLock, describeLock, readersOf, writerLockOptions } from './lock.js';
+import { acquireWriterLock, describeLock, readersOf } from './lock.js';
 import type { Repository } from './repository.js';
 import { planRetention, type RetentionDecision, type RetentionPolicy } from './retention.js';
 
@@ -89,11 +89,8 @@ const DELETE_BATCH = 500;
 export async function prune(repo: Repository, options: PruneOptions): Promise<PruneResult> {
   const started = Date.now();
   const reporter = options.reporter ?? {};
-  const lock = options.dryRun ? undefined : await acquireLock(repo.storage, 'prune', undefined, writerLockOptions(options, reporter));
+  const lock = options.dryRun ? undefined : await acquireWriterLock(repo.storage, 'prune', options, reporter);
   try {
-    if (lock?.tookOver) {
-      reporter.notice?.({ level: 'warning', code: 'stale-lock', message: `took over a stale lock of ${describeLock(lock.tookOver.info)} (${lock.tookOver.reason})` });
-    }
     if (lock) {
       const readers = await readersOf(repo.storage, { staleAfterMs: options.lockStaleAfterMs });
       if (readers.live.length > 0) {

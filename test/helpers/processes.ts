@@ -36,6 +36,16 @@ export async function waitForPort(port: number, timeoutMs: number, what: string)
   }
 }
 
+/** Polls `cond` until it holds (true) or `timeoutMs` has passed (false). */
+export async function waitFor(cond: () => Promise<boolean>, timeoutMs: number): Promise<boolean> {
+  const until = Date.now() + timeoutMs;
+  while (Date.now() < until) {
+    if (await cond()) return true;
+    await sleep(5);
+  }
+  return false;
+}
+
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }

@@ -1,7 +1,8 @@
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
-import { backup, type BackupResult } from '../../core/backup.js';
+import { backup, checkBackupSources, type BackupResult } from '../../core/backup.js';
+import { whileHoldingLock, type HeldLock } from '../../core/lock.js';
 import type { LifeboatConfig } from '../../config/config.js';
 import type { BackupType } from '../../format/ids.js';
 import { DEFAULT_DEPLOYMENT } from '../../format/manifest.js';
@@ -88,54 +89,71 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
   const renderer = new ProgressRenderer(ctx, flags.dryRun ? 'backup (dry run)' : 'backup');
   // A dry run takes nothing, so it does not pause the server either.
   const hooks = new BackupHooks(flags.dryRun ? undefined : config.hooks, { cwd: ctx.cwd, env: ctx.env, signal: ctx.signal, onOutput: (line) => log(ctx, line) });
-  let state: CapturedSources | undefined;
-  let point: string | undefined;
+  const lockOptions = { lockStaleAfterMs: lockStaleAfterMs(flags, config), lockRetryMs: lockRetryMs(flags, config), signal: ctx.signal };
+
+  /** The pre-hook, the capture of serving state, the backup and the post-hook, under the lock when one is held. */
+  const takeBackup = async (sources: PendingSource[], tags: Record<string, string>, lock: HeldLock | undefined): Promise<void> => {
+    let state: CapturedSources | undefined;
+    let point: string | undefined;
+    try {
+      await hooks.before();
+      state = await captureSources(sources, {
+        cwd: ctx.cwd,
+        env: ctx.env,
+        signal: ctx.signal,
+        notice: (n) => renderer.notice(n),
+        onOutput: (line) => log(ctx, line),
+        tmpDir: workDir,
+      });
+      const result = await backup(repo, {
+        sources: state.sources,
+        type,
+        excludes: [...(config.exclude ?? []), ...flags.exclude],
+        tags,
+        dryRun: flags.dryRun,
+        strict: flags.strict,
+        allowEmpty: flags.allowEmpty,
+        deployment: repo.deployment,
+        lock,
+        signal: ctx.signal,
+        reporter: renderer,
+        concurrency: config.s3?.concurrency,
+      });
+      if (!result.dryRun) point = result.id;
+      Object.assign(figures, { point: point ?? null, bytes: result.bytes, files: result.files, points: (await repo.pointIds()).length, warnings: result.warnings });
+      renderer.stop();
+      printResult(ctx, backupJson(result), () => {
+        const verb = result.dryRun ? 'would take' : 'took';
+        return [
+          `${verb} ${result.type} backup ${result.dryRun ? '' : `${result.id} `}${result.deployment === DEFAULT_DEPLOYMENT ? '' : `of ${result.deployment} `}${result.parent ? `(parent ${result.parent})` : ''}`.replace(/\s+$/, ''),
+          `  ${result.files} files, ${formatBytes(result.bytes)}; ${result.added} added, ${result.changed} changed, ${result.removed} removed`,
+          `  ${result.dryRun ? 'would store' : 'stored'} ${formatBytes(result.storedBytes)} in ${formatDuration(result.durationMs)}${result.warnings.length ? `, ${result.warnings.length} warning(s)` : ''}`,
+        ].join('\n');
+      }, { shownWhenQuiet: result.dryRun });
+    } catch (err) {
+      await state?.cleanup();
+      await hooks.after({ error: err }, (message) => log(ctx, `warning: ${message}`));
+      throw err;
+    } finally {
+      renderer.stop();
+      await state?.cleanup();
+    }
+    await hooks.after({ point });
+  };
+
   try {
-    await hooks.before();
-    state = await captureSources(resolveSources(ctx, paths, flags.source, config), {
-      cwd: ctx.cwd,
-      env: ctx.env,
-      signal: ctx.signal,
-      notice: (n) => renderer.notice(n),
-      onOutput: (line) => log(ctx, line),
-      tmpDir: workDir,
-    });
-    const result = await backup(repo, {
-      sources: state.sources,
-      type,
-      excludes: [...(config.exclude ?? []), ...flags.exclude],
-      tags: parseTags(flags.tag),
-      dryRun: flags.dryRun,
-      strict: flags.strict,
-      allowEmpty: flags.allowEmpty,
-      deployment: repo.deployment,
-      lockStaleAfterMs: lockStaleAfterMs(flags, config),
-      lockRetryMs: lockRetryMs(flags, config),
-      signal: ctx.signal,
-      reporter: renderer,
-      concurrency: config.s3?.concurrency,
-    });
-    if (!result.dryRun) point = result.id;
-    Object.assign(figures, { point: point ?? null, bytes: result.bytes, files: result.files, points: (await repo.pointIds()).length, warnings: result.warnings });
-    renderer.stop();
-    printResult(ctx, backupJson(result), () => {
-      const verb = result.dryRun ? 'would take' : 'took';
-      return [
-        `${verb} ${result.type} backup ${result.dryRun ? '' : `${result.id} `}${result.deployment === DEFAULT_DEPLOYMENT ? '' : `of ${result.deployment} `}${result.parent ? `(parent ${result.parent})` : ''}`.replace(/\s+$/, ''),
-        `  ${result.files} files, ${formatBytes(result.bytes)}; ${result.added} added, ${result.changed} changed, ${result.removed} removed`,
-        `  ${result.dryRun ? 'would store' : 'stored'} ${formatBytes(result.storedBytes)} in ${formatDuration(result.durationMs)}${result.warnings.length ? `, ${result.warnings.length} warning(s)` : ''}`,
-      ].join('\n');
-    }, { shownWhenQuiet: result.dryRun });
-  } catch (err) {
-    await state?.cleanup();
-    await hooks.after({ error: err }, (message) => log(ctx, `warning: ${message}`));
-    throw err;
+    // Whatever makes the backup a usage error is found before the lock is waited for and a hook runs.
+    const sources = resolveSources(ctx, paths, flags.source, config);
+    checkBackupSources(sources);
+    const tags = parseTags(flags.tag);
+    // The lock comes first: a second backup exits 4 before it pauses the server or starts a dump, and
+    // the post-hook runs before the next backup's pre-hook. A dry run changes nothing and takes none.
+    if (flags.dryRun) await takeBackup(sources, tags, undefined);
+    else await whileHoldingLock(repo.storage, 'backup', lockOptions, renderer, (lock) => takeBackup(sources, tags, lock));
   } finally {
     renderer.stop();
-    await state?.cleanup();
     await close();
   }
-  await hooks.after({ point });
 }
 
 export function registerBackup(program: Command, run: CommandRunner): Command {
