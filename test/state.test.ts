@@ -277,6 +277,44 @@ test('a backup interrupted in its pre-hook runs the post-hook, exits 130 and rel
   assert.deepEqual(await repoFiles(path.join(work, 'repo')), ['config.json'], 'no lock is left behind');
 });
 
+test('backup --dry-run names the serving state it would capture, and neither copies the SQLite database nor runs the command', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await makeRepo(work);
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'config.json'), '{}');
+  seedDatabase(path.join(work, 'registry.db'), 'wal');
+  const dump = 'echo dumped >> dumps.log; echo state';
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    `repository: ./repo\nsources:\n  models: ./models\n  registry: { sqlite: ./registry.db }\n  features: { command: ${JSON.stringify(dump)} }\n`,
+  );
+  const dumps = () => fsp.readFile(path.join(work, 'dumps.log'), 'utf8').catch(() => '');
+  const taken = await lifeboat(['--json', 'backup'], { cwd: work });
+  assert.equal(taken.code, 0, taken.stderr);
+  assert.equal(await dumps(), 'dumped\n');
+  assert.equal(taken.json().wouldCapture, undefined, 'a backup that captures does not say it would');
+
+  const dry = await lifeboat(['--json', 'backup', '--dry-run'], { cwd: work });
+  assert.equal(dry.code, 0, dry.stderr);
+  assert.equal(await dumps(), 'dumped\n', 'the command did not run');
+  assert.doesNotMatch(dry.stderr, /copied SQLite database/);
+  const result = dry.json();
+  assert.equal(result.dryRun, true);
+  assert.deepEqual(result.wouldCapture, [
+    { name: 'registry', kind: 'sqlite', path: path.join(work, 'registry.db') },
+    { name: 'features', kind: 'command', path: dump },
+  ]);
+  assert.equal(result.files, 1, 'only the files of the tree are counted');
+  assert.equal(result.removed, 0, 'the state the last point holds is not counted as removed');
+
+  const text = await lifeboat(['backup', '--dry-run'], { cwd: work });
+  assert.equal(text.code, 0, text.stderr);
+  assert.match(text.stdout, /would capture registry: an online copy of the SQLite database .*registry\.db/);
+  assert.match(text.stdout, /would capture features: the output of `echo dumped >> dumps\.log; echo state`/);
+  assert.equal(await dumps(), 'dumped\n');
+});
+
 test('a command source whose output does not fit where it is staged fails the backup saying so; --work-dir stages it elsewhere', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));

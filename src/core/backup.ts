@@ -27,6 +27,11 @@ import { isGoneAsFile, openRegularFile, type OpenedFile } from '../format/durabl
 
 export interface BackupOptions {
   sources: SourceSpec[];
+  /**
+   * With dryRun: serving-state sources (SQLite, command) left uncaptured, since a dump may take an
+   * hour. The result names them; their files in the reference are not counted as removed.
+   */
+  notCaptured?: UncapturedState[];
   type: BackupType;
   excludes?: string[];
   tags?: Record<string, string>;
@@ -54,6 +59,13 @@ export interface BackupOptions {
   now?: () => Date;
 }
 
+/** A serving-state source a dry run would capture: `origin` is the database or the command line. */
+export interface UncapturedState {
+  name: string;
+  kind: 'sqlite' | 'command';
+  origin: string;
+}
+
 export interface BackupResult {
   id: string;
   type: BackupType;
@@ -69,6 +81,8 @@ export interface BackupResult {
   durationMs: number;
   dryRun: boolean;
   warnings: Notice[];
+  /** A dry run's serving-state sources, which it does not capture. */
+  wouldCapture?: UncapturedState[];
 }
 
 /** How often a file that keeps changing while it is read is read again. */
@@ -91,7 +105,8 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   };
   const deployment = options.deployment ?? DEFAULT_DEPLOYMENT;
   checkDeploymentName(deployment);
-  checkBackupSources(options.sources);
+  const notCaptured = options.dryRun ? (options.notCaptured ?? []) : [];
+  checkBackupSources([...options.sources, ...notCaptured]);
 
   const startedAt = now();
   const lock = options.dryRun ? undefined : (options.lock ?? (await acquireWriterLock(repo.storage, 'backup', options, reporter)));
@@ -181,6 +196,10 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       // Without reading, a racy file counts as changed and its bytes as stored.
       const guessed = plan.entries.map((p) => plannedAsEntry(p));
       Object.assign(result, countChanges(guessed, reference, plan.referenceByPath));
+      // State that is not captured is not known to be gone.
+      const uncaptured = new Set(notCaptured.map((s) => s.name));
+      for (const e of reference?.entries ?? []) if (e.type !== 'dir' && uncaptured.has(e.source)) result.removed--;
+      result.wouldCapture = notCaptured;
       result.storedBytes = plan.bytesToRead;
       result.durationMs = Date.now() - started;
       return result;

@@ -20,6 +20,10 @@ export type StateSource =
 /** A source as the backup command resolves it: a tree, or serving state still to capture. */
 export type PendingSource = SourceSpec | (SourceSpec & { state: StateSource });
 
+export function isStateSource(s: PendingSource): s is SourceSpec & { state: StateSource } {
+  return 'state' in s;
+}
+
 /** The config entry `sources.<name>` when it is serving state, as a pending source. */
 export function stateSource(name: string, src: { sqlite: string; restore?: boolean } | { command: string; restore?: string; timeout?: string }): PendingSource {
   if ('sqlite' in src) {
@@ -62,7 +66,7 @@ export interface CapturedSources {
  * failure removes whatever was made and fails the whole capture.
  */
 export async function captureSources(sources: readonly PendingSource[], options: CaptureOptions = {}): Promise<CapturedSources> {
-  const pending = sources.filter((s): s is SourceSpec & { state: StateSource } => 'state' in s);
+  const pending = sources.filter(isStateSource);
   if (pending.length === 0) return { sources: [...sources], cleanup: async () => undefined };
   const workDir = options.tmpDir ?? os.tmpdir();
   const root = await makeWorkDirectory(options.tmpDir, 'lifeboat-state-').catch((err: unknown) => {
@@ -77,7 +81,7 @@ export async function captureSources(sources: readonly PendingSource[], options:
   try {
     const out: SourceSpec[] = [];
     for (const s of sources) {
-      if (!('state' in s)) {
+      if (!isStateSource(s)) {
         out.push(s);
         continue;
       }

@@ -10,7 +10,7 @@ import { openRepository, type CliContext } from '../context.js';
 import { formatBytes } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
 import { ProgressRenderer, log, printResult } from '../output.js';
-import { captureSources, stateSource, type CapturedSources, type PendingSource } from '../../state/capture.js';
+import { captureSources, isStateSource, stateSource, type CapturedSources, type PendingSource } from '../../state/capture.js';
 import { BackupHooks } from '../../state/hooks.js';
 import type { CommandRunner } from '../main.js';
 import { addCronOptions, lockRetryMs, lockStaleAfterMs, runMonitored, type CronFlags, type RunFigures } from '../cron.js';
@@ -76,6 +76,7 @@ export function backupJson(r: BackupResult) {
     storedBytes: r.storedBytes,
     durationMs: r.durationMs,
     dryRun: r.dryRun,
+    ...(r.wouldCapture ? { wouldCapture: r.wouldCapture.map(({ name, kind, origin }) => ({ name, kind, path: origin })) } : {}),
     warnings: r.warnings.map(({ code, path: p, message }) => ({ code, path: p, message })),
   };
 }
@@ -97,7 +98,9 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
     let point: string | undefined;
     try {
       await hooks.before();
-      state = await captureSources(sources, {
+      // A dry run does not run a dump that may take an hour: it says which state it would capture.
+      const notCaptured = flags.dryRun ? sources.filter(isStateSource) : [];
+      state = await captureSources(flags.dryRun ? sources.filter((s) => !isStateSource(s)) : sources, {
         cwd: ctx.cwd,
         env: ctx.env,
         signal: ctx.signal,
@@ -107,6 +110,7 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
       });
       const result = await backup(repo, {
         sources: state.sources,
+        notCaptured: notCaptured.map(({ name, state: st }) => ({ name, kind: st.kind, origin: st.kind === 'sqlite' ? st.database : st.command })),
         type,
         excludes: [...(config.exclude ?? []), ...flags.exclude],
         tags,
@@ -128,6 +132,7 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
           `${verb} ${result.type} backup ${result.dryRun ? '' : `${result.id} `}${result.deployment === DEFAULT_DEPLOYMENT ? '' : `of ${result.deployment} `}${result.parent ? `(parent ${result.parent})` : ''}`.replace(/\s+$/, ''),
           `  ${result.files} files, ${formatBytes(result.bytes)}; ${result.added} added, ${result.changed} changed, ${result.removed} removed`,
           `  ${result.dryRun ? 'would store' : 'stored'} ${formatBytes(result.storedBytes)} in ${formatDuration(result.durationMs)}${result.warnings.length ? `, ${result.warnings.length} warning(s)` : ''}`,
+          ...(result.wouldCapture ?? []).map((s) => `  would capture ${s.name}: ${s.kind === 'sqlite' ? `an online copy of the SQLite database ${s.origin}` : `the output of \`${s.origin}\``}`),
         ].join('\n');
       }, { shownWhenQuiet: result.dryRun });
     } catch (err) {
