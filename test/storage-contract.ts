@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
-import { isNotFound, ObjectNotFoundError, listAll, type Storage } from '../src/storage/storage.js';
+import { isNotFound, ObjectNotFoundError, listAll, type IncompleteWrite, type Storage } from '../src/storage/storage.js';
 import { failingStream, generatedBytes, generatedStream, inParallel, readAll, sha256Of } from './helpers/data.js';
 
 export interface StorageContractOptions {
@@ -301,6 +301,27 @@ export function runStorageContract(
       await new Promise((resolve) => setTimeout(resolve, 1100));
       assert.equal(await storage.cleanupIncomplete(1000), 1);
       assert.equal(await storage.cleanupIncomplete(0), 0);
+    });
+
+    it('incompleteWrites lists an interrupted write, and removeIncomplete removes it', async (t) => {
+      if (options.skip?.cleanupIncomplete) return t.skip(options.skip.cleanupIncomplete);
+      if (!options.leaveIncompleteWrite) return t.skip('the driver has no way to leave an interrupted write here');
+      const incomplete = async () => {
+        const found: IncompleteWrite[] = [];
+        for await (const write of storage.incompleteWrites()) found.push(write);
+        return found;
+      };
+      await storage.cleanupIncomplete(0);
+      assert.deepEqual(await incomplete(), []);
+      await options.leaveIncompleteWrite(storage, 'incomplete/listed');
+      const found = await incomplete();
+      assert.equal(found.length, 1, JSON.stringify(found));
+      // A local temporary file does not say what it was to become; an upload does.
+      assert.ok(found[0]!.key === 'incomplete/listed' || found[0]!.key.startsWith('.tmp/'), found[0]!.key);
+      assert.match(found[0]!.what, /^an? /);
+      await storage.removeIncomplete(found);
+      assert.deepEqual(await incomplete(), []);
+      await storage.removeIncomplete(found);
     });
 
     it('names its location without secrets', () => {

@@ -16,7 +16,7 @@ import {
 import { putThroughWriter } from './put-through-writer.js';
 import { DecryptingReader } from '../crypto/decrypting-reader.js';
 import { EMPTY_READER, streamOverReader } from './reader-over-stream.js';
-import { MAX_DOCUMENT_BYTES, documentTooLarge, readFully, type GetOptions, type ObjectInfo, type ObjectReader, type ObjectWriter, type PutOptions, type Storage, type StorageCapabilities } from './storage.js';
+import { MAX_DOCUMENT_BYTES, documentTooLarge, readFully, type GetOptions, type IncompleteWrite, type ObjectInfo, type ObjectReader, type ObjectWriter, type PutOptions, type Storage, type StorageCapabilities } from './storage.js';
 
 /**
  * Objects left in plaintext: what is needed before a key is unlocked (the
@@ -153,6 +153,15 @@ export class EncryptedStorage implements Storage {
 
   delete(keys: readonly string[]): Promise<void> {
     return this.inner.delete(keys);
+  }
+
+  incompleteWrites(prefix?: string): AsyncIterable<IncompleteWrite> {
+    // Their sizes are of what was written: ciphertext, as it takes room in the repository.
+    return this.inner.incompleteWrites(prefix);
+  }
+
+  removeIncomplete(writes: readonly IncompleteWrite[]): Promise<void> {
+    return this.inner.removeIncomplete(writes);
   }
 
   cleanupIncomplete(olderThanMs: number, prefix?: string): Promise<number> {

@@ -12,7 +12,9 @@ import {
   MAX_DOCUMENT_BYTES,
   ObjectNotFoundError,
   documentTooLarge,
+  removeIncompleteOlderThan,
   type GetOptions,
+  type IncompleteWrite,
   type ObjectInfo,
   type ObjectReader,
   type ObjectWriter,
@@ -263,25 +265,30 @@ export class LocalStorage implements Storage {
     }
   }
 
-  async cleanupIncomplete(olderThanMs: number): Promise<number> {
+  async *incompleteWrites(): AsyncIterable<IncompleteWrite> {
     const dir = path.join(this.root, TMP_DIR);
-    let names: string[];
-    try {
-      names = await fsp.readdir(dir);
-    } catch {
-      return 0;
+    for (const entry of await entriesOf(dir, `${TMP_DIR}/`)) {
+      if (!entry.isFile()) continue;
+      // Renamed into place or removed since the directory was read: complete, or not there.
+      const st = await fsp.stat(path.join(dir, entry.name)).catch(() => undefined);
+      if (!st) continue;
+      const writer = /^(\d+)-/.exec(entry.name);
+      yield { key: `${TMP_DIR}/${entry.name}`, what: 'a temporary file', size: st.size, since: st.mtime, ...(writer ? { pid: Number(writer[1]) } : {}) };
     }
-    let removed = 0;
-    const cutoff = Date.now() - olderThanMs;
-    for (const name of names) {
-      const file = path.join(dir, name);
-      const st = await fsp.stat(file).catch(() => undefined);
-      if (st && st.mtimeMs <= cutoff) {
-        await fsp.rm(file, { force: true });
-        removed++;
-      }
+  }
+
+  async removeIncomplete(writes: readonly IncompleteWrite[]): Promise<void> {
+    for (const { key } of writes) {
+      const name = key.slice(TMP_DIR.length + 1);
+      if (!key.startsWith(`${TMP_DIR}/`) || name === '' || name.includes('/') || name === '..') throw new RuntimeFailure(`${key} is not a temporary file of the repository`);
+      await fsp.rm(path.join(this.root, TMP_DIR, name), { force: true }).catch((err: unknown) => {
+        throw wrap('delete', key, err);
+      });
     }
-    return removed;
+  }
+
+  cleanupIncomplete(olderThanMs: number): Promise<number> {
+    return removeIncompleteOlderThan(this, olderThanMs);
   }
 
   async close(): Promise<void> {}

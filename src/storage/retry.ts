@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import { LifeboatError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
-import type { GetOptions, ObjectInfo, ObjectReader, ObjectWriter, PutOptions, Storage, StorageCapabilities } from './storage.js';
+import type { GetOptions, IncompleteWrite, ObjectInfo, ObjectReader, ObjectWriter, PutOptions, Storage, StorageCapabilities } from './storage.js';
 import { sleep } from '../sleep.js';
 
 export interface RetryPolicy {
@@ -286,6 +286,19 @@ class RetryingStorage implements Storage {
   delete(keys: readonly string[]): Promise<void> {
     const what = keys.length === 1 ? keys[0]! : `${keys.length} objects`;
     return retrying(this.policy, 'delete', what, () => this.inner.delete(keys));
+  }
+
+  async *incompleteWrites(prefix?: string): AsyncIterable<IncompleteWrite> {
+    try {
+      yield* this.inner.incompleteWrites(prefix);
+    } catch (err) {
+      throw asFailure('list', 'incomplete uploads', err);
+    }
+  }
+
+  removeIncomplete(writes: readonly IncompleteWrite[]): Promise<void> {
+    const what = writes.length === 1 ? writes[0]!.key : `${writes.length} incomplete writes`;
+    return retrying(this.policy, 'remove', what, () => this.inner.removeIncomplete(writes));
   }
 
   cleanupIncomplete(olderThanMs: number, prefix?: string): Promise<number> {

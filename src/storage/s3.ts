@@ -33,7 +33,9 @@ import {
   MAX_DOCUMENT_BYTES,
   ObjectNotFoundError,
   documentTooLarge,
+  removeIncompleteOlderThan,
   type GetOptions,
+  type IncompleteWrite,
   type ObjectInfo,
   type ObjectReader,
   type ObjectWriter,
@@ -548,37 +550,47 @@ export class S3Storage implements Storage {
     }
   }
 
-  async cleanupIncomplete(olderThanMs: number, prefix = ''): Promise<number> {
-    const cutoff = Date.now() - olderThanMs;
-    const markers = new ListingMarkers(`list incomplete uploads under ${prefix === '' ? '/' : prefix}`);
-    let removed = 0;
+  async *incompleteWrites(prefix = ''): AsyncIterable<IncompleteWrite> {
+    const where = `incomplete uploads under ${prefix === '' ? '/' : prefix}`;
+    const markers = new ListingMarkers(`list ${where}`);
     let keyMarker: string | undefined;
     let uploadIdMarker: string | undefined;
     for (;;) {
-      let page;
-      try {
-        page = await this.client.send(
-          new ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: `${this.root}${prefix}`, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }),
-        );
-      } catch (err) {
-        // A server without multipart listing (some test stand-ins) has nothing we can find.
-        if (httpStatus(err) === 501 || httpStatus(err) === 405 || errorName(err) === 'NotImplemented') return removed;
-        throw err;
-      }
-      for (const upload of page.Uploads ?? []) {
-        if (!upload.Key || !upload.UploadId || (upload.Initiated && upload.Initiated.getTime() > cutoff)) continue;
+      const [key, uploadId] = [keyMarker, uploadIdMarker];
+      const page = await retrying(this.retry, 'list', where, async () => {
         try {
-          await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: upload.Key, UploadId: upload.UploadId }));
-          removed++;
+          return await this.client.send(new ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: `${this.root}${prefix}`, KeyMarker: key, UploadIdMarker: uploadId }));
         } catch (err) {
-          if (errorName(err) !== 'NoSuchUpload') throw err;
+          // A server without multipart listing (some test stand-ins) has nothing we can find.
+          if (httpStatus(err) === 501 || httpStatus(err) === 405 || errorName(err) === 'NotImplemented') return undefined;
+          throw err;
         }
+      });
+      if (!page) return;
+      for (const upload of page.Uploads ?? []) {
+        if (!upload.Key || !upload.UploadId || !upload.Key.startsWith(this.root)) continue;
+        yield { key: upload.Key.slice(this.root.length), what: 'an incomplete multipart upload', uploadId: upload.UploadId, ...(upload.Initiated ? { since: upload.Initiated } : {}) };
       }
-      if (!page.IsTruncated) return removed;
+      if (!page.IsTruncated) return;
       markers.next(page.NextKeyMarker === undefined && page.NextUploadIdMarker === undefined ? undefined : `${page.NextKeyMarker ?? ''}\0${page.NextUploadIdMarker ?? ''}`);
       keyMarker = page.NextKeyMarker;
       uploadIdMarker = page.NextUploadIdMarker;
     }
+  }
+
+  async removeIncomplete(writes: readonly IncompleteWrite[]): Promise<void> {
+    for (const { key, uploadId } of writes) {
+      if (uploadId === undefined) throw new RuntimeFailure(`${key} is not an upload of ${this.location}`);
+      try {
+        await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: this.objectKey(key), UploadId: uploadId }));
+      } catch (err) {
+        if (errorName(err) !== 'NoSuchUpload') throw err;
+      }
+    }
+  }
+
+  cleanupIncomplete(olderThanMs: number, prefix = ''): Promise<number> {
+    return removeIncompleteOlderThan(this, olderThanMs, prefix);
   }
 
   async close(): Promise<void> {

@@ -30,6 +30,26 @@ export class ArchivedObjectError extends IntegrityError {
 }
 
 /**
+ * A write that never completed: a local temporary file not yet renamed into
+ * place, or an S3 multipart upload neither completed nor aborted. A process
+ * killed while it writes (a backup's volume) leaves one behind.
+ */
+export interface IncompleteWrite {
+  /** Where it is: `.tmp/<file>` (local), or the key the upload was for (S3). */
+  key: string;
+  /** What it is, for messages: `a temporary file`, `an incomplete multipart upload`. */
+  what: string;
+  /** Bytes written so far, where the driver knows them without a request per write. */
+  size?: number;
+  /** The id of the process that writes it, where the driver records one (local). */
+  pid?: number;
+  /** When it was last written to (local) or started (S3); some servers do not say. */
+  since?: Date;
+  /** The driver's own name for it (the S3 upload id), for removeIncomplete. */
+  uploadId?: string;
+}
+
+/**
  * What a driver can promise. Callers branch on these, never on the driver type.
  */
 export interface StorageCapabilities {
@@ -120,12 +140,32 @@ export interface Storage {
   /** Removes objects; keys that do not exist are ignored. */
   delete(keys: readonly string[]): Promise<void>;
   /**
+   * The writes of this driver that have not completed (temporary files, incomplete
+   * multipart uploads), including those still going on, never outside the repository.
+   * `prefix` narrows them where the driver knows what each is for (S3); a local
+   * temporary file does not say, and is listed whatever the prefix.
+   */
+  incompleteWrites(prefix?: string): AsyncIterable<IncompleteWrite>;
+  /** Removes incomplete writes that incompleteWrites listed; one that has completed or gone since is left alone. */
+  removeIncomplete(writes: readonly IncompleteWrite[]): Promise<void>;
+  /**
    * Removes what interrupted writes of this driver left behind (temporary files,
    * incomplete multipart uploads) that started more than `olderThanMs` ago,
    * under `prefix` when given (never outside the repository). Returns how many were removed.
    */
   cleanupIncomplete(olderThanMs: number, prefix?: string): Promise<number>;
   close(): Promise<void>;
+}
+
+/** cleanupIncomplete, for a driver that lists and removes its incomplete writes. */
+export async function removeIncompleteOlderThan(storage: Pick<Storage, 'incompleteWrites' | 'removeIncomplete'>, olderThanMs: number, prefix?: string): Promise<number> {
+  const cutoff = Date.now() - olderThanMs;
+  const old: IncompleteWrite[] = [];
+  for await (const write of storage.incompleteWrites(prefix)) {
+    if (write.since === undefined || write.since.getTime() <= cutoff) old.push(write);
+  }
+  await storage.removeIncomplete(old);
+  return old.length;
 }
 
 /** The largest document (config, manifest, ledger, pin, journal event) read into memory. */
