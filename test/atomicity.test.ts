@@ -1,12 +1,17 @@
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { BIN, lifeboat, spawnLifeboat } from './helpers/cli.js';
 import { prng, seedFromEnv } from './helpers/tree.js';
 import { repoFiles, smallDeployment } from './helpers/repo.js';
 import { waitFor } from './helpers/processes.js';
+import { RuntimeFailure } from '../src/errors.js';
+import type { Notice } from '../src/core/events.js';
+import { Repository } from '../src/core/repository.js';
+import { verify } from '../src/core/verify.js';
+import { LocalStorage } from '../src/storage/local.js';
 
 test('a backup killed with SIGKILL at any moment leaves no visible point; the next backup cleans up', async (t) => {
   const seed = seedFromEnv();
@@ -46,6 +51,108 @@ test('a backup killed with SIGKILL at any moment leaves no visible point; the ne
   const v = await lifeboat(['--repo', d.repo, '--json', 'verify', '--read-data']);
   assert.deepEqual(v.json().warnings, []);
   await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+/** The files in a local repository's temporary directory, with their sizes. */
+async function temporaryFiles(repo: string): Promise<{ name: string; size: number }[]> {
+  const dir = path.join(repo, '.tmp');
+  const names = await fsp.readdir(dir).catch(() => [] as string[]);
+  const found = await Promise.all(names.map(async (name) => ({ name, size: (await fsp.stat(path.join(dir, name)).catch(() => undefined))?.size })));
+  return found.filter((f): f is { name: string; size: number } => f.size !== undefined);
+}
+
+/** Starts a full backup of `d` and waits until it is writing a volume (a temporary file past 1 MiB: documents are smaller). */
+async function backupWritingAVolume(t: TestContext, d: { repo: string; src: string }): Promise<{ child: ChildProcess; exited: Promise<number | null> }> {
+  const child = spawnLifeboat(['--repo', d.repo, 'backup', d.src, '--type', 'full']);
+  child.stdout!.resume();
+  child.stderr!.resume();
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  t.after(() => void child.kill('SIGKILL'));
+  const writing = await waitFor(async () => (await temporaryFiles(d.repo)).some((f) => f.size > 1 << 20), 20_000);
+  assert.ok(writing, 'the backup started writing a volume');
+  return { child, exited };
+}
+
+test('a volume half written by a backup killed with SIGKILL is reported by verify, and removed by the next backup, which says so', async (t) => {
+  const d = await smallDeployment({ bigFiles: 3, bigSize: 48 << 20 });
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const { child, exited } = await backupWritingAVolume(t, d);
+  child.kill('SIGKILL');
+  await exited;
+  const left = await temporaryFiles(d.repo);
+  assert.ok(left.some((f) => f.name.startsWith(`${child.pid}-`) && f.size > 1 << 20), `the killed backup's volume is left: ${JSON.stringify(left)}`);
+
+  const v = await lifeboat(['--repo', d.repo, '--json', 'verify', '--read-data']);
+  assert.equal(v.code, 0, v.stderr);
+  assert.equal(v.json().ok, true, 'leftovers are warnings, not problems');
+  const warned = v.json().warnings.filter((w: { code: string }) => w.code === 'leftovers');
+  assert.deepEqual(
+    warned.map((w: { path: string }) => w.path).sort(),
+    left.map((f) => `.tmp/${f.name}`).sort(),
+  );
+  for (const f of left) assert.match(v.stderr, new RegExp(`warning: \\.tmp/${f.name}: a temporary file of ${f.size} bytes, left by a write that never finished.*the next backup removes it`));
+
+  const next = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src]);
+  assert.equal(next.code, 0, next.stderr);
+  for (const f of left) assert.match(next.stderr, new RegExp(`\\.tmp/${f.name}: removed a temporary file of ${f.size} bytes, left by a write that never finished`));
+  assert.deepEqual(await temporaryFiles(d.repo), []);
+  const after = await lifeboat(['--repo', d.repo, '--json', 'verify']);
+  assert.deepEqual(after.json().warnings, []);
+});
+
+test('the temporary file of a backup that is running is not a leftover: verify names the backup writing it', async (t) => {
+  const d = await smallDeployment({ bigFiles: 3, bigSize: 48 << 20 });
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const { child, exited } = await backupWritingAVolume(t, d);
+  // Stopped, it holds the lock and its volume stays half written for as long as verify takes.
+  child.kill('SIGSTOP');
+  const writing = (await temporaryFiles(d.repo)).filter((f) => f.name.startsWith(`${child.pid}-`));
+  assert.ok(writing.length > 0);
+  const v = await lifeboat(['--repo', d.repo, '--json', 'verify']);
+  child.kill('SIGCONT');
+  assert.equal(v.code, 0, v.stderr);
+  assert.deepEqual(v.json().warnings, [], 'what a live backup is writing is no leftover');
+  for (const f of writing) assert.match(v.stderr, new RegExp(`\\.tmp/${f.name}: being written by the running backup on .+, pid ${child.pid}\\b`));
+  assert.equal(await exited, 0, 'the backup went on to the end');
+  assert.deepEqual(await temporaryFiles(d.repo), []);
+});
+
+test('a temporary file left by an earlier process with the same pid (every run of a container may have it) is still a leftover', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src])).code, 0);
+  // Written an hour ago by a process with this test's pid, which runs the commands below in itself.
+  const name = `${process.pid}-0123456789ab`;
+  const file = path.join(d.repo, '.tmp', name);
+  await fsp.mkdir(path.dirname(file), { recursive: true });
+  await fsp.writeFile(file, Buffer.alloc(3000, 1));
+  const anHourAgo = new Date(Date.now() - 3_600_000);
+  await fsp.utimes(file, anHourAgo, anHourAgo);
+  const v = await lifeboat(['--repo', d.repo, '--json', 'verify']);
+  assert.deepEqual(v.json().warnings.map((w: { code: string; path: string }) => [w.code, w.path]), [['leftovers', `.tmp/${name}`]]);
+  const next = await lifeboat(['--repo', d.repo, 'backup', d.src]);
+  assert.equal(next.code, 0, next.stderr);
+  assert.match(next.stderr, new RegExp(`\\.tmp/${name}: removed a temporary file of 3000 bytes`));
+  assert.deepEqual(await temporaryFiles(d.repo), []);
+});
+
+test('verify goes on, saying so, where incomplete writes cannot be listed (S3 credentials without s3:ListBucketMultipartUploads)', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src])).code, 0);
+  const refusing = new Proxy(new LocalStorage(d.repo), {
+    get: (target, name) =>
+      name === 'incompleteWrites'
+        ? async function* (): AsyncIterable<never> {
+            throw new RuntimeFailure('list incomplete uploads under / failed: HTTP 403 AccessDenied');
+          }
+        : Reflect.get(target, name),
+  });
+  const notices: Notice[] = [];
+  const result = await verify(await Repository.open(refusing), { reporter: { notice: (n) => notices.push(n) } });
+  assert.equal(result.ok, true);
+  assert.deepEqual(result.warnings, []);
+  assert.ok(notices.some((n) => n.level === 'info' && n.code === 'incomplete-writes-unlisted' && /AccessDenied/.test(n.message)), JSON.stringify(notices));
 });
 
 for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {

@@ -13,11 +13,13 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
   DeleteObjectCommand,
+  CreateMultipartUploadCommand,
   GetObjectCommand,
   ListMultipartUploadsCommand,
   ListObjectsV2Command,
   PutObjectCommand,
   S3Client,
+  UploadPartCommand,
 } from '@aws-sdk/client-s3';
 import { Repository } from '../src/core/repository.js';
 import { encodeDocument } from '../src/format/document.js';
@@ -398,6 +400,54 @@ describe('an S3 repository through the CLI', () => {
     assert.deepEqual(v.json().warnings, []);
     assert.equal(v.json().backups, committed.length);
     await fsp.rm(dir, { recursive: true, force: true });
+  });
+
+  it('an incomplete multipart upload is reported by verify unless a running backup makes it; the next backup aborts it and says so', async (t) => {
+    if (!server.capabilities.multipartListAndAbort) return t.skip(`${server.kind} cannot list multipart uploads`);
+    const rand = prng(seed + 5);
+    const dir = path.join(work, 'uploads');
+    t.after(() => fsp.rm(dir, { recursive: true, force: true }));
+    const src = await smallModels(dir, rand);
+    for (let i = 0; i < 4; i++) await writeRandomFile(path.join(src, `shard-${i}.bin`), 12 * MiB, rand);
+    const prefix = 'uploads';
+    await initRepository(prefix, 8 * MiB);
+    // What a backup killed an hour ago left: the first part of a volume, uploaded and never completed.
+    const left = `data/${makePointId(new Date(Date.now() - 3_600_000), 'full')}/v000001.tar`;
+    const upload = await sdk.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: `${prefix}/${left}` }));
+    await sdk.send(new UploadPartCommand({ Bucket: bucket, Key: `${prefix}/${left}`, UploadId: upload.UploadId, PartNumber: 1, Body: Buffer.alloc(5 * MiB, 7) }));
+
+    const v = await ok(cli(prefix, ['--json', 'verify']), 'verify with an incomplete upload');
+    assert.equal(v.json().ok, true);
+    assert.deepEqual(v.json().warnings.map((w: { code: string; path: string }) => [w.code, w.path]), [['leftovers', left]]);
+    assert.match(v.stderr, /an incomplete multipart upload, left by a write that never finished .*; the next backup removes it/);
+
+    const child = spawnLifeboat([...repoArgs(prefix), 'backup', src, '--type', 'full'], { env: server.env });
+    const stderr: Buffer[] = [];
+    child.stderr!.on('data', (c: Buffer) => stderr.push(c));
+    child.stdout!.resume();
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    t.after(() => void child.kill('SIGKILL'));
+    // Stopped while it uploads a volume: it holds the lock, and its upload stays incomplete while verify runs.
+    let running: string | undefined;
+    for (let volume = 0; volume < 4 && running === undefined; volume++) {
+      const uploading = async () => ((await incompleteUploads(prefix)) ?? []).find((k) => k !== left);
+      const until = Date.now() + 20_000;
+      let key: string | undefined;
+      while (Date.now() < until && !(key = await uploading())) await new Promise((r) => setTimeout(r, 10));
+      assert.ok(key, 'the backup started an upload');
+      child.kill('SIGSTOP');
+      if ((await uploading()) === key) running = key;
+      else child.kill('SIGCONT');
+    }
+    assert.ok(running, 'the backup was stopped within an upload');
+    const during = await cli(prefix, ['--json', 'verify']);
+    child.kill('SIGCONT');
+    assert.equal(during.code, 0, during.stderr);
+    assert.deepEqual(during.json().warnings, [], 'the running backup aborted the old upload, and its own is no leftover');
+    assert.match(during.stderr, new RegExp(`${running.replace(/[.]/g, '\\.')}: being written by the running backup on .+, pid ${child.pid}\\b`));
+    assert.equal(await exited, 0, Buffer.concat(stderr).toString());
+    assert.match(Buffer.concat(stderr).toString(), new RegExp(`${left.replace(/[.]/g, '\\.')}: removed an incomplete multipart upload, left by a write that never finished`));
+    assert.deepEqual(await incompleteUploads(prefix), []);
   });
 
   it('the lock: a live holder on this host makes a backup exit 4 naming host and pid; a stale one is taken over', async (t) => {

@@ -10,6 +10,7 @@ import { checkDeploymentName, checkSourceName } from '../format/paths.js';
 import { localAccounts, namesOf } from '../format/accounts.js';
 import { type Notice, type Progress, type Reporter, progressAt } from './events.js';
 import { acquireWriterLock, type HeldLock } from './lock.js';
+import { removeUnfinishedWrites } from './leftovers.js';
 import { chooseReference, type ReferenceChoice, countChanges, emptiedSince, emptySources, planBackup, type BackupPlan, type PlannedEntry } from './backup-plan.js';
 import { SMALL_FILE, SmallFileReader, type WholeFile } from './file-reader.js';
 import { Sha256Offload, type OffloadedDigest } from './hash-offload.js';
@@ -456,7 +457,7 @@ export async function removeLeftovers(repo: Repository, reporter: Reporter): Pro
     const manifest = await repo.loadManifest(id).catch(() => undefined);
     if (manifest) await repo.writeSummary(manifest);
   }
-  await repo.storage.cleanupIncomplete(0, keys.dataPrefix);
+  await removeUnfinishedWrites(repo, reporter);
 }
 
 function mtimeDate(ns: string): Date {

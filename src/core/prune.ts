@@ -2,6 +2,7 @@ import { LockedError, throwIfAborted } from '../errors.js';
 import { deploymentOf, deploymentsOf, keys, volumesNeeded } from '../format/manifest.js';
 import { type Reporter, progressAt } from './events.js';
 import { appendEvent } from './journal.js';
+import { removeUnfinishedWrites } from './leftovers.js';
 import { acquireWriterLock, describeLock, readersOf } from './lock.js';
 import type { Repository } from './repository.js';
 import { planRetention, type RetentionDecision, type RetentionPolicy } from './retention.js';
@@ -127,7 +128,7 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
       progress.bytesDone += batch.reduce((n, d) => n + d.size, 0);
       reporter.progress?.(progressAt(progress, batch[batch.length - 1]!.key));
     }
-    await repo.storage.cleanupIncomplete(0, keys.dataPrefix);
+    await removeUnfinishedWrites(repo, reporter);
     const durationMs = Date.now() - started;
     await appendEvent(repo.storage, {
       type: 'prune',

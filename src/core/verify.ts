@@ -9,8 +9,8 @@ import { checkEntries, refuseEscapingLinks } from './restore-plan.js';
 import type { Repository } from './repository.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 import { deepCheck } from './verify-deep.js';
-import { describeLock, readLock, whileReading, type LockInfo } from './lock.js';
-import { POINT_ID, pointTime } from '../format/ids.js';
+import { describeLock, whileReading, type LockInfo } from './lock.js';
+import { describeLeftover, pointBeingWritten, unfinishedWrites, type UnfinishedWrites } from './leftovers.js';
 import * as ledgers from './verify-ledger.js';
 
 export type ProblemKind =
@@ -263,17 +263,18 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
     const data = await repo.orphanDataPrefixes(known);
     // Read after the listings: a backup that started while they ran holds the lock by now.
     const writing = summaries.length + data.length > 0 ? await pointBeingWritten(repo) : () => undefined;
-    const report = async (id: string | undefined, key: string, leftover: string) => {
-      const backup = id === undefined ? undefined : writing(id);
-      if (backup) {
-        reporter.notice?.({ level: 'info', code: 'in-progress', path: key, message: `being written by the running ${describeLock(backup)}` });
-        return;
-      }
-      // Committed since `known` was listed.
-      if (id !== undefined && (await repo.storage.head(keys.point(id)))) return;
-      const n: Notice = { level: 'warning', code: 'leftovers', path: key, message: leftover };
+    const inProgress = (key: string, by: LockInfo) => reporter.notice?.({ level: 'info', code: 'in-progress', path: key, message: `being written by the running ${describeLock(by)}` });
+    const leftover = (key: string, message: string) => {
+      const n: Notice = { level: 'warning', code: 'leftovers', path: key, message };
       warnings.push(n);
       reporter.notice?.(n);
+    };
+    const report = async (id: string | undefined, key: string, message: string) => {
+      const backup = id === undefined ? undefined : writing(id);
+      if (backup) return inProgress(key, backup);
+      // Committed since `known` was listed.
+      if (id !== undefined && (await repo.storage.head(keys.point(id)))) return;
+      leftover(key, message);
     };
     for (const key of summaries) {
       await report(summaryIdOf(key), key, 'a summary of no backup point, left by an aborted backup or prune; the next backup or prune removes it');
@@ -282,20 +283,22 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
       const message = `${orphan.keys.length} object(s), ${orphan.bytes} bytes, left by an aborted backup; the next backup removes them`;
       await report(orphan.id, orphan.prefix, message);
     }
+    // A volume being written when its backup was killed is a temporary file (an upload, on S3) that never became an object.
+    let unfinished: UnfinishedWrites = { leftovers: [], running: [] };
+    try {
+      unfinished = await unfinishedWrites(repo);
+    } catch (err) {
+      if (options.signal?.aborted) throw err;
+      // Credentials that may read the repository but not list incomplete uploads: verify goes on without them.
+      reporter.notice?.({ level: 'info', code: 'incomplete-writes-unlisted', message: `could not look for writes that never finished: ${errorMessage(err)}` });
+    }
+    for (const { write, by } of unfinished.running) inProgress(write.key, by);
+    for (const write of unfinished.leftovers) {
+      leftover(write.key, `${describeLeftover(write)}; the next backup removes it`);
+    }
   }
   result.ok = problems.length === 0;
   return result;
-}
-
-/**
- * Which uncommitted point a live backup may be writing: one whose id is no
- * older than that backup's lock (its id is taken after the lock, by the same clock).
- */
-async function pointBeingWritten(repo: Repository): Promise<(id: string) => LockInfo | undefined> {
-  const writer = await readLock(repo.storage).catch(() => undefined);
-  if (!writer || writer.stale || writer.info.command !== 'backup') return () => undefined;
-  const since = Date.parse(writer.info.startedAt);
-  return (id) => (POINT_ID.test(id) && pointTime(id) >= since ? writer.info : undefined);
 }
 
 /** Manifests read ahead of the one being checked. */

@@ -1,0 +1,97 @@
+import { POINT_ID, pointTime } from '../format/ids.js';
+import { keys } from '../format/manifest.js';
+import type { IncompleteWrite } from '../storage/storage.js';
+import type { Reporter } from './events.js';
+import { readLock, readersOf, type LockInfo } from './lock.js';
+import type { Repository } from './repository.js';
+
+/**
+ * Which uncommitted point a live backup may be writing: one whose id is no
+ * older than that backup's lock (its id is taken after the lock, by the same clock).
+ */
+export async function pointBeingWritten(repo: Repository): Promise<(id: string) => LockInfo | undefined> {
+  return pointsOfBackup(await liveHolder(repo));
+}
+
+async function liveHolder(repo: Repository): Promise<LockInfo | undefined> {
+  const holder = await readLock(repo.storage).catch(() => undefined);
+  return holder && !holder.stale ? holder.info : undefined;
+}
+
+function pointsOfBackup(holder: LockInfo | undefined): (id: string) => LockInfo | undefined {
+  if (holder?.command !== 'backup') return () => undefined;
+  const since = Date.parse(holder.startedAt);
+  return (id) => (POINT_ID.test(id) && pointTime(id) >= since ? holder : undefined);
+}
+
+export interface UnfinishedWrites {
+  /** Writes whose process is gone: left by a backup (or another command) stopped while it wrote. */
+  leftovers: IncompleteWrite[];
+  /** Writes that a live backup, prune or reader of the repository is making now, with that process. */
+  running: { write: IncompleteWrite; by: LockInfo }[];
+}
+
+/**
+ * The repository's incomplete writes (local temporary files, S3 multipart
+ * uploads), told apart as uncommitted points are: a write is running when the
+ * process that makes it holds the repository lock or a reader's registration
+ * (a temporary file is named after its writer's pid, and written since that
+ * process started), or, for an upload of a point's volume, when a live backup
+ * is writing that point. This process's own writes are neither.
+ */
+export async function unfinishedWrites(repo: Repository): Promise<UnfinishedWrites> {
+  const listWrites = async () => {
+    const writes: IncompleteWrite[] = [];
+    // Only volumes are uploaded in parts; a local temporary file is listed whatever it was for.
+    for await (const write of repo.storage.incompleteWrites(keys.dataPrefix)) if (!madeBy(write, process.pid, performance.timeOrigin)) writes.push(write);
+    return writes;
+  };
+  const writes = await listWrites();
+  const found: UnfinishedWrites = { leftovers: [], running: [] };
+  if (writes.length === 0) return found;
+  // Read after the listing: a backup or prune takes the lock, and a reader registers, before it writes.
+  const holder = await liveHolder(repo);
+  const readers = writes.some((w) => w.pid !== undefined) ? (await readersOf(repo.storage).catch(() => ({ live: [] }))).live.map((r) => r.info) : [];
+  const writers = holder ? [holder, ...readers] : readers;
+  const backupWriting = pointsOfBackup(holder);
+  for (const write of writes) {
+    const volumeOf = write.key.startsWith(keys.dataPrefix) ? write.key.slice(keys.dataPrefix.length).split('/')[0]! : undefined;
+    const by = write.pid !== undefined ? writers.find((w) => madeBy(write, w.pid, Date.parse(w.startedAt))) : volumeOf !== undefined ? backupWriting(volumeOf) : undefined;
+    if (by) found.running.push({ write, by });
+    else found.leftovers.push(write);
+  }
+  if (found.leftovers.length === 0) return found;
+  // A write its process completed (or abandoned) between the listing and the look at the lock is gone by now.
+  const still = new Set((await listWrites()).map(identify));
+  found.leftovers = found.leftovers.filter((write) => still.has(identify(write)));
+  return found;
+}
+
+/** How far the clock that stamps a temporary file may be behind the writer's (a file system on another host). */
+const CLOCK_SLACK_MS = 5000;
+
+/**
+ * Whether the process `pid`, started at `startedAt` (ms), wrote `write`. Pids are
+ * reused (in a container every run may have the same one): a file last written
+ * before that process started is another's.
+ */
+function madeBy(write: IncompleteWrite, pid: number, startedAt: number): boolean {
+  return write.pid === pid && (write.since === undefined || Number.isNaN(startedAt) || write.since.getTime() >= startedAt - CLOCK_SLACK_MS);
+}
+
+const identify = (write: IncompleteWrite) => `${write.key}\0${write.uploadId ?? ''}`;
+
+/** What a leftover incomplete write is, for messages: `a temporary file of 4096 bytes, left by …`. */
+export function describeLeftover(write: IncompleteWrite): string {
+  return `${write.size === undefined ? write.what : `${write.what} of ${write.size} bytes`}, left by a write that never finished (a backup or another command that was stopped)`;
+}
+
+/** Removes the incomplete writes whose process is gone, saying what each was. Needs the repository lock. */
+export async function removeUnfinishedWrites(repo: Repository, reporter: Reporter): Promise<void> {
+  const { leftovers } = await unfinishedWrites(repo);
+  if (leftovers.length === 0) return;
+  await repo.storage.removeIncomplete(leftovers);
+  for (const write of leftovers) {
+    reporter.notice?.({ level: 'info', code: 'leftovers-removed', path: write.key, message: `removed ${describeLeftover(write)}` });
+  }
+}
