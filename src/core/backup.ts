@@ -241,7 +241,10 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     }
     const storedBytes = volumes.reduce((n, v) => n + v.size, 0);
     const counts = countChanges(entries, reference, plan.referenceByPath);
-    Object.assign(result, counts);
+    // As stored: files that vanished, or could not be read, since the scan are not in the point; others changed size.
+    const files = entries.filter((e) => e.type === 'file');
+    const storedFiles = { files: files.length, bytes: files.reduce((n, e) => n + e.size, 0) };
+    Object.assign(result, counts, storedFiles);
     const manifest: Manifest = {
       format: MANIFEST_FORMAT,
       id,
@@ -266,7 +269,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       volumes,
       entries,
       ...(context.superseded.length > 0 ? { superseded: context.superseded } : {}),
-      stats: { files: fileCount, bytes: totalBytes, ...counts, storedBytes },
+      stats: { ...storedFiles, ...counts, storedBytes },
       warnings: warnings.map((w) => ({ code: w.code, path: w.path, message: w.message })),
       owners: ownerNames(scanned),
     };
@@ -565,9 +568,17 @@ async function storeOwnEntry(planned: PlannedEntry, position: number, ctx: Store
   const whole = ctx.smallFiles.take(position);
   if (!whole && planned.action === 'store') planned = await withLargeTwin(planned, ctx);
   for (let attempt = 1; ; attempt++) {
-    const stored = whole && attempt === 1 ? await storeWholeFile(await whole, planned, name, ctx) : await storeFileOnce(planned, name, ctx, attempt);
+    let stored: Stored | 'vanished' | ReadDenied;
+    if (whole && attempt === 1) {
+      const read = await whole.catch(deniedOrThrow);
+      stored = read instanceof ReadDenied ? read : await storeWholeFile(read, planned, name, ctx);
+    } else stored = await storeFileOnce(planned, name, ctx, attempt);
     if (stored === 'vanished') {
       ctx.warn({ code: 'file-vanished', path: name, message: 'file disappeared before it could be read; not in this point' });
+      return undefined;
+    }
+    if (stored instanceof ReadDenied) {
+      ctx.warn({ code: 'unreadable', path: name, message: `cannot read: ${stored.reason}; not in this point` });
       return undefined;
     }
     const entry = baseEntry(s);
@@ -591,6 +602,26 @@ async function storeOwnEntry(planned: PlannedEntry, position: number, ctx: Store
 }
 
 type Stored = ReadOutcome & { ref: ContentRef; probe?: string };
+
+/**
+ * A file this process may not read (another user's, or of mode 000): it is
+ * left out with a warning, as a file that cannot be stat'ed is, rather than
+ * failing the whole backup. Only the opening and reading of the source file
+ * count: a repository that refuses a write is a failure.
+ */
+class ReadDenied {
+  constructor(readonly reason: string) {}
+}
+
+function isReadDenied(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException)?.code;
+  return code === 'EACCES' || code === 'EPERM';
+}
+
+function deniedOrThrow(err: unknown): ReadDenied {
+  if (isReadDenied(err)) return new ReadDenied(errorMessage(err));
+  throw err;
+}
 
 function storedAs(o: ReadOutcome, ref: ContentRef, probe?: string): Stored {
   return { sha256: o.sha256, size: o.size, mode: o.mode, mtimeNs: o.mtimeNs, ctimeNs: o.ctimeNs, ino: o.ino, torn: o.torn, ref, probe };
@@ -664,7 +695,7 @@ async function storeWholeFile(whole: WholeFile | undefined, planned: PlannedEntr
  * racy file on its first attempt, a hash-only pass comes first, and the file
  * is stored only if it differs from the reference.
  */
-async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreContext, attempt: number): Promise<Stored | 'vanished'> {
+async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreContext, attempt: number): Promise<Stored | 'vanished' | ReadDenied> {
   const s = planned.scanned;
   let opened: OpenedFile;
   try {
@@ -672,6 +703,7 @@ async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreCont
   } catch (err) {
     // Gone, or no longer a file (a pipe there would block the read): either way the scanned file is not there.
     if (isGoneAsFile(err)) return 'vanished';
+    if (isReadDenied(err)) return new ReadDenied(errorMessage(err));
     throw new IntegrityError(`cannot read ${s.abs}: ${errorMessage(err)}`);
   }
   const fh = opened.handle;

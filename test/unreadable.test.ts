@@ -1,0 +1,53 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { runChild } from './helpers/cli.js';
+import { removeTree } from '../src/format/remove-tree.js';
+import { tempDir, writeRandomFile, prng } from './helpers/tree.js';
+
+const NOBODY = 65534;
+// Root reads whatever the modes say: as root, lifeboat runs as nobody, to whom a file of mode 000 is closed.
+const asRoot = process.geteuid?.() === 0;
+const user = asRoot ? { uid: NOBODY, gid: NOBODY } : undefined;
+
+test('a file the backup may not read is left out with a warning, small or large, and the point holds and counts the rest; --strict refuses it', async (t) => {
+  const work = await tempDir();
+  t.after(() => removeTree(work));
+  await fsp.chmod(work, 0o755);
+  const src = path.join(work, 'models');
+  await fsp.mkdir(src);
+  await fsp.writeFile(path.join(src, 'config.json'), '{"layers": 2}');
+  await writeRandomFile(path.join(src, 'weights.bin'), 3 << 20, prng(7));
+  await fsp.writeFile(path.join(src, 'secret.txt'), 'kept from the backup user');
+  await writeRandomFile(path.join(src, 'secret.bin'), 2 << 20, prng(8));
+  if (asRoot) for (const p of [work, src, ...(await fsp.readdir(src)).map((n) => path.join(src, n))]) await fsp.lchown(p, NOBODY, NOBODY);
+  for (const name of ['secret.txt', 'secret.bin']) await fsp.chmod(path.join(src, name), 0o000);
+  const repo = path.join(work, 'repo');
+  const run = (...args: string[]) => runChild(['--repo', repo, ...args], { user });
+  assert.equal((await run('init')).code, 0);
+
+  const strict = await run('backup', '--source', `models=${src}`, '--strict');
+  assert.equal(strict.code, 3, strict.stderr);
+  assert.match(strict.stderr, /refused by --strict/);
+
+  const b = await run('--json', 'backup', '--source', `models=${src}`);
+  assert.equal(b.code, 0, b.stderr);
+  const doc = b.json();
+  assert.deepEqual(
+    doc.warnings.map((w: { code: string; path: string }) => [w.code, w.path]).sort(),
+    [['unreadable', 'models/secret.bin'], ['unreadable', 'models/secret.txt']],
+  );
+  assert.match(doc.warnings[0].message, /EACCES.*not in this point/);
+  // Counted as stored, not as scanned.
+  assert.equal(doc.files, 2);
+  assert.equal(doc.bytes, '{"layers": 2}'.length + (3 << 20));
+  const listed = (await run('--json', 'list')).json();
+  assert.equal(listed[0].files, 2);
+  assert.equal(listed[0].bytes, doc.bytes);
+  const out = path.join(work, 'out');
+  const r = await run('restore', 'latest', '--target', out);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual((await fsp.readdir(path.join(out, 'models'))).sort(), ['config.json', 'weights.bin']);
+  assert.equal((await run('verify', '--read-data')).code, 0);
+});
