@@ -2,8 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { lifeboat } from './helpers/cli.js';
-import { repoFiles, smallDeployment } from './helpers/repo.js';
+import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
+import { waitFor } from './helpers/processes.js';
+import { exists, repoFiles, smallDeployment } from './helpers/repo.js';
 import { tempDir } from './helpers/tree.js';
 import { findAll, parseXml, type XmlElement } from './helpers/xml.js';
 import { drillJUnit } from '../src/core/junit.js';
@@ -181,4 +182,30 @@ test('JUnit output escapes anything a smoke command prints', () => {
   const failure = findAll(root, 'failure')[0]!;
   assert.equal(failure.attrs.message, nasty.replace('\u0000', '\ufffd').replace('\u001b', '\ufffd'));
   assert.match(findAll(root, 'system-out')[0]!.text, /\]\]>😀 done/);
+});
+
+test('the copy a drill killed with SIGKILL left is removed by the next drill, which says so; those of live runs stay', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src])).code, 0);
+  const scratch = path.join(d.work, 'scratch');
+  await fsp.mkdir(scratch);
+  // A directory of a live process (this one) with a name a drill would give it.
+  const live = path.join(scratch, `lifeboat-drill-${process.pid}-abcdef`);
+  await fsp.mkdir(live);
+  const smokePid = path.join(d.work, 'smoke.pid');
+  const child = spawnLifeboat(['--repo', d.repo, 'drill', '--work-dir', scratch, '--smoke', `echo $$ > ${smokePid}; exec sleep 60`]);
+  const closed = new Promise((resolve) => child.on('close', resolve));
+  await waitFor(() => exists(smokePid), 30_000);
+  child.kill('SIGKILL');
+  await closed;
+  process.kill(Number(await fsp.readFile(smokePid, 'utf8')), 'SIGKILL');
+  const left = (await fsp.readdir(scratch)).filter((n) => n.startsWith(`lifeboat-drill-${child.pid}-`));
+  assert.equal(left.length, 1, 'the killed drill left its copy of the point');
+
+  // In a process of its own: to it, this one is another live run.
+  const next = await runChild(['--repo', d.repo, 'drill', '--work-dir', scratch]);
+  assert.equal(next.code, 0, next.stderr);
+  assert.match(next.stderr, new RegExp(`removed ${path.join(scratch, left[0]!)}, left by a run that was killed`));
+  assert.deepEqual(await fsp.readdir(scratch), [path.basename(live)]);
 });

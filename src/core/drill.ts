@@ -6,7 +6,7 @@ import { formatDuration } from '../config/duration.js';
 import type { Manifest } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { sha256OfFile } from '../format/checksum.js';
-import type { Reporter } from './events.js';
+import { leftWorkDirectory, type Reporter } from './events.js';
 import { appendEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
@@ -91,7 +91,7 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
     checks.push(c);
     if (c.status === 'failed') problems.push({ check: c.name, message: c.message });
   };
-  const base = await makeWorkDirectory(options.workDir, 'lifeboat-drill-');
+  const base = await makeWorkDirectory(options.workDir, 'lifeboat-drill-', (dir) => reporter.notice?.(leftWorkDirectory(dir)));
   const target = path.join(base, 'restore');
   let integrity = false;
   let damagedVolume: string | undefined;

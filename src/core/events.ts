@@ -34,3 +34,8 @@ export interface Reporter {
 }
 
 export const silentReporter: Reporter = {};
+
+/** The notice of a work directory a killed run left, removed by a later one. */
+export function leftWorkDirectory(dir: string): Notice {
+  return { level: 'info', code: 'work-directory-removed', path: dir, message: `removed ${dir}, left by a run that was killed` };
+}

@@ -61,8 +61,53 @@ export async function notADirectoryOnTheWay(dir: string): Promise<string | undef
   return undefined;
 }
 
-/** A new temporary directory in `parent`, made first if it is not there yet; in the system's temporary directory without one. */
-export async function makeWorkDirectory(parent: string | undefined, prefix: string): Promise<string> {
+/** The work directories this process made, which are not leftovers even where a killed process of the same pid left others. */
+const madeHere = new Set<string>();
+
+function processRuns(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Removes the work directories with `prefix` in `dir` that processes killed
+ * before they could remove them left (a drill's copy of a whole point, a
+ * captured database): those named for a pid that no longer runs, or for this
+ * process's pid (a container may give every run the same one) but not made by
+ * it. Directories of other live processes, and any it may not remove, stay.
+ */
+async function removeLeftWorkDirectories(dir: string, prefix: string, removed: (dir: string) => void): Promise<void> {
+  const names = await fsp.readdir(dir).catch(() => [] as string[]);
+  const pattern = new RegExp(`^${prefix.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}(\\d+)-[A-Za-z0-9]{6}$`);
+  for (const name of names) {
+    const pid = Number(pattern.exec(name)?.[1]);
+    if (!Number.isSafeInteger(pid) || pid <= 0) continue;
+    const full = path.join(dir, name);
+    if (pid === process.pid ? madeHere.has(full) : processRuns(pid)) continue;
+    try {
+      await fsp.rm(full, { recursive: true });
+      removed(full);
+    } catch {
+      // Another user's, or gone meanwhile: not this run's to clear.
+    }
+  }
+}
+
+/**
+ * A new temporary directory in `parent`, made first if it is not there yet; in
+ * the system's temporary directory without one. Its name carries this
+ * process's pid, so that a later run can tell it from a live run's and remove
+ * it if this one is killed first; `removed` hears of each such one removed.
+ */
+export async function makeWorkDirectory(parent: string | undefined, prefix: string, removed: (dir: string) => void = () => undefined): Promise<string> {
   if (parent !== undefined) await makeDirectories(parent);
-  return fsp.mkdtemp(path.join(parent ?? os.tmpdir(), prefix));
+  const dir = parent ?? os.tmpdir();
+  await removeLeftWorkDirectories(dir, prefix, removed);
+  const made = await fsp.mkdtemp(path.join(dir, `${prefix}${process.pid}-`));
+  madeHere.add(made);
+  return made;
 }

@@ -2,7 +2,7 @@ import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { SourceSpec } from '../core/scan.js';
-import type { Notice } from '../core/events.js';
+import { leftWorkDirectory, type Notice } from '../core/events.js';
 import { parseDuration } from '../config/duration.js';
 import { captureCommand, COMMAND_OUTPUT_FILE } from './command.js';
 import { copySqlite } from './sqlite.js';
@@ -69,7 +69,7 @@ export async function captureSources(sources: readonly PendingSource[], options:
   const pending = sources.filter(isStateSource);
   if (pending.length === 0) return { sources: [...sources], cleanup: async () => undefined };
   const workDir = options.tmpDir ?? os.tmpdir();
-  const root = await makeWorkDirectory(options.tmpDir, 'lifeboat-state-').catch((err: unknown) => {
+  const root = await makeWorkDirectory(options.tmpDir, 'lifeboat-state-', (dir) => options.notice?.(leftWorkDirectory(dir))).catch((err: unknown) => {
     throw new RuntimeFailure(`cannot make a directory to capture serving state in, under ${workDir}: ${errorMessage(err)}`, { cause: err, hint: 'give another one with --work-dir' });
   });
   let cleaned = false;

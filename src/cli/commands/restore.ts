@@ -5,7 +5,7 @@ import { UsageError, errorMessage } from '../../errors.js';
 import { appendEvent } from '../../core/journal.js';
 import { checkRestoreTarget, restore, type RestoreResult } from '../../core/restore.js';
 import { sourcesIncluded } from '../../core/restore-plan.js';
-import type { Notice } from '../../core/events.js';
+import { leftWorkDirectory, type Notice } from '../../core/events.js';
 import type { Manifest } from '../../format/manifest.js';
 import type { LifeboatConfig } from '../../config/config.js';
 import type { Repository } from '../../core/repository.js';
@@ -90,7 +90,7 @@ async function restoreState(ctx: CliContext, repo: Repository, point: Manifest, 
     return;
   }
   const { file } = await loadConfig({ explicit: ctx.global.config, cwd: ctx.cwd, env: ctx.env });
-  const scratch = await makeWorkDirectory(undefined, 'lifeboat-state-');
+  const scratch = await makeWorkDirectory(undefined, 'lifeboat-state-', (dir) => renderer.notice(leftWorkDirectory(dir)));
   try {
     const root = path.join(scratch, 'point');
     await restore(repo, point, { ...options, delta: false, force: false, include: names, target: root });
