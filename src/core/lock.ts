@@ -7,7 +7,7 @@ import { formatDuration } from '../config/duration.js';
 import { isNotFound, type Storage } from '../storage/storage.js';
 import { keys } from '../format/manifest.js';
 import type { Notice, Reporter } from './events.js';
-import { processRuns } from './process-alive.js';
+import { processRuns } from '../format/process-alive.js';
 
 export const DEFAULT_LEASE_MS = 30 * 60 * 1000;
 

@@ -8,7 +8,7 @@ import { syncPath } from '../format/durable.js';
 import { isMountPoint } from '../format/mounts.js';
 import { formatBytes } from '../format/units.js';
 import type { Notice, Reporter } from './events.js';
-import { processRuns } from './process-alive.js';
+import { processRuns } from '../format/process-alive.js';
 import { removeTree } from '../format/remove-tree.js';
 
 /*

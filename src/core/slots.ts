@@ -6,7 +6,7 @@ import * as os from 'node:os';
 import { LockedError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
 import { POINT_ID } from '../format/ids.js';
 import { makeDirectories } from '../format/mkdirs.js';
-import { processRuns } from './process-alive.js';
+import { processRuns } from '../format/process-alive.js';
 
 /** Kept in the slots directory: what the link pointed at before the last switch, and the switches made. */
 export const TARGET_STATE_FILE = '.lifeboat-target.json';

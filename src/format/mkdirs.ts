@@ -1,6 +1,7 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import * as os from 'node:os';
+import { processRuns } from './process-alive.js';
 
 /**
  * `mkdir -p`: creates a directory and any missing parents, and accepts one
@@ -63,15 +64,6 @@ export async function notADirectoryOnTheWay(dir: string): Promise<string | undef
 
 /** The work directories this process made, which are not leftovers even where a killed process of the same pid left others. */
 const madeHere = new Set<string>();
-
-function processRuns(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /**
  * Removes the work directories with `prefix` in `dir` that processes killed
