@@ -85,6 +85,10 @@ test('verify reports a summary that disagrees with its manifest or is damaged; a
     mismatch.json().problems.map((p: { kind: string; point: string; path: string }) => [p.kind, p.point, p.path]),
     [['summary-mismatch', d.ids[1], `summaries/${d.ids[1]}.json`]],
   );
+  // Reported once: the summary is written again from the manifest, and the next verify passes.
+  assert.match(mismatch.json().problems[0].detail, /written again from the manifest/);
+  assert.deepEqual(await fsp.readFile(file), original);
+  assert.equal((await lifeboat(['--repo', d.repo, 'verify'])).code, 0);
 
   const damaged = Buffer.from(original);
   damaged[damaged.indexOf('"type"') + 9] ^= 0x01;
@@ -92,6 +96,8 @@ test('verify reports a summary that disagrees with its manifest or is damaged; a
   const broken = await lifeboat(['--repo', d.repo, '--json', 'verify']);
   assert.equal(broken.code, 3);
   assert.match(broken.json().problems[0].detail, /summary of .* is damaged/);
+  assert.equal((await lifeboat(['--repo', d.repo, 'verify'])).code, 0, 'repaired');
+  await fsp.writeFile(file, damaged);
   // list reads past a damaged summary, from the manifest.
   const listed = await lifeboat(['--repo', d.repo, '--json', 'list']);
   assert.equal(listed.code, 0, listed.stderr);

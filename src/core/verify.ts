@@ -145,7 +145,15 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
   const loadChecked = async (id: string): Promise<Manifest | undefined> => {
     const m = chain.get(id) ?? (await read(id));
     const mismatch = m ? await summaryMismatch(repo, m) : undefined;
-    if (mismatch) problems.push({ point: id, path: keys.summary(id), kind: 'summary-mismatch', detail: mismatch });
+    if (m && mismatch) {
+      // Reported, and repaired: the summary is derived from the manifest, which has just been read and checked, and is
+      // written again from it, so that the next verify passes (unless credentials are read-only, which the detail says).
+      const rebuilt = await repo.writeSummary(m).then(
+        () => 'written again from the manifest',
+        (err: unknown) => `it could not be written again from the manifest: ${errorMessage(err)}`,
+      );
+      problems.push({ point: id, path: keys.summary(id), kind: 'summary-mismatch', detail: `${mismatch}; ${rebuilt}` });
+    }
     return m;
   };
   const ahead: Promise<Manifest | undefined>[] = [];
