@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { lifeboat } from './helpers/cli.js';
+import { lifeboat, spawnLifeboat } from './helpers/cli.js';
+import { waitFor } from './helpers/processes.js';
 import { compareSnapshots, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile } from './helpers/tree.js';
 import { InterruptedError } from '../src/errors.js';
 import { Repository } from '../src/core/repository.js';
@@ -148,4 +149,35 @@ test('a staging directory another user could write to is not gone on from, but r
   assert.match(r.stderr, /removed a staging directory that another user could write to/);
   assert.doesNotMatch(r.stderr, /resuming/);
   assert.equal((await fsp.stat(path.join(work, 'restored'))).uid, 0, 'the target is this user\'s');
+});
+
+test('a target another process fills while a restore runs is not replaced: the restore fails saying so, and the next restore goes on from what it verified', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  await fsp.mkdir(src);
+  await writeRandomFile(path.join(src, 'weights.bin'), 96 << 20, prng(11));
+  await fsp.writeFile(path.join(src, 'config.json'), '{}');
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  assert.equal((await lifeboat(['--repo', repo, 'backup', '--source', `models=${src}`])).code, 0);
+
+  const target = path.join(work, 'out');
+  const child = spawnLifeboat(['--repo', repo, 'restore', 'latest', '--target', target]);
+  const stderr: Buffer[] = [];
+  child.stderr!.on('data', (c: Buffer) => stderr.push(c));
+  const code = new Promise<number | null>((resolve) => child.on('close', resolve));
+  // Once the restore writes into its staging directory, someone else puts a file where it is going.
+  const staging = async () => (await fsp.readdir(work)).some((n) => n.startsWith('.out.lifeboat-staging-'));
+  assert.ok(await waitFor(staging, 30_000), 'the restore began');
+  await fsp.mkdir(target);
+  await fsp.writeFile(path.join(target, 'theirs.txt'), 'written by another process');
+  assert.equal(await code, 1, Buffer.concat(stderr).toString());
+  assert.match(Buffer.concat(stderr).toString(), new RegExp(`restore target ${target} was filled by another process while this restore ran; nothing in it was replaced\\n {2}run the restore again`));
+  assert.deepEqual(await fsp.readdir(target), ['theirs.txt']);
+
+  const again = await lifeboat(['--repo', repo, '--json', 'restore', 'latest', '--target', target, '--force']);
+  assert.equal(again.code, 0, again.stderr);
+  assert.match(again.stderr, /resuming an interrupted restore: 2 file\(s\)/);
+  assert.deepEqual((await fsp.readdir(path.join(target))).sort(), ['models']);
 });

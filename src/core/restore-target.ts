@@ -248,7 +248,15 @@ export async function moveIntoPlace(staging: string, target: string, state: Targ
     return removeReplaced(old);
   }
   // rename() replaces an empty directory atomically.
-  await fsp.rename(staging, target);
+  await fsp.rename(staging, target).catch((err: unknown) => {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw err;
+    // Another restore into the same target (or anything else) filled it while this one ran.
+    throw new RuntimeFailure(`restore target ${target} was filled by another process while this restore ran; nothing in it was replaced`, {
+      cause: err,
+      hint: 'run the restore again, with --delta to update what is there now or --force to replace it; it goes on from the files this one verified',
+    });
+  });
   return undefined;
 }
 
