@@ -14,6 +14,13 @@ import { exists, smallDeployment } from './helpers/repo.js';
 import { tempDir } from './helpers/tree.js';
 import { evict, hasFincore, resident } from './helpers/page-cache.js';
 
+/** A YAML document whose aliases expand to 9^6 strings. */
+function aliasBomb(): string {
+  const lines = ['repository: ./r', `a0: &a0 [${Array(9).fill('"lol"').join(', ')}]`];
+  for (let i = 1; i <= 5; i++) lines.push(`a${i}: &a${i} [${Array(9).fill(`*a${i - 1}`).join(', ')}]`);
+  return `${lines.join('\n')}\n`;
+}
+
 test('config errors exit 2 and name the key', async () => {
   const dir = await tempDir();
   const cases: [string, RegExp][] = [
@@ -27,6 +34,8 @@ test('config errors exit 2 and name the key', async () => {
     // A disaster-recovery restore cannot wait hours for a retrieval.
     ['repository: s3://b/r\ns3: { storageClass: DEEP_ARCHIVE }\n', /s3\.storageClass: is an archive class: its objects cannot be read until a retrieval request finishes/],
     ['repository: s3://b/r\ns3: { storageClass: glacier }\n', /s3\.storageClass: is an archive class/],
+    // Anchors nested so that their expansion would take all memory (the billion laughs): refused by the parser.
+    [aliasBomb(), /lifeboat\.yaml: invalid YAML: Excessive alias count/],
   ];
   for (const [yaml, pattern] of cases) {
     await fsp.writeFile(path.join(dir, 'lifeboat.yaml'), yaml);
@@ -34,6 +43,7 @@ test('config errors exit 2 and name the key', async () => {
     assert.equal(r.code, 2, `${yaml}: ${r.stderr}`);
     assert.match(r.stderr, pattern);
     assert.match(r.stderr, /lifeboat\.yaml/);
+    assert.doesNotMatch(r.stderr, /unexpected error/);
   }
   const missing = await lifeboat(['--config', path.join(dir, 'nope.yaml'), 'list'], { cwd: dir });
   assert.equal(missing.code, 2);
@@ -65,6 +75,10 @@ test('the installed program reads a config file, and names the key of a bad one 
   const bad = await runChild(['list'], { cwd: dir });
   assert.equal(bad.code, 2, bad.stderr);
   assert.match(bad.stderr, /lifeboat\.yaml: retention\.keepFull: /);
+  await fsp.writeFile(path.join(dir, 'lifeboat.yaml'), aliasBomb());
+  const bomb = await runChild(['list'], { cwd: dir });
+  assert.equal(bomb.code, 2, bomb.stderr);
+  assert.match(bomb.stderr, /^lifeboat: \S*lifeboat\.yaml: invalid YAML: Excessive alias count[^\n]*\n$/);
 
   // `~` in a path of the config file is the home directory, as a shell would have made it.
   const home = path.join(dir, 'home');

@@ -2,7 +2,7 @@ import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as z from 'zod';
-import { UsageError } from '../errors.js';
+import { UsageError, errorMessage } from '../errors.js';
 import { NAME } from '../format/paths.js';
 import { ARCHIVE_STORAGE_CLASSES } from '../storage/storage.js';
 import { parseDuration } from './duration.js';
@@ -125,7 +125,14 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
     const line = e.linePos?.[0]?.line;
     throw new UsageError(`${file}${line ? `:${line}` : ''}: invalid YAML: ${e.message.split('\n')[0]}`);
   }
-  const raw = doc.toJS() ?? {};
+  let raw: unknown;
+  try {
+    raw = doc.toJS() ?? {};
+  } catch (err) {
+    // What the parser refuses only once it builds the data (an alias bomb: anchors nested so that
+    // their expansion would take all memory) is a config error like any other.
+    throw new UsageError(`${file}: invalid YAML: ${errorMessage(err).split('\n')[0]}`, { cause: err });
+  }
   const result = configSchema.safeParse(raw);
   if (!result.success) {
     const issue = result.error.issues[0]!;
