@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
+import { closeSync, existsSync, openSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as https from 'node:https';
 import * as net from 'node:net';
@@ -341,6 +342,45 @@ test('a reader that closes the pipe early (lifeboat … | head) is not an error'
   const code = await new Promise<number | null>((r) => child.on('close', (c) => r(c)));
   assert.equal(code, 0, Buffer.concat(stderr).toString());
   assert.doesNotMatch(Buffer.concat(stderr).toString(), /EPIPE|Unhandled/);
+});
+
+test('results that cannot be written (a full disk, a descriptor not open for writing) are one sentence and exit 1, a reader gone is no failure; never a stack trace', { skip: existsSync('/dev/full') ? undefined : 'no /dev/full' }, async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src, '--type', 'full'])).code, 0);
+  const full = openSync('/dev/full', 'w');
+  const readOnly = openSync(path.join(d.src, 'config.json'), 'r');
+  t.after(() => (closeSync(full), closeSync(readOnly)));
+  const noStackTrace = (r: { stderr: string }) => assert.doesNotMatch(r.stderr, /\n\s+at |Error:|Node\.js v/, r.stderr);
+
+  for (const args of [['show', 'latest'], ['--json', 'show', 'latest'], ['list'], ['--help']]) {
+    const r = await runChild(['--repo', d.repo, ...args], { stdout: full });
+    assert.equal(r.code, 1, `${args.join(' ')}: ${r.stderr}`);
+    assert.equal(r.stderr, 'lifeboat: could not write to standard output: no space left on device (ENOSPC)\n');
+  }
+  const badFd = await runChild(['--repo', d.repo, 'list'], { stdout: readOnly });
+  assert.equal(badFd.code, 1, badFd.stderr);
+  assert.equal(badFd.stderr, 'lifeboat: could not write to standard output: bad file descriptor (EBADF)\n');
+  // A command that failed keeps its own exit code; with stderr lost too, nothing is said anywhere.
+  const failed = await runChild(['--repo', path.join(d.work, 'nothing'), '--json', 'list'], { stdout: full });
+  assert.equal(failed.code, 2, failed.stderr);
+  noStackTrace(failed);
+  const nowhere = await runChild(['--repo', d.repo, 'show', 'latest'], { stdout: full, stderr: full });
+  assert.equal(nowhere.code, 1);
+
+  // The reader of stdout, or of stderr, went away (`| head`): the command ends as it would have.
+  for (const stream of ['stdout', 'stderr'] as const) {
+    const child = spawnLifeboat(['--repo', d.repo, 'show', 'latest']);
+    child[stream]!.destroy();
+    const other: Buffer[] = [];
+    child[stream === 'stdout' ? 'stderr' : 'stdout']!.on('data', (c: Buffer) => other.push(c));
+    const code = await new Promise<number | null>((r) => child.on('close', (c) => r(c)));
+    assert.equal(code, 0, Buffer.concat(other).toString());
+    if (stream === 'stdout') assert.equal(Buffer.concat(other).toString(), '');
+  }
+  const gone = spawnLifeboat(['--repo', path.join(d.work, 'nothing'), 'list']);
+  gone.stderr!.destroy();
+  assert.equal(await new Promise<number | null>((r) => gone.on('close', (c) => r(c))), 2);
 });
 
 test('a repository inside a source is left out of its backups, instead of being backed up into itself', async () => {

@@ -213,6 +213,29 @@ export async function runCli(argv: string[], io: CliIo, signal: AbortSignal): Pr
   }
 }
 
+type OutputFailures = Partial<Record<'stdout' | 'stderr', NodeJS.ErrnoException>>;
+
+/** Write failures that only mean nobody reads any more: the reader closed the pipe (`lifeboat list | head`), the terminal is gone (after a SIGHUP). */
+const READER_GONE = new Set(['EPIPE', 'EIO']);
+
+/**
+ * The exit code once the writes to stdout and stderr are known: a reader that went away changes
+ * nothing, as for any command-line tool; any other failure (a full disk, a descriptor not open for
+ * writing) means the results or the messages were lost, which fails a run that had succeeded with
+ * exit 1. A lost stdout is said in one sentence on stderr, unless that failed too.
+ */
+function afterFailedWrites(failed: OutputFailures, code: number): number {
+  const lost = (['stdout', 'stderr'] as const).filter((name) => failed[name] && !READER_GONE.has(failed[name]!.code ?? ''));
+  if (lost.length === 0) return code;
+  const err = failed.stdout;
+  if (lost.includes('stdout') && !failed.stderr && err) {
+    // "ENOSPC: no space left on device, write" → "no space left on device (ENOSPC)"
+    const reason = err.message.replace(/^[A-Z]+: /, '').replace(/, write$/, '');
+    process.stderr.write(`lifeboat: could not write to standard output: ${reason}${err.code && !reason.includes(err.code) ? ` (${err.code})` : ''}\n`);
+  }
+  return code === ExitCode.ok ? ExitCode.runtime : code;
+}
+
 /** The process entry: signals become an abort, the exit code is set, never process.exit(). */
 export async function main(argv: string[]): Promise<void> {
   const controller = new AbortController();
@@ -226,18 +249,21 @@ export async function main(argv: string[]): Promise<void> {
     process.stderr.write(`lifeboat: ${name} received, stopping cleanly…\n`);
     controller.abort();
   };
-  // `lifeboat list | head` closes the pipe early: that is not a failure of the command.
-  for (const stream of [process.stdout, process.stderr]) {
-    stream.on('error', (err: NodeJS.ErrnoException) => {
-      // EIO: the terminal is gone (after a SIGHUP); the command still ends cleanly, unheard.
-      if (err.code !== 'EPIPE' && err.code !== 'EIO') throw err;
+  // A write to stdout or stderr that fails is reported by the stream, a moment later; the first of each is kept.
+  const failedWrites: OutputFailures = {};
+  for (const name of ['stdout', 'stderr'] as const) {
+    process[name].on('error', (err: NodeJS.ErrnoException) => {
+      failedWrites[name] ??= err;
     });
   }
   process.on('SIGINT', () => onSignal('SIGINT'));
   process.on('SIGTERM', () => onSignal('SIGTERM'));
   // A terminal or SSH session that goes away mid-restore: stop as cleanly as on Ctrl-C, not at once.
   process.on('SIGHUP', () => onSignal('SIGHUP'));
-  const code = await runCli(argv, { stdout: process.stdout, stderr: process.stderr, env: process.env, cwd: process.cwd() }, controller.signal);
+  const ran = await runCli(argv, { stdout: process.stdout, stderr: process.stderr, env: process.env, cwd: process.cwd() }, controller.signal);
+  // The failure of the last write arrives on the next turn of the event loop.
+  await new Promise((resolve) => setImmediate(resolve));
+  const code = afterFailedWrites(failedWrites, ran);
   process.exitCode = controller.signal.aborted && code !== ExitCode.ok ? ExitCode.interrupted : code;
   process.removeAllListeners('SIGINT');
   process.removeAllListeners('SIGTERM');

@@ -49,6 +49,9 @@ export interface ChildOptions {
   env?: NodeJS.ProcessEnv;
   /** Another user to run as (the test runs as root). */
   user?: { uid: number; gid: number };
+  /** A descriptor for the child's stdout or stderr instead of a pipe (`/dev/full`, a file opened read-only). */
+  stdout?: number;
+  stderr?: number;
 }
 
 /** Starts the real executable as a child process. */
@@ -58,7 +61,7 @@ export function spawnLifeboat(args: string[], options: ChildOptions = {}): Child
     uid: options.user?.uid,
     gid: options.user?.gid,
     env: { ...stripLifeboatEnv(process.env), ...(options.env ?? {}) },
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: ['ignore', options.stdout ?? 'pipe', options.stderr ?? 'pipe'],
   });
 }
 
@@ -66,8 +69,8 @@ export async function runChild(args: string[], options: ChildOptions = {}): Prom
   const child = spawnLifeboat(args, options);
   const out: Buffer[] = [];
   const err: Buffer[] = [];
-  child.stdout!.on('data', (c: Buffer) => out.push(c));
-  child.stderr!.on('data', (c: Buffer) => err.push(c));
+  child.stdout?.on('data', (c: Buffer) => out.push(c));
+  child.stderr?.on('data', (c: Buffer) => err.push(c));
   const code = await new Promise<number>((resolve) => child.on('close', (c, sig) => resolve(c ?? (sig ? 128 : 1))));
   const stdout = Buffer.concat(out).toString('utf8');
   return { code, stdout, stderr: Buffer.concat(err).toString('utf8'), json: () => JSON.parse(stdout) };
