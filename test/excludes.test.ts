@@ -52,3 +52,35 @@ test('a backup leaves out what the patterns name, wherever it is, and does not r
   const paths = shown.entries.map((e: { path: string }) => e.path).sort();
   assert.deepEqual(paths, ['llama', 'llama/config.json', 'llama/logs', 'llama/logs/keep.log', 'llama/shards', 'llama/shards/a.safetensors']);
 });
+
+test('a pattern that starts with ! is refused (exit 2) with what to write instead, from the command line and the config; \\! stands for a literal !', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const models = path.join(work, 'models');
+  await fsp.mkdir(models);
+  for (const file of ['s1.txt', 's2.txt', 'w.bin', '!notes.txt']) await fsp.writeFile(path.join(models, file), file);
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const hint = (name: string) => new RegExp(`\\n {2}make the other patterns leave ${name} in; for a name that starts with !, write \\\\!${name}\\n$`);
+
+  // The glob matcher would read `!*.bin` as "everything but .bin files", .gitignore `!s1.txt` as putting s1.txt back.
+  for (const [excludes, name] of [[['!*.bin'], '\\*\\.bin'], [['*.txt', '!s1.txt'], 's1\\.txt']] as const) {
+    const r = await lifeboat(['--repo', repo, 'backup', models, ...excludes.flatMap((e) => ['--exclude', e])]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /^lifeboat: --exclude !\S+: an exclude pattern cannot start with ! \(in \.gitignore, putting back what an earlier pattern left out: lifeboat has no such re-includes\)/);
+    assert.match(r.stderr, hint(name));
+  }
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ./repo\nsources: { models: ./models }\nexclude: ["*.txt", "!s1.txt"]\n`);
+  const configured = await lifeboat(['backup'], { cwd: work });
+  assert.equal(configured.code, 2, configured.stderr);
+  assert.match(configured.stderr, /lifeboat\.yaml: exclude\.1: !s1\.txt: an exclude pattern cannot start with !/);
+  assert.match(configured.stderr, hint('s1\\.txt'));
+  assert.deepEqual((await lifeboat(['--repo', repo, '--json', 'list'])).json(), [], 'nothing was stored');
+  assert.throws(() => isExcluded('w.bin', false, ['!*.txt']), /cannot start with !/);
+
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ./repo\nsources: { models: ./models }\nexclude: ["\\\\!notes.txt"]\n`);
+  const literal = await lifeboat(['--json', 'backup', '--exclude', 's2.txt'], { cwd: work });
+  assert.equal(literal.code, 0, literal.stderr);
+  const shown = (await lifeboat(['--repo', repo, '--json', 'show', 'latest'])).json();
+  assert.deepEqual(shown.entries.map((e: { path: string }) => e.path).sort(), ['s1.txt', 'w.bin']);
+});

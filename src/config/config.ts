@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import * as z from 'zod';
 import { UsageError, errorMessage } from '../errors.js';
 import { NAME } from '../format/paths.js';
+import { excludePatternProblem } from '../core/scan.js';
 import { ARCHIVE_STORAGE_CLASSES } from '../storage/storage.js';
 import { parseDuration } from './duration.js';
 
@@ -53,7 +54,14 @@ export const configSchema = z
       .strict()
       .optional(),
     sources: z.record(z.string().regex(NAME, 'source names use letters, digits, . _ -'), sourceSchema).optional(),
-    exclude: z.array(z.string()).optional(),
+    exclude: z
+      .array(
+        z.string().superRefine((pattern, ctx) => {
+          const refused = excludePatternProblem(pattern);
+          if (refused) ctx.addIssue({ code: 'custom', message: `${pattern}: ${refused.problem}`, params: { hint: refused.hint } });
+        }),
+      )
+      .optional(),
     hooks: z
       .object({ preBackup: z.string().optional(), postBackup: z.string().optional(), timeout: duration.optional() })
       .strict()
@@ -139,7 +147,9 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
     const key = issue.path.map(String).join('.') || '(top level)';
     let message = issue.message;
     if (issue.code === 'unrecognized_keys') message = `unknown key ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`;
-    throw new UsageError(`${file}: ${key}: ${message}`);
+    // A check of lifeboat's own may say what to write instead.
+    const hint = issue.code === 'custom' && typeof issue.params?.hint === 'string' ? issue.params.hint : undefined;
+    throw new UsageError(`${file}: ${key}: ${message}`, { hint });
   }
   const config = result.data;
   const base = path.dirname(file);

@@ -58,9 +58,24 @@ export interface ScannedSource {
  * matches a name at any depth; one with a slash matches the whole relative
  * path; a leading slash anchors it at the source's root (`/logs`); a trailing
  * slash matches directories only (`cache/`). A directory left out is not read.
+ * A leading `!` is refused (see excludePatternProblem); `\!` stands for a literal one.
  */
 export function isExcluded(relPath: string, isDir: boolean, patterns: readonly string[]): boolean {
   return excludeMatcher(patterns)(relPath, isDir);
+}
+
+/**
+ * Why a pattern cannot be an exclude pattern, and what to write instead; undefined when it can be.
+ * A leading `!` is refused: .gitignore reads it as putting back what an earlier pattern left out,
+ * the glob matcher as leaving out everything else, and neither reading is safe to guess in a backup
+ * (a file that a re-include cannot reach, inside a directory left out, would be silently missing).
+ */
+export function excludePatternProblem(pattern: string): { problem: string; hint: string } | undefined {
+  if (!pattern.startsWith('!')) return undefined;
+  return {
+    problem: 'an exclude pattern cannot start with ! (in .gitignore, putting back what an earlier pattern left out: lifeboat has no such re-includes)',
+    hint: `make the other patterns leave ${pattern.slice(1) || 'it'} in; for a name that starts with !, write \\${pattern}`,
+  };
 }
 
 /** The patterns compiled once, for a scan that asks about every entry. */
@@ -70,6 +85,8 @@ export function excludeMatcher(patterns: readonly string[]): (relPath: string, i
 }
 
 function compileExclude(pattern: string): { matcher: Minimatch; dirsOnly: boolean }[] {
+  const refused = excludePatternProblem(pattern);
+  if (refused) throw new UsageError(`exclude pattern ${pattern}: ${refused.problem}`, { hint: refused.hint });
   const rules: { matcher: Minimatch; dirsOnly: boolean }[] = [];
   // `cache/**` leaves out the directory itself, not only what is under it; `cache` keeps the slash's anchoring.
   if (pattern.endsWith('/**')) {
@@ -81,7 +98,7 @@ function compileExclude(pattern: string): { matcher: Minimatch; dirsOnly: boolea
   if (dirsOnly) p = p.replace(/\/+$/, '');
   const anchored = p.startsWith('/');
   if (anchored) p = p.replace(/^\/+/, '');
-  if (p !== '') rules.push({ matcher: new Minimatch(p, { dot: true, matchBase: !anchored }), dirsOnly });
+  if (p !== '') rules.push({ matcher: new Minimatch(p, { dot: true, matchBase: !anchored, nonegate: true }), dirsOnly });
   return rules;
 }
 

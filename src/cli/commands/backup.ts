@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
 import { backup, checkBackupSources, type BackupResult } from '../../core/backup.js';
 import { whileHoldingLock, type HeldLock } from '../../core/lock.js';
+import { excludePatternProblem } from '../../core/scan.js';
 import type { LifeboatConfig } from '../../config/config.js';
 import type { BackupType } from '../../format/ids.js';
 import { DEFAULT_DEPLOYMENT } from '../../format/manifest.js';
@@ -84,6 +85,10 @@ export function backupJson(r: BackupResult) {
 export async function runBackup(ctx: CliContext, paths: string[], flags: BackupFlags, figures: RunFigures = {}): Promise<void> {
   const type = (flags.type ?? 'incr') as BackupType;
   if (!['full', 'diff', 'incr'].includes(type)) throw new UsageError(`--type ${flags.type}: use full, diff or incr`);
+  for (const pattern of flags.exclude) {
+    const refused = excludePatternProblem(pattern);
+    if (refused) throw new UsageError(`--exclude ${pattern}: ${refused.problem}`, { hint: refused.hint });
+  }
   // Before the preBackup hook pauses the server.
   const workDir = await directoryFlag(ctx.cwd, '--work-dir', flags.workDir);
   const { repo, config, close } = await openRepository(ctx);
