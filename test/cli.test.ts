@@ -35,6 +35,12 @@ test('config errors exit 2 and name the key', async () => {
     // A disaster-recovery restore cannot wait hours for a retrieval.
     ['repository: s3://b/r\ns3: { storageClass: DEEP_ARCHIVE }\n', /s3\.storageClass: is an archive class: its objects cannot be read until a retrieval request finishes/],
     ['repository: s3://b/r\ns3: { storageClass: glacier }\n', /s3\.storageClass: is an archive class/],
+    // A timeout, interval or lease of 0 would only ever fail: refused where it is read, naming the key.
+    ['repository: ./r\nsources: { features: { command: "redis-cli --rdb -", timeout: 0s } }\n', /sources\.features\.timeout: must be a duration longer than 0/],
+    ['repository: ./r\nhooks: { preBackup: "true", timeout: 0ms }\n', /hooks\.timeout: must be a duration longer than 0/],
+    ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { url: "http://127.0.0.1/", timeout: 0m } } }\n', /targets\.prod\.health\.timeout: must be a duration longer than 0/],
+    ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { command: "true", interval: 0s0ms } } }\n', /targets\.prod\.health\.interval: must be a duration longer than 0/],
+    ['repository: ./r\nlock: { staleAfter: 0h }\n', /lock\.staleAfter: must be a duration longer than 0/],
     // Anchors nested so that their expansion would take all memory (the billion laughs): refused by the parser.
     [aliasBomb(), /lifeboat\.yaml: invalid YAML: Excessive alias count/],
   ];

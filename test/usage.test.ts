@@ -109,6 +109,12 @@ test('a flag value that cannot be used is refused (exit 2) naming the flag and w
     [['backup', d.src, '--metrics-file', ''], /--metrics-file "": expected the path of a file/],
     [['drill', '--junit', ''], /--junit "": expected the path of a file/],
     [['drill', '--smoke', ''], /--smoke "": expected a shell command/],
+    // A timeout or an objective of 0 could only fail.
+    [['drill', '--smoke', 'true', '--smoke-timeout', '0s'], /--smoke-timeout 0s: expected a duration longer than 0/],
+    [['drill', '--rto', '0m'], /--rto 0m: expected a duration longer than 0/],
+    [['drill', '--rpo', '0h'], /--rpo 0h: expected a duration longer than 0/],
+    [['backup', d.src, '--lock-stale-after', '0s'], /--lock-stale-after 0s: expected a duration longer than 0/],
+    [['prune', '--keep-full', '1', '--keep-within', 'soon'], /--keep-within soon: expected a duration such as 36h or 14d/],
   ];
   for (const [args, message] of refused) {
     const r = await lifeboat([...repo, '--json', ...args]);
@@ -118,6 +124,8 @@ test('a flag value that cannot be used is refused (exit 2) naming the flag and w
   }
   assert.equal((await lifeboat([...repo, '--json', 'list'])).json().length, 1, 'no backup was taken by the refused ones');
   assert.equal((await lifeboat([...repo, 'status', '--events', '0'])).code, 0);
+  // Where 0 means something (no window of time kept, no wait for the lock), it is taken.
+  assert.equal((await lifeboat([...repo, 'prune', '--keep-full', '1', '--keep-within', '0d', '--retry-lock', '0s', '--dry-run'])).code, 0);
 });
 
 test('a file where a restore target or a --work-dir, or one of their parents, must be a directory is a usage error (exit 2) that names it', async (t) => {

@@ -2,12 +2,11 @@ import type { Command } from 'commander';
 import { Option } from 'commander';
 import { ExitCode, LifeboatError, UsageError, errorMessage } from '../errors.js';
 import type { LifeboatConfig } from '../config/config.js';
-import { parseDuration } from '../config/duration.js';
 import { updateMetricsFile, type MetricSample } from '../core/metrics.js';
 import { makeEvent, redactUrl, sendNotification } from '../core/notify.js';
 import { contextConfig, deploymentName, repositoryUrl, type CliContext } from './context.js';
 import { logNotice } from './output.js';
-import { nonEmpty, pathFlag } from './flags.js';
+import { durationFlag, nonEmpty, pathFlag } from './flags.js';
 
 /** Flags every command run unattended takes (backup, verify, prune, drill). */
 export interface CronFlags {
@@ -59,22 +58,14 @@ export function addCronOptions(command: Command, options: { lock?: boolean } = {
   return command;
 }
 
-/** A lock duration from its flag or the config (flags win); undefined when neither gives one. */
-function lockDuration(flag: string, text: string | undefined, zeroAllowed: boolean): number | undefined {
-  if (text === undefined) return undefined;
-  const ms = parseDuration(text);
-  if (ms === undefined || ms < 0 || (ms === 0 && !zeroAllowed)) throw new UsageError(`${flag} ${text}: expected a duration such as 10m or 2h`);
-  return ms;
-}
-
 /** flags > config > default (the holder's recorded lease, 30 minutes by default). */
 export function lockStaleAfterMs(flags: CronFlags, config: LifeboatConfig): number | undefined {
-  return lockDuration('--lock-stale-after', flags.lockStaleAfter ?? config.lock?.staleAfter, false);
+  return durationFlag('--lock-stale-after', flags.lockStaleAfter ?? config.lock?.staleAfter, { positive: true, example: '10m or 2h' });
 }
 
 /** flags > config > not at all. */
 export function lockRetryMs(flags: CronFlags, config: LifeboatConfig): number | undefined {
-  return lockDuration('--retry-lock', flags.retryLock ?? config.lock?.retry, true);
+  return durationFlag('--retry-lock', flags.retryLock ?? config.lock?.retry, { example: '10m or 2h' });
 }
 
 /**

@@ -1,6 +1,7 @@
 import * as path from 'node:path';
 import { UsageError } from '../errors.js';
 import { notADirectoryOnTheWay } from '../format/mkdirs.js';
+import { durationExpected, parseDuration, type DurationRule } from '../config/duration.js';
 
 /*
  * Flag values a command cannot use are refused before it does anything (exit 2), naming the flag
@@ -11,6 +12,14 @@ import { notADirectoryOnTheWay } from '../format/mkdirs.js';
 export function count(flag: string, value: string, min: number): number {
   if (!/^\d+$/.test(value) || Number(value) < min) throw new UsageError(`${flag} ${value}: expected a whole number of at least ${min}`);
   return Number(value);
+}
+
+/** A duration in milliseconds (undefined when the flag is not given). */
+export function durationFlag(flag: string, value: string | undefined, rule: DurationRule = {}): number | undefined {
+  if (value === undefined) return undefined;
+  const expected = durationExpected(value, rule);
+  if (expected !== undefined) throw new UsageError(`${flag} ${value}: expected ${expected}`);
+  return parseDuration(value)!;
 }
 
 /** A value that must say something: `--smoke ''` would otherwise read as no smoke test at all. */

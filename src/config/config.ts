@@ -6,16 +6,23 @@ import { UsageError, errorMessage } from '../errors.js';
 import { NAME } from '../format/paths.js';
 import { excludePatternProblem } from '../core/scan.js';
 import { ARCHIVE_STORAGE_CLASSES } from '../storage/storage.js';
-import { parseDuration } from './duration.js';
+import { durationExpected, type DurationRule } from './duration.js';
 
-const duration = z.string().refine((v) => parseDuration(v) !== undefined, 'must be a duration such as 90s, 15m, 2h or 14d');
+/** A duration; `positive` where zero makes no sense (a timeout, an interval, a lease). */
+const durationOf = (rule: DurationRule) =>
+  z.string().superRefine((text, ctx) => {
+    const expected = durationExpected(text, rule);
+    if (expected !== undefined) ctx.addIssue({ code: 'custom', message: `must be ${expected}` });
+  });
+const duration = durationOf({});
+const positiveDuration = durationOf({ positive: true });
 
 const sourceSchema = z.union([
   z.string().min(1),
   z.object({ path: z.string().min(1) }).strict(),
   // restore: a failover or rollback copies the point's state back into this database.
   z.object({ sqlite: z.string().min(1), restore: z.boolean().optional() }).strict(),
-  z.object({ command: z.string().min(1), restore: z.string().optional(), timeout: duration.optional() }).strict(),
+  z.object({ command: z.string().min(1), restore: z.string().optional(), timeout: positiveDuration.optional() }).strict(),
 ]);
 
 const healthSchema = z
@@ -24,8 +31,8 @@ const healthSchema = z
     command: z.string().optional(),
     /** A command run against the new slot before the link is switched; failing it aborts the failover. */
     preActivate: z.string().optional(),
-    timeout: duration.optional(),
-    interval: duration.optional(),
+    timeout: positiveDuration.optional(),
+    interval: positiveDuration.optional(),
     retries: z.number().int().min(0).optional(),
   })
   .strict()
@@ -63,7 +70,7 @@ export const configSchema = z
       )
       .optional(),
     hooks: z
-      .object({ preBackup: z.string().optional(), postBackup: z.string().optional(), timeout: duration.optional() })
+      .object({ preBackup: z.string().optional(), postBackup: z.string().optional(), timeout: positiveDuration.optional() })
       .strict()
       .optional(),
     retention: z
@@ -88,7 +95,7 @@ export const configSchema = z
     notify: z.object({ url: z.string().url(), on: z.array(z.enum(['failure', 'warning', 'success'])).optional() }).strict().optional(),
     lock: z
       .object({
-        staleAfter: duration.describe('a lock whose lease was not refreshed for this long is stale and taken over (default 30m)').optional(),
+        staleAfter: positiveDuration.describe('a lock whose lease was not refreshed for this long is stale and taken over (default 30m)').optional(),
         retry: duration.describe('how long backup and prune wait for a lock another live process holds (default: not at all)').optional(),
       })
       .strict()

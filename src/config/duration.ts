@@ -15,6 +15,21 @@ export function parseDuration(text: string): number | undefined {
   return matched ? total : undefined;
 }
 
+/** What a duration must be where it is used: `positive` where zero makes no sense (a timeout of 0 stops a command before it starts). */
+export interface DurationRule {
+  positive?: boolean;
+  /** The forms named in the message, for the kind of value it is (`36h or 14d`). */
+  example?: string;
+}
+
+/** The kind of value that was expected, when `text` is not a usable duration; undefined when it is. */
+export function durationExpected(text: string, rule: DurationRule = {}): string | undefined {
+  const ms = parseDuration(text);
+  if (ms === undefined) return `a duration such as ${rule.example ?? '90s, 15m, 2h or 14d'}`;
+  if (rule.positive && ms === 0) return 'a duration longer than 0';
+  return undefined;
+}
+
 export function formatDuration(ms: number): string {
   if (ms < 1000) return `${Math.round(ms)}ms`;
   const s = ms / 1000;

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
-import { HealthError, IntegrityError, UsageError, errorMessage } from '../../errors.js';
-import { formatDuration, parseDuration } from '../../config/duration.js';
+import { HealthError, IntegrityError, errorMessage } from '../../errors.js';
+import { formatDuration } from '../../config/duration.js';
 import { drill, type DrillResult } from '../../core/drill.js';
 import { drillErrorJUnit, drillJUnit } from '../../core/junit.js';
 import { writeFileAtomic } from '../../core/metrics.js';
@@ -8,7 +8,7 @@ import { contextConfig, openRepository, repositoryUrl, type CliContext } from '.
 import { withIntactAlternative } from '../damage.js';
 import { addCronOptions, runMonitored, type CronFlags } from '../cron.js';
 import { formatBytes } from '../format.js';
-import { directoryFlag, nonEmpty, pathFlag } from '../flags.js';
+import { directoryFlag, durationFlag, nonEmpty, pathFlag } from '../flags.js';
 import { ProgressRenderer, log, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 
@@ -21,11 +21,9 @@ interface DrillFlags extends CronFlags {
   workDir?: string;
 }
 
+/** A timeout or objective: of 0, it could only fail. */
 function duration(flag: string, text: string | undefined): number | undefined {
-  if (text === undefined) return undefined;
-  const ms = parseDuration(text);
-  if (ms === undefined) throw new UsageError(`${flag} ${text}: expected a duration such as 90s, 15m or 24h`);
-  return ms;
+  return durationFlag(flag, text, { positive: true, example: '90s, 15m or 24h' });
 }
 
 export function drillJson(r: DrillResult) {

@@ -1,12 +1,11 @@
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
-import { parseDuration } from '../../config/duration.js';
 import type { LifeboatConfig } from '../../config/config.js';
 import { prune } from '../../core/prune.js';
 import type { RetentionPolicy } from '../../core/retention.js';
 import { openRepository, type CliContext } from '../context.js';
 import { addCronOptions, lockRetryMs, lockStaleAfterMs, runMonitored, type CronFlags } from '../cron.js';
-import { count } from '../flags.js';
+import { count, durationFlag } from '../flags.js';
 import { formatBytes } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
 import { ProgressRenderer, printResult } from '../output.js';
@@ -31,12 +30,7 @@ export function retentionPolicy(flags: PruneFlags, config: LifeboatConfig): Rete
     });
   }
   const keepDiff = flags.keepDiff !== undefined ? count('--keep-diff', flags.keepDiff, 0) : r.keepDiff;
-  const withinText = flags.keepWithin ?? r.keepWithin;
-  let keepWithinMs: number | undefined;
-  if (withinText !== undefined) {
-    keepWithinMs = parseDuration(withinText);
-    if (keepWithinMs === undefined) throw new UsageError(`--keep-within ${withinText}: expected a duration such as 36h or 14d`);
-  }
+  const keepWithinMs = durationFlag('--keep-within', flags.keepWithin ?? r.keepWithin, { example: '36h or 14d' });
   return { keepFull, keepDiff, keepWithinMs };
 }
 
