@@ -41,6 +41,8 @@ test('config errors exit 2 and name the key', async () => {
     ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { url: "http://127.0.0.1/", timeout: 0m } } }\n', /targets\.prod\.health\.timeout: must be a duration longer than 0/],
     ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { command: "true", interval: 0s0ms } } }\n', /targets\.prod\.health\.interval: must be a duration longer than 0/],
     ['repository: ./r\nlock: { staleAfter: 0h }\n', /lock\.staleAfter: must be a duration longer than 0/],
+    ['repository: ./r\nretention: { keepWithin: 99999999999999d }\n', /retention\.keepWithin: must be a duration of at most 100 years \(36500d\)/],
+    ['repository: ./r\nhooks: { postBackup: "true", timeout: 5300w }\n', /hooks\.timeout: must be a duration of at most 100 years/],
     // Anchors nested so that their expansion would take all memory (the billion laughs): refused by the parser.
     [aliasBomb(), /lifeboat\.yaml: invalid YAML: Excessive alias count/],
   ];

@@ -115,6 +115,10 @@ test('a flag value that cannot be used is refused (exit 2) naming the flag and w
     [['drill', '--rpo', '0h'], /--rpo 0h: expected a duration longer than 0/],
     [['backup', d.src, '--lock-stale-after', '0s'], /--lock-stale-after 0s: expected a duration longer than 0/],
     [['prune', '--keep-full', '1', '--keep-within', 'soon'], /--keep-within soon: expected a duration such as 36h or 14d/],
+    // Beyond a hundred years a duration is a typo, and soon no exact number of milliseconds.
+    [['prune', '--keep-full', '1', '--keep-within', '99999999999999d'], /--keep-within 99999999999999d: expected a duration of at most 100 years \(36500d\)/],
+    [['drill', '--rpo', `${'9'.repeat(400)}ms`], /--rpo 9+ms: expected a duration of at most 100 years \(36500d\)/],
+    [['backup', d.src, '--retry-lock', '36500d1ms'], /--retry-lock 36500d1ms: expected a duration of at most 100 years \(36500d\)/],
   ];
   for (const [args, message] of refused) {
     const r = await lifeboat([...repo, '--json', ...args]);
@@ -126,6 +130,9 @@ test('a flag value that cannot be used is refused (exit 2) naming the flag and w
   assert.equal((await lifeboat([...repo, 'status', '--events', '0'])).code, 0);
   // Where 0 means something (no window of time kept, no wait for the lock), it is taken.
   assert.equal((await lifeboat([...repo, 'prune', '--keep-full', '1', '--keep-within', '0d', '--retry-lock', '0s', '--dry-run'])).code, 0);
+  const century = await lifeboat([...repo, 'prune', '--keep-full', '1', '--keep-within', '36500d', '--dry-run']);
+  assert.equal(century.code, 0, century.stderr);
+  assert.doesNotMatch(century.stdout, /e\+/);
 });
 
 test('a file where a restore target or a --work-dir, or one of their parents, must be a directory is a usage error (exit 2) that names it', async (t) => {

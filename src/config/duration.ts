@@ -1,7 +1,18 @@
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
 
-/** `90s`, `15m`, `2h`, `14d`, `1h30m` → milliseconds; undefined when malformed. */
+/**
+ * The longest duration taken anywhere: 100 years, past any timeout or retention window. Longer ones
+ * are typos (`99999999999999d`), and their milliseconds soon stop being exact numbers.
+ */
+export const MAX_DURATION_MS = 36_500 * UNITS.d!;
+
+/** `90s`, `15m`, `2h`, `14d`, `1h30m` → milliseconds; undefined when malformed or longer than MAX_DURATION_MS. */
 export function parseDuration(text: string): number | undefined {
+  const ms = sumDuration(text);
+  return ms !== undefined && ms <= MAX_DURATION_MS ? ms : undefined;
+}
+
+function sumDuration(text: string): number | undefined {
   const re = /(\d+(?:\.\d+)?)(ms|s|m|h|d|w)/y;
   let total = 0;
   let matched = false;
@@ -24,8 +35,9 @@ export interface DurationRule {
 
 /** The kind of value that was expected, when `text` is not a usable duration; undefined when it is. */
 export function durationExpected(text: string, rule: DurationRule = {}): string | undefined {
-  const ms = parseDuration(text);
+  const ms = sumDuration(text);
   if (ms === undefined) return `a duration such as ${rule.example ?? '90s, 15m, 2h or 14d'}`;
+  if (ms > MAX_DURATION_MS) return 'a duration of at most 100 years (36500d)';
   if (rule.positive && ms === 0) return 'a duration longer than 0';
   return undefined;
 }
