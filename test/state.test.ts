@@ -206,6 +206,25 @@ test('hooks: pre and post run around the backup; a failing pre-hook fails it and
   await fsp.rm(work, { recursive: true, force: true });
 });
 
+test('a timeout longer than a timer holds (24.8 days) is waited out, not taken as 1 ms', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const repo = await makeRepo(work);
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'config.json'), '{}');
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    `repository: ./repo\nsources:\n  models: ./models\n  features: { command: "sleep 0.3; echo state", timeout: 5w }\nhooks:\n  preBackup: "sleep 0.3; echo pre >> hooks.log"\n  timeout: 30d\n`,
+  );
+  const r = await runChild(['--json', 'backup'], { cwd: work });
+  assert.equal(r.code, 0, r.stderr);
+  assert.doesNotMatch(r.stderr, /TimeoutOverflowWarning/);
+  assert.equal(await fsp.readFile(path.join(work, 'hooks.log'), 'utf8'), 'pre\n');
+  const drill = await runChild(['--repo', repo, '--json', 'drill', '--smoke', 'sleep 0.3', '--smoke-timeout', '30d']);
+  assert.equal(drill.code, 0, drill.stderr);
+  assert.equal(drill.json().smoke.exitCode, 0);
+});
+
 /**
  * A deployment whose backups run a pre-hook that waits until the file `go` exists, and a command
  * source that says in dumps.log whenever it runs: the first backup holds the lock as long as the test wants.

@@ -12,6 +12,7 @@ import type { Repository } from './repository.js';
 import { restore } from './restore.js';
 import { validateDirectory } from '../model/validate.js';
 import { runPool } from './pool.js';
+import { afterDelay } from '../sleep.js';
 import { makeWorkDirectory } from '../format/mkdirs.js';
 import { removeTree } from '../format/remove-tree.js';
 
@@ -265,14 +266,14 @@ function runSmoke(command: string, target: string, point: Manifest, options: Dri
         child.kill('SIGKILL');
       }
     };
-    const timer = setTimeout(() => {
+    const cancelTimeout = afterDelay(options.smokeTimeoutMs ?? DEFAULT_SMOKE_TIMEOUT_MS, () => {
       output += `\n[lifeboat: the smoke command ran longer than ${options.smokeTimeoutMs ?? DEFAULT_SMOKE_TIMEOUT_MS} ms and was killed]\n`;
       kill();
-    }, options.smokeTimeoutMs ?? DEFAULT_SMOKE_TIMEOUT_MS);
+    });
     const onAbort = () => kill();
     options.signal?.addEventListener('abort', onAbort, { once: true });
     const done = (exitCode: number | null, signal: string | null) => {
-      clearTimeout(timer);
+      cancelTimeout();
       options.signal?.removeEventListener('abort', onAbort);
       resolve({ command, exitCode, signal, durationMs: Date.now() - started, output: output.slice(-OUTPUT_TAIL) });
     };

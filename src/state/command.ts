@@ -3,6 +3,7 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import * as path from 'node:path';
 import { InterruptedError, RuntimeFailure, errorMessage, fileSystemHint } from '../errors.js';
+import { afterDelay } from '../sleep.js';
 
 /** How much of a command's stderr is kept for an error message. */
 const STDERR_TAIL = 4000;
@@ -121,7 +122,7 @@ export async function runShell(
     killGroup(child, 'SIGTERM');
     killTimer = setTimeout(() => killGroup(child, 'SIGKILL'), KILL_GRACE_MS);
   };
-  const timer = options.timeoutMs !== undefined ? setTimeout(() => ((timedOut = true), stop()), options.timeoutMs) : undefined;
+  const cancelTimeout = options.timeoutMs !== undefined ? afterDelay(options.timeoutMs, () => ((timedOut = true), stop())) : undefined;
   const onAbort = () => ((aborted = true), stop());
   options.signal?.addEventListener('abort', onAbort, { once: true });
 
@@ -142,7 +143,7 @@ export async function runShell(
     if (aborted) throw new InterruptedError();
     throw new RuntimeFailure(`${what} failed: ${errorMessage(err)}`, { cause: err });
   } finally {
-    if (timer) clearTimeout(timer);
+    cancelTimeout?.();
     if (killTimer) clearTimeout(killTimer);
     options.signal?.removeEventListener('abort', onAbort);
   }
