@@ -391,6 +391,43 @@ test('results that cannot be written (a full disk, a descriptor not open for wri
   assert.equal(await new Promise<number | null>((r) => gone.on('close', (c) => r(c))), 2);
 });
 
+test('names with newlines, tabs or other control characters are quoted with escapes in text output, so that none can fake a line; --json has them as they are', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const models = path.join(work, 'models');
+  await fsp.mkdir(models);
+  await fsp.writeFile(path.join(models, 'keep.txt'), 'k');
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  assert.equal((await lifeboat(['--repo', repo, 'backup', models, '--type', 'full', '--tag', 'note=one\nfake line'])).code, 0);
+  // A name that writes a line of its own into the listing, as if the point held a file it does not.
+  const forged = 'a.bin\n-rw-r--r--             1  2026-11-20T03:00:00Z  forged.bin';
+  for (const name of [forged, 'tab\there.txt', 'esc\u001b[2Jclear.txt', 'bidi\u202eNIGOL.txt', '"quoted".txt']) await fsp.writeFile(path.join(models, name), 'x');
+  await fsp.symlink('/', path.join(models, 'root\nlink'));
+  const b = await lifeboat(['--repo', repo, 'backup', models]);
+  assert.equal(b.code, 0, b.stderr);
+  assert.match(b.stderr, /warning: "models\/root\\nlink": /);
+  assert.equal(b.stderr.split('\n').filter((l) => /warning/.test(l)).length, 1);
+
+  const show = await lifeboat(['--repo', repo, 'show', 'latest']);
+  assert.equal(show.code, 0, show.stderr);
+  const quoted = ['"models/a.bin\\n-rw-r--r--             1  2026-11-20T03:00:00Z  forged.bin"', '"models/tab\\there.txt"', '"models/esc\\u001b[2Jclear.txt"', '"models/bidi\\u202eNIGOL.txt"'];
+  for (const q of quoted) assert.ok(show.stdout.split('\n').some((l) => l.endsWith(`  ${q}`)), `${q} in:\n${show.stdout}`);
+  assert.ok(show.stdout.split('\n').some((l) => l.endsWith('  models/"quoted".txt')), 'a name that needs no escape is shown as it is');
+  assert.doesNotMatch(show.stdout, /^-rw-r--r-- +1  2026-11-20T03:00:00Z  forged\.bin/m);
+  assert.doesNotMatch(show.stdout, /[\u0000-\u0009\u000b-\u001f\u202e]/);
+  const entries = (await lifeboat(['--repo', repo, '--json', 'show', 'latest'])).json().entries.map((e: { path: string }) => e.path);
+  assert.ok(entries.includes(forged) && entries.includes('tab\there.txt'), '--json has the names as they are');
+
+  const diff = await lifeboat(['--repo', repo, 'diff', (await lifeboat(['--repo', repo, '--json', 'list'])).json()[0].id, 'latest']);
+  assert.equal(diff.code, 0, diff.stderr);
+  assert.match(diff.stdout, /^\+ "models\/a\.bin\\n-rw-r--r-- {13}1 {2}2026-11-20T03:00:00Z {2}forged\.bin"$/m);
+  assert.equal(diff.stdout.trimEnd().split('\n').length, 1 + 5);
+  const list = await lifeboat(['--repo', repo, 'list']);
+  assert.match(list.stdout, / "note=one\\nfake line" /);
+  assert.equal(list.stdout.trimEnd().split('\n').length, 3, list.stdout);
+});
+
 test('a repository inside a source is left out of its backups, instead of being backed up into itself', async () => {
   const work = await tempDir();
   const src = path.join(work, 'srv');

@@ -6,3 +6,33 @@ export function table(rows: string[][]): string {
   for (const row of rows) row.forEach((cell, i) => (widths[i] = Math.max(widths[i] ?? 0, cell.length)));
   return rows.map((row) => row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ')).join('\n');
 }
+
+/**
+ * Characters that could break or fake the lines of text output: C0 and C1 controls and DEL (a
+ * newline, a tab, a carriage return, a terminal escape), the Unicode line and paragraph separators,
+ * and the bidirectional overrides that reorder what is shown.
+ */
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+const ESCAPES: Record<string, string> = { '\n': '\\n', '\t': '\\t', '\r': '\\r', '\b': '\\b', '\f': '\\f', '\v': '\\v', '"': '\\"', '\\': '\\\\' };
+
+function escape(c: string): string {
+  return ESCAPES[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
+}
+
+/**
+ * A path or name from the repository or the file system (a file, a link's target, a tag, a pin's
+ * reason) as text output shows it: as it is, unless it holds a character that could break or fake
+ * the lines of a listing; then in double quotes with C-style escapes (`"models/a\nb.bin"`), as git
+ * and `ls -b` show such names. A name that itself starts with a double quote is quoted too, so that
+ * a quoted name is never taken for a plain one. --json shows every name as it is.
+ */
+export function quoteName(name: string): string {
+  UNPRINTABLE.lastIndex = 0;
+  if (!UNPRINTABLE.test(name) && !name.startsWith('"')) return name;
+  return `"${name.replace(/["\\]/g, escape).replace(UNPRINTABLE, escape)}"`;
+}
+
+/** Free text that may hold such names (a warning's message): every unprintable character escaped, in place. */
+export function escapeUnprintable(text: string): string {
+  return text.replace(UNPRINTABLE, escape);
+}

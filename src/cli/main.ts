@@ -4,6 +4,7 @@ import type { Writable } from 'node:stream';
 import { ExitCode, LifeboatError, UsageError, errorMessage } from '../errors.js';
 import type { CliContext, GlobalOptions } from './context.js';
 import { documentText, failureDocument, jsonLogLine, paint } from './output.js';
+import { escapeUnprintable } from './format.js';
 import { registerInit } from './commands/init.js';
 import { registerBackup } from './commands/backup.js';
 import { registerList } from './commands/list.js';
@@ -205,8 +206,9 @@ export async function runCli(argv: string[], io: CliIo, signal: AbortSignal): Pr
       return code;
     }
     const color = ctx ? paint(ctx) : paint({ color: false } as CliContext);
-    const hint = err instanceof LifeboatError && err.hint ? `\n  ${err.hint}` : '';
-    io.stderr.write(`${color.red('lifeboat:')} ${errorMessage(err)}${hint}\n`);
+    // A message may name a file of the repository or of a source: the failure stays one line, its hint the next.
+    const hint = err instanceof LifeboatError && err.hint ? `\n  ${escapeUnprintable(err.hint)}` : '';
+    io.stderr.write(`${color.red('lifeboat:')} ${escapeUnprintable(errorMessage(err))}${hint}\n`);
     if (ctx?.debug && err instanceof Error && err.stack) io.stderr.write(`${err.stack}\n`);
     else if (!(err instanceof LifeboatError) && !ctx?.quiet) io.stderr.write('  (an unexpected error: run again with --debug for details)\n');
     return code;

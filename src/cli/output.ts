@@ -2,7 +2,7 @@ import chalk, { Chalk, type ChalkInstance } from 'chalk';
 import type { Ora } from 'ora';
 import type { Notice, Progress, Reporter } from '../core/events.js';
 import type { CliContext } from './context.js';
-import { formatBytes } from './format.js';
+import { escapeUnprintable, formatBytes, quoteName } from './format.js';
 import { formatDuration } from '../config/duration.js';
 import { LifeboatError, errorMessage } from '../errors.js';
 
@@ -65,11 +65,13 @@ export function logNotice(ctx: CliContext, n: Notice): void {
     return;
   }
   const c = paint(ctx);
-  const where = n.path ? `${n.path}: ` : '';
+  const where = n.path ? `${quoteName(n.path)}: ` : '';
+  // A message may name files too: none may add lines of its own.
+  const message = escapeUnprintable(n.message);
   if (n.level === 'warning') {
     const prefix = ctx.interactive ? '' : `${new Date().toISOString()} `;
-    ctx.stderr.write(`${prefix}${c.yellow('warning:')} ${where}${n.message}\n`);
-  } else log(ctx, `${where}${n.message}`);
+    ctx.stderr.write(`${prefix}${c.yellow('warning:')} ${where}${message}\n`);
+  } else log(ctx, `${where}${message}`);
 }
 
 /**

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { diffPoints } from '../../core/diff.js';
 import { openRepository, type CliContext } from '../context.js';
+import { quoteName } from '../format.js';
 import { printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 
@@ -12,9 +13,9 @@ export async function runDiff(ctx: CliContext, a: string, b: string): Promise<vo
     const d = diffPoints(from, to);
     printResult(ctx, { from: from.id, to: to.id, ...d }, () => {
       const lines = [`${from.id} → ${to.id}: ${d.added.length} added, ${d.changed.length} changed, ${d.removed.length} removed`];
-      for (const p of d.added) lines.push(`+ ${p}`);
-      for (const c of d.changed) lines.push(`M ${c.path}  (${c.what.join(', ')})`);
-      for (const p of d.removed) lines.push(`- ${p}`);
+      for (const p of d.added) lines.push(`+ ${quoteName(p)}`);
+      for (const c of d.changed) lines.push(`M ${quoteName(c.path)}  (${c.what.join(', ')})`);
+      for (const p of d.removed) lines.push(`- ${quoteName(p)}`);
       return lines.join('\n');
     }, { shownWhenQuiet: true });
   } finally {

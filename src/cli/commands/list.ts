@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { deploymentOf, deploymentsOf, type PointSummary } from '../../format/manifest.js';
 import { openRepository, type CliContext } from '../context.js';
-import { formatBytes, table } from '../format.js';
+import { formatBytes, quoteName, table } from '../format.js';
 import { printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 import { readPins } from '../../core/pins.js';
@@ -51,8 +51,8 @@ export async function runList(ctx: CliContext, flags: { all?: boolean } = {}): P
           String(m.stats.files),
           formatBytes(m.stats.bytes),
           formatBytes(m.stats.storedBytes),
-          Object.entries(m.tags).map(([k, v]) => `${k}=${v}`).join(',') || '-',
-          pins.has(m.id) ? `pinned: ${pins.get(m.id)!.reason}` : '-',
+          Object.entries(m.tags).map(([k, v]) => quoteName(`${k}=${v}`)).join(',') || '-',
+          pins.has(m.id) ? `pinned: ${quoteName(pins.get(m.id)!.reason)}` : '-',
         ]);
       }
       return table(rows) + hidden;

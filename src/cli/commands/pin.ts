@@ -4,6 +4,7 @@ import { loadConfig } from '../../config/config.js';
 import { pin, unpin } from '../../core/pins.js';
 import { chooseTarget, type TargetSpec } from '../../core/targets.js';
 import { openRepository, type CliContext } from '../context.js';
+import { quoteName } from '../format.js';
 import { printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 
@@ -24,7 +25,7 @@ export async function runPin(ctx: CliContext, selector: string, flags: PinFlags)
     const m = await repo.resolve(selector);
     const { pin: p, replaced } = await pin(repo, m.id, flags.reason ?? '');
     printResult(ctx, { point: p.point, pinned: true, reason: p.reason, pinnedAt: p.pinnedAt, ...(replaced ? { previousReason: replaced.reason } : {}) }, () =>
-      `pinned ${p.point} (${m.type}, ${m.completedAt}): ${p.reason}${replaced ? ` (was: ${replaced.reason})` : ''}\n  prune keeps it, and every point it depends on, until \`lifeboat unpin ${p.point}\``,
+      `pinned ${p.point} (${m.type}, ${m.completedAt}): ${quoteName(p.reason)}${replaced ? ` (was: ${quoteName(replaced.reason)})` : ''}\n  prune keeps it, and every point it depends on, until \`lifeboat unpin ${p.point}\``,
     );
   } finally {
     await close();
@@ -36,7 +37,7 @@ export async function runUnpin(ctx: CliContext, selector: string): Promise<void>
   try {
     const m = await repo.resolve(selector);
     const p = await unpin(repo, m.id);
-    printResult(ctx, { point: p.point, pinned: false, reason: p.reason }, () => `unpinned ${p.point} (it was pinned: ${p.reason}); retention decides about it again`);
+    printResult(ctx, { point: p.point, pinned: false, reason: p.reason }, () => `unpinned ${p.point} (it was pinned: ${quoteName(p.reason)}); retention decides about it again`);
   } finally {
     await close();
   }

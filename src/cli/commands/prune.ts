@@ -6,7 +6,7 @@ import type { RetentionPolicy } from '../../core/retention.js';
 import { openRepository, type CliContext } from '../context.js';
 import { addCronOptions, lockRetryMs, lockStaleAfterMs, runMonitored, type CronFlags } from '../cron.js';
 import { count, durationFlag } from '../flags.js';
-import { formatBytes } from '../format.js';
+import { escapeUnprintable, formatBytes } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
 import { ProgressRenderer, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
@@ -68,8 +68,9 @@ export async function runPrune(ctx: CliContext, flags: PruneFlags): Promise<void
         },
         () => {
           const lines: string[] = [];
-          for (const d of result.keep) lines.push(`keep    ${d.id}  ${d.type.padEnd(4)}  ${d.reasons.join('; ')}`);
-          for (const d of result.remove) lines.push(`${result.dryRun ? 'would remove' : 'remove'}  ${d.id}  ${d.type.padEnd(4)}  ${d.reasons.join('; ')}`);
+          // A reason may quote a pin's.
+          for (const d of result.keep) lines.push(`keep    ${d.id}  ${d.type.padEnd(4)}  ${escapeUnprintable(d.reasons.join('; '))}`);
+          for (const d of result.remove) lines.push(`${result.dryRun ? 'would remove' : 'remove'}  ${d.id}  ${d.type.padEnd(4)}  ${escapeUnprintable(d.reasons.join('; '))}`);
           if (result.dryRun) {
             for (const key of [...result.manifests, ...result.summaries, ...result.data.map((d) => d.key)]) lines.push(`  would delete ${key}`);
           }

@@ -16,7 +16,7 @@ import { putStateBack, stateToPutBack } from '../../state/put-back.js';
 import { DEFAULT_HOOK_TIMEOUT_MS } from '../../state/hooks.js';
 import { openRepository, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
-import { formatBytes } from '../format.js';
+import { formatBytes, quoteName } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
 import { ProgressRenderer, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
@@ -197,7 +197,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
     }
     // Every directory is checked before any is written: a refusal must not come after half the sources were restored.
     for (const p of places) await checkRestoreTarget(p.path, flags, repo.storage.location);
-    for (const p of places) renderer.notice({ level: 'info', code: 'in-place', message: `${p.name} ${flags.dryRun ? 'would go' : 'goes'} back to ${p.path}${p.via ? ` (through the link ${p.via})` : ''}` });
+    for (const p of places) renderer.notice({ level: 'info', code: 'in-place', message: `${p.name} ${flags.dryRun ? 'would go' : 'goes'} back to ${quoteName(p.path)}${p.via ? ` (through the link ${quoteName(p.via)})` : ''}` });
     const started = Date.now();
     const done: (RestoreResult & { source: string })[] = [];
     for (const place of places) {
@@ -205,7 +205,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
         if (!flags.dryRun) await appendEvent(repo.storage, { type: 'restore', point: point.id, target: place.path, outcome: 'failed', durationMs: Date.now() - started, detail: { error: errorMessage(err), source: place.name } }).catch(() => undefined);
         // Sources are restored one after the other: which ones made it is worth a line of its own.
         if (done.length > 0) {
-          renderer.notice({ level: 'warning', code: 'in-place-partial', message: `restored before ${place.name} failed: ${done.map((d) => `${d.source} to ${d.target}`).join(', ')}; the sources after it were not touched` });
+          renderer.notice({ level: 'warning', code: 'in-place-partial', message: `restored before ${place.name} failed: ${done.map((d) => `${d.source} to ${quoteName(d.target)}`).join(', ')}; the sources after it were not touched` });
         }
         throw await withIntactAlternative(err, repo, point, (id) => `lifeboat restore ${id} --in-place`);
       });
@@ -233,7 +233,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
         flags.dryRun
           ? `would restore ${point.id} in place: ${files} files, ${formatBytes(bytes)}; nothing was written`
           : `restored ${point.id} in place: ${files} files, ${formatBytes(bytes)}, every checksum verified, in ${formatDuration(durationMs)}`,
-        ...done.map((d) => `  ${d.source} → ${d.target}: ${d.files} files${outcomeText(d)}`),
+        ...done.map((d) => `  ${d.source} → ${quoteName(d.target)}: ${d.files} files${outcomeText(d)}`),
         ...(state.length > 0 ? [`  state ${flags.dryRun ? 'to put back' : 'put back'}: ${state.join(', ')}`] : []),
       ].join('\n'),
       { shownWhenQuiet: flags.dryRun },

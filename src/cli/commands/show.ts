@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { openRepository, type CliContext } from '../context.js';
-import { formatBytes } from '../format.js';
+import { escapeUnprintable, formatBytes, quoteName } from '../format.js';
 import { printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 import { pointJson } from './list.js';
@@ -33,16 +33,16 @@ export async function runShow(ctx: CliContext, selector: string): Promise<void> 
     const models = summariseModels(m.entries);
     printResult(ctx, { ...pointJson(m), sources: m.sources.map((s) => ({ name: s.name, kind: s.kind, path: s.path })), models, warnings: m.warnings, entries: files }, () => {
       const head = [
-        `point ${m.id} (${m.type}${m.parent ? `, parent ${m.parent}` : ''})${m.deployment ? ` of deployment ${m.deployment}` : ''}, completed ${m.completedAt} on ${m.host}`,
-        `sources: ${m.sources.map((s) => `${s.name}=${s.path}`).join(', ')}`,
+        `point ${m.id} (${m.type}${m.parent ? `, parent ${m.parent}` : ''})${m.deployment ? ` of deployment ${m.deployment}` : ''}, completed ${m.completedAt} on ${quoteName(m.host)}`,
+        `sources: ${m.sources.map((s) => `${s.name}=${quoteName(s.path)}`).join(', ')}`,
         `${m.stats.files} files, ${formatBytes(m.stats.bytes)}, ${formatBytes(m.stats.storedBytes)} stored in this point`,
-        ...models.map((x) => `model: ${x.path}: ${x.format}, ${x.summary}`),
+        ...models.map((x) => `model: ${quoteName(x.path)}: ${x.format}, ${escapeUnprintable(x.summary)}`),
         '',
       ];
       const lines = files.map((f) => {
         const stored = f.storedIn && f.storedIn !== m.id ? `  (in ${f.storedIn})` : '';
-        const link = f.target ? ` -> ${f.target}` : '';
-        return `${modeString(f.type, f.mode)}  ${String(f.size).padStart(12)}  ${f.mtime.replace(/\.\d+Z$/, 'Z')}  ${f.source}/${f.path}${link}${stored}`;
+        const link = f.target ? ` -> ${quoteName(f.target)}` : '';
+        return `${modeString(f.type, f.mode)}  ${String(f.size).padStart(12)}  ${f.mtime.replace(/\.\d+Z$/, 'Z')}  ${quoteName(`${f.source}/${f.path}`)}${link}${stored}`;
       });
       return [...head, ...lines].join('\n');
     }, { shownWhenQuiet: true });

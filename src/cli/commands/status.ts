@@ -7,6 +7,7 @@ import type { JournalEvent } from '../../core/journal.js';
 import { chooseTarget } from '../../core/targets.js';
 import { openRepository, type CliContext } from '../context.js';
 import { formatDuration } from '../../config/duration.js';
+import { escapeUnprintable, quoteName } from '../format.js';
 import { paint, printResult } from '../output.js';
 import { count } from '../flags.js';
 import type { CommandRunner } from '../main.js';
@@ -18,17 +19,17 @@ interface StatusFlags {
 
 function describeEvent(e: JournalEvent): string {
   const rto = typeof e.detail?.rtoMs === 'number' ? `, RTO ${formatDuration(e.detail.rtoMs)}` : '';
-  const reason = typeof e.detail?.reason === 'string' ? `: ${e.detail.reason}` : '';
+  const reason = typeof e.detail?.reason === 'string' ? `: ${escapeUnprintable(e.detail.reason)}` : '';
   return `${e.at}  ${e.type} ${e.point ?? ''} ${e.outcome}${rto} (${e.user}@${e.host})${reason}`.replace(/\s+\(/, ' (');
 }
 
 function describeTarget(ctx: CliContext, t: TargetStatus): string[] {
   const c = paint(ctx);
   const health = t.health.checked ? (t.health.ok ? c.green(`healthy (${t.health.detail})`) : c.red(`UNHEALTHY (${t.health.detail})`)) : 'health not checked';
-  const active = t.active.error ?? (t.active.path ? `${t.active.point ?? t.active.path}${t.active.ageMs !== null ? `, taken ${formatDuration(t.active.ageMs)} ago` : ''}` : 'no active link');
+  const active = t.active.error ?? (t.active.path ? `${t.active.point ?? quoteName(t.active.path)}${t.active.ageMs !== null ? `, taken ${formatDuration(t.active.ageMs)} ago` : ''}` : 'no active link');
   const lines = [`target ${t.name}: ${active}; ${health}`];
-  if (t.previous.path) lines.push(`  previous: ${t.previous.point ?? t.previous.path}`);
-  if (t.slots.length) lines.push(`  slots: ${t.slots.map((s) => `${s.name}${s.active ? ' (active)' : s.previous ? ' (previous)' : ''}`).join(', ')}`);
+  if (t.previous.path) lines.push(`  previous: ${t.previous.point ?? quoteName(t.previous.path)}`);
+  if (t.slots.length) lines.push(`  slots: ${t.slots.map((s) => `${quoteName(s.name)}${s.active ? ' (active)' : s.previous ? ' (previous)' : ''}`).join(', ')}`);
   for (const e of t.events) lines.push(`  ${describeEvent(e)}`);
   return lines;
 }

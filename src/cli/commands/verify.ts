@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { IntegrityError, UsageError } from '../../errors.js';
 import { verify } from '../../core/verify.js';
 import { openRepository, type CliContext } from '../context.js';
-import { formatBytes } from '../format.js';
+import { escapeUnprintable, formatBytes, quoteName } from '../format.js';
 import { ProgressRenderer, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 import { addCronOptions, runMonitored, type CronFlags, type RunFigures } from '../cron.js';
@@ -78,7 +78,7 @@ export async function runVerify(ctx: CliContext, selector: string | undefined, f
           if (result.oldestVerifiedAt) lines.push(`oldest verification: ${result.oldestVerifiedAt} (${age(result.oldestVerifiedAt, Date.now())})${v.neverVerified ? `; ${v.neverVerified} volume(s) never verified` : ''}`);
           else if (v.neverVerified) lines.push(`${v.neverVerified} volume(s) never verified`);
         }
-        for (const p of result.problems) lines.push(`  ${p.kind}: ${p.point} ${p.path}: ${p.detail}`);
+        for (const p of result.problems) lines.push(`  ${p.kind}: ${p.point} ${quoteName(p.path)}: ${escapeUnprintable(p.detail)}`);
         lines.push(result.ok ? 'no problems found' : `${result.problems.length} problem(s) found`);
         return lines.join('\n');
       },
