@@ -163,3 +163,28 @@ test('a restore that meets a damaged or missing volume names the newest point th
   assert.match(none.json().error.hint, /every other point of this deployment needs data\/\S+ too; `lifeboat verify --read-data` names all the damage/);
   await fsp.rm(d.work, { recursive: true, force: true });
 });
+
+test('an incremental or differential whose reference manifest is damaged fails (exit 3) saying that a full backup works, and a full does', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const full = (await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'full'])).json().id as string;
+  await fsp.appendFile(path.join(d.src, 'config.json'), ' ');
+  const incr = (await lifeboat(['--repo', d.repo, '--json', 'backup', d.src])).json().id as string;
+  const damage = async (id: string) => flipByte(path.join(d.repo, 'points', `${id}.json`), 40);
+  const hint = /\n {2}take a full backup, which needs no earlier point: lifeboat backup --type full; lifeboat verify shows what is damaged\n$/;
+
+  await damage(incr);
+  const refused = await lifeboat(['--repo', d.repo, 'backup', d.src]);
+  assert.equal(refused.code, 3, refused.stderr);
+  assert.match(refused.stderr, new RegExp(`lifeboat: this incr backup builds on ${incr}, whose manifest cannot be read: manifest of ${incr} `));
+  assert.match(refused.stderr, hint);
+  await damage(full);
+  const diff = await lifeboat(['--repo', d.repo, 'backup', d.src, '--type', 'diff']);
+  assert.equal(diff.code, 3, diff.stderr);
+  assert.match(diff.stderr, new RegExp(`this diff backup builds on ${full}, whose manifest cannot be read`));
+  assert.match(diff.stderr, hint);
+
+  const taken = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'full']);
+  assert.equal(taken.code, 0, taken.stderr);
+  assert.equal(taken.json().parent, null);
+});

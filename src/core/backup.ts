@@ -322,12 +322,28 @@ export function checkBackupSources(sources: readonly Pick<SourceSpec, 'name'>[])
 async function readReference(repo: Repository, ids: readonly string[], requested: BackupType, deployment: string): Promise<{ choice: ReferenceChoice; newest?: Pick<PointSummary, 'id' | 'full'>; reference?: Manifest }> {
   const newestId = ids[ids.length - 1];
   if (requested === 'incr' && newestId) {
-    const latest = await repo.manifest(newestId);
+    const latest = await referenceManifest(repo, newestId, requested);
     if (deploymentOf(latest) === deployment) return { choice: chooseReference(latest, requested, deployment, true), newest: latest, reference: latest };
   }
   const newest = await repo.newestOf(deployment, ids);
   const choice = chooseReference(newest, requested, deployment, ids.length > 0);
-  return { choice, newest, reference: choice.referenceId ? await repo.manifest(choice.referenceId) : undefined };
+  return { choice, newest, reference: choice.referenceId ? await referenceManifest(repo, choice.referenceId, requested) : undefined };
+}
+
+/**
+ * The manifest an incremental or differential builds on. One that is damaged or missing stops it
+ * (exit 3), and says what still works: a full backup needs no earlier point.
+ */
+async function referenceManifest(repo: Repository, id: string, requested: BackupType): Promise<Manifest> {
+  try {
+    return await repo.manifest(id);
+  } catch (err) {
+    if (!(err instanceof IntegrityError)) throw err;
+    throw new IntegrityError(`this ${requested} backup builds on ${id}, whose manifest cannot be read: ${err.message}`, {
+      cause: err,
+      hint: 'take a full backup, which needs no earlier point: lifeboat backup --type full; lifeboat verify shows what is damaged',
+    });
+  }
 }
 
 /**
