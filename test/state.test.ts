@@ -225,6 +225,74 @@ test('a timeout longer than a timer holds (24.8 days) is waited out, not taken a
   assert.equal(drill.json().smoke.exitCode, 0);
 });
 
+test('a hook, command source, health check or smoke test that leaves a process running in the background (a daemon it starts) is done when it exits, not when that process closes its output', { timeout: 90_000 }, async (t) => {
+  const work = await tempDir();
+  const pids = path.join(work, 'bg.pids');
+  t.after(async () => {
+    for (const pid of (await fsp.readFile(pids, 'utf8').catch(() => '')).split('\n').filter(Boolean)) {
+      try {
+        process.kill(Number(pid), 'SIGKILL');
+      } catch {
+        // gone already
+      }
+    }
+    await fsp.rm(work, { recursive: true, force: true });
+  });
+  const repo = await makeRepo(work);
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'config.json'), '{}');
+  // Each starts a process that outlives it with the command's stdout and stderr, and says so.
+  const ran = path.join(work, 'ran.log');
+  const daemon = (what: string) => JSON.stringify(`sleep 60 & echo $! >> ${pids}; echo ${what} >> ${ran}; echo ${what}`);
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    [
+      'repository: ./repo',
+      'sources:',
+      '  models: ./models',
+      `  features: { command: ${daemon('state')}, timeout: 20s }`,
+      'hooks:',
+      `  preBackup: ${daemon('paused')}`,
+      `  postBackup: ${daemon('resumed')}`,
+      '  timeout: 20s',
+      'targets:',
+      '  prod:',
+      '    slots: ./slots',
+      '    active: ./current',
+      `    health: { command: ${daemon('healthy')}, timeout: 20s, interval: 100ms }`,
+      `    activate: ${daemon('activated')}`,
+      `    deactivate: ${daemon('drained')}`,
+      '',
+    ].join('\n'),
+  );
+  let started = Date.now();
+  const backup = await runChild(['--json', 'backup'], { cwd: work });
+  assert.equal(backup.code, 0, backup.stderr);
+  assert.match(backup.stderr, /paused[^]*resumed/);
+  assert.ok(Date.now() - started < 15_000, `the backup took ${Date.now() - started} ms`);
+  const target = path.join(work, 'restored');
+  assert.equal((await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target])).code, 0);
+  assert.equal(await fsp.readFile(path.join(target, 'features', 'stdout'), 'utf8'), 'state\n');
+
+  // The second failover runs deactivate too, before it switches.
+  for (const round of [1, 2]) {
+    if (round === 2) assert.equal((await lifeboat(['backup'], { cwd: work })).code, 0);
+    started = Date.now();
+    const failover = await lifeboat(['--json', 'failover', '--to', 'prod'], { cwd: work });
+    assert.equal(failover.code, 0, failover.stderr);
+    assert.ok(Date.now() - started < 15_000, `the failover took ${Date.now() - started} ms`);
+  }
+  assert.deepEqual((await fsp.readFile(ran, 'utf8')).split('\n').sort(), ['', 'activated', 'activated', 'drained', 'healthy', 'healthy', 'paused', 'paused', 'resumed', 'resumed', 'state', 'state']);
+  const drill = await lifeboat(['--repo', repo, '--json', 'drill', '--smoke', `sleep 60 & echo $! >> ${pids}; echo smoke ok`, '--smoke-timeout', '20s']);
+  assert.equal(drill.code, 0, drill.stderr);
+  assert.match(drill.json().smoke.output, /smoke ok/);
+
+  // The processes they started run on.
+  const running = (await fsp.readFile(pids, 'utf8')).split('\n').filter(Boolean);
+  assert.equal(running.length, 12);
+  for (const pid of running) process.kill(Number(pid), 0);
+});
+
 /**
  * A deployment whose backups run a pre-hook that waits until the file `go` exists, and a command
  * source that says in dumps.log whenever it runs: the first backup holds the lock as long as the test wants.

@@ -13,6 +13,7 @@ import { restore } from './restore.js';
 import { validateDirectory } from '../model/validate.js';
 import { runPool } from './pool.js';
 import { afterDelay } from '../sleep.js';
+import { exitAndOutput } from '../state/command.js';
 import { makeWorkDirectory } from '../format/mkdirs.js';
 import { removeTree } from '../format/remove-tree.js';
 
@@ -277,10 +278,13 @@ function runSmoke(command: string, target: string, point: Manifest, options: Dri
       options.signal?.removeEventListener('abort', onAbort);
       resolve({ command, exitCode, signal, durationMs: Date.now() - started, output: output.slice(-OUTPUT_TAIL) });
     };
-    child.on('error', (err) => {
-      output += `\n[lifeboat: could not start the smoke command: ${err.message}]\n`;
-      done(127, null);
-    });
-    child.on('close', (code, signal) => done(code, signal));
+    // A smoke test may start a server in the background, which keeps the output pipes open: its exit decides.
+    exitAndOutput(child).then(
+      ({ code, sig }) => done(code, sig),
+      (err: Error) => {
+        output += `\n[lifeboat: could not start the smoke command: ${err.message}]\n`;
+        done(127, null);
+      },
+    );
   });
 }

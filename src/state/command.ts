@@ -51,6 +51,50 @@ function describeExit(what: string, code: number | null, sig: NodeJS.Signals | n
   return `${what} ${how}${last ? `: ${last}` : ''}`;
 }
 
+/**
+ * After a command exited, how long its output may stay quiet before lifeboat stops reading it: a
+ * process it started in the background (`server &`, the daemon a resume hook starts) inherits its
+ * pipes and may hold them open for as long as it runs.
+ */
+export const OUTPUT_GRACE_MS = 500;
+
+/**
+ * Waits for a command to exit (not for its pipes to close), then for the rest of its output: to the
+ * end of its pipes, or, when a process it left running in the background holds them open, until
+ * they have been quiet for OUTPUT_GRACE_MS with nothing read still waiting to be written (`busy`);
+ * then they are no longer read. Resolves with how it exited, and whether its pipes were left open.
+ */
+export async function exitAndOutput(
+  child: ChildProcess,
+  options: { busy?: () => boolean; beforeClosing?: () => void } = {},
+): Promise<{ code: number | null; sig: NodeJS.Signals | null; leftOpen: boolean }> {
+  const pipes = [child.stdout, child.stderr].filter((p): p is NonNullable<typeof p> => p !== null);
+  let lastOutput = 0;
+  for (const p of pipes) p.on('data', () => (lastOutput = Date.now()));
+  const closed = new Promise<void>((resolve) => child.once('close', () => resolve()));
+  const { code, sig } = await new Promise<{ code: number | null; sig: NodeJS.Signals | null }>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', (c, s) => resolve({ code: c, sig: s }));
+  });
+  const exited = Date.now();
+  let timer: NodeJS.Timeout | undefined;
+  const quiet = new Promise<void>((resolve) => {
+    const check = () => {
+      const pending = pipes.some((p) => p.readableLength > 0) || options.busy?.() === true;
+      if (!pending && Date.now() - Math.max(exited, lastOutput) >= OUTPUT_GRACE_MS) resolve();
+      else timer = setTimeout(check, 50);
+    };
+    timer = setTimeout(check, 50);
+  });
+  const leftOpen = await Promise.race([closed.then(() => false), quiet.then(() => true)]);
+  clearTimeout(timer);
+  if (leftOpen) {
+    options.beforeClosing?.();
+    for (const p of pipes) p.destroy();
+  }
+  return { code, sig, leftOpen };
+}
+
 /** Kills the command's whole process group (it runs in its own, through `sh -c`). */
 function killGroup(child: ChildProcess, sig: NodeJS.Signals): void {
   if (child.pid === undefined) return;
@@ -88,6 +132,9 @@ export async function runShell(
   child.stderr!.on('data', (c: Buffer) => stderr.push(c));
   let stdoutDone: Promise<unknown> = Promise.resolve();
   let bytes = 0;
+  let writing = () => false;
+  let stdout: LineTail | undefined;
+  let stoppedReading = false;
   if (options.stdoutFile) {
     // Streamed to disk, never held in memory: a dump may be many GiB.
     child.stdout!.on('data', (c: Buffer) => {
@@ -95,7 +142,11 @@ export async function runShell(
     });
     const file = options.stdoutFile;
     const place = options.stagedIn ?? path.dirname(file);
-    stdoutDone = pipeline(child.stdout!, createWriteStream(file, { mode: 0o600 })).catch((err: unknown) => {
+    const out = createWriteStream(file, { mode: 0o600 });
+    writing = () => out.writableLength > 0;
+    stdoutDone = pipeline(child.stdout!, out).catch((err: NodeJS.ErrnoException) => {
+      // What a process left running in the background would write after the command exited is not its output.
+      if (stoppedReading && err.code === 'ERR_STREAM_PREMATURE_CLOSE') return;
       // The command did not fail: keeping its output did (a full temporary file system, most often).
       throw new RuntimeFailure(`could not keep the output of the ${what} in ${place}: ${errorMessage(err)}`, {
         cause: err,
@@ -103,9 +154,8 @@ export async function runShell(
       });
     });
   } else {
-    const stdout = new LineTail(options.onOutput);
-    child.stdout!.on('data', (c: Buffer) => stdout.push(c));
-    child.stdout!.on('end', () => stdout.end());
+    stdout = new LineTail(options.onOutput);
+    child.stdout!.on('data', (c: Buffer) => stdout!.push(c));
   }
   let stdinDone: Promise<unknown> = Promise.resolve();
   if (options.stdinFile) {
@@ -127,11 +177,14 @@ export async function runShell(
   options.signal?.addEventListener('abort', onAbort, { once: true });
 
   try {
-    const exit = new Promise<{ code: number | null; sig: NodeJS.Signals | null }>((resolve, reject) => {
-      child.once('error', reject);
-      child.once('close', (code, sig) => resolve({ code, sig }));
+    const exited = exitAndOutput(child, { busy: writing, beforeClosing: () => (stoppedReading = true) }).then((exit) => {
+      // What it has not read of its input, it never will.
+      child.stdin?.destroy();
+      return exit;
     });
-    const [{ code, sig }] = await Promise.all([exit, stdoutDone, stdinDone]);
+    // Output that cannot be kept fails the command at once.
+    const [{ code, sig }] = await Promise.all([exited, stdoutDone, stdinDone]);
+    stdout?.end();
     stderr.end();
     if (aborted) throw new InterruptedError();
     if (timedOut) throw new RuntimeFailure(`${what} timed out after ${options.timeoutMs} ms and was stopped`);
