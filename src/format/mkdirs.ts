@@ -10,39 +10,58 @@ import { processRuns } from './process-alive.js';
  * (mkdir under /proc or /sys answers ENOENT), so a mistyped repository or
  * target path would hang the command at full CPU. This climbs once to the
  * nearest existing ancestor and creates each missing level once.
+ *
+ * A level that another process removes while this one looks at it (a
+ * repository's `locks/` emptied by a lock's release) is made again, a few
+ * times at most; anything else in the way is ENOTDIR.
  */
 export async function makeDirectories(dir: string, mode?: number): Promise<void> {
   const missing: string[] = [];
   for (let at = path.resolve(dir); ; ) {
     try {
-      await fsp.mkdir(at, { mode });
+      await makeLevel(at, mode);
       break;
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'EEXIST') {
-        await requireDirectory(at, err);
-        break;
-      }
       const parent = path.dirname(at);
-      if (code !== 'ENOENT' || parent === at) throw err;
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || parent === at) throw err;
       missing.push(at);
       at = parent;
     }
   }
-  for (const level of missing.reverse()) {
+  for (const level of missing.reverse()) await makeLevel(level, mode);
+}
+
+/** How often a level that vanishes between a mkdir and a look at it is made again. */
+const VANISHED_ATTEMPTS = 10;
+
+/** Makes one directory, or accepts the directory (or link to one) already there. ENOENT when its parent is missing. */
+async function makeLevel(at: string, mode: number | undefined): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
     try {
-      await fsp.mkdir(level, { mode });
+      await fsp.mkdir(at, { mode });
+      return;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      await requireDirectory(level, err);
+      if ((await existingDirectory(at, err)) === 'directory') return;
+      if (attempt >= VANISHED_ATTEMPTS) throw Object.assign(new Error(`${at} keeps vanishing while it is created`), { code: 'ENOENT', path: at, cause: err });
     }
   }
 }
 
-/** Something is at `at`: fine if it is a directory (or a link to one), else ENOTDIR, with the mkdir's error as its cause. */
-async function requireDirectory(at: string, mkdirError: unknown): Promise<void> {
+/**
+ * Something was at `at` a moment ago: a directory (or a link to one), gone
+ * since (removed by another process), or else ENOTDIR, with the mkdir's error as its cause.
+ */
+async function existingDirectory(at: string, mkdirError: unknown): Promise<'directory' | 'vanished'> {
   const st = await fsp.stat(at).catch(() => undefined);
-  if (!st?.isDirectory()) throw Object.assign(new Error(`${at} exists and is not a directory`), { code: 'ENOTDIR', path: at, cause: mkdirError });
+  if (st?.isDirectory()) return 'directory';
+  if (!st) {
+    // Nothing at all: removed meanwhile (and maybe made again since); a dangling link stays in the way.
+    const link = await fsp.lstat(at).catch(() => undefined);
+    if (!link) return 'vanished';
+    if (link.isDirectory()) return 'directory';
+  }
+  throw Object.assign(new Error(`${at} exists and is not a directory`), { code: 'ENOTDIR', path: at, cause: mkdirError });
 }
 
 /**

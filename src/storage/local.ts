@@ -58,20 +58,27 @@ export class LocalStorage implements Storage {
 
   private async commit(tmp: string, final: string, exclusive: boolean): Promise<boolean> {
     const dir = path.dirname(final);
-    await makeDirectories(dir);
-    if (exclusive) {
-      // link() fails with EEXIST atomically, which rename() would not.
+    // Another process's delete() drops the directories it empties (locks/ when a lock is released, pins/ with the
+    // last pin): one dropped between the mkdir and the link or rename here is made again.
+    for (let attempt = 1; ; attempt++) {
       try {
-        await fsp.link(tmp, final);
+        await makeDirectories(dir);
+        // link() fails with EEXIST atomically, which rename() would not.
+        if (exclusive) await fsp.link(tmp, final);
+        else await fsp.rename(tmp, final);
+        break;
       } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (exclusive && code === 'EEXIST') {
+          await fsp.rm(tmp, { force: true });
+          return false;
+        }
+        if (code === 'ENOENT' && attempt < DIRECTORY_ATTEMPTS && (await isFile(tmp))) continue;
         await fsp.rm(tmp, { force: true });
-        if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
         throw err;
       }
-      await fsp.rm(tmp, { force: true });
-    } else {
-      await fsp.rename(tmp, final);
     }
+    if (exclusive) await fsp.rm(tmp, { force: true });
     await syncPath(dir);
     return true;
   }
@@ -292,6 +299,13 @@ export class LocalStorage implements Storage {
   }
 
   async close(): Promise<void> {}
+}
+
+/** How often a write whose directory another process removed meanwhile is tried again. */
+const DIRECTORY_ATTEMPTS = 10;
+
+async function isFile(p: string): Promise<boolean> {
+  return fsp.stat(p).then((st) => st.isFile(), () => false);
 }
 
 function compareKeys(a: string, b: string): number {
