@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
+import { LockedError } from '../src/errors.js';
 import { isNotFound, ObjectNotFoundError, listAll, type IncompleteWrite, type Storage } from '../src/storage/storage.js';
 import { failingStream, generatedBytes, generatedStream, inParallel, readAll, sha256Of } from './helpers/data.js';
 
@@ -17,6 +18,8 @@ export interface StorageContractOptions {
   /** Reasons to skip what the server under test cannot do (printed with the skip). */
   skip?: {
     conditionalPut?: string;
+    /** putDocument({ifMatch}) is not atomic there (compared, then written). */
+    atomicReplace?: string;
     cleanupIncomplete?: string;
     listOrder?: string;
   };
@@ -158,6 +161,39 @@ export function runStorageContract(
         Array.from({ length: 5 }, (_, i) => storage.putDocument('locks/race', Buffer.from(`racer ${i}`), { ifAbsent: true })),
       );
       assert.equal(results.filter(Boolean).length, 1);
+    });
+
+    it('putDocument with ifMatch replaces exactly the bytes named, and nothing else', async () => {
+      assert.equal(await storage.putDocument('locks/held', Buffer.from('holder 1')), true);
+      assert.equal(await storage.putDocument('locks/held', Buffer.from('holder 1, refreshed'), { ifMatch: Buffer.from('holder 2') }), false);
+      assert.equal((await storage.getDocument('locks/held')).toString(), 'holder 1');
+      assert.equal(await storage.putDocument('locks/held', Buffer.from('holder 1, refreshed'), { ifMatch: Buffer.from('holder 1') }), true);
+      assert.equal((await storage.getDocument('locks/held')).toString(), 'holder 1, refreshed');
+      assert.equal(await storage.putDocument('locks/held', Buffer.from('again'), { ifMatch: Buffer.from('holder 1') }), false, 'the bytes it had before no longer match');
+      assert.equal(await storage.putDocument('locks/gone', Buffer.from('new'), { ifMatch: Buffer.from('old') }), false, 'a document that is not there is not replaced');
+      assert.equal(await storage.head('locks/gone'), undefined);
+    });
+
+    it('putDocument with ifMatch is atomic: of writers replacing the same bytes at once, one does', async (t) => {
+      if (options.skip?.atomicReplace) return t.skip(options.skip.atomicReplace);
+      for (let round = 0; round < 5; round++) {
+        const key = `locks/contended-${round}`;
+        await storage.putDocument(key, Buffer.from('stale'));
+        const results = await Promise.all(Array.from({ length: 4 }, (_, i) => storage.putDocument(key, Buffer.from(`taker ${i}`), { ifMatch: Buffer.from('stale') })));
+        assert.equal(results.filter(Boolean).length, 1, `round ${round}: ${results.join(', ')}`);
+        assert.equal((await storage.getDocument(key)).toString(), `taker ${results.indexOf(true)}`);
+      }
+    });
+
+    it('putDocument runs beforeVisible while the document is not visible yet, and stores nothing when it throws', async () => {
+      let visibleBefore: unknown = 'not called';
+      assert.equal(await storage.putDocument('locks/checked', Buffer.from('one'), { ifAbsent: true, beforeVisible: async () => void (visibleBefore = await storage.head('locks/checked')) }), true);
+      assert.equal(visibleBefore, undefined);
+      const refused = new LockedError('no longer held');
+      await assert.rejects(storage.putDocument('locks/refused', Buffer.from('x'), { beforeVisible: async () => Promise.reject(refused) }), (err) => err === refused);
+      assert.equal(await storage.head('locks/refused'), undefined);
+      await assert.rejects(storage.putDocument('locks/checked', Buffer.from('two'), { ifMatch: Buffer.from('one'), beforeVisible: async () => Promise.reject(refused) }), (err) => err === refused);
+      assert.equal((await storage.getDocument('locks/checked')).toString(), 'one');
     });
 
     // No key is also a "directory" of others: a file system could not hold both.

@@ -36,6 +36,7 @@ runStorageContract(
     get skip() {
       return {
         conditionalPut: server.capabilities.conditionalPut ? undefined : missing('conditional puts (If-None-Match)')(server.kind),
+        atomicReplace: server.capabilities.conditionalReplace ? undefined : missing('conditional replaces (If-Match)')(server.kind),
         cleanupIncomplete: server.capabilities.multipartListAndAbort
           ? undefined
           : missing('ListMultipartUploads and AbortMultipartUpload')(server.kind),

@@ -16,7 +16,7 @@ import {
 import { putThroughWriter } from './put-through-writer.js';
 import { DecryptingReader } from '../crypto/decrypting-reader.js';
 import { EMPTY_READER, streamOverReader } from './reader-over-stream.js';
-import { MAX_DOCUMENT_BYTES, documentTooLarge, readFully, type GetOptions, type IncompleteWrite, type ObjectInfo, type ObjectReader, type ObjectWriter, type PutOptions, type Storage, type StorageCapabilities } from './storage.js';
+import { MAX_DOCUMENT_BYTES, documentTooLarge, readFully, type GetOptions, type IncompleteWrite, type ObjectInfo, type ObjectReader, type ObjectWriter, type PutDocumentOptions, type PutOptions, type Storage, type StorageCapabilities } from './storage.js';
 
 /**
  * Objects left in plaintext: what is needed before a key is unlocked (the
@@ -67,8 +67,10 @@ export class EncryptedStorage implements Storage {
     return new SealingWriter(key, sealer, inner);
   }
 
-  async putDocument(key: string, data: Uint8Array, options?: { ifAbsent?: boolean }): Promise<boolean> {
+  async putDocument(key: string, data: Uint8Array, options?: PutDocumentOptions): Promise<boolean> {
     if (isPlaintextKey(key)) return this.inner.putDocument(key, data, options);
+    // Each encryption of the same bytes differs: stored ciphertext cannot be compared with plaintext.
+    if (options?.ifMatch) throw new Error(`a conditional replace of the encrypted document ${key} is not supported`);
     return this.inner.putDocument(key, encryptBuffer(this.dataKey, key, data), options);
   }
 

@@ -18,6 +18,7 @@ import {
   type ObjectInfo,
   type ObjectReader,
   type ObjectWriter,
+  type PutDocumentOptions,
   type PutOptions,
   type Storage,
   type StorageCapabilities,
@@ -56,31 +57,52 @@ export class LocalStorage implements Storage {
     return path.join(dir, `${process.pid}-${randomBytes(6).toString('hex')}`);
   }
 
-  private async commit(tmp: string, final: string, exclusive: boolean): Promise<boolean> {
-    const dir = path.dirname(final);
-    // Another process's delete() drops the directories it empties (locks/ when a lock is released, pins/ with the
-    // last pin): one dropped between the mkdir and the link or rename here is made again.
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await makeDirectories(dir);
-        // link() fails with EEXIST atomically, which rename() would not.
-        if (exclusive) await fsp.link(tmp, final);
-        else await fsp.rename(tmp, final);
-        break;
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
-        if (exclusive && code === 'EEXIST') {
-          await fsp.rm(tmp, { force: true });
-          return false;
-        }
-        if (code === 'ENOENT' && attempt < DIRECTORY_ATTEMPTS && (await isFile(tmp))) continue;
-        await fsp.rm(tmp, { force: true });
-        throw err;
-      }
+  /**
+   * Moves a finished temporary file to `key`: with `exclusive` only where
+   * nothing is, with `ifMatch` only over exactly those bytes. False when that
+   * condition failed. The temporary file is gone afterwards either way.
+   */
+  private async commit(key: string, tmp: string, condition: Pick<PutDocumentOptions, 'ifMatch' | 'beforeVisible'> & { exclusive?: boolean } = {}): Promise<boolean> {
+    const final = this.pathOf(key);
+    try {
+      await condition.beforeVisible?.();
+      const placed = condition.ifMatch ? await this.replaceHolding(key, tmp, condition.ifMatch) : await moveIntoPlace(tmp, final, condition.exclusive === true);
+      if (placed) await syncPath(path.dirname(final));
+      return placed;
+    } finally {
+      // A link, or a replacement that did not happen, leaves the temporary file behind.
+      await fsp.rm(tmp, { force: true });
     }
-    if (exclusive) await fsp.rm(tmp, { force: true });
-    await syncPath(dir);
-    return true;
+  }
+
+  /**
+   * Replaces `key` with `tmp` only while it holds exactly `expected`, in a way
+   * that two processes doing this at once cannot both do, nor a process
+   * paused halfway do over another's document: the present document is moved
+   * aside (one rename; of several at once, one gets it), compared there, and
+   * the new one linked where nothing is. One that was not the expected
+   * document goes back. While it is aside the key is empty: a create-if-absent
+   * by another process in that instant wins, and this replacement is false.
+   */
+  private async replaceHolding(key: string, tmp: string, expected: Uint8Array): Promise<boolean> {
+    const final = this.pathOf(key);
+    const aside = await this.tempFile();
+    try {
+      await fsp.rename(final, aside);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw err;
+    }
+    try {
+      if (await holdsExactly(aside, expected)) return await moveIntoPlace(tmp, final, true);
+      await moveIntoPlace(aside, final, true);
+      return false;
+    } catch (err) {
+      await moveIntoPlace(aside, final, true).catch(() => undefined);
+      throw err;
+    } finally {
+      await fsp.rm(aside, { force: true });
+    }
   }
 
   async put(key: string, body: Readable, options?: PutOptions): Promise<ObjectInfo> {
@@ -90,7 +112,7 @@ export class LocalStorage implements Storage {
   }
 
   async openWriter(key: string, options?: PutOptions): Promise<ObjectWriter> {
-    const final = this.pathOf(key);
+    this.pathOf(key); // an invalid key is refused before anything is written
     const tmp = await this.tempFile();
     const file = await createFileSink(tmp).catch((err: unknown) => {
       throw wrap('write', key, err);
@@ -116,7 +138,7 @@ export class LocalStorage implements Storage {
         try {
           signal?.throwIfAborted();
           await file.finish();
-          await this.commit(tmp, final, false);
+          await this.commit(key, tmp);
           return { key, size };
         } catch (err) {
           await discard();
@@ -129,12 +151,12 @@ export class LocalStorage implements Storage {
     };
   }
 
-  async putDocument(key: string, data: Uint8Array, options?: { ifAbsent?: boolean }): Promise<boolean> {
-    const final = this.pathOf(key);
+  async putDocument(key: string, data: Uint8Array, options: PutDocumentOptions = {}): Promise<boolean> {
+    this.pathOf(key); // an invalid key is refused before anything is written
     const tmp = await this.tempFile();
     try {
       await writeFileSynced(tmp, data, { flag: 'wx' });
-      return await this.commit(tmp, final, options?.ifAbsent === true);
+      return await this.commit(key, tmp, { exclusive: options.ifAbsent === true, ifMatch: options.ifMatch, beforeVisible: options.beforeVisible });
     } catch (err) {
       await fsp.rm(tmp, { force: true });
       throw wrap('write', key, err);
@@ -303,6 +325,44 @@ export class LocalStorage implements Storage {
 
 /** How often a write whose directory another process removed meanwhile is tried again. */
 const DIRECTORY_ATTEMPTS = 10;
+
+/**
+ * Links (`exclusive`: false when something is there, atomically) or renames
+ * `from` to `to`. Another process's delete() drops the directories it empties
+ * (locks/ when a lock is released, pins/ with the last pin): one dropped
+ * between the mkdir and the link or rename here is made again.
+ */
+async function moveIntoPlace(from: string, to: string, exclusive: boolean): Promise<boolean> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await makeDirectories(path.dirname(to));
+      if (exclusive) await fsp.link(from, to);
+      else await fsp.rename(from, to);
+      return true;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (exclusive && code === 'EEXIST') return false;
+      if (code === 'ENOENT' && attempt < DIRECTORY_ATTEMPTS && (await isFile(from))) continue;
+      throw err;
+    }
+  }
+}
+
+/** Whether `file` holds exactly `bytes` (false when it is not there). */
+async function holdsExactly(file: string, bytes: Uint8Array): Promise<boolean> {
+  let opened;
+  try {
+    opened = await openRegularFile(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw err;
+  }
+  try {
+    return opened.stats.size === BigInt(bytes.length) && (await opened.handle.readFile()).equals(bytes);
+  } finally {
+    await opened.handle.close();
+  }
+}
 
 async function isFile(p: string): Promise<boolean> {
   return fsp.stat(p).then((st) => st.isFile(), () => false);

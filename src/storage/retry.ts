@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import { LifeboatError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
-import type { GetOptions, IncompleteWrite, ObjectInfo, ObjectReader, ObjectWriter, PutOptions, Storage, StorageCapabilities } from './storage.js';
+import type { GetOptions, IncompleteWrite, ObjectInfo, ObjectReader, ObjectWriter, PutDocumentOptions, PutOptions, Storage, StorageCapabilities } from './storage.js';
 import { sleep } from '../sleep.js';
 
 export interface RetryPolicy {
@@ -238,14 +238,14 @@ class RetryingStorage implements Storage {
     };
   }
 
-  async putDocument(key: string, data: Uint8Array, options?: { ifAbsent?: boolean }): Promise<boolean> {
+  async putDocument(key: string, data: Uint8Array, options?: PutDocumentOptions): Promise<boolean> {
     let retried = false;
     const created = await retrying(this.policy, 'put', key, async (attempt) => {
       retried = attempt > 1;
       return this.inner.putDocument(key, data, options);
     });
     if (created || !retried) return created;
-    // A create-if-absent that was retried may have succeeded on an attempt whose
+    // A conditional write that was retried may have succeeded on an attempt whose
     // answer was lost: then the object exists with exactly our bytes.
     const stored = await this.getDocument(key).catch(() => undefined);
     return stored !== undefined && Buffer.compare(stored, Buffer.from(data)) === 0;

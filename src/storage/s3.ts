@@ -39,6 +39,7 @@ import {
   type ObjectInfo,
   type ObjectReader,
   type ObjectWriter,
+  type PutDocumentOptions,
   type PutOptions,
   type Storage,
   type StorageCapabilities,
@@ -331,10 +332,38 @@ export class S3Storage implements Storage {
     }
   }
 
-  async putDocument(key: string, data: Uint8Array, options?: { ifAbsent?: boolean }): Promise<boolean> {
+  /**
+   * One PutObject: with `ifAbsent`, If-None-Match: *; with `ifMatch`, the
+   * object is read first and replaced with If-Match on the ETag it had, so a
+   * write by anyone in between makes the server refuse it (412). On a server
+   * that ignores those headers the conditions are only as good as the read
+   * before the write.
+   */
+  async putDocument(key: string, data: Uint8Array, options: PutDocumentOptions = {}): Promise<boolean> {
     const objectKey = this.objectKey(key);
     const body = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     const release = await this.transfers.acquire();
+    try {
+      if (!options.ifMatch) {
+        await options.beforeVisible?.();
+        return await this.putObjectIf(objectKey, body, options.ifAbsent ? { IfNoneMatch: '*' } : {});
+      }
+      const held = await this.holding(objectKey, options.ifMatch);
+      if (!held) return false;
+      await options.beforeVisible?.();
+      if (held.etag === undefined) return await this.putObjectIf(objectKey, body, {});
+      if (await this.putObjectIf(objectKey, body, { IfMatch: held.etag })) return true;
+      // Ceph (16) compares If-Match with the ETag unquoted, and refuses the quoted one although nothing changed.
+      const bare = held.etag.replace(/^"(.*)"$/, '$1');
+      const again = bare === held.etag ? false : await this.holding(objectKey, options.ifMatch);
+      return again !== false && again.etag === held.etag && (await this.putObjectIf(objectKey, body, { IfMatch: bare }));
+    } finally {
+      release();
+    }
+  }
+
+  /** A PutObject of a small body; false when a condition it carries was not met (412, or If-Match on an object that is gone). */
+  private async putObjectIf(objectKey: string, body: Buffer, condition: { IfNoneMatch?: string; IfMatch?: string }): Promise<boolean> {
     try {
       await this.client.send(
         new PutObjectCommand({
@@ -343,17 +372,34 @@ export class S3Storage implements Storage {
           Body: body,
           ContentLength: body.length,
           ContentMD5: md5Base64(body),
-          ...(options?.ifAbsent ? { IfNoneMatch: '*' } : {}),
+          ...condition,
           ...this.writeParams,
         }),
       );
       return true;
     } catch (err) {
-      if (options?.ifAbsent && (httpStatus(err) === 412 || errorName(err) === 'PreconditionFailed')) return false;
+      const conditional = condition.IfNoneMatch !== undefined || condition.IfMatch !== undefined;
+      if (conditional && (httpStatus(err) === 412 || errorName(err) === 'PreconditionFailed')) return false;
+      if (condition.IfMatch !== undefined && isMissing(err)) return false;
       throw err;
-    } finally {
-      release();
     }
+  }
+
+  /** Whether the object holds exactly `expected`, with its ETag (which a server may leave out); false when it holds anything else or is not there. */
+  private async holding(objectKey: string, expected: Uint8Array): Promise<false | { etag?: string }> {
+    let response: GetObjectCommandOutput;
+    try {
+      response = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: objectKey }));
+    } catch (err) {
+      if (isMissing(err)) return false;
+      throw err;
+    }
+    if (response.ContentLength !== undefined && response.ContentLength !== expected.length) {
+      (response.Body as Readable | undefined)?.destroy();
+      return false;
+    }
+    const held = await response.Body!.transformToByteArray();
+    return Buffer.from(expected).equals(held) ? { etag: response.ETag } : false;
   }
 
   async getDocument(key: string): Promise<Buffer> {

@@ -65,6 +65,24 @@ export interface PutOptions {
   signal?: AbortSignal;
 }
 
+export interface PutDocumentOptions {
+  /** Create only: returns false, changing nothing, when the key already exists. */
+  ifAbsent?: boolean;
+  /**
+   * Replace only: returns false, changing nothing, unless the key holds exactly
+   * these bytes (a lock's holder rewriting its own lock). Atomic where the
+   * server honours If-Match (S3); a local repository compares and renames, with
+   * an instant between the two.
+   */
+  ifMatch?: Uint8Array;
+  /**
+   * Runs once the bytes are stored, just before they become visible under the
+   * key (a lock's holder checking it still holds it); when it throws, nothing
+   * becomes visible and putDocument rejects with its error.
+   */
+  beforeVisible?: () => Promise<void>;
+}
+
 export interface GetOptions {
   offset?: number;
   /** Number of bytes to read from offset; to the end when absent. */
@@ -116,10 +134,10 @@ export interface Storage {
   /** Like put, written through calls instead of a stream; the same visibility guarantee. */
   openWriter(key: string, options?: PutOptions): Promise<ObjectWriter>;
   /**
-   * Writes a small document atomically. With `ifAbsent`, returns false and
-   * changes nothing when the key already exists.
+   * Writes a small document atomically. With `ifAbsent` or `ifMatch`, returns
+   * false and changes nothing when the key's present state is not the one asked for.
    */
-  putDocument(key: string, data: Uint8Array, options?: { ifAbsent?: boolean }): Promise<boolean>;
+  putDocument(key: string, data: Uint8Array, options?: PutDocumentOptions): Promise<boolean>;
   /** Reads a whole small document. Throws ObjectNotFoundError when absent. */
   getDocument(key: string): Promise<Buffer>;
   /** Streams an object (or a byte range of it). Throws ObjectNotFoundError when absent. */

@@ -19,6 +19,8 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 export interface S3ServerCapabilities {
   /** PutObject with If-None-Match: * refuses to overwrite (412). */
   conditionalPut: boolean;
+  /** PutObject with If-Match refuses to replace an object whose ETag changed (412). */
+  conditionalReplace: boolean;
   /** ListMultipartUploads and AbortMultipartUpload work. */
   multipartListAndAbort: boolean;
   /** A wrong Content-MD5 is refused (BadDigest). */
@@ -60,7 +62,7 @@ async function startCeph(memstoreBytes?: number): Promise<S3TestServer> {
     accessKeyId: ceph.accessKeyId,
     secretAccessKey: ceph.secretAccessKey,
     region: 'us-east-1',
-    capabilities: { conditionalPut: true, multipartListAndAbort: true, contentMd5Check: true, keyOrderListing: true, checksCredentials: true },
+    capabilities: { conditionalPut: true, conditionalReplace: true, multipartListAndAbort: true, contentMd5Check: true, keyOrderListing: true, checksCredentials: true },
     stop: () => ceph.stop(),
   });
 }
@@ -98,7 +100,7 @@ async function startS3rver(): Promise<S3TestServer> {
     accessKeyId: 'S3RVER',
     secretAccessKey: 'S3RVER',
     region: 'us-east-1',
-    capabilities: { conditionalPut: false, multipartListAndAbort: false, contentMd5Check: false, keyOrderListing: false, checksCredentials: false },
+    capabilities: { conditionalPut: false, conditionalReplace: false, multipartListAndAbort: false, contentMd5Check: false, keyOrderListing: false, checksCredentials: false },
     async stop() {
       await processes.stop(1000);
       await fsp.rm(dir, { recursive: true, force: true });
