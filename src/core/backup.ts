@@ -3,13 +3,13 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
-import { IntegrityError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
+import { IntegrityError, InterruptedError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { makePointId, pointTime, type BackupType } from '../format/ids.js';
 import { DEFAULT_DEPLOYMENT, MANIFEST_FORMAT, MAX_MANIFEST_CHARS, deploymentOf, type PointSummary, estimateManifestChars, keys, volumeEntryName, type ContentRef, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { checkDeploymentName, checkSourceName } from '../format/paths.js';
 import { localAccounts, namesOf } from '../format/accounts.js';
 import { type Notice, type Progress, type Reporter, progressAt } from './events.js';
-import { acquireWriterLock, type HeldLock } from './lock.js';
+import { LockLostError, acquireWriterLock, type HeldLock } from './lock.js';
 import { removeUnfinishedWrites } from './leftovers.js';
 import { chooseReference, type ReferenceChoice, countChanges, emptiedSince, emptySources, planBackup, type BackupPlan, type PlannedEntry } from './backup-plan.js';
 import { SMALL_FILE, SmallFileReader, type WholeFile } from './file-reader.js';
@@ -118,7 +118,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   try {
     // Leftovers of aborted backups are listed and removed while this one scans; they must be gone
     // before it writes, since its own volumes have no manifest yet either.
-    if (!options.dryRun) leftoversRemoved = removeLeftovers(repo, reporter);
+    if (lock) leftoversRemoved = removeLeftovers(repo, reporter, lock);
     leftoversRemoved.catch(() => undefined);
 
     const ids = await repo.pointIds();
@@ -228,6 +228,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const stored: ManifestEntry[] = [];
     for (const [position, planned] of plan.entries.entries()) {
       throwIfAborted(options.signal);
+      lock?.throwIfLost();
       const entry = await storeEntry(planned, position, context);
       if (entry) stored.push(entry);
     }
@@ -273,15 +274,20 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       warnings: warnings.map((w) => ({ code: w.code, path: w.path, message: w.message })),
       owners: ownerNames(scanned),
     };
+    // A backup whose lock was taken over (it was paused for longer than the other's staleness threshold) may have had
+    // its volumes removed as leftovers by the new holder: it commits nothing. The last look is taken once the manifest
+    // is stored, just before it becomes visible.
+    await lock!.check();
     try {
       // Recorded before the point exists, so the record never lacks a deployment that has points.
       await repo.recordDeployments({ adding: deployment }, deploymentsRecorded);
-      await repo.commitManifest(manifest);
+      await repo.commitManifest(manifest, { beforeVisible: () => lock!.check() });
     } catch (err) {
       // Past the estimate (very long names): JSON.stringify cannot build the document.
       if (err instanceof RangeError) throw manifestTooLarge(manifest.entries.length);
       throw err;
     }
+    await committedUnderLock(lock!, id);
     result.storedBytes = storedBytes;
     result.durationMs = Date.now() - started;
     return result;
@@ -292,6 +298,8 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       // Leftovers the deletion misses are found and removed by the next backup.
       await deletePrefix(repo, keys.pointData(id)).catch(() => undefined);
     }
+    // A new holder removes the writes in progress of the one it took over from, which then fail: the lost lock is the cause to report.
+    if (lock && !(err instanceof LockLostError) && !(err instanceof InterruptedError)) throw (await lostLock(lock)) ?? err;
     throw err;
   } finally {
     await hasher?.close();
@@ -457,11 +465,40 @@ function manifestTooLarge(entries: number): UsageError {
   });
 }
 
-/** Removes what backups that never committed left (killed, crashed), and writes summaries older points lack. Needs the lock. */
-export async function removeLeftovers(repo: Repository, reporter: Reporter): Promise<void> {
+/**
+ * The lock was still this backup's after its manifest went up; if it was taken
+ * over in the instant before, the new holder may have removed the volumes as
+ * leftovers of an aborted backup while it listed the points, so the point is
+ * reported rather than trusted. A look that cannot be taken changes nothing.
+ */
+async function committedUnderLock(lock: HeldLock, id: string): Promise<void> {
+  const lost = await lostLock(lock);
+  if (lost) {
+    throw new LockLostError(`backup point ${id} was committed, but ${lost.message}`, {
+      hint: `another writer may have removed its data as leftovers meanwhile: check it with \`lifeboat verify ${id}\``,
+    });
+  }
+}
+
+/** The error that says the lock was lost, when it was; undefined when it is still held or cannot be read. */
+async function lostLock(lock: HeldLock): Promise<LockLostError | undefined> {
+  return lock.check().then(
+    () => undefined,
+    (err: unknown) => (err instanceof LockLostError ? err : undefined),
+  );
+}
+
+/**
+ * Removes what backups that never committed left (killed, crashed), and
+ * writes summaries older points lack. Needs the lock, and looks again that it
+ * still has it before each deletion: a backup that lost its lock while it was
+ * paused must not take the new holder's volumes for leftovers.
+ */
+export async function removeLeftovers(repo: Repository, reporter: Reporter, lock: HeldLock): Promise<void> {
   // Listed once for both kinds of leftovers: on S3 each listing is a request.
   const committed = new Set(await repo.pointIds());
   for (const orphan of await repo.orphanDataPrefixes(committed)) {
+    await lock.check();
     await repo.storage.delete(orphan.keys);
     reporter.notice?.({
       level: 'info',
@@ -470,12 +507,16 @@ export async function removeLeftovers(repo: Repository, reporter: Reporter): Pro
     });
   }
   const summaries = await repo.summaryGaps(committed);
-  if (summaries.orphans.length > 0) await repo.storage.delete(summaries.orphans);
+  if (summaries.orphans.length > 0) {
+    await lock.check();
+    await repo.storage.delete(summaries.orphans);
+  }
   // Points written before summaries existed get theirs, once, so that list and prune need not read their manifests again.
   for (const id of summaries.missing) {
     const manifest = await repo.loadManifest(id).catch(() => undefined);
     if (manifest) await repo.writeSummary(manifest);
   }
+  await lock.check();
   await removeUnfinishedWrites(repo, reporter);
 }
 

@@ -1,7 +1,7 @@
 import * as os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import * as z from 'zod';
-import { LockedError, errorMessage, throwIfAborted } from '../errors.js';
+import { LockedError, RuntimeFailure, errorMessage, throwIfAborted } from '../errors.js';
 import { sleep } from '../sleep.js';
 import { formatDuration } from '../config/duration.js';
 import { isNotFound, type Storage } from '../storage/storage.js';
@@ -20,6 +20,8 @@ const lockSchema = z.object({
   leaseMs: z.number().int().positive(),
   /** A prune, once it has planned: the points it removes. Readers of other points need not wait for it. */
   removing: z.array(z.string().max(64)).max(10_000_000).optional(),
+  /** Unique to one holding of the lock: its holder checks the stored lock still has it before each step that commits or deletes. */
+  token: z.string().max(128).optional(),
 });
 export type LockInfo = z.infer<typeof lockSchema>;
 
@@ -70,6 +72,16 @@ function describeLimit(ms: number): string {
 }
 
 export async function readLock(storage: Storage, options: StalenessOptions = {}, key: string = keys.lock): Promise<LockStatus | undefined> {
+  const stored = await readStoredLock(storage, options, key);
+  return stored && { info: stored.info, stale: stored.stale, reason: stored.reason };
+}
+
+/** A lock as read, with its bytes: what a conditional replace or removal of exactly that document compares with. */
+export interface StoredLock extends LockStatus {
+  raw: Buffer;
+}
+
+export async function readStoredLock(storage: Storage, options: StalenessOptions = {}, key: string = keys.lock): Promise<StoredLock | undefined> {
   let raw: Buffer;
   try {
     raw = await storage.getDocument(key);
@@ -83,29 +95,38 @@ export async function readLock(storage: Storage, options: StalenessOptions = {},
   } catch {
     // A lock nobody can read can't be proven live; treat it as stale.
     info = { host: '?', pid: 0, command: '?', startedAt: '?', refreshedAt: new Date(0).toISOString(), leaseMs: 1 };
-    return { info, stale: true, reason: 'the lock document is unreadable' };
+    return { info, stale: true, reason: 'the lock document is unreadable', raw };
   }
   const reason = lockStaleness(info, new Date(), options);
-  return { info, stale: reason !== undefined, reason };
+  return { info, stale: reason !== undefined, reason, raw };
 }
 
-/**
- * Removes the lock when it is stale by `options` (for writers whose engine
- * judges staleness by the recorded lease only). Returns what was removed.
- */
-export async function clearStaleLock(storage: Storage, options: StalenessOptions): Promise<LockStatus | undefined> {
-  const holder = await readLock(storage, options);
-  if (!holder?.stale) return undefined;
-  await storage.delete([keys.lock]);
-  return holder;
-}
+/** The repository lock was taken over by another process, or removed by `unlock --force`, while this one held it. */
+export class LockLostError extends LockedError {}
 
 export interface HeldLock {
   info: LockInfo;
   /** Set when a stale lock was taken over to get this one. */
   tookOver?: LockStatus;
+  /**
+   * Reads the lock and throws LockLostError unless it is still this holder's
+   * (its token). Call before each step that commits or deletes: a holder that
+   * was paused (a suspended VM, Ctrl-Z, a hung mount) for longer than others'
+   * staleness threshold has been taken over, and the new holder may already
+   * have removed this one's data as leftovers.
+   */
+  check(): Promise<void>;
+  /** Throws LockLostError when the lease refresh has found the lock lost (no request). */
+  throwIfLost(): void;
+  /**
+   * How long ago this lock was taken: writes begun before then are not this
+   * holder's, nor those of a holder that took it over later, so only they
+   * may be cleaned up as abandoned.
+   */
+  heldForMs(): number;
   /** Records in the lock the points this holder (a prune) removes, before it removes any. */
   announce(removing: readonly string[]): Promise<void>;
+  /** Removes the lock, if it is still this holder's. */
   release(): Promise<void>;
 }
 
@@ -184,48 +205,127 @@ export async function whileHoldingLock<T>(storage: Storage, command: string, opt
 /** One attempt: the lock taken (a stale holder's taken over), or the live holder that has it. */
 async function tryLock(storage: Storage, command: string, leaseMs: number, options: StalenessOptions): Promise<{ held: HeldLock } | { busy: LockStatus }> {
   const now = new Date().toISOString();
-  const info: LockInfo = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs };
-  let tookOver: LockStatus | undefined;
-  if (!(await storage.putDocument(keys.lock, encodeLock(info), { ifAbsent: true }))) {
-    const holder = await readLock(storage, options);
-    if (holder && !holder.stale) return { busy: holder };
-    // Released between the two calls: the next attempt takes it.
-    if (!holder) return tryLock(storage, command, leaseMs, options);
-    tookOver = holder;
-    await storage.delete([keys.lock]);
-    if (!(await storage.putDocument(keys.lock, encodeLock(info), { ifAbsent: true }))) {
-      const winner = await readLock(storage);
-      if (winner && !winner.stale) return { busy: winner };
-      throw new LockedError(`the repository was locked by another process while taking over a stale lock`);
-    }
-  }
-  const lease = keepRefreshed(storage, keys.lock, info);
-  return {
-    held: {
-      info,
-      tookOver,
-      async announce(removing) {
-        info.removing = [...removing];
-        await storage.putDocument(keys.lock, encodeLock(info));
-      },
-      async release() {
-        await lease.stop();
-        try {
-          const current = await readLock(storage);
-          if (current && current.info.pid === info.pid && current.info.host === info.host && current.info.startedAt === info.startedAt) {
-            await storage.delete([keys.lock]);
-          }
-        } catch (err) {
-          throw new LockedError(`could not release the repository lock: ${errorMessage(err)}`);
-        }
-      },
-    },
-  };
+  const info: LockInfo = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs, token: randomBytes(16).toString('hex') };
+  const written = encodeLock(info);
+  if (await storage.putDocument(keys.lock, written, { ifAbsent: true })) return { held: holdLock(storage, info, written) };
+  const holder = await readStoredLock(storage, options);
+  // Released between the two calls: the next attempt takes it.
+  if (!holder) return tryLock(storage, command, leaseMs, options);
+  const status: LockStatus = { info: holder.info, stale: holder.stale, reason: holder.reason };
+  if (!holder.stale) return { busy: status };
+  // Replaced only while it is still the stale lock judged: of two processes taking it over at once, one does.
+  if (await storage.putDocument(keys.lock, written, { ifMatch: holder.raw })) return { held: holdLock(storage, info, written, status) };
+  const winner = await readLock(storage);
+  if (!winner) return tryLock(storage, command, leaseMs, options);
+  if (!winner.stale) return { busy: winner };
+  throw new LockedError(`the repository was locked by another process while taking over a stale lock`);
 }
 
 const encodeLock = (info: LockInfo) => Buffer.from(JSON.stringify(info));
 
-/** Rewrites a held lock's document as its lease runs, until stopped. */
+/** How often a rewrite of the lock is tried again when the lock holds this holder's token but not the bytes it last wrote. */
+const REWRITE_ATTEMPTS = 3;
+
+/**
+ * The lock this process holds. Its lease is refreshed until it is released,
+ * and every rewrite replaces only the bytes this holder last wrote, so a lock
+ * another process took over (or `unlock --force` removed) is never written
+ * back: the holder finds it lost, and check() says so.
+ */
+function holdLock(storage: Storage, info: LockInfo, written: Buffer, tookOver?: LockStatus): HeldLock {
+  let stored = written;
+  let refreshedAt = info.refreshedAt;
+  let lost: LockLostError | undefined;
+  let writes: Promise<unknown> = Promise.resolve();
+  let timer: NodeJS.Timeout | undefined;
+  let released = false;
+  const loseTo = (holder: LockInfo | undefined): LockLostError => {
+    clearInterval(timer);
+    lost ??= lockLost(info.command, refreshedAt, holder);
+    return lost;
+  };
+  /**
+   * Runs the rewrites and looks at the lock one at a time: a look during a
+   * rewrite could find the lock away for the instant a local repository moves it aside.
+   */
+  const inTurn = <T>(step: () => Promise<T>): Promise<T> => {
+    const run = writes.then(step);
+    writes = run.catch(() => undefined);
+    return run;
+  };
+  /** Rewrites the lock with `change` over what this holder last wrote. */
+  const rewrite = (change: (info: LockInfo) => void): Promise<void> =>
+    inTurn(async () => {
+      if (lost) throw lost;
+      // A refresh that was due as the lock was released: there is nothing to refresh.
+      if (released) return;
+      change(info);
+      const next = encodeLock(info);
+      for (let attempt = 1; ; attempt++) {
+        if (await storage.putDocument(keys.lock, next, { ifMatch: stored })) {
+          stored = next;
+          refreshedAt = info.refreshedAt;
+          return;
+        }
+        // Not the bytes last written: another process's lock, or a write of ours that went through although it failed.
+        const current = await readStoredLock(storage);
+        if (!current || current.info.token !== info.token) throw loseTo(current?.info);
+        if (attempt >= REWRITE_ATTEMPTS) throw new RuntimeFailure('the repository lock keeps changing under its holder');
+        stored = current.raw;
+      }
+    });
+  timer = setInterval(() => {
+    // A refresh that fails is tried again at the next one; one that finds the lock lost stops them.
+    rewrite((i) => {
+      i.refreshedAt = new Date().toISOString();
+    }).catch(() => undefined);
+  }, refreshInterval(info.leaseMs));
+  timer.unref();
+  return {
+    info,
+    tookOver,
+    check: () =>
+      inTurn(async () => {
+        if (lost) throw lost;
+        const current = await readStoredLock(storage);
+        if (!current || current.info.token !== info.token) throw loseTo(current?.info);
+      }),
+    throwIfLost() {
+      if (lost) throw lost;
+    },
+    heldForMs: () => Math.max(0, Date.now() - Date.parse(info.startedAt)),
+    async announce(removing) {
+      await rewrite((i) => {
+        i.removing = [...removing];
+      });
+    },
+    release: () => {
+      clearInterval(timer);
+      released = true;
+      return inTurn(async () => {
+        if (lost) return;
+        try {
+          // Compared, then deleted: a takeover in the instant between the two loses its lock, and finds that at its next check.
+          const current = await readStoredLock(storage);
+          if (current?.info.token === info.token) await storage.delete([keys.lock]);
+        } catch (err) {
+          throw new LockedError(`could not release the repository lock: ${errorMessage(err)}`);
+        }
+      });
+    },
+  };
+}
+
+function lockLost(command: string, refreshedAt: string, holder: LockInfo | undefined): LockLostError {
+  const how = holder
+    ? `${describeLock(holder)} took it over, this process having last refreshed its lease at ${refreshedAt}`
+    : 'it was removed (by `lifeboat unlock --force`, or by a process that took it over and has finished since)';
+  return new LockLostError(`this ${command} lost the repository lock: ${how}`, {
+    hint: 'it stopped before changing anything more; run it again. A process paused (a suspended VM, Ctrl-Z, a hung mount) for longer than lock.staleAfter is taken over by the next writer: raise lock.staleAfter (--lock-stale-after) where pauses that long are expected',
+  });
+}
+
+/** Rewrites a reader's registration as its lease runs, until stopped. */
 function keepRefreshed(storage: Storage, key: string, info: LockInfo): { stop(): Promise<void> } {
   let refreshing: Promise<unknown> = Promise.resolve();
   const timer = setInterval(() => {

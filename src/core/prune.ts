@@ -108,26 +108,34 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
     // Readers of the points kept (and of what they depend on, kept with them) need not wait for this prune.
     await lock?.announce(plan.remove.map((d) => d.id));
 
+    // Before each deletion, a look that the lock is still this prune's: one paused (a suspended VM, a hung mount) for
+    // longer than others' staleness threshold has been taken over, and a backup may now build on what it planned to remove.
+    const stillHeld = async () => {
+      throwIfAborted(options.signal);
+      await lock?.check();
+    };
     const total = plan.manifests.length + plan.summaries.length + plan.data.length;
     const progress = { phase: 'verify' as const, filesDone: 0, filesTotal: total, bytesDone: 0, bytesTotal: plan.bytes };
     for (const key of plan.manifests) {
-      throwIfAborted(options.signal);
+      await stillHeld();
       await repo.storage.delete([key]);
       progress.filesDone++;
       reporter.progress?.(progressAt(progress, key));
     }
+    await stillHeld();
     // A summary left without its manifest is ignored, and removed by the next prune.
     if (plan.summaries.length > 0) await repo.storage.delete(plan.summaries);
     await repo.recordDeployments({ names: plan.deployments });
     progress.filesDone += plan.summaries.length;
     for (let i = 0; i < plan.data.length; i += DELETE_BATCH) {
-      throwIfAborted(options.signal);
+      await stillHeld();
       const batch = plan.data.slice(i, i + DELETE_BATCH);
       await repo.storage.delete(batch.map((d) => d.key));
       progress.filesDone += batch.length;
       progress.bytesDone += batch.reduce((n, d) => n + d.size, 0);
       reporter.progress?.(progressAt(progress, batch[batch.length - 1]!.key));
     }
+    await stillHeld();
     await removeUnfinishedWrites(repo, reporter);
     const durationMs = Date.now() - started;
     await appendEvent(repo.storage, {

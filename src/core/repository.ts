@@ -279,10 +279,15 @@ export class Repository {
     await this.storage.putDocument(keys.summary(manifest.id), encodeDocument(summarize(manifest)));
   }
 
-  /** Stores the point's summary, then commits its manifest: the manifest makes the point exist. */
-  async commitManifest(manifest: Manifest): Promise<void> {
+  /**
+   * Stores the point's summary, then commits its manifest: the manifest makes
+   * the point exist. `beforeVisible` runs once the manifest is stored, just
+   * before it becomes visible (the backup checks it still holds the lock); when
+   * it throws, the point is not committed.
+   */
+  async commitManifest(manifest: Manifest, options: { beforeVisible?: () => Promise<void> } = {}): Promise<void> {
     await this.writeSummary(manifest);
-    const ok = await this.storage.putDocument(keys.point(manifest.id), encodeDocument(manifest), { ifAbsent: true });
+    const ok = await this.storage.putDocument(keys.point(manifest.id), encodeDocument(manifest), { ifAbsent: true, beforeVisible: options.beforeVisible });
     if (!ok) throw new IntegrityError(`backup point ${manifest.id} already exists`);
     this.manifests.set(manifest.id, manifest);
   }

@@ -1,0 +1,193 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { LockLostError, acquireLock } from '../src/core/lock.js';
+import { prune } from '../src/core/prune.js';
+import { Repository } from '../src/core/repository.js';
+import { LocalStorage } from '../src/storage/local.js';
+import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
+import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
+
+interface Bed {
+  work: string;
+  repo: string;
+  big: string;
+  small: string;
+  lockFile: string;
+}
+
+/** A repository of small volumes (a point's data/<id>/ appears early), a source that takes a while to store, and a small one. */
+async function bed(t: { after(fn: () => Promise<void>): void }): Promise<Bed> {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const big = path.join(work, 'big');
+  const small = path.join(work, 'small');
+  await fsp.mkdir(big);
+  await fsp.mkdir(small);
+  const rand = prng(11);
+  for (let i = 0; i < 4; i++) await writeRandomFile(path.join(big, `shard-${i}.bin`), 24 << 20, rand);
+  await fsp.writeFile(path.join(small, 'config.json'), '{"hidden": 64}');
+  const repo = path.join(work, 'repo');
+  await Repository.init(new LocalStorage(repo), { volumeSize: 1 << 20 });
+  return { work, repo, big, small, lockFile: path.join(repo, 'locks', 'lock.json') };
+}
+
+async function waitFor(what: string, cond: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > until) assert.fail(`timed out waiting until ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** The points whose volumes are in the repository, committed or not. */
+async function dataDirs(repo: string): Promise<string[]> {
+  const dirs = await fsp.readdir(path.join(repo, 'data')).catch(() => [] as string[]);
+  const holding = await Promise.all(dirs.map(async (d) => (await fsp.readdir(path.join(repo, 'data', d)).catch(() => [])).length > 0));
+  return dirs.filter((_, i) => holding[i]);
+}
+const readLockFile = async (b: Bed) => JSON.parse(await fsp.readFile(b.lockFile, 'utf8')) as { token?: string; pid: number; refreshedAt: string };
+
+/** A backup child with its output collected, and its exit. */
+function startBackup(b: Bed, source: string, extra: string[] = []): { child: ChildProcess; exited: Promise<{ code: number | null; stdout: string; stderr: string }> } {
+  const child = spawnLifeboat(['--repo', b.repo, 'backup', '--source', `m=${source}`, '--type', 'full', ...extra]);
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  child.stdout!.on('data', (c: Buffer) => out.push(c));
+  child.stderr!.on('data', (c: Buffer) => err.push(c));
+  const exited = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) =>
+    child.on('close', (code) => resolve({ code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() })),
+  );
+  return { child, exited };
+}
+
+/** Starts a backup of the big source and stops it (SIGSTOP) once its first volumes are stored: it holds the lock, uncommitted. */
+async function pausedBackup(b: Bed, t: { after(fn: () => void): void }) {
+  const a = startBackup(b, b.big);
+  t.after(() => {
+    a.child.kill('SIGCONT');
+    a.child.kill('SIGKILL');
+  });
+  let id = '';
+  await waitFor('the backup has stored a volume', async () => {
+    id = (await dataDirs(b.repo))[0] ?? '';
+    return id !== '';
+  });
+  a.child.kill('SIGSTOP');
+  const points = await fsp.readdir(path.join(b.repo, 'points')).catch(() => [] as string[]);
+  assert.deepEqual(points, [], 'the backup was stopped before it committed (make its source larger if this fails)');
+  return { ...a, id, token: (await readLockFile(b)).token };
+}
+
+async function pointIds(repo: string): Promise<string[]> {
+  return (await lifeboat(['--repo', repo, '--json', 'list'])).json().map((p: { id: string }) => p.id);
+}
+
+test('a backup paused past the staleness threshold, whose lock another backup took over, commits nothing and exits 4', { timeout: 60_000 }, async (t) => {
+  const b = await bed(t);
+  const a = await pausedBackup(b, t);
+  // As if the pause had lasted ten minutes: the lease was last refreshed then (a live process on this host is only ever stale by its lease).
+  const held = await readLockFile(b);
+  await fsp.writeFile(b.lockFile, JSON.stringify({ ...held, refreshedAt: new Date(Date.now() - 600_000).toISOString() }));
+
+  const other = await runChild(['--repo', b.repo, 'backup', '--source', `m=${b.small}`, '--type', 'full', '--lock-stale-after', '2m']);
+  assert.equal(other.code, 0, other.stderr);
+  assert.match(other.stderr, /took over a stale lock of backup on .*pid /);
+  assert.match(other.stderr, new RegExp(`left by an aborted backup under data/${a.id}/`), 'the new holder removed the paused backup\'s volumes');
+  const [taken] = await pointIds(b.repo);
+
+  a.child.kill('SIGCONT');
+  const paused = await a.exited;
+  assert.equal(paused.code, 4, `the paused backup fails once it resumes: ${paused.stderr}`);
+  assert.match(paused.stderr, /this backup lost the repository lock/);
+  assert.doesNotMatch(paused.stderr + paused.stdout, /took .* backup/);
+  assert.deepEqual(await pointIds(b.repo), [taken], 'only the new holder\'s point is committed');
+  const verify = await lifeboat(['--repo', b.repo, '--json', 'verify']);
+  assert.equal(verify.code, 0, verify.stdout);
+  assert.deepEqual(await dataDirs(b.repo), [taken], 'the paused backup removed its own volumes, and only those');
+});
+
+test('a backup paused while `unlock --force` removed its lock neither commits nor disturbs the next holder when it resumes', { timeout: 60_000 }, async (t) => {
+  const b = await bed(t);
+  // Many small files: the backup scans them for a while after it took the lock, and writes nothing meanwhile.
+  const many = path.join(b.work, 'many');
+  await fsp.mkdir(many);
+  for (let i = 0; i < 3000; i++) await fsp.writeFile(path.join(many, `f${i}.txt`), `file ${i}\n`);
+  const a = startBackup(b, many);
+  t.after(() => {
+    a.child.kill('SIGCONT');
+    a.child.kill('SIGKILL');
+  });
+  await waitFor('the backup holds the lock', async () => (await readLockFile(b).catch(() => undefined))?.pid === a.child.pid);
+  a.child.kill('SIGSTOP');
+  assert.deepEqual(await dataDirs(b.repo), [], 'the backup was stopped before it stored anything');
+  const unlocked = await runChild(['--repo', b.repo, 'unlock', '--force']);
+  assert.equal(unlocked.code, 0, unlocked.stderr);
+
+  const next = startBackup(b, b.big);
+  t.after(() => next.child.kill('SIGKILL'));
+  await waitFor('the next backup holds the lock and stores its volumes', async () => (await readLockFile(b).catch(() => undefined))?.pid === next.child.pid && (await dataDirs(b.repo)).length > 0);
+  // Resumed while the other runs: it must neither commit nor write the other's lock back as its own.
+  a.child.kill('SIGCONT');
+  const paused = await a.exited;
+  assert.equal(paused.code, 4, `the resumed backup stops: ${paused.stderr}`);
+  // Taken over by the running backup, or removed, when that one has finished before the resumed one looked.
+  assert.match(paused.stderr, /this backup lost the repository lock: (backup on .* took it over|it was removed)/);
+  assert.notEqual((await readLockFile(b).catch(() => undefined))?.pid, a.child.pid, 'the resumed backup did not write its lock back');
+  const done = await next.exited;
+  assert.equal(done.code, 0, done.stderr);
+  const ids = await pointIds(b.repo);
+  assert.equal(ids.length, 1, 'only the next holder committed a point');
+  assert.deepEqual(await dataDirs(b.repo), ids);
+  const verify = await lifeboat(['--repo', b.repo, '--json', 'verify', '--read-data']);
+  assert.equal(verify.code, 0, verify.stdout);
+  await assert.rejects(fsp.access(b.lockFile), 'the lock is released');
+});
+
+test('the lease refresh never writes back a lock another process took over, and the holder finds it lost', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const storage = new LocalStorage(work);
+  // A lease of 3 s is refreshed every second.
+  const held = await acquireLock(storage, 'backup', 3000);
+  t.after(() => held.release());
+  const lockFile = path.join(work, 'locks', 'lock.json');
+  const other = { host: 'batch-node-7', pid: 4242, command: 'backup', startedAt: new Date().toISOString(), refreshedAt: new Date().toISOString(), leaseMs: 1_800_000, token: 'f'.repeat(32) };
+  await fsp.writeFile(lockFile, JSON.stringify(other));
+  await new Promise((r) => setTimeout(r, 2500));
+  assert.deepEqual(JSON.parse(await fsp.readFile(lockFile, 'utf8')), other, 'the other holder\'s lock is left as it is');
+  assert.throws(() => held.throwIfLost(), LockLostError);
+  await assert.rejects(held.check(), (err: Error) => err instanceof LockLostError && /backup on batch-node-7, pid 4242, since .* took it over/.test(err.message));
+  await assert.rejects(held.announce(['x']), LockLostError);
+  await held.release();
+  assert.deepEqual(JSON.parse(await fsp.readFile(lockFile, 'utf8')), other, 'release leaves the other holder\'s lock');
+});
+
+test('a prune whose lock is taken over before it deletes deletes nothing and exits 4', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'src');
+  await fsp.mkdir(src);
+  await fsp.writeFile(path.join(src, 'a.bin'), 'a');
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  for (let i = 0; i < 3; i++) assert.equal((await lifeboat(['--repo', repo, 'backup', src, '--type', 'full'])).code, 0);
+  const before = await pointIds(repo);
+  const storage = new LocalStorage(repo);
+  const other = { host: os.hostname(), pid: process.pid, command: 'backup', startedAt: new Date().toISOString(), refreshedAt: new Date().toISOString(), leaseMs: 1_800_000, token: 'e'.repeat(32) };
+  // The prune looks up pins once it holds the lock; a takeover lands right then (as after a long pause there).
+  const run = prune(await Repository.open(storage), {
+    policy: { keepFull: 1 },
+    findProtected: async () => {
+      await fsp.writeFile(path.join(repo, 'locks', 'lock.json'), JSON.stringify(other));
+      return new Map();
+    },
+  });
+  await assert.rejects(run, (err: LockLostError) => err instanceof LockLostError && err.exitCode === 4);
+  assert.deepEqual(await pointIds(repo), before, 'no point was removed');
+  assert.equal(JSON.parse(await fsp.readFile(path.join(repo, 'locks', 'lock.json'), 'utf8')).token, other.token);
+  assert.equal((await lifeboat(['--repo', repo, 'verify'])).code, 0);
+});
