@@ -4,7 +4,7 @@ import type { ChildProcess } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { LockLostError, acquireLock } from '../src/core/lock.js';
+import { LockLostError, acquireLock, readStoredLock, removeLock } from '../src/core/lock.js';
 import { prune } from '../src/core/prune.js';
 import { Repository } from '../src/core/repository.js';
 import { LocalStorage } from '../src/storage/local.js';
@@ -190,4 +190,27 @@ test('a prune whose lock is taken over before it deletes deletes nothing and exi
   assert.deepEqual(await pointIds(repo), before, 'no point was removed');
   assert.equal(JSON.parse(await fsp.readFile(path.join(repo, 'locks', 'lock.json'), 'utf8')).token, other.token);
   assert.equal((await lifeboat(['--repo', repo, 'verify'])).code, 0);
+});
+
+test('unlock removes only the lock it judged: one taken over since stays with its new holder', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const storage = new LocalStorage(work);
+  const lockFile = path.join(work, 'locks', 'lock.json');
+  await fsp.mkdir(path.dirname(lockFile));
+  const stale = { host: 'batch-node-7', pid: 4242, command: 'backup', startedAt: new Date(0).toISOString(), refreshedAt: new Date(0).toISOString(), leaseMs: 1_800_000 };
+  await fsp.writeFile(lockFile, JSON.stringify(stale));
+  const judged = (await readStoredLock(storage))!;
+  assert.equal(judged.stale, true);
+  // Taken over between unlock's look and its removal.
+  const taker = await acquireLock(storage, 'backup');
+  t.after(() => taker.release());
+  assert.ok(taker.tookOver);
+  assert.equal(await removeLock(storage, judged), false);
+  await taker.check();
+  await taker.release();
+  await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+  await fsp.writeFile(lockFile, JSON.stringify(stale));
+  assert.equal(await removeLock(storage, (await readStoredLock(storage))!), true);
+  await assert.rejects(fsp.access(lockFile));
 });

@@ -209,7 +209,7 @@ export async function unlockStorage(storage: Storage, password: PasswordSource):
 }
 
 /** Removes a key file; refuses the key in use and the last key. */
-export async function removeKey(storage: Storage, current: string, selector: string): Promise<string> {
+export async function removeKey(storage: Storage, current: string, selector: string, beforeRemoving: () => Promise<void> = async () => undefined): Promise<string> {
   const { keys } = await readKeys(storage);
   const matches = keys.filter((k) => k.id.startsWith(selector));
   if (matches.length === 0) throw new UsageError(`no key matches ${JSON.stringify(selector)}`, { hint: 'see `lifeboat key list`' });
@@ -221,6 +221,7 @@ export async function removeKey(storage: Storage, current: string, selector: str
     });
   }
   if (keys.length <= 1) throw new UsageError('refusing to remove the last key of the repository');
+  await beforeRemoving();
   await storage.delete([keyObject(target.id)]);
   return target.id;
 }

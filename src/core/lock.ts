@@ -101,6 +101,20 @@ export async function readStoredLock(storage: Storage, options: StalenessOptions
   return { info, stale: reason !== undefined, reason, raw };
 }
 
+/**
+ * Removes the lock `judged` (`unlock`), unless another process has replaced
+ * it since it was read: a stale lock taken over meanwhile stays with its new
+ * holder. Returns whether it was removed. The document is compared, then
+ * deleted: a replacement in the instant between the two is not seen, and its
+ * holder then finds its lock gone at its next check and stops.
+ */
+export async function removeLock(storage: Storage, judged: StoredLock): Promise<boolean> {
+  const now = await readStoredLock(storage);
+  if (!now || !now.raw.equals(judged.raw)) return false;
+  await storage.delete([keys.lock]);
+  return true;
+}
+
 /** The repository lock was taken over by another process, or removed by `unlock --force`, while this one held it. */
 export class LockLostError extends LockedError {}
 

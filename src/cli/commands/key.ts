@@ -57,7 +57,8 @@ async function runKeyRemove(ctx: CliContext, selector: string): Promise<void> {
   await withKey(ctx, async (storage, key) => {
     const lock = await acquireLock(storage, 'key remove');
     try {
-      const id = await removeKey(storage, key.keyId, selector);
+      // A removal that lost its lock while paused deletes nothing: another removal meanwhile may have left this key the last.
+      const id = await removeKey(storage, key.keyId, selector, () => lock.check());
       printResult(ctx, { removed: id }, () => `removed key ${id}`);
     } finally {
       await lock.release();
@@ -72,6 +73,7 @@ async function runKeyPasswd(ctx: CliContext, options: NewPasswordOptions): Promi
     try {
       // The new key is stored before the old one goes, so a failure in between leaves both passwords working.
       const id = await addKey(storage, config.id, key.dataKey, password, key.kdf);
+      await lock.check();
       await storage.delete([keyObject(key.keyId)]);
       printResult(ctx, { id, removed: key.keyId }, () => `changed the password: key ${id} replaces key ${key.keyId}`);
     } finally {

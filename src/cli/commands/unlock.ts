@@ -1,7 +1,6 @@
 import type { Command } from 'commander';
 import { LockedError } from '../../errors.js';
-import { describeLock, readLock, readersOf } from '../../core/lock.js';
-import { keys } from '../../format/manifest.js';
+import { describeLock, readLock, readStoredLock, readersOf, removeLock } from '../../core/lock.js';
 import { openRepository, type CliContext } from '../context.js';
 import { printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
@@ -16,7 +15,7 @@ export async function runUnlock(ctx: CliContext, flags: { force?: boolean; lockS
     const goneReaders = flags.force ? [...readers.stale, ...readers.live.map((r) => r.key)] : readers.stale;
     if (goneReaders.length > 0) await repo.storage.delete(goneReaders);
     const readersNote = goneReaders.length > 0 ? `; removed ${goneReaders.length} reader registration(s)` : '';
-    const status = await readLock(repo.storage, staleness);
+    const status = await readStoredLock(repo.storage, staleness);
     if (!status) {
       printResult(ctx, { removed: false, lock: null, readersRemoved: goneReaders.length }, () => `the repository is not locked${readersNote}`);
       return;
@@ -24,7 +23,13 @@ export async function runUnlock(ctx: CliContext, flags: { force?: boolean; lockS
     if (!status.stale && !flags.force) {
       throw new LockedError(`the lock is held by a live process: ${describeLock(status.info)}`, { hint: 'it will be released when that process ends; --force removes it anyway' });
     }
-    await repo.storage.delete([keys.lock]);
+    // Removed only if it is still the lock judged: one taken over meanwhile stays with its new holder.
+    if (!(await removeLock(repo.storage, status))) {
+      const now = await readLock(repo.storage, staleness);
+      throw new LockedError(`the lock changed while it was looked at${now ? `: it is now held by ${describeLock(now.info)}` : ''}; nothing was removed`, {
+        hint: 'run `lifeboat unlock` again to judge the new holder',
+      });
+    }
     printResult(ctx, { removed: true, lock: status.info, stale: status.stale, reason: status.reason ?? null, readersRemoved: goneReaders.length }, () =>
       `removed ${status.stale ? 'stale' : 'live (forced)'} lock of ${describeLock(status.info)}${status.reason ? `: ${status.reason}` : ''}${readersNote}`,
     );
