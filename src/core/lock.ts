@@ -132,12 +132,6 @@ export interface HeldLock {
   check(): Promise<void>;
   /** Throws LockLostError when the lease refresh has found the lock lost (no request). */
   throwIfLost(): void;
-  /**
-   * How long ago this lock was taken: writes begun before then are not this
-   * holder's, nor those of a holder that took it over later, so only they
-   * may be cleaned up as abandoned.
-   */
-  heldForMs(): number;
   /** Records in the lock the points this holder (a prune) removes, before it removes any. */
   announce(removing: readonly string[]): Promise<void>;
   /** Removes the lock, if it is still this holder's. */
@@ -307,7 +301,6 @@ function holdLock(storage: Storage, info: LockInfo, written: Buffer, tookOver?: 
     throwIfLost() {
       if (lost) throw lost;
     },
-    heldForMs: () => Math.max(0, Date.now() - Date.parse(info.startedAt)),
     async announce(removing) {
       await rewrite((i) => {
         i.removing = [...removing];
