@@ -304,16 +304,26 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     const from = await readActive(spec.active);
     const fromPoint = slotPoint(spec.slots, from) ?? null;
     const reused = await isDirectory(slot);
-    // Room for the new slot within the policy: the slots a success would remove are removed first, so
-    // the disk needs to hold keepSlots slots, not one more.
-    const madeRoom = reused || spec.keepSlots === undefined ? [] : await pruneSlots(run, from, (await readTargetState(spec.slots)).previous, Math.max(0, spec.keepSlots - 1));
     for (const name of await removeOtherStaging(slot)) note(run, 'staging-removed', `removed ${name}, left by an interrupted failover to another point`);
     note(run, reused ? 'slot-check' : 'slot-restore', reused ? `checking slot ${slot} file by file` : `restoring ${manifest.id} into ${slot}`);
     // The server loads the slot right after the switch: the weights are left in memory for it.
-    const r = await restore(repo, manifest, { target: slot, delta: reused, concurrency: options.concurrency, pageCache: true, signal: options.signal, reporter: options.reporter }).catch((err: unknown) => {
-      if (!(err instanceof NotEnoughSpace)) throw err;
+    const restoreSlot = () => restore(repo, manifest, { target: slot, delta: reused, concurrency: options.concurrency, pageCache: true, signal: options.signal, reporter: options.reporter });
+    const explained = (err: unknown): unknown => {
+      if (!(err instanceof NotEnoughSpace)) return err;
       const kept = spec.keepSlots === undefined ? 'set keepSlots to have old slots removed' : `keepSlots (${spec.keepSlots}) never removes the active slot or the previous one, kept for a rollback`;
-      throw new NotEnoughSpace(err.message, `free space on the file system of ${spec.slots} (lifeboat status lists the slots; ${kept})`);
+      return new NotEnoughSpace(err.message, `free space on the file system of ${spec.slots} (lifeboat status lists the slots; ${kept})`);
+    };
+    // Old slots stay until the new one is healthy, unless the disk cannot hold one more: then the slots a
+    // success would remove make room first (a refused restore has written nothing), so the disk needs
+    // room for keepSlots slots, not one more.
+    let madeRoom: string[] = [];
+    const r = await restoreSlot().catch(async (err: unknown) => {
+      if (!(err instanceof NotEnoughSpace) || reused || spec.keepSlots === undefined) throw explained(err);
+      madeRoom = await pruneSlots(run, from, (await readTargetState(spec.slots)).previous, Math.max(0, spec.keepSlots - 1));
+      if (madeRoom.length === 0) throw explained(err);
+      return restoreSlot().catch((again: unknown) => {
+        throw explained(again);
+      });
     });
     const changed = (r.rewritten ?? 0) + (r.removed ?? 0);
     if (reused) note(run, 'slot-reused', changed ? `slot ${slot} repaired: ${r.rewritten} rewritten, ${r.removed} removed` : `slot ${slot} holds ${manifest.id} intact`);
