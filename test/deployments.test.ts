@@ -230,3 +230,40 @@ test('deployments.json spares latest from reading every point when the repositor
   assert.equal(onlyB.json().deployment, 'b');
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test('verify finds a deployments.json that lacks a deployment with points, and writes it again with it', async () => {
+  const { work, repo, backup } = await sharedRepository();
+  await backup('a');
+  const b1 = await backup('b');
+  const record = path.join(repo, 'deployments.json');
+  const names = async () => JSON.parse(await fsp.readFile(record, 'utf8')).names;
+  const verify = () => lifeboat(['--repo', repo, '--json', 'verify']);
+  const ambiguousLatest = async () => (await lifeboat(['--repo', repo, '--json', 'show', 'latest'])).code === 2;
+  assert.ok(await ambiguousLatest());
+
+  // As a lifeboat older than b's backups leaves it: one name, so latest would take b's point for the only deployment's.
+  await fsp.writeFile(record, encodeDocument({ format: 1, names: ['a'] }));
+  assert.ok(!(await ambiguousLatest()));
+  const lacking = await verify();
+  assert.equal(lacking.code, 3, lacking.stderr);
+  const found = lacking.json().problems;
+  assert.equal(found.length, 1, JSON.stringify(found));
+  assert.equal(found[0].kind, 'deployments-record');
+  assert.equal(found[0].point, b1.id);
+  assert.match(found[0].detail, /does not name deployment b, which has points.*written again with them/);
+  assert.deepEqual(await names(), ['a', 'b']);
+  assert.ok(await ambiguousLatest());
+  assert.equal((await verify()).code, 0);
+
+  // Damaged: reported and written again from the points.
+  await fsp.writeFile(record, '{"format":1,"names":["a"');
+  const damaged = await verify();
+  assert.equal(damaged.code, 3, damaged.stderr);
+  assert.match(damaged.json().problems[0].detail, /it is damaged .*deployments a, b have points/);
+  assert.deepEqual(await names(), ['a', 'b']);
+
+  // Missing (a repository written before the record) is not a problem: the next backup makes it.
+  await fsp.rm(record);
+  assert.equal((await verify()).code, 0);
+  await fsp.rm(work, { recursive: true, force: true });
+});

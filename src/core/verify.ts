@@ -1,7 +1,9 @@
 import { createHash } from 'node:crypto';
 import { isDeepStrictEqual } from 'node:util';
 import { IntegrityError, errorMessage, throwIfAborted } from '../errors.js';
-import { keys, recordedChecksum, summarize, summaryIdOf, volumeEntryName, type Manifest, type ManifestEntry, type VolumeRecord } from '../format/manifest.js';
+import { decodeDocument } from '../format/document.js';
+import { isNotFound } from '../storage/storage.js';
+import { deploymentOf, deploymentsSchema, keys, recordedChecksum, summarize, summaryIdOf, volumeEntryName, type Manifest, type ManifestEntry, type VolumeRecord } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { readVolume } from '../format/tar.js';
 import { type Notice, type Progress, type Reporter, progressAt } from './events.js';
@@ -25,7 +27,8 @@ export type ProblemKind =
   | 'unsafe-entry'
   | 'model-invalid'
   | 'restore-failed'
-  | 'volume-archived';
+  | 'volume-archived'
+  | 'deployments-record';
 
 export interface Problem {
   point: string;
@@ -158,6 +161,8 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
   };
   const ahead: Promise<Manifest | undefined>[] = [];
   let queued = 0;
+  /** Each deployment's newest checked point (ids come oldest first). */
+  const newestOfDeployment = new Map<string, string>();
   for (const id of selected) {
     while (queued < selected.length && ahead.length < MANIFESTS_AHEAD) {
       const loading = loadChecked(selected[queued++]!);
@@ -168,6 +173,7 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
     throwIfAborted(options.signal);
     if (!m) continue;
     volumesOf.set(id, m.volumes);
+    newestOfDeployment.set(deploymentOf(m), id);
     result.backups++;
     result.files += m.stats.files;
     try {
@@ -267,6 +273,8 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
   }
 
   if (!options.point) {
+    const unrecorded = await deploymentsRecordProblem(repo, newestOfDeployment);
+    if (unrecorded) problems.push(unrecorded);
     const summaries = await repo.orphanSummaries(known);
     const data = await repo.orphanDataPrefixes(known);
     // Read after the listings: a backup that started while they ran holds the lock by now.
@@ -307,6 +315,40 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
   }
   result.ok = problems.length === 0;
   return result;
+}
+
+/**
+ * Checks that `deployments.json` names every deployment with points: one it
+ * lacks (written by a lifeboat that predates the record, or damaged) lets
+ * `latest` without a deployment pick the newest point of another deployment.
+ * A lacking record is written again with the names added; a missing one is
+ * left for the next backup to make (until then `latest` reads every summary).
+ */
+async function deploymentsRecordProblem(repo: Repository, newestOfDeployment: ReadonlyMap<string, string>): Promise<Problem | undefined> {
+  if (newestOfDeployment.size === 0) return undefined;
+  let recorded: readonly string[] = [];
+  let damaged: string | undefined;
+  try {
+    recorded = decodeDocument(await repo.storage.getDocument(keys.deployments), deploymentsSchema, keys.deployments).names;
+  } catch (err) {
+    if (isNotFound(err)) return undefined;
+    if (!(err instanceof IntegrityError)) throw err;
+    damaged = errorMessage(err);
+  }
+  const lacking = [...newestOfDeployment.keys()].filter((d) => !recorded.includes(d));
+  if (lacking.length === 0) return undefined;
+  // Read again just before writing: a backup may have added its deployment meanwhile.
+  const rewritten = await repo.recordDeployments({ names: [...((await repo.recordedDeployments()) ?? []), ...newestOfDeployment.keys()] }).then(
+    () => 'written again with them',
+    (err: unknown) => `it could not be written again: ${errorMessage(err)}`,
+  );
+  const what = damaged ? `it is damaged (${damaged}), and deployments ${lacking.join(', ')} have points` : `it does not name deployment${lacking.length === 1 ? '' : 's'} ${lacking.join(', ')}, which ${lacking.length === 1 ? 'has' : 'have'} points`;
+  return {
+    point: newestOfDeployment.get(lacking[0]!)!,
+    path: keys.deployments,
+    kind: 'deployments-record',
+    detail: `${what}, so \`latest\` without --deployment could select a point of the wrong deployment; ${rewritten}`,
+  };
 }
 
 /** Manifests read ahead of the one being checked. */
