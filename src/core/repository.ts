@@ -8,7 +8,7 @@ import {
   deploymentsOf,
   deploymentsSchema,
   keys,
-  manifestSchema,
+  manifestValidator,
   repositoryConfigSchema,
   summarize,
   summaryIdOf,
@@ -116,7 +116,7 @@ export class Repository {
       if (isNotFound(err)) throw new IntegrityError(`backup point ${id} is missing its manifest ${keys.point(id)}`);
       throw err;
     }
-    const manifest = decodeDocument(raw, manifestSchema, `manifest of ${id}`);
+    const manifest = decodeDocument(raw, manifestValidator(), `manifest of ${id}`);
     if (manifest.id !== id) throw new IntegrityError(`manifest ${keys.point(id)} describes ${manifest.id}, not ${id}`);
     return manifest;
   }

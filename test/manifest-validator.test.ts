@@ -1,0 +1,88 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { lifeboat } from './helpers/cli.js';
+import { prng, seedFromEnv, tempDir } from './helpers/tree.js';
+import { generateDeployment } from '../fixtures/generate.js';
+import { manifestSchema, manifestValidator } from '../src/format/manifest.js';
+
+type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+/** Values that sit on the edges of the manifest's rules: wrong types, bounds, formats. */
+const ODD_VALUES: Json[] = [
+  null, true, false, 0, -1, 1.5, 0o7777, 0o10000, 2 ** 32, 2 ** 53, -(2 ** 53), Number.MAX_SAFE_INTEGER,
+  '', 'x', '..', '/etc/passwd', '12345', '-1', 'a'.repeat(65), 'a'.repeat(4097), '0'.repeat(64), 'g'.repeat(64),
+  '20260101-000000-000F', '20260101-000000-000Z', 'sha256:abc', 'file', 'dir', 'symlink', 'fifo', 'none',
+  'aes-256-gcm', 'full', 'incr', 'safetensors', [], [1], ['x'], {}, { point: '20260101-000000-000F', volume: 0, entry: 0 },
+];
+
+/** Every place in a document: the containers and their keys (or indexes). */
+function places(doc: Json, out: { parent: Json[] | { [key: string]: Json }; key: string | number }[] = []) {
+  if (Array.isArray(doc)) doc.forEach((v, i) => (out.push({ parent: doc, key: i }), places(v, out)));
+  else if (doc !== null && typeof doc === 'object') for (const [k, v] of Object.entries(doc)) out.push({ parent: doc, key: k }), places(v, out);
+  return out;
+}
+
+/** Field names of the manifest that a mutation may add where they do not belong, or twice over. */
+const FIELD_NAMES = ['crc32', 'framingCrc32', 'ref', 'model', 'probe', 'link', 'target', 'sha256', 'format', 'extra'];
+
+/** A place to change: as often the manifest's own fields and its volumes' as its many entries'. */
+function pickPlace(doc: { [key: string]: Json }, rand: () => number) {
+  const region = rand();
+  const pool = region < 0.3 ? places(doc).filter((p) => p.parent === doc) : region < 0.6 ? places(doc.volumes ?? null) : places(doc);
+  return pool.length ? pool[Math.floor(rand() * pool.length)]! : places(doc)[0]!;
+}
+
+function mutate(doc: Json, rand: () => number): Json {
+  const copy = structuredClone(doc) as { [key: string]: Json };
+  const odd = () => ODD_VALUES[Math.floor(rand() * ODD_VALUES.length)]!;
+  for (let n = 1 + Math.floor(rand() * 3); n > 0; n--) {
+    const { parent, key } = pickPlace(copy, rand);
+    const roll = rand();
+    if (roll < 0.2 && !Array.isArray(parent)) delete parent[key as string];
+    else if (roll < 0.35 && !Array.isArray(parent)) parent[FIELD_NAMES[Math.floor(rand() * FIELD_NAMES.length)]!] = rand() < 0.5 ? odd() : rand() * 2 ** 32;
+    else (parent as Record<string | number, Json>)[key] = odd();
+  }
+  return copy;
+}
+
+test('the compiled manifest validator accepts and rejects exactly what the schema does, with the same output', async (t) => {
+  const seed = seedFromEnv();
+  t.diagnostic(`manifest validator: seed ${seed} (replay with LIFEBOAT_TEST_SEED=${seed})`);
+  const rand = prng(seed);
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const deployment = path.join(work, 'deployment');
+  await generateDeployment(deployment, { seed, shards: 2, shardBytes: 64 * 1024, onnxBytes: 16 * 1024, smallFiles: 12 });
+  await fsp.symlink('models', path.join(deployment, 'current'));
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  for (const type of ['full', 'incr']) {
+    if (type === 'incr') await fsp.appendFile(path.join(deployment, 'added.txt'), 'new\n');
+    const run = await lifeboat(['--repo', repo, 'backup', '--type', type, '--source', `deployment=${deployment}`]);
+    assert.equal(run.code, 0, run.stderr);
+  }
+  const manifests: Json[] = [];
+  for (const name of (await fsp.readdir(path.join(repo, 'points'))).sort()) {
+    const { checksum: _checksum, ...body } = JSON.parse(await fsp.readFile(path.join(repo, 'points', name), 'utf8'));
+    manifests.push(body);
+  }
+  const compiled = manifestValidator();
+  let accepted = 0;
+  const trials = 1500;
+  for (let i = 0; i < trials; i++) {
+    const input = i < manifests.length ? manifests[i]! : mutate(manifests[Math.floor(rand() * manifests.length)]!, rand);
+    const fast = compiled.safeParse(structuredClone(input));
+    const plain = manifestSchema.safeParse(structuredClone(input));
+    assert.equal(fast.success, plain.success, `trial ${i}: the compiled validator ${fast.success ? 'accepted' : 'rejected'} what the schema ${plain.success ? 'accepts' : 'rejects'}: ${JSON.stringify(input).slice(0, 400)}`);
+    if (fast.success && plain.success) {
+      assert.deepEqual(fast.data, plain.data, `trial ${i}`);
+      accepted++;
+    } else {
+      assert.deepEqual(fast.error?.issues, plain.error?.issues, `trial ${i}`);
+    }
+  }
+  // Both kinds of input were tried: real manifests pass, and most mutations do not.
+  assert.ok(accepted >= manifests.length && accepted < trials / 2, `${accepted} of ${trials} accepted`);
+});
