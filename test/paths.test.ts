@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { comparePaths } from '../src/format/paths.js';
+import { comparePaths, sortByPath } from '../src/format/paths.js';
 import { seededRandom, testSeed } from './helpers/data.js';
 
 /** The order's definition: each '/' sorts below every other character, so a directory's entries follow it. */
@@ -26,4 +26,20 @@ test('comparePaths orders random paths as its definition does', () => {
   }
   const sorted = ['a-c', 'a/b', 'a', 'a/b/c', 'a.d'].sort(comparePaths);
   assert.deepEqual(sorted, ['a', 'a/b', 'a/b/c', 'a-c', 'a.d']);
+});
+
+test('sortByPath sorts as comparePaths does, and keeps equal paths in their order', () => {
+  const random = seededRandom(testSeed('sortByPath'));
+  const alphabet = ['/', '-', '.', '0', 'a', 'Z', 'é', '😀'];
+  for (let round = 0; round < 200; round++) {
+    const items = Array.from({ length: Math.floor(random() * 60) }, (_, i) => {
+      let p = '';
+      for (let n = 1 + Math.floor(random() * 6); n > 0; n--) p += alphabet[Math.floor(random() * alphabet.length)];
+      return { p, i };
+    });
+    const expected = [...items].sort((a, b) => comparePaths(a.p, b.p));
+    const sorted = sortByPath(items, (x) => x.p);
+    assert.equal(sorted, items, 'sorted in place');
+    assert.deepEqual(sorted, expected);
+  }
 });

@@ -1,5 +1,5 @@
 import type { Manifest, ManifestEntry } from '../format/manifest.js';
-import { comparePaths } from '../format/paths.js';
+import { sortByPath } from '../format/paths.js';
 
 export interface PointDiff {
   added: string[];
@@ -30,8 +30,8 @@ export function diffPoints(from: Manifest, to: Manifest): PointDiff {
     if (what.length) result.changed.push({ path: k, what });
   }
   for (const k of before.keys()) if (!after.has(k)) result.removed.push(k);
-  result.added.sort(comparePaths);
-  result.removed.sort(comparePaths);
-  result.changed.sort((a, b) => comparePaths(a.path, b.path));
+  sortByPath(result.added, (p) => p);
+  sortByPath(result.removed, (p) => p);
+  sortByPath(result.changed, (c) => c.path);
   return result;
 }

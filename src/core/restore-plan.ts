@@ -1,7 +1,7 @@
 import { Minimatch } from 'minimatch';
 import { IntegrityError, UsageError } from '../errors.js';
 import type { Manifest, ManifestEntry, VolumeRecord } from '../format/manifest.js';
-import { assertSafePath, checkSourceName, comparePaths, linkEscapes } from '../format/paths.js';
+import { assertSafePath, checkSourceName, comparePaths, linkEscapes, sortByPath } from '../format/paths.js';
 import { entryKey } from './backup-plan.js';
 import { PathIndex } from './path-index.js';
 import type { Repository } from './repository.js';
@@ -40,7 +40,7 @@ export async function planRestore(
   options: { hardLinks?: boolean; /** Restore only this source, as the target itself. */ asTarget?: string } = {},
 ): Promise<RestorePlan> {
   const { sources, byPath } = checkEntries(manifest);
-  let entries = [...manifest.entries].sort((a, b) => comparePaths(`${a.source}/${a.path}`, `${b.source}/${b.path}`));
+  let entries = sortByPath([...manifest.entries], (e) => `${e.source}/${e.path}`);
   if (include.length > 0) entries = chooseIncluded(manifest, entries, include).entries;
   const only = options.asTarget;
   if (only !== undefined) {
@@ -152,7 +152,7 @@ export function refuseEscapingLinks(manifest: Manifest, byPath: PathIndex<Manife
 /** The sources in which `include` chooses something (every source without patterns); a pattern that matches nothing is an error. */
 export function sourcesIncluded(manifest: Manifest, include: readonly string[]): Set<string> {
   if (include.length === 0) return new Set(manifest.sources.map((s) => s.name));
-  const sorted = [...manifest.entries].sort((a, b) => comparePaths(`${a.source}/${a.path}`, `${b.source}/${b.path}`));
+  const sorted = sortByPath([...manifest.entries], (e) => `${e.source}/${e.path}`);
   return chooseIncluded(manifest, sorted, include).sources;
 }
 

@@ -4,7 +4,7 @@ import { lstatSync, readdirSync, readlinkSync, statSync, type BigIntStats } from
 import { Minimatch } from 'minimatch';
 import { UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { firstFew } from '../format/units.js';
-import { comparePaths, linkEscapes, linkStaysInside, relativeTargetInside } from '../format/paths.js';
+import { linkEscapes, linkStaysInside, relativeTargetInside, sortByPath } from '../format/paths.js';
 import type { Reporter } from './events.js';
 
 export interface SourceSpec {
@@ -331,6 +331,6 @@ export async function scanSource(
       message: `${passThrough.length} socket(s) and named pipe(s) left out, which hold no data (${firstFew(passThrough)})`,
     });
   }
-  entries.sort((a, b) => comparePaths(a.path, b.path));
+  sortByPath(entries, (e) => e.path);
   return { spec, root: given, mode: Number(rootStat.mode & 0o7777n), mtimeNs: rootStat.mtimeNs.toString(), uid: Number(rootStat.uid), gid: Number(rootStat.gid), entries };
 }
