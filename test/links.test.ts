@@ -97,6 +97,11 @@ test('absolute symlinks into the source (a live-version pointer) are stored as r
   const again = await lifeboat(['--repo', repo, '--json', 'backup', '--source', `models=${path.join(work, 'srv-link', 'models')}`]);
   assert.equal(again.code, 0, again.stderr);
   assert.equal(again.json().changed, 0, 'unchanged links are not changes');
+  // A new link is an entry added, not a file: the summary says which it counts.
+  await fsp.symlink('v3/weights.bin', path.join(models, 'weights-latest'));
+  const linked = await lifeboat(['--repo', repo, 'backup', '--source', `models=${path.join(work, 'srv-link', 'models')}`]);
+  assert.equal(linked.code, 0, linked.stderr);
+  assert.match(linked.stdout, /\n {2}2 files, 14 B; entries: 1 added, 0 changed, 0 removed\n/);
 
   // Restored elsewhere, each link names the restored copy; the tree it was backed up from may be gone.
   await fsp.rm(path.join(work, 'srv'), { recursive: true });
