@@ -212,6 +212,16 @@ test('restore refuses a non-empty target without --delta or --force; --force rep
   assert.equal(forced.code, 0, forced.stderr);
   assert.equal(await exists(path.join(target, 'keep-me')), false);
   assert.equal(await fsp.readFile(path.join(target, 'models', 'config.json'), 'utf8'), await fsp.readFile(path.join(d.src, 'config.json'), 'utf8'));
+  // --force with --include would leave only the chosen files: putting a tokenizer back must not remove the weights beside it.
+  await fsp.writeFile(path.join(target, 'models', 'tok', 'tokenizer.json'), 'damaged');
+  const forcedPart = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', target, '--force', '--include', 'models/tok']);
+  assert.equal(forcedPart.code, 2);
+  assert.match(forcedPart.stderr, /--force with --include would replace the target with only what the patterns choose\n {2}use --delta/);
+  assert.ok(await exists(path.join(target, 'models', 'weights.bin')));
+  const deltaPart = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', target, '--delta', '--include', 'models/tok']);
+  assert.equal(deltaPart.code, 0, deltaPart.stderr);
+  assert.equal(await fsp.readFile(path.join(target, 'models', 'tok', 'tokenizer.json'), 'utf8'), await fsp.readFile(path.join(d.src, 'tok', 'tokenizer.json'), 'utf8'));
+  assert.ok(await exists(path.join(target, 'models', 'weights.bin')));
   const only = path.join(d.work, 'only');
   const inc = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', only, '--include', 'models/tok/**']);
   assert.equal(inc.code, 0, inc.stderr);

@@ -48,6 +48,12 @@ async function journalRestored(repo: Repository, renderer: ProgressRenderer, res
 }
 
 export async function runRestore(ctx: CliContext, selector: string, flags: RestoreFlags): Promise<void> {
+  // A --force replaces the whole target: with --include, everything else in it (the weights beside a tokenizer being put back) would be gone.
+  if (flags.force && flags.include.length > 0) {
+    throw flags.inPlace
+      ? new UsageError('--force with --include would replace each source directory with only what the patterns choose', { hint: 'use --delta to restore only those files in place' })
+      : new UsageError('--force with --include would replace the target with only what the patterns choose', { hint: 'use --delta to restore only those files into it, or restore into an empty directory' });
+  }
   if (flags.inPlace) return runRestoreInPlace(ctx, selector, flags);
   if (flags.state) throw new UsageError('--state puts serving state back with --in-place', { hint: 'restore --in-place --state, or let `lifeboat failover` put it back' });
   if (!flags.target) throw new UsageError('restore needs --target DIR', { hint: 'or --in-place, to restore each source to the directory it was backed up from' });
@@ -182,9 +188,6 @@ async function throughLink(name: string, recorded: string): Promise<string> {
  */
 async function runRestoreInPlace(ctx: CliContext, selector: string, flags: RestoreFlags): Promise<void> {
   if (flags.target) throw new UsageError('--in-place restores each source to the directory it was backed up from: it takes no --target');
-  if (flags.force && flags.include.length > 0) {
-    throw new UsageError('--force with --include would replace each source directory with only what the patterns choose', { hint: 'use --delta to restore only those files in place' });
-  }
   const { repo, config, close } = await openRepository(ctx);
   const renderer = new ProgressRenderer(ctx, 'restore');
   try {
