@@ -166,6 +166,23 @@ test('point selectors: id, prefix, latest, ISO time; ambiguous or unknown is exi
   assert.equal(typo.code, 2);
   assert.match(typo.stderr, /no backup point matches "lastest"\n {2}did you mean latest\?/);
   assert.equal((await show('2026-13-45')).code, 2);
+  // A day the month lacks is refused, not rolled over into the next month (2026-11-31 read as 2026-12-01).
+  const noSuchDay = await show(`${list[1].completedAt.slice(0, 4)}-02-30T00:00:00Z`);
+  assert.equal(noSuchDay.code, 2);
+  assert.match(noSuchDay.stderr, /-02-30 is not a day of the calendar/);
+  // An empty selector (an unset variable in a script) names no point, even where it is a prefix of every id.
+  for (const args of [['show', ''], ['verify', ''], ['pin', '', '--reason', 'x'], ['restore', '', '--target', path.join(d.work, 'empty-sel')]]) {
+    const empty = await lifeboat(['--repo', d.repo, ...args]);
+    assert.equal(empty.code, 2, `${args[0]}: ${empty.stderr}`);
+    assert.match(empty.stderr, /the backup point is empty\n {2}give an id/);
+  }
+  assert.equal(await exists(path.join(d.work, 'empty-sel')), false);
+  const single = await smallDeployment();
+  await lifeboat(['--repo', single.repo, 'backup', single.src]);
+  const onlyOne = await lifeboat(['--repo', single.repo, 'restore', '', '--target', path.join(single.work, 'out')]);
+  assert.equal(onlyOne.code, 2, 'with a single point, an empty selector still selects nothing');
+  assert.equal(await exists(path.join(single.work, 'out')), false);
+  await fsp.rm(single.work, { recursive: true, force: true });
   // A time names its zone: without one it could be read an hour or more off.
   const at = list[1].completedAt.replace(/\.\d+Z$/, '');
   const zoneless = await lifeboat(['--repo', d.repo, 'show', at]);

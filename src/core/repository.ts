@@ -300,6 +300,8 @@ export class Repository {
   async resolve(selector: string): Promise<Manifest> {
     const ids = await this.pointIds();
     if (ids.length === 0) throw new UsageError(`the repository at ${this.storage.location} has no backup points yet`);
+    // An empty selector (a script's unset variable) is a prefix of every id: with one point it would select that point, as if it had been named.
+    if (selector.trim() === '') throw new UsageError('the backup point is empty', { hint: 'give an id, a unique prefix of one, latest, or a time such as 2026-11-20T03:00:00Z' });
     if (selector === 'latest') return this.manifest((await this.latestInScope(ids))!.id);
     if (/^\d{4}-\d{2}-\d{2}/.test(selector)) {
       const at = parseTimeSelector(selector);

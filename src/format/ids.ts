@@ -28,6 +28,10 @@ const TIME_SELECTOR = /^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1
 export function parseTimeSelector(selector: string): number {
   const m = TIME_SELECTOR.exec(selector);
   const at = m ? Date.parse(`${m[1]}T${m[2] ?? '00:00'}${m[3] ?? 'Z'}`) : NaN;
+  // Date.parse rolls a day the month lacks over into the next month (2026-11-31 is read as 2026-12-01), which would select another day's point.
+  if (m && Number.isFinite(at) && new Date(Date.parse(`${m[1]}T00:00Z`)).toISOString().slice(0, 10) !== m[1]) {
+    throw new UsageError(`${JSON.stringify(selector)} is not a valid ISO-8601 time: ${m[1]} is not a day of the calendar`, { hint: 'such as 2026-11-20T03:00:00Z' });
+  }
   if (!m || !Number.isFinite(at)) throw new UsageError(`${JSON.stringify(selector)} is not a valid ISO-8601 time`, { hint: 'such as 2026-11-20T03:00:00Z' });
   if (m[2] === undefined) {
     throw new UsageError(`${selector} is a date; a point is chosen by a time, with its zone`, {

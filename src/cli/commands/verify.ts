@@ -40,7 +40,7 @@ export async function runVerify(ctx: CliContext, selector: string | undefined, f
     if (flags.workDir !== undefined && !flags.deep) throw new UsageError('--work-dir goes with --deep');
     const workDir = await directoryFlag(ctx.cwd, '--work-dir', flags.workDir);
     const readData = flags.readData === true || flags.sinceVerified === true || subsetPercent !== undefined;
-    const point = selector ? await repo.resolve(selector) : undefined;
+    const point = selector !== undefined ? await repo.resolve(selector) : undefined;
     const result = await verify(repo, {
       point,
       readData,
