@@ -331,6 +331,13 @@ test('init refuses a non-empty location; commands on a missing repository exit 2
   const missing = await lifeboat(['--repo', path.join(d.work, 'nothing'), 'list']);
   assert.equal(missing.code, 2);
   assert.match(missing.stderr, /lifeboat init/);
+  // file://repo names a host, not a relative directory: a usage error that says how to write it, not an unexpected one.
+  const fileUrl = `file://${path.relative('/', d.repo)}`;
+  const hostUrl = await lifeboat(['--repo', fileUrl, 'list']);
+  assert.equal(hostUrl.code, 2, hostUrl.stderr);
+  assert.match(hostUrl.stderr, new RegExp(`repository ${fileUrl}: not a file:// URL of a local directory\n {2}a file:// URL takes an absolute path after its third slash`));
+  assert.equal((await lifeboat(['--repo', `file://${d.repo}`, 'list'])).code, 0);
+  assert.equal((await lifeboat(['--repo', `file://localhost${d.repo}`, 'list'])).code, 0);
   const help = await lifeboat(['restore', '--help']);
   assert.equal(help.code, 0);
   assert.match(help.stdout, /Exit codes/);

@@ -33,7 +33,16 @@ export function parseRepositoryUrl(url: string, cwd: string): RepositoryLocation
     if (bucket.length < 3) throw new UsageError(`repository ${url}: the bucket name must have at least 3 characters`);
     return { kind: 's3', bucket, prefix };
   }
-  if (url.startsWith('file://')) return { kind: 'local', dir: fileURLToPath(url) };
+  if (url.startsWith('file://')) {
+    // Node's own error (ERR_INVALID_FILE_URL_HOST) says nothing of a repository: `file://backups` names the host "backups", not a relative directory.
+    try {
+      return { kind: 'local', dir: fileURLToPath(url) };
+    } catch {
+      throw new UsageError(`repository ${url}: not a file:// URL of a local directory`, {
+        hint: 'a file:// URL takes an absolute path after its third slash (file:///backups/prod); for a relative directory give the path alone',
+      });
+    }
+  }
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
     throw new UsageError(`repository ${url}: unsupported scheme; use a directory, file:// or s3://`);
   }
