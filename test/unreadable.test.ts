@@ -51,3 +51,30 @@ test('a file the backup may not read is left out with a warning, small or large,
   assert.deepEqual((await fsp.readdir(path.join(out, 'models'))).sort(), ['config.json', 'weights.bin']);
   assert.equal((await run('verify', '--read-data')).code, 0);
 });
+
+test('a directory the backup may not read is recorded empty with its mode 000, and the point restores for its owner, with --force and --delta too', async (t) => {
+  const work = await tempDir();
+  t.after(() => removeTree(work));
+  await fsp.chmod(work, 0o755);
+  const src = path.join(work, 'models');
+  await fsp.mkdir(path.join(src, 'private'), { recursive: true });
+  await fsp.writeFile(path.join(src, 'config.json'), '{"layers": 2}');
+  await fsp.writeFile(path.join(src, 'private', 'token'), 'kept from the backup user');
+  if (asRoot) for (const p of [work, src, path.join(src, 'config.json'), path.join(src, 'private'), path.join(src, 'private', 'token')]) await fsp.lchown(p, NOBODY, NOBODY);
+  await fsp.chmod(path.join(src, 'private'), 0o000);
+  const repo = path.join(work, 'repo');
+  const run = (...args: string[]) => runChild(['--repo', repo, ...args], { user });
+  assert.equal((await run('init')).code, 0);
+  const b = await run('--json', 'backup', '--source', `models=${src}`);
+  assert.equal(b.code, 0, b.stderr);
+  assert.deepEqual(b.json().warnings.map((w: { path: string }) => w.path), ['models/private']);
+
+  // Syncing the restored directory opens it: with mode 000 that failed, and so did every restore of the point.
+  const out = path.join(work, 'out');
+  for (const how of [[], ['--force'], ['--delta']]) {
+    const r = await run('restore', 'latest', '--target', out, ...how);
+    assert.equal(r.code, 0, `${how.join(' ') || 'restore'}: ${r.stderr}`);
+    assert.equal((await fsp.stat(path.join(out, 'models', 'private'))).mode & 0o7777, 0, 'the recorded mode, given back after the sync');
+    assert.equal(await fsp.readFile(path.join(out, 'models', 'config.json'), 'utf8'), '{"layers": 2}');
+  }
+});

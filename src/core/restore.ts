@@ -838,9 +838,34 @@ async function syncDirectories(plan: RestorePlan, root: string): Promise<void> {
   }
   found.delete(root);
   const dirs = [...found].sort((a, b) => b.length - a.length);
-  await runPool(dirs, METADATA_IN_FLIGHT, (dir) => syncPath(dir));
+  await runPool(dirs, METADATA_IN_FLIGHT, (dir) => syncDirectory(dir));
   // Last, once every directory in it is durable.
-  await syncPath(root);
+  await syncDirectory(root);
+}
+
+/**
+ * Syncs a directory that may have been given a mode without read permission
+ * (a directory the backup could not read is recorded, empty, with its mode
+ * 000): opening it to sync it would fail for its owner unless root, and every
+ * restore of the point would fail the same way. Its owner lends itself read
+ * permission for the sync and gives the recorded mode back.
+ */
+async function syncDirectory(dir: string): Promise<void> {
+  try {
+    await syncPath(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EACCES') throw err;
+    const { mode } = await fsp.stat(dir);
+    if ((mode & 0o400) !== 0) throw err;
+    await fsp.chmod(dir, (mode | 0o400) & 0o7777).catch(() => {
+      throw err;
+    });
+    try {
+      await syncPath(dir);
+    } finally {
+      await fsp.chmod(dir, mode & 0o7777);
+    }
+  }
 }
 
 /**
