@@ -127,7 +127,11 @@ export async function treeOf(root: string, signal?: AbortSignal): Promise<TreeFi
   const base = path.resolve(root);
   const walk = async (dir: string, rel: string) => {
     throwIfAborted(signal);
-    const entries = await fsp.readdir(dir, { withFileTypes: true });
+    // A directory this user may not read (restored with its mode 000) holds nothing a server running as this user could load.
+    const entries = await fsp.readdir(dir, { withFileTypes: true }).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'EACCES' && dir !== base) return [];
+      throw err;
+    });
     entries.sort((a, b) => (a.name < b.name ? -1 : 1));
     for (const e of entries) {
       const abs = path.join(dir, e.name);
