@@ -162,3 +162,28 @@ test('a restore takes over the newest staging directory that killed restores lef
   assert.deepEqual(r.json().warnings.map((w: { code: string; path: string }) => [w.code, w.path]), [['replaced-left', setAside]], 'and in --json');
   await fsp.rm(d.work, { recursive: true, force: true });
 });
+
+test('a restore whose paths are too long under its target fails saying so, and leaves no staging directory that the next restore would only fail on again', async () => {
+  const work = await tempDir();
+  const src = path.join(work, 'models');
+  // 30 levels of 120-byte names: about 3,600 bytes below the source, which fits under a short target and not under a long one.
+  let deep = src;
+  for (let i = 0; i < 30; i++) deep = path.join(deep, `${'d'.repeat(117)}${String(i).padStart(3, '0')}`);
+  await fsp.mkdir(deep, { recursive: true });
+  await fsp.writeFile(path.join(src, 'config.json'), '{}');
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const b = await lifeboat(['--repo', repo, 'backup', src]);
+  assert.equal(b.code, 0, b.stderr);
+  const parent = path.join(work, 'x'.repeat(250), 'y'.repeat(250));
+  await fsp.mkdir(parent, { recursive: true });
+  const long = path.join(parent, 'out');
+  const r = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', long]);
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /ENAMETOOLONG.*\n {2}a path of the point is longer under .* than the system allows \(4,096 bytes in all\); restore into a target with a shorter path/);
+  assert.doesNotMatch(r.stderr, /goes on from them/);
+  assert.deepEqual(await fsp.readdir(parent), [], 'no staging directory left beside the target');
+  const short = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', path.join(work, 'r')]);
+  assert.equal(short.code, 0, short.stderr);
+  await fsp.rm(work, { recursive: true, force: true });
+});

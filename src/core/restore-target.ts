@@ -121,7 +121,11 @@ export class NotEnoughSpace extends RuntimeFailure {
 export function asRestoreFailure(err: unknown, staging: string, target: string): unknown {
   if (err instanceof LifeboatError || (err instanceof Error && err.name === 'AbortError') || (err as NodeJS.ErrnoException).code === undefined) return err;
   const message = errorMessage(err).replaceAll(staging, target);
-  return new RuntimeFailure(`cannot restore into ${target}: ${message}`, { cause: err, hint: fileSystemHint(err, target) });
+  const hint =
+    (err as NodeJS.ErrnoException).code === 'ENAMETOOLONG'
+      ? `a path of the point is longer under ${target} than the system allows (4,096 bytes in all); restore into a target with a shorter path, or leave that part out with --include`
+      : fileSystemHint(err, target);
+  return new RuntimeFailure(`cannot restore into ${target}: ${message}`, { cause: err, hint });
 }
 
 export type TargetState = 'absent' | 'empty' | 'non-empty' | 'not-a-directory';

@@ -291,10 +291,11 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
     return result;
   } catch (err) {
     // Data that did not verify is not worth keeping, nor is a staging directory nothing was written into, nor
-    // one that filled the disk. Otherwise (the network, storage, an interrupt) what verified stays for the next
-    // restore to resume from.
-    const diskFull = ['ENOSPC', 'EDQUOT'].includes((err as NodeJS.ErrnoException).code ?? '');
-    if (worthKeeping && !diskFull && !(err instanceof IntegrityError) && !(err instanceof UsageError)) {
+    // one that filled the disk, nor one where a path was too long (the next restore into that target would fail
+    // the same way). Otherwise (the network, storage, an interrupt) what verified stays for the next restore to
+    // resume from.
+    const failsAgain = ['ENOSPC', 'EDQUOT', 'ENAMETOOLONG'].includes((err as NodeJS.ErrnoException).code ?? '');
+    if (worthKeeping && !failsAgain && !(err instanceof IntegrityError) && !(err instanceof UsageError)) {
       reporter.notice?.({ level: 'warning', code: 'restore-kept', path: staging, message: `the files restored so far are kept there; the next restore into ${target} goes on from them (remove it if there will be none)` });
     } else {
       await removeTree(staging).catch(() => undefined);
