@@ -338,6 +338,29 @@ test('init refuses a non-empty location; commands on a missing repository exit 2
   assert.match(hostUrl.stderr, new RegExp(`repository ${fileUrl}: not a file:// URL of a local directory\n {2}a file:// URL takes an absolute path after its third slash`));
   assert.equal((await lifeboat(['--repo', `file://${d.repo}`, 'list'])).code, 0);
   assert.equal((await lifeboat(['--repo', `file://localhost${d.repo}`, 'list'])).code, 0);
+  // A repository path where a file is: init says so (exit 2), and other commands find no repository there (exit 2).
+  const file = path.join(d.work, 'notes.txt');
+  await fsp.writeFile(file, 'not a repository\n');
+  for (const at of [file, path.join(file, 'repo')]) {
+    const onFile = await lifeboat(['--repo', at, 'init']);
+    assert.equal(onFile.code, 2, onFile.stderr);
+    assert.match(onFile.stderr, new RegExp(`the repository ${at} cannot be a directory: ${file} is not one`));
+    const listed = await lifeboat(['--repo', at, 'list']);
+    assert.equal(listed.code, 2, listed.stderr);
+    assert.match(listed.stderr, /there is no lifeboat repository at/);
+  }
+  assert.equal(await fsp.readFile(file, 'utf8'), 'not a repository\n');
+  // A tag key given twice would keep only the second value.
+  const twice = await lifeboat(['--repo', d.repo, 'backup', d.src, '--tag', 'release=v1', '--tag', 'release=v2']);
+  assert.equal(twice.code, 2, twice.stderr);
+  assert.match(twice.stderr, /--tag release is given twice \(release=v1 and release=v2\)/);
+  const proto = await lifeboat(['--repo', d.repo, 'backup', d.src, '--tag', '__proto__=x']);
+  assert.equal(proto.code, 2, proto.stderr);
+  assert.match(proto.stderr, /--tag __proto__=x: a key is up to 128 letters/);
+  const odd = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--tag', 'team/owner=ml-platform', '--tag', 'a=b=c']);
+  assert.equal(odd.code, 0, odd.stderr);
+  const shown = await lifeboat(['--repo', d.repo, '--json', 'list']);
+  assert.deepEqual(shown.json().at(-1).tags, { 'team/owner': 'ml-platform', a: 'b=c' });
   const help = await lifeboat(['restore', '--help']);
   assert.equal(help.code, 0);
   assert.match(help.stdout, /Exit codes/);

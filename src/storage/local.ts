@@ -3,11 +3,11 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { IntegrityError, LifeboatError, RuntimeFailure, errorMessage, fileSystemHint } from '../errors.js';
+import { IntegrityError, LifeboatError, RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../errors.js';
 import { openRegularFile, syncPath, writeFileSynced } from '../format/durable.js';
 import { createFileSink } from '../format/file-sink.js';
 import { putThroughWriter } from './put-through-writer.js';
-import { makeDirectories } from '../format/mkdirs.js';
+import { makeDirectories, notADirectoryOnTheWay } from '../format/mkdirs.js';
 import {
   MAX_DOCUMENT_BYTES,
   ObjectNotFoundError,
@@ -51,7 +51,12 @@ export class LocalStorage implements Storage {
 
   private async tempFile(): Promise<string> {
     const dir = path.join(this.root, TMP_DIR);
-    await makeDirectories(dir).catch((err: unknown) => {
+    await makeDirectories(dir).catch(async (err: unknown) => {
+      // A repository path given where a file is (init on a file, a typo) is the user's to correct, not a failure of the disk.
+      const blocker = (err as NodeJS.ErrnoException).code === 'ENOTDIR' ? await notADirectoryOnTheWay(dir) : undefined;
+      if (blocker !== undefined) {
+        throw new UsageError(`the repository ${this.root} cannot be a directory: ${blocker} is not one`, { hint: 'give a directory for the repository, or a path where one can be made' });
+      }
       throw new RuntimeFailure(`cannot create ${dir}: ${errorMessage(err)}`, { cause: err });
     });
     return path.join(dir, `${process.pid}-${randomBytes(6).toString('hex')}`);
@@ -173,7 +178,7 @@ export class LocalStorage implements Storage {
         await handle.close();
       }
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new ObjectNotFoundError(key, this.location);
+      if (isAbsent(err)) throw new ObjectNotFoundError(key, this.location);
       throw wrap('read', key, err);
     }
   }
@@ -218,7 +223,7 @@ export class LocalStorage implements Storage {
 
   private async openForReading(key: string): Promise<fsp.FileHandle> {
     return openRegularFile(this.pathOf(key)).then(({ handle }) => handle, (err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT') throw new ObjectNotFoundError(key, this.location);
+      if (isAbsent(err)) throw new ObjectNotFoundError(key, this.location);
       throw wrap('read', key, err);
     });
   }
@@ -228,7 +233,7 @@ export class LocalStorage implements Storage {
       const st = await fsp.stat(this.pathOf(key));
       return st.isFile() ? { key, size: st.size } : undefined;
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      if (isAbsent(err)) return undefined;
       throw wrap('stat', key, err);
     }
   }
@@ -399,4 +404,10 @@ function wrap(op: string, key: string, err: unknown): Error {
   // Only lifeboat's own files belong in a repository: a pipe or a device there is damage or tampering.
   if ((err as NodeJS.ErrnoException).code === 'EFTYPE') return new IntegrityError(`cannot ${op} ${key}: it is not a regular file in the repository`, { cause: err });
   return new RuntimeFailure(`cannot ${op} ${key}: ${errorMessage(err)}`, { cause: err, hint: fileSystemHint(err, 'the repository') });
+}
+
+/** No such object: nothing at the path, or a file where one of its directories should be (a repository path that names a file). */
+function isAbsent(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'ENOENT' || code === 'ENOTDIR';
 }

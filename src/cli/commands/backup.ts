@@ -53,14 +53,22 @@ export function resolveSources(ctx: CliContext, paths: string[], flags: string[]
   return specs;
 }
 
+const TAG_KEY = /^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$/;
+
 function parseTags(tags: string[]): Record<string, string> {
-  const out: Record<string, string> = {};
+  // A Map, then own properties: a key such as __proto__ is a tag like any other.
+  const out = new Map<string, string>();
   for (const t of tags) {
     const eq = t.indexOf('=');
     if (eq <= 0) throw new UsageError(`--tag ${t}: expected KEY=VALUE`);
-    out[t.slice(0, eq)] = t.slice(eq + 1);
+    const key = t.slice(0, eq);
+    // Keys as labels are written elsewhere (Kubernetes, cloud tags); and one such as __proto__ would be lost in JSON objects.
+    if (!TAG_KEY.test(key)) throw new UsageError(`--tag ${t}: a key is up to 128 letters, digits and . _ : / -, starting with a letter or digit`);
+    // A point holds one value per key: the second would silently replace the first.
+    if (out.has(key)) throw new UsageError(`--tag ${key} is given twice (${key}=${out.get(key)} and ${t})`, { hint: 'give each key once' });
+    out.set(key, t.slice(eq + 1));
   }
-  return out;
+  return Object.fromEntries(out);
 }
 
 export function backupJson(r: BackupResult) {
