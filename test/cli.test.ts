@@ -564,3 +564,27 @@ test('an S3 endpoint whose TLS certificate this host does not trust gets a hint 
     server.close();
   }
 });
+
+test('restore --include makes only the sources its patterns choose something in', async () => {
+  const work = await tempDir();
+  for (const [name, file] of [['a', 'x.bin'], ['b', 'y.txt']]) {
+    await fsp.mkdir(path.join(work, name));
+    await fsp.writeFile(path.join(work, name, file), `${name}\n`);
+  }
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  assert.equal((await lifeboat(['--repo', repo, 'backup', '--source', `a=${path.join(work, 'a')}`, '--source', `b=${path.join(work, 'b')}`])).code, 0);
+  const out = path.join(work, 'out');
+  const r = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', out, '--include', 'a/*.bin']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(await fsp.readdir(out), ['a']);
+  // Into a target holding the other source, a --delta leaves it as it is, mode included.
+  await fsp.mkdir(path.join(out, 'b'), { mode: 0o700 });
+  await fsp.chmod(path.join(out, 'b'), 0o700);
+  await fsp.writeFile(path.join(out, 'b', 'mine.txt'), 'kept\n');
+  const delta = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', out, '--delta', '--include', 'a']);
+  assert.equal(delta.code, 0, delta.stderr);
+  assert.deepEqual((await fsp.readdir(path.join(out, 'b'))).sort(), ['mine.txt']);
+  assert.equal((await fsp.stat(path.join(out, 'b'))).mode & 0o777, 0o700);
+  await fsp.rm(work, { recursive: true, force: true });
+});

@@ -41,7 +41,9 @@ export async function planRestore(
 ): Promise<RestorePlan> {
   const { sources, byPath } = checkEntries(manifest);
   let entries = sortByPath([...manifest.entries], (e) => `${e.source}/${e.path}`);
-  if (include.length > 0) entries = chooseIncluded(manifest, entries, include).entries;
+  // With --include, only the sources it chooses something in are made (and, by a --delta, given their recorded mode).
+  let chosenSources: ReadonlySet<string> | undefined;
+  if (include.length > 0) ({ entries, sources: chosenSources } = chooseIncluded(manifest, entries, include));
   const only = options.asTarget;
   if (only !== undefined) {
     if (!sources.has(only)) throw new UsageError(`${manifest.id} has no source ${JSON.stringify(only)}`);
@@ -82,7 +84,7 @@ export async function planRestore(
     job.wanted.set(ref.entry, list);
   }
   const volumes = [...jobs.values()].sort((a, b) => (a.point === b.point ? a.index - b.index : a.point < b.point ? -1 : 1));
-  const restored = only === undefined ? manifest.sources : manifest.sources.filter((src) => src.name === only);
+  const restored = manifest.sources.filter((src) => (only === undefined || src.name === only) && (chosenSources === undefined || chosenSources.has(src.name)));
   return { manifest, sources: restored, ...(only === undefined ? {} : { asTarget: only }), entries, files, links, volumes, bytes: files.reduce((n, f) => n + f.size, 0) };
 }
 
