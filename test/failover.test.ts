@@ -474,3 +474,33 @@ test('a failover that does not get healthy keeps the new slot linked when the ol
   assert.equal(await fsp.readFile(path.join(work, 'current', 'models', 'w.bin'), 'utf8'), 'weights B');
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test('two targets sharing a slots directory or an active link are refused: a failover of one pruned the slot the other served', async () => {
+  const work = await tempDir();
+  await fsp.mkdir(path.join(work, 'models'));
+  const config = (canary: string) =>
+    `repository: ./repo\nsources:\n  models: ./models\ntargets:\n  prod: { slots: ./slots, active: ./prod, keepSlots: 2 }\n  canary: { ${canary}, keepSlots: 2 }\n`;
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), config('slots: ./canary-slots, active: ./canary'));
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const points: string[] = [];
+  for (const w of ['a', 'b', 'c']) {
+    await fsp.writeFile(path.join(work, 'models', 'w.bin'), w);
+    points.push((await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string);
+  }
+  assert.equal((await lifeboat(['failover', points[0]!, '--to', 'prod'], { cwd: work })).code, 0);
+
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), config('slots: ./slots, active: ./canary'));
+  for (const p of points.slice(1)) {
+    const r = await lifeboat(['failover', p, '--to', 'canary'], { cwd: work });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /targets\.canary\.slots: .*slots is also targets\.prod\.slots; each target needs a slots directory and an active link of its own/);
+  }
+  assert.equal(await fsp.readFile(path.join(work, 'prod', 'models', 'w.bin'), 'utf8'), 'a', 'prod still serves its slot');
+
+  // One active link for two targets is refused too, naming the key.
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), config('slots: ./canary-slots, active: ./prod'));
+  const shared = await lifeboat(['status'], { cwd: work });
+  assert.equal(shared.code, 2, shared.stderr);
+  assert.match(shared.stderr, /targets\.canary\.active: .*prod is also targets\.prod\.active/);
+  await fsp.rm(work, { recursive: true, force: true });
+});

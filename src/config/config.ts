@@ -169,9 +169,21 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
       else if ('sqlite' in src) src.sqlite = resolve(src.sqlite);
     }
   }
-  for (const target of Object.values(config.targets ?? {})) {
+  // Each target owns its slots directory: the switch record, the lock and the slot pruning there
+  // know only that target's link, so a second target sharing it would have its served slot removed.
+  const owners = new Map<string, string>();
+  for (const [name, target] of Object.entries(config.targets ?? {})) {
     target.slots = resolve(target.slots);
     target.active = resolve(target.active);
+    for (const [key, dir] of [['slots', target.slots], ['active', target.active]] as const) {
+      const other = owners.get(dir);
+      if (other !== undefined) {
+        throw new UsageError(`${file}: targets.${name}.${key}: ${dir} is also ${other}; each target needs a slots directory and an active link of its own`, {
+          hint: `give targets.${name} its own ${key} (a failover of one target would remove or switch what the other serves)`,
+        });
+      }
+      owners.set(dir, `targets.${name}.${key}`);
+    }
   }
   return config;
 }
