@@ -10,7 +10,7 @@ import { lifeboat } from './helpers/cli.js';
 import { exists } from './helpers/repo.js';
 import { inNamespace, unshare } from './helpers/namespace.js';
 import { tempDir } from './helpers/tree.js';
-import { ProcessGroup, freePort, sleep, stderrTail, waitForPort } from './helpers/processes.js';
+import { ProcessGroup, freePort, sleep, stderrTail, waitFor, waitForPort } from './helpers/processes.js';
 import { ROWS_PER_TXN, startWriter } from './helpers/writer.js';
 import { generateDeployment, rewriteSafetensorsData } from '../fixtures/generate.js';
 import { integrityCheck } from '../src/state/sqlite.js';
@@ -502,5 +502,34 @@ test('two targets sharing a slots directory or an active link are refused: a fai
   const shared = await lifeboat(['status'], { cwd: work });
   assert.equal(shared.code, 2, shared.stderr);
   assert.match(shared.stderr, /targets\.canary\.active: .*prod is also targets\.prod\.active/);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a failover interrupted while deactivate runs activates the slot served before again, instead of leaving it drained', async () => {
+  const work = await tempDir();
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights A');
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    'repository: ./repo\nsources:\n  models: ./models\ntargets:\n  prod:\n    slots: ./slots\n    active: ./current\n' +
+      '    activate: \'echo "activate $LIFEBOAT_POINT" >> hooks.log\'\n' +
+      '    deactivate: \'test -e slow || exit 0; echo "deactivate $LIFEBOAT_POINT" >> hooks.log; sleep 30\'\n',
+  );
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const first = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights B');
+  const second = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  await fsp.writeFile(path.join(work, 'hooks.log'), '');
+  await fsp.writeFile(path.join(work, 'slow'), '');
+
+  const controller = new AbortController();
+  const running = lifeboat(['failover', second], { cwd: work, signal: controller.signal });
+  assert.ok(await waitFor(async () => (await fsp.readFile(path.join(work, 'hooks.log'), 'utf8')).includes('deactivate'), 10_000), 'deactivate started');
+  controller.abort();
+  const r = await running;
+  assert.equal(r.code, 130, r.stderr);
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first), 'the link is as it was');
+  assert.equal(await fsp.readFile(path.join(work, 'hooks.log'), 'utf8'), `deactivate ${first}\nactivate ${first}\n`);
   await fsp.rm(work, { recursive: true, force: true });
 });

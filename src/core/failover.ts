@@ -82,7 +82,12 @@ function hookEnv(run: Run, slot: string | null, point: string | null): NodeJS.Pr
   return targetEnv(run.spec, slot, point);
 }
 
-async function hook(run: Run, name: 'activate' | 'deactivate', slot: string | null, point: string | null): Promise<void> {
+/**
+ * Runs the target's activate or deactivate hook. `restoring`: it brings the
+ * slot served before back into service, so an interrupt does not stop it (the
+ * hook's timeout still does): skipped, it would leave that slot drained.
+ */
+async function hook(run: Run, name: 'activate' | 'deactivate', slot: string | null, point: string | null, restoring = false): Promise<void> {
   const command = run.spec[name];
   if (!command) return;
   note(run, `hook-${name}`, `running ${name} hook`);
@@ -90,7 +95,7 @@ async function hook(run: Run, name: 'activate' | 'deactivate', slot: string | nu
     cwd: run.spec.cwd,
     env: hookEnv(run, slot, point),
     timeoutMs: run.options.hookTimeoutMs ?? DEFAULT_HOOK_TIMEOUT_MS,
-    signal: run.options.signal,
+    signal: restoring ? undefined : run.options.signal,
   });
 }
 
@@ -152,7 +157,7 @@ async function transition(
       await hook(run, 'deactivate', from, fromPoint);
     } catch (err) {
       // Nothing was switched: bring the old slot back to service before failing.
-      await hook(run, 'activate', from, fromPoint).catch(() => undefined);
+      await hook(run, 'activate', from, fromPoint, true).catch(() => undefined);
       throw err;
     }
   }
@@ -190,7 +195,7 @@ async function transition(
   if (from) {
     const old = await manifestOf(repo, fromPoint);
     if (old) await applyState(run, old, from).catch((err) => note(run, 'state-restore-failed', errorMessage(err), 'warning'));
-    await hook(run, 'activate', from, fromPoint).catch((err) => note(run, 'hook-failed', `activate hook: ${errorMessage(err)}`, 'warning'));
+    await hook(run, 'activate', from, fromPoint, true).catch((err) => note(run, 'hook-failed', `activate hook: ${errorMessage(err)}`, 'warning'));
     previousHealthy = (await health(run, from, fromPoint)).ok;
     note(run, previousHealthy ? 'previous-healthy' : 'previous-unhealthy', `${from} is ${previousHealthy ? 'healthy again' : 'NOT healthy either'}`, previousHealthy ? 'info' : 'warning');
   }
