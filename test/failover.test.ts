@@ -533,3 +533,37 @@ test('a failover interrupted while deactivate runs activates the slot served bef
   assert.equal(await fsp.readFile(path.join(work, 'hooks.log'), 'utf8'), `deactivate ${first}\nactivate ${first}\n`);
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test('a failover on a full slots file system: no room for the lock is one clear sentence and leaves no lock; room for the lock alone still records the switch', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await fsp.mkdir(path.join(work, 'live', 'models'), { recursive: true });
+  await fsp.mkdir(path.join(work, 'out'));
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./live/models\ntargets:\n  prod: { slots: ./slotsfs/slots, active: ./current }\n');
+  const script = [
+    'cd "$WORK"',
+    'mkdir slotsfs && mount -t tmpfs -o size=1m tmpfs slotsfs',
+    'node "$BIN" init > /dev/null',
+    'for i in 1 2; do echo "weights $i" > live/models/w.bin; node "$BIN" --json backup > "out/backup-$i.json"; node "$BIN" failover > /dev/null 2>&1; done',
+    'head -c 2000000 /dev/zero > slotsfs/fill 2> /dev/null || true',
+    'node "$BIN" failover "$(node -p "require(\'./out/backup-1.json\').id")" > /dev/null 2> out/full.err && echo 0 > out/full.code || echo $? > out/full.code',
+    'ls -a slotsfs/slots > out/full.ls',
+    // Room for one page: the lock takes it, and the record is rewritten where it is.
+    'rm slotsfs/fill; avail=$(df -k --output=avail slotsfs | tail -1); head -c $(( (avail - 4) * 1024 )) /dev/zero > slotsfs/fill',
+    'node "$BIN" --json failover "$(node -p "require(\'./out/backup-1.json\').id")" > out/tight.json 2> out/tight.err && echo 0 > out/tight.code || echo $? > out/tight.code',
+    'ls -a slotsfs/slots > out/tight.ls',
+    'node "$BIN" --json status > out/status.json 2> /dev/null || true',
+  ].join('\n');
+  inNamespace(script, { WORK: work });
+  const read = (name: string) => fsp.readFile(path.join(work, 'out', name), 'utf8');
+  const [first, second] = [JSON.parse(await read('backup-1.json')).id, JSON.parse(await read('backup-2.json')).id];
+  assert.equal((await read('full.code')).trim(), '1', await read('full.err'));
+  assert.match(await read('full.err'), /^lifeboat: cannot take the switch lock of target prod in .*slots: .*no space left on device.*\n {2}free space on the file system of .*slots/);
+  assert.doesNotMatch(await read('full.err'), /unexpected error/);
+  assert.deepEqual((await read('full.ls')).trim().split('\n'), ['.', '..', '.lifeboat-target.json', first, second], 'no lock left behind');
+  assert.equal((await read('tight.code')).trim(), '0', await read('tight.err'));
+  assert.deepEqual((await read('tight.ls')).trim().split('\n'), ['.', '..', '.lifeboat-target.json', first, second], 'no copy of the record left behind');
+  const target = JSON.parse(await read('status.json')).targets[0];
+  assert.equal(target.active.point, first);
+  assert.equal(target.previous.point, second, 'a rollback returns to the slot served before');
+});

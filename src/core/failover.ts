@@ -1,6 +1,6 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { InterruptedError, UsageError, errorMessage, throwIfAborted } from '../errors.js';
+import { InterruptedError, RuntimeFailure, UsageError, errorMessage, fileSystemHint, throwIfAborted } from '../errors.js';
 import { deploymentOf, type Manifest } from '../format/manifest.js';
 import { putStateBack } from '../state/put-back.js';
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
@@ -206,7 +206,15 @@ async function remember(run: Run, from: string | null, to: string, kind: string)
   const state = await readTargetState(run.spec.slots);
   state.previous = from;
   state.history.push({ at: new Date().toISOString(), from, to, kind });
-  await writeTargetState(run.spec.slots, state);
+  await writeTargetState(run.spec.slots, state).catch((err: unknown) => {
+    // The link has already moved: an operator must not take this for a failure before the switch.
+    const fromPoint = slotPoint(run.spec.slots, from);
+    const back = from === null ? '' : fromPoint ? `; lifeboat failover ${fromPoint} --to ${run.spec.name} returns to what was served before` : `; what was served before is ${from}`;
+    throw new RuntimeFailure(`${run.spec.name} now serves ${slotPoint(run.spec.slots, to) ?? to}, but the switch could not be recorded for a rollback: ${errorMessage(err)}`, {
+      cause: err,
+      hint: `${fileSystemHint(err, run.spec.slots) ?? `check that ${run.spec.slots} can be written`}${back}`,
+    });
+  });
 }
 
 /**

@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import * as z from 'zod';
 import * as os from 'node:os';
-import { LockedError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
+import { LockedError, RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../errors.js';
 import { POINT_ID } from '../format/ids.js';
 import { makeDirectories } from '../format/mkdirs.js';
 import { processRuns } from '../format/process-alive.js';
@@ -93,9 +93,18 @@ export async function writeTargetState(slots: string, state: TargetState): Promi
   await makeDirectories(slots);
   const file = path.join(slots, TARGET_STATE_FILE);
   const tmp = `${file}.${process.pid}-${randomBytes(4).toString('hex')}`;
-  const body = { ...state, history: state.history.slice(-HISTORY) };
-  await fsp.writeFile(tmp, `${JSON.stringify(body, null, 2)}\n`);
-  await fsp.rename(tmp, file);
+  const body = `${JSON.stringify({ ...state, history: state.history.slice(-HISTORY) }, null, 2)}\n`;
+  try {
+    await fsp.writeFile(tmp, body);
+    await fsp.rename(tmp, file);
+  } catch (err) {
+    await fsp.rm(tmp, { force: true });
+    const code = (err as NodeJS.ErrnoException).code;
+    // A full disk has no room for the new copy beside the old one, but the old one's blocks are
+    // freed as it is rewritten. Torn by a crash, the record reads as empty, never as a wrong way back.
+    if (code !== 'ENOSPC' && code !== 'EDQUOT') throw err;
+    await fsp.writeFile(file, body);
+  }
 }
 
 export interface SlotInfo {
@@ -150,14 +159,24 @@ export async function lockTarget(slots: string, name: string, command: string): 
   const file = path.join(slots, TARGET_LOCK_FILE);
   const mine = JSON.stringify({ host: os.hostname(), pid: process.pid, command, startedAt: new Date().toISOString() });
   for (let attempt = 0; attempt < 3; attempt++) {
+    let handle: fsp.FileHandle | undefined;
     try {
-      await fsp.writeFile(file, mine, { flag: 'wx' });
+      handle = await fsp.open(file, 'wx');
+      await handle.writeFile(mine);
+      await handle.close();
       return async () => {
         const current = await fsp.readFile(file, 'utf8').catch(() => '');
         if (current === mine) await fsp.rm(file, { force: true });
       };
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
+        // Made but not written (a full disk): an empty lock would be left for the next run to judge.
+        if (handle) await handle.close().then(() => fsp.rm(file, { force: true }), () => fsp.rm(file, { force: true }));
+        throw new RuntimeFailure(`cannot take the switch lock of target ${name} in ${slots}: ${errorMessage(err)}`, {
+          cause: err,
+          hint: fileSystemHint(err, slots) ?? `check targets.${name}.slots in the config file`,
+        });
+      }
     }
     const text = await fsp.readFile(file, 'utf8').catch(() => '');
     let holder: { host?: string; pid?: number; command?: string; startedAt?: string } = {};
