@@ -15,6 +15,7 @@ import { ROWS_PER_TXN, startWriter } from './helpers/writer.js';
 import { generateDeployment, rewriteSafetensorsData } from '../fixtures/generate.js';
 import { integrityCheck } from '../src/state/sqlite.js';
 import { listSlots, planSlotPrune, switchActive, readActive, type SlotInfo } from '../src/core/slots.js';
+import { waitHealthy } from '../src/core/health.js';
 
 const SERVER = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/model-server.js');
 
@@ -566,4 +567,18 @@ test('a failover on a full slots file system: no room for the lock is one clear 
   const target = JSON.parse(await read('status.json')).targets[0];
   assert.equal(target.active.point, first);
   assert.equal(target.previous.point, second, 'a rollback returns to the slot served before');
+});
+
+test('a health check gets its last attempt at the timeout, not an interval before it: a server ready in time passes whatever the interval', async () => {
+  const work = await tempDir();
+  const ready = setTimeout(() => void fsp.writeFile(path.join(work, 'ready'), ''), 600);
+  try {
+    const h = await waitHealthy({ command: 'test -e ready', timeoutMs: 1500, intervalMs: 60_000 }, { cwd: work });
+    assert.equal(h.ok, true, h.detail);
+    assert.equal(h.attempts, 2);
+    assert.ok(h.ms >= 1400 && h.ms < 5000, `checked again at the timeout (${h.ms} ms)`);
+  } finally {
+    clearTimeout(ready);
+    await fsp.rm(work, { recursive: true, force: true });
+  }
 });

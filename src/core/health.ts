@@ -119,8 +119,11 @@ export async function waitHealthy(spec: HealthSpec | undefined, options: HealthR
     if (last.ok) return { ok: true, attempts, ms: Date.now() - started, detail: last.detail };
     const failures = attempts;
     if (spec.retries !== undefined && failures > spec.retries) break;
-    if (Date.now() + intervalMs > deadline) break;
-    await sleep(intervalMs, options.signal);
+    const left = deadline - Date.now();
+    if (left <= 0) break;
+    // The last check is made at the deadline, not an interval before it: a server ready within the
+    // timeout passes whatever the interval (one longer than the timeout gave a single check).
+    await sleep(Math.min(intervalMs, left), options.signal);
   }
   return { ok: false, attempts, ms: Date.now() - started, detail: last.detail };
 }
