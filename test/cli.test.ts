@@ -84,6 +84,17 @@ test('the installed program reads a config file, and names the key of a bad one 
   const bad = await runChild(['list'], { cwd: dir });
   assert.equal(bad.code, 2, bad.stderr);
   assert.match(bad.stderr, /lifeboat\.yaml: retention\.keepFull: /);
+  // An empty health command would check nothing and pass; an empty hook would drain nothing.
+  for (const [yaml, key] of [
+    ['targets:\n  prod: { slots: ./slots, active: ./current, health: { command: "" } }', 'targets\.prod\.health\.command'],
+    ['targets:\n  prod: { slots: ./slots, active: ./current, deactivate: "" }', 'targets\.prod\.deactivate'],
+    ['hooks: { preBackup: "" }', 'hooks\.preBackup'],
+  ]) {
+    await fsp.writeFile(path.join(dir, 'lifeboat.yaml'), `repository: ./repo\n${yaml}\n`);
+    const empty = await runChild(['list'], { cwd: dir });
+    assert.equal(empty.code, 2, empty.stderr);
+    assert.match(empty.stderr, new RegExp(`lifeboat\\.yaml: ${key}: is empty: give a command, or leave the key out`));
+  }
   await fsp.writeFile(path.join(dir, 'lifeboat.yaml'), aliasBomb());
   const bomb = await runChild(['list'], { cwd: dir });
   assert.equal(bomb.code, 2, bomb.stderr);

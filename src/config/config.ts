@@ -17,20 +17,26 @@ const durationOf = (rule: DurationRule) =>
 const duration = durationOf({});
 const positiveDuration = durationOf({ positive: true });
 
+/**
+ * A command the config names. An empty one would run nothing and pass: a
+ * health check that checks nothing, a hook that does not drain the server.
+ */
+const commandLine = z.string().min(1, 'is empty: give a command, or leave the key out');
+
 const sourceSchema = z.union([
   z.string().min(1),
   z.object({ path: z.string().min(1) }).strict(),
   // restore: a failover or rollback copies the point's state back into this database.
   z.object({ sqlite: z.string().min(1), restore: z.boolean().optional() }).strict(),
-  z.object({ command: z.string().min(1), restore: z.string().optional(), timeout: positiveDuration.optional() }).strict(),
+  z.object({ command: commandLine, restore: commandLine.optional(), timeout: positiveDuration.optional() }).strict(),
 ]);
 
 const healthSchema = z
   .object({
     url: z.string().url().refine((u) => /^https?:\/\//i.test(u), 'must be an http:// or https:// URL').optional(),
-    command: z.string().optional(),
+    command: commandLine.optional(),
     /** A command run against the new slot before the link is switched; failing it aborts the failover. */
-    preActivate: z.string().optional(),
+    preActivate: commandLine.optional(),
     timeout: positiveDuration.optional(),
     interval: positiveDuration.optional(),
     retries: z.number().int().min(0).optional(),
@@ -70,7 +76,7 @@ export const configSchema = z
       )
       .optional(),
     hooks: z
-      .object({ preBackup: z.string().optional(), postBackup: z.string().optional(), timeout: positiveDuration.optional() })
+      .object({ preBackup: commandLine.optional(), postBackup: commandLine.optional(), timeout: positiveDuration.optional() })
       .strict()
       .optional(),
     retention: z
@@ -85,8 +91,8 @@ export const configSchema = z
             slots: z.string(),
             active: z.string(),
             health: healthSchema.optional(),
-            activate: z.string().optional(),
-            deactivate: z.string().optional(),
+            activate: commandLine.optional(),
+            deactivate: commandLine.optional(),
             keepSlots: z.number().int().min(2).optional(),
           })
           .strict(),
