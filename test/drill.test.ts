@@ -74,6 +74,7 @@ test('a drill of a good point passes, writes valid JUnit XML with one testcase p
   const plain = await lifeboat(['--repo', d.repo, 'drill', '--junit', report]);
   assert.equal(plain.code, 0, plain.stderr);
   assert.match(plain.stdout, /drill of .*: passed/);
+  assert.match(plain.stdout, /\n {2}RTO \S+ \(restore \d+ files, [^,]+, verify\), RPO /, 'no smoke test ran, and the RTO does not say one did');
   const again = await junit(report);
   assert.ok(skipped(again.cases.get('smoke')) && skipped(again.cases.get('RTO')) && skipped(again.cases.get('RPO')));
   assert.ok(!failed(again.cases.get('restore')));

@@ -46,7 +46,7 @@ function summary(r: DrillResult): string {
   const mark = (s: string) => (s === 'passed' ? 'ok  ' : s === 'failed' ? 'FAIL' : 'skip');
   const lines = [`drill of ${r.point}: ${r.ok ? 'passed' : 'FAILED'}`];
   for (const c of r.checks) lines.push(`  ${mark(c.status)}  ${c.name.padEnd(9)} ${c.message}`);
-  lines.push(`  RTO ${formatDuration(r.rtoMs)} (restore ${r.files} files, ${formatBytes(r.bytes)}, verify, smoke), RPO ${formatDuration(r.rpoMs)}`);
+  lines.push(`  RTO ${formatDuration(r.rtoMs)} (restore ${r.files} files, ${formatBytes(r.bytes)}, verify${r.smoke ? ', smoke' : ''}), RPO ${formatDuration(r.rpoMs)}`);
   if (r.smoke && r.smoke.exitCode !== 0 && r.smoke.output) {
     lines.push('  smoke output (tail):', ...r.smoke.output.trimEnd().split('\n').slice(-20).map((l) => `    ${l}`));
   }
