@@ -210,3 +210,18 @@ test('the copy a drill killed with SIGKILL left is removed by the next drill, wh
   assert.match(next.stderr, new RegExp(`removed ${path.join(scratch, left[0]!)}, left by a run that was killed`));
   assert.deepEqual(await fsp.readdir(scratch), [path.basename(live)]);
 });
+
+test('a drill stopped by SIGTERM (a CI job timing out) still writes its JUnit report, saying it was interrupted', async () => {
+  const d = await deployment();
+  const started = path.join(d.scratch, 'smoke-started');
+  const report = path.join(d.work, 'drill.xml');
+  const child = spawnLifeboat(['--repo', d.repo, 'drill', '--junit', report, '--smoke', `touch ${started}; exec sleep 60`]);
+  const code = new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+  assert.ok(await waitFor(() => exists(started), 30_000), 'the smoke test started');
+  child.kill('SIGTERM');
+  assert.equal(await code, 130);
+  const { cases } = await junit(report);
+  assert.match(findAll(cases.get('restore')!, 'error')[0]?.attrs.message ?? '', /interrupted/);
+  await fsp.rm(d.work, { recursive: true, force: true });
+  await fsp.rm(d.scratch, { recursive: true, force: true });
+});
