@@ -295,6 +295,13 @@ test('failover refuses an active path that is a real directory, and a target tha
   assert.equal(dangling.code, 5, dangling.stderr);
   assert.match(dangling.stdout, new RegExp(`target prod: ${path.join(work, 'current')} links to ${ok.json().slot}, which is missing`));
   assert.match(dangling.stderr, /unhealthy: prod \(.* links to .*, which is missing\)\n {2}serve a point again: lifeboat failover --to prod/);
+  // A directory where the link should be: a failover would refuse it, so status says to move it aside instead.
+  await fsp.rm(path.join(work, 'current'));
+  await fsp.mkdir(path.join(work, 'current'));
+  const directory = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.equal(directory.code, 5, directory.stderr);
+  assert.match(directory.json().targets[0].active.hint, /^move it aside/);
+  assert.match(directory.stderr, /unhealthy: prod \(.*current is not a symbolic link\)\n {2}move it aside and make it a link/);
   await fsp.rm(work, { recursive: true, force: true });
 });
 

@@ -1,6 +1,6 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { InterruptedError, RuntimeFailure, UsageError, errorMessage, fileSystemHint, throwIfAborted } from '../errors.js';
+import { InterruptedError, LifeboatError, RuntimeFailure, UsageError, errorMessage, fileSystemHint, throwIfAborted } from '../errors.js';
 import { deploymentOf, type Manifest } from '../format/manifest.js';
 import { putStateBack } from '../state/put-back.js';
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
@@ -453,7 +453,7 @@ export async function rollback(repo: Repository, spec: TargetSpec, options: Swit
 
 export interface TargetStatus {
   name: string;
-  active: { path: string | null; slot: string | null; point: string | null; completedAt: string | null; ageMs: number | null; error?: string };
+  active: { path: string | null; slot: string | null; point: string | null; completedAt: string | null; ageMs: number | null; error?: string; /** What to do about `error`, when it is not to fail over again. */ hint?: string };
   previous: { path: string | null; point: string | null };
   health: { ok: boolean; detail: string; ms: number; checked: boolean };
   /** Age of the newest backup point: the data a failure now would lose at most. */
@@ -499,12 +499,15 @@ export async function status(repo: Repository, specs: TargetSpec[], options: { n
   for (const spec of specs) {
     let activePath: string | null = null;
     let error: string | undefined;
+    let hint: string | undefined;
     try {
       activePath = await readActive(spec.active);
       // A slot removed by hand leaves the link dangling: the server has nothing to load after a restart.
       if (activePath && !(await isDirectory(activePath))) error = `${spec.active} links to ${activePath}, which is missing`;
     } catch (err) {
       error = errorMessage(err);
+      // A directory where the link should be: a failover would refuse it too, so the fix is to move it aside.
+      if (err instanceof LifeboatError) hint = err.hint;
     }
     const point = slotPoint(spec.slots, activePath) ?? null;
     const m = point ? await repo.summary(point).catch(() => undefined) : undefined;
@@ -522,6 +525,7 @@ export async function status(repo: Repository, specs: TargetSpec[], options: { n
         completedAt: m?.completedAt ?? null,
         ageMs: m ? Math.max(0, now - Date.parse(m.completedAt)) : null,
         ...(error ? { error } : {}),
+        ...(hint ? { hint } : {}),
       },
       previous: { path: state.previous, point: slotPoint(spec.slots, state.previous) ?? null },
       health: h ? { ok: h.ok, detail: h.detail, ms: h.ms, checked: true } : { ok: activePath !== null && error === undefined, detail: error ?? 'no health check configured', ms: 0, checked: false },

@@ -60,7 +60,7 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
       const unlinked = sick.find((t) => t.active.error !== undefined);
       throw new HealthError(`unhealthy: ${sick.map((t) => `${t.name} (${t.active.error ?? t.health.detail})`).join(', ')}`, {
         // A server answering from what it loaded before its slot went away will not come back after a restart.
-        hint: unlinked ? `serve a point again: lifeboat failover --to ${unlinked.name}` : undefined,
+        hint: unlinked ? (unlinked.active.hint ?? `serve a point again: lifeboat failover --to ${unlinked.name}`) : undefined,
       });
     }
   } finally {
