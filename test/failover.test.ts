@@ -537,6 +537,7 @@ test('a failover interrupted while deactivate runs activates the slot served bef
   controller.abort();
   const r = await running;
   assert.equal(r.code, 130, r.stderr);
+  assert.match(r.stderr, new RegExp(`interrupted before the switch: prod still serves ${first}; nothing was switched\\n {2}lifeboat failover ${second} --to prod starts again`));
   assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first), 'the link is as it was');
   assert.equal(await fsp.readFile(path.join(work, 'hooks.log'), 'utf8'), `deactivate ${first}\nactivate ${first}\n`);
   await fsp.rm(work, { recursive: true, force: true });

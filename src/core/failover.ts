@@ -313,9 +313,12 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
   const run: Run = { spec, options, started: Date.now() };
   const slot = slotPath(spec.slots, manifest.id);
   const unlock = await lockTarget(spec.slots, spec.name, `failover ${manifest.id}`);
+  /** What the target served when the failover started, said when it is interrupted before the switch. */
+  let served = 'nothing';
   try {
     const from = await readActive(spec.active);
     const fromPoint = slotPoint(spec.slots, from) ?? null;
+    served = fromPoint ?? from ?? 'nothing';
     const reused = await isDirectory(slot);
     for (const name of await removeOtherStaging(slot)) note(run, 'staging-removed', `removed ${name}, left by an interrupted failover to another point`);
     note(run, reused ? 'slot-check' : 'slot-restore', reused ? `checking slot ${slot} file by file` : `restoring ${manifest.id} into ${slot}`);
@@ -399,6 +402,12 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     return finish();
   } catch (err) {
     await journalError(run, repo, 'failover', manifest.id, err);
+    // Interrupted after the switch, the error already says what is served; before it, say that nothing changed.
+    if (err instanceof InterruptedError && !err.message.startsWith('interrupted after the switch')) {
+      throw new InterruptedError(`interrupted before the switch: ${spec.name} still serves ${served}; nothing was switched`, {
+        hint: `lifeboat failover ${manifest.id} --to ${spec.name} starts again, going on from what was restored`,
+      });
+    }
     throw err;
   } finally {
     await unlock();
