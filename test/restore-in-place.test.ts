@@ -210,6 +210,16 @@ test('restore --in-place --state puts serving state back as a failover does: the
   assert.match(without.stderr, /--state puts serving state back with --in-place/);
   const notAsked = await run('restore', 'latest', '--in-place', '--delta');
   assert.match(notAsked.stderr, /registry \(sqlite state\) is not restored in place: --state puts it back/);
+
+  // A restore command that fails: what was put back before it is named, since it stays.
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    'repository: ./repo\nsources:\n  models: ./srv/models\n  registry: { sqlite: ./state/registry.db, restore: true }\n  features: { command: "cat state/features.json", restore: "exit 7" }\n',
+  );
+  assert.equal((await run('backup')).code, 0);
+  const failing = await run('restore', 'latest', '--in-place', '--delta', '--state');
+  assert.equal(failing.code, 1, failing.stderr);
+  assert.match(failing.stderr, /restored before the state failed: models to .*srv\/models.*, the state of registry; features not put back/);
 });
 
 test('restore --in-place --delta over an unchanged tree leaves its files alone: their times stay exact, their change times do not move, and the next incremental reads none of them', async (t) => {

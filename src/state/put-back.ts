@@ -10,6 +10,8 @@ export interface PutBackOptions {
   signal?: AbortSignal;
   /** Told what is done, as it is done. */
   note: (code: string, message: string) => void;
+  /** Told each source put back, as it is (a failure later leaves those put back). */
+  putBack?: (name: string) => void;
 }
 
 /**
@@ -36,6 +38,7 @@ export async function putStateBack(manifest: Manifest, root: string, options: Pu
       continue;
     }
     done.push(s.name);
+    options.putBack?.(s.name);
   }
   return done;
 }

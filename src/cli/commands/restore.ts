@@ -90,7 +90,7 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
  * says, as a failover does (SQLite copied into the live database, what it held
  * kept beside it; a command fed its captured output).
  */
-async function restoreState(ctx: CliContext, repo: Repository, point: Manifest, names: string[], options: ReturnType<typeof commonOptions>, renderer: ProgressRenderer): Promise<void> {
+async function restoreState(ctx: CliContext, repo: Repository, point: Manifest, names: string[], options: ReturnType<typeof commonOptions>, renderer: ProgressRenderer, putBack: (name: string) => void): Promise<void> {
   if (options.dryRun) {
     for (const name of names) renderer.notice({ level: 'info', code: 'state-restore', message: `would put back the state of ${name}` });
     return;
@@ -106,6 +106,7 @@ async function restoreState(ctx: CliContext, repo: Repository, point: Manifest, 
       timeoutMs: DEFAULT_HOOK_TIMEOUT_MS,
       signal: ctx.signal,
       note: (code, message) => renderer.notice({ level: 'info', code, message }),
+      putBack,
     });
   } finally {
     await removeTree(scratch).catch(() => undefined);
@@ -215,7 +216,17 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
       done.push({ ...result, source: place.name });
       await journalRestored(repo, renderer, result, { source: place.name });
     }
-    if (state.length > 0) await restoreState(ctx, repo, point, state, commonOptions(ctx, flags, config, renderer), renderer);
+    if (state.length > 0) {
+      const putBack: string[] = [];
+      await restoreState(ctx, repo, point, state, commonOptions(ctx, flags, config, renderer), renderer, (name) => putBack.push(name)).catch((err: unknown) => {
+        // The directories (and any state put back before the failure) stay as restored: say which, as for a source that fails.
+        const restored = [...done.map((d) => `${d.source} to ${quoteName(d.target)}`), ...putBack.map((name) => `the state of ${name}`)];
+        if (restored.length > 0) {
+          renderer.notice({ level: 'warning', code: 'in-place-partial', message: `restored before the state failed: ${restored.join(', ')}; ${state.filter((n) => !putBack.includes(n)).join(', ')} not put back` });
+        }
+        throw err;
+      });
+    }
     renderer.stop();
     const durationMs = Date.now() - started;
     const files = done.reduce((n, d) => n + d.files, 0);
