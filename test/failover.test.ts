@@ -590,3 +590,24 @@ test('a health check gets its last attempt at the timeout, not an interval befor
     await fsp.rm(work, { recursive: true, force: true });
   }
 });
+
+test('status says when the previous slot was removed by hand, since a rollback then has nowhere to go', async () => {
+  const work = await tempDir();
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights A');
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\ntargets:\n  prod: { slots: ./slots, active: ./current }\n');
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const first = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights B');
+  const second = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
+  assert.match((await lifeboat(['status'], { cwd: work })).stdout, new RegExp(`\\n {2}previous: ${first}\\n`));
+  await fsp.rm(path.join(work, 'slots', first), { recursive: true });
+  const st = await lifeboat(['status'], { cwd: work });
+  assert.equal(st.code, 0, st.stderr);
+  assert.match(st.stdout, new RegExp(`\\n {2}previous: ${first} \\(missing: no rollback to it\\)\\n`));
+  assert.equal((await lifeboat(['--json', 'status'], { cwd: work })).json().targets[0].previous.missing, true);
+  assert.equal((await lifeboat(['rollback'], { cwd: work })).code, 2);
+  await fsp.rm(work, { recursive: true, force: true });
+});

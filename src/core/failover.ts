@@ -463,7 +463,8 @@ export async function rollback(repo: Repository, spec: TargetSpec, options: Swit
 export interface TargetStatus {
   name: string;
   active: { path: string | null; slot: string | null; point: string | null; completedAt: string | null; ageMs: number | null; error?: string; /** What to do about `error`, when it is not to fail over again. */ hint?: string };
-  previous: { path: string | null; point: string | null };
+  /** `missing`: the slot was removed since (by hand): a rollback has nowhere to go. */
+  previous: { path: string | null; point: string | null; missing?: true };
   health: { ok: boolean; detail: string; ms: number; checked: boolean };
   /** Age of the newest backup point: the data a failure now would lose at most. */
   rpoMs: number | null;
@@ -536,7 +537,7 @@ export async function status(repo: Repository, specs: TargetSpec[], options: { n
         ...(error ? { error } : {}),
         ...(hint ? { hint } : {}),
       },
-      previous: { path: state.previous, point: slotPoint(spec.slots, state.previous) ?? null },
+      previous: { path: state.previous, point: slotPoint(spec.slots, state.previous) ?? null, ...(state.previous && !(await isDirectory(state.previous)) ? { missing: true as const } : {}) },
       health: h ? { ok: h.ok, detail: h.detail, ms: h.ms, checked: true } : { ok: activePath !== null && error === undefined, detail: error ?? 'no health check configured', ms: 0, checked: false },
       rpoMs: newest?.ageMs ?? deployments?.find((d) => d.deployment === (m ? deploymentOf(m) : undefined))?.ageMs ?? null,
       slots: slots.map((s) => ({ name: s.name, point: s.point ?? null, active: s.path === activePath, previous: s.path === state.previous })),

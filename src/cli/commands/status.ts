@@ -28,7 +28,7 @@ function describeTarget(ctx: CliContext, t: TargetStatus): string[] {
   const health = t.health.checked ? (t.health.ok ? c.green(`healthy (${t.health.detail})`) : c.red(`UNHEALTHY (${t.health.detail})`)) : 'health not checked';
   const active = t.active.error ?? (t.active.path ? `${t.active.point ?? quoteName(t.active.path)}${t.active.ageMs !== null ? `, taken ${formatDuration(t.active.ageMs)} ago` : ''}` : 'no active link');
   const lines = [`target ${t.name}: ${active}; ${health}`];
-  if (t.previous.path) lines.push(`  previous: ${t.previous.point ?? quoteName(t.previous.path)}`);
+  if (t.previous.path) lines.push(`  previous: ${t.previous.point ?? quoteName(t.previous.path)}${t.previous.missing ? ' (missing: no rollback to it)' : ''}`);
   if (t.slots.length) lines.push(`  slots: ${t.slots.map((s) => `${quoteName(s.name)}${s.active ? ' (active)' : s.previous ? ' (previous)' : ''}`).join(', ')}`);
   for (const e of t.events) lines.push(`  ${describeEvent(e)}`);
   return lines;
