@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { UsageError, IntegrityError } from '../errors.js';
+import { UsageError, IntegrityError, errorMessage } from '../errors.js';
 import { decodeDocument, encodeDocument } from '../format/document.js';
 import { POINT_ID, parseTimeSelector } from '../format/ids.js';
 import {
@@ -235,10 +235,17 @@ export class Repository {
 
   /** The names `deployments.json` records; undefined when it is missing or damaged (repositories written before it). */
   async recordedDeployments(): Promise<string[] | undefined> {
+    const record = await this.deploymentsRecord();
+    return 'names' in record ? record.names : undefined;
+  }
+
+  /** `deployments.json` as stored: its names, missing (repositories written before it), or why it is damaged. */
+  async deploymentsRecord(): Promise<{ names: string[] } | { missing: true } | { damaged: string }> {
     try {
-      return decodeDocument(await this.storage.getDocument(keys.deployments), deploymentsSchema, keys.deployments).names;
+      return { names: decodeDocument(await this.storage.getDocument(keys.deployments), deploymentsSchema, keys.deployments).names };
     } catch (err) {
-      if (isNotFound(err) || err instanceof IntegrityError) return undefined;
+      if (isNotFound(err)) return { missing: true };
+      if (err instanceof IntegrityError) return { damaged: errorMessage(err) };
       throw err;
     }
   }

@@ -1,9 +1,7 @@
 import { createHash } from 'node:crypto';
 import { isDeepStrictEqual } from 'node:util';
 import { IntegrityError, errorMessage, throwIfAborted } from '../errors.js';
-import { decodeDocument } from '../format/document.js';
-import { isNotFound } from '../storage/storage.js';
-import { deploymentOf, deploymentsSchema, keys, recordedChecksum, summarize, summaryIdOf, volumeEntryName, type Manifest, type ManifestEntry, type VolumeRecord } from '../format/manifest.js';
+import { deploymentOf, keys, recordedChecksum, summarize, summaryIdOf, volumeEntryName, type Manifest, type ManifestEntry, type VolumeRecord } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { readVolume } from '../format/tar.js';
 import { type Notice, type Progress, type Reporter, progressAt } from './events.js';
@@ -326,15 +324,10 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
  */
 async function deploymentsRecordProblem(repo: Repository, newestOfDeployment: ReadonlyMap<string, string>): Promise<Problem | undefined> {
   if (newestOfDeployment.size === 0) return undefined;
-  let recorded: readonly string[] = [];
-  let damaged: string | undefined;
-  try {
-    recorded = decodeDocument(await repo.storage.getDocument(keys.deployments), deploymentsSchema, keys.deployments).names;
-  } catch (err) {
-    if (isNotFound(err)) return undefined;
-    if (!(err instanceof IntegrityError)) throw err;
-    damaged = errorMessage(err);
-  }
+  const record = await repo.deploymentsRecord();
+  if ('missing' in record) return undefined;
+  const recorded: readonly string[] = 'names' in record ? record.names : [];
+  const damaged = 'damaged' in record ? record.damaged : undefined;
   const lacking = [...newestOfDeployment.keys()].filter((d) => !recorded.includes(d));
   if (lacking.length === 0) return undefined;
   // Read again just before writing: a backup may have added its deployment meanwhile.
