@@ -234,6 +234,9 @@ async function settle(run: Run, kind: 'failover' | 'rollback', result: SwitchRes
   await remember(run, result.from.path, result.slot, kind);
 }
 
+/** An interrupt after the link was switched, whose message says what is served now. */
+class InterruptedAfterSwitch extends InterruptedError {}
+
 /**
  * After an interrupt that left `result.slot` linked: the switch is recorded as
  * any other, so a rollback returns to the slot served before; then the command
@@ -244,7 +247,7 @@ async function interruptedAfterSwitch(run: Run, kind: 'failover' | 'rollback', r
   const back = result.from.path
     ? `lifeboat rollback --to ${run.spec.name} switches back to ${result.from.point ?? result.from.path}`
     : `lifeboat status --target ${run.spec.name} shows whether it answers healthy`;
-  throw new InterruptedError(`interrupted after the switch: ${run.spec.name} now serves ${result.point ?? result.slot}, not confirmed healthy`, { hint: back });
+  throw new InterruptedAfterSwitch(`interrupted after the switch: ${run.spec.name} now serves ${result.point ?? result.slot}, not confirmed healthy`, { hint: back });
 }
 
 /**
@@ -403,7 +406,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
   } catch (err) {
     await journalError(run, repo, 'failover', manifest.id, err);
     // Interrupted after the switch, the error already says what is served; before it, say that nothing changed.
-    if (err instanceof InterruptedError && !err.message.startsWith('interrupted after the switch')) {
+    if (err instanceof InterruptedError && !(err instanceof InterruptedAfterSwitch)) {
       throw new InterruptedError(`interrupted before the switch: ${spec.name} still serves ${served}; nothing was switched`, {
         hint: `lifeboat failover ${manifest.id} --to ${spec.name} starts again, going on from what was restored`,
       });
