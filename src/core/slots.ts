@@ -171,7 +171,10 @@ export async function lockTarget(slots: string, name: string, command: string): 
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
         // Made but not written (a full disk): an empty lock would be left for the next run to judge.
-        if (handle) await handle.close().then(() => fsp.rm(file, { force: true }), () => fsp.rm(file, { force: true }));
+        if (handle) {
+          await handle.close().catch(() => undefined);
+          await fsp.rm(file, { force: true });
+        }
         throw new RuntimeFailure(`cannot take the switch lock of target ${name} in ${slots}: ${errorMessage(err)}`, {
           cause: err,
           hint: fileSystemHint(err, slots) ?? `check targets.${name}.slots in the config file`,

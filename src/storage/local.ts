@@ -392,8 +392,7 @@ async function entriesOf(dir: string, keyForErrors: string): Promise<Dirent[]> {
   try {
     return await fsp.readdir(dir, { withFileTypes: true });
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return [];
+    if (isAbsent(err)) return [];
     throw wrap('list', keyForErrors, err);
   }
 }

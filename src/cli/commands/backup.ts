@@ -56,7 +56,6 @@ export function resolveSources(ctx: CliContext, paths: string[], flags: string[]
 const TAG_KEY = /^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$/;
 
 function parseTags(tags: string[]): Record<string, string> {
-  // A Map, then own properties: a key such as __proto__ is a tag like any other.
   const out = new Map<string, string>();
   for (const t of tags) {
     const eq = t.indexOf('=');

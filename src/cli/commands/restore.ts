@@ -204,12 +204,14 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
     for (const p of places) renderer.notice({ level: 'info', code: 'in-place', message: `${p.name} ${flags.dryRun ? 'would go' : 'goes'} back to ${quoteName(p.path)}${p.via ? ` (through the link ${quoteName(p.via)})` : ''}` });
     const started = Date.now();
     const done: (RestoreResult & { source: string })[] = [];
+    /** The directories restored so far, named when a later source or the state fails (they stay restored). */
+    const restoredSoFar = () => done.map((d) => `${d.source} to ${quoteName(d.target)}`);
     for (const place of places) {
       const result = await restore(repo, point, { target: place.path, asTarget: place.name, ...commonOptions(ctx, flags, config, renderer) }).catch(async (err: unknown) => {
         if (!flags.dryRun) await appendEvent(repo.storage, { type: 'restore', point: point.id, target: place.path, outcome: 'failed', durationMs: Date.now() - started, detail: { error: errorMessage(err), source: place.name } }).catch(() => undefined);
         // Sources are restored one after the other: which ones made it is worth a line of its own.
         if (done.length > 0) {
-          renderer.notice({ level: 'warning', code: 'in-place-partial', message: `restored before ${place.name} failed: ${done.map((d) => `${d.source} to ${quoteName(d.target)}`).join(', ')}; the sources after it were not touched` });
+          renderer.notice({ level: 'warning', code: 'in-place-partial', message: `restored before ${place.name} failed: ${restoredSoFar().join(', ')}; the sources after it were not touched` });
         }
         throw await withIntactAlternative(err, repo, point, (id) => `lifeboat restore ${id} --in-place`);
       });
@@ -220,7 +222,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
       const putBack: string[] = [];
       await restoreState(ctx, repo, point, state, commonOptions(ctx, flags, config, renderer), renderer, (name) => putBack.push(name)).catch((err: unknown) => {
         // The directories (and any state put back before the failure) stay as restored: say which, as for a source that fails.
-        const restored = [...done.map((d) => `${d.source} to ${quoteName(d.target)}`), ...putBack.map((name) => `the state of ${name}`)];
+        const restored = [...restoredSoFar(), ...putBack.map((name) => `the state of ${name}`)];
         if (restored.length > 0) {
           renderer.notice({ level: 'warning', code: 'in-place-partial', message: `restored before the state failed: ${restored.join(', ')}; ${state.filter((n) => !putBack.includes(n)).join(', ')} not put back` });
         }
