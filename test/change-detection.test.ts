@@ -20,6 +20,11 @@ async function setUp(t: TestContext) {
     assert.equal(run.code, 0, run.stderr);
     return run.json();
   };
+  const dryRun = async () => {
+    const run = await lifeboat(['--repo', repo, '--json', 'backup', models, '--dry-run']);
+    assert.equal(run.code, 0, run.stderr);
+    return run.json();
+  };
   const restoresAs = async (expected: Awaited<ReturnType<typeof snapshotTree>>) => {
     const target = path.join(work, 'restored');
     await fsp.rm(target, { recursive: true, force: true });
@@ -32,11 +37,11 @@ async function setUp(t: TestContext) {
     const anHourAgo = new Date(Math.floor(Date.now() / 1000) * 1000 - 3600_000);
     for (const file of await listFiles(models)) await fsp.utimes(file, anHourAgo, anHourAgo);
   };
-  return { rand: prng(seed), work, repo, models, backup, restoresAs, age };
+  return { rand: prng(seed), work, repo, models, backup, dryRun, restoresAs, age };
 }
 
 test('files copied with their times kept (a failover\'s new slot, cp -a, a remount) are read and compared, not stored again; one whose bytes differ is stored', async (t) => {
-  const { rand, work, models, backup, restoresAs, age } = await setUp(t);
+  const { rand, work, models, backup, dryRun, restoresAs, age } = await setUp(t);
   await fsp.mkdir(path.join(models, 'llama'), { recursive: true });
   for (let i = 0; i < 4; i++) await writeRandomFile(path.join(models, 'llama', `shard-${i}.safetensors`), 1 << 20, rand);
   await fsp.writeFile(path.join(models, 'llama', 'config.json'), '{"vocab_size": 32000}\n');
@@ -48,6 +53,9 @@ test('files copied with their times kept (a failover\'s new slot, cp -a, a remou
   execFileSync('cp', ['-a', models, copy]);
   await fsp.rm(models, { recursive: true });
   await fsp.rename(copy, models);
+  // A dry run reads and compares them too, and so says what the backup then does.
+  const planned = await dryRun();
+  assert.deepEqual([planned.changed, planned.storedBytes], [0, 0], 'the dry run foresees nothing to store');
   const copied = await backup();
   assert.deepEqual([copied.added, copied.changed, copied.removed], [0, 0, 0]);
   assert.equal(copied.storedBytes, 0, `stored ${copied.storedBytes} bytes of files it already had`);
@@ -63,6 +71,8 @@ test('files copied with their times kept (a failover\'s new slot, cp -a, a remou
   const after = await fsp.stat(shard, { bigint: true });
   assert.deepEqual([after.size, after.mtimeNs], [before.size, before.mtimeNs], 'only the inode tells');
   const expected = await snapshotTree(models);
+  const plannedReplace = await dryRun();
+  assert.deepEqual([plannedReplace.changed, plannedReplace.storedBytes], [1, 1 << 20], 'the dry run foresees the replaced file');
   const replaced = await backup();
   assert.equal(replaced.changed, 1);
   assert.ok(replaced.storedBytes >= 1 << 20 && replaced.storedBytes < 2 << 20, `stored ${replaced.storedBytes} bytes for one changed 1 MiB file`);

@@ -21,6 +21,7 @@ import { DEFAULT_TRANSFERS } from './pool.js';
 import { ZERO_FILL, type TarVolumeWriter } from '../format/tar.js';
 import { ContentTwins } from './content-twins.js';
 import { ProbeCollector, readProbe } from '../format/probe.js';
+import { sha256OfFile } from '../format/checksum.js';
 import { knownChecks, recordedFindings, validateSources, withModel } from '../model/sources.js';
 import type { KnownCheck, ValidationResult } from '../model/validate.js';
 import type { ModelInfo } from '../model/types.js';
@@ -194,14 +195,23 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       warnings,
     };
     if (options.dryRun) {
-      // Without reading, a racy file counts as changed and its bytes as stored.
-      const guessed = plan.entries.map((p) => plannedAsEntry(p));
+      // A file its stat alone cannot clear (racy, copied, its change time moved) is read and compared,
+      // as the backup would: else a dry run right after a backup reports what the backup then does not store.
+      const guessed: ManifestEntry[] = [];
+      let wouldStore = 0;
+      for (const p of plan.entries) {
+        throwIfAborted(options.signal);
+        const entry = plannedAsEntry(p);
+        if (p.action === 'verify' && (await sameContent(p.scanned.abs, p.basis!))) withContent(entry, p.basis!.sha256!, p.basis!.ref!);
+        else if (p.action !== 'reuse') wouldStore += p.scanned.size;
+        guessed.push(entry);
+      }
       Object.assign(result, countChanges(guessed, reference, plan.referenceByPath));
       // State that is not captured is not known to be gone.
       const uncaptured = new Set(notCaptured.map((s) => s.name));
       for (const e of reference?.entries ?? []) if (e.type !== 'dir' && uncaptured.has(e.source)) result.removed--;
       result.wouldCapture = notCaptured;
-      result.storedBytes = plan.bytesToRead;
+      result.storedBytes = wouldStore;
       result.durationMs = Date.now() - started;
       return result;
     }
@@ -554,6 +564,12 @@ function baseEntry(s: ScannedEntry): ManifestEntry {
 }
 
 /** What the manifest entry would be if every file read matched its plan (for --dry-run). */
+/** Whether a file still holds what its recorded entry says; a file that cannot be read is taken as changed. */
+async function sameContent(file: string, recorded: ManifestEntry): Promise<boolean> {
+  const digest = await sha256OfFile(file).catch(() => undefined);
+  return digest === recorded.sha256;
+}
+
 function plannedAsEntry(p: PlannedEntry): ManifestEntry {
   const base = baseEntry(p.scanned);
   if (p.scanned.type !== 'file') return base;
