@@ -611,3 +611,54 @@ test('status says when the previous slot was removed by hand, since a rollback t
   assert.equal((await lifeboat(['rollback'], { cwd: work })).code, 2);
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test('a rollback interrupted while deactivate runs says the target still serves what it did and nothing was switched', async () => {
+  const work = await tempDir();
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights A');
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    'repository: ./repo\nsources:\n  models: ./models\ntargets:\n  prod:\n    slots: ./slots\n    active: ./current\n' +
+      '    deactivate: \'test -e slow || exit 0; echo "deactivate $LIFEBOAT_POINT" >> hooks.log; sleep 30\'\n',
+  );
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const first = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights B');
+  const second = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
+  await fsp.writeFile(path.join(work, 'slow'), '');
+
+  const controller = new AbortController();
+  const running = lifeboat(['rollback'], { cwd: work, signal: controller.signal });
+  assert.ok(await waitFor(async () => (await fsp.readFile(path.join(work, 'hooks.log'), 'utf8').catch(() => '')).includes('deactivate'), 10_000), 'deactivate started');
+  controller.abort();
+  const r = await running;
+  assert.equal(r.code, 130, r.stderr);
+  assert.match(r.stderr, new RegExp(`interrupted before the switch: prod still serves ${second}; nothing was switched\\n {2}lifeboat rollback --to prod starts again`));
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second), 'the link is as it was');
+  await fsp.rm(path.join(work, 'slow'));
+  assert.equal((await lifeboat(['rollback'], { cwd: work })).code, 0, 'the rollback started again goes through');
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first));
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a rollback to a directory outside the slots (the link had been moved there by hand) is named by that directory in status', async () => {
+  const work = await tempDir();
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights A');
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\ntargets:\n  prod: { slots: ./slots, active: ./current }\n');
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const point = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+  const handMade = path.join(work, 'hand-made');
+  await fsp.mkdir(path.join(handMade, 'models'), { recursive: true });
+  await fsp.symlink(handMade, path.join(work, 'current'));
+  assert.equal((await lifeboat(['failover', point], { cwd: work })).code, 0);
+  const back = await lifeboat(['rollback'], { cwd: work });
+  assert.equal(back.code, 0, back.stderr);
+  assert.equal(await readActive(path.join(work, 'current')), handMade);
+  const st = await lifeboat(['status'], { cwd: work });
+  assert.equal(st.code, 0, st.stderr);
+  assert.match(st.stdout, new RegExp(`\\n {2}\\S+ {2}rollback ${handMade.replace(/[/\\\\.]/g, '\\$&')} ok,`));
+  await fsp.rm(work, { recursive: true, force: true });
+});

@@ -237,6 +237,12 @@ async function settle(run: Run, kind: 'failover' | 'rollback', result: SwitchRes
 /** An interrupt after the link was switched, whose message says what is served now. */
 class InterruptedAfterSwitch extends InterruptedError {}
 
+/** An interrupt before the switch says that nothing changed (after it, the error already says what is served); other errors pass as they are. */
+function beforeTheSwitch(err: unknown, spec: TargetSpec, served: string, again: string): unknown {
+  if (!(err instanceof InterruptedError) || err instanceof InterruptedAfterSwitch) return err;
+  return new InterruptedError(`interrupted before the switch: ${spec.name} still serves ${served}; nothing was switched`, { hint: again });
+}
+
 /**
  * After an interrupt that left `result.slot` linked: the switch is recorded as
  * any other, so a rollback returns to the slot served before; then the command
@@ -405,13 +411,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     return finish();
   } catch (err) {
     await journalError(run, repo, 'failover', manifest.id, err);
-    // Interrupted after the switch, the error already says what is served; before it, say that nothing changed.
-    if (err instanceof InterruptedError && !(err instanceof InterruptedAfterSwitch)) {
-      throw new InterruptedError(`interrupted before the switch: ${spec.name} still serves ${served}; nothing was switched`, {
-        hint: `lifeboat failover ${manifest.id} --to ${spec.name} starts again, going on from what was restored`,
-      });
-    }
-    throw err;
+    throw beforeTheSwitch(err, spec, served, `lifeboat failover ${manifest.id} --to ${spec.name} starts again, going on from what was restored`);
   } finally {
     await unlock();
   }
@@ -425,10 +425,12 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
 export async function rollback(repo: Repository, spec: TargetSpec, options: SwitchOptions = {}): Promise<SwitchResult> {
   const run: Run = { spec, options, started: Date.now() };
   let to: string | null = null;
+  let served = 'nothing';
   const unlock = await lockTarget(spec.slots, spec.name, 'rollback');
   try {
     const state = await readTargetState(spec.slots);
     const from = await readActive(spec.active);
+    served = slotPoint(spec.slots, from) ?? from ?? 'nothing';
     to = state.previous;
     if (!to) throw new UsageError(`target ${spec.name} has no previous slot to roll back to`, { hint: 'fail over to a chosen point instead: lifeboat failover POINT --to TARGET' });
     if (!(await isDirectory(to))) {
@@ -457,7 +459,7 @@ export async function rollback(repo: Repository, spec: TargetSpec, options: Swit
     return result;
   } catch (err) {
     await journalError(run, repo, 'rollback', slotPoint(spec.slots, to) ?? null, err);
-    throw err;
+    throw beforeTheSwitch(err, spec, served, `lifeboat rollback --to ${spec.name} starts again`);
   } finally {
     await unlock();
   }

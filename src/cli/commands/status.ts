@@ -20,7 +20,9 @@ interface StatusFlags {
 function describeEvent(e: JournalEvent): string {
   const rto = typeof e.detail?.rtoMs === 'number' ? `, RTO ${formatDuration(e.detail.rtoMs)}` : '';
   const reason = typeof e.detail?.reason === 'string' ? `: ${escapeUnprintable(e.detail.reason)}` : '';
-  return `${e.at}  ${e.type} ${e.point ?? ''} ${e.outcome}${rto} (${e.user}@${e.host})${reason}`.replace(/\s+\(/, ' (');
+  // A switch to a directory outside the slots (a link moved by hand) has no point: the directory is named instead.
+  const what = e.point ?? (typeof e.detail?.slot === 'string' ? quoteName(e.detail.slot) : '');
+  return `${e.at}  ${e.type} ${what} ${e.outcome}${rto} (${e.user}@${e.host})${reason}`.replace(/\s+\(/, ' (');
 }
 
 function describeTarget(ctx: CliContext, t: TargetStatus): string[] {
