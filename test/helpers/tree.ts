@@ -13,8 +13,29 @@ export function seedFromEnv(): number {
   return Number.isFinite(fromEnv) && fromEnv > 0 ? fromEnv : Math.floor(Math.random() * 2 ** 31) + 1;
 }
 
+const madeHere = new Set<string>();
+
+/**
+ * A new directory under the system's temporary one. Whatever a test did not
+ * remove is removed when the test file's process ends, unless a test failed:
+ * then it stays to be looked at.
+ */
 export async function tempDir(prefix = 'lifeboat-test-'): Promise<string> {
-  return fsp.mkdtemp(path.join(os.tmpdir(), prefix));
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), prefix));
+  if (madeHere.size === 0) process.once('exit', removeIfAllPassed);
+  madeHere.add(dir);
+  return dir;
+}
+
+function removeIfAllPassed(code: number): void {
+  if (code !== 0) return;
+  for (const dir of madeHere) {
+    try {
+      fs.rmSync(dir, { recursive: true, force: true });
+    } catch {
+      // A directory a test made unreadable, or still mounted: left behind.
+    }
+  }
 }
 
 /** Writes `size` pseudo-random bytes, a chunk at a time. */
