@@ -1,7 +1,7 @@
 import * as os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import * as z from 'zod';
-import { LockedError, RuntimeFailure, errorMessage, throwIfAborted } from '../errors.js';
+import { LockedError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { sleep } from '../sleep.js';
 import { formatDuration } from '../config/duration.js';
 import { isNotFound, type Storage } from '../storage/storage.js';
@@ -354,6 +354,8 @@ const DELETES_DATA = new Set(['prune']);
 export interface ReadLock {
   /** Why no reader lock could be written (a read-only repository or credentials), when none was. */
   unlocked?: string;
+  /** The prune this reader waited for, when it had to wait for one. */
+  waitedFor?: LockInfo;
   release(): Promise<void>;
 }
 
@@ -396,14 +398,16 @@ export async function acquireReadLock(storage: Storage, command: string, options
     await lease.stop();
     await storage.delete([key]).catch(() => undefined);
   };
+  let waitedFor: LockInfo | undefined;
   try {
-    for (let announced = false; ; announced = true) {
+    for (;;) {
       const writer = await readLock(storage, options);
       if (!writer || writer.stale || !DELETES_DATA.has(writer.info.command)) break;
       const removing = writer.info.removing;
       if (removing && options.reads && !options.reads.some((id) => removing.includes(id))) break;
       // Registered already, so no new prune starts; this one was past its look at the readers.
-      if (!announced) options.waiting?.(writer.info);
+      if (!waitedFor) options.waiting?.(writer.info);
+      waitedFor = writer.info;
       await sleep(PRUNE_POLL_MS, options.signal);
       throwIfAborted(options.signal);
     }
@@ -411,7 +415,7 @@ export async function acquireReadLock(storage: Storage, command: string, options
     await release();
     throw err;
   }
-  return { release };
+  return { waitedFor, release };
 }
 
 /**
@@ -426,6 +430,7 @@ export async function whileReading<T>(
 ): Promise<T> {
   const lock = await acquireReadLock(storage, command, { signal: context.signal, reads: context.reads, waiting: (prune) => context.reporter.notice?.(waitingNotice(prune)) });
   try {
+    if (lock.waitedFor) await throwIfPruned(storage, command, lock.waitedFor, context.reads ?? []);
     if (lock.unlocked) {
       const notice = unlockedNotice(lock.unlocked);
       context.warnings.push(notice);
@@ -434,6 +439,19 @@ export async function whileReading<T>(
     return await work();
   } finally {
     await lock.release();
+  }
+}
+
+/**
+ * After waiting for a prune, the points a reader was started on may be gone: reading them now would
+ * report their removed volumes as damaged data (or verify nothing), so this says what happened.
+ */
+async function throwIfPruned(storage: Storage, command: string, prune: LockInfo, reads: readonly string[]): Promise<void> {
+  for (const id of reads) {
+    if (await storage.head(keys.point(id))) continue;
+    throw new UsageError(`backup point ${id} was removed by the prune (${describeLock(prune)}) this ${command} waited for`, {
+      hint: 'see `lifeboat list` for the points that remain',
+    });
   }
 }
 
