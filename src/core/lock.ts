@@ -7,7 +7,7 @@ import { formatDuration } from '../config/duration.js';
 import { isNotFound, type Storage } from '../storage/storage.js';
 import { keys } from '../format/manifest.js';
 import type { Notice, Reporter } from './events.js';
-import { processRuns } from '../format/process-alive.js';
+import { processRuns, processStartedAt } from '../format/process-alive.js';
 
 export const DEFAULT_LEASE_MS = 30 * 60 * 1000;
 
@@ -42,7 +42,15 @@ export interface StalenessOptions {
   staleAfterMs?: number;
   host?: string;
   alive?: (pid: number) => boolean;
+  /** When the process with this pid started (ms), where the system says. */
+  startedAt?: (pid: number) => number | undefined;
 }
+
+/**
+ * How much later than a lock's `startedAt` the process with its pid may have started and still be its
+ * holder: a holder starts before it takes the lock; the margin covers the clocks' rounding and a small step.
+ */
+const PID_REUSE_MARGIN_MS = 60_000;
 
 /** How often a holder with this lease refreshes it. */
 export function refreshInterval(leaseMs: number): number {
@@ -58,7 +66,15 @@ export function refreshInterval(leaseMs: number): number {
 export function lockStaleness(info: LockInfo, now: Date, options: StalenessOptions = {}): string | undefined {
   const host = options.host ?? os.hostname();
   const alive = options.alive ?? processRuns;
-  if (info.host === host && !alive(info.pid)) return `process ${info.pid} no longer runs on ${host}`;
+  if (info.host === host) {
+    if (!alive(info.pid)) return `process ${info.pid} no longer runs on ${host}`;
+    // The pid was given again (a reboot, a container whose every run has the same pid): its holder is gone.
+    const started = (options.startedAt ?? processStartedAt)(info.pid);
+    const taken = Date.parse(info.startedAt);
+    if (started !== undefined && Number.isFinite(taken) && started > taken + PID_REUSE_MARGIN_MS) {
+      return `process ${info.pid} no longer runs on ${host}: that pid is now another process's, started at ${new Date(started).toISOString()}`;
+    }
+  }
   const refreshed = Date.parse(info.refreshedAt);
   const limit = Math.max(options.staleAfterMs ?? info.leaseMs, Math.min(info.leaseMs, 2 * refreshInterval(info.leaseMs)));
   if (Number.isFinite(refreshed) && now.getTime() - refreshed > limit) {
