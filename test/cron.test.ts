@@ -368,8 +368,8 @@ async function staleLockScenario(bed: LockBed): Promise<void> {
   assert.equal(dead.code, 0, dead.stderr);
   assert.match(dead.stderr, /no longer runs/);
 
-  // A live holder (this very process): unlock refuses, --force removes it.
-  await bed.putLock({ ...elsewhere, host: os.hostname(), pid: process.pid, refreshedAt: minutesAgo(0) });
+  // A live holder (this very process, which took it after it started): unlock refuses, --force removes it.
+  await bed.putLock({ ...elsewhere, host: os.hostname(), pid: process.pid, startedAt: minutesAgo(0), refreshedAt: minutesAgo(0) });
   assert.equal((await bed.cli(['unlock', '--lock-stale-after', '5m'])).code, 4);
   const forced = await bed.cli(['--json', 'unlock', '--force']);
   assert.equal(forced.code, 0);

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -213,4 +213,40 @@ test('unlock removes only the lock it judged: one taken over since stays with it
   await fsp.writeFile(lockFile, JSON.stringify(stale));
   assert.equal(await removeLock(storage, (await readStoredLock(storage))!), true);
   await assert.rejects(fsp.access(lockFile));
+});
+
+test('a lock whose pid now belongs to a process started after it was taken (a reboot, a container run again) is stale: backup takes it over, unlock removes it', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  const repo = path.join(work, 'repo');
+  await fsp.mkdir(src);
+  await fsp.writeFile(path.join(src, 'config.json'), '{}');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  // The process that now has the pid the lock names: started minutes after the lock was taken.
+  const other = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60_000)'], { stdio: 'ignore' });
+  t.after(() => other.kill());
+  const lockFile = path.join(repo, 'locks', 'lock.json');
+  const minutesAgo = new Date(Date.now() - 10 * 60_000).toISOString();
+  const killed = { host: os.hostname(), pid: other.pid, command: 'backup', startedAt: minutesAgo, refreshedAt: minutesAgo, leaseMs: 1_800_000, token: 'd'.repeat(32) };
+  await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+  await fsp.writeFile(lockFile, JSON.stringify(killed));
+
+  const unlocked = await lifeboat(['--repo', repo, 'unlock']);
+  assert.equal(unlocked.code, 0, unlocked.stderr);
+  assert.match(unlocked.stdout, new RegExp(`removed stale lock .* process ${other.pid} no longer runs on .*: that pid is now another process's`));
+  await assert.rejects(fsp.access(lockFile));
+
+  await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+  await fsp.writeFile(lockFile, JSON.stringify(killed));
+  const backup = await lifeboat(['--repo', repo, 'backup', src]);
+  assert.equal(backup.code, 0, backup.stderr);
+  assert.match(backup.stderr, /took over a stale lock .*that pid is now another process's/);
+
+  // The same process holding a lock it took after it started is live.
+  const now = new Date().toISOString();
+  await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+  await fsp.writeFile(lockFile, JSON.stringify({ ...killed, startedAt: now, refreshedAt: now }));
+  const live = await lifeboat(['--repo', repo, 'unlock']);
+  assert.equal(live.code, 4, live.stdout + live.stderr);
 });

@@ -87,6 +87,11 @@ test('retention plan: chains are never broken; keep-within and protected points 
 
   const pinned = planRetention(points, { keepFull: 1, keepDiff: 0 }, { now, protected: new Map([[points[1]!.id, 'pinned: audit']]) });
   assert.deepEqual(ids(pinned.keep), ['01', '02', '05', '06']);
+  // The full 01 stays (the pinned incr needs it), so the diff on it may not be said to go because its full does.
+  const diffGoes = pinned.remove.find((d) => d.type === 'diff')!;
+  assert.deepEqual(diffGoes.reasons, [`its full ${points[0]!.id} is not kept by the policy`]);
+  const fullPinned = planRetention(points, { keepFull: 1 }, { now, protected: new Map([[points[0]!.id, 'pinned: audit']]) });
+  assert.deepEqual(fullPinned.remove.find((d) => d.type === 'diff')!.reasons, [`its full ${points[0]!.id} is kept only as pinned: audit, which keeps that point alone`]);
 
   const refs = planRetention([...points.slice(0, 5), { ...points[5]!, references: [points[1]!.id] }], { keepFull: 1 }, { now });
   assert.deepEqual(ids(refs.keep), ['01', '02', '05', '06'], 'a point whose bytes live elsewhere keeps that point');

@@ -125,6 +125,37 @@ test('once a running prune has said which points it removes, a restore of anothe
   assert.match(after.stderr, /waiting for the prune by prune on/);
 });
 
+test('a restore, drill or verify of a point the prune it waited for removed says so (exit 2), instead of reporting its data missing or checking nothing', { timeout: 60_000 }, async (t) => {
+  const d = await twoFulls();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const [older] = (await lifeboat(['--repo', d.repo, '--json', 'list'])).json().map((p: { id: string }) => p.id) as string[];
+  const lockFile = path.join(d.repo, 'locks', 'lock.json');
+  await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+  await fsp.writeFile(lockFile, JSON.stringify({ ...JSON.parse(lockDocument('prune')), removing: [older] }));
+
+  const target = path.join(d.work, 'removed');
+  const waiting = [
+    lifeboat(['--repo', d.repo, 'restore', older!, '--target', target]),
+    lifeboat(['--repo', d.repo, 'verify', older!, '--read-data']),
+    lifeboat(['--repo', d.repo, '--json', 'drill', older!]),
+  ];
+  await sleep(1500);
+  // What the prune does with that point: its manifest, its summary, then its data.
+  await fsp.rm(path.join(d.repo, 'points', `${older}.json`));
+  await fsp.rm(path.join(d.repo, 'summaries', `${older}.json`));
+  await fsp.rm(path.join(d.repo, 'data', older!), { recursive: true });
+  await fsp.rm(lockFile);
+  const [restored, verified, drilled] = await Promise.all(waiting);
+  for (const r of [restored!, verified!, drilled!]) {
+    assert.equal(r.code, 2, r.stdout + r.stderr);
+    assert.match(r.stderr, new RegExp(`backup point ${older} was removed by the prune \\(prune on ${os.hostname()}, pid ${process.pid}, since .*\\) this (restore|verify) waited for`));
+    assert.doesNotMatch(r.stderr, /does not exist|no problems found/);
+  }
+  assert.equal(drilled!.json().error.exitCode, 2);
+  await assert.rejects(fsp.access(target), 'nothing is restored');
+  assert.deepEqual(await readers(d.repo), []);
+});
+
 test('a prune says which points it removes in its lock before it removes any', async (t) => {
   const d = await twoFulls();
   t.after(() => fsp.rm(d.work, { recursive: true, force: true }));

@@ -1,13 +1,13 @@
 import * as os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import * as z from 'zod';
-import { LockedError, RuntimeFailure, errorMessage, throwIfAborted } from '../errors.js';
+import { LockedError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { sleep } from '../sleep.js';
 import { formatDuration } from '../config/duration.js';
 import { isNotFound, type Storage } from '../storage/storage.js';
 import { keys } from '../format/manifest.js';
 import type { Notice, Reporter } from './events.js';
-import { processRuns } from '../format/process-alive.js';
+import { processRuns, processStartedAt } from '../format/process-alive.js';
 
 export const DEFAULT_LEASE_MS = 30 * 60 * 1000;
 
@@ -42,7 +42,15 @@ export interface StalenessOptions {
   staleAfterMs?: number;
   host?: string;
   alive?: (pid: number) => boolean;
+  /** When the process with this pid started (ms), where the system says. */
+  startedAt?: (pid: number) => number | undefined;
 }
+
+/**
+ * How much later than a lock's `startedAt` the process with its pid may have started and still be its
+ * holder: a holder starts before it takes the lock; the margin covers the clocks' rounding and a small step.
+ */
+const PID_REUSE_MARGIN_MS = 60_000;
 
 /** How often a holder with this lease refreshes it. */
 export function refreshInterval(leaseMs: number): number {
@@ -58,7 +66,15 @@ export function refreshInterval(leaseMs: number): number {
 export function lockStaleness(info: LockInfo, now: Date, options: StalenessOptions = {}): string | undefined {
   const host = options.host ?? os.hostname();
   const alive = options.alive ?? processRuns;
-  if (info.host === host && !alive(info.pid)) return `process ${info.pid} no longer runs on ${host}`;
+  if (info.host === host) {
+    if (!alive(info.pid)) return `process ${info.pid} no longer runs on ${host}`;
+    // The pid was given again (a reboot, a container whose every run has the same pid): its holder is gone.
+    const started = (options.startedAt ?? processStartedAt)(info.pid);
+    const taken = Date.parse(info.startedAt);
+    if (started !== undefined && Number.isFinite(taken) && started > taken + PID_REUSE_MARGIN_MS) {
+      return `process ${info.pid} no longer runs on ${host}: that pid is now another process's, started at ${new Date(started).toISOString()}`;
+    }
+  }
   const refreshed = Date.parse(info.refreshedAt);
   const limit = Math.max(options.staleAfterMs ?? info.leaseMs, Math.min(info.leaseMs, 2 * refreshInterval(info.leaseMs)));
   if (Number.isFinite(refreshed) && now.getTime() - refreshed > limit) {
@@ -354,6 +370,8 @@ const DELETES_DATA = new Set(['prune']);
 export interface ReadLock {
   /** Why no reader lock could be written (a read-only repository or credentials), when none was. */
   unlocked?: string;
+  /** The prune this reader waited for, when it had to wait for one. */
+  waitedFor?: LockInfo;
   release(): Promise<void>;
 }
 
@@ -396,14 +414,16 @@ export async function acquireReadLock(storage: Storage, command: string, options
     await lease.stop();
     await storage.delete([key]).catch(() => undefined);
   };
+  let waitedFor: LockInfo | undefined;
   try {
-    for (let announced = false; ; announced = true) {
+    for (;;) {
       const writer = await readLock(storage, options);
       if (!writer || writer.stale || !DELETES_DATA.has(writer.info.command)) break;
       const removing = writer.info.removing;
       if (removing && options.reads && !options.reads.some((id) => removing.includes(id))) break;
       // Registered already, so no new prune starts; this one was past its look at the readers.
-      if (!announced) options.waiting?.(writer.info);
+      if (!waitedFor) options.waiting?.(writer.info);
+      waitedFor = writer.info;
       await sleep(PRUNE_POLL_MS, options.signal);
       throwIfAborted(options.signal);
     }
@@ -411,7 +431,7 @@ export async function acquireReadLock(storage: Storage, command: string, options
     await release();
     throw err;
   }
-  return { release };
+  return { waitedFor, release };
 }
 
 /**
@@ -426,6 +446,7 @@ export async function whileReading<T>(
 ): Promise<T> {
   const lock = await acquireReadLock(storage, command, { signal: context.signal, reads: context.reads, waiting: (prune) => context.reporter.notice?.(waitingNotice(prune)) });
   try {
+    if (lock.waitedFor) await throwIfPruned(storage, command, lock.waitedFor, context.reads ?? []);
     if (lock.unlocked) {
       const notice = unlockedNotice(lock.unlocked);
       context.warnings.push(notice);
@@ -434,6 +455,19 @@ export async function whileReading<T>(
     return await work();
   } finally {
     await lock.release();
+  }
+}
+
+/**
+ * After waiting for a prune, the points a reader was started on may be gone: reading them now would
+ * report their removed volumes as damaged data (or verify nothing), so this says what happened.
+ */
+async function throwIfPruned(storage: Storage, command: string, prune: LockInfo, reads: readonly string[]): Promise<void> {
+  for (const id of reads) {
+    if (await storage.head(keys.point(id))) continue;
+    throw new UsageError(`backup point ${id} was removed by the prune (${describeLock(prune)}) this ${command} waited for`, {
+      hint: 'see `lifeboat list` for the points that remain',
+    });
   }
 }
 

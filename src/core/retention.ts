@@ -108,6 +108,12 @@ function applyPolicy(
   pinned: ReadonlyMap<string, string>,
 ): void {
   const kept = new Set<string>();
+  // A pin (or a slot that serves it) keeps its point, not the diffs and incrementals taken against it; nor does
+  // being needed by a kept point, so the point they build on may yet be kept: "removed" would contradict its line.
+  const notKept = (what: 'full' | 'parent', id: string) => {
+    const why = pinned.get(id);
+    return why === undefined ? `its ${what} ${id} is not kept by the policy` : `its ${what} ${id} is kept only as ${why}, which keeps that point alone`;
+  };
   const keepHere = (id: string, why: string) => {
     kept.add(id);
     keep(id, why);
@@ -125,7 +131,7 @@ function applyPolicy(
   const diffsNewestFirst = sorted.filter((p) => p.type === 'diff').reverse();
   let diffsKept = 0;
   for (const p of diffsNewestFirst) {
-    if (!kept.has(p.full)) removal.set(p.id, `its full ${p.full} is removed`);
+    if (!kept.has(p.full)) removal.set(p.id, notKept('full', p.full));
     else if (policy.keepDiff === undefined) keepHere(p.id, `its full ${p.full} is kept`);
     else if (diffsKept < policy.keepDiff) {
       diffsKept++;
@@ -138,11 +144,7 @@ function applyPolicy(
     if (p.type !== 'incr') continue;
     if (p.parent && kept.has(p.parent)) keepHere(p.id, `its parent ${p.parent} is kept`);
     else if (!p.parent) removal.set(p.id, 'it has no parent');
-    else {
-      // A pin (or a slot that serves it) keeps its point, not the incrementals taken against it.
-      const why = pinned.get(p.parent);
-      removal.set(p.id, why === undefined ? `its parent ${p.parent} is not kept by the policy` : `its parent ${p.parent} is kept only as ${why}, which keeps that point alone`);
-    }
+    else removal.set(p.id, notKept('parent', p.parent));
   }
 
   // Overrides: the newest point, recent points.
