@@ -463,6 +463,30 @@ describe('keys', () => {
     }
     await ok(lifeboat(['--repo', r, 'key', 'add', '--new-password-file', pwFile], { env: env() }), 'key add --new-password-file');
   });
+
+  it('an empty LIFEBOAT_PASSWORD_FILE is no password file, as an empty LIFEBOAT_PASSWORD is; an empty --password-file is refused', async () => {
+    const plain = path.join(work, 'empty-pw-file-plain');
+    await ok(lifeboat(['--repo', plain, 'init'], { env: { LIFEBOAT_PASSWORD_FILE: '' } }), 'init of an unencrypted repository');
+    await ok(lifeboat(['--repo', plain, 'list'], { env: { LIFEBOAT_PASSWORD_FILE: '' } }), 'list of an unencrypted repository');
+    const given = await lifeboat(['--repo', plain, 'list'], { env: { LIFEBOAT_PASSWORD_FILE: path.join(work, 'named-pw') } });
+    assert.equal(given.code, 2, given.stderr);
+    assert.match(given.stderr, /unset LIFEBOAT_PASSWORD and LIFEBOAT_PASSWORD_FILE/);
+
+    const encrypted = path.join(work, 'empty-pw-file-encrypted');
+    await initEncrypted(encrypted);
+    const unset = await lifeboat(['--repo', encrypted, 'list'], { env: { LIFEBOAT_PASSWORD_FILE: '' } });
+    assert.equal(unset.code, 2, unset.stderr);
+    assert.match(unset.stderr, /no password was given/);
+    await ok(lifeboat(['--repo', encrypted, 'list'], { env: { ...env(), LIFEBOAT_PASSWORD_FILE: '' } }), 'LIFEBOAT_PASSWORD under an empty LIFEBOAT_PASSWORD_FILE');
+
+    const before = await digest(encrypted);
+    for (const args of [['--password-file', '', 'list'], ['key', 'add', '--new-password-file', ''], ['key', 'passwd', '--new-password-file', '']]) {
+      const r = await lifeboat(['--repo', encrypted, ...args], { env: env() });
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, /-password-file "": expected the path of a file/);
+    }
+    assert.deepEqual(await digest(encrypted), before);
+  });
 });
 
 describe('an encrypted repository on the S3 test server', () => {

@@ -1,6 +1,7 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { InterruptedError, UsageError } from '../errors.js';
+import { nonEmpty } from './flags.js';
 import type { PasswordSource } from '../core/keys.js';
 import type { CliContext } from './context.js';
 
@@ -71,7 +72,10 @@ export function promptHidden(ctx: CliContext, question: string): Promise<string>
  * would show in `ps` and shell history.
  */
 export function passwordSource(ctx: CliContext): PasswordSource {
-  const file = ctx.global.passwordFile ?? ctx.env.LIFEBOAT_PASSWORD_FILE;
+  // An empty variable is no variable, as an empty LIFEBOAT_PASSWORD is: a unit or script that sets
+  // LIFEBOAT_PASSWORD_FILE= for every repository must not read the working directory as a password
+  // file, nor have an unencrypted repository refused for "a password".
+  const file = nonEmpty('--password-file', ctx.global.passwordFile, 'the path of a file') ?? (ctx.env.LIFEBOAT_PASSWORD_FILE || undefined);
   const env = ctx.env.LIFEBOAT_PASSWORD;
   return {
     given: file !== undefined || (env !== undefined && env !== ''),

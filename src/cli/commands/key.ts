@@ -7,10 +7,16 @@ import type { Storage } from '../../storage/storage.js';
 import { contextConfig, openContextStorage, type CliContext } from '../context.js';
 import { newPassword, passwordSource } from '../password.js';
 import { log, printResult } from '../output.js';
+import { nonEmpty } from '../flags.js';
 import type { CommandRunner } from '../main.js';
 
 interface NewPasswordOptions {
   newPasswordFile?: string;
+}
+
+/** --new-password-file, refused empty before the repository is opened (and its password asked for). */
+function newPasswordFile(options: NewPasswordOptions): string | undefined {
+  return nonEmpty('--new-password-file', options.newPasswordFile, 'the path of a file');
 }
 
 /** Opens and unlocks the repository; key commands need an encrypted one. */
@@ -45,8 +51,9 @@ async function runKeyList(ctx: CliContext): Promise<void> {
 }
 
 async function runKeyAdd(ctx: CliContext, options: NewPasswordOptions): Promise<void> {
+  const file = newPasswordFile(options);
   await withKey(ctx, async (storage, key, config) => {
-    const password = await newPassword(ctx, options.newPasswordFile);
+    const password = await newPassword(ctx, file);
     // The new key gets the cost of the key that was opened, which a bucket writer cannot have lowered.
     const id = await addKey(storage, config.id, key.dataKey, password, key.kdf);
     printResult(ctx, { id }, () => `added key ${id}`);
@@ -67,8 +74,9 @@ async function runKeyRemove(ctx: CliContext, selector: string): Promise<void> {
 }
 
 async function runKeyPasswd(ctx: CliContext, options: NewPasswordOptions): Promise<void> {
+  const file = newPasswordFile(options);
   await withKey(ctx, async (storage, key, config) => {
-    const password = await newPassword(ctx, options.newPasswordFile);
+    const password = await newPassword(ctx, file);
     const lock = await acquireLock(storage, 'key passwd');
     try {
       // The new key is stored before the old one goes, so a failure in between leaves both passwords working.
