@@ -24,7 +24,8 @@ import {
 import { EncryptedStorage } from '../src/storage/encrypted.js';
 import { LocalStorage } from '../src/storage/local.js';
 import { encodeDocument } from '../src/format/document.js';
-import { lifeboat, type CliRun } from './helpers/cli.js';
+import { lifeboat, spawnLifeboat, type CliRun } from './helpers/cli.js';
+import { waitFor } from './helpers/processes.js';
 import { readAll } from './helpers/data.js';
 import { exists, repoFiles } from './helpers/repo.js';
 import { createTestBucket, startS3Server, type S3TestServer } from './helpers/s3server.js';
@@ -462,6 +463,32 @@ describe('keys', () => {
       assert.equal(noNew.stderr, 'lifeboat: no new password was given\n  pass --new-password-file FILE or set LIFEBOAT_NEW_PASSWORD\n');
     }
     await ok(lifeboat(['--repo', r, 'key', 'add', '--new-password-file', pwFile], { env: env() }), 'key add --new-password-file');
+  });
+
+  it('an init killed as soon as it writes leaves no repository without a key: the key comes before the config', { timeout: 60_000 }, async () => {
+    const r = path.join(work, 'killed-init');
+    // A costly key (2^17: about a second of scrypt) holds a config written first long enough to be seen alone.
+    const child = spawnLifeboat(['--repo', r, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '17'], { env: env() });
+    child.stdout!.resume();
+    child.stderr!.resume();
+    const exited = new Promise((resolve) => child.on('exit', resolve));
+    const wrote = await waitFor(async () => (await exists(path.join(r, 'config.json'))) || (await exists(path.join(r, 'keys'))), 30_000);
+    child.kill('SIGKILL');
+    await exited;
+    assert.ok(wrote, 'init wrote something');
+    const list = await lifeboat(['--repo', r, 'list'], { env: env() });
+    if (list.code !== 0) {
+      // Cut short before its config: no repository, rather than an encrypted one whose key is missing (exit 3).
+      assert.equal(list.code, 2, list.stderr);
+      assert.match(list.stderr, /there is no lifeboat repository/);
+      assert.equal(await exists(path.join(r, 'config.json')), false);
+      const again = await lifeboat(['--repo', r, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10'], { env: env() });
+      assert.equal(again.code, 2, again.stderr);
+      assert.match(again.stderr, /holds nothing but keys\/, left by an init that did not finish: remove keys\/ and run init again/);
+      await fsp.rm(path.join(r, 'keys'), { recursive: true });
+      await ok(lifeboat(['--repo', r, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10'], { env: env() }), 'init once keys/ is removed');
+    }
+    await ok(lifeboat(['--repo', r, 'list'], { env: env() }), 'list');
   });
 
   it('an empty LIFEBOAT_PASSWORD_FILE is no password file, as an empty LIFEBOAT_PASSWORD is; an empty --password-file is refused', async () => {
