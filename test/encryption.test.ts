@@ -7,6 +7,7 @@
  * anywhere in outputs or stored objects, and the key commands.
  */
 import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
@@ -24,7 +25,7 @@ import {
 import { EncryptedStorage } from '../src/storage/encrypted.js';
 import { LocalStorage } from '../src/storage/local.js';
 import { encodeDocument } from '../src/format/document.js';
-import { lifeboat, spawnLifeboat, type CliRun } from './helpers/cli.js';
+import { BIN, lifeboat, spawnLifeboat, type CliRun } from './helpers/cli.js';
 import { waitFor } from './helpers/processes.js';
 import { readAll } from './helpers/data.js';
 import { exists, repoFiles } from './helpers/repo.js';
@@ -369,6 +370,8 @@ describe('tampering with an encrypted repository', () => {
   }
 });
 
+const hasScript = spawnSync('script', ['--version'], { stdio: 'ignore' }).status === 0;
+
 describe('keys', () => {
   let repo: string;
 
@@ -489,6 +492,25 @@ describe('keys', () => {
       await ok(lifeboat(['--repo', r, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10'], { env: env() }), 'init once keys/ is removed');
     }
     await ok(lifeboat(['--repo', r, 'list'], { env: env() }), 'list');
+  });
+
+  it('on a terminal, --json asks for the password too: the prompt is on stderr, the JSON on stdout', { skip: hasScript ? false : 'script (util-linux) is not installed', timeout: 30_000 }, async () => {
+    const r = path.join(work, 'prompted');
+    await initEncrypted(r);
+    // `script` lends the command a terminal and types what is written to its stdin.
+    const command = [process.execPath, BIN, '--repo', r, '--json', 'key', 'list'].map((a) => JSON.stringify(a)).join(' ');
+    const terminal = spawn('script', ['-qefc', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'inherit'], env: { PATH: process.env.PATH } });
+    let shown = '';
+    terminal.stdout!.on('data', (c: Buffer) => (shown += c.toString('utf8')));
+    const exited = new Promise<number | null>((resolve) => terminal.on('exit', resolve));
+    const asked = await waitFor(async () => shown.includes('Password for'), 20_000);
+    terminal.stdin!.write(`${PASSWORD}\r`);
+    const code = await exited;
+    assert.ok(asked, `no prompt: ${shown}`);
+    assert.equal(code, 0, shown);
+    const json = shown.slice(shown.indexOf('['));
+    assert.equal(JSON.parse(json.replaceAll('\r', '')).length, 1);
+    assert.ok(!shown.includes(PASSWORD), 'the password is not echoed');
   });
 
   it('an empty LIFEBOAT_PASSWORD_FILE is no password file, as an empty LIFEBOAT_PASSWORD is; an empty --password-file is refused', async () => {

@@ -29,7 +29,7 @@ export const GIVE_A_PASSWORD = 'pass --password-file FILE, or set LIFEBOAT_PASSW
 const NO_NEW_PASSWORD = { message: 'no new password was given', hint: 'pass --new-password-file FILE or set LIFEBOAT_NEW_PASSWORD' };
 
 function canPrompt(ctx: CliContext): boolean {
-  return process.stdin.isTTY === true && (ctx.stderr as { isTTY?: boolean }).isTTY === true && !ctx.json;
+  return process.stdin.isTTY === true && (ctx.stderr as { isTTY?: boolean }).isTTY === true;
 }
 
 /** Reads a line from the terminal without echoing it. */
