@@ -372,6 +372,20 @@ describe('tampering with an encrypted repository', () => {
 
 const hasScript = spawnSync('script', ['--version'], { stdio: 'ignore' }).status === 0;
 
+/** Runs a command on a terminal that `script` lends it, types `keys` once it asks for a password, and returns what the terminal showed. */
+async function onTerminal(argv: string[], keys: string): Promise<{ code: number | null; shown: string }> {
+  const command = argv.map((a) => JSON.stringify(a)).join(' ');
+  const terminal = spawn('script', ['-qefc', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'inherit'], env: { PATH: process.env.PATH } });
+  let shown = '';
+  terminal.stdout!.on('data', (c: Buffer) => (shown += c.toString('utf8')));
+  const exited = new Promise<number | null>((resolve) => terminal.on('exit', resolve));
+  const asked = await waitFor(async () => shown.includes('Password for'), 20_000);
+  terminal.stdin!.write(keys);
+  const code = await exited;
+  assert.ok(asked, `no prompt: ${shown}`);
+  return { code, shown };
+}
+
 describe('keys', () => {
   let repo: string;
 
@@ -494,23 +508,19 @@ describe('keys', () => {
     await ok(lifeboat(['--repo', r, 'list'], { env: env() }), 'list');
   });
 
-  it('on a terminal, --json asks for the password too: the prompt is on stderr, the JSON on stdout', { skip: hasScript ? false : 'script (util-linux) is not installed', timeout: 30_000 }, async () => {
+  it('on a terminal, --json asks for the password too (prompt on stderr, JSON on stdout); an Enter alone is no password', { skip: hasScript ? false : 'script (util-linux) is not installed', timeout: 30_000 }, async () => {
     const r = path.join(work, 'prompted');
     await initEncrypted(r);
-    // `script` lends the command a terminal and types what is written to its stdin.
-    const command = [process.execPath, BIN, '--repo', r, '--json', 'key', 'list'].map((a) => JSON.stringify(a)).join(' ');
-    const terminal = spawn('script', ['-qefc', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'inherit'], env: { PATH: process.env.PATH } });
-    let shown = '';
-    terminal.stdout!.on('data', (c: Buffer) => (shown += c.toString('utf8')));
-    const exited = new Promise<number | null>((resolve) => terminal.on('exit', resolve));
-    const asked = await waitFor(async () => shown.includes('Password for'), 20_000);
-    terminal.stdin!.write(`${PASSWORD}\r`);
-    const code = await exited;
-    assert.ok(asked, `no prompt: ${shown}`);
-    assert.equal(code, 0, shown);
-    const json = shown.slice(shown.indexOf('['));
-    assert.equal(JSON.parse(json.replaceAll('\r', '')).length, 1);
-    assert.ok(!shown.includes(PASSWORD), 'the password is not echoed');
+    const typed = await onTerminal([process.execPath, BIN, '--repo', r, '--json', 'key', 'list'], `${PASSWORD}\r`);
+    assert.equal(typed.code, 0, typed.shown);
+    assert.equal(JSON.parse(typed.shown.slice(typed.shown.indexOf('[')).replaceAll('\r', '')).length, 1);
+    assert.ok(!typed.shown.includes(PASSWORD), 'the password is not echoed');
+
+    const started = Date.now();
+    const enter = await onTerminal([process.execPath, BIN, '--repo', r, 'list'], '\r');
+    assert.equal(enter.code, 2, enter.shown);
+    assert.match(enter.shown, /no password was typed/);
+    assert.ok(Date.now() - started < 10_000);
   });
 
   it('an empty LIFEBOAT_PASSWORD_FILE is no password file, as an empty LIFEBOAT_PASSWORD is; an empty --password-file is refused', async () => {

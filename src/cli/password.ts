@@ -82,7 +82,12 @@ export function passwordSource(ctx: CliContext): PasswordSource {
     async get(purpose: string) {
       if (file !== undefined) return readPasswordFile(ctx, file, 'password file');
       if (env !== undefined && env !== '') return env;
-      if (canPrompt(ctx)) return promptHidden(ctx, purpose.charAt(0).toUpperCase() + purpose.slice(1));
+      if (canPrompt(ctx)) {
+        // An Enter pressed alone is no try: it would cost a scrypt per key to be called wrong.
+        const typed = await promptHidden(ctx, purpose.charAt(0).toUpperCase() + purpose.slice(1));
+        if (typed.length === 0) throw new UsageError('no password was typed', { hint: `type the password at the prompt, or ${GIVE_A_PASSWORD}` });
+        return typed;
+      }
       throw new UsageError('this repository is encrypted and no password was given', { hint: GIVE_A_PASSWORD });
     },
   };
