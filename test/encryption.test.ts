@@ -433,6 +433,21 @@ describe('keys', () => {
     assert.ok(!(await repoFiles(repo)).some((f) => f.startsWith('locks/')), 'the lock is released');
   });
 
+  it('a damaged key file, which key list warns of, is removed by key remove; the genuine keys stay', async () => {
+    const r = path.join(work, 'damaged-key');
+    await initEncrypted(r);
+    const damaged = path.join(r, 'keys', '0123456789abcdef.json');
+    await fsp.writeFile(damaged, '{"format": "lifeboat-key", "truncated');
+    const list = await ok(lifeboat(['--repo', r, 'key', 'list'], { env: env() }), 'key list');
+    assert.match(list.stderr, /keys\/0123456789abcdef\.json is damaged and cannot open the repository; `lifeboat key remove 0123456789abcdef` removes it/);
+    const removed = await ok(lifeboat(['--repo', r, '--json', 'key', 'remove', '0123'], { env: env() }), 'key remove of the damaged file');
+    assert.equal(removed.json().removed, '0123456789abcdef');
+    assert.equal(await exists(damaged), false);
+    const clean = await ok(lifeboat(['--repo', r, 'key', 'list'], { env: env() }), 'key list');
+    assert.equal(clean.stderr, '');
+    assert.equal((await lifeboat(['--repo', r, 'key', 'remove', '0123'], { env: env() })).code, 2, 'nothing left to match');
+  });
+
   it('planted key files with the costliest scrypt parameters cannot stall unlocking: cheapest first, within a budget', { timeout: 60_000 }, async () => {
     const r = path.join(work, 'planted-keys');
     await initEncrypted(r);
