@@ -7,6 +7,7 @@
  * anywhere in outputs or stored objects, and the key commands.
  */
 import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
@@ -24,7 +25,8 @@ import {
 import { EncryptedStorage } from '../src/storage/encrypted.js';
 import { LocalStorage } from '../src/storage/local.js';
 import { encodeDocument } from '../src/format/document.js';
-import { lifeboat, type CliRun } from './helpers/cli.js';
+import { BIN, lifeboat, spawnLifeboat, type CliRun } from './helpers/cli.js';
+import { waitFor } from './helpers/processes.js';
 import { readAll } from './helpers/data.js';
 import { exists, repoFiles } from './helpers/repo.js';
 import { createTestBucket, startS3Server, type S3TestServer } from './helpers/s3server.js';
@@ -368,6 +370,22 @@ describe('tampering with an encrypted repository', () => {
   }
 });
 
+const hasScript = spawnSync('script', ['--version'], { stdio: 'ignore' }).status === 0;
+
+/** Runs a command on a terminal that `script` lends it, types `keys` once it asks for a password, and returns what the terminal showed. */
+async function onTerminal(argv: string[], keys: string): Promise<{ code: number | null; shown: string }> {
+  const command = argv.map((a) => JSON.stringify(a)).join(' ');
+  const terminal = spawn('script', ['-qefc', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'inherit'], env: { PATH: process.env.PATH } });
+  let shown = '';
+  terminal.stdout!.on('data', (c: Buffer) => (shown += c.toString('utf8')));
+  const exited = new Promise<number | null>((resolve) => terminal.on('exit', resolve));
+  const asked = await waitFor(async () => shown.includes('Password for'), 20_000);
+  terminal.stdin!.write(keys);
+  const code = await exited;
+  assert.ok(asked, `no prompt: ${shown}`);
+  return { code, shown };
+}
+
 describe('keys', () => {
   let repo: string;
 
@@ -413,6 +431,21 @@ describe('keys', () => {
     assert.equal(third[0].kdf.logN, 10, 'a new key keeps the cost of the key that opened it');
     await ok(lifeboat(['--repo', repo, 'verify', '--read-data'], { env: env('third password') }), 'verify with the new password');
     assert.ok(!(await repoFiles(repo)).some((f) => f.startsWith('locks/')), 'the lock is released');
+  });
+
+  it('a damaged key file, which key list warns of, is removed by key remove; the genuine keys stay', async () => {
+    const r = path.join(work, 'damaged-key');
+    await initEncrypted(r);
+    const damaged = path.join(r, 'keys', '0123456789abcdef.json');
+    await fsp.writeFile(damaged, '{"format": "lifeboat-key", "truncated');
+    const list = await ok(lifeboat(['--repo', r, 'key', 'list'], { env: env() }), 'key list');
+    assert.match(list.stderr, /keys\/0123456789abcdef\.json is damaged and cannot open the repository; `lifeboat key remove 0123456789abcdef` removes it/);
+    const removed = await ok(lifeboat(['--repo', r, '--json', 'key', 'remove', '0123'], { env: env() }), 'key remove of the damaged file');
+    assert.equal(removed.json().removed, '0123456789abcdef');
+    assert.equal(await exists(damaged), false);
+    const clean = await ok(lifeboat(['--repo', r, 'key', 'list'], { env: env() }), 'key list');
+    assert.equal(clean.stderr, '');
+    assert.equal((await lifeboat(['--repo', r, 'key', 'remove', '0123'], { env: env() })).code, 2, 'nothing left to match');
   });
 
   it('planted key files with the costliest scrypt parameters cannot stall unlocking: cheapest first, within a budget', { timeout: 60_000 }, async () => {
@@ -462,6 +495,71 @@ describe('keys', () => {
       assert.equal(noNew.stderr, 'lifeboat: no new password was given\n  pass --new-password-file FILE or set LIFEBOAT_NEW_PASSWORD\n');
     }
     await ok(lifeboat(['--repo', r, 'key', 'add', '--new-password-file', pwFile], { env: env() }), 'key add --new-password-file');
+  });
+
+  it('an init killed as soon as it writes leaves no repository without a key: the key comes before the config', { timeout: 60_000 }, async () => {
+    const r = path.join(work, 'killed-init');
+    // A costly key (2^17: about a second of scrypt) holds a config written first long enough to be seen alone.
+    const child = spawnLifeboat(['--repo', r, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '17'], { env: env() });
+    child.stdout!.resume();
+    child.stderr!.resume();
+    const exited = new Promise((resolve) => child.on('exit', resolve));
+    const wrote = await waitFor(async () => (await exists(path.join(r, 'config.json'))) || (await exists(path.join(r, 'keys'))), 30_000);
+    child.kill('SIGKILL');
+    await exited;
+    assert.ok(wrote, 'init wrote something');
+    const list = await lifeboat(['--repo', r, 'list'], { env: env() });
+    if (list.code !== 0) {
+      // Cut short before its config: no repository, rather than an encrypted one whose key is missing (exit 3).
+      assert.equal(list.code, 2, list.stderr);
+      assert.match(list.stderr, /there is no lifeboat repository/);
+      assert.equal(await exists(path.join(r, 'config.json')), false);
+      const again = await lifeboat(['--repo', r, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10'], { env: env() });
+      assert.equal(again.code, 2, again.stderr);
+      assert.match(again.stderr, /holds nothing but keys\/, left by an init that did not finish: remove keys\/ and run init again/);
+      await fsp.rm(path.join(r, 'keys'), { recursive: true });
+      await ok(lifeboat(['--repo', r, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10'], { env: env() }), 'init once keys/ is removed');
+    }
+    await ok(lifeboat(['--repo', r, 'list'], { env: env() }), 'list');
+  });
+
+  it('on a terminal, --json asks for the password too (prompt on stderr, JSON on stdout); an Enter alone is no password', { skip: hasScript ? false : 'script (util-linux) is not installed', timeout: 30_000 }, async () => {
+    const r = path.join(work, 'prompted');
+    await initEncrypted(r);
+    const typed = await onTerminal([process.execPath, BIN, '--repo', r, '--json', 'key', 'list'], `${PASSWORD}\r`);
+    assert.equal(typed.code, 0, typed.shown);
+    assert.equal(JSON.parse(typed.shown.slice(typed.shown.indexOf('[')).replaceAll('\r', '')).length, 1);
+    assert.ok(!typed.shown.includes(PASSWORD), 'the password is not echoed');
+
+    const started = Date.now();
+    const enter = await onTerminal([process.execPath, BIN, '--repo', r, 'list'], '\r');
+    assert.equal(enter.code, 2, enter.shown);
+    assert.match(enter.shown, /no password was typed/);
+    assert.ok(Date.now() - started < 10_000);
+  });
+
+  it('an empty LIFEBOAT_PASSWORD_FILE is no password file, as an empty LIFEBOAT_PASSWORD is; an empty --password-file is refused', async () => {
+    const plain = path.join(work, 'empty-pw-file-plain');
+    await ok(lifeboat(['--repo', plain, 'init'], { env: { LIFEBOAT_PASSWORD_FILE: '' } }), 'init of an unencrypted repository');
+    await ok(lifeboat(['--repo', plain, 'list'], { env: { LIFEBOAT_PASSWORD_FILE: '' } }), 'list of an unencrypted repository');
+    const given = await lifeboat(['--repo', plain, 'list'], { env: { LIFEBOAT_PASSWORD_FILE: path.join(work, 'named-pw') } });
+    assert.equal(given.code, 2, given.stderr);
+    assert.match(given.stderr, /unset LIFEBOAT_PASSWORD and LIFEBOAT_PASSWORD_FILE/);
+
+    const encrypted = path.join(work, 'empty-pw-file-encrypted');
+    await initEncrypted(encrypted);
+    const unset = await lifeboat(['--repo', encrypted, 'list'], { env: { LIFEBOAT_PASSWORD_FILE: '' } });
+    assert.equal(unset.code, 2, unset.stderr);
+    assert.match(unset.stderr, /no password was given/);
+    await ok(lifeboat(['--repo', encrypted, 'list'], { env: { ...env(), LIFEBOAT_PASSWORD_FILE: '' } }), 'LIFEBOAT_PASSWORD under an empty LIFEBOAT_PASSWORD_FILE');
+
+    const before = await digest(encrypted);
+    for (const args of [['--password-file', '', 'list'], ['key', 'add', '--new-password-file', ''], ['key', 'passwd', '--new-password-file', '']]) {
+      const r = await lifeboat(['--repo', encrypted, ...args], { env: env() });
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, /-password-file "": expected the path of a file/);
+    }
+    assert.deepEqual(await digest(encrypted), before);
   });
 });
 

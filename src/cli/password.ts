@@ -1,6 +1,7 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { InterruptedError, UsageError } from '../errors.js';
+import { nonEmpty } from './flags.js';
 import type { PasswordSource } from '../core/keys.js';
 import type { CliContext } from './context.js';
 
@@ -28,7 +29,7 @@ export const GIVE_A_PASSWORD = 'pass --password-file FILE, or set LIFEBOAT_PASSW
 const NO_NEW_PASSWORD = { message: 'no new password was given', hint: 'pass --new-password-file FILE or set LIFEBOAT_NEW_PASSWORD' };
 
 function canPrompt(ctx: CliContext): boolean {
-  return process.stdin.isTTY === true && (ctx.stderr as { isTTY?: boolean }).isTTY === true && !ctx.json;
+  return process.stdin.isTTY === true && (ctx.stderr as { isTTY?: boolean }).isTTY === true;
 }
 
 /** Reads a line from the terminal without echoing it. */
@@ -71,14 +72,22 @@ export function promptHidden(ctx: CliContext, question: string): Promise<string>
  * would show in `ps` and shell history.
  */
 export function passwordSource(ctx: CliContext): PasswordSource {
-  const file = ctx.global.passwordFile ?? ctx.env.LIFEBOAT_PASSWORD_FILE;
+  // An empty variable is no variable, as an empty LIFEBOAT_PASSWORD is: a unit or script that sets
+  // LIFEBOAT_PASSWORD_FILE= for every repository must not read the working directory as a password
+  // file, nor have an unencrypted repository refused for "a password".
+  const file = nonEmpty('--password-file', ctx.global.passwordFile, 'the path of a file') ?? (ctx.env.LIFEBOAT_PASSWORD_FILE || undefined);
   const env = ctx.env.LIFEBOAT_PASSWORD;
   return {
     given: file !== undefined || (env !== undefined && env !== ''),
     async get(purpose: string) {
       if (file !== undefined) return readPasswordFile(ctx, file, 'password file');
       if (env !== undefined && env !== '') return env;
-      if (canPrompt(ctx)) return promptHidden(ctx, purpose.charAt(0).toUpperCase() + purpose.slice(1));
+      if (canPrompt(ctx)) {
+        // An Enter pressed alone is no try: it would cost a scrypt per key to be called wrong.
+        const typed = await promptHidden(ctx, purpose.charAt(0).toUpperCase() + purpose.slice(1));
+        if (typed.length === 0) throw new UsageError('no password was typed', { hint: `type the password at the prompt, or ${GIVE_A_PASSWORD}` });
+        return typed;
+      }
       throw new UsageError('this repository is encrypted and no password was given', { hint: GIVE_A_PASSWORD });
     },
   };

@@ -190,7 +190,7 @@ export async function unlockStorage(storage: Storage, password: PasswordSource):
   if (!config.encryption) {
     if (password.given) {
       throw new UsageError(`the repository at ${storage.location} is not encrypted, but a password was given`, {
-        hint: 'unset LIFEBOAT_PASSWORD (and drop --password-file) for this repository, or create an encrypted one with `lifeboat init --encryption aes-256-gcm`',
+        hint: 'unset LIFEBOAT_PASSWORD and LIFEBOAT_PASSWORD_FILE (and drop --password-file) for this repository, or create an encrypted one with `lifeboat init --encryption aes-256-gcm`',
       });
     }
     // A repository with keys but a config that says "no encryption" was altered: writing plaintext into it would leak.
@@ -210,9 +210,19 @@ export async function unlockStorage(storage: Storage, password: PasswordSource):
 
 /** Removes a key file; refuses the key in use and the last key. */
 export async function removeKey(storage: Storage, current: string, selector: string, beforeRemoving: () => Promise<void> = async () => undefined): Promise<string> {
-  const { keys } = await readKeys(storage);
+  const { keys, damaged } = await readKeys(storage);
   const matches = keys.filter((k) => k.id.startsWith(selector));
-  if (matches.length === 0) throw new UsageError(`no key matches ${JSON.stringify(selector)}`, { hint: 'see `lifeboat key list`' });
+  if (matches.length === 0) {
+    // A damaged key file opens nothing: `key list` warns of it, and it is removed by the id in its name.
+    const broken = selector.length === 0 ? [] : damaged.filter((name) => name.slice(KEYS_PREFIX.length).startsWith(selector));
+    if (broken.length > 1) throw new UsageError(`${JSON.stringify(selector)} matches ${broken.length} damaged key files; give more of the id`);
+    if (broken.length === 1) {
+      await beforeRemoving();
+      await storage.delete(broken);
+      return broken[0]!.slice(KEYS_PREFIX.length, -'.json'.length);
+    }
+    throw new UsageError(`no key matches ${JSON.stringify(selector)}`, { hint: 'see `lifeboat key list`' });
+  }
   if (matches.length > 1) throw new UsageError(`${JSON.stringify(selector)} matches ${matches.length} keys; give more of the id`);
   const target = matches[0]!;
   if (target.id === current) {

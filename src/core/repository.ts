@@ -22,6 +22,7 @@ import {
 } from '../format/manifest.js';
 import { isNotFound, type Storage } from '../storage/storage.js';
 import { runPool } from './pool.js';
+import { KEYS_PREFIX } from './keys.js';
 
 export const DEFAULT_VOLUME_SIZE = 256 * 1024 * 1024;
 
@@ -43,7 +44,15 @@ export class Repository {
     readonly config: RepositoryConfig,
   ) {}
 
-  static async init(storage: Storage, options: { volumeSize?: number; encryption?: EncryptionConfig } = {}): Promise<Repository> {
+  /**
+   * Creates a repository in an empty location. `beforeConfig` runs once the location was found
+   * empty and before the config is written (an encrypted repository stores its first key there):
+   * the config comes last, so an init cut short leaves no repository that lacks what it needs.
+   */
+  static async init(
+    storage: Storage,
+    options: { volumeSize?: number; encryption?: EncryptionConfig; beforeConfig?: (config: RepositoryConfig) => Promise<void> } = {},
+  ): Promise<Repository> {
     const config: RepositoryConfig = {
       format: 'lifeboat-repository',
       version: FORMAT_VERSION,
@@ -52,16 +61,24 @@ export class Repository {
       encryption: options.encryption ?? null,
       volumeSize: options.volumeSize ?? DEFAULT_VOLUME_SIZE,
     };
-    let existing = false;
-    for await (const _ of storage.list('')) {
-      existing = true;
-      break;
-    }
-    if (existing || !(await storage.putDocument(keys.config, encodeDocument(config), { ifAbsent: true }))) {
-      throw new UsageError(`${storage.location} is not empty; refusing to create a repository there`, {
-        hint: 'choose an empty directory or bucket prefix',
+    const notEmpty = (onlyKeys: boolean) =>
+      new UsageError(`${storage.location} is not empty; refusing to create a repository there`, {
+        hint: onlyKeys
+          ? `it holds nothing but ${KEYS_PREFIX}, left by an init that did not finish: remove ${KEYS_PREFIX} and run init again`
+          : 'choose an empty directory or bucket prefix',
       });
+    let existing = false;
+    let onlyKeys = true;
+    for await (const { key } of storage.list('')) {
+      existing = true;
+      if (!key.startsWith(KEYS_PREFIX)) {
+        onlyKeys = false;
+        break;
+      }
     }
+    if (existing) throw notEmpty(onlyKeys);
+    await options.beforeConfig?.(config);
+    if (!(await storage.putDocument(keys.config, encodeDocument(config), { ifAbsent: true }))) throw notEmpty(false);
     return new Repository(storage, config);
   }
 

@@ -1,9 +1,8 @@
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
 import { Repository } from '../../core/repository.js';
-import { addKey, encryptionSettings, newDataKey } from '../../core/keys.js';
+import { addKey, encryptionSettings, keyObject, newDataKey } from '../../core/keys.js';
 import { DEFAULT_KDF, KDF_LIMITS } from '../../crypto/kdf.js';
-import { keys } from '../../format/manifest.js';
 import { contextConfig, openContextStorage, type CliContext } from '../context.js';
 import { GIVE_A_PASSWORD, newPassword, passwordSource } from '../password.js';
 import { printResult } from '../output.js';
@@ -44,19 +43,24 @@ export async function runInit(ctx: CliContext, options: InitOptions): Promise<vo
   const storage = await openContextStorage(ctx, config);
   try {
     const encryption = password === undefined ? undefined : encryptionSettings({ ...DEFAULT_KDF, logN });
-    const repo = await Repository.init(storage, { encryption });
+    const dataKey = encryption ? newDataKey() : undefined;
     let keyId: string | undefined;
-    if (password !== undefined && encryption) {
-      const dataKey = newDataKey();
-      try {
-        keyId = await addKey(storage, repo.config.id, dataKey, password, encryption.kdf as typeof DEFAULT_KDF);
-      } catch (err) {
-        // Without its key the new repository is unusable: take the config back.
-        await storage.delete([keys.config]).catch(() => undefined);
-        throw err;
-      } finally {
-        dataKey.fill(0);
-      }
+    let repo: Repository;
+    try {
+      repo = await Repository.init(storage, {
+        encryption,
+        // The key is stored before the config: an init cut short in between (killed, the network
+        // gone) must not leave a repository that says it is encrypted and has no key to open it.
+        beforeConfig: async (config) => {
+          if (password !== undefined && encryption && dataKey) keyId = await addKey(storage, config.id, dataKey, password, encryption.kdf as typeof DEFAULT_KDF);
+        },
+      });
+    } catch (err) {
+      // A key whose config was not written opens nothing: take it back.
+      if (keyId !== undefined) await storage.delete([keyObject(keyId)]).catch(() => undefined);
+      throw err;
+    } finally {
+      dataKey?.fill(0);
     }
     printResult(
       ctx,

@@ -1,16 +1,22 @@
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
 import { acquireLock } from '../../core/lock.js';
-import { addKey, keyInfo, keyObject, readKeys, removeKey, unlockStorage, type UnlockedKey } from '../../core/keys.js';
+import { KEYS_PREFIX, addKey, keyInfo, keyObject, readKeys, removeKey, unlockStorage, type UnlockedKey } from '../../core/keys.js';
 import type { RepositoryConfig } from '../../format/manifest.js';
 import type { Storage } from '../../storage/storage.js';
 import { contextConfig, openContextStorage, type CliContext } from '../context.js';
 import { newPassword, passwordSource } from '../password.js';
 import { log, printResult } from '../output.js';
+import { nonEmpty } from '../flags.js';
 import type { CommandRunner } from '../main.js';
 
 interface NewPasswordOptions {
   newPasswordFile?: string;
+}
+
+/** --new-password-file, refused empty before the repository is opened (and its password asked for). */
+function newPasswordFile(options: NewPasswordOptions): string | undefined {
+  return nonEmpty('--new-password-file', options.newPasswordFile, 'the path of a file');
 }
 
 /** Opens and unlocks the repository; key commands need an encrypted one. */
@@ -32,7 +38,10 @@ async function runKeyList(ctx: CliContext): Promise<void> {
   await withKey(ctx, async (storage, key) => {
     const { keys, damaged } = await readKeys(storage);
     const rows = keys.map((k) => ({ ...keyInfo(k), current: k.id === key.keyId })).sort((a, b) => a.createdAt.localeCompare(b.createdAt));
-    for (const d of damaged) log(ctx, `warning: ${d} is damaged and cannot open the repository`);
+    for (const d of damaged) {
+      const id = d.slice(KEYS_PREFIX.length, -'.json'.length);
+      log(ctx, `warning: ${d} is damaged and cannot open the repository${/^[0-9a-f]+$/.test(id) ? `; \`lifeboat key remove ${id}\` removes it` : ''}`);
+    }
     printResult(ctx, rows, () =>
       [' ', 'ID'.padEnd(16), 'CREATED'.padEnd(24), 'HOST'.padEnd(20), 'KDF']
         .join(' ')
@@ -45,8 +54,9 @@ async function runKeyList(ctx: CliContext): Promise<void> {
 }
 
 async function runKeyAdd(ctx: CliContext, options: NewPasswordOptions): Promise<void> {
+  const file = newPasswordFile(options);
   await withKey(ctx, async (storage, key, config) => {
-    const password = await newPassword(ctx, options.newPasswordFile);
+    const password = await newPassword(ctx, file);
     // The new key gets the cost of the key that was opened, which a bucket writer cannot have lowered.
     const id = await addKey(storage, config.id, key.dataKey, password, key.kdf);
     printResult(ctx, { id }, () => `added key ${id}`);
@@ -67,8 +77,9 @@ async function runKeyRemove(ctx: CliContext, selector: string): Promise<void> {
 }
 
 async function runKeyPasswd(ctx: CliContext, options: NewPasswordOptions): Promise<void> {
+  const file = newPasswordFile(options);
   await withKey(ctx, async (storage, key, config) => {
-    const password = await newPassword(ctx, options.newPasswordFile);
+    const password = await newPassword(ctx, file);
     const lock = await acquireLock(storage, 'key passwd');
     try {
       // The new key is stored before the old one goes, so a failure in between leaves both passwords working.
