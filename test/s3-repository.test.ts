@@ -186,10 +186,12 @@ async function smallModels(dir: string, rand: () => number): Promise<string> {
 // ---------------------------------------------------------------------------
 
 describe('an S3 repository through the CLI', () => {
-  it('a bucket that does not exist is a set-up error (exit 2) that says so; init does not create it', async () => {
-    const r = await lifeboat(['--repo', `s3://${bucket}-missing/repo`, '--s3-endpoint', server.endpoint, '--s3-path-style', 'init'], { env: server.env });
-    assert.equal(r.code, 2, r.stderr);
-    assert.match(r.stderr, /the repository's bucket does not exist \(.*NoSuchBucket.*\)\n {2}check the bucket name in the repository URL and the endpoint; lifeboat does not create buckets/);
+  it('a bucket that does not exist is a set-up error (exit 2) that says so, for init and every other command; init does not create it', async () => {
+    for (const args of [['init'], ['list'], ['backup', work], ['verify']]) {
+      const r = await lifeboat(['--repo', `s3://${bucket}-missing/repo`, '--s3-endpoint', server.endpoint, '--s3-path-style', ...args], { env: server.env });
+      assert.equal(r.code, 2, `${args[0]}: ${r.stderr}`);
+      assert.match(r.stderr, /the repository's bucket does not exist \(.*NoSuchBucket.*\)\n {2}check the bucket name in the repository URL and the endpoint; lifeboat does not create buckets/, args[0]);
+    }
   });
 
   it('credentials the server refuses are a set-up error (exit 2) that names them, for init and for a repository that exists', async (t) => {
