@@ -25,7 +25,7 @@ import { Repository } from '../src/core/repository.js';
 import { encodeDocument } from '../src/format/document.js';
 import { makePointId } from '../src/format/ids.js';
 import { S3Storage } from '../src/storage/s3.js';
-import { lifeboat, spawnLifeboat, type CliRun } from './helpers/cli.js';
+import { lifeboat, runChild, spawnLifeboat, type CliRun } from './helpers/cli.js';
 import { startFaultProxy, type FaultKind } from './helpers/fault-proxy.js';
 import { createTestBucket, testClient, startS3Server, type S3TestServer } from './helpers/s3server.js';
 import { MODES, compareSnapshots, mutateTree, pick, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile, type SnapshotEntry } from './helpers/tree.js';
@@ -186,10 +186,12 @@ async function smallModels(dir: string, rand: () => number): Promise<string> {
 // ---------------------------------------------------------------------------
 
 describe('an S3 repository through the CLI', () => {
-  it('a bucket that does not exist is a set-up error (exit 2) that says so; init does not create it', async () => {
-    const r = await lifeboat(['--repo', `s3://${bucket}-missing/repo`, '--s3-endpoint', server.endpoint, '--s3-path-style', 'init'], { env: server.env });
-    assert.equal(r.code, 2, r.stderr);
-    assert.match(r.stderr, /the repository's bucket does not exist \(.*NoSuchBucket.*\)\n {2}check the bucket name in the repository URL and the endpoint; lifeboat does not create buckets/);
+  it('a bucket that does not exist is a set-up error (exit 2) that says so, for init and every other command; init does not create it', async () => {
+    for (const args of [['init'], ['list'], ['backup', work], ['verify']]) {
+      const r = await lifeboat(['--repo', `s3://${bucket}-missing/repo`, '--s3-endpoint', server.endpoint, '--s3-path-style', ...args], { env: server.env });
+      assert.equal(r.code, 2, `${args[0]}: ${r.stderr}`);
+      assert.match(r.stderr, /the repository's bucket does not exist \(.*NoSuchBucket.*\)\n {2}check the bucket name in the repository URL and the endpoint; lifeboat does not create buckets/, args[0]);
+    }
   });
 
   it('credentials the server refuses are a set-up error (exit 2) that names them, for init and for a repository that exists', async (t) => {
@@ -638,6 +640,41 @@ describe('an S3 repository through the CLI', () => {
       proxy.requests.push = push;
       await proxy.stop();
     }
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
+
+  it('the server goes away in the middle of a backup: exit 1 naming the upload, not exit 4 for the lock it could not release; the next backup takes over', async (t) => {
+    const rand = prng(seed + 7);
+    const dir = path.join(work, 'gone');
+    const src = await smallModels(dir, rand);
+    for (let i = 0; i < 3; i++) await writeRandomFile(path.join(src, `shard-${i}.bin`), 4 * MiB, rand);
+    const prefix = 'gone';
+    await initRepository(prefix, 64 * 1024 * 1024);
+    const proxy = await startFaultProxy({ upstream: server.endpoint, seed: seed + 8 });
+    const push = proxy.requests.push.bind(proxy.requests);
+    let stopped: Promise<void> | undefined;
+    // The server stops as the first volume data goes up: every request after that finds nobody listening.
+    proxy.requests.push = (...items) => {
+      if (items.some((r) => r.path.includes('/data/'))) stopped ??= proxy.stop();
+      return push(...items);
+    };
+    // Another process, as a cron job is: the lock it leaves names a process that no longer runs.
+    const failed = await runChild([...repoArgs(prefix, proxy.endpoint), '--json', 'backup', src, '--type', 'full'], { env: server.env });
+    await stopped;
+    t.diagnostic(`backup while the server went away: exit ${failed.code}: ${failed.stderr.trim().split('\n').join(' | ')}`);
+    assert.ok(stopped, 'the server went away during the backup');
+    assert.equal(failed.code, 1, failed.stderr);
+    assert.match(failed.stderr, /\b(put|head) data\/\d{8}-\d{6}-\d{3}F\/v\d{6}\.tar\b.*failed/, 'the message names the volume whose upload failed');
+    assert.doesNotMatch(failed.stderr, /release the repository lock/);
+    assert.equal(failed.json().error.exitCode, 1);
+
+    assert.ok((await bucketKeys(prefix)).includes('locks/lock.json'), 'the lock could not be released');
+
+    // Back again: the lock left behind is taken over, and the backup goes through.
+    const next = await ok(cli(prefix, ['backup', src, '--type', 'full']), 'the backup once the server is back');
+    assert.match(next.stderr, /took over a stale lock of backup on .*no longer runs/);
+    assert.ok(!(await bucketKeys(prefix)).includes('locks/lock.json'), 'the lock was released');
+    await ok(cli(prefix, ['verify', '--read-data']), 'verify --read-data after the server came back');
     await fsp.rm(dir, { recursive: true, force: true });
   });
 });

@@ -9,7 +9,7 @@ import { DEFAULT_DEPLOYMENT, MANIFEST_FORMAT, MAX_MANIFEST_CHARS, deploymentOf, 
 import { checkDeploymentName, checkSourceName } from '../format/paths.js';
 import { localAccounts, namesOf } from '../format/accounts.js';
 import { type Notice, type Progress, type Reporter, progressAt } from './events.js';
-import { LockLostError, acquireWriterLock, type HeldLock } from './lock.js';
+import { LockLostError, acquireWriterLock, releaseAfter, type HeldLock } from './lock.js';
 import { removeUnfinishedWrites } from './leftovers.js';
 import { chooseReference, type ReferenceChoice, countChanges, emptiedSince, emptySources, planBackup, type BackupPlan, type PlannedEntry } from './backup-plan.js';
 import { SMALL_FILE, SmallFileReader, type WholeFile } from './file-reader.js';
@@ -116,6 +116,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   let hasher: Sha256Offload | undefined;
   let id: string | undefined;
   let leftoversRemoved: Promise<void> = Promise.resolve();
+  let failed = true;
   try {
     // Leftovers of aborted backups are listed and removed while this one scans; they must be gone
     // before it writes, since its own volumes have no manifest yet either.
@@ -300,6 +301,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     await committedUnderLock(lock!, id);
     result.storedBytes = storedBytes;
     result.durationMs = Date.now() - started;
+    failed = false;
     return result;
   } catch (err) {
     if (sink && id) {
@@ -315,7 +317,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     await hasher?.close();
     // The lock covers the removal too, even when the backup failed before waiting for it.
     await leftoversRemoved.catch(() => undefined);
-    if (lock !== options.lock) await lock?.release();
+    if (lock !== options.lock) await releaseAfter(lock, failed);
   }
 }
 

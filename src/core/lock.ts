@@ -219,11 +219,25 @@ export async function acquireWriterLock(storage: Storage, command: string, optio
 /** Runs `work` holding the repository lock as a writing command, and releases it however `work` ends. */
 export async function whileHoldingLock<T>(storage: Storage, command: string, options: WriterLockOptions, reporter: Reporter, work: (lock: HeldLock) => Promise<T>): Promise<T> {
   const lock = await acquireWriterLock(storage, command, options, reporter);
+  let failed = true;
   try {
-    return await work(lock);
+    const result = await work(lock);
+    failed = false;
+    return result;
   } finally {
-    await lock.release();
+    await releaseAfter(lock, failed);
   }
+}
+
+/**
+ * Releases a writer's lock once its work has ended. After work that failed, a
+ * release that fails too (the server that failed the work has gone away) is
+ * not reported: the work's error says what happened, and the lock left behind
+ * is taken over as stale.
+ */
+export function releaseAfter(lock: HeldLock | undefined, failed: boolean): Promise<void> {
+  const released = lock?.release() ?? Promise.resolve();
+  return failed ? released.catch(() => undefined) : released;
 }
 
 /** One attempt: the lock taken (a stale holder's taken over), or the live holder that has it. */
@@ -332,7 +346,11 @@ function holdLock(storage: Storage, info: LockInfo, written: Buffer, tookOver?: 
           const current = await readStoredLock(storage);
           if (current?.info.token === info.token) await storage.delete([keys.lock]);
         } catch (err) {
-          throw new LockedError(`could not release the repository lock: ${errorMessage(err)}`);
+          // Nobody else holds the lock: this is a failure of the storage (exit 1), not a lock held by another process (exit 4).
+          throw new RuntimeFailure(`${info.command} could not release the repository lock: ${errorMessage(err)}`, {
+            cause: err,
+            hint: 'the lock stays until it is taken over: at once by the next writer on this host, since this process is gone; from another host once it is stale (lock.staleAfter). `lifeboat unlock` removes it once the repository can be reached',
+          });
         }
       });
     },

@@ -3,7 +3,7 @@ import { deploymentOf, deploymentsOf, keys, volumesNeeded } from '../format/mani
 import { type Reporter, progressAt } from './events.js';
 import { appendEvent } from './journal.js';
 import { removeUnfinishedWrites } from './leftovers.js';
-import { acquireWriterLock, describeLock, readersOf } from './lock.js';
+import { acquireWriterLock, describeLock, readersOf, releaseAfter } from './lock.js';
 import type { Repository } from './repository.js';
 import { planRetention, type RetentionDecision, type RetentionPolicy } from './retention.js';
 
@@ -91,6 +91,7 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
   const started = Date.now();
   const reporter = options.reporter ?? {};
   const lock = options.dryRun ? undefined : await acquireWriterLock(repo.storage, 'prune', options, reporter);
+  let failed = true;
   try {
     if (lock) {
       const readers = await readersOf(repo.storage, { staleAfterMs: options.lockStaleAfterMs });
@@ -145,8 +146,9 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
       durationMs,
       detail: { kept: plan.keep.length, removed: plan.remove.map((d) => d.id), dataObjects: plan.data.length, dataBytes: plan.bytes },
     });
+    failed = false;
     return { ...plan, dryRun: false, durationMs };
   } finally {
-    await lock?.release();
+    await releaseAfter(lock, failed);
   }
 }

@@ -695,6 +695,8 @@ function archiveTierOf(err: unknown): string {
 
 function isMissing(err: unknown): boolean {
   const name = errorName(err);
+  // A missing bucket is a 404 too, but not a missing object: "no repository here" would send the user to `init`, which cannot help.
+  if (name === 'NoSuchBucket') return false;
   return httpStatus(err) === 404 || name === 'NoSuchKey' || name === 'NotFound';
 }
 

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
-import { acquireLock } from '../../core/lock.js';
+import { whileHoldingLock } from '../../core/lock.js';
 import { KEYS_PREFIX, addKey, keyInfo, keyObject, readKeys, removeKey, unlockStorage, type UnlockedKey } from '../../core/keys.js';
 import type { RepositoryConfig } from '../../format/manifest.js';
 import type { Storage } from '../../storage/storage.js';
@@ -65,14 +65,11 @@ async function runKeyAdd(ctx: CliContext, options: NewPasswordOptions): Promise<
 
 async function runKeyRemove(ctx: CliContext, selector: string): Promise<void> {
   await withKey(ctx, async (storage, key) => {
-    const lock = await acquireLock(storage, 'key remove');
-    try {
+    await whileHoldingLock(storage, 'key remove', {}, {}, async (lock) => {
       // A removal that lost its lock while paused deletes nothing: another removal meanwhile may have left this key the last.
       const id = await removeKey(storage, key.keyId, selector, () => lock.check());
       printResult(ctx, { removed: id }, () => `removed key ${id}`);
-    } finally {
-      await lock.release();
-    }
+    });
   });
 }
 
@@ -80,16 +77,13 @@ async function runKeyPasswd(ctx: CliContext, options: NewPasswordOptions): Promi
   const file = newPasswordFile(options);
   await withKey(ctx, async (storage, key, config) => {
     const password = await newPassword(ctx, file);
-    const lock = await acquireLock(storage, 'key passwd');
-    try {
+    await whileHoldingLock(storage, 'key passwd', {}, {}, async (lock) => {
       // The new key is stored before the old one goes, so a failure in between leaves both passwords working.
       const id = await addKey(storage, config.id, key.dataKey, password, key.kdf);
       await lock.check();
       await storage.delete([keyObject(key.keyId)]);
       printResult(ctx, { id, removed: key.keyId }, () => `changed the password: key ${id} replaces key ${key.keyId}`);
-    } finally {
-      await lock.release();
-    }
+    });
   });
 }
 
