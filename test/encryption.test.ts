@@ -561,6 +561,27 @@ describe('keys', () => {
     }
     assert.deepEqual(await digest(encrypted), before);
   });
+
+  it('hooks, command sources and smoke tests run without the password in their environment', async () => {
+    const dir = path.join(work, 'command-env');
+    await fsp.mkdir(path.join(dir, 'models'), { recursive: true });
+    await fsp.writeFile(path.join(dir, 'models', 'w.bin'), 'weights');
+    await fsp.writeFile(
+      path.join(dir, 'lifeboat.yaml'),
+      'repository: ./repo\nsources:\n  models: ./models\n  features: { command: "env > source.env; echo state" }\nhooks:\n  preBackup: "env > hook.env"\n',
+    );
+    await ok(lifeboat(['init', '--encryption', 'aes-256-gcm'], { cwd: dir, env: env() }), 'init');
+    await ok(lifeboat(['backup'], { cwd: dir, env: env() }), 'backup');
+    const drill = await ok(lifeboat(['--json', 'drill', '--smoke', 'env'], { cwd: dir, env: env() }), 'drill');
+    const smoke: string = drill.json().smoke.output;
+    assert.match(smoke, /LIFEBOAT_RESTORE_DIR=/, 'the smoke test printed its environment');
+    for (const file of ['hook.env', 'source.env']) {
+      const seen = await fsp.readFile(path.join(dir, file), 'utf8');
+      assert.match(seen, /LIFEBOAT_/, `${file} holds the command's environment`);
+      assert.ok(!seen.includes(PASSWORD), `${file} holds the password`);
+    }
+    assert.ok(!smoke.includes(PASSWORD), 'the smoke output holds the password');
+  });
 });
 
 describe('an encrypted repository on the S3 test server', () => {

@@ -13,7 +13,7 @@ import { restore } from './restore.js';
 import { validateDirectory } from '../model/validate.js';
 import { runPool } from './pool.js';
 import { afterDelay } from '../sleep.js';
-import { exitAndOutput } from '../state/command.js';
+import { commandEnv, exitAndOutput } from '../state/command.js';
 import { makeWorkDirectory } from '../format/mkdirs.js';
 import { removeTree } from '../format/remove-tree.js';
 
@@ -249,7 +249,7 @@ function runSmoke(command: string, target: string, point: Manifest, options: Dri
     const child = spawn(command, {
       shell: true,
       cwd: options.cwd,
-      env: { ...(options.env ?? process.env), LIFEBOAT_RESTORE_DIR: target, LIFEBOAT_POINT: point.id },
+      env: { ...commandEnv(options.env ?? process.env), LIFEBOAT_RESTORE_DIR: target, LIFEBOAT_POINT: point.id },
       stdio: ['ignore', 'pipe', 'pipe'],
       detached: process.platform !== 'win32',
     });

@@ -115,6 +115,17 @@ function killGroup(child: ChildProcess, sig: NodeJS.Signals): void {
  * status 0; otherwise rejects with a RuntimeFailure naming `what`, the status
  * and the last lines of its stderr.
  */
+/**
+ * The environment a configured command (hook, health check, command source,
+ * smoke test) runs with: lifeboat's own, without the passwords it was given,
+ * which a command printing its environment would otherwise carry into logs,
+ * reports and notifications. A password file's path stays: it is no secret.
+ */
+export function commandEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const { LIFEBOAT_PASSWORD: _password, LIFEBOAT_NEW_PASSWORD: _newPassword, ...rest } = env;
+  return rest;
+}
+
 export async function runShell(
   what: string,
   command: string,
@@ -124,7 +135,7 @@ export async function runShell(
   if (options.signal?.aborted) throw new InterruptedError();
   const child = spawn('sh', ['-c', command], {
     cwd: options.cwd,
-    env: options.env ?? process.env,
+    env: commandEnv(options.env ?? process.env),
     stdio: [options.stdinFile ? 'pipe' : 'ignore', 'pipe', 'pipe'],
     detached: true,
   });
