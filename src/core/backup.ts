@@ -565,13 +565,13 @@ function baseEntry(s: ScannedEntry): ManifestEntry {
   return base;
 }
 
-/** What the manifest entry would be if every file read matched its plan (for --dry-run). */
 /** Whether a file still holds what its recorded entry says; a file that cannot be read is taken as changed. */
 async function sameContent(file: string, recorded: ManifestEntry): Promise<boolean> {
   const digest = await sha256OfFile(file).catch(() => undefined);
   return digest === recorded.sha256;
 }
 
+/** What the manifest entry would be if every file read matched its plan (for --dry-run). */
 function plannedAsEntry(p: PlannedEntry): ManifestEntry {
   const base = baseEntry(p.scanned);
   if (p.scanned.type !== 'file') return base;

@@ -50,6 +50,8 @@ export interface UnlockedKey {
 }
 
 export const keyObject = (id: string) => `${KEYS_PREFIX}${id}.json`;
+/** The id a key file's name gives: what `key remove` takes. */
+export const keyIdOf = (object: string) => object.slice(KEYS_PREFIX.length, -'.json'.length);
 
 /** What the data key is wrapped with: the repository and the key file, so a key file cannot be moved. */
 function wrapContext(repositoryId: string, keyId: string): string {
@@ -214,12 +216,12 @@ export async function removeKey(storage: Storage, current: string, selector: str
   const matches = keys.filter((k) => k.id.startsWith(selector));
   if (matches.length === 0) {
     // A damaged key file opens nothing: `key list` warns of it, and it is removed by the id in its name.
-    const broken = selector.length === 0 ? [] : damaged.filter((name) => name.slice(KEYS_PREFIX.length).startsWith(selector));
+    const broken = selector.length === 0 ? [] : damaged.filter((name) => keyIdOf(name).startsWith(selector));
     if (broken.length > 1) throw new UsageError(`${JSON.stringify(selector)} matches ${broken.length} damaged key files; give more of the id`);
     if (broken.length === 1) {
       await beforeRemoving();
       await storage.delete(broken);
-      return broken[0]!.slice(KEYS_PREFIX.length, -'.json'.length);
+      return keyIdOf(broken[0]!);
     }
     throw new UsageError(`no key matches ${JSON.stringify(selector)}`, { hint: 'see `lifeboat key list`' });
   }

@@ -110,12 +110,6 @@ function killGroup(child: ChildProcess, sig: NodeJS.Signals): void {
 }
 
 /**
- * Runs `command` through `sh -c` in its own process group, with optional
- * stdin/stdout wiring, a timeout and abort. Resolves when it exited with
- * status 0; otherwise rejects with a RuntimeFailure naming `what`, the status
- * and the last lines of its stderr.
- */
-/**
  * The environment a configured command (hook, health check, command source,
  * smoke test) runs with: lifeboat's own, without the passwords it was given,
  * which a command printing its environment would otherwise carry into logs,
@@ -126,6 +120,12 @@ export function commandEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   return rest;
 }
 
+/**
+ * Runs `command` through `sh -c` in its own process group, with optional
+ * stdin/stdout wiring, a timeout and abort. Resolves when it exited with
+ * status 0; otherwise rejects with a RuntimeFailure naming `what`, the status
+ * and the last lines of its stderr.
+ */
 export async function runShell(
   what: string,
   command: string,

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
 import { whileHoldingLock } from '../../core/lock.js';
-import { KEYS_PREFIX, addKey, keyInfo, keyObject, readKeys, removeKey, unlockStorage, type UnlockedKey } from '../../core/keys.js';
+import { addKey, keyIdOf, keyInfo, keyObject, readKeys, removeKey, unlockStorage, type UnlockedKey } from '../../core/keys.js';
 import type { RepositoryConfig } from '../../format/manifest.js';
 import type { Storage } from '../../storage/storage.js';
 import { contextConfig, openContextStorage, type CliContext } from '../context.js';
@@ -39,7 +39,7 @@ async function runKeyList(ctx: CliContext): Promise<void> {
     const { keys, damaged } = await readKeys(storage);
     const rows = keys.map((k) => ({ ...keyInfo(k), current: k.id === key.keyId })).sort((a, b) => a.createdAt.localeCompare(b.createdAt));
     for (const d of damaged) {
-      const id = d.slice(KEYS_PREFIX.length, -'.json'.length);
+      const id = keyIdOf(d);
       log(ctx, `warning: ${d} is damaged and cannot open the repository${/^[0-9a-f]+$/.test(id) ? `; \`lifeboat key remove ${id}\` removes it` : ''}`);
     }
     printResult(ctx, rows, () =>
