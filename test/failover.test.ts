@@ -513,20 +513,28 @@ test('two targets sharing a slots directory or an active link are refused: a fai
   await fsp.rm(work, { recursive: true, force: true });
 });
 
-test('a failover interrupted while deactivate runs activates the slot served before again, instead of leaving it drained', async () => {
+/**
+ * A deployment `models/w.bin` backed up twice ("weights A", then "weights B"),
+ * with the config lines under `targets:` given.
+ */
+async function twoPoints(targets: string): Promise<{ work: string; first: string; second: string }> {
   const work = await tempDir();
   await fsp.mkdir(path.join(work, 'models'));
   await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights A');
-  await fsp.writeFile(
-    path.join(work, 'lifeboat.yaml'),
-    'repository: ./repo\nsources:\n  models: ./models\ntargets:\n  prod:\n    slots: ./slots\n    active: ./current\n' +
-      '    activate: \'echo "activate $LIFEBOAT_POINT" >> hooks.log\'\n' +
-      '    deactivate: \'test -e slow || exit 0; echo "deactivate $LIFEBOAT_POINT" >> hooks.log; sleep 30\'\n',
-  );
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ./repo\nsources:\n  models: ./models\ntargets:\n${targets}`);
   assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
   const first = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
   await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights B');
   const second = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+  return { work, first, second };
+}
+
+test('a failover interrupted while deactivate runs activates the slot served before again, instead of leaving it drained', async () => {
+  const { work, first, second } = await twoPoints(
+    '  prod:\n    slots: ./slots\n    active: ./current\n' +
+      '    activate: \'echo "activate $LIFEBOAT_POINT" >> hooks.log\'\n' +
+      '    deactivate: \'test -e slow || exit 0; echo "deactivate $LIFEBOAT_POINT" >> hooks.log; sleep 30\'\n',
+  );
   assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
   await fsp.writeFile(path.join(work, 'hooks.log'), '');
   await fsp.writeFile(path.join(work, 'slow'), '');
@@ -592,14 +600,7 @@ test('a health check gets its last attempt at the timeout, not an interval befor
 });
 
 test('status says when the previous slot was removed by hand, since a rollback then has nowhere to go', async () => {
-  const work = await tempDir();
-  await fsp.mkdir(path.join(work, 'models'));
-  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights A');
-  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\ntargets:\n  prod: { slots: ./slots, active: ./current }\n');
-  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
-  const first = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
-  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights B');
-  const second = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+  const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
   assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
   assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
   assert.match((await lifeboat(['status'], { cwd: work })).stdout, new RegExp(`\\n {2}previous: ${first}\\n`));
@@ -613,18 +614,10 @@ test('status says when the previous slot was removed by hand, since a rollback t
 });
 
 test('a rollback interrupted while deactivate runs says the target still serves what it did and nothing was switched', async () => {
-  const work = await tempDir();
-  await fsp.mkdir(path.join(work, 'models'));
-  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights A');
-  await fsp.writeFile(
-    path.join(work, 'lifeboat.yaml'),
-    'repository: ./repo\nsources:\n  models: ./models\ntargets:\n  prod:\n    slots: ./slots\n    active: ./current\n' +
+  const { work, first, second } = await twoPoints(
+    '  prod:\n    slots: ./slots\n    active: ./current\n' +
       '    deactivate: \'test -e slow || exit 0; echo "deactivate $LIFEBOAT_POINT" >> hooks.log; sleep 30\'\n',
   );
-  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
-  const first = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
-  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights B');
-  const second = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
   assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
   assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
   await fsp.writeFile(path.join(work, 'slow'), '');
