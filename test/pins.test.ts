@@ -1,13 +1,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { lifeboat } from './helpers/cli.js';
 import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
 import { appendEvent } from '../src/core/journal.js';
-import { protectedPoints } from '../src/core/pins.js';
+import { pin, protectedPoints } from '../src/core/pins.js';
 import { Repository } from '../src/core/repository.js';
+import type { LifeboatError } from '../src/errors.js';
+import { LocalStorage } from '../src/storage/local.js';
 import { openStorage } from '../src/storage/open.js';
+import type { PutDocumentOptions } from '../src/storage/storage.js';
 
 interface Listed {
   id: string;
@@ -89,6 +93,59 @@ test('prune --keep-full 1 keeps a pinned old full (and says why in --dry-run); u
   assert.equal((await lifeboat(['--repo', repo, 'unpin', ids[0]!])).code, 0);
   assert.equal((await lifeboat(['--repo', repo, 'prune', '--keep-full', '1'])).code, 0);
   assert.ok(!(await list(repo)).some((p) => p.id === ids[0]), 'unpinned, retention removes it');
+});
+
+/** A local repository that runs `meanwhile` just before a pin document is written: what a prune that starts at that moment does. */
+class PinLate extends LocalStorage {
+  constructor(
+    root: string,
+    private readonly meanwhile: () => Promise<void>,
+  ) {
+    super(root);
+  }
+  override async putDocument(key: string, data: Uint8Array, options?: PutDocumentOptions): Promise<boolean> {
+    if (key.startsWith('pins/')) await this.meanwhile();
+    return super.putDocument(key, data, options);
+  }
+}
+
+test('a prune that starts between pin\'s look at the lock and the writing of the pin never leaves a pin of a point it removes: pin fails saying so', async (t) => {
+  const { repo, ids } = await fourPoints(t);
+  const pins = async () => (await fsp.readdir(path.join(repo, 'pins')).catch(() => [] as string[])).filter((n) => n.endsWith('.json'));
+  const pinLate = async (id: string, meanwhile: () => Promise<void>) => pin(await Repository.open(new PinLate(repo, meanwhile)), id, 'audit hold');
+  const lockFile = path.join(repo, 'locks', 'lock.json');
+  const pruneLock = (extra: object) => async () => {
+    const now = new Date().toISOString();
+    await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+    await fsp.writeFile(lockFile, JSON.stringify({ host: os.hostname(), pid: process.pid, command: 'prune', startedAt: now, refreshedAt: now, leaseMs: 1_800_000, token: 'c'.repeat(32), ...extra }));
+  };
+
+  // A prune still planning holds the lock when the pin is written: it may have read the pins before.
+  await assert.rejects(pinLate(ids[0]!, pruneLock({})), (err: LifeboatError) => err.exitCode === 4 && /a prune started while .* was being pinned \(prune on .*\); it was not pinned/.test(err.message));
+  assert.deepEqual(await pins(), [], 'the pin is taken back');
+  await fsp.rm(lockFile);
+  // One that has said what it removes, this point among them.
+  await assert.rejects(pinLate(ids[0]!, pruneLock({ removing: [ids[0], ids[1]] })), (err: LifeboatError) => err.exitCode === 2 && /is being removed by a prune that started while it was being pinned/.test(err.message));
+  assert.deepEqual(await pins(), []);
+  await fsp.rm(lockFile);
+  // One that removes other points only: the pin stands.
+  assert.equal((await pinLate(ids[2]!, pruneLock({ removing: [ids[0], ids[1]] }))).pin.point, ids[2]);
+  assert.deepEqual(await pins(), [`${ids[2]}.json`]);
+  await fsp.rm(lockFile);
+
+  // A whole prune, in a process of its own, between the look and the write: it removes the old full, which pin then says.
+  await assert.rejects(
+    pinLate(ids[0]!, async () => {
+      const pruned = await lifeboat(['--repo', repo, 'prune', '--keep-full', '1']);
+      assert.equal(pruned.code, 0, pruned.stderr);
+    }),
+    (err: LifeboatError) => err.exitCode === 2 && new RegExp(`backup point ${ids[0]} was removed by a prune that ran while it was being pinned`).test(err.message),
+  );
+  assert.deepEqual(await pins(), [`${ids[2]}.json`], 'no pin names the removed point');
+  assert.deepEqual((await list(repo)).map((p) => [p.id, p.pinned]), [[ids[2], true], [ids[3], false]]);
+  // What was pinned before stays pinned whatever a prune does meanwhile: that prune kept it.
+  assert.equal((await pinLate(ids[2]!, pruneLock({}))).replaced?.reason, 'audit hold');
+  assert.deepEqual(await pins(), [`${ids[2]}.json`]);
 });
 
 test("a target's active and previous slots protect their points: from this host's targets and from the journal", async (t) => {

@@ -1,8 +1,9 @@
 import * as os from 'node:os';
 import * as z from 'zod';
-import { LockedError, UsageError, errorMessage } from '../errors.js';
+import { LockedError, UsageError, errorMessage, type LifeboatError } from '../errors.js';
 import { decodeDocument, encodeDocument } from '../format/document.js';
 import { POINT_ID } from '../format/ids.js';
+import { keys } from '../format/manifest.js';
 import { isNotFound, type Storage } from '../storage/storage.js';
 import { appendEvent, journalEventSchema, type JournalEvent } from './journal.js';
 import { describeLock, readLock } from './lock.js';
@@ -43,8 +44,43 @@ export async function pin(repo: Repository, point: string, reason: string, now =
   const replaced = (await readPins(repo.storage)).get(point);
   const record: Pin = { point, reason: text, pinnedAt: now.toISOString(), user: whoAmI(), host: os.hostname() };
   await repo.storage.putDocument(pinKey(point), encodeDocument(record));
+  // Pinned already, the point was kept by any prune meanwhile: only a new pin can have been missed.
+  if (!replaced) await confirmPin(repo.storage, point);
   await appendEvent(repo.storage, { type: 'pin', point, outcome: 'ok', detail: { reason: text } }).catch(() => undefined);
   return { pin: record, ...(replaced ? { replaced } : {}) };
+}
+
+/**
+ * A prune that took the lock between pin's look at it and the writing of the
+ * pin may have read the pins without this one. The pin stands when no prune
+ * holds the lock now and the point is still there (a prune that missed the pin
+ * has finished, without removing it), or when the prune holding the lock has
+ * said which points it removes, not this one. Otherwise the pin is taken back
+ * and pin fails, saying why.
+ */
+async function confirmPin(storage: Storage, point: string): Promise<void> {
+  const lock = await readLock(storage);
+  let failure: LifeboatError | undefined;
+  if (lock && !lock.stale && lock.info.command === 'prune') {
+    const removing = lock.info.removing;
+    if (!removing) {
+      failure = new LockedError(`a prune started while ${point} was being pinned (${describeLock(lock.info)}); it was not pinned`, {
+        hint: `pin it again when the prune has finished`,
+      });
+    } else if (removing.includes(point)) {
+      failure = new UsageError(`backup point ${point} is being removed by a prune that started while it was being pinned (${describeLock(lock.info)}); it was not pinned`, {
+        hint: 'see `lifeboat list` for the points that remain',
+      });
+    }
+  } else if (!(await storage.head(keys.point(point)))) {
+    failure = new UsageError(`backup point ${point} was removed by a prune that ran while it was being pinned; it was not pinned`, {
+      hint: 'see `lifeboat list` for the points that remain',
+    });
+  }
+  if (!failure) return;
+  // A pin left behind would name a point prune removes, or has removed.
+  await storage.delete([pinKey(point)]).catch(() => undefined);
+  throw failure;
 }
 
 /** Removes a pin; an error when the point is not pinned. */
