@@ -1,14 +1,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { LockLostError, acquireLock, readStoredLock, removeLock } from '../src/core/lock.js';
 import { prune } from '../src/core/prune.js';
 import { Repository } from '../src/core/repository.js';
+import { lockTarget } from '../src/core/slots.js';
+import type { LockedError } from '../src/errors.js';
 import { LocalStorage } from '../src/storage/local.js';
 import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
+import { startedNow } from './helpers/processes.js';
 import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
 
 interface Bed {
@@ -224,8 +227,7 @@ test('a lock whose pid now belongs to a process started after it was taken (a re
   await fsp.writeFile(path.join(src, 'config.json'), '{}');
   assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
   // The process that now has the pid the lock names: started minutes after the lock was taken.
-  const other = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60_000)'], { stdio: 'ignore' });
-  t.after(() => other.kill());
+  const other = startedNow(t);
   const lockFile = path.join(repo, 'locks', 'lock.json');
   const minutesAgo = new Date(Date.now() - 10 * 60_000).toISOString();
   const killed = { host: os.hostname(), pid: other.pid, command: 'backup', startedAt: minutesAgo, refreshedAt: minutesAgo, leaseMs: 1_800_000, token: 'd'.repeat(32) };
@@ -249,4 +251,26 @@ test('a lock whose pid now belongs to a process started after it was taken (a re
   await fsp.writeFile(lockFile, JSON.stringify({ ...killed, startedAt: now, refreshedAt: now }));
   const live = await lifeboat(['--repo', repo, 'unlock']);
   assert.equal(live.code, 4, live.stdout + live.stderr);
+});
+
+test("a target's switch lock whose pid now belongs to a process started after it was taken is taken over; one taken after that process started is not", async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const slots = path.join(work, 'slots');
+  await fsp.mkdir(slots);
+  const other = startedNow(t);
+  const lockFile = path.join(slots, '.lifeboat-switch.lock');
+  const lockOf = (startedAt: Date) => JSON.stringify({ host: os.hostname(), pid: other.pid, command: 'failover', startedAt: startedAt.toISOString() });
+
+  await fsp.writeFile(lockFile, lockOf(new Date(Date.now() - 10 * 60_000)));
+  const release = await lockTarget(slots, 'prod', 'failover');
+  assert.equal(JSON.parse(await fsp.readFile(lockFile, 'utf8')).pid, process.pid, 'taken over');
+  await release();
+  await assert.rejects(fsp.access(lockFile));
+
+  await fsp.writeFile(lockFile, lockOf(new Date()));
+  await assert.rejects(lockTarget(slots, 'prod', 'rollback'), (err: LockedError) => err.exitCode === 4 && new RegExp(`being switched by failover \\(pid ${other.pid} on `).test(err.message));
+  // A lock of an older version, without the time it was taken, is judged by its pid alone.
+  await fsp.writeFile(lockFile, JSON.stringify({ host: os.hostname(), pid: other.pid, command: 'failover' }));
+  await assert.rejects(lockTarget(slots, 'prod', 'rollback'), (err: LockedError) => err.exitCode === 4);
 });

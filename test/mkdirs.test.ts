@@ -2,8 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { makeDirectories } from '../src/format/mkdirs.js';
+import { makeDirectories, makeWorkDirectory } from '../src/format/mkdirs.js';
 import { lifeboat } from './helpers/cli.js';
+import { startedNow } from './helpers/processes.js';
 import { smallDeployment } from './helpers/repo.js';
 import { tempDir } from './helpers/tree.js';
 
@@ -57,4 +58,21 @@ test('init, restore and failover into a path that cannot be created fail with th
   const failover = await lifeboat(['--config', config, 'failover', '--to', 'prod']);
   assert.equal(failover.code, 1, failover.stderr);
   assert.match(failover.stderr, /cannot create the slots directory .* of target prod/);
+});
+
+test('a work directory named for a pid that now belongs to a process started after the directory was made (a reboot, a container run again) is removed as left', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const other = startedNow(t);
+  const seconds = (msAgo: number) => Math.floor((Date.now() - msAgo) / 1000);
+  const before = path.join(work, `lifeboat-drill-${other.pid}-${seconds(10 * 60_000)}-a1b2c3`);
+  const after = path.join(work, `lifeboat-drill-${other.pid}-${seconds(0)}-d4e5f6`);
+  // Named by an older version, without the time it was made: judged by its pid alone.
+  const older = path.join(work, `lifeboat-drill-${other.pid}-abcdef`);
+  for (const dir of [before, after, older]) await fsp.mkdir(dir);
+  const removed: string[] = [];
+  const made = await makeWorkDirectory(work, 'lifeboat-drill-', (dir) => removed.push(dir));
+  assert.deepEqual(removed, [before]);
+  assert.match(path.basename(made), new RegExp(`^lifeboat-drill-${process.pid}-\\d{10}-[A-Za-z0-9]{6}$`));
+  assert.deepEqual((await fsp.readdir(work)).sort(), [path.basename(after), path.basename(older), path.basename(made)].sort());
 });

@@ -4,11 +4,13 @@ import { createHash } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { lifeboat, spawnLifeboat } from './helpers/cli.js';
-import { waitFor } from './helpers/processes.js';
+import { startedNow, waitFor } from './helpers/processes.js';
+import { smallDeployment } from './helpers/repo.js';
 import { compareSnapshots, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile } from './helpers/tree.js';
 import { InterruptedError } from '../src/errors.js';
 import { Repository } from '../src/core/repository.js';
 import { restore } from '../src/core/restore.js';
+import { stagingPath } from '../src/core/restore-target.js';
 import type { Notice } from '../src/core/events.js';
 import { LocalStorage } from '../src/storage/local.js';
 
@@ -180,4 +182,26 @@ test('a target another process fills while a restore runs is not replaced: the r
   assert.equal(again.code, 0, again.stderr);
   assert.match(again.stderr, /resuming an interrupted restore: 2 file\(s\)/);
   assert.deepEqual((await fsp.readdir(path.join(target))).sort(), ['models']);
+});
+
+test('a staging directory named for a pid that now belongs to a process started after it was made (a reboot, a container run again) is resumed; those of live restores stay', async (t) => {
+  const { work, src, repo: repoDir } = await smallDeployment();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', repoDir, 'backup', src])).code, 0);
+  const other = startedNow(t);
+  const seconds = (msAgo: number) => Math.floor((Date.now() - msAgo) / 1000);
+  const left = path.join(work, `.out.lifeboat-staging-${other.pid}-${seconds(10 * 60_000)}-0badf00d`);
+  const live = path.join(work, `.out.lifeboat-staging-${other.pid}-${seconds(0)}-00c0ffee`);
+  // Named by an older version, without the time it was made: judged by its pid alone.
+  const older = path.join(work, `.out.lifeboat-staging-${other.pid}-0badcafe`);
+  for (const dir of [left, live, older]) await fsp.mkdir(path.join(dir, 'models'), { recursive: true });
+  await fsp.copyFile(path.join(src, 'weights.bin'), path.join(left, 'models', 'weights.bin'));
+
+  const r = await lifeboat(['--repo', repoDir, 'restore', 'latest', '--target', path.join(work, 'out')]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, new RegExp(`${path.basename(left).replaceAll('.', '\\.')}: resuming an interrupted restore: 1 file\\(s\\), 293\\.0 KiB, already there and verified`));
+  await assert.rejects(fsp.access(left), 'the left staging directory became the target');
+  await fsp.access(live);
+  await fsp.access(older);
+  assert.match(path.basename(stagingPath(path.join(work, 'out'), false)), new RegExp(`^\\.out\\.lifeboat-staging-${process.pid}-\\d{10}-[0-9a-f]{8}$`));
 });

@@ -7,7 +7,7 @@ import { formatDuration } from '../config/duration.js';
 import { isNotFound, type Storage } from '../storage/storage.js';
 import { keys } from '../format/manifest.js';
 import type { Notice, Reporter } from './events.js';
-import { processRuns, processStartedAt } from '../format/process-alive.js';
+import { pidReusedSince, processRuns } from '../format/process-alive.js';
 
 export const DEFAULT_LEASE_MS = 30 * 60 * 1000;
 
@@ -46,12 +46,6 @@ export interface StalenessOptions {
   startedAt?: (pid: number) => number | undefined;
 }
 
-/**
- * How much later than a lock's `startedAt` the process with its pid may have started and still be its
- * holder: a holder starts before it takes the lock; the margin covers the clocks' rounding and a small step.
- */
-const PID_REUSE_MARGIN_MS = 60_000;
-
 /** How often a holder with this lease refreshes it. */
 export function refreshInterval(leaseMs: number): number {
   return Math.max(1000, Math.min(60_000, Math.floor(leaseMs / 3)));
@@ -69,9 +63,8 @@ export function lockStaleness(info: LockInfo, now: Date, options: StalenessOptio
   if (info.host === host) {
     if (!alive(info.pid)) return `process ${info.pid} no longer runs on ${host}`;
     // The pid was given again (a reboot, a container whose every run has the same pid): its holder is gone.
-    const started = (options.startedAt ?? processStartedAt)(info.pid);
-    const taken = Date.parse(info.startedAt);
-    if (started !== undefined && Number.isFinite(taken) && started > taken + PID_REUSE_MARGIN_MS) {
+    const started = pidReusedSince(info.pid, Date.parse(info.startedAt), options.startedAt);
+    if (started !== undefined) {
       return `process ${info.pid} no longer runs on ${host}: that pid is now another process's, started at ${new Date(started).toISOString()}`;
     }
   }

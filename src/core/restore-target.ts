@@ -8,7 +8,7 @@ import { syncPath } from '../format/durable.js';
 import { isMountPoint } from '../format/mounts.js';
 import { formatBytes } from '../format/units.js';
 import type { Notice, Reporter } from './events.js';
-import { processRuns } from '../format/process-alive.js';
+import { ownerRuns } from '../format/process-alive.js';
 import { removeTree } from '../format/remove-tree.js';
 
 /*
@@ -17,7 +17,11 @@ import { removeTree } from '../format/remove-tree.js';
  * and moving the verified tree or files into place.
  */
 
-/** What marks a staging directory's name: `.<target>.lifeboat-staging-<pid>-<random>`, or without `.<target>` inside a mount point. */
+/**
+ * What marks a staging directory's name: `.<target>.lifeboat-staging-<pid>-<seconds>-<random>`, or
+ * without `.<target>` inside a mount point; `<seconds>`, when it was made (since the epoch), tells its
+ * owner from a later process given the same pid. Older names have no `<seconds>`.
+ */
 const STAGING_MARK = '.lifeboat-staging-';
 
 /** The name a restore into `target` gives its staging directories, up to the owner's pid. */
@@ -27,15 +31,16 @@ export function stagingPrefix(target: string, mountPoint: boolean): string {
 
 /** A staging directory's name for this process, beside (or, at a mount point, in) `target`. */
 export function stagingPath(target: string, mountPoint: boolean): string {
-  return path.join(mountPoint ? target : path.dirname(target), `${stagingPrefix(target, mountPoint)}${process.pid}-${randomBytes(4).toString('hex')}`);
+  const made = Math.floor(Date.now() / 1000);
+  return path.join(mountPoint ? target : path.dirname(target), `${stagingPrefix(target, mountPoint)}${process.pid}-${made}-${randomBytes(4).toString('hex')}`);
 }
 
 /** Who left a staging directory, from what follows its prefix; `replaced`: what a --force set aside. */
 function stagingOwner(rest: string): { pid: number; running: boolean; replaced: boolean } | undefined {
-  const m = /^(\d+)-[0-9a-f]{8}(-replaced)?$/.exec(rest);
+  const m = /^(\d+)(?:-(\d{1,12}))?-[0-9a-f]{8}(-replaced)?$/.exec(rest);
   if (!m) return undefined;
   const pid = Number(m[1]);
-  return { pid, running: processRuns(pid), replaced: m[2] !== undefined };
+  return { pid, running: ownerRuns(pid, m[2] === undefined ? undefined : Number(m[2]) * 1000), replaced: m[3] !== undefined };
 }
 
 /**

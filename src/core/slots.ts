@@ -6,7 +6,7 @@ import * as os from 'node:os';
 import { LockedError, RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../errors.js';
 import { POINT_ID } from '../format/ids.js';
 import { makeDirectories } from '../format/mkdirs.js';
-import { processRuns } from '../format/process-alive.js';
+import { ownerRuns } from '../format/process-alive.js';
 
 /** Kept in the slots directory: what the link pointed at before the last switch, and the switches made. */
 export const TARGET_STATE_FILE = '.lifeboat-target.json';
@@ -147,7 +147,9 @@ const TARGET_LOCK_FILE = '.lifeboat-switch.lock';
 /**
  * Takes the target's switch lock (a file in its slots directory, made with
  * O_EXCL), so two failovers or rollbacks never switch one link at once. A lock
- * left by a process that is gone from this host is taken over. Exit 4 otherwise.
+ * left by a process that is gone from this host (its pid no longer runs, or
+ * now belongs to a process started after the lock was taken) is taken over.
+ * Exit 4 otherwise.
  */
 export async function lockTarget(slots: string, name: string, command: string): Promise<() => Promise<void>> {
   await makeDirectories(slots).catch((err: unknown) => {
@@ -188,7 +190,8 @@ export async function lockTarget(slots: string, name: string, command: string): 
     } catch {
       // a lock being written this instant, or damaged: judged below
     }
-    const gone = holder.host === os.hostname() && typeof holder.pid === 'number' && !processRuns(holder.pid);
+    // A pid given again (a reboot, a container whose every run has the same pid) to a process started after the lock was taken is not its holder.
+    const gone = holder.host === os.hostname() && typeof holder.pid === 'number' && !ownerRuns(holder.pid, typeof holder.startedAt === 'string' ? Date.parse(holder.startedAt) : undefined);
     if (!gone && text !== '') {
       throw new LockedError(`target ${name} is being switched by ${holder.command ?? 'another process'} (pid ${holder.pid ?? '?'} on ${holder.host ?? '?'}, since ${holder.startedAt ?? '?'})`, {
         hint: `wait for it to finish; if that process is gone, remove ${file}`,

@@ -1,7 +1,7 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import * as os from 'node:os';
-import { processRuns } from './process-alive.js';
+import { ownerRuns } from './process-alive.js';
 
 /**
  * `mkdir -p`: creates a directory and any missing parents, and accepts one
@@ -87,18 +87,22 @@ const madeHere = new Set<string>();
 /**
  * Removes the work directories with `prefix` in `dir` that processes killed
  * before they could remove them left (a drill's copy of a whole point, a
- * captured database): those named for a pid that no longer runs, or for this
- * process's pid (a container may give every run the same one) but not made by
- * it. Directories of other live processes, and any it may not remove, stay.
+ * captured database): those named for a pid that no longer runs, or that now
+ * belongs to a process started after the directory was made (a reboot, a
+ * container run again), or for this process's pid (a container may give every
+ * run the same one) but not made by it. Directories of other live processes,
+ * and any it may not remove, stay.
  */
 async function removeLeftWorkDirectories(dir: string, prefix: string, removed: (dir: string) => void): Promise<void> {
   const names = await fsp.readdir(dir).catch(() => [] as string[]);
-  const pattern = new RegExp(`^${prefix.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}(\\d+)-[A-Za-z0-9]{6}$`);
+  // <prefix><pid>-<seconds since the epoch when it was made>-<random>; older names have no <seconds>.
+  const pattern = new RegExp(`^${prefix.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}(\\d+)(?:-(\\d{1,12}))?-[A-Za-z0-9]{6}$`);
   for (const name of names) {
-    const pid = Number(pattern.exec(name)?.[1]);
-    if (!Number.isSafeInteger(pid) || pid <= 0) continue;
+    const m = pattern.exec(name);
+    const pid = Number(m?.[1]);
+    if (!m || !Number.isSafeInteger(pid) || pid <= 0) continue;
     const full = path.join(dir, name);
-    if (pid === process.pid ? madeHere.has(full) : processRuns(pid)) continue;
+    if (pid === process.pid ? madeHere.has(full) : ownerRuns(pid, m[2] === undefined ? undefined : Number(m[2]) * 1000)) continue;
     try {
       await fsp.rm(full, { recursive: true });
       removed(full);
@@ -111,14 +115,14 @@ async function removeLeftWorkDirectories(dir: string, prefix: string, removed: (
 /**
  * A new temporary directory in `parent`, made first if it is not there yet; in
  * the system's temporary directory without one. Its name carries this
- * process's pid, so that a later run can tell it from a live run's and remove
+ * process's pid and the time it was made, so that a later run can tell it from a live run's and remove
  * it if this one is killed first; `removed` hears of each such one removed.
  */
 export async function makeWorkDirectory(parent: string | undefined, prefix: string, removed: (dir: string) => void = () => undefined): Promise<string> {
   if (parent !== undefined) await makeDirectories(parent);
   const dir = parent ?? os.tmpdir();
   await removeLeftWorkDirectories(dir, prefix, removed);
-  const made = await fsp.mkdtemp(path.join(dir, `${prefix}${process.pid}-`));
+  const made = await fsp.mkdtemp(path.join(dir, `${prefix}${process.pid}-${Math.floor(Date.now() / 1000)}-`));
   madeHere.add(made);
   return made;
 }

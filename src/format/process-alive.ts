@@ -31,3 +31,29 @@ export function processStartedAt(pid: number, now = Date.now()): number | undefi
     return undefined;
   }
 }
+
+/**
+ * How much later than the time something was taken (a lock, a work directory) the process with the
+ * owner's pid may have started and still be its owner: an owner starts before it takes what it owns;
+ * the margin covers the clocks' rounding and a small step.
+ */
+export const PID_REUSE_MARGIN_MS = 60_000;
+
+/**
+ * When the process that now has `pid` started, if that is more than the margin after `takenAt` (ms):
+ * then it is not the process that took the lock or made the directory, whose pid was given again.
+ * Undefined when it may be the owner, when `takenAt` is unknown (older records) or the system does not say.
+ */
+export function pidReusedSince(pid: number, takenAt: number | undefined, startedAt: (pid: number) => number | undefined = processStartedAt): number | undefined {
+  if (takenAt === undefined || !Number.isFinite(takenAt)) return undefined;
+  const started = startedAt(pid);
+  return started !== undefined && started > takenAt + PID_REUSE_MARGIN_MS ? started : undefined;
+}
+
+/**
+ * Whether the owner of something taken at `takenAt` (ms; unknown for older records) by the process
+ * `pid` of this host may still run: its pid runs, and not as a process started after that.
+ */
+export function ownerRuns(pid: number, takenAt: number | undefined): boolean {
+  return processRuns(pid) && pidReusedSince(pid, takenAt) === undefined;
+}

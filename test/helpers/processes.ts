@@ -46,6 +46,16 @@ export async function waitFor(cond: () => Promise<boolean>, timeoutMs: number): 
   return false;
 }
 
+/**
+ * A process started now that lives for the test: its pid, named in a record taken minutes earlier,
+ * is a pid given again after that record's owner ended (a reboot, a container run again).
+ */
+export function startedNow(t: { after(fn: () => void): void }): ChildProcess {
+  const child = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60_000)'], { stdio: 'ignore' });
+  t.after(() => child.kill());
+  return child;
+}
+
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
