@@ -12,6 +12,7 @@ import type { LockedError } from '../src/errors.js';
 import { LocalStorage } from '../src/storage/local.js';
 import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
 import { startedNow } from './helpers/processes.js';
+import { smallDeployment } from './helpers/repo.js';
 import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
 
 interface Bed {
@@ -273,4 +274,29 @@ test("a target's switch lock whose pid now belongs to a process started after it
   // A lock of an older version, without the time it was taken, is judged by its pid alone.
   await fsp.writeFile(lockFile, JSON.stringify({ host: os.hostname(), pid: other.pid, command: 'failover' }));
   await assert.rejects(lockTarget(slots, 'prod', 'rollback'), (err: LockedError) => err.exitCode === 4);
+});
+
+test('an unreadable lock (damaged, empty) is said to be unreadable, not described as a holder "? on ?, pid 0": unlock removes it, a backup takes it over', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const lockFile = path.join(d.repo, 'locks', 'lock.json');
+  const damage = async (text: string) => {
+    await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+    await fsp.writeFile(lockFile, text);
+  };
+
+  await damage('');
+  const unlocked = await lifeboat(['--repo', d.repo, 'unlock']);
+  assert.equal(unlocked.code, 0, unlocked.stderr);
+  assert.equal(unlocked.stdout, 'removed the repository lock, whose document was unreadable (damaged or empty)\n');
+  await damage('{"host": "batch-node-7", "pid":');
+  const json = await lifeboat(['--repo', d.repo, '--json', 'unlock']);
+  assert.deepEqual(json.json(), { removed: true, lock: null, stale: true, reason: 'the lock document is unreadable', readersRemoved: 0 });
+
+  await damage('\0\0\0\0');
+  const backup = await lifeboat(['--repo', d.repo, 'backup', d.src]);
+  assert.equal(backup.code, 0, backup.stderr);
+  assert.match(backup.stderr, /warning: took over the repository lock, whose document was unreadable \(damaged or empty\)/);
+  assert.doesNotMatch(backup.stderr + unlocked.stdout, /\?|pid 0/);
+  await assert.rejects(fsp.access(lockFile), 'released');
 });

@@ -30,6 +30,8 @@ export interface LockStatus {
   stale: boolean;
   /** Why it is stale, when it is. */
   reason?: string;
+  /** The lock document does not read (damaged, empty): `info` names no holder, and the lock is stale. */
+  unreadable?: true;
 }
 
 export function describeLock(info: LockInfo): string {
@@ -82,13 +84,15 @@ function describeLimit(ms: number): string {
 
 export async function readLock(storage: Storage, options: StalenessOptions = {}, key: string = keys.lock): Promise<LockStatus | undefined> {
   const stored = await readStoredLock(storage, options, key);
-  return stored && { info: stored.info, stale: stored.stale, reason: stored.reason };
+  return stored && statusOf(stored);
 }
 
 /** A lock as read, with its bytes: what a conditional replace or removal of exactly that document compares with. */
 export interface StoredLock extends LockStatus {
   raw: Buffer;
 }
+
+const statusOf = ({ info, stale, reason, unreadable }: StoredLock): LockStatus => ({ info, stale, reason, ...(unreadable ? { unreadable } : {}) });
 
 export async function readStoredLock(storage: Storage, options: StalenessOptions = {}, key: string = keys.lock): Promise<StoredLock | undefined> {
   let raw: Buffer;
@@ -104,7 +108,7 @@ export async function readStoredLock(storage: Storage, options: StalenessOptions
   } catch {
     // A lock nobody can read can't be proven live; treat it as stale.
     info = { host: '?', pid: 0, command: '?', startedAt: '?', refreshedAt: new Date(0).toISOString(), leaseMs: 1 };
-    return { info, stale: true, reason: 'the lock document is unreadable', raw };
+    return { info, stale: true, reason: 'the lock document is unreadable', unreadable: true, raw };
   }
   const reason = lockStaleness(info, new Date(), options);
   return { info, stale: reason !== undefined, reason, raw };
@@ -204,7 +208,9 @@ export interface WriterLockOptions {
 export async function acquireWriterLock(storage: Storage, command: string, options: WriterLockOptions, reporter: Reporter): Promise<HeldLock> {
   const lock = await acquireLock(storage, command, undefined, writerLockOptions(options, reporter));
   if (lock.tookOver) {
-    reporter.notice?.({ level: 'warning', code: 'stale-lock', message: `took over a stale lock of ${describeLock(lock.tookOver.info)} (${lock.tookOver.reason})` });
+    const stale = lock.tookOver;
+    const message = stale.unreadable ? 'took over the repository lock, whose document was unreadable (damaged or empty)' : `took over a stale lock of ${describeLock(stale.info)} (${stale.reason})`;
+    reporter.notice?.({ level: 'warning', code: 'stale-lock', message });
   }
   return lock;
 }
@@ -242,7 +248,7 @@ async function tryLock(storage: Storage, command: string, leaseMs: number, optio
   const holder = await readStoredLock(storage, options);
   // Released between the two calls: the next attempt takes it.
   if (!holder) return tryLock(storage, command, leaseMs, options);
-  const status: LockStatus = { info: holder.info, stale: holder.stale, reason: holder.reason };
+  const status = statusOf(holder);
   if (!holder.stale) return { busy: status };
   // Replaced only while it is still the stale lock judged: of two processes taking it over at once, one does.
   if (await storage.putDocument(keys.lock, written, { ifMatch: holder.raw })) return { held: holdLock(storage, info, written, status) };
@@ -484,7 +490,7 @@ async function throwIfPruned(storage: Storage, command: string, prune: LockInfo,
 
 /** What a reader says while it waits for a prune. */
 function waitingNotice(prune: LockInfo): Notice {
-  return { level: 'info', code: 'waiting-for-prune', message: `waiting for the prune by ${describeLock(prune)} to finish` };
+  return { level: 'info', code: 'waiting-for-prune', message: `waiting for the ${describeLock(prune)} to finish` };
 }
 
 /** The warning of a reader that could not register itself. */

@@ -26,12 +26,14 @@ export async function runUnlock(ctx: CliContext, flags: { force?: boolean; lockS
     // Removed only if it is still the lock judged: one taken over meanwhile stays with its new holder.
     if (!(await removeLock(repo.storage, status))) {
       const now = await readLock(repo.storage, staleness);
-      throw new LockedError(`the lock changed while it was looked at${now ? `: it is now held by ${describeLock(now.info)}` : ''}; nothing was removed`, {
+      throw new LockedError(`the lock changed while it was looked at${now ? (now.unreadable ? ': it is now unreadable' : `: it is now held by ${describeLock(now.info)}`) : ''}; nothing was removed`, {
         hint: 'run `lifeboat unlock` again to judge the new holder',
       });
     }
-    printResult(ctx, { removed: true, lock: status.info, stale: status.stale, reason: status.reason ?? null, readersRemoved: goneReaders.length }, () =>
-      `removed ${status.stale ? 'stale' : 'live (forced)'} lock of ${describeLock(status.info)}${status.reason ? `: ${status.reason}` : ''}${readersNote}`,
+    printResult(ctx, { removed: true, lock: status.unreadable ? null : status.info, stale: status.stale, reason: status.reason ?? null, readersRemoved: goneReaders.length }, () =>
+      status.unreadable
+        ? `removed the repository lock, whose document was unreadable (damaged or empty)${readersNote}`
+        : `removed ${status.stale ? 'stale' : 'live (forced)'} lock of ${describeLock(status.info)}${status.reason ? `: ${status.reason}` : ''}${readersNote}`,
     );
   } finally {
     await close();
