@@ -300,3 +300,29 @@ test('an unreadable lock (damaged, empty) is said to be unreadable, not describe
   assert.doesNotMatch(backup.stderr + unlocked.stdout, /\?|pid 0/);
   await assert.rejects(fsp.access(lockFile), 'released');
 });
+
+test("a target's switch lock being written (empty for an instant) is waited for, never taken over; one left empty or damaged by a crash is taken over", async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const slots = path.join(work, 'slots');
+  await fsp.mkdir(slots);
+  const lockFile = path.join(slots, '.lifeboat-switch.lock');
+  const holder = JSON.stringify({ host: os.hostname(), pid: process.pid, command: 'rollback', startedAt: new Date().toISOString() });
+
+  // Made by another failover, which writes it a moment later.
+  await fsp.writeFile(lockFile, '');
+  const writing = new Promise((resolve) => setTimeout(resolve, 100)).then(() => fsp.writeFile(lockFile, holder));
+  await assert.rejects(lockTarget(slots, 'prod', 'failover'), (err: LockedError) => err.exitCode === 4 && /target prod is being switched by rollback/.test(err.message));
+  await writing;
+  assert.equal(await fsp.readFile(lockFile, 'utf8'), holder, 'the holder keeps its lock');
+
+  for (const left of ['', '{"host": "', '\0\0\0\0']) {
+    await fsp.writeFile(lockFile, left);
+    const aMinuteAgo = new Date(Date.now() - 60_000);
+    await fsp.utimes(lockFile, aMinuteAgo, aMinuteAgo);
+    const release = await lockTarget(slots, 'prod', 'failover');
+    assert.equal(JSON.parse(await fsp.readFile(lockFile, 'utf8')).pid, process.pid, `${JSON.stringify(left)} is taken over`);
+    await release();
+  }
+  assert.deepEqual(await fsp.readdir(slots), [], 'nothing is left in the slots directory');
+});

@@ -7,6 +7,7 @@ import { LockedError, RuntimeFailure, UsageError, errorMessage, fileSystemHint }
 import { POINT_ID } from '../format/ids.js';
 import { makeDirectories } from '../format/mkdirs.js';
 import { ownerRuns } from '../format/process-alive.js';
+import { sleep } from '../sleep.js';
 
 /** Kept in the slots directory: what the link pointed at before the last switch, and the switches made. */
 export const TARGET_STATE_FILE = '.lifeboat-target.json';
@@ -144,12 +145,24 @@ export function planSlotPrune(slots: SlotInfo[], keep: number, protectedDirs: Re
 
 const TARGET_LOCK_FILE = '.lifeboat-switch.lock';
 
+/** How long a lock file may stay empty while its maker writes it; one empty for longer was left so by a crash. */
+const BEING_WRITTEN_MS = 10_000;
+/** How often a switch lock is looked at again while it changes hands (released, being written, removed as stale). */
+const LOCK_ATTEMPTS = 50;
+
+interface SwitchLockHolder {
+  host?: string;
+  pid?: number;
+  command?: string;
+  startedAt?: string;
+}
+
 /**
  * Takes the target's switch lock (a file in its slots directory, made with
  * O_EXCL), so two failovers or rollbacks never switch one link at once. A lock
  * left by a process that is gone from this host (its pid no longer runs, or
- * now belongs to a process started after the lock was taken) is taken over.
- * Exit 4 otherwise.
+ * now belongs to a process started after the lock was taken), or that does
+ * not read (damaged, or left empty by a crash), is taken over. Exit 4 otherwise.
  */
 export async function lockTarget(slots: string, name: string, command: string): Promise<() => Promise<void>> {
   await makeDirectories(slots).catch((err: unknown) => {
@@ -160,7 +173,7 @@ export async function lockTarget(slots: string, name: string, command: string): 
   });
   const file = path.join(slots, TARGET_LOCK_FILE);
   const mine = JSON.stringify({ host: os.hostname(), pid: process.pid, command, startedAt: new Date().toISOString() });
-  for (let attempt = 0; attempt < 3; attempt++) {
+  for (let attempt = 0; attempt < LOCK_ATTEMPTS; attempt++) {
     let handle: fsp.FileHandle | undefined;
     try {
       handle = await fsp.open(file, 'wx');
@@ -183,21 +196,68 @@ export async function lockTarget(slots: string, name: string, command: string): 
         });
       }
     }
-    const text = await fsp.readFile(file, 'utf8').catch(() => '');
-    let holder: { host?: string; pid?: number; command?: string; startedAt?: string } = {};
-    try {
-      holder = JSON.parse(text);
-    } catch {
-      // a lock being written this instant, or damaged: judged below
+    const found = await readSwitchLock(file);
+    // Released since, or made a moment ago and not written yet: looked at again.
+    if (found === 'gone') continue;
+    if (found === 'being-written') {
+      await sleep(20 + attempt * 10);
+      continue;
     }
+    const holder = found.holder;
     // A pid given again (a reboot, a container whose every run has the same pid) to a process started after the lock was taken is not its holder.
-    const gone = holder.host === os.hostname() && typeof holder.pid === 'number' && !ownerRuns(holder.pid, typeof holder.startedAt === 'string' ? Date.parse(holder.startedAt) : undefined);
-    if (!gone && text !== '') {
+    const gone = !holder || (holder.host === os.hostname() && typeof holder.pid === 'number' && !ownerRuns(holder.pid, typeof holder.startedAt === 'string' ? Date.parse(holder.startedAt) : undefined));
+    if (!gone) {
       throw new LockedError(`target ${name} is being switched by ${holder.command ?? 'another process'} (pid ${holder.pid ?? '?'} on ${holder.host ?? '?'}, since ${holder.startedAt ?? '?'})`, {
         hint: `wait for it to finish; if that process is gone, remove ${file}`,
       });
     }
-    await fsp.rm(file, { force: true });
+    await removeIfStill(file, found.text);
   }
-  throw new LockedError(`target ${name}: could not take the switch lock ${file}`);
+  throw new LockedError(`target ${name}: could not take the switch lock ${file}, which kept changing hands`, { hint: 'another failover or rollback of this target is starting; run this one again when it has finished' });
+}
+
+/** The switch lock as it is now: its holder (none when it does not read), or why there is none to judge. */
+async function readSwitchLock(file: string): Promise<'gone' | 'being-written' | { text: string; holder?: SwitchLockHolder }> {
+  let text: string;
+  let mtimeMs: number;
+  try {
+    const handle = await fsp.open(file, 'r');
+    try {
+      mtimeMs = (await handle.stat()).mtimeMs;
+      text = await handle.readFile('utf8');
+    } finally {
+      await handle.close();
+    }
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'gone';
+    throw err;
+  }
+  if (text === '' && Date.now() - mtimeMs < BEING_WRITTEN_MS) return 'being-written';
+  try {
+    const holder = JSON.parse(text) as unknown;
+    if (holder && typeof holder === 'object' && !Array.isArray(holder)) return { text, holder: holder as SwitchLockHolder };
+  } catch {
+    // damaged
+  }
+  return { text };
+}
+
+/**
+ * Removes the lock judged stale, only if it still holds `text`: it is moved
+ * aside (one rename; of several processes at once, one gets it) and compared
+ * there, and a lock another process took meanwhile goes back.
+ */
+async function removeIfStill(file: string, text: string): Promise<void> {
+  const aside = `${file}.${process.pid}-${randomBytes(4).toString('hex')}`;
+  try {
+    await fsp.rename(file, aside);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  try {
+    if ((await fsp.readFile(aside, 'utf8')) !== text) await fsp.link(aside, file).catch(() => undefined);
+  } finally {
+    await fsp.rm(aside, { force: true });
+  }
 }
