@@ -2,6 +2,7 @@ import type { Readable } from 'node:stream';
 import { LifeboatError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
 import type { GetOptions, IncompleteWrite, ObjectInfo, ObjectReader, ObjectWriter, PutDocumentOptions, PutOptions, Storage, StorageCapabilities } from './storage.js';
 import { sleep } from '../sleep.js';
+import type { Reporter } from '../core/events.js';
 
 export interface RetryPolicy {
   /** Total attempts, the first one included. */
@@ -16,6 +17,41 @@ export interface RetryPolicy {
 }
 
 export const DEFAULT_RETRY_POLICY: RetryPolicy = { maxAttempts: 6, baseDelayMs: 100, maxDelayMs: 5000 };
+
+/**
+ * The policy, with each retry also reported as a warning as it happens: a
+ * request that hangs or fails again and again is seen then, not only minutes
+ * later when the attempts are spent.
+ */
+export function reportingRetries(policy: RetryPolicy, reporter: Reporter): RetryPolicy {
+  return {
+    ...policy,
+    onRetry: (event) => {
+      policy.onRetry?.(event);
+      const problem = describeError(event.error).replace(/\.$/, '');
+      reporter.notice?.({
+        level: 'warning',
+        code: 'storage-retry',
+        message: `S3 ${event.operation} ${event.key}: ${problem}; trying again (attempt ${event.attempt + 1} of ${policy.maxAttempts})`,
+      });
+    },
+  };
+}
+
+/** A request the server took and did not begin to answer in time. Retryable, as a timeout. */
+export class NoAnswerError extends Error {
+  override readonly name = 'TimeoutError';
+  readonly code = 'ETIMEDOUT';
+
+  constructor(
+    /** `http://host:port` of the server. */
+    readonly server: string,
+    readonly waitedMs: number,
+    options?: { cause?: unknown },
+  ) {
+    super(`the server at ${server} answered nothing within ${waitedMs % 1000 === 0 ? `${waitedMs / 1000} s` : `${waitedMs} ms`}`, options);
+  }
+}
 
 const RETRYABLE_NAMES = new Set([
   'TimeoutError',
@@ -87,6 +123,7 @@ export function isRetryable(err: unknown): boolean {
 
 /** Status and name of an SDK error, for messages (radosgw's errors have no message of their own). */
 export function describeError(err: unknown): string {
+  if (err instanceof NoAnswerError) return err.message;
   const e = err as { name?: string; code?: string; $metadata?: { httpStatusCode?: number } } | undefined;
   const parts: string[] = [];
   if (e?.$metadata?.httpStatusCode !== undefined) parts.push(`HTTP ${e.$metadata.httpStatusCode}`);
@@ -186,7 +223,9 @@ export function asFailure(operation: string, key: string, err: unknown, attempts
         ? 'check the region (s3.region) or the endpoint of the repository'
         : unreachable(err)
           ? 'check the endpoint (s3.endpoint, --s3-endpoint) and that this host can reach it'
-          : certificateHint(err);
+          : err instanceof NoAnswerError
+            ? `check that ${err.server} is the S3 endpoint (s3.endpoint, --s3-endpoint, AWS_ENDPOINT_URL_S3) and that its server is up: it took the connection but sent no answer; a server that is only slow needs a longer s3.timeout`
+            : certificateHint(err);
   return new RuntimeFailure(`${operation} ${key} failed${tries}: ${describeError(err)}`, { cause: err, hint });
 }
 
