@@ -191,13 +191,6 @@ function certificateHint(err: unknown): string | undefined {
 export function asFailure(operation: string, key: string, err: unknown, attempts = 1): Error {
   if (err instanceof LifeboatError) return err;
   if (err instanceof Error && err.name === 'AbortError') return err;
-  // No credentials anywhere in the AWS chain is a set-up mistake, found before any request is sent.
-  if ((err as { name?: string })?.name === 'CredentialsProviderError') {
-    return new UsageError(`no AWS credentials were found for the repository (${operation} ${key})`, {
-      cause: err,
-      hint: 'set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an instance or container role provides them',
-    });
-  }
   // A wrong bucket name, or a bucket not made yet (init does not create buckets): a set-up mistake too.
   if ((err as { name?: string })?.name === 'NoSuchBucket') {
     return new UsageError(`the repository's bucket does not exist (${operation} ${key}: ${describeError(err)})`, {

@@ -26,6 +26,7 @@ import type { S3Settings } from './open.js';
 import { DEFAULT_RETRY_POLICY, NoAnswerError, asFailure, backoffDelay, isRetryable, reportingRetries, retrying, withRetry, type RetryPolicy } from './retry.js';
 import type { Reporter } from '../core/events.js';
 import { parseDuration } from '../config/duration.js';
+import { credentialsFailure, nonEmpty, staticCredentials } from './s3-credentials.js';
 import { putThroughWriter } from './put-through-writer.js';
 import { MAX_PARTS, PartWriter } from './s3-part-writer.js';
 import { readerOverStream } from './reader-over-stream.js';
@@ -164,6 +165,7 @@ export class S3Storage implements Storage {
       ),
     });
     signUploadsWithoutPayloadHash(client);
+    explainMissingCredentials(client, env);
     const retry = tuning.retry ?? DEFAULT_RETRY_POLICY;
     return new S3Storage(client, options.bucket, options.prefix, settings, concurrency, tuning, options.reporter ? reportingRetries(retry, options.reporter) : retry);
   }
@@ -743,17 +745,6 @@ function serverOf(request: HandlerArguments[0]): string {
   return `${request.protocol}//${request.hostname}${request.port ? `:${request.port}` : ''}`;
 }
 
-/** Keys from the given environment, so a caller's env is honoured; else the SDK's default chain. */
-function staticCredentials(env: NodeJS.ProcessEnv) {
-  const accessKeyId = nonEmpty(env.AWS_ACCESS_KEY_ID);
-  const secretAccessKey = nonEmpty(env.AWS_SECRET_ACCESS_KEY);
-  if (accessKeyId === undefined || secretAccessKey === undefined) return undefined;
-  return { accessKeyId, secretAccessKey, sessionToken: nonEmpty(env.AWS_SESSION_TOKEN) };
-}
-
-function nonEmpty(value: string | undefined): string | undefined {
-  return value === undefined || value === '' ? undefined : value;
-}
 
 function md5Base64(data: Uint8Array): string {
   return createHash('md5').update(data).digest('base64');
@@ -799,6 +790,21 @@ function signUploadsWithoutPayloadHash(client: S3Client): void {
       return next(args);
     },
     { step: 'build', name: 'lifeboatUnsignedPayload' },
+  );
+}
+
+/** Credentials the chain could not provide fail every request alike, before it is sent: the error says why, once, and is not retried. */
+function explainMissingCredentials(client: S3Client, env: NodeJS.ProcessEnv): void {
+  client.middlewareStack.add(
+    (next) => async (args) => {
+      try {
+        return await next(args);
+      } catch (err) {
+        if (errorName(err) === 'CredentialsProviderError') throw credentialsFailure(err, env);
+        throw err;
+      }
+    },
+    { step: 'initialize', name: 'lifeboatCredentialsFailure' },
   );
 }
 
