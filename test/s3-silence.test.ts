@@ -2,12 +2,16 @@
  * An S3 endpoint that takes connections and answers nothing, from the start or
  * from the middle of a backup: each request tried again is reported on stderr
  * as it happens, the command ends within the time s3.timeout allows, and its
- * error names the endpoint that answered nothing.
+ * error names the endpoint that answered nothing. An endpoint given as http://
+ * for a server that speaks TLS, or the other way round, is named as such.
  */
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
+import * as http from 'node:http';
+import * as https from 'node:https';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { Repository } from '../src/core/repository.js';
 import { S3Storage } from '../src/storage/s3.js';
@@ -137,6 +141,38 @@ describe('an S3 endpoint that takes connections and answers nothing', () => {
     const r = await lifeboat(['--config', bad, 'list'], { cwd: dir, env: credentials });
     assert.equal(r.code, 2, r.stderr);
     assert.match(r.stderr, /s3\.timeout/);
+  });
+});
+
+describe('an endpoint given with the wrong scheme', () => {
+  const helpers = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../test/helpers');
+  const list = (endpoint: string) => lifeboat(['--repo', 's3://ml-backups/fraud-detector', '--s3-endpoint', endpoint, 'list'], { env: credentials });
+
+  it('http:// for a server that speaks TLS: the server closed the connection, and the hint says to try https://', BOUNDED, async (t) => {
+    const server = https.createServer({ cert: await fsp.readFile(path.join(helpers, 'loopback-tls.crt')), key: await fsp.readFile(path.join(helpers, 'loopback-tls.key')) }, (_req, res) => res.end());
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    t.after(() => new Promise((resolve) => server.close(resolve)));
+    const address = `127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+    const r = await list(`http://${address}`);
+    assert.equal(r.code, 1, r.stderr);
+    assert.ok(
+      r.stderr.endsWith(
+        `lifeboat: get config.json failed after 6 attempts: the server at http://${address} closed the connection without answering\n` +
+          `  if it serves HTTPS, give the endpoint as https://${address}; else check that it is the S3 endpoint and that its server is up\n`,
+      ),
+      r.stderr,
+    );
+    assert.doesNotMatch(r.stderr, /TimeoutError|socket hang up/);
+  });
+
+  it('https:// for a server in clear: refused at once, and the hint says to try http://', BOUNDED, async (t) => {
+    const server = http.createServer((_req, res) => res.end());
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    t.after(() => new Promise((resolve) => server.close(resolve)));
+    const address = `127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+    const r = await list(`https://${address}`);
+    assert.equal(r.code, 1, r.stderr);
+    assert.equal(r.stderr, `lifeboat: get config.json failed: the server at https://${address} does not speak TLS\n  if it serves plain HTTP, give the endpoint as http://${address}\n`);
   });
 });
 

@@ -38,19 +38,58 @@ export function reportingRetries(policy: RetryPolicy, reporter: Reporter): Retry
   };
 }
 
-/** A request the server took and did not begin to answer in time. Retryable, as a timeout. */
-export class NoAnswerError extends Error {
-  override readonly name = 'TimeoutError';
-  readonly code = 'ETIMEDOUT';
-
+/**
+ * A request that got no answer from the server at `server`, said with the address and what to
+ * check there. Its name and code are those of the underlying failure, so that retrying judges it
+ * as it would that failure.
+ */
+export class EndpointError extends Error {
   constructor(
+    message: string,
     /** `http://host:port` of the server. */
     readonly server: string,
-    readonly waitedMs: number,
-    options?: { cause?: unknown },
+    readonly hint: string,
+    readonly code: string,
+    options: { name?: string; cause?: unknown } = {},
   ) {
-    super(`the server at ${server} answered nothing within ${waitedMs % 1000 === 0 ? `${waitedMs / 1000} s` : `${waitedMs} ms`}`, options);
+    super(message, { cause: options.cause });
+    this.name = options.name ?? 'Error';
   }
+}
+
+/** A request the server took and did not begin to answer in time: retried, as a timeout. */
+export function noAnswer(server: string, waitedMs: number, cause: unknown): EndpointError {
+  const waited = waitedMs % 1000 === 0 ? `${waitedMs / 1000} s` : `${waitedMs} ms`;
+  return new EndpointError(
+    `the server at ${server} answered nothing within ${waited}`,
+    server,
+    `check that ${server} is the S3 endpoint (s3.endpoint, --s3-endpoint, AWS_ENDPOINT_URL_S3) and that its server is up: it took the connection but sent no answer; a server that is only slow needs a longer s3.timeout`,
+    'ETIMEDOUT',
+    { name: 'TimeoutError', cause },
+  );
+}
+
+/**
+ * A failure before any answer that usually means the endpoint's scheme is wrong: an https://
+ * endpoint whose server does not speak TLS (not retried: it will not start to), or an http://
+ * one whose server closed the connection, as a TLS server does on a request in clear (retried,
+ * since an S3 server may also drop a connection now and then).
+ */
+export function schemeMismatch(server: string, err: unknown): EndpointError | undefined {
+  const code = (err as { code?: string } | undefined)?.code;
+  if (server.startsWith('https:') && code === 'EPROTO') {
+    return new EndpointError(`the server at ${server} does not speak TLS`, server, `if it serves plain HTTP, give the endpoint as ${server.replace(/^https:/, 'http:')}`, code, { cause: err });
+  }
+  if (server.startsWith('http:') && code === 'ECONNRESET') {
+    return new EndpointError(
+      `the server at ${server} closed the connection without answering`,
+      server,
+      `if it serves HTTPS, give the endpoint as ${server.replace(/^http:/, 'https:')}; else check that it is the S3 endpoint and that its server is up`,
+      code,
+      { cause: err },
+    );
+  }
+  return undefined;
 }
 
 const RETRYABLE_NAMES = new Set([
@@ -123,7 +162,7 @@ export function isRetryable(err: unknown): boolean {
 
 /** Status and name of an SDK error, for messages (radosgw's errors have no message of their own). */
 export function describeError(err: unknown): string {
-  if (err instanceof NoAnswerError) return err.message;
+  if (err instanceof EndpointError) return err.message;
   const e = err as { name?: string; code?: string; $metadata?: { httpStatusCode?: number } } | undefined;
   const parts: string[] = [];
   if (e?.$metadata?.httpStatusCode !== undefined) parts.push(`HTTP ${e.$metadata.httpStatusCode}`);
@@ -216,8 +255,8 @@ export function asFailure(operation: string, key: string, err: unknown, attempts
         ? 'check the region (s3.region) or the endpoint of the repository'
         : unreachable(err)
           ? 'check the endpoint (s3.endpoint, --s3-endpoint) and that this host can reach it'
-          : err instanceof NoAnswerError
-            ? `check that ${err.server} is the S3 endpoint (s3.endpoint, --s3-endpoint, AWS_ENDPOINT_URL_S3) and that its server is up: it took the connection but sent no answer; a server that is only slow needs a longer s3.timeout`
+          : err instanceof EndpointError
+            ? err.hint
             : certificateHint(err);
   return new RuntimeFailure(`${operation} ${key} failed${tries}: ${describeError(err)}`, { cause: err, hint });
 }

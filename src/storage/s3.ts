@@ -23,7 +23,7 @@ import {
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { RuntimeFailure, UsageError } from '../errors.js';
 import type { S3Settings } from './open.js';
-import { DEFAULT_RETRY_POLICY, NoAnswerError, asFailure, backoffDelay, isRetryable, reportingRetries, retrying, withRetry, type RetryPolicy } from './retry.js';
+import { DEFAULT_RETRY_POLICY, asFailure, noAnswer, schemeMismatch, backoffDelay, isRetryable, reportingRetries, retrying, withRetry, type RetryPolicy } from './retry.js';
 import type { Reporter } from '../core/events.js';
 import { parseDuration } from '../config/duration.js';
 import { credentialsFailure, nonEmpty, staticCredentials } from './s3-credentials.js';
@@ -709,6 +709,14 @@ class AnswerTimedHandler extends NodeHttpHandler {
   }
 
   override async handle(request: HandlerArguments[0], options: HandlerArguments[1] = {}): ReturnType<NodeHttpHandler['handle']> {
+    try {
+      return await this.handleInTime(request, options);
+    } catch (err) {
+      throw schemeMismatch(serverOf(request), err) ?? err;
+    }
+  }
+
+  private async handleInTime(request: HandlerArguments[0], options: NonNullable<HandlerArguments[1]>): ReturnType<NodeHttpHandler['handle']> {
     if (!answersAtOnce(request)) return super.handle(request, options);
     const outer = options.abortSignal as AbortSignal | undefined;
     const controller = new AbortController();
@@ -723,7 +731,7 @@ class AnswerTimedHandler extends NodeHttpHandler {
     try {
       return await super.handle(request, { ...options, abortSignal: controller.signal });
     } catch (err) {
-      if (timedOut) throw new NoAnswerError(serverOf(request), this.answerTimeoutMs, { cause: err });
+      if (timedOut) throw noAnswer(serverOf(request), this.answerTimeoutMs, err);
       throw err;
     } finally {
       clearTimeout(timer);
