@@ -239,11 +239,20 @@ export function asFailure(operation: string, key: string, err: unknown, attempts
   }
   // A key the server does not know, or a secret that does not match it: the credentials given are wrong, not the storage.
   const rejected = (err as { name?: string })?.name;
-  if (rejected === 'InvalidAccessKeyId' || rejected === 'SignatureDoesNotMatch') {
-    const which = rejected === 'InvalidAccessKeyId' ? 'its access key id is unknown to the server' : 'the secret key does not match the access key id';
+  const why: Record<string, string> = {
+    InvalidAccessKeyId: 'its access key id is unknown to the server',
+    SignatureDoesNotMatch: 'the secret key does not match the access key id',
+    ExpiredToken: 'their session token has expired',
+    TokenRefreshRequired: 'their session token has expired',
+    InvalidToken: 'their session token is malformed or invalid',
+  };
+  if (rejected !== undefined && Object.hasOwn(why, rejected)) {
+    const which = why[rejected]!;
     return new UsageError(`the S3 server refused the repository's credentials: ${which} (${operation} ${key}: ${describeError(err)})`, {
       cause: err,
-      hint: 'check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the profile AWS_PROFILE names, and that they belong to the endpoint of the repository',
+      hint: rejected.includes('Token')
+        ? 'temporary credentials must be renewed: get new ones (aws sso login, aws sts assume-role) or unset a stale AWS_SESSION_TOKEN'
+        : 'check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the profile AWS_PROFILE names, and that they belong to the endpoint of the repository',
     });
   }
   const status = (err as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
