@@ -114,12 +114,17 @@ test('the installed program reads a config file, and names the key of a bad one 
   await fsp.rm(dir, { recursive: true, force: true });
 });
 
+/** An environment in which the AWS chain finds nothing but what `home` holds (the child's environment is laid over the test's own: emptied, not left out). */
+function bareAwsEnv(home: string): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { HOME: home, AWS_REGION: 'us-east-1', AWS_EC2_METADATA_DISABLED: 'true' };
+  for (const k of ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_PROFILE', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_WEB_IDENTITY_TOKEN_FILE', 'AWS_ROLE_ARN']) env[k] = '';
+  for (const k of Object.keys(process.env)) if (k.startsWith('AWS_CONTAINER_')) env[k] = '';
+  return env;
+}
+
 test('an S3 repository with no credentials anywhere is a set-up error (exit 2) that says how to provide them', async () => {
   const home = await tempDir();
-  const env: NodeJS.ProcessEnv = { ...process.env, HOME: home, AWS_REGION: 'us-east-1', AWS_EC2_METADATA_DISABLED: 'true' };
-  for (const k of Object.keys(env)) {
-    if (/^AWS_(ACCESS_KEY_ID|SECRET_ACCESS_KEY|SESSION_TOKEN|PROFILE|CONFIG_FILE|SHARED_CREDENTIALS_FILE|WEB_IDENTITY_TOKEN_FILE|ROLE_ARN|CONTAINER_.*)$/.test(k)) delete env[k];
-  }
+  const env = bareAwsEnv(home);
   // Nothing listens there: credentials are looked for before any request is sent.
   const r = await runChild(['--repo', 's3://lifeboat-nobody/repo', '--s3-endpoint', 'http://127.0.0.1:9', '--s3-path-style', 'list'], { env });
   assert.equal(r.code, 2, r.stderr);
@@ -132,6 +137,37 @@ test('an S3 repository with no credentials anywhere is a set-up error (exit 2) t
   });
   assert.equal(unreachable.code, 1, unreachable.stderr);
   assert.match(unreachable.stderr, /ECONNREFUSED.*\n {2}check the endpoint \(s3\.endpoint, --s3-endpoint\) and that this host can reach it/);
+  await fsp.rm(home, { recursive: true, force: true });
+});
+
+test('AWS_PROFILE naming a profile that is in neither shared file says so, naming the files looked in and the profiles they hold (exit 2)', async () => {
+  const home = await tempDir();
+  await fsp.mkdir(path.join(home, '.aws'));
+  await fsp.writeFile(path.join(home, '.aws', 'credentials'), '[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = not-a-secret\n[backup]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = not-a-secret\n');
+  await fsp.writeFile(path.join(home, '.aws', 'config'), '[profile staging]\nregion = eu-west-1\n[sso-session corp]\nsso_region = eu-west-1\n');
+  const list = ['--repo', 's3://lifeboat-nobody/repo', '--s3-endpoint', 'http://127.0.0.1:9', '--s3-path-style', 'list'];
+  const credentials = path.join(home, '.aws', 'credentials');
+  const config = path.join(home, '.aws', 'config');
+
+  const typo = await runChild(list, { env: { ...bareAwsEnv(home), AWS_PROFILE: 'bakup' } });
+  assert.equal(typo.code, 2, typo.stderr);
+  assert.equal(
+    typo.stderr,
+    `lifeboat: AWS_PROFILE names the profile bakup, which is not in ${credentials} or ${config}\n` +
+      '  profiles there: default, backup, staging; correct AWS_PROFILE, or add the profile (aws configure --profile bakup); AWS_SHARED_CREDENTIALS_FILE and AWS_CONFIG_FILE name other files\n',
+  );
+
+  // The files the variables name are the ones looked in, and one that is not there is said to be missing.
+  const elsewhere = path.join(home, 'ci-credentials');
+  await fsp.writeFile(elsewhere, '[ci]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = not-a-secret\n');
+  const named = await runChild(list, { env: { ...bareAwsEnv(home), AWS_PROFILE: 'backup', AWS_SHARED_CREDENTIALS_FILE: elsewhere, AWS_CONFIG_FILE: path.join(home, 'absent') } });
+  assert.equal(named.code, 2, named.stderr);
+  assert.match(named.stderr, new RegExp(`^lifeboat: AWS_PROFILE names the profile backup, which is not in ${elsewhere} or ${path.join(home, 'absent')} \\(no such file\\)\n {2}profiles there: ci;`));
+
+  // A profile that is there but gives no credentials is named as such, not as a missing one.
+  const empty = await runChild(list, { env: { ...bareAwsEnv(home), AWS_PROFILE: 'staging' } });
+  assert.equal(empty.code, 2, empty.stderr);
+  assert.match(empty.stderr, new RegExp(`^lifeboat: the AWS profile staging \\(in ${config}\\) gave no credentials\n`));
   await fsp.rm(home, { recursive: true, force: true });
 });
 

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { IntegrityError, RuntimeFailure } from '../src/errors.js';
+import { IntegrityError, RuntimeFailure, UsageError } from '../src/errors.js';
 import { S3Storage } from '../src/storage/s3.js';
 import type { Storage } from '../src/storage/storage.js';
 
@@ -110,4 +110,24 @@ test('a document the server says is larger than any lifeboat writes is refused b
   t.after(() => storage.close());
   await assert.rejects(storage.getDocument('points/huge.json'), (err: unknown) => err instanceof IntegrityError && /larger than the 512 MiB a document may have/.test((err as Error).message));
   assert.ok(sent < 64 << 20, `${sent >> 20} MiB were sent before the driver gave up`);
+});
+
+test('temporary credentials the server says have expired are a set-up error (exit 2) that says to renew them', BOUNDED, async (t) => {
+  let requests = 0;
+  const server = http.createServer((_req, res) => {
+    requests++;
+    res.writeHead(400, { 'content-type': 'application/xml' }).end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>ExpiredToken</Code><Message>The provided token has expired.</Message></Error>');
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  server.on('connection', (socket) => t.after(() => socket.destroy()));
+  const storage = await storageAt(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
+  t.after(() => storage.close());
+  await assert.rejects(storage.getDocument('config.json'), (err: unknown) => {
+    assert.ok(err instanceof UsageError, String(err));
+    assert.match(err.message, /^the S3 server refused the repository's credentials: their session token has expired \(get config\.json: HTTP 400 ExpiredToken/);
+    assert.match(err.hint ?? '', /temporary credentials must be renewed/);
+    return true;
+  });
+  assert.equal(requests, 1);
 });

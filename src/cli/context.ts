@@ -7,6 +7,7 @@ import { unlockStorage } from '../core/keys.js';
 import { passwordSource } from './password.js';
 import { openStorage, type S3Settings } from '../storage/open.js';
 import type { Storage } from '../storage/storage.js';
+import { storageReporter } from './output.js';
 
 /** Everything a command needs from its environment, injectable for tests. */
 export interface CliContext {
@@ -75,7 +76,7 @@ export function s3Settings(ctx: CliContext, config: LifeboatConfig): S3Settings 
 }
 
 export async function openContextStorage(ctx: CliContext, config: LifeboatConfig): Promise<Storage> {
-  return openStorage(repositoryUrl(ctx, config), { cwd: ctx.cwd, s3: s3Settings(ctx, config), env: ctx.env });
+  return openStorage(repositoryUrl(ctx, config), { cwd: ctx.cwd, s3: s3Settings(ctx, config), env: ctx.env, reporter: storageReporter(ctx) });
 }
 
 /** Opens the configured repository; the caller closes `storage` when done. */

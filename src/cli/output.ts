@@ -74,6 +74,20 @@ export function logNotice(ctx: CliContext, n: Notice): void {
   } else log(ctx, `${where}${message}`);
 }
 
+/** The renderer of each command that shows progress, while it does: notices from below the core go through it, so they do not tear its spinner. */
+const renderers = new WeakMap<CliContext, ProgressRenderer>();
+
+/** Where the storage reports what it does on its own, such as a request tried again: the command's progress renderer, or stderr. */
+export function storageReporter(ctx: CliContext): Reporter {
+  return {
+    notice: (n) => {
+      const renderer = renderers.get(ctx);
+      if (renderer) renderer.notice(n);
+      else logNotice(ctx, n);
+    },
+  };
+}
+
 /**
  * Renders core progress: an ora spinner with bytes, MiB/s and ETA on a
  * terminal, a plain line every few seconds otherwise, nothing with --quiet.
@@ -96,6 +110,7 @@ export class ProgressRenderer implements Reporter {
     private readonly now: () => number = Date.now,
   ) {
     this.started = now();
+    renderers.set(ctx, this);
     if (ctx.interactive && !ctx.quiet) {
       // ora (and its terminal-width tables) is loaded only when there is a terminal to spin on.
       void import('ora').then(({ default: ora }) => {
@@ -145,6 +160,7 @@ export class ProgressRenderer implements Reporter {
   }
 
   stop(): void {
+    if (renderers.get(this.ctx) === this) renderers.delete(this.ctx);
     this.stopped = true;
     this.spinner?.stop();
     this.spinner = undefined;

@@ -63,6 +63,8 @@ export const configSchema = z
         sse: z.string().optional(),
         kmsKeyId: z.string().optional(),
         concurrency: z.number().int().min(1).max(64).optional(),
+        timeout: positiveDuration.describe('how long a request waits for the server to begin its answer (default 20s)').optional(),
+        idleTimeout: positiveDuration.describe('how long a connection may go with nothing moving on it (default 60s)').optional(),
       })
       .strict()
       .optional(),

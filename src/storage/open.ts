@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { UsageError } from '../errors.js';
 import { LocalStorage } from './local.js';
 import type { Storage } from './storage.js';
+import type { Reporter } from '../core/events.js';
 
 /** S3 settings from the config file and flags; everything else comes from the AWS chain. */
 export interface S3Settings {
@@ -14,6 +15,10 @@ export interface S3Settings {
   kmsKeyId?: string;
   /** How many object transfers may run at once. */
   concurrency?: number;
+  /** A duration: how long a request waits for the server to begin its answer. */
+  timeout?: string;
+  /** A duration: how long a connection may go with nothing moving on it. */
+  idleTimeout?: string;
 }
 
 export interface RepositoryLocation {
@@ -49,10 +54,10 @@ export function parseRepositoryUrl(url: string, cwd: string): RepositoryLocation
   return { kind: 'local', dir: path.resolve(cwd, url) };
 }
 
-export async function openStorage(url: string, options: { cwd: string; s3?: S3Settings; env?: NodeJS.ProcessEnv }): Promise<Storage> {
+export async function openStorage(url: string, options: { cwd: string; s3?: S3Settings; env?: NodeJS.ProcessEnv; reporter?: Reporter }): Promise<Storage> {
   const where = parseRepositoryUrl(url, options.cwd);
   if (where.kind === 'local') return new LocalStorage(where.dir!);
   // Loaded on demand: the AWS SDK costs start-up time that local repositories should not pay.
   const { S3Storage } = await import('./s3.js');
-  return S3Storage.create({ bucket: where.bucket!, prefix: where.prefix ?? '', settings: options.s3 ?? {}, env: options.env ?? process.env });
+  return S3Storage.create({ bucket: where.bucket!, prefix: where.prefix ?? '', settings: options.s3 ?? {}, env: options.env ?? process.env, reporter: options.reporter });
 }

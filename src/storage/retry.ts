@@ -2,6 +2,7 @@ import type { Readable } from 'node:stream';
 import { LifeboatError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
 import type { GetOptions, IncompleteWrite, ObjectInfo, ObjectReader, ObjectWriter, PutDocumentOptions, PutOptions, Storage, StorageCapabilities } from './storage.js';
 import { sleep } from '../sleep.js';
+import type { Reporter } from '../core/events.js';
 
 export interface RetryPolicy {
   /** Total attempts, the first one included. */
@@ -16,6 +17,80 @@ export interface RetryPolicy {
 }
 
 export const DEFAULT_RETRY_POLICY: RetryPolicy = { maxAttempts: 6, baseDelayMs: 100, maxDelayMs: 5000 };
+
+/**
+ * The policy, with each retry also reported as a warning as it happens: a
+ * request that hangs or fails again and again is seen then, not only minutes
+ * later when the attempts are spent.
+ */
+export function reportingRetries(policy: RetryPolicy, reporter: Reporter): RetryPolicy {
+  return {
+    ...policy,
+    onRetry: (event) => {
+      policy.onRetry?.(event);
+      const problem = describeError(event.error).replace(/\.$/, '');
+      reporter.notice?.({
+        level: 'warning',
+        code: 'storage-retry',
+        message: `S3 ${event.operation} ${event.key}: ${problem}; trying again (attempt ${event.attempt + 1} of ${policy.maxAttempts})`,
+      });
+    },
+  };
+}
+
+/**
+ * A request that got no answer from the server at `server`, said with the address and what to
+ * check there. Its name and code are those of the underlying failure, so that retrying judges it
+ * as it would that failure.
+ */
+export class EndpointError extends Error {
+  constructor(
+    message: string,
+    /** `http://host:port` of the server. */
+    readonly server: string,
+    readonly hint: string,
+    readonly code: string,
+    options: { name?: string; cause?: unknown } = {},
+  ) {
+    super(message, { cause: options.cause });
+    this.name = options.name ?? 'Error';
+  }
+}
+
+/** A request the server took and did not begin to answer in time: retried, as a timeout. */
+export function noAnswer(server: string, waitedMs: number, cause: unknown): EndpointError {
+  const waited = waitedMs % 1000 === 0 ? `${waitedMs / 1000} s` : `${waitedMs} ms`;
+  return new EndpointError(
+    `the server at ${server} answered nothing within ${waited}`,
+    server,
+    `check that ${server} is the S3 endpoint (s3.endpoint, --s3-endpoint, AWS_ENDPOINT_URL_S3) and that its server is up: it took the connection but sent no answer; a server that is only slow needs a longer s3.timeout`,
+    'ETIMEDOUT',
+    { name: 'TimeoutError', cause },
+  );
+}
+
+/**
+ * A failure before any answer that usually means the endpoint's scheme is wrong: an https://
+ * endpoint whose server does not speak TLS (not retried: it will not start to), or an http://
+ * one whose server closed the connection, as a TLS server does on a request in clear (retried,
+ * since an S3 server may also drop a connection now and then).
+ */
+export function schemeMismatch(server: string, err: unknown): EndpointError | undefined {
+  const code = (err as { code?: string } | undefined)?.code;
+  if (server.startsWith('https:') && code === 'EPROTO') {
+    return new EndpointError(`the server at ${server} does not speak TLS`, server, `if it serves plain HTTP, give the endpoint as ${server.replace(/^https:/, 'http:')}`, code, { cause: err });
+  }
+  if (server.startsWith('http:') && code === 'ECONNRESET') {
+    return new EndpointError(
+      `the server at ${server} closed the connection without answering`,
+      server,
+      `if it serves HTTPS, give the endpoint as ${server.replace(/^http:/, 'https:')}; else check that it is the S3 endpoint and that its server is up`,
+      code,
+      { cause: err },
+    );
+  }
+  return undefined;
+}
 
 const RETRYABLE_NAMES = new Set([
   'TimeoutError',
@@ -87,6 +162,7 @@ export function isRetryable(err: unknown): boolean {
 
 /** Status and name of an SDK error, for messages (radosgw's errors have no message of their own). */
 export function describeError(err: unknown): string {
+  if (err instanceof EndpointError) return err.message;
   const e = err as { name?: string; code?: string; $metadata?: { httpStatusCode?: number } } | undefined;
   const parts: string[] = [];
   if (e?.$metadata?.httpStatusCode !== undefined) parts.push(`HTTP ${e.$metadata.httpStatusCode}`);
@@ -154,13 +230,6 @@ function certificateHint(err: unknown): string | undefined {
 export function asFailure(operation: string, key: string, err: unknown, attempts = 1): Error {
   if (err instanceof LifeboatError) return err;
   if (err instanceof Error && err.name === 'AbortError') return err;
-  // No credentials anywhere in the AWS chain is a set-up mistake, found before any request is sent.
-  if ((err as { name?: string })?.name === 'CredentialsProviderError') {
-    return new UsageError(`no AWS credentials were found for the repository (${operation} ${key})`, {
-      cause: err,
-      hint: 'set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an instance or container role provides them',
-    });
-  }
   // A wrong bucket name, or a bucket not made yet (init does not create buckets): a set-up mistake too.
   if ((err as { name?: string })?.name === 'NoSuchBucket') {
     return new UsageError(`the repository's bucket does not exist (${operation} ${key}: ${describeError(err)})`, {
@@ -170,11 +239,20 @@ export function asFailure(operation: string, key: string, err: unknown, attempts
   }
   // A key the server does not know, or a secret that does not match it: the credentials given are wrong, not the storage.
   const rejected = (err as { name?: string })?.name;
-  if (rejected === 'InvalidAccessKeyId' || rejected === 'SignatureDoesNotMatch') {
-    const which = rejected === 'InvalidAccessKeyId' ? 'its access key id is unknown to the server' : 'the secret key does not match the access key id';
+  const why: Record<string, string> = {
+    InvalidAccessKeyId: 'its access key id is unknown to the server',
+    SignatureDoesNotMatch: 'the secret key does not match the access key id',
+    ExpiredToken: 'their session token has expired',
+    TokenRefreshRequired: 'their session token has expired',
+    InvalidToken: 'their session token is malformed or invalid',
+  };
+  if (rejected !== undefined && Object.hasOwn(why, rejected)) {
+    const which = why[rejected]!;
     return new UsageError(`the S3 server refused the repository's credentials: ${which} (${operation} ${key}: ${describeError(err)})`, {
       cause: err,
-      hint: 'check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the profile AWS_PROFILE names, and that they belong to the endpoint of the repository',
+      hint: rejected.includes('Token')
+        ? 'temporary credentials must be renewed: get new ones (aws sso login, aws sts assume-role) or unset a stale AWS_SESSION_TOKEN'
+        : 'check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the profile AWS_PROFILE names, and that they belong to the endpoint of the repository',
     });
   }
   const status = (err as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
@@ -186,7 +264,9 @@ export function asFailure(operation: string, key: string, err: unknown, attempts
         ? 'check the region (s3.region) or the endpoint of the repository'
         : unreachable(err)
           ? 'check the endpoint (s3.endpoint, --s3-endpoint) and that this host can reach it'
-          : certificateHint(err);
+          : err instanceof EndpointError
+            ? err.hint
+            : certificateHint(err);
   return new RuntimeFailure(`${operation} ${key} failed${tries}: ${describeError(err)}`, { cause: err, hint });
 }
 

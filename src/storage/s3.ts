@@ -23,7 +23,10 @@ import {
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { RuntimeFailure, UsageError } from '../errors.js';
 import type { S3Settings } from './open.js';
-import { DEFAULT_RETRY_POLICY, asFailure, backoffDelay, isRetryable, retrying, withRetry, type RetryPolicy } from './retry.js';
+import { DEFAULT_RETRY_POLICY, asFailure, noAnswer, schemeMismatch, backoffDelay, isRetryable, reportingRetries, retrying, withRetry, type RetryPolicy } from './retry.js';
+import type { Reporter } from '../core/events.js';
+import { parseDuration } from '../config/duration.js';
+import { credentialsFailure, nonEmpty, staticCredentials } from './s3-credentials.js';
 import { putThroughWriter } from './put-through-writer.js';
 import { MAX_PARTS, PartWriter } from './s3-part-writer.js';
 import { readerOverStream } from './reader-over-stream.js';
@@ -56,9 +59,17 @@ export interface S3Tuning {
   partConcurrency?: number;
   retry?: RetryPolicy;
   connectionTimeoutMs?: number;
-  /** A socket with no traffic for this long is abandoned (and the request retried). */
+  /** A socket with no traffic for this long is abandoned (and the request retried). Default s3.idleTimeout. */
   socketTimeoutMs?: number;
+  /** How long a request without a large body waits for the start of the answer. Default s3.timeout. */
+  answerTimeoutMs?: number;
 }
+
+/** How long a request waits for the server to begin answering, and a connection with nothing moving on it, unless s3.timeout and s3.idleTimeout say otherwise. */
+const DEFAULT_ANSWER_TIMEOUT_MS = 20_000;
+const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
+/** A request that sends more than this may take its time to send it: only the idle timeout applies to it. */
+const SMALL_BODY_BYTES = MiB;
 
 export interface S3CreateOptions {
   bucket: string;
@@ -66,6 +77,8 @@ export interface S3CreateOptions {
   settings: S3Settings;
   env: NodeJS.ProcessEnv;
   tuning?: S3Tuning;
+  /** Told of each request that is tried again, as it happens. */
+  reporter?: Reporter;
 }
 
 /**
@@ -87,13 +100,12 @@ export class S3Storage implements Storage {
   private readonly transfers: Semaphore;
   private readonly partSize: number;
   private readonly partConcurrency: number;
-  private readonly retry: RetryPolicy;
 
   /** Opens a repository; the result retries transient failures (see withRetry). */
   static async create(options: S3CreateOptions): Promise<Storage> {
     const storage = S3Storage.open(options);
     await storage.checkRegion();
-    return withRetry(storage, options.tuning?.retry ?? DEFAULT_RETRY_POLICY);
+    return withRetry(storage, storage.retry);
   }
 
   /** A missing region is a configuration mistake: say so before the first request fails obscurely. */
@@ -142,15 +154,20 @@ export class S3Storage implements Storage {
       responseChecksumValidation: 'WHEN_REQUIRED',
       // Our retries (with backoff and resumable pieces) are the ones that count.
       maxAttempts: 1,
-      requestHandler: new NodeHttpHandler({
-        connectionTimeout: tuning.connectionTimeoutMs ?? 10_000,
-        socketTimeout: tuning.socketTimeoutMs ?? 60_000,
-        httpAgent: new HttpAgent(agentOptions),
-        httpsAgent: new HttpsAgent(agentOptions),
-      }),
+      requestHandler: new AnswerTimedHandler(
+        {
+          connectionTimeout: tuning.connectionTimeoutMs ?? 10_000,
+          socketTimeout: tuning.socketTimeoutMs ?? timeoutSetting(settings, 'idleTimeout') ?? DEFAULT_IDLE_TIMEOUT_MS,
+          httpAgent: new HttpAgent(agentOptions),
+          httpsAgent: new HttpsAgent(agentOptions),
+        },
+        tuning.answerTimeoutMs ?? timeoutSetting(settings, 'timeout') ?? DEFAULT_ANSWER_TIMEOUT_MS,
+      ),
     });
     signUploadsWithoutPayloadHash(client);
-    return new S3Storage(client, options.bucket, options.prefix, settings, concurrency, tuning);
+    explainMissingCredentials(client, env);
+    const retry = tuning.retry ?? DEFAULT_RETRY_POLICY;
+    return new S3Storage(client, options.bucket, options.prefix, settings, concurrency, tuning, options.reporter ? reportingRetries(retry, options.reporter) : retry);
   }
 
   private constructor(
@@ -160,6 +177,8 @@ export class S3Storage implements Storage {
     settings: S3Settings,
     concurrency: number,
     tuning: S3Tuning,
+    /** The retries of the driver and of its wrapper, with their reports. */
+    private readonly retry: RetryPolicy,
   ) {
     const trimmed = prefix.replace(/^\/+|\/+$/g, '');
     this.root = trimmed === '' ? '' : `${trimmed}/`;
@@ -175,7 +194,6 @@ export class S3Storage implements Storage {
     this.transfers = new Semaphore(concurrency);
     this.partSize = Math.max(1, tuning.partSize ?? 8 * MiB);
     this.partConcurrency = Math.max(1, tuning.partConcurrency ?? 4);
-    this.retry = tuning.retry ?? DEFAULT_RETRY_POLICY;
   }
 
   private objectKey(key: string): string {
@@ -662,17 +680,79 @@ class ListingMarkers {
   }
 }
 
-/** Keys from the given environment, so a caller's env is honoured; else the SDK's default chain. */
-function staticCredentials(env: NodeJS.ProcessEnv) {
-  const accessKeyId = nonEmpty(env.AWS_ACCESS_KEY_ID);
-  const secretAccessKey = nonEmpty(env.AWS_SECRET_ACCESS_KEY);
-  if (accessKeyId === undefined || secretAccessKey === undefined) return undefined;
-  return { accessKeyId, secretAccessKey, sessionToken: nonEmpty(env.AWS_SESSION_TOKEN) };
+/** s3.timeout or s3.idleTimeout in milliseconds, when set. */
+function timeoutSetting(settings: S3Settings, name: 'timeout' | 'idleTimeout'): number | undefined {
+  const text = settings[name];
+  if (text === undefined) return undefined;
+  const ms = parseDuration(text);
+  if (ms === undefined || ms === 0) throw new UsageError(`s3.${name} must be a duration longer than 0 such as 20s or 2m, not ${text}`);
+  return ms;
 }
 
-function nonEmpty(value: string | undefined): string | undefined {
-  return value === undefined || value === '' ? undefined : value;
+type HandlerArguments = Parameters<NodeHttpHandler['handle']>;
+
+/**
+ * The SDK's handler, with a limit on how long a request waits for the server to
+ * begin its answer: a server that takes the connection and then says nothing
+ * (hung, overloaded, or not an S3 server at all) is given up on after
+ * s3.timeout, not after the minute the idle timeout allows, which a large
+ * transfer needs. Requests that send a large body, complete a multipart upload
+ * (the server assembles the object before it answers) or delete a batch of
+ * objects are left to the idle timeout alone.
+ */
+class AnswerTimedHandler extends NodeHttpHandler {
+  constructor(
+    options: ConstructorParameters<typeof NodeHttpHandler>[0],
+    private readonly answerTimeoutMs: number,
+  ) {
+    super(options);
+  }
+
+  override async handle(request: HandlerArguments[0], options: HandlerArguments[1] = {}): ReturnType<NodeHttpHandler['handle']> {
+    try {
+      return await this.handleInTime(request, options);
+    } catch (err) {
+      throw schemeMismatch(serverOf(request), err) ?? err;
+    }
+  }
+
+  private async handleInTime(request: HandlerArguments[0], options: NonNullable<HandlerArguments[1]>): ReturnType<NodeHttpHandler['handle']> {
+    if (!answersAtOnce(request)) return super.handle(request, options);
+    const outer = options.abortSignal as AbortSignal | undefined;
+    const controller = new AbortController();
+    const passOn = () => controller.abort(outer?.reason);
+    if (outer?.aborted) passOn();
+    outer?.addEventListener('abort', passOn, { once: true });
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      controller.abort();
+    }, this.answerTimeoutMs);
+    try {
+      return await super.handle(request, { ...options, abortSignal: controller.signal });
+    } catch (err) {
+      if (timedOut) throw noAnswer(serverOf(request), this.answerTimeoutMs, err);
+      throw err;
+    } finally {
+      clearTimeout(timer);
+      outer?.removeEventListener('abort', passOn);
+    }
+  }
 }
+
+/** Whether the server is expected to begin its answer as soon as the request has arrived. */
+function answersAtOnce(request: HandlerArguments[0]): boolean {
+  const query = request.query ?? {};
+  if (request.method === 'POST' && ('uploadId' in query || 'delete' in query)) return false;
+  const length = Object.entries(request.headers).find(([name]) => name.toLowerCase() === 'content-length')?.[1];
+  return length === undefined || Number(length) <= SMALL_BODY_BYTES;
+}
+
+/** `https://host:port` of a request, for messages. */
+function serverOf(request: HandlerArguments[0]): string {
+  return `${request.protocol}//${request.hostname}${request.port ? `:${request.port}` : ''}`;
+}
+
 
 function md5Base64(data: Uint8Array): string {
   return createHash('md5').update(data).digest('base64');
@@ -718,6 +798,21 @@ function signUploadsWithoutPayloadHash(client: S3Client): void {
       return next(args);
     },
     { step: 'build', name: 'lifeboatUnsignedPayload' },
+  );
+}
+
+/** Credentials the chain could not provide fail every request alike, before it is sent: the error says why, once, and is not retried. */
+function explainMissingCredentials(client: S3Client, env: NodeJS.ProcessEnv): void {
+  client.middlewareStack.add(
+    (next) => async (args) => {
+      try {
+        return await next(args);
+      } catch (err) {
+        if (errorName(err) === 'CredentialsProviderError') throw credentialsFailure(err, env);
+        throw err;
+      }
+    },
+    { step: 'initialize', name: 'lifeboatCredentialsFailure' },
   );
 }
 

@@ -1,0 +1,221 @@
+/**
+ * An S3 endpoint that takes connections and answers nothing, from the start or
+ * from the middle of a backup: each request tried again is reported on stderr
+ * as it happens, the command ends within the time s3.timeout allows, and its
+ * error names the endpoint that answered nothing. An endpoint given as http://
+ * for a server that speaks TLS, or the other way round, is named as such.
+ */
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as http from 'node:http';
+import * as https from 'node:https';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, describe, it } from 'node:test';
+import { Repository } from '../src/core/repository.js';
+import { S3Storage } from '../src/storage/s3.js';
+import { lifeboat, spawnLifeboat } from './helpers/cli.js';
+import { createTestBucket, startS3Server, type S3TestServer } from './helpers/s3server.js';
+import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
+
+/** A regression waits minutes for the SDK's own limits: fail instead. */
+const BOUNDED = { timeout: 90_000 };
+
+interface Relay {
+  endpoint: string;
+  /** From now on nothing passes, either way, on any connection; connections are still taken. */
+  silence(): void;
+  silenced(): boolean;
+  stop(): Promise<void>;
+}
+
+/**
+ * A TCP relay to `upstream` on 127.0.0.1 (without one, a server that takes connections and never
+ * answers). `silenceWhen` sees what each client sends and may silence the relay before it passes on.
+ */
+async function startRelay(upstream?: string, silenceWhen: (sent: string) => boolean = () => false): Promise<Relay> {
+  const target = upstream === undefined ? undefined : new URL(upstream);
+  let silent = target === undefined;
+  const sockets = new Set<net.Socket>();
+  const keep = (socket: net.Socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => undefined);
+  };
+  const server = net.createServer((client) => {
+    keep(client);
+    const server = target && net.connect(Number(target.port), target.hostname);
+    if (server) keep(server);
+    client.on('data', (chunk: Buffer) => {
+      if (!silent && silenceWhen(chunk.toString('latin1'))) silent = true;
+      if (!silent) server?.write(chunk);
+    });
+    server?.on('data', (chunk: Buffer) => {
+      if (!silent) client.write(chunk);
+    });
+    server?.on('close', () => client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as net.AddressInfo;
+  return {
+    endpoint: `http://127.0.0.1:${port}`,
+    silence: () => (silent = true),
+    silenced: () => silent,
+    stop: async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+/** Runs the installed program, with when each line of its stderr arrived, in ms from the start. */
+async function timedRun(args: string[], options: { cwd: string; env: NodeJS.ProcessEnv }) {
+  const started = Date.now();
+  const child = spawnLifeboat(args, options);
+  const out: Buffer[] = [];
+  const lines: { at: number; text: string }[] = [];
+  let pending = '';
+  child.stdout!.on('data', (c: Buffer) => out.push(c));
+  child.stderr!.on('data', (c: Buffer) => {
+    const parts = (pending + c.toString('utf8')).split('\n');
+    pending = parts.pop()!;
+    for (const text of parts) lines.push({ at: Date.now() - started, text });
+  });
+  const code = await new Promise<number>((resolve) => child.on('close', (c) => resolve(c ?? 128)));
+  if (pending) lines.push({ at: Date.now() - started, text: pending });
+  return { code, ms: Date.now() - started, stdout: Buffer.concat(out).toString('utf8'), lines, stderr: lines.map((l) => l.text).join('\n') };
+}
+
+const credentials = { AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test-secret' };
+
+describe('an S3 endpoint that takes connections and answers nothing', () => {
+  let silent: Relay;
+  let dir: string;
+  before(async () => {
+    silent = await startRelay();
+    dir = await tempDir('lifeboat-s3-silence-');
+    await fsp.writeFile(path.join(dir, 'lifeboat.yaml'), `repository: s3://ml-backups/fraud-detector\ns3:\n  endpoint: ${silent.endpoint}\n  timeout: 1s\n`);
+  });
+  after(async () => {
+    await silent?.stop();
+    if (dir) await fsp.rm(dir, { recursive: true, force: true });
+  });
+
+  it('reports each retry on stderr as it happens, and ends with exit 1 naming the endpoint that answered nothing', BOUNDED, async () => {
+    const r = await timedRun(['--json', 'list'], { cwd: dir, env: credentials });
+    assert.equal(r.code, 1, r.stderr);
+    const retries = r.lines.filter((l) => /warning: S3 get config\.json: the server at .* answered nothing within 1 s; trying again \(attempt \d of 6\)$/.test(l.text));
+    assert.deepEqual(
+      retries.map((l) => /attempt (\d)/.exec(l.text)![1]),
+      ['2', '3', '4', '5', '6'],
+      r.stderr,
+    );
+    assert.ok(retries[0]!.at < r.ms - 3000, `the first retry was reported at ${retries[0]!.at} ms, the command ended at ${r.ms} ms`);
+    assert.ok(r.ms < 30_000, `ended after ${r.ms} ms`);
+    const error = `get config.json failed after 6 attempts: the server at ${silent.endpoint} answered nothing within 1 s`;
+    assert.ok(r.stderr.includes(`lifeboat: ${error}\n  check that ${silent.endpoint} is the S3 endpoint`), r.stderr);
+    assert.match(r.stderr, /it took the connection but sent no answer; a server that is only slow needs a longer s3\.timeout$/);
+    assert.doesNotMatch(r.stderr, /unexpected error|TimeoutError|@smithy/);
+    // stdout holds the one document, whatever went to stderr meanwhile.
+    const document = JSON.parse(r.stdout);
+    assert.equal(document.ok, false);
+    assert.equal(document.error.message, error);
+    assert.equal(document.error.exitCode, 1);
+  });
+
+  it('with --quiet still warns of the retries; with --log-format json they are JSON lines', BOUNDED, async () => {
+    const quiet = await lifeboat(['--quiet', 'list'], { cwd: dir, env: credentials });
+    assert.equal(quiet.code, 1, quiet.stderr);
+    assert.equal(quiet.stderr.match(/trying again/g)?.length, 5, quiet.stderr);
+    const logged = await lifeboat(['--log-format', 'json', 'list'], { cwd: dir, env: credentials });
+    assert.equal(logged.code, 1, logged.stderr);
+    const lines = logged.stderr.trim().split('\n').map((l) => JSON.parse(l) as { level: string; code?: string; msg: string });
+    assert.deepEqual(lines.map((l) => l.level), ['warning', 'warning', 'warning', 'warning', 'warning', 'error']);
+    assert.ok(lines.slice(0, 5).every((l) => l.code === 'storage-retry'), logged.stderr);
+  });
+
+  it('refuses an s3.timeout that is not a duration (exit 2, naming the key)', async () => {
+    const bad = path.join(dir, 'bad.yaml');
+    await fsp.writeFile(bad, `repository: s3://ml-backups/fraud-detector\ns3:\n  endpoint: ${silent.endpoint}\n  timeout: 0s\n`);
+    const r = await lifeboat(['--config', bad, 'list'], { cwd: dir, env: credentials });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /s3\.timeout/);
+  });
+});
+
+describe('an endpoint given with the wrong scheme', () => {
+  const helpers = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../test/helpers');
+  const list = (endpoint: string) => lifeboat(['--repo', 's3://ml-backups/fraud-detector', '--s3-endpoint', endpoint, 'list'], { env: credentials });
+
+  it('http:// for a server that speaks TLS: the server closed the connection, and the hint says to try https://', BOUNDED, async (t) => {
+    const server = https.createServer({ cert: await fsp.readFile(path.join(helpers, 'loopback-tls.crt')), key: await fsp.readFile(path.join(helpers, 'loopback-tls.key')) }, (_req, res) => res.end());
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    t.after(() => new Promise((resolve) => server.close(resolve)));
+    const address = `127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+    const r = await list(`http://${address}`);
+    assert.equal(r.code, 1, r.stderr);
+    assert.ok(
+      r.stderr.endsWith(
+        `lifeboat: get config.json failed after 6 attempts: the server at http://${address} closed the connection without answering\n` +
+          `  if it serves HTTPS, give the endpoint as https://${address}; else check that it is the S3 endpoint and that its server is up\n`,
+      ),
+      r.stderr,
+    );
+    assert.doesNotMatch(r.stderr, /TimeoutError|socket hang up/);
+  });
+
+  it('https:// for a server in clear: refused at once, and the hint says to try http://', BOUNDED, async (t) => {
+    const server = http.createServer((_req, res) => res.end());
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    t.after(() => new Promise((resolve) => server.close(resolve)));
+    const address = `127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+    const r = await list(`https://${address}`);
+    assert.equal(r.code, 1, r.stderr);
+    assert.equal(r.stderr, `lifeboat: get config.json failed: the server at https://${address} does not speak TLS\n  if it serves plain HTTP, give the endpoint as http://${address}\n`);
+  });
+});
+
+describe('a real S3 server that stops answering in the middle of a backup', () => {
+  let server: S3TestServer;
+  let bucket: string;
+  let dir: string;
+  before(async () => {
+    server = await startS3Server();
+    bucket = await createTestBucket(server);
+    dir = await tempDir('lifeboat-s3-silence-');
+  });
+  after(async () => {
+    await server?.stop();
+    if (dir) await fsp.rm(dir, { recursive: true, force: true });
+  });
+
+  it('the backup reports its retries as they happen and fails with exit 1 naming the volume and the endpoint', BOUNDED, async (t) => {
+    const src = path.join(dir, 'models');
+    await fsp.mkdir(src);
+    const rand = prng(11);
+    for (let i = 0; i < 3; i++) await writeRandomFile(path.join(src, `shard-${i}.bin`), 256 * 1024, rand);
+    const storage = await S3Storage.create({ bucket, prefix: 'silence', settings: { endpoint: server.endpoint, forcePathStyle: true }, env: server.env });
+    try {
+      await Repository.init(storage, {});
+    } finally {
+      await storage.close();
+    }
+    // The server answers until the first volume goes up, and then nothing more.
+    const relay = await startRelay(server.endpoint, (sent) => sent.startsWith(`PUT /${bucket}/silence/data/`));
+    t.after(() => relay.stop());
+    await fsp.writeFile(path.join(dir, 'lifeboat.yaml'), `repository: s3://${bucket}/silence\ns3:\n  endpoint: ${relay.endpoint}\n  timeout: 1s\n  idleTimeout: 1s\n`);
+    const r = await timedRun(['--json', 'backup', src, '--type', 'full'], { cwd: dir, env: server.env });
+    t.diagnostic(`backup against a server gone silent: exit ${r.code} after ${r.ms} ms: ${r.stderr.split('\n').join(' | ')}`);
+    assert.ok(relay.silenced(), 'the server went silent during the backup');
+    assert.equal(r.code, 1, r.stderr);
+    const volume = /put (data\/\d{8}-\d{6}-\d{3}F\/v\d{6}\.tar)/.exec(r.stderr)?.[1];
+    assert.ok(volume, r.stderr);
+    const retries = r.lines.filter((l) => l.text.includes(`warning: S3 put ${volume}: the server at ${relay.endpoint} answered nothing within 1 s; trying again (attempt `));
+    assert.equal(retries.length, 5, r.stderr);
+    assert.match(r.stderr, new RegExp(`lifeboat: put ${volume.replace(/\./g, '\\.')} failed after 6 attempts: the server at ${relay.endpoint} answered nothing within 1 s\\n {2}check that ${relay.endpoint} is the S3 endpoint`));
+    const document = JSON.parse(r.stdout);
+    assert.equal(document.ok, false);
+    assert.equal(document.error.exitCode, 1);
+  });
+});
