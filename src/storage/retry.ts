@@ -19,9 +19,11 @@ export interface RetryPolicy {
 export const DEFAULT_RETRY_POLICY: RetryPolicy = { maxAttempts: 6, baseDelayMs: 100, maxDelayMs: 5000 };
 
 /**
- * The policy, with each retry also reported as a warning as it happens: a
- * request that hangs or fails again and again is seen then, not only minutes
- * later when the attempts are spent.
+ * The policy, with each retry also reported as it happens: a request that
+ * hangs or fails again and again is seen then, not only minutes later when the
+ * attempts are spent. Reported as information, not a warning: a retry that
+ * then succeeds is no problem, so --quiet (a cron job's mail) leaves it out,
+ * and a request that never succeeds ends in the command's error anyway.
  */
 export function reportingRetries(policy: RetryPolicy, reporter: Reporter): RetryPolicy {
   return {
@@ -30,7 +32,7 @@ export function reportingRetries(policy: RetryPolicy, reporter: Reporter): Retry
       policy.onRetry?.(event);
       const problem = describeError(event.error).replace(/\.$/, '');
       reporter.notice?.({
-        level: 'warning',
+        level: 'info',
         code: 'storage-retry',
         message: `S3 ${event.operation} ${event.key}: ${problem}; trying again (attempt ${event.attempt + 1} of ${policy.maxAttempts})`,
       });
