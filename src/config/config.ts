@@ -8,12 +8,22 @@ import { excludePatternProblem } from '../core/scan.js';
 import { ARCHIVE_STORAGE_CLASSES } from '../storage/storage.js';
 import { durationExpected, type DurationRule } from './duration.js';
 
-/** A duration; `positive` where zero makes no sense (a timeout, an interval, a lease). */
+/**
+ * A duration; `positive` where zero makes no sense (a timeout, an interval, a lease). YAML reads
+ * `keepWithin: 0` or `timeout: 60` as a number: the message asks for the unit, not for a "string".
+ */
 const durationOf = (rule: DurationRule) =>
-  z.string().superRefine((text, ctx) => {
-    const expected = durationExpected(text, rule);
-    if (expected !== undefined) ctx.addIssue({ code: 'custom', message: `must be ${expected}` });
-  });
+  z
+    .string({
+      error: (issue) =>
+        typeof issue.input === 'number'
+          ? `must be ${durationExpected('', rule)}, with its unit: ${issue.input} alone has none`
+          : `must be ${durationExpected('', rule)}`,
+    })
+    .superRefine((text, ctx) => {
+      const expected = durationExpected(text, rule);
+      if (expected !== undefined) ctx.addIssue({ code: 'custom', message: `must be ${expected}` });
+    });
 const duration = durationOf({});
 const positiveDuration = durationOf({ positive: true });
 
