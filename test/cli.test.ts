@@ -26,7 +26,10 @@ test('config errors exit 2 and name the key', async () => {
   const dir = await tempDir();
   const cases: [string, RegExp][] = [
     ['repository: [unclosed', /invalid YAML/],
-    ['repository: ./r\nretention: { keepFull: "four" }\n', /retention\.keepFull: /],
+    ['repository: ./r\nretention: { keepFull: "four" }\n', /retention\.keepFull: must be a whole number of at least 1$/m],
+    ['repository: ./r\nretention: { keepFull: 2.5 }\n', /retention\.keepFull: must be a whole number of at least 1$/m],
+    ['repository: ./r\nretention: { keepDiff: -1 }\n', /retention\.keepDiff: must be a whole number of at least 0$/m],
+    ['repository: s3://b/r\ns3: { concurrency: 100 }\n', /s3\.concurrency: must be a whole number from 1 to 64$/m],
     ['repository: ./r\nsurprise: 1\n', /unknown key "surprise"/],
     ['repository: ./r\nsources: { "bad name!": /srv }\n', /sources\.bad name!: /],
     ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { timeout: 60s } } }\n', /targets\.prod\.health: needs a url or a command/],

@@ -24,6 +24,12 @@ const durationOf = (rule: DurationRule) =>
       const expected = durationExpected(text, rule);
       if (expected !== undefined) ctx.addIssue({ code: 'custom', message: `must be ${expected}` });
     });
+/** A whole number from `min` (to `max`), said as the flags say it rather than in the schema library's words. */
+const wholeNumber = (min: number, max?: number) => {
+  const expected = `must be a whole number ${max === undefined ? `of at least ${min}` : `from ${min} to ${max}`}`;
+  const n = z.number({ error: expected }).int({ error: expected }).min(min, { error: expected });
+  return max === undefined ? n : n.max(max, { error: expected });
+};
 const duration = durationOf({});
 const positiveDuration = durationOf({ positive: true });
 
@@ -49,7 +55,7 @@ const healthSchema = z
     preActivate: commandLine.optional(),
     timeout: positiveDuration.optional(),
     interval: positiveDuration.optional(),
-    retries: z.number().int().min(0).optional(),
+    retries: wholeNumber(0).optional(),
   })
   .strict()
   .refine((h) => h.url !== undefined || h.command !== undefined, 'needs a url or a command');
@@ -72,7 +78,7 @@ export const configSchema = z
           .optional(),
         sse: z.string().optional(),
         kmsKeyId: z.string().optional(),
-        concurrency: z.number().int().min(1).max(64).optional(),
+        concurrency: wholeNumber(1, 64).optional(),
       })
       .strict()
       .optional(),
@@ -90,7 +96,7 @@ export const configSchema = z
       .strict()
       .optional(),
     retention: z
-      .object({ keepFull: z.number().int().min(1).optional(), keepDiff: z.number().int().min(0).optional(), keepWithin: duration.optional() })
+      .object({ keepFull: wholeNumber(1).optional(), keepDiff: wholeNumber(0).optional(), keepWithin: duration.optional() })
       .strict()
       .optional(),
     targets: z
@@ -103,7 +109,7 @@ export const configSchema = z
             health: healthSchema.optional(),
             activate: commandLine.optional(),
             deactivate: commandLine.optional(),
-            keepSlots: z.number().int().min(2).optional(),
+            keepSlots: wholeNumber(2).optional(),
           })
           .strict(),
       )
