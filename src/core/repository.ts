@@ -388,11 +388,11 @@ export class Repository {
     if (ids.length === 0) throw new UsageError(`the repository at ${this.storage.location} has no backup points yet`);
     // An empty selector (a script's unset variable) is a prefix of every id: with one point it would select that point, as if it had been named.
     if (selector.trim() === '') throw new UsageError('the backup point is empty', { hint: 'give an id, a unique prefix of one, latest, or a time such as 2026-11-20T03:00:00Z' });
-    if (selector === 'latest') return this.manifest((await this.latestInScope(ids))!.id);
+    if (selector === 'latest') return this.chosen(selector, (await this.latestInScope(ids))!);
     if (/^\d{4}-\d{2}-\d{2}/.test(selector)) {
       const best = await this.selectInScope(selector, parseTimeSelector(selector));
       if (!best) throw new UsageError(`no backup point completed at or before ${selector}`);
-      return this.manifest(best.id);
+      return this.chosen(selector, best);
     }
     const matches = ids.filter((id) => id.startsWith(selector));
     if (matches.length === 0) {
@@ -404,6 +404,24 @@ export class Repository {
       throw new UsageError(`${JSON.stringify(selector)} matches ${matches.length} backup points (${shown}); give more of the id`);
     }
     return this.manifest(matches.includes(selector) ? selector : matches[0]!);
+  }
+
+  /**
+   * The manifest of the point `latest` or a time chose. When it cannot be read, the point before it of
+   * its deployment is named: what an operator who must restore now would take instead, by its id.
+   */
+  private async chosen(selector: string, point: PointSummary): Promise<Manifest> {
+    try {
+      return await this.manifest(point.id);
+    } catch (err) {
+      if (!(err instanceof IntegrityError)) throw err;
+      const earlier = await this.readSummaries().then(
+        ({ summaries }) => summaries.filter((s) => s.id < point.id && deploymentOf(s) === deploymentOf(point)).at(-1),
+        () => undefined,
+      );
+      const instead = earlier ? `; the point before it is ${earlier.id} (completed ${earlier.completedAt}): give its id to use it` : '';
+      throw new IntegrityError(`${selector} selects backup point ${point.id}, which cannot be read: ${err.message}`, { cause: err, hint: VERIFY_HINT + instead });
+    }
   }
 
   /** Data prefixes (`data/<id>/`) that belong to no committed point (`committed`: the ids pointIds gave): leftovers of aborted backups. */
