@@ -31,6 +31,9 @@ test('config errors exit 2 and name the key', async () => {
     ['repository: ./r\nretention: { keepDiff: -1 }\n', /retention\.keepDiff: must be a whole number of at least 0$/m],
     ['repository: s3://b/r\ns3: { concurrency: 100 }\n', /s3\.concurrency: must be a whole number from 1 to 64$/m],
     ['repository: ./r\nsurprise: 1\n', /unknown key "surprise"/],
+    // Every line under a key commented out leaves the key empty (YAML's null).
+    ['repository: ./r\nretention:\n#  keepFull: 4\n', /retention: is empty: give its value, or leave the key out$/m],
+    ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: } }\n', /targets\.prod\.health: is empty: give its value, or leave the key out$/m],
     ['repository: ./r\nsources: { "bad name!": /srv }\n', /sources\.bad name!: /],
     ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { timeout: 60s } } }\n', /targets\.prod\.health: needs a url or a command/],
     ['repository: ./r\nretention: { keepWithin: "two weeks" }\n', /retention\.keepWithin: must be a duration/],

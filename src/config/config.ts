@@ -176,6 +176,9 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
     const key = issue.path.map(String).join('.') || '(top level)';
     let message = issue.message;
     if (issue.code === 'unrecognized_keys') message = `unknown key ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`;
+    // A key with nothing after it (`retention:` whose lines were all commented out) is YAML's null.
+    const given = issue.path.reduce<unknown>((v, k) => (v !== null && typeof v === 'object' ? (v as Record<PropertyKey, unknown>)[k] : undefined), raw);
+    if (issue.code === 'invalid_type' && given === null) message = 'is empty: give its value, or leave the key out';
     // A check of lifeboat's own may say what to write instead.
     const hint = issue.code === 'custom' && typeof issue.params?.hint === 'string' ? issue.params.hint : undefined;
     throw new UsageError(`${file}: ${key}: ${message}`, { hint });
