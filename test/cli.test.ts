@@ -26,11 +26,21 @@ test('config errors exit 2 and name the key', async () => {
   const dir = await tempDir();
   const cases: [string, RegExp][] = [
     ['repository: [unclosed', /invalid YAML/],
-    ['repository: ./r\nretention: { keepFull: "four" }\n', /retention\.keepFull: /],
+    ['repository: ./r\nretention: { keepFull: "four" }\n', /retention\.keepFull: must be a whole number of at least 1$/m],
+    ['repository: ./r\nretention: { keepFull: 2.5 }\n', /retention\.keepFull: must be a whole number of at least 1$/m],
+    ['repository: ./r\nretention: { keepDiff: -1 }\n', /retention\.keepDiff: must be a whole number of at least 0$/m],
+    ['repository: s3://b/r\ns3: { concurrency: 100 }\n', /s3\.concurrency: must be a whole number from 1 to 64$/m],
     ['repository: ./r\nsurprise: 1\n', /unknown key "surprise"/],
+    // Every line under a key commented out leaves the key empty (YAML's null).
+    ['repository: ./r\nretention:\n#  keepFull: 4\n', /retention: is empty: give its value, or leave the key out$/m],
+    ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: } }\n', /targets\.prod\.health: is empty: give its value, or leave the key out$/m],
     ['repository: ./r\nsources: { "bad name!": /srv }\n', /sources\.bad name!: /],
     ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { timeout: 60s } } }\n', /targets\.prod\.health: needs a url or a command/],
     ['repository: ./r\nretention: { keepWithin: "two weeks" }\n', /retention\.keepWithin: must be a duration/],
+    // YAML reads a bare number as a number: the message asks for a duration with its unit, not for a "string".
+    ['repository: ./r\nretention: { keepWithin: 0 }\n', /retention\.keepWithin: must be a duration such as 90s, 15m, 2h or 14d, with its unit: 0 alone has none$/m],
+    ['repository: ./r\nhooks: { preBackup: "true", timeout: 60 }\n', /hooks\.timeout: must be a duration such as 90s, 15m, 2h or 14d, with its unit: 60 alone has none$/m],
+    ['repository: ./r\nlock: { retry: true }\n', /lock\.retry: must be a duration such as 90s, 15m, 2h or 14d$/m],
     ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { url: "ftp://127.0.0.1/health" } } }\n', /targets\.prod\.health\.url: must be an http:\/\/ or https:\/\/ URL/],
     // A disaster-recovery restore cannot wait hours for a retrieval.
     ['repository: s3://b/r\ns3: { storageClass: DEEP_ARCHIVE }\n', /s3\.storageClass: is an archive class: its objects cannot be read until a retrieval request finishes/],

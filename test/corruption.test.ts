@@ -123,6 +123,32 @@ test('a missing volume or a damaged manifest is an integrity failure', async () 
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 
+test('latest or a time that selects a point whose manifest is damaged says so, and names the point before it', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const ids: string[] = [];
+  for (const type of ['full', 'incr']) {
+    await fsp.appendFile(path.join(d.src, 'config.json'), ' ');
+    const b = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', type]);
+    assert.equal(b.code, 0, b.stderr);
+    ids.push(b.json().id);
+  }
+  const [full, newest] = ids as [string, string];
+  const completed = (await lifeboat(['--repo', d.repo, '--json', 'list'])).json()[0].completedAt;
+  await flipByte(path.join(d.repo, 'points', `${newest}.json`), 30);
+  const target = path.join(d.work, 'restored');
+  for (const selector of ['latest', '2099-01-01T00:00:00Z']) {
+    const r = await lifeboat(['--repo', d.repo, '--json', 'restore', selector, '--target', target]);
+    assert.equal(r.code, 3, r.stderr);
+    assert.match(r.stderr, new RegExp(`^lifeboat: ${selector} selects backup point ${newest}, which cannot be read: manifest of ${newest} `));
+    assert.match(r.stderr, new RegExp(`\n {2}\`lifeboat verify\` reports the damage; the point before it is ${full} \\(completed ${completed}\\): give its id to use it\n`));
+    assert.match(r.json().error.hint, new RegExp(full));
+  }
+  assert.equal(await exists(target), false);
+  const instead = await lifeboat(['--repo', d.repo, 'restore', full, '--target', target]);
+  assert.equal(instead.code, 0, instead.stderr);
+});
+
 test('a restore that meets a damaged or missing volume names the newest point that does without it, and the command that restores it', async () => {
   const d = await smallDeployment();
   const backup = async (...args: string[]) => {

@@ -159,6 +159,23 @@ test('retention from the config file; --keep-full overrides it', async () => {
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 
+test('prune gives the keep-within window back as it was written, from the flag or the config', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src])).code, 0);
+  const reasons = async (args: string[]) => {
+    const r = await lifeboat(['--json', 'prune', '--dry-run', ...args], { cwd: d.work });
+    assert.equal(r.code, 0, r.stderr);
+    return r.json().keep[0].reasons as string[];
+  };
+  await fsp.writeFile(path.join(d.work, 'lifeboat.yaml'), `repository: ${d.repo}\nretention: { keepFull: 1, keepWithin: 7d }\n`);
+  assert.ok((await reasons([])).includes('completed within 7d'));
+  assert.ok((await reasons(['--keep-within', '14d'])).includes('completed within 14d'));
+  assert.ok((await reasons(['--keep-within', '1h30m'])).includes('completed within 1h30m'));
+  const text = await lifeboat(['prune', '--dry-run', '--keep-within', '14d'], { cwd: d.work });
+  assert.match(text.stdout, /completed within 14d/);
+});
+
 test('a prune killed with SIGKILL at random moments leaves a repository that verifies', async (t) => {
   const seed = seedFromEnv();
   t.diagnostic(`seed ${seed}`);

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { lifeboat } from './helpers/cli.js';
-import { smallDeployment } from './helpers/repo.js';
+import { repoFiles, smallDeployment } from './helpers/repo.js';
 import { decodeDocument, encodeDocument } from '../src/format/document.js';
 import { summarySchema } from '../src/format/manifest.js';
 
@@ -114,4 +114,65 @@ test('verify reports a summary that disagrees with its manifest or is damaged; a
   await assert.rejects(fsp.access(stray), 'the next backup removes it');
   const after = await lifeboat(['--repo', d.repo, '--json', 'verify']);
   assert.deepEqual(after.json().warnings, []);
+});
+
+/** A point as an older lifeboat left it, then damaged: no summary, and bytes of its manifest flipped. */
+async function damage(repo: string, id: string): Promise<void> {
+  await fsp.rm(summaryFile(repo, id));
+  const manifest = await fsp.readFile(manifestFile(repo, id));
+  for (const at of [20, 21, 22]) manifest[at]! ^= 0x55;
+  await fsp.writeFile(manifestFile(repo, id), manifest);
+}
+
+test('a point with no summary and a damaged manifest hides no other: list marks it, selectors pass it over unless it may be the one meant, prune removes nothing', async (t) => {
+  const d = await threePoints();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const listed = (await lifeboat(['--repo', d.repo, '--json', 'list'])).json();
+  await damage(d.repo, d.ids[1]!);
+
+  const json = await lifeboat(['--repo', d.repo, '--json', 'list']);
+  assert.equal(json.code, 0, json.stderr);
+  const points = json.json();
+  assert.deepEqual(points.map((p: { id: string }) => p.id), d.ids);
+  assert.deepEqual([points[0], points[2]], [listed[0], listed[2]]);
+  assert.equal(points[1].type, 'incr');
+  assert.equal(points[1].completedAt, null);
+  assert.match(points[1].damaged, new RegExp(`manifest of ${d.ids[1]}`));
+  assert.match(json.stderr, new RegExp(`warning: backup point ${d.ids[1]} cannot be read: .*; run \`lifeboat verify\``));
+  const text = await lifeboat(['--repo', d.repo, '--quiet', 'list']);
+  assert.equal(text.code, 0, text.stderr);
+  assert.match(text.stdout, new RegExp(`${d.ids[1]}\\s+incr\\s+\\?\\s+DAMAGED`));
+  for (const id of [d.ids[0]!, d.ids[2]!]) assert.match(text.stdout, new RegExp(id));
+  assert.match(text.stderr, /warning: backup point/, 'the warning is shown with --quiet too');
+
+  // A time after the newest point, and latest: the newest point, which the damaged one cannot be.
+  for (const selector of ['latest', new Date(Date.parse(listed[2].completedAt) + 60_000).toISOString()]) {
+    const shown = await lifeboat(['--repo', d.repo, '--json', 'show', selector]);
+    assert.equal(shown.code, 0, `${selector}: ${shown.stderr}`);
+    assert.equal(shown.json().id, d.ids[2]);
+  }
+  // A time just after the damaged point started: it may be the one meant; which one is not guessed.
+  const between = new Date(Date.parse(listed[2].startedAt) - 1).toISOString();
+  const unsure = await lifeboat(['--repo', d.repo, 'show', between]);
+  assert.equal(unsure.code, 3, unsure.stderr);
+  assert.match(unsure.stderr, new RegExp(`backup point ${d.ids[1]}, which ${between} may select, cannot be read`));
+  assert.doesNotMatch(unsure.stderr, /\n\s+at /, 'no stack trace');
+
+  // prune cannot know what the damaged point needs: it deletes nothing, and says why.
+  const before = await repoFiles(d.repo);
+  for (const args of [['prune', '--keep-full', '1', '--dry-run'], ['prune', '--keep-full', '1']]) {
+    const pruned = await lifeboat(['--repo', d.repo, ...args]);
+    assert.equal(pruned.code, 3, pruned.stderr);
+    assert.match(pruned.stderr, new RegExp(`backup point ${d.ids[1]} cannot be read: .*; prune removes nothing`));
+    assert.match(pruned.stderr, /lifeboat verify/);
+  }
+  assert.deepEqual(await repoFiles(d.repo), before);
+
+  // The newest point damaged: it is what latest means, named rather than passed over.
+  await damage(d.repo, d.ids[2]!);
+  const latest = await lifeboat(['--repo', d.repo, 'show', 'latest']);
+  assert.equal(latest.code, 3, latest.stderr);
+  assert.match(latest.stderr, new RegExp(`backup point ${d.ids[2]}, which latest may select, cannot be read`));
+  const older = await lifeboat(['--repo', d.repo, '--json', 'show', d.ids[0]!]);
+  assert.equal(older.code, 0, older.stderr);
 });

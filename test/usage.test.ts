@@ -102,6 +102,21 @@ test('a flag value that cannot be used is refused (exit 2) naming the flag and w
     [['status', '--events', 'abc'], /--events abc: expected a whole number of at least 0/],
     [['status', '--events', '-1'], /--events -1: expected a whole number of at least 0/],
     [['status', '--events', '2.5'], /--events 2\.5: expected a whole number of at least 0/],
+    // Decimal digits alone: Number() would read 0x10 as 16, 1e1 as 10, " 5 " as 5 and "" as 0.
+    [['status', '--events', '0x10'], /--events 0x10: expected a whole number of at least 0/],
+    [['status', '--events', ''], /--events "": expected a whole number of at least 0/],
+    [['prune', '--keep-full', '1e1'], /--keep-full 1e1: expected a whole number of at least 1/],
+    [['prune', '--keep-full', '1', '--keep-diff', ' 5 '], /--keep-diff {2}5 : expected a whole number of at least 0/],
+    [['verify', '--subset', '0x10'], /--subset 0x10: expected a percentage above 0 and at most 100, such as 5 or 12\.5/],
+    [['verify', '--subset', '1e1'], /--subset 1e1: expected a percentage above 0 and at most 100, such as 5 or 12\.5/],
+    [['verify', '--subset', ' 5 '], /--subset {2}5 : expected a percentage above 0 and at most 100, such as 5 or 12\.5/],
+    [['verify', '--subset', ''], /--subset "": expected a percentage above 0 and at most 100, such as 5 or 12\.5/],
+    [['verify', '--subset', '0'], /--subset 0: expected a percentage above 0 and at most 100, such as 5 or 12\.5/],
+    [['verify', '--subset', '100.5'], /--subset 100\.5: expected a percentage above 0 and at most 100, such as 5 or 12\.5/],
+    [['verify', '--since-verified', '--sample', 'Infinity'], /--sample Infinity: expected a percentage above 0 and at most 100, such as 5 or 12\.5/],
+    [['init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '0x10'], /--kdf-log-n 0x10: expected a whole number from 10 to 20/],
+    [['init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '1e1'], /--kdf-log-n 1e1: expected a whole number from 10 to 20/],
+    [['init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '21'], /--kdf-log-n 21: expected a whole number from 10 to 20/],
     [['backup', d.src, '--notify-on', 'bogus'], /--notify-on bogus: use failure, warning or success/],
     [['backup', d.src, '--notify-on', 'failure,bogus'], /--notify-on bogus: use failure, warning or success/],
     [['backup', d.src, '--notify-on', ''], /--notify-on "": use failure, warning or success/],
@@ -128,6 +143,7 @@ test('a flag value that cannot be used is refused (exit 2) naming the flag and w
   }
   assert.equal((await lifeboat([...repo, '--json', 'list'])).json().length, 1, 'no backup was taken by the refused ones');
   assert.equal((await lifeboat([...repo, 'status', '--events', '0'])).code, 0);
+  for (const share of ['12.5', '5%', '100']) assert.equal((await lifeboat([...repo, 'verify', '--subset', share])).code, 0, `--subset ${share}`);
   // Where 0 means something (no window of time kept, no wait for the lock), it is taken.
   assert.equal((await lifeboat([...repo, 'prune', '--keep-full', '1', '--keep-within', '0d', '--retry-lock', '0s', '--dry-run'])).code, 0);
   const century = await lifeboat([...repo, 'prune', '--keep-full', '1', '--keep-within', '36500d', '--dry-run']);

@@ -8,17 +8,34 @@ import { durationExpected, parseDuration, type DurationRule } from '../config/du
  * and what it takes, instead of being read as the default or as no flag at all.
  */
 
-/** A whole number of at least `min`. */
-export function count(flag: string, value: string, min: number): number {
-  if (!/^\d+$/.test(value) || Number(value) < min) throw new UsageError(`${flag} ${value}: expected a whole number of at least ${min}`);
-  return Number(value);
+/** The error for a flag value that cannot be used; an empty one (a script's unset variable) is shown as "". */
+const refused = (flag: string, value: string, expected: string) => new UsageError(`${flag} ${value === '' ? '""' : value}: expected ${expected}`);
+
+/*
+ * Numbers are read as decimal digits alone: Number() would also take `0x10` (16), `1e3`, ` 5 ` and
+ * `` (0), and a typo or an unset variable would become a number nobody wrote.
+ */
+
+/** A whole number of at least `min` (and at most `max`). */
+export function count(flag: string, value: string, min: number, max?: number): number {
+  const n = /^\d+$/.test(value) ? Number(value) : NaN;
+  if (!(n >= min && (max === undefined || n <= max))) throw refused(flag, value, `a whole number ${max === undefined ? `of at least ${min}` : `from ${min} to ${max}`}`);
+  return n;
+}
+
+/** A percentage above 0 and at most 100 (`5`, `12.5`, `5%`); undefined when the flag is not given. */
+export function percentFlag(flag: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = /^\d+(\.\d+)?%?$/.test(value) ? Number(value.replace(/%$/, '')) : NaN;
+  if (!(n > 0 && n <= 100)) throw refused(flag, value, 'a percentage above 0 and at most 100, such as 5 or 12.5');
+  return n;
 }
 
 /** A duration in milliseconds (undefined when the flag is not given). */
 export function durationFlag(flag: string, value: string | undefined, rule: DurationRule = {}): number | undefined {
   if (value === undefined) return undefined;
   const expected = durationExpected(value, rule);
-  if (expected !== undefined) throw new UsageError(`${flag} ${value}: expected ${expected}`);
+  if (expected !== undefined) throw refused(flag, value, expected);
   return parseDuration(value)!;
 }
 

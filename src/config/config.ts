@@ -8,12 +8,28 @@ import { excludePatternProblem } from '../core/scan.js';
 import { ARCHIVE_STORAGE_CLASSES } from '../storage/storage.js';
 import { durationExpected, type DurationRule } from './duration.js';
 
-/** A duration; `positive` where zero makes no sense (a timeout, an interval, a lease). */
+/**
+ * A duration; `positive` where zero makes no sense (a timeout, an interval, a lease). YAML reads
+ * `keepWithin: 0` or `timeout: 60` as a number: the message asks for the unit, not for a "string".
+ */
 const durationOf = (rule: DurationRule) =>
-  z.string().superRefine((text, ctx) => {
-    const expected = durationExpected(text, rule);
-    if (expected !== undefined) ctx.addIssue({ code: 'custom', message: `must be ${expected}` });
-  });
+  z
+    .string({
+      error: (issue) =>
+        typeof issue.input === 'number'
+          ? `must be ${durationExpected('', rule)}, with its unit: ${issue.input} alone has none`
+          : `must be ${durationExpected('', rule)}`,
+    })
+    .superRefine((text, ctx) => {
+      const expected = durationExpected(text, rule);
+      if (expected !== undefined) ctx.addIssue({ code: 'custom', message: `must be ${expected}` });
+    });
+/** A whole number from `min` (to `max`), said as the flags say it rather than in the schema library's words. */
+const wholeNumber = (min: number, max?: number) => {
+  const expected = `must be a whole number ${max === undefined ? `of at least ${min}` : `from ${min} to ${max}`}`;
+  const n = z.number({ error: expected }).int({ error: expected }).min(min, { error: expected });
+  return max === undefined ? n : n.max(max, { error: expected });
+};
 const duration = durationOf({});
 const positiveDuration = durationOf({ positive: true });
 
@@ -39,7 +55,7 @@ const healthSchema = z
     preActivate: commandLine.optional(),
     timeout: positiveDuration.optional(),
     interval: positiveDuration.optional(),
-    retries: z.number().int().min(0).optional(),
+    retries: wholeNumber(0).optional(),
   })
   .strict()
   .refine((h) => h.url !== undefined || h.command !== undefined, 'needs a url or a command');
@@ -62,7 +78,7 @@ export const configSchema = z
           .optional(),
         sse: z.string().optional(),
         kmsKeyId: z.string().optional(),
-        concurrency: z.number().int().min(1).max(64).optional(),
+        concurrency: wholeNumber(1, 64).optional(),
         timeout: positiveDuration.describe('how long a request waits for the server to begin its answer (default 20s)').optional(),
         idleTimeout: positiveDuration.describe('how long a connection may go with nothing moving on it (default 60s)').optional(),
       })
@@ -82,7 +98,7 @@ export const configSchema = z
       .strict()
       .optional(),
     retention: z
-      .object({ keepFull: z.number().int().min(1).optional(), keepDiff: z.number().int().min(0).optional(), keepWithin: duration.optional() })
+      .object({ keepFull: wholeNumber(1).optional(), keepDiff: wholeNumber(0).optional(), keepWithin: duration.optional() })
       .strict()
       .optional(),
     targets: z
@@ -95,7 +111,7 @@ export const configSchema = z
             health: healthSchema.optional(),
             activate: commandLine.optional(),
             deactivate: commandLine.optional(),
-            keepSlots: z.number().int().min(2).optional(),
+            keepSlots: wholeNumber(2).optional(),
           })
           .strict(),
       )
@@ -162,6 +178,9 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
     const key = issue.path.map(String).join('.') || '(top level)';
     let message = issue.message;
     if (issue.code === 'unrecognized_keys') message = `unknown key ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`;
+    // A key with nothing after it (`retention:` whose lines were all commented out) is YAML's null.
+    const given = issue.path.reduce<unknown>((v, k) => (v !== null && typeof v === 'object' ? (v as Record<PropertyKey, unknown>)[k] : undefined), raw);
+    if (issue.code === 'invalid_type' && given === null) message = 'is empty: give its value, or leave the key out';
     // A check of lifeboat's own may say what to write instead.
     const hint = issue.code === 'custom' && typeof issue.params?.hint === 'string' ? issue.params.hint : undefined;
     throw new UsageError(`${file}: ${key}: ${message}`, { hint });

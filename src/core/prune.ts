@@ -1,4 +1,4 @@
-import { LockedError, throwIfAborted } from '../errors.js';
+import { IntegrityError, LockedError, throwIfAborted } from '../errors.js';
 import { deploymentOf, deploymentsOf, keys, volumesNeeded } from '../format/manifest.js';
 import { type Reporter, progressAt } from './events.js';
 import { appendEvent } from './journal.js';
@@ -47,7 +47,15 @@ export interface PruneResult extends PrunePlan {
 /** The plan: what the policy keeps and removes, and exactly which objects would go. Reads only. */
 export async function planPrune(repo: Repository, options: Pick<PruneOptions, 'policy' | 'protected' | 'deployment' | 'now'>): Promise<PrunePlan> {
   // Summaries, not manifests: a repository of many large points is planned without reading every file list.
-  const summaries = await repo.allSummaries();
+  const { summaries, unreadable } = await repo.readSummaries();
+  // What a point that cannot be read depends on, and which data it uses, is not known: any deletion would be a guess.
+  if (unreadable.length > 0) {
+    const { id, reason } = unreadable[0]!;
+    const others = unreadable.length > 1 ? ` (and ${unreadable.length - 1} other point(s))` : '';
+    throw new IntegrityError(`backup point ${id}${others} cannot be read: ${reason}; prune removes nothing while what it needs is unknown`, {
+      hint: `\`lifeboat verify\` reports the damage; put ${keys.point(id)} back from a copy of the repository, or move it out of the repository to give the point up (verify then names any point that needed it), and prune again`,
+    });
+  }
   const byId = new Map(summaries.map((m) => [m.id, m]));
   const retention = planRetention(
     summaries.map((m) => ({

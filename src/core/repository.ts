@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { UsageError, IntegrityError, errorMessage } from '../errors.js';
 import { decodeDocument, encodeDocument } from '../format/document.js';
-import { POINT_ID, parseTimeSelector } from '../format/ids.js';
+import { POINT_ID, parseTimeSelector, pointTime } from '../format/ids.js';
 import {
   FORMAT_VERSION,
   deploymentOf,
@@ -28,6 +28,14 @@ export const DEFAULT_VOLUME_SIZE = 256 * 1024 * 1024;
 
 /** Manifest reads in flight at once when many are needed. */
 const MANIFEST_READS = 16;
+
+/** A committed point with no summary to read, and why. */
+export interface UnreadablePoint {
+  id: string;
+  reason: string;
+}
+
+const VERIFY_HINT = '`lifeboat verify` reports the damage';
 
 /** A repository: its config, its committed points, and the storage under them. */
 export class Repository {
@@ -167,14 +175,34 @@ export class Repository {
     return summary;
   }
 
-  /** Every committed point's summary, oldest first; read several at a time, since each is a round trip on S3. */
+  /** Every committed point's summary, oldest first; IntegrityError when one cannot be read. */
   async allSummaries(): Promise<PointSummary[]> {
+    const { summaries, unreadable } = await this.readSummaries();
+    if (unreadable.length > 0) throw new IntegrityError(unreadable[0]!.reason, { hint: VERIFY_HINT });
+    return summaries;
+  }
+
+  /**
+   * Every committed point's summary, oldest first, read several at a time (each is a round trip on
+   * S3); apart, the points that have none to read: no summary, or a damaged one, and a manifest that is
+   * damaged or missing. Those are for the caller to name, not to fail on: one damaged point hides no other.
+   */
+  async readSummaries(): Promise<{ summaries: PointSummary[]; unreadable: UnreadablePoint[] }> {
     const ids = await this.pointIds();
-    const out: PointSummary[] = new Array(ids.length);
+    const read: (PointSummary | UnreadablePoint)[] = new Array(ids.length);
     await runPool(ids, MANIFEST_READS, async (id, i) => {
-      out[i] = await this.summary(id);
+      read[i] = await this.summary(id).catch((err: unknown) => {
+        if (err instanceof IntegrityError) return { id, reason: errorMessage(err) };
+        throw err;
+      });
     });
-    return out;
+    const summaries: PointSummary[] = [];
+    const unreadable: UnreadablePoint[] = [];
+    for (const r of read) {
+      if ('reason' in r) unreadable.push(r);
+      else summaries.push(r);
+    }
+    return { summaries, unreadable };
   }
 
   /**
@@ -198,13 +226,13 @@ export class Repository {
    * The points `latest` and times select among, oldest first: those of the
    * chosen deployment, or of the only one. A repository of several
    * deployments and none chosen is a usage error that names them.
+   * `unreadable`: points whose deployment is not known, which may be the chosen one's.
    */
-  async pointsInScope(): Promise<PointSummary[]> {
-    const all = await this.allSummaries();
+  private inScope(all: PointSummary[], unreadable: readonly UnreadablePoint[]): PointSummary[] {
     const names = deploymentsOf(all);
     if (this.deployment !== undefined) {
       const chosen = all.filter((s) => deploymentOf(s) === this.deployment);
-      if (chosen.length === 0 && all.length > 0) {
+      if (chosen.length === 0 && all.length > 0 && unreadable.length === 0) {
         throw new UsageError(`the repository at ${this.storage.location} has no backup points of deployment ${this.deployment}`, {
           hint: `its deployments: ${names.join(', ')}`,
         });
@@ -220,29 +248,63 @@ export class Repository {
   }
 
   /**
+   * The point `latest` (no `at`) or a time selects: the newest point in scope, or the newest completed
+   * at or before `at`. A point that cannot be read is passed over when it cannot be the one meant (it is
+   * older than the choice, or was started after `at`); one that may be is named (exit 3), not guessed past.
+   */
+  private async selectInScope(selector: string, at?: number): Promise<PointSummary | undefined> {
+    const { summaries, unreadable } = await this.readSummaries();
+    let best: PointSummary | undefined;
+    for (const m of this.inScope(summaries, unreadable)) {
+      const done = Date.parse(m.completedAt);
+      if (at === undefined || (done <= at && (!best || done >= Date.parse(best.completedAt)))) best = m;
+    }
+    const meant = unreadable.filter((u) => (best === undefined || u.id > best.id) && (at === undefined || pointTime(u.id) <= at)).at(-1);
+    if (meant) {
+      throw new IntegrityError(`backup point ${meant.id}, which ${selector} may select, cannot be read: ${meant.reason}`, {
+        hint: `${VERIFY_HINT}; to use another point, give its id (\`lifeboat list\` shows them)`,
+      });
+    }
+    return best;
+  }
+
+  /**
    * The newest point of `point`'s deployment, other than it, whose restore
    * reads nothing of `volume`: what to restore instead when that volume is
-   * damaged or missing.
+   * damaged or missing. Nor does it take anything of a point that cannot be read.
    */
   async newestWithout(volume: string, point: Pick<Manifest, 'id' | 'deployment'>): Promise<PointSummary | undefined> {
-    const all = await this.allSummaries();
+    const { summaries: all, unreadable } = await this.readSummaries();
     const byId = new Map(all.map((s) => [s.id, s]));
+    const damaged = new Set(unreadable.map((u) => u.id));
     const deployment = deploymentOf(point);
-    return all.filter((s) => s.id !== point.id && deploymentOf(s) === deployment && !volumesNeeded(s, byId).includes(volume)).at(-1);
+    return all
+      .filter((s) => s.id !== point.id && deploymentOf(s) === deployment && !volumesNeeded(s, byId).includes(volume) && !s.uses.some((u) => damaged.has(u.point)))
+      .at(-1);
   }
 
   /**
    * The newest point `latest` selects, undefined when there is none (`ids`:
    * what pointIds gave, when the caller has it). Where the quick answers do
-   * not apply, pointsInScope decides, and names the deployments if it must ask.
+   * not apply, every summary is read: a point that cannot be read and may be
+   * the newest is named, and a repository of several deployments asks which.
    */
   async latestInScope(ids?: readonly string[]): Promise<PointSummary | undefined> {
     const all = ids ?? (await this.pointIds());
-    if (this.deployment !== undefined) return (await this.newestOf(this.deployment, all)) ?? (await this.pointsInScope()).at(-1);
-    // One recorded deployment: the newest point is the answer, read alone (status probes every few minutes).
-    const recorded = await this.recordedDeployments();
-    if (recorded && recorded.length <= 1) return all.length ? this.summary(all[all.length - 1]!) : undefined;
-    return (await this.pointsInScope()).at(-1);
+    try {
+      if (this.deployment !== undefined) {
+        const found = await this.newestOf(this.deployment, all);
+        if (found) return found;
+      } else {
+        // One recorded deployment: the newest point is the answer, read alone (status probes every few minutes).
+        const recorded = await this.recordedDeployments();
+        if (recorded && recorded.length <= 1) return all.length ? await this.summary(all[all.length - 1]!) : undefined;
+      }
+    } catch (err) {
+      // A point that cannot be read: the look at every point says whether it is the one meant.
+      if (!(err instanceof IntegrityError)) throw err;
+    }
+    return this.selectInScope('latest');
   }
 
   /** The deployments that have points: as `deployments.json` records them, else from every point's summary. */
@@ -326,16 +388,11 @@ export class Repository {
     if (ids.length === 0) throw new UsageError(`the repository at ${this.storage.location} has no backup points yet`);
     // An empty selector (a script's unset variable) is a prefix of every id: with one point it would select that point, as if it had been named.
     if (selector.trim() === '') throw new UsageError('the backup point is empty', { hint: 'give an id, a unique prefix of one, latest, or a time such as 2026-11-20T03:00:00Z' });
-    if (selector === 'latest') return this.manifest((await this.latestInScope(ids))!.id);
+    if (selector === 'latest') return this.chosen(selector, (await this.latestInScope(ids))!);
     if (/^\d{4}-\d{2}-\d{2}/.test(selector)) {
-      const at = parseTimeSelector(selector);
-      let best: PointSummary | undefined;
-      for (const m of await this.pointsInScope()) {
-        const done = Date.parse(m.completedAt);
-        if (done <= at && (!best || done >= Date.parse(best.completedAt))) best = m;
-      }
+      const best = await this.selectInScope(selector, parseTimeSelector(selector));
       if (!best) throw new UsageError(`no backup point completed at or before ${selector}`);
-      return this.manifest(best.id);
+      return this.chosen(selector, best);
     }
     const matches = ids.filter((id) => id.startsWith(selector));
     if (matches.length === 0) {
@@ -347,6 +404,24 @@ export class Repository {
       throw new UsageError(`${JSON.stringify(selector)} matches ${matches.length} backup points (${shown}); give more of the id`);
     }
     return this.manifest(matches.includes(selector) ? selector : matches[0]!);
+  }
+
+  /**
+   * The manifest of the point `latest` or a time chose. When it cannot be read, the point before it of
+   * its deployment is named: what an operator who must restore now would take instead, by its id.
+   */
+  private async chosen(selector: string, point: PointSummary): Promise<Manifest> {
+    try {
+      return await this.manifest(point.id);
+    } catch (err) {
+      if (!(err instanceof IntegrityError)) throw err;
+      const earlier = await this.readSummaries().then(
+        ({ summaries }) => summaries.filter((s) => s.id < point.id && deploymentOf(s) === deploymentOf(point)).at(-1),
+        () => undefined,
+      );
+      const instead = earlier ? `; the point before it is ${earlier.id} (completed ${earlier.completedAt}): give its id to use it` : '';
+      throw new IntegrityError(`${selector} selects backup point ${point.id}, which cannot be read: ${err.message}`, { cause: err, hint: VERIFY_HINT + instead });
+    }
   }
 
   /** Data prefixes (`data/<id>/`) that belong to no committed point (`committed`: the ids pointIds gave): leftovers of aborted backups. */

@@ -24,6 +24,8 @@ export interface RetentionPolicy {
   keepDiff?: number;
   /** Keep every point completed within this many milliseconds before `now`. */
   keepWithinMs?: number;
+  /** keepWithinMs as the user wrote it (`14d`), for the reasons given. */
+  keepWithin?: string;
 }
 
 export interface RetentionDecision {
@@ -153,7 +155,7 @@ function applyPolicy(
   if (policy.keepWithinMs !== undefined) {
     const since = now.getTime() - policy.keepWithinMs;
     for (const p of sorted) {
-      if (Date.parse(p.completedAt) >= since) keep(p.id, `completed within ${describeMs(policy.keepWithinMs)}`);
+      if (Date.parse(p.completedAt) >= since) keep(p.id, `completed within ${policy.keepWithin ?? describeMs(policy.keepWithinMs)}`);
     }
   }
 }

@@ -13,6 +13,11 @@ export function makePointId(at: Date, type: BackupType): string {
   return `${date}-${time}-${p(at.getUTCMilliseconds(), 3)}${TYPE_LETTER[type]}`;
 }
 
+/** The type a point id says (its last letter). */
+export function pointType(id: string): BackupType {
+  return (Object.keys(TYPE_LETTER) as BackupType[]).find((t) => TYPE_LETTER[t] === id.slice(-1))!;
+}
+
 /** When a point was started, from its id (milliseconds since the epoch, UTC). */
 export function pointTime(id: string): number {
   return Date.UTC(Number(id.slice(0, 4)), Number(id.slice(4, 6)) - 1, Number(id.slice(6, 8)), Number(id.slice(9, 11)), Number(id.slice(11, 13)), Number(id.slice(13, 15)), Number(id.slice(16, 19)));

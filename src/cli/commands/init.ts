@@ -7,6 +7,7 @@ import { contextConfig, openContextStorage, type CliContext } from '../context.j
 import { GIVE_A_PASSWORD, newPassword, passwordSource } from '../password.js';
 import { printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
+import { count } from '../flags.js';
 
 interface InitOptions {
   encryption?: string;
@@ -26,11 +27,8 @@ export async function runInit(ctx: CliContext, options: InitOptions): Promise<vo
   }
   let logN = DEFAULT_KDF.logN;
   if (options.kdfLogN !== undefined) {
-    logN = Number(options.kdfLogN);
     if (algorithm === 'none') throw new UsageError('--kdf-log-n needs --encryption aes-256-gcm');
-    if (!Number.isInteger(logN) || logN < KDF_LIMITS.logN.min || logN > 20) {
-      throw new UsageError(`--kdf-log-n must be an integer from ${KDF_LIMITS.logN.min} to 20`);
-    }
+    logN = count('--kdf-log-n', options.kdfLogN, KDF_LIMITS.logN.min, 20);
   }
   // Asked before anything is written, so a refused password leaves no trace.
   const password =

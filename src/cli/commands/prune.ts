@@ -30,8 +30,9 @@ export function retentionPolicy(flags: PruneFlags, config: LifeboatConfig): Rete
     });
   }
   const keepDiff = flags.keepDiff !== undefined ? count('--keep-diff', flags.keepDiff, 0) : r.keepDiff;
-  const keepWithinMs = durationFlag('--keep-within', flags.keepWithin ?? r.keepWithin, { example: '36h or 14d' });
-  return { keepFull, keepDiff, keepWithinMs };
+  const keepWithin = flags.keepWithin ?? r.keepWithin;
+  const keepWithinMs = durationFlag('--keep-within', keepWithin, { example: '36h or 14d' });
+  return { keepFull, keepDiff, keepWithinMs, keepWithin };
 }
 
 export async function runPrune(ctx: CliContext, flags: PruneFlags): Promise<void> {

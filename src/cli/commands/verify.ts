@@ -6,7 +6,7 @@ import { escapeUnprintable, formatBytes, quoteName } from '../format.js';
 import { ProgressRenderer, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 import { addCronOptions, runMonitored, type CronFlags, type RunFigures } from '../cron.js';
-import { directoryFlag } from '../flags.js';
+import { directoryFlag, percentFlag } from '../flags.js';
 
 interface VerifyFlags extends CronFlags {
   readData?: boolean;
@@ -15,13 +15,6 @@ interface VerifyFlags extends CronFlags {
   subset?: string;
   deep?: boolean;
   workDir?: string;
-}
-
-function percent(flag: string, value: string | undefined): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value.replace(/%$/, ''));
-  if (!Number.isFinite(n) || n <= 0 || n > 100) throw new UsageError(`${flag} ${value}: expected a percentage above 0 and at most 100`);
-  return n;
 }
 
 function age(iso: string, now: number): string {
@@ -33,8 +26,8 @@ export async function runVerify(ctx: CliContext, selector: string | undefined, f
   const { repo, config, close } = await openRepository(ctx);
   const renderer = new ProgressRenderer(ctx, 'verify');
   try {
-    const samplePercent = percent('--sample', flags.sample);
-    const subsetPercent = percent('--subset', flags.subset);
+    const samplePercent = percentFlag('--sample', flags.sample);
+    const subsetPercent = percentFlag('--subset', flags.subset);
     if (flags.sinceVerified && subsetPercent !== undefined) throw new UsageError('--since-verified and --subset choose volumes in different ways; give one of them');
     if (samplePercent !== undefined && !flags.sinceVerified) throw new UsageError('--sample goes with --since-verified');
     if (flags.workDir !== undefined && !flags.deep) throw new UsageError('--work-dir goes with --deep');
