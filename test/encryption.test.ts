@@ -372,14 +372,14 @@ describe('tampering with an encrypted repository', () => {
 
 const hasScript = spawnSync('script', ['--version'], { stdio: 'ignore' }).status === 0;
 
-/** Runs a command on a terminal that `script` lends it, types `keys` once it asks for a password, and returns what the terminal showed. */
-async function onTerminal(argv: string[], keys: string): Promise<{ code: number | null; shown: string }> {
+/** Runs a command on a terminal that `script` lends it, types `keys` once it shows `asks`, and returns what the terminal showed. */
+async function onTerminal(argv: string[], keys: string, asks = 'Password for'): Promise<{ code: number | null; shown: string }> {
   const command = argv.map((a) => JSON.stringify(a)).join(' ');
   const terminal = spawn('script', ['-qefc', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'inherit'], env: { PATH: process.env.PATH } });
   let shown = '';
   terminal.stdout!.on('data', (c: Buffer) => (shown += c.toString('utf8')));
   const exited = new Promise<number | null>((resolve) => terminal.on('exit', resolve));
-  const asked = await waitFor(async () => shown.includes('Password for'), 20_000);
+  const asked = await waitFor(async () => shown.includes(asks), 20_000);
   terminal.stdin!.write(keys);
   const code = await exited;
   assert.ok(asked, `no prompt: ${shown}`);
@@ -536,6 +536,61 @@ describe('keys', () => {
     assert.equal(enter.code, 2, enter.shown);
     assert.match(enter.shown, /no password was typed/);
     assert.ok(Date.now() - started < 10_000);
+  });
+
+  it('a password file may be standard input, a pipe or a device; more than 4 KiB, or a terminal, is refused without waiting', { timeout: 60_000 }, async () => {
+    const r = path.join(work, 'piped');
+    await initEncrypted(r);
+    /** Runs lifeboat through `sh -c`, where "$LIFEBOAT" is the command and "$PW" the password. */
+    const shell = async (script: string): Promise<CliRun & { ms: number }> => {
+      const started = Date.now();
+      const child = spawn('sh', ['-c', script], { cwd: work, env: { PATH: process.env.PATH, PW: PASSWORD, LIFEBOAT: `${process.execPath} ${BIN} --repo ${r}` } });
+      const out: Buffer[] = [];
+      const err: Buffer[] = [];
+      child.stdout.on('data', (c: Buffer) => out.push(c));
+      child.stderr.on('data', (c: Buffer) => err.push(c));
+      const code = await new Promise<number>((resolve) => child.on('close', (c) => resolve(c ?? 1)));
+      const stdout = Buffer.concat(out).toString('utf8');
+      return { code, stdout, stderr: Buffer.concat(err).toString('utf8'), json: () => JSON.parse(stdout), ms: Date.now() - started };
+    };
+    const opened = async (script: string) => {
+      const run = await shell(script);
+      assert.equal(run.code, 0, `${script}: ${run.stderr}`);
+    };
+    await opened('printf "%s\\n" "$PW" | $LIFEBOAT --password-file /dev/stdin list');
+    await opened('printf "%s" "$PW" | LIFEBOAT_PASSWORD_FILE=/dev/fd/0 $LIFEBOAT list');
+    // A named pipe whose writer comes after lifeboat opened it, as a secret manager's would.
+    await opened('mkfifo pw.fifo || exit 1; { sleep 1; printf "%s\\n" "$PW" > pw.fifo; } >/dev/null 2>&1 & $LIFEBOAT --password-file pw.fifo list; status=$?; rm -f pw.fifo; exit $status');
+
+    // Standard input that is a socket (a parent process's pipe), which no path opens.
+    const socketed = spawn(process.execPath, [BIN, '--repo', r, '--password-file', '/dev/stdin', 'list'], { stdio: ['pipe', 'ignore', 'pipe'] });
+    let socketError = '';
+    socketed.stderr!.on('data', (c: Buffer) => (socketError += c.toString('utf8')));
+    socketed.stdin!.end(`${PASSWORD}\n`);
+    assert.equal(await new Promise((resolve) => socketed.on('close', resolve)), 0, socketError);
+
+    const endless = await shell('yes | $LIFEBOAT --password-file /dev/stdin list');
+    assert.equal(endless.code, 2, endless.stderr);
+    assert.match(endless.stderr, /password file \/dev\/stdin holds more than 4 KiB; it should hold the password alone/);
+    assert.ok(endless.ms < 15_000, `refused after ${endless.ms} ms`);
+    const zeros = await shell('$LIFEBOAT --password-file /dev/zero list');
+    assert.equal(zeros.code, 2, zeros.stderr);
+    assert.match(zeros.stderr, /\/dev\/zero holds more than 4 KiB/);
+    const nothing = await shell('true | $LIFEBOAT --password-file /dev/stdin list');
+    assert.equal(nothing.code, 2, nothing.stderr);
+    assert.match(nothing.stderr, /password file \/dev\/stdin is empty/);
+    // Read once: the new password cannot come from the input that gave the current one.
+    const twice = await shell('printf "%s\\n" "$PW" | $LIFEBOAT --password-file /dev/stdin key add --new-password-file /dev/stdin');
+    assert.equal(twice.code, 2, twice.stderr);
+    assert.match(twice.stderr, /new password file \/dev\/stdin is standard input, which gave the password already/);
+  });
+
+  it('a password file that is a terminal is refused, not read as a line typed in the clear', { skip: hasScript ? false : 'script (util-linux) is not installed', timeout: 30_000 }, async () => {
+    const r = path.join(work, 'terminal-file');
+    await initEncrypted(r);
+    const refused = await onTerminal([process.execPath, BIN, '--repo', r, '--password-file', '/dev/stdin', 'list'], '', 'is a terminal');
+    assert.equal(refused.code, 2, refused.shown);
+    assert.match(refused.shown, /password file \/dev\/stdin is a terminal; reading it would wait for the password typed in the clear/);
   });
 
   it('an empty LIFEBOAT_PASSWORD_FILE is no password file, as an empty LIFEBOAT_PASSWORD is; an empty --password-file is refused', async () => {

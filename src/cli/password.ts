@@ -1,18 +1,86 @@
+import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import type { Readable } from 'node:stream';
+import { isatty } from 'node:tty';
 import { InterruptedError, UsageError } from '../errors.js';
 import { nonEmpty } from './flags.js';
 import type { PasswordSource } from '../core/keys.js';
 import type { CliContext } from './context.js';
+
+/** The most a password file that is no regular file (standard input, a pipe, a device) may hold. */
+const STREAM_LIMIT = 4 * 1024;
+/** The most a regular password file may hold. */
+const FILE_LIMIT = 64 * 1024;
+
+let standardInputRead = false;
+
+/** Whether `st` is this process's standard input (`/dev/stdin`, `/dev/fd/0`), which may be a socket no path opens. */
+function isStandardInput(st: fs.Stats): boolean {
+  try {
+    const stdin = fs.fstatSync(0);
+    return stdin.dev === st.dev && stdin.ino === st.ino;
+  } catch {
+    return false;
+  }
+}
+
+/** Reads a stream to its end, refusing (and no longer reading) one that holds more than `limit` bytes. */
+function readAtMost(stream: Readable, limit: number, tooLarge: () => Error): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const done = (err?: Error) => {
+      stream.off('data', onData).off('end', onEnd).off('error', done);
+      stream.destroy();
+      if (err) reject(err);
+      else resolve(Buffer.concat(chunks).toString('utf8'));
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) done(tooLarge());
+      else chunks.push(chunk);
+    };
+    const onEnd = () => done();
+    stream.on('data', onData).on('end', onEnd).on('error', done);
+  });
+}
+
+/**
+ * A password file's text: a regular file, or standard input, a pipe (`<(pass show backup)`) or a
+ * device, read to its end as long as it holds at most STREAM_LIMIT bytes. A terminal is refused:
+ * reading it would wait for a line typed in the clear.
+ */
+async function readPasswordText(full: string, what: string): Promise<string> {
+  const st = await fsp.stat(full);
+  if (st.isFile()) {
+    if (st.size > FILE_LIMIT) throw new UsageError(`${what} ${full} holds more than ${FILE_LIMIT / 1024} KiB; it should hold the password alone`);
+    return fsp.readFile(full, 'utf8');
+  }
+  if (st.isDirectory()) throw new UsageError(`${what} ${full} is a directory`);
+  const tooLarge = () => new UsageError(`${what} ${full} holds more than ${STREAM_LIMIT / 1024} KiB; it should hold the password alone`);
+  const terminal = () => new UsageError(`${what} ${full} is a terminal; reading it would wait for the password typed in the clear`, { hint: 'give no password file to be asked for it on the terminal without echo' });
+  if (isStandardInput(st)) {
+    if (process.stdin.isTTY) throw terminal();
+    // Read to its end once: a second read would wait for an end that has passed.
+    if (standardInputRead) throw new UsageError(`${what} ${full} is standard input, which gave the password already`, { hint: 'give each password its own file or pipe' });
+    standardInputRead = true;
+    return readAtMost(process.stdin, STREAM_LIMIT, tooLarge);
+  }
+  const handle = await fsp.open(full, 'r');
+  if (isatty(handle.fd)) {
+    await handle.close();
+    throw terminal();
+  }
+  return readAtMost(handle.createReadStream({ highWaterMark: STREAM_LIMIT + 1 }), STREAM_LIMIT, tooLarge);
+}
 
 /** Password files may end with one newline, which is not part of the password. */
 async function readPasswordFile(ctx: CliContext, file: string, what: string): Promise<string> {
   const full = path.resolve(ctx.cwd, file);
   let text: string;
   try {
-    const st = await fsp.stat(full);
-    if (!st.isFile() || st.size > 64 * 1024) throw new UsageError(`${what} ${full} is not a small regular file`);
-    text = await fsp.readFile(full, 'utf8');
+    text = await readPasswordText(full, what);
   } catch (err) {
     if (err instanceof UsageError) throw err;
     throw new UsageError(`cannot read ${what} ${full}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
