@@ -448,6 +448,42 @@ describe('keys', () => {
     assert.equal((await lifeboat(['--repo', r, 'key', 'remove', '0123'], { env: env() })).code, 2, 'nothing left to match');
   });
 
+  it('a repository whose config says encrypted but whose keys are gone says what happened, before any password is asked for', async () => {
+    // Never finished (an older init wrote its config first): nothing is lost, and it is made again.
+    const unfinished = path.join(work, 'config-without-keys');
+    await initEncrypted(unfinished);
+    await fsp.rm(path.join(unfinished, 'keys'), { recursive: true });
+    for (const e of [env(), {}]) {
+      const r = await lifeboat(['--repo', unfinished, 'list'], { env: e });
+      assert.equal(r.code, 2, r.stderr);
+      assert.equal(
+        r.stderr,
+        `lifeboat: the encrypted repository at ${unfinished} has no key under keys/ and holds no backup, as an init cut short leaves it: nothing is lost\n  remove config.json there and run \`lifeboat init --encryption aes-256-gcm\` again\n`,
+      );
+    }
+    await fsp.mkdir(path.join(unfinished, 'keys'));
+    assert.match((await lifeboat(['--repo', unfinished, 'key', 'list'], { env: env() })).stderr, /has no key under keys\/ and holds no backup/);
+    await fsp.rm(path.join(unfinished, 'config.json'));
+    await initEncrypted(unfinished);
+
+    // Keys removed from a repository that holds backups: its data cannot be read, and the way back is a copy of a key file.
+    const emptied = path.join(work, 'keys-removed');
+    await initEncrypted(emptied);
+    const src = path.join(work, 'keys-removed-src');
+    await fsp.mkdir(src);
+    await fsp.writeFile(path.join(src, 'a.txt'), 'a');
+    await ok(lifeboat(['--repo', emptied, 'backup', src], { env: env() }), 'backup');
+    const saved = path.join(work, 'keys-removed-copy');
+    await fsp.rename(path.join(emptied, 'keys'), saved);
+    for (const args of [['list'], ['key', 'list'], ['verify']]) {
+      const r = await lifeboat(['--repo', emptied, ...args]);
+      assert.equal(r.code, 3, r.stderr);
+      assert.match(r.stderr, /has no key under keys\/: its key files were removed, and its backups cannot be decrypted without one\n {2}put back a key file under keys\/ from a copy of the repository or of its keys/);
+    }
+    await fsp.rename(saved, path.join(emptied, 'keys'));
+    await ok(lifeboat(['--repo', emptied, 'verify', '--read-data'], { env: env() }), 'verify with the key file put back');
+  });
+
   it('planted key files with the costliest scrypt parameters cannot stall unlocking: cheapest first, within a budget', { timeout: 60_000 }, async () => {
     const r = path.join(work, 'planted-keys');
     await initEncrypted(r);

@@ -135,12 +135,34 @@ async function tryKey(file: KeyFile, repositoryId: string, password: string): Pr
   }
 }
 
-/** Finds the key that `password` opens; a wrong password is a usage error (exit 2). */
-export async function unlockKey(storage: Storage, repositoryId: string, password: string): Promise<UnlockedKey> {
-  const { keys, damaged } = await readKeys(storage);
-  if (keys.length === 0) {
-    throw new IntegrityError(`the encrypted repository at ${storage.location} has no readable key under ${KEYS_PREFIX}${damaged.length ? ` (damaged: ${damaged.join(', ')})` : ''}`);
+/**
+ * Why an encrypted repository has no key to try, and what can be done: an init that an older
+ * lifeboat left cut short after its config holds no backup and is made again; a repository whose
+ * key files were removed cannot be read without a copy of one.
+ */
+async function noKey(storage: Storage, damaged: string[]): Promise<Error> {
+  if (damaged.length) return new IntegrityError(`the encrypted repository at ${storage.location} has no readable key under ${KEYS_PREFIX} (damaged: ${damaged.join(', ')})`);
+  let backups = false;
+  let others = false;
+  for await (const { key } of storage.list('')) {
+    if (key.startsWith(layout.pointsPrefix) || key.startsWith(layout.dataPrefix)) {
+      backups = true;
+      break;
+    }
+    if (key !== layout.config && !key.startsWith(KEYS_PREFIX)) others = true;
   }
+  if (!backups) {
+    return new UsageError(`the encrypted repository at ${storage.location} has no key under ${KEYS_PREFIX} and holds no backup, as an init cut short leaves it: nothing is lost`, {
+      hint: `${others ? `empty ${storage.location}` : `remove ${layout.config} there`} and run \`lifeboat init --encryption aes-256-gcm\` again`,
+    });
+  }
+  return new IntegrityError(`the encrypted repository at ${storage.location} has no key under ${KEYS_PREFIX}: its key files were removed, and its backups cannot be decrypted without one`, {
+    hint: `put back a key file under ${KEYS_PREFIX} from a copy of the repository or of its keys; it opens the repository with its own password`,
+  });
+}
+
+/** Finds the key that `password` opens among `keys`; a wrong password is a usage error (exit 2). */
+async function unlockKey(storage: Storage, repositoryId: string, password: string, { keys, damaged }: { keys: KeyFile[]; damaged: string[] }): Promise<UnlockedKey> {
   // Cheapest first, within a budget: key files planted with the costliest parameters allowed
   // (about 40 s of scrypt each) cannot stretch a wrong password's answer to most of an hour.
   const ordered = [...keys].sort((a, b) => kdfWork(a.kdf) - kdfWork(b.kdf));
@@ -206,7 +228,10 @@ export async function unlockStorage(storage: Storage, password: PasswordSource):
   if (config.encryption.segmentSize !== SEGMENT_SIZE) {
     throw new UsageError(`the repository at ${storage.location} uses ${config.encryption.segmentSize}-byte encrypted segments; this lifeboat reads ${SEGMENT_SIZE}`, { hint: 'upgrade lifeboat' });
   }
-  const key = await unlockKey(storage, config.id, await password.get(`password for ${storage.location}`));
+  // Before the password is asked for: a repository without a key opens with none.
+  const found = await readKeys(storage);
+  if (found.keys.length === 0) throw await noKey(storage, found.damaged);
+  const key = await unlockKey(storage, config.id, await password.get(`password for ${storage.location}`), found);
   return { storage: new EncryptedStorage(storage, key.dataKey), key, config };
 }
 
