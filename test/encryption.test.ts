@@ -621,6 +621,26 @@ describe('keys', () => {
     assert.match(twice.stderr, /new password file \/dev\/stdin is standard input, which gave the password already/);
   });
 
+  it('a wrong password is named by where it came from: a typed one is not blamed on LIFEBOAT_PASSWORD or a file', { skip: hasScript ? false : 'script (util-linux) is not installed', timeout: 30_000 }, async () => {
+    const r = path.join(work, 'wrong-typed');
+    await initEncrypted(r);
+    const typed = await onTerminal([process.execPath, BIN, '--repo', r, 'list'], 'not the password\r');
+    assert.equal(typed.code, 2, typed.shown);
+    assert.match(typed.shown, /opens with the typed password\r?\n {2}the password is asked once a run: run the command again to type it again/);
+    assert.ok(!/LIFEBOAT_PASSWORD|password-file/.test(typed.shown), typed.shown);
+
+    const fromEnv = await lifeboat(['--repo', r, 'list'], { env: env('not the password') });
+    assert.equal(fromEnv.code, 2, fromEnv.stderr);
+    assert.match(fromEnv.stderr, /opens with LIFEBOAT_PASSWORD\n {2}check LIFEBOAT_PASSWORD\n$/);
+    const file = path.join(work, 'wrong-typed-pw');
+    await fsp.writeFile(file, 'not the password\n');
+    for (const [args, e, named] of [[['--password-file', file], {}, '--password-file'], [[], { LIFEBOAT_PASSWORD_FILE: file }, 'LIFEBOAT_PASSWORD_FILE']] as const) {
+      const fromFile = await lifeboat(['--repo', r, ...args, 'list'], { env: e });
+      assert.equal(fromFile.code, 2, fromFile.stderr);
+      assert.ok(fromFile.stderr.includes(`opens with the password in ${file}\n  check that file (all of it but one trailing newline is the password) and that ${named} names the right one\n`), fromFile.stderr);
+    }
+  });
+
   it('a password file that is a terminal is refused, not read as a line typed in the clear', { skip: hasScript ? false : 'script (util-linux) is not installed', timeout: 30_000 }, async () => {
     const r = path.join(work, 'terminal-file');
     await initEncrypted(r);

@@ -5,7 +5,7 @@ import type { Readable } from 'node:stream';
 import { isatty } from 'node:tty';
 import { InterruptedError, UsageError } from '../errors.js';
 import { nonEmpty } from './flags.js';
-import type { PasswordSource } from '../core/keys.js';
+import type { PasswordOrigin, PasswordSource } from '../core/keys.js';
 import type { CliContext } from './context.js';
 
 /** The most a password file that is no regular file (standard input, a pipe, a device) may hold. */
@@ -143,21 +143,32 @@ export function passwordSource(ctx: CliContext): PasswordSource {
   // An empty variable is no variable, as an empty LIFEBOAT_PASSWORD is: a unit or script that sets
   // LIFEBOAT_PASSWORD_FILE= for every repository must not read the working directory as a password
   // file, nor have an unencrypted repository refused for "a password".
-  const file = nonEmpty('--password-file', ctx.global.passwordFile, 'the path of a file') ?? (ctx.env.LIFEBOAT_PASSWORD_FILE || undefined);
+  const flag = nonEmpty('--password-file', ctx.global.passwordFile, 'the path of a file');
+  const file = flag ?? (ctx.env.LIFEBOAT_PASSWORD_FILE || undefined);
   const env = ctx.env.LIFEBOAT_PASSWORD;
+  let origin: PasswordOrigin | undefined;
   return {
     given: file !== undefined || (env !== undefined && env !== ''),
     async get(purpose: string) {
-      if (file !== undefined) return readPasswordFile(ctx, file, 'password file');
-      if (env !== undefined && env !== '') return env;
+      if (file !== undefined) {
+        const named = flag !== undefined ? '--password-file' : 'LIFEBOAT_PASSWORD_FILE';
+        origin = { what: `the password in ${path.resolve(ctx.cwd, file)}`, hint: `check that file (all of it but one trailing newline is the password) and that ${named} names the right one` };
+        return readPasswordFile(ctx, file, 'password file');
+      }
+      if (env !== undefined && env !== '') {
+        origin = { what: 'LIFEBOAT_PASSWORD', hint: 'check LIFEBOAT_PASSWORD' };
+        return env;
+      }
       if (canPrompt(ctx)) {
         // An Enter pressed alone is no try: it would cost a scrypt per key to be called wrong.
         const typed = await promptHidden(ctx, purpose.charAt(0).toUpperCase() + purpose.slice(1));
         if (typed.length === 0) throw new UsageError('no password was typed', { hint: `type the password at the prompt, or ${GIVE_A_PASSWORD}` });
+        origin = { what: 'the typed password', hint: 'the password is asked once a run: run the command again to type it again, minding Caps Lock and the keyboard layout' };
         return typed;
       }
       throw new UsageError('this repository is encrypted and no password was given', { hint: GIVE_A_PASSWORD });
     },
+    origin: () => origin,
   };
 }
 

@@ -37,11 +37,21 @@ export interface KeyInfo {
   kdf: KdfParams;
 }
 
+/** Where a password came from, for one that opens no key: what to call it, and what to check. */
+export interface PasswordOrigin {
+  what: string;
+  hint: string;
+}
+
 /** Where a password comes from; `given` says one was supplied without asking. */
 export interface PasswordSource {
   given: boolean;
   get(purpose: string): Promise<string>;
+  /** Where the password `get` returned came from. */
+  origin?(): PasswordOrigin | undefined;
 }
+
+const UNKNOWN_ORIGIN: PasswordOrigin = { what: 'it', hint: 'check the password source' };
 
 export interface UnlockedKey {
   keyId: string;
@@ -162,7 +172,7 @@ async function noKey(storage: Storage, damaged: string[]): Promise<Error> {
 }
 
 /** Finds the key that `password` opens among `keys`; a wrong password is a usage error (exit 2). */
-async function unlockKey(storage: Storage, repositoryId: string, password: string, { keys, damaged }: { keys: KeyFile[]; damaged: string[] }): Promise<UnlockedKey> {
+async function unlockKey(storage: Storage, repositoryId: string, password: string, { keys, damaged }: { keys: KeyFile[]; damaged: string[] }, origin: PasswordOrigin): Promise<UnlockedKey> {
   // Cheapest first, within a budget: key files planted with the costliest parameters allowed
   // (about 40 s of scrypt each) cannot stretch a wrong password's answer to most of an hour.
   const ordered = [...keys].sort((a, b) => kdfWork(a.kdf) - kdfWork(b.kdf));
@@ -180,8 +190,8 @@ async function unlockKey(storage: Storage, repositoryId: string, password: strin
     ...(untried ? [`${untried} key(s) with costlier scrypt parameters than lifeboat creates were not tried, which can mean tampering`] : []),
     ...(damaged.length ? [`${damaged.length} key file(s) are damaged and were not tried (${damaged.join(', ')})`] : []),
   ];
-  throw new UsageError(`wrong password: none of the ${tried} key(s) tried of the repository at ${storage.location} opens with it`, {
-    hint: notes.length ? `${notes.join('; ')}; check the password source as well` : 'check LIFEBOAT_PASSWORD, LIFEBOAT_PASSWORD_FILE or --password-file',
+  throw new UsageError(`wrong password: none of the ${tried} key(s) tried of the repository at ${storage.location} opens with ${origin.what}`, {
+    hint: [...notes, origin.hint].join('; '),
   });
 }
 
@@ -231,7 +241,8 @@ export async function unlockStorage(storage: Storage, password: PasswordSource):
   // Before the password is asked for: a repository without a key opens with none.
   const found = await readKeys(storage);
   if (found.keys.length === 0) throw await noKey(storage, found.damaged);
-  const key = await unlockKey(storage, config.id, await password.get(`password for ${storage.location}`), found);
+  const given = await password.get(`password for ${storage.location}`);
+  const key = await unlockKey(storage, config.id, given, found, password.origin?.() ?? UNKNOWN_ORIGIN);
   return { storage: new EncryptedStorage(storage, key.dataKey), key, config };
 }
 
