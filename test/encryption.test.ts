@@ -519,12 +519,12 @@ describe('keys', () => {
     const r = path.join(work, 'hinted');
     const none = await lifeboat(['--repo', r, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10']);
     assert.equal(none.code, 2, none.stderr);
-    assert.equal(none.stderr, 'lifeboat: an encrypted repository needs a password, and none was given\n  pass --password-file FILE, or set LIFEBOAT_PASSWORD_FILE or LIFEBOAT_PASSWORD\n');
+    assert.equal(none.stderr, 'lifeboat: an encrypted repository needs a password, and none was given\n  pass --password-file FILE, or set LIFEBOAT_PASSWORD_FILE, LIFEBOAT_PASSWORD_COMMAND or LIFEBOAT_PASSWORD\n');
     await ok(lifeboat(['--repo', r, '--password-file', pwFile, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10']), 'init --password-file');
     await ok(lifeboat(['--repo', r, 'list'], { env: { LIFEBOAT_PASSWORD_FILE: pwFile } }), 'list with LIFEBOAT_PASSWORD_FILE');
     const locked = await lifeboat(['--repo', r, 'list']);
     assert.equal(locked.code, 2, locked.stderr);
-    assert.match(locked.stderr, /no password was given\n {2}pass --password-file FILE, or set LIFEBOAT_PASSWORD_FILE or LIFEBOAT_PASSWORD\n$/);
+    assert.match(locked.stderr, /no password was given\n {2}pass --password-file FILE, or set LIFEBOAT_PASSWORD_FILE, LIFEBOAT_PASSWORD_COMMAND or LIFEBOAT_PASSWORD\n$/);
     for (const command of ['add', 'passwd']) {
       const noNew = await lifeboat(['--repo', r, 'key', command], { env: env() });
       assert.equal(noNew.code, 2, noNew.stderr);
@@ -641,6 +641,31 @@ describe('keys', () => {
     }
   });
 
+  it('LIFEBOAT_PASSWORD_COMMAND: the first line the command prints is the password; a failing one is exit 2 with its stderr, never its output', { timeout: 60_000 }, async () => {
+    const r = path.join(work, 'password-command');
+    const command = (script: string) => ({ LIFEBOAT_PASSWORD_COMMAND: script, PW: PASSWORD });
+    await ok(lifeboat(['--repo', r, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10'], { env: command('printf "%s\\nlogin: backup\\n" "$PW"') }), 'init');
+    // Before LIFEBOAT_PASSWORD, which the command does not see: it would print the wrong one if it did.
+    await ok(lifeboat(['--repo', r, 'list'], { env: { ...command('echo "${LIFEBOAT_PASSWORD:-$PW}"'), ...env('not the password') } }), 'list');
+
+    const failed = await lifeboat(['--repo', r, 'list'], { env: command('echo "$PW"; echo "gpg: decryption failed: No secret key" >&2; exit 2') });
+    assert.equal(failed.code, 2, failed.stderr);
+    assert.match(failed.stderr, /^lifeboat: LIFEBOAT_PASSWORD_COMMAND exited with status 2: gpg: decryption failed: No secret key\n {2}run the command yourself/);
+    assert.ok(!failed.stderr.includes(PASSWORD), 'the output is not shown');
+    const endless = await lifeboat(['--repo', r, 'list'], { env: command('yes "$PW"') });
+    assert.equal(endless.code, 2, endless.stderr);
+    assert.match(endless.stderr, /LIFEBOAT_PASSWORD_COMMAND printed more than 4 KiB and was stopped/);
+    const blank = await lifeboat(['--repo', r, 'list'], { env: command('echo; echo "$PW"') });
+    assert.equal(blank.code, 2, blank.stderr);
+    assert.match(blank.stderr, /LIFEBOAT_PASSWORD_COMMAND printed no password on its first line/);
+    const wrong = await lifeboat(['--repo', r, 'list'], { env: command('echo not the password') });
+    assert.equal(wrong.code, 2, wrong.stderr);
+    assert.match(wrong.stderr, /opens with the password LIFEBOAT_PASSWORD_COMMAND printed\n {2}check the first line LIFEBOAT_PASSWORD_COMMAND prints\n$/);
+    const plain = await lifeboat(['--repo', path.join(work, 'password-command-plain'), 'init'], { env: command('echo "$PW"') });
+    assert.equal(plain.code, 2, plain.stderr);
+    assert.match(plain.stderr, /a password was given, but the repository would not be encrypted/);
+  });
+
   it('a password file that is a terminal is refused, not read as a line typed in the clear', { skip: hasScript ? false : 'script (util-linux) is not installed', timeout: 30_000 }, async () => {
     const r = path.join(work, 'terminal-file');
     await initEncrypted(r);
@@ -655,7 +680,7 @@ describe('keys', () => {
     await ok(lifeboat(['--repo', plain, 'list'], { env: { LIFEBOAT_PASSWORD_FILE: '' } }), 'list of an unencrypted repository');
     const given = await lifeboat(['--repo', plain, 'list'], { env: { LIFEBOAT_PASSWORD_FILE: path.join(work, 'named-pw') } });
     assert.equal(given.code, 2, given.stderr);
-    assert.match(given.stderr, /unset LIFEBOAT_PASSWORD and LIFEBOAT_PASSWORD_FILE/);
+    assert.match(given.stderr, /unset LIFEBOAT_PASSWORD, LIFEBOAT_PASSWORD_FILE and LIFEBOAT_PASSWORD_COMMAND/);
 
     const encrypted = path.join(work, 'empty-pw-file-encrypted');
     await initEncrypted(encrypted);

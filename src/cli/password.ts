@@ -3,7 +3,8 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Readable } from 'node:stream';
 import { isatty } from 'node:tty';
-import { InterruptedError, UsageError } from '../errors.js';
+import { InterruptedError, RuntimeFailure, UsageError } from '../errors.js';
+import { runShell } from '../state/command.js';
 import { nonEmpty } from './flags.js';
 import type { PasswordOrigin, PasswordSource } from '../core/keys.js';
 import type { CliContext } from './context.js';
@@ -90,8 +91,42 @@ async function readPasswordFile(ctx: CliContext, file: string, what: string): Pr
   return password;
 }
 
+/** How long LIFEBOAT_PASSWORD_COMMAND may run: a secret manager may wait for a PIN or a touch of a token. */
+const COMMAND_TIMEOUT_MS = 60_000;
+
+/**
+ * The first line LIFEBOAT_PASSWORD_COMMAND prints. It runs without the passwords in its
+ * environment; its output is never shown, its stderr is when it fails.
+ */
+async function passwordFromCommand(ctx: CliContext, command: string): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  // Stopped as soon as it prints too much, where it would otherwise print until the timeout.
+  const stop = new AbortController();
+  const forward = () => stop.abort();
+  if (ctx.signal.aborted) stop.abort();
+  ctx.signal.addEventListener('abort', forward, { once: true });
+  const onStdout = (chunk: Buffer) => {
+    size += chunk.length;
+    if (size <= STREAM_LIMIT) chunks.push(chunk);
+    else stop.abort();
+  };
+  try {
+    await runShell('LIFEBOAT_PASSWORD_COMMAND', command, { cwd: ctx.cwd, env: ctx.env, timeoutMs: COMMAND_TIMEOUT_MS, signal: stop.signal, onStdout });
+  } catch (err) {
+    if (size > STREAM_LIMIT) throw new UsageError(`LIFEBOAT_PASSWORD_COMMAND printed more than ${STREAM_LIMIT / 1024} KiB and was stopped; it should print the password alone`);
+    if (!(err instanceof RuntimeFailure)) throw err;
+    throw new UsageError(err.message, { hint: 'run the command yourself to see what it does; lifeboat takes the first line it prints as the password' });
+  } finally {
+    ctx.signal.removeEventListener('abort', forward);
+  }
+  const password = Buffer.concat(chunks).toString('utf8').split('\n')[0]!.replace(/\r$/, '');
+  if (password.length === 0) throw new UsageError('LIFEBOAT_PASSWORD_COMMAND printed no password on its first line');
+  return password;
+}
+
 /** The ways to give the password of a repository, said when none was given and there is no terminal to ask on. */
-export const GIVE_A_PASSWORD = 'pass --password-file FILE, or set LIFEBOAT_PASSWORD_FILE or LIFEBOAT_PASSWORD';
+export const GIVE_A_PASSWORD = 'pass --password-file FILE, or set LIFEBOAT_PASSWORD_FILE, LIFEBOAT_PASSWORD_COMMAND or LIFEBOAT_PASSWORD';
 
 /** What key add and key passwd say when no new password was given. */
 const NO_NEW_PASSWORD = { message: 'no new password was given', hint: 'pass --new-password-file FILE or set LIFEBOAT_NEW_PASSWORD' };
@@ -136,7 +171,7 @@ export function promptHidden(ctx: CliContext, question: string): Promise<string>
 
 /**
  * The repository password: --password-file, then LIFEBOAT_PASSWORD_FILE, then
- * LIFEBOAT_PASSWORD, then a prompt on a terminal. Never a flag's value, which
+ * LIFEBOAT_PASSWORD_COMMAND, then LIFEBOAT_PASSWORD, then a prompt on a terminal. Never a flag's value, which
  * would show in `ps` and shell history.
  */
 export function passwordSource(ctx: CliContext): PasswordSource {
@@ -145,15 +180,20 @@ export function passwordSource(ctx: CliContext): PasswordSource {
   // file, nor have an unencrypted repository refused for "a password".
   const flag = nonEmpty('--password-file', ctx.global.passwordFile, 'the path of a file');
   const file = flag ?? (ctx.env.LIFEBOAT_PASSWORD_FILE || undefined);
+  const command = ctx.env.LIFEBOAT_PASSWORD_COMMAND || undefined;
   const env = ctx.env.LIFEBOAT_PASSWORD;
   let origin: PasswordOrigin | undefined;
   return {
-    given: file !== undefined || (env !== undefined && env !== ''),
+    given: file !== undefined || command !== undefined || (env !== undefined && env !== ''),
     async get(purpose: string) {
       if (file !== undefined) {
         const named = flag !== undefined ? '--password-file' : 'LIFEBOAT_PASSWORD_FILE';
         origin = { what: `the password in ${path.resolve(ctx.cwd, file)}`, hint: `check that file (all of it but one trailing newline is the password) and that ${named} names the right one` };
         return readPasswordFile(ctx, file, 'password file');
+      }
+      if (command !== undefined) {
+        origin = { what: 'the password LIFEBOAT_PASSWORD_COMMAND printed', hint: 'check the first line LIFEBOAT_PASSWORD_COMMAND prints' };
+        return passwordFromCommand(ctx, command);
       }
       if (env !== undefined && env !== '') {
         origin = { what: 'LIFEBOAT_PASSWORD', hint: 'check LIFEBOAT_PASSWORD' };

@@ -224,7 +224,7 @@ export async function unlockStorage(storage: Storage, password: PasswordSource):
   if (!config.encryption) {
     if (password.given) {
       throw new UsageError(`the repository at ${storage.location} is not encrypted, but a password was given`, {
-        hint: 'unset LIFEBOAT_PASSWORD and LIFEBOAT_PASSWORD_FILE (and drop --password-file) for this repository, or create an encrypted one with `lifeboat init --encryption aes-256-gcm`',
+        hint: 'unset LIFEBOAT_PASSWORD, LIFEBOAT_PASSWORD_FILE and LIFEBOAT_PASSWORD_COMMAND (and drop --password-file) for this repository, or create an encrypted one with `lifeboat init --encryption aes-256-gcm`',
       });
     }
     // A repository with keys but a config that says "no encryption" was altered: writing plaintext into it would leak.

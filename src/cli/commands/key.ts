@@ -93,7 +93,7 @@ export function registerKey(program: Command, run: CommandRunner): Command {
     .description('passwords of an encrypted repository: each key opens the same data with its own password')
     .addHelpText(
       'after',
-      '\nThe current password comes from --password-file, LIFEBOAT_PASSWORD_FILE, LIFEBOAT_PASSWORD or a prompt;\na new one from --new-password-file, LIFEBOAT_NEW_PASSWORD or a prompt.\n\nExamples:\n  lifeboat key list\n  lifeboat key add --new-password-file /etc/lifeboat/ops-password\n  lifeboat key remove 3f2a9c\n  lifeboat key passwd --new-password-file /etc/lifeboat/new-password',
+      '\nThe current password comes from --password-file, LIFEBOAT_PASSWORD_FILE, LIFEBOAT_PASSWORD_COMMAND,\nLIFEBOAT_PASSWORD or a prompt;\na new one from --new-password-file, LIFEBOAT_NEW_PASSWORD or a prompt.\n\nExamples:\n  lifeboat key list\n  lifeboat key add --new-password-file /etc/lifeboat/ops-password\n  lifeboat key remove 3f2a9c\n  lifeboat key passwd --new-password-file /etc/lifeboat/new-password',
     );
   key.command('list').description('the keys of the repository; * marks the one the password opened').action(run((ctx) => runKeyList(ctx)));
   key
