@@ -12,6 +12,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
+import { setTimeout as delay } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import {
   HEADER_SIZE,
@@ -372,18 +373,28 @@ describe('tampering with an encrypted repository', () => {
 
 const hasScript = spawnSync('script', ['--version'], { stdio: 'ignore' }).status === 0;
 
-/** Runs a command on a terminal that `script` lends it, types `keys` once it shows `asks`, and returns what the terminal showed. */
-async function onTerminal(argv: string[], keys: string, asks = 'Password for'): Promise<{ code: number | null; shown: string }> {
+/** A command on a terminal that `script` lends it: what the terminal shows, keys typed on it, and how the command exits. */
+function onScript(argv: string[]) {
   const command = argv.map((a) => JSON.stringify(a)).join(' ');
   const terminal = spawn('script', ['-qefc', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'inherit'], env: { PATH: process.env.PATH } });
   let shown = '';
   terminal.stdout!.on('data', (c: Buffer) => (shown += c.toString('utf8')));
-  const exited = new Promise<number | null>((resolve) => terminal.on('exit', resolve));
-  const asked = await waitFor(async () => shown.includes(asks), 20_000);
-  terminal.stdin!.write(keys);
-  const code = await exited;
-  assert.ok(asked, `no prompt: ${shown}`);
-  return { code, shown };
+  return {
+    shown: () => shown,
+    shows: (text: string) => waitFor(async () => shown.includes(text), 20_000),
+    type: (keys: string) => terminal.stdin!.write(keys),
+    exited: new Promise<number | null>((resolve) => terminal.on('exit', resolve)),
+  };
+}
+
+/** Runs a command on a terminal, types `keys` once it shows `asks`, and returns what the terminal showed. */
+async function onTerminal(argv: string[], keys: string, asks = 'Password for'): Promise<{ code: number | null; shown: string }> {
+  const terminal = onScript(argv);
+  const asked = await terminal.shows(asks);
+  terminal.type(keys);
+  const code = await terminal.exited;
+  assert.ok(asked, `no prompt: ${terminal.shown()}`);
+  return { code, shown: terminal.shown() };
 }
 
 describe('keys', () => {
@@ -664,6 +675,30 @@ describe('keys', () => {
     const plain = await lifeboat(['--repo', path.join(work, 'password-command-plain'), 'init'], { env: command('echo "$PW"') });
     assert.equal(plain.code, 2, plain.stderr);
     assert.match(plain.stderr, /a password was given, but the repository would not be encrypted/);
+  });
+
+  it('key add asks for the new password right after the current one: typed ahead while scrypt runs, it is not echoed', { skip: hasScript ? false : 'script (util-linux) is not installed', timeout: 60_000 }, async () => {
+    const r = path.join(work, 'typed-ahead');
+    // A costly key (2^17: about a second of scrypt) leaves time to type ahead while it is checked.
+    await ok(lifeboat(['--repo', r, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '17'], { env: env() }), 'init');
+    const terminal = onScript([process.execPath, BIN, '--repo', r, 'key', 'add']);
+    assert.ok(await terminal.shows('Password for'), terminal.shown());
+    terminal.type(`${PASSWORD}\r`);
+    await delay(100);
+    terminal.type('typed ahead\r');
+    assert.ok(await terminal.shows('Repeat the new password'), terminal.shown());
+    terminal.type('typed ahead\r');
+    assert.equal(await terminal.exited, 0, terminal.shown());
+    assert.match(terminal.shown(), /added key [0-9a-f]{16}/);
+    assert.ok(!terminal.shown().includes('typed ahead'), `the new password showed on the terminal: ${terminal.shown()}`);
+    await ok(lifeboat(['--repo', r, 'list'], { env: env('typed ahead') }), 'list with the new password');
+
+    // All three typed at once, before the first prompt has read a key: each prompt takes its line.
+    const atOnce = onScript([process.execPath, BIN, '--repo', r, 'key', 'add']);
+    assert.ok(await atOnce.shows('Password for'), atOnce.shown());
+    atOnce.type('typed ahead\rall at once\rall at once\r');
+    assert.equal(await atOnce.exited, 0, atOnce.shown());
+    await ok(lifeboat(['--repo', r, 'list'], { env: env('all at once') }), 'list with the password typed at once');
   });
 
   it('a password file that is a terminal is refused, not read as a line typed in the clear', { skip: hasScript ? false : 'script (util-linux) is not installed', timeout: 30_000 }, async () => {

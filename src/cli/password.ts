@@ -138,8 +138,9 @@ function canPrompt(ctx: CliContext): boolean {
 /** Reads a line from the terminal without echoing it. */
 export function promptHidden(ctx: CliContext, question: string): Promise<string> {
   const stdin = process.stdin;
-  ctx.stderr.write(`${question}: `);
+  // Echo off before the question shows: what is typed as soon as it does must not appear.
   stdin.setRawMode(true);
+  ctx.stderr.write(`${question}: `);
   stdin.resume();
   return new Promise((resolve, reject) => {
     let line = '';
@@ -150,9 +151,14 @@ export function promptHidden(ctx: CliContext, question: string): Promise<string>
       ctx.stderr.write('\n');
     };
     const onData = (data: Buffer) => {
-      for (const ch of data.toString('utf8')) {
+      const text = data.toString('utf8');
+      for (let i = 0; i < text.length; i++) {
+        const ch = text[i]!;
         if (ch === '\r' || ch === '\n') {
           finish();
+          // What was typed after Enter (the next password, typed ahead) is for the next prompt.
+          const rest = text.slice(ch === '\r' && text[i + 1] === '\n' ? i + 2 : i + 1);
+          if (rest) stdin.unshift(Buffer.from(rest, 'utf8'));
           resolve(line);
           return;
         }

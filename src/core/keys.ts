@@ -218,7 +218,12 @@ async function readConfig(storage: Storage): Promise<RepositoryConfig | undefine
  * asks for its password, unlocks a key and returns the decrypting wrapper; an
  * unencrypted one is returned as it is. Nothing is written.
  */
-export async function unlockStorage(storage: Storage, password: PasswordSource): Promise<{ storage: Storage; key?: UnlockedKey; config?: RepositoryConfig }> {
+export async function unlockStorage(
+  storage: Storage,
+  password: PasswordSource,
+  /** Runs once the password is had, before scrypt: where another prompt follows, it comes at once. */
+  beforeUnlocking: () => Promise<void> = async () => undefined,
+): Promise<{ storage: Storage; key?: UnlockedKey; config?: RepositoryConfig }> {
   const config = await readConfig(storage);
   if (!config) return { storage };
   if (!config.encryption) {
@@ -242,6 +247,7 @@ export async function unlockStorage(storage: Storage, password: PasswordSource):
   const found = await readKeys(storage);
   if (found.keys.length === 0) throw await noKey(storage, found.damaged);
   const given = await password.get(`password for ${storage.location}`);
+  await beforeUnlocking();
   const key = await unlockKey(storage, config.id, given, found, password.origin?.() ?? UNKNOWN_ORIGIN);
   return { storage: new EncryptedStorage(storage, key.dataKey), key, config };
 }
