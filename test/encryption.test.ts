@@ -12,6 +12,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
+import { setTimeout as delay } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import {
   HEADER_SIZE,
@@ -372,18 +373,28 @@ describe('tampering with an encrypted repository', () => {
 
 const hasScript = spawnSync('script', ['--version'], { stdio: 'ignore' }).status === 0;
 
-/** Runs a command on a terminal that `script` lends it, types `keys` once it asks for a password, and returns what the terminal showed. */
-async function onTerminal(argv: string[], keys: string): Promise<{ code: number | null; shown: string }> {
+/** A command on a terminal that `script` lends it: what the terminal shows, keys typed on it, and how the command exits. */
+function onScript(argv: string[]) {
   const command = argv.map((a) => JSON.stringify(a)).join(' ');
   const terminal = spawn('script', ['-qefc', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'inherit'], env: { PATH: process.env.PATH } });
   let shown = '';
   terminal.stdout!.on('data', (c: Buffer) => (shown += c.toString('utf8')));
-  const exited = new Promise<number | null>((resolve) => terminal.on('exit', resolve));
-  const asked = await waitFor(async () => shown.includes('Password for'), 20_000);
-  terminal.stdin!.write(keys);
-  const code = await exited;
-  assert.ok(asked, `no prompt: ${shown}`);
-  return { code, shown };
+  return {
+    shown: () => shown,
+    shows: (text: string) => waitFor(async () => shown.includes(text), 20_000),
+    type: (keys: string) => terminal.stdin!.write(keys),
+    exited: new Promise<number | null>((resolve) => terminal.on('exit', resolve)),
+  };
+}
+
+/** Runs a command on a terminal, types `keys` once it shows `asks`, and returns what the terminal showed. */
+async function onTerminal(argv: string[], keys: string, asks = 'Password for'): Promise<{ code: number | null; shown: string }> {
+  const terminal = onScript(argv);
+  const asked = await terminal.shows(asks);
+  terminal.type(keys);
+  const code = await terminal.exited;
+  assert.ok(asked, `no prompt: ${terminal.shown()}`);
+  return { code, shown: terminal.shown() };
 }
 
 describe('keys', () => {
@@ -448,6 +459,42 @@ describe('keys', () => {
     assert.equal((await lifeboat(['--repo', r, 'key', 'remove', '0123'], { env: env() })).code, 2, 'nothing left to match');
   });
 
+  it('a repository whose config says encrypted but whose keys are gone says what happened, before any password is asked for', async () => {
+    // Never finished (an older init wrote its config first): nothing is lost, and it is made again.
+    const unfinished = path.join(work, 'config-without-keys');
+    await initEncrypted(unfinished);
+    await fsp.rm(path.join(unfinished, 'keys'), { recursive: true });
+    for (const e of [env(), {}]) {
+      const r = await lifeboat(['--repo', unfinished, 'list'], { env: e });
+      assert.equal(r.code, 2, r.stderr);
+      assert.equal(
+        r.stderr,
+        `lifeboat: the encrypted repository at ${unfinished} has no key under keys/ and holds no backup, as an init cut short leaves it: nothing is lost\n  remove config.json there and run \`lifeboat init --encryption aes-256-gcm\` again\n`,
+      );
+    }
+    await fsp.mkdir(path.join(unfinished, 'keys'));
+    assert.match((await lifeboat(['--repo', unfinished, 'key', 'list'], { env: env() })).stderr, /has no key under keys\/ and holds no backup/);
+    await fsp.rm(path.join(unfinished, 'config.json'));
+    await initEncrypted(unfinished);
+
+    // Keys removed from a repository that holds backups: its data cannot be read, and the way back is a copy of a key file.
+    const emptied = path.join(work, 'keys-removed');
+    await initEncrypted(emptied);
+    const src = path.join(work, 'keys-removed-src');
+    await fsp.mkdir(src);
+    await fsp.writeFile(path.join(src, 'a.txt'), 'a');
+    await ok(lifeboat(['--repo', emptied, 'backup', src], { env: env() }), 'backup');
+    const saved = path.join(work, 'keys-removed-copy');
+    await fsp.rename(path.join(emptied, 'keys'), saved);
+    for (const args of [['list'], ['key', 'list'], ['verify']]) {
+      const r = await lifeboat(['--repo', emptied, ...args]);
+      assert.equal(r.code, 3, r.stderr);
+      assert.match(r.stderr, /has no key under keys\/: its key files were removed, and its backups cannot be decrypted without one\n {2}put back a key file under keys\/ from a copy of the repository or of its keys/);
+    }
+    await fsp.rename(saved, path.join(emptied, 'keys'));
+    await ok(lifeboat(['--repo', emptied, 'verify', '--read-data'], { env: env() }), 'verify with the key file put back');
+  });
+
   it('planted key files with the costliest scrypt parameters cannot stall unlocking: cheapest first, within a budget', { timeout: 60_000 }, async () => {
     const r = path.join(work, 'planted-keys');
     await initEncrypted(r);
@@ -483,12 +530,12 @@ describe('keys', () => {
     const r = path.join(work, 'hinted');
     const none = await lifeboat(['--repo', r, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10']);
     assert.equal(none.code, 2, none.stderr);
-    assert.equal(none.stderr, 'lifeboat: an encrypted repository needs a password, and none was given\n  pass --password-file FILE, or set LIFEBOAT_PASSWORD_FILE or LIFEBOAT_PASSWORD\n');
+    assert.equal(none.stderr, 'lifeboat: an encrypted repository needs a password, and none was given\n  pass --password-file FILE, or set LIFEBOAT_PASSWORD_FILE, LIFEBOAT_PASSWORD_COMMAND or LIFEBOAT_PASSWORD\n');
     await ok(lifeboat(['--repo', r, '--password-file', pwFile, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10']), 'init --password-file');
     await ok(lifeboat(['--repo', r, 'list'], { env: { LIFEBOAT_PASSWORD_FILE: pwFile } }), 'list with LIFEBOAT_PASSWORD_FILE');
     const locked = await lifeboat(['--repo', r, 'list']);
     assert.equal(locked.code, 2, locked.stderr);
-    assert.match(locked.stderr, /no password was given\n {2}pass --password-file FILE, or set LIFEBOAT_PASSWORD_FILE or LIFEBOAT_PASSWORD\n$/);
+    assert.match(locked.stderr, /no password was given\n {2}pass --password-file FILE, or set LIFEBOAT_PASSWORD_FILE, LIFEBOAT_PASSWORD_COMMAND or LIFEBOAT_PASSWORD\n$/);
     for (const command of ['add', 'passwd']) {
       const noNew = await lifeboat(['--repo', r, 'key', command], { env: env() });
       assert.equal(noNew.code, 2, noNew.stderr);
@@ -538,13 +585,137 @@ describe('keys', () => {
     assert.ok(Date.now() - started < 10_000);
   });
 
+  it('a password file may be standard input, a pipe or a device; more than 4 KiB, or a terminal, is refused without waiting', { timeout: 60_000 }, async () => {
+    const r = path.join(work, 'piped');
+    await initEncrypted(r);
+    /** Runs lifeboat through `sh -c`, where "$LIFEBOAT" is the command and "$PW" the password. */
+    const shell = async (script: string): Promise<CliRun & { ms: number }> => {
+      const started = Date.now();
+      const child = spawn('sh', ['-c', script], { cwd: work, env: { PATH: process.env.PATH, PW: PASSWORD, LIFEBOAT: `${process.execPath} ${BIN} --repo ${r}` } });
+      const out: Buffer[] = [];
+      const err: Buffer[] = [];
+      child.stdout.on('data', (c: Buffer) => out.push(c));
+      child.stderr.on('data', (c: Buffer) => err.push(c));
+      const code = await new Promise<number>((resolve) => child.on('close', (c) => resolve(c ?? 1)));
+      const stdout = Buffer.concat(out).toString('utf8');
+      return { code, stdout, stderr: Buffer.concat(err).toString('utf8'), json: () => JSON.parse(stdout), ms: Date.now() - started };
+    };
+    const opened = async (script: string) => {
+      const run = await shell(script);
+      assert.equal(run.code, 0, `${script}: ${run.stderr}`);
+    };
+    await opened('printf "%s\\n" "$PW" | $LIFEBOAT --password-file /dev/stdin list');
+    await opened('printf "%s" "$PW" | LIFEBOAT_PASSWORD_FILE=/dev/fd/0 $LIFEBOAT list');
+    // A named pipe whose writer comes after lifeboat opened it, as a secret manager's would.
+    await opened('mkfifo pw.fifo || exit 1; { sleep 1; printf "%s\\n" "$PW" > pw.fifo; } >/dev/null 2>&1 & $LIFEBOAT --password-file pw.fifo list; status=$?; rm -f pw.fifo; exit $status');
+
+    // Standard input that is a socket (a parent process's pipe), which no path opens.
+    const socketed = spawn(process.execPath, [BIN, '--repo', r, '--password-file', '/dev/stdin', 'list'], { stdio: ['pipe', 'ignore', 'pipe'] });
+    let socketError = '';
+    socketed.stderr!.on('data', (c: Buffer) => (socketError += c.toString('utf8')));
+    socketed.stdin!.end(`${PASSWORD}\n`);
+    assert.equal(await new Promise((resolve) => socketed.on('close', resolve)), 0, socketError);
+
+    const endless = await shell('yes | $LIFEBOAT --password-file /dev/stdin list');
+    assert.equal(endless.code, 2, endless.stderr);
+    assert.match(endless.stderr, /password file \/dev\/stdin holds more than 4 KiB; it should hold the password alone/);
+    assert.ok(endless.ms < 15_000, `refused after ${endless.ms} ms`);
+    const zeros = await shell('$LIFEBOAT --password-file /dev/zero list');
+    assert.equal(zeros.code, 2, zeros.stderr);
+    assert.match(zeros.stderr, /\/dev\/zero holds more than 4 KiB/);
+    const nothing = await shell('true | $LIFEBOAT --password-file /dev/stdin list');
+    assert.equal(nothing.code, 2, nothing.stderr);
+    assert.match(nothing.stderr, /password file \/dev\/stdin is empty/);
+    // Read once: the new password cannot come from the input that gave the current one.
+    const twice = await shell('printf "%s\\n" "$PW" | $LIFEBOAT --password-file /dev/stdin key add --new-password-file /dev/stdin');
+    assert.equal(twice.code, 2, twice.stderr);
+    assert.match(twice.stderr, /new password file \/dev\/stdin is standard input, which gave the password already/);
+  });
+
+  it('a wrong password is named by where it came from: a typed one is not blamed on LIFEBOAT_PASSWORD or a file', { skip: hasScript ? false : 'script (util-linux) is not installed', timeout: 30_000 }, async () => {
+    const r = path.join(work, 'wrong-typed');
+    await initEncrypted(r);
+    const typed = await onTerminal([process.execPath, BIN, '--repo', r, 'list'], 'not the password\r');
+    assert.equal(typed.code, 2, typed.shown);
+    assert.match(typed.shown, /opens with the typed password\r?\n {2}the password is asked once a run: run the command again to type it again/);
+    assert.ok(!/LIFEBOAT_PASSWORD|password-file/.test(typed.shown), typed.shown);
+
+    const fromEnv = await lifeboat(['--repo', r, 'list'], { env: env('not the password') });
+    assert.equal(fromEnv.code, 2, fromEnv.stderr);
+    assert.match(fromEnv.stderr, /opens with LIFEBOAT_PASSWORD\n {2}check LIFEBOAT_PASSWORD\n$/);
+    const file = path.join(work, 'wrong-typed-pw');
+    await fsp.writeFile(file, 'not the password\n');
+    for (const [args, e, named] of [[['--password-file', file], {}, '--password-file'], [[], { LIFEBOAT_PASSWORD_FILE: file }, 'LIFEBOAT_PASSWORD_FILE']] as const) {
+      const fromFile = await lifeboat(['--repo', r, ...args, 'list'], { env: e });
+      assert.equal(fromFile.code, 2, fromFile.stderr);
+      assert.ok(fromFile.stderr.includes(`opens with the password in ${file}\n  check that file (all of it but one trailing newline is the password) and that ${named} names the right one\n`), fromFile.stderr);
+    }
+  });
+
+  it('LIFEBOAT_PASSWORD_COMMAND: the first line the command prints is the password; a failing one is exit 2 with its stderr, never its output', { timeout: 60_000 }, async () => {
+    const r = path.join(work, 'password-command');
+    const command = (script: string) => ({ LIFEBOAT_PASSWORD_COMMAND: script, PW: PASSWORD });
+    await ok(lifeboat(['--repo', r, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10'], { env: command('printf "%s\\nlogin: backup\\n" "$PW"') }), 'init');
+    // Before LIFEBOAT_PASSWORD, which the command does not see: it would print the wrong one if it did.
+    await ok(lifeboat(['--repo', r, 'list'], { env: { ...command('echo "${LIFEBOAT_PASSWORD:-$PW}"'), ...env('not the password') } }), 'list');
+
+    const failed = await lifeboat(['--repo', r, 'list'], { env: command('echo "$PW"; echo "gpg: decryption failed: No secret key" >&2; exit 2') });
+    assert.equal(failed.code, 2, failed.stderr);
+    assert.match(failed.stderr, /^lifeboat: LIFEBOAT_PASSWORD_COMMAND exited with status 2: gpg: decryption failed: No secret key\n {2}run the command yourself/);
+    assert.ok(!failed.stderr.includes(PASSWORD), 'the output is not shown');
+    const endless = await lifeboat(['--repo', r, 'list'], { env: command('yes "$PW"') });
+    assert.equal(endless.code, 2, endless.stderr);
+    assert.match(endless.stderr, /LIFEBOAT_PASSWORD_COMMAND printed more than 4 KiB and was stopped/);
+    const blank = await lifeboat(['--repo', r, 'list'], { env: command('echo; echo "$PW"') });
+    assert.equal(blank.code, 2, blank.stderr);
+    assert.match(blank.stderr, /LIFEBOAT_PASSWORD_COMMAND printed no password on its first line/);
+    const wrong = await lifeboat(['--repo', r, 'list'], { env: command('echo not the password') });
+    assert.equal(wrong.code, 2, wrong.stderr);
+    assert.match(wrong.stderr, /opens with the password LIFEBOAT_PASSWORD_COMMAND printed\n {2}check the first line LIFEBOAT_PASSWORD_COMMAND prints\n$/);
+    const plain = await lifeboat(['--repo', path.join(work, 'password-command-plain'), 'init'], { env: command('echo "$PW"') });
+    assert.equal(plain.code, 2, plain.stderr);
+    assert.match(plain.stderr, /a password was given, but the repository would not be encrypted/);
+  });
+
+  it('key add asks for the new password right after the current one: typed ahead while scrypt runs, it is not echoed', { skip: hasScript ? false : 'script (util-linux) is not installed', timeout: 120_000 }, async () => {
+    const r = path.join(work, 'typed-ahead');
+    // A key of the default cost (2^14, p = 5: about 0.2 s of scrypt) leaves time to type ahead while it is checked.
+    await ok(lifeboat(['--repo', r, 'init', '--encryption', 'aes-256-gcm'], { env: env() }), 'init');
+    const terminal = onScript([process.execPath, BIN, '--repo', r, 'key', 'add']);
+    assert.ok(await terminal.shows('Password for'), terminal.shown());
+    terminal.type(`${PASSWORD}\r`);
+    await delay(30);
+    terminal.type('typed ahead\r');
+    assert.ok(await terminal.shows('Repeat the new password'), terminal.shown());
+    terminal.type('typed ahead\r');
+    assert.equal(await terminal.exited, 0, terminal.shown());
+    assert.match(terminal.shown(), /added key [0-9a-f]{16}/);
+    assert.ok(!terminal.shown().includes('typed ahead'), `the new password showed on the terminal: ${terminal.shown()}`);
+    await ok(lifeboat(['--repo', r, 'list'], { env: env('typed ahead') }), 'list with the new password');
+
+    // All three typed at once, before the first prompt has read a key: each prompt takes its line.
+    const atOnce = onScript([process.execPath, BIN, '--repo', r, 'key', 'add']);
+    assert.ok(await atOnce.shows('Password for'), atOnce.shown());
+    atOnce.type('typed ahead\rall at once\rall at once\r');
+    assert.equal(await atOnce.exited, 0, atOnce.shown());
+    await ok(lifeboat(['--repo', r, 'list'], { env: env('all at once') }), 'list with the password typed at once');
+  });
+
+  it('a password file that is a terminal is refused, not read as a line typed in the clear', { skip: hasScript ? false : 'script (util-linux) is not installed', timeout: 30_000 }, async () => {
+    const r = path.join(work, 'terminal-file');
+    await initEncrypted(r);
+    const refused = await onTerminal([process.execPath, BIN, '--repo', r, '--password-file', '/dev/stdin', 'list'], '', 'is a terminal');
+    assert.equal(refused.code, 2, refused.shown);
+    assert.match(refused.shown, /password file \/dev\/stdin is a terminal; reading it would wait for the password typed in the clear/);
+  });
+
   it('an empty LIFEBOAT_PASSWORD_FILE is no password file, as an empty LIFEBOAT_PASSWORD is; an empty --password-file is refused', async () => {
     const plain = path.join(work, 'empty-pw-file-plain');
     await ok(lifeboat(['--repo', plain, 'init'], { env: { LIFEBOAT_PASSWORD_FILE: '' } }), 'init of an unencrypted repository');
     await ok(lifeboat(['--repo', plain, 'list'], { env: { LIFEBOAT_PASSWORD_FILE: '' } }), 'list of an unencrypted repository');
     const given = await lifeboat(['--repo', plain, 'list'], { env: { LIFEBOAT_PASSWORD_FILE: path.join(work, 'named-pw') } });
     assert.equal(given.code, 2, given.stderr);
-    assert.match(given.stderr, /unset LIFEBOAT_PASSWORD and LIFEBOAT_PASSWORD_FILE/);
+    assert.match(given.stderr, /unset LIFEBOAT_PASSWORD, LIFEBOAT_PASSWORD_FILE and LIFEBOAT_PASSWORD_COMMAND/);
 
     const encrypted = path.join(work, 'empty-pw-file-encrypted');
     await initEncrypted(encrypted);

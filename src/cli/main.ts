@@ -83,7 +83,7 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: RunState): C
     .addOption(new Option('--log-format <format>', 'log lines on stderr: text, or json (one object per line, for log shippers)').choices(['text', 'json']))
     .addOption(new Option('--s3-endpoint <url>', 'S3 endpoint for MinIO, Ceph, R2 … (or s3.endpoint, AWS_ENDPOINT_URL_S3)'))
     .option('--s3-path-style', 'path-style S3 addressing (s3.forcePathStyle)')
-    .option('--password-file <file>', 'password of an encrypted repository (or LIFEBOAT_PASSWORD_FILE, LIFEBOAT_PASSWORD)')
+    .option('--password-file <file>', 'password of an encrypted repository (or LIFEBOAT_PASSWORD_FILE, LIFEBOAT_PASSWORD_COMMAND, LIFEBOAT_PASSWORD)')
     .addHelpText('after', EXIT_CODES_HELP)
     .showSuggestionAfterError();
 

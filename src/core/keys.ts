@@ -37,11 +37,21 @@ export interface KeyInfo {
   kdf: KdfParams;
 }
 
+/** Where a password came from, for one that opens no key: what to call it, and what to check. */
+export interface PasswordOrigin {
+  what: string;
+  hint: string;
+}
+
 /** Where a password comes from; `given` says one was supplied without asking. */
 export interface PasswordSource {
   given: boolean;
   get(purpose: string): Promise<string>;
+  /** Where the password `get` returned came from. */
+  origin?(): PasswordOrigin | undefined;
 }
+
+const UNKNOWN_ORIGIN: PasswordOrigin = { what: 'it', hint: 'check the password source' };
 
 export interface UnlockedKey {
   keyId: string;
@@ -135,12 +145,34 @@ async function tryKey(file: KeyFile, repositoryId: string, password: string): Pr
   }
 }
 
-/** Finds the key that `password` opens; a wrong password is a usage error (exit 2). */
-export async function unlockKey(storage: Storage, repositoryId: string, password: string): Promise<UnlockedKey> {
-  const { keys, damaged } = await readKeys(storage);
-  if (keys.length === 0) {
-    throw new IntegrityError(`the encrypted repository at ${storage.location} has no readable key under ${KEYS_PREFIX}${damaged.length ? ` (damaged: ${damaged.join(', ')})` : ''}`);
+/**
+ * Why an encrypted repository has no key to try, and what can be done: an init that an older
+ * lifeboat left cut short after its config holds no backup and is made again; a repository whose
+ * key files were removed cannot be read without a copy of one.
+ */
+async function noKey(storage: Storage, damaged: string[]): Promise<Error> {
+  if (damaged.length) return new IntegrityError(`the encrypted repository at ${storage.location} has no readable key under ${KEYS_PREFIX} (damaged: ${damaged.join(', ')})`);
+  let backups = false;
+  let others = false;
+  for await (const { key } of storage.list('')) {
+    if (key.startsWith(layout.pointsPrefix) || key.startsWith(layout.dataPrefix)) {
+      backups = true;
+      break;
+    }
+    if (key !== layout.config && !key.startsWith(KEYS_PREFIX)) others = true;
   }
+  if (!backups) {
+    return new UsageError(`the encrypted repository at ${storage.location} has no key under ${KEYS_PREFIX} and holds no backup, as an init cut short leaves it: nothing is lost`, {
+      hint: `${others ? `empty ${storage.location}` : `remove ${layout.config} there`} and run \`lifeboat init --encryption aes-256-gcm\` again`,
+    });
+  }
+  return new IntegrityError(`the encrypted repository at ${storage.location} has no key under ${KEYS_PREFIX}: its key files were removed, and its backups cannot be decrypted without one`, {
+    hint: `put back a key file under ${KEYS_PREFIX} from a copy of the repository or of its keys; it opens the repository with its own password`,
+  });
+}
+
+/** Finds the key that `password` opens among `keys`; a wrong password is a usage error (exit 2). */
+async function unlockKey(storage: Storage, repositoryId: string, password: string, { keys, damaged }: { keys: KeyFile[]; damaged: string[] }, origin: PasswordOrigin): Promise<UnlockedKey> {
   // Cheapest first, within a budget: key files planted with the costliest parameters allowed
   // (about 40 s of scrypt each) cannot stretch a wrong password's answer to most of an hour.
   const ordered = [...keys].sort((a, b) => kdfWork(a.kdf) - kdfWork(b.kdf));
@@ -158,8 +190,8 @@ export async function unlockKey(storage: Storage, repositoryId: string, password
     ...(untried ? [`${untried} key(s) with costlier scrypt parameters than lifeboat creates were not tried, which can mean tampering`] : []),
     ...(damaged.length ? [`${damaged.length} key file(s) are damaged and were not tried (${damaged.join(', ')})`] : []),
   ];
-  throw new UsageError(`wrong password: none of the ${tried} key(s) tried of the repository at ${storage.location} opens with it`, {
-    hint: notes.length ? `${notes.join('; ')}; check the password source as well` : 'check LIFEBOAT_PASSWORD, LIFEBOAT_PASSWORD_FILE or --password-file',
+  throw new UsageError(`wrong password: none of the ${tried} key(s) tried of the repository at ${storage.location} opens with ${origin.what}`, {
+    hint: [...notes, origin.hint].join('; '),
   });
 }
 
@@ -186,13 +218,18 @@ async function readConfig(storage: Storage): Promise<RepositoryConfig | undefine
  * asks for its password, unlocks a key and returns the decrypting wrapper; an
  * unencrypted one is returned as it is. Nothing is written.
  */
-export async function unlockStorage(storage: Storage, password: PasswordSource): Promise<{ storage: Storage; key?: UnlockedKey; config?: RepositoryConfig }> {
+export async function unlockStorage(
+  storage: Storage,
+  password: PasswordSource,
+  /** Runs once the password is had, before scrypt: where another prompt follows, it comes at once. */
+  beforeUnlocking: () => Promise<void> = async () => undefined,
+): Promise<{ storage: Storage; key?: UnlockedKey; config?: RepositoryConfig }> {
   const config = await readConfig(storage);
   if (!config) return { storage };
   if (!config.encryption) {
     if (password.given) {
       throw new UsageError(`the repository at ${storage.location} is not encrypted, but a password was given`, {
-        hint: 'unset LIFEBOAT_PASSWORD and LIFEBOAT_PASSWORD_FILE (and drop --password-file) for this repository, or create an encrypted one with `lifeboat init --encryption aes-256-gcm`',
+        hint: 'unset LIFEBOAT_PASSWORD, LIFEBOAT_PASSWORD_FILE and LIFEBOAT_PASSWORD_COMMAND (and drop --password-file) for this repository, or create an encrypted one with `lifeboat init --encryption aes-256-gcm`',
       });
     }
     // A repository with keys but a config that says "no encryption" was altered: writing plaintext into it would leak.
@@ -206,7 +243,12 @@ export async function unlockStorage(storage: Storage, password: PasswordSource):
   if (config.encryption.segmentSize !== SEGMENT_SIZE) {
     throw new UsageError(`the repository at ${storage.location} uses ${config.encryption.segmentSize}-byte encrypted segments; this lifeboat reads ${SEGMENT_SIZE}`, { hint: 'upgrade lifeboat' });
   }
-  const key = await unlockKey(storage, config.id, await password.get(`password for ${storage.location}`));
+  // Before the password is asked for: a repository without a key opens with none.
+  const found = await readKeys(storage);
+  if (found.keys.length === 0) throw await noKey(storage, found.damaged);
+  const given = await password.get(`password for ${storage.location}`);
+  await beforeUnlocking();
+  const key = await unlockKey(storage, config.id, given, found, password.origin?.() ?? UNKNOWN_ORIGIN);
   return { storage: new EncryptedStorage(storage, key.dataKey), key, config };
 }
 

@@ -122,14 +122,14 @@ export function commandEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
 
 /**
  * Runs `command` through `sh -c` in its own process group, with optional
- * stdin/stdout wiring, a timeout and abort. Resolves when it exited with
+ * stdin/stdout wiring (a file, or `onStdout` for each chunk), a timeout and abort. Resolves when it exited with
  * status 0; otherwise rejects with a RuntimeFailure naming `what`, the status
  * and the last lines of its stderr.
  */
 export async function runShell(
   what: string,
   command: string,
-  options: CommandOptions & { stdinFile?: string; stdoutFile?: string; stagedIn?: string } = {},
+  options: CommandOptions & { stdinFile?: string; stdoutFile?: string; stagedIn?: string; onStdout?: (chunk: Buffer) => void } = {},
 ): Promise<CommandResult> {
   const started = Date.now();
   if (options.signal?.aborted) throw new InterruptedError();
@@ -164,6 +164,8 @@ export async function runShell(
         hint: `${fileSystemHint(err, place) ?? 'check that place'}; lifeboat backup --work-dir DIR (or TMPDIR) stages serving state elsewhere`,
       });
     });
+  } else if (options.onStdout) {
+    child.stdout!.on('data', options.onStdout);
   } else {
     stdout = new LineTail(options.onOutput);
     child.stdout!.on('data', (c: Buffer) => stdout!.push(c));

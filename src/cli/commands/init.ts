@@ -22,7 +22,7 @@ export async function runInit(ctx: CliContext, options: InitOptions): Promise<vo
   const source = passwordSource(ctx);
   if (algorithm === 'none' && source.given) {
     throw new UsageError('a password was given, but the repository would not be encrypted', {
-      hint: 'add --encryption aes-256-gcm, or unset LIFEBOAT_PASSWORD and LIFEBOAT_PASSWORD_FILE (and drop --password-file)',
+      hint: 'add --encryption aes-256-gcm, or unset LIFEBOAT_PASSWORD, LIFEBOAT_PASSWORD_FILE and LIFEBOAT_PASSWORD_COMMAND (and drop --password-file)',
     });
   }
   let logN = DEFAULT_KDF.logN;
@@ -80,7 +80,7 @@ export function registerInit(program: Command, run: CommandRunner): Command {
     .option('--kdf-log-n <n>', `scrypt cost of the first password as log2(N), ${KDF_LIMITS.logN.min}..20, with r = ${DEFAULT_KDF.r} and p = ${DEFAULT_KDF.p} (default ${DEFAULT_KDF.logN}; lower opens faster and is cheaper to guess)`)
     .addHelpText(
       'after',
-      '\nThe password of an encrypted repository comes from --password-file, LIFEBOAT_PASSWORD_FILE,\nLIFEBOAT_PASSWORD, or a prompt on a terminal.\n\nExamples:\n  lifeboat init --repo /backups/fraud-detector\n  LIFEBOAT_PASSWORD_FILE=/etc/lifeboat/password lifeboat init --repo s3://ml-backups/prod --encryption aes-256-gcm',
+      '\nThe password of an encrypted repository comes from --password-file, LIFEBOAT_PASSWORD_FILE,\nLIFEBOAT_PASSWORD_COMMAND, LIFEBOAT_PASSWORD, or a prompt on a terminal.\n\nExamples:\n  lifeboat init --repo /backups/fraud-detector\n  LIFEBOAT_PASSWORD_FILE=/etc/lifeboat/password lifeboat init --repo s3://ml-backups/prod --encryption aes-256-gcm',
     )
     .action(run((ctx, options: InitOptions) => runInit(ctx, options)));
 }

@@ -19,12 +19,16 @@ function newPasswordFile(options: NewPasswordOptions): string | undefined {
   return nonEmpty('--new-password-file', options.newPasswordFile, 'the path of a file');
 }
 
-/** Opens and unlocks the repository; key commands need an encrypted one. */
-async function withKey<T>(ctx: CliContext, fn: (storage: Storage, key: UnlockedKey, config: RepositoryConfig) => Promise<T>): Promise<T> {
+/** Opens and unlocks the repository; key commands need an encrypted one. `beforeUnlocking` as for unlockStorage. */
+async function withKey<T>(
+  ctx: CliContext,
+  fn: (storage: Storage, key: UnlockedKey, config: RepositoryConfig) => Promise<T>,
+  beforeUnlocking?: () => Promise<void>,
+): Promise<T> {
   const config = await contextConfig(ctx);
   let storage = await openContextStorage(ctx, config);
   try {
-    const unlocked = await unlockStorage(storage, passwordSource(ctx));
+    const unlocked = await unlockStorage(storage, passwordSource(ctx), beforeUnlocking);
     storage = unlocked.storage;
     if (!unlocked.config) throw new UsageError(`there is no lifeboat repository at ${storage.location}`, { hint: 'create one with `lifeboat init`, or check --repo' });
     if (!unlocked.key) throw new UsageError(`the repository at ${storage.location} is not encrypted; it has no keys`);
@@ -53,10 +57,21 @@ async function runKeyList(ctx: CliContext): Promise<void> {
   });
 }
 
-async function runKeyAdd(ctx: CliContext, options: NewPasswordOptions): Promise<void> {
+/**
+ * Runs `fn` with the repository unlocked and the new password. The new password is asked right
+ * after the current one, before scrypt checks that: typed ahead while scrypt ran, it would show on
+ * the terminal, which echoes between prompts.
+ */
+async function withNewPassword(ctx: CliContext, options: NewPasswordOptions, fn: (storage: Storage, key: UnlockedKey, config: RepositoryConfig, password: string) => Promise<void>): Promise<void> {
   const file = newPasswordFile(options);
-  await withKey(ctx, async (storage, key, config) => {
-    const password = await newPassword(ctx, file);
+  let password = '';
+  await withKey(ctx, (storage, key, config) => fn(storage, key, config, password), async () => {
+    password = await newPassword(ctx, file);
+  });
+}
+
+async function runKeyAdd(ctx: CliContext, options: NewPasswordOptions): Promise<void> {
+  await withNewPassword(ctx, options, async (storage, key, config, password) => {
     // The new key gets the cost of the key that was opened, which a bucket writer cannot have lowered.
     const id = await addKey(storage, config.id, key.dataKey, password, key.kdf);
     printResult(ctx, { id }, () => `added key ${id}`);
@@ -74,9 +89,7 @@ async function runKeyRemove(ctx: CliContext, selector: string): Promise<void> {
 }
 
 async function runKeyPasswd(ctx: CliContext, options: NewPasswordOptions): Promise<void> {
-  const file = newPasswordFile(options);
-  await withKey(ctx, async (storage, key, config) => {
-    const password = await newPassword(ctx, file);
+  await withNewPassword(ctx, options, async (storage, key, config, password) => {
     await whileHoldingLock(storage, 'key passwd', {}, {}, async (lock) => {
       // The new key is stored before the old one goes, so a failure in between leaves both passwords working.
       const id = await addKey(storage, config.id, key.dataKey, password, key.kdf);
@@ -93,7 +106,7 @@ export function registerKey(program: Command, run: CommandRunner): Command {
     .description('passwords of an encrypted repository: each key opens the same data with its own password')
     .addHelpText(
       'after',
-      '\nThe current password comes from --password-file, LIFEBOAT_PASSWORD_FILE, LIFEBOAT_PASSWORD or a prompt;\na new one from --new-password-file, LIFEBOAT_NEW_PASSWORD or a prompt.\n\nExamples:\n  lifeboat key list\n  lifeboat key add --new-password-file /etc/lifeboat/ops-password\n  lifeboat key remove 3f2a9c\n  lifeboat key passwd --new-password-file /etc/lifeboat/new-password',
+      '\nThe current password comes from --password-file, LIFEBOAT_PASSWORD_FILE, LIFEBOAT_PASSWORD_COMMAND,\nLIFEBOAT_PASSWORD or a prompt;\na new one from --new-password-file, LIFEBOAT_NEW_PASSWORD or a prompt.\n\nExamples:\n  lifeboat key list\n  lifeboat key add --new-password-file /etc/lifeboat/ops-password\n  lifeboat key remove 3f2a9c\n  lifeboat key passwd --new-password-file /etc/lifeboat/new-password',
     );
   key.command('list').description('the keys of the repository; * marks the one the password opened').action(run((ctx) => runKeyList(ctx)));
   key
