@@ -213,6 +213,7 @@ test('point selectors: id, prefix, latest, ISO time; ambiguous or unknown is exi
   assert.equal((await show('latest')).json().id, ids[2]);
   assert.equal((await show(ids[1]!)).json().id, ids[1]);
   assert.equal((await show(ids[1]!.slice(0, -1))).json().id, ids[1], 'unique prefix (the id without its type letter)');
+  assert.equal((await show(ids[1]!.toLowerCase())).json().id, ids[1], 'the type letter in lower case');
   assert.equal((await show(list[1].completedAt)).json().id, ids[1], 'ISO time selects the newest point completed at or before it');
   assert.equal((await show('1999-01-01T00:00:00Z')).code, 2);
   const ambiguous = await show(ids[0]!.slice(0, 8));
@@ -269,6 +270,19 @@ test('--json prints exactly one document on stdout, logs go to stderr', async ()
   assert.equal(failed.json().ok, false, 'a failure is still one JSON document');
   const rr = await lifeboat(['--repo', d.repo, '--json', 'restore', 'latest', '--target', path.join(d.work, 'out')]);
   assert.deepEqual(Object.keys(rr.json()).sort(), ['bytes', 'durationMs', 'files', 'point', 'target', 'warnings']);
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('init where a repository already is says so (exit 2) and leaves it as it was', async () => {
+  const d = await smallDeployment();
+  await lifeboat(['--repo', d.repo, 'backup', d.src]);
+  const config = await fsp.readFile(path.join(d.repo, 'config.json'));
+  const again = await lifeboat(['--repo', d.repo, 'init']);
+  assert.equal(again.code, 2, again.stderr);
+  assert.match(again.stderr, /there is a lifeboat repository at .* already; refusing to create another there/);
+  assert.match(again.stderr, /lifeboat list/);
+  assert.deepEqual(await fsp.readFile(path.join(d.repo, 'config.json')), config);
+  assert.equal((await lifeboat(['--repo', d.repo, '--json', 'list'])).json().length, 1);
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 

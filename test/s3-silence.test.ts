@@ -3,7 +3,8 @@
  * from the middle of a backup: each request tried again is reported on stderr
  * as it happens, the command ends within the time s3.timeout allows, and its
  * error names the endpoint that answered nothing. An endpoint given as http://
- * for a server that speaks TLS, or the other way round, is named as such.
+ * for a server that speaks TLS, or the other way round, is named as such, and
+ * so is one that answers with web pages.
  */
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
@@ -174,6 +175,43 @@ describe('an endpoint given with the wrong scheme', () => {
     const r = await list(`https://${address}`);
     assert.equal(r.code, 1, r.stderr);
     assert.equal(r.stderr, `lifeboat: get config.json failed: the server at https://${address} does not speak TLS\n  if it serves plain HTTP, give the endpoint as http://${address}\n`);
+  });
+});
+
+describe('an endpoint that is a web server, not S3', () => {
+  const webServer = async (t: { after: (fn: () => Promise<unknown>) => void }, status: number) => {
+    let requests = 0;
+    const server = http.createServer((_req, res) => {
+      requests++;
+      res.writeHead(status, { 'content-type': 'text/html; charset=utf-8' });
+      res.end('<!doctype html><html><body><h1>Welcome</h1></body></html>');
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    t.after(() => new Promise((resolve) => server.close(resolve)));
+    return { endpoint: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, requests: () => requests };
+  };
+  const run = (endpoint: string, command: string[]) => lifeboat(['--repo', 's3://ml-backups/fraud-detector', '--s3-endpoint', endpoint, ...command], { env: credentials });
+
+  for (const status of [200, 404, 403]) {
+    it(`a web page with HTTP ${status} is named as such at once (exit 2), not taken for a damaged or missing repository`, BOUNDED, async (t) => {
+      const web = await webServer(t, status);
+      for (const command of [['list'], ['init']]) {
+        const r = await run(web.endpoint, command);
+        assert.equal(r.code, 2, r.stderr);
+        assert.match(r.stderr, new RegExp(`the server at ${web.endpoint} answered with a web page \\(HTTP ${status}, text/html\\), not as an S3 server`));
+        assert.match(r.stderr, /is the address of the S3 API/);
+        assert.doesNotMatch(r.stderr, /not valid JSON|no lifeboat repository|credentials/);
+      }
+      assert.equal(web.requests(), 2, 'one request each, none retried');
+    });
+  }
+
+  it("a proxy's web page for a status worth retrying (502) is retried as one", BOUNDED, async (t) => {
+    const web = await webServer(t, 502);
+    const r = await run(web.endpoint, ['list']);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /get config\.json failed after 6 attempts: HTTP 502/);
+    assert.equal(web.requests(), 6);
   });
 });
 

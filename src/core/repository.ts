@@ -75,6 +75,11 @@ export class Repository {
           ? `it holds nothing but ${KEYS_PREFIX}, left by an init that did not finish: remove ${KEYS_PREFIX} and run init again`
           : 'choose an empty directory or bucket prefix',
       });
+    if (await storage.head(keys.config)) {
+      throw new UsageError(`there is a lifeboat repository at ${storage.location} already; refusing to create another there`, {
+        hint: `\`lifeboat list\` shows what it holds; to start over, empty ${storage.location} first`,
+      });
+    }
     let existing = false;
     let onlyKeys = true;
     for await (const { key } of storage.list('')) {
@@ -394,16 +399,18 @@ export class Repository {
       if (!best) throw new UsageError(`no backup point completed at or before ${selector}`);
       return this.chosen(selector, best);
     }
-    const matches = ids.filter((id) => id.startsWith(selector));
+    // Ids hold digits, dashes and one capital letter: a type letter copied or typed in lower case means the same point.
+    const wanted = selector.toUpperCase();
+    const matches = ids.filter((id) => id.startsWith(wanted));
     if (matches.length === 0) {
       const hint = /^[a-z]+$/i.test(selector) && editDistance(selector.toLowerCase(), 'latest') <= 2 ? 'did you mean latest?' : 'see `lifeboat list`';
       throw new UsageError(`no backup point matches ${JSON.stringify(selector)}`, { hint });
     }
-    if (matches.length > 1 && !matches.includes(selector)) {
+    if (matches.length > 1 && !matches.includes(wanted)) {
       const shown = matches.slice(0, 5).join(', ') + (matches.length > 5 ? ', …' : '');
       throw new UsageError(`${JSON.stringify(selector)} matches ${matches.length} backup points (${shown}); give more of the id`);
     }
-    return this.manifest(matches.includes(selector) ? selector : matches[0]!);
+    return this.manifest(matches.includes(wanted) ? wanted : matches[0]!);
   }
 
   /**

@@ -94,6 +94,18 @@ export function schemeMismatch(server: string, err: unknown): EndpointError | un
   return undefined;
 }
 
+/**
+ * A web page where an S3 answer was expected: the endpoint is a web server, a console or a
+ * proxy's login page, not the S3 API. S3 answers in XML or with the bytes stored, never in HTML;
+ * a proxy's page for a status worth retrying (502 while the server restarts) is left to retrying.
+ */
+export function webPageAnswer(server: string, status: number, contentType: string | undefined): UsageError | undefined {
+  if (!contentType || !/^\s*text\/html\b/i.test(contentType) || RETRYABLE_STATUS.has(status)) return undefined;
+  return new UsageError(`the server at ${server} answered with a web page (HTTP ${status}, ${contentType.split(';')[0]!.trim()}), not as an S3 server`, {
+    hint: 'check that the endpoint (s3.endpoint, --s3-endpoint, AWS_ENDPOINT_URL_S3) is the address of the S3 API, not of a web console or another service on that host',
+  });
+}
+
 const RETRYABLE_NAMES = new Set([
   'TimeoutError',
   'RequestTimeout',
@@ -131,7 +143,7 @@ const RETRYABLE_CODES = new Set([
   'UND_ERR_SOCKET',
 ]);
 
-const RETRYABLE_STATUS = new Set([408, 429, 500, 502, 503, 504]);
+export const RETRYABLE_STATUS = new Set([408, 429, 500, 502, 503, 504]);
 
 /**
  * Whether an error is worth another attempt: timeouts, dropped connections,

@@ -23,7 +23,7 @@ import {
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { RuntimeFailure, UsageError } from '../errors.js';
 import type { S3Settings } from './open.js';
-import { DEFAULT_RETRY_POLICY, asFailure, noAnswer, schemeMismatch, backoffDelay, isRetryable, reportingRetries, retrying, withRetry, type RetryPolicy } from './retry.js';
+import { DEFAULT_RETRY_POLICY, asFailure, noAnswer, schemeMismatch, backoffDelay, isRetryable, reportingRetries, retrying, webPageAnswer, withRetry, type RetryPolicy } from './retry.js';
 import type { Reporter } from '../core/events.js';
 import { parseDuration } from '../config/duration.js';
 import { credentialsFailure, nonEmpty, staticCredentials } from './s3-credentials.js';
@@ -709,11 +709,20 @@ class AnswerTimedHandler extends NodeHttpHandler {
   }
 
   override async handle(request: HandlerArguments[0], options: HandlerArguments[1] = {}): ReturnType<NodeHttpHandler['handle']> {
+    let answer: Awaited<ReturnType<NodeHttpHandler['handle']>>;
     try {
-      return await this.handleInTime(request, options);
+      answer = await this.handleInTime(request, options);
     } catch (err) {
       throw schemeMismatch(serverOf(request), err) ?? err;
     }
+    const { statusCode, headers, body } = answer.response;
+    const contentType = Object.entries(headers).find(([name]) => name.toLowerCase() === 'content-type')?.[1];
+    const notS3 = webPageAnswer(serverOf(request), statusCode, contentType);
+    if (notS3) {
+      (body as { destroy?: () => void } | undefined)?.destroy?.();
+      throw notS3;
+    }
+    return answer;
   }
 
   private async handleInTime(request: HandlerArguments[0], options: NonNullable<HandlerArguments[1]>): ReturnType<NodeHttpHandler['handle']> {
