@@ -36,7 +36,8 @@ function pickPlace(doc: { [key: string]: Json }, rand: () => number) {
 
 function mutate(doc: Json, rand: () => number): Json {
   const copy = structuredClone(doc) as { [key: string]: Json };
-  const odd = () => ODD_VALUES[Math.floor(rand() * ODD_VALUES.length)]!;
+  // A copy: a later mutation may land inside it, and must change neither the list nor (through a shared value) itself.
+  const odd = () => structuredClone(ODD_VALUES[Math.floor(rand() * ODD_VALUES.length)]!);
   for (let n = 1 + Math.floor(rand() * 3); n > 0; n--) {
     const { parent, key } = pickPlace(copy, rand);
     const roll = rand();
