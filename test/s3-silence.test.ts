@@ -7,6 +7,7 @@
  * so is one that answers with web pages.
  */
 import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as http from 'node:http';
 import * as https from 'node:https';
@@ -33,11 +34,13 @@ interface Relay {
 
 /**
  * A TCP relay to `upstream` on 127.0.0.1 (without one, a server that takes connections and never
- * answers). `silenceWhen` sees what each client sends and may silence the relay before it passes on.
+ * answers). `silenceWhen` sees what each client sends and may silence the relay before it passes on:
+ * every connection, or (`scope`) only the one that sent it.
  */
-async function startRelay(upstream?: string, silenceWhen: (sent: string) => boolean = () => false): Promise<Relay> {
+async function startRelay(upstream?: string, silenceWhen: (sent: string) => boolean = () => false, scope: 'all' | 'connection' = 'all'): Promise<Relay> {
   const target = upstream === undefined ? undefined : new URL(upstream);
   let silent = target === undefined;
+  let silencedOne = false;
   const sockets = new Set<net.Socket>();
   const keep = (socket: net.Socket) => {
     sockets.add(socket);
@@ -48,12 +51,17 @@ async function startRelay(upstream?: string, silenceWhen: (sent: string) => bool
     keep(client);
     const server = target && net.connect(Number(target.port), target.hostname);
     if (server) keep(server);
+    let connectionSilent = false;
     client.on('data', (chunk: Buffer) => {
-      if (!silent && silenceWhen(chunk.toString('latin1'))) silent = true;
-      if (!silent) server?.write(chunk);
+      if (!silent && !connectionSilent && silenceWhen(chunk.toString('latin1'))) {
+        silencedOne = true;
+        if (scope === 'all') silent = true;
+        else connectionSilent = true;
+      }
+      if (!silent && !connectionSilent) server?.write(chunk);
     });
     server?.on('data', (chunk: Buffer) => {
-      if (!silent) client.write(chunk);
+      if (!silent && !connectionSilent) client.write(chunk);
     });
     server?.on('close', () => client.destroy());
   });
@@ -62,7 +70,7 @@ async function startRelay(upstream?: string, silenceWhen: (sent: string) => bool
   return {
     endpoint: `http://127.0.0.1:${port}`,
     silence: () => (silent = true),
-    silenced: () => silent,
+    silenced: () => silent || silencedOne,
     stop: async () => {
       for (const socket of sockets) socket.destroy();
       await new Promise((resolve) => server.close(resolve));
@@ -71,9 +79,10 @@ async function startRelay(upstream?: string, silenceWhen: (sent: string) => bool
 }
 
 /** Runs the installed program, with when each line of its stderr arrived, in ms from the start. */
-async function timedRun(args: string[], options: { cwd: string; env: NodeJS.ProcessEnv }) {
+async function timedRun(args: string[], options: { cwd: string; env: NodeJS.ProcessEnv; started?: (child: ChildProcess) => void }) {
   const started = Date.now();
   const child = spawnLifeboat(args, options);
+  options.started?.(child);
   const out: Buffer[] = [];
   const lines: { at: number; text: string }[] = [];
   let pending = '';
@@ -135,6 +144,25 @@ describe('an S3 endpoint that takes connections and answers nothing', () => {
     const lines = logged.stderr.trim().split('\n').map((l) => JSON.parse(l) as { level: string; code?: string; msg: string });
     assert.deepEqual(lines.map((l) => l.level), ['info', 'info', 'info', 'info', 'info', 'error']);
     assert.ok(lines.slice(0, 5).every((l) => l.code === 'storage-retry'), logged.stderr);
+  });
+
+  it('Ctrl-C stops a command waiting for the answer at once (exit 130), without waiting out s3.timeout', BOUNDED, async () => {
+    const patient = path.join(dir, 'patient.yaml');
+    await fsp.writeFile(patient, `repository: s3://ml-backups/fraud-detector\ns3:\n  endpoint: ${silent.endpoint}\n  timeout: 60s\n`);
+    let interruptedAt = 0;
+    const r = await timedRun(['--config', patient, 'list'], {
+      cwd: dir,
+      env: credentials,
+      started: (child) => {
+        setTimeout(() => {
+          interruptedAt = Date.now();
+          child.kill('SIGINT');
+        }, 1500);
+      },
+    });
+    assert.equal(r.code, 130, r.stderr);
+    assert.ok(Date.now() - interruptedAt < 30_000, `stopped ${Date.now() - interruptedAt} ms after SIGINT`);
+    assert.equal(r.stderr, 'lifeboat: SIGINT received, stopping cleanly…\nlifeboat: interrupted');
   });
 
   it('refuses an s3.timeout that is not a duration (exit 2, naming the key)', async () => {
@@ -256,5 +284,47 @@ describe('a real S3 server that stops answering in the middle of a backup', () =
     const document = JSON.parse(r.stdout);
     assert.equal(document.ok, false);
     assert.equal(document.error.exitCode, 1);
+  });
+
+  it('Ctrl-C stops a backup waiting on a silent upload at once, and its clean-up still reaches the server', BOUNDED, async (t) => {
+    const src = path.join(dir, 'weights');
+    await fsp.mkdir(src);
+    const rand = prng(12);
+    for (let i = 0; i < 3; i++) await writeRandomFile(path.join(src, `shard-${i}.bin`), 256 * 1024, rand);
+    const direct = `repository: s3://${bucket}/interrupted\ns3:\n  endpoint: ${server.endpoint}\n`;
+    await fsp.writeFile(path.join(dir, 'direct.yaml'), direct);
+    assert.equal((await lifeboat(['--config', 'direct.yaml', 'init'], { cwd: dir, env: server.env })).code, 0);
+    // Only the connection that carries the first volume goes silent: the clean-up's requests pass.
+    const relay = await startRelay(server.endpoint, (sent) => sent.startsWith(`PUT /${bucket}/interrupted/data/`), 'connection');
+    t.after(() => relay.stop());
+    await fsp.writeFile(path.join(dir, 'relayed.yaml'), `repository: s3://${bucket}/interrupted\ns3:\n  endpoint: ${relay.endpoint}\n  timeout: 60s\n  idleTimeout: 60s\n`);
+    let interruptedAt = 0;
+    const r = await timedRun(['--config', 'relayed.yaml', 'backup', src, '--type', 'full'], {
+      cwd: dir,
+      env: server.env,
+      started: (child) => {
+        const poll = setInterval(() => {
+          if (!relay.silenced()) return;
+          clearInterval(poll);
+          interruptedAt = Date.now();
+          child.kill('SIGINT');
+        }, 50);
+        child.on('close', () => clearInterval(poll));
+      },
+    });
+    const stoppedAfter = Date.now() - interruptedAt;
+    t.diagnostic(`interrupted backup: exit ${r.code}, ${stoppedAfter} ms after SIGINT: ${r.stderr.split('\n').join(' | ')}`);
+    assert.ok(interruptedAt > 0, 'the upload went silent');
+    assert.equal(r.code, 130, r.stderr);
+    // Well within the 60 s the silent upload would otherwise be given, six times over.
+    assert.ok(stoppedAfter < 30_000, `stopped ${stoppedAfter} ms after SIGINT`);
+    assert.doesNotMatch(r.stderr, /trying again|unexpected error/);
+    // The clean-up ran: no point, the lock released, and the next backup goes through at once.
+    const list = await lifeboat(['--config', 'direct.yaml', '--json', 'list'], { cwd: dir, env: server.env });
+    assert.deepEqual(list.json(), []);
+    const next = await lifeboat(['--config', 'direct.yaml', 'backup', src, '--type', 'full'], { cwd: dir, env: server.env });
+    assert.equal(next.code, 0, next.stderr);
+    assert.doesNotMatch(next.stderr, /waiting|lock/);
+    assert.equal((await lifeboat(['--config', 'direct.yaml', 'verify'], { cwd: dir, env: server.env })).code, 0);
   });
 });

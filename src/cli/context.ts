@@ -76,7 +76,7 @@ export function s3Settings(ctx: CliContext, config: LifeboatConfig): S3Settings 
 }
 
 export async function openContextStorage(ctx: CliContext, config: LifeboatConfig): Promise<Storage> {
-  return openStorage(repositoryUrl(ctx, config), { cwd: ctx.cwd, s3: s3Settings(ctx, config), env: ctx.env, reporter: storageReporter(ctx) });
+  return openStorage(repositoryUrl(ctx, config), { cwd: ctx.cwd, s3: s3Settings(ctx, config), env: ctx.env, reporter: storageReporter(ctx), interrupt: ctx.signal });
 }
 
 /** Opens the configured repository; the caller closes `storage` when done. */

@@ -54,10 +54,13 @@ export function parseRepositoryUrl(url: string, cwd: string): RepositoryLocation
   return { kind: 'local', dir: path.resolve(cwd, url) };
 }
 
-export async function openStorage(url: string, options: { cwd: string; s3?: S3Settings; env?: NodeJS.ProcessEnv; reporter?: Reporter }): Promise<Storage> {
+export async function openStorage(
+  url: string,
+  options: { cwd: string; s3?: S3Settings; env?: NodeJS.ProcessEnv; reporter?: Reporter; interrupt?: AbortSignal },
+): Promise<Storage> {
   const where = parseRepositoryUrl(url, options.cwd);
   if (where.kind === 'local') return new LocalStorage(where.dir!);
   // Loaded on demand: the AWS SDK costs start-up time that local repositories should not pay.
   const { S3Storage } = await import('./s3.js');
-  return S3Storage.create({ bucket: where.bucket!, prefix: where.prefix ?? '', settings: options.s3 ?? {}, env: options.env ?? process.env, reporter: options.reporter });
+  return S3Storage.create({ bucket: where.bucket!, prefix: where.prefix ?? '', settings: options.s3 ?? {}, env: options.env ?? process.env, reporter: options.reporter, interrupt: options.interrupt });
 }

@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import { LifeboatError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
+import { InterruptedError, LifeboatError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
 import type { GetOptions, IncompleteWrite, ObjectInfo, ObjectReader, ObjectWriter, PutDocumentOptions, PutOptions, Storage, StorageCapabilities } from './storage.js';
 import { sleep } from '../sleep.js';
 import type { Reporter } from '../core/events.js';
@@ -12,6 +12,8 @@ export interface RetryPolicy {
   maxDelayMs: number;
   /** Source of randomness in [0, 1); tests pass a seeded one. */
   random?: () => number;
+  /** The command's interruption: a request that fails once it is set is not tried again, so Ctrl-C does not wait out the attempts. */
+  interrupt?: AbortSignal;
   /** Called before each backoff, e.g. for a debug log or a test's counter. */
   onRetry?: (event: { operation: string; key: string; attempt: number; delayMs: number; error: unknown }) => void;
 }
@@ -208,7 +210,9 @@ export async function retrying<T>(
     try {
       return await fn(attempt);
     } catch (err) {
-      if (!isRetryable(err) || signal?.aborted) throw asFailure(operation, key, err, attempt);
+      // The SDK answers an interruption with its own AbortError, which would read as an unexpected failure.
+      if (policy.interrupt?.aborted && (err as { name?: string } | undefined)?.name === 'AbortError') throw new InterruptedError();
+      if (!isRetryable(err) || signal?.aborted || policy.interrupt?.aborted) throw asFailure(operation, key, err, attempt);
       if (attempt >= policy.maxAttempts) throw asFailure(operation, key, err, attempt);
       const delayMs = backoffDelay(policy, attempt);
       policy.onRetry?.({ operation, key, attempt, delayMs, error: err });

@@ -21,7 +21,7 @@ import {
   type StorageClass,
 } from '@aws-sdk/client-s3';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
-import { RuntimeFailure, UsageError } from '../errors.js';
+import { InterruptedError, RuntimeFailure, UsageError } from '../errors.js';
 import type { S3Settings } from './open.js';
 import { DEFAULT_RETRY_POLICY, asFailure, noAnswer, schemeMismatch, backoffDelay, isRetryable, reportingRetries, retrying, webPageAnswer, withRetry, type RetryPolicy } from './retry.js';
 import type { Reporter } from '../core/events.js';
@@ -79,6 +79,8 @@ export interface S3CreateOptions {
   tuning?: S3Tuning;
   /** Told of each request that is tried again, as it happens. */
   reporter?: Reporter;
+  /** The command's interruption (Ctrl-C, SIGTERM): requests under way stop, and none that fails after it is tried again. */
+  interrupt?: AbortSignal;
 }
 
 /**
@@ -162,11 +164,12 @@ export class S3Storage implements Storage {
           httpsAgent: new HttpsAgent(agentOptions),
         },
         tuning.answerTimeoutMs ?? timeoutSetting(settings, 'timeout') ?? DEFAULT_ANSWER_TIMEOUT_MS,
+        options.interrupt,
       ),
     });
     signUploadsWithoutPayloadHash(client);
     explainMissingCredentials(client, env);
-    const retry = tuning.retry ?? DEFAULT_RETRY_POLICY;
+    const retry = { ...(tuning.retry ?? DEFAULT_RETRY_POLICY), interrupt: options.interrupt };
     return new S3Storage(client, options.bucket, options.prefix, settings, concurrency, tuning, options.reporter ? reportingRetries(retry, options.reporter) : retry);
   }
 
@@ -529,7 +532,7 @@ export class S3Storage implements Storage {
         if (delivered - deliveredAtLastFailure >= MiB) failures = 0;
         deliveredAtLastFailure = delivered;
         failures++;
-        if (!isRetryable(err) || signal?.aborted || failures >= this.retry.maxAttempts) {
+        if (!isRetryable(err) || signal?.aborted || this.retry.interrupt?.aborted || failures >= this.retry.maxAttempts) {
           throw asFailure('get', key, err, failures);
         }
         const delayMs = backoffDelay(this.retry, failures);
@@ -701,19 +704,44 @@ type HandlerArguments = Parameters<NodeHttpHandler['handle']>;
  * objects are left to the idle timeout alone.
  */
 class AnswerTimedHandler extends NodeHttpHandler {
+  /** Requests under way, each stopped if the command is interrupted. */
+  private readonly underway = new Set<AbortController>();
+
   constructor(
     options: ConstructorParameters<typeof NodeHttpHandler>[0],
     private readonly answerTimeoutMs: number,
+    private readonly interrupt?: AbortSignal,
   ) {
     super(options);
+    interrupt?.addEventListener('abort', () => this.underway.forEach((request) => request.abort()), { once: true });
   }
 
   override async handle(request: HandlerArguments[0], options: HandlerArguments[1] = {}): ReturnType<NodeHttpHandler['handle']> {
+    const outer = options.abortSignal as AbortSignal | undefined;
+    const controller = new AbortController();
+    const passOn = () => controller.abort(outer?.reason);
+    if (outer?.aborted) passOn();
+    outer?.addEventListener('abort', passOn, { once: true });
+    // Ctrl-C stops what is under way at once; a request made after it (a clean-up) is left to run.
+    if (this.interrupt && !this.interrupt.aborted) this.underway.add(controller);
+    let timedOut = false;
+    const timer = answersAtOnce(request)
+      ? setTimeout(() => {
+          timedOut = true;
+          controller.abort();
+        }, this.answerTimeoutMs)
+      : undefined;
     let answer: Awaited<ReturnType<NodeHttpHandler['handle']>>;
     try {
-      answer = await this.handleInTime(request, options);
+      answer = await super.handle(request, { ...options, abortSignal: controller.signal });
     } catch (err) {
+      if (timedOut) throw noAnswer(serverOf(request), this.answerTimeoutMs, err);
+      if (controller.signal.aborted && this.interrupt?.aborted) throw new InterruptedError();
       throw schemeMismatch(serverOf(request), err) ?? err;
+    } finally {
+      clearTimeout(timer);
+      outer?.removeEventListener('abort', passOn);
+      this.underway.delete(controller);
     }
     const { statusCode, headers, body } = answer.response;
     const contentType = Object.entries(headers).find(([name]) => name.toLowerCase() === 'content-type')?.[1];
@@ -723,29 +751,6 @@ class AnswerTimedHandler extends NodeHttpHandler {
       throw notS3;
     }
     return answer;
-  }
-
-  private async handleInTime(request: HandlerArguments[0], options: NonNullable<HandlerArguments[1]>): ReturnType<NodeHttpHandler['handle']> {
-    if (!answersAtOnce(request)) return super.handle(request, options);
-    const outer = options.abortSignal as AbortSignal | undefined;
-    const controller = new AbortController();
-    const passOn = () => controller.abort(outer?.reason);
-    if (outer?.aborted) passOn();
-    outer?.addEventListener('abort', passOn, { once: true });
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      controller.abort();
-    }, this.answerTimeoutMs);
-    try {
-      return await super.handle(request, { ...options, abortSignal: controller.signal });
-    } catch (err) {
-      if (timedOut) throw noAnswer(serverOf(request), this.answerTimeoutMs, err);
-      throw err;
-    } finally {
-      clearTimeout(timer);
-      outer?.removeEventListener('abort', passOn);
-    }
   }
 }
 
