@@ -75,11 +75,6 @@ export class Repository {
           ? `it holds nothing but ${KEYS_PREFIX}, left by an init that did not finish: remove ${KEYS_PREFIX} and run init again`
           : 'choose an empty directory or bucket prefix',
       });
-    if (await storage.head(keys.config)) {
-      throw new UsageError(`there is a lifeboat repository at ${storage.location} already; refusing to create another there`, {
-        hint: `\`lifeboat list\` shows what it holds; to start over, empty ${storage.location} first`,
-      });
-    }
     let existing = false;
     let onlyKeys = true;
     for await (const { key } of storage.list('')) {
@@ -88,6 +83,11 @@ export class Repository {
         onlyKeys = false;
         break;
       }
+    }
+    if (existing && !onlyKeys && (await storage.head(keys.config))) {
+      throw new UsageError(`there is a lifeboat repository at ${storage.location} already; refusing to create another there`, {
+        hint: `\`lifeboat list\` shows what it holds; to start over, empty ${storage.location} first`,
+      });
     }
     if (existing) throw notEmpty(onlyKeys);
     await options.beforeConfig?.(config);
