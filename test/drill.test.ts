@@ -5,10 +5,14 @@ import * as path from 'node:path';
 import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
 import { waitFor } from './helpers/processes.js';
 import { exists, repoFiles, smallDeployment } from './helpers/repo.js';
-import { tempDir } from './helpers/tree.js';
+import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
 import { findAll, parseXml, type XmlElement } from './helpers/xml.js';
 import { drillJUnit } from '../src/core/junit.js';
-import type { DrillResult } from '../src/core/drill.js';
+import { drill, type DrillResult } from '../src/core/drill.js';
+import type { Notice } from '../src/core/events.js';
+import { Repository } from '../src/core/repository.js';
+import { InterruptedError } from '../src/errors.js';
+import { LocalStorage } from '../src/storage/local.js';
 
 async function deployment() {
   const d = await smallDeployment();
@@ -224,4 +228,41 @@ test('a drill stopped by SIGTERM (a CI job timing out) still writes its JUnit re
   assert.match(findAll(cases.get('restore')!, 'error')[0]?.attrs.message ?? '', /interrupted/);
   await fsp.rm(d.work, { recursive: true, force: true });
   await fsp.rm(d.scratch, { recursive: true, force: true });
+});
+
+test('a drill interrupted during its restore says nothing of files kept for a next restore: its copy is removed', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  await fsp.mkdir(src);
+  const storage = new LocalStorage(path.join(work, 'repo'));
+  // A volume per file, fetched one at a time: the interrupt comes after some files are written and before the last.
+  await Repository.init(storage, { volumeSize: 1 << 20 });
+  const rand = prng(11);
+  for (let i = 0; i < 8; i++) await writeRandomFile(path.join(src, `shard-${i}.bin`), (1 << 20) + 4096, rand);
+  assert.equal((await lifeboat(['--repo', path.join(work, 'repo'), 'backup', src])).code, 0);
+  const repo = await Repository.open(storage);
+  const scratch = path.join(work, 'scratch');
+  const stop = new AbortController();
+  const notices: Notice[] = [];
+  await assert.rejects(
+    drill(repo, await repo.resolve('latest'), {
+      workDir: scratch,
+      concurrency: 1,
+      signal: stop.signal,
+      reporter: {
+        progress: (p) => {
+          if (p.filesDone >= 3) stop.abort();
+        },
+        notice: (n) => notices.push(n),
+      },
+    }),
+    InterruptedError,
+  );
+  assert.deepEqual(
+    notices.filter((n) => n.level === 'warning').map((n) => n.message),
+    [],
+    'no warning of restored files kept for a next restore',
+  );
+  assert.deepEqual(await fsp.readdir(scratch), [], 'nothing is left in the work directory');
 });

@@ -106,7 +106,7 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
     let restored = false;
     try {
       // Through the page cache, as a failover restores: the read-back check and the smoke test then find the files in memory.
-      const r = await restore(repo, point, { target, concurrency: options.concurrency, pageCache: true, signal: options.signal, reporter });
+      const r = await restore(repo, point, { target, concurrency: options.concurrency, pageCache: true, disposable: true, signal: options.signal, reporter });
       files = r.files;
       bytes = r.bytes;
       restored = true;

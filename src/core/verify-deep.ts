@@ -37,7 +37,7 @@ export async function deepCheck(repo: Repository, points: readonly Manifest[], o
     try {
       const target = path.join(work, m.id);
       try {
-        await restore(repo, m, { target, concurrency: options.concurrency, signal: options.signal, reporter: options.reporter });
+        await restore(repo, m, { target, concurrency: options.concurrency, disposable: true, signal: options.signal, reporter: options.reporter });
       } catch (err) {
         if (options.signal?.aborted) throw err;
         problems.push({ point: m.id, path: '', kind: 'restore-failed', detail: errorMessage(err) });
