@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
+import { inNamespace, unshare } from './helpers/namespace.js';
 import { waitFor } from './helpers/processes.js';
 import { exists, repoFiles, smallDeployment } from './helpers/repo.js';
 import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
@@ -265,4 +266,31 @@ test('a drill interrupted during its restore says nothing of files kept for a ne
     'no warning of restored files kept for a next restore',
   );
   assert.deepEqual(await fsp.readdir(scratch), [], 'nothing is left in the work directory');
+});
+
+test('a drill or verify --deep whose work directory has no room for the point exits 1 saying so, not as a failed drill or damaged data', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {
+  const d = await deployment();
+  t.after(() => Promise.all([d.work, d.scratch].map((p) => fsp.rm(p, { recursive: true, force: true }))));
+  await fsp.mkdir(path.join(d.work, 'out'));
+  inNamespace(
+    [
+      'cd "$WORK"',
+      'mkdir small && mount -t tmpfs -o size=64k tmpfs small',
+      'set +e',
+      'node "$BIN" --repo repo --json drill --work-dir small --junit out/drill.xml > out/drill.json; echo $? > out/drill.code',
+      'node "$BIN" --repo repo --json verify --deep --work-dir small > out/verify.json; echo $? > out/verify.code',
+      'ls -A small > out/left.txt',
+    ].join('\n'),
+    { WORK: d.work },
+  );
+  const out = (name: string) => fsp.readFile(path.join(d.work, 'out', name), 'utf8');
+  for (const run of ['drill', 'verify']) {
+    assert.equal((await out(`${run}.code`)).trim(), '1', `${run} exits 1`);
+    const { error } = JSON.parse(await out(`${run}.json`));
+    assert.match(error.message, /needs .* free/, run);
+    assert.match(error.hint, /--work-dir/, run);
+  }
+  const errors = findAll(parseXml(await out('drill.xml')), 'error');
+  assert.match(errors[0]?.attrs.message ?? '', /needs .* free/, 'the JUnit report says why the drill could not run');
+  assert.equal(await out('left.txt'), '', 'nothing is left in the work directory');
 });

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { ExitCode, IntegrityError, LifeboatError, errorMessage, throwIfAborted } from '../errors.js';
+import { ExitCode, IntegrityError, errorMessage, throwIfAborted } from '../errors.js';
 import { formatDuration } from '../config/duration.js';
 import type { Manifest } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
@@ -113,15 +113,13 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
       fail({ name: 'restore', status: 'passed', durationMs: Date.now() - t0, message: `restored ${r.files} files, ${r.bytes} bytes` });
     } catch (err) {
       throwIfAborted(options.signal);
-      if (err instanceof LifeboatError && err.exitCode === ExitCode.usage) throw err;
-      integrity = err instanceof IntegrityError;
-      if (err instanceof IntegrityError) damagedVolume = err.volume;
+      // Damaged data is what a drill is there to find; a restore that could not run (no room in the work
+      // directory, a storage error) says nothing of the point, and ends the drill with its own error and hint.
+      if (!(err instanceof IntegrityError)) throw err;
+      integrity = true;
+      damagedVolume = err.volume;
       fail({ name: 'restore', status: 'failed', durationMs: Date.now() - t0, message: errorMessage(err) });
-      fail(
-        integrity
-          ? { name: 'checksums', status: 'failed', durationMs: 0, message: `the restore refused damaged data: ${errorMessage(err)}` }
-          : { name: 'checksums', status: 'skipped', durationMs: 0, message: 'not reached: the restore failed' },
-      );
+      fail({ name: 'checksums', status: 'failed', durationMs: 0, message: `the restore refused damaged data: ${errorMessage(err)}` });
     }
 
     // 2. Checksums, read back from what landed on disk.

@@ -130,7 +130,7 @@ export function registerDrill(program: Command, run: CommandRunner): Command {
   return command
     .addHelpText(
       'after',
-      '\nExit status: 0 every check passed, 3 the data did not restore intact, 5 the smoke test or an objective failed.\n\nExamples:\n  lifeboat drill --rpo 26h --rto 15m --junit drill.xml\n  lifeboat drill latest --smoke \'python smoke.py "$LIFEBOAT_RESTORE_DIR/models"\' --json',
+      '\nExit status: 0 every check passed, 3 the data did not restore intact, 5 the smoke test or an objective failed, 1 the restore could not run (no room in the work directory, a storage error).\n\nExamples:\n  lifeboat drill --rpo 26h --rto 15m --junit drill.xml\n  lifeboat drill latest --smoke \'python smoke.py "$LIFEBOAT_RESTORE_DIR/models"\' --json',
     )
     .action(run((ctx, selector: string | undefined, flags: DrillFlags) => runDrill(ctx, selector, flags)));
 }
