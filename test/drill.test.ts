@@ -179,7 +179,7 @@ test('JUnit output escapes anything a smoke command prints', () => {
     objectives: { rto: null, rpo: null },
     files: 1,
     bytes: 2,
-    smoke: { command: `run ${nasty}`, exitCode: 1, signal: null, durationMs: 5, output: nasty },
+    smoke: { command: `run ${nasty}`, exitCode: 1, signal: null, timedOut: false, durationMs: 5, output: nasty },
     problems: [{ check: 'smoke', message: nasty }],
     checks: [{ name: 'smoke', status: 'failed', durationMs: 5, message: nasty, output: nasty }],
     exitCode: 5,
@@ -293,4 +293,19 @@ test('a drill or verify --deep whose work directory has no room for the point ex
   const errors = findAll(parseXml(await out('drill.xml')), 'error');
   assert.match(errors[0]?.attrs.message ?? '', /needs .* free/, 'the JUnit report says why the drill could not run');
   assert.equal(await out('left.txt'), '', 'nothing is left in the work directory');
+});
+
+test('a smoke command that outlives --smoke-timeout fails the drill saying it ran too long, not that something killed it', async (t) => {
+  const d = await deployment();
+  t.after(() => Promise.all([d.work, d.scratch].map((p) => fsp.rm(p, { recursive: true, force: true }))));
+  const report = path.join(d.work, 'drill.xml');
+  const r = await lifeboat(['--repo', d.repo, '--json', 'drill', '--smoke', 'echo loading; sleep 30', '--smoke-timeout', '1s', '--junit', report]);
+  assert.equal(r.code, 5, r.stderr);
+  const j = r.json();
+  assert.equal(j.smoke.timedOut, true);
+  assert.deepEqual(j.problems.map((p: { check: string }) => p.check), ['smoke']);
+  assert.match(j.problems[0].message, /^the smoke command ran longer than 1(\.0)?s \(--smoke-timeout\) and was killed$/);
+  assert.match(j.smoke.output, /loading\n[^]*ran longer than 1(\.0)?s and was killed/);
+  const { cases } = await junit(report);
+  assert.match(findAll(cases.get('smoke')!, 'failure')[0]!.attrs.message!, /ran longer than 1(\.0)?s \(--smoke-timeout\)/);
 });

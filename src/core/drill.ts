@@ -47,7 +47,8 @@ export interface DrillResult {
   objectives: { rto: Objective | null; rpo: Objective | null };
   files: number;
   bytes: number;
-  smoke: { command: string; exitCode: number | null; signal: string | null; durationMs: number; output: string } | null;
+  /** `timedOut`: it ran longer than --smoke-timeout and was killed. */
+  smoke: { command: string; exitCode: number | null; signal: string | null; timedOut: boolean; durationMs: number; output: string } | null;
   problems: { check: CheckName; message: string }[];
   checks: DrillCheck[];
   /** 0 passed, 3 the data did not restore intact, 5 the smoke test or an objective failed. */
@@ -153,7 +154,8 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
     else {
       smoke = await runSmoke(options.smoke, target, point, options);
       throwIfAborted(options.signal);
-      const how = smoke.signal ? `was killed by ${smoke.signal}` : `exited with ${smoke.exitCode}`;
+      const limit = formatDuration(options.smokeTimeoutMs ?? DEFAULT_SMOKE_TIMEOUT_MS);
+      const how = smoke.timedOut ? `ran longer than ${limit} (--smoke-timeout) and was killed` : smoke.signal ? `was killed by ${smoke.signal}` : `exited with ${smoke.exitCode}`;
       fail({
         name: 'smoke',
         status: smoke.exitCode === 0 ? 'passed' : 'failed',
@@ -265,8 +267,11 @@ function runSmoke(command: string, target: string, point: Manifest, options: Dri
         child.kill('SIGKILL');
       }
     };
-    const cancelTimeout = afterDelay(options.smokeTimeoutMs ?? DEFAULT_SMOKE_TIMEOUT_MS, () => {
-      output += `\n[lifeboat: the smoke command ran longer than ${options.smokeTimeoutMs ?? DEFAULT_SMOKE_TIMEOUT_MS} ms and was killed]\n`;
+    let timedOut = false;
+    const limit = options.smokeTimeoutMs ?? DEFAULT_SMOKE_TIMEOUT_MS;
+    const cancelTimeout = afterDelay(limit, () => {
+      timedOut = true;
+      output += `\n[lifeboat: the smoke command ran longer than ${formatDuration(limit)} and was killed]\n`;
       kill();
     });
     const onAbort = () => kill();
@@ -274,7 +279,7 @@ function runSmoke(command: string, target: string, point: Manifest, options: Dri
     const done = (exitCode: number | null, signal: string | null) => {
       cancelTimeout();
       options.signal?.removeEventListener('abort', onAbort);
-      resolve({ command, exitCode, signal, durationMs: Date.now() - started, output: output.slice(-OUTPUT_TAIL) });
+      resolve({ command, exitCode, signal, timedOut, durationMs: Date.now() - started, output: output.slice(-OUTPUT_TAIL) });
     };
     // A smoke test may start a server in the background, which keeps the output pipes open: its exit decides.
     exitAndOutput(child).then(
