@@ -309,3 +309,24 @@ test('a smoke command that outlives --smoke-timeout fails the drill saying it ra
   const { cases } = await junit(report);
   assert.match(findAll(cases.get('smoke')!, 'failure')[0]!.attrs.message!, /ran longer than 1(\.0)?s \(--smoke-timeout\)/);
 });
+
+test('--junit into a directory not made yet makes it; a report path that cannot be a file is refused before the drill runs', async (t) => {
+  const d = await deployment();
+  t.after(() => Promise.all([d.work, d.scratch].map((p) => fsp.rm(p, { recursive: true, force: true }))));
+  const r = await lifeboat(['--repo', d.repo, 'drill', '--junit', 'reports/nightly/drill.xml'], { cwd: d.work });
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal((await junit(path.join(d.work, 'reports', 'nightly', 'drill.xml'))).suite.attrs.failures, '0');
+
+  await fsp.writeFile(path.join(d.work, 'reports.txt'), '');
+  for (const [report, message] of [
+    ['reports.txt/drill.xml', /--junit reports\.txt\/drill\.xml: .*reports\.txt is not a directory/],
+    ['reports', /--junit reports is a directory/],
+  ] as const) {
+    const refused = await lifeboat(['--repo', d.repo, '--json', 'drill', '--junit', report, '--work-dir', d.scratch], { cwd: d.work });
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.match(refused.json().error.message, message);
+    assert.deepEqual(await fsp.readdir(d.scratch), [], 'nothing was restored');
+  }
+  const journal = (await repoFiles(d.repo)).filter((f) => f.startsWith('journal/'));
+  assert.equal(journal.length, 1, 'only the first drill ran');
+});

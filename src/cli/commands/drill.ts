@@ -1,9 +1,12 @@
 import type { Command } from 'commander';
-import { HealthError, IntegrityError, errorMessage } from '../../errors.js';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { HealthError, IntegrityError, RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../../errors.js';
 import { formatDuration } from '../../config/duration.js';
 import { drill, type DrillResult } from '../../core/drill.js';
 import { drillErrorJUnit, drillJUnit } from '../../core/junit.js';
 import { writeFileAtomic } from '../../core/metrics.js';
+import { makeDirectories, notADirectoryOnTheWay } from '../../format/mkdirs.js';
 import { contextConfig, openRepository, repositoryUrl, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
 import { addCronOptions, runMonitored, type CronFlags } from '../cron.js';
@@ -42,6 +45,16 @@ export function drillJson(r: DrillResult) {
   };
 }
 
+/** Writes the JUnit report, its directory made if need be (`--junit reports/drill.xml` in a fresh CI checkout). */
+async function writeReport(file: string, xml: string): Promise<void> {
+  try {
+    await makeDirectories(path.dirname(file));
+    await writeFileAtomic(file, xml);
+  } catch (err) {
+    throw new RuntimeFailure(`could not write the JUnit report ${file}: ${errorMessage(err)}`, { cause: err, hint: fileSystemHint(err, path.dirname(file)) });
+  }
+}
+
 function summary(r: DrillResult): string {
   const mark = (s: string) => (s === 'passed' ? 'ok  ' : s === 'failed' ? 'FAIL' : 'skip');
   const lines = [`drill of ${r.point}: ${r.ok ? 'passed' : 'FAILED'}`];
@@ -68,6 +81,12 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
     const renderer = new ProgressRenderer(ctx, 'drill');
     try {
       const workDir = await directoryFlag(ctx.cwd, '--work-dir', flags.workDir);
+      // Known before the restore, not after it.
+      if (junitFile !== undefined) {
+        const blocker = await notADirectoryOnTheWay(path.dirname(junitFile));
+        if (blocker !== undefined) throw new UsageError(`--junit ${flags.junit}: ${blocker} is not a directory`, { hint: 'give a file in a directory, or where one can be made' });
+        if ((await fsp.stat(junitFile).catch(() => undefined))?.isDirectory()) throw new UsageError(`--junit ${flags.junit} is a directory`, { hint: 'give the report a file name, such as drill.xml' });
+      }
       const config = await contextConfig(ctx);
       repository = repositoryUrl(ctx, config);
       const { repo, close } = await openRepository(ctx);
@@ -96,14 +115,14 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
     } catch (err) {
       renderer.stop();
       // Interrupted too (a CI job's timeout sends SIGTERM): the job's report then says the drill did not finish, instead of nothing.
-      if (junitFile) await writeFileAtomic(junitFile, drillErrorJUnit(errorMessage(err), repository, selector ?? 'latest')).catch(() => undefined);
+      if (junitFile) await writeReport(junitFile, drillErrorJUnit(errorMessage(err), repository, selector ?? 'latest')).catch(() => undefined);
       throw err;
     } finally {
       renderer.stop();
     }
     Object.assign(figures, { bytes: result.bytes, files: result.files, rtoMs: result.rtoMs, rpoMs: result.rpoMs, objectivesMet: result.ok });
     if (junitFile) {
-      await writeFileAtomic(junitFile, drillJUnit(result, repository));
+      await writeReport(junitFile, drillJUnit(result, repository));
       log(ctx, `wrote the JUnit report ${junitFile}`);
     }
     // A drill that failed says which checks did, --quiet or not.
