@@ -225,8 +225,10 @@ test('a drill stopped by SIGTERM (a CI job timing out) still writes its JUnit re
   assert.ok(await waitFor(() => exists(started), 30_000), 'the smoke test started');
   child.kill('SIGTERM');
   assert.equal(await code, 130);
-  const { cases } = await junit(report);
+  const { suite, cases } = await junit(report);
   assert.match(findAll(cases.get('restore')!, 'error')[0]?.attrs.message ?? '', /interrupted/);
+  assert.equal(new Map(findAll(suite, 'property').map((p) => [p.attrs.name, p.attrs.value])).get('point'), d.id, 'the report names the point drilled, not "latest"');
+  assert.equal(suite.attrs.name, `lifeboat drill ${d.id}`);
   await fsp.rm(d.work, { recursive: true, force: true });
   await fsp.rm(d.scratch, { recursive: true, force: true });
 });

@@ -114,8 +114,9 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
       }
     } catch (err) {
       renderer.stop();
-      // Interrupted too (a CI job's timeout sends SIGTERM): the job's report then says the drill did not finish, instead of nothing.
-      if (junitFile) await writeReport(junitFile, drillErrorJUnit(errorMessage(err), repository, selector ?? 'latest')).catch(() => undefined);
+      // Interrupted too (a CI job's timeout sends SIGTERM): the job's report then says the drill did not finish, instead of
+      // nothing, and names the point it was drilling once one was chosen.
+      if (junitFile) await writeReport(junitFile, drillErrorJUnit(errorMessage(err), repository, figures.point ?? selector ?? 'latest')).catch(() => undefined);
       throw err;
     } finally {
       renderer.stop();
