@@ -3,12 +3,17 @@ import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
+import { inNamespace, unshare } from './helpers/namespace.js';
 import { waitFor } from './helpers/processes.js';
 import { exists, repoFiles, smallDeployment } from './helpers/repo.js';
-import { tempDir } from './helpers/tree.js';
+import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
 import { findAll, parseXml, type XmlElement } from './helpers/xml.js';
 import { drillJUnit } from '../src/core/junit.js';
-import type { DrillResult } from '../src/core/drill.js';
+import { drill, type DrillResult } from '../src/core/drill.js';
+import type { Notice } from '../src/core/events.js';
+import { Repository } from '../src/core/repository.js';
+import { InterruptedError } from '../src/errors.js';
+import { LocalStorage } from '../src/storage/local.js';
 
 async function deployment() {
   const d = await smallDeployment();
@@ -174,7 +179,7 @@ test('JUnit output escapes anything a smoke command prints', () => {
     objectives: { rto: null, rpo: null },
     files: 1,
     bytes: 2,
-    smoke: { command: `run ${nasty}`, exitCode: 1, signal: null, durationMs: 5, output: nasty },
+    smoke: { command: `run ${nasty}`, exitCode: 1, signal: null, timedOut: false, durationMs: 5, output: nasty },
     problems: [{ check: 'smoke', message: nasty }],
     checks: [{ name: 'smoke', status: 'failed', durationMs: 5, message: nasty, output: nasty }],
     exitCode: 5,
@@ -220,8 +225,110 @@ test('a drill stopped by SIGTERM (a CI job timing out) still writes its JUnit re
   assert.ok(await waitFor(() => exists(started), 30_000), 'the smoke test started');
   child.kill('SIGTERM');
   assert.equal(await code, 130);
-  const { cases } = await junit(report);
+  const { suite, cases } = await junit(report);
   assert.match(findAll(cases.get('restore')!, 'error')[0]?.attrs.message ?? '', /interrupted/);
+  assert.equal(new Map(findAll(suite, 'property').map((p) => [p.attrs.name, p.attrs.value])).get('point'), d.id, 'the report names the point drilled, not "latest"');
+  assert.equal(suite.attrs.name, `lifeboat drill ${d.id}`);
   await fsp.rm(d.work, { recursive: true, force: true });
   await fsp.rm(d.scratch, { recursive: true, force: true });
+});
+
+test('a drill interrupted during its restore says nothing of files kept for a next restore: its copy is removed', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  await fsp.mkdir(src);
+  const storage = new LocalStorage(path.join(work, 'repo'));
+  // A volume per file, fetched one at a time: the interrupt comes after some files are written and before the last.
+  await Repository.init(storage, { volumeSize: 1 << 20 });
+  const rand = prng(11);
+  for (let i = 0; i < 8; i++) await writeRandomFile(path.join(src, `shard-${i}.bin`), (1 << 20) + 4096, rand);
+  assert.equal((await lifeboat(['--repo', path.join(work, 'repo'), 'backup', src])).code, 0);
+  const repo = await Repository.open(storage);
+  const scratch = path.join(work, 'scratch');
+  const stop = new AbortController();
+  const notices: Notice[] = [];
+  await assert.rejects(
+    drill(repo, await repo.resolve('latest'), {
+      workDir: scratch,
+      concurrency: 1,
+      signal: stop.signal,
+      reporter: {
+        progress: (p) => {
+          if (p.filesDone >= 3) stop.abort();
+        },
+        notice: (n) => notices.push(n),
+      },
+    }),
+    InterruptedError,
+  );
+  assert.deepEqual(
+    notices.filter((n) => n.level === 'warning').map((n) => n.message),
+    [],
+    'no warning of restored files kept for a next restore',
+  );
+  assert.deepEqual(await fsp.readdir(scratch), [], 'nothing is left in the work directory');
+});
+
+test('a drill or verify --deep whose work directory has no room for the point exits 1 saying so, not as a failed drill or damaged data', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {
+  const d = await deployment();
+  t.after(() => Promise.all([d.work, d.scratch].map((p) => fsp.rm(p, { recursive: true, force: true }))));
+  await fsp.mkdir(path.join(d.work, 'out'));
+  inNamespace(
+    [
+      'cd "$WORK"',
+      'mkdir small && mount -t tmpfs -o size=64k tmpfs small',
+      'set +e',
+      'node "$BIN" --repo repo --json drill --work-dir small --junit out/drill.xml > out/drill.json; echo $? > out/drill.code',
+      'node "$BIN" --repo repo --json verify --deep --work-dir small > out/verify.json; echo $? > out/verify.code',
+      'ls -A small > out/left.txt',
+    ].join('\n'),
+    { WORK: d.work },
+  );
+  const out = (name: string) => fsp.readFile(path.join(d.work, 'out', name), 'utf8');
+  for (const run of ['drill', 'verify']) {
+    assert.equal((await out(`${run}.code`)).trim(), '1', `${run} exits 1`);
+    const { error } = JSON.parse(await out(`${run}.json`));
+    assert.match(error.message, /needs .* free/, run);
+    assert.match(error.hint, /--work-dir/, run);
+  }
+  const errors = findAll(parseXml(await out('drill.xml')), 'error');
+  assert.match(errors[0]?.attrs.message ?? '', /needs .* free/, 'the JUnit report says why the drill could not run');
+  assert.equal(await out('left.txt'), '', 'nothing is left in the work directory');
+});
+
+test('a smoke command that outlives --smoke-timeout fails the drill saying it ran too long, not that something killed it', async (t) => {
+  const d = await deployment();
+  t.after(() => Promise.all([d.work, d.scratch].map((p) => fsp.rm(p, { recursive: true, force: true }))));
+  const report = path.join(d.work, 'drill.xml');
+  const r = await lifeboat(['--repo', d.repo, '--json', 'drill', '--smoke', 'echo loading; sleep 30', '--smoke-timeout', '1s', '--junit', report]);
+  assert.equal(r.code, 5, r.stderr);
+  const j = r.json();
+  assert.equal(j.smoke.timedOut, true);
+  assert.deepEqual(j.problems.map((p: { check: string }) => p.check), ['smoke']);
+  assert.match(j.problems[0].message, /^the smoke command ran longer than 1(\.0)?s \(--smoke-timeout\) and was killed$/);
+  assert.match(j.smoke.output, /loading\n[^]*ran longer than 1(\.0)?s and was killed/);
+  const { cases } = await junit(report);
+  assert.match(findAll(cases.get('smoke')!, 'failure')[0]!.attrs.message!, /ran longer than 1(\.0)?s \(--smoke-timeout\)/);
+});
+
+test('--junit into a directory not made yet makes it; a report path that cannot be a file is refused before the drill runs', async (t) => {
+  const d = await deployment();
+  t.after(() => Promise.all([d.work, d.scratch].map((p) => fsp.rm(p, { recursive: true, force: true }))));
+  const r = await lifeboat(['--repo', d.repo, 'drill', '--junit', 'reports/nightly/drill.xml'], { cwd: d.work });
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal((await junit(path.join(d.work, 'reports', 'nightly', 'drill.xml'))).suite.attrs.failures, '0');
+
+  await fsp.writeFile(path.join(d.work, 'reports.txt'), '');
+  for (const [report, message] of [
+    ['reports.txt/drill.xml', /--junit reports\.txt\/drill\.xml: .*reports\.txt is not a directory/],
+    ['reports', /--junit reports is a directory/],
+  ] as const) {
+    const refused = await lifeboat(['--repo', d.repo, '--json', 'drill', '--junit', report, '--work-dir', d.scratch], { cwd: d.work });
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.match(refused.json().error.message, message);
+    assert.deepEqual(await fsp.readdir(d.scratch), [], 'nothing was restored');
+  }
+  const journal = (await repoFiles(d.repo)).filter((f) => f.startsWith('journal/'));
+  assert.equal(journal.length, 1, 'only the first drill ran');
 });

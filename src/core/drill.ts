@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { ExitCode, IntegrityError, LifeboatError, errorMessage, throwIfAborted } from '../errors.js';
+import { ExitCode, IntegrityError, errorMessage, throwIfAborted } from '../errors.js';
 import { formatDuration } from '../config/duration.js';
 import type { Manifest } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
@@ -47,7 +47,8 @@ export interface DrillResult {
   objectives: { rto: Objective | null; rpo: Objective | null };
   files: number;
   bytes: number;
-  smoke: { command: string; exitCode: number | null; signal: string | null; durationMs: number; output: string } | null;
+  /** `timedOut`: it ran longer than --smoke-timeout and was killed. */
+  smoke: { command: string; exitCode: number | null; signal: string | null; timedOut: boolean; durationMs: number; output: string } | null;
   problems: { check: CheckName; message: string }[];
   checks: DrillCheck[];
   /** 0 passed, 3 the data did not restore intact, 5 the smoke test or an objective failed. */
@@ -106,22 +107,20 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
     let restored = false;
     try {
       // Through the page cache, as a failover restores: the read-back check and the smoke test then find the files in memory.
-      const r = await restore(repo, point, { target, concurrency: options.concurrency, pageCache: true, signal: options.signal, reporter });
+      const r = await restore(repo, point, { target, concurrency: options.concurrency, pageCache: true, disposable: true, signal: options.signal, reporter });
       files = r.files;
       bytes = r.bytes;
       restored = true;
       fail({ name: 'restore', status: 'passed', durationMs: Date.now() - t0, message: `restored ${r.files} files, ${r.bytes} bytes` });
     } catch (err) {
       throwIfAborted(options.signal);
-      if (err instanceof LifeboatError && err.exitCode === ExitCode.usage) throw err;
-      integrity = err instanceof IntegrityError;
-      if (err instanceof IntegrityError) damagedVolume = err.volume;
+      // Damaged data is what a drill is there to find; a restore that could not run (no room in the work
+      // directory, a storage error) says nothing of the point, and ends the drill with its own error and hint.
+      if (!(err instanceof IntegrityError)) throw err;
+      integrity = true;
+      damagedVolume = err.volume;
       fail({ name: 'restore', status: 'failed', durationMs: Date.now() - t0, message: errorMessage(err) });
-      fail(
-        integrity
-          ? { name: 'checksums', status: 'failed', durationMs: 0, message: `the restore refused damaged data: ${errorMessage(err)}` }
-          : { name: 'checksums', status: 'skipped', durationMs: 0, message: 'not reached: the restore failed' },
-      );
+      fail({ name: 'checksums', status: 'failed', durationMs: 0, message: `the restore refused damaged data: ${errorMessage(err)}` });
     }
 
     // 2. Checksums, read back from what landed on disk.
@@ -155,7 +154,8 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
     else {
       smoke = await runSmoke(options.smoke, target, point, options);
       throwIfAborted(options.signal);
-      const how = smoke.signal ? `was killed by ${smoke.signal}` : `exited with ${smoke.exitCode}`;
+      const limit = formatDuration(options.smokeTimeoutMs ?? DEFAULT_SMOKE_TIMEOUT_MS);
+      const how = smoke.timedOut ? `ran longer than ${limit} (--smoke-timeout) and was killed` : smoke.signal ? `was killed by ${smoke.signal}` : `exited with ${smoke.exitCode}`;
       fail({
         name: 'smoke',
         status: smoke.exitCode === 0 ? 'passed' : 'failed',
@@ -267,8 +267,11 @@ function runSmoke(command: string, target: string, point: Manifest, options: Dri
         child.kill('SIGKILL');
       }
     };
-    const cancelTimeout = afterDelay(options.smokeTimeoutMs ?? DEFAULT_SMOKE_TIMEOUT_MS, () => {
-      output += `\n[lifeboat: the smoke command ran longer than ${options.smokeTimeoutMs ?? DEFAULT_SMOKE_TIMEOUT_MS} ms and was killed]\n`;
+    let timedOut = false;
+    const limit = options.smokeTimeoutMs ?? DEFAULT_SMOKE_TIMEOUT_MS;
+    const cancelTimeout = afterDelay(limit, () => {
+      timedOut = true;
+      output += `\n[lifeboat: the smoke command ran longer than ${formatDuration(limit)} and was killed]\n`;
       kill();
     });
     const onAbort = () => kill();
@@ -276,7 +279,7 @@ function runSmoke(command: string, target: string, point: Manifest, options: Dri
     const done = (exitCode: number | null, signal: string | null) => {
       cancelTimeout();
       options.signal?.removeEventListener('abort', onAbort);
-      resolve({ command, exitCode, signal, durationMs: Date.now() - started, output: output.slice(-OUTPUT_TAIL) });
+      resolve({ command, exitCode, signal, timedOut, durationMs: Date.now() - started, output: output.slice(-OUTPUT_TAIL) });
     };
     // A smoke test may start a server in the background, which keeps the output pipes open: its exit decides.
     exitAndOutput(child).then(

@@ -57,6 +57,8 @@ export interface RestoreOptions {
   asTarget?: string;
   /** Check and plan, and with --delta compare, but write nothing: say what a restore would do. */
   dryRun?: boolean;
+  /** The target is thrown away after use (a drill, verify --deep): a failed restore keeps nothing for a next one to go on from. */
+  disposable?: boolean;
   signal?: AbortSignal;
   reporter?: Reporter;
 }
@@ -295,7 +297,7 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
     // the same way). Otherwise (the network, storage, an interrupt) what verified stays for the next restore to
     // resume from.
     const failsAgain = ['ENOSPC', 'EDQUOT', 'ENAMETOOLONG'].includes((err as NodeJS.ErrnoException).code ?? '');
-    if (worthKeeping && !failsAgain && !(err instanceof IntegrityError) && !(err instanceof UsageError)) {
+    if (worthKeeping && !options.disposable && !failsAgain && !(err instanceof IntegrityError) && !(err instanceof UsageError)) {
       reporter.notice?.({ level: 'warning', code: 'restore-kept', path: staging, message: `the files restored so far are kept there; the next restore into ${target} goes on from them (remove it if there will be none)` });
     } else {
       await removeTree(staging).catch(() => undefined);

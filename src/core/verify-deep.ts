@@ -1,6 +1,6 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { errorMessage, throwIfAborted } from '../errors.js';
+import { IntegrityError, errorMessage, throwIfAborted } from '../errors.js';
 import type { Manifest } from '../format/manifest.js';
 import { validateDirectory } from '../model/validate.js';
 import type { Reporter } from './events.js';
@@ -37,9 +37,10 @@ export async function deepCheck(repo: Repository, points: readonly Manifest[], o
     try {
       const target = path.join(work, m.id);
       try {
-        await restore(repo, m, { target, concurrency: options.concurrency, signal: options.signal, reporter: options.reporter });
+        await restore(repo, m, { target, concurrency: options.concurrency, disposable: true, signal: options.signal, reporter: options.reporter });
       } catch (err) {
-        if (options.signal?.aborted) throw err;
+        // Only damaged data is a problem of the point; no room in the work directory or a storage error ends the run with its own error.
+        if (options.signal?.aborted || !(err instanceof IntegrityError)) throw err;
         problems.push({ point: m.id, path: '', kind: 'restore-failed', detail: errorMessage(err) });
         continue;
       }

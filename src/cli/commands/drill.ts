@@ -1,9 +1,12 @@
 import type { Command } from 'commander';
-import { HealthError, IntegrityError, errorMessage } from '../../errors.js';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { HealthError, IntegrityError, RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../../errors.js';
 import { formatDuration } from '../../config/duration.js';
 import { drill, type DrillResult } from '../../core/drill.js';
 import { drillErrorJUnit, drillJUnit } from '../../core/junit.js';
 import { writeFileAtomic } from '../../core/metrics.js';
+import { makeDirectories, notADirectoryOnTheWay } from '../../format/mkdirs.js';
 import { contextConfig, openRepository, repositoryUrl, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
 import { addCronOptions, runMonitored, type CronFlags } from '../cron.js';
@@ -42,6 +45,16 @@ export function drillJson(r: DrillResult) {
   };
 }
 
+/** Writes the JUnit report, its directory made if need be (`--junit reports/drill.xml` in a fresh CI checkout). */
+async function writeReport(file: string, xml: string): Promise<void> {
+  try {
+    await makeDirectories(path.dirname(file));
+    await writeFileAtomic(file, xml);
+  } catch (err) {
+    throw new RuntimeFailure(`could not write the JUnit report ${file}: ${errorMessage(err)}`, { cause: err, hint: fileSystemHint(err, path.dirname(file)) });
+  }
+}
+
 function summary(r: DrillResult): string {
   const mark = (s: string) => (s === 'passed' ? 'ok  ' : s === 'failed' ? 'FAIL' : 'skip');
   const lines = [`drill of ${r.point}: ${r.ok ? 'passed' : 'FAILED'}`];
@@ -68,6 +81,12 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
     const renderer = new ProgressRenderer(ctx, 'drill');
     try {
       const workDir = await directoryFlag(ctx.cwd, '--work-dir', flags.workDir);
+      // Known before the restore, not after it.
+      if (junitFile !== undefined) {
+        const blocker = await notADirectoryOnTheWay(path.dirname(junitFile));
+        if (blocker !== undefined) throw new UsageError(`--junit ${flags.junit}: ${blocker} is not a directory`, { hint: 'give a file in a directory, or where one can be made' });
+        if ((await fsp.stat(junitFile).catch(() => undefined))?.isDirectory()) throw new UsageError(`--junit ${flags.junit} is a directory`, { hint: 'give the report a file name, such as drill.xml' });
+      }
       const config = await contextConfig(ctx);
       repository = repositoryUrl(ctx, config);
       const { repo, close } = await openRepository(ctx);
@@ -95,15 +114,16 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
       }
     } catch (err) {
       renderer.stop();
-      // Interrupted too (a CI job's timeout sends SIGTERM): the job's report then says the drill did not finish, instead of nothing.
-      if (junitFile) await writeFileAtomic(junitFile, drillErrorJUnit(errorMessage(err), repository, selector ?? 'latest')).catch(() => undefined);
+      // Interrupted too (a CI job's timeout sends SIGTERM): the job's report then says the drill did not finish, instead of
+      // nothing, and names the point it was drilling once one was chosen.
+      if (junitFile) await writeReport(junitFile, drillErrorJUnit(errorMessage(err), repository, figures.point ?? selector ?? 'latest')).catch(() => undefined);
       throw err;
     } finally {
       renderer.stop();
     }
     Object.assign(figures, { bytes: result.bytes, files: result.files, rtoMs: result.rtoMs, rpoMs: result.rpoMs, objectivesMet: result.ok });
     if (junitFile) {
-      await writeFileAtomic(junitFile, drillJUnit(result, repository));
+      await writeReport(junitFile, drillJUnit(result, repository));
       log(ctx, `wrote the JUnit report ${junitFile}`);
     }
     // A drill that failed says which checks did, --quiet or not.
@@ -130,7 +150,7 @@ export function registerDrill(program: Command, run: CommandRunner): Command {
   return command
     .addHelpText(
       'after',
-      '\nExit status: 0 every check passed, 3 the data did not restore intact, 5 the smoke test or an objective failed.\n\nExamples:\n  lifeboat drill --rpo 26h --rto 15m --junit drill.xml\n  lifeboat drill latest --smoke \'python smoke.py "$LIFEBOAT_RESTORE_DIR/models"\' --json',
+      '\nExit status: 0 every check passed, 3 the data did not restore intact, 5 the smoke test or an objective failed, 1 the restore could not run (no room in the work directory, a storage error).\n\nExamples:\n  lifeboat drill --rpo 26h --rto 15m --junit drill.xml\n  lifeboat drill latest --smoke \'python smoke.py "$LIFEBOAT_RESTORE_DIR/models"\' --json',
     )
     .action(run((ctx, selector: string | undefined, flags: DrillFlags) => runDrill(ctx, selector, flags)));
 }
