@@ -4,6 +4,8 @@
  * bit-exact; beyond it the operation fails cleanly and leaves nothing visible.
  */
 import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { RuntimeFailure } from '../src/errors.js';
 import { describeError, type RetryPolicy } from '../src/storage/retry.js';
@@ -12,6 +14,8 @@ import { listAll, type Storage } from '../src/storage/storage.js';
 import { generatedStream, readAll, seededRandom, sha256Of, testSeed } from './helpers/data.js';
 import { startFaultProxy, type FaultProxy } from './helpers/fault-proxy.js';
 import { createTestBucket, startS3Server, type S3TestServer } from './helpers/s3server.js';
+import { lifeboat } from './helpers/cli.js';
+import { smallDeployment } from './helpers/repo.js';
 
 const MiB = 1024 * 1024;
 const PART_SIZE = 5 * MiB;
@@ -220,5 +224,22 @@ describe('S3 driver under faults', () => {
     } finally {
       await storage.close();
     }
+  });
+
+  it('a restore whose volumes the server will not serve fails as a storage failure (exit 1), not as damaged data', async (t) => {
+    const d = await smallDeployment();
+    t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+    const repo = ['--repo', `s3://${bucket}/outage`, '--s3-endpoint', proxy.endpoint];
+    const run = (args: string[]) => lifeboat([...repo, ...args], { env: server.env });
+    assert.equal((await run(['init'])).code, 0);
+    const backup = await run(['backup', d.src]);
+    assert.equal(backup.code, 0, backup.stderr);
+    // Every read of a volume fails as a server in trouble does, past the attempts; the manifests still come.
+    proxy.inject('internalError', { method: 'GET', path: /\/data\//, times: 1000 });
+    t.after(() => proxy.cancelInjections());
+    const restore = await run(['restore', 'latest', '--target', path.join(d.work, 'out')]);
+    assert.equal(restore.code, 1, restore.stderr);
+    assert.match(restore.stderr, /failed after 6 attempts: HTTP 500 InternalError/);
+    assert.doesNotMatch(restore.stderr, /intact|damaged|cannot be read|integrity/i);
   });
 });

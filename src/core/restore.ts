@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { Sha256Offload, type StreamDigest } from './hash-offload.js';
 import { SMALL_FILE } from './file-reader.js';
-import { IntegrityError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
+import { IntegrityError, LifeboatError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { firstFew, formatBytes } from '../format/units.js';
 import { recordedChecksum, volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
@@ -35,7 +35,7 @@ import {
   type TargetState,
 } from './restore-target.js';
 import { directoriesNeedOpening, openDirectories, removeTree } from '../format/remove-tree.js';
-import { ArchivedObjectError } from '../storage/storage.js';
+import { ArchivedObjectError, isNotFound } from '../storage/storage.js';
 
 export interface RestoreOptions {
   target: string;
@@ -483,8 +483,11 @@ async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, c
         try {
           body = await repo.storage.openReader(job.record.key, { signal, offset: run.offset });
         } catch (err) {
-          // An archived volume's own error says what to do about it.
+          // An archived volume's own error says what to do about it; so do a storage that could not be
+          // reached or would not serve it after its retries, refused credentials and an interruption:
+          // only a volume that is not there is the repository's fault.
           if (err instanceof ArchivedObjectError) throw err;
+          if (err instanceof LifeboatError && !isNotFound(err)) throw err;
           throw new IntegrityError(`${what} of point ${job.point} cannot be read: ${errorMessage(err)}`, { cause: err });
         }
         const last = run.lastIndex;

@@ -48,7 +48,9 @@ export interface FaultProxy {
   readonly maxConcurrent: number;
   setRates(rates: FaultRates, methods?: string[]): void;
   /** Injects `kind` into the next `times` requests with this method (any when absent), before any random fault. */
-  inject(kind: FaultKind, options?: { method?: string; times?: number }): void;
+  inject(kind: FaultKind, options?: { method?: string; path?: RegExp; times?: number }): void;
+  /** Drops the injected faults not yet used. */
+  cancelInjections(): void;
   /**
    * Acts as S3 does for objects a lifecycle rule moved to an archive class: listings
    * name their storage class, and reading one answers 403 InvalidObjectState.
@@ -66,7 +68,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   const agent = new Agent({ keepAlive: true, maxSockets: 64 });
   let rates: FaultRates = options.rates ?? {};
   let methods = options.methods;
-  const scripted: { kind: FaultKind; method?: string; remaining: number }[] = [];
+  const scripted: { kind: FaultKind; method?: string; path?: RegExp; remaining: number }[] = [];
   const maxFaults = options.maxFaults ?? 10_000;
   const delayMs = options.delayMs ?? 200;
   const requests: ProxiedRequest[] = [];
@@ -77,9 +79,9 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   let open = 0;
   let maxConcurrent = 0;
 
-  function chooseFault(method: string): FaultKind | undefined {
+  function chooseFault(method: string, path: string): FaultKind | undefined {
     if (totalInjected() >= maxFaults) return undefined;
-    const script = scripted.find((s) => s.remaining > 0 && (s.method === undefined || s.method === method));
+    const script = scripted.find((s) => s.remaining > 0 && (s.method === undefined || s.method === method) && (s.path === undefined || s.path.test(path)));
     if (script) {
       script.remaining--;
       return script.kind;
@@ -106,7 +108,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     maxConcurrent = Math.max(maxConcurrent, open);
     res.on('close', () => open--);
     const method = req.method ?? 'GET';
-    const fault = chooseFault(method);
+    const fault = chooseFault(method, req.url ?? '/');
     const id = ++requestCount;
     requests.push({ method, path: req.url ?? '/', range: header(req, 'range'), contentMd5: header(req, 'content-md5') !== undefined, fault });
     if (fault) injected[fault]++;
@@ -246,7 +248,10 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
       methods = nextMethods;
     },
     inject(kind, injectOptions = {}) {
-      scripted.push({ kind, method: injectOptions.method, remaining: injectOptions.times ?? 1 });
+      scripted.push({ kind, method: injectOptions.method, path: injectOptions.path, remaining: injectOptions.times ?? 1 });
+    },
+    cancelInjections() {
+      scripted.length = 0;
     },
     archive(matches, storageClass = 'GLACIER') {
       archived = { matches, storageClass };
