@@ -226,7 +226,7 @@ describe('S3 driver under faults', () => {
     }
   });
 
-  it('a restore whose volumes the server will not serve fails as a storage failure (exit 1), not as damaged data', async (t) => {
+  it('a restore or verify --read-data whose volumes the server will not serve fails as a storage failure (exit 1), not as damaged data', async (t) => {
     const d = await smallDeployment();
     t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
     const repo = ['--repo', `s3://${bucket}/outage`, '--s3-endpoint', proxy.endpoint];
@@ -241,5 +241,9 @@ describe('S3 driver under faults', () => {
     assert.equal(restore.code, 1, restore.stderr);
     assert.match(restore.stderr, /failed after 6 attempts: HTTP 500 InternalError/);
     assert.doesNotMatch(restore.stderr, /intact|damaged|cannot be read|integrity/i);
+    const verify = await run(['verify', '--read-data']);
+    assert.equal(verify.code, 1, verify.stderr);
+    assert.match(verify.stderr, /failed after 6 attempts: HTTP 500 InternalError/);
+    assert.doesNotMatch(verify.stderr, /damaged|problem/i);
   });
 });

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { isDeepStrictEqual } from 'node:util';
-import { IntegrityError, errorMessage, throwIfAborted } from '../errors.js';
+import { IntegrityError, LifeboatError, errorMessage, throwIfAborted } from '../errors.js';
 import { deploymentOf, keys, recordedChecksum, summarize, summaryIdOf, volumeEntryName, type Manifest, type ManifestEntry, type VolumeRecord } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { readVolume } from '../format/tar.js';
@@ -12,6 +12,7 @@ import { deepCheck } from './verify-deep.js';
 import { describeLock, whileReading, type LockInfo } from './lock.js';
 import { describeLeftover, pointBeingWritten, unfinishedWrites, type UnfinishedWrites } from './leftovers.js';
 import * as ledgers from './verify-ledger.js';
+import { isNotFound } from '../storage/storage.js';
 
 export type ProblemKind =
   | 'manifest-unreadable'
@@ -435,6 +436,9 @@ async function readBackVolume(
     }
   } catch (err) {
     if (signal?.aborted) throw err;
+    // A storage that could not be reached or would not serve the volume after its retries (or refused the
+    // credentials) says nothing about the data: the verify fails as the storage did, not with a finding.
+    if (err instanceof LifeboatError && !(err instanceof IntegrityError) && !isNotFound(err)) throw err;
     problems.push({ point: m.id, path: record.key, kind: 'volume-damaged', detail: errorMessage(err) });
   }
   for (const index of superseded.keys()) {
