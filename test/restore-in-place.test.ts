@@ -222,6 +222,34 @@ test('restore --in-place --state puts serving state back as a failover does: the
   assert.match(failing.stderr, /restored before the state failed: models to .*srv\/models.*, the state of registry; features not put back/);
 });
 
+test('restore --state into a SQLite database a writer holds locked fails saying so and leaves it as it was, instead of reporting it put back', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await host(work, prng(seedFromEnv()));
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./srv/models\n  registry: { sqlite: ./state/registry.db, restore: true }\n');
+  const run = (...args: string[]): Promise<CliRun> => lifeboat(args, { cwd: work });
+  assert.equal((await run('init')).code, 0);
+  const live = new Database(path.join(work, 'state', 'registry.db'));
+  live.pragma('journal_mode = wal');
+  assert.equal((await run('backup')).code, 0);
+  live.exec("INSERT INTO versions VALUES ('v2')");
+  const names = () => live.prepare('SELECT name FROM versions ORDER BY name').all();
+
+  // A transaction that writes for longer than the restore waits: the registry is not put back.
+  live.exec("BEGIN IMMEDIATE; INSERT INTO versions VALUES ('v3')");
+  const locked = await run('restore', 'latest', '--in-place', '--delta', '--state');
+  live.exec('COMMIT');
+  assert.equal(locked.code, 1, locked.stderr);
+  assert.match(locked.stderr, /source registry: .*registry\.db stayed locked by another connection/);
+  assert.deepEqual(names(), [{ name: 'v1' }, { name: 'v2' }, { name: 'v3' }], 'the live database keeps what it had');
+
+  const free = await run('--json', 'restore', 'latest', '--in-place', '--delta', '--state');
+  assert.equal(free.code, 0, free.stderr);
+  assert.deepEqual(free.json().state, ['registry']);
+  assert.deepEqual(names(), [{ name: 'v1' }]);
+  live.close();
+});
+
 test('restore --in-place --delta over an unchanged tree leaves its files alone: their times stay exact, their change times do not move, and the next incremental reads none of them', async (t) => {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));

@@ -29,6 +29,19 @@ function isBusy(err: unknown): boolean {
 }
 
 /**
+ * Runs the online backup of `source` into `destination` and returns the pages it copied. The
+ * driver takes a first step that finds either side locked by another connection (SQLITE_BUSY) for
+ * a finished copy of nothing: the destination then is untouched. Such a copy of a database that has
+ * pages is thrown as the lock it is, so that the caller waits and tries again.
+ */
+async function onlineBackup(source: BetterSqlite3.Database, destination: string): Promise<number> {
+  const expected = source.pragma('page_count', { simple: true }) as number;
+  const { totalPages } = await source.backup(destination, { progress: () => 0x7fffffff });
+  if (totalPages === 0 && expected > 0) throw Object.assign(new Error('database is locked'), { code: 'SQLITE_BUSY' });
+  return totalPages;
+}
+
+/**
  * Copies a live SQLite database with SQLite's online backup API: all pages in
  * one step under one read transaction, so the copy is one committed state of
  * the database however hard other processes write to it (in WAL mode they are
@@ -52,7 +65,7 @@ export async function copySqlite(name: string, database: string, destination: st
         const source = new (sqlite())(database, { readonly: true, fileMustExist: true, timeout: BUSY_TIMEOUT_MS });
         let pages: number;
         try {
-          pages = (await source.backup(destination, { progress: () => 0x7fffffff })).totalPages;
+          pages = await onlineBackup(source, destination);
         } finally {
           source.close();
         }
@@ -94,12 +107,12 @@ export async function restoreSqlite(name: string, copy: string, database: string
   } else {
     await makeDirectories(path.dirname(database));
   }
-  const meta = await retryWhileBusy(
+  const pages = await retryWhileBusy(
     signal,
     async () => {
       const source = new (sqlite())(copy, { readonly: true, fileMustExist: true });
       try {
-        return await source.backup(database, { progress: () => 0x7fffffff });
+        return await onlineBackup(source, database);
       } finally {
         source.close();
       }
@@ -112,7 +125,7 @@ export async function restoreSqlite(name: string, copy: string, database: string
         }),
     },
   );
-  return { pages: meta.totalPages, bytes: (await fsp.stat(database)).size, durationMs: Date.now() - started, ...(keptAs ? { keptAs } : {}) };
+  return { pages, bytes: (await fsp.stat(database)).size, durationMs: Date.now() - started, ...(keptAs ? { keptAs } : {}) };
 }
 
 /** `base`, or `base-2`, `base-3` … when it is taken: a kept state is never overwritten. */
