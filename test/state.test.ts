@@ -134,6 +134,12 @@ test('a failing or hanging command fails the backup, leaves no point and no temp
     assert.match(r.stderr, pattern);
     assert.ok(Date.now() - started < 15_000);
   }
+  // A file that is not a database, where the config names one: a configuration error, naming the key.
+  await fsp.writeFile(path.join(work, 'mlflow.db'), 'runs: []\n');
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  registry: { sqlite: ./mlflow.db }\n');
+  const notDb = await lifeboat(['backup'], { cwd: work });
+  assert.equal(notDb.code, 2, notDb.stderr);
+  assert.match(notDb.stderr, /source registry: \S+mlflow\.db is not a SQLite database\n {2}check the file that sources\.registry\.sqlite names/);
   assert.deepEqual(await fsp.readdir(path.join(repo, 'points')).catch(() => []), []);
 
   const tmp = path.join(work, 'tmp');

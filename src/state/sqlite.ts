@@ -72,7 +72,14 @@ export async function copySqlite(name: string, database: string, destination: st
         return { pages, bytes: await seal(destination), durationMs: Date.now() - started };
       },
       {
-        failed: (err) => (err instanceof RuntimeFailure ? err : new RuntimeFailure(`source ${name}: online backup of ${database} failed: ${errorMessage(err)}`, { cause: err })),
+        failed: (err) => {
+          if (err instanceof RuntimeFailure) return err;
+          // A file of something else (a dump, a log, another store's data) named where the database was meant.
+          if ((err as { code?: string }).code === 'SQLITE_NOTADB') {
+            return new UsageError(`source ${name}: ${database} is not a SQLite database`, { cause: err, hint: `check the file that sources.${name}.sqlite names` });
+          }
+          return new RuntimeFailure(`source ${name}: online backup of ${database} failed: ${errorMessage(err)}`, { cause: err });
+        },
         stayedLocked: (last) =>
           new RuntimeFailure(`source ${name}: ${database} stayed locked by a writer through ${ATTEMPTS} attempts: ${errorMessage(last)}`, {
             hint: 'a transaction that holds the database for minutes blocks a consistent copy; use a pre-backup hook to pause it',
