@@ -250,6 +250,24 @@ test('restore --state into a SQLite database a writer holds locked fails saying 
   live.close();
 });
 
+test('a command source\'s restore command runs as long as the source\'s timeout allows, as its capture does, not a fixed few minutes', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const config = (timeout: string) =>
+    fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ./repo\nsources:\n  features: { command: "echo A", restore: "sleep 3; cat > restored", timeout: ${timeout} }\n`);
+  await config('1s');
+  const run = (...args: string[]): Promise<CliRun> => lifeboat(args, { cwd: work });
+  assert.equal((await run('init')).code, 0);
+  assert.equal((await run('backup')).code, 0);
+  const short = await run('restore', 'latest', '--in-place', '--state');
+  assert.equal(short.code, 1, short.stderr);
+  assert.match(short.stderr, /restore command of source features timed out after 1000 ms/);
+  await config('1m');
+  const long = await run('restore', 'latest', '--in-place', '--state');
+  assert.equal(long.code, 0, long.stderr);
+  assert.equal(await fsp.readFile(path.join(work, 'restored'), 'utf8'), 'A\n');
+});
+
 test('restore --in-place --delta over an unchanged tree leaves its files alone: their times stay exact, their change times do not move, and the next incremental reads none of them', async (t) => {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
