@@ -222,13 +222,19 @@ test('restore --in-place --state puts serving state back as a failover does: the
   assert.match(failing.stderr, /restored before the state failed: models to .*srv\/models.*, the state of registry; features not put back/);
 });
 
-test('restore --state into a SQLite database a writer holds locked fails saying so and leaves it as it was, instead of reporting it put back', async (t) => {
+/** A host whose registry database is put back with --state, its repository made; removed after the test. */
+async function registryHost(t: { after(fn: () => Promise<unknown>): void }): Promise<{ work: string; run: (...args: string[]) => Promise<CliRun> }> {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
   await host(work, prng(seedFromEnv()));
   await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./srv/models\n  registry: { sqlite: ./state/registry.db, restore: true }\n');
   const run = (...args: string[]): Promise<CliRun> => lifeboat(args, { cwd: work });
   assert.equal((await run('init')).code, 0);
+  return { work, run };
+}
+
+test('restore --state into a SQLite database a writer holds locked fails saying so and leaves it as it was, instead of reporting it put back', async (t) => {
+  const { work, run } = await registryHost(t);
   const live = new Database(path.join(work, 'state', 'registry.db'));
   live.pragma('journal_mode = wal');
   assert.equal((await run('backup')).code, 0);
@@ -248,6 +254,26 @@ test('restore --state into a SQLite database a writer holds locked fails saying 
   assert.deepEqual(free.json().state, ['registry']);
   assert.deepEqual(names(), [{ name: 'v1' }]);
   live.close();
+});
+
+test('restore --state puts a SQLite registry back over a live file that is no database any more, keeping that file and its write-ahead log aside', async (t) => {
+  const { work, run } = await registryHost(t);
+  assert.equal((await run('backup')).code, 0);
+  const db = path.join(work, 'state', 'registry.db');
+  await fsp.writeFile(db, 'overwritten by a stray log rotation\n');
+  await fsp.writeFile(`${db}-wal`, 'the log of what was there\n');
+
+  const r = await run('restore', 'latest', '--in-place', '--delta', '--state');
+  assert.equal(r.code, 0, r.stderr);
+  const restored = new Database(db, { readonly: true });
+  assert.deepEqual(restored.prepare('SELECT name FROM versions').all(), [{ name: 'v1' }]);
+  restored.close();
+  const kept = (await fsp.readdir(path.join(work, 'state'))).filter((n) => n.startsWith('registry.db.lifeboat-replaced-')).sort();
+  assert.equal(kept.length, 2, kept.join(', '));
+  assert.equal(await fsp.readFile(path.join(work, 'state', kept[0]!), 'utf8'), 'overwritten by a stray log rotation\n');
+  assert.equal(await fsp.readFile(path.join(work, 'state', kept[1]!), 'utf8'), 'the log of what was there\n');
+  assert.match(kept[1]!, /-wal$/);
+  assert.match(r.stderr, /the state \S+registry\.db had before is kept as /);
 });
 
 test('a command source\'s restore command runs as long as the source\'s timeout allows, as its capture does, not a fixed few minutes', async (t) => {

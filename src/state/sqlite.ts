@@ -110,7 +110,18 @@ export async function restoreSqlite(name: string, copy: string, database: string
   let keptAs: string | undefined;
   if (await fsp.stat(database).then((st) => st.size > 0, () => false)) {
     keptAs = await unusedName(`${database}.lifeboat-replaced-${new Date().toISOString().replace(/[-:]/g, '')}`);
-    await copySqlite(name, database, keptAs, signal);
+    await copySqlite(name, database, keptAs, signal).catch(async (err: unknown) => {
+      if ((err as { cause?: { code?: string } }).cause?.code !== 'SQLITE_NOTADB') throw err;
+      // What is there is no database any more (overwritten, its header damaged): the very case for
+      // putting the state back. It is kept as it is, moved aside with its journal, which must not be
+      // applied to the restored database.
+      for (const suffix of ['', '-wal', '-journal']) {
+        await fsp.rename(`${database}${suffix}`, `${keptAs}${suffix}`).catch((e: NodeJS.ErrnoException) => {
+          if (suffix === '' || e.code !== 'ENOENT') throw e;
+        });
+      }
+      await fsp.rm(`${database}-shm`, { force: true });
+    });
   } else {
     await makeDirectories(path.dirname(database));
   }
