@@ -222,6 +222,78 @@ test('restore --in-place --state puts serving state back as a failover does: the
   assert.match(failing.stderr, /restored before the state failed: models to .*srv\/models.*, the state of registry; features not put back/);
 });
 
+/** A host whose registry database is put back with --state, its repository made; removed after the test. */
+async function registryHost(t: { after(fn: () => Promise<unknown>): void }): Promise<{ work: string; run: (...args: string[]) => Promise<CliRun> }> {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await host(work, prng(seedFromEnv()));
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./srv/models\n  registry: { sqlite: ./state/registry.db, restore: true }\n');
+  const run = (...args: string[]): Promise<CliRun> => lifeboat(args, { cwd: work });
+  assert.equal((await run('init')).code, 0);
+  return { work, run };
+}
+
+test('restore --state into a SQLite database a writer holds locked fails saying so and leaves it as it was, instead of reporting it put back', async (t) => {
+  const { work, run } = await registryHost(t);
+  const live = new Database(path.join(work, 'state', 'registry.db'));
+  live.pragma('journal_mode = wal');
+  assert.equal((await run('backup')).code, 0);
+  live.exec("INSERT INTO versions VALUES ('v2')");
+  const names = () => live.prepare('SELECT name FROM versions ORDER BY name').all();
+
+  // A transaction that writes for longer than the restore waits: the registry is not put back.
+  live.exec("BEGIN IMMEDIATE; INSERT INTO versions VALUES ('v3')");
+  const locked = await run('restore', 'latest', '--in-place', '--delta', '--state');
+  live.exec('COMMIT');
+  assert.equal(locked.code, 1, locked.stderr);
+  assert.match(locked.stderr, /source registry: .*registry\.db stayed locked by another connection/);
+  assert.deepEqual(names(), [{ name: 'v1' }, { name: 'v2' }, { name: 'v3' }], 'the live database keeps what it had');
+
+  const free = await run('--json', 'restore', 'latest', '--in-place', '--delta', '--state');
+  assert.equal(free.code, 0, free.stderr);
+  assert.deepEqual(free.json().state, ['registry']);
+  assert.deepEqual(names(), [{ name: 'v1' }]);
+  live.close();
+});
+
+test('restore --state puts a SQLite registry back over a live file that is no database any more, keeping that file and its write-ahead log aside', async (t) => {
+  const { work, run } = await registryHost(t);
+  assert.equal((await run('backup')).code, 0);
+  const db = path.join(work, 'state', 'registry.db');
+  await fsp.writeFile(db, 'overwritten by a stray log rotation\n');
+  await fsp.writeFile(`${db}-wal`, 'the log of what was there\n');
+
+  const r = await run('restore', 'latest', '--in-place', '--delta', '--state');
+  assert.equal(r.code, 0, r.stderr);
+  const restored = new Database(db, { readonly: true });
+  assert.deepEqual(restored.prepare('SELECT name FROM versions').all(), [{ name: 'v1' }]);
+  restored.close();
+  const kept = (await fsp.readdir(path.join(work, 'state'))).filter((n) => n.startsWith('registry.db.lifeboat-replaced-')).sort();
+  assert.equal(kept.length, 2, kept.join(', '));
+  assert.equal(await fsp.readFile(path.join(work, 'state', kept[0]!), 'utf8'), 'overwritten by a stray log rotation\n');
+  assert.equal(await fsp.readFile(path.join(work, 'state', kept[1]!), 'utf8'), 'the log of what was there\n');
+  assert.match(kept[1]!, /-wal$/);
+  assert.match(r.stderr, /the state \S+registry\.db had before is kept as /);
+});
+
+test('a command source\'s restore command runs as long as the source\'s timeout allows, as its capture does, not a fixed few minutes', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const config = (timeout: string) =>
+    fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ./repo\nsources:\n  features: { command: "echo A", restore: "sleep 3; cat > restored", timeout: ${timeout} }\n`);
+  await config('1s');
+  const run = (...args: string[]): Promise<CliRun> => lifeboat(args, { cwd: work });
+  assert.equal((await run('init')).code, 0);
+  assert.equal((await run('backup')).code, 0);
+  const short = await run('restore', 'latest', '--in-place', '--state');
+  assert.equal(short.code, 1, short.stderr);
+  assert.match(short.stderr, /restore command of source features timed out after 1000 ms/);
+  await config('1m');
+  const long = await run('restore', 'latest', '--in-place', '--state');
+  assert.equal(long.code, 0, long.stderr);
+  assert.equal(await fsp.readFile(path.join(work, 'restored'), 'utf8'), 'A\n');
+});
+
 test('restore --in-place --delta over an unchanged tree leaves its files alone: their times stay exact, their change times do not move, and the next incremental reads none of them', async (t) => {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));

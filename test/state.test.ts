@@ -33,6 +33,17 @@ function seedDatabase(file: string, journalMode: string): void {
   db.close();
 }
 
+/** A directory with a repository, a models tree and a registry database in WAL mode, removed after the test. */
+async function modelsAndRegistry(t: { after(fn: () => Promise<unknown>): void }): Promise<string> {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await makeRepo(work);
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'config.json'), '{}');
+  seedDatabase(path.join(work, 'registry.db'), 'wal');
+  return work;
+}
+
 for (const journalMode of ['delete', 'wal']) {
   test(`a SQLite database written to during the backup is copied consistently (journal_mode=${journalMode})`, async () => {
     const work = await tempDir();
@@ -134,6 +145,12 @@ test('a failing or hanging command fails the backup, leaves no point and no temp
     assert.match(r.stderr, pattern);
     assert.ok(Date.now() - started < 15_000);
   }
+  // A file that is not a database, where the config names one: a configuration error, naming the key.
+  await fsp.writeFile(path.join(work, 'mlflow.db'), 'runs: []\n');
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  registry: { sqlite: ./mlflow.db }\n');
+  const notDb = await lifeboat(['backup'], { cwd: work });
+  assert.equal(notDb.code, 2, notDb.stderr);
+  assert.match(notDb.stderr, /source registry: \S+mlflow\.db is not a SQLite database\n {2}check the file that sources\.registry\.sqlite names/);
   assert.deepEqual(await fsp.readdir(path.join(repo, 'points')).catch(() => []), []);
 
   const tmp = path.join(work, 'tmp');
@@ -365,12 +382,7 @@ test('a backup interrupted in its pre-hook runs the post-hook, exits 130 and rel
 });
 
 test('backup --dry-run names the serving state it would capture, and neither copies the SQLite database nor runs the command', async (t) => {
-  const work = await tempDir();
-  t.after(() => fsp.rm(work, { recursive: true, force: true }));
-  await makeRepo(work);
-  await fsp.mkdir(path.join(work, 'models'));
-  await fsp.writeFile(path.join(work, 'models', 'config.json'), '{}');
-  seedDatabase(path.join(work, 'registry.db'), 'wal');
+  const work = await modelsAndRegistry(t);
   const dump = 'echo dumped >> dumps.log; echo state';
   await fsp.writeFile(
     path.join(work, 'lifeboat.yaml'),
@@ -400,6 +412,31 @@ test('backup --dry-run names the serving state it would capture, and neither cop
   assert.match(text.stdout, /would capture registry: an online copy of the SQLite database .*registry\.db/);
   assert.match(text.stdout, /would capture features: the output of `echo dumped >> dumps\.log; echo state`/);
   assert.equal(await dumps(), 'dumped\n');
+});
+
+test('diff between two points names a state source only when the state changed, not because each backup captured it anew', async (t) => {
+  const work = await modelsAndRegistry(t);
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\n  registry: { sqlite: ./registry.db }\n  features: { command: "cat features.txt" }\n');
+  await fsp.writeFile(path.join(work, 'features.txt'), 'v1\n');
+  const backup = async () => {
+    const r = await lifeboat(['--json', 'backup'], { cwd: work });
+    assert.equal(r.code, 0, r.stderr);
+    return r.json().id as string;
+  };
+  const a = await backup();
+  const b = await backup();
+  const same = await lifeboat(['--json', 'diff', a, b], { cwd: work });
+  assert.equal(same.code, 0, same.stderr);
+  assert.deepEqual(same.json().changed, [], 'the same state captured twice');
+
+  await fsp.writeFile(path.join(work, 'features.txt'), 'v2\n');
+  const db = new Database(path.join(work, 'registry.db'));
+  db.exec('DELETE FROM bulk WHERE id = 1');
+  db.close();
+  const c = await backup();
+  const changed = await lifeboat(['diff', b, c], { cwd: work });
+  assert.equal(changed.code, 0, changed.stderr);
+  assert.match(changed.stdout, /: 0 added, 2 changed, 0 removed\nM features\/stdout {2}\(content\)\nM registry\/registry\.db {2}\(content\)\n?$/);
 });
 
 test('a command source whose output does not fit where it is staged fails the backup saying so; --work-dir stages it elsewhere', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {

@@ -39,13 +39,51 @@ const positiveDuration = durationOf({ positive: true });
  */
 const commandLine = z.string().min(1, 'is empty: give a command, or leave the key out');
 
-const sourceSchema = z.union([
-  z.string().min(1),
-  z.object({ path: z.string().min(1) }).strict(),
-  // restore: a failover or rollback copies the point's state back into this database.
-  z.object({ sqlite: z.string().min(1), restore: z.boolean().optional() }).strict(),
-  z.object({ command: commandLine, restore: commandLine.optional(), timeout: positiveDuration.optional() }).strict(),
-]);
+const SOURCE_KINDS = 'a directory, { path: DIR }, { sqlite: DATABASE } or { command: COMMAND }';
+const sourcePath = (what: string) => z.string({ error: `must be ${what}` }).min(1, `is empty: give ${what}`);
+const directorySource = sourcePath('a directory');
+const pathSource = z.object({ path: directorySource }).strict();
+const sqliteSource = z
+  .object({
+    sqlite: sourcePath('the SQLite database file'),
+    // restore: a failover or rollback copies the point's state back into this database.
+    restore: z.boolean({ error: 'must be true or false: true copies the state back into this database on a failover or rollback' }).optional(),
+  })
+  .strict();
+const commandSource = z
+  .object({
+    command: z.string({ error: 'must be a command, whose output is the state' }).pipe(commandLine),
+    restore: z.string({ error: 'must be a command, which gets the captured state on its stdin' }).pipe(commandLine).optional(),
+    timeout: positiveDuration.optional(),
+  })
+  .strict();
+type SourceEntry = string | z.infer<typeof pathSource> | z.infer<typeof sqliteSource> | z.infer<typeof commandSource>;
+
+/**
+ * A source: its kind is told by its key (`sqlite`, `command`, `path`, or a
+ * directory alone), and checked as that kind, so that a mistake is reported at
+ * the key that has it rather than as a value that fits no kind.
+ */
+const sourceSchema = z.unknown().transform((value, ctx): SourceEntry => {
+  let schema: z.ZodType<SourceEntry> = directorySource;
+  if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
+    if ('sqlite' in value) schema = sqliteSource;
+    else if ('command' in value) schema = commandSource;
+    else if ('path' in value) schema = pathSource;
+    else {
+      const keys = Object.keys(value);
+      ctx.addIssue({ code: 'custom', message: `must be ${SOURCE_KINDS}${keys.length > 0 ? `, not a map of ${keys.map((k) => JSON.stringify(k)).join(', ')}` : ''}` });
+      return z.NEVER;
+    }
+  } else if (value !== null && typeof value !== 'string') {
+    ctx.addIssue({ code: 'custom', message: `must be ${SOURCE_KINDS}` });
+    return z.NEVER;
+  }
+  const result = schema.safeParse(value);
+  if (result.success) return result.data;
+  for (const issue of result.error.issues) ctx.addIssue(issue as Parameters<typeof ctx.addIssue>[0]);
+  return z.NEVER;
+});
 
 const healthSchema = z
   .object({

@@ -12,6 +12,9 @@ export function diffPoints(from: Manifest, to: Manifest): PointDiff {
   const key = (e: ManifestEntry) => `${e.source}/${e.path}`;
   const before = new Map(from.entries.map((e) => [key(e), e]));
   const after = new Map(to.entries.map((e) => [key(e), e]));
+  // A state source's file (a database copy, a command's output) is written anew by every capture: its time
+  // says when it was captured, not that the state changed.
+  const captured = new Set(to.sources.filter((s) => s.kind !== 'files').map((s) => s.name));
   const result: PointDiff = { added: [], changed: [], removed: [] };
   for (const [k, e] of after) {
     const old = before.get(k);
@@ -25,7 +28,7 @@ export function diffPoints(from: Manifest, to: Manifest): PointDiff {
       if (old.sha256 !== e.sha256 || old.size !== e.size) what.push('content');
       if (old.target !== e.target) what.push('target');
       if (old.mode !== e.mode) what.push('mode');
-      if (old.mtimeNs !== e.mtimeNs && e.type === 'file') what.push('mtime');
+      if (old.mtimeNs !== e.mtimeNs && e.type === 'file' && !captured.has(e.source)) what.push('mtime');
     }
     if (what.length) result.changed.push({ path: k, what });
   }

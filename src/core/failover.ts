@@ -116,7 +116,7 @@ async function applyState(run: Run, manifest: Manifest, slot: string): Promise<v
   await putStateBack(manifest, slot, {
     cwd: run.spec.cwd,
     env: hookEnv(run, slot, manifest.id),
-    timeoutMs: run.options.hookTimeoutMs ?? DEFAULT_HOOK_TIMEOUT_MS,
+    timeouts: run.spec.stateTimeouts,
     signal: run.options.signal,
     note: (code, message) => note(run, code, message),
   });

@@ -3,6 +3,7 @@ import { UsageError } from '../errors.js';
 import { parseDuration } from '../config/duration.js';
 import type { LifeboatConfig } from '../config/config.js';
 import type { HealthSpec } from './health.js';
+import { restoreTimeouts } from '../state/put-back.js';
 
 /** A failover target, its paths absolute and its durations in milliseconds. */
 export interface TargetSpec {
@@ -19,6 +20,8 @@ export interface TargetSpec {
   /** Where hooks and checks run. */
   cwd: string;
   env?: NodeJS.ProcessEnv;
+  /** How long each command source's restore command may run, by source: its timeout in the config. */
+  stateTimeouts?: Record<string, number>;
 }
 
 type TargetConfig = NonNullable<LifeboatConfig['targets']>[string];
@@ -60,10 +63,10 @@ export function chooseTarget(config: LifeboatConfig, name: string | undefined, b
     throw new UsageError('no targets are configured', { hint: 'add a targets: section to lifeboat.yaml (slots, active, health, activate)' });
   }
   if (name === undefined) {
-    if (names.length === 1) return targetFromConfig(names[0]!, targets[names[0]!]!, base, env);
+    if (names.length === 1) return { ...targetFromConfig(names[0]!, targets[names[0]!]!, base, env), stateTimeouts: restoreTimeouts(config) };
     throw new UsageError(`name the target with --to (one of ${names.join(', ')})`);
   }
   const t = targets[name];
   if (!t) throw new UsageError(`there is no target ${JSON.stringify(name)} in the config (targets: ${names.join(', ')})`);
-  return targetFromConfig(name, t, base, env);
+  return { ...targetFromConfig(name, t, base, env), stateTimeouts: restoreTimeouts(config) };
 }

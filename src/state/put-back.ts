@@ -1,12 +1,16 @@
 import * as path from 'node:path';
 import type { Manifest } from '../format/manifest.js';
+import type { LifeboatConfig } from '../config/config.js';
+import { parseDuration } from '../config/duration.js';
+import { DEFAULT_COMMAND_TIMEOUT_MS } from './capture.js';
 import { COMMAND_OUTPUT_FILE, restoreCommand } from './command.js';
 import { restoreSqlite } from './sqlite.js';
 
 export interface PutBackOptions {
   cwd?: string;
   env?: NodeJS.ProcessEnv;
-  timeoutMs?: number;
+  /** How long each command source's restore command may run, by source (default as long as a capture: 1h). */
+  timeouts?: Record<string, number>;
   signal?: AbortSignal;
   /** Told what is done, as it is done. */
   note: (code: string, message: string) => void;
@@ -33,7 +37,12 @@ export async function putStateBack(manifest: Manifest, root: string, options: Pu
       if (restored.keptAs) options.note('state-kept', `the state ${s.restore} had before is kept as ${restored.keptAs}`);
     } else if (s.kind === 'command') {
       options.note('state-restore', `restoring the state of ${s.name} with \`${s.restore}\``);
-      await restoreCommand(s.name, s.restore, path.join(root, s.name, COMMAND_OUTPUT_FILE), { cwd: options.cwd, env: options.env, timeoutMs: options.timeoutMs, signal: options.signal });
+      await restoreCommand(s.name, s.restore, path.join(root, s.name, COMMAND_OUTPUT_FILE), {
+        cwd: options.cwd,
+        env: options.env,
+        timeoutMs: options.timeouts?.[s.name] ?? DEFAULT_COMMAND_TIMEOUT_MS,
+        signal: options.signal,
+      });
     } else {
       continue;
     }
@@ -46,4 +55,16 @@ export async function putStateBack(manifest: Manifest, root: string, options: Pu
 /** The state sources of a point that putStateBack puts back. */
 export function stateToPutBack(manifest: Manifest): string[] {
   return manifest.sources.filter((s) => s.restore && (s.kind === 'sqlite' || s.kind === 'command')).map((s) => s.name);
+}
+
+/**
+ * How long the restore command of each command source may run: the `timeout` the config gives the
+ * source, which limits its capture too. Putting a dump back takes about as long as taking it.
+ */
+export function restoreTimeouts(config: LifeboatConfig): Record<string, number> {
+  const timeouts: Record<string, number> = {};
+  for (const [name, src] of Object.entries(config.sources ?? {})) {
+    if (typeof src === 'object' && 'command' in src && src.timeout !== undefined) timeouts[name] = parseDuration(src.timeout) ?? DEFAULT_COMMAND_TIMEOUT_MS;
+  }
+  return timeouts;
 }

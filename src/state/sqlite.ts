@@ -29,6 +29,19 @@ function isBusy(err: unknown): boolean {
 }
 
 /**
+ * Runs the online backup of `source` into `destination` and returns the pages it copied. The
+ * driver takes a first step that finds either side locked by another connection (SQLITE_BUSY) for
+ * a finished copy of nothing: the destination then is untouched. Such a copy of a database that has
+ * pages is thrown as the lock it is, so that the caller waits and tries again.
+ */
+async function onlineBackup(source: BetterSqlite3.Database, destination: string): Promise<number> {
+  const expected = source.pragma('page_count', { simple: true }) as number;
+  const { totalPages } = await source.backup(destination, { progress: () => 0x7fffffff });
+  if (totalPages === 0 && expected > 0) throw Object.assign(new Error('database is locked'), { code: 'SQLITE_BUSY' });
+  return totalPages;
+}
+
+/**
  * Copies a live SQLite database with SQLite's online backup API: all pages in
  * one step under one read transaction, so the copy is one committed state of
  * the database however hard other processes write to it (in WAL mode they are
@@ -52,14 +65,21 @@ export async function copySqlite(name: string, database: string, destination: st
         const source = new (sqlite())(database, { readonly: true, fileMustExist: true, timeout: BUSY_TIMEOUT_MS });
         let pages: number;
         try {
-          pages = (await source.backup(destination, { progress: () => 0x7fffffff })).totalPages;
+          pages = await onlineBackup(source, destination);
         } finally {
           source.close();
         }
         return { pages, bytes: await seal(destination), durationMs: Date.now() - started };
       },
       {
-        failed: (err) => (err instanceof RuntimeFailure ? err : new RuntimeFailure(`source ${name}: online backup of ${database} failed: ${errorMessage(err)}`, { cause: err })),
+        failed: (err) => {
+          if (err instanceof RuntimeFailure) return err;
+          // A file of something else (a dump, a log, another store's data) named where the database was meant.
+          if ((err as { code?: string }).code === 'SQLITE_NOTADB') {
+            return new UsageError(`source ${name}: ${database} is not a SQLite database`, { cause: err, hint: `check the file that sources.${name}.sqlite names` });
+          }
+          return new RuntimeFailure(`source ${name}: online backup of ${database} failed: ${errorMessage(err)}`, { cause: err });
+        },
         stayedLocked: (last) =>
           new RuntimeFailure(`source ${name}: ${database} stayed locked by a writer through ${ATTEMPTS} attempts: ${errorMessage(last)}`, {
             hint: 'a transaction that holds the database for minutes blocks a consistent copy; use a pre-backup hook to pause it',
@@ -90,16 +110,27 @@ export async function restoreSqlite(name: string, copy: string, database: string
   let keptAs: string | undefined;
   if (await fsp.stat(database).then((st) => st.size > 0, () => false)) {
     keptAs = await unusedName(`${database}.lifeboat-replaced-${new Date().toISOString().replace(/[-:]/g, '')}`);
-    await copySqlite(name, database, keptAs, signal);
+    await copySqlite(name, database, keptAs, signal).catch(async (err: unknown) => {
+      if ((err as { cause?: { code?: string } }).cause?.code !== 'SQLITE_NOTADB') throw err;
+      // What is there is no database any more (overwritten, its header damaged): the very case for
+      // putting the state back. It is kept as it is, moved aside with its journal, which must not be
+      // applied to the restored database.
+      for (const suffix of ['', '-wal', '-journal']) {
+        await fsp.rename(`${database}${suffix}`, `${keptAs}${suffix}`).catch((e: NodeJS.ErrnoException) => {
+          if (suffix === '' || e.code !== 'ENOENT') throw e;
+        });
+      }
+      await fsp.rm(`${database}-shm`, { force: true });
+    });
   } else {
     await makeDirectories(path.dirname(database));
   }
-  const meta = await retryWhileBusy(
+  const pages = await retryWhileBusy(
     signal,
     async () => {
       const source = new (sqlite())(copy, { readonly: true, fileMustExist: true });
       try {
-        return await source.backup(database, { progress: () => 0x7fffffff });
+        return await onlineBackup(source, database);
       } finally {
         source.close();
       }
@@ -112,7 +143,7 @@ export async function restoreSqlite(name: string, copy: string, database: string
         }),
     },
   );
-  return { pages: meta.totalPages, bytes: (await fsp.stat(database)).size, durationMs: Date.now() - started, ...(keptAs ? { keptAs } : {}) };
+  return { pages, bytes: (await fsp.stat(database)).size, durationMs: Date.now() - started, ...(keptAs ? { keptAs } : {}) };
 }
 
 /** `base`, or `base-2`, `base-3` … when it is taken: a kept state is never overwritten. */
