@@ -655,3 +655,45 @@ test('a rollback to a directory outside the slots (the link had been moved there
   assert.match(st.stdout, new RegExp(`\\n {2}\\S+ {2}rollback ${handMade.replace(/[/\\\\.]/g, '\\$&')} ok,`));
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test('a failover or rollback that fails before the switch says what the target still serves: a drain that is refused, a point whose data is damaged, a pre-activation check', async () => {
+  const { work, first, second } = await twoPoints(
+    '  prod:\n    slots: ./slots\n    active: ./current\n' +
+      '    deactivate: \'test ! -e refuse || { echo "drain refused" >&2; exit 4; }\'\n' +
+      '    health: { command: "true", preActivate: \'test ! -e broken\' }\n',
+  );
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  const serves = (point: string) => `prod still serves ${point}, nothing was switched`;
+
+  await fsp.writeFile(path.join(work, 'refuse'), '');
+  const refused = await lifeboat(['failover', second], { cwd: work });
+  assert.equal(refused.code, 1, refused.stderr);
+  assert.match(refused.stderr, new RegExp(`failover of prod to ${second} failed before the switch: deactivate hook exited with status 4: drain refused; ${serves(first)}\\n`));
+  await fsp.rm(path.join(work, 'refuse'));
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
+  await fsp.writeFile(path.join(work, 'refuse'), '');
+  const json = await lifeboat(['--json', 'rollback'], { cwd: work });
+  assert.equal(json.code, 1, json.stderr);
+  assert.match(json.json().error.message, new RegExp(`^rollback of prod to ${first} failed before the switch: deactivate hook exited with status 4: drain refused; ${serves(second)}$`));
+  await fsp.rm(path.join(work, 'refuse'));
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
+
+  // The first point's data is damaged: the intact point the hint names is the one served, and it says so.
+  await fsp.rm(path.join(work, 'slots', first), { recursive: true });
+  const volume = path.join(work, 'repo', 'data', first, 'v000001.tar');
+  const bytes = await fsp.readFile(volume);
+  bytes[bytes.indexOf('weights A')] ^= 1;
+  await fsp.writeFile(volume, bytes);
+  const damaged = await lifeboat(['failover', first], { cwd: work });
+  assert.equal(damaged.code, 3, damaged.stderr);
+  assert.match(damaged.stderr, new RegExp(`\nlifeboat: failover of prod to ${first} failed before the switch: .*does not match its checksum.*; ${serves(second)}\\n {2}${second} \\(completed [^)]+\\) needs nothing of data/${first}/v000001.tar: prod serves it now\\n$`));
+
+  // A result that is refused before the switch (exit 5) names what is served too.
+  await fsp.writeFile(path.join(work, 'broken'), '');
+  const third = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+  const pre = await lifeboat(['failover', third], { cwd: work });
+  assert.equal(pre.code, 5, pre.stderr);
+  assert.match(pre.stderr, new RegExp(`failover of prod to ${third} failed: pre-activation check failed: .*; prod still serves ${second}, the active link was not changed\\n`));
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
+  await fsp.rm(work, { recursive: true, force: true });
+});

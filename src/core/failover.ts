@@ -61,6 +61,8 @@ interface Run {
   spec: TargetSpec;
   options: SwitchOptions;
   started: number;
+  /** The link was moved to the new slot: from then on, an error no longer means that nothing changed. */
+  linkMoved?: boolean;
 }
 
 function note(run: Run, code: string, message: string, level: 'info' | 'warning' = 'info'): void {
@@ -162,6 +164,7 @@ async function transition(
     }
   }
   await switchActive(run.spec.active, to);
+  run.linkMoved = true;
   note(run, 'switched', `${run.spec.active} → ${to}`);
   let reason: string | undefined;
   let h: HealthResult = { ok: false, attempts: 0, ms: 0, detail: 'not checked' };
@@ -237,10 +240,18 @@ async function settle(run: Run, kind: 'failover' | 'rollback', result: SwitchRes
 /** An interrupt after the link was switched, whose message says what is served now. */
 class InterruptedAfterSwitch extends InterruptedError {}
 
-/** An interrupt before the switch says that nothing changed (after it, the error already says what is served); other errors pass as they are. */
-function beforeTheSwitch(err: unknown, spec: TargetSpec, served: string, again: string): unknown {
-  if (!(err instanceof InterruptedError) || err instanceof InterruptedAfterSwitch) return err;
-  return new InterruptedError(`interrupted before the switch: ${spec.name} still serves ${served}; nothing was switched`, { hint: again });
+/**
+ * An error before the switch says that nothing changed and what is still served: at 3 a.m. "the deactivate hook
+ * failed" or a checksum mismatch alone leaves the operator to find out whether the target was touched. After
+ * the switch, the error already says what is served; a refused command line (exit 2) changed nothing to begin with.
+ */
+function beforeTheSwitch(err: unknown, run: Run, what: string, served: string, again: string): unknown {
+  if (err instanceof InterruptedAfterSwitch || run.linkMoved) return err;
+  if (err instanceof InterruptedError) return new InterruptedError(`interrupted before the switch: ${run.spec.name} still serves ${served}; nothing was switched`, { hint: again });
+  if (err instanceof UsageError || !(err instanceof Error)) return err;
+  // The same error, its class, exit code, hint and damaged volume kept: only what it says grows.
+  err.message = `${what} failed before the switch: ${err.message}; ${run.spec.name} still serves ${served}, nothing was switched`;
+  return err;
 }
 
 /**
@@ -411,7 +422,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     return finish();
   } catch (err) {
     await journalError(run, repo, 'failover', manifest.id, err);
-    throw beforeTheSwitch(err, spec, served, `lifeboat failover ${manifest.id} --to ${spec.name} starts again, going on from what was restored`);
+    throw beforeTheSwitch(err, run, `failover of ${spec.name} to ${manifest.id}`, served, `lifeboat failover ${manifest.id} --to ${spec.name} starts again, going on from what was restored`);
   } finally {
     await unlock();
   }
@@ -459,7 +470,7 @@ export async function rollback(repo: Repository, spec: TargetSpec, options: Swit
     return result;
   } catch (err) {
     await journalError(run, repo, 'rollback', slotPoint(spec.slots, to) ?? null, err);
-    throw beforeTheSwitch(err, spec, served, `lifeboat rollback --to ${spec.name} starts again`);
+    throw beforeTheSwitch(err, run, `rollback of ${spec.name}${to ? ` to ${slotPoint(spec.slots, to) ?? to}` : ''}`, served, `lifeboat rollback --to ${spec.name} starts again`);
   } finally {
     await unlock();
   }

@@ -55,7 +55,7 @@ export function reportSwitch(ctx: CliContext, verb: 'failover' | 'rollback', r: 
       ? r.from.path
         ? `; switched back to ${r.from.point ?? r.from.path}, which is ${r.previousHealthy ? 'healthy again' : 'NOT healthy either'}`
         : '; the link was removed again (there was none before)'
-      : '; the active link was not changed';
+      : `; ${r.target} still serves ${r.from.point ?? r.from.path ?? 'nothing'}, the active link was not changed`;
   throw new HealthError(`${verb} of ${r.target} to ${r.point ?? r.slot} failed: ${r.reason}${back}`, {
     hint: r.previousHealthy === false || r.previousMissing ? 'the target is down: fail over to another point (lifeboat list, lifeboat failover POINT --to TARGET)' : undefined,
   });
@@ -81,7 +81,9 @@ export async function runFailover(ctx: CliContext, selector: string | undefined,
       applyState: flags.state !== false,
     }).catch(async (err: unknown) => {
       // Damaged data fails the restore before the switch: the link is as it was.
-      throw await withIntactAlternative(err, repo, point, (id) => `lifeboat failover ${id} --to ${spec.name}`);
+      // The intact point is often the one served now: failing over to it again would change nothing.
+      const served = slotPoint(spec.slots, await readActive(spec.active).catch(() => null));
+      throw await withIntactAlternative(err, repo, point, (id) => (id === served ? `${spec.name} serves it now` : `lifeboat failover ${id} --to ${spec.name}`));
     });
     renderer.stop();
     reportSwitch(ctx, 'failover', result);
