@@ -697,3 +697,22 @@ test('a failover or rollback that fails before the switch says what the target s
   assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test("a command source's restore command runs within that source's timeout during a failover, as its capture does, not a fixed limit", async () => {
+  const work = await tempDir();
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights A');
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    'repository: ./repo\nsources:\n  models: ./models\n  features: { command: "echo features", restore: "sleep 3; cat > restored", timeout: 1s }\n' +
+      'targets:\n  prod: { slots: ./slots, active: ./current }\n',
+  );
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const point = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+  const r = await lifeboat(['failover', point], { cwd: work });
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /restore command of source features timed out after 1000 ms and was stopped; prod still serves nothing, nothing was switched\n/);
+  assert.equal(await readActive(path.join(work, 'current')), null);
+  assert.equal(await exists(path.join(work, 'restored')), false);
+  await fsp.rm(work, { recursive: true, force: true });
+});

@@ -23,6 +23,8 @@ export interface SwitchOptions {
   /** Volumes streamed at once while restoring. */
   concurrency?: number;
   hookTimeoutMs?: number;
+  /** Per command source: how long its restore command may run (its `timeout` in the config). */
+  stateTimeouts?: Record<string, number>;
 }
 
 export type SwitchOutcome = 'ok' | 'rolled-back' | 'failed';
@@ -118,7 +120,7 @@ async function applyState(run: Run, manifest: Manifest, slot: string): Promise<v
   await putStateBack(manifest, slot, {
     cwd: run.spec.cwd,
     env: hookEnv(run, slot, manifest.id),
-    timeoutMs: run.options.hookTimeoutMs ?? DEFAULT_HOOK_TIMEOUT_MS,
+    timeouts: run.options.stateTimeouts,
     signal: run.options.signal,
     note: (code, message) => note(run, code, message),
   });

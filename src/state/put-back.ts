@@ -2,11 +2,15 @@ import * as path from 'node:path';
 import type { Manifest } from '../format/manifest.js';
 import { COMMAND_OUTPUT_FILE, restoreCommand } from './command.js';
 import { restoreSqlite } from './sqlite.js';
+import { DEFAULT_COMMAND_TIMEOUT_MS } from './capture.js';
+import { parseDuration } from '../config/duration.js';
+import type { LifeboatConfig } from '../config/config.js';
 
 export interface PutBackOptions {
   cwd?: string;
   env?: NodeJS.ProcessEnv;
-  timeoutMs?: number;
+  /** Per command source: how long its restore command may run (default: DEFAULT_COMMAND_TIMEOUT_MS, as its capture). */
+  timeouts?: Record<string, number>;
   signal?: AbortSignal;
   /** Told what is done, as it is done. */
   note: (code: string, message: string) => void;
@@ -33,7 +37,7 @@ export async function putStateBack(manifest: Manifest, root: string, options: Pu
       if (restored.keptAs) options.note('state-kept', `the state ${s.restore} had before is kept as ${restored.keptAs}`);
     } else if (s.kind === 'command') {
       options.note('state-restore', `restoring the state of ${s.name} with \`${s.restore}\``);
-      await restoreCommand(s.name, s.restore, path.join(root, s.name, COMMAND_OUTPUT_FILE), { cwd: options.cwd, env: options.env, timeoutMs: options.timeoutMs, signal: options.signal });
+      await restoreCommand(s.name, s.restore, path.join(root, s.name, COMMAND_OUTPUT_FILE), { cwd: options.cwd, env: options.env, timeoutMs: options.timeouts?.[s.name] ?? DEFAULT_COMMAND_TIMEOUT_MS, signal: options.signal });
     } else {
       continue;
     }
@@ -46,4 +50,17 @@ export async function putStateBack(manifest: Manifest, root: string, options: Pu
 /** The state sources of a point that putStateBack puts back. */
 export function stateToPutBack(manifest: Manifest): string[] {
   return manifest.sources.filter((s) => s.restore && (s.kind === 'sqlite' || s.kind === 'command')).map((s) => s.name);
+}
+
+/**
+ * The `timeout` of each command source of the config: its restore command gets
+ * as long as its capture (a pg_restore takes longer than the pg_dump it replays).
+ */
+export function restoreTimeouts(sources: LifeboatConfig['sources']): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [name, src] of Object.entries(sources ?? {})) {
+    const ms = typeof src === 'object' && 'command' in src && src.timeout !== undefined ? parseDuration(src.timeout) : undefined;
+    if (ms !== undefined) out[name] = ms;
+  }
+  return out;
 }

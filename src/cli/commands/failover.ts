@@ -11,6 +11,7 @@ import { openRepository, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
 import { formatBytes } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
+import { restoreTimeouts } from '../../state/put-back.js';
 import { ProgressRenderer, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 
@@ -79,6 +80,7 @@ export async function runFailover(ctx: CliContext, selector: string | undefined,
       reporter: renderer,
       concurrency: config.s3?.concurrency,
       applyState: flags.state !== false,
+      stateTimeouts: restoreTimeouts(config.sources),
     }).catch(async (err: unknown) => {
       // Damaged data fails the restore before the switch: the link is as it was.
       // The intact point is often the one served now: failing over to it again would change nothing.
@@ -102,10 +104,10 @@ async function servedDeployment(repo: Repository, spec: TargetSpec): Promise<str
 
 export async function runRollback(ctx: CliContext, flags: FailoverFlags): Promise<void> {
   const spec = await resolveTarget(ctx, flags.to);
-  const { repo, close } = await openRepository(ctx);
+  const { repo, config, close } = await openRepository(ctx);
   const renderer = new ProgressRenderer(ctx, `rollback of ${spec.name}`);
   try {
-    const result = await rollback(repo, spec, { signal: ctx.signal, reporter: renderer, applyState: flags.state !== false });
+    const result = await rollback(repo, spec, { signal: ctx.signal, reporter: renderer, applyState: flags.state !== false, stateTimeouts: restoreTimeouts(config.sources) });
     renderer.stop();
     reportSwitch(ctx, 'rollback', result);
   } finally {

@@ -12,8 +12,7 @@ import type { Repository } from '../../core/repository.js';
 import { loadConfig } from '../../config/config.js';
 import { makeWorkDirectory } from '../../format/mkdirs.js';
 import { removeTree } from '../../format/remove-tree.js';
-import { putStateBack, stateToPutBack } from '../../state/put-back.js';
-import { DEFAULT_HOOK_TIMEOUT_MS } from '../../state/hooks.js';
+import { putStateBack, restoreTimeouts, stateToPutBack } from '../../state/put-back.js';
 import { openRepository, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
 import { formatBytes, quoteName } from '../format.js';
@@ -95,7 +94,7 @@ async function restoreState(ctx: CliContext, repo: Repository, point: Manifest, 
     for (const name of names) renderer.notice({ level: 'info', code: 'state-restore', message: `would put back the state of ${name}` });
     return;
   }
-  const { file } = await loadConfig({ explicit: ctx.global.config, cwd: ctx.cwd, env: ctx.env });
+  const { config, file } = await loadConfig({ explicit: ctx.global.config, cwd: ctx.cwd, env: ctx.env });
   const scratch = await makeWorkDirectory(undefined, 'lifeboat-state-', (dir) => renderer.notice(leftWorkDirectory(dir)));
   try {
     const root = path.join(scratch, 'point');
@@ -103,7 +102,7 @@ async function restoreState(ctx: CliContext, repo: Repository, point: Manifest, 
     await putStateBack({ ...point, sources: point.sources.filter((s) => names.includes(s.name)) }, root, {
       cwd: file ? path.dirname(file) : ctx.cwd,
       env: { ...ctx.env, LIFEBOAT_POINT: point.id },
-      timeoutMs: DEFAULT_HOOK_TIMEOUT_MS,
+      timeouts: restoreTimeouts(config.sources),
       signal: ctx.signal,
       note: (code, message) => renderer.notice({ level: 'info', code, message }),
       putBack,
