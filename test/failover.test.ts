@@ -716,3 +716,28 @@ test("a command source's restore command runs within that source's timeout durin
   assert.equal(await exists(path.join(work, 'restored')), false);
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test('without a health check, a failover switched back whose activate hook fails on the old slot too does not call that slot healthy again', async () => {
+  const { work, first, second } = await twoPoints(
+    '  prod:\n    slots: ./slots\n    active: ./current\n' + '    activate: \'test ! -e fail || { echo "reload failed" >&2; exit 3; }\'\n',
+  );
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  await fsp.writeFile(path.join(work, 'fail'), '');
+  const down = await lifeboat(['--json', 'failover', second], { cwd: work });
+  assert.equal(down.code, 5, down.stderr);
+  assert.match(
+    down.stderr,
+    new RegExp(`failed: activate hook exited with status 3: reload failed; switched back to ${first}, which is not activated again: activate hook exited with status 3: reload failed\\n {2}the target is down`),
+  );
+  assert.equal(down.json().previousHealthy, false);
+  assert.equal(down.json().previousUnchecked, true);
+
+  // Failing only on the new slot: the old one is activated again, which is all that is known of it.
+  await fsp.writeFile(path.join(work, 'activate.sh'), `test "$LIFEBOAT_POINT" != ${second} || exit 3\n`);
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ./repo\nsources:\n  models: ./models\ntargets:\n  prod: { slots: ./slots, active: ./current, activate: "sh activate.sh" }\n`);
+  const back = await lifeboat(['failover', second], { cwd: work });
+  assert.equal(back.code, 5, back.stderr);
+  assert.match(back.stderr, new RegExp(`; switched back to ${first}, which is activated again \\(no health check configured\\)\\n$`));
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first));
+  await fsp.rm(work, { recursive: true, force: true });
+});

@@ -56,6 +56,10 @@ export interface SwitchResult {
   /** After a failed switch: the link was put back, and whether the old slot answered healthy again. */
   switchedBack?: boolean;
   previousHealthy?: boolean | null;
+  /** After switching back: what the old slot's check answered, or why its activate hook failed when no check is configured. */
+  previousDetail?: string;
+  /** After switching back: no health check is configured, so `previousHealthy` says only whether the activate hook succeeded. */
+  previousUnchecked?: boolean;
   pruned: string[];
 }
 
@@ -154,7 +158,7 @@ async function transition(
   from: string | null,
   to: string,
   point: string | null,
-): Promise<Pick<SwitchResult, 'ok' | 'health' | 'reason' | 'switchedBack' | 'previousHealthy' | 'rtoMs' | 'interrupted' | 'previousMissing'>> {
+): Promise<Pick<SwitchResult, 'ok' | 'health' | 'reason' | 'switchedBack' | 'previousHealthy' | 'previousDetail' | 'previousUnchecked' | 'rtoMs' | 'interrupted' | 'previousMissing'>> {
   const fromPoint = slotPoint(run.spec.slots, from) ?? null;
   if (from) {
     try {
@@ -197,14 +201,25 @@ async function transition(
   await hook(run, 'deactivate', to, point).catch((err) => note(run, 'hook-failed', `deactivate hook: ${errorMessage(err)}`, 'warning'));
   await switchActive(run.spec.active, from);
   let previousHealthy: boolean | null = null;
+  let previousDetail: string | undefined;
+  let previousUnchecked: boolean | undefined;
   if (from) {
     const old = await manifestOf(repo, fromPoint);
     if (old) await applyState(run, old, from).catch((err) => note(run, 'state-restore-failed', errorMessage(err), 'warning'));
-    await hook(run, 'activate', from, fromPoint, true).catch((err) => note(run, 'hook-failed', `activate hook: ${errorMessage(err)}`, 'warning'));
-    previousHealthy = (await health(run, from, fromPoint)).ok;
-    note(run, previousHealthy ? 'previous-healthy' : 'previous-unhealthy', `${from} is ${previousHealthy ? 'healthy again' : 'NOT healthy either'}`, previousHealthy ? 'info' : 'warning');
+    let reactivated: string | undefined;
+    await hook(run, 'activate', from, fromPoint, true).catch((err) => {
+      reactivated = errorMessage(err);
+      note(run, 'hook-failed', `activate hook: ${reactivated}`, 'warning');
+    });
+    const back = await health(run, from, fromPoint);
+    // Without a health check, only the activate hook tells: one that failed leaves the old slot in doubt, not healthy.
+    previousUnchecked = back.unchecked;
+    previousHealthy = back.unchecked ? reactivated === undefined : back.ok;
+    previousDetail = back.unchecked ? reactivated : back.detail;
+    const said = previousHealthy ? (back.unchecked ? 'activated again (no health check configured)' : 'healthy again') : back.unchecked ? `not activated again (${reactivated})` : 'NOT healthy either';
+    note(run, previousHealthy ? 'previous-healthy' : 'previous-unhealthy', `${from} is ${said}`, previousHealthy ? 'info' : 'warning');
   }
-  return { ok: false, health: h, reason, switchedBack: true, previousHealthy, rtoMs: null };
+  return { ok: false, health: h, reason, switchedBack: true, previousHealthy, ...(previousDetail ? { previousDetail } : {}), ...(previousUnchecked ? { previousUnchecked } : {}), rtoMs: null };
 }
 
 async function remember(run: Run, from: string | null, to: string, kind: string): Promise<void> {

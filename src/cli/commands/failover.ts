@@ -54,7 +54,15 @@ export function reportSwitch(ctx: CliContext, verb: 'failover' | 'rollback', r: 
     ? `; the slot it served before, ${r.from.path}, is missing, so ${r.slot} stays linked`
     : r.switchedBack
       ? r.from.path
-        ? `; switched back to ${r.from.point ?? r.from.path}, which is ${r.previousHealthy ? 'healthy again' : 'NOT healthy either'}`
+        ? `; switched back to ${r.from.point ?? r.from.path}, which is ${
+            r.previousUnchecked
+              ? r.previousHealthy
+                ? 'activated again (no health check configured)'
+                : `not activated again: ${r.previousDetail ?? 'its activate hook failed'}`
+              : r.previousHealthy
+                ? 'healthy again'
+                : 'NOT healthy either'
+          }`
         : '; the link was removed again (there was none before)'
       : `; ${r.target} still serves ${r.from.point ?? r.from.path ?? 'nothing'}, the active link was not changed`;
   throw new HealthError(`${verb} of ${r.target} to ${r.point ?? r.slot} failed: ${r.reason}${back}`, {
