@@ -741,3 +741,20 @@ test('without a health check, a failover switched back whose activate hook fails
   assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first));
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test('a rollback whose record of switches was damaged (cut short on a full disk) says so, instead of that the target never switched', async () => {
+  const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
+  const record = path.join(work, 'slots', '.lifeboat-target.json');
+  const text = await fsp.readFile(record, 'utf8');
+  for (const [damaged, why] of [['', 'it is empty'], [text.slice(0, 40), 'it is not valid JSON']] as const) {
+    await fsp.writeFile(record, damaged);
+    const r = await lifeboat(['rollback'], { cwd: work });
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`the record of the switches of target prod, ${record}, is damaged \\(${why}\\), so the slot to roll back to is not known; prod still serves ${second}, nothing was switched\\n {2}fail over to the point served before`));
+  }
+  await fsp.rm(record);
+  assert.match((await lifeboat(['rollback'], { cwd: work })).stderr, /target prod has no previous slot to roll back to/);
+  await fsp.rm(work, { recursive: true, force: true });
+});

@@ -11,7 +11,7 @@ import type { Repository } from './repository.js';
 import { restore } from './restore.js';
 import { NotEnoughSpace, removeOtherStaging } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
-import { listSlots, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, writeTargetState } from './slots.js';
+import { TARGET_STATE_FILE, listSlots, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState } from './slots.js';
 import type { TargetSpec } from './targets.js';
 import { removeTree } from '../format/remove-tree.js';
 
@@ -460,7 +460,16 @@ export async function rollback(repo: Repository, spec: TargetSpec, options: Swit
     const from = await readActive(spec.active);
     served = slotPoint(spec.slots, from) ?? from ?? 'nothing';
     to = state.previous;
-    if (!to) throw new UsageError(`target ${spec.name} has no previous slot to roll back to`, { hint: 'fail over to a chosen point instead: lifeboat failover POINT --to TARGET' });
+    if (!to) {
+      // A damaged record is not a target that never switched: say so, or the operator looks for a mistake of theirs.
+      const damage = await targetStateDamage(spec.slots);
+      if (damage) {
+        throw new RuntimeFailure(`the record of the switches of target ${spec.name}, ${path.join(spec.slots, TARGET_STATE_FILE)}, is damaged (${damage}), so the slot to roll back to is not known`, {
+          hint: `fail over to the point served before: lifeboat status --target ${spec.name} lists the last failovers and the slots; lifeboat failover POINT --to ${spec.name}`,
+        });
+      }
+      throw new UsageError(`target ${spec.name} has no previous slot to roll back to`, { hint: 'fail over to a chosen point instead: lifeboat failover POINT --to TARGET' });
+    }
     if (!(await isDirectory(to))) {
       throw new UsageError(`the previous slot ${to} of target ${spec.name} no longer exists`, { hint: 'fail over to a chosen point instead: lifeboat failover POINT --to TARGET' });
     }
