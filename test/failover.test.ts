@@ -655,3 +655,106 @@ test('a rollback to a directory outside the slots (the link had been moved there
   assert.match(st.stdout, new RegExp(`\\n {2}\\S+ {2}rollback ${handMade.replace(/[/\\\\.]/g, '\\$&')} ok,`));
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test('a failover or rollback that fails before the switch says what the target still serves: a drain that is refused, a point whose data is damaged, a pre-activation check', async () => {
+  const { work, first, second } = await twoPoints(
+    '  prod:\n    slots: ./slots\n    active: ./current\n' +
+      '    deactivate: \'test ! -e refuse || { echo "drain refused" >&2; exit 4; }\'\n' +
+      '    health: { command: "true", preActivate: \'test ! -e broken\' }\n',
+  );
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  const serves = (point: string) => `prod still serves ${point}, nothing was switched`;
+
+  await fsp.writeFile(path.join(work, 'refuse'), '');
+  const refused = await lifeboat(['failover', second], { cwd: work });
+  assert.equal(refused.code, 1, refused.stderr);
+  assert.match(refused.stderr, new RegExp(`failover of prod to ${second} failed before the switch: deactivate hook exited with status 4: drain refused; ${serves(first)}\\n`));
+  await fsp.rm(path.join(work, 'refuse'));
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
+  await fsp.writeFile(path.join(work, 'refuse'), '');
+  const json = await lifeboat(['--json', 'rollback'], { cwd: work });
+  assert.equal(json.code, 1, json.stderr);
+  assert.match(json.json().error.message, new RegExp(`^rollback of prod to ${first} failed before the switch: deactivate hook exited with status 4: drain refused; ${serves(second)}$`));
+  await fsp.rm(path.join(work, 'refuse'));
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
+
+  // The first point's data is damaged: the intact point the hint names is the one served, and it says so.
+  await fsp.rm(path.join(work, 'slots', first), { recursive: true });
+  const volume = path.join(work, 'repo', 'data', first, 'v000001.tar');
+  const bytes = await fsp.readFile(volume);
+  bytes[bytes.indexOf('weights A')] ^= 1;
+  await fsp.writeFile(volume, bytes);
+  const damaged = await lifeboat(['failover', first], { cwd: work });
+  assert.equal(damaged.code, 3, damaged.stderr);
+  assert.match(damaged.stderr, new RegExp(`\nlifeboat: failover of prod to ${first} failed before the switch: .*does not match its checksum.*; ${serves(second)}\\n {2}${second} \\(completed [^)]+\\) needs nothing of data/${first}/v000001.tar: prod serves it now\\n$`));
+
+  // A result that is refused before the switch (exit 5) names what is served too.
+  await fsp.writeFile(path.join(work, 'broken'), '');
+  const third = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+  const pre = await lifeboat(['failover', third], { cwd: work });
+  assert.equal(pre.code, 5, pre.stderr);
+  assert.match(pre.stderr, new RegExp(`failover of prod to ${third} failed: pre-activation check failed: .*; prod still serves ${second}, the active link was not changed\\n`));
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test("a command source's restore command runs within that source's timeout during a failover, as its capture does, not a fixed limit", async () => {
+  const work = await tempDir();
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights A');
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    'repository: ./repo\nsources:\n  models: ./models\n  features: { command: "echo features", restore: "sleep 3; cat > restored", timeout: 1s }\n' +
+      'targets:\n  prod: { slots: ./slots, active: ./current }\n',
+  );
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const point = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+  const r = await lifeboat(['failover', point], { cwd: work });
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /restore command of source features timed out after 1000 ms and was stopped; prod still serves nothing, nothing was switched\n/);
+  assert.equal(await readActive(path.join(work, 'current')), null);
+  assert.equal(await exists(path.join(work, 'restored')), false);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('without a health check, a failover switched back whose activate hook fails on the old slot too does not call that slot healthy again', async () => {
+  const { work, first, second } = await twoPoints(
+    '  prod:\n    slots: ./slots\n    active: ./current\n' + '    activate: \'test ! -e fail || { echo "reload failed" >&2; exit 3; }\'\n',
+  );
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  await fsp.writeFile(path.join(work, 'fail'), '');
+  const down = await lifeboat(['--json', 'failover', second], { cwd: work });
+  assert.equal(down.code, 5, down.stderr);
+  assert.match(
+    down.stderr,
+    new RegExp(`failed: activate hook exited with status 3: reload failed; switched back to ${first}, which is not activated again: activate hook exited with status 3: reload failed\\n {2}the target is down`),
+  );
+  assert.equal(down.json().previousHealthy, false);
+  assert.equal(down.json().previousUnchecked, true);
+
+  // Failing only on the new slot: the old one is activated again, which is all that is known of it.
+  await fsp.writeFile(path.join(work, 'activate.sh'), `test "$LIFEBOAT_POINT" != ${second} || exit 3\n`);
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ./repo\nsources:\n  models: ./models\ntargets:\n  prod: { slots: ./slots, active: ./current, activate: "sh activate.sh" }\n`);
+  const back = await lifeboat(['failover', second], { cwd: work });
+  assert.equal(back.code, 5, back.stderr);
+  assert.match(back.stderr, new RegExp(`; switched back to ${first}, which is activated again \\(no health check configured\\)\\n$`));
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first));
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a rollback whose record of switches was damaged (cut short on a full disk) says so, instead of that the target never switched', async () => {
+  const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
+  const record = path.join(work, 'slots', '.lifeboat-target.json');
+  const text = await fsp.readFile(record, 'utf8');
+  for (const [damaged, why] of [['', 'it is empty'], [text.slice(0, 40), 'it is not valid JSON']] as const) {
+    await fsp.writeFile(record, damaged);
+    const r = await lifeboat(['rollback'], { cwd: work });
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`the record of the switches of target prod, ${record}, is damaged \\(${why}\\), so the slot to roll back to is not known; prod still serves ${second}, nothing was switched\\n {2}fail over to the point served before`));
+  }
+  await fsp.rm(record);
+  assert.match((await lifeboat(['rollback'], { cwd: work })).stderr, /target prod has no previous slot to roll back to/);
+  await fsp.rm(work, { recursive: true, force: true });
+});

@@ -11,7 +11,7 @@ import type { Repository } from './repository.js';
 import { restore } from './restore.js';
 import { NotEnoughSpace, removeOtherStaging } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
-import { listSlots, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, writeTargetState } from './slots.js';
+import { TARGET_STATE_FILE, listSlots, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState } from './slots.js';
 import type { TargetSpec } from './targets.js';
 import { removeTree } from '../format/remove-tree.js';
 
@@ -54,6 +54,10 @@ export interface SwitchResult {
   /** After a failed switch: the link was put back, and whether the old slot answered healthy again. */
   switchedBack?: boolean;
   previousHealthy?: boolean | null;
+  /** After switching back: what the old slot's check answered, or why its activate hook failed when no check is configured. */
+  previousDetail?: string;
+  /** After switching back: no health check is configured, so `previousHealthy` says only whether the activate hook succeeded. */
+  previousUnchecked?: boolean;
   pruned: string[];
 }
 
@@ -61,6 +65,8 @@ interface Run {
   spec: TargetSpec;
   options: SwitchOptions;
   started: number;
+  /** The link was moved to the new slot: from then on, an error no longer means that nothing changed. */
+  linkMoved?: boolean;
 }
 
 function note(run: Run, code: string, message: string, level: 'info' | 'warning' = 'info'): void {
@@ -150,7 +156,7 @@ async function transition(
   from: string | null,
   to: string,
   point: string | null,
-): Promise<Pick<SwitchResult, 'ok' | 'health' | 'reason' | 'switchedBack' | 'previousHealthy' | 'rtoMs' | 'interrupted' | 'previousMissing'>> {
+): Promise<Pick<SwitchResult, 'ok' | 'health' | 'reason' | 'switchedBack' | 'previousHealthy' | 'previousDetail' | 'previousUnchecked' | 'rtoMs' | 'interrupted' | 'previousMissing'>> {
   const fromPoint = slotPoint(run.spec.slots, from) ?? null;
   if (from) {
     try {
@@ -162,6 +168,7 @@ async function transition(
     }
   }
   await switchActive(run.spec.active, to);
+  run.linkMoved = true;
   note(run, 'switched', `${run.spec.active} → ${to}`);
   let reason: string | undefined;
   let h: HealthResult = { ok: false, attempts: 0, ms: 0, detail: 'not checked' };
@@ -192,14 +199,25 @@ async function transition(
   await hook(run, 'deactivate', to, point).catch((err) => note(run, 'hook-failed', `deactivate hook: ${errorMessage(err)}`, 'warning'));
   await switchActive(run.spec.active, from);
   let previousHealthy: boolean | null = null;
+  let previousDetail: string | undefined;
+  let previousUnchecked: boolean | undefined;
   if (from) {
     const old = await manifestOf(repo, fromPoint);
     if (old) await applyState(run, old, from).catch((err) => note(run, 'state-restore-failed', errorMessage(err), 'warning'));
-    await hook(run, 'activate', from, fromPoint, true).catch((err) => note(run, 'hook-failed', `activate hook: ${errorMessage(err)}`, 'warning'));
-    previousHealthy = (await health(run, from, fromPoint)).ok;
-    note(run, previousHealthy ? 'previous-healthy' : 'previous-unhealthy', `${from} is ${previousHealthy ? 'healthy again' : 'NOT healthy either'}`, previousHealthy ? 'info' : 'warning');
+    let reactivated: string | undefined;
+    await hook(run, 'activate', from, fromPoint, true).catch((err) => {
+      reactivated = errorMessage(err);
+      note(run, 'hook-failed', `activate hook: ${reactivated}`, 'warning');
+    });
+    const back = await health(run, from, fromPoint);
+    // Without a health check, only the activate hook tells: one that failed leaves the old slot in doubt, not healthy.
+    previousUnchecked = back.unchecked;
+    previousHealthy = back.unchecked ? reactivated === undefined : back.ok;
+    previousDetail = back.unchecked ? reactivated : back.detail;
+    const said = previousHealthy ? (back.unchecked ? 'activated again (no health check configured)' : 'healthy again') : back.unchecked ? `not activated again (${reactivated})` : 'NOT healthy either';
+    note(run, previousHealthy ? 'previous-healthy' : 'previous-unhealthy', `${from} is ${said}`, previousHealthy ? 'info' : 'warning');
   }
-  return { ok: false, health: h, reason, switchedBack: true, previousHealthy, rtoMs: null };
+  return { ok: false, health: h, reason, switchedBack: true, previousHealthy, ...(previousDetail ? { previousDetail } : {}), ...(previousUnchecked ? { previousUnchecked } : {}), rtoMs: null };
 }
 
 async function remember(run: Run, from: string | null, to: string, kind: string): Promise<void> {
@@ -237,10 +255,18 @@ async function settle(run: Run, kind: 'failover' | 'rollback', result: SwitchRes
 /** An interrupt after the link was switched, whose message says what is served now. */
 class InterruptedAfterSwitch extends InterruptedError {}
 
-/** An interrupt before the switch says that nothing changed (after it, the error already says what is served); other errors pass as they are. */
-function beforeTheSwitch(err: unknown, spec: TargetSpec, served: string, again: string): unknown {
-  if (!(err instanceof InterruptedError) || err instanceof InterruptedAfterSwitch) return err;
-  return new InterruptedError(`interrupted before the switch: ${spec.name} still serves ${served}; nothing was switched`, { hint: again });
+/**
+ * An error before the switch says that nothing changed and what is still served: at 3 a.m. "the deactivate hook
+ * failed" or a checksum mismatch alone leaves the operator to find out whether the target was touched. After
+ * the switch, the error already says what is served; a refused command line (exit 2) changed nothing to begin with.
+ */
+function beforeTheSwitch(err: unknown, run: Run, what: string, served: string, again: string): unknown {
+  if (err instanceof InterruptedAfterSwitch || run.linkMoved) return err;
+  if (err instanceof InterruptedError) return new InterruptedError(`interrupted before the switch: ${run.spec.name} still serves ${served}; nothing was switched`, { hint: again });
+  if (err instanceof UsageError || !(err instanceof Error)) return err;
+  // The same error, its class, exit code, hint and damaged volume kept: only what it says grows.
+  err.message = `${what} failed before the switch: ${err.message}; ${run.spec.name} still serves ${served}, nothing was switched`;
+  return err;
 }
 
 /**
@@ -411,7 +437,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     return finish();
   } catch (err) {
     await journalError(run, repo, 'failover', manifest.id, err);
-    throw beforeTheSwitch(err, spec, served, `lifeboat failover ${manifest.id} --to ${spec.name} starts again, going on from what was restored`);
+    throw beforeTheSwitch(err, run, `failover of ${spec.name} to ${manifest.id}`, served, `lifeboat failover ${manifest.id} --to ${spec.name} starts again, going on from what was restored`);
   } finally {
     await unlock();
   }
@@ -432,7 +458,16 @@ export async function rollback(repo: Repository, spec: TargetSpec, options: Swit
     const from = await readActive(spec.active);
     served = slotPoint(spec.slots, from) ?? from ?? 'nothing';
     to = state.previous;
-    if (!to) throw new UsageError(`target ${spec.name} has no previous slot to roll back to`, { hint: 'fail over to a chosen point instead: lifeboat failover POINT --to TARGET' });
+    if (!to) {
+      // A damaged record is not a target that never switched: say so, or the operator looks for a mistake of theirs.
+      const damage = await targetStateDamage(spec.slots);
+      if (damage) {
+        throw new RuntimeFailure(`the record of the switches of target ${spec.name}, ${path.join(spec.slots, TARGET_STATE_FILE)}, is damaged (${damage}), so the slot to roll back to is not known`, {
+          hint: `fail over to the point served before: lifeboat status --target ${spec.name} lists the last failovers and the slots; lifeboat failover POINT --to ${spec.name}`,
+        });
+      }
+      throw new UsageError(`target ${spec.name} has no previous slot to roll back to`, { hint: 'fail over to a chosen point instead: lifeboat failover POINT --to TARGET' });
+    }
     if (!(await isDirectory(to))) {
       throw new UsageError(`the previous slot ${to} of target ${spec.name} no longer exists`, { hint: 'fail over to a chosen point instead: lifeboat failover POINT --to TARGET' });
     }
@@ -459,7 +494,7 @@ export async function rollback(repo: Repository, spec: TargetSpec, options: Swit
     return result;
   } catch (err) {
     await journalError(run, repo, 'rollback', slotPoint(spec.slots, to) ?? null, err);
-    throw beforeTheSwitch(err, spec, served, `lifeboat rollback --to ${spec.name} starts again`);
+    throw beforeTheSwitch(err, run, `rollback of ${spec.name}${to ? ` to ${slotPoint(spec.slots, to) ?? to}` : ''}`, served, `lifeboat rollback --to ${spec.name} starts again`);
   } finally {
     await unlock();
   }

@@ -90,6 +90,25 @@ export async function readTargetState(slots: string): Promise<TargetState> {
   return { version: 1, previous: null, history: [] };
 }
 
+/**
+ * Why the record of switches does not read, when it is there but damaged (a
+ * crash, or a full disk that cut its last write short); undefined when it reads
+ * or was never written.
+ */
+export async function targetStateDamage(slots: string): Promise<string | undefined> {
+  let text: string;
+  try {
+    text = await fsp.readFile(path.join(slots, TARGET_STATE_FILE), 'utf8');
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ENOENT' ? undefined : errorMessage(err);
+  }
+  try {
+    return targetStateSchema.safeParse(JSON.parse(text)).success ? undefined : 'it is not a record of switches';
+  } catch {
+    return text.trim() === '' ? 'it is empty' : 'it is not valid JSON';
+  }
+}
+
 export async function writeTargetState(slots: string, state: TargetState): Promise<void> {
   await makeDirectories(slots);
   const file = path.join(slots, TARGET_STATE_FILE);

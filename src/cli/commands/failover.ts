@@ -53,9 +53,17 @@ export function reportSwitch(ctx: CliContext, verb: 'failover' | 'rollback', r: 
     ? `; the slot it served before, ${r.from.path}, is missing, so ${r.slot} stays linked`
     : r.switchedBack
       ? r.from.path
-        ? `; switched back to ${r.from.point ?? r.from.path}, which is ${r.previousHealthy ? 'healthy again' : 'NOT healthy either'}`
+        ? `; switched back to ${r.from.point ?? r.from.path}, which is ${
+            r.previousUnchecked
+              ? r.previousHealthy
+                ? 'activated again (no health check configured)'
+                : `not activated again: ${r.previousDetail ?? 'its activate hook failed'}`
+              : r.previousHealthy
+                ? 'healthy again'
+                : 'NOT healthy either'
+          }`
         : '; the link was removed again (there was none before)'
-      : '; the active link was not changed';
+      : `; ${r.target} still serves ${r.from.point ?? r.from.path ?? 'nothing'}, the active link was not changed`;
   throw new HealthError(`${verb} of ${r.target} to ${r.point ?? r.slot} failed: ${r.reason}${back}`, {
     hint: r.previousHealthy === false || r.previousMissing ? 'the target is down: fail over to another point (lifeboat list, lifeboat failover POINT --to TARGET)' : undefined,
   });
@@ -81,7 +89,9 @@ export async function runFailover(ctx: CliContext, selector: string | undefined,
       applyState: flags.state !== false,
     }).catch(async (err: unknown) => {
       // Damaged data fails the restore before the switch: the link is as it was.
-      throw await withIntactAlternative(err, repo, point, (id) => `lifeboat failover ${id} --to ${spec.name}`);
+      // The intact point is often the one served now: failing over to it again would change nothing.
+      const served = slotPoint(spec.slots, await readActive(spec.active).catch(() => null));
+      throw await withIntactAlternative(err, repo, point, (id) => (id === served ? `${spec.name} serves it now` : `lifeboat failover ${id} --to ${spec.name}`));
     });
     renderer.stop();
     reportSwitch(ctx, 'failover', result);
@@ -100,7 +110,7 @@ async function servedDeployment(repo: Repository, spec: TargetSpec): Promise<str
 
 export async function runRollback(ctx: CliContext, flags: FailoverFlags): Promise<void> {
   const spec = await resolveTarget(ctx, flags.to);
-  const { repo, close } = await openRepository(ctx);
+  const { repo, config, close } = await openRepository(ctx);
   const renderer = new ProgressRenderer(ctx, `rollback of ${spec.name}`);
   try {
     const result = await rollback(repo, spec, { signal: ctx.signal, reporter: renderer, applyState: flags.state !== false });
