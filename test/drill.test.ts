@@ -297,12 +297,16 @@ test('a drill or verify --deep whose work directory has no room for the point ex
   assert.equal(await out('left.txt'), '', 'nothing is left in the work directory');
 });
 
-test('a smoke command that outlives --smoke-timeout fails the drill saying it ran too long, not that something killed it', async (t) => {
+test('a smoke command that outlives --smoke-timeout is stopped with SIGTERM first and fails the drill saying it ran too long, not that something killed it', async (t) => {
   const d = await deployment();
   t.after(() => Promise.all([d.work, d.scratch].map((p) => fsp.rm(p, { recursive: true, force: true }))));
   const report = path.join(d.work, 'drill.xml');
-  const r = await lifeboat(['--repo', d.repo, '--json', 'drill', '--smoke', 'echo loading; sleep 30', '--smoke-timeout', '1s', '--junit', report]);
+  // A smoke test that started a server shuts it down on SIGTERM; SIGKILL would leave it no chance.
+  const drained = path.join(d.work, 'drained');
+  const smoke = `trap 'echo drained > "${drained}"; exit 143' TERM; echo loading; sleep 30 & wait`;
+  const r = await lifeboat(['--repo', d.repo, '--json', 'drill', '--smoke', smoke, '--smoke-timeout', '1s', '--junit', report]);
   assert.equal(r.code, 5, r.stderr);
+  assert.equal(await fsp.readFile(drained, 'utf8').catch(() => 'not drained'), 'drained\n');
   const j = r.json();
   assert.equal(j.smoke.timedOut, true);
   assert.deepEqual(j.problems.map((p: { check: string }) => p.check), ['smoke']);

@@ -13,7 +13,7 @@ import { restore } from './restore.js';
 import { validateDirectory } from '../model/validate.js';
 import { runPool } from './pool.js';
 import { afterDelay } from '../sleep.js';
-import { commandEnv, exitAndOutput } from '../state/command.js';
+import { KILL_GRACE_MS, commandEnv, exitAndOutput, killGroup } from '../state/command.js';
 import { makeWorkDirectory } from '../format/mkdirs.js';
 import { removeTree } from '../format/remove-tree.js';
 
@@ -260,12 +260,10 @@ function runSmoke(command: string, target: string, point: Manifest, options: Dri
     };
     child.stdout!.on('data', keep);
     child.stderr!.on('data', keep);
+    // SIGTERM first, so a model server the smoke test started can shut down; SIGKILL for what is left after the grace.
     const kill = () => {
-      try {
-        if (child.pid !== undefined) process.kill(process.platform === 'win32' ? child.pid : -child.pid, 'SIGKILL');
-      } catch {
-        child.kill('SIGKILL');
-      }
+      killGroup(child, 'SIGTERM');
+      setTimeout(() => killGroup(child, 'SIGKILL'), KILL_GRACE_MS).unref();
     };
     let timedOut = false;
     const limit = options.smokeTimeoutMs ?? DEFAULT_SMOKE_TIMEOUT_MS;

@@ -8,7 +8,7 @@ import { afterDelay } from '../sleep.js';
 /** How much of a command's stderr is kept for an error message. */
 const STDERR_TAIL = 4000;
 /** After SIGTERM on a timeout, how long a command gets before SIGKILL. */
-const KILL_GRACE_MS = 2000;
+export const KILL_GRACE_MS = 2000;
 
 export interface CommandOptions {
   cwd?: string;
@@ -96,7 +96,7 @@ export async function exitAndOutput(
 }
 
 /** Kills the command's whole process group (it runs in its own, through `sh -c`). */
-function killGroup(child: ChildProcess, sig: NodeJS.Signals): void {
+export function killGroup(child: ChildProcess, sig: NodeJS.Signals): void {
   if (child.pid === undefined) return;
   try {
     process.kill(-child.pid, sig);
