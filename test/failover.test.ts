@@ -758,3 +758,19 @@ test('a rollback whose record of switches was damaged (cut short on a full disk)
   assert.match((await lifeboat(['rollback'], { cwd: work })).stderr, /target prod has no previous slot to roll back to/);
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test("a target's hookTimeout limits its activate and deactivate hooks, instead of the fixed 5 minutes", async () => {
+  const { work, first, second } = await twoPoints(
+    '  prod:\n    slots: ./slots\n    active: ./current\n    hookTimeout: 1s\n' +
+      "    deactivate: 'test ! -e slow || sleep 30'\n",
+  );
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  await fsp.writeFile(path.join(work, 'slow'), '');
+  const started = Date.now();
+  const r = await lifeboat(['failover', second], { cwd: work });
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, new RegExp(`failover of prod to ${second} failed before the switch: deactivate hook timed out after 1000 ms and was stopped; prod still serves ${first}`));
+  assert.ok(Date.now() - started < 25_000, 'stopped at the hook timeout, long before the sleep ended');
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first));
+  await fsp.rm(work, { recursive: true, force: true });
+});

@@ -149,6 +149,7 @@ export const configSchema = z
             health: healthSchema.optional(),
             activate: commandLine.optional(),
             deactivate: commandLine.optional(),
+            hookTimeout: positiveDuration.describe('how long activate and deactivate may run (default 5m)').optional(),
             keepSlots: wholeNumber(2).optional(),
           })
           .strict(),

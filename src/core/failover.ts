@@ -100,7 +100,7 @@ async function hook(run: Run, name: 'activate' | 'deactivate', slot: string | nu
   await runHook(name, command, {
     cwd: run.spec.cwd,
     env: hookEnv(run, slot, point),
-    timeoutMs: run.options.hookTimeoutMs ?? DEFAULT_HOOK_TIMEOUT_MS,
+    timeoutMs: run.options.hookTimeoutMs ?? run.spec.hookTimeoutMs ?? DEFAULT_HOOK_TIMEOUT_MS,
     signal: restoring ? undefined : run.options.signal,
   });
 }

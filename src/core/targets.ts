@@ -15,6 +15,8 @@ export interface TargetSpec {
   health?: HealthSpec;
   activate?: string;
   deactivate?: string;
+  /** How long activate and deactivate may run (`hookTimeout`; default DEFAULT_HOOK_TIMEOUT_MS). */
+  hookTimeoutMs?: number;
   /** Slots kept; older ones are removed, never the active or the previous one. */
   keepSlots?: number;
   /** Where hooks and checks run. */
@@ -49,6 +51,7 @@ export function targetFromConfig(name: string, t: TargetConfig, base: string, en
       : {}),
     activate: t.activate,
     deactivate: t.deactivate,
+    hookTimeoutMs: ms(t.hookTimeout),
     keepSlots: t.keepSlots,
     cwd: base,
     env,
