@@ -24,6 +24,11 @@ export function isStateSource(s: PendingSource): s is SourceSpec & { state: Stat
   return 'state' in s;
 }
 
+/** How long a command source's command may run, capturing or restoring: its `timeout`, else DEFAULT_COMMAND_TIMEOUT_MS. */
+export function commandTimeoutMs(timeout: string | undefined): number {
+  return (timeout !== undefined ? parseDuration(timeout) : undefined) ?? DEFAULT_COMMAND_TIMEOUT_MS;
+}
+
 /** The config entry `sources.<name>` when it is serving state, as a pending source. */
 export function stateSource(name: string, src: { sqlite: string; restore?: boolean } | { command: string; restore?: string; timeout?: string }): PendingSource {
   if ('sqlite' in src) {
@@ -93,7 +98,7 @@ export async function captureSources(sources: readonly PendingSource[], options:
         const copy = await copySqlite(s.name, state.database, file, options.signal);
         options.notice?.({ level: 'info', code: 'state-captured', path: s.name, message: `copied SQLite database ${state.database} online (${copy.pages} pages, ${copy.durationMs} ms)` });
       } else {
-        const timeoutMs = (state.timeout !== undefined ? parseDuration(state.timeout) : undefined) ?? DEFAULT_COMMAND_TIMEOUT_MS;
+        const timeoutMs = commandTimeoutMs(state.timeout);
         const result = await captureCommand(s.name, state.command, path.join(dir, COMMAND_OUTPUT_FILE), {
           cwd: options.cwd,
           env: { ...(options.env ?? process.env), LIFEBOAT_SOURCE: s.name },

@@ -1,8 +1,7 @@
 import * as path from 'node:path';
 import type { Manifest } from '../format/manifest.js';
 import type { LifeboatConfig } from '../config/config.js';
-import { parseDuration } from '../config/duration.js';
-import { DEFAULT_COMMAND_TIMEOUT_MS } from './capture.js';
+import { DEFAULT_COMMAND_TIMEOUT_MS, commandTimeoutMs } from './capture.js';
 import { COMMAND_OUTPUT_FILE, restoreCommand } from './command.js';
 import { restoreSqlite } from './sqlite.js';
 
@@ -64,7 +63,7 @@ export function stateToPutBack(manifest: Manifest): string[] {
 export function restoreTimeouts(config: LifeboatConfig): Record<string, number> {
   const timeouts: Record<string, number> = {};
   for (const [name, src] of Object.entries(config.sources ?? {})) {
-    if (typeof src === 'object' && 'command' in src && src.timeout !== undefined) timeouts[name] = parseDuration(src.timeout) ?? DEFAULT_COMMAND_TIMEOUT_MS;
+    if (typeof src === 'object' && 'command' in src && src.timeout !== undefined) timeouts[name] = commandTimeoutMs(src.timeout);
   }
   return timeouts;
 }

@@ -110,7 +110,7 @@ async function servedDeployment(repo: Repository, spec: TargetSpec): Promise<str
 
 export async function runRollback(ctx: CliContext, flags: FailoverFlags): Promise<void> {
   const spec = await resolveTarget(ctx, flags.to);
-  const { repo, config, close } = await openRepository(ctx);
+  const { repo, close } = await openRepository(ctx);
   const renderer = new ProgressRenderer(ctx, `rollback of ${spec.name}`);
   try {
     const result = await rollback(repo, spec, { signal: ctx.signal, reporter: renderer, applyState: flags.state !== false });
