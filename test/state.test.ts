@@ -529,3 +529,31 @@ test('a SQLite source with restore: true is copied back into the live database b
   live.close();
   assert.equal(integrityCheck(dbFile), 'ok');
 });
+
+test('a backup waiting for a writer that holds a SQLite database locked says so, and Ctrl-C stops it at once', { timeout: 60_000 }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await makeRepo(work);
+  const dbFile = path.join(work, 'registry.db');
+  seedDatabase(dbFile, 'delete');
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  registry: { sqlite: ./registry.db }\n');
+  // A rollback-journal database in an exclusive transaction: no reader may open it until it ends.
+  const writer = new Database(dbFile);
+  t.after(() => writer.close());
+  writer.exec("BEGIN EXCLUSIVE; INSERT INTO bulk (data) VALUES (x'00')");
+
+  const child = spawnLifeboat(['backup', '--type', 'full'], { cwd: work });
+  let stderr = '';
+  child.stderr?.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+  const closed = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+  assert.ok(await waitFor(async () => /registry: .*registry\.db is locked by a writer; waiting/.test(stderr), 20_000), `no word of the wait: ${stderr}`);
+  const interruptedAt = Date.now();
+  child.kill('SIGINT');
+  const code = await closed;
+  const took = Date.now() - interruptedAt;
+  assert.equal(code, 130, stderr);
+  assert.ok(took < 3000, `stopped ${took} ms after SIGINT`);
+  assert.match(stderr, /interrupted/);
+  writer.exec('ROLLBACK');
+  assert.equal((await lifeboat(['backup', '--type', 'full'], { cwd: work })).code, 0, 'the lock was released');
+});

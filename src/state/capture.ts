@@ -95,7 +95,10 @@ export async function captureSources(sources: readonly PendingSource[], options:
       const { state } = s;
       if (state.kind === 'sqlite') {
         const file = path.join(dir, path.basename(state.database));
-        const copy = await copySqlite(s.name, state.database, file, options.signal);
+        const copy = await copySqlite(s.name, state.database, file, {
+          signal: options.signal,
+          onWait: (message) => options.notice?.({ level: 'info', code: 'state-waiting', path: s.name, message }),
+        });
         options.notice?.({ level: 'info', code: 'state-captured', path: s.name, message: `copied SQLite database ${state.database} online (${copy.pages} pages, ${copy.durationMs} ms)` });
       } else {
         const timeoutMs = commandTimeoutMs(state.timeout);

@@ -4,6 +4,7 @@ import { createRequire } from 'node:module';
 import type BetterSqlite3 from 'better-sqlite3';
 import { InterruptedError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
 import { makeDirectories } from '../format/mkdirs.js';
+import { sleep } from '../sleep.js';
 
 // A native module loaded only when a SQLite source is backed up or restored, not by every command.
 const requireAtRunTime = createRequire(import.meta.url);
@@ -12,10 +13,16 @@ function sqlite(): typeof BetterSqlite3 {
   return (sqliteModule ??= requireAtRunTime('better-sqlite3') as typeof BetterSqlite3);
 }
 
-/** How long the copy waits for a writer's lock before SQLite reports busy. */
-const BUSY_TIMEOUT_MS = 10_000;
-/** Whole attempts when the source stays busy beyond that. */
-const ATTEMPTS = 5;
+/**
+ * How long one try waits for a writer's lock before SQLite reports busy. SQLite waits inside the
+ * call, where no signal is handled: kept short, so that Ctrl-C acts at once; the waiting is done
+ * by trying again.
+ */
+const BUSY_TIMEOUT_MS = 250;
+/** How long a copy for a backup waits for a writer to let go of the database. */
+const COPY_PATIENCE_MS = 60_000;
+/** How long putting a database back waits: a failover should not hang on a writer. */
+const RESTORE_PATIENCE_MS = 3_000;
 
 export interface SqliteCopy {
   pages: number;
@@ -48,7 +55,12 @@ async function onlineBackup(source: BetterSqlite3.Database, destination: string)
  * not even held up). The copy is then switched to a rollback journal so it is
  * one self-contained file, and checked with `PRAGMA quick_check`.
  */
-export async function copySqlite(name: string, database: string, destination: string, signal?: AbortSignal): Promise<SqliteCopy> {
+export async function copySqlite(
+  name: string,
+  database: string,
+  destination: string,
+  options: { signal?: AbortSignal; onWait?: (message: string) => void } = {},
+): Promise<SqliteCopy> {
   const started = Date.now();
   try {
     const st = await fsp.stat(database);
@@ -59,7 +71,7 @@ export async function copySqlite(name: string, database: string, destination: st
   }
   try {
     return await retryWhileBusy(
-      signal,
+      { signal: options.signal, patienceMs: COPY_PATIENCE_MS, onFirstBusy: () => options.onWait?.(`${database} is locked by a writer; waiting up to ${COPY_PATIENCE_MS / 1000} s for it`) },
       async () => {
         await fsp.rm(destination, { force: true });
         const source = new (sqlite())(database, { readonly: true, fileMustExist: true, timeout: BUSY_TIMEOUT_MS });
@@ -81,7 +93,7 @@ export async function copySqlite(name: string, database: string, destination: st
           return new RuntimeFailure(`source ${name}: online backup of ${database} failed: ${errorMessage(err)}`, { cause: err });
         },
         stayedLocked: (last) =>
-          new RuntimeFailure(`source ${name}: ${database} stayed locked by a writer through ${ATTEMPTS} attempts: ${errorMessage(last)}`, {
+          new RuntimeFailure(`source ${name}: ${database} stayed locked by a writer for ${COPY_PATIENCE_MS / 1000} s: ${errorMessage(last)}`, {
             hint: 'a transaction that holds the database for minutes blocks a consistent copy; use a pre-backup hook to pause it',
           }),
       },
@@ -110,7 +122,7 @@ export async function restoreSqlite(name: string, copy: string, database: string
   let keptAs: string | undefined;
   if (await fsp.stat(database).then((st) => st.size > 0, () => false)) {
     keptAs = await unusedName(`${database}.lifeboat-replaced-${new Date().toISOString().replace(/[-:]/g, '')}`);
-    await copySqlite(name, database, keptAs, signal).catch(async (err: unknown) => {
+    await copySqlite(name, database, keptAs, { signal }).catch(async (err: unknown) => {
       if ((err as { cause?: { code?: string } }).cause?.code !== 'SQLITE_NOTADB') throw err;
       // What is there is no database any more (overwritten, its header damaged): the very case for
       // putting the state back. It is kept as it is, moved aside with its journal, which must not be
@@ -126,7 +138,7 @@ export async function restoreSqlite(name: string, copy: string, database: string
     await makeDirectories(path.dirname(database));
   }
   const pages = await retryWhileBusy(
-    signal,
+    { signal, patienceMs: RESTORE_PATIENCE_MS },
     async () => {
       const source = new (sqlite())(copy, { readonly: true, fileMustExist: true });
       try {
@@ -138,7 +150,7 @@ export async function restoreSqlite(name: string, copy: string, database: string
     {
       failed: (err) => new RuntimeFailure(`source ${name}: restoring ${database} failed: ${errorMessage(err)}`, { cause: err }),
       stayedLocked: (last) =>
-        new RuntimeFailure(`source ${name}: ${database} stayed locked by another connection through ${ATTEMPTS} attempts: ${errorMessage(last)}`, {
+        new RuntimeFailure(`source ${name}: ${database} stayed locked by another connection for ${RESTORE_PATIENCE_MS / 1000} s: ${errorMessage(last)}`, {
           hint: `stop what holds a long transaction on it (the deactivate hook can), or copy it back by hand from the point (restore --target DIR --include ${name})`,
         }),
     },
@@ -155,23 +167,27 @@ async function unusedName(base: string): Promise<string> {
 }
 
 /**
- * Runs `attempt` again while the database stays locked by another connection,
- * a few times with a growing pause; any other failure, or the last lock, is
- * thrown as the caller words it.
+ * Runs `attempt` again while the database stays locked by another connection, with a growing
+ * pause, for up to `patienceMs`; any other failure, or the last lock, is thrown as the caller
+ * words it. `onFirstBusy` is told once, when the first try finds the lock.
  */
-async function retryWhileBusy<T>(signal: AbortSignal | undefined, attempt: () => Promise<T>, errors: { failed(err: unknown): Error; stayedLocked(last: unknown): Error }): Promise<T> {
-  let lastError: unknown;
-  for (let n = 1; n <= ATTEMPTS; n++) {
-    if (signal?.aborted) throw new InterruptedError();
+async function retryWhileBusy<T>(
+  wait: { signal?: AbortSignal; patienceMs: number; onFirstBusy?: () => void },
+  attempt: () => Promise<T>,
+  errors: { failed(err: unknown): Error; stayedLocked(last: unknown): Error },
+): Promise<T> {
+  const deadline = Date.now() + wait.patienceMs;
+  for (let n = 1; ; n++) {
+    if (wait.signal?.aborted) throw new InterruptedError();
     try {
       return await attempt();
     } catch (err) {
       if (!isBusy(err)) throw errors.failed(err);
-      lastError = err;
+      if (Date.now() >= deadline) throw errors.stayedLocked(err);
+      if (n === 1) wait.onFirstBusy?.();
     }
-    await new Promise((resolve) => setTimeout(resolve, 200 * n));
+    await sleep(Math.min(200 * n, 1000), wait.signal);
   }
-  throw errors.stayedLocked(lastError);
 }
 
 /** Makes the copy a single rollback-journal file and checks it; returns its size. */
