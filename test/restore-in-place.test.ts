@@ -5,6 +5,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { lifeboat, type CliRun } from './helpers/cli.js';
+import { crashMidTransaction } from './helpers/writer.js';
 import { compareSnapshots, mutateTree, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile } from './helpers/tree.js';
 
 /** A host's layout: sources in unrelated directories, one of them a database. */
@@ -256,13 +257,11 @@ test('restore --state into a SQLite database a writer holds locked fails saying 
   live.close();
 });
 
-test('restore --state puts a SQLite registry back over a live file that is no database any more, keeping that file and its write-ahead log aside', async (t) => {
-  const { work, run } = await registryHost(t);
-  assert.equal((await run('backup')).code, 0);
-  const db = path.join(work, 'state', 'registry.db');
-  await fsp.writeFile(db, 'overwritten by a stray log rotation\n');
-  await fsp.writeFile(`${db}-wal`, 'the log of what was there\n');
-
+/**
+ * Runs `restore --state` over a live registry in a state that cannot be copied aside, checks that
+ * the point's state is in place and that two files were kept beside it, and returns their names.
+ */
+async function restoreStateOverDamage(work: string, run: (...args: string[]) => Promise<CliRun>, db: string): Promise<{ r: CliRun; kept: string[] }> {
   const r = await run('restore', 'latest', '--in-place', '--delta', '--state');
   assert.equal(r.code, 0, r.stderr);
   const restored = new Database(db, { readonly: true });
@@ -270,6 +269,17 @@ test('restore --state puts a SQLite registry back over a live file that is no da
   restored.close();
   const kept = (await fsp.readdir(path.join(work, 'state'))).filter((n) => n.startsWith('registry.db.lifeboat-replaced-')).sort();
   assert.equal(kept.length, 2, kept.join(', '));
+  return { r, kept };
+}
+
+test('restore --state puts a SQLite registry back over a live file that is no database any more, keeping that file and its write-ahead log aside', async (t) => {
+  const { work, run } = await registryHost(t);
+  assert.equal((await run('backup')).code, 0);
+  const db = path.join(work, 'state', 'registry.db');
+  await fsp.writeFile(db, 'overwritten by a stray log rotation\n');
+  await fsp.writeFile(`${db}-wal`, 'the log of what was there\n');
+
+  const { r, kept } = await restoreStateOverDamage(work, run, db);
   assert.equal(await fsp.readFile(path.join(work, 'state', kept[0]!), 'utf8'), 'overwritten by a stray log rotation\n');
   assert.equal(await fsp.readFile(path.join(work, 'state', kept[1]!), 'utf8'), 'the log of what was there\n');
   assert.match(kept[1]!, /-wal$/);
@@ -392,4 +402,21 @@ test('a restore never deletes or writes into the repository: a --delta over a tr
   assert.equal(await fsp.stat(path.join(src, 'config.json')).catch(() => undefined), undefined, 'nothing was written');
   assert.equal(await listed(), 2);
   await ok('verify', '--read-data');
+});
+
+test('restore --state puts a SQLite registry back over a live database a writer crashed in, keeping it aside with its hot journal, which rolls the kept copy back', async (t) => {
+  const { work, run } = await registryHost(t);
+  assert.equal((await run('backup')).code, 0);
+  const db = path.join(work, 'state', 'registry.db');
+  const live = new Database(db);
+  live.exec("INSERT INTO versions VALUES ('v2')");
+  live.close();
+  crashMidTransaction(db);
+
+  const { kept } = await restoreStateOverDamage(work, run, db);
+  assert.match(kept[1]!, /-journal$/);
+  const before = new Database(path.join(work, 'state', kept[0]!));
+  t.after(() => before.close());
+  assert.deepEqual(before.prepare('SELECT name FROM versions').all(), [{ name: 'v1' }, { name: 'v2' }], 'the kept copy opens as the last committed state');
+  assert.deepEqual(before.prepare('SELECT count(*) AS n FROM uncommitted').get(), { n: 0 });
 });

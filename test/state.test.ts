@@ -6,7 +6,7 @@ import Database from 'better-sqlite3';
 import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
 import { exists, repoFiles } from './helpers/repo.js';
 import { tempDir } from './helpers/tree.js';
-import { ROWS_PER_TXN, startWriter } from './helpers/writer.js';
+import { ROWS_PER_TXN, crashMidTransaction, startWriter } from './helpers/writer.js';
 import { integrityCheck } from '../src/state/sqlite.js';
 import { captureSources, stateSource } from '../src/state/capture.js';
 import { restoreCommand } from '../src/state/command.js';
@@ -556,4 +556,27 @@ test('a backup waiting for a writer that holds a SQLite database locked says so,
   assert.match(stderr, /interrupted/);
   writer.exec('ROLLBACK');
   assert.equal((await lifeboat(['backup', '--type', 'full'], { cwd: work })).code, 0, 'the lock was released');
+});
+
+test('a SQLite database a writer crashed in, its transaction left in a hot journal, is backed up with its last committed state, saying the transaction was rolled back', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await makeRepo(work);
+  const dbFile = path.join(work, 'registry.db');
+  const db = new Database(dbFile);
+  db.exec("CREATE TABLE versions (name TEXT); INSERT INTO versions VALUES ('v1'), ('v2')");
+  db.close();
+  crashMidTransaction(dbFile);
+  assert.ok(await exists(`${dbFile}-journal`), 'the crash left a hot journal');
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  registry: { sqlite: ./registry.db }\n');
+
+  const r = await lifeboat(['backup', '--type', 'full'], { cwd: work });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /registry: \S+registry\.db held a transaction a writer left unfinished \(registry\.db-journal\); it was rolled back/);
+  const restored = path.join(work, 'restored');
+  assert.equal((await lifeboat(['restore', 'latest', '--target', restored], { cwd: work })).code, 0);
+  const copy = new Database(path.join(restored, 'registry', 'registry.db'), { readonly: true });
+  t.after(() => copy.close());
+  assert.deepEqual(copy.prepare('SELECT name FROM versions').all(), [{ name: 'v1' }, { name: 'v2' }]);
+  assert.deepEqual(copy.prepare('SELECT count(*) AS n FROM uncommitted').get(), { n: 0 }, 'nothing of the unfinished transaction');
 });

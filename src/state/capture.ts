@@ -97,7 +97,8 @@ export async function captureSources(sources: readonly PendingSource[], options:
         const file = path.join(dir, path.basename(state.database));
         const copy = await copySqlite(s.name, state.database, file, {
           signal: options.signal,
-          onWait: (message) => options.notice?.({ level: 'info', code: 'state-waiting', path: s.name, message }),
+          tell: (message) => options.notice?.({ level: 'info', code: 'state-waiting', path: s.name, message }),
+          rollBackHotJournal: true,
         });
         options.notice?.({ level: 'info', code: 'state-captured', path: s.name, message: `copied SQLite database ${state.database} online (${copy.pages} pages, ${copy.durationMs} ms)` });
       } else {

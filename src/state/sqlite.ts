@@ -59,7 +59,17 @@ export async function copySqlite(
   name: string,
   database: string,
   destination: string,
-  options: { signal?: AbortSignal; onWait?: (message: string) => void } = {},
+  options: {
+    signal?: AbortSignal;
+    /** Told what the copy waits for or does to the live database, as it happens. */
+    tell?: (message: string) => void;
+    /**
+     * Whether a transaction a crashed writer left unfinished (a hot journal) is rolled back in the
+     * live database, as any SQLite connection that opens it for writing would; without, such a
+     * database fails with SQLITE_READONLY_ROLLBACK.
+     */
+    rollBackHotJournal?: boolean;
+  } = {},
 ): Promise<SqliteCopy> {
   const started = Date.now();
   try {
@@ -71,15 +81,25 @@ export async function copySqlite(
   }
   try {
     return await retryWhileBusy(
-      { signal: options.signal, patienceMs: COPY_PATIENCE_MS, onFirstBusy: () => options.onWait?.(`${database} is locked by a writer; waiting up to ${COPY_PATIENCE_MS / 1000} s for it`) },
+      { signal: options.signal, patienceMs: COPY_PATIENCE_MS, onFirstBusy: () => options.tell?.(`${database} is locked by a writer; waiting up to ${COPY_PATIENCE_MS / 1000} s for it`) },
       async () => {
-        await fsp.rm(destination, { force: true });
-        const source = new (sqlite())(database, { readonly: true, fileMustExist: true, timeout: BUSY_TIMEOUT_MS });
+        const copyOnce = async () => {
+          await fsp.rm(destination, { force: true });
+          const source = new (sqlite())(database, { readonly: true, fileMustExist: true, timeout: BUSY_TIMEOUT_MS });
+          try {
+            return await onlineBackup(source, destination);
+          } finally {
+            source.close();
+          }
+        };
         let pages: number;
         try {
-          pages = await onlineBackup(source, destination);
-        } finally {
-          source.close();
+          pages = await copyOnce();
+        } catch (err) {
+          if ((err as { code?: string }).code !== 'SQLITE_READONLY_ROLLBACK' || !options.rollBackHotJournal) throw err;
+          rollBackHotJournal(name, database);
+          options.tell?.(`${database} held a transaction a writer left unfinished (${path.basename(database)}-journal); it was rolled back, as the next writer would have, and the copy holds the last committed state`);
+          pages = await copyOnce();
         }
         return { pages, bytes: await seal(destination), durationMs: Date.now() - started };
       },
@@ -123,10 +143,12 @@ export async function restoreSqlite(name: string, copy: string, database: string
   if (await fsp.stat(database).then((st) => st.size > 0, () => false)) {
     keptAs = await unusedName(`${database}.lifeboat-replaced-${new Date().toISOString().replace(/[-:]/g, '')}`);
     await copySqlite(name, database, keptAs, { signal }).catch(async (err: unknown) => {
-      if ((err as { cause?: { code?: string } }).cause?.code !== 'SQLITE_NOTADB') throw err;
-      // What is there is no database any more (overwritten, its header damaged): the very case for
-      // putting the state back. It is kept as it is, moved aside with its journal, which must not be
-      // applied to the restored database.
+      const code = (err as { cause?: { code?: string } }).cause?.code;
+      if (code !== 'SQLITE_NOTADB' && code !== 'SQLITE_READONLY_ROLLBACK') throw err;
+      // What is there is no database any more (overwritten, its header damaged), or holds a
+      // transaction a crashed writer left unfinished: the very cases for putting the state back. It
+      // is kept as it is, moved aside with its journal, which must not be applied to the restored
+      // database (and which rolls the kept copy back when that is opened).
       for (const suffix of ['', '-wal', '-journal']) {
         await fsp.rename(`${database}${suffix}`, `${keptAs}${suffix}`).catch((e: NodeJS.ErrnoException) => {
           if (suffix === '' || e.code !== 'ENOENT') throw e;
@@ -187,6 +209,27 @@ async function retryWhileBusy<T>(
       if (n === 1) wait.onFirstBusy?.();
     }
     await sleep(Math.min(200 * n, 1000), wait.signal);
+  }
+}
+
+/**
+ * Opens the live database for writing and reads from it: SQLite then rolls back the transaction
+ * its hot journal holds (a journal is hot only when no live connection holds the database for
+ * writing, so nothing in progress is undone).
+ */
+function rollBackHotJournal(name: string, database: string): void {
+  let db: BetterSqlite3.Database | undefined;
+  try {
+    db = new (sqlite())(database, { fileMustExist: true, timeout: BUSY_TIMEOUT_MS });
+    db.pragma('schema_version', { simple: true });
+  } catch (err) {
+    if (isBusy(err)) throw err;
+    throw new RuntimeFailure(
+      `source ${name}: ${database} holds a transaction a writer left unfinished (${database}-journal), and it could not be rolled back: ${errorMessage(err)}`,
+      { cause: err, hint: `starting the application that owns it rolls it back, as does \`sqlite3 ${database} "PRAGMA quick_check"\` run by a user who may write it` },
+    );
+  } finally {
+    db?.close();
   }
 }
 

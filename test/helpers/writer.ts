@@ -1,9 +1,11 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const WRITER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'sqlite-writer.js');
 export const ROWS_PER_TXN = 40;
+const requireHere = createRequire(import.meta.url);
 
 export interface Writer {
   child: ChildProcess;
@@ -43,4 +45,24 @@ export function startWriter(db: string, journalMode: string): Writer {
       return committed;
     },
   };
+}
+
+/**
+ * Leaves `db` as a writer that crashed mid-transaction does: a process opens it in rollback-journal
+ * mode, writes more rows than its one-page cache holds (so pages reach the file and the journal
+ * holds what they replaced), and is killed before it commits. What it wrote is no committed state.
+ */
+export function crashMidTransaction(db: string): void {
+  const script = `
+    const Database = require(${JSON.stringify(requireHere.resolve('better-sqlite3'))});
+    const db = new Database(${JSON.stringify(db)});
+    db.pragma('journal_mode = delete');
+    db.pragma('cache_size = 1');
+    db.exec('CREATE TABLE IF NOT EXISTS uncommitted (data BLOB)');
+    db.exec('BEGIN');
+    const insert = db.prepare('INSERT INTO uncommitted VALUES (randomblob(1000))');
+    for (let i = 0; i < 2000; i++) insert.run();
+    process.kill(process.pid, 'SIGKILL');`;
+  const r = spawnSync(process.execPath, ['-e', script], { stdio: ['ignore', 'ignore', 'pipe'] });
+  if (r.signal !== 'SIGKILL') throw new Error(`the writer did not crash as meant: ${r.stderr.toString()}`);
 }
