@@ -17,6 +17,7 @@ import {
   GetObjectCommand,
   ListMultipartUploadsCommand,
   ListObjectsV2Command,
+  PutBucketVersioningCommand,
   PutObjectCommand,
   S3Client,
   UploadPartCommand,
@@ -480,6 +481,37 @@ describe('an S3 repository through the CLI', () => {
     const u = await ok(cli(prefix, ['--json', 'unlock']), 'unlock of an expired lease');
     assert.equal(u.json().stale, true);
     assert.ok(!(await bucketKeys(prefix)).includes('locks/lock.json'));
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
+
+  it('a bucket with versioning on (as object lock needs it): documents are replaced and prune works, where the server refuses If-Match there', async (t) => {
+    const versioned = await createTestBucket(server);
+    try {
+      await sdk.send(new PutBucketVersioningCommand({ Bucket: versioned, VersioningConfiguration: { Status: 'Enabled' } }));
+    } catch (err) {
+      t.skip(`${server.kind} has no bucket versioning: ${(err as Error).message}`);
+      return;
+    }
+    const storage = await S3Storage.create({ bucket: versioned, prefix: 'driver', settings: { endpoint: server.endpoint }, env: server.env });
+    try {
+      assert.equal(await storage.putDocument('locks/doc', Buffer.from('first')), true);
+      assert.equal(await storage.putDocument('locks/doc', Buffer.from('second'), { ifMatch: Buffer.from('first') }), true, 'replaces what it holds');
+      assert.equal((await storage.getDocument('locks/doc')).toString(), 'second');
+      assert.equal(await storage.putDocument('locks/doc', Buffer.from('third'), { ifMatch: Buffer.from('first') }), false, 'refuses what changed');
+      assert.equal((await storage.getDocument('locks/doc')).toString(), 'second');
+    } finally {
+      await storage.close();
+    }
+
+    const dir = path.join(work, 'versioned');
+    const src = await smallModels(dir, prng(seed + 4));
+    const run = (...args: string[]) => lifeboat(['--repo', `s3://${versioned}/repo`, '--s3-endpoint', server.endpoint, '--s3-path-style', ...args], { env: server.env });
+    await ok(run('init'), 'init');
+    await ok(run('backup', src, '--type', 'full'), 'first full');
+    await ok(run('backup', src, '--type', 'full'), 'second full');
+    const pruned = await ok(run('--json', 'prune', '--keep-full', '1'), 'prune');
+    assert.equal(pruned.json().remove.length, 1, pruned.stdout);
+    assert.equal((await run('--json', 'list')).json().length, 1);
     await fsp.rm(dir, { recursive: true, force: true });
   });
 

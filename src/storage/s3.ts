@@ -102,6 +102,8 @@ export class S3Storage implements Storage {
   private readonly transfers: Semaphore;
   private readonly partSize: number;
   private readonly partConcurrency: number;
+  /** Set once the server has refused If-Match on an object that had not changed. */
+  private refusesIfMatch = false;
 
   /** Opens a repository; the result retries transient failures (see withRetry). */
   static async create(options: S3CreateOptions): Promise<Storage> {
@@ -372,12 +374,25 @@ export class S3Storage implements Storage {
       const held = await this.holding(objectKey, options.ifMatch);
       if (!held) return false;
       await options.beforeVisible?.();
-      if (held.etag === undefined) return await this.putObjectIf(objectKey, body, {});
+      if (held.etag === undefined || this.refusesIfMatch) return await this.putObjectIf(objectKey, body, {});
       if (await this.putObjectIf(objectKey, body, { IfMatch: held.etag })) return true;
-      // Ceph (16) compares If-Match with the ETag unquoted, and refuses the quoted one although nothing changed.
+      // Refused: the object changed since it was read, or the server refuses the condition although
+      // nothing changed. Ceph (16) compares If-Match with the ETag unquoted, so the quoted one fails.
+      const unchanged = async () => {
+        const again = await this.holding(objectKey, options.ifMatch!);
+        return again !== false && again.etag === held.etag;
+      };
+      if (!(await unchanged())) return false;
       const bare = held.etag.replace(/^"(.*)"$/, '$1');
-      const again = bare === held.etag ? false : await this.holding(objectKey, options.ifMatch);
-      return again !== false && again.etag === held.etag && (await this.putObjectIf(objectKey, body, { IfMatch: bare }));
+      if (bare !== held.etag) {
+        if (await this.putObjectIf(objectKey, body, { IfMatch: bare })) return true;
+        if (!(await unchanged())) return false;
+      }
+      // In a versioned bucket Ceph (16) refuses If-Match whatever the ETag (and ignores If-None-Match):
+      // the documents are replaced after a read that finds them unchanged, as on servers that ignore
+      // the header.
+      this.refusesIfMatch = true;
+      return await this.putObjectIf(objectKey, body, {});
     } finally {
       release();
     }
