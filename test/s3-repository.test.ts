@@ -484,7 +484,7 @@ describe('an S3 repository through the CLI', () => {
     await fsp.rm(dir, { recursive: true, force: true });
   });
 
-  it('a bucket with versioning on (as object lock needs it): documents are replaced and prune works, where the server refuses If-Match there', async (t) => {
+  it('a bucket with versioning on (as object lock needs it), where a server may ignore If-None-Match and refuse If-Match: a live lock holds, documents are replaced, prune works', async (t) => {
     const versioned = await createTestBucket(server);
     try {
       await sdk.send(new PutBucketVersioningCommand({ Bucket: versioned, VersioningConfiguration: { Status: 'Enabled' } }));
@@ -509,6 +509,15 @@ describe('an S3 repository through the CLI', () => {
     await ok(run('init'), 'init');
     await ok(run('backup', src, '--type', 'full'), 'first full');
     await ok(run('backup', src, '--type', 'full'), 'second full');
+    // A live holder's lock, which a server ignoring If-None-Match there would let a backup overwrite.
+    const now = new Date().toISOString();
+    const live = { host: os.hostname(), pid: process.pid, command: 'prune', startedAt: now, refreshedAt: now, leaseMs: 1_800_000 };
+    await sdk.send(new PutObjectCommand({ Bucket: versioned, Key: 'repo/locks/lock.json', Body: JSON.stringify(live) }));
+    const blocked = await run('backup', src);
+    assert.equal(blocked.code, 4, blocked.stderr);
+    const lock = await sdk.send(new GetObjectCommand({ Bucket: versioned, Key: 'repo/locks/lock.json' }));
+    assert.deepEqual(JSON.parse(await lock.Body!.transformToString()), live, 'the holder keeps its lock');
+    await sdk.send(new DeleteObjectCommand({ Bucket: versioned, Key: 'repo/locks/lock.json' }));
     const pruned = await ok(run('--json', 'prune', '--keep-full', '1'), 'prune');
     assert.equal(pruned.json().remove.length, 1, pruned.stdout);
     assert.equal((await run('--json', 'list')).json().length, 1);

@@ -356,11 +356,11 @@ export class S3Storage implements Storage {
   }
 
   /**
-   * One PutObject: with `ifAbsent`, If-None-Match: *; with `ifMatch`, the
-   * object is read first and replaced with If-Match on the ETag it had, so a
-   * write by anyone in between makes the server refuse it (412). On a server
-   * that ignores those headers the conditions are only as good as the read
-   * before the write.
+   * One PutObject: with `ifAbsent`, after a HEAD that finds nothing, with
+   * If-None-Match: *; with `ifMatch`, the object is read first and replaced
+   * with If-Match on the ETag it had, so a write by anyone in between makes
+   * the server refuse it (412). On a server that ignores those headers the
+   * conditions are only as good as the read before the write.
    */
   async putDocument(key: string, data: Uint8Array, options: PutDocumentOptions = {}): Promise<boolean> {
     const objectKey = this.objectKey(key);
@@ -368,6 +368,10 @@ export class S3Storage implements Storage {
     const release = await this.transfers.acquire();
     try {
       if (!options.ifMatch) {
+        // Some servers ignore If-None-Match (Ceph 16 in a versioned bucket, which would let a backup
+        // overwrite a live lock): an object that is already there is looked for first, so that only a
+        // writer starting at the same instant could get past the condition there.
+        if (options.ifAbsent && (await this.headObject(objectKey)) !== undefined) return false;
         await options.beforeVisible?.();
         return await this.putObjectIf(objectKey, body, options.ifAbsent ? { IfNoneMatch: '*' } : {});
       }
