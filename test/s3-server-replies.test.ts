@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { Readable } from 'node:stream';
 import { IntegrityError, RuntimeFailure, UsageError } from '../src/errors.js';
 import { S3Storage } from '../src/storage/s3.js';
 import type { Storage } from '../src/storage/storage.js';
@@ -130,4 +131,38 @@ test('temporary credentials the server says have expired are a set-up error (exi
     return true;
   });
   assert.equal(requests, 1);
+});
+
+test('a server that refuses the storage class or encryption the config asks for is a set-up error (exit 2) that names those settings, for documents and multipart volumes alike', BOUNDED, async (t) => {
+  const refused: string[] = [];
+  const server = http.createServer((req, res) => {
+    req.resume();
+    // As Ceph answers a storage class it has no placement for.
+    if (req.headers['x-amz-storage-class'] === 'STANDARD_IA') {
+      refused.push(`${req.method} ${new URL(req.url ?? '/', 'http://stub').searchParams.has('uploads') ? 'multipart upload' : 'object'}`);
+      res.writeHead(400, { 'content-type': 'application/xml' }).end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidArgument</Code></Error>');
+      return;
+    }
+    res.writeHead(500).end();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  server.on('connection', (socket) => t.after(() => socket.destroy()));
+  const storage = await S3Storage.create({
+    bucket: 'b',
+    prefix: 'repo',
+    settings: { endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, forcePathStyle: true, region: 'us-east-1', storageClass: 'STANDARD_IA' },
+    env: { AWS_ACCESS_KEY_ID: 'stub', AWS_SECRET_ACCESS_KEY: 'stub' },
+    tuning: { partSize: 5 * 1024 * 1024, retry: { maxAttempts: 1, baseDelayMs: 1, maxDelayMs: 1 } },
+  });
+  t.after(() => storage.close());
+  const namesTheSetting = (key: string) => (err: unknown) => {
+    assert.ok(err instanceof UsageError, String(err));
+    assert.equal(err.message, `the S3 server refused to store ${key} with s3.storageClass: STANDARD_IA (HTTP 400 InvalidArgument)`);
+    assert.match(err.hint ?? '', /change or remove those settings in the config/);
+    return true;
+  };
+  await assert.rejects(storage.putDocument('config.json', Buffer.from('{}')), namesTheSetting('config.json'));
+  await assert.rejects(storage.put('data/v1.tar', Readable.from([Buffer.alloc(12 * 1024 * 1024)])), namesTheSetting('data/v1.tar'));
+  assert.deepEqual(refused, ['PUT object', 'POST multipart upload'], 'a document and a multipart upload were refused, each once');
 });

@@ -23,7 +23,7 @@ import {
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { InterruptedError, RuntimeFailure, UsageError } from '../errors.js';
 import type { S3Settings } from './open.js';
-import { DEFAULT_RETRY_POLICY, asFailure, noAnswer, schemeMismatch, backoffDelay, isRetryable, reportingRetries, retrying, webPageAnswer, withRetry, type RetryPolicy } from './retry.js';
+import { DEFAULT_RETRY_POLICY, asFailure, describeError, noAnswer, schemeMismatch, backoffDelay, isRetryable, reportingRetries, retrying, webPageAnswer, withRetry, type RetryPolicy } from './retry.js';
 import type { Reporter } from '../core/events.js';
 import { parseDuration } from '../config/duration.js';
 import { credentialsFailure, nonEmpty, staticCredentials } from './s3-credentials.js';
@@ -269,7 +269,31 @@ export class S3Storage implements Storage {
           { abortSignal: signal },
         ),
       signal,
-    );
+    ).catch((err: unknown) => {
+      throw this.settingsRefused(key, err) ?? err;
+    });
+  }
+
+  /**
+   * A write the server refused as a bad request while it carried the storage class or encryption
+   * the config asks for (many S3-compatible servers support neither, or need them set up): a
+   * set-up error naming those settings, rather than a storage failure.
+   */
+  private settingsRefused(key: string, err: unknown): UsageError | undefined {
+    const asked = [
+      this.writeParams.StorageClass && `s3.storageClass: ${this.writeParams.StorageClass}`,
+      this.writeParams.ServerSideEncryption && `s3.sse: ${this.writeParams.ServerSideEncryption}`,
+      this.writeParams.SSEKMSKeyId && `s3.kmsKeyId: ${this.writeParams.SSEKMSKeyId}`,
+    ].filter(Boolean);
+    const cause = err instanceof RuntimeFailure && err.cause !== undefined ? err.cause : err;
+    const status = httpStatus(cause);
+    if (asked.length === 0 || (status !== 400 && status !== 501)) return undefined;
+    const name = errorName(cause) ?? '';
+    if (!/^(InvalidStorageClass|InvalidArgument|InvalidRequest|InvalidEncryptionAlgorithmError|NotImplemented|KMS\.)/.test(name)) return undefined;
+    return new UsageError(`the S3 server refused to store ${key} with ${asked.join(', ')} (${describeError(cause)})`, {
+      cause,
+      hint: 'many S3-compatible servers (Ceph, MinIO) offer other storage classes and server-side encryption only when set up for them: change or remove those settings in the config',
+    });
   }
 
   private async createMultipart(key: string, objectKey: string, signal?: AbortSignal): Promise<string> {
@@ -279,7 +303,9 @@ export class S3Storage implements Storage {
       key,
       () => this.client.send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key: objectKey, ...this.writeParams }), { abortSignal: signal }),
       signal,
-    );
+    ).catch((err: unknown) => {
+      throw this.settingsRefused(key, err) ?? err;
+    });
     if (!created.UploadId) throw new RuntimeFailure(`put ${key} failed: the server returned no multipart upload id`);
     return created.UploadId;
   }
@@ -421,7 +447,7 @@ export class S3Storage implements Storage {
       const conditional = condition.IfNoneMatch !== undefined || condition.IfMatch !== undefined;
       if (conditional && (httpStatus(err) === 412 || errorName(err) === 'PreconditionFailed')) return false;
       if (condition.IfMatch !== undefined && isMissing(err)) return false;
-      throw err;
+      throw this.settingsRefused(objectKey.slice(this.root.length), err) ?? err;
     }
   }
 
