@@ -336,3 +336,14 @@ test('--junit into a directory not made yet makes it; a report path that cannot 
   const journal = (await repoFiles(d.repo)).filter((f) => f.startsWith('journal/'));
   assert.equal(journal.length, 1, 'only the first drill ran');
 });
+
+test("the text summary shows a failed smoke command's output with its control characters escaped: it cannot rewrite the operator's terminal", async (t) => {
+  const d = await deployment();
+  t.after(() => Promise.all([d.work, d.scratch].map((p) => fsp.rm(p, { recursive: true, force: true }))));
+  // A colour, a screen clear, a progress line rewritten with \r, a line ending in \r\n.
+  const smoke = String.raw`printf 'loading\033[2J\033[31m red\033[0m\r50%%\r100%%\nwindows line\r\nlast\n'; exit 1`;
+  const r = await lifeboat(['--repo', d.repo, 'drill', '--smoke', smoke, '--work-dir', d.scratch]);
+  assert.equal(r.code, 5, r.stderr);
+  assert.doesNotMatch(r.stdout, /[\u001b\r]/, 'no escape sequence or carriage return reaches the terminal');
+  assert.match(r.stdout, /\n {4}loading\\u001b\[2J\\u001b\[31m red\\u001b\[0m\\r50%\\r100%\n {4}windows line\n {4}last$/m);
+});

@@ -10,7 +10,7 @@ import { makeDirectories, notADirectoryOnTheWay } from '../../format/mkdirs.js';
 import { contextConfig, openRepository, repositoryUrl, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
 import { addCronOptions, runMonitored, type CronFlags } from '../cron.js';
-import { formatBytes } from '../format.js';
+import { escapeUnprintable, formatBytes } from '../format.js';
 import { directoryFlag, durationFlag, nonEmpty, pathFlag } from '../flags.js';
 import { ProgressRenderer, log, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
@@ -58,10 +58,12 @@ async function writeReport(file: string, xml: string): Promise<void> {
 function summary(r: DrillResult): string {
   const mark = (s: string) => (s === 'passed' ? 'ok  ' : s === 'failed' ? 'FAIL' : 'skip');
   const lines = [`drill of ${r.point}: ${r.ok ? 'passed' : 'FAILED'}`];
-  for (const c of r.checks) lines.push(`  ${mark(c.status)}  ${c.name.padEnd(9)} ${c.message}`);
+  // A message may name restored files, and the smoke command may print anything (colours, a progress line's \r):
+  // neither may rewrite the operator's terminal or add lines of its own.
+  for (const c of r.checks) lines.push(`  ${mark(c.status)}  ${c.name.padEnd(9)} ${escapeUnprintable(c.message)}`);
   lines.push(`  RTO ${formatDuration(r.rtoMs)} (restore ${r.files} files, ${formatBytes(r.bytes)}, verify${r.smoke ? ', smoke' : ''}), RPO ${formatDuration(r.rpoMs)}`);
   if (r.smoke && r.smoke.exitCode !== 0 && r.smoke.output) {
-    lines.push('  smoke output (tail):', ...r.smoke.output.trimEnd().split('\n').slice(-20).map((l) => `    ${l}`));
+    lines.push('  smoke output (tail):', ...r.smoke.output.trimEnd().split(/\r?\n/).slice(-20).map((l) => `    ${escapeUnprintable(l)}`));
   }
   return lines.join('\n');
 }
