@@ -216,17 +216,32 @@ test('the copy a drill killed with SIGKILL left is removed by the next drill, wh
   assert.deepEqual(await fsp.readdir(scratch), [path.basename(live)]);
 });
 
-test('a drill stopped by SIGTERM (a CI job timing out) still writes its JUnit report, saying it was interrupted', async () => {
+test('a drill stopped by SIGTERM (a CI job timing out) still writes its JUnit report and --json document, with the checks that passed and the interrupted one marked', async () => {
   const d = await deployment();
   const started = path.join(d.scratch, 'smoke-started');
   const report = path.join(d.work, 'drill.xml');
-  const child = spawnLifeboat(['--repo', d.repo, 'drill', '--junit', report, '--smoke', `touch ${started}; exec sleep 60`]);
+  const child = spawnLifeboat(['--repo', d.repo, '--json', 'drill', '--junit', report, '--smoke', `touch ${started}; exec sleep 60`]);
+  const out: Buffer[] = [];
+  child.stdout!.on('data', (c: Buffer) => out.push(c));
   const code = new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
   assert.ok(await waitFor(() => exists(started), 30_000), 'the smoke test started');
   child.kill('SIGTERM');
   assert.equal(await code, 130);
   const { suite, cases } = await junit(report);
-  assert.match(findAll(cases.get('restore')!, 'error')[0]?.attrs.message ?? '', /interrupted/);
+  assert.deepEqual([...cases.keys()], ['restore', 'checksums', 'model', 'smoke', 'RTO', 'RPO']);
+  for (const name of ['restore', 'checksums', 'model']) assert.equal(cases.get(name)!.children.filter((x) => x.name !== 'system-out').length, 0, `${name} passed`);
+  assert.match(findAll(cases.get('smoke')!, 'error')[0]?.attrs.message ?? '', /interrupted/);
+  assert.ok(skipped(cases.get('RTO')) && skipped(cases.get('RPO')));
+  assert.equal(suite.attrs.errors, '1');
+  const j = JSON.parse(Buffer.concat(out).toString('utf8'));
+  assert.equal(j.ok, false);
+  assert.equal(j.error.exitCode, 130);
+  assert.equal(j.point, d.id);
+  assert.deepEqual(
+    j.checks.map((c: { name: string; status: string }) => `${c.name} ${c.status}`),
+    ['restore passed', 'checksums passed', 'model passed', 'smoke error', 'rto skipped', 'rpo skipped'],
+  );
+  assert.match(j.checks[3].message, /interrupted/);
   assert.equal(new Map(findAll(suite, 'property').map((p) => [p.attrs.name, p.attrs.value])).get('point'), d.id, 'the report names the point drilled, not "latest"');
   assert.equal(suite.attrs.name, `lifeboat drill ${d.id}`);
   await fsp.rm(d.work, { recursive: true, force: true });

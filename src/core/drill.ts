@@ -19,10 +19,14 @@ import { removeTree } from '../format/remove-tree.js';
 
 export type CheckName = 'restore' | 'checksums' | 'model' | 'smoke' | 'rto' | 'rpo';
 
+/** The checks of a drill, in the order it makes them. */
+const CHECK_ORDER: readonly CheckName[] = ['restore', 'checksums', 'model', 'smoke', 'rto', 'rpo'];
+
 /** One check of a drill: one JUnit testcase. */
 export interface DrillCheck {
   name: CheckName;
-  status: 'passed' | 'failed' | 'skipped';
+  /** `error`: the drill stopped during this check (interrupted, a storage error), only in the report of a drill that did not finish. */
+  status: 'passed' | 'failed' | 'skipped' | 'error';
   durationMs: number;
   /** Why it failed or was skipped, or what it measured. */
   message: string;
@@ -71,6 +75,21 @@ export interface DrillOptions {
   now?: () => Date;
   signal?: AbortSignal;
   reporter?: Reporter;
+  /** Told of each check as it ends, so that a drill that does not finish can still report those it made. */
+  onCheck?: (check: DrillCheck) => void;
+}
+
+/**
+ * The checks of a drill that stopped with an error (interrupted, a storage error, or before it
+ * started): those it made, then the one it was making, marked with the error, then the rest, skipped.
+ */
+export function unfinishedChecks(made: readonly DrillCheck[], error: string, durationMs: number): DrillCheck[] {
+  const done = new Set(made.map((c) => c.name));
+  const rest = CHECK_ORDER.filter((name) => !done.has(name));
+  return [
+    ...made,
+    ...rest.map((name, i): DrillCheck => (i === 0 ? { name, status: 'error', durationMs, message: error } : { name, status: 'skipped', durationMs: 0, message: 'not run: the drill did not finish' })),
+  ];
 }
 
 const OUTPUT_TAIL = 64 * 1024;
@@ -92,6 +111,7 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
   const problems: DrillResult['problems'] = [];
   const fail = (c: DrillCheck) => {
     checks.push(c);
+    options.onCheck?.(c);
     if (c.status === 'failed') problems.push({ check: c.name, message: c.message });
   };
   const base = await makeWorkDirectory(options.workDir, 'lifeboat-drill-', (dir) => reporter.notice?.(leftWorkDirectory(dir)));

@@ -1,5 +1,5 @@
 import * as os from 'node:os';
-import type { CheckName, DrillResult } from './drill.js';
+import type { CheckName, DrillCheck, DrillResult } from './drill.js';
 
 /**
  * JUnit XML as CI systems read it (Jenkins, GitLab, the GitHub test-report
@@ -67,6 +67,9 @@ function render(suiteName: string, timestamp: string, durationMs: number, proper
   return lines.join('\n');
 }
 
+const testcases = (checks: readonly DrillCheck[]): Case[] =>
+  checks.map((c) => ({ name: CHECK_TITLES[c.name], durationMs: c.durationMs, status: c.status, message: c.message, output: c.output }));
+
 export function drillJUnit(result: DrillResult, repository: string): string {
   const properties: Record<string, string | number> = { repository, point: result.point, rtoMs: result.rtoMs, rpoMs: result.rpoMs };
   if (result.objectives.rto) properties.rtoObjectiveMs = result.objectives.rto.objectiveMs;
@@ -77,13 +80,14 @@ export function drillJUnit(result: DrillResult, repository: string): string {
     result.startedAt,
     result.rtoMs,
     properties,
-    result.checks.map((c) => ({ name: CHECK_TITLES[c.name], durationMs: c.durationMs, status: c.status, message: c.message, output: c.output })),
+    testcases(result.checks),
   );
 }
 
-/** A report for a drill that could not start (no such point, unreachable repository): one errored testcase. */
-export function drillErrorJUnit(message: string, repository: string, selector: string): string {
-  return render(`lifeboat drill ${selector}`, new Date().toISOString(), 0, { repository, point: selector }, [
-    { name: 'restore', durationMs: 0, status: 'error', message },
-  ]);
+/**
+ * A report for a drill that did not finish (no such point, an unreachable repository, an interruption):
+ * the checks it made, the one it was making as an error, the rest skipped (see unfinishedChecks).
+ */
+export function drillErrorJUnit(checks: readonly DrillCheck[], repository: string, selector: string, startedAt: Date): string {
+  return render(`lifeboat drill ${selector}`, startedAt.toISOString(), Date.now() - startedAt.getTime(), { repository, point: selector }, testcases(checks));
 }

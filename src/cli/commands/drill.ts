@@ -3,7 +3,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { HealthError, IntegrityError, RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../../errors.js';
 import { formatDuration } from '../../config/duration.js';
-import { drill, type DrillResult } from '../../core/drill.js';
+import { drill, unfinishedChecks, type DrillCheck, type DrillResult } from '../../core/drill.js';
 import { drillErrorJUnit, drillJUnit } from '../../core/junit.js';
 import { writeFileAtomic } from '../../core/metrics.js';
 import { makeDirectories, notADirectoryOnTheWay } from '../../format/mkdirs.js';
@@ -78,6 +78,11 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
     };
     const junitFile = pathFlag(ctx.cwd, '--junit', flags.junit, 'a file');
     let repository = '(unknown)';
+    const startedAt = new Date();
+    // The checks made so far, and when the last ended: what an interrupted drill still reports.
+    const made: DrillCheck[] = [];
+    let lastCheckEnded = startedAt.getTime();
+    let running = false;
     let result: DrillResult;
     let damaged: unknown;
     const renderer = new ProgressRenderer(ctx, 'drill');
@@ -95,6 +100,7 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
       try {
         const point = await repo.resolve(selector ?? 'latest');
         figures.point = point.id;
+        running = true;
         result = await drill(repo, point, {
           ...options,
           workDir,
@@ -103,6 +109,10 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
           concurrency: config.s3?.concurrency,
           signal: ctx.signal,
           reporter: renderer,
+          onCheck: (c) => {
+            made.push(c);
+            lastCheckEnded = Date.now();
+          },
         });
         if (result.exitCode === 3) {
           const failure = new IntegrityError(`drill of ${result.point} failed: ${result.problems[0]?.message ?? 'the data did not restore intact'}`, {
@@ -117,8 +127,11 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
     } catch (err) {
       renderer.stop();
       // Interrupted too (a CI job's timeout sends SIGTERM): the job's report then says the drill did not finish, instead of
-      // nothing, and names the point it was drilling once one was chosen.
-      if (junitFile) await writeReport(junitFile, drillErrorJUnit(errorMessage(err), repository, figures.point ?? selector ?? 'latest')).catch(() => undefined);
+      // nothing, names the point it was drilling once one was chosen, and keeps the checks that had passed, the one it was
+      // making marked with the error.
+      const checks = unfinishedChecks(made, errorMessage(err), Date.now() - lastCheckEnded);
+      if (running) ctx.keepDocument?.({ point: figures.point, checks });
+      if (junitFile) await writeReport(junitFile, drillErrorJUnit(checks, repository, figures.point ?? selector ?? 'latest', startedAt)).catch(() => undefined);
       throw err;
     } finally {
       renderer.stop();
