@@ -161,6 +161,33 @@ test('--metrics-file writes Prometheus text format atomically, keeps other comma
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 
+test('--metrics-file in a directory not made yet makes it; a path that cannot be a file is refused before the run, not warned of after it', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src])).code, 0);
+  const drill = (metrics: string) => lifeboat(['--repo', d.repo, '--json', 'drill', '--rpo', '1h', '--metrics-file', metrics], { cwd: d.work });
+  const made = await drill('textfile/lifeboat/drill.prom');
+  assert.equal(made.code, 0, made.stderr);
+  assert.doesNotMatch(made.stderr, /warning/);
+  assert.equal(value(parsePrometheus(await fsp.readFile(path.join(d.work, 'textfile', 'lifeboat', 'drill.prom'), 'utf8')), 'lifeboat_drill_objectives_met', 'drill'), 1);
+
+  await fsp.writeFile(path.join(d.work, 'textfile.txt'), '');
+  const journal = async () => (await fsp.readdir(path.join(d.repo, 'journal'))).length;
+  const drills = await journal();
+  for (const [metrics, message] of [
+    ['textfile.txt/drill.prom', /^--metrics-file textfile\.txt\/drill\.prom: .*textfile\.txt is not a directory$/],
+    ['textfile', /^--metrics-file textfile is a directory$/],
+  ] as const) {
+    const refused = await drill(metrics);
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.match(refused.json().error.message, message);
+    assert.equal(await journal(), drills, 'the drill did not run');
+  }
+  // As for every command that takes it.
+  const backup = await lifeboat(['--repo', d.repo, 'backup', d.src, '--metrics-file', 'textfile'], { cwd: d.work });
+  assert.equal(backup.code, 2, backup.stderr);
+});
+
 test('--metrics-file shared by the runs of two deployments keeps each one\'s samples apart (label deployment)', async () => {
   const d = await smallDeployment();
   const metrics = path.join(d.work, 'lifeboat.prom');

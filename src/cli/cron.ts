@@ -1,3 +1,4 @@
+import * as path from 'node:path';
 import type { Command } from 'commander';
 import { Option } from 'commander';
 import { ExitCode, LifeboatError, UsageError, errorMessage } from '../errors.js';
@@ -6,7 +7,8 @@ import { updateMetricsFile, type MetricSample } from '../core/metrics.js';
 import { makeEvent, redactUrl, sendNotification } from '../core/notify.js';
 import { contextConfig, deploymentName, repositoryUrl, type CliContext } from './context.js';
 import { logNotice } from './output.js';
-import { durationFlag, nonEmpty, pathFlag } from './flags.js';
+import { durationFlag, nonEmpty, reportFileFlag } from './flags.js';
+import { makeDirectories } from '../format/mkdirs.js';
 
 /** Flags every command run unattended takes (backup, verify, prune, drill). */
 export interface CronFlags {
@@ -81,7 +83,7 @@ export async function runMonitored(ctx: CliContext, command: string, flags: Cron
   }
   if (flags.notifyOn?.length === 0) throw new UsageError('--notify-on "": use failure, warning or success');
   nonEmpty('--notify-url', flags.notifyUrl, 'an http:// or https:// URL');
-  pathFlag(ctx.cwd, '--metrics-file', flags.metricsFile, 'a file');
+  const metricsFile = await reportFileFlag(ctx.cwd, '--metrics-file', flags.metricsFile, 'lifeboat.prom');
   const startedAt = new Date();
   const figures: RunFigures = {};
   let failure: unknown;
@@ -105,9 +107,11 @@ export async function runMonitored(ctx: CliContext, command: string, flags: Cron
   }
   const warn = (message: string, code2: string) => logNotice(ctx, { level: 'warning', code: code2, message });
 
-  if (flags.metricsFile) {
+  if (metricsFile !== undefined) {
     try {
-      await updateMetricsFile(flags.metricsFile, { command, deployment }, metricSamples({ command, deployment }, code, startedAt, endedAt, figures));
+      // A textfile directory not made yet (a fresh host, a CI workspace) is made, as --junit's is.
+      await makeDirectories(path.dirname(metricsFile));
+      await updateMetricsFile(metricsFile, { command, deployment }, metricSamples({ command, deployment }, code, startedAt, endedAt, figures));
     } catch (err) {
       warn(`could not write the metrics file ${flags.metricsFile}: ${errorMessage(err)}`, 'metrics-failed');
     }

@@ -1,3 +1,4 @@
+import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { UsageError } from '../errors.js';
 import { notADirectoryOnTheWay } from '../format/mkdirs.js';
@@ -61,4 +62,19 @@ export async function directoryFlag(cwd: string, flag: string, value: string | u
   const blocker = dir === undefined ? undefined : await notADirectoryOnTheWay(dir);
   if (blocker !== undefined) throw new UsageError(`${flag} ${value}: ${blocker} is not a directory`, { hint: 'give a directory, or a path where one can be made' });
   return dir;
+}
+
+/**
+ * The file a report is written to after the command ran (--junit, --metrics-file): a path that
+ * cannot be a file (a file where one of its directories must be, a directory) is refused here, before
+ * the command does anything, instead of after a drill or a backup of an hour; a directory that is
+ * missing is made when the report is written.
+ */
+export async function reportFileFlag(cwd: string, flag: string, value: string | undefined, example: string): Promise<string | undefined> {
+  const file = pathFlag(cwd, flag, value, 'a file');
+  if (file === undefined) return undefined;
+  const blocker = await notADirectoryOnTheWay(path.dirname(file));
+  if (blocker !== undefined) throw new UsageError(`${flag} ${value}: ${blocker} is not a directory`, { hint: 'give a file in a directory, or where one can be made' });
+  if ((await fsp.stat(file).catch(() => undefined))?.isDirectory()) throw new UsageError(`${flag} ${value} is a directory`, { hint: `give the file a name, such as ${path.join(value!, example)}` });
+  return file;
 }

@@ -1,17 +1,16 @@
 import type { Command } from 'commander';
-import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { HealthError, IntegrityError, RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../../errors.js';
+import { HealthError, IntegrityError, RuntimeFailure, errorMessage, fileSystemHint } from '../../errors.js';
 import { formatDuration } from '../../config/duration.js';
 import { drill, unfinishedChecks, type DrillCheck, type DrillResult } from '../../core/drill.js';
 import { drillErrorJUnit, drillJUnit } from '../../core/junit.js';
 import { writeFileAtomic } from '../../core/metrics.js';
-import { makeDirectories, notADirectoryOnTheWay } from '../../format/mkdirs.js';
+import { makeDirectories } from '../../format/mkdirs.js';
 import { contextConfig, openRepository, repositoryUrl, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
 import { addCronOptions, runMonitored, type CronFlags } from '../cron.js';
 import { escapeUnprintable, formatBytes } from '../format.js';
-import { directoryFlag, durationFlag, nonEmpty, pathFlag } from '../flags.js';
+import { directoryFlag, durationFlag, nonEmpty, pathFlag, reportFileFlag } from '../flags.js';
 import { ProgressRenderer, log, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 
@@ -89,11 +88,7 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
     try {
       const workDir = await directoryFlag(ctx.cwd, '--work-dir', flags.workDir);
       // Known before the restore, not after it.
-      if (junitFile !== undefined) {
-        const blocker = await notADirectoryOnTheWay(path.dirname(junitFile));
-        if (blocker !== undefined) throw new UsageError(`--junit ${flags.junit}: ${blocker} is not a directory`, { hint: 'give a file in a directory, or where one can be made' });
-        if ((await fsp.stat(junitFile).catch(() => undefined))?.isDirectory()) throw new UsageError(`--junit ${flags.junit} is a directory`, { hint: 'give the report a file name, such as drill.xml' });
-      }
+      await reportFileFlag(ctx.cwd, '--junit', flags.junit, 'drill.xml');
       const config = await contextConfig(ctx);
       repository = repositoryUrl(ctx, config);
       const { repo, close } = await openRepository(ctx);
