@@ -1,7 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
+import { once } from 'node:events';
 import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -597,6 +599,37 @@ test('a health check gets its last attempt at the timeout, not an interval befor
     clearTimeout(ready);
     await fsp.rm(work, { recursive: true, force: true });
   }
+});
+
+test('a health check that hangs once is tried again within its timeout, however short: the hang does not use the whole time', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  // The first attempt hangs (a server stuck on its first request); the next one answers at once.
+  const command = 'if [ -e tried ]; then exit 0; fi; touch tried; exec sleep 60';
+  const h = await waitHealthy({ command, timeoutMs: 4000, intervalMs: 100 }, { cwd: work });
+  assert.equal(h.ok, true, h.detail);
+  assert.equal(h.attempts, 2);
+  assert.ok(h.ms < 4000, `healthy within the timeout (${h.ms} ms)`);
+
+  // A URL that hangs once, likewise.
+  let requests = 0;
+  const server = http.createServer((_req, res) => {
+    if (++requests > 1) res.writeHead(200, { connection: 'close' }).end();
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.after(() => {
+    server.closeAllConnections();
+    server.close();
+  });
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/health`;
+  const u = await waitHealthy({ url, timeoutMs: 3000, intervalMs: 100 }, {});
+  assert.equal(u.ok, true, u.detail);
+  assert.equal(u.attempts, 2);
+
+  // With no retry allowed, the one attempt has the whole timeout.
+  const single = await waitHealthy({ command: 'sleep 2.5', timeoutMs: 4000, intervalMs: 100, retries: 0 }, { cwd: work });
+  assert.equal(single.ok, true, single.detail);
 });
 
 test('status says when the previous slot was removed by hand, since a rollback then has nowhere to go', async () => {

@@ -6,8 +6,16 @@ import { sleep } from '../sleep.js';
 
 export const DEFAULT_HEALTH_TIMEOUT_MS = 60_000;
 export const DEFAULT_HEALTH_INTERVAL_MS = 1_000;
-/** One attempt never waits longer than this, so a hung server still gets retried. */
+/**
+ * One attempt never waits longer than this, nor longer than half the timeout, so a server that hangs
+ * once still gets retried: with a timeout of 10 s or less, an attempt given it all left no time for another.
+ */
 const MAX_ATTEMPT_MS = 10_000;
+
+/** How long one attempt may take: the whole timeout only when no retry is allowed. */
+function attemptLimitMs(spec: HealthSpec, timeoutMs: number): number {
+  return spec.retries === 0 ? timeoutMs : Math.min(MAX_ATTEMPT_MS, Math.ceil(timeoutMs / 2));
+}
 
 export interface HealthSpec {
   /** Healthy when it answers 2xx. */
@@ -113,7 +121,7 @@ export async function waitHealthy(spec: HealthSpec | undefined, options: HealthR
   for (;;) {
     throwIfAborted(options.signal);
     attempts++;
-    const budget = Math.max(100, Math.min(deadline - Date.now(), MAX_ATTEMPT_MS));
+    const budget = Math.max(100, Math.min(deadline - Date.now(), attemptLimitMs(spec, timeoutMs)));
     last = await checkOnce(spec, budget, options);
     options.onAttempt?.(last, attempts);
     if (last.ok) return { ok: true, attempts, ms: Date.now() - started, detail: last.detail };
