@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { RuntimeFailure } from '../src/errors.js';
+import { InterruptedError, RuntimeFailure } from '../src/errors.js';
 import { describeError, type RetryPolicy } from '../src/storage/retry.js';
 import { S3Storage } from '../src/storage/s3.js';
 import { listAll, type Storage } from '../src/storage/storage.js';
@@ -16,6 +16,7 @@ import { startFaultProxy, type FaultProxy } from './helpers/fault-proxy.js';
 import { createTestBucket, startS3Server, type S3TestServer } from './helpers/s3server.js';
 import { lifeboat } from './helpers/cli.js';
 import { smallDeployment } from './helpers/repo.js';
+import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
 
 const MiB = 1024 * 1024;
 const PART_SIZE = 5 * MiB;
@@ -224,6 +225,77 @@ describe('S3 driver under faults', () => {
     } finally {
       await storage.close();
     }
+  });
+
+  it('a Ctrl-C while a broken download is resumed ends it as interrupted, in the pause before the resume and while the resume waits for its answer', async () => {
+    const size = 6 * MiB;
+    let written = false;
+    for (const when of ['pause', 'answer'] as const) {
+      // A read that names the command's signal (a restore's) and one that does not.
+      for (const withSignal of [true, false]) {
+        const stop = new AbortController();
+        let stoppedAt = 0;
+        const storage = await S3Storage.create({
+          bucket,
+          prefix: 'interrupted-resume',
+          settings: { endpoint: proxy.endpoint },
+          env: server.env,
+          interrupt: stop.signal,
+          tuning: {
+            retry: {
+              maxAttempts: 10,
+              // A long pause before the resume, or none, and then an answer the proxy holds back 1.5 s.
+              baseDelayMs: when === 'pause' ? 10_000 : 1,
+              maxDelayMs: when === 'pause' ? 10_000 : 1,
+              random: () => 0.99,
+              onRetry: () => void setTimeout(() => ((stoppedAt = Date.now()), stop.abort()), when === 'pause' ? 100 : 300),
+            },
+          },
+        });
+        try {
+          if (!written) await storage.put('object', generatedStream(size, seed + 11));
+          written = true;
+          proxy.inject('dropResponse', { method: 'GET', path: /interrupted-resume\/object/ });
+          if (when === 'answer') proxy.inject('delay', { method: 'GET', path: /interrupted-resume\/object/ });
+          const what = `${when}, ${withSignal ? 'with' : 'without'} a signal`;
+          await assert.rejects(
+            async () => readAll(await storage.get('object', withSignal ? { signal: stop.signal } : {})),
+            (err: unknown) => {
+              assert.ok(err instanceof InterruptedError, `${what}: an InterruptedError, not ${String(err)}`);
+              return true;
+            },
+          );
+          assert.ok(Date.now() - stoppedAt < 1000, `${what}: stopped ${Date.now() - stoppedAt} ms after the interruption`);
+        } finally {
+          proxy.cancelInjections();
+          await storage.close();
+        }
+      }
+    }
+  });
+
+  it('a restore interrupted while it resumes a broken download says "interrupted" (exit 130), not the words of an aborted stream', async (t) => {
+    const work = await tempDir();
+    t.after(() => fsp.rm(work, { recursive: true, force: true }));
+    await fsp.mkdir(path.join(work, 'models'));
+    await writeRandomFile(path.join(work, 'models', 'weights.bin'), 6 * MiB, prng(seed));
+    const repo = ['--repo', `s3://${bucket}/interrupted-restore`, '--s3-endpoint', proxy.endpoint];
+    assert.equal((await lifeboat([...repo, 'init'], { env: server.env })).code, 0);
+    assert.equal((await lifeboat([...repo, 'backup', path.join(work, 'models')], { env: server.env })).code, 0);
+    // The volume's download breaks; its resume is answered late, and Ctrl-C comes meanwhile.
+    proxy.inject('dropResponse', { method: 'GET', path: /\/data\// });
+    proxy.inject('delay', { method: 'GET', path: /\/data\// });
+    t.after(() => proxy.cancelInjections());
+    const stop = new AbortController();
+    const resumed = setInterval(() => {
+      if (proxy.requests.some((r) => r.path.includes('/interrupted-restore/data/') && r.fault === 'delay')) setTimeout(() => stop.abort(), 200);
+    }, 20);
+    t.after(() => clearInterval(resumed));
+    const r = await lifeboat([...repo, 'restore', 'latest', '--target', path.join(work, 'out')], { env: server.env, signal: stop.signal });
+    assert.ok(stop.signal.aborted, 'interrupted');
+    assert.equal(r.code, 130, r.stderr);
+    assert.match(r.stderr, /\nlifeboat: interrupted\n$/);
+    assert.doesNotMatch(r.stderr, /operation was aborted|unexpected/i);
   });
 
   it('a restore or verify --read-data whose volumes the server will not serve fails as a storage failure (exit 1), not as damaged data', async (t) => {

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { Readable, addAbortSignal } from 'node:stream';
+import { sleep } from '../sleep.js';
 import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
@@ -526,8 +527,24 @@ export class S3Storage implements Storage {
       release();
     }
     const stream = Readable.from(this.resumingBody(key, objectKey, first, start, end, signal), { objectMode: false });
-    if (signal) addAbortSignal(signal, stream);
+    if (signal) this.endOnAbort(stream, signal);
     return stream;
+  }
+
+  /**
+   * Ends a download when `signal` aborts: an interruption (Ctrl-C, SIGTERM) with the InterruptedError the
+   * request handler and `retrying` use, so that the command says "interrupted" (exit 130), not the stream's
+   * "The operation was aborted" as an unexpected error; any other abort with that AbortError.
+   */
+  private endOnAbort(stream: Readable, signal: AbortSignal): void {
+    const stop = () =>
+      stream.destroy(this.retry.interrupt?.aborted ? new InterruptedError() : Object.assign(new Error('The operation was aborted', { cause: signal.reason }), { name: 'AbortError', code: 'ABORT_ERR' }));
+    if (signal.aborted) {
+      stop();
+      return;
+    }
+    signal.addEventListener('abort', stop, { once: true });
+    stream.once('close', () => signal.removeEventListener('abort', stop));
   }
 
   private openRange(objectKey: string, start: number, end: number | undefined, etag: string | undefined, signal?: AbortSignal) {
@@ -574,15 +591,20 @@ export class S3Storage implements Storage {
         return;
       } catch (err) {
         body?.destroy();
+        // Interrupted: said as the request handler and `retrying` say it, not in the words of the body it broke.
+        if (this.retry.interrupt?.aborted) throw new InterruptedError();
         if (delivered - deliveredAtLastFailure >= MiB) failures = 0;
         deliveredAtLastFailure = delivered;
         failures++;
-        if (!isRetryable(err) || signal?.aborted || this.retry.interrupt?.aborted || failures >= this.retry.maxAttempts) {
+        if (!isRetryable(err) || signal?.aborted || failures >= this.retry.maxAttempts) {
           throw asFailure('get', key, err, failures);
         }
         const delayMs = backoffDelay(this.retry, failures);
         this.retry.onRetry?.({ operation: 'get', key, attempt: failures, delayMs, error: err });
-        await new Promise((resolve) => setTimeout(resolve, delayMs));
+        // Ctrl-C ends the pause, and no download is opened again after it (the handler lets a request made after it run).
+        const stops = [signal, this.retry.interrupt].filter((s): s is AbortSignal => s !== undefined);
+        await sleep(delayMs, stops.length > 0 ? AbortSignal.any(stops) : undefined);
+        if (this.retry.interrupt?.aborted) throw new InterruptedError();
         response = await retrying(this.retry, 'get', key, () => this.openRange(objectKey, start + delivered, end, etag, signal), signal).catch(
           (reopenError: unknown) => {
             const cause = (reopenError as { cause?: unknown }).cause ?? reopenError;
