@@ -362,3 +362,17 @@ test("the text summary shows a failed smoke command's output with its control ch
   assert.doesNotMatch(r.stdout, /[\u001b\r]/, 'no escape sequence or carriage return reaches the terminal');
   assert.match(r.stdout, /\n {4}loading\\u001b\[2J\\u001b\[31m red\\u001b\[0m\\r50%\\r100%\n {4}windows line\n {4}last$/m);
 });
+
+test("a character of the smoke command's output whose bytes arrive in two reads is kept whole, not shown as two unknown characters", async (t) => {
+  const d = await deployment();
+  t.after(() => Promise.all([d.work, d.scratch].map((p) => fsp.rm(p, { recursive: true, force: true }))));
+  // "€" is E2 82 AC: the first two bytes on stdout, the last a moment later; "é" likewise on stderr.
+  const smoke = String.raw`printf 'price \342\202'; sleep 0.3; printf '\254 5\n'; printf 'caf\303' >&2; sleep 0.3; printf '\251\n' >&2; exit 1`;
+  const report = path.join(d.work, 'drill.xml');
+  const r = await lifeboat(['--repo', d.repo, '--json', 'drill', '--smoke', smoke, '--work-dir', d.scratch, '--junit', report]);
+  assert.equal(r.code, 5, r.stderr);
+  const output: string = r.json().smoke.output;
+  assert.equal(output, 'price € 5\ncafé\n');
+  assert.doesNotMatch(output, /\ufffd/);
+  assert.match(findAll((await junit(report)).cases.get('smoke')!, 'system-out')[0]!.text, /price € 5/);
+});

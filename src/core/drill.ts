@@ -274,12 +274,12 @@ function runSmoke(command: string, target: string, point: Manifest, options: Dri
       detached: process.platform !== 'win32',
     });
     let output = '';
-    const keep = (chunk: Buffer) => {
-      output += chunk.toString('utf8');
+    const keep = (chunk: string) => {
+      output += chunk;
       if (output.length > 2 * OUTPUT_TAIL) output = output.slice(-OUTPUT_TAIL);
     };
-    child.stdout!.on('data', keep);
-    child.stderr!.on('data', keep);
+    // Decoded per stream, so that a character whose bytes arrive in two reads (a model's non-English output) stays whole.
+    for (const stream of [child.stdout!, child.stderr!]) stream.setEncoding('utf8').on('data', keep);
     // SIGTERM first, so a model server the smoke test started can shut down; SIGKILL for what is left after the grace.
     const kill = () => {
       killGroup(child, 'SIGTERM');
