@@ -632,6 +632,30 @@ test('a health check that hangs once is tried again within its timeout, however 
   assert.equal(single.ok, true, single.detail);
 });
 
+test('a health check given both a url and a command needs both to pass: the command is not left out when the url answers', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  let status = 200;
+  const server = http.createServer((_req, res) => res.writeHead(status, { connection: 'close' }).end());
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.after(() => server.close());
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/health`;
+  // The server is up, but still serves the old model: the command that checks the version fails.
+  const stale = await waitHealthy({ url, command: 'echo ran >> ran.log; exit 3', timeoutMs: 2000, retries: 0 }, { cwd: work });
+  assert.equal(stale.ok, false);
+  assert.match(stale.detail, /^HTTP 200; the command failed: .*3/);
+  const served = await waitHealthy({ url, command: 'test -e ran.log', timeoutMs: 2000, retries: 0 }, { cwd: work });
+  assert.equal(served.ok, true, served.detail);
+  assert.equal(served.detail, 'HTTP 200; the command exited 0');
+  // A url that does not answer 2xx fails the check without running the command.
+  status = 503;
+  const down = await waitHealthy({ url, command: 'echo ran >> ran.log', timeoutMs: 2000, retries: 0 }, { cwd: work });
+  assert.equal(down.ok, false);
+  assert.equal(down.detail, 'HTTP 503');
+  assert.equal(await fsp.readFile(path.join(work, 'ran.log'), 'utf8'), 'ran\n');
+});
+
 test('status says when the previous slot was removed by hand, since a rollback then has nowhere to go', async () => {
   const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
   assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);

@@ -79,31 +79,42 @@ function httpGet(url: string, signal: AbortSignal): Promise<{ status: number; lo
   });
 }
 
-/** One health check attempt: the URL must answer 2xx, or the command exit 0, within `timeoutMs`. */
+/**
+ * One health check attempt, within `timeoutMs`: the URL must answer 2xx, and the command exit 0. A
+ * target given both needs both: the URL can say the server is up while the command checks that it
+ * serves the new model, and neither is left out.
+ */
 export async function checkOnce(spec: HealthSpec, timeoutMs: number, options: HealthRunOptions = {}): Promise<HealthAttempt> {
   const started = Date.now();
-  if (spec.url) {
-    try {
-      const signals = [AbortSignal.timeout(timeoutMs), ...(options.signal ? [options.signal] : [])];
-      const answer = await httpGet(spec.url, AbortSignal.any(signals));
-      const moved = answer.location ? ` (redirects to ${answer.location}, which is not followed)` : '';
-      return { ok: answer.status >= 200 && answer.status < 300, detail: `HTTP ${answer.status}${moved}`, ms: Date.now() - started };
-    } catch (err) {
-      // OpenSSL's messages run over several lines; the first says it.
-      const reason = (err as Error).name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : errorMessage(err).split('\n')[0]!.trim();
-      return { ok: false, detail: reason, ms: Date.now() - started };
-    }
+  if (!spec.url && !spec.command) return { ok: true, detail: 'no health check configured', ms: 0 };
+  const answered = spec.url ? await checkUrl(spec.url, timeoutMs, options) : undefined;
+  if (answered && (!answered.ok || !spec.command)) return { ...answered, ms: Date.now() - started };
+  const left = Math.max(100, timeoutMs - (Date.now() - started));
+  const ran = await checkCommand(spec.command!, left, options);
+  return { ok: ran.ok, detail: answered ? `${answered.detail}; ${ran.ok ? 'the command exited 0' : `the command failed: ${ran.detail}`}` : ran.detail, ms: Date.now() - started };
+}
+
+async function checkUrl(url: string, timeoutMs: number, options: HealthRunOptions): Promise<{ ok: boolean; detail: string }> {
+  try {
+    const signals = [AbortSignal.timeout(timeoutMs), ...(options.signal ? [options.signal] : [])];
+    const answer = await httpGet(url, AbortSignal.any(signals));
+    const moved = answer.location ? ` (redirects to ${answer.location}, which is not followed)` : '';
+    return { ok: answer.status >= 200 && answer.status < 300, detail: `HTTP ${answer.status}${moved}` };
+  } catch (err) {
+    // OpenSSL's messages run over several lines; the first says it.
+    const reason = (err as Error).name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : errorMessage(err).split('\n')[0]!.trim();
+    return { ok: false, detail: reason };
   }
-  if (spec.command) {
-    try {
-      await runShell('health check', spec.command, { cwd: options.cwd, env: options.env, timeoutMs, signal: options.signal });
-      return { ok: true, detail: 'exit 0', ms: Date.now() - started };
-    } catch (err) {
-      throwIfAborted(options.signal);
-      return { ok: false, detail: errorMessage(err), ms: Date.now() - started };
-    }
+}
+
+async function checkCommand(command: string, timeoutMs: number, options: HealthRunOptions): Promise<{ ok: boolean; detail: string }> {
+  try {
+    await runShell('health check', command, { cwd: options.cwd, env: options.env, timeoutMs, signal: options.signal });
+    return { ok: true, detail: 'exit 0' };
+  } catch (err) {
+    throwIfAborted(options.signal);
+    return { ok: false, detail: errorMessage(err) };
   }
-  return { ok: true, detail: 'no health check configured', ms: 0 };
 }
 
 /**
