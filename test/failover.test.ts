@@ -601,6 +601,18 @@ test('a health check gets its last attempt at the timeout, not an interval befor
   }
 });
 
+/** A health endpoint on 127.0.0.1 that answers as `answer` does, stopped when the test ends; its URL. */
+async function healthEndpoint(t: { after: (fn: () => void) => void }, answer: http.RequestListener): Promise<string> {
+  const server = http.createServer(answer);
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.after(() => {
+    server.closeAllConnections();
+    server.close();
+  });
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}/health`;
+}
+
 test('a health check that hangs once is tried again within its timeout, however short: the hang does not use the whole time', async (t) => {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
@@ -613,16 +625,9 @@ test('a health check that hangs once is tried again within its timeout, however 
 
   // A URL that hangs once, likewise.
   let requests = 0;
-  const server = http.createServer((_req, res) => {
+  const url = await healthEndpoint(t, (_req, res) => {
     if (++requests > 1) res.writeHead(200, { connection: 'close' }).end();
   });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  t.after(() => {
-    server.closeAllConnections();
-    server.close();
-  });
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/health`;
   const u = await waitHealthy({ url, timeoutMs: 3000, intervalMs: 100 }, {});
   assert.equal(u.ok, true, u.detail);
   assert.equal(u.attempts, 2);
@@ -636,11 +641,7 @@ test('a health check given both a url and a command needs both to pass: the comm
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
   let status = 200;
-  const server = http.createServer((_req, res) => res.writeHead(status, { connection: 'close' }).end());
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  t.after(() => server.close());
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/health`;
+  const url = await healthEndpoint(t, (_req, res) => res.writeHead(status, { connection: 'close' }).end());
   // The server is up, but still serves the old model: the command that checks the version fails.
   const stale = await waitHealthy({ url, command: 'echo ran >> ran.log; exit 3', timeoutMs: 2000, retries: 0 }, { cwd: work });
   assert.equal(stale.ok, false);
@@ -654,6 +655,28 @@ test('a health check given both a url and a command needs both to pass: the comm
   assert.equal(down.ok, false);
   assert.equal(down.detail, 'HTTP 503');
   assert.equal(await fsp.readFile(path.join(work, 'ran.log'), 'utf8'), 'ran\n');
+});
+
+test('status interrupted while a health URL keeps it waiting says "interrupted" (exit 130), not that the target is unhealthy', async (t) => {
+  // A server that takes the request and answers nothing.
+  const asked: http.ServerResponse[] = [];
+  const url = await healthEndpoint(t, (_req, res) => void asked.push(res));
+  const { work, first } = await twoPoints(`  prod: { slots: ./slots, active: ./current, health: { url: "${url}", timeout: 30s } }\n`);
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const failover = lifeboat(['failover', first], { cwd: work });
+  await waitFor(async () => asked.length > 0, 10_000);
+  asked.shift()!.writeHead(200).end();
+  const switched = await failover;
+  assert.equal(switched.code, 0, switched.stderr);
+
+  const stop = new AbortController();
+  const status = lifeboat(['--json', 'status'], { cwd: work, signal: stop.signal });
+  assert.ok(await waitFor(async () => asked.length > 0, 10_000), 'the health URL was asked');
+  stop.abort();
+  const r = await status;
+  assert.equal(r.code, 130, r.stdout + r.stderr);
+  assert.equal(r.json().error.message, 'interrupted');
+  assert.doesNotMatch(r.stderr, /unhealthy|aborted/);
 });
 
 test('status says when the previous slot was removed by hand, since a rollback then has nowhere to go', async () => {

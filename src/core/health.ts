@@ -101,6 +101,8 @@ async function checkUrl(url: string, timeoutMs: number, options: HealthRunOption
     const moved = answer.location ? ` (redirects to ${answer.location}, which is not followed)` : '';
     return { ok: answer.status >= 200 && answer.status < 300, detail: `HTTP ${answer.status}${moved}` };
   } catch (err) {
+    // Interrupted, the target is not unhealthy: the command stops, as it does during a health command.
+    throwIfAborted(options.signal);
     // OpenSSL's messages run over several lines; the first says it.
     const reason = (err as Error).name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : errorMessage(err).split('\n')[0]!.trim();
     return { ok: false, detail: reason };
