@@ -65,6 +65,41 @@ function storageThroughProxy(prefix: string, retry: Partial<RetryPolicy> = {}): 
   });
 }
 
+/**
+ * Storage through the proxy whose command is interrupted `afterMs` after its first retry, with a
+ * pause of `pauseMs` before each retry; `interrupted()` tells when.
+ */
+async function interruptedOnRetry(prefix: string, pauseMs: number, afterMs: number): Promise<{ storage: Storage; signal: AbortSignal; interrupted: () => number }> {
+  const stop = new AbortController();
+  let at = 0;
+  const storage = await S3Storage.create({
+    bucket,
+    prefix,
+    settings: { endpoint: proxy.endpoint },
+    env: server.env,
+    interrupt: stop.signal,
+    tuning: {
+      retry: {
+        maxAttempts: 10,
+        baseDelayMs: pauseMs,
+        maxDelayMs: pauseMs,
+        random: () => 0.99,
+        onRetry: () => void setTimeout(() => ((at = Date.now()), stop.abort()), afterMs),
+      },
+    },
+  });
+  return { storage, signal: stop.signal, interrupted: () => at };
+}
+
+/** Asserts that `run` fails as interrupted, within a second of the interruption. */
+async function assertInterrupted(run: () => Promise<unknown>, interrupted: () => number, what: string): Promise<void> {
+  await assert.rejects(run, (err: unknown) => {
+    assert.ok(err instanceof InterruptedError, `${what}: an InterruptedError, not ${String(err)}`);
+    return true;
+  });
+  assert.ok(Date.now() - interrupted() < 1000, `${what}: stopped ${Date.now() - interrupted()} ms after the interruption`);
+}
+
 describe('S3 driver under faults', () => {
   it('puts and gets multi-MB objects bit-exact through faults within the retry budget', async () => {
     const storage = await storageThroughProxy('within-budget');
@@ -228,49 +263,38 @@ describe('S3 driver under faults', () => {
   });
 
   it('a Ctrl-C while a broken download is resumed ends it as interrupted, in the pause before the resume and while the resume waits for its answer', async () => {
-    const size = 6 * MiB;
     let written = false;
     for (const when of ['pause', 'answer'] as const) {
       // A read that names the command's signal (a restore's) and one that does not.
       for (const withSignal of [true, false]) {
-        const stop = new AbortController();
-        let stoppedAt = 0;
-        const storage = await S3Storage.create({
-          bucket,
-          prefix: 'interrupted-resume',
-          settings: { endpoint: proxy.endpoint },
-          env: server.env,
-          interrupt: stop.signal,
-          tuning: {
-            retry: {
-              maxAttempts: 10,
-              // A long pause before the resume, or none, and then an answer the proxy holds back 1.5 s.
-              baseDelayMs: when === 'pause' ? 10_000 : 1,
-              maxDelayMs: when === 'pause' ? 10_000 : 1,
-              random: () => 0.99,
-              onRetry: () => void setTimeout(() => ((stoppedAt = Date.now()), stop.abort()), when === 'pause' ? 100 : 300),
-            },
-          },
-        });
+        // A long pause before the resume, or none, and then an answer the proxy holds back 1.5 s.
+        const { storage, signal, interrupted } = await interruptedOnRetry('interrupted-resume', when === 'pause' ? 10_000 : 1, when === 'pause' ? 100 : 300);
         try {
-          if (!written) await storage.put('object', generatedStream(size, seed + 11));
+          if (!written) await storage.put('object', generatedStream(6 * MiB, seed + 11));
           written = true;
           proxy.inject('dropResponse', { method: 'GET', path: /interrupted-resume\/object/ });
           if (when === 'answer') proxy.inject('delay', { method: 'GET', path: /interrupted-resume\/object/ });
-          const what = `${when}, ${withSignal ? 'with' : 'without'} a signal`;
-          await assert.rejects(
-            async () => readAll(await storage.get('object', withSignal ? { signal: stop.signal } : {})),
-            (err: unknown) => {
-              assert.ok(err instanceof InterruptedError, `${what}: an InterruptedError, not ${String(err)}`);
-              return true;
-            },
-          );
-          assert.ok(Date.now() - stoppedAt < 1000, `${what}: stopped ${Date.now() - stoppedAt} ms after the interruption`);
+          const read = async () => readAll(await storage.get('object', withSignal ? { signal } : {}));
+          await assertInterrupted(read, interrupted, `${when}, ${withSignal ? 'with' : 'without'} a signal`);
         } finally {
           proxy.cancelInjections();
           await storage.close();
         }
       }
+    }
+  });
+
+  it('a Ctrl-C in the pause before a request is tried again ends it as interrupted at once; the request is not sent again', async () => {
+    const { storage, interrupted } = await interruptedOnRetry('interrupted-retry', 10_000, 100);
+    try {
+      await storage.putDocument('doc', Buffer.from('document'));
+      const before = proxy.requests.length;
+      proxy.inject('slowDown', { method: 'GET', path: /interrupted-retry\/doc/ });
+      await assertInterrupted(() => storage.getDocument('doc'), interrupted, 'a document');
+      assert.equal(proxy.requests.slice(before).length, 1, 'the request was not sent again');
+    } finally {
+      proxy.cancelInjections();
+      await storage.close();
     }
   });
 

@@ -216,9 +216,20 @@ export async function retrying<T>(
       if (attempt >= policy.maxAttempts) throw asFailure(operation, key, err, attempt);
       const delayMs = backoffDelay(policy, attempt);
       policy.onRetry?.({ operation, key, attempt, delayMs, error: err });
-      await sleep(delayMs, signal);
+      await pauseBeforeRetry(policy, delayMs, signal);
     }
   }
+}
+
+/**
+ * The pause before a request is tried again. Ctrl-C ends it at once, with the InterruptedError a
+ * request under way gets, and no attempt follows: the S3 handler lets a request made after an
+ * interruption run (a clean-up's), so the attempt would go out and the command carry on.
+ */
+export async function pauseBeforeRetry(policy: RetryPolicy, delayMs: number, signal?: AbortSignal): Promise<void> {
+  const stops = [signal, policy.interrupt].filter((s): s is AbortSignal => s !== undefined);
+  await sleep(delayMs, stops.length > 0 ? AbortSignal.any(stops) : undefined);
+  if (policy.interrupt?.aborted) throw new InterruptedError();
 }
 
 /** Errors that say the server could not be reached at all, as opposed to answering with an error. */

@@ -2,7 +2,6 @@ import { createHash } from 'node:crypto';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { Readable, addAbortSignal } from 'node:stream';
-import { sleep } from '../sleep.js';
 import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
@@ -24,7 +23,7 @@ import {
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { InterruptedError, RuntimeFailure, UsageError } from '../errors.js';
 import type { S3Settings } from './open.js';
-import { DEFAULT_RETRY_POLICY, asFailure, describeError, noAnswer, schemeMismatch, backoffDelay, isRetryable, reportingRetries, retrying, webPageAnswer, withRetry, type RetryPolicy } from './retry.js';
+import { DEFAULT_RETRY_POLICY, asFailure, describeError, noAnswer, schemeMismatch, backoffDelay, isRetryable, pauseBeforeRetry, reportingRetries, retrying, webPageAnswer, withRetry, type RetryPolicy } from './retry.js';
 import type { Reporter } from '../core/events.js';
 import { parseDuration } from '../config/duration.js';
 import { credentialsFailure, nonEmpty, staticCredentials } from './s3-credentials.js';
@@ -601,10 +600,7 @@ export class S3Storage implements Storage {
         }
         const delayMs = backoffDelay(this.retry, failures);
         this.retry.onRetry?.({ operation: 'get', key, attempt: failures, delayMs, error: err });
-        // Ctrl-C ends the pause, and no download is opened again after it (the handler lets a request made after it run).
-        const stops = [signal, this.retry.interrupt].filter((s): s is AbortSignal => s !== undefined);
-        await sleep(delayMs, stops.length > 0 ? AbortSignal.any(stops) : undefined);
-        if (this.retry.interrupt?.aborted) throw new InterruptedError();
+        await pauseBeforeRetry(this.retry, delayMs, signal);
         response = await retrying(this.retry, 'get', key, () => this.openRange(objectKey, start + delivered, end, etag, signal), signal).catch(
           (reopenError: unknown) => {
             const cause = (reopenError as { cause?: unknown }).cause ?? reopenError;
