@@ -414,29 +414,35 @@ test('backup --dry-run names the serving state it would capture, and neither cop
   assert.equal(await dumps(), 'dumped\n');
 });
 
-test('diff between two points names a state source only when the state changed, not because each backup captured it anew', async (t) => {
+test('diff and the backup summary name a state source only when the state changed, not because each backup captured it anew', async (t) => {
   const work = await modelsAndRegistry(t);
   await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\n  registry: { sqlite: ./registry.db }\n  features: { command: "cat features.txt" }\n');
   await fsp.writeFile(path.join(work, 'features.txt'), 'v1\n');
   const backup = async () => {
     const r = await lifeboat(['--json', 'backup'], { cwd: work });
     assert.equal(r.code, 0, r.stderr);
-    return r.json().id as string;
+    return r.json() as { id: string; added: number; changed: number; removed: number };
   };
-  const a = await backup();
-  const b = await backup();
+  const { id: a } = await backup();
+  const second = await backup();
+  const b = second.id;
   const same = await lifeboat(['--json', 'diff', a, b], { cwd: work });
   assert.equal(same.code, 0, same.stderr);
   assert.deepEqual(same.json().changed, [], 'the same state captured twice');
+  assert.deepEqual([second.added, second.changed, second.removed], [0, 0, 0], 'the backup summary agrees with diff');
+  const text = await lifeboat(['backup'], { cwd: work });
+  assert.equal(text.code, 0, text.stderr);
+  assert.match(text.stdout, /entries: 0 added, 0 changed, 0 removed\n/);
 
   await fsp.writeFile(path.join(work, 'features.txt'), 'v2\n');
   const db = new Database(path.join(work, 'registry.db'));
   db.exec('DELETE FROM bulk WHERE id = 1');
   db.close();
-  const c = await backup();
-  const changed = await lifeboat(['diff', b, c], { cwd: work });
+  const third = await backup();
+  const changed = await lifeboat(['diff', b, third.id], { cwd: work });
   assert.equal(changed.code, 0, changed.stderr);
   assert.match(changed.stdout, /: 0 added, 2 changed, 0 removed\nM features\/stdout {2}\(content\)\nM registry\/registry\.db {2}\(content\)\n?$/);
+  assert.equal(third.changed, 2);
 });
 
 test('a command source whose output does not fit where it is staged fails the backup saying so; --work-dir stages it elsewhere', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {
