@@ -130,6 +130,26 @@ test('a command source captures stdout as state; its restore command takes it on
   await fsp.rm(work, { recursive: true, force: true });
 });
 
+test('show says the kind of each source, and for state put back on a failover what puts it back', async (t) => {
+  const work = await modelsAndRegistry(t);
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    'repository: ./repo\nsources:\n  models: ./models\n  registry: { sqlite: ./registry.db, restore: true }\n  features: { command: "echo a, b=c", restore: "cat > features.txt" }\n',
+  );
+  const r = await lifeboat(['--json', 'backup'], { cwd: work });
+  assert.equal(r.code, 0, r.stderr);
+  const text = await lifeboat(['show', 'latest'], { cwd: work });
+  assert.equal(text.code, 0, text.stderr);
+  const db = path.join(work, 'registry.db');
+  assert.match(text.stdout, new RegExp(`\\nsources: models=${path.join(work, 'models')} \\(files\\), registry=${db.replace(/[.]/g, '\\.')} \\(sqlite\\), features=\`echo a, b=c\` \\(command\\)\\n`));
+  const json = await lifeboat(['--json', 'show', 'latest'], { cwd: work });
+  assert.deepEqual(json.json().sources, [
+    { name: 'models', kind: 'files', path: path.join(work, 'models') },
+    { name: 'registry', kind: 'sqlite', path: db, restore: db },
+    { name: 'features', kind: 'command', path: 'echo a, b=c', restore: 'cat > features.txt' },
+  ]);
+});
+
 test('a failing or hanging command fails the backup, leaves no point and no temporary state', async () => {
   const work = await tempDir();
   const repo = await makeRepo(work);
