@@ -150,6 +150,35 @@ test('show says the kind of each source, and for state put back on a failover wh
   ]);
 });
 
+test('an empty file named as a SQLite source is backed up with a warning, as other warnings are: counted, recorded, and refused by --strict', async (t) => {
+  const work = await modelsAndRegistry(t);
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\n  registry: { sqlite: ./registry.db }\n  empty: { sqlite: ./empty.db }\n');
+  // A path the service never wrote to: SQLite opens any empty file as an empty database.
+  const empty = path.join(work, 'empty.db');
+  await fsp.writeFile(empty, '');
+  const r = await lifeboat(['--json', 'backup'], { cwd: work });
+  assert.equal(r.code, 0, r.stderr);
+  const message = `the SQLite database ${empty} is empty (a file of 0 bytes), so its copy holds no data; check that sources.empty.sqlite names the database the service writes`;
+  assert.deepEqual(r.json().warnings, [{ code: 'sqlite-empty', path: 'empty', message }], 'the database with tables is not warned about');
+  assert.ok(r.stderr.includes(`warning: empty: ${message}\n`), r.stderr);
+  const manifest = JSON.parse(await fsp.readFile(path.join(work, 'repo', 'points', `${r.json().id}.json`), 'utf8'));
+  assert.deepEqual(manifest.warnings, [{ code: 'sqlite-empty', path: 'empty', message }]);
+  assert.equal((await fsp.stat(empty)).size, 0, 'the file is left as it was');
+  const text = await lifeboat(['backup'], { cwd: work });
+  assert.equal(text.code, 0, text.stderr);
+  assert.match(text.stdout, /, 1 warning\(s\)\n/);
+  const strict = await lifeboat(['backup', '--strict'], { cwd: work });
+  assert.equal(strict.code, 3, strict.stderr);
+  assert.match(strict.stderr, /backup refused by --strict: 1 warning\(s\), first: empty the SQLite database .* is empty/);
+  // A database with a header and no table holds no data either.
+  const db = new Database(empty);
+  db.pragma('user_version = 1');
+  db.close();
+  const headerOnly = await lifeboat(['--json', 'backup'], { cwd: work });
+  assert.equal(headerOnly.code, 0, headerOnly.stderr);
+  assert.match(headerOnly.json().warnings[0].message, /is empty \(no tables\), so its copy holds no data/);
+});
+
 test('a failing or hanging command fails the backup, leaves no point and no temporary state', async () => {
   const work = await tempDir();
   const repo = await makeRepo(work);

@@ -40,6 +40,8 @@ export interface BackupOptions {
   dryRun?: boolean;
   /** Warnings (files changed while read, escaping links, unreadable files) fail the backup. */
   strict?: boolean;
+  /** Warnings of the capture of serving state before the backup (an empty SQLite database), already reported: counted and recorded with its own. */
+  captureWarnings?: Notice[];
   /** Back up a source of files that is empty although the newest point held files in it. */
   allowEmpty?: boolean;
   /** The deployment the point belongs to (default: `default`); references are taken within it. */
@@ -99,7 +101,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   const started = Date.now();
   const now = options.now ?? (() => new Date());
   const reporter = options.reporter ?? {};
-  const warnings: Notice[] = [];
+  const warnings: Notice[] = [...(options.captureWarnings ?? [])];
   const warn = (n: Omit<Notice, 'level'>) => {
     const notice: Notice = { level: 'warning', ...n };
     warnings.push(notice);
