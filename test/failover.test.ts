@@ -837,3 +837,18 @@ test('status says when the record of switches is damaged, as a rollback would fi
   assert.equal((await lifeboat(['--json', 'status'], { cwd: work })).json().targets[0].record.damaged, 'it is empty');
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test('status reports a target whose slots directory cannot be read, and still the other targets, instead of an unexpected error', async () => {
+  const { work, second } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n  staging: { slots: ./staging-slots, active: ./staging }\n');
+  assert.equal((await lifeboat(['failover', second, '--to', 'prod'], { cwd: work })).code, 0);
+  // A file where the slots directory should be.
+  await fsp.writeFile(path.join(work, 'staging-slots'), 'not a directory\n');
+  const st = await lifeboat(['status'], { cwd: work });
+  assert.equal(st.code, 0, st.stderr);
+  assert.match(st.stdout, new RegExp(`\\ntarget prod: ${second}, taken .* ago; health not checked\\n`));
+  assert.match(st.stdout, /\ntarget staging: no active link; health not checked\n {2}slots: .*staging-slots cannot be read: ENOTDIR: not a directory/);
+  const json = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.match(json.json().targets[1].slotsError, /staging-slots cannot be read/);
+  assert.equal(json.json().targets[1].record.damaged, undefined, 'a record that cannot be reached is not called damaged');
+  await fsp.rm(work, { recursive: true, force: true });
+});

@@ -512,6 +512,8 @@ export interface TargetStatus {
   /** Age of the newest backup point: the data a failure now would lose at most. */
   rpoMs: number | null;
   slots: { name: string; point: string | null; active: boolean; previous: boolean }[];
+  /** Why the slots directory could not be listed, when it could not. */
+  slotsError?: string;
   events: JournalEvent[];
 }
 
@@ -583,12 +585,17 @@ export async function status(repo: Repository | { unreadable: unknown }, specs: 
     }
     const point = slotPoint(spec.slots, activePath) ?? null;
     const m = point && unreadable === undefined ? await readable?.summary(point).catch(() => undefined) : undefined;
+    // A slots directory that cannot be read (a file there, no permission for a probe's user) is said, and the rest still reported.
+    let slotsError: string | undefined;
+    const slots = await listSlots(spec.slots).catch((err: unknown) => {
+      slotsError = `${spec.slots} cannot be read: ${errorMessage(err)}`;
+      return [];
+    });
     const state = await readTargetState(spec.slots);
-    const damaged = await targetStateDamage(spec.slots);
+    const damaged = slotsError === undefined ? await targetStateDamage(spec.slots) : undefined;
     const h = spec.health && (spec.health.url || spec.health.command)
       ? await checkOnce(spec.health, Math.min(spec.health.timeoutMs ?? 5000, 5000), { cwd: spec.cwd, env: targetEnv(spec, activePath, point), signal: options.signal })
       : undefined;
-    const slots = await listSlots(spec.slots);
     targets.push({
       name: spec.name,
       active: {
@@ -606,6 +613,7 @@ export async function status(repo: Repository | { unreadable: unknown }, specs: 
       health: h ? { ok: h.ok, detail: h.detail, ms: h.ms, checked: true } : { ok: activePath !== null && error === undefined, detail: error ?? 'no health check configured', ms: 0, checked: false },
       rpoMs: newest?.ageMs ?? deployments?.find((d) => d.deployment === (m ? deploymentOf(m) : undefined))?.ageMs ?? null,
       slots: slots.map((s) => ({ name: s.name, point: s.point ?? null, active: s.path === activePath, previous: s.path === state.previous })),
+      ...(slotsError ? { slotsError } : {}),
       events: events.filter((e) => e.target === spec.name).slice(-wanted),
     });
   }

@@ -35,6 +35,7 @@ function describeTarget(ctx: CliContext, t: TargetStatus): string[] {
   const lines = [`target ${t.name}: ${active}; ${health}`];
   if (t.previous.path) lines.push(`  previous: ${t.previous.point ?? quoteName(t.previous.path)}${t.previous.missing ? ' (missing: no rollback to it)' : ''}`);
   if (t.record.damaged) lines.push(`  record of switches ${quoteName(t.record.path)} is damaged (${t.record.damaged}): a rollback does not know where to go`);
+  if (t.slotsError) lines.push(`  slots: ${escapeUnprintable(t.slotsError)}`);
   if (t.slots.length) lines.push(`  slots: ${t.slots.map((s) => `${quoteName(s.name)}${s.active ? ' (active)' : s.previous ? ' (previous)' : ''}`).join(', ')}`);
   for (const e of t.events) lines.push(`  ${describeEvent(e)}`);
   return lines;
