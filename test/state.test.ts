@@ -150,7 +150,7 @@ test('show says the kind of each source, and for state put back on a failover wh
   ]);
 });
 
-test('an empty file named as a SQLite source is backed up with a warning, as other warnings are: counted, recorded, and refused by --strict', async (t) => {
+test('an empty file named as a SQLite source is backed up with a warning, as other warnings are: counted, recorded, shown by show, and refused by --strict', async (t) => {
   const work = await modelsAndRegistry(t);
   await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\n  registry: { sqlite: ./registry.db }\n  empty: { sqlite: ./empty.db }\n');
   // A path the service never wrote to: SQLite opens any empty file as an empty database.
@@ -163,6 +163,10 @@ test('an empty file named as a SQLite source is backed up with a warning, as oth
   assert.ok(r.stderr.includes(`warning: empty: ${message}\n`), r.stderr);
   const manifest = JSON.parse(await fsp.readFile(path.join(work, 'repo', 'points', `${r.json().id}.json`), 'utf8'));
   assert.deepEqual(manifest.warnings, [{ code: 'sqlite-empty', path: 'empty', message }]);
+  // Whoever looks at the point later learns it too.
+  const shown = await lifeboat(['show', r.json().id], { cwd: work });
+  assert.equal(shown.code, 0, shown.stderr);
+  assert.match(shown.stdout, new RegExp(`\\nwarning: empty: ${message.replace(/[.()]/g, '\\$&')} \\(sqlite-empty\\)\\n`));
   assert.equal((await fsp.stat(empty)).size, 0, 'the file is left as it was');
   const text = await lifeboat(['backup'], { cwd: work });
   assert.equal(text.code, 0, text.stderr);

@@ -40,6 +40,8 @@ export async function runShow(ctx: CliContext, selector: string): Promise<void> 
         `sources: ${sources.map((s) => `${s.name}=${s.kind === 'command' ? `\`${escapeUnprintable(s.path)}\`` : quoteName(s.path)} (${s.kind})`).join(', ')}`,
         `${m.stats.files} files, ${formatBytes(m.stats.bytes)}, ${formatBytes(m.stats.storedBytes)} stored in this point`,
         ...models.map((x) => `model: ${quoteName(x.path)}: ${x.format}, ${escapeUnprintable(x.summary)}`),
+        // What the backup warned about (files it left out, an empty database) stays with the point: whoever restores it learns it here.
+        ...m.warnings.map((w) => `warning: ${w.path ? `${quoteName(w.path)}: ` : ''}${escapeUnprintable(w.message)} (${w.code})`),
         '',
       ];
       const lines = files.map((f) => {
