@@ -854,3 +854,81 @@ test("a target's hookTimeout limits its activate and deactivate hooks, instead o
   assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first));
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test('status with a repository that is missing or unreachable still reports what each target serves, and exits 1 (5 when a target is down)', async () => {
+  const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current, health: { command: "test ! -e down" } }\n');
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  const switched = await lifeboat(['--json', 'failover', second], { cwd: work });
+  assert.equal(switched.code, 0, switched.stderr);
+  // The backup disk is not mounted: the repository is gone from where the config names it.
+  await fsp.rename(path.join(work, 'repo'), path.join(work, 'repo.away'));
+  const text = await lifeboat(['status'], { cwd: work });
+  assert.equal(text.code, 1, text.stderr);
+  assert.match(text.stdout, new RegExp(`^repository not read: there is no lifeboat repository at .*repo\\ntarget prod: ${second}, served since \\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z; healthy \\(exit 0\\)\\n {2}previous: ${first}\\n`));
+  assert.match(text.stderr, /^lifeboat: the repository could not be read, so the age of the newest backup is not known: there is no lifeboat repository at .*\n {2}check that its disk is mounted/);
+  assert.doesNotMatch(text.stderr, /lifeboat init/, 'a new, empty repository is not what a missing one needs');
+  const json = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.equal(json.code, 1);
+  const doc = json.json();
+  assert.equal(doc.ok, false);
+  assert.equal(doc.error.exitCode, 1);
+  assert.equal(doc.repository.ok, false);
+  assert.match(doc.repository.error, /there is no lifeboat repository/);
+  assert.equal(doc.newest, null);
+  assert.equal(doc.targets[0].active.point, second);
+  assert.equal(doc.targets[0].previous.point, first);
+  assert.equal(doc.targets[0].health.ok, true);
+  // A target that is down outranks the repository: exit 5, the repository still said.
+  await fsp.writeFile(path.join(work, 'down'), '');
+  const down = await lifeboat(['status'], { cwd: work });
+  assert.equal(down.code, 5, down.stderr);
+  assert.match(down.stderr, /unhealthy: prod \(health check exited with status 1\); the repository could not be read either: there is no lifeboat repository/);
+  await fsp.rm(path.join(work, 'down'));
+  // An S3 endpoint nobody answers on: the same, after the retries.
+  const port = await freePort();
+  const env = { AWS_ACCESS_KEY_ID: 'lifeboat-test', AWS_SECRET_ACCESS_KEY: 'lifeboat-test-secret', AWS_REGION: 'us-east-1' };
+  const s3 = await lifeboat(['--json', '--repo', 's3://nowhere/prod', '--s3-endpoint', `http://127.0.0.1:${port}`, 'status'], { cwd: work, env });
+  assert.equal(s3.code, 1, s3.stderr);
+  assert.equal(s3.json().targets[0].active.point, second);
+  assert.match(s3.json().repository.error, /ECONNREFUSED/);
+  // Back in place: all is well again.
+  await fsp.rename(path.join(work, 'repo.away'), path.join(work, 'repo'));
+  const back = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.equal(back.code, 0, back.stderr);
+  assert.deepEqual(back.json().repository, { ok: true });
+  assert.equal(back.json().targets[0].active.since, doc.targets[0].active.since);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('status says when the record of switches is damaged, as a rollback would find it', async () => {
+  const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
+  const record = path.join(work, 'slots', '.lifeboat-target.json');
+  assert.equal((await lifeboat(['--json', 'status'], { cwd: work })).json().targets[0].record.damaged, undefined);
+  // A crash or a full disk cut its last write short.
+  await fsp.writeFile(record, '{"version": 1, "prev');
+  const st = await lifeboat(['status'], { cwd: work });
+  assert.equal(st.code, 0, st.stderr);
+  assert.match(st.stdout, new RegExp(`\\n {2}record of switches ${record.replace(/[.]/g, '\\.')} is damaged \\(it is not valid JSON\\): a rollback does not know where to go\\n`));
+  const json = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.deepEqual(json.json().targets[0].record, { path: record, damaged: 'it is not valid JSON' });
+  await fsp.writeFile(record, '');
+  assert.equal((await lifeboat(['--json', 'status'], { cwd: work })).json().targets[0].record.damaged, 'it is empty');
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('status reports a target whose slots directory cannot be read, and still the other targets, instead of an unexpected error', async () => {
+  const { work, second } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n  staging: { slots: ./staging-slots, active: ./staging }\n');
+  assert.equal((await lifeboat(['failover', second, '--to', 'prod'], { cwd: work })).code, 0);
+  // A file where the slots directory should be.
+  await fsp.writeFile(path.join(work, 'staging-slots'), 'not a directory\n');
+  const st = await lifeboat(['status'], { cwd: work });
+  assert.equal(st.code, 0, st.stderr);
+  assert.match(st.stdout, new RegExp(`\\ntarget prod: ${second}, taken .* ago; health not checked\\n`));
+  assert.match(st.stdout, /\ntarget staging: no active link; health not checked\n {2}slots: .*staging-slots cannot be read: ENOTDIR: not a directory/);
+  const json = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.match(json.json().targets[1].slotsError, /staging-slots cannot be read/);
+  assert.equal(json.json().targets[1].record.damaged, undefined, 'a record that cannot be reached is not called damaged');
+  await fsp.rm(work, { recursive: true, force: true });
+});

@@ -7,6 +7,7 @@ import Database from 'better-sqlite3';
 import { lifeboat, type CliRun } from './helpers/cli.js';
 import { crashMidTransaction } from './helpers/writer.js';
 import { compareSnapshots, mutateTree, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile } from './helpers/tree.js';
+import { inNamespace, unshare } from './helpers/namespace.js';
 
 /** A host's layout: sources in unrelated directories, one of them a database. */
 async function host(work: string, rand: () => number): Promise<{ models: string; triton: string }> {
@@ -284,6 +285,46 @@ test('restore --state puts a SQLite registry back over a live file that is no da
   assert.equal(await fsp.readFile(path.join(work, 'state', kept[1]!), 'utf8'), 'the log of what was there\n');
   assert.match(kept[1]!, /-wal$/);
   assert.match(r.stderr, /the state \S+registry\.db had before is kept as /);
+});
+
+test('restore --state stages the state under --work-dir when TMPDIR is too small, and refuses before any directory is written when it does not fit', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights');
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\n  features: { command: "head -c 3000000 /dev/zero", restore: "wc -c > restored.txt" }\n');
+  await fsp.mkdir(path.join(work, 'out'));
+  // TMPDIR on a 1 MiB file system: the 3 MB of state do not fit there.
+  const script = [
+    'cd "$WORK"',
+    'mkdir small && mount -t tmpfs -o size=1m tmpfs small',
+    'node "$BIN" init > /dev/null',
+    'node "$BIN" backup 2> /dev/null',
+    'echo changed > models/w.bin',
+    'status=0; TMPDIR="$WORK/small" node "$BIN" restore latest --in-place --delta --state 2> out/small.txt || status=$?',
+    'echo "$status" > out/status.txt',
+    'cp models/w.bin out/untouched.txt',
+    'ls -A small > out/left.txt',
+    'TMPDIR="$WORK/small" node "$BIN" --json restore latest --in-place --delta --state --work-dir "$WORK/staging/new" > out/restore.json',
+  ].join('\n');
+  inNamespace(script, { WORK: work });
+  const read = (name: string) => fsp.readFile(path.join(work, 'out', name), 'utf8');
+  assert.equal((await read('status.txt')).trim(), '1');
+  assert.match(await read('small.txt'), new RegExp(`lifeboat: the state to put back needs 2\\.86 MiB on the file system of ${work}/small, and .* is free\\n {2}free space there, or lifeboat restore --work-dir DIR \\(or TMPDIR\\) stages the state elsewhere\\n$`));
+  assert.equal(await read('untouched.txt'), 'changed\n', 'no directory was written before the refusal');
+  assert.equal((await read('left.txt')).trim(), '', 'nothing is left in TMPDIR');
+  assert.deepEqual(JSON.parse(await read('restore.json')).state, ['features']);
+  assert.equal(await fsp.readFile(path.join(work, 'models', 'w.bin'), 'utf8'), 'weights');
+  assert.equal((await fsp.readFile(path.join(work, 'restored.txt'), 'utf8')).trim(), '3000000');
+  assert.deepEqual(await fsp.readdir(path.join(work, 'staging', 'new')), [], 'the staging directory is emptied');
+
+  // A restore of directories is staged beside each one: --work-dir has nothing to do there.
+  const refused = await lifeboat(['restore', 'latest', '--in-place', '--delta', '--work-dir', path.join(work, 'w')], { cwd: work });
+  assert.equal(refused.code, 2);
+  assert.match(refused.stderr, /--work-dir goes with --state\n {2}a restore of directories is staged beside each one/);
+  const file = await lifeboat(['restore', 'latest', '--in-place', '--state', '--work-dir', 'lifeboat.yaml'], { cwd: work });
+  assert.equal(file.code, 2);
+  assert.match(file.stderr, /--work-dir lifeboat\.yaml: .*lifeboat\.yaml is not a directory/);
 });
 
 test('a command source\'s restore command runs as long as the source\'s timeout allows, as its capture does, not a fixed few minutes', async (t) => {

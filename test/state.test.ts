@@ -130,6 +130,59 @@ test('a command source captures stdout as state; its restore command takes it on
   await fsp.rm(work, { recursive: true, force: true });
 });
 
+test('show says the kind of each source, and for state put back on a failover what puts it back', async (t) => {
+  const work = await modelsAndRegistry(t);
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    'repository: ./repo\nsources:\n  models: ./models\n  registry: { sqlite: ./registry.db, restore: true }\n  features: { command: "echo a, b=c", restore: "cat > features.txt" }\n',
+  );
+  const r = await lifeboat(['--json', 'backup'], { cwd: work });
+  assert.equal(r.code, 0, r.stderr);
+  const text = await lifeboat(['show', 'latest'], { cwd: work });
+  assert.equal(text.code, 0, text.stderr);
+  const db = path.join(work, 'registry.db');
+  assert.match(text.stdout, new RegExp(`\\nsources: models=${path.join(work, 'models')} \\(files\\), registry=${db.replace(/[.]/g, '\\.')} \\(sqlite\\), features=\`echo a, b=c\` \\(command\\)\\n`));
+  const json = await lifeboat(['--json', 'show', 'latest'], { cwd: work });
+  assert.deepEqual(json.json().sources, [
+    { name: 'models', kind: 'files', path: path.join(work, 'models') },
+    { name: 'registry', kind: 'sqlite', path: db, restore: db },
+    { name: 'features', kind: 'command', path: 'echo a, b=c', restore: 'cat > features.txt' },
+  ]);
+});
+
+test('an empty file named as a SQLite source is backed up with a warning, as other warnings are: counted, recorded, shown by show, and refused by --strict', async (t) => {
+  const work = await modelsAndRegistry(t);
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\n  registry: { sqlite: ./registry.db }\n  empty: { sqlite: ./empty.db }\n');
+  // A path the service never wrote to: SQLite opens any empty file as an empty database.
+  const empty = path.join(work, 'empty.db');
+  await fsp.writeFile(empty, '');
+  const r = await lifeboat(['--json', 'backup'], { cwd: work });
+  assert.equal(r.code, 0, r.stderr);
+  const message = `the SQLite database ${empty} is empty (a file of 0 bytes), so its copy holds no data; check that sources.empty.sqlite names the database the service writes`;
+  assert.deepEqual(r.json().warnings, [{ code: 'sqlite-empty', path: 'empty', message }], 'the database with tables is not warned about');
+  assert.ok(r.stderr.includes(`warning: empty: ${message}\n`), r.stderr);
+  const manifest = JSON.parse(await fsp.readFile(path.join(work, 'repo', 'points', `${r.json().id}.json`), 'utf8'));
+  assert.deepEqual(manifest.warnings, [{ code: 'sqlite-empty', path: 'empty', message }]);
+  // Whoever looks at the point later learns it too.
+  const shown = await lifeboat(['show', r.json().id], { cwd: work });
+  assert.equal(shown.code, 0, shown.stderr);
+  assert.match(shown.stdout, new RegExp(`\\nwarning: empty: ${message.replace(/[.()]/g, '\\$&')} \\(sqlite-empty\\)\\n`));
+  assert.equal((await fsp.stat(empty)).size, 0, 'the file is left as it was');
+  const text = await lifeboat(['backup'], { cwd: work });
+  assert.equal(text.code, 0, text.stderr);
+  assert.match(text.stdout, /, 1 warning\(s\)\n/);
+  const strict = await lifeboat(['backup', '--strict'], { cwd: work });
+  assert.equal(strict.code, 3, strict.stderr);
+  assert.match(strict.stderr, /backup refused by --strict: 1 warning\(s\), first: empty the SQLite database .* is empty/);
+  // A database with a header and no table holds no data either.
+  const db = new Database(empty);
+  db.pragma('user_version = 1');
+  db.close();
+  const headerOnly = await lifeboat(['--json', 'backup'], { cwd: work });
+  assert.equal(headerOnly.code, 0, headerOnly.stderr);
+  assert.match(headerOnly.json().warnings[0].message, /is empty \(no tables\), so its copy holds no data/);
+});
+
 test('a failing or hanging command fails the backup, leaves no point and no temporary state', async () => {
   const work = await tempDir();
   const repo = await makeRepo(work);
@@ -414,29 +467,35 @@ test('backup --dry-run names the serving state it would capture, and neither cop
   assert.equal(await dumps(), 'dumped\n');
 });
 
-test('diff between two points names a state source only when the state changed, not because each backup captured it anew', async (t) => {
+test('diff and the backup summary name a state source only when the state changed, not because each backup captured it anew', async (t) => {
   const work = await modelsAndRegistry(t);
   await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\n  registry: { sqlite: ./registry.db }\n  features: { command: "cat features.txt" }\n');
   await fsp.writeFile(path.join(work, 'features.txt'), 'v1\n');
   const backup = async () => {
     const r = await lifeboat(['--json', 'backup'], { cwd: work });
     assert.equal(r.code, 0, r.stderr);
-    return r.json().id as string;
+    return r.json() as { id: string; added: number; changed: number; removed: number };
   };
-  const a = await backup();
-  const b = await backup();
+  const { id: a } = await backup();
+  const second = await backup();
+  const b = second.id;
   const same = await lifeboat(['--json', 'diff', a, b], { cwd: work });
   assert.equal(same.code, 0, same.stderr);
   assert.deepEqual(same.json().changed, [], 'the same state captured twice');
+  assert.deepEqual([second.added, second.changed, second.removed], [0, 0, 0], 'the backup summary agrees with diff');
+  const text = await lifeboat(['backup'], { cwd: work });
+  assert.equal(text.code, 0, text.stderr);
+  assert.match(text.stdout, /entries: 0 added, 0 changed, 0 removed\n/);
 
   await fsp.writeFile(path.join(work, 'features.txt'), 'v2\n');
   const db = new Database(path.join(work, 'registry.db'));
   db.exec('DELETE FROM bulk WHERE id = 1');
   db.close();
-  const c = await backup();
-  const changed = await lifeboat(['diff', b, c], { cwd: work });
+  const third = await backup();
+  const changed = await lifeboat(['diff', b, third.id], { cwd: work });
   assert.equal(changed.code, 0, changed.stderr);
   assert.match(changed.stdout, /: 0 added, 2 changed, 0 removed\nM features\/stdout {2}\(content\)\nM registry\/registry\.db {2}\(content\)\n?$/);
+  assert.equal(third.changed, 2);
 });
 
 test('a command source whose output does not fit where it is staged fails the backup saying so; --work-dir stages it elsewhere', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {

@@ -142,9 +142,10 @@ export interface ChangeCounts {
 
 /**
  * Files and links added, changed (content, mode, link target or mtime) and
- * removed against the reference; directories are not counted, as in `diff`.
+ * removed against the reference; directories are not counted, as in `diff`,
+ * nor, as there, the time of a file of a state source (`captured`).
  */
-export function countChanges(entries: readonly ManifestEntry[], reference: Manifest | undefined, previous = byPath(reference)): ChangeCounts {
+export function countChanges(entries: readonly ManifestEntry[], reference: Manifest | undefined, previous: PathIndex<ManifestEntry>, captured: ReadonlySet<string>): ChangeCounts {
   const counts: ChangeCounts = { added: 0, changed: 0, removed: 0 };
   // A point lists each path once, so the reference's files and links not matched are the ones removed.
   let matched = 0;
@@ -156,7 +157,7 @@ export function countChanges(entries: readonly ManifestEntry[], reference: Manif
       continue;
     }
     matched++;
-    if (prev.type !== e.type || prev.sha256 !== e.sha256 || prev.size !== e.size || prev.mode !== e.mode || prev.target !== e.target || (e.type === 'file' && prev.mtimeNs !== e.mtimeNs)) {
+    if (prev.type !== e.type || prev.sha256 !== e.sha256 || prev.size !== e.size || prev.mode !== e.mode || prev.target !== e.target || (e.type === 'file' && prev.mtimeNs !== e.mtimeNs && !captured.has(e.source))) {
       counts.changed++;
     }
   }

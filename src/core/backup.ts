@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
 import { IntegrityError, InterruptedError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { makePointId, pointTime, type BackupType } from '../format/ids.js';
-import { DEFAULT_DEPLOYMENT, MANIFEST_FORMAT, MAX_MANIFEST_CHARS, deploymentOf, type PointSummary, estimateManifestChars, keys, volumeEntryName, type ContentRef, type Manifest, type ManifestEntry } from '../format/manifest.js';
+import { DEFAULT_DEPLOYMENT, MANIFEST_FORMAT, capturedSources, MAX_MANIFEST_CHARS, deploymentOf, type PointSummary, estimateManifestChars, keys, volumeEntryName, type ContentRef, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { checkDeploymentName, checkSourceName } from '../format/paths.js';
 import { localAccounts, namesOf } from '../format/accounts.js';
 import { type Notice, type Progress, type Reporter, progressAt } from './events.js';
@@ -40,6 +40,8 @@ export interface BackupOptions {
   dryRun?: boolean;
   /** Warnings (files changed while read, escaping links, unreadable files) fail the backup. */
   strict?: boolean;
+  /** Warnings of the capture of serving state before the backup (an empty SQLite database), already reported: counted and recorded with its own. */
+  captureWarnings?: Notice[];
   /** Back up a source of files that is empty although the newest point held files in it. */
   allowEmpty?: boolean;
   /** The deployment the point belongs to (default: `default`); references are taken within it. */
@@ -99,7 +101,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   const started = Date.now();
   const now = options.now ?? (() => new Date());
   const reporter = options.reporter ?? {};
-  const warnings: Notice[] = [];
+  const warnings: Notice[] = [...(options.captureWarnings ?? [])];
   const warn = (n: Omit<Notice, 'level'>) => {
     const notice: Notice = { level: 'warning', ...n };
     warnings.push(notice);
@@ -153,6 +155,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     }
     if (!options.allowEmpty) await refuseEmptied(repo, scanned, newest?.id, reference);
     const allEntries = scanned.flatMap((s) => s.entries);
+    const captured = capturedSources(scanned.map((s) => ({ name: s.spec.name, kind: s.spec.kind })));
     const plan = planBackup(allEntries, reference);
     if (estimateManifestChars(allEntries) > MAX_MANIFEST_CHARS) throw manifestTooLarge(allEntries.length);
     // The hashing thread takes tens of milliseconds to start: started now, it is ready when the first large file is read.
@@ -207,7 +210,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
         else if (p.action !== 'reuse') wouldStore += p.scanned.size;
         guessed.push(entry);
       }
-      Object.assign(result, countChanges(guessed, reference, plan.referenceByPath));
+      Object.assign(result, countChanges(guessed, reference, plan.referenceByPath, captured));
       // State that is not captured is not known to be gone.
       const uncaptured = new Set(notCaptured.map((s) => s.name));
       for (const e of reference?.entries ?? []) if (e.type !== 'dir' && uncaptured.has(e.source)) result.removed--;
@@ -252,7 +255,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       throw new IntegrityError(`backup refused by --strict: ${warnings.length} warning(s), first: ${warnings[0]!.path ?? ''} ${warnings[0]!.message}`);
     }
     const storedBytes = volumes.reduce((n, v) => n + v.size, 0);
-    const counts = countChanges(entries, reference, plan.referenceByPath);
+    const counts = countChanges(entries, reference, plan.referenceByPath, captured);
     // As stored: files that vanished, or could not be read, since the scan are not in the point; others changed size.
     const files = entries.filter((e) => e.type === 'file');
     const storedFiles = { files: files.length, bytes: files.reduce((n, e) => n + e.size, 0) };

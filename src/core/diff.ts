@@ -1,4 +1,4 @@
-import type { Manifest, ManifestEntry } from '../format/manifest.js';
+import { capturedSources, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { sortByPath } from '../format/paths.js';
 
 export interface PointDiff {
@@ -12,9 +12,7 @@ export function diffPoints(from: Manifest, to: Manifest): PointDiff {
   const key = (e: ManifestEntry) => `${e.source}/${e.path}`;
   const before = new Map(from.entries.map((e) => [key(e), e]));
   const after = new Map(to.entries.map((e) => [key(e), e]));
-  // A state source's file (a database copy, a command's output) is written anew by every capture: its time
-  // says when it was captured, not that the state changed.
-  const captured = new Set(to.sources.filter((s) => s.kind !== 'files').map((s) => s.name));
+  const captured = capturedSources(to.sources);
   const result: PointDiff = { added: [], changed: [], removed: [] };
   for (const [k, e] of after) {
     const old = before.get(k);

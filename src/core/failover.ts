@@ -502,17 +502,24 @@ export async function rollback(repo: Repository, spec: TargetSpec, options: Swit
 
 export interface TargetStatus {
   name: string;
-  active: { path: string | null; slot: string | null; point: string | null; completedAt: string | null; ageMs: number | null; error?: string; /** What to do about `error`, when it is not to fail over again. */ hint?: string };
+  /** `since`: when the target's record of switches last switched the link to this slot (null when it has no such switch). */
+  active: { path: string | null; slot: string | null; point: string | null; completedAt: string | null; ageMs: number | null; since: string | null; error?: string; /** What to do about `error`, when it is not to fail over again. */ hint?: string };
   /** `missing`: the slot was removed since (by hand): a rollback has nowhere to go. */
   previous: { path: string | null; point: string | null; missing?: true };
+  /** The record of switches in the slots directory; `damaged` says why it does not read (a rollback then does not know where to go). */
+  record: { path: string; damaged?: string };
   health: { ok: boolean; detail: string; ms: number; checked: boolean };
   /** Age of the newest backup point: the data a failure now would lose at most. */
   rpoMs: number | null;
   slots: { name: string; point: string | null; active: boolean; previous: boolean }[];
+  /** Why the slots directory could not be listed, when it could not. */
+  slotsError?: string;
   events: JournalEvent[];
 }
 
 export interface StatusResult {
+  /** Whether the repository could be read; when not, the targets are still reported from their links, records and slots. */
+  repository: { ok: true } | { ok: false; error: string };
   /** The newest point of the deployment named, or of the only one; null when there is none, or several and none was named. */
   newest: { id: string; completedAt: string; ageMs: number } | null;
   /** In a repository of several deployments with none named: the newest point of each. */
@@ -522,28 +529,45 @@ export interface StatusResult {
   events: JournalEvent[];
 }
 
-/** Per target: what is active, whether it is healthy, the RPO, the slots and the last events. */
-export async function status(repo: Repository, specs: TargetSpec[], options: { now?: Date; events?: number; signal?: AbortSignal } = {}): Promise<StatusResult> {
+/**
+ * Per target: what is active, whether it is healthy, the RPO, the slots and the last events.
+ * `repo` is the repository, or why it could not be opened: what the targets serve is read from
+ * the targets themselves, so a probe still learns it when the repository is missing or unreachable.
+ * A repository that fails while it is read is reported the same way; `unreadable` is why, either way.
+ */
+export async function status(repo: Repository | { unreadable: unknown }, specs: TargetSpec[], options: { now?: Date; events?: number; signal?: AbortSignal } = {}): Promise<{ result: StatusResult; unreadable?: unknown }> {
   const now = (options.now ?? new Date()).getTime();
   let newest: StatusResult['newest'] = null;
   let deployments: StatusResult['deployments'];
+  let events: JournalEvent[] = [];
+  let unreadable = 'unreadable' in repo ? repo.unreadable : undefined;
+  const readable = 'unreadable' in repo ? undefined : repo;
   const age = (completedAt: string) => Math.max(0, now - Date.parse(completedAt));
-  // Summaries: status runs from monitoring every few minutes and needs no file list.
-  const ids = await repo.pointIds();
-  const names = repo.deployment === undefined ? await repo.deploymentNames() : [];
-  if (names.length > 1) {
-    // A central probe of a shared repository: the RPO of every deployment, rather than a question.
-    deployments = [];
-    for (const name of names) {
-      const p = await repo.newestOf(name, ids);
-      if (p) deployments.push({ deployment: name, id: p.id, completedAt: p.completedAt, ageMs: age(p.completedAt) });
+  if (readable) {
+    try {
+      // Summaries: status runs from monitoring every few minutes and needs no file list.
+      const ids = await readable.pointIds();
+      const names = readable.deployment === undefined ? await readable.deploymentNames() : [];
+      if (names.length > 1) {
+        // A central probe of a shared repository: the RPO of every deployment, rather than a question.
+        deployments = [];
+        for (const name of names) {
+          const p = await readable.newestOf(name, ids);
+          if (p) deployments.push({ deployment: name, id: p.id, completedAt: p.completedAt, ageMs: age(p.completedAt) });
+        }
+      } else {
+        // The only deployment, its name just read, or the one named.
+        const m = names.length === 1 ? await readable.newestOf(names[0]!, ids) : await readable.latestInScope(ids);
+        if (m) newest = { id: m.id, completedAt: m.completedAt, ageMs: age(m.completedAt) };
+      }
+      events = await readEvents(readable.storage, 200);
+    } catch (err) {
+      if (err instanceof InterruptedError) throw err;
+      unreadable = err;
+      newest = null;
+      deployments = undefined;
     }
-  } else {
-    // The only deployment, its name just read, or the one named.
-    const m = names.length === 1 ? await repo.newestOf(names[0]!, ids) : await repo.latestInScope(ids);
-    if (m) newest = { id: m.id, completedAt: m.completedAt, ageMs: age(m.completedAt) };
   }
-  const events = await readEvents(repo.storage, 200);
   const wanted = options.events ?? 5;
   const targets: TargetStatus[] = [];
   for (const spec of specs) {
@@ -560,12 +584,18 @@ export async function status(repo: Repository, specs: TargetSpec[], options: { n
       if (err instanceof LifeboatError) hint = err.hint;
     }
     const point = slotPoint(spec.slots, activePath) ?? null;
-    const m = point ? await repo.summary(point).catch(() => undefined) : undefined;
+    const m = point && unreadable === undefined ? await readable?.summary(point).catch(() => undefined) : undefined;
+    // A slots directory that cannot be read (a file there, no permission for a probe's user) is said, and the rest still reported.
+    let slotsError: string | undefined;
+    const slots = await listSlots(spec.slots).catch((err: unknown) => {
+      slotsError = `${spec.slots} cannot be read: ${errorMessage(err)}`;
+      return [];
+    });
     const state = await readTargetState(spec.slots);
+    const damaged = slotsError === undefined ? await targetStateDamage(spec.slots) : undefined;
     const h = spec.health && (spec.health.url || spec.health.command)
       ? await checkOnce(spec.health, Math.min(spec.health.timeoutMs ?? 5000, 5000), { cwd: spec.cwd, env: targetEnv(spec, activePath, point), signal: options.signal })
       : undefined;
-    const slots = await listSlots(spec.slots);
     targets.push({
       name: spec.name,
       active: {
@@ -574,15 +604,25 @@ export async function status(repo: Repository, specs: TargetSpec[], options: { n
         point,
         completedAt: m?.completedAt ?? null,
         ageMs: m ? Math.max(0, now - Date.parse(m.completedAt)) : null,
+        since: [...state.history].reverse().find((s) => s.to === activePath)?.at ?? null,
         ...(error ? { error } : {}),
         ...(hint ? { hint } : {}),
       },
       previous: { path: state.previous, point: slotPoint(spec.slots, state.previous) ?? null, ...(state.previous && !(await isDirectory(state.previous)) ? { missing: true as const } : {}) },
+      record: { path: path.join(spec.slots, TARGET_STATE_FILE), ...(damaged ? { damaged } : {}) },
       health: h ? { ok: h.ok, detail: h.detail, ms: h.ms, checked: true } : { ok: activePath !== null && error === undefined, detail: error ?? 'no health check configured', ms: 0, checked: false },
       rpoMs: newest?.ageMs ?? deployments?.find((d) => d.deployment === (m ? deploymentOf(m) : undefined))?.ageMs ?? null,
       slots: slots.map((s) => ({ name: s.name, point: s.point ?? null, active: s.path === activePath, previous: s.path === state.previous })),
+      ...(slotsError ? { slotsError } : {}),
       events: events.filter((e) => e.target === spec.name).slice(-wanted),
     });
   }
-  return { newest, ...(deployments ? { deployments } : {}), targets, events: events.slice(-Math.max(wanted, 10)) };
+  const result: StatusResult = {
+    repository: unreadable === undefined ? { ok: true } : { ok: false, error: errorMessage(unreadable) },
+    newest,
+    ...(deployments ? { deployments } : {}),
+    targets,
+    events: events.slice(-Math.max(wanted, 10)),
+  };
+  return unreadable === undefined ? { result } : { result, unreadable };
 }

@@ -37,6 +37,13 @@ export interface UnreadablePoint {
 
 const VERIFY_HINT = '`lifeboat verify` reports the damage';
 
+/** Nothing where a repository was named: never made there, or its disk or bucket is not what it was. */
+export class NoRepository extends UsageError {
+  constructor(location: string) {
+    super(`there is no lifeboat repository at ${location}`, { hint: 'create one with `lifeboat init`, or check --repo' });
+  }
+}
+
 /** A repository: its config, its committed points, and the storage under them. */
 export class Repository {
   private readonly manifests = new Map<string, Manifest>();
@@ -100,11 +107,7 @@ export class Repository {
     try {
       raw = await storage.getDocument(keys.config);
     } catch (err) {
-      if (isNotFound(err)) {
-        throw new UsageError(`there is no lifeboat repository at ${storage.location}`, {
-          hint: 'create one with `lifeboat init`, or check --repo',
-        });
-      }
+      if (isNotFound(err)) throw new NoRepository(storage.location);
       throw err;
     }
     const head = safeJson(raw);

@@ -122,6 +122,14 @@ export const sourceSchema = z.object({
 });
 export type SourceRecord = z.infer<typeof sourceSchema>;
 
+/**
+ * The state sources among `sources` (a database copy, a command's output): their files are written
+ * anew by every capture, so their time says when they were captured, not that the state changed.
+ */
+export function capturedSources(sources: readonly { name: string; kind?: SourceRecord['kind'] }[]): Set<string> {
+  return new Set(sources.filter((s) => (s.kind ?? 'files') !== 'files').map((s) => s.name));
+}
+
 /** The manifest's fields, before the checks across them. */
 const manifestFields = z.object({
   format: z.union([z.literal(1), z.literal(MANIFEST_FORMAT)]),

@@ -58,6 +58,8 @@ export interface CaptureOptions {
 export interface CapturedSources {
   /** Every source, state sources now materialised into directories. */
   sources: SourceSpec[];
+  /** What the backup should report with its own warnings (already passed to `notice`). */
+  warnings: Notice[];
   /** Removes the temporary directories; safe to call more than once. */
   cleanup(): Promise<void>;
 }
@@ -72,7 +74,7 @@ export interface CapturedSources {
  */
 export async function captureSources(sources: readonly PendingSource[], options: CaptureOptions = {}): Promise<CapturedSources> {
   const pending = sources.filter(isStateSource);
-  if (pending.length === 0) return { sources: [...sources], cleanup: async () => undefined };
+  if (pending.length === 0) return { sources: [...sources], warnings: [], cleanup: async () => undefined };
   const workDir = options.tmpDir ?? os.tmpdir();
   const root = await makeWorkDirectory(options.tmpDir, 'lifeboat-state-', (dir) => options.notice?.(leftWorkDirectory(dir))).catch((err: unknown) => {
     throw new RuntimeFailure(`cannot make a directory to capture serving state in, under ${workDir}: ${errorMessage(err)}`, { cause: err, hint: 'give another one with --work-dir' });
@@ -83,6 +85,7 @@ export async function captureSources(sources: readonly PendingSource[], options:
     cleaned = true;
     await fsp.rm(root, { recursive: true, force: true });
   };
+  const warnings: Notice[] = [];
   try {
     const out: SourceSpec[] = [];
     for (const s of sources) {
@@ -101,6 +104,18 @@ export async function captureSources(sources: readonly PendingSource[], options:
           rollBackHotJournal: true,
         });
         options.notice?.({ level: 'info', code: 'state-captured', path: s.name, message: `copied SQLite database ${state.database} online (${copy.pages} pages, ${copy.durationMs} ms)` });
+        if (copy.empty) {
+          // SQLite opens any empty file as an empty database: a path that names a file the service never wrote to,
+          // or a database truncated by accident, would be backed up as nothing, and put back so by a failover.
+          const warning: Notice = {
+            level: 'warning',
+            code: 'sqlite-empty',
+            path: s.name,
+            message: `the SQLite database ${state.database} is empty (${copy.pages === 0 ? 'a file of 0 bytes' : 'no tables'}), so its copy holds no data; check that sources.${s.name}.sqlite names the database the service writes`,
+          };
+          warnings.push(warning);
+          options.notice?.(warning);
+        }
       } else {
         const timeoutMs = commandTimeoutMs(state.timeout);
         const result = await captureCommand(s.name, state.command, path.join(dir, COMMAND_OUTPUT_FILE), {
@@ -117,7 +132,7 @@ export async function captureSources(sources: readonly PendingSource[], options:
       if (s.restore) spec.restore = s.restore;
       out.push(spec);
     }
-    return { sources: out, cleanup };
+    return { sources: out, warnings, cleanup };
   } catch (err) {
     await cleanup();
     throw err;

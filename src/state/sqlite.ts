@@ -28,6 +28,8 @@ export interface SqliteCopy {
   pages: number;
   bytes: number;
   durationMs: number;
+  /** The copy has no table, index or view: an empty file, or one named where the database was meant. */
+  empty: boolean;
 }
 
 function isBusy(err: unknown): boolean {
@@ -101,7 +103,7 @@ export async function copySqlite(
           options.tell?.(`${database} held a transaction a writer left unfinished (${path.basename(database)}-journal); it was rolled back, as the next writer would have, and the copy holds the last committed state`);
           pages = await copyOnce();
         }
-        return { pages, bytes: await seal(destination), durationMs: Date.now() - started };
+        return { pages, ...(await seal(destination)), durationMs: Date.now() - started };
       },
       {
         failed: (err) => {
@@ -177,7 +179,7 @@ export async function restoreSqlite(name: string, copy: string, database: string
         }),
     },
   );
-  return { pages, bytes: (await fsp.stat(database)).size, durationMs: Date.now() - started, ...(keptAs ? { keptAs } : {}) };
+  return { pages, bytes: (await fsp.stat(database)).size, durationMs: Date.now() - started, empty: pages === 0, ...(keptAs ? { keptAs } : {}) };
 }
 
 /** `base`, or `base-2`, `base-3` … when it is taken: a kept state is never overwritten. */
@@ -233,17 +235,19 @@ function rollBackHotJournal(name: string, database: string): void {
   }
 }
 
-/** Makes the copy a single rollback-journal file and checks it; returns its size. */
-async function seal(file: string): Promise<number> {
+/** Makes the copy a single rollback-journal file and checks it; returns its size, and whether it holds no schema at all. */
+async function seal(file: string): Promise<{ bytes: number; empty: boolean }> {
   const db = new (sqlite())(file, { fileMustExist: true });
+  let empty: boolean;
   try {
     db.pragma('journal_mode = DELETE');
     const result = db.pragma('quick_check', { simple: true });
     if (result !== 'ok') throw new RuntimeFailure(`the copy ${file} fails quick_check: ${String(result)}`);
+    empty = db.prepare('SELECT 1 FROM sqlite_master LIMIT 1').get() === undefined;
   } finally {
     db.close();
   }
-  return (await fsp.stat(file)).size;
+  return { bytes: (await fsp.stat(file)).size, empty };
 }
 
 /** Runs `PRAGMA integrity_check` on a database file; 'ok' when it is sound. */

@@ -122,6 +122,7 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
       });
       const result = await backup(repo, {
         sources: state.sources,
+        captureWarnings: state.warnings,
         notCaptured: notCaptured.map(({ name, state: st }) => ({ name, kind: st.kind, origin: st.kind === 'sqlite' ? st.database : st.command })),
         type,
         excludes: [...(config.exclude ?? []), ...flags.exclude],

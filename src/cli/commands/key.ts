@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
 import { whileHoldingLock } from '../../core/lock.js';
 import { addKey, keyIdOf, keyInfo, keyObject, readKeys, removeKey, unlockStorage, type UnlockedKey } from '../../core/keys.js';
+import { NoRepository } from '../../core/repository.js';
 import type { RepositoryConfig } from '../../format/manifest.js';
 import type { Storage } from '../../storage/storage.js';
 import { contextConfig, openContextStorage, type CliContext } from '../context.js';
@@ -30,7 +31,7 @@ async function withKey<T>(
   try {
     const unlocked = await unlockStorage(storage, passwordSource(ctx), beforeUnlocking);
     storage = unlocked.storage;
-    if (!unlocked.config) throw new UsageError(`there is no lifeboat repository at ${storage.location}`, { hint: 'create one with `lifeboat init`, or check --repo' });
+    if (!unlocked.config) throw new NoRepository(storage.location);
     if (!unlocked.key) throw new UsageError(`the repository at ${storage.location} is not encrypted; it has no keys`);
     return await fn(storage, unlocked.key, unlocked.config);
   } finally {

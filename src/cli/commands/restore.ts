@@ -1,9 +1,12 @@
 import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { UsageError, errorMessage } from '../../errors.js';
+import { RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../../errors.js';
 import { appendEvent } from '../../core/journal.js';
 import { checkRestoreTarget, restore, type RestoreResult } from '../../core/restore.js';
+import { NotEnoughSpace, checkFreeSpace } from '../../core/restore-target.js';
+import { directoryFlag } from '../flags.js';
 import { sourcesIncluded } from '../../core/restore-plan.js';
 import { leftWorkDirectory, type Notice } from '../../core/events.js';
 import type { Manifest } from '../../format/manifest.js';
@@ -29,6 +32,7 @@ interface RestoreFlags {
   numericOwner?: boolean;
   dryRun?: boolean;
   state?: boolean;
+  workDir?: string;
 }
 
 const collect = (value: string, previous: string[]) => [...previous, value];
@@ -53,6 +57,8 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
       ? new UsageError('--force with --include would replace each source directory with only what the patterns choose', { hint: 'use --delta to restore only those files in place' })
       : new UsageError('--force with --include would replace the target with only what the patterns choose', { hint: 'use --delta to restore only those files into it, or restore into an empty directory' });
   }
+  // Directories are staged beside their target, on its own file system; only state has a place of its own to be staged in.
+  if (flags.workDir !== undefined && !flags.state) throw new UsageError('--work-dir goes with --state', { hint: 'a restore of directories is staged beside each one, on its own file system' });
   if (flags.inPlace) return runRestoreInPlace(ctx, selector, flags);
   if (flags.state) throw new UsageError('--state puts serving state back with --in-place', { hint: 'restore --in-place --state, or let `lifeboat failover` put it back' });
   if (!flags.target) throw new UsageError('restore needs --target DIR', { hint: 'or --in-place, to restore each source to the directory it was backed up from' });
@@ -83,33 +89,62 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
   }
 }
 
+/** Where restore --in-place --state restores the state before putting it back. */
+interface StateScratch {
+  root: string;
+  remove(): Promise<void>;
+}
+
+/**
+ * Makes the directory the state is restored into (under --work-dir, else TMPDIR, often a small
+ * tmpfs) and checks that it has room, before any directory source is written: found short only
+ * after them, the restore would end with the directories restored and the state not.
+ */
+async function stateScratch(workDir: string | undefined, point: Manifest, names: readonly string[], renderer: ProgressRenderer): Promise<StateScratch> {
+  const parent = workDir ?? os.tmpdir();
+  const elsewhere = 'lifeboat restore --work-dir DIR (or TMPDIR) stages the state elsewhere';
+  const scratch = await makeWorkDirectory(workDir, 'lifeboat-state-', (dir) => renderer.notice(leftWorkDirectory(dir))).catch((err: unknown) => {
+    throw new RuntimeFailure(`cannot make a directory to restore serving state in, under ${parent}: ${errorMessage(err)}`, { cause: err, hint: fileSystemHint(err, parent) ?? elsewhere });
+  });
+  const remove = () => removeTree(scratch).catch(() => undefined);
+  const files = point.entries.filter((e) => e.type === 'file' && names.includes(e.source));
+  await checkFreeSpace(scratch, parent, files).catch(async (err: unknown) => {
+    await remove();
+    throw err instanceof NotEnoughSpace ? new NotEnoughSpace(`the state to put back needs ${err.message.replace(/^the restore needs /, '')}`, `free space there, or ${elsewhere}`) : err;
+  });
+  return { root: path.join(scratch, 'point'), remove };
+}
+
 /**
  * restore --in-place --state: the point's state sources are restored into a
  * scratch directory, verified as any restore is, then put back where the point
  * says, as a failover does (SQLite copied into the live database, what it held
  * kept beside it; a command fed its captured output).
  */
-async function restoreState(ctx: CliContext, repo: Repository, point: Manifest, names: string[], options: ReturnType<typeof commonOptions>, renderer: ProgressRenderer, putBack: (name: string) => void): Promise<void> {
-  if (options.dryRun) {
+async function restoreState(
+  ctx: CliContext,
+  repo: Repository,
+  point: Manifest,
+  names: string[],
+  options: ReturnType<typeof commonOptions>,
+  renderer: ProgressRenderer,
+  putBack: (name: string) => void,
+  scratch: StateScratch | undefined,
+): Promise<void> {
+  if (options.dryRun || !scratch) {
     for (const name of names) renderer.notice({ level: 'info', code: 'state-restore', message: `would put back the state of ${name}` });
     return;
   }
   const { config, file } = await loadConfig({ explicit: ctx.global.config, cwd: ctx.cwd, env: ctx.env });
-  const scratch = await makeWorkDirectory(undefined, 'lifeboat-state-', (dir) => renderer.notice(leftWorkDirectory(dir)));
-  try {
-    const root = path.join(scratch, 'point');
-    await restore(repo, point, { ...options, delta: false, force: false, include: names, target: root });
-    await putStateBack({ ...point, sources: point.sources.filter((s) => names.includes(s.name)) }, root, {
-      cwd: file ? path.dirname(file) : ctx.cwd,
-      env: { ...ctx.env, LIFEBOAT_POINT: point.id },
-      timeouts: restoreTimeouts(config),
-      signal: ctx.signal,
-      note: (code, message) => renderer.notice({ level: 'info', code, message }),
-      putBack,
-    });
-  } finally {
-    await removeTree(scratch).catch(() => undefined);
-  }
+  await restore(repo, point, { ...options, delta: false, force: false, include: names, target: scratch.root });
+  await putStateBack({ ...point, sources: point.sources.filter((s) => names.includes(s.name)) }, scratch.root, {
+    cwd: file ? path.dirname(file) : ctx.cwd,
+    env: { ...ctx.env, LIFEBOAT_POINT: point.id },
+    timeouts: restoreTimeouts(config),
+    signal: ctx.signal,
+    note: (code, message) => renderer.notice({ level: 'info', code, message }),
+    putBack,
+  });
 }
 
 /** A restore's figures for one target, as --json gives them. */
@@ -188,8 +223,10 @@ async function throughLink(name: string, recorded: string): Promise<string> {
  */
 async function runRestoreInPlace(ctx: CliContext, selector: string, flags: RestoreFlags): Promise<void> {
   if (flags.target) throw new UsageError('--in-place restores each source to the directory it was backed up from: it takes no --target');
+  const workDir = await directoryFlag(ctx.cwd, '--work-dir', flags.workDir);
   const { repo, config, close } = await openRepository(ctx);
   const renderer = new ProgressRenderer(ctx, 'restore');
+  let scratch: StateScratch | undefined;
   try {
     const point = await repo.resolve(selector);
     const chosen = sourcesIncluded(point, flags.include);
@@ -200,6 +237,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
     }
     // Every directory is checked before any is written: a refusal must not come after half the sources were restored.
     for (const p of places) await checkRestoreTarget(p.path, flags, repo.storage.location);
+    scratch = state.length > 0 && !flags.dryRun ? await stateScratch(workDir, point, state, renderer) : undefined;
     for (const p of places) renderer.notice({ level: 'info', code: 'in-place', message: `${p.name} ${flags.dryRun ? 'would go' : 'goes'} back to ${quoteName(p.path)}${p.via ? ` (through the link ${quoteName(p.via)})` : ''}` });
     const started = Date.now();
     const done: (RestoreResult & { source: string })[] = [];
@@ -219,7 +257,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
     }
     if (state.length > 0) {
       const putBack: string[] = [];
-      await restoreState(ctx, repo, point, state, commonOptions(ctx, flags, config, renderer), renderer, (name) => putBack.push(name)).catch((err: unknown) => {
+      await restoreState(ctx, repo, point, state, commonOptions(ctx, flags, config, renderer), renderer, (name) => putBack.push(name), scratch).catch((err: unknown) => {
         // The directories (and any state put back before the failure) stay as restored: say which, as for a source that fails.
         const restored = [...restoredSoFar(), ...putBack.map((name) => `the state of ${name}`)];
         if (restored.length > 0) {
@@ -255,6 +293,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
     );
   } finally {
     renderer.stop();
+    await scratch?.remove();
     await close();
   }
 }
@@ -269,6 +308,7 @@ export function registerRestore(program: Command, run: CommandRunner): Command {
     .option('--delta', 'update an existing target: rewrite only files whose content differs, remove what the point lacks')
     .option('--force', 'replace a non-empty target')
     .option('--state', 'with --in-place: put serving state back too (SQLite copied into the live database, restore commands fed their captured output), as a failover does')
+    .option('--work-dir <dir>', 'with --state: where the state is restored before it is put back (default: the system temporary directory)')
     .option('--dry-run', 'say what would be written, rewritten and removed (a --delta target is read and compared), and write nothing')
     .option('--numeric-owner', 'as root, give files the recorded uid and gid numbers instead of the local ids of the recorded user and group names')
     .option('-i, --include <glob>', 'restore only matching <source>/<path> entries; a directory or source name means all in it (repeatable)', collect, [])

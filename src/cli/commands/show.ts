@@ -31,12 +31,17 @@ export async function runShow(ctx: CliContext, selector: string): Promise<void> 
       ...(e.model ? { model: e.model } : {}),
     }));
     const models = summariseModels(m.entries);
-    printResult(ctx, { ...pointJson(m), sources: m.sources.map((s) => ({ name: s.name, kind: s.kind, path: s.path })), models, warnings: m.warnings, entries: files }, () => {
+    // `restore`: what a failover puts the state back with (the database, or the command that takes the output on stdin).
+    const sources = m.sources.map((s) => ({ name: s.name, kind: s.kind, path: s.path, ...(s.restore ? { restore: s.restore } : {}) }));
+    printResult(ctx, { ...pointJson(m), sources, models, warnings: m.warnings, entries: files }, () => {
       const head = [
         `point ${m.id} (${m.type}${m.parent ? `, parent ${m.parent}` : ''})${m.deployment ? ` of deployment ${m.deployment}` : ''}, completed ${m.completedAt} on ${quoteName(m.host)}`,
-        `sources: ${m.sources.map((s) => `${s.name}=${quoteName(s.path)}`).join(', ')}`,
+        // A command line may hold commas and spaces: it is set apart as the command it is.
+        `sources: ${sources.map((s) => `${s.name}=${s.kind === 'command' ? `\`${escapeUnprintable(s.path)}\`` : quoteName(s.path)} (${s.kind})`).join(', ')}`,
         `${m.stats.files} files, ${formatBytes(m.stats.bytes)}, ${formatBytes(m.stats.storedBytes)} stored in this point`,
         ...models.map((x) => `model: ${quoteName(x.path)}: ${x.format}, ${escapeUnprintable(x.summary)}`),
+        // What the backup warned about (files it left out, an empty database) stays with the point: whoever restores it learns it here.
+        ...m.warnings.map((w) => `warning: ${w.path ? `${quoteName(w.path)}: ` : ''}${escapeUnprintable(w.message)} (${w.code})`),
         '',
       ];
       const lines = files.map((f) => {

@@ -1,10 +1,11 @@
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { HealthError } from '../../errors.js';
+import { HealthError, InterruptedError, LifeboatError, RuntimeFailure, errorMessage } from '../../errors.js';
 import { loadConfig } from '../../config/config.js';
 import { status, type TargetStatus } from '../../core/failover.js';
 import type { JournalEvent } from '../../core/journal.js';
 import { chooseTarget } from '../../core/targets.js';
+import { NoRepository } from '../../core/repository.js';
 import { openRepository, type CliContext } from '../context.js';
 import { formatDuration } from '../../config/duration.js';
 import { escapeUnprintable, quoteName } from '../format.js';
@@ -28,12 +29,34 @@ function describeEvent(e: JournalEvent): string {
 function describeTarget(ctx: CliContext, t: TargetStatus): string[] {
   const c = paint(ctx);
   const health = t.health.checked ? (t.health.ok ? c.green(`healthy (${t.health.detail})`) : c.red(`UNHEALTHY (${t.health.detail})`)) : 'health not checked';
-  const active = t.active.error ?? (t.active.path ? `${t.active.point ?? quoteName(t.active.path)}${t.active.ageMs !== null ? `, taken ${formatDuration(t.active.ageMs)} ago` : ''}` : 'no active link');
+  // Without the point's summary (a repository that cannot be read), the switch in the target's own record dates it.
+  const when = t.active.ageMs !== null ? `, taken ${formatDuration(t.active.ageMs)} ago` : t.active.since ? `, served since ${t.active.since}` : '';
+  const active = t.active.error ?? (t.active.path ? `${t.active.point ?? quoteName(t.active.path)}${when}` : 'no active link');
   const lines = [`target ${t.name}: ${active}; ${health}`];
   if (t.previous.path) lines.push(`  previous: ${t.previous.point ?? quoteName(t.previous.path)}${t.previous.missing ? ' (missing: no rollback to it)' : ''}`);
+  if (t.record.damaged) lines.push(`  record of switches ${quoteName(t.record.path)} is damaged (${t.record.damaged}): a rollback does not know where to go`);
+  if (t.slotsError) lines.push(`  slots: ${escapeUnprintable(t.slotsError)}`);
   if (t.slots.length) lines.push(`  slots: ${t.slots.map((s) => `${quoteName(s.name)}${s.active ? ' (active)' : s.previous ? ' (previous)' : ''}`).join(', ')}`);
   for (const e of t.events) lines.push(`  ${describeEvent(e)}`);
   return lines;
+}
+
+/**
+ * Why the repository could not be read, as status ends on it. A repository missing where the
+ * config names it is exit 1 here, not the usage error of other commands: to a probe it is backups
+ * that cannot be reached (a disk not mounted, a bucket gone), like an unreachable storage, and the
+ * advice to make a new one with init would be wrong. Other reasons keep their own code.
+ */
+function unreadableRepository(err: unknown): LifeboatError {
+  const why = errorMessage(err);
+  const message = `the repository could not be read, so the age of the newest backup is not known: ${why}`;
+  if (err instanceof NoRepository || !(err instanceof LifeboatError)) {
+    return new RuntimeFailure(message, {
+      cause: err,
+      hint: err instanceof NoRepository ? 'check that its disk is mounted or its bucket is there, and that --repo, LIFEBOAT_REPO or repository: names it' : undefined,
+    });
+  }
+  return new LifeboatError(message, err.exitCode, { cause: err, hint: err.hint });
 }
 
 export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<void> {
@@ -42,13 +65,19 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
   const names = flags.target ? [flags.target] : Object.keys(config.targets ?? {});
   const specs = names.map((n) => chooseTarget(config, n, base, ctx.env));
   const events = flags.events === undefined ? 5 : count('--events', flags.events, 0);
-  const { repo, close } = await openRepository(ctx);
+  // What the targets serve is read from the targets: a repository that cannot be read does not hide it.
+  const opened = await openRepository(ctx).catch((err: unknown) => {
+    if (err instanceof InterruptedError) throw err;
+    return { unreadable: err };
+  });
   try {
-    const result = await status(repo, specs, { events, signal: ctx.signal });
+    const { result, unreadable } = await status('repo' in opened ? opened.repo : opened, specs, { events, signal: ctx.signal });
     printResult(ctx, result, () => {
-      const lines = result.deployments
-        ? result.deployments.map((d) => `deployment ${d.deployment}: newest backup ${d.id}, ${formatDuration(d.ageMs)} ago (RPO)`)
-        : [result.newest ? `newest backup ${result.newest.id}, ${formatDuration(result.newest.ageMs)} ago (RPO)` : 'no backups yet'];
+      const lines = !result.repository.ok
+        ? [`repository not read: ${escapeUnprintable(result.repository.error)}`]
+        : result.deployments
+          ? result.deployments.map((d) => `deployment ${d.deployment}: newest backup ${d.id}, ${formatDuration(d.ageMs)} ago (RPO)`)
+          : [result.newest ? `newest backup ${result.newest.id}, ${formatDuration(result.newest.ageMs)} ago (RPO)` : 'no backups yet'];
       for (const t of result.targets) lines.push(...describeTarget(ctx, t));
       if (result.targets.length === 0) {
         lines.push('no targets configured');
@@ -58,22 +87,25 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
     }, { shownWhenQuiet: true });
     // A dangling or unreadable link is down whether or not a health check is configured.
     const sick = result.targets.filter((t) => (t.health.checked && !t.health.ok) || t.active.error !== undefined);
+    // A target that is down is what a probe must hear first: exit 5, whatever the repository says.
     if (sick.length) {
       const unlinked = sick.find((t) => t.active.error !== undefined);
-      throw new HealthError(`unhealthy: ${sick.map((t) => `${t.name} (${t.active.error ?? t.health.detail})`).join(', ')}`, {
+      const also = unreadable === undefined ? '' : `; the repository could not be read either: ${errorMessage(unreadable)}`;
+      throw new HealthError(`unhealthy: ${sick.map((t) => `${t.name} (${t.active.error ?? t.health.detail})`).join(', ')}${also}`, {
         // A server answering from what it loaded before its slot went away will not come back after a restart.
         hint: unlinked ? (unlinked.active.hint ?? `serve a point again: lifeboat failover --to ${unlinked.name}`) : undefined,
       });
     }
+    if (unreadable !== undefined) throw unreadableRepository(unreadable);
   } finally {
-    await close();
+    if ('close' in opened) await opened.close();
   }
 }
 
 export function registerStatus(program: Command, run: CommandRunner): Command {
   return program
     .command('status')
-    .description('per target: the active point, its health, the age of the newest backup (RPO) and the last events; exit 5 when a target is unhealthy')
+    .description('per target: the active point, its health, the age of the newest backup (RPO) and the last events; exit 5 when a target is unhealthy, 1 when the repository cannot be read (the targets are reported all the same)')
     .option('--target <name>', 'only this target')
     .option('--events <n>', 'journal events shown per target (default 5)')
     .addHelpText('after', '\nExamples:\n  lifeboat status\n  lifeboat status --json --target prod')
