@@ -125,10 +125,17 @@ test('the installed program reads a config file, and names the key of a bad one 
   await fsp.writeFile(path.join(dir, 'lifeboat.yaml'), 'repository: ~/backups\nsources:\n  models: ~/models\n');
   const env = { HOME: home };
   assert.equal((await runChild(['init'], { cwd: dir, env })).code, 0);
+  const none = await runChild(['restore', 'latest', '--target', path.join(dir, 'out')], { cwd: dir, env });
+  assert.equal(none.code, 2);
+  assert.match(none.stderr, /has no backup points yet\n {2}take one with `lifeboat backup`/);
   const backup = await runChild(['--json', 'backup'], { cwd: dir, env });
   assert.equal(backup.code, 0, backup.stderr);
   assert.equal(backup.json().files, 1);
   assert.ok(await exists(path.join(home, 'backups', 'config.json')));
+  const said = await runChild(['backup', '--type', 'full'], { cwd: dir, env });
+  assert.match(said.stdout, /\n {2}1 file, 7 B; /, 'one file, not "1 files"');
+  const restored = await runChild(['restore', 'latest', '--target', path.join(dir, 'out')], { cwd: dir, env });
+  assert.match(restored.stdout, /: 1 file, 7 B, every checksum verified/);
   await fsp.rm(dir, { recursive: true, force: true });
 });
 

@@ -36,3 +36,8 @@ export function quoteName(name: string): string {
 export function escapeUnprintable(text: string): string {
   return text.replace(UNPRINTABLE, escape);
 }
+
+/** `1 file`, `2 files`: a count with its noun in the number it takes. */
+export function counted(n: number, noun: string, plural = `${noun}s`): string {
+  return `${n} ${n === 1 ? noun : plural}`;
+}

@@ -393,7 +393,9 @@ export class Repository {
    */
   async resolve(selector: string): Promise<Manifest> {
     const ids = await this.pointIds();
-    if (ids.length === 0) throw new UsageError(`the repository at ${this.storage.location} has no backup points yet`);
+    if (ids.length === 0) {
+      throw new UsageError(`the repository at ${this.storage.location} has no backup points yet`, { hint: 'take one with `lifeboat backup`, or check --repo (and LIFEBOAT_REPO, the config) if it should have some' });
+    }
     // An empty selector (a script's unset variable) is a prefix of every id: with one point it would select that point, as if it had been named.
     if (selector.trim() === '') throw new UsageError('the backup point is empty', { hint: 'give an id, a unique prefix of one, latest, or a time such as 2026-11-20T03:00:00Z' });
     if (selector === 'latest') return this.chosen(selector, (await this.latestInScope(ids))!);

@@ -8,7 +8,7 @@ import type { LifeboatConfig } from '../../config/config.js';
 import type { BackupType } from '../../format/ids.js';
 import { DEFAULT_DEPLOYMENT } from '../../format/manifest.js';
 import { openRepository, type CliContext } from '../context.js';
-import { escapeUnprintable, formatBytes, quoteName } from '../format.js';
+import { escapeUnprintable, formatBytes, quoteName, counted } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
 import { ProgressRenderer, log, printResult } from '../output.js';
 import { captureSources, isStateSource, stateSource, type CapturedSources, type PendingSource } from '../../state/capture.js';
@@ -143,7 +143,7 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
         const verb = result.dryRun ? 'would take' : 'took';
         return [
           `${verb} ${result.type} backup ${result.dryRun ? '' : `${result.id} `}${result.deployment === DEFAULT_DEPLOYMENT ? '' : `of ${result.deployment} `}${result.parent ? `(parent ${result.parent})` : ''}`.replace(/\s+$/, ''),
-          `  ${result.files} files, ${formatBytes(result.bytes)}; entries: ${result.added} added, ${result.changed} changed, ${result.removed} removed`,
+          `  ${counted(result.files, 'file')}, ${formatBytes(result.bytes)}; entries: ${result.added} added, ${result.changed} changed, ${result.removed} removed`,
           `  ${result.dryRun ? 'would store' : 'stored'} ${formatBytes(result.storedBytes)} in ${formatDuration(result.durationMs)}${result.warnings.length ? `, ${result.warnings.length} warning(s)` : ''}`,
           ...(result.wouldCapture ?? []).map((s) => `  would capture ${s.name}: ${s.kind === 'sqlite' ? `an online copy of the SQLite database ${quoteName(s.origin)}` : `the output of \`${escapeUnprintable(s.origin)}\``}`),
         ].join('\n');

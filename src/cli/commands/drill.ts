@@ -9,7 +9,7 @@ import { makeDirectories } from '../../format/mkdirs.js';
 import { contextConfig, openRepository, repositoryUrl, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
 import { addCronOptions, runMonitored, type CronFlags } from '../cron.js';
-import { escapeUnprintable, formatBytes } from '../format.js';
+import { escapeUnprintable, formatBytes, counted } from '../format.js';
 import { directoryFlag, durationFlag, nonEmpty, pathFlag, reportFileFlag } from '../flags.js';
 import { ProgressRenderer, log, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
@@ -60,7 +60,7 @@ function summary(r: DrillResult): string {
   // A message may name restored files, and the smoke command may print anything (colours, a progress line's \r):
   // neither may rewrite the operator's terminal or add lines of its own.
   for (const c of r.checks) lines.push(`  ${mark(c.status)}  ${c.name.padEnd(9)} ${escapeUnprintable(c.message)}`);
-  lines.push(`  RTO ${formatDuration(r.rtoMs)} (restore ${r.files} files, ${formatBytes(r.bytes)}, verify${r.smoke ? ', smoke' : ''}), RPO ${formatDuration(r.rpoMs)}`);
+  lines.push(`  RTO ${formatDuration(r.rtoMs)} (restore ${counted(r.files, 'file')}, ${formatBytes(r.bytes)}, verify${r.smoke ? ', smoke' : ''}), RPO ${formatDuration(r.rpoMs)}`);
   if (r.smoke && r.smoke.exitCode !== 0 && r.smoke.output) {
     lines.push('  smoke output (tail):', ...r.smoke.output.trimEnd().split(/\r?\n/).slice(-20).map((l) => `    ${escapeUnprintable(l)}`));
   }

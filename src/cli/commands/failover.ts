@@ -9,7 +9,7 @@ import { readActive, slotPoint } from '../../core/slots.js';
 import type { Repository } from '../../core/repository.js';
 import { openRepository, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
-import { formatBytes } from '../format.js';
+import { formatBytes, counted } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
 import { ProgressRenderer, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
@@ -41,7 +41,7 @@ export function reportSwitch(ctx: CliContext, verb: 'failover' | 'rollback', r: 
       lines.push(
         r.reused
           ? `  slot ${r.slot} already held it: ${r.restore.unchanged} files checked${r.restore.rewritten || r.restore.removed ? `, ${r.restore.rewritten} rewritten, ${r.restore.removed} removed` : ''}`
-          : `  restored ${r.restore.files} files, ${formatBytes(r.restore.bytes)} into ${r.slot}, every checksum verified`,
+          : `  restored ${counted(r.restore.files, 'file')}, ${formatBytes(r.restore.bytes)} into ${r.slot}, every checksum verified`,
       );
     }
     if (r.from.path && r.from.path !== r.slot) lines.push(`  previous: ${r.from.point ?? r.from.path} (back with: lifeboat rollback --to ${r.target})`);

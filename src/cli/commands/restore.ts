@@ -18,7 +18,7 @@ import { removeTree } from '../../format/remove-tree.js';
 import { putStateBack, restoreTimeouts, stateToPutBack } from '../../state/put-back.js';
 import { openRepository, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
-import { formatBytes, quoteName } from '../format.js';
+import { formatBytes, quoteName, counted } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
 import { ProgressRenderer, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
@@ -79,8 +79,8 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
     const json = { point: result.point, ...targetFigures(result), durationMs: result.durationMs, warnings: result.warnings.map(({ code, path, message }) => ({ code, path, message })) };
     printResult(ctx, json, () =>
       result.dryRun
-        ? `would restore ${result.point} to ${result.target}: ${result.files} files, ${formatBytes(result.bytes)}${outcomeText(result)}; nothing was written`
-        : `restored ${result.point} to ${result.target}: ${result.files} files, ${formatBytes(result.bytes)}, every checksum verified, in ${formatDuration(result.durationMs)}${outcomeText(result)}`,
+        ? `would restore ${result.point} to ${result.target}: ${counted(result.files, 'file')}, ${formatBytes(result.bytes)}${outcomeText(result)}; nothing was written`
+        : `restored ${result.point} to ${result.target}: ${counted(result.files, 'file')}, ${formatBytes(result.bytes)}, every checksum verified, in ${formatDuration(result.durationMs)}${outcomeText(result)}`,
       { shownWhenQuiet: result.dryRun },
     );
   } finally {
@@ -284,8 +284,8 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
     printResult(ctx, json, () =>
       [
         flags.dryRun
-          ? `would restore ${point.id} in place: ${files} files, ${formatBytes(bytes)}; nothing was written`
-          : `restored ${point.id} in place: ${files} files, ${formatBytes(bytes)}, every checksum verified, in ${formatDuration(durationMs)}`,
+          ? `would restore ${point.id} in place: ${counted(files, 'file')}, ${formatBytes(bytes)}; nothing was written`
+          : `restored ${point.id} in place: ${counted(files, 'file')}, ${formatBytes(bytes)}, every checksum verified, in ${formatDuration(durationMs)}`,
         ...done.map((d) => `  ${d.source} → ${quoteName(d.target)}: ${d.files} files${outcomeText(d)}`),
         ...(state.length > 0 ? [`  state ${flags.dryRun ? 'to put back' : 'put back'}: ${state.join(', ')}`] : []),
       ].join('\n'),

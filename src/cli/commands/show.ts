@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { openRepository, type CliContext } from '../context.js';
-import { escapeUnprintable, formatBytes, quoteName } from '../format.js';
+import { escapeUnprintable, formatBytes, quoteName, counted } from '../format.js';
 import { printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 import { pointJson } from './list.js';
@@ -38,7 +38,7 @@ export async function runShow(ctx: CliContext, selector: string): Promise<void> 
         `point ${m.id} (${m.type}${m.parent ? `, parent ${m.parent}` : ''})${m.deployment ? ` of deployment ${m.deployment}` : ''}, completed ${m.completedAt} on ${quoteName(m.host)}`,
         // A command line may hold commas and spaces: it is set apart as the command it is.
         `sources: ${sources.map((s) => `${s.name}=${s.kind === 'command' ? `\`${escapeUnprintable(s.path)}\`` : quoteName(s.path)} (${s.kind})`).join(', ')}`,
-        `${m.stats.files} files, ${formatBytes(m.stats.bytes)}, ${formatBytes(m.stats.storedBytes)} stored in this point`,
+        `${counted(m.stats.files, 'file')}, ${formatBytes(m.stats.bytes)}, ${formatBytes(m.stats.storedBytes)} stored in this point`,
         ...models.map((x) => `model: ${quoteName(x.path)}: ${x.format}, ${escapeUnprintable(x.summary)}`),
         // What the backup warned about (files it left out, an empty database) stays with the point: whoever restores it learns it here.
         ...m.warnings.map((w) => `warning: ${w.path ? `${quoteName(w.path)}: ` : ''}${escapeUnprintable(w.message)} (${w.code})`),
