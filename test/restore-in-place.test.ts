@@ -461,3 +461,21 @@ test('restore --state puts a SQLite registry back over a live database a writer 
   assert.deepEqual(before.prepare('SELECT name FROM versions').all(), [{ name: 'v1' }, { name: 'v2' }], 'the kept copy opens as the last committed state');
   assert.deepEqual(before.prepare('SELECT count(*) AS n FROM uncommitted').get(), { n: 0 });
 });
+
+test('restore --state into a rollback-journal SQLite database a writer holds in an exclusive transaction fails within seconds, not after a minute of copying it aside', { timeout: 60_000 }, async (t) => {
+  const { work, run } = await registryHost(t);
+  assert.equal((await run('backup')).code, 0);
+  const live = new Database(path.join(work, 'state', 'registry.db'));
+  t.after(() => live.close());
+  live.pragma('journal_mode = delete');
+  live.exec("BEGIN EXCLUSIVE; INSERT INTO versions VALUES ('v2')");
+  const started = Date.now();
+  const locked = await run('restore', 'latest', '--in-place', '--delta', '--state');
+  const took = Date.now() - started;
+  assert.equal(locked.code, 1, locked.stderr);
+  assert.match(locked.stderr, /source registry: .*registry\.db stayed locked by a writer for 3 s/);
+  assert.match(locked.stderr, /stop what holds a long transaction on it \(the deactivate hook can\)/);
+  assert.ok(took < 20_000, `gave up after ${took} ms`);
+  live.exec('COMMIT');
+  assert.deepEqual(live.prepare('SELECT name FROM versions ORDER BY name').all(), [{ name: 'v1' }, { name: 'v2' }], 'the live database keeps what it had');
+});

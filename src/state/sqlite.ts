@@ -71,9 +71,14 @@ export async function copySqlite(
      * database fails with SQLITE_READONLY_ROLLBACK.
      */
     rollBackHotJournal?: boolean;
+    /** How long a writer's lock is waited for (default: a minute, for a backup). */
+    patienceMs?: number;
+    /** What to do about a lock held longer (default: the advice for a backup). */
+    lockedHint?: string;
   } = {},
 ): Promise<SqliteCopy> {
   const started = Date.now();
+  const patienceMs = options.patienceMs ?? COPY_PATIENCE_MS;
   try {
     const st = await fsp.stat(database);
     if (!st.isFile()) throw new UsageError(`source ${name}: ${database} is not a file`);
@@ -83,7 +88,7 @@ export async function copySqlite(
   }
   try {
     return await retryWhileBusy(
-      { signal: options.signal, patienceMs: COPY_PATIENCE_MS, onFirstBusy: () => options.tell?.(`${database} is locked by a writer; waiting up to ${COPY_PATIENCE_MS / 1000} s for it`) },
+      { signal: options.signal, patienceMs, onFirstBusy: () => options.tell?.(`${database} is locked by a writer; waiting up to ${patienceMs / 1000} s for it`) },
       async () => {
         const copyOnce = async () => {
           await fsp.rm(destination, { force: true });
@@ -115,8 +120,8 @@ export async function copySqlite(
           return new RuntimeFailure(`source ${name}: online backup of ${database} failed: ${errorMessage(err)}`, { cause: err });
         },
         stayedLocked: (last) =>
-          new RuntimeFailure(`source ${name}: ${database} stayed locked by a writer for ${COPY_PATIENCE_MS / 1000} s: ${errorMessage(last)}`, {
-            hint: 'a transaction that holds the database for minutes blocks a consistent copy; use a pre-backup hook to pause it',
+          new RuntimeFailure(`source ${name}: ${database} stayed locked by a writer for ${patienceMs / 1000} s: ${errorMessage(last)}`, {
+            hint: options.lockedHint ?? 'a transaction that holds the database for minutes blocks a consistent copy; use a pre-backup hook to pause it',
           }),
       },
     );
@@ -141,10 +146,13 @@ export interface SqliteRestore extends SqliteCopy {
  */
 export async function restoreSqlite(name: string, copy: string, database: string, signal?: AbortSignal): Promise<SqliteRestore> {
   const started = Date.now();
+  const lockedHint = `stop what holds a long transaction on it (the deactivate hook can), or copy it back by hand from the point (restore --target DIR --include ${name})`;
   let keptAs: string | undefined;
   if (await fsp.stat(database).then((st) => st.size > 0, () => false)) {
     keptAs = await unusedName(`${database}.lifeboat-replaced-${new Date().toISOString().replace(/[-:]/g, '')}`);
-    await copySqlite(name, database, keptAs, { signal }).catch(async (err: unknown) => {
+    // A writer that holds the database locked would hold up the restore after it as well: the copy
+    // kept aside waits no longer than the restore does.
+    await copySqlite(name, database, keptAs, { signal, patienceMs: RESTORE_PATIENCE_MS, lockedHint }).catch(async (err: unknown) => {
       const code = (err as { cause?: { code?: string } }).cause?.code;
       if (code !== 'SQLITE_NOTADB' && code !== 'SQLITE_READONLY_ROLLBACK') throw err;
       // What is there is no database any more (overwritten, its header damaged), or holds a
@@ -175,7 +183,7 @@ export async function restoreSqlite(name: string, copy: string, database: string
       failed: (err) => new RuntimeFailure(`source ${name}: restoring ${database} failed: ${errorMessage(err)}`, { cause: err }),
       stayedLocked: (last) =>
         new RuntimeFailure(`source ${name}: ${database} stayed locked by another connection for ${RESTORE_PATIENCE_MS / 1000} s: ${errorMessage(last)}`, {
-          hint: `stop what holds a long transaction on it (the deactivate hook can), or copy it back by hand from the point (restore --target DIR --include ${name})`,
+          hint: lockedHint,
         }),
     },
   );
