@@ -376,3 +376,36 @@ test("a character of the smoke command's output whose bytes arrive in two reads 
   assert.doesNotMatch(output, /\ufffd/);
   assert.match(findAll((await junit(report)).cases.get('smoke')!, 'system-out')[0]!.text, /price € 5/);
 });
+
+test('a JUnit report that cannot be written after the drill ran still leaves its result printed; a passed drill then exits 1, a failed one keeps its own exit code', async (t) => {
+  const d = await deployment();
+  t.after(() => Promise.all([d.work, d.scratch].map((p) => fsp.rm(p, { recursive: true, force: true }))));
+  // The report's directory is there when the drill starts, and a file by the time the report is written.
+  const replace = 'rm -rf reports && echo not a directory > reports';
+  const run = (...args: string[]) => lifeboat(['--repo', d.repo, ...args, '--junit', 'reports/drill.xml', '--work-dir', d.scratch], { cwd: d.work });
+  await fsp.mkdir(path.join(d.work, 'reports'));
+  const json = await run('--json', 'drill', '--smoke', `${replace}; echo prediction`);
+  assert.equal(json.code, 1, json.stderr);
+  const j = json.json();
+  assert.equal(j.point, d.id);
+  assert.deepEqual(j.checks.map((c: { status: string }) => c.status), ['passed', 'passed', 'passed', 'passed', 'skipped', 'skipped'], 'the checks the drill made');
+  assert.match(j.smoke.output, /prediction/);
+  assert.equal(j.error.exitCode, 1);
+  assert.match(j.error.message, /^could not write the JUnit report .*drill\.xml: /);
+
+  await fsp.rm(path.join(d.work, 'reports'));
+  await fsp.mkdir(path.join(d.work, 'reports'));
+  const text = await run('drill', '--smoke', replace);
+  assert.equal(text.code, 1, text.stderr);
+  assert.match(text.stdout, /^drill of \S+: passed\n/);
+  assert.match(text.stderr, /lifeboat: could not write the JUnit report/);
+
+  // A failed smoke test is what CI must see: exit 5, the report's failure told besides.
+  await fsp.rm(path.join(d.work, 'reports'));
+  await fsp.mkdir(path.join(d.work, 'reports'));
+  const failed = await run('--json', 'drill', '--smoke', `${replace}; exit 4`);
+  assert.equal(failed.code, 5, failed.stderr);
+  assert.equal(failed.json().error.exitCode, 5);
+  assert.match(failed.json().error.message, /smoke: the smoke command exited with 4/);
+  assert.match(failed.stderr, /warning: could not write the JUnit report/);
+});

@@ -11,7 +11,7 @@ import { withIntactAlternative } from '../damage.js';
 import { addCronOptions, runMonitored, type CronFlags } from '../cron.js';
 import { escapeUnprintable, formatBytes, counted } from '../format.js';
 import { directoryFlag, durationFlag, nonEmpty, pathFlag, reportFileFlag } from '../flags.js';
-import { ProgressRenderer, log, printResult } from '../output.js';
+import { ProgressRenderer, log, logNotice, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 
 interface DrillFlags extends CronFlags {
@@ -132,16 +132,24 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
       renderer.stop();
     }
     Object.assign(figures, { bytes: result.bytes, files: result.files, rtoMs: result.rtoMs, rpoMs: result.rpoMs, objectivesMet: result.ok });
+    // A report that cannot be written (its directory replaced during the drill, a full disk) does not cost the
+    // operator the result of the drill that ran: it is printed first, then the failure is told.
+    let reportFailure: unknown;
     if (junitFile) {
-      await writeReport(junitFile, drillJUnit(result, repository));
-      log(ctx, `wrote the JUnit report ${junitFile}`);
+      try {
+        await writeReport(junitFile, drillJUnit(result, repository));
+        log(ctx, `wrote the JUnit report ${junitFile}`);
+      } catch (err) {
+        reportFailure = err;
+      }
     }
     // A drill that failed says which checks did, --quiet or not.
     printResult(ctx, drillJson(result), () => summary(result), { shownWhenQuiet: !result.ok });
-    if (damaged) throw damaged;
-    if (result.exitCode === 5) {
-      throw new HealthError(`drill of ${result.point} failed: ${result.problems.map((p) => `${p.check}: ${p.message}`).join('; ')}`);
-    }
+    const failure = damaged ?? (result.exitCode === 5 ? new HealthError(`drill of ${result.point} failed: ${result.problems.map((p) => `${p.check}: ${p.message}`).join('; ')}`) : undefined);
+    if (failure === undefined && reportFailure !== undefined) throw reportFailure;
+    // The drill's own verdict keeps its exit code (3 damaged data, 5 a failed check): the missing report is told besides.
+    if (reportFailure !== undefined) logNotice(ctx, { level: 'warning', code: 'junit-failed', message: errorMessage(reportFailure) });
+    if (failure !== undefined) throw failure;
   });
 }
 
