@@ -183,6 +183,7 @@ test('JUnit output escapes anything a smoke command prints', () => {
     problems: [{ check: 'smoke', message: nasty }],
     checks: [{ name: 'smoke', status: 'failed', durationMs: 5, message: nasty, output: nasty }],
     exitCode: 5,
+    warnings: [],
   };
   const root = parseXml(drillJUnit(result, 's3://bucket/prefix'));
   const failure = findAll(root, 'failure')[0]!;
@@ -408,4 +409,5 @@ test('a JUnit report that cannot be written after the drill ran still leaves its
   assert.equal(failed.json().error.exitCode, 5);
   assert.match(failed.json().error.message, /smoke: the smoke command exited with 4/);
   assert.match(failed.stderr, /warning: could not write the JUnit report/);
+  assert.deepEqual(failed.json().warnings.map((w: { code: string }) => w.code), ['junit-failed']);
 });

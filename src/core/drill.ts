@@ -6,7 +6,7 @@ import { formatDuration } from '../config/duration.js';
 import type { Manifest } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { sha256OfFile } from '../format/checksum.js';
-import { leftWorkDirectory, type Reporter } from './events.js';
+import { leftWorkDirectory, type Notice, type Reporter } from './events.js';
 import { appendEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
@@ -59,6 +59,8 @@ export interface DrillResult {
   exitCode: 0 | 3 | 5;
   /** The stored volume the restore found damaged or missing, when it names one. */
   damagedVolume?: string;
+  /** What the drill warned about (a journal entry that could not be written, a volume whose CRC-32 differs …). */
+  warnings: Notice[];
 }
 
 export interface DrillOptions {
@@ -104,7 +106,15 @@ export const DEFAULT_SMOKE_TIMEOUT_MS = 15 * 60 * 1000;
  */
 export async function drill(repo: Repository, point: Manifest, options: DrillOptions = {}): Promise<DrillResult> {
   const now = options.now ?? (() => new Date());
-  const reporter = options.reporter ?? {};
+  // Every warning told on the way is kept for the result too, as a backup's are: monitoring counts them.
+  const warnings: Notice[] = [];
+  const reporter: Reporter = {
+    progress: (p) => options.reporter?.progress?.(p),
+    notice: (n) => {
+      if (n.level === 'warning') warnings.push(n);
+      options.reporter?.notice?.(n);
+    },
+  };
   const started = now();
   const rpoMs = Math.max(0, started.getTime() - Date.parse(point.completedAt));
   const checks: DrillCheck[] = [];
@@ -216,6 +226,7 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
       checks,
       exitCode: exitCode as 0 | 3 | 5,
       ...(damagedVolume !== undefined ? { damagedVolume } : {}),
+      warnings,
     };
     try {
       await appendEvent(repo.storage, {

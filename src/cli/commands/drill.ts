@@ -4,6 +4,7 @@ import { HealthError, IntegrityError, RuntimeFailure, errorMessage, fileSystemHi
 import { formatDuration } from '../../config/duration.js';
 import { drill, unfinishedChecks, type DrillCheck, type DrillResult } from '../../core/drill.js';
 import { drillErrorJUnit, drillJUnit } from '../../core/junit.js';
+import type { Notice } from '../../core/events.js';
 import { writeFileAtomic } from '../../core/metrics.js';
 import { makeDirectories } from '../../format/mkdirs.js';
 import { contextConfig, openRepository, repositoryUrl, type CliContext } from '../context.js';
@@ -41,6 +42,7 @@ export function drillJson(r: DrillResult) {
     problems: r.problems,
     checks: r.checks,
     exitCode: r.exitCode,
+    warnings: r.warnings.map(({ code, path: p, message }) => ({ code, path: p, message })),
   };
 }
 
@@ -131,9 +133,11 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
     } finally {
       renderer.stop();
     }
-    Object.assign(figures, { bytes: result.bytes, files: result.files, rtoMs: result.rtoMs, rpoMs: result.rpoMs, objectivesMet: result.ok });
+    Object.assign(figures, { bytes: result.bytes, files: result.files, rtoMs: result.rtoMs, rpoMs: result.rpoMs, objectivesMet: result.ok, warnings: result.warnings });
+    const failure = damaged ?? (result.exitCode === 5 ? new HealthError(`drill of ${result.point} failed: ${result.problems.map((p) => `${p.check}: ${p.message}`).join('; ')}`) : undefined);
     // A report that cannot be written (its directory replaced during the drill, a full disk) does not cost the
-    // operator the result of the drill that ran: it is printed first, then the failure is told.
+    // operator the result of the drill that ran: it is printed first, then the failure is told. A drill that failed
+    // keeps its own exit code (3 damaged data, 5 a failed check), the missing report a warning besides.
     let reportFailure: unknown;
     if (junitFile) {
       try {
@@ -141,15 +145,17 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
         log(ctx, `wrote the JUnit report ${junitFile}`);
       } catch (err) {
         reportFailure = err;
+        if (failure !== undefined) {
+          const notice: Notice = { level: 'warning', code: 'junit-failed', message: errorMessage(err) };
+          result.warnings.push(notice);
+          logNotice(ctx, notice);
+        }
       }
     }
     // A drill that failed says which checks did, --quiet or not.
     printResult(ctx, drillJson(result), () => summary(result), { shownWhenQuiet: !result.ok });
-    const failure = damaged ?? (result.exitCode === 5 ? new HealthError(`drill of ${result.point} failed: ${result.problems.map((p) => `${p.check}: ${p.message}`).join('; ')}`) : undefined);
-    if (failure === undefined && reportFailure !== undefined) throw reportFailure;
-    // The drill's own verdict keeps its exit code (3 damaged data, 5 a failed check): the missing report is told besides.
-    if (reportFailure !== undefined) logNotice(ctx, { level: 'warning', code: 'junit-failed', message: errorMessage(reportFailure) });
     if (failure !== undefined) throw failure;
+    if (reportFailure !== undefined) throw reportFailure;
   });
 }
 
