@@ -34,6 +34,22 @@ async function junit(file: string): Promise<{ suite: XmlElement; cases: Map<stri
   return { suite, cases };
 }
 
+/**
+ * Runs `lifeboat --json drill --junit REPORT` with a smoke command that runs `before`, then waits; sends it
+ * `signal` once the smoke command waits, and returns its --json document after it exited 130.
+ */
+async function interruptedInSmoke(d: { repo: string; scratch: string }, report: string, before: string, signal: NodeJS.Signals) {
+  const started = path.join(d.scratch, 'smoke-started');
+  const child = spawnLifeboat(['--repo', d.repo, '--json', 'drill', '--junit', report, '--smoke', `${before ? `${before}; ` : ''}touch ${started}; exec sleep 60`]);
+  const out: Buffer[] = [];
+  child.stdout!.on('data', (c: Buffer) => out.push(c));
+  const code = new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+  assert.ok(await waitFor(() => exists(started), 30_000), 'the smoke test started');
+  child.kill(signal);
+  assert.equal(await code, 130);
+  return JSON.parse(Buffer.concat(out).toString('utf8'));
+}
+
 const failed = (c: XmlElement | undefined) => c !== undefined && c.children.some((x) => x.name === 'failure');
 const skipped = (c: XmlElement | undefined) => c !== undefined && c.children.some((x) => x.name === 'skipped');
 
@@ -219,22 +235,14 @@ test('the copy a drill killed with SIGKILL left is removed by the next drill, wh
 
 test('a drill stopped by SIGTERM (a CI job timing out) still writes its JUnit report and --json document, with the checks that passed and the interrupted one marked', async () => {
   const d = await deployment();
-  const started = path.join(d.scratch, 'smoke-started');
   const report = path.join(d.work, 'drill.xml');
-  const child = spawnLifeboat(['--repo', d.repo, '--json', 'drill', '--junit', report, '--smoke', `touch ${started}; exec sleep 60`]);
-  const out: Buffer[] = [];
-  child.stdout!.on('data', (c: Buffer) => out.push(c));
-  const code = new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
-  assert.ok(await waitFor(() => exists(started), 30_000), 'the smoke test started');
-  child.kill('SIGTERM');
-  assert.equal(await code, 130);
+  const j = await interruptedInSmoke(d, report, '', 'SIGTERM');
   const { suite, cases } = await junit(report);
   assert.deepEqual([...cases.keys()], ['restore', 'checksums', 'model', 'smoke', 'RTO', 'RPO']);
   for (const name of ['restore', 'checksums', 'model']) assert.equal(cases.get(name)!.children.filter((x) => x.name !== 'system-out').length, 0, `${name} passed`);
   assert.match(findAll(cases.get('smoke')!, 'error')[0]?.attrs.message ?? '', /interrupted/);
   assert.ok(skipped(cases.get('RTO')) && skipped(cases.get('RPO')));
   assert.equal(suite.attrs.errors, '1');
-  const j = JSON.parse(Buffer.concat(out).toString('utf8'));
   assert.equal(j.ok, false);
   assert.equal(j.error.exitCode, 130);
   assert.equal(j.point, d.id);
@@ -410,4 +418,19 @@ test('a JUnit report that cannot be written after the drill ran still leaves its
   assert.match(failed.json().error.message, /smoke: the smoke command exited with 4/);
   assert.match(failed.stderr, /warning: could not write the JUnit report/);
   assert.deepEqual(failed.json().warnings.map((w: { code: string }) => w.code), ['junit-failed']);
+});
+
+test('a drill interrupted (SIGINT) during its smoke test keeps what the smoke command had printed in the interrupted check of the JUnit report and --json', async (t) => {
+  const d = await deployment();
+  t.after(() => Promise.all([d.work, d.scratch].map((p) => fsp.rm(p, { recursive: true, force: true }))));
+  const report = path.join(d.work, 'drill.xml');
+  const j = await interruptedInSmoke(d, report, String.raw`printf 'loading <model> & "weights" \033[1mbold\033[0m\n'`, 'SIGINT');
+  const printed = 'loading <model> & "weights" \u001b[1mbold\u001b[0m\n';
+  assert.equal(j.checks[3].name, 'smoke');
+  assert.equal(j.checks[3].status, 'error');
+  assert.equal(j.checks[3].output, printed, '--json has the output as it is');
+  const { cases } = await junit(report);
+  const smokeCase = cases.get('smoke')!;
+  assert.match(findAll(smokeCase, 'error')[0]?.attrs.message ?? '', /interrupted/);
+  assert.equal(findAll(smokeCase, 'system-out')[0]?.text, printed.replaceAll('\u001b', '\ufffd'), 'the report has it escaped');
 });

@@ -79,19 +79,23 @@ export interface DrillOptions {
   reporter?: Reporter;
   /** Told of each check as it ends, so that a drill that does not finish can still report those it made. */
   onCheck?: (check: DrillCheck) => void;
+  /** Told of the output a check captured (the smoke command's) as soon as it has it, an interrupted one's too. */
+  onOutput?: (check: CheckName, output: string) => void;
 }
 
 /**
  * The checks of a drill that stopped with an error (interrupted, a storage error, or before it
- * started): those it made, then the one it was making, marked with the error, then the rest, skipped.
+ * started): those it made, then the one it was making, marked with the error and with what output
+ * it had captured (an interrupted smoke command's), then the rest, skipped.
  */
-export function unfinishedChecks(made: readonly DrillCheck[], error: string, durationMs: number): DrillCheck[] {
+export function unfinishedChecks(made: readonly DrillCheck[], error: string, durationMs: number, outputs: Partial<Record<CheckName, string>> = {}): DrillCheck[] {
   const done = new Set(made.map((c) => c.name));
   const rest = CHECK_ORDER.filter((name) => !done.has(name));
-  return [
-    ...made,
-    ...rest.map((name, i): DrillCheck => (i === 0 ? { name, status: 'error', durationMs, message: error } : { name, status: 'skipped', durationMs: 0, message: 'not run: the drill did not finish' })),
-  ];
+  const stopped = (name: CheckName): DrillCheck => {
+    const output = outputs[name];
+    return { name, status: 'error', durationMs, message: error, ...(output ? { output } : {}) };
+  };
+  return [...made, ...rest.map((name, i): DrillCheck => (i === 0 ? stopped(name) : { name, status: 'skipped', durationMs: 0, message: 'not run: the drill did not finish' }))];
 }
 
 const OUTPUT_TAIL = 64 * 1024;
@@ -183,6 +187,8 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
     else if (!restored || integrity) fail({ name: 'smoke', status: 'skipped', durationMs: 0, message: 'not run: the restored data is not intact' });
     else {
       smoke = await runSmoke(options.smoke, target, point, options);
+      // Before an interruption ends the drill: what the command printed until then says how far it got.
+      options.onOutput?.('smoke', smoke.output);
       throwIfAborted(options.signal);
       const limit = formatDuration(options.smokeTimeoutMs ?? DEFAULT_SMOKE_TIMEOUT_MS);
       const how = smoke.timedOut ? `ran longer than ${limit} (--smoke-timeout) and was killed` : smoke.signal ? `was killed by ${smoke.signal}` : `exited with ${smoke.exitCode}`;

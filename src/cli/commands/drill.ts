@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import * as path from 'node:path';
 import { HealthError, IntegrityError, RuntimeFailure, errorMessage, fileSystemHint } from '../../errors.js';
 import { formatDuration } from '../../config/duration.js';
-import { drill, unfinishedChecks, type DrillCheck, type DrillResult } from '../../core/drill.js';
+import { drill, unfinishedChecks, type CheckName, type DrillCheck, type DrillResult } from '../../core/drill.js';
 import { drillErrorJUnit, drillJUnit } from '../../core/junit.js';
 import type { Notice } from '../../core/events.js';
 import { writeFileAtomic } from '../../core/metrics.js';
@@ -82,6 +82,7 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
     const startedAt = new Date();
     // The checks made so far, and when the last ended: what an interrupted drill still reports.
     const made: DrillCheck[] = [];
+    const outputs: Partial<Record<CheckName, string>> = {};
     let lastCheckEnded = startedAt.getTime();
     let running = false;
     let result: DrillResult;
@@ -110,6 +111,7 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
             made.push(c);
             lastCheckEnded = Date.now();
           },
+          onOutput: (name, output) => (outputs[name] = output),
         });
         if (result.exitCode === 3) {
           const failure = new IntegrityError(`drill of ${result.point} failed: ${result.problems[0]?.message ?? 'the data did not restore intact'}`, {
@@ -126,7 +128,7 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
       // Interrupted too (a CI job's timeout sends SIGTERM): the job's report then says the drill did not finish, instead of
       // nothing, names the point it was drilling once one was chosen, and keeps the checks that had passed, the one it was
       // making marked with the error.
-      const checks = unfinishedChecks(made, errorMessage(err), Date.now() - lastCheckEnded);
+      const checks = unfinishedChecks(made, errorMessage(err), Date.now() - lastCheckEnded, outputs);
       if (running) ctx.keepDocument?.({ point: figures.point, checks });
       if (junitFile) await writeReport(junitFile, drillErrorJUnit(checks, repository, figures.point ?? selector ?? 'latest', startedAt)).catch(() => undefined);
       throw err;
