@@ -282,6 +282,37 @@ test('a backup that left a file out succeeds, and says so to monitoring: --notif
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 
+test('a drill that warned (its journal entry could not be written) says so to monitoring: --notify-on warning and lifeboat_last_run_warnings', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src])).code, 0);
+  const hook = await receiver();
+  t.after(() => hook.close());
+  const metrics = path.join(d.work, 'lifeboat.prom');
+  const drill = () => lifeboat(['--repo', d.repo, '--json', 'drill', '--notify-url', hook.url, '--notify-on', 'warning', '--metrics-file', metrics]);
+  const clean = await drill();
+  assert.equal(clean.code, 0, clean.stderr);
+  assert.deepEqual(clean.json().warnings, []);
+  assert.equal(hook.bodies.length, 0, 'no event for a drill without warnings');
+  assert.equal(value(parsePrometheus(await fsp.readFile(metrics, 'utf8')), 'lifeboat_last_run_warnings', 'drill'), 0);
+
+  // A file where the journal's directory should be: the drill passes, its entry cannot be written.
+  await fsp.rm(path.join(d.repo, 'journal'), { recursive: true });
+  await fsp.writeFile(path.join(d.repo, 'journal'), '');
+  const warned = await drill();
+  assert.equal(warned.code, 0, warned.stderr);
+  assert.match(warned.stderr, /warning: could not record the drill in the journal/);
+  assert.deepEqual(warned.json().warnings.map((w: { code: string }) => w.code), ['journal-failed']);
+  assert.equal(value(parsePrometheus(await fsp.readFile(metrics, 'utf8')), 'lifeboat_last_run_warnings', 'drill'), 1);
+  assert.equal(hook.bodies.length, 1);
+  const e = hook.bodies[0];
+  assert.equal(e.command, 'drill');
+  assert.equal(e.outcome, 'success');
+  assert.equal(e.detail.warnings, 1);
+  assert.equal(e.warnings[0].code, 'journal-failed');
+  assert.match(e.warnings[0].message, /could not record the drill in the journal/);
+});
+
 test('a dead or failing notify URL does not fail the backup; the warning does not show the URL\'s secrets', async () => {
   const d = await smallDeployment();
   const port = await freePort();

@@ -34,6 +34,22 @@ async function junit(file: string): Promise<{ suite: XmlElement; cases: Map<stri
   return { suite, cases };
 }
 
+/**
+ * Runs `lifeboat --json drill --junit REPORT` with a smoke command that runs `before`, then waits; sends it
+ * `signal` once the smoke command waits, and returns its --json document after it exited 130.
+ */
+async function interruptedInSmoke(d: { repo: string; scratch: string }, report: string, before: string, signal: NodeJS.Signals) {
+  const started = path.join(d.scratch, 'smoke-started');
+  const child = spawnLifeboat(['--repo', d.repo, '--json', 'drill', '--junit', report, '--smoke', `${before ? `${before}; ` : ''}touch ${started}; exec sleep 60`]);
+  const out: Buffer[] = [];
+  child.stdout!.on('data', (c: Buffer) => out.push(c));
+  const code = new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+  assert.ok(await waitFor(() => exists(started), 30_000), 'the smoke test started');
+  child.kill(signal);
+  assert.equal(await code, 130);
+  return JSON.parse(Buffer.concat(out).toString('utf8'));
+}
+
 const failed = (c: XmlElement | undefined) => c !== undefined && c.children.some((x) => x.name === 'failure');
 const skipped = (c: XmlElement | undefined) => c !== undefined && c.children.some((x) => x.name === 'skipped');
 
@@ -183,6 +199,7 @@ test('JUnit output escapes anything a smoke command prints', () => {
     problems: [{ check: 'smoke', message: nasty }],
     checks: [{ name: 'smoke', status: 'failed', durationMs: 5, message: nasty, output: nasty }],
     exitCode: 5,
+    warnings: [],
   };
   const root = parseXml(drillJUnit(result, 's3://bucket/prefix'));
   const failure = findAll(root, 'failure')[0]!;
@@ -218,22 +235,14 @@ test('the copy a drill killed with SIGKILL left is removed by the next drill, wh
 
 test('a drill stopped by SIGTERM (a CI job timing out) still writes its JUnit report and --json document, with the checks that passed and the interrupted one marked', async () => {
   const d = await deployment();
-  const started = path.join(d.scratch, 'smoke-started');
   const report = path.join(d.work, 'drill.xml');
-  const child = spawnLifeboat(['--repo', d.repo, '--json', 'drill', '--junit', report, '--smoke', `touch ${started}; exec sleep 60`]);
-  const out: Buffer[] = [];
-  child.stdout!.on('data', (c: Buffer) => out.push(c));
-  const code = new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
-  assert.ok(await waitFor(() => exists(started), 30_000), 'the smoke test started');
-  child.kill('SIGTERM');
-  assert.equal(await code, 130);
+  const j = await interruptedInSmoke(d, report, '', 'SIGTERM');
   const { suite, cases } = await junit(report);
   assert.deepEqual([...cases.keys()], ['restore', 'checksums', 'model', 'smoke', 'RTO', 'RPO']);
   for (const name of ['restore', 'checksums', 'model']) assert.equal(cases.get(name)!.children.filter((x) => x.name !== 'system-out').length, 0, `${name} passed`);
   assert.match(findAll(cases.get('smoke')!, 'error')[0]?.attrs.message ?? '', /interrupted/);
   assert.ok(skipped(cases.get('RTO')) && skipped(cases.get('RPO')));
   assert.equal(suite.attrs.errors, '1');
-  const j = JSON.parse(Buffer.concat(out).toString('utf8'));
   assert.equal(j.ok, false);
   assert.equal(j.error.exitCode, 130);
   assert.equal(j.point, d.id);
@@ -375,4 +384,53 @@ test("a character of the smoke command's output whose bytes arrive in two reads 
   assert.equal(output, 'price € 5\ncafé\n');
   assert.doesNotMatch(output, /\ufffd/);
   assert.match(findAll((await junit(report)).cases.get('smoke')!, 'system-out')[0]!.text, /price € 5/);
+});
+
+test('a JUnit report that cannot be written after the drill ran still leaves its result printed; a passed drill then exits 1, a failed one keeps its own exit code', async (t) => {
+  const d = await deployment();
+  t.after(() => Promise.all([d.work, d.scratch].map((p) => fsp.rm(p, { recursive: true, force: true }))));
+  // The report's directory is there when the drill starts, and a file by the time the report is written.
+  const replace = 'rm -rf reports && echo not a directory > reports';
+  const run = (...args: string[]) => lifeboat(['--repo', d.repo, ...args, '--junit', 'reports/drill.xml', '--work-dir', d.scratch], { cwd: d.work });
+  await fsp.mkdir(path.join(d.work, 'reports'));
+  const json = await run('--json', 'drill', '--smoke', `${replace}; echo prediction`);
+  assert.equal(json.code, 1, json.stderr);
+  const j = json.json();
+  assert.equal(j.point, d.id);
+  assert.deepEqual(j.checks.map((c: { status: string }) => c.status), ['passed', 'passed', 'passed', 'passed', 'skipped', 'skipped'], 'the checks the drill made');
+  assert.match(j.smoke.output, /prediction/);
+  assert.equal(j.error.exitCode, 1);
+  assert.match(j.error.message, /^could not write the JUnit report .*drill\.xml: /);
+
+  await fsp.rm(path.join(d.work, 'reports'));
+  await fsp.mkdir(path.join(d.work, 'reports'));
+  const text = await run('drill', '--smoke', replace);
+  assert.equal(text.code, 1, text.stderr);
+  assert.match(text.stdout, /^drill of \S+: passed\n/);
+  assert.match(text.stderr, /lifeboat: could not write the JUnit report/);
+
+  // A failed smoke test is what CI must see: exit 5, the report's failure told besides.
+  await fsp.rm(path.join(d.work, 'reports'));
+  await fsp.mkdir(path.join(d.work, 'reports'));
+  const failed = await run('--json', 'drill', '--smoke', `${replace}; exit 4`);
+  assert.equal(failed.code, 5, failed.stderr);
+  assert.equal(failed.json().error.exitCode, 5);
+  assert.match(failed.json().error.message, /smoke: the smoke command exited with 4/);
+  assert.match(failed.stderr, /warning: could not write the JUnit report/);
+  assert.deepEqual(failed.json().warnings.map((w: { code: string }) => w.code), ['junit-failed']);
+});
+
+test('a drill interrupted (SIGINT) during its smoke test keeps what the smoke command had printed in the interrupted check of the JUnit report and --json', async (t) => {
+  const d = await deployment();
+  t.after(() => Promise.all([d.work, d.scratch].map((p) => fsp.rm(p, { recursive: true, force: true }))));
+  const report = path.join(d.work, 'drill.xml');
+  const j = await interruptedInSmoke(d, report, String.raw`printf 'loading <model> & "weights" \033[1mbold\033[0m\n'`, 'SIGINT');
+  const printed = 'loading <model> & "weights" \u001b[1mbold\u001b[0m\n';
+  assert.equal(j.checks[3].name, 'smoke');
+  assert.equal(j.checks[3].status, 'error');
+  assert.equal(j.checks[3].output, printed, '--json has the output as it is');
+  const { cases } = await junit(report);
+  const smokeCase = cases.get('smoke')!;
+  assert.match(findAll(smokeCase, 'error')[0]?.attrs.message ?? '', /interrupted/);
+  assert.equal(findAll(smokeCase, 'system-out')[0]?.text, printed.replaceAll('\u001b', '\ufffd'), 'the report has it escaped');
 });

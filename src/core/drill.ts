@@ -6,7 +6,7 @@ import { formatDuration } from '../config/duration.js';
 import type { Manifest } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { sha256OfFile } from '../format/checksum.js';
-import { leftWorkDirectory, type Reporter } from './events.js';
+import { leftWorkDirectory, type Notice, type Reporter } from './events.js';
 import { appendEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
@@ -59,6 +59,8 @@ export interface DrillResult {
   exitCode: 0 | 3 | 5;
   /** The stored volume the restore found damaged or missing, when it names one. */
   damagedVolume?: string;
+  /** What the drill warned about (a journal entry that could not be written, a volume whose CRC-32 differs …). */
+  warnings: Notice[];
 }
 
 export interface DrillOptions {
@@ -77,19 +79,23 @@ export interface DrillOptions {
   reporter?: Reporter;
   /** Told of each check as it ends, so that a drill that does not finish can still report those it made. */
   onCheck?: (check: DrillCheck) => void;
+  /** Told of the output a check captured (the smoke command's) as soon as it has it, an interrupted one's too. */
+  onOutput?: (check: CheckName, output: string) => void;
 }
 
 /**
  * The checks of a drill that stopped with an error (interrupted, a storage error, or before it
- * started): those it made, then the one it was making, marked with the error, then the rest, skipped.
+ * started): those it made, then the one it was making, marked with the error and with what output
+ * it had captured (an interrupted smoke command's), then the rest, skipped.
  */
-export function unfinishedChecks(made: readonly DrillCheck[], error: string, durationMs: number): DrillCheck[] {
+export function unfinishedChecks(made: readonly DrillCheck[], error: string, durationMs: number, outputs: Partial<Record<CheckName, string>> = {}): DrillCheck[] {
   const done = new Set(made.map((c) => c.name));
   const rest = CHECK_ORDER.filter((name) => !done.has(name));
-  return [
-    ...made,
-    ...rest.map((name, i): DrillCheck => (i === 0 ? { name, status: 'error', durationMs, message: error } : { name, status: 'skipped', durationMs: 0, message: 'not run: the drill did not finish' })),
-  ];
+  const stopped = (name: CheckName): DrillCheck => {
+    const output = outputs[name];
+    return { name, status: 'error', durationMs, message: error, ...(output ? { output } : {}) };
+  };
+  return [...made, ...rest.map((name, i): DrillCheck => (i === 0 ? stopped(name) : { name, status: 'skipped', durationMs: 0, message: 'not run: the drill did not finish' }))];
 }
 
 const OUTPUT_TAIL = 64 * 1024;
@@ -104,7 +110,15 @@ export const DEFAULT_SMOKE_TIMEOUT_MS = 15 * 60 * 1000;
  */
 export async function drill(repo: Repository, point: Manifest, options: DrillOptions = {}): Promise<DrillResult> {
   const now = options.now ?? (() => new Date());
-  const reporter = options.reporter ?? {};
+  // Every warning told on the way is kept for the result too, as a backup's are: monitoring counts them.
+  const warnings: Notice[] = [];
+  const reporter: Reporter = {
+    progress: (p) => options.reporter?.progress?.(p),
+    notice: (n) => {
+      if (n.level === 'warning') warnings.push(n);
+      options.reporter?.notice?.(n);
+    },
+  };
   const started = now();
   const rpoMs = Math.max(0, started.getTime() - Date.parse(point.completedAt));
   const checks: DrillCheck[] = [];
@@ -173,6 +187,8 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
     else if (!restored || integrity) fail({ name: 'smoke', status: 'skipped', durationMs: 0, message: 'not run: the restored data is not intact' });
     else {
       smoke = await runSmoke(options.smoke, target, point, options);
+      // Before an interruption ends the drill: what the command printed until then says how far it got.
+      options.onOutput?.('smoke', smoke.output);
       throwIfAborted(options.signal);
       const limit = formatDuration(options.smokeTimeoutMs ?? DEFAULT_SMOKE_TIMEOUT_MS);
       const how = smoke.timedOut ? `ran longer than ${limit} (--smoke-timeout) and was killed` : smoke.signal ? `was killed by ${smoke.signal}` : `exited with ${smoke.exitCode}`;
@@ -216,6 +232,7 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
       checks,
       exitCode: exitCode as 0 | 3 | 5,
       ...(damagedVolume !== undefined ? { damagedVolume } : {}),
+      warnings,
     };
     try {
       await appendEvent(repo.storage, {

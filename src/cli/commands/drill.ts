@@ -2,8 +2,9 @@ import type { Command } from 'commander';
 import * as path from 'node:path';
 import { HealthError, IntegrityError, RuntimeFailure, errorMessage, fileSystemHint } from '../../errors.js';
 import { formatDuration } from '../../config/duration.js';
-import { drill, unfinishedChecks, type DrillCheck, type DrillResult } from '../../core/drill.js';
+import { drill, unfinishedChecks, type CheckName, type DrillCheck, type DrillResult } from '../../core/drill.js';
 import { drillErrorJUnit, drillJUnit } from '../../core/junit.js';
+import type { Notice } from '../../core/events.js';
 import { writeFileAtomic } from '../../core/metrics.js';
 import { makeDirectories } from '../../format/mkdirs.js';
 import { contextConfig, openRepository, repositoryUrl, type CliContext } from '../context.js';
@@ -11,7 +12,7 @@ import { withIntactAlternative } from '../damage.js';
 import { addCronOptions, runMonitored, type CronFlags } from '../cron.js';
 import { escapeUnprintable, formatBytes, counted } from '../format.js';
 import { directoryFlag, durationFlag, nonEmpty, pathFlag, reportFileFlag } from '../flags.js';
-import { ProgressRenderer, log, printResult } from '../output.js';
+import { ProgressRenderer, log, logNotice, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 
 interface DrillFlags extends CronFlags {
@@ -41,6 +42,7 @@ export function drillJson(r: DrillResult) {
     problems: r.problems,
     checks: r.checks,
     exitCode: r.exitCode,
+    warnings: r.warnings.map(({ code, path: p, message }) => ({ code, path: p, message })),
   };
 }
 
@@ -80,6 +82,7 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
     const startedAt = new Date();
     // The checks made so far, and when the last ended: what an interrupted drill still reports.
     const made: DrillCheck[] = [];
+    const outputs: Partial<Record<CheckName, string>> = {};
     let lastCheckEnded = startedAt.getTime();
     let running = false;
     let result: DrillResult;
@@ -108,6 +111,7 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
             made.push(c);
             lastCheckEnded = Date.now();
           },
+          onOutput: (name, output) => (outputs[name] = output),
         });
         if (result.exitCode === 3) {
           const failure = new IntegrityError(`drill of ${result.point} failed: ${result.problems[0]?.message ?? 'the data did not restore intact'}`, {
@@ -124,24 +128,36 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
       // Interrupted too (a CI job's timeout sends SIGTERM): the job's report then says the drill did not finish, instead of
       // nothing, names the point it was drilling once one was chosen, and keeps the checks that had passed, the one it was
       // making marked with the error.
-      const checks = unfinishedChecks(made, errorMessage(err), Date.now() - lastCheckEnded);
+      const checks = unfinishedChecks(made, errorMessage(err), Date.now() - lastCheckEnded, outputs);
       if (running) ctx.keepDocument?.({ point: figures.point, checks });
       if (junitFile) await writeReport(junitFile, drillErrorJUnit(checks, repository, figures.point ?? selector ?? 'latest', startedAt)).catch(() => undefined);
       throw err;
     } finally {
       renderer.stop();
     }
-    Object.assign(figures, { bytes: result.bytes, files: result.files, rtoMs: result.rtoMs, rpoMs: result.rpoMs, objectivesMet: result.ok });
+    Object.assign(figures, { bytes: result.bytes, files: result.files, rtoMs: result.rtoMs, rpoMs: result.rpoMs, objectivesMet: result.ok, warnings: result.warnings });
+    const failure = damaged ?? (result.exitCode === 5 ? new HealthError(`drill of ${result.point} failed: ${result.problems.map((p) => `${p.check}: ${p.message}`).join('; ')}`) : undefined);
+    // A report that cannot be written (its directory replaced during the drill, a full disk) does not cost the
+    // operator the result of the drill that ran: it is printed first, then the failure is told. A drill that failed
+    // keeps its own exit code (3 damaged data, 5 a failed check), the missing report a warning besides.
+    let reportFailure: unknown;
     if (junitFile) {
-      await writeReport(junitFile, drillJUnit(result, repository));
-      log(ctx, `wrote the JUnit report ${junitFile}`);
+      try {
+        await writeReport(junitFile, drillJUnit(result, repository));
+        log(ctx, `wrote the JUnit report ${junitFile}`);
+      } catch (err) {
+        reportFailure = err;
+        if (failure !== undefined) {
+          const notice: Notice = { level: 'warning', code: 'junit-failed', message: errorMessage(err) };
+          result.warnings.push(notice);
+          logNotice(ctx, notice);
+        }
+      }
     }
     // A drill that failed says which checks did, --quiet or not.
     printResult(ctx, drillJson(result), () => summary(result), { shownWhenQuiet: !result.ok });
-    if (damaged) throw damaged;
-    if (result.exitCode === 5) {
-      throw new HealthError(`drill of ${result.point} failed: ${result.problems.map((p) => `${p.check}: ${p.message}`).join('; ')}`);
-    }
+    if (failure !== undefined) throw failure;
+    if (reportFailure !== undefined) throw reportFailure;
   });
 }
 
