@@ -8,8 +8,8 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it, type TestContext } from 'node:test';
-import { ListObjectsV2Command, PutBucketPolicyCommand, S3Client } from '@aws-sdk/client-s3';
-import { lifeboat, type CliRun } from './helpers/cli.js';
+import { ListObjectsV2Command, PutBucketPolicyCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { lifeboat, runChild, type CliRun } from './helpers/cli.js';
 import { createTestBucket, testClient, startS3Server, type S3TestServer } from './helpers/s3server.js';
 import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
 
@@ -41,6 +41,8 @@ interface Grantee {
   prefix: string;
   /** Runs the CLI on the repository with the grantee's credentials. */
   cli(args: string[]): Promise<CliRun>;
+  /** The same in a child process, whose lock (one it could not release) is then a gone process's. */
+  child(args: string[]): Promise<CliRun>;
 }
 
 /** A fresh bucket, and a user of the server that may do in it what `policy` (given the bucket, the prefix and the user's ARN) grants. */
@@ -54,25 +56,30 @@ async function grantee(t: TestContext, uid: string, policy: (bucket: string, pre
   const keys = await server.createUser(uid);
   await sdk.send(new PutBucketPolicyCommand({ Bucket: bucket, Policy: JSON.stringify(await policy(bucket, prefix, `arn:aws:iam:::user/${uid}`)) }));
   const env = { ...server.env, AWS_ACCESS_KEY_ID: keys.accessKeyId, AWS_SECRET_ACCESS_KEY: keys.secretAccessKey };
+  const repoArgs = ['--repo', `s3://${bucket}/${prefix}`, '--s3-endpoint', server.endpoint, '--s3-path-style'];
   return {
     bucket,
     prefix,
-    cli: (args) => lifeboat(['--repo', `s3://${bucket}/${prefix}`, '--s3-endpoint', server.endpoint, '--s3-path-style', ...args], { env }),
+    cli: (args) => lifeboat([...repoArgs, ...args], { env }),
+    child: (args) => runChild([...repoArgs, ...args], { env }),
   };
 }
 
-/** The Ceph bucket policy of docs/S3.md, for another bucket, prefix and user. */
-async function documentedCephPolicy(bucket: string, prefix: string, user: string): Promise<object> {
-  const doc = await fsp.readFile(S3_DOC, 'utf8');
-  const section = doc.slice(doc.indexOf('For Ceph RGW, give the two S3 statements as a bucket policy'));
-  const json = /```json\n([\s\S]*?)```/.exec(section)?.[1];
-  assert.ok(json, 'docs/S3.md has a Ceph bucket policy');
-  return JSON.parse(
-    json
-      .replaceAll('arn:aws:iam:::user/lifeboat', user)
-      .replaceAll('arn:aws:s3:::ml-backups/fraud-detector/*', `arn:aws:s3:::${bucket}/${prefix}/*`)
-      .replaceAll('arn:aws:s3:::ml-backups"', `arn:aws:s3:::${bucket}"`),
-  ) as object;
+/** The Ceph bucket policy of docs/S3.md whose paragraph starts with `lead`, for another bucket, prefix and user. */
+function documentedCephPolicy(lead: string): (bucket: string, prefix: string, user: string) => Promise<object> {
+  return async (bucket, prefix, user) => {
+    const doc = await fsp.readFile(S3_DOC, 'utf8');
+    const at = doc.indexOf(lead);
+    assert.ok(at >= 0, `docs/S3.md has a paragraph starting "${lead}"`);
+    const json = /```json\n([\s\S]*?)```/.exec(doc.slice(at))?.[1];
+    assert.ok(json, `docs/S3.md has a bucket policy after "${lead}"`);
+    return JSON.parse(
+      json
+        .replace(/arn:aws:iam:::user\/[\w-]+/g, user)
+        .replaceAll('arn:aws:s3:::ml-backups/fraud-detector/', `arn:aws:s3:::${bucket}/${prefix}/`)
+        .replaceAll('arn:aws:s3:::ml-backups"', `arn:aws:s3:::${bucket}"`),
+    ) as object;
+  };
 }
 
 async function ok(run: Promise<CliRun>, what: string): Promise<CliRun> {
@@ -88,7 +95,7 @@ async function keysUnder(bucket: string, prefix: string): Promise<string[]> {
 
 describe('an S3 repository with credentials limited by a bucket policy', () => {
   it('the Ceph bucket policy of docs/S3.md is enough for every command: backups release their lock, prune, unpin and unlock delete', async (t) => {
-    const g = await grantee(t, 'lifeboat-documented', documentedCephPolicy);
+    const g = await grantee(t, 'lifeboat-documented', documentedCephPolicy('For Ceph RGW, give the two S3 statements as a bucket policy'));
     if (!g) return;
     await ok(g.cli(['init']), 'init');
     await ok(g.cli(['backup', models, '--type', 'full']), 'the first backup');
@@ -107,5 +114,53 @@ describe('an S3 repository with credentials limited by a bucket policy', () => {
     assert.deepEqual(list.map((p) => p.type), ['full']);
     const left = await keysUnder(g.bucket, g.prefix);
     assert.deepEqual(left.filter((k) => k.startsWith('locks/') || k.startsWith('pins/')), [], 'no lock, reader registration or pin is left');
+  });
+
+  it('credentials that may not delete at all: each backup stores its point and exits 1 saying the credentials may not delete its lock; the next takes it over', async (t) => {
+    const g = await grantee(t, 'lifeboat-no-delete', (bucket, prefix, user) => ({
+      Version: '2012-10-17',
+      Statement: [
+        { Effect: 'Allow', Principal: { AWS: [user] }, Action: ['s3:ListBucket', 's3:ListBucketMultipartUploads'], Resource: `arn:aws:s3:::${bucket}` },
+        { Effect: 'Allow', Principal: { AWS: [user] }, Action: ['s3:GetObject', 's3:PutObject', 's3:AbortMultipartUpload'], Resource: `arn:aws:s3:::${bucket}/${prefix}/*` },
+      ],
+    }));
+    if (!g) return;
+    await ok(g.cli(['init']), 'init');
+    for (const round of [1, 2]) {
+      const r = await g.child(['backup', models]);
+      assert.equal(r.code, 1, `backup ${round}: ${r.stderr}`);
+      assert.match(r.stdout, /took (full|incr) backup/);
+      assert.match(r.stderr, /backup could not release the repository lock: delete locks\/lock\.json failed: HTTP 403 AccessDenied\n/);
+      assert.match(r.stderr, /the storage does not let this user or these credentials delete in the repository \(on S3, s3:DeleteObject: see docs\/S3\.md\)/);
+      assert.doesNotMatch(r.stderr, /once the repository can be reached/, 'these credentials never may');
+    }
+    const list = (await ok(g.cli(['list', '--json']), 'list')).json<unknown[]>();
+    assert.equal(list.length, 2);
+  });
+
+  it('the append-only Ceph policy of docs/S3.md: backups go on past leftovers they may not remove, and release their lock; prune fails with exit 1 and removes nothing', async (t) => {
+    const g = await grantee(t, 'lifeboat-append', documentedCephPolicy('For a backup host that may not delete backups, the Ceph bucket policy'));
+    if (!g) return;
+    await ok(g.cli(['init']), 'init');
+    await ok(g.child(['backup', models, '--type', 'full']), 'the first backup');
+    // What a backup killed before its manifest leaves.
+    const leftover = `${g.prefix}/data/20250101-000000-000F/v000001.tar`;
+    await sdk.send(new PutObjectCommand({ Bucket: g.bucket, Key: leftover, Body: Buffer.alloc(1024) }));
+    for (const round of [1, 2]) {
+      const r = await ok(g.child(['backup', models, '--type', 'full']), `backup ${round} past a leftover`);
+      assert.match(
+        r.stderr,
+        /warning: could not remove 1 object\(s\), 1024 bytes, left by an aborted backup under data\/20250101-000000-000F\/ \(.*AccessDenied.*\): the storage does not let this backup delete; they stay until a backup that may delete/,
+      );
+    }
+    assert.ok((await keysUnder(g.bucket, g.prefix)).includes(leftover.slice(g.prefix.length + 1)));
+    await ok(g.cli(['verify', '--read-data']), 'verify --read-data');
+    const pruned = await g.child(['prune', '--keep-full', '1']);
+    assert.equal(pruned.code, 1, pruned.stderr);
+    assert.match(pruned.stderr, /lifeboat: delete points\/.*failed: .*AccessDenied.*\n {2}check the credentials \(AWS chain\) and the permissions of the bucket/);
+    const list = (await ok(g.cli(['list', '--json']), 'list')).json<unknown[]>();
+    assert.equal(list.length, 3, 'prune removed nothing');
+    await ok(g.cli(['unlock']), 'unlock');
+    assert.deepEqual((await keysUnder(g.bucket, g.prefix)).filter((k) => k.startsWith('locks/')), [], 'no lock or reader registration is left');
   });
 });

@@ -4,7 +4,7 @@ import * as z from 'zod';
 import { LockedError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { sleep } from '../sleep.js';
 import { formatDuration } from '../config/duration.js';
-import { isNotFound, type Storage } from '../storage/storage.js';
+import { isNotFound, isPermissionRefused, type Storage } from '../storage/storage.js';
 import { keys } from '../format/manifest.js';
 import type { Notice, Reporter } from './events.js';
 import { pidReusedSince, processRuns } from '../format/process-alive.js';
@@ -346,9 +346,12 @@ function holdLock(storage: Storage, info: LockInfo, written: Buffer, tookOver?: 
           if (current?.info.token === info.token) await storage.delete([keys.lock]);
         } catch (err) {
           // Nobody else holds the lock: this is a failure of the storage (exit 1), not a lock held by another process (exit 4).
+          const stays = 'the lock stays until it is taken over: at once by the next writer on this host, since this process is gone; from another host once it is stale (lock.staleAfter)';
           throw new RuntimeFailure(`${info.command} could not release the repository lock: ${errorMessage(err)}`, {
             cause: err,
-            hint: 'the lock stays until it is taken over: at once by the next writer on this host, since this process is gone; from another host once it is stale (lock.staleAfter). `lifeboat unlock` removes it once the repository can be reached',
+            hint: isPermissionRefused(err)
+              ? `the storage does not let this user or these credentials delete in the repository (on S3, s3:DeleteObject: see docs/S3.md); ${stays}. \`lifeboat unlock\` removes it when run by one that may delete`
+              : `${stays}. \`lifeboat unlock\` removes it once the repository can be reached`,
           });
         }
       });
