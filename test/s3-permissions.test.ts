@@ -116,7 +116,7 @@ describe('an S3 repository with credentials limited by a bucket policy', () => {
     assert.deepEqual(left.filter((k) => k.startsWith('locks/') || k.startsWith('pins/')), [], 'no lock, reader registration or pin is left');
   });
 
-  it('credentials that may not delete at all: each backup stores its point and exits 1 saying the credentials may not delete its lock; the next takes it over', async (t) => {
+  it('credentials that may not delete at all: each backup stores its point and exits 1 saying the credentials may not delete its lock, the next takes it over, and a reader warns that its registration stays', async (t) => {
     const g = await grantee(t, 'lifeboat-no-delete', (bucket, prefix, user) => ({
       Version: '2012-10-17',
       Statement: [
@@ -136,6 +136,11 @@ describe('an S3 repository with credentials limited by a bucket policy', () => {
     }
     const list = (await ok(g.cli(['list', '--json']), 'list')).json<unknown[]>();
     assert.equal(list.length, 2);
+    const verified = await ok(g.child(['verify']), 'verify');
+    assert.match(
+      verified.stderr,
+      /warning: could not remove this verify's registration as a reader \(delete locks\/readers\/.*AccessDenied\): a prune on another host takes it for a running reader and refuses to run \(exit 4\) until it is stale/,
+    );
   });
 
   it('the append-only Ceph policy of docs/S3.md: backups go on past leftovers they may not remove, and release their lock; prune fails with exit 1 and removes nothing', async (t) => {

@@ -408,6 +408,8 @@ export interface ReadLockOptions extends StalenessOptions {
    * these, does not make it wait. Unset: every prune does.
    */
   reads?: readonly string[];
+  /** Called when the reader may not remove its registration (credentials that may not delete), with why. */
+  kept?: (reason: string) => void;
 }
 
 /**
@@ -432,7 +434,9 @@ export async function acquireReadLock(storage: Storage, command: string, options
   const lease = keepRefreshed(storage, key, info);
   const release = async () => {
     await lease.stop();
-    await storage.delete([key]).catch(() => undefined);
+    await storage.delete([key]).catch((err) => {
+      if (isPermissionRefused(err)) options.kept?.(errorMessage(err));
+    });
   };
   let waitedFor: LockInfo | undefined;
   try {
@@ -464,7 +468,17 @@ export async function whileReading<T>(
   context: { signal?: AbortSignal; reporter: Reporter; warnings: Notice[]; reads?: readonly string[] },
   work: () => Promise<T>,
 ): Promise<T> {
-  const lock = await acquireReadLock(storage, command, { signal: context.signal, reads: context.reads, waiting: (prune) => context.reporter.notice?.(waitingNotice(prune)) });
+  const lock = await acquireReadLock(storage, command, {
+    signal: context.signal,
+    reads: context.reads,
+    waiting: (prune) => context.reporter.notice?.(waitingNotice(prune)),
+    kept: (reason) =>
+      context.reporter.notice?.({
+        level: 'warning',
+        code: 'read-lock-kept',
+        message: `could not remove this ${command}'s registration as a reader (${reason}): a prune on another host takes it for a running reader and refuses to run (exit 4) until it is stale (lock.staleAfter, by default ${DEFAULT_LEASE_MS / 60_000} minutes from now); on S3, give the credentials s3:DeleteObject on the repository's locks/ (see docs/S3.md)`,
+      }),
+  });
   try {
     if (lock.waitedFor) await throwIfPruned(storage, command, lock.waitedFor, context.reads ?? []);
     if (lock.unlocked) {
