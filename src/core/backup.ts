@@ -11,6 +11,7 @@ import { localAccounts, namesOf } from '../format/accounts.js';
 import { type Notice, type Progress, type Reporter, progressAt } from './events.js';
 import { LockLostError, acquireWriterLock, releaseAfter, type HeldLock } from './lock.js';
 import { removeUnfinishedWrites } from './leftovers.js';
+import { isPermissionRefused } from '../storage/storage.js';
 import { chooseReference, type ReferenceChoice, countChanges, emptiedSince, emptySources, planBackup, type BackupPlan, type PlannedEntry } from './backup-plan.js';
 import { SMALL_FILE, SmallFileReader, type WholeFile } from './file-reader.js';
 import { Sha256Offload, type OffloadedDigest } from './hash-offload.js';
@@ -512,27 +513,38 @@ async function lostLock(lock: HeldLock): Promise<LockLostError | undefined> {
 export async function removeLeftovers(repo: Repository, reporter: Reporter, lock: HeldLock): Promise<void> {
   // Listed once for both kinds of leftovers: on S3 each listing is a request.
   const committed = new Set(await repo.pointIds());
-  for (const orphan of await repo.orphanDataPrefixes(committed)) {
+  // Credentials that may not delete (kept from deleting backups on purpose) leave the leftovers where they are,
+  // and this backup goes on: its own volumes are under a new point's prefix, which no leftover shares.
+  let refused = false;
+  const removing = async (what: string, remove: () => Promise<void>): Promise<boolean> => {
     await lock.check();
-    await repo.storage.delete(orphan.keys);
-    reporter.notice?.({
-      level: 'info',
-      code: 'leftovers-removed',
-      message: `removed ${orphan.keys.length} object(s), ${orphan.bytes} bytes, left by an aborted backup under ${orphan.prefix}`,
-    });
+    try {
+      await remove();
+      return true;
+    } catch (err) {
+      if (!isPermissionRefused(err)) throw err;
+      refused = true;
+      reporter.notice?.({
+        level: 'warning',
+        code: 'leftovers-kept',
+        message: `could not remove ${what} (${errorMessage(err)}): the storage does not let this backup delete; they stay until a backup that may delete (on S3, s3:DeleteObject and s3:AbortMultipartUpload) removes them`,
+      });
+      return false;
+    }
+  };
+  for (const orphan of await repo.orphanDataPrefixes(committed)) {
+    if (refused) break;
+    const what = `${orphan.keys.length} object(s), ${orphan.bytes} bytes, left by an aborted backup under ${orphan.prefix}`;
+    if (await removing(what, () => repo.storage.delete(orphan.keys))) reporter.notice?.({ level: 'info', code: 'leftovers-removed', message: `removed ${what}` });
   }
   const summaries = await repo.summaryGaps(committed);
-  if (summaries.orphans.length > 0) {
-    await lock.check();
-    await repo.storage.delete(summaries.orphans);
-  }
+  if (summaries.orphans.length > 0 && !refused) await removing(`the summaries of ${summaries.orphans.length} removed point(s)`, () => repo.storage.delete(summaries.orphans));
   // Points written before summaries existed get theirs, once, so that list and prune need not read their manifests again.
   for (const id of summaries.missing) {
     const manifest = await repo.loadManifest(id).catch(() => undefined);
     if (manifest) await repo.writeSummary(manifest);
   }
-  await lock.check();
-  await removeUnfinishedWrites(repo, reporter);
+  await removing('writes that never finished', () => removeUnfinishedWrites(repo, reporter));
 }
 
 function mtimeDate(ns: string): Date {

@@ -4,7 +4,7 @@ import * as z from 'zod';
 import { LockedError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { sleep } from '../sleep.js';
 import { formatDuration } from '../config/duration.js';
-import { isNotFound, type Storage } from '../storage/storage.js';
+import { isNotFound, isPermissionRefused, type Storage } from '../storage/storage.js';
 import { keys } from '../format/manifest.js';
 import type { Notice, Reporter } from './events.js';
 import { pidReusedSince, processRuns } from '../format/process-alive.js';
@@ -346,9 +346,12 @@ function holdLock(storage: Storage, info: LockInfo, written: Buffer, tookOver?: 
           if (current?.info.token === info.token) await storage.delete([keys.lock]);
         } catch (err) {
           // Nobody else holds the lock: this is a failure of the storage (exit 1), not a lock held by another process (exit 4).
+          const stays = 'the lock stays until it is taken over: at once by the next writer on this host, since this process is gone; from another host once it is stale (lock.staleAfter)';
           throw new RuntimeFailure(`${info.command} could not release the repository lock: ${errorMessage(err)}`, {
             cause: err,
-            hint: 'the lock stays until it is taken over: at once by the next writer on this host, since this process is gone; from another host once it is stale (lock.staleAfter). `lifeboat unlock` removes it once the repository can be reached',
+            hint: isPermissionRefused(err)
+              ? `the storage does not let this user or these credentials delete in the repository (on S3, s3:DeleteObject: see docs/S3.md); ${stays}. \`lifeboat unlock\` removes it when run by one that may delete`
+              : `${stays}. \`lifeboat unlock\` removes it once the repository can be reached`,
           });
         }
       });
@@ -405,6 +408,8 @@ export interface ReadLockOptions extends StalenessOptions {
    * these, does not make it wait. Unset: every prune does.
    */
   reads?: readonly string[];
+  /** Called when the reader may not remove its registration (credentials that may not delete), with why. */
+  kept?: (reason: string) => void;
 }
 
 /**
@@ -429,7 +434,9 @@ export async function acquireReadLock(storage: Storage, command: string, options
   const lease = keepRefreshed(storage, key, info);
   const release = async () => {
     await lease.stop();
-    await storage.delete([key]).catch(() => undefined);
+    await storage.delete([key]).catch((err) => {
+      if (isPermissionRefused(err)) options.kept?.(errorMessage(err));
+    });
   };
   let waitedFor: LockInfo | undefined;
   try {
@@ -461,7 +468,17 @@ export async function whileReading<T>(
   context: { signal?: AbortSignal; reporter: Reporter; warnings: Notice[]; reads?: readonly string[] },
   work: () => Promise<T>,
 ): Promise<T> {
-  const lock = await acquireReadLock(storage, command, { signal: context.signal, reads: context.reads, waiting: (prune) => context.reporter.notice?.(waitingNotice(prune)) });
+  const lock = await acquireReadLock(storage, command, {
+    signal: context.signal,
+    reads: context.reads,
+    waiting: (prune) => context.reporter.notice?.(waitingNotice(prune)),
+    kept: (reason) =>
+      context.reporter.notice?.({
+        level: 'warning',
+        code: 'read-lock-kept',
+        message: `could not remove this ${command}'s registration as a reader (${reason}): a prune on another host takes it for a running reader and refuses to run (exit 4) until it is stale (lock.staleAfter, by default ${DEFAULT_LEASE_MS / 60_000} minutes from now); on S3, give the credentials s3:DeleteObject on the repository's locks/ (see docs/S3.md)`,
+      }),
+  });
   try {
     if (lock.waitedFor) await throwIfPruned(storage, command, lock.waitedFor, context.reads ?? []);
     if (lock.unlocked) {

@@ -287,7 +287,7 @@ export function asFailure(operation: string, key: string, err: unknown, attempts
   const status = (err as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
   const tries = attempts > 1 ? ` after ${attempts} attempts` : '';
   const hint =
-    status === 403
+    status === 403 || (err as { name?: string })?.name === 'AccessDenied'
       ? 'check the credentials (AWS chain) and the permissions of the bucket'
       : status === 301 || (err as { name?: string })?.name === 'PermanentRedirect'
         ? 'check the region (s3.region) or the endpoint of the repository'

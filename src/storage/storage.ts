@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import { IntegrityError, RuntimeFailure } from '../errors.js';
+import { IntegrityError, RuntimeFailure, UsageError } from '../errors.js';
 
 /** One stored object as a listing or a head request sees it. */
 export interface ObjectInfo {
@@ -204,6 +204,23 @@ export class ObjectNotFoundError extends RuntimeFailure {
 
 export function isNotFound(err: unknown): err is ObjectNotFoundError {
   return err instanceof ObjectNotFoundError;
+}
+
+/**
+ * Whether the storage refused a request for want of permission: S3's 403
+ * AccessDenied, for a whole request or for one key of a multi-object delete
+ * (credentials whose policy leaves out an action), or a file system's EACCES,
+ * EPERM or EROFS. Credentials the server does not know at all are a usage error
+ * of their own, not this.
+ */
+export function isPermissionRefused(err: unknown): boolean {
+  if (err instanceof UsageError) return false;
+  type Step = { name?: string; code?: string; $metadata?: { httpStatusCode?: number }; cause?: unknown };
+  for (let e = err as Step | undefined, depth = 0; e && depth < 4; e = e.cause as Step | undefined, depth++) {
+    if (e.$metadata?.httpStatusCode === 403 || e.name === 'AccessDenied') return true;
+    if (e.code === 'EACCES' || e.code === 'EPERM' || e.code === 'EROFS') return true;
+  }
+  return false;
 }
 
 /** Reads until `into` is full or the object ends; resolves with how many bytes it holds. */

@@ -7,7 +7,7 @@
  * a short paxos propose interval, `ms mon client mode = crc secure` for radosgw,
  * and a short garbage-collection delay so deleted data leaves memstore's RAM.
  */
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -20,6 +20,8 @@ export interface CephS3 {
   endpoint: string;
   accessKeyId: string;
   secretAccessKey: string;
+  /** Makes another radosgw user (owning nothing) and returns its keys. */
+  createUser(uid: string): Promise<{ accessKeyId: string; secretAccessKey: string }>;
   stop(): Promise<void>;
 }
 
@@ -121,23 +123,28 @@ rgw enable usage log = false
   await waitForPort(rgwPort, 60_000, 'radosgw').catch((err) => {
     throw new Error(`${(err as Error).message}\n${stderrTail(rgw)}`);
   });
-  await run('radosgw-admin', [
-    '-c',
-    conf,
-    '-n',
-    'client.rgw.a',
-    'user',
-    'create',
-    '--uid=lifeboat-test',
-    '--display-name=lifeboat test',
-    `--access-key=${CEPH_TEST_ACCESS_KEY}`,
-    `--secret-key=${CEPH_TEST_SECRET_KEY}`,
-  ]);
+  const createUser = async (uid: string, accessKeyId: string, secretAccessKey: string) => {
+    await run('radosgw-admin', [
+      '-c',
+      conf,
+      '-n',
+      'client.rgw.a',
+      'user',
+      'create',
+      `--uid=${uid}`,
+      `--display-name=${uid}`,
+      `--access-key=${accessKeyId}`,
+      `--secret-key=${secretAccessKey}`,
+    ]);
+    return { accessKeyId, secretAccessKey };
+  };
+  await createUser('lifeboat-test', CEPH_TEST_ACCESS_KEY, CEPH_TEST_SECRET_KEY);
 
   return {
     endpoint: `http://127.0.0.1:${rgwPort}`,
     accessKeyId: CEPH_TEST_ACCESS_KEY,
     secretAccessKey: CEPH_TEST_SECRET_KEY,
+    createUser: (uid) => createUser(uid, randomBytes(10).toString('hex').toUpperCase(), randomBytes(20).toString('hex')),
     async stop() {
       // Data is throwaway: no need to wait for a clean shutdown.
       await processes.stop(1000);

@@ -40,6 +40,12 @@ export interface S3TestServer {
   capabilities: S3ServerCapabilities;
   /** Environment for the driver: the credentials as the AWS chain reads them. */
   env: NodeJS.ProcessEnv;
+  /**
+   * Makes another user of the server, who owns no bucket and may do only what a
+   * bucket policy grants it (set by the bucket's owner, through testClient).
+   * Ceph only: s3rver has no users.
+   */
+  createUser?: (uid: string) => Promise<{ accessKeyId: string; secretAccessKey: string }>;
   stop(): Promise<void>;
 }
 
@@ -63,6 +69,7 @@ async function startCeph(memstoreBytes?: number): Promise<S3TestServer> {
     secretAccessKey: ceph.secretAccessKey,
     region: 'us-east-1',
     capabilities: { conditionalPut: true, conditionalReplace: true, multipartListAndAbort: true, contentMd5Check: true, keyOrderListing: true, checksCredentials: true },
+    createUser: (uid) => ceph.createUser(uid),
     stop: () => ceph.stop(),
   });
 }

@@ -1,0 +1,171 @@
+/**
+ * Credentials with restricted permissions on a real S3 server, through the CLI:
+ * a user that may do only what a bucket policy grants it. These need users and
+ * bucket policies, which Ceph radosgw has and s3rver has not.
+ */
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, describe, it, type TestContext } from 'node:test';
+import { ListObjectsV2Command, PutBucketPolicyCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { lifeboat, runChild, type CliRun } from './helpers/cli.js';
+import { createTestBucket, testClient, startS3Server, type S3TestServer } from './helpers/s3server.js';
+import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
+
+const S3_DOC = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../docs/S3.md');
+
+let server: S3TestServer;
+let sdk: S3Client;
+let work: string;
+let models: string;
+
+before(async () => {
+  server = await startS3Server();
+  sdk = testClient(server);
+  work = await tempDir('lifeboat-s3perm-');
+  models = path.join(work, 'models');
+  await fsp.mkdir(models, { recursive: true });
+  await fsp.writeFile(path.join(models, 'config.json'), JSON.stringify({ hidden: 64 }));
+  await writeRandomFile(path.join(models, 'weights.bin'), 300_000, prng(7));
+});
+
+after(async () => {
+  sdk?.destroy();
+  await server?.stop();
+  if (work) await fsp.rm(work, { recursive: true, force: true });
+});
+
+interface Grantee {
+  bucket: string;
+  prefix: string;
+  /** Runs the CLI on the repository with the grantee's credentials. */
+  cli(args: string[]): Promise<CliRun>;
+  /** The same in a child process, whose lock (one it could not release) is then a gone process's. */
+  child(args: string[]): Promise<CliRun>;
+}
+
+/** A fresh bucket, and a user of the server that may do in it what `policy` (given the bucket, the prefix and the user's ARN) grants. */
+async function grantee(t: TestContext, uid: string, policy: (bucket: string, prefix: string, user: string) => object | Promise<object>): Promise<Grantee | undefined> {
+  if (!server.createUser) {
+    t.skip(`the ${server.kind} test server has no users or bucket policies (Ceph radosgw has)`);
+    return undefined;
+  }
+  const bucket = await createTestBucket(server);
+  const prefix = 'fraud-detector';
+  const keys = await server.createUser(uid);
+  await sdk.send(new PutBucketPolicyCommand({ Bucket: bucket, Policy: JSON.stringify(await policy(bucket, prefix, `arn:aws:iam:::user/${uid}`)) }));
+  const env = { ...server.env, AWS_ACCESS_KEY_ID: keys.accessKeyId, AWS_SECRET_ACCESS_KEY: keys.secretAccessKey };
+  const repoArgs = ['--repo', `s3://${bucket}/${prefix}`, '--s3-endpoint', server.endpoint, '--s3-path-style'];
+  return {
+    bucket,
+    prefix,
+    cli: (args) => lifeboat([...repoArgs, ...args], { env }),
+    child: (args) => runChild([...repoArgs, ...args], { env }),
+  };
+}
+
+/** The Ceph bucket policy of docs/S3.md whose paragraph starts with `lead`, for another bucket, prefix and user. */
+function documentedCephPolicy(lead: string): (bucket: string, prefix: string, user: string) => Promise<object> {
+  return async (bucket, prefix, user) => {
+    const doc = await fsp.readFile(S3_DOC, 'utf8');
+    const at = doc.indexOf(lead);
+    assert.ok(at >= 0, `docs/S3.md has a paragraph starting "${lead}"`);
+    const json = /```json\n([\s\S]*?)```/.exec(doc.slice(at))?.[1];
+    assert.ok(json, `docs/S3.md has a bucket policy after "${lead}"`);
+    return JSON.parse(
+      json
+        .replace(/arn:aws:iam:::user\/[\w-]+/g, user)
+        .replaceAll('arn:aws:s3:::ml-backups/fraud-detector/', `arn:aws:s3:::${bucket}/${prefix}/`)
+        .replaceAll('arn:aws:s3:::ml-backups"', `arn:aws:s3:::${bucket}"`),
+    ) as object;
+  };
+}
+
+async function ok(run: Promise<CliRun>, what: string): Promise<CliRun> {
+  const r = await run;
+  assert.equal(r.code, 0, `${what} exited ${r.code}: ${r.stderr}`);
+  return r;
+}
+
+async function keysUnder(bucket: string, prefix: string): Promise<string[]> {
+  const page = await sdk.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `${prefix}/` }));
+  return (page.Contents ?? []).map((o) => o.Key!.slice(prefix.length + 1)).sort();
+}
+
+describe('an S3 repository with credentials limited by a bucket policy', () => {
+  it('the Ceph bucket policy of docs/S3.md is enough for every command: backups release their lock, prune, unpin and unlock delete', async (t) => {
+    const g = await grantee(t, 'lifeboat-documented', documentedCephPolicy('For Ceph RGW, give the two S3 statements as a bucket policy'));
+    if (!g) return;
+    await ok(g.cli(['init']), 'init');
+    await ok(g.cli(['backup', models, '--type', 'full']), 'the first backup');
+    await fsp.writeFile(path.join(models, 'config.json'), JSON.stringify({ hidden: 128 }));
+    await ok(g.cli(['backup', models]), 'an incremental backup');
+    await ok(g.cli(['backup', models, '--type', 'full']), 'a second full backup');
+    await ok(g.cli(['pin', 'latest', '--reason', 'release']), 'pin');
+    await ok(g.cli(['unpin', 'latest']), 'unpin');
+    const pruned = await ok(g.cli(['prune', '--keep-full', '1']), 'prune');
+    assert.match(pruned.stdout, /removed 2 point/, pruned.stdout);
+    await ok(g.cli(['verify', '--read-data']), 'verify --read-data');
+    await ok(g.cli(['restore', 'latest', '--target', path.join(work, 'restored')]), 'restore');
+    await ok(g.cli(['drill']), 'drill');
+    await ok(g.cli(['unlock']), 'unlock');
+    const list = (await ok(g.cli(['list', '--json']), 'list')).json<{ type: string }[]>();
+    assert.deepEqual(list.map((p) => p.type), ['full']);
+    const left = await keysUnder(g.bucket, g.prefix);
+    assert.deepEqual(left.filter((k) => k.startsWith('locks/') || k.startsWith('pins/')), [], 'no lock, reader registration or pin is left');
+  });
+
+  it('credentials that may not delete at all: each backup stores its point and exits 1 saying the credentials may not delete its lock, the next takes it over, and a reader warns that its registration stays', async (t) => {
+    const g = await grantee(t, 'lifeboat-no-delete', (bucket, prefix, user) => ({
+      Version: '2012-10-17',
+      Statement: [
+        { Effect: 'Allow', Principal: { AWS: [user] }, Action: ['s3:ListBucket', 's3:ListBucketMultipartUploads'], Resource: `arn:aws:s3:::${bucket}` },
+        { Effect: 'Allow', Principal: { AWS: [user] }, Action: ['s3:GetObject', 's3:PutObject', 's3:AbortMultipartUpload'], Resource: `arn:aws:s3:::${bucket}/${prefix}/*` },
+      ],
+    }));
+    if (!g) return;
+    await ok(g.cli(['init']), 'init');
+    for (const round of [1, 2]) {
+      const r = await g.child(['backup', models]);
+      assert.equal(r.code, 1, `backup ${round}: ${r.stderr}`);
+      assert.match(r.stdout, /took (full|incr) backup/);
+      assert.match(r.stderr, /backup could not release the repository lock: delete locks\/lock\.json failed: HTTP 403 AccessDenied\n/);
+      assert.match(r.stderr, /the storage does not let this user or these credentials delete in the repository \(on S3, s3:DeleteObject: see docs\/S3\.md\)/);
+      assert.doesNotMatch(r.stderr, /once the repository can be reached/, 'these credentials never may');
+    }
+    const list = (await ok(g.cli(['list', '--json']), 'list')).json<unknown[]>();
+    assert.equal(list.length, 2);
+    const verified = await ok(g.child(['verify']), 'verify');
+    assert.match(
+      verified.stderr,
+      /warning: could not remove this verify's registration as a reader \(delete locks\/readers\/.*AccessDenied\): a prune on another host takes it for a running reader and refuses to run \(exit 4\) until it is stale/,
+    );
+  });
+
+  it('the append-only Ceph policy of docs/S3.md: backups go on past leftovers they may not remove, and release their lock; prune fails with exit 1 and removes nothing', async (t) => {
+    const g = await grantee(t, 'lifeboat-append', documentedCephPolicy('For a backup host that may not delete backups, the Ceph bucket policy'));
+    if (!g) return;
+    await ok(g.cli(['init']), 'init');
+    await ok(g.child(['backup', models, '--type', 'full']), 'the first backup');
+    // What a backup killed before its manifest leaves.
+    const leftover = `${g.prefix}/data/20250101-000000-000F/v000001.tar`;
+    await sdk.send(new PutObjectCommand({ Bucket: g.bucket, Key: leftover, Body: Buffer.alloc(1024) }));
+    for (const round of [1, 2]) {
+      const r = await ok(g.child(['backup', models, '--type', 'full']), `backup ${round} past a leftover`);
+      assert.match(
+        r.stderr,
+        /warning: could not remove 1 object\(s\), 1024 bytes, left by an aborted backup under data\/20250101-000000-000F\/ \(.*AccessDenied.*\): the storage does not let this backup delete; they stay until a backup that may delete/,
+      );
+    }
+    assert.ok((await keysUnder(g.bucket, g.prefix)).includes(leftover.slice(g.prefix.length + 1)));
+    await ok(g.cli(['verify', '--read-data']), 'verify --read-data');
+    const pruned = await g.child(['prune', '--keep-full', '1']);
+    assert.equal(pruned.code, 1, pruned.stderr);
+    assert.match(pruned.stderr, /lifeboat: delete points\/.*failed: .*AccessDenied.*\n {2}check the credentials \(AWS chain\) and the permissions of the bucket/);
+    const list = (await ok(g.cli(['list', '--json']), 'list')).json<unknown[]>();
+    assert.equal(list.length, 3, 'prune removed nothing');
+    await ok(g.cli(['unlock']), 'unlock');
+    assert.deepEqual((await keysUnder(g.bucket, g.prefix)).filter((k) => k.startsWith('locks/')), [], 'no lock or reader registration is left');
+  });
+});
