@@ -301,6 +301,29 @@ test('init where a repository already is says so (exit 2) and leaves it as it wa
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 
+test('init inside another repository is refused (exit 2), and a folder under data/ not named as a point is never removed as an aborted backup', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  await lifeboat(['--repo', d.repo, 'backup', d.src]);
+  for (const inner of [path.join(d.repo, 'data', 'inner'), path.join(d.repo, 'models', 'deep', 'er')]) {
+    const refused = await lifeboat(['--repo', inner, 'init']);
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.ok(refused.stderr.includes(`${inner} lies inside the lifeboat repository at ${d.repo}; refusing to create a repository there`), refused.stderr);
+    assert.equal(await exists(inner), false, 'nothing made there');
+  }
+  assert.equal((await lifeboat(['--repo', path.join(d.work, 'beside'), 'init'])).code, 0, 'beside it is fine');
+
+  // What such a repository (or anything put there by hand) held is not the repository's to clean up.
+  const foreign = path.join(d.repo, 'data', 'inner', 'points', 'kept.json');
+  await fsp.mkdir(path.dirname(foreign), { recursive: true });
+  await fsp.writeFile(foreign, '{}');
+  await fsp.writeFile(path.join(d.src, 'added.txt'), 'more');
+  const next = await lifeboat(['--repo', d.repo, 'backup', d.src]);
+  assert.equal(next.code, 0, next.stderr);
+  assert.doesNotMatch(next.stderr, /data\/inner/);
+  assert.equal(await fsp.readFile(foreign, 'utf8'), '{}');
+});
+
 test('restore refuses a non-empty target without --delta or --force; --force replaces it', async () => {
   const d = await smallDeployment();
   await lifeboat(['--repo', d.repo, 'backup', d.src]);

@@ -524,6 +524,17 @@ describe('an S3 repository through the CLI', () => {
     await fsp.rm(dir, { recursive: true, force: true });
   });
 
+  it('init under another repository\'s prefix is refused (exit 2): its backups would be removed as an aborted backup\'s leftovers', async () => {
+    await ok(cli('outer', ['init']), 'init');
+    for (const inner of ['outer/data/inner', 'outer/x']) {
+      const refused = await cli(inner, ['init']);
+      assert.equal(refused.code, 2, refused.stderr);
+      assert.ok(refused.stderr.includes(`${repoUrl(inner)} lies inside the lifeboat repository at ${repoUrl('outer')}`), refused.stderr);
+    }
+    assert.deepEqual((await bucketKeys('outer')).filter((k) => k.endsWith('config.json')), ['config.json'], 'no repository made inside');
+    await ok(cli('outer-beside', ['init']), 'a prefix that only starts alike is beside it');
+  });
+
   it('more than 1,000 objects: list, verify and cleanup read every listing page', async (t) => {
     const dir = path.join(work, 'many');
     const src = path.join(dir, 'models');

@@ -442,7 +442,9 @@ export class Repository {
     // One entry per point's folder, not per volume: only the folders of uncommitted points are listed in full.
     for await (const folder of this.storage.listPrefixes(keys.dataPrefix)) {
       const id = folder.slice(keys.dataPrefix.length, -1);
-      if (committed.has(id)) continue;
+      // Only a folder named as a point is a backup's: anything else there (another repository made
+      // inside this one, files put there by hand) is not lifeboat's to remove.
+      if (committed.has(id) || !POINT_ID.test(id)) continue;
       const orphan = { id, prefix: keys.pointData(id), keys: [] as string[], bytes: 0 };
       for await (const { key, size } of this.storage.list(folder)) {
         orphan.keys.push(key);

@@ -64,3 +64,19 @@ export async function openStorage(
   const { S3Storage } = await import('./s3.js');
   return S3Storage.create({ bucket: where.bucket!, prefix: where.prefix ?? '', settings: options.s3 ?? {}, env: options.env ?? process.env, reporter: options.reporter, interrupt: options.interrupt });
 }
+
+/**
+ * The locations that hold `url`'s: each parent directory, or each shorter prefix of the bucket,
+ * nearest first.
+ */
+export function enclosingLocations(url: string, cwd: string): string[] {
+  const where = parseRepositoryUrl(url, cwd);
+  const out: string[] = [];
+  if (where.kind === 'local') {
+    for (let dir = where.dir!; path.dirname(dir) !== dir; ) out.push((dir = path.dirname(dir)));
+    return out;
+  }
+  const parts = where.prefix ? where.prefix.split('/') : [];
+  for (let n = parts.length - 1; n >= 0; n--) out.push(`s3://${where.bucket}${n === 0 ? '' : `/${parts.slice(0, n).join('/')}`}`);
+  return out;
+}

@@ -3,7 +3,11 @@ import { UsageError } from '../../errors.js';
 import { Repository } from '../../core/repository.js';
 import { addKey, encryptionSettings, keyObject, newDataKey } from '../../core/keys.js';
 import { DEFAULT_KDF, KDF_LIMITS } from '../../crypto/kdf.js';
-import { contextConfig, openContextStorage, type CliContext } from '../context.js';
+import { contextConfig, openContextStorage, repositoryUrl, s3Settings, type CliContext } from '../context.js';
+import type { LifeboatConfig } from '../../config/config.js';
+import { enclosingLocations, openStorage } from '../../storage/open.js';
+import { isNotFound, isPermissionRefused } from '../../storage/storage.js';
+import { keys } from '../../format/manifest.js';
 import { GIVE_A_PASSWORD, newPassword, passwordSource } from '../password.js';
 import { printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
@@ -38,6 +42,7 @@ export async function runInit(ctx: CliContext, options: InitOptions): Promise<vo
         ? await source.get('password')
         : await newPassword(ctx, undefined, { message: 'an encrypted repository needs a password, and none was given', hint: GIVE_A_PASSWORD });
   const config = await contextConfig(ctx);
+  await refuseInsideRepository(ctx, config);
   const storage = await openContextStorage(ctx, config);
   try {
     const encryption = password === undefined ? undefined : encryptionSettings({ ...DEFAULT_KDF, logN });
@@ -69,6 +74,41 @@ export async function runInit(ctx: CliContext, options: InitOptions): Promise<vo
     );
   } finally {
     await storage.close();
+  }
+}
+
+/**
+ * A repository made inside another (in its `data/`, or anywhere under it) would be taken for
+ * folders of the other's: its backups could be removed as an aborted backup's leftovers, or with
+ * the other repository. The locations that hold this one are looked at for a repository's config.
+ */
+async function refuseInsideRepository(ctx: CliContext, config: LifeboatConfig): Promise<void> {
+  const url = repositoryUrl(ctx, config);
+  for (const location of enclosingLocations(url, ctx.cwd)) {
+    const storage = await openStorage(location, { cwd: ctx.cwd, s3: s3Settings(ctx, config), env: ctx.env, interrupt: ctx.signal });
+    let raw: Buffer | undefined;
+    try {
+      raw = await storage.getDocument(keys.config).catch((err: unknown) => {
+        // Nothing there, or nothing this user may see (credentials for the repository's prefix alone). Any
+        // other failure (no such bucket, a storage that does not answer) is the init's own, said as it would say it.
+        if (isNotFound(err) || isPermissionRefused(err)) return undefined;
+        throw err;
+      });
+    } finally {
+      await storage.close();
+    }
+    if (raw === undefined || !isRepositoryConfig(raw)) continue;
+    throw new UsageError(`${url} lies inside the lifeboat repository at ${location}; refusing to create a repository there`, {
+      hint: 'a repository inside another could be taken for its data and removed with it: choose a location outside it (beside it, under another prefix or directory)',
+    });
+  }
+}
+
+function isRepositoryConfig(raw: Buffer): boolean {
+  try {
+    return (JSON.parse(raw.toString('utf8')) as { format?: unknown }).format === 'lifeboat-repository';
+  } catch {
+    return false;
   }
 }
 
