@@ -311,6 +311,9 @@ test('init inside another repository is refused (exit 2), and a folder under dat
     assert.ok(refused.stderr.includes(`${inner} lies inside the lifeboat repository at ${d.repo}; refusing to create a repository there`), refused.stderr);
     assert.equal(await exists(inner), false, 'nothing made there');
   }
+  const encrypted = await lifeboat(['--repo', path.join(d.repo, 'data', 'inner'), 'init', '--encryption', 'aes-256-gcm']);
+  assert.equal(encrypted.code, 2);
+  assert.match(encrypted.stderr, /lies inside the lifeboat repository/, 'said before a password is asked for');
   assert.equal((await lifeboat(['--repo', path.join(d.work, 'beside'), 'init'])).code, 0, 'beside it is fine');
 
   // What such a repository (or anything put there by hand) held is not the repository's to clean up.

@@ -34,6 +34,9 @@ export async function runInit(ctx: CliContext, options: InitOptions): Promise<vo
     if (algorithm === 'none') throw new UsageError('--kdf-log-n needs --encryption aes-256-gcm');
     logN = count('--kdf-log-n', options.kdfLogN, KDF_LIMITS.logN.min, 20);
   }
+  // Looked at before a password is asked for, which would be typed for nothing.
+  const config = await contextConfig(ctx);
+  await refuseInsideRepository(ctx, config);
   // Asked before anything is written, so a refused password leaves no trace.
   const password =
     algorithm === 'none'
@@ -41,8 +44,6 @@ export async function runInit(ctx: CliContext, options: InitOptions): Promise<vo
       : source.given
         ? await source.get('password')
         : await newPassword(ctx, undefined, { message: 'an encrypted repository needs a password, and none was given', hint: GIVE_A_PASSWORD });
-  const config = await contextConfig(ctx);
-  await refuseInsideRepository(ctx, config);
   const storage = await openContextStorage(ctx, config);
   try {
     const encryption = password === undefined ? undefined : encryptionSettings({ ...DEFAULT_KDF, logN });
