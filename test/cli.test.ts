@@ -462,6 +462,12 @@ test('init refuses a non-empty location; commands on a missing repository exit 2
     assert.match(listed.stderr, /there is no lifeboat repository at/);
   }
   assert.equal(await fsp.readFile(file, 'utf8'), 'not a repository\n');
+  // A link to a directory not made yet (a volume not mounted) is said as such, not as a file in the way.
+  const link = path.join(d.work, 'backups');
+  await fsp.symlink(path.join(d.work, 'volume', 'backups'), link);
+  const dangling = await lifeboat(['--repo', link, 'init']);
+  assert.equal(dangling.code, 2, dangling.stderr);
+  assert.ok(dangling.stderr.includes(`${link} is a symbolic link to ${path.join(d.work, 'volume', 'backups')}, which does not exist`), dangling.stderr);
   // A tag key given twice would keep only the second value.
   const twice = await lifeboat(['--repo', d.repo, 'backup', d.src, '--tag', 'release=v1', '--tag', 'release=v2']);
   assert.equal(twice.code, 2, twice.stderr);

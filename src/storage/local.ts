@@ -55,6 +55,16 @@ export class LocalStorage implements Storage {
       // A repository path given where a file is (init on a file, a typo) is the user's to correct, not a failure of the disk.
       const blocker = (err as NodeJS.ErrnoException).code === 'ENOTDIR' ? await notADirectoryOnTheWay(dir) : undefined;
       if (blocker !== undefined) {
+        // A link to a directory not made yet (a mount point's path, a volume not attached) is not a file in the way.
+        const dangling = await fsp.readlink(blocker).then(
+          async (to) => ((await fsp.stat(blocker).then(() => true, () => false)) ? undefined : to),
+          () => undefined,
+        );
+        if (dangling !== undefined) {
+          throw new UsageError(`the repository ${this.root} cannot be made: ${blocker} is a symbolic link to ${dangling}, which does not exist`, {
+            hint: 'make the directory it points to first (or mount what should be there), or give another path',
+          });
+        }
         throw new UsageError(`the repository ${this.root} cannot be a directory: ${blocker} is not one`, { hint: 'give a directory for the repository, or a path where one can be made' });
       }
       throw new RuntimeFailure(`cannot create ${dir}: ${errorMessage(err)}`, { cause: err });
