@@ -49,6 +49,21 @@ test('a source that held files in the newest point and is empty now (a volume no
   await fsp.rm(work, { recursive: true, force: true });
 });
 
+test('a source that is not there, or a link to nothing (a volume not mounted), is a set-up error (exit 2) that says which, before anything is stored', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\n');
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const missing = await lifeboat(['backup'], { cwd: work });
+  assert.equal(missing.code, 2, missing.stderr);
+  assert.equal(missing.stderr, `lifeboat: source models: ${path.join(work, 'models')} does not exist\n  check the path, and that its volume is mounted\n`);
+  symlinkSync('/mnt/lifeboat-not-mounted/models', path.join(work, 'models'));
+  const dangling = await lifeboat(['backup'], { cwd: work });
+  assert.equal(dangling.code, 2, dangling.stderr);
+  assert.match(dangling.stderr, /source models: \S+models is a symbolic link to \/mnt\/lifeboat-not-mounted\/models, which does not exist/);
+  assert.deepEqual((await lifeboat(['--json', 'list'], { cwd: work })).json(), []);
+});
+
 test('a backup on a host whose clock is behind the newest point gets an id after it, with a warning; --strict refuses it', async () => {
   const work = await tempDir();
   const repo = path.join(work, 'repo');

@@ -192,6 +192,13 @@ export async function scanSource(
     root = await fsp.realpath(given);
     rootStat = await fsp.stat(root, { bigint: true });
   } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      // A path that is not there, or a link (or a directory on the way) to nothing: an unmounted volume, a typo.
+      const to = await fsp.readlink(given).catch(() => undefined);
+      throw new UsageError(`source ${spec.name}: ${given} ${to === undefined ? 'does not exist' : `is a symbolic link to ${to}, which does not exist`}`, {
+        hint: 'check the path, and that its volume is mounted',
+      });
+    }
     throw new UsageError(`source ${spec.name}: cannot read ${given}: ${errorMessage(err)}`);
   }
   if (!rootStat.isDirectory()) {
