@@ -163,6 +163,7 @@ test('a file where a restore target or a --work-dir, or one of their parents, mu
     [['restore', 'latest', '--target', 'afile/x'], `restore target ${file}/x cannot be made: ${file} is not a directory`],
     [['restore', 'latest', '--target', 'afile/x/y', '--dry-run'], `restore target ${file}/x/y cannot be made: ${file} is not a directory`],
     [['restore', 'latest', '--target', 'afile'], `restore target ${file} exists and is not a directory`],
+    [['restore', 'latest', '--target', 'dangling/x'], `restore target ${d.work}/dangling/x cannot be made: ${d.work}/dangling is a symbolic link to ${d.work}/nowhere, which does not exist`],
     [['drill', '--work-dir', 'afile'], `--work-dir afile: ${file} is not a directory`],
     [['drill', '--work-dir', 'afile/x'], `--work-dir afile/x: ${file} is not a directory`],
     [['drill', '--work-dir', 'dangling/x'], `--work-dir dangling/x: ${d.work}/dangling is not a directory`],

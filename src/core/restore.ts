@@ -227,6 +227,15 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
     if (leftover) await fsp.rename(leftover, staging);
     else await fsp.mkdir(staging, { mode: 0o700 });
   } catch (err) {
+    // A file, or a link to nothing (a volume not mounted), on the way to the target is the user's to correct.
+    const blocker = (err as NodeJS.ErrnoException).code === 'ENOTDIR' || (err as NodeJS.ErrnoException).code === 'EEXIST' ? await notADirectoryOnTheWay(path.dirname(target)) : undefined;
+    if (blocker !== undefined) {
+      const to = await fsp.readlink(blocker).catch(() => undefined);
+      throw new UsageError(`restore target ${target} cannot be made: ${blocker} ${to === undefined ? 'is not a directory' : `is a symbolic link to ${to}, which does not exist`}`, {
+        cause: err,
+        hint: to === undefined ? 'give a --target whose parents are directories' : 'make the directory it points to first (or mount what should be there), or give another --target',
+      });
+    }
     throw new RuntimeFailure(`cannot create ${staging} to restore into: ${errorMessage(err)}`, { cause: err, hint: 'check the --target path and that it is writable' });
   }
   // Once files are written (or were taken over), what verified is kept for a next restore when this one fails.
