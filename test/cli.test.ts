@@ -131,6 +131,7 @@ test('the installed program reads a config file, and names the key of a bad one 
   const backup = await runChild(['--json', 'backup'], { cwd: dir, env });
   assert.equal(backup.code, 0, backup.stderr);
   assert.equal(backup.json().files, 1);
+  assert.match((await runChild(['verify'], { cwd: dir, env })).stdout, /^checked 1 backup point\(s\), 1 file \(structure only/);
   assert.ok(await exists(path.join(home, 'backups', 'config.json')));
   const said = await runChild(['backup', '--type', 'full'], { cwd: dir, env });
   assert.match(said.stdout, /\n {2}1 file, 7 B; /, 'one file, not "1 files"');

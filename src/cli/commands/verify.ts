@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { IntegrityError, UsageError } from '../../errors.js';
 import { verify } from '../../core/verify.js';
 import { openRepository, type CliContext } from '../context.js';
-import { escapeUnprintable, formatBytes, quoteName } from '../format.js';
+import { escapeUnprintable, formatBytes, quoteName, counted } from '../format.js';
 import { ProgressRenderer, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 import { addCronOptions, runMonitored, type CronFlags, type RunFigures } from '../cron.js';
@@ -62,7 +62,7 @@ export async function runVerify(ctx: CliContext, selector: string | undefined, f
       },
       () => {
         const lines = [
-          `checked ${result.backups} backup point(s), ${result.files} files${readData ? `, read ${formatBytes(result.bytesRead)}` : ' (structure only; --read-data reads every byte)'}${flags.deep ? ', restored and validated the model files' : ''}`,
+          `checked ${result.backups} backup point(s), ${counted(result.files, 'file')}${readData ? `, read ${formatBytes(result.bytesRead)}` : ' (structure only; --read-data reads every byte)'}${flags.deep ? ', restored and validated the model files' : ''}`,
         ];
         const v = result.volumes;
         if (v) {
