@@ -16,7 +16,7 @@ import { type Notice, type Progress, type Reporter, progressAt } from './events.
 import type { Repository } from './repository.js';
 import { planRestore, type RestorePlan } from './restore-plan.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
-import { makeDirectories, notADirectoryOnTheWay } from '../format/mkdirs.js';
+import { danglingLinkTarget, makeDirectories, notADirectoryOnTheWay } from '../format/mkdirs.js';
 import { idMapper, localAccounts } from '../format/accounts.js';
 import { mountsUnder } from '../format/mounts.js';
 import { whileReading } from './lock.js';
@@ -230,7 +230,7 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
     // A file, or a link to nothing (a volume not mounted), on the way to the target is the user's to correct.
     const blocker = (err as NodeJS.ErrnoException).code === 'ENOTDIR' || (err as NodeJS.ErrnoException).code === 'EEXIST' ? await notADirectoryOnTheWay(path.dirname(target)) : undefined;
     if (blocker !== undefined) {
-      const to = await fsp.readlink(blocker).catch(() => undefined);
+      const to = await danglingLinkTarget(blocker);
       throw new UsageError(`restore target ${target} cannot be made: ${blocker} ${to === undefined ? 'is not a directory' : `is a symbolic link to ${to}, which does not exist`}`, {
         cause: err,
         hint: to === undefined ? 'give a --target whose parents are directories' : 'make the directory it points to first (or mount what should be there), or give another --target',

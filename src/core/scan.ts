@@ -4,6 +4,7 @@ import { lstatSync, readdirSync, readlinkSync, statSync, type BigIntStats } from
 import { Minimatch } from 'minimatch';
 import { UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { firstFew } from '../format/units.js';
+import { danglingLinkTarget } from '../format/mkdirs.js';
 import { linkEscapes, linkStaysInside, relativeTargetInside, sortByPath } from '../format/paths.js';
 import type { Reporter } from './events.js';
 
@@ -194,7 +195,7 @@ export async function scanSource(
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
       // A path that is not there, or a link (or a directory on the way) to nothing: an unmounted volume, a typo.
-      const to = await fsp.readlink(given).catch(() => undefined);
+      const to = await danglingLinkTarget(given);
       throw new UsageError(`source ${spec.name}: ${given} ${to === undefined ? 'does not exist' : `is a symbolic link to ${to}, which does not exist`}`, {
         hint: 'check the path, and that its volume is mounted',
       });

@@ -81,6 +81,13 @@ export async function notADirectoryOnTheWay(dir: string): Promise<string | undef
   return undefined;
 }
 
+/** Where `p` points when it is a symbolic link to nothing (a volume not mounted, a directory not made yet); undefined otherwise. */
+export async function danglingLinkTarget(p: string): Promise<string | undefined> {
+  const to = await fsp.readlink(p).catch(() => undefined);
+  if (to === undefined) return undefined;
+  return (await fsp.stat(p).then(() => true, () => false)) ? undefined : to;
+}
+
 /** The work directories this process made, which are not leftovers even where a killed process of the same pid left others. */
 const madeHere = new Set<string>();
 

@@ -7,7 +7,7 @@ import { IntegrityError, LifeboatError, RuntimeFailure, UsageError, errorMessage
 import { openRegularFile, syncPath, writeFileSynced } from '../format/durable.js';
 import { createFileSink } from '../format/file-sink.js';
 import { putThroughWriter } from './put-through-writer.js';
-import { makeDirectories, notADirectoryOnTheWay } from '../format/mkdirs.js';
+import { danglingLinkTarget, makeDirectories, notADirectoryOnTheWay } from '../format/mkdirs.js';
 import {
   MAX_DOCUMENT_BYTES,
   ObjectNotFoundError,
@@ -56,10 +56,7 @@ export class LocalStorage implements Storage {
       const blocker = (err as NodeJS.ErrnoException).code === 'ENOTDIR' ? await notADirectoryOnTheWay(dir) : undefined;
       if (blocker !== undefined) {
         // A link to a directory not made yet (a mount point's path, a volume not attached) is not a file in the way.
-        const dangling = await fsp.readlink(blocker).then(
-          async (to) => ((await fsp.stat(blocker).then(() => true, () => false)) ? undefined : to),
-          () => undefined,
-        );
+        const dangling = await danglingLinkTarget(blocker);
         if (dangling !== undefined) {
           throw new UsageError(`the repository ${this.root} cannot be made: ${blocker} is a symbolic link to ${dangling}, which does not exist`, {
             hint: 'make the directory it points to first (or mount what should be there), or give another path',
