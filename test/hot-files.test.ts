@@ -117,3 +117,15 @@ test('a small file rewritten between the scan and its read is noticed, and store
   assert.equal((await lifeboat(['--repo', d.repo, 'verify', '--read-data'])).code, 0, 'every copy reads back as stored');
   await fsp.rm(d.work, { recursive: true, force: true });
 });
+
+test('a file over 64 MiB that changes while it is read is stored once, as read, with a warning, not read again', async () => {
+  const d = await smallDeployment();
+  const hot = path.join(d.src, 'growing-checkpoint.bin');
+  await writeRandomFile(hot, 80 << 20, prng(6));
+  const { manifest } = await backupWhileRewriting(d, hot);
+  const entry = manifest.entries.find((e: { path: string }) => e.path === 'growing-checkpoint.bin');
+  assert.ok(entry, 'the file is in the point');
+  assert.equal(manifest.superseded, undefined, 'no copy read before the last: it was read once');
+  assert.ok(manifest.warnings?.some((w: { code: string; message: string }) => w.code === 'file-changed-during-read' && /too large to read again/.test(w.message)), JSON.stringify(manifest.warnings));
+  await fsp.rm(d.work, { recursive: true, force: true });
+});

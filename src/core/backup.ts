@@ -8,6 +8,7 @@ import { makePointId, pointTime, type BackupType } from '../format/ids.js';
 import { DEFAULT_DEPLOYMENT, MANIFEST_FORMAT, capturedSources, MAX_MANIFEST_CHARS, deploymentOf, type PointSummary, estimateManifestChars, keys, volumeEntryName, type ContentRef, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { checkDeploymentName, checkSourceName } from '../format/paths.js';
 import { localAccounts, namesOf } from '../format/accounts.js';
+import { formatBytes } from '../format/units.js';
 import { type Notice, type Progress, type Reporter, progressAt } from './events.js';
 import { LockLostError, acquireWriterLock, releaseAfter, type HeldLock } from './lock.js';
 import { removeUnfinishedWrites } from './leftovers.js';
@@ -92,6 +93,12 @@ export interface BackupResult {
 
 /** How often a file that keeps changing while it is read is read again. */
 const READ_ATTEMPTS = 3;
+/**
+ * A larger file that changed while it was read (a log being appended, a
+ * checkpoint still being written) is kept as read: each further reading would
+ * store its whole size again and would most likely be torn too.
+ */
+const READ_AGAIN_MAX_BYTES = 64 << 20;
 
 /**
  * Takes one backup point: lock → clean leftovers → choose the reference →
@@ -678,9 +685,11 @@ async function storeOwnEntry(planned: PlannedEntry, position: number, ctx: Store
     entry.mode = stored.mode;
     entry.ino = stored.ino;
     withContent(entry, stored.sha256, stored.ref, stored.probe);
-    if (!stored.torn || attempt >= READ_ATTEMPTS) {
+    const tooLargeToReadAgain = stored.size > READ_AGAIN_MAX_BYTES;
+    if (!stored.torn || attempt >= READ_ATTEMPTS || tooLargeToReadAgain) {
       if (stored.torn) {
-        ctx.warn({ code: 'file-changed-during-read', path: name, message: `file kept changing while it was read (${attempt} attempts); the stored copy may be inconsistent` });
+        const why = attempt > 1 ? `kept changing while it was read (${attempt} attempts)` : `changed while it was read (${formatBytes(stored.size)}, too large to read again)`;
+        ctx.warn({ code: 'file-changed-during-read', path: name, message: `file ${why}; the stored copy may be inconsistent` });
       } else if (stored.ref.point === ctx.pointId) {
         ctx.twins.add(entry);
       }
