@@ -159,7 +159,7 @@ test('restore --dry-run says what a restore would write, rewrite and remove, and
   assert.ok(tr.removals.every((p: string) => /^stray-\d+\.txt$/.test(p)), JSON.stringify(tr.removals));
   const text = await run('restore', 'latest', '--in-place', '--delta', '--dry-run');
   assert.match(text.stdout, /models → .*: \d+ files \(1 would be rewritten, \d+ unchanged, 0 would be removed\)/);
-  assert.match(text.stdout, /triton → .*\(0 would be rewritten, 1 unchanged, 25 would be removed: stray-.*, …\)/);
+  assert.match(text.stdout, /triton → .*: 1 file \(0 would be rewritten, 1 unchanged, 25 would be removed: stray-.*, …\)/);
 
   const fresh = path.join(work, 'fresh');
   const into = await run('--json', 'restore', 'latest', '--target', fresh, '--dry-run');

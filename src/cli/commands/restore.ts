@@ -286,7 +286,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
         flags.dryRun
           ? `would restore ${point.id} in place: ${counted(files, 'file')}, ${formatBytes(bytes)}; nothing was written`
           : `restored ${point.id} in place: ${counted(files, 'file')}, ${formatBytes(bytes)}, every checksum verified, in ${formatDuration(durationMs)}`,
-        ...done.map((d) => `  ${d.source} → ${quoteName(d.target)}: ${d.files} files${outcomeText(d)}`),
+        ...done.map((d) => `  ${d.source} → ${quoteName(d.target)}: ${counted(d.files, 'file')}${outcomeText(d)}`),
         ...(state.length > 0 ? [`  state ${flags.dryRun ? 'to put back' : 'put back'}: ${state.join(', ')}`] : []),
       ].join('\n'),
       { shownWhenQuiet: flags.dryRun },
