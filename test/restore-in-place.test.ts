@@ -56,7 +56,8 @@ test('restore --in-place puts each directory source back where it was backed up 
   await fsp.writeFile(path.join(triton, 'stray.txt'), 'left by hand');
   const refused = await run('restore', full, '--in-place');
   assert.equal(refused.code, 2, refused.stderr);
-  assert.match(refused.stderr, new RegExp(`restore target ${triton} is not empty`));
+  assert.match(refused.stderr, new RegExp(`restore target ${triton} is not empty\n  use --delta to rewrite only what differs from the point, or --force to replace it\n`));
+  assert.doesNotMatch(refused.stderr, /choose an empty directory/, 'in place, there is no other directory to choose');
   assert.equal(await fsp.stat(models).catch(() => undefined), undefined, 'nothing was restored before the refusal');
 
   const delta = await ok('--json', 'restore', full, '--in-place', '--delta');

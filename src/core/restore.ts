@@ -108,7 +108,7 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
  */
 export async function checkRestoreTarget(
   target: string,
-  options: Pick<RestoreOptions, 'delta' | 'force'>,
+  options: Pick<RestoreOptions, 'delta' | 'force'> & { inPlace?: boolean },
   repositoryLocation?: string,
 ): Promise<{ targetState: TargetState; mountPoint: boolean; repositoryInside?: string }> {
   const overlap = repositoryLocation === undefined ? undefined : await repositoryOverlap(repositoryLocation, target);
@@ -132,7 +132,8 @@ export async function checkRestoreTarget(
   }
   if (targetState === 'non-empty' && !options.delta && !options.force) {
     throw new UsageError(`restore target ${target} is not empty`, {
-      hint: 'use --delta to update it in place, --force to replace it, or choose an empty directory',
+      // In place, the directory is where the source was backed up from: there is no other one to choose.
+      hint: options.inPlace ? 'use --delta to rewrite only what differs from the point, or --force to replace it' : 'use --delta to update it in place, --force to replace it, or choose an empty directory',
     });
   }
   const repositoryInside = overlap?.repositoryInside;
