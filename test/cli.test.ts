@@ -216,6 +216,24 @@ test('flags override LIFEBOAT_REPO, which overrides the config file; sources com
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 
+test('LIFEBOAT_CONFIG set to the empty string counts as unset; a config file that is missing or a directory is said so, in one sentence', async () => {
+  const d = await smallDeployment();
+  await fsp.writeFile(path.join(d.work, 'lifeboat.yaml'), `repository: ${d.repo}\n`);
+  const unsetByEmpty = await lifeboat(['--json', 'list'], { cwd: d.work, env: { LIFEBOAT_CONFIG: '' } });
+  assert.equal(unsetByEmpty.code, 0, unsetByEmpty.stderr);
+  assert.deepEqual(unsetByEmpty.json(), []);
+  const emptyFlag = await lifeboat(['--config', '', 'list'], { cwd: d.work });
+  assert.equal(emptyFlag.code, 2);
+  assert.equal(emptyFlag.stderr, 'lifeboat: --config "": expected the path of a file\n');
+  const missing = await lifeboat(['list'], { cwd: d.work, env: { LIFEBOAT_CONFIG: 'nope.yaml' } });
+  assert.equal(missing.code, 2);
+  assert.equal(missing.stderr, `lifeboat: config file ${path.join(d.work, 'nope.yaml')} does not exist\n  check the path LIFEBOAT_CONFIG gives\n`);
+  const directory = await lifeboat(['--config', d.work, 'list'], { cwd: '/' });
+  assert.equal(directory.code, 2);
+  assert.equal(directory.stderr, `lifeboat: config file ${d.work} is a directory\n  --config names the file itself (…/lifeboat.yaml)\n`);
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
 test('point selectors: id, prefix, latest, ISO time; ambiguous or unknown is exit 2', async () => {
   const d = await smallDeployment();
   const ids: string[] = [];
