@@ -82,6 +82,14 @@ test('config errors exit 2 and name the key', async () => {
   const root = await lifeboat(['--repo', repo, 'backup', '/', '--dry-run']);
   assert.equal(root.code, 2);
   assert.match(root.stderr, /\/ has no name to give its source\n {2}name it: --source root=\//);
+  // An empty path (`lifeboat backup "$MODELS"` with MODELS unset) would name the working directory: refused, not backed up.
+  const cwd = await tempDir();
+  await fsp.writeFile(path.join(cwd, 'not-a-model.txt'), 'home');
+  const unset = await lifeboat(['--repo', repo, '--json', 'backup', ''], { cwd });
+  assert.equal(unset.code, 2, unset.stdout);
+  assert.equal(unset.json().error.message, 'a path to back up is empty (a variable not set?)');
+  assert.deepEqual((await lifeboat(['--repo', repo, '--json', 'list'])).json(), [], 'nothing was backed up');
+  await fsp.rm(cwd, { recursive: true, force: true });
   // A single-file model is not a source: its directory is.
   await fsp.writeFile(path.join(dir, 'model.gguf'), 'GGUF');
   const file = await lifeboat(['--repo', repo, 'backup', path.join(dir, 'model.gguf'), '--dry-run']);

@@ -34,6 +34,8 @@ const collect = (value: string, previous: string[]) => [...previous, value];
 export function resolveSources(ctx: CliContext, paths: string[], flags: string[], config: LifeboatConfig): PendingSource[] {
   const specs: PendingSource[] = [];
   for (const p of paths) {
+    // Read as a path, "" is the working directory (cron's is the home directory): a script's unset variable would back that up.
+    if (p === '') throw new UsageError('a path to back up is empty (a variable not set?)', { hint: 'give the directory, or no path at all to back up the sources of the config' });
     const abs = path.resolve(ctx.cwd, p);
     const name = path.basename(abs);
     if (name === '') throw new UsageError(`${abs} has no name to give its source`, { hint: `name it: --source root=${abs}` });
