@@ -171,6 +171,13 @@ test('an S3 repository with no credentials anywhere is a set-up error (exit 2) t
   });
   assert.equal(unreachable.code, 1, unreachable.stderr);
   assert.match(unreachable.stderr, /ECONNREFUSED.*\n {2}check the endpoint \(s3\.endpoint, --s3-endpoint\) and that this host can reach it/);
+
+  // An empty --s3-endpoint (a script's unset variable) is refused, not read as none: the bucket would be looked for on AWS itself.
+  const empty = await runChild(['--repo', 's3://lifeboat-nobody/repo', '--s3-endpoint', '', '--s3-path-style', 'list'], {
+    env: { ...env, AWS_ACCESS_KEY_ID: 'AKIDEXAMPLE', AWS_SECRET_ACCESS_KEY: 'not-a-secret', AWS_ENDPOINT_URL_S3: 'http://127.0.0.1:9' },
+  });
+  assert.equal(empty.code, 2, empty.stderr);
+  assert.equal(empty.stderr, 'lifeboat: --s3-endpoint "": expected the URL of an S3 endpoint\n');
   await fsp.rm(home, { recursive: true, force: true });
 });
 
