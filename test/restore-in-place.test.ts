@@ -158,7 +158,9 @@ test('restore --dry-run says what a restore would write, rewrite and remove, and
   assert.deepEqual([tr.rewritten, tr.unchanged, tr.removed], [0, 1, 25]);
   assert.equal(tr.removals.length, 20, 'the first 20 removals are named; all are counted');
   assert.ok(tr.removals.every((p: string) => /^stray-\d+\.txt$/.test(p)), JSON.stringify(tr.removals));
-  const text = await run('restore', 'latest', '--in-place', '--delta', '--dry-run');
+  // -n, as backup and prune take it.
+  const text = await run('restore', 'latest', '--in-place', '--delta', '-n');
+  assert.equal(text.code, 0, text.stderr);
   assert.match(text.stdout, /models → .*: \d+ files \(1 would be rewritten, \d+ unchanged, 0 would be removed\)/);
   assert.match(text.stdout, /triton → .*: 1 file \(0 would be rewritten, 1 unchanged, 25 would be removed: stray-.*, …\)/);
 

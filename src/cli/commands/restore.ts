@@ -309,7 +309,7 @@ export function registerRestore(program: Command, run: CommandRunner): Command {
     .option('--force', 'replace a non-empty target')
     .option('--state', 'with --in-place: put serving state back too (SQLite copied into the live database, restore commands fed their captured output), as a failover does')
     .option('--work-dir <dir>', 'with --state: where the state is restored before it is put back (default: the system temporary directory)')
-    .option('--dry-run', 'say what would be written, rewritten and removed (a --delta target is read and compared), and write nothing')
+    .option('-n, --dry-run', 'say what would be written, rewritten and removed (a --delta target is read and compared), and write nothing')
     .option('--numeric-owner', 'as root, give files the recorded uid and gid numbers instead of the local ids of the recorded user and group names')
     .option('-i, --include <glob>', 'restore only matching <source>/<path> entries; a directory or source name means all in it (repeatable)', collect, [])
     .addHelpText(
