@@ -134,6 +134,18 @@ test('restore --in-place of a source backed up through a symbolic link goes into
   const dangling = await run('restore', 'latest', '--in-place');
   assert.equal(dangling.code, 2, dangling.stderr);
   assert.match(dangling.stderr, /a symbolic link that leads to no directory now/);
+
+  // A directory on the way that is a link to nothing now (a volume not mounted): the hint says to mount it, and names no
+  // --target, which an in-place restore does not take.
+  const under = path.join(work, 'mnt', 'models');
+  await fsp.mkdir(under, { recursive: true });
+  await fsp.writeFile(path.join(under, 'weights.bin'), 'weights v2');
+  assert.equal((await run('backup', under)).code, 0);
+  await fsp.rm(path.join(work, 'mnt'), { recursive: true });
+  await fsp.symlink(path.join(work, 'volume-not-mounted'), path.join(work, 'mnt'));
+  const unmounted = await run('restore', 'latest', '--in-place');
+  assert.equal(unmounted.code, 2, unmounted.stderr);
+  assert.match(unmounted.stderr, /is a symbolic link to .*volume-not-mounted, which does not exist\n {2}make the directory it points to first \(or mount what should be there\)\n$/);
 });
 
 /** The repository's journal entries (none before the first restore or failover). */

@@ -234,7 +234,13 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
       const to = await danglingLinkTarget(blocker);
       throw new UsageError(`restore target ${target} cannot be made: ${blocker} ${to === undefined ? 'is not a directory' : `is a symbolic link to ${to}, which does not exist`}`, {
         cause: err,
-        hint: to === undefined ? 'give a --target whose parents are directories' : 'make the directory it points to first (or mount what should be there), or give another --target',
+        // In place, the directory is where the source was backed up from: no --target can be given instead.
+        hint:
+          to === undefined
+            ? options.asTarget === undefined
+              ? 'give a --target whose parents are directories'
+              : `move ${blocker} aside, so that the directory can be made again where it was backed up from`
+            : `make the directory it points to first (or mount what should be there)${options.asTarget === undefined ? ', or give another --target' : ''}`,
       });
     }
     throw new RuntimeFailure(`cannot create ${staging} to restore into: ${errorMessage(err)}`, { cause: err, hint: 'check the --target path and that it is writable' });
