@@ -1,6 +1,6 @@
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { UsageError } from '../../errors.js';
+import { RuntimeFailure, UsageError, errorMessage } from '../../errors.js';
 import { backup, checkBackupSources, type BackupResult } from '../../core/backup.js';
 import { whileHoldingLock, type HeldLock } from '../../core/lock.js';
 import { excludePatternProblem } from '../../core/scan.js';
@@ -158,7 +158,14 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
       renderer.stop();
       await state?.cleanup();
     }
-    await hooks.after({ point });
+    await hooks.after({ point }).catch((err: unknown) => {
+      // Said alone (a cron mail of --quiet), the hook's failure reads as a failed backup, and says nothing of the server.
+      if (point === undefined || !(err instanceof RuntimeFailure)) throw err;
+      throw new RuntimeFailure(errorMessage(err), {
+        cause: err,
+        hint: `backup point ${point} was taken and is kept; what the preBackup hook paused may still be paused: see to it by hand`,
+      });
+    });
   };
 
   try {
