@@ -15,7 +15,7 @@ import { captureSources, isStateSource, stateSource, type CapturedSources, type 
 import { BackupHooks } from '../../state/hooks.js';
 import type { CommandRunner } from '../main.js';
 import { addCronOptions, lockRetryMs, lockStaleAfterMs, runMonitored, type CronFlags, type RunFigures } from '../cron.js';
-import { directoryFlag } from '../flags.js';
+import { directoryFlag, shownValue } from '../flags.js';
 
 interface BackupFlags extends CronFlags {
   type?: string;
@@ -43,7 +43,7 @@ export function resolveSources(ctx: CliContext, paths: string[], flags: string[]
   }
   for (const f of flags) {
     const eq = f.indexOf('=');
-    if (eq <= 0 || eq === f.length - 1) throw new UsageError(`--source ${f}: expected NAME=PATH`);
+    if (eq <= 0 || eq === f.length - 1) throw new UsageError(`--source ${shownValue(f)}: expected NAME=PATH`);
     specs.push({ name: f.slice(0, eq), path: path.resolve(ctx.cwd, f.slice(eq + 1)) });
   }
   if (specs.length > 0) return specs;
@@ -61,7 +61,7 @@ function parseTags(tags: string[]): Record<string, string> {
   const out = new Map<string, string>();
   for (const t of tags) {
     const eq = t.indexOf('=');
-    if (eq <= 0) throw new UsageError(`--tag ${t}: expected KEY=VALUE`);
+    if (eq <= 0) throw new UsageError(`--tag ${shownValue(t)}: expected KEY=VALUE`);
     const key = t.slice(0, eq);
     // Keys as labels are written elsewhere (Kubernetes, cloud tags); and one such as __proto__ would be lost in JSON objects.
     if (!TAG_KEY.test(key)) throw new UsageError(`--tag ${t}: a key is up to 128 letters, digits and . _ : / -, starting with a letter or digit`);
@@ -93,7 +93,7 @@ export function backupJson(r: BackupResult) {
 
 export async function runBackup(ctx: CliContext, paths: string[], flags: BackupFlags, figures: RunFigures = {}): Promise<void> {
   const type = (flags.type ?? 'incr') as BackupType;
-  if (!['full', 'diff', 'incr'].includes(type)) throw new UsageError(`--type ${flags.type}: use full, diff or incr`);
+  if (!['full', 'diff', 'incr'].includes(type)) throw new UsageError(`--type ${shownValue(type)}: use full, diff or incr`);
   for (const pattern of flags.exclude) {
     const refused = excludePatternProblem(pattern);
     if (refused) throw new UsageError(`--exclude ${pattern}: ${refused.problem}`, { hint: refused.hint });
