@@ -82,6 +82,14 @@ test('config errors exit 2 and name the key', async () => {
   const root = await lifeboat(['--repo', repo, 'backup', '/', '--dry-run']);
   assert.equal(root.code, 2);
   assert.match(root.stderr, /\/ has no name to give its source\n {2}name it: --source root=\//);
+  // An empty path (`lifeboat backup "$MODELS"` with MODELS unset) would name the working directory: refused, not backed up.
+  const cwd = await tempDir();
+  await fsp.writeFile(path.join(cwd, 'not-a-model.txt'), 'home');
+  const unset = await lifeboat(['--repo', repo, '--json', 'backup', ''], { cwd });
+  assert.equal(unset.code, 2, unset.stdout);
+  assert.equal(unset.json().error.message, 'a path to back up is empty (a variable not set?)');
+  assert.deepEqual((await lifeboat(['--repo', repo, '--json', 'list'])).json(), [], 'nothing was backed up');
+  await fsp.rm(cwd, { recursive: true, force: true });
   // A single-file model is not a source: its directory is.
   await fsp.writeFile(path.join(dir, 'model.gguf'), 'GGUF');
   const file = await lifeboat(['--repo', repo, 'backup', path.join(dir, 'model.gguf'), '--dry-run']);
@@ -163,6 +171,13 @@ test('an S3 repository with no credentials anywhere is a set-up error (exit 2) t
   });
   assert.equal(unreachable.code, 1, unreachable.stderr);
   assert.match(unreachable.stderr, /ECONNREFUSED.*\n {2}check the endpoint \(s3\.endpoint, --s3-endpoint\) and that this host can reach it/);
+
+  // An empty --s3-endpoint (a script's unset variable) is refused, not read as none: the bucket would be looked for on AWS itself.
+  const empty = await runChild(['--repo', 's3://lifeboat-nobody/repo', '--s3-endpoint', '', '--s3-path-style', 'list'], {
+    env: { ...env, AWS_ACCESS_KEY_ID: 'AKIDEXAMPLE', AWS_SECRET_ACCESS_KEY: 'not-a-secret', AWS_ENDPOINT_URL_S3: 'http://127.0.0.1:9' },
+  });
+  assert.equal(empty.code, 2, empty.stderr);
+  assert.equal(empty.stderr, 'lifeboat: --s3-endpoint "": expected the URL of an S3 endpoint\n');
   await fsp.rm(home, { recursive: true, force: true });
 });
 
@@ -213,6 +228,24 @@ test('flags override LIFEBOAT_REPO, which overrides the config file; sources com
   await fsp.writeFile(cfg, `repository: ${d.repo}\n`);
   const viaConfigEnv = await lifeboat(['--json', 'list'], { cwd: '/', env: { LIFEBOAT_CONFIG: cfg } });
   assert.equal(viaConfigEnv.json().length, 1);
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('LIFEBOAT_CONFIG set to the empty string counts as unset; a config file that is missing or a directory is said so, in one sentence', async () => {
+  const d = await smallDeployment();
+  await fsp.writeFile(path.join(d.work, 'lifeboat.yaml'), `repository: ${d.repo}\n`);
+  const unsetByEmpty = await lifeboat(['--json', 'list'], { cwd: d.work, env: { LIFEBOAT_CONFIG: '' } });
+  assert.equal(unsetByEmpty.code, 0, unsetByEmpty.stderr);
+  assert.deepEqual(unsetByEmpty.json(), []);
+  const emptyFlag = await lifeboat(['--config', '', 'list'], { cwd: d.work });
+  assert.equal(emptyFlag.code, 2);
+  assert.equal(emptyFlag.stderr, 'lifeboat: --config "": expected the path of a file\n');
+  const missing = await lifeboat(['list'], { cwd: d.work, env: { LIFEBOAT_CONFIG: 'nope.yaml' } });
+  assert.equal(missing.code, 2);
+  assert.equal(missing.stderr, `lifeboat: config file ${path.join(d.work, 'nope.yaml')} does not exist\n  check the path LIFEBOAT_CONFIG gives\n`);
+  const directory = await lifeboat(['--config', d.work, 'list'], { cwd: '/' });
+  assert.equal(directory.code, 2);
+  assert.equal(directory.stderr, `lifeboat: config file ${d.work} is a directory\n  --config names the file itself (…/lifeboat.yaml)\n`);
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 

@@ -527,10 +527,16 @@ test('completion bash|zsh completes commands, the commands of key, options and t
   assert.deepEqual(offered('key', 'add', '--new-password-file', path.join(dir, 'lifeboat.b')), [path.join(dir, 'lifeboat.bash')]);
   assert.deepEqual(offered('backup', '--ty'), ['--type']);
   assert.deepEqual(offered('--log-format', '').sort(), ['json', 'text']);
+  // Options that check their values themselves have a fixed set all the same.
+  assert.deepEqual(offered('backup', '--type', ''), ['full', 'diff', 'incr']);
+  assert.deepEqual(offered('backup', '-t', 'd'), ['diff']);
+  assert.deepEqual(offered('init', '--encryption', ''), ['aes-256-gcm', 'none']);
+  assert.deepEqual(offered('drill', '--notify-on', 'w'), ['warning']);
   const zsh = await lifeboat(['completion', 'zsh']);
   assert.equal(zsh.code, 0);
   assert.match(zsh.stdout, /^#compdef lifeboat/);
   assert.match(zsh.stdout, /'drill:/);
+  assert.match(zsh.stdout, /\{--type,-t\}'\[[^\]]*\]:type:\(full diff incr\)'/);
   if (hasCommand('zsh')) {
     await fsp.writeFile(path.join(dir, '_lifeboat'), zsh.stdout);
     execFileSync('zsh', ['-n', path.join(dir, '_lifeboat')]);

@@ -171,6 +171,29 @@ test('a drill of corrupted data fails with exit 3 and the checksums testcase mar
   await fsp.rm(d.scratch, { recursive: true, force: true });
 });
 
+test('a drill whose restored models would not load, every checksum matching, says so: its hint names the backup that took them, not a verify that would find nothing', async () => {
+  const d = await smallDeployment();
+  // A tokenizer without its model section: the backup warns, and stores it as it is.
+  await fsp.writeFile(path.join(d.src, 'tok', 'tokenizer.json'), '{}');
+  const b = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'full']);
+  assert.equal(b.code, 0, b.stderr);
+  const id = b.json().id as string;
+  const marker = path.join(d.work, 'smoke-ran');
+  const r = await lifeboat(['--repo', d.repo, '--json', 'drill', '--smoke', `touch ${marker}`, '--rto', '1h']);
+  assert.equal(r.code, 3, r.stderr);
+  const j = r.json();
+  assert.deepEqual(
+    j.checks.map((c: { name: string; status: string }) => `${c.name} ${c.status}`),
+    ['restore passed', 'checksums passed', 'model failed', 'smoke skipped', 'rto failed', 'rpo skipped'],
+  );
+  assert.equal(j.checks[3].message, 'not run: the restored models would not load');
+  assert.match(j.error.hint, new RegExp(`lifeboat show ${id}`));
+  assert.doesNotMatch(j.error.hint, /verify/, 'verify --read-data finds nothing wrong with these bytes');
+  assert.doesNotMatch(r.stderr, /verify --read-data/);
+  await assert.rejects(fsp.access(marker), 'the smoke command did not run');
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
 test('a drill that cannot start exits 2 and still leaves a JUnit report with the error', async () => {
   const d = await deployment();
   const report = path.join(d.work, 'drill.xml');

@@ -444,6 +444,23 @@ describe('keys', () => {
     assert.ok(!(await repoFiles(repo)).some((f) => f.startsWith('locks/')), 'the lock is released');
   });
 
+  it('key passwd and key remove that find the lock held exit 4 without pointing at --retry-lock, which they do not take', async () => {
+    const r = path.join(work, 'keys-locked-repo');
+    await initEncrypted(r);
+    const lockFile = path.join(r, 'locks', 'lock.json');
+    await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+    const now = new Date().toISOString();
+    await fsp.writeFile(lockFile, JSON.stringify({ host: 'gpu-node-7', pid: 4242, command: 'backup', startedAt: now, refreshedAt: now, leaseMs: 1800000 }));
+    for (const args of [['key', 'passwd'], ['key', 'remove', '0123']]) {
+      const locked = await lifeboat(['--repo', r, ...args], { env: { ...env(), LIFEBOAT_NEW_PASSWORD: 'another password' } });
+      assert.equal(locked.code, 4, locked.stderr);
+      assert.match(locked.stderr, /^lifeboat: the repository is locked by backup on gpu-node-7, pid 4242, since \S+\n {2}wait for it to finish and run this again; if that process is gone, run `lifeboat unlock`\n$/);
+    }
+    const backup = await lifeboat(['--repo', r, 'backup', path.join(work, 'keys-src')], { env: env() });
+    assert.equal(backup.code, 4, backup.stderr);
+    assert.match(backup.stderr, /--retry-lock 30m/, 'a backup takes --retry-lock');
+  });
+
   it('a damaged key file, which key list warns of, is removed by key remove; the genuine keys stay', async () => {
     const r = path.join(work, 'damaged-key');
     await initEncrypted(r);

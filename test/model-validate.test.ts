@@ -331,6 +331,10 @@ test('verify --deep restores a point and finds the model problem stored in it (e
   assert.equal(deepGood.code, 0, deepGood.stdout);
   assert.equal(deepGood.json().ok, true);
   assert.deepEqual(await fsp.readdir(workDir), []);
+  // Its summary does not call a restore of every file, each SHA-256 checked, a check of the structure only.
+  const text = await lifeboat(['--repo', repo, 'verify', good.json().id, '--deep']);
+  assert.equal(text.code, 0, text.stderr);
+  assert.match(text.stdout, /^checked 1 backup point\(s\), \d+ files, restored them \(every SHA-256 checked\) and validated the model files\n/);
 
   // The point taken after a shard went missing holds a model that will not load.
   await fsp.rm(path.join(src, 'llama', shardNames[1]!));

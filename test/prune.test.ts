@@ -176,6 +176,16 @@ test('prune gives the keep-within window back as it was written, from the flag o
   assert.match(text.stdout, /completed within 14d/);
 });
 
+test('status shows a prune of the journal as one plain line: it names no point, and leaves no gap for one', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src])).code, 0);
+  assert.equal((await lifeboat(['--repo', d.repo, 'prune', '--keep-full', '1'])).code, 0);
+  const status = await lifeboat(['--repo', d.repo, 'status']);
+  assert.equal(status.code, 0, status.stderr);
+  assert.match(status.stdout, /\n {2}\S+ {2}prune ok \(\S+@\S+\)\n/);
+});
+
 test('a prune killed with SIGKILL at random moments leaves a repository that verifies', async (t) => {
   const seed = seedFromEnv();
   t.diagnostic(`seed ${seed}`);

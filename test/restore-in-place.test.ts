@@ -56,7 +56,8 @@ test('restore --in-place puts each directory source back where it was backed up 
   await fsp.writeFile(path.join(triton, 'stray.txt'), 'left by hand');
   const refused = await run('restore', full, '--in-place');
   assert.equal(refused.code, 2, refused.stderr);
-  assert.match(refused.stderr, new RegExp(`restore target ${triton} is not empty`));
+  assert.match(refused.stderr, new RegExp(`restore target ${triton} is not empty\n  use --delta to rewrite only what differs from the point, or --force to replace it\n`));
+  assert.doesNotMatch(refused.stderr, /choose an empty directory/, 'in place, there is no other directory to choose');
   assert.equal(await fsp.stat(models).catch(() => undefined), undefined, 'nothing was restored before the refusal');
 
   const delta = await ok('--json', 'restore', full, '--in-place', '--delta');
@@ -133,6 +134,18 @@ test('restore --in-place of a source backed up through a symbolic link goes into
   const dangling = await run('restore', 'latest', '--in-place');
   assert.equal(dangling.code, 2, dangling.stderr);
   assert.match(dangling.stderr, /a symbolic link that leads to no directory now/);
+
+  // A directory on the way that is a link to nothing now (a volume not mounted): the hint says to mount it, and names no
+  // --target, which an in-place restore does not take.
+  const under = path.join(work, 'mnt', 'models');
+  await fsp.mkdir(under, { recursive: true });
+  await fsp.writeFile(path.join(under, 'weights.bin'), 'weights v2');
+  assert.equal((await run('backup', under)).code, 0);
+  await fsp.rm(path.join(work, 'mnt'), { recursive: true });
+  await fsp.symlink(path.join(work, 'volume-not-mounted'), path.join(work, 'mnt'));
+  const unmounted = await run('restore', 'latest', '--in-place');
+  assert.equal(unmounted.code, 2, unmounted.stderr);
+  assert.match(unmounted.stderr, /is a symbolic link to .*volume-not-mounted, which does not exist\n {2}make the directory it points to first \(or mount what should be there\)\n$/);
 });
 
 /** The repository's journal entries (none before the first restore or failover). */
@@ -157,9 +170,11 @@ test('restore --dry-run says what a restore would write, rewrite and remove, and
   assert.deepEqual([tr.rewritten, tr.unchanged, tr.removed], [0, 1, 25]);
   assert.equal(tr.removals.length, 20, 'the first 20 removals are named; all are counted');
   assert.ok(tr.removals.every((p: string) => /^stray-\d+\.txt$/.test(p)), JSON.stringify(tr.removals));
-  const text = await run('restore', 'latest', '--in-place', '--delta', '--dry-run');
+  // -n, as backup and prune take it.
+  const text = await run('restore', 'latest', '--in-place', '--delta', '-n');
+  assert.equal(text.code, 0, text.stderr);
   assert.match(text.stdout, /models → .*: \d+ files \(1 would be rewritten, \d+ unchanged, 0 would be removed\)/);
-  assert.match(text.stdout, /triton → .*\(0 would be rewritten, 1 unchanged, 25 would be removed: stray-.*, …\)/);
+  assert.match(text.stdout, /triton → .*: 1 file \(0 would be rewritten, 1 unchanged, 25 would be removed: stray-.*, …\)/);
 
   const fresh = path.join(work, 'fresh');
   const into = await run('--json', 'restore', 'latest', '--target', fresh, '--dry-run');

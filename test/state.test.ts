@@ -262,7 +262,11 @@ test('hooks: pre and post run around the backup; a failing pre-hook fails it and
   assert.equal(postFailed.code, 1, postFailed.stderr);
   const doc = postFailed.json();
   assert.equal(doc.ok, false);
-  assert.deepEqual(doc.error, { message: 'postBackup hook exited with status 3: cannot resume', exitCode: 1 });
+  assert.deepEqual(doc.error, {
+    message: 'postBackup hook exited with status 3: cannot resume',
+    exitCode: 1,
+    hint: `backup point ${doc.id} was taken and is kept; what the preBackup hook paused may still be paused: see to it by hand`,
+  });
   assert.equal(doc.type, 'incr');
   assert.equal((await lifeboat(['--json', 'list'], { cwd: work })).json().at(-1).id, doc.id);
 

@@ -8,6 +8,7 @@ import { passwordSource } from './password.js';
 import { openStorage, type S3Settings } from '../storage/open.js';
 import type { Storage } from '../storage/storage.js';
 import { storageReporter } from './output.js';
+import { nonEmpty } from './flags.js';
 
 /** Everything a command needs from its environment, injectable for tests. */
 export interface CliContext {
@@ -70,7 +71,8 @@ export function deploymentName(ctx: CliContext, config: LifeboatConfig): string 
 
 export function s3Settings(ctx: CliContext, config: LifeboatConfig): S3Settings {
   const s3: S3Settings = { ...(config.s3 ?? {}) };
-  if (ctx.global.s3Endpoint) s3.endpoint = ctx.global.s3Endpoint;
+  // Empty (a script's unset variable), it would fall back to AWS itself, under the same bucket name.
+  if (ctx.global.s3Endpoint !== undefined) s3.endpoint = nonEmpty('--s3-endpoint', ctx.global.s3Endpoint, 'the URL of an S3 endpoint');
   if (ctx.global.s3PathStyle) s3.forcePathStyle = true;
   return s3;
 }

@@ -9,8 +9,11 @@ import { durationExpected, parseDuration, type DurationRule } from '../config/du
  * and what it takes, instead of being read as the default or as no flag at all.
  */
 
-/** The error for a flag value that cannot be used; an empty one (a script's unset variable) is shown as "". */
-const refused = (flag: string, value: string, expected: string) => new UsageError(`${flag} ${value === '' ? '""' : value}: expected ${expected}`);
+/** A flag's value as an error shows it: an empty one (a script's unset variable) as "", not as nothing. */
+export const shownValue = (value: string): string => (value === '' ? '""' : value);
+
+/** The error for a flag value that cannot be used. */
+const refused = (flag: string, value: string, expected: string) => new UsageError(`${flag} ${shownValue(value)}: expected ${expected}`);
 
 /*
  * Numbers are read as decimal digits alone: Number() would also take `0x10` (16), `1e3`, ` 5 ` and

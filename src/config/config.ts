@@ -180,13 +180,21 @@ export interface LoadedConfig {
  * it are resolved against the file's directory.
  */
 export async function loadConfig(options: { explicit?: string; cwd: string; env: NodeJS.ProcessEnv }): Promise<LoadedConfig> {
-  const named = options.explicit ?? options.env.LIFEBOAT_CONFIG;
+  if (options.explicit === '') throw new UsageError('--config "": expected the path of a file');
+  // Set to the empty string (a unit's `Environment=LIFEBOAT_CONFIG=`), the variable counts as unset, as LIFEBOAT_REPO does:
+  // read as a path, it named the working directory.
+  const fromEnv = options.env.LIFEBOAT_CONFIG === '' ? undefined : options.env.LIFEBOAT_CONFIG;
+  const named = options.explicit ?? fromEnv;
   const file = path.resolve(options.cwd, named ?? 'lifeboat.yaml');
   let text: string;
   try {
     text = await fsp.readFile(file, 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT' && named === undefined) return { config: {} };
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' && named === undefined) return { config: {} };
+    const by = options.explicit !== undefined ? '--config' : named !== undefined ? 'LIFEBOAT_CONFIG' : undefined;
+    if (code === 'ENOENT') throw new UsageError(`config file ${file} does not exist`, { hint: `check the path ${by} gives` });
+    if (code === 'EISDIR') throw new UsageError(`config file ${file} is a directory`, { hint: by ? `${by} names the file itself (…/lifeboat.yaml)` : 'move it aside, or name the config with --config FILE' });
     throw new UsageError(`cannot read config file ${file}: ${(err as Error).message}`);
   }
   return { config: await parseConfig(text, file), file };

@@ -151,6 +151,9 @@ export interface HeldLock {
   release(): Promise<void>;
 }
 
+/** The commands that take --retry-lock (and lock.retry). */
+const RETRY_LOCK_COMMANDS = new Set(['backup', 'prune']);
+
 export interface LockWait {
   /** How long to wait for a live holder to finish before failing with exit 4 (restic's --retry-lock); default not at all. */
   retryForMs?: number;
@@ -177,7 +180,13 @@ export async function acquireLock(storage: Storage, command: string, leaseMs = D
     const remaining = deadline - Date.now();
     if (remaining <= 0) {
       throw new LockedError(`the repository is locked by ${describeLock(outcome.busy.info)}${waitMs > 0 ? `, still after waiting ${formatDuration(waitMs)}` : ''}`, {
-        hint: waitMs > 0 ? 'wait longer with --retry-lock (or lock.retry); if that process is gone, run `lifeboat unlock`' : 'wait for it to finish, or let the command wait with --retry-lock 30m; if that process is gone, run `lifeboat unlock`',
+        hint:
+          waitMs > 0
+            ? 'wait longer with --retry-lock (or lock.retry); if that process is gone, run `lifeboat unlock`'
+            : RETRY_LOCK_COMMANDS.has(command)
+              ? 'wait for it to finish, or let the command wait with --retry-lock 30m; if that process is gone, run `lifeboat unlock`'
+              : // key remove and key passwd take no --retry-lock: a hint to use it would end in an unknown option.
+                'wait for it to finish and run this again; if that process is gone, run `lifeboat unlock`',
       });
     }
     if (attempt === 1) options.onWait?.(outcome.busy);

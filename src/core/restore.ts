@@ -108,7 +108,7 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
  */
 export async function checkRestoreTarget(
   target: string,
-  options: Pick<RestoreOptions, 'delta' | 'force'>,
+  options: Pick<RestoreOptions, 'delta' | 'force'> & { inPlace?: boolean },
   repositoryLocation?: string,
 ): Promise<{ targetState: TargetState; mountPoint: boolean; repositoryInside?: string }> {
   const overlap = repositoryLocation === undefined ? undefined : await repositoryOverlap(repositoryLocation, target);
@@ -132,7 +132,8 @@ export async function checkRestoreTarget(
   }
   if (targetState === 'non-empty' && !options.delta && !options.force) {
     throw new UsageError(`restore target ${target} is not empty`, {
-      hint: 'use --delta to update it in place, --force to replace it, or choose an empty directory',
+      // In place, the directory is where the source was backed up from: there is no other one to choose.
+      hint: options.inPlace ? 'use --delta to rewrite only what differs from the point, or --force to replace it' : 'use --delta to update it in place, --force to replace it, or choose an empty directory',
     });
   }
   const repositoryInside = overlap?.repositoryInside;
@@ -233,7 +234,13 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
       const to = await danglingLinkTarget(blocker);
       throw new UsageError(`restore target ${target} cannot be made: ${blocker} ${to === undefined ? 'is not a directory' : `is a symbolic link to ${to}, which does not exist`}`, {
         cause: err,
-        hint: to === undefined ? 'give a --target whose parents are directories' : 'make the directory it points to first (or mount what should be there), or give another --target',
+        // In place, the directory is where the source was backed up from: no --target can be given instead.
+        hint:
+          to === undefined
+            ? options.asTarget === undefined
+              ? 'give a --target whose parents are directories'
+              : `move ${blocker} aside, so that the directory can be made again where it was backed up from`
+            : `make the directory it points to first (or mount what should be there)${options.asTarget === undefined ? ', or give another --target' : ''}`,
       });
     }
     throw new RuntimeFailure(`cannot create ${staging} to restore into: ${errorMessage(err)}`, { cause: err, hint: 'check the --target path and that it is writable' });

@@ -1,6 +1,6 @@
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { UsageError } from '../../errors.js';
+import { RuntimeFailure, UsageError, errorMessage } from '../../errors.js';
 import { backup, checkBackupSources, type BackupResult } from '../../core/backup.js';
 import { whileHoldingLock, type HeldLock } from '../../core/lock.js';
 import { excludePatternProblem } from '../../core/scan.js';
@@ -15,7 +15,7 @@ import { captureSources, isStateSource, stateSource, type CapturedSources, type 
 import { BackupHooks } from '../../state/hooks.js';
 import type { CommandRunner } from '../main.js';
 import { addCronOptions, lockRetryMs, lockStaleAfterMs, runMonitored, type CronFlags, type RunFigures } from '../cron.js';
-import { directoryFlag } from '../flags.js';
+import { directoryFlag, shownValue } from '../flags.js';
 
 interface BackupFlags extends CronFlags {
   type?: string;
@@ -34,6 +34,8 @@ const collect = (value: string, previous: string[]) => [...previous, value];
 export function resolveSources(ctx: CliContext, paths: string[], flags: string[], config: LifeboatConfig): PendingSource[] {
   const specs: PendingSource[] = [];
   for (const p of paths) {
+    // Read as a path, "" is the working directory (cron's is the home directory): a script's unset variable would back that up.
+    if (p === '') throw new UsageError('a path to back up is empty (a variable not set?)', { hint: 'give the directory, or no path at all to back up the sources of the config' });
     const abs = path.resolve(ctx.cwd, p);
     const name = path.basename(abs);
     if (name === '') throw new UsageError(`${abs} has no name to give its source`, { hint: `name it: --source root=${abs}` });
@@ -41,7 +43,7 @@ export function resolveSources(ctx: CliContext, paths: string[], flags: string[]
   }
   for (const f of flags) {
     const eq = f.indexOf('=');
-    if (eq <= 0 || eq === f.length - 1) throw new UsageError(`--source ${f}: expected NAME=PATH`);
+    if (eq <= 0 || eq === f.length - 1) throw new UsageError(`--source ${shownValue(f)}: expected NAME=PATH`);
     specs.push({ name: f.slice(0, eq), path: path.resolve(ctx.cwd, f.slice(eq + 1)) });
   }
   if (specs.length > 0) return specs;
@@ -59,7 +61,7 @@ function parseTags(tags: string[]): Record<string, string> {
   const out = new Map<string, string>();
   for (const t of tags) {
     const eq = t.indexOf('=');
-    if (eq <= 0) throw new UsageError(`--tag ${t}: expected KEY=VALUE`);
+    if (eq <= 0) throw new UsageError(`--tag ${shownValue(t)}: expected KEY=VALUE`);
     const key = t.slice(0, eq);
     // Keys as labels are written elsewhere (Kubernetes, cloud tags); and one such as __proto__ would be lost in JSON objects.
     if (!TAG_KEY.test(key)) throw new UsageError(`--tag ${t}: a key is up to 128 letters, digits and . _ : / -, starting with a letter or digit`);
@@ -91,7 +93,7 @@ export function backupJson(r: BackupResult) {
 
 export async function runBackup(ctx: CliContext, paths: string[], flags: BackupFlags, figures: RunFigures = {}): Promise<void> {
   const type = (flags.type ?? 'incr') as BackupType;
-  if (!['full', 'diff', 'incr'].includes(type)) throw new UsageError(`--type ${flags.type}: use full, diff or incr`);
+  if (!['full', 'diff', 'incr'].includes(type)) throw new UsageError(`--type ${shownValue(type)}: use full, diff or incr`);
   for (const pattern of flags.exclude) {
     const refused = excludePatternProblem(pattern);
     if (refused) throw new UsageError(`--exclude ${pattern}: ${refused.problem}`, { hint: refused.hint });
@@ -156,7 +158,14 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
       renderer.stop();
       await state?.cleanup();
     }
-    await hooks.after({ point });
+    await hooks.after({ point }).catch((err: unknown) => {
+      // Said alone (a cron mail of --quiet), the hook's failure reads as a failed backup, and says nothing of the server.
+      if (point === undefined || !(err instanceof RuntimeFailure)) throw err;
+      throw new RuntimeFailure(errorMessage(err), {
+        cause: err,
+        hint: `backup point ${point} was taken and is kept; what the preBackup hook paused may still be paused: see to it by hand`,
+      });
+    });
   };
 
   try {

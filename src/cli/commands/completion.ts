@@ -6,6 +6,16 @@ import type { CommandRunner } from '../main.js';
 /** Options whose value is a path: complete file names there. */
 const FILE_VALUES = new Set(['--config', '--metrics-file', '--junit', '--target', '--work-dir', '--password-file', '--new-password-file']);
 const DIR_VALUES = new Set(['--target', '--work-dir']);
+/**
+ * Options with a fixed set of values that check them themselves, for an error of their own, instead of with
+ * commander's choices: completion offers their values all the same.
+ */
+const OWN_CHOICES: Record<string, readonly string[]> = {
+  '--type': ['full', 'diff', 'incr'],
+  '--encryption': ['aes-256-gcm', 'none'],
+  '--notify-on': ['failure', 'warning', 'success'],
+};
+const choicesOf = (o: Option): readonly string[] | undefined => (o.argChoices?.length ? o.argChoices : o.long ? OWN_CHOICES[o.long] : undefined);
 
 interface Spec {
   name: string;
@@ -32,10 +42,10 @@ export function bashCompletion(program: Command): string {
   const nested = commands.flatMap((c) => c.subcommands.map((sub) => ({ ...sub, name: `${c.name} ${sub.name}` })));
   const valued = [...global, ...[...commands, ...nested].flatMap((c) => c.options)].filter(takesValue);
   const fileFlags = [...new Set(valued.filter((o) => o.long && FILE_VALUES.has(o.long)).flatMap(flagsOf))];
-  const choiceCases = [...new Map(valued.filter((o) => o.argChoices?.length).map((o) => [o.long!, o])).values()].map(
-    (o) => `    ${flagsOf(o).join('|')}) COMPREPLY=( $(compgen -W "${o.argChoices!.join(' ')}" -- "$cur") ); return ;;`,
+  const choiceCases = [...new Map(valued.filter((o) => choicesOf(o)).map((o) => [o.long!, o])).values()].map(
+    (o) => `    ${flagsOf(o).join('|')}) COMPREPLY=( $(compgen -W "${choicesOf(o)!.join(' ')}" -- "$cur") ); return ;;`,
   );
-  const otherValued = [...new Set(valued.filter((o) => !(o.long && FILE_VALUES.has(o.long)) && !o.argChoices?.length).flatMap(flagsOf))];
+  const otherValued = [...new Set(valued.filter((o) => !(o.long && FILE_VALUES.has(o.long)) && !choicesOf(o)).flatMap(flagsOf))];
   return `# bash completion for lifeboat
 # Install: lifeboat completion bash > /etc/bash_completion.d/lifeboat
 #      or: echo 'source <(lifeboat completion bash)' >> ~/.bashrc
@@ -97,7 +107,8 @@ function zshOption(o: Option): string {
   let value = '';
   if (takesValue(o)) {
     const what = zshText(o.flags.replace(/^.*[<[]([^>\]]+)[>\]].*$/, '$1')) || 'value';
-    if (o.argChoices?.length) value = `:${what}:(${o.argChoices.join(' ')})`;
+    const choices = choicesOf(o);
+    if (choices) value = `:${what}:(${choices.join(' ')})`;
     else if (o.long && DIR_VALUES.has(o.long)) value = `:${what}:_files -/`;
     else if (o.long && FILE_VALUES.has(o.long)) value = `:${what}:_files`;
     else value = `:${what}: `;

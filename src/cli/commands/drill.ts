@@ -114,8 +114,12 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
           onOutput: (name, output) => (outputs[name] = output),
         });
         if (result.exitCode === 3) {
+          // The checksums passed and the model check failed: the data is intact, and verify would find nothing.
+          const modelOnly = !result.problems.some((p) => p.check === 'restore' || p.check === 'checksums');
           const failure = new IntegrityError(`drill of ${result.point} failed: ${result.problems[0]?.message ?? 'the data did not restore intact'}`, {
-            hint: 'run `lifeboat verify --read-data` to find every damaged point; drill an older point that verifies',
+            hint: modelOnly
+              ? `every file restored as it was backed up, so its models were like this when ${result.point} was taken (\`lifeboat show ${result.point}\` lists what its backup warned of); drill an older point whose models load`
+              : 'run `lifeboat verify --read-data` to find every damaged point; drill an older point that verifies',
             volume: result.damagedVolume,
           });
           damaged = await withIntactAlternative(failure, repo, point, (id) => `lifeboat drill ${id}`);
@@ -176,7 +180,7 @@ export function registerDrill(program: Command, run: CommandRunner): Command {
   return command
     .addHelpText(
       'after',
-      '\nExit status: 0 every check passed, 3 the data did not restore intact, 5 the smoke test or an objective failed, 1 the restore could not run (no room in the work directory, a storage error).\n\nExamples:\n  lifeboat drill --rpo 26h --rto 15m --junit drill.xml\n  lifeboat drill latest --smoke \'python smoke.py "$LIFEBOAT_RESTORE_DIR/models"\' --json',
+      '\nExit status: 0 every check passed, 3 the data did not restore intact or its models would not load, 5 the smoke test or an objective failed, 1 the restore could not run (no room in the work directory, a storage error).\n\nExamples:\n  lifeboat drill --rpo 26h --rto 15m --junit drill.xml\n  lifeboat drill latest --smoke \'python smoke.py "$LIFEBOAT_RESTORE_DIR/models"\' --json',
     )
     .action(run((ctx, selector: string | undefined, flags: DrillFlags) => runDrill(ctx, selector, flags)));
 }

@@ -236,7 +236,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
       throw new UsageError(`${point.id} has no directory source to restore in place${flags.state ? ', nor state to put back' : ''}`, { hint: 'restore it with --target DIR' });
     }
     // Every directory is checked before any is written: a refusal must not come after half the sources were restored.
-    for (const p of places) await checkRestoreTarget(p.path, flags, repo.storage.location);
+    for (const p of places) await checkRestoreTarget(p.path, { ...flags, inPlace: true }, repo.storage.location);
     scratch = state.length > 0 && !flags.dryRun ? await stateScratch(workDir, point, state, renderer) : undefined;
     for (const p of places) renderer.notice({ level: 'info', code: 'in-place', message: `${p.name} ${flags.dryRun ? 'would go' : 'goes'} back to ${quoteName(p.path)}${p.via ? ` (through the link ${quoteName(p.via)})` : ''}` });
     const started = Date.now();
@@ -286,7 +286,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
         flags.dryRun
           ? `would restore ${point.id} in place: ${counted(files, 'file')}, ${formatBytes(bytes)}; nothing was written`
           : `restored ${point.id} in place: ${counted(files, 'file')}, ${formatBytes(bytes)}, every checksum verified, in ${formatDuration(durationMs)}`,
-        ...done.map((d) => `  ${d.source} → ${quoteName(d.target)}: ${d.files} files${outcomeText(d)}`),
+        ...done.map((d) => `  ${d.source} → ${quoteName(d.target)}: ${counted(d.files, 'file')}${outcomeText(d)}`),
         ...(state.length > 0 ? [`  state ${flags.dryRun ? 'to put back' : 'put back'}: ${state.join(', ')}`] : []),
       ].join('\n'),
       { shownWhenQuiet: flags.dryRun },
@@ -309,7 +309,7 @@ export function registerRestore(program: Command, run: CommandRunner): Command {
     .option('--force', 'replace a non-empty target')
     .option('--state', 'with --in-place: put serving state back too (SQLite copied into the live database, restore commands fed their captured output), as a failover does')
     .option('--work-dir <dir>', 'with --state: where the state is restored before it is put back (default: the system temporary directory)')
-    .option('--dry-run', 'say what would be written, rewritten and removed (a --delta target is read and compared), and write nothing')
+    .option('-n, --dry-run', 'say what would be written, rewritten and removed (a --delta target is read and compared), and write nothing')
     .option('--numeric-owner', 'as root, give files the recorded uid and gid numbers instead of the local ids of the recorded user and group names')
     .option('-i, --include <glob>', 'restore only matching <source>/<path> entries; a directory or source name means all in it (repeatable)', collect, [])
     .addHelpText(

@@ -23,7 +23,8 @@ function describeEvent(e: JournalEvent): string {
   const reason = typeof e.detail?.reason === 'string' ? `: ${escapeUnprintable(e.detail.reason)}` : '';
   // A switch to a directory outside the slots (a link moved by hand) has no point: the directory is named instead.
   const what = e.point ?? (typeof e.detail?.slot === 'string' ? quoteName(e.detail.slot) : '');
-  return `${e.at}  ${e.type} ${what} ${e.outcome}${rto} (${e.user}@${e.host})${reason}`.replace(/\s+\(/, ' (');
+  // A prune names no point: no gap is left for one.
+  return `${e.at}  ${[e.type, what, e.outcome].filter(Boolean).join(' ')}${rto} (${e.user}@${e.host})${reason}`.replace(/\s+\(/, ' (');
 }
 
 function describeTarget(ctx: CliContext, t: TargetStatus): string[] {

@@ -62,7 +62,8 @@ export async function runVerify(ctx: CliContext, selector: string | undefined, f
       },
       () => {
         const lines = [
-          `checked ${result.backups} backup point(s), ${counted(result.files, 'file')}${readData ? `, read ${formatBytes(result.bytesRead)}` : ' (structure only; --read-data reads every byte)'}${flags.deep ? ', restored and validated the model files' : ''}`,
+          // --deep restores every file, its SHA-256 checked: that is no check of the structure only.
+          `checked ${result.backups} backup point(s), ${counted(result.files, 'file')}${readData ? `, read ${formatBytes(result.bytesRead)}` : flags.deep ? '' : ' (structure only; --read-data reads every byte)'}${flags.deep ? ', restored them (every SHA-256 checked) and validated the model files' : ''}`,
         ];
         const v = result.volumes;
         if (v) {
