@@ -769,6 +769,8 @@ type HandlerArguments = Parameters<NodeHttpHandler['handle']>;
 class AnswerTimedHandler extends NodeHttpHandler {
   /** Requests under way, each stopped if the command is interrupted. */
   private readonly underway = new Set<AbortController>();
+  /** Bodies of answers not yet read to their end, each stopped if the command is interrupted. */
+  private readonly arriving = new Set<Readable>();
 
   constructor(
     options: ConstructorParameters<typeof NodeHttpHandler>[0],
@@ -776,7 +778,14 @@ class AnswerTimedHandler extends NodeHttpHandler {
     private readonly interrupt?: AbortSignal,
   ) {
     super(options);
-    interrupt?.addEventListener('abort', () => this.underway.forEach((request) => request.abort()), { once: true });
+    interrupt?.addEventListener(
+      'abort',
+      () => {
+        this.underway.forEach((request) => request.abort());
+        this.arriving.forEach((body) => body.destroy(new InterruptedError()));
+      },
+      { once: true },
+    );
   }
 
   override async handle(request: HandlerArguments[0], options: HandlerArguments[1] = {}): ReturnType<NodeHttpHandler['handle']> {
@@ -812,6 +821,11 @@ class AnswerTimedHandler extends NodeHttpHandler {
     if (notS3) {
       (body as { destroy?: () => void } | undefined)?.destroy?.();
       throw notS3;
+    }
+    if (this.interrupt && !this.interrupt.aborted && body instanceof Readable && !body.destroyed) {
+      // An answer still arriving (a manifest, a volume) stops at Ctrl-C too, whoever reads it.
+      this.arriving.add(body);
+      body.once('close', () => this.arriving.delete(body));
     }
     return answer;
   }
