@@ -151,12 +151,18 @@ describe('an S3 repository with credentials limited by a bucket policy', () => {
     // What a backup killed before its manifest leaves.
     const leftover = `${g.prefix}/data/20250101-000000-000F/v000001.tar`;
     await sdk.send(new PutObjectCommand({ Bucket: g.bucket, Key: leftover, Body: Buffer.alloc(1024) }));
+    const metrics = path.join(work, 'append.prom');
     for (const round of [1, 2]) {
-      const r = await ok(g.child(['backup', models, '--type', 'full']), `backup ${round} past a leftover`);
-      assert.match(
-        r.stderr,
-        /warning: could not remove 1 object\(s\), 1024 bytes, left by an aborted backup under data\/20250101-000000-000F\/ \(.*AccessDenied.*\): the storage does not let this backup delete; they stay until a backup that may delete/,
-      );
+      const r = await ok(g.child(['--json', 'backup', models, '--type', 'full', '--strict', '--metrics-file', metrics]), `backup ${round} past a leftover`);
+      const kept = /could not remove 1 object\(s\), 1024 bytes, left by an aborted backup under data\/20250101-000000-000F\/ \(.*AccessDenied.*\): the storage does not let this backup delete; they stay until a backup or prune that may delete/;
+      assert.match(r.stderr, new RegExp(`warning: ${kept.source}`));
+      // A warning of the run like any other (--json, metrics, notifications), though not one of the point: --strict keeps the point.
+      const warnings = r.json<{ warnings: { code: string; path?: string; message: string }[] }>().warnings;
+      assert.deepEqual(warnings.map((w) => w.code), ['leftovers-kept']);
+      assert.match(warnings[0]!.message, kept);
+      assert.match(await fsp.readFile(metrics, 'utf8'), /^lifeboat_last_run_warnings\{command="backup"[^}]*\} 1$/m);
+      const shown: { warnings: unknown[] } = (await ok(g.cli(['--json', 'show', 'latest']), 'show')).json();
+      assert.deepEqual(shown.warnings, [], 'the point itself has nothing to warn about');
     }
     assert.ok((await keysUnder(g.bucket, g.prefix)).includes(leftover.slice(g.prefix.length + 1)));
     await ok(g.cli(['verify', '--read-data']), 'verify --read-data');
