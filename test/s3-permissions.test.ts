@@ -43,6 +43,8 @@ interface Grantee {
   cli(args: string[]): Promise<CliRun>;
   /** The same in a child process, whose lock (one it could not release) is then a gone process's. */
   child(args: string[]): Promise<CliRun>;
+  /** Runs the CLI on the repository as the bucket's owner. */
+  owner(args: string[]): Promise<CliRun>;
 }
 
 /** A fresh bucket, and a user of the server that may do in it what `policy` (given the bucket, the prefix and the user's ARN) grants. */
@@ -62,6 +64,7 @@ async function grantee(t: TestContext, uid: string, policy: (bucket: string, pre
     prefix,
     cli: (args) => lifeboat([...repoArgs, ...args], { env }),
     child: (args) => runChild([...repoArgs, ...args], { env }),
+    owner: (args) => lifeboat([...repoArgs, ...args], { env: server.env }),
   };
 }
 
@@ -173,5 +176,35 @@ describe('an S3 repository with credentials limited by a bucket policy', () => {
     assert.equal(list.length, 3, 'prune removed nothing');
     await ok(g.cli(['unlock']), 'unlock');
     assert.deepEqual((await keysUnder(g.bucket, g.prefix)).filter((k) => k.startsWith('locks/')), [], 'no lock or reader registration is left');
+  });
+
+  it('read-only credentials: verify --read-data checks everything and says its reads could not be recorded, reporting the record as it stands, not as if they had been', async (t) => {
+    const g = await grantee(t, 'lifeboat-read-only', (bucket, prefix, user) => ({
+      Version: '2012-10-17',
+      Statement: [
+        { Effect: 'Allow', Principal: { AWS: [user] }, Action: ['s3:ListBucket'], Resource: `arn:aws:s3:::${bucket}` },
+        { Effect: 'Allow', Principal: { AWS: [user] }, Action: ['s3:GetObject'], Resource: `arn:aws:s3:::${bucket}/${prefix}/*` },
+      ],
+    }));
+    if (!g) return;
+    await ok(g.owner(['init']), 'init');
+    await ok(g.owner(['backup', models, '--type', 'full']), 'backup');
+    const first = await ok(g.cli(['verify', '--read-data']), 'verify --read-data');
+    assert.match(first.stderr, /warning: ledger\/verified\.json: could not record what was verified: put ledger\/verified\.json failed: .*AccessDenied/);
+    assert.match(first.stdout, /^this run's reads could not be recorded in ledger\/verified\.json, which still says: 1 volume\(s\) never verified$/m);
+    assert.doesNotMatch(first.stdout, /oldest verification/);
+    const since = await ok(g.cli(['verify', '--read-data', '--since-verified']), 'verify --since-verified');
+    assert.match(since.stderr, /could not record what was verified: .*AccessDenied.*; the next --since-verified run reads these volumes again, as never verified/);
+    // Once a host that may write has recorded a verification, that record is what a read-only host reports.
+    const recorded = (await ok(g.owner(['--json', 'verify', '--read-data']), 'verify --read-data as the owner')).json<{ oldestVerifiedAt: string }>().oldestVerifiedAt;
+    assert.ok(recorded);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const doc = (await ok(g.cli(['--json', 'verify', '--read-data']), 'verify --read-data --json')).json<{ ok: boolean; oldestVerifiedAt: string; volumes: { read: number; neverVerified: number; recorded: boolean }; warnings: { code: string }[] }>();
+    assert.equal(doc.ok, true);
+    assert.equal(doc.oldestVerifiedAt, recorded, "the record's time, not this run's");
+    assert.deepEqual([doc.volumes.read, doc.volumes.neverVerified, doc.volumes.recorded], [1, 0, false]);
+    assert.ok(doc.warnings.some((w) => w.code === 'ledger-not-written'));
+    const text = await ok(g.cli(['verify', '--read-data']), 'verify --read-data');
+    assert.ok(text.stdout.includes(`this run's reads could not be recorded in ledger/verified.json, which still says: oldest verification: ${recorded} (`), text.stdout);
   });
 });

@@ -64,10 +64,13 @@ export interface VerifyResult {
   bytesRead: number;
   problems: Problem[];
   warnings: Notice[];
-  /** With readData: the oldest recorded verification of the checked points' volumes (null when one was never verified). */
+  /** With readData: the oldest recorded verification of the checked points' volumes (null when one was never verified), as the repository's record now says. */
   oldestVerifiedAt?: string | null;
-  /** With readData: which volumes were read, and why. */
-  volumes?: { total: number; read: number; fresh?: number; sampled?: number; skipped: number; neverVerified: number; run?: number; buckets?: number };
+  /**
+   * With readData: which volumes were read, and why; `recorded` is false when this run's reads could not be
+   * written to the record (then `oldestVerifiedAt` and `neverVerified` are the record's as it was).
+   */
+  volumes?: { total: number; read: number; fresh?: number; sampled?: number; skipped: number; neverVerified: number; run?: number; buckets?: number; recorded?: boolean };
 }
 
 /**
@@ -252,16 +255,21 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
     });
     result.bytesRead = progress.bytesDone;
     const updated = ledgers.updateLedger(ledger, ok, failed, new Set(existing.keys()), (options.now ?? (() => new Date()))(), options.sinceVerified === true);
+    let recorded = true;
     try {
       await ledgers.writeLedger(repo.storage, updated);
     } catch (err) {
-      const n: Notice = { level: 'warning', code: 'ledger-not-written', path: ledgers.LEDGER_KEY, message: `could not record what was verified: ${errorMessage(err)}` };
+      if (options.signal?.aborted) throw err;
+      recorded = false;
+      // Read-only credentials, most often: the record stays as it was, and so does what it says.
+      const again = options.sinceVerified ? '; the next --since-verified run reads these volumes again, as never verified' : '';
+      const n: Notice = { level: 'warning', code: 'ledger-not-written', path: ledgers.LEDGER_KEY, message: `could not record what was verified: ${errorMessage(err)}${again}` };
       warnings.push(n);
       reporter.notice?.(n);
     }
-    const oldest = ledgers.oldestVerification(updated, jobs.map((j) => j.volume));
+    const oldest = ledgers.oldestVerification(recorded ? updated : ledger, jobs.map((j) => j.volume));
     result.oldestVerifiedAt = oldest.oldestVerifiedAt;
-    result.volumes = { ...(result.volumes ?? { total: jobs.length, read: chosen.length, skipped: jobs.length - chosen.length }), neverVerified: oldest.neverVerified };
+    result.volumes = { ...(result.volumes ?? { total: jobs.length, read: chosen.length, skipped: jobs.length - chosen.length }), neverVerified: oldest.neverVerified, recorded };
   }
 
   if (options.deep) {
