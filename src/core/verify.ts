@@ -300,10 +300,10 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
       leftover(key, message);
     };
     for (const key of summaries) {
-      await report(summaryIdOf(key), key, 'a summary of no backup point, left by an aborted backup or prune; the next backup or prune removes it');
+      await report(summaryIdOf(key), key, `a summary of no backup point, left by an aborted backup or prune; ${removedByNext('it')}`);
     }
     for (const orphan of data) {
-      const message = `${orphan.keys.length} object(s), ${orphan.bytes} bytes, left by an aborted backup; the next backup removes them`;
+      const message = `${orphan.keys.length} object(s), ${orphan.bytes} bytes, left by an aborted backup; ${removedByNext('them')}`;
       await report(orphan.id, orphan.prefix, message);
     }
     // A volume being written when its backup was killed is a temporary file (an upload, on S3) that never became an object.
@@ -317,11 +317,19 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
     }
     for (const { write, by } of unfinished.running) inProgress(write.key, by);
     for (const write of unfinished.leftovers) {
-      leftover(write.key, `${describeLeftover(write)}; the next backup removes it`);
+      leftover(write.key, `${describeLeftover(write)}; ${removedByNext('it')}`);
     }
   }
   result.ok = problems.length === 0;
   return result;
+}
+
+/**
+ * Who removes a leftover: a backup or prune, but only one whose credentials may delete (a backup host may
+ * be kept from deleting on purpose, and then leaves them).
+ */
+function removedByNext(what: 'it' | 'them'): string {
+  return `the next backup or prune removes ${what} if its credentials may delete (on S3, s3:DeleteObject and s3:AbortMultipartUpload); where they may not, run one with credentials that may`;
 }
 
 /**
