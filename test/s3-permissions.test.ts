@@ -119,7 +119,7 @@ describe('an S3 repository with credentials limited by a bucket policy', () => {
     assert.deepEqual(left.filter((k) => k.startsWith('locks/') || k.startsWith('pins/')), [], 'no lock, reader registration or pin is left');
   });
 
-  it('credentials that may not delete at all: each backup stores its point and exits 1 saying the credentials may not delete its lock, the next takes it over, and a reader warns that its registration stays', async (t) => {
+  it('credentials that may not delete at all: each backup stores its point and exits 2 saying the credentials may not delete its lock, the next takes it over, and a reader warns that its registration stays', async (t) => {
     const g = await grantee(t, 'lifeboat-no-delete', (bucket, prefix, user) => ({
       Version: '2012-10-17',
       Statement: [
@@ -131,10 +131,11 @@ describe('an S3 repository with credentials limited by a bucket policy', () => {
     await ok(g.cli(['init']), 'init');
     for (const round of [1, 2]) {
       const r = await g.child(['backup', models]);
-      assert.equal(r.code, 1, `backup ${round}: ${r.stderr}`);
+      // A permission refused is a matter of configuration, as refused credentials are: running again changes nothing.
+      assert.equal(r.code, 2, `backup ${round}: ${r.stderr}`);
       assert.match(r.stdout, /took (full|incr) backup/);
       assert.match(r.stderr, /backup could not release the repository lock: delete locks\/lock\.json failed: HTTP 403 AccessDenied\n/);
-      assert.match(r.stderr, /the storage does not let this user or these credentials delete in the repository \(on S3, s3:DeleteObject: see docs\/S3\.md\)/);
+      assert.match(r.stderr, /the storage does not let this user or these credentials delete in the repository \(on S3, s3:DeleteObject on its locks\/: see docs\/S3\.md\)/);
       assert.doesNotMatch(r.stderr, /once the repository can be reached/, 'these credentials never may');
     }
     const list = (await ok(g.cli(['list', '--json']), 'list')).json<unknown[]>();
@@ -146,7 +147,7 @@ describe('an S3 repository with credentials limited by a bucket policy', () => {
     );
   });
 
-  it('the append-only Ceph policy of docs/S3.md: backups go on past leftovers they may not remove, and release their lock; prune fails with exit 1 and removes nothing', async (t) => {
+  it('the append-only Ceph policy of docs/S3.md: backups go on past leftovers they may not remove, and release their lock; prune fails with exit 2 naming the permission and removes nothing', async (t) => {
     const g = await grantee(t, 'lifeboat-append', documentedCephPolicy('For a backup host that may not delete backups, the Ceph bucket policy'));
     if (!g) return;
     await ok(g.cli(['init']), 'init');
@@ -175,8 +176,11 @@ describe('an S3 repository with credentials limited by a bucket policy', () => {
       /warning: data\/20250101-000000-000F\/: 1 object\(s\), 1024 bytes, left by an aborted backup; the next backup or prune removes them if its credentials may delete \(on S3, s3:DeleteObject and s3:AbortMultipartUpload\); where they may not, run one with credentials that may\n/,
     );
     const pruned = await g.child(['prune', '--keep-full', '1']);
-    assert.equal(pruned.code, 1, pruned.stderr);
-    assert.match(pruned.stderr, /lifeboat: delete points\/.*failed: .*AccessDenied.*\n {2}check the credentials \(AWS chain\) and the permissions of the bucket/);
+    assert.equal(pruned.code, 2, pruned.stderr);
+    assert.match(
+      pruned.stderr,
+      new RegExp(`lifeboat: delete points/.*failed: .*AccessDenied.*\\n {2}grant s3:DeleteObject on arn:aws:s3:::${g.bucket}/${g.prefix}/\\* to these credentials \\(\`aws sts get-caller-identity\` says whose they are\\), or use credentials that have it; docs/S3\\.md \\("IAM policy"\\) lists what lifeboat needs\\n$`),
+    );
     const list = (await ok(g.cli(['list', '--json']), 'list')).json<unknown[]>();
     assert.equal(list.length, 3, 'prune removed nothing');
     await ok(g.cli(['unlock']), 'unlock');
@@ -211,5 +215,51 @@ describe('an S3 repository with credentials limited by a bucket policy', () => {
     assert.ok(doc.warnings.some((w) => w.code === 'ledger-not-written'));
     const text = await ok(g.cli(['verify', '--read-data']), 'verify --read-data');
     assert.ok(text.stdout.includes(`this run's reads could not be recorded in ledger/verified.json, which still says: oldest verification: ${recorded} (`), text.stdout);
+    // What such a host may not do is refused as the set-up mistake it is (exit 2), naming the request, the permission and where.
+    for (const [args, request, action] of [
+      [['backup', models], 'put locks/lock.json', 's3:PutObject'],
+      [['pin', 'latest', '--reason', 'release'], 'put pins/', 's3:PutObject'],
+    ] as const) {
+      const refused = await g.cli(['--json', ...args]);
+      assert.equal(refused.code, 2, refused.stderr);
+      const error = refused.json<{ error: { message: string; exitCode: number; hint: string } }>().error;
+      assert.ok(error.message.startsWith(`${request}`) && error.message.includes('failed: HTTP 403 AccessDenied'), error.message);
+      assert.equal(error.exitCode, 2);
+      assert.ok(error.hint.startsWith(`grant ${action} on arn:aws:s3:::${g.bucket}/${g.prefix}/* to these credentials`), error.hint);
+    }
+  });
+
+  it('credentials without s3:ListBucket: every command says, with exit 2, that listing the bucket was refused and what to grant', async (t) => {
+    const g = await grantee(t, 'lifeboat-no-list', (bucket, prefix, user) => ({
+      Version: '2012-10-17',
+      Statement: [{ Effect: 'Allow', Principal: { AWS: [user] }, Action: ['s3:GetObject', 's3:PutObject', 's3:DeleteObject', 's3:AbortMultipartUpload'], Resource: [`arn:aws:s3:::${bucket}/${prefix}/*`, `arn:aws:s3:::${bucket}`] }],
+    }));
+    if (!g) return;
+    await ok(g.owner(['init']), 'init');
+    await ok(g.owner(['backup', models, '--type', 'full']), 'backup');
+    for (const args of [['list'], ['backup', models], ['verify'], ['restore', 'latest', '--target', path.join(work, 'no-list')], ['prune', '--keep-full', '1']]) {
+      const r = await g.cli(args);
+      assert.equal(r.code, 2, `${args[0]}: ${r.stderr}`);
+      assert.match(r.stderr, new RegExp(`lifeboat: list [a-z]+/ failed: HTTP 403 AccessDenied\\n {2}grant s3:ListBucket on arn:aws:s3:::${g.bucket} to these credentials`), args[0]);
+    }
+    await assert.rejects(fsp.access(path.join(work, 'no-list')), 'no restore target');
+  });
+
+  it('listing limited to the prefix (an s3:prefix condition): a missing object is refused rather than not found, and the refusal says why', async (t) => {
+    const g = await grantee(t, 'lifeboat-prefix-list', (bucket, prefix, user) => ({
+      Version: '2012-10-17',
+      Statement: [
+        { Effect: 'Allow', Principal: { AWS: [user] }, Action: ['s3:ListBucket', 's3:ListBucketMultipartUploads'], Resource: `arn:aws:s3:::${bucket}`, Condition: { StringLike: { 's3:prefix': [`${prefix}/*`] } } },
+        { Effect: 'Allow', Principal: { AWS: [user] }, Action: ['s3:GetObject', 's3:PutObject', 's3:DeleteObject', 's3:AbortMultipartUpload'], Resource: [`arn:aws:s3:::${bucket}/${prefix}/*`, `arn:aws:s3:::${bucket}`] },
+      ],
+    }));
+    if (!g) return;
+    const r = await g.cli(['init']);
+    assert.equal(r.code, 2, r.stderr);
+    // The HEAD that looks for an existing config before writing one: its 403 has no body, and no name beyond its status.
+    assert.match(
+      r.stderr,
+      new RegExp(`^lifeboat: put config\\.json failed: HTTP 403\\n {2}grant s3:GetObject on arn:aws:s3:::${g.bucket}/${g.prefix}/\\* to these credentials .*; without s3:ListBucket, S3 answers so for a missing object too; docs/S3\\.md \\("IAM policy"\\) lists what lifeboat needs\\n$`),
+    );
   });
 });
