@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import { InterruptedError, LifeboatError, PermissionRefusedError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
+import { CredentialsRefusedError, InterruptedError, LifeboatError, PermissionRefusedError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
 import type { GetOptions, IncompleteWrite, ObjectInfo, ObjectReader, ObjectWriter, PutDocumentOptions, PutOptions, Storage, StorageCapabilities } from './storage.js';
 import { sleep } from '../sleep.js';
 import type { Reporter } from '../core/events.js';
@@ -316,7 +316,7 @@ export function asFailure(operation: string, key: string, err: unknown, attempts
   };
   if (rejected !== undefined && Object.hasOwn(why, rejected)) {
     const which = why[rejected]!;
-    return new UsageError(`the S3 server refused the repository's credentials: ${which} (${operation} ${key}: ${describeError(err)})`, {
+    return new CredentialsRefusedError(`the S3 server refused the repository's credentials: ${which} (${operation} ${key}: ${describeError(err)})`, {
       cause: err,
       hint: rejected.includes('Token')
         ? 'temporary credentials must be renewed: get new ones (aws sso login, aws sts assume-role) or unset a stale AWS_SESSION_TOKEN'
