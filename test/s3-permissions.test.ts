@@ -262,4 +262,27 @@ describe('an S3 repository with credentials limited by a bucket policy', () => {
       new RegExp(`^lifeboat: put config\\.json failed: HTTP 403\\n {2}grant s3:GetObject on arn:aws:s3:::${g.bucket}/${g.prefix}/\\* to these credentials .*; without s3:ListBucket, S3 answers so for a missing object too; docs/S3\\.md \\("IAM policy"\\) lists what lifeboat needs\\n$`),
     );
   });
+
+  it('credentials without s3:ListBucketMultipartUploads: backups and prune say in one line that they could not look for unfinished uploads, and succeed', async (t) => {
+    const g = await grantee(t, 'lifeboat-no-uploads-list', (bucket, prefix, user) => ({
+      Version: '2012-10-17',
+      Statement: [
+        { Effect: 'Allow', Principal: { AWS: [user] }, Action: ['s3:ListBucket', 's3:DeleteObject'], Resource: `arn:aws:s3:::${bucket}` },
+        { Effect: 'Allow', Principal: { AWS: [user] }, Action: ['s3:GetObject', 's3:PutObject', 's3:DeleteObject', 's3:AbortMultipartUpload'], Resource: `arn:aws:s3:::${bucket}/${prefix}/*` },
+      ],
+    }));
+    if (!g) return;
+    await ok(g.cli(['init']), 'init');
+    const unlisted = /could not look for writes that never finished: list incomplete uploads under data\/ failed: HTTP 403 AccessDenied\n/;
+    for (const round of [1, 2]) {
+      const r = await ok(g.cli(['--json', 'backup', models, '--type', 'full']), `backup ${round}`);
+      assert.match(r.stderr, unlisted);
+      assert.doesNotMatch(r.stderr, /warning/);
+      assert.deepEqual(r.json<{ warnings: unknown[] }>().warnings, []);
+    }
+    const pruned = await ok(g.cli(['prune', '--keep-full', '1']), 'prune');
+    assert.match(pruned.stdout, /removed 1 point/);
+    assert.match(pruned.stderr, unlisted);
+    assert.equal((await ok(g.cli(['list', '--json']), 'list')).json<unknown[]>().length, 1);
+  });
 });

@@ -10,7 +10,7 @@ import type { Repository } from './repository.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 import { deepCheck } from './verify-deep.js';
 import { describeLock, whileReading, type LockInfo } from './lock.js';
-import { describeLeftover, pointBeingWritten, unfinishedWrites, type UnfinishedWrites } from './leftovers.js';
+import { describeLeftover, incompleteWritesUnlisted, pointBeingWritten, unfinishedWrites, type UnfinishedWrites } from './leftovers.js';
 import * as ledgers from './verify-ledger.js';
 import { isNotFound } from '../storage/storage.js';
 
@@ -313,7 +313,7 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
     } catch (err) {
       if (options.signal?.aborted) throw err;
       // Credentials that may read the repository but not list incomplete uploads: verify goes on without them.
-      reporter.notice?.({ level: 'info', code: 'incomplete-writes-unlisted', message: `could not look for writes that never finished: ${errorMessage(err)}` });
+      reporter.notice?.(incompleteWritesUnlisted(err));
     }
     for (const { write, by } of unfinished.running) inProgress(write.key, by);
     for (const write of unfinished.leftovers) {
