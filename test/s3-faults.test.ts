@@ -377,4 +377,27 @@ describe('S3 driver under faults', () => {
       assert.match(again.stderr, /resuming an interrupted restore: [1-9]\d* file\(s\)/);
     });
   }
+
+  it('a failover whose credentials run out while it restores says that nothing was switched and what is still served', async (t) => {
+    const work = await tempDir();
+    t.after(() => fsp.rm(work, { recursive: true, force: true }));
+    await fsp.mkdir(path.join(work, 'models'));
+    await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights A');
+    const prefix = 'failover-expired';
+    await fsp.writeFile(
+      path.join(work, 'lifeboat.yaml'),
+      `repository: s3://${bucket}/${prefix}\ns3:\n  endpoint: ${proxy.endpoint}\nsources:\n  models: ./models\ntargets:\n  prod:\n    slots: ./slots\n    active: ./current\n`,
+    );
+    const run = (args: string[]) => lifeboat(args, { cwd: work, env: server.env });
+    assert.equal((await run(['init'])).code, 0);
+    const first = (await run(['--json', 'backup'])).json<{ id: string }>().id;
+    await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights B');
+    const second = (await run(['--json', 'backup'])).json<{ id: string }>().id;
+    assert.equal((await run(['failover', first])).code, 0);
+    proxy.inject('expiredToken', { method: 'GET', path: new RegExp(`/${prefix}/data/${second}/`) });
+    t.after(() => proxy.cancelInjections());
+    const r = await run(['failover', second]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, new RegExp(`lifeboat: failover of prod to ${second} failed before the switch: the S3 server refused the repository's credentials: their session token has expired .*; prod still serves ${first}, nothing was switched\\n {2}temporary credentials must be renewed`));
+  });
 });
