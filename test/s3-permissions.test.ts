@@ -215,6 +215,9 @@ describe('an S3 repository with credentials limited by a bucket policy', () => {
     assert.ok(doc.warnings.some((w) => w.code === 'ledger-not-written'));
     const text = await ok(g.cli(['verify', '--read-data']), 'verify --read-data');
     assert.ok(text.stdout.includes(`this run's reads could not be recorded in ledger/verified.json, which still says: oldest verification: ${recorded} (`), text.stdout);
+    // verify --deep restores each point under verify's own registration: one warning that it could not be made, not one per point.
+    const deep = await ok(g.cli(['verify', '--deep']), 'verify --deep');
+    assert.equal(deep.stderr.match(/could not register as a reader/g)?.length, 1, deep.stderr);
     // What such a host may not do is refused as the set-up mistake it is (exit 2), naming the request, the permission and where.
     for (const [args, request, action] of [
       [['backup', models], 'put locks/lock.json', 's3:PutObject'],

@@ -59,6 +59,8 @@ export interface RestoreOptions {
   dryRun?: boolean;
   /** The target is thrown away after use (a drill, verify --deep): a failed restore keeps nothing for a next one to go on from. */
   disposable?: boolean;
+  /** The caller is registered as a reader of this point already (verify --deep): the restore registers no second time. */
+  registered?: boolean;
   signal?: AbortSignal;
   reporter?: Reporter;
 }
@@ -97,6 +99,7 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
   const { targetState, mountPoint, repositoryInside } = await checkRestoreTarget(target, options, repo.storage.location);
   const setting: RestoreSetting = { target, targetState, mountPoint, repositoryInside, reporter, warnings, started };
   if (options.dryRun) return plannedRestore(repo, manifest, options, setting);
+  if (options.registered) return restoreLocked(repo, manifest, options, setting);
   return whileReading(repo.storage, 'restore', { signal: options.signal, reporter, warnings, reads: [manifest.id] }, () => restoreLocked(repo, manifest, options, setting));
 }
 
