@@ -40,6 +40,25 @@ export class UsageError extends LifeboatError {
   }
 }
 
+/**
+ * Credentials the storage does not accept (an unknown key, a wrong secret, a session token that ran
+ * out): a set-up error, though one that may come part-way through a long run, when temporary
+ * credentials expire; what a restore verified until then is worth keeping for the run after.
+ */
+export class CredentialsRefusedError extends UsageError {}
+
+/**
+ * A request the storage refused for want of permission (S3's 403 AccessDenied): exit 2, as a
+ * configuration error, since running again changes nothing until the policy or the credentials
+ * do. Not a UsageError: a restore keeps what it verified for the run after the fix, and a
+ * failover says that nothing was switched, as for a failure of the storage.
+ */
+export class PermissionRefusedError extends LifeboatError {
+  constructor(message: string, options?: { cause?: unknown; hint?: string }) {
+    super(message, ExitCode.usage, options);
+  }
+}
+
 /** Checksum mismatch, missing or unreadable backup data, hostile input. */
 export class IntegrityError extends LifeboatError {
   /** The stored volume found damaged or missing, when the failure is in one. */

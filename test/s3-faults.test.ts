@@ -10,11 +10,12 @@ import { after, before, describe, it } from 'node:test';
 import { InterruptedError, RuntimeFailure } from '../src/errors.js';
 import { describeError, type RetryPolicy } from '../src/storage/retry.js';
 import { S3Storage } from '../src/storage/s3.js';
+import { Repository } from '../src/core/repository.js';
 import { listAll, type Storage } from '../src/storage/storage.js';
 import { generatedStream, readAll, seededRandom, sha256Of, testSeed } from './helpers/data.js';
 import { startFaultProxy, type FaultProxy } from './helpers/fault-proxy.js';
 import { createTestBucket, startS3Server, type S3TestServer } from './helpers/s3server.js';
-import { lifeboat } from './helpers/cli.js';
+import { lifeboat, runChild } from './helpers/cli.js';
 import { smallDeployment } from './helpers/repo.js';
 import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
 
@@ -341,5 +342,62 @@ describe('S3 driver under faults', () => {
     assert.equal(verify.code, 1, verify.stderr);
     assert.match(verify.stderr, /failed after 6 attempts: HTTP 500 InternalError/);
     assert.doesNotMatch(verify.stderr, /damaged|problem/i);
+  });
+
+  for (const [fault, exitCode, says] of [
+    ['expiredToken', 2, /the S3 server refused the repository's credentials: their session token has expired/],
+    ['accessDenied', 2, /get data\/.*failed: HTTP 403 AccessDenied.*\n {2}grant s3:GetObject on /],
+  ] as const) {
+    it(`a restore whose credentials are refused part-way (${fault}) keeps what it verified, and the next one goes on from there`, async (t) => {
+      const work = await tempDir();
+      t.after(() => fsp.rm(work, { recursive: true, force: true }));
+      const models = path.join(work, 'models');
+      await fsp.mkdir(models);
+      for (let i = 0; i < 4; i++) await writeRandomFile(path.join(models, `shard-${i}.bin`), 2 * MiB, prng(seed + i));
+      const prefix = `refused-${fault}`;
+      const storage = await storageThroughProxy(prefix);
+      t.after(() => storage.close());
+      await Repository.init(storage, { volumeSize: 1 << 20 });
+      const repo = ['--repo', `s3://${bucket}/${prefix}`, '--s3-endpoint', proxy.endpoint];
+      const backup = await lifeboat([...repo, 'backup', models], { env: server.env });
+      assert.equal(backup.code, 0, backup.stderr);
+      const volumes = (await listAll(storage, 'data/')).map((o) => o.key).sort();
+      assert.ok(volumes.length >= 4, `several volumes: ${volumes.join(', ')}`);
+      // Long restores outlive temporary credentials (an hour, often): the last volume is refused.
+      proxy.inject(fault, { method: 'GET', path: new RegExp(`/${prefix}/${volumes.at(-1)!.replace(/\./g, '\\.')}`) });
+      t.after(() => proxy.cancelInjections());
+      const target = path.join(work, 'out');
+      // In a child: a staging directory of this process would be taken for a restore still running.
+      const refused = await runChild([...repo, 'restore', 'latest', '--target', target], { env: server.env });
+      assert.equal(refused.code, exitCode, refused.stderr);
+      assert.match(refused.stderr, says);
+      assert.match(refused.stderr, /the files restored so far are kept there; the next restore into .* goes on from them/);
+      const again = await lifeboat([...repo, 'restore', 'latest', '--target', target], { env: server.env });
+      assert.equal(again.code, 0, again.stderr);
+      assert.match(again.stderr, /resuming an interrupted restore: [1-9]\d* file\(s\)/);
+    });
+  }
+
+  it('a failover whose credentials run out while it restores says that nothing was switched and what is still served', async (t) => {
+    const work = await tempDir();
+    t.after(() => fsp.rm(work, { recursive: true, force: true }));
+    await fsp.mkdir(path.join(work, 'models'));
+    await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights A');
+    const prefix = 'failover-expired';
+    await fsp.writeFile(
+      path.join(work, 'lifeboat.yaml'),
+      `repository: s3://${bucket}/${prefix}\ns3:\n  endpoint: ${proxy.endpoint}\nsources:\n  models: ./models\ntargets:\n  prod:\n    slots: ./slots\n    active: ./current\n`,
+    );
+    const run = (args: string[]) => lifeboat(args, { cwd: work, env: server.env });
+    assert.equal((await run(['init'])).code, 0);
+    const first = (await run(['--json', 'backup'])).json<{ id: string }>().id;
+    await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights B');
+    const second = (await run(['--json', 'backup'])).json<{ id: string }>().id;
+    assert.equal((await run(['failover', first])).code, 0);
+    proxy.inject('expiredToken', { method: 'GET', path: new RegExp(`/${prefix}/data/${second}/`) });
+    t.after(() => proxy.cancelInjections());
+    const r = await run(['failover', second]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, new RegExp(`lifeboat: failover of prod to ${second} failed before the switch: the S3 server refused the repository's credentials: their session token has expired .*; prod still serves ${first}, nothing was switched\\n {2}temporary credentials must be renewed`));
   });
 });

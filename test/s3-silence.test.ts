@@ -97,6 +97,24 @@ async function timedRun(args: string[], options: { cwd: string; env: NodeJS.Proc
   return { code, ms: Date.now() - started, stdout: Buffer.concat(out).toString('utf8'), lines, stderr: lines.map((l) => l.text).join('\n') };
 }
 
+/** timedRun, sent SIGINT as soon as `ready` says so (looked at every 50 ms); `interruptedAt` stays 0 if it never does. */
+async function interruptedRun(args: string[], options: { cwd: string; env: NodeJS.ProcessEnv }, ready: () => boolean) {
+  let interruptedAt = 0;
+  const r = await timedRun(args, {
+    ...options,
+    started: (child) => {
+      const poll = setInterval(() => {
+        if (!ready()) return;
+        clearInterval(poll);
+        interruptedAt = Date.now();
+        child.kill('SIGINT');
+      }, 50);
+      child.on('close', () => clearInterval(poll));
+    },
+  });
+  return { ...r, interruptedAt };
+}
+
 const credentials = { AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test-secret' };
 
 describe('an S3 endpoint that takes connections and answers nothing', () => {
@@ -298,20 +316,7 @@ describe('a real S3 server that stops answering in the middle of a backup', () =
     const relay = await startRelay(server.endpoint, (sent) => sent.startsWith(`PUT /${bucket}/interrupted/data/`), 'connection');
     t.after(() => relay.stop());
     await fsp.writeFile(path.join(dir, 'relayed.yaml'), `repository: s3://${bucket}/interrupted\ns3:\n  endpoint: ${relay.endpoint}\n  timeout: 60s\n  idleTimeout: 60s\n`);
-    let interruptedAt = 0;
-    const r = await timedRun(['--config', 'relayed.yaml', 'backup', src, '--type', 'full'], {
-      cwd: dir,
-      env: server.env,
-      started: (child) => {
-        const poll = setInterval(() => {
-          if (!relay.silenced()) return;
-          clearInterval(poll);
-          interruptedAt = Date.now();
-          child.kill('SIGINT');
-        }, 50);
-        child.on('close', () => clearInterval(poll));
-      },
-    });
+    const { interruptedAt, ...r } = await interruptedRun(['--config', 'relayed.yaml', 'backup', src, '--type', 'full'], { cwd: dir, env: server.env }, () => relay.silenced());
     const stoppedAfter = Date.now() - interruptedAt;
     t.diagnostic(`interrupted backup: exit ${r.code}, ${stoppedAfter} ms after SIGINT: ${r.stderr.split('\n').join(' | ')}`);
     assert.ok(interruptedAt > 0, 'the upload went silent');
@@ -327,4 +332,94 @@ describe('a real S3 server that stops answering in the middle of a backup', () =
     assert.doesNotMatch(next.stderr, /waiting|lock/);
     assert.equal((await lifeboat(['--config', 'direct.yaml', 'verify'], { cwd: dir, env: server.env })).code, 0);
   });
+});
+
+/**
+ * A TCP relay to `upstream` whose answers on a connection slow to `bytesPerSecond` once a request
+ * on it matches `slowWhen`; `slowedAt` is when the first such request passed (0 before).
+ */
+async function startSlowRelay(upstream: string, slowWhen: (sent: string) => boolean, bytesPerSecond: number) {
+  const target = new URL(upstream);
+  const sockets = new Set<net.Socket>();
+  let slowedAt = 0;
+  const server = net.createServer((client) => {
+    const up = net.connect(Number(target.port), target.hostname);
+    for (const socket of [client, up]) {
+      sockets.add(socket);
+      socket.on('close', () => sockets.delete(socket));
+      socket.on('error', () => undefined);
+    }
+    let slow = false;
+    client.on('data', (chunk: Buffer) => {
+      if (!slow && slowWhen(chunk.toString('latin1'))) {
+        slow = true;
+        slowedAt ||= Date.now();
+      }
+      up.write(chunk);
+    });
+    up.on('data', (chunk: Buffer) => {
+      client.write(chunk);
+      if (!slow) return;
+      up.pause();
+      setTimeout(() => up.resume(), Math.ceil((chunk.length / bytesPerSecond) * 1000));
+    });
+    up.on('close', () => client.destroy());
+    client.on('close', () => up.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    endpoint: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+    slowedAt: () => slowedAt,
+    /** Forgets the slow request seen so far. */
+    reset: () => {
+      slowedAt = 0;
+    },
+    stop: async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+describe('Ctrl-C while an answer is still arriving from S3', () => {
+  let server: S3TestServer;
+  let dir: string;
+  let relay: Awaited<ReturnType<typeof startSlowRelay>>;
+  before(async () => {
+    server = await startS3Server();
+    const bucket = await createTestBucket(server);
+    dir = await tempDir('lifeboat-s3-slow-');
+    // Some thousands of files make a manifest of about a MiB, which the relay then takes many seconds to pass on.
+    const src = path.join(dir, 'tokenizers');
+    for (let d = 0; d < 10; d++) {
+      await fsp.mkdir(path.join(src, `vocab-${d}`), { recursive: true });
+      for (let i = 0; i < 300; i++) await fsp.writeFile(path.join(src, `vocab-${d}`, `merges-of-a-long-tokenizer-name-${i}.json`), `${d}/${i}`);
+    }
+    await fsp.writeFile(path.join(dir, 'direct.yaml'), `repository: s3://${bucket}/slow\ns3:\n  endpoint: ${server.endpoint}\n`);
+    assert.equal((await lifeboat(['--config', 'direct.yaml', 'init'], { cwd: dir, env: server.env })).code, 0);
+    const backup = await lifeboat(['--config', 'direct.yaml', 'backup', src, '--type', 'full'], { cwd: dir, env: server.env });
+    assert.equal(backup.code, 0, backup.stderr);
+    relay = await startSlowRelay(server.endpoint, (sent) => sent.startsWith(`GET /${bucket}/slow/points/`), 64 * 1024);
+    await fsp.writeFile(path.join(dir, 'relayed.yaml'), `repository: s3://${bucket}/slow\ns3:\n  endpoint: ${relay.endpoint}\n`);
+  });
+  after(async () => {
+    await relay?.stop();
+    await server?.stop();
+    if (dir) await fsp.rm(dir, { recursive: true, force: true });
+  });
+
+  for (const command of [['restore', 'latest', '--target', 'restored'], ['verify', '--read-data'], ['show', 'latest']]) {
+    it(`stops ${command[0]} reading a manifest at once (exit 130), not when the manifest has arrived`, BOUNDED, async () => {
+      relay.reset();
+      const ready = () => relay.slowedAt() > 0 && Date.now() - relay.slowedAt() >= 500;
+      const { interruptedAt, ...r } = await interruptedRun(['--config', 'relayed.yaml', ...command], { cwd: dir, env: server.env }, ready);
+      const stoppedAfter = Date.now() - interruptedAt;
+      assert.ok(interruptedAt > 0, `the manifest was being read: ${r.stderr}`);
+      assert.equal(r.code, 130, r.stderr);
+      // The whole manifest takes about 15 s to arrive.
+      assert.ok(stoppedAfter < 3000, `stopped ${stoppedAfter} ms after SIGINT`);
+      assert.equal(r.stderr, 'lifeboat: SIGINT received, stopping cleanly…\nlifeboat: interrupted');
+      assert.deepEqual((await fsp.readdir(dir)).filter((name) => name.includes('restored')), [], 'no target or staging directory');
+    });
+  }
 });

@@ -115,6 +115,9 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     warnings.push(notice);
     reporter.notice?.(notice);
   };
+  // Leftovers of aborted backups this one may not remove: warnings of the run, not of the point (not recorded in
+  // its manifest, nor refused by --strict), since the point is whole.
+  const kept: Notice[] = [];
   const deployment = options.deployment ?? DEFAULT_DEPLOYMENT;
   checkDeploymentName(deployment);
   const notCaptured = options.dryRun ? (options.notCaptured ?? []) : [];
@@ -130,7 +133,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   try {
     // Leftovers of aborted backups are listed and removed while this one scans; they must be gone
     // before it writes, since its own volumes have no manifest yet either.
-    if (lock) leftoversRemoved = removeLeftovers(repo, reporter, lock);
+    if (lock) leftoversRemoved = removeLeftovers(repo, reporter, lock, (n) => kept.push(n));
     leftoversRemoved.catch(() => undefined);
 
     const ids = await repo.pointIds();
@@ -310,6 +313,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       throw err;
     }
     await committedUnderLock(lock!, id);
+    warnings.push(...kept);
     result.storedBytes = storedBytes;
     result.durationMs = Date.now() - started;
     failed = false;
@@ -517,7 +521,7 @@ async function lostLock(lock: HeldLock): Promise<LockLostError | undefined> {
  * still has it before each deletion: a backup that lost its lock while it was
  * paused must not take the new holder's volumes for leftovers.
  */
-export async function removeLeftovers(repo: Repository, reporter: Reporter, lock: HeldLock): Promise<void> {
+export async function removeLeftovers(repo: Repository, reporter: Reporter, lock: HeldLock, onKept: (warning: Notice) => void): Promise<void> {
   // Listed once for both kinds of leftovers: on S3 each listing is a request.
   const committed = new Set(await repo.pointIds());
   // Credentials that may not delete (kept from deleting backups on purpose) leave the leftovers where they are,
@@ -531,11 +535,13 @@ export async function removeLeftovers(repo: Repository, reporter: Reporter, lock
     } catch (err) {
       if (!isPermissionRefused(err)) throw err;
       refused = true;
-      reporter.notice?.({
+      const warning: Notice = {
         level: 'warning',
         code: 'leftovers-kept',
-        message: `could not remove ${what} (${errorMessage(err)}): the storage does not let this backup delete; they stay until a backup that may delete (on S3, s3:DeleteObject and s3:AbortMultipartUpload) removes them`,
-      });
+        message: `could not remove ${what} (${errorMessage(err)}): the storage does not let this backup delete; they stay until a backup or prune that may delete (on S3, s3:DeleteObject and s3:AbortMultipartUpload) removes them`,
+      };
+      onKept(warning);
+      reporter.notice?.(warning);
       return false;
     }
   };

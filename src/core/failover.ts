@@ -1,6 +1,6 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { InterruptedError, LifeboatError, RuntimeFailure, UsageError, errorMessage, fileSystemHint, throwIfAborted } from '../errors.js';
+import { CredentialsRefusedError, InterruptedError, LifeboatError, RuntimeFailure, UsageError, errorMessage, fileSystemHint, throwIfAborted } from '../errors.js';
 import { deploymentOf, type Manifest } from '../format/manifest.js';
 import { putStateBack } from '../state/put-back.js';
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
@@ -263,7 +263,8 @@ class InterruptedAfterSwitch extends InterruptedError {}
 function beforeTheSwitch(err: unknown, run: Run, what: string, served: string, again: string): unknown {
   if (err instanceof InterruptedAfterSwitch || run.linkMoved) return err;
   if (err instanceof InterruptedError) return new InterruptedError(`interrupted before the switch: ${run.spec.name} still serves ${served}; nothing was switched`, { hint: again });
-  if (err instanceof UsageError || !(err instanceof Error)) return err;
+  // Refused credentials are no refused command line: they come part-way (temporary ones that ran out), and the operator needs to know what is served.
+  if ((err instanceof UsageError && !(err instanceof CredentialsRefusedError)) || !(err instanceof Error)) return err;
   // The same error, its class, exit code, hint and damaged volume kept: only what it says grows.
   err.message = `${what} failed before the switch: ${err.message}; ${run.spec.name} still serves ${served}, nothing was switched`;
   return err;

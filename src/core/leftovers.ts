@@ -1,7 +1,8 @@
 import { POINT_ID, pointTime } from '../format/ids.js';
 import { keys } from '../format/manifest.js';
-import type { IncompleteWrite } from '../storage/storage.js';
-import type { Reporter } from './events.js';
+import { errorMessage } from '../errors.js';
+import { isPermissionRefused, type IncompleteWrite } from '../storage/storage.js';
+import type { Notice, Reporter } from './events.js';
 import { readLock, readersOf, type LockInfo } from './lock.js';
 import type { Repository } from './repository.js';
 
@@ -86,9 +87,25 @@ export function describeLeftover(write: IncompleteWrite): string {
   return `${write.size === undefined ? write.what : `${write.what} of ${write.size} bytes`}, left by a write that never finished (a backup or another command that was stopped)`;
 }
 
-/** Removes the incomplete writes whose process is gone, saying what each was. Needs the repository lock. */
+/** Said, and gone on from, when the incomplete writes could not be listed (credentials without s3:ListBucketMultipartUploads). */
+export function incompleteWritesUnlisted(err: unknown): Notice {
+  return { level: 'info', code: 'incomplete-writes-unlisted', message: `could not look for writes that never finished: ${errorMessage(err)}` };
+}
+
+/**
+ * Removes the incomplete writes whose process is gone, saying what each was. Needs the repository lock.
+ * Credentials that may not list them leave them, said in one line, as verify says it: nothing this
+ * command does depends on them.
+ */
 export async function removeUnfinishedWrites(repo: Repository, reporter: Reporter): Promise<void> {
-  const { leftovers } = await unfinishedWrites(repo);
+  let leftovers: IncompleteWrite[];
+  try {
+    ({ leftovers } = await unfinishedWrites(repo));
+  } catch (err) {
+    if (!isPermissionRefused(err)) throw err;
+    reporter.notice?.(incompleteWritesUnlisted(err));
+    return;
+  }
   if (leftovers.length === 0) return;
   await repo.storage.removeIncomplete(leftovers);
   for (const write of leftovers) {

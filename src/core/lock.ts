@@ -1,7 +1,7 @@
 import * as os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import * as z from 'zod';
-import { LockedError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
+import { LockedError, PermissionRefusedError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { sleep } from '../sleep.js';
 import { formatDuration } from '../config/duration.js';
 import { isNotFound, isPermissionRefused, type Storage } from '../storage/storage.js';
@@ -354,14 +354,17 @@ function holdLock(storage: Storage, info: LockInfo, written: Buffer, tookOver?: 
           const current = await readStoredLock(storage);
           if (current?.info.token === info.token) await storage.delete([keys.lock]);
         } catch (err) {
-          // Nobody else holds the lock: this is a failure of the storage (exit 1), not a lock held by another process (exit 4).
+          // Nobody else holds the lock: this is a failure of the storage (exit 1), or a permission it refuses (exit 2, as
+          // any), not a lock held by another process (exit 4).
           const stays = 'the lock stays until it is taken over: at once by the next writer on this host, since this process is gone; from another host once it is stale (lock.staleAfter)';
-          throw new RuntimeFailure(`${info.command} could not release the repository lock: ${errorMessage(err)}`, {
-            cause: err,
-            hint: isPermissionRefused(err)
-              ? `the storage does not let this user or these credentials delete in the repository (on S3, s3:DeleteObject: see docs/S3.md); ${stays}. \`lifeboat unlock\` removes it when run by one that may delete`
-              : `${stays}. \`lifeboat unlock\` removes it once the repository can be reached`,
-          });
+          const message = `${info.command} could not release the repository lock: ${errorMessage(err)}`;
+          if (isPermissionRefused(err)) {
+            throw new PermissionRefusedError(message, {
+              cause: err,
+              hint: `the storage does not let this user or these credentials delete in the repository (on S3, s3:DeleteObject on its locks/: see docs/S3.md); ${stays}. \`lifeboat unlock\` removes it when run by one that may delete`,
+            });
+          }
+          throw new RuntimeFailure(message, { cause: err, hint: `${stays}. \`lifeboat unlock\` removes it once the repository can be reached` });
         }
       });
     },

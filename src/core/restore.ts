@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { Sha256Offload, type StreamDigest } from './hash-offload.js';
 import { SMALL_FILE } from './file-reader.js';
-import { IntegrityError, LifeboatError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
+import { CredentialsRefusedError, IntegrityError, LifeboatError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { firstFew, formatBytes } from '../format/units.js';
 import { recordedChecksum, volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
@@ -59,6 +59,8 @@ export interface RestoreOptions {
   dryRun?: boolean;
   /** The target is thrown away after use (a drill, verify --deep): a failed restore keeps nothing for a next one to go on from. */
   disposable?: boolean;
+  /** The caller is registered as a reader of this point already (verify --deep): the restore registers no second time. */
+  registered?: boolean;
   signal?: AbortSignal;
   reporter?: Reporter;
 }
@@ -97,6 +99,7 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
   const { targetState, mountPoint, repositoryInside } = await checkRestoreTarget(target, options, repo.storage.location);
   const setting: RestoreSetting = { target, targetState, mountPoint, repositoryInside, reporter, warnings, started };
   if (options.dryRun) return plannedRestore(repo, manifest, options, setting);
+  if (options.registered) return restoreLocked(repo, manifest, options, setting);
   return whileReading(repo.storage, 'restore', { signal: options.signal, reporter, warnings, reads: [manifest.id] }, () => restoreLocked(repo, manifest, options, setting));
 }
 
@@ -310,10 +313,11 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
   } catch (err) {
     // Data that did not verify is not worth keeping, nor is a staging directory nothing was written into, nor
     // one that filled the disk, nor one where a path was too long (the next restore into that target would fail
-    // the same way). Otherwise (the network, storage, an interrupt) what verified stays for the next restore to
-    // resume from.
+    // the same way). Otherwise (the network, storage, an interrupt, credentials that ran out part-way) what
+    // verified stays for the next restore to resume from.
     const failsAgain = ['ENOSPC', 'EDQUOT', 'ENAMETOOLONG'].includes((err as NodeJS.ErrnoException).code ?? '');
-    if (worthKeeping && !options.disposable && !failsAgain && !(err instanceof IntegrityError) && !(err instanceof UsageError)) {
+    const usage = err instanceof UsageError && !(err instanceof CredentialsRefusedError);
+    if (worthKeeping && !options.disposable && !failsAgain && !(err instanceof IntegrityError) && !usage) {
       reporter.notice?.({ level: 'warning', code: 'restore-kept', path: staging, message: `the files restored so far are kept there; the next restore into ${target} goes on from them (remove it if there will be none)` });
     } else {
       await removeTree(staging).catch(() => undefined);

@@ -37,7 +37,9 @@ export async function deepCheck(repo: Repository, points: readonly Manifest[], o
     try {
       const target = path.join(work, m.id);
       try {
-        await restore(repo, m, { target, concurrency: options.concurrency, disposable: true, signal: options.signal, reporter: options.reporter });
+        // verify holds a reader's registration for what it checks: one per restored point would be a second, and
+        // where none can be made (read-only credentials), a second warning that it could not.
+        await restore(repo, m, { target, concurrency: options.concurrency, disposable: true, registered: true, signal: options.signal, reporter: options.reporter });
       } catch (err) {
         // Only damaged data is a problem of the point; no room in the work directory or a storage error ends the run with its own error.
         if (options.signal?.aborted || !(err instanceof IntegrityError)) throw err;

@@ -10,7 +10,7 @@ import type { Repository } from './repository.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 import { deepCheck } from './verify-deep.js';
 import { describeLock, whileReading, type LockInfo } from './lock.js';
-import { describeLeftover, pointBeingWritten, unfinishedWrites, type UnfinishedWrites } from './leftovers.js';
+import { describeLeftover, incompleteWritesUnlisted, pointBeingWritten, unfinishedWrites, type UnfinishedWrites } from './leftovers.js';
 import * as ledgers from './verify-ledger.js';
 import { isNotFound } from '../storage/storage.js';
 
@@ -64,10 +64,13 @@ export interface VerifyResult {
   bytesRead: number;
   problems: Problem[];
   warnings: Notice[];
-  /** With readData: the oldest recorded verification of the checked points' volumes (null when one was never verified). */
+  /** With readData: the oldest recorded verification of the checked points' volumes (null when one was never verified), as the repository's record now says. */
   oldestVerifiedAt?: string | null;
-  /** With readData: which volumes were read, and why. */
-  volumes?: { total: number; read: number; fresh?: number; sampled?: number; skipped: number; neverVerified: number; run?: number; buckets?: number };
+  /**
+   * With readData: which volumes were read, and why; `recorded` is false when this run's reads could not be
+   * written to the record (then `oldestVerifiedAt` and `neverVerified` are the record's as it was).
+   */
+  volumes?: { total: number; read: number; fresh?: number; sampled?: number; skipped: number; neverVerified: number; run?: number; buckets?: number; recorded?: boolean };
 }
 
 /**
@@ -252,16 +255,21 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
     });
     result.bytesRead = progress.bytesDone;
     const updated = ledgers.updateLedger(ledger, ok, failed, new Set(existing.keys()), (options.now ?? (() => new Date()))(), options.sinceVerified === true);
+    let recorded = true;
     try {
       await ledgers.writeLedger(repo.storage, updated);
     } catch (err) {
-      const n: Notice = { level: 'warning', code: 'ledger-not-written', path: ledgers.LEDGER_KEY, message: `could not record what was verified: ${errorMessage(err)}` };
+      if (options.signal?.aborted) throw err;
+      recorded = false;
+      // Read-only credentials, most often: the record stays as it was, and so does what it says.
+      const again = options.sinceVerified ? '; the next --since-verified run reads these volumes again, as never verified' : '';
+      const n: Notice = { level: 'warning', code: 'ledger-not-written', path: ledgers.LEDGER_KEY, message: `could not record what was verified: ${errorMessage(err)}${again}` };
       warnings.push(n);
       reporter.notice?.(n);
     }
-    const oldest = ledgers.oldestVerification(updated, jobs.map((j) => j.volume));
+    const oldest = ledgers.oldestVerification(recorded ? updated : ledger, jobs.map((j) => j.volume));
     result.oldestVerifiedAt = oldest.oldestVerifiedAt;
-    result.volumes = { ...(result.volumes ?? { total: jobs.length, read: chosen.length, skipped: jobs.length - chosen.length }), neverVerified: oldest.neverVerified };
+    result.volumes = { ...(result.volumes ?? { total: jobs.length, read: chosen.length, skipped: jobs.length - chosen.length }), neverVerified: oldest.neverVerified, recorded };
   }
 
   if (options.deep) {
@@ -292,10 +300,10 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
       leftover(key, message);
     };
     for (const key of summaries) {
-      await report(summaryIdOf(key), key, 'a summary of no backup point, left by an aborted backup or prune; the next backup or prune removes it');
+      await report(summaryIdOf(key), key, `a summary of no backup point, left by an aborted backup or prune; ${removedByNext('it')}`);
     }
     for (const orphan of data) {
-      const message = `${orphan.keys.length} object(s), ${orphan.bytes} bytes, left by an aborted backup; the next backup removes them`;
+      const message = `${orphan.keys.length} object(s), ${orphan.bytes} bytes, left by an aborted backup; ${removedByNext('them')}`;
       await report(orphan.id, orphan.prefix, message);
     }
     // A volume being written when its backup was killed is a temporary file (an upload, on S3) that never became an object.
@@ -305,15 +313,23 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
     } catch (err) {
       if (options.signal?.aborted) throw err;
       // Credentials that may read the repository but not list incomplete uploads: verify goes on without them.
-      reporter.notice?.({ level: 'info', code: 'incomplete-writes-unlisted', message: `could not look for writes that never finished: ${errorMessage(err)}` });
+      reporter.notice?.(incompleteWritesUnlisted(err));
     }
     for (const { write, by } of unfinished.running) inProgress(write.key, by);
     for (const write of unfinished.leftovers) {
-      leftover(write.key, `${describeLeftover(write)}; the next backup removes it`);
+      leftover(write.key, `${describeLeftover(write)}; ${removedByNext('it')}`);
     }
   }
   result.ok = problems.length === 0;
   return result;
+}
+
+/**
+ * Who removes a leftover: a backup or prune, but only one whose credentials may delete (a backup host may
+ * be kept from deleting on purpose, and then leaves them).
+ */
+function removedByNext(what: 'it' | 'them'): string {
+  return `the next backup or prune removes ${what} if its credentials may delete (on S3, s3:DeleteObject and s3:AbortMultipartUpload); where they may not, run one with credentials that may`;
 }
 
 /**

@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import { InterruptedError, LifeboatError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
+import { CredentialsRefusedError, InterruptedError, LifeboatError, PermissionRefusedError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
 import type { GetOptions, IncompleteWrite, ObjectInfo, ObjectReader, ObjectWriter, PutDocumentOptions, PutOptions, Storage, StorageCapabilities } from './storage.js';
 import { sleep } from '../sleep.js';
 import type { Reporter } from '../core/events.js';
@@ -182,7 +182,8 @@ export function describeError(err: unknown): string {
   const e = err as { name?: string; code?: string; $metadata?: { httpStatusCode?: number } } | undefined;
   const parts: string[] = [];
   if (e?.$metadata?.httpStatusCode !== undefined) parts.push(`HTTP ${e.$metadata.httpStatusCode}`);
-  if (e?.name && e.name !== 'Error') parts.push(e.name);
+  // A HEAD's error has no body to name it: the SDK calls it Unknown, which says nothing the status does not.
+  if (e?.name && e.name !== 'Error' && e.name !== 'Unknown') parts.push(e.name);
   if (e?.code && e.code !== e.name) parts.push(e.code);
   const message = errorMessage(err);
   if (message && message !== 'UnknownError' && !parts.includes(message)) parts.push(message);
@@ -256,6 +257,44 @@ function certificateHint(err: unknown): string | undefined {
   return "this host does not trust the endpoint's TLS certificate: give the CA that signed it with NODE_EXTRA_CA_CERTS=/path/to/ca.pem";
 }
 
+/** What an S3 driver knows of a request the server refused for want of permission: the action, and where to grant it. */
+export interface RefusedPermission {
+  /** `s3:GetObject`, `s3:ListBucket`, … */
+  action: string;
+  /** The ARN to grant it on: the repository's objects (`arn:aws:s3:::bucket/prefix/*`) or the bucket. */
+  on: string;
+  /** Something else a server may check the request against (Ceph checks a multi-object delete against the bucket too). */
+  also?: string;
+}
+
+/** Answers with 403 that are not about permissions: an archived object, a clock far off. */
+const OTHER_FORBIDDEN = new Set(['InvalidObjectState', 'RequestTimeTooSkewed']);
+
+/** Whether S3 refused a request for want of permission (a 403 answer to a HEAD has no body to name it). */
+export function isAccessDenied(err: unknown): boolean {
+  const e = err as { name?: string; $metadata?: { httpStatusCode?: number } } | undefined;
+  return e?.name === 'AccessDenied' || (e?.$metadata?.httpStatusCode === 403 && !OTHER_FORBIDDEN.has(e.name ?? ''));
+}
+
+/** Marks a refused request with what it needed, for permissionHint. */
+export function refusedPermission(err: unknown, refused: RefusedPermission): void {
+  if (err !== null && typeof err === 'object') Object.assign(err, { lifeboatRefused: refused });
+}
+
+/** What to grant, and to whom, for a request refused with 403. */
+function permissionHint(err: unknown): string {
+  const refused = (err as { lifeboatRefused?: RefusedPermission } | undefined)?.lifeboatRefused;
+  const whose = 'these credentials (`aws sts get-caller-identity` says whose they are)';
+  const where = 'docs/S3.md ("IAM policy") lists what lifeboat needs';
+  // With SSE-KMS the refusal may be the key's: AWS names the KMS action in its message.
+  const kms = /\bkms:[A-Za-z]+/.exec(errorMessage(err))?.[0];
+  if (kms) return `grant ${kms} on the repository's KMS key (s3.kmsKeyId) to ${whose}; ${where}`;
+  if (!refused) return `check the policies that apply to ${whose}; ${where}`;
+  const also = refused.also ? ` (and on ${refused.also}, which Ceph checks too)` : '';
+  const missing = refused.action === 's3:GetObject' ? '; without s3:ListBucket, S3 answers so for a missing object too' : '';
+  return `grant ${refused.action} on ${refused.on}${also} to ${whose}, or use credentials that have it${missing}; ${where}`;
+}
+
 export function asFailure(operation: string, key: string, err: unknown, attempts = 1): Error {
   if (err instanceof LifeboatError) return err;
   if (err instanceof Error && err.name === 'AbortError') return err;
@@ -277,7 +316,7 @@ export function asFailure(operation: string, key: string, err: unknown, attempts
   };
   if (rejected !== undefined && Object.hasOwn(why, rejected)) {
     const which = why[rejected]!;
-    return new UsageError(`the S3 server refused the repository's credentials: ${which} (${operation} ${key}: ${describeError(err)})`, {
+    return new CredentialsRefusedError(`the S3 server refused the repository's credentials: ${which} (${operation} ${key}: ${describeError(err)})`, {
       cause: err,
       hint: rejected.includes('Token')
         ? 'temporary credentials must be renewed: get new ones (aws sso login, aws sts assume-role) or unset a stale AWS_SESSION_TOKEN'
@@ -286,10 +325,11 @@ export function asFailure(operation: string, key: string, err: unknown, attempts
   }
   const status = (err as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
   const tries = attempts > 1 ? ` after ${attempts} attempts` : '';
+  if (isAccessDenied(err)) {
+    return new PermissionRefusedError(`${operation} ${key} failed${tries}: ${describeError(err)}`, { cause: err, hint: permissionHint(err) });
+  }
   const hint =
-    status === 403 || (err as { name?: string })?.name === 'AccessDenied'
-      ? 'check the credentials (AWS chain) and the permissions of the bucket'
-      : status === 301 || (err as { name?: string })?.name === 'PermanentRedirect'
+    status === 301 || (err as { name?: string })?.name === 'PermanentRedirect'
         ? 'check the region (s3.region) or the endpoint of the repository'
         : unreachable(err)
           ? 'check the endpoint (s3.endpoint, --s3-endpoint) and that this host can reach it'

@@ -23,7 +23,7 @@ import {
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { InterruptedError, RuntimeFailure, UsageError } from '../errors.js';
 import type { S3Settings } from './open.js';
-import { DEFAULT_RETRY_POLICY, asFailure, describeError, noAnswer, schemeMismatch, backoffDelay, isRetryable, pauseBeforeRetry, reportingRetries, retrying, webPageAnswer, withRetry, type RetryPolicy } from './retry.js';
+import { DEFAULT_RETRY_POLICY, asFailure, describeError, noAnswer, schemeMismatch, backoffDelay, isAccessDenied, isRetryable, pauseBeforeRetry, refusedPermission, reportingRetries, retrying, webPageAnswer, withRetry, type RefusedPermission, type RetryPolicy } from './retry.js';
 import type { Reporter } from '../core/events.js';
 import { parseDuration } from '../config/duration.js';
 import { credentialsFailure, nonEmpty, staticCredentials } from './s3-credentials.js';
@@ -188,6 +188,7 @@ export class S3Storage implements Storage {
     const trimmed = prefix.replace(/^\/+|\/+$/g, '');
     this.root = trimmed === '' ? '' : `${trimmed}/`;
     this.location = `s3://${bucket}${trimmed === '' ? '' : `/${trimmed}`}`;
+    markRefusals(client, bucket, this.root);
     this.writeParams = {
       ...(settings.storageClass ? { StorageClass: settings.storageClass as StorageClass } : {}),
       // A KMS key implies KMS encryption; S3 refuses the key id without it.
@@ -673,9 +674,11 @@ export class S3Storage implements Storage {
         const firstError = errors[0]!;
         const key = firstError.Key?.slice(this.root.length) ?? '?';
         // Named after the server's code, so the retry wrapper can judge it like any error.
-        throw Object.assign(new Error(`${errors.length} of ${batch.length} deletes failed, first ${key}: ${firstError.Code ?? 'unknown'}`), {
+        const failed = Object.assign(new Error(`${errors.length} of ${batch.length} deletes failed, first ${key}: ${firstError.Code ?? 'unknown'}`), {
           name: firstError.Code ?? 'DeleteFailed',
         });
+        if (failed.name === 'AccessDenied') refusedPermission(failed, { action: 's3:DeleteObject', on: `arn:aws:s3:::${this.bucket}/${this.root}*` });
+        throw failed;
       }
     }
   }
@@ -769,6 +772,8 @@ type HandlerArguments = Parameters<NodeHttpHandler['handle']>;
 class AnswerTimedHandler extends NodeHttpHandler {
   /** Requests under way, each stopped if the command is interrupted. */
   private readonly underway = new Set<AbortController>();
+  /** Bodies of answers not yet read to their end, each stopped if the command is interrupted. */
+  private readonly arriving = new Set<Readable>();
 
   constructor(
     options: ConstructorParameters<typeof NodeHttpHandler>[0],
@@ -776,7 +781,14 @@ class AnswerTimedHandler extends NodeHttpHandler {
     private readonly interrupt?: AbortSignal,
   ) {
     super(options);
-    interrupt?.addEventListener('abort', () => this.underway.forEach((request) => request.abort()), { once: true });
+    interrupt?.addEventListener(
+      'abort',
+      () => {
+        this.underway.forEach((request) => request.abort());
+        this.arriving.forEach((body) => body.destroy(new InterruptedError()));
+      },
+      { once: true },
+    );
   }
 
   override async handle(request: HandlerArguments[0], options: HandlerArguments[1] = {}): ReturnType<NodeHttpHandler['handle']> {
@@ -812,6 +824,11 @@ class AnswerTimedHandler extends NodeHttpHandler {
     if (notS3) {
       (body as { destroy?: () => void } | undefined)?.destroy?.();
       throw notS3;
+    }
+    if (this.interrupt && !this.interrupt.aborted && body instanceof Readable && !body.destroyed) {
+      // An answer still arriving (a manifest, a volume) stops at Ctrl-C too, whoever reads it.
+      this.arriving.add(body);
+      body.once('close', () => this.arriving.delete(body));
     }
     return answer;
   }
@@ -890,6 +907,42 @@ function explainMissingCredentials(client: S3Client, env: NodeJS.ProcessEnv): vo
       }
     },
     { step: 'initialize', name: 'lifeboatCredentialsFailure' },
+  );
+}
+
+/**
+ * Marks each request the server refuses for want of permission with the action it needed and where
+ * (the repository's objects, or the bucket), so that the error's hint says what to grant.
+ */
+function markRefusals(client: S3Client, bucket: string, root: string): void {
+  const objects = `arn:aws:s3:::${bucket}/${root}*`;
+  const whole = `arn:aws:s3:::${bucket}`;
+  const read = { action: 's3:GetObject', on: objects };
+  const write = { action: 's3:PutObject', on: objects };
+  const needs: Record<string, RefusedPermission> = {
+    GetObjectCommand: read,
+    HeadObjectCommand: read,
+    PutObjectCommand: write,
+    CreateMultipartUploadCommand: write,
+    UploadPartCommand: write,
+    CompleteMultipartUploadCommand: write,
+    AbortMultipartUploadCommand: { action: 's3:AbortMultipartUpload', on: objects },
+    // Ceph (16) checks a multi-object delete against the bucket before each key.
+    DeleteObjectsCommand: { action: 's3:DeleteObject', on: objects, also: whole },
+    ListObjectsV2Command: { action: 's3:ListBucket', on: whole },
+    ListMultipartUploadsCommand: { action: 's3:ListBucketMultipartUploads', on: whole },
+  };
+  client.middlewareStack.add(
+    (next, context) => async (args) => {
+      try {
+        return await next(args);
+      } catch (err) {
+        const needed = needs[context.commandName ?? ''];
+        if (needed && isAccessDenied(err)) refusedPermission(err, needed);
+        throw err;
+      }
+    },
+    { step: 'initialize', name: 'lifeboatRefusedPermission' },
   );
 }
 

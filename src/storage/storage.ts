@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import { IntegrityError, RuntimeFailure, UsageError } from '../errors.js';
+import { IntegrityError, PermissionRefusedError, RuntimeFailure, UsageError } from '../errors.js';
 
 /** One stored object as a listing or a head request sees it. */
 export interface ObjectInfo {
@@ -214,6 +214,7 @@ export function isNotFound(err: unknown): err is ObjectNotFoundError {
  * of their own, not this.
  */
 export function isPermissionRefused(err: unknown): boolean {
+  if (err instanceof PermissionRefusedError) return true;
   if (err instanceof UsageError) return false;
   type Step = { name?: string; code?: string; $metadata?: { httpStatusCode?: number }; cause?: unknown };
   for (let e = err as Step | undefined, depth = 0; e && depth < 4; e = e.cause as Step | undefined, depth++) {

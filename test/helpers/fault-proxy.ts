@@ -3,7 +3,8 @@
  * and misbehaves the way networks and busy S3 endpoints do: it drops connections
  * in the middle of a request or response body, answers 503 SlowDown and 500
  * InternalError with S3's XML error bodies, delays answers, and flips a bit of
- * an upload's body (which the server's Content-MD5 check must catch). Faults are drawn
+ * an upload's body (which the server's Content-MD5 check must catch), and refuses
+ * requests as AWS does when temporary credentials run out or a policy denies them. Faults are drawn
  * from a seeded PRNG at configurable rates, or scripted for the next requests.
  * The proxy stops itself after a lifetime, and injects at most `maxFaults`.
  */
@@ -11,7 +12,7 @@ import { Agent, createServer, request as httpRequest, type IncomingMessage, type
 import type { AddressInfo, Socket } from 'node:net';
 import { seededRandom } from './data.js';
 
-export type FaultKind = 'slowDown' | 'internalError' | 'dropRequest' | 'dropResponse' | 'delay' | 'corruptRequest';
+export type FaultKind = 'slowDown' | 'internalError' | 'dropRequest' | 'dropResponse' | 'delay' | 'corruptRequest' | 'expiredToken' | 'accessDenied';
 
 /** Probability per request of each fault; they are exclusive, their sum at most 1. */
 export type FaultRates = Partial<Record<FaultKind, number>>;
@@ -60,7 +61,7 @@ export interface FaultProxy {
   stop(): Promise<void>;
 }
 
-const FAULT_KINDS: FaultKind[] = ['slowDown', 'internalError', 'dropRequest', 'dropResponse', 'delay', 'corruptRequest'];
+const FAULT_KINDS: FaultKind[] = ['slowDown', 'internalError', 'dropRequest', 'dropResponse', 'delay', 'corruptRequest', 'expiredToken', 'accessDenied'];
 
 export async function startFaultProxy(options: FaultProxyOptions): Promise<FaultProxy> {
   const upstream = new URL(options.upstream);
@@ -125,6 +126,11 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
         return answerError(req, res, 503, 'SlowDown', 'Please reduce your request rate.', id);
       case 'internalError':
         return answerError(req, res, 500, 'InternalError', 'We encountered an internal error. Please try again.', id);
+      // Temporary credentials that ran out, and a policy that refuses: as AWS answers them.
+      case 'expiredToken':
+        return answerError(req, res, 400, 'ExpiredToken', 'The provided token has expired.', id);
+      case 'accessDenied':
+        return answerError(req, res, 403, 'AccessDenied', 'Access Denied', id);
       default:
         return forward(req, res, fault);
     }

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { IntegrityError, UsageError } from '../../errors.js';
 import { verify } from '../../core/verify.js';
+import { LEDGER_KEY } from '../../core/verify-ledger.js';
 import { openRepository, type CliContext } from '../context.js';
 import { escapeUnprintable, formatBytes, quoteName, counted } from '../format.js';
 import { ProgressRenderer, printResult } from '../output.js';
@@ -69,8 +70,10 @@ export async function runVerify(ctx: CliContext, selector: string | undefined, f
         if (v) {
           const why = v.fresh !== undefined ? ` (${v.fresh} never verified, ${v.sampled} as the 1-in-${v.buckets} sample)` : '';
           lines.push(`read ${v.read} of ${v.total} volume(s)${why}`);
-          if (result.oldestVerifiedAt) lines.push(`oldest verification: ${result.oldestVerifiedAt} (${age(result.oldestVerifiedAt, Date.now())})${v.neverVerified ? `; ${v.neverVerified} volume(s) never verified` : ''}`);
-          else if (v.neverVerified) lines.push(`${v.neverVerified} volume(s) never verified`);
+          // Without the record written, it says what it said before this run: said as such, not as this run's.
+          const unrecorded = v.recorded !== false ? '' : `this run's reads could not be recorded in ${LEDGER_KEY}, which still says: `;
+          if (result.oldestVerifiedAt) lines.push(`${unrecorded}oldest verification: ${result.oldestVerifiedAt} (${age(result.oldestVerifiedAt, Date.now())})${v.neverVerified ? `; ${v.neverVerified} volume(s) never verified` : ''}`);
+          else if (v.neverVerified) lines.push(`${unrecorded}${v.neverVerified} volume(s) never verified`);
         }
         for (const p of result.problems) lines.push(`  ${p.kind}: ${p.point} ${quoteName(p.path)}: ${escapeUnprintable(p.detail)}`);
         lines.push(result.ok ? 'no problems found' : `${result.problems.length} problem(s) found`);
