@@ -909,12 +909,29 @@ test('status says when the record of switches is damaged, as a rollback would fi
   // A crash or a full disk cut its last write short.
   await fsp.writeFile(record, '{"version": 1, "prev');
   const st = await lifeboat(['status'], { cwd: work });
-  assert.equal(st.code, 0, st.stderr);
+  // The target still serves, but a rollback would refuse: a probe that reads only the exit code hears it.
+  assert.equal(st.code, 1, st.stderr);
   assert.match(st.stdout, new RegExp(`\\n {2}record of switches ${record.replace(/[.]/g, '\\.')} is damaged \\(it is not valid JSON\\): a rollback does not know where to go\\n`));
+  assert.equal(st.stderr, `lifeboat: the record of switches of target prod, ${record}, is damaged (it is not valid JSON), so a rollback does not know where to go\n  the next failover writes the record again; to go back meanwhile, fail over to the point served before: lifeboat failover POINT --to prod (the failovers in its events name it)\n`);
   const json = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.equal(json.code, 1);
   assert.deepEqual(json.json().targets[0].record, { path: record, damaged: 'it is not valid JSON' });
+  assert.equal(json.json().ok, false);
+  assert.equal(json.json().error.exitCode, 1);
+  assert.deepEqual(json.json().repository, { ok: true });
   await fsp.writeFile(record, '');
-  assert.equal((await lifeboat(['--json', 'status'], { cwd: work })).json().targets[0].record.damaged, 'it is empty');
+  const empty = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.equal(empty.code, 1);
+  assert.equal(empty.json().targets[0].record.damaged, 'it is empty');
+  // A target down outranks it (exit 5), and both are said.
+  await fsp.rename(path.join(work, 'slots', second), path.join(work, 'away'));
+  const down = await lifeboat(['status'], { cwd: work });
+  assert.equal(down.code, 5, down.stderr);
+  assert.match(down.stderr, /^lifeboat: unhealthy: prod \(.*, which is missing\); the record of switches of target prod, .*, is damaged \(it is empty\)/);
+  await fsp.rename(path.join(work, 'away'), path.join(work, 'slots', second));
+  // A failover writes the record again: the probe is content.
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
   await fsp.rm(work, { recursive: true, force: true });
 });
 
@@ -924,10 +941,13 @@ test('status reports a target whose slots directory cannot be read, and still th
   // A file where the slots directory should be.
   await fsp.writeFile(path.join(work, 'staging-slots'), 'not a directory\n');
   const st = await lifeboat(['status'], { cwd: work });
-  assert.equal(st.code, 0, st.stderr);
+  assert.equal(st.code, 1, st.stderr);
+  assert.match(st.stderr, /^lifeboat: target staging's slots directory .*staging-slots cannot be read: ENOTDIR: not a directory, scandir '.*staging-slots'\n  check that the slots directory of staging is a directory this user may read\n$/);
   assert.match(st.stdout, new RegExp(`\\ntarget prod: ${second}, taken .* ago; health not checked\\n`));
   assert.match(st.stdout, /\ntarget staging: no active link; health not checked\n {2}slots: .*staging-slots cannot be read: ENOTDIR: not a directory/);
   const json = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.equal(json.code, 1);
+  assert.equal(json.json().error.exitCode, 1);
   assert.match(json.json().targets[1].slotsError, /staging-slots cannot be read/);
   assert.equal(json.json().targets[1].record.damaged, undefined, 'a record that cannot be reached is not called damaged');
   await fsp.rm(work, { recursive: true, force: true });
