@@ -355,6 +355,8 @@ test('--junit into a directory not made yet makes it; a report path that cannot 
     const refused = await lifeboat(['--repo', d.repo, '--json', 'drill', '--junit', report, '--work-dir', d.scratch], { cwd: d.work });
     assert.equal(refused.code, 2, refused.stderr);
     assert.match(refused.json().error.message, message);
+    assert.doesNotMatch(refused.stderr, /warning/, 'the refusal says it all: no report is tried, nor warned about');
+    assert.equal(refused.json().warnings, undefined);
     assert.deepEqual(await fsp.readdir(d.scratch), [], 'nothing was restored');
   }
   const journal = (await repoFiles(d.repo)).filter((f) => f.startsWith('journal/'));
