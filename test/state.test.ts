@@ -526,14 +526,19 @@ test('a command source whose output does not fit where it is staged fails the ba
   assert.deepEqual(await fsp.readdir(path.join(work, 'staging', 'new')), [], 'the staging directory is emptied');
 });
 
-test('a SQLite source with restore: true is copied back into the live database by failover and rollback, under a reader that stays open; the state it replaced is kept', async (t) => {
+/** A served deployment: its models in `live/models`, its registry database to be in `state/registry.db`. */
+async function servedWithRegistry(t: { after(fn: () => Promise<unknown>): void }): Promise<{ work: string; dbFile: string }> {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
   await fsp.mkdir(path.join(work, 'live', 'models'), { recursive: true });
   await fsp.writeFile(path.join(work, 'live', 'models', 'config.json'), '{}\n');
   await fsp.mkdir(path.join(work, 'state'));
+  return { work, dbFile: path.join(work, 'state', 'registry.db') };
+}
+
+test('a SQLite source with restore: true is copied back into the live database by failover and rollback, under a reader that stays open; the state it replaced is kept', async (t) => {
+  const { work, dbFile } = await servedWithRegistry(t);
   await fsp.mkdir(path.join(work, 'serving'));
-  const dbFile = path.join(work, 'state', 'registry.db');
   await fsp.writeFile(
     path.join(work, 'lifeboat.yaml'),
     [
@@ -588,6 +593,64 @@ test('a SQLite source with restore: true is copied back into the live database b
   live.close();
   assert.equal(integrityCheck(dbFile), 'ok');
 });
+
+test('a failover, rollback or restore --state refuses to put back a SQLite copy the backup found empty over a live database, unless --allow-empty-state', async (t) => {
+  const { work, dbFile } = await servedWithRegistry(t);
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    'repository: ./repo\nsources:\n  models: ./live/models\n  registry: { sqlite: ./state/registry.db, restore: true }\ntargets:\n  prod: { slots: ./slots, active: ./current }\n',
+  );
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const run = async (code: number, ...args: string[]) => {
+    const r = await lifeboat(args, { cwd: work });
+    assert.equal(r.code, code, r.stderr);
+    return r;
+  };
+  // Taken before the service first wrote its database: the copy holds nothing.
+  await fsp.writeFile(dbFile, '');
+  const empty = (await run(0, '--json', 'backup')).json();
+  assert.equal(empty.warnings[0].code, 'sqlite-empty');
+  const live = new Database(dbFile);
+  t.after(() => live.close());
+  live.exec("CREATE TABLE stage (model TEXT); INSERT INTO stage VALUES ('fraud')");
+  const full = (await run(0, '--json', 'backup')).json().id as string;
+  await run(0, 'failover', full);
+  const rows = () => (live.prepare("SELECT count(*) AS n FROM sqlite_master WHERE name = 'stage'").get() as { n: number }).n;
+  const kept = async () => (await fsp.readdir(path.join(work, 'state'))).filter((f) => f.startsWith('registry.db.lifeboat-replaced-')).length;
+  assert.equal(await kept(), 1);
+
+  const refused = await run(2, 'failover', empty.id);
+  assert.equal(
+    refused.stderr,
+    `lifeboat: failover of prod to ${empty.id} failed before the switch: point ${empty.id} holds an empty copy of the SQLite database of source registry (its backup warned sqlite-empty): putting it back would replace the live database ${dbFile} with one that holds no data; prod still serves ${full}, nothing was switched\n` +
+      "  choose a point whose copy holds data (lifeboat show POINT lists a point's warnings), leave the live state alone (--no-state), or put the empty copy back all the same with --allow-empty-state\n",
+  );
+  assert.equal(rows(), 1, 'the live registry keeps its data');
+  assert.equal(await kept(), 1, 'nothing was put back');
+  assert.equal(await exists(path.join(work, 'slots', empty.id)), false, 'refused before its slot was restored');
+  assert.equal(await readlinkOf(path.join(work, 'current')), path.join(work, 'slots', full));
+
+  // Without the state, the point is served and the registry left alone.
+  await run(0, 'failover', empty.id, '--no-state');
+  await run(0, 'rollback');
+  const back = await run(2, 'rollback');
+  assert.match(back.stderr, new RegExp(`^lifeboat: rollback of prod to ${empty.id} failed before the switch: point ${empty.id} holds an empty copy .*; prod still serves ${full}, nothing was switched\n`));
+  assert.equal(rows(), 1);
+
+  const inPlace = await run(2, 'restore', empty.id, '--in-place', '--delta', '--state');
+  assert.match(inPlace.stderr, /holds an empty copy [^]* leave the live state alone \(restore without --state\)/);
+  assert.equal(rows(), 1);
+  assert.match((await run(2, 'restore', empty.id, '--in-place', '--delta', '--allow-empty-state')).stderr, /--allow-empty-state goes with --state/);
+
+  // Asked for in so many words: put back, what the registry held kept beside it.
+  await run(0, 'rollback', '--allow-empty-state');
+  assert.equal(rows(), 0, 'the empty copy was put back');
+  assert.equal(await kept(), 3);
+});
+
+async function readlinkOf(link: string): Promise<string> {
+  return path.resolve(path.dirname(link), await fsp.readlink(link));
+}
 
 test('a backup waiting for a writer that holds a SQLite database locked says so, and Ctrl-C stops it at once', { timeout: 60_000 }, async (t) => {
   const work = await tempDir();

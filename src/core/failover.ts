@@ -2,7 +2,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { InterruptedError, LifeboatError, RuntimeFailure, UsageError, errorMessage, fileSystemHint, throwIfAborted } from '../errors.js';
 import { deploymentOf, type Manifest } from '../format/manifest.js';
-import { putStateBack } from '../state/put-back.js';
+import { putStateBack, refuseEmptyCopies, type EmptyCopies } from '../state/put-back.js';
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
 import type { Reporter } from './events.js';
 import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } from './health.js';
@@ -20,6 +20,8 @@ export interface SwitchOptions {
   reporter?: Reporter;
   /** Run the restore commands of command sources with their captured state (default true). */
   applyState?: boolean;
+  /** Put back a SQLite copy the backup found empty over a live database that holds something (refused otherwise). */
+  allowEmptyState?: boolean;
   /** Volumes streamed at once while restoring. */
   concurrency?: number;
   hookTimeoutMs?: number;
@@ -125,7 +127,12 @@ async function applyState(run: Run, manifest: Manifest, slot: string): Promise<v
     timeouts: run.spec.stateTimeouts,
     signal: run.options.signal,
     note: (code, message) => note(run, code, message),
+    emptyCopies: emptyCopies(run),
   });
+}
+
+function emptyCopies(run: Run): EmptyCopies {
+  return { allow: run.options.allowEmptyState, leaveAlone: '--no-state' };
 }
 
 async function manifestOf(repo: Repository, point: string | null | undefined): Promise<Manifest | undefined> {
@@ -354,6 +361,8 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     const from = await readActive(spec.active);
     const fromPoint = slotPoint(spec.slots, from) ?? null;
     served = fromPoint ?? from ?? 'nothing';
+    // Refused before the slot is restored, which may take long: the operator hears it at once.
+    if (options.applyState !== false) await refuseEmptyCopies(manifest, emptyCopies(run));
     const reused = await isDirectory(slot);
     for (const name of await removeOtherStaging(slot)) note(run, 'staging-removed', `removed ${name}, left by an interrupted failover to another point`);
     note(run, reused ? 'slot-check' : 'slot-restore', reused ? `checking slot ${slot} file by file` : `restoring ${manifest.id} into ${slot}`);

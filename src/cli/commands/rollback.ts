@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import type { CommandRunner } from '../main.js';
-import { runRollback } from './failover.js';
+import { ALLOW_EMPTY_STATE_HELP, runRollback } from './failover.js';
 
 export function registerRollback(program: Command, run: CommandRunner): Command {
   return program
@@ -8,6 +8,7 @@ export function registerRollback(program: Command, run: CommandRunner): Command 
     .description('switch a target back to the slot it served before its last failover or rollback, with health checks')
     .option('--to <target>', 'the target from lifeboat.yaml (may be left out when there is only one)')
     .option('--no-state', 'leave serving state alone: no restore commands of command sources, no SQLite database copied back')
+    .option('--allow-empty-state', ALLOW_EMPTY_STATE_HELP)
     .addHelpText('after', '\nExample:\n  lifeboat rollback --to prod')
-    .action(run((ctx, flags: { to?: string; state?: boolean }) => runRollback(ctx, flags)));
+    .action(run((ctx, flags: { to?: string; state?: boolean; allowEmptyState?: boolean }) => runRollback(ctx, flags)));
 }
