@@ -648,6 +648,34 @@ test('a failover, rollback or restore --state refuses to put back a SQLite copy 
   assert.equal(await kept(), 3);
 });
 
+test('a failover whose restore command fails after the SQLite state was put back says so, with where the state before is kept, not only that nothing was switched', async (t) => {
+  const { work, dbFile } = await servedWithRegistry(t);
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    'repository: ./repo\nsources:\n  models: ./live/models\n  registry: { sqlite: ./state/registry.db, restore: true }\n' +
+      '  features: { command: "echo features", restore: "cat >/dev/null; test ! -e refuse" }\ntargets:\n  prod: { slots: ./slots, active: ./current }\n',
+  );
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const live = new Database(dbFile);
+  t.after(() => live.close());
+  live.exec("CREATE TABLE stage (version TEXT); INSERT INTO stage VALUES ('A')");
+  const pointA = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+  live.exec("UPDATE stage SET version = 'B'");
+  const pointB = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+  assert.equal((await lifeboat(['--quiet', 'failover', pointB], { cwd: work })).code, 0);
+  await fsp.writeFile(path.join(work, 'refuse'), '');
+  const r = await lifeboat(['--quiet', 'failover', pointA], { cwd: work });
+  assert.equal(r.code, 1, r.stderr);
+  assert.equal((live.prepare('SELECT version FROM stage').get() as { version: string }).version, 'A', 'the registry was put back before the restore command failed');
+  const kept = (await fsp.readdir(path.join(work, 'state'))).filter((f) => f.startsWith('registry.db.lifeboat-replaced-')).sort().at(-1)!;
+  assert.match(
+    r.stderr,
+    new RegExp(`warning: putting back the state of ${pointA} failed after registry had been put back \\(what registry held is kept as \\S+/${kept.replace(/[.]/g, '\\.')}\\); features not put back\n`),
+    'told even with --quiet',
+  );
+  assert.match(r.stderr, new RegExp(`lifeboat: failover of prod to ${pointA} failed before the switch: restore command of source features exited with status 1; prod still serves ${pointB}, nothing was switched`));
+});
+
 async function readlinkOf(link: string): Promise<string> {
   return path.resolve(path.dirname(link), await fsp.readlink(link));
 }

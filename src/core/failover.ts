@@ -2,7 +2,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { InterruptedError, LifeboatError, RuntimeFailure, UsageError, errorMessage, fileSystemHint, throwIfAborted } from '../errors.js';
 import { deploymentOf, type Manifest } from '../format/manifest.js';
-import { putStateBack, refuseEmptyCopies, type EmptyCopies } from '../state/put-back.js';
+import { putStateBack, refuseEmptyCopies, stateToPutBack, type EmptyCopies } from '../state/put-back.js';
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
 import type { Reporter } from './events.js';
 import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } from './health.js';
@@ -121,13 +121,24 @@ async function health(run: Run, slot: string | null, point: string | null): Prom
 /** Feeds each command source's captured state to its restore command, and copies SQLite sources back where asked. */
 async function applyState(run: Run, manifest: Manifest, slot: string): Promise<void> {
   if (run.options.applyState === false) return;
+  const done: { name: string; keptAs?: string }[] = [];
   await putStateBack(manifest, slot, {
     cwd: run.spec.cwd,
     env: hookEnv(run, slot, manifest.id),
     timeouts: run.spec.stateTimeouts,
     signal: run.options.signal,
     note: (code, message) => note(run, code, message),
+    putBack: (name, keptAs) => done.push({ name, keptAs }),
     emptyCopies: emptyCopies(run),
+  }).catch((err: unknown) => {
+    // The link has not moved, but the live state has: "nothing was switched" must not hide it, --quiet or not.
+    if (done.length > 0) {
+      const kept = done.flatMap((d) => (d.keptAs ? [`what ${d.name} held is kept as ${d.keptAs}`] : []));
+      const rest = stateToPutBack(manifest).filter((name) => !done.some((d) => d.name === name));
+      const put = `${done.map((d) => d.name).join(', ')} had been put back${kept.length ? ` (${kept.join('; ')})` : ''}`;
+      note(run, 'state-partly-put-back', `putting back the state of ${manifest.id} failed after ${put}; ${rest.join(', ')} not put back`, 'warning');
+    }
+    throw err;
   });
 }
 

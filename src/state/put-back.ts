@@ -25,8 +25,8 @@ export interface PutBackOptions {
   signal?: AbortSignal;
   /** Told what is done, as it is done. */
   note: (code: string, message: string) => void;
-  /** Told each source put back, as it is (a failure later leaves those put back). */
-  putBack?: (name: string) => void;
+  /** Told each source put back, as it is (a failure later leaves those put back), and where a database's state from before was kept. */
+  putBack?: (name: string, keptAs?: string) => void;
 }
 
 /**
@@ -43,11 +43,13 @@ export async function putStateBack(manifest: Manifest, root: string, options: Pu
   const done: string[] = [];
   for (const s of manifest.sources) {
     if (!s.restore) continue;
+    let keptAs: string | undefined;
     if (s.kind === 'sqlite') {
       const copy = path.join(root, s.name, path.basename(s.path));
       options.note('state-restore', `restoring the SQLite database ${s.restore} from ${copy}`);
       const restored = await restoreSqlite(s.name, copy, s.restore, options.signal);
-      if (restored.keptAs) options.note('state-kept', `the state ${s.restore} had before is kept as ${restored.keptAs}`);
+      keptAs = restored.keptAs;
+      if (keptAs) options.note('state-kept', `the state ${s.restore} had before is kept as ${keptAs}`);
     } else if (s.kind === 'command') {
       options.note('state-restore', `restoring the state of ${s.name} with \`${s.restore}\``);
       await restoreCommand(s.name, s.restore, path.join(root, s.name, COMMAND_OUTPUT_FILE), {
@@ -60,7 +62,7 @@ export async function putStateBack(manifest: Manifest, root: string, options: Pu
       continue;
     }
     done.push(s.name);
-    options.putBack?.(s.name);
+    options.putBack?.(s.name, keptAs);
   }
   return done;
 }
