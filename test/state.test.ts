@@ -648,25 +648,34 @@ test('a failover, rollback or restore --state refuses to put back a SQLite copy 
   assert.equal(await kept(), 3);
 });
 
-test('a failover whose restore command fails after the SQLite state was put back says so, with where the state before is kept, not only that nothing was switched', async (t) => {
+/**
+ * A deployment whose registry (`restore: true`, and any `more` sources) was backed up twice: at
+ * version A, then at version B; `version()` reads what the live registry holds now.
+ */
+async function twoRegistryPoints(t: { after(fn: () => Promise<unknown>): void }, more = '') {
   const { work, dbFile } = await servedWithRegistry(t);
   await fsp.writeFile(
     path.join(work, 'lifeboat.yaml'),
-    'repository: ./repo\nsources:\n  models: ./live/models\n  registry: { sqlite: ./state/registry.db, restore: true }\n' +
-      '  features: { command: "echo features", restore: "cat >/dev/null; test ! -e refuse" }\ntargets:\n  prod: { slots: ./slots, active: ./current }\n',
+    `repository: ./repo\nsources:\n  models: ./live/models\n  registry: { sqlite: ./state/registry.db, restore: true }\n${more}targets:\n  prod: { slots: ./slots, active: ./current }\n`,
   );
   assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
   const live = new Database(dbFile);
-  t.after(() => live.close());
+  t.after(async () => live.close());
   live.exec("CREATE TABLE stage (version TEXT); INSERT INTO stage VALUES ('A')");
   const pointA = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
   live.exec("UPDATE stage SET version = 'B'");
   const pointB = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+  const version = () => (live.prepare('SELECT version FROM stage').get() as { version: string }).version;
+  return { work, pointA, pointB, version };
+}
+
+test('a failover whose restore command fails after the SQLite state was put back says so, with where the state before is kept, not only that nothing was switched', async (t) => {
+  const { work, pointA, pointB, version } = await twoRegistryPoints(t, '  features: { command: "echo features", restore: "cat >/dev/null; test ! -e refuse" }\n');
   assert.equal((await lifeboat(['--quiet', 'failover', pointB], { cwd: work })).code, 0);
   await fsp.writeFile(path.join(work, 'refuse'), '');
   const r = await lifeboat(['--quiet', 'failover', pointA], { cwd: work });
   assert.equal(r.code, 1, r.stderr);
-  assert.equal((live.prepare('SELECT version FROM stage').get() as { version: string }).version, 'A', 'the registry was put back before the restore command failed');
+  assert.equal(version(), 'A', 'the registry was put back before the restore command failed');
   const kept = (await fsp.readdir(path.join(work, 'state'))).filter((f) => f.startsWith('registry.db.lifeboat-replaced-')).sort().at(-1)!;
   assert.match(
     r.stderr,
@@ -674,6 +683,31 @@ test('a failover whose restore command fails after the SQLite state was put back
     'told even with --quiet',
   );
   assert.match(r.stderr, new RegExp(`lifeboat: failover of prod to ${pointA} failed before the switch: restore command of source features exited with status 1; prod still serves ${pointB}, nothing was switched`));
+});
+
+test('a rollback whose point has a manifest that cannot be read stops before the switch, rather than serve that point with the state of another and call it rolled back', async (t) => {
+  const { work, pointA, pointB, version } = await twoRegistryPoints(t);
+  for (const p of [pointA, pointB]) assert.equal((await lifeboat(['--quiet', 'failover', p], { cwd: work })).code, 0);
+  assert.equal(version(), 'B');
+  // A's manifest is gone (damaged, or a storage that fails): what state goes back with A is not known.
+  const manifest = path.join(work, 'repo', 'points', `${pointA}.json`);
+  await fsp.rename(manifest, `${manifest}.away`);
+  const r = await lifeboat(['rollback'], { cwd: work });
+  assert.equal(r.code, 3, r.stderr);
+  assert.match(
+    r.stderr,
+    new RegExp(`^lifeboat: rollback of prod to ${pointA} failed before the switch: the serving state of ${pointA} cannot be put back, since its manifest could not be read: backup point ${pointA} is missing its manifest .*; prod still serves ${pointB}, nothing was switched\n  lifeboat rollback --to prod --no-state switches the link alone, leaving the serving state as it is\n$`),
+  );
+  assert.equal(await readlinkOf(path.join(work, 'current')), path.join(work, 'slots', pointB));
+  assert.equal(version(), 'B');
+  // Asked for in so many words: the link alone.
+  assert.equal((await lifeboat(['--quiet', 'rollback', '--no-state'], { cwd: work })).code, 0);
+  assert.equal(await readlinkOf(path.join(work, 'current')), path.join(work, 'slots', pointA));
+  assert.equal(version(), 'B');
+  await fsp.rename(`${manifest}.away`, manifest);
+  assert.equal((await lifeboat(['--quiet', 'rollback'], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['--quiet', 'rollback'], { cwd: work })).code, 0);
+  assert.equal(version(), 'A', 'with its manifest back, the rollback puts its state back');
 });
 
 async function readlinkOf(link: string): Promise<string> {

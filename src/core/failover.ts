@@ -1,6 +1,6 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { InterruptedError, LifeboatError, RuntimeFailure, UsageError, errorMessage, fileSystemHint, throwIfAborted } from '../errors.js';
+import { ExitCode, InterruptedError, LifeboatError, RuntimeFailure, UsageError, errorMessage, fileSystemHint, throwIfAborted } from '../errors.js';
 import { deploymentOf, type Manifest } from '../format/manifest.js';
 import { putStateBack, refuseEmptyCopies, stateToPutBack, type EmptyCopies } from '../state/put-back.js';
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
@@ -146,9 +146,19 @@ function emptyCopies(run: Run): EmptyCopies {
   return { allow: run.options.allowEmptyState, leaveAlone: '--no-state' };
 }
 
-async function manifestOf(repo: Repository, point: string | null | undefined): Promise<Manifest | undefined> {
-  if (!point) return undefined;
-  return repo.manifest(point).catch(() => undefined);
+/**
+ * The manifest of the point a rollback returns to, which says what serving state goes back. One
+ * that cannot be read (damaged, a storage that fails) stops the rollback before the switch: left
+ * out, the target would serve that point with the state of another, and say it rolled back.
+ */
+async function stateManifest(repo: Repository, target: string, point: string): Promise<Manifest> {
+  return repo.manifest(point).catch((err: unknown) => {
+    if (err instanceof InterruptedError) throw err;
+    throw new LifeboatError(`the serving state of ${point} cannot be put back, since its manifest could not be read: ${errorMessage(err)}`, err instanceof LifeboatError ? err.exitCode : ExitCode.runtime, {
+      cause: err,
+      hint: `lifeboat rollback --to ${target} --no-state switches the link alone, leaving the serving state as it is`,
+    });
+  });
 }
 
 async function isDirectory(p: string): Promise<boolean> {
@@ -220,8 +230,11 @@ async function transition(
   let previousDetail: string | undefined;
   let previousUnchecked: boolean | undefined;
   if (from) {
-    const old = await manifestOf(repo, fromPoint);
-    if (old) await applyState(run, old, from).catch((err) => note(run, 'state-restore-failed', errorMessage(err), 'warning'));
+    if (fromPoint && run.options.applyState !== false) {
+      await stateManifest(repo, run.spec.name, fromPoint)
+        .then((old) => applyState(run, old, from))
+        .catch((err) => note(run, 'state-restore-failed', errorMessage(err), 'warning'));
+    }
     let reactivated: string | undefined;
     await hook(run, 'activate', from, fromPoint, true).catch((err) => {
       reactivated = errorMessage(err);
@@ -506,8 +519,7 @@ export async function rollback(repo: Repository, spec: TargetSpec, options: Swit
       durationMs: 0,
       pruned: [],
     };
-    const manifest = await manifestOf(repo, point);
-    if (manifest) await applyState(run, manifest, to);
+    if (point && options.applyState !== false) await applyState(run, await stateManifest(repo, spec.name, point), to);
     await settle(run, 'rollback', result, await transition(run, repo, from, to, point));
     result.durationMs = Date.now() - run.started;
     await journal(run, repo, 'rollback', result);
