@@ -693,6 +693,27 @@ test('status says when the previous slot was removed by hand, since a rollback t
   await fsp.rm(work, { recursive: true, force: true });
 });
 
+test('status exits 5 when the active link of a target that served a point is gone (removed by hand), rather than call it a target never failed over', async () => {
+  const { work, second } = await twoPoints('  prod: { slots: ./slots, active: ./current, health: { command: "true" } }\n  staging: { slots: ./staging-slots, active: ./staging }\n');
+  // staging never served anything: no link is what it should have.
+  assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['failover', second, '--to', 'prod'], { cwd: work })).code, 0);
+  await fsp.rm(path.join(work, 'current'));
+  const st = await lifeboat(['status'], { cwd: work });
+  assert.equal(st.code, 5, st.stderr);
+  const active = path.join(work, 'current');
+  assert.match(st.stdout, new RegExp(`\ntarget prod: ${active} is missing, though the record of switches has prod serving ${second}; healthy \\(exit 0\\)\n`));
+  assert.match(st.stderr, new RegExp(`^lifeboat: unhealthy: prod \\(${active} is missing, though the record of switches has prod serving ${second}\\)\n {2}serve it again: lifeboat failover ${second} --to prod\n$`));
+  const json = (await lifeboat(['--json', 'status'], { cwd: work })).json();
+  assert.match(json.targets[0].active.error, /is missing, though the record of switches/);
+  assert.equal(json.targets[0].active.hint, `serve it again: lifeboat failover ${second} --to prod`);
+  assert.equal(json.targets[1].active.error, undefined);
+  // As the hint says: the slot is reused and linked again.
+  assert.equal((await lifeboat(['failover', second, '--to', 'prod'], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
 test('a rollback interrupted while deactivate runs says the target still serves what it did and nothing was switched', async () => {
   const { work, first, second } = await twoPoints(
     '  prod:\n    slots: ./slots\n    active: ./current\n' +

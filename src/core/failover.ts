@@ -625,6 +625,13 @@ export async function status(repo: Repository | { unreadable: unknown }, specs: 
     });
     const state = await readTargetState(spec.slots);
     const damaged = slotsError === undefined ? await targetStateDamage(spec.slots) : undefined;
+    // No link where the record of switches says one was made (removed by hand, a cleanup script): the server has nothing to load after a restart.
+    const lastServed = state.history.at(-1)?.to;
+    if (activePath === null && error === undefined && lastServed !== undefined) {
+      const served = slotPoint(spec.slots, lastServed);
+      error = `${spec.active} is missing, though the record of switches has ${spec.name} serving ${served ?? lastServed}`;
+      hint = `serve it again: lifeboat failover ${served ?? 'POINT'} --to ${spec.name}`;
+    }
     const h = spec.health && (spec.health.url || spec.health.command)
       ? await checkOnce(spec.health, Math.min(spec.health.timeoutMs ?? 5000, 5000), { cwd: spec.cwd, env: targetEnv(spec, activePath, point), signal: options.signal })
       : undefined;
