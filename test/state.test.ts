@@ -632,7 +632,7 @@ test('a failover, rollback or restore --state refuses to put back a SQLite copy 
 
   // Without the state, the point is served and the registry left alone.
   await run(0, 'failover', empty.id, '--no-state');
-  await run(0, 'rollback');
+  await run(0, 'rollback', '--state');
   const back = await run(2, 'rollback');
   assert.match(back.stderr, new RegExp(`^lifeboat: rollback of prod to ${empty.id} failed before the switch: point ${empty.id} holds an empty copy .*; prod still serves ${full}, nothing was switched\n`));
   assert.equal(rows(), 1);
@@ -706,8 +706,35 @@ test('a rollback whose point has a manifest that cannot be read stops before the
   assert.equal(version(), 'B');
   await fsp.rename(`${manifest}.away`, manifest);
   assert.equal((await lifeboat(['--quiet', 'rollback'], { cwd: work })).code, 0);
-  assert.equal((await lifeboat(['--quiet', 'rollback'], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['--quiet', 'rollback', '--state'], { cwd: work })).code, 0);
   assert.equal(version(), 'A', 'with its manifest back, the rollback puts its state back');
+});
+
+test('a rollback of a failover made with --no-state leaves the serving state alone as that failover did, instead of putting back an old copy over it; --state puts it back', async (t) => {
+  const { work, pointA, pointB, version } = await twoRegistryPoints(t);
+  const run = async (...args: string[]) => {
+    const r = await lifeboat(args, { cwd: work });
+    assert.equal(r.code, 0, r.stderr);
+    return r;
+  };
+  await run('--quiet', 'failover', pointA);
+  assert.equal(version(), 'A');
+  // Only the model is to change: the registry is live and right.
+  await run('--quiet', 'failover', pointB, '--no-state');
+  const db = new Database(path.join(work, 'state', 'registry.db'));
+  db.exec("UPDATE stage SET version = 'written since'");
+  db.close();
+  const back = await run('rollback');
+  assert.match(back.stderr, new RegExp(`the failover to ${pointB} left the serving state as it was, so this rollback does too \\(--state puts the state of ${pointA} back\\)`));
+  assert.equal(version(), 'written since', 'the registry is left alone');
+  // Rolling back that rollback leaves it alone too.
+  assert.match((await run('rollback')).stderr, new RegExp(`the rollback to ${pointA} left the serving state as it was`));
+  assert.equal(version(), 'written since');
+  await run('--quiet', 'rollback', '--state');
+  assert.equal(version(), 'A', 'asked for, the state goes back');
+  // A rollback of a switch that put the state back puts it back, as before.
+  await run('--quiet', 'rollback');
+  assert.equal(version(), 'B');
 });
 
 async function readlinkOf(link: string): Promise<string> {

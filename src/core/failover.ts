@@ -18,7 +18,10 @@ import { removeTree } from '../format/remove-tree.js';
 export interface SwitchOptions {
   signal?: AbortSignal;
   reporter?: Reporter;
-  /** Run the restore commands of command sources with their captured state (default true). */
+  /**
+   * Put the point's serving state back (SQLite copies, restore commands). Default: yes, but for a
+   * rollback that undoes a switch made without it, which leaves the state alone as that switch did.
+   */
   applyState?: boolean;
   /** Put back a SQLite copy the backup found empty over a live database that holds something (refused otherwise). */
   allowEmptyState?: boolean;
@@ -254,7 +257,7 @@ async function transition(
 async function remember(run: Run, from: string | null, to: string, kind: string): Promise<void> {
   const state = await readTargetState(run.spec.slots);
   state.previous = from;
-  state.history.push({ at: new Date().toISOString(), from, to, kind });
+  state.history.push({ at: new Date().toISOString(), from, to, kind, state: run.options.applyState !== false });
   await writeTargetState(run.spec.slots, state).catch((err: unknown) => {
     // The link has already moved: an operator must not take this for a failure before the switch.
     const fromPoint = slotPoint(run.spec.slots, from);
@@ -506,6 +509,13 @@ export async function rollback(repo: Repository, spec: TargetSpec, options: Swit
     }
     if (to === from) throw new UsageError(`target ${spec.name} already serves ${to}`);
     const point = slotPoint(spec.slots, to) ?? null;
+    // Undoing a switch that left the serving state alone (--no-state) leaves it alone too, unless told otherwise:
+    // the live state was kept for a reason, and the point's copy would replace what was written since.
+    const undone = state.history.at(-1);
+    if (options.applyState === undefined && undone?.to === from && undone.state === false) {
+      run.options = { ...options, applyState: false };
+      note(run, 'state-left', `the ${undone.kind} to ${slotPoint(spec.slots, from) ?? from} left the serving state as it was, so this rollback does too (--state puts the state of ${point ?? to} back)`);
+    }
     const result: SwitchResult = {
       ok: false,
       outcome: 'failed',
@@ -519,7 +529,7 @@ export async function rollback(repo: Repository, spec: TargetSpec, options: Swit
       durationMs: 0,
       pruned: [],
     };
-    if (point && options.applyState !== false) await applyState(run, await stateManifest(repo, spec.name, point), to);
+    if (point && run.options.applyState !== false) await applyState(run, await stateManifest(repo, spec.name, point), to);
     await settle(run, 'rollback', result, await transition(run, repo, from, to, point));
     result.durationMs = Date.now() - run.started;
     await journal(run, repo, 'rollback', result);

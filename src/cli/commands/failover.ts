@@ -117,7 +117,7 @@ export async function runRollback(ctx: CliContext, flags: FailoverFlags): Promis
   const { repo, close } = await openRepository(ctx);
   const renderer = new ProgressRenderer(ctx, `rollback of ${spec.name}`);
   try {
-    const result = await rollback(repo, spec, { signal: ctx.signal, reporter: renderer, applyState: flags.state !== false, allowEmptyState: flags.allowEmptyState === true });
+    const result = await rollback(repo, spec, { signal: ctx.signal, reporter: renderer, applyState: flags.state, allowEmptyState: flags.allowEmptyState === true });
     renderer.stop();
     reportSwitch(ctx, 'rollback', result);
   } finally {
