@@ -921,6 +921,31 @@ test('status with a repository that is missing or unreachable still reports what
   await fsp.rm(work, { recursive: true, force: true });
 });
 
+test('a rollback with the repository out of reach (its disk not mounted) switches the link alone when told --no-state, instead of refusing to run at all', async () => {
+  const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
+  await fsp.rename(path.join(work, 'repo'), path.join(work, 'repo.away'));
+  // What state goes back with the point is in the repository: not known, so not guessed.
+  const refused = await lifeboat(['rollback'], { cwd: work });
+  assert.equal(refused.code, 2, refused.stderr);
+  assert.match(
+    refused.stderr,
+    new RegExp(`^lifeboat: rollback of prod to ${first} failed before the switch: the serving state of ${first} cannot be put back, since its manifest could not be read: there is no lifeboat repository at .*repo; prod still serves ${second}, nothing was switched\n  lifeboat rollback --to prod --no-state switches the link alone, leaving the serving state as it is\n$`),
+  );
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
+  const r = await lifeboat(['rollback', '--no-state'], { cwd: work });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, new RegExp(`^rolled back prod to ${first}: healthy`));
+  assert.match(r.stderr, /warning: could not record the rollback in the journal: there is no lifeboat repository/);
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first));
+  // The record of switches, on this host, has it: the next rollback returns.
+  await fsp.rename(path.join(work, 'repo.away'), path.join(work, 'repo'));
+  assert.equal((await lifeboat(['rollback', '--no-state'], { cwd: work })).code, 0);
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
 test('status says when the record of switches is damaged, as a rollback would find it', async () => {
   const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
   assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);

@@ -149,13 +149,17 @@ function emptyCopies(run: Run): EmptyCopies {
   return { allow: run.options.allowEmptyState, leaveAlone: '--no-state' };
 }
 
+/** The repository, or why it could not be opened: a rollback that puts back no state does without it. */
+export type MaybeRepository = Repository | { unreadable: unknown };
+
 /**
  * The manifest of the point a rollback returns to, which says what serving state goes back. One
  * that cannot be read (damaged, a storage that fails) stops the rollback before the switch: left
  * out, the target would serve that point with the state of another, and say it rolled back.
  */
-async function stateManifest(repo: Repository, target: string, point: string): Promise<Manifest> {
-  return repo.manifest(point).catch((err: unknown) => {
+async function stateManifest(repo: MaybeRepository, target: string, point: string): Promise<Manifest> {
+  const read = 'unreadable' in repo ? Promise.reject(repo.unreadable) : repo.manifest(point);
+  return read.catch((err: unknown) => {
     if (err instanceof InterruptedError) throw err;
     throw new LifeboatError(`the serving state of ${point} cannot be put back, since its manifest could not be read: ${errorMessage(err)}`, err instanceof LifeboatError ? err.exitCode : ExitCode.runtime, {
       cause: err,
@@ -183,7 +187,7 @@ function healthFailure(run: Run, h: HealthResult): string {
  */
 async function transition(
   run: Run,
-  repo: Repository,
+  repo: MaybeRepository,
   from: string | null,
   to: string,
   point: string | null,
@@ -334,8 +338,9 @@ async function pruneSlots(run: Run, active: string | null, previous: string | nu
   return doomed.map((s) => s.name);
 }
 
-async function journal(run: Run, repo: Repository, type: string, result: SwitchResult): Promise<void> {
+async function journal(run: Run, repo: MaybeRepository, type: string, result: SwitchResult): Promise<void> {
   try {
+    if ('unreadable' in repo) throw repo.unreadable;
     await appendEvent(repo.storage, {
       type,
       point: result.point,
@@ -358,7 +363,8 @@ async function journal(run: Run, repo: Repository, type: string, result: SwitchR
   }
 }
 
-async function journalError(run: Run, repo: Repository, type: string, point: string | null, err: unknown): Promise<void> {
+async function journalError(run: Run, repo: MaybeRepository, type: string, point: string | null, err: unknown): Promise<void> {
+  if ('unreadable' in repo) return;
   await appendEvent(repo.storage, {
     type,
     point,
@@ -484,7 +490,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
  * the same health checking (and switching back again if that slot is not
  * healthy). Rolling back twice returns to where it started.
  */
-export async function rollback(repo: Repository, spec: TargetSpec, options: SwitchOptions = {}): Promise<SwitchResult> {
+export async function rollback(repo: MaybeRepository, spec: TargetSpec, options: SwitchOptions = {}): Promise<SwitchResult> {
   const run: Run = { spec, options, started: Date.now() };
   let to: string | null = null;
   let served = 'nothing';

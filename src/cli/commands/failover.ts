@@ -1,6 +1,6 @@
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { HealthError, UsageError } from '../../errors.js';
+import { HealthError, InterruptedError, UsageError } from '../../errors.js';
 import { deploymentOf } from '../../format/manifest.js';
 import { loadConfig } from '../../config/config.js';
 import { failover, rollback, type SwitchResult } from '../../core/failover.js';
@@ -114,15 +114,20 @@ async function servedDeployment(repo: Repository, spec: TargetSpec): Promise<str
 
 export async function runRollback(ctx: CliContext, flags: FailoverFlags): Promise<void> {
   const spec = await resolveTarget(ctx, flags.to);
-  const { repo, close } = await openRepository(ctx);
+  // The slot to go back to is on this host: a backup disk not mounted, or a bucket out of reach, only
+  // keeps the rollback from putting back state (it then stops, and says --no-state does without).
+  const opened = await openRepository(ctx).catch((err: unknown) => {
+    if (err instanceof InterruptedError) throw err;
+    return { unreadable: err };
+  });
   const renderer = new ProgressRenderer(ctx, `rollback of ${spec.name}`);
   try {
-    const result = await rollback(repo, spec, { signal: ctx.signal, reporter: renderer, applyState: flags.state, allowEmptyState: flags.allowEmptyState === true });
+    const result = await rollback('repo' in opened ? opened.repo : opened, spec, { signal: ctx.signal, reporter: renderer, applyState: flags.state, allowEmptyState: flags.allowEmptyState === true });
     renderer.stop();
     reportSwitch(ctx, 'rollback', result);
   } finally {
     renderer.stop();
-    await close();
+    if ('close' in opened) await opened.close();
   }
 }
 
