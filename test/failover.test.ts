@@ -934,6 +934,10 @@ test('a rollback with the repository out of reach (its disk not mounted) switche
     new RegExp(`^lifeboat: rollback of prod to ${first} failed before the switch: the serving state of ${first} cannot be put back, since its manifest could not be read: there is no lifeboat repository at .*repo; prod still serves ${second}, nothing was switched\n  lifeboat rollback --to prod --no-state switches the link alone, leaving the serving state as it is\n$`),
   );
   assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
+  // A failover needs the repository: its advice is to look for it, a new one only after that.
+  const failover = await lifeboat(['failover', first], { cwd: work });
+  assert.equal(failover.code, 2);
+  assert.match(failover.stderr, /^lifeboat: there is no lifeboat repository at .*repo\n  check that --repo, LIFEBOAT_REPO or repository: names it, and that its disk is mounted or its bucket is there; `lifeboat init` makes a new, empty one\n$/);
   const r = await lifeboat(['rollback', '--no-state'], { cwd: work });
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, new RegExp(`^rolled back prod to ${first}: healthy`));
