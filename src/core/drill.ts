@@ -240,6 +240,10 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
       reporter.notice?.({ level: 'warning', code: 'journal-failed', message: `could not record the drill in the journal: ${errorMessage(err)}` });
     }
     return result;
+  } catch (err) {
+    // A drill that did not finish is in the journal too, with why: status would otherwise show the last one that did.
+    await appendEvent(repo.storage, { type: 'drill', point: point.id, outcome: 'failed', durationMs: Date.now() - t0, detail: { reason: errorMessage(err) } }).catch(() => undefined);
+    throw err;
   } finally {
     await removeTree(base).catch(() => undefined);
   }
