@@ -107,16 +107,15 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
     // A dangling or unreadable link is down whether or not a health check is configured.
     const sick = result.targets.filter((t) => (t.health.checked && !t.health.ok) || t.active.error !== undefined);
     // A target that is down is what a probe must hear first: exit 5, whatever the repository says.
+    const broken = unrecoverable(result.targets);
     if (sick.length) {
       const unlinked = sick.find((t) => t.active.error !== undefined);
-      const broken = unrecoverable(result.targets);
       const also = (unreadable === undefined ? '' : `; the repository could not be read either: ${errorMessage(unreadable)}`) + (broken ? `; ${broken.message}` : '');
       throw new HealthError(`unhealthy: ${sick.map((t) => `${t.name} (${t.active.error ?? t.health.detail})`).join(', ')}${also}`, {
         // A server answering from what it loaded before its slot went away will not come back after a restart.
         hint: unlinked ? (unlinked.active.hint ?? `serve a point again: lifeboat failover --to ${unlinked.name}`) : undefined,
       });
     }
-    const broken = unrecoverable(result.targets);
     if (unreadable !== undefined) throw unreadableRepository(unreadable, broken);
     if (broken) throw broken;
   } finally {
