@@ -7,7 +7,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { DeleteObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { lifeboat, type CliRun } from './helpers/cli.js';
+import { lifeboat, runChild, type CliRun } from './helpers/cli.js';
+import { tarBlocks } from './helpers/tar-blocks.js';
 import { smallDeployment } from './helpers/repo.js';
 import { freePort } from './helpers/processes.js';
 import { createTestBucket, testClient, startS3Server, type S3TestServer } from './helpers/s3server.js';
@@ -311,6 +312,46 @@ test('a drill that warned (its journal entry could not be written) says so to mo
   assert.equal(e.detail.warnings, 1);
   assert.equal(e.warnings[0].code, 'journal-failed');
   assert.match(e.warnings[0].message, /could not record the drill in the journal/);
+});
+
+test('a drill stopped early says what it warned about to monitoring as one that finished does, and says when its JUnit report could not be written', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const b = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src]);
+  assert.equal(b.code, 0, b.stderr);
+  // A flipped byte in the padding after a file body: every file restores intact, the volume's CRC-32 warns.
+  const dir = path.join(d.repo, 'data', b.json().id);
+  const volume = path.join(dir, (await fsp.readdir(dir))[0]!);
+  const bytes = await fsp.readFile(volume);
+  const padding = [...tarBlocks(bytes)].find((x) => x.type === '0' && x.size % 512 !== 0)!.padding;
+  bytes[padding] ^= 1;
+  await fsp.writeFile(volume, bytes);
+  const hook = await receiver();
+  t.after(() => hook.close());
+  const metrics = path.join(d.work, 'lifeboat.prom');
+  await fsp.mkdir(path.join(d.work, 'reports'));
+  // The smoke test replaces the report's directory with a file, then the CI job times out (SIGTERM to lifeboat).
+  const smoke = 'rm -rf reports && echo not a directory > reports; kill -TERM $PPID; exec sleep 30';
+  const r = await runChild(['--repo', d.repo, '--json', 'drill', '--smoke', smoke, '--junit', 'reports/drill.xml', '--notify-url', hook.url, '--notify-on', 'warning', '--metrics-file', metrics], { cwd: d.work });
+  assert.equal(r.code, 130, r.stderr);
+  assert.match(r.stderr, /warning: .*does not match its recorded size or CRC-32/);
+  assert.match(r.stderr, /warning: could not write the JUnit report .*drill\.xml: /, 'a report asked for and not written is said');
+  const doc = r.json();
+  assert.equal(doc.error.exitCode, 130);
+  assert.deepEqual(doc.warnings.map((w: { code: string }) => w.code), ['volume-checksum', 'junit-failed']);
+  assert.deepEqual(doc.checks.map((c: { status: string }) => c.status), ['passed', 'passed', 'passed', 'error', 'skipped', 'skipped']);
+  const samples = parsePrometheus(await fsp.readFile(metrics, 'utf8'));
+  assert.equal(value(samples, 'lifeboat_last_run_exit_code', 'drill'), 130);
+  assert.equal(value(samples, 'lifeboat_last_run_warnings', 'drill'), 2);
+  assert.equal(hook.bodies.length, 1);
+  assert.equal(hook.bodies[0].outcome, 'failure');
+  assert.equal(hook.bodies[0].detail.warnings, 2);
+  assert.deepEqual(hook.bodies[0].warnings.map((w: { code: string }) => w.code), ['volume-checksum', 'junit-failed']);
+
+  // Stopped by an error before any check (no such point): the report that cannot be written is said too.
+  const early = await lifeboat(['--repo', d.repo, '--json', 'drill', 'nosuchpoint', '--junit', path.join(d.work, 'drill.xml'), '--metrics-file', metrics], { cwd: d.work });
+  assert.equal(early.code, 2);
+  assert.equal(value(parsePrometheus(await fsp.readFile(metrics, 'utf8')), 'lifeboat_last_run_warnings', 'drill'), 0);
 });
 
 test('a dead or failing notify URL does not fail the backup; the warning does not show the URL\'s secrets', async () => {

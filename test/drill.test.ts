@@ -276,6 +276,9 @@ test('a drill stopped by SIGTERM (a CI job timing out) still writes its JUnit re
   assert.match(j.checks[3].message, /interrupted/);
   assert.equal(new Map(findAll(suite, 'property').map((p) => [p.attrs.name, p.attrs.value])).get('point'), d.id, 'the report names the point drilled, not "latest"');
   assert.equal(suite.attrs.name, `lifeboat drill ${d.id}`);
+  // The journal has it, so that status does not show the last drill that finished as the last one.
+  const status = await lifeboat(['--repo', d.repo, 'status']);
+  assert.match(status.stdout, new RegExp(`\\n {2}\\S+ {2}drill ${d.id} failed \\(.*\\): interrupted\\n`));
   await fsp.rm(d.work, { recursive: true, force: true });
   await fsp.rm(d.scratch, { recursive: true, force: true });
 });
@@ -378,6 +381,8 @@ test('--junit into a directory not made yet makes it; a report path that cannot 
     const refused = await lifeboat(['--repo', d.repo, '--json', 'drill', '--junit', report, '--work-dir', d.scratch], { cwd: d.work });
     assert.equal(refused.code, 2, refused.stderr);
     assert.match(refused.json().error.message, message);
+    assert.doesNotMatch(refused.stderr, /warning/, 'the refusal says it all: no report is tried, nor warned about');
+    assert.equal(refused.json().warnings, undefined);
     assert.deepEqual(await fsp.readdir(d.scratch), [], 'nothing was restored');
   }
   const journal = (await repoFiles(d.repo)).filter((f) => f.startsWith('journal/'));

@@ -693,6 +693,27 @@ test('status says when the previous slot was removed by hand, since a rollback t
   await fsp.rm(work, { recursive: true, force: true });
 });
 
+test('status exits 5 when the active link of a target that served a point is gone (removed by hand), rather than call it a target never failed over', async () => {
+  const { work, second } = await twoPoints('  prod: { slots: ./slots, active: ./current, health: { command: "true" } }\n  staging: { slots: ./staging-slots, active: ./staging }\n');
+  // staging never served anything: no link is what it should have.
+  assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['failover', second, '--to', 'prod'], { cwd: work })).code, 0);
+  await fsp.rm(path.join(work, 'current'));
+  const st = await lifeboat(['status'], { cwd: work });
+  assert.equal(st.code, 5, st.stderr);
+  const active = path.join(work, 'current');
+  assert.match(st.stdout, new RegExp(`\ntarget prod: ${active} is missing, though the record of switches has prod serving ${second}; healthy \\(exit 0\\)\n`));
+  assert.match(st.stderr, new RegExp(`^lifeboat: unhealthy: prod \\(${active} is missing, though the record of switches has prod serving ${second}\\)\n {2}serve it again: lifeboat failover ${second} --to prod\n$`));
+  const json = (await lifeboat(['--json', 'status'], { cwd: work })).json();
+  assert.match(json.targets[0].active.error, /is missing, though the record of switches/);
+  assert.equal(json.targets[0].active.hint, `serve it again: lifeboat failover ${second} --to prod`);
+  assert.equal(json.targets[1].active.error, undefined);
+  // As the hint says: the slot is reused and linked again.
+  assert.equal((await lifeboat(['failover', second, '--to', 'prod'], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
 test('a rollback interrupted while deactivate runs says the target still serves what it did and nothing was switched', async () => {
   const { work, first, second } = await twoPoints(
     '  prod:\n    slots: ./slots\n    active: ./current\n' +
@@ -900,6 +921,35 @@ test('status with a repository that is missing or unreachable still reports what
   await fsp.rm(work, { recursive: true, force: true });
 });
 
+test('a rollback with the repository out of reach (its disk not mounted) switches the link alone when told --no-state, instead of refusing to run at all', async () => {
+  const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
+  await fsp.rename(path.join(work, 'repo'), path.join(work, 'repo.away'));
+  // What state goes back with the point is in the repository: not known, so not guessed.
+  const refused = await lifeboat(['rollback'], { cwd: work });
+  assert.equal(refused.code, 2, refused.stderr);
+  assert.match(
+    refused.stderr,
+    new RegExp(`^lifeboat: rollback of prod to ${first} failed before the switch: the serving state of ${first} cannot be put back, since its manifest could not be read: there is no lifeboat repository at .*repo; prod still serves ${second}, nothing was switched\n  lifeboat rollback --to prod --no-state switches the link alone, leaving the serving state as it is\n$`),
+  );
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
+  // A failover needs the repository: its advice is to look for it, a new one only after that.
+  const failover = await lifeboat(['failover', first], { cwd: work });
+  assert.equal(failover.code, 2);
+  assert.match(failover.stderr, /^lifeboat: there is no lifeboat repository at .*repo\n  check that --repo, LIFEBOAT_REPO or repository: names it, and that its disk is mounted or its bucket is there; `lifeboat init` makes a new, empty one\n$/);
+  const r = await lifeboat(['rollback', '--no-state'], { cwd: work });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, new RegExp(`^rolled back prod to ${first}: healthy`));
+  assert.match(r.stderr, /warning: could not record the rollback in the journal: there is no lifeboat repository/);
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first));
+  // The record of switches, on this host, has it: the next rollback returns.
+  await fsp.rename(path.join(work, 'repo.away'), path.join(work, 'repo'));
+  assert.equal((await lifeboat(['rollback', '--no-state'], { cwd: work })).code, 0);
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
 test('status says when the record of switches is damaged, as a rollback would find it', async () => {
   const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
   assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
@@ -909,12 +959,29 @@ test('status says when the record of switches is damaged, as a rollback would fi
   // A crash or a full disk cut its last write short.
   await fsp.writeFile(record, '{"version": 1, "prev');
   const st = await lifeboat(['status'], { cwd: work });
-  assert.equal(st.code, 0, st.stderr);
+  // The target still serves, but a rollback would refuse: a probe that reads only the exit code hears it.
+  assert.equal(st.code, 1, st.stderr);
   assert.match(st.stdout, new RegExp(`\\n {2}record of switches ${record.replace(/[.]/g, '\\.')} is damaged \\(it is not valid JSON\\): a rollback does not know where to go\\n`));
+  assert.equal(st.stderr, `lifeboat: the record of switches of target prod, ${record}, is damaged (it is not valid JSON), so a rollback does not know where to go\n  the next failover writes the record again; to go back meanwhile, fail over to the point served before: lifeboat failover POINT --to prod (the failovers in its events name it)\n`);
   const json = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.equal(json.code, 1);
   assert.deepEqual(json.json().targets[0].record, { path: record, damaged: 'it is not valid JSON' });
+  assert.equal(json.json().ok, false);
+  assert.equal(json.json().error.exitCode, 1);
+  assert.deepEqual(json.json().repository, { ok: true });
   await fsp.writeFile(record, '');
-  assert.equal((await lifeboat(['--json', 'status'], { cwd: work })).json().targets[0].record.damaged, 'it is empty');
+  const empty = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.equal(empty.code, 1);
+  assert.equal(empty.json().targets[0].record.damaged, 'it is empty');
+  // A target down outranks it (exit 5), and both are said.
+  await fsp.rename(path.join(work, 'slots', second), path.join(work, 'away'));
+  const down = await lifeboat(['status'], { cwd: work });
+  assert.equal(down.code, 5, down.stderr);
+  assert.match(down.stderr, /^lifeboat: unhealthy: prod \(.*, which is missing\); the record of switches of target prod, .*, is damaged \(it is empty\)/);
+  await fsp.rename(path.join(work, 'away'), path.join(work, 'slots', second));
+  // A failover writes the record again: the probe is content.
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
   await fsp.rm(work, { recursive: true, force: true });
 });
 
@@ -924,10 +991,13 @@ test('status reports a target whose slots directory cannot be read, and still th
   // A file where the slots directory should be.
   await fsp.writeFile(path.join(work, 'staging-slots'), 'not a directory\n');
   const st = await lifeboat(['status'], { cwd: work });
-  assert.equal(st.code, 0, st.stderr);
+  assert.equal(st.code, 1, st.stderr);
+  assert.match(st.stderr, /^lifeboat: target staging's slots directory .*staging-slots cannot be read: ENOTDIR: not a directory, scandir '.*staging-slots'\n  check that the slots directory of staging is a directory this user may read\n$/);
   assert.match(st.stdout, new RegExp(`\\ntarget prod: ${second}, taken .* ago; health not checked\\n`));
   assert.match(st.stdout, /\ntarget staging: no active link; health not checked\n {2}slots: .*staging-slots cannot be read: ENOTDIR: not a directory/);
   const json = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.equal(json.code, 1);
+  assert.equal(json.json().error.exitCode, 1);
   assert.match(json.json().targets[1].slotsError, /staging-slots cannot be read/);
   assert.equal(json.json().targets[1].record.damaged, undefined, 'a record that cannot be reached is not called damaged');
   await fsp.rm(work, { recursive: true, force: true });

@@ -530,14 +530,19 @@ test('a command source whose output does not fit where it is staged fails the ba
   assert.deepEqual(await fsp.readdir(path.join(work, 'staging', 'new')), [], 'the staging directory is emptied');
 });
 
-test('a SQLite source with restore: true is copied back into the live database by failover and rollback, under a reader that stays open; the state it replaced is kept', async (t) => {
+/** A served deployment: its models in `live/models`, its registry database to be in `state/registry.db`. */
+async function servedWithRegistry(t: { after(fn: () => Promise<unknown>): void }): Promise<{ work: string; dbFile: string }> {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
   await fsp.mkdir(path.join(work, 'live', 'models'), { recursive: true });
   await fsp.writeFile(path.join(work, 'live', 'models', 'config.json'), '{}\n');
   await fsp.mkdir(path.join(work, 'state'));
+  return { work, dbFile: path.join(work, 'state', 'registry.db') };
+}
+
+test('a SQLite source with restore: true is copied back into the live database by failover and rollback, under a reader that stays open; the state it replaced is kept', async (t) => {
+  const { work, dbFile } = await servedWithRegistry(t);
   await fsp.mkdir(path.join(work, 'serving'));
-  const dbFile = path.join(work, 'state', 'registry.db');
   await fsp.writeFile(
     path.join(work, 'lifeboat.yaml'),
     [
@@ -592,6 +597,153 @@ test('a SQLite source with restore: true is copied back into the live database b
   live.close();
   assert.equal(integrityCheck(dbFile), 'ok');
 });
+
+test('a failover, rollback or restore --state refuses to put back a SQLite copy the backup found empty over a live database, unless --allow-empty-state', async (t) => {
+  const { work, dbFile } = await servedWithRegistry(t);
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    'repository: ./repo\nsources:\n  models: ./live/models\n  registry: { sqlite: ./state/registry.db, restore: true }\ntargets:\n  prod: { slots: ./slots, active: ./current }\n',
+  );
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const run = async (code: number, ...args: string[]) => {
+    const r = await lifeboat(args, { cwd: work });
+    assert.equal(r.code, code, r.stderr);
+    return r;
+  };
+  // Taken before the service first wrote its database: the copy holds nothing.
+  await fsp.writeFile(dbFile, '');
+  const empty = (await run(0, '--json', 'backup')).json();
+  assert.equal(empty.warnings[0].code, 'sqlite-empty');
+  const live = new Database(dbFile);
+  t.after(() => live.close());
+  live.exec("CREATE TABLE stage (model TEXT); INSERT INTO stage VALUES ('fraud')");
+  const full = (await run(0, '--json', 'backup')).json().id as string;
+  await run(0, 'failover', full);
+  const rows = () => (live.prepare("SELECT count(*) AS n FROM sqlite_master WHERE name = 'stage'").get() as { n: number }).n;
+  const kept = async () => (await fsp.readdir(path.join(work, 'state'))).filter((f) => f.startsWith('registry.db.lifeboat-replaced-')).length;
+  assert.equal(await kept(), 1);
+
+  const refused = await run(2, 'failover', empty.id);
+  assert.equal(
+    refused.stderr,
+    `lifeboat: failover of prod to ${empty.id} failed before the switch: point ${empty.id} holds an empty copy of the SQLite database of source registry (its backup warned sqlite-empty): putting it back would replace the live database ${dbFile} with one that holds no data; prod still serves ${full}, nothing was switched\n` +
+      "  choose a point whose copy holds data (lifeboat show POINT lists a point's warnings), leave the live state alone (--no-state), or put the empty copy back all the same with --allow-empty-state\n",
+  );
+  assert.equal(rows(), 1, 'the live registry keeps its data');
+  assert.equal(await kept(), 1, 'nothing was put back');
+  assert.equal(await exists(path.join(work, 'slots', empty.id)), false, 'refused before its slot was restored');
+  assert.equal(await readlinkOf(path.join(work, 'current')), path.join(work, 'slots', full));
+
+  // Without the state, the point is served and the registry left alone.
+  await run(0, 'failover', empty.id, '--no-state');
+  await run(0, 'rollback', '--state');
+  const back = await run(2, 'rollback');
+  assert.match(back.stderr, new RegExp(`^lifeboat: rollback of prod to ${empty.id} failed before the switch: point ${empty.id} holds an empty copy .*; prod still serves ${full}, nothing was switched\n`));
+  assert.equal(rows(), 1);
+
+  const inPlace = await run(2, 'restore', empty.id, '--in-place', '--delta', '--state');
+  assert.match(inPlace.stderr, /holds an empty copy [^]* leave the live state alone \(restore without --state\)/);
+  assert.equal(rows(), 1);
+  assert.match((await run(2, 'restore', empty.id, '--in-place', '--delta', '--allow-empty-state')).stderr, /--allow-empty-state goes with --state/);
+
+  // Asked for in so many words: put back, what the registry held kept beside it.
+  await run(0, 'rollback', '--allow-empty-state');
+  assert.equal(rows(), 0, 'the empty copy was put back');
+  assert.equal(await kept(), 3);
+});
+
+/**
+ * A deployment whose registry (`restore: true`, and any `more` sources) was backed up twice: at
+ * version A, then at version B; `version()` reads what the live registry holds now.
+ */
+async function twoRegistryPoints(t: { after(fn: () => Promise<unknown>): void }, more = '') {
+  const { work, dbFile } = await servedWithRegistry(t);
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    `repository: ./repo\nsources:\n  models: ./live/models\n  registry: { sqlite: ./state/registry.db, restore: true }\n${more}targets:\n  prod: { slots: ./slots, active: ./current }\n`,
+  );
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const live = new Database(dbFile);
+  t.after(async () => live.close());
+  live.exec("CREATE TABLE stage (version TEXT); INSERT INTO stage VALUES ('A')");
+  const pointA = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+  live.exec("UPDATE stage SET version = 'B'");
+  const pointB = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
+  const version = () => (live.prepare('SELECT version FROM stage').get() as { version: string }).version;
+  return { work, pointA, pointB, version };
+}
+
+test('a failover whose restore command fails after the SQLite state was put back says so, with where the state before is kept, not only that nothing was switched', async (t) => {
+  const { work, pointA, pointB, version } = await twoRegistryPoints(t, '  features: { command: "echo features", restore: "cat >/dev/null; test ! -e refuse" }\n');
+  assert.equal((await lifeboat(['--quiet', 'failover', pointB], { cwd: work })).code, 0);
+  await fsp.writeFile(path.join(work, 'refuse'), '');
+  const r = await lifeboat(['--quiet', 'failover', pointA], { cwd: work });
+  assert.equal(r.code, 1, r.stderr);
+  assert.equal(version(), 'A', 'the registry was put back before the restore command failed');
+  const kept = (await fsp.readdir(path.join(work, 'state'))).filter((f) => f.startsWith('registry.db.lifeboat-replaced-')).sort().at(-1)!;
+  assert.match(
+    r.stderr,
+    new RegExp(`warning: putting back the state of ${pointA} failed after registry had been put back \\(what registry held is kept as \\S+/${kept.replace(/[.]/g, '\\.')}\\); features not put back\n`),
+    'told even with --quiet',
+  );
+  assert.match(r.stderr, new RegExp(`lifeboat: failover of prod to ${pointA} failed before the switch: restore command of source features exited with status 1; prod still serves ${pointB}, nothing was switched`));
+});
+
+test('a rollback whose point has a manifest that cannot be read stops before the switch, rather than serve that point with the state of another and call it rolled back', async (t) => {
+  const { work, pointA, pointB, version } = await twoRegistryPoints(t);
+  for (const p of [pointA, pointB]) assert.equal((await lifeboat(['--quiet', 'failover', p], { cwd: work })).code, 0);
+  assert.equal(version(), 'B');
+  // A's manifest is gone (damaged, or a storage that fails): what state goes back with A is not known.
+  const manifest = path.join(work, 'repo', 'points', `${pointA}.json`);
+  await fsp.rename(manifest, `${manifest}.away`);
+  const r = await lifeboat(['rollback'], { cwd: work });
+  assert.equal(r.code, 3, r.stderr);
+  assert.match(
+    r.stderr,
+    new RegExp(`^lifeboat: rollback of prod to ${pointA} failed before the switch: the serving state of ${pointA} cannot be put back, since its manifest could not be read: backup point ${pointA} is missing its manifest .*; prod still serves ${pointB}, nothing was switched\n  lifeboat rollback --to prod --no-state switches the link alone, leaving the serving state as it is\n$`),
+  );
+  assert.equal(await readlinkOf(path.join(work, 'current')), path.join(work, 'slots', pointB));
+  assert.equal(version(), 'B');
+  // Asked for in so many words: the link alone.
+  assert.equal((await lifeboat(['--quiet', 'rollback', '--no-state'], { cwd: work })).code, 0);
+  assert.equal(await readlinkOf(path.join(work, 'current')), path.join(work, 'slots', pointA));
+  assert.equal(version(), 'B');
+  await fsp.rename(`${manifest}.away`, manifest);
+  assert.equal((await lifeboat(['--quiet', 'rollback'], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['--quiet', 'rollback', '--state'], { cwd: work })).code, 0);
+  assert.equal(version(), 'A', 'with its manifest back, the rollback puts its state back');
+});
+
+test('a rollback of a failover made with --no-state leaves the serving state alone as that failover did, instead of putting back an old copy over it; --state puts it back', async (t) => {
+  const { work, pointA, pointB, version } = await twoRegistryPoints(t);
+  const run = async (...args: string[]) => {
+    const r = await lifeboat(args, { cwd: work });
+    assert.equal(r.code, 0, r.stderr);
+    return r;
+  };
+  await run('--quiet', 'failover', pointA);
+  assert.equal(version(), 'A');
+  // Only the model is to change: the registry is live and right.
+  await run('--quiet', 'failover', pointB, '--no-state');
+  const db = new Database(path.join(work, 'state', 'registry.db'));
+  db.exec("UPDATE stage SET version = 'written since'");
+  db.close();
+  const back = await run('rollback');
+  assert.match(back.stderr, new RegExp(`the failover to ${pointB} left the serving state as it was, so this rollback does too \\(--state puts the state of ${pointA} back\\)`));
+  assert.equal(version(), 'written since', 'the registry is left alone');
+  // Rolling back that rollback leaves it alone too.
+  assert.match((await run('rollback')).stderr, new RegExp(`the rollback to ${pointA} left the serving state as it was`));
+  assert.equal(version(), 'written since');
+  await run('--quiet', 'rollback', '--state');
+  assert.equal(version(), 'A', 'asked for, the state goes back');
+  // A rollback of a switch that put the state back puts it back, as before.
+  await run('--quiet', 'rollback');
+  assert.equal(version(), 'B');
+});
+
+async function readlinkOf(link: string): Promise<string> {
+  return path.resolve(path.dirname(link), await fsp.readlink(link));
+}
 
 test('a backup waiting for a writer that holds a SQLite database locked says so, and Ctrl-C stops it at once', { timeout: 60_000 }, async (t) => {
   const work = await tempDir();

@@ -6,7 +6,7 @@ import { formatDuration } from '../config/duration.js';
 import type { Manifest } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { sha256OfFile } from '../format/checksum.js';
-import { leftWorkDirectory, type Notice, type Reporter } from './events.js';
+import { keepingWarnings, leftWorkDirectory, type Notice, type Reporter } from './events.js';
 import { appendEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
@@ -112,13 +112,7 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
   const now = options.now ?? (() => new Date());
   // Every warning told on the way is kept for the result too, as a backup's are: monitoring counts them.
   const warnings: Notice[] = [];
-  const reporter: Reporter = {
-    progress: (p) => options.reporter?.progress?.(p),
-    notice: (n) => {
-      if (n.level === 'warning') warnings.push(n);
-      options.reporter?.notice?.(n);
-    },
-  };
+  const reporter = keepingWarnings(options.reporter, warnings);
   const started = now();
   const rpoMs = Math.max(0, started.getTime() - Date.parse(point.completedAt));
   const checks: DrillCheck[] = [];
@@ -249,6 +243,10 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
       reporter.notice?.({ level: 'warning', code: 'journal-failed', message: `could not record the drill in the journal: ${errorMessage(err)}` });
     }
     return result;
+  } catch (err) {
+    // A drill that did not finish is in the journal too, with why: status would otherwise show the last one that did.
+    await appendEvent(repo.storage, { type: 'drill', point: point.id, outcome: 'failed', durationMs: Date.now() - t0, detail: { reason: errorMessage(err) } }).catch(() => undefined);
+    throw err;
   } finally {
     await removeTree(base).catch(() => undefined);
   }

@@ -35,6 +35,17 @@ export interface Reporter {
 
 export const silentReporter: Reporter = {};
 
+/** `reporter`, with every warning told through it also kept in `warnings`: monitoring counts them. */
+export function keepingWarnings(reporter: Reporter | undefined, warnings: Notice[]): Reporter {
+  return {
+    progress: (p) => reporter?.progress?.(p),
+    notice: (n) => {
+      if (n.level === 'warning') warnings.push(n);
+      reporter?.notice?.(n);
+    },
+  };
+}
+
 /** The notice of a work directory a killed run left, removed by a later one. */
 export function leftWorkDirectory(dir: string): Notice {
   return { level: 'info', code: 'work-directory-removed', path: dir, message: `removed ${dir}, left by a run that was killed` };

@@ -1,8 +1,8 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { CredentialsRefusedError, InterruptedError, LifeboatError, RuntimeFailure, UsageError, errorMessage, fileSystemHint, throwIfAborted } from '../errors.js';
+import { CredentialsRefusedError, ExitCode, InterruptedError, LifeboatError, RuntimeFailure, UsageError, errorMessage, fileSystemHint, throwIfAborted } from '../errors.js';
 import { deploymentOf, type Manifest } from '../format/manifest.js';
-import { putStateBack } from '../state/put-back.js';
+import { putStateBack, refuseEmptyCopies, stateToPutBack, type EmptyCopies } from '../state/put-back.js';
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
 import type { Reporter } from './events.js';
 import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } from './health.js';
@@ -18,8 +18,13 @@ import { removeTree } from '../format/remove-tree.js';
 export interface SwitchOptions {
   signal?: AbortSignal;
   reporter?: Reporter;
-  /** Run the restore commands of command sources with their captured state (default true). */
+  /**
+   * Put the point's serving state back (SQLite copies, restore commands). Default: yes, but for a
+   * rollback that undoes a switch made without it, which leaves the state alone as that switch did.
+   */
   applyState?: boolean;
+  /** Put back a SQLite copy the backup found empty over a live database that holds something (refused otherwise). */
+  allowEmptyState?: boolean;
   /** Volumes streamed at once while restoring. */
   concurrency?: number;
   hookTimeoutMs?: number;
@@ -119,18 +124,48 @@ async function health(run: Run, slot: string | null, point: string | null): Prom
 /** Feeds each command source's captured state to its restore command, and copies SQLite sources back where asked. */
 async function applyState(run: Run, manifest: Manifest, slot: string): Promise<void> {
   if (run.options.applyState === false) return;
+  const done: { name: string; keptAs?: string }[] = [];
   await putStateBack(manifest, slot, {
     cwd: run.spec.cwd,
     env: hookEnv(run, slot, manifest.id),
     timeouts: run.spec.stateTimeouts,
     signal: run.options.signal,
     note: (code, message) => note(run, code, message),
+    putBack: (name, keptAs) => done.push({ name, keptAs }),
+    emptyCopies: emptyCopies(run),
+  }).catch((err: unknown) => {
+    // The link has not moved, but the live state has: "nothing was switched" must not hide it, --quiet or not.
+    if (done.length > 0) {
+      const kept = done.flatMap((d) => (d.keptAs ? [`what ${d.name} held is kept as ${d.keptAs}`] : []));
+      const rest = stateToPutBack(manifest).filter((name) => !done.some((d) => d.name === name));
+      const put = `${done.map((d) => d.name).join(', ')} had been put back${kept.length ? ` (${kept.join('; ')})` : ''}`;
+      note(run, 'state-partly-put-back', `putting back the state of ${manifest.id} failed after ${put}; ${rest.join(', ')} not put back`, 'warning');
+    }
+    throw err;
   });
 }
 
-async function manifestOf(repo: Repository, point: string | null | undefined): Promise<Manifest | undefined> {
-  if (!point) return undefined;
-  return repo.manifest(point).catch(() => undefined);
+function emptyCopies(run: Run): EmptyCopies {
+  return { allow: run.options.allowEmptyState, leaveAlone: '--no-state' };
+}
+
+/** The repository, or why it could not be opened: a rollback that puts back no state does without it. */
+export type MaybeRepository = Repository | { unreadable: unknown };
+
+/**
+ * The manifest of the point a rollback returns to, which says what serving state goes back. One
+ * that cannot be read (damaged, a storage that fails) stops the rollback before the switch: left
+ * out, the target would serve that point with the state of another, and say it rolled back.
+ */
+async function stateManifest(repo: MaybeRepository, target: string, point: string): Promise<Manifest> {
+  const read = 'unreadable' in repo ? Promise.reject(repo.unreadable) : repo.manifest(point);
+  return read.catch((err: unknown) => {
+    if (err instanceof InterruptedError) throw err;
+    throw new LifeboatError(`the serving state of ${point} cannot be put back, since its manifest could not be read: ${errorMessage(err)}`, err instanceof LifeboatError ? err.exitCode : ExitCode.runtime, {
+      cause: err,
+      hint: `lifeboat rollback --to ${target} --no-state switches the link alone, leaving the serving state as it is`,
+    });
+  });
 }
 
 async function isDirectory(p: string): Promise<boolean> {
@@ -152,7 +187,7 @@ function healthFailure(run: Run, h: HealthResult): string {
  */
 async function transition(
   run: Run,
-  repo: Repository,
+  repo: MaybeRepository,
   from: string | null,
   to: string,
   point: string | null,
@@ -202,8 +237,11 @@ async function transition(
   let previousDetail: string | undefined;
   let previousUnchecked: boolean | undefined;
   if (from) {
-    const old = await manifestOf(repo, fromPoint);
-    if (old) await applyState(run, old, from).catch((err) => note(run, 'state-restore-failed', errorMessage(err), 'warning'));
+    if (fromPoint && run.options.applyState !== false) {
+      await stateManifest(repo, run.spec.name, fromPoint)
+        .then((old) => applyState(run, old, from))
+        .catch((err) => note(run, 'state-restore-failed', errorMessage(err), 'warning'));
+    }
     let reactivated: string | undefined;
     await hook(run, 'activate', from, fromPoint, true).catch((err) => {
       reactivated = errorMessage(err);
@@ -223,7 +261,7 @@ async function transition(
 async function remember(run: Run, from: string | null, to: string, kind: string): Promise<void> {
   const state = await readTargetState(run.spec.slots);
   state.previous = from;
-  state.history.push({ at: new Date().toISOString(), from, to, kind });
+  state.history.push({ at: new Date().toISOString(), from, to, kind, state: run.options.applyState !== false });
   await writeTargetState(run.spec.slots, state).catch((err: unknown) => {
     // The link has already moved: an operator must not take this for a failure before the switch.
     const fromPoint = slotPoint(run.spec.slots, from);
@@ -301,8 +339,9 @@ async function pruneSlots(run: Run, active: string | null, previous: string | nu
   return doomed.map((s) => s.name);
 }
 
-async function journal(run: Run, repo: Repository, type: string, result: SwitchResult): Promise<void> {
+async function journal(run: Run, repo: MaybeRepository, type: string, result: SwitchResult): Promise<void> {
   try {
+    if ('unreadable' in repo) throw repo.unreadable;
     await appendEvent(repo.storage, {
       type,
       point: result.point,
@@ -325,7 +364,8 @@ async function journal(run: Run, repo: Repository, type: string, result: SwitchR
   }
 }
 
-async function journalError(run: Run, repo: Repository, type: string, point: string | null, err: unknown): Promise<void> {
+async function journalError(run: Run, repo: MaybeRepository, type: string, point: string | null, err: unknown): Promise<void> {
+  if ('unreadable' in repo) return;
   await appendEvent(repo.storage, {
     type,
     point,
@@ -355,6 +395,8 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     const from = await readActive(spec.active);
     const fromPoint = slotPoint(spec.slots, from) ?? null;
     served = fromPoint ?? from ?? 'nothing';
+    // Refused before the slot is restored, which may take long: the operator hears it at once.
+    if (options.applyState !== false) await refuseEmptyCopies(manifest, emptyCopies(run));
     const reused = await isDirectory(slot);
     for (const name of await removeOtherStaging(slot)) note(run, 'staging-removed', `removed ${name}, left by an interrupted failover to another point`);
     note(run, reused ? 'slot-check' : 'slot-restore', reused ? `checking slot ${slot} file by file` : `restoring ${manifest.id} into ${slot}`);
@@ -449,7 +491,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
  * the same health checking (and switching back again if that slot is not
  * healthy). Rolling back twice returns to where it started.
  */
-export async function rollback(repo: Repository, spec: TargetSpec, options: SwitchOptions = {}): Promise<SwitchResult> {
+export async function rollback(repo: MaybeRepository, spec: TargetSpec, options: SwitchOptions = {}): Promise<SwitchResult> {
   const run: Run = { spec, options, started: Date.now() };
   let to: string | null = null;
   let served = 'nothing';
@@ -474,6 +516,13 @@ export async function rollback(repo: Repository, spec: TargetSpec, options: Swit
     }
     if (to === from) throw new UsageError(`target ${spec.name} already serves ${to}`);
     const point = slotPoint(spec.slots, to) ?? null;
+    // Undoing a switch that left the serving state alone (--no-state) leaves it alone too, unless told otherwise:
+    // the live state was kept for a reason, and the point's copy would replace what was written since.
+    const undone = state.history.at(-1);
+    if (options.applyState === undefined && undone?.to === from && undone.state === false) {
+      run.options = { ...options, applyState: false };
+      note(run, 'state-left', `the ${undone.kind} to ${slotPoint(spec.slots, from) ?? from} left the serving state as it was, so this rollback does too (--state puts the state of ${point ?? to} back)`);
+    }
     const result: SwitchResult = {
       ok: false,
       outcome: 'failed',
@@ -487,8 +536,7 @@ export async function rollback(repo: Repository, spec: TargetSpec, options: Swit
       durationMs: 0,
       pruned: [],
     };
-    const manifest = await manifestOf(repo, point);
-    if (manifest) await applyState(run, manifest, to);
+    if (point && run.options.applyState !== false) await applyState(run, await stateManifest(repo, spec.name, point), to);
     await settle(run, 'rollback', result, await transition(run, repo, from, to, point));
     result.durationMs = Date.now() - run.started;
     await journal(run, repo, 'rollback', result);
@@ -594,6 +642,13 @@ export async function status(repo: Repository | { unreadable: unknown }, specs: 
     });
     const state = await readTargetState(spec.slots);
     const damaged = slotsError === undefined ? await targetStateDamage(spec.slots) : undefined;
+    // No link where the record of switches says one was made (removed by hand, a cleanup script): the server has nothing to load after a restart.
+    const lastServed = state.history.at(-1)?.to;
+    if (activePath === null && error === undefined && lastServed !== undefined) {
+      const served = slotPoint(spec.slots, lastServed);
+      error = `${spec.active} is missing, though the record of switches has ${spec.name} serving ${served ?? lastServed}`;
+      hint = `serve it again: lifeboat failover ${served ?? 'POINT'} --to ${spec.name}`;
+    }
     const h = spec.health && (spec.health.url || spec.health.command)
       ? await checkOnce(spec.health, Math.min(spec.health.timeoutMs ?? 5000, 5000), { cwd: spec.cwd, env: targetEnv(spec, activePath, point), signal: options.signal })
       : undefined;

@@ -40,7 +40,10 @@ const VERIFY_HINT = '`lifeboat verify` reports the damage';
 /** Nothing where a repository was named: never made there, or its disk or bucket is not what it was. */
 export class NoRepository extends UsageError {
   constructor(location: string) {
-    super(`there is no lifeboat repository at ${location}`, { hint: 'create one with `lifeboat init`, or check --repo' });
+    // A backup disk not mounted looks the same as no repository yet: a new, empty one made there would hide the backups.
+    super(`there is no lifeboat repository at ${location}`, {
+      hint: 'check that --repo, LIFEBOAT_REPO or repository: names it, and that its disk is mounted or its bucket is there; `lifeboat init` makes a new, empty one',
+    });
   }
 }
 

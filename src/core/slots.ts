@@ -17,7 +17,16 @@ const targetStateSchema = z.object({
   version: z.literal(1),
   /** Absolute path the link pointed at before the last successful switch (what rollback returns to). */
   previous: z.string().nullable(),
-  history: z.array(z.object({ at: z.string(), from: z.string().nullable(), to: z.string(), kind: z.string() })),
+  history: z.array(
+    z.object({
+      at: z.string(),
+      from: z.string().nullable(),
+      to: z.string(),
+      kind: z.string(),
+      /** Whether the switch put the point's serving state back (false: --no-state); absent in records from before it was kept. */
+      state: z.boolean().optional(),
+    }),
+  ),
 });
 export type TargetState = z.infer<typeof targetStateSchema>;
 

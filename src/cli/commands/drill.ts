@@ -4,7 +4,7 @@ import { HealthError, IntegrityError, RuntimeFailure, errorMessage, fileSystemHi
 import { formatDuration } from '../../config/duration.js';
 import { drill, unfinishedChecks, type CheckName, type DrillCheck, type DrillResult } from '../../core/drill.js';
 import { drillErrorJUnit, drillJUnit } from '../../core/junit.js';
-import type { Notice } from '../../core/events.js';
+import { keepingWarnings, type Notice } from '../../core/events.js';
 import { writeFileAtomic } from '../../core/metrics.js';
 import { makeDirectories } from '../../format/mkdirs.js';
 import { contextConfig, openRepository, repositoryUrl, type CliContext } from '../context.js';
@@ -42,8 +42,12 @@ export function drillJson(r: DrillResult) {
     problems: r.problems,
     checks: r.checks,
     exitCode: r.exitCode,
-    warnings: r.warnings.map(({ code, path: p, message }) => ({ code, path: p, message })),
+    warnings: warningsJson(r.warnings),
   };
+}
+
+function warningsJson(warnings: readonly Notice[]) {
+  return warnings.map(({ code, path: p, message }) => ({ code, path: p, message }));
 }
 
 /** Writes the JUnit report, its directory made if need be (`--junit reports/drill.xml` in a fresh CI checkout). */
@@ -88,10 +92,17 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
     let result: DrillResult;
     let damaged: unknown;
     const renderer = new ProgressRenderer(ctx, 'drill');
+    // What the drill warned about, kept here too: one that does not finish still tells monitoring.
+    const warned: Notice[] = [];
+    let reportRefused = false;
     try {
       const workDir = await directoryFlag(ctx.cwd, '--work-dir', flags.workDir);
       // Known before the restore, not after it.
-      await reportFileFlag(ctx.cwd, '--junit', flags.junit, 'drill.xml');
+      await reportFileFlag(ctx.cwd, '--junit', flags.junit, 'drill.xml').catch((err: unknown) => {
+        // Refused as it is, the report is not tried again: the refusal says it all.
+        reportRefused = true;
+        throw err;
+      });
       const config = await contextConfig(ctx);
       repository = repositoryUrl(ctx, config);
       const { repo, close } = await openRepository(ctx);
@@ -106,7 +117,7 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
           env: ctx.env,
           concurrency: config.s3?.concurrency,
           signal: ctx.signal,
-          reporter: renderer,
+          reporter: keepingWarnings(renderer, warned),
           onCheck: (c) => {
             made.push(c);
             lastCheckEnded = Date.now();
@@ -133,8 +144,17 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
       // nothing, names the point it was drilling once one was chosen, and keeps the checks that had passed, the one it was
       // making marked with the error.
       const checks = unfinishedChecks(made, errorMessage(err), Date.now() - lastCheckEnded, outputs);
-      if (running) ctx.keepDocument?.({ point: figures.point, checks });
-      if (junitFile) await writeReport(junitFile, drillErrorJUnit(checks, repository, figures.point ?? selector ?? 'latest', startedAt)).catch(() => undefined);
+      if (junitFile && !reportRefused) {
+        // Asked for and not written: said, as a drill that finished says it, never left for CI to find missing.
+        await writeReport(junitFile, drillErrorJUnit(checks, repository, figures.point ?? selector ?? 'latest', startedAt)).catch((failure: unknown) => {
+          const notice: Notice = { level: 'warning', code: 'junit-failed', message: errorMessage(failure) };
+          warned.push(notice);
+          logNotice(ctx, notice);
+        });
+      }
+      // Its warnings count as a finished drill's do, in the metrics file and for --notify-on warning.
+      figures.warnings = warned;
+      if (running || warned.length) ctx.keepDocument?.({ ...(running ? { point: figures.point, checks } : {}), warnings: warningsJson(warned) });
       throw err;
     } finally {
       renderer.stop();

@@ -1,6 +1,6 @@
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { HealthError, UsageError } from '../../errors.js';
+import { HealthError, InterruptedError, UsageError } from '../../errors.js';
 import { deploymentOf } from '../../format/manifest.js';
 import { loadConfig } from '../../config/config.js';
 import { failover, rollback, type SwitchResult } from '../../core/failover.js';
@@ -17,7 +17,10 @@ import type { CommandRunner } from '../main.js';
 interface FailoverFlags {
   to?: string;
   state?: boolean;
+  allowEmptyState?: boolean;
 }
+
+export const ALLOW_EMPTY_STATE_HELP = 'put back a SQLite copy the backup found empty (warning sqlite-empty) over a live database that holds something; refused otherwise';
 
 /** The named target from the config, paths taken from the config file's directory. */
 export async function resolveTarget(ctx: CliContext, name: string | undefined): Promise<TargetSpec> {
@@ -87,6 +90,7 @@ export async function runFailover(ctx: CliContext, selector: string | undefined,
       reporter: renderer,
       concurrency: config.s3?.concurrency,
       applyState: flags.state !== false,
+      allowEmptyState: flags.allowEmptyState === true,
     }).catch(async (err: unknown) => {
       // Damaged data fails the restore before the switch: the link is as it was.
       // The intact point is often the one served now: failing over to it again would change nothing.
@@ -110,15 +114,20 @@ async function servedDeployment(repo: Repository, spec: TargetSpec): Promise<str
 
 export async function runRollback(ctx: CliContext, flags: FailoverFlags): Promise<void> {
   const spec = await resolveTarget(ctx, flags.to);
-  const { repo, close } = await openRepository(ctx);
+  // The slot to go back to is on this host: a backup disk not mounted, or a bucket out of reach, only
+  // keeps the rollback from putting back state (it then stops, and says --no-state does without).
+  const opened = await openRepository(ctx).catch((err: unknown) => {
+    if (err instanceof InterruptedError) throw err;
+    return { unreadable: err };
+  });
   const renderer = new ProgressRenderer(ctx, `rollback of ${spec.name}`);
   try {
-    const result = await rollback(repo, spec, { signal: ctx.signal, reporter: renderer, applyState: flags.state !== false });
+    const result = await rollback('repo' in opened ? opened.repo : opened, spec, { signal: ctx.signal, reporter: renderer, applyState: flags.state, allowEmptyState: flags.allowEmptyState === true });
     renderer.stop();
     reportSwitch(ctx, 'rollback', result);
   } finally {
     renderer.stop();
-    await close();
+    if ('close' in opened) await opened.close();
   }
 }
 
@@ -129,6 +138,7 @@ export function registerFailover(program: Command, run: CommandRunner): Command 
     .argument('[point]', 'id, unique id prefix, latest (default), or an ISO-8601 time')
     .option('--to <target>', 'the target from lifeboat.yaml (may be left out when there is only one)')
     .option('--no-state', 'leave serving state alone: no restore commands of command sources, no SQLite database copied back')
+    .option('--allow-empty-state', ALLOW_EMPTY_STATE_HELP)
     .addHelpText(
       'after',
       '\nExamples:\n  lifeboat failover --to prod                          # the latest point\n  lifeboat failover 2026-11-20T03:00:00Z --to prod     # the state as of that moment',

@@ -15,13 +15,14 @@ import type { Repository } from '../../core/repository.js';
 import { loadConfig } from '../../config/config.js';
 import { makeWorkDirectory } from '../../format/mkdirs.js';
 import { removeTree } from '../../format/remove-tree.js';
-import { putStateBack, restoreTimeouts, stateToPutBack } from '../../state/put-back.js';
+import { putStateBack, refuseEmptyCopies, restoreTimeouts, stateToPutBack, type EmptyCopies } from '../../state/put-back.js';
 import { openRepository, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
 import { formatBytes, quoteName, counted } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
 import { ProgressRenderer, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
+import { ALLOW_EMPTY_STATE_HELP } from './failover.js';
 
 interface RestoreFlags {
   target?: string;
@@ -32,6 +33,7 @@ interface RestoreFlags {
   numericOwner?: boolean;
   dryRun?: boolean;
   state?: boolean;
+  allowEmptyState?: boolean;
   workDir?: string;
 }
 
@@ -59,6 +61,7 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
   }
   // Directories are staged beside their target, on its own file system; only state has a place of its own to be staged in.
   if (flags.workDir !== undefined && !flags.state) throw new UsageError('--work-dir goes with --state', { hint: 'a restore of directories is staged beside each one, on its own file system' });
+  if (flags.allowEmptyState && !flags.state) throw new UsageError('--allow-empty-state goes with --state', { hint: 'only state put back into a live database can replace it with an empty one' });
   if (flags.inPlace) return runRestoreInPlace(ctx, selector, flags);
   if (flags.state) throw new UsageError('--state puts serving state back with --in-place', { hint: 'restore --in-place --state, or let `lifeboat failover` put it back' });
   if (!flags.target) throw new UsageError('restore needs --target DIR', { hint: 'or --in-place, to restore each source to the directory it was backed up from' });
@@ -130,6 +133,7 @@ async function restoreState(
   renderer: ProgressRenderer,
   putBack: (name: string) => void,
   scratch: StateScratch | undefined,
+  flags: RestoreFlags,
 ): Promise<void> {
   if (options.dryRun || !scratch) {
     for (const name of names) renderer.notice({ level: 'info', code: 'state-restore', message: `would put back the state of ${name}` });
@@ -144,7 +148,12 @@ async function restoreState(
     signal: ctx.signal,
     note: (code, message) => renderer.notice({ level: 'info', code, message }),
     putBack,
+    emptyCopies: emptyCopies(flags),
   });
+}
+
+function emptyCopies(flags: RestoreFlags): EmptyCopies {
+  return { allow: flags.allowEmptyState, leaveAlone: 'restore without --state' };
 }
 
 /** A restore's figures for one target, as --json gives them. */
@@ -237,6 +246,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
     }
     // Every directory is checked before any is written: a refusal must not come after half the sources were restored.
     for (const p of places) await checkRestoreTarget(p.path, { ...flags, inPlace: true }, repo.storage.location);
+    if (state.length > 0) await refuseEmptyCopies({ ...point, sources: point.sources.filter((s) => state.includes(s.name)) }, emptyCopies(flags));
     scratch = state.length > 0 && !flags.dryRun ? await stateScratch(workDir, point, state, renderer) : undefined;
     for (const p of places) renderer.notice({ level: 'info', code: 'in-place', message: `${p.name} ${flags.dryRun ? 'would go' : 'goes'} back to ${quoteName(p.path)}${p.via ? ` (through the link ${quoteName(p.via)})` : ''}` });
     const started = Date.now();
@@ -257,7 +267,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
     }
     if (state.length > 0) {
       const putBack: string[] = [];
-      await restoreState(ctx, repo, point, state, commonOptions(ctx, flags, config, renderer), renderer, (name) => putBack.push(name), scratch).catch((err: unknown) => {
+      await restoreState(ctx, repo, point, state, commonOptions(ctx, flags, config, renderer), renderer, (name) => putBack.push(name), scratch, flags).catch((err: unknown) => {
         // The directories (and any state put back before the failure) stay as restored: say which, as for a source that fails.
         const restored = [...restoredSoFar(), ...putBack.map((name) => `the state of ${name}`)];
         if (restored.length > 0) {
@@ -308,6 +318,7 @@ export function registerRestore(program: Command, run: CommandRunner): Command {
     .option('--delta', 'update an existing target: rewrite only files whose content differs, remove what the point lacks')
     .option('--force', 'replace a non-empty target')
     .option('--state', 'with --in-place: put serving state back too (SQLite copied into the live database, restore commands fed their captured output), as a failover does')
+    .option('--allow-empty-state', `with --state: ${ALLOW_EMPTY_STATE_HELP}`)
     .option('--work-dir <dir>', 'with --state: where the state is restored before it is put back (default: the system temporary directory)')
     .option('-n, --dry-run', 'say what would be written, rewritten and removed (a --delta target is read and compared), and write nothing')
     .option('--numeric-owner', 'as root, give files the recorded uid and gid numbers instead of the local ids of the recorded user and group names')

@@ -48,9 +48,9 @@ function describeTarget(ctx: CliContext, t: TargetStatus): string[] {
  * that cannot be reached (a disk not mounted, a bucket gone), like an unreachable storage, and the
  * advice to make a new one with init would be wrong. Other reasons keep their own code.
  */
-function unreadableRepository(err: unknown): LifeboatError {
+function unreadableRepository(err: unknown, broken: RuntimeFailure | undefined): LifeboatError {
   const why = errorMessage(err);
-  const message = `the repository could not be read, so the age of the newest backup is not known: ${why}`;
+  const message = `the repository could not be read, so the age of the newest backup is not known: ${why}${broken ? `; ${broken.message}` : ''}`;
   if (err instanceof NoRepository || !(err instanceof LifeboatError)) {
     return new RuntimeFailure(message, {
       cause: err,
@@ -58,6 +58,25 @@ function unreadableRepository(err: unknown): LifeboatError {
     });
   }
   return new LifeboatError(message, err.exitCode, { cause: err, hint: err.hint });
+}
+
+/**
+ * What keeps a target that serves from being rolled back or looked after: a record of switches that
+ * does not read, a slots directory that cannot be listed. The target may answer healthy, so this is
+ * not exit 5; it is what lifeboat reads from disk failing, exit 1, as a repository that cannot be read is.
+ */
+function unrecoverable(targets: TargetStatus[]): RuntimeFailure | undefined {
+  const damaged = targets.filter((t) => t.record.damaged !== undefined);
+  const unlisted = targets.filter((t) => t.slotsError !== undefined);
+  if (!damaged.length && !unlisted.length) return undefined;
+  const said = [
+    ...damaged.map((t) => `the record of switches of target ${t.name}, ${t.record.path}, is damaged (${t.record.damaged}), so a rollback does not know where to go`),
+    ...unlisted.map((t) => `target ${t.name}'s slots directory ${t.slotsError}`),
+  ];
+  const hint = damaged.length
+    ? `the next failover writes the record again; to go back meanwhile, fail over to the point served before: lifeboat failover POINT --to ${damaged[0]!.name} (the failovers in its events name it)`
+    : `check that the slots directory of ${unlisted[0]!.name} is a directory this user may read`;
+  return new RuntimeFailure(said.join('; '), { hint });
 }
 
 export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<void> {
@@ -89,15 +108,17 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
     // A dangling or unreadable link is down whether or not a health check is configured.
     const sick = result.targets.filter((t) => (t.health.checked && !t.health.ok) || t.active.error !== undefined);
     // A target that is down is what a probe must hear first: exit 5, whatever the repository says.
+    const broken = unrecoverable(result.targets);
     if (sick.length) {
       const unlinked = sick.find((t) => t.active.error !== undefined);
-      const also = unreadable === undefined ? '' : `; the repository could not be read either: ${errorMessage(unreadable)}`;
+      const also = (unreadable === undefined ? '' : `; the repository could not be read either: ${errorMessage(unreadable)}`) + (broken ? `; ${broken.message}` : '');
       throw new HealthError(`unhealthy: ${sick.map((t) => `${t.name} (${t.active.error ?? t.health.detail})`).join(', ')}${also}`, {
         // A server answering from what it loaded before its slot went away will not come back after a restart.
         hint: unlinked ? (unlinked.active.hint ?? `serve a point again: lifeboat failover --to ${unlinked.name}`) : undefined,
       });
     }
-    if (unreadable !== undefined) throw unreadableRepository(unreadable);
+    if (unreadable !== undefined) throw unreadableRepository(unreadable, broken);
+    if (broken) throw broken;
   } finally {
     if ('close' in opened) await opened.close();
   }
@@ -106,7 +127,7 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
 export function registerStatus(program: Command, run: CommandRunner): Command {
   return program
     .command('status')
-    .description('per target: the active point, its health, the age of the newest backup (RPO) and the last events; exit 5 when a target is unhealthy, 1 when the repository cannot be read (the targets are reported all the same)')
+    .description('per target: the active point, its health, the age of the newest backup (RPO) and the last events; exit 5 when a target is unhealthy, 1 when the repository, a record of switches or a slots directory cannot be read (the targets are reported all the same)')
     .option('--target <name>', 'only this target')
     .option('--events <n>', 'journal events shown per target (default 5)')
     .addHelpText('after', '\nExamples:\n  lifeboat status\n  lifeboat status --json --target prod')
