@@ -921,12 +921,17 @@ test('status with a repository that is missing or unreachable still reports what
   await fsp.rm(work, { recursive: true, force: true });
 });
 
-test('a rollback with the repository out of reach (its disk not mounted) switches the link alone when told --no-state, instead of refusing to run at all', async () => {
+test('a rollback with the repository out of reach (its disk not mounted) switches the link alone when its point has no serving state, or when told --no-state', async () => {
   const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
   assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
   assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
   await fsp.rename(path.join(work, 'repo'), path.join(work, 'repo.away'));
-  // What state goes back with the point is in the repository: not known, so not guessed.
+  // A record written before switches kept the points' serving state says nothing of it: not guessed.
+  const record = path.join(work, 'slots', '.lifeboat-target.json');
+  const recorded = await fsp.readFile(record, 'utf8');
+  const older = JSON.parse(recorded);
+  for (const h of older.history) delete h.stateSources;
+  await fsp.writeFile(record, JSON.stringify(older));
   const refused = await lifeboat(['rollback'], { cwd: work });
   assert.equal(refused.code, 2, refused.stderr);
   assert.match(
@@ -934,19 +939,26 @@ test('a rollback with the repository out of reach (its disk not mounted) switche
     new RegExp(`^lifeboat: rollback of prod to ${first} failed before the switch: the serving state of ${first} cannot be put back, since its manifest could not be read: there is no lifeboat repository at .*repo; prod still serves ${second}, nothing was switched\n  lifeboat rollback --to prod --no-state switches the link alone, leaving the serving state as it is\n$`),
   );
   assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
-  // A failover needs the repository: its advice is to look for it, a new one only after that.
-  const failover = await lifeboat(['failover', first], { cwd: work });
-  assert.equal(failover.code, 2);
-  assert.match(failover.stderr, /^lifeboat: there is no lifeboat repository at .*repo\n  check that --repo, LIFEBOAT_REPO or repository: names it, and that its disk is mounted or its bucket is there; `lifeboat init` makes a new, empty one\n$/);
-  const r = await lifeboat(['rollback', '--no-state'], { cwd: work });
+  // The record of switches says these points have no serving state: their manifests are not needed.
+  await fsp.writeFile(record, recorded);
+  const r = await lifeboat(['rollback'], { cwd: work });
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, new RegExp(`^rolled back prod to ${first}: healthy`));
+  assert.match(r.stderr, new RegExp(`warning: the manifest of ${first} could not be read \\(there is no lifeboat repository at .*repo\\), but it has no serving state to put back, as recorded when it was switched to: the link alone goes back`));
   assert.match(r.stderr, /warning: could not record the rollback in the journal: there is no lifeboat repository/);
   assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first));
+  // A failover needs the repository: its advice is to look for it, a new one only after that.
+  const failover = await lifeboat(['failover', second], { cwd: work });
+  assert.equal(failover.code, 2);
+  assert.match(failover.stderr, /^lifeboat: there is no lifeboat repository at .*repo\n  check that --repo, LIFEBOAT_REPO or repository: names it, and that its disk is mounted or its bucket is there; `lifeboat init` makes a new, empty one\n$/);
+  // Told --no-state, the link alone goes back whatever the record says.
+  const noState = await lifeboat(['rollback', '--no-state'], { cwd: work });
+  assert.equal(noState.code, 0, noState.stderr);
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
   // The record of switches, on this host, has it: the next rollback returns.
   await fsp.rename(path.join(work, 'repo.away'), path.join(work, 'repo'));
   assert.equal((await lifeboat(['rollback', '--no-state'], { cwd: work })).code, 0);
-  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first));
   await fsp.rm(work, { recursive: true, force: true });
 });
 

@@ -11,7 +11,7 @@ import type { Repository } from './repository.js';
 import { restore } from './restore.js';
 import { NotEnoughSpace, removeOtherStaging } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
-import { TARGET_STATE_FILE, listSlots, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState } from './slots.js';
+import { TARGET_STATE_FILE, listSlots, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type TargetState } from './slots.js';
 import type { TargetSpec } from './targets.js';
 import { removeTree } from '../format/remove-tree.js';
 
@@ -72,6 +72,8 @@ interface Run {
   started: number;
   /** The link was moved to the new slot: from then on, an error no longer means that nothing changed. */
   linkMoved?: boolean;
+  /** The serving-state sources of the point switched to, when its manifest was read. */
+  stateSources?: string[];
 }
 
 function note(run: Run, code: string, message: string, level: 'info' | 'warning' = 'info'): void {
@@ -168,6 +170,12 @@ async function stateManifest(repo: MaybeRepository, target: string, point: strin
   });
 }
 
+/** Whether the target's record says the point in `slot` has no serving state (known only for switches recorded since this was kept). */
+function recordedStateless(state: TargetState, slot: string): boolean {
+  const last = [...state.history].reverse().find((h) => h.to === slot && h.stateSources !== undefined);
+  return last?.stateSources?.length === 0;
+}
+
 async function isDirectory(p: string): Promise<boolean> {
   return fsp.stat(p).then(
     (st) => st.isDirectory(),
@@ -261,7 +269,7 @@ async function transition(
 async function remember(run: Run, from: string | null, to: string, kind: string): Promise<void> {
   const state = await readTargetState(run.spec.slots);
   state.previous = from;
-  state.history.push({ at: new Date().toISOString(), from, to, kind, state: run.options.applyState !== false });
+  state.history.push({ at: new Date().toISOString(), from, to, kind, state: run.options.applyState !== false, ...(run.stateSources ? { stateSources: run.stateSources } : {}) });
   await writeTargetState(run.spec.slots, state).catch((err: unknown) => {
     // The link has already moved: an operator must not take this for a failure before the switch.
     const fromPoint = slotPoint(run.spec.slots, from);
@@ -442,6 +450,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
       return result;
     };
 
+    run.stateSources = stateToPutBack(manifest);
     await applyState(run, manifest, slot);
 
     if (from === slot) {
@@ -536,7 +545,20 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
       durationMs: 0,
       pruned: [],
     };
-    if (point && run.options.applyState !== false) await applyState(run, await stateManifest(repo, spec.name, point), to);
+    if (point && run.options.applyState !== false) {
+      const slot = to;
+      const manifest = await stateManifest(repo, spec.name, point).catch((err: unknown) => {
+        // A point the target's record says has no serving state needs no manifest: the link alone goes back.
+        if (err instanceof InterruptedError || !recordedStateless(state, slot)) throw err;
+        const why = err instanceof Error && err.cause !== undefined ? err.cause : err;
+        note(run, 'state-none', `the manifest of ${point} could not be read (${errorMessage(why)}), but it has no serving state to put back, as recorded when it was switched to: the link alone goes back`, 'warning');
+        return undefined;
+      });
+      if (manifest) {
+        run.stateSources = stateToPutBack(manifest);
+        await applyState(run, manifest, to);
+      } else run.stateSources = [];
+    }
     await settle(run, 'rollback', result, await transition(run, repo, from, to, point));
     result.durationMs = Date.now() - run.started;
     await journal(run, repo, 'rollback', result);

@@ -25,6 +25,8 @@ const targetStateSchema = z.object({
       kind: z.string(),
       /** Whether the switch put the point's serving state back (false: --no-state); absent in records from before it was kept. */
       state: z.boolean().optional(),
+      /** The serving-state sources of the point switched to, so that a rollback to it knows without its manifest when it has none. */
+      stateSources: z.array(z.string()).optional(),
     }),
   ),
 });
