@@ -127,6 +127,10 @@ test('a flag value that cannot be used is refused (exit 2) naming the flag and w
     [['backup', d.src, '--metrics-file', ''], /--metrics-file "": expected the path of a file/],
     [['drill', '--junit', ''], /--junit "": expected the path of a file/],
     [['drill', '--smoke', ''], /--smoke "": expected a shell command/],
+    // A script's unset variable must not pick every target, or the only one.
+    [['status', '--target', ''], /--target "": expected the name of a target from lifeboat\.yaml/],
+    [['failover', '--to', ''], /--to "": expected the name of a target from lifeboat\.yaml/],
+    [['rollback', '--to', ''], /--to "": expected the name of a target from lifeboat\.yaml/],
     // A timeout or an objective of 0 could only fail.
     [['drill', '--smoke', 'true', '--smoke-timeout', '0s'], /--smoke-timeout 0s: expected a duration longer than 0/],
     [['drill', '--rto', '0m'], /--rto 0m: expected a duration longer than 0/],

@@ -13,6 +13,7 @@ import { formatBytes, counted } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
 import { ProgressRenderer, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
+import { nonEmpty } from '../flags.js';
 
 interface FailoverFlags {
   to?: string;
@@ -24,8 +25,9 @@ export const ALLOW_EMPTY_STATE_HELP = 'put back a SQLite copy the backup found e
 
 /** The named target from the config, paths taken from the config file's directory. */
 export async function resolveTarget(ctx: CliContext, name: string | undefined): Promise<TargetSpec> {
+  const chosen = nonEmpty('--to', name, 'the name of a target from lifeboat.yaml');
   const { config, file } = await loadConfig({ explicit: ctx.global.config, cwd: ctx.cwd, env: ctx.env });
-  return chooseTarget(config, name, file ? path.dirname(file) : ctx.cwd, ctx.env);
+  return chooseTarget(config, chosen, file ? path.dirname(file) : ctx.cwd, ctx.env);
 }
 
 export function switchJson(r: SwitchResult) {

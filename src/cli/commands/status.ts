@@ -10,7 +10,7 @@ import { openRepository, type CliContext } from '../context.js';
 import { formatDuration } from '../../config/duration.js';
 import { escapeUnprintable, quoteName } from '../format.js';
 import { paint, printResult } from '../output.js';
-import { count } from '../flags.js';
+import { count, nonEmpty } from '../flags.js';
 import type { CommandRunner } from '../main.js';
 
 interface StatusFlags {
@@ -80,9 +80,10 @@ function unrecoverable(targets: TargetStatus[]): RuntimeFailure | undefined {
 }
 
 export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<void> {
+  const only = nonEmpty('--target', flags.target, 'the name of a target from lifeboat.yaml');
   const { config, file } = await loadConfig({ explicit: ctx.global.config, cwd: ctx.cwd, env: ctx.env });
   const base = file ? path.dirname(file) : ctx.cwd;
-  const names = flags.target ? [flags.target] : Object.keys(config.targets ?? {});
+  const names = only !== undefined ? [only] : Object.keys(config.targets ?? {});
   const specs = names.map((n) => chooseTarget(config, n, base, ctx.env));
   const events = flags.events === undefined ? 5 : count('--events', flags.events, 0);
   // What the targets serve is read from the targets: a repository that cannot be read does not hide it.
