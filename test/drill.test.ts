@@ -426,6 +426,8 @@ test('a JUnit report that cannot be written after the drill ran still leaves its
   const j = json.json();
   assert.equal(j.point, d.id);
   assert.deepEqual(j.checks.map((c: { status: string }) => c.status), ['passed', 'passed', 'passed', 'passed', 'skipped', 'skipped'], 'the checks the drill made');
+  // Said as the summaries say it, not as a raw byte count beside a KiB figure.
+  assert.match(j.checks[0].message, /^restored \d+ files?, [\d.]+ (B|KiB|MiB)$/);
   assert.match(j.smoke.output, /prediction/);
   assert.equal(j.error.exitCode, 1);
   assert.match(j.error.message, /^could not write the JUnit report .*drill\.xml: /);

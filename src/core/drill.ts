@@ -16,6 +16,7 @@ import { afterDelay } from '../sleep.js';
 import { KILL_GRACE_MS, commandEnv, exitAndOutput, killGroup } from '../state/command.js';
 import { makeWorkDirectory } from '../format/mkdirs.js';
 import { removeTree } from '../format/remove-tree.js';
+import { formatBytes } from '../format/units.js';
 
 export type CheckName = 'restore' | 'checksums' | 'model' | 'smoke' | 'rto' | 'rpo';
 
@@ -139,7 +140,7 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
       files = r.files;
       bytes = r.bytes;
       restored = true;
-      fail({ name: 'restore', status: 'passed', durationMs: Date.now() - t0, message: `restored ${r.files} files, ${r.bytes} bytes` });
+      fail({ name: 'restore', status: 'passed', durationMs: Date.now() - t0, message: `restored ${r.files} file${r.files === 1 ? '' : 's'}, ${formatBytes(r.bytes)}` });
     } catch (err) {
       throwIfAborted(options.signal);
       // Damaged data is what a drill is there to find; a restore that could not run (no room in the work
