@@ -795,3 +795,23 @@ test('a SQLite database a writer crashed in, its transaction left in a hot journ
   assert.deepEqual(copy.prepare('SELECT name FROM versions').all(), [{ name: 'v1' }, { name: 'v2' }]);
   assert.deepEqual(copy.prepare('SELECT count(*) AS n FROM uncommitted').get(), { n: 0 }, 'nothing of the unfinished transaction');
 });
+
+test('a failover run again for the point already served leaves the serving state written since alone; --state puts the backup copy back', async (t) => {
+  const { work, pointB, version } = await twoRegistryPoints(t);
+  const run = async (...args: string[]) => {
+    const r = await lifeboat(args, { cwd: work });
+    assert.equal(r.code, 0, r.stderr);
+    return r;
+  };
+  await run('--quiet', 'failover', pointB);
+  assert.equal(version(), 'B');
+  // The service writes; the operator, unsure the first run went through, runs it again.
+  const db = new Database(path.join(work, 'state', 'registry.db'));
+  db.exec("UPDATE stage SET version = 'written since'");
+  db.close();
+  const again = await run('failover', pointB);
+  assert.match(again.stderr, new RegExp(`prod already serves ${pointB}, whose serving state was put back when it was switched to; the state is left as it is \\(--state puts it back again\\)`));
+  assert.equal(version(), 'written since', 'the registry is left alone');
+  await run('--quiet', 'failover', pointB, '--state');
+  assert.equal(version(), 'B', 'asked for, the state goes back');
+});

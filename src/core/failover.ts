@@ -20,7 +20,8 @@ export interface SwitchOptions {
   reporter?: Reporter;
   /**
    * Put the point's serving state back (SQLite copies, restore commands). Default: yes, but for a
-   * rollback that undoes a switch made without it, which leaves the state alone as that switch did.
+   * rollback that undoes a switch made without it, which leaves the state alone as that switch did,
+   * and for a failover to the point already served, whose state went back when it was switched to.
    */
   applyState?: boolean;
   /** Put back a SQLite copy the backup found empty over a live database that holds something (refused otherwise). */
@@ -168,6 +169,12 @@ async function stateManifest(repo: MaybeRepository, target: string, point: strin
       hint: `lifeboat rollback --to ${target} --no-state switches the link alone, leaving the serving state as it is`,
     });
   });
+}
+
+/** Whether the last recorded switch was to `slot` and put its point's serving state back. */
+async function stateWentBackWith(slots: string, slot: string): Promise<boolean> {
+  const last = (await readTargetState(slots)).history.at(-1);
+  return last?.to === slot && last.state !== false;
 }
 
 /** Whether the target's record says the point in `slot` has no serving state (known only for switches recorded since this was kept). */
@@ -403,8 +410,14 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     const from = await readActive(spec.active);
     const fromPoint = slotPoint(spec.slots, from) ?? null;
     served = fromPoint ?? from ?? 'nothing';
+    // Run again for the point already served (to repair its slot, or unsure whether the first run went through),
+    // a failover must not put the backup's state over what the service has written since it was switched to.
+    if (from === slot && options.applyState === undefined && (await stateWentBackWith(spec.slots, slot))) {
+      run.options = { ...options, applyState: false };
+      note(run, 'state-left', `${spec.name} already serves ${manifest.id}, whose serving state was put back when it was switched to; the state is left as it is (--state puts it back again)`);
+    }
     // Refused before the slot is restored, which may take long: the operator hears it at once.
-    if (options.applyState !== false) await refuseEmptyCopies(manifest, emptyCopies(run));
+    if (run.options.applyState !== false) await refuseEmptyCopies(manifest, emptyCopies(run));
     const reused = await isDirectory(slot);
     for (const name of await removeOtherStaging(slot)) note(run, 'staging-removed', `removed ${name}, left by an interrupted failover to another point`);
     note(run, reused ? 'slot-check' : 'slot-restore', reused ? `checking slot ${slot} file by file` : `restoring ${manifest.id} into ${slot}`);

@@ -91,7 +91,7 @@ export async function runFailover(ctx: CliContext, selector: string | undefined,
       signal: ctx.signal,
       reporter: renderer,
       concurrency: config.s3?.concurrency,
-      applyState: flags.state !== false,
+      applyState: flags.state,
       allowEmptyState: flags.allowEmptyState === true,
     }).catch(async (err: unknown) => {
       // Damaged data fails the restore before the switch: the link is as it was.
@@ -139,7 +139,8 @@ export function registerFailover(program: Command, run: CommandRunner): Command 
     .description('restore a point into a slot of a target, switch its active link atomically, health-check, and switch back on failure (exit 5)')
     .argument('[point]', 'id, unique id prefix, latest (default), or an ISO-8601 time')
     .option('--to <target>', 'the target from lifeboat.yaml (may be left out when there is only one)')
-    .option('--no-state', 'leave serving state alone: no restore commands of command sources, no SQLite database copied back')
+    .option('--state', 'put the serving state back even when the target already serves the point (it went back when the point was switched to)')
+    .option('--no-state', 'leave serving state alone: no restore commands of command sources, no SQLite database copied back (the default when the target already serves the point)')
     .option('--allow-empty-state', ALLOW_EMPTY_STATE_HELP)
     .addHelpText(
       'after',
