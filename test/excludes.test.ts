@@ -51,6 +51,9 @@ test('a backup leaves out what the patterns name, wherever it is, and does not r
   const shown = (await lifeboat(['--repo', repo, '--json', 'show', 'latest'])).json();
   const paths = shown.entries.map((e: { path: string }) => e.path).sort();
   assert.deepEqual(paths, ['llama', 'llama/config.json', 'llama/logs', 'llama/logs/keep.log', 'llama/shards', 'llama/shards/a.safetensors']);
+  // The point records them, for a restore --delta to leave what they match alone.
+  assert.deepEqual(shown.sources.map((s: { exclude?: string[] }) => s.exclude), [['*.tmp', '__pycache__', '/logs', 'cache/']]);
+  assert.match((await lifeboat(['--repo', repo, 'show', 'latest'])).stdout, /^sources: models=.*models \(files, leaving out \*\.tmp __pycache__ \/logs cache\/\)$/m);
 });
 
 test('a pattern that starts with ! is refused (exit 2) with what to write instead, from the command line and the config; \\! stands for a literal !', async (t) => {

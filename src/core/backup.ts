@@ -291,6 +291,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
         mtimeNs: s.mtimeNs,
         uid: s.uid,
         gid: s.gid,
+        exclude: [...(options.excludes ?? [])],
       })),
       volumes,
       entries,

@@ -119,6 +119,11 @@ export const sourceSchema = z.object({
   mtimeNs: nsTime.optional(),
   uid: ownerId.optional(),
   gid: ownerId.optional(),
+  /**
+   * The exclude patterns the backup left paths of the source out with (empty when none), which a
+   * --delta restore leaves alone in its target. Absent in manifests of older versions.
+   */
+  exclude: z.array(z.string()).optional(),
 });
 export type SourceRecord = z.infer<typeof sourceSchema>;
 

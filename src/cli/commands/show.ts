@@ -32,12 +32,13 @@ export async function runShow(ctx: CliContext, selector: string): Promise<void> 
     }));
     const models = summariseModels(m.entries);
     // `restore`: what a failover puts the state back with (the database, or the command that takes the output on stdin).
-    const sources = m.sources.map((s) => ({ name: s.name, kind: s.kind, path: s.path, ...(s.restore ? { restore: s.restore } : {}) }));
+    // `exclude`: what the backup left out of a files source, which a restore --delta leaves alone.
+    const sources = m.sources.map((s) => ({ name: s.name, kind: s.kind, path: s.path, ...(s.restore ? { restore: s.restore } : {}), ...(s.exclude?.length ? { exclude: s.exclude } : {}) }));
     printResult(ctx, { ...pointJson(m), sources, models, warnings: m.warnings, entries: files }, () => {
       const head = [
         `point ${m.id} (${m.type}${m.parent ? `, parent ${m.parent}` : ''})${m.deployment ? ` of deployment ${m.deployment}` : ''}, completed ${m.completedAt} on ${quoteName(m.host)}`,
         // A command line may hold commas and spaces: it is set apart as the command it is.
-        `sources: ${sources.map((s) => `${s.name}=${s.kind === 'command' ? `\`${escapeUnprintable(s.path)}\`` : quoteName(s.path)} (${s.kind})`).join(', ')}`,
+        `sources: ${sources.map((s) => `${s.name}=${s.kind === 'command' ? `\`${escapeUnprintable(s.path)}\`` : quoteName(s.path)} (${s.kind}${s.exclude ? `, leaving out ${s.exclude.map(quoteName).join(' ')}` : ''})`).join(', ')}`,
         `${counted(m.stats.files, 'file')}, ${formatBytes(m.stats.bytes)}, ${formatBytes(m.stats.storedBytes)} stored in this point`,
         ...models.map((x) => `model: ${quoteName(x.path)}: ${x.format}, ${escapeUnprintable(x.summary)}`),
         // What the backup warned about (files it left out, an empty database) stays with the point: whoever restores it learns it here.
