@@ -4,8 +4,10 @@ import { execFileSync } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { lifeboat } from './helpers/cli.js';
-import { tempDir } from './helpers/tree.js';
+import { listFiles, tempDir } from './helpers/tree.js';
 import { isExcluded } from '../src/core/scan.js';
+import { decodeDocument, encodeDocument } from '../src/format/document.js';
+import { manifestSchema } from '../src/format/manifest.js';
 
 test('exclude patterns follow tar, rsync, restic and .gitignore: no slash matches a name at any depth, a leading slash anchors, a trailing slash means directories', () => {
   const cases: [string, boolean, string, boolean][] = [
@@ -86,4 +88,125 @@ test('a pattern that starts with ! is refused (exit 2) with what to write instea
   assert.equal(literal.code, 0, literal.stderr);
   const shown = (await lifeboat(['--repo', repo, '--json', 'show', 'latest'])).json();
   assert.deepEqual(shown.entries.map((e: { path: string }) => e.path).sort(), ['s1.txt', 'w.bin']);
+});
+
+/** A model directory with what a server leaves beside its weights, and the patterns that leave those out. */
+async function servedModels(models: string): Promise<void> {
+  await fsp.mkdir(path.join(models, 'llama', '__pycache__'), { recursive: true });
+  await fsp.mkdir(path.join(models, 'logs'), { recursive: true });
+  for (const file of ['llama/config.json', 'llama/weights.bin', 'x.tmp', 'logs/app.log', 'llama/__pycache__/m.pyc']) await fsp.writeFile(path.join(models, file), `${file}\n`);
+}
+const LEFT_OUT = ['x.tmp', 'logs/app.log', 'llama/__pycache__/m.pyc'];
+const EXCLUDES = ['--exclude', '*.tmp', '--exclude', '/logs', '--exclude', '__pycache__/'];
+
+/** servedModels in `work`, backed up with EXCLUDES into a repository of its own. */
+async function backedUp(work: string): Promise<{ repo: string; id: string }> {
+  const models = path.join(work, 'models');
+  await servedModels(models);
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const b = await lifeboat(['--repo', repo, '--json', 'backup', models, ...EXCLUDES]);
+  assert.equal(b.code, 0, b.stderr);
+  return { repo, id: b.json().id };
+}
+
+/** Files under a directory, relative to it. */
+const filesIn = async (root: string) => (await listFiles(root)).map((f) => path.relative(root, f));
+
+test('restore --delta keeps what the backup left out with its exclude patterns, as rsync --delete does; --delete-excluded removes it too', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const { repo } = await backedUp(work);
+
+  // The target holds a restored copy, with what the server wrote since, one weight damaged and a stray file.
+  const target = path.join(work, 'restored');
+  assert.equal((await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target])).code, 0);
+  await servedModels(path.join(target, 'models'));
+  await fsp.writeFile(path.join(target, 'models', 'llama', 'weights.bin'), 'damaged');
+  await fsp.writeFile(path.join(target, 'models', 'stray.txt'), 'not in the point');
+  // A server's pipe: no backup stores one.
+  execFileSync('mkfifo', [path.join(target, 'models', 'control.pipe')]);
+
+  const dry = await lifeboat(['--repo', repo, '--json', 'restore', 'latest', '--target', target, '--delta', '--dry-run']);
+  assert.equal(dry.code, 0, dry.stderr);
+  const planned = dry.json();
+  assert.deepEqual([planned.rewritten, planned.removed, planned.keptExcluded, planned.removals], [1, 1, 4, ['models/stray.txt']]);
+  const dryText = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target, '--delta', '--dry-run']);
+  assert.match(dryText.stdout, /\(1 would be rewritten, 1 unchanged, 4 left out by the backup would be kept, 1 would be removed: models\/stray\.txt\)/);
+
+  const delta = await lifeboat(['--repo', repo, '--json', 'restore', 'latest', '--target', target, '--delta']);
+  assert.equal(delta.code, 0, delta.stderr);
+  assert.deepEqual([delta.json().rewritten, delta.json().removed, delta.json().keptExcluded], [1, 1, 4]);
+  assert.deepEqual(await filesIn(path.join(target, 'models')), ['llama/__pycache__/m.pyc', 'llama/config.json', 'llama/weights.bin', 'logs/app.log', 'x.tmp']);
+  assert.equal(await fsp.readFile(path.join(target, 'models', 'llama', 'weights.bin'), 'utf8'), 'llama/weights.bin\n');
+  assert.ok((await fsp.lstat(path.join(target, 'models', 'control.pipe'))).isFIFO(), 'the pipe is kept');
+  const text = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target, '--delta']);
+  assert.match(text.stdout, /\(0 rewritten, 2 unchanged, 4 left out by the backup kept, 0 removed\)/);
+
+  const refused = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target, '--force', '--delete-excluded']);
+  assert.equal(refused.code, 2, refused.stderr);
+  assert.match(refused.stderr, /--delete-excluded goes with --delta/);
+
+  const dryAll = await lifeboat(['--repo', repo, '--json', 'restore', 'latest', '--target', target, '--delta', '--delete-excluded', '--dry-run']);
+  assert.deepEqual([dryAll.json().removed, dryAll.json().keptExcluded, dryAll.json().removals.sort()], [4, 0, ['models/control.pipe', 'models/llama/__pycache__', 'models/logs', 'models/x.tmp']]);
+  const all = await lifeboat(['--repo', repo, '--json', 'restore', 'latest', '--target', target, '--delta', '--delete-excluded']);
+  assert.equal(all.code, 0, all.stderr);
+  assert.deepEqual(await filesIn(path.join(target, 'models')), ['llama/config.json', 'llama/weights.bin']);
+  assert.deepEqual(await fsp.readdir(path.join(target, 'models')).then((n) => n.sort()), ['llama']);
+});
+
+test('restore --in-place --delta leaves the logs, caches and temporary files the backup left out where they are', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const models = path.join(work, 'srv', 'models');
+  await servedModels(models);
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ./repo\nsources: { models: ./srv/models }\nexclude: ["*.tmp", "/logs", "__pycache__/"]\n`);
+  const run = (...args: string[]) => lifeboat(args, { cwd: work });
+  assert.equal((await run('init')).code, 0);
+  assert.equal((await run('backup')).code, 0);
+  await fsp.writeFile(path.join(models, 'llama', 'weights.bin'), 'damaged');
+
+  const dry = await run('--json', 'restore', 'latest', '--in-place', '--delta', '--dry-run');
+  assert.equal(dry.code, 0, dry.stderr);
+  const [planned] = dry.json().sources;
+  assert.deepEqual([planned.rewritten, planned.removed, planned.keptExcluded, planned.removals], [1, 0, 3, []]);
+  const r = await run('--json', 'restore', 'latest', '--in-place', '--delta');
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual([r.json().sources[0].removed, r.json().sources[0].keptExcluded], [0, 3]);
+  assert.deepEqual(await filesIn(models), ['llama/__pycache__/m.pyc', 'llama/config.json', 'llama/weights.bin', 'logs/app.log', 'x.tmp']);
+  for (const file of LEFT_OUT) assert.equal(await fsp.readFile(path.join(models, file), 'utf8'), `${file}\n`, `${file} is as it was`);
+  assert.equal(await fsp.readFile(path.join(models, 'llama', 'weights.bin'), 'utf8'), 'llama/weights.bin\n');
+
+  const all = await run('--json', 'restore', 'latest', '--in-place', '--delta', '--delete-excluded');
+  assert.equal(all.code, 0, all.stderr);
+  assert.deepEqual([all.json().sources[0].removed, all.json().sources[0].keptExcluded], [3, 0]);
+  assert.deepEqual(await filesIn(models), ['llama/config.json', 'llama/weights.bin']);
+});
+
+test('a point taken before points recorded their exclude patterns: --delta takes the config\'s patterns and says so, or without any removes what the point lacks and warns', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const { repo, id } = await backedUp(work);
+  // What an earlier version wrote: the same manifest without the field.
+  const file = path.join(repo, 'points', `${id}.json`);
+  const m = decodeDocument(await fsp.readFile(file), manifestSchema, 'manifest');
+  for (const s of m.sources) delete s.exclude;
+  await fsp.writeFile(file, encodeDocument(m));
+  const target = path.join(work, 'restored');
+  assert.equal((await lifeboat(['--repo', repo, 'restore', id, '--target', target])).code, 0);
+  await servedModels(path.join(target, 'models'));
+
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ./repo\nexclude: ["*.tmp", "/logs", "__pycache__/"]\n`);
+  const configured = await lifeboat(['--json', 'restore', id, '--target', target, '--delta'], { cwd: work });
+  assert.equal(configured.code, 0, configured.stderr);
+  assert.equal(configured.json().keptExcluded, 3);
+  assert.match(configured.stderr, new RegExp(`${id} does not record the exclude patterns its backup left files out with \\(an earlier version took it\\): --delta keeps what the config's exclude patterns match \\(\\*\\.tmp /logs __pycache__/\\)`));
+  assert.equal(configured.stderr.match(/does not record/g)?.length, 1, 'said once');
+  assert.deepEqual((await filesIn(path.join(target, 'models'))).length, 5);
+
+  const bare = await lifeboat(['--repo', repo, '--json', 'restore', id, '--target', target, '--delta']);
+  assert.equal(bare.code, 0, bare.stderr);
+  assert.deepEqual([bare.json().removed, bare.json().keptExcluded], [3, 0]);
+  assert.match(bare.stderr, /does not record the exclude patterns .*, and the config has none: --delta removes everything the point lacks, what its backup left out included/);
+  assert.deepEqual(await filesIn(path.join(target, 'models')), ['llama/config.json', 'llama/weights.bin']);
 });

@@ -36,11 +36,16 @@ import {
 } from './restore-target.js';
 import { directoriesNeedOpening, openDirectories, removeTree } from '../format/remove-tree.js';
 import { ArchivedObjectError, isNotFound } from '../storage/storage.js';
+import { excludeMatcher } from './scan.js';
 
 export interface RestoreOptions {
   target: string;
-  /** Rewrite only what differs in an existing target, and remove what the point lacks. */
+  /** Rewrite only what differs in an existing target, and remove what the point lacks but did not leave out. */
   delta?: boolean;
+  /** With delta: remove what the point's exclude patterns left out too, as rsync --delete-excluded does. */
+  deleteExcluded?: boolean;
+  /** With delta: the patterns to take for a source whose point does not record its own (taken by an older version). */
+  excludesWhenUnrecorded?: readonly string[];
   /** Replace a non-empty target. */
   force?: boolean;
   include?: string[];
@@ -75,6 +80,8 @@ export interface RestoreResult {
   rewritten?: number;
   unchanged?: number;
   removed?: number;
+  /** With --delta: paths the point lacks because its backup left them out (exclude patterns, sockets), kept (or, with --dry-run, that would be). */
+  keptExcluded?: number;
   /** With --dry-run: nothing was written; `replaced` says whether a non-empty target would be replaced (--force). */
   dryRun?: boolean;
   replaced?: boolean;
@@ -195,8 +202,9 @@ async function plannedRestore(repo: Repository, manifest: Manifest, options: Res
     const unchanged = await filesAlreadyRight(plan, target, plan.files, options.signal, reporter);
     result.unchanged = unchanged.size;
     result.rewritten = plan.files.length - unchanged.size;
-    const removals = await extrasInTarget(plan, target, { mountPoint, include: options.include ?? [], keep });
+    const { extras: removals, kept } = await extrasInTarget(plan, target, { mountPoint, include: options.include ?? [], keep, leftOut: leftOutByBackup(plan, options) });
     result.removed = removals.length;
+    result.keptExcluded = kept;
     result.removals = removals.slice(0, DRY_RUN_REMOVALS).map((p) => path.relative(target, p));
   } else {
     result.replaced = targetState === 'non-empty';
@@ -221,6 +229,7 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
   // A delta restore compares and rewrites each name on its own, so hard links are written as copies there.
   const plan = await planRestore(repo, manifest, options.include, { hardLinks: !delta, asTarget: options.asTarget });
   const keep = pathsToKeepForRepository(plan, target, repositoryInside);
+  const leftOut = leftOutByBackup(plan, options);
   const owners = ownerMapping(manifest, options.numericOwner === true);
   // Staged on the target's file system, so that moving the restored files into place is a rename.
   const staging = stagingPath(target, mountPoint);
@@ -283,7 +292,7 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
     });
     throwIfAborted(options.signal);
     if (delta) {
-      result.removed = await applyDelta(plan, staging, target, new Set(wanted), { mountPoint, include: options.include ?? [], keep }, owners, settled);
+      ({ removed: result.removed, kept: result.keptExcluded } = await applyDelta(plan, staging, target, new Set(wanted), { mountPoint, include: options.include ?? [], keep, leftOut }, owners, settled));
       await syncDirectories(plan, target);
       await removeTree(staging);
     } else {
@@ -919,17 +928,18 @@ const FILES_COMPARED_AT_ONCE = 8;
 /**
  * Brings an existing target to the point: verified files from staging are
  * renamed over whatever is there, anything the point lacks under its sources
- * is removed, and links, modes and times are set. Returns how many paths were removed.
+ * is removed (but what its backup left out, unless --delete-excluded), and
+ * links, modes and times are set. Returns how many paths were removed, and how many kept as left out.
  */
 async function applyDelta(
   plan: RestorePlan,
   staging: string,
   target: string,
   rewritten: ReadonlySet<ManifestEntry>,
-  layout: { mountPoint: boolean; include: readonly string[]; keep: readonly string[] },
+  layout: DeltaLayout,
   owners: OwnerMapping | undefined,
   settled: ReadonlySet<ManifestEntry>,
-): Promise<number> {
+): Promise<{ removed: number; kept: number }> {
   for (const s of plan.sources) {
     const root = sourceDir(plan, target, s.name);
     const st = await fsp.lstat(root).catch(() => undefined);
@@ -940,7 +950,7 @@ async function applyDelta(
   }
   const copied = new Set<ManifestEntry>();
   // Remove what the point does not have, or has with another type.
-  const extras = await extrasInTarget(plan, target, { ...layout, staging });
+  const { extras, kept } = await extrasInTarget(plan, target, { ...layout, staging });
   for (const p of extras) await removeTree(p);
   for (const e of plan.entries) {
     const p = pathIn(plan, target, e);
@@ -958,7 +968,41 @@ async function applyDelta(
     }
   }
   await applyMetadata(plan, target, owners, (e) => settled.has(e) && !copied.has(e), true);
-  return extras.length;
+  return { removed: extras.length, kept };
+}
+
+/**
+ * Whether a path the point lacks was left out of it by its backup, by choice
+ * (`source`, and the path relative to it): undefined when such paths are
+ * removed too (--delete-excluded).
+ */
+type LeftOut = ((source: string, relPath: string, isDir: boolean) => boolean) | undefined;
+
+interface DeltaLayout {
+  mountPoint: boolean;
+  include: readonly string[];
+  keep: readonly string[];
+  leftOut: LeftOut;
+}
+
+/**
+ * What the point's backup left out of each source with its exclude patterns,
+ * matched as the backup matched them, as rsync --delete spares excluded
+ * files: a --delta keeps it. A source whose point does not record its patterns
+ * (taken by an older version) takes `excludesWhenUnrecorded`, if any.
+ */
+function leftOutByBackup(plan: RestorePlan, options: Pick<RestoreOptions, 'deleteExcluded' | 'excludesWhenUnrecorded'>): LeftOut {
+  if (options.deleteExcluded) return undefined;
+  const matchers = new Map<string, (relPath: string, isDir: boolean) => boolean>();
+  for (const s of plan.sources) {
+    try {
+      matchers.set(s.name, excludeMatcher(s.exclude ?? options.excludesWhenUnrecorded ?? []));
+    } catch (err) {
+      // The backup refuses such a pattern: one recorded was written by hand.
+      throw new IntegrityError(`manifest of ${plan.manifest.id}: source ${s.name} records an exclude pattern no backup takes (${errorMessage(err)})`);
+    }
+  }
+  return (source, relPath, isDir) => matchers.get(source)?.(relPath, isDir) ?? false;
 }
 
 /**
@@ -966,29 +1010,47 @@ async function applyDelta(
  * sources that the point lacks, or has with another type (not what is under
  * it). With --include only part of the point is wanted, so nothing is judged
  * extra. A source restored in place as a mount point holds the staging
- * directory, and fsck's lost+found: neither is extra.
+ * directory, and fsck's lost+found: neither is extra. What the backup left
+ * out (`leftOut`), and sockets, pipes and devices, which no backup stores, are
+ * not extra either, but counted as `kept`.
  */
-async function extrasInTarget(plan: RestorePlan, target: string, layout: { mountPoint: boolean; include: readonly string[]; staging?: string; keep: readonly string[] }): Promise<string[]> {
-  if (layout.include.length > 0) return [];
+async function extrasInTarget(plan: RestorePlan, target: string, layout: DeltaLayout & { staging?: string }): Promise<{ extras: string[]; kept: number }> {
+  if (layout.include.length > 0) return { extras: [], kept: 0 };
   const wanted = new Map(plan.entries.map((e) => [path.join(e.source, ...e.path.split('/')), e]));
   const keep = new Set([...(layout.staging ? [layout.staging] : []), ...(layout.mountPoint ? [path.join(target, LOST_AND_FOUND)] : []), ...layout.keep]);
-  const extras: string[] = [];
+  const found = { extras: [] as string[], kept: 0 };
   for (const s of plan.sources) {
     const root = sourceDir(plan, target, s.name);
-    if (await fsp.lstat(root).then((st) => st.isDirectory(), () => false)) await extrasIn(root, s.name, wanted, keep, (p) => extras.push(p));
+    const { leftOut } = layout;
+    const spared = leftOut && ((relPath: string, isDir: boolean) => leftOut(s.name, relPath, isDir));
+    if (await fsp.lstat(root).then((st) => st.isDirectory(), () => false)) await extrasIn(root, s.name, '', wanted, keep, spared, found);
   }
-  return extras;
+  return found;
 }
 
-/** Calls `found` with each path under `dir` (at `rel` in the point) the point does not have, or has with another type. */
-async function extrasIn(dir: string, rel: string, wanted: Map<string, ManifestEntry>, keep: ReadonlySet<string>, found: (abs: string) => void): Promise<void> {
+/**
+ * Adds to `found` each path under `dir` (at `rel` in the point, `inSource` in its source) the point does not
+ * have, or has with another type; what `spared` keeps is counted instead.
+ */
+async function extrasIn(
+  dir: string,
+  rel: string,
+  inSource: string,
+  wanted: Map<string, ManifestEntry>,
+  keep: ReadonlySet<string>,
+  spared: ((relInSource: string, isDir: boolean) => boolean) | undefined,
+  found: { extras: string[]; kept: number },
+): Promise<void> {
   for (const d of await fsp.readdir(dir, { withFileTypes: true })) {
     const relPath = path.join(rel, d.name);
+    const relInSource = inSource === '' ? d.name : `${inSource}/${d.name}`;
     const abs = path.join(dir, d.name);
     if (keep.has(abs)) continue;
     const want = wanted.get(relPath);
     const kind = d.isDirectory() ? 'dir' : d.isSymbolicLink() ? 'symlink' : d.isFile() ? 'file' : 'other';
-    if (!want || want.type !== kind) found(abs);
-    else if (kind === 'dir') await extrasIn(abs, relPath, wanted, keep, found);
+    // Where the point has something, it wins; what it lacks because its backup left it out stays.
+    if (!want && spared && (kind === 'other' || spared(relInSource, kind === 'dir'))) found.kept++;
+    else if (!want || want.type !== kind) found.extras.push(abs);
+    else if (kind === 'dir') await extrasIn(abs, relPath, relInSource, wanted, keep, spared, found);
   }
 }

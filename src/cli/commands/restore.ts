@@ -28,6 +28,7 @@ interface RestoreFlags {
   target?: string;
   inPlace?: boolean;
   delta?: boolean;
+  deleteExcluded?: boolean;
   force?: boolean;
   include: string[];
   numericOwner?: boolean;
@@ -41,7 +42,35 @@ const collect = (value: string, previous: string[]) => [...previous, value];
 
 /** What every restore of this command is given, whatever its target. */
 function commonOptions(ctx: CliContext, flags: RestoreFlags, config: LifeboatConfig, renderer: ProgressRenderer) {
-  return { delta: flags.delta, force: flags.force, include: flags.include, numericOwner: flags.numericOwner, dryRun: flags.dryRun, concurrency: config.s3?.concurrency, signal: ctx.signal, reporter: renderer };
+  return {
+    delta: flags.delta,
+    deleteExcluded: flags.deleteExcluded,
+    excludesWhenUnrecorded: config.exclude,
+    force: flags.force,
+    include: flags.include,
+    numericOwner: flags.numericOwner,
+    dryRun: flags.dryRun,
+    concurrency: config.s3?.concurrency,
+    signal: ctx.signal,
+    reporter: renderer,
+  };
+}
+
+/**
+ * Said once before a --delta from a point taken by an earlier version, which did not record the
+ * exclude patterns of its backup: the config's stand in for them, or, without any, what the backup
+ * left out is removed with the rest, as before.
+ */
+function noteUnrecordedExcludes(point: Manifest, flags: RestoreFlags, config: LifeboatConfig, renderer: ProgressRenderer): void {
+  if (!flags.delta || flags.deleteExcluded || flags.include.length > 0) return;
+  if (point.sources.every((s) => s.exclude !== undefined)) return;
+  const taken = `${point.id} does not record the exclude patterns its backup left files out with (an earlier version took it)`;
+  const patterns = config.exclude ?? [];
+  renderer.notice(
+    patterns.length > 0
+      ? { level: 'info', code: 'excludes-unrecorded', message: `${taken}: --delta keeps what the config's exclude patterns match (${patterns.join(' ')})` }
+      : { level: 'warning', code: 'excludes-unrecorded', message: `${taken}, and the config has none: --delta removes everything the point lacks, what its backup left out included` },
+  );
 }
 
 /** Records a restore that succeeded. A restore may run with read-only credentials: failing to journal it must not fail it. */
@@ -62,6 +91,8 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
   // Directories are staged beside their target, on its own file system; only state has a place of its own to be staged in.
   if (flags.workDir !== undefined && !flags.state) throw new UsageError('--work-dir goes with --state', { hint: 'a restore of directories is staged beside each one, on its own file system' });
   if (flags.allowEmptyState && !flags.state) throw new UsageError('--allow-empty-state goes with --state', { hint: 'only state put back into a live database can replace it with an empty one' });
+  // Only a --delta removes what the point lacks; a --force replaces the whole target, left-out files with the rest.
+  if (flags.deleteExcluded && !flags.delta) throw new UsageError('--delete-excluded goes with --delta', { hint: 'restore --delta --delete-excluded also removes what the backup left out with its exclude patterns' });
   if (flags.inPlace) return runRestoreInPlace(ctx, selector, flags);
   if (flags.state) throw new UsageError('--state puts serving state back with --in-place', { hint: 'restore --in-place --state, or let `lifeboat failover` put it back' });
   if (!flags.target) throw new UsageError('restore needs --target DIR', { hint: 'or --in-place, to restore each source to the directory it was backed up from' });
@@ -69,6 +100,7 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
   const renderer = new ProgressRenderer(ctx, 'restore');
   try {
     const point = await repo.resolve(selector);
+    noteUnrecordedExcludes(point, flags, config, renderer);
     const started = Date.now();
     const result = await restore(repo, point, {
       target: flags.target.startsWith('/') ? flags.target : `${ctx.cwd}/${flags.target}`,
@@ -162,7 +194,7 @@ function targetFigures(r: RestoreResult) {
     target: r.target,
     files: r.files,
     bytes: r.bytes,
-    ...(r.rewritten !== undefined ? { rewritten: r.rewritten, unchanged: r.unchanged, removed: r.removed } : {}),
+    ...(r.rewritten !== undefined ? { rewritten: r.rewritten, unchanged: r.unchanged, removed: r.removed, keptExcluded: r.keptExcluded } : {}),
     ...(r.dryRun ? { dryRun: true, ...(r.replaced !== undefined ? { replaced: r.replaced } : {}), ...(r.removals ? { removals: r.removals } : {}) } : {}),
   };
 }
@@ -172,7 +204,8 @@ function outcomeText(r: RestoreResult): string {
   const would = r.dryRun ? 'would be ' : '';
   if (r.rewritten !== undefined) {
     const named = r.removals && r.removals.length > 0 ? `: ${r.removals.join(', ')}${r.removed! > r.removals.length ? ', …' : ''}` : '';
-    return ` (${r.rewritten} ${would}rewritten, ${r.unchanged} unchanged, ${r.removed} ${would}removed${named})`;
+    const kept = r.keptExcluded ? `, ${r.keptExcluded} left out by the backup ${r.dryRun ? 'would be kept' : 'kept'}` : '';
+    return ` (${r.rewritten} ${would}rewritten, ${r.unchanged} unchanged${kept}, ${r.removed} ${would}removed${named})`;
   }
   return r.replaced ? ' (what is there would be replaced)' : '';
 }
@@ -248,6 +281,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
     for (const p of places) await checkRestoreTarget(p.path, { ...flags, inPlace: true }, repo.storage.location);
     if (state.length > 0) await refuseEmptyCopies({ ...point, sources: point.sources.filter((s) => state.includes(s.name)) }, emptyCopies(flags));
     scratch = state.length > 0 && !flags.dryRun ? await stateScratch(workDir, point, state, renderer) : undefined;
+    noteUnrecordedExcludes(point, flags, config, renderer);
     for (const p of places) renderer.notice({ level: 'info', code: 'in-place', message: `${p.name} ${flags.dryRun ? 'would go' : 'goes'} back to ${quoteName(p.path)}${p.via ? ` (through the link ${quoteName(p.via)})` : ''}` });
     const started = Date.now();
     const done: (RestoreResult & { source: string })[] = [];
@@ -315,7 +349,8 @@ export function registerRestore(program: Command, run: CommandRunner): Command {
     .argument('<point>', 'id, unique id prefix, latest, or an ISO-8601 time')
     .option('--target <dir>', 'where to restore (must be empty or absent, unless --delta or --force)')
     .option('--in-place', 'restore each directory source to the directory it was backed up from (with --delta: only what differs)')
-    .option('--delta', 'update an existing target: rewrite only files whose content differs, remove what the point lacks')
+    .option('--delta', 'update an existing target: rewrite only files whose content differs, remove what the point lacks, except what its backup left out')
+    .option('--delete-excluded', 'with --delta: also remove what the backup left out with its exclude patterns, and sockets and pipes')
     .option('--force', 'replace a non-empty target')
     .option('--state', 'with --in-place: put serving state back too (SQLite copied into the live database, restore commands fed their captured output), as a failover does')
     .option('--allow-empty-state', `with --state: ${ALLOW_EMPTY_STATE_HELP}`)
