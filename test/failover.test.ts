@@ -79,6 +79,7 @@ test('failover end to end: back up a served deployment, lose it, fail over to ch
         '  serving: ./live/serving',
         '  registry: { sqlite: ./state/registry.db }',
         '  features: { command: "cat state/features.json", restore: "cat > state/features.restored" }',
+        'exclude: ["*.log"]',
         'targets:',
         '  prod:',
         '    slots: ./serving/slots',
@@ -205,11 +206,16 @@ test('failover end to end: back up a served deployment, lose it, fail over to ch
 
     // Fail over to B again: its slot is checked and reused; keepSlots 2 removes C and D, never the active or previous.
     await fsp.appendFile(path.join(serving, 'slots', pointB, 'serving', 'routing.yaml'), '# stray edit\n');
+    // What the server wrote into its slot that the backup leaves out stays; what the point lacks otherwise goes.
+    await fsp.writeFile(path.join(serving, 'slots', pointB, 'serving', 'server.log'), 'served B\n');
+    await fsp.writeFile(path.join(serving, 'slots', pointB, 'serving', 'stray.txt'), 'not in B\n');
     const fb2 = await lifeboat(['--json', 'failover', pointB, '--to', 'prod'], { cwd: work });
     assert.equal(fb2.code, 0, fb2.stderr);
     const rb2 = fb2.json();
     assert.equal(rb2.reused, true);
     assert.equal(rb2.restore.rewritten, 1, 'the damaged file was repaired');
+    assert.deepEqual([rb2.restore.removed, rb2.restore.keptExcluded], [1, 1]);
+    assert.equal(await fsp.readFile(path.join(serving, 'slots', pointB, 'serving', 'server.log'), 'utf8'), 'served B\n');
     assert.deepEqual([...rb2.pruned].sort(), [pointC, pointD].sort());
     assert.ok(!(await exists(path.join(serving, 'slots', pointC))));
     assert.ok(await exists(path.join(serving, 'slots', pointA)));

@@ -46,7 +46,7 @@ export interface SwitchResult {
   switched: boolean;
   /** The slot already held the point (checked file by file) and was reused. */
   reused?: boolean;
-  restore?: { files: number; bytes: number; rewritten?: number; unchanged?: number; removed?: number; durationMs: number };
+  restore?: { files: number; bytes: number; rewritten?: number; unchanged?: number; removed?: number; keptExcluded?: number; durationMs: number };
   health: HealthResult;
   /** Start to healthy: the achieved recovery time. */
   rtoMs: number | null;
@@ -451,7 +451,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
       from: { path: from, point: fromPoint },
       switched: false,
       reused,
-      restore: { files: r.files, bytes: r.bytes, rewritten: r.rewritten, unchanged: r.unchanged, removed: r.removed, durationMs: r.durationMs },
+      restore: { files: r.files, bytes: r.bytes, rewritten: r.rewritten, unchanged: r.unchanged, removed: r.removed, keptExcluded: r.keptExcluded, durationMs: r.durationMs },
       health: { ok: false, attempts: 0, ms: 0, detail: 'not checked' },
       rtoMs: null,
       durationMs: 0,

@@ -45,7 +45,7 @@ export function reportSwitch(ctx: CliContext, verb: 'failover' | 'rollback', r: 
     if (r.restore) {
       lines.push(
         r.reused
-          ? `  slot ${r.slot} already held it: ${counted(r.restore.unchanged ?? 0, 'file')} checked${r.restore.rewritten || r.restore.removed ? `, ${r.restore.rewritten} rewritten, ${r.restore.removed} removed` : ''}`
+          ? `  slot ${r.slot} already held it: ${counted(r.restore.unchanged ?? 0, 'file')} checked${r.restore.rewritten || r.restore.removed ? `, ${r.restore.rewritten} rewritten, ${r.restore.removed} removed` : ''}${r.restore.keptExcluded ? `, ${r.restore.keptExcluded} left out by the backup kept` : ''}`
           : `  restored ${counted(r.restore.files, 'file')}, ${formatBytes(r.restore.bytes)} into ${r.slot}, every checksum verified`,
       );
     }
