@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import Database from 'better-sqlite3';
 import { lifeboat } from './helpers/cli.js';
 import { listFiles, tempDir } from './helpers/tree.js';
 import { isExcluded } from '../src/core/scan.js';
@@ -209,4 +210,32 @@ test('a point taken before points recorded their exclude patterns: --delta takes
   assert.deepEqual([bare.json().removed, bare.json().keptExcluded], [3, 0]);
   assert.match(bare.stderr, /does not record the exclude patterns .*, and the config has none: --delta removes everything the point lacks, what its backup left out included/);
   assert.deepEqual(await filesIn(path.join(target, 'models')), ['llama/config.json', 'llama/weights.bin']);
+});
+
+test('exclude patterns leave out paths of directory sources only: a captured SQLite copy or command output they would match stays in the point', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights');
+  await fsp.writeFile(path.join(work, 'models', 'cache.db'), 'a cache the models directory keeps');
+  await fsp.mkdir(path.join(work, 'state'));
+  const db = new Database(path.join(work, 'state', 'registry.db'));
+  db.exec('CREATE TABLE t (x); INSERT INTO t VALUES (1)');
+  db.close();
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    'repository: ./repo\nexclude: ["*.db", "stdout"]\nsources:\n  models: ./models\n  registry: { sqlite: ./state/registry.db }\n  features: { command: "echo features" }\n',
+  );
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const b = await lifeboat(['--json', 'backup'], { cwd: work });
+  assert.equal(b.code, 0, b.stderr);
+  const show = (await lifeboat(['--json', 'show', 'latest'], { cwd: work })).json();
+  const paths = show.entries.filter((e: { type: string }) => e.type === 'file').map((e: { source: string; path: string }) => `${e.source}/${e.path}`);
+  assert.ok(!paths.includes('models/cache.db'), 'the directory source leaves it out');
+  assert.ok(paths.some((p: string) => p.startsWith('registry/')), `the SQLite copy is in the point: ${paths.join(', ')}`);
+  assert.ok(paths.includes('features/stdout'), `the command's output is in the point: ${paths.join(', ')}`);
+  assert.deepEqual(
+    show.sources.map((s: { name: string; exclude?: string[] }) => [s.name, s.exclude]),
+    [['models', ['*.db', 'stdout']], ['registry', undefined], ['features', undefined]],
+  );
 });

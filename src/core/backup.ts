@@ -152,7 +152,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const repoDir = path.isAbsolute(repo.storage.location) ? await fsp.stat(repo.storage.location).catch(() => undefined) : undefined;
     if (repoDir) leaveOut.add(`${repoDir.dev}:${repoDir.ino}`);
     for (const spec of options.sources) {
-      scanned.push(await scanSource(spec, options.excludes ?? [], { ...reporter, notice: (n) => (n.level === 'warning' ? warn(n) : reporter.notice?.(n)) }, options.signal, leaveOut));
+      scanned.push(await scanSource(spec, excludesOf(spec, options), { ...reporter, notice: (n) => (n.level === 'warning' ? warn(n) : reporter.notice?.(n)) }, options.signal, leaveOut));
     }
     const { choice, newest, reference } = await referenceRead;
     if (choice.fallbackReason) reporter.notice?.({ level: 'info', code: 'type-fallback', message: choice.fallbackReason });
@@ -291,7 +291,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
         mtimeNs: s.mtimeNs,
         uid: s.uid,
         gid: s.gid,
-        exclude: [...(options.excludes ?? [])],
+        exclude: [...excludesOf(s.spec, options)],
       })),
       volumes,
       entries,
@@ -335,6 +335,15 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     await leftoversRemoved.catch(() => undefined);
     if (lock !== options.lock) await releaseAfter(lock, failed);
   }
+}
+
+/**
+ * Exclude patterns leave out paths of directory sources only: a captured SQLite copy or command
+ * output (named after its source, `registry.db`) left out by a pattern such as `*.db` would make
+ * a point without the serving state it was configured to hold.
+ */
+function excludesOf(spec: SourceSpec, options: BackupOptions): readonly string[] {
+  return (spec.kind ?? 'files') === 'files' ? (options.excludes ?? []) : [];
 }
 
 /** Refuses sources that could not make a point (none at all, a name given twice or not usable): before the lock is taken, a hook run or state captured. */

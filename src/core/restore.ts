@@ -996,7 +996,9 @@ function leftOutByBackup(plan: RestorePlan, options: Pick<RestoreOptions, 'delet
   const matchers = new Map<string, (relPath: string, isDir: boolean) => boolean>();
   for (const s of plan.sources) {
     try {
-      matchers.set(s.name, excludeMatcher(s.exclude ?? options.excludesWhenUnrecorded ?? []));
+      // The backup applies exclude patterns to directory sources only, never to captured state.
+      const unrecorded = s.kind === 'files' ? (options.excludesWhenUnrecorded ?? []) : [];
+      matchers.set(s.name, excludeMatcher(s.exclude ?? unrecorded));
     } catch (err) {
       // The backup refuses such a pattern: one recorded was written by hand.
       throw new IntegrityError(`manifest of ${plan.manifest.id}: source ${s.name} records an exclude pattern no backup takes (${errorMessage(err)})`);
