@@ -712,9 +712,17 @@ function inlineDigest(): StreamDigest {
   };
 }
 
-function nsToSeconds(ns: string): number {
-  const big = BigInt(ns);
-  return Number(big / 1_000_000_000n) + Number(big % 1_000_000_000n) / 1e9;
+/**
+ * A recorded time as utimes takes it. Node.js sets whole microseconds, cutting off the rest of
+ * the seconds it is given, which a double near 1.8e9 holds only to a quarter of a microsecond:
+ * the middle of the recorded microsecond lands on it, where the time itself could land on the
+ * one after, and a --delta would then find the time wrong and set it again, moving the change
+ * time. A negative number (a time before 1970) means "now" to Node.js, which its string does not.
+ */
+function fileTime(ns: string): number | string {
+  const micros = BigInt(ns) / 1000n;
+  const seconds = (Number(micros) + (micros < 0n ? -0.5 : 0.5)) / 1e6;
+  return seconds < 0 ? String(seconds) : seconds;
 }
 
 /** Gives each written file its other names (its hard links). */
@@ -768,7 +776,7 @@ function writeSmallFile(file: string, data: Buffer, e: ManifestEntry, owners: Ow
       }
     }
     fs.fchmodSync(fd, e.mode);
-    const t = nsToSeconds(e.mtimeNs);
+    const t = fileTime(e.mtimeNs);
     fs.futimesSync(fd, t, t);
   } finally {
     fs.closeSync(fd);
@@ -835,7 +843,7 @@ async function applyMetadata(plan: RestorePlan, root: string, owners: OwnerMappi
       const now = await fsp.lstat(p, { bigint: true }).catch(() => undefined);
       if (now && metadataAsRecorded(now, e, owners)) return;
     }
-    const t = nsToSeconds(e.mtimeNs);
+    const t = fileTime(e.mtimeNs);
     // Before the mode: a change of owner clears the set-user-ID and set-group-ID bits.
     await setOwner(owners, p, e.uid, e.gid, false);
     if (e.type === 'symlink') {
@@ -853,7 +861,7 @@ async function applyMetadata(plan: RestorePlan, root: string, owners: OwnerMappi
     const p = sourceDir(plan, root, s.name);
     await setOwner(owners, p, s.uid, s.gid, true);
     if (s.mode !== undefined) await fsp.chmod(p, s.mode);
-    if (s.mtimeNs !== undefined) await fsp.utimes(p, nsToSeconds(s.mtimeNs), nsToSeconds(s.mtimeNs));
+    if (s.mtimeNs !== undefined) await fsp.utimes(p, fileTime(s.mtimeNs), fileTime(s.mtimeNs));
   }
 }
 

@@ -114,18 +114,22 @@ export class TarVolumeWriter {
     const offset = this.size;
     const name = fields.type === 'Directory' ? `${fields.name}/` : fields.name;
     const size = fields.type === 'File' ? fields.size : 0;
+    // A time before 1970 is written in whole seconds: node-tar cannot encode a fraction of a negative
+    // one (the base-256 field holds whole numbers) and fails on it. The manifest keeps the exact time.
+    const ms = fields.mtime.getTime();
+    const mtime = ms < 0 ? new Date(Math.floor(ms / 1000) * 1000) : fields.mtime;
     const header = new Header({
       path: name,
       type: fields.type,
       size,
       mode: fields.mode,
-      mtime: fields.mtime,
+      mtime,
       uid: fields.uid ?? 0,
       gid: fields.gid ?? 0,
       linkpath: fields.linkpath,
     });
     // encode() is true when the ustar header cannot hold a field (a long or unicode name, a large size).
-    const paxFields = header.encode() ? { path: name, linkpath: fields.linkpath, size, mtime: fields.mtime, uid: fields.uid ?? 0, gid: fields.gid ?? 0 } : undefined;
+    const paxFields = header.encode() ? { path: name, linkpath: fields.linkpath, size, mtime, uid: fields.uid ?? 0, gid: fields.gid ?? 0 } : undefined;
     if (fields.alignBody) await this.push(bodyAligningPax(paxFields ?? { path: name }, offset));
     else if (paxFields) await this.push(new Pax(paxFields).encode());
     await this.push(header.block!);

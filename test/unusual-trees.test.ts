@@ -1,0 +1,81 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { lifeboat } from './helpers/cli.js';
+import { tempDir } from './helpers/tree.js';
+
+/** A source directory `models` in a fresh work directory, with an initialised repository beside it. */
+async function workWithRepo(t: { after(fn: () => Promise<void>): void }): Promise<{ work: string; src: string; repo: string }> {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  await fsp.mkdir(src);
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  return { work, src, repo };
+}
+
+/** Sets a path's times to the given nanoseconds since 1970, which `touch` takes exactly (Node.js only to the microsecond). */
+function touchNs(p: string, ns: bigint): void {
+  const neg = ns < 0n;
+  const abs = neg ? -ns : ns;
+  const text = `${neg ? '-' : ''}${abs / 1_000_000_000n}.${String(abs % 1_000_000_000n).padStart(9, '0')}`;
+  const r = spawnSync('touch', ['-h', '-d', `@${text}`, p]);
+  assert.equal(r.status, 0, String(r.stderr));
+}
+
+test('files and directories dated before 1970 are backed up and restored with their times', async (t) => {
+  const { work, src, repo } = await workWithRepo(t);
+  await fsp.mkdir(path.join(src, 'old-dir'));
+  await fsp.writeFile(path.join(src, 'old-dir', 'epoch.json'), '{}');
+  await fsp.writeFile(path.join(src, 'vintage.bin'), 'from an old archive');
+  // A fraction of a second before 1970, as files unpacked from old archives carry.
+  touchNs(path.join(src, 'vintage.bin'), -315_619_199_876_543_211n);
+  touchNs(path.join(src, 'old-dir', 'epoch.json'), 0n);
+  touchNs(path.join(src, 'old-dir'), -2_147_472_000_000_000_000n);
+  const backup = await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', 'full']);
+  assert.equal(backup.code, 0, backup.stderr);
+  const target = path.join(work, 'restored');
+  const restore = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target]);
+  assert.equal(restore.code, 0, restore.stderr);
+  for (const rel of ['vintage.bin', 'old-dir/epoch.json', 'old-dir']) {
+    const before = fs.lstatSync(path.join(src, rel), { bigint: true }).mtimeNs;
+    const after = fs.lstatSync(path.join(target, 'models', rel), { bigint: true }).mtimeNs;
+    assert.equal(after / 1000n, before / 1000n, `${rel}: restored ${after}, backed up ${before}`);
+  }
+  const verify = await lifeboat(['--repo', repo, 'verify', '--read-data']);
+  assert.equal(verify.code, 0, verify.stdout + verify.stderr);
+});
+
+test('restored times are the recorded microsecond, so a --delta over the restored tree sets none again and moves no change time', async (t) => {
+  const { work, src, repo } = await workWithRepo(t);
+  const base = 1_795_478_883_000_000_000n;
+  // Fractions below the microsecond that a double carries up to the next one.
+  const fractions = [740_183_978n, 999_999n, 123_456_999n, 500_000_500n, 1n, 999_999_999n];
+  for (const [i, f] of fractions.entries()) {
+    const p = path.join(src, `shard-${i}.bin`);
+    await fsp.writeFile(p, `shard ${i}`);
+    touchNs(p, base + BigInt(i) * 1_000_000_000n + f);
+  }
+  assert.equal((await lifeboat(['--repo', repo, 'backup', src, '--type', 'full'])).code, 0);
+  const target = path.join(work, 'restored');
+  const first = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target]);
+  assert.equal(first.code, 0, first.stderr);
+  const ctimes = new Map<string, bigint>();
+  for (const [i] of fractions.entries()) {
+    const name = `shard-${i}.bin`;
+    const recorded = fs.lstatSync(path.join(src, name), { bigint: true }).mtimeNs;
+    const st = fs.lstatSync(path.join(target, 'models', name), { bigint: true });
+    assert.equal(st.mtimeNs / 1000n, recorded / 1000n, `${name}: restored ${st.mtimeNs}, recorded ${recorded}`);
+    ctimes.set(name, st.ctimeNs);
+  }
+  // Past the clock tick that change times are taken from.
+  await sleep(50);
+  const delta = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target, '--delta']);
+  assert.equal(delta.code, 0, delta.stderr);
+  for (const [name, ctime] of ctimes) assert.equal(fs.lstatSync(path.join(target, 'models', name), { bigint: true }).ctimeNs, ctime, `${name}: its change time moved`);
+});
