@@ -79,3 +79,27 @@ test('restored times are the recorded microsecond, so a --delta over the restore
   assert.equal(delta.code, 0, delta.stderr);
   for (const [name, ctime] of ctimes) assert.equal(fs.lstatSync(path.join(target, 'models', name), { bigint: true }).ctimeNs, ctime, `${name}: its change time moved`);
 });
+
+test('a name that is not UTF-8 beside one holding U+FFFD itself: the first is left out with a warning, the second stored once, and the point restores', async (t) => {
+  const { work, src, repo } = await workWithRepo(t);
+  const dir = Buffer.from(src);
+  // Read as text, both names are `weights-\uFFFD.bin`.
+  await fsp.writeFile(Buffer.concat([dir, Buffer.from('/weights-'), Buffer.from([0xff]), Buffer.from('.bin')]), 'latin-1 name');
+  await fsp.writeFile(path.join(src, 'weights-\uFFFD.bin'), 'replacement character');
+  // A link to a name that is not UTF-8 would be restored leading somewhere else.
+  await fsp.writeFile(Buffer.concat([dir, Buffer.from('/tokenizer-'), Buffer.from([0xfe])]), 'tokenizer');
+  await fsp.symlink(Buffer.concat([Buffer.from('tokenizer-'), Buffer.from([0xfe])]), path.join(src, 'tokenizer.json'));
+  await fsp.writeFile(path.join(src, 'config.json'), '{}');
+  const backup = await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', 'full']);
+  assert.equal(backup.code, 0, backup.stderr);
+  const warnings = backup.json().warnings.map((w: { code: string; path: string }) => `${w.code} ${w.path}`).sort();
+  assert.deepEqual(warnings, ['name-not-utf8 models/tokenizer-\uFFFD', 'name-not-utf8 models/tokenizer.json', 'name-not-utf8 models/weights-\uFFFD.bin']);
+  const shown = await lifeboat(['--repo', repo, '--json', 'show', 'latest']);
+  assert.deepEqual(shown.json().entries.map((e: { path: string }) => e.path), ['config.json', 'weights-\uFFFD.bin']);
+  const target = path.join(work, 'restored');
+  const restore = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target]);
+  assert.equal(restore.code, 0, restore.stderr);
+  assert.equal(await fsp.readFile(path.join(target, 'models', 'weights-\uFFFD.bin'), 'utf8'), 'replacement character');
+  const strict = await lifeboat(['--repo', repo, 'backup', src, '--strict']);
+  assert.equal(strict.code, 3, strict.stderr);
+});

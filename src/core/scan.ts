@@ -54,6 +54,30 @@ export interface ScannedSource {
 }
 
 /**
+ * The names in a directory, read again as bytes because one came back with U+FFFD in it: a name
+ * that is not UTF-8 does, and names no file, but so does one that holds U+FFFD itself. Those that
+ * are not UTF-8 are left out with a warning; read as text they could be taken for another file
+ * of the directory (`a\xff` for `a\uFFFD`), and the point would list that file twice.
+ */
+function utf8Names(absDir: string, relDir: string, source: string, reporter: Reporter): string[] {
+  const names: string[] = [];
+  for (const raw of readdirSync(absDir, { encoding: 'buffer' })) {
+    const name = raw.toString('utf8');
+    if (Buffer.from(name).equals(raw)) {
+      names.push(name);
+      continue;
+    }
+    reporter.notice?.({
+      level: 'warning',
+      code: 'name-not-utf8',
+      path: `${source}/${relDir === '' ? name : `${relDir}/${name}`}`,
+      message: 'its name is not valid UTF-8, which lifeboat cannot store; rename it to back it up',
+    });
+  }
+  return names;
+}
+
+/**
  * Whether a path relative to its source's root is left out. As in tar, rsync,
  * restic and .gitignore: a pattern without a slash (`*.tmp`, `__pycache__`)
  * matches a name at any depth; one with a slash matches the whole relative
@@ -238,6 +262,7 @@ export async function scanSource(
       continue;
     }
     if (++sinceYield >= SYNC_BATCH) await yieldNow();
+    if (names.some((n) => n.includes('\uFFFD'))) names = utf8Names(absDir, relDir, spec.name, reporter);
     for (const name of names) {
       if (++sinceYield >= SYNC_BATCH) await yieldNow();
       const rel = relDir === '' ? name : `${relDir}/${name}`;
@@ -246,14 +271,7 @@ export async function scanSource(
       try {
         st = lstatSync(abs, { bigint: true });
       } catch (err) {
-        // A name that is not UTF-8 comes back from readdir with U+FFFD in it, and names no file.
-        const mangled = name.includes('\uFFFD') && (err as NodeJS.ErrnoException).code === 'ENOENT';
-        reporter.notice?.({
-          level: 'warning',
-          code: mangled ? 'name-not-utf8' : 'unreadable',
-          path: `${spec.name}/${rel}`,
-          message: mangled ? 'its name is not valid UTF-8, which lifeboat cannot store; rename it to back it up' : `cannot stat: ${errorMessage(err)}`,
-        });
+        reporter.notice?.({ level: 'warning', code: 'unreadable', path: `${spec.name}/${rel}`, message: `cannot stat: ${errorMessage(err)}` });
         continue;
       }
       const isDir = st.isDirectory();
@@ -272,7 +290,13 @@ export async function scanSource(
       } else if (st.isSymbolicLink()) {
         let target: string;
         try {
-          target = readlinkSync(abs);
+          const raw = readlinkSync(abs, { encoding: 'buffer' });
+          target = raw.toString('utf8');
+          if (!Buffer.from(target).equals(raw)) {
+            // Stored as read, it would be restored leading somewhere else (U+FFFD where the bytes were).
+            reporter.notice?.({ level: 'warning', code: 'name-not-utf8', path: `${spec.name}/${rel}`, message: 'symlink whose target is not valid UTF-8, which lifeboat cannot store; left out of the backup' });
+            continue;
+          }
         } catch (err) {
           reporter.notice?.({ level: 'warning', code: 'unreadable', path: `${spec.name}/${rel}`, message: `cannot read link: ${errorMessage(err)}` });
           continue;
