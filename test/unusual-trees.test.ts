@@ -103,3 +103,23 @@ test('a name that is not UTF-8 beside one holding U+FFFD itself: the first is le
   const strict = await lifeboat(['--repo', repo, 'backup', src, '--strict']);
   assert.equal(strict.code, 3, strict.stderr);
 });
+
+test('restore --delta --dry-run names what it would remove escaped, as other listings do; --json gives the names as they are', async (t) => {
+  const { work, src, repo } = await workWithRepo(t);
+  await fsp.writeFile(path.join(src, 'config.json'), '{}');
+  assert.equal((await lifeboat(['--repo', repo, 'backup', src, '--type', 'full'])).code, 0);
+  const target = path.join(work, 'restored\x1b[2J');
+  assert.equal((await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target])).code, 0);
+  // Names that would clear the screen, or fake a line of their own, when printed as they are.
+  const odd = ['stale\x1b[2J.bin', 'old\nrestored 1 file', 'tab\there'];
+  for (const name of odd) await fsp.writeFile(path.join(target, 'models', name), 'x');
+  const dry = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target, '--delta', '--dry-run']);
+  assert.equal(dry.code, 0, dry.stderr);
+  assert.doesNotMatch(dry.stdout, /[\x1b\t]/);
+  assert.equal(dry.stdout.trimEnd().split('\n').length, 1, dry.stdout);
+  for (const shown of ['"models/stale\\u001b[2J.bin"', '"models/old\\nrestored 1 file"', '"models/tab\\there"', '"' + `${target.replace('\x1b', '\\u001b')}"`]) assert.ok(dry.stdout.includes(shown), `${shown} in ${dry.stdout}`);
+  const json = await lifeboat(['--repo', repo, '--json', 'restore', 'latest', '--target', target, '--delta', '--dry-run']);
+  assert.equal(json.code, 0, json.stderr);
+  assert.deepEqual([...json.json().removals].sort(), odd.map((n) => `models/${n}`).sort());
+  assert.equal(json.json().target, target);
+});

@@ -114,8 +114,8 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
     const json = { point: result.point, ...targetFigures(result), durationMs: result.durationMs, warnings: result.warnings.map(({ code, path, message }) => ({ code, path, message })) };
     printResult(ctx, json, () =>
       result.dryRun
-        ? `would restore ${result.point} to ${result.target}: ${counted(result.files, 'file')}, ${formatBytes(result.bytes)}${outcomeText(result)}; nothing was written`
-        : `restored ${result.point} to ${result.target}: ${counted(result.files, 'file')}, ${formatBytes(result.bytes)}, every checksum verified, in ${formatDuration(result.durationMs)}${outcomeText(result)}`,
+        ? `would restore ${result.point} to ${quoteName(result.target)}: ${counted(result.files, 'file')}, ${formatBytes(result.bytes)}${outcomeText(result)}; nothing was written`
+        : `restored ${result.point} to ${quoteName(result.target)}: ${counted(result.files, 'file')}, ${formatBytes(result.bytes)}, every checksum verified, in ${formatDuration(result.durationMs)}${outcomeText(result)}`,
       { shownWhenQuiet: result.dryRun },
     );
   } finally {
@@ -203,7 +203,7 @@ function targetFigures(r: RestoreResult) {
 function outcomeText(r: RestoreResult): string {
   const would = r.dryRun ? 'would be ' : '';
   if (r.rewritten !== undefined) {
-    const named = r.removals && r.removals.length > 0 ? `: ${r.removals.join(', ')}${r.removed! > r.removals.length ? ', …' : ''}` : '';
+    const named = r.removals && r.removals.length > 0 ? `: ${r.removals.map(quoteName).join(', ')}${r.removed! > r.removals.length ? ', …' : ''}` : '';
     const kept = r.keptExcluded ? `, ${r.keptExcluded} left out by the backup ${r.dryRun ? 'would be kept' : 'kept'}` : '';
     return ` (${r.rewritten} ${would}rewritten, ${r.unchanged} unchanged${kept}, ${r.removed} ${would}removed${named})`;
   }
