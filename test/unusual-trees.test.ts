@@ -123,3 +123,30 @@ test('restore --delta --dry-run names what it would remove escaped, as other lis
   assert.deepEqual([...json.json().removals].sort(), odd.map((n) => `models/${n}`).sort());
   assert.equal(json.json().target, target);
 });
+
+test('show prints set-user-ID, set-group-ID and sticky bits as ls -l does, and a restore gives them back', async (t) => {
+  const { work, src, repo } = await workWithRepo(t);
+  const modes: Array<[string, number, string]> = [
+    ['suid-tool', 0o4755, '-rwsr-xr-x'],
+    ['setgid-no-exec', 0o2740, '-rwxr-S---'],
+    ['plain', 0o640, '-rw-r-----'],
+  ];
+  for (const [name, mode] of modes) {
+    await fsp.writeFile(path.join(src, name), name);
+    await fsp.chmod(path.join(src, name), mode);
+  }
+  await fsp.mkdir(path.join(src, 'spool'));
+  await fsp.chmod(path.join(src, 'spool'), 0o1777);
+  await fsp.mkdir(path.join(src, 'shared'));
+  await fsp.chmod(path.join(src, 'shared'), 0o3770);
+  assert.equal((await lifeboat(['--repo', repo, 'backup', src, '--type', 'full'])).code, 0);
+  const shown = await lifeboat(['--repo', repo, 'show', 'latest']);
+  assert.equal(shown.code, 0, shown.stderr);
+  const expected = [...modes.map(([name, , text]) => [name, text]), ['spool', 'drwxrwxrwt'], ['shared', 'drwxrws--T']];
+  for (const [name, text] of expected) assert.match(shown.stdout, new RegExp(`^${text!.replace(/-/g, '\\-')}\\s.*\\smodels/${name}$`, 'm'), shown.stdout);
+  const target = path.join(work, 'restored');
+  assert.equal((await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target])).code, 0);
+  for (const [name, mode] of [...modes.map(([n, m]) => [n, m] as const), ['spool', 0o1777], ['shared', 0o3770]] as const) {
+    assert.equal((await fsp.lstat(path.join(target, 'models', name))).mode & 0o7777, mode, name);
+  }
+});

@@ -6,11 +6,18 @@ import type { CommandRunner } from '../main.js';
 import { pointJson } from './list.js';
 import { summariseModels } from '../../model/summary.js';
 
+/** As `ls -l` shows a mode: set-user-ID, set-group-ID and sticky bits in the execute places (`s`, `S`, `t`, `T`). */
 function modeString(type: string, mode: number): string {
   const t = type === 'dir' ? 'd' : type === 'symlink' ? 'l' : '-';
   const bits = 'rwxrwxrwx';
+  const special: Record<number, [number, string]> = { 2: [0o4000, 's'], 5: [0o2000, 's'], 8: [0o1000, 't'] };
   let s = '';
-  for (let i = 0; i < 9; i++) s += mode & (1 << (8 - i)) ? bits[i] : '-';
+  for (let i = 0; i < 9; i++) {
+    const on = (mode & (1 << (8 - i))) !== 0;
+    const [flag, letter] = special[i] ?? [0, ''];
+    if (mode & flag) s += on ? letter : letter.toUpperCase();
+    else s += on ? bits[i] : '-';
+  }
   return t + s;
 }
 
