@@ -150,3 +150,28 @@ test('show prints set-user-ID, set-group-ID and sticky bits as ls -l does, and a
     assert.equal((await fsp.lstat(path.join(target, 'models', name))).mode & 0o7777, mode, name);
   }
 });
+
+test('a change of owner alone (a chown to the serving user) is shown by diff and counted by the backup, and show --json gives owners', { skip: process.geteuid?.() === 0 ? false : 'changing owners needs root' }, async (t) => {
+  const { src, repo } = await workWithRepo(t);
+  await fsp.mkdir(path.join(src, 'tok'));
+  await fsp.writeFile(path.join(src, 'tok', 'tokenizer.json'), '{}');
+  await fsp.writeFile(path.join(src, 'weights.bin'), 'weights');
+  const full = await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', 'full']);
+  assert.equal(full.code, 0, full.stderr);
+  await fsp.chown(path.join(src, 'weights.bin'), 998, 0);
+  await fsp.chown(path.join(src, 'tok'), 0, 997);
+  const incr = await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', 'incr']);
+  assert.equal(incr.code, 0, incr.stderr);
+  assert.deepEqual([incr.json().added, incr.json().changed, incr.json().removed], [0, 1, 0]);
+  const diff = await lifeboat(['--repo', repo, '--json', 'diff', full.json().id, incr.json().id]);
+  assert.equal(diff.code, 0, diff.stderr);
+  assert.deepEqual(diff.json().changed, [
+    { path: 'models/tok', what: ['owner'] },
+    { path: 'models/weights.bin', what: ['owner'] },
+  ]);
+  const text = await lifeboat(['--repo', repo, 'diff', full.json().id, incr.json().id]);
+  assert.match(text.stdout, /^M models\/weights\.bin {2}\(owner\)$/m);
+  const shown = await lifeboat(['--repo', repo, '--json', 'show', 'latest']);
+  const owners = Object.fromEntries(shown.json().entries.map((e: { path: string; uid: number; gid: number }) => [e.path, [e.uid, e.gid]]));
+  assert.deepEqual(owners, { tok: [0, 997], 'tok/tokenizer.json': [0, 0], 'weights.bin': [998, 0] });
+});

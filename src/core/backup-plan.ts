@@ -1,4 +1,5 @@
 import { PathIndex } from './path-index.js';
+import { ownerChanged } from './diff.js';
 import type { BackupType } from '../format/ids.js';
 import type { ContentRef, Manifest, ManifestEntry, PointSummary } from '../format/manifest.js';
 import type { ScannedEntry, ScannedSource } from './scan.js';
@@ -141,7 +142,7 @@ export interface ChangeCounts {
 }
 
 /**
- * Files and links added, changed (content, mode, link target or mtime) and
+ * Files and links added, changed (content, mode, owner, link target or mtime) and
  * removed against the reference; directories are not counted, as in `diff`,
  * nor, as there, the time of a file of a state source (`captured`).
  */
@@ -157,7 +158,7 @@ export function countChanges(entries: readonly ManifestEntry[], reference: Manif
       continue;
     }
     matched++;
-    if (prev.type !== e.type || prev.sha256 !== e.sha256 || prev.size !== e.size || prev.mode !== e.mode || prev.target !== e.target || (e.type === 'file' && prev.mtimeNs !== e.mtimeNs && !captured.has(e.source))) {
+    if (prev.type !== e.type || prev.sha256 !== e.sha256 || prev.size !== e.size || prev.mode !== e.mode || prev.target !== e.target || ownerChanged(prev, e) || (e.type === 'file' && prev.mtimeNs !== e.mtimeNs && !captured.has(e.source))) {
       counts.changed++;
     }
   }

@@ -26,6 +26,7 @@ export function diffPoints(from: Manifest, to: Manifest): PointDiff {
       if (old.sha256 !== e.sha256 || old.size !== e.size) what.push('content');
       if (old.target !== e.target) what.push('target');
       if (old.mode !== e.mode) what.push('mode');
+      if (ownerChanged(old, e)) what.push('owner');
       if (old.mtimeNs !== e.mtimeNs && e.type === 'file' && !captured.has(e.source)) what.push('mtime');
     }
     if (what.length) result.changed.push({ path: k, what });
@@ -35,4 +36,13 @@ export function diffPoints(from: Manifest, to: Manifest): PointDiff {
   sortByPath(result.removed, (p) => p);
   sortByPath(result.changed, (c) => c.path);
   return result;
+}
+
+/**
+ * Whether an entry's owner or group differs from what it was: a restore gives it the new one. A
+ * point of an earlier version that recorded no owners has nothing to compare.
+ */
+export function ownerChanged(old: ManifestEntry, e: ManifestEntry): boolean {
+  if (old.uid === undefined || e.uid === undefined) return false;
+  return old.uid !== e.uid || old.gid !== e.gid;
 }

@@ -31,6 +31,8 @@ export async function runShow(ctx: CliContext, selector: string): Promise<void> 
       type: e.type,
       size: e.size,
       mode: e.mode,
+      uid: e.uid ?? null,
+      gid: e.gid ?? null,
       mtime: new Date(Number(BigInt(e.mtimeNs) / 1_000_000n)).toISOString(),
       sha256: e.sha256 ?? null,
       target: e.target ?? null,
