@@ -175,3 +175,26 @@ test('a change of owner alone (a chown to the serving user) is shown by diff and
   const owners = Object.fromEntries(shown.json().entries.map((e: { path: string; uid: number; gid: number }) => [e.path, [e.uid, e.gid]]));
   assert.deepEqual(owners, { tok: [0, 997], 'tok/tokenizer.json': [0, 0], 'weights.bin': [998, 0] });
 });
+
+test('a directory whose name cannot name a source (my models, .cache) is refused with the --source that backs it up, which works', async (t) => {
+  const { work, repo } = await workWithRepo(t);
+  for (const [dir, name] of [['my models', 'my_models'], ['.cache', 'cache'], ["it's", 'it_s']] as const) {
+    const abs = path.join(work, dir);
+    await fsp.mkdir(abs);
+    await fsp.writeFile(path.join(abs, 'weights.bin'), 'weights');
+    const refused = await lifeboat(['--repo', repo, 'backup', abs]);
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.match(refused.stderr, /its name cannot name a source \(use letters, digits, '\.', '_' or '-', starting with a letter, a digit or '_', at most 64\)/);
+    const hint = /name it: --source (\S+)=(.+)$/m.exec(refused.stderr);
+    assert.ok(hint, refused.stderr);
+    assert.equal(hint[1], name);
+    // The path as a shell reads it back.
+    const word = spawnSync('bash', ['-c', `printf %s ${hint[2]}`], { encoding: 'utf8' });
+    assert.equal(word.stdout, abs);
+    const taken = await lifeboat(['--repo', repo, 'backup', '--source', `${name}=${abs}`, '--type', 'full']);
+    assert.equal(taken.code, 0, taken.stderr);
+  }
+  const named = await lifeboat(['--repo', repo, 'backup', '--source', `-x=${work}`]);
+  assert.equal(named.code, 2);
+  assert.match(named.stderr, /source name "-x" is invalid: use letters, digits, '\.', '_' or '-', starting with a letter, a digit or '_' \(at most 64\)/);
+});

@@ -6,7 +6,7 @@ export const NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$/;
 
 function checkName(kind: string, name: string): void {
   if (!NAME.test(name)) {
-    throw new UsageError(`${kind} name ${JSON.stringify(name)} is invalid: use letters, digits, '.', '_' or '-' (at most 64)`);
+    throw new UsageError(`${kind} name ${JSON.stringify(name)} is invalid: use letters, digits, '.', '_' or '-', starting with a letter, a digit or '_' (at most 64)`);
   }
 }
 

@@ -7,6 +7,7 @@ import { excludePatternProblem } from '../../core/scan.js';
 import type { LifeboatConfig } from '../../config/config.js';
 import type { BackupType } from '../../format/ids.js';
 import { DEFAULT_DEPLOYMENT } from '../../format/manifest.js';
+import { NAME } from '../../format/paths.js';
 import { openRepository, type CliContext } from '../context.js';
 import { escapeUnprintable, formatBytes, quoteName, counted } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
@@ -30,6 +31,13 @@ interface BackupFlags extends CronFlags {
 
 const collect = (value: string, previous: string[]) => [...previous, value];
 
+/** A path as one word of a shell command: as it is when nothing in it is special, else quoted (`$'…'` when it holds a control character). */
+function shellWord(p: string): string {
+  if (/^[A-Za-z0-9_./:@%+=,-]+$/.test(p)) return p;
+  if (escapeUnprintable(p) === p) return `'${p.replace(/'/g, `'\\''`)}'`;
+  return `$'${escapeUnprintable(p.replace(/\\/g, '\\\\').replace(/'/g, "\\'"))}'`;
+}
+
 /** Sources from PATH arguments and --source flags, else from the config file. */
 export function resolveSources(ctx: CliContext, paths: string[], flags: string[], config: LifeboatConfig): PendingSource[] {
   const specs: PendingSource[] = [];
@@ -39,6 +47,13 @@ export function resolveSources(ctx: CliContext, paths: string[], flags: string[]
     const abs = path.resolve(ctx.cwd, p);
     const name = path.basename(abs);
     if (name === '') throw new UsageError(`${abs} has no name to give its source`, { hint: `name it: --source root=${abs}` });
+    if (!NAME.test(name)) {
+      // A directory such as `my models` or `.cache`: its name cannot name a source, but the directory can be backed up under another.
+      const usable = name.replace(/[^A-Za-z0-9._-]/g, '_').replace(/^[.-]+/, '').slice(0, 64) || 'source';
+      throw new UsageError(`${quoteName(abs)}: its name cannot name a source (use letters, digits, '.', '_' or '-', starting with a letter, a digit or '_', at most 64)`, {
+        hint: `name it: --source ${usable}=${shellWord(abs)}`,
+      });
+    }
     specs.push({ name, path: abs });
   }
   for (const f of flags) {
