@@ -198,3 +198,26 @@ test('a directory whose name cannot name a source (my models, .cache) is refused
   assert.equal(named.code, 2);
   assert.match(named.stderr, /source name "-x" is invalid: use letters, digits, '\.', '_' or '-', starting with a letter, a digit or '_' \(at most 64\)/);
 });
+
+test('restore --include with a slash after a directory (as a shell completes it) restores what is in it; after a file it matches nothing', async (t) => {
+  const { work, src, repo } = await workWithRepo(t);
+  await fsp.mkdir(path.join(src, 'tokenizer', 'extra'), { recursive: true });
+  await fsp.writeFile(path.join(src, 'tokenizer', 'vocab.json'), '{}');
+  await fsp.writeFile(path.join(src, 'tokenizer', 'extra', 'merges.txt'), 'a b');
+  await fsp.writeFile(path.join(src, 'weights.bin'), 'weights');
+  assert.equal((await lifeboat(['--repo', repo, 'backup', src, '--type', 'full'])).code, 0);
+  for (const pattern of ['models/tokenizer/', 'models/tok*/']) {
+    const target = path.join(work, `restored-${pattern.length}`);
+    const r = await lifeboat(['--repo', repo, '--json', 'restore', 'latest', '--target', target, '--include', pattern]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.json().files, 2, pattern);
+    assert.equal(await fsp.readFile(path.join(target, 'models', 'tokenizer', 'extra', 'merges.txt'), 'utf8'), 'a b');
+    assert.equal(fs.existsSync(path.join(target, 'models', 'weights.bin')), false);
+  }
+  const whole = await lifeboat(['--repo', repo, '--json', 'restore', 'latest', '--target', path.join(work, 'whole'), '--include', 'models/']);
+  assert.equal(whole.code, 0, whole.stderr);
+  assert.equal(whole.json().files, 3);
+  const file = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', path.join(work, 'file'), '--include', 'models/weights.bin/']);
+  assert.equal(file.code, 2, file.stderr);
+  assert.match(file.stderr, /--include "models\/weights\.bin\/" matches nothing/);
+});

@@ -161,27 +161,28 @@ export function sourcesIncluded(manifest: Manifest, include: readonly string[]):
 /**
  * The entries `include` chooses, and the sources they are in: those a
  * pattern matches, everything under a directory a pattern matches
- * (`models/tokenizer` means the directory's contents), and the directories
+ * (`models/tokenizer` or `models/tokenizer/` means the directory's contents), and the directories
  * that lead to them. A pattern that matches nothing is a mistake to say, not
  * a restore of nothing.
  */
 function chooseIncluded(manifest: Manifest, entries: ManifestEntry[], include: readonly string[]): { entries: ManifestEntry[]; sources: Set<string> } {
   const patterns = include.map((g) => ({ glob: g, matcher: new Minimatch(g, { dot: true }), used: false }));
-  const matches = (name: string) => {
+  // A directory matches with a slash after its name too (`models/tokenizer/`, as a shell completes it).
+  const matches = (name: string, dir: boolean) => {
     let any = false;
     for (const p of patterns) {
-      if (p.matcher.match(name)) any = p.used = true;
+      if (p.matcher.match(name) || (dir && p.matcher.match(`${name}/`))) any = p.used = true;
     }
     return any;
   };
   // A source's name stands for all of it.
-  const chosenDirs = new Set(manifest.sources.map((s) => s.name).filter((name) => matches(name)));
+  const chosenDirs = new Set(manifest.sources.map((s) => s.name).filter((name) => matches(name, true)));
   const chosen = new Set<ManifestEntry>();
   for (const e of entries) {
     const name = `${e.source}/${e.path}`;
     // Entries come sorted, a directory before what is in it.
     const parent = name.slice(0, name.lastIndexOf('/'));
-    if (matches(name) || chosenDirs.has(parent)) {
+    if (matches(name, e.type === 'dir') || chosenDirs.has(parent)) {
       chosen.add(e);
       if (e.type === 'dir') chosenDirs.add(name);
     }
