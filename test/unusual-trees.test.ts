@@ -221,3 +221,22 @@ test('restore --include with a slash after a directory (as a shell completes it)
   assert.equal(file.code, 2, file.stderr);
   assert.match(file.stderr, /--include "models\/weights\.bin\/" matches nothing/);
 });
+
+test('a name that starts or ends with a space is shown in quotes by show and diff, so the space is seen; --json has it as it is', async (t) => {
+  const { src, repo } = await workWithRepo(t);
+  await fsp.writeFile(path.join(src, 'config.json'), '{}');
+  const full = await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', 'full']);
+  assert.equal(full.code, 0, full.stderr);
+  await fsp.mkdir(path.join(src, 'v2 '));
+  await fsp.writeFile(path.join(src, 'v2 ', 'weights.bin'), 'weights');
+  await fsp.writeFile(path.join(src, ' leading.json'), '{}');
+  const incr = await lifeboat(['--repo', repo, '--json', 'backup', src]);
+  assert.equal(incr.code, 0, incr.stderr);
+  const shown = await lifeboat(['--repo', repo, 'show', 'latest']);
+  for (const name of ['"models/v2 "', '"models/v2 /weights.bin"', '"models/ leading.json"']) assert.ok(shown.stdout.includes(`Z  ${name}`), `${name} in ${shown.stdout}`);
+  assert.match(shown.stdout, /Z  models\/config\.json  \(in /);
+  const diff = await lifeboat(['--repo', repo, 'diff', full.json().id, incr.json().id]);
+  assert.deepEqual(diff.stdout.trimEnd().split('\n').slice(1), ['+ "models/ leading.json"', '+ "models/v2 "', '+ "models/v2 /weights.bin"']);
+  const json = await lifeboat(['--repo', repo, '--json', 'diff', full.json().id, incr.json().id]);
+  assert.deepEqual(json.json().added, ['models/ leading.json', 'models/v2 ', 'models/v2 /weights.bin']);
+});

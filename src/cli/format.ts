@@ -24,11 +24,12 @@ function escape(c: string): string {
  * reason) as text output shows it: as it is, unless it holds a character that could break or fake
  * the lines of a listing; then in double quotes with C-style escapes (`"models/a\nb.bin"`), as git
  * and `ls -b` show such names. A name that itself starts with a double quote is quoted too, so that
- * a quoted name is never taken for a plain one. --json shows every name as it is.
+ * a quoted name is never taken for a plain one, and so is one with a component that starts or ends
+ * with a space, which would not be seen (`"models/v2 "`). --json shows every name as it is.
  */
 export function quoteName(name: string): string {
   UNPRINTABLE.lastIndex = 0;
-  if (!UNPRINTABLE.test(name) && !name.startsWith('"')) return name;
+  if (!UNPRINTABLE.test(name) && !name.startsWith('"') && !/(^|\/) | ($|\/)/.test(name)) return name;
   return `"${name.replace(/["\\]/g, escape).replace(UNPRINTABLE, escape)}"`;
 }
 
