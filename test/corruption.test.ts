@@ -171,6 +171,11 @@ test('a restore that meets a damaged or missing volume names the newest point th
   assert.equal(r.code, 3, r.stderr);
   assert.match(r.stderr, new RegExp(`\\n  ${first} \\(completed [^)]+\\) needs nothing of ${volume}: lifeboat restore ${first} --target ${target}\\n`));
   assert.equal(await exists(target), false);
+  // A target with a space is quoted, so that the command can be copied as it is.
+  const spaced = path.join(d.work, 'restored copy');
+  const quoted = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', spaced]);
+  assert.equal(quoted.code, 3, quoted.stderr);
+  assert.ok(quoted.stderr.includes(`: lifeboat restore ${first} --target '${spaced}'\n`), quoted.stderr);
   assert.notEqual(third, first);
   // A failover fails before its switch, and says which point to fail over to.
   await fsp.writeFile(path.join(d.work, 'lifeboat.yaml'), `repository: ./repo\ntargets:\n  prod: { slots: ./slots, active: ./current, health: { command: "true" } }\n`);

@@ -38,6 +38,13 @@ export function escapeUnprintable(text: string): string {
   return text.replace(UNPRINTABLE, escape);
 }
 
+/** A path as one word of a shell command: as it is when nothing in it is special, else quoted (`$'…'` when it holds a control character). */
+export function shellWord(p: string): string {
+  if (/^[A-Za-z0-9_./:@%+=,-]+$/.test(p)) return p;
+  if (escapeUnprintable(p) === p) return `'${p.replace(/'/g, `'\\''`)}'`;
+  return `$'${escapeUnprintable(p.replace(/\\/g, '\\\\').replace(/'/g, "\\'"))}'`;
+}
+
 /** `1 file`, `2 files`: a count with its noun in the number it takes. */
 export function counted(n: number, noun: string, plural = `${noun}s`): string {
   return `${n} ${n === 1 ? noun : plural}`;

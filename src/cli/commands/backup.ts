@@ -9,7 +9,7 @@ import type { BackupType } from '../../format/ids.js';
 import { DEFAULT_DEPLOYMENT } from '../../format/manifest.js';
 import { NAME } from '../../format/paths.js';
 import { openRepository, type CliContext } from '../context.js';
-import { escapeUnprintable, formatBytes, quoteName, counted } from '../format.js';
+import { escapeUnprintable, formatBytes, quoteName, counted, shellWord } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
 import { ProgressRenderer, log, printResult } from '../output.js';
 import { captureSources, isStateSource, stateSource, type CapturedSources, type PendingSource } from '../../state/capture.js';
@@ -31,13 +31,6 @@ interface BackupFlags extends CronFlags {
 
 const collect = (value: string, previous: string[]) => [...previous, value];
 
-/** A path as one word of a shell command: as it is when nothing in it is special, else quoted (`$'…'` when it holds a control character). */
-function shellWord(p: string): string {
-  if (/^[A-Za-z0-9_./:@%+=,-]+$/.test(p)) return p;
-  if (escapeUnprintable(p) === p) return `'${p.replace(/'/g, `'\\''`)}'`;
-  return `$'${escapeUnprintable(p.replace(/\\/g, '\\\\').replace(/'/g, "\\'"))}'`;
-}
-
 /** Sources from PATH arguments and --source flags, else from the config file. */
 export function resolveSources(ctx: CliContext, paths: string[], flags: string[], config: LifeboatConfig): PendingSource[] {
   const specs: PendingSource[] = [];
@@ -46,7 +39,7 @@ export function resolveSources(ctx: CliContext, paths: string[], flags: string[]
     if (p === '') throw new UsageError('a path to back up is empty (a variable not set?)', { hint: 'give the directory, or no path at all to back up the sources of the config' });
     const abs = path.resolve(ctx.cwd, p);
     const name = path.basename(abs);
-    if (name === '') throw new UsageError(`${abs} has no name to give its source`, { hint: `name it: --source root=${abs}` });
+    if (name === '') throw new UsageError(`${abs} has no name to give its source`, { hint: `name it: --source root=${shellWord(abs)}` });
     if (!NAME.test(name)) {
       // A directory such as `my models` or `.cache`: its name cannot name a source, but the directory can be backed up under another.
       const usable = name.replace(/[^A-Za-z0-9._-]/g, '_').replace(/^[.-]+/, '').slice(0, 64) || 'source';

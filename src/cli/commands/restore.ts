@@ -18,7 +18,7 @@ import { removeTree } from '../../format/remove-tree.js';
 import { putStateBack, refuseEmptyCopies, restoreTimeouts, stateToPutBack, type EmptyCopies } from '../../state/put-back.js';
 import { openRepository, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
-import { formatBytes, quoteName, counted } from '../format.js';
+import { formatBytes, quoteName, counted, shellWord } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
 import { ProgressRenderer, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
@@ -96,6 +96,7 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
   if (flags.inPlace) return runRestoreInPlace(ctx, selector, flags);
   if (flags.state) throw new UsageError('--state puts serving state back with --in-place', { hint: 'restore --in-place --state, or let `lifeboat failover` put it back' });
   if (!flags.target) throw new UsageError('restore needs --target DIR', { hint: 'or --in-place, to restore each source to the directory it was backed up from' });
+  const again = `--target ${shellWord(flags.target)}`;
   const { repo, config, close } = await openRepository(ctx);
   const renderer = new ProgressRenderer(ctx, 'restore');
   try {
@@ -107,7 +108,7 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
       ...commonOptions(ctx, flags, config, renderer),
     }).catch(async (err: unknown) => {
       if (!flags.dryRun) await appendEvent(repo.storage, { type: 'restore', point: point.id, target: flags.target, outcome: 'failed', durationMs: Date.now() - started, detail: { error: errorMessage(err) } }).catch(() => undefined);
-      throw await withIntactAlternative(err, repo, point, (id) => `lifeboat restore ${id} --target ${flags.target}`);
+      throw await withIntactAlternative(err, repo, point, (id) => `lifeboat restore ${id} ${again}`);
     });
     await journalRestored(repo, renderer, result);
     renderer.stop();
