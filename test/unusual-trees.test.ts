@@ -240,3 +240,18 @@ test('a name that starts or ends with a space is shown in quotes by show and dif
   const json = await lifeboat(['--repo', repo, '--json', 'diff', full.json().id, incr.json().id]);
   assert.deepEqual(json.json().added, ['models/ leading.json', 'models/v2 ', 'models/v2 /weights.bin']);
 });
+
+test('a source path that is not UTF-8 is refused saying so (exit 2), not as a path that does not exist', async (t) => {
+  const { work, repo } = await workWithRepo(t);
+  const raw = Buffer.concat([Buffer.from(work), Buffer.from('/models-'), Buffer.from([0xff])]);
+  await fsp.mkdir(raw);
+  await fsp.writeFile(Buffer.concat([raw, Buffer.from('/weights.bin')]), 'weights');
+  // How a shell passes the name: its bytes as they are, which Node.js reads with U+FFFD in their place.
+  const asGiven = `${work}/models-\uFFFD`;
+  for (const args of [[asGiven], ['--source', `models=${asGiven}`]]) {
+    const r = await lifeboat(['--repo', repo, 'backup', ...args]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /cannot be read: a path that is not valid UTF-8 reaches lifeboat with U\+FFFD in place of those bytes, and names nothing\n {2}rename the directory/);
+    assert.doesNotMatch(r.stderr, /does not exist|--source models_/);
+  }
+});

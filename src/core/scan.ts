@@ -54,6 +54,16 @@ export interface ScannedSource {
 }
 
 /**
+ * The error for a path given with bytes that are not UTF-8: it arrives with U+FFFD in their place,
+ * and names nothing, though the directory is there.
+ */
+export function notUtf8Path(what: string): UsageError {
+  return new UsageError(`${what} cannot be read: a path that is not valid UTF-8 reaches lifeboat with U+FFFD in place of those bytes, and names nothing`, {
+    hint: 'rename the directory (or the one it is in) to a UTF-8 name',
+  });
+}
+
+/**
  * The names in a directory, read again as bytes because one came back with U+FFFD in it: a name
  * that is not UTF-8 does, and names no file, but so does one that holds U+FFFD itself. Those that
  * are not UTF-8 are left out with a warning; read as text they could be taken for another file
@@ -219,6 +229,7 @@ export async function scanSource(
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
       // A path that is not there, or a link (or a directory on the way) to nothing: an unmounted volume, a typo.
+      if (given.includes('\uFFFD')) throw notUtf8Path(`source ${spec.name}: ${given}`);
       const to = await danglingLinkTarget(given);
       throw new UsageError(`source ${spec.name}: ${given} ${to === undefined ? 'does not exist' : `is a symbolic link to ${to}, which does not exist`}`, {
         hint: 'check the path, and that its volume is mounted',

@@ -1,9 +1,10 @@
+import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { RuntimeFailure, UsageError, errorMessage } from '../../errors.js';
 import { backup, checkBackupSources, type BackupResult } from '../../core/backup.js';
 import { whileHoldingLock, type HeldLock } from '../../core/lock.js';
-import { excludePatternProblem } from '../../core/scan.js';
+import { excludePatternProblem, notUtf8Path } from '../../core/scan.js';
 import type { LifeboatConfig } from '../../config/config.js';
 import type { BackupType } from '../../format/ids.js';
 import { DEFAULT_DEPLOYMENT } from '../../format/manifest.js';
@@ -40,6 +41,7 @@ export function resolveSources(ctx: CliContext, paths: string[], flags: string[]
     const abs = path.resolve(ctx.cwd, p);
     const name = path.basename(abs);
     if (name === '') throw new UsageError(`${abs} has no name to give its source`, { hint: `name it: --source root=${shellWord(abs)}` });
+    if (abs.includes('\uFFFD') && !existsSync(abs)) throw notUtf8Path(quoteName(abs));
     if (!NAME.test(name)) {
       // A directory such as `my models` or `.cache`: its name cannot name a source, but the directory can be backed up under another.
       const usable = name.replace(/[^A-Za-z0-9._-]/g, '_').replace(/^[.-]+/, '').slice(0, 64) || 'source';
