@@ -25,7 +25,8 @@ async function versions(work: string) {
 
 const inode = async (p: string) => (await fsp.stat(p)).ino;
 
-test('hard links are stored once and restored as links; verify, incrementals, --include and --delta handle them', async (t) => {
+/** The versions in a fresh work directory, with a repository beside it holding a full backup of them. */
+async function versionsBackedUp(t: { after(fn: () => Promise<void>): void }) {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
   const src = await versions(work);
@@ -33,6 +34,20 @@ test('hard links are stored once and restored as links; verify, incrementals, --
   assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
   const full = await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', 'full']);
   assert.equal(full.code, 0, full.stderr);
+  return { work, src, repo, full };
+}
+
+/** An incremental backup of `src`, and what `diff --json` says changed since the point `from`. */
+async function incrementalDiff(repo: string, src: string, from: string) {
+  const incr = await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', 'incr']);
+  assert.equal(incr.code, 0, incr.stderr);
+  const diff = await lifeboat(['--repo', repo, '--json', 'diff', from, incr.json().id]);
+  assert.equal(diff.code, 0, diff.stderr);
+  return { id: incr.json().id as string, changed: diff.json().changed, removed: diff.json().removed };
+}
+
+test('hard links are stored once and restored as links; verify, incrementals, --include and --delta handle them', async (t) => {
+  const { work, src, repo, full } = await versionsBackedUp(t);
   assert.equal(full.json().bytes, 3 * BIG + 3 * 9);
   assert.ok(full.json().storedBytes < BIG + 64 * 1024, `the weights are stored once (${full.json().storedBytes} bytes stored)`);
   const manifest = decodeDocument(await fsp.readFile(path.join(repo, 'points', `${full.json().id}.json`)), manifestSchema, 'manifest');
@@ -72,12 +87,8 @@ test('hard links are stored once and restored as links; verify, incrementals, --
 });
 
 test('a manifest whose hard link names no earlier file with the same content is refused (exit 3)', async (t) => {
-  const work = await tempDir();
-  t.after(() => fsp.rm(work, { recursive: true, force: true }));
-  const src = await versions(work);
-  const repo = path.join(work, 'repo');
-  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
-  const id = (await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', 'full'])).json().id;
+  const { work, repo, full } = await versionsBackedUp(t);
+  const id = full.json().id;
   const file = path.join(repo, 'points', `${id}.json`);
   const original = decodeDocument(await fsp.readFile(file), manifestSchema, 'manifest');
   const tamper = [
@@ -95,4 +106,47 @@ test('a manifest whose hard link names no earlier file with the same content is 
     assert.match(r.stderr, /recorded as a hard link to/);
     await assert.rejects(fsp.access(target), 'nothing is restored');
   }
+});
+
+test('diff names a file that became a hard link of an identical file, and one that became a copy of its own again', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  await fsp.mkdir(path.join(src, 'v2'), { recursive: true });
+  const when = new Date('2026-11-01T00:00:00Z');
+  for (const name of ['a.bin', 'v2/a.bin', 'c.bin']) {
+    await fsp.writeFile(path.join(src, name), 'the same weights');
+    await fsp.utimes(path.join(src, name), when, when);
+  }
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const copies = await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', 'full']);
+  assert.equal(copies.code, 0, copies.stderr);
+  const both = [
+    { path: 'models/a.bin', what: ['hard-link'] },
+    { path: 'models/v2/a.bin', what: ['hard-link'] },
+  ];
+  // Deduplicated as `ln -f` (or hardlink(1)) does it: same content, same time, now one file.
+  await fsp.rm(path.join(src, 'v2', 'a.bin'));
+  await fsp.link(path.join(src, 'a.bin'), path.join(src, 'v2', 'a.bin'));
+  const linked = await incrementalDiff(repo, src, copies.json().id);
+  assert.deepEqual(linked.changed, both);
+  const text = await lifeboat(['--repo', repo, 'diff', copies.json().id, linked.id]);
+  assert.match(text.stdout, /^M models\/v2\/a\.bin {2}\(hard-link\)$/m);
+  assert.doesNotMatch(text.stdout, /c\.bin/);
+
+  // And back: a copy of its own again.
+  await fsp.rm(path.join(src, 'v2', 'a.bin'));
+  await fsp.copyFile(path.join(src, 'a.bin'), path.join(src, 'v2', 'a.bin'));
+  await fsp.utimes(path.join(src, 'v2', 'a.bin'), when, when);
+  const copied = await incrementalDiff(repo, src, linked.id);
+  assert.deepEqual(copied.changed, both);
+  assert.deepEqual((await lifeboat(['--repo', repo, '--json', 'diff', copies.json().id, copied.id])).json().changed, []);
+});
+
+test('diff does not name the other names of a file when only the name they were recorded as links of is removed', async (t) => {
+  const { src, repo, full } = await versionsBackedUp(t);
+  await fsp.rm(path.join(src, 'v1', 'weights.bin'));
+  const incr = await incrementalDiff(repo, src, full.json().id);
+  assert.deepEqual([incr.changed, incr.removed], [[], ['models/v1/weights.bin']]);
 });

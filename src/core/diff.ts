@@ -13,6 +13,7 @@ export function diffPoints(from: Manifest, to: Manifest): PointDiff {
   const before = new Map(from.entries.map((e) => [key(e), e]));
   const after = new Map(to.entries.map((e) => [key(e), e]));
   const captured = capturedSources(to.sources);
+  const [linkedBefore, linkedAfter] = sharedNames(from, to, key, before, after);
   const result: PointDiff = { added: [], changed: [], removed: [] };
   for (const [k, e] of after) {
     const old = before.get(k);
@@ -27,6 +28,7 @@ export function diffPoints(from: Manifest, to: Manifest): PointDiff {
       if (old.target !== e.target) what.push('target');
       if (old.mode !== e.mode) what.push('mode');
       if (ownerChanged(old, e)) what.push('owner');
+      if (linkedBefore.get(k) !== linkedAfter.get(k)) what.push('hard-link');
       if (old.mtimeNs !== e.mtimeNs && e.type === 'file' && !captured.has(e.source)) what.push('mtime');
     }
     if (what.length) result.changed.push({ path: k, what });
@@ -45,4 +47,31 @@ export function diffPoints(from: Manifest, to: Manifest): PointDiff {
 export function ownerChanged(old: ManifestEntry, e: ManifestEntry): boolean {
   if (old.uid === undefined || e.uid === undefined) return false;
   return old.uid !== e.uid || old.gid !== e.gid;
+}
+
+/**
+ * For each path in both points, the names in both points it is one file with (hard links), as one
+ * string shared by the group; a path that is a file of its own has none. A file that became a hard
+ * link of another, or a copy of its own, restores differently though its content and time are the
+ * same; a group's first name changing (the name it was linked to removed) changes nothing here.
+ */
+function sharedNames(from: Manifest, to: Manifest, key: (e: ManifestEntry) => string, before: Map<string, ManifestEntry>, after: Map<string, ManifestEntry>): [Map<string, string>, Map<string, string>] {
+  const side = (m: Manifest, other: Map<string, ManifestEntry>) => {
+    const groups = new Map<string, string[]>();
+    for (const e of m.entries) {
+      if (e.type !== 'file' || !other.has(key(e))) continue;
+      const group = `${e.source}/${e.link ?? e.path}`;
+      const names = groups.get(group);
+      if (names) names.push(key(e));
+      else groups.set(group, [key(e)]);
+    }
+    const shared = new Map<string, string>();
+    for (const names of groups.values()) {
+      if (names.length < 2) continue;
+      const joined = [...names].sort().join('\0');
+      for (const n of names) shared.set(n, joined);
+    }
+    return shared;
+  };
+  return [side(from, after), side(to, before)];
 }
