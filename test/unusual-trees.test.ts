@@ -90,10 +90,19 @@ test('a name that is not UTF-8 beside one holding U+FFFD itself: the first is le
   await fsp.writeFile(Buffer.concat([dir, Buffer.from('/tokenizer-'), Buffer.from([0xfe])]), 'tokenizer');
   await fsp.symlink(Buffer.concat([Buffer.from('tokenizer-'), Buffer.from([0xfe])]), path.join(src, 'tokenizer.json'));
   await fsp.writeFile(path.join(src, 'config.json'), '{}');
+  // UTF-8 characters, a control character and a byte that is not UTF-8 in one name.
+  await fsp.writeFile(Buffer.concat([dir, Buffer.from('/café\n'), Buffer.from([0xe9])]), 'notes');
   const backup = await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', 'full']);
   assert.equal(backup.code, 0, backup.stderr);
   const warnings = backup.json().warnings.map((w: { code: string; path: string }) => `${w.code} ${w.path}`).sort();
-  assert.deepEqual(warnings, ['name-not-utf8 models/tokenizer-\uFFFD', 'name-not-utf8 models/tokenizer.json', 'name-not-utf8 models/weights-\uFFFD.bin']);
+  // Each byte that is not UTF-8 is kept (as U+DC80 to U+DCFF), not lost to U+FFFD.
+  assert.deepEqual(warnings, ['name-not-utf8 models/café\n\udce9', 'name-not-utf8 models/tokenizer-\udcfe', 'name-not-utf8 models/tokenizer.json', 'name-not-utf8 models/weights-\udcff.bin']);
+  // Shown with those bytes as `\xNN`, in quotes as a name with escapes is, so that the file can be found.
+  assert.match(backup.stderr, /warning: "models\/weights-\\xff\.bin": its name is not valid UTF-8/);
+  assert.match(backup.stderr, /warning: "models\/tokenizer-\\xfe": its name is not valid UTF-8/);
+  assert.match(backup.stderr, /warning: "models\/café\\n\\xe9": its name is not valid UTF-8/);
+  const listed = await lifeboat(['--repo', repo, 'show', 'latest']);
+  assert.match(listed.stdout, /warning: "models\/weights-\\xff\.bin": its name is not valid UTF-8/);
   const shown = await lifeboat(['--repo', repo, '--json', 'show', 'latest']);
   assert.deepEqual(shown.json().entries.map((e: { path: string }) => e.path), ['config.json', 'weights-\uFFFD.bin']);
   const target = path.join(work, 'restored');

@@ -10,13 +10,16 @@ export function table(rows: string[][]): string {
 /**
  * Characters that could break or fake the lines of text output: C0 and C1 controls and DEL (a
  * newline, a tab, a carriage return, a terminal escape), the Unicode line and paragraph separators,
- * and the bidirectional overrides that reorder what is shown.
+ * the bidirectional overrides that reorder what is shown, and the bytes of a name that are not
+ * UTF-8 (kept as lone U+DC80 to U+DCFF by nameFromBytes), shown as `\xNN`.
  */
-const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]|(?<![\ud800-\udbff])[\udc80-\udcff]/g;
 const ESCAPES: Record<string, string> = { '\n': '\\n', '\t': '\\t', '\r': '\\r', '\b': '\\b', '\f': '\\f', '\v': '\\v', '"': '\\"', '\\': '\\\\' };
 
 function escape(c: string): string {
-  return ESCAPES[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
+  const code = c.charCodeAt(0);
+  if (code >= 0xdc80 && code <= 0xdcff) return `\\x${(code - 0xdc00).toString(16)}`;
+  return ESCAPES[c] ?? `\\u${code.toString(16).padStart(4, '0')}`;
 }
 
 /**

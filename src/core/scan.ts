@@ -5,7 +5,7 @@ import { Minimatch } from 'minimatch';
 import { UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { firstFew } from '../format/units.js';
 import { danglingLinkTarget } from '../format/mkdirs.js';
-import { linkEscapes, linkStaysInside, relativeTargetInside, sortByPath } from '../format/paths.js';
+import { linkEscapes, linkStaysInside, nameFromBytes, relativeTargetInside, sortByPath } from '../format/paths.js';
 import type { Reporter } from './events.js';
 
 export interface SourceSpec {
@@ -67,7 +67,8 @@ export function notUtf8Path(what: string): UsageError {
  * The names in a directory, read again as bytes because one came back with U+FFFD in it: a name
  * that is not UTF-8 does, and names no file, but so does one that holds U+FFFD itself. Those that
  * are not UTF-8 are left out with a warning; read as text they could be taken for another file
- * of the directory (`a\xff` for `a\uFFFD`), and the point would list that file twice.
+ * of the directory (`a\xff` for `a\uFFFD`), and the point would list that file twice. The warning
+ * names each of them with the bytes that are not UTF-8 kept (see nameFromBytes), not as U+FFFD.
  */
 function utf8Names(absDir: string, relDir: string, source: string, reporter: Reporter): string[] {
   const names: string[] = [];
@@ -80,7 +81,7 @@ function utf8Names(absDir: string, relDir: string, source: string, reporter: Rep
     reporter.notice?.({
       level: 'warning',
       code: 'name-not-utf8',
-      path: `${source}/${relDir === '' ? name : `${relDir}/${name}`}`,
+      path: `${source}/${relDir === '' ? '' : `${relDir}/`}${nameFromBytes(raw)}`,
       message: 'its name is not valid UTF-8, which lifeboat cannot store; rename it to back it up',
     });
   }

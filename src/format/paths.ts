@@ -136,3 +136,41 @@ export function sortByPath<T>(items: T[], pathOf: (item: T) => string): T[] {
   for (let i = 0; i < keyed.length; i++) items[i] = keyed[i]!.item;
   return items;
 }
+
+/**
+ * A file name read as bytes, as text: valid UTF-8 as it is, and each byte that is not part of valid
+ * UTF-8 as the lone surrogate U+DC80 to U+DCFF (as Python's surrogateescape), which text output
+ * shows as `\xNN`, so that the name can be found (U+FFFD, which decoding puts there, names nothing).
+ */
+export function nameFromBytes(raw: Uint8Array): string {
+  let out = '';
+  let run = 0;
+  let i = 0;
+  const flush = () => {
+    if (run < i) out += Buffer.from(raw.subarray(run, i)).toString('utf8');
+  };
+  while (i < raw.length) {
+    const n = utf8SequenceAt(raw, i);
+    if (n > 0) {
+      i += n;
+      continue;
+    }
+    flush();
+    out += String.fromCharCode(0xdc00 + raw[i]!);
+    run = ++i;
+  }
+  flush();
+  return out;
+}
+
+/** How many bytes the valid UTF-8 character at `i` takes, or 0 when the byte there does not start one. */
+function utf8SequenceAt(raw: Uint8Array, i: number): number {
+  for (let n = 1; n <= 4 && i + n <= raw.length; n++) {
+    const bytes = raw.subarray(i, i + n);
+    const text = Buffer.from(bytes).toString('utf8');
+    if (text.codePointAt(0)! > 0xffff ? text.length === 2 : text.length === 1) {
+      if (Buffer.from(text).equals(bytes)) return n;
+    }
+  }
+  return 0;
+}
