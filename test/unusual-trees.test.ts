@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { lifeboat } from './helpers/cli.js';
+import { BIN, lifeboat } from './helpers/cli.js';
 import { tempDir } from './helpers/tree.js';
 
 /** A source directory `models` in a fresh work directory, with an initialised repository beside it. */
@@ -263,4 +263,30 @@ test('a source path that is not UTF-8 is refused saying so (exit 2), not as a pa
     assert.match(r.stderr, /cannot be read: a path that is not valid UTF-8 reaches lifeboat with U\+FFFD in place of those bytes, and names nothing\n {2}rename the directory/);
     assert.doesNotMatch(r.stderr, /does not exist|--source models_/);
   }
+});
+
+test('a path to write to that is not UTF-8 (restore --target, --work-dir, --junit, --metrics-file, init) is refused (exit 2), not made under another name', async (t) => {
+  const { work, src, repo } = await workWithRepo(t);
+  await fsp.writeFile(path.join(src, 'weights.bin'), 'weights');
+  assert.equal((await lifeboat(['--repo', repo, 'backup', src, '--type', 'full'])).code, 0);
+  const before = fs.readdirSync(work, { encoding: 'buffer' }).map(String).sort();
+  // As a shell passes it: the byte 0xff as it is, which Node.js reads as U+FFFD.
+  const r = spawnSync('sh', ['-c', `exec "$0" "$1" --repo "$2" restore latest --target "$(printf 'out\\377')"`, process.execPath, BIN, repo], { cwd: work, encoding: 'utf8' });
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, /--target out\uFFFD: the path is not valid UTF-8 .*\n {2}use a UTF-8 name\n$/);
+  const asGiven = path.join(work, 'out-\uFFFD');
+  for (const args of [
+    ['restore', 'latest', '--target', asGiven],
+    ['backup', src, '--work-dir', asGiven],
+    ['drill', '--junit', path.join(asGiven, 'drill.xml')],
+    ['verify', '--metrics-file', path.join(asGiven, 'lifeboat.prom')],
+  ]) {
+    const refused = await lifeboat(['--repo', repo, ...args]);
+    assert.equal(refused.code, 2, `${args.join(' ')}: ${refused.stderr}`);
+    assert.match(refused.stderr, /: the path is not valid UTF-8 /, args.join(' '));
+  }
+  const init = await lifeboat(['--repo', path.join(work, 'repo-\uFFFD'), 'init']);
+  assert.equal(init.code, 2, init.stderr);
+  assert.match(init.stderr, /^lifeboat: the repository .*repo-\uFFFD: the path is not valid UTF-8 /);
+  assert.deepEqual(fs.readdirSync(work, { encoding: 'buffer' }).map(String).sort(), before, 'nothing is made');
 });

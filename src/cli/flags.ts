@@ -49,9 +49,24 @@ export function nonEmpty(flag: string, value: string | undefined, what: string):
   return value;
 }
 
+/**
+ * A path a command creates or writes, refused when it holds U+FFFD: a path given with bytes that are
+ * not UTF-8 reaches lifeboat with U+FFFD in their place (process.argv, and the environment, are
+ * decoded so), and would be made under that other name. One that holds U+FFFD itself cannot be told
+ * from it, and is refused too.
+ */
+export function utf8Path<T extends string | undefined>(flag: string, value: T): T {
+  if (value?.includes('\uFFFD')) {
+    throw new UsageError(`${flag} ${value}: the path is not valid UTF-8 (lifeboat receives U+FFFD in place of the bytes that are not, and would make a file or directory of another name)`, {
+      hint: 'use a UTF-8 name',
+    });
+  }
+  return value;
+}
+
 /** The file or directory a flag names, resolved from the working directory. */
 export function pathFlag(cwd: string, flag: string, value: string | undefined, what: 'a file' | 'a directory'): string | undefined {
-  const given = nonEmpty(flag, value, `the path of ${what}`);
+  const given = utf8Path(flag, nonEmpty(flag, value, `the path of ${what}`));
   return given === undefined ? undefined : path.resolve(cwd, given);
 }
 

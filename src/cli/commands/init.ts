@@ -11,7 +11,7 @@ import { keys } from '../../format/manifest.js';
 import { GIVE_A_PASSWORD, newPassword, passwordSource } from '../password.js';
 import { printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
-import { count } from '../flags.js';
+import { count, utf8Path } from '../flags.js';
 
 interface InitOptions {
   encryption?: string;
@@ -36,6 +36,7 @@ export async function runInit(ctx: CliContext, options: InitOptions): Promise<vo
   }
   // Looked at before a password is asked for, which would be typed for nothing.
   const config = await contextConfig(ctx);
+  utf8Path('the repository', repositoryUrl(ctx, config));
   await refuseInsideRepository(ctx, config);
   // Asked before anything is written, so a refused password leaves no trace.
   const password =

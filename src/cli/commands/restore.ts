@@ -6,7 +6,7 @@ import { RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../../
 import { appendEvent } from '../../core/journal.js';
 import { checkRestoreTarget, restore, type RestoreResult } from '../../core/restore.js';
 import { NotEnoughSpace, checkFreeSpace } from '../../core/restore-target.js';
-import { directoryFlag } from '../flags.js';
+import { directoryFlag, utf8Path } from '../flags.js';
 import { sourcesIncluded } from '../../core/restore-plan.js';
 import { leftWorkDirectory, type Notice } from '../../core/events.js';
 import type { Manifest } from '../../format/manifest.js';
@@ -96,6 +96,7 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
   if (flags.inPlace) return runRestoreInPlace(ctx, selector, flags);
   if (flags.state) throw new UsageError('--state puts serving state back with --in-place', { hint: 'restore --in-place --state, or let `lifeboat failover` put it back' });
   if (!flags.target) throw new UsageError('restore needs --target DIR', { hint: 'or --in-place, to restore each source to the directory it was backed up from' });
+  utf8Path('--target', flags.target);
   const again = `--target ${shellWord(flags.target)}`;
   const { repo, config, close } = await openRepository(ctx);
   const renderer = new ProgressRenderer(ctx, 'restore');
