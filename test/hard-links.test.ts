@@ -43,7 +43,7 @@ async function incrementalDiff(repo: string, src: string, from: string) {
   assert.equal(incr.code, 0, incr.stderr);
   const diff = await lifeboat(['--repo', repo, '--json', 'diff', from, incr.json().id]);
   assert.equal(diff.code, 0, diff.stderr);
-  return { id: incr.json().id as string, changed: diff.json().changed, removed: diff.json().removed };
+  return { id: incr.json().id as string, changed: diff.json().changed, removed: diff.json().removed, counted: incr.json().changed as number };
 }
 
 test('hard links are stored once and restored as links; verify, incrementals, --include and --delta handle them', async (t) => {
@@ -131,6 +131,7 @@ test('diff names a file that became a hard link of an identical file, and one th
   await fsp.link(path.join(src, 'a.bin'), path.join(src, 'v2', 'a.bin'));
   const linked = await incrementalDiff(repo, src, copies.json().id);
   assert.deepEqual(linked.changed, both);
+  assert.equal(linked.counted, 2, 'the backup counts them as diff names them');
   const text = await lifeboat(['--repo', repo, 'diff', copies.json().id, linked.id]);
   assert.match(text.stdout, /^M models\/v2\/a\.bin {2}\(hard-link\)$/m);
   assert.doesNotMatch(text.stdout, /c\.bin/);
@@ -141,6 +142,7 @@ test('diff names a file that became a hard link of an identical file, and one th
   await fsp.utimes(path.join(src, 'v2', 'a.bin'), when, when);
   const copied = await incrementalDiff(repo, src, linked.id);
   assert.deepEqual(copied.changed, both);
+  assert.equal(copied.counted, 2);
   assert.deepEqual((await lifeboat(['--repo', repo, '--json', 'diff', copies.json().id, copied.id])).json().changed, []);
 });
 

@@ -1,5 +1,5 @@
 import { PathIndex } from './path-index.js';
-import { ownerChanged } from './diff.js';
+import { ownerChanged, relinkedPaths } from './diff.js';
 import type { BackupType } from '../format/ids.js';
 import type { ContentRef, Manifest, ManifestEntry, PointSummary } from '../format/manifest.js';
 import type { ScannedEntry, ScannedSource } from './scan.js';
@@ -150,6 +150,7 @@ export function countChanges(entries: readonly ManifestEntry[], reference: Manif
   const counts: ChangeCounts = { added: 0, changed: 0, removed: 0 };
   // A point lists each path once, so the reference's files and links not matched are the ones removed.
   let matched = 0;
+  const relinked = relinkedPaths(reference?.entries ?? [], entries);
   for (const e of entries) {
     if (e.type === 'dir') continue;
     const prev = previous.get(e.source, e.path);
@@ -158,7 +159,16 @@ export function countChanges(entries: readonly ManifestEntry[], reference: Manif
       continue;
     }
     matched++;
-    if (prev.type !== e.type || prev.sha256 !== e.sha256 || prev.size !== e.size || prev.mode !== e.mode || prev.target !== e.target || ownerChanged(prev, e) || (e.type === 'file' && prev.mtimeNs !== e.mtimeNs && !captured.has(e.source))) {
+    if (
+      prev.type !== e.type ||
+      prev.sha256 !== e.sha256 ||
+      prev.size !== e.size ||
+      prev.mode !== e.mode ||
+      prev.target !== e.target ||
+      ownerChanged(prev, e) ||
+      relinked.has(`${e.source}/${e.path}`) ||
+      (e.type === 'file' && prev.mtimeNs !== e.mtimeNs && !captured.has(e.source))
+    ) {
       counts.changed++;
     }
   }

@@ -13,7 +13,7 @@ export function diffPoints(from: Manifest, to: Manifest): PointDiff {
   const before = new Map(from.entries.map((e) => [key(e), e]));
   const after = new Map(to.entries.map((e) => [key(e), e]));
   const captured = capturedSources(to.sources);
-  const [linkedBefore, linkedAfter] = sharedNames(from, to, key, before, after);
+  const relinked = relinkedPaths(from.entries, to.entries);
   const result: PointDiff = { added: [], changed: [], removed: [] };
   for (const [k, e] of after) {
     const old = before.get(k);
@@ -28,7 +28,7 @@ export function diffPoints(from: Manifest, to: Manifest): PointDiff {
       if (old.target !== e.target) what.push('target');
       if (old.mode !== e.mode) what.push('mode');
       if (ownerChanged(old, e)) what.push('owner');
-      if (linkedBefore.get(k) !== linkedAfter.get(k)) what.push('hard-link');
+      if (relinked.has(k)) what.push('hard-link');
       if (old.mtimeNs !== e.mtimeNs && e.type === 'file' && !captured.has(e.source)) what.push('mtime');
     }
     if (what.length) result.changed.push({ path: k, what });
@@ -50,15 +50,21 @@ export function ownerChanged(old: ManifestEntry, e: ManifestEntry): boolean {
 }
 
 /**
- * For each path in both points, the names in both points it is one file with (hard links), as one
- * string shared by the group; a path that is a file of its own has none. A file that became a hard
- * link of another, or a copy of its own, restores differently though its content and time are the
- * same; a group's first name changing (the name it was linked to removed) changes nothing here.
+ * The paths, in both lists of entries, whose hard links differ: a file that became a hard link of
+ * another, or a copy of its own, restores differently though its content and time are the same.
+ * For each path, the names in both lists it is one file with are compared, so that a group's first
+ * name changing (the name it was linked to removed) changes nothing here.
  */
-function sharedNames(from: Manifest, to: Manifest, key: (e: ManifestEntry) => string, before: Map<string, ManifestEntry>, after: Map<string, ManifestEntry>): [Map<string, string>, Map<string, string>] {
-  const side = (m: Manifest, other: Map<string, ManifestEntry>) => {
+export function relinkedPaths(from: readonly ManifestEntry[], to: readonly ManifestEntry[]): Set<string> {
+  const relinked = new Set<string>();
+  // Most trees have no hard links: nothing to index then.
+  if (!from.some((e) => e.link !== undefined) && !to.some((e) => e.link !== undefined)) return relinked;
+  const key = (e: ManifestEntry) => `${e.source}/${e.path}`;
+  const inFrom = new Set(from.map(key));
+  const inTo = new Set(to.map(key));
+  const side = (entries: readonly ManifestEntry[], other: Set<string>) => {
     const groups = new Map<string, string[]>();
-    for (const e of m.entries) {
+    for (const e of entries) {
       if (e.type !== 'file' || !other.has(key(e))) continue;
       const group = `${e.source}/${e.link ?? e.path}`;
       const names = groups.get(group);
@@ -73,5 +79,8 @@ function sharedNames(from: Manifest, to: Manifest, key: (e: ManifestEntry) => st
     }
     return shared;
   };
-  return [side(from, after), side(to, before)];
+  const before = side(from, inTo);
+  const after = side(to, inFrom);
+  for (const k of inTo) if (inFrom.has(k) && before.get(k) !== after.get(k)) relinked.add(k);
+  return relinked;
 }
