@@ -163,7 +163,7 @@ test('a restore takes over the newest staging directory that killed restores lef
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 
-test('a restore whose paths are too long under its target fails saying so, and leaves no staging directory that the next restore would only fail on again', async () => {
+test('a restore whose paths are too long under its target is refused at once saying by how many bytes, with the path shortened, and leaves no staging directory', async () => {
   const work = await tempDir();
   const src = path.join(work, 'models');
   // 30 levels of 120-byte names: about 3,600 bytes below the source, which fits under a short target and not under a long one.
@@ -179,11 +179,68 @@ test('a restore whose paths are too long under its target fails saying so, and l
   await fsp.mkdir(parent, { recursive: true });
   const long = path.join(parent, 'out');
   const r = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', long]);
-  assert.equal(r.code, 1, r.stderr);
-  assert.match(r.stderr, /ENAMETOOLONG.*\n {2}a path of the point is longer under .* than the system allows \(4,096 bytes in all\); restore into a target with a shorter path/);
-  assert.doesNotMatch(r.stderr, /goes on from them/);
+  assert.equal(r.code, 2, r.stderr);
+  const over = Buffer.byteLength(path.join(long, 'models', path.relative(src, deep))) + 1 - 4096;
+  assert.match(r.stderr, new RegExp(`is ${over} byte\\(s\\) too long for this point: under it, .*…d{20,}029 would be longer than the system allows \\(4,096 bytes in all\\)`));
+  assert.match(r.stderr, new RegExp(`at least ${over} byte\\(s\\) shorter`));
+  assert.ok(r.stderr.length < 1000, `the paths are shortened: ${r.stderr.length} bytes`);
   assert.deepEqual(await fsp.readdir(parent), [], 'no staging directory left beside the target');
   const short = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', path.join(work, 'r')]);
   assert.equal(short.code, 0, short.stderr);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+/** Directories of 200-byte names under `root`, and a file in them, whose path has `total` bytes. */
+async function pathOfBytes(root: string, under: string, total: number): Promise<string> {
+  let rel = '';
+  while (total - Buffer.byteLength(path.join(under, rel)) - 1 > 255) rel = path.join(rel, 'd'.repeat(200));
+  rel = path.join(rel, 'f'.repeat(total - Buffer.byteLength(path.join(under, rel)) - 1));
+  await fsp.mkdir(path.dirname(path.join(root, rel)), { recursive: true });
+  await fsp.writeFile(path.join(root, rel), 'weights\n');
+  return rel;
+}
+
+test('a point whose path comes within 20 bytes of the 4,096-byte limit restores into a target as long as its source, and in place', async () => {
+  const work = await tempDir();
+  const src = path.join(work, 'models');
+  const target = path.join(work, 'restored');
+  // 4,075 bytes under the target, 4,066 where it was backed up from; the staging directory beside either must not be longer.
+  const rel = await pathOfBytes(src, path.join(target, 'models'), 4075);
+  await fsp.writeFile(path.join(src, 'config.json'), '{}');
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const b = await lifeboat(['--repo', repo, 'backup', src]);
+  assert.equal(b.code, 0, b.stderr);
+  const r = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(await fsp.readFile(path.join(target, 'models', rel), 'utf8'), 'weights\n');
+  assert.deepEqual((await fsp.readdir(work)).sort(), ['models', 'repo', 'restored'], 'no staging directory, nor its link, is left');
+  await fsp.rm(src, { recursive: true });
+  const inPlace = await lifeboat(['--repo', repo, 'restore', 'latest', '--in-place']);
+  assert.equal(inPlace.code, 0, inPlace.stderr);
+  assert.equal(await fsp.readFile(path.join(src, rel), 'utf8'), 'weights\n');
+  assert.deepEqual((await fsp.readdir(work)).sort(), ['models', 'repo', 'restored']);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a restore goes on from a short-named staging directory that an interrupted restore of a point near the limit left, named by a link of the usual name, and removes both', async () => {
+  const work = await tempDir();
+  const src = path.join(work, 'models');
+  const target = path.join(work, 'restored');
+  const rel = await pathOfBytes(src, path.join(target, 'models'), 4075);
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const b = await lifeboat(['--repo', repo, 'backup', src]);
+  assert.equal(b.code, 0, b.stderr);
+  const left = path.join(work, '.lbabcde');
+  await fsp.mkdir(path.dirname(path.join(left, 'models', rel)), { recursive: true, mode: 0o700 });
+  await fsp.chmod(left, 0o700);
+  await fsp.copyFile(path.join(src, rel), path.join(left, 'models', rel));
+  await fsp.symlink('.lbabcde', path.join(work, `.restored.lifeboat-staging-${2 ** 22 + 999}-0badcafe`));
+  const r = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /resuming an interrupted restore: 1 file\(s\), 8 B, already there and verified/);
+  assert.equal(await fsp.readFile(path.join(target, 'models', rel), 'utf8'), 'weights\n');
+  assert.deepEqual((await fsp.readdir(work)).sort(), ['models', 'repo', 'restored'], 'neither the directory nor its link is left');
   await fsp.rm(work, { recursive: true, force: true });
 });

@@ -10,7 +10,7 @@ import { compareSnapshots, prng, seedFromEnv, snapshotTree, tempDir, writeRandom
 import { InterruptedError } from '../src/errors.js';
 import { Repository } from '../src/core/repository.js';
 import { restore } from '../src/core/restore.js';
-import { stagingPath } from '../src/core/restore-target.js';
+import { removeOtherStaging, stagingPath } from '../src/core/restore-target.js';
 import type { Notice } from '../src/core/events.js';
 import { LocalStorage } from '../src/storage/local.js';
 
@@ -204,4 +204,20 @@ test('a staging directory named for a pid that now belongs to a process started 
   await fsp.access(live);
   await fsp.access(older);
   assert.match(path.basename(stagingPath(path.join(work, 'out'), false)), new RegExp(`^\\.out\\.lifeboat-staging-${process.pid}-\\d{10}-[0-9a-f]{8}$`));
+});
+
+test('what an interrupted failover to another point left under a short name, named by a link, is removed with its link; its own and live ones stay', async (t) => {
+  const slots = await tempDir();
+  t.after(() => fsp.rm(slots, { recursive: true, force: true }));
+  const gone = 2 ** 22 + 999;
+  const made = async (dir: string, link: string) => {
+    await fsp.mkdir(path.join(slots, dir, 'models'), { recursive: true });
+    await fsp.symlink(dir, path.join(slots, link));
+  };
+  await made('.lb0badf00', `.20261101-000000-000F.lifeboat-staging-${gone}-0badf00d`);
+  await made('.lb0badcaf', `.20261102-000000-000F.lifeboat-staging-${gone}-0badcafe`);
+  await made('.lb00c0ffe', `.20261103-000000-000F.lifeboat-staging-${process.pid}-00c0ffee`);
+  const removed = await removeOtherStaging(path.join(slots, '20261102-000000-000F'));
+  assert.deepEqual(removed, [`.20261101-000000-000F.lifeboat-staging-${gone}-0badf00d`]);
+  assert.deepEqual((await fsp.readdir(slots)).sort(), ['.20261102-000000-000F.lifeboat-staging-' + gone + '-0badcafe', `.20261103-000000-000F.lifeboat-staging-${process.pid}-00c0ffee`, '.lb00c0ffe', '.lb0badcaf'].sort());
 });

@@ -35,6 +35,45 @@ export function stagingPath(target: string, mountPoint: boolean): string {
   return path.join(mountPoint ? target : path.dirname(target), `${stagingPrefix(target, mountPoint)}${process.pid}-${made}-${randomBytes(4).toString('hex')}`);
 }
 
+/** The longest path the system takes, in bytes, with the NUL that ends it (Linux's PATH_MAX). */
+export const PATH_MAX = 4096;
+
+/** What a staging directory made short is named (`.lb` and up to 8 hex digits); an entry of the name above, a symbolic link, points to it. */
+const SHORT_STAGING = /^\.lb[0-9a-f]{3,8}$/;
+
+/**
+ * Where a restore into `target` stages the point, whose longest path has
+ * `longest` bytes under the target. The staging directory is named as above;
+ * when a path would then be longer than the system allows, it gets a name no
+ * longer than the target's (`.lb` and random digits, at least 6 bytes), and
+ * `marker`, a symbolic link to it of the usual name, tells whose it is.
+ */
+export function stagingPlace(target: string, mountPoint: boolean, longest: number): { staging: string; marker?: string } {
+  const named = stagingPath(target, mountPoint);
+  if (mountPoint || Buffer.byteLength(named) + longest < PATH_MAX) return { staging: named };
+  const digits = Math.min(8, Math.max(3, Buffer.byteLength(path.basename(target)) - 3));
+  return { staging: path.join(path.dirname(target), `.lb${randomBytes(4).toString('hex').slice(0, digits)}`), marker: named };
+}
+
+/** A long path as its start and end (`/srv/models/aaa…aaa/weights.bin`), for a message. */
+export function shortenedPath(p: string): string {
+  return p.length <= 120 ? p : `${p.slice(0, 50)}…${p.slice(-60)}`;
+}
+
+/** The staging directory an entry of a staging name stands for: itself, or the short-named directory it links to. */
+async function stagingBehind(where: string): Promise<{ dir: string; marker?: string } | undefined> {
+  const st = await fsp.lstat(where).catch(() => undefined);
+  if (!st?.isSymbolicLink()) return st ? { dir: where } : undefined;
+  const to = await fsp.readlink(where).catch(() => '');
+  return SHORT_STAGING.test(to) ? { dir: path.join(path.dirname(where), to), marker: where } : { dir: where };
+}
+
+/** Removes a staging directory and the link that names it, if any. */
+export async function removeStaging(staging: string, marker?: string): Promise<void> {
+  await removeTree(staging);
+  if (marker) await fsp.rm(marker, { force: true });
+}
+
 /** Who left a staging directory, from what follows its prefix; `replaced`: what a --force set aside. */
 function stagingOwner(rest: string): { pid: number; running: boolean; replaced: boolean } | undefined {
   const m = /^(\d+)(?:-(\d{1,12}))?-[0-9a-f]{8}(-replaced)?$/.exec(rest);
@@ -50,37 +89,43 @@ function stagingOwner(rest: string): { pid: number; running: boolean; replaced: 
  * otherwise fill the disk restore after restore. What an interrupted --force
  * had set aside is the old target's content: it is left, with a warning.
  */
-export async function takeInterruptedStaging(dir: string, prefix: string, reporter: Reporter, warnings: Notice[]): Promise<string | undefined> {
+export async function takeInterruptedStaging(dir: string, prefix: string, reporter: Reporter, warnings: Notice[]): Promise<{ where: string; marker?: string } | undefined> {
   const names = await fsp.readdir(dir).catch(() => [] as string[]);
-  const leftovers: { where: string; mtimeMs: number }[] = [];
+  const leftovers: { where: string; marker?: string; mtimeMs: number }[] = [];
   for (const name of names) {
     if (!name.startsWith(prefix)) continue;
     const owner = stagingOwner(name.slice(prefix.length));
     if (!owner || owner.running) continue;
-    const where = path.join(dir, name);
+    const named = path.join(dir, name);
     if (owner.replaced) {
+      const where = named;
       const n: Notice = { level: 'warning', code: 'replaced-left', path: where, message: 'holds what an interrupted restore --force was replacing; remove it once it is not needed' };
       warnings.push(n);
       reporter.notice?.(n);
       continue;
     }
+    const behind = await stagingBehind(named);
+    if (!behind) continue;
+    const { dir: where, marker } = behind;
     const st = await fsp.lstat(where).catch(() => undefined);
     // Only a directory this user made, that no one else could write into, is gone on from: one planted in a
     // shared directory (/tmp) could hold links, or be changed after its files were checked.
-    if (!st) continue;
-    const ours = st.isDirectory() && st.uid === (process.getuid?.() ?? st.uid) && (st.mode & 0o022) === 0;
-    if (ours) leftovers.push({ where, mtimeMs: st.mtimeMs });
+    const uid = process.getuid?.();
+    const linkOurs = marker === undefined || (await fsp.lstat(marker)).uid === (uid ?? st?.uid);
+    const ours = st !== undefined && linkOurs && st.isDirectory() && st.uid === (uid ?? st.uid) && (st.mode & 0o022) === 0;
+    if (ours) leftovers.push({ where, marker, mtimeMs: st.mtimeMs });
     else {
-      await removeTree(where);
+      await removeStaging(st ? where : named, marker);
       reporter.notice?.({ level: 'info', code: 'staging-removed', path: where, message: 'removed a staging directory that another user could write to' });
     }
   }
   leftovers.sort((a, b) => b.mtimeMs - a.mtimeMs);
-  for (const { where } of leftovers.slice(1)) {
-    await removeTree(where);
+  for (const { where, marker } of leftovers.slice(1)) {
+    await removeStaging(where, marker);
     reporter.notice?.({ level: 'info', code: 'staging-removed', path: where, message: 'removed the staging directory of an interrupted restore' });
   }
-  return leftovers[0]?.where;
+  const [newest] = leftovers;
+  return newest && { where: newest.where, marker: newest.marker };
 }
 
 /**
@@ -96,7 +141,8 @@ export async function removeOtherStaging(target: string): Promise<string[]> {
     if (mark <= 0 || name.startsWith(own)) continue;
     const owner = stagingOwner(name.slice(mark + STAGING_MARK.length));
     if (!owner || owner.running || owner.replaced) continue;
-    await removeTree(path.join(path.dirname(target), name));
+    const behind = await stagingBehind(path.join(path.dirname(target), name));
+    if (behind) await removeStaging(behind.dir, behind.marker);
     removed.push(name);
   }
   return removed;
@@ -125,7 +171,9 @@ export class NotEnoughSpace extends RuntimeFailure {
 /** A failed file-system call while restoring, told as one sentence about the target (the staging directory is an internal name). */
 export function asRestoreFailure(err: unknown, staging: string, target: string): unknown {
   if (err instanceof LifeboatError || (err instanceof Error && err.name === 'AbortError') || (err as NodeJS.ErrnoException).code === undefined) return err;
-  const message = errorMessage(err).replaceAll(staging, target);
+  const at = (err as NodeJS.ErrnoException).path;
+  let message = errorMessage(err).replaceAll(staging, target);
+  if (at) message = message.replaceAll(at.replaceAll(staging, target), shortenedPath(at.replaceAll(staging, target)));
   const hint =
     (err as NodeJS.ErrnoException).code === 'ENAMETOOLONG'
       ? `a path of the point is longer under ${target} than the system allows (4,096 bytes in all); restore into a target with a shorter path, or leave that part out with --include`
@@ -242,11 +290,10 @@ export async function moveFile(from: string, to: string): Promise<'renamed' | 'c
  * Moves the verified staging directory to the target (opened to 0755 first,
  * unless `openUp` is false); returns a warning when what it replaced could not be removed.
  */
-export async function moveIntoPlace(staging: string, target: string, state: TargetState, openUp = true): Promise<Notice | undefined> {
+export async function moveIntoPlace(staging: string, target: string, state: TargetState, openUp = true, old = `${staging}-replaced`): Promise<Notice | undefined> {
   // Made 0700 so no one reads a half-restored tree; a source restored as the target has its own mode by now.
   if (openUp) await fsp.chmod(staging, 0o755);
   if (state === 'non-empty') {
-    const old = `${staging}-replaced`;
     await fsp.rename(target, old);
     try {
       await fsp.rename(staging, target);

@@ -28,8 +28,11 @@ import {
   moveFile,
   moveIntoMountPoint,
   moveIntoPlace,
+  PATH_MAX,
+  removeStaging,
   repositoryOverlap,
-  stagingPath,
+  shortenedPath,
+  stagingPlace,
   stagingPrefix,
   takeInterruptedStaging,
   type TargetState,
@@ -231,14 +234,18 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
   const keep = pathsToKeepForRepository(plan, target, repositoryInside);
   const leftOut = leftOutByBackup(plan, options);
   const owners = ownerMapping(manifest, options.numericOwner === true);
-  // Staged on the target's file system, so that moving the restored files into place is a rename.
-  const staging = stagingPath(target, mountPoint);
-  const leftover = await takeInterruptedStaging(path.dirname(staging), stagingPrefix(target, mountPoint), reporter, warnings);
+  const longest = longestPathUnder(plan, target);
+  // Staged on the target's file system, so that moving the restored files into place is a rename; under a
+  // name no longer than the target's when the point's longest path would not fit under the usual one.
+  const { staging, marker } = stagingPlace(target, mountPoint, longest);
+  const leftover = await takeInterruptedStaging(mountPoint ? target : path.dirname(target), stagingPrefix(target, mountPoint), reporter, warnings);
   try {
     await makeDirectories(path.dirname(target));
     // A restore killed or failed before left its verified files there: this one goes on from them.
-    if (leftover) await fsp.rename(leftover, staging);
+    if (leftover) await fsp.rename(leftover.where, staging);
     else await fsp.mkdir(staging, { mode: 0o700 });
+    if (leftover?.marker) await fsp.rm(leftover.marker, { force: true });
+    if (marker) await fsp.symlink(path.basename(staging), marker);
   } catch (err) {
     // A file, or a link to nothing (a volume not mounted), on the way to the target is the user's to correct.
     const blocker = (err as NodeJS.ErrnoException).code === 'ENOTDIR' || (err as NodeJS.ErrnoException).code === 'EEXIST' ? await notADirectoryOnTheWay(path.dirname(target)) : undefined;
@@ -274,7 +281,7 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
       const reused = await keepVerifiedFiles(staging, plan, wanted, options.signal, reporter);
       toFetch = wanted.filter((f) => !reused.has(f));
       const bytes = [...reused].reduce((n, f) => n + f.size, 0);
-      reporter.notice?.({ level: 'info', code: 'restore-resumed', path: leftover, message: `resuming an interrupted restore: ${reused.size} file(s), ${formatBytes(bytes)}, already there and verified` });
+      reporter.notice?.({ level: 'info', code: 'restore-resumed', path: leftover.marker ?? leftover.where, message: `resuming an interrupted restore: ${reused.size} file(s), ${formatBytes(bytes)}, already there and verified` });
     }
     await checkFreeSpace(staging, target, toFetch);
     worthKeeping = true;
@@ -294,12 +301,15 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
     if (delta) {
       ({ removed: result.removed, kept: result.keptExcluded } = await applyDelta(plan, staging, target, new Set(wanted), { mountPoint, include: options.include ?? [], keep, leftOut }, owners, settled));
       await syncDirectories(plan, target);
-      await removeTree(staging);
+      await removeStaging(staging, marker);
     } else {
       await makeHardLinks(plan, staging);
       await finishTree(plan, staging, owners, settled);
       await syncDirectories(plan, staging);
-      const left = mountPoint ? await moveIntoMountPoint(staging, target, targetState === 'non-empty') : await moveIntoPlace(staging, target, targetState, plan.asTarget === undefined);
+      const left = mountPoint
+        ? await moveIntoMountPoint(staging, target, targetState === 'non-empty')
+        : await moveIntoPlace(staging, target, targetState, plan.asTarget === undefined, `${marker ?? staging}-replaced`);
+      if (marker) await fsp.rm(marker, { force: true });
       await syncPath(mountPoint ? target : path.dirname(target));
       if (left) {
         warnings.push(left);
@@ -329,7 +339,7 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
     if (worthKeeping && !options.disposable && !failsAgain && !(err instanceof IntegrityError) && !usage) {
       reporter.notice?.({ level: 'warning', code: 'restore-kept', path: staging, message: `the files restored so far are kept there; the next restore into ${target} goes on from them (remove it if there will be none)` });
     } else {
-      await removeTree(staging).catch(() => undefined);
+      await removeStaging(staging, marker).catch(() => undefined);
     }
     throw asRestoreFailure(err, staging, target);
   }
@@ -369,6 +379,28 @@ async function keepVerifiedFiles(staging: string, plan: RestorePlan, wanted: rea
 /** Where a source's tree goes under `root`: `<root>/<source>`, or `root` itself for the source restored as the target. */
 function sourceDir(plan: RestorePlan, root: string, source: string): string {
   return plan.asTarget === source ? root : path.join(root, source);
+}
+
+/**
+ * The bytes the point's longest path adds to `target`, refused at once (exit
+ * 2) when the target is too long for it: the system takes no path of more
+ * than 4,095 bytes.
+ */
+function longestPathUnder(plan: RestorePlan, target: string): number {
+  const base = Buffer.byteLength(target);
+  let longest = plan.entries[0];
+  let bytes = 0;
+  for (const e of plan.entries) {
+    const n = Buffer.byteLength(pathIn(plan, target, e)) - base;
+    if (n > bytes) [longest, bytes] = [e, n];
+  }
+  const over = base + bytes + 1 - PATH_MAX;
+  if (longest !== undefined && over > 0) {
+    throw new UsageError(`restore target ${shortenedPath(target)} is ${over} byte(s) too long for this point: under it, ${shortenedPath(pathIn(plan, target, longest))} would be longer than the system allows (4,096 bytes in all)`, {
+      hint: `restore into a target whose path is at least ${over} byte(s) shorter, or leave that part out with --include`,
+    });
+  }
+  return bytes;
 }
 
 function pathIn(plan: RestorePlan, root: string, e: { source: string; path: string }): string {
