@@ -203,12 +203,21 @@ test('a point taken before points recorded their exclude patterns: --delta takes
   assert.equal(configured.json().keptExcluded, 3);
   assert.match(configured.stderr, new RegExp(`${id} does not record the exclude patterns its backup left files out with \\(an earlier version took it\\): --delta keeps what the config's exclude patterns match \\(\\*\\.tmp /logs __pycache__/\\)`));
   assert.equal(configured.stderr.match(/does not record/g)?.length, 1, 'said once');
+  assert.deepEqual(
+    configured.json().warnings.map((w: { code: string; message: string }) => [w.code, /--delta keeps what the config's exclude patterns match/.test(w.message)]),
+    [['excludes-unrecorded', true]],
+    'and in --json',
+  );
   assert.deepEqual((await filesIn(path.join(target, 'models'))).length, 5);
 
   const bare = await lifeboat(['--repo', repo, '--json', 'restore', id, '--target', target, '--delta']);
   assert.equal(bare.code, 0, bare.stderr);
   assert.deepEqual([bare.json().removed, bare.json().keptExcluded], [3, 0]);
   assert.match(bare.stderr, /does not record the exclude patterns .*, and the config has none: --delta removes everything the point lacks, what its backup left out included/);
+  assert.match(bare.json().warnings[0].message, /does not record the exclude patterns .*, and the config has none: --delta removes everything the point lacks/);
+  const inPlace = await lifeboat(['--repo', repo, '--json', 'restore', id, '--in-place', '--delta', '--dry-run']);
+  assert.equal(inPlace.code, 0, inPlace.stderr);
+  assert.deepEqual(inPlace.json().warnings.map((w: { code: string }) => w.code), ['excludes-unrecorded'], 'in place too');
   assert.deepEqual(await filesIn(path.join(target, 'models')), ['llama/config.json', 'llama/weights.bin']);
 });
 

@@ -59,18 +59,24 @@ function commonOptions(ctx: CliContext, flags: RestoreFlags, config: LifeboatCon
 /**
  * Said once before a --delta from a point taken by an earlier version, which did not record the
  * exclude patterns of its backup: the config's stand in for them, or, without any, what the backup
- * left out is removed with the rest, as before.
+ * left out is removed with the rest, as before. Returned, for --json's warnings.
  */
-function noteUnrecordedExcludes(point: Manifest, flags: RestoreFlags, config: LifeboatConfig, renderer: ProgressRenderer): void {
-  if (!flags.delta || flags.deleteExcluded || flags.include.length > 0) return;
-  if (point.sources.every((s) => s.exclude !== undefined)) return;
+function noteUnrecordedExcludes(point: Manifest, flags: RestoreFlags, config: LifeboatConfig, renderer: ProgressRenderer): Notice[] {
+  if (!flags.delta || flags.deleteExcluded || flags.include.length > 0) return [];
+  if (point.sources.every((s) => s.exclude !== undefined)) return [];
   const taken = `${point.id} does not record the exclude patterns its backup left files out with (an earlier version took it)`;
   const patterns = config.exclude ?? [];
-  renderer.notice(
+  const notice: Notice =
     patterns.length > 0
       ? { level: 'info', code: 'excludes-unrecorded', message: `${taken}: --delta keeps what the config's exclude patterns match (${patterns.join(' ')})` }
-      : { level: 'warning', code: 'excludes-unrecorded', message: `${taken}, and the config has none: --delta removes everything the point lacks, what its backup left out included` },
-  );
+      : { level: 'warning', code: 'excludes-unrecorded', message: `${taken}, and the config has none: --delta removes everything the point lacks, what its backup left out included` };
+  renderer.notice(notice);
+  return [notice];
+}
+
+/** Notices as --json's `warnings` give them. */
+function jsonWarnings(notices: readonly Notice[]): { code: string; path?: string; message: string }[] {
+  return notices.map(({ code, path, message }) => ({ code, path, message }));
 }
 
 /** Records a restore that succeeded. A restore may run with read-only credentials: failing to journal it must not fail it. */
@@ -102,7 +108,7 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
   const renderer = new ProgressRenderer(ctx, 'restore');
   try {
     const point = await repo.resolve(selector);
-    noteUnrecordedExcludes(point, flags, config, renderer);
+    const unrecorded = noteUnrecordedExcludes(point, flags, config, renderer);
     const started = Date.now();
     const result = await restore(repo, point, {
       target: flags.target.startsWith('/') ? flags.target : `${ctx.cwd}/${flags.target}`,
@@ -113,7 +119,7 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
     });
     await journalRestored(repo, renderer, result);
     renderer.stop();
-    const json = { point: result.point, ...targetFigures(result), durationMs: result.durationMs, warnings: result.warnings.map(({ code, path, message }) => ({ code, path, message })) };
+    const json = { point: result.point, ...targetFigures(result), durationMs: result.durationMs, warnings: jsonWarnings([...unrecorded, ...result.warnings]) };
     printResult(ctx, json, () =>
       result.dryRun
         ? `would restore ${result.point} to ${quoteName(result.target)}: ${counted(result.files, 'file')}, ${formatBytes(result.bytes)}${outcomeText(result)}; nothing was written`
@@ -283,7 +289,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
     for (const p of places) await checkRestoreTarget(p.path, { ...flags, inPlace: true }, repo.storage.location);
     if (state.length > 0) await refuseEmptyCopies({ ...point, sources: point.sources.filter((s) => state.includes(s.name)) }, emptyCopies(flags));
     scratch = state.length > 0 && !flags.dryRun ? await stateScratch(workDir, point, state, renderer) : undefined;
-    noteUnrecordedExcludes(point, flags, config, renderer);
+    const unrecorded = noteUnrecordedExcludes(point, flags, config, renderer);
     for (const p of places) renderer.notice({ level: 'info', code: 'in-place', message: `${p.name} ${flags.dryRun ? 'would go' : 'goes'} back to ${quoteName(p.path)}${p.via ? ` (through the link ${quoteName(p.via)})` : ''}` });
     const started = Date.now();
     const done: (RestoreResult & { source: string })[] = [];
@@ -325,7 +331,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
       ...(flags.dryRun ? { dryRun: true } : {}),
       sources: done.map((d) => ({ source: d.source, ...targetFigures(d) })),
       ...(flags.state ? { state } : {}),
-      warnings: done.flatMap((d) => d.warnings).map(({ code, path: p, message }) => ({ code, path: p, message })),
+      warnings: jsonWarnings([...unrecorded, ...done.flatMap((d) => d.warnings)]),
     };
     printResult(ctx, json, () =>
       [
