@@ -13,6 +13,7 @@ import { smallDeployment } from './helpers/repo.js';
 import { freePort } from './helpers/processes.js';
 import { createTestBucket, testClient, startS3Server, type S3TestServer } from './helpers/s3server.js';
 import { sendNotification, makeEvent } from '../src/core/notify.js';
+import { updateMetricsFile } from '../src/core/metrics.js';
 
 // ---- a strict reader of the Prometheus text exposition format (0.0.4) ----
 
@@ -388,6 +389,33 @@ test('a dead or failing notify URL does not fail the backup; the warning does no
   for (const s of sockets) s.destroy();
   await new Promise((res) => silent.close(res));
   await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('runs that end at once and share a metrics file each keep their samples; a lock left by a killed run is taken over', async () => {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'lifeboat-test-'));
+  try {
+    const metrics = path.join(dir, 'lifeboat.prom');
+    const runs = ['backup', 'verify', 'prune', 'drill'].flatMap((command) => ['a', 'b', 'c'].map((deployment) => ({ command, deployment })));
+    await Promise.all(
+      runs.map((run) => updateMetricsFile(metrics, run, [{ name: 'lifeboat_last_run_exit_code', labels: { command: run.command, deployment: run.deployment }, value: 0 }])),
+    );
+    const samples = parsePrometheus(await fsp.readFile(metrics, 'utf8'));
+    assert.equal(samples.length, runs.length, 'no run lost another\'s samples');
+
+    // A real run of the CLI, too, whose metrics file's lock was left behind a minute ago.
+    const lock = path.join(dir, '.lifeboat.prom.lock');
+    await fsp.writeFile(lock, '');
+    const old = new Date(Date.now() - 60_000);
+    await fsp.utimes(lock, old, old);
+    const r = await runChild(['--quiet', '--repo', path.join(dir, 'missing-repo'), 'verify', '--metrics-file', metrics]);
+    assert.notEqual(r.code, 0);
+    assert.doesNotMatch(r.stderr, /metrics/);
+    const verify = parsePrometheus(await fsp.readFile(metrics, 'utf8')).find((x) => x.name === 'lifeboat_last_run_exit_code' && x.labels.command === 'verify' && !x.labels.deployment);
+    assert.equal(verify?.value, r.code);
+    assert.deepEqual((await fsp.readdir(dir)).sort(), ['lifeboat.prom'], 'no lock or temporary file is left');
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
 });
 
 test('a notify URL that redirects (302, 301, 308) gets the event POSTed where it points, without credentials on another host', async () => {
