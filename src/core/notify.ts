@@ -82,6 +82,8 @@ export async function sendNotification(url: string, event: NotifyEvent, timeoutM
     }
     return undefined;
   } catch (err) {
+    // Node's own words ("The operation was aborted due to timeout") say neither what nor how long.
+    if ((err as { name?: unknown }).name === 'TimeoutError') return `no answer within ${timeoutMs / 1000} s`;
     const cause = (err as { cause?: unknown }).cause;
     const message = cause ? `${errorMessage(err)}: ${errorMessage(cause)}` : errorMessage(err);
     // Messages may quote the URL; its query string can hold a token.
