@@ -13,6 +13,7 @@ import { smallDeployment } from './helpers/repo.js';
 import { freePort } from './helpers/processes.js';
 import { createTestBucket, testClient, startS3Server, type S3TestServer } from './helpers/s3server.js';
 import { sendNotification, makeEvent } from '../src/core/notify.js';
+import { updateMetricsFile } from '../src/core/metrics.js';
 
 // ---- a strict reader of the Prometheus text exposition format (0.0.4) ----
 
@@ -93,11 +94,13 @@ const value = (samples: Sample[], name: string, command: string) => samples.find
 interface Receiver {
   url: string;
   bodies: any[];
+  headers: http.IncomingHttpHeaders[];
   close(): Promise<void>;
 }
 
 async function receiver(status = 204): Promise<Receiver> {
   const bodies: any[] = [];
+  const headers: http.IncomingHttpHeaders[] = [];
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
@@ -105,12 +108,13 @@ async function receiver(status = 204): Promise<Receiver> {
       assert.equal(req.method, 'POST');
       assert.match(req.headers['content-type'] ?? '', /application\/json/);
       bodies.push(JSON.parse(Buffer.concat(chunks).toString('utf8')));
+      headers.push(req.headers);
       res.writeHead(status).end();
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const { port } = server.address() as AddressInfo;
-  return { url: `http://127.0.0.1:${port}/hooks/lifeboat?token=secret`, bodies, close: () => new Promise((r) => server.close(() => r())) };
+  return { url: `http://127.0.0.1:${port}/hooks/lifeboat?token=secret`, bodies, headers, close: () => new Promise((r) => server.close(() => r())) };
 }
 
 test('--metrics-file writes Prometheus text format atomically, keeps other commands\' samples, and carries the last success over a failure', async () => {
@@ -380,11 +384,79 @@ test('a dead or failing notify URL does not fail the backup; the warning does no
   const started = Date.now();
   const event = makeEvent({ command: 'backup', outcome: 'failure', exitCode: 1, message: 'x', repository: null, deployment: null, point: null, startedAt: '', endedAt: '', durationMs: 0, warnings: [], detail: {} });
   const problem = await sendNotification(`http://127.0.0.1:${(silent.address() as AddressInfo).port}/`, event, 300);
-  assert.ok(problem, 'a timeout is reported');
+  assert.equal(problem, 'no answer within 0.3 s', 'a timeout is reported, with how long was waited');
   assert.ok(Date.now() - started < 3000);
   for (const s of sockets) s.destroy();
   await new Promise((res) => silent.close(res));
   await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('runs that end at once and share a metrics file each keep their samples; a lock left by a killed run is taken over', async () => {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'lifeboat-test-'));
+  try {
+    const metrics = path.join(dir, 'lifeboat.prom');
+    const runs = ['backup', 'verify', 'prune', 'drill'].flatMap((command) => ['a', 'b', 'c'].map((deployment) => ({ command, deployment })));
+    await Promise.all(
+      runs.map((run) => updateMetricsFile(metrics, run, [{ name: 'lifeboat_last_run_exit_code', labels: { command: run.command, deployment: run.deployment }, value: 0 }])),
+    );
+    const samples = parsePrometheus(await fsp.readFile(metrics, 'utf8'));
+    assert.equal(samples.length, runs.length, 'no run lost another\'s samples');
+
+    // A real run of the CLI, too, whose metrics file's lock was left behind a minute ago.
+    const lock = path.join(dir, '.lifeboat.prom.lock');
+    await fsp.writeFile(lock, '');
+    const old = new Date(Date.now() - 60_000);
+    await fsp.utimes(lock, old, old);
+    const r = await runChild(['--quiet', '--repo', path.join(dir, 'missing-repo'), 'verify', '--metrics-file', metrics]);
+    assert.notEqual(r.code, 0);
+    assert.doesNotMatch(r.stderr, /metrics/);
+    const verify = parsePrometheus(await fsp.readFile(metrics, 'utf8')).find((x) => x.name === 'lifeboat_last_run_exit_code' && x.labels.command === 'verify' && !x.labels.deployment);
+    assert.equal(verify?.value, r.code);
+    assert.deepEqual((await fsp.readdir(dir)).sort(), ['lifeboat.prom'], 'no lock or temporary file is left');
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a notify URL that redirects (302, 301, 308) gets the event POSTed where it points, without credentials on another host', async () => {
+  const d = await smallDeployment();
+  const hook = await receiver();
+  const seen: { method?: string; authorization?: string }[] = [];
+  const moved = http.createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      seen.push({ method: req.method, authorization: req.headers.authorization });
+      const status = req.url === '/a' ? 302 : req.url === '/b' ? 301 : 308;
+      const next = req.url === '/a' ? '/b' : req.url === '/b' ? '/c' : hook.url;
+      res.writeHead(status, { location: next }).end();
+    });
+  });
+  await new Promise<void>((r) => moved.listen(0, '127.0.0.1', r));
+  try {
+    const url = `http://user:pass@127.0.0.1:${(moved.address() as AddressInfo).port}/a`;
+    const r = await lifeboat(['--quiet', '--repo', d.repo, 'backup', path.join(d.work, 'missing'), '--notify-url', url]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.doesNotMatch(r.stderr, /could not notify/);
+    assert.equal(hook.bodies.length, 1, 'the event reached the address the redirects lead to');
+    assert.equal(hook.bodies[0].outcome, 'failure');
+    assert.deepEqual(seen.map((s) => s.method), ['POST', 'POST', 'POST']);
+    assert.ok(seen.every((s) => s.authorization?.startsWith('Basic ')), 'same host: the credentials go along');
+    assert.equal(hook.headers[0]!.authorization, undefined, 'another host: they do not');
+
+    // A server that keeps redirecting is given up on, with a warning.
+    const loop = http.createServer((req, res) => {
+      req.resume();
+      req.on('end', () => res.writeHead(307, { location: '/again' }).end());
+    });
+    await new Promise<void>((r) => loop.listen(0, '127.0.0.1', r));
+    const event = makeEvent({ command: 'backup', outcome: 'failure', exitCode: 1, message: 'x', repository: null, deployment: null, point: null, startedAt: '', endedAt: '', durationMs: 0, warnings: [], detail: {} });
+    assert.match((await sendNotification(`http://127.0.0.1:${(loop.address() as AddressInfo).port}/`, event)) ?? '', /redirected more than/);
+    await new Promise((res) => loop.close(res));
+  } finally {
+    await hook.close();
+    await new Promise((res) => moved.close(res));
+    await fsp.rm(d.work, { recursive: true, force: true });
+  }
 });
 
 test('--log-format json: every stderr line is one JSON object; results stay on stdout', async () => {

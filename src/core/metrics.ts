@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { writeFileSynced } from '../format/durable.js';
+import { sleep } from '../sleep.js';
 
 /**
  * Prometheus text exposition format (version 0.0.4) for node_exporter's
@@ -106,6 +107,48 @@ export async function writeFileAtomic(file: string, data: string): Promise<void>
  * from the file, so an alert on its age works.
  */
 export async function updateMetricsFile(file: string, run: { command: string; deployment?: string }, samples: readonly MetricSample[]): Promise<void> {
+  const release = await lockMetricsFile(file);
+  try {
+    await replaceSamples(file, run, samples);
+  } finally {
+    await release();
+  }
+}
+
+/** A writer holds the metrics file's lock for milliseconds; one older than this was left by a run that was killed. */
+const METRICS_LOCK_STALE_MS = 10_000;
+/** How long a run waits for the lock before it gives up on its metrics (with a warning). */
+const METRICS_LOCK_WAIT_MS = 30_000;
+
+/**
+ * Takes a lock file beside the metrics file (made with O_EXCL; its name does not end in `.prom`,
+ * so the textfile collector skips it), so that runs that end at once (several deployments, a
+ * backup and a drill) each read the file after the other wrote it, and no run's samples are lost.
+ */
+async function lockMetricsFile(file: string): Promise<() => Promise<void>> {
+  const lock = path.join(path.dirname(file), `.${path.basename(file)}.lock`);
+  const started = Date.now();
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const handle = await fsp.open(lock, 'wx', 0o644);
+      await handle.close();
+      return () => fsp.rm(lock, { force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    const since = await fsp.stat(lock).then((st) => st.mtimeMs, () => undefined);
+    if (since !== undefined && Date.now() - since > METRICS_LOCK_STALE_MS) {
+      await fsp.rm(lock, { force: true });
+      continue;
+    }
+    if (Date.now() - started > METRICS_LOCK_WAIT_MS) {
+      throw new Error(`another run has held its lock ${lock} for more than ${METRICS_LOCK_WAIT_MS / 1000} s`);
+    }
+    await sleep(Math.min(10 + attempt * 5, 100));
+  }
+}
+
+async function replaceSamples(file: string, run: { command: string; deployment?: string }, samples: readonly MetricSample[]): Promise<void> {
   let previous: MetricSample[] = [];
   try {
     previous = parseSamples(await fsp.readFile(file, 'utf8'));

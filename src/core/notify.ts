@@ -34,6 +34,9 @@ export function makeEvent(e: Omit<NotifyEvent, 'source' | 'host'>): NotifyEvent 
  * that cannot be delivered must not fail the backup it reports on. Returns
  * undefined when delivered, else why not.
  */
+/** Hops a notification follows before it gives up. */
+const MAX_REDIRECTS = 5;
+
 export async function sendNotification(url: string, event: NotifyEvent, timeoutMs = NOTIFY_TIMEOUT_MS): Promise<string | undefined> {
   const headers: Record<string, string> = { 'content-type': 'application/json', 'user-agent': 'lifeboat' };
   let target: URL;
@@ -51,17 +54,36 @@ export async function sendNotification(url: string, event: NotifyEvent, timeoutM
     target.password = '';
   }
   try {
-    const res = await fetch(target, {
-      method: 'POST',
-      headers,
-      body: JSON.stringify(event),
-      signal: AbortSignal.timeout(timeoutMs),
-      redirect: 'follow',
-    });
-    await res.arrayBuffer().catch(() => undefined);
-    if (!res.ok) return `the server answered ${res.status} ${res.statusText}`.trim();
+    // Redirects are followed by hand: fetch turns a POST into a bodiless GET
+    // on 301, 302 and 303, so the event would be lost while the hop answered 2xx.
+    const signal = AbortSignal.timeout(timeoutMs);
+    let at = target;
+    for (let hop = 0; ; hop++) {
+      const res = await fetch(at, {
+        method: 'POST',
+        headers,
+        body: JSON.stringify(event),
+        signal,
+        redirect: 'manual',
+      });
+      await res.arrayBuffer().catch(() => undefined);
+      const location = res.headers.get('location');
+      if (res.status >= 300 && res.status < 400 && location) {
+        if (hop >= MAX_REDIRECTS) return `the server redirected more than ${MAX_REDIRECTS} times`;
+        const next = new URL(location, at);
+        if (next.protocol !== 'http:' && next.protocol !== 'https:') return `the server redirected to a ${next.protocol} URL`;
+        // Credentials go only where they were meant for.
+        if (next.origin !== at.origin) delete headers.authorization;
+        at = next;
+        continue;
+      }
+      if (!res.ok) return `the server answered ${res.status} ${res.statusText}`.trim();
+      break;
+    }
     return undefined;
   } catch (err) {
+    // Node's own words ("The operation was aborted due to timeout") say neither what nor how long.
+    if ((err as { name?: unknown }).name === 'TimeoutError') return `no answer within ${timeoutMs / 1000} s`;
     const cause = (err as { cause?: unknown }).cause;
     const message = cause ? `${errorMessage(err)}: ${errorMessage(cause)}` : errorMessage(err);
     // Messages may quote the URL; its query string can hold a token.
