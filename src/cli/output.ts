@@ -18,6 +18,11 @@ export function paint(ctx: CliContext): ChalkInstance {
  * mails nothing; `shownWhenQuiet` marks what the command was run to show (a listing, a diff, what
  * a dry run would do, the problems a verify found), which --quiet keeps, as restic's does.
  */
+/** A run's warnings as every --json document gives them: code, path (when there is one) and message. */
+export function warningsJson(notices: readonly Notice[]): { code: string; path?: string; message: string }[] {
+  return notices.map(({ code, path, message }) => ({ code, path, message }));
+}
+
 export function printResult(ctx: CliContext, json: unknown, text: () => string, options: { shownWhenQuiet?: boolean } = {}): void {
   if (ctx.json) {
     if (ctx.keepDocument) ctx.keepDocument(json);

@@ -29,14 +29,14 @@ export function makeEvent(e: Omit<NotifyEvent, 'source' | 'host'>): NotifyEvent 
   return { source: 'lifeboat', host: os.hostname(), ...e };
 }
 
+/** Hops a notification follows before it gives up. */
+const MAX_REDIRECTS = 5;
+
 /**
  * POSTs the event as JSON with a short timeout. Never throws: a notification
  * that cannot be delivered must not fail the backup it reports on. Returns
  * undefined when delivered, else why not.
  */
-/** Hops a notification follows before it gives up. */
-const MAX_REDIRECTS = 5;
-
 export async function sendNotification(url: string, event: NotifyEvent, timeoutMs = NOTIFY_TIMEOUT_MS): Promise<string | undefined> {
   const headers: Record<string, string> = { 'content-type': 'application/json', 'user-agent': 'lifeboat' };
   let target: URL;

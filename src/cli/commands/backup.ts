@@ -12,7 +12,7 @@ import { NAME } from '../../format/paths.js';
 import { openRepository, type CliContext } from '../context.js';
 import { escapeUnprintable, formatBytes, quoteName, counted, shellWord } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
-import { ProgressRenderer, log, printResult } from '../output.js';
+import { ProgressRenderer, log, printResult, warningsJson } from '../output.js';
 import { captureSources, isStateSource, stateSource, type CapturedSources, type PendingSource } from '../../state/capture.js';
 import { BackupHooks } from '../../state/hooks.js';
 import type { CommandRunner } from '../main.js';
@@ -97,7 +97,7 @@ export function backupJson(r: BackupResult) {
     durationMs: r.durationMs,
     dryRun: r.dryRun,
     ...(r.wouldCapture ? { wouldCapture: r.wouldCapture.map(({ name, kind, origin }) => ({ name, kind, path: origin })) } : {}),
-    warnings: r.warnings.map(({ code, path: p, message }) => ({ code, path: p, message })),
+    warnings: warningsJson(r.warnings),
   };
 }
 

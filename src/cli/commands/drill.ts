@@ -12,7 +12,7 @@ import { withIntactAlternative } from '../damage.js';
 import { addCronOptions, runMonitored, type CronFlags } from '../cron.js';
 import { escapeUnprintable, formatBytes, counted } from '../format.js';
 import { directoryFlag, durationFlag, nonEmpty, pathFlag, reportFileFlag } from '../flags.js';
-import { ProgressRenderer, log, logNotice, printResult } from '../output.js';
+import { ProgressRenderer, log, logNotice, printResult, warningsJson } from '../output.js';
 import type { CommandRunner } from '../main.js';
 
 interface DrillFlags extends CronFlags {
@@ -44,10 +44,6 @@ export function drillJson(r: DrillResult) {
     exitCode: r.exitCode,
     warnings: warningsJson(r.warnings),
   };
-}
-
-function warningsJson(warnings: readonly Notice[]) {
-  return warnings.map(({ code, path: p, message }) => ({ code, path: p, message }));
 }
 
 /** Writes the JUnit report, its directory made if need be (`--junit reports/drill.xml` in a fresh CI checkout). */

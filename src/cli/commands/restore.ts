@@ -20,7 +20,7 @@ import { openRepository, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
 import { formatBytes, quoteName, counted, shellWord } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
-import { ProgressRenderer, printResult } from '../output.js';
+import { ProgressRenderer, printResult, warningsJson } from '../output.js';
 import type { CommandRunner } from '../main.js';
 import { ALLOW_EMPTY_STATE_HELP } from './failover.js';
 
@@ -74,11 +74,6 @@ function noteUnrecordedExcludes(point: Manifest, flags: RestoreFlags, config: Li
   return [notice];
 }
 
-/** Notices as --json's `warnings` give them. */
-function jsonWarnings(notices: readonly Notice[]): { code: string; path?: string; message: string }[] {
-  return notices.map(({ code, path, message }) => ({ code, path, message }));
-}
-
 /** Records a restore that succeeded. A restore may run with read-only credentials: failing to journal it must not fail it. */
 async function journalRestored(repo: Repository, renderer: ProgressRenderer, result: RestoreResult, detail: Record<string, unknown> = {}): Promise<void> {
   if (result.dryRun) return;
@@ -119,7 +114,7 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
     });
     await journalRestored(repo, renderer, result);
     renderer.stop();
-    const json = { point: result.point, ...targetFigures(result), durationMs: result.durationMs, warnings: jsonWarnings([...unrecorded, ...result.warnings]) };
+    const json = { point: result.point, ...targetFigures(result), durationMs: result.durationMs, warnings: warningsJson([...unrecorded, ...result.warnings]) };
     printResult(ctx, json, () =>
       result.dryRun
         ? `would restore ${result.point} to ${quoteName(result.target)}: ${counted(result.files, 'file')}, ${formatBytes(result.bytes)}${outcomeText(result)}; nothing was written`
@@ -331,7 +326,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
       ...(flags.dryRun ? { dryRun: true } : {}),
       sources: done.map((d) => ({ source: d.source, ...targetFigures(d) })),
       ...(flags.state ? { state } : {}),
-      warnings: jsonWarnings([...unrecorded, ...done.flatMap((d) => d.warnings)]),
+      warnings: warningsJson([...unrecorded, ...done.flatMap((d) => d.warnings)]),
     };
     printResult(ctx, json, () =>
       [

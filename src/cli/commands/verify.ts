@@ -4,7 +4,7 @@ import { verify } from '../../core/verify.js';
 import { LEDGER_KEY } from '../../core/verify-ledger.js';
 import { openRepository, type CliContext } from '../context.js';
 import { escapeUnprintable, formatBytes, quoteName, counted } from '../format.js';
-import { ProgressRenderer, printResult } from '../output.js';
+import { ProgressRenderer, printResult, warningsJson } from '../output.js';
 import type { CommandRunner } from '../main.js';
 import { addCronOptions, runMonitored, type CronFlags, type RunFigures } from '../cron.js';
 import { directoryFlag, percentFlag } from '../flags.js';
@@ -57,7 +57,7 @@ export async function runVerify(ctx: CliContext, selector: string | undefined, f
         files: result.files,
         bytesRead: result.bytesRead,
         problems: result.problems,
-        warnings: result.warnings.map(({ code, path, message }) => ({ code, path, message })),
+        warnings: warningsJson(result.warnings),
         ...(result.volumes ? { oldestVerifiedAt: result.oldestVerifiedAt ?? null, volumes: result.volumes } : {}),
         ...(flags.deep ? { deep: true } : {}),
       },
