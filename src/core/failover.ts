@@ -619,7 +619,7 @@ export interface StatusResult {
  * the targets themselves, so a probe still learns it when the repository is missing or unreachable.
  * A repository that fails while it is read is reported the same way; `unreadable` is why, either way.
  */
-export async function status(repo: Repository | { unreadable: unknown }, specs: TargetSpec[], options: { now?: Date; events?: number; signal?: AbortSignal } = {}): Promise<{ result: StatusResult; unreadable?: unknown }> {
+export async function status(repo: MaybeRepository, specs: TargetSpec[], options: { now?: Date; events?: number; signal?: AbortSignal } = {}): Promise<{ result: StatusResult; unreadable?: unknown }> {
   const now = (options.now ?? new Date()).getTime();
   let newest: StatusResult['newest'] = null;
   let deployments: StatusResult['deployments'];

@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import { CredentialsRefusedError, InterruptedError, LifeboatError, PermissionRefusedError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
-import type { GetOptions, IncompleteWrite, ObjectInfo, ObjectReader, ObjectWriter, PutDocumentOptions, PutOptions, Storage, StorageCapabilities } from './storage.js';
+import { isAccessDenied, type GetOptions, type IncompleteWrite, type ObjectInfo, type ObjectReader, type ObjectWriter, type PutDocumentOptions, type PutOptions, type Storage, type StorageCapabilities } from './storage.js';
 import { sleep } from '../sleep.js';
 import type { Reporter } from '../core/events.js';
 
@@ -265,15 +265,6 @@ export interface RefusedPermission {
   on: string;
   /** Something else a server may check the request against (Ceph checks a multi-object delete against the bucket too). */
   also?: string;
-}
-
-/** Answers with 403 that are not about permissions: an archived object, a clock far off. */
-const OTHER_FORBIDDEN = new Set(['InvalidObjectState', 'RequestTimeTooSkewed']);
-
-/** Whether S3 refused a request for want of permission (a 403 answer to a HEAD has no body to name it). */
-export function isAccessDenied(err: unknown): boolean {
-  const e = err as { name?: string; $metadata?: { httpStatusCode?: number } } | undefined;
-  return e?.name === 'AccessDenied' || (e?.$metadata?.httpStatusCode === 403 && !OTHER_FORBIDDEN.has(e.name ?? ''));
 }
 
 /** Marks a refused request with what it needed, for permissionHint. */

@@ -23,7 +23,7 @@ import {
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { InterruptedError, RuntimeFailure, UsageError } from '../errors.js';
 import type { S3Settings } from './open.js';
-import { DEFAULT_RETRY_POLICY, asFailure, describeError, noAnswer, schemeMismatch, backoffDelay, isAccessDenied, isRetryable, pauseBeforeRetry, refusedPermission, reportingRetries, retrying, webPageAnswer, withRetry, type RefusedPermission, type RetryPolicy } from './retry.js';
+import { DEFAULT_RETRY_POLICY, asFailure, describeError, noAnswer, schemeMismatch, backoffDelay, isRetryable, pauseBeforeRetry, refusedPermission, reportingRetries, retrying, webPageAnswer, withRetry, type RefusedPermission, type RetryPolicy } from './retry.js';
 import type { Reporter } from '../core/events.js';
 import { parseDuration } from '../config/duration.js';
 import { credentialsFailure, nonEmpty, staticCredentials } from './s3-credentials.js';
@@ -36,6 +36,7 @@ import {
   MAX_DOCUMENT_BYTES,
   ObjectNotFoundError,
   documentTooLarge,
+  isAccessDenied,
   removeIncompleteOlderThan,
   type GetOptions,
   type IncompleteWrite,
@@ -677,7 +678,7 @@ export class S3Storage implements Storage {
         const failed = Object.assign(new Error(`${errors.length} of ${batch.length} deletes failed, first ${key}: ${firstError.Code ?? 'unknown'}`), {
           name: firstError.Code ?? 'DeleteFailed',
         });
-        if (failed.name === 'AccessDenied') refusedPermission(failed, { action: 's3:DeleteObject', on: `arn:aws:s3:::${this.bucket}/${this.root}*` });
+        if (failed.name === 'AccessDenied') refusedPermission(failed, { action: 's3:DeleteObject', on: repositoryObjectsArn(this.bucket, this.root) });
         throw failed;
       }
     }
@@ -910,12 +911,17 @@ function explainMissingCredentials(client: S3Client, env: NodeJS.ProcessEnv): vo
   );
 }
 
+/** The ARN of the repository's objects, as a policy grants an action on them. */
+function repositoryObjectsArn(bucket: string, root: string): string {
+  return `arn:aws:s3:::${bucket}/${root}*`;
+}
+
 /**
  * Marks each request the server refuses for want of permission with the action it needed and where
  * (the repository's objects, or the bucket), so that the error's hint says what to grant.
  */
 function markRefusals(client: S3Client, bucket: string, root: string): void {
-  const objects = `arn:aws:s3:::${bucket}/${root}*`;
+  const objects = repositoryObjectsArn(bucket, root);
   const whole = `arn:aws:s3:::${bucket}`;
   const read = { action: 's3:GetObject', on: objects };
   const write = { action: 's3:PutObject', on: objects };

@@ -206,6 +206,15 @@ export function isNotFound(err: unknown): err is ObjectNotFoundError {
   return err instanceof ObjectNotFoundError;
 }
 
+/** Answers with 403 that are not about permissions: an archived object, a clock far off. */
+const OTHER_FORBIDDEN = new Set(['InvalidObjectState', 'RequestTimeTooSkewed']);
+
+/** Whether S3 refused a request for want of permission (a 403 answer to a HEAD has no body to name it). */
+export function isAccessDenied(err: unknown): boolean {
+  const e = err as { name?: string; $metadata?: { httpStatusCode?: number } } | undefined;
+  return e?.name === 'AccessDenied' || (e?.$metadata?.httpStatusCode === 403 && !OTHER_FORBIDDEN.has(e.name ?? ''));
+}
+
 /**
  * Whether the storage refused a request for want of permission: S3's 403
  * AccessDenied, for a whole request or for one key of a multi-object delete
@@ -218,7 +227,7 @@ export function isPermissionRefused(err: unknown): boolean {
   if (err instanceof UsageError) return false;
   type Step = { name?: string; code?: string; $metadata?: { httpStatusCode?: number }; cause?: unknown };
   for (let e = err as Step | undefined, depth = 0; e && depth < 4; e = e.cause as Step | undefined, depth++) {
-    if (e.$metadata?.httpStatusCode === 403 || e.name === 'AccessDenied') return true;
+    if (isAccessDenied(e)) return true;
     if (e.code === 'EACCES' || e.code === 'EPERM' || e.code === 'EROFS') return true;
   }
   return false;
