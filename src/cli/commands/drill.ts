@@ -142,11 +142,7 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
       const checks = unfinishedChecks(made, errorMessage(err), Date.now() - lastCheckEnded, outputs);
       if (junitFile && !reportRefused) {
         // Asked for and not written: said, as a drill that finished says it, never left for CI to find missing.
-        await writeReport(junitFile, drillErrorJUnit(checks, repository, figures.point ?? selector ?? 'latest', startedAt)).catch((failure: unknown) => {
-          const notice: Notice = { level: 'warning', code: 'junit-failed', message: errorMessage(failure) };
-          warned.push(notice);
-          logNotice(ctx, notice);
-        });
+        await writeReport(junitFile, drillErrorJUnit(checks, repository, figures.point ?? selector ?? 'latest', startedAt)).catch((failure: unknown) => reportNotWritten(ctx, failure, warned));
       }
       // Its warnings count as a finished drill's do, in the metrics file and for --notify-on warning.
       figures.warnings = warned;
@@ -167,11 +163,7 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
         log(ctx, `wrote the JUnit report ${junitFile}`);
       } catch (err) {
         reportFailure = err;
-        if (failure !== undefined) {
-          const notice: Notice = { level: 'warning', code: 'junit-failed', message: errorMessage(err) };
-          result.warnings.push(notice);
-          logNotice(ctx, notice);
-        }
+        if (failure !== undefined) reportNotWritten(ctx, err, result.warnings);
       }
     }
     // A drill that failed says which checks did, --quiet or not.
@@ -179,6 +171,13 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
     if (failure !== undefined) throw failure;
     if (reportFailure !== undefined) throw reportFailure;
   });
+}
+
+/** A JUnit report that could not be written, beside a result that stands: a warning of the drill, said at once. */
+function reportNotWritten(ctx: CliContext, err: unknown, warnings: Notice[]): void {
+  const notice: Notice = { level: 'warning', code: 'junit-failed', message: errorMessage(err) };
+  warnings.push(notice);
+  logNotice(ctx, notice);
 }
 
 export function registerDrill(program: Command, run: CommandRunner): Command {
