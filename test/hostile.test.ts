@@ -214,3 +214,27 @@ test('a document larger than any lifeboat writes is refused before it is read (e
   assert.match(show.stderr, /larger than the 512 MiB a document may have/);
   assert.ok(process.memoryUsage().rss - before < 256 << 20, 'the document was not read into memory');
 });
+
+test('a manifest or summary whose volume key leaves the data of the repository is damaged (exit 3), never a key handed to storage', async () => {
+  const s = await setup();
+  for (const key of ['a/../../b', '/etc/passwd', 'data/../config.json', 'config.json', 'data//v1.tar', 'data/x\0.tar']) {
+    await plant(s, undefined, (m) => {
+      m.volumes[0].key = key;
+    });
+    await expectRefused(s, `volume key ${JSON.stringify(key)}`, /malformed at volumes\.0\.key/);
+    const verify = await lifeboat(['--repo', s.repo, 'verify']);
+    assert.equal(verify.code, 3, `verify, volume key ${JSON.stringify(key)}: ${verify.stderr}`);
+  }
+  await plant(s, undefined, () => {});
+  const summaryFile = path.join(s.repo, 'summaries', `${s.id}.json`);
+  const summary = JSON.parse(await fsp.readFile(summaryFile, 'utf8'));
+  delete summary.checksum;
+  summary.volumes = ['a/../../b'];
+  await fsp.writeFile(summaryFile, encodeDocument(summary));
+  for (const args of [['list'], ['prune', '--keep-full', '1', '--dry-run'], ['verify']]) {
+    const r = await lifeboat(['--repo', s.repo, ...args]);
+    assert.ok([0, 3].includes(r.code ?? -1), `${args.join(' ')} with a damaged summary: exit ${r.code}: ${r.stderr}`);
+    assert.doesNotMatch(r.stderr, /invalid object key/);
+  }
+  await fsp.rm(s.work, { recursive: true, force: true });
+});

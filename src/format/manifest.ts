@@ -2,6 +2,7 @@ import * as z from 'zod';
 import { POINT_ID } from './ids.js';
 import { NAME } from './paths.js';
 import type { VolumeChecksum } from './tar.js';
+import { isObjectKey } from '../storage/storage.js';
 
 export const FORMAT_VERSION = 1;
 /**
@@ -31,6 +32,13 @@ export function deploymentsOf(points: readonly { deployment?: string | undefined
 
 /** A numeric user or group id, as stat gives it. */
 const ownerId = z.number().int().min(0).max(0xffffffff);
+
+/** Where a volume is stored: a key under `data/` that both drivers can read. */
+const volumeKey = z
+  .string()
+  .min(1)
+  .max(1024)
+  .refine((key) => key.startsWith('data/') && isObjectKey(key), 'not the key of a data volume');
 
 /** Where one file's bytes live: the n-th entry of a volume of some point. */
 export const refSchema = z.object({
@@ -89,7 +97,7 @@ export const entrySchema = z.object({
 export type ManifestEntry = z.infer<typeof entrySchema>;
 
 export const volumeSchema = z.object({
-  key: z.string().min(1).max(1024),
+  key: volumeKey,
   size: count,
   /** Manifest format 1: CRC-32 of the whole volume. */
   crc32: z.number().int().min(0).max(0xffffffff).optional(),
@@ -214,7 +222,7 @@ export const summarySchema = manifestFields.pick({ id: true, type: true, parent:
   format: z.literal(1),
   stats: z.object({ files: count, bytes: count, storedBytes: count }),
   /** This point's own volumes, in order. */
-  volumes: z.array(z.string().min(1).max(1024)).max(1_000_000),
+  volumes: z.array(volumeKey).max(1_000_000),
   /** Volumes of other points that hold some of this point's files. */
   uses: z.array(z.object({ point: pointId, volume: count })).max(50_000_000),
 });

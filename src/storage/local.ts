@@ -12,6 +12,7 @@ import {
   MAX_DOCUMENT_BYTES,
   ObjectNotFoundError,
   documentTooLarge,
+  isObjectKey,
   removeIncompleteOlderThan,
   type GetOptions,
   type IncompleteWrite,
@@ -43,7 +44,7 @@ export class LocalStorage implements Storage {
   }
 
   private pathOf(key: string): string {
-    if (key === '' || key.startsWith('/') || key.split('/').some((s) => s === '..' || s === '.' || s === '')) {
+    if (!isObjectKey(key)) {
       throw new RuntimeFailure(`invalid object key ${JSON.stringify(key)}`);
     }
     return path.join(this.root, ...key.split('/'));

@@ -37,6 +37,7 @@ import {
   ObjectNotFoundError,
   documentTooLarge,
   isAccessDenied,
+  isObjectKey,
   removeIncompleteOlderThan,
   type GetOptions,
   type IncompleteWrite,
@@ -204,7 +205,7 @@ export class S3Storage implements Storage {
   }
 
   private objectKey(key: string): string {
-    if (key === '' || key.startsWith('/') || key.split('/').some((s) => s === '..' || s === '.' || s === '')) {
+    if (!isObjectKey(key)) {
       throw new RuntimeFailure(`invalid object key ${JSON.stringify(key)}`);
     }
     return this.root + key;

@@ -186,6 +186,15 @@ export async function removeIncompleteOlderThan(storage: Pick<Storage, 'incomple
   return old.length;
 }
 
+/**
+ * Whether a key names an object inside the repository: relative, with no empty,
+ * `.` or `..` segment and no NUL. Both drivers refuse any other key, and a
+ * manifest naming one is damaged.
+ */
+export function isObjectKey(key: string): boolean {
+  return key !== '' && !key.startsWith('/') && !key.includes('\0') && !key.split('/').some((s) => s === '..' || s === '.' || s === '');
+}
+
 /** The largest document (config, manifest, ledger, pin, journal event) read into memory. */
 export const MAX_DOCUMENT_BYTES = 512 * 1024 * 1024;
 
