@@ -166,3 +166,77 @@ test('a server that refuses the storage class or encryption the config asks for 
   await assert.rejects(storage.put('data/v1.tar', Readable.from([Buffer.alloc(12 * 1024 * 1024)])), namesTheSetting('data/v1.tar'));
   assert.deepEqual(refused, ['PUT object', 'POST multipart upload'], 'a document and a multipart upload were refused, each once');
 });
+
+test('a server whose clock is hours off: the driver sets its clock by the server\'s answer and goes on; when it cannot, the hint says how far off the clock is', BOUNDED, async (t) => {
+  const serverAhead = 2 * 3600_000;
+  let refused = 0;
+  let sendDate = true;
+  const sizes = new Map<string, number>();
+  const parts = new Map<string, number>();
+  const server = http.createServer(async (req, res) => {
+    let received = 0;
+    for await (const chunk of req) received += (chunk as Buffer).length;
+    const now = Date.now() + serverAhead;
+    const signed = /^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$/.exec(String(req.headers['x-amz-date']));
+    const signedAt = signed ? Date.UTC(+signed[1]!, +signed[2]! - 1, +signed[3]!, +signed[4]!, +signed[5]!, +signed[6]!) : NaN;
+    // As S3 answers a request signed more than 15 minutes away from its own time.
+    if (!(Math.abs(signedAt - now) <= 15 * 60_000)) {
+      refused++;
+      res.sendDate = false;
+      res.writeHead(403, { 'content-type': 'application/xml', ...(sendDate ? { date: new Date(now).toUTCString() } : {}) });
+      res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>RequestTimeTooSkewed</Code><Message>The difference between the request time and the current time is too large.</Message></Error>');
+      return;
+    }
+    const url = new URL(req.url ?? '/', 'http://stub');
+    res.setHeader('date', new Date(now).toUTCString());
+    if (req.method === 'POST' && url.searchParams.has('uploads')) {
+      res.writeHead(200, { 'content-type': 'application/xml' }).end('<?xml version="1.0" encoding="UTF-8"?><InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key><UploadId>u1</UploadId></InitiateMultipartUploadResult>');
+    } else if (req.method === 'POST') {
+      sizes.set(url.pathname, parts.get(url.pathname) ?? 0);
+      res.writeHead(200, { 'content-type': 'application/xml' }).end('<?xml version="1.0" encoding="UTF-8"?><CompleteMultipartUploadResult><Bucket>b</Bucket><Key>k</Key><ETag>"e"</ETag></CompleteMultipartUploadResult>');
+    } else if (req.method === 'PUT') {
+      if (url.searchParams.has('partNumber')) parts.set(url.pathname, (parts.get(url.pathname) ?? 0) + received);
+      else sizes.set(url.pathname, received);
+      res.writeHead(200, { etag: '"e"' }).end();
+    } else if (req.method === 'HEAD') {
+      res.writeHead(200, { 'content-length': String(sizes.get(url.pathname) ?? 0), etag: '"e"' }).end();
+    } else {
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': '2' }).end('{}');
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  server.on('connection', (socket) => t.after(() => socket.destroy()));
+  const endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const open = (maxAttempts: number) =>
+    S3Storage.create({
+      bucket: 'b',
+      prefix: 'repo',
+      settings: { endpoint, forcePathStyle: true, region: 'us-east-1' },
+      env: { AWS_ACCESS_KEY_ID: 'stub', AWS_SECRET_ACCESS_KEY: 'stub' },
+      tuning: { partSize: 5 * 1024 * 1024, retry: { maxAttempts, baseDelayMs: 1, maxDelayMs: 1 } },
+    });
+
+  const storage = await open(3);
+  t.after(() => storage.close());
+  assert.equal((await storage.getDocument('config.json'))?.toString(), '{}');
+  assert.equal(refused, 1, 'the first request was refused, and signed again with the server\'s time');
+  await storage.putDocument('points/p.json', Buffer.from('{}'));
+  await storage.put('data/v1.tar', Readable.from([Buffer.alloc(12 * 1024 * 1024)]));
+  assert.equal(refused, 1, 'later requests, multipart parts too, carry the corrected time');
+
+  // One attempt (or no time in the answer): the error says what to do about the clock.
+  for (const [attempts, withDate, howFar] of [[1, true, /this host's clock is 120 minutes behind the server's/], [3, false, /15 minutes S3 allows: set/]] as const) {
+    sendDate = withDate;
+    const fresh = await open(attempts);
+    t.after(() => fresh.close());
+    await assert.rejects(fresh.getDocument('config.json'), (err: unknown) => {
+      assert.ok(err instanceof RuntimeFailure, String(err));
+      assert.match(err.message, /RequestTimeTooSkewed/);
+      assert.match(err.hint ?? '', /clocks of this host and the S3 server differ/);
+      assert.match(err.hint ?? '', howFar);
+      assert.match(err.hint ?? '', /timedatectl set-ntp true/);
+      return true;
+    });
+  }
+});

@@ -160,10 +160,12 @@ export function isRetryable(err: unknown): boolean {
     name?: string;
     code?: string;
     $retryable?: unknown;
-    $metadata?: { httpStatusCode?: number };
+    $metadata?: { httpStatusCode?: number; clockSkewCorrected?: boolean };
     cause?: unknown;
   };
   if (e.name === 'AbortError') return false;
+  // The SDK set its clock by the server's Date header on this answer: signed again, the request goes through.
+  if (e.$metadata?.clockSkewCorrected === true) return true;
   const status = e.$metadata?.httpStatusCode;
   if (status !== undefined && RETRYABLE_STATUS.has(status)) return true;
   if (e.name !== undefined && RETRYABLE_NAMES.has(e.name)) return true;
@@ -322,12 +324,23 @@ export function asFailure(operation: string, key: string, err: unknown, attempts
   const hint =
     status === 301 || (err as { name?: string })?.name === 'PermanentRedirect'
         ? 'check the region (s3.region) or the endpoint of the repository'
+        : (err as { name?: string })?.name === 'RequestTimeTooSkewed'
+          ? `the clocks of this host and the S3 server differ by more than the 15 minutes S3 allows${clockSkewOf(err)}: set this host's clock right (timedatectl set-ntp true, chronyc makestep) and run again`
         : unreachable(err)
           ? 'check the endpoint (s3.endpoint, --s3-endpoint) and that this host can reach it'
           : err instanceof EndpointError
             ? err.hint
             : certificateHint(err);
   return new RuntimeFailure(`${operation} ${key} failed${tries}: ${describeError(err)}`, { cause: err, hint });
+}
+
+/** " (this host's clock is N minutes ahead of the server's)" when the server's answer gave its time (its Date header), else nothing. */
+function clockSkewOf(err: unknown): string {
+  const date = (err as { $response?: { headers?: Record<string, string | undefined> } })?.$response?.headers?.date;
+  const serverTime = date === undefined ? NaN : Date.parse(date);
+  if (Number.isNaN(serverTime)) return '';
+  const minutes = Math.round((Date.now() - serverTime) / 60_000);
+  return ` (this host's clock is ${Math.abs(minutes)} minutes ${minutes > 0 ? 'ahead of' : 'behind'} the server's)`;
 }
 
 /**
