@@ -154,6 +154,7 @@ test('--metrics-file writes Prometheus text format atomically, keeps other comma
   assert.equal(value(samples, 'lifeboat_last_run_exit_code', 'backup'), failed.code);
   assert.equal(value(samples, 'lifeboat_last_run_success', 'backup'), 0);
   assert.equal(value(samples, 'lifeboat_last_success_timestamp_seconds', 'backup'), success);
+  assert.equal(value(samples, 'lifeboat_points', 'backup'), 1, 'the count of points is kept too, not dropped for absent()');
   assert.equal(value(samples, 'lifeboat_last_run_exit_code', 'verify'), 0, 'other commands are untouched');
   assert.deepEqual(await fsp.readdir(path.dirname(metrics)), ['lifeboat.prom'], 'no temporary file is left beside it');
 
@@ -277,10 +278,20 @@ test('a backup that left a file out succeeds, and says so to monitoring: --notif
     assert.equal(typeof e.warnings[0].code, 'string');
     assert.equal(value(parsePrometheus(await fsp.readFile(metrics, 'utf8')), 'lifeboat_last_run_warnings', 'backup'), 1);
 
+    // A backup that fails for its warnings (--strict) reports them with its failure.
+    const strict = await backup('--strict');
+    assert.equal(strict.code, 3, strict.stderr);
+    assert.equal(hook.bodies.length, 2);
+    const failure = hook.bodies[1];
+    assert.equal(failure.outcome, 'failure');
+    assert.equal(failure.detail.warnings, 1);
+    assert.match(failure.warnings[0].message, /not valid UTF-8/);
+    assert.equal(value(parsePrometheus(await fsp.readFile(metrics, 'utf8')), 'lifeboat_last_run_warnings', 'backup'), 1);
+
     // Failures are always told; a warning only when asked.
     const quiet = await lifeboat(['--repo', d.repo, 'backup', d.src, '--notify-url', hook.url]);
     assert.equal(quiet.code, 0, quiet.stderr);
-    assert.equal(hook.bodies.length, 1);
+    assert.equal(hook.bodies.length, 2);
   } finally {
     await hook.close();
   }

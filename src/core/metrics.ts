@@ -103,8 +103,8 @@ export async function writeFileAtomic(file: string, data: string): Promise<void>
  * Replaces the samples of one command (those labelled `command=<command>`,
  * and `deployment=<name>` when the run names one) in a metrics file, keeping
  * the others: the runs of several deployments can share one file.
- * `lifeboat_last_success_timestamp_seconds` of a failed run is carried over
- * from the file, so an alert on its age works.
+ * A failed run carries `lifeboat_last_success_timestamp_seconds` and
+ * `lifeboat_points` over from the file, so alerts on them keep working.
  */
 export async function updateMetricsFile(file: string, run: { command: string; deployment?: string }, samples: readonly MetricSample[]): Promise<void> {
   const release = await lockMetricsFile(file);
@@ -148,6 +148,12 @@ async function lockMetricsFile(file: string): Promise<() => Promise<void>> {
   }
 }
 
+/**
+ * Samples a run that does not measure them (a failed one) keeps from the file: the age of the last
+ * success is what an alert watches, and a count of points that vanished would read as none to `absent()`.
+ */
+const CARRIED_OVER = ['lifeboat_last_success_timestamp_seconds', 'lifeboat_points'];
+
 async function replaceSamples(file: string, run: { command: string; deployment?: string }, samples: readonly MetricSample[]): Promise<void> {
   let previous: MetricSample[] = [];
   try {
@@ -157,9 +163,9 @@ async function replaceSamples(file: string, run: { command: string; deployment?:
   }
   const mine = (s: MetricSample) => s.labels.command === run.command && s.labels.deployment === run.deployment;
   const next = [...samples];
-  const lastSuccess = 'lifeboat_last_success_timestamp_seconds';
-  if (!next.some((s) => s.name === lastSuccess)) {
-    const carried = previous.find((s) => s.name === lastSuccess && mine(s));
+  for (const name of CARRIED_OVER) {
+    if (next.some((s) => s.name === name)) continue;
+    const carried = previous.find((s) => s.name === name && mine(s));
     if (carried) next.push(carried);
   }
   await writeFileAtomic(file, renderMetrics([...previous.filter((s) => !mine(s)), ...next]));

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { RuntimeFailure, UsageError, errorMessage } from '../../errors.js';
 import { backup, checkBackupSources, type BackupResult } from '../../core/backup.js';
+import { keepingWarnings, type Notice } from '../../core/events.js';
 import { whileHoldingLock, type HeldLock } from '../../core/lock.js';
 import { excludePatternProblem, notUtf8Path } from '../../core/scan.js';
 import type { LifeboatConfig } from '../../config/config.js';
@@ -112,6 +113,9 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
   const workDir = await directoryFlag(ctx.cwd, '--work-dir', flags.workDir);
   const { repo, config, close } = await openRepository(ctx);
   const renderer = new ProgressRenderer(ctx, flags.dryRun ? 'backup (dry run)' : 'backup');
+  // What the run warned about before it failed, for monitoring: a failed result carries no warnings.
+  const warned: Notice[] = [];
+  const reporter = keepingWarnings(renderer, warned);
   // A dry run takes nothing, so it does not pause the server either.
   const hooks = new BackupHooks(flags.dryRun ? undefined : config.hooks, { cwd: ctx.cwd, env: ctx.env, signal: ctx.signal, onOutput: (line) => log(ctx, line) });
   const lockOptions = { lockStaleAfterMs: lockStaleAfterMs(flags, config), lockRetryMs: lockRetryMs(flags, config), signal: ctx.signal };
@@ -128,7 +132,7 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
         cwd: ctx.cwd,
         env: ctx.env,
         signal: ctx.signal,
-        notice: (n) => renderer.notice(n),
+        notice: (n) => reporter.notice?.(n),
         onOutput: (line) => log(ctx, line),
         tmpDir: workDir,
       });
@@ -145,7 +149,7 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
         deployment: repo.deployment,
         lock,
         signal: ctx.signal,
-        reporter: renderer,
+        reporter,
         concurrency: config.s3?.concurrency,
       });
       if (!result.dryRun) point = result.id;
@@ -161,6 +165,7 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
         ].join('\n');
       }, { shownWhenQuiet: result.dryRun });
     } catch (err) {
+      figures.warnings ??= warned;
       await state?.cleanup();
       await hooks.after({ error: err }, (message) => log(ctx, `warning: ${message}`));
       throw err;
