@@ -89,6 +89,20 @@ export class InterruptedError extends LifeboatError {
 }
 
 /** Throws InterruptedError when the signal has fired; called between units of work. */
+/** Failures whose exit code was decided before a signal arrived: a signal during the reporting after them does not make them interrupted. */
+const decidedBeforeSignal = new WeakSet<object>();
+
+/** Marks a failure as one that a later signal did not cause (a run that failed, then was signalled while it notified). */
+export function decidedBeforeInterruption(err: unknown): void {
+  if (typeof err === 'object' && err !== null) decidedBeforeSignal.add(err);
+}
+
+/** The exit code of a failure: 130 when the run was interrupted, unless the failure came before the signal. */
+export function failureExitCode(err: unknown, signal: AbortSignal): number {
+  if (signal.aborted && !(typeof err === 'object' && err !== null && decidedBeforeSignal.has(err))) return ExitCode.interrupted;
+  return err instanceof LifeboatError ? err.exitCode : ExitCode.runtime;
+}
+
 export function throwIfAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw new InterruptedError();
 }

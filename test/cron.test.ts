@@ -7,10 +7,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { DeleteObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { lifeboat, runChild, type CliRun } from './helpers/cli.js';
+import { lifeboat, runChild, spawnLifeboat, type CliRun } from './helpers/cli.js';
 import { tarBlocks } from './helpers/tar-blocks.js';
 import { smallDeployment } from './helpers/repo.js';
-import { freePort } from './helpers/processes.js';
+import { freePort, sleep } from './helpers/processes.js';
 import { createTestBucket, testClient, startS3Server, type S3TestServer } from './helpers/s3server.js';
 import { sendNotification, makeEvent } from '../src/core/notify.js';
 import { updateMetricsFile } from '../src/core/metrics.js';
@@ -686,4 +686,40 @@ test('completion bash|zsh completes commands, the commands of key, options and t
   assert.equal(version.code, 0);
   assert.match(version.stdout, /^\d+\.\d+\.\d+/);
   await fsp.rm(dir, { recursive: true, force: true });
+});
+
+test('SIGTERM while a failed run still sends its notification: it exits with its own code, the one its metrics and notification say', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  // A slow receiver: it holds its answer until the signal has been sent.
+  let answer = () => {};
+  let eventArrived: (event: any) => void = () => {};
+  const arrived = new Promise<any>((resolve) => (eventArrived = resolve));
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      answer = () => res.writeHead(204).end();
+      eventArrived(JSON.parse(Buffer.concat(chunks).toString('utf8')));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.after(() => new Promise<void>((r) => server.close(() => r())));
+  const metrics = path.join(d.work, 'lifeboat.prom');
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
+  const child = spawnLifeboat(['--repo', d.repo, 'backup', path.join(d.work, 'missing'), '--notify-url', url, '--metrics-file', metrics]);
+  const stderr: Buffer[] = [];
+  child.stderr?.on('data', (c: Buffer) => stderr.push(c));
+  const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
+
+  const event = await arrived;
+  assert.equal(event.outcome, 'failure');
+  assert.notEqual(event.exitCode, 130);
+  child.kill('SIGTERM');
+  await sleep(200);
+  answer();
+  const code = await exited;
+  assert.match(Buffer.concat(stderr).toString('utf8'), /SIGTERM received/);
+  assert.equal(code, event.exitCode, Buffer.concat(stderr).toString('utf8'));
+  assert.equal(value(parsePrometheus(await fsp.readFile(metrics, 'utf8')), 'lifeboat_last_run_exit_code', 'backup'), event.exitCode);
 });

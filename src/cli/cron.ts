@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { Option } from 'commander';
-import { ExitCode, LifeboatError, UsageError, errorMessage } from '../errors.js';
+import { ExitCode, UsageError, decidedBeforeInterruption, errorMessage, failureExitCode } from '../errors.js';
 import type { LifeboatConfig } from '../config/config.js';
 import { updateMetricsFile, type MetricSample } from '../core/metrics.js';
 import { makeEvent, redactUrl, sendNotification } from '../core/notify.js';
@@ -93,9 +93,8 @@ export async function runMonitored(ctx: CliContext, command: string, flags: Cron
     failure = err;
   }
   const endedAt = new Date();
-  const exitCode = failure === undefined ? ExitCode.ok : failure instanceof LifeboatError ? failure.exitCode : ExitCode.runtime;
-  const interrupted = ctx.signal.aborted && failure !== undefined;
-  const code = interrupted ? ExitCode.interrupted : exitCode;
+  const code = failure === undefined ? ExitCode.ok : failureExitCode(failure, ctx.signal);
+  const interrupted = code === ExitCode.interrupted;
 
   let config: LifeboatConfig = {};
   let deployment: string | undefined;
@@ -144,7 +143,11 @@ export async function runMonitored(ctx: CliContext, command: string, flags: Cron
     const problem = await sendNotification(url, event);
     if (problem) warn(`could not notify ${redactUrl(url)}: ${problem}`, 'notify-failed');
   }
-  if (failure !== undefined) throw failure;
+  if (failure !== undefined) {
+    // Metrics and notification said this code: a signal that arrived while they were sent does not change it.
+    if (!interrupted) decidedBeforeInterruption(failure);
+    throw failure;
+  }
 }
 
 function metricSamples(run: { command: string; deployment?: string }, code: number, startedAt: Date, endedAt: Date, f: RunFigures): MetricSample[] {

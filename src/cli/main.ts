@@ -1,7 +1,7 @@
 import { Command, CommanderError, Option } from 'commander';
 import { createRequire } from 'node:module';
 import type { Writable } from 'node:stream';
-import { ExitCode, LifeboatError, UsageError, errorMessage } from '../errors.js';
+import { ExitCode, LifeboatError, UsageError, errorMessage, failureExitCode } from '../errors.js';
 import type { CliContext, GlobalOptions } from './context.js';
 import { documentText, failureDocument, jsonLogLine, paint } from './output.js';
 import { escapeUnprintable } from './format.js';
@@ -195,7 +195,8 @@ export async function runCli(argv: string[], io: CliIo, signal: AbortSignal): Pr
   } catch (err) {
     // --help and --version: shown; every other complaint of commander's arrives as a UsageError.
     if (err instanceof CommanderError) return ExitCode.ok;
-    const code = err instanceof LifeboatError ? err.exitCode : ExitCode.runtime;
+    // A failure while the run is being interrupted is an interruption, whatever error it surfaced as.
+    const code = failureExitCode(err, signal);
     const ctx = state.ctx;
     // Before a command runs (commander refused the command line), its context does not exist yet.
     const json = ctx ? ctx.json : givenOnCommandLine(argv, '--json');
@@ -266,7 +267,7 @@ export async function main(argv: string[]): Promise<void> {
   // The failure of the last write arrives on the next turn of the event loop.
   await new Promise((resolve) => setImmediate(resolve));
   const code = afterFailedWrites(failedWrites, ran);
-  process.exitCode = controller.signal.aborted && code !== ExitCode.ok ? ExitCode.interrupted : code;
+  process.exitCode = code;
   process.removeAllListeners('SIGINT');
   process.removeAllListeners('SIGTERM');
   process.removeAllListeners('SIGHUP');
