@@ -81,3 +81,33 @@ test('a directory the backup may not read is recorded empty with its mode 000, a
   const deep = await run('verify', 'latest', '--deep');
   assert.equal(deep.code, 0, deep.stderr);
 });
+
+test('a local repository this user may not write or read is refused with exit 2, as S3\'s 403 is, with a hint naming the user', { skip: asRoot ? false : 'needs root to run lifeboat as another user' }, async (t) => {
+  const work = await tempDir();
+  t.after(() => removeTree(work));
+  await fsp.chmod(work, 0o755);
+  const src = path.join(work, 'models');
+  await fsp.mkdir(src);
+  await fsp.writeFile(path.join(src, 'config.json'), '{"layers": 2}');
+  const repo = path.join(work, 'repo');
+  // The repository is root's, made and backed up to as root; the commands below run as nobody.
+  const asOwner = await runChild(['--repo', repo, 'init']);
+  assert.equal(asOwner.code, 0, asOwner.stderr);
+  assert.equal((await runChild(['--repo', repo, 'backup', src])).code, 0);
+  const run = (...args: string[]) => runChild(['--repo', repo, ...args], { user });
+
+  for (const args of [['backup', src], ['prune', '--keep-full', '1'], ['--json', 'backup', src]]) {
+    const r = await run(...args);
+    assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, /cannot write locks\/lock\.json: EACCES/);
+    assert.match(r.stderr, new RegExp(`this user \\(uid ${NOBODY}\\) may not write in the repository: run lifeboat as the user that owns it`));
+    if (args[0] === '--json') assert.equal(r.json().error.exitCode, 2);
+  }
+  await fsp.chmod(path.join(repo, 'points'), 0o700);
+  const list = await run('list');
+  assert.equal(list.code, 2, list.stderr);
+  assert.match(list.stderr, /cannot list points: EACCES.*\n.*may not read the repository/);
+  // Reading is still allowed where the modes allow it.
+  await fsp.chmod(path.join(repo, 'points'), 0o755);
+  assert.equal((await run('list')).code, 0);
+});

@@ -3,7 +3,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { IntegrityError, LifeboatError, RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../errors.js';
+import { IntegrityError, LifeboatError, PermissionRefusedError, RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../errors.js';
 import { openRegularFile, syncPath, writeFileSynced } from '../format/durable.js';
 import { createFileSink } from '../format/file-sink.js';
 import { putThroughWriter } from './put-through-writer.js';
@@ -410,6 +410,15 @@ function wrap(op: string, key: string, err: unknown): Error {
   if (err instanceof Error && err.name === 'AbortError') return err;
   // Only lifeboat's own files belong in a repository: a pipe or a device there is damage or tampering.
   if ((err as NodeJS.ErrnoException).code === 'EFTYPE') return new IntegrityError(`cannot ${op} ${key}: it is not a regular file in the repository`, { cause: err });
+  const code = (err as NodeJS.ErrnoException).code;
+  // As S3's 403: running again changes nothing until the user or the modes do (exit 2).
+  if (code === 'EACCES' || code === 'EPERM') {
+    const who = process.getuid === undefined ? 'this user' : `this user (uid ${process.getuid()})`;
+    return new PermissionRefusedError(`cannot ${op} ${key}: ${errorMessage(err)}`, {
+      cause: err,
+      hint: `${who} may not ${op === 'write' || op === 'delete' ? 'write in' : 'read'} the repository: run lifeboat as the user that owns it, or give this user access to its files and directories`,
+    });
+  }
   return new RuntimeFailure(`cannot ${op} ${key}: ${errorMessage(err)}`, { cause: err, hint: fileSystemHint(err, 'the repository') });
 }
 
