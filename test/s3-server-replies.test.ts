@@ -1,9 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import * as http from 'node:http';
+import * as net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
-import { IntegrityError, RuntimeFailure, UsageError } from '../src/errors.js';
+import { IntegrityError, RuntimeFailure, UsageError, errorMessage } from '../src/errors.js';
+import { sleep } from './helpers/processes.js';
 import { S3Storage } from '../src/storage/s3.js';
 import type { Storage } from '../src/storage/storage.js';
 
@@ -239,4 +243,37 @@ test('a server whose clock is hours off: the driver sets its clock by the server
       return true;
     });
   }
+});
+
+test('a server that does not accept the connection: the error and each retry name the endpoint and what to check, not the SDK\'s words', BOUNDED, async (t) => {
+  // A listener whose process stops accepting (its event loop blocked) with a backlog of 1: once the
+  // kernel's queue is full, further connections hang, as they do on a port a firewall drops.
+  const listener = spawn(process.execPath, ['-e', `
+    const server = require('node:net').createServer().listen({ port: 0, host: '127.0.0.1', backlog: 1 }, () => {
+      process.stdout.write(server.address().port + '\\n');
+      setTimeout(() => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 60_000), 50);
+    });`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.after(() => listener.kill('SIGKILL'));
+  const port = Number((await once(listener.stdout!, 'data'))[0].toString().trim());
+  await sleep(200);
+  const fillers: net.Socket[] = [];
+  t.after(() => fillers.forEach((s) => s.destroy()));
+  for (let i = 0; i < 4; i++) fillers.push(net.connect(port, '127.0.0.1').on('error', () => undefined));
+  await sleep(200);
+  const retries: string[] = [];
+  const storage = await S3Storage.create({
+    bucket: 'b',
+    prefix: 'repo',
+    settings: { endpoint: `http://127.0.0.1:${port}`, forcePathStyle: true, region: 'us-east-1' },
+    env: { AWS_ACCESS_KEY_ID: 'stub', AWS_SECRET_ACCESS_KEY: 'stub' },
+    tuning: { connectionTimeoutMs: 300, retry: { maxAttempts: 2, baseDelayMs: 1, maxDelayMs: 1, onRetry: ({ error }) => retries.push(errorMessage(error)) } },
+  });
+  t.after(() => storage.close());
+  await assert.rejects(storage.getDocument('config.json'), (err: unknown) => {
+    assert.ok(err instanceof RuntimeFailure, String(err));
+    assert.equal(err.message, `get config.json failed after 2 attempts: the server at http://127.0.0.1:${port} did not accept a connection within 300 ms`);
+    assert.match(err.hint ?? '', /check the endpoint's host and port .* and that no firewall drops this host's connections to it/);
+    return true;
+  });
+  assert.deepEqual(retries, [`the server at http://127.0.0.1:${port} did not accept a connection within 300 ms`]);
 });

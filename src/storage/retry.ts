@@ -74,6 +74,24 @@ export function noAnswer(server: string, waitedMs: number, cause: unknown): Endp
 }
 
 /**
+ * A connection the server did not accept in time (the SDK's connection timeout): a host or port
+ * nothing answers on, a firewall that drops the packets, a server too busy to accept. Retried.
+ */
+export function noConnection(server: string, err: unknown): EndpointError | undefined {
+  const e = err as { name?: string; message?: string } | undefined;
+  const waited = /within the configured timeout of (\d+) ms/.exec(e?.message ?? '');
+  if (e?.name !== 'TimeoutError' || !/did not establish a connection/.test(e.message ?? '') || !waited) return undefined;
+  const ms = Number(waited[1]);
+  return new EndpointError(
+    `the server at ${server} did not accept a connection within ${ms % 1000 === 0 ? `${ms / 1000} s` : `${ms} ms`}`,
+    server,
+    `check the endpoint's host and port (s3.endpoint, --s3-endpoint, AWS_ENDPOINT_URL_S3), that its server is up, and that no firewall drops this host's connections to it`,
+    'ETIMEDOUT',
+    { name: 'TimeoutError', cause: err },
+  );
+}
+
+/**
  * A failure before any answer that usually means the endpoint's scheme is wrong: an https://
  * endpoint whose server does not speak TLS (not retried: it will not start to), or an http://
  * one whose server closed the connection, as a TLS server does on a request in clear (retried,

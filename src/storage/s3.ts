@@ -23,7 +23,7 @@ import {
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { InterruptedError, RuntimeFailure, UsageError } from '../errors.js';
 import type { S3Settings } from './open.js';
-import { DEFAULT_RETRY_POLICY, asFailure, describeError, noAnswer, schemeMismatch, backoffDelay, isRetryable, pauseBeforeRetry, refusedPermission, reportingRetries, retrying, webPageAnswer, withRetry, type RefusedPermission, type RetryPolicy } from './retry.js';
+import { DEFAULT_RETRY_POLICY, asFailure, describeError, noAnswer, noConnection, schemeMismatch, backoffDelay, isRetryable, pauseBeforeRetry, refusedPermission, reportingRetries, retrying, webPageAnswer, withRetry, type RefusedPermission, type RetryPolicy } from './retry.js';
 import type { Reporter } from '../core/events.js';
 import { parseDuration } from '../config/duration.js';
 import { credentialsFailure, nonEmpty, staticCredentials } from './s3-credentials.js';
@@ -814,7 +814,7 @@ class AnswerTimedHandler extends NodeHttpHandler {
     } catch (err) {
       if (timedOut) throw noAnswer(serverOf(request), this.answerTimeoutMs, err);
       if (controller.signal.aborted && this.interrupt?.aborted) throw new InterruptedError();
-      throw schemeMismatch(serverOf(request), err) ?? err;
+      throw schemeMismatch(serverOf(request), err) ?? noConnection(serverOf(request), err) ?? err;
     } finally {
       clearTimeout(timer);
       outer?.removeEventListener('abort', passOn);
