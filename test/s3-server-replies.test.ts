@@ -277,3 +277,56 @@ test('a server that does not accept the connection: the error and each retry nam
   });
   assert.deepEqual(retries, [`the server at http://127.0.0.1:${port} did not accept a connection within 300 ms`]);
 });
+
+test('a download that stalls partway through its body: each retry and the error say that nothing moved for s3.idleTimeout, and a retry goes on from where it stopped', BOUNDED, async (t) => {
+  const object = Buffer.alloc(1 << 20, 7);
+  let stallEvery = false;
+  const ranges: string[] = [];
+  const server = http.createServer((req, res) => {
+    req.resume();
+    const range = /^bytes=(\d+)-/.exec(String(req.headers.range ?? ''));
+    const from = range ? Number(range[1]) : 0;
+    ranges.push(String(from));
+    const headers = { etag: '"e"', 'content-type': 'application/octet-stream', 'content-length': String(object.length - from) };
+    res.writeHead(range ? 206 : 200, range ? { ...headers, 'content-range': `bytes ${from}-${object.length - 1}/${object.length}` } : headers);
+    // The first answer stops after 64 KiB and keeps the connection open, as a stalled link does.
+    if (from === 0 || stallEvery) res.write(object.subarray(from, from + (64 << 10)));
+    else res.end(object.subarray(from));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  server.on('connection', (socket) => t.after(() => socket.destroy()));
+  const retries: string[] = [];
+  const open = (maxAttempts: number) =>
+    S3Storage.create({
+      bucket: 'b',
+      prefix: 'repo',
+      settings: { endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, forcePathStyle: true, region: 'us-east-1' },
+      env: { AWS_ACCESS_KEY_ID: 'stub', AWS_SECRET_ACCESS_KEY: 'stub' },
+      tuning: { socketTimeoutMs: 300, retry: { maxAttempts, baseDelayMs: 1, maxDelayMs: 1, onRetry: ({ error }) => retries.push(errorMessage(error)) } },
+    });
+  const read = async (storage: Storage) => {
+    const chunks: Buffer[] = [];
+    for await (const chunk of await storage.get('data/p/v000001.tar')) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks);
+  };
+
+  const patient = await open(3);
+  t.after(() => patient.close());
+  assert.ok((await read(patient)).equals(object), 'the retry went on from the byte where the stall was');
+  assert.deepEqual(ranges, ['0', String(64 << 10)]);
+  assert.deepEqual(retries, ['nothing moved between this host and the S3 server for 300 ms (s3.idleTimeout)']);
+
+  retries.length = 0;
+  stallEvery = true;
+  const hasty = await open(2);
+  t.after(() => hasty.close());
+  // Each attempt brings 64 KiB: less than a MiB of progress does not reset the count of attempts.
+  await assert.rejects(read(hasty), (err: unknown) => {
+    assert.ok(err instanceof RuntimeFailure, String(err));
+    assert.equal(err.message, 'get data/p/v000001.tar failed after 2 attempts: nothing moved between this host and the S3 server for 300 ms (s3.idleTimeout)');
+    assert.match(err.hint ?? '', /needs a longer s3\.idleTimeout/);
+    return true;
+  });
+  assert.equal(retries.length, 1);
+});

@@ -92,6 +92,26 @@ export function noConnection(server: string, err: unknown): EndpointError | unde
 }
 
 /**
+ * A connection on which nothing moved for the idle timeout (the SDK's socket timeout): an upload
+ * the server stopped reading, a download that stalled partway through its body. Retried (a
+ * download goes on from where it stopped).
+ */
+export function noTraffic(server: string | undefined, err: unknown): EndpointError | undefined {
+  const e = err as { name?: string; message?: string } | undefined;
+  const waited = /timed out after (\d+) ms of inactivity/.exec(e?.message ?? '');
+  if (e?.name !== 'TimeoutError' || !waited) return undefined;
+  const ms = Number(waited[1]);
+  const who = server === undefined ? 'the S3 server' : `the server at ${server}`;
+  return new EndpointError(
+    `nothing moved between this host and ${who} for ${ms % 1000 === 0 ? `${ms / 1000} s` : `${ms} ms`} (s3.idleTimeout)`,
+    server ?? '',
+    'a link or a server that stalls for long stretches needs a longer s3.idleTimeout; else check the server and the network to it',
+    'ETIMEDOUT',
+    { name: 'TimeoutError', cause: err },
+  );
+}
+
+/**
  * A failure before any answer that usually means the endpoint's scheme is wrong: an https://
  * endpoint whose server does not speak TLS (not retried: it will not start to), or an http://
  * one whose server closed the connection, as a TLS server does on a request in clear (retried,

@@ -23,7 +23,7 @@ import {
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { InterruptedError, RuntimeFailure, UsageError } from '../errors.js';
 import type { S3Settings } from './open.js';
-import { DEFAULT_RETRY_POLICY, asFailure, describeError, noAnswer, noConnection, schemeMismatch, backoffDelay, isRetryable, pauseBeforeRetry, refusedPermission, reportingRetries, retrying, webPageAnswer, withRetry, type RefusedPermission, type RetryPolicy } from './retry.js';
+import { DEFAULT_RETRY_POLICY, asFailure, describeError, noAnswer, noConnection, noTraffic, schemeMismatch, backoffDelay, isRetryable, pauseBeforeRetry, refusedPermission, reportingRetries, retrying, webPageAnswer, withRetry, type RefusedPermission, type RetryPolicy } from './retry.js';
 import type { Reporter } from '../core/events.js';
 import { parseDuration } from '../config/duration.js';
 import { credentialsFailure, nonEmpty, staticCredentials } from './s3-credentials.js';
@@ -591,10 +591,11 @@ export class S3Storage implements Storage {
           throw Object.assign(new Error('response body ended early'), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
         }
         return;
-      } catch (err) {
+      } catch (caught) {
         body?.destroy();
         // Interrupted: said as the request handler and `retrying` say it, not in the words of the body it broke.
         if (this.retry.interrupt?.aborted) throw new InterruptedError();
+        const err = noTraffic(undefined, caught) ?? caught;
         if (delivered - deliveredAtLastFailure >= MiB) failures = 0;
         deliveredAtLastFailure = delivered;
         failures++;
@@ -814,7 +815,7 @@ class AnswerTimedHandler extends NodeHttpHandler {
     } catch (err) {
       if (timedOut) throw noAnswer(serverOf(request), this.answerTimeoutMs, err);
       if (controller.signal.aborted && this.interrupt?.aborted) throw new InterruptedError();
-      throw schemeMismatch(serverOf(request), err) ?? noConnection(serverOf(request), err) ?? err;
+      throw schemeMismatch(serverOf(request), err) ?? noConnection(serverOf(request), err) ?? noTraffic(serverOf(request), err) ?? err;
     } finally {
       clearTimeout(timer);
       outer?.removeEventListener('abort', passOn);
