@@ -179,7 +179,7 @@ async function stateWentBackWith(slots: string, slot: string): Promise<boolean> 
 
 /** Whether the target's record says the point in `slot` has no serving state (known only for switches recorded since this was kept). */
 function recordedStateless(state: TargetState, slot: string): boolean {
-  const last = [...state.history].reverse().find((h) => h.to === slot && h.stateSources !== undefined);
+  const last = state.history.findLast((h) => h.to === slot && h.stateSources !== undefined);
   return last?.stateSources?.length === 0;
 }
 
@@ -695,7 +695,7 @@ export async function status(repo: MaybeRepository, specs: TargetSpec[], options
         point,
         completedAt: m?.completedAt ?? null,
         ageMs: m ? Math.max(0, now - Date.parse(m.completedAt)) : null,
-        since: [...state.history].reverse().find((s) => s.to === activePath)?.at ?? null,
+        since: state.history.findLast((s) => s.to === activePath)?.at ?? null,
         ...(error ? { error } : {}),
         ...(hint ? { hint } : {}),
       },

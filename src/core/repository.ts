@@ -226,7 +226,7 @@ export class Repository {
     for (let batch = 1; end > 0; batch = MANIFEST_READS) {
       const start = Math.max(0, end - batch);
       const summaries = await Promise.all(all.slice(start, end).map((id) => this.summary(id)));
-      const found = summaries.reverse().find((s) => deploymentOf(s) === deployment);
+      const found = summaries.findLast((s) => deploymentOf(s) === deployment);
       if (found) return found;
       end = start;
     }
