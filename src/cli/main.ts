@@ -39,7 +39,8 @@ const EXIT_CODES_HELP = `
 Exit codes:
   0    success
   1    runtime failure (I/O, storage, network after retries)
-  2    usage or configuration error
+  2    usage or configuration error, including credentials or permissions the
+       repository refuses
   3    integrity failure: a checksum mismatch, missing or unreadable backup data,
        hostile input
   4    the repository is locked by another live process
