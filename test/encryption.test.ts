@@ -655,6 +655,45 @@ describe('keys', () => {
     assert.match(twice.stderr, /new password file \/dev\/stdin is standard input, which gave the password already/);
   });
 
+  it('a password file that is a named pipe no one writes to, or standard input that never ends, stops at an interrupt and is given up after 60 s, writing nothing', { timeout: 120_000 }, async () => {
+    const r = path.join(work, 'silent-pipe');
+    await initEncrypted(r);
+    const fifo = path.join(work, 'silent.fifo');
+    assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+    const before = await digest(r);
+    const run = (args: string[]) => {
+      const child = spawn(process.execPath, [BIN, '--repo', r, ...args, 'list'], { stdio: ['pipe', 'ignore', 'pipe'] });
+      let stderr = '';
+      child.stderr!.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+      const closed = new Promise<number>((resolve) => child.on('close', (code, sig) => resolve(code ?? (sig ? 128 : 1))));
+      return { child, closed, stderr: () => stderr, started: Date.now() };
+    };
+    const within = (p: Promise<number>, ms: number) => Promise.race([p, delay(ms).then(() => 'still waiting' as const)]);
+    // Nobody will ever write to it: the run gives up on its own, rather than leave a cron job waiting for good.
+    const abandoned = run(['--password-file', fifo]);
+    try {
+      for (const args of [['--password-file', fifo], ['--password-file', '/dev/stdin']]) {
+        const waiting = run(args);
+        await delay(1500);
+        waiting.child.kill('SIGINT');
+        const code = await within(waiting.closed, 10_000);
+        if (code === 'still waiting') waiting.child.kill('SIGKILL');
+        waiting.child.stdin!.destroy();
+        assert.equal(code, 130, `${args.join(' ')}: ${waiting.stderr()}`);
+        assert.match(waiting.stderr(), /lifeboat: interrupted\n$/);
+      }
+      const code = await within(abandoned.closed, 75_000);
+      assert.equal(code, 2, abandoned.stderr());
+      assert.ok(Date.now() - abandoned.started >= 59_000);
+      assert.match(abandoned.stderr(), /^lifeboat: password file .*silent\.fifo was not read to its end within 60 s: nothing closed the pipe\n {2}whatever writes the password there must write it and close the pipe/);
+    } finally {
+      abandoned.child.kill('SIGKILL');
+      abandoned.child.stdin!.destroy();
+      await fsp.rm(fifo, { force: true });
+    }
+    assert.deepEqual(await digest(r), before, 'nothing was written');
+  });
+
   it('a wrong password is named by where it came from: a typed one is not blamed on LIFEBOAT_PASSWORD or a file', { skip: hasScript ? false : 'script (util-linux) is not installed', timeout: 30_000 }, async () => {
     const r = path.join(work, 'wrong-typed');
     await initEncrypted(r);
