@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { UsageError } from '../../errors.js';
+import { ExitCode, InterruptedError, LifeboatError, UsageError, errorMessage } from '../../errors.js';
 import { whileHoldingLock } from '../../core/lock.js';
 import { addKey, keyIdOf, keyInfo, keyObject, readKeys, removeKey, unlockStorage, type UnlockedKey } from '../../core/keys.js';
 import { NoRepository } from '../../core/repository.js';
@@ -94,11 +94,28 @@ async function runKeyPasswd(ctx: CliContext, options: NewPasswordOptions): Promi
     await whileHoldingLock(storage, 'key passwd', {}, {}, async (lock) => {
       // The new key is stored before the old one goes, so a failure in between leaves both passwords working.
       const id = await addKey(storage, config.id, key.dataKey, password, key.kdf);
-      await lock.check();
-      await storage.delete([keyObject(key.keyId)]);
+      try {
+        await lock.check();
+        await storage.delete([keyObject(key.keyId)]);
+      } catch (err) {
+        throw halfChanged(ctx, id, key.keyId, err);
+      }
       printResult(ctx, { id, removed: key.keyId }, () => `changed the password: key ${id} replaces key ${key.keyId}`);
     });
   });
+}
+
+/**
+ * A key passwd that stored the new key and could not remove the old one: both passwords open the
+ * repository. Said as such, with the new key's id, so that the old key is removed by hand rather
+ * than another key added by running the command again.
+ */
+function halfChanged(ctx: CliContext, added: string, old: string, err: unknown): LifeboatError {
+  ctx.keepDocument?.({ id: added, removed: null });
+  const message = `added key ${added} with the new password, but could not remove key ${old}: ${errorMessage(err)}`;
+  const hint = `both passwords open the repository until key ${old} is removed; ${err instanceof LifeboatError && err.hint ? `${err.hint}; then ` : ''}run \`lifeboat key remove ${old}\` with the new password, not key passwd again, which would add another key`;
+  if (err instanceof InterruptedError) return new InterruptedError(message, { hint });
+  return new LifeboatError(message, err instanceof LifeboatError ? err.exitCode : ExitCode.runtime, { cause: err, hint });
 }
 
 export function registerKey(program: Command, run: CommandRunner): Command {
