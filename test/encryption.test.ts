@@ -379,6 +379,8 @@ function onScript(argv: string[]) {
   const terminal = spawn('script', ['-qefc', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'inherit'], env: { PATH: process.env.PATH } });
   let shown = '';
   terminal.stdout!.on('data', (c: Buffer) => (shown += c.toString('utf8')));
+  // Keys typed after the command has exited (it refused at once, as it should) go nowhere: its exit code is what counts.
+  terminal.stdin!.on('error', () => undefined);
   return {
     shown: () => shown,
     shows: (text: string) => waitFor(async () => shown.includes(text), 20_000),
