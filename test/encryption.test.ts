@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -461,6 +462,13 @@ describe('keys', () => {
     const backup = await lifeboat(['--repo', r, 'backup', path.join(work, 'keys-src')], { env: env() });
     assert.equal(backup.code, 4, backup.stderr);
     assert.match(backup.stderr, /--retry-lock 30m/, 'a backup takes --retry-lock');
+
+    // The lock of a backup killed on this host is taken over, and said, as a backup says it.
+    await fsp.writeFile(lockFile, JSON.stringify({ host: os.hostname(), pid: 2 ** 22 + 4321, command: 'backup', startedAt: now, refreshedAt: now, leaseMs: 1800000 }));
+    const changed = await lifeboat(['--repo', r, 'key', 'passwd'], { env: { ...env(), LIFEBOAT_NEW_PASSWORD: 'another password' } });
+    assert.equal(changed.code, 0, changed.stderr);
+    assert.match(changed.stderr, new RegExp(`warning: took over a stale lock of backup on ${os.hostname()}, pid ${2 ** 22 + 4321}, since \\S+ \\(`));
+    assert.ok(!(await repoFiles(r)).some((f) => f.startsWith('locks/')), 'the lock is released');
   });
 
   it('a damaged key file, which key list warns of, is removed by key remove; the genuine keys stay', async () => {

@@ -5,9 +5,10 @@ import { addKey, keyIdOf, keyInfo, keyObject, readKeys, removeKey, unlockStorage
 import { NoRepository } from '../../core/repository.js';
 import type { RepositoryConfig } from '../../format/manifest.js';
 import type { Storage } from '../../storage/storage.js';
+import type { Reporter } from '../../core/events.js';
 import { contextConfig, openContextStorage, type CliContext } from '../context.js';
 import { newPassword, passwordSource } from '../password.js';
-import { log, printResult } from '../output.js';
+import { log, logNotice, printResult } from '../output.js';
 import { nonEmpty } from '../flags.js';
 import type { CommandRunner } from '../main.js';
 
@@ -19,6 +20,9 @@ interface NewPasswordOptions {
 function newPasswordFile(options: NewPasswordOptions): string | undefined {
   return nonEmpty('--new-password-file', options.newPasswordFile, 'the path of a file');
 }
+
+/** What key remove and key passwd take the lock with: a stale lock they take over is said, as a backup says it. */
+const lockReporter = (ctx: CliContext): Reporter => ({ notice: (n) => logNotice(ctx, n) });
 
 /** Opens and unlocks the repository; key commands need an encrypted one. `beforeUnlocking` as for unlockStorage. */
 async function withKey<T>(
@@ -81,7 +85,7 @@ async function runKeyAdd(ctx: CliContext, options: NewPasswordOptions): Promise<
 
 async function runKeyRemove(ctx: CliContext, selector: string): Promise<void> {
   await withKey(ctx, async (storage, key) => {
-    await whileHoldingLock(storage, 'key remove', {}, {}, async (lock) => {
+    await whileHoldingLock(storage, 'key remove', {}, lockReporter(ctx), async (lock) => {
       // A removal that lost its lock while paused deletes nothing: another removal meanwhile may have left this key the last.
       const id = await removeKey(storage, key.keyId, selector, () => lock.check());
       printResult(ctx, { removed: id }, () => `removed key ${id}`);
@@ -91,7 +95,7 @@ async function runKeyRemove(ctx: CliContext, selector: string): Promise<void> {
 
 async function runKeyPasswd(ctx: CliContext, options: NewPasswordOptions): Promise<void> {
   await withNewPassword(ctx, options, async (storage, key, config, password) => {
-    await whileHoldingLock(storage, 'key passwd', {}, {}, async (lock) => {
+    await whileHoldingLock(storage, 'key passwd', {}, lockReporter(ctx), async (lock) => {
       // The new key is stored before the old one goes, so a failure in between leaves both passwords working.
       const id = await addKey(storage, config.id, key.dataKey, password, key.kdf);
       try {
