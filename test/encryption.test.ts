@@ -71,6 +71,17 @@ async function initEncrypted(repo: string, extra: string[] = []): Promise<void> 
   await ok(lifeboat(['--repo', repo, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10', ...extra], { env: env() }), 'init');
 }
 
+/** An encrypted repository `name` under the work directory with one backup of a one-file source `<name>-src`. */
+async function encryptedWithBackup(name: string): Promise<{ repo: string; src: string }> {
+  const repo = path.join(work, name);
+  await initEncrypted(repo);
+  const src = path.join(work, `${name}-src`);
+  await fsp.mkdir(src);
+  await fsp.writeFile(path.join(src, 'a.txt'), 'a');
+  await ok(lifeboat(['--repo', repo, 'backup', src], { env: env() }), 'backup');
+  return { repo, src };
+}
+
 async function digest(dir: string): Promise<Map<string, string>> {
   const out = new Map<string, string>();
   for (const f of await repoFiles(dir)) out.set(f, createHash('sha256').update(await fsp.readFile(path.join(dir, f))).digest('hex'));
@@ -505,12 +516,7 @@ describe('keys', () => {
     await initEncrypted(unfinished);
 
     // Keys removed from a repository that holds backups: its data cannot be read, and the way back is a copy of a key file.
-    const emptied = path.join(work, 'keys-removed');
-    await initEncrypted(emptied);
-    const src = path.join(work, 'keys-removed-src');
-    await fsp.mkdir(src);
-    await fsp.writeFile(path.join(src, 'a.txt'), 'a');
-    await ok(lifeboat(['--repo', emptied, 'backup', src], { env: env() }), 'backup');
+    const { repo: emptied } = await encryptedWithBackup('keys-removed');
     const saved = path.join(work, 'keys-removed-copy');
     await fsp.rename(path.join(emptied, 'keys'), saved);
     for (const args of [['list'], ['key', 'list'], ['verify']]) {
@@ -520,6 +526,34 @@ describe('keys', () => {
     }
     await fsp.rename(saved, path.join(emptied, 'keys'));
     await ok(lifeboat(['--repo', emptied, 'verify', '--read-data'], { env: env() }), 'verify with the key file put back');
+  });
+
+  it('a repository that holds backups and lost its config.json says so (exit 3), rather than that there is no repository and init makes one', async () => {
+    const { repo: r, src } = await encryptedWithBackup('config-removed');
+    const saved = path.join(work, 'config-removed-copy.json');
+    await fsp.rename(path.join(r, 'config.json'), saved);
+    for (const args of [['list'], ['key', 'list'], ['verify'], ['restore', 'latest', '--target', path.join(work, 'config-removed-out')]]) {
+      const missing = await lifeboat(['--repo', r, ...args], { env: env() });
+      assert.equal(missing.code, 3, `${args.join(' ')}: ${missing.stderr}`);
+      assert.equal(
+        missing.stderr,
+        `lifeboat: the repository at ${r} holds backups under points/ but its config.json is gone\n  put config.json back from a copy of the repository: it holds the repository id that the key files under keys/ are bound to, and without it no password opens them; \`lifeboat init\` would not make one over existing backups\n`,
+      );
+    }
+    // Unencrypted, the same, without the keys.
+    const plain = path.join(work, 'config-removed-plain');
+    await ok(lifeboat(['--repo', plain, 'init']), 'init');
+    await ok(lifeboat(['--repo', plain, 'backup', src]), 'backup');
+    await fsp.rm(path.join(plain, 'config.json'));
+    const plainMissing = await lifeboat(['--repo', plain, 'list']);
+    assert.equal(plainMissing.code, 3, plainMissing.stderr);
+    assert.match(plainMissing.stderr, /holds backups under points\/ but its config\.json is gone\n {2}put config\.json back from a copy of the repository; `lifeboat init` would not/);
+    // Put back, it opens again; nothing there at all is still no repository.
+    await fsp.rename(saved, path.join(r, 'config.json'));
+    await ok(lifeboat(['--repo', r, 'verify', '--read-data'], { env: env() }), 'verify with config.json put back');
+    const none = await lifeboat(['--repo', path.join(work, 'config-removed-nothing'), 'list'], { env: env() });
+    assert.equal(none.code, 2, none.stderr);
+    assert.match(none.stderr, /there is no lifeboat repository at/);
   });
 
   it('planted key files with the costliest scrypt parameters cannot stall unlocking: cheapest first, within a budget', { timeout: 60_000 }, async () => {

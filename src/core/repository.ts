@@ -47,6 +47,27 @@ export class NoRepository extends UsageError {
   }
 }
 
+/**
+ * Why there is no config where one was looked for: nothing there (NoRepository), or a repository
+ * whose config.json alone is gone. That one holds backups that `init` would refuse to cover, and,
+ * encrypted, the id its keys are bound to: it is put back from a copy, not made anew.
+ */
+export async function missingConfig(storage: Storage): Promise<Error> {
+  for await (const _ of storage.list(keys.pointsPrefix)) {
+    let encrypted = false;
+    for await (const __ of storage.list(KEYS_PREFIX)) {
+      encrypted = true;
+      break;
+    }
+    return new IntegrityError(`the repository at ${storage.location} holds backups under ${keys.pointsPrefix} but its ${keys.config} is gone`, {
+      hint: `put ${keys.config} back from a copy of the repository${
+        encrypted ? `: it holds the repository id that the key files under ${KEYS_PREFIX} are bound to, and without it no password opens them` : ''
+      }; \`lifeboat init\` would not make one over existing backups`,
+    });
+  }
+  return new NoRepository(storage.location);
+}
+
 /** A repository: its config, its committed points, and the storage under them. */
 export class Repository {
   private readonly manifests = new Map<string, Manifest>();
@@ -110,7 +131,7 @@ export class Repository {
     try {
       raw = await storage.getDocument(keys.config);
     } catch (err) {
-      if (isNotFound(err)) throw new NoRepository(storage.location);
+      if (isNotFound(err)) throw await missingConfig(storage);
       throw err;
     }
     const head = safeJson(raw);
