@@ -548,6 +548,13 @@ describe('keys', () => {
     const plainMissing = await lifeboat(['--repo', plain, 'list']);
     assert.equal(plainMissing.code, 3, plainMissing.stderr);
     assert.match(plainMissing.stderr, /holds backups under points\/ but its config\.json is gone\n {2}put config\.json back from a copy of the repository; `lifeboat init` would not/);
+    // Damaged is not gone: key list says which, as list does.
+    await fsp.writeFile(path.join(r, 'config.json'), (await fsp.readFile(saved, 'utf8')).replace('"volumeSize":', '"volumeSize":1'));
+    for (const args of [['list'], ['key', 'list']]) {
+      const damaged = await lifeboat(['--repo', r, ...args], { env: env() });
+      assert.equal(damaged.code, 3, damaged.stderr);
+      assert.match(damaged.stderr, /^lifeboat: repository config config\.json is damaged/);
+    }
     // Put back, it opens again; nothing there at all is still no repository.
     await fsp.rename(saved, path.join(r, 'config.json'));
     await ok(lifeboat(['--repo', r, 'verify', '--read-data'], { env: env() }), 'verify with config.json put back');

@@ -52,7 +52,7 @@ export class NoRepository extends UsageError {
  * whose config.json alone is gone. That one holds backups that `init` would refuse to cover, and,
  * encrypted, the id its keys are bound to: it is put back from a copy, not made anew.
  */
-export async function missingConfig(storage: Storage): Promise<Error> {
+async function missingConfig(storage: Storage): Promise<Error> {
   for await (const _ of storage.list(keys.pointsPrefix)) {
     let encrypted = false;
     for await (const __ of storage.list(KEYS_PREFIX)) {

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { ExitCode, InterruptedError, LifeboatError, UsageError, errorMessage } from '../../errors.js';
 import { whileHoldingLock } from '../../core/lock.js';
 import { addKey, keyIdOf, keyInfo, keyObject, readKeys, removeKey, unlockStorage, type UnlockedKey } from '../../core/keys.js';
-import { missingConfig } from '../../core/repository.js';
+import { Repository } from '../../core/repository.js';
 import type { RepositoryConfig } from '../../format/manifest.js';
 import type { Storage } from '../../storage/storage.js';
 import type { Reporter } from '../../core/events.js';
@@ -35,9 +35,10 @@ async function withKey<T>(
   try {
     const unlocked = await unlockStorage(storage, passwordSource(ctx), beforeUnlocking);
     storage = unlocked.storage;
-    if (!unlocked.config) throw await missingConfig(storage);
+    // A config that does not read (missing, from a repository that holds backups or from an empty place, or damaged): open says which.
+    const repoConfig = unlocked.config ?? (await Repository.open(storage)).config;
     if (!unlocked.key) throw new UsageError(`the repository at ${storage.location} is not encrypted; it has no keys`);
-    return await fn(storage, unlocked.key, unlocked.config);
+    return await fn(storage, unlocked.key, repoConfig);
   } finally {
     await storage.close();
   }
