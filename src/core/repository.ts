@@ -53,19 +53,19 @@ export class NoRepository extends UsageError {
  * encrypted, the id its keys are bound to: it is put back from a copy, not made anew.
  */
 async function missingConfig(storage: Storage): Promise<Error> {
-  for await (const _ of storage.list(keys.pointsPrefix)) {
-    let encrypted = false;
-    for await (const __ of storage.list(KEYS_PREFIX)) {
-      encrypted = true;
-      break;
-    }
-    return new IntegrityError(`the repository at ${storage.location} holds backups under ${keys.pointsPrefix} but its ${keys.config} is gone`, {
-      hint: `put ${keys.config} back from a copy of the repository${
-        encrypted ? `: it holds the repository id that the key files under ${KEYS_PREFIX} are bound to, and without it no password opens them` : ''
-      }; \`lifeboat init\` would not make one over existing backups`,
-    });
-  }
-  return new NoRepository(storage.location);
+  const holds = async (prefix: string): Promise<boolean> => {
+    for await (const _ of storage.list(prefix)) return true;
+    return false;
+  };
+  // The listing only tells the two apart: a storage that will not list says no more than that nothing is there.
+  const backups = await holds(keys.pointsPrefix).catch(() => false);
+  if (!backups) return new NoRepository(storage.location);
+  const encrypted = await holds(KEYS_PREFIX).catch(() => false);
+  return new IntegrityError(`the repository at ${storage.location} holds backups under ${keys.pointsPrefix} but its ${keys.config} is gone`, {
+    hint: `put ${keys.config} back from a copy of the repository${
+      encrypted ? `: it holds the repository id that the key files under ${KEYS_PREFIX} are bound to, and without it no password opens them` : ''
+    }; \`lifeboat init\` would not make one over existing backups`,
+  });
 }
 
 /** A repository: its config, its committed points, and the storage under them. */
