@@ -581,6 +581,27 @@ describe('keys', () => {
     assert.match(wrong.stderr, /3 key\(s\) with costlier scrypt parameters than lifeboat creates were not tried/);
   });
 
+  it('key add and key passwd refuse a 65th key file, which would keep every command from opening the repository; more than 64 says what to do', async () => {
+    const r = path.join(work, 'full-keys');
+    await initEncrypted(r);
+    const keyDir = path.join(r, 'keys');
+    // Damaged or not, every key file counts: 63 beside the genuine one make the 64 an unlock reads.
+    for (let i = 0; i < 63; i++) await fsp.writeFile(path.join(keyDir, `${randomBytes(8).toString('hex')}.json`), '{}');
+    const before = await digest(r);
+    for (const args of [['key', 'add'], ['key', 'passwd']]) {
+      const refused = await lifeboat(['--repo', r, ...args], { env: { ...env(), LIFEBOAT_NEW_PASSWORD: 'one too many' } });
+      assert.equal(refused.code, 2, refused.stderr);
+      assert.match(refused.stderr, /^lifeboat: the repository has 64 key files under keys\/, the most lifeboat reads; another would keep every command from opening it\n {2}remove a key first: `lifeboat key list` shows them, `lifeboat key remove ID` removes one\n$/);
+    }
+    assert.deepEqual(await digest(r), before, 'nothing was written');
+    await ok(lifeboat(['--repo', r, 'list'], { env: env() }), 'list with 64 key files');
+    // Past the limit (planted, or added by an older lifeboat), every command says what to do about it.
+    await fsp.writeFile(path.join(keyDir, `${randomBytes(8).toString('hex')}.json`), '{}');
+    const over = await lifeboat(['--repo', r, 'list'], { env: env() });
+    assert.equal(over.code, 3, over.stderr);
+    assert.match(over.stderr, /more than 64 key files under keys\/, more than lifeboat reads, which can mean tampering\n {2}move the key files you do not need .* out of keys\/ by hand, keeping a copy, until at most 64 are left\n$/);
+  });
+
   it('init stores the default scrypt cost; an unknown algorithm is a usage error', async () => {
     const r = path.join(work, 'default-kdf');
     await ok(lifeboat(['--repo', r, 'init', '--encryption', 'aes-256-gcm'], { env: env() }), 'init');
