@@ -488,12 +488,23 @@ describe('keys', () => {
     const damaged = path.join(r, 'keys', '0123456789abcdef.json');
     await fsp.writeFile(damaged, '{"format": "lifeboat-key", "truncated');
     const list = await ok(lifeboat(['--repo', r, 'key', 'list'], { env: env() }), 'key list');
-    assert.match(list.stderr, /keys\/0123456789abcdef\.json is damaged and cannot open the repository; `lifeboat key remove 0123456789abcdef` removes it/);
+    assert.match(list.stderr, /keys\/0123456789abcdef\.json is damaged and cannot open the repository; put it back from a copy to keep its password, or `lifeboat key remove 0123456789abcdef` removes it/);
+    // The nightly verify says so too, as a warning: a password lost, found before the day it is needed.
+    const verified = await ok(lifeboat(['--repo', r, '--json', 'verify'], { env: env() }), 'verify');
+    assert.deepEqual(verified.json().warnings, [
+      {
+        code: 'key-damaged',
+        path: 'keys/0123456789abcdef.json',
+        message: 'this key file is damaged and cannot open the repository; put it back from a copy to keep its password, or `lifeboat key remove 0123456789abcdef` removes it',
+      },
+    ]);
+    assert.match(verified.stderr, /warning: keys\/0123456789abcdef\.json: this key file is damaged/);
     const removed = await ok(lifeboat(['--repo', r, '--json', 'key', 'remove', '0123'], { env: env() }), 'key remove of the damaged file');
     assert.equal(removed.json().removed, '0123456789abcdef');
     assert.equal(await exists(damaged), false);
     const clean = await ok(lifeboat(['--repo', r, 'key', 'list'], { env: env() }), 'key list');
     assert.equal(clean.stderr, '');
+    assert.deepEqual((await ok(lifeboat(['--repo', r, '--json', 'verify'], { env: env() }), 'verify')).json().warnings, []);
     assert.equal((await lifeboat(['--repo', r, 'key', 'remove', '0123'], { env: env() })).code, 2, 'nothing left to match');
   });
 

@@ -139,6 +139,12 @@ export async function readKeys(storage: Storage): Promise<{ keys: KeyFile[]; dam
   return { keys: found, damaged };
 }
 
+/** What is said of a damaged key file (key list, verify; `subject` when the notice names it already): it opens nothing, and what to do. */
+export function damagedKeyMessage(object: string, subject = object): string {
+  const id = keyIdOf(object);
+  return `${subject} is damaged and cannot open the repository${/^[0-9a-f]+$/.test(id) ? `; put it back from a copy to keep its password, or \`lifeboat key remove ${id}\` removes it` : ''}`;
+}
+
 export function keyInfo(file: KeyFile): KeyInfo {
   return { id: file.id, createdAt: file.createdAt, host: file.host, kdf: { ...file.kdf } };
 }

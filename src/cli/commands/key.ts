@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { ExitCode, InterruptedError, LifeboatError, UsageError, errorMessage } from '../../errors.js';
 import { whileHoldingLock } from '../../core/lock.js';
-import { addKey, keyIdOf, keyInfo, keyObject, readKeys, removeKey, unlockStorage, type UnlockedKey } from '../../core/keys.js';
+import { addKey, damagedKeyMessage, keyInfo, keyObject, readKeys, removeKey, unlockStorage, type UnlockedKey } from '../../core/keys.js';
 import { Repository } from '../../core/repository.js';
 import type { RepositoryConfig } from '../../format/manifest.js';
 import type { Storage } from '../../storage/storage.js';
@@ -48,10 +48,7 @@ async function runKeyList(ctx: CliContext): Promise<void> {
   await withKey(ctx, async (storage, key) => {
     const { keys, damaged } = await readKeys(storage);
     const rows = keys.map((k) => ({ ...keyInfo(k), current: k.id === key.keyId })).sort((a, b) => a.createdAt.localeCompare(b.createdAt));
-    for (const d of damaged) {
-      const id = keyIdOf(d);
-      log(ctx, `warning: ${d} is damaged and cannot open the repository${/^[0-9a-f]+$/.test(id) ? `; \`lifeboat key remove ${id}\` removes it` : ''}`);
-    }
+    for (const d of damaged) log(ctx, `warning: ${damagedKeyMessage(d)}`);
     printResult(ctx, rows, () =>
       [' ', 'ID'.padEnd(16), 'CREATED'.padEnd(24), 'HOST'.padEnd(20), 'KDF']
         .join(' ')
