@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -68,6 +69,17 @@ async function makeSource(dir: string, rand: () => number): Promise<void> {
 
 async function initEncrypted(repo: string, extra: string[] = []): Promise<void> {
   await ok(lifeboat(['--repo', repo, 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10', ...extra], { env: env() }), 'init');
+}
+
+/** An encrypted repository `name` under the work directory with one backup of a one-file source `<name>-src`. */
+async function encryptedWithBackup(name: string): Promise<{ repo: string; src: string }> {
+  const repo = path.join(work, name);
+  await initEncrypted(repo);
+  const src = path.join(work, `${name}-src`);
+  await fsp.mkdir(src);
+  await fsp.writeFile(path.join(src, 'a.txt'), 'a');
+  await ok(lifeboat(['--repo', repo, 'backup', src], { env: env() }), 'backup');
+  return { repo, src };
 }
 
 async function digest(dir: string): Promise<Map<string, string>> {
@@ -379,6 +391,8 @@ function onScript(argv: string[]) {
   const terminal = spawn('script', ['-qefc', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'inherit'], env: { PATH: process.env.PATH } });
   let shown = '';
   terminal.stdout!.on('data', (c: Buffer) => (shown += c.toString('utf8')));
+  // Keys typed after the command has exited (it refused at once, as it should) go nowhere: its exit code is what counts.
+  terminal.stdin!.on('error', () => undefined);
   return {
     shown: () => shown,
     shows: (text: string) => waitFor(async () => shown.includes(text), 20_000),
@@ -459,6 +473,13 @@ describe('keys', () => {
     const backup = await lifeboat(['--repo', r, 'backup', path.join(work, 'keys-src')], { env: env() });
     assert.equal(backup.code, 4, backup.stderr);
     assert.match(backup.stderr, /--retry-lock 30m/, 'a backup takes --retry-lock');
+
+    // The lock of a backup killed on this host is taken over, and said, as a backup says it.
+    await fsp.writeFile(lockFile, JSON.stringify({ host: os.hostname(), pid: 2 ** 22 + 4321, command: 'backup', startedAt: now, refreshedAt: now, leaseMs: 1800000 }));
+    const changed = await lifeboat(['--repo', r, 'key', 'passwd'], { env: { ...env(), LIFEBOAT_NEW_PASSWORD: 'another password' } });
+    assert.equal(changed.code, 0, changed.stderr);
+    assert.match(changed.stderr, new RegExp(`warning: took over a stale lock of backup on ${os.hostname()}, pid ${2 ** 22 + 4321}, since \\S+ \\(`));
+    assert.ok(!(await repoFiles(r)).some((f) => f.startsWith('locks/')), 'the lock is released');
   });
 
   it('a damaged key file, which key list warns of, is removed by key remove; the genuine keys stay', async () => {
@@ -467,12 +488,23 @@ describe('keys', () => {
     const damaged = path.join(r, 'keys', '0123456789abcdef.json');
     await fsp.writeFile(damaged, '{"format": "lifeboat-key", "truncated');
     const list = await ok(lifeboat(['--repo', r, 'key', 'list'], { env: env() }), 'key list');
-    assert.match(list.stderr, /keys\/0123456789abcdef\.json is damaged and cannot open the repository; `lifeboat key remove 0123456789abcdef` removes it/);
+    assert.match(list.stderr, /keys\/0123456789abcdef\.json is damaged and cannot open the repository; put it back from a copy to keep its password, or `lifeboat key remove 0123456789abcdef` removes it/);
+    // The nightly verify says so too, as a warning: a password lost, found before the day it is needed.
+    const verified = await ok(lifeboat(['--repo', r, '--json', 'verify'], { env: env() }), 'verify');
+    assert.deepEqual(verified.json().warnings, [
+      {
+        code: 'key-damaged',
+        path: 'keys/0123456789abcdef.json',
+        message: 'this key file is damaged and cannot open the repository; put it back from a copy to keep its password, or `lifeboat key remove 0123456789abcdef` removes it',
+      },
+    ]);
+    assert.match(verified.stderr, /warning: keys\/0123456789abcdef\.json: this key file is damaged/);
     const removed = await ok(lifeboat(['--repo', r, '--json', 'key', 'remove', '0123'], { env: env() }), 'key remove of the damaged file');
     assert.equal(removed.json().removed, '0123456789abcdef');
     assert.equal(await exists(damaged), false);
     const clean = await ok(lifeboat(['--repo', r, 'key', 'list'], { env: env() }), 'key list');
     assert.equal(clean.stderr, '');
+    assert.deepEqual((await ok(lifeboat(['--repo', r, '--json', 'verify'], { env: env() }), 'verify')).json().warnings, []);
     assert.equal((await lifeboat(['--repo', r, 'key', 'remove', '0123'], { env: env() })).code, 2, 'nothing left to match');
   });
 
@@ -495,12 +527,7 @@ describe('keys', () => {
     await initEncrypted(unfinished);
 
     // Keys removed from a repository that holds backups: its data cannot be read, and the way back is a copy of a key file.
-    const emptied = path.join(work, 'keys-removed');
-    await initEncrypted(emptied);
-    const src = path.join(work, 'keys-removed-src');
-    await fsp.mkdir(src);
-    await fsp.writeFile(path.join(src, 'a.txt'), 'a');
-    await ok(lifeboat(['--repo', emptied, 'backup', src], { env: env() }), 'backup');
+    const { repo: emptied } = await encryptedWithBackup('keys-removed');
     const saved = path.join(work, 'keys-removed-copy');
     await fsp.rename(path.join(emptied, 'keys'), saved);
     for (const args of [['list'], ['key', 'list'], ['verify']]) {
@@ -510,6 +537,41 @@ describe('keys', () => {
     }
     await fsp.rename(saved, path.join(emptied, 'keys'));
     await ok(lifeboat(['--repo', emptied, 'verify', '--read-data'], { env: env() }), 'verify with the key file put back');
+  });
+
+  it('a repository that holds backups and lost its config.json says so (exit 3), rather than that there is no repository and init makes one', async () => {
+    const { repo: r, src } = await encryptedWithBackup('config-removed');
+    const saved = path.join(work, 'config-removed-copy.json');
+    await fsp.rename(path.join(r, 'config.json'), saved);
+    for (const args of [['list'], ['key', 'list'], ['verify'], ['restore', 'latest', '--target', path.join(work, 'config-removed-out')]]) {
+      const missing = await lifeboat(['--repo', r, ...args], { env: env() });
+      assert.equal(missing.code, 3, `${args.join(' ')}: ${missing.stderr}`);
+      assert.equal(
+        missing.stderr,
+        `lifeboat: the repository at ${r} holds backups under points/ but its config.json is gone\n  put config.json back from a copy of the repository: it holds the repository id that the key files under keys/ are bound to, and without it no password opens them; \`lifeboat init\` would not make one over existing backups\n`,
+      );
+    }
+    // Unencrypted, the same, without the keys.
+    const plain = path.join(work, 'config-removed-plain');
+    await ok(lifeboat(['--repo', plain, 'init']), 'init');
+    await ok(lifeboat(['--repo', plain, 'backup', src]), 'backup');
+    await fsp.rm(path.join(plain, 'config.json'));
+    const plainMissing = await lifeboat(['--repo', plain, 'list']);
+    assert.equal(plainMissing.code, 3, plainMissing.stderr);
+    assert.match(plainMissing.stderr, /holds backups under points\/ but its config\.json is gone\n {2}put config\.json back from a copy of the repository; `lifeboat init` would not/);
+    // Damaged is not gone: key list says which, as list does.
+    await fsp.writeFile(path.join(r, 'config.json'), (await fsp.readFile(saved, 'utf8')).replace('"volumeSize":', '"volumeSize":1'));
+    for (const args of [['list'], ['key', 'list']]) {
+      const damaged = await lifeboat(['--repo', r, ...args], { env: env() });
+      assert.equal(damaged.code, 3, damaged.stderr);
+      assert.match(damaged.stderr, /^lifeboat: repository config config\.json is damaged/);
+    }
+    // Put back, it opens again; nothing there at all is still no repository.
+    await fsp.rename(saved, path.join(r, 'config.json'));
+    await ok(lifeboat(['--repo', r, 'verify', '--read-data'], { env: env() }), 'verify with config.json put back');
+    const none = await lifeboat(['--repo', path.join(work, 'config-removed-nothing'), 'list'], { env: env() });
+    assert.equal(none.code, 2, none.stderr);
+    assert.match(none.stderr, /there is no lifeboat repository at/);
   });
 
   it('planted key files with the costliest scrypt parameters cannot stall unlocking: cheapest first, within a budget', { timeout: 60_000 }, async () => {
@@ -528,6 +590,27 @@ describe('keys', () => {
     const wrong = await lifeboat(['--repo', r, 'list'], { env: env('not the password') });
     assert.equal(wrong.code, 2, wrong.stderr);
     assert.match(wrong.stderr, /3 key\(s\) with costlier scrypt parameters than lifeboat creates were not tried/);
+  });
+
+  it('key add and key passwd refuse a 65th key file, which would keep every command from opening the repository; more than 64 says what to do', async () => {
+    const r = path.join(work, 'full-keys');
+    await initEncrypted(r);
+    const keyDir = path.join(r, 'keys');
+    // Damaged or not, every key file counts: 63 beside the genuine one make the 64 an unlock reads.
+    for (let i = 0; i < 63; i++) await fsp.writeFile(path.join(keyDir, `${randomBytes(8).toString('hex')}.json`), '{}');
+    const before = await digest(r);
+    for (const args of [['key', 'add'], ['key', 'passwd']]) {
+      const refused = await lifeboat(['--repo', r, ...args], { env: { ...env(), LIFEBOAT_NEW_PASSWORD: 'one too many' } });
+      assert.equal(refused.code, 2, refused.stderr);
+      assert.match(refused.stderr, /^lifeboat: the repository has 64 key files under keys\/, the most lifeboat reads; another would keep every command from opening it\n {2}remove a key first: `lifeboat key list` shows them, `lifeboat key remove ID` removes one\n$/);
+    }
+    assert.deepEqual(await digest(r), before, 'nothing was written');
+    await ok(lifeboat(['--repo', r, 'list'], { env: env() }), 'list with 64 key files');
+    // Past the limit (planted, or added by an older lifeboat), every command says what to do about it.
+    await fsp.writeFile(path.join(keyDir, `${randomBytes(8).toString('hex')}.json`), '{}');
+    const over = await lifeboat(['--repo', r, 'list'], { env: env() });
+    assert.equal(over.code, 3, over.stderr);
+    assert.match(over.stderr, /more than 64 key files under keys\/, more than lifeboat reads, which can mean tampering\n {2}move the key files you do not need .* out of keys\/ by hand, keeping a copy, until at most 64 are left\n$/);
   });
 
   it('init stores the default scrypt cost; an unknown algorithm is a usage error', async () => {
@@ -653,6 +736,45 @@ describe('keys', () => {
     const twice = await shell('printf "%s\\n" "$PW" | $LIFEBOAT --password-file /dev/stdin key add --new-password-file /dev/stdin');
     assert.equal(twice.code, 2, twice.stderr);
     assert.match(twice.stderr, /new password file \/dev\/stdin is standard input, which gave the password already/);
+  });
+
+  it('a password file that is a named pipe no one writes to, or standard input that never ends, stops at an interrupt and is given up after 60 s, writing nothing', { timeout: 120_000 }, async () => {
+    const r = path.join(work, 'silent-pipe');
+    await initEncrypted(r);
+    const fifo = path.join(work, 'silent.fifo');
+    assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+    const before = await digest(r);
+    const run = (args: string[]) => {
+      const child = spawn(process.execPath, [BIN, '--repo', r, ...args, 'list'], { stdio: ['pipe', 'ignore', 'pipe'] });
+      let stderr = '';
+      child.stderr!.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+      const closed = new Promise<number>((resolve) => child.on('close', (code, sig) => resolve(code ?? (sig ? 128 : 1))));
+      return { child, closed, stderr: () => stderr, started: Date.now() };
+    };
+    const within = (p: Promise<number>, ms: number) => Promise.race([p, delay(ms).then(() => 'still waiting' as const)]);
+    // Nobody will ever write to it: the run gives up on its own, rather than leave a cron job waiting for good.
+    const abandoned = run(['--password-file', fifo]);
+    try {
+      for (const args of [['--password-file', fifo], ['--password-file', '/dev/stdin']]) {
+        const waiting = run(args);
+        await delay(1500);
+        waiting.child.kill('SIGINT');
+        const code = await within(waiting.closed, 10_000);
+        if (code === 'still waiting') waiting.child.kill('SIGKILL');
+        waiting.child.stdin!.destroy();
+        assert.equal(code, 130, `${args.join(' ')}: ${waiting.stderr()}`);
+        assert.match(waiting.stderr(), /lifeboat: interrupted\n$/);
+      }
+      const code = await within(abandoned.closed, 75_000);
+      assert.equal(code, 2, abandoned.stderr());
+      assert.ok(Date.now() - abandoned.started >= 59_000);
+      assert.match(abandoned.stderr(), /^lifeboat: password file .*silent\.fifo was not read to its end within 60 s: nothing closed the pipe\n {2}whatever writes the password there must write it and close the pipe/);
+    } finally {
+      abandoned.child.kill('SIGKILL');
+      abandoned.child.stdin!.destroy();
+      await fsp.rm(fifo, { force: true });
+    }
+    assert.deepEqual(await digest(r), before, 'nothing was written');
   });
 
   it('a wrong password is named by where it came from: a typed one is not blamed on LIFEBOAT_PASSWORD or a file', { skip: hasScript ? false : 'script (util-linux) is not installed', timeout: 30_000 }, async () => {

@@ -39,8 +39,8 @@ after(async () => {
 interface Grantee {
   bucket: string;
   prefix: string;
-  /** Runs the CLI on the repository with the grantee's credentials. */
-  cli(args: string[]): Promise<CliRun>;
+  /** Runs the CLI on the repository with the grantee's credentials (and `extra` in its environment). */
+  cli(args: string[], extra?: NodeJS.ProcessEnv): Promise<CliRun>;
   /** The same in a child process, whose lock (one it could not release) is then a gone process's. */
   child(args: string[]): Promise<CliRun>;
   /** Runs the CLI on the repository as the bucket's owner. */
@@ -62,7 +62,7 @@ async function grantee(t: TestContext, uid: string, policy: (bucket: string, pre
   return {
     bucket,
     prefix,
-    cli: (args) => lifeboat([...repoArgs, ...args], { env }),
+    cli: (args, extra = {}) => lifeboat([...repoArgs, ...args], { env: { ...env, ...extra } }),
     child: (args) => runChild([...repoArgs, ...args], { env }),
     owner: (args) => lifeboat([...repoArgs, ...args], { env: server.env }),
   };
@@ -185,6 +185,27 @@ describe('an S3 repository with credentials limited by a bucket policy', () => {
     assert.equal(list.length, 3, 'prune removed nothing');
     await ok(g.cli(['unlock']), 'unlock');
     assert.deepEqual((await keysUnder(g.bucket, g.prefix)).filter((k) => k.startsWith('locks/')), [], 'no lock or reader registration is left');
+  });
+
+  it('key passwd under the append-only policy: the new key is stored and the old one may not be deleted; it says both passwords work and how to remove the old key, not just that a delete failed', async (t) => {
+    const g = await grantee(t, 'lifeboat-append-keys', documentedCephPolicy('For a backup host that may not delete backups, the Ceph bucket policy'));
+    if (!g) return;
+    const as = (password: string, args: string[], extra: NodeJS.ProcessEnv = {}) => g.cli(args, { LIFEBOAT_PASSWORD: password, ...extra });
+    await ok(as('old password', ['init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10']), 'init');
+    const old = (await ok(as('old password', ['--json', 'key', 'list']), 'key list')).json<{ id: string }[]>()[0]!.id;
+    const changed = await as('old password', ['--json', 'key', 'passwd'], { LIFEBOAT_NEW_PASSWORD: 'new password' });
+    assert.equal(changed.code, 2, changed.stderr);
+    const doc = changed.json<{ id: string; removed: null; ok: boolean; error: { message: string; hint: string } }>();
+    assert.equal(doc.ok, false);
+    assert.equal(doc.removed, null);
+    assert.match(doc.error.message, new RegExp(`^added key ${doc.id} with the new password, but could not remove key ${old}: delete keys/${old}\\.json failed: .*AccessDenied`));
+    assert.match(doc.error.hint, new RegExp(`^both passwords open the repository until key ${old} is removed; .*s3:DeleteObject.*; then run \`lifeboat key remove ${old}\` with the new password, not key passwd again`));
+    assert.match(changed.stderr, new RegExp(`^lifeboat: added key ${doc.id} with the new password, but could not remove key ${old}`));
+    // As it says: both open it, and nothing else was added.
+    await ok(as('old password', ['list']), 'list with the old password');
+    const keys = (await ok(as('new password', ['--json', 'key', 'list']), 'key list with the new password')).json<{ id: string }[]>();
+    assert.deepEqual(keys.map((k) => k.id).sort(), [old, doc.id].sort());
+    assert.deepEqual((await keysUnder(g.bucket, g.prefix)).filter((k) => k.startsWith('locks/')), [], 'the lock was released');
   });
 
   it('read-only credentials: verify --read-data checks everything and says its reads could not be recorded, reporting the record as it stands, not as if they had been', async (t) => {

@@ -246,11 +246,12 @@ test('hooks: pre and post run around the backup; a failing pre-hook fails it and
   assert.equal(await hookLog(), 'pre\npost failed \n');
 
   await fsp.rm(path.join(work, 'hooks.log'));
-  await config('sleep 30', '1s');
+  // What it said before it hung is what tells why: a timeout shows its stderr, as a failure does.
+  await config('echo waiting for the server to drain >&2; sleep 30', '1s');
   const started = Date.now();
   const slow = await lifeboat(['backup'], { cwd: work });
   assert.equal(slow.code, 1);
-  assert.match(slow.stderr, /preBackup hook timed out/);
+  assert.match(slow.stderr, /preBackup hook timed out after 1000 ms and was stopped: waiting for the server to drain\n/);
   assert.ok(Date.now() - started < 10_000);
   assert.equal(await hookLog(), 'post failed \n');
   assert.equal((await fsp.readdir(path.join(repo, 'points'))).length, 1, 'only the first backup took a point');

@@ -1,10 +1,12 @@
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import type { Readable } from 'node:stream';
 import { isatty } from 'node:tty';
 import { InterruptedError, RuntimeFailure, UsageError } from '../errors.js';
 import { runShell } from '../state/command.js';
+import { closeFd, openFd } from '../format/fd.js';
 import { nonEmpty } from './flags.js';
 import type { PasswordOrigin, PasswordSource } from '../core/keys.js';
 import type { CliContext } from './context.js';
@@ -26,12 +28,21 @@ function isStandardInput(st: fs.Stats): boolean {
   }
 }
 
-/** Reads a stream to its end, refusing (and no longer reading) one that holds more than `limit` bytes. */
-function readAtMost(stream: Readable, limit: number, tooLarge: () => Error): Promise<string> {
+/** How long a password file that is a pipe may take to be read to its end: as long as LIFEBOAT_PASSWORD_COMMAND may run. */
+const STREAM_TIMEOUT_MS = 60_000;
+
+/**
+ * Reads a stream to its end, refusing (and no longer reading) one that holds more than `limit` bytes,
+ * one that has not ended within STREAM_TIMEOUT_MS (a pipe no one writes to, or never closes), and
+ * stopping at once when `signal` aborts.
+ */
+function readAtMost(stream: Readable, limit: number, errors: { tooLarge: () => Error; tooSlow: () => Error }, signal: AbortSignal): Promise<string> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
     const done = (err?: Error) => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', onAbort);
       stream.off('data', onData).off('end', onEnd).off('error', done);
       stream.destroy();
       if (err) reject(err);
@@ -39,12 +50,34 @@ function readAtMost(stream: Readable, limit: number, tooLarge: () => Error): Pro
     };
     const onData = (chunk: Buffer) => {
       size += chunk.length;
-      if (size > limit) done(tooLarge());
+      if (size > limit) done(errors.tooLarge());
       else chunks.push(chunk);
     };
     const onEnd = () => done();
+    const onAbort = () => done(new InterruptedError());
+    const timer = setTimeout(() => done(errors.tooSlow()), STREAM_TIMEOUT_MS);
+    if (signal.aborted) return onAbort();
+    signal.addEventListener('abort', onAbort, { once: true });
     stream.on('data', onData).on('end', onEnd).on('error', done);
   });
+}
+
+/**
+ * A password file that is no regular file, opened without waiting: a named pipe no one has opened
+ * for writing would block a plain open, on a thread that no signal and no exit can take back. A
+ * pipe or socket is read as the event loop reads standard input, so an interrupt stops the wait.
+ */
+async function openStream(full: string, terminal: () => Error): Promise<Readable> {
+  const fd = await openFd(full, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  try {
+    if (isatty(fd)) throw terminal();
+    const st = fs.fstatSync(fd);
+    if (st.isFIFO() || st.isSocket()) return new net.Socket({ fd, readable: true, writable: false });
+    return fs.createReadStream('', { fd, highWaterMark: STREAM_LIMIT + 1 });
+  } catch (err) {
+    await closeFd(fd).catch(() => undefined);
+    throw err;
+  }
 }
 
 /**
@@ -52,28 +85,29 @@ function readAtMost(stream: Readable, limit: number, tooLarge: () => Error): Pro
  * device, read to its end as long as it holds at most STREAM_LIMIT bytes. A terminal is refused:
  * reading it would wait for a line typed in the clear.
  */
-async function readPasswordText(full: string, what: string): Promise<string> {
+async function readPasswordText(full: string, what: string, signal: AbortSignal): Promise<string> {
   const st = await fsp.stat(full);
   if (st.isFile()) {
     if (st.size > FILE_LIMIT) throw new UsageError(`${what} ${full} holds more than ${FILE_LIMIT / 1024} KiB; it should hold the password alone`);
     return fsp.readFile(full, 'utf8');
   }
   if (st.isDirectory()) throw new UsageError(`${what} ${full} is a directory`);
-  const tooLarge = () => new UsageError(`${what} ${full} holds more than ${STREAM_LIMIT / 1024} KiB; it should hold the password alone`);
+  const errors = {
+    tooLarge: () => new UsageError(`${what} ${full} holds more than ${STREAM_LIMIT / 1024} KiB; it should hold the password alone`),
+    tooSlow: () =>
+      new UsageError(`${what} ${full} was not read to its end within ${STREAM_TIMEOUT_MS / 1000} s: nothing closed the pipe`, {
+        hint: 'whatever writes the password there must write it and close the pipe (or end standard input)',
+      }),
+  };
   const terminal = () => new UsageError(`${what} ${full} is a terminal; reading it would wait for the password typed in the clear`, { hint: 'give no password file to be asked for it on the terminal without echo' });
   if (isStandardInput(st)) {
     if (process.stdin.isTTY) throw terminal();
     // Read to its end once: a second read would wait for an end that has passed.
     if (standardInputRead) throw new UsageError(`${what} ${full} is standard input, which gave the password already`, { hint: 'give each password its own file or pipe' });
     standardInputRead = true;
-    return readAtMost(process.stdin, STREAM_LIMIT, tooLarge);
+    return readAtMost(process.stdin, STREAM_LIMIT, errors, signal);
   }
-  const handle = await fsp.open(full, 'r');
-  if (isatty(handle.fd)) {
-    await handle.close();
-    throw terminal();
-  }
-  return readAtMost(handle.createReadStream({ highWaterMark: STREAM_LIMIT + 1 }), STREAM_LIMIT, tooLarge);
+  return readAtMost(await openStream(full, terminal), STREAM_LIMIT, errors, signal);
 }
 
 /** Password files may end with one newline, which is not part of the password. */
@@ -81,9 +115,9 @@ async function readPasswordFile(ctx: CliContext, file: string, what: string): Pr
   const full = path.resolve(ctx.cwd, file);
   let text: string;
   try {
-    text = await readPasswordText(full, what);
+    text = await readPasswordText(full, what, ctx.signal);
   } catch (err) {
-    if (err instanceof UsageError) throw err;
+    if (err instanceof UsageError || err instanceof InterruptedError) throw err;
     throw new UsageError(`cannot read ${what} ${full}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
   }
   const password = text.replace(/\r?\n$/, '');

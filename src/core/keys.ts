@@ -80,6 +80,14 @@ export function encryptionSettings(kdf: KdfParams = DEFAULT_KDF): EncryptionConf
 /** Writes a new key file that opens `dataKey` with `password`; returns its id. */
 export async function addKey(storage: Storage, repositoryId: string, dataKey: Buffer, password: string, kdf: KdfParams): Promise<string> {
   if (password.length === 0) throw new UsageError('the password is empty');
+  // One more than an unlock reads would keep every command, key remove too, from opening the repository.
+  let files = 0;
+  for await (const { key } of storage.list(KEYS_PREFIX)) if (key.endsWith('.json')) files++;
+  if (files >= MAX_KEYS) {
+    throw new UsageError(`the repository has ${files} key files under ${KEYS_PREFIX}, the most lifeboat reads; another would keep every command from opening it`, {
+      hint: 'remove a key first: `lifeboat key list` shows them, `lifeboat key remove ID` removes one',
+    });
+  }
   const id = randomBytes(8).toString('hex');
   const salt = randomBytes(32);
   const kek = await deriveKey(password, salt, kdf);
@@ -109,7 +117,11 @@ export async function readKeys(storage: Storage): Promise<{ keys: KeyFile[]; dam
   let seen = 0;
   for await (const { key, size } of storage.list(KEYS_PREFIX)) {
     if (!key.endsWith('.json')) continue;
-    if (++seen > MAX_KEYS) throw new IntegrityError(`the repository has more than ${MAX_KEYS} key files under ${KEYS_PREFIX}`);
+    if (++seen > MAX_KEYS) {
+      throw new IntegrityError(`the repository has more than ${MAX_KEYS} key files under ${KEYS_PREFIX}, more than lifeboat reads, which can mean tampering`, {
+        hint: `move the key files you do not need (each names its creation time and host) out of ${KEYS_PREFIX} by hand, keeping a copy, until at most ${MAX_KEYS} are left`,
+      });
+    }
     if (size > 64 * 1024) {
       damaged.push(key);
       continue;
@@ -125,6 +137,12 @@ export async function readKeys(storage: Storage): Promise<{ keys: KeyFile[]; dam
     }
   }
   return { keys: found, damaged };
+}
+
+/** What is said of a damaged key file (key list, verify; `subject` when the notice names it already): it opens nothing, and what to do. */
+export function damagedKeyMessage(object: string, subject = object): string {
+  const id = keyIdOf(object);
+  return `${subject} is damaged and cannot open the repository${/^[0-9a-f]+$/.test(id) ? `; put it back from a copy to keep its password, or \`lifeboat key remove ${id}\` removes it` : ''}`;
 }
 
 export function keyInfo(file: KeyFile): KeyInfo {

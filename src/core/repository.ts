@@ -47,6 +47,27 @@ export class NoRepository extends UsageError {
   }
 }
 
+/**
+ * Why there is no config where one was looked for: nothing there (NoRepository), or a repository
+ * whose config.json alone is gone. That one holds backups that `init` would refuse to cover, and,
+ * encrypted, the id its keys are bound to: it is put back from a copy, not made anew.
+ */
+async function missingConfig(storage: Storage): Promise<Error> {
+  const holds = async (prefix: string): Promise<boolean> => {
+    for await (const _ of storage.list(prefix)) return true;
+    return false;
+  };
+  // The listing only tells the two apart: a storage that will not list says no more than that nothing is there.
+  const backups = await holds(keys.pointsPrefix).catch(() => false);
+  if (!backups) return new NoRepository(storage.location);
+  const encrypted = await holds(KEYS_PREFIX).catch(() => false);
+  return new IntegrityError(`the repository at ${storage.location} holds backups under ${keys.pointsPrefix} but its ${keys.config} is gone`, {
+    hint: `put ${keys.config} back from a copy of the repository${
+      encrypted ? `: it holds the repository id that the key files under ${KEYS_PREFIX} are bound to, and without it no password opens them` : ''
+    }; \`lifeboat init\` would not make one over existing backups`,
+  });
+}
+
 /** A repository: its config, its committed points, and the storage under them. */
 export class Repository {
   private readonly manifests = new Map<string, Manifest>();
@@ -110,7 +131,7 @@ export class Repository {
     try {
       raw = await storage.getDocument(keys.config);
     } catch (err) {
-      if (isNotFound(err)) throw new NoRepository(storage.location);
+      if (isNotFound(err)) throw await missingConfig(storage);
       throw err;
     }
     const head = safeJson(raw);

@@ -13,6 +13,7 @@ import { describeLock, whileReading, type LockInfo } from './lock.js';
 import { describeLeftover, incompleteWritesUnlisted, pointBeingWritten, unfinishedWrites, type UnfinishedWrites } from './leftovers.js';
 import * as ledgers from './verify-ledger.js';
 import { isNotFound } from '../storage/storage.js';
+import { damagedKeyMessage, readKeys } from './keys.js';
 
 export type ProblemKind =
   | 'manifest-unreadable'
@@ -282,6 +283,12 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
   if (!options.point) {
     const unrecorded = await deploymentsRecordProblem(repo, newestOfDeployment);
     if (unrecorded) problems.push(unrecorded);
+    // A damaged key file loses a password, not data: said each night, not found out on the day that password is needed.
+    for (const key of (await readKeys(repo.storage)).damaged) {
+      const n: Notice = { level: 'warning', code: 'key-damaged', path: key, message: damagedKeyMessage(key, 'this key file') };
+      warnings.push(n);
+      reporter.notice?.(n);
+    }
     const summaries = await repo.orphanSummaries(known);
     const data = await repo.orphanDataPrefixes(known);
     // Read after the listings: a backup that started while they ran holds the lock by now.

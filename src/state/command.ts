@@ -45,8 +45,8 @@ class LineTail {
   }
 }
 
-function describeExit(what: string, code: number | null, sig: NodeJS.Signals | null, tail: string): string {
-  const how = sig ? `was killed by ${sig}` : `exited with status ${code}`;
+/** How a command ended, with the last lines of its stderr: what a secret manager or a dump said before it failed or hung. */
+function describeEnd(what: string, how: string, tail: string): string {
   const last = tail.trim().split('\n').slice(-3).join(' | ');
   return `${what} ${how}${last ? `: ${last}` : ''}`;
 }
@@ -200,8 +200,8 @@ export async function runShell(
     stdout?.end();
     stderr.end();
     if (aborted) throw new InterruptedError();
-    if (timedOut) throw new RuntimeFailure(`${what} timed out after ${options.timeoutMs} ms and was stopped`);
-    if (code !== 0) throw new RuntimeFailure(describeExit(what, code, sig, stderr.tail));
+    if (timedOut) throw new RuntimeFailure(describeEnd(what, `timed out after ${options.timeoutMs} ms and was stopped`, stderr.tail));
+    if (code !== 0) throw new RuntimeFailure(describeEnd(what, sig ? `was killed by ${sig}` : `exited with status ${code}`, stderr.tail));
     return { durationMs: Date.now() - started, ...(options.stdoutFile ? { bytes } : {}) };
   } catch (err) {
     killGroup(child, 'SIGKILL');

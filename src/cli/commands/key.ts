@@ -1,13 +1,14 @@
 import type { Command } from 'commander';
-import { UsageError } from '../../errors.js';
+import { ExitCode, InterruptedError, LifeboatError, UsageError, errorMessage } from '../../errors.js';
 import { whileHoldingLock } from '../../core/lock.js';
-import { addKey, keyIdOf, keyInfo, keyObject, readKeys, removeKey, unlockStorage, type UnlockedKey } from '../../core/keys.js';
-import { NoRepository } from '../../core/repository.js';
+import { addKey, damagedKeyMessage, keyInfo, keyObject, readKeys, removeKey, unlockStorage, type UnlockedKey } from '../../core/keys.js';
+import { Repository } from '../../core/repository.js';
 import type { RepositoryConfig } from '../../format/manifest.js';
 import type { Storage } from '../../storage/storage.js';
+import type { Reporter } from '../../core/events.js';
 import { contextConfig, openContextStorage, type CliContext } from '../context.js';
 import { newPassword, passwordSource } from '../password.js';
-import { log, printResult } from '../output.js';
+import { log, logNotice, printResult } from '../output.js';
 import { nonEmpty } from '../flags.js';
 import type { CommandRunner } from '../main.js';
 
@@ -20,6 +21,9 @@ function newPasswordFile(options: NewPasswordOptions): string | undefined {
   return nonEmpty('--new-password-file', options.newPasswordFile, 'the path of a file');
 }
 
+/** What key remove and key passwd take the lock with: a stale lock they take over is said, as a backup says it. */
+const lockReporter = (ctx: CliContext): Reporter => ({ notice: (n) => logNotice(ctx, n) });
+
 /** Opens and unlocks the repository; key commands need an encrypted one. `beforeUnlocking` as for unlockStorage. */
 async function withKey<T>(
   ctx: CliContext,
@@ -31,9 +35,10 @@ async function withKey<T>(
   try {
     const unlocked = await unlockStorage(storage, passwordSource(ctx), beforeUnlocking);
     storage = unlocked.storage;
-    if (!unlocked.config) throw new NoRepository(storage.location);
+    // A config that does not read (missing, from a repository that holds backups or from an empty place, or damaged): open says which.
+    const repoConfig = unlocked.config ?? (await Repository.open(storage)).config;
     if (!unlocked.key) throw new UsageError(`the repository at ${storage.location} is not encrypted; it has no keys`);
-    return await fn(storage, unlocked.key, unlocked.config);
+    return await fn(storage, unlocked.key, repoConfig);
   } finally {
     await storage.close();
   }
@@ -43,10 +48,7 @@ async function runKeyList(ctx: CliContext): Promise<void> {
   await withKey(ctx, async (storage, key) => {
     const { keys, damaged } = await readKeys(storage);
     const rows = keys.map((k) => ({ ...keyInfo(k), current: k.id === key.keyId })).sort((a, b) => a.createdAt.localeCompare(b.createdAt));
-    for (const d of damaged) {
-      const id = keyIdOf(d);
-      log(ctx, `warning: ${d} is damaged and cannot open the repository${/^[0-9a-f]+$/.test(id) ? `; \`lifeboat key remove ${id}\` removes it` : ''}`);
-    }
+    for (const d of damaged) log(ctx, `warning: ${damagedKeyMessage(d)}`);
     printResult(ctx, rows, () =>
       [' ', 'ID'.padEnd(16), 'CREATED'.padEnd(24), 'HOST'.padEnd(20), 'KDF']
         .join(' ')
@@ -81,7 +83,7 @@ async function runKeyAdd(ctx: CliContext, options: NewPasswordOptions): Promise<
 
 async function runKeyRemove(ctx: CliContext, selector: string): Promise<void> {
   await withKey(ctx, async (storage, key) => {
-    await whileHoldingLock(storage, 'key remove', {}, {}, async (lock) => {
+    await whileHoldingLock(storage, 'key remove', {}, lockReporter(ctx), async (lock) => {
       // A removal that lost its lock while paused deletes nothing: another removal meanwhile may have left this key the last.
       const id = await removeKey(storage, key.keyId, selector, () => lock.check());
       printResult(ctx, { removed: id }, () => `removed key ${id}`);
@@ -91,14 +93,31 @@ async function runKeyRemove(ctx: CliContext, selector: string): Promise<void> {
 
 async function runKeyPasswd(ctx: CliContext, options: NewPasswordOptions): Promise<void> {
   await withNewPassword(ctx, options, async (storage, key, config, password) => {
-    await whileHoldingLock(storage, 'key passwd', {}, {}, async (lock) => {
+    await whileHoldingLock(storage, 'key passwd', {}, lockReporter(ctx), async (lock) => {
       // The new key is stored before the old one goes, so a failure in between leaves both passwords working.
       const id = await addKey(storage, config.id, key.dataKey, password, key.kdf);
-      await lock.check();
-      await storage.delete([keyObject(key.keyId)]);
+      try {
+        await lock.check();
+        await storage.delete([keyObject(key.keyId)]);
+      } catch (err) {
+        throw halfChanged(ctx, id, key.keyId, err);
+      }
       printResult(ctx, { id, removed: key.keyId }, () => `changed the password: key ${id} replaces key ${key.keyId}`);
     });
   });
+}
+
+/**
+ * A key passwd that stored the new key and could not remove the old one: both passwords open the
+ * repository. Said as such, with the new key's id, so that the old key is removed by hand rather
+ * than another key added by running the command again.
+ */
+function halfChanged(ctx: CliContext, added: string, old: string, err: unknown): LifeboatError {
+  ctx.keepDocument?.({ id: added, removed: null });
+  const message = `added key ${added} with the new password, but could not remove key ${old}: ${errorMessage(err)}`;
+  const hint = `both passwords open the repository until key ${old} is removed; ${err instanceof LifeboatError && err.hint ? `${err.hint}; then ` : ''}run \`lifeboat key remove ${old}\` with the new password, not key passwd again, which would add another key`;
+  if (err instanceof InterruptedError) return new InterruptedError(message, { hint });
+  return new LifeboatError(message, err instanceof LifeboatError ? err.exitCode : ExitCode.runtime, { cause: err, hint });
 }
 
 export function registerKey(program: Command, run: CommandRunner): Command {
