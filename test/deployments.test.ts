@@ -267,3 +267,27 @@ test('verify finds a deployments.json that lacks a deployment with points, and w
   assert.equal((await verify()).code, 0);
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test('status with a deployment named gives each target the RPO of the deployment it serves, not of the one named', async () => {
+  const { work, repo, backup } = await sharedRepository();
+  const a1 = await backup('a');
+  const b1 = await backup('b');
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ${repo}\ntargets:\n  ta: { slots: ./slots-a, active: ./current-a }\n  tb: { slots: ./slots-b, active: ./current-b }\n`);
+  for (const [deployment, point, target] of [['a', a1.id, 'ta'], ['b', b1.id, 'tb']]) {
+    const run = await lifeboat(['--deployment', deployment!, 'failover', point!, '--to', target!], { cwd: work });
+    assert.equal(run.code, 0, run.stderr);
+  }
+  const b2 = await backup('b');
+  const completed = new Map<string, number>((await lifeboat(['--repo', repo, '--json', 'list', '--all'])).json().map((p: { id: string; completedAt: string }) => [p.id, Date.parse(p.completedAt)]));
+
+  const run = await lifeboat(['--deployment', 'a', '--json', 'status'], { cwd: work });
+  assert.equal(run.code, 0, run.stderr);
+  const st = run.json();
+  assert.equal(st.newest.id, a1.id);
+  const [ta, tb] = st.targets;
+  assert.equal(ta.rpoMs, st.newest.ageMs);
+  // tb serves b, whose newest point is b2: its RPO is b2's age (taken with the same clock as a1's), not a1's.
+  assert.equal(ta.rpoMs - tb.rpoMs, completed.get(b2.id)! - completed.get(a1.id)!);
+  assert.ok(tb.rpoMs < tb.active.ageMs, 'b has a point newer than the one tb serves');
+  await fsp.rm(work, { recursive: true, force: true });
+});
