@@ -291,3 +291,17 @@ test('status with a deployment named gives each target the RPO of the deployment
   assert.ok(tb.rpoMs < tb.active.ageMs, 'b has a point newer than the one tb serves');
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test('a time before every point of the deployment named says whose points it means, not that the repository has none that old', async () => {
+  const { work, repo, backup } = await sharedRepository();
+  await backup('a');
+  const b1 = await backup('b');
+  const [a1] = (await lifeboat(['--repo', repo, '--json', 'list', '--all'])).json();
+  // Between a's point and b's: a has one that old, b none.
+  const between = new Date(Date.parse(a1.completedAt) + 1).toISOString();
+  const run = await lifeboat(['--repo', repo, '--deployment', 'b', 'restore', between, '--target', path.join(work, 'restored')]);
+  assert.equal(run.code, 2, run.stderr);
+  assert.match(run.stderr, new RegExp(`^lifeboat: no backup point of deployment b completed at or before ${between}\n {2}the oldest point of deployment b is ${b1.id}, completed 20`));
+  assert.equal((await lifeboat(['--repo', repo, '--deployment', 'a', '--json', 'show', between])).json().id, a1.id);
+  await fsp.rm(work, { recursive: true, force: true });
+});

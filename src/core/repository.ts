@@ -264,9 +264,15 @@ export class Repository {
    * older than the choice, or was started after `at`); one that may be is named (exit 3), not guessed past.
    */
   private async selectInScope(selector: string, at?: number): Promise<PointSummary | undefined> {
+    return (await this.selectAmong(selector, at)).best;
+  }
+
+  /** selectInScope, with the oldest point in scope: what a time before every point is told instead. */
+  private async selectAmong(selector: string, at?: number): Promise<{ best: PointSummary | undefined; oldest: PointSummary | undefined }> {
     const { summaries, unreadable } = await this.readSummaries();
     let best: PointSummary | undefined;
-    for (const m of this.inScope(summaries, unreadable)) {
+    const scope = this.inScope(summaries, unreadable);
+    for (const m of scope) {
       const done = Date.parse(m.completedAt);
       if (at === undefined || (done <= at && (!best || done >= Date.parse(best.completedAt)))) best = m;
     }
@@ -276,7 +282,7 @@ export class Repository {
         hint: `${VERIFY_HINT}; to use another point, give its id (\`lifeboat list\` shows them)`,
       });
     }
-    return best;
+    return { best, oldest: scope[0] };
   }
 
   /**
@@ -403,8 +409,14 @@ export class Repository {
     if (selector.trim() === '') throw new UsageError('the backup point is empty', { hint: 'give an id, a unique prefix of one, latest, or a time such as 2026-11-20T03:00:00Z' });
     if (selector === 'latest') return this.chosen(selector, (await this.latestInScope(ids))!);
     if (/^\d{4}-\d{2}-\d{2}/.test(selector)) {
-      const best = await this.selectInScope(selector, parseTimeSelector(selector));
-      if (!best) throw new UsageError(`no backup point completed at or before ${selector}`);
+      const { best, oldest } = await this.selectAmong(selector, parseTimeSelector(selector));
+      if (!best) {
+        // In a repository several deployments share, other deployments' points may well be older: say whose are not.
+        const whose = this.deployment === undefined ? '' : ` of deployment ${this.deployment}`;
+        throw new UsageError(`no backup point${whose} completed at or before ${selector}`, {
+          ...(oldest ? { hint: `the oldest${whose ? ` point${whose}` : ''} is ${oldest.id}, completed ${oldest.completedAt}` } : {}),
+        });
+      }
       return this.chosen(selector, best);
     }
     // Ids hold digits, dashes and one capital letter: a type letter copied or typed in lower case means the same point.
