@@ -305,3 +305,18 @@ test('a time before every point of the deployment named says whose points it mea
   assert.equal((await lifeboat(['--repo', repo, '--deployment', 'a', '--json', 'show', between])).json().id, a1.id);
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test('diff of points of two deployments names each one\'s deployment, so two models are not read as one model\'s changes', async () => {
+  const { work, repo, backup } = await sharedRepository();
+  const a1 = await backup('a');
+  const a2 = await backup('a');
+  const b1 = await backup('b');
+  const across = await lifeboat(['--repo', repo, '--deployment', 'b', 'diff', a1.id, 'latest']);
+  assert.equal(across.code, 0, across.stderr);
+  assert.match(across.stdout, new RegExp(`^${a1.id} \\(deployment a\\) → ${b1.id} \\(deployment b\\): 1 added, 1 changed, 1 removed\n`));
+  const json = (await lifeboat(['--repo', repo, '--json', 'diff', a1.id, b1.id])).json();
+  assert.deepEqual([json.fromDeployment, json.toDeployment], ['a', 'b']);
+  const within = await lifeboat(['--repo', repo, 'diff', a1.id, a2.id]);
+  assert.match(within.stdout, new RegExp(`^${a1.id} → ${a2.id}: 0 added, 0 changed, 0 removed`));
+  await fsp.rm(work, { recursive: true, force: true });
+});
