@@ -6,6 +6,10 @@ import { lifeboat } from './helpers/cli.js';
 import { tempDir } from './helpers/tree.js';
 import { planRetention, type RetentionPoint } from '../src/core/retention.js';
 import { encodeDocument } from '../src/format/document.js';
+import { backup as takeBackup } from '../src/core/backup.js';
+import { Repository } from '../src/core/repository.js';
+import { pointTime } from '../src/format/ids.js';
+import { LocalStorage } from '../src/storage/local.js';
 
 /** Two hosts, each serving its own model, back up into one repository under the same source name. */
 async function sharedRepository() {
@@ -318,5 +322,31 @@ test('diff of points of two deployments names each one\'s deployment, so two mod
   assert.deepEqual([json.fromDeployment, json.toDeployment], ['a', 'b']);
   const within = await lifeboat(['--repo', repo, 'diff', a1.id, a2.id]);
   assert.match(within.stdout, new RegExp(`^${a1.id} → ${a2.id}: 0 added, 0 changed, 0 removed`));
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('another deployment\'s host whose clock runs ahead moves neither this deployment\'s ids nor makes its --strict backups fail', async () => {
+  const { work, repo, models, backup } = await sharedRepository();
+  const a1 = await backup('a');
+  // b's newest point was taken by a host whose clock ran an hour ahead.
+  const ahead = new Date(Date.now() + 3_600_000);
+  const storage = new LocalStorage(repo);
+  const b1 = await takeBackup(await Repository.open(storage), { sources: [{ name: 'models', path: models.b }], type: 'full', deployment: 'b', now: () => ahead });
+  await storage.close();
+
+  const before = Date.now();
+  const a2 = await backup('a', '--strict');
+  assert.doesNotMatch(a2.stderr, /clock/);
+  assert.equal(a2.parent, a1.id);
+  assert.ok(pointTime(a2.id) >= before && pointTime(a2.id) < pointTime(b1.id), `${a2.id} has this host's time, not b's`);
+  const latest = await lifeboat(['--repo', repo, '--deployment', 'a', '--json', 'show', 'latest']);
+  assert.equal(latest.json().id, a2.id);
+
+  // b's own next backup is still kept after b's newest point, with the warning.
+  const b2 = await lifeboat(['--repo', repo, '--deployment', 'b', '--json', 'backup', '--source', `models=${models.b}`]);
+  assert.equal(b2.code, 0, b2.stderr);
+  assert.match(b2.stderr, new RegExp(`before the newest point ${b1.id} .*the new point's id is set just after it`));
+  assert.ok(b2.json().id > b1.id);
+  assert.equal(b2.json().parent, b1.id);
   await fsp.rm(work, { recursive: true, force: true });
 });
