@@ -350,3 +350,25 @@ test('another deployment\'s host whose clock runs ahead moves neither this deplo
   assert.equal(b2.json().parent, b1.id);
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test('a deployment named that has no points in a shared repository: prune says so (exit 2) instead of pruning nothing, status does not call the repository unread', async () => {
+  const { work, repo, backup } = await sharedRepository();
+  await backup('a');
+  await backup('a', '--type', 'full');
+  await backup('b');
+  for (const dryRun of [[], ['--dry-run']]) {
+    const typo = await lifeboat(['--repo', repo, '--deployment', 'aa', 'prune', '--keep-full', '1', ...dryRun]);
+    assert.equal(typo.code, 2, typo.stderr);
+    assert.match(typo.stderr, /^lifeboat: the repository at .* has no backup points of deployment aa\n {2}its deployments: a, b\n$/);
+  }
+  assert.equal((await lifeboat(['--repo', repo, '--json', 'list', '--all'])).json().length, 3, 'nothing was removed');
+
+  const status = await lifeboat(['--repo', repo, '--deployment', 'aa', 'status']);
+  assert.equal(status.code, 2, status.stderr);
+  assert.match(status.stdout, /^no backups of deployment aa yet \(its deployments: a, b\)\n/);
+  assert.doesNotMatch(status.stdout + status.stderr, /not read|could not be read/);
+  assert.match(status.stderr, /^lifeboat: the repository at .* has no backup points of deployment aa\n/);
+  const json = await lifeboat(['--repo', repo, '--deployment', 'aa', '--json', 'status']);
+  assert.deepEqual([json.code, json.json().repository, json.json().newest], [2, { ok: true }, null]);
+  await fsp.rm(work, { recursive: true, force: true });
+});

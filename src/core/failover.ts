@@ -619,12 +619,18 @@ export interface StatusResult {
  * the targets themselves, so a probe still learns it when the repository is missing or unreachable.
  * A repository that fails while it is read is reported the same way; `unreadable` is why, either way.
  */
-export async function status(repo: MaybeRepository, specs: TargetSpec[], options: { now?: Date; events?: number; signal?: AbortSignal } = {}): Promise<{ result: StatusResult; unreadable?: unknown }> {
+export async function status(
+  repo: MaybeRepository,
+  specs: TargetSpec[],
+  options: { now?: Date; events?: number; signal?: AbortSignal } = {},
+): Promise<{ result: StatusResult; unreadable?: unknown; noPoints?: UsageError }> {
   const now = (options.now ?? new Date()).getTime();
   let newest: StatusResult['newest'] = null;
   let deployments: StatusResult['deployments'];
   let events: JournalEvent[] = [];
   let unreadable = 'unreadable' in repo ? repo.unreadable : undefined;
+  // The deployment named has no points in a repository others' points are in (a new deployment, or a name mistyped): the repository was read.
+  let noPoints: UsageError | undefined;
   const readable = 'unreadable' in repo ? undefined : repo;
   const age = (completedAt: string) => Math.max(0, now - Date.parse(completedAt));
   // The age of each deployment's newest point, as read: a target's RPO is that of the deployment it serves.
@@ -645,7 +651,14 @@ export async function status(repo: MaybeRepository, specs: TargetSpec[], options
         }
       } else {
         // The only deployment, its name just read, or the one named.
-        const m = names.length === 1 ? await readable.newestOf(names[0]!, ids) : await readable.latestInScope(ids);
+        const m =
+          names.length === 1
+            ? await readable.newestOf(names[0]!, ids)
+            : await readable.latestInScope(ids).catch((err: unknown) => {
+                if (!(err instanceof UsageError) || readable.deployment === undefined) throw err;
+                noPoints = err;
+                return undefined;
+              });
         if (m) {
           newest = { id: m.id, completedAt: m.completedAt, ageMs: age(m.completedAt) };
           ages.set(deploymentOf(m), newest.ageMs);
@@ -732,5 +745,5 @@ export async function status(repo: MaybeRepository, specs: TargetSpec[], options
     targets,
     events: events.slice(-Math.max(wanted, 10)),
   };
-  return unreadable === undefined ? { result } : { result, unreadable };
+  return unreadable === undefined ? { result, ...(noPoints ? { noPoints } : {}) } : { result, unreadable };
 }

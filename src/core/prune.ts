@@ -58,6 +58,10 @@ export async function planPrune(repo: Repository, options: Pick<PruneOptions, 'p
       hint: `\`lifeboat verify\` reports the damage; put ${keys.point(id)} back from a copy of the repository, or move it out of the repository to give the point up (verify then names any point that needed it), and prune again`,
     });
   }
+  // A deployment named that has no points here (a name mistyped in a cron job) would prune nothing, night after night, and say it succeeded.
+  if (options.deployment !== undefined && summaries.length > 0 && !summaries.some((m) => deploymentOf(m) === options.deployment)) {
+    throw repo.noPointsOf(options.deployment, deploymentsOf(summaries));
+  }
   const byId = new Map(summaries.map((m) => [m.id, m]));
   const retention = planRetention(
     summaries.map((m) => ({

@@ -243,11 +243,7 @@ export class Repository {
     const names = deploymentsOf(all);
     if (this.deployment !== undefined) {
       const chosen = all.filter((s) => deploymentOf(s) === this.deployment);
-      if (chosen.length === 0 && all.length > 0 && unreadable.length === 0) {
-        throw new UsageError(`the repository at ${this.storage.location} has no backup points of deployment ${this.deployment}`, {
-          hint: `its deployments: ${names.join(', ')}`,
-        });
-      }
+      if (chosen.length === 0 && all.length > 0 && unreadable.length === 0) throw this.noPointsOf(this.deployment, names);
       return chosen;
     }
     if (names.length > 1) {
@@ -256,6 +252,11 @@ export class Repository {
       });
     }
     return all;
+  }
+
+  /** That `deployment` has no points, though the repository holds others' (`names`): a new deployment, or a name mistyped. */
+  noPointsOf(deployment: string, names: readonly string[]): UsageError {
+    return new UsageError(`the repository at ${this.storage.location} has no backup points of deployment ${deployment}`, { hint: `its deployments: ${names.join(', ')}` });
   }
 
   /**
