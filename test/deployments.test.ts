@@ -372,3 +372,14 @@ test('a deployment named that has no points in a shared repository: prune says s
   assert.deepEqual([json.code, json.json().repository, json.json().newest], [2, { ok: true }, null]);
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test('an invalid deployment name from LIFEBOAT_DEPLOYMENT says that it comes from there, seen nowhere on the command line', async () => {
+  const { work, repo } = await sharedRepository();
+  const fromEnv = await lifeboat(['--repo', repo, 'list'], { env: { LIFEBOAT_DEPLOYMENT: 'fraud detector' } });
+  assert.equal(fromEnv.code, 2, fromEnv.stderr);
+  assert.match(fromEnv.stderr, /^lifeboat: deployment name "fraud detector" is invalid: .*\n {2}it comes from LIFEBOAT_DEPLOYMENT in the environment\n$/);
+  const fromFlag = await lifeboat(['--repo', repo, '--deployment', 'fraud detector', 'list'], { env: { LIFEBOAT_DEPLOYMENT: 'a' } });
+  assert.equal(fromFlag.code, 2, fromFlag.stderr);
+  assert.doesNotMatch(fromFlag.stderr, /LIFEBOAT_DEPLOYMENT/);
+  await fsp.rm(work, { recursive: true, force: true });
+});
