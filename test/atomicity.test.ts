@@ -136,6 +136,35 @@ test('a temporary file left by an earlier process with the same pid (every run o
   assert.deepEqual(await temporaryFiles(d.repo), []);
 });
 
+test('the temporary file of a live process that holds no lock (another deployment\'s backup trying the lock, a restore registering) is not removed by a backup that ends meanwhile', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src])).code, 0);
+  // Its write in flight, as a waiting backup's try at the lock is for the instant it lasts.
+  const writer = spawn('sleep', ['60'], { stdio: 'ignore' });
+  t.after(() => void writer.kill('SIGKILL'));
+  const name = `${writer.pid}-0123456789ab`;
+  const file = path.join(d.repo, '.tmp', name);
+  await fsp.writeFile(file, Buffer.alloc(300, 1));
+
+  const v = await lifeboat(['--repo', d.repo, '--json', 'verify']);
+  assert.deepEqual(v.json().warnings, [], 'what a live process is writing is no leftover');
+  assert.match(v.stderr, new RegExp(`\\.tmp/${name}: being written by the running process ${writer.pid} on `));
+  const during = await lifeboat(['--repo', d.repo, 'backup', d.src]);
+  assert.equal(during.code, 0, during.stderr);
+  assert.doesNotMatch(during.stderr, /removed a temporary file/);
+  assert.deepEqual(await temporaryFiles(d.repo), [{ name, size: 300 }]);
+
+  // Its writer gone, it is a leftover like any other.
+  const gone = new Promise((r) => writer.on('exit', r));
+  writer.kill('SIGKILL');
+  await gone;
+  const after = await lifeboat(['--repo', d.repo, 'backup', d.src]);
+  assert.equal(after.code, 0, after.stderr);
+  assert.match(after.stderr, new RegExp(`\\.tmp/${name}: removed a temporary file of 300 bytes`));
+  assert.deepEqual(await temporaryFiles(d.repo), []);
+});
+
 test('verify goes on, saying so, where incomplete writes cannot be listed (S3 credentials without s3:ListBucketMultipartUploads)', async (t) => {
   const d = await smallDeployment();
   t.after(() => fsp.rm(d.work, { recursive: true, force: true }));

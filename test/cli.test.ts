@@ -34,7 +34,10 @@ test('config errors exit 2 and name the key', async () => {
     // Every line under a key commented out leaves the key empty (YAML's null).
     ['repository: ./r\nretention:\n#  keepFull: 4\n', /retention: is empty: give its value, or leave the key out$/m],
     ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: } }\n', /targets\.prod\.health: is empty: give its value, or leave the key out$/m],
-    ['repository: ./r\nsources: { "bad name!": /srv }\n', /sources\.bad name!: /],
+    ['repository: ./r\nsources: { "bad name!": /srv }\n', /sources\.bad name!: source names use letters, digits, '\.', '_' or '-', starting with a letter, a digit or '_' \(at most 64\)$/m],
+    // A deployment's name: YAML reads 2024 as a number, and a name the rule refuses is said with the rule, its first character too.
+    ['repository: ./r\ndeployment: 2024\n', /deployment: is read as the number 2024: write the name in quotes \(deployment: "2024"\)$/m],
+    ['repository: ./r\ndeployment: .fraud\n', /deployment: is not a deployment name: use letters, digits, '\.', '_' or '-', starting with a letter, a digit or '_' \(at most 64\)$/m],
     ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { timeout: 60s } } }\n', /targets\.prod\.health: needs a url or a command/],
     ['repository: ./r\nretention: { keepWithin: "two weeks" }\n', /retention\.keepWithin: must be a duration/],
     // YAML reads a bare number as a number: the message asks for a duration with its unit, not for a "string".

@@ -6,6 +6,10 @@ import { lifeboat } from './helpers/cli.js';
 import { tempDir } from './helpers/tree.js';
 import { planRetention, type RetentionPoint } from '../src/core/retention.js';
 import { encodeDocument } from '../src/format/document.js';
+import { backup as takeBackup } from '../src/core/backup.js';
+import { Repository } from '../src/core/repository.js';
+import { pointTime } from '../src/format/ids.js';
+import { LocalStorage } from '../src/storage/local.js';
 
 /** Two hosts, each serving its own model, back up into one repository under the same source name. */
 async function sharedRepository() {
@@ -265,5 +269,117 @@ test('verify finds a deployments.json that lacks a deployment with points, and w
   // Missing (a repository written before the record) is not a problem: the next backup makes it.
   await fsp.rm(record);
   assert.equal((await verify()).code, 0);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('status with a deployment named gives each target the RPO of the deployment it serves, not of the one named', async () => {
+  const { work, repo, backup } = await sharedRepository();
+  const a1 = await backup('a');
+  const b1 = await backup('b');
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ${repo}\ntargets:\n  ta: { slots: ./slots-a, active: ./current-a }\n  tb: { slots: ./slots-b, active: ./current-b }\n`);
+  for (const [deployment, point, target] of [['a', a1.id, 'ta'], ['b', b1.id, 'tb']]) {
+    const run = await lifeboat(['--deployment', deployment!, 'failover', point!, '--to', target!], { cwd: work });
+    assert.equal(run.code, 0, run.stderr);
+  }
+  const b2 = await backup('b');
+  const completed = new Map<string, number>((await lifeboat(['--repo', repo, '--json', 'list', '--all'])).json().map((p: { id: string; completedAt: string }) => [p.id, Date.parse(p.completedAt)]));
+
+  const run = await lifeboat(['--deployment', 'a', '--json', 'status'], { cwd: work });
+  assert.equal(run.code, 0, run.stderr);
+  const st = run.json();
+  assert.equal(st.newest.id, a1.id);
+  const [ta, tb] = st.targets;
+  assert.equal(ta.rpoMs, st.newest.ageMs);
+  // tb serves b, whose newest point is b2: its RPO is b2's age (taken with the same clock as a1's), not a1's.
+  assert.equal(ta.rpoMs - tb.rpoMs, completed.get(b2.id)! - completed.get(a1.id)!);
+  assert.ok(tb.rpoMs < tb.active.ageMs, 'b has a point newer than the one tb serves');
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a time before every point of the deployment named says whose points it means, not that the repository has none that old', async () => {
+  const { work, repo, backup } = await sharedRepository();
+  await backup('a');
+  const b1 = await backup('b');
+  const [a1] = (await lifeboat(['--repo', repo, '--json', 'list', '--all'])).json();
+  // Between a's point and b's: a has one that old, b none.
+  const between = new Date(Date.parse(a1.completedAt) + 1).toISOString();
+  const run = await lifeboat(['--repo', repo, '--deployment', 'b', 'restore', between, '--target', path.join(work, 'restored')]);
+  assert.equal(run.code, 2, run.stderr);
+  assert.match(run.stderr, new RegExp(`^lifeboat: no backup point of deployment b completed at or before ${between}\n {2}the oldest point of deployment b is ${b1.id}, completed 20`));
+  assert.equal((await lifeboat(['--repo', repo, '--deployment', 'a', '--json', 'show', between])).json().id, a1.id);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('diff of points of two deployments names each one\'s deployment, so two models are not read as one model\'s changes', async () => {
+  const { work, repo, backup } = await sharedRepository();
+  const a1 = await backup('a');
+  const a2 = await backup('a');
+  const b1 = await backup('b');
+  const across = await lifeboat(['--repo', repo, '--deployment', 'b', 'diff', a1.id, 'latest']);
+  assert.equal(across.code, 0, across.stderr);
+  assert.match(across.stdout, new RegExp(`^${a1.id} \\(deployment a\\) → ${b1.id} \\(deployment b\\): 1 added, 1 changed, 1 removed\n`));
+  const json = (await lifeboat(['--repo', repo, '--json', 'diff', a1.id, b1.id])).json();
+  assert.deepEqual([json.fromDeployment, json.toDeployment], ['a', 'b']);
+  const within = await lifeboat(['--repo', repo, 'diff', a1.id, a2.id]);
+  assert.match(within.stdout, new RegExp(`^${a1.id} → ${a2.id}: 0 added, 0 changed, 0 removed`));
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('another deployment\'s host whose clock runs ahead moves neither this deployment\'s ids nor makes its --strict backups fail', async () => {
+  const { work, repo, models, backup } = await sharedRepository();
+  const a1 = await backup('a');
+  // b's newest point was taken by a host whose clock ran an hour ahead.
+  const ahead = new Date(Date.now() + 3_600_000);
+  const storage = new LocalStorage(repo);
+  const b1 = await takeBackup(await Repository.open(storage), { sources: [{ name: 'models', path: models.b }], type: 'full', deployment: 'b', now: () => ahead });
+  await storage.close();
+
+  const before = Date.now();
+  const a2 = await backup('a', '--strict');
+  assert.doesNotMatch(a2.stderr, /clock/);
+  assert.equal(a2.parent, a1.id);
+  assert.ok(pointTime(a2.id) >= before && pointTime(a2.id) < pointTime(b1.id), `${a2.id} has this host's time, not b's`);
+  const latest = await lifeboat(['--repo', repo, '--deployment', 'a', '--json', 'show', 'latest']);
+  assert.equal(latest.json().id, a2.id);
+
+  // b's own next backup is still kept after b's newest point, with the warning.
+  const b2 = await lifeboat(['--repo', repo, '--deployment', 'b', '--json', 'backup', '--source', `models=${models.b}`]);
+  assert.equal(b2.code, 0, b2.stderr);
+  assert.match(b2.stderr, new RegExp(`before the newest point ${b1.id} .*the new point's id is set just after it`));
+  assert.ok(b2.json().id > b1.id);
+  assert.equal(b2.json().parent, b1.id);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a deployment named that has no points in a shared repository: prune says so (exit 2) instead of pruning nothing, status does not call the repository unread', async () => {
+  const { work, repo, backup } = await sharedRepository();
+  await backup('a');
+  await backup('a', '--type', 'full');
+  await backup('b');
+  for (const dryRun of [[], ['--dry-run']]) {
+    const typo = await lifeboat(['--repo', repo, '--deployment', 'aa', 'prune', '--keep-full', '1', ...dryRun]);
+    assert.equal(typo.code, 2, typo.stderr);
+    assert.match(typo.stderr, /^lifeboat: the repository at .* has no backup points of deployment aa\n {2}its deployments: a, b\n$/);
+  }
+  assert.equal((await lifeboat(['--repo', repo, '--json', 'list', '--all'])).json().length, 3, 'nothing was removed');
+
+  const status = await lifeboat(['--repo', repo, '--deployment', 'aa', 'status']);
+  assert.equal(status.code, 2, status.stderr);
+  assert.match(status.stdout, /^no backups of deployment aa yet \(its deployments: a, b\)\n/);
+  assert.doesNotMatch(status.stdout + status.stderr, /not read|could not be read/);
+  assert.match(status.stderr, /^lifeboat: the repository at .* has no backup points of deployment aa\n/);
+  const json = await lifeboat(['--repo', repo, '--deployment', 'aa', '--json', 'status']);
+  assert.deepEqual([json.code, json.json().repository, json.json().newest], [2, { ok: true }, null]);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('an invalid deployment name from LIFEBOAT_DEPLOYMENT says that it comes from there, seen nowhere on the command line', async () => {
+  const { work, repo } = await sharedRepository();
+  const fromEnv = await lifeboat(['--repo', repo, 'list'], { env: { LIFEBOAT_DEPLOYMENT: 'fraud detector' } });
+  assert.equal(fromEnv.code, 2, fromEnv.stderr);
+  assert.match(fromEnv.stderr, /^lifeboat: deployment name "fraud detector" is invalid: .*\n {2}it comes from LIFEBOAT_DEPLOYMENT in the environment\n$/);
+  const fromFlag = await lifeboat(['--repo', repo, '--deployment', 'fraud detector', 'list'], { env: { LIFEBOAT_DEPLOYMENT: 'a' } });
+  assert.equal(fromFlag.code, 2, fromFlag.stderr);
+  assert.doesNotMatch(fromFlag.stderr, /LIFEBOAT_DEPLOYMENT/);
   await fsp.rm(work, { recursive: true, force: true });
 });

@@ -66,6 +66,30 @@ test('a prune does not remove what a live reader reads: it exits 4 naming the re
   assert.deepEqual(await readers(d.repo), []);
 });
 
+test('prune --retry-lock waits for a live reader (another deployment\'s drill or restore) as for a live holder, and gives up with exit 4 when it does not finish', async (t) => {
+  const d = await twoFulls();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  await fsp.mkdir(readersDir(d.repo), { recursive: true });
+  const reader = path.join(readersDir(d.repo), 'elsewhere.json');
+  await fsp.writeFile(reader, lockDocument('drill'));
+
+  const gaveUp = await lifeboat(['--repo', d.repo, 'prune', '--keep-full', '1', '--retry-lock', '600ms']);
+  assert.equal(gaveUp.code, 4, gaveUp.stderr);
+  assert.match(gaveUp.stderr, new RegExp(`the repository is being read by drill on ${os.hostname()}, pid ${process.pid}, since \\S+; waiting up to 600ms for it\n`));
+  assert.match(gaveUp.stderr, /lifeboat: the repository is being read by drill .*, still after waiting 600ms\n {2}wait longer with --retry-lock/);
+  assert.equal((await lifeboat(['--repo', d.repo, '--json', 'list'])).json().length, 2, 'nothing was removed');
+  await assert.rejects(fsp.access(path.join(d.repo, 'locks', 'lock.json')), 'the lock is not held while the prune waits');
+
+  // The reader finishes while the prune waits.
+  const waiting = lifeboat(['--repo', d.repo, '--json', 'prune', '--keep-full', '1', '--retry-lock', '30s']);
+  await sleep(500);
+  await fsp.rm(reader);
+  const waited = await waiting;
+  assert.equal(waited.code, 0, waited.stderr);
+  assert.match(waited.stderr, /being read by drill .*; waiting up to 30\.0s for it/);
+  assert.equal(waited.json().remove.length, 1);
+});
+
 test('restore and verify wait for a running prune to finish, not for a backup', async (t) => {
   const d = await twoFulls();
   t.after(() => fsp.rm(d.work, { recursive: true, force: true }));

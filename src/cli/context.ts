@@ -64,8 +64,15 @@ export function repositoryUrl(ctx: CliContext, config: LifeboatConfig): string {
 
 /** flags > environment > config file; undefined when none names one. */
 export function deploymentName(ctx: CliContext, config: LifeboatConfig): string | undefined {
+  const fromEnvironment = ctx.global.deployment === undefined && !!ctx.env.LIFEBOAT_DEPLOYMENT;
   const name = ctx.global.deployment ?? (ctx.env.LIFEBOAT_DEPLOYMENT || undefined) ?? config.deployment;
-  if (name !== undefined) checkDeploymentName(name);
+  try {
+    if (name !== undefined) checkDeploymentName(name);
+  } catch (err) {
+    // A variable set by a cron line or a profile is seen nowhere in the command: the message says where the name came from.
+    if (fromEnvironment && err instanceof UsageError) throw new UsageError(err.message, { hint: 'it comes from LIFEBOAT_DEPLOYMENT in the environment' });
+    throw err;
+  }
   return name;
 }
 

@@ -3,7 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as z from 'zod';
 import { UsageError, errorMessage } from '../errors.js';
-import { NAME } from '../format/paths.js';
+import { NAME, NAME_RULE } from '../format/paths.js';
 import { excludePatternProblem } from '../core/scan.js';
 import { ARCHIVE_STORAGE_CLASSES } from '../storage/storage.js';
 import { durationExpected, type DurationRule } from './duration.js';
@@ -101,7 +101,11 @@ const healthSchema = z
 export const configSchema = z
   .object({
     repository: z.string().min(1).describe('where backups live: a directory, file:// or s3://bucket/prefix').optional(),
-    deployment: z.string().regex(NAME, 'deployment names use letters, digits, . _ -').optional(),
+    deployment: z
+      // YAML reads `deployment: 2024` as a number: the name it was meant to be is written in quotes.
+      .string({ error: (issue) => (typeof issue.input === 'number' ? `is read as the number ${issue.input}: write the name in quotes (deployment: "${issue.input}")` : undefined) })
+      .regex(NAME, `is not a deployment name: ${NAME_RULE}`)
+      .optional(),
     s3: z
       .object({
         endpoint: z.string().url().optional(),
@@ -122,7 +126,7 @@ export const configSchema = z
       })
       .strict()
       .optional(),
-    sources: z.record(z.string().regex(NAME, 'source names use letters, digits, . _ -'), sourceSchema).optional(),
+    sources: z.record(z.string().regex(NAME, `source names ${NAME_RULE}`), sourceSchema).optional(),
     exclude: z
       .array(
         z.string().superRefine((pattern, ctx) => {
@@ -225,6 +229,8 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
     const key = issue.path.map(String).join('.') || '(top level)';
     let message = issue.message;
     if (issue.code === 'unrecognized_keys') message = `unknown key ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`;
+    // A key a record refuses (a source's name) is said with the rule it broke, not as an invalid key alone.
+    if (issue.code === 'invalid_key' && issue.issues[0]) message = issue.issues[0].message;
     // A key with nothing after it (`retention:` whose lines were all commented out) is YAML's null.
     const given = issue.path.reduce<unknown>((v, k) => (v !== null && typeof v === 'object' ? (v as Record<PropertyKey, unknown>)[k] : undefined), raw);
     if (issue.code === 'invalid_type' && given === null) message = 'is empty: give its value, or leave the key out';

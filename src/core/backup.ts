@@ -137,8 +137,6 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     leftoversRemoved.catch(() => undefined);
 
     const ids = await repo.pointIds();
-    const clockBehind = clockBehindNotice(ids, startedAt);
-    if (clockBehind) warn(clockBehind);
     // The reference is chosen, and its manifest read and checked, while the sources are scanned: one waits on the disk while the other computes.
     const referenceRead = readReference(repo, ids, options.type, deployment);
     referenceRead.catch(() => undefined);
@@ -155,6 +153,9 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       scanned.push(await scanSource(spec, excludesOf(spec, options), { ...reporter, notice: (n) => (n.level === 'warning' ? warn(n) : reporter.notice?.(n)) }, options.signal, leaveOut));
     }
     const { choice, newest, reference } = await referenceRead;
+    // Against this deployment's newest point: another deployment's host whose clock runs ahead is no reason to move this one's ids.
+    const clockBehind = clockBehindNotice(newest?.id, startedAt);
+    if (clockBehind) warn(clockBehind);
     if (choice.fallbackReason) reporter.notice?.({ level: 'info', code: 'type-fallback', message: choice.fallbackReason });
     if (reference && options.deployment === undefined && reference.host !== os.hostname()) {
       // Most often a host that took over after a failover; but two hosts sharing a repository unnamed build on each other's points.
@@ -192,7 +193,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const totalBytes = allEntries.reduce((n, e) => n + (e.type === 'file' ? e.size : 0), 0);
     const fileCount = allEntries.filter((e) => e.type === 'file').length;
 
-    id = await uniquePointId(repo, ids, startedAt, choice.type);
+    id = await uniquePointId(repo, ids, newest?.id, startedAt, choice.type);
     const result: BackupResult = {
       id,
       type: choice.type,
@@ -467,13 +468,13 @@ function reusableChecks(plan: BackupPlan, reference: Manifest | undefined): Map<
 
 /**
  * Points are ordered by the time in their ids. A clock behind the newest
- * point's (a host restored from a snapshot, NTP not yet synced; or the newest
+ * point's of the deployment (a host restored from a snapshot, NTP not yet synced; or the newest
  * point's host ran ahead) would give the new point an earlier id: it would not
  * be the latest, and the next incr would build on the wrong point. Its id is
  * set just after the newest instead (uniquePointId), with this warning.
+ * Other deployments' points are not ordered with this one's: `latest`, references and retention stay within one.
  */
-function clockBehindNotice(ids: readonly string[], now: Date): Omit<Notice, 'level'> | undefined {
-  const newest = ids[ids.length - 1];
+function clockBehindNotice(newest: string | undefined, now: Date): Omit<Notice, 'level'> | undefined {
   if (!newest || pointTime(newest) <= now.getTime()) return undefined;
   return {
     code: 'clock-behind',
@@ -481,9 +482,9 @@ function clockBehindNotice(ids: readonly string[], now: Date): Omit<Notice, 'lev
   };
 }
 
-async function uniquePointId(repo: Repository, ids: readonly string[], at: Date, type: BackupType): Promise<string> {
+/** An id at `at`, or just after `newest` (the deployment's newest point) when that is later, and no other point's. */
+async function uniquePointId(repo: Repository, ids: readonly string[], newest: string | undefined, at: Date, type: BackupType): Promise<string> {
   const taken = new Set(ids);
-  const newest = ids[ids.length - 1];
   let t = Math.max(at.getTime(), newest ? pointTime(newest) + 1 : 0);
   // Two backups in the same millisecond (tests, scripts) get distinct ids.
   while (taken.has(makePointId(new Date(t), type)) || (await repo.storage.head(keys.volume(makePointId(new Date(t), type), 0)))) t++;

@@ -1,7 +1,7 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { CredentialsRefusedError, ExitCode, InterruptedError, LifeboatError, RuntimeFailure, UsageError, errorMessage, fileSystemHint, throwIfAborted } from '../errors.js';
-import { deploymentOf, type Manifest } from '../format/manifest.js';
+import { deploymentOf, type Manifest, type PointSummary } from '../format/manifest.js';
 import { putStateBack, refuseEmptyCopies, stateToPutBack, type EmptyCopies } from '../state/put-back.js';
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
 import type { Reporter } from './events.js';
@@ -619,18 +619,27 @@ export interface StatusResult {
  * the targets themselves, so a probe still learns it when the repository is missing or unreachable.
  * A repository that fails while it is read is reported the same way; `unreadable` is why, either way.
  */
-export async function status(repo: MaybeRepository, specs: TargetSpec[], options: { now?: Date; events?: number; signal?: AbortSignal } = {}): Promise<{ result: StatusResult; unreadable?: unknown }> {
+export async function status(
+  repo: MaybeRepository,
+  specs: TargetSpec[],
+  options: { now?: Date; events?: number; signal?: AbortSignal } = {},
+): Promise<{ result: StatusResult; unreadable?: unknown; noPoints?: UsageError }> {
   const now = (options.now ?? new Date()).getTime();
   let newest: StatusResult['newest'] = null;
   let deployments: StatusResult['deployments'];
   let events: JournalEvent[] = [];
   let unreadable = 'unreadable' in repo ? repo.unreadable : undefined;
+  // The deployment named has no points in a repository others' points are in (a new deployment, or a name mistyped): the repository was read.
+  let noPoints: UsageError | undefined;
   const readable = 'unreadable' in repo ? undefined : repo;
   const age = (completedAt: string) => Math.max(0, now - Date.parse(completedAt));
+  // The age of each deployment's newest point, as read: a target's RPO is that of the deployment it serves.
+  const ages = new Map<string, number | null>();
+  let ids: readonly string[] = [];
   if (readable) {
     try {
       // Summaries: status runs from monitoring every few minutes and needs no file list.
-      const ids = await readable.pointIds();
+      ids = await readable.pointIds();
       const names = readable.deployment === undefined ? await readable.deploymentNames() : [];
       if (names.length > 1) {
         // A central probe of a shared repository: the RPO of every deployment, rather than a question.
@@ -638,11 +647,22 @@ export async function status(repo: MaybeRepository, specs: TargetSpec[], options
         for (const name of names) {
           const p = await readable.newestOf(name, ids);
           if (p) deployments.push({ deployment: name, id: p.id, completedAt: p.completedAt, ageMs: age(p.completedAt) });
+          ages.set(name, p ? age(p.completedAt) : null);
         }
       } else {
         // The only deployment, its name just read, or the one named.
-        const m = names.length === 1 ? await readable.newestOf(names[0]!, ids) : await readable.latestInScope(ids);
-        if (m) newest = { id: m.id, completedAt: m.completedAt, ageMs: age(m.completedAt) };
+        const m =
+          names.length === 1
+            ? await readable.newestOf(names[0]!, ids)
+            : await readable.latestInScope(ids).catch((err: unknown) => {
+                if (!(err instanceof UsageError) || readable.deployment === undefined) throw err;
+                noPoints = err;
+                return undefined;
+              });
+        if (m) {
+          newest = { id: m.id, completedAt: m.completedAt, ageMs: age(m.completedAt) };
+          ages.set(deploymentOf(m), newest.ageMs);
+        }
       }
       events = await readEvents(readable.storage, 200);
     } catch (err) {
@@ -652,6 +672,16 @@ export async function status(repo: MaybeRepository, specs: TargetSpec[], options
       deployments = undefined;
     }
   }
+  /** The RPO of a target serving `served`: the age of its deployment's newest point (that named, when what it serves is not known). */
+  const rpoOf = async (served: PointSummary | undefined): Promise<number | null> => {
+    if (!served || !readable || unreadable !== undefined) return newest?.ageMs ?? null;
+    const deployment = deploymentOf(served);
+    if (!ages.has(deployment)) {
+      const p = await readable.newestOf(deployment, ids).catch(() => undefined);
+      ages.set(deployment, p ? age(p.completedAt) : null);
+    }
+    return ages.get(deployment) ?? null;
+  };
   const wanted = options.events ?? 5;
   const targets: TargetStatus[] = [];
   for (const spec of specs) {
@@ -702,7 +732,7 @@ export async function status(repo: MaybeRepository, specs: TargetSpec[], options
       previous: { path: state.previous, point: slotPoint(spec.slots, state.previous) ?? null, ...(state.previous && !(await isDirectory(state.previous)) ? { missing: true as const } : {}) },
       record: { path: path.join(spec.slots, TARGET_STATE_FILE), ...(damaged ? { damaged } : {}) },
       health: h ? { ok: h.ok, detail: h.detail, ms: h.ms, checked: true } : { ok: activePath !== null && error === undefined, detail: error ?? 'no health check configured', ms: 0, checked: false },
-      rpoMs: newest?.ageMs ?? deployments?.find((d) => d.deployment === (m ? deploymentOf(m) : undefined))?.ageMs ?? null,
+      rpoMs: await rpoOf(m),
       slots: slots.map((s) => ({ name: s.name, point: s.point ?? null, active: s.path === activePath, previous: s.path === state.previous })),
       ...(slotsError ? { slotsError } : {}),
       events: events.filter((e) => e.target === spec.name).slice(-wanted),
@@ -715,5 +745,5 @@ export async function status(repo: MaybeRepository, specs: TargetSpec[], options
     targets,
     events: events.slice(-Math.max(wanted, 10)),
   };
-  return unreadable === undefined ? { result } : { result, unreadable };
+  return unreadable === undefined ? { result, ...(noPoints ? { noPoints } : {}) } : { result, unreadable };
 }

@@ -1,9 +1,11 @@
+import * as os from 'node:os';
 import { POINT_ID, pointTime } from '../format/ids.js';
+import { ownerRuns } from '../format/process-alive.js';
 import { keys } from '../format/manifest.js';
 import { errorMessage } from '../errors.js';
 import { isPermissionRefused, type IncompleteWrite } from '../storage/storage.js';
 import type { Notice, Reporter } from './events.js';
-import { readLock, readersOf, type LockInfo } from './lock.js';
+import { describeLock, readLock, readersOf, type LockInfo } from './lock.js';
 import type { Repository } from './repository.js';
 
 /**
@@ -28,8 +30,8 @@ function pointsOfBackup(holder: LockInfo | undefined): (id: string) => LockInfo 
 export interface UnfinishedWrites {
   /** Writes whose process is gone: left by a backup (or another command) stopped while it wrote. */
   leftovers: IncompleteWrite[];
-  /** Writes that a live backup, prune or reader of the repository is making now, with that process. */
-  running: { write: IncompleteWrite; by: LockInfo }[];
+  /** Writes that a live backup, prune or reader of the repository, or another live process of this host, is making now, with that process (`backup on vm, pid 4242, since …`). */
+  running: { write: IncompleteWrite; by: string }[];
 }
 
 /**
@@ -38,7 +40,10 @@ export interface UnfinishedWrites {
  * process that makes it holds the repository lock or a reader's registration
  * (a temporary file is named after its writer's pid, and written since that
  * process started), or, for an upload of a point's volume, when a live backup
- * is writing that point. This process's own writes are neither.
+ * is writing that point. So is a temporary file whose writer still runs on
+ * this host although it holds nothing (another deployment's backup waiting
+ * for the lock writes one at each try, a restore one to register, a drill one
+ * for the journal): removed, its write would fail. This process's own writes are neither.
  */
 export async function unfinishedWrites(repo: Repository): Promise<UnfinishedWrites> {
   const listWrites = async () => {
@@ -58,7 +63,8 @@ export async function unfinishedWrites(repo: Repository): Promise<UnfinishedWrit
   for (const write of writes) {
     const volumeOf = write.key.startsWith(keys.dataPrefix) ? write.key.slice(keys.dataPrefix.length).split('/')[0]! : undefined;
     const by = write.pid !== undefined ? writers.find((w) => madeBy(write, w.pid, Date.parse(w.startedAt))) : volumeOf !== undefined ? backupWriting(volumeOf) : undefined;
-    if (by) found.running.push({ write, by });
+    if (by) found.running.push({ write, by: describeLock(by) });
+    else if (write.pid !== undefined && ownerRuns(write.pid, write.since?.getTime())) found.running.push({ write, by: `process ${write.pid} on ${os.hostname()}` });
     else found.leftovers.push(write);
   }
   if (found.leftovers.length === 0) return found;

@@ -162,6 +162,11 @@ export interface LockWait {
   onWait?: (holder: LockStatus) => void;
 }
 
+/** How often a command waiting `waitMs` for the lock looks again: hosts whose cron jobs start together are spread out, and a short wait is not a busy loop. */
+export function lockPollMs(waitMs: number): number {
+  return Math.min(5000, Math.max(100, waitMs / 20));
+}
+
 /**
  * Takes the repository's exclusive lock (backups, prunes). A live holder makes
  * this fail with exit 4, at once or after `retryForMs` of waiting for it; a
@@ -172,8 +177,7 @@ export interface LockWait {
 export async function acquireLock(storage: Storage, command: string, leaseMs = DEFAULT_LEASE_MS, options: StalenessOptions & LockWait = {}): Promise<HeldLock> {
   const waitMs = options.retryForMs ?? 0;
   const deadline = Date.now() + waitMs;
-  // Hosts whose cron jobs start together are spread out, and a short wait is not a busy loop.
-  const pollMs = Math.min(5000, Math.max(100, waitMs / 20));
+  const pollMs = lockPollMs(waitMs);
   for (let attempt = 1; ; attempt++) {
     const outcome = await tryLock(storage, command, leaseMs, options);
     if ('held' in outcome) return outcome.held;

@@ -3,7 +3,9 @@ import { deploymentOf, deploymentsOf, keys, volumesNeeded } from '../format/mani
 import { type Reporter, progressAt } from './events.js';
 import { appendEvent } from './journal.js';
 import { removeUnfinishedWrites } from './leftovers.js';
-import { acquireWriterLock, describeLock, readersOf, releaseAfter } from './lock.js';
+import { acquireWriterLock, describeLock, lockPollMs, readersOf, releaseAfter, type HeldLock } from './lock.js';
+import { formatDuration } from '../config/duration.js';
+import { sleep } from '../sleep.js';
 import type { Repository } from './repository.js';
 import { planRetention, type RetentionDecision, type RetentionPolicy } from './retention.js';
 
@@ -56,6 +58,10 @@ export async function planPrune(repo: Repository, options: Pick<PruneOptions, 'p
       hint: `\`lifeboat verify\` reports the damage; put ${keys.point(id)} back from a copy of the repository, or move it out of the repository to give the point up (verify then names any point that needed it), and prune again`,
     });
   }
+  // A deployment named that has no points here (a name mistyped in a cron job) would prune nothing, night after night, and say it succeeded.
+  if (options.deployment !== undefined && summaries.length > 0 && !summaries.some((m) => deploymentOf(m) === options.deployment)) {
+    throw repo.noPointsOf(options.deployment, deploymentsOf(summaries));
+  }
   const byId = new Map(summaries.map((m) => [m.id, m]));
   const retention = planRetention(
     summaries.map((m) => ({
@@ -89,6 +95,41 @@ export async function planPrune(repo: Repository, options: Pick<PruneOptions, 'p
 const DELETE_BATCH = 500;
 
 /**
+ * The repository lock, once no live reader reads (a restore, drill or verify, perhaps of another
+ * deployment's points). With `lockRetryMs`, a live reader is waited for as a live holder is, the
+ * lock given back meanwhile so that the reader's own deployment can go on backing up and reading.
+ */
+async function lockWithoutReaders(repo: Repository, options: PruneOptions, reporter: Reporter): Promise<HeldLock> {
+  const waitMs = options.lockRetryMs ?? 0;
+  const deadline = Date.now() + waitMs;
+  for (let attempt = 1; ; attempt++) {
+    const lock = await acquireWriterLock(repo.storage, 'prune', { ...options, lockRetryMs: Math.max(0, deadline - Date.now()) }, reporter);
+    let found;
+    try {
+      found = await readersOf(repo.storage, { staleAfterMs: options.lockStaleAfterMs });
+      if (found.live.length === 0) {
+        if (found.stale.length > 0) await repo.storage.delete(found.stale);
+        return lock;
+      }
+    } catch (err) {
+      await releaseAfter(lock, true);
+      throw err;
+    }
+    await releaseAfter(lock, false);
+    const reading = `${describeLock(found.live[0]!.info)}${found.live.length > 1 ? ` and ${found.live.length - 1} other reader(s)` : ''}`;
+    const remaining = deadline - Date.now();
+    if (remaining <= 0) {
+      throw new LockedError(`the repository is being read by ${reading}${waitMs > 0 ? `, still after waiting ${formatDuration(waitMs)}` : ''}`, {
+        hint: `${waitMs > 0 ? 'wait longer with --retry-lock (or lock.retry)' : 'prune again when it has finished, or let the prune wait with --retry-lock 30m'} (a reader that is gone stops counting once its lease runs out, at once on its own host)`,
+      });
+    }
+    if (attempt === 1) reporter.notice?.({ level: 'info', code: 'lock-wait', message: `the repository is being read by ${reading}; waiting up to ${formatDuration(waitMs)} for it` });
+    await sleep(Math.min(remaining, lockPollMs(waitMs) * (0.5 + Math.random())), options.signal);
+    throwIfAborted(options.signal);
+  }
+}
+
+/**
  * Prune: lock → plan → delete the manifests of removed points one at a time,
  * newest first (a point's dependents are newer than it, so every visible point
  * keeps a complete chain whenever this stops) → delete data objects no kept
@@ -98,19 +139,9 @@ const DELETE_BATCH = 500;
 export async function prune(repo: Repository, options: PruneOptions): Promise<PruneResult> {
   const started = Date.now();
   const reporter = options.reporter ?? {};
-  const lock = options.dryRun ? undefined : await acquireWriterLock(repo.storage, 'prune', options, reporter);
+  const lock = options.dryRun ? undefined : await lockWithoutReaders(repo, options, reporter);
   let failed = true;
   try {
-    if (lock) {
-      const readers = await readersOf(repo.storage, { staleAfterMs: options.lockStaleAfterMs });
-      if (readers.live.length > 0) {
-        const others = readers.live.length > 1 ? ` and ${readers.live.length - 1} other reader(s)` : '';
-        throw new LockedError(`the repository is being read by ${describeLock(readers.live[0]!.info)}${others}`, {
-          hint: 'prune again when it has finished (a reader that is gone stops counting once its lease runs out, at once on its own host)',
-        });
-      }
-      if (readers.stale.length > 0) await repo.storage.delete(readers.stale);
-    }
     const protectedPoints = options.findProtected ? await options.findProtected() : options.protected;
     const plan = await planPrune(repo, { ...options, protected: protectedPoints });
     if (options.dryRun) return { ...plan, dryRun: true, durationMs: Date.now() - started };

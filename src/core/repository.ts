@@ -264,11 +264,7 @@ export class Repository {
     const names = deploymentsOf(all);
     if (this.deployment !== undefined) {
       const chosen = all.filter((s) => deploymentOf(s) === this.deployment);
-      if (chosen.length === 0 && all.length > 0 && unreadable.length === 0) {
-        throw new UsageError(`the repository at ${this.storage.location} has no backup points of deployment ${this.deployment}`, {
-          hint: `its deployments: ${names.join(', ')}`,
-        });
-      }
+      if (chosen.length === 0 && all.length > 0 && unreadable.length === 0) throw this.noPointsOf(this.deployment, names);
       return chosen;
     }
     if (names.length > 1) {
@@ -279,15 +275,26 @@ export class Repository {
     return all;
   }
 
+  /** That `deployment` has no points, though the repository holds others' (`names`): a new deployment, or a name mistyped. */
+  noPointsOf(deployment: string, names: readonly string[]): UsageError {
+    return new UsageError(`the repository at ${this.storage.location} has no backup points of deployment ${deployment}`, { hint: `its deployments: ${names.join(', ')}` });
+  }
+
   /**
    * The point `latest` (no `at`) or a time selects: the newest point in scope, or the newest completed
    * at or before `at`. A point that cannot be read is passed over when it cannot be the one meant (it is
    * older than the choice, or was started after `at`); one that may be is named (exit 3), not guessed past.
    */
   private async selectInScope(selector: string, at?: number): Promise<PointSummary | undefined> {
+    return (await this.selectAmong(selector, at)).best;
+  }
+
+  /** selectInScope, with the oldest point in scope: what a time before every point is told instead. */
+  private async selectAmong(selector: string, at?: number): Promise<{ best: PointSummary | undefined; oldest: PointSummary | undefined }> {
     const { summaries, unreadable } = await this.readSummaries();
     let best: PointSummary | undefined;
-    for (const m of this.inScope(summaries, unreadable)) {
+    const scope = this.inScope(summaries, unreadable);
+    for (const m of scope) {
       const done = Date.parse(m.completedAt);
       if (at === undefined || (done <= at && (!best || done >= Date.parse(best.completedAt)))) best = m;
     }
@@ -297,7 +304,7 @@ export class Repository {
         hint: `${VERIFY_HINT}; to use another point, give its id (\`lifeboat list\` shows them)`,
       });
     }
-    return best;
+    return { best, oldest: scope[0] };
   }
 
   /**
@@ -424,8 +431,14 @@ export class Repository {
     if (selector.trim() === '') throw new UsageError('the backup point is empty', { hint: 'give an id, a unique prefix of one, latest, or a time such as 2026-11-20T03:00:00Z' });
     if (selector === 'latest') return this.chosen(selector, (await this.latestInScope(ids))!);
     if (/^\d{4}-\d{2}-\d{2}/.test(selector)) {
-      const best = await this.selectInScope(selector, parseTimeSelector(selector));
-      if (!best) throw new UsageError(`no backup point completed at or before ${selector}`);
+      const { best, oldest } = await this.selectAmong(selector, parseTimeSelector(selector));
+      if (!best) {
+        // In a repository several deployments share, other deployments' points may well be older: say whose are not.
+        const whose = this.deployment === undefined ? '' : ` of deployment ${this.deployment}`;
+        throw new UsageError(`no backup point${whose} completed at or before ${selector}`, {
+          ...(oldest ? { hint: `the oldest${whose ? ` point${whose}` : ''} is ${oldest.id}, completed ${oldest.completedAt}` } : {}),
+        });
+      }
       return this.chosen(selector, best);
     }
     // Ids hold digits, dashes and one capital letter: a type letter copied or typed in lower case means the same point.

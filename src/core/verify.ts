@@ -9,7 +9,7 @@ import { checkEntries, refuseEscapingLinks } from './restore-plan.js';
 import type { Repository } from './repository.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 import { deepCheck } from './verify-deep.js';
-import { describeLock, whileReading, type LockInfo } from './lock.js';
+import { describeLock, whileReading } from './lock.js';
 import { describeLeftover, incompleteWritesUnlisted, pointBeingWritten, unfinishedWrites, type UnfinishedWrites } from './leftovers.js';
 import * as ledgers from './verify-ledger.js';
 import { isNotFound } from '../storage/storage.js';
@@ -293,7 +293,7 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
     const data = await repo.orphanDataPrefixes(known);
     // Read after the listings: a backup that started while they ran holds the lock by now.
     const writing = summaries.length + data.length > 0 ? await pointBeingWritten(repo) : () => undefined;
-    const inProgress = (key: string, by: LockInfo) => reporter.notice?.({ level: 'info', code: 'in-progress', path: key, message: `being written by the running ${describeLock(by)}` });
+    const inProgress = (key: string, by: string) => reporter.notice?.({ level: 'info', code: 'in-progress', path: key, message: `being written by the running ${by}` });
     const leftover = (key: string, message: string) => {
       const n: Notice = { level: 'warning', code: 'leftovers', path: key, message };
       warnings.push(n);
@@ -301,7 +301,7 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
     };
     const report = async (id: string | undefined, key: string, message: string) => {
       const backup = id === undefined ? undefined : writing(id);
-      if (backup) return inProgress(key, backup);
+      if (backup) return inProgress(key, describeLock(backup));
       // Committed since `known` was listed.
       if (id !== undefined && (await repo.storage.head(keys.point(id)))) return;
       leftover(key, message);

@@ -4,10 +4,11 @@ import { IntegrityError, UsageError } from '../errors.js';
 /** What a source's or a deployment's name may be: it names a directory of a restore. */
 export const NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$/;
 
+/** NAME in words. */
+export const NAME_RULE = "use letters, digits, '.', '_' or '-', starting with a letter, a digit or '_' (at most 64)";
+
 function checkName(kind: string, name: string): void {
-  if (!NAME.test(name)) {
-    throw new UsageError(`${kind} name ${JSON.stringify(name)} is invalid: use letters, digits, '.', '_' or '-', starting with a letter, a digit or '_' (at most 64)`);
-  }
+  if (!NAME.test(name)) throw new UsageError(`${kind} name ${JSON.stringify(name)} is invalid: ${NAME_RULE}`);
 }
 
 export function checkSourceName(name: string): void {

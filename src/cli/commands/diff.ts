@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { diffPoints } from '../../core/diff.js';
+import { deploymentOf } from '../../format/manifest.js';
 import { openRepository, type CliContext } from '../context.js';
 import { quoteName } from '../format.js';
 import { printResult } from '../output.js';
@@ -11,8 +12,11 @@ export async function runDiff(ctx: CliContext, a: string, b: string): Promise<vo
     const from = await repo.resolve(a);
     const to = await repo.resolve(b);
     const d = diffPoints(from, to);
-    printResult(ctx, { from: from.id, to: to.id, ...d }, () => {
-      const lines = [`${from.id} → ${to.id}: ${d.added.length} added, ${d.changed.length} changed, ${d.removed.length} removed`];
+    // Points of two deployments of a shared repository hold two models: said, so that their differences are not read as one model's changes.
+    const across = deploymentOf(from) !== deploymentOf(to);
+    const named = (m: typeof from) => (across ? `${m.id} (deployment ${deploymentOf(m)})` : m.id);
+    printResult(ctx, { from: from.id, to: to.id, fromDeployment: deploymentOf(from), toDeployment: deploymentOf(to), ...d }, () => {
+      const lines = [`${named(from)} → ${named(to)}: ${d.added.length} added, ${d.changed.length} changed, ${d.removed.length} removed`];
       for (const p of d.added) lines.push(`+ ${quoteName(p)}`);
       for (const c of d.changed) lines.push(`M ${quoteName(c.path)}  (${c.what.join(', ')})`);
       for (const p of d.removed) lines.push(`- ${quoteName(p)}`);

@@ -92,13 +92,20 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
     return { unreadable: err };
   });
   try {
-    const { result, unreadable } = await status('repo' in opened ? opened.repo : opened, specs, { events, signal: ctx.signal });
+    const { result, unreadable, noPoints } = await status('repo' in opened ? opened.repo : opened, specs, { events, signal: ctx.signal });
+    const deployment = 'repo' in opened ? opened.repo.deployment : undefined;
     printResult(ctx, result, () => {
       const lines = !result.repository.ok
         ? [`repository not read: ${escapeUnprintable(result.repository.error)}`]
         : result.deployments
           ? result.deployments.map((d) => `deployment ${d.deployment}: newest backup ${d.id}, ${formatDuration(d.ageMs)} ago (RPO)`)
-          : [result.newest ? `newest backup ${result.newest.id}, ${formatDuration(result.newest.ageMs)} ago (RPO)` : 'no backups yet'];
+          : [
+              result.newest
+                ? `newest backup ${result.newest.id}, ${formatDuration(result.newest.ageMs)} ago (RPO)`
+                : noPoints
+                  ? `no backups of deployment ${deployment} yet (${noPoints.hint})`
+                  : 'no backups yet',
+            ];
       for (const t of result.targets) lines.push(...describeTarget(ctx, t));
       if (result.targets.length === 0) {
         lines.push('no targets configured');
@@ -120,6 +127,7 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
     }
     if (unreadable !== undefined) throw unreadableRepository(unreadable, broken);
     if (broken) throw broken;
+    if (noPoints) throw noPoints;
   } finally {
     if ('close' in opened) await opened.close();
   }
