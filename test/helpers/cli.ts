@@ -52,11 +52,17 @@ export interface ChildOptions {
   /** A descriptor for the child's stdout or stderr instead of a pipe (`/dev/full`, a file opened read-only). */
   stdout?: number;
   stderr?: number;
+  /** The most a file the child writes may hold, in KiB (`ulimit -f`): a write past it fails with EFBIG, as on a full disk. */
+  fileSizeLimitKiB?: number;
 }
 
 /** Starts the real executable as a child process. */
 export function spawnLifeboat(args: string[], options: ChildOptions = {}): ChildProcess {
-  return spawn(process.execPath, [BIN, ...args], {
+  const command =
+    options.fileSizeLimitKiB === undefined
+      ? [process.execPath, BIN, ...args]
+      : ['bash', '-c', 'ulimit -f "$1" && shift && exec "$@"', 'bash', String(options.fileSizeLimitKiB), process.execPath, BIN, ...args];
+  return spawn(command[0]!, command.slice(1), {
     cwd: options.cwd,
     uid: options.user?.uid,
     gid: options.user?.gid,
