@@ -118,6 +118,8 @@ export function fileSystemHint(err: unknown, where: string): string | undefined 
     case 'ENOSPC':
     case 'EDQUOT':
       return `free space on the file system of ${where}, or use another place`;
+    case 'EFBIG':
+      return `a file grew past the largest size that the file system of ${where}, or this process's file-size limit (ulimit -f), allows: raise the limit, or use another file system`;
     case 'EACCES':
     case 'EPERM':
       return `check that this user may write ${where}`;
