@@ -117,6 +117,7 @@ export function fileSystemHint(err: unknown, where: string): string | undefined 
   switch ((err as NodeJS.ErrnoException | undefined)?.code) {
     case 'ENOSPC':
     case 'EDQUOT':
+    case 'SQLITE_FULL':
       return `free space on the file system of ${where}, or use another place`;
     case 'EFBIG':
       return `a file grew past the largest size that the file system of ${where}, or this process's file-size limit (ulimit -f), allows: raise the limit, or use another file system`;

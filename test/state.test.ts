@@ -530,6 +530,40 @@ test('a command source whose output does not fit where it is staged fails the ba
   assert.deepEqual(await fsp.readdir(path.join(work, 'staging', 'new')), [], 'the staging directory is emptied');
 });
 
+test('a SQLite copy that does not fit where it is staged says which file system is full, not that the database is; --work-dir stages it elsewhere', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights');
+  const db = new Database(path.join(work, 'registry.db'));
+  db.exec('CREATE TABLE runs (id INTEGER PRIMARY KEY, blob BLOB)');
+  const insert = db.prepare('INSERT INTO runs (blob) VALUES (?)');
+  for (let i = 0; i < 300; i++) insert.run(Buffer.alloc(10_000, i));
+  db.close();
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\n  registry: { sqlite: ./registry.db }\n');
+  await fsp.mkdir(path.join(work, 'out'));
+  // The 3 MB database's copy does not fit in a 1 MiB work directory.
+  const script = [
+    'cd "$WORK"',
+    'mkdir small && mount -t tmpfs -o size=1m tmpfs small',
+    'node "$BIN" init > /dev/null',
+    'status=0; node "$BIN" backup --work-dir "$WORK/small" 2> out/full.txt || status=$?',
+    'echo "$status" > out/status.txt',
+    'ls -A small > out/left.txt',
+    'node "$BIN" --json backup --work-dir "$WORK/staging" > out/backup.json',
+  ].join('\n');
+  inNamespace(script, { WORK: work });
+  const read = (name: string) => fsp.readFile(path.join(work, 'out', name), 'utf8');
+  assert.equal((await read('status.txt')).trim(), '1');
+  assert.equal(
+    await read('full.txt'),
+    `lifeboat: source registry: the copy of ${work}/registry.db does not fit in ${work}/small: no space left on device (SQLITE_FULL)\n` +
+      `  free space on the file system of ${work}/small, or use another place; lifeboat backup --work-dir DIR (or TMPDIR) stages serving state elsewhere\n`,
+  );
+  assert.equal((await read('left.txt')).trim(), '', 'the partial copy was removed');
+  assert.equal(JSON.parse(await read('backup.json')).files, 2);
+});
+
 /** A served deployment: its models in `live/models`, its registry database to be in `state/registry.db`. */
 async function servedWithRegistry(t: { after(fn: () => Promise<unknown>): void }): Promise<{ work: string; dbFile: string }> {
   const work = await tempDir();
