@@ -5,7 +5,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { BIN, lifeboat, spawnLifeboat } from './helpers/cli.js';
 import { prng, seedFromEnv } from './helpers/tree.js';
-import { repoFiles, smallDeployment } from './helpers/repo.js';
+import { RESERVE_DIR, repoFiles, smallDeployment } from './helpers/repo.js';
 import { waitFor } from './helpers/processes.js';
 import { RuntimeFailure } from '../src/errors.js';
 import type { Notice } from '../src/core/events.js';
@@ -56,7 +56,7 @@ test('a backup killed with SIGKILL at any moment leaves no visible point; the ne
 /** The files in a local repository's temporary directory, with their sizes. */
 async function temporaryFiles(repo: string): Promise<{ name: string; size: number }[]> {
   const dir = path.join(repo, '.tmp');
-  const names = await fsp.readdir(dir).catch(() => [] as string[]);
+  const names = (await fsp.readdir(dir).catch(() => [] as string[])).filter((name) => `.tmp/${name}` !== RESERVE_DIR);
   const found = await Promise.all(names.map(async (name) => ({ name, size: (await fsp.stat(path.join(dir, name)).catch(() => undefined))?.size })));
   return found.filter((f): f is { name: string; size: number } => f.size !== undefined);
 }
@@ -163,7 +163,7 @@ for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     child.stderr!.on('data', (c: Buffer) => stderr.push(c));
     const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
     // Interrupt once volume data is being written.
-    const started = await waitFor(async () => (await fsp.readdir(path.join(d.repo, '.tmp')).catch(() => [])).length > 0, 20_000);
+    const started = await waitFor(async () => (await temporaryFiles(d.repo)).length > 0, 20_000);
     assert.ok(started, 'the backup started writing');
     child.kill(signal);
     assert.equal(await exited, 130, Buffer.concat(stderr).toString());
@@ -184,7 +184,7 @@ test('a backup whose terminal goes away (an SSH session that drops) stops cleanl
   // `script` lends the backup a terminal; killing it closes that terminal: the backup gets SIGHUP, and EIO when it writes there.
   const command = [process.execPath, BIN, '--repo', d.repo, 'backup', d.src, '--type', 'full'].map((a) => JSON.stringify(a)).join(' ');
   const terminal = spawn('script', ['-qfc', command, '/dev/null'], { stdio: 'ignore' });
-  const started = await waitFor(async () => (await fsp.readdir(path.join(d.repo, '.tmp')).catch(() => [])).length > 0, 20_000);
+  const started = await waitFor(async () => (await temporaryFiles(d.repo)).length > 0, 20_000);
   assert.ok(started, 'the backup started writing');
   terminal.kill('SIGKILL');
   // Listed while the backup removes its files: a folder that vanishes meanwhile is a look too early.

@@ -11,7 +11,7 @@ import { integrityCheck } from '../src/state/sqlite.js';
 import { captureSources, stateSource } from '../src/state/capture.js';
 import { restoreCommand } from '../src/state/command.js';
 import { BackupHooks } from '../src/state/hooks.js';
-import { inNamespace, unshare } from './helpers/namespace.js';
+import { runInNamespace, unshare } from './helpers/namespace.js';
 import { waitFor } from './helpers/processes.js';
 
 async function makeRepo(work: string): Promise<string> {
@@ -514,9 +514,7 @@ async function stagedOnASmallDisk(t: { after(fn: () => Promise<unknown>): void }
   await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights');
   await before?.(work);
   await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ./repo\nsources:\n  models: ./models\n${sources}`);
-  await fsp.mkdir(path.join(work, 'out'));
-  const script = [
-    'cd "$WORK"',
+  const read = await runInNamespace(work, [
     'mkdir small && mount -t tmpfs -o size=1m tmpfs small',
     'node "$BIN" init > /dev/null',
     `status=0; ${firstBackup} 2> out/full.txt || status=$?`,
@@ -524,9 +522,7 @@ async function stagedOnASmallDisk(t: { after(fn: () => Promise<unknown>): void }
     'ls -A small > out/left.txt',
     'node "$BIN" --json backup --work-dir "$WORK/staging/new" > out/backup.json',
     'node "$BIN" restore latest --target "$WORK/restored" > /dev/null',
-  ].join('\n');
-  inNamespace(script, { WORK: work });
-  const read = (name: string) => fsp.readFile(path.join(work, 'out', name), 'utf8');
+  ]);
   assert.equal((await read('status.txt')).trim(), '1');
   assert.equal((await read('left.txt')).trim(), '', 'what did not fit was removed');
   assert.equal(JSON.parse(await read('backup.json')).files, 2);
