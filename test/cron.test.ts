@@ -175,7 +175,7 @@ test('a metrics file that cannot be written (a full disk, a file-size limit) is 
   await fsp.mkdir(path.dirname(metrics));
   // Under `ulimit -f 0` no file can take a byte: the metrics file's first write fails as on a full disk.
   for (let run = 0; run < 2; run++) {
-    const v = await runChild(['--repo', d.repo, 'verify', '--metrics-file', metrics], { fileSizeLimitKiB: 0 });
+    const v = await runChild(['--repo', d.repo, 'verify', '--metrics-file', metrics], { ulimit: { f: 0 } });
     assert.equal(v.code, 0, v.stderr);
     assert.match(v.stderr, /warning: could not write the metrics file .*lifeboat\.prom: EFBIG/);
   }

@@ -229,7 +229,7 @@ test('a restore stopped by a file larger than the file-size limit (EFBIG) says w
   const target = path.join(d.work, 'restored');
   // weights.bin holds 300,000 bytes: past a limit of 100 KiB; the other files fit.
   for (let run = 0; run < 2; run++) {
-    const r = await runChild(['--repo', d.repo, 'restore', 'latest', '--target', target], { fileSizeLimitKiB: 100 });
+    const r = await runChild(['--repo', d.repo, 'restore', 'latest', '--target', target], { ulimit: { f: 100 } });
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stderr, /^lifeboat: cannot restore into .*restored: EFBIG: file too large.*\n {2}a file grew past the largest size that the file system of .*restored, or this process's file-size limit \(ulimit -f\), allows: raise the limit, or use another file system\n$/);
     assert.doesNotMatch(r.stderr, /goes on from|resuming/);

@@ -52,16 +52,17 @@ export interface ChildOptions {
   /** A descriptor for the child's stdout or stderr instead of a pipe (`/dev/full`, a file opened read-only). */
   stdout?: number;
   stderr?: number;
-  /** The most a file the child writes may hold, in KiB (`ulimit -f`): a write past it fails with EFBIG, as on a full disk. */
-  fileSizeLimitKiB?: number;
+  /**
+   * Limits the child runs under, set by bash's `ulimit`: `f`, the most a file it writes may hold, in
+   * KiB (a write past it fails with EFBIG, as on a full disk); `n`, how many files it may have open.
+   */
+  ulimit?: { f?: number; n?: number };
 }
 
 /** Starts the real executable as a child process. */
 export function spawnLifeboat(args: string[], options: ChildOptions = {}): ChildProcess {
-  const command =
-    options.fileSizeLimitKiB === undefined
-      ? [process.execPath, BIN, ...args]
-      : ['bash', '-c', 'ulimit -f "$1" && shift && exec "$@"', 'bash', String(options.fileSizeLimitKiB), process.execPath, BIN, ...args];
+  const limits = Object.entries(options.ulimit ?? {}).flatMap(([flag, value]) => [`-${flag}`, String(value)]);
+  const command = limits.length === 0 ? [process.execPath, BIN, ...args] : ['bash', '-c', `ulimit ${limits.join(' ')} && exec "$@"`, 'bash', process.execPath, BIN, ...args];
   return spawn(command[0]!, command.slice(1), {
     cwd: options.cwd,
     uid: options.user?.uid,
