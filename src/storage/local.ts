@@ -455,7 +455,9 @@ function wrap(op: string, key: string, err: unknown): Error {
       hint: `${who} may not ${op === 'write' || op === 'delete' ? 'write in' : 'read'} the repository: run lifeboat as the user that owns it, or give this user access to its files and directories`,
     });
   }
-  return new RuntimeFailure(`cannot ${op} ${key}: ${errorMessage(err)}`, { cause: err, hint: fileSystemHint(err, 'the repository') });
+  // What fills a repository's disk is most often the repository: the command that frees it is the useful advice.
+  const hint = code === 'ENOSPC' || code === 'EDQUOT' ? 'free space on the file system of the repository: lifeboat prune removes the points that retention does not keep, and runs on a full disk' : fileSystemHint(err, 'the repository');
+  return new RuntimeFailure(`cannot ${op} ${key}: ${errorMessage(err)}`, { cause: err, hint });
 }
 
 /** No such object: nothing at the path, or a file where one of its directories should be (a repository path that names a file). */
