@@ -456,7 +456,7 @@ function wrap(op: string, key: string, err: unknown): Error {
     });
   }
   // What fills a repository's disk is most often the repository: the command that frees it is the useful advice.
-  const hint = code === 'ENOSPC' || code === 'EDQUOT' ? 'free space on the file system of the repository: lifeboat prune removes the points that retention does not keep, and runs on a full disk' : fileSystemHint(err, 'the repository');
+  const hint = code === 'ENOSPC' || code === 'EDQUOT' ? 'free space on the file system of the repository; where its backups fill it, lifeboat prune removes the points retention does not keep (it runs on a full disk)' : fileSystemHint(err, 'the repository');
   return new RuntimeFailure(`cannot ${op} ${key}: ${errorMessage(err)}`, { cause: err, hint });
 }
 
