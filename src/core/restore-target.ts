@@ -157,7 +157,8 @@ export async function checkFreeSpace(staging: string, target: string, files: rea
   const fsStats = await fsp.statfs(staging).catch(() => undefined);
   if (!fsStats || fsStats.blocks === 0) return;
   // Each file takes whole blocks: thousands of small files (tokenizers, configs, logs) take far more than their bytes.
-  const block = fsStats.bsize;
+  // Counted in 4 KiB at most: a network file system reports its transfer size (up to 1 MiB on NFS) as its block.
+  const block = Math.min(fsStats.bsize, 4096);
   const bytes = files.reduce((n, f) => n + f.size, 0);
   const needed = files.reduce((n, f) => n + Math.ceil(f.size / block) * block, 0);
   const free = fsStats.bavail * fsStats.bsize;
