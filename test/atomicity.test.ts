@@ -3,8 +3,8 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { BIN, lifeboat, spawnLifeboat } from './helpers/cli.js';
-import { prng, seedFromEnv } from './helpers/tree.js';
+import { BIN, lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
+import { prng, seedFromEnv, tempDir } from './helpers/tree.js';
 import { RESERVE_DIR, repoFiles, smallDeployment } from './helpers/repo.js';
 import { waitFor } from './helpers/processes.js';
 import { RuntimeFailure } from '../src/errors.js';
@@ -193,4 +193,21 @@ test('a backup whose terminal goes away (an SSH session that drops) stops cleanl
   assert.equal((await lifeboat(['--repo', d.repo, '--json', 'list'])).json().length, 0);
   assert.equal((await lifeboat(['--repo', d.repo, 'verify'])).code, 0);
   await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('a backup whose manifest cannot be written (a file-size limit, a full disk) leaves no summary of a point that does not exist', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  // Empty files take no room in a volume, and a line each in the manifest: it is the manifest that goes past 100 KiB.
+  const src = path.join(work, 'models');
+  await fsp.mkdir(src);
+  for (let i = 0; i < 2000; i++) await fsp.writeFile(path.join(src, `empty-shard-with-a-long-name-${i}.txt`), '');
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const failed = await runChild(['--repo', repo, 'backup', src, '--type', 'full'], { ulimit: { f: 100 } });
+  assert.equal(failed.code, 1, failed.stderr);
+  assert.match(failed.stderr, /^lifeboat: cannot write points\/[^ ]+\.json: EFBIG/);
+  assert.deepEqual(await repoFiles(repo), ['config.json', 'deployments.json']);
+  const v = await lifeboat(['--repo', repo, '--json', 'verify']);
+  assert.deepEqual(v.json().warnings, []);
 });
