@@ -117,13 +117,32 @@ export function fileSystemHint(err: unknown, where: string): string | undefined 
   switch ((err as NodeJS.ErrnoException | undefined)?.code) {
     case 'ENOSPC':
     case 'EDQUOT':
+    case 'SQLITE_FULL':
       return `free space on the file system of ${where}, or use another place`;
+    case 'EFBIG':
+      return `a file grew past the largest size that the file system of ${where}, or this process's file-size limit (ulimit -f), allows: raise the limit, or use another file system`;
     case 'EACCES':
     case 'EPERM':
       return `check that this user may write ${where}`;
     case 'EROFS':
       return `${where} is on a read-only file system`;
+    case 'EMFILE':
+      return OPEN_FILES_HINT;
+    case 'ENFILE':
+      return 'the system has as many files open as it allows: close what holds many of them, or raise fs.file-max, and run again';
     default:
       return undefined;
   }
+}
+
+const OPEN_FILES_HINT = "this process reached its limit of open files: raise it (ulimit -n 4096, or LimitNOFILE= in a systemd unit) and run again";
+
+/**
+ * A failure no command words itself, at a limit the user can raise (open files): one sentence that
+ * says so, exit 1, rather than an unexpected error. Any other failure is returned as it is.
+ */
+export function asLimitReached(err: unknown): unknown {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (err instanceof LifeboatError || (code !== 'EMFILE' && code !== 'ENFILE')) return err;
+  return new RuntimeFailure(errorMessage(err), { cause: err, hint: fileSystemHint(err, '') });
 }

@@ -3,9 +3,9 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { BIN, lifeboat, spawnLifeboat } from './helpers/cli.js';
-import { prng, seedFromEnv } from './helpers/tree.js';
-import { repoFiles, smallDeployment } from './helpers/repo.js';
+import { BIN, lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
+import { prng, seedFromEnv, tempDir } from './helpers/tree.js';
+import { RESERVE_DIR, repoFiles, smallDeployment } from './helpers/repo.js';
 import { waitFor } from './helpers/processes.js';
 import { RuntimeFailure } from '../src/errors.js';
 import type { Notice } from '../src/core/events.js';
@@ -56,7 +56,7 @@ test('a backup killed with SIGKILL at any moment leaves no visible point; the ne
 /** The files in a local repository's temporary directory, with their sizes. */
 async function temporaryFiles(repo: string): Promise<{ name: string; size: number }[]> {
   const dir = path.join(repo, '.tmp');
-  const names = await fsp.readdir(dir).catch(() => [] as string[]);
+  const names = (await fsp.readdir(dir).catch(() => [] as string[])).filter((name) => `.tmp/${name}` !== RESERVE_DIR);
   const found = await Promise.all(names.map(async (name) => ({ name, size: (await fsp.stat(path.join(dir, name)).catch(() => undefined))?.size })));
   return found.filter((f): f is { name: string; size: number } => f.size !== undefined);
 }
@@ -192,7 +192,7 @@ for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     child.stderr!.on('data', (c: Buffer) => stderr.push(c));
     const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
     // Interrupt once volume data is being written.
-    const started = await waitFor(async () => (await fsp.readdir(path.join(d.repo, '.tmp')).catch(() => [])).length > 0, 20_000);
+    const started = await waitFor(async () => (await temporaryFiles(d.repo)).length > 0, 20_000);
     assert.ok(started, 'the backup started writing');
     child.kill(signal);
     assert.equal(await exited, 130, Buffer.concat(stderr).toString());
@@ -213,7 +213,7 @@ test('a backup whose terminal goes away (an SSH session that drops) stops cleanl
   // `script` lends the backup a terminal; killing it closes that terminal: the backup gets SIGHUP, and EIO when it writes there.
   const command = [process.execPath, BIN, '--repo', d.repo, 'backup', d.src, '--type', 'full'].map((a) => JSON.stringify(a)).join(' ');
   const terminal = spawn('script', ['-qfc', command, '/dev/null'], { stdio: 'ignore' });
-  const started = await waitFor(async () => (await fsp.readdir(path.join(d.repo, '.tmp')).catch(() => [])).length > 0, 20_000);
+  const started = await waitFor(async () => (await temporaryFiles(d.repo)).length > 0, 20_000);
   assert.ok(started, 'the backup started writing');
   terminal.kill('SIGKILL');
   // Listed while the backup removes its files: a folder that vanishes meanwhile is a look too early.
@@ -222,4 +222,21 @@ test('a backup whose terminal goes away (an SSH session that drops) stops cleanl
   assert.equal((await lifeboat(['--repo', d.repo, '--json', 'list'])).json().length, 0);
   assert.equal((await lifeboat(['--repo', d.repo, 'verify'])).code, 0);
   await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('a backup whose manifest cannot be written (a file-size limit, a full disk) leaves no summary of a point that does not exist', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  // Empty files take no room in a volume, and a line each in the manifest: it is the manifest that goes past 100 KiB.
+  const src = path.join(work, 'models');
+  await fsp.mkdir(src);
+  for (let i = 0; i < 2000; i++) await fsp.writeFile(path.join(src, `empty-shard-with-a-long-name-${i}.txt`), '');
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const failed = await runChild(['--repo', repo, 'backup', src, '--type', 'full'], { ulimit: { f: 100 } });
+  assert.equal(failed.code, 1, failed.stderr);
+  assert.match(failed.stderr, /^lifeboat: cannot write points\/[^ ]+\.json: EFBIG/);
+  assert.deepEqual(await repoFiles(repo), ['config.json', 'deployments.json']);
+  const v = await lifeboat(['--repo', repo, '--json', 'verify']);
+  assert.deepEqual(v.json().warnings, []);
 });

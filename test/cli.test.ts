@@ -12,8 +12,9 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
 import { exists, smallDeployment } from './helpers/repo.js';
-import { tempDir } from './helpers/tree.js';
+import { compareSnapshots, snapshotTree, tempDir } from './helpers/tree.js';
 import { evict, hasFincore, resident } from './helpers/page-cache.js';
+import { RuntimeFailure, asLimitReached } from '../src/errors.js';
 
 /** A YAML document whose aliases expand to 9^6 strings. */
 function aliasBomb(): string {
@@ -562,6 +563,36 @@ test('a reader that closes the pipe early (lifeboat … | head) is not an error'
   const code = await new Promise<number | null>((r) => child.on('close', (c) => r(c)));
   assert.equal(code, 0, Buffer.concat(stderr).toString());
   assert.doesNotMatch(Buffer.concat(stderr).toString(), /EPIPE|Unhandled/);
+});
+
+test('a backup or restore that reaches the limit of open files says which limit and how to raise it, exit 1, not an unexpected error', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  for (let d = 0; d < 10; d++) {
+    await fsp.mkdir(path.join(src, `d${d}`), { recursive: true });
+    for (let i = 0; i < 200; i++) await fsp.writeFile(path.join(src, `d${d}`, `f${i}.txt`), `${d} ${i}\n`);
+  }
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const hint = '  this process reached its limit of open files: raise it (ulimit -n 4096, or LimitNOFILE= in a systemd unit) and run again\n';
+  // A backup reads ahead only when reads are slow, so how many files it has open at once varies from run to run; one
+  // that fails is the error Node gives, which the entry point words.
+  const reached = asLimitReached(Object.assign(new Error(`EMFILE: too many open files, open '${src}/d0/f1.txt'`), { code: 'EMFILE', errno: -24, syscall: 'open', path: `${src}/d0/f1.txt` }));
+  assert.ok(reached instanceof RuntimeFailure);
+  assert.equal(reached.exitCode, 1);
+  assert.equal(`  ${reached.hint}\n`, hint);
+  assert.equal((await lifeboat(['--repo', repo, 'backup', src, '--type', 'full'])).code, 0);
+
+  const target = path.join(work, 'restored');
+  // 32 descriptors: enough for node to start, too few for a restore that writes many small files at once.
+  const restore = await runChild(['--repo', repo, 'restore', 'latest', '--target', target], { ulimit: { n: 32 } });
+  assert.equal(restore.code, 1, restore.stderr);
+  assert.match(restore.stderr, /lifeboat: cannot restore into .*restored: EMFILE: too many open files/);
+  assert.ok(restore.stderr.endsWith(hint), restore.stderr);
+  const again = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target]);
+  assert.equal(again.code, 0, again.stderr);
+  assert.equal(compareSnapshots(await snapshotTree(src), await snapshotTree(path.join(target, 'models'))), undefined);
 });
 
 test('results that cannot be written (a full disk, a descriptor not open for writing) are one sentence and exit 1, a reader gone is no failure; never a stack trace', { skip: existsSync('/dev/full') ? undefined : 'no /dev/full' }, async (t) => {

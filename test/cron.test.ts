@@ -167,6 +167,21 @@ test('--metrics-file writes Prometheus text format atomically, keeps other comma
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 
+test('a metrics file that cannot be written (a full disk, a file-size limit) is a warning that leaves no temporary file beside it, run after run', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src])).code, 0);
+  const metrics = path.join(d.work, 'textfile', 'lifeboat.prom');
+  await fsp.mkdir(path.dirname(metrics));
+  // Under `ulimit -f 0` no file can take a byte: the metrics file's first write fails as on a full disk.
+  for (let run = 0; run < 2; run++) {
+    const v = await runChild(['--repo', d.repo, 'verify', '--metrics-file', metrics], { ulimit: { f: 0 } });
+    assert.equal(v.code, 0, v.stderr);
+    assert.match(v.stderr, /warning: could not write the metrics file .*lifeboat\.prom: EFBIG/);
+  }
+  assert.deepEqual(await fsp.readdir(path.dirname(metrics)), [], 'no temporary file is left there');
+});
+
 test('--metrics-file in a directory not made yet makes it; a path that cannot be a file is refused before the run, not warned of after it', async (t) => {
   const d = await smallDeployment();
   t.after(() => fsp.rm(d.work, { recursive: true, force: true }));

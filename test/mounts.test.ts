@@ -144,6 +144,28 @@ echo $status > "$OUT/few-status"; ls -A "$FEW" > "$OUT/few-left"
   assert.equal(await read('few-left'), '', 'the staging directory is removed');
 });
 
+test('a restore of thousands of small files is refused before it writes when their blocks do not fit, though their bytes would', { skip }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  // 2,000 files of 10 bytes: 20 KB of data, 8 MB of 4 KiB blocks.
+  const { repo } = await backedUp(work, Object.fromEntries(Array.from({ length: 2000 }, (_, i) => [`tok/part-${i}.txt`, 10])));
+  const small = path.join(work, 'small');
+  const out = path.join(work, 'out');
+  await Promise.all([small, out].map((d) => fsp.mkdir(d)));
+  inNamespace(
+    String.raw`
+mount -t tmpfs -o size=4m tmpfs "$SMALL"
+status=0; node "$BIN" --repo "$REPO" restore latest --target "$SMALL/restore" 2> "$OUT/small.txt" || status=$?
+echo $status > "$OUT/small-status"; ls -A "$SMALL" > "$OUT/small-left"
+`,
+    { SMALL: small, REPO: repo, OUT: out },
+  );
+  const read = (name: string) => fsp.readFile(path.join(out, name), 'utf8');
+  assert.equal((await read('small-status')).trim(), '1');
+  assert.match(await read('small.txt'), /^lifeboat: the restore needs 7\.\d+ MiB \(19\.5 KiB in 2000 files, each taking whole blocks of 4\.00 KiB\) on the file system of .*small\/restore, and 4\.00 MiB is free\n {2}free space there/);
+  assert.equal(await read('small-left'), '', 'nothing was written');
+});
+
 test('a repository mounted read-only restores and verifies, with a warning that no reader could be registered', { skip }, async (t) => {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));

@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { lifeboat, spawnLifeboat } from './helpers/cli.js';
 import { compareSnapshots, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile, type SnapshotEntry } from './helpers/tree.js';
 import { repoFiles, smallDeployment } from './helpers/repo.js';
+import { runInNamespace, unshare } from './helpers/namespace.js';
 import { planRetention, type RetentionPoint } from '../src/core/retention.js';
 
 interface Listed {
@@ -252,4 +253,40 @@ test('a prune killed with SIGKILL at random moments leaves a repository that ver
   assert.equal(list.filter((p) => p.type === 'full').length, 1);
   await fsp.rm(d.work, { recursive: true, force: true });
   await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a prune on a disk the repository filled up still runs: it frees the room kept aside to take its lock, and keeps it aside again after', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  await fsp.mkdir(src);
+  await writeRandomFile(path.join(src, 'weights.bin'), 1_500_000, prng(seedFromEnv()));
+  // Two fulls fit on the 4 MiB file system; the third fills it. What is left of it is then taken up.
+  const read = await runInNamespace(work, [
+    'mkdir small && mount -t tmpfs -o size=4m tmpfs small',
+    'node "$BIN" --repo small/repo init > /dev/null',
+    'node "$BIN" --repo small/repo backup models --type full > /dev/null',
+    'echo 1 >> models/config.json',
+    'node "$BIN" --repo small/repo backup models --type full > /dev/null',
+    'echo 2 >> models/config.json',
+    'status=0; node "$BIN" --repo small/repo backup models --type full 2> out/backup.txt || status=$?',
+    'echo "$status" > out/backup-status.txt',
+    'cat /dev/urandom > small/filler 2> /dev/null || true',
+    'df --output=avail -B1 small | tail -1 > out/avail.txt',
+    'status=0; node "$BIN" --repo small/repo --json prune --keep-full 1 > out/prune.json 2> out/prune.txt || status=$?',
+    'echo "$status" > out/prune-status.txt',
+    'node "$BIN" --repo small/repo --json list > out/list.json',
+    'node "$BIN" --repo small/repo --json verify > out/verify.json',
+    'ls -A small/repo/.tmp/reserve > out/reserve.txt',
+    'ls -A small/repo > out/repo.txt',
+  ]);
+  assert.equal((await read('backup-status.txt')).trim(), '1');
+  assert.match(await read('backup.txt'), /^lifeboat: cannot write .*: ENOSPC: no space left on device, write\n {2}free space on the file system of the repository; where its backups fill it, lifeboat prune removes the points retention does not keep \(it runs on a full disk\)\n$/);
+  assert.equal((await read('avail.txt')).trim(), '0', 'the premise: no room is left');
+  assert.equal((await read('prune-status.txt')).trim(), '0', await read('prune.txt'));
+  assert.equal(JSON.parse(await read('prune.json')).remove.length, 1);
+  assert.equal(JSON.parse(await read('list.json')).length, 1);
+  assert.equal(JSON.parse(await read('verify.json')).ok, true);
+  assert.equal((await read('reserve.txt')).trim(), 'space', 'the room is kept aside again');
+  assert.doesNotMatch(await read('repo.txt'), /locks/, 'the lock is released');
 });

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { lifeboat, spawnLifeboat } from './helpers/cli.js';
+import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
 import { startedNow, waitFor } from './helpers/processes.js';
 import { smallDeployment } from './helpers/repo.js';
 import { compareSnapshots, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile } from './helpers/tree.js';
@@ -220,4 +220,21 @@ test('what an interrupted failover to another point left under a short name, nam
   const removed = await removeOtherStaging(path.join(slots, '20261102-000000-000F'));
   assert.deepEqual(removed, [`.20261101-000000-000F.lifeboat-staging-${gone}-0badf00d`]);
   assert.deepEqual((await fsp.readdir(slots)).sort(), ['.20261102-000000-000F.lifeboat-staging-' + gone + '-0badcafe', `.20261103-000000-000F.lifeboat-staging-${process.pid}-00c0ffee`, '.lb00c0ffe', '.lb0badcaf'].sort());
+});
+
+test('a restore stopped by a file larger than the file-size limit (EFBIG) says what to do, and leaves nothing it would claim to go on from', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src])).code, 0);
+  const target = path.join(d.work, 'restored');
+  // weights.bin holds 300,000 bytes: past a limit of 100 KiB; the other files fit.
+  for (let run = 0; run < 2; run++) {
+    const r = await runChild(['--repo', d.repo, 'restore', 'latest', '--target', target], { ulimit: { f: 100 } });
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /^lifeboat: cannot restore into .*restored: EFBIG: file too large.*\n {2}a file grew past the largest size that the file system of .*restored, or this process's file-size limit \(ulimit -f\), allows: raise the limit, or use another file system\n$/);
+    assert.doesNotMatch(r.stderr, /goes on from|resuming/);
+  }
+  assert.deepEqual(await fsp.readdir(d.work), ['models', 'repo'], 'no staging directory is left beside the target, and no target');
+  const whole = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', target]);
+  assert.equal(whole.code, 0, whole.stderr);
 });

@@ -11,7 +11,7 @@ import { integrityCheck } from '../src/state/sqlite.js';
 import { captureSources, stateSource } from '../src/state/capture.js';
 import { restoreCommand } from '../src/state/command.js';
 import { BackupHooks } from '../src/state/hooks.js';
-import { inNamespace, unshare } from './helpers/namespace.js';
+import { runInNamespace, unshare } from './helpers/namespace.js';
 import { waitFor } from './helpers/processes.js';
 
 async function makeRepo(work: string): Promise<string> {
@@ -503,32 +503,56 @@ test('diff and the backup summary name a state source only when the state change
   assert.equal(third.changed, 2);
 });
 
-test('a command source whose output does not fit where it is staged fails the backup saying so; --work-dir stages it elsewhere', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {
+/**
+ * A deployment in `work` of `models` and the state `sources` (YAML lines), whose first backup, run as
+ * `firstBackup` with 1 MiB of room in `$WORK/small`, fails, and whose second, with `--work-dir
+ * $WORK/staging/new`, is restored to `$WORK/restored`; `read` gives back what each step left in `out/`.
+ */
+async function stagedOnASmallDisk(t: { after(fn: () => Promise<unknown>): void }, sources: string, firstBackup: string, before?: (work: string) => Promise<void>) {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
   await fsp.mkdir(path.join(work, 'models'));
   await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights');
-  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\n  features: { command: "head -c 3000000 /dev/zero" }\n');
-  await fsp.mkdir(path.join(work, 'out'));
-  // TMPDIR on a 1 MiB file system: the 3 MB dump does not fit there.
-  const script = [
-    'cd "$WORK"',
+  await before?.(work);
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ./repo\nsources:\n  models: ./models\n${sources}`);
+  const read = await runInNamespace(work, [
     'mkdir small && mount -t tmpfs -o size=1m tmpfs small',
     'node "$BIN" init > /dev/null',
-    'status=0; TMPDIR="$WORK/small" node "$BIN" backup 2> out/full.txt || status=$?',
+    `status=0; ${firstBackup} 2> out/full.txt || status=$?`,
     'echo "$status" > out/status.txt',
     'ls -A small > out/left.txt',
     'node "$BIN" --json backup --work-dir "$WORK/staging/new" > out/backup.json',
     'node "$BIN" restore latest --target "$WORK/restored" > /dev/null',
-  ].join('\n');
-  inNamespace(script, { WORK: work });
-  const read = (name: string) => fsp.readFile(path.join(work, 'out', name), 'utf8');
+  ]);
   assert.equal((await read('status.txt')).trim(), '1');
-  assert.match(await read('full.txt'), new RegExp(`could not keep the output of the command of source features in ${work}/small: ENOSPC: .*\\n {2}free space on the file system of ${work}/small, or use another place; lifeboat backup --work-dir DIR \\(or TMPDIR\\) stages serving state elsewhere`));
-  assert.equal((await read('left.txt')).trim(), '', 'the partial output was removed');
+  assert.equal((await read('left.txt')).trim(), '', 'what did not fit was removed');
   assert.equal(JSON.parse(await read('backup.json')).files, 2);
-  assert.equal((await fsp.stat(path.join(work, 'restored', 'features', 'stdout'))).size, 3_000_000);
   assert.deepEqual(await fsp.readdir(path.join(work, 'staging', 'new')), [], 'the staging directory is emptied');
+  return { work, read };
+}
+
+test('a command source whose output does not fit where it is staged fails the backup saying so; --work-dir stages it elsewhere', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {
+  // TMPDIR on a 1 MiB file system: the 3 MB dump does not fit there.
+  const { work, read } = await stagedOnASmallDisk(t, '  features: { command: "head -c 3000000 /dev/zero" }\n', 'TMPDIR="$WORK/small" node "$BIN" backup');
+  assert.match(await read('full.txt'), new RegExp(`could not keep the output of the command of source features in ${work}/small: ENOSPC: .*\\n {2}free space on the file system of ${work}/small, or use another place; lifeboat backup --work-dir DIR \\(or TMPDIR\\) stages serving state elsewhere`));
+  assert.equal((await fsp.stat(path.join(work, 'restored', 'features', 'stdout'))).size, 3_000_000);
+});
+
+test('a SQLite copy that does not fit where it is staged says which file system is full, not that the database is; --work-dir stages it elsewhere', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {
+  // The 3 MB database's copy does not fit in a 1 MiB work directory.
+  const { work, read } = await stagedOnASmallDisk(t, '  registry: { sqlite: ./registry.db }\n', 'node "$BIN" backup --work-dir "$WORK/small"', async (dir) => {
+    const db = new Database(path.join(dir, 'registry.db'));
+    db.exec('CREATE TABLE runs (id INTEGER PRIMARY KEY, blob BLOB)');
+    const insert = db.prepare('INSERT INTO runs (blob) VALUES (?)');
+    for (let i = 0; i < 300; i++) insert.run(Buffer.alloc(10_000, i));
+    db.close();
+  });
+  assert.equal(
+    await read('full.txt'),
+    `lifeboat: source registry: the copy of ${work}/registry.db does not fit in ${work}/small: no space left on device (SQLITE_FULL)\n` +
+      `  free space on the file system of ${work}/small, or use another place; lifeboat backup --work-dir DIR (or TMPDIR) stages serving state elsewhere\n`,
+  );
+  assert.equal((await fsp.stat(path.join(work, 'restored', 'registry', 'registry.db'))).size, (await fsp.stat(path.join(work, 'registry.db'))).size);
 });
 
 /** A served deployment: its models in `live/models`, its registry database to be in `state/registry.db`. */

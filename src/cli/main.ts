@@ -1,7 +1,7 @@
 import { Command, CommanderError, Option } from 'commander';
 import { createRequire } from 'node:module';
 import type { Writable } from 'node:stream';
-import { ExitCode, LifeboatError, UsageError, errorMessage, failureExitCode } from '../errors.js';
+import { ExitCode, LifeboatError, UsageError, asLimitReached, errorMessage, failureExitCode } from '../errors.js';
 import type { CliContext, GlobalOptions } from './context.js';
 import { documentText, failureDocument, jsonLogLine, paint } from './output.js';
 import { escapeUnprintable } from './format.js';
@@ -193,11 +193,12 @@ export async function runCli(argv: string[], io: CliIo, signal: AbortSignal): Pr
     await program.parseAsync(argv);
     if (state.document !== undefined) io.stdout.write(documentText(state.document));
     return ExitCode.ok;
-  } catch (err) {
+  } catch (caught) {
     // --help and --version: shown; every other complaint of commander's arrives as a UsageError.
-    if (err instanceof CommanderError) return ExitCode.ok;
+    if (caught instanceof CommanderError) return ExitCode.ok;
+    const err = asLimitReached(caught);
     // A failure while the run is being interrupted is an interruption, whatever error it surfaced as.
-    const code = failureExitCode(err, signal);
+    const code = failureExitCode(caught, signal);
     const ctx = state.ctx;
     // Before a command runs (commander refused the command line), its context does not exist yet.
     const json = ctx ? ctx.json : givenOnCommandLine(argv, '--json');

@@ -225,6 +225,8 @@ export async function acquireWriterLock(storage: Storage, command: string, optio
     const message = stale.unreadable ? 'took over the repository lock, whose document was unreadable (damaged or empty)' : `took over a stale lock of ${describeLock(stale.info)} (${stale.reason})`;
     reporter.notice?.({ level: 'warning', code: 'stale-lock', message });
   }
+  // Where it fails (no room), the room kept for a prune is missing: the writer's own writes say so.
+  await storage.keepReserve().catch(() => undefined);
   return lock;
 }
 
@@ -257,14 +259,16 @@ async function tryLock(storage: Storage, command: string, leaseMs: number, optio
   const now = new Date().toISOString();
   const info: LockInfo = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs, token: randomBytes(16).toString('hex') };
   const written = encodeLock(info);
-  if (await storage.putDocument(keys.lock, written, { ifAbsent: true })) return { held: holdLock(storage, info, written) };
+  // A prune is what frees space: on a disk the repository filled, its lock may take the room kept aside for it.
+  const spendReserve = command === 'prune';
+  if (await storage.putDocument(keys.lock, written, { ifAbsent: true, spendReserve })) return { held: holdLock(storage, info, written) };
   const holder = await readStoredLock(storage, options);
   // Released between the two calls: the next attempt takes it.
   if (!holder) return tryLock(storage, command, leaseMs, options);
   const status = statusOf(holder);
   if (!holder.stale) return { busy: status };
   // Replaced only while it is still the stale lock judged: of two processes taking it over at once, one does.
-  if (await storage.putDocument(keys.lock, written, { ifMatch: holder.raw })) return { held: holdLock(storage, info, written, status) };
+  if (await storage.putDocument(keys.lock, written, { ifMatch: holder.raw, spendReserve })) return { held: holdLock(storage, info, written, status) };
   const winner = await readLock(storage);
   if (!winner) return tryLock(storage, command, leaseMs, options);
   if (!winner.stale) return { busy: winner };

@@ -90,8 +90,9 @@ export function parseSamples(text: string): MetricSample[] {
 export async function writeFileAtomic(file: string, data: string): Promise<void> {
   const dir = path.dirname(file);
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
-  await writeFileSynced(tmp, data, { mode: 0o644 });
   try {
+    // A write cut short (a full disk) leaves no partial temporary file behind, one more each run.
+    await writeFileSynced(tmp, data, { mode: 0o644 });
     await fsp.rename(tmp, file);
   } catch (err) {
     await fsp.rm(tmp, { force: true });

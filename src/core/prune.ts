@@ -177,6 +177,8 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
     }
     await stillHeld();
     await removeUnfinishedWrites(repo, reporter);
+    // The room a prune on a full disk took for its lock is kept aside again, now that there is room.
+    await repo.storage.keepReserve().catch(() => undefined);
     const durationMs = Date.now() - started;
     await appendEvent(repo.storage, {
       type: 'prune',

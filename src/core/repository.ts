@@ -412,7 +412,12 @@ export class Repository {
    */
   async commitManifest(manifest: Manifest, options: { beforeVisible?: () => Promise<void> } = {}): Promise<void> {
     await this.writeSummary(manifest);
-    const ok = await this.storage.putDocument(keys.point(manifest.id), encodeDocument(manifest), { ifAbsent: true, beforeVisible: options.beforeVisible });
+    const ok = await this.storage.putDocument(keys.point(manifest.id), encodeDocument(manifest), { ifAbsent: true, beforeVisible: options.beforeVisible }).catch(async (err: unknown) => {
+      // The point was not committed (a full disk, the lock lost): its summary would be a leftover for verify to report.
+      // Should the manifest have landed all the same (a reply lost), the next backup writes the missing summary.
+      await this.storage.delete([keys.summary(manifest.id)]).catch(() => undefined);
+      throw err;
+    });
     if (!ok) throw new IntegrityError(`backup point ${manifest.id} already exists`);
     this.manifests.set(manifest.id, manifest);
   }

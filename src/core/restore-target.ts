@@ -154,11 +154,18 @@ export async function removeOtherStaging(target: string): Promise<string[]> {
  * not judged.
  */
 export async function checkFreeSpace(staging: string, target: string, files: readonly ManifestEntry[]): Promise<void> {
-  const needed = files.reduce((n, f) => n + f.size, 0);
   const fsStats = await fsp.statfs(staging).catch(() => undefined);
   if (!fsStats || fsStats.blocks === 0) return;
+  // Each file takes whole blocks: thousands of small files (tokenizers, configs, logs) take far more than their bytes.
+  // Counted in 4 KiB at most: a network file system reports its transfer size (up to 1 MiB on NFS) as its block.
+  const block = Math.min(fsStats.bsize, 4096);
+  const bytes = files.reduce((n, f) => n + f.size, 0);
+  const needed = files.reduce((n, f) => n + Math.ceil(f.size / block) * block, 0);
   const free = fsStats.bavail * fsStats.bsize;
-  if (needed > free) throw new NotEnoughSpace(`the restore needs ${formatBytes(needed)} on the file system of ${target}, and ${formatBytes(free)} is free`);
+  if (needed <= free) return;
+  // Said when it is the blocks that do not fit: the bytes alone would.
+  const inBlocks = bytes <= free ? ` (${formatBytes(bytes)} in ${files.length} files, each taking whole blocks of ${formatBytes(block)})` : '';
+  throw new NotEnoughSpace(`the restore needs ${formatBytes(needed)}${inBlocks} on the file system of ${target}, and ${formatBytes(free)} is free`);
 }
 
 /** A restore refused before writing, for want of free space; callers may give their own hint. */

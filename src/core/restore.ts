@@ -331,10 +331,11 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
     return result;
   } catch (err) {
     // Data that did not verify is not worth keeping, nor is a staging directory nothing was written into, nor
-    // one that filled the disk, nor one where a path was too long (the next restore into that target would fail
-    // the same way). Otherwise (the network, storage, an interrupt, credentials that ran out part-way) what
-    // verified stays for the next restore to resume from.
-    const failsAgain = ['ENOSPC', 'EDQUOT', 'ENAMETOOLONG'].includes((err as NodeJS.ErrnoException).code ?? '');
+    // one that filled the disk, nor one holding a file larger than the file system or the file-size limit allows,
+    // nor one where a path was too long (the next restore into that target would fail the same way). Otherwise
+    // (the network, storage, an interrupt, credentials that ran out part-way) what verified stays for the next
+    // restore to resume from.
+    const failsAgain = ['ENOSPC', 'EDQUOT', 'EFBIG', 'ENAMETOOLONG'].includes((err as NodeJS.ErrnoException).code ?? '');
     const usage = err instanceof UsageError && !(err instanceof CredentialsRefusedError);
     if (worthKeeping && !options.disposable && !failsAgain && !(err instanceof IntegrityError) && !usage) {
       reporter.notice?.({ level: 'warning', code: 'restore-kept', path: staging, message: `the files restored so far are kept there; the next restore into ${target} goes on from them (remove it if there will be none)` });

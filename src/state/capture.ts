@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import type { SourceSpec } from '../core/scan.js';
 import { leftWorkDirectory, type Notice } from '../core/events.js';
 import { parseDuration } from '../config/duration.js';
-import { captureCommand, COMMAND_OUTPUT_FILE } from './command.js';
+import { captureCommand, COMMAND_OUTPUT_FILE, ELSEWHERE } from './command.js';
 import { copySqlite } from './sqlite.js';
 import { RuntimeFailure, errorMessage } from '../errors.js';
 import { makeWorkDirectory } from '../format/mkdirs.js';
@@ -102,6 +102,8 @@ export async function captureSources(sources: readonly PendingSource[], options:
           signal: options.signal,
           tell: (message) => options.notice?.({ level: 'info', code: 'state-waiting', path: s.name, message }),
           rollBackHotJournal: true,
+          stagedIn: workDir,
+          elsewhere: ELSEWHERE,
         });
         options.notice?.({ level: 'info', code: 'state-captured', path: s.name, message: `copied SQLite database ${state.database} online (${copy.pages} pages, ${copy.durationMs} ms)` });
         if (copy.empty) {

@@ -5,6 +5,9 @@ import * as path from 'node:path';
 import { InterruptedError, RuntimeFailure, errorMessage, fileSystemHint } from '../errors.js';
 import { afterDelay } from '../sleep.js';
 
+
+/** How a backup's serving state is staged on another file system than the one that failed it. */
+export const ELSEWHERE = 'lifeboat backup --work-dir DIR (or TMPDIR) stages serving state elsewhere';
 /** How much of a command's stderr is kept for an error message. */
 const STDERR_TAIL = 4000;
 /** After SIGTERM on a timeout, how long a command gets before SIGKILL. */
@@ -161,7 +164,7 @@ export async function runShell(
       // The command did not fail: keeping its output did (a full temporary file system, most often).
       throw new RuntimeFailure(`could not keep the output of the ${what} in ${place}: ${errorMessage(err)}`, {
         cause: err,
-        hint: `${fileSystemHint(err, place) ?? 'check that place'}; lifeboat backup --work-dir DIR (or TMPDIR) stages serving state elsewhere`,
+        hint: `${fileSystemHint(err, place) ?? 'check that place'}; ${ELSEWHERE}`,
       });
     });
   } else if (options.onStdout) {

@@ -2,7 +2,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import type BetterSqlite3 from 'better-sqlite3';
-import { InterruptedError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
+import { InterruptedError, RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../errors.js';
 import { makeDirectories } from '../format/mkdirs.js';
 import { sleep } from '../sleep.js';
 
@@ -75,6 +75,10 @@ export async function copySqlite(
     patienceMs?: number;
     /** What to do about a lock held longer (default: the advice for a backup). */
     lockedHint?: string;
+    /** The directory the copy is made under, named when its file system is full (default: the copy's own). */
+    stagedIn?: string;
+    /** Advice added to freeing space when that file system is full. */
+    elsewhere?: string;
   } = {},
 ): Promise<SqliteCopy> {
   const started = Date.now();
@@ -116,6 +120,15 @@ export async function copySqlite(
           // A file of something else (a dump, a log, another store's data) named where the database was meant.
           if ((err as { code?: string }).code === 'SQLITE_NOTADB') {
             return new UsageError(`source ${name}: ${database} is not a SQLite database`, { cause: err, hint: `check the file that sources.${name}.sqlite names` });
+          }
+          if ((err as { code?: string }).code === 'SQLITE_FULL') {
+            // SQLite says "database or disk is full": what is full is where the copy is written, not the live database.
+            const place = options.stagedIn ?? path.dirname(destination);
+            const hint = fileSystemHint(err, place)!;
+            return new RuntimeFailure(`source ${name}: the copy of ${database} does not fit in ${place}: no space left on device (SQLITE_FULL)`, {
+              cause: err,
+              hint: options.elsewhere ? `${hint}; ${options.elsewhere}` : hint,
+            });
           }
           return new RuntimeFailure(`source ${name}: online backup of ${database} failed: ${errorMessage(err)}`, { cause: err });
         },
@@ -180,7 +193,7 @@ export async function restoreSqlite(name: string, copy: string, database: string
       }
     },
     {
-      failed: (err) => new RuntimeFailure(`source ${name}: restoring ${database} failed: ${errorMessage(err)}`, { cause: err }),
+      failed: (err) => new RuntimeFailure(`source ${name}: restoring ${database} failed: ${errorMessage(err)}`, { cause: err, hint: fileSystemHint(err, path.dirname(database)) }),
       stayedLocked: (last) =>
         new RuntimeFailure(`source ${name}: ${database} stayed locked by another connection for ${RESTORE_PATIENCE_MS / 1000} s: ${errorMessage(last)}`, {
           hint: lockedHint,

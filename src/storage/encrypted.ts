@@ -170,6 +170,10 @@ export class EncryptedStorage implements Storage {
     return this.inner.cleanupIncomplete(olderThanMs, prefix);
   }
 
+  keepReserve(): Promise<void> {
+    return this.inner.keepReserve();
+  }
+
   close(): Promise<void> {
     this.dataKey.fill(0);
     return this.inner.close();

@@ -27,6 +27,13 @@ import {
 
 /** Temporary files live here until they are renamed into place. */
 const TMP_DIR = '.tmp';
+/**
+ * Room kept aside in a directory of its own under TMP_DIR (not a write in progress): a prune on a disk the
+ * repository filled frees it to take its lock. Random bytes, so that a compressing file system keeps them.
+ */
+const RESERVE_DIR = 'reserve';
+const RESERVE_FILE = 'space';
+const RESERVE_BYTES = 256 * 1024;
 
 /**
  * A repository in a local directory. Writes go to a temporary file, are fsynced
@@ -168,7 +175,12 @@ export class LocalStorage implements Storage {
     this.pathOf(key); // an invalid key is refused before anything is written
     const tmp = await this.tempFile();
     try {
-      await writeFileSynced(tmp, data, { flag: 'wx' });
+      await writeFileSynced(tmp, data, { flag: 'wx' }).catch(async (err: unknown) => {
+        const full = ['ENOSPC', 'EDQUOT'].includes((err as NodeJS.ErrnoException).code ?? '');
+        if (!(full && options.spendReserve && (await this.spendReserve()))) throw err;
+        await fsp.rm(tmp, { force: true });
+        await writeFileSynced(tmp, data, { flag: 'wx' });
+      });
       return await this.commit(key, tmp, { exclusive: options.ifAbsent === true, ifMatch: options.ifMatch, beforeVisible: options.beforeVisible });
     } catch (err) {
       await fsp.rm(tmp, { force: true });
@@ -333,6 +345,30 @@ export class LocalStorage implements Storage {
     return removeIncompleteOlderThan(this, olderThanMs);
   }
 
+  async keepReserve(): Promise<void> {
+    const dir = path.join(this.root, TMP_DIR, RESERVE_DIR);
+    const file = path.join(dir, RESERVE_FILE);
+    if ((await fsp.stat(file).catch(() => undefined))?.size === RESERVE_BYTES) return;
+    await makeDirectories(dir);
+    // Made by the holder of the writer lock only: one name serves, and what a killed writer left is written over.
+    const tmp = path.join(dir, `${RESERVE_FILE}.new`);
+    try {
+      await fsp.writeFile(tmp, randomBytes(RESERVE_BYTES));
+      await fsp.rename(tmp, file);
+    } catch (err) {
+      await fsp.rm(tmp, { force: true });
+      throw wrap('write', `${TMP_DIR}/${RESERVE_DIR}/${RESERVE_FILE}`, err);
+    }
+  }
+
+  /** Frees the room kept aside; whether there was any. */
+  private async spendReserve(): Promise<boolean> {
+    const file = path.join(this.root, TMP_DIR, RESERVE_DIR, RESERVE_FILE);
+    if (!(await fsp.stat(file).catch(() => undefined))) return false;
+    await fsp.rm(file, { force: true });
+    return true;
+  }
+
   async close(): Promise<void> {}
 }
 
@@ -419,7 +455,9 @@ function wrap(op: string, key: string, err: unknown): Error {
       hint: `${who} may not ${op === 'write' || op === 'delete' ? 'write in' : 'read'} the repository: run lifeboat as the user that owns it, or give this user access to its files and directories`,
     });
   }
-  return new RuntimeFailure(`cannot ${op} ${key}: ${errorMessage(err)}`, { cause: err, hint: fileSystemHint(err, 'the repository') });
+  // What fills a repository's disk is most often the repository: the command that frees it is the useful advice.
+  const hint = code === 'ENOSPC' || code === 'EDQUOT' ? 'free space on the file system of the repository; where its backups fill it, lifeboat prune removes the points retention does not keep (it runs on a full disk)' : fileSystemHint(err, 'the repository');
+  return new RuntimeFailure(`cannot ${op} ${key}: ${errorMessage(err)}`, { cause: err, hint });
 }
 
 /** No such object: nothing at the path, or a file where one of its directories should be (a repository path that names a file). */

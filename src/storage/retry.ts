@@ -496,6 +496,10 @@ class RetryingStorage implements Storage {
     return retrying(this.policy, 'clean up', 'incomplete uploads', () => this.inner.cleanupIncomplete(olderThanMs, prefix));
   }
 
+  keepReserve(): Promise<void> {
+    return this.inner.keepReserve();
+  }
+
   close(): Promise<void> {
     return this.inner.close();
   }

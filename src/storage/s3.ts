@@ -729,6 +729,9 @@ export class S3Storage implements Storage {
     return removeIncompleteOlderThan(this, olderThanMs, prefix);
   }
 
+  /** A bucket does not fill up: nothing is kept aside. */
+  async keepReserve(): Promise<void> {}
+
   async close(): Promise<void> {
     this.client.destroy();
   }

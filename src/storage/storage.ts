@@ -81,6 +81,12 @@ export interface PutDocumentOptions {
    * becomes visible and putDocument rejects with its error.
    */
   beforeVisible?: () => Promise<void>;
+  /**
+   * On a file system with no room left, may free the room the driver keeps
+   * aside (keepReserve) and write again: for the lock of a prune, which frees
+   * space, so that a repository that filled its disk can still be pruned.
+   */
+  spendReserve?: boolean;
 }
 
 export interface GetOptions {
@@ -172,6 +178,12 @@ export interface Storage {
    * under `prefix` when given (never outside the repository). Returns how many were removed.
    */
   cleanupIncomplete(olderThanMs: number, prefix?: string): Promise<number>;
+  /**
+   * Makes sure the room a write with `spendReserve` may use is kept aside (a
+   * local repository's `.tmp/reserve/space`); a driver whose storage cannot
+   * fill up does nothing. Fails, leaving nothing half made, where there is no room.
+   */
+  keepReserve(): Promise<void>;
   close(): Promise<void>;
 }
 

@@ -52,11 +52,18 @@ export interface ChildOptions {
   /** A descriptor for the child's stdout or stderr instead of a pipe (`/dev/full`, a file opened read-only). */
   stdout?: number;
   stderr?: number;
+  /**
+   * Limits the child runs under, set by bash's `ulimit`: `f`, the most a file it writes may hold, in
+   * KiB (a write past it fails with EFBIG, as on a full disk); `n`, how many files it may have open.
+   */
+  ulimit?: { f?: number; n?: number };
 }
 
 /** Starts the real executable as a child process. */
 export function spawnLifeboat(args: string[], options: ChildOptions = {}): ChildProcess {
-  return spawn(process.execPath, [BIN, ...args], {
+  const limits = Object.entries(options.ulimit ?? {}).flatMap(([flag, value]) => [`-${flag}`, String(value)]);
+  const command = limits.length === 0 ? [process.execPath, BIN, ...args] : ['bash', '-c', `ulimit ${limits.join(' ')} && exec "$@"`, 'bash', process.execPath, BIN, ...args];
+  return spawn(command[0]!, command.slice(1), {
     cwd: options.cwd,
     uid: options.user?.uid,
     gid: options.user?.gid,

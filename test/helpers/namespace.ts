@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { BIN } from './cli.js';
 
@@ -31,4 +33,14 @@ export function inNamespace(script: string, env: Record<string, string>): void {
     timeout: 120_000,
   });
   assert.equal(run.status, 0, `the run in a mount namespace failed (status ${run.status}):\n${run.stderr}`);
+}
+
+/**
+ * Runs `lines` in a new mount namespace from `work` (as $WORK), where `out/` is made for what the
+ * script writes down; returns a reader of those files.
+ */
+export async function runInNamespace(work: string, lines: readonly string[]): Promise<(name: string) => Promise<string>> {
+  await fsp.mkdir(path.join(work, 'out'), { recursive: true });
+  inNamespace(['cd "$WORK"', ...lines].join('\n'), { WORK: work });
+  return (name) => fsp.readFile(path.join(work, 'out', name), 'utf8');
 }

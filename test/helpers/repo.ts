@@ -34,12 +34,16 @@ export async function exists(p: string): Promise<boolean> {
   );
 }
 
-/** Every object key under the repository directory (relative, '/'-separated). */
+/** The room a local repository keeps aside for a prune on a full disk: no object, and there from the first backup on. */
+export const RESERVE_DIR = '.tmp/reserve';
+
+/** Every object key under the repository directory (relative, '/'-separated), and what a write in progress or cut short left. */
 export async function repoFiles(repo: string): Promise<string[]> {
   const out: string[] = [];
   const walk = async (d: string, rel: string) => {
     for (const e of await fsp.readdir(d, { withFileTypes: true })) {
       const r = rel ? `${rel}/${e.name}` : e.name;
+      if (r === RESERVE_DIR) continue;
       if (e.isDirectory()) await walk(path.join(d, e.name), r);
       else out.push(r);
     }
