@@ -118,7 +118,15 @@ async function readPasswordFile(ctx: CliContext, file: string, what: string): Pr
     text = await readPasswordText(full, what, ctx.signal);
   } catch (err) {
     if (err instanceof UsageError || err instanceof InterruptedError) throw err;
-    throw new UsageError(`cannot read ${what} ${full}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+    const code = (err as NodeJS.ErrnoException).code;
+    // Under cron the working directory is the home directory: a relative path written for a shell elsewhere is not found.
+    const hint =
+      code === 'ENOENT' || code === 'ENOTDIR'
+        ? `${path.isAbsolute(file) ? 'check the path' : `a relative path is taken from the working directory (${ctx.cwd}); give the file's absolute path`}`
+        : code === 'EACCES' || code === 'EPERM'
+          ? `run as a user that may read it, or give this user read access (chmod 600 and chown to this user keep it private)`
+          : undefined;
+    throw new UsageError(`cannot read ${what} ${full}: ${code ?? 'error'}`, hint === undefined ? {} : { hint });
   }
   const password = text.replace(/\r?\n$/, '');
   if (password.length === 0) throw new UsageError(`${what} ${full} is empty`);
