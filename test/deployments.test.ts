@@ -39,7 +39,7 @@ test('deployments sharing a repository: each backup builds on its own deployment
   const b1 = await backup('b');
   assert.equal(b1.type, 'full');
   assert.equal(b1.parent, null);
-  assert.match(b1.stderr, /deployment b has no backup in this repository yet, so this incr backup is taken as a full/);
+  assert.match(b1.stderr, /deployment b has no backup in this repository yet \(its deployments: a\), so this incr backup is taken as a full/);
 
   // a's incremental builds on a's own point, not on b's newer one: nothing changed, nothing stored.
   const a2 = await backup('a');

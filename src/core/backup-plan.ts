@@ -27,13 +27,15 @@ export function emptiedSince(empty: readonly ScannedSource[], latest: Manifest):
 /**
  * diff compares with the newest full of its deployment; incr with the newest
  * point of any type of it; with no point of the deployment yet, every backup
- * is a full. The newest point's full is the newest full, so the newest
+ * is a full. `otherNames`: the deployments the repository holds points of, when known. The newest point's full is the newest full, so the newest
  * point's summary alone decides.
  */
-export function chooseReference(newest: Pick<PointSummary, 'id' | 'full'> | undefined, requested: BackupType, deployment: string, othersExist: boolean): ReferenceChoice {
+export function chooseReference(newest: Pick<PointSummary, 'id' | 'full'> | undefined, requested: BackupType, deployment: string, othersExist: boolean, otherNames: readonly string[] = []): ReferenceChoice {
   if (requested === 'full') return { type: 'full' };
   if (!newest) {
-    const why = othersExist ? `deployment ${deployment} has no backup in this repository yet` : 'no full backup exists yet';
+    // The deployments there are named: a name mistyped in a cron line starts a new chain of fulls, night after night.
+    const names = otherNames.length > 0 ? ` (its deployments: ${otherNames.join(', ')})` : '';
+    const why = othersExist ? `deployment ${deployment} has no backup in this repository yet${names}` : 'no full backup exists yet';
     return { type: 'full', fallbackReason: `${why}, so this ${requested} backup is taken as a full` };
   }
   if (requested === 'diff') return { type: 'diff', referenceId: newest.full };

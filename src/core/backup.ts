@@ -372,7 +372,9 @@ async function readReference(repo: Repository, ids: readonly string[], requested
     if (deploymentOf(latest) === deployment) return { choice: chooseReference(latest, requested, deployment, true), newest: latest, reference: latest };
   }
   const newest = await repo.newestOf(deployment, ids);
-  const choice = chooseReference(newest, requested, deployment, ids.length > 0);
+  // Only for the notice: a repository whose names cannot all be read is still backed up to.
+  const otherNames = !newest && ids.length > 0 ? await repo.deploymentNames().catch(() => []) : [];
+  const choice = chooseReference(newest, requested, deployment, ids.length > 0, otherNames);
   return { choice, newest, reference: choice.referenceId ? await referenceManifest(repo, choice.referenceId, requested) : undefined };
 }
 
