@@ -480,6 +480,16 @@ describe('keys', () => {
     assert.equal(changed.code, 0, changed.stderr);
     assert.match(changed.stderr, new RegExp(`warning: took over a stale lock of backup on ${os.hostname()}, pid ${2 ** 22 + 4321}, since \\S+ \\(`));
     assert.ok(!(await repoFiles(r)).some((f) => f.startsWith('locks/')), 'the lock is released');
+
+    // A lock of another host refreshed 10 minutes ago: live by default, stale under the config's lock.staleAfter: 5m, as for a backup.
+    const tenMinutesAgo = new Date(Date.now() - 600_000).toISOString();
+    await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+    await fsp.writeFile(lockFile, JSON.stringify({ host: 'gpu-node-7', pid: 4242, command: 'backup', startedAt: tenMinutesAgo, refreshedAt: tenMinutesAgo, leaseMs: 1800000 }));
+    const config = path.join(work, 'keys-locked.yaml');
+    await fsp.writeFile(config, `repository: ${r}\nlock: { staleAfter: 5m }\n`);
+    const configured = await lifeboat(['--config', config, 'key', 'passwd'], { env: { ...env(), LIFEBOAT_PASSWORD: 'another password', LIFEBOAT_NEW_PASSWORD: 'a third password' } });
+    assert.equal(configured.code, 0, configured.stderr);
+    assert.match(configured.stderr, /warning: took over a stale lock of backup on gpu-node-7, pid 4242/);
   });
 
   it('a damaged key file, which key list warns of, is removed by key remove; the genuine keys stay', async () => {

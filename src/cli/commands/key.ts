@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { ExitCode, InterruptedError, LifeboatError, UsageError, errorMessage } from '../../errors.js';
-import { whileHoldingLock } from '../../core/lock.js';
+import { whileHoldingLock, type WriterLockOptions } from '../../core/lock.js';
+import { lockStaleAfterMs } from '../cron.js';
 import { addKey, damagedKeyMessage, keyInfo, keyObject, readKeys, removeKey, unlockStorage, type UnlockedKey } from '../../core/keys.js';
 import { Repository } from '../../core/repository.js';
 import type { RepositoryConfig } from '../../format/manifest.js';
@@ -23,6 +24,11 @@ function newPasswordFile(options: NewPasswordOptions): string | undefined {
 
 /** What key remove and key passwd take the lock with: a stale lock they take over is said, as a backup says it. */
 const lockReporter = (ctx: CliContext): Reporter => ({ notice: (n) => logNotice(ctx, n) });
+
+/** The config's lock.staleAfter, as backup and prune take the lock with it. */
+async function keyLockOptions(ctx: CliContext): Promise<WriterLockOptions> {
+  return { lockStaleAfterMs: lockStaleAfterMs({}, await contextConfig(ctx)), signal: ctx.signal };
+}
 
 /** Opens and unlocks the repository; key commands need an encrypted one. `beforeUnlocking` as for unlockStorage. */
 async function withKey<T>(
@@ -83,7 +89,7 @@ async function runKeyAdd(ctx: CliContext, options: NewPasswordOptions): Promise<
 
 async function runKeyRemove(ctx: CliContext, selector: string): Promise<void> {
   await withKey(ctx, async (storage, key) => {
-    await whileHoldingLock(storage, 'key remove', {}, lockReporter(ctx), async (lock) => {
+    await whileHoldingLock(storage, 'key remove', await keyLockOptions(ctx), lockReporter(ctx), async (lock) => {
       // A removal that lost its lock while paused deletes nothing: another removal meanwhile may have left this key the last.
       const id = await removeKey(storage, key.keyId, selector, () => lock.check());
       printResult(ctx, { removed: id }, () => `removed key ${id}`);
@@ -93,7 +99,7 @@ async function runKeyRemove(ctx: CliContext, selector: string): Promise<void> {
 
 async function runKeyPasswd(ctx: CliContext, options: NewPasswordOptions): Promise<void> {
   await withNewPassword(ctx, options, async (storage, key, config, password) => {
-    await whileHoldingLock(storage, 'key passwd', {}, lockReporter(ctx), async (lock) => {
+    await whileHoldingLock(storage, 'key passwd', await keyLockOptions(ctx), lockReporter(ctx), async (lock) => {
       // The new key is stored before the old one goes, so a failure in between leaves both passwords working.
       const id = await addKey(storage, config.id, key.dataKey, password, key.kdf);
       try {
