@@ -155,6 +155,11 @@ test('--metrics-file writes Prometheus text format atomically, keeps other comma
   assert.equal(value(samples, 'lifeboat_last_run_success', 'backup'), 0);
   assert.equal(value(samples, 'lifeboat_last_success_timestamp_seconds', 'backup'), success);
   assert.equal(value(samples, 'lifeboat_points', 'backup'), 1, 'the count of points is kept too, not dropped for absent()');
+  assert.equal(value(samples, 'lifeboat_last_run_warnings', 'backup'), 0, 'a run that failed before it warned says so');
+  // One that fails before it opens the repository (a repository not there, a wrong password) too.
+  const unopened = await lifeboat(['--repo', path.join(d.work, 'no-repo'), 'backup', d.src, '--metrics-file', metrics]);
+  assert.equal(unopened.code, 2, unopened.stderr);
+  assert.equal(value(parsePrometheus(await fsp.readFile(metrics, 'utf8')), 'lifeboat_last_run_warnings', 'backup'), 0);
   assert.equal(value(samples, 'lifeboat_last_run_exit_code', 'verify'), 0, 'other commands are untouched');
   assert.deepEqual(await fsp.readdir(path.dirname(metrics)), ['lifeboat.prom'], 'no temporary file is left beside it');
 

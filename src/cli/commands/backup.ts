@@ -111,10 +111,12 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
   }
   // Before the preBackup hook pauses the server.
   const workDir = await directoryFlag(ctx.cwd, '--work-dir', flags.workDir);
+  // What the run warned about before it failed, for monitoring (none, when it fails before it starts: a
+  // wrong password, a repository out of reach); a result that succeeded replaces it with its own.
+  const warned: Notice[] = [];
+  figures.warnings = warned;
   const { repo, config, close } = await openRepository(ctx);
   const renderer = new ProgressRenderer(ctx, flags.dryRun ? 'backup (dry run)' : 'backup');
-  // What the run warned about before it failed, for monitoring: a failed result carries no warnings.
-  const warned: Notice[] = [];
   const reporter = keepingWarnings(renderer, warned);
   // A dry run takes nothing, so it does not pause the server either.
   const hooks = new BackupHooks(flags.dryRun ? undefined : config.hooks, { cwd: ctx.cwd, env: ctx.env, signal: ctx.signal, onOutput: (line) => log(ctx, line) });
@@ -165,7 +167,6 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
         ].join('\n');
       }, { shownWhenQuiet: result.dryRun });
     } catch (err) {
-      figures.warnings ??= warned;
       await state?.cleanup();
       await hooks.after({ error: err }, (message) => log(ctx, `warning: ${message}`));
       throw err;
