@@ -383,3 +383,21 @@ test('an invalid deployment name from LIFEBOAT_DEPLOYMENT says that it comes fro
   assert.doesNotMatch(fromFlag.stderr, /LIFEBOAT_DEPLOYMENT/);
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test("status with a deployment named lists that deployment's events, not another's failed drill; without one, every event", async () => {
+  const { work, repo, backup } = await sharedRepository();
+  const a1 = await backup('a');
+  const b1 = await backup('b');
+  // b's nightly drill fails its objective; a's passes.
+  assert.equal((await lifeboat(['--repo', repo, '--deployment', 'b', 'drill', '--rpo', '1ms'])).code, 5);
+  assert.equal((await lifeboat(['--repo', repo, '--deployment', 'a', 'drill'])).code, 0);
+  const pointsOf = async (...args: string[]) => {
+    const run = await lifeboat(['--repo', repo, ...args, '--json', 'status']);
+    assert.equal(run.code, 0, run.stderr);
+    return run.json().events.map((e: { type: string; point: string | null }) => `${e.type} ${e.point}`);
+  };
+  assert.deepEqual(await pointsOf('--deployment', 'a'), [`drill ${a1.id}`]);
+  assert.deepEqual(await pointsOf('--deployment', 'b'), [`drill ${b1.id}`]);
+  assert.deepEqual(await pointsOf(), [`drill ${b1.id}`, `drill ${a1.id}`]);
+  await fsp.rm(work, { recursive: true, force: true });
+});

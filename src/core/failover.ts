@@ -614,6 +614,24 @@ export interface StatusResult {
 }
 
 /**
+ * The events of the deployment the repository was opened for, when one was named: a probe of one
+ * deployment of a shared repository is not told of another's failed drill. Events of no point (a
+ * prune), and of points whose deployment cannot be read any more (pruned since), are kept.
+ */
+async function newestOfDeployment(repo: Repository | undefined, events: readonly JournalEvent[], wanted: number): Promise<JournalEvent[]> {
+  const deployment = repo?.deployment;
+  if (repo === undefined || deployment === undefined) return events.slice(-wanted);
+  const kept: JournalEvent[] = [];
+  // Newest first, and no further than needed: each point's deployment is one read of its summary.
+  for (let i = events.length - 1; i >= 0 && kept.length < wanted; i--) {
+    const e = events[i]!;
+    const of = e.point === null ? undefined : await repo.summary(e.point).then(deploymentOf, () => undefined);
+    if (of === undefined || of === deployment) kept.unshift(e);
+  }
+  return kept;
+}
+
+/**
  * Per target: what is active, whether it is healthy, the RPO, the slots and the last events.
  * `repo` is the repository, or why it could not be opened: what the targets serve is read from
  * the targets themselves, so a probe still learns it when the repository is missing or unreachable.
@@ -743,7 +761,7 @@ export async function status(
     newest,
     ...(deployments ? { deployments } : {}),
     targets,
-    events: events.slice(-Math.max(wanted, 10)),
+    events: await newestOfDeployment(readable, events, Math.max(wanted, 10)),
   };
   return unreadable === undefined ? { result, ...(noPoints ? { noPoints } : {}) } : { result, unreadable };
 }
