@@ -303,7 +303,7 @@ test('a download that stalls partway through its body: each retry and the error 
       prefix: 'repo',
       settings: { endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, forcePathStyle: true, region: 'us-east-1' },
       env: { AWS_ACCESS_KEY_ID: 'stub', AWS_SECRET_ACCESS_KEY: 'stub' },
-      tuning: { socketTimeoutMs: 300, retry: { maxAttempts, baseDelayMs: 1, maxDelayMs: 1, onRetry: ({ error }) => retries.push(errorMessage(error)) } },
+      tuning: { socketTimeoutMs: 1000, retry: { maxAttempts, baseDelayMs: 1, maxDelayMs: 1, onRetry: ({ error }) => retries.push(errorMessage(error)) } },
     });
   const read = async (storage: Storage) => {
     const chunks: Buffer[] = [];
@@ -315,7 +315,7 @@ test('a download that stalls partway through its body: each retry and the error 
   t.after(() => patient.close());
   assert.ok((await read(patient)).equals(object), 'the retry went on from the byte where the stall was');
   assert.deepEqual(ranges, ['0', String(64 << 10)]);
-  assert.deepEqual(retries, ['nothing moved between this host and the S3 server for 300 ms (s3.idleTimeout)']);
+  assert.deepEqual(retries, ['nothing moved between this host and the S3 server for 1 s (s3.idleTimeout)']);
 
   retries.length = 0;
   stallEvery = true;
@@ -324,7 +324,7 @@ test('a download that stalls partway through its body: each retry and the error 
   // Each attempt brings 64 KiB: less than a MiB of progress does not reset the count of attempts.
   await assert.rejects(read(hasty), (err: unknown) => {
     assert.ok(err instanceof RuntimeFailure, String(err));
-    assert.equal(err.message, 'get data/p/v000001.tar failed after 2 attempts: nothing moved between this host and the S3 server for 300 ms (s3.idleTimeout)');
+    assert.equal(err.message, 'get data/p/v000001.tar failed after 2 attempts: nothing moved between this host and the S3 server for 1 s (s3.idleTimeout)');
     assert.match(err.hint ?? '', /needs a longer s3\.idleTimeout/);
     return true;
   });
