@@ -117,6 +117,29 @@ test('sharded index: a shard missing from the snapshot, a tensor mapped to the w
   assert.equal(findings.length, 2, JSON.stringify(findings));
 });
 
+test('a hostile index: 100,000 missing shards are counted in one finding promptly; a shard path leaving the directory is outside; ./ names the directory', async (t) => {
+  const dir = await scratch(t);
+  const weightMap: Record<string, string> = {};
+  for (let i = 0; i < 100_000; i++) weightMap[`t${i}`] = `s${i}.safetensors`;
+  await fsp.mkdir(path.join(dir, 'many'));
+  await fsp.writeFile(path.join(dir, 'many', 'model.safetensors.index.json'), JSON.stringify({ weight_map: weightMap }));
+  await fsp.mkdir(path.join(dir, 'escape'));
+  await fsp.mkdir(path.join(dir, 'escape', 'etc'));
+  await rawSafetensors(path.join(dir, 'escape', 'etc', 'passwd'), {}, 0);
+  await fsp.writeFile(path.join(dir, 'escape', 'model.safetensors.index.json'), JSON.stringify({ weight_map: { a: '/etc/passwd', b: '../../etc/passwd' } }));
+  const { shardNames, map } = await checkpoint(path.join(dir, 'root'), 2);
+  await fsp.writeFile(path.join(dir, 'root', 'model.safetensors.index.json'), JSON.stringify({ weight_map: Object.fromEntries(Object.entries(map).map(([k, v]) => [k, `./${v}`])) }));
+
+  const started = Date.now();
+  const [all, root] = await Promise.all([validateDirectory(dir), validateDirectory(path.join(dir, 'root'))]);
+  assert.ok(Date.now() - started < 20_000, `took ${Date.now() - started} ms`);
+  const many = all.findings.filter((f) => f.path === 'many/model.safetensors.index.json');
+  assert.equal(many.length, 1, JSON.stringify(many.map((f) => f.reason.slice(0, 200))));
+  assert.match(many[0]!.reason, /^shards s0\.safetensors \(1 tensor\(s\)\), s1\.safetensors \(1 tensor\(s\)\), s2\.safetensors \(1 tensor\(s\)\) and 99997 more are missing from the snapshot$/);
+  only(all.findings, 'escape/model.safetensors.index.json', /^shards \/etc\/passwd, \.\.\/\.\.\/etc\/passwd are outside the index's directory$/);
+  assert.deepEqual(root.findings, [], `${shardNames.join(', ')} named as ./NAME are the index's own shards`);
+});
+
 test('symlinked shards (a Hugging Face cache snapshot) count as present and are checked through the link', async (t) => {
   const dir = await scratch(t);
   const { shardNames } = await checkpoint(path.join(dir, 'blobs'), 2);

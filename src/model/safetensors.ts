@@ -173,33 +173,47 @@ export async function checkSafetensorsIndex(
     return { findings };
   }
   const dir = path.posix.dirname(file.name);
-  const shardNames = [...new Set(map.values())];
+  const byShard = new Map<string, string[]>();
+  for (const [tensor, shard] of map) {
+    const list = byShard.get(shard);
+    if (list) list.push(tensor);
+    else byShard.set(shard, [tensor]);
+  }
+  const shardNames = [...byShard.keys()];
+  const checkOf = (shard: string) => {
+    const present = byName.get(path.posix.join(dir, shard));
+    return present && shards.get(present.linkTo ?? present.name);
+  };
   const dtypes = new Map<string, number>();
-  const wrong: string[] = [];
-  for (const shard of shardNames) {
-    const rel = dir === '.' ? shard : path.posix.join(dir, shard);
-    if (shard.includes('/') && path.posix.normalize(shard).startsWith('..')) {
-      report(file.name, `shard ${shard} is outside the index's directory`);
+  const wrong: { tensor: string; shard: string }[] = [];
+  const outside: string[] = [];
+  const missing: string[] = [];
+  for (const [shard, mapped] of byShard) {
+    const normal = path.posix.normalize(shard);
+    if (path.posix.isAbsolute(shard) || normal === '..' || normal.startsWith('../')) {
+      outside.push(shard);
       continue;
     }
-    const present = byName.get(rel);
-    if (!present) {
-      const count = [...map.values()].filter((s) => s === shard).length;
-      report(file.name, `shard ${shard} (${count} tensor(s)) is missing from the snapshot`);
+    if (!byName.get(path.posix.join(dir, shard))) {
+      missing.push(`${shard} (${mapped.length} tensor(s))`);
       continue;
     }
-    const check = shards.get(present.linkTo ?? present.name);
+    const check = checkOf(shard);
     if (!check?.names) continue; // its own finding says why it does not parse
     for (const d of check.info?.dtypes ?? []) bump(dtypes, d);
-    for (const [tensor, s] of map) {
-      if (s !== shard || check.names.has(tensor)) continue;
-      const elsewhere = shardNames.find((other) => {
-        const o = byName.get(dir === '.' ? other : path.posix.join(dir, other));
-        return o && shards.get(o.linkTo ?? o.name)?.names?.has(tensor);
-      });
-      wrong.push(`tensor ${tensor} is mapped to ${shard} but is not in it${elsewhere ? ` (it is in ${elsewhere})` : ''}`);
-    }
+    for (const tensor of mapped) if (!check.names.has(tensor)) wrong.push({ tensor, shard });
   }
-  if (wrong.length) report(file.name, wrong.length > 3 ? `${wrong.slice(0, 3).join('; ')}; and ${wrong.length - 3} more` : wrong.join('; '));
+  // A hostile index may name any number of shards: a few are named, the rest counted.
+  const some = (list: string[], one: string, many: string) =>
+    list.length === 1 ? `${one} ${list[0]}` : `${many} ${list.slice(0, 3).join(', ')}${list.length > 3 ? ` and ${list.length - 3} more` : ''}`;
+  if (outside.length) report(file.name, `${some(outside, 'shard', 'shards')} ${outside.length === 1 ? 'is' : 'are'} outside the index's directory`);
+  if (missing.length) report(file.name, `${some(missing, 'shard', 'shards')} ${missing.length === 1 ? 'is' : 'are'} missing from the snapshot`);
+  if (wrong.length) {
+    const named = wrong.slice(0, 3).map(({ tensor, shard }) => {
+      const elsewhere = shardNames.find((other) => other !== shard && checkOf(other)?.names?.has(tensor));
+      return `tensor ${tensor} is mapped to ${shard} but is not in it${elsewhere ? ` (it is in ${elsewhere})` : ''}`;
+    });
+    report(file.name, `${named.join('; ')}${wrong.length > 3 ? `; and ${wrong.length - 3} more` : ''}`);
+  }
   return { info: { format: 'safetensors-index', shards: shardNames.length, tensors: map.size, dtypes: dtypeSummary(dtypes) }, findings };
 }
