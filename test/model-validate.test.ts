@@ -102,6 +102,22 @@ test('broken safetensors: truncated shard, offsets past the end, overlapping ten
   assert.ok(!findings.some((f) => f.path === shardNames[0]), 'the intact shard is not reported');
 });
 
+test('a hostile safetensors header: megabyte names and values are cut in the finding, a deeply nested dtype is named, not a stack overflow', async (t) => {
+  const dir = await scratch(t);
+  await rawSafetensors(path.join(dir, 'long-dtype.safetensors'), { a: { dtype: 'y'.repeat(2_000_000), shape: [], data_offsets: [0, 0] } }, 0);
+  await rawSafetensors(path.join(dir, 'long-name.safetensors'), { ['x'.repeat(2_000_000)]: { dtype: 'ZZ', shape: [], data_offsets: [0, 0] } }, 0);
+  const deep = Buffer.from(`{"a":{"dtype":${'['.repeat(200_000)}${']'.repeat(200_000)},"shape":[],"data_offsets":[0,0]}}`);
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(deep.length));
+  await fsp.writeFile(path.join(dir, 'deep.safetensors'), Buffer.concat([len, deep]));
+
+  const { findings } = await validateDirectory(dir);
+  for (const f of findings) assert.ok(f.reason.length < 1000, `${f.path}: a finding of ${f.reason.length} characters`);
+  only(findings, 'long-dtype.safetensors', /^tensor a: unknown dtype "y{50,}.*more characters/);
+  only(findings, 'long-name.safetensors', /^tensor x{50,}.*more characters\)$/);
+  only(findings, 'deep.safetensors', /^tensor a: unknown dtype a deeply nested list$/);
+});
+
 test('sharded index: a shard missing from the snapshot, a tensor mapped to the wrong shard', async (t) => {
   const dir = await scratch(t);
   const { shardNames, map } = await checkpoint(path.join(dir, 'a'), 3);

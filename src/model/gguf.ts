@@ -121,7 +121,7 @@ export async function checkGguf(abs: string): Promise<FileCheck> {
         reasons.push(`${dataBytes - at} bytes after the last tensor belong to no tensor (does the header count all ${tensorCount} tensors?)`);
       }
       return {
-        info: { format: 'gguf', version, tensors: tensorCount, dtypes: dtypeSummary(dtypes), ...(architecture ? { architecture } : {}) },
+        info: { format: 'gguf', version, tensors: tensorCount, dtypes: dtypeSummary(dtypes), ...(architecture ? { architecture: architecture.slice(0, 256) } : {}) },
         reasons: reasons.slice(0, 20),
       };
     } catch (err) {

@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import { errorMessage } from '../errors.js';
 import { readAt } from './io.js';
-import { bump, dtypeSummary, type FileCheck, type ModelFinding, type ModelInfo, type TreeFile } from './types.js';
+import { bump, clip, dtypeSummary, type FileCheck, type ModelFinding, type ModelInfo, type TreeFile } from './types.js';
 import { openRegularFile, readRegularFile } from '../format/durable.js';
 
 /** The safetensors format caps its JSON header at 100 MB; nothing bigger is read. */
@@ -106,6 +106,15 @@ export async function checkSafetensors(abs: string): Promise<SafetensorsCheck> {
   }
 }
 
+/** A value from the header as JSON for a message: cut when long, named when too deeply nested to print. */
+function shown(value: unknown): string {
+  try {
+    return clip(JSON.stringify(value) ?? String(value), 100);
+  } catch {
+    return Array.isArray(value) ? 'a deeply nested list' : 'a deeply nested object';
+  }
+}
+
 function tensorOf(name: string, value: unknown, reasons: string[]): Tensor | undefined {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     reasons.push(`tensor ${name}: entry is not an object`);
@@ -113,15 +122,15 @@ function tensorOf(name: string, value: unknown, reasons: string[]): Tensor | und
   }
   const { dtype, shape, data_offsets: offsets } = value as Record<string, unknown>;
   if (typeof dtype !== 'string' || !(dtype in DTYPE_BITS)) {
-    reasons.push(`tensor ${name}: unknown dtype ${JSON.stringify(dtype)}`);
+    reasons.push(`tensor ${name}: unknown dtype ${shown(dtype)}`);
     return undefined;
   }
   if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-    reasons.push(`tensor ${name}: shape ${JSON.stringify(shape)} is not a list of non-negative integers`);
+    reasons.push(`tensor ${name}: shape ${shown(shape)} is not a list of non-negative integers`);
     return undefined;
   }
   if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) || offsets[0] > offsets[1]) {
-    reasons.push(`tensor ${name}: data_offsets ${JSON.stringify(offsets)} are not [begin, end] with begin ≤ end`);
+    reasons.push(`tensor ${name}: data_offsets ${shown(offsets)} are not [begin, end] with begin ≤ end`);
     return undefined;
   }
   const [begin, end] = offsets as [number, number];
@@ -145,7 +154,7 @@ async function readIndex(abs: string, size: number): Promise<{ map?: Map<string,
   if (typeof weightMap !== 'object' || weightMap === null || Array.isArray(weightMap)) return { reason: 'has no weight_map object' };
   const map = new Map<string, string>();
   for (const [tensor, shard] of Object.entries(weightMap)) {
-    if (typeof shard !== 'string' || shard === '') return { reason: `weight_map maps ${tensor} to ${JSON.stringify(shard)}, not a file name` };
+    if (typeof shard !== 'string' || shard === '') return { reason: `weight_map maps ${tensor} to ${shown(shard)}, not a file name` };
     map.set(tensor, shard);
   }
   return { map };

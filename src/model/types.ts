@@ -40,3 +40,10 @@ export function dtypeSummary(counts: ReadonlyMap<string, number>): string[] {
 export function bump(map: Map<string, number>, key: string, by = 1): void {
   map.set(key, (map.get(key) ?? 0) + by);
 }
+
+/** The longest finding kept: a name or value a hostile file makes megabytes long is cut, not printed and stored whole. */
+export const MAX_REASON_CHARS = 500;
+
+export function clip(text: string, max = MAX_REASON_CHARS): string {
+  return text.length > max ? `${text.slice(0, max)}… (${text.length - max} more characters)` : text;
+}

@@ -5,7 +5,7 @@ import { checkGguf } from './gguf.js';
 import { checkHfFile, checkVocabulary, hfKind, type HfCheck, type HfKind } from './hf-config.js';
 import { checkOnnx } from './onnx.js';
 import { checkSafetensors, checkSafetensorsIndex, isSafetensorsIndex, type SafetensorsCheck } from './safetensors.js';
-import type { FileCheck, ModelFinding, ModelFormat, ModelInfo, TreeFile } from './types.js';
+import { clip, type FileCheck, type ModelFinding, type ModelFormat, type ModelInfo, type TreeFile } from './types.js';
 
 export type { ModelFinding, ModelInfo, TreeFile } from './types.js';
 
@@ -118,7 +118,7 @@ export async function validateTree(files: readonly TreeFile[], options: Validate
   for (const slot of byDir.values()) if (slot.config) findings.push(...checkVocabulary(slot.config, slot.tokenizers));
 
   findings.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
-  return { findings, recognised };
+  return { findings: findings.map((f) => ({ ...f, reason: clip(f.reason) })), recognised };
 }
 
 /** Lists a directory as a tree (regular files, and symlinks resolved within it), for validating restored data. */
