@@ -276,6 +276,10 @@ test('GGUF: a consistent header passes; a wrong tensor count or a truncated file
   await fsp.writeFile(path.join(dir, 'fewer.gguf'), gguf(['tok_embd', 'output'], 64, 1));
   await fsp.writeFile(path.join(dir, 'cut.gguf'), gguf(['tok_embd', 'output'], 64).subarray(0, -40));
   await fsp.writeFile(path.join(dir, 'magic.gguf'), Buffer.from('GGML....'));
+  const zero = gguf(['tok_embd'], 64);
+  const at = zero.indexOf(ggufString('general.alignment')) + ggufString('general.alignment').length + 4;
+  zero.writeUInt32LE(0, at);
+  await fsp.writeFile(path.join(dir, 'align0.gguf'), zero);
 
   const { findings, recognised } = await validateDirectory(dir);
   assert.ok(!findings.some((f) => f.path === 'ok.gguf'), JSON.stringify(findings));
@@ -283,6 +287,7 @@ test('GGUF: a consistent header passes; a wrong tensor count or a truncated file
   assert.ok(findings.some((f) => f.path === 'more.gguf' && /tensor/.test(f.reason)), JSON.stringify(findings));
   only(findings, 'fewer.gguf', /bytes after the last tensor belong to no tensor \(does the header count all 1 tensors\?\)/);
   only(findings, 'cut.gguf', /tensor output .* runs past the end of the file/);
+  assert.deepEqual(findings.filter((f) => f.path === 'align0.gguf').map((f) => f.reason), ['general.alignment is 0, not a positive multiple of 8']);
   only(findings, 'magic.gguf', /GGUF magic/);
 });
 

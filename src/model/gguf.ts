@@ -74,7 +74,9 @@ export async function checkGguf(abs: string): Promise<FileCheck> {
         const type = await c.u32(`type of ${key}`);
         if (key === 'general.alignment' && type === 4) {
           alignment = await c.u32(key);
-          if (alignment === 0 || alignment % 8 !== 0) reasons.push(`general.alignment ${alignment} is not a positive multiple of 8`);
+          // With an alignment of 0 no tensor has a place to be checked against.
+          if (alignment === 0) return { reasons: ['general.alignment is 0, not a positive multiple of 8'] };
+          if (alignment % 8 !== 0) reasons.push(`general.alignment ${alignment} is not a positive multiple of 8`);
         } else if (key === 'general.architecture' && type === 8) {
           const n = await ggufString(c, v1, key);
           if (n > MAX_NAME) throw new TruncatedError(`${key} claims ${n} bytes`);
