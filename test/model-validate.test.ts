@@ -219,6 +219,18 @@ test('ONNX: a valid model with external data passes; a missing or short external
   only(findings, 'garbage.onnx', /does not parse as an ONNX ModelProto/);
 });
 
+test('ONNX: external data that is a symlink out of the tree is not judged by the file this host has there', async (t) => {
+  const dir = await scratch(t);
+  const elsewhere = await scratch(t);
+  await fsp.writeFile(path.join(elsewhere, 'weights.bin'), Buffer.alloc(10));
+  await fsp.mkdir(path.join(dir, 'm'));
+  await writeOnnxModel(path.join(dir, 'm', 'model.onnx'), { external: 'weights.bin', externalLength: 64 });
+  await fsp.symlink(path.join(elsewhere, 'weights.bin'), path.join(dir, 'm', 'weights.bin'));
+
+  const { findings } = await validateDirectory(dir);
+  assert.deepEqual(findings, [], 'the 10-byte file outside the tree says nothing about the restored model');
+});
+
 test('ONNX above the whole-file bound is walked field by field, big tensor data skipped unread', async (t) => {
   const dir = await scratch(t);
   const file = path.join(dir, 'model.onnx');
