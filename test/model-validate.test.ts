@@ -329,6 +329,25 @@ test('config and tokenizer: vocabulary mismatches and unparsable files are repor
 // ---------------------------------------------------------------------------
 // Through the CLI
 
+test('config, tokenizer, index and safetensors header bytes that are not UTF-8 are reported; a U+FFFD written as UTF-8 passes', async (t) => {
+  const dir = await scratch(t);
+  const latin1 = (json: string) => Buffer.from(json, 'latin1');
+  await fsp.mkdir(path.join(dir, 'latin1'));
+  await fsp.writeFile(path.join(dir, 'latin1', 'config.json'), latin1('{"model_type": "llama", "name": "caf\u00e9"}'));
+  await fsp.writeFile(path.join(dir, 'latin1', 'tokenizer.json'), latin1('{"model": {"vocab": {"caf\u00e9": 0}}}'));
+  await fsp.writeFile(path.join(dir, 'latin1', 'model.safetensors.index.json'), latin1('{"weight_map": {"caf\u00e9": "model.safetensors"}}'));
+  const header = latin1('{"__metadata__": {"by": "caf\u00e9"}}');
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(header.length));
+  await fsp.writeFile(path.join(dir, 'latin1', 'model.safetensors'), Buffer.concat([len, header]));
+  await fsp.mkdir(path.join(dir, 'utf8'));
+  await fsp.writeFile(path.join(dir, 'utf8', 'tokenizer.json'), JSON.stringify({ model: { vocab: { '\uFFFD': 0, 'café': 1 } } }));
+
+  const { findings } = await validateDirectory(dir);
+  for (const file of ['config.json', 'tokenizer.json', 'model.safetensors.index.json', 'model.safetensors']) only(findings, `latin1/${file}`, /not valid JSON: not UTF-8 text/);
+  assert.ok(!findings.some((f) => f.path.startsWith('utf8/')), JSON.stringify(findings));
+});
+
 test('backup warns about an invalid model, --strict refuses it with exit 3; manifest, show and show --json carry the summary', async (t) => {
   const work = await scratch(t);
   const repo = path.join(work, 'repo');

@@ -1,6 +1,6 @@
 import { errorMessage } from '../errors.js';
 import type { FileCheck, ModelFinding, ModelInfo } from './types.js';
-import { readRegularFile } from '../format/durable.js';
+import { readUtf8Json } from './io.js';
 
 /** Config and tokenizer files are parsed whole; anything bigger than this is not read. */
 export const MAX_JSON_BYTES = 256 << 20;
@@ -18,7 +18,7 @@ async function readJson(abs: string, size: number): Promise<{ value?: Record<str
   if (size > MAX_JSON_BYTES) return { reason: `is ${size} bytes; more than ${MAX_JSON_BYTES} is not read` };
   let parsed: unknown;
   try {
-    parsed = JSON.parse(await readRegularFile(abs));
+    parsed = await readUtf8Json(abs);
   } catch (err) {
     return { reason: `is not valid JSON: ${errorMessage(err)}` };
   }

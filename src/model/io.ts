@@ -1,4 +1,5 @@
 import type * as fsp from 'node:fs/promises';
+import { openRegularFile } from '../format/durable.js';
 
 /** Reads up to `length` bytes at `position`; fewer only at the end of the file. */
 export async function readAt(fh: fsp.FileHandle, position: number, length: number): Promise<Buffer> {
@@ -71,4 +72,32 @@ export class TruncatedError extends Error {}
 export function safeNumber(v: bigint, what: string): number {
   if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new TruncatedError(`${what} ${v} is impossibly large`);
   return Number(v);
+}
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * JSON from bytes that must be UTF-8, as the loaders read it (transformers,
+ * the safetensors crate): a byte that is not UTF-8 is an error naming its
+ * position, not a replacement character that lets the file pass.
+ */
+export function parseUtf8Json(bytes: Uint8Array): unknown {
+  let text: string;
+  try {
+    text = strictUtf8.decode(bytes);
+  } catch {
+    const at = Buffer.from(bytes).toString('utf8').indexOf('\uFFFD');
+    throw new SyntaxError(`not UTF-8 text (an invalid byte sequence near character ${at})`);
+  }
+  return JSON.parse(text);
+}
+
+/** A regular file's JSON, which must be UTF-8. */
+export async function readUtf8Json(abs: string): Promise<unknown> {
+  const { handle } = await openRegularFile(abs);
+  try {
+    return parseUtf8Json(await handle.readFile());
+  } finally {
+    await handle.close();
+  }
 }

@@ -1,8 +1,8 @@
 import * as path from 'node:path';
 import { errorMessage } from '../errors.js';
-import { readAt } from './io.js';
+import { parseUtf8Json, readAt, readUtf8Json } from './io.js';
 import { bump, clip, dtypeSummary, type FileCheck, type ModelFinding, type ModelInfo, type TreeFile } from './types.js';
-import { openRegularFile, readRegularFile } from '../format/durable.js';
+import { openRegularFile } from '../format/durable.js';
 
 /** The safetensors format caps its JSON header at 100 MB; nothing bigger is read. */
 export const MAX_HEADER_BYTES = 100_000_000;
@@ -64,7 +64,7 @@ export async function checkSafetensors(abs: string): Promise<SafetensorsCheck> {
     const raw = await readAt(fh, 8, n);
     let header: unknown;
     try {
-      header = JSON.parse(raw.toString('utf8'));
+      header = parseUtf8Json(raw);
     } catch (err) {
       return { reasons: [`header is not valid JSON: ${errorMessage(err)}`] };
     }
@@ -146,7 +146,7 @@ async function readIndex(abs: string, size: number): Promise<{ map?: Map<string,
   if (size > MAX_HEADER_BYTES) return { reason: `index is ${size} bytes; more than ${MAX_HEADER_BYTES} is not read` };
   let parsed: unknown;
   try {
-    parsed = JSON.parse(await readRegularFile(abs));
+    parsed = await readUtf8Json(abs);
   } catch (err) {
     return { reason: `not valid JSON: ${errorMessage(err)}` };
   }
