@@ -148,14 +148,16 @@ async function walkMessage(fh: fsp.FileHandle, type: protobuf.Type, start: numbe
     const field = type.fieldsById[id];
     if (fieldEnd - pos <= FIELD_READ_BYTES) {
       const decoded = type.decode(await readAt(fh, pos, fieldEnd - pos)) as unknown as Record<string, unknown>;
+      // Appended in place: a graph of a million small nodes is a million fields, and copying the list for each took hours.
       for (const [k, v] of Object.entries(decoded)) {
-        out[k] = Array.isArray(v) && Array.isArray(out[k]) ? [...(out[k] as unknown[]), ...v] : v;
+        if (Array.isArray(v) && Array.isArray(out[k])) for (const item of v as unknown[]) (out[k] as unknown[]).push(item);
+        else out[k] = v;
       }
     } else if (field && wireType === 2) {
       field.resolve();
       if (field.resolvedType instanceof pb().Type) {
         const sub = await walkMessage(fh, field.resolvedType, bodyStart, fieldEnd, depth + 1);
-        if (field.repeated) out[field.name] = [...((out[field.name] as unknown[]) ?? []), sub];
+        if (field.repeated) ((out[field.name] ??= []) as unknown[]).push(sub);
         else out[field.name] = sub;
       }
       // A big bytes or string field (raw tensor data, a doc string) is skipped unread.
