@@ -25,7 +25,7 @@ function aliasBomb(): string {
 
 test('config errors exit 2 and name the key', async () => {
   const dir = await tempDir();
-  const cases: [string, RegExp][] = [
+  const cases: [string | Buffer, RegExp][] = [
     ['repository: [unclosed', /invalid YAML/],
     ['repository: ./r\nretention: { keepFull: "four" }\n', /retention\.keepFull: must be a whole number of at least 1$/m],
     ['repository: ./r\nretention: { keepFull: 2.5 }\n', /retention\.keepFull: must be a whole number of at least 1$/m],
@@ -67,11 +67,16 @@ test('config errors exit 2 and name the key', async () => {
     ['repository: ./r\nhooks: { postBackup: "true", timeout: 5300w }\n', /hooks\.timeout: must be a duration of at most 100 years/],
     // Anchors nested so that their expansion would take all memory (the billion laughs): refused by the parser.
     [aliasBomb(), /lifeboat\.yaml: invalid YAML: Excessive alias count/],
+    // Saved as Latin-1, the é would have become U+FFFD in the repository's path.
+    [Buffer.from('repository: ./mod\xe8les\n', 'latin1'), /lifeboat\.yaml: is not UTF-8 text\n {2}save it as UTF-8/],
+    // A tag for another loader is not dropped, leaving its value as plain text.
+    ['repository: ./r\nhooks:\n  preBackup: !!js/function "function () {}"\n', /lifeboat\.yaml:3: invalid YAML: Unresolved tag: tag:yaml\.org,2002:js\/function\n {2}lifeboat reads plain YAML/],
+    ['repository: !env BACKUP_DIR\n', /lifeboat\.yaml:1: invalid YAML: Unresolved tag: !env/],
   ];
   for (const [yaml, pattern] of cases) {
     await fsp.writeFile(path.join(dir, 'lifeboat.yaml'), yaml);
     const r = await lifeboat(['list'], { cwd: dir });
-    assert.equal(r.code, 2, `${yaml}: ${r.stderr}`);
+    assert.equal(r.code, 2, `${String(yaml)}: ${r.stderr}`);
     assert.match(r.stderr, pattern);
     assert.match(r.stderr, /lifeboat\.yaml/);
     assert.doesNotMatch(r.stderr, /unexpected error/);

@@ -190,9 +190,9 @@ export async function loadConfig(options: { explicit?: string; cwd: string; env:
   const fromEnv = options.env.LIFEBOAT_CONFIG === '' ? undefined : options.env.LIFEBOAT_CONFIG;
   const named = options.explicit ?? fromEnv;
   const file = path.resolve(options.cwd, named ?? 'lifeboat.yaml');
-  let text: string;
+  let bytes: Buffer;
   try {
-    text = await fsp.readFile(file, 'utf8');
+    bytes = await fsp.readFile(file);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' && named === undefined) return { config: {} };
@@ -200,6 +200,14 @@ export async function loadConfig(options: { explicit?: string; cwd: string; env:
     if (code === 'ENOENT') throw new UsageError(`config file ${file} does not exist`, { hint: `check the path ${by} gives` });
     if (code === 'EISDIR') throw new UsageError(`config file ${file} is a directory`, { hint: by ? `${by} names the file itself (…/lifeboat.yaml)` : 'move it aside, or name the config with --config FILE' });
     throw new UsageError(`cannot read config file ${file}: ${(err as Error).message}`);
+  }
+  let text: string;
+  try {
+    // Read leniently, bytes that are not UTF-8 (a file saved as Latin-1) became U+FFFD inside a path or a
+    // command, which then named a directory that is not there, or ran something else.
+    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    throw new UsageError(`${file}: is not UTF-8 text`, { hint: 'save it as UTF-8 (iconv -f latin1 -t utf-8)' });
   }
   return { config: await parseConfig(text, file), file };
 }
@@ -214,6 +222,13 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
     const e = doc.errors[0]!;
     const line = e.linePos?.[0]?.line;
     throw new UsageError(`${file}${line ? `:${line}` : ''}: invalid YAML: ${e.message.split('\n')[0]}`);
+  }
+  // A tag the parser does not know (`!!js/function`, `!env`, `!include`) was dropped, its value taken as
+  // plain text: a config written for another tool's loader would run with a meaning it never had.
+  const unknownTag = doc.warnings.find((w) => w.code === 'TAG_RESOLVE_FAILED');
+  if (unknownTag) {
+    const line = text.slice(0, unknownTag.pos[0]).split('\n').length;
+    throw new UsageError(`${file}:${line}: invalid YAML: ${unknownTag.message.split('\n')[0]}`, { hint: 'lifeboat reads plain YAML: remove the tag and write the value itself' });
   }
   let raw: unknown;
   try {
