@@ -10,7 +10,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
+import { BIN, lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
 import { exists, smallDeployment } from './helpers/repo.js';
 import { compareSnapshots, snapshotTree, tempDir } from './helpers/tree.js';
 import { evict, hasFincore, resident } from './helpers/page-cache.js';
@@ -778,4 +778,26 @@ test('restore --include makes only the sources its patterns choose something in'
   assert.deepEqual((await fsp.readdir(path.join(out, 'b'))).sort(), ['mine.txt']);
   assert.equal((await fsp.stat(path.join(out, 'b'))).mode & 0o777, 0o700);
   await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a config that is a named pipe nothing writes to is refused, exit 2, rather than waited on for ever', async () => {
+  const dir = await tempDir();
+  const fifo = path.join(dir, 'lifeboat.yaml');
+  execFileSync('mkfifo', [fifo]);
+  const child = spawnLifeboat(['--config', fifo, 'list']);
+  const err: Buffer[] = [];
+  child.stderr?.on('data', (c: Buffer) => err.push(c));
+  // Before, the read of the pipe waited in a worker thread that no SIGTERM could end: killed after 15 s.
+  const killer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+  const [code] = (await once(child, 'close')) as [number | null];
+  clearTimeout(killer);
+  assert.equal(code, 2, Buffer.concat(err).toString());
+  assert.match(Buffer.concat(err).toString(), /^lifeboat: config file \S+lifeboat\.yaml is a named pipe and nothing was written to it\n/);
+  // A pipe with a writer, as bash's `--config <(…)` gives, is read to its end.
+  const piped = execFileSync('bash', ['-c', `node "$1" --config <(sleep 0.3; printf 'repository: %s\\n' "$2") list 2>&1; echo "exit $?"`, 'bash', BIN, path.join(dir, 'none')], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  assert.match(piped, /there is no lifeboat repository at \S+none\n[^]*exit 2$/m);
+  await fsp.rm(dir, { recursive: true, force: true });
 });

@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -192,8 +193,11 @@ export async function loadConfig(options: { explicit?: string; cwd: string; env:
   const file = path.resolve(options.cwd, named ?? 'lifeboat.yaml');
   let bytes: Buffer;
   try {
-    bytes = await fsp.readFile(file);
+    const read = await readConfigFile(file);
+    bytes = read.bytes;
+    if (read.pipe && bytes.length === 0) throw new UsageError(`config file ${file} is a named pipe and nothing was written to it`, { hint: 'name the config file itself' });
   } catch (err) {
+    if (err instanceof UsageError) throw err;
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' && named === undefined) return { config: {} };
     const by = options.explicit !== undefined ? '--config' : named !== undefined ? 'LIFEBOAT_CONFIG' : undefined;
@@ -210,6 +214,33 @@ export async function loadConfig(options: { explicit?: string; cwd: string; env:
     throw new UsageError(`${file}: is not UTF-8 text`, { hint: 'save it as UTF-8 (iconv -f latin1 -t utf-8)' });
   }
   return { config: await parseConfig(text, file), file };
+}
+
+/**
+ * The config's bytes. The file is opened without waiting: a named pipe that nothing writes to
+ * blocked the open for ever, and no signal could stop it (the open waits in a worker thread that
+ * the process then waits for). A pipe is read until its writer closes it (`--config <(…)`).
+ */
+async function readConfigFile(file: string): Promise<{ bytes: Buffer; pipe: boolean }> {
+  const handle = await fsp.open(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  try {
+    if (!(await handle.stat()).isFIFO()) return { bytes: await handle.readFile(), pipe: false };
+    const chunks: Buffer[] = [];
+    for (;;) {
+      const buffer = Buffer.alloc(64 * 1024);
+      try {
+        const { bytesRead } = await handle.read(buffer, 0, buffer.length, null);
+        if (bytesRead === 0) return { bytes: Buffer.concat(chunks), pipe: true };
+        chunks.push(buffer.subarray(0, bytesRead));
+      } catch (err) {
+        // The writer has the pipe open but has not written yet.
+        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    }
+  } finally {
+    await handle.close();
+  }
 }
 
 export async function parseConfig(text: string, file: string): Promise<LifeboatConfig> {
