@@ -72,6 +72,11 @@ test('config errors exit 2 and name the key', async () => {
     // A tag for another loader is not dropped, leaving its value as plain text.
     ['repository: ./r\nhooks:\n  preBackup: !!js/function "function () {}"\n', /lifeboat\.yaml:3: invalid YAML: Unresolved tag: tag:yaml\.org,2002:js\/function\n {2}lifeboat reads plain YAML/],
     ['repository: !env BACKUP_DIR\n', /lifeboat\.yaml:1: invalid YAML: Unresolved tag: !env/],
+    // A value of the wrong kind is said in the config's words, with what was given.
+    ['repository: 123\n', /lifeboat\.yaml: repository: must be text, not the number 123$/m],
+    ['repository: ./r\nexclude: "*.tmp"\n', /lifeboat\.yaml: exclude: must be a list, not the text "\*\.tmp"$/m],
+    ['repository: s3://b/r\ns3: { forcePathStyle: "yes" }\n', /lifeboat\.yaml: s3\.forcePathStyle: must be true or false, not the text "yes"$/m],
+    ['repository: !!binary aGVsbG8=\n', /lifeboat\.yaml: repository: must be text, not binary data \(a !!binary tag\)$/m],
   ];
   for (const [yaml, pattern] of cases) {
     await fsp.writeFile(path.join(dir, 'lifeboat.yaml'), yaml);

@@ -280,6 +280,8 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
     // A key with nothing after it (`retention:` whose lines were all commented out) is YAML's null.
     const given = issue.path.reduce<unknown>((v, k) => (v !== null && typeof v === 'object' ? (v as Record<PropertyKey, unknown>)[k] : undefined), raw);
     if (issue.code === 'invalid_type' && given === null) message = 'is empty: give its value, or leave the key out';
+    // The schema library's own words ("Invalid input: expected string, received number") said as the config's.
+    else if (issue.code === 'invalid_type' && message.startsWith('Invalid input')) message = `must be ${valueKind(issue.expected)}, not ${givenKind(given)}`;
     // A check of lifeboat's own may say what to write instead.
     const hint = issue.code === 'custom' && typeof issue.params?.hint === 'string' ? issue.params.hint : undefined;
     throw new UsageError(`${file}: ${key}: ${message}`, { hint });
@@ -312,6 +314,17 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
     }
   }
   return config;
+}
+
+const KINDS: Record<string, string> = { string: 'text', array: 'a list', object: 'a map of keys', boolean: 'true or false', number: 'a number' };
+const valueKind = (expected: string) => KINDS[expected] ?? expected;
+/** What YAML made of the value given: `!!binary` gives bytes, `[a]` a list, `5` a number. */
+function givenKind(given: unknown): string {
+  if (given instanceof Uint8Array) return 'binary data (a !!binary tag)';
+  if (Array.isArray(given)) return 'a list';
+  if (typeof given === 'string') return `the text ${JSON.stringify(given)}`;
+  if (typeof given === 'object' && given !== null) return 'a map of keys';
+  return `${typeof given === 'boolean' ? '' : `the ${typeof given} `}${String(given)}`;
 }
 
 /**
