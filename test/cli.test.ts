@@ -77,6 +77,9 @@ test('config errors exit 2 and name the key', async () => {
     ['repository: ./r\nexclude: "*.tmp"\n', /lifeboat\.yaml: exclude: must be a list, not the text "\*\.tmp"$/m],
     ['repository: s3://b/r\ns3: { forcePathStyle: "yes" }\n', /lifeboat\.yaml: s3\.forcePathStyle: must be true or false, not the text "yes"$/m],
     ['repository: !!binary aGVsbG8=\n', /lifeboat\.yaml: repository: must be text, not binary data \(a !!binary tag\)$/m],
+    // Named __proto__, a source or a target vanished from the parsed config without a word.
+    ['repository: ./r\nsources: { __proto__: ./models }\n', /lifeboat\.yaml: sources\.__proto__: cannot be a name: give it another one$/m],
+    ['repository: ./r\ntargets: { __proto__: { slots: /s, active: /a } }\n', /lifeboat\.yaml: targets\.__proto__: cannot be a name/],
   ];
   for (const [yaml, pattern] of cases) {
     await fsp.writeFile(path.join(dir, 'lifeboat.yaml'), yaml);

@@ -269,6 +269,14 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
     // their expansion would take all memory) is a config error like any other.
     throw new UsageError(`${file}: invalid YAML: ${errorMessage(err).split('\n')[0]}`, { cause: err });
   }
+  // `__proto__` as the name of a source or a target was dropped by the schema without a word: the
+  // source was not backed up, the target not known.
+  for (const section of ['sources', 'targets'] as const) {
+    const entries = raw !== null && typeof raw === 'object' ? (raw as Record<string, unknown>)[section] : undefined;
+    if (entries !== null && typeof entries === 'object' && Object.hasOwn(entries, '__proto__')) {
+      throw new UsageError(`${file}: ${section}.__proto__: cannot be a name: give it another one`);
+    }
+  }
   const result = configSchema.safeParse(raw);
   if (!result.success) {
     const issue = result.error.issues[0]!;
