@@ -10,7 +10,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
+import { BIN, lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
 import { exists, smallDeployment } from './helpers/repo.js';
 import { compareSnapshots, snapshotTree, tempDir } from './helpers/tree.js';
 import { evict, hasFincore, resident } from './helpers/page-cache.js';
@@ -25,7 +25,7 @@ function aliasBomb(): string {
 
 test('config errors exit 2 and name the key', async () => {
   const dir = await tempDir();
-  const cases: [string, RegExp][] = [
+  const cases: [string | Buffer, RegExp][] = [
     ['repository: [unclosed', /invalid YAML/],
     ['repository: ./r\nretention: { keepFull: "four" }\n', /retention\.keepFull: must be a whole number of at least 1$/m],
     ['repository: ./r\nretention: { keepFull: 2.5 }\n', /retention\.keepFull: must be a whole number of at least 1$/m],
@@ -67,11 +67,24 @@ test('config errors exit 2 and name the key', async () => {
     ['repository: ./r\nhooks: { postBackup: "true", timeout: 5300w }\n', /hooks\.timeout: must be a duration of at most 100 years/],
     // Anchors nested so that their expansion would take all memory (the billion laughs): refused by the parser.
     [aliasBomb(), /lifeboat\.yaml: invalid YAML: Excessive alias count/],
+    // Saved as Latin-1, the é would have become U+FFFD in the repository's path.
+    [Buffer.from('repository: ./mod\xe8les\n', 'latin1'), /lifeboat\.yaml: is not UTF-8 text\n {2}save it as UTF-8/],
+    // A tag for another loader is not dropped, leaving its value as plain text.
+    ['repository: ./r\nhooks:\n  preBackup: !!js/function "function () {}"\n', /lifeboat\.yaml:3: invalid YAML: Unresolved tag: tag:yaml\.org,2002:js\/function\n {2}lifeboat reads plain YAML/],
+    ['repository: !env BACKUP_DIR\n', /lifeboat\.yaml:1: invalid YAML: Unresolved tag: !env/],
+    // A value of the wrong kind is said in the config's words, with what was given.
+    ['repository: 123\n', /lifeboat\.yaml: repository: must be text, not the number 123$/m],
+    ['repository: ./r\nexclude: "*.tmp"\n', /lifeboat\.yaml: exclude: must be a list, not the text "\*\.tmp"$/m],
+    ['repository: s3://b/r\ns3: { forcePathStyle: "yes" }\n', /lifeboat\.yaml: s3\.forcePathStyle: must be true or false, not the text "yes"$/m],
+    ['repository: !!binary aGVsbG8=\n', /lifeboat\.yaml: repository: must be text, not binary data \(a !!binary tag\)$/m],
+    // Named __proto__, a source or a target vanished from the parsed config without a word.
+    ['repository: ./r\nsources: { __proto__: ./models }\n', /lifeboat\.yaml: sources\.__proto__: cannot be a name: give it another one$/m],
+    ['repository: ./r\ntargets: { __proto__: { slots: /s, active: /a } }\n', /lifeboat\.yaml: targets\.__proto__: cannot be a name/],
   ];
   for (const [yaml, pattern] of cases) {
     await fsp.writeFile(path.join(dir, 'lifeboat.yaml'), yaml);
     const r = await lifeboat(['list'], { cwd: dir });
-    assert.equal(r.code, 2, `${yaml}: ${r.stderr}`);
+    assert.equal(r.code, 2, `${String(yaml)}: ${r.stderr}`);
     assert.match(r.stderr, pattern);
     assert.match(r.stderr, /lifeboat\.yaml/);
     assert.doesNotMatch(r.stderr, /unexpected error/);
@@ -773,4 +786,26 @@ test('restore --include makes only the sources its patterns choose something in'
   assert.deepEqual((await fsp.readdir(path.join(out, 'b'))).sort(), ['mine.txt']);
   assert.equal((await fsp.stat(path.join(out, 'b'))).mode & 0o777, 0o700);
   await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a config that is a named pipe nothing writes to is refused, exit 2, rather than waited on for ever', async () => {
+  const dir = await tempDir();
+  const fifo = path.join(dir, 'lifeboat.yaml');
+  execFileSync('mkfifo', [fifo]);
+  const child = spawnLifeboat(['--config', fifo, 'list']);
+  const err: Buffer[] = [];
+  child.stderr?.on('data', (c: Buffer) => err.push(c));
+  // Before, the read of the pipe waited in a worker thread that no SIGTERM could end: killed after 15 s.
+  const killer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+  const [code] = (await once(child, 'close')) as [number | null];
+  clearTimeout(killer);
+  assert.equal(code, 2, Buffer.concat(err).toString());
+  assert.match(Buffer.concat(err).toString(), /^lifeboat: config file \S+lifeboat\.yaml is a named pipe and nothing was written to it\n/);
+  // A pipe with a writer, as bash's `--config <(…)` gives, is read to its end.
+  const piped = execFileSync('bash', ['-c', `node "$1" --config <(sleep 0.3; printf 'repository: %s\\n' "$2") list 2>&1; echo "exit $?"`, 'bash', BIN, path.join(dir, 'none')], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  assert.match(piped, /there is no lifeboat repository at \S+none\n[^]*exit 2$/m);
+  await fsp.rm(dir, { recursive: true, force: true });
 });

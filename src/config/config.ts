@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -190,10 +191,13 @@ export async function loadConfig(options: { explicit?: string; cwd: string; env:
   const fromEnv = options.env.LIFEBOAT_CONFIG === '' ? undefined : options.env.LIFEBOAT_CONFIG;
   const named = options.explicit ?? fromEnv;
   const file = path.resolve(options.cwd, named ?? 'lifeboat.yaml');
-  let text: string;
+  let bytes: Buffer;
   try {
-    text = await fsp.readFile(file, 'utf8');
+    const read = await readConfigFile(file);
+    bytes = read.bytes;
+    if (read.pipe && bytes.length === 0) throw new UsageError(`config file ${file} is a named pipe and nothing was written to it`, { hint: 'name the config file itself' });
   } catch (err) {
+    if (err instanceof UsageError) throw err;
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' && named === undefined) return { config: {} };
     const by = options.explicit !== undefined ? '--config' : named !== undefined ? 'LIFEBOAT_CONFIG' : undefined;
@@ -201,7 +205,42 @@ export async function loadConfig(options: { explicit?: string; cwd: string; env:
     if (code === 'EISDIR') throw new UsageError(`config file ${file} is a directory`, { hint: by ? `${by} names the file itself (…/lifeboat.yaml)` : 'move it aside, or name the config with --config FILE' });
     throw new UsageError(`cannot read config file ${file}: ${(err as Error).message}`);
   }
+  let text: string;
+  try {
+    // Read leniently, bytes that are not UTF-8 (a file saved as Latin-1) became U+FFFD inside a path or a
+    // command, which then named a directory that is not there, or ran something else.
+    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    throw new UsageError(`${file}: is not UTF-8 text`, { hint: 'save it as UTF-8 (iconv -f latin1 -t utf-8)' });
+  }
   return { config: await parseConfig(text, file), file };
+}
+
+/**
+ * The config's bytes. The file is opened without waiting: a named pipe that nothing writes to
+ * blocked the open for ever, and no signal could stop it (the open waits in a worker thread that
+ * the process then waits for). A pipe is read until its writer closes it (`--config <(…)`).
+ */
+async function readConfigFile(file: string): Promise<{ bytes: Buffer; pipe: boolean }> {
+  const handle = await fsp.open(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  try {
+    if (!(await handle.stat()).isFIFO()) return { bytes: await handle.readFile(), pipe: false };
+    const chunks: Buffer[] = [];
+    for (;;) {
+      const buffer = Buffer.alloc(64 * 1024);
+      try {
+        const { bytesRead } = await handle.read(buffer, 0, buffer.length, null);
+        if (bytesRead === 0) return { bytes: Buffer.concat(chunks), pipe: true };
+        chunks.push(buffer.subarray(0, bytesRead));
+      } catch (err) {
+        // The writer has the pipe open but has not written yet.
+        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    }
+  } finally {
+    await handle.close();
+  }
 }
 
 export async function parseConfig(text: string, file: string): Promise<LifeboatConfig> {
@@ -215,6 +254,13 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
     const line = e.linePos?.[0]?.line;
     throw new UsageError(`${file}${line ? `:${line}` : ''}: invalid YAML: ${e.message.split('\n')[0]}`);
   }
+  // A tag the parser does not know (`!!js/function`, `!env`, `!include`) was dropped, its value taken as
+  // plain text: a config written for another tool's loader would run with a meaning it never had.
+  const unknownTag = doc.warnings.find((w) => w.code === 'TAG_RESOLVE_FAILED');
+  if (unknownTag) {
+    const line = text.slice(0, unknownTag.pos[0]).split('\n').length;
+    throw new UsageError(`${file}:${line}: invalid YAML: ${unknownTag.message.split('\n')[0]}`, { hint: 'lifeboat reads plain YAML: remove the tag and write the value itself' });
+  }
   let raw: unknown;
   try {
     raw = doc.toJS() ?? {};
@@ -222,6 +268,14 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
     // What the parser refuses only once it builds the data (an alias bomb: anchors nested so that
     // their expansion would take all memory) is a config error like any other.
     throw new UsageError(`${file}: invalid YAML: ${errorMessage(err).split('\n')[0]}`, { cause: err });
+  }
+  // `__proto__` as the name of a source or a target was dropped by the schema without a word: the
+  // source was not backed up, the target not known.
+  for (const section of ['sources', 'targets'] as const) {
+    const entries = raw !== null && typeof raw === 'object' ? (raw as Record<string, unknown>)[section] : undefined;
+    if (entries !== null && typeof entries === 'object' && Object.hasOwn(entries, '__proto__')) {
+      throw new UsageError(`${file}: ${section}.__proto__: cannot be a name: give it another one`);
+    }
   }
   const result = configSchema.safeParse(raw);
   if (!result.success) {
@@ -234,6 +288,8 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
     // A key with nothing after it (`retention:` whose lines were all commented out) is YAML's null.
     const given = issue.path.reduce<unknown>((v, k) => (v !== null && typeof v === 'object' ? (v as Record<PropertyKey, unknown>)[k] : undefined), raw);
     if (issue.code === 'invalid_type' && given === null) message = 'is empty: give its value, or leave the key out';
+    // The schema library's own words ("Invalid input: expected string, received number") said as the config's.
+    else if (issue.code === 'invalid_type' && message.startsWith('Invalid input')) message = `must be ${valueKind(issue.expected)}, not ${givenKind(given)}`;
     // A check of lifeboat's own may say what to write instead.
     const hint = issue.code === 'custom' && typeof issue.params?.hint === 'string' ? issue.params.hint : undefined;
     throw new UsageError(`${file}: ${key}: ${message}`, { hint });
@@ -266,6 +322,17 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
     }
   }
   return config;
+}
+
+const KINDS: Record<string, string> = { string: 'text', array: 'a list', object: 'a map of keys', boolean: 'true or false', number: 'a number' };
+const valueKind = (expected: string) => KINDS[expected] ?? expected;
+/** What YAML made of the value given: `!!binary` gives bytes, `[a]` a list, `5` a number. */
+function givenKind(given: unknown): string {
+  if (given instanceof Uint8Array) return 'binary data (a !!binary tag)';
+  if (Array.isArray(given)) return 'a list';
+  if (typeof given === 'string') return `the text ${JSON.stringify(given)}`;
+  if (typeof given === 'object' && given !== null) return 'a map of keys';
+  return `${typeof given === 'boolean' ? '' : `the ${typeof given} `}${String(given)}`;
 }
 
 /**
