@@ -809,3 +809,18 @@ test('a config that is a named pipe nothing writes to is refused, exit 2, rather
   assert.match(piped, /there is no lifeboat repository at \S+none\n[^]*exit 2$/m);
   await fsp.rm(dir, { recursive: true, force: true });
 });
+
+test('a config file larger than 1 MiB (a log named by mistake, /dev/zero) is refused before it is read, exit 2; /dev/null is an empty config', async () => {
+  const dir = await tempDir();
+  const big = path.join(dir, 'big.yaml');
+  await fsp.writeFile(big, `# ${'x'.repeat(2 << 20)}\nrepository: ${dir}/r\n`);
+  for (const config of [big, '/dev/zero']) {
+    const r = await runChild(['--config', config, 'list']);
+    assert.equal(r.code, 2, r.stderr);
+    assert.equal(r.stderr, `lifeboat: config file ${config} holds more than 1 MiB; a lifeboat config is a few KiB\n  check which file --config or LIFEBOAT_CONFIG names\n`);
+  }
+  const empty = await runChild(['--config', '/dev/null', 'list']);
+  assert.equal(empty.code, 2);
+  assert.match(empty.stderr, /^lifeboat: no repository given\n/);
+  await fsp.rm(dir, { recursive: true, force: true });
+});

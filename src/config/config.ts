@@ -216,6 +216,9 @@ export async function loadConfig(options: { explicit?: string; cwd: string; env:
   return { config: await parseConfig(text, file), file };
 }
 
+const MiB = 1024 * 1024;
+const CONFIG_LIMIT = MiB;
+
 /**
  * The config's bytes. The file is opened without waiting: a named pipe that nothing writes to
  * blocked the open for ever, and no signal could stop it (the open waits in a worker thread that
@@ -223,14 +226,24 @@ export async function loadConfig(options: { explicit?: string; cwd: string; env:
  */
 async function readConfigFile(file: string): Promise<{ bytes: Buffer; pipe: boolean }> {
   const handle = await fsp.open(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  // A config is a few KiB: a larger one (a log named by mistake, /dev/zero) is refused before it is read into memory.
+  const tooLarge = () => new UsageError(`config file ${file} holds more than ${CONFIG_LIMIT / MiB} MiB; a lifeboat config is a few KiB`, { hint: 'check which file --config or LIFEBOAT_CONFIG names' });
   try {
-    if (!(await handle.stat()).isFIFO()) return { bytes: await handle.readFile(), pipe: false };
+    const st = await handle.stat();
+    if (st.isFile()) {
+      if (st.size > CONFIG_LIMIT) throw tooLarge();
+      return { bytes: await handle.readFile(), pipe: false };
+    }
+    // A pipe (`--config <(…)`) or a device, read to its end, as far as the limit.
     const chunks: Buffer[] = [];
+    let total = 0;
     for (;;) {
       const buffer = Buffer.alloc(64 * 1024);
       try {
         const { bytesRead } = await handle.read(buffer, 0, buffer.length, null);
-        if (bytesRead === 0) return { bytes: Buffer.concat(chunks), pipe: true };
+        if (bytesRead === 0) return { bytes: Buffer.concat(chunks), pipe: st.isFIFO() };
+        total += bytesRead;
+        if (total > CONFIG_LIMIT) throw tooLarge();
         chunks.push(buffer.subarray(0, bytesRead));
       } catch (err) {
         // The writer has the pipe open but has not written yet.
