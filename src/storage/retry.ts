@@ -61,15 +61,30 @@ export class EndpointError extends Error {
   }
 }
 
+/** "20 s", or "300 ms" for a wait that is no whole number of seconds. */
+function waitedFor(ms: number): string {
+  return ms % 1000 === 0 ? `${ms / 1000} s` : `${ms} ms`;
+}
+
+/** A wait that ran out, said with what to check: named and coded as a timeout, so that it is retried as one. */
+function timedOut(message: string, server: string, hint: string, cause: unknown): EndpointError {
+  return new EndpointError(message, server, hint, 'ETIMEDOUT', { name: 'TimeoutError', cause });
+}
+
+/** The milliseconds the SDK says it waited, when `err` is its TimeoutError of the kind `pattern` (whose group 1 is the wait) matches. */
+function sdkTimeoutMs(err: unknown, pattern: RegExp): number | undefined {
+  const e = err as { name?: string; message?: string } | undefined;
+  const waited = e?.name === 'TimeoutError' ? pattern.exec(e.message ?? '') : null;
+  return waited ? Number(waited[1]) : undefined;
+}
+
 /** A request the server took and did not begin to answer in time: retried, as a timeout. */
 export function noAnswer(server: string, waitedMs: number, cause: unknown): EndpointError {
-  const waited = waitedMs % 1000 === 0 ? `${waitedMs / 1000} s` : `${waitedMs} ms`;
-  return new EndpointError(
-    `the server at ${server} answered nothing within ${waited}`,
+  return timedOut(
+    `the server at ${server} answered nothing within ${waitedFor(waitedMs)}`,
     server,
     `check that ${server} is the S3 endpoint (s3.endpoint, --s3-endpoint, AWS_ENDPOINT_URL_S3) and that its server is up: it took the connection but sent no answer; a server that is only slow needs a longer s3.timeout`,
-    'ETIMEDOUT',
-    { name: 'TimeoutError', cause },
+    cause,
   );
 }
 
@@ -78,16 +93,13 @@ export function noAnswer(server: string, waitedMs: number, cause: unknown): Endp
  * nothing answers on, a firewall that drops the packets, a server too busy to accept. Retried.
  */
 export function noConnection(server: string, err: unknown): EndpointError | undefined {
-  const e = err as { name?: string; message?: string } | undefined;
-  const waited = /within the configured timeout of (\d+) ms/.exec(e?.message ?? '');
-  if (e?.name !== 'TimeoutError' || !/did not establish a connection/.test(e.message ?? '') || !waited) return undefined;
-  const ms = Number(waited[1]);
-  return new EndpointError(
-    `the server at ${server} did not accept a connection within ${ms % 1000 === 0 ? `${ms / 1000} s` : `${ms} ms`}`,
+  const ms = sdkTimeoutMs(err, /did not establish a connection .*within the configured timeout of (\d+) ms/);
+  if (ms === undefined) return undefined;
+  return timedOut(
+    `the server at ${server} did not accept a connection within ${waitedFor(ms)}`,
     server,
     `check the endpoint's host and port (s3.endpoint, --s3-endpoint, AWS_ENDPOINT_URL_S3), that its server is up, and that no firewall drops this host's connections to it`,
-    'ETIMEDOUT',
-    { name: 'TimeoutError', cause: err },
+    err,
   );
 }
 
@@ -97,17 +109,13 @@ export function noConnection(server: string, err: unknown): EndpointError | unde
  * download goes on from where it stopped).
  */
 export function noTraffic(server: string | undefined, err: unknown): EndpointError | undefined {
-  const e = err as { name?: string; message?: string } | undefined;
-  const waited = /timed out after (\d+) ms of inactivity/.exec(e?.message ?? '');
-  if (e?.name !== 'TimeoutError' || !waited) return undefined;
-  const ms = Number(waited[1]);
-  const who = server === undefined ? 'the S3 server' : `the server at ${server}`;
-  return new EndpointError(
-    `nothing moved between this host and ${who} for ${ms % 1000 === 0 ? `${ms / 1000} s` : `${ms} ms`} (s3.idleTimeout)`,
+  const ms = sdkTimeoutMs(err, /timed out after (\d+) ms of inactivity/);
+  if (ms === undefined) return undefined;
+  return timedOut(
+    `nothing moved between this host and ${server === undefined ? 'the S3 server' : `the server at ${server}`} for ${waitedFor(ms)} (s3.idleTimeout)`,
     server ?? '',
     'a link or a server that stalls for long stretches needs a longer s3.idleTimeout; else check the server and the network to it',
-    'ETIMEDOUT',
-    { name: 'TimeoutError', cause: err },
+    err,
   );
 }
 
