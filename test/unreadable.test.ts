@@ -1,4 +1,4 @@
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
@@ -11,13 +11,19 @@ const NOBODY = 65534;
 const asRoot = process.geteuid?.() === 0;
 const user = asRoot ? { uid: NOBODY, gid: NOBODY } : undefined;
 
-test('a file the backup may not read is left out with a warning, small or large, and the point holds and counts the rest; --strict refuses it', async (t) => {
+/** A work directory that the user the commands run as may enter, with a source `models` holding a config. */
+async function workWithModels(t: TestContext): Promise<{ work: string; src: string }> {
   const work = await tempDir();
   t.after(() => removeTree(work));
   await fsp.chmod(work, 0o755);
   const src = path.join(work, 'models');
   await fsp.mkdir(src);
   await fsp.writeFile(path.join(src, 'config.json'), '{"layers": 2}');
+  return { work, src };
+}
+
+test('a file the backup may not read is left out with a warning, small or large, and the point holds and counts the rest; --strict refuses it', async (t) => {
+  const { work, src } = await workWithModels(t);
   await writeRandomFile(path.join(src, 'weights.bin'), 3 << 20, prng(7));
   await fsp.writeFile(path.join(src, 'secret.txt'), 'kept from the backup user');
   await writeRandomFile(path.join(src, 'secret.bin'), 2 << 20, prng(8));
@@ -53,12 +59,8 @@ test('a file the backup may not read is left out with a warning, small or large,
 });
 
 test('a directory the backup may not read is recorded empty with its mode 000, and the point restores for its owner, with --force and --delta too', async (t) => {
-  const work = await tempDir();
-  t.after(() => removeTree(work));
-  await fsp.chmod(work, 0o755);
-  const src = path.join(work, 'models');
-  await fsp.mkdir(path.join(src, 'private'), { recursive: true });
-  await fsp.writeFile(path.join(src, 'config.json'), '{"layers": 2}');
+  const { work, src } = await workWithModels(t);
+  await fsp.mkdir(path.join(src, 'private'));
   await fsp.writeFile(path.join(src, 'private', 'token'), 'kept from the backup user');
   if (asRoot) for (const p of [work, src, path.join(src, 'config.json'), path.join(src, 'private'), path.join(src, 'private', 'token')]) await fsp.lchown(p, NOBODY, NOBODY);
   await fsp.chmod(path.join(src, 'private'), 0o000);
@@ -83,12 +85,7 @@ test('a directory the backup may not read is recorded empty with its mode 000, a
 });
 
 test('a local repository this user may not write or read is refused with exit 2, as S3\'s 403 is, with a hint naming the user', { skip: asRoot ? false : 'needs root to run lifeboat as another user' }, async (t) => {
-  const work = await tempDir();
-  t.after(() => removeTree(work));
-  await fsp.chmod(work, 0o755);
-  const src = path.join(work, 'models');
-  await fsp.mkdir(src);
-  await fsp.writeFile(path.join(src, 'config.json'), '{"layers": 2}');
+  const { work, src } = await workWithModels(t);
   const repo = path.join(work, 'repo');
   // The repository is root's, made and backed up to as root; the commands below run as nobody.
   const asOwner = await runChild(['--repo', repo, 'init']);
