@@ -4,11 +4,18 @@
  * may have spent minutes on other work first.
  */
 import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
 import type { CliContext } from '../src/cli/context.js';
 import { ProgressRenderer } from '../src/cli/output.js';
+import { backup } from '../src/core/backup.js';
 import type { Progress } from '../src/core/events.js';
+import { Repository } from '../src/core/repository.js';
+import { restore } from '../src/core/restore.js';
+import { LocalStorage } from '../src/storage/local.js';
+import { tempDir } from './helpers/tree.js';
 
 function plainContext(): { ctx: CliContext; lines: () => string[] } {
   const stderr = new PassThrough();
@@ -58,4 +65,28 @@ test('a new phase starts its own rate', () => {
   clock += 10_000;
   renderer.progress({ phase: 'restore', filesDone: 2, filesTotal: 5, bytesDone: 50 * MiB, bytesTotal: 200 * MiB });
   assert.match(lines().at(-1)!, /restore: {2}50\.0 MiB \/ 200\.0 MiB \(25%\) {2}2\/5 files {2}5\.0 MiB\/s {2}ETA 30\.0s$/);
+});
+
+test('a backup and a restore of small files only report each file as it is done, not only large files as their bytes come', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'configs');
+  const count = 150;
+  for (let i = 0; i < count; i++) {
+    await fsp.mkdir(path.join(src, `d${i % 7}`), { recursive: true });
+    await fsp.writeFile(path.join(src, `d${i % 7}`, `f${i}.json`), JSON.stringify({ i, pad: 'x'.repeat(i * 13) }));
+  }
+  const storage = new LocalStorage(path.join(work, 'repo'));
+  t.after(() => storage.close());
+  await Repository.init(storage, {});
+  const repo = await Repository.open(storage);
+  // The distinct counts of files done that each phase reported: a bar that moves, file after file.
+  const seen = (phase: Progress['phase'], reports: Progress[]) => new Set(reports.filter((p) => p.phase === phase).map((p) => p.filesDone)).size;
+  const backedUp: Progress[] = [];
+  const taken = await backup(repo, { sources: [{ name: 'configs', path: src }], type: 'full', reporter: { progress: (p) => backedUp.push(p) } });
+  assert.ok(seen('backup', backedUp) >= count, `backup reported ${seen('backup', backedUp)} distinct counts for ${count} files`);
+  const restored: Progress[] = [];
+  await restore(repo, await repo.resolve(taken.id), { target: path.join(work, 'restored'), reporter: { progress: (p) => restored.push(p) } });
+  assert.ok(seen('restore', restored) >= count, `restore reported ${seen('restore', restored)} distinct counts for ${count} files`);
+  assert.equal(restored.at(-1)!.filesDone, count);
 });

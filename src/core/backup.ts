@@ -713,6 +713,8 @@ async function storeOwnEntry(planned: PlannedEntry, position: number, ctx: Store
         ctx.twins.add(entry);
       }
       ctx.progress.filesDone++;
+      // A large file reported as it was read; thousands of small ones would otherwise show none for minutes.
+      if (whole) ctx.reporter.progress?.(progressAt(ctx.progress, name));
       return entry;
     }
     if (stored.ref.point === ctx.pointId) ctx.superseded.push({ volume: stored.ref.volume, entry: stored.ref.entry, size: stored.size, sha256: stored.sha256 });

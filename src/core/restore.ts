@@ -537,6 +537,8 @@ async function fetchVolumes({ repo, plan, wanted, staging, reporter, warnings, c
         }
       }
       progress.filesDone += targets.length;
+      // A large file reports as its bytes come; thousands of small ones would otherwise show none for minutes.
+      if (first.size <= SMALL_FILE) reporter.progress?.(progressAt(progress, expectedName));
     };
     try {
       for (const run of planReads(jobWanted, job.record.size)) {
