@@ -24,21 +24,25 @@ async function withSmallHeap(args: string[]): Promise<{ code: number; stdout: st
   return { code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() };
 }
 
-test('list, time selectors, prune and verify hold one manifest at a time, not every point\'s', async (t) => {
+/**
+ * A repository of POINTS points of ENTRIES entries each, a day apart: a year of daily fulls, or (`chain`) a full and the
+ * incrementals taken on it night after night. Directories only, so that the points need no volumes. Returns their ids.
+ */
+async function writePoints(t: { after(fn: () => Promise<void>): void }, shape: 'fulls' | 'chain'): Promise<{ repo: string; ids: string[] }> {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
   const repo = path.join(work, 'repo');
   assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
   await fsp.mkdir(path.join(repo, 'points'));
   await fsp.mkdir(path.join(repo, 'summaries'));
-  // A year of daily fulls would look like this; directories only, so that the points need no volumes.
   const ids: string[] = [];
   for (let i = 0; i < POINTS; i++) {
     const at = new Date(Date.UTC(2026, 0, 1, 3) + i * 86_400_000);
-    const id = `${at.toISOString().slice(0, 10).replaceAll('-', '')}-030000-000F`;
+    const type = shape === 'chain' && i > 0 ? 'incr' : 'full';
+    const id = `${at.toISOString().slice(0, 10).replaceAll('-', '')}-030000-000${type === 'full' ? 'F' : 'I'}`;
     const entries = Array.from({ length: ENTRIES }, (_, k) => ({ source: 'models', path: `layer-${k}/step-${i}`, type: 'dir' as const, mode: 0o755, mtimeNs: '1767236400000000000', size: 0 }));
     const manifest: Manifest = {
-      format: MANIFEST_FORMAT, id, type: 'full', parent: null, full: id, startedAt: at.toISOString(), completedAt: at.toISOString(), host: 'test', tags: {},
+      format: MANIFEST_FORMAT, id, type, parent: type === 'full' ? null : ids.at(-1)!, full: type === 'full' ? id : ids[0]!, startedAt: at.toISOString(), completedAt: at.toISOString(), host: 'test', tags: {},
       sources: [{ name: 'models', kind: 'files', path: '/srv/models' }], volumes: [], entries,
       stats: { files: 0, bytes: 0, added: 0, changed: 0, removed: 0, storedBytes: 0 }, warnings: [],
     };
@@ -46,6 +50,11 @@ test('list, time selectors, prune and verify hold one manifest at a time, not ev
     await fsp.writeFile(path.join(repo, 'summaries', `${id}.json`), encodeDocument(summarize(manifest)));
     ids.push(id);
   }
+  return { repo, ids };
+}
+
+test('list, time selectors, prune and verify hold one manifest at a time, not every point\'s', async (t) => {
+  const { repo, ids } = await writePoints(t, 'fulls');
 
   const listed = await withSmallHeap(['--repo', repo, '--json', 'list']);
   assert.equal(listed.code, 0, listed.stderr);
@@ -64,4 +73,11 @@ test('list, time selectors, prune and verify hold one manifest at a time, not ev
     assert.equal(r.code, 0, `${args[0]}: ${r.stderr.slice(-2000)}`);
     if (args[0] === 'verify') assert.equal(JSON.parse(r.stdout).backups, POINTS);
   }
+});
+
+test('verify of the tip of a long chain of incrementals holds one manifest at a time, not the chain\'s', async (t) => {
+  const { repo } = await writePoints(t, 'chain');
+  const r = await withSmallHeap(['--repo', repo, '--json', 'verify', 'latest']);
+  assert.equal(r.code, 0, r.stderr.slice(-2000));
+  assert.equal(JSON.parse(r.stdout).backups, POINTS);
 });
