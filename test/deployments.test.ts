@@ -10,6 +10,8 @@ import { backup as takeBackup } from '../src/core/backup.js';
 import { Repository } from '../src/core/repository.js';
 import { pointTime } from '../src/format/ids.js';
 import { LocalStorage } from '../src/storage/local.js';
+import { status } from '../src/core/failover.js';
+import { MANIFEST_FORMAT, summarize, type Manifest } from '../src/format/manifest.js';
 
 /** Two hosts, each serving its own model, back up into one repository under the same source name. */
 async function sharedRepository() {
@@ -400,4 +402,42 @@ test("status with a deployment named lists that deployment's events, not another
   assert.deepEqual(await pointsOf('--deployment', 'b'), [`drill ${b1.id}`]);
   assert.deepEqual(await pointsOf(), [`drill ${b1.id}`, `drill ${a1.id}`]);
   await fsp.rm(work, { recursive: true, force: true });
+});
+
+/** A local repository that counts the summaries read. */
+class CountingStorage extends LocalStorage {
+  summariesRead = 0;
+  override async getDocument(key: string): Promise<Buffer> {
+    if (key.startsWith('summaries/')) this.summariesRead++;
+    return super.getDocument(key);
+  }
+}
+
+test('status of a shared repository finds every deployment\'s newest point in one pass, however long ago a retired one backed up', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const repo = path.join(work, 'repo');
+  await Repository.init(new LocalStorage(repo));
+  await fsp.mkdir(path.join(repo, 'points'));
+  await fsp.mkdir(path.join(repo, 'summaries'));
+  // Four deployments retired after their first backup (their points pinned, say), then months of one that lives on.
+  const LIVE = 200;
+  const owners = [...['r1', 'r2', 'r3', 'r4'], ...Array.from({ length: LIVE }, () => 'live')];
+  for (const [i, deployment] of owners.entries()) {
+    const at = new Date(Date.UTC(2026, 0, 1, 3) + i * 86_400_000);
+    const id = `${at.toISOString().slice(0, 10).replaceAll('-', '')}-030000-000F`;
+    const manifest: Manifest = {
+      format: MANIFEST_FORMAT, id, type: 'full', parent: null, full: id, deployment, startedAt: at.toISOString(), completedAt: at.toISOString(), host: 'test', tags: {},
+      sources: [{ name: 'models', kind: 'files', path: '/srv/models' }], volumes: [], entries: [],
+      stats: { files: 0, bytes: 0, added: 0, changed: 0, removed: 0, storedBytes: 0 }, warnings: [],
+    };
+    await fsp.writeFile(path.join(repo, 'points', `${id}.json`), encodeDocument(manifest));
+    await fsp.writeFile(path.join(repo, 'summaries', `${id}.json`), encodeDocument(summarize(manifest)));
+  }
+  await fsp.writeFile(path.join(repo, 'deployments.json'), encodeDocument({ format: 1, names: ['live', 'r1', 'r2', 'r3', 'r4'] }));
+  const storage = new CountingStorage(repo);
+  const { result } = await status(await Repository.open(storage), []);
+  assert.deepEqual(result.deployments?.map((d) => d.deployment), ['live', 'r1', 'r2', 'r3', 'r4']);
+  // Each point's summary read once at most, not once for each deployment retired before it.
+  assert.ok(storage.summariesRead <= owners.length, `${storage.summariesRead} summaries read for ${owners.length} points`);
 });

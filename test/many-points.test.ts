@@ -24,21 +24,33 @@ async function withSmallHeap(args: string[]): Promise<{ code: number; stdout: st
   return { code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() };
 }
 
-test('list, time selectors, prune and verify hold one manifest at a time, not every point\'s', async (t) => {
+type TestContext = { after(fn: () => Promise<void>): void };
+
+/** A work directory removed after the test, with an empty repository in it. */
+async function newRepository(t: TestContext): Promise<{ work: string; repo: string }> {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
   const repo = path.join(work, 'repo');
   assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  return { work, repo };
+}
+
+/**
+ * A repository of POINTS points of ENTRIES entries each, a day apart: a year of daily fulls, or (`chain`) a full and the
+ * incrementals taken on it night after night. Directories only, so that the points need no volumes. Returns their ids.
+ */
+async function writePoints(t: TestContext, shape: 'fulls' | 'chain'): Promise<{ repo: string; ids: string[] }> {
+  const { repo } = await newRepository(t);
   await fsp.mkdir(path.join(repo, 'points'));
   await fsp.mkdir(path.join(repo, 'summaries'));
-  // A year of daily fulls would look like this; directories only, so that the points need no volumes.
   const ids: string[] = [];
   for (let i = 0; i < POINTS; i++) {
     const at = new Date(Date.UTC(2026, 0, 1, 3) + i * 86_400_000);
-    const id = `${at.toISOString().slice(0, 10).replaceAll('-', '')}-030000-000F`;
+    const type = shape === 'chain' && i > 0 ? 'incr' : 'full';
+    const id = `${at.toISOString().slice(0, 10).replaceAll('-', '')}-030000-000${type === 'full' ? 'F' : 'I'}`;
     const entries = Array.from({ length: ENTRIES }, (_, k) => ({ source: 'models', path: `layer-${k}/step-${i}`, type: 'dir' as const, mode: 0o755, mtimeNs: '1767236400000000000', size: 0 }));
     const manifest: Manifest = {
-      format: MANIFEST_FORMAT, id, type: 'full', parent: null, full: id, startedAt: at.toISOString(), completedAt: at.toISOString(), host: 'test', tags: {},
+      format: MANIFEST_FORMAT, id, type, parent: type === 'full' ? null : ids.at(-1)!, full: type === 'full' ? id : ids[0]!, startedAt: at.toISOString(), completedAt: at.toISOString(), host: 'test', tags: {},
       sources: [{ name: 'models', kind: 'files', path: '/srv/models' }], volumes: [], entries,
       stats: { files: 0, bytes: 0, added: 0, changed: 0, removed: 0, storedBytes: 0 }, warnings: [],
     };
@@ -46,6 +58,11 @@ test('list, time selectors, prune and verify hold one manifest at a time, not ev
     await fsp.writeFile(path.join(repo, 'summaries', `${id}.json`), encodeDocument(summarize(manifest)));
     ids.push(id);
   }
+  return { repo, ids };
+}
+
+test('list, time selectors, prune and verify hold one manifest at a time, not every point\'s', async (t) => {
+  const { repo, ids } = await writePoints(t, 'fulls');
 
   const listed = await withSmallHeap(['--repo', repo, '--json', 'list']);
   assert.equal(listed.code, 0, listed.stderr);
@@ -64,4 +81,38 @@ test('list, time selectors, prune and verify hold one manifest at a time, not ev
     assert.equal(r.code, 0, `${args[0]}: ${r.stderr.slice(-2000)}`);
     if (args[0] === 'verify') assert.equal(JSON.parse(r.stdout).backups, POINTS);
   }
+});
+
+test('verify of the tip of a long chain of incrementals holds one manifest at a time, not the chain\'s', async (t) => {
+  const { repo } = await writePoints(t, 'chain');
+  const r = await withSmallHeap(['--repo', repo, '--json', 'verify', 'latest']);
+  assert.equal(r.code, 0, r.stderr.slice(-2000));
+  assert.equal(JSON.parse(r.stdout).backups, POINTS);
+});
+
+test('restore of the tip of a long chain reads the manifests its files are stored in one at a time, not all together', async (t) => {
+  const { work, repo } = await newRepository(t);
+  const src = path.join(work, 'models');
+  await fsp.mkdir(src);
+  // A config rewritten each night: the tip's files are stored in every point of the chain.
+  const HOLDERS = 30;
+  const ids: string[] = [];
+  for (let i = 0; i < HOLDERS; i++) {
+    await fsp.writeFile(path.join(src, `night-${i}.json`), `{"night":${i}}`);
+    const r = await lifeboat(['--repo', repo, '--json', 'backup', '--source', `models=${src}`, '--type', i === 0 ? 'full' : 'incr']);
+    assert.equal(r.code, 0, r.stderr);
+    ids.push(r.json().id);
+  }
+  // Each earlier point lists every file of its snapshot: thousands of entries, as a model tree's points do.
+  for (const id of ids.slice(0, -1)) {
+    const file = path.join(repo, 'points', `${id}.json`);
+    const manifest = JSON.parse(await fsp.readFile(file, 'utf8')) as Manifest;
+    for (let k = 0; k < 4 * ENTRIES; k++) manifest.entries.push({ source: 'models', path: `layer-${k}/shard-of-${id}`, type: 'dir', mode: 0o755, mtimeNs: '1767236400000000000', size: 0 });
+    await fsp.writeFile(file, encodeDocument(manifest));
+    await fsp.writeFile(path.join(repo, 'summaries', `${id}.json`), encodeDocument(summarize(manifest)));
+  }
+  const target = path.join(work, 'restored');
+  const r = await withSmallHeap(['--repo', repo, 'restore', 'latest', '--target', target]);
+  assert.equal(r.code, 0, r.stderr.slice(-2000));
+  assert.equal((await fsp.readdir(path.join(target, 'models'))).length, HOLDERS);
 });

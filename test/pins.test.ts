@@ -191,3 +191,19 @@ test('protectedPoints reads the newest successful switch per target from the jou
   assert.match(got.get(ids[2]!)!, /active slot of target eu/);
   assert.match(got.get(ids[0]!)!, /previous slot of target eu/);
 });
+
+test("a target's switch stays protected behind years of journal events: prune keeps the point it serves", async (t) => {
+  const { repo, ids } = await fourPoints(t);
+  const storage = await openStorage(repo, { cwd: process.cwd(), s3: {}, env: {} });
+  t.after(() => storage.close());
+  const r = await Repository.open(storage);
+  const hour = 3_600_000;
+  await appendEvent(storage, { type: 'failover', at: new Date(Date.UTC(2025, 0, 1)).toISOString(), point: ids[0]!, target: 'eu', outcome: 'ok', detail: { fromPoint: null } });
+  // Nightly drills, restores and prunes since: more events than any fixed look-back would read.
+  for (let i = 0; i < 1010; i++) await appendEvent(storage, { type: 'drill', at: new Date(Date.UTC(2025, 0, 2) + i * hour).toISOString(), point: ids[3]!, outcome: 'ok' });
+  const got = await protectedPoints(r);
+  assert.match(got.get(ids[0]!) ?? '', /active slot of target eu/);
+  const dry = await lifeboat(['--repo', repo, '--json', 'prune', '--keep-full', '1', '--dry-run']);
+  assert.equal(dry.code, 0, dry.stderr);
+  assert.ok(dry.json().keep.some((k: { id: string }) => k.id === ids[0]), 'the served point is kept');
+});

@@ -7,6 +7,9 @@ import { compareSnapshots, prng, seedFromEnv, snapshotTree, tempDir, writeRandom
 import { repoFiles, smallDeployment } from './helpers/repo.js';
 import { runInNamespace, unshare } from './helpers/namespace.js';
 import { planRetention, type RetentionPoint } from '../src/core/retention.js';
+import { Repository } from '../src/core/repository.js';
+import { LocalStorage } from '../src/storage/local.js';
+import { waitFor } from './helpers/processes.js';
 
 interface Listed {
   id: string;
@@ -289,4 +292,28 @@ test('a prune on a disk the repository filled up still runs: it frees the room k
   assert.equal(JSON.parse(await read('verify.json')).ok, true);
   assert.equal((await read('reserve.txt')).trim(), 'space', 'the room is kept aside again');
   assert.doesNotMatch(await read('repo.txt'), /locks/, 'the lock is released');
+});
+
+test('prune --dry-run while a backup is running does not list that backup\'s volumes and summary as objects it would delete', async (t) => {
+  const d = await smallDeployment({ bigFiles: 3, bigSize: 48 << 20 });
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  // Small volumes, so that the running backup has stored some while it writes the rest.
+  await fsp.rm(d.repo, { recursive: true });
+  await Repository.init(new LocalStorage(d.repo), { volumeSize: 1 << 20 });
+  const child = spawnLifeboat(['--repo', d.repo, 'backup', d.src, '--type', 'full']);
+  child.stdout!.resume();
+  child.stderr!.resume();
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  t.after(() => void child.kill('SIGKILL'));
+  const storedAVolume = async () => {
+    for (const folder of await fsp.readdir(path.join(d.repo, 'data')).catch(() => [])) if ((await fsp.readdir(path.join(d.repo, 'data', folder))).length > 0) return true;
+    return false;
+  };
+  assert.ok(await waitFor(storedAVolume, 20_000), 'the backup stored a volume');
+  child.kill('SIGSTOP');
+  const dry = await lifeboat(['--repo', d.repo, '--json', 'prune', '--keep-full', '1', '--dry-run']);
+  child.kill('SIGCONT');
+  assert.equal(dry.code, 0, dry.stderr);
+  assert.deepEqual(dry.json().objects, [], 'what the running backup writes is its point to be');
+  assert.equal(await exited, 0, 'the backup went on to the end');
 });

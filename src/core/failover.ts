@@ -662,8 +662,9 @@ export async function status(
       if (names.length > 1) {
         // A central probe of a shared repository: the RPO of every deployment, rather than a question.
         deployments = [];
+        const newestOfEach = await readable.newestOfEach(names, ids);
         for (const name of names) {
-          const p = await readable.newestOf(name, ids);
+          const p = newestOfEach.get(name);
           if (p) deployments.push({ deployment: name, id: p.id, completedAt: p.completedAt, ageMs: age(p.completedAt) });
           ages.set(name, p ? age(p.completedAt) : null);
         }

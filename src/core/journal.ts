@@ -43,10 +43,27 @@ export async function appendEvent(storage: Storage, event: Omit<JournalEvent, 'a
 
 /** The newest `limit` events, oldest first; unreadable entries are skipped. */
 export async function readEvents(storage: Storage, limit = 50): Promise<JournalEvent[]> {
+  return readEntries(storage, (await eventKeys(storage)).slice(-limit));
+}
+
+/**
+ * Every event, newest first; unreadable entries are skipped. Read a batch at a time, several at once:
+ * the journal of years of restores, drills and prunes is read to its oldest event without being held whole.
+ */
+export async function* eventsNewestFirst(storage: Storage): AsyncGenerator<JournalEvent> {
+  const keys = (await eventKeys(storage)).reverse();
+  for (let i = 0; i < keys.length; i += EVENTS_BATCH) yield* await readEntries(storage, keys.slice(i, i + EVENTS_BATCH));
+}
+
+/** The journal's entries, oldest first. */
+async function eventKeys(storage: Storage): Promise<string[]> {
   const keys: string[] = [];
   for await (const { key } of storage.list(PREFIX)) if (key.endsWith('.json')) keys.push(key);
-  keys.sort();
-  const wanted = keys.slice(-limit);
+  return keys.sort();
+}
+
+/** The events of `wanted`, in its order, several read at once; unreadable entries are skipped. */
+async function readEntries(storage: Storage, wanted: readonly string[]): Promise<JournalEvent[]> {
   const read: (JournalEvent | undefined)[] = new Array(wanted.length);
   // Several at once: on S3 each is a round trip, and `status` runs from monitoring every few minutes.
   await runPool(wanted, EVENTS_IN_FLIGHT, async (key, i) => {
@@ -59,6 +76,9 @@ export async function readEvents(storage: Storage, limit = 50): Promise<JournalE
   });
   return read.filter((e): e is JournalEvent => e !== undefined);
 }
+
+/** Journal entries held at once when the whole journal is read. */
+const EVENTS_BATCH = 256;
 
 /** Journal entries read at once. */
 const EVENTS_IN_FLIGHT = 16;

@@ -5,7 +5,7 @@ import { decodeDocument, encodeDocument } from '../format/document.js';
 import { POINT_ID } from '../format/ids.js';
 import { keys } from '../format/manifest.js';
 import { isNotFound, type Storage } from '../storage/storage.js';
-import { appendEvent, journalEventSchema, type JournalEvent } from './journal.js';
+import { appendEvent, eventsNewestFirst } from './journal.js';
 import { describeLock, readLock } from './lock.js';
 import type { Repository } from './repository.js';
 import { readActive, readTargetState, slotPoint } from './slots.js';
@@ -112,30 +112,18 @@ export async function readPins(storage: Storage): Promise<Map<string, Pin>> {
   return out;
 }
 
-/** How many journal events are read, newest first, to find what each target serves. */
-const JOURNAL_LOOKBACK = 1000;
 const SWITCHES = new Set(['failover', 'rollback']);
 
 /**
  * What targets serve, from the repository's journal: for each target, its
  * newest successful failover or rollback names the point now active and
  * (`fromPoint`) the one before it. This is what a host that does not run the
- * targets (a backup server pruning the repository) knows.
+ * targets (a backup server pruning the repository) knows. The whole journal is
+ * read: a target that last switched years of drills and restores ago serves that point still.
  */
 async function journalSlots(storage: Storage, out: Map<string, string>): Promise<void> {
-  const keys: string[] = [];
-  for await (const { key } of storage.list('journal/')) if (key.endsWith('.json')) keys.push(key);
-  keys.sort().reverse();
   const seen = new Set<string>();
-  for (const key of keys.slice(0, JOURNAL_LOOKBACK)) {
-    let e: JournalEvent;
-    try {
-      const parsed = journalEventSchema.safeParse(JSON.parse((await storage.getDocument(key)).toString('utf8')));
-      if (!parsed.success) continue;
-      e = parsed.data;
-    } catch {
-      continue;
-    }
+  for await (const e of eventsNewestFirst(storage)) {
     if (!SWITCHES.has(e.type) || e.outcome !== 'ok' || !e.target || seen.has(e.target)) continue;
     seen.add(e.target);
     if (e.point) addReason(out, e.point, `active slot of target ${e.target} (${e.type} ${e.at})`);

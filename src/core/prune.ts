@@ -1,8 +1,8 @@
 import { IntegrityError, LockedError, throwIfAborted } from '../errors.js';
-import { deploymentOf, deploymentsOf, keys, volumesNeeded } from '../format/manifest.js';
+import { deploymentOf, deploymentsOf, keys, summaryIdOf, volumesNeeded } from '../format/manifest.js';
 import { type Reporter, progressAt } from './events.js';
 import { appendEvent } from './journal.js';
-import { removeUnfinishedWrites } from './leftovers.js';
+import { pointBeingWritten, removeUnfinishedWrites } from './leftovers.js';
 import { acquireWriterLock, describeLock, lockPollMs, readersOf, releaseAfter, type HeldLock } from './lock.js';
 import { formatDuration } from '../config/duration.js';
 import { sleep } from '../sleep.js';
@@ -78,15 +78,21 @@ export async function planPrune(repo: Repository, options: Pick<PruneOptions, 'p
   );
   const needed = new Set<string>();
   for (const d of retention.keep) for (const key of volumesNeeded(byId.get(d.id)!, byId)) needed.add(key);
+  // What a backup running now is writing (a dry run holds no lock to keep it out) is its point to be, not a leftover to delete.
+  const writing = await pointBeingWritten(repo);
+  const ofRunningBackup = (id: string | undefined) => id !== undefined && writing(id) !== undefined;
   const data: { key: string; size: number }[] = [];
-  for await (const { key, size } of repo.storage.list(keys.dataPrefix)) if (!needed.has(key)) data.push({ key, size });
+  for await (const { key, size } of repo.storage.list(keys.dataPrefix)) {
+    if (!needed.has(key) && !ofRunningBackup(key.slice(keys.dataPrefix.length).split('/')[0])) data.push({ key, size });
+  }
+  const orphans = (await repo.orphanSummaries(new Set(byId.keys()))).filter((key) => !ofRunningBackup(summaryIdOf(key)));
   const removed = retention.remove.map((d) => d.id).reverse();
   return {
     keep: retention.keep,
     deployments: deploymentsOf(retention.keep.map((d) => byId.get(d.id)!)),
     remove: retention.remove,
     manifests: removed.map((id) => keys.point(id)),
-    summaries: [...removed.map((id) => keys.summary(id)), ...(await repo.orphanSummaries(new Set(byId.keys())))],
+    summaries: [...removed.map((id) => keys.summary(id)), ...orphans],
     data,
     bytes: data.reduce((n, d) => n + d.size, 0),
   };

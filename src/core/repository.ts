@@ -242,16 +242,28 @@ export class Repository {
    * in a repository of one deployment, that is the newest summary alone.
    */
   async newestOf(deployment: string, ids?: readonly string[]): Promise<PointSummary | undefined> {
+    return (await this.newestOfEach([deployment], ids)).get(deployment);
+  }
+
+  /**
+   * The newest point of each of `deployments`, in one pass read newest first that stops once each is
+   * found: a deployment retired years of points ago costs that pass once, not once per deployment.
+   */
+  async newestOfEach(deployments: readonly string[], ids?: readonly string[]): Promise<Map<string, PointSummary>> {
     const all = ids ?? (await this.pointIds());
+    const wanted = new Set(deployments);
+    const found = new Map<string, PointSummary>();
     let end = all.length;
-    for (let batch = 1; end > 0; batch = MANIFEST_READS) {
+    for (let batch = 1; end > 0 && found.size < wanted.size; batch = MANIFEST_READS) {
       const start = Math.max(0, end - batch);
       const summaries = await Promise.all(all.slice(start, end).map((id) => this.summary(id)));
-      const found = summaries.findLast((s) => deploymentOf(s) === deployment);
-      if (found) return found;
+      for (const s of summaries.reverse()) {
+        const d = deploymentOf(s);
+        if (wanted.has(d) && !found.has(d)) found.set(d, s);
+      }
       end = start;
     }
-    return undefined;
+    return found;
   }
 
   /**

@@ -63,18 +63,24 @@ export async function planRestore(
   }
   for (const { entry } of links) written.delete(entry);
   const jobs = new Map<string, VolumeJob>();
+  // Of each point the files' bytes are in, its volumes alone: the tip of a long chain takes files from many
+  // points, whose manifests (each listing every file of its snapshot) are read one at a time, not held together.
+  const volumesOf = new Map<string, VolumeRecord[]>([[manifest.id, manifest.volumes]]);
   for (const f of written) {
     const ref = f.ref!;
     const key = `${ref.point}\u0000${ref.volume}`;
     let job = jobs.get(key);
     if (!job) {
-      let holder: Manifest;
-      try {
-        holder = ref.point === manifest.id ? manifest : await repo.manifest(ref.point);
-      } catch (err) {
-        throw new IntegrityError(`${f.source}/${f.path} of ${manifest.id} is stored in point ${ref.point}, which cannot be read: ${(err as Error).message}`);
+      let volumes = volumesOf.get(ref.point);
+      if (!volumes) {
+        try {
+          volumes = (await repo.loadManifest(ref.point)).volumes;
+        } catch (err) {
+          throw new IntegrityError(`${f.source}/${f.path} of ${manifest.id} is stored in point ${ref.point}, which cannot be read: ${(err as Error).message}`);
+        }
+        volumesOf.set(ref.point, volumes);
       }
-      const record = holder.volumes[ref.volume];
+      const record = volumes[ref.volume];
       if (!record) throw new IntegrityError(`${f.source}/${f.path} of ${manifest.id} refers to volume ${ref.volume} of ${ref.point}, which does not exist`);
       job = { point: ref.point, index: ref.volume, record, wanted: new Map() };
       jobs.set(key, job);

@@ -117,20 +117,24 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
   };
 
   let selected: string[];
-  const chain = new Map<string, Manifest>();
   if (options.point) {
-    // The point and every point its files or chain reach (few: their manifests are kept for the checks below).
+    // The point and every point its chain or files reach, found from their summaries: the manifests of a chain of
+    // hundreds of incrementals are then checked one at a time below, as the whole repository's are.
     const queue = [options.point.id];
     const seen = new Set<string>();
     while (queue.length) {
       const id = queue.pop()!;
       if (seen.has(id)) continue;
       seen.add(id);
-      const m = known.has(id) ? await read(id) : undefined;
-      if (!m) continue;
-      chain.set(id, m);
-      if (m.parent) queue.push(m.parent);
-      for (const e of m.entries) if (e.ref && e.ref.point !== id) queue.push(e.ref.point);
+      if (!known.has(id)) continue;
+      // One that cannot be read is reported as its manifest is read below.
+      const s = id === options.point.id ? summarize(options.point) : await repo.summary(id).catch((err: unknown) => {
+        if (err instanceof IntegrityError) return undefined;
+        throw err;
+      });
+      if (!s) continue;
+      if (s.parent) queue.push(s.parent);
+      for (const u of s.uses) queue.push(u.point);
     }
     selected = ids.filter((id) => seen.has(id));
   } else {
@@ -149,7 +153,7 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
   // Several manifests are read ahead of the one checked (each is a round trip on S3), oldest first, so
   // the points a manifest refers to (older ones) were checked before it. Each point's summary must say what its manifest says.
   const loadChecked = async (id: string): Promise<Manifest | undefined> => {
-    const m = chain.get(id) ?? (await read(id));
+    const m = id === options.point?.id ? options.point : await read(id);
     const mismatch = m ? await summaryMismatch(repo, m) : undefined;
     if (m && mismatch) {
       // Reported, and repaired: the summary is derived from the manifest, which has just been read and checked, and is
@@ -222,7 +226,9 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
   if (options.readData) {
     const progress: Progress = { phase: 'verify', filesDone: 0, filesTotal: 0, bytesDone: 0, bytesTotal: 0 };
     const jobs: { point: string; index: number; volume: ledgers.LedgerVolume }[] = [];
-    for (const id of selected) {
+    // With the points checked, any other whose volumes a checked point's files are in (a summary may have left it out).
+    const checked = new Set(selected);
+    for (const id of [...selected, ...[...volumesOf.keys()].filter((h) => !checked.has(h)).sort()]) {
       volumesOf.get(id)?.forEach((v, index) => {
         if (existing.has(v.key) && !archived.has(v.key)) jobs.push({ point: id, index, volume: { key: v.key, size: v.size, crc32: recordedChecksum(v).crc32 } });
       });
