@@ -441,3 +441,19 @@ test('status of a shared repository finds every deployment\'s newest point in on
   // Each point's summary read once at most, not once for each deployment retired before it.
   assert.ok(storage.summariesRead <= owners.length, `${storage.summariesRead} summaries read for ${owners.length} points`);
 });
+
+test("another deployment's newest point, damaged, does not stop this deployment's incremental", async () => {
+  const { repo, backup } = await sharedRepository();
+  const a1 = await backup('a', '--type', 'full');
+  const b1 = await backup('b', '--type', 'full');
+  // b's point is the repository's newest; its manifest loses its last bytes (a disk error, a partial copy).
+  const damaged = path.join(repo, 'points', `${b1.id}.json`);
+  const text = await fsp.readFile(damaged);
+  await fsp.writeFile(damaged, text.subarray(0, text.length - 20));
+  const a2 = await backup('a', '--type', 'incr');
+  assert.equal(a2.type, 'incr');
+  assert.equal(a2.parent, a1.id);
+  // b's own incremental still stops, saying its reference is damaged (exit 3).
+  const b2 = await lifeboat(['--repo', repo, '--deployment', 'b', 'backup', '--type', 'incr', '--source', `models=${path.join(path.dirname(repo), 'host-b', 'models')}`]);
+  assert.equal(b2.code, 3, b2.stderr);
+});

@@ -368,8 +368,9 @@ export function checkBackupSources(sources: readonly Pick<SourceSpec, 'name'>[])
 async function readReference(repo: Repository, ids: readonly string[], requested: BackupType, deployment: string): Promise<{ choice: ReferenceChoice; newest?: Pick<PointSummary, 'id' | 'full'>; reference?: Manifest }> {
   const newestId = ids[ids.length - 1];
   if (requested === 'incr' && newestId) {
-    const latest = await referenceManifest(repo, newestId, requested);
-    if (deploymentOf(latest) === deployment) return { choice: chooseReference(latest, requested, deployment, true), newest: latest, reference: latest };
+    // Another deployment's newest point, damaged or missing, is no reason to stop this one: the summaries say whose it is.
+    const latest = await referenceManifest(repo, newestId, requested).catch(() => undefined);
+    if (latest && deploymentOf(latest) === deployment) return { choice: chooseReference(latest, requested, deployment, true), newest: latest, reference: latest };
   }
   const newest = await repo.newestOf(deployment, ids);
   // Only for the notice: a repository whose names cannot all be read is still backed up to.
