@@ -20,7 +20,7 @@ function plainContext(): { ctx: CliContext; lines: () => string[] } {
     stdout: new PassThrough(),
     stderr,
     interactive: false,
-    color: false,
+    color: { stdout: false, stderr: false },
     json: false,
     quiet: false,
     debug: false,

@@ -1,3 +1,4 @@
+import { Chalk } from 'chalk';
 import { Command, CommanderError, Option } from 'commander';
 import { createRequire } from 'node:module';
 import type { Writable } from 'node:stream';
@@ -95,14 +96,14 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: RunState): C
       // A terminal that reports no width (some CI pseudo-terminals) can't redraw a spinner line.
       const columns = (io.stderr as { columns?: number }).columns ?? 0;
       const logFormat = global.logFormat === 'json' ? 'json' : 'text';
-      const interactive = io.stderr.isTTY === true && columns > 0 && logFormat === 'text';
+      const interactive = io.stderr.isTTY === true && columns > 0 && logFormat === 'text' && !dumbTerminal(io.env);
       const ctx: CliContext = {
         cwd: io.cwd,
         env: io.env,
         stdout: io.stdout,
         stderr: io.stderr,
         interactive,
-        color: global.color !== false && !io.env.NO_COLOR && io.stdout.isTTY === true,
+        color: { stdout: colorFor(io.stdout, io.env, global.color !== false), stderr: colorFor(io.stderr, io.env, global.color !== false) },
         json: global.json === true,
         quiet: global.quiet === true,
         debug: global.debug === true,
@@ -139,6 +140,21 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: RunState): C
     });
   }
   return program;
+}
+
+/** A terminal that cannot move its cursor or show colour (TERM=dumb: an editor's shell buffer, some CI logs). */
+function dumbTerminal(env: NodeJS.ProcessEnv): boolean {
+  return env.TERM === 'dumb';
+}
+
+/**
+ * Whether colour may be written to one stream: a terminal, unless --no-color, NO_COLOR (any value but
+ * empty), FORCE_COLOR=0 or false, or TERM=dumb says not. Each stream is asked on its own, so that an
+ * error log (`2>errors.log`) gets no escape codes while stdout is a terminal, nor stdout in a pipe.
+ */
+function colorFor(stream: { isTTY?: boolean }, env: NodeJS.ProcessEnv, allowed: boolean): boolean {
+  if (!allowed || env.NO_COLOR || env.FORCE_COLOR === '0' || env.FORCE_COLOR === 'false' || dumbTerminal(env)) return false;
+  return stream.isTTY === true;
 }
 
 function withSubcommands(command: Command): Command[] {
@@ -208,7 +224,7 @@ export async function runCli(argv: string[], io: CliIo, signal: AbortSignal): Pr
       io.stderr.write(jsonLogLine('error', errorMessage(err), { exitCode: code, ...(err instanceof LifeboatError && err.hint ? { hint: err.hint } : {}) }));
       return code;
     }
-    const color = ctx ? paint(ctx) : paint({ color: false } as CliContext);
+    const color = ctx ? paint(ctx, 'stderr') : new Chalk({ level: colorFor(io.stderr, io.env, !givenOnCommandLine(argv, '--no-color')) ? 1 : 0 });
     // A message may name a file of the repository or of a source: the failure stays one line, its hint the next.
     const hint = err instanceof LifeboatError && err.hint ? `\n  ${escapeUnprintable(err.hint)}` : '';
     io.stderr.write(`${color.red('lifeboat:')} ${escapeUnprintable(errorMessage(err))}${hint}\n`);

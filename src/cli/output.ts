@@ -8,8 +8,8 @@ import { LifeboatError, errorMessage } from '../errors.js';
 
 const PLAIN_PROGRESS_EVERY_MS = 5000;
 
-export function paint(ctx: CliContext): ChalkInstance {
-  return ctx.color ? new Chalk({ level: chalk.level || 1 }) : new Chalk({ level: 0 });
+export function paint(ctx: CliContext, stream: 'stdout' | 'stderr'): ChalkInstance {
+  return ctx.color[stream] ? new Chalk({ level: chalk.level || 1 }) : new Chalk({ level: 0 });
 }
 
 /**
@@ -69,7 +69,7 @@ export function logNotice(ctx: CliContext, n: Notice): void {
     if (n.level === 'warning' || !ctx.quiet) ctx.stderr.write(jsonLogLine(n.level, n.message, { code: n.code, ...(n.path ? { path: n.path } : {}) }));
     return;
   }
-  const c = paint(ctx);
+  const c = paint(ctx, 'stderr');
   const where = n.path ? `${quoteName(n.path)}: ` : '';
   // A message may name files too: none may add lines of its own.
   const message = escapeUnprintable(n.message);
@@ -120,7 +120,7 @@ export class ProgressRenderer implements Reporter {
       // ora (and its terminal-width tables) is loaded only when there is a terminal to spin on.
       void import('ora').then(({ default: ora }) => {
         if (this.stopped) return;
-        this.spinner = ora({ text: this.last ? this.describe(this.last) : label, stream: ctx.stderr as NodeJS.WriteStream, color: 'cyan', isEnabled: true }).start();
+        this.spinner = ora({ text: this.last ? this.describe(this.last) : label, stream: ctx.stderr as NodeJS.WriteStream, color: ctx.color.stderr ? 'cyan' : false, isEnabled: true }).start();
       });
     }
   }
