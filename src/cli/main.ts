@@ -131,10 +131,13 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: RunState): C
   for (const register of [registerInit, registerBackup, registerList, registerShow, registerDiff, registerVerify, registerRestore, registerPin, registerUnpin, registerUnlock, registerPrune, registerDrill, registerFailover, registerRollback, registerStatus, registerKey, registerCompletion]) {
     register(program, run).addHelpText('after', EXIT_CODES_HELP);
   }
+  // The help commander shows on stderr before it gives up (a command that needs a subcommand), held until
+  // asUsageError knows whether it helps: not for `lifeboat help bogus`, where it is the program's.
+  const heldHelp: string[] = [];
   for (const command of withSubcommands(program)) {
-    command.exitOverride(asUsageError(command)).configureOutput({
+    command.exitOverride(asUsageError(command, (show) => show && io.stderr.write(heldHelp.join('')))).configureOutput({
       writeOut: (s) => io.stdout.write(s),
-      writeErr: (s) => io.stderr.write(s),
+      writeErr: (s) => heldHelp.push(s),
       // Its errors are rendered as lifeboat's own, by runCli.
       outputError: () => undefined,
     });
@@ -172,10 +175,15 @@ function commandLine(command: Command): string {
  * like any other, so that it is rendered as one (`lifeboat: …`, a hint, the JSON error document
  * with --json). --help and --version end with exit 0 as commander ends them.
  */
-function asUsageError(command: Command): (err: CommanderError) => never {
+function asUsageError(command: Command, heldHelp: (show: boolean) => void): (err: CommanderError) => never {
   return (err) => {
     if (err.exitCode === 0) throw err;
     const help = `see ${commandLine(command)} --help`;
+    // `lifeboat help bogus`: commander shows the program's help for a command it does not know.
+    const [word, unknown] = command.args;
+    const helpOfUnknown = err.code === 'commander.help' && word === 'help' && unknown !== undefined;
+    heldHelp(!helpOfUnknown);
+    if (helpOfUnknown) throw new UsageError(`unknown command '${unknown}'`, { cause: err, hint: help });
     // `lifeboat key` without a subcommand: commander has just printed the help, to stderr.
     if (err.code === 'commander.help') {
       const names = command.commands.map((c) => c.name());
