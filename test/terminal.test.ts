@@ -12,6 +12,7 @@ import { PassThrough } from 'node:stream';
 import { runCli } from '../src/cli/main.js';
 import { BIN } from './helpers/cli.js';
 import { tempDir } from './helpers/tree.js';
+import { waitFor } from './helpers/processes.js';
 
 /** A stream that says it is a terminal, as process.stdout does on one. */
 function stream(isTTY: boolean): { stream: PassThrough & { isTTY?: boolean; columns?: number }; text: () => string } {
@@ -50,23 +51,39 @@ test('an error is red only on a terminal that shows colour: not in a redirected 
 
 const hasScript = spawnSync('script', ['--version'], { stdio: 'ignore' }).status === 0;
 
-/** What a terminal 80 columns wide shows of a command run on it by `script`, and its exit code. */
-function onTerminal(args: string[], env: NodeJS.ProcessEnv, cwd: string): Promise<{ code: number | null; shown: string }> {
+/** A command run by `script` on a terminal 80 columns wide: what the terminal shows, keys typed on it, and its exit code. */
+function onScript(args: string[], env: NodeJS.ProcessEnv, cwd: string) {
   const command = `stty cols 80 rows 24; exec ${[process.execPath, BIN, ...args].map((a) => JSON.stringify(a)).join(' ')}`;
-  const terminal = spawn('script', ['-qefc', command, '/dev/null'], { cwd, stdio: ['ignore', 'pipe', 'inherit'], env: { PATH: process.env.PATH, ...env } });
+  const terminal = spawn('script', ['-qefc', command, '/dev/null'], { cwd, stdio: ['pipe', 'pipe', 'inherit'], env: { PATH: process.env.PATH, ...env } });
   let shown = '';
   terminal.stdout!.on('data', (c: Buffer) => (shown += c.toString('utf8')));
-  return new Promise((resolve) => terminal.on('close', (code) => resolve({ code, shown })));
+  terminal.stdin!.on('error', () => undefined);
+  return {
+    shown: () => shown,
+    type: (keys: string) => terminal.stdin!.write(keys),
+    exited: new Promise<number | null>((resolve) => terminal.on('close', resolve)),
+  };
+}
+
+async function onTerminal(args: string[], env: NodeJS.ProcessEnv, cwd: string): Promise<{ code: number | null; shown: string }> {
+  const terminal = onScript(args, env, cwd);
+  const code = await terminal.exited;
+  return { code, shown: terminal.shown() };
+}
+
+/** A deployment whose backup takes a few seconds: a source that sleeps before it prints. */
+async function slowDeployment(work: string, seconds: number): Promise<void> {
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'config.json'), '{}\n');
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ${JSON.stringify(path.join(work, 'repo'))}\nsources:\n  models: ./models\n  slow: { command: "sleep ${seconds}; echo state" }\n`);
+  assert.equal((await onTerminal(['init'], { TERM: 'xterm' }, work)).code, 0);
 }
 
 test('the spinner of a backup on a terminal has no colour with NO_COLOR, and TERM=dumb gets plain lines without escape codes', { skip: hasScript ? undefined : 'script (util-linux) is not installed' }, async (t) => {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
-  await fsp.mkdir(path.join(work, 'models'));
-  await fsp.writeFile(path.join(work, 'models', 'config.json'), '{}\n');
   // A source that takes a second, so that the spinner turns a few times.
-  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ${JSON.stringify(path.join(work, 'repo'))}\nsources:\n  models: ./models\n  slow: { command: "sleep 1; echo state" }\n`);
-  assert.equal((await onTerminal(['init'], { TERM: 'xterm' }, work)).code, 0);
+  await slowDeployment(work, 1);
 
   const spun = await onTerminal(['backup'], { TERM: 'xterm' }, work);
   assert.equal(spun.code, 0, spun.shown);
@@ -82,4 +99,23 @@ test('the spinner of a backup on a terminal has no colour with NO_COLOR, and TER
   assert.ok(!dumb.shown.includes(ESC), JSON.stringify(dumb.shown));
   assert.match(dumb.shown, /^\d{4}-\d\d-\d\dT[\d:.]+Z slow: captured /m, 'timestamped lines, as without a terminal');
   assert.match(dumb.shown, /^took incr backup /m);
+});
+
+test('Ctrl-C typed while the spinner turns stops the backup (exit 130), and nothing of it is left', { skip: hasScript ? undefined : 'script (util-linux) is not installed' }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await slowDeployment(work, 20);
+  const terminal = onScript(['backup'], { TERM: 'xterm' }, work);
+  const spinning = await waitFor(async () => terminal.shown().includes(' backup'), 20_000);
+  assert.ok(spinning, `no spinner: ${JSON.stringify(terminal.shown())}`);
+  const typed = Date.now();
+  terminal.type('\u0003');
+  const code = await terminal.exited;
+  assert.equal(code, 130, terminal.shown());
+  assert.ok(Date.now() - typed < 15_000, 'stopped, not run to its end');
+  assert.match(terminal.shown(), /lifeboat: SIGINT received, stopping cleanly/);
+  assert.match(terminal.shown(), /\u001b\[\?25h/, 'the cursor is shown again');
+  const list = await onTerminal(['--json', 'list'], { TERM: 'xterm' }, work);
+  assert.equal(list.code, 0);
+  assert.deepEqual(JSON.parse(list.shown), []);
 });

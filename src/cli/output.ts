@@ -117,10 +117,11 @@ export class ProgressRenderer implements Reporter {
     this.started = now();
     renderers.set(ctx, this);
     if (ctx.interactive && !ctx.quiet) {
-      // ora (and its terminal-width tables) is loaded only when there is a terminal to spin on.
+      // ora (and its terminal-width tables) is loaded only when there is a terminal to spin on. It is not
+      // let put the terminal in raw mode to swallow what is typed: Ctrl-C would no longer interrupt.
       void import('ora').then(({ default: ora }) => {
         if (this.stopped) return;
-        this.spinner = ora({ text: this.last ? this.describe(this.last) : label, stream: ctx.stderr as NodeJS.WriteStream, color: ctx.color.stderr ? 'cyan' : false, isEnabled: true }).start();
+        this.spinner = ora({ text: this.last ? this.describe(this.last) : label, stream: ctx.stderr as NodeJS.WriteStream, color: ctx.color.stderr ? 'cyan' : false, isEnabled: true, discardStdin: false }).start();
       });
     }
   }
