@@ -242,6 +242,9 @@ export async function runCli(argv: string[], io: CliIo, signal: AbortSignal): Pr
   }
 }
 
+/** A line on stderr from the entry point itself: a signal received, results that could not be written. */
+type Say = (level: 'warning' | 'error', message: string, fields?: Record<string, unknown>) => void;
+
 type OutputFailures = Partial<Record<'stdout' | 'stderr', NodeJS.ErrnoException>>;
 
 /** Write failures that only mean nobody reads any more: the reader closed the pipe (`lifeboat list | head`), the terminal is gone (after a SIGHUP). */
@@ -253,29 +256,33 @@ const READER_GONE = new Set(['EPIPE', 'EIO']);
  * writing) means the results or the messages were lost, which fails a run that had succeeded with
  * exit 1. A lost stdout is said in one sentence on stderr, unless that failed too.
  */
-function afterFailedWrites(failed: OutputFailures, code: number): number {
+function afterFailedWrites(failed: OutputFailures, code: number, say: Say): number {
   const lost = (['stdout', 'stderr'] as const).filter((name) => failed[name] && !READER_GONE.has(failed[name]!.code ?? ''));
   if (lost.length === 0) return code;
   const err = failed.stdout;
+  const exitCode = code === ExitCode.ok ? ExitCode.runtime : code;
   if (lost.includes('stdout') && !failed.stderr && err) {
     // "ENOSPC: no space left on device, write" → "no space left on device (ENOSPC)"
     const reason = err.message.replace(/^[A-Z]+: /, '').replace(/, write$/, '');
-    process.stderr.write(`lifeboat: could not write to standard output: ${reason}${err.code && !reason.includes(err.code) ? ` (${err.code})` : ''}\n`);
+    say('error', `could not write to standard output: ${reason}${err.code && !reason.includes(err.code) ? ` (${err.code})` : ''}`, { exitCode });
   }
-  return code === ExitCode.ok ? ExitCode.runtime : code;
+  return exitCode;
 }
 
 /** The process entry: signals become an abort, the exit code is set, never process.exit(). */
 export async function main(argv: string[]): Promise<void> {
   const controller = new AbortController();
+  // What is said here, outside any command, is a log line like the others: one JSON object with --log-format json.
+  const jsonLogs = givenOnCommandLine(argv, '--log-format', 'json');
+  const say: Say = (level, message, fields) => process.stderr.write(jsonLogs ? jsonLogLine(level, message, fields) : `lifeboat: ${message}\n`);
   let signals = 0;
   const onSignal = (name: string) => {
     signals++;
     if (signals > 1) {
-      process.stderr.write(`lifeboat: ${name} again, stopping at once\n`);
+      say('error', `${name} again, stopping at once`);
       process.exit(ExitCode.interrupted);
     }
-    process.stderr.write(`lifeboat: ${name} received, stopping cleanly…\n`);
+    say('warning', `${name} received, stopping cleanly…`);
     controller.abort();
   };
   // A write to stdout or stderr that fails is reported by the stream, a moment later; the first of each is kept.
@@ -292,7 +299,7 @@ export async function main(argv: string[]): Promise<void> {
   const ran = await runCli(argv, { stdout: process.stdout, stderr: process.stderr, env: process.env, cwd: process.cwd() }, controller.signal);
   // The failure of the last write arrives on the next turn of the event loop.
   await new Promise((resolve) => setImmediate(resolve));
-  const code = afterFailedWrites(failedWrites, ran);
+  const code = afterFailedWrites(failedWrites, ran, say);
   process.exitCode = code;
   process.removeAllListeners('SIGINT');
   process.removeAllListeners('SIGTERM');
