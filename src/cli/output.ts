@@ -53,7 +53,11 @@ export function jsonLogLine(level: 'info' | 'warning' | 'error', message: string
   return `${JSON.stringify({ time: new Date().toISOString(), level, msg: message, ...fields })}\n`;
 }
 
-/** A log line on stderr; timestamped when nobody is watching a terminal. */
+/**
+ * A log line on stderr; timestamped when nobody is watching a terminal. What it quotes (a line a hook
+ * printed, a path) has its control characters escaped, as a smoke test's output is, so that it stays
+ * one line and cannot redraw the terminal or fake a line of its own.
+ */
 export function log(ctx: CliContext, message: string): void {
   if (ctx.quiet) return;
   if (ctx.logFormat === 'json') {
@@ -61,7 +65,7 @@ export function log(ctx: CliContext, message: string): void {
     return;
   }
   const prefix = ctx.interactive ? '' : `${new Date().toISOString()} `;
-  ctx.stderr.write(`${prefix}${message}\n`);
+  ctx.stderr.write(`${prefix}${escapeUnprintable(message)}\n`);
 }
 
 export function logNotice(ctx: CliContext, n: Notice): void {
