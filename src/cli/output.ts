@@ -165,7 +165,11 @@ export class ProgressRenderer implements Reporter {
     parts.push(`${p.filesDone}${p.filesTotal ? `/${p.filesTotal}` : ''} files`);
     parts.push(`${(rate / (1 << 20)).toFixed(1)} MiB/s`);
     if (rate > 0 && p.bytesTotal > p.bytesDone) parts.push(`ETA ${formatDuration(((p.bytesTotal - p.bytesDone) / rate) * 1000)}`);
-    if (p.current && this.spinner) parts.push(p.current.length > 60 ? `…${p.current.slice(-59)}` : p.current);
+    if (p.current && this.spinner) {
+      // The file being read or written, named as a listing names it: no name may redraw the terminal.
+      const current = quoteName(p.current);
+      parts.push(current.length > 60 ? `…${current.slice(-59)}` : current);
+    }
     return parts.join('  ');
   }
 
