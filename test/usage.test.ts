@@ -51,6 +51,12 @@ test('what commander refuses (a missing argument or option, an unknown option or
   }
   // After a `--`, --json is an argument, not the flag.
   assertUsageError(await runChild(['diff', '--', '--json']), /missing required argument 'to'/, /see lifeboat diff --help/, false);
+  // With --log-format json, stderr holds JSON lines only: not the help commander shows of a command that needs a subcommand.
+  for (const args of [['--log-format', 'json', 'key'], ['key', '--log-format=json']]) {
+    const needs = await runChild(args);
+    assert.equal(needs.code, 2);
+    assert.deepEqual(needs.stderr.trimEnd().split('\n').map((l) => JSON.parse(l).msg), ['key needs a command: list, add, remove or passwd']);
+  }
   const logLine = await runChild(['--log-format', 'json', 'diff', 'latest']);
   assert.equal(logLine.code, 2);
   assert.deepEqual(

@@ -132,10 +132,12 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: RunState): C
     register(program, run).addHelpText('after', EXIT_CODES_HELP);
   }
   // The help commander shows on stderr before it gives up (a command that needs a subcommand), held until
-  // asUsageError knows whether it helps: not for `lifeboat help bogus`, where it is the program's.
+  // asUsageError knows whether it helps: not for `lifeboat help bogus`, where it is the program's, nor
+  // among the JSON lines of --log-format json.
   const heldHelp: string[] = [];
+  const showHelp = (show: boolean) => show && program.opts<GlobalOptions>().logFormat !== 'json' && io.stderr.write(heldHelp.join(''));
   for (const command of withSubcommands(program)) {
-    command.exitOverride(asUsageError(command, (show) => show && io.stderr.write(heldHelp.join('')))).configureOutput({
+    command.exitOverride(asUsageError(command, showHelp)).configureOutput({
       writeOut: (s) => io.stdout.write(s),
       writeErr: (s) => heldHelp.push(s),
       // Its errors are rendered as lifeboat's own, by runCli.
