@@ -684,6 +684,24 @@ test('names with newlines, tabs or other control characters are quoted with esca
   assert.equal(list.stdout.trimEnd().split('\n').length, 3, list.stdout);
 });
 
+test('what a hook prints, and a repository path, are shown with control characters escaped: none can redraw the terminal or fake a line', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'config.json'), '{}');
+  const repo = path.join(work, 'repo\u001b[2J\nlifeboat: fake');
+  const init = await lifeboat(['--repo', repo, 'init']);
+  assert.equal(init.code, 0, init.stderr);
+  assert.match(init.stdout, /^created lifeboat repository [0-9a-f]{8} at ".*\/repo\\u001b\[2J\\nlifeboat: fake"\n$/);
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ${JSON.stringify(repo)}\nsources:\n  models: ./models\nhooks:\n  preBackup: "printf 'paused\\\\033[2J\\\\rX\\\\n'"\n`);
+  const backup = await lifeboat(['backup'], { cwd: work });
+  assert.equal(backup.code, 0, backup.stderr);
+  assert.match(backup.stderr, /Z paused\\u001b\[2J\\rX\n/);
+  assert.doesNotMatch(backup.stderr, /[\u0000-\u0009\u000b-\u001f]/);
+  const json = await lifeboat(['--log-format', 'json', 'backup'], { cwd: work });
+  assert.ok(json.stderr.split('\n').some((l) => l && JSON.parse(l).msg === 'paused\u001b[2J\rX'), '--log-format json has the line as it is');
+});
+
 test('a repository inside a source is left out of its backups, instead of being backed up into itself', async () => {
   const work = await tempDir();
   const src = path.join(work, 'srv');

@@ -1,6 +1,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
+import { closeSync, existsSync, openSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as http from 'node:http';
 import * as os from 'node:os';
@@ -523,6 +524,29 @@ test('--log-format json: every stderr line is one JSON object; results stay on s
   assert.match(plain.stderr, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z warning: took over a stale lock/m);
   assert.ok(!/\x1b\[/.test(plain.stderr), 'no ANSI escapes');
   await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('--log-format json: what the entry point says itself (a signal received, results that could not be written) is a JSON line too', { skip: existsSync('/dev/full') ? undefined : 'no /dev/full' }, async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  await fsp.writeFile(path.join(d.work, 'lifeboat.yaml'), `repository: ${JSON.stringify(d.repo)}\nsources:\n  slow: { command: "sleep 20; echo state" }\n`);
+  const child = spawnLifeboat(['--log-format', 'json', 'backup'], { cwd: d.work });
+  let stderr = '';
+  const started = new Promise<void>((resolve) => child.stderr!.on('data', (c: Buffer) => ((stderr += c.toString('utf8')), resolve())));
+  const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
+  await started;
+  child.kill('SIGTERM');
+  assert.equal(await exited, 130, stderr);
+  const lines = stderr.trimEnd().split('\n').map((l) => JSON.parse(l));
+  assert.ok(lines.some((l) => l.level === 'warning' && l.msg === 'SIGTERM received, stopping cleanly…'), stderr);
+  assert.equal(lines.at(-1).exitCode, 130);
+
+  const full = openSync('/dev/full', 'w');
+  t.after(() => closeSync(full));
+  const lost = await runChild(['--repo', d.repo, 'list', '--log-format=json'], { stdout: full });
+  assert.equal(lost.code, 1, lost.stderr);
+  const line = JSON.parse(lost.stderr);
+  assert.deepEqual([line.level, line.msg, line.exitCode], ['error', 'could not write to standard output: no space left on device (ENOSPC)', 1]);
 });
 
 // ---- locks that heal themselves, the same on local disk and S3 ----

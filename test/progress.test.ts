@@ -1,7 +1,8 @@
 /**
  * The plain progress line (stderr not a terminal): its rate and ETA count
  * from the phase's first report, not from the start of the command, which
- * may have spent minutes on other work first.
+ * may have spent minutes on other work first. The spinner (stderr a
+ * terminal): what it names is escaped as a listing's names are.
  */
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
@@ -15,10 +16,20 @@ import type { Progress } from '../src/core/events.js';
 import { Repository } from '../src/core/repository.js';
 import { restore } from '../src/core/restore.js';
 import { LocalStorage } from '../src/storage/local.js';
+import { waitFor } from './helpers/processes.js';
 import { tempDir } from './helpers/tree.js';
 
-function plainContext(): { ctx: CliContext; lines: () => string[] } {
-  const stderr = new PassThrough();
+function plainContext(terminal = false): { ctx: CliContext; lines: () => string[]; text: () => string } {
+  // A terminal as ora sees one: it says it is a TTY, has a width, and moves its cursor with escape codes.
+  const stderr = terminal
+    ? Object.assign(new PassThrough(), {
+        isTTY: true,
+        columns: 80,
+        cursorTo: (x: number) => stderr.write(`\u001b[${x + 1}G`),
+        clearLine: () => stderr.write('\u001b[2K'),
+        moveCursor: (_x: number, y: number) => stderr.write(`\u001b[${-y}A`),
+      })
+    : new PassThrough();
   let text = '';
   stderr.on('data', (chunk: Buffer) => (text += chunk.toString()));
   const ctx: CliContext = {
@@ -26,15 +37,15 @@ function plainContext(): { ctx: CliContext; lines: () => string[] } {
     env: {},
     stdout: new PassThrough(),
     stderr,
-    interactive: false,
-    color: false,
+    interactive: terminal,
+    color: { stdout: false, stderr: false },
     json: false,
     quiet: false,
     debug: false,
     signal: new AbortController().signal,
     global: {},
   };
-  return { ctx, lines: () => text.split('\n').filter(Boolean) };
+  return { ctx, lines: () => text.split('\n').filter(Boolean), text: () => text };
 }
 
 const MiB = 1 << 20;
@@ -89,4 +100,19 @@ test('a backup and a restore of small files only report each file as it is done,
   await restore(repo, await repo.resolve(taken.id), { target: path.join(work, 'restored'), reporter: { progress: (p) => restored.push(p) } });
   assert.ok(seen('restore', restored) >= count, `restore reported ${seen('restore', restored)} distinct counts for ${count} files`);
   assert.equal(restored.at(-1)!.filesDone, count);
+});
+
+test('the spinner names the file it is at as a listing does: a name cannot redraw the terminal', async () => {
+  const { ctx, text } = plainContext(true);
+  const renderer = new ProgressRenderer(ctx, 'backup');
+  const at = { ...verify(10 * MiB), phase: 'backup', current: 'models/w\u001b[2Jcleared\nX.bin' } as const;
+  renderer.progress(at);
+  // ora is loaded on its own, then draws the spinner; the file is named from the next report on.
+  await waitFor(async () => text().includes('backup:'), 5000);
+  renderer.progress(at);
+  await waitFor(async () => text().includes('cleared'), 5000);
+  renderer.stop();
+  assert.match(text(), /"models\/w\\u001b\[2Jcleared\\nX\.bin"/);
+  assert.ok(!text().includes('\u001b[2J'), JSON.stringify(text()));
+  assert.ok(!text().includes('\n'), 'the spinner stays on its line');
 });

@@ -43,8 +43,20 @@ test('what commander refuses (a missing argument or option, an unknown option or
   const key = await runChild(['--json', 'key']);
   assertUsageError(key, /key needs a command: list, add, remove or passwd/, /see lifeboat key --help/, true);
   assert.match(key.stderr, /^Usage: lifeboat key/);
+  // `help` of a command that does not exist says so, in one sentence; not the whole help and "no command given".
+  for (const [args, hint] of [[['help', 'bakup'], /see lifeboat --help/], [['--json', 'key', 'help', 'lst'], /see lifeboat key --help/]] as const) {
+    const r = await runChild([...args]);
+    assertUsageError(r, /unknown command '(bakup|lst)'/, hint, args[0] === '--json');
+    assert.equal(r.stderr.split('\n').length, 3, r.stderr);
+  }
   // After a `--`, --json is an argument, not the flag.
   assertUsageError(await runChild(['diff', '--', '--json']), /missing required argument 'to'/, /see lifeboat diff --help/, false);
+  // With --log-format json, stderr holds JSON lines only: not the help commander shows of a command that needs a subcommand.
+  for (const args of [['--log-format', 'json', 'key'], ['key', '--log-format=json']]) {
+    const needs = await runChild(args);
+    assert.equal(needs.code, 2);
+    assert.deepEqual(needs.stderr.trimEnd().split('\n').map((l) => JSON.parse(l).msg), ['key needs a command: list, add, remove or passwd']);
+  }
   const logLine = await runChild(['--log-format', 'json', 'diff', 'latest']);
   assert.equal(logLine.code, 2);
   assert.deepEqual(

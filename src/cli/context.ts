@@ -16,9 +16,10 @@ export interface CliContext {
   env: NodeJS.ProcessEnv;
   stdout: Writable;
   stderr: Writable;
-  /** stderr is a terminal: spinners and colour are allowed there. */
+  /** stderr is a terminal that can redraw a line: a spinner is allowed there. */
   interactive: boolean;
-  color: boolean;
+  /** Whether each stream may have colour (a terminal, and nothing such as NO_COLOR says not). */
+  color: { stdout: boolean; stderr: boolean };
   json: boolean;
   quiet: boolean;
   debug: boolean;

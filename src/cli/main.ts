@@ -1,3 +1,4 @@
+import { Chalk } from 'chalk';
 import { Command, CommanderError, Option } from 'commander';
 import { createRequire } from 'node:module';
 import type { Writable } from 'node:stream';
@@ -95,14 +96,14 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: RunState): C
       // A terminal that reports no width (some CI pseudo-terminals) can't redraw a spinner line.
       const columns = (io.stderr as { columns?: number }).columns ?? 0;
       const logFormat = global.logFormat === 'json' ? 'json' : 'text';
-      const interactive = io.stderr.isTTY === true && columns > 0 && logFormat === 'text';
+      const interactive = io.stderr.isTTY === true && columns > 0 && logFormat === 'text' && !dumbTerminal(io.env);
       const ctx: CliContext = {
         cwd: io.cwd,
         env: io.env,
         stdout: io.stdout,
         stderr: io.stderr,
         interactive,
-        color: global.color !== false && !io.env.NO_COLOR && io.stdout.isTTY === true,
+        color: { stdout: colorFor(io.stdout, io.env, global.color !== false), stderr: colorFor(io.stderr, io.env, global.color !== false) },
         json: global.json === true,
         quiet: global.quiet === true,
         debug: global.debug === true,
@@ -130,15 +131,35 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: RunState): C
   for (const register of [registerInit, registerBackup, registerList, registerShow, registerDiff, registerVerify, registerRestore, registerPin, registerUnpin, registerUnlock, registerPrune, registerDrill, registerFailover, registerRollback, registerStatus, registerKey, registerCompletion]) {
     register(program, run).addHelpText('after', EXIT_CODES_HELP);
   }
+  // The help commander shows on stderr before it gives up (a command that needs a subcommand), held until
+  // asUsageError knows whether it helps: not for `lifeboat help bogus`, where it is the program's, nor
+  // among the JSON lines of --log-format json.
+  const heldHelp: string[] = [];
+  const showHelp = (show: boolean) => show && program.opts<GlobalOptions>().logFormat !== 'json' && io.stderr.write(heldHelp.join(''));
   for (const command of withSubcommands(program)) {
-    command.exitOverride(asUsageError(command)).configureOutput({
+    command.exitOverride(asUsageError(command, showHelp)).configureOutput({
       writeOut: (s) => io.stdout.write(s),
-      writeErr: (s) => io.stderr.write(s),
+      writeErr: (s) => heldHelp.push(s),
       // Its errors are rendered as lifeboat's own, by runCli.
       outputError: () => undefined,
     });
   }
   return program;
+}
+
+/** A terminal that cannot move its cursor or show colour (TERM=dumb: an editor's shell buffer, some CI logs). */
+function dumbTerminal(env: NodeJS.ProcessEnv): boolean {
+  return env.TERM === 'dumb';
+}
+
+/**
+ * Whether colour may be written to one stream: a terminal, unless --no-color, NO_COLOR (any value but
+ * empty), FORCE_COLOR=0 or false, or TERM=dumb says not. Each stream is asked on its own, so that an
+ * error log (`2>errors.log`) gets no escape codes while stdout is a terminal, nor stdout in a pipe.
+ */
+function colorFor(stream: { isTTY?: boolean }, env: NodeJS.ProcessEnv, allowed: boolean): boolean {
+  if (!allowed || env.NO_COLOR || env.FORCE_COLOR === '0' || env.FORCE_COLOR === 'false' || dumbTerminal(env)) return false;
+  return stream.isTTY === true;
 }
 
 function withSubcommands(command: Command): Command[] {
@@ -156,10 +177,15 @@ function commandLine(command: Command): string {
  * like any other, so that it is rendered as one (`lifeboat: …`, a hint, the JSON error document
  * with --json). --help and --version end with exit 0 as commander ends them.
  */
-function asUsageError(command: Command): (err: CommanderError) => never {
+function asUsageError(command: Command, heldHelp: (show: boolean) => void): (err: CommanderError) => never {
   return (err) => {
     if (err.exitCode === 0) throw err;
     const help = `see ${commandLine(command)} --help`;
+    // `lifeboat help bogus`: commander shows the program's help for a command it does not know.
+    const [word, unknown] = command.args;
+    const helpOfUnknown = err.code === 'commander.help' && word === 'help' && unknown !== undefined;
+    heldHelp(!helpOfUnknown);
+    if (helpOfUnknown) throw new UsageError(`unknown command '${unknown}'`, { cause: err, hint: help });
     // `lifeboat key` without a subcommand: commander has just printed the help, to stderr.
     if (err.code === 'commander.help') {
       const names = command.commands.map((c) => c.name());
@@ -208,7 +234,7 @@ export async function runCli(argv: string[], io: CliIo, signal: AbortSignal): Pr
       io.stderr.write(jsonLogLine('error', errorMessage(err), { exitCode: code, ...(err instanceof LifeboatError && err.hint ? { hint: err.hint } : {}) }));
       return code;
     }
-    const color = ctx ? paint(ctx) : paint({ color: false } as CliContext);
+    const color = ctx ? paint(ctx, 'stderr') : new Chalk({ level: colorFor(io.stderr, io.env, !givenOnCommandLine(argv, '--no-color')) ? 1 : 0 });
     // A message may name a file of the repository or of a source: the failure stays one line, its hint the next.
     const hint = err instanceof LifeboatError && err.hint ? `\n  ${escapeUnprintable(err.hint)}` : '';
     io.stderr.write(`${color.red('lifeboat:')} ${escapeUnprintable(errorMessage(err))}${hint}\n`);
@@ -217,6 +243,9 @@ export async function runCli(argv: string[], io: CliIo, signal: AbortSignal): Pr
     return code;
   }
 }
+
+/** A line on stderr from the entry point itself: a signal received, results that could not be written. */
+type Say = (level: 'warning' | 'error', message: string, fields?: Record<string, unknown>) => void;
 
 type OutputFailures = Partial<Record<'stdout' | 'stderr', NodeJS.ErrnoException>>;
 
@@ -229,29 +258,33 @@ const READER_GONE = new Set(['EPIPE', 'EIO']);
  * writing) means the results or the messages were lost, which fails a run that had succeeded with
  * exit 1. A lost stdout is said in one sentence on stderr, unless that failed too.
  */
-function afterFailedWrites(failed: OutputFailures, code: number): number {
+function afterFailedWrites(failed: OutputFailures, code: number, say: Say): number {
   const lost = (['stdout', 'stderr'] as const).filter((name) => failed[name] && !READER_GONE.has(failed[name]!.code ?? ''));
   if (lost.length === 0) return code;
   const err = failed.stdout;
+  const exitCode = code === ExitCode.ok ? ExitCode.runtime : code;
   if (lost.includes('stdout') && !failed.stderr && err) {
     // "ENOSPC: no space left on device, write" → "no space left on device (ENOSPC)"
     const reason = err.message.replace(/^[A-Z]+: /, '').replace(/, write$/, '');
-    process.stderr.write(`lifeboat: could not write to standard output: ${reason}${err.code && !reason.includes(err.code) ? ` (${err.code})` : ''}\n`);
+    say('error', `could not write to standard output: ${reason}${err.code && !reason.includes(err.code) ? ` (${err.code})` : ''}`, { exitCode });
   }
-  return code === ExitCode.ok ? ExitCode.runtime : code;
+  return exitCode;
 }
 
 /** The process entry: signals become an abort, the exit code is set, never process.exit(). */
 export async function main(argv: string[]): Promise<void> {
   const controller = new AbortController();
+  // What is said here, outside any command, is a log line like the others: one JSON object with --log-format json.
+  const jsonLogs = givenOnCommandLine(argv, '--log-format', 'json');
+  const say: Say = (level, message, fields) => process.stderr.write(jsonLogs ? jsonLogLine(level, message, fields) : `lifeboat: ${message}\n`);
   let signals = 0;
   const onSignal = (name: string) => {
     signals++;
     if (signals > 1) {
-      process.stderr.write(`lifeboat: ${name} again, stopping at once\n`);
+      say('error', `${name} again, stopping at once`);
       process.exit(ExitCode.interrupted);
     }
-    process.stderr.write(`lifeboat: ${name} received, stopping cleanly…\n`);
+    say('warning', `${name} received, stopping cleanly…`);
     controller.abort();
   };
   // A write to stdout or stderr that fails is reported by the stream, a moment later; the first of each is kept.
@@ -268,7 +301,7 @@ export async function main(argv: string[]): Promise<void> {
   const ran = await runCli(argv, { stdout: process.stdout, stderr: process.stderr, env: process.env, cwd: process.cwd() }, controller.signal);
   // The failure of the last write arrives on the next turn of the event loop.
   await new Promise((resolve) => setImmediate(resolve));
-  const code = afterFailedWrites(failedWrites, ran);
+  const code = afterFailedWrites(failedWrites, ran, say);
   process.exitCode = code;
   process.removeAllListeners('SIGINT');
   process.removeAllListeners('SIGTERM');

@@ -8,8 +8,8 @@ import { LifeboatError, errorMessage } from '../errors.js';
 
 const PLAIN_PROGRESS_EVERY_MS = 5000;
 
-export function paint(ctx: CliContext): ChalkInstance {
-  return ctx.color ? new Chalk({ level: chalk.level || 1 }) : new Chalk({ level: 0 });
+export function paint(ctx: CliContext, stream: 'stdout' | 'stderr'): ChalkInstance {
+  return ctx.color[stream] ? new Chalk({ level: chalk.level || 1 }) : new Chalk({ level: 0 });
 }
 
 /**
@@ -53,7 +53,11 @@ export function jsonLogLine(level: 'info' | 'warning' | 'error', message: string
   return `${JSON.stringify({ time: new Date().toISOString(), level, msg: message, ...fields })}\n`;
 }
 
-/** A log line on stderr; timestamped when nobody is watching a terminal. */
+/**
+ * A log line on stderr; timestamped when nobody is watching a terminal. What it quotes (a line a hook
+ * printed, a path) has its control characters escaped, as a smoke test's output is, so that it stays
+ * one line and cannot redraw the terminal or fake a line of its own.
+ */
 export function log(ctx: CliContext, message: string): void {
   if (ctx.quiet) return;
   if (ctx.logFormat === 'json') {
@@ -61,7 +65,7 @@ export function log(ctx: CliContext, message: string): void {
     return;
   }
   const prefix = ctx.interactive ? '' : `${new Date().toISOString()} `;
-  ctx.stderr.write(`${prefix}${message}\n`);
+  ctx.stderr.write(`${prefix}${escapeUnprintable(message)}\n`);
 }
 
 export function logNotice(ctx: CliContext, n: Notice): void {
@@ -69,7 +73,7 @@ export function logNotice(ctx: CliContext, n: Notice): void {
     if (n.level === 'warning' || !ctx.quiet) ctx.stderr.write(jsonLogLine(n.level, n.message, { code: n.code, ...(n.path ? { path: n.path } : {}) }));
     return;
   }
-  const c = paint(ctx);
+  const c = paint(ctx, 'stderr');
   const where = n.path ? `${quoteName(n.path)}: ` : '';
   // A message may name files too: none may add lines of its own.
   const message = escapeUnprintable(n.message);
@@ -117,10 +121,11 @@ export class ProgressRenderer implements Reporter {
     this.started = now();
     renderers.set(ctx, this);
     if (ctx.interactive && !ctx.quiet) {
-      // ora (and its terminal-width tables) is loaded only when there is a terminal to spin on.
+      // ora (and its terminal-width tables) is loaded only when there is a terminal to spin on. It is not
+      // let put the terminal in raw mode to swallow what is typed: Ctrl-C would no longer interrupt.
       void import('ora').then(({ default: ora }) => {
         if (this.stopped) return;
-        this.spinner = ora({ text: this.last ? this.describe(this.last) : label, stream: ctx.stderr as NodeJS.WriteStream, color: 'cyan', isEnabled: true }).start();
+        this.spinner = ora({ text: this.last ? this.describe(this.last) : label, stream: ctx.stderr as NodeJS.WriteStream, color: ctx.color.stderr ? 'cyan' : false, isEnabled: true, discardStdin: false }).start();
       });
     }
   }
@@ -160,7 +165,11 @@ export class ProgressRenderer implements Reporter {
     parts.push(`${p.filesDone}${p.filesTotal ? `/${p.filesTotal}` : ''} files`);
     parts.push(`${(rate / (1 << 20)).toFixed(1)} MiB/s`);
     if (rate > 0 && p.bytesTotal > p.bytesDone) parts.push(`ETA ${formatDuration(((p.bytesTotal - p.bytesDone) / rate) * 1000)}`);
-    if (p.current && this.spinner) parts.push(p.current.length > 60 ? `…${p.current.slice(-59)}` : p.current);
+    if (p.current && this.spinner) {
+      // The file being read or written, named as a listing names it: no name may redraw the terminal.
+      const current = quoteName(p.current);
+      parts.push(current.length > 60 ? `…${current.slice(-59)}` : current);
+    }
     return parts.join('  ');
   }
 

@@ -10,6 +10,7 @@ import { isNotFound, isPermissionRefused } from '../../storage/storage.js';
 import { keys } from '../../format/manifest.js';
 import { GIVE_A_PASSWORD, newPassword, passwordSource } from '../password.js';
 import { printResult } from '../output.js';
+import { quoteName } from '../format.js';
 import type { CommandRunner } from '../main.js';
 import { count, utf8Path } from '../flags.js';
 
@@ -71,7 +72,7 @@ export async function runInit(ctx: CliContext, options: InitOptions): Promise<vo
       ctx,
       { repository: storage.location, id: repo.config.id, version: repo.config.version, encryption: encryption ? encryption.algorithm : null, ...(keyId ? { key: keyId } : {}) },
       () =>
-        `created lifeboat repository ${repo.config.id.slice(0, 8)} at ${storage.location}` +
+        `created lifeboat repository ${repo.config.id.slice(0, 8)} at ${quoteName(storage.location)}` +
         (keyId ? `, encrypted with aes-256-gcm (key ${keyId}); keep the password safe: without it the backups cannot be read` : ''),
     );
   } finally {

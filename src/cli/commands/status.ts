@@ -28,7 +28,7 @@ function describeEvent(e: JournalEvent): string {
 }
 
 function describeTarget(ctx: CliContext, t: TargetStatus): string[] {
-  const c = paint(ctx);
+  const c = paint(ctx, 'stdout');
   const health = t.health.checked ? (t.health.ok ? c.green(`healthy (${t.health.detail})`) : c.red(`UNHEALTHY (${t.health.detail})`)) : 'health not checked';
   // Without the point's summary (a repository that cannot be read), the switch in the target's own record dates it.
   const when = t.active.ageMs !== null ? `, taken ${formatDuration(t.active.ageMs)} ago` : t.active.since ? `, served since ${t.active.since}` : '';
