@@ -135,9 +135,7 @@ export class S3Storage implements Storage {
       throw new UsageError(`s3.concurrency must be a whole number of at least 1, not ${String(settings.concurrency)}`);
     }
     const endpoint = settings.endpoint ?? nonEmpty(env.AWS_ENDPOINT_URL_S3) ?? nonEmpty(env.AWS_ENDPOINT_URL);
-    if (endpoint !== undefined && !/^https?:\/\/[^/]/.test(endpoint)) {
-      throw new UsageError(`s3.endpoint must be an http:// or https:// URL, not ${endpoint}`);
-    }
+    if (endpoint !== undefined) checkEndpoint(endpoint, options.bucket);
     // S3-compatible servers rarely have a region of their own; AWS's default is their convention.
     const region =
       settings.region ?? nonEmpty(env.AWS_REGION) ?? nonEmpty(env.AWS_DEFAULT_REGION) ?? (endpoint ? 'us-east-1' : undefined);
@@ -752,6 +750,26 @@ class ListingMarkers {
     if (this.seen.has(marker)) throw new RuntimeFailure(`${this.what} failed: the server handed out the same continuation marker twice, so its listing would never end`);
     this.seen.add(marker);
     return marker;
+  }
+}
+
+/**
+ * An endpoint is a server's URL: http:// or https:// in any case, as URLs allow. One whose path is
+ * the bucket's name (copied from a console or a browser) would put every key under a second copy
+ * of the bucket's name, where no repository is found and `init` would make a new one.
+ */
+function checkEndpoint(endpoint: string, bucket: string): void {
+  if (!/^https?:\/\/[^/]/i.test(endpoint)) throw new UsageError(`s3.endpoint must be an http:// or https:// URL, not ${endpoint}`);
+  let url: URL;
+  try {
+    url = new URL(endpoint);
+  } catch {
+    throw new UsageError(`s3.endpoint must be an http:// or https:// URL, not ${endpoint}`);
+  }
+  if (url.pathname.replace(/^\/+|\/+$/g, '') === bucket) {
+    throw new UsageError(`s3.endpoint ${endpoint} names the bucket ${bucket} in its path, so every request would look under ${bucket}/${bucket}/`, {
+      hint: `give the server alone as the endpoint (${url.origin}); the bucket comes from the repository URL`,
+    });
   }
 }
 
