@@ -28,7 +28,7 @@ import type { Reporter } from '../core/events.js';
 import { parseDuration } from '../config/duration.js';
 import { credentialsFailure, nonEmpty, staticCredentials } from './s3-credentials.js';
 import { putThroughWriter } from './put-through-writer.js';
-import { MAX_PARTS, PartWriter } from './s3-part-writer.js';
+import { MAX_PARTS, PartWriter, growingPartSize } from './s3-part-writer.js';
 import { readerOverStream } from './reader-over-stream.js';
 import {
   ARCHIVE_STORAGE_CLASSES,
@@ -225,7 +225,7 @@ export class S3Storage implements Storage {
       {
         key,
         // Of unknown size (or small), parts grow as the object does; of a known large size, they are fixed.
-        partSize: (n) => (first === this.partSize ? this.growingPartSize(n) : first),
+        partSize: (n) => (first === this.partSize ? growingPartSize(this.partSize, n) : first),
         concurrency: this.partConcurrency,
         release,
         failure: (err) => asFailure('put', key, err),
@@ -242,8 +242,8 @@ export class S3Storage implements Storage {
   /**
    * Parts are at least S3's minimum, and large enough that an object of the
    * announced size fits in S3's 10,000 parts. Of unknown size, the part size
-   * doubles every 2,000 parts, so memory stays small for ordinary objects and
-   * objects of hundreds of GB still fit.
+   * doubles every 1,000 parts (see growingPartSize), so memory stays small for
+   * ordinary objects and objects up to S3's 5 TiB still fit.
    */
   private partSizeFor(size: number | undefined): number {
     const base = this.partSize;
@@ -309,10 +309,6 @@ export class S3Storage implements Storage {
     });
     if (!created.UploadId) throw new RuntimeFailure(`put ${key} failed: the server returned no multipart upload id`);
     return created.UploadId;
-  }
-
-  private growingPartSize(partNumber: number): number {
-    return this.partSize * 2 ** Math.floor((partNumber - 1) / 2000);
   }
 
   private async uploadPart(
