@@ -6,8 +6,11 @@
  */
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import { Repository } from '../src/core/repository.js';
+import { S3Storage } from '../src/storage/s3.js';
 import { lifeboat, type CliRun } from './helpers/cli.js';
 import { createTestBucket, startS3Server, testClient, type S3TestServer } from './helpers/s3server.js';
 import { tempDir } from './helpers/tree.js';
@@ -65,5 +68,44 @@ describe('S3 edges', () => {
     }
     assert.deepEqual(await bucketKeys(), before, 'nothing was written under a second copy of the bucket name');
   });
-});
 
+  it('a prefix too long for the keys below it: init refuses it (exit 2) and writes nothing; a repository made under one before fails its backup with exit 2 saying why, not with HTTP 400', async () => {
+    const src = path.join(work, 'long', 'models');
+    await fsp.mkdir(src, { recursive: true });
+    await fsp.writeFile(path.join(src, 'weights.bin'), 'w'.repeat(10_000));
+
+    const longest = `long-${'p'.repeat(890)}`;
+    assert.equal(Buffer.byteLength(longest), 895);
+    const made = await cli(`s3://${bucket}/${longest}`, server.endpoint, ['init']);
+    assert.equal(made.code, 0, made.stderr);
+    for (const args of [['backup', src, '--type', 'full'], ['verify', '--read-data'], ['restore', 'latest', '--target', path.join(work, 'long', 'restored')]]) {
+      const r = await cli(`s3://${bucket}/${longest}`, server.endpoint, args);
+      assert.equal(r.code, 0, `${args[0]} under a prefix of 895 bytes: ${r.stderr}`);
+    }
+
+    const before = await bucketKeys();
+    // Counted in bytes, as S3 counts keys: 298 two-byte letters and 300 more.
+    for (const prefix of [`long-${'p'.repeat(891)}`, `long-${'é'.repeat(298)}${'q'.repeat(295)}`]) {
+      assert.equal(Buffer.byteLength(prefix), 896);
+      const r = await cli(`s3://${bucket}/${prefix}`, server.endpoint, ['init']);
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, /is 896 bytes long, too long for a repository: S3 keys have at most 1024 bytes/);
+      assert.match(r.stderr, /choose a prefix of at most 895 bytes/);
+    }
+    assert.deepEqual(await bucketKeys(), before, 'init wrote nothing');
+
+    // What init let through before: a config short enough, every volume too long.
+    const tooLong = `long-${'r'.repeat(985)}`;
+    const storage = await S3Storage.create({ bucket, prefix: tooLong, settings: { endpoint: server.endpoint, forcePathStyle: true }, env: server.env });
+    try {
+      await Repository.init(storage);
+    } finally {
+      await storage.close();
+    }
+    const failed = await cli(`s3://${bucket}/${tooLong}`, server.endpoint, ['backup', src, '--type', 'full']);
+    assert.equal(failed.code, 2, failed.stderr);
+    assert.match(failed.stderr, /v000001\.tar in s3:\/\/\S+ would be an S3 key of 1028 bytes, longer than the 1024 S3 allows: the repository's prefix is too long/);
+    assert.doesNotMatch(failed.stderr, /HTTP 400|\n\s+at /);
+    assert.deepEqual((await bucketKeys()).filter((k) => k.startsWith(`${tooLong}/`)), [`${tooLong}/config.json`], 'the failed backup left nothing behind, its lock neither');
+  });
+});

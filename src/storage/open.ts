@@ -21,6 +21,15 @@ export interface S3Settings {
   idleTimeout?: string;
 }
 
+/** S3's limit on the length of a key, in bytes of UTF-8. */
+export const MAX_S3_KEY_BYTES = 1024;
+/**
+ * The longest prefix a new repository may have: what lifeboat writes below it takes up to 100
+ * bytes (a reader's registration, `locks/readers/<host>-<pid>-<random>.json`), and room is kept
+ * beside that.
+ */
+export const MAX_S3_PREFIX_BYTES = MAX_S3_KEY_BYTES - 128 - 1;
+
 export interface RepositoryLocation {
   kind: 'local' | 's3';
   /** Directory for local repositories. */

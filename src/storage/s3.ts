@@ -22,7 +22,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { InterruptedError, RuntimeFailure, UsageError } from '../errors.js';
-import type { S3Settings } from './open.js';
+import { MAX_S3_KEY_BYTES, MAX_S3_PREFIX_BYTES, type S3Settings } from './open.js';
 import { DEFAULT_RETRY_POLICY, asFailure, describeError, noAnswer, noConnection, noTraffic, schemeMismatch, backoffDelay, isRetryable, pauseBeforeRetry, refusedPermission, reportingRetries, retrying, webPageAnswer, withRetry, type RefusedPermission, type RetryPolicy } from './retry.js';
 import type { Reporter } from '../core/events.js';
 import { parseDuration } from '../config/duration.js';
@@ -206,7 +206,15 @@ export class S3Storage implements Storage {
     if (!isObjectKey(key)) {
       throw new RuntimeFailure(`invalid object key ${JSON.stringify(key)}`);
     }
-    return this.root + key;
+    const objectKey = this.root + key;
+    // The server's answer to a longer key is a bare 400, and only once the key is needed: a repository made before init refused such prefixes.
+    const bytes = Buffer.byteLength(objectKey);
+    if (bytes > MAX_S3_KEY_BYTES) {
+      throw new UsageError(`${key} in ${this.location} would be an S3 key of ${bytes} bytes, longer than the ${MAX_S3_KEY_BYTES} S3 allows: the repository's prefix is too long`, {
+        hint: `a repository's prefix may have at most ${MAX_S3_PREFIX_BYTES} bytes: make a new repository under a shorter one`,
+      });
+    }
+    return objectKey;
   }
 
   async openWriter(key: string, options?: PutOptions): Promise<ObjectWriter> {

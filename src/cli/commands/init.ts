@@ -5,7 +5,7 @@ import { addKey, encryptionSettings, keyObject, newDataKey } from '../../core/ke
 import { DEFAULT_KDF, KDF_LIMITS } from '../../crypto/kdf.js';
 import { contextConfig, openContextStorage, repositoryUrl, s3Settings, type CliContext } from '../context.js';
 import type { LifeboatConfig } from '../../config/config.js';
-import { enclosingLocations, openStorage } from '../../storage/open.js';
+import { MAX_S3_KEY_BYTES, MAX_S3_PREFIX_BYTES, enclosingLocations, openStorage, parseRepositoryUrl } from '../../storage/open.js';
 import { isNotFound, isPermissionRefused } from '../../storage/storage.js';
 import { keys } from '../../format/manifest.js';
 import { GIVE_A_PASSWORD, newPassword, passwordSource } from '../password.js';
@@ -37,6 +37,7 @@ export async function runInit(ctx: CliContext, options: InitOptions): Promise<vo
   // Looked at before a password is asked for, which would be typed for nothing.
   const config = await contextConfig(ctx);
   utf8Path('the repository', repositoryUrl(ctx, config));
+  refuseLongPrefix(ctx, config);
   await refuseInsideRepository(ctx, config);
   // Asked before anything is written, so a refused password leaves no trace.
   const password =
@@ -77,6 +78,20 @@ export async function runInit(ctx: CliContext, options: InitOptions): Promise<vo
   } finally {
     await storage.close();
   }
+}
+
+/**
+ * A repository whose prefix leaves too little of S3's 1,024 bytes a key may have for the keys
+ * lifeboat writes below it could be made, and then take no backup.
+ */
+function refuseLongPrefix(ctx: CliContext, config: LifeboatConfig): void {
+  const url = repositoryUrl(ctx, config);
+  const where = parseRepositoryUrl(url, ctx.cwd);
+  const bytes = Buffer.byteLength(where.prefix ?? '');
+  if (where.kind !== 's3' || bytes <= MAX_S3_PREFIX_BYTES) return;
+  throw new UsageError(`the prefix of ${url} is ${bytes} bytes long, too long for a repository: S3 keys have at most ${MAX_S3_KEY_BYTES} bytes, and the keys lifeboat writes under the prefix need up to 128 of them`, {
+    hint: `choose a prefix of at most ${MAX_S3_PREFIX_BYTES} bytes`,
+  });
 }
 
 /**
