@@ -11,7 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { Repository } from '../src/core/repository.js';
 import { S3Storage } from '../src/storage/s3.js';
-import { lifeboat, type CliRun } from './helpers/cli.js';
+import { lifeboat, runChild, type CliRun } from './helpers/cli.js';
 import { createTestBucket, startS3Server, testClient, type S3TestServer } from './helpers/s3server.js';
 import { tempDir } from './helpers/tree.js';
 
@@ -107,5 +107,24 @@ describe('S3 edges', () => {
     assert.match(failed.stderr, /v000001\.tar in s3:\/\/\S+ would be an S3 key of 1028 bytes, longer than the 1024 S3 allows: the repository's prefix is too long/);
     assert.doesNotMatch(failed.stderr, /HTTP 400|\n\s+at /);
     assert.deepEqual((await bucketKeys()).filter((k) => k.startsWith(`${tooLong}/`)), [`${tooLong}/config.json`], 'the failed backup left nothing behind, its lock neither');
+  });
+
+  it('a bucket name no host name may have, addressed virtual-hosted style (AWS, or forcePathStyle: false): exit 2 naming it, without the SDK\'s stack trace; path style still reaches the server', async () => {
+    const aws = { AWS_ACCESS_KEY_ID: 'AKIAEXAMPLE', AWS_SECRET_ACCESS_KEY: 'not-a-real-secret', AWS_REGION: 'eu-west-1', AWS_ENDPOINT_URL_S3: '', AWS_ENDPOINT_URL: '' };
+    const config = path.join(work, 'virtual-hosted.yaml');
+    await fsp.writeFile(config, `s3:\n  endpoint: ${server.endpoint}\n  forcePathStyle: false\n`);
+    for (const [name, args, env] of [
+      ['AWS', ['--repo', 's3://xn--abc/prod', 'list'], aws],
+      ['forcePathStyle: false', ['--config', config, '--repo', 's3://xn--abc/prod', 'list'], server.env],
+    ] as const) {
+      const r = await runChild([...args], { env: { ...env }, cwd: work });
+      assert.equal(r.code, 2, `${name}: ${r.stderr}`);
+      assert.match(r.stderr, /the bucket name "xn--abc" cannot be part of a host name/);
+      assert.match(r.stderr, /use --s3-path-style/);
+      assert.doesNotMatch(r.stderr, /Failed to construct URL|\n\s+at /, name);
+    }
+    const pathStyle = await cli('s3://xn--abc/prod', server.endpoint, ['list']);
+    assert.equal(pathStyle.code, 2, pathStyle.stderr);
+    assert.match(pathStyle.stderr, /the repository's bucket does not exist/);
   });
 });

@@ -146,11 +146,13 @@ export class S3Storage implements Storage {
     // The SDK warns on every run under Node < 22 about its future releases; this
     // project pins its SDK version, and the warning would be noise in every cron log.
     process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+    // A custom endpoint (MinIO, Ceph, R2, ...) is addressed by path unless told otherwise.
+    const forcePathStyle = settings.forcePathStyle ?? endpoint !== undefined;
+    if (!forcePathStyle) checkHostableBucket(options.bucket, endpoint);
     const client = new S3Client({
       region,
       endpoint,
-      // A custom endpoint (MinIO, Ceph, R2, ...) is addressed by path unless told otherwise.
-      forcePathStyle: settings.forcePathStyle ?? endpoint !== undefined,
+      forcePathStyle,
       credentials: staticCredentials(env),
       // Servers other than AWS reject or mangle the aws-chunked CRC framing newer SDKs
       // send by default; we send Content-MD5 ourselves instead.
@@ -775,6 +777,23 @@ function checkEndpoint(endpoint: string, bucket: string): void {
       hint: `give the server alone as the endpoint (${url.origin}); the bucket comes from the repository URL`,
     });
   }
+}
+
+/**
+ * Addressed virtual-hosted style, the bucket is part of the server's host name. A name no host
+ * may have (`xn--abc`, which is not valid punycode, or one with a space) would make the SDK print
+ * a stack trace of its own and fail every request: said at once, as the set-up error it is.
+ */
+function checkHostableBucket(bucket: string, endpoint: string | undefined): void {
+  try {
+    new URL(`https://${bucket}.s3.amazonaws.com`);
+    return;
+  } catch {
+    // Said below.
+  }
+  throw new UsageError(`the bucket name ${JSON.stringify(bucket)} cannot be part of a host name, as ${endpoint === undefined ? 'AWS S3 addresses buckets' : 's3.forcePathStyle: false asks'} (virtual-hosted addressing)`, {
+    hint: `check the bucket name in the repository URL (S3 bucket names are lowercase letters, digits, hyphens and dots, and do not start with xn--); for a server that has such a bucket, use --s3-path-style`,
+  });
 }
 
 /** s3.timeout or s3.idleTimeout in milliseconds, when set. */
