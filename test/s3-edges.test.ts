@@ -127,4 +127,14 @@ describe('S3 edges', () => {
     assert.equal(pathStyle.code, 2, pathStyle.stderr);
     assert.match(pathStyle.stderr, /the repository's bucket does not exist/);
   });
+
+  it('a prefix with a control character, which S3 listings and deletes cannot carry: init refuses it (exit 2) and writes nothing', async () => {
+    const before = await bucketKeys();
+    for (const [prefix, code] of [['ctl\u0001x', 'U+0001'], ['line\rbreak', 'U+000D'], ['new\nline', 'U+000A'], ['tab\tx', 'U+0009'], ['del\u007fx', 'U+007F']]) {
+      const r = await cli(`s3://${bucket}/${prefix}`, server.endpoint, ['init']);
+      assert.equal(r.code, 2, `${JSON.stringify(prefix)}: ${r.stderr}`);
+      assert.ok(r.stderr.includes(`holds a control character (${code}), which S3's listings and deletes cannot carry`), r.stderr);
+    }
+    assert.deepEqual(await bucketKeys(), before, 'init wrote nothing');
+  });
 });
