@@ -8,9 +8,11 @@ import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import { AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateMultipartUploadCommand, GetObjectCommand, ListObjectsV2Command, UploadPartCommand, type S3Client } from '@aws-sdk/client-s3';
+import { createHash } from 'node:crypto';
 import { Repository } from '../src/core/repository.js';
 import { S3Storage } from '../src/storage/s3.js';
+import { PartWriter } from '../src/storage/s3-part-writer.js';
 import { lifeboat, runChild, type CliRun } from './helpers/cli.js';
 import { createTestBucket, startS3Server, testClient, type S3TestServer } from './helpers/s3server.js';
 import { tempDir } from './helpers/tree.js';
@@ -136,5 +138,39 @@ describe('S3 edges', () => {
       assert.ok(r.stderr.includes(`holds a control character (${code}), which S3's listings and deletes cannot carry`), r.stderr);
     }
     assert.deepEqual(await bucketKeys(), before, 'init wrote nothing');
+  });
+
+  it('parts that grow: the buffers of the smaller parts are let go, not kept beside the larger ones, and the object is whole', async () => {
+    const MiB = 1024 * 1024;
+    const key = 'growing/volume.tar';
+    const writer = new PartWriter(
+      {
+        putWhole: async () => assert.fail('a multipart object'),
+        create: async () => (await sdk.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: key }))).UploadId!,
+        uploadPart: async (uploadId, partNumber, data) =>
+          (await sdk.send(new UploadPartCommand({ Bucket: bucket, Key: key, UploadId: uploadId, PartNumber: partNumber, Body: data, ContentLength: data.length }))).ETag!,
+        complete: async (uploadId, parts) => {
+          await sdk.send(new CompleteMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId, MultipartUpload: { Parts: parts } }));
+        },
+        abort: async (uploadId) => {
+          await sdk.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId }));
+        },
+      },
+      // S3's smallest part, doubling with each part (as the driver's schedule does every 1,000).
+      { key, partSize: (n) => 5 * MiB * 2 ** (n - 1), concurrency: 1, release: () => undefined, failure: (err) => err as Error },
+    );
+    const held = () => (writer as unknown as { spare: Buffer[] }).spare.map((b) => b.length / MiB);
+    const sent = createHash('sha256');
+    const chunk = Buffer.alloc(MiB);
+    for (let i = 0; i < 5 + 10 + 20 + 1; i++) {
+      chunk.fill(i);
+      sent.update(chunk);
+      await writer.write(chunk);
+    }
+    // Three parts sent, each waited for (one at a time), the fourth (40 MiB) being filled.
+    assert.deepEqual(held(), [], `buffers kept of the parts already sent: ${held().join(', ')} MiB`);
+    assert.equal((await writer.end()).size, 36 * MiB);
+    const stored = await sdk.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+    assert.equal(createHash('sha256').update(await stored.Body!.transformToByteArray()).digest('hex'), sent.digest('hex'));
   });
 });

@@ -111,6 +111,9 @@ export class PartWriter implements ObjectWriter {
     while (this.inFlight.size >= this.options.concurrency && !this.failed) await Promise.race(this.inFlight);
     this.throwIfFailed();
     const size = this.options.partSize(partNumber + 1);
+    // Once parts grow, buffers of the smaller size are never used again: kept, they would add
+    // up to several parts of each size passed (gigabytes, for a file of a terabyte).
+    if (this.spare.some((b) => b.length !== size)) this.spare.splice(0, this.spare.length, ...this.spare.filter((b) => b.length === size));
     const reused = this.spare.findIndex((b) => b.length === size);
     this.buffer = reused >= 0 ? this.spare.splice(reused, 1)[0]! : Buffer.allocUnsafe(size);
     this.fill = 0;
