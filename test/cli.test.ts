@@ -501,6 +501,15 @@ test('init refuses a non-empty location; commands on a missing repository exit 2
   assert.match(hostUrl.stderr, new RegExp(`repository ${fileUrl}: not a file:// URL of a local directory\n {2}a file:// URL takes an absolute path after its third slash`));
   assert.equal((await lifeboat(['--repo', `file://${d.repo}`, 'list'])).code, 0);
   assert.equal((await lifeboat(['--repo', `file://localhost${d.repo}`, 'list'])).code, 0);
+  // An S3 or file URL a slash short is a usage error, not a local directory named "s3:" where backups meant for S3 would stay.
+  for (const [mistyped, written] of [['s3:/ml-backups/prod', 's3://bucket/prefix'], ['s3:ml-backups/prod', 's3://bucket/prefix'], ['file:/backups/prod', 'file:///path']]) {
+    const r = await lifeboat(['--repo', mistyped, 'init'], { cwd: d.work });
+    assert.equal(r.code, 2, `${mistyped}: ${r.stderr}`);
+    assert.ok(r.stderr.includes(`repository ${mistyped}: not a URL of a repository; a ${mistyped.split(':')[0]} location is written ${written}`), r.stderr);
+  }
+  assert.deepEqual((await fsp.readdir(d.work)).filter((n) => n.includes(':')), [], 'no local directory was made');
+  const local = await lifeboat(['--repo', './s3:/ml-backups/prod', 'init'], { cwd: d.work });
+  assert.equal(local.code, 0, `a local directory so named, written as one: ${local.stderr}`);
   // A repository path where a file is: init says so (exit 2), and other commands find no repository there (exit 2).
   const file = path.join(d.work, 'notes.txt');
   await fsp.writeFile(file, 'not a repository\n');

@@ -445,7 +445,7 @@ export interface ReadLockOptions extends StalenessOptions {
 export async function acquireReadLock(storage: Storage, command: string, options: ReadLockOptions = {}): Promise<ReadLock> {
   const now = new Date().toISOString();
   const info: LockInfo = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs: DEFAULT_LEASE_MS };
-  const key = keys.reader(`${info.host.replace(/[^A-Za-z0-9._-]/g, '_')}-${info.pid}-${randomBytes(4).toString('hex')}`);
+  const key = keys.reader(`${info.host.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 64)}-${info.pid}-${randomBytes(4).toString('hex')}`);
   try {
     await storage.putDocument(key, encodeLock(info));
   } catch (err) {

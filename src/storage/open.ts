@@ -21,6 +21,15 @@ export interface S3Settings {
   idleTimeout?: string;
 }
 
+/** S3's limit on the length of a key, in bytes of UTF-8. */
+export const MAX_S3_KEY_BYTES = 1024;
+/**
+ * The longest prefix a new repository may have: what lifeboat writes below it takes up to 100
+ * bytes (a reader's registration, `locks/readers/<host>-<pid>-<random>.json`), and room is kept
+ * beside that.
+ */
+export const MAX_S3_PREFIX_BYTES = MAX_S3_KEY_BYTES - 128 - 1;
+
 export interface RepositoryLocation {
   kind: 'local' | 's3';
   /** Directory for local repositories. */
@@ -50,6 +59,14 @@ export function parseRepositoryUrl(url: string, cwd: string): RepositoryLocation
   }
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
     throw new UsageError(`repository ${url}: unsupported scheme; use a directory, file:// or s3://`);
+  }
+  // s3:/bucket/prefix (a slash short) would otherwise be a local directory named "s3:", and the
+  // backups meant for S3 would stay on this host without a word.
+  const scheme = /^(s3|file):(?!\/\/)/i.exec(url)?.[1];
+  if (scheme !== undefined) {
+    throw new UsageError(`repository ${url}: not a URL of a repository; a ${scheme.toLowerCase()} location is written ${scheme.toLowerCase() === 's3' ? 's3://bucket/prefix' : 'file:///path'}`, {
+      hint: `for a local directory whose name starts with ${scheme}:, write ./${url}`,
+    });
   }
   return { kind: 'local', dir: path.resolve(cwd, url) };
 }

@@ -4,6 +4,19 @@ import type { ObjectInfo, ObjectWriter } from './storage.js';
 
 /** S3's limit on the parts of one multipart upload. */
 export const MAX_PARTS = 10_000;
+/** S3's largest part. */
+export const MAX_PART_BYTES = 5 * 1024 ** 3;
+
+/**
+ * The size of part `partNumber` (1-based) of an object whose size is not known
+ * beforehand (a volume holds a whole file, however large), from `base`:
+ * doubling every 1,000 parts. From the default 8 MiB, objects up to about
+ * 8 GB keep 8 MiB parts, and 10,000 parts hold 7.8 TiB, more than S3's largest
+ * object (5 TiB), with parts of at most 4 GiB.
+ */
+export function growingPartSize(base: number, partNumber: number): number {
+  return Math.min(MAX_PART_BYTES, base * 2 ** Math.floor((partNumber - 1) / 1000));
+}
 
 /** The requests a PartWriter makes, each retried by the driver as it sees fit. */
 export interface MultipartRequests {
@@ -98,6 +111,9 @@ export class PartWriter implements ObjectWriter {
     while (this.inFlight.size >= this.options.concurrency && !this.failed) await Promise.race(this.inFlight);
     this.throwIfFailed();
     const size = this.options.partSize(partNumber + 1);
+    // Once parts grow, buffers of the smaller size are never used again: kept, they would add
+    // up to several parts of each size passed (gigabytes, for a file of a terabyte).
+    if (this.spare.some((b) => b.length !== size)) this.spare.splice(0, this.spare.length, ...this.spare.filter((b) => b.length === size));
     const reused = this.spare.findIndex((b) => b.length === size);
     this.buffer = reused >= 0 ? this.spare.splice(reused, 1)[0]! : Buffer.allocUnsafe(size);
     this.fill = 0;

@@ -22,13 +22,13 @@ import {
 } from '@aws-sdk/client-s3';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { InterruptedError, RuntimeFailure, UsageError } from '../errors.js';
-import type { S3Settings } from './open.js';
+import { MAX_S3_KEY_BYTES, MAX_S3_PREFIX_BYTES, type S3Settings } from './open.js';
 import { DEFAULT_RETRY_POLICY, asFailure, describeError, noAnswer, noConnection, noTraffic, schemeMismatch, backoffDelay, isRetryable, pauseBeforeRetry, refusedPermission, reportingRetries, retrying, webPageAnswer, withRetry, type RefusedPermission, type RetryPolicy } from './retry.js';
 import type { Reporter } from '../core/events.js';
 import { parseDuration } from '../config/duration.js';
 import { credentialsFailure, nonEmpty, staticCredentials } from './s3-credentials.js';
 import { putThroughWriter } from './put-through-writer.js';
-import { MAX_PARTS, PartWriter } from './s3-part-writer.js';
+import { MAX_PARTS, PartWriter, growingPartSize } from './s3-part-writer.js';
 import { readerOverStream } from './reader-over-stream.js';
 import {
   ARCHIVE_STORAGE_CLASSES,
@@ -135,9 +135,7 @@ export class S3Storage implements Storage {
       throw new UsageError(`s3.concurrency must be a whole number of at least 1, not ${String(settings.concurrency)}`);
     }
     const endpoint = settings.endpoint ?? nonEmpty(env.AWS_ENDPOINT_URL_S3) ?? nonEmpty(env.AWS_ENDPOINT_URL);
-    if (endpoint !== undefined && !/^https?:\/\/[^/]/.test(endpoint)) {
-      throw new UsageError(`s3.endpoint must be an http:// or https:// URL, not ${endpoint}`);
-    }
+    if (endpoint !== undefined) checkEndpoint(endpoint, options.bucket);
     // S3-compatible servers rarely have a region of their own; AWS's default is their convention.
     const region =
       settings.region ?? nonEmpty(env.AWS_REGION) ?? nonEmpty(env.AWS_DEFAULT_REGION) ?? (endpoint ? 'us-east-1' : undefined);
@@ -148,11 +146,13 @@ export class S3Storage implements Storage {
     // The SDK warns on every run under Node < 22 about its future releases; this
     // project pins its SDK version, and the warning would be noise in every cron log.
     process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+    // A custom endpoint (MinIO, Ceph, R2, ...) is addressed by path unless told otherwise.
+    const forcePathStyle = settings.forcePathStyle ?? endpoint !== undefined;
+    if (!forcePathStyle) checkHostableBucket(options.bucket, endpoint);
     const client = new S3Client({
       region,
       endpoint,
-      // A custom endpoint (MinIO, Ceph, R2, ...) is addressed by path unless told otherwise.
-      forcePathStyle: settings.forcePathStyle ?? endpoint !== undefined,
+      forcePathStyle,
       credentials: staticCredentials(env),
       // Servers other than AWS reject or mangle the aws-chunked CRC framing newer SDKs
       // send by default; we send Content-MD5 ourselves instead.
@@ -208,7 +208,15 @@ export class S3Storage implements Storage {
     if (!isObjectKey(key)) {
       throw new RuntimeFailure(`invalid object key ${JSON.stringify(key)}`);
     }
-    return this.root + key;
+    const objectKey = this.root + key;
+    // The server's answer to a longer key is a bare 400, and only once the key is needed: a repository made before init refused such prefixes.
+    const bytes = Buffer.byteLength(objectKey);
+    if (bytes > MAX_S3_KEY_BYTES) {
+      throw new UsageError(`${key} in ${this.location} would be an S3 key of ${bytes} bytes, longer than the ${MAX_S3_KEY_BYTES} S3 allows: the repository's prefix is too long`, {
+        hint: `a repository's prefix may have at most ${MAX_S3_PREFIX_BYTES} bytes: make a new repository under a shorter one`,
+      });
+    }
+    return objectKey;
   }
 
   async openWriter(key: string, options?: PutOptions): Promise<ObjectWriter> {
@@ -227,7 +235,7 @@ export class S3Storage implements Storage {
       {
         key,
         // Of unknown size (or small), parts grow as the object does; of a known large size, they are fixed.
-        partSize: (n) => (first === this.partSize ? this.growingPartSize(n) : first),
+        partSize: (n) => (first === this.partSize ? growingPartSize(this.partSize, n) : first),
         concurrency: this.partConcurrency,
         release,
         failure: (err) => asFailure('put', key, err),
@@ -244,8 +252,8 @@ export class S3Storage implements Storage {
   /**
    * Parts are at least S3's minimum, and large enough that an object of the
    * announced size fits in S3's 10,000 parts. Of unknown size, the part size
-   * doubles every 2,000 parts, so memory stays small for ordinary objects and
-   * objects of hundreds of GB still fit.
+   * doubles every 1,000 parts (see growingPartSize), so memory stays small for
+   * ordinary objects and objects up to S3's 5 TiB still fit.
    */
   private partSizeFor(size: number | undefined): number {
     const base = this.partSize;
@@ -311,10 +319,6 @@ export class S3Storage implements Storage {
     });
     if (!created.UploadId) throw new RuntimeFailure(`put ${key} failed: the server returned no multipart upload id`);
     return created.UploadId;
-  }
-
-  private growingPartSize(partNumber: number): number {
-    return this.partSize * 2 ** Math.floor((partNumber - 1) / 2000);
   }
 
   private async uploadPart(
@@ -753,6 +757,43 @@ class ListingMarkers {
     this.seen.add(marker);
     return marker;
   }
+}
+
+/**
+ * An endpoint is a server's URL: http:// or https:// in any case, as URLs allow. One whose path is
+ * the bucket's name (copied from a console or a browser) would put every key under a second copy
+ * of the bucket's name, where no repository is found and `init` would make a new one.
+ */
+function checkEndpoint(endpoint: string, bucket: string): void {
+  if (!/^https?:\/\/[^/]/i.test(endpoint)) throw new UsageError(`s3.endpoint must be an http:// or https:// URL, not ${endpoint}`);
+  let url: URL;
+  try {
+    url = new URL(endpoint);
+  } catch {
+    throw new UsageError(`s3.endpoint must be an http:// or https:// URL, not ${endpoint}`);
+  }
+  if (url.pathname.replace(/^\/+|\/+$/g, '') === bucket) {
+    throw new UsageError(`s3.endpoint ${endpoint} names the bucket ${bucket} in its path, so every request would look under ${bucket}/${bucket}/`, {
+      hint: `give the server alone as the endpoint (${url.origin}); the bucket comes from the repository URL`,
+    });
+  }
+}
+
+/**
+ * Addressed virtual-hosted style, the bucket is part of the server's host name. A name no host
+ * may have (`xn--abc`, which is not valid punycode, or one with a space) would make the SDK print
+ * a stack trace of its own and fail every request: said at once, as the set-up error it is.
+ */
+function checkHostableBucket(bucket: string, endpoint: string | undefined): void {
+  try {
+    new URL(`https://${bucket}.s3.amazonaws.com`);
+    return;
+  } catch {
+    // Said below.
+  }
+  throw new UsageError(`the bucket name ${JSON.stringify(bucket)} cannot be part of a host name, as ${endpoint === undefined ? 'AWS S3 addresses buckets' : 's3.forcePathStyle: false asks'} (virtual-hosted addressing)`, {
+    hint: `check the bucket name in the repository URL (S3 bucket names are lowercase letters, digits, hyphens and dots, and do not start with xn--); for a server that has such a bucket, use --s3-path-style`,
+  });
 }
 
 /** s3.timeout or s3.idleTimeout in milliseconds, when set. */

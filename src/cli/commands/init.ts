@@ -5,7 +5,7 @@ import { addKey, encryptionSettings, keyObject, newDataKey } from '../../core/ke
 import { DEFAULT_KDF, KDF_LIMITS } from '../../crypto/kdf.js';
 import { contextConfig, openContextStorage, repositoryUrl, s3Settings, type CliContext } from '../context.js';
 import type { LifeboatConfig } from '../../config/config.js';
-import { enclosingLocations, openStorage } from '../../storage/open.js';
+import { MAX_S3_KEY_BYTES, MAX_S3_PREFIX_BYTES, enclosingLocations, openStorage, parseRepositoryUrl } from '../../storage/open.js';
 import { isNotFound, isPermissionRefused } from '../../storage/storage.js';
 import { keys } from '../../format/manifest.js';
 import { GIVE_A_PASSWORD, newPassword, passwordSource } from '../password.js';
@@ -38,6 +38,7 @@ export async function runInit(ctx: CliContext, options: InitOptions): Promise<vo
   // Looked at before a password is asked for, which would be typed for nothing.
   const config = await contextConfig(ctx);
   utf8Path('the repository', repositoryUrl(ctx, config));
+  refuseUnusablePrefix(ctx, config);
   await refuseInsideRepository(ctx, config);
   // Asked before anything is written, so a refused password leaves no trace.
   const password =
@@ -78,6 +79,30 @@ export async function runInit(ctx: CliContext, options: InitOptions): Promise<vo
   } finally {
     await storage.close();
   }
+}
+
+/**
+ * A repository could be made under a prefix that no backup can then use: one that leaves too
+ * little of S3's 1,024 bytes a key may have for the keys lifeboat writes below it, or one with a
+ * control character, which the XML of S3's listings and multi-object deletes cannot carry, or
+ * carries changed (the server refuses to delete, so not even the lock is released). A tab or a
+ * line break there is a slip of the config or the shell as well.
+ */
+function refuseUnusablePrefix(ctx: CliContext, config: LifeboatConfig): void {
+  const url = repositoryUrl(ctx, config);
+  const where = parseRepositoryUrl(url, ctx.cwd);
+  if (where.kind !== 's3') return;
+  const control = /[\u0000-\u001f\u007f]/.exec(where.prefix ?? '')?.[0];
+  if (control !== undefined) {
+    throw new UsageError(`the prefix of ${JSON.stringify(url)} holds a control character (U+${control.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}), which S3's listings and deletes cannot carry`, {
+      hint: 'choose a prefix of printable characters',
+    });
+  }
+  const bytes = Buffer.byteLength(where.prefix ?? '');
+  if (bytes <= MAX_S3_PREFIX_BYTES) return;
+  throw new UsageError(`the prefix of ${url} is ${bytes} bytes long, too long for a repository: S3 keys have at most ${MAX_S3_KEY_BYTES} bytes, and the keys lifeboat writes under the prefix need up to 128 of them`, {
+    hint: `choose a prefix of at most ${MAX_S3_PREFIX_BYTES} bytes`,
+  });
 }
 
 /**
