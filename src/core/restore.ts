@@ -25,6 +25,7 @@ import {
   asRestoreFailure,
   checkFreeSpace,
   inspectTarget,
+  lockRestoreTarget,
   moveFile,
   moveIntoMountPoint,
   moveIntoPlace,
@@ -109,8 +110,13 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
   const { targetState, mountPoint, repositoryInside } = await checkRestoreTarget(target, options, repo.storage.location);
   const setting: RestoreSetting = { target, targetState, mountPoint, repositoryInside, reporter, warnings, started };
   if (options.dryRun) return plannedRestore(repo, manifest, options, setting);
-  if (options.registered) return restoreLocked(repo, manifest, options, setting);
-  return whileReading(repo.storage, 'restore', { signal: options.signal, reporter, warnings, reads: [manifest.id] }, () => restoreLocked(repo, manifest, options, setting));
+  const unlock = await lockRestoreTarget(target, mountPoint);
+  try {
+    if (options.registered) return await restoreLocked(repo, manifest, options, setting);
+    return await whileReading(repo.storage, 'restore', { signal: options.signal, reporter, warnings, reads: [manifest.id] }, () => restoreLocked(repo, manifest, options, setting));
+  } finally {
+    await unlock();
+  }
 }
 
 /**
