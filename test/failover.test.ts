@@ -583,6 +583,8 @@ test('a failover killed (kill -9) after the switch, before recording it: status,
   assert.notEqual(killed.code, 0, killed.stderr);
   await fsp.rm(path.join(work, 'kill'));
   assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', third), 'the link had moved');
+  // Killed while it wrote the record, it would have left its new copy, not yet renamed over the old one.
+  await fsp.writeFile(path.join(work, 'slots', '.lifeboat-target.json.99999-0badf00d'), '{"version": 1, "prev');
   const st = await lifeboat(['--json', 'status'], { cwd: work });
   assert.equal(st.json().targets[0].previous.point, second, 'served before the killed failover');
   // Run again, as an operator unsure whether it went through would: the slot is checked, and the state
@@ -594,6 +596,7 @@ test('a failover killed (kill -9) after the switch, before recording it: status,
   const back = await lifeboat(['rollback'], { cwd: work });
   assert.equal(back.code, 0, back.stderr);
   assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second), 'back to the slot served before, not the one before that');
+  assert.deepEqual((await fsp.readdir(path.join(work, 'slots'))).filter((n) => n.startsWith('.')), ['.lifeboat-target.json'], 'no copy of the record, lock or staging directory left');
   await fsp.rm(work, { recursive: true, force: true });
 });
 

@@ -160,6 +160,10 @@ export async function writeTargetState(slots: string, state: TargetRecord, inPla
   const file = path.join(slots, TARGET_STATE_FILE);
   const tmp = `${file}.${process.pid}-${randomBytes(4).toString('hex')}`;
   const body = `${JSON.stringify({ ...state, history: state.history.slice(-HISTORY) }, null, 2)}\n`;
+  // Written under the switch lock: a copy there is one a process killed while writing it left.
+  for (const name of await fsp.readdir(slots).catch(() => [] as string[])) {
+    if (name.startsWith(`${TARGET_STATE_FILE}.`)) await fsp.rm(path.join(slots, name), { force: true });
+  }
   try {
     // Synced before it is renamed into place, and the name after: a switch written down before the link
     // moves must be on disk before the link's new name is, or a power loss could keep the link alone.
