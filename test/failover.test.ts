@@ -600,6 +600,29 @@ test('a failover killed (kill -9) after the switch, before recording it: status,
   await fsp.rm(work, { recursive: true, force: true });
 });
 
+test('a failover --json interrupted after the switch says in its document that it switched, from what, and that it was interrupted', async () => {
+  const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current, activate: "sh activate.sh" }\n');
+  await fsp.writeFile(path.join(work, 'activate.sh'), 'exit 0\n');
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  // A reload that takes its time: the link has moved, the new slot is not confirmed yet.
+  await fsp.writeFile(path.join(work, 'activate.sh'), 'echo "activate $LIFEBOAT_POINT" >> hooks.log; sleep 30\n');
+  const controller = new AbortController();
+  const running = lifeboat(['--json', 'failover', second], { cwd: work, signal: controller.signal });
+  assert.ok(await waitFor(async () => (await fsp.readFile(path.join(work, 'hooks.log'), 'utf8').catch(() => '')).includes('activate'), 10_000), 'activate started');
+  controller.abort();
+  const r = await running;
+  assert.equal(r.code, 130, r.stderr);
+  const doc = r.json();
+  assert.equal(doc.ok, false);
+  assert.match(doc.error.message, new RegExp(`^interrupted after the switch: prod now serves ${second}`));
+  assert.equal(doc.switched, true, 'a script reads from the document that the link moved');
+  assert.equal(doc.interrupted, true);
+  assert.equal(doc.point, second);
+  assert.equal(doc.from.point, first);
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
 test('a failover on a full slots file system: no room for the lock is one clear sentence and leaves no lock; room for the lock alone still records the switch', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));

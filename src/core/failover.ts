@@ -311,8 +311,16 @@ async function settle(run: Run, kind: 'failover' | 'rollback', result: SwitchRes
   await remember(run, result.from.path, result.slot, kind);
 }
 
-/** An interrupt after the link was switched, whose message says what is served now. */
-class InterruptedAfterSwitch extends InterruptedError {}
+/** An interrupt after the link was switched, whose message says what is served now; `result`, what the switch did. */
+export class InterruptedAfterSwitch extends InterruptedError {
+  constructor(
+    message: string,
+    options: { hint?: string },
+    readonly result: SwitchResult,
+  ) {
+    super(message, options);
+  }
+}
 
 /**
  * An error before the switch says that nothing changed and what is still served: at 3 a.m. "the deactivate hook
@@ -339,7 +347,9 @@ async function interruptedAfterSwitch(run: Run, kind: 'failover' | 'rollback', r
   const back = result.from.path
     ? `lifeboat rollback --to ${run.spec.name} switches back to ${result.from.point ?? result.from.path}`
     : `lifeboat status --target ${run.spec.name} shows whether it answers healthy`;
-  throw new InterruptedAfterSwitch(`interrupted after the switch: ${run.spec.name} now serves ${result.point ?? result.slot}, not confirmed healthy`, { hint: back });
+  result.switched = true;
+  result.durationMs = Date.now() - run.started;
+  throw new InterruptedAfterSwitch(`interrupted after the switch: ${run.spec.name} now serves ${result.point ?? result.slot}, not confirmed healthy`, { hint: back }, result);
 }
 
 /**
