@@ -70,6 +70,8 @@ export interface RestoreOptions {
   disposable?: boolean;
   /** The caller is registered as a reader of this point already (verify --deep): the restore registers no second time. */
   registered?: boolean;
+  /** The caller holds the target's lock already (restore --in-place takes every source's before writing any). */
+  targetLocked?: boolean;
   signal?: AbortSignal;
   reporter?: Reporter;
 }
@@ -110,7 +112,7 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
   const { targetState, mountPoint, repositoryInside } = await checkRestoreTarget(target, options, repo.storage.location);
   const setting: RestoreSetting = { target, targetState, mountPoint, repositoryInside, reporter, warnings, started };
   if (options.dryRun) return plannedRestore(repo, manifest, options, setting);
-  const unlock = await lockRestoreTarget(target, mountPoint);
+  const unlock = options.targetLocked ? async () => undefined : await lockRestoreTarget(target, mountPoint);
   try {
     if (options.registered) return await restoreLocked(repo, manifest, options, setting);
     return await whileReading(repo.storage, 'restore', { signal: options.signal, reporter, warnings, reads: [manifest.id] }, () => restoreLocked(repo, manifest, options, setting));
