@@ -8,7 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
-import { lifeboat } from './helpers/cli.js';
+import { lifeboat, runChild } from './helpers/cli.js';
 import { exists } from './helpers/repo.js';
 import { inNamespace, unshare } from './helpers/namespace.js';
 import { tempDir } from './helpers/tree.js';
@@ -556,6 +556,70 @@ test('a failover interrupted while deactivate runs activates the slot served bef
   assert.match(r.stderr, new RegExp(`interrupted before the switch: prod still serves ${first}; nothing was switched\\n {2}lifeboat failover ${second} --to prod starts again`));
   assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first), 'the link is as it was');
   assert.equal(await fsp.readFile(path.join(work, 'hooks.log'), 'utf8'), `deactivate ${first}\nactivate ${first}\n`);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a failover killed (kill -9) after the switch, before recording it: status, a failover run again and a rollback know the slot served before it', async () => {
+  const work = await tempDir();
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    'repository: ./repo\nsources:\n  models: ./models\n' +
+      '  features: { command: "echo state", restore: \'cat > /dev/null; echo "$LIFEBOAT_POINT" >> restored.log\' }\n' +
+      // Killed by the system at the worst moment: the link has moved, the new slot is not confirmed yet.
+      "targets:\n  prod: { slots: ./slots, active: ./current, activate: 'test ! -e kill || kill -9 $PPID' }\n",
+  );
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const points: string[] = [];
+  for (const w of ['A', 'B', 'C']) {
+    await fsp.writeFile(path.join(work, 'models', 'w.bin'), `weights ${w}`);
+    points.push((await lifeboat(['--json', 'backup'], { cwd: work })).json().id);
+  }
+  const [first, second, third] = points as [string, string, string];
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
+  await fsp.writeFile(path.join(work, 'kill'), '');
+  const killed = await runChild(['failover', third], { cwd: work });
+  assert.notEqual(killed.code, 0, killed.stderr);
+  await fsp.rm(path.join(work, 'kill'));
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', third), 'the link had moved');
+  // Killed while it wrote the record, it would have left its new copy, not yet renamed over the old one.
+  await fsp.writeFile(path.join(work, 'slots', '.lifeboat-target.json.99999-0badf00d'), '{"version": 1, "prev');
+  const st = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.equal(st.json().targets[0].previous.point, second, 'served before the killed failover');
+  // Run again, as an operator unsure whether it went through would: the slot is checked, and the state
+  // it put back before the switch is left alone, as for any run again for the point served.
+  const again = await lifeboat(['failover', third], { cwd: work });
+  assert.equal(again.code, 0, again.stderr);
+  assert.match(again.stderr, /the state is left as it is/);
+  assert.equal(await fsp.readFile(path.join(work, 'restored.log'), 'utf8'), `${first}\n${second}\n${third}\n`);
+  const back = await lifeboat(['rollback'], { cwd: work });
+  assert.equal(back.code, 0, back.stderr);
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second), 'back to the slot served before, not the one before that');
+  assert.deepEqual((await fsp.readdir(path.join(work, 'slots'))).filter((n) => n.startsWith('.')), ['.lifeboat-target.json'], 'no copy of the record, lock or staging directory left');
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a failover --json interrupted after the switch says in its document that it switched, from what, and that it was interrupted', async () => {
+  const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current, activate: "sh activate.sh" }\n');
+  await fsp.writeFile(path.join(work, 'activate.sh'), 'exit 0\n');
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  // A reload that takes its time: the link has moved, the new slot is not confirmed yet.
+  await fsp.writeFile(path.join(work, 'activate.sh'), 'echo "activate $LIFEBOAT_POINT" >> hooks.log; sleep 30\n');
+  const controller = new AbortController();
+  const running = lifeboat(['--json', 'failover', second], { cwd: work, signal: controller.signal });
+  assert.ok(await waitFor(async () => (await fsp.readFile(path.join(work, 'hooks.log'), 'utf8').catch(() => '')).includes('activate'), 10_000), 'activate started');
+  controller.abort();
+  const r = await running;
+  assert.equal(r.code, 130, r.stderr);
+  const doc = r.json();
+  assert.equal(doc.ok, false);
+  assert.match(doc.error.message, new RegExp(`^interrupted after the switch: prod now serves ${second}`));
+  assert.equal(doc.switched, true, 'a script reads from the document that the link moved');
+  assert.equal(doc.interrupted, true);
+  assert.equal(doc.point, second);
+  assert.equal(doc.from.point, first);
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
   await fsp.rm(work, { recursive: true, force: true });
 });
 

@@ -8,6 +8,7 @@ import { lifeboat, type CliRun } from './helpers/cli.js';
 import { crashMidTransaction } from './helpers/writer.js';
 import { compareSnapshots, mutateTree, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile } from './helpers/tree.js';
 import { inNamespace, unshare } from './helpers/namespace.js';
+import { startedNow } from './helpers/processes.js';
 
 /** A host's layout: sources in unrelated directories, one of them a database. */
 async function host(work: string, rand: () => number): Promise<{ models: string; triton: string }> {
@@ -493,4 +494,32 @@ test('restore --state into a rollback-journal SQLite database a writer holds in 
   assert.ok(took < 20_000, `gave up after ${took} ms`);
   live.exec('COMMIT');
   assert.deepEqual(live.prepare('SELECT name FROM versions ORDER BY name').all(), [{ name: 'v1' }, { name: 'v2' }], 'the live database keeps what it had');
+});
+
+test('restore --in-place takes the lock of every directory before writing any: another restore writing the second leaves the first untouched too', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const { models, triton } = await host(work, prng(5));
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const full = (await lifeboat(['--json', 'backup', '--type', 'full'], { cwd: work })).json().id as string;
+  await fsp.writeFile(path.join(models, 'llama', 'tokenizer', 'tokenizer.json'), '{"edited": true}');
+  await fsp.writeFile(path.join(triton, 'config.pbtxt'), 'name: "edited"\n');
+  const before = await snapshotTree(models);
+
+  // Another restore (a cron's restore --in-place --delta) is writing the serving config.
+  const holder = startedNow(t);
+  const lock = path.join(path.dirname(triton), '.triton.lifeboat-restoring');
+  await fsp.symlink(`${holder.pid}-${Math.floor(Date.now() / 1000)}`, lock);
+  const refused = await lifeboat(['restore', full, '--in-place', '--delta'], { cwd: work });
+  assert.equal(refused.code, 4, refused.stderr);
+  assert.match(refused.stderr, new RegExp(`restore target ${triton} is being restored by another lifeboat process \\(pid ${holder.pid},`));
+  assert.doesNotMatch(refused.stderr, /restored before/);
+  assert.equal(compareSnapshots(before, await snapshotTree(models)), undefined, 'the models, restored first, were not touched');
+
+  holder.kill();
+  await new Promise((resolve) => holder.once('exit', resolve));
+  const r = await lifeboat(['restore', full, '--in-place', '--delta'], { cwd: work });
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(await fsp.readFile(path.join(triton, 'config.pbtxt'), 'utf8'), 'name: "llama"\n');
+  assert.deepEqual((await fsp.readdir(path.dirname(triton))).filter((n) => n.startsWith('.')), [], 'no lock left');
 });

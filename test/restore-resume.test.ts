@@ -238,3 +238,34 @@ test('a restore stopped by a file larger than the file-size limit (EFBIG) says w
   const whole = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', target]);
   assert.equal(whole.code, 0, whole.stderr);
 });
+
+test('a second restore into a target another restore is writing exits 4 at once, naming it, instead of both rewriting it; a lock its killed owner left is taken over', async (t) => {
+  const { work, src, repo } = await smallDeployment();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', repo, 'backup', src])).code, 0);
+  const first = await snapshotTree(src);
+  await fsp.writeFile(path.join(src, 'config.json'), '{"vocab_size": 64000}');
+  await fsp.rm(path.join(src, 'tok'), { recursive: true });
+  assert.equal((await lifeboat(['--repo', repo, 'backup', src])).code, 0);
+  const second = await snapshotTree(src);
+  const points = (await lifeboat(['--repo', repo, '--json', 'list'])).json().map((p: { id: string }) => p.id);
+  const target = path.join(work, 'restored');
+  assert.equal((await lifeboat(['--repo', repo, 'restore', points[0], '--target', target])).code, 0);
+
+  // Another restore into it runs (a cron's restore --delta beside an operator's): its lock names it.
+  const lock = path.join(work, '.restored.lifeboat-restoring');
+  const holder = startedNow(t);
+  await fsp.symlink(`${holder.pid}-${Math.floor(Date.now() / 1000)}`, lock);
+  const refused = await runChild(['--repo', repo, 'restore', points[1], '--target', target, '--delta']);
+  assert.equal(refused.code, 4, refused.stderr);
+  assert.match(refused.stderr, new RegExp(`^lifeboat: restore target ${target} is being restored by another lifeboat process \\(pid ${holder.pid}, since .*\\)\\n {2}wait for it to finish, then run this restore again; if that process is gone, remove ${lock}\\n$`));
+  assert.equal(compareSnapshots(first, await snapshotTree(path.join(target, 'models'))), undefined, 'the target is as the other restore has it');
+
+  // Killed before it could remove its lock: the next restore takes it over, and removes it when done.
+  holder.kill('SIGKILL');
+  await new Promise((resolve) => holder.once('exit', resolve));
+  const r = await runChild(['--repo', repo, 'restore', points[1], '--target', target, '--delta']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(compareSnapshots(second, await snapshotTree(path.join(target, 'models'))), undefined);
+  assert.deepEqual((await fsp.readdir(work)).filter((n) => n.startsWith('.restored')), [], 'no lock or staging directory left');
+});

@@ -44,7 +44,8 @@ Exit codes:
        repository refuses
   3    integrity failure: a checksum mismatch, missing or unreadable backup data,
        hostile input
-  4    the repository is locked by another live process
+  4    the repository, or a target a failover or restore writes, is locked by
+       another live process
   5    a health check or a drill objective failed; a failover that switched back;
        status with an unhealthy target
   130  interrupted (SIGINT, SIGTERM, or SIGHUP when the terminal or SSH session

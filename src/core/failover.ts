@@ -11,7 +11,7 @@ import type { Repository } from './repository.js';
 import { restore } from './restore.js';
 import { NotEnoughSpace, removeOtherStaging } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
-import { TARGET_STATE_FILE, listSlots, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type TargetState } from './slots.js';
+import { TARGET_STATE_FILE, announceSwitch, listSlots, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState } from './slots.js';
 import type { TargetSpec } from './targets.js';
 import { removeTree } from '../format/remove-tree.js';
 
@@ -206,6 +206,7 @@ async function transition(
   from: string | null,
   to: string,
   point: string | null,
+  kind: 'failover' | 'rollback',
 ): Promise<Pick<SwitchResult, 'ok' | 'health' | 'reason' | 'switchedBack' | 'previousHealthy' | 'previousDetail' | 'previousUnchecked' | 'rtoMs' | 'interrupted' | 'previousMissing'>> {
   const fromPoint = slotPoint(run.spec.slots, from) ?? null;
   if (from) {
@@ -217,6 +218,7 @@ async function transition(
       throw err;
     }
   }
+  await announceSwitch(run.spec.slots, run.spec.active, switchRecord(run, from, to, kind));
   await switchActive(run.spec.active, to);
   run.linkMoved = true;
   note(run, 'switched', `${run.spec.active} → ${to}`);
@@ -273,10 +275,14 @@ async function transition(
   return { ok: false, health: h, reason, switchedBack: true, previousHealthy, ...(previousDetail ? { previousDetail } : {}), ...(previousUnchecked ? { previousUnchecked } : {}), rtoMs: null };
 }
 
+function switchRecord(run: Run, from: string | null, to: string, kind: string): SwitchRecord {
+  return { at: new Date().toISOString(), from, to, kind, state: run.options.applyState !== false, ...(run.stateSources ? { stateSources: run.stateSources } : {}) };
+}
+
 async function remember(run: Run, from: string | null, to: string, kind: string): Promise<void> {
-  const state = await readTargetState(run.spec.slots);
+  const state = await readTargetState(run.spec.slots, { from, to });
   state.previous = from;
-  state.history.push({ at: new Date().toISOString(), from, to, kind, state: run.options.applyState !== false, ...(run.stateSources ? { stateSources: run.stateSources } : {}) });
+  state.history.push(switchRecord(run, from, to, kind));
   await writeTargetState(run.spec.slots, state).catch((err: unknown) => {
     // The link has already moved: an operator must not take this for a failure before the switch.
     const fromPoint = slotPoint(run.spec.slots, from);
@@ -305,8 +311,16 @@ async function settle(run: Run, kind: 'failover' | 'rollback', result: SwitchRes
   await remember(run, result.from.path, result.slot, kind);
 }
 
-/** An interrupt after the link was switched, whose message says what is served now. */
-class InterruptedAfterSwitch extends InterruptedError {}
+/** An interrupt after the link was switched, whose message says what is served now; `result`, what the switch did. */
+export class InterruptedAfterSwitch extends InterruptedError {
+  constructor(
+    message: string,
+    options: { hint?: string },
+    readonly result: SwitchResult,
+  ) {
+    super(message, options);
+  }
+}
 
 /**
  * An error before the switch says that nothing changed and what is still served: at 3 a.m. "the deactivate hook
@@ -333,7 +347,9 @@ async function interruptedAfterSwitch(run: Run, kind: 'failover' | 'rollback', r
   const back = result.from.path
     ? `lifeboat rollback --to ${run.spec.name} switches back to ${result.from.point ?? result.from.path}`
     : `lifeboat status --target ${run.spec.name} shows whether it answers healthy`;
-  throw new InterruptedAfterSwitch(`interrupted after the switch: ${run.spec.name} now serves ${result.point ?? result.slot}, not confirmed healthy`, { hint: back });
+  result.switched = true;
+  result.durationMs = Date.now() - run.started;
+  throw new InterruptedAfterSwitch(`interrupted after the switch: ${run.spec.name} now serves ${result.point ?? result.slot}, not confirmed healthy`, { hint: back }, result);
 }
 
 /**
@@ -496,7 +512,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
       }
     }
 
-    const t = await transition(run, repo, from, slot, manifest.id);
+    const t = await transition(run, repo, from, slot, manifest.id, 'failover');
     await settle(run, 'failover', result, t);
     if (t.ok) result.pruned = [...madeRoom, ...(await pruneSlots(run, slot, from))];
     return finish();
@@ -572,7 +588,7 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
         await applyState(run, manifest, to);
       } else run.stateSources = [];
     }
-    await settle(run, 'rollback', result, await transition(run, repo, from, to, point));
+    await settle(run, 'rollback', result, await transition(run, repo, from, to, point, 'rollback'));
     result.durationMs = Date.now() - run.started;
     await journal(run, repo, 'rollback', result);
     return result;

@@ -2,7 +2,7 @@ import * as fsp from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { LifeboatError, RuntimeFailure, errorMessage, fileSystemHint } from '../errors.js';
+import { LifeboatError, LockedError, RuntimeFailure, errorMessage, fileSystemHint } from '../errors.js';
 import type { ManifestEntry } from '../format/manifest.js';
 import { syncPath } from '../format/durable.js';
 import { isMountPoint } from '../format/mounts.js';
@@ -137,6 +137,9 @@ export async function removeOtherStaging(target: string): Promise<string[]> {
   const own = stagingPrefix(target, false);
   const removed: string[] = [];
   for (const name of await fsp.readdir(path.dirname(target)).catch(() => [] as string[])) {
+    // A lock a failover killed while restoring another point left.
+    const locker = name.endsWith(LOCK_MARK) && name !== `.${path.basename(target)}${LOCK_MARK}` ? lockOwner(await fsp.readlink(path.join(path.dirname(target), name)).catch(() => '')) : undefined;
+    if (locker && !ownerRuns(locker.pid, locker.since)) await fsp.rm(path.join(path.dirname(target), name), { force: true });
     const mark = name.indexOf(STAGING_MARK);
     if (mark <= 0 || name.startsWith(own)) continue;
     const owner = stagingOwner(name.slice(mark + STAGING_MARK.length));
@@ -146,6 +149,62 @@ export async function removeOtherStaging(target: string): Promise<string[]> {
     removed.push(name);
   }
   return removed;
+}
+
+/** What marks a restore's lock beside its target: `.<target>.lifeboat-restoring`, a symbolic link to `<pid>-<seconds>`. */
+const LOCK_MARK = '.lifeboat-restoring';
+
+/** The pid and start (ms) a restore lock names, when it names any. */
+function lockOwner(held: string): { pid: number; since: number } | undefined {
+  const m = /^(\d+)-(\d{1,12})$/.exec(held);
+  return m ? { pid: Number(m[1]), since: Number(m[2]) * 1000 } : undefined;
+}
+
+/**
+ * Takes the lock of a restore target: a symbolic link beside it, made
+ * atomically, that names this process (a link, so that it takes no block on
+ * a full disk). Two restores into one target at once (two --delta, a cron's
+ * and an operator's) would each rewrite and remove what the other wrote, and
+ * report a point the target does not hold: the second exits 4 at once, naming
+ * the first. A lock whose process is gone (killed) is taken over. A target
+ * whose parent cannot be written (a mount point under a read-only
+ * directory) is restored unlocked, as it is staged inside itself.
+ */
+export async function lockRestoreTarget(target: string, mountPoint: boolean): Promise<() => Promise<void>> {
+  const file = path.join(path.dirname(target), `.${path.basename(target)}${LOCK_MARK}`);
+  const mine = `${process.pid}-${Math.floor(Date.now() / 1000)}`;
+  for (let attempt = 0; attempt < 50; attempt++) {
+    try {
+      await fsp.symlink(mine, file);
+      return async () => {
+        if ((await fsp.readlink(file).catch(() => '')) === mine) await fsp.rm(file, { force: true });
+      };
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? '';
+      // No parent yet: nothing can be restoring there; the restore makes it (and says why it cannot).
+      if (code === 'ENOENT' || code === 'ENOTDIR' || (mountPoint && ['EACCES', 'EPERM', 'EROFS'].includes(code))) return async () => undefined;
+      if (code !== 'EEXIST') {
+        throw new RuntimeFailure(`cannot take the lock of restore target ${target} (${file}): ${errorMessage(err)}`, {
+          cause: err,
+          hint: fileSystemHint(err, path.dirname(target)) ?? `check that ${path.dirname(target)} can be written`,
+        });
+      }
+    }
+    const held = await fsp.readlink(file).catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? undefined : ''));
+    if (held === undefined) continue;
+    const owner = lockOwner(held);
+    if (owner && ownerRuns(owner.pid, owner.since)) {
+      throw new LockedError(`restore target ${target} is being restored by another lifeboat process (pid ${owner.pid}, since ${new Date(owner.since).toISOString()})`, {
+        hint: `wait for it to finish, then run this restore again; if that process is gone, remove ${file}`,
+      });
+    }
+    // Left by a restore killed before it could remove it: moved aside and removed if it is still the one judged.
+    const aside = `${file}-${randomBytes(4).toString('hex')}`;
+    if (!(await fsp.rename(file, aside).then(() => true, () => false))) continue;
+    if ((await fsp.readlink(aside).catch(() => '')) !== held) await fsp.link(aside, file).catch(() => undefined);
+    await fsp.rm(aside, { force: true });
+  }
+  throw new LockedError(`could not take the lock of restore target ${target}, ${file}, which kept changing hands`, { hint: 'another restore into it is starting; run this one again when it has finished' });
 }
 
 /**

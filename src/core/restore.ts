@@ -25,6 +25,7 @@ import {
   asRestoreFailure,
   checkFreeSpace,
   inspectTarget,
+  lockRestoreTarget,
   moveFile,
   moveIntoMountPoint,
   moveIntoPlace,
@@ -69,6 +70,8 @@ export interface RestoreOptions {
   disposable?: boolean;
   /** The caller is registered as a reader of this point already (verify --deep): the restore registers no second time. */
   registered?: boolean;
+  /** The caller holds the target's lock already (restore --in-place takes every source's before writing any). */
+  targetLocked?: boolean;
   signal?: AbortSignal;
   reporter?: Reporter;
 }
@@ -109,8 +112,13 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
   const { targetState, mountPoint, repositoryInside } = await checkRestoreTarget(target, options, repo.storage.location);
   const setting: RestoreSetting = { target, targetState, mountPoint, repositoryInside, reporter, warnings, started };
   if (options.dryRun) return plannedRestore(repo, manifest, options, setting);
-  if (options.registered) return restoreLocked(repo, manifest, options, setting);
-  return whileReading(repo.storage, 'restore', { signal: options.signal, reporter, warnings, reads: [manifest.id] }, () => restoreLocked(repo, manifest, options, setting));
+  const unlock = options.targetLocked ? async () => undefined : await lockRestoreTarget(target, mountPoint);
+  try {
+    if (options.registered) return await restoreLocked(repo, manifest, options, setting);
+    return await whileReading(repo.storage, 'restore', { signal: options.signal, reporter, warnings, reads: [manifest.id] }, () => restoreLocked(repo, manifest, options, setting));
+  } finally {
+    await unlock();
+  }
 }
 
 /**

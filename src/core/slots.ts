@@ -5,6 +5,7 @@ import * as z from 'zod';
 import * as os from 'node:os';
 import { LockedError, RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../errors.js';
 import { POINT_ID } from '../format/ids.js';
+import { syncPath, writeFileSynced } from '../format/durable.js';
 import { makeDirectories } from '../format/mkdirs.js';
 import { ownerRuns } from '../format/process-alive.js';
 import { sleep } from '../sleep.js';
@@ -13,24 +14,31 @@ import { sleep } from '../sleep.js';
 export const TARGET_STATE_FILE = '.lifeboat-target.json';
 const HISTORY = 50;
 
+const switchSchema = z.object({
+  at: z.string(),
+  from: z.string().nullable(),
+  to: z.string(),
+  kind: z.string(),
+  /** Whether the switch put the point's serving state back (false: --no-state); absent in records from before it was kept. */
+  state: z.boolean().optional(),
+  /** The serving-state sources of the point switched to, so that a rollback to it knows without its manifest when it has none. */
+  stateSources: z.array(z.string()).optional(),
+});
+export type SwitchRecord = z.infer<typeof switchSchema>;
+
 const targetStateSchema = z.object({
   version: z.literal(1),
   /** Absolute path the link pointed at before the last successful switch (what rollback returns to). */
   previous: z.string().nullable(),
-  history: z.array(
-    z.object({
-      at: z.string(),
-      from: z.string().nullable(),
-      to: z.string(),
-      kind: z.string(),
-      /** Whether the switch put the point's serving state back (false: --no-state); absent in records from before it was kept. */
-      state: z.boolean().optional(),
-      /** The serving-state sources of the point switched to, so that a rollback to it knows without its manifest when it has none. */
-      stateSources: z.array(z.string()).optional(),
-    }),
-  ),
+  history: z.array(switchSchema),
+  /**
+   * A switch written down just before the link is moved, with the link's path: a process killed after moving
+   * the link, before it could record the switch, leaves it here, and it counts as made when the link names `to`.
+   */
+  pending: switchSchema.extend({ active: z.string() }).optional(),
 });
-export type TargetState = z.infer<typeof targetStateSchema>;
+type TargetRecord = z.infer<typeof targetStateSchema>;
+export type TargetState = Omit<TargetRecord, 'pending'>;
 
 /** The slot directory that holds a point. */
 export function slotPath(slots: string, point: string): string {
@@ -91,14 +99,41 @@ export async function switchActive(active: string, dir: string | null): Promise<
   await dirFd?.close();
 }
 
-export async function readTargetState(slots: string): Promise<TargetState> {
+/**
+ * The record of switches. A switch written down before the link was moved (a
+ * failover or rollback killed before it could record it: kill -9, a power
+ * loss while the new slot was checked) counts as made when the link names
+ * its slot, so that a rollback returns to the slot served before it, not the
+ * one before that; `own`, the switch the caller is recording itself, is left out.
+ */
+export async function readTargetState(slots: string, own?: Pick<SwitchRecord, 'from' | 'to'>): Promise<TargetState> {
   try {
     const parsed = targetStateSchema.safeParse(JSON.parse(await fsp.readFile(path.join(slots, TARGET_STATE_FILE), 'utf8')));
-    if (parsed.success) return parsed.data;
+    if (parsed.success) {
+      const { pending, ...state } = parsed.data;
+      if (pending && !(own && own.from === pending.from && own.to === pending.to)) {
+        const { active, ...made } = pending;
+        if ((await readActive(active).catch(() => null)) === made.to) {
+          state.history.push(made);
+          state.previous = made.from;
+        }
+      }
+      return state;
+    }
   } catch {
     // Missing or damaged: start afresh; the link itself is the truth about what is active.
   }
   return { version: 1, previous: null, history: [] };
+}
+
+/**
+ * Writes down a switch about to be made (see readTargetState). Only as a new
+ * copy renamed over the old one: where that cannot be written (a full disk) it
+ * is left out, and the switch is recorded once made, as it always was.
+ */
+export async function announceSwitch(slots: string, active: string, made: SwitchRecord): Promise<void> {
+  const state = await readTargetState(slots);
+  await writeTargetState(slots, { ...state, pending: { ...made, active: path.resolve(active) } }, false).catch(() => undefined);
 }
 
 /**
@@ -120,20 +155,27 @@ export async function targetStateDamage(slots: string): Promise<string | undefin
   }
 }
 
-export async function writeTargetState(slots: string, state: TargetState): Promise<void> {
+export async function writeTargetState(slots: string, state: TargetRecord, inPlaceWhenFull = true): Promise<void> {
   await makeDirectories(slots);
   const file = path.join(slots, TARGET_STATE_FILE);
   const tmp = `${file}.${process.pid}-${randomBytes(4).toString('hex')}`;
   const body = `${JSON.stringify({ ...state, history: state.history.slice(-HISTORY) }, null, 2)}\n`;
+  // Written under the switch lock: a copy there is one a process killed while writing it left.
+  for (const name of await fsp.readdir(slots).catch(() => [] as string[])) {
+    if (name.startsWith(`${TARGET_STATE_FILE}.`)) await fsp.rm(path.join(slots, name), { force: true });
+  }
   try {
-    await fsp.writeFile(tmp, body);
+    // Synced before it is renamed into place, and the name after: a switch written down before the link
+    // moves must be on disk before the link's new name is, or a power loss could keep the link alone.
+    await writeFileSynced(tmp, body);
     await fsp.rename(tmp, file);
+    await syncPath(slots).catch(() => undefined);
   } catch (err) {
     await fsp.rm(tmp, { force: true });
     const code = (err as NodeJS.ErrnoException).code;
     // A full disk has no room for the new copy beside the old one, but the old one's blocks are
     // freed as it is rewritten. Torn by a crash, the record reads as empty, never as a wrong way back.
-    if (code !== 'ENOSPC' && code !== 'EDQUOT') throw err;
+    if ((code !== 'ENOSPC' && code !== 'EDQUOT') || !inPlaceWhenFull) throw err;
     await fsp.writeFile(file, body);
   }
 }

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { HealthError, InterruptedError, UsageError } from '../../errors.js';
 import { deploymentOf } from '../../format/manifest.js';
 import { loadConfig } from '../../config/config.js';
-import { failover, rollback, type SwitchResult } from '../../core/failover.js';
+import { InterruptedAfterSwitch, failover, rollback, type SwitchResult } from '../../core/failover.js';
 import { chooseTarget, type TargetSpec } from '../../core/targets.js';
 import { readActive, slotPoint } from '../../core/slots.js';
 import type { Repository } from '../../core/repository.js';
@@ -32,6 +32,11 @@ export async function resolveTarget(ctx: CliContext, name: string | undefined): 
 
 export function switchJson(r: SwitchResult) {
   return { ...r };
+}
+
+/** Interrupted after the switch, the --json document still says what was switched (`switched`, `interrupted`, `from`), beside the error. */
+function keepSwitched(ctx: CliContext, err: unknown): void {
+  if (err instanceof InterruptedAfterSwitch) ctx.keepDocument?.(switchJson(err.result));
 }
 
 /** The text report of a failover or rollback, and the error that ends a failed one. */
@@ -94,6 +99,7 @@ export async function runFailover(ctx: CliContext, selector: string | undefined,
       applyState: flags.state,
       allowEmptyState: flags.allowEmptyState === true,
     }).catch(async (err: unknown) => {
+      keepSwitched(ctx, err);
       // Damaged data fails the restore before the switch: the link is as it was.
       // The intact point is often the one served now: failing over to it again would change nothing.
       const served = slotPoint(spec.slots, await readActive(spec.active).catch(() => null));
@@ -124,7 +130,10 @@ export async function runRollback(ctx: CliContext, flags: FailoverFlags): Promis
   });
   const renderer = new ProgressRenderer(ctx, `rollback of ${spec.name}`);
   try {
-    const result = await rollback('repo' in opened ? opened.repo : opened, spec, { signal: ctx.signal, reporter: renderer, applyState: flags.state, allowEmptyState: flags.allowEmptyState === true });
+    const result = await rollback('repo' in opened ? opened.repo : opened, spec, { signal: ctx.signal, reporter: renderer, applyState: flags.state, allowEmptyState: flags.allowEmptyState === true }).catch((err: unknown) => {
+      keepSwitched(ctx, err);
+      throw err;
+    });
     renderer.stop();
     reportSwitch(ctx, 'rollback', result);
   } finally {

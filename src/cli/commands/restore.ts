@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import { RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../../errors.js';
 import { appendEvent } from '../../core/journal.js';
 import { checkRestoreTarget, restore, type RestoreResult } from '../../core/restore.js';
-import { NotEnoughSpace, checkFreeSpace } from '../../core/restore-target.js';
+import { NotEnoughSpace, checkFreeSpace, lockRestoreTarget } from '../../core/restore-target.js';
 import { directoryFlag, utf8Path } from '../flags.js';
 import { sourcesIncluded } from '../../core/restore-plan.js';
 import { leftWorkDirectory, type Notice } from '../../core/events.js';
@@ -272,6 +272,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
   const { repo, config, close } = await openRepository(ctx);
   const renderer = new ProgressRenderer(ctx, 'restore');
   let scratch: StateScratch | undefined;
+  const unlocks: (() => Promise<void>)[] = [];
   try {
     const point = await repo.resolve(selector);
     const chosen = sourcesIncluded(point, flags.include);
@@ -281,7 +282,10 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
       throw new UsageError(`${point.id} has no directory source to restore in place${flags.state ? ', nor state to put back' : ''}`, { hint: 'restore it with --target DIR' });
     }
     // Every directory is checked before any is written: a refusal must not come after half the sources were restored.
-    for (const p of places) await checkRestoreTarget(p.path, { ...flags, inPlace: true }, repo.storage.location);
+    const checked = [];
+    for (const p of places) checked.push(await checkRestoreTarget(p.path, { ...flags, inPlace: true }, repo.storage.location));
+    // Every directory's lock too: another restore writing one of them must not find this one after it wrote the others.
+    if (!flags.dryRun) for (const [i, p] of places.entries()) unlocks.push(await lockRestoreTarget(path.resolve(p.path), checked[i]!.mountPoint));
     if (state.length > 0) await refuseEmptyCopies({ ...point, sources: point.sources.filter((s) => state.includes(s.name)) }, emptyCopies(flags));
     scratch = state.length > 0 && !flags.dryRun ? await stateScratch(workDir, point, state, renderer) : undefined;
     const unrecorded = noteUnrecordedExcludes(point, flags, config, renderer);
@@ -291,7 +295,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
     /** The directories restored so far, named when a later source or the state fails (they stay restored). */
     const restoredSoFar = () => done.map((d) => `${d.source} to ${quoteName(d.target)}`);
     for (const place of places) {
-      const result = await restore(repo, point, { target: place.path, asTarget: place.name, ...commonOptions(ctx, flags, config, renderer) }).catch(async (err: unknown) => {
+      const result = await restore(repo, point, { target: place.path, asTarget: place.name, targetLocked: true, ...commonOptions(ctx, flags, config, renderer) }).catch(async (err: unknown) => {
         if (!flags.dryRun) await appendEvent(repo.storage, { type: 'restore', point: point.id, target: place.path, outcome: 'failed', durationMs: Date.now() - started, detail: { error: errorMessage(err), source: place.name } }).catch(() => undefined);
         // Sources are restored one after the other: which ones made it is worth a line of its own.
         if (done.length > 0) {
@@ -341,6 +345,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
   } finally {
     renderer.stop();
     await scratch?.remove();
+    for (const unlock of unlocks) await unlock();
     await close();
   }
 }
