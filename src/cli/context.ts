@@ -1,6 +1,6 @@
 import type { Writable } from 'node:stream';
 import { loadConfig, type LifeboatConfig } from '../config/config.js';
-import { UsageError } from '../errors.js';
+import { InterruptedError, UsageError, throwIfAborted } from '../errors.js';
 import { Repository } from '../core/repository.js';
 import { checkDeploymentName } from '../format/paths.js';
 import { unlockStorage } from '../core/keys.js';
@@ -85,8 +85,19 @@ export function s3Settings(ctx: CliContext, config: LifeboatConfig): S3Settings 
   return s3;
 }
 
+/**
+ * Opens the configured storage. A Ctrl-C that came before (while the config was read, or Node started
+ * on a loaded host) stops here: a request begun after an interruption is let run to its end, as a
+ * clean-up's is, and against a server that does not answer that is s3.timeout.
+ */
 export async function openContextStorage(ctx: CliContext, config: LifeboatConfig): Promise<Storage> {
-  return openStorage(repositoryUrl(ctx, config), { cwd: ctx.cwd, s3: s3Settings(ctx, config), env: ctx.env, reporter: storageReporter(ctx), interrupt: ctx.signal });
+  throwIfAborted(ctx.signal);
+  const storage = await openStorage(repositoryUrl(ctx, config), { cwd: ctx.cwd, s3: s3Settings(ctx, config), env: ctx.env, reporter: storageReporter(ctx), interrupt: ctx.signal });
+  if (ctx.signal.aborted) {
+    await storage.close();
+    throw new InterruptedError();
+  }
+  return storage;
 }
 
 /** Opens the configured repository; the caller closes `storage` when done. */
@@ -96,6 +107,7 @@ export async function openRepository(ctx: CliContext): Promise<{ repo: Repositor
   try {
     // An encrypted repository is unlocked here; the core sees plaintext through the wrapper.
     storage = (await unlockStorage(storage, passwordSource(ctx))).storage;
+    throwIfAborted(ctx.signal);
     const repo = await Repository.open(storage, { deployment: deploymentName(ctx, config) });
     return { repo, config, close: () => storage.close() };
   } catch (err) {
