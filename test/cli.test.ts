@@ -851,3 +851,20 @@ test('a config file larger than 1 MiB (a log named by mistake, /dev/zero) is ref
   assert.match(empty.stderr, /^lifeboat: no repository given\n/);
   await fsp.rm(dir, { recursive: true, force: true });
 });
+
+test('a signal that comes after the command has ended (a supervisor stopping it as it exits) leaves the exit code the command had', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  // A timer loaded before lifeboat keeps the process alive after the command ends, as a slow exit on a loaded host does for a moment.
+  const child = spawnLifeboat(['--repo', path.join(work, 'repo'), '--json', 'init'], { env: { NODE_OPTIONS: '--import=data:text/javascript,setTimeout(()=>{},20000)' } });
+  let stdout = '';
+  child.stdout!.on('data', (c: Buffer) => (stdout += c.toString()));
+  const closed = once(child, 'close') as Promise<[number | null, NodeJS.Signals | null]>;
+  while (!stdout.endsWith('\n')) await new Promise((resolve) => setTimeout(resolve, 50));
+  // The result is printed; the command has ended well before this.
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  child.kill('SIGTERM');
+  const [code, signal] = await closed;
+  assert.deepEqual({ code, signal }, { code: 0, signal: null });
+  assert.equal(typeof JSON.parse(stdout), 'object');
+});

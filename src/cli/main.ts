@@ -304,7 +304,10 @@ export async function main(argv: string[]): Promise<void> {
   await new Promise((resolve) => setImmediate(resolve));
   const code = afterFailedWrites(failedWrites, ran, say);
   process.exitCode = code;
-  process.removeAllListeners('SIGINT');
-  process.removeAllListeners('SIGTERM');
-  process.removeAllListeners('SIGHUP');
+  // A signal in the moment between the end of the command and the end of the process (a supervisor
+  // stopping it as it exits) changes nothing: its result is printed, and its own code stands.
+  for (const name of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.removeAllListeners(name);
+    process.on(name, () => process.exit(code));
+  }
 }
