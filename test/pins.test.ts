@@ -6,7 +6,8 @@ import * as path from 'node:path';
 import { lifeboat } from './helpers/cli.js';
 import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
 import { appendEvent } from '../src/core/journal.js';
-import { pin, protectedPoints } from '../src/core/pins.js';
+import { pin, pinKey, protectedPoints, readPins } from '../src/core/pins.js';
+import { encodeDocument } from '../src/format/document.js';
 import { Repository } from '../src/core/repository.js';
 import type { LifeboatError } from '../src/errors.js';
 import { LocalStorage } from '../src/storage/local.js';
@@ -206,4 +207,33 @@ test("a target's switch stays protected behind years of journal events: prune ke
   const dry = await lifeboat(['--repo', repo, '--json', 'prune', '--keep-full', '1', '--dry-run']);
   assert.equal(dry.code, 0, dry.stderr);
   assert.ok(dry.json().keep.some((k: { id: string }) => k.id === ids[0]), 'the served point is kept');
+});
+
+test('pins are read side by side, not one round trip after another (hundreds of pins on S3 held up list and prune)', async (t) => {
+  const work = await tempDir('lifeboat-pins-');
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  // A local repository whose document reads take as long as an S3 round trip, counting how many are under way at once.
+  class Distant extends LocalStorage {
+    underway = 0;
+    mostAtOnce = 0;
+    override async getDocument(key: string): Promise<Buffer> {
+      this.mostAtOnce = Math.max(this.mostAtOnce, ++this.underway);
+      try {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        return await super.getDocument(key);
+      } finally {
+        this.underway--;
+      }
+    }
+  }
+  const storage = new Distant(path.join(work, 'repo'));
+  t.after(() => storage.close());
+  const ids = Array.from({ length: 40 }, (_, i) => `20260101-0000${String(i).padStart(2, '0')}-000F`);
+  for (const id of ids) await storage.putDocument(pinKey(id), encodeDocument({ point: id, reason: `keep ${id}`, pinnedAt: '2026-01-01T00:00:00.000Z', user: 'ops', host: 'h' }));
+  await storage.putDocument(pinKey(ids[7]!), Buffer.from('{"not a pin"'));
+  const pins = await readPins(storage);
+  assert.deepEqual([...pins.keys()], ids, 'every pin, in order');
+  assert.equal(pins.get(ids[3]!)!.reason, `keep ${ids[3]}`);
+  assert.match(pins.get(ids[7]!)!.reason, /its pin document does not read/);
+  assert.ok(storage.mostAtOnce > 1, `at most ${storage.mostAtOnce} pin read at once`);
 });

@@ -6,6 +6,7 @@ import { POINT_ID } from '../format/ids.js';
 import { keys } from '../format/manifest.js';
 import { isNotFound, type Storage } from '../storage/storage.js';
 import { appendEvent, eventsNewestFirst } from './journal.js';
+import { runPool } from './pool.js';
 import { describeLock, readLock } from './lock.js';
 import type { Repository } from './repository.js';
 import { readActive, readTargetState, slotPoint } from './slots.js';
@@ -13,6 +14,8 @@ import type { TargetSpec } from './targets.js';
 
 const PREFIX = 'pins/';
 export const pinKey = (id: string) => `${PREFIX}${id}.json`;
+/** Pin documents read at once: each is a round trip to S3. */
+const PIN_READS_AT_ONCE = 8;
 
 const pinSchema = z.object({
   point: z.string().regex(POINT_ID),
@@ -97,18 +100,26 @@ export async function unpin(repo: Repository, point: string): Promise<Pin> {
  * (named by its key), so a damaged pin can never let prune remove a point.
  */
 export async function readPins(storage: Storage): Promise<Map<string, Pin>> {
-  const out = new Map<string, Pin>();
+  const ids: string[] = [];
   for await (const { key } of storage.list(PREFIX)) {
     const id = /^pins\/(.+)\.json$/.exec(key)?.[1];
-    if (!id || !POINT_ID.test(id)) continue;
-    try {
-      const p = decodeDocument(await storage.getDocument(key), pinSchema, `pin ${key}`);
-      out.set(id, p);
-    } catch (err) {
-      if (isNotFound(err)) continue;
-      out.set(id, { point: id, reason: `pinned (its pin document does not read: ${errorMessage(err)})`, pinnedAt: '', user: '', host: '' });
-    }
+    if (id && POINT_ID.test(id)) ids.push(id);
   }
+  // Read side by side: one after another, hundreds of pins on S3 took a round trip each before `list` printed.
+  const pins = new Array<Pin | undefined>(ids.length);
+  await runPool(ids, PIN_READS_AT_ONCE, async (id, i) => {
+    const key = pinKey(id);
+    try {
+      pins[i] = decodeDocument(await storage.getDocument(key), pinSchema, `pin ${key}`);
+    } catch (err) {
+      if (isNotFound(err)) return;
+      pins[i] = { point: id, reason: `pinned (its pin document does not read: ${errorMessage(err)})`, pinnedAt: '', user: '', host: '' };
+    }
+  });
+  const out = new Map<string, Pin>();
+  ids.forEach((id, i) => {
+    if (pins[i]) out.set(id, pins[i]!);
+  });
   return out;
 }
 
