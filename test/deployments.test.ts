@@ -457,3 +457,24 @@ test("another deployment's newest point, damaged, does not stop this deployment'
   const b2 = await lifeboat(['--repo', repo, '--deployment', 'b', 'backup', '--type', 'incr', '--source', `models=${path.join(path.dirname(repo), 'host-b', 'models')}`]);
   assert.equal(b2.code, 3, b2.stderr);
 });
+
+test("an incremental in a shared repository does not read another deployment's newest manifest, only its summary", async (t) => {
+  const { work, repo, models, backup } = await sharedRepository();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const a1 = await backup('a', '--type', 'full');
+  const b1 = await backup('b', '--type', 'full');
+  // A local repository that counts the documents read.
+  class Counting extends LocalStorage {
+    readonly reads: string[] = [];
+    override async getDocument(key: string): Promise<Buffer> {
+      this.reads.push(key);
+      return super.getDocument(key);
+    }
+  }
+  const storage = new Counting(repo);
+  t.after(() => storage.close());
+  const taken = await takeBackup(await Repository.open(storage, { deployment: 'a' }), { sources: [{ name: 'models', path: models.a }], type: 'incr', deployment: 'a' });
+  assert.equal(taken.type, 'incr');
+  assert.equal(taken.parent, a1.id);
+  assert.ok(!storage.reads.includes(`points/${b1.id}.json`), `b's manifest was read: ${storage.reads.join(', ')}`);
+});

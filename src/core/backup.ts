@@ -137,12 +137,12 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     leftoversRemoved.catch(() => undefined);
 
     const ids = await repo.pointIds();
-    // The reference is chosen, and its manifest read and checked, while the sources are scanned: one waits on the disk while the other computes.
-    const referenceRead = readReference(repo, ids, options.type, deployment);
+    // The record of deployments, which the commit may extend, is read while the sources are scanned.
+    const deploymentsRecorded = repo.recordedDeployments();
+    deploymentsRecorded.catch(() => undefined);
+    // So is the reference chosen, and its manifest read and checked: one waits on the disk while the other computes.
+    const referenceRead = readReference(repo, ids, options.type, deployment, deploymentsRecorded);
     referenceRead.catch(() => undefined);
-    // So is the record of deployments, which the commit may extend.
-    const deploymentsRecorded = options.dryRun ? undefined : repo.recordedDeployments();
-    deploymentsRecorded?.catch(() => undefined);
 
     const scanned: ScannedSource[] = [];
     // A local repository inside a source would be backed up into itself, growing with every backup.
@@ -361,13 +361,23 @@ export function checkBackupSources(sources: readonly Pick<SourceSpec, 'name'>[])
 }
 
 /**
- * Chooses the reference and reads its manifest. An incr's reference is
- * almost always the newest point: its manifest is read at once, and the
- * summaries only when that point belongs to another deployment.
+ * Chooses the reference and reads its manifest. In a repository of one
+ * deployment an incr's reference is the newest point: its manifest is read at
+ * once. Where the record of deployments names others, the newest point may be
+ * another's, whose manifest (as large as its tree) is not read for nothing:
+ * the summaries say which point is this deployment's newest.
  */
-async function readReference(repo: Repository, ids: readonly string[], requested: BackupType, deployment: string): Promise<{ choice: ReferenceChoice; newest?: Pick<PointSummary, 'id' | 'full'>; reference?: Manifest }> {
+async function readReference(
+  repo: Repository,
+  ids: readonly string[],
+  requested: BackupType,
+  deployment: string,
+  deploymentsRecorded: Promise<string[] | undefined>,
+): Promise<{ choice: ReferenceChoice; newest?: Pick<PointSummary, 'id' | 'full'>; reference?: Manifest }> {
   const newestId = ids[ids.length - 1];
-  if (requested === 'incr' && newestId) {
+  const names = requested === 'incr' && newestId ? await deploymentsRecorded.catch(() => undefined) : undefined;
+  const othersRecorded = names !== undefined && names.some((name) => name !== deployment);
+  if (requested === 'incr' && newestId && !othersRecorded) {
     // Another deployment's newest point, damaged or missing, is no reason to stop this one: the summaries say whose it is.
     const latest = await referenceManifest(repo, newestId, requested).catch(() => undefined);
     if (latest && deploymentOf(latest) === deployment) return { choice: chooseReference(latest, requested, deployment, true), newest: latest, reference: latest };
