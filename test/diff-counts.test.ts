@@ -68,6 +68,27 @@ test('diff counts files and links as the backup of the same points does, directo
   assert.match(link.text, /: 0 added, 1 changed, 0 removed\nM models\/weights\.bin {2}\(type: file → symbolic link\)\n?$/);
 });
 
+test('a file that changed exclude patterns left out of the newer point is listed as removed, and diff says the patterns changed', async (t) => {
+  const { src, repo } = await workWithRepo(t);
+  await fsp.mkdir(path.join(src, 'logs'));
+  await fsp.writeFile(path.join(src, 'logs', 'serve.log'), 'log');
+  await fsp.writeFile(path.join(src, 'weights.bin'), 'weights');
+  const first = (await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', 'full', '--exclude', '*.tmp'])).json();
+  const second = (await lifeboat(['--repo', repo, '--json', 'backup', src, '--exclude', '*.tmp', '--exclude', '/logs'])).json();
+  assert.deepEqual([second.added, second.changed, second.removed], [0, 0, 1]);
+  const text = await lifeboat(['--repo', repo, 'diff', first.id, second.id]);
+  assert.equal(text.code, 0, text.stderr);
+  assert.deepEqual(text.stdout.trimEnd().split('\n').slice(1), ['exclude patterns of models changed: *.tmp → *.tmp /logs', '- models/logs', '- models/logs/serve.log']);
+  const json = (await lifeboat(['--repo', repo, '--json', 'diff', first.id, second.id])).json();
+  assert.deepEqual(json.excludes, [{ source: 'models', from: ['*.tmp'], to: ['*.tmp', '/logs'] }]);
+  // The same patterns in another order leave out the same paths: nothing to say.
+  const third = (await lifeboat(['--repo', repo, '--json', 'backup', src, '--exclude', '/logs', '--exclude', '*.tmp'])).json();
+  const same = await lifeboat(['--repo', repo, 'diff', second.id, third.id]);
+  assert.equal(same.stdout.trimEnd(), `${second.id} → ${third.id}: 0 added, 0 changed, 0 removed`);
+  const none = (await lifeboat(['--repo', repo, '--json', 'backup', src])).json();
+  assert.match((await lifeboat(['--repo', repo, 'diff', third.id, none.id])).stdout, /^exclude patterns of models changed: \/logs \*\.tmp → none$/m);
+});
+
 /** Files, links, empty directories, hard links, and then changes of every kind a deployment sees. */
 async function mutate(src: string, rand: () => number, round: number): Promise<string[]> {
   const did: string[] = [];
