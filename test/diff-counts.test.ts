@@ -23,9 +23,13 @@ async function workWithRepo(t: { after(fn: () => Promise<void>): void }): Promis
 
 /** The backup's counts, and what diff says of the same two points, in --json and in its first text line. */
 async function backupAndDiff(repo: string, src: string, type = 'incr'): Promise<{ backup: Counts; json: { counts: Counts; directories: Counts; added: string[]; removed: string[]; changed: { path: string; what: string[] }[] }; text: string }> {
+  const dry = await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', type, '--dry-run']);
+  assert.equal(dry.code, 0, dry.stderr);
   const r = await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', type]);
   assert.equal(r.code, 0, r.stderr);
   const b = r.json();
+  const counted = (x: Record<string, unknown>) => [x.files, x.bytes, x.added, x.changed, x.removed];
+  assert.deepEqual(counted(dry.json()), counted(b), 'the dry run counts what the backup then counts');
   const json = await lifeboat(['--repo', repo, '--json', 'diff', b.parent, b.id]);
   assert.equal(json.code, 0, json.stderr);
   const text = await lifeboat(['--repo', repo, 'diff', b.parent, b.id]);
@@ -87,6 +91,22 @@ test('a file that changed exclude patterns left out of the newer point is listed
   assert.equal(same.stdout.trimEnd(), `${second.id} → ${third.id}: 0 added, 0 changed, 0 removed`);
   const none = (await lifeboat(['--repo', repo, '--json', 'backup', src])).json();
   assert.match((await lifeboat(['--repo', repo, 'diff', third.id, none.id])).stdout, /^exclude patterns of models changed: \/logs \*\.tmp → none$/m);
+});
+
+test('a dry run counts the names of a hard-linked file as the backup does: unchanged ones as unchanged, and a new one stored once', async (t) => {
+  const { src, repo } = await workWithRepo(t);
+  await fsp.writeFile(path.join(src, 'shard-1.bin'), 'shard');
+  await fsp.link(path.join(src, 'shard-1.bin'), path.join(src, 'shard-1-copy.bin'));
+  assert.equal((await lifeboat(['--repo', repo, 'backup', src, '--type', 'full'])).code, 0);
+  const unchanged = await lifeboat(['--repo', repo, '--json', 'backup', src, '--dry-run']);
+  assert.deepEqual([unchanged.json().added, unchanged.json().changed, unchanged.json().removed, unchanged.json().storedBytes], [0, 0, 0, 0]);
+  await writeRandomFile(path.join(src, 'shard-2.bin'), 1 << 20, prng(7));
+  await fsp.link(path.join(src, 'shard-2.bin'), path.join(src, 'shard-2-copy.bin'));
+  const dry = await lifeboat(['--repo', repo, 'backup', src, '--dry-run']);
+  assert.match(dry.stdout, /entries: 2 added, 0 changed, 0 removed\n {2}would store 1\.00 MiB /);
+  const { backup, json } = await backupAndDiff(repo, src);
+  assert.deepEqual(backup, { added: 2, changed: 0, removed: 0 });
+  assert.deepEqual(json.counts, backup);
 });
 
 /** Files, links, empty directories, hard links, and then changes of every kind a deployment sees. */
