@@ -215,11 +215,19 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       // as the backup would: else a dry run right after a backup reports what the backup then does not store.
       const guessed: ManifestEntry[] = [];
       let wouldStore = 0;
+      // Other names of one file are links to its first, as the backup records them: else each would count as changed.
+      const names = new Map<string, ManifestEntry>();
       for (const p of plan.entries) {
         throwIfAborted(options.signal);
+        const first = earlierName(p.scanned, names);
+        if (first) {
+          guessed.push(linkedTo(first, p.scanned));
+          continue;
+        }
         const entry = plannedAsEntry(p);
         if (p.action === 'verify' && (await sameContent(p.scanned.abs, p.basis!))) withContent(entry, p.basis!.sha256!, p.basis!.ref!);
         else if (p.action !== 'reuse') wouldStore += p.scanned.size;
+        remember(p.scanned, entry, names);
         guessed.push(entry);
       }
       Object.assign(result, countChanges(guessed, reference, plan.referenceByPath, captured));
@@ -663,20 +671,36 @@ async function storeEntry(planned: PlannedEntry, position: number, ctx: StoreCon
   const s = planned.scanned;
   if (s.type !== 'file' || s.nlink < 2) return storeOwnEntry(planned, position, ctx);
   // Another name of a file already in this point is recorded as a link to it, and not read or stored again.
-  const inode = `${s.dev}:${s.ino}`;
-  const first = ctx.hardLinks.get(inode);
-  if (first && first.source === s.source && first.size === s.size && first.mtimeNs === s.mtimeNs) {
+  const first = earlierName(s, ctx.hardLinks);
+  if (first) {
     if (planned.action !== 'reuse') {
       // Counted among the files to read when the plan was made.
       ctx.progress.filesDone++;
       ctx.progress.bytesDone += s.size;
     }
-    const entry = withContent(baseEntry(s), first.sha256, first.ref);
-    entry.link = first.path;
-    return entry;
+    return linkedTo(first, s);
   }
   const entry = await storeOwnEntry(planned, position, ctx);
-  if (entry && !first) ctx.hardLinks.set(inode, entry);
+  if (entry) remember(s, entry, ctx.hardLinks);
+  return entry;
+}
+
+/** The entry of this point's first name of a file that `s` is another name of (a hard link), if any. */
+function earlierName(s: ScannedEntry, names: Map<string, ManifestEntry>): ManifestEntry | undefined {
+  if (s.type !== 'file' || s.nlink < 2) return undefined;
+  const first = names.get(`${s.dev}:${s.ino}`);
+  return first && first.source === s.source && first.size === s.size && first.mtimeNs === s.mtimeNs ? first : undefined;
+}
+
+/** Keeps a file's entry as its first name, which its other names link to. */
+function remember(s: ScannedEntry, entry: ManifestEntry, names: Map<string, ManifestEntry>): void {
+  const inode = `${s.dev}:${s.ino}`;
+  if (s.type === 'file' && s.nlink >= 2 && !names.has(inode)) names.set(inode, entry);
+}
+
+function linkedTo(first: ManifestEntry, s: ScannedEntry): ManifestEntry {
+  const entry = withContent(baseEntry(s), first.sha256, first.ref);
+  entry.link = first.path;
   return entry;
 }
 

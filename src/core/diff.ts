@@ -7,6 +7,37 @@ export interface PointDiff {
   removed: string[];
 }
 
+export interface DiffCounts {
+  added: number;
+  changed: number;
+  removed: number;
+}
+
+/**
+ * A diff's counts as a backup counts its changes: files and links in `counts`, directories apart. A path
+ * that became a directory, or stopped being one, is what it was removed and what it is added: a file
+ * replaced by a directory is a file removed and a directory added.
+ */
+export function diffCounts(d: PointDiff, from: Manifest, to: Manifest): { counts: DiffCounts; directories: DiffCounts } {
+  const key = (e: ManifestEntry) => `${e.source}/${e.path}`;
+  const dirsOf = (m: Manifest) => new Set(m.entries.filter((e) => e.type === 'dir').map(key));
+  const before = dirsOf(from);
+  const after = dirsOf(to);
+  const counts: DiffCounts = { added: 0, changed: 0, removed: 0 };
+  const directories: DiffCounts = { added: 0, changed: 0, removed: 0 };
+  const side = (isDir: boolean) => (isDir ? directories : counts);
+  for (const p of d.added) side(after.has(p)).added++;
+  for (const p of d.removed) side(before.has(p)).removed++;
+  for (const c of d.changed) {
+    if (before.has(c.path) === after.has(c.path)) side(after.has(c.path)).changed++;
+    else {
+      side(before.has(c.path)).removed++;
+      side(after.has(c.path)).added++;
+    }
+  }
+  return { counts, directories };
+}
+
 /** What differs between two points, by `<source>/<path>`. Pure. */
 export function diffPoints(from: Manifest, to: Manifest): PointDiff {
   const key = (e: ManifestEntry) => `${e.source}/${e.path}`;
