@@ -306,10 +306,10 @@ export class Repository {
     const { summaries, unreadable } = await this.readSummaries();
     let best: PointSummary | undefined;
     const scope = this.inScope(summaries, unreadable);
-    for (const m of scope) {
-      const done = Date.parse(m.completedAt);
-      if (at === undefined || (done <= at && (!best || done >= Date.parse(best.completedAt)))) best = m;
-    }
+    // The last in the order points were taken (their ids) of those completed by then, not the one whose
+    // completion time is the latest: a point from a host whose clock ran ahead has a time later than
+    // the points taken after it, and would otherwise be chosen over them, an older state of the model.
+    for (const m of scope) if (at === undefined || Date.parse(m.completedAt) <= at) best = m;
     const meant = unreadable.filter((u) => (best === undefined || u.id > best.id) && (at === undefined || pointTime(u.id) <= at)).at(-1);
     if (meant) {
       throw new IntegrityError(`backup point ${meant.id}, which ${selector} may select, cannot be read: ${meant.reason}`, {

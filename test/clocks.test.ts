@@ -1,0 +1,47 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { lifeboat } from './helpers/cli.js';
+import { tempDir } from './helpers/tree.js';
+import { backup, type BackupResult } from '../src/core/backup.js';
+import { Repository } from '../src/core/repository.js';
+import { LocalStorage } from '../src/storage/local.js';
+
+/** A point of `models` holding `weights`, taken on a host whose clock says `at`. */
+async function pointAt(repo: string, models: string, type: 'full' | 'incr', at: string, weights: string): Promise<BackupResult> {
+  await fsp.writeFile(path.join(models, 'w.bin'), weights);
+  const storage = new LocalStorage(repo);
+  try {
+    return await backup(await Repository.open(storage), { sources: [{ name: 'models', path: models }], type, now: () => new Date(at) });
+  } finally {
+    await storage.close();
+  }
+}
+
+test('a time selects the newest state at that time, not a point from a host whose clock ran ahead that the points taken after it complete before', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const repo = path.join(work, 'repo');
+  const models = path.join(work, 'models');
+  await fsp.mkdir(models);
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  // The full was taken by a host whose clock ran a day ahead; the clock was set right before the next backups.
+  const ahead = await pointAt(repo, models, 'full', '2026-11-25T05:00:00Z', 'v1');
+  const next = await pointAt(repo, models, 'incr', '2026-11-24T06:00:00Z', 'v2');
+  const newest = await pointAt(repo, models, 'incr', '2026-11-25T03:00:00Z', 'v3');
+  assert.deepEqual([ahead.id, next.id, newest.id], [ahead.id, next.id, newest.id].sort(), 'ids in the order the points were taken');
+
+  const chosen = async (selector: string) => {
+    const shown = await lifeboat(['--repo', repo, '--json', 'show', selector]);
+    assert.equal(shown.code, 0, shown.stderr);
+    return shown.json().id as string;
+  };
+  assert.equal(await chosen('2026-11-24T07:00:00Z'), next.id);
+  assert.equal(await chosen('2026-11-25T04:00:00Z'), newest.id);
+  // Every point has completed by then, by its own clock: the newest state is the last point taken.
+  for (const at of ['2026-11-25T05:30:00Z', '2026-11-25T05:30-12:00', '2026-11-26T00:00Z']) assert.equal(await chosen(at), newest.id, at);
+  const restored = path.join(work, 'restored');
+  assert.equal((await lifeboat(['--repo', repo, 'restore', '2026-11-25T05:30:00Z', '--target', restored])).code, 0);
+  assert.equal(await fsp.readFile(path.join(restored, 'models', 'w.bin'), 'utf8'), 'v3');
+});
