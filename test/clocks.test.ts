@@ -1,4 +1,4 @@
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
@@ -19,12 +19,17 @@ async function pointAt(repo: string, models: string, type: 'full' | 'incr', at: 
   }
 }
 
-test('a time selects the newest state at that time, not a point from a host whose clock ran ahead that the points taken after it complete before', async (t) => {
+/** A working directory, removed after the test, with an empty `models` source and where the repository goes. */
+async function workspace(t: TestContext): Promise<{ work: string; repo: string; models: string }> {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
-  const repo = path.join(work, 'repo');
   const models = path.join(work, 'models');
   await fsp.mkdir(models);
+  return { work, repo: path.join(work, 'repo'), models };
+}
+
+test('a time selects the newest state at that time, not a point from a host whose clock ran ahead that the points taken after it complete before', async (t) => {
+  const { work, repo, models } = await workspace(t);
   assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
   // The full was taken by a host whose clock ran a day ahead; the clock was set right before the next backups.
   const ahead = await pointAt(repo, models, 'full', '2026-11-25T05:00:00Z', 'v1');
@@ -44,4 +49,29 @@ test('a time selects the newest state at that time, not a point from a host whos
   const restored = path.join(work, 'restored');
   assert.equal((await lifeboat(['--repo', repo, 'restore', '2026-11-25T05:30:00Z', '--target', restored])).code, 0);
   assert.equal(await fsp.readFile(path.join(restored, 'models', 'w.bin'), 'utf8'), 'v3');
+});
+
+test('status says that the newest point completed ahead of this host\'s clock, with by how much, rather than an age of 0 that reads as a fresh backup', async (t) => {
+  const { work, repo, models } = await workspace(t);
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\ntargets:\n  prod: { slots: ./slots, active: ./current }\n');
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  // Taken by a host whose clock ran a day ahead.
+  const ahead = new Date(Date.now() + 86_400_000 + 3_600_000).toISOString();
+  const point = await pointAt(repo, models, 'full', ahead, 'v1');
+  assert.equal((await lifeboat(['failover', point.id], { cwd: work })).code, 0);
+
+  const text = await lifeboat(['status'], { cwd: work });
+  assert.equal(text.code, 0, text.stderr);
+  const by = `completed ${ahead.replace(/\./g, '\\.')}, 2[45]h\\d+m ahead of this host's clock`;
+  assert.match(text.stdout, new RegExp(`^newest backup ${point.id}, ${by} \\(RPO not known: check the clocks\\)\\n`));
+  assert.match(text.stdout, new RegExp(`\\ntarget prod: ${point.id}, ${by}; health not checked\\n`));
+  const json = (await lifeboat(['--json', 'status'], { cwd: work })).json();
+  assert.equal(json.newest.ageMs, 0);
+  assert.ok(json.newest.aheadMs > 86_400_000 && json.newest.aheadMs <= 90_000_000, String(json.newest.aheadMs));
+  assert.ok(json.targets[0].active.aheadMs > 86_400_000, String(json.targets[0].active.aheadMs));
+
+  // A point taken with this host's clock has an age, and no aheadMs.
+  await pointAt(repo, models, 'incr', new Date(Date.now() - 120_000).toISOString(), 'v2');
+  const now = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.equal(now.json().newest.aheadMs, undefined);
 });
