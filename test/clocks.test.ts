@@ -75,3 +75,21 @@ test('status says that the newest point completed ahead of this host\'s clock, w
   const now = await lifeboat(['--json', 'status'], { cwd: work });
   assert.equal(now.json().newest.aheadMs, undefined);
 });
+
+test('a drill of a point completed ahead of this host\'s clock does not meet --rpo with an age of 0: the RPO check fails saying the clocks disagree', async (t) => {
+  const { repo, models } = await workspace(t);
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const ahead = new Date(Date.now() + 6 * 3_600_000).toISOString();
+  const point = await pointAt(repo, models, 'full', ahead, 'v1');
+  const unknown = new RegExp(`the point completed ${ahead.replace(/\./g, '\\.')}, 5h59m ahead of this host's clock, so its age, the RPO, is not known: check the clocks`);
+
+  const drilled = await lifeboat(['--repo', repo, '--json', 'drill', point.id, '--rpo', '26h']);
+  assert.equal(drilled.code, 5, drilled.stderr);
+  assert.equal(drilled.json().objectives.rpo.met, false);
+  assert.deepEqual(drilled.json().problems.map((p: { check: string }) => p.check), ['rpo']);
+  assert.match(drilled.json().problems[0].message, unknown);
+  // Without an objective there is nothing to miss; the check still says why no RPO is given.
+  const plain = await lifeboat(['--repo', repo, '--json', 'drill', point.id]);
+  assert.equal(plain.code, 0, plain.stderr);
+  assert.match(plain.json().checks.find((c: { name: string }) => c.name === 'rpo').message, unknown);
+});

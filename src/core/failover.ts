@@ -1,6 +1,7 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { CredentialsRefusedError, ExitCode, InterruptedError, LifeboatError, RuntimeFailure, UsageError, errorMessage, fileSystemHint, throwIfAborted } from '../errors.js';
+import { aheadOfClock } from '../config/duration.js';
 import { deploymentOf, type Manifest, type PointSummary } from '../format/manifest.js';
 import { putStateBack, refuseEmptyCopies, stateToPutBack, type EmptyCopies } from '../state/put-back.js';
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
@@ -651,9 +652,6 @@ async function newestOfDeployment(repo: Repository | undefined, events: readonly
   return kept;
 }
 
-/** How far apart the clocks of hosts kept by NTP may be: a point completed further ahead of this host's clock says that they are not. */
-const CLOCKS_DRIFT_MS = 60_000;
-
 /**
  * Per target: what is active, whether it is healthy, the RPO, the slots and the last events.
  * `repo` is the repository, or why it could not be opened: what the targets serve is read from
@@ -675,8 +673,8 @@ export async function status(
   const readable = 'unreadable' in repo ? undefined : repo;
   const age = (completedAt: string) => Math.max(0, now - Date.parse(completedAt));
   const ahead = (completedAt: string) => {
-    const by = Date.parse(completedAt) - now;
-    return by > CLOCKS_DRIFT_MS ? { aheadMs: by } : {};
+    const by = aheadOfClock(completedAt, now);
+    return by === undefined ? {} : { aheadMs: by };
   };
   // The age of each deployment's newest point, as read: a target's RPO is that of the deployment it serves.
   const ages = new Map<string, number | null>();
