@@ -7,6 +7,7 @@ import { tempDir } from './helpers/tree.js';
 import { backup, type BackupResult } from '../src/core/backup.js';
 import { Repository } from '../src/core/repository.js';
 import { LocalStorage } from '../src/storage/local.js';
+import { updateMetricsFile } from '../src/core/metrics.js';
 
 /** A point of `models` holding `weights`, taken on a host whose clock says `at`. */
 async function pointAt(repo: string, models: string, type: 'full' | 'incr', at: string, weights: string): Promise<BackupResult> {
@@ -92,4 +93,19 @@ test('a drill of a point completed ahead of this host\'s clock does not meet --r
   const plain = await lifeboat(['--repo', repo, '--json', 'drill', point.id]);
   assert.equal(plain.code, 0, plain.stderr);
   assert.match(plain.json().checks.find((c: { name: string }) => c.name === 'rpo').message, unknown);
+});
+
+test('a metrics file\'s lock left by a killed run before the clock was set back is taken over, not waited on until the clock catches up', async (t) => {
+  const { work } = await workspace(t);
+  const metrics = path.join(work, 'lifeboat.prom');
+  const lock = path.join(work, '.lifeboat.prom.lock');
+  await fsp.writeFile(lock, '');
+  // Made an hour "later" than now: the clock ran ahead, and NTP set it back since.
+  const later = new Date(Date.now() + 3_600_000);
+  await fsp.utimes(lock, later, later);
+  const started = Date.now();
+  await updateMetricsFile(metrics, { command: 'backup' }, [{ name: 'lifeboat_last_run_exit_code', labels: { command: 'backup' }, value: 0 }]);
+  assert.ok(Date.now() - started < 5000, `took ${Date.now() - started} ms`);
+  assert.match(await fsp.readFile(metrics, 'utf8'), /lifeboat_last_run_exit_code\{command="backup"\} 0/);
+  assert.deepEqual(await fsp.readdir(work), ['lifeboat.prom', 'models']);
 });
