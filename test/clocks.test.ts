@@ -47,6 +47,10 @@ test('a time selects the newest state at that time, not a point from a host whos
   assert.equal(await chosen('2026-11-25T04:00:00Z'), newest.id);
   // Every point has completed by then, by its own clock: the newest state is the last point taken.
   for (const at of ['2026-11-25T05:30:00Z', '2026-11-25T05:30-12:00', '2026-11-26T00:00Z']) assert.equal(await chosen(at), newest.id, at);
+  // Before every point: the hint names the point that completed first, not the oldest id, which completed a day later.
+  const before = await lifeboat(['--repo', repo, 'show', '2026-11-24T05:00:00Z']);
+  assert.equal(before.code, 2, before.stderr);
+  assert.equal(before.stderr, `lifeboat: no backup point completed at or before 2026-11-24T05:00:00Z\n  the first point to complete is ${next.id}, at 2026-11-24T06:00:00.000Z\n`);
   const restored = path.join(work, 'restored');
   assert.equal((await lifeboat(['--repo', repo, 'restore', '2026-11-25T05:30:00Z', '--target', restored])).code, 0);
   assert.equal(await fsp.readFile(path.join(restored, 'models', 'w.bin'), 'utf8'), 'v3');
