@@ -2,7 +2,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { lifeboat } from './helpers/cli.js';
+import { lifeboat, runChild } from './helpers/cli.js';
 import { tempDir } from './helpers/tree.js';
 import { backup, type BackupResult } from '../src/core/backup.js';
 import { Repository } from '../src/core/repository.js';
@@ -112,4 +112,23 @@ test('a metrics file\'s lock left by a killed run before the clock was set back 
   assert.ok(Date.now() - started < 5000, `took ${Date.now() - started} ms`);
   assert.match(await fsp.readFile(metrics, 'utf8'), /lifeboat_last_run_exit_code\{command="backup"\} 0/);
   assert.deepEqual(await fsp.readdir(work), ['lifeboat.prom', 'models']);
+});
+
+test('a time without its zone is refused with the offset this host\'s zone has then, both in the hour its clocks repeat, and none in the one they skip', async (t) => {
+  const { repo, models } = await workspace(t);
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  await pointAt(repo, models, 'full', '2026-11-20T03:00:00Z', 'v1');
+  const hint = async (zone: string, at: string) => {
+    const refused = await runChild(['--repo', repo, 'show', at], { env: { ...process.env, TZ: zone } });
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.match(refused.stderr, new RegExp(`^lifeboat: ${at} has no time zone\\n {2}add Z for UTC, as lifeboat shows times \\(${at}Z\\)`));
+    return refused.stderr.split('\n')[1]!.replace(/^.*\(\S+Z\)/, '');
+  };
+  // An example offset would be copied as it is: in New York it is the state of another hour.
+  assert.equal(await hint('America/New_York', '2026-11-20T03:00'), ', or the offset meant (2026-11-20T03:00-05:00 in this host\'s time zone)');
+  assert.equal(await hint('America/New_York', '2026-11-01T01:30'), ', or the offset meant (2026-11-01T01:30-04:00 or 2026-11-01T01:30-05:00: this host\'s clocks show that time twice)');
+  assert.equal(await hint('Europe/Berlin', '2026-03-29T02:30:00'), '; in this host\'s time zone 2026-03-29T02:30:00 never happens (its clocks jump past it), so give the offset meant');
+  // Lord Howe Island moves its clocks by half an hour.
+  assert.equal(await hint('Australia/Lord_Howe', '2026-04-05T01:45'), ', or the offset meant (2026-04-05T01:45+11:00 or 2026-04-05T01:45+10:30: this host\'s clocks show that time twice)');
+  assert.equal(await hint('Etc/GMT-14', '2026-11-20T03:00'), ', or the offset meant (2026-11-20T03:00+14:00 in this host\'s time zone)');
 });
