@@ -131,4 +131,9 @@ test('a time without its zone is refused with the offset this host\'s zone has t
   // Lord Howe Island moves its clocks by half an hour.
   assert.equal(await hint('Australia/Lord_Howe', '2026-04-05T01:45'), ', or the offset meant (2026-04-05T01:45+11:00 or 2026-04-05T01:45+10:30: this host\'s clocks show that time twice)');
   assert.equal(await hint('Etc/GMT-14', '2026-11-20T03:00'), ', or the offset meant (2026-11-20T03:00+14:00 in this host\'s time zone)');
+
+  // A date alone: the end of that day in UTC, and in this host's zone.
+  const dated = async (zone: string) => (await runChild(['--repo', repo, 'show', '2026-11-20'], { env: { ...process.env, TZ: zone } })).stderr;
+  assert.equal(await dated('Pacific/Chatham'), 'lifeboat: 2026-11-20 is a date; a point is chosen by a time, with its zone\n  for the state at the end of that day in UTC: 2026-11-20T23:59:59Z, in this host\'s time zone: 2026-11-20T23:59:59+13:45\n');
+  assert.match(await dated('UTC'), /in UTC: 2026-11-20T23:59:59Z\n$/);
 });

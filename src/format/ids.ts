@@ -40,7 +40,7 @@ export function parseTimeSelector(selector: string): number {
   if (!m || !Number.isFinite(at)) throw new UsageError(`${JSON.stringify(selector)} is not a valid ISO-8601 time`, { hint: 'such as 2026-11-20T03:00:00Z' });
   if (m[2] === undefined) {
     throw new UsageError(`${selector} is a date; a point is chosen by a time, with its zone`, {
-      hint: `for the state at the end of that day in UTC: ${m[1]}T23:59:59Z`,
+      hint: `for the state at the end of that day in UTC: ${m[1]}T23:59:59Z${endOfLocalDay(m[1]!)}`,
     });
   }
   if (m[3] === undefined) throw new UsageError(`${selector} has no time zone`, { hint: zoneHint(`${m[1]}T${m[2]}`) });
@@ -60,6 +60,12 @@ function zoneHint(wall: string): string {
   return offsets.length === 1
     ? `${utc}, or the offset meant (${forms[0]} in this host's time zone)`
     : `${utc}, or the offset meant (${forms.join(' or ')}: this host's clocks show that time twice)`;
+}
+
+/** `, in this host's time zone: …T23:59:59-05:00` (the later, if that time comes twice), when its zone is not UTC then. */
+function endOfLocalDay(date: string): string {
+  const offset = localOffsets(Date.parse(`${date}T23:59:59Z`)).at(-1);
+  return offset === undefined || offset === '+00:00' ? '' : `, in this host's time zone: ${date}T23:59:59${offset}`;
 }
 
 /** The offsets (`-05:00`) of this host's zone whose wall-clock time at some instant is `wall` (milliseconds, read as UTC). */
