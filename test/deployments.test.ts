@@ -307,7 +307,7 @@ test('a time before every point of the deployment named says whose points it mea
   const between = new Date(Date.parse(a1.completedAt) + 1).toISOString();
   const run = await lifeboat(['--repo', repo, '--deployment', 'b', 'restore', between, '--target', path.join(work, 'restored')]);
   assert.equal(run.code, 2, run.stderr);
-  assert.match(run.stderr, new RegExp(`^lifeboat: no backup point of deployment b completed at or before ${between}\n {2}the oldest point of deployment b is ${b1.id}, completed 20`));
+  assert.match(run.stderr, new RegExp(`^lifeboat: no backup point of deployment b completed at or before ${between}\n {2}the first point of deployment b to complete is ${b1.id}, at 20`));
   assert.equal((await lifeboat(['--repo', repo, '--deployment', 'a', '--json', 'show', between])).json().id, a1.id);
   await fsp.rm(work, { recursive: true, force: true });
 });

@@ -52,3 +52,12 @@ export function formatDuration(ms: number): string {
   if (h < 48) return `${h}h${m % 60}m`;
   return `${Math.floor(h / 24)}d${h % 24}h`;
 }
+
+/** How far apart the clocks of hosts kept by NTP may be: a point completed further ahead of this host's clock says that they are not. */
+const CLOCKS_DRIFT_MS = 60_000;
+
+/** How far `completedAt` is ahead of `now`, when by more than clocks drift apart (its host's clock ran ahead, or this one's is behind): the point's age is not known. */
+export function aheadOfClock(completedAt: string, now: number): number | undefined {
+  const by = Date.parse(completedAt) - now;
+  return by > CLOCKS_DRIFT_MS ? by : undefined;
+}

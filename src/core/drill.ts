@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { ExitCode, IntegrityError, errorMessage, throwIfAborted } from '../errors.js';
-import { formatDuration } from '../config/duration.js';
+import { aheadOfClock, formatDuration } from '../config/duration.js';
 import type { Manifest } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
 import { sha256OfFile } from '../format/checksum.js';
@@ -116,6 +116,8 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
   const reporter = keepingWarnings(options.reporter, warnings);
   const started = now();
   const rpoMs = Math.max(0, started.getTime() - Date.parse(point.completedAt));
+  // A point completed ahead of this host's clock has no age to measure: an RPO of 0 would meet any objective.
+  const aheadMs = aheadOfClock(point.completedAt, started.getTime());
   const checks: DrillCheck[] = [];
   const problems: DrillResult['problems'] = [];
   const fail = (c: DrillCheck) => {
@@ -202,9 +204,14 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
 
     // 4. Objectives.
     const objective = (name: 'rto' | 'rpo', limit: number | undefined, achieved: number, label: string): Objective | null => {
+      const unknown = name === 'rpo' && aheadMs !== undefined ? `the point completed ${point.completedAt}, ${formatDuration(aheadMs)} ahead of this host's clock, so its age, the RPO, is not known: check the clocks` : undefined;
       if (limit === undefined) {
-        fail({ name, status: 'skipped', durationMs: 0, message: `achieved ${label} ${formatDuration(achieved)}; no objective given (--${name})` });
+        fail({ name, status: 'skipped', durationMs: 0, message: `${unknown ?? `achieved ${label} ${formatDuration(achieved)}`}; no objective given (--${name})` });
         return null;
+      }
+      if (unknown !== undefined) {
+        fail({ name, status: 'failed', durationMs: 0, message: unknown });
+        return { objectiveMs: limit, achievedMs: achieved, met: false };
       }
       const met = achieved <= limit && (name === 'rpo' || problems.length === 0);
       const [got, allowed] = [formatDuration(achieved), formatDuration(limit)];

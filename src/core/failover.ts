@@ -1,6 +1,7 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { CredentialsRefusedError, ExitCode, InterruptedError, LifeboatError, RuntimeFailure, UsageError, errorMessage, fileSystemHint, throwIfAborted } from '../errors.js';
+import { aheadOfClock } from '../config/duration.js';
 import { deploymentOf, type Manifest, type PointSummary } from '../format/manifest.js';
 import { putStateBack, refuseEmptyCopies, stateToPutBack, type EmptyCopies } from '../state/put-back.js';
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
@@ -603,7 +604,7 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
 export interface TargetStatus {
   name: string;
   /** `since`: when the target's record of switches last switched the link to this slot (null when it has no such switch). */
-  active: { path: string | null; slot: string | null; point: string | null; completedAt: string | null; ageMs: number | null; since: string | null; error?: string; /** What to do about `error`, when it is not to fail over again. */ hint?: string };
+  active: { path: string | null; slot: string | null; point: string | null; completedAt: string | null; ageMs: number | null; /** See StatusResult's newest. */ aheadMs?: number; since: string | null; error?: string; /** What to do about `error`, when it is not to fail over again. */ hint?: string };
   /** `missing`: the slot was removed since (by hand): a rollback has nowhere to go. */
   previous: { path: string | null; point: string | null; missing?: true };
   /** The record of switches in the slots directory; `damaged` says why it does not read (a rollback then does not know where to go). */
@@ -621,9 +622,13 @@ export interface StatusResult {
   /** Whether the repository could be read; when not, the targets are still reported from their links, records and slots. */
   repository: { ok: true } | { ok: false; error: string };
   /** The newest point of the deployment named, or of the only one; null when there is none, or several and none was named. */
-  newest: { id: string; completedAt: string; ageMs: number } | null;
+  /**
+   * `aheadMs`: how far the point's completion time is ahead of this host's clock, when more than clocks
+   * drift apart (its host's clock ran ahead, or this one's is behind): its age, 0 then, is not known.
+   */
+  newest: { id: string; completedAt: string; ageMs: number; aheadMs?: number } | null;
   /** In a repository of several deployments with none named: the newest point of each. */
-  deployments?: { deployment: string; id: string; completedAt: string; ageMs: number }[];
+  deployments?: { deployment: string; id: string; completedAt: string; ageMs: number; aheadMs?: number }[];
   targets: TargetStatus[];
   /** The newest journal events of the repository, oldest first. */
   events: JournalEvent[];
@@ -667,6 +672,10 @@ export async function status(
   let noPoints: UsageError | undefined;
   const readable = 'unreadable' in repo ? undefined : repo;
   const age = (completedAt: string) => Math.max(0, now - Date.parse(completedAt));
+  const ahead = (completedAt: string) => {
+    const by = aheadOfClock(completedAt, now);
+    return by === undefined ? {} : { aheadMs: by };
+  };
   // The age of each deployment's newest point, as read: a target's RPO is that of the deployment it serves.
   const ages = new Map<string, number | null>();
   let ids: readonly string[] = [];
@@ -681,7 +690,7 @@ export async function status(
         const newestOfEach = await readable.newestOfEach(names, ids);
         for (const name of names) {
           const p = newestOfEach.get(name);
-          if (p) deployments.push({ deployment: name, id: p.id, completedAt: p.completedAt, ageMs: age(p.completedAt) });
+          if (p) deployments.push({ deployment: name, id: p.id, completedAt: p.completedAt, ageMs: age(p.completedAt), ...ahead(p.completedAt) });
           ages.set(name, p ? age(p.completedAt) : null);
         }
       } else {
@@ -695,7 +704,7 @@ export async function status(
                 return undefined;
               });
         if (m) {
-          newest = { id: m.id, completedAt: m.completedAt, ageMs: age(m.completedAt) };
+          newest = { id: m.id, completedAt: m.completedAt, ageMs: age(m.completedAt), ...ahead(m.completedAt) };
           ages.set(deploymentOf(m), newest.ageMs);
         }
       }
@@ -759,7 +768,8 @@ export async function status(
         slot: activePath ? path.basename(activePath) : null,
         point,
         completedAt: m?.completedAt ?? null,
-        ageMs: m ? Math.max(0, now - Date.parse(m.completedAt)) : null,
+        ageMs: m ? age(m.completedAt) : null,
+        ...(m ? ahead(m.completedAt) : {}),
         since: state.history.findLast((s) => s.to === activePath)?.at ?? null,
         ...(error ? { error } : {}),
         ...(hint ? { hint } : {}),

@@ -138,7 +138,8 @@ async function lockMetricsFile(file: string): Promise<() => Promise<void>> {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     }
     const since = await fsp.stat(lock).then((st) => st.mtimeMs, () => undefined);
-    if (since !== undefined && Date.now() - since > METRICS_LOCK_STALE_MS) {
+    // A lock made later than now was made before the clock was set back: its age is not known, and no writer holds one for long.
+    if (since !== undefined && Math.abs(Date.now() - since) > METRICS_LOCK_STALE_MS) {
       await fsp.rm(lock, { force: true });
       continue;
     }

@@ -301,22 +301,24 @@ export class Repository {
     return (await this.selectAmong(selector, at)).best;
   }
 
-  /** selectInScope, with the oldest point in scope: what a time before every point is told instead. */
-  private async selectAmong(selector: string, at?: number): Promise<{ best: PointSummary | undefined; oldest: PointSummary | undefined }> {
+  /** selectInScope, with the point in scope that completed first: what a time before every point is told instead. */
+  private async selectAmong(selector: string, at?: number): Promise<{ best: PointSummary | undefined; first: PointSummary | undefined }> {
     const { summaries, unreadable } = await this.readSummaries();
     let best: PointSummary | undefined;
     const scope = this.inScope(summaries, unreadable);
-    for (const m of scope) {
-      const done = Date.parse(m.completedAt);
-      if (at === undefined || (done <= at && (!best || done >= Date.parse(best.completedAt)))) best = m;
-    }
+    // The last in the order points were taken (their ids) of those completed by then, not the one whose
+    // completion time is the latest: a point from a host whose clock ran ahead has a time later than
+    // the points taken after it, and would otherwise be chosen over them, an older state of the model.
+    for (const m of scope) if (at === undefined || Date.parse(m.completedAt) <= at) best = m;
     const meant = unreadable.filter((u) => (best === undefined || u.id > best.id) && (at === undefined || pointTime(u.id) <= at)).at(-1);
     if (meant) {
       throw new IntegrityError(`backup point ${meant.id}, which ${selector} may select, cannot be read: ${meant.reason}`, {
         hint: `${VERIFY_HINT}; to use another point, give its id (\`lifeboat list\` shows them)`,
       });
     }
-    return { best, oldest: scope[0] };
+    // The point that completed first, which the oldest by id is not when that one's host's clock ran ahead: a time after it selects a point.
+    const first = scope.reduce<PointSummary | undefined>((a, m) => (a === undefined || Date.parse(m.completedAt) < Date.parse(a.completedAt) ? m : a), undefined);
+    return { best, first };
   }
 
   /**
@@ -448,12 +450,12 @@ export class Repository {
     if (selector.trim() === '') throw new UsageError('the backup point is empty', { hint: 'give an id, a unique prefix of one, latest, or a time such as 2026-11-20T03:00:00Z' });
     if (selector === 'latest') return this.chosen(selector, (await this.latestInScope(ids))!);
     if (/^\d{4}-\d{2}-\d{2}/.test(selector)) {
-      const { best, oldest } = await this.selectAmong(selector, parseTimeSelector(selector));
+      const { best, first } = await this.selectAmong(selector, parseTimeSelector(selector));
       if (!best) {
         // In a repository several deployments share, other deployments' points may well be older: say whose are not.
         const whose = this.deployment === undefined ? '' : ` of deployment ${this.deployment}`;
         throw new UsageError(`no backup point${whose} completed at or before ${selector}`, {
-          ...(oldest ? { hint: `the oldest${whose ? ` point${whose}` : ''} is ${oldest.id}, completed ${oldest.completedAt}` } : {}),
+          ...(first ? { hint: `the first point${whose} to complete is ${first.id}, at ${first.completedAt}` } : {}),
         });
       }
       return this.chosen(selector, best);

@@ -40,13 +40,42 @@ export function parseTimeSelector(selector: string): number {
   if (!m || !Number.isFinite(at)) throw new UsageError(`${JSON.stringify(selector)} is not a valid ISO-8601 time`, { hint: 'such as 2026-11-20T03:00:00Z' });
   if (m[2] === undefined) {
     throw new UsageError(`${selector} is a date; a point is chosen by a time, with its zone`, {
-      hint: `for the state at the end of that day in UTC: ${m[1]}T23:59:59Z`,
+      hint: `for the state at the end of that day in UTC: ${m[1]}T23:59:59Z${endOfLocalDay(m[1]!)}`,
     });
   }
-  if (m[3] === undefined) {
-    throw new UsageError(`${selector} has no time zone`, {
-      hint: `add Z for UTC, as lifeboat shows times (${m[1]}T${m[2]}Z), or the offset meant (${m[1]}T${m[2]}+02:00)`,
-    });
-  }
+  if (m[3] === undefined) throw new UsageError(`${selector} has no time zone`, { hint: zoneHint(`${m[1]}T${m[2]}`) });
   return at;
+}
+
+/**
+ * The forms of a time given without its zone that would do: in UTC, or with the offset this host's zone
+ * has at that time (an example offset could be copied as it is, and select the state of another hour).
+ * In the hour the clocks repeat that time has two offsets; in the hour they skip, none.
+ */
+function zoneHint(wall: string): string {
+  const utc = `add Z for UTC, as lifeboat shows times (${wall}Z)`;
+  const offsets = localOffsets(Date.parse(`${wall}Z`));
+  if (offsets.length === 0) return `${utc}; in this host's time zone ${wall} never happens (its clocks jump past it), so give the offset meant`;
+  const forms = offsets.map((o) => `${wall}${o}`);
+  return offsets.length === 1
+    ? `${utc}, or the offset meant (${forms[0]} in this host's time zone)`
+    : `${utc}, or the offset meant (${forms.join(' or ')}: this host's clocks show that time twice)`;
+}
+
+/** `, in this host's time zone: …T23:59:59-05:00` (the later, if that time comes twice), when its zone is not UTC then. */
+function endOfLocalDay(date: string): string {
+  const offset = localOffsets(Date.parse(`${date}T23:59:59Z`)).at(-1);
+  return offset === undefined || offset === '+00:00' ? '' : `, in this host's time zone: ${date}T23:59:59${offset}`;
+}
+
+/** The offsets (`-05:00`) of this host's zone whose wall-clock time at some instant is `wall` (milliseconds, read as UTC). */
+function localOffsets(wall: number): string[] {
+  const seen = new Set<number>();
+  // The offsets in force within a day and a half around it: every zone's lie within 14 hours of UTC.
+  for (let t = wall - 36 * 3_600_000; t <= wall + 36 * 3_600_000; t += 1_800_000) seen.add(-new Date(t).getTimezoneOffset());
+  const p = (n: number) => String(Math.floor(n)).padStart(2, '0');
+  return [...seen]
+    .filter((o) => -new Date(wall - o * 60_000).getTimezoneOffset() === o)
+    .sort((a, b) => b - a)
+    .map((o) => `${o < 0 ? '-' : '+'}${p(Math.abs(o) / 60)}:${p(Math.abs(o) % 60)}`);
 }

@@ -27,11 +27,27 @@ function describeEvent(e: JournalEvent): string {
   return `${e.at}  ${[e.type, what, e.outcome].filter(Boolean).join(' ')}${rto} (${e.user}@${e.host})${reason}`.replace(/\s+\(/, ' (');
 }
 
+/**
+ * How long ago a point completed; or, when its time is ahead of this host's clock (its host's clock ran
+ * ahead, or this one's is behind), that time and by how much, rather than an age of 0 that reads as fresh.
+ */
+function sinceCompleted(p: { ageMs: number; completedAt: string; aheadMs?: number }): string {
+  return p.aheadMs === undefined ? `${formatDuration(p.ageMs)} ago` : `completed ${p.completedAt}, ${formatDuration(p.aheadMs)} ahead of this host's clock`;
+}
+
+/** The newest backup's line: its age is the RPO, unless the clocks disagree. */
+function newestLine(p: { id: string; ageMs: number; completedAt: string; aheadMs?: number }): string {
+  return `newest backup ${p.id}, ${sinceCompleted(p)} (${p.aheadMs === undefined ? 'RPO' : 'RPO not known: check the clocks'})`;
+}
+
 function describeTarget(ctx: CliContext, t: TargetStatus): string[] {
   const c = paint(ctx, 'stdout');
   const health = t.health.checked ? (t.health.ok ? c.green(`healthy (${t.health.detail})`) : c.red(`UNHEALTHY (${t.health.detail})`)) : 'health not checked';
   // Without the point's summary (a repository that cannot be read), the switch in the target's own record dates it.
-  const when = t.active.ageMs !== null ? `, taken ${formatDuration(t.active.ageMs)} ago` : t.active.since ? `, served since ${t.active.since}` : '';
+  const when =
+    t.active.ageMs !== null && t.active.completedAt !== null
+      ? `, ${t.active.aheadMs === undefined ? 'taken ' : ''}${sinceCompleted({ ageMs: t.active.ageMs, completedAt: t.active.completedAt, aheadMs: t.active.aheadMs })}`
+      : t.active.since ? `, served since ${t.active.since}` : '';
   const active = t.active.error ?? (t.active.path ? `${t.active.point ?? quoteName(t.active.path)}${when}` : 'no active link');
   const lines = [`target ${t.name}: ${active}; ${health}`];
   if (t.previous.path) lines.push(`  previous: ${t.previous.point ?? quoteName(t.previous.path)}${t.previous.missing ? ' (missing: no rollback to it)' : ''}`);
@@ -98,10 +114,10 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
       const lines = !result.repository.ok
         ? [`repository not read: ${escapeUnprintable(result.repository.error)}`]
         : result.deployments
-          ? result.deployments.map((d) => `deployment ${d.deployment}: newest backup ${d.id}, ${formatDuration(d.ageMs)} ago (RPO)`)
+          ? result.deployments.map((d) => `deployment ${d.deployment}: ${newestLine(d)}`)
           : [
               result.newest
-                ? `newest backup ${result.newest.id}, ${formatDuration(result.newest.ageMs)} ago (RPO)`
+                ? newestLine(result.newest)
                 : noPoints
                   ? `no backups of deployment ${deployment} yet (${noPoints.hint})`
                   : 'no backups yet',
