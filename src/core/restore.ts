@@ -961,17 +961,55 @@ async function syncDirectory(dir: string): Promise<void> {
 async function filesAlreadyRight(plan: RestorePlan, target: string, files: ManifestEntry[], signal: AbortSignal | undefined, reporter: Reporter): Promise<Set<ManifestEntry>> {
   const right = new Set<ManifestEntry>();
   const progress: Progress = { phase: 'compare', filesDone: 0, filesTotal: files.length, bytesDone: 0, bytesTotal: files.reduce((n, f) => n + f.size, 0) };
+  // A file reached through a link to a directory (or one outside the tree) is not at its path in the tree:
+  // the link is replaced by a directory, and the file must be written into it.
+  const isDirectory = directoriesOnlyUnder(target);
+  const names = new Map<string, { entries: ManifestEntry[]; nlink: number }>();
   // Several at a time: a round trip per small file costs more than hashing it.
   await runPool(files, FILES_COMPARED_AT_ONCE, async (f) => {
     throwIfAborted(signal);
     const p = pathIn(plan, target, f);
-    const st = await fsp.lstat(p).catch(() => undefined);
-    if (st?.isFile() && st.size === f.size && (await sha256OfFile(p)) === f.sha256) right.add(f);
+    const st = (await isDirectory(path.dirname(p))) ? await fsp.lstat(p, { bigint: true }).catch(() => undefined) : undefined;
+    if (st?.isFile() && st.size === BigInt(f.size) && (await sha256OfFile(p)) === f.sha256) {
+      right.add(f);
+      if (st.nlink > 1n) {
+        const key = `${st.dev}:${st.ino}`;
+        const found = names.get(key) ?? { entries: [], nlink: Number(st.nlink) };
+        found.entries.push(f);
+        names.set(key, found);
+      }
+    }
     progress.filesDone++;
     progress.bytesDone += f.size;
     reporter.progress?.(progressAt(progress, `${f.source}/${f.path}`));
   });
+  // One file under several names (hard links) takes one owner, mode and time: it is left as it is only when
+  // every name is one of these files and they all want the same. Else each name gets a file of its own, so
+  // that setting one's mode does not change another's, nor a file's outside the tree.
+  for (const { entries, nlink } of names.values()) {
+    const [one] = entries;
+    const alike = entries.every((e) => e.mode === one!.mode && e.uid === one!.uid && e.gid === one!.gid && BigInt(e.mtimeNs) / 1000n === BigInt(one!.mtimeNs) / 1000n);
+    if (entries.length !== nlink || !alike) for (const e of entries) right.delete(e);
+  }
   return right;
+}
+
+/**
+ * Whether a directory under `root` is one, and so is every directory on the way to it from `root` (none
+ * a link, which would lead elsewhere). Each is looked at once.
+ */
+function directoriesOnlyUnder(root: string): (dir: string) => Promise<boolean> {
+  const known = new Map<string, Promise<boolean>>();
+  const check = (dir: string): Promise<boolean> => {
+    if (dir.length <= root.length) return Promise.resolve(true);
+    let answer = known.get(dir);
+    if (!answer) {
+      answer = check(path.dirname(dir)).then((up) => up && fsp.lstat(dir).then((st) => st.isDirectory(), () => false));
+      known.set(dir, answer);
+    }
+    return answer;
+  };
+  return check;
 }
 
 const FILES_COMPARED_AT_ONCE = 8;
@@ -1068,7 +1106,7 @@ function leftOutByBackup(plan: RestorePlan, options: Pick<RestoreOptions, 'delet
  * not extra either, but counted as `kept`.
  */
 async function extrasInTarget(plan: RestorePlan, target: string, layout: DeltaLayout & { staging?: string }): Promise<{ extras: string[]; kept: number }> {
-  if (layout.include.length > 0) return { extras: [], kept: 0 };
+  if (layout.include.length > 0) return { extras: await inTheWayOfChosen(plan, target, layout.keep), kept: 0 };
   const wanted = new Map(plan.entries.map((e) => [path.join(e.source, ...e.path.split('/')), e]));
   const keep = new Set([...(layout.staging ? [layout.staging] : []), ...(layout.mountPoint ? [path.join(target, LOST_AND_FOUND)] : []), ...layout.keep]);
   const found = { extras: [] as string[], kept: 0 };
@@ -1079,6 +1117,41 @@ async function extrasInTarget(plan: RestorePlan, target: string, layout: DeltaLa
     if (await fsp.lstat(root).then((st) => st.isDirectory(), () => false)) await extrasIn(root, s.name, '', wanted, keep, spared, found);
   }
   return found;
+}
+
+/**
+ * With --include, what is in the way of the chosen entries: what is at one's
+ * path with another type, and what is not a directory on the way to one from
+ * its source (a link to a directory elsewhere, which would have the files
+ * written through it, outside the target).
+ */
+async function inTheWayOfChosen(plan: RestorePlan, target: string, keep: readonly string[]): Promise<string[]> {
+  const found = new Set<string>();
+  const kinds = new Map<string, Promise<string | undefined>>();
+  const kindAt = (p: string): Promise<string | undefined> => {
+    let kind = kinds.get(p);
+    if (!kind) {
+      kind = fsp.lstat(p).then((st) => (st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : st.isFile() ? 'file' : 'other'), () => undefined);
+      kinds.set(p, kind);
+    }
+    return kind;
+  };
+  for (const e of plan.entries) {
+    const root = sourceDir(plan, target, e.source);
+    const names = e.path.split('/');
+    let at = root;
+    for (const [i, name] of names.entries()) {
+      at = path.join(at, name);
+      const kind = await kindAt(at);
+      const want = i === names.length - 1 ? e.type : 'dir';
+      if (kind === undefined) break;
+      if (kind !== want && !keep.includes(at)) {
+        found.add(at);
+        break;
+      }
+    }
+  }
+  return [...found];
 }
 
 /**
