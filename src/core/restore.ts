@@ -1106,7 +1106,7 @@ function leftOutByBackup(plan: RestorePlan, options: Pick<RestoreOptions, 'delet
  * not extra either, but counted as `kept`.
  */
 async function extrasInTarget(plan: RestorePlan, target: string, layout: DeltaLayout & { staging?: string }): Promise<{ extras: string[]; kept: number }> {
-  if (layout.include.length > 0) return { extras: await inTheWayOfChosen(plan, target, layout.keep), kept: 0 };
+  if (layout.include.length > 0) return { extras: await refuseMountedExtras(target, await inTheWayOfChosen(plan, target, layout.keep)), kept: 0 };
   const wanted = new Map(plan.entries.map((e) => [path.join(e.source, ...e.path.split('/')), e]));
   const keep = new Set([...(layout.staging ? [layout.staging] : []), ...(layout.mountPoint ? [path.join(target, LOST_AND_FOUND)] : []), ...layout.keep]);
   const found = { extras: [] as string[], kept: 0 };
@@ -1116,7 +1116,30 @@ async function extrasInTarget(plan: RestorePlan, target: string, layout: DeltaLa
     const spared = leftOut && ((relPath: string, isDir: boolean) => leftOut(s.name, relPath, isDir));
     if (await fsp.lstat(root).then((st) => st.isDirectory(), () => false)) await extrasIn(root, s.name, '', wanted, keep, spared, found);
   }
+  await refuseMountedExtras(target, found.extras);
   return found;
+}
+
+/**
+ * Refuses (exit 2, before anything is written) a --delta that would remove a
+ * directory where a file system is mounted, or one holding such a directory:
+ * it would empty that file system and then fail, since a mount point cannot be
+ * removed. Returns `extras`.
+ */
+async function refuseMountedExtras(target: string, extras: string[]): Promise<string[]> {
+  if (extras.length === 0) return extras;
+  const real = await fsp.realpath(target);
+  const mounts = await mountsUnder(target);
+  for (const extra of extras) {
+    const at = real + extra.slice(target.length);
+    const mounted = mounts.find((m) => m === at || m.startsWith(at + path.sep));
+    if (mounted !== undefined) {
+      throw new UsageError(`restore target ${target}: --delta would remove ${extra}, which the point lacks or has as something else, but a file system is mounted at ${mounted}`, {
+        hint: 'unmount it (or move what is mounted there to where the point has a directory), or restore into another directory',
+      });
+    }
+  }
+  return extras;
 }
 
 /**
