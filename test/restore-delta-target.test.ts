@@ -1,9 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { lifeboat } from './helpers/cli.js';
+import { lifeboat, runChild } from './helpers/cli.js';
 import { compareSnapshots, snapshotTree, tempDir } from './helpers/tree.js';
+
+const NOBODY = 65534;
 
 /** A repository with one point of models/ (tok/ with two files, two files alike of other modes and times), restored into target/. */
 async function restoredDeployment(): Promise<{ work: string; repo: string; target: string; point: string }> {
@@ -97,4 +100,24 @@ test('a --delta --include writes into a directory, not through a link in its pla
   assert.equal(r.json().removed, 2);
   assert.equal(compareSnapshots(before, await snapshotTree(elsewhere)), undefined, 'nothing was written through the link');
   assert.equal(compareSnapshots(expected, await snapshotTree(target)), undefined);
+});
+
+test("a --delta run by the tree's owner (not root) writes anew a file of another user it may not read, or may not give its time", { skip: process.geteuid?.() === 0 ? false : 'needs root to leave files of another user' }, async () => {
+  const { work, repo, target } = await restoredDeployment();
+  const expected = await snapshotTree(target);
+  execFileSync('chown', ['-R', `${NOBODY}:${NOBODY}`, work]);
+  // Left by root: one it cannot read, one readable and alike but of another time.
+  const unreadable = path.join(target, 'models', 'tok', 'merges.txt');
+  await fsp.chown(unreadable, 0, 0);
+  await fsp.chmod(unreadable, 0o600);
+  const otherMode = path.join(target, 'models', 'config.json');
+  await fsp.chown(otherMode, 0, 0);
+  await fsp.chmod(otherMode, 0o644);
+  await fsp.utimes(otherMode, 1.5e9, 1.5e9);
+
+  const r = await runChild(['--repo', repo, '--json', 'restore', 'latest', '--target', target, '--delta'], { user: { uid: NOBODY, gid: NOBODY } });
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.json().rewritten, 2);
+  assert.equal(compareSnapshots(expected, await snapshotTree(target)), undefined);
+  for (const p of [unreadable, otherMode]) assert.equal((await fsp.stat(p)).uid, NOBODY, `${p} is the restoring user's`);
 });

@@ -970,7 +970,7 @@ async function filesAlreadyRight(plan: RestorePlan, target: string, files: Manif
     throwIfAborted(signal);
     const p = pathIn(plan, target, f);
     const st = (await isDirectory(path.dirname(p))) ? await fsp.lstat(p, { bigint: true }).catch(() => undefined) : undefined;
-    if (st?.isFile() && st.size === BigInt(f.size) && (await sha256OfFile(p)) === f.sha256) {
+    if (st?.isFile() && st.size === BigInt(f.size) && canBeMadeRight(st, f) && (await sha256OrUnreadable(p)) === f.sha256) {
       right.add(f);
       if (st.nlink > 1n) {
         const key = `${st.dev}:${st.ino}`;
@@ -992,6 +992,26 @@ async function filesAlreadyRight(plan: RestorePlan, target: string, files: Manif
     if (entries.length !== nlink || !alike) for (const e of entries) right.delete(e);
   }
   return right;
+}
+
+/**
+ * Whether this user can give a file its recorded mode and time: as another
+ * user than root, only in a file of its own. One of another user's (left by
+ * root, say) that is not as recorded is written anew, as this user's.
+ */
+function canBeMadeRight(st: fs.BigIntStats, f: ManifestEntry): boolean {
+  const me = process.geteuid?.();
+  return me === undefined || me === 0 || Number(st.uid) === me || metadataAsRecorded(st, f, undefined);
+}
+
+/** A file's SHA-256, or undefined when this user may not read it (another user's): it is then written anew. */
+async function sha256OrUnreadable(file: string): Promise<string | undefined> {
+  try {
+    return await sha256OfFile(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EACCES') return undefined;
+    throw err;
+  }
 }
 
 /**
