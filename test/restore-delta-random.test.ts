@@ -263,5 +263,19 @@ test('a --delta or --force restore over a target changed in every way a live hos
       assert.equal(result.keptExcluded, pipes.length, what);
     }
   }
+
+  // The same, in place: the source itself changed, and restored where it was backed up from.
+  const outside = path.join(work, 'outside-in-place');
+  await fsp.mkdir(outside);
+  const log: string[] = [];
+  await disturb(models, outside, rand, log);
+  const outsideBefore = await strictSnapshot(outside);
+  const r = await lifeboat(['--repo', repo, '--json', 'restore', 'latest', '--in-place', '--delta']);
+  assert.equal(r.code, 0, `in place (${log.join(', ')}): ${r.stderr}`);
+  const now = await strictSnapshot(models);
+  for (const [p, v] of now) if (v === 'special' && path.basename(p).startsWith('pipe-')) now.delete(p);
+  const inPlace = new Map([...expected].filter(([p]) => p.startsWith('models/')).map(([p, v]) => [p.slice('models/'.length), v]));
+  assert.equal(difference(inPlace, now), undefined, `in place (${log.join(', ')})`);
+  assert.equal(difference(outsideBefore, await strictSnapshot(outside)), undefined, `in place (${log.join(', ')}): outside the source`);
   await fsp.rm(work, { recursive: true, force: true });
 });
