@@ -121,3 +121,23 @@ test("a --delta run by the tree's owner (not root) writes anew a file of another
   assert.equal(compareSnapshots(expected, await snapshotTree(target)), undefined);
   for (const p of [unreadable, otherMode]) assert.equal((await fsp.stat(p)).uid, NOBODY, `${p} is the restoring user's`);
 });
+
+test('a --delta over a target where a source is a file or a link to a directory elsewhere says it removes it, and does', async () => {
+  const { work, repo, target } = await restoredDeployment();
+  const expected = await snapshotTree(target);
+  const models = path.join(target, 'models');
+  const elsewhere = path.join(work, 'elsewhere');
+  await fsp.mkdir(elsewhere);
+  for (const put of [() => fsp.writeFile(models, 'not a directory'), () => fsp.symlink(elsewhere, models)]) {
+    await fsp.rm(models, { recursive: true });
+    await put();
+    const dry = await lifeboat(['--repo', repo, '--json', 'restore', 'latest', '--target', target, '--delta', '--dry-run']);
+    assert.equal(dry.code, 0, dry.stderr);
+    assert.deepEqual(dry.json().removals, ['models']);
+    const r = await lifeboat(['--repo', repo, '--json', 'restore', 'latest', '--target', target, '--delta']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.json().removed, 1);
+    assert.equal(compareSnapshots(expected, await snapshotTree(target)), undefined);
+  }
+  assert.deepEqual(await fsp.readdir(elsewhere), []);
+});

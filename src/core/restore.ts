@@ -1049,18 +1049,13 @@ async function applyDelta(
   owners: OwnerMapping | undefined,
   settled: ReadonlySet<ManifestEntry>,
 ): Promise<{ removed: number; kept: number }> {
-  for (const s of plan.sources) {
-    const root = sourceDir(plan, target, s.name);
-    const st = await fsp.lstat(root).catch(() => undefined);
-    if (st && !st.isDirectory()) await removeTree(root);
-    await makeDirectories(root);
-    // Read-only directories the point restored before get their modes back from the point below.
-    if (directoriesNeedOpening()) await openDirectories(root);
-  }
+  // Read-only directories the point restored before get their modes back from the point below.
+  if (directoriesNeedOpening()) for (const s of plan.sources) await openDirectories(sourceDir(plan, target, s.name));
   const copied = new Set<ManifestEntry>();
-  // Remove what the point does not have, or has with another type.
+  // Remove what the point does not have, or has with another type (a source that is a file or a link, too).
   const { extras, kept } = await extrasInTarget(plan, target, { ...layout, staging });
   for (const p of extras) await removeTree(p);
+  for (const s of plan.sources) await makeDirectories(sourceDir(plan, target, s.name));
   for (const e of plan.entries) {
     const p = pathIn(plan, target, e);
     if (e.type === 'dir') {
@@ -1126,10 +1121,16 @@ function leftOutByBackup(plan: RestorePlan, options: Pick<RestoreOptions, 'delet
  * not extra either, but counted as `kept`.
  */
 async function extrasInTarget(plan: RestorePlan, target: string, layout: DeltaLayout & { staging?: string }): Promise<{ extras: string[]; kept: number }> {
-  if (layout.include.length > 0) return { extras: await refuseMountedExtras(target, await inTheWayOfChosen(plan, target, layout.keep)), kept: 0 };
+  // A source that is there as something else than a directory (a file, a link to a directory elsewhere) is replaced by one.
+  const notDirectories: string[] = [];
+  for (const s of plan.sources) {
+    const root = sourceDir(plan, target, s.name);
+    if (await fsp.lstat(root).then((st) => !st.isDirectory(), () => false)) notDirectories.push(root);
+  }
+  if (layout.include.length > 0) return { extras: await refuseMountedExtras(target, [...notDirectories, ...(await inTheWayOfChosen(plan, target, layout.keep))]), kept: 0 };
   const wanted = new Map(plan.entries.map((e) => [path.join(e.source, ...e.path.split('/')), e]));
   const keep = new Set([...(layout.staging ? [layout.staging] : []), ...(layout.mountPoint ? [path.join(target, LOST_AND_FOUND)] : []), ...layout.keep]);
-  const found = { extras: [] as string[], kept: 0 };
+  const found = { extras: notDirectories, kept: 0 };
   for (const s of plan.sources) {
     const root = sourceDir(plan, target, s.name);
     const { leftOut } = layout;
