@@ -246,3 +246,38 @@ cp -a "$SRC" "$OUT/forced"
     assert.deepEqual((await fsp.readdir(path.join(out, how))).sort(), ['lost+found', 'tok', 'weights.bin'], `${how}: the staging directory is gone, lost+found stays`);
   }
 });
+
+test('a --delta that would remove a directory where a file system is mounted refuses before writing anything, instead of emptying it and failing with EBUSY', { skip }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const { repo } = await backedUp(work, { 'weights.bin': 3_000, 'tok/vocab.txt': 5_000 });
+  const target = path.join(work, 'srv');
+  const out = path.join(work, 'out');
+  await fsp.mkdir(out);
+  assert.equal((await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target])).code, 0);
+  inNamespace(
+    String.raw`
+# A volume mounted where the point has a file, and one where it has nothing.
+rm "$TARGET/models/weights.bin" && mkdir "$TARGET/models/weights.bin" "$TARGET/models/cache"
+for m in weights.bin cache; do
+  mount -t ramfs ramfs "$TARGET/models/$m"
+  echo kept > "$TARGET/models/$m/data"
+  status=0; node "$BIN" --repo "$REPO" restore latest --target "$TARGET" --delta 2> "$OUT/$m.txt" || status=$?
+  echo $status > "$OUT/$m-status"
+  cp "$TARGET/models/$m/data" "$OUT/$m-data"
+  umount "$TARGET/models/$m"
+  rmdir "$TARGET/models/$m"
+  [ "$m" = cache ] || echo restored > "$TARGET/models/$m"
+done
+`,
+    { TARGET: target, REPO: repo, OUT: out },
+  );
+  for (const m of ['weights.bin', 'cache']) {
+    assert.equal((await fsp.readFile(path.join(out, `${m}-status`), 'utf8')).trim(), '2', m);
+    const said = await fsp.readFile(path.join(out, `${m}.txt`), 'utf8');
+    assert.match(said, new RegExp(`--delta would remove .*models/${m.replace('.', '\\.')}, .*a file system is mounted at`));
+    assert.doesNotMatch(said, /EBUSY|unexpected/);
+    assert.equal(await fsp.readFile(path.join(out, `${m}-data`), 'utf8'), 'kept\n', `what is mounted at ${m} was left alone`);
+  }
+  assert.deepEqual((await fsp.readdir(work)).filter((n) => n.includes('lifeboat-staging')), []);
+});

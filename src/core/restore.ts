@@ -961,17 +961,75 @@ async function syncDirectory(dir: string): Promise<void> {
 async function filesAlreadyRight(plan: RestorePlan, target: string, files: ManifestEntry[], signal: AbortSignal | undefined, reporter: Reporter): Promise<Set<ManifestEntry>> {
   const right = new Set<ManifestEntry>();
   const progress: Progress = { phase: 'compare', filesDone: 0, filesTotal: files.length, bytesDone: 0, bytesTotal: files.reduce((n, f) => n + f.size, 0) };
+  // A file reached through a link to a directory (or one outside the tree) is not at its path in the tree:
+  // the link is replaced by a directory, and the file must be written into it.
+  const isDirectory = directoriesOnlyUnder(target);
+  const names = new Map<string, { entries: ManifestEntry[]; nlink: number }>();
   // Several at a time: a round trip per small file costs more than hashing it.
   await runPool(files, FILES_COMPARED_AT_ONCE, async (f) => {
     throwIfAborted(signal);
     const p = pathIn(plan, target, f);
-    const st = await fsp.lstat(p).catch(() => undefined);
-    if (st?.isFile() && st.size === f.size && (await sha256OfFile(p)) === f.sha256) right.add(f);
+    const st = (await isDirectory(path.dirname(p))) ? await fsp.lstat(p, { bigint: true }).catch(() => undefined) : undefined;
+    if (st?.isFile() && st.size === BigInt(f.size) && canBeMadeRight(st, f) && (await sha256OrUnreadable(p)) === f.sha256) {
+      right.add(f);
+      if (st.nlink > 1n) {
+        const key = `${st.dev}:${st.ino}`;
+        const found = names.get(key) ?? { entries: [], nlink: Number(st.nlink) };
+        found.entries.push(f);
+        names.set(key, found);
+      }
+    }
     progress.filesDone++;
     progress.bytesDone += f.size;
     reporter.progress?.(progressAt(progress, `${f.source}/${f.path}`));
   });
+  // One file under several names (hard links) takes one owner, mode and time: it is left as it is only when
+  // every name is one of these files and they all want the same. Else each name gets a file of its own, so
+  // that setting one's mode does not change another's, nor a file's outside the tree.
+  for (const { entries, nlink } of names.values()) {
+    const [one] = entries;
+    const alike = entries.every((e) => e.mode === one!.mode && e.uid === one!.uid && e.gid === one!.gid && BigInt(e.mtimeNs) / 1000n === BigInt(one!.mtimeNs) / 1000n);
+    if (entries.length !== nlink || !alike) for (const e of entries) right.delete(e);
+  }
   return right;
+}
+
+/**
+ * Whether this user can give a file its recorded mode and time: as another
+ * user than root, only in a file of its own. One of another user's (left by
+ * root, say) that is not as recorded is written anew, as this user's.
+ */
+function canBeMadeRight(st: fs.BigIntStats, f: ManifestEntry): boolean {
+  const me = process.geteuid?.();
+  return me === undefined || me === 0 || Number(st.uid) === me || metadataAsRecorded(st, f, undefined);
+}
+
+/** A file's SHA-256, or undefined when this user may not read it (another user's): it is then written anew. */
+async function sha256OrUnreadable(file: string): Promise<string | undefined> {
+  try {
+    return await sha256OfFile(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EACCES') return undefined;
+    throw err;
+  }
+}
+
+/**
+ * Whether a directory under `root` is one, and so is every directory on the way to it from `root` (none
+ * a link, which would lead elsewhere). Each is looked at once.
+ */
+function directoriesOnlyUnder(root: string): (dir: string) => Promise<boolean> {
+  const known = new Map<string, Promise<boolean>>();
+  const check = (dir: string): Promise<boolean> => {
+    if (dir.length <= root.length) return Promise.resolve(true);
+    let answer = known.get(dir);
+    if (!answer) {
+      answer = check(path.dirname(dir)).then((up) => up && fsp.lstat(dir).then((st) => st.isDirectory(), () => false));
+      known.set(dir, answer);
+    }
+    return answer;
+  };
+  return check;
 }
 
 const FILES_COMPARED_AT_ONCE = 8;
@@ -991,18 +1049,13 @@ async function applyDelta(
   owners: OwnerMapping | undefined,
   settled: ReadonlySet<ManifestEntry>,
 ): Promise<{ removed: number; kept: number }> {
-  for (const s of plan.sources) {
-    const root = sourceDir(plan, target, s.name);
-    const st = await fsp.lstat(root).catch(() => undefined);
-    if (st && !st.isDirectory()) await removeTree(root);
-    await makeDirectories(root);
-    // Read-only directories the point restored before get their modes back from the point below.
-    if (directoriesNeedOpening()) await openDirectories(root);
-  }
+  // Read-only directories the point restored before get their modes back from the point below.
+  if (directoriesNeedOpening()) for (const s of plan.sources) await openDirectories(sourceDir(plan, target, s.name));
   const copied = new Set<ManifestEntry>();
-  // Remove what the point does not have, or has with another type.
+  // Remove what the point does not have, or has with another type (a source that is a file or a link, too).
   const { extras, kept } = await extrasInTarget(plan, target, { ...layout, staging });
   for (const p of extras) await removeTree(p);
+  for (const s of plan.sources) await makeDirectories(sourceDir(plan, target, s.name));
   for (const e of plan.entries) {
     const p = pathIn(plan, target, e);
     if (e.type === 'dir') {
@@ -1068,17 +1121,81 @@ function leftOutByBackup(plan: RestorePlan, options: Pick<RestoreOptions, 'delet
  * not extra either, but counted as `kept`.
  */
 async function extrasInTarget(plan: RestorePlan, target: string, layout: DeltaLayout & { staging?: string }): Promise<{ extras: string[]; kept: number }> {
-  if (layout.include.length > 0) return { extras: [], kept: 0 };
+  // A source that is there as something else than a directory (a file, a link to a directory elsewhere) is replaced by one.
+  const notDirectories: string[] = [];
+  for (const s of plan.sources) {
+    const root = sourceDir(plan, target, s.name);
+    if (await fsp.lstat(root).then((st) => !st.isDirectory(), () => false)) notDirectories.push(root);
+  }
+  if (layout.include.length > 0) return { extras: await refuseMountedExtras(target, [...notDirectories, ...(await inTheWayOfChosen(plan, target, layout.keep))]), kept: 0 };
   const wanted = new Map(plan.entries.map((e) => [path.join(e.source, ...e.path.split('/')), e]));
   const keep = new Set([...(layout.staging ? [layout.staging] : []), ...(layout.mountPoint ? [path.join(target, LOST_AND_FOUND)] : []), ...layout.keep]);
-  const found = { extras: [] as string[], kept: 0 };
+  const found = { extras: notDirectories, kept: 0 };
   for (const s of plan.sources) {
     const root = sourceDir(plan, target, s.name);
     const { leftOut } = layout;
     const spared = leftOut && ((relPath: string, isDir: boolean) => leftOut(s.name, relPath, isDir));
     if (await fsp.lstat(root).then((st) => st.isDirectory(), () => false)) await extrasIn(root, s.name, '', wanted, keep, spared, found);
   }
+  await refuseMountedExtras(target, found.extras);
   return found;
+}
+
+/**
+ * Refuses (exit 2, before anything is written) a --delta that would remove a
+ * directory where a file system is mounted, or one holding such a directory:
+ * it would empty that file system and then fail, since a mount point cannot be
+ * removed. Returns `extras`.
+ */
+async function refuseMountedExtras(target: string, extras: string[]): Promise<string[]> {
+  if (extras.length === 0) return extras;
+  const real = await fsp.realpath(target);
+  const mounts = await mountsUnder(target);
+  for (const extra of extras) {
+    const at = real + extra.slice(target.length);
+    const mounted = mounts.find((m) => m === at || m.startsWith(at + path.sep));
+    if (mounted !== undefined) {
+      throw new UsageError(`restore target ${target}: --delta would remove ${extra}, which the point lacks or has as something else, but a file system is mounted at ${mounted}`, {
+        hint: 'unmount it (or move what is mounted there to where the point has a directory), or restore into another directory',
+      });
+    }
+  }
+  return extras;
+}
+
+/**
+ * With --include, what is in the way of the chosen entries: what is at one's
+ * path with another type, and what is not a directory on the way to one from
+ * its source (a link to a directory elsewhere, which would have the files
+ * written through it, outside the target).
+ */
+async function inTheWayOfChosen(plan: RestorePlan, target: string, keep: readonly string[]): Promise<string[]> {
+  const found = new Set<string>();
+  const kinds = new Map<string, Promise<string | undefined>>();
+  const kindAt = (p: string): Promise<string | undefined> => {
+    let kind = kinds.get(p);
+    if (!kind) {
+      kind = fsp.lstat(p).then((st) => (st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : st.isFile() ? 'file' : 'other'), () => undefined);
+      kinds.set(p, kind);
+    }
+    return kind;
+  };
+  for (const e of plan.entries) {
+    const root = sourceDir(plan, target, e.source);
+    const names = e.path.split('/');
+    let at = root;
+    for (const [i, name] of names.entries()) {
+      at = path.join(at, name);
+      const kind = await kindAt(at);
+      const want = i === names.length - 1 ? e.type : 'dir';
+      if (kind === undefined) break;
+      if (kind !== want && !keep.includes(at)) {
+        found.add(at);
+        break;
+      }
+    }
+  }
+  return [...found];
 }
 
 /**
