@@ -1,41 +1,23 @@
 import { capturedSources, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { sortByPath } from '../format/paths.js';
 
-export interface PointDiff {
-  added: string[];
-  changed: { path: string; what: string[] }[];
-  removed: string[];
-}
-
 export interface DiffCounts {
   added: number;
   changed: number;
   removed: number;
 }
 
-/**
- * A diff's counts as a backup counts its changes: files and links in `counts`, directories apart. A path
- * that became a directory, or stopped being one, is what it was removed and what it is added: a file
- * replaced by a directory is a file removed and a directory added.
- */
-export function diffCounts(d: PointDiff, from: Manifest, to: Manifest): { counts: DiffCounts; directories: DiffCounts } {
-  const key = (e: ManifestEntry) => `${e.source}/${e.path}`;
-  const dirsOf = (m: Manifest) => new Set(m.entries.filter((e) => e.type === 'dir').map(key));
-  const before = dirsOf(from);
-  const after = dirsOf(to);
-  const counts: DiffCounts = { added: 0, changed: 0, removed: 0 };
-  const directories: DiffCounts = { added: 0, changed: 0, removed: 0 };
-  const side = (isDir: boolean) => (isDir ? directories : counts);
-  for (const p of d.added) side(after.has(p)).added++;
-  for (const p of d.removed) side(before.has(p)).removed++;
-  for (const c of d.changed) {
-    if (before.has(c.path) === after.has(c.path)) side(after.has(c.path)).changed++;
-    else {
-      side(before.has(c.path)).removed++;
-      side(after.has(c.path)).added++;
-    }
-  }
-  return { counts, directories };
+export interface PointDiff {
+  added: string[];
+  changed: { path: string; what: string[] }[];
+  removed: string[];
+  /**
+   * Counted as a backup counts its changes: files and links here, directories apart. A path that
+   * became a directory, or stopped being one, is what it was removed and what it is added: a file
+   * replaced by a directory is a file removed and a directory added.
+   */
+  counts: DiffCounts;
+  directories: DiffCounts;
 }
 
 /** What differs between two points, by `<source>/<path>`. Pure. */
@@ -45,11 +27,13 @@ export function diffPoints(from: Manifest, to: Manifest): PointDiff {
   const after = new Map(to.entries.map((e) => [key(e), e]));
   const captured = capturedSources(to.sources);
   const relinked = relinkedPaths(from.entries, to.entries);
-  const result: PointDiff = { added: [], changed: [], removed: [] };
+  const result: PointDiff = { added: [], changed: [], removed: [], counts: { added: 0, changed: 0, removed: 0 }, directories: { added: 0, changed: 0, removed: 0 } };
+  const tally = (e: ManifestEntry) => (e.type === 'dir' ? result.directories : result.counts);
   for (const [k, e] of after) {
     const old = before.get(k);
     if (!old) {
       result.added.push(k);
+      tally(e).added++;
       continue;
     }
     const what: string[] = [];
@@ -62,9 +46,19 @@ export function diffPoints(from: Manifest, to: Manifest): PointDiff {
       if (relinked.has(k)) what.push('hard-link');
       if (old.mtimeNs !== e.mtimeNs && e.type === 'file' && !captured.has(e.source)) what.push('mtime');
     }
-    if (what.length) result.changed.push({ path: k, what });
+    if (what.length === 0) continue;
+    result.changed.push({ path: k, what });
+    if (tally(old) === tally(e)) tally(e).changed++;
+    else {
+      tally(old).removed++;
+      tally(e).added++;
+    }
   }
-  for (const k of before.keys()) if (!after.has(k)) result.removed.push(k);
+  for (const [k, old] of before) {
+    if (after.has(k)) continue;
+    result.removed.push(k);
+    tally(old).removed++;
+  }
   sortByPath(result.added, (p) => p);
   sortByPath(result.removed, (p) => p);
   sortByPath(result.changed, (c) => c.path);

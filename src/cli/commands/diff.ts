@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { diffCounts, diffPoints, type DiffCounts } from '../../core/diff.js';
+import { diffPoints, type DiffCounts } from '../../core/diff.js';
 import { deploymentOf, type Manifest } from '../../format/manifest.js';
 import { openRepository, type CliContext } from '../context.js';
 import { quoteName } from '../format.js';
@@ -13,7 +13,7 @@ export async function runDiff(ctx: CliContext, a: string, b: string): Promise<vo
     const to = await repo.resolve(b);
     const d = diffPoints(from, to);
     // Counted as the backup counts (files and links), directories apart: a backup's summary and diff of the same points agree.
-    const { counts, directories } = diffCounts(d, from, to);
+    const { counts, directories } = d;
     const [was, is] = d.changed.some((c) => c.what.includes('type')) ? [kindsOf(from), kindsOf(to)] : [new Map<string, string>(), new Map<string, string>()];
     const kinds = (k: string) => `${was.get(k)} → ${is.get(k)}`;
     // Points of two deployments of a shared repository hold two models: said, so that their differences are not read as one model's changes.
@@ -21,7 +21,7 @@ export async function runDiff(ctx: CliContext, a: string, b: string): Promise<vo
     // A path that a changed pattern left out of the newer point is listed as removed: why is said, or it reads as deleted.
     const excludes = excludesChanged(from, to);
     const named = (m: typeof from) => (across ? `${m.id} (deployment ${deploymentOf(m)})` : m.id);
-    printResult(ctx, { from: from.id, to: to.id, fromDeployment: deploymentOf(from), toDeployment: deploymentOf(to), ...d, counts, directories, excludes }, () => {
+    printResult(ctx, { from: from.id, to: to.id, fromDeployment: deploymentOf(from), toDeployment: deploymentOf(to), ...d, excludes }, () => {
       const dirs = directories.added + directories.changed + directories.removed > 0 ? ` (directories: ${tally(directories)})` : '';
       const lines = [`${named(from)} → ${named(to)}: ${tally(counts)}${dirs}`];
       const patterns = (list: string[]) => (list.length ? list.map(quoteName).join(' ') : 'none');
