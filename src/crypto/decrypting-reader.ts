@@ -7,6 +7,7 @@ import {
   SEAL_BATCH,
   SEGMENT_SIZE,
   TAG_SIZE,
+  batchBuffers,
   checkHeader,
   notAuthentic,
   objectKey,
@@ -14,7 +15,7 @@ import {
 } from './segments.js';
 
 /** Batches read and opened ahead of the one being copied out. */
-const AHEAD = 3;
+const AHEAD = 2;
 
 /** Which segments of an encrypted object a reader opens, and which plaintext bytes it returns. */
 export interface SegmentRange {
@@ -48,7 +49,6 @@ interface OpenedBatch {
 export class DecryptingReader implements ObjectReader {
   private readonly key: Buffer;
   private readonly queue: Promise<OpenedBatch>[] = [];
-  private readonly spare: { input: ArrayBuffer; output: ArrayBuffer }[] = [];
   private readTail: Promise<unknown> = Promise.resolve();
   private nextSegment: number;
   private current?: OpenedBatch;
@@ -83,7 +83,7 @@ export class DecryptingReader implements ObjectReader {
     this.nextSegment += count;
     const last = first + count - 1;
     const length = (count - 1) * SEALED_SEGMENT + this.sealedSize(last);
-    const buffers = this.spare.pop() ?? { input: new ArrayBuffer(SEALED_BATCH), output: new ArrayBuffer(SEAL_BATCH) };
+    const buffers = { input: batchBuffers.take(SEALED_BATCH), output: batchBuffers.take(SEAL_BATCH) };
     const read = this.readTail.then(() => this.fillExactly(new Uint8Array(buffers.input, 0, length), first));
     this.readTail = read.catch(() => {
       this.stopped = true;
@@ -120,7 +120,8 @@ export class DecryptingReader implements ObjectReader {
   async read(into: Uint8Array): Promise<number> {
     while (!this.current || this.at === this.current.plain.length) {
       if (this.current) {
-        this.spare.push({ input: this.current.input, output: this.current.output });
+        batchBuffers.give(this.current.input);
+        batchBuffers.give(this.current.output);
         this.current = undefined;
         this.schedule();
       }
@@ -147,7 +148,13 @@ export class DecryptingReader implements ObjectReader {
   async close(): Promise<void> {
     this.stopped = true;
     await this.readTail;
-    await Promise.allSettled(this.queue);
+    const opened = await Promise.allSettled(this.queue.splice(0));
+    for (const batch of [this.current, ...opened.map((r) => (r.status === 'fulfilled' ? r.value : undefined))]) {
+      if (!batch) continue;
+      batchBuffers.give(batch.input);
+      batchBuffers.give(batch.output);
+    }
+    this.current = undefined;
     await this.inner.close();
   }
 }

@@ -96,13 +96,37 @@ export interface BatchResult {
 }
 
 /**
+ * Batch buffers, kept for the next object once an object is done with them.
+ * Buffers of a megabyte are given memory of their own by the C library, and
+ * once one is freed the library serves the next ones from its heap instead,
+ * where freed batches of many volumes left tens of megabytes that were never
+ * given back to the system. Only as many are kept as were in use at once.
+ */
+class BatchBufferPool {
+  private readonly idle = new Map<number, ArrayBuffer[]>();
+
+  take(size: number): ArrayBuffer {
+    return this.idle.get(size)?.pop() ?? new ArrayBuffer(size);
+  }
+
+  /** Keeps `buffer` for reuse: its last user must be done with it. */
+  give(buffer: ArrayBuffer): void {
+    if (buffer.byteLength === 0) return; // moved to another thread and never returned
+    const list = this.idle.get(buffer.byteLength);
+    if (list) list.push(buffer);
+    else this.idle.set(buffer.byteLength, [buffer]);
+  }
+}
+
+export const batchBuffers = new BatchBufferPool();
+
+/**
  * Gathers bytes into batches of whole segments and hands them to the
  * encryption thread, at most IN_FLIGHT not yet emitted, emitting results in order.
  * Input buffers go to the thread and come back to be filled again, so memory
  * is a few batches whatever the object's size.
  */
 export class SegmentBatches {
-  private readonly spare: ArrayBuffer[] = [];
   /** Batches handed over and not yet emitted, oldest first. */
   private readonly outstanding: Promise<void>[] = [];
   private emitting: Promise<void> = Promise.resolve();
@@ -114,7 +138,7 @@ export class SegmentBatches {
     private readonly process: (input: ArrayBuffer, length: number, last: boolean) => Promise<BatchResult>,
     private readonly emit: (output: Buffer) => void | Promise<void>,
   ) {
-    this.batch = new Uint8Array(batchSize);
+    this.batch = new Uint8Array(batchBuffers.take(batchSize));
   }
 
   /** Copies bytes in, handing each full batch over once more bytes follow it. */
@@ -129,13 +153,14 @@ export class SegmentBatches {
   }
 
   /** Hands over what is left as the stream's last batch and emits every result. */
-  finish(): Promise<void> {
-    return this.handOver(true);
+  async finish(): Promise<void> {
+    await this.handOver(true);
+    batchBuffers.give(this.batch.buffer as ArrayBuffer);
   }
 
   private async handOver(last: boolean): Promise<void> {
     const result = this.process(this.batch.buffer as ArrayBuffer, this.fill, last).then(({ input, output }) => {
-      this.spare.push(input);
+      batchBuffers.give(input);
       return output;
     });
     result.catch(() => undefined);
@@ -146,7 +171,7 @@ export class SegmentBatches {
     emitted.catch(() => undefined);
     this.emitting = emitted;
     this.outstanding.push(emitted);
-    this.batch = new Uint8Array(this.spare.pop() ?? new ArrayBuffer(this.batchSize));
+    this.batch = new Uint8Array(batchBuffers.take(this.batchSize));
     this.fill = 0;
     while (this.outstanding.length >= (last ? 1 : IN_FLIGHT)) await this.outstanding.shift();
   }

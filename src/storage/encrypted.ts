@@ -3,9 +3,11 @@ import { IntegrityError } from '../errors.js';
 import {
   HEADER_SIZE,
   SEAL_BATCH,
+  SEALED_BATCH,
   SEGMENT_SIZE,
   SegmentBatches,
   SegmentSealer,
+  batchBuffers,
   ciphertextSize,
   decryptBuffer,
   encryptBuffer,
@@ -186,7 +188,6 @@ export class EncryptedStorage implements Storage {
  * object allocates nothing per batch.
  */
 class SealingWriter implements ObjectWriter {
-  private readonly spareOutputs: ArrayBuffer[] = [];
   private readonly batches: SegmentBatches;
   private plainBytes = 0;
 
@@ -197,10 +198,10 @@ class SealingWriter implements ObjectWriter {
   ) {
     this.batches = new SegmentBatches(
       SEAL_BATCH,
-      (input, length, last) => sealer.seal(input, length, last, this.spareOutputs.pop()),
+      (input, length, last) => sealer.seal(input, length, last, batchBuffers.take(SEALED_BATCH)),
       async (sealed) => {
         await inner.write(sealed);
-        this.spareOutputs.push(sealed.buffer as ArrayBuffer);
+        batchBuffers.give(sealed.buffer as ArrayBuffer);
       },
     );
   }
