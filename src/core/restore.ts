@@ -137,7 +137,15 @@ export async function checkRestoreTarget(
     throw new UsageError(`restore target ${target} lies inside the repository ${repositoryLocation}`, { hint: 'restore outside the repository; writing there would damage the backups' });
   }
   const { state: targetState, mountPoint } = await inspectTarget(target).catch(async (err: unknown) => {
-    const blocker = (err as NodeJS.ErrnoException).code === 'ENOTDIR' ? await notADirectoryOnTheWay(target) : undefined;
+    const code = (err as NodeJS.ErrnoException).code;
+    // A directory above the target this user may not enter, or a target of another user it may not list.
+    if (code === 'EACCES' || code === 'EPERM') {
+      throw new RuntimeFailure(`cannot look into restore target ${target}: ${errorMessage(err)}`, {
+        cause: err,
+        hint: `check that this user may enter every directory above ${target}, and read and write it; or restore somewhere else`,
+      });
+    }
+    const blocker = code === 'ENOTDIR' ? await notADirectoryOnTheWay(target) : undefined;
     if (blocker === undefined) throw err;
     throw new UsageError(`restore target ${target} cannot be made: ${blocker} is not a directory`, { cause: err });
   });
