@@ -168,3 +168,26 @@ test("a restore lock and a staging directory another user's restore left in a sh
   assert.equal(json.code, 0, json.stderr);
   assert.ok(json.json().warnings.some((w: { code: string; path: string }) => w.code === 'staging-left' && w.path === staging), json.stdout);
 });
+
+test('a drill or verify --deep whose work directory (--work-dir, or TMPDIR) this user may not write says so in one sentence, exit 1, not an unexpected error', { skip: asRoot ? false : 'needs root to run lifeboat as another user' }, async (t) => {
+  const { work, repo } = await rootsRepository(t);
+  const closed = path.join(work, 'closed');
+  await fsp.mkdir(closed);
+  const runs = [
+    { args: ['drill', '--work-dir', closed], purpose: 'restore the point into for the drill', where: closed },
+    { args: ['verify', '--deep', '--work-dir', path.join(closed, 'sub')], purpose: 'restore \\S+ into for its model checks', where: path.join(closed, 'sub') },
+    { args: ['drill'], env: { TMPDIR: closed }, purpose: 'restore the point into for the drill', where: closed },
+    { args: ['verify', '--deep'], env: { TMPDIR: closed }, purpose: 'restore \\S+ into for its model checks', where: closed },
+  ];
+  for (const { args, env, purpose, where } of runs) {
+    const r = await runChild(['--repo', repo, ...args], { user, env });
+    assert.equal(r.code, 1, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, new RegExp(`cannot make a directory to ${purpose}, under ${where}: EACCES`));
+    assert.match(r.stderr, new RegExp(`check that this user may write ${where}, or give another place with --work-dir${env ? ' \\(or TMPDIR\\)' : '\n'}`));
+    assert.doesNotMatch(r.stderr, /unexpected/);
+  }
+  const json = await runChild(['--repo', repo, '--json', 'drill', '--work-dir', closed], { user });
+  assert.equal(json.code, 1, json.stderr);
+  assert.equal(json.json().ok, false);
+  assert.equal(json.json().error.exitCode, 1);
+});

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { ExitCode, IntegrityError, errorMessage, throwIfAborted } from '../errors.js';
+import { ExitCode, IntegrityError, errorMessage, throwIfAborted, workDirectoryFailure } from '../errors.js';
 import { aheadOfClock, formatDuration } from '../config/duration.js';
 import type { Manifest } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
@@ -125,7 +125,9 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
     options.onCheck?.(c);
     if (c.status === 'failed') problems.push({ check: c.name, message: c.message });
   };
-  const base = await makeWorkDirectory(options.workDir, 'lifeboat-drill-', (dir) => reporter.notice?.(leftWorkDirectory(dir)));
+  const base = await makeWorkDirectory(options.workDir, 'lifeboat-drill-', (dir) => reporter.notice?.(leftWorkDirectory(dir))).catch((err: unknown) => {
+    throw workDirectoryFailure(err, options.workDir, 'restore the point into for the drill');
+  });
   const target = path.join(base, 'restore');
   let integrity = false;
   let damagedVolume: string | undefined;
