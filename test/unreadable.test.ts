@@ -191,3 +191,21 @@ test('a drill or verify --deep whose work directory (--work-dir, or TMPDIR) this
   assert.equal(json.json().ok, false);
   assert.equal(json.json().error.exitCode, 1);
 });
+
+test('run from a working directory this user may not enter (sudo -u from /root), a command given --repo runs: there is no lifeboat.yaml there for it; one it may enter but not read is still refused', { skip: asRoot ? false : 'needs root to run lifeboat as another user' }, async (t) => {
+  const { work, repo } = await rootsRepository(t);
+  const closed = path.join(work, 'closed');
+  await fsp.mkdir(closed, { mode: 0o700 });
+  // Every command failed: "cannot read config file …/closed/lifeboat.yaml", though there was none.
+  const list = await runChild(['--repo', repo, '--json', 'list'], { user, cwd: closed });
+  assert.equal(list.code, 0, list.stderr);
+  assert.equal(list.json().length, 1);
+  const none = await runChild(['list'], { user, cwd: closed });
+  assert.equal(none.code, 2, none.stderr);
+  assert.match(none.stderr, /no repository given/);
+
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ${repo}\n`, { mode: 0o600 });
+  const unreadable = await runChild(['--repo', repo, 'list'], { user, cwd: work });
+  assert.equal(unreadable.code, 2, unreadable.stderr);
+  assert.match(unreadable.stderr, /cannot read config file .*lifeboat\.yaml: EACCES/);
+});
