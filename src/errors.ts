@@ -2,6 +2,8 @@
  * Typed errors. Each carries the exit code of DESIGN.md's table so the entry
  * point is the one place that turns a failure into a process exit status.
  */
+import * as os from 'node:os';
+
 export const ExitCode = {
   ok: 0,
   runtime: 1,
@@ -133,6 +135,16 @@ export function fileSystemHint(err: unknown, where: string): string | undefined 
     default:
       return undefined;
   }
+}
+
+/** A temporary directory a drill or verify --deep could not make to restore into: where, and how to choose another place. */
+export function workDirectoryFailure(err: unknown, parent: string | undefined, purpose: string): RuntimeFailure {
+  const where = parent ?? os.tmpdir();
+  const hint = fileSystemHint(err, where);
+  return new RuntimeFailure(`cannot make a directory to ${purpose}, under ${where}: ${errorMessage(err)}`, {
+    cause: err,
+    hint: `${hint === undefined ? '' : `${hint}, or `}give another place with --work-dir${parent === undefined ? ' (or TMPDIR)' : ''}`,
+  });
 }
 
 const OPEN_FILES_HINT = "this process reached its limit of open files: raise it (ulimit -n 4096, or LimitNOFILE= in a systemd unit) and run again";

@@ -229,6 +229,28 @@ test('AWS_PROFILE naming a profile that is in neither shared file says so, namin
   await fsp.rm(home, { recursive: true, force: true });
 });
 
+test("shared AWS files in a HOME this user may not read (su without -, root's HOME kept) are said to be unreadable, not missing, with what to do (exit 2)", { skip: process.geteuid?.() === 0 ? false : 'needs root to run lifeboat as another user' }, async () => {
+  const home = await tempDir();
+  await fsp.mkdir(path.join(home, '.aws'));
+  await fsp.writeFile(path.join(home, '.aws', 'credentials'), '[backup]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = not-a-secret\n');
+  const list = ['--repo', 's3://lifeboat-nobody/repo', '--s3-endpoint', 'http://127.0.0.1:9', '--s3-path-style', 'list'];
+  const credentials = path.join(home, '.aws', 'credentials');
+  const config = path.join(home, '.aws', 'config');
+  const nobody = { uid: 65534, gid: 65534 };
+  const unreadable = new RegExp(`this user may not read ${credentials} or ${config}: set HOME to its own home \\(su -, sudo -H\\), or name readable files with AWS_SHARED_CREDENTIALS_FILE and AWS_CONFIG_FILE\n$`);
+
+  const none = await runChild(list, { env: bareAwsEnv(home), user: nobody, cwd: '/' });
+  assert.equal(none.code, 2, none.stderr);
+  assert.match(none.stderr, /^lifeboat: no AWS credentials were found for the repository\n/);
+  assert.match(none.stderr, unreadable);
+  // Said to be "no such file", and the hint was to add the profile, which is there.
+  const profile = await runChild(list, { env: { ...bareAwsEnv(home), AWS_PROFILE: 'backup' }, user: nobody, cwd: '/' });
+  assert.equal(profile.code, 2, profile.stderr);
+  assert.match(profile.stderr, new RegExp(`^lifeboat: AWS_PROFILE names the profile backup, which is not in ${credentials} \\(unreadable: EACCES\\) or ${config} \\(unreadable: EACCES\\)\n`));
+  assert.match(profile.stderr, unreadable);
+  await fsp.rm(home, { recursive: true, force: true });
+});
+
 test('flags override LIFEBOAT_REPO, which overrides the config file; sources come from the config', async () => {
   const d = await smallDeployment();
   const other = path.join(d.work, 'other-repo');

@@ -1084,3 +1084,32 @@ test('status reports a target whose slots directory cannot be read, and still th
   assert.equal(json.json().targets[1].record.damaged, undefined, 'a record that cannot be reached is not called damaged');
   await fsp.rm(work, { recursive: true, force: true });
 });
+
+test('a failover or rollback by a user who may write the slots but not the directory of the active link is refused before a slot is restored or the old one drained, exit 1 saying so', { skip: process.geteuid?.() === 0 ? false : 'needs root to run lifeboat as another user' }, async () => {
+  const NOBODY = 65534;
+  const { work, first, second } = await twoPoints('  prod:\n    slots: ./own/slots\n    active: ./served/current\n    deactivate: \'echo "deactivate $LIFEBOAT_POINT" >> own/hooks.log\'\n');
+  await fsp.chmod(work, 0o755);
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
+  // The slots are handed to the serving user; the link stays in root's directory.
+  for (const p of [path.join(work, 'own'), ...(await fsp.readdir(path.join(work, 'own'), { recursive: true })).map((n) => path.join(work, 'own', n))]) await fsp.lchown(p, NOBODY, NOBODY);
+  await fsp.writeFile(path.join(work, 'own', 'hooks.log'), '');
+  const served = await fsp.readlink(path.join(work, 'served', 'current'));
+  const refusal = new RegExp(`the active link ${path.join(work, 'served', 'current')} of target prod cannot be switched: EACCES.*\\n  check that this user may write ${path.join(work, 'served')}, where the link is replaced`);
+  const nobody = { cwd: work, user: { uid: NOBODY, gid: NOBODY } };
+
+  // The old slot was drained (and, for a failover, the new one restored), then the switch failed with an unexpected error.
+  const rollback = await runChild(['rollback', '--to', 'prod'], nobody);
+  assert.equal(rollback.code, 1, rollback.stderr);
+  assert.match(rollback.stderr, refusal);
+  await fsp.rm(path.join(work, 'own', 'slots', first), { recursive: true });
+  const failover = await runChild(['failover', first, '--to', 'prod'], nobody);
+  assert.equal(failover.code, 1, failover.stderr);
+  assert.match(failover.stderr, /failover of prod to .* failed before the switch: /);
+  assert.match(failover.stderr, refusal);
+  assert.doesNotMatch(failover.stderr, /unexpected/);
+  assert.equal(await exists(path.join(work, 'own', 'slots', first)), false, 'no slot restored');
+  assert.equal(await fsp.readFile(path.join(work, 'own', 'hooks.log'), 'utf8'), '', 'nothing drained');
+  assert.equal(await fsp.readlink(path.join(work, 'served', 'current')), served);
+  await fsp.rm(work, { recursive: true, force: true });
+});

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { BIN, lifeboat } from './helpers/cli.js';
+import { BIN, lifeboat, runChild } from './helpers/cli.js';
 import { prng, seedFromEnv, tempDir } from './helpers/tree.js';
 import { inNamespace, unshare } from './helpers/namespace.js';
 
@@ -150,4 +150,71 @@ test('a restore where owners cannot be set (a user namespace, NFS with root_squa
   assert.deepEqual(JSON.parse(run.stdout).warnings.map((w: { code: string }) => w.code), ['owners-not-set']);
   for (const name of ['config.json', 'shards/a.bin', 'shards/b.bin']) assert.equal(await fsp.readFile(path.join(target, 'models', name), 'utf8'), name);
   assert.equal((await fsp.stat(path.join(target, 'models', 'shards', 'a.bin'))).mode & 0o777, 0o640, 'modes are still set');
+});
+
+test('a file restored without the owner or group the point recorded loses its set-user-ID or set-group-ID bit, which would lend the rights of whoever restored it; directories keep theirs', { skip: asRoot && userNamespaces ? false : 'needs root, to give files other owners, and user namespaces' }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await fsp.chmod(work, 0o755);
+  const src = path.join(work, 'models');
+  await fsp.mkdir(src);
+  const made: [string, number, number, number][] = [
+    ['root-tool', 0o4755, 0, 0],
+    ['nobody-tool', 0o4750, NOBODY, NOBODY],
+    ['group-tool', 0o2755, 0, 2001],
+    ['plain', 0o644, 2001, 2001],
+  ];
+  for (const [name, mode, uid, gid] of made) {
+    await fsp.writeFile(path.join(src, name), name);
+    await fsp.chown(path.join(src, name), uid, gid);
+    await fsp.chmod(path.join(src, name), mode);
+  }
+  for (const [name, mode] of [['shared', 0o2775], ['drop', 0o1777]] as const) {
+    await fsp.mkdir(path.join(src, name));
+    await fsp.chown(path.join(src, name), 2001, 2001);
+    await fsp.chmod(path.join(src, name), mode);
+  }
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  assert.equal((await lifeboat(['--repo', repo, 'backup', src])).code, 0);
+  const modes = async (target: string) => {
+    const out: Record<string, string> = {};
+    for (const name of (await fsp.readdir(path.join(target, 'models'))).sort()) out[name] = ((await fsp.stat(path.join(target, 'models', name))).mode & 0o7777).toString(8);
+    return out;
+  };
+  const recorded = { 'drop': '1777', 'group-tool': '2755', 'nobody-tool': '4750', 'plain': '644', 'root-tool': '4755', 'shared': '2775' };
+
+  // As root, owners are restored, and every bit with them.
+  const asRootTarget = path.join(work, 'as-root');
+  const r = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', asRootTarget]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(await modes(asRootTarget), recorded);
+  assert.doesNotMatch(r.stderr, /set-user-ID/);
+
+  // As nobody, every file is nobody's: root's program was set-user-ID nobody, lending nobody's rights to all.
+  const forNobody = path.join(work, 'nobody');
+  await fsp.mkdir(forNobody);
+  await fsp.chown(forNobody, NOBODY, NOBODY);
+  const nobodyTarget = path.join(forNobody, 'out');
+  const asNobody = await runChild(['--repo', repo, '--json', 'restore', 'latest', '--target', nobodyTarget], { user: { uid: NOBODY, gid: NOBODY } });
+  assert.equal(asNobody.code, 0, asNobody.stderr);
+  const expected = { ...recorded, 'group-tool': '755', 'root-tool': '755' };
+  assert.deepEqual(await modes(nobodyTarget), expected, 'its own program keeps its bit; directories keep theirs');
+  assert.equal(asNobody.stderr.match(/set-user-ID/g)?.length, 1, asNobody.stderr);
+  assert.match(asNobody.stderr, /warning: .*: 2 file\(s\) restored without the set-user-ID or set-group-ID bit they had: they do not have here the owner or group the point recorded/);
+  assert.ok(asNobody.json().warnings.some((w: { code: string }) => w.code === 'set-id-withheld'), asNobody.stdout);
+  // A --delta finds them as they should be, and neither rewrites nor warns.
+  const delta = await runChild(['--repo', repo, '--json', 'restore', 'latest', '--target', nobodyTarget, '--delta'], { user: { uid: NOBODY, gid: NOBODY } });
+  assert.equal(delta.code, 0, delta.stderr);
+  assert.equal(delta.json().rewritten, 0);
+  assert.doesNotMatch(delta.stderr, /set-user-ID/);
+  assert.deepEqual(await modes(nobodyTarget), expected);
+
+  // Root where owners cannot be set: nobody's program, left root's, was set-user-ID root.
+  const inNamespaceTarget = path.join(work, 'in-namespace');
+  const run = spawnSync('unshare', ['--user', '--map-root-user', process.execPath, BIN, '--repo', repo, 'restore', 'latest', '--target', inNamespaceTarget], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(run.status, 0, run.stderr);
+  assert.deepEqual(await modes(inNamespaceTarget), { ...recorded, 'group-tool': '755', 'nobody-tool': '750' });
+  assert.match(run.stderr, /could not be given their owners/);
+  assert.match(run.stderr, /2 file\(s\) restored without the set-user-ID or set-group-ID bit/);
 });

@@ -840,3 +840,43 @@ test('a failover run again for the point already served leaves the serving state
   await run('--quiet', 'failover', pointB, '--state');
   assert.equal(version(), 'B', 'asked for, the state goes back');
 });
+
+test('a SQLite source this user may only read: a database it may not read, or one in WAL mode that no process has open in a directory it may not write, is one sentence with exit 2; open, it is copied', { skip: process.geteuid?.() === 0 ? false : 'needs root to run lifeboat as another user' }, async (t) => {
+  const NOBODY = 65534;
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await fsp.chmod(work, 0o755);
+  // The server's databases are root's, in root's directory; the backup runs as nobody, into its own repository.
+  const registry = path.join(work, 'registry.db');
+  seedDatabase(registry, 'wal');
+  const secret = path.join(work, 'secret.db');
+  seedDatabase(secret, 'delete');
+  await fsp.chmod(secret, 0o600);
+  const own = path.join(work, 'nobody');
+  await fsp.mkdir(own);
+  await fsp.chown(own, NOBODY, NOBODY);
+  const run = (...args: string[]) => runChild(args, { cwd: own, user: { uid: NOBODY, gid: NOBODY } });
+  assert.equal((await run('--repo', 'repo', 'init')).code, 0);
+  const backup = async (database: string) => {
+    await fsp.writeFile(path.join(own, 'lifeboat.yaml'), `repository: ./repo\nsources:\n  registry: { sqlite: ${database} }\n`);
+    return run('backup');
+  };
+
+  // SQLite said "attempt to write a readonly database", and "unable to open database file", exit 1.
+  const closed = await backup(registry);
+  assert.equal(closed.code, 2, closed.stderr);
+  assert.match(closed.stderr, new RegExp(`source registry: cannot read the SQLite database ${registry} as this user: it is in WAL mode and no process has it open, so reading it needs its -wal and -shm files made beside it, in ${work}, which this user may not write`));
+  assert.match(closed.stderr, /run the backup as a user who may write .*, or while the server that writes the database has it open/);
+  const unreadable = await backup(secret);
+  assert.equal(unreadable.code, 2, unreadable.stderr);
+  assert.match(unreadable.stderr, new RegExp(`source registry: cannot read the SQLite database ${secret}: EACCES`));
+  assert.match(unreadable.stderr, /run the backup as a user who may read it/);
+  assert.doesNotMatch(closed.stderr + unreadable.stderr, /unable to open|readonly database/);
+
+  // While the server has it open, its -wal and -shm files are there to read through.
+  const server = new Database(registry);
+  t.after(() => server.close());
+  server.prepare('INSERT INTO bulk (data) VALUES (?)').run(Buffer.from('written while open'));
+  const open = await backup(registry);
+  assert.equal(open.code, 0, open.stderr);
+});

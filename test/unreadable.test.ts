@@ -2,7 +2,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { runChild } from './helpers/cli.js';
+import { lifeboat, runChild } from './helpers/cli.js';
 import { removeTree } from '../src/format/remove-tree.js';
 import { tempDir, writeRandomFile, prng } from './helpers/tree.js';
 
@@ -107,4 +107,135 @@ test('a local repository this user may not write or read is refused with exit 2,
   // Reading is still allowed where the modes allow it.
   await fsp.chmod(path.join(repo, 'points'), 0o755);
   assert.equal((await run('list')).code, 0);
+});
+
+/** A work directory anyone may enter, with a repository of root's that anyone may read, holding one point of `models`. */
+async function rootsRepository(t: TestContext): Promise<{ work: string; src: string; repo: string }> {
+  const { work, src } = await workWithModels(t);
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const b = await lifeboat(['--repo', repo, 'backup', src]);
+  assert.equal(b.code, 0, b.stderr);
+  return { work, src, repo };
+}
+
+test('a restore target this user may not reach or list is one sentence, exit 1, not an unexpected error', { skip: asRoot ? false : 'needs root to run lifeboat as another user' }, async (t) => {
+  const { work, repo } = await rootsRepository(t);
+  const closed = path.join(work, 'closed');
+  await fsp.mkdir(path.join(closed, 'old'), { recursive: true });
+  await fsp.chmod(closed, 0o700);
+  for (const [target, ...how] of [[path.join(closed, 'out')], [closed, '--force'], [closed, '--delta']]) {
+    const r = await runChild(['--repo', repo, 'restore', 'latest', '--target', target!, ...how], { user });
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`cannot look into restore target ${target}: EACCES`));
+    assert.match(r.stderr, /check that this user may enter every directory above/);
+    assert.doesNotMatch(r.stderr, /unexpected/);
+  }
+  assert.deepEqual(await fsp.readdir(closed), ['old']);
+});
+
+test("a restore lock and a staging directory another user's restore left in a shared directory (/tmp): the lock is named with what to do, the staging directory is left with a warning", { skip: asRoot ? false : 'needs root to run lifeboat as another user' }, async (t) => {
+  const { work, src, repo } = await rootsRepository(t);
+  const shared = path.join(work, 'shared');
+  await fsp.mkdir(shared);
+  await fsp.chmod(shared, 0o1777);
+  // What a restore of root's, killed, left: its lock (a process that no longer runs) and its staging directory.
+  const gone = `${2 ** 22 + 77}-${Math.floor(Date.now() / 1000) - 3600}`;
+  const lock = path.join(shared, '.out.lifeboat-restoring');
+  await fsp.symlink(gone, lock);
+  const staging = path.join(shared, `.out.lifeboat-staging-${gone}-0badcafe`);
+  await fsp.mkdir(path.join(staging, 'models'), { recursive: true, mode: 0o700 });
+  await fsp.writeFile(path.join(staging, 'models', 'config.json'), '{"layers": 2}');
+  const target = path.join(shared, 'out');
+  const restore = () => runChild(['--repo', repo, 'restore', 'latest', '--target', target], { user });
+
+  // Said to be changing hands, exit 4, as though another restore were starting: it was waited for in vain.
+  const locked = await restore();
+  assert.equal(locked.code, 1, locked.stderr);
+  assert.match(locked.stderr, new RegExp(`restore target ${target} holds the lock ${lock} of uid 0, left by a restore that is gone, and this user may not remove it`));
+  assert.match(locked.stderr, /remove it as its owner or as root, then run this restore again/);
+  assert.doesNotMatch(locked.stderr, /changing hands/);
+
+  await fsp.rm(lock);
+  // Root's staging directory cannot be removed by this user: an unexpected error stopped every restore there.
+  const r = await restore();
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, new RegExp(`warning: ${staging}: left by an interrupted restore of another user \\(uid 0\\), which this user may not remove`));
+  assert.equal(await fsp.readFile(path.join(target, 'models', 'config.json'), 'utf8'), await fsp.readFile(path.join(src, 'config.json'), 'utf8'));
+  assert.equal((await fsp.stat(target)).uid, NOBODY);
+  assert.ok((await fsp.stat(staging)).isDirectory(), "root's staging directory is left to root");
+  const json = await runChild(['--repo', repo, '--json', 'restore', 'latest', '--target', target, '--force'], { user });
+  assert.equal(json.code, 0, json.stderr);
+  assert.ok(json.json().warnings.some((w: { code: string; path: string }) => w.code === 'staging-left' && w.path === staging), json.stdout);
+});
+
+test('a drill or verify --deep whose work directory (--work-dir, or TMPDIR) this user may not write says so in one sentence, exit 1, not an unexpected error', { skip: asRoot ? false : 'needs root to run lifeboat as another user' }, async (t) => {
+  const { work, repo } = await rootsRepository(t);
+  const closed = path.join(work, 'closed');
+  await fsp.mkdir(closed);
+  const runs = [
+    { args: ['drill', '--work-dir', closed], purpose: 'restore the point into for the drill', where: closed },
+    { args: ['verify', '--deep', '--work-dir', path.join(closed, 'sub')], purpose: 'restore \\S+ into for its model checks', where: path.join(closed, 'sub') },
+    { args: ['drill'], env: { TMPDIR: closed }, purpose: 'restore the point into for the drill', where: closed },
+    { args: ['verify', '--deep'], env: { TMPDIR: closed }, purpose: 'restore \\S+ into for its model checks', where: closed },
+  ];
+  for (const { args, env, purpose, where } of runs) {
+    const r = await runChild(['--repo', repo, ...args], { user, env });
+    assert.equal(r.code, 1, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, new RegExp(`cannot make a directory to ${purpose}, under ${where}: EACCES`));
+    assert.match(r.stderr, new RegExp(`check that this user may write ${where}, or give another place with --work-dir${env ? ' \\(or TMPDIR\\)' : '\n'}`));
+    assert.doesNotMatch(r.stderr, /unexpected/);
+  }
+  const json = await runChild(['--repo', repo, '--json', 'drill', '--work-dir', closed], { user });
+  assert.equal(json.code, 1, json.stderr);
+  assert.equal(json.json().ok, false);
+  assert.equal(json.json().error.exitCode, 1);
+});
+
+test('run from a working directory this user may not enter (sudo -u from /root), a command given --repo runs: there is no lifeboat.yaml there for it; one it may enter but not read is still refused', { skip: asRoot ? false : 'needs root to run lifeboat as another user' }, async (t) => {
+  const { work, repo } = await rootsRepository(t);
+  const closed = path.join(work, 'closed');
+  await fsp.mkdir(closed, { mode: 0o700 });
+  // Every command failed: "cannot read config file …/closed/lifeboat.yaml", though there was none.
+  const list = await runChild(['--repo', repo, '--json', 'list'], { user, cwd: closed });
+  assert.equal(list.code, 0, list.stderr);
+  assert.equal(list.json().length, 1);
+  const none = await runChild(['list'], { user, cwd: closed });
+  assert.equal(none.code, 2, none.stderr);
+  assert.match(none.stderr, /no repository given/);
+
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ${repo}\n`, { mode: 0o600 });
+  const unreadable = await runChild(['--repo', repo, 'list'], { user, cwd: work });
+  assert.equal(unreadable.code, 2, unreadable.stderr);
+  assert.match(unreadable.stderr, /cannot read config file .*lifeboat\.yaml: EACCES/);
+});
+
+test("a drill, verify --deep or failover by another user of a point of root's whose modes close a directory or a file to that user passes, instead of a checksum failure or an unexpected error", { skip: asRoot ? false : 'needs root to run lifeboat as another user' }, async (t) => {
+  const { work, src } = await workWithModels(t);
+  // Root reads what these modes close: a directory it may list but not enter, a file of mode 000.
+  await fsp.mkdir(path.join(src, 'cache'));
+  await fsp.writeFile(path.join(src, 'cache', 'index.json'), '{}');
+  await fsp.chmod(path.join(src, 'cache'), 0o644);
+  await fsp.writeFile(path.join(src, 'sealed.bin'), 'kept from others');
+  await fsp.chmod(path.join(src, 'sealed.bin'), 0o000);
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const b = await lifeboat(['--repo', repo, 'backup', src]);
+  assert.equal(b.code, 0, b.stderr);
+  await fsp.chmod(path.join(src, 'cache'), 0o755);
+
+  // "2 file(s) differ from the manifest: …: EACCES", exit 3, though the restore had checked every SHA-256.
+  const drill = await runChild(['--repo', repo, 'drill'], { user });
+  assert.equal(drill.code, 0, drill.stderr);
+  assert.match(drill.stdout, /ok {4}checksums 1 files read back, every SHA-256 matches the manifest; 2 this user may not read back \(closed to it by the modes the point records\) were checked as they were written/);
+  // The model checks stopped at the file they could not stat: an unexpected error.
+  const deep = await runChild(['--repo', repo, 'verify', '--deep'], { user });
+  assert.equal(deep.code, 0, deep.stderr);
+  const slots = path.join(work, 'slots');
+  await fsp.mkdir(slots);
+  await fsp.chown(slots, NOBODY, NOBODY);
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ${repo}\ntargets:\n  prod: { slots: ${slots}/s, active: ${slots}/current }\n`);
+  const failover = await runChild(['failover', '--to', 'prod'], { user, cwd: work });
+  assert.equal(failover.code, 0, failover.stderr);
+  assert.equal((await fsp.stat(path.join(slots, 'current', 'models', 'cache'))).mode & 0o7777, 0o644);
 });

@@ -179,9 +179,14 @@ export interface LoadedConfig {
   file?: string;
 }
 
+async function mayEnter(dir: string): Promise<boolean> {
+  return fsp.access(dir, fs.constants.X_OK).then(() => true, () => false);
+}
+
 /**
  * Finds and validates the config: `--config`, else LIFEBOAT_CONFIG, else
- * `lifeboat.yaml` in the working directory if present. Relative paths inside
+ * `lifeboat.yaml` in the working directory if present (and where this user
+ * may enter that directory). Relative paths inside
  * it are resolved against the file's directory.
  */
 export async function loadConfig(options: { explicit?: string; cwd: string; env: NodeJS.ProcessEnv }): Promise<LoadedConfig> {
@@ -200,6 +205,8 @@ export async function loadConfig(options: { explicit?: string; cwd: string; env:
     if (err instanceof UsageError) throw err;
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' && named === undefined) return { config: {} };
+    // A working directory this user may not enter (`sudo -u svc lifeboat …` run from /root) holds no config for it.
+    if (code === 'EACCES' && named === undefined && !(await mayEnter(options.cwd))) return { config: {} };
     const by = options.explicit !== undefined ? '--config' : named !== undefined ? 'LIFEBOAT_CONFIG' : undefined;
     if (code === 'ENOENT') throw new UsageError(`config file ${file} does not exist`, { hint: `check the path ${by} gives` });
     if (code === 'EISDIR') throw new UsageError(`config file ${file} is a directory`, { hint: by ? `${by} names the file itself (…/lifeboat.yaml)` : 'move it aside, or name the config with --config FILE' });

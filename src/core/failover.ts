@@ -12,7 +12,7 @@ import type { Repository } from './repository.js';
 import { restore } from './restore.js';
 import { NotEnoughSpace, removeOtherStaging } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
-import { TARGET_STATE_FILE, announceSwitch, listSlots, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState } from './slots.js';
+import { TARGET_STATE_FILE, announceSwitch, checkActiveLinkWritable, listSlots, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState } from './slots.js';
 import type { TargetSpec } from './targets.js';
 import { removeTree } from '../format/remove-tree.js';
 
@@ -427,6 +427,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     const from = await readActive(spec.active);
     const fromPoint = slotPoint(spec.slots, from) ?? null;
     served = fromPoint ?? from ?? 'nothing';
+    await checkActiveLinkWritable(spec.active, spec.name);
     // Run again for the point already served (to repair its slot, or unsure whether the first run went through),
     // a failover must not put the backup's state over what the service has written since it was switched to.
     if (from === slot && options.applyState === undefined && (await stateWentBackWith(spec.slots, slot))) {
@@ -554,6 +555,7 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
       throw new UsageError(`the previous slot ${to} of target ${spec.name} no longer exists`, { hint: 'fail over to a chosen point instead: lifeboat failover POINT --to TARGET' });
     }
     if (to === from) throw new UsageError(`target ${spec.name} already serves ${to}`);
+    await checkActiveLinkWritable(spec.active, spec.name);
     const point = slotPoint(spec.slots, to) ?? null;
     // Undoing a switch that left the serving state alone (--no-state) leaves it alone too, unless told otherwise:
     // the live state was kept for a reason, and the point's copy would replace what was written since.

@@ -74,6 +74,21 @@ export async function removeStaging(staging: string, marker?: string): Promise<v
   if (marker) await fsp.rm(marker, { force: true });
 }
 
+/**
+ * Removes a staging directory another restore left; false when this user may not (another
+ * user's, in a directory such as /tmp where only its owner may remove it), which is left.
+ */
+async function removeLeftStaging(staging: string, marker?: string): Promise<boolean> {
+  try {
+    await removeStaging(staging, marker);
+    return true;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EACCES' || code === 'EPERM') return false;
+    throw err;
+  }
+}
+
 /** Who left a staging directory, from what follows its prefix; `replaced`: what a --force set aside. */
 function stagingOwner(rest: string): { pid: number; running: boolean; replaced: boolean } | undefined {
   const m = /^(\d+)(?:-(\d{1,12}))?-[0-9a-f]{8}(-replaced)?$/.exec(rest);
@@ -114,9 +129,12 @@ export async function takeInterruptedStaging(dir: string, prefix: string, report
     const linkOurs = marker === undefined || (await fsp.lstat(marker)).uid === (uid ?? st?.uid);
     const ours = st !== undefined && linkOurs && st.isDirectory() && st.uid === (uid ?? st.uid) && (st.mode & 0o022) === 0;
     if (ours) leftovers.push({ where, marker, mtimeMs: st.mtimeMs });
-    else {
-      await removeStaging(st ? where : named, marker);
+    else if (await removeLeftStaging(st ? where : named, marker)) {
       reporter.notice?.({ level: 'info', code: 'staging-removed', path: where, message: 'removed a staging directory that another user could write to' });
+    } else {
+      const n: Notice = { level: 'warning', code: 'staging-left', path: where, message: `left by an interrupted restore of another user (uid ${st?.uid ?? '?'}), which this user may not remove; this restore stages beside it: remove it as its owner or as root` };
+      warnings.push(n);
+      reporter.notice?.(n);
     }
   }
   leftovers.sort((a, b) => b.mtimeMs - a.mtimeMs);
@@ -145,7 +163,7 @@ export async function removeOtherStaging(target: string): Promise<string[]> {
     const owner = stagingOwner(name.slice(mark + STAGING_MARK.length));
     if (!owner || owner.running || owner.replaced) continue;
     const behind = await stagingBehind(path.join(path.dirname(target), name));
-    if (behind) await removeStaging(behind.dir, behind.marker);
+    if (behind && !(await removeLeftStaging(behind.dir, behind.marker))) continue;
     removed.push(name);
   }
   return removed;
@@ -200,7 +218,16 @@ export async function lockRestoreTarget(target: string, mountPoint: boolean): Pr
     }
     // Left by a restore killed before it could remove it: moved aside and removed if it is still the one judged.
     const aside = `${file}-${randomBytes(4).toString('hex')}`;
-    if (!(await fsp.rename(file, aside).then(() => true, () => false))) continue;
+    const refused = await fsp.rename(file, aside).then(() => undefined, (err: NodeJS.ErrnoException) => err);
+    if (refused?.code === 'EACCES' || refused?.code === 'EPERM') {
+      // Another user's, in a directory where only its owner may remove it (/tmp, sticky): taking it over cannot succeed.
+      const owner = await fsp.lstat(file).then((st) => ` of uid ${st.uid}`, () => '');
+      throw new RuntimeFailure(`restore target ${target} holds the lock ${file}${owner}, left by a restore that is gone, and this user may not remove it`, {
+        cause: refused,
+        hint: `remove it as its owner or as root, then run this restore again`,
+      });
+    }
+    if (refused) continue;
     if ((await fsp.readlink(aside).catch(() => '')) !== held) await fsp.link(aside, file).catch(() => undefined);
     await fsp.rm(aside, { force: true });
   }

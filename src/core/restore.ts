@@ -137,7 +137,15 @@ export async function checkRestoreTarget(
     throw new UsageError(`restore target ${target} lies inside the repository ${repositoryLocation}`, { hint: 'restore outside the repository; writing there would damage the backups' });
   }
   const { state: targetState, mountPoint } = await inspectTarget(target).catch(async (err: unknown) => {
-    const blocker = (err as NodeJS.ErrnoException).code === 'ENOTDIR' ? await notADirectoryOnTheWay(target) : undefined;
+    const code = (err as NodeJS.ErrnoException).code;
+    // A directory above the target this user may not enter, or a target of another user it may not list.
+    if (code === 'EACCES' || code === 'EPERM') {
+      throw new RuntimeFailure(`cannot look into restore target ${target}: ${errorMessage(err)}`, {
+        cause: err,
+        hint: `check that this user may enter every directory above ${target}, and read and write it; or restore somewhere else`,
+      });
+    }
+    const blocker = code === 'ENOTDIR' ? await notADirectoryOnTheWay(target) : undefined;
     if (blocker === undefined) throw err;
     throw new UsageError(`restore target ${target} cannot be made: ${blocker} is not a directory`, { cause: err });
   });
@@ -331,6 +339,17 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
         code: 'owners-not-set',
         path: owners.refused.path?.replaceAll(staging, target),
         message: `the files could not be given their owners (${owners.refused.code}: the file system, such as NFS with root_squash or FAT, or a user namespace does not allow it); they belong to ${who}`,
+      };
+      warnings.push(n);
+      reporter.notice?.(n);
+    }
+    // A drill's or verify --deep's restore, removed once checked, lends nothing.
+    if (owners.withheld.count > 0 && !options.disposable) {
+      const n: Notice = {
+        level: 'warning',
+        code: 'set-id-withheld',
+        path: owners.withheld.first?.replaceAll(staging, target),
+        message: `${owners.withheld.count} file(s) restored without the set-user-ID or set-group-ID bit they had: they do not have here the owner or group the point recorded, whose rights the bit would lend (run as root, with owners restored, to keep it)`,
       };
       warnings.push(n);
       reporter.notice?.(n);
@@ -793,10 +812,14 @@ async function finishTree(plan: RestorePlan, root: string, owners: OwnerMapping 
 
 /** Local owner and group of a recorded uid and gid. */
 interface OwnerMapping {
+  /** Whether files are given their owners: only a restore as root gives them. */
+  give: boolean;
   uid(id: number): number;
   gid(id: number): number;
   /** Set when the file system refused a change of owner: no further one is tried. */
   refused?: NodeJS.ErrnoException;
+  /** The files given their mode without a set-user-ID or set-group-ID bit (see modeFor), and the first of them. */
+  withheld: { count: number; first?: string };
 }
 
 /**
@@ -818,7 +841,7 @@ function writeSmallFile(file: string, data: Buffer, e: ManifestEntry, owners: Ow
         keepRefusal(owners, err, file);
       }
     }
-    fs.fchmodSync(fd, e.mode);
+    fs.fchmodSync(fd, (e.mode & SET_ID) === 0 ? e.mode : modeGiven(e, owners, fs.fstatSync(fd), file));
     const t = fileTime(e.mtimeNs);
     fs.futimesSync(fd, t, t);
   } finally {
@@ -827,7 +850,35 @@ function writeSmallFile(file: string, data: Buffer, e: ManifestEntry, owners: Ow
 }
 
 function ownerWanted(owners: OwnerMapping | undefined, uid: number | undefined, gid: number | undefined): owners is OwnerMapping {
-  return owners !== undefined && !owners.refused && uid !== undefined && gid !== undefined;
+  return owners !== undefined && owners.give && !owners.refused && uid !== undefined && gid !== undefined;
+}
+
+const SET_ID = 0o6000;
+
+/**
+ * The mode for a file that `owner` owns: its recorded mode, less a set-user-ID
+ * (set-group-ID) bit when its recorded owner (group) is not the one it has
+ * here, as cp does when it cannot keep owners. Such a bit lends whoever runs
+ * the file its owner's rights: a program of another user, restored as this
+ * user's (or as root's, where owners cannot be set), would lend this user's.
+ * A directory keeps its bits, which lend nothing.
+ */
+function modeFor(e: ManifestEntry, owners: OwnerMapping | undefined, owner: { uid: number | bigint; gid: number | bigint }): number {
+  if (e.type === 'dir' || (e.mode & SET_ID) === 0) return e.mode;
+  let mode = e.mode;
+  if (e.uid !== undefined && (owners ? owners.uid(e.uid) : e.uid) !== Number(owner.uid)) mode &= ~0o4000;
+  if (e.gid !== undefined && (owners ? owners.gid(e.gid) : e.gid) !== Number(owner.gid)) mode &= ~0o2000;
+  return mode;
+}
+
+/** modeFor, counting the files it withholds a bit from, for the restore's warning. */
+function modeGiven(e: ManifestEntry, owners: OwnerMapping | undefined, owner: { uid: number | bigint; gid: number | bigint }, file: string): number {
+  const mode = modeFor(e, owners, owner);
+  if (mode !== e.mode && owners) {
+    owners.withheld.count++;
+    owners.withheld.first ??= file;
+  }
+  return mode;
 }
 
 /** EPERM: NFS with root_squash, FAT; EINVAL: an id a user namespace does not map. tar warns and goes on too. */
@@ -855,11 +906,11 @@ async function setOwner(owners: OwnerMapping | undefined, p: string, uid: number
  * that name, else by number; with `numeric`, by number only. A restore by
  * another user leaves files to that user.
  */
-function ownerMapping(manifest: Manifest, numeric: boolean): OwnerMapping | undefined {
-  if (process.geteuid?.() !== 0) return undefined;
-  if (numeric) return { uid: (id) => id, gid: (id) => id };
+function ownerMapping(manifest: Manifest, numeric: boolean): OwnerMapping {
+  const give = process.geteuid?.() === 0;
+  if (numeric) return { give, uid: (id) => id, gid: (id) => id, withheld: { count: 0 } };
   const local = localAccounts();
-  return { uid: idMapper(manifest.owners?.users, local.users), gid: idMapper(manifest.owners?.groups, local.groups) };
+  return { give, uid: idMapper(manifest.owners?.users, local.users), gid: idMapper(manifest.owners?.groups, local.groups), withheld: { count: 0 } };
 }
 
 /**
@@ -868,7 +919,7 @@ function ownerMapping(manifest: Manifest, numeric: boolean): OwnerMapping | unde
  */
 function metadataAsRecorded(now: fs.BigIntStats, e: ManifestEntry, owners: OwnerMapping | undefined): boolean {
   const ownerRight = !ownerWanted(owners, e.uid, e.gid) || (Number(now.uid) === owners.uid(e.uid!) && Number(now.gid) === owners.gid(e.gid!));
-  const modeRight = e.type === 'symlink' || Number(now.mode & 0o7777n) === e.mode;
+  const modeRight = e.type === 'symlink' || Number(now.mode & 0o7777n) === modeFor(e, owners, now);
   return ownerRight && modeRight && now.mtimeNs / 1000n === BigInt(e.mtimeNs) / 1000n;
 }
 
@@ -893,7 +944,7 @@ async function applyMetadata(plan: RestorePlan, root: string, owners: OwnerMappi
       await fsp.lutimes(p, t, t).catch(() => undefined);
       return;
     }
-    await fsp.chmod(p, e.mode);
+    await fsp.chmod(p, (e.mode & SET_ID) === 0 ? e.mode : modeGiven(e, owners, await fsp.lstat(p), p));
     await fsp.utimes(p, t, t);
   };
   // Setting a file's mode or time leaves its directory's mtime alone, so files go in

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import * as z from 'zod';
 import * as os from 'node:os';
+import { constants as fsConstants } from 'node:fs';
 import { LockedError, RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../errors.js';
 import { POINT_ID } from '../format/ids.js';
 import { syncPath, writeFileSynced } from '../format/durable.js';
@@ -97,6 +98,22 @@ export async function switchActive(active: string, dir: string | null): Promise<
   const dirFd = await fsp.open(parent, 'r').catch(() => undefined);
   await dirFd?.sync().catch(() => undefined);
   await dirFd?.close();
+}
+
+/**
+ * Refuses at once a switch this user could not make: the link is replaced by
+ * one made beside it, in its directory. Found only at the switch, it came
+ * after the new slot was restored and the old one drained. A directory not
+ * made yet is made at the switch, and says then if it cannot be.
+ */
+export async function checkActiveLinkWritable(active: string, name: string): Promise<void> {
+  const parent = path.dirname(active);
+  const refused = await fsp.access(parent, fsConstants.W_OK | fsConstants.X_OK).then(() => undefined, (err: NodeJS.ErrnoException) => err);
+  if (refused === undefined || !['EACCES', 'EPERM', 'EROFS'].includes(refused.code ?? '')) return;
+  throw new RuntimeFailure(`the active link ${active} of target ${name} cannot be switched: ${errorMessage(refused)}`, {
+    cause: refused,
+    hint: `${fileSystemHint(refused, parent)}, where the link is replaced, or run this as a user who may`,
+  });
 }
 
 /**

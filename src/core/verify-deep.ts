@@ -1,6 +1,6 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { IntegrityError, errorMessage, throwIfAborted } from '../errors.js';
+import { IntegrityError, errorMessage, throwIfAborted, workDirectoryFailure } from '../errors.js';
 import type { Manifest } from '../format/manifest.js';
 import { validateDirectory } from '../model/validate.js';
 import type { Reporter } from './events.js';
@@ -33,7 +33,9 @@ export async function deepCheck(repo: Repository, points: readonly Manifest[], o
   const problems: DeepProblem[] = [];
   for (const m of points) {
     throwIfAborted(options.signal);
-    const work = await makeWorkDirectory(options.tmpDir, 'lifeboat-deep-');
+    const work = await makeWorkDirectory(options.tmpDir, 'lifeboat-deep-').catch((err: unknown) => {
+      throw workDirectoryFailure(err, options.tmpDir, `restore ${m.id} into for its model checks`);
+    });
     try {
       const target = path.join(work, m.id);
       try {

@@ -137,7 +137,14 @@ export async function treeOf(root: string, signal?: AbortSignal): Promise<TreeFi
       const abs = path.join(dir, e.name);
       const name = rel ? `${rel}/${e.name}` : e.name;
       if (e.isDirectory()) await walk(abs, name);
-      else if (e.isFile()) out.push({ name, abs, size: (await fsp.stat(abs)).size });
+      else if (e.isFile()) {
+        // Nor does one it may list but not enter (restored with its mode 0644, say): its files cannot be opened.
+        const st = await fsp.stat(abs).catch((err: NodeJS.ErrnoException) => {
+          if (err.code === 'EACCES') return undefined;
+          throw err;
+        });
+        if (st) out.push({ name, abs, size: st.size });
+      }
       else if (e.isSymbolicLink()) {
         const target = path.resolve(dir, await fsp.readlink(abs));
         const inside = path.relative(base, target);

@@ -1,5 +1,6 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import { constants as fsConstants } from 'node:fs';
 import { createRequire } from 'node:module';
 import type BetterSqlite3 from 'better-sqlite3';
 import { InterruptedError, RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../errors.js';
@@ -86,9 +87,12 @@ export async function copySqlite(
   try {
     const st = await fsp.stat(database);
     if (!st.isFile()) throw new UsageError(`source ${name}: ${database} is not a file`);
+    // SQLite says only that it is "unable to open database file".
+    await fsp.access(database, fsConstants.R_OK);
   } catch (err) {
     if (err instanceof UsageError) throw err;
-    throw new UsageError(`source ${name}: cannot read the SQLite database ${database}: ${errorMessage(err)}`);
+    const hint = (err as NodeJS.ErrnoException).code === 'EACCES' ? 'run the backup as a user who may read it, such as the one the server that writes it runs as' : undefined;
+    throw new UsageError(`source ${name}: cannot read the SQLite database ${database}: ${errorMessage(err)}`, { hint });
   }
   try {
     return await retryWhileBusy(
@@ -120,6 +124,14 @@ export async function copySqlite(
           // A file of something else (a dump, a log, another store's data) named where the database was meant.
           if ((err as { code?: string }).code === 'SQLITE_NOTADB') {
             return new UsageError(`source ${name}: ${database} is not a SQLite database`, { cause: err, hint: `check the file that sources.${name}.sqlite names` });
+          }
+          if ((err as { code?: string }).code === 'SQLITE_READONLY_DIRECTORY') {
+            // A database in WAL mode that no process has open: reading it makes its -shm file, beside it.
+            const dir = path.dirname(database);
+            return new UsageError(`source ${name}: cannot read the SQLite database ${database} as this user: it is in WAL mode and no process has it open, so reading it needs its -wal and -shm files made beside it, in ${dir}, which this user may not write`, {
+              cause: err,
+              hint: `run the backup as a user who may write ${dir}, or while the server that writes the database has it open`,
+            });
           }
           if ((err as { code?: string }).code === 'SQLITE_FULL') {
             // SQLite says "database or disk is full": what is full is where the copy is written, not the live database.

@@ -17,20 +17,23 @@ export function credentialsFailure(err: unknown, env: NodeJS.ProcessEnv): UsageE
   const reason = errorMessage(err);
   const specific = reason !== '' && !reason.startsWith(NOTHING_FOUND) ? `: ${reason}` : '';
   const profile = nonEmpty(env.AWS_PROFILE);
+  const files = sharedFiles(env);
+  // Run as another user with HOME left to the first one's (su without -, sudo keeping HOME): the files are there, not for this user.
+  const closed = files.filter((f) => f.error !== undefined);
+  const closedHint = closed.length > 0 ? `; this user may not read ${closed.map((f) => f.file).join(' or ')}: set HOME to its own home (su -, sudo -H), or name readable files with AWS_SHARED_CREDENTIALS_FILE and AWS_CONFIG_FILE` : '';
   if (profile === undefined) {
     return new UsageError(`no AWS credentials were found for the repository${specific}`, {
       cause: err,
-      hint: 'set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an instance or container role provides them',
+      hint: `set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an instance or container role provides them${closedHint}`,
     });
   }
-  const files = sharedFiles(env);
   const holding = files.filter((f) => f.profiles?.includes(profile));
   if (holding.length === 0) {
     const known = [...new Set(files.flatMap((f) => f.profiles ?? []))];
-    const where = files.map((f) => `${f.file}${f.profiles === undefined ? ' (no such file)' : ''}`).join(' or ');
+    const where = files.map((f) => `${f.file}${f.error !== undefined ? ` (unreadable: ${f.error})` : f.profiles === undefined ? ' (no such file)' : ''}`).join(' or ');
     return new UsageError(`AWS_PROFILE names the profile ${profile}, which is not in ${where}`, {
       cause: err,
-      hint: `${known.length > 0 ? `profiles there: ${known.join(', ')}; ` : ''}correct AWS_PROFILE, or add the profile (aws configure --profile ${profile}); AWS_SHARED_CREDENTIALS_FILE and AWS_CONFIG_FILE name other files`,
+      hint: closed.length > 0 ? closedHint.slice(2) : `${known.length > 0 ? `profiles there: ${known.join(', ')}; ` : ''}correct AWS_PROFILE, or add the profile (aws configure --profile ${profile}); AWS_SHARED_CREDENTIALS_FILE and AWS_CONFIG_FILE name other files`,
     });
   }
   return new UsageError(`the AWS profile ${profile} (in ${holding.map((f) => f.file).join(' and ')}) gave no credentials${specific}`, {
@@ -39,8 +42,11 @@ export function credentialsFailure(err: unknown, env: NodeJS.ProcessEnv): UsageE
   });
 }
 
-/** The shared credentials and config files as the SDK finds them, with the profiles each defines (undefined when it cannot be read). */
-function sharedFiles(env: NodeJS.ProcessEnv): { file: string; profiles?: string[] }[] {
+/**
+ * The shared credentials and config files as the SDK finds them, with the profiles each defines (undefined when it
+ * cannot be read), and why one that is there could not be read.
+ */
+function sharedFiles(env: NodeJS.ProcessEnv): { file: string; profiles?: string[]; error?: string }[] {
   const home = nonEmpty(env.HOME) ?? os.homedir();
   return [
     { file: nonEmpty(env.AWS_SHARED_CREDENTIALS_FILE) ?? path.join(home, '.aws', 'credentials'), config: false },
@@ -49,8 +55,9 @@ function sharedFiles(env: NodeJS.ProcessEnv): { file: string; profiles?: string[
     let text: string;
     try {
       text = fs.readFileSync(file, 'utf8');
-    } catch {
-      return { file };
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      return code === 'ENOENT' || code === 'ENOTDIR' ? { file } : { file, error: code ?? errorMessage(err) };
     }
     return { file, profiles: profilesIn(text, config) };
   });
