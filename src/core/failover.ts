@@ -7,7 +7,7 @@ import { putStateBack, refuseEmptyCopies, stateToPutBack, type EmptyCopies } fro
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
 import type { Reporter } from './events.js';
 import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } from './health.js';
-import { appendEvent, readEvents, type JournalEvent } from './journal.js';
+import { appendEvent, inSwitchOrder, readEvents, type JournalEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
 import { NotEnoughSpace, removeOtherStaging } from './restore-target.js';
@@ -76,6 +76,8 @@ interface Run {
   linkMoved?: boolean;
   /** The serving-state sources of the point switched to, when its manifest was read. */
   stateSources?: string[];
+  /** The switch's generation among the target's switches, once it is announced. */
+  generation?: number;
 }
 
 function note(run: Run, code: string, message: string, level: 'info' | 'warning' = 'info'): void {
@@ -219,7 +221,7 @@ async function transition(
       throw err;
     }
   }
-  await announceSwitch(run.spec.slots, run.spec.active, switchRecord(run, from, to, kind));
+  run.generation = await announceSwitch(run.spec.slots, run.spec.active, switchRecord(run, from, to, kind));
   await switchActive(run.spec.active, to);
   run.linkMoved = true;
   note(run, 'switched', `${run.spec.active} → ${to}`);
@@ -277,13 +279,22 @@ async function transition(
 }
 
 function switchRecord(run: Run, from: string | null, to: string, kind: string): SwitchRecord {
-  return { at: new Date().toISOString(), from, to, kind, state: run.options.applyState !== false, ...(run.stateSources ? { stateSources: run.stateSources } : {}) };
+  return {
+    at: new Date().toISOString(),
+    from,
+    to,
+    kind,
+    state: run.options.applyState !== false,
+    ...(run.stateSources ? { stateSources: run.stateSources } : {}),
+    ...(run.generation !== undefined ? { generation: run.generation } : {}),
+  };
 }
 
 async function remember(run: Run, from: string | null, to: string, kind: string): Promise<void> {
   const state = await readTargetState(run.spec.slots, { from, to });
   state.previous = from;
   state.history.push(switchRecord(run, from, to, kind));
+  if (run.generation !== undefined) state.generation = Math.max(state.generation ?? 0, run.generation);
   await writeTargetState(run.spec.slots, state).catch((err: unknown) => {
     // The link has already moved: an operator must not take this for a failure before the switch.
     const fromPoint = slotPoint(run.spec.slots, from);
@@ -387,6 +398,9 @@ async function journal(run: Run, repo: MaybeRepository, type: string, result: Sw
         rtoMs: result.rtoMs,
         reused: result.reused,
         healthAttempts: result.health.attempts,
+        // Whether the link stayed on the new slot (a failure that kept it there too), and the switch's place among the target's.
+        switched: result.switched,
+        ...(run.generation !== undefined ? { generation: run.generation } : {}),
         ...(result.reason ? { reason: result.reason } : {}),
         ...(result.previousHealthy !== undefined ? { previousHealthy: result.previousHealthy } : {}),
       },
@@ -404,7 +418,12 @@ async function journalError(run: Run, repo: MaybeRepository, type: string, point
     target: run.spec.name,
     outcome: 'failed',
     durationMs: Date.now() - run.started,
-    detail: { reason: errorMessage(err) },
+    detail: {
+      reason: errorMessage(err),
+      // Stopped once the new slot was linked, and recorded so: the target serves it, and a prune elsewhere must keep it.
+      ...(err instanceof InterruptedAfterSwitch ? { slot: err.result.slot, from: err.result.from.path, fromPoint: err.result.from.point, switched: true } : {}),
+      ...(err instanceof InterruptedAfterSwitch && run.generation !== undefined ? { generation: run.generation } : {}),
+    },
   }).catch(() => undefined);
 }
 
@@ -708,7 +727,7 @@ export async function status(
           ages.set(deploymentOf(m), newest.ageMs);
         }
       }
-      events = await readEvents(readable.storage, 200);
+      events = inSwitchOrder(await readEvents(readable.storage, 200));
     } catch (err) {
       if (err instanceof InterruptedError) throw err;
       unreadable = err;

@@ -23,6 +23,11 @@ const switchSchema = z.object({
   state: z.boolean().optional(),
   /** The serving-state sources of the point switched to, so that a rollback to it knows without its manifest when it has none. */
   stateSources: z.array(z.string()).optional(),
+  /**
+   * The switch's place among the target's switches (1, 2, …), carried into the journal: hosts' clocks
+   * disagree, so this, not the time, says which switch of a target came last. Absent in older records.
+   */
+  generation: z.number().int().min(1).optional(),
 });
 export type SwitchRecord = z.infer<typeof switchSchema>;
 
@@ -31,6 +36,8 @@ const targetStateSchema = z.object({
   /** Absolute path the link pointed at before the last successful switch (what rollback returns to). */
   previous: z.string().nullable(),
   history: z.array(switchSchema),
+  /** The generation of the target's last switch (see SwitchRecord); absent in records from before it was kept. */
+  generation: z.number().int().min(0).optional(),
   /**
    * A switch written down just before the link is moved, with the link's path: a process killed after moving
    * the link, before it could record the switch, leaves it here, and it counts as made when the link names `to`.
@@ -111,6 +118,8 @@ export async function readTargetState(slots: string, own?: Pick<SwitchRecord, 'f
     const parsed = targetStateSchema.safeParse(JSON.parse(await fsp.readFile(path.join(slots, TARGET_STATE_FILE), 'utf8')));
     if (parsed.success) {
       const { pending, ...state } = parsed.data;
+      // A switch announced and switched back still had its generation written in the journal: the next one comes after it.
+      if (pending?.generation !== undefined) state.generation = Math.max(state.generation ?? 0, pending.generation);
       if (pending && !(own && own.from === pending.from && own.to === pending.to)) {
         const { active, ...made } = pending;
         if ((await readActive(active).catch(() => null)) === made.to) {
@@ -127,13 +136,16 @@ export async function readTargetState(slots: string, own?: Pick<SwitchRecord, 'f
 }
 
 /**
- * Writes down a switch about to be made (see readTargetState). Only as a new
- * copy renamed over the old one: where that cannot be written (a full disk) it
- * is left out, and the switch is recorded once made, as it always was.
+ * Writes down a switch about to be made (see readTargetState), and returns its
+ * generation, the one after the target's last. Only as a new copy renamed over
+ * the old one: where that cannot be written (a full disk) it is left out, and
+ * the switch is recorded once made, as it always was.
  */
-export async function announceSwitch(slots: string, active: string, made: SwitchRecord): Promise<void> {
+export async function announceSwitch(slots: string, active: string, made: Omit<SwitchRecord, 'generation'>): Promise<number> {
   const state = await readTargetState(slots);
-  await writeTargetState(slots, { ...state, pending: { ...made, active: path.resolve(active) } }, false).catch(() => undefined);
+  const generation = (state.generation ?? 0) + 1;
+  await writeTargetState(slots, { ...state, pending: { ...made, generation, active: path.resolve(active) } }, false).catch(() => undefined);
+  return generation;
 }
 
 /**
