@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import { once } from 'node:events';
+import { spawn } from 'node:child_process';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
@@ -597,6 +598,24 @@ test('a failover killed (kill -9) after the switch, before recording it: status,
   assert.equal(back.code, 0, back.stderr);
   assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second), 'back to the slot served before, not the one before that');
   assert.deepEqual((await fsp.readdir(path.join(work, 'slots'))).filter((n) => n.startsWith('.')), ['.lifeboat-target.json'], 'no copy of the record, lock or staging directory left');
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('the next switch removes the new links that switches killed before renaming them over the active link left beside it, but not those of a process that runs', async () => {
+  const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  // Killed between making its new link and renaming it over `current`: the link is left beside it.
+  const gone = spawn(process.execPath, ['-e', '']);
+  await once(gone, 'exit');
+  const left = `.current.lifeboat-${gone.pid}-0badf00d`;
+  await fsp.symlink(path.join('slots', second), path.join(work, left));
+  // One of a switch that runs now (this process stands for it) is its own.
+  const running = `.current.lifeboat-${process.pid}-0123abcd`;
+  await fsp.symlink(path.join('slots', second), path.join(work, running));
+  const r = await lifeboat(['failover', second], { cwd: work });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, new RegExp(`removed \\${left}, a new link left by a switch that was stopped`));
+  assert.deepEqual((await fsp.readdir(work)).filter((n) => n.startsWith('.current.')), [running]);
   await fsp.rm(work, { recursive: true, force: true });
 });
 

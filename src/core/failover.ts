@@ -12,7 +12,7 @@ import type { Repository } from './repository.js';
 import { restore } from './restore.js';
 import { NotEnoughSpace, removeOtherStaging } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
-import { TARGET_STATE_FILE, announceSwitch, listSlots, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState } from './slots.js';
+import { TARGET_STATE_FILE, announceSwitch, listSlots, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState } from './slots.js';
 import type { TargetSpec } from './targets.js';
 import { removeTree } from '../format/remove-tree.js';
 
@@ -221,6 +221,7 @@ async function transition(
       throw err;
     }
   }
+  for (const name of await removeLeftLinks(run.spec.active)) note(run, 'link-leftover-removed', `removed ${name}, a new link left by a switch that was stopped before it could rename it over ${run.spec.active}`);
   run.generation = await announceSwitch(run.spec.slots, run.spec.active, switchRecord(run, from, to, kind));
   await switchActive(run.spec.active, to);
   run.linkMoved = true;

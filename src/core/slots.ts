@@ -93,7 +93,7 @@ export async function switchActive(active: string, dir: string | null): Promise<
   }
   const parent = path.dirname(active);
   await makeDirectories(parent);
-  const tmp = path.join(parent, `.${path.basename(active)}.lifeboat-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const tmp = path.join(parent, `${newLinkPrefix(active)}${process.pid}-${randomBytes(4).toString('hex')}`);
   await fsp.symlink(path.relative(parent, dir) || '.', tmp);
   try {
     await fsp.rename(tmp, active);
@@ -104,6 +104,32 @@ export async function switchActive(active: string, dir: string | null): Promise<
   const dirFd = await fsp.open(parent, 'r').catch(() => undefined);
   await dirFd?.sync().catch(() => undefined);
   await dirFd?.close();
+}
+
+/** What the new link made beside `active` is named, up to the pid of the process that makes it: `.<active>.lifeboat-<pid>-<random>`. */
+function newLinkPrefix(active: string): string {
+  return `.${path.basename(active)}.lifeboat-`;
+}
+
+/**
+ * Removes the new links a switch killed between making one and renaming it over `active` left beside
+ * it, those of processes that are gone (never one of a process that runs); returns their names.
+ */
+export async function removeLeftLinks(active: string): Promise<string[]> {
+  const parent = path.dirname(active);
+  const prefix = newLinkPrefix(active);
+  const removed: string[] = [];
+  for (const name of await fsp.readdir(parent).catch(() => [] as string[])) {
+    const pid = name.startsWith(prefix) ? /^([1-9][0-9]*)-[0-9a-f]{8}$/.exec(name.slice(prefix.length))?.[1] : undefined;
+    if (pid === undefined) continue;
+    const leftover = path.join(parent, name);
+    const st = await fsp.lstat(leftover).catch(() => undefined);
+    // Its time is when it was made: a process given the pid since is not its maker.
+    if (!st?.isSymbolicLink() || ownerRuns(Number(pid), st.mtimeMs)) continue;
+    await fsp.rm(leftover, { force: true });
+    removed.push(name);
+  }
+  return removed;
 }
 
 /**
