@@ -12,7 +12,7 @@ import type { Repository } from './repository.js';
 import { restore } from './restore.js';
 import { NotEnoughSpace, removeOtherStaging } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
-import { TARGET_STATE_FILE, announceSwitch, listSlots, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState } from './slots.js';
+import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, listSlots, settlePending, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
 import type { TargetSpec } from './targets.js';
 import { removeTree } from '../format/remove-tree.js';
 
@@ -78,6 +78,8 @@ interface Run {
   stateSources?: string[];
   /** The switch's generation among the target's switches, once it is announced. */
   generation?: number;
+  /** The switch is being switched back: once that is journalled, the record no longer holds it as announced. */
+  switchingBack?: boolean;
 }
 
 function note(run: Run, code: string, message: string, level: 'info' | 'warning' = 'info'): void {
@@ -252,16 +254,21 @@ async function transition(
     return { ok: false, health: h, reason, previousMissing: true, rtoMs: null };
   }
   note(run, 'switching-back', `${to} failed (${reason}); switching back to ${from ?? 'no link'}`, 'warning');
+  // Written down first: killed before the old slot's state is back, the next failover or rollback puts it back and journals this one.
+  const putBack = from !== null && fromPoint !== null && run.options.applyState !== false;
+  run.switchingBack = true;
+  await announceSwitchBack(run.spec.slots, { at: new Date().toISOString(), reason, state: putBack });
   await hook(run, 'deactivate', to, point).catch((err) => note(run, 'hook-failed', `deactivate hook: ${errorMessage(err)}`, 'warning'));
   await switchActive(run.spec.active, from);
   let previousHealthy: boolean | null = null;
   let previousDetail: string | undefined;
   let previousUnchecked: boolean | undefined;
   if (from) {
-    if (fromPoint && run.options.applyState !== false) {
+    if (putBack) {
       await stateManifest(repo, run.spec.name, fromPoint)
         .then((old) => applyState(run, old, from))
         .catch((err) => note(run, 'state-restore-failed', errorMessage(err), 'warning'));
+      await announceSwitchBack(run.spec.slots, { at: new Date().toISOString(), reason, state: false });
     }
     let reactivated: string | undefined;
     await hook(run, 'activate', from, fromPoint, true).catch((err) => {
@@ -409,9 +416,12 @@ async function journal(run: Run, repo: MaybeRepository, type: string, result: Sw
   } catch (err) {
     note(run, 'journal-failed', `could not record the ${type} in the journal: ${errorMessage(err)}`, 'warning');
   }
+  if (run.switchingBack) await settlePending(run.spec.slots);
 }
 
 async function journalError(run: Run, repo: MaybeRepository, type: string, point: string | null, err: unknown): Promise<void> {
+  // Stopped while it switched back, it has said what it left: no later run is to finish it.
+  if (run.switchingBack) await settlePending(run.spec.slots);
   if ('unreadable' in repo) return;
   await appendEvent(repo.storage, {
     type,
@@ -426,6 +436,60 @@ async function journalError(run: Run, repo: MaybeRepository, type: string, point
       ...(err instanceof InterruptedAfterSwitch && run.generation !== undefined ? { generation: run.generation } : {}),
     },
   }).catch(() => undefined);
+}
+
+/** What a switch stopped while it was switched back left undone, said for `status` and for the error of the run that finishes it. */
+function leftUndone(spec: TargetSpec, back: UnfinishedSwitchBack): string {
+  const point = slotPoint(spec.slots, back.from) ?? back.from;
+  return `the ${back.kind} of ${spec.name} to ${slotPoint(spec.slots, back.to) ?? back.to} was switched back to ${point} (${back.reason}), but was stopped before it put back the serving state of ${point}`;
+}
+
+/**
+ * Finishes a switch that a process killed while it switched back left (see
+ * unfinishedSwitchBack): puts back the serving state of the slot linked again
+ * and activates it, as that process was about to (unless this run leaves the
+ * state alone, --no-state), and journals the switch. Where the state cannot be
+ * put back, the error says so, and that the live state is the other point's.
+ */
+async function finishSwitchBack(run: Run, repo: MaybeRepository): Promise<void> {
+  const back = await unfinishedSwitchBack(run.spec.slots);
+  if (!back) return;
+  const { spec } = run;
+  const point = slotPoint(spec.slots, back.from) ?? null;
+  const failed = slotPoint(spec.slots, back.to) ?? null;
+  let after = 'stopped before the serving state of the slot switched back to was put back';
+  if (back.state && point && back.from) {
+    if (run.options.applyState === false) {
+      after += ', and left so by a run with --no-state';
+      note(run, 'state-left', `${leftUndone(spec, back)}: --no-state leaves the serving state of ${failed ?? back.to} live`, 'warning');
+    } else {
+      note(run, 'finishing-switch-back', `${leftUndone(spec, back)}: putting it back now`, 'warning');
+      const slot = back.from;
+      await stateManifest(repo, spec.name, point)
+        .then((manifest) => applyState(run, manifest, slot))
+        .catch((err: unknown) => {
+          if (err instanceof InterruptedError) throw err;
+          throw new LifeboatError(`${leftUndone(spec, back)}, so its serving state is that of ${failed ?? back.to}, and putting it back failed: ${errorMessage(err)}`, err instanceof LifeboatError ? err.exitCode : ExitCode.runtime, {
+            cause: err,
+            hint: `once the cause is fixed, lifeboat failover ${point} --to ${spec.name} puts it back; --no-state goes on, leaving the serving state as it is`,
+          });
+        });
+      await hook(run, 'activate', slot, point, true).catch((err) => note(run, 'hook-failed', `activate hook: ${errorMessage(err)}`, 'warning'));
+      after += ', which the next run put back';
+    }
+  }
+  if ('unreadable' in repo) note(run, 'journal-failed', `could not record the ${back.kind} to ${failed ?? back.to} in the journal: ${errorMessage(repo.unreadable)}`, 'warning');
+  else {
+    await appendEvent(repo.storage, {
+      type: back.kind,
+      at: back.at,
+      point: failed,
+      target: spec.name,
+      outcome: 'rolled-back',
+      detail: { slot: back.to, from: back.from, fromPoint: point, reason: `${back.reason}; ${after}`, switched: false, ...(back.generation !== undefined ? { generation: back.generation } : {}) },
+    }).catch((err: unknown) => note(run, 'journal-failed', `could not record the ${back.kind} to ${failed ?? back.to} in the journal: ${errorMessage(err)}`, 'warning'));
+  }
+  await settlePending(spec.slots);
 }
 
 /**
@@ -444,6 +508,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
   /** What the target served when the failover started, said when it is interrupted before the switch. */
   let served = 'nothing';
   try {
+    await finishSwitchBack(run, repo);
     const from = await readActive(spec.active);
     const fromPoint = slotPoint(spec.slots, from) ?? null;
     served = fromPoint ?? from ?? 'nothing';
@@ -556,6 +621,7 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
   let served = 'nothing';
   const unlock = await lockTarget(spec.slots, spec.name, 'rollback');
   try {
+    await finishSwitchBack(run, repo);
     const state = await readTargetState(spec.slots);
     const from = await readActive(spec.active);
     served = slotPoint(spec.slots, from) ?? from ?? 'nothing';
@@ -777,6 +843,12 @@ export async function status(
       const served = slotPoint(spec.slots, lastServed);
       error = `${spec.active} is missing, though the record of switches has ${spec.name} serving ${served ?? lastServed}`;
       hint = `serve it again: lifeboat failover ${served ?? 'POINT'} --to ${spec.name}`;
+    }
+    // A switch stopped while it was switched back: the slot linked again serves with another point's state.
+    const back = error === undefined && !(await beingSwitched(spec.slots)) ? await unfinishedSwitchBack(spec.slots) : undefined;
+    if (back?.state && slotPoint(spec.slots, back.from)) {
+      error = `${leftUndone(spec, back)}: the serving state is that of ${slotPoint(spec.slots, back.to) ?? back.to}`;
+      hint = `lifeboat failover ${slotPoint(spec.slots, back.from)} --to ${spec.name} puts it back, and records the ${back.kind} in the journal`;
     }
     const h = spec.health && (spec.health.url || spec.health.command)
       ? await checkOnce(spec.health, Math.min(spec.health.timeoutMs ?? 5000, 5000), { cwd: spec.cwd, env: targetEnv(spec, activePath, point), signal: options.signal })

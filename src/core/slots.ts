@@ -42,7 +42,17 @@ const targetStateSchema = z.object({
    * A switch written down just before the link is moved, with the link's path: a process killed after moving
    * the link, before it could record the switch, leaves it here, and it counts as made when the link names `to`.
    */
-  pending: switchSchema.extend({ active: z.string() }).optional(),
+  pending: switchSchema
+    .extend({
+      active: z.string(),
+      /**
+       * Written before a switch whose slot did not get healthy is switched back: `state`, whether the serving state of
+       * the slot switched back to (`from`) is still to be put back. A process killed before it was, and before the
+       * switch-back was journalled, leaves it here for the next failover or rollback to finish (see unfinishedSwitchBack).
+       */
+      back: z.object({ at: z.string(), reason: z.string(), state: z.boolean() }).optional(),
+    })
+    .optional(),
 });
 type TargetRecord = z.infer<typeof targetStateSchema>;
 export type TargetState = Omit<TargetRecord, 'pending'>;
@@ -172,6 +182,43 @@ export async function announceSwitch(slots: string, active: string, made: Omit<S
   const generation = (state.generation ?? 0) + 1;
   await writeTargetState(slots, { ...state, pending: { ...made, generation, active: path.resolve(active) } }, false).catch(() => undefined);
   return generation;
+}
+
+/** The record as it is in the file, a switch announced included; undefined when it is missing or does not read. */
+async function readRecord(slots: string): Promise<TargetRecord | undefined> {
+  try {
+    const parsed = targetStateSchema.safeParse(JSON.parse(await fsp.readFile(path.join(slots, TARGET_STATE_FILE), 'utf8')));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A switch that was being switched back when its process was stopped: the link names `from` again. */
+export type UnfinishedSwitchBack = SwitchRecord & NonNullable<NonNullable<TargetRecord['pending']>['back']>;
+
+/**
+ * Writes down, on the switch announced, that it is being switched back (`back.state`: with the serving state of
+ * the slot switched back to still to be put back), or that its state went back. Left out where it cannot be written.
+ */
+export async function announceSwitchBack(slots: string, back: NonNullable<NonNullable<TargetRecord['pending']>['back']>): Promise<void> {
+  const record = await readRecord(slots);
+  if (record?.pending) await writeTargetState(slots, { ...record, pending: { ...record.pending, back } }, false).catch(() => undefined);
+}
+
+/** The switch being switched back that a process stopped before it had put the state back and journalled it, when the link names its `from` again. */
+export async function unfinishedSwitchBack(slots: string): Promise<UnfinishedSwitchBack | undefined> {
+  const pending = (await readRecord(slots))?.pending;
+  if (!pending?.back) return undefined;
+  const { active, back, ...made } = pending;
+  if ((await readActive(active).catch(() => undefined)) !== made.from) return undefined;
+  return { ...made, ...back, at: made.at };
+}
+
+/** Takes the switch announced out of the record, once what it did is journalled. */
+export async function settlePending(slots: string): Promise<void> {
+  // Made, when the link names its slot after all (stopped before the link went back): then it is recorded as made.
+  if ((await readRecord(slots))?.pending) await writeTargetState(slots, await readTargetState(slots)).catch(() => undefined);
 }
 
 /**
@@ -314,9 +361,7 @@ export async function lockTarget(slots: string, name: string, command: string): 
       continue;
     }
     const holder = found.holder;
-    // A pid given again (a reboot, a container whose every run has the same pid) to a process started after the lock was taken is not its holder.
-    const gone = !holder || (holder.host === os.hostname() && typeof holder.pid === 'number' && !ownerRuns(holder.pid, typeof holder.startedAt === 'string' ? Date.parse(holder.startedAt) : undefined));
-    if (!gone) {
+    if (holder && !holderGone(holder)) {
       throw new LockedError(`target ${name} is being switched by ${holder.command ?? 'another process'} (pid ${holder.pid ?? '?'} on ${holder.host ?? '?'}, since ${holder.startedAt ?? '?'})`, {
         hint: `wait for it to finish; if that process is gone, remove ${file}`,
       });
@@ -324,6 +369,17 @@ export async function lockTarget(slots: string, name: string, command: string): 
     await removeIfStill(file, found.text);
   }
   throw new LockedError(`target ${name}: could not take the switch lock ${file}, which kept changing hands`, { hint: 'another failover or rollback of this target is starting; run this one again when it has finished' });
+}
+
+/** Whether the holder of a switch lock is gone from this host. A pid given again (a reboot, a container whose every run has the same pid) to a process started after the lock was taken is not its holder. */
+function holderGone(holder: SwitchLockHolder): boolean {
+  return holder.host === os.hostname() && typeof holder.pid === 'number' && !ownerRuns(holder.pid, typeof holder.startedAt === 'string' ? Date.parse(holder.startedAt) : undefined);
+}
+
+/** Whether a failover or rollback of the target in `slots` runs now (its switch lock is held by a process that is not gone). */
+export async function beingSwitched(slots: string): Promise<boolean> {
+  const found = await readSwitchLock(path.join(slots, TARGET_LOCK_FILE)).catch(() => 'gone' as const);
+  return found === 'being-written' || (found !== 'gone' && found.holder !== undefined && !holderGone(found.holder));
 }
 
 /** The switch lock as it is now: its holder (none when it does not read), or why there is none to judge. */
