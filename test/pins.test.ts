@@ -293,3 +293,21 @@ test('a failover interrupted after the switch leaves its target serving the new 
   assert.match((elsewhere.json().keep as { id: string; reasons: string[] }[]).find((k) => k.id === ids[1])?.reasons.join('; ') ?? '', /active slot of target prod/);
   assert.ok((await list(repo)).some((p) => p.id === ids[1]), 'the point prod serves is kept');
 });
+
+test('a failover that kept the new slot linked because the old one is gone leaves its target serving the new point: a prune elsewhere keeps it', async (t) => {
+  const { work, repo, ids } = await fourPoints(t);
+  const config = path.join(work, 'lifeboat.yaml');
+  await fsp.writeFile(config, `repository: ${repo}\ntargets:\n  prod:\n    slots: ./slots\n    active: ./current\n    health: { command: 'test ! -e sick', timeout: 1s, interval: 100ms }\n`);
+  const env = { LIFEBOAT_CONFIG: config };
+  assert.equal((await lifeboat(['failover', ids[3]!, '--to', 'prod'], { cwd: work, env })).code, 0);
+  // The slot served is removed by hand, and the old chain's point does not get healthy: it stays linked, rather than no link.
+  await fsp.rm(path.join(work, 'slots', ids[3]!), { recursive: true });
+  await fsp.writeFile(path.join(work, 'sick'), '');
+  const kept = await lifeboat(['failover', ids[1]!, '--to', 'prod'], { cwd: work, env });
+  assert.equal(kept.code, 5, kept.stderr);
+  assert.match(kept.stderr, /stays linked/);
+
+  const elsewhere = await lifeboat(['--repo', repo, '--json', 'prune', '--keep-full', '1']);
+  assert.equal(elsewhere.code, 0, elsewhere.stderr);
+  assert.ok((await list(repo)).some((p) => p.id === ids[1]), 'the point prod serves is kept');
+});
