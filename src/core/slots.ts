@@ -157,7 +157,7 @@ export async function readTargetState(slots: string, own?: Pick<SwitchRecord, 'f
       // A switch announced and switched back still had its generation written in the journal: the next one comes after it.
       if (pending?.generation !== undefined) state.generation = Math.max(state.generation ?? 0, pending.generation);
       if (pending && !(own && own.from === pending.from && own.to === pending.to)) {
-        const { active, ...made } = pending;
+        const { active, back: _switchedBack, ...made } = pending;
         if ((await readActive(active).catch(() => null)) === made.to) {
           state.history.push(made);
           state.previous = made.from;
