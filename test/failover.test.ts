@@ -577,6 +577,14 @@ async function pointsWithState(restore: string, target: string, weights: string[
   return { work, points };
 }
 
+/** Two points of a model and a serving state whose `restore` command is given, the first served by the target given. */
+async function servingFirst(restore: string, target: string): Promise<{ work: string; first: string; second: string }> {
+  const { work, points } = await pointsWithState(restore, target, ['A', 'B']);
+  const [first, second] = points as [string, string];
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  return { work, first, second };
+}
+
 test('a failover killed (kill -9) after the switch, before recording it: status, a failover run again and a rollback know the slot served before it', async () => {
   const { work, points } = await pointsWithState(
     'cat > /dev/null; echo "$LIFEBOAT_POINT" >> restored.log',
@@ -628,14 +636,11 @@ test('the next switch removes the new links that switches killed before renaming
 });
 
 test('a failover killed (kill -9) after switching back from an unhealthy slot, before it put back the old serving state: status says so, and the next failover puts it back and journals the failover', async () => {
-  const { work, points } = await pointsWithState(
+  const { work, first, second } = await servingFirst(
     // The serving state says which point it is; killed by the system as it is put back for the point in `kill`.
     'cat > /dev/null; if test -e kill && test "$LIFEBOAT_POINT" = "$(cat kill)"; then kill -9 $PPID; sleep 5; fi; echo "$LIFEBOAT_POINT" > state.live',
     "{ slots: ./slots, active: ./current, health: { command: 'test ! -e sick', timeout: 1s, interval: 100ms } }",
-    ['A', 'B'],
   );
-  const [first, second] = points as [string, string];
-  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
   await fsp.writeFile(path.join(work, 'sick'), '');
   await fsp.writeFile(path.join(work, 'kill'), first);
   const killed = await runChild(['failover', second], { cwd: work });
@@ -661,6 +666,17 @@ test('a failover killed (kill -9) after switching back from an unhealthy slot, b
   assert.match(failed!.detail.reason!, /stopped before the serving state of the slot switched back to was put back, which the next run put back/);
   assert.deepEqual((await fsp.readdir(path.join(work, 'slots'))).filter((n) => n.startsWith('.')), ['.lifeboat-target.json']);
   assert.equal(JSON.parse(await fsp.readFile(path.join(work, 'slots', '.lifeboat-target.json'), 'utf8')).pending, undefined, 'nothing left to finish');
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a failover whose pre-activation check fails puts back the serving state of the point still served, which it had replaced with the new point\'s', async () => {
+  const { work, first, second } = await servingFirst('cat > /dev/null; echo "$LIFEBOAT_POINT" > state.live', "{ slots: ./slots, active: ./current, health: { command: 'true', preActivate: 'test ! -e bad' } }");
+  await fsp.writeFile(path.join(work, 'bad'), '');
+  const r = await lifeboat(['failover', second], { cwd: work });
+  assert.equal(r.code, 5, r.stderr);
+  assert.match(r.stderr, new RegExp(`putting back the serving state of ${first}, which prod still serves`));
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first));
+  assert.equal(await fsp.readFile(path.join(work, 'state.live'), 'utf8'), `${first}\n`, 'the state of the point served');
   await fsp.rm(work, { recursive: true, force: true });
 });
 

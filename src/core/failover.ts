@@ -580,12 +580,29 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
       return finish();
     }
 
+    /**
+     * Stopped before the switch by a check of the new slot, once its point's serving state went back: the
+     * state of the point still served goes back too, or the target would serve it with another's state.
+     */
+    const notSwitched = async (): Promise<SwitchResult> => {
+      if (from && run.options.applyState !== false && stateToPutBack(manifest).length > 0) {
+        note(run, 'state-back', `putting back the serving state of ${fromPoint ?? from}, which ${spec.name} still serves`);
+        const putBack = fromPoint
+          ? stateManifest(repo, spec.name, fromPoint).then((old) => applyState(run, old, from))
+          : Promise.reject(new Error(`${from} holds no point of the repository`));
+        await putBack.catch((err: unknown) => {
+          note(run, 'state-restore-failed', `the serving state of ${fromPoint ?? from} could not be put back (${errorMessage(err)}): the serving state is that of ${manifest.id}`, 'warning');
+        });
+      }
+      return finish();
+    };
+
     // A slot whose bytes verified can still hold a model that will not load: check before anything switches.
     const models = await validateDirectory(slot, { signal: options.signal });
     if (models.findings.length > 0) {
       note(run, 'model-invalid', `${models.findings.length} model problem(s) in ${slot}`);
       result.reason = `the model in ${slot} would not load: ${models.findings.slice(0, 3).map((f) => `${f.path}: ${f.reason}`).join('; ')}`;
-      return finish();
+      return notSwitched();
     }
 
     const pre = spec.health?.preActivate;
@@ -594,7 +611,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
       const check = await checkOnce({ command: pre }, spec.health?.timeoutMs ?? DEFAULT_HEALTH_TIMEOUT_MS, { cwd: spec.cwd, env: hookEnv(run, slot, manifest.id), signal: options.signal });
       if (!check.ok) {
         result.reason = `pre-activation check failed: ${check.detail}`;
-        return finish();
+        return notSwitched();
       }
     }
 
