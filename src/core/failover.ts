@@ -507,6 +507,8 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
   const unlock = await lockTarget(spec.slots, spec.name, `failover ${manifest.id}`);
   /** What the target served when the failover started, said when it is interrupted before the switch. */
   let served = 'nothing';
+  /** Once the new point's serving state went back: puts back that of the point still served, for a failover stopped before the switch. */
+  let putServedStateBack: (() => Promise<void>) | undefined;
   try {
     await finishSwitchBack(run, repo);
     const from = await readActive(spec.active);
@@ -567,6 +569,17 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
 
     run.stateSources = stateToPutBack(manifest);
     await applyState(run, manifest, slot);
+    if (from && from !== slot && run.options.applyState !== false && run.stateSources.length > 0) {
+      putServedStateBack = async () => {
+        note(run, 'state-back', `putting back the serving state of ${fromPoint ?? from}, which ${spec.name} still serves`);
+        const putBack = fromPoint
+          ? stateManifest(repo, spec.name, fromPoint).then((old) => applyState(run, old, from))
+          : Promise.reject(new Error(`${from} holds no point of the repository`));
+        await putBack.catch((err: unknown) => {
+          note(run, 'state-restore-failed', `the serving state of ${fromPoint ?? from} could not be put back (${errorMessage(err)}): the serving state is that of ${manifest.id}`, 'warning');
+        });
+      };
+    }
 
     if (from === slot) {
       // Already serving this point: the slot was checked; reload only if it had to be repaired.
@@ -585,15 +598,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
      * state of the point still served goes back too, or the target would serve it with another's state.
      */
     const notSwitched = async (): Promise<SwitchResult> => {
-      if (from && run.options.applyState !== false && stateToPutBack(manifest).length > 0) {
-        note(run, 'state-back', `putting back the serving state of ${fromPoint ?? from}, which ${spec.name} still serves`);
-        const putBack = fromPoint
-          ? stateManifest(repo, spec.name, fromPoint).then((old) => applyState(run, old, from))
-          : Promise.reject(new Error(`${from} holds no point of the repository`));
-        await putBack.catch((err: unknown) => {
-          note(run, 'state-restore-failed', `the serving state of ${fromPoint ?? from} could not be put back (${errorMessage(err)}): the serving state is that of ${manifest.id}`, 'warning');
-        });
-      }
+      await putServedStateBack?.();
       return finish();
     };
 
@@ -620,6 +625,8 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     if (t.ok) result.pruned = [...madeRoom, ...(await pruneSlots(run, slot, from))];
     return finish();
   } catch (err) {
+    // An interrupt leaves the state as it is: putting it back would be stopped by the same signal.
+    if (!run.linkMoved && !(err instanceof InterruptedError)) await putServedStateBack?.();
     await journalError(run, repo, 'failover', manifest.id, err);
     throw beforeTheSwitch(err, run, `failover of ${spec.name} to ${manifest.id}`, served, `lifeboat failover ${manifest.id} --to ${spec.name} starts again, going on from what was restored`);
   } finally {
