@@ -669,7 +669,7 @@ test('a failover killed (kill -9) after switching back from an unhealthy slot, b
   await fsp.rm(work, { recursive: true, force: true });
 });
 
-test('a failover stopped before the switch by a pre-activation check or a deactivate hook that fails puts back the serving state of the point still served, which it had replaced with the new point\'s', async () => {
+test('a failover or rollback stopped before the switch by a pre-activation check or a deactivate hook that fails puts back the serving state of the point still served, which it had replaced with the new point\'s', async () => {
   const { work, first, second } = await servingFirst(
     'cat > /dev/null; echo "$LIFEBOAT_POINT" > state.live',
     "{ slots: ./slots, active: ./current, deactivate: 'test ! -e bad-hook', health: { command: 'true', preActivate: 'test ! -e bad-check' } }",
@@ -684,6 +684,13 @@ test('a failover stopped before the switch by a pre-activation check or a deacti
     assert.equal(await fsp.readFile(path.join(work, 'state.live'), 'utf8'), `${first}\n`, `the state of the point served (${bad})`);
     await fsp.rm(path.join(work, bad));
   }
+  // A rollback the same.
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
+  await fsp.writeFile(path.join(work, 'bad-hook'), '');
+  const r = await lifeboat(['rollback'], { cwd: work });
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, new RegExp(`putting back the serving state of ${second}, which prod still serves`));
+  assert.equal(await fsp.readFile(path.join(work, 'state.live'), 'utf8'), `${second}\n`, 'the state of the point served (rollback)');
   await fsp.rm(work, { recursive: true, force: true });
 });
 

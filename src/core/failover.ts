@@ -493,6 +493,19 @@ async function finishSwitchBack(run: Run, repo: MaybeRepository): Promise<void> 
 }
 
 /**
+ * Puts back the serving state of the point in `from`, still served, which a failover or rollback stopped
+ * before the switch had replaced with that of `point`; a warning says when it cannot.
+ */
+async function servedStateBack(run: Run, repo: MaybeRepository, from: string, point: string | null): Promise<void> {
+  const fromPoint = slotPoint(run.spec.slots, from);
+  note(run, 'state-back', `putting back the serving state of ${fromPoint ?? from}, which ${run.spec.name} still serves`);
+  const putBack = fromPoint ? stateManifest(repo, run.spec.name, fromPoint).then((old) => applyState(run, old, from)) : Promise.reject(new Error(`${from} holds no point of the repository`));
+  await putBack.catch((err: unknown) => {
+    note(run, 'state-restore-failed', `the serving state of ${fromPoint ?? from} could not be put back (${errorMessage(err)}): the serving state is that of ${point ?? 'the point rolled back to'}`, 'warning');
+  });
+}
+
+/**
  * Fails a target over to a point: restore it into its slot (or check and
  * reuse the slot that holds it, repairing what differs) → run the restore
  * commands of command sources → pre-activation check → deactivate → switch
@@ -569,17 +582,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
 
     run.stateSources = stateToPutBack(manifest);
     await applyState(run, manifest, slot);
-    if (from && from !== slot && run.options.applyState !== false && run.stateSources.length > 0) {
-      putServedStateBack = async () => {
-        note(run, 'state-back', `putting back the serving state of ${fromPoint ?? from}, which ${spec.name} still serves`);
-        const putBack = fromPoint
-          ? stateManifest(repo, spec.name, fromPoint).then((old) => applyState(run, old, from))
-          : Promise.reject(new Error(`${from} holds no point of the repository`));
-        await putBack.catch((err: unknown) => {
-          note(run, 'state-restore-failed', `the serving state of ${fromPoint ?? from} could not be put back (${errorMessage(err)}): the serving state is that of ${manifest.id}`, 'warning');
-        });
-      };
-    }
+    if (from && from !== slot && run.options.applyState !== false && run.stateSources.length > 0) putServedStateBack = () => servedStateBack(run, repo, from, manifest.id);
 
     if (from === slot) {
       // Already serving this point: the slot was checked; reload only if it had to be repaired.
@@ -643,6 +646,8 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
   const run: Run = { spec, options, started: Date.now() };
   let to: string | null = null;
   let served = 'nothing';
+  /** See failover. */
+  let putServedStateBack: (() => Promise<void>) | undefined;
   const unlock = await lockTarget(spec.slots, spec.name, 'rollback');
   try {
     await finishSwitchBack(run, repo);
@@ -697,6 +702,7 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
       if (manifest) {
         run.stateSources = stateToPutBack(manifest);
         await applyState(run, manifest, to);
+        if (from && run.stateSources.length > 0) putServedStateBack = () => servedStateBack(run, repo, from, point);
       } else run.stateSources = [];
     }
     await settle(run, 'rollback', result, await transition(run, repo, from, to, point, 'rollback'));
@@ -704,6 +710,7 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
     await journal(run, repo, 'rollback', result);
     return result;
   } catch (err) {
+    if (!run.linkMoved && !(err instanceof InterruptedError)) await putServedStateBack?.();
     await journalError(run, repo, 'rollback', slotPoint(spec.slots, to) ?? null, err);
     throw beforeTheSwitch(err, run, `rollback of ${spec.name}${to ? ` to ${slotPoint(spec.slots, to) ?? to}` : ''}`, served, `lifeboat rollback --to ${spec.name} starts again`);
   } finally {
