@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import { once } from 'node:events';
+import { spawn } from 'node:child_process';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
@@ -559,22 +560,38 @@ test('a failover interrupted while deactivate runs activates the slot served bef
   await fsp.rm(work, { recursive: true, force: true });
 });
 
-test('a failover killed (kill -9) after the switch, before recording it: status, a failover run again and a rollback know the slot served before it', async () => {
+/** A repository of one point per weights, of a model and a serving state whose `restore` command is given, for the target given. */
+async function pointsWithState(restore: string, target: string, weights: string[]): Promise<{ work: string; points: string[] }> {
   const work = await tempDir();
   await fsp.mkdir(path.join(work, 'models'));
   await fsp.writeFile(
     path.join(work, 'lifeboat.yaml'),
-    'repository: ./repo\nsources:\n  models: ./models\n' +
-      '  features: { command: "echo state", restore: \'cat > /dev/null; echo "$LIFEBOAT_POINT" >> restored.log\' }\n' +
-      // Killed by the system at the worst moment: the link has moved, the new slot is not confirmed yet.
-      "targets:\n  prod: { slots: ./slots, active: ./current, activate: 'test ! -e kill || kill -9 $PPID' }\n",
+    `repository: ./repo\nsources:\n  models: ./models\n  features: { command: "echo state", restore: ${JSON.stringify(restore)} }\ntargets:\n  prod: ${target}\n`,
   );
   assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
   const points: string[] = [];
-  for (const w of ['A', 'B', 'C']) {
+  for (const w of weights) {
     await fsp.writeFile(path.join(work, 'models', 'w.bin'), `weights ${w}`);
     points.push((await lifeboat(['--json', 'backup'], { cwd: work })).json().id);
   }
+  return { work, points };
+}
+
+/** Two points of a model and a serving state whose `restore` command is given, the first served by the target given. */
+async function servingFirst(restore: string, target: string): Promise<{ work: string; first: string; second: string }> {
+  const { work, points } = await pointsWithState(restore, target, ['A', 'B']);
+  const [first, second] = points as [string, string];
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  return { work, first, second };
+}
+
+test('a failover killed (kill -9) after the switch, before recording it: status, a failover run again and a rollback know the slot served before it', async () => {
+  const { work, points } = await pointsWithState(
+    'cat > /dev/null; echo "$LIFEBOAT_POINT" >> restored.log',
+    // Killed by the system at the worst moment: the link has moved, the new slot is not confirmed yet.
+    "{ slots: ./slots, active: ./current, activate: 'test ! -e kill || kill -9 $PPID' }",
+    ['A', 'B', 'C'],
+  );
   const [first, second, third] = points as [string, string, string];
   assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
   assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
@@ -597,6 +614,83 @@ test('a failover killed (kill -9) after the switch, before recording it: status,
   assert.equal(back.code, 0, back.stderr);
   assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second), 'back to the slot served before, not the one before that');
   assert.deepEqual((await fsp.readdir(path.join(work, 'slots'))).filter((n) => n.startsWith('.')), ['.lifeboat-target.json'], 'no copy of the record, lock or staging directory left');
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('the next switch removes the new links that switches killed before renaming them over the active link left beside it, but not those of a process that runs', async () => {
+  const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  // Killed between making its new link and renaming it over `current`: the link is left beside it.
+  const gone = spawn(process.execPath, ['-e', '']);
+  await once(gone, 'exit');
+  const left = `.current.lifeboat-${gone.pid}-0badf00d`;
+  await fsp.symlink(path.join('slots', second), path.join(work, left));
+  // One of a switch that runs now (this process stands for it) is its own.
+  const running = `.current.lifeboat-${process.pid}-0123abcd`;
+  await fsp.symlink(path.join('slots', second), path.join(work, running));
+  const r = await lifeboat(['failover', second], { cwd: work });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, new RegExp(`removed \\${left}, a new link left by a switch that was stopped`));
+  assert.deepEqual((await fsp.readdir(work)).filter((n) => n.startsWith('.current.')), [running]);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a failover killed (kill -9) after switching back from an unhealthy slot, before it put back the old serving state: status says so, and the next failover puts it back and journals the failover', async () => {
+  const { work, first, second } = await servingFirst(
+    // The serving state says which point it is; killed by the system as it is put back for the point in `kill`.
+    'cat > /dev/null; if test -e kill && test "$LIFEBOAT_POINT" = "$(cat kill)"; then kill -9 $PPID; sleep 5; fi; echo "$LIFEBOAT_POINT" > state.live',
+    "{ slots: ./slots, active: ./current, health: { command: 'test ! -e sick', timeout: 1s, interval: 100ms } }",
+  );
+  await fsp.writeFile(path.join(work, 'sick'), '');
+  await fsp.writeFile(path.join(work, 'kill'), first);
+  const killed = await runChild(['failover', second], { cwd: work });
+  assert.notEqual(killed.code, 0, killed.stderr);
+  await fsp.rm(path.join(work, 'kill'));
+  await fsp.rm(path.join(work, 'sick'));
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first), 'switched back');
+  assert.equal(await fsp.readFile(path.join(work, 'state.live'), 'utf8'), `${second}\n`, 'the serving state is the failed point\'s');
+
+  const st = await lifeboat(['status'], { cwd: work });
+  assert.equal(st.code, 5, st.stderr);
+  assert.match(st.stderr, new RegExp(`the failover of prod to ${second} was switched back to ${first} \\(not healthy .*\\), but was stopped before it put back the serving state of ${first}: the serving state is that of ${second}`));
+  assert.match(st.stderr, new RegExp(`lifeboat failover ${first} --to prod puts it back`));
+
+  const again = await lifeboat(['failover', first], { cwd: work });
+  assert.equal(again.code, 0, again.stderr);
+  assert.equal(await fsp.readFile(path.join(work, 'state.live'), 'utf8'), `${first}\n`, 'the serving state is put back');
+  const after = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.equal(after.code, 0, after.stderr);
+  const events = after.json().targets[0].events as { type: string; point: string; outcome: string; detail: { reason?: string } }[];
+  const failed = events.find((e) => e.point === second);
+  assert.equal(failed?.outcome, 'rolled-back', JSON.stringify(events));
+  assert.match(failed!.detail.reason!, /stopped before the serving state of the slot switched back to was put back, which the next run put back/);
+  assert.deepEqual((await fsp.readdir(path.join(work, 'slots'))).filter((n) => n.startsWith('.')), ['.lifeboat-target.json']);
+  assert.equal(JSON.parse(await fsp.readFile(path.join(work, 'slots', '.lifeboat-target.json'), 'utf8')).pending, undefined, 'nothing left to finish');
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a failover or rollback stopped before the switch by a pre-activation check or a deactivate hook that fails puts back the serving state of the point still served, which it had replaced with the new point\'s', async () => {
+  const { work, first, second } = await servingFirst(
+    'cat > /dev/null; echo "$LIFEBOAT_POINT" > state.live',
+    "{ slots: ./slots, active: ./current, deactivate: 'test ! -e bad-hook', health: { command: 'true', preActivate: 'test ! -e bad-check' } }",
+  );
+  for (const [bad, code, said] of [['bad-check', 5, 'the active link was not changed'], ['bad-hook', 1, 'nothing was switched']] as const) {
+    await fsp.writeFile(path.join(work, bad), '');
+    const r = await lifeboat(['failover', second], { cwd: work });
+    assert.equal(r.code, code, r.stderr);
+    assert.match(r.stderr, new RegExp(`putting back the serving state of ${first}, which prod still serves`));
+    assert.match(r.stderr, new RegExp(`prod still serves ${first}, ${said}`));
+    assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first));
+    assert.equal(await fsp.readFile(path.join(work, 'state.live'), 'utf8'), `${first}\n`, `the state of the point served (${bad})`);
+    await fsp.rm(path.join(work, bad));
+  }
+  // A rollback the same.
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
+  await fsp.writeFile(path.join(work, 'bad-hook'), '');
+  const r = await lifeboat(['rollback'], { cwd: work });
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, new RegExp(`putting back the serving state of ${second}, which prod still serves`));
+  assert.equal(await fsp.readFile(path.join(work, 'state.live'), 'utf8'), `${second}\n`, 'the state of the point served (rollback)');
   await fsp.rm(work, { recursive: true, force: true });
 });
 

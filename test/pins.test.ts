@@ -4,6 +4,7 @@ import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { lifeboat } from './helpers/cli.js';
+import { waitFor } from './helpers/processes.js';
 import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
 import { appendEvent } from '../src/core/journal.js';
 import { pin, pinKey, protectedPoints, readPins } from '../src/core/pins.js';
@@ -236,4 +237,77 @@ test('pins are read side by side, not one round trip after another (hundreds of 
   assert.equal(pins.get(ids[3]!)!.reason, `keep ${ids[3]}`);
   assert.match(pins.get(ids[7]!)!.reason, /its pin document does not read/);
   assert.ok(storage.mostAtOnce > 1, `at most ${storage.mostAtOnce} pin read at once`);
+});
+
+test("a failover made while its host's clock ran ahead does not pass for the target's last switch: a prune elsewhere keeps what the target serves, and status lists the switches in the order they were made", async (t) => {
+  const { work, repo, ids } = await fourPoints(t);
+  const config = path.join(work, 'lifeboat.yaml');
+  await fsp.writeFile(config, `repository: ${repo}\ntargets:\n  prod:\n    slots: ./slots\n    active: ./current\n`);
+  const env = { LIFEBOAT_CONFIG: config };
+  const failover = async (id: string) => {
+    const r = await lifeboat(['failover', id, '--to', 'prod'], { cwd: work, env });
+    assert.equal(r.code, 0, r.stderr);
+  };
+  // The first failover, made while the host's clock ran a day ahead: its journal entry says so.
+  await failover(ids[3]!);
+  const journal = path.join(repo, 'journal');
+  const [entry] = await fsp.readdir(journal);
+  const event = JSON.parse(await fsp.readFile(path.join(journal, entry!), 'utf8'));
+  event.at = new Date(Date.parse(event.at) + 86_400_000).toISOString();
+  await fsp.rm(path.join(journal, entry!));
+  await fsp.writeFile(path.join(journal, `${event.at.replace(/[-:]/g, '').replace('.', '')}-0badf00d.json`), JSON.stringify(event));
+  // The clock set right, prod fails over to the old chain's points: it serves ids[1], and a rollback goes to ids[0].
+  await failover(ids[0]!);
+  await failover(ids[1]!);
+
+  // Another host, with no targets configured, prunes to the newest full's chain.
+  const elsewhere = await lifeboat(['--repo', repo, '--json', 'prune', '--keep-full', '1']);
+  assert.equal(elsewhere.code, 0, elsewhere.stderr);
+  const reasons = (id: string) => (elsewhere.json().keep as { id: string; reasons: string[] }[]).find((k) => k.id === id)?.reasons.join('; ') ?? '';
+  assert.match(reasons(ids[1]!), /active slot of target prod/);
+  assert.match(reasons(ids[0]!), /previous slot of target prod/);
+  assert.deepEqual((await list(repo)).map((p) => p.id), ids, 'every point kept: the old chain is what prod serves');
+
+  const st = await lifeboat(['--json', 'status'], { cwd: work, env });
+  assert.equal(st.code, 0, st.stderr);
+  assert.deepEqual(st.json().targets[0].events.map((e: { point: string }) => e.point), [ids[3], ids[0], ids[1]], 'in the order they were made');
+});
+
+test('a failover interrupted after the switch leaves its target serving the new point: a prune elsewhere keeps it', async (t) => {
+  const { work, repo, ids } = await fourPoints(t);
+  const config = path.join(work, 'lifeboat.yaml');
+  await fsp.writeFile(config, `repository: ${repo}\ntargets:\n  prod:\n    slots: ./slots\n    active: ./current\n    activate: 'sh activate.sh'\n`);
+  const env = { LIFEBOAT_CONFIG: config };
+  await fsp.writeFile(path.join(work, 'activate.sh'), 'exit 0\n');
+  assert.equal((await lifeboat(['failover', ids[3]!, '--to', 'prod'], { cwd: work, env })).code, 0);
+  // A reload that takes its time, and an operator who stops the failover meanwhile: the old chain's point stays linked.
+  await fsp.writeFile(path.join(work, 'activate.sh'), 'echo started > activating; sleep 30\n');
+  const controller = new AbortController();
+  const running = lifeboat(['failover', ids[1]!, '--to', 'prod'], { cwd: work, env, signal: controller.signal });
+  assert.ok(await waitFor(async () => fsp.access(path.join(work, 'activating')).then(() => true, () => false), 10_000), 'activate started');
+  controller.abort();
+  assert.equal((await running).code, 130);
+
+  const elsewhere = await lifeboat(['--repo', repo, '--json', 'prune', '--keep-full', '1']);
+  assert.equal(elsewhere.code, 0, elsewhere.stderr);
+  assert.match((elsewhere.json().keep as { id: string; reasons: string[] }[]).find((k) => k.id === ids[1])?.reasons.join('; ') ?? '', /active slot of target prod/);
+  assert.ok((await list(repo)).some((p) => p.id === ids[1]), 'the point prod serves is kept');
+});
+
+test('a failover that kept the new slot linked because the old one is gone leaves its target serving the new point: a prune elsewhere keeps it', async (t) => {
+  const { work, repo, ids } = await fourPoints(t);
+  const config = path.join(work, 'lifeboat.yaml');
+  await fsp.writeFile(config, `repository: ${repo}\ntargets:\n  prod:\n    slots: ./slots\n    active: ./current\n    health: { command: 'test ! -e sick', timeout: 1s, interval: 100ms }\n`);
+  const env = { LIFEBOAT_CONFIG: config };
+  assert.equal((await lifeboat(['failover', ids[3]!, '--to', 'prod'], { cwd: work, env })).code, 0);
+  // The slot served is removed by hand, and the old chain's point does not get healthy: it stays linked, rather than no link.
+  await fsp.rm(path.join(work, 'slots', ids[3]!), { recursive: true });
+  await fsp.writeFile(path.join(work, 'sick'), '');
+  const kept = await lifeboat(['failover', ids[1]!, '--to', 'prod'], { cwd: work, env });
+  assert.equal(kept.code, 5, kept.stderr);
+  assert.match(kept.stderr, /stays linked/);
+
+  const elsewhere = await lifeboat(['--repo', repo, '--json', 'prune', '--keep-full', '1']);
+  assert.equal(elsewhere.code, 0, elsewhere.stderr);
+  assert.ok((await list(repo)).some((p) => p.id === ids[1]), 'the point prod serves is kept');
 });

@@ -7,12 +7,12 @@ import { putStateBack, refuseEmptyCopies, stateToPutBack, type EmptyCopies } fro
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
 import type { Reporter } from './events.js';
 import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } from './health.js';
-import { appendEvent, readEvents, type JournalEvent } from './journal.js';
+import { appendEvent, inSwitchOrder, readEvents, type JournalEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
 import { NotEnoughSpace, removeOtherStaging } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
-import { TARGET_STATE_FILE, announceSwitch, checkActiveLinkWritable, listSlots, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState } from './slots.js';
+import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, settlePending, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
 import type { TargetSpec } from './targets.js';
 import { removeTree } from '../format/remove-tree.js';
 
@@ -76,6 +76,10 @@ interface Run {
   linkMoved?: boolean;
   /** The serving-state sources of the point switched to, when its manifest was read. */
   stateSources?: string[];
+  /** The switch's generation among the target's switches, once it is announced. */
+  generation?: number;
+  /** The switch is being switched back: once that is journalled, the record no longer holds it as announced. */
+  switchingBack?: boolean;
 }
 
 function note(run: Run, code: string, message: string, level: 'info' | 'warning' = 'info'): void {
@@ -219,7 +223,8 @@ async function transition(
       throw err;
     }
   }
-  await announceSwitch(run.spec.slots, run.spec.active, switchRecord(run, from, to, kind));
+  for (const name of await removeLeftLinks(run.spec.active)) note(run, 'link-leftover-removed', `removed ${name}, a new link left by a switch that was stopped before it could rename it over ${run.spec.active}`);
+  run.generation = await announceSwitch(run.spec.slots, run.spec.active, switchRecord(run, from, to, kind));
   await switchActive(run.spec.active, to);
   run.linkMoved = true;
   note(run, 'switched', `${run.spec.active} → ${to}`);
@@ -249,16 +254,21 @@ async function transition(
     return { ok: false, health: h, reason, previousMissing: true, rtoMs: null };
   }
   note(run, 'switching-back', `${to} failed (${reason}); switching back to ${from ?? 'no link'}`, 'warning');
+  // Written down first: killed before the old slot's state is back, the next failover or rollback puts it back and journals this one.
+  const putBack = from !== null && fromPoint !== null && run.options.applyState !== false;
+  run.switchingBack = true;
+  await announceSwitchBack(run.spec.slots, { at: new Date().toISOString(), reason, state: putBack });
   await hook(run, 'deactivate', to, point).catch((err) => note(run, 'hook-failed', `deactivate hook: ${errorMessage(err)}`, 'warning'));
   await switchActive(run.spec.active, from);
   let previousHealthy: boolean | null = null;
   let previousDetail: string | undefined;
   let previousUnchecked: boolean | undefined;
   if (from) {
-    if (fromPoint && run.options.applyState !== false) {
+    if (putBack) {
       await stateManifest(repo, run.spec.name, fromPoint)
         .then((old) => applyState(run, old, from))
         .catch((err) => note(run, 'state-restore-failed', errorMessage(err), 'warning'));
+      await announceSwitchBack(run.spec.slots, { at: new Date().toISOString(), reason, state: false });
     }
     let reactivated: string | undefined;
     await hook(run, 'activate', from, fromPoint, true).catch((err) => {
@@ -277,13 +287,22 @@ async function transition(
 }
 
 function switchRecord(run: Run, from: string | null, to: string, kind: string): SwitchRecord {
-  return { at: new Date().toISOString(), from, to, kind, state: run.options.applyState !== false, ...(run.stateSources ? { stateSources: run.stateSources } : {}) };
+  return {
+    at: new Date().toISOString(),
+    from,
+    to,
+    kind,
+    state: run.options.applyState !== false,
+    ...(run.stateSources ? { stateSources: run.stateSources } : {}),
+    ...(run.generation !== undefined ? { generation: run.generation } : {}),
+  };
 }
 
 async function remember(run: Run, from: string | null, to: string, kind: string): Promise<void> {
   const state = await readTargetState(run.spec.slots, { from, to });
   state.previous = from;
   state.history.push(switchRecord(run, from, to, kind));
+  if (run.generation !== undefined) state.generation = Math.max(state.generation ?? 0, run.generation);
   await writeTargetState(run.spec.slots, state).catch((err: unknown) => {
     // The link has already moved: an operator must not take this for a failure before the switch.
     const fromPoint = slotPoint(run.spec.slots, from);
@@ -387,6 +406,9 @@ async function journal(run: Run, repo: MaybeRepository, type: string, result: Sw
         rtoMs: result.rtoMs,
         reused: result.reused,
         healthAttempts: result.health.attempts,
+        // Whether the link stayed on the new slot (a failure that kept it there too), and the switch's place among the target's.
+        switched: result.switched,
+        ...(run.generation !== undefined ? { generation: run.generation } : {}),
         ...(result.reason ? { reason: result.reason } : {}),
         ...(result.previousHealthy !== undefined ? { previousHealthy: result.previousHealthy } : {}),
       },
@@ -394,9 +416,12 @@ async function journal(run: Run, repo: MaybeRepository, type: string, result: Sw
   } catch (err) {
     note(run, 'journal-failed', `could not record the ${type} in the journal: ${errorMessage(err)}`, 'warning');
   }
+  if (run.switchingBack) await settlePending(run.spec.slots);
 }
 
 async function journalError(run: Run, repo: MaybeRepository, type: string, point: string | null, err: unknown): Promise<void> {
+  // Stopped while it switched back, it has said what it left: no later run is to finish it.
+  if (run.switchingBack) await settlePending(run.spec.slots);
   if ('unreadable' in repo) return;
   await appendEvent(repo.storage, {
     type,
@@ -404,8 +429,80 @@ async function journalError(run: Run, repo: MaybeRepository, type: string, point
     target: run.spec.name,
     outcome: 'failed',
     durationMs: Date.now() - run.started,
-    detail: { reason: errorMessage(err) },
+    detail: {
+      reason: errorMessage(err),
+      // Stopped once the new slot was linked, and recorded so: the target serves it, and a prune elsewhere must keep it.
+      ...(err instanceof InterruptedAfterSwitch ? { slot: err.result.slot, from: err.result.from.path, fromPoint: err.result.from.point, switched: true } : {}),
+      ...(err instanceof InterruptedAfterSwitch && run.generation !== undefined ? { generation: run.generation } : {}),
+    },
   }).catch(() => undefined);
+}
+
+/** What a switch stopped while it was switched back left undone, said for `status` and for the error of the run that finishes it. */
+function leftUndone(spec: TargetSpec, back: UnfinishedSwitchBack): string {
+  const point = slotPoint(spec.slots, back.from) ?? back.from;
+  return `the ${back.kind} of ${spec.name} to ${slotPoint(spec.slots, back.to) ?? back.to} was switched back to ${point} (${back.reason}), but was stopped before it put back the serving state of ${point}`;
+}
+
+/**
+ * Finishes a switch that a process killed while it switched back left (see
+ * unfinishedSwitchBack): puts back the serving state of the slot linked again
+ * and activates it, as that process was about to (unless this run leaves the
+ * state alone, --no-state), and journals the switch. Where the state cannot be
+ * put back, the error says so, and that the live state is the other point's.
+ */
+async function finishSwitchBack(run: Run, repo: MaybeRepository): Promise<void> {
+  const back = await unfinishedSwitchBack(run.spec.slots);
+  if (!back) return;
+  const { spec } = run;
+  const point = slotPoint(spec.slots, back.from) ?? null;
+  const failed = slotPoint(spec.slots, back.to) ?? null;
+  let after = 'stopped before the serving state of the slot switched back to was put back';
+  if (back.state && point && back.from) {
+    if (run.options.applyState === false) {
+      after += ', and left so by a run with --no-state';
+      note(run, 'state-left', `${leftUndone(spec, back)}: --no-state leaves the serving state of ${failed ?? back.to} live`, 'warning');
+    } else {
+      note(run, 'finishing-switch-back', `${leftUndone(spec, back)}: putting it back now`, 'warning');
+      const slot = back.from;
+      await stateManifest(repo, spec.name, point)
+        .then((manifest) => applyState(run, manifest, slot))
+        .catch((err: unknown) => {
+          if (err instanceof InterruptedError) throw err;
+          throw new LifeboatError(`${leftUndone(spec, back)}, so its serving state is that of ${failed ?? back.to}, and putting it back failed: ${errorMessage(err)}`, err instanceof LifeboatError ? err.exitCode : ExitCode.runtime, {
+            cause: err,
+            hint: `once the cause is fixed, lifeboat failover ${point} --to ${spec.name} puts it back; --no-state goes on, leaving the serving state as it is`,
+          });
+        });
+      await hook(run, 'activate', slot, point, true).catch((err) => note(run, 'hook-failed', `activate hook: ${errorMessage(err)}`, 'warning'));
+      after += ', which the next run put back';
+    }
+  }
+  if ('unreadable' in repo) note(run, 'journal-failed', `could not record the ${back.kind} to ${failed ?? back.to} in the journal: ${errorMessage(repo.unreadable)}`, 'warning');
+  else {
+    await appendEvent(repo.storage, {
+      type: back.kind,
+      at: back.at,
+      point: failed,
+      target: spec.name,
+      outcome: 'rolled-back',
+      detail: { slot: back.to, from: back.from, fromPoint: point, reason: `${back.reason}; ${after}`, switched: false, ...(back.generation !== undefined ? { generation: back.generation } : {}) },
+    }).catch((err: unknown) => note(run, 'journal-failed', `could not record the ${back.kind} to ${failed ?? back.to} in the journal: ${errorMessage(err)}`, 'warning'));
+  }
+  await settlePending(spec.slots);
+}
+
+/**
+ * Puts back the serving state of the point in `from`, still served, which a failover or rollback stopped
+ * before the switch had replaced with that of `point`; a warning says when it cannot.
+ */
+async function servedStateBack(run: Run, repo: MaybeRepository, from: string, point: string | null): Promise<void> {
+  const fromPoint = slotPoint(run.spec.slots, from);
+  note(run, 'state-back', `putting back the serving state of ${fromPoint ?? from}, which ${run.spec.name} still serves`);
+  const putBack = fromPoint ? stateManifest(repo, run.spec.name, fromPoint).then((old) => applyState(run, old, from)) : Promise.reject(new Error(`${from} holds no point of the repository`));
+  await putBack.catch((err: unknown) => {
+    note(run, 'state-restore-failed', `the serving state of ${fromPoint ?? from} could not be put back (${errorMessage(err)}): the serving state is that of ${point ?? 'the point rolled back to'}`, 'warning');
+  });
 }
 
 /**
@@ -423,7 +520,10 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
   const unlock = await lockTarget(spec.slots, spec.name, `failover ${manifest.id}`);
   /** What the target served when the failover started, said when it is interrupted before the switch. */
   let served = 'nothing';
+  /** Once the new point's serving state went back: puts back that of the point still served, for a failover stopped before the switch. */
+  let putServedStateBack: (() => Promise<void>) | undefined;
   try {
+    await finishSwitchBack(run, repo);
     const from = await readActive(spec.active);
     const fromPoint = slotPoint(spec.slots, from) ?? null;
     served = fromPoint ?? from ?? 'nothing';
@@ -483,6 +583,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
 
     run.stateSources = stateToPutBack(manifest);
     await applyState(run, manifest, slot);
+    if (from && from !== slot && run.options.applyState !== false && run.stateSources.length > 0) putServedStateBack = () => servedStateBack(run, repo, from, manifest.id);
 
     if (from === slot) {
       // Already serving this point: the slot was checked; reload only if it had to be repaired.
@@ -496,12 +597,21 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
       return finish();
     }
 
+    /**
+     * Stopped before the switch by a check of the new slot, once its point's serving state went back: the
+     * state of the point still served goes back too, or the target would serve it with another's state.
+     */
+    const notSwitched = async (): Promise<SwitchResult> => {
+      await putServedStateBack?.();
+      return finish();
+    };
+
     // A slot whose bytes verified can still hold a model that will not load: check before anything switches.
     const models = await validateDirectory(slot, { signal: options.signal });
     if (models.findings.length > 0) {
       note(run, 'model-invalid', `${models.findings.length} model problem(s) in ${slot}`);
       result.reason = `the model in ${slot} would not load: ${models.findings.slice(0, 3).map((f) => `${f.path}: ${f.reason}`).join('; ')}`;
-      return finish();
+      return notSwitched();
     }
 
     const pre = spec.health?.preActivate;
@@ -510,7 +620,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
       const check = await checkOnce({ command: pre }, spec.health?.timeoutMs ?? DEFAULT_HEALTH_TIMEOUT_MS, { cwd: spec.cwd, env: hookEnv(run, slot, manifest.id), signal: options.signal });
       if (!check.ok) {
         result.reason = `pre-activation check failed: ${check.detail}`;
-        return finish();
+        return notSwitched();
       }
     }
 
@@ -519,6 +629,8 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     if (t.ok) result.pruned = [...madeRoom, ...(await pruneSlots(run, slot, from))];
     return finish();
   } catch (err) {
+    // An interrupt leaves the state as it is: putting it back would be stopped by the same signal.
+    if (!run.linkMoved && !(err instanceof InterruptedError)) await putServedStateBack?.();
     await journalError(run, repo, 'failover', manifest.id, err);
     throw beforeTheSwitch(err, run, `failover of ${spec.name} to ${manifest.id}`, served, `lifeboat failover ${manifest.id} --to ${spec.name} starts again, going on from what was restored`);
   } finally {
@@ -535,8 +647,11 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
   const run: Run = { spec, options, started: Date.now() };
   let to: string | null = null;
   let served = 'nothing';
+  /** See failover. */
+  let putServedStateBack: (() => Promise<void>) | undefined;
   const unlock = await lockTarget(spec.slots, spec.name, 'rollback');
   try {
+    await finishSwitchBack(run, repo);
     const state = await readTargetState(spec.slots);
     const from = await readActive(spec.active);
     served = slotPoint(spec.slots, from) ?? from ?? 'nothing';
@@ -589,6 +704,7 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
       if (manifest) {
         run.stateSources = stateToPutBack(manifest);
         await applyState(run, manifest, to);
+        if (from && run.stateSources.length > 0) putServedStateBack = () => servedStateBack(run, repo, from, point);
       } else run.stateSources = [];
     }
     await settle(run, 'rollback', result, await transition(run, repo, from, to, point, 'rollback'));
@@ -596,6 +712,7 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
     await journal(run, repo, 'rollback', result);
     return result;
   } catch (err) {
+    if (!run.linkMoved && !(err instanceof InterruptedError)) await putServedStateBack?.();
     await journalError(run, repo, 'rollback', slotPoint(spec.slots, to) ?? null, err);
     throw beforeTheSwitch(err, run, `rollback of ${spec.name}${to ? ` to ${slotPoint(spec.slots, to) ?? to}` : ''}`, served, `lifeboat rollback --to ${spec.name} starts again`);
   } finally {
@@ -710,7 +827,7 @@ export async function status(
           ages.set(deploymentOf(m), newest.ageMs);
         }
       }
-      events = await readEvents(readable.storage, 200);
+      events = inSwitchOrder(await readEvents(readable.storage, 200));
     } catch (err) {
       if (err instanceof InterruptedError) throw err;
       unreadable = err;
@@ -759,6 +876,12 @@ export async function status(
       const served = slotPoint(spec.slots, lastServed);
       error = `${spec.active} is missing, though the record of switches has ${spec.name} serving ${served ?? lastServed}`;
       hint = `serve it again: lifeboat failover ${served ?? 'POINT'} --to ${spec.name}`;
+    }
+    // A switch stopped while it was switched back: the slot linked again serves with another point's state.
+    const back = error === undefined && !(await beingSwitched(spec.slots)) ? await unfinishedSwitchBack(spec.slots) : undefined;
+    if (back?.state && slotPoint(spec.slots, back.from)) {
+      error = `${leftUndone(spec, back)}: the serving state is that of ${slotPoint(spec.slots, back.to) ?? back.to}`;
+      hint = `lifeboat failover ${slotPoint(spec.slots, back.from)} --to ${spec.name} puts it back, and records the ${back.kind} in the journal`;
     }
     const h = spec.health && (spec.health.url || spec.health.command)
       ? await checkOnce(spec.health, Math.min(spec.health.timeoutMs ?? 5000, 5000), { cwd: spec.cwd, env: targetEnv(spec, activePath, point), signal: options.signal })

@@ -77,6 +77,30 @@ async function readEntries(storage: Storage, wanted: readonly string[]): Promise
   return read.filter((e): e is JournalEvent => e !== undefined);
 }
 
+/** A failover's or rollback's place among its target's switches (see SwitchRecord); undefined for other events, and those from before it was kept. */
+export function switchGeneration(e: JournalEvent): number | undefined {
+  const g = e.detail?.generation;
+  return e.target && typeof g === 'number' && Number.isInteger(g) ? g : undefined;
+}
+
+/**
+ * `events` (oldest first, by the clocks of the hosts that wrote them) with each target's switches in the
+ * order they were made: a switch made while its host's clock ran ahead is listed before the ones made after
+ * the clock was set right. Other events keep their places.
+ */
+export function inSwitchOrder(events: readonly JournalEvent[]): JournalEvent[] {
+  const out = [...events];
+  const places = new Map<string, number[]>();
+  events.forEach((e, i) => {
+    if (switchGeneration(e) !== undefined) places.set(e.target!, [...(places.get(e.target!) ?? []), i]);
+  });
+  for (const at of places.values()) {
+    const ordered = at.map((i) => events[i]!).sort((a, b) => switchGeneration(a)! - switchGeneration(b)!);
+    at.forEach((i, n) => (out[i] = ordered[n]!));
+  }
+  return out;
+}
+
 /** Journal entries held at once when the whole journal is read. */
 const EVENTS_BATCH = 256;
 

@@ -5,7 +5,7 @@ import { decodeDocument, encodeDocument } from '../format/document.js';
 import { POINT_ID } from '../format/ids.js';
 import { keys } from '../format/manifest.js';
 import { isNotFound, type Storage } from '../storage/storage.js';
-import { appendEvent, eventsNewestFirst } from './journal.js';
+import { appendEvent, eventsNewestFirst, switchGeneration, type JournalEvent } from './journal.js';
 import { runPool } from './pool.js';
 import { describeLock, readLock } from './lock.js';
 import type { Repository } from './repository.js';
@@ -125,18 +125,36 @@ export async function readPins(storage: Storage): Promise<Map<string, Pin>> {
 
 const SWITCHES = new Set(['failover', 'rollback']);
 
+/** Whether a journal event is a switch that left its target serving its point: one that succeeded, or failed with the new slot kept linked. */
+function leftServing(e: JournalEvent): boolean {
+  return SWITCHES.has(e.type) && e.target !== undefined && e.target !== null && (e.outcome === 'ok' || e.detail?.switched === true);
+}
+
 /**
  * What targets serve, from the repository's journal: for each target, its
- * newest successful failover or rollback names the point now active and
+ * newest switch that left it serving a point names the point now active and
  * (`fromPoint`) the one before it. This is what a host that does not run the
  * targets (a backup server pruning the repository) knows. The whole journal is
  * read: a target that last switched years of drills and restores ago serves that point still.
+ * Newest is by the switch's generation, which the target's host counts: the journal's order is that of
+ * the hosts' clocks, and a switch made while its host's clock ran ahead would otherwise pass for the last.
+ * The newest by time is kept too, for switches recorded without a generation, and for a target whose
+ * record of switches was lost (its count started again).
  */
 async function journalSlots(storage: Storage, out: Map<string, string>): Promise<void> {
-  const seen = new Set<string>();
+  const newest = new Map<string, JournalEvent>();
+  const last = new Map<string, { generation: number; events: JournalEvent[] }>();
   for await (const e of eventsNewestFirst(storage)) {
-    if (!SWITCHES.has(e.type) || e.outcome !== 'ok' || !e.target || seen.has(e.target)) continue;
-    seen.add(e.target);
+    if (!leftServing(e)) continue;
+    const target = e.target!;
+    if (!newest.has(target)) newest.set(target, e);
+    const generation = switchGeneration(e);
+    if (generation === undefined) continue;
+    const had = last.get(target);
+    if (!had || generation > had.generation) last.set(target, { generation, events: [e] });
+    else if (generation === had.generation) had.events.push(e);
+  }
+  for (const e of [...newest.values(), ...[...last.values()].flatMap((l) => l.events)]) {
     if (e.point) addReason(out, e.point, `active slot of target ${e.target} (${e.type} ${e.at})`);
     const from = e.detail?.fromPoint;
     if (typeof from === 'string' && POINT_ID.test(from)) addReason(out, from, `previous slot of target ${e.target} (rollback goes there)`);

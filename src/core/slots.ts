@@ -24,6 +24,11 @@ const switchSchema = z.object({
   state: z.boolean().optional(),
   /** The serving-state sources of the point switched to, so that a rollback to it knows without its manifest when it has none. */
   stateSources: z.array(z.string()).optional(),
+  /**
+   * The switch's place among the target's switches (1, 2, …), carried into the journal: hosts' clocks
+   * disagree, so this, not the time, says which switch of a target came last. Absent in older records.
+   */
+  generation: z.number().int().min(1).optional(),
 });
 export type SwitchRecord = z.infer<typeof switchSchema>;
 
@@ -32,11 +37,23 @@ const targetStateSchema = z.object({
   /** Absolute path the link pointed at before the last successful switch (what rollback returns to). */
   previous: z.string().nullable(),
   history: z.array(switchSchema),
+  /** The generation of the target's last switch (see SwitchRecord); absent in records from before it was kept. */
+  generation: z.number().int().min(0).optional(),
   /**
    * A switch written down just before the link is moved, with the link's path: a process killed after moving
    * the link, before it could record the switch, leaves it here, and it counts as made when the link names `to`.
    */
-  pending: switchSchema.extend({ active: z.string() }).optional(),
+  pending: switchSchema
+    .extend({
+      active: z.string(),
+      /**
+       * Written before a switch whose slot did not get healthy is switched back: `state`, whether the serving state of
+       * the slot switched back to (`from`) is still to be put back. A process killed before it was, and before the
+       * switch-back was journalled, leaves it here for the next failover or rollback to finish (see unfinishedSwitchBack).
+       */
+      back: z.object({ at: z.string(), reason: z.string(), state: z.boolean() }).optional(),
+    })
+    .optional(),
 });
 type TargetRecord = z.infer<typeof targetStateSchema>;
 export type TargetState = Omit<TargetRecord, 'pending'>;
@@ -87,7 +104,7 @@ export async function switchActive(active: string, dir: string | null): Promise<
   }
   const parent = path.dirname(active);
   await makeDirectories(parent);
-  const tmp = path.join(parent, `.${path.basename(active)}.lifeboat-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const tmp = path.join(parent, `${newLinkPrefix(active)}${process.pid}-${randomBytes(4).toString('hex')}`);
   await fsp.symlink(path.relative(parent, dir) || '.', tmp);
   try {
     await fsp.rename(tmp, active);
@@ -98,6 +115,32 @@ export async function switchActive(active: string, dir: string | null): Promise<
   const dirFd = await fsp.open(parent, 'r').catch(() => undefined);
   await dirFd?.sync().catch(() => undefined);
   await dirFd?.close();
+}
+
+/** What the new link made beside `active` is named, up to the pid of the process that makes it: `.<active>.lifeboat-<pid>-<random>`. */
+function newLinkPrefix(active: string): string {
+  return `.${path.basename(active)}.lifeboat-`;
+}
+
+/**
+ * Removes the new links a switch killed between making one and renaming it over `active` left beside
+ * it, those of processes that are gone (never one of a process that runs); returns their names.
+ */
+export async function removeLeftLinks(active: string): Promise<string[]> {
+  const parent = path.dirname(active);
+  const prefix = newLinkPrefix(active);
+  const removed: string[] = [];
+  for (const name of await fsp.readdir(parent).catch(() => [] as string[])) {
+    const pid = name.startsWith(prefix) ? /^([1-9][0-9]*)-[0-9a-f]{8}$/.exec(name.slice(prefix.length))?.[1] : undefined;
+    if (pid === undefined) continue;
+    const leftover = path.join(parent, name);
+    const st = await fsp.lstat(leftover).catch(() => undefined);
+    // Its time is when it was made: a process given the pid since is not its maker.
+    if (!st?.isSymbolicLink() || ownerRuns(Number(pid), st.mtimeMs)) continue;
+    await fsp.rm(leftover, { force: true });
+    removed.push(name);
+  }
+  return removed;
 }
 
 /**
@@ -128,8 +171,10 @@ export async function readTargetState(slots: string, own?: Pick<SwitchRecord, 'f
     const parsed = targetStateSchema.safeParse(JSON.parse(await fsp.readFile(path.join(slots, TARGET_STATE_FILE), 'utf8')));
     if (parsed.success) {
       const { pending, ...state } = parsed.data;
+      // A switch announced and switched back still had its generation written in the journal: the next one comes after it.
+      if (pending?.generation !== undefined) state.generation = Math.max(state.generation ?? 0, pending.generation);
       if (pending && !(own && own.from === pending.from && own.to === pending.to)) {
-        const { active, ...made } = pending;
+        const { active, back: _switchedBack, ...made } = pending;
         if ((await readActive(active).catch(() => null)) === made.to) {
           state.history.push(made);
           state.previous = made.from;
@@ -144,13 +189,53 @@ export async function readTargetState(slots: string, own?: Pick<SwitchRecord, 'f
 }
 
 /**
- * Writes down a switch about to be made (see readTargetState). Only as a new
- * copy renamed over the old one: where that cannot be written (a full disk) it
- * is left out, and the switch is recorded once made, as it always was.
+ * Writes down a switch about to be made (see readTargetState), and returns its
+ * generation, the one after the target's last. Only as a new copy renamed over
+ * the old one: where that cannot be written (a full disk) it is left out, and
+ * the switch is recorded once made, as it always was.
  */
-export async function announceSwitch(slots: string, active: string, made: SwitchRecord): Promise<void> {
+export async function announceSwitch(slots: string, active: string, made: Omit<SwitchRecord, 'generation'>): Promise<number> {
   const state = await readTargetState(slots);
-  await writeTargetState(slots, { ...state, pending: { ...made, active: path.resolve(active) } }, false).catch(() => undefined);
+  const generation = (state.generation ?? 0) + 1;
+  await writeTargetState(slots, { ...state, pending: { ...made, generation, active: path.resolve(active) } }, false).catch(() => undefined);
+  return generation;
+}
+
+/** The record as it is in the file, a switch announced included; undefined when it is missing or does not read. */
+async function readRecord(slots: string): Promise<TargetRecord | undefined> {
+  try {
+    const parsed = targetStateSchema.safeParse(JSON.parse(await fsp.readFile(path.join(slots, TARGET_STATE_FILE), 'utf8')));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A switch that was being switched back when its process was stopped: the link names `from` again. */
+export type UnfinishedSwitchBack = SwitchRecord & NonNullable<NonNullable<TargetRecord['pending']>['back']>;
+
+/**
+ * Writes down, on the switch announced, that it is being switched back (`back.state`: with the serving state of
+ * the slot switched back to still to be put back), or that its state went back. Left out where it cannot be written.
+ */
+export async function announceSwitchBack(slots: string, back: NonNullable<NonNullable<TargetRecord['pending']>['back']>): Promise<void> {
+  const record = await readRecord(slots);
+  if (record?.pending) await writeTargetState(slots, { ...record, pending: { ...record.pending, back } }, false).catch(() => undefined);
+}
+
+/** The switch being switched back that a process stopped before it had put the state back and journalled it, when the link names its `from` again. */
+export async function unfinishedSwitchBack(slots: string): Promise<UnfinishedSwitchBack | undefined> {
+  const pending = (await readRecord(slots))?.pending;
+  if (!pending?.back) return undefined;
+  const { active, back, ...made } = pending;
+  if ((await readActive(active).catch(() => undefined)) !== made.from) return undefined;
+  return { ...made, ...back, at: made.at };
+}
+
+/** Takes the switch announced out of the record, once what it did is journalled. */
+export async function settlePending(slots: string): Promise<void> {
+  // Made, when the link names its slot after all (stopped before the link went back): then it is recorded as made.
+  if ((await readRecord(slots))?.pending) await writeTargetState(slots, await readTargetState(slots)).catch(() => undefined);
 }
 
 /**
@@ -293,9 +378,7 @@ export async function lockTarget(slots: string, name: string, command: string): 
       continue;
     }
     const holder = found.holder;
-    // A pid given again (a reboot, a container whose every run has the same pid) to a process started after the lock was taken is not its holder.
-    const gone = !holder || (holder.host === os.hostname() && typeof holder.pid === 'number' && !ownerRuns(holder.pid, typeof holder.startedAt === 'string' ? Date.parse(holder.startedAt) : undefined));
-    if (!gone) {
+    if (holder && !holderGone(holder)) {
       throw new LockedError(`target ${name} is being switched by ${holder.command ?? 'another process'} (pid ${holder.pid ?? '?'} on ${holder.host ?? '?'}, since ${holder.startedAt ?? '?'})`, {
         hint: `wait for it to finish; if that process is gone, remove ${file}`,
       });
@@ -303,6 +386,17 @@ export async function lockTarget(slots: string, name: string, command: string): 
     await removeIfStill(file, found.text);
   }
   throw new LockedError(`target ${name}: could not take the switch lock ${file}, which kept changing hands`, { hint: 'another failover or rollback of this target is starting; run this one again when it has finished' });
+}
+
+/** Whether the holder of a switch lock is gone from this host. A pid given again (a reboot, a container whose every run has the same pid) to a process started after the lock was taken is not its holder. */
+function holderGone(holder: SwitchLockHolder): boolean {
+  return holder.host === os.hostname() && typeof holder.pid === 'number' && !ownerRuns(holder.pid, typeof holder.startedAt === 'string' ? Date.parse(holder.startedAt) : undefined);
+}
+
+/** Whether a failover or rollback of the target in `slots` runs now (its switch lock is held by a process that is not gone). */
+export async function beingSwitched(slots: string): Promise<boolean> {
+  const found = await readSwitchLock(path.join(slots, TARGET_LOCK_FILE)).catch(() => 'gone' as const);
+  return found === 'being-written' || (found !== 'gone' && found.holder !== undefined && !holderGone(found.holder));
 }
 
 /** The switch lock as it is now: its holder (none when it does not read), or why there is none to judge. */
