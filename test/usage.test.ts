@@ -49,6 +49,12 @@ test('what commander refuses (a missing argument or option, an unknown option or
     assertUsageError(r, /unknown command '(bakup|lst)'/, hint, args[0] === '--json');
     assert.equal(r.stderr.split('\n').length, 3, r.stderr);
   }
+  // --help after a command that does not exist is refused as the command alone is, not answered with the help above it and exit 0.
+  for (const [args, hint] of [[['bogus', '--help'], /see lifeboat --help/], [['--json', 'bakup', '--help'], /did you mean backup\? see lifeboat --help/], [['key', 'lst', '-h'], /did you mean list\? see lifeboat key --help/]] as const) {
+    const r = await runChild([...args]);
+    assertUsageError(r, /unknown command '(bogus|bakup|lst)'/, hint, args[0] === '--json');
+    assert.equal(r.stderr.split('\n').length, 3, r.stderr);
+  }
   // After a `--`, --json is an argument, not the flag.
   assertUsageError(await runChild(['diff', '--', '--json']), /missing required argument 'to'/, /see lifeboat diff --help/, false);
   // With --log-format json, stderr holds JSON lines only: not the help commander shows of a command that needs a subcommand.
@@ -64,7 +70,7 @@ test('what commander refuses (a missing argument or option, an unknown option or
     { level: 'error', msg: "missing required argument 'to'", exitCode: 2, hint: 'see lifeboat diff --help' },
   );
 
-  for (const args of [['--help'], ['diff', '--help'], ['help', 'diff'], ['--json', 'key', 'add', '--help']]) {
+  for (const args of [['--help'], ['diff', '--help'], ['ls', '--help'], ['help', 'diff'], ['help', 'key'], ['--json', 'key', 'add', '--help'], ['--repo', 'x', '--help']]) {
     const help = await runChild(args);
     assert.equal(help.code, 0, `${args.join(' ')}: ${help.stderr}`);
     assert.match(help.stdout, /^Usage: lifeboat/);

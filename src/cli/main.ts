@@ -1,5 +1,5 @@
 import { Chalk } from 'chalk';
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, Option, type HelpContext } from 'commander';
 import { createRequire } from 'node:module';
 import type { Writable } from 'node:stream';
 import { ExitCode, LifeboatError, UsageError, asLimitReached, errorMessage, failureExitCode } from '../errors.js';
@@ -144,6 +144,7 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: RunState): C
       // Its errors are rendered as lifeboat's own, by runCli.
       outputError: () => undefined,
     });
+    if (command.commands.length > 0) refuseHelpOfUnknownCommand(command);
   }
   return program;
 }
@@ -161,6 +162,23 @@ function dumbTerminal(env: NodeJS.ProcessEnv): boolean {
 function colorFor(stream: { isTTY?: boolean }, env: NodeJS.ProcessEnv, allowed: boolean): boolean {
   if (!allowed || env.NO_COLOR || env.FORCE_COLOR === '0' || env.FORCE_COLOR === 'false' || dumbTerminal(env)) return false;
   return stream.isTTY === true;
+}
+
+/**
+ * `lifeboat bogus --help`: commander shows the help of the command above the word it does not know,
+ * with exit 0, as if the word were not there; it is refused as `lifeboat bogus` is, an unknown command.
+ */
+function refuseHelpOfUnknownCommand(command: Command): void {
+  const outputHelp = command.outputHelp.bind(command) as (context?: HelpContext | ((str: string) => string)) => void;
+  // commander's own refusal of an unknown command (with its "did you mean"), not in its typings.
+  const unknownCommand = (command as Command & { unknownCommand(): never }).unknownCommand.bind(command);
+  command.outputHelp = (context?: HelpContext | ((str: string) => string)) => {
+    // What commander has parsed: the words not taken as options, the first of them where a command stands.
+    const [word] = command.args;
+    const known = word === undefined || word.startsWith('-') || word === 'help' || command.commands.some((c) => c.name() === word || c.aliases().includes(word));
+    if (!known) unknownCommand();
+    outputHelp(context);
+  };
 }
 
 function withSubcommands(command: Command): Command[] {
