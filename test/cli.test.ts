@@ -693,6 +693,22 @@ test('names with newlines, tabs or other control characters are quoted with esca
   assert.equal(list.stdout.trimEnd().split('\n').length, 3, list.stdout);
 });
 
+test('list lines up its columns by the width a terminal gives each character: wide tags (CJK, emoji) push nothing out of line', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src, '--tag', 'model=版本二', '--tag', 'e=🚀'])).code, 0);
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src, '--tag', 'env=prod'])).code, 0);
+  assert.equal((await lifeboat(['--repo', d.repo, 'pin', 'latest', '--reason', '安全'])).code, 0);
+  const list = await lifeboat(['--repo', d.repo, 'list']);
+  assert.equal(list.code, 0, list.stderr);
+  // The columns a terminal shows a text in: two for each of these ideographs and this emoji.
+  const columns = (text: string) => [...text].reduce((n, c) => n + (/[\u3000-\u9fff\u{1f300}-\u{1faff}]/u.test(c) ? 2 : 1), 0);
+  const lines = list.stdout.trimEnd().split('\n');
+  assert.equal(lines.length, 3, list.stdout);
+  const starts = lines.map((l) => columns(l.slice(0, l.search(/(PINNED|-|pinned: 安全)$/))));
+  assert.deepEqual(starts, [starts[0], starts[0], starts[0]], list.stdout);
+});
+
 test('what a hook prints, and a repository path, are shown with control characters escaped: none can redraw the terminal or fake a line', async (t) => {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));

@@ -1,10 +1,15 @@
+import stringWidth from 'string-width';
 export { formatBytes } from '../format/units.js';
 
-/** A plain-text table with left-aligned columns. */
+/**
+ * A plain-text table with left-aligned columns, padded by the columns a terminal gives each cell: a
+ * wide character (CJK, most emoji) takes two, a combining mark none, so that a tag or a name in them
+ * does not push the columns after it out of line.
+ */
 export function table(rows: string[][]): string {
   const widths: number[] = [];
-  for (const row of rows) row.forEach((cell, i) => (widths[i] = Math.max(widths[i] ?? 0, cell.length)));
-  return rows.map((row) => row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ')).join('\n');
+  for (const row of rows) row.forEach((cell, i) => (widths[i] = Math.max(widths[i] ?? 0, stringWidth(cell))));
+  return rows.map((row) => row.map((cell, i) => (i === row.length - 1 ? cell : cell + ' '.repeat(widths[i]! - stringWidth(cell)))).join('  ')).join('\n');
 }
 
 /**
