@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { IntegrityError, UsageError } from '../../errors.js';
-import { verify } from '../../core/verify.js';
+import { verify, type Problem } from '../../core/verify.js';
 import { LEDGER_KEY } from '../../core/verify-ledger.js';
 import { openRepository, type CliContext } from '../context.js';
 import { escapeUnprintable, formatBytes, quoteName, counted } from '../format.js';
@@ -21,6 +21,51 @@ interface VerifyFlags extends CronFlags {
 function age(iso: string, now: number): string {
   const h = Math.max(0, (now - Date.parse(iso)) / 3_600_000);
   return h < 48 ? `${Math.round(h)} hour(s) ago` : `${Math.round(h / 24)} day(s) ago`;
+}
+
+/** How many of the points that need one missing object a line of verify names. */
+const POINTS_NAMED = 3;
+
+/**
+ * What several problems share when the same thing is missing or unusable for each: a volume that is
+ * missing, cut short or archived, or a point (or a volume of one) that the points after it take
+ * their files from. Undefined for a problem that is its own.
+ */
+function missingThing(p: Problem): string | undefined {
+  if (p.kind === 'missing-volume' || p.kind === 'size-mismatch' || p.kind === 'volume-archived') return `${p.kind}\0${p.path}`;
+  // "depends on X, which is missing", "its bytes are in X volume 0, which is missing": the detail names it.
+  if (p.kind === 'chain-broken') return `${p.kind}\0${p.detail}`;
+  return undefined;
+}
+
+/**
+ * The problems found, a line each, except those that share what is missing: a volume of a full that
+ * is lost breaks every point of its chain, hundreds of lines saying the same. They are one line, the
+ * first of them, with how many more there are and the first few points that have them. --json
+ * lists each problem.
+ */
+function problemLines(problems: readonly Problem[]): string[] {
+  const groups = new Map<string, Problem[]>();
+  const shown: Problem[][] = [];
+  for (const p of problems) {
+    const thing = missingThing(p);
+    const group = thing === undefined ? undefined : groups.get(thing);
+    if (group) group.push(p);
+    else {
+      shown.push([p]);
+      if (thing !== undefined) groups.set(thing, shown.at(-1)!);
+    }
+  }
+  return shown.map(([first, ...more]) => {
+    const line = `  ${first!.kind}: ${first!.point} ${quoteName(first!.path)}: ${escapeUnprintable(first!.detail)}`;
+    if (more.length === 0) return line;
+    // The points that need one volume; the files of the points that need one whose manifest is gone.
+    const files = more.some((p) => p.path !== first!.path);
+    const points = [...new Set((files ? [first!, ...more] : more).map((p) => p.point))];
+    const named = `${points.slice(0, POINTS_NAMED).join(', ')}${points.length > POINTS_NAMED ? ` and ${points.length - POINTS_NAMED} more` : ''}`;
+    const need = more.length === 1 ? 'needs' : 'need';
+    return files ? `${line}; ${counted(more.length, 'more file')} ${need} it too, of ${counted(points.length, 'point')}: ${named}` : `${line}; ${counted(more.length, 'more point')} ${need} it too: ${named}`;
+  });
 }
 
 export async function runVerify(ctx: CliContext, selector: string | undefined, flags: VerifyFlags, figures: RunFigures = {}): Promise<void> {
@@ -75,7 +120,7 @@ export async function runVerify(ctx: CliContext, selector: string | undefined, f
           if (result.oldestVerifiedAt) lines.push(`${unrecorded}oldest verification: ${result.oldestVerifiedAt} (${age(result.oldestVerifiedAt, Date.now())})${v.neverVerified ? `; ${v.neverVerified} volume(s) never verified` : ''}`);
           else if (v.neverVerified) lines.push(`${unrecorded}${v.neverVerified} volume(s) never verified`);
         }
-        for (const p of result.problems) lines.push(`  ${p.kind}: ${p.point} ${quoteName(p.path)}: ${escapeUnprintable(p.detail)}`);
+        lines.push(...problemLines(result.problems));
         lines.push(result.ok ? 'no problems found' : `${result.problems.length} problem(s) found`);
         return lines.join('\n');
       },
