@@ -501,6 +501,8 @@ test('init refuses a non-empty location; commands on a missing repository exit 2
   assert.match(hostUrl.stderr, new RegExp(`repository ${fileUrl}: not a file:// URL of a local directory\n {2}a file:// URL takes an absolute path after its third slash`));
   assert.equal((await lifeboat(['--repo', `file://${d.repo}`, 'list'])).code, 0);
   assert.equal((await lifeboat(['--repo', `file://localhost${d.repo}`, 'list'])).code, 0);
+  // A scheme is case-insensitive (RFC 3986).
+  assert.equal((await lifeboat(['--repo', `FILE://${d.repo}`, 'list'])).code, 0);
   // An S3 or file URL a slash short is a usage error, not a local directory named "s3:" where backups meant for S3 would stay.
   for (const [mistyped, written] of [['s3:/ml-backups/prod', 's3://bucket/prefix'], ['s3:ml-backups/prod', 's3://bucket/prefix'], ['file:/backups/prod', 'file:///path']]) {
     const r = await lifeboat(['--repo', mistyped, 'init'], { cwd: d.work });
