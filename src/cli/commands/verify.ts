@@ -8,6 +8,7 @@ import { ProgressRenderer, printResult, warningsJson } from '../output.js';
 import type { CommandRunner } from '../main.js';
 import { addCronOptions, runMonitored, type CronFlags, type RunFigures } from '../cron.js';
 import { directoryFlag, percentFlag } from '../flags.js';
+import { aheadOfClock, formatDuration } from '../../config/duration.js';
 
 interface VerifyFlags extends CronFlags {
   readData?: boolean;
@@ -18,7 +19,14 @@ interface VerifyFlags extends CronFlags {
   workDir?: string;
 }
 
+/**
+ * How long ago a verification was recorded; or, when its time is ahead of this host's clock (the clock
+ * of the host that recorded it ran ahead, or this one's is behind), by how much, rather than an age of
+ * 0 that reads as a verification just done.
+ */
 function age(iso: string, now: number): string {
+  const ahead = aheadOfClock(iso, now);
+  if (ahead !== undefined) return `${formatDuration(ahead)} in the future: the clock of the host that recorded it ran ahead of this one's`;
   const h = Math.max(0, (now - Date.parse(iso)) / 3_600_000);
   return h < 48 ? `${Math.round(h)} hour(s) ago` : `${Math.round(h / 24)} day(s) ago`;
 }
