@@ -318,6 +318,9 @@ test('point selectors: id, prefix, latest, ISO time; ambiguous or unknown is exi
   // The same instant written with an offset.
   const offset = new Date(Date.parse(list[1].completedAt) + 3600_000).toISOString().replace('Z', '+01:00');
   assert.equal((await show(offset)).json().id, ids[1]);
+  // ISO 8601 also writes an offset of whole hours as the hours alone.
+  assert.equal((await show(offset.replace('+01:00', '+01'))).json().id, ids[1]);
+  assert.equal((await show(new Date(Date.parse(list[1].completedAt) - 5 * 3600_000).toISOString().replace('Z', '-05'))).json().id, ids[1]);
   const diff = (await lifeboat(['--repo', d.repo, '--json', 'diff', ids[0]!, ids[2]!])).json();
   assert.deepEqual(diff.changed.map((c: { path: string }) => c.path), ['models/config.json']);
   await fsp.rm(d.work, { recursive: true, force: true });
