@@ -42,7 +42,9 @@ test('config errors exit 2 and name the key', async () => {
     ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { timeout: 60s } } }\n', /targets\.prod\.health: needs a url or a command/],
     ['repository: ./r\nretention: { keepWithin: "two weeks" }\n', /retention\.keepWithin: must be a duration/],
     // YAML reads a bare number as a number: the message asks for a duration with its unit, not for a "string".
-    ['repository: ./r\nretention: { keepWithin: 0 }\n', /retention\.keepWithin: must be a duration such as 90s, 15m, 2h or 14d, with its unit: 0 alone has none$/m],
+    ['repository: ./r\nretention: { keepWithin: 1 }\n', /retention\.keepWithin: must be a duration such as 90s, 15m, 2h or 14d, with its unit: 1 alone has none$/m],
+    // A bare 0 needs no unit, but is no timeout.
+    ['repository: ./r\nlock: { staleAfter: 0 }\n', /lock\.staleAfter: must be a duration longer than 0$/m],
     ['repository: ./r\nhooks: { preBackup: "true", timeout: 60 }\n', /hooks\.timeout: must be a duration such as 90s, 15m, 2h or 14d, with its unit: 60 alone has none$/m],
     ['repository: ./r\nlock: { retry: true }\n', /lock\.retry: must be a duration such as 90s, 15m, 2h or 14d$/m],
     ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { url: "ftp://127.0.0.1/health" } } }\n', /targets\.prod\.health\.url: must be an http:\/\/ or https:\/\/ URL/],
@@ -477,6 +479,16 @@ test('--retry-lock waits for a live holder to finish (hosts whose cron jobs star
   assert.equal(gaveUp.code, 4, gaveUp.stderr);
   assert.match(gaveUp.stderr, /the repository is locked by backup on gpu-node-7, pid 4242, since \S+; waiting up to 600ms for it\n/);
   assert.match(gaveUp.stderr, /lifeboat: the repository is locked by backup on gpu-node-7, pid 4242, since \S+, still after waiting 600ms\n {2}wait longer with --retry-lock/);
+
+  // A wait of a bare 0 is no wait: exit 4 at once, as without the flag.
+  const noWait = await lifeboat(['--repo', d.repo, 'backup', d.src, '--retry-lock', '0']);
+  assert.equal(noWait.code, 4, noWait.stderr);
+  assert.match(noWait.stderr, /^lifeboat: the repository is locked by backup on gpu-node-7, pid 4242, since \S+\n {2}wait for it to finish, or let the command wait with --retry-lock 30m/m);
+  assert.doesNotMatch(noWait.stderr, /waiting up to/);
+  await fsp.writeFile(path.join(d.work, 'lifeboat.yaml'), `repository: ./repo\nlock: { retry: 0 }\nretention: { keepFull: 1, keepWithin: 0 }\n`);
+  const noWaitConfig = await lifeboat(['backup', d.src], { cwd: d.work });
+  assert.equal(noWaitConfig.code, 4, noWaitConfig.stderr);
+  assert.doesNotMatch(noWaitConfig.stderr, /waiting up to/);
 
   // The holder finishes while the second backup waits; the config gives the wait this time.
   await fsp.writeFile(path.join(d.work, 'lifeboat.yaml'), `repository: ./repo\nlock: { retry: 30s }\n`);

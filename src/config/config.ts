@@ -11,20 +11,24 @@ import { durationExpected, type DurationRule } from './duration.js';
 
 /**
  * A duration; `positive` where zero makes no sense (a timeout, an interval, a lease). YAML reads
- * `keepWithin: 0` or `timeout: 60` as a number: the message asks for the unit, not for a "string".
+ * `timeout: 60` as a number: the message asks for the unit, not for a "string".
  */
 const durationOf = (rule: DurationRule) =>
-  z
-    .string({
-      error: (issue) =>
-        typeof issue.input === 'number'
-          ? `must be ${durationExpected('', rule)}, with its unit: ${issue.input} alone has none`
-          : `must be ${durationExpected('', rule)}`,
-    })
-    .superRefine((text, ctx) => {
-      const expected = durationExpected(text, rule);
-      if (expected !== undefined) ctx.addIssue({ code: 'custom', message: `must be ${expected}` });
-    });
+  z.preprocess(
+    // A bare 0, which YAML reads as a number, needs no unit.
+    (value) => (value === 0 ? '0' : value),
+    z
+      .string({
+        error: (issue) =>
+          typeof issue.input === 'number'
+            ? `must be ${durationExpected('', rule)}, with its unit: ${issue.input} alone has none`
+            : `must be ${durationExpected('', rule)}`,
+      })
+      .superRefine((text, ctx) => {
+        const expected = durationExpected(text, rule);
+        if (expected !== undefined) ctx.addIssue({ code: 'custom', message: `must be ${expected}` });
+      }),
+  );
 /** A whole number from `min` (to `max`), said as the flags say it rather than in the schema library's words. */
 const wholeNumber = (min: number, max?: number) => {
   const expected = `must be a whole number ${max === undefined ? `of at least ${min}` : `from ${min} to ${max}`}`;
