@@ -710,6 +710,32 @@ test('names with newlines, tabs or other control characters are quoted with esca
   assert.equal(list.stdout.trimEnd().split('\n').length, 3, list.stdout);
 });
 
+test('errors name a file as a listing does: quoted where a trailing space or a control character would be lost, and a hint\'s command can be pasted', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src])).code, 0);
+  const trailing = path.join(d.work, 'models ');
+  await fsp.mkdir(trailing);
+  await fsp.writeFile(path.join(trailing, 'w.bin'), 'w');
+  const refused = async (args: string[], message: string, hint?: string) => {
+    const r = await lifeboat(args, { cwd: d.work });
+    assert.equal(r.code, 2, r.stderr);
+    assert.equal(r.stderr.split('\n')[0], `lifeboat: ${message}`);
+    if (hint !== undefined) assert.equal(r.stderr.split('\n')[1], `  ${hint}`);
+  };
+  await refused(['--repo', d.repo, 'backup', '--source', 'm=nowhere '], `source m: "${path.join(d.work, 'nowhere ')}" does not exist`);
+  // The directory that holds a file given as a source: under a name a source may have, its path as one word of a shell.
+  await refused(['--repo', d.repo, 'backup', '--source', 'm=models /w.bin'], `source m: "${trailing}/w.bin" is not a directory; a source is a directory, restored as DIR/<source name>/`, `back up the directory that holds it: --source models_='${trailing}', with --exclude for what else is there`);
+  await refused(['--repo', d.repo, 'restore', 'latest', '--target', 'models '], `restore target "${trailing}" is not empty`);
+  await refused(['--repo', 'no repo ', 'list'], `there is no lifeboat repository at "${path.join(d.work, 'no repo ')}"`);
+  await refused(['--config', 'lifeboat.yaml ', 'list'], `config file "${path.join(d.work, 'lifeboat.yaml ')}" does not exist`);
+  await refused(['--repo', d.repo, 'drill', '--junit', 'models '], '--junit "models " is a directory', 'give the file a name, such as "models /drill.xml"');
+  // A newline is escaped in the quotes, as show quotes it: not a backslash and an n of the name.
+  await fsp.mkdir(path.join(d.work, 'two\nlines'));
+  await fsp.writeFile(path.join(d.work, 'two\nlines', 'f'), 'f');
+  await refused(['--repo', d.repo, 'restore', 'latest', '--target', 'two\nlines'], `restore target "${d.work}/two\\nlines" is not empty`);
+});
+
 test('list lines up its columns by the width a terminal gives each character: wide tags (CJK, emoji) push nothing out of line', async (t) => {
   const d = await smallDeployment();
   t.after(() => fsp.rm(d.work, { recursive: true, force: true }));

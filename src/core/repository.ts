@@ -23,6 +23,7 @@ import {
 import { isNotFound, type Storage } from '../storage/storage.js';
 import { runPool } from './pool.js';
 import { KEYS_PREFIX } from './keys.js';
+import { quoteName } from '../format/quote.js';
 
 export const DEFAULT_VOLUME_SIZE = 256 * 1024 * 1024;
 
@@ -41,7 +42,7 @@ const VERIFY_HINT = '`lifeboat verify` reports the damage';
 export class NoRepository extends UsageError {
   constructor(location: string) {
     // A backup disk not mounted looks the same as no repository yet: a new, empty one made there would hide the backups.
-    super(`there is no lifeboat repository at ${location}`, {
+    super(`there is no lifeboat repository at ${quoteName(location)}`, {
       hint: 'check that --repo, LIFEBOAT_REPO or repository: names it, and that its disk is mounted or its bucket is there; `lifeboat init` makes a new, empty one',
     });
   }
