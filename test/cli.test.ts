@@ -730,6 +730,11 @@ test('errors name a file as a listing does: quoted where a trailing space or a c
   await refused(['--repo', 'no repo ', 'list'], `there is no lifeboat repository at "${path.join(d.work, 'no repo ')}"`);
   await refused(['--config', 'lifeboat.yaml ', 'list'], `config file "${path.join(d.work, 'lifeboat.yaml ')}" does not exist`);
   await refused(['--repo', d.repo, 'drill', '--junit', 'models '], '--junit "models " is a directory', 'give the file a name, such as "models /drill.xml"');
+  // The repository's location, in every sentence that names it.
+  const spaced = path.join(d.work, 'repo ');
+  assert.equal((await lifeboat(['--repo', 'repo ', 'init'], { cwd: d.work })).code, 0);
+  await refused(['--repo', 'repo ', 'init'], `there is a lifeboat repository at "${spaced}" already; refusing to create another there`);
+  await refused(['--repo', 'repo ', 'show', 'latest'], `the repository at "${spaced}" has no backup points yet`);
   // A newline is escaped in the quotes, as show quotes it: not a backslash and an n of the name.
   await fsp.mkdir(path.join(d.work, 'two\nlines'));
   await fsp.writeFile(path.join(d.work, 'two\nlines', 'f'), 'f');
