@@ -146,6 +146,12 @@ test('the points of a long chain that all need one missing volume, or one missin
     `  missing-volume: ${full} ${volume}: volume object does not exist; 6 more points need it too: ${incrs.slice(0, 3).join(', ')} and 3 more`,
     '7 problem(s) found',
   ]);
+  // --deep cannot restore any of them, for the same reason: one line, of the point (no file of it).
+  const deep = await lifeboat(['--repo', d.repo, 'verify', '--deep']);
+  assert.equal(deep.code, 3);
+  const failed = deep.stdout.split('\n').filter((l) => l.startsWith('  restore-failed: '));
+  assert.equal(failed.length, 1, deep.stdout);
+  assert.match(failed[0]!, new RegExp(`^  restore-failed: ${full}: .*${volume}.*; 6 more points need it too: ${incrs.slice(0, 3).join(', ')} and 3 more$`));
   await fsp.rename(`${volumeFile}.away`, volumeFile);
 
   // The full's manifest gone: each point after it depends on it once, though it is both the parent and the full of the first.

@@ -41,8 +41,8 @@ const POINTS_NAMED = 3;
  */
 function missingThing(p: Problem): string | undefined {
   if (p.kind === 'missing-volume' || p.kind === 'size-mismatch' || p.kind === 'volume-archived') return `${p.kind}\0${p.path}`;
-  // "depends on X, which is missing", "its bytes are in X volume 0, which is missing": the detail names it.
-  if (p.kind === 'chain-broken') return `${p.kind}\0${p.detail}`;
+  // "depends on X, which is missing", "its bytes are in X volume 0, which is missing", the volume a --deep restore could not read: the detail names it.
+  if (p.kind === 'chain-broken' || p.kind === 'restore-failed') return `${p.kind}\0${p.detail}`;
   return undefined;
 }
 
@@ -65,7 +65,8 @@ function problemLines(problems: readonly Problem[]): string[] {
     }
   }
   return shown.map(([first, ...more]) => {
-    const line = `  ${first!.kind}: ${first!.point} ${quoteName(first!.path)}: ${escapeUnprintable(first!.detail)}`;
+    // A restore of --deep that failed is the point's, of no one file.
+    const line = `  ${first!.kind}: ${first!.point}${first!.path === '' ? '' : ` ${quoteName(first!.path)}`}: ${escapeUnprintable(first!.detail)}`;
     if (more.length === 0) return line;
     // The points that need one volume; the files of the points that need one whose manifest is gone.
     const files = more.some((p) => p.path !== first!.path);
@@ -136,7 +137,7 @@ export async function runVerify(ctx: CliContext, selector: string | undefined, f
       { shownWhenQuiet: !result.ok },
     );
     if (!result.ok) {
-      throw new IntegrityError(`verify found ${result.problems.length} problem(s) in ${repo.storage.location}`, {
+      throw new IntegrityError(`verify found ${result.problems.length} problem(s) in ${quoteName(repo.storage.location)}`, {
         hint: result.problems.some((p) => p.kind === 'volume-archived')
           ? 'retrieve the archived volumes (aws s3api restore-object) and keep the repository out of lifecycle rules that archive objects, or take a new full backup'
           : 'restore from an older point that verifies, or take a new full backup',
