@@ -76,6 +76,13 @@ test('what commander refuses (a missing argument or option, an unknown option or
     assert.match(help.stdout, /^Usage: lifeboat/);
     assert.equal(help.stderr, '');
   }
+  // A repeatable option says so; the empty list it starts as is no default worth a word.
+  for (const args of [['backup', '--help'], ['restore', '--help']]) {
+    const help = await runChild(args);
+    assert.match(help.stdout, /\(repeatable\)/);
+    assert.doesNotMatch(help.stdout, /\(default: \[\]\)/, help.stdout);
+  }
+  assert.match((await runChild(['backup', '--help'])).stdout, /--notify-on <events> {2,}when to notify/);
   const version = await runChild(['--version', '--json']);
   assert.equal(version.code, 0);
   assert.match(version.stdout, /^\d+\.\d+\.\d+\n$/);

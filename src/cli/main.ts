@@ -1,5 +1,5 @@
 import { Chalk } from 'chalk';
-import { Command, CommanderError, Option, type HelpContext } from 'commander';
+import { Command, CommanderError, Help, Option, type HelpContext } from 'commander';
 import { createRequire } from 'node:module';
 import type { Writable } from 'node:stream';
 import { ExitCode, LifeboatError, UsageError, asLimitReached, errorMessage, failureExitCode } from '../errors.js';
@@ -88,6 +88,7 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: RunState): C
     .option('--s3-path-style', 'path-style S3 addressing (s3.forcePathStyle)')
     .option('--password-file <file>', 'password of an encrypted repository (or LIFEBOAT_PASSWORD_FILE, LIFEBOAT_PASSWORD_COMMAND, LIFEBOAT_PASSWORD)')
     .addHelpText('after', EXIT_CODES_HELP)
+    .configureHelp({ optionDescription: withoutEmptyDefault })
     .showSuggestionAfterError();
 
   const run: CommandRunner = (action) =>
@@ -147,6 +148,16 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: RunState): C
     if (command.commands.length > 0) refuseHelpOfUnknownCommand(command);
   }
   return program;
+}
+
+/**
+ * An option's line of --help without "(default: [])": a repeatable option (--source, --exclude,
+ * --include) starts as an empty list, which says nothing to whoever reads the help. Every command
+ * inherits it from the program.
+ */
+function withoutEmptyDefault(this: Help, option: Option): string {
+  const empty = Array.isArray(option.defaultValue) && option.defaultValue.length === 0;
+  return Help.prototype.optionDescription.call(this, empty ? Object.assign(Object.create(option) as Option, { defaultValue: undefined }) : option);
 }
 
 /** A terminal that cannot move its cursor or show colour (TERM=dumb: an editor's shell buffer, some CI logs). */
