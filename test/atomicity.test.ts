@@ -90,14 +90,39 @@ test('a volume half written by a backup killed with SIGKILL is reported by verif
     warned.map((w: { path: string }) => w.path).sort(),
     left.map((f) => `.tmp/${f.name}`).sort(),
   );
-  for (const f of left) assert.match(v.stderr, new RegExp(`warning: \\.tmp/${f.name}: a temporary file of ${f.size} bytes, left by a write that never finished.*the next backup or prune removes it if its credentials may delete`));
+  // One line for them all when there are several.
+  const [one] = left;
+  const said = left.length === 1 ? `\\.tmp/${one!.name}: a temporary file of ${one!.size} bytes, left by a write that never finished` : `${left.length} temporary files of ${left.reduce((n, f) => n + f.size, 0)} bytes in all, left by writes that never finished`;
+  assert.match(v.stderr, new RegExp(`warning: ${said}.*the next backup or prune removes (it|them) if its credentials may delete`));
 
   const next = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src]);
   assert.equal(next.code, 0, next.stderr);
-  for (const f of left) assert.match(next.stderr, new RegExp(`\\.tmp/${f.name}: removed a temporary file of ${f.size} bytes, left by a write that never finished`));
+  assert.match(next.stderr, new RegExp(left.length === 1 ? `\\.tmp/${one!.name}: removed a temporary file of ${one!.size} bytes` : `removed ${said}`));
   assert.deepEqual(await temporaryFiles(d.repo), []);
   const after = await lifeboat(['--repo', d.repo, '--json', 'verify']);
   assert.deepEqual(after.json().warnings, []);
+});
+
+test('many writes that never finished are one warning of a text verify, and one line of the backup that removes them; --json lists each', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src])).code, 0);
+  // What writers stopped long ago left: the names of no live process.
+  const names = Array.from({ length: 40 }, (_, i) => `left-${String(i).padStart(2, '0')}`);
+  for (const name of names) await fsp.writeFile(path.join(d.repo, '.tmp', name), Buffer.alloc(100));
+  const json = await lifeboat(['--repo', d.repo, '--json', 'verify']);
+  assert.equal(json.code, 0, json.stderr);
+  assert.deepEqual(json.json().warnings.map((w: { path: string }) => w.path).sort(), names.map((n) => `.tmp/${n}`));
+  const text = await lifeboat(['--repo', d.repo, 'verify']);
+  assert.equal(text.code, 0, text.stderr);
+  const warnings = text.stderr.split('\n').filter((l) => l.includes('warning:'));
+  assert.equal(warnings.length, 1, text.stderr);
+  assert.match(warnings[0]!, /warning: 40 temporary files of 4000 bytes in all, left by writes that never finished \(backups or other commands that were stopped\): \.tmp\/left-\d\d, \.tmp\/left-\d\d, \.tmp\/left-\d\d and 37 more; the next backup or prune removes them if/);
+  const next = await lifeboat(['--repo', d.repo, 'backup', d.src]);
+  assert.equal(next.code, 0, next.stderr);
+  assert.equal(next.stderr.split('\n').filter((l) => l.includes('removed')).length, 1, next.stderr);
+  assert.match(next.stderr, /removed 40 temporary files of 4000 bytes in all/);
+  assert.deepEqual(await temporaryFiles(d.repo), []);
 });
 
 test('the temporary file of a backup that is running is not a leftover: verify names the backup writing it', async (t) => {

@@ -42,7 +42,9 @@ test('config errors exit 2 and name the key', async () => {
     ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { timeout: 60s } } }\n', /targets\.prod\.health: needs a url or a command/],
     ['repository: ./r\nretention: { keepWithin: "two weeks" }\n', /retention\.keepWithin: must be a duration/],
     // YAML reads a bare number as a number: the message asks for a duration with its unit, not for a "string".
-    ['repository: ./r\nretention: { keepWithin: 0 }\n', /retention\.keepWithin: must be a duration such as 90s, 15m, 2h or 14d, with its unit: 0 alone has none$/m],
+    ['repository: ./r\nretention: { keepWithin: 1 }\n', /retention\.keepWithin: must be a duration such as 90s, 15m, 2h or 14d, with its unit: 1 alone has none$/m],
+    // A bare 0 needs no unit, but is no timeout.
+    ['repository: ./r\nlock: { staleAfter: 0 }\n', /lock\.staleAfter: must be a duration longer than 0$/m],
     ['repository: ./r\nhooks: { preBackup: "true", timeout: 60 }\n', /hooks\.timeout: must be a duration such as 90s, 15m, 2h or 14d, with its unit: 60 alone has none$/m],
     ['repository: ./r\nlock: { retry: true }\n', /lock\.retry: must be a duration such as 90s, 15m, 2h or 14d$/m],
     ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { url: "ftp://127.0.0.1/health" } } }\n', /targets\.prod\.health\.url: must be an http:\/\/ or https:\/\/ URL/],
@@ -340,6 +342,9 @@ test('point selectors: id, prefix, latest, ISO time; ambiguous or unknown is exi
   // The same instant written with an offset.
   const offset = new Date(Date.parse(list[1].completedAt) + 3600_000).toISOString().replace('Z', '+01:00');
   assert.equal((await show(offset)).json().id, ids[1]);
+  // ISO 8601 also writes an offset of whole hours as the hours alone.
+  assert.equal((await show(offset.replace('+01:00', '+01'))).json().id, ids[1]);
+  assert.equal((await show(new Date(Date.parse(list[1].completedAt) - 5 * 3600_000).toISOString().replace('Z', '-05'))).json().id, ids[1]);
   const diff = (await lifeboat(['--repo', d.repo, '--json', 'diff', ids[0]!, ids[2]!])).json();
   assert.deepEqual(diff.changed.map((c: { path: string }) => c.path), ['models/config.json']);
   await fsp.rm(d.work, { recursive: true, force: true });
@@ -497,6 +502,16 @@ test('--retry-lock waits for a live holder to finish (hosts whose cron jobs star
   assert.match(gaveUp.stderr, /the repository is locked by backup on gpu-node-7, pid 4242, since \S+; waiting up to 600ms for it\n/);
   assert.match(gaveUp.stderr, /lifeboat: the repository is locked by backup on gpu-node-7, pid 4242, since \S+, still after waiting 600ms\n {2}wait longer with --retry-lock/);
 
+  // A wait of a bare 0 is no wait: exit 4 at once, as without the flag.
+  const noWait = await lifeboat(['--repo', d.repo, 'backup', d.src, '--retry-lock', '0']);
+  assert.equal(noWait.code, 4, noWait.stderr);
+  assert.match(noWait.stderr, /^lifeboat: the repository is locked by backup on gpu-node-7, pid 4242, since \S+\n {2}wait for it to finish, or let the command wait with --retry-lock 30m/m);
+  assert.doesNotMatch(noWait.stderr, /waiting up to/);
+  await fsp.writeFile(path.join(d.work, 'lifeboat.yaml'), `repository: ./repo\nlock: { retry: 0 }\nretention: { keepFull: 1, keepWithin: 0 }\n`);
+  const noWaitConfig = await lifeboat(['backup', d.src], { cwd: d.work });
+  assert.equal(noWaitConfig.code, 4, noWaitConfig.stderr);
+  assert.doesNotMatch(noWaitConfig.stderr, /waiting up to/);
+
   // The holder finishes while the second backup waits; the config gives the wait this time.
   await fsp.writeFile(path.join(d.work, 'lifeboat.yaml'), `repository: ./repo\nlock: { retry: 30s }\n`);
   const waiting = lifeboat(['--json', 'backup', d.src], { cwd: d.work });
@@ -523,6 +538,8 @@ test('init refuses a non-empty location; commands on a missing repository exit 2
   assert.match(hostUrl.stderr, new RegExp(`repository ${fileUrl}: not a file:// URL of a local directory\n {2}a file:// URL takes an absolute path after its third slash`));
   assert.equal((await lifeboat(['--repo', `file://${d.repo}`, 'list'])).code, 0);
   assert.equal((await lifeboat(['--repo', `file://localhost${d.repo}`, 'list'])).code, 0);
+  // A scheme is case-insensitive (RFC 3986).
+  assert.equal((await lifeboat(['--repo', `FILE://${d.repo}`, 'list'])).code, 0);
   // An S3 or file URL a slash short is a usage error, not a local directory named "s3:" where backups meant for S3 would stay.
   for (const [mistyped, written] of [['s3:/ml-backups/prod', 's3://bucket/prefix'], ['s3:ml-backups/prod', 's3://bucket/prefix'], ['file:/backups/prod', 'file:///path']]) {
     const r = await lifeboat(['--repo', mistyped, 'init'], { cwd: d.work });
@@ -713,6 +730,53 @@ test('names with newlines, tabs or other control characters are quoted with esca
   const list = await lifeboat(['--repo', repo, 'list']);
   assert.match(list.stdout, / "note=one\\nfake line" /);
   assert.equal(list.stdout.trimEnd().split('\n').length, 3, list.stdout);
+});
+
+test('errors name a file as a listing does: quoted where a trailing space or a control character would be lost, and a hint\'s command can be pasted', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src])).code, 0);
+  const trailing = path.join(d.work, 'models ');
+  await fsp.mkdir(trailing);
+  await fsp.writeFile(path.join(trailing, 'w.bin'), 'w');
+  const refused = async (args: string[], message: string, hint?: string) => {
+    const r = await lifeboat(args, { cwd: d.work });
+    assert.equal(r.code, 2, r.stderr);
+    assert.equal(r.stderr.split('\n')[0], `lifeboat: ${message}`);
+    if (hint !== undefined) assert.equal(r.stderr.split('\n')[1], `  ${hint}`);
+  };
+  await refused(['--repo', d.repo, 'backup', '--source', 'm=nowhere '], `source m: "${path.join(d.work, 'nowhere ')}" does not exist`);
+  // The directory that holds a file given as a source: under a name a source may have, its path as one word of a shell.
+  await refused(['--repo', d.repo, 'backup', '--source', 'm=models /w.bin'], `source m: "${trailing}/w.bin" is not a directory; a source is a directory, restored as DIR/<source name>/`, `back up the directory that holds it: --source models_='${trailing}', with --exclude for what else is there`);
+  await refused(['--repo', d.repo, 'restore', 'latest', '--target', 'models '], `restore target "${trailing}" is not empty`);
+  await refused(['--repo', 'no repo ', 'list'], `there is no lifeboat repository at "${path.join(d.work, 'no repo ')}"`);
+  await refused(['--config', 'lifeboat.yaml ', 'list'], `config file "${path.join(d.work, 'lifeboat.yaml ')}" does not exist`);
+  await refused(['--repo', d.repo, 'drill', '--junit', 'models '], '--junit "models " is a directory', 'give the file a name, such as "models /drill.xml"');
+  // The repository's location, in every sentence that names it.
+  const spaced = path.join(d.work, 'repo ');
+  assert.equal((await lifeboat(['--repo', 'repo ', 'init'], { cwd: d.work })).code, 0);
+  await refused(['--repo', 'repo ', 'init'], `there is a lifeboat repository at "${spaced}" already; refusing to create another there`);
+  await refused(['--repo', 'repo ', 'show', 'latest'], `the repository at "${spaced}" has no backup points yet`);
+  // A newline is escaped in the quotes, as show quotes it: not a backslash and an n of the name.
+  await fsp.mkdir(path.join(d.work, 'two\nlines'));
+  await fsp.writeFile(path.join(d.work, 'two\nlines', 'f'), 'f');
+  await refused(['--repo', d.repo, 'restore', 'latest', '--target', 'two\nlines'], `restore target "${d.work}/two\\nlines" is not empty`);
+});
+
+test('list lines up its columns by the width a terminal gives each character: wide tags (CJK, emoji) push nothing out of line', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src, '--tag', 'model=版本二', '--tag', 'e=🚀'])).code, 0);
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src, '--tag', 'env=prod'])).code, 0);
+  assert.equal((await lifeboat(['--repo', d.repo, 'pin', 'latest', '--reason', '安全'])).code, 0);
+  const list = await lifeboat(['--repo', d.repo, 'list']);
+  assert.equal(list.code, 0, list.stderr);
+  // The columns a terminal shows a text in: two for each of these ideographs and this emoji.
+  const columns = (text: string) => [...text].reduce((n, c) => n + (/[\u3000-\u9fff\u{1f300}-\u{1faff}]/u.test(c) ? 2 : 1), 0);
+  const lines = list.stdout.trimEnd().split('\n');
+  assert.equal(lines.length, 3, list.stdout);
+  const starts = lines.map((l) => columns(l.slice(0, l.search(/(PINNED|-|pinned: 安全)$/))));
+  assert.deepEqual(starts, [starts[0], starts[0], starts[0]], list.stdout);
 });
 
 test('what a hook prints, and a repository path, are shown with control characters escaped: none can redraw the terminal or fake a line', async (t) => {

@@ -8,6 +8,8 @@ import { backup, type BackupResult } from '../src/core/backup.js';
 import { Repository } from '../src/core/repository.js';
 import { LocalStorage } from '../src/storage/local.js';
 import { updateMetricsFile } from '../src/core/metrics.js';
+import { verify } from '../src/core/verify.js';
+import { bucketCount, bucketOf } from '../src/core/verify-ledger.js';
 
 /** A point of `models` holding `weights`, taken on a host whose clock says `at`. */
 async function pointAt(repo: string, models: string, type: 'full' | 'incr', at: string, weights: string): Promise<BackupResult> {
@@ -79,6 +81,27 @@ test('status says that the newest point completed ahead of this host\'s clock, w
   await pointAt(repo, models, 'incr', new Date(Date.now() - 120_000).toISOString(), 'v2');
   const now = await lifeboat(['--json', 'status'], { cwd: work });
   assert.equal(now.json().newest.aheadMs, undefined);
+});
+
+test('verify says that the oldest verification was recorded ahead of this host\'s clock, rather than "0 hour(s) ago"', async (t) => {
+  const { repo, models } = await workspace(t);
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  await pointAt(repo, models, 'full', new Date().toISOString(), 'v1');
+  // Read back by a host whose clock ran five hours ahead.
+  const storage = new LocalStorage(repo);
+  try {
+    const ahead = new Date(Date.now() + 5 * 3_600_000 + 60_000);
+    assert.equal((await verify(await Repository.open(storage), { readData: true, now: () => ahead })).ok, true);
+  } finally {
+    await storage.close();
+  }
+  // A sample that does not read the volume again (which would record it with this host's clock).
+  const [volume] = (await fsp.readdir(path.join(repo, 'data'), { recursive: true })).filter((f) => f.endsWith('.tar'));
+  const sample = [50, 34, 25, 20, 17, 15, 13, 12, 10].find((p) => bucketOf(`data/${volume!.split(path.sep).join('/')}`, bucketCount(p)) !== 0);
+  const text = await lifeboat(['--repo', repo, 'verify', '--since-verified', '--sample', String(sample)]);
+  assert.equal(text.code, 0, text.stderr);
+  assert.match(text.stdout, /^oldest verification: \S+ \(5h\d+m in the future: the clock of the host that recorded it ran ahead of this one's\)$/m);
+  assert.doesNotMatch(text.stdout, /hour\(s\) ago/);
 });
 
 test('a drill of a point completed ahead of this host\'s clock does not meet --rpo with an age of 0: the RPO check fails saying the clocks disagree', async (t) => {

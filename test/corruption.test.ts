@@ -119,8 +119,53 @@ test('a missing volume or a damaged manifest is an integrity failure', async () 
   assert.match(v.json().problems[1].detail, new RegExp(`this point needs ${volume} of ${id}, which does not exist`));
   const latest = await lifeboat(['--repo', d.repo, 'verify', 'latest']);
   assert.equal(latest.code, 3);
-  assert.match(latest.stderr + latest.stdout, new RegExp(`${diff}.*${volume}`));
+  assert.match(latest.stdout, new RegExp(`^  missing-volume: ${id} ${volume}: .*; 1 more point needs it too: ${diff}$`, 'm'));
   await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('the points of a long chain that all need one missing volume, or one missing point, are one line of a text verify; --json lists each, once', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const ids: string[] = [];
+  for (let i = 0; i < 7; i++) {
+    await fsp.appendFile(path.join(d.src, 'config.json'), ' ');
+    const b = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', i === 0 ? 'full' : 'incr']);
+    assert.equal(b.code, 0, b.stderr);
+    ids.push(b.json().id);
+  }
+  const [full, ...incrs] = ids as [string, ...string[]];
+  const volume = (await repoFiles(d.repo)).find((f) => f.startsWith(`data/${full}/`))!;
+  const volumeFile = path.join(d.repo, ...volume.split('/'));
+  await fsp.rename(volumeFile, `${volumeFile}.away`);
+  const json = await lifeboat(['--repo', d.repo, '--json', 'verify']);
+  assert.equal(json.code, 3);
+  assert.deepEqual(json.json().problems.map((p: { point: string }) => p.point), ids);
+  const text = await lifeboat(['--repo', d.repo, 'verify']);
+  assert.equal(text.code, 3);
+  assert.deepEqual(text.stdout.trimEnd().split('\n').slice(1), [
+    `  missing-volume: ${full} ${volume}: volume object does not exist; 6 more points need it too: ${incrs.slice(0, 3).join(', ')} and 3 more`,
+    '7 problem(s) found',
+  ]);
+  // --deep cannot restore any of them, for the same reason: one line, of the point (no file of it).
+  const deep = await lifeboat(['--repo', d.repo, 'verify', '--deep']);
+  assert.equal(deep.code, 3);
+  const failed = deep.stdout.split('\n').filter((l) => l.startsWith('  restore-failed: '));
+  assert.equal(failed.length, 1, deep.stdout);
+  assert.match(failed[0]!, new RegExp(`^  restore-failed: ${full}: .*${volume}.*; 6 more points need it too: ${incrs.slice(0, 3).join(', ')} and 3 more$`));
+  await fsp.rename(`${volumeFile}.away`, volumeFile);
+
+  // The full's manifest gone: each point after it depends on it once, though it is both the parent and the full of the first.
+  const manifest = path.join(d.repo, 'points', `${full}.json`);
+  await fsp.rename(manifest, `${manifest}.away`);
+  const broken = await lifeboat(['--repo', d.repo, '--json', 'verify']);
+  assert.equal(broken.code, 3);
+  const dependsOn = broken.json().problems.filter((p: { detail: string }) => p.detail === `depends on ${full}, which is missing`);
+  assert.deepEqual(dependsOn.map((p: { point: string }) => p.point), incrs);
+  const brokenText = await lifeboat(['--repo', d.repo, 'verify']);
+  assert.equal(brokenText.code, 3);
+  const lines = brokenText.stdout.trimEnd().split('\n');
+  assert.equal(lines.filter((l) => l.includes(`depends on ${full}`)).length, 1, brokenText.stdout);
+  assert.ok(lines.length < broken.json().problems.length, brokenText.stdout);
 });
 
 test('latest or a time that selects a point whose manifest is damaged says so, and names the point before it', async (t) => {

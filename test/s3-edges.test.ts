@@ -51,12 +51,19 @@ async function bucketKeys(): Promise<string[]> {
 }
 
 describe('S3 edges', () => {
-  it('an endpoint whose scheme is in capitals works; one that names the bucket in its path is a set-up error (exit 2), and init writes nothing', async () => {
+  it('an endpoint or a repository URL whose scheme is in capitals works; one that names the bucket in its path is a set-up error (exit 2), and init writes nothing', async () => {
     const upper = server.endpoint.replace(/^http/, 'HTTP');
     const made = await cli(`s3://${bucket}/caps`, upper, ['init']);
     assert.equal(made.code, 0, made.stderr);
     const listed = await cli(`s3://${bucket}/caps`, `${server.endpoint.replace(/^http/, 'Http')}/`, ['list']);
     assert.equal(listed.code, 0, listed.stderr);
+
+    // So does the repository's: S3://bucket/prefix is s3://bucket/prefix (RFC 3986), not an unknown scheme.
+    for (const repo of [`S3://${bucket}/caps`, `S3://${bucket}/caps/`]) {
+      const upperRepo = await cli(repo, server.endpoint, ['--json', 'list']);
+      assert.equal(upperRepo.code, 0, `${repo}: ${upperRepo.stderr}`);
+      assert.deepEqual(upperRepo.json(), []);
+    }
 
     const before = await bucketKeys();
     for (const endpoint of [`${server.endpoint}/${bucket}`, `${server.endpoint}/${bucket}/`]) {

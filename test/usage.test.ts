@@ -49,6 +49,12 @@ test('what commander refuses (a missing argument or option, an unknown option or
     assertUsageError(r, /unknown command '(bakup|lst)'/, hint, args[0] === '--json');
     assert.equal(r.stderr.split('\n').length, 3, r.stderr);
   }
+  // --help after a command that does not exist is refused as the command alone is, not answered with the help above it and exit 0.
+  for (const [args, hint] of [[['bogus', '--help'], /see lifeboat --help/], [['--json', 'bakup', '--help'], /did you mean backup\? see lifeboat --help/], [['key', 'lst', '-h'], /did you mean list\? see lifeboat key --help/]] as const) {
+    const r = await runChild([...args]);
+    assertUsageError(r, /unknown command '(bogus|bakup|lst)'/, hint, args[0] === '--json');
+    assert.equal(r.stderr.split('\n').length, 3, r.stderr);
+  }
   // After a `--`, --json is an argument, not the flag.
   assertUsageError(await runChild(['diff', '--', '--json']), /missing required argument 'to'/, /see lifeboat diff --help/, false);
   // With --log-format json, stderr holds JSON lines only: not the help commander shows of a command that needs a subcommand.
@@ -64,12 +70,19 @@ test('what commander refuses (a missing argument or option, an unknown option or
     { level: 'error', msg: "missing required argument 'to'", exitCode: 2, hint: 'see lifeboat diff --help' },
   );
 
-  for (const args of [['--help'], ['diff', '--help'], ['help', 'diff'], ['--json', 'key', 'add', '--help']]) {
+  for (const args of [['--help'], ['diff', '--help'], ['ls', '--help'], ['help', 'diff'], ['help', 'key'], ['--json', 'key', 'add', '--help'], ['--repo', 'x', '--help']]) {
     const help = await runChild(args);
     assert.equal(help.code, 0, `${args.join(' ')}: ${help.stderr}`);
     assert.match(help.stdout, /^Usage: lifeboat/);
     assert.equal(help.stderr, '');
   }
+  // A repeatable option says so; the empty list it starts as is no default worth a word.
+  for (const args of [['backup', '--help'], ['restore', '--help']]) {
+    const help = await runChild(args);
+    assert.match(help.stdout, /\(repeatable\)/);
+    assert.doesNotMatch(help.stdout, /\(default: \[\]\)/, help.stdout);
+  }
+  assert.match((await runChild(['backup', '--help'])).stdout, /--notify-on <events> {2,}when to notify/);
   const version = await runChild(['--version', '--json']);
   assert.equal(version.code, 0);
   assert.match(version.stdout, /^\d+\.\d+\.\d+\n$/);
@@ -118,10 +131,10 @@ test('a flag value that cannot be used is refused (exit 2) naming the flag and w
     [['status', '--events', '0x10'], /--events 0x10: expected a whole number of at least 0/],
     [['status', '--events', ''], /--events "": expected a whole number of at least 0/],
     [['prune', '--keep-full', '1e1'], /--keep-full 1e1: expected a whole number of at least 1/],
-    [['prune', '--keep-full', '1', '--keep-diff', ' 5 '], /--keep-diff {2}5 : expected a whole number of at least 0/],
+    [['prune', '--keep-full', '1', '--keep-diff', ' 5 '], /--keep-diff " 5 ": expected a whole number of at least 0/],
     [['verify', '--subset', '0x10'], /--subset 0x10: expected a percentage above 0 and at most 100, such as 5 or 12\.5/],
     [['verify', '--subset', '1e1'], /--subset 1e1: expected a percentage above 0 and at most 100, such as 5 or 12\.5/],
-    [['verify', '--subset', ' 5 '], /--subset {2}5 : expected a percentage above 0 and at most 100, such as 5 or 12\.5/],
+    [['verify', '--subset', ' 5 '], /--subset " 5 ": expected a percentage above 0 and at most 100, such as 5 or 12\.5/],
     [['verify', '--subset', ''], /--subset "": expected a percentage above 0 and at most 100, such as 5 or 12\.5/],
     [['verify', '--subset', '0'], /--subset 0: expected a percentage above 0 and at most 100, such as 5 or 12\.5/],
     [['verify', '--subset', '100.5'], /--subset 100\.5: expected a percentage above 0 and at most 100, such as 5 or 12\.5/],

@@ -1,6 +1,7 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { UsageError } from '../errors.js';
+import { quoteName } from '../format/quote.js';
 import { notADirectoryOnTheWay } from '../format/mkdirs.js';
 import { durationExpected, parseDuration, type DurationRule } from '../config/duration.js';
 
@@ -9,8 +10,11 @@ import { durationExpected, parseDuration, type DurationRule } from '../config/du
  * and what it takes, instead of being read as the default or as no flag at all.
  */
 
-/** A flag's value as an error shows it: an empty one (a script's unset variable) as "", not as nothing. */
-export const shownValue = (value: string): string => (value === '' ? '""' : value);
+/**
+ * A flag's value as an error shows it: an empty one (a script's unset variable) as "", not as nothing,
+ * and one that a listing would quote (a trailing space, a control character) quoted as it would be.
+ */
+export const shownValue = (value: string): string => (value === '' ? '""' : quoteName(value));
 
 /** The error for a flag value that cannot be used. */
 const refused = (flag: string, value: string, expected: string) => new UsageError(`${flag} ${shownValue(value)}: expected ${expected}`);
@@ -57,7 +61,7 @@ export function nonEmpty(flag: string, value: string | undefined, what: string):
  */
 export function utf8Path<T extends string | undefined>(flag: string, value: T): T {
   if (value?.includes('\uFFFD')) {
-    throw new UsageError(`${flag} ${value}: the path is not valid UTF-8 (lifeboat receives U+FFFD in place of the bytes that are not, and would make a file or directory of another name)`, {
+    throw new UsageError(`${flag} ${shownValue(value)}: the path is not valid UTF-8 (lifeboat receives U+FFFD in place of the bytes that are not, and would make a file or directory of another name)`, {
       hint: 'use a UTF-8 name',
     });
   }
@@ -78,7 +82,7 @@ export function pathFlag(cwd: string, flag: string, value: string | undefined, w
 export async function directoryFlag(cwd: string, flag: string, value: string | undefined): Promise<string | undefined> {
   const dir = pathFlag(cwd, flag, value, 'a directory');
   const blocker = dir === undefined ? undefined : await notADirectoryOnTheWay(dir);
-  if (blocker !== undefined) throw new UsageError(`${flag} ${value}: ${blocker} is not a directory`, { hint: 'give a directory, or a path where one can be made' });
+  if (blocker !== undefined) throw new UsageError(`${flag} ${shownValue(value!)}: ${quoteName(blocker)} is not a directory`, { hint: 'give a directory, or a path where one can be made' });
   return dir;
 }
 
@@ -92,7 +96,7 @@ export async function reportFileFlag(cwd: string, flag: string, value: string | 
   const file = pathFlag(cwd, flag, value, 'a file');
   if (file === undefined) return undefined;
   const blocker = await notADirectoryOnTheWay(path.dirname(file));
-  if (blocker !== undefined) throw new UsageError(`${flag} ${value}: ${blocker} is not a directory`, { hint: 'give a file in a directory, or where one can be made' });
-  if ((await fsp.stat(file).catch(() => undefined))?.isDirectory()) throw new UsageError(`${flag} ${value} is a directory`, { hint: `give the file a name, such as ${path.join(value!, example)}` });
+  if (blocker !== undefined) throw new UsageError(`${flag} ${shownValue(value!)}: ${quoteName(blocker)} is not a directory`, { hint: 'give a file in a directory, or where one can be made' });
+  if ((await fsp.stat(file).catch(() => undefined))?.isDirectory()) throw new UsageError(`${flag} ${shownValue(value!)} is a directory`, { hint: `give the file a name, such as ${quoteName(path.join(value!, example))}` });
   return file;
 }

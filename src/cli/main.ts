@@ -1,5 +1,5 @@
 import { Chalk } from 'chalk';
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, Help, Option, type HelpContext } from 'commander';
 import { createRequire } from 'node:module';
 import type { Writable } from 'node:stream';
 import { ExitCode, LifeboatError, UsageError, asLimitReached, errorMessage, failureExitCode } from '../errors.js';
@@ -88,6 +88,7 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: RunState): C
     .option('--s3-path-style', 'path-style S3 addressing (s3.forcePathStyle)')
     .option('--password-file <file>', 'password of an encrypted repository (or LIFEBOAT_PASSWORD_FILE, LIFEBOAT_PASSWORD_COMMAND, LIFEBOAT_PASSWORD)')
     .addHelpText('after', EXIT_CODES_HELP)
+    .configureHelp({ optionDescription: withoutEmptyDefault })
     .showSuggestionAfterError();
 
   const run: CommandRunner = (action) =>
@@ -144,8 +145,19 @@ export function buildProgram(io: CliIo, signal: AbortSignal, state: RunState): C
       // Its errors are rendered as lifeboat's own, by runCli.
       outputError: () => undefined,
     });
+    if (command.commands.length > 0) refuseHelpOfUnknownCommand(command);
   }
   return program;
+}
+
+/**
+ * An option's line of --help without "(default: [])": a repeatable option (--source, --exclude,
+ * --include) starts as an empty list, which says nothing to whoever reads the help. Every command
+ * inherits it from the program.
+ */
+function withoutEmptyDefault(this: Help, option: Option): string {
+  const empty = Array.isArray(option.defaultValue) && option.defaultValue.length === 0;
+  return Help.prototype.optionDescription.call(this, empty ? Object.assign(Object.create(option) as Option, { defaultValue: undefined }) : option);
 }
 
 /** A terminal that cannot move its cursor or show colour (TERM=dumb: an editor's shell buffer, some CI logs). */
@@ -161,6 +173,23 @@ function dumbTerminal(env: NodeJS.ProcessEnv): boolean {
 function colorFor(stream: { isTTY?: boolean }, env: NodeJS.ProcessEnv, allowed: boolean): boolean {
   if (!allowed || env.NO_COLOR || env.FORCE_COLOR === '0' || env.FORCE_COLOR === 'false' || dumbTerminal(env)) return false;
   return stream.isTTY === true;
+}
+
+/**
+ * `lifeboat bogus --help`: commander shows the help of the command above the word it does not know,
+ * with exit 0, as if the word were not there; it is refused as `lifeboat bogus` is, an unknown command.
+ */
+function refuseHelpOfUnknownCommand(command: Command): void {
+  const outputHelp = command.outputHelp.bind(command) as (context?: HelpContext | ((str: string) => string)) => void;
+  // commander's own refusal of an unknown command (with its "did you mean"), not in its typings.
+  const unknownCommand = (command as Command & { unknownCommand(): never }).unknownCommand.bind(command);
+  command.outputHelp = (context?: HelpContext | ((str: string) => string)) => {
+    // What commander has parsed: the words not taken as options, the first of them where a command stands.
+    const [word] = command.args;
+    const known = word === undefined || word.startsWith('-') || word === 'help' || command.commands.some((c) => c.name() === word || c.aliases().includes(word));
+    if (!known) unknownCommand();
+    outputHelp(context);
+  };
 }
 
 function withSubcommands(command: Command): Command[] {

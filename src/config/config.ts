@@ -8,23 +8,28 @@ import { NAME, NAME_RULE } from '../format/paths.js';
 import { excludePatternProblem } from '../core/scan.js';
 import { ARCHIVE_STORAGE_CLASSES } from '../storage/storage.js';
 import { durationExpected, type DurationRule } from './duration.js';
+import { quoteName } from '../format/quote.js';
 
 /**
  * A duration; `positive` where zero makes no sense (a timeout, an interval, a lease). YAML reads
- * `keepWithin: 0` or `timeout: 60` as a number: the message asks for the unit, not for a "string".
+ * `timeout: 60` as a number: the message asks for the unit, not for a "string".
  */
 const durationOf = (rule: DurationRule) =>
-  z
-    .string({
-      error: (issue) =>
-        typeof issue.input === 'number'
-          ? `must be ${durationExpected('', rule)}, with its unit: ${issue.input} alone has none`
-          : `must be ${durationExpected('', rule)}`,
-    })
-    .superRefine((text, ctx) => {
-      const expected = durationExpected(text, rule);
-      if (expected !== undefined) ctx.addIssue({ code: 'custom', message: `must be ${expected}` });
-    });
+  z.preprocess(
+    // A bare 0, which YAML reads as a number, needs no unit.
+    (value) => (value === 0 ? '0' : value),
+    z
+      .string({
+        error: (issue) =>
+          typeof issue.input === 'number'
+            ? `must be ${durationExpected('', rule)}, with its unit: ${issue.input} alone has none`
+            : `must be ${durationExpected('', rule)}`,
+      })
+      .superRefine((text, ctx) => {
+        const expected = durationExpected(text, rule);
+        if (expected !== undefined) ctx.addIssue({ code: 'custom', message: `must be ${expected}` });
+      }),
+  );
 /** A whole number from `min` (to `max`), said as the flags say it rather than in the schema library's words. */
 const wholeNumber = (min: number, max?: number) => {
   const expected = `must be a whole number ${max === undefined ? `of at least ${min}` : `from ${min} to ${max}`}`;
@@ -200,7 +205,7 @@ export async function loadConfig(options: { explicit?: string; cwd: string; env:
   try {
     const read = await readConfigFile(file);
     bytes = read.bytes;
-    if (read.pipe && bytes.length === 0) throw new UsageError(`config file ${file} is a named pipe and nothing was written to it`, { hint: 'name the config file itself' });
+    if (read.pipe && bytes.length === 0) throw new UsageError(`config file ${quoteName(file)} is a named pipe and nothing was written to it`, { hint: 'name the config file itself' });
   } catch (err) {
     if (err instanceof UsageError) throw err;
     const code = (err as NodeJS.ErrnoException).code;
@@ -208,9 +213,9 @@ export async function loadConfig(options: { explicit?: string; cwd: string; env:
     // A working directory this user may not enter (`sudo -u svc lifeboat …` run from /root) holds no config for it.
     if (code === 'EACCES' && named === undefined && !(await mayEnter(options.cwd))) return { config: {} };
     const by = options.explicit !== undefined ? '--config' : named !== undefined ? 'LIFEBOAT_CONFIG' : undefined;
-    if (code === 'ENOENT') throw new UsageError(`config file ${file} does not exist`, { hint: `check the path ${by} gives` });
-    if (code === 'EISDIR') throw new UsageError(`config file ${file} is a directory`, { hint: by ? `${by} names the file itself (…/lifeboat.yaml)` : 'move it aside, or name the config with --config FILE' });
-    throw new UsageError(`cannot read config file ${file}: ${(err as Error).message}`);
+    if (code === 'ENOENT') throw new UsageError(`config file ${quoteName(file)} does not exist`, { hint: `check the path ${by} gives` });
+    if (code === 'EISDIR') throw new UsageError(`config file ${quoteName(file)} is a directory`, { hint: by ? `${by} names the file itself (…/lifeboat.yaml)` : 'move it aside, or name the config with --config FILE' });
+    throw new UsageError(`cannot read config file ${quoteName(file)}: ${(err as Error).message}`);
   }
   let text: string;
   try {
@@ -234,7 +239,7 @@ const CONFIG_LIMIT = MiB;
 async function readConfigFile(file: string): Promise<{ bytes: Buffer; pipe: boolean }> {
   const handle = await fsp.open(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
   // A config is a few KiB: a larger one (a log named by mistake, /dev/zero) is refused before it is read into memory.
-  const tooLarge = () => new UsageError(`config file ${file} holds more than ${CONFIG_LIMIT / MiB} MiB; a lifeboat config is a few KiB`, { hint: 'check which file --config or LIFEBOAT_CONFIG names' });
+  const tooLarge = () => new UsageError(`config file ${quoteName(file)} holds more than ${CONFIG_LIMIT / MiB} MiB; a lifeboat config is a few KiB`, { hint: 'check which file --config or LIFEBOAT_CONFIG names' });
   try {
     const st = await handle.stat();
     if (st.isFile()) {

@@ -6,13 +6,15 @@ const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000,
  */
 export const MAX_DURATION_MS = 36_500 * UNITS.d!;
 
-/** `90s`, `15m`, `2h`, `14d`, `1h30m` → milliseconds; undefined when malformed or longer than MAX_DURATION_MS. */
+/** `90s`, `15m`, `2h`, `14d`, `1h30m`, and `0` (no time in any unit) → milliseconds; undefined when malformed or longer than MAX_DURATION_MS. */
 export function parseDuration(text: string): number | undefined {
   const ms = sumDuration(text);
   return ms !== undefined && ms <= MAX_DURATION_MS ? ms : undefined;
 }
 
 function sumDuration(text: string): number | undefined {
+  // Nothing of any unit needs none: `--retry-lock 0`, `keepWithin: 0`.
+  if (text === '0') return 0;
   const re = /(\d+(?:\.\d+)?)(ms|s|m|h|d|w)/y;
   let total = 0;
   let matched = false;

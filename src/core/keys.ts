@@ -8,6 +8,7 @@ import { DATA_KEY_SIZE, SEGMENT_SIZE } from '../crypto/segments.js';
 import { DEFAULT_KDF, checkKdf, deriveKey, unwrapKey, wrapKey, type KdfParams } from '../crypto/kdf.js';
 import { EncryptedStorage } from '../storage/encrypted.js';
 import { isNotFound, type Storage } from '../storage/storage.js';
+import { quoteName } from '../format/quote.js';
 
 export const KEYS_PREFIX = 'keys/';
 /** Key files tried at most when unlocking, so a flooded keys/ cannot stall an open. */
@@ -169,7 +170,7 @@ async function tryKey(file: KeyFile, repositoryId: string, password: string): Pr
  * key files were removed cannot be read without a copy of one.
  */
 async function noKey(storage: Storage, damaged: string[]): Promise<Error> {
-  if (damaged.length) return new IntegrityError(`the encrypted repository at ${storage.location} has no readable key under ${KEYS_PREFIX} (damaged: ${damaged.join(', ')})`);
+  if (damaged.length) return new IntegrityError(`the encrypted repository at ${quoteName(storage.location)} has no readable key under ${KEYS_PREFIX} (damaged: ${damaged.join(', ')})`);
   let backups = false;
   let others = false;
   for await (const { key } of storage.list('')) {
@@ -180,11 +181,11 @@ async function noKey(storage: Storage, damaged: string[]): Promise<Error> {
     if (key !== layout.config && !key.startsWith(KEYS_PREFIX)) others = true;
   }
   if (!backups) {
-    return new UsageError(`the encrypted repository at ${storage.location} has no key under ${KEYS_PREFIX} and holds no backup, as an init cut short leaves it: nothing is lost`, {
+    return new UsageError(`the encrypted repository at ${quoteName(storage.location)} has no key under ${KEYS_PREFIX} and holds no backup, as an init cut short leaves it: nothing is lost`, {
       hint: `${others ? `empty ${storage.location}` : `remove ${layout.config} there`} and run \`lifeboat init --encryption aes-256-gcm\` again`,
     });
   }
-  return new IntegrityError(`the encrypted repository at ${storage.location} has no key under ${KEYS_PREFIX}: its key files were removed, and its backups cannot be decrypted without one`, {
+  return new IntegrityError(`the encrypted repository at ${quoteName(storage.location)} has no key under ${KEYS_PREFIX}: its key files were removed, and its backups cannot be decrypted without one`, {
     hint: `put back a key file under ${KEYS_PREFIX} from a copy of the repository or of its keys; it opens the repository with its own password`,
   });
 }
@@ -208,7 +209,7 @@ async function unlockKey(storage: Storage, repositoryId: string, password: strin
     ...(untried ? [`${untried} key(s) with costlier scrypt parameters than lifeboat creates were not tried, which can mean tampering`] : []),
     ...(damaged.length ? [`${damaged.length} key file(s) are damaged and were not tried (${damaged.join(', ')})`] : []),
   ];
-  throw new UsageError(`wrong password: none of the ${tried} key(s) tried of the repository at ${storage.location} opens with ${origin.what}`, {
+  throw new UsageError(`wrong password: none of the ${tried} key(s) tried of the repository at ${quoteName(storage.location)} opens with ${origin.what}`, {
     hint: [...notes, origin.hint].join('; '),
   });
 }
@@ -246,20 +247,20 @@ export async function unlockStorage(
   if (!config) return { storage };
   if (!config.encryption) {
     if (password.given) {
-      throw new UsageError(`the repository at ${storage.location} is not encrypted, but a password was given`, {
+      throw new UsageError(`the repository at ${quoteName(storage.location)} is not encrypted, but a password was given`, {
         hint: 'unset LIFEBOAT_PASSWORD, LIFEBOAT_PASSWORD_FILE and LIFEBOAT_PASSWORD_COMMAND (and drop --password-file) for this repository, or create an encrypted one with `lifeboat init --encryption aes-256-gcm`',
       });
     }
     // A repository with keys but a config that says "no encryption" was altered: writing plaintext into it would leak.
     for await (const _ of storage.list(KEYS_PREFIX)) {
-      throw new IntegrityError(`the repository config ${layout.config} at ${storage.location} says it is not encrypted, but the repository has keys; refusing to use it`, {
+      throw new IntegrityError(`the repository config ${layout.config} at ${quoteName(storage.location)} says it is not encrypted, but the repository has keys; refusing to use it`, {
         hint: 'the config may have been altered; see docs/SECURITY.md',
       });
     }
     return { storage, config };
   }
   if (config.encryption.segmentSize !== SEGMENT_SIZE) {
-    throw new UsageError(`the repository at ${storage.location} uses ${config.encryption.segmentSize}-byte encrypted segments; this lifeboat reads ${SEGMENT_SIZE}`, { hint: 'upgrade lifeboat' });
+    throw new UsageError(`the repository at ${quoteName(storage.location)} uses ${config.encryption.segmentSize}-byte encrypted segments; this lifeboat reads ${SEGMENT_SIZE}`, { hint: 'upgrade lifeboat' });
   }
   // Before the password is asked for: a repository without a key opens with none.
   const found = await readKeys(storage);

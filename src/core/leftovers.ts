@@ -93,6 +93,25 @@ export function describeLeftover(write: IncompleteWrite): string {
   return `${write.size === undefined ? write.what : `${write.what} of ${write.size} bytes`}, left by a write that never finished (a backup or another command that was stopped)`;
 }
 
+/**
+ * Several leftover incomplete writes in one sentence, for messages: how many of each kind, their bytes
+ * where they are known, and the first few keys (`3 incomplete multipart uploads, left by …: data/…`).
+ */
+export function describeLeftovers(writes: readonly IncompleteWrite[]): string {
+  if (writes.length === 1) return describeLeftover(writes[0]!);
+  const kinds = new Map<string, number>();
+  for (const write of writes) kinds.set(write.what, (kinds.get(write.what) ?? 0) + 1);
+  const counts = [...kinds].map(([what, n]) => (n === 1 ? what : `${n} ${what.replace(/^an? /, '')}s`)).join(' and ');
+  const sizes = writes.map((write) => write.size);
+  const bytes = sizes.every((size) => size !== undefined) ? ` of ${sizes.reduce((a, b) => a + b, 0)} bytes in all` : '';
+  const shown = writes.slice(0, LEFTOVERS_NAMED).map((write) => write.key);
+  const named = writes.length > LEFTOVERS_NAMED ? `${shown.join(', ')} and ${writes.length - LEFTOVERS_NAMED} more` : `${shown.slice(0, -1).join(', ')} and ${shown.at(-1)}`;
+  return `${counts}${bytes}, left by writes that never finished (backups or other commands that were stopped): ${named}`;
+}
+
+/** How many keys a message about several leftovers names. */
+const LEFTOVERS_NAMED = 3;
+
 /** Said, and gone on from, when the incomplete writes could not be listed (credentials without s3:ListBucketMultipartUploads). */
 export function incompleteWritesUnlisted(err: unknown): Notice {
   return { level: 'info', code: 'incomplete-writes-unlisted', message: `could not look for writes that never finished: ${errorMessage(err)}` };
@@ -114,7 +133,6 @@ export async function removeUnfinishedWrites(repo: Repository, reporter: Reporte
   }
   if (leftovers.length === 0) return;
   await repo.storage.removeIncomplete(leftovers);
-  for (const write of leftovers) {
-    reporter.notice?.({ level: 'info', code: 'leftovers-removed', path: write.key, message: `removed ${describeLeftover(write)}` });
-  }
+  // One line, however many there were: a crashed backup of a large model can leave hundreds.
+  reporter.notice?.({ level: 'info', code: 'leftovers-removed', ...(leftovers.length === 1 ? { path: leftovers[0]!.key } : {}), message: `removed ${describeLeftovers(leftovers)}` });
 }

@@ -23,6 +23,7 @@ import {
 import { isNotFound, type Storage } from '../storage/storage.js';
 import { runPool } from './pool.js';
 import { KEYS_PREFIX } from './keys.js';
+import { quoteName } from '../format/quote.js';
 
 export const DEFAULT_VOLUME_SIZE = 256 * 1024 * 1024;
 
@@ -41,7 +42,7 @@ const VERIFY_HINT = '`lifeboat verify` reports the damage';
 export class NoRepository extends UsageError {
   constructor(location: string) {
     // A backup disk not mounted looks the same as no repository yet: a new, empty one made there would hide the backups.
-    super(`there is no lifeboat repository at ${location}`, {
+    super(`there is no lifeboat repository at ${quoteName(location)}`, {
       hint: 'check that --repo, LIFEBOAT_REPO or repository: names it, and that its disk is mounted or its bucket is there; `lifeboat init` makes a new, empty one',
     });
   }
@@ -61,7 +62,7 @@ async function missingConfig(storage: Storage): Promise<Error> {
   const backups = await holds(keys.pointsPrefix).catch(() => false);
   if (!backups) return new NoRepository(storage.location);
   const encrypted = await holds(KEYS_PREFIX).catch(() => false);
-  return new IntegrityError(`the repository at ${storage.location} holds backups under ${keys.pointsPrefix} but its ${keys.config} is gone`, {
+  return new IntegrityError(`the repository at ${quoteName(storage.location)} holds backups under ${keys.pointsPrefix} but its ${keys.config} is gone`, {
     hint: `put ${keys.config} back from a copy of the repository${
       encrypted ? `: it holds the repository id that the key files under ${KEYS_PREFIX} are bound to, and without it no password opens them` : ''
     }; \`lifeboat init\` would not make one over existing backups`,
@@ -101,7 +102,7 @@ export class Repository {
       volumeSize: options.volumeSize ?? DEFAULT_VOLUME_SIZE,
     };
     const notEmpty = (onlyKeys: boolean) =>
-      new UsageError(`${storage.location} is not empty; refusing to create a repository there`, {
+      new UsageError(`${quoteName(storage.location)} is not empty; refusing to create a repository there`, {
         hint: onlyKeys
           ? `it holds nothing but ${KEYS_PREFIX}, left by an init that did not finish: remove ${KEYS_PREFIX} and run init again`
           : 'choose an empty directory or bucket prefix',
@@ -116,7 +117,7 @@ export class Repository {
       }
     }
     if (existing && !onlyKeys && (await storage.head(keys.config))) {
-      throw new UsageError(`there is a lifeboat repository at ${storage.location} already; refusing to create another there`, {
+      throw new UsageError(`there is a lifeboat repository at ${quoteName(storage.location)} already; refusing to create another there`, {
         hint: `\`lifeboat list\` shows what it holds; to start over, empty ${storage.location} first`,
       });
     }
@@ -136,7 +137,7 @@ export class Repository {
     }
     const head = safeJson(raw);
     if (head && typeof head.version === 'number' && head.version > FORMAT_VERSION) {
-      throw new UsageError(`the repository at ${storage.location} has format version ${head.version}; this lifeboat reads up to ${FORMAT_VERSION}`, {
+      throw new UsageError(`the repository at ${quoteName(storage.location)} has format version ${head.version}; this lifeboat reads up to ${FORMAT_VERSION}`, {
         hint: 'upgrade lifeboat',
       });
     }
@@ -280,7 +281,7 @@ export class Repository {
       return chosen;
     }
     if (names.length > 1) {
-      throw new UsageError(`the repository at ${this.storage.location} holds the backups of ${names.length} deployments (${names.join(', ')}); say which`, {
+      throw new UsageError(`the repository at ${quoteName(this.storage.location)} holds the backups of ${names.length} deployments (${names.join(', ')}); say which`, {
         hint: `add --deployment ${names[0]} (or deployment: in lifeboat.yaml), or give a point id`,
       });
     }
@@ -289,7 +290,7 @@ export class Repository {
 
   /** That `deployment` has no points, though the repository holds others' (`names`): a new deployment, or a name mistyped. */
   noPointsOf(deployment: string, names: readonly string[]): UsageError {
-    return new UsageError(`the repository at ${this.storage.location} has no backup points of deployment ${deployment}`, { hint: `its deployments: ${names.join(', ')}` });
+    return new UsageError(`the repository at ${quoteName(this.storage.location)} has no backup points of deployment ${deployment}`, { hint: `its deployments: ${names.join(', ')}` });
   }
 
   /**
@@ -444,7 +445,7 @@ export class Repository {
   async resolve(selector: string): Promise<Manifest> {
     const ids = await this.pointIds();
     if (ids.length === 0) {
-      throw new UsageError(`the repository at ${this.storage.location} has no backup points yet`, { hint: 'take one with `lifeboat backup`, or check --repo (and LIFEBOAT_REPO, the config) if it should have some' });
+      throw new UsageError(`the repository at ${quoteName(this.storage.location)} has no backup points yet`, { hint: 'take one with `lifeboat backup`, or check --repo (and LIFEBOAT_REPO, the config) if it should have some' });
     }
     // An empty selector (a script's unset variable) is a prefix of every id: with one point it would select that point, as if it had been named.
     if (selector.trim() === '') throw new UsageError('the backup point is empty', { hint: 'give an id, a unique prefix of one, latest, or a time such as 2026-11-20T03:00:00Z' });

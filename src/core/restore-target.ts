@@ -10,6 +10,7 @@ import { formatBytes } from '../format/units.js';
 import type { Notice, Reporter } from './events.js';
 import { ownerRuns } from '../format/process-alive.js';
 import { removeTree } from '../format/remove-tree.js';
+import { quoteName } from '../format/quote.js';
 
 /*
  * The target side of a restore: what is at the target, where the staging
@@ -202,7 +203,7 @@ export async function lockRestoreTarget(target: string, mountPoint: boolean): Pr
       // No parent yet: nothing can be restoring there; the restore makes it (and says why it cannot).
       if (code === 'ENOENT' || code === 'ENOTDIR' || (mountPoint && ['EACCES', 'EPERM', 'EROFS'].includes(code))) return async () => undefined;
       if (code !== 'EEXIST') {
-        throw new RuntimeFailure(`cannot take the lock of restore target ${target} (${file}): ${errorMessage(err)}`, {
+        throw new RuntimeFailure(`cannot take the lock of restore target ${quoteName(target)} (${file}): ${errorMessage(err)}`, {
           cause: err,
           hint: fileSystemHint(err, path.dirname(target)) ?? `check that ${path.dirname(target)} can be written`,
         });
@@ -212,7 +213,7 @@ export async function lockRestoreTarget(target: string, mountPoint: boolean): Pr
     if (held === undefined) continue;
     const owner = lockOwner(held);
     if (owner && ownerRuns(owner.pid, owner.since)) {
-      throw new LockedError(`restore target ${target} is being restored by another lifeboat process (pid ${owner.pid}, since ${new Date(owner.since).toISOString()})`, {
+      throw new LockedError(`restore target ${quoteName(target)} is being restored by another lifeboat process (pid ${owner.pid}, since ${new Date(owner.since).toISOString()})`, {
         hint: `wait for it to finish, then run this restore again; if that process is gone, remove ${file}`,
       });
     }
@@ -231,7 +232,7 @@ export async function lockRestoreTarget(target: string, mountPoint: boolean): Pr
     if ((await fsp.readlink(aside).catch(() => '')) !== held) await fsp.link(aside, file).catch(() => undefined);
     await fsp.rm(aside, { force: true });
   }
-  throw new LockedError(`could not take the lock of restore target ${target}, ${file}, which kept changing hands`, { hint: 'another restore into it is starting; run this one again when it has finished' });
+  throw new LockedError(`could not take the lock of restore target ${quoteName(target)}, ${file}, which kept changing hands`, { hint: 'another restore into it is starting; run this one again when it has finished' });
 }
 
 /**
@@ -401,7 +402,7 @@ export async function moveIntoPlace(staging: string, target: string, state: Targ
     const code = (err as NodeJS.ErrnoException).code;
     if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw err;
     // Another restore into the same target (or anything else) filled it while this one ran.
-    throw new RuntimeFailure(`restore target ${target} was filled by another process while this restore ran; nothing in it was replaced`, {
+    throw new RuntimeFailure(`restore target ${quoteName(target)} was filled by another process while this restore ran; nothing in it was replaced`, {
       cause: err,
       hint: 'run the restore again, with --delta to update what is there now or --force to replace it; it goes on from the files this one verified',
     });

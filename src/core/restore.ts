@@ -41,6 +41,7 @@ import {
 import { directoriesNeedOpening, openDirectories, removeTree } from '../format/remove-tree.js';
 import { ArchivedObjectError, isNotFound } from '../storage/storage.js';
 import { excludeMatcher } from './scan.js';
+import { quoteName } from '../format/quote.js';
 
 export interface RestoreOptions {
   target: string;
@@ -134,7 +135,7 @@ export async function checkRestoreTarget(
 ): Promise<{ targetState: TargetState; mountPoint: boolean; repositoryInside?: string }> {
   const overlap = repositoryLocation === undefined ? undefined : await repositoryOverlap(repositoryLocation, target);
   if (overlap && 'targetInside' in overlap) {
-    throw new UsageError(`restore target ${target} lies inside the repository ${repositoryLocation}`, { hint: 'restore outside the repository; writing there would damage the backups' });
+    throw new UsageError(`restore target ${quoteName(target)} lies inside the repository ${repositoryLocation}`, { hint: 'restore outside the repository; writing there would damage the backups' });
   }
   const { state: targetState, mountPoint } = await inspectTarget(target).catch(async (err: unknown) => {
     const code = (err as NodeJS.ErrnoException).code;
@@ -147,27 +148,27 @@ export async function checkRestoreTarget(
     }
     const blocker = code === 'ENOTDIR' ? await notADirectoryOnTheWay(target) : undefined;
     if (blocker === undefined) throw err;
-    throw new UsageError(`restore target ${target} cannot be made: ${blocker} is not a directory`, { cause: err });
+    throw new UsageError(`restore target ${quoteName(target)} cannot be made: ${quoteName(blocker)} is not a directory`, { cause: err });
   });
   if (targetState === 'not-a-directory') {
     const link = await fsp.readlink(target).catch(() => undefined);
     if (link !== undefined) {
       // Replacing a live link is failover's job, with a health check and a way back.
-      throw new UsageError(`restore target ${target} is a symbolic link (to ${link})`, {
+      throw new UsageError(`restore target ${quoteName(target)} is a symbolic link (to ${quoteName(link)})`, {
         hint: `restore into the directory it points to, or let \`lifeboat failover\` restore beside it and switch the link`,
       });
     }
-    throw new UsageError(`restore target ${target} exists and is not a directory`);
+    throw new UsageError(`restore target ${quoteName(target)} exists and is not a directory`);
   }
   if (targetState === 'non-empty' && !options.delta && !options.force) {
-    throw new UsageError(`restore target ${target} is not empty`, {
+    throw new UsageError(`restore target ${quoteName(target)} is not empty`, {
       // In place, the directory is where the source was backed up from: there is no other one to choose.
       hint: options.inPlace ? 'use --delta to rewrite only what differs from the point, or --force to replace it' : 'use --delta to update it in place, --force to replace it, or choose an empty directory',
     });
   }
   const repositoryInside = overlap?.repositoryInside;
   if (repositoryInside !== undefined && targetState === 'non-empty' && !options.delta) {
-    throw new UsageError(`restore target ${target} holds the repository (${repositoryInside}); --force would delete it with the rest of the tree`, {
+    throw new UsageError(`restore target ${quoteName(target)} holds the repository (${repositoryInside}); --force would delete it with the rest of the tree`, {
       hint: 'use --delta, which leaves the repository alone, or restore elsewhere',
     });
   }
@@ -175,7 +176,7 @@ export async function checkRestoreTarget(
     // Replacing the tree would carry those file systems away with the old one and then delete what is on them.
     const mounts = await mountsUnder(target);
     if (mounts.length > 0) {
-      throw new UsageError(`restore target ${target} holds file systems mounted at ${firstFew(mounts)}; --force will not replace it`, {
+      throw new UsageError(`restore target ${quoteName(target)} holds file systems mounted at ${firstFew(mounts)}; --force will not replace it`, {
         hint: 'use --delta to update it in place, or restore into each mount point on its own',
       });
     }
@@ -267,7 +268,7 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
     const blocker = (err as NodeJS.ErrnoException).code === 'ENOTDIR' || (err as NodeJS.ErrnoException).code === 'EEXIST' ? await notADirectoryOnTheWay(path.dirname(target)) : undefined;
     if (blocker !== undefined) {
       const to = await danglingLinkTarget(blocker);
-      throw new UsageError(`restore target ${target} cannot be made: ${blocker} ${to === undefined ? 'is not a directory' : `is a symbolic link to ${to}, which does not exist`}`, {
+      throw new UsageError(`restore target ${quoteName(target)} cannot be made: ${quoteName(blocker)} ${to === undefined ? 'is not a directory' : `is a symbolic link to ${quoteName(to)}, which does not exist`}`, {
         cause: err,
         // In place, the directory is where the source was backed up from: no --target can be given instead.
         hint:
@@ -1206,7 +1207,7 @@ async function refuseMountedExtras(target: string, extras: string[]): Promise<st
     const at = real + extra.slice(target.length);
     const mounted = mounts.find((m) => m === at || m.startsWith(at + path.sep));
     if (mounted !== undefined) {
-      throw new UsageError(`restore target ${target}: --delta would remove ${extra}, which the point lacks or has as something else, but a file system is mounted at ${mounted}`, {
+      throw new UsageError(`restore target ${quoteName(target)}: --delta would remove ${extra}, which the point lacks or has as something else, but a file system is mounted at ${mounted}`, {
         hint: 'unmount it (or move what is mounted there to where the point has a directory), or restore into another directory',
       });
     }

@@ -5,8 +5,9 @@ import { Minimatch } from 'minimatch';
 import { UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { firstFew } from '../format/units.js';
 import { danglingLinkTarget } from '../format/mkdirs.js';
-import { linkEscapes, linkStaysInside, nameFromBytes, relativeTargetInside, sortByPath } from '../format/paths.js';
+import { linkEscapes, linkStaysInside, nameFromBytes, relativeTargetInside, sortByPath, sourceNameFor } from '../format/paths.js';
 import type { Reporter } from './events.js';
+import { quoteName, shellWord } from '../format/quote.js';
 
 export interface SourceSpec {
   name: string;
@@ -232,17 +233,17 @@ export async function scanSource(
       // A path that is not there, or a link (or a directory on the way) to nothing: an unmounted volume, a typo.
       if (given.includes('\uFFFD')) throw notUtf8Path(`source ${spec.name}: ${given}`);
       const to = await danglingLinkTarget(given);
-      throw new UsageError(`source ${spec.name}: ${given} ${to === undefined ? 'does not exist' : `is a symbolic link to ${to}, which does not exist`}`, {
+      throw new UsageError(`source ${spec.name}: ${quoteName(given)} ${to === undefined ? 'does not exist' : `is a symbolic link to ${quoteName(to)}, which does not exist`}`, {
         hint: 'check the path, and that its volume is mounted',
       });
     }
-    throw new UsageError(`source ${spec.name}: cannot read ${given}: ${errorMessage(err)}`);
+    throw new UsageError(`source ${spec.name}: cannot read ${quoteName(given)}: ${errorMessage(err)}`);
   }
   if (!rootStat.isDirectory()) {
     // A single-file model (a .gguf, a .onnx) is the usual case: its directory is the source.
     const parent = path.dirname(given);
-    throw new UsageError(`source ${spec.name}: ${given} is not a directory; a source is a directory, restored as DIR/<source name>/`, {
-      hint: rootStat.isFile() ? `back up the directory that holds it: --source ${path.basename(parent) || 'root'}=${parent}, with --exclude for what else is there` : undefined,
+    throw new UsageError(`source ${spec.name}: ${quoteName(given)} is not a directory; a source is a directory, restored as DIR/<source name>/`, {
+      hint: rootStat.isFile() ? `back up the directory that holds it: --source ${sourceNameFor(path.basename(parent))}=${shellWord(parent)}, with --exclude for what else is there` : undefined,
     });
   }
 

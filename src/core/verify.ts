@@ -10,7 +10,7 @@ import type { Repository } from './repository.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 import { deepCheck } from './verify-deep.js';
 import { describeLock, whileReading } from './lock.js';
-import { describeLeftover, incompleteWritesUnlisted, pointBeingWritten, unfinishedWrites, type UnfinishedWrites } from './leftovers.js';
+import { describeLeftover, describeLeftovers, incompleteWritesUnlisted, pointBeingWritten, unfinishedWrites, type UnfinishedWrites } from './leftovers.js';
 import * as ledgers from './verify-ledger.js';
 import { isNotFound } from '../storage/storage.js';
 import { damagedKeyMessage, readKeys } from './keys.js';
@@ -189,7 +189,8 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
     } catch (err) {
       problems.push({ point: id, path: keys.point(id), kind: 'unsafe-entry', detail: errorMessage(err) });
     }
-    for (const ancestor of [m.parent, m.full]) {
+    // An incremental whose parent is its full depends on that one point once.
+    for (const ancestor of new Set([m.parent, m.full])) {
       if (ancestor && ancestor !== id && !known.has(ancestor)) {
         problems.push({ point: id, path: keys.point(ancestor), kind: 'chain-broken', detail: `depends on ${ancestor}, which is missing` });
       }
@@ -329,9 +330,11 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
       reporter.notice?.(incompleteWritesUnlisted(err));
     }
     for (const { write, by } of unfinished.running) inProgress(write.key, by);
-    for (const write of unfinished.leftovers) {
-      leftover(write.key, `${describeLeftover(write)}; ${removedByNext('it')}`);
-    }
+    // Each is a warning of the result; they are said in one line when there are several (a crashed backup of a large model can leave hundreds).
+    const left = unfinished.leftovers.map((write): Notice => ({ level: 'warning', code: 'leftovers', path: write.key, message: `${describeLeftover(write)}; ${removedByNext('it')}` }));
+    warnings.push(...left);
+    if (left.length === 1) reporter.notice?.(left[0]!);
+    else if (left.length > 1) reporter.notice?.({ level: 'warning', code: 'leftovers', message: `${describeLeftovers(unfinished.leftovers)}; ${removedByNext('them')}` });
   }
   result.ok = problems.length === 0;
   return result;

@@ -23,7 +23,10 @@ export function pointTime(id: string): number {
   return Date.UTC(Number(id.slice(0, 4)), Number(id.slice(4, 6)) - 1, Number(id.slice(6, 8)), Number(id.slice(9, 11)), Number(id.slice(11, 13)), Number(id.slice(13, 15)), Number(id.slice(16, 19)));
 }
 
-const TIME_SELECTOR = /^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)(Z|[+-]\d{2}:?\d{2})?)?$/i;
+/** The zone an offset of hours alone (`+01`, valid ISO 8601) stands for, in the form Date.parse reads (`+01:00`). */
+const zoneOf = (zone: string) => (/^[+-]\d{2}$/.test(zone) ? `${zone}:00` : zone);
+
+const TIME_SELECTOR = /^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)(Z|[+-]\d{2}(?::?\d{2})?)?)?$/i;
 
 /**
  * The instant an ISO-8601 time selector names. It must carry its zone: a time
@@ -32,7 +35,7 @@ const TIME_SELECTOR = /^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1
  */
 export function parseTimeSelector(selector: string): number {
   const m = TIME_SELECTOR.exec(selector);
-  const at = m ? Date.parse(`${m[1]}T${m[2] ?? '00:00'}${m[3] ?? 'Z'}`) : NaN;
+  const at = m ? Date.parse(`${m[1]}T${m[2] ?? '00:00'}${zoneOf(m[3] ?? 'Z')}`) : NaN;
   // Date.parse rolls a day the month lacks over into the next month (2026-11-31 is read as 2026-12-01), which would select another day's point.
   if (m && Number.isFinite(at) && new Date(Date.parse(`${m[1]}T00:00Z`)).toISOString().slice(0, 10) !== m[1]) {
     throw new UsageError(`${JSON.stringify(selector)} is not a valid ISO-8601 time: ${m[1]} is not a day of the calendar`, { hint: 'such as 2026-11-20T03:00:00Z' });

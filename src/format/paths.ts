@@ -7,6 +7,13 @@ export const NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$/;
 /** NAME in words. */
 export const NAME_RULE = "use letters, digits, '.', '_' or '-', starting with a letter, a digit or '_' (at most 64)";
 
+/** A source name for a directory of this name, for hints: the name itself where it may be one (`my models` → `my_models`, the root → `root`). */
+export function sourceNameFor(dirName: string): string {
+  if (dirName === '') return 'root';
+  if (NAME.test(dirName)) return dirName;
+  return dirName.replace(/[^A-Za-z0-9._-]/g, '_').replace(/^[.-]+/, '').slice(0, 64) || 'source';
+}
+
 function checkName(kind: string, name: string): void {
   if (!NAME.test(name)) throw new UsageError(`${kind} name ${JSON.stringify(name)} is invalid: ${NAME_RULE}`);
 }

@@ -39,7 +39,8 @@ export interface RepositoryLocation {
 }
 
 export function parseRepositoryUrl(url: string, cwd: string): RepositoryLocation {
-  if (url.startsWith('s3://')) {
+  // A URL's scheme is case-insensitive (RFC 3986): S3://bucket is s3://bucket.
+  if (/^s3:\/\//i.test(url)) {
     const rest = url.slice('s3://'.length);
     const slash = rest.indexOf('/');
     const bucket = slash < 0 ? rest : rest.slice(0, slash);
@@ -47,7 +48,7 @@ export function parseRepositoryUrl(url: string, cwd: string): RepositoryLocation
     if (bucket.length < 3) throw new UsageError(`repository ${url}: the bucket name must have at least 3 characters`);
     return { kind: 's3', bucket, prefix };
   }
-  if (url.startsWith('file://')) {
+  if (/^file:\/\//i.test(url)) {
     // Node's own error (ERR_INVALID_FILE_URL_HOST) says nothing of a repository: `file://backups` names the host "backups", not a relative directory.
     try {
       return { kind: 'local', dir: fileURLToPath(url) };

@@ -49,6 +49,7 @@ import {
   type Storage,
   type StorageCapabilities,
 } from './storage.js';
+import { quoteName } from '../format/quote.js';
 
 const MiB = 1024 * 1024;
 const DELETE_BATCH = 1000;
@@ -122,7 +123,7 @@ export class S3Storage implements Storage {
     } catch {
       // Falls through to the usage error below.
     }
-    throw new UsageError(`no AWS region is set for ${this.location}`, {
+    throw new UsageError(`no AWS region is set for ${quoteName(this.location)}`, {
       hint: 'set s3.region in lifeboat.yaml, AWS_REGION, or a region in your AWS profile',
     });
   }
@@ -212,7 +213,7 @@ export class S3Storage implements Storage {
     // The server's answer to a longer key is a bare 400, and only once the key is needed: a repository made before init refused such prefixes.
     const bytes = Buffer.byteLength(objectKey);
     if (bytes > MAX_S3_KEY_BYTES) {
-      throw new UsageError(`${key} in ${this.location} would be an S3 key of ${bytes} bytes, longer than the ${MAX_S3_KEY_BYTES} S3 allows: the repository's prefix is too long`, {
+      throw new UsageError(`${key} in ${quoteName(this.location)} would be an S3 key of ${bytes} bytes, longer than the ${MAX_S3_KEY_BYTES} S3 allows: the repository's prefix is too long`, {
         hint: `a repository's prefix may have at most ${MAX_S3_PREFIX_BYTES} bytes: make a new repository under a shorter one`,
       });
     }

@@ -9,7 +9,7 @@ import { excludePatternProblem, notUtf8Path } from '../../core/scan.js';
 import type { LifeboatConfig } from '../../config/config.js';
 import type { BackupType } from '../../format/ids.js';
 import { DEFAULT_DEPLOYMENT } from '../../format/manifest.js';
-import { NAME } from '../../format/paths.js';
+import { NAME, sourceNameFor } from '../../format/paths.js';
 import { openRepository, type CliContext } from '../context.js';
 import { escapeUnprintable, formatBytes, quoteName, counted, shellWord } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
@@ -45,9 +45,8 @@ export function resolveSources(ctx: CliContext, paths: string[], flags: string[]
     if (abs.includes('\uFFFD') && !existsSync(abs)) throw notUtf8Path(quoteName(abs));
     if (!NAME.test(name)) {
       // A directory such as `my models` or `.cache`: its name cannot name a source, but the directory can be backed up under another.
-      const usable = name.replace(/[^A-Za-z0-9._-]/g, '_').replace(/^[.-]+/, '').slice(0, 64) || 'source';
       throw new UsageError(`${quoteName(abs)}: its name cannot name a source (use letters, digits, '.', '_' or '-', starting with a letter, a digit or '_', at most 64)`, {
-        hint: `name it: --source ${usable}=${shellWord(abs)}`,
+        hint: `name it: --source ${sourceNameFor(name)}=${shellWord(abs)}`,
       });
     }
     specs.push({ name, path: abs });

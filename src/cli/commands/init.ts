@@ -126,7 +126,7 @@ async function refuseInsideRepository(ctx: CliContext, config: LifeboatConfig): 
       await storage.close();
     }
     if (raw === undefined || !isRepositoryConfig(raw)) continue;
-    throw new UsageError(`${url} lies inside the lifeboat repository at ${location}; refusing to create a repository there`, {
+    throw new UsageError(`${url} lies inside the lifeboat repository at ${quoteName(location)}; refusing to create a repository there`, {
       hint: 'a repository inside another could be taken for its data and removed with it: choose a location outside it (beside it, under another prefix or directory)',
     });
   }

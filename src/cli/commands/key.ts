@@ -12,6 +12,7 @@ import { newPassword, passwordSource } from '../password.js';
 import { log, logNotice, printResult } from '../output.js';
 import { nonEmpty } from '../flags.js';
 import type { CommandRunner } from '../main.js';
+import { quoteName } from '../../format/quote.js';
 
 interface NewPasswordOptions {
   newPasswordFile?: string;
@@ -43,7 +44,7 @@ async function withKey<T>(
     storage = unlocked.storage;
     // A config that does not read (missing, from a repository that holds backups or from an empty place, or damaged): open says which.
     const repoConfig = unlocked.config ?? (await Repository.open(storage)).config;
-    if (!unlocked.key) throw new UsageError(`the repository at ${storage.location} is not encrypted; it has no keys`);
+    if (!unlocked.key) throw new UsageError(`the repository at ${quoteName(storage.location)} is not encrypted; it has no keys`);
     return await fn(storage, unlocked.key, repoConfig);
   } finally {
     await storage.close();

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { IntegrityError, UsageError } from '../../errors.js';
-import { verify } from '../../core/verify.js';
+import { verify, type Problem } from '../../core/verify.js';
 import { LEDGER_KEY } from '../../core/verify-ledger.js';
 import { openRepository, type CliContext } from '../context.js';
 import { escapeUnprintable, formatBytes, quoteName, counted } from '../format.js';
@@ -8,6 +8,7 @@ import { ProgressRenderer, printResult, warningsJson } from '../output.js';
 import type { CommandRunner } from '../main.js';
 import { addCronOptions, runMonitored, type CronFlags, type RunFigures } from '../cron.js';
 import { directoryFlag, percentFlag } from '../flags.js';
+import { aheadOfClock, formatDuration } from '../../config/duration.js';
 
 interface VerifyFlags extends CronFlags {
   readData?: boolean;
@@ -18,9 +19,62 @@ interface VerifyFlags extends CronFlags {
   workDir?: string;
 }
 
+/**
+ * How long ago a verification was recorded; or, when its time is ahead of this host's clock (the clock
+ * of the host that recorded it ran ahead, or this one's is behind), by how much, rather than an age of
+ * 0 that reads as a verification just done.
+ */
 function age(iso: string, now: number): string {
+  const ahead = aheadOfClock(iso, now);
+  if (ahead !== undefined) return `${formatDuration(ahead)} in the future: the clock of the host that recorded it ran ahead of this one's`;
   const h = Math.max(0, (now - Date.parse(iso)) / 3_600_000);
   return h < 48 ? `${Math.round(h)} hour(s) ago` : `${Math.round(h / 24)} day(s) ago`;
+}
+
+/** How many of the points that need one missing object a line of verify names. */
+const POINTS_NAMED = 3;
+
+/**
+ * What several problems share when the same thing is missing or unusable for each: a volume that is
+ * missing, cut short or archived, or a point (or a volume of one) that the points after it take
+ * their files from. Undefined for a problem that is its own.
+ */
+function missingThing(p: Problem): string | undefined {
+  if (p.kind === 'missing-volume' || p.kind === 'size-mismatch' || p.kind === 'volume-archived') return `${p.kind}\0${p.path}`;
+  // "depends on X, which is missing", "its bytes are in X volume 0, which is missing", the volume a --deep restore could not read: the detail names it.
+  if (p.kind === 'chain-broken' || p.kind === 'restore-failed') return `${p.kind}\0${p.detail}`;
+  return undefined;
+}
+
+/**
+ * The problems found, a line each, except those that share what is missing: a volume of a full that
+ * is lost breaks every point of its chain, hundreds of lines saying the same. They are one line, the
+ * first of them, with how many more there are and the first few points that have them. --json
+ * lists each problem.
+ */
+function problemLines(problems: readonly Problem[]): string[] {
+  const groups = new Map<string, Problem[]>();
+  const shown: Problem[][] = [];
+  for (const p of problems) {
+    const thing = missingThing(p);
+    const group = thing === undefined ? undefined : groups.get(thing);
+    if (group) group.push(p);
+    else {
+      shown.push([p]);
+      if (thing !== undefined) groups.set(thing, shown.at(-1)!);
+    }
+  }
+  return shown.map(([first, ...more]) => {
+    // A restore of --deep that failed is the point's, of no one file.
+    const line = `  ${first!.kind}: ${first!.point}${first!.path === '' ? '' : ` ${quoteName(first!.path)}`}: ${escapeUnprintable(first!.detail)}`;
+    if (more.length === 0) return line;
+    // The points that need one volume; the files of the points that need one whose manifest is gone.
+    const files = more.some((p) => p.path !== first!.path);
+    const points = [...new Set((files ? [first!, ...more] : more).map((p) => p.point))];
+    const named = `${points.slice(0, POINTS_NAMED).join(', ')}${points.length > POINTS_NAMED ? ` and ${points.length - POINTS_NAMED} more` : ''}`;
+    const need = more.length === 1 ? 'needs' : 'need';
+    return files ? `${line}; ${counted(more.length, 'more file')} ${need} it too, of ${counted(points.length, 'point')}: ${named}` : `${line}; ${counted(more.length, 'more point')} ${need} it too: ${named}`;
+  });
 }
 
 export async function runVerify(ctx: CliContext, selector: string | undefined, flags: VerifyFlags, figures: RunFigures = {}): Promise<void> {
@@ -75,7 +129,7 @@ export async function runVerify(ctx: CliContext, selector: string | undefined, f
           if (result.oldestVerifiedAt) lines.push(`${unrecorded}oldest verification: ${result.oldestVerifiedAt} (${age(result.oldestVerifiedAt, Date.now())})${v.neverVerified ? `; ${v.neverVerified} volume(s) never verified` : ''}`);
           else if (v.neverVerified) lines.push(`${unrecorded}${v.neverVerified} volume(s) never verified`);
         }
-        for (const p of result.problems) lines.push(`  ${p.kind}: ${p.point} ${quoteName(p.path)}: ${escapeUnprintable(p.detail)}`);
+        lines.push(...problemLines(result.problems));
         lines.push(result.ok ? 'no problems found' : `${result.problems.length} problem(s) found`);
         return lines.join('\n');
       },
@@ -83,7 +137,7 @@ export async function runVerify(ctx: CliContext, selector: string | undefined, f
       { shownWhenQuiet: !result.ok },
     );
     if (!result.ok) {
-      throw new IntegrityError(`verify found ${result.problems.length} problem(s) in ${repo.storage.location}`, {
+      throw new IntegrityError(`verify found ${result.problems.length} problem(s) in ${quoteName(repo.storage.location)}`, {
         hint: result.problems.some((p) => p.kind === 'volume-archived')
           ? 'retrieve the archived volumes (aws s3api restore-object) and keep the repository out of lifecycle rules that archive objects, or take a new full backup'
           : 'restore from an older point that verifies, or take a new full backup',
