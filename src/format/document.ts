@@ -46,7 +46,7 @@ function rawChecksumMatches(data: Buffer): boolean {
   return hash.digest('hex') === tail[1];
 }
 
-export function decodeDocument<T>(data: Buffer, schema: { safeParse(value: unknown): z.ZodSafeParseResult<T> }, what: string): T {
+export function decodeDocument<T>(data: Buffer, schema: z.ZodType<T>, what: string): T {
   let parsed: unknown;
   try {
     parsed = JSON.parse(data.toString('utf8'));

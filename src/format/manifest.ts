@@ -189,76 +189,38 @@ const manifestFields = z.object({
     .optional(),
 });
 
-/** Volumes that do not record the CRC-32 their manifest's format says (or record the other one too). */
-function checksumMismatches(m: z.infer<typeof manifestFields>): { path: (string | number)[]; message: string }[] {
+export const manifestSchema = manifestFields.superRefine((m, ctx) => {
   const field = m.format === 1 ? 'crc32' : 'framingCrc32';
   const other = m.format === 1 ? 'framingCrc32' : 'crc32';
-  const mismatches: { path: (string | number)[]; message: string }[] = [];
   m.volumes.forEach((v, i) => {
-    if (v[field] === undefined || v[other] !== undefined) mismatches.push({ path: ['volumes', i, field], message: `a volume of manifest format ${m.format} records ${field} (and not ${other})` });
+    if (v[field] === undefined || v[other] !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['volumes', i, field], message: `a volume of manifest format ${m.format} records ${field} (and not ${other})` });
+    }
   });
-  return mismatches;
-}
-
-export const manifestSchema = manifestFields.superRefine((m, ctx) => {
-  for (const { path, message } of checksumMismatches(m)) ctx.addIssue({ code: 'custom', path, message });
 });
 export type Manifest = z.infer<typeof manifestSchema>;
 
-/**
- * `schema` refusing, at every depth, members it does not name: zod's objects
- * leave such members out of what they return, so what this accepts, zod's
- * parser returns as it is, but for the order of the members.
- */
-function refusingUnknownMembers(schema: z.ZodType): z.ZodType {
-  const def = schema.def as unknown as Record<string, unknown> & { type: string };
-  const each = (inner: unknown) => refusingUnknownMembers(inner as z.ZodType);
-  switch (def.type) {
-    case 'object':
-      return z.clone(schema, { ...def, shape: Object.fromEntries(Object.entries(def.shape as Record<string, z.ZodType>).map(([k, v]) => [k, each(v)])), catchall: z.never() } as never);
-    case 'array':
-      return z.clone(schema, { ...def, element: each(def.element) } as never);
-    case 'optional':
-    case 'nullable':
-      return z.clone(schema, { ...def, innerType: each(def.innerType) } as never);
-    case 'record':
-      return z.clone(schema, { ...def, valueType: each(def.valueType) } as never);
-    case 'union':
-      return z.clone(schema, { ...def, options: (def.options as z.ZodType[]).map(each) } as never);
-    default:
-      return schema;
-  }
-}
-
-/** A manifest as read, checked, or why it is not one (zod's result). */
-export interface ManifestCheck {
-  safeParse(value: unknown): z.ZodSafeParseResult<Manifest>;
-}
-
-let fastManifestCheck: ((value: unknown) => boolean) | undefined;
+let compiledManifestSchema: typeof manifestSchema | undefined;
 
 /**
- * Checks manifests against manifestSchema. A manifest that holds no member the
- * schema does not name is checked by code zod generates for the schema (its
- * compiled assert-only check, z.compile's validator) and kept as parsed: zod's
- * parser would return a copy of it, and a manifest of 100,000 files is about
- * 50 MB of objects, held twice while the copy was made. Any other input goes
- * through the regular parser, for its copy without the unknown members or its
- * errors. Compiled at first use (about 10 ms), so that commands reading no
- * manifest do not pay for it.
+ * manifestSchema with zod's compiled fast path (as z.compile makes it; input it
+ * rejects goes through the regular parser, for the same errors). In a fresh
+ * process a manifest of 2,000 entries validates in about 20 ms instead of 45,
+ * and it is about three times faster once warm. Compiled at first use (about
+ * 8 ms), so that commands reading no manifest do not pay for it. Only the
+ * parser is generated: z.compile also generates an assert-only validator,
+ * which nothing here calls (about 4 ms more in every backup and restore).
  */
-export function manifestValidator(): ManifestCheck {
-  if (!fastManifestCheck) {
+export function manifestValidator(): typeof manifestSchema {
+  if (!compiledManifestSchema) {
     try {
-      const check = compileFn(refusingUnknownMembers(manifestFields), { assertOnly: true });
-      fastManifestCheck = (value) => check(value) !== z.INVALID && checksumMismatches(value as z.infer<typeof manifestFields>).length === 0;
+      compiledManifestSchema = z.withParser(manifestSchema, compileFn(manifestSchema));
     } catch {
-      // A schema the generated code cannot express (or no code generation at all): the parser decides every time.
-      fastManifestCheck = () => false;
+      // As z.compile: a schema the generated code cannot express keeps the regular parser.
+      compiledManifestSchema = manifestSchema;
     }
   }
-  const fast = fastManifestCheck;
-  return { safeParse: (value) => (fast(value) ? { success: true, data: value as Manifest } : manifestSchema.safeParse(value)) };
+  return compiledManifestSchema;
 }
 
 /**
