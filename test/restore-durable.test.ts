@@ -95,7 +95,8 @@ test('a restore of many small files writes them with their modes, times and owne
     const dir = path.join(src, `run-${i % 40}`);
     if (i < 40) await fsp.mkdir(dir, { recursive: true });
     const file = path.join(dir, `step-${i}.json`);
-    await fsp.writeFile(file, JSON.stringify({ i, loss: rand() }).repeat(1 + Math.floor(rand() * 40)));
+    // Some hold the same bytes, stored once: one entry of a volume written to several files.
+    await fsp.writeFile(file, i % 997 === 5 ? '{"loss":0.5}\n' : JSON.stringify({ i, loss: rand() }).repeat(1 + Math.floor(rand() * 40)));
     const when = new Date(Date.UTC(2025, 0, 1) + Math.floor(rand() * 3e10));
     await fsp.utimes(file, when, when);
     // A change of owner after the mode would clear set-user-ID: the mode must survive it.
