@@ -14,8 +14,8 @@ const ENTRIES = 5000;
 const HEAP_MIB = 48;
 
 /** Runs the installed program with a small heap, as a long-lived repository's manifests would outgrow any heap. */
-async function withSmallHeap(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [`--max-old-space-size=${HEAP_MIB}`, BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+async function withSmallHeap(args: string[], heapMib = HEAP_MIB): Promise<{ code: number; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [`--max-old-space-size=${heapMib}`, BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   const out: Buffer[] = [];
   const err: Buffer[] = [];
   child.stdout.on('data', (c: Buffer) => out.push(c));
@@ -39,16 +39,16 @@ async function newRepository(t: TestContext): Promise<{ work: string; repo: stri
  * A repository of POINTS points of ENTRIES entries each, a day apart: a year of daily fulls, or (`chain`) a full and the
  * incrementals taken on it night after night. Directories only, so that the points need no volumes. Returns their ids.
  */
-async function writePoints(t: TestContext, shape: 'fulls' | 'chain'): Promise<{ repo: string; ids: string[] }> {
+async function writePoints(t: TestContext, shape: 'fulls' | 'chain', points = POINTS, entriesEach = ENTRIES): Promise<{ repo: string; ids: string[] }> {
   const { repo } = await newRepository(t);
   await fsp.mkdir(path.join(repo, 'points'));
   await fsp.mkdir(path.join(repo, 'summaries'));
   const ids: string[] = [];
-  for (let i = 0; i < POINTS; i++) {
+  for (let i = 0; i < points; i++) {
     const at = new Date(Date.UTC(2026, 0, 1, 3) + i * 86_400_000);
     const type = shape === 'chain' && i > 0 ? 'incr' : 'full';
     const id = `${at.toISOString().slice(0, 10).replaceAll('-', '')}-030000-000${type === 'full' ? 'F' : 'I'}`;
-    const entries = Array.from({ length: ENTRIES }, (_, k) => ({ source: 'models', path: `layer-${k}/step-${i}`, type: 'dir' as const, mode: 0o755, mtimeNs: '1767236400000000000', size: 0 }));
+    const entries = Array.from({ length: entriesEach }, (_, k) => ({ source: 'models', path: `layer-${k}/step-${i}`, type: 'dir' as const, mode: 0o755, mtimeNs: '1767236400000000000', size: 0 }));
     const manifest: Manifest = {
       format: MANIFEST_FORMAT, id, type, parent: type === 'full' ? null : ids.at(-1)!, full: type === 'full' ? id : ids[0]!, startedAt: at.toISOString(), completedAt: at.toISOString(), host: 'test', tags: {},
       sources: [{ name: 'models', kind: 'files', path: '/srv/models' }], volumes: [], entries,
@@ -88,6 +88,14 @@ test('verify of the tip of a long chain of incrementals holds one manifest at a 
   const r = await withSmallHeap(['--repo', repo, '--json', 'verify', 'latest']);
   assert.equal(r.code, 0, r.stderr.slice(-2000));
   assert.equal(JSON.parse(r.stdout).backups, POINTS);
+});
+
+test('verify reads fewer manifests ahead as they grow: a chain of points of 40,000 entries each checks in a heap that eight read ahead overfill', async (t) => {
+  // Eight were read ahead whatever their size: a chain of points of 100,000 files each took a verify to a gigabyte.
+  const { repo } = await writePoints(t, 'chain', 12, 40_000);
+  const r = await withSmallHeap(['--repo', repo, '--json', 'verify', 'latest'], 56);
+  assert.equal(r.code, 0, r.stderr.slice(-2000));
+  assert.equal(JSON.parse(r.stdout).backups, 12);
 });
 
 test('restore of the tip of a long chain reads the manifests its files are stored in one at a time, not all together', async (t) => {

@@ -168,10 +168,11 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
   };
   const ahead: Promise<Manifest | undefined>[] = [];
   let queued = 0;
+  let lastEntries: number | undefined;
   /** Each deployment's newest checked point (ids come oldest first). */
   const newestOfDeployment = new Map<string, string>();
   for (const id of selected) {
-    while (queued < selected.length && ahead.length < MANIFESTS_AHEAD) {
+    while (queued < selected.length && ahead.length < manifestsAhead(lastEntries)) {
       const loading = loadChecked(selected[queued++]!);
       loading.catch(() => undefined);
       ahead.push(loading);
@@ -179,6 +180,7 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
     const m = await ahead.shift()!;
     throwIfAborted(options.signal);
     if (!m) continue;
+    lastEntries = m.entries.length;
     volumesOf.set(id, m.volumes);
     newestOfDeployment.set(deploymentOf(m), id);
     result.backups++;
@@ -377,8 +379,20 @@ async function deploymentsRecordProblem(repo: Repository, newestOfDeployment: Re
   };
 }
 
-/** Manifests read ahead of the one being checked. */
+/** Manifests read ahead of the one being checked, at most. */
 const MANIFESTS_AHEAD = 8;
+/**
+ * Entries held in manifests read ahead, about: a manifest of 100,000 files takes
+ * some 100 MB once parsed, and eight of them ahead took a verify of a chain of such
+ * points to a gigabyte.
+ */
+const ENTRIES_AHEAD = 40_000;
+
+/** How many manifests to read ahead, judged by the size of the last one read (the points of a chain are alike). */
+export function manifestsAhead(lastEntries: number | undefined): number {
+  if (lastEntries === undefined) return 1;
+  return Math.max(1, Math.min(MANIFESTS_AHEAD, Math.floor(ENTRIES_AHEAD / Math.max(1, lastEntries))));
+}
 
 /** `read`, remembering the last `keep` results (volumes are read in point order, several at a time). */
 function recentlyRead(read: (id: string) => Promise<Manifest | undefined>, keep: number): (id: string) => Promise<Manifest | undefined> {
