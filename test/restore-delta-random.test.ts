@@ -175,12 +175,15 @@ async function disturb(target: string, outside: string, rand: () => number, log:
         break;
       }
       case 'extra':
-        await fsp.writeFile(path.join(d, `extra-${i}`), 'extra');
+        // Each extra named apart from those of earlier rounds: a socket or pipe put in one's place is kept by a --delta.
+        await fsp.writeFile(path.join(d, `extra-${i}-${Math.floor(rand() * 1e9)}`), 'extra');
         break;
-      case 'extra-deep':
-        await fsp.mkdir(path.join(d, `extra-dir-${i}`, 'a', 'b', 'c'), { recursive: true });
-        await fsp.writeFile(path.join(d, `extra-dir-${i}`, 'a', 'b', 'c', 'deep'), 'deep');
+      case 'extra-deep': {
+        const deep = path.join(d, `extra-dir-${i}-${Math.floor(rand() * 1e9)}`, 'a', 'b', 'c');
+        await fsp.mkdir(deep, { recursive: true });
+        await fsp.writeFile(path.join(deep, 'deep'), 'deep');
         break;
+      }
       case 'read-only-dir':
         await fsp.chmod(d, 0o555);
         break;
@@ -208,7 +211,8 @@ async function disturb(target: string, outside: string, rand: () => number, log:
         touched.add(rel(f));
         break;
       case 'extra-fifo':
-        execFileSync('mkfifo', [path.join(d, `pipe-${i}`)]);
+        // Named apart from the pipes of earlier rounds, which a --delta keeps.
+        execFileSync('mkfifo', [path.join(d, `pipe-${i}-${Math.floor(rand() * 1e9)}`)]);
         break;
     }
     log.push(`${op} ${rel(op.startsWith('dir') || op.startsWith('read') || op.startsWith('extra') ? d : f)}`);
