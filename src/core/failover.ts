@@ -478,7 +478,8 @@ async function finishSwitchBack(run: Run, repo: MaybeRepository): Promise<void> 
       after += ', which the next run put back';
     }
   }
-  if ('unreadable' in repo) note(run, 'journal-failed', `could not record the ${back.kind} to ${failed ?? back.to} in the journal: ${errorMessage(repo.unreadable)}`, 'warning');
+  const notJournalled = (err: unknown) => note(run, 'journal-failed', `could not record the ${back.kind} to ${failed ?? back.to} in the journal: ${errorMessage(err)}`, 'warning');
+  if ('unreadable' in repo) notJournalled(repo.unreadable);
   else {
     await appendEvent(repo.storage, {
       type: back.kind,
@@ -487,7 +488,7 @@ async function finishSwitchBack(run: Run, repo: MaybeRepository): Promise<void> 
       target: spec.name,
       outcome: 'rolled-back',
       detail: { slot: back.to, from: back.from, fromPoint: point, reason: `${back.reason}; ${after}`, switched: false, ...(back.generation !== undefined ? { generation: back.generation } : {}) },
-    }).catch((err: unknown) => note(run, 'journal-failed', `could not record the ${back.kind} to ${failed ?? back.to} in the journal: ${errorMessage(err)}`, 'warning'));
+    }).catch(notJournalled);
   }
   await settlePending(spec.slots);
 }

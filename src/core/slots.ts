@@ -167,25 +167,20 @@ export async function checkActiveLinkWritable(active: string, name: string): Pro
  * one before that; `own`, the switch the caller is recording itself, is left out.
  */
 export async function readTargetState(slots: string, own?: Pick<SwitchRecord, 'from' | 'to'>): Promise<TargetState> {
-  try {
-    const parsed = targetStateSchema.safeParse(JSON.parse(await fsp.readFile(path.join(slots, TARGET_STATE_FILE), 'utf8')));
-    if (parsed.success) {
-      const { pending, ...state } = parsed.data;
-      // A switch announced and switched back still had its generation written in the journal: the next one comes after it.
-      if (pending?.generation !== undefined) state.generation = Math.max(state.generation ?? 0, pending.generation);
-      if (pending && !(own && own.from === pending.from && own.to === pending.to)) {
-        const { active, back: _switchedBack, ...made } = pending;
-        if ((await readActive(active).catch(() => null)) === made.to) {
-          state.history.push(made);
-          state.previous = made.from;
-        }
-      }
-      return state;
+  const record = await readRecord(slots);
+  // Missing or damaged: start afresh; the link itself is the truth about what is active.
+  if (!record) return { version: 1, previous: null, history: [] };
+  const { pending, ...state } = record;
+  // A switch announced and switched back still had its generation written in the journal: the next one comes after it.
+  if (pending?.generation !== undefined) state.generation = Math.max(state.generation ?? 0, pending.generation);
+  if (pending && !(own && own.from === pending.from && own.to === pending.to)) {
+    const { active, back: _switchedBack, ...made } = pending;
+    if ((await readActive(active).catch(() => null)) === made.to) {
+      state.history.push(made);
+      state.previous = made.from;
     }
-  } catch {
-    // Missing or damaged: start afresh; the link itself is the truth about what is active.
   }
-  return { version: 1, previous: null, history: [] };
+  return state;
 }
 
 /**
