@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { appendEvent, readEvents } from '../src/core/journal.js';
+import { SwitchSettling, appendEvent, readEvents, withoutEndedAnnouncements, type JournalEvent } from '../src/core/journal.js';
 import { LocalStorage } from '../src/storage/local.js';
 import { tempDir } from './helpers/tree.js';
 
@@ -22,4 +22,38 @@ test('the journal gives back its newest events in order, read several at once, s
   );
   await storage.close();
   await fsp.rm(dir, { recursive: true, force: true });
+});
+
+test('a switch announced in the journal stays unsettled until its own end or a later switch of its target is journalled, whatever the clocks said', () => {
+  const at = (m: number) => new Date(Date.UTC(2026, 10, 1, 0, m)).toISOString();
+  const ev = (m: number, outcome: JournalEvent['outcome'], generation: number | undefined, slot: string, target = 'prod'): JournalEvent => ({
+    type: 'failover',
+    at: at(m),
+    user: 'ops',
+    host: 'h',
+    point: slot,
+    target,
+    outcome,
+    detail: { slot, from: 'old', ...(generation === undefined ? {} : { generation }) },
+  });
+  const unsettled = (events: JournalEvent[]) => {
+    const s = new SwitchSettling();
+    for (const e of [...events].reverse()) s.see(e);
+    return s.unsettled().map((e) => `${e.target} ${e.point}`);
+  };
+  // Ended, even with the end written before the announcement by the clocks.
+  assert.deepEqual(unsettled([ev(1, 'switching', 1, 'a'), ev(2, 'ok', 1, 'a')]), []);
+  assert.deepEqual(unsettled([ev(2, 'ok', 1, 'a'), ev(3, 'switching', 1, 'a')]), []);
+  // Killed: its end never came; another target's switches change nothing; a later switch of the target settles it.
+  assert.deepEqual(unsettled([ev(1, 'switching', 1, 'a'), ev(2, 'ok', 7, 'x', 'eu')]), ['prod a']);
+  assert.deepEqual(unsettled([ev(1, 'switching', 1, 'a'), ev(2, 'switching', 2, 'b'), ev(3, 'ok', 2, 'b')]), []);
+  // A later failover that failed before it switched (no generation) does not settle it.
+  assert.deepEqual(unsettled([ev(1, 'ok', 1, 'z'), ev(2, 'switching', 2, 'a'), ev(3, 'failed', undefined, 'b')]), ['prod a']);
+  // Made while the host's clock ran ahead, an older switch does not settle one made after it.
+  assert.deepEqual(unsettled([ev(1, 'switching', 3, 'a'), ev(50, 'ok', 2, 'z')]), ['prod a']);
+  // A target whose record of switches was lost counts again from 1: its newest announcement is unsettled.
+  assert.deepEqual(unsettled([ev(1, 'ok', 10, 'z'), ev(2, 'switching', 1, 'a')]), ['prod a']);
+  // Status lists a switch once: the announcement of one that ended is left out, not that of one killed.
+  const listed = withoutEndedAnnouncements([ev(1, 'switching', 1, 'a'), ev(2, 'ok', 1, 'a'), ev(3, 'switching', 2, 'b')]);
+  assert.deepEqual(listed.map((e) => `${e.point} ${e.outcome}`), ['a ok', 'b switching']);
 });

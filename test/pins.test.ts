@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { lifeboat } from './helpers/cli.js';
+import { lifeboat, runChild } from './helpers/cli.js';
 import { waitFor } from './helpers/processes.js';
 import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
 import { appendEvent } from '../src/core/journal.js';
@@ -310,4 +310,42 @@ test('a failover that kept the new slot linked because the old one is gone leave
   const elsewhere = await lifeboat(['--repo', repo, '--json', 'prune', '--keep-full', '1']);
   assert.equal(elsewhere.code, 0, elsewhere.stderr);
   assert.ok((await list(repo)).some((p) => p.id === ids[1]), 'the point prod serves is kept');
+});
+
+test('a failover killed (kill -9) after it switched the link, before it journalled its end: a prune elsewhere keeps the point the target now serves, and status lists the switch as not ended', async (t) => {
+  const { work, repo, ids } = await fourPoints(t);
+  const config = path.join(work, 'lifeboat.yaml');
+  // Killed by the system at the worst moment: the link has moved, nothing after it has run.
+  await fsp.writeFile(config, `repository: ${repo}\ntargets:\n  prod:\n    slots: ./slots\n    active: ./current\n    activate: 'test ! -e kill || kill -9 $PPID'\n`);
+  const env = { LIFEBOAT_CONFIG: config };
+  assert.equal((await lifeboat(['failover', ids[3]!, '--to', 'prod'], { cwd: work, env })).code, 0);
+  await fsp.writeFile(path.join(work, 'kill'), '');
+  const killed = await runChild(['failover', ids[1]!, '--to', 'prod'], { cwd: work, env });
+  assert.notEqual(killed.code, 0, killed.stderr);
+  await fsp.rm(path.join(work, 'kill'));
+  assert.equal(path.basename(await fsp.readlink(path.join(work, 'current'))), ids[1], 'the link had moved');
+
+  // Another host, with no targets configured, prunes to the newest full's chain: the old chain is what prod serves now.
+  const dry = await lifeboat(['--repo', repo, '--json', 'prune', '--keep-full', '1', '--dry-run']);
+  assert.equal(dry.code, 0, dry.stderr);
+  const reasons = (id: string) => (dry.json().keep as { id: string; reasons: string[] }[]).find((k) => k.id === id)?.reasons.join('; ') ?? '';
+  assert.match(reasons(ids[1]!), /switched to by a failover of target prod that has not said how it ended/);
+  assert.match(reasons(ids[3]!), /served before a failover of target prod/);
+  const elsewhere = await lifeboat(['--repo', repo, '--json', 'prune', '--keep-full', '1']);
+  assert.equal(elsewhere.code, 0, elsewhere.stderr);
+  assert.deepEqual((await list(repo)).map((p) => p.id), ids, 'every point kept');
+
+  const st = await lifeboat(['status'], { cwd: work, env });
+  assert.equal(st.code, 0, st.stderr);
+  assert.match(st.stdout, new RegExp(`failover ${ids[1]} switching \\(.*\\): its end is not journalled: still running, or stopped \\(killed\\) before it could say how it ended`));
+  assert.doesNotMatch(st.stdout, new RegExp(`failover ${ids[3]} switching`), 'a switch that ended is listed once');
+
+  // The next switch settles it: the rollback's end says what prod serves, and which point a rollback goes to.
+  const back = await lifeboat(['rollback', '--to', 'prod'], { cwd: work, env });
+  assert.equal(back.code, 0, back.stderr);
+  const after = await lifeboat(['--repo', repo, '--json', 'prune', '--keep-full', '1', '--dry-run']);
+  assert.equal(after.code, 0, after.stderr);
+  const now = (after.json().keep as { id: string; reasons: string[] }[]).find((k) => k.id === ids[1])?.reasons.join('; ') ?? '';
+  assert.match(now, /previous slot of target prod/);
+  assert.doesNotMatch(now, /has not said how it ended/);
 });

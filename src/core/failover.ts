@@ -7,7 +7,7 @@ import { putStateBack, refuseEmptyCopies, stateToPutBack, type EmptyCopies } fro
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
 import type { Reporter } from './events.js';
 import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } from './health.js';
-import { appendEvent, inSwitchOrder, readEvents, type JournalEvent } from './journal.js';
+import { appendEvent, inSwitchOrder, readEvents, withoutEndedAnnouncements, type JournalEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
 import { NotEnoughSpace, removeOtherStaging } from './restore-target.js';
@@ -80,6 +80,8 @@ interface Run {
   generation?: number;
   /** The switch is being switched back: once that is journalled, the record no longer holds it as announced. */
   switchingBack?: boolean;
+  /** The switch announced: the slot served and the one switched to. */
+  move?: { from: string | null; to: string };
 }
 
 function note(run: Run, code: string, message: string, level: 'info' | 'warning' = 'info'): void {
@@ -214,6 +216,11 @@ async function transition(
   kind: 'failover' | 'rollback',
 ): Promise<Pick<SwitchResult, 'ok' | 'health' | 'reason' | 'switchedBack' | 'previousHealthy' | 'previousDetail' | 'previousUnchecked' | 'rtoMs' | 'interrupted' | 'previousMissing'>> {
   const fromPoint = slotPoint(run.spec.slots, from) ?? null;
+  // Written down before anything is drained: in the target's record, and in the journal, which a prune on
+  // another host reads. Killed once the link moved, before the end is journalled, the point now served is kept.
+  run.generation = await announceSwitch(run.spec.slots, run.spec.active, switchRecord(run, from, to, kind));
+  run.move = { from, to };
+  await announceInJournal(run, repo, kind, point);
   if (from) {
     try {
       await hook(run, 'deactivate', from, fromPoint);
@@ -224,7 +231,6 @@ async function transition(
     }
   }
   for (const name of await removeLeftLinks(run.spec.active)) note(run, 'link-leftover-removed', `removed ${name}, a new link left by a switch that was stopped before it could rename it over ${run.spec.active}`);
-  run.generation = await announceSwitch(run.spec.slots, run.spec.active, switchRecord(run, from, to, kind));
   await switchActive(run.spec.active, to);
   run.linkMoved = true;
   note(run, 'switched', `${run.spec.active} → ${to}`);
@@ -423,6 +429,9 @@ async function journalError(run: Run, repo: MaybeRepository, type: string, point
   // Stopped while it switched back, it has said what it left: no later run is to finish it.
   if (run.switchingBack) await settlePending(run.spec.slots);
   if ('unreadable' in repo) return;
+  const { move } = run;
+  // Stopped once the new slot was linked (interrupted, or the switch could not be recorded): the target serves it, and a prune elsewhere must keep it.
+  const switched = move !== undefined && run.linkMoved === true && (await readActive(run.spec.active).catch(() => null)) === move.to;
   await appendEvent(repo.storage, {
     type,
     point,
@@ -431,11 +440,30 @@ async function journalError(run: Run, repo: MaybeRepository, type: string, point
     durationMs: Date.now() - run.started,
     detail: {
       reason: errorMessage(err),
-      // Stopped once the new slot was linked, and recorded so: the target serves it, and a prune elsewhere must keep it.
-      ...(err instanceof InterruptedAfterSwitch ? { slot: err.result.slot, from: err.result.from.path, fromPoint: err.result.from.point, switched: true } : {}),
-      ...(err instanceof InterruptedAfterSwitch && run.generation !== undefined ? { generation: run.generation } : {}),
+      // Once announced, the end of the switch, which settles the announcement (see SwitchSettling).
+      ...(move ? { slot: move.to, from: move.from, fromPoint: slotPoint(run.spec.slots, move.from) ?? null, switched } : {}),
+      ...(run.generation !== undefined ? { generation: run.generation } : {}),
     },
   }).catch(() => undefined);
+}
+
+/**
+ * Writes in the journal that the target is about to switch to `point` (outcome `switching`), before the link
+ * moves: a prune on another host reads the journal, not the target's record, and keeps both points until the
+ * switch's end is journalled. A journal that cannot take it is a warning: the switch goes on.
+ */
+async function announceInJournal(run: Run, repo: MaybeRepository, kind: 'failover' | 'rollback', point: string | null): Promise<void> {
+  const { move } = run;
+  if (!move || 'unreadable' in repo) return;
+  await appendEvent(repo.storage, {
+    type: kind,
+    point,
+    target: run.spec.name,
+    outcome: 'switching',
+    detail: { slot: move.to, from: move.from, fromPoint: slotPoint(run.spec.slots, move.from) ?? null, ...(run.generation !== undefined ? { generation: run.generation } : {}) },
+  }).catch((err: unknown) => {
+    note(run, 'journal-failed', `could not record in the journal that ${run.spec.name} is switching to ${point ?? move.to}: ${errorMessage(err)}; a prune on another host does not know of it until the switch ends`, 'warning');
+  });
 }
 
 /** What a switch stopped while it was switched back left undone, said for `status` and for the error of the run that finishes it. */
@@ -828,7 +856,7 @@ export async function status(
           ages.set(deploymentOf(m), newest.ageMs);
         }
       }
-      events = inSwitchOrder(await readEvents(readable.storage, 200));
+      events = withoutEndedAnnouncements(inSwitchOrder(await readEvents(readable.storage, 200)));
     } catch (err) {
       if (err instanceof InterruptedError) throw err;
       unreadable = err;

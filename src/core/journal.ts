@@ -14,7 +14,8 @@ export const journalEventSchema = z.object({
   host: z.string(),
   point: z.string().nullable(),
   target: z.string().nullable().optional(),
-  outcome: z.enum(['ok', 'failed', 'rolled-back']),
+  /** `switching`: a failover or rollback about to move its target's link, written before it does (see SwitchSettling). */
+  outcome: z.enum(['ok', 'failed', 'rolled-back', 'switching']),
   durationMs: z.number().int().min(0).optional(),
   /** Type-specific figures (achieved RTO, slot, …); never secrets. */
   detail: z.record(z.string(), z.unknown()).optional(),
@@ -99,6 +100,69 @@ export function inSwitchOrder(events: readonly JournalEvent[]): JournalEvent[] {
     at.forEach((i, n) => (out[i] = ordered[n]!));
   }
   return out;
+}
+
+const SWITCHES = new Set(['failover', 'rollback']);
+
+/** Whether a journal event is a failover or rollback of a target (an announcement of one included). */
+export function isSwitch(e: JournalEvent): boolean {
+  return SWITCHES.has(e.type) && typeof e.target === 'string';
+}
+
+/**
+ * Which announced switches are not settled. A failover or rollback writes an entry (outcome `switching`,
+ * `point` the point switched to, `detail.fromPoint` the one served) before it moves the link, and another
+ * when it is done, of the same generation. Killed in between, only the announcement says that the target
+ * may serve the new point now: it stays unsettled until its own end (found whatever the clocks said) or
+ * an entry of a later switch of the target is written. For a target whose count started
+ * again (its record of switches lost), or switches recorded without one, an announcement newer than every
+ * other switch of the target is unsettled too. Fed the journal newest first.
+ */
+export class SwitchSettling {
+  private readonly settledGeneration = new Map<string, number>();
+  private readonly settledSeen = new Set<string>();
+  private readonly announced: { event: JournalEvent; newest: boolean }[] = [];
+  private readonly ended = new Set<string>();
+
+  see(e: JournalEvent): void {
+    if (!isSwitch(e)) return;
+    const target = e.target!;
+    if (e.outcome === 'switching') {
+      this.announced.push({ event: e, newest: !this.settledSeen.has(target) });
+      return;
+    }
+    this.settledSeen.add(target);
+    const g = switchGeneration(e);
+    if (g === undefined) return;
+    this.ended.add(switchKey(e));
+    this.settledGeneration.set(target, Math.max(g, this.settledGeneration.get(target) ?? 0));
+  }
+
+  /** The announcements no later entry settles, newest first. */
+  unsettled(): JournalEvent[] {
+    return this.announced
+      .filter(({ event, newest }) => {
+        const g = switchGeneration(event);
+        if (g !== undefined && this.ended.has(switchKey(event))) return false;
+        return newest || (g !== undefined && g > (this.settledGeneration.get(event.target!) ?? 0));
+      })
+      .map(({ event }) => event);
+  }
+}
+
+/**
+ * `events` without the announcements of switches whose own end (an entry of their target, generation, slot
+ * and slot served before) is among them: each switch is listed once. One whose end never came (killed, or
+ * still running) stays. Matched whatever the order, which is that of the clocks.
+ */
+export function withoutEndedAnnouncements(events: readonly JournalEvent[]): JournalEvent[] {
+  const ended = new Set(events.filter((e) => isSwitch(e) && e.outcome !== 'switching').map(switchKey));
+  return events.filter((e) => e.outcome !== 'switching' || !ended.has(switchKey(e)));
+}
+
+/** What an announced switch and the entry of its end have in common. */
+function switchKey(e: JournalEvent): string {
+  return JSON.stringify([e.target, switchGeneration(e) ?? null, e.detail?.slot ?? null, e.detail?.from ?? null]);
 }
 
 /** Journal entries held at once when the whole journal is read. */

@@ -5,7 +5,7 @@ import { decodeDocument, encodeDocument } from '../format/document.js';
 import { POINT_ID } from '../format/ids.js';
 import { keys } from '../format/manifest.js';
 import { isNotFound, type Storage } from '../storage/storage.js';
-import { appendEvent, eventsNewestFirst, switchGeneration, type JournalEvent } from './journal.js';
+import { SwitchSettling, appendEvent, eventsNewestFirst, isSwitch, switchGeneration, type JournalEvent } from './journal.js';
 import { runPool } from './pool.js';
 import { describeLock, readLock } from './lock.js';
 import type { Repository } from './repository.js';
@@ -123,11 +123,9 @@ export async function readPins(storage: Storage): Promise<Map<string, Pin>> {
   return out;
 }
 
-const SWITCHES = new Set(['failover', 'rollback']);
-
 /** Whether a journal event is a switch that left its target serving its point: one that succeeded, or failed with the new slot kept linked. */
 function leftServing(e: JournalEvent): boolean {
-  return SWITCHES.has(e.type) && e.target !== undefined && e.target !== null && (e.outcome === 'ok' || e.detail?.switched === true);
+  return isSwitch(e) && (e.outcome === 'ok' || e.detail?.switched === true);
 }
 
 /**
@@ -139,12 +137,16 @@ function leftServing(e: JournalEvent): boolean {
  * Newest is by the switch's generation, which the target's host counts: the journal's order is that of
  * the hosts' clocks, and a switch made while its host's clock ran ahead would otherwise pass for the last.
  * The newest by time is kept too, for switches recorded without a generation, and for a target whose
- * record of switches was lost (its count started again).
+ * record of switches was lost (its count started again). A switch announced and not settled since (see
+ * SwitchSettling: killed after it moved the link, before it could say so, or running now) may have left
+ * its target serving either point: both are kept.
  */
 async function journalSlots(storage: Storage, out: Map<string, string>): Promise<void> {
   const newest = new Map<string, JournalEvent>();
   const last = new Map<string, { generation: number; events: JournalEvent[] }>();
+  const settling = new SwitchSettling();
   for await (const e of eventsNewestFirst(storage)) {
+    settling.see(e);
     if (!leftServing(e)) continue;
     const target = e.target!;
     if (!newest.has(target)) newest.set(target, e);
@@ -158,6 +160,12 @@ async function journalSlots(storage: Storage, out: Map<string, string>): Promise
     if (e.point) addReason(out, e.point, `active slot of target ${e.target} (${e.type} ${e.at})`);
     const from = e.detail?.fromPoint;
     if (typeof from === 'string' && POINT_ID.test(from)) addReason(out, from, `previous slot of target ${e.target} (rollback goes there)`);
+  }
+  for (const e of settling.unsettled()) {
+    const unfinished = `a ${e.type} of target ${e.target} that has not said how it ended (${e.at}): running, or stopped after it announced the switch`;
+    if (e.point) addReason(out, e.point, `switched to by ${unfinished}`);
+    const from = e.detail?.fromPoint;
+    if (typeof from === 'string' && POINT_ID.test(from)) addReason(out, from, `served before ${unfinished}`);
   }
 }
 

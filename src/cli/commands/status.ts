@@ -20,7 +20,13 @@ interface StatusFlags {
 
 function describeEvent(e: JournalEvent): string {
   const rto = typeof e.detail?.rtoMs === 'number' ? `, RTO ${formatDuration(e.detail.rtoMs)}` : '';
-  const reason = typeof e.detail?.reason === 'string' ? `: ${escapeUnprintable(e.detail.reason)}` : '';
+  // A switch announced whose end is not journalled: one running now, or one stopped (killed) before it could say how it ended.
+  const reason =
+    e.outcome === 'switching'
+      ? ': its end is not journalled: still running, or stopped (killed) before it could say how it ended'
+      : typeof e.detail?.reason === 'string'
+        ? `: ${escapeUnprintable(e.detail.reason)}`
+        : '';
   // A switch to a directory outside the slots (a link moved by hand) has no point: the directory is named instead.
   const what = e.point ?? (typeof e.detail?.slot === 'string' ? quoteName(e.detail.slot) : '');
   // A prune names no point: no gap is left for one.
