@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
-import { lifeboat, runChild } from './helpers/cli.js';
+import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
 import { exists } from './helpers/repo.js';
 import { inNamespace, unshare } from './helpers/namespace.js';
 import { tempDir } from './helpers/tree.js';
@@ -690,6 +690,55 @@ test('a failover or rollback stopped before the switch by a pre-activation check
   const r = await lifeboat(['rollback'], { cwd: work });
   assert.equal(r.code, 1, r.stderr);
   assert.match(r.stderr, new RegExp(`putting back the serving state of ${second}, which prod still serves`));
+  assert.equal(await fsp.readFile(path.join(work, 'state.live'), 'utf8'), `${second}\n`, 'the state of the point served (rollback)');
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a failover or rollback interrupted (Ctrl-C) before the switch, once the new point\'s serving state went back, puts back the state of the point still served; a second Ctrl-C stops at once, saying what is left to do', async () => {
+  const { work, first, second } = await servingFirst(
+    // The serving state says which point it is; putting back the point named in `slow-back` takes its time (and, stopped, writes nothing).
+    'cat > /dev/null; if test "$LIFEBOAT_POINT" = "$(cat slow-back 2>/dev/null)"; then echo > putting-back; sleep 10; exit 1; fi; echo "$LIFEBOAT_POINT" > state.live',
+    "{ slots: ./slots, active: ./current, deactivate: 'test ! -e slow || { echo > draining; sleep 30; }' }",
+  );
+  const exists = (name: string) => async () => fsp.access(path.join(work, name)).then(() => true, () => false);
+  const interrupted = async (args: string[], times: number, waits: string[]) => {
+    await Promise.all(['draining', 'putting-back'].map((n) => fsp.rm(path.join(work, n), { force: true })));
+    const child = spawnLifeboat(args, { cwd: work });
+    let stderr = '';
+    child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    for (let i = 0; i < times; i++) {
+      assert.ok(await waitFor(exists(waits[i]!), 20_000), `${waits[i]} (${stderr})`);
+      child.kill('SIGINT');
+    }
+    return { code: await exited, stderr };
+  };
+  await fsp.writeFile(path.join(work, 'slow'), '');
+  const once = await interrupted(['failover', second], 1, ['draining']);
+  assert.equal(once.code, 130, once.stderr);
+  assert.match(once.stderr, new RegExp(`putting back the serving state of ${first}, which prod still serves`));
+  assert.match(once.stderr, new RegExp(`interrupted before the switch: prod still serves ${first}, and its serving state was put back; nothing was switched`));
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first));
+  assert.equal(await fsp.readFile(path.join(work, 'state.live'), 'utf8'), `${first}\n`, 'the state of the point served');
+
+  // Interrupted again while that state goes back: it stops at once, and says what is left to do.
+  await fsp.writeFile(path.join(work, 'slow-back'), first);
+  const twice = await interrupted(['failover', second], 2, ['draining', 'putting-back']);
+  assert.equal(twice.code, 130, twice.stderr);
+  assert.match(twice.stderr, new RegExp(`SIGINT again, stopping at once: the serving state is that of ${second} while prod serves ${first}; lifeboat failover ${first} --to prod --state puts it back`));
+  assert.equal(await fsp.readFile(path.join(work, 'state.live'), 'utf8'), `${second}\n`);
+  await fsp.rm(path.join(work, 'slow-back'));
+  await fsp.rm(path.join(work, 'slow'));
+  const fixed = await lifeboat(['failover', first, '--state'], { cwd: work });
+  assert.equal(fixed.code, 0, fixed.stderr);
+  assert.equal(await fsp.readFile(path.join(work, 'state.live'), 'utf8'), `${first}\n`);
+
+  // A rollback the same.
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
+  await fsp.writeFile(path.join(work, 'slow'), '');
+  const back = await interrupted(['rollback'], 1, ['draining']);
+  assert.equal(back.code, 130, back.stderr);
+  assert.match(back.stderr, new RegExp(`interrupted before the switch: prod still serves ${second}, and its serving state was put back; nothing was switched`));
   assert.equal(await fsp.readFile(path.join(work, 'state.live'), 'utf8'), `${second}\n`, 'the state of the point served (rollback)');
   await fsp.rm(work, { recursive: true, force: true });
 });

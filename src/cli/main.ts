@@ -6,6 +6,7 @@ import { ExitCode, LifeboatError, UsageError, asLimitReached, errorMessage, fail
 import type { CliContext, GlobalOptions } from './context.js';
 import { documentText, failureDocument, jsonLogLine, paint } from './output.js';
 import { escapeUnprintable } from './format.js';
+import { leftUndoneNow } from '../left-undone.js';
 import { registerInit } from './commands/init.js';
 import { registerBackup } from './commands/backup.js';
 import { registerList } from './commands/list.js';
@@ -311,7 +312,8 @@ export async function main(argv: string[]): Promise<void> {
   const onSignal = (name: string) => {
     signals++;
     if (signals > 1) {
-      say('error', `${name} again, stopping at once`);
+      const left = leftUndoneNow();
+      say('error', `${name} again, stopping at once${left ? `: ${left}` : ''}`);
       process.exit(ExitCode.interrupted);
     }
     say('warning', `${name} received, stopping cleanly…`);

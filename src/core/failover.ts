@@ -15,6 +15,7 @@ import { validateDirectory } from '../model/validate.js';
 import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, settlePending, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
 import type { TargetSpec } from './targets.js';
 import { removeTree } from '../format/remove-tree.js';
+import { whileLeftUndone } from '../left-undone.js';
 
 export interface SwitchOptions {
   signal?: AbortSignal;
@@ -131,15 +132,18 @@ async function health(run: Run, slot: string | null, point: string | null): Prom
   });
 }
 
-/** Feeds each command source's captured state to its restore command, and copies SQLite sources back where asked. */
-async function applyState(run: Run, manifest: Manifest, slot: string): Promise<void> {
+/**
+ * Feeds each command source's captured state to its restore command, and copies SQLite sources back where asked.
+ * An interrupt stops it, unless `unstoppable` (it puts back the state of what is served after one).
+ */
+async function applyState(run: Run, manifest: Manifest, slot: string, unstoppable = false): Promise<void> {
   if (run.options.applyState === false) return;
   const done: { name: string; keptAs?: string }[] = [];
   await putStateBack(manifest, slot, {
     cwd: run.spec.cwd,
     env: hookEnv(run, slot, manifest.id),
     timeouts: run.spec.stateTimeouts,
-    signal: run.options.signal,
+    signal: unstoppable ? undefined : run.options.signal,
     note: (code, message) => note(run, code, message),
     putBack: (name, keptAs) => done.push({ name, keptAs }),
     emptyCopies: emptyCopies(run),
@@ -353,9 +357,12 @@ export class InterruptedAfterSwitch extends InterruptedError {
  * failed" or a checksum mismatch alone leaves the operator to find out whether the target was touched. After
  * the switch, the error already says what is served; a refused command line (exit 2) changed nothing to begin with.
  */
-function beforeTheSwitch(err: unknown, run: Run, what: string, served: string, again: string): unknown {
+function beforeTheSwitch(err: unknown, run: Run, what: string, served: string, again: string, stateBack?: boolean): unknown {
   if (err instanceof InterruptedAfterSwitch || run.linkMoved) return err;
-  if (err instanceof InterruptedError) return new InterruptedError(`interrupted before the switch: ${run.spec.name} still serves ${served}; nothing was switched`, { hint: again });
+  if (err instanceof InterruptedError) {
+    const state = stateBack === undefined ? '' : stateBack ? `, and its serving state was put back` : `, but its serving state could not be put back (see the warning above)`;
+    return new InterruptedError(`interrupted before the switch: ${run.spec.name} still serves ${served}${state}; nothing was switched`, { hint: again });
+  }
   // Refused credentials are no refused command line: they come part-way (temporary ones that ran out), and the operator needs to know what is served.
   if ((err instanceof UsageError && !(err instanceof CredentialsRefusedError)) || !(err instanceof Error)) return err;
   // The same error, its class, exit code, hint and damaged volume kept: only what it says grows.
@@ -523,15 +530,25 @@ async function finishSwitchBack(run: Run, repo: MaybeRepository): Promise<void> 
 
 /**
  * Puts back the serving state of the point in `from`, still served, which a failover or rollback stopped
- * before the switch had replaced with that of `point`; a warning says when it cannot.
+ * before the switch had replaced with that of `point`; a warning says when it cannot. After an interrupt
+ * too, which does not stop it (a second one stops the process at once, which then says what is left to do).
+ * Returns whether it was put back.
  */
-async function servedStateBack(run: Run, repo: MaybeRepository, from: string, point: string | null): Promise<void> {
+async function servedStateBack(run: Run, repo: MaybeRepository, from: string, point: string | null, interrupted: boolean): Promise<boolean> {
   const fromPoint = slotPoint(run.spec.slots, from);
-  note(run, 'state-back', `putting back the serving state of ${fromPoint ?? from}, which ${run.spec.name} still serves`);
-  const putBack = fromPoint ? stateManifest(repo, run.spec.name, fromPoint).then((old) => applyState(run, old, from)) : Promise.reject(new Error(`${from} holds no point of the repository`));
-  await putBack.catch((err: unknown) => {
-    note(run, 'state-restore-failed', `the serving state of ${fromPoint ?? from} could not be put back (${errorMessage(err)}): the serving state is that of ${point ?? 'the point rolled back to'}`, 'warning');
-  });
+  const served = fromPoint ?? from;
+  const left = `the serving state is that of ${point ?? 'the point rolled back to'} while ${run.spec.name} serves ${served}${fromPoint ? `; lifeboat failover ${fromPoint} --to ${run.spec.name} --state puts it back` : ''}`;
+  note(run, 'state-back', `putting back the serving state of ${served}, which ${run.spec.name} still serves${interrupted ? ' (interrupt again to stop at once, leaving the other point\'s state live)' : ''}`);
+  const putBack = fromPoint
+    ? whileLeftUndone(left, () => stateManifest(repo, run.spec.name, fromPoint).then((old) => applyState(run, old, from, true)))
+    : Promise.reject(new Error(`${from} holds no point of the repository`));
+  return putBack.then(
+    () => true,
+    (err: unknown) => {
+      note(run, 'state-restore-failed', `the serving state of ${served} could not be put back (${errorMessage(err)}): ${left}`, 'warning');
+      return false;
+    },
+  );
 }
 
 /**
@@ -549,8 +566,8 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
   const unlock = await lockTarget(spec.slots, spec.name, `failover ${manifest.id}`);
   /** What the target served when the failover started, said when it is interrupted before the switch. */
   let served = 'nothing';
-  /** Once the new point's serving state went back: puts back that of the point still served, for a failover stopped before the switch. */
-  let putServedStateBack: (() => Promise<void>) | undefined;
+  /** Once the new point's serving state went back: puts back that of the point still served, for a failover stopped before the switch (interrupted or not). */
+  let putServedStateBack: ((interrupted: boolean) => Promise<boolean>) | undefined;
   try {
     await finishSwitchBack(run, repo);
     const from = await readActive(spec.active);
@@ -612,7 +629,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
 
     run.stateSources = stateToPutBack(manifest);
     await applyState(run, manifest, slot);
-    if (from && from !== slot && run.options.applyState !== false && run.stateSources.length > 0) putServedStateBack = () => servedStateBack(run, repo, from, manifest.id);
+    if (from && from !== slot && run.options.applyState !== false && run.stateSources.length > 0) putServedStateBack = (interrupted) => servedStateBack(run, repo, from, manifest.id, interrupted);
 
     if (from === slot) {
       // Already serving this point: the slot was checked; reload only if it had to be repaired.
@@ -631,7 +648,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
      * state of the point still served goes back too, or the target would serve it with another's state.
      */
     const notSwitched = async (): Promise<SwitchResult> => {
-      await putServedStateBack?.();
+      await putServedStateBack?.(false);
       return finish();
     };
 
@@ -658,10 +675,9 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     if (t.ok) result.pruned = [...madeRoom, ...(await pruneSlots(run, slot, from))];
     return finish();
   } catch (err) {
-    // An interrupt leaves the state as it is: putting it back would be stopped by the same signal.
-    if (!run.linkMoved && !(err instanceof InterruptedError)) await putServedStateBack?.();
+    const stateBack = run.linkMoved ? undefined : await putServedStateBack?.(err instanceof InterruptedError);
     await journalError(run, repo, 'failover', manifest.id, err);
-    throw beforeTheSwitch(err, run, `failover of ${spec.name} to ${manifest.id}`, served, `lifeboat failover ${manifest.id} --to ${spec.name} starts again, going on from what was restored`);
+    throw beforeTheSwitch(err, run, `failover of ${spec.name} to ${manifest.id}`, served, `lifeboat failover ${manifest.id} --to ${spec.name} starts again, going on from what was restored`, stateBack);
   } finally {
     await unlock();
   }
@@ -677,7 +693,7 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
   let to: string | null = null;
   let served = 'nothing';
   /** See failover. */
-  let putServedStateBack: (() => Promise<void>) | undefined;
+  let putServedStateBack: ((interrupted: boolean) => Promise<boolean>) | undefined;
   const unlock = await lockTarget(spec.slots, spec.name, 'rollback');
   try {
     await finishSwitchBack(run, repo);
@@ -733,7 +749,7 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
       if (manifest) {
         run.stateSources = stateToPutBack(manifest);
         await applyState(run, manifest, to);
-        if (from && run.stateSources.length > 0) putServedStateBack = () => servedStateBack(run, repo, from, point);
+        if (from && run.stateSources.length > 0) putServedStateBack = (interrupted) => servedStateBack(run, repo, from, point, interrupted);
       } else run.stateSources = [];
     }
     await settle(run, 'rollback', result, await transition(run, repo, from, to, point, 'rollback'));
@@ -741,9 +757,9 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
     await journal(run, repo, 'rollback', result);
     return result;
   } catch (err) {
-    if (!run.linkMoved && !(err instanceof InterruptedError)) await putServedStateBack?.();
+    const stateBack = run.linkMoved ? undefined : await putServedStateBack?.(err instanceof InterruptedError);
     await journalError(run, repo, 'rollback', slotPoint(spec.slots, to) ?? null, err);
-    throw beforeTheSwitch(err, run, `rollback of ${spec.name}${to ? ` to ${slotPoint(spec.slots, to) ?? to}` : ''}`, served, `lifeboat rollback --to ${spec.name} starts again`);
+    throw beforeTheSwitch(err, run, `rollback of ${spec.name}${to ? ` to ${slotPoint(spec.slots, to) ?? to}` : ''}`, served, `lifeboat rollback --to ${spec.name} starts again`, stateBack);
   } finally {
     await unlock();
   }
