@@ -635,6 +635,24 @@ test('the next switch removes the new links that switches killed before renaming
   await fsp.rm(work, { recursive: true, force: true });
 });
 
+test('a rollback removes from the slot it switches to the copies that restores killed while copying a file across file systems left there, but not those of a process that runs', async () => {
+  const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
+  const gone = spawn(process.execPath, ['-e', '']);
+  await once(gone, 'exit');
+  const models = path.join(work, 'slots', first, 'models');
+  const left = path.join(models, `.w.bin.lifeboat-${gone.pid}-0badf00d`);
+  await fsp.writeFile(left, 'weig');
+  const running = `.w.bin.lifeboat-${process.pid}-0123abcd`;
+  await fsp.writeFile(path.join(models, running), 'we');
+  const r = await lifeboat(['rollback'], { cwd: work });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, new RegExp(`removed ${left.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}, a copy left by a restore that was stopped`));
+  assert.deepEqual((await fsp.readdir(models)).sort(), [running, 'w.bin']);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
 test('a failover killed (kill -9) after switching back from an unhealthy slot, before it put back the old serving state: status says so, and the next failover puts it back and journals the failover', async () => {
   const { work, first, second } = await servingFirst(
     // The serving state says which point it is; killed by the system as it is put back for the point in `kill`.

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { once } from 'node:events';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { lifeboat, runChild } from './helpers/cli.js';
@@ -140,4 +141,36 @@ test('a --delta over a target where a source is a file or a link to a directory 
     assert.equal(compareSnapshots(expected, await snapshotTree(target)), undefined);
   }
   assert.deepEqual(await fsp.readdir(elsewhere), []);
+});
+
+test('a --delta removes the copies that restores killed while they copied a file across file systems left beside its place, even where the excludes keep hidden files, but not those of a process that runs', async () => {
+  const work = await tempDir();
+  const models = path.join(work, 'models');
+  await fsp.mkdir(path.join(models, 'tok'), { recursive: true });
+  await fsp.writeFile(path.join(models, 'tok', 'tokenizer.json'), '{"vocab": {"a": 0}}\n');
+  await fsp.writeFile(path.join(models, 'config.json'), '{"layers": 2}\n');
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  // Hidden files are left out of the backup, and so kept by a --delta.
+  assert.equal((await lifeboat(['--repo', repo, 'backup', models, '--exclude', '.*'])).code, 0);
+  const target = path.join(work, 'target');
+  assert.equal((await lifeboat(['--repo', repo, 'restore', 'latest', '--target', target])).code, 0);
+  const gone = spawn(process.execPath, ['-e', '']);
+  await once(gone, 'exit');
+  const tok = path.join(target, 'models', 'tok');
+  const plant = async () => {
+    // Killed while copying tokenizer.json into place: its copy is left beside it.
+    await fsp.writeFile(path.join(tok, `.tokenizer.json.lifeboat-${gone.pid}-0badf00d`), '{"vocab"');
+    // One being made by a restore that runs now (this process stands for it) is its own.
+    await fsp.writeFile(path.join(tok, `.tokenizer.json.lifeboat-${process.pid}-0123abcd`), '{"voc');
+    await fsp.writeFile(path.join(tok, '.keep'), 'an operator\'s note');
+  };
+  await plant();
+  for (const args of [[], ['--include', 'models/tok/**']]) {
+    const r = await lifeboat(['--repo', repo, '--json', 'restore', 'latest', '--target', target, '--delta', ...args]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual((await fsp.readdir(tok)).sort(), ['.keep', `.tokenizer.json.lifeboat-${process.pid}-0123abcd`, 'tokenizer.json'], `${args.join(' ')}`);
+    await plant();
+  }
+  await fsp.rm(work, { recursive: true, force: true });
 });

@@ -10,7 +10,7 @@ import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } 
 import { appendEvent, inSwitchOrder, readEvents, withoutEndedAnnouncements, type JournalEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
-import { NotEnoughSpace, removeOtherStaging } from './restore-target.js';
+import { NotEnoughSpace, removeLeftCopies, removeOtherStaging } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
 import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, settlePending, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
 import type { TargetSpec } from './targets.js';
@@ -716,6 +716,7 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
     }
     if (to === from) throw new UsageError(`target ${spec.name} already serves ${to}`);
     await checkActiveLinkWritable(spec.active, spec.name);
+    for (const p of await removeLeftCopies(to)) note(run, 'copy-leftover-removed', `removed ${p}, a copy left by a restore that was stopped while it copied a file into place`);
     const point = slotPoint(spec.slots, to) ?? null;
     // Undoing a switch that left the serving state alone (--no-state) leaves it alone too, unless told otherwise:
     // the live state was kept for a reason, and the point's copy would replace what was written since.

@@ -358,7 +358,8 @@ export async function moveIntoMountPoint(staging: string, target: string, replac
 /**
  * Renames a verified file into place; where the place is on another file
  * system (a source directory that is itself a mount point), copies it beside
- * its place, syncs the copy and renames that instead.
+ * its place (`.<file>.lifeboat-<pid>-<random>`), syncs the copy and renames
+ * that instead. A copy left by a process killed meanwhile is found by leftCopy.
  */
 export async function moveFile(from: string, to: string): Promise<'renamed' | 'copied'> {
   try {
@@ -367,7 +368,7 @@ export async function moveFile(from: string, to: string): Promise<'renamed' | 'c
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
   }
-  const beside = path.join(path.dirname(to), `.${path.basename(to)}.lifeboat-${randomBytes(4).toString('hex')}`);
+  const beside = path.join(path.dirname(to), `.${path.basename(to)}.lifeboat-${process.pid}-${randomBytes(4).toString('hex')}`);
   try {
     await fsp.copyFile(from, beside, fsConstants.COPYFILE_EXCL);
     await syncPath(beside);
@@ -378,6 +379,41 @@ export async function moveFile(from: string, to: string): Promise<'renamed' | 'c
   }
   await fsp.rm(from);
   return 'copied';
+}
+
+/** The pid in the name of a copy moveFile makes beside a file's place. */
+const COPY_NAME = /^\..+\.lifeboat-([1-9][0-9]*)-[0-9a-f]{8}$/;
+
+/**
+ * Whether `name` in `dir` is a copy moveFile made: `left` when the process that made it is gone (killed
+ * while it copied), `running` when it may still run (never to be removed); undefined for anything else.
+ */
+export async function leftCopy(dir: string, name: string): Promise<'left' | 'running' | undefined> {
+  const pid = COPY_NAME.exec(name)?.[1];
+  if (pid === undefined) return undefined;
+  const st = await fsp.lstat(path.join(dir, name)).catch(() => undefined);
+  if (!st?.isFile()) return undefined;
+  // Its time is when it was written: a process given the pid since is not its maker.
+  return ownerRuns(Number(pid), st.mtimeMs) ? 'running' : 'left';
+}
+
+/**
+ * Removes the copies (see leftCopy) whose process is gone anywhere under `root`, links not followed;
+ * returns their paths. A slot switched to without being restored again is cleaned so.
+ */
+export async function removeLeftCopies(root: string): Promise<string[]> {
+  const removed: string[] = [];
+  const walk = async (dir: string): Promise<void> => {
+    for (const d of await fsp.readdir(dir, { withFileTypes: true }).catch(() => [])) {
+      if (d.isDirectory()) await walk(path.join(dir, d.name));
+      else if (d.isFile() && (await leftCopy(dir, d.name)) === 'left') {
+        await fsp.rm(path.join(dir, d.name), { force: true });
+        removed.push(path.join(dir, d.name));
+      }
+    }
+  };
+  await walk(root);
+  return removed;
 }
 
 /**

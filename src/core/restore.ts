@@ -25,6 +25,7 @@ import {
   asRestoreFailure,
   checkFreeSpace,
   inspectTarget,
+  leftCopy,
   lockRestoreTarget,
   moveFile,
   moveIntoMountPoint,
@@ -1186,7 +1187,10 @@ async function extrasInTarget(plan: RestorePlan, target: string, layout: DeltaLa
     const root = sourceDir(plan, target, s.name);
     if (await fsp.lstat(root).then((st) => !st.isDirectory(), () => false)) notDirectories.push(root);
   }
-  if (layout.include.length > 0) return { extras: await refuseMountedExtras(target, [...notDirectories, ...(await inTheWayOfChosen(plan, target, layout.keep))]), kept: 0 };
+  if (layout.include.length > 0) {
+    const inTheWay = [...notDirectories, ...(await inTheWayOfChosen(plan, target, layout.keep)), ...(await copiesLeftBeside(plan, target))];
+    return { extras: await refuseMountedExtras(target, inTheWay), kept: 0 };
+  }
   const wanted = new Map(plan.entries.map((e) => [path.join(e.source, ...e.path.split('/')), e]));
   const keep = new Set([...(layout.staging ? [layout.staging] : []), ...(layout.mountPoint ? [path.join(target, LOST_AND_FOUND)] : []), ...layout.keep]);
   const found = { extras: notDirectories, kept: 0 };
@@ -1198,6 +1202,23 @@ async function extrasInTarget(plan: RestorePlan, target: string, layout: DeltaLa
   }
   await refuseMountedExtras(target, found.extras);
   return found;
+}
+
+/**
+ * With --include, the copies that restores killed while they copied a file across file systems left in
+ * the directories of the files chosen (their process gone).
+ */
+async function copiesLeftBeside(plan: RestorePlan, target: string): Promise<string[]> {
+  const files = plan.entries.filter((e) => e.type === 'file').map((e) => pathIn(plan, target, e));
+  const chosen = new Set(files);
+  const left: string[] = [];
+  for (const dir of new Set(files.map((f) => path.dirname(f)))) {
+    for (const name of await fsp.readdir(dir).catch(() => [] as string[])) {
+      const p = path.join(dir, name);
+      if (!chosen.has(p) && (await leftCopy(dir, name)) === 'left') left.push(p);
+    }
+  }
+  return left;
 }
 
 /**
@@ -1276,6 +1297,13 @@ async function extrasIn(
     const abs = path.join(dir, d.name);
     if (keep.has(abs)) continue;
     const want = wanted.get(relPath);
+    const copy = want || !d.isFile() ? undefined : await leftCopy(dir, d.name);
+    // A copy a restore killed while it copied a file across file systems left goes, whatever the excludes say; one being made is left alone.
+    if (copy === 'running') continue;
+    if (copy === 'left') {
+      found.extras.push(abs);
+      continue;
+    }
     const kind = d.isDirectory() ? 'dir' : d.isSymbolicLink() ? 'symlink' : d.isFile() ? 'file' : 'other';
     // Where the point has something, it wins; what it lacks because its backup left it out stays.
     if (!want && spared && (kind === 'other' || spared(relInSource, kind === 'dir'))) found.kept++;
