@@ -687,6 +687,35 @@ test('a failover killed (kill -9) after switching back from an unhealthy slot, b
   await fsp.rm(work, { recursive: true, force: true });
 });
 
+test('a failover killed (kill -9) before the switch, once its point\'s serving state went back: status says the target serves its point with the other\'s state, and the failover of the point served puts its state back', async () => {
+  const { work, first, second } = await servingFirst(
+    'cat > /dev/null; echo "$LIFEBOAT_POINT" > state.live',
+    // Killed by the system while the old slot is drained, before the link moves.
+    "{ slots: ./slots, active: ./current, deactivate: 'test ! -e kill || kill -9 $PPID' }",
+  );
+  await fsp.writeFile(path.join(work, 'kill'), '');
+  const killed = await runChild(['failover', second], { cwd: work });
+  assert.notEqual(killed.code, 0, killed.stderr);
+  await fsp.rm(path.join(work, 'kill'));
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first), 'the link has not moved');
+  assert.equal(await fsp.readFile(path.join(work, 'state.live'), 'utf8'), `${second}\n`, 'the serving state is the other point\'s');
+
+  const st = await lifeboat(['status'], { cwd: work });
+  assert.equal(st.code, 5, st.stderr);
+  assert.match(st.stderr, new RegExp(`the serving state is that of ${second}, put in place at \\S+ by a failover or rollback to it that was stopped before its switch, while prod serves ${first}`));
+  assert.match(st.stderr, new RegExp(`lifeboat failover ${first} --to prod puts back the serving state of ${first}`));
+
+  const again = await lifeboat(['failover', first], { cwd: work });
+  assert.equal(again.code, 0, again.stderr);
+  assert.equal(await fsp.readFile(path.join(work, 'state.live'), 'utf8'), `${first}\n`, 'the serving state is put back');
+  assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
+  // A failover that ends, or is stopped and puts the state back, leaves nothing said.
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
+  assert.equal(JSON.parse(await fsp.readFile(path.join(work, 'slots', '.lifeboat-target.json'), 'utf8')).stateOf, undefined);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
 test('a failover or rollback stopped before the switch by a pre-activation check or a deactivate hook that fails puts back the serving state of the point still served, which it had replaced with the new point\'s', async () => {
   const { work, first, second } = await servingFirst(
     'cat > /dev/null; echo "$LIFEBOAT_POINT" > state.live',
@@ -745,6 +774,9 @@ test('a failover or rollback interrupted (Ctrl-C) before the switch, once the ne
   assert.equal(twice.code, 130, twice.stderr);
   assert.match(twice.stderr, new RegExp(`SIGINT again, stopping at once: the serving state is that of ${second} while prod serves ${first}; lifeboat failover ${first} --to prod --state puts it back`));
   assert.equal(await fsp.readFile(path.join(work, 'state.live'), 'utf8'), `${second}\n`);
+  const st = await lifeboat(['status'], { cwd: work });
+  assert.equal(st.code, 5, st.stderr);
+  assert.match(st.stderr, new RegExp(`the serving state is that of ${second}, .* while prod serves ${first}`));
   await fsp.rm(path.join(work, 'slow-back'));
   await fsp.rm(path.join(work, 'slow'));
   const fixed = await lifeboat(['failover', first, '--state'], { cwd: work });

@@ -12,7 +12,7 @@ import type { Repository } from './repository.js';
 import { restore } from './restore.js';
 import { NotEnoughSpace, removeLeftCopies, removeOtherStaging } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
-import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, settlePending, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
+import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, markStateOf, settlePending, stateLeftBehind, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
 import type { TargetSpec } from './targets.js';
 import { removeTree } from '../format/remove-tree.js';
 import { whileLeftUndone } from '../left-undone.js';
@@ -529,6 +529,18 @@ async function finishSwitchBack(run: Run, repo: MaybeRepository): Promise<void> 
 }
 
 /**
+ * Puts the serving state of `point` in place (`put`) for a switch from `from` to `slot`, written down first in
+ * the target's record while another slot is served: a process killed before the switch (or the state of the
+ * point served back) leaves it said there, for status. Put in place for the slot served, it is said no more.
+ */
+async function stateInPlace(run: Run, point: string, slot: string, from: string | null, put: () => Promise<void>): Promise<void> {
+  const putting = run.options.applyState !== false;
+  if (putting && from !== slot && run.stateSources?.length !== 0) await markStateOf(run.spec.slots, { slot, point, at: new Date().toISOString() });
+  await put();
+  if (putting && from === slot) await markStateOf(run.spec.slots, undefined);
+}
+
+/**
  * Puts back the serving state of the point in `from`, still served, which a failover or rollback stopped
  * before the switch had replaced with that of `point`; a warning says when it cannot. After an interrupt
  * too, which does not stop it (a second one stops the process at once, which then says what is left to do).
@@ -543,7 +555,10 @@ async function servedStateBack(run: Run, repo: MaybeRepository, from: string, po
     ? whileLeftUndone(left, () => stateManifest(repo, run.spec.name, fromPoint).then((old) => applyState(run, old, from, true)))
     : Promise.reject(new Error(`${from} holds no point of the repository`));
   return putBack.then(
-    () => true,
+    async () => {
+      await markStateOf(run.spec.slots, undefined);
+      return true;
+    },
     (err: unknown) => {
       note(run, 'state-restore-failed', `the serving state of ${served} could not be put back (${errorMessage(err)}): ${left}`, 'warning');
       return false;
@@ -576,7 +591,8 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     await checkActiveLinkWritable(spec.active, spec.name);
     // Run again for the point already served (to repair its slot, or unsure whether the first run went through),
     // a failover must not put the backup's state over what the service has written since it was switched to.
-    if (from === slot && options.applyState === undefined && (await stateWentBackWith(spec.slots, slot))) {
+    // Unless a run stopped before its switch left another point's state in place: then it goes back.
+    if (from === slot && options.applyState === undefined && (await stateWentBackWith(spec.slots, slot)) && !(await stateLeftBehind(spec.slots, from))) {
       run.options = { ...options, applyState: false };
       note(run, 'state-left', `${spec.name} already serves ${manifest.id}, whose serving state was put back when it was switched to; the state is left as it is (--state puts it back again)`);
     }
@@ -628,7 +644,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     };
 
     run.stateSources = stateToPutBack(manifest);
-    await applyState(run, manifest, slot);
+    await stateInPlace(run, manifest.id, slot, from, () => applyState(run, manifest, slot));
     if (from && from !== slot && run.options.applyState !== false && run.stateSources.length > 0) putServedStateBack = (interrupted) => servedStateBack(run, repo, from, manifest.id, interrupted);
 
     if (from === slot) {
@@ -749,7 +765,7 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
       });
       if (manifest) {
         run.stateSources = stateToPutBack(manifest);
-        await applyState(run, manifest, to);
+        await stateInPlace(run, point, slot, from, () => applyState(run, manifest, slot));
         if (from && run.stateSources.length > 0) putServedStateBack = (interrupted) => servedStateBack(run, repo, from, point, interrupted);
       } else run.stateSources = [];
     }
@@ -924,10 +940,17 @@ export async function status(
       hint = `serve it again: lifeboat failover ${served ?? 'POINT'} --to ${spec.name}`;
     }
     // A switch stopped while it was switched back: the slot linked again serves with another point's state.
-    const back = error === undefined && !(await beingSwitched(spec.slots)) ? await unfinishedSwitchBack(spec.slots) : undefined;
+    const running = await beingSwitched(spec.slots);
+    const back = error === undefined && !running ? await unfinishedSwitchBack(spec.slots) : undefined;
     if (back?.state && slotPoint(spec.slots, back.from)) {
       error = `${leftUndone(spec, back)}: the serving state is that of ${slotPoint(spec.slots, back.to) ?? back.to}`;
       hint = `lifeboat failover ${slotPoint(spec.slots, back.from)} --to ${spec.name} puts it back, and records the ${back.kind} in the journal`;
+    }
+    // A switch stopped (killed, or by a second Ctrl-C) after it put its point's state in place, before the link moved.
+    const stateLeft = error === undefined && !running ? await stateLeftBehind(spec.slots, activePath) : undefined;
+    if (stateLeft) {
+      error = `the serving state is that of ${stateLeft.point}, put in place at ${stateLeft.at} by a failover or rollback to it that was stopped before its switch, while ${spec.name} serves ${point ?? activePath ?? 'nothing'}`;
+      hint = point ? `lifeboat failover ${point} --to ${spec.name} puts back the serving state of ${point}` : `lifeboat failover ${stateLeft.point} --to ${spec.name} serves the point whose state is in place`;
     }
     const h = spec.health && (spec.health.url || spec.health.command)
       ? await checkOnce(spec.health, Math.min(spec.health.timeoutMs ?? 5000, 5000), { cwd: spec.cwd, env: targetEnv(spec, activePath, point), signal: options.signal })

@@ -54,9 +54,16 @@ const targetStateSchema = z.object({
       back: z.object({ at: z.string(), reason: z.string(), state: z.boolean() }).optional(),
     })
     .optional(),
+  /**
+   * Written before a failover or rollback puts the serving state of the point in `slot` in place, ahead of
+   * the switch to it; taken out once the switch is recorded or the state of the point served went back. A
+   * process killed in between (or stopped by a second Ctrl-C) leaves it here: while the link names another
+   * slot, that slot is served with this point's state (see stateLeftBehind).
+   */
+  stateOf: z.object({ slot: z.string(), point: z.string(), at: z.string() }).optional(),
 });
 type TargetRecord = z.infer<typeof targetStateSchema>;
-export type TargetState = Omit<TargetRecord, 'pending'>;
+export type TargetState = Omit<TargetRecord, 'pending' | 'stateOf'>;
 
 /** The slot directory that holds a point. */
 export function slotPath(slots: string, point: string): string {
@@ -170,7 +177,7 @@ export async function readTargetState(slots: string, own?: Pick<SwitchRecord, 'f
   const record = await readRecord(slots);
   // Missing or damaged: start afresh; the link itself is the truth about what is active.
   if (!record) return { version: 1, previous: null, history: [] };
-  const { pending, ...state } = record;
+  const { pending, stateOf: _stateOf, ...state } = record;
   // A switch announced and switched back still had its generation written in the journal: the next one comes after it.
   if (pending?.generation !== undefined) state.generation = Math.max(state.generation ?? 0, pending.generation);
   if (pending && !(own && own.from === pending.from && own.to === pending.to)) {
@@ -192,7 +199,9 @@ export async function readTargetState(slots: string, own?: Pick<SwitchRecord, 'f
 export async function announceSwitch(slots: string, active: string, made: Omit<SwitchRecord, 'generation'>): Promise<number> {
   const state = await readTargetState(slots);
   const generation = (state.generation ?? 0) + 1;
-  await writeTargetState(slots, { ...state, pending: { ...made, generation, active: path.resolve(active) } }, false).catch(() => undefined);
+  // The state put in place for the switch stays said until the switch is recorded.
+  const stateOf = (await readRecord(slots))?.stateOf;
+  await writeTargetState(slots, { ...state, pending: { ...made, generation, active: path.resolve(active) }, ...(stateOf ? { stateOf } : {}) }, false).catch(() => undefined);
   return generation;
 }
 
@@ -231,6 +240,25 @@ export async function unfinishedSwitchBack(slots: string): Promise<UnfinishedSwi
 export async function settlePending(slots: string): Promise<void> {
   // Made, when the link names its slot after all (stopped before the link went back): then it is recorded as made.
   if ((await readRecord(slots))?.pending) await writeTargetState(slots, await readTargetState(slots)).catch(() => undefined);
+}
+
+/**
+ * Writes down that the serving state of `point` (in `slot`) is about to be put in place, or (undefined)
+ * that it no longer needs saying. Left out where the record cannot be written, or does not read (it is
+ * then reported as damaged, and must not be replaced by this).
+ */
+export async function markStateOf(slots: string, stateOf: TargetRecord['stateOf']): Promise<void> {
+  if (await targetStateDamage(slots)) return;
+  const record = (await readRecord(slots)) ?? { version: 1 as const, previous: null, history: [] };
+  if (stateOf === undefined && record.stateOf === undefined) return;
+  const { stateOf: _before, ...rest } = record;
+  await writeTargetState(slots, { ...rest, ...(stateOf ? { stateOf } : {}) }, false).catch(() => undefined);
+}
+
+/** The point whose serving state a failover or rollback stopped before its switch left in place, when the link names another slot than that point's. */
+export async function stateLeftBehind(slots: string, active: string | null): Promise<{ point: string; slot: string; at: string } | undefined> {
+  const stateOf = (await readRecord(slots))?.stateOf;
+  return stateOf && stateOf.slot !== active ? stateOf : undefined;
 }
 
 /**
