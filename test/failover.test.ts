@@ -702,7 +702,7 @@ test('a failover killed (kill -9) before the switch, once its point\'s serving s
 
   const st = await lifeboat(['status'], { cwd: work });
   assert.equal(st.code, 5, st.stderr);
-  assert.match(st.stderr, new RegExp(`the serving state is that of ${second}, put in place at \\S+ by a failover or rollback to it that was stopped before its switch, while prod serves ${first}`));
+  assert.match(st.stderr, new RegExp(`the serving state is that of ${second}, put in place at \\S+ by a failover or rollback to it that did not leave it served, while prod serves ${first}`));
   assert.match(st.stderr, new RegExp(`lifeboat failover ${first} --to prod puts back the serving state of ${first}`));
 
   const again = await lifeboat(['failover', first], { cwd: work });
@@ -713,6 +713,30 @@ test('a failover killed (kill -9) before the switch, once its point\'s serving s
   assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
   assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
   assert.equal(JSON.parse(await fsp.readFile(path.join(work, 'slots', '.lifeboat-target.json'), 'utf8')).stateOf, undefined);
+  await fsp.rm(work, { recursive: true, force: true });
+});
+
+test('a failover interrupted (Ctrl-C) while it switches back from an unhealthy slot still puts back the serving state of the slot served again', async () => {
+  const { work, first, second } = await servingFirst(
+    // Putting back the point named in `slow-back` takes its time.
+    'cat > /dev/null; if test "$LIFEBOAT_POINT" = "$(cat slow-back 2>/dev/null)"; then echo > putting-back; sleep 2; fi; echo "$LIFEBOAT_POINT" > state.live',
+    "{ slots: ./slots, active: ./current, health: { command: 'test ! -e sick', timeout: 1s, interval: 100ms } }",
+  );
+  // Unhealthy, so that it switches back, putting back the first point's state slowly.
+  await Promise.all([fsp.writeFile(path.join(work, 'sick'), ''), fsp.writeFile(path.join(work, 'slow-back'), first)]);
+  const child = spawnLifeboat(['failover', second], { cwd: work });
+  let stderr = '';
+  child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+  assert.ok(await waitFor(async () => fsp.access(path.join(work, 'putting-back')).then(() => true, () => false), 20_000), stderr);
+  child.kill('SIGINT');
+  assert.equal(await exited, 130, stderr);
+  assert.match(stderr, new RegExp(`interrupted after switching back: prod serves ${first} again, its serving state put back, not confirmed healthy \\(${second} was not healthy: not healthy after`));
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first), 'switched back');
+  assert.equal(await fsp.readFile(path.join(work, 'state.live'), 'utf8'), `${first}\n`, `the state of the slot served again (${stderr})`);
+  await fsp.rm(path.join(work, 'sick'));
+  const st = await lifeboat(['status'], { cwd: work });
+  assert.equal(st.code, 0, st.stderr);
   await fsp.rm(work, { recursive: true, force: true });
 });
 

@@ -274,10 +274,17 @@ async function transition(
   let previousDetail: string | undefined;
   let previousUnchecked: boolean | undefined;
   if (from) {
+    let stateBack = true;
     if (putBack) {
-      await stateManifest(repo, run.spec.name, fromPoint)
-        .then((old) => applyState(run, old, from))
-        .catch((err) => note(run, 'state-restore-failed', errorMessage(err), 'warning'));
+      // Not stopped by an interrupt, as the activate hook below is not: the slot served again needs its state.
+      await whileLeftUndone(`the serving state is that of ${point ?? to} while ${run.spec.name} serves ${fromPoint} again; lifeboat failover ${fromPoint} --to ${run.spec.name} puts it back`, () =>
+        stateManifest(repo, run.spec.name, fromPoint).then((old) => applyState(run, old, from, true)),
+      )
+        .then(() => markStateOf(run.spec.slots, undefined))
+        .catch((err) => {
+          stateBack = false;
+          note(run, 'state-restore-failed', errorMessage(err), 'warning');
+        });
       await announceSwitchBack(run.spec.slots, { at: new Date().toISOString(), reason, state: false });
     }
     let reactivated: string | undefined;
@@ -285,7 +292,14 @@ async function transition(
       reactivated = errorMessage(err);
       note(run, 'hook-failed', `activate hook: ${reactivated}`, 'warning');
     });
-    const back = await health(run, from, fromPoint);
+    const back = await health(run, from, fromPoint).catch((err: unknown) => {
+      if (!(err instanceof InterruptedError)) throw err;
+      // "interrupted" alone would leave the operator to find out what is served, and with which state.
+      const state = putBack ? (stateBack ? ', its serving state put back' : ', its serving state NOT put back (see the warning above)') : '';
+      throw new InterruptedError(`interrupted after switching back: ${run.spec.name} serves ${fromPoint ?? from} again${state}, not confirmed healthy (${point ?? to} was not healthy: ${reason})`, {
+        hint: `lifeboat status --target ${run.spec.name} shows whether it answers healthy`,
+      });
+    });
     // Without a health check, only the activate hook tells: one that failed leaves the old slot in doubt, not healthy.
     previousUnchecked = back.unchecked;
     previousHealthy = back.unchecked ? reactivated === undefined : back.ok;
@@ -502,6 +516,7 @@ async function finishSwitchBack(run: Run, repo: MaybeRepository): Promise<void> 
       const slot = back.from;
       await stateManifest(repo, spec.name, point)
         .then((manifest) => applyState(run, manifest, slot))
+        .then(() => markStateOf(spec.slots, undefined))
         .catch((err: unknown) => {
           if (err instanceof InterruptedError) throw err;
           throw new LifeboatError(`${leftUndone(spec, back)}, so its serving state is that of ${failed ?? back.to}, and putting it back failed: ${errorMessage(err)}`, err instanceof LifeboatError ? err.exitCode : ExitCode.runtime, {
@@ -949,7 +964,7 @@ export async function status(
     // A switch stopped (killed, or by a second Ctrl-C) after it put its point's state in place, before the link moved.
     const stateLeft = error === undefined && !running ? await stateLeftBehind(spec.slots, activePath) : undefined;
     if (stateLeft) {
-      error = `the serving state is that of ${stateLeft.point}, put in place at ${stateLeft.at} by a failover or rollback to it that was stopped before its switch, while ${spec.name} serves ${point ?? activePath ?? 'nothing'}`;
+      error = `the serving state is that of ${stateLeft.point}, put in place at ${stateLeft.at} by a failover or rollback to it that did not leave it served, while ${spec.name} serves ${point ?? activePath ?? 'nothing'}`;
       hint = point ? `lifeboat failover ${point} --to ${spec.name} puts back the serving state of ${point}` : `lifeboat failover ${stateLeft.point} --to ${spec.name} serves the point whose state is in place`;
     }
     const h = spec.health && (spec.health.url || spec.health.command)

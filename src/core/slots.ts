@@ -239,7 +239,9 @@ export async function unfinishedSwitchBack(slots: string): Promise<UnfinishedSwi
 /** Takes the switch announced out of the record, once what it did is journalled. */
 export async function settlePending(slots: string): Promise<void> {
   // Made, when the link names its slot after all (stopped before the link went back): then it is recorded as made.
-  if ((await readRecord(slots))?.pending) await writeTargetState(slots, await readTargetState(slots)).catch(() => undefined);
+  // Whose serving state is in place stays said: a switch back that could not put the old state back leaves it so.
+  const record = await readRecord(slots);
+  if (record?.pending) await writeTargetState(slots, { ...(await readTargetState(slots)), ...(record.stateOf ? { stateOf: record.stateOf } : {}) }).catch(() => undefined);
 }
 
 /**
