@@ -687,11 +687,11 @@ test('a failover killed (kill -9) after switching back from an unhealthy slot, b
   await fsp.rm(work, { recursive: true, force: true });
 });
 
-test('a failover killed (kill -9) before the switch, once its point\'s serving state went back: status says the target serves its point with the other\'s state, and the failover of the point served puts its state back', async () => {
+test('a failover killed (kill -9) before the switch, once its point\'s serving state went back and while the old slot is drained: status says so, and the failover of the point served puts its state back and activates it again', async () => {
   const { work, first, second } = await servingFirst(
     'cat > /dev/null; echo "$LIFEBOAT_POINT" > state.live',
     // Killed by the system while the old slot is drained, before the link moves.
-    "{ slots: ./slots, active: ./current, deactivate: 'test ! -e kill || kill -9 $PPID' }",
+    "{ slots: ./slots, active: ./current, deactivate: 'test ! -e kill || kill -9 $PPID', activate: 'echo \"activate $LIFEBOAT_POINT\" >> hooks.log' }",
   );
   await fsp.writeFile(path.join(work, 'kill'), '');
   const killed = await runChild(['failover', second], { cwd: work });
@@ -703,11 +703,14 @@ test('a failover killed (kill -9) before the switch, once its point\'s serving s
   const st = await lifeboat(['status'], { cwd: work });
   assert.equal(st.code, 5, st.stderr);
   assert.match(st.stderr, new RegExp(`the serving state is that of ${second}, put in place at \\S+ by a failover or rollback to it that did not leave it served, while prod serves ${first}`));
-  assert.match(st.stderr, new RegExp(`lifeboat failover ${first} --to prod puts back the serving state of ${first}`));
+  assert.match(st.stderr, new RegExp(`while prod serves ${first}, which its deactivate hook may have drained: the failover to ${second} was stopped \\(\\S+\\) before it moved the link`));
+  assert.match(st.stderr, new RegExp(`lifeboat failover ${first} --to prod activates it again and puts back its serving state`));
 
+  await fsp.writeFile(path.join(work, 'hooks.log'), '');
   const again = await lifeboat(['failover', first], { cwd: work });
   assert.equal(again.code, 0, again.stderr);
   assert.equal(await fsp.readFile(path.join(work, 'state.live'), 'utf8'), `${first}\n`, 'the serving state is put back');
+  assert.equal(await fsp.readFile(path.join(work, 'hooks.log'), 'utf8'), `activate ${first}\n`, 'activated again');
   assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
   // A failover that ends, or is stopped and puts the state back, leaves nothing said.
   assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);

@@ -12,7 +12,7 @@ import type { Repository } from './repository.js';
 import { restore } from './restore.js';
 import { NotEnoughSpace, removeLeftCopies, removeOtherStaging } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
-import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, markStateOf, settlePending, stateLeftBehind, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
+import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, markStateOf, settlePending, stateLeftBehind, switchNotMade, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
 import type { TargetSpec } from './targets.js';
 import { removeTree } from '../format/remove-tree.js';
 import { whileLeftUndone } from '../left-undone.js';
@@ -447,8 +447,9 @@ async function journal(run: Run, repo: MaybeRepository, type: string, result: Sw
 }
 
 async function journalError(run: Run, repo: MaybeRepository, type: string, point: string | null, err: unknown): Promise<void> {
-  // Stopped while it switched back, it has said what it left: no later run is to finish it.
-  if (run.switchingBack) await settlePending(run.spec.slots);
+  // Stopped while it switched back, it has said what it left: no later run is to finish it. Stopped before
+  // the link moved, it has activated the slot still served again: the record says no switch under way.
+  if (run.switchingBack || (run.move && !run.linkMoved)) await settlePending(run.spec.slots);
   if ('unreadable' in repo) return;
   const { move } = run;
   // Stopped once the new slot was linked (interrupted, or the switch could not be recorded): the target serves it, and a prune elsewhere must keep it.
@@ -663,8 +664,11 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     if (from && from !== slot && run.options.applyState !== false && run.stateSources.length > 0) putServedStateBack = (interrupted) => servedStateBack(run, repo, from, manifest.id, interrupted);
 
     if (from === slot) {
-      // Already serving this point: the slot was checked; reload only if it had to be repaired.
-      if (changed) await hook(run, 'activate', slot, manifest.id);
+      // Already serving this point: the slot was checked; reload only if it had to be repaired, or if a switch
+      // away from it was killed before the link moved, after its deactivate hook may have drained it.
+      const drained = spec.deactivate !== undefined && (await switchNotMade(spec.slots))?.from === slot;
+      if (changed || drained) await hook(run, 'activate', slot, manifest.id);
+      if (drained) await settlePending(spec.slots);
       result.health = await health(run, slot, manifest.id);
       result.switched = true;
       result.ok = result.health.ok;
@@ -966,6 +970,14 @@ export async function status(
     if (stateLeft) {
       error = `the serving state is that of ${stateLeft.point}, put in place at ${stateLeft.at} by a failover or rollback to it that did not leave it served, while ${spec.name} serves ${point ?? activePath ?? 'nothing'}`;
       hint = point ? `lifeboat failover ${point} --to ${spec.name} puts back the serving state of ${point}` : `lifeboat failover ${stateLeft.point} --to ${spec.name} serves the point whose state is in place`;
+    }
+    // A switch killed after it announced itself, before the link moved: the slot still served may be drained.
+    const notMade = (error === undefined || stateLeft) && !running && spec.deactivate ? await switchNotMade(spec.slots) : undefined;
+    if (notMade) {
+      const served = slotPoint(spec.slots, notMade.from) ?? notMade.from!;
+      const drained = `which its deactivate hook may have drained: the ${notMade.kind} to ${slotPoint(spec.slots, notMade.to) ?? notMade.to} was stopped (${notMade.at}) before it moved the link`;
+      error = stateLeft ? `${error}, ${drained}` : `${spec.name} still serves ${served}, ${drained}`;
+      hint = `lifeboat failover ${served} --to ${spec.name} activates it again${stateLeft ? ' and puts back its serving state' : ''}`;
     }
     const h = spec.health && (spec.health.url || spec.health.command)
       ? await checkOnce(spec.health, Math.min(spec.health.timeoutMs ?? 5000, 5000), { cwd: spec.cwd, env: targetEnv(spec, activePath, point), signal: options.signal })

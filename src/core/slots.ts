@@ -236,6 +236,17 @@ export async function unfinishedSwitchBack(slots: string): Promise<UnfinishedSwi
   return { ...made, ...back, at: made.at };
 }
 
+/**
+ * The switch announced that a process stopped (killed) before it moved the link: the link still names its
+ * `from`, which the target's deactivate hook may have drained. Runs that stop otherwise take it out (settlePending).
+ */
+export async function switchNotMade(slots: string): Promise<SwitchRecord | undefined> {
+  const pending = (await readRecord(slots))?.pending;
+  if (!pending || pending.back || pending.from === null || pending.from === pending.to) return undefined;
+  const { active, back: _back, ...made } = pending;
+  return (await readActive(active).catch(() => undefined)) === made.from ? made : undefined;
+}
+
 /** Takes the switch announced out of the record, once what it did is journalled. */
 export async function settlePending(slots: string): Promise<void> {
   // Made, when the link names its slot after all (stopped before the link went back): then it is recorded as made.
