@@ -958,7 +958,7 @@ test('a failover or rollback that fails before the switch says what the target s
   const third = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
   const pre = await lifeboat(['failover', third], { cwd: work });
   assert.equal(pre.code, 5, pre.stderr);
-  assert.match(pre.stderr, new RegExp(`failover of prod to ${third} failed: pre-activation check failed: .*; prod still serves ${second}, the active link was not changed\\n`));
+  assert.match(pre.stderr, new RegExp(`failover of prod to ${third} failed: pre-activation check failed: health\\.preActivate exited with status 1; prod still serves ${second}, the active link was not changed\\n`));
   assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
   await fsp.rm(work, { recursive: true, force: true });
 });

@@ -618,7 +618,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     const pre = spec.health?.preActivate;
     if (pre) {
       note(run, 'pre-activate', `checking ${slot} before activating it`);
-      const check = await checkOnce({ command: pre }, spec.health?.timeoutMs ?? DEFAULT_HEALTH_TIMEOUT_MS, { cwd: spec.cwd, env: hookEnv(run, slot, manifest.id), signal: options.signal });
+      const check = await checkOnce({ command: pre }, spec.health?.timeoutMs ?? DEFAULT_HEALTH_TIMEOUT_MS, { cwd: spec.cwd, env: hookEnv(run, slot, manifest.id), signal: options.signal, commandName: 'health.preActivate' });
       if (!check.ok) {
         result.reason = `pre-activation check failed: ${check.detail}`;
         return notSwitched();
