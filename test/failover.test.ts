@@ -250,6 +250,12 @@ test('failover end to end: back up a served deployment, lose it, fail over to ch
     assert.equal(typeof t.events.find((e: any) => e.outcome === 'ok').detail.rtoMs, 'number');
     const text = await lifeboat(['status'], { cwd: work });
     assert.match(text.stdout, new RegExp(`target prod: ${pointB}, taken .* ago; healthy \\(HTTP 200\\)`));
+    // --events says how many: two, or none at all.
+    const two = (await lifeboat(['--json', 'status', '--events', '2'], { cwd: work })).json();
+    assert.deepEqual(two.targets[0].events.map((e: any) => [e.type, e.point]), [['rollback', pointA], ['failover', pointB]]);
+    assert.equal(two.events.length, 2);
+    const none = (await lifeboat(['--json', 'status', '--events', '0'], { cwd: work })).json();
+    assert.deepEqual([none.targets[0].events, none.events], [[], []]);
 
     // A dead server: status says so and exits 5.
     await group.stop();

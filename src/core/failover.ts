@@ -761,7 +761,7 @@ export interface StatusResult {
  */
 async function newestOfDeployment(repo: Repository | undefined, events: readonly JournalEvent[], wanted: number): Promise<JournalEvent[]> {
   const deployment = repo?.deployment;
-  if (repo === undefined || deployment === undefined) return events.slice(-wanted);
+  if (repo === undefined || deployment === undefined) return newestOf(events, wanted);
   const kept: JournalEvent[] = [];
   // Newest first, and no further than needed: each point's deployment is one read of its summary.
   for (let i = events.length - 1; i >= 0 && kept.length < wanted; i--) {
@@ -770,6 +770,11 @@ async function newestOfDeployment(repo: Repository | undefined, events: readonly
     if (of === undefined || of === deployment) kept.unshift(e);
   }
   return kept;
+}
+
+/** The last `n` events: none for 0, where `slice(-0)` gave them all (`status --events 0`). */
+function newestOf(events: readonly JournalEvent[], n: number): JournalEvent[] {
+  return n > 0 ? events.slice(-n) : [];
 }
 
 /**
@@ -781,7 +786,7 @@ async function newestOfDeployment(repo: Repository | undefined, events: readonly
 export async function status(
   repo: MaybeRepository,
   specs: TargetSpec[],
-  options: { now?: Date; events?: number; signal?: AbortSignal } = {},
+  options: { now?: Date; events?: number; repositoryEvents?: number; signal?: AbortSignal } = {},
 ): Promise<{ result: StatusResult; unreadable?: unknown; noPoints?: UsageError }> {
   const now = (options.now ?? new Date()).getTime();
   let newest: StatusResult['newest'] = null;
@@ -906,7 +911,7 @@ export async function status(
       rpoMs: await rpoOf(m),
       slots: slots.map((s) => ({ name: s.name, point: s.point ?? null, active: s.path === activePath, previous: s.path === state.previous })),
       ...(slotsError ? { slotsError } : {}),
-      events: events.filter((e) => e.target === spec.name).slice(-wanted),
+      events: newestOf(events.filter((e) => e.target === spec.name), wanted),
     });
   }
   const result: StatusResult = {
@@ -914,7 +919,7 @@ export async function status(
     newest,
     ...(deployments ? { deployments } : {}),
     targets,
-    events: await newestOfDeployment(readable, events, Math.max(wanted, 10)),
+    events: await newestOfDeployment(readable, events, options.repositoryEvents ?? Math.max(wanted, 10)),
   };
   return unreadable === undefined ? { result, ...(noPoints ? { noPoints } : {}) } : { result, unreadable };
 }
