@@ -189,7 +189,8 @@ test('an S3 repository with no credentials anywhere is a set-up error (exit 2) t
     env: { ...env, AWS_ACCESS_KEY_ID: 'AKIDEXAMPLE', AWS_SECRET_ACCESS_KEY: 'not-a-secret' },
   });
   assert.equal(unreachable.code, 1, unreachable.stderr);
-  assert.match(unreachable.stderr, /ECONNREFUSED.*\n {2}check the endpoint \(s3\.endpoint, --s3-endpoint\) and that this host can reach it/);
+  assert.match(unreachable.stderr, /: connect ECONNREFUSED 127\.0\.0\.1:9\n {2}check the endpoint \(s3\.endpoint, --s3-endpoint\) and that this host can reach it/);
+  assert.doesNotMatch(unreachable.stderr, /ECONNREFUSED.*ECONNREFUSED/, 'the code is said once');
 
   // An empty --s3-endpoint (a script's unset variable) is refused, not read as none: the bucket would be looked for on AWS itself.
   const empty = await runChild(['--repo', 's3://lifeboat-nobody/repo', '--s3-endpoint', '', '--s3-path-style', 'list'], {
