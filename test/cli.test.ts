@@ -32,6 +32,10 @@ test('config errors exit 2 and name the key', async () => {
     ['repository: ./r\nretention: { keepDiff: -1 }\n', /retention\.keepDiff: must be a whole number of at least 0$/m],
     ['repository: s3://b/r\ns3: { concurrency: 100 }\n', /s3\.concurrency: must be a whole number from 1 to 64$/m],
     ['repository: ./r\nsurprise: 1\n', /unknown key "surprise"/],
+    // Said in the config's words, not the schema library's ("Invalid URL", "Invalid option: expected one of …").
+    ['repository: s3://b/r\ns3: { endpoint: "127.0.0.1:9000" }\n', /s3\.endpoint: must be a URL \(http:\/\/… or https:\/\/…\), not "127\.0\.0\.1:9000"$/m],
+    ['repository: ./r\nnotify: { url: "hooks.example.com/lifeboat" }\n', /notify\.url: must be a URL \(http:\/\/… or https:\/\/…\), not "hooks\.example\.com\/lifeboat"$/m],
+    ['repository: ./r\nnotify: { url: "https://hooks.example.com/lifeboat", on: [failure, warnings] }\n', /notify\.on\.1: must be failure, warning or success, not "warnings"$/m],
     // Every line under a key commented out leaves the key empty (YAML's null).
     ['repository: ./r\nretention:\n#  keepFull: 4\n', /retention: is empty: give its value, or leave the key out$/m],
     ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: } }\n', /targets\.prod\.health: is empty: give its value, or leave the key out$/m],
