@@ -263,4 +263,22 @@ test('an incremental or differential whose reference manifest is damaged fails (
   const taken = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'full']);
   assert.equal(taken.code, 0, taken.stderr);
   assert.equal(taken.json().parent, null);
+
+  // A newest point whose summary is gone too (written before summaries existed) belongs to no deployment anyone can
+  // tell: an incremental cannot know what it builds on and says so, with the same hint, and a full is still taken.
+  await fsp.appendFile(path.join(d.src, 'config.json'), ' ');
+  const newest = (await lifeboat(['--repo', d.repo, '--json', 'backup', d.src])).json().id as string;
+  await fsp.rm(path.join(d.repo, 'summaries', `${newest}.json`));
+  await damage(newest);
+  const unknown = await lifeboat(['--repo', d.repo, 'backup', d.src]);
+  assert.equal(unknown.code, 3, unknown.stderr);
+  assert.match(unknown.stderr, new RegExp(`lifeboat: this incr backup cannot tell which point it builds on: manifest of ${newest} `));
+  assert.match(unknown.stderr, hint);
+  const fullAgain = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'full']);
+  assert.equal(fullAgain.code, 0, fullAgain.stderr);
+  assert.equal(fullAgain.json().type, 'full');
+  // And the chain goes on from it.
+  const next = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src]);
+  assert.equal(next.code, 0, next.stderr);
+  assert.equal(next.json().parent, fullAgain.json().id);
 });

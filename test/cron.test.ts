@@ -713,7 +713,7 @@ test('completion bash|zsh completes commands, the commands of key, options and t
       'zmodload zsh/zpty',
       "zpty z 'zsh -f -i'",
       `zpty -w z 'PS1="> "; fpath=(${dir} $fpath); autoload -Uz compinit; compinit -u -D; function lifeboat { }'`,
-      ...['lifeboat key ', 'lifeboat key add --new', 'lifeboat dri'].flatMap((line) => ['sleep 1', `zpty -w -n z $'\\C-u${line}\\t'`]),
+      ...['lifeboat key ', 'lifeboat key add --new', 'lifeboat dri', 'lifeboat d'].flatMap((line) => ['sleep 1', `zpty -w -n z $'\\C-u${line}\\t'`]),
       'sleep 1',
       'all=""; while zpty -r -t z chunk; do all+="$chunk"; done',
       "print -r -- \"$all\" | sed 's/\\x1b\\[[0-9;?]*[a-zA-Z]//g'",
@@ -724,6 +724,8 @@ test('completion bash|zsh completes commands, the commands of key, options and t
     assert.match(screen, /passwd +-- change the password/);
     assert.match(screen, /lifeboat key add --new-password-file/, 'an option of key add');
     assert.match(screen, /lifeboat drill /, 'a command');
+    // A description is shown as written, colons and all, not with each colon turned into a dash.
+    assert.match(screen, /drill +-- prove a point restores: restore it into a temporary directory/);
   } else t.diagnostic('zsh is not installed: its completion script was not run');
   assert.equal((await lifeboat(['completion', 'fish'])).code, 2);
   const version = await lifeboat(['--version']);

@@ -768,9 +768,9 @@ describe('keys', () => {
     // A relative password file under cron, whose working directory is the home directory, and an absolute one that is gone.
     const relative = await shell('mkdir -p elsewhere && cd elsewhere && $LIFEBOAT --password-file secrets/pw list');
     assert.equal(relative.code, 2, relative.stderr);
-    assert.match(relative.stderr, /cannot read password file .*elsewhere\/secrets\/pw: ENOENT\n {2}a relative path is taken from the working directory \(.*elsewhere\); give the file's absolute path\n$/);
+    assert.match(relative.stderr, /lifeboat: password file .*elsewhere\/secrets\/pw does not exist\n {2}a relative path is taken from the working directory \(.*elsewhere\); give the file's absolute path\n$/);
     const gone = await shell('$LIFEBOAT --password-file /nonexistent/pw list');
-    assert.match(gone.stderr, /cannot read password file \/nonexistent\/pw: ENOENT\n {2}check the path\n$/);
+    assert.match(gone.stderr, /lifeboat: password file \/nonexistent\/pw does not exist\n {2}check the path\n$/);
     const nothing = await shell('true | $LIFEBOAT --password-file /dev/stdin list');
     assert.equal(nothing.code, 2, nothing.stderr);
     assert.match(nothing.stderr, /password file \/dev\/stdin is empty/);

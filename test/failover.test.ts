@@ -250,6 +250,12 @@ test('failover end to end: back up a served deployment, lose it, fail over to ch
     assert.equal(typeof t.events.find((e: any) => e.outcome === 'ok').detail.rtoMs, 'number');
     const text = await lifeboat(['status'], { cwd: work });
     assert.match(text.stdout, new RegExp(`target prod: ${pointB}, taken .* ago; healthy \\(HTTP 200\\)`));
+    // --events says how many: two, or none at all.
+    const two = (await lifeboat(['--json', 'status', '--events', '2'], { cwd: work })).json();
+    assert.deepEqual(two.targets[0].events.map((e: any) => [e.type, e.point]), [['rollback', pointA], ['failover', pointB]]);
+    assert.equal(two.events.length, 2);
+    const none = (await lifeboat(['--json', 'status', '--events', '0'], { cwd: work })).json();
+    assert.deepEqual([none.targets[0].events, none.events], [[], []]);
 
     // A dead server: status says so and exits 5.
     await group.stop();
@@ -1084,7 +1090,7 @@ test('a failover or rollback that fails before the switch says what the target s
   const third = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
   const pre = await lifeboat(['failover', third], { cwd: work });
   assert.equal(pre.code, 5, pre.stderr);
-  assert.match(pre.stderr, new RegExp(`failover of prod to ${third} failed: pre-activation check failed: .*; prod still serves ${second}, the active link was not changed\\n`));
+  assert.match(pre.stderr, new RegExp(`failover of prod to ${third} failed: pre-activation check failed: health\\.preActivate exited with status 1; prod still serves ${second}, the active link was not changed\\n`));
   assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
   await fsp.rm(work, { recursive: true, force: true });
 });

@@ -5,6 +5,8 @@ import * as path from 'node:path';
 import { SwitchSettling, appendEvent, readEvents, withoutEndedAnnouncements, type JournalEvent } from '../src/core/journal.js';
 import { LocalStorage } from '../src/storage/local.js';
 import { tempDir } from './helpers/tree.js';
+import { lifeboat } from './helpers/cli.js';
+import { smallDeployment } from './helpers/repo.js';
 
 test('the journal gives back its newest events in order, read several at once, skipping a damaged one', async () => {
   const dir = await tempDir();
@@ -56,4 +58,30 @@ test('a switch announced in the journal stays unsettled until its own end or a l
   // Status lists a switch once: the announcement of one that ended is left out, not that of one killed.
   const listed = withoutEndedAnnouncements([ev(1, 'switching', 1, 'a'), ev(2, 'ok', 1, 'a'), ev(3, 'switching', 2, 'b')]);
   assert.deepEqual(listed.map((e) => `${e.point} ${e.outcome}`), ['a ok', 'b switching']);
+});
+
+test('status --events N shows N events of the repository too, not ten whatever N says, on a host with no targets', async () => {
+  const d = await smallDeployment();
+  const repo = ['--repo', d.repo];
+  assert.equal((await lifeboat([...repo, 'backup', d.src])).code, 0);
+  // Twelve drills of that point, as a nightly drill leaves them.
+  const point = (await lifeboat([...repo, '--json', 'list'])).json()[0].id as string;
+  const storage = new LocalStorage(d.repo);
+  const start = Date.parse('2026-11-01T05:30:00Z');
+  for (let i = 0; i < 12; i++) await appendEvent(storage, { type: 'drill', point, outcome: 'ok', at: new Date(start + i * 86_400_000).toISOString(), durationMs: 1000 + i });
+  await storage.close();
+  const shown = async (args: string[]) => {
+    const text = await lifeboat([...repo, 'status', ...args]);
+    assert.equal(text.code, 0, text.stderr);
+    const json = await lifeboat([...repo, '--json', 'status', ...args]);
+    assert.equal(json.code, 0, json.stderr);
+    const events = json.json().events as { at: string }[];
+    assert.equal(text.stdout.split('\n').filter((line) => / {2}\d{4}-\d\d-\d\dT.* drill /.test(line)).length, events.length, text.stdout);
+    return events.map((e) => e.at.slice(0, 10));
+  };
+  assert.equal((await shown([])).length, 10, 'ten by default');
+  assert.deepEqual(await shown(['--events', '3']), ['2026-11-10', '2026-11-11', '2026-11-12']);
+  assert.deepEqual(await shown(['--events', '0']), []);
+  assert.equal((await shown(['--events', '20'])).length, 12);
+  await fsp.rm(d.work, { recursive: true, force: true });
 });

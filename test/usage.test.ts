@@ -11,6 +11,7 @@ import { PassThrough } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { buildProgram } from '../src/cli/main.js';
+import { parseConfig } from '../src/config/config.js';
 import { lifeboat, runChild, type CliRun } from './helpers/cli.js';
 import { smallDeployment } from './helpers/repo.js';
 
@@ -99,6 +100,24 @@ test("--help's exit codes are README.md's, word for word", async () => {
     const listed = help.trimEnd().replace(/\n {5,}/g, ' ').split('\n').map((line) => line.trim().replace(/\s+/, ' '));
     assert.deepEqual(listed, documented);
   }
+});
+
+test('every lifeboat.yaml the documentation prints is a config lifeboat takes, as printed', async () => {
+  const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+  const keys = new Set<string>();
+  for (const doc of ['README.md', 'docs/S3.md']) {
+    const text = await fsp.readFile(path.join(root, doc), 'utf8');
+    // A config starts at a key of its own; an indented block (a CI workflow's steps) is no config.
+    const configs = [...text.matchAll(/```yaml\n([\s\S]*?)```/g)].map(([, body]) => body!).filter((body) => /^[a-z0-9]+:/m.test(body.split('\n').find((line) => line.trim() !== '' && !line.startsWith('#')) ?? ''));
+    assert.ok(configs.length > 0, doc);
+    for (const body of configs) {
+      // A placeholder (`<ACCOUNT_ID>`) is the reader's to fill in.
+      const config = await parseConfig(body.replace(/<[A-Z_]+>/g, 'x'), `${doc}: ${body.split('\n')[0]}`);
+      for (const key of Object.keys(config)) keys.add(key);
+    }
+  }
+  // What prune keeps and where failures are sent are set in the config too: an example shows how.
+  for (const key of ['repository', 'sources', 'exclude', 'lock', 'retention', 'notify', 'hooks', 'targets', 's3']) assert.ok(keys.has(key), `no example of ${key}:`);
 });
 
 test('every point id in the examples of --help has the form of an id, or of a prefix of one', async () => {

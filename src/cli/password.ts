@@ -4,7 +4,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import type { Readable } from 'node:stream';
 import { isatty } from 'node:tty';
-import { InterruptedError, RuntimeFailure, UsageError } from '../errors.js';
+import { InterruptedError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
 import { runShell } from '../state/command.js';
 import { closeFd, openFd } from '../format/fd.js';
 import { nonEmpty } from './flags.js';
@@ -126,7 +126,14 @@ async function readPasswordFile(ctx: CliContext, file: string, what: string): Pr
         : code === 'EACCES' || code === 'EPERM'
           ? `run as a user that may read it, or give this user read access (chmod 600 and chown to this user keep it private)`
           : undefined;
-    throw new UsageError(`cannot read ${what} ${full}: ${code ?? 'error'}`, hint === undefined ? {} : { hint });
+    // Said in words, as a missing config file is, rather than as the errno's name.
+    const problem =
+      code === 'ENOENT' || code === 'ENOTDIR'
+        ? `${what} ${full} does not exist`
+        : code === 'EACCES' || code === 'EPERM'
+          ? `this user may not read ${what} ${full}`
+          : `cannot read ${what} ${full}: ${code ?? errorMessage(err)}`;
+    throw new UsageError(problem, hint === undefined ? {} : { hint });
   }
   const password = text.replace(/\r?\n$/, '');
   if (password.length === 0) throw new UsageError(`${what} ${full} is empty`);

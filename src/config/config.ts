@@ -315,6 +315,9 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
     if (issue.code === 'invalid_type' && given === null) message = 'is empty: give its value, or leave the key out';
     // The schema library's own words ("Invalid input: expected string, received number") said as the config's.
     else if (issue.code === 'invalid_type' && message.startsWith('Invalid input')) message = `must be ${valueKind(issue.expected)}, not ${givenKind(given)}`;
+    // An endpoint or a notification URL without its scheme (`127.0.0.1:9000`), and a word not among those a key takes.
+    else if (issue.code === 'invalid_format' && issue.format === 'url') message = `must be a URL (http://… or https://…), not ${JSON.stringify(given)}`;
+    else if (issue.code === 'invalid_value' && message.startsWith('Invalid option')) message = `must be ${orList(issue.values.map(String))}, not ${JSON.stringify(given)}`;
     // A check of lifeboat's own may say what to write instead.
     const hint = issue.code === 'custom' && typeof issue.params?.hint === 'string' ? issue.params.hint : undefined;
     throw new UsageError(`${file}: ${key}: ${message}`, { hint });
@@ -351,6 +354,8 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
 
 const KINDS: Record<string, string> = { string: 'text', array: 'a list', object: 'a map of keys', boolean: 'true or false', number: 'a number' };
 const valueKind = (expected: string) => KINDS[expected] ?? expected;
+/** `a, b or c`. */
+const orList = (words: readonly string[]) => (words.length > 1 ? `${words.slice(0, -1).join(', ')} or ${words.at(-1)}` : (words[0] ?? ''));
 /** What YAML made of the value given: `!!binary` gives bytes, `[a]` a list, `5` a number. */
 function givenKind(given: unknown): string {
   if (given instanceof Uint8Array) return 'binary data (a !!binary tag)';

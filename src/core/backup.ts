@@ -390,12 +390,23 @@ async function readReference(
     const latest = await referenceManifest(repo, newestId, requested).catch(() => undefined);
     if (latest && deploymentOf(latest) === deployment) return { choice: chooseReference(latest, requested, deployment, true), newest: latest, reference: latest };
   }
-  const newest = await repo.newestOf(deployment, ids);
+  let newest: PointSummary | undefined;
+  try {
+    newest = await repo.newestOf(deployment, ids);
+  } catch (err) {
+    // A point whose summary and manifest both cannot be read may be this deployment's newest: an incremental or a
+    // differential cannot tell what it would build on, but a full needs no earlier point and is not stopped by it.
+    if (!(err instanceof IntegrityError)) throw err;
+    if (requested === 'full') return { choice: chooseReference(undefined, 'full', deployment, true) };
+    throw new IntegrityError(`this ${requested} backup cannot tell which point it builds on: ${err.message}`, { cause: err, hint: FULL_BACKUP_HINT });
+  }
   // Only for the notice: a repository whose names cannot all be read is still backed up to.
   const otherNames = !newest && ids.length > 0 ? await repo.deploymentNames().catch(() => []) : [];
   const choice = chooseReference(newest, requested, deployment, ids.length > 0, otherNames);
   return { choice, newest, reference: choice.referenceId ? await referenceManifest(repo, choice.referenceId, requested) : undefined };
 }
+
+const FULL_BACKUP_HINT = 'take a full backup, which needs no earlier point: lifeboat backup --type full; lifeboat verify shows what is damaged';
 
 /**
  * The manifest an incremental or differential builds on. One that is damaged or missing stops it
@@ -406,10 +417,7 @@ async function referenceManifest(repo: Repository, id: string, requested: Backup
     return await repo.manifest(id);
   } catch (err) {
     if (!(err instanceof IntegrityError)) throw err;
-    throw new IntegrityError(`this ${requested} backup builds on ${id}, whose manifest cannot be read: ${err.message}`, {
-      cause: err,
-      hint: 'take a full backup, which needs no earlier point: lifeboat backup --type full; lifeboat verify shows what is damaged',
-    });
+    throw new IntegrityError(`this ${requested} backup builds on ${id}, whose manifest cannot be read: ${err.message}`, { cause: err, hint: FULL_BACKUP_HINT });
   }
 }
 

@@ -698,7 +698,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     const pre = spec.health?.preActivate;
     if (pre) {
       note(run, 'pre-activate', `checking ${slot} before activating it`);
-      const check = await checkOnce({ command: pre }, spec.health?.timeoutMs ?? DEFAULT_HEALTH_TIMEOUT_MS, { cwd: spec.cwd, env: hookEnv(run, slot, manifest.id), signal: options.signal });
+      const check = await checkOnce({ command: pre }, spec.health?.timeoutMs ?? DEFAULT_HEALTH_TIMEOUT_MS, { cwd: spec.cwd, env: hookEnv(run, slot, manifest.id), signal: options.signal, commandName: 'health.preActivate' });
       if (!check.ok) {
         result.reason = `pre-activation check failed: ${check.detail}`;
         return notSwitched();
@@ -841,7 +841,7 @@ export interface StatusResult {
  */
 async function newestOfDeployment(repo: Repository | undefined, events: readonly JournalEvent[], wanted: number): Promise<JournalEvent[]> {
   const deployment = repo?.deployment;
-  if (repo === undefined || deployment === undefined) return events.slice(-wanted);
+  if (repo === undefined || deployment === undefined) return newestOf(events, wanted);
   const kept: JournalEvent[] = [];
   // Newest first, and no further than needed: each point's deployment is one read of its summary.
   for (let i = events.length - 1; i >= 0 && kept.length < wanted; i--) {
@@ -850,6 +850,11 @@ async function newestOfDeployment(repo: Repository | undefined, events: readonly
     if (of === undefined || of === deployment) kept.unshift(e);
   }
   return kept;
+}
+
+/** The last `n` events: none for 0, where `slice(-0)` gave them all (`status --events 0`). */
+function newestOf(events: readonly JournalEvent[], n: number): JournalEvent[] {
+  return n > 0 ? events.slice(-n) : [];
 }
 
 /**
@@ -861,7 +866,7 @@ async function newestOfDeployment(repo: Repository | undefined, events: readonly
 export async function status(
   repo: MaybeRepository,
   specs: TargetSpec[],
-  options: { now?: Date; events?: number; signal?: AbortSignal } = {},
+  options: { now?: Date; events?: number; repositoryEvents?: number; signal?: AbortSignal } = {},
 ): Promise<{ result: StatusResult; unreadable?: unknown; noPoints?: UsageError }> {
   const now = (options.now ?? new Date()).getTime();
   let newest: StatusResult['newest'] = null;
@@ -1001,7 +1006,7 @@ export async function status(
       rpoMs: await rpoOf(m),
       slots: slots.map((s) => ({ name: s.name, point: s.point ?? null, active: s.path === activePath, previous: s.path === state.previous })),
       ...(slotsError ? { slotsError } : {}),
-      events: events.filter((e) => e.target === spec.name).slice(-wanted),
+      events: newestOf(events.filter((e) => e.target === spec.name), wanted),
     });
   }
   const result: StatusResult = {
@@ -1009,7 +1014,7 @@ export async function status(
     newest,
     ...(deployments ? { deployments } : {}),
     targets,
-    events: await newestOfDeployment(readable, events, Math.max(wanted, 10)),
+    events: await newestOfDeployment(readable, events, options.repositoryEvents ?? Math.max(wanted, 10)),
   };
   return unreadable === undefined ? { result, ...(noPoints ? { noPoints } : {}) } : { result, unreadable };
 }

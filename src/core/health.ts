@@ -56,6 +56,8 @@ export interface HealthRunOptions {
   env?: NodeJS.ProcessEnv;
   signal?: AbortSignal;
   onAttempt?: (attempt: HealthAttempt, n: number) => void;
+  /** What a failing command is called in its detail: the config key it came from (default `health check`). */
+  commandName?: string;
 }
 
 /**
@@ -110,7 +112,7 @@ async function checkUrl(url: string, timeoutMs: number, options: HealthRunOption
 
 async function checkCommand(command: string, timeoutMs: number, options: HealthRunOptions): Promise<{ ok: boolean; detail: string }> {
   try {
-    await runShell('health check', command, { cwd: options.cwd, env: options.env, timeoutMs, signal: options.signal });
+    await runShell(options.commandName ?? 'health check', command, { cwd: options.cwd, env: options.env, timeoutMs, signal: options.signal });
     return { ok: true, detail: 'exit 0' };
   } catch (err) {
     throwIfAborted(options.signal);

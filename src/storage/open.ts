@@ -65,7 +65,7 @@ export function parseRepositoryUrl(url: string, cwd: string): RepositoryLocation
   // backups meant for S3 would stay on this host without a word.
   const scheme = /^(s3|file):(?!\/\/)/i.exec(url)?.[1];
   if (scheme !== undefined) {
-    throw new UsageError(`repository ${url}: not a URL of a repository; a ${scheme.toLowerCase()} location is written ${scheme.toLowerCase() === 's3' ? 's3://bucket/prefix' : 'file:///path'}`, {
+    throw new UsageError(`repository ${url}: not a URL of a repository; ${scheme.toLowerCase() === 's3' ? 'an S3 location is written s3://bucket/prefix' : 'a file location is written file:///path'}`, {
       hint: `for a local directory whose name starts with ${scheme}:, write ./${url}`,
     });
   }

@@ -232,8 +232,9 @@ export function describeError(err: unknown): string {
   if (e?.$metadata?.httpStatusCode !== undefined) parts.push(`HTTP ${e.$metadata.httpStatusCode}`);
   // A HEAD's error has no body to name it: the SDK calls it Unknown, which says nothing the status does not.
   if (e?.name && e.name !== 'Error' && e.name !== 'Unknown') parts.push(e.name);
-  if (e?.code && e.code !== e.name) parts.push(e.code);
   const message = errorMessage(err);
+  // A system error's message names its code already (connect ECONNREFUSED 127.0.0.1:9000): once is enough.
+  if (e?.code && e.code !== e.name && !message.includes(e.code)) parts.push(e.code);
   if (message && message !== 'UnknownError' && !parts.includes(message)) parts.push(message);
   return parts.join(' ') || 'unknown error';
 }

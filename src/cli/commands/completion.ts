@@ -92,9 +92,12 @@ complete -o filenames -F _lifeboat lifeboat
 `;
 }
 
-/** Text safe inside a single-quoted _arguments spec: no quotes, brackets or colons. */
+/**
+ * Text safe inside a single-quoted _arguments spec: no quotes or brackets. A description (in an option's brackets,
+ * or after a command's name and colon) may hold colons, which zsh shows as they are (`s3://bucket/prefix`).
+ */
 function zshText(s: string): string {
-  const t = s.replace(/'/g, '').replace(/[[\]]/g, '').replace(/:/g, ' -').replace(/\s+/g, ' ').trim();
+  const t = s.replace(/'/g, '').replace(/[[\]]/g, '').replace(/\s+/g, ' ').trim();
   return t.length <= 90 ? t : `${t.slice(0, 90).replace(/\s+\S*$/, '')} …`;
 }
 
@@ -106,7 +109,8 @@ function zshOption(o: Option): string {
   const head = flags.length > 1 ? `${prefix}'{${flags.join(',')}}'` : `${prefix}${flags[0]!}`;
   let value = '';
   if (takesValue(o)) {
-    const what = zshText(o.flags.replace(/^.*[<[]([^>\]]+)[>\]].*$/, '$1')) || 'value';
+    // The message goes between the colons of the value's spec: none of its own.
+    const what = zshText(o.flags.replace(/^.*[<[]([^>\]]+)[>\]].*$/, '$1')).replace(/:/g, ' ') || 'value';
     const choices = choicesOf(o);
     if (choices) value = `:${what}:(${choices.join(' ')})`;
     else if (o.long && DIR_VALUES.has(o.long)) value = `:${what}:_files -/`;

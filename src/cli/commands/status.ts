@@ -108,13 +108,15 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
   const names = only !== undefined ? [only] : Object.keys(config.targets ?? {});
   const specs = names.map((n) => chooseTarget(config, n, base, ctx.env));
   const events = flags.events === undefined ? 5 : count('--events', flags.events, 0);
+  // The repository's events (a host without targets shows them) are ten unless --events says how many.
+  const repositoryEvents = flags.events === undefined ? 10 : events;
   // What the targets serve is read from the targets: a repository that cannot be read does not hide it.
   const opened = await openRepository(ctx).catch((err: unknown) => {
     if (err instanceof InterruptedError) throw err;
     return { unreadable: err };
   });
   try {
-    const { result, unreadable, noPoints } = await status('repo' in opened ? opened.repo : opened, specs, { events, signal: ctx.signal });
+    const { result, unreadable, noPoints } = await status('repo' in opened ? opened.repo : opened, specs, { events, repositoryEvents, signal: ctx.signal });
     const deployment = 'repo' in opened ? opened.repo.deployment : undefined;
     printResult(ctx, result, () => {
       const lines = !result.repository.ok
@@ -160,7 +162,7 @@ export function registerStatus(program: Command, run: CommandRunner): Command {
     .command('status')
     .description('per target: the active point, its health, the age of the newest backup (RPO) and the last events; exit 5 when a target is unhealthy, 1 when the repository, a record of switches or a slots directory cannot be read (the targets are reported all the same)')
     .option('--target <name>', 'only this target')
-    .option('--events <n>', 'journal events shown per target (default 5)')
+    .option('--events <n>', 'journal events shown per target (default 5), and of the repository (default 10)')
     .addHelpText('after', '\nExamples:\n  lifeboat status\n  lifeboat status --json --target prod')
     .action(run((ctx, flags: StatusFlags) => runStatus(ctx, flags)));
 }
