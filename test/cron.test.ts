@@ -99,7 +99,7 @@ interface Receiver {
   close(): Promise<void>;
 }
 
-async function receiver(status = 204): Promise<Receiver> {
+async function receiver(status = 204, port = 0): Promise<Receiver> {
   const bodies: any[] = [];
   const headers: http.IncomingHttpHeaders[] = [];
   const server = http.createServer((req, res) => {
@@ -113,9 +113,12 @@ async function receiver(status = 204): Promise<Receiver> {
       res.writeHead(status).end();
     });
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const { port } = server.address() as AddressInfo;
-  return { url: `http://127.0.0.1:${port}/hooks/lifeboat?token=secret`, bodies, headers, close: () => new Promise((r) => server.close(() => r())) };
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', resolve);
+  });
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks/lifeboat?token=secret`;
+  return { url, bodies, headers, close: () => new Promise((r) => server.close(() => r())) };
 }
 
 test('--metrics-file writes Prometheus text format atomically, keeps other commands\' samples, and carries the last success over a failure', async () => {
@@ -447,6 +450,26 @@ test('runs that end at once and share a metrics file each keep their samples; a 
     assert.deepEqual((await fsp.readdir(dir)).sort(), ['lifeboat.prom'], 'no lock or temporary file is left');
   } finally {
     await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a notify URL on a port browsers block (6000, 6665-6669, 10080) gets its event, as curl would send it', async (t) => {
+  let hook: Receiver | undefined;
+  for (const port of [6000, 6665, 6666, 6667, 6668, 6669, 10080]) {
+    hook = await receiver(204, port).catch(() => undefined);
+    if (hook) break;
+  }
+  if (!hook) return t.skip('every such port is taken on this host');
+  const d = await smallDeployment();
+  try {
+    const r = await lifeboat(['--quiet', '--repo', d.repo, 'backup', d.src, '--notify-url', hook.url, '--notify-on', 'success']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stderr, /could not notify/);
+    assert.equal(hook.bodies.length, 1, `the event reached ${hook.url}`);
+    assert.equal(hook.bodies[0].outcome, 'success');
+  } finally {
+    await hook.close();
+    await fsp.rm(d.work, { recursive: true, force: true });
   }
 });
 
