@@ -7,7 +7,7 @@ import { putStateBack, refuseEmptyCopies, stateToPutBack, type EmptyCopies } fro
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
 import type { Reporter } from './events.js';
 import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } from './health.js';
-import { appendEvent, inSwitchOrder, readEvents, type JournalEvent } from './journal.js';
+import { appendEvent, inSwitchOrder, lastSwitchGeneration, readEvents, type JournalEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
 import { NotEnoughSpace, removeOtherStaging } from './restore-target.js';
@@ -224,7 +224,8 @@ async function transition(
     }
   }
   for (const name of await removeLeftLinks(run.spec.active)) note(run, 'link-leftover-removed', `removed ${name}, a new link left by a switch that was stopped before it could rename it over ${run.spec.active}`);
-  run.generation = await announceSwitch(run.spec.slots, run.spec.active, switchRecord(run, from, to, kind));
+  const journalled = 'unreadable' in repo ? undefined : () => lastSwitchGeneration(repo.storage, run.spec.name);
+  run.generation = await announceSwitch(run.spec.slots, run.spec.active, switchRecord(run, from, to, kind), journalled);
   await switchActive(run.spec.active, to);
   run.linkMoved = true;
   note(run, 'switched', `${run.spec.active} → ${to}`);

@@ -1,0 +1,72 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { lifeboat } from './helpers/cli.js';
+import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
+import { appendEvent } from '../src/core/journal.js';
+import { switchActive, TARGET_STATE_FILE } from '../src/core/slots.js';
+import { LocalStorage } from '../src/storage/local.js';
+
+// What earlier versions of lifeboat wrote, read and written on by this one (and the other way round).
+
+/** A repository with a full and three incrementals of `models`, and a config with target prod. */
+async function fourPoints(t: { after(fn: () => Promise<void>): void }) {
+  const work = await tempDir('lifeboat-compat-');
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  const repo = path.join(work, 'repo');
+  await fsp.mkdir(src);
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  const rand = prng(11);
+  const ids: string[] = [];
+  for (let i = 0; i < 4; i++) {
+    await writeRandomFile(path.join(src, `w${i}.bin`), 10_000, rand);
+    const r = await lifeboat(['--repo', repo, '--json', 'backup', src]);
+    assert.equal(r.code, 0, r.stderr);
+    ids.push(r.json().id);
+  }
+  const config = path.join(work, 'lifeboat.yaml');
+  await fsp.writeFile(config, `repository: ${repo}\ntargets:\n  prod:\n    slots: ./slots\n    active: ./current\n`);
+  return { work, repo, ids, env: { LIFEBOAT_CONFIG: config } };
+}
+
+test("a switch made after a host running an earlier version rewrote the target's record of switches (without their count) comes after the switches made before, not first again", async (t) => {
+  const { work, repo, ids, env } = await fourPoints(t);
+  const failover = async (id: string) => {
+    const r = await lifeboat(['--json', 'failover', id, '--to', 'prod'], { cwd: work, env });
+    assert.equal(r.code, 0, r.stderr);
+  };
+  await failover(ids[0]!);
+  await failover(ids[1]!);
+  await failover(ids[2]!);
+
+  // The failover host, still on a version that does not count switches, rolls back to ids[1]: it moves the
+  // link, rewrites the record with only the fields it knows, and journals the rollback without a generation.
+  const slots = path.join(work, 'slots');
+  const recordFile = path.join(slots, TARGET_STATE_FILE);
+  const record = JSON.parse(await fsp.readFile(recordFile, 'utf8'));
+  const from = path.join(slots, ids[2]!);
+  const to = path.join(slots, ids[1]!);
+  await switchActive(path.join(work, 'current'), to);
+  const history = [...record.history, { at: new Date().toISOString(), from, to, kind: 'rollback' }].map(({ at, from, to, kind }: Record<string, unknown>) => ({ at, from, to, kind }));
+  await fsp.writeFile(recordFile, JSON.stringify({ version: 1, previous: from, history }, null, 2));
+  const storage = new LocalStorage(repo);
+  await appendEvent(storage, { type: 'rollback', point: ids[1]!, target: 'prod', outcome: 'ok', detail: { slot: to, from, fromPoint: ids[2]!, switched: true } });
+  await storage.close();
+
+  // Back on this version: the next failover is the fourth counted switch of prod.
+  await failover(ids[3]!);
+  const st = await lifeboat(['--json', 'status'], { cwd: work, env });
+  assert.equal(st.code, 0, st.stderr);
+  const events = st.json().targets[0].events as { type: string; point: string; detail?: { generation?: number } }[];
+  assert.deepEqual(
+    events.map((e) => `${e.type} ${e.point}`),
+    [`failover ${ids[0]}`, `failover ${ids[1]}`, `failover ${ids[2]}`, `rollback ${ids[1]}`, `failover ${ids[3]}`],
+    'in the order they were made',
+  );
+  assert.equal(events.at(-1)!.detail?.generation, 4);
+  assert.equal(JSON.parse(await fsp.readFile(recordFile, 'utf8')).generation, 4, 'the record counts on from there');
+  const text = await lifeboat(['status'], { cwd: work, env });
+  assert.match(text.stdout.trim().split('\n').at(-1)!, new RegExp(`failover ${ids[3]} ok`), 'the last line is the last switch');
+});
