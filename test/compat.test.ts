@@ -2,8 +2,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { lifeboat } from './helpers/cli.js';
 import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
+import { FIXTURE_PASSWORD, treeFiles, writeTree } from '../fixtures/repositories/make.js';
 import { appendEvent } from '../src/core/journal.js';
 import { switchActive, TARGET_STATE_FILE } from '../src/core/slots.js';
 import { LocalStorage } from '../src/storage/local.js';
@@ -70,3 +72,77 @@ test("a switch made after a host running an earlier version rewrote the target's
   const text = await lifeboat(['status'], { cwd: work, env });
   assert.match(text.stdout.trim().split('\n').at(-1)!, new RegExp(`failover ${ids[3]} ok`), 'the last line is the last switch');
 });
+
+const FIXTURES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../fixtures/repositories');
+
+/** Asserts that `dir` holds exactly state `state` of the fixtures' tree: each file's bytes, each link's target, weights.bin private. */
+async function assertTree(dir: string, state: 1 | 2 | 3, what: string): Promise<void> {
+  const expected = treeFiles(state);
+  const found = (await fsp.readdir(dir, { recursive: true, withFileTypes: true }))
+    .filter((e) => !e.isDirectory())
+    .map((e) => path.relative(dir, path.join(e.parentPath ?? e.path, e.name)))
+    .sort();
+  assert.deepEqual(found, [...expected.keys()].sort(), `${what}: the files of state ${state}`);
+  for (const [rel, content] of expected) {
+    const file = path.join(dir, rel);
+    if (typeof content === 'string' && content.startsWith('-> ')) assert.equal(await fsp.readlink(file), content.slice(3), `${what}: ${rel}`);
+    else assert.ok((await fsp.readFile(file)).equals(Buffer.from(content)), `${what}: the bytes of ${rel}`);
+  }
+  assert.equal((await fsp.stat(path.join(dir, 'models/m/weights.bin'))).mode & 0o777, 0o600, `${what}: the mode of weights.bin`);
+}
+
+for (const fixture of [
+  { name: 'format1', env: {} },
+  { name: 'format2-encrypted', env: { LIFEBOAT_PASSWORD: FIXTURE_PASSWORD } },
+]) {
+  test(`a repository an earlier version wrote (${fixture.name}) lists, verifies every byte, restores each point bit-exact, and takes new backups onto its chain`, async (t) => {
+    const work = await tempDir('lifeboat-compat-');
+    t.after(() => fsp.rm(work, { recursive: true, force: true }));
+    const repo = path.join(work, 'repo');
+    await fsp.cp(path.join(FIXTURES, fixture.name), repo, { recursive: true });
+    const run = async (args: string[], code = 0) => {
+      const r = await lifeboat(['--repo', repo, ...args], { env: fixture.env });
+      assert.equal(r.code, code, `${args.join(' ')}: ${r.stderr}`);
+      return r;
+    };
+
+    const listed = (await run(['--json', 'list'])).json() as { id: string; type: string; parent: string | null; files: number }[];
+    assert.deepEqual(listed.map((p) => p.type), ['full', 'incr', 'diff']);
+    const [full, incr, diff] = listed.map((p) => p.id) as [string, string, string];
+    assert.deepEqual(listed.map((p) => p.parent), [null, full, full]);
+    assert.deepEqual(listed.map((p) => p.files), [6, 6, 6]);
+
+    const verified = (await run(['--json', 'verify', '--read-data'])).json();
+    assert.equal(verified.ok, true, JSON.stringify(verified.problems));
+    assert.deepEqual(verified.problems, []);
+
+    for (const [id, state] of [[full, 1], [incr, 2], [diff, 3]] as const) {
+      const target = path.join(work, `restored-${id}`);
+      await run(['restore', id, '--target', target]);
+      await assertTree(target, state, `restore of ${id}`);
+    }
+
+    // New points on the old chain: an incr on the diff, then a diff on the old full.
+    const tree = path.join(work, 'tree');
+    await writeTree(tree, 3);
+    await fsp.appendFile(path.join(tree, 'serving/routing.yaml'), 'canary: 5\n');
+    const sources = ['--source', `models=${path.join(tree, 'models')}`, '--source', `serving=${path.join(tree, 'serving')}`];
+    const newIncr = (await run(['--json', 'backup', ...sources, '--type', 'incr'])).json();
+    assert.equal(newIncr.parent, diff);
+    const newDiff = (await run(['--json', 'backup', ...sources, '--type', 'diff'])).json();
+    assert.equal(newDiff.parent, full);
+    assert.equal((await run(['--json', 'verify', '--read-data'])).json().ok, true);
+    for (const id of [newIncr.id, newDiff.id]) {
+      const target = path.join(work, `restored-${id}`);
+      await run(['restore', id, '--target', target]);
+      const routing = path.join(target, 'serving/routing.yaml');
+      assert.equal(await fsp.readFile(routing, 'utf8'), `${treeFiles(3).get('serving/routing.yaml')}canary: 5\n`);
+      await fsp.writeFile(routing, treeFiles(3).get('serving/routing.yaml')!);
+      await assertTree(target, 3, `restore of ${id}`);
+    }
+    // The old points restore the same once new ones stand on them.
+    const again = path.join(work, 'again');
+    await run(['restore', incr, '--target', again]);
+    await assertTree(again, 2, `restore of ${incr} after the new backups`);
+  });
+}
