@@ -116,6 +116,10 @@ for (const fixture of [
     assert.equal(verified.ok, true, JSON.stringify(verified.problems));
     assert.deepEqual(verified.problems, []);
 
+    const deep = (await run(['--json', 'verify', '--deep'])).json();
+    assert.deepEqual(deep.problems, [], 'every point restores and its model files validate');
+    assert.equal((await run(['--json', 'drill', incr])).json().ok, true);
+
     for (const [id, state] of [[full, 1], [incr, 2], [diff, 3]] as const) {
       const target = path.join(work, `restored-${id}`);
       await run(['restore', id, '--target', target]);
