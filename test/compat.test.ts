@@ -150,3 +150,27 @@ for (const fixture of [
     await assertTree(again, 2, `restore of ${incr} after the new backups`);
   });
 }
+
+test('a backup leaves under .tmp/ nothing but files, which the backups of earlier versions remove one by one: the room kept aside for a prune is elsewhere, and where an earlier version kept it, it is moved', async (t) => {
+  const work = await tempDir('lifeboat-compat-');
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const repo = path.join(work, 'repo');
+  const models = path.join(work, 'models');
+  await fsp.mkdir(models);
+  await fsp.writeFile(path.join(models, 'w.bin'), 'weights');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  // Where the previous layout kept the room: the next backup moves it.
+  await fsp.mkdir(path.join(repo, '.tmp', 'reserve'), { recursive: true });
+  await fsp.writeFile(path.join(repo, '.tmp', 'reserve', 'space'), Buffer.alloc(256 * 1024));
+  const r = await lifeboat(['--repo', repo, 'backup', models]);
+  assert.equal(r.code, 0, r.stderr);
+
+  // What the backup of an earlier version does with every entry under .tmp/ it finds: delete it as a file.
+  const tmp = path.join(repo, '.tmp');
+  for (const name of await fsp.readdir(tmp).catch(() => [] as string[])) await fsp.rm(path.join(tmp, name), { force: true });
+  assert.equal((await fsp.stat(path.join(repo, '.reserve', 'space'))).size, 256 * 1024, 'the room is kept aside');
+  const listed = await lifeboat(['--repo', repo, '--json', 'verify']);
+  assert.equal(listed.code, 0, listed.stderr);
+  assert.deepEqual(listed.json().problems, []);
+  assert.equal((await lifeboat(['--repo', repo, 'backup', models])).code, 0);
+});
