@@ -5,7 +5,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { BIN, lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
 import { prng, seedFromEnv, tempDir } from './helpers/tree.js';
-import { RESERVE_DIR, repoFiles, smallDeployment } from './helpers/repo.js';
+import { repoFiles, smallDeployment } from './helpers/repo.js';
 import { waitFor } from './helpers/processes.js';
 import { RuntimeFailure } from '../src/errors.js';
 import type { Notice } from '../src/core/events.js';
@@ -56,7 +56,7 @@ test('a backup killed with SIGKILL at any moment leaves no visible point; the ne
 /** The files in a local repository's temporary directory, with their sizes. */
 async function temporaryFiles(repo: string): Promise<{ name: string; size: number }[]> {
   const dir = path.join(repo, '.tmp');
-  const names = (await fsp.readdir(dir).catch(() => [] as string[])).filter((name) => `.tmp/${name}` !== RESERVE_DIR);
+  const names = await fsp.readdir(dir).catch(() => [] as string[]);
   const found = await Promise.all(names.map(async (name) => ({ name, size: (await fsp.stat(path.join(dir, name)).catch(() => undefined))?.size })));
   return found.filter((f): f is { name: string; size: number } => f.size !== undefined);
 }

@@ -280,7 +280,7 @@ test('a prune on a disk the repository filled up still runs: it frees the room k
     'echo "$status" > out/prune-status.txt',
     'node "$BIN" --repo small/repo --json list > out/list.json',
     'node "$BIN" --repo small/repo --json verify > out/verify.json',
-    'ls -A small/repo/.tmp/reserve > out/reserve.txt',
+    'ls -A small/repo/.reserve > out/reserve.txt',
     'ls -A small/repo > out/repo.txt',
   ]);
   assert.equal((await read('backup-status.txt')).trim(), '1');

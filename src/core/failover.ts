@@ -7,7 +7,7 @@ import { putStateBack, refuseEmptyCopies, stateToPutBack, type EmptyCopies } fro
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
 import type { Reporter } from './events.js';
 import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } from './health.js';
-import { appendEvent, inSwitchOrder, readEvents, withoutEndedAnnouncements, type JournalEvent } from './journal.js';
+import { appendEvent, inSwitchOrder, lastSwitchGeneration, readEvents, withoutEndedAnnouncements, type JournalEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
 import { NotEnoughSpace, removeLeftCopies, removeOtherStaging } from './restore-target.js';
@@ -222,7 +222,8 @@ async function transition(
   const fromPoint = slotPoint(run.spec.slots, from) ?? null;
   // Written down before anything is drained: in the target's record, and in the journal, which a prune on
   // another host reads. Killed once the link moved, before the end is journalled, the point now served is kept.
-  run.generation = await announceSwitch(run.spec.slots, run.spec.active, switchRecord(run, from, to, kind));
+  const journalled = 'unreadable' in repo ? undefined : () => lastSwitchGeneration(repo.storage, run.spec.name);
+  run.generation = await announceSwitch(run.spec.slots, run.spec.active, switchRecord(run, from, to, kind), journalled);
   run.move = { from, to };
   await announceInJournal(run, repo, kind, point);
   if (from) {

@@ -84,6 +84,16 @@ export function switchGeneration(e: JournalEvent): number | undefined {
   return e.target && typeof g === 'number' && Number.isInteger(g) ? g : undefined;
 }
 
+/** The highest generation among the journalled switches of `target`; 0 when none carries one. */
+export async function lastSwitchGeneration(storage: Storage, target: string): Promise<number> {
+  let last = 0;
+  for await (const e of eventsNewestFirst(storage)) {
+    const generation = e.target === target ? switchGeneration(e) : undefined;
+    if (generation !== undefined && generation > last) last = generation;
+  }
+  return last;
+}
+
 /**
  * `events` (oldest first, by the clocks of the hosts that wrote them) with each target's switches in the
  * order they were made: a switch made while its host's clock ran ahead is listed before the ones made after

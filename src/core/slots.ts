@@ -194,11 +194,16 @@ export async function readTargetState(slots: string, own?: Pick<SwitchRecord, 'f
  * Writes down a switch about to be made (see readTargetState), and returns its
  * generation, the one after the target's last. Only as a new copy renamed over
  * the old one: where that cannot be written (a full disk) it is left out, and
- * the switch is recorded once made, as it always was.
+ * the switch is recorded once made, as it always was. A record with switches but
+ * no count was written by a version that does not keep it (one still running on
+ * another host rewrites the record without it): `journalled`, the last
+ * generation the journal holds for the target, is where the count goes on from.
  */
-export async function announceSwitch(slots: string, active: string, made: Omit<SwitchRecord, 'generation'>): Promise<number> {
+export async function announceSwitch(slots: string, active: string, made: Omit<SwitchRecord, 'generation'>, journalled?: () => Promise<number>): Promise<number> {
   const state = await readTargetState(slots);
-  const generation = (state.generation ?? 0) + 1;
+  let last = state.generation ?? 0;
+  if (state.generation === undefined && state.history.length > 0 && journalled) last = Math.max(last, await journalled().catch(() => 0));
+  const generation = last + 1;
   // The state put in place for the switch stays said until the switch is recorded.
   const stateOf = (await readRecord(slots))?.stateOf;
   await writeTargetState(slots, { ...state, pending: { ...made, generation, active: path.resolve(active) }, ...(stateOf ? { stateOf } : {}) }, false).catch(() => undefined);

@@ -28,11 +28,16 @@ import {
 /** Temporary files live here until they are renamed into place. */
 const TMP_DIR = '.tmp';
 /**
- * Room kept aside in a directory of its own under TMP_DIR (not a write in progress): a prune on a disk the
- * repository filled frees it to take its lock. Random bytes, so that a compressing file system keeps them.
+ * Room kept aside in a directory of its own at the root: a prune on a disk the repository filled frees it
+ * to take its lock. Random bytes, so that a compressing file system keeps them. Not under TMP_DIR, where
+ * earlier versions remove every entry as a file, and fail a backup on a directory.
  */
-const RESERVE_DIR = 'reserve';
+const RESERVE_DIR = '.reserve';
 const RESERVE_FILE = 'space';
+/** Where versions before it kept the reserve: removed when the reserve is kept, spent when it is all there is. */
+const EARLIER_RESERVE_DIR = `${TMP_DIR}/reserve`;
+/** Directories at the root that hold no objects. */
+const NOT_OBJECTS = new Set([TMP_DIR, RESERVE_DIR]);
 const RESERVE_BYTES = 256 * 1024;
 
 /**
@@ -267,7 +272,7 @@ export class LocalStorage implements Storage {
 
   async *listPrefixes(prefix: string): AsyncIterable<string> {
     const entries = await entriesOf(path.join(this.root, ...prefix.split('/').filter(Boolean)), prefix || '/');
-    const folders = entries.filter((e) => e.isDirectory() && !(prefix === '' && e.name === TMP_DIR)).map((e) => `${prefix}${e.name}/`);
+    const folders = entries.filter((e) => e.isDirectory() && !(prefix === '' && NOT_OBJECTS.has(e.name))).map((e) => `${prefix}${e.name}/`);
     folders.sort(compareKeys);
     // A folder emptied by deletes holds no object, and an object store would not list it. Folders are looked
     // into all at once: a backup lists one per point while it scans, and waits for them before it writes.
@@ -279,7 +284,7 @@ export class LocalStorage implements Storage {
     const entries = await entriesOf(dir, dirKey || '/');
     // Key order: sort by the key each entry contributes ('a/' sorts as 'a/').
     const named = entries
-      .filter((e) => !(dirKey === '' && e.name === TMP_DIR))
+      .filter((e) => !(dirKey === '' && NOT_OBJECTS.has(e.name)))
       .map((e) => ({ e, key: dirKey === '' ? e.name : `${dirKey}/${e.name}` }))
       .sort((a, b) => compareKeys(a.e.isDirectory() ? `${a.key}/` : a.key, b.e.isDirectory() ? `${b.key}/` : b.key));
     for (const { e, key } of named) {
@@ -346,7 +351,8 @@ export class LocalStorage implements Storage {
   }
 
   async keepReserve(): Promise<void> {
-    const dir = path.join(this.root, TMP_DIR, RESERVE_DIR);
+    await fsp.rm(path.join(this.root, EARLIER_RESERVE_DIR), { recursive: true, force: true }).catch(() => undefined);
+    const dir = path.join(this.root, RESERVE_DIR);
     const file = path.join(dir, RESERVE_FILE);
     if ((await fsp.stat(file).catch(() => undefined))?.size === RESERVE_BYTES) return;
     await makeDirectories(dir);
@@ -357,16 +363,19 @@ export class LocalStorage implements Storage {
       await fsp.rename(tmp, file);
     } catch (err) {
       await fsp.rm(tmp, { force: true });
-      throw wrap('write', `${TMP_DIR}/${RESERVE_DIR}/${RESERVE_FILE}`, err);
+      throw wrap('write', `${RESERVE_DIR}/${RESERVE_FILE}`, err);
     }
   }
 
   /** Frees the room kept aside; whether there was any. */
   private async spendReserve(): Promise<boolean> {
-    const file = path.join(this.root, TMP_DIR, RESERVE_DIR, RESERVE_FILE);
-    if (!(await fsp.stat(file).catch(() => undefined))) return false;
-    await fsp.rm(file, { force: true });
-    return true;
+    for (const dir of [RESERVE_DIR, EARLIER_RESERVE_DIR]) {
+      const file = path.join(this.root, dir, RESERVE_FILE);
+      if (!(await fsp.stat(file).catch(() => undefined))) continue;
+      await fsp.rm(file, { force: true });
+      return true;
+    }
+    return false;
   }
 
   async close(): Promise<void> {}

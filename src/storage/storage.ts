@@ -180,7 +180,7 @@ export interface Storage {
   cleanupIncomplete(olderThanMs: number, prefix?: string): Promise<number>;
   /**
    * Makes sure the room a write with `spendReserve` may use is kept aside (a
-   * local repository's `.tmp/reserve/space`); a driver whose storage cannot
+   * local repository's `.reserve/space`); a driver whose storage cannot
    * fill up does nothing. Fails, leaving nothing half made, where there is no room.
    */
   keepReserve(): Promise<void>;

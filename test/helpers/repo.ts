@@ -35,7 +35,7 @@ export async function exists(p: string): Promise<boolean> {
 }
 
 /** The room a local repository keeps aside for a prune on a full disk: no object, and there from the first backup on. */
-export const RESERVE_DIR = '.tmp/reserve';
+export const RESERVE_DIR = '.reserve';
 
 /** Every object key under the repository directory (relative, '/'-separated), and what a write in progress or cut short left. */
 export async function repoFiles(repo: string): Promise<string[]> {
