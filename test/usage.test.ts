@@ -55,6 +55,18 @@ test('what commander refuses (a missing argument or option, an unknown option or
     assertUsageError(r, /unknown command '(bogus|bakup|lst)'/, hint, args[0] === '--json');
     assert.equal(r.stderr.split('\n').length, 3, r.stderr);
   }
+  // So is a word after the help flag that names no command, as `lifeboat help bogus` is, whatever options stand between.
+  for (const [args, hint] of [[['--help', 'bogus'], /see lifeboat --help/], [['--help', '--repo', 'x', '--json', 'bakup'], /did you mean backup\? see lifeboat --help/], [['-h', 'key', 'lst'], /did you mean list\? see lifeboat key --help/], [['key', '--help', 'lst'], /did you mean list\? see lifeboat key --help/]] as const) {
+    const r = await runChild([...args]);
+    assertUsageError(r, /unknown command '(bogus|bakup|lst)'/, hint, (args as readonly string[]).includes('--json'));
+    assert.equal(r.stderr.split('\n').length, 3, r.stderr);
+  }
+  // No command at all is a usage error too: the help, on stderr as for `lifeboat key`, and the sentence that says what is missing.
+  for (const args of [[], ['--json'], ['--repo', 'x']]) {
+    const bare = await runChild(args);
+    assertUsageError(bare, /no command given/, /see lifeboat --help/, args[0] === '--json');
+    assert.match(bare.stderr, /^Usage: lifeboat \[options\] \[command\]/);
+  }
   // After a `--`, --json is an argument, not the flag.
   assertUsageError(await runChild(['diff', '--', '--json']), /missing required argument 'to'/, /see lifeboat diff --help/, false);
   // With --log-format json, stderr holds JSON lines only: not the help commander shows of a command that needs a subcommand.
@@ -70,10 +82,17 @@ test('what commander refuses (a missing argument or option, an unknown option or
     { level: 'error', msg: "missing required argument 'to'", exitCode: 2, hint: 'see lifeboat diff --help' },
   );
 
-  for (const args of [['--help'], ['diff', '--help'], ['ls', '--help'], ['help', 'diff'], ['help', 'key'], ['--json', 'key', 'add', '--help'], ['--repo', 'x', '--help']]) {
+  for (const args of [['--help'], ['diff', '--help'], ['ls', '--help'], ['help', 'diff'], ['help', 'key'], ['--json', 'key', 'add', '--help'], ['--repo', 'x', '--help'], ['--help', '--log-format', 'json']]) {
     const help = await runChild(args);
     assert.equal(help.code, 0, `${args.join(' ')}: ${help.stderr}`);
-    assert.match(help.stdout, /^Usage: lifeboat/);
+    assert.match(help.stdout, /^Usage: lifeboat \[options\] \[command\]|^Usage: lifeboat (diff|list\|ls|key) /);
+    assert.equal(help.stderr, '');
+  }
+  // The help flag before a command is its help, as `lifeboat help restore` is, not the general help.
+  for (const [args, usage] of [[['--help', 'restore'], /^Usage: lifeboat restore /], [['-h', '-r', 'x', 'key', 'add'], /^Usage: lifeboat key add /]] as const) {
+    const help = await runChild([...args]);
+    assert.equal(help.code, 0, `${args.join(' ')}: ${help.stderr}`);
+    assert.match(help.stdout, usage);
     assert.equal(help.stderr, '');
   }
   // A repeatable option says so; the empty list it starts as is no default worth a word.
