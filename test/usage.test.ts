@@ -271,3 +271,19 @@ test('--quiet leaves out progress, notes and the report of a task that succeeded
   assert.equal(failed.code, 5);
   assert.match(failed.stdout, /FAILED\n[^]*FAIL {2}smoke/);
 });
+
+test("every argument of every command is described in its --help, and one that takes a point or a key's id says that a unique prefix of the id will do", () => {
+  const program = buildProgram({ stdout: new PassThrough(), stderr: new PassThrough(), env: {}, cwd: process.cwd() }, new AbortController().signal, { printed: false });
+  const commandLines = (c: Command, words: string[]): [Command, string[]][] => [[c, words], ...c.commands.flatMap((sub) => commandLines(sub, [...words, sub.name()]))];
+  let selectors = 0;
+  for (const [command, words] of commandLines(program, [])) {
+    for (const argument of command.registeredArguments) {
+      const where = `lifeboat ${words.join(' ')} <${argument.name()}>`;
+      assert.notEqual(argument.description, '', `${where} has no description`);
+      if (!['point', 'from', 'id'].includes(argument.name())) continue;
+      selectors++;
+      assert.match(argument.description, /unique (id )?prefix/, where);
+    }
+  }
+  assert.ok(selectors >= 9, 'show, diff, verify, restore, pin, unpin, drill, failover and key remove take one');
+});

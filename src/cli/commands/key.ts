@@ -142,8 +142,9 @@ export function registerKey(program: Command, run: CommandRunner): Command {
     .option('--new-password-file <file>', 'file holding the new password (or LIFEBOAT_NEW_PASSWORD, or a prompt)')
     .action(run((ctx, options: NewPasswordOptions) => runKeyAdd(ctx, options)));
   key
-    .command('remove <id>')
+    .command('remove')
     .description('remove a password (not the one in use, never the last)')
+    .argument('<id>', 'the id of its key, as key list shows it, or a unique prefix of it')
     .action(run((ctx, id: string) => runKeyRemove(ctx, id)));
   key
     .command('passwd')
