@@ -2,7 +2,7 @@ import * as fsp from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { LifeboatError, LockedError, RuntimeFailure, errorMessage, fileSystemHint } from '../errors.js';
+import { CredentialsRefusedError, LifeboatError, LockedError, RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../errors.js';
 import type { ManifestEntry } from '../format/manifest.js';
 import { syncPath } from '../format/durable.js';
 import { isMountPoint } from '../format/mounts.js';
@@ -260,6 +260,15 @@ export class NotEnoughSpace extends RuntimeFailure {
   constructor(message: string, hint = 'free space there, restore a part with --include, or restore somewhere else (restore --target; --work-dir for drill and verify --deep)') {
     super(message, { hint });
   }
+}
+
+/**
+ * Whether a restore failed by being refused before it wrote anything: a target or a choice it will not
+ * restore as given (exit 2: not empty, --include matching nothing …), another restore into that target
+ * (exit 4), too little free space. Credentials refused part-way are a failure like the network's.
+ */
+export function refusedBeforeWriting(err: unknown): boolean {
+  return (err instanceof UsageError && !(err instanceof CredentialsRefusedError)) || err instanceof LockedError || err instanceof NotEnoughSpace;
 }
 
 /** A failed file-system call while restoring, told as one sentence about the target (the staging directory is an internal name). */

@@ -20,7 +20,9 @@ interface StatusFlags {
 
 function describeEvent(e: JournalEvent): string {
   const rto = typeof e.detail?.rtoMs === 'number' ? `, RTO ${formatDuration(e.detail.rtoMs)}` : '';
-  const reason = typeof e.detail?.reason === 'string' ? `: ${escapeUnprintable(e.detail.reason)}` : '';
+  // A failed restore records its error: why it failed is what an operator looks for next.
+  const why = typeof e.detail?.reason === 'string' ? e.detail.reason : e.outcome === 'failed' && typeof e.detail?.error === 'string' ? e.detail.error : undefined;
+  const reason = why === undefined ? '' : `: ${escapeUnprintable(why)}`;
   // A switch to a directory outside the slots (a link moved by hand) has no point: the directory is named instead.
   const what = e.point ?? (typeof e.detail?.slot === 'string' ? quoteName(e.detail.slot) : '');
   // A prune names no point: no gap is left for one.
