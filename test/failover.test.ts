@@ -843,17 +843,27 @@ test('status interrupted while a health URL keeps it waiting says "interrupted" 
   assert.doesNotMatch(r.stderr, /unhealthy|aborted/);
 });
 
-test('status says when the previous slot was removed by hand, since a rollback then has nowhere to go', async () => {
+test('status says when the previous slot was removed by hand, and exits 1 as for a damaged record of switches, since a rollback then has nowhere to go', async () => {
   const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
   assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
   assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
   assert.match((await lifeboat(['status'], { cwd: work })).stdout, new RegExp(`\\n {2}previous: ${first}\\n`));
   await fsp.rm(path.join(work, 'slots', first), { recursive: true });
   const st = await lifeboat(['status'], { cwd: work });
-  assert.equal(st.code, 0, st.stderr);
+  assert.equal(st.code, 1, st.stderr);
   assert.match(st.stdout, new RegExp(`\\n {2}previous: ${first} \\(missing: no rollback to it\\)\\n`));
-  assert.equal((await lifeboat(['--json', 'status'], { cwd: work })).json().targets[0].previous.missing, true);
+  assert.equal(
+    st.stderr,
+    `lifeboat: the previous slot of target prod, ${path.join(work, 'slots', first)}, is missing, so there is no rollback to ${first}\n  the next failover keeps the slot it replaces for a rollback; to go back meanwhile, fail over to the point served before: lifeboat failover POINT --to prod\n`,
+  );
+  const json = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.equal(json.code, 1);
+  assert.equal(json.json().targets[0].previous.missing, true);
+  assert.equal(json.json().ok, false);
   assert.equal((await lifeboat(['rollback'], { cwd: work })).code, 2);
+  // The next failover makes a slot to go back to: status is content again.
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
   await fsp.rm(work, { recursive: true, force: true });
 });
 
