@@ -538,6 +538,21 @@ async function twoPoints(targets: string): Promise<{ work: string; first: string
   return { work, first, second };
 }
 
+test('the paths of a target (its slots, its link) are named in quotes where their names end in a space, as listings name them', async (t) => {
+  const { work, first, second } = await twoPoints('  prod: { slots: "./slots ", active: "./current " }\n');
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const slots = path.join(work, 'slots ');
+  const failover = await lifeboat(['failover', first], { cwd: work });
+  assert.equal(failover.code, 0, failover.stderr);
+  assert.ok(failover.stdout.includes(`into ${JSON.stringify(path.join(slots, first))}, every checksum verified`), failover.stdout);
+  assert.ok(failover.stderr.includes(`${JSON.stringify(path.join(work, 'current '))} → ${JSON.stringify(path.join(slots, first))}`), failover.stderr);
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
+  await fsp.rm(path.join(slots, first), { recursive: true });
+  const rollback = await lifeboat(['rollback'], { cwd: work });
+  assert.equal(rollback.code, 2);
+  assert.equal(rollback.stderr, `lifeboat: the previous slot ${JSON.stringify(path.join(slots, first))} of target prod no longer exists\n  fail over to a chosen point instead: lifeboat failover ${first} --to prod\n`);
+});
+
 test('a failover interrupted while deactivate runs activates the slot served before again, instead of leaving it drained', async () => {
   const { work, first, second } = await twoPoints(
     '  prod:\n    slots: ./slots\n    active: ./current\n' +

@@ -880,3 +880,21 @@ test('a SQLite source this user may only read: a database it may not read, or on
   const open = await backup(registry);
   assert.equal(open.code, 0, open.stderr);
 });
+
+test('a SQLite database in a directory whose name ends in a space is named in quotes in what the backup says of it, as listings name it, so that the space is seen', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await makeRepo(work);
+  const dbFile = path.join(work, 'state ', 'registry.db');
+  await fsp.mkdir(path.dirname(dbFile));
+  seedDatabase(dbFile, 'delete');
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ./repo\nsources:\n  registry: { sqlite: "./state /registry.db" }\n`);
+  const r = await lifeboat(['backup'], { cwd: work });
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok(r.stderr.includes(`copied SQLite database ${JSON.stringify(dbFile)} online`), r.stderr);
+  // A file that is no database: the error names it the same way.
+  await fsp.writeFile(dbFile, 'not a database at all, just some text that is long enough to have a header');
+  const refused = await lifeboat(['backup'], { cwd: work });
+  assert.equal(refused.code, 2, refused.stderr);
+  assert.ok(refused.stderr.includes(`source registry: ${JSON.stringify(dbFile)} is not a SQLite database`), refused.stderr);
+});
