@@ -898,3 +898,23 @@ test('a SQLite database in a directory whose name ends in a space is named in qu
   assert.equal(refused.code, 2, refused.stderr);
   assert.ok(refused.stderr.includes(`source registry: ${JSON.stringify(dbFile)} is not a SQLite database`), refused.stderr);
 });
+
+test('a postBackup hook that fails after a failed backup is a warning: --quiet still prints it (what preBackup paused may still be paused), and --log-format json gives it as one', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await makeRepo(work);
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'config.json'), '{}');
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    `repository: ./repo\nsources:\n  models: ./models\n  features: { command: "exit 1" }\nhooks:\n  preBackup: "true"\n  postBackup: 'echo cannot resume >&2; exit 3'\n`,
+  );
+  const quiet = await lifeboat(['--quiet', 'backup'], { cwd: work });
+  assert.equal(quiet.code, 1, quiet.stderr);
+  assert.match(quiet.stderr, /warning: postBackup hook exited with status 3: cannot resume\n/);
+  assert.match(quiet.stderr, /^lifeboat: command of source features exited with status 1$/m);
+  const json = await lifeboat(['--log-format', 'json', 'backup'], { cwd: work });
+  assert.equal(json.code, 1, json.stderr);
+  const lines = json.stderr.trimEnd().split('\n').map((l) => JSON.parse(l) as { level: string; msg: string; code?: string });
+  assert.deepEqual(lines.filter((l) => l.code === 'hook-failed').map(({ level, msg }) => ({ level, msg })), [{ level: 'warning', msg: 'postBackup hook exited with status 3: cannot resume' }]);
+});
