@@ -553,6 +553,20 @@ test('the paths of a target (its slots, its link) are named in quotes where thei
   assert.equal(rollback.stderr, `lifeboat: the previous slot ${JSON.stringify(path.join(slots, first))} of target prod no longer exists\n  fail over to a chosen point instead: lifeboat failover ${first} --to prod\n`);
 });
 
+test('a rollback or failover refused before it changed anything is not journalled as a failed one, which status would list; a failover run again for a point without serving state says nothing of its state', async (t) => {
+  const { work, first } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  const rollback = await lifeboat(['rollback'], { cwd: work });
+  assert.equal(rollback.code, 2);
+  assert.match(rollback.stderr, /target prod has no previous slot to roll back to\n {2}fail over to a chosen point instead: lifeboat failover POINT --to prod\n/);
+  const again = await lifeboat(['failover', first], { cwd: work });
+  assert.equal(again.code, 0, again.stderr);
+  assert.doesNotMatch(again.stderr, /serving state/);
+  const status = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.deepEqual(status.json().targets[0].events.map((e: { type: string; outcome: string }) => `${e.type} ${e.outcome}`), ['failover ok', 'failover ok']);
+});
+
 test('a failover interrupted while deactivate runs activates the slot served before again, instead of leaving it drained', async () => {
   const { work, first, second } = await twoPoints(
     '  prod:\n    slots: ./slots\n    active: ./current\n' +

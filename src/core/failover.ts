@@ -10,7 +10,7 @@ import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } 
 import { appendEvent, inSwitchOrder, readEvents, type JournalEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
-import { NotEnoughSpace, removeOtherStaging } from './restore-target.js';
+import { NotEnoughSpace, refusedBeforeWriting, removeOtherStaging } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
 import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, settlePending, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
 import type { TargetSpec } from './targets.js';
@@ -423,7 +423,8 @@ async function journal(run: Run, repo: MaybeRepository, type: string, result: Sw
 async function journalError(run: Run, repo: MaybeRepository, type: string, point: string | null, err: unknown): Promise<void> {
   // Stopped while it switched back, it has said what it left: no later run is to finish it.
   if (run.switchingBack) await settlePending(run.spec.slots);
-  if ('unreadable' in repo) return;
+  // Refused before anything changed (no previous slot, a target being switched): no failed switch for status to list.
+  if ('unreadable' in repo || refusedBeforeWriting(err)) return;
   await appendEvent(repo.storage, {
     type,
     point,
@@ -534,7 +535,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     // a failover must not put the backup's state over what the service has written since it was switched to.
     if (from === slot && options.applyState === undefined && (await stateWentBackWith(spec.slots, slot))) {
       run.options = { ...options, applyState: false };
-      note(run, 'state-left', `${spec.name} already serves ${manifest.id}, whose serving state was put back when it was switched to; the state is left as it is (--state puts it back again)`);
+      if (stateToPutBack(manifest).length > 0) note(run, 'state-left', `${spec.name} already serves ${manifest.id}, whose serving state was put back when it was switched to; the state is left as it is (--state puts it back again)`);
     }
     // Refused before the slot is restored, which may take long: the operator hears it at once.
     if (run.options.applyState !== false) await refuseEmptyCopies(manifest, emptyCopies(run));

@@ -2,7 +2,7 @@ import * as fsp from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { CredentialsRefusedError, LifeboatError, LockedError, RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../errors.js';
+import { CredentialsRefusedError, ExitCode, LifeboatError, LockedError, RuntimeFailure, errorMessage, fileSystemHint } from '../errors.js';
 import type { ManifestEntry } from '../format/manifest.js';
 import { syncPath } from '../format/durable.js';
 import { isMountPoint } from '../format/mounts.js';
@@ -263,12 +263,14 @@ export class NotEnoughSpace extends RuntimeFailure {
 }
 
 /**
- * Whether a restore failed by being refused before it wrote anything: a target or a choice it will not
- * restore as given (exit 2: not empty, --include matching nothing …), another restore into that target
- * (exit 4), too little free space. Credentials refused part-way are a failure like the network's.
+ * Whether a restore (or a failover, a rollback) failed by being refused before it wrote anything: a
+ * target or a choice it will not act on as given (exit 2: not empty, --include matching nothing, no
+ * previous slot …), another process restoring or switching it (exit 4), too little free space.
+ * Credentials refused part-way are a failure like the network's.
  */
 export function refusedBeforeWriting(err: unknown): boolean {
-  return (err instanceof UsageError && !(err instanceof CredentialsRefusedError)) || err instanceof LockedError || err instanceof NotEnoughSpace;
+  const usage = err instanceof LifeboatError && err.exitCode === ExitCode.usage && !(err instanceof CredentialsRefusedError);
+  return usage || err instanceof LockedError || err instanceof NotEnoughSpace;
 }
 
 /** A failed file-system call while restoring, told as one sentence about the target (the staging directory is an internal name). */
