@@ -55,3 +55,13 @@ test('a restore refused before it wrote anything is not journalled as a failed r
   const status = await lifeboat(['--repo', d.repo, 'status']);
   assert.match(status.stdout, /restore \d{8}-\d{6}-\d{3}F failed \([^)]+\): \S/);
 });
+
+test('status says why a drill failed, as the drill said it', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src])).code, 0);
+  const drill = await lifeboat(['--repo', d.repo, 'drill', '--rto', '1ms']);
+  assert.equal(drill.code, 5, drill.stderr);
+  const status = await lifeboat(['--repo', d.repo, 'status']);
+  assert.match(status.stdout, /drill \d{8}-\d{6}-\d{3}F failed, RTO \S+ \([^)]+\): rto: achieved RTO \S+ exceeds the objective of 1ms\n/);
+});

@@ -18,10 +18,16 @@ interface StatusFlags {
   events?: string;
 }
 
+/** Why a failed event failed, where it recorded no reason: a restore's error, a drill's problems (as the drill said them). */
+function failedBecause(e: JournalEvent): string | undefined {
+  if (typeof e.detail?.error === 'string') return e.detail.error;
+  const problems = Array.isArray(e.detail?.problems) ? (e.detail.problems as { check?: unknown; message?: unknown }[]).filter((p) => typeof p?.message === 'string') : [];
+  return problems.length ? problems.map((p) => `${String(p.check)}: ${String(p.message)}`).join('; ') : undefined;
+}
+
 function describeEvent(e: JournalEvent): string {
   const rto = typeof e.detail?.rtoMs === 'number' ? `, RTO ${formatDuration(e.detail.rtoMs)}` : '';
-  // A failed restore records its error: why it failed is what an operator looks for next.
-  const why = typeof e.detail?.reason === 'string' ? e.detail.reason : e.outcome === 'failed' && typeof e.detail?.error === 'string' ? e.detail.error : undefined;
+  const why = typeof e.detail?.reason === 'string' ? e.detail.reason : e.outcome === 'failed' ? failedBecause(e) : undefined;
   const reason = why === undefined ? '' : `: ${escapeUnprintable(why)}`;
   // A switch to a directory outside the slots (a link moved by hand) has no point: the directory is named instead.
   const what = e.point ?? (typeof e.detail?.slot === 'string' ? quoteName(e.detail.slot) : '');
