@@ -125,6 +125,30 @@ test('many writes that never finished are one warning of a text verify, and one 
   assert.deepEqual(await temporaryFiles(d.repo), []);
 });
 
+test('the data of several aborted backups is one warning of a text verify, and one line of the backup that removes it, with how many and the first few ids; --json lists each', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src])).code, 0);
+  // What five backups killed on five nights left: volumes under ids no point was committed as.
+  const ids = Array.from({ length: 5 }, (_, i) => `2025010${i + 1}-030000-000F`);
+  for (const id of ids) {
+    await fsp.mkdir(path.join(d.repo, 'data', id), { recursive: true });
+    await fsp.writeFile(path.join(d.repo, 'data', id, 'vol-000001.tar'), Buffer.alloc(1024));
+  }
+  const json = await lifeboat(['--repo', d.repo, '--json', 'verify']);
+  assert.equal(json.code, 0, json.stderr);
+  assert.deepEqual(json.json().warnings.map((w: { path: string }) => w.path).sort(), ids.map((id) => `data/${id}/`));
+  const text = await lifeboat(['--repo', d.repo, 'verify']);
+  const warnings = text.stderr.split('\n').filter((l) => l.includes('warning:'));
+  assert.equal(warnings.length, 1, text.stderr);
+  assert.match(warnings[0]!, /warning: 5 object\(s\), 5120 bytes, left by 5 aborted backups under data\/: 20250101-030000-000F, 20250102-030000-000F, 20250103-030000-000F and 2 more; the next backup or prune removes them if/);
+  const next = await lifeboat(['--repo', d.repo, 'backup', d.src]);
+  assert.equal(next.code, 0, next.stderr);
+  assert.deepEqual(next.stderr.split('\n').filter((l) => l.includes('removed')).map((l) => l.replace(/^\S+ /, '')), ['removed 5 object(s), 5120 bytes, left by 5 aborted backups under data/: 20250101-030000-000F, 20250102-030000-000F, 20250103-030000-000F and 2 more']);
+  const left = await fsp.readdir(path.join(d.repo, 'data'));
+  assert.deepEqual(left.filter((id) => ids.includes(id)), []);
+});
+
 test('the temporary file of a backup that is running is not a leftover: verify names the backup writing it', async (t) => {
   const d = await smallDeployment({ bigFiles: 3, bigSize: 48 << 20 });
   t.after(() => fsp.rm(d.work, { recursive: true, force: true }));

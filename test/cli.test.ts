@@ -350,6 +350,14 @@ test('point selectors: id, prefix, latest, ISO time; ambiguous or unknown is exi
   // ISO 8601 also writes an offset of whole hours as the hours alone.
   assert.equal((await show(offset.replace('+01:00', '+01'))).json().id, ids[1]);
   assert.equal((await show(new Date(Date.parse(list[1].completedAt) - 5 * 3600_000).toISOString().replace('Z', '-05'))).json().id, ids[1]);
+  // And a time to the hour alone (the next full hour in UTC, and in a zone an hour ahead), and a fraction after a comma.
+  const nextHour = new Date(Math.ceil(Date.parse(list[2].completedAt) / 3600_000) * 3600_000);
+  assert.equal((await show(`${nextHour.toISOString().slice(0, 13)}Z`)).json().id, ids[2]);
+  assert.equal((await show(`${new Date(nextHour.getTime() + 3600_000).toISOString().slice(0, 13)}+01`)).json().id, ids[2]);
+  assert.equal((await show(list[1].completedAt.replace('.', ','))).json().id, ids[1]);
+  const zonelessHour = await show(nextHour.toISOString().slice(0, 13));
+  assert.equal(zonelessHour.code, 2);
+  assert.match(zonelessHour.stderr, /T\d{2} has no time zone\n {2}add Z for UTC, as lifeboat shows times \(\S+T\d{2}Z\)/);
   const diff = (await lifeboat(['--repo', d.repo, '--json', 'diff', ids[0]!, ids[2]!])).json();
   assert.deepEqual(diff.changed.map((c: { path: string }) => c.path), ['models/config.json']);
   await fsp.rm(d.work, { recursive: true, force: true });

@@ -525,6 +525,11 @@ describe('keys', () => {
     await fsp.writeFile(damaged, '{"format": "lifeboat-key", "truncated');
     const list = await ok(lifeboat(['--repo', r, 'key', 'list'], { env: env() }), 'key list');
     assert.match(list.stderr, /keys\/0123456789abcdef\.json is damaged and cannot open the repository; put it back from a copy to keep its password, or `lifeboat key remove 0123456789abcdef` removes it/);
+    // A warning, which --quiet does not silence, and a warning line of --log-format json.
+    const quiet = await ok(lifeboat(['--repo', r, '--quiet', 'key', 'list'], { env: env() }), 'key list --quiet');
+    assert.match(quiet.stderr, /warning: keys\/0123456789abcdef\.json is damaged/);
+    const logged = await ok(lifeboat(['--repo', r, '--log-format', 'json', 'key', 'list'], { env: env() }), 'key list --log-format json');
+    assert.deepEqual(logged.stderr.trimEnd().split('\n').map((l) => JSON.parse(l)).map(({ level, code }) => ({ level, code })), [{ level: 'warning', code: 'key-damaged' }]);
     // The nightly verify says so too, as a warning: a password lost, found before the day it is needed.
     const verified = await ok(lifeboat(['--repo', r, '--json', 'verify'], { env: env() }), 'verify');
     assert.deepEqual(verified.json().warnings, [

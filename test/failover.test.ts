@@ -544,6 +544,35 @@ async function twoPoints(targets: string): Promise<{ work: string; first: string
   return { work, first, second };
 }
 
+test('the paths of a target (its slots, its link) are named in quotes where their names end in a space, as listings name them', async (t) => {
+  const { work, first, second } = await twoPoints('  prod: { slots: "./slots ", active: "./current " }\n');
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const slots = path.join(work, 'slots ');
+  const failover = await lifeboat(['failover', first], { cwd: work });
+  assert.equal(failover.code, 0, failover.stderr);
+  assert.ok(failover.stdout.includes(`into ${JSON.stringify(path.join(slots, first))}, every checksum verified`), failover.stdout);
+  assert.ok(failover.stderr.includes(`${JSON.stringify(path.join(work, 'current '))} → ${JSON.stringify(path.join(slots, first))}`), failover.stderr);
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
+  await fsp.rm(path.join(slots, first), { recursive: true });
+  const rollback = await lifeboat(['rollback'], { cwd: work });
+  assert.equal(rollback.code, 2);
+  assert.equal(rollback.stderr, `lifeboat: the previous slot ${JSON.stringify(path.join(slots, first))} of target prod no longer exists\n  fail over to a chosen point instead: lifeboat failover ${first} --to prod\n`);
+});
+
+test('a rollback or failover refused before it changed anything is not journalled as a failed one, which status would list; a failover run again for a point without serving state says nothing of its state', async (t) => {
+  const { work, first } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  const rollback = await lifeboat(['rollback'], { cwd: work });
+  assert.equal(rollback.code, 2);
+  assert.match(rollback.stderr, /target prod has no previous slot to roll back to\n {2}fail over to a chosen point instead: lifeboat failover POINT --to prod\n/);
+  const again = await lifeboat(['failover', first], { cwd: work });
+  assert.equal(again.code, 0, again.stderr);
+  assert.doesNotMatch(again.stderr, /serving state/);
+  const status = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.deepEqual(status.json().targets[0].events.map((e: { type: string; outcome: string }) => `${e.type} ${e.outcome}`), ['failover ok', 'failover ok']);
+});
+
 test('a failover interrupted while deactivate runs activates the slot served before again, instead of leaving it drained', async () => {
   const { work, first, second } = await twoPoints(
     '  prod:\n    slots: ./slots\n    active: ./current\n' +
@@ -975,17 +1004,27 @@ test('status interrupted while a health URL keeps it waiting says "interrupted" 
   assert.doesNotMatch(r.stderr, /unhealthy|aborted/);
 });
 
-test('status says when the previous slot was removed by hand, since a rollback then has nowhere to go', async () => {
+test('status says when the previous slot was removed by hand, and exits 1 as for a damaged record of switches, since a rollback then has nowhere to go', async () => {
   const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
   assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
   assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
   assert.match((await lifeboat(['status'], { cwd: work })).stdout, new RegExp(`\\n {2}previous: ${first}\\n`));
   await fsp.rm(path.join(work, 'slots', first), { recursive: true });
   const st = await lifeboat(['status'], { cwd: work });
-  assert.equal(st.code, 0, st.stderr);
+  assert.equal(st.code, 1, st.stderr);
   assert.match(st.stdout, new RegExp(`\\n {2}previous: ${first} \\(missing: no rollback to it\\)\\n`));
-  assert.equal((await lifeboat(['--json', 'status'], { cwd: work })).json().targets[0].previous.missing, true);
+  assert.equal(
+    st.stderr,
+    `lifeboat: the previous slot of target prod, ${path.join(work, 'slots', first)}, is missing, so there is no rollback to ${first}\n  the next failover keeps the slot it replaces for a rollback; to go back meanwhile, fail over to the point served before: lifeboat failover POINT --to prod\n`,
+  );
+  const json = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.equal(json.code, 1);
+  assert.equal(json.json().targets[0].previous.missing, true);
+  assert.equal(json.json().ok, false);
   assert.equal((await lifeboat(['rollback'], { cwd: work })).code, 2);
+  // The next failover makes a slot to go back to: status is content again.
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
   await fsp.rm(work, { recursive: true, force: true });
 });
 

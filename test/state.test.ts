@@ -880,3 +880,41 @@ test('a SQLite source this user may only read: a database it may not read, or on
   const open = await backup(registry);
   assert.equal(open.code, 0, open.stderr);
 });
+
+test('a SQLite database in a directory whose name ends in a space is named in quotes in what the backup says of it, as listings name it, so that the space is seen', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await makeRepo(work);
+  const dbFile = path.join(work, 'state ', 'registry.db');
+  await fsp.mkdir(path.dirname(dbFile));
+  seedDatabase(dbFile, 'delete');
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), `repository: ./repo\nsources:\n  registry: { sqlite: "./state /registry.db" }\n`);
+  const r = await lifeboat(['backup'], { cwd: work });
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok(r.stderr.includes(`copied SQLite database ${JSON.stringify(dbFile)} online`), r.stderr);
+  // A file that is no database: the error names it the same way.
+  await fsp.writeFile(dbFile, 'not a database at all, just some text that is long enough to have a header');
+  const refused = await lifeboat(['backup'], { cwd: work });
+  assert.equal(refused.code, 2, refused.stderr);
+  assert.ok(refused.stderr.includes(`source registry: ${JSON.stringify(dbFile)} is not a SQLite database`), refused.stderr);
+});
+
+test('a postBackup hook that fails after a failed backup is a warning: --quiet still prints it (what preBackup paused may still be paused), and --log-format json gives it as one', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await makeRepo(work);
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'config.json'), '{}');
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    `repository: ./repo\nsources:\n  models: ./models\n  features: { command: "exit 1" }\nhooks:\n  preBackup: "true"\n  postBackup: 'echo cannot resume >&2; exit 3'\n`,
+  );
+  const quiet = await lifeboat(['--quiet', 'backup'], { cwd: work });
+  assert.equal(quiet.code, 1, quiet.stderr);
+  assert.match(quiet.stderr, /warning: postBackup hook exited with status 3: cannot resume\n/);
+  assert.match(quiet.stderr, /^lifeboat: command of source features exited with status 1$/m);
+  const json = await lifeboat(['--log-format', 'json', 'backup'], { cwd: work });
+  assert.equal(json.code, 1, json.stderr);
+  const lines = json.stderr.trimEnd().split('\n').map((l) => JSON.parse(l) as { level: string; msg: string; code?: string });
+  assert.deepEqual(lines.filter((l) => l.code === 'hook-failed').map(({ level, msg }) => ({ level, msg })), [{ level: 'warning', msg: 'postBackup hook exited with status 3: cannot resume' }]);
+});

@@ -155,6 +155,13 @@ test("a restore lock and a staging directory another user's restore left in a sh
   assert.match(locked.stderr, new RegExp(`restore target ${target} holds the lock ${lock} of uid 0, left by a restore that is gone, and this user may not remove it`));
   assert.match(locked.stderr, /remove it as its owner or as root, then run this restore again/);
   assert.doesNotMatch(locked.stderr, /changing hands/);
+  // A target whose name ends in a space is named in quotes, as the other errors about a restore target name it (its lock's name ends otherwise).
+  const spaced = path.join(shared, 'out ');
+  await fsp.symlink(gone, path.join(shared, '.out .lifeboat-restoring'));
+  const quoted = await runChild(['--repo', repo, 'restore', 'latest', '--target', spaced], { user });
+  assert.equal(quoted.code, 1, quoted.stderr);
+  assert.ok(quoted.stderr.includes(`restore target ${JSON.stringify(spaced)} holds the lock ${path.join(shared, '.out .lifeboat-restoring')} of uid 0`), quoted.stderr);
+  await fsp.rm(path.join(shared, '.out .lifeboat-restoring'));
 
   await fsp.rm(lock);
   // Root's staging directory cannot be removed by this user: an unexpected error stopped every restore there.

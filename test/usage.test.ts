@@ -56,6 +56,18 @@ test('what commander refuses (a missing argument or option, an unknown option or
     assertUsageError(r, /unknown command '(bogus|bakup|lst)'/, hint, args[0] === '--json');
     assert.equal(r.stderr.split('\n').length, 3, r.stderr);
   }
+  // So is a word after the help flag that names no command, as `lifeboat help bogus` is, whatever options stand between.
+  for (const [args, hint] of [[['--help', 'bogus'], /see lifeboat --help/], [['--help', '--repo', 'x', '--json', 'bakup'], /did you mean backup\? see lifeboat --help/], [['-h', 'key', 'lst'], /did you mean list\? see lifeboat key --help/], [['key', '--help', 'lst'], /did you mean list\? see lifeboat key --help/]] as const) {
+    const r = await runChild([...args]);
+    assertUsageError(r, /unknown command '(bogus|bakup|lst)'/, hint, (args as readonly string[]).includes('--json'));
+    assert.equal(r.stderr.split('\n').length, 3, r.stderr);
+  }
+  // No command at all is a usage error too: the help, on stderr as for `lifeboat key`, and the sentence that says what is missing.
+  for (const args of [[], ['--json'], ['--repo', 'x']]) {
+    const bare = await runChild(args);
+    assertUsageError(bare, /no command given/, /see lifeboat --help/, args[0] === '--json');
+    assert.match(bare.stderr, /^Usage: lifeboat \[options\] \[command\]/);
+  }
   // After a `--`, --json is an argument, not the flag.
   assertUsageError(await runChild(['diff', '--', '--json']), /missing required argument 'to'/, /see lifeboat diff --help/, false);
   // With --log-format json, stderr holds JSON lines only: not the help commander shows of a command that needs a subcommand.
@@ -71,10 +83,17 @@ test('what commander refuses (a missing argument or option, an unknown option or
     { level: 'error', msg: "missing required argument 'to'", exitCode: 2, hint: 'see lifeboat diff --help' },
   );
 
-  for (const args of [['--help'], ['diff', '--help'], ['ls', '--help'], ['help', 'diff'], ['help', 'key'], ['--json', 'key', 'add', '--help'], ['--repo', 'x', '--help']]) {
+  for (const args of [['--help'], ['diff', '--help'], ['ls', '--help'], ['help', 'diff'], ['help', 'key'], ['--json', 'key', 'add', '--help'], ['--repo', 'x', '--help'], ['--help', '--log-format', 'json']]) {
     const help = await runChild(args);
     assert.equal(help.code, 0, `${args.join(' ')}: ${help.stderr}`);
-    assert.match(help.stdout, /^Usage: lifeboat/);
+    assert.match(help.stdout, /^Usage: lifeboat \[options\] \[command\]|^Usage: lifeboat (diff|list\|ls|key) /);
+    assert.equal(help.stderr, '');
+  }
+  // The help flag before a command is its help, as `lifeboat help restore` is, not the general help.
+  for (const [args, usage] of [[['--help', 'restore'], /^Usage: lifeboat restore /], [['-h', '-r', 'x', 'key', 'add'], /^Usage: lifeboat key add /]] as const) {
+    const help = await runChild([...args]);
+    assert.equal(help.code, 0, `${args.join(' ')}: ${help.stderr}`);
+    assert.match(help.stdout, usage);
     assert.equal(help.stderr, '');
   }
   // A repeatable option says so; the empty list it starts as is no default worth a word.
@@ -270,4 +289,20 @@ test('--quiet leaves out progress, notes and the report of a task that succeeded
   const failed = await quiet('drill', '--smoke', 'exit 3');
   assert.equal(failed.code, 5);
   assert.match(failed.stdout, /FAILED\n[^]*FAIL {2}smoke/);
+});
+
+test("every argument of every command is described in its --help, and one that takes a point or a key's id says that a unique prefix of the id will do", () => {
+  const program = buildProgram({ stdout: new PassThrough(), stderr: new PassThrough(), env: {}, cwd: process.cwd() }, new AbortController().signal, { printed: false });
+  const commandLines = (c: Command, words: string[]): [Command, string[]][] => [[c, words], ...c.commands.flatMap((sub) => commandLines(sub, [...words, sub.name()]))];
+  let selectors = 0;
+  for (const [command, words] of commandLines(program, [])) {
+    for (const argument of command.registeredArguments) {
+      const where = `lifeboat ${words.join(' ')} <${argument.name()}>`;
+      assert.notEqual(argument.description, '', `${where} has no description`);
+      if (!['point', 'from', 'id'].includes(argument.name())) continue;
+      selectors++;
+      assert.match(argument.description, /unique (id )?prefix/, where);
+    }
+  }
+  assert.ok(selectors >= 9, 'show, diff, verify, restore, pin, unpin, drill, failover and key remove take one');
 });

@@ -176,21 +176,50 @@ function colorFor(stream: { isTTY?: boolean }, env: NodeJS.ProcessEnv, allowed: 
   return stream.isTTY === true;
 }
 
+type OutputHelp = (context?: HelpContext | ((str: string) => string)) => void;
+
 /**
  * `lifeboat bogus --help`: commander shows the help of the command above the word it does not know,
  * with exit 0, as if the word were not there; it is refused as `lifeboat bogus` is, an unknown command.
+ * The word may come after the flag too (`lifeboat --help bogus`), as `lifeboat help bogus`; and
+ * `lifeboat --help restore` shows the help of restore, as `lifeboat help restore` does.
  */
 function refuseHelpOfUnknownCommand(command: Command): void {
-  const outputHelp = command.outputHelp.bind(command) as (context?: HelpContext | ((str: string) => string)) => void;
-  // commander's own refusal of an unknown command (with its "did you mean"), not in its typings.
+  const outputHelp = command.outputHelp.bind(command) as OutputHelp;
+  // commander's own refusal of an unknown command (with its "did you mean"), not in its typings; it names args[0].
   const unknownCommand = (command as Command & { unknownCommand(): never }).unknownCommand.bind(command);
   command.outputHelp = (context?: HelpContext | ((str: string) => string)) => {
-    // What commander has parsed: the words not taken as options, the first of them where a command stands.
-    const [word] = command.args;
-    const known = word === undefined || word.startsWith('-') || word === 'help' || command.commands.some((c) => c.name() === word || c.aliases().includes(word));
-    if (!known) unknownCommand();
-    outputHelp(context);
+    // What commander has parsed: the words not taken as options, and, after the help flag, all that follows it.
+    const words = operands(command, command.args);
+    const [word] = words;
+    if (word === undefined || word === 'help') return outputHelp(context);
+    const sub = command.commands.find((c) => c.name() === word || c.aliases().includes(word));
+    if (!sub) {
+      command.args = words;
+      return unknownCommand();
+    }
+    sub.args = words.slice(1);
+    (sub.outputHelp.bind(sub) as OutputHelp)(context);
   };
+}
+
+/** The words of a command line that are no option nor an option's value, up to a `--`. */
+function operands(command: Command, args: readonly string[]): string[] {
+  const options = (c: Command | null): Option[] => (c ? [...c.options, ...options(c.parent)] : []);
+  const known = options(command);
+  const words: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    if (arg === '--') break;
+    if (!arg.startsWith('-') || arg === '-') {
+      words.push(arg);
+      continue;
+    }
+    // --repo x, -r x: the next word is the option's value; --repo=x and -rx hold it.
+    const option = known.find((o) => o.long === arg || o.short === arg);
+    if (option && (option.required || option.optional) && !arg.includes('=')) i++;
+  }
+  return words;
 }
 
 function withSubcommands(command: Command): Command[] {
@@ -243,10 +272,6 @@ export async function runCli(argv: string[], io: CliIo, signal: AbortSignal): Pr
   const state: RunState = { printed: false };
   const program = buildProgram(io, signal, state);
   try {
-    if (argv.length <= 2) {
-      program.outputHelp();
-      return ExitCode.usage;
-    }
     await program.parseAsync(argv);
     if (state.document !== undefined) io.stdout.write(documentText(state.document));
     return ExitCode.ok;

@@ -11,7 +11,7 @@ import { localAccounts, namesOf } from '../format/accounts.js';
 import { formatBytes } from '../format/units.js';
 import { type Notice, type Progress, type Reporter, progressAt } from './events.js';
 import { LockLostError, acquireWriterLock, releaseAfter, type HeldLock } from './lock.js';
-import { removeUnfinishedWrites } from './leftovers.js';
+import { describeAbortedBackups, removeUnfinishedWrites } from './leftovers.js';
 import { isPermissionRefused } from '../storage/storage.js';
 import { chooseReference, type ReferenceChoice, countChanges, emptiedSince, emptySources, planBackup, type BackupPlan, type PlannedEntry } from './backup-plan.js';
 import { SMALL_FILE, SmallFileReader, type WholeFile } from './file-reader.js';
@@ -585,11 +585,13 @@ export async function removeLeftovers(repo: Repository, reporter: Reporter, lock
       return false;
     }
   };
+  // Removed one aborted backup at a time (the lock looked at before each), said in one line however many there were.
+  const removed: Awaited<ReturnType<Repository['orphanDataPrefixes']>> = [];
   for (const orphan of await repo.orphanDataPrefixes(committed)) {
     if (refused) break;
-    const what = `${orphan.keys.length} object(s), ${orphan.bytes} bytes, left by an aborted backup under ${orphan.prefix}`;
-    if (await removing(what, () => repo.storage.delete(orphan.keys))) reporter.notice?.({ level: 'info', code: 'leftovers-removed', message: `removed ${what}` });
+    if (await removing(describeAbortedBackups([orphan]), () => repo.storage.delete(orphan.keys))) removed.push(orphan);
   }
+  if (removed.length > 0) reporter.notice?.({ level: 'info', code: 'leftovers-removed', message: `removed ${describeAbortedBackups(removed)}` });
   const summaries = await repo.summaryGaps(committed);
   if (summaries.orphans.length > 0 && !refused) await removing(`the summaries of ${summaries.orphans.length} removed point(s)`, () => repo.storage.delete(summaries.orphans));
   // Points written before summaries existed get theirs, once, so that list and prune need not read their manifests again.

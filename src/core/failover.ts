@@ -10,12 +10,13 @@ import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } 
 import { appendEvent, inSwitchOrder, lastSwitchGeneration, readEvents, withoutEndedAnnouncements, type JournalEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
-import { NotEnoughSpace, removeLeftCopies, removeOtherStaging } from './restore-target.js';
+import { NotEnoughSpace, refusedBeforeWriting, removeLeftCopies, removeOtherStaging } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
 import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, markStateOf, settlePending, stateLeftBehind, switchNotMade, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
 import type { TargetSpec } from './targets.js';
 import { removeTree } from '../format/remove-tree.js';
 import { whileLeftUndone } from '../left-undone.js';
+import { quoteName } from '../format/quote.js';
 
 export interface SwitchOptions {
   signal?: AbortSignal;
@@ -235,10 +236,10 @@ async function transition(
       throw err;
     }
   }
-  for (const name of await removeLeftLinks(run.spec.active)) note(run, 'link-leftover-removed', `removed ${name}, a new link left by a switch that was stopped before it could rename it over ${run.spec.active}`);
+  for (const name of await removeLeftLinks(run.spec.active)) note(run, 'link-leftover-removed', `removed ${quoteName(name)}, a new link left by a switch that was stopped before it could rename it over ${quoteName(run.spec.active)}`);
   await switchActive(run.spec.active, to);
   run.linkMoved = true;
-  note(run, 'switched', `${run.spec.active} → ${to}`);
+  note(run, 'switched', `${quoteName(run.spec.active)} → ${quoteName(to)}`);
   let reason: string | undefined;
   let h: HealthResult = { ok: false, attempts: 0, ms: 0, detail: 'not checked' };
   try {
@@ -261,10 +262,10 @@ async function transition(
   }
   if (from && !(await isDirectory(from))) {
     // Switching back would leave the link dangling: the new slot at least holds a verified point.
-    note(run, 'previous-missing', `${to} failed (${reason}); ${from} is missing, so ${to} stays linked`, 'warning');
+    note(run, 'previous-missing', `${quoteName(to)} failed (${reason}); ${quoteName(from)} is missing, so ${quoteName(to)} stays linked`, 'warning');
     return { ok: false, health: h, reason, previousMissing: true, rtoMs: null };
   }
-  note(run, 'switching-back', `${to} failed (${reason}); switching back to ${from ?? 'no link'}`, 'warning');
+  note(run, 'switching-back', `${quoteName(to)} failed (${reason}); switching back to ${from === null ? 'no link' : quoteName(from)}`, 'warning');
   // Written down first: killed before the old slot's state is back, the next failover or rollback puts it back and journals this one.
   const putBack = from !== null && fromPoint !== null && run.options.applyState !== false;
   run.switchingBack = true;
@@ -306,7 +307,7 @@ async function transition(
     previousHealthy = back.unchecked ? reactivated === undefined : back.ok;
     previousDetail = back.unchecked ? reactivated : back.detail;
     const said = previousHealthy ? (back.unchecked ? 'activated again (no health check configured)' : 'healthy again') : back.unchecked ? `not activated again (${reactivated})` : 'NOT healthy either';
-    note(run, previousHealthy ? 'previous-healthy' : 'previous-unhealthy', `${from} is ${said}`, previousHealthy ? 'info' : 'warning');
+    note(run, previousHealthy ? 'previous-healthy' : 'previous-unhealthy', `${quoteName(from)} is ${said}`, previousHealthy ? 'info' : 'warning');
   }
   return { ok: false, health: h, reason, switchedBack: true, previousHealthy, ...(previousDetail ? { previousDetail } : {}), ...(previousUnchecked ? { previousUnchecked } : {}), rtoMs: null };
 }
@@ -331,10 +332,10 @@ async function remember(run: Run, from: string | null, to: string, kind: string)
   await writeTargetState(run.spec.slots, state).catch((err: unknown) => {
     // The link has already moved: an operator must not take this for a failure before the switch.
     const fromPoint = slotPoint(run.spec.slots, from);
-    const back = from === null ? '' : fromPoint ? `; lifeboat failover ${fromPoint} --to ${run.spec.name} returns to what was served before` : `; what was served before is ${from}`;
+    const back = from === null ? '' : fromPoint ? `; lifeboat failover ${fromPoint} --to ${run.spec.name} returns to what was served before` : `; what was served before is ${quoteName(from)}`;
     throw new RuntimeFailure(`${run.spec.name} now serves ${slotPoint(run.spec.slots, to) ?? to}, but the switch could not be recorded for a rollback: ${errorMessage(err)}`, {
       cause: err,
-      hint: `${fileSystemHint(err, run.spec.slots) ?? `check that ${run.spec.slots} can be written`}${back}`,
+      hint: `${fileSystemHint(err, run.spec.slots) ?? `check that ${quoteName(run.spec.slots)} can be written`}${back}`,
     });
   });
 }
@@ -451,7 +452,8 @@ async function journalError(run: Run, repo: MaybeRepository, type: string, point
   // Stopped while it switched back, it has said what it left: no later run is to finish it. Stopped before
   // the link moved, it has activated the slot still served again: the record says no switch under way.
   if (run.switchingBack || (run.move && !run.linkMoved)) await settlePending(run.spec.slots);
-  if ('unreadable' in repo) return;
+  // Refused before anything changed (no previous slot, a target being switched): no failed switch for status to list.
+  if ('unreadable' in repo || refusedBeforeWriting(err)) return;
   const { move } = run;
   // Stopped once the new slot was linked (interrupted, or the switch could not be recorded): the target serves it, and a prune elsewhere must keep it.
   const switched = move !== undefined && run.linkMoved === true && (await readActive(run.spec.active).catch(() => null)) === move.to;
@@ -491,8 +493,8 @@ async function announceInJournal(run: Run, repo: MaybeRepository, kind: 'failove
 
 /** What a switch stopped while it was switched back left undone, said for `status` and for the error of the run that finishes it. */
 function leftUndone(spec: TargetSpec, back: UnfinishedSwitchBack): string {
-  const point = slotPoint(spec.slots, back.from) ?? back.from;
-  return `the ${back.kind} of ${spec.name} to ${slotPoint(spec.slots, back.to) ?? back.to} was switched back to ${point} (${back.reason}), but was stopped before it put back the serving state of ${point}`;
+  const point = slotPoint(spec.slots, back.from) ?? (back.from === null ? 'no link' : quoteName(back.from));
+  return `the ${back.kind} of ${spec.name} to ${slotPoint(spec.slots, back.to) ?? quoteName(back.to)} was switched back to ${point} (${back.reason}), but was stopped before it put back the serving state of ${point}`;
 }
 
 /**
@@ -512,7 +514,7 @@ async function finishSwitchBack(run: Run, repo: MaybeRepository): Promise<void> 
   if (back.state && point && back.from) {
     if (run.options.applyState === false) {
       after += ', and left so by a run with --no-state';
-      note(run, 'state-left', `${leftUndone(spec, back)}: --no-state leaves the serving state of ${failed ?? back.to} live`, 'warning');
+      note(run, 'state-left', `${leftUndone(spec, back)}: --no-state leaves the serving state of ${failed ?? quoteName(back.to)} live`, 'warning');
     } else {
       note(run, 'finishing-switch-back', `${leftUndone(spec, back)}: putting it back now`, 'warning');
       const slot = back.from;
@@ -521,7 +523,7 @@ async function finishSwitchBack(run: Run, repo: MaybeRepository): Promise<void> 
         .then(() => markStateOf(spec.slots, undefined))
         .catch((err: unknown) => {
           if (err instanceof InterruptedError) throw err;
-          throw new LifeboatError(`${leftUndone(spec, back)}, so its serving state is that of ${failed ?? back.to}, and putting it back failed: ${errorMessage(err)}`, err instanceof LifeboatError ? err.exitCode : ExitCode.runtime, {
+          throw new LifeboatError(`${leftUndone(spec, back)}, so its serving state is that of ${failed ?? quoteName(back.to)}, and putting it back failed: ${errorMessage(err)}`, err instanceof LifeboatError ? err.exitCode : ExitCode.runtime, {
             cause: err,
             hint: `once the cause is fixed, lifeboat failover ${point} --to ${spec.name} puts it back; --no-state goes on, leaving the serving state as it is`,
           });
@@ -530,7 +532,7 @@ async function finishSwitchBack(run: Run, repo: MaybeRepository): Promise<void> 
       after += ', which the next run put back';
     }
   }
-  const notJournalled = (err: unknown) => note(run, 'journal-failed', `could not record the ${back.kind} to ${failed ?? back.to} in the journal: ${errorMessage(err)}`, 'warning');
+  const notJournalled = (err: unknown) => note(run, 'journal-failed', `could not record the ${back.kind} to ${failed ?? quoteName(back.to)} in the journal: ${errorMessage(err)}`, 'warning');
   if ('unreadable' in repo) notJournalled(repo.unreadable);
   else {
     await appendEvent(repo.storage, {
@@ -565,12 +567,12 @@ async function stateInPlace(run: Run, point: string, slot: string, from: string 
  */
 async function servedStateBack(run: Run, repo: MaybeRepository, from: string, point: string | null, interrupted: boolean): Promise<boolean> {
   const fromPoint = slotPoint(run.spec.slots, from);
-  const served = fromPoint ?? from;
+  const served = fromPoint ?? quoteName(from);
   const left = `the serving state is that of ${point ?? 'the point rolled back to'} while ${run.spec.name} serves ${served}${fromPoint ? `; lifeboat failover ${fromPoint} --to ${run.spec.name} --state puts it back` : ''}`;
   note(run, 'state-back', `putting back the serving state of ${served}, which ${run.spec.name} still serves${interrupted ? ' (interrupt again to stop at once, leaving the other point\'s state live)' : ''}`);
   const putBack = fromPoint
     ? whileLeftUndone(left, () => stateManifest(repo, run.spec.name, fromPoint).then((old) => applyState(run, old, from, true)))
-    : Promise.reject(new Error(`${from} holds no point of the repository`));
+    : Promise.reject(new Error(`${quoteName(from)} holds no point of the repository`));
   return putBack.then(
     async () => {
       await markStateOf(run.spec.slots, undefined);
@@ -611,13 +613,13 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     // Unless a run stopped before its switch left another point's state in place: then it goes back.
     if (from === slot && options.applyState === undefined && (await stateWentBackWith(spec.slots, slot)) && !(await stateLeftBehind(spec.slots, from))) {
       run.options = { ...options, applyState: false };
-      note(run, 'state-left', `${spec.name} already serves ${manifest.id}, whose serving state was put back when it was switched to; the state is left as it is (--state puts it back again)`);
+      if (stateToPutBack(manifest).length > 0) note(run, 'state-left', `${spec.name} already serves ${manifest.id}, whose serving state was put back when it was switched to; the state is left as it is (--state puts it back again)`);
     }
     // Refused before the slot is restored, which may take long: the operator hears it at once.
     if (run.options.applyState !== false) await refuseEmptyCopies(manifest, emptyCopies(run));
     const reused = await isDirectory(slot);
-    for (const name of await removeOtherStaging(slot)) note(run, 'staging-removed', `removed ${name}, left by an interrupted failover to another point`);
-    note(run, reused ? 'slot-check' : 'slot-restore', reused ? `checking slot ${slot} file by file` : `restoring ${manifest.id} into ${slot}`);
+    for (const name of await removeOtherStaging(slot)) note(run, 'staging-removed', `removed ${quoteName(name)}, left by an interrupted failover to another point`);
+    note(run, reused ? 'slot-check' : 'slot-restore', reused ? `checking slot ${quoteName(slot)} file by file` : `restoring ${manifest.id} into ${quoteName(slot)}`);
     // The server loads the slot right after the switch: the weights are left in memory for it.
     const restoreSlot = () => restore(repo, manifest, { target: slot, delta: reused, concurrency: options.concurrency, pageCache: true, signal: options.signal, reporter: options.reporter });
     const explained = (err: unknown): unknown => {
@@ -638,7 +640,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
       });
     });
     const changed = (r.rewritten ?? 0) + (r.removed ?? 0);
-    if (reused) note(run, 'slot-reused', changed ? `slot ${slot} repaired: ${r.rewritten} rewritten, ${r.removed} removed` : `slot ${slot} holds ${manifest.id} intact`);
+    if (reused) note(run, 'slot-reused', changed ? `slot ${quoteName(slot)} repaired: ${r.rewritten} rewritten, ${r.removed} removed` : `slot ${quoteName(slot)} holds ${manifest.id} intact`);
     const result: SwitchResult = {
       ok: false,
       outcome: 'failed',
@@ -691,14 +693,14 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     // A slot whose bytes verified can still hold a model that will not load: check before anything switches.
     const models = await validateDirectory(slot, { signal: options.signal });
     if (models.findings.length > 0) {
-      note(run, 'model-invalid', `${models.findings.length} model problem(s) in ${slot}`);
-      result.reason = `the model in ${slot} would not load: ${models.findings.slice(0, 3).map((f) => `${f.path}: ${f.reason}`).join('; ')}`;
+      note(run, 'model-invalid', `${models.findings.length} model problem(s) in ${quoteName(slot)}`);
+      result.reason = `the model in ${quoteName(slot)} would not load: ${models.findings.slice(0, 3).map((f) => `${f.path}: ${f.reason}`).join('; ')}`;
       return notSwitched();
     }
 
     const pre = spec.health?.preActivate;
     if (pre) {
-      note(run, 'pre-activate', `checking ${slot} before activating it`);
+      note(run, 'pre-activate', `checking ${quoteName(slot)} before activating it`);
       const check = await checkOnce({ command: pre }, spec.health?.timeoutMs ?? DEFAULT_HEALTH_TIMEOUT_MS, { cwd: spec.cwd, env: hookEnv(run, slot, manifest.id), signal: options.signal, commandName: 'health.preActivate' });
       if (!check.ok) {
         result.reason = `pre-activation check failed: ${check.detail}`;
@@ -745,12 +747,12 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
           hint: `fail over to the point served before: lifeboat status --target ${spec.name} lists the last failovers and the slots; lifeboat failover POINT --to ${spec.name}`,
         });
       }
-      throw new UsageError(`target ${spec.name} has no previous slot to roll back to`, { hint: 'fail over to a chosen point instead: lifeboat failover POINT --to TARGET' });
+      throw new UsageError(`target ${spec.name} has no previous slot to roll back to`, { hint: `fail over to a chosen point instead: lifeboat failover POINT --to ${spec.name}` });
     }
     if (!(await isDirectory(to))) {
-      throw new UsageError(`the previous slot ${to} of target ${spec.name} no longer exists`, { hint: 'fail over to a chosen point instead: lifeboat failover POINT --to TARGET' });
+      throw new UsageError(`the previous slot ${quoteName(to)} of target ${spec.name} no longer exists`, { hint: `fail over to a chosen point instead: lifeboat failover ${slotPoint(spec.slots, to) ?? 'POINT'} --to ${spec.name}` });
     }
-    if (to === from) throw new UsageError(`target ${spec.name} already serves ${to}`);
+    if (to === from) throw new UsageError(`target ${spec.name} already serves ${quoteName(to)}`);
     await checkActiveLinkWritable(spec.active, spec.name);
     for (const p of await removeLeftCopies(to)) note(run, 'copy-leftover-removed', `removed ${p}, a copy left by a restore that was stopped while it copied a file into place`);
     const point = slotPoint(spec.slots, to) ?? null;
@@ -759,7 +761,7 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
     const undone = state.history.at(-1);
     if (options.applyState === undefined && undone?.to === from && undone.state === false) {
       run.options = { ...options, applyState: false };
-      note(run, 'state-left', `the ${undone.kind} to ${slotPoint(spec.slots, from) ?? from} left the serving state as it was, so this rollback does too (--state puts the state of ${point ?? to} back)`);
+      note(run, 'state-left', `the ${undone.kind} to ${slotPoint(spec.slots, from) ?? quoteName(from)} left the serving state as it was, so this rollback does too (--state puts the state of ${point ?? quoteName(to)} back)`);
     }
     const result: SwitchResult = {
       ok: false,
@@ -941,7 +943,7 @@ export async function status(
     try {
       activePath = await readActive(spec.active);
       // A slot removed by hand leaves the link dangling: the server has nothing to load after a restart.
-      if (activePath && !(await isDirectory(activePath))) error = `${spec.active} links to ${activePath}, which is missing`;
+      if (activePath && !(await isDirectory(activePath))) error = `${quoteName(spec.active)} links to ${quoteName(activePath)}, which is missing`;
     } catch (err) {
       error = errorMessage(err);
       // A directory where the link should be: a failover would refuse it too, so the fix is to move it aside.
@@ -952,7 +954,7 @@ export async function status(
     // A slots directory that cannot be read (a file there, no permission for a probe's user) is said, and the rest still reported.
     let slotsError: string | undefined;
     const slots = await listSlots(spec.slots).catch((err: unknown) => {
-      slotsError = `${spec.slots} cannot be read: ${errorMessage(err)}`;
+      slotsError = `${quoteName(spec.slots)} cannot be read: ${errorMessage(err)}`;
       return [];
     });
     const state = await readTargetState(spec.slots);
@@ -961,14 +963,14 @@ export async function status(
     const lastServed = state.history.at(-1)?.to;
     if (activePath === null && error === undefined && lastServed !== undefined) {
       const served = slotPoint(spec.slots, lastServed);
-      error = `${spec.active} is missing, though the record of switches has ${spec.name} serving ${served ?? lastServed}`;
+      error = `${quoteName(spec.active)} is missing, though the record of switches has ${spec.name} serving ${served ?? quoteName(lastServed)}`;
       hint = `serve it again: lifeboat failover ${served ?? 'POINT'} --to ${spec.name}`;
     }
     // A switch stopped while it was switched back: the slot linked again serves with another point's state.
     const running = await beingSwitched(spec.slots);
     const back = error === undefined && !running ? await unfinishedSwitchBack(spec.slots) : undefined;
     if (back?.state && slotPoint(spec.slots, back.from)) {
-      error = `${leftUndone(spec, back)}: the serving state is that of ${slotPoint(spec.slots, back.to) ?? back.to}`;
+      error = `${leftUndone(spec, back)}: the serving state is that of ${slotPoint(spec.slots, back.to) ?? quoteName(back.to)}`;
       hint = `lifeboat failover ${slotPoint(spec.slots, back.from)} --to ${spec.name} puts it back, and records the ${back.kind} in the journal`;
     }
     // A switch stopped (killed, or by a second Ctrl-C) after it put its point's state in place, before the link moved.

@@ -104,9 +104,25 @@ export function describeLeftovers(writes: readonly IncompleteWrite[]): string {
   const counts = [...kinds].map(([what, n]) => (n === 1 ? what : `${n} ${what.replace(/^an? /, '')}s`)).join(' and ');
   const sizes = writes.map((write) => write.size);
   const bytes = sizes.every((size) => size !== undefined) ? ` of ${sizes.reduce((a, b) => a + b, 0)} bytes in all` : '';
-  const shown = writes.slice(0, LEFTOVERS_NAMED).map((write) => write.key);
-  const named = writes.length > LEFTOVERS_NAMED ? `${shown.join(', ')} and ${writes.length - LEFTOVERS_NAMED} more` : `${shown.slice(0, -1).join(', ')} and ${shown.at(-1)}`;
-  return `${counts}${bytes}, left by writes that never finished (backups or other commands that were stopped): ${named}`;
+  return `${counts}${bytes}, left by writes that never finished (backups or other commands that were stopped): ${named(writes.map((write) => write.key))}`;
+}
+
+/** The first few of several names, and how many more: `a, b, c and 2 more`, `a and b`. */
+function named(names: readonly string[]): string {
+  const shown = names.slice(0, LEFTOVERS_NAMED);
+  return names.length > LEFTOVERS_NAMED ? `${shown.join(', ')} and ${names.length - LEFTOVERS_NAMED} more` : `${shown.slice(0, -1).join(', ')} and ${shown.at(-1)}`;
+}
+
+/**
+ * The data of one or more aborted backups, for messages: `3 object(s), 3072 bytes, left by an aborted backup
+ * under data/<id>/`, or for several in one sentence, `… left by 5 aborted backups under data/: <id>, <id>,
+ * <id> and 2 more` (a host that crashed night after night leaves one each night).
+ */
+export function describeAbortedBackups(orphans: readonly { id: string; prefix: string; keys: readonly string[]; bytes: number }[]): string {
+  const objects = orphans.reduce((n, o) => n + o.keys.length, 0);
+  const bytes = orphans.reduce((n, o) => n + o.bytes, 0);
+  const by = orphans.length === 1 ? `an aborted backup under ${orphans[0]!.prefix}` : `${orphans.length} aborted backups under ${keys.dataPrefix}: ${named(orphans.map((o) => o.id))}`;
+  return `${objects} object(s), ${bytes} bytes, left by ${by}`;
 }
 
 /** How many keys a message about several leftovers names. */

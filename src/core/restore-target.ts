@@ -2,7 +2,7 @@ import * as fsp from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { LifeboatError, LockedError, RuntimeFailure, errorMessage, fileSystemHint } from '../errors.js';
+import { CredentialsRefusedError, ExitCode, LifeboatError, LockedError, RuntimeFailure, errorMessage, fileSystemHint } from '../errors.js';
 import type { ManifestEntry } from '../format/manifest.js';
 import { syncPath } from '../format/durable.js';
 import { isMountPoint } from '../format/mounts.js';
@@ -203,9 +203,9 @@ export async function lockRestoreTarget(target: string, mountPoint: boolean): Pr
       // No parent yet: nothing can be restoring there; the restore makes it (and says why it cannot).
       if (code === 'ENOENT' || code === 'ENOTDIR' || (mountPoint && ['EACCES', 'EPERM', 'EROFS'].includes(code))) return async () => undefined;
       if (code !== 'EEXIST') {
-        throw new RuntimeFailure(`cannot take the lock of restore target ${quoteName(target)} (${file}): ${errorMessage(err)}`, {
+        throw new RuntimeFailure(`cannot take the lock of restore target ${quoteName(target)} (${quoteName(file)}): ${errorMessage(err)}`, {
           cause: err,
-          hint: fileSystemHint(err, path.dirname(target)) ?? `check that ${path.dirname(target)} can be written`,
+          hint: fileSystemHint(err, path.dirname(target)) ?? `check that ${quoteName(path.dirname(target))} can be written`,
         });
       }
     }
@@ -214,7 +214,7 @@ export async function lockRestoreTarget(target: string, mountPoint: boolean): Pr
     const owner = lockOwner(held);
     if (owner && ownerRuns(owner.pid, owner.since)) {
       throw new LockedError(`restore target ${quoteName(target)} is being restored by another lifeboat process (pid ${owner.pid}, since ${new Date(owner.since).toISOString()})`, {
-        hint: `wait for it to finish, then run this restore again; if that process is gone, remove ${file}`,
+        hint: `wait for it to finish, then run this restore again; if that process is gone, remove ${quoteName(file)}`,
       });
     }
     // Left by a restore killed before it could remove it: moved aside and removed if it is still the one judged.
@@ -223,7 +223,7 @@ export async function lockRestoreTarget(target: string, mountPoint: boolean): Pr
     if (refused?.code === 'EACCES' || refused?.code === 'EPERM') {
       // Another user's, in a directory where only its owner may remove it (/tmp, sticky): taking it over cannot succeed.
       const owner = await fsp.lstat(file).then((st) => ` of uid ${st.uid}`, () => '');
-      throw new RuntimeFailure(`restore target ${target} holds the lock ${file}${owner}, left by a restore that is gone, and this user may not remove it`, {
+      throw new RuntimeFailure(`restore target ${quoteName(target)} holds the lock ${quoteName(file)}${owner}, left by a restore that is gone, and this user may not remove it`, {
         cause: refused,
         hint: `remove it as its owner or as root, then run this restore again`,
       });
@@ -232,7 +232,7 @@ export async function lockRestoreTarget(target: string, mountPoint: boolean): Pr
     if ((await fsp.readlink(aside).catch(() => '')) !== held) await fsp.link(aside, file).catch(() => undefined);
     await fsp.rm(aside, { force: true });
   }
-  throw new LockedError(`could not take the lock of restore target ${quoteName(target)}, ${file}, which kept changing hands`, { hint: 'another restore into it is starting; run this one again when it has finished' });
+  throw new LockedError(`could not take the lock of restore target ${quoteName(target)}, ${quoteName(file)}, which kept changing hands`, { hint: 'another restore into it is starting; run this one again when it has finished' });
 }
 
 /**
@@ -252,7 +252,7 @@ export async function checkFreeSpace(staging: string, target: string, files: rea
   if (needed <= free) return;
   // Said when it is the blocks that do not fit: the bytes alone would.
   const inBlocks = bytes <= free ? ` (${formatBytes(bytes)} in ${files.length} files, each taking whole blocks of ${formatBytes(block)})` : '';
-  throw new NotEnoughSpace(`the restore needs ${formatBytes(needed)}${inBlocks} on the file system of ${target}, and ${formatBytes(free)} is free`);
+  throw new NotEnoughSpace(`the restore needs ${formatBytes(needed)}${inBlocks} on the file system of ${quoteName(target)}, and ${formatBytes(free)} is free`);
 }
 
 /** A restore refused before writing, for want of free space; callers may give their own hint. */
@@ -260,6 +260,17 @@ export class NotEnoughSpace extends RuntimeFailure {
   constructor(message: string, hint = 'free space there, restore a part with --include, or restore somewhere else (restore --target; --work-dir for drill and verify --deep)') {
     super(message, { hint });
   }
+}
+
+/**
+ * Whether a restore (or a failover, a rollback) failed by being refused before it wrote anything: a
+ * target or a choice it will not act on as given (exit 2: not empty, --include matching nothing, no
+ * previous slot …), another process restoring or switching it (exit 4), too little free space.
+ * Credentials refused part-way are a failure like the network's.
+ */
+export function refusedBeforeWriting(err: unknown): boolean {
+  const usage = err instanceof LifeboatError && err.exitCode === ExitCode.usage && !(err instanceof CredentialsRefusedError);
+  return usage || err instanceof LockedError || err instanceof NotEnoughSpace;
 }
 
 /** A failed file-system call while restoring, told as one sentence about the target (the staging directory is an internal name). */
@@ -270,9 +281,9 @@ export function asRestoreFailure(err: unknown, staging: string, target: string):
   if (at) message = message.replaceAll(at.replaceAll(staging, target), shortenedPath(at.replaceAll(staging, target)));
   const hint =
     (err as NodeJS.ErrnoException).code === 'ENAMETOOLONG'
-      ? `a path of the point is longer under ${target} than the system allows (4,096 bytes in all); restore into a target with a shorter path, or leave that part out with --include`
+      ? `a path of the point is longer under ${quoteName(target)} than the system allows (4,096 bytes in all); restore into a target with a shorter path, or leave that part out with --include`
       : fileSystemHint(err, target);
-  return new RuntimeFailure(`cannot restore into ${target}: ${message}`, { cause: err, hint });
+  return new RuntimeFailure(`cannot restore into ${quoteName(target)}: ${message}`, { cause: err, hint });
 }
 
 export type TargetState = 'absent' | 'empty' | 'non-empty' | 'not-a-directory';

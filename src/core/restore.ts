@@ -142,9 +142,9 @@ export async function checkRestoreTarget(
     const code = (err as NodeJS.ErrnoException).code;
     // A directory above the target this user may not enter, or a target of another user it may not list.
     if (code === 'EACCES' || code === 'EPERM') {
-      throw new RuntimeFailure(`cannot look into restore target ${target}: ${errorMessage(err)}`, {
+      throw new RuntimeFailure(`cannot look into restore target ${quoteName(target)}: ${errorMessage(err)}`, {
         cause: err,
-        hint: `check that this user may enter every directory above ${target}, and read and write it; or restore somewhere else`,
+        hint: `check that this user may enter every directory above ${quoteName(target)}, and read and write it; or restore somewhere else`,
       });
     }
     const blocker = code === 'ENOTDIR' ? await notADirectoryOnTheWay(target) : undefined;
@@ -280,7 +280,7 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
             : `make the directory it points to first (or mount what should be there)${options.asTarget === undefined ? ', or give another --target' : ''}`,
       });
     }
-    throw new RuntimeFailure(`cannot create ${staging} to restore into: ${errorMessage(err)}`, { cause: err, hint: 'check the --target path and that it is writable' });
+    throw new RuntimeFailure(`cannot create ${quoteName(staging)} to restore into: ${errorMessage(err)}`, { cause: err, hint: 'check the --target path and that it is writable' });
   }
   // Once files are written (or were taken over), what verified is kept for a next restore when this one fails.
   let worthKeeping = leftover !== undefined;
@@ -367,7 +367,7 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
     const failsAgain = ['ENOSPC', 'EDQUOT', 'EFBIG', 'ENAMETOOLONG'].includes((err as NodeJS.ErrnoException).code ?? '');
     const usage = err instanceof UsageError && !(err instanceof CredentialsRefusedError);
     if (worthKeeping && !options.disposable && !failsAgain && !(err instanceof IntegrityError) && !usage) {
-      reporter.notice?.({ level: 'warning', code: 'restore-kept', path: staging, message: `the files restored so far are kept there; the next restore into ${target} goes on from them (remove it if there will be none)` });
+      reporter.notice?.({ level: 'warning', code: 'restore-kept', path: staging, message: `the files restored so far are kept there; the next restore into ${quoteName(target)} goes on from them (remove it if there will be none)` });
     } else {
       await removeStaging(staging, marker).catch(() => undefined);
     }

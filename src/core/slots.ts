@@ -10,6 +10,7 @@ import { syncPath, writeFileSynced } from '../format/durable.js';
 import { makeDirectories } from '../format/mkdirs.js';
 import { ownerRuns } from '../format/process-alive.js';
 import { sleep } from '../sleep.js';
+import { quoteName, shellWord } from '../format/quote.js';
 
 /** Kept in the slots directory: what the link pointed at before the last switch, and the switches made. */
 export const TARGET_STATE_FILE = '.lifeboat-target.json';
@@ -91,8 +92,8 @@ export async function readActive(active: string): Promise<string | null> {
     throw err;
   }
   if (!st.isSymbolicLink()) {
-    throw new UsageError(`${active} is not a symbolic link`, {
-      hint: `move it aside and make it a link to the directory the server reads (ln -s DIR ${active}), so it can be switched atomically`,
+    throw new UsageError(`${quoteName(active)} is not a symbolic link`, {
+      hint: `move it aside and make it a link to the directory the server reads (ln -s DIR ${shellWord(active)}), so it can be switched atomically`,
     });
   }
   return path.resolve(path.dirname(active), await fsp.readlink(active));
@@ -160,7 +161,7 @@ export async function checkActiveLinkWritable(active: string, name: string): Pro
   const parent = path.dirname(active);
   const refused = await fsp.access(parent, fsConstants.W_OK | fsConstants.X_OK).then(() => undefined, (err: NodeJS.ErrnoException) => err);
   if (refused === undefined || !['EACCES', 'EPERM', 'EROFS'].includes(refused.code ?? '')) return;
-  throw new RuntimeFailure(`the active link ${active} of target ${name} cannot be switched: ${errorMessage(refused)}`, {
+  throw new RuntimeFailure(`the active link ${quoteName(active)} of target ${name} cannot be switched: ${errorMessage(refused)}`, {
     cause: refused,
     hint: `${fileSystemHint(refused, parent)}, where the link is replaced, or run this as a user who may`,
   });
@@ -381,7 +382,7 @@ interface SwitchLockHolder {
  */
 export async function lockTarget(slots: string, name: string, command: string): Promise<() => Promise<void>> {
   await makeDirectories(slots).catch((err: unknown) => {
-    throw new RuntimeFailure(`cannot create the slots directory ${slots} of target ${name}: ${errorMessage(err)}`, {
+    throw new RuntimeFailure(`cannot create the slots directory ${quoteName(slots)} of target ${name}: ${errorMessage(err)}`, {
       cause: err,
       hint: `check targets.${name}.slots in the config file`,
     });
@@ -405,7 +406,7 @@ export async function lockTarget(slots: string, name: string, command: string): 
           await handle.close().catch(() => undefined);
           await fsp.rm(file, { force: true });
         }
-        throw new RuntimeFailure(`cannot take the switch lock of target ${name} in ${slots}: ${errorMessage(err)}`, {
+        throw new RuntimeFailure(`cannot take the switch lock of target ${name} in ${quoteName(slots)}: ${errorMessage(err)}`, {
           cause: err,
           hint: fileSystemHint(err, slots) ?? `check targets.${name}.slots in the config file`,
         });
@@ -421,12 +422,12 @@ export async function lockTarget(slots: string, name: string, command: string): 
     const holder = found.holder;
     if (holder && !holderGone(holder)) {
       throw new LockedError(`target ${name} is being switched by ${holder.command ?? 'another process'} (pid ${holder.pid ?? '?'} on ${holder.host ?? '?'}, since ${holder.startedAt ?? '?'})`, {
-        hint: `wait for it to finish; if that process is gone, remove ${file}`,
+        hint: `wait for it to finish; if that process is gone, remove ${quoteName(file)}`,
       });
     }
     await removeIfStill(file, found.text);
   }
-  throw new LockedError(`target ${name}: could not take the switch lock ${file}, which kept changing hands`, { hint: 'another failover or rollback of this target is starting; run this one again when it has finished' });
+  throw new LockedError(`target ${name}: could not take the switch lock ${quoteName(file)}, which kept changing hands`, { hint: 'another failover or rollback of this target is starting; run this one again when it has finished' });
 }
 
 /** Whether the holder of a switch lock is gone from this host. A pid given again (a reboot, a container whose every run has the same pid) to a process started after the lock was taken is not its holder. */

@@ -10,7 +10,7 @@ import type { Repository } from './repository.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 import { deepCheck } from './verify-deep.js';
 import { describeLock, whileReading } from './lock.js';
-import { describeLeftover, describeLeftovers, incompleteWritesUnlisted, pointBeingWritten, unfinishedWrites, type UnfinishedWrites } from './leftovers.js';
+import { describeAbortedBackups, describeLeftover, describeLeftovers, incompleteWritesUnlisted, pointBeingWritten, unfinishedWrites, type UnfinishedWrites } from './leftovers.js';
 import * as ledgers from './verify-ledger.js';
 import { isNotFound } from '../storage/storage.js';
 import { damagedKeyMessage, readKeys } from './keys.js';
@@ -308,20 +308,22 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
       warnings.push(n);
       reporter.notice?.(n);
     };
-    const report = async (id: string | undefined, key: string, message: string) => {
+    /** Whether what `key` holds is left over: not being written by a running backup, nor committed since `known` was listed. */
+    const leftOver = async (id: string | undefined, key: string) => {
       const backup = id === undefined ? undefined : writing(id);
-      if (backup) return inProgress(key, describeLock(backup));
-      // Committed since `known` was listed.
-      if (id !== undefined && (await repo.storage.head(keys.point(id)))) return;
-      leftover(key, message);
+      if (backup) return void inProgress(key, describeLock(backup));
+      return id === undefined || !(await repo.storage.head(keys.point(id)));
     };
     for (const key of summaries) {
-      await report(summaryIdOf(key), key, `a summary of no backup point, left by an aborted backup or prune; ${removedByNext('it')}`);
+      if (await leftOver(summaryIdOf(key), key)) leftover(key, `a summary of no backup point, left by an aborted backup or prune; ${removedByNext('it')}`);
     }
-    for (const orphan of data) {
-      const message = `${orphan.keys.length} object(s), ${orphan.bytes} bytes, left by an aborted backup; ${removedByNext('them')}`;
-      await report(orphan.id, orphan.prefix, message);
-    }
+    // Each aborted backup is a warning of the result; several are said in one line (a host that crashed night after night leaves one each night).
+    const aborted: typeof data = [];
+    for (const orphan of data) if (await leftOver(orphan.id, orphan.prefix)) aborted.push(orphan);
+    const abortedWarnings = aborted.map((orphan): Notice => ({ level: 'warning', code: 'leftovers', path: orphan.prefix, message: `${orphan.keys.length} object(s), ${orphan.bytes} bytes, left by an aborted backup; ${removedByNext('them')}` }));
+    warnings.push(...abortedWarnings);
+    if (abortedWarnings.length === 1) reporter.notice?.(abortedWarnings[0]!);
+    else if (abortedWarnings.length > 1) reporter.notice?.({ level: 'warning', code: 'leftovers', message: `${describeAbortedBackups(aborted)}; ${removedByNext('them')}` });
     // A volume being written when its backup was killed is a temporary file (an upload, on S3) that never became an object.
     let unfinished: UnfinishedWrites = { leftovers: [], running: [] };
     try {

@@ -26,7 +26,11 @@ export function pointTime(id: string): number {
 /** The zone an offset of hours alone (`+01`, valid ISO 8601) stands for, in the form Date.parse reads (`+01:00`). */
 const zoneOf = (zone: string) => (/^[+-]\d{2}$/.test(zone) ? `${zone}:00` : zone);
 
-const TIME_SELECTOR = /^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)(Z|[+-]\d{2}(?::?\d{2})?)?)?$/i;
+// The time of day to the hour, the minute or the second, its fraction after a point or a comma (both ISO 8601).
+const TIME_SELECTOR = /^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}(?::\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?)?)(Z|[+-]\d{2}(?::?\d{2})?)?)?$/i;
+
+/** A time of day in the form Date.parse reads: `05` is `05:00`, `05:00:00,5` is `05:00:00.5`. */
+const clockOf = (time: string) => (time.length === 2 ? `${time}:00` : time.replace(',', '.'));
 
 /**
  * The instant an ISO-8601 time selector names. It must carry its zone: a time
@@ -35,7 +39,7 @@ const TIME_SELECTOR = /^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1
  */
 export function parseTimeSelector(selector: string): number {
   const m = TIME_SELECTOR.exec(selector);
-  const at = m ? Date.parse(`${m[1]}T${m[2] ?? '00:00'}${zoneOf(m[3] ?? 'Z')}`) : NaN;
+  const at = m ? Date.parse(`${m[1]}T${clockOf(m[2] ?? '00')}${zoneOf(m[3] ?? 'Z')}`) : NaN;
   // Date.parse rolls a day the month lacks over into the next month (2026-11-31 is read as 2026-12-01), which would select another day's point.
   if (m && Number.isFinite(at) && new Date(Date.parse(`${m[1]}T00:00Z`)).toISOString().slice(0, 10) !== m[1]) {
     throw new UsageError(`${JSON.stringify(selector)} is not a valid ISO-8601 time: ${m[1]} is not a day of the calendar`, { hint: 'such as 2026-11-20T03:00:00Z' });
@@ -46,18 +50,19 @@ export function parseTimeSelector(selector: string): number {
       hint: `for the state at the end of that day in UTC: ${m[1]}T23:59:59Z${endOfLocalDay(m[1]!)}`,
     });
   }
-  if (m[3] === undefined) throw new UsageError(`${selector} has no time zone`, { hint: zoneHint(`${m[1]}T${m[2]}`) });
+  if (m[3] === undefined) throw new UsageError(`${selector} has no time zone`, { hint: zoneHint(`${m[1]}T${m[2]}`, at) });
   return at;
 }
 
 /**
  * The forms of a time given without its zone that would do: in UTC, or with the offset this host's zone
  * has at that time (an example offset could be copied as it is, and select the state of another hour).
- * In the hour the clocks repeat that time has two offsets; in the hour they skip, none.
+ * In the hour the clocks repeat that time has two offsets; in the hour they skip, none. `inUtc` is
+ * the instant the wall-clock time names in UTC.
  */
-function zoneHint(wall: string): string {
+function zoneHint(wall: string, inUtc: number): string {
   const utc = `add Z for UTC, as lifeboat shows times (${wall}Z)`;
-  const offsets = localOffsets(Date.parse(`${wall}Z`));
+  const offsets = localOffsets(inUtc);
   if (offsets.length === 0) return `${utc}; in this host's time zone ${wall} never happens (its clocks jump past it), so give the offset meant`;
   const forms = offsets.map((o) => `${wall}${o}`);
   return offsets.length === 1

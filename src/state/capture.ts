@@ -8,6 +8,7 @@ import { captureCommand, COMMAND_OUTPUT_FILE, ELSEWHERE } from './command.js';
 import { copySqlite } from './sqlite.js';
 import { RuntimeFailure, errorMessage } from '../errors.js';
 import { makeWorkDirectory } from '../format/mkdirs.js';
+import { quoteName } from '../format/quote.js';
 
 /** A command that runs without a stated timeout may run this long. */
 export const DEFAULT_COMMAND_TIMEOUT_MS = 60 * 60 * 1000;
@@ -77,7 +78,7 @@ export async function captureSources(sources: readonly PendingSource[], options:
   if (pending.length === 0) return { sources: [...sources], warnings: [], cleanup: async () => undefined };
   const workDir = options.tmpDir ?? os.tmpdir();
   const root = await makeWorkDirectory(options.tmpDir, 'lifeboat-state-', (dir) => options.notice?.(leftWorkDirectory(dir))).catch((err: unknown) => {
-    throw new RuntimeFailure(`cannot make a directory to capture serving state in, under ${workDir}: ${errorMessage(err)}`, { cause: err, hint: 'give another one with --work-dir' });
+    throw new RuntimeFailure(`cannot make a directory to capture serving state in, under ${quoteName(workDir)}: ${errorMessage(err)}`, { cause: err, hint: 'give another one with --work-dir' });
   });
   let cleaned = false;
   const cleanup = async () => {
@@ -105,7 +106,7 @@ export async function captureSources(sources: readonly PendingSource[], options:
           stagedIn: workDir,
           elsewhere: ELSEWHERE,
         });
-        options.notice?.({ level: 'info', code: 'state-captured', path: s.name, message: `copied SQLite database ${state.database} online (${copy.pages} pages, ${copy.durationMs} ms)` });
+        options.notice?.({ level: 'info', code: 'state-captured', path: s.name, message: `copied SQLite database ${quoteName(state.database)} online (${copy.pages} pages, ${copy.durationMs} ms)` });
         if (copy.empty) {
           // SQLite opens any empty file as an empty database: a path that names a file the service never wrote to,
           // or a database truncated by accident, would be backed up as nothing, and put back so by a failover.
@@ -113,7 +114,7 @@ export async function captureSources(sources: readonly PendingSource[], options:
             level: 'warning',
             code: 'sqlite-empty',
             path: s.name,
-            message: `the SQLite database ${state.database} is empty (${copy.pages === 0 ? 'a file of 0 bytes' : 'no tables'}), so its copy holds no data; check that sources.${s.name}.sqlite names the database the service writes`,
+            message: `the SQLite database ${quoteName(state.database)} is empty (${copy.pages === 0 ? 'a file of 0 bytes' : 'no tables'}), so its copy holds no data; check that sources.${s.name}.sqlite names the database the service writes`,
           };
           warnings.push(warning);
           options.notice?.(warning);

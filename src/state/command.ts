@@ -4,6 +4,7 @@ import { pipeline } from 'node:stream/promises';
 import * as path from 'node:path';
 import { InterruptedError, RuntimeFailure, errorMessage, fileSystemHint } from '../errors.js';
 import { afterDelay } from '../sleep.js';
+import { quoteName } from '../format/quote.js';
 
 
 /** How a backup's serving state is staged on another file system than the one that failed it. */
@@ -162,7 +163,7 @@ export async function runShell(
       // What a process left running in the background would write after the command exited is not its output.
       if (stoppedReading && err.code === 'ERR_STREAM_PREMATURE_CLOSE') return;
       // The command did not fail: keeping its output did (a full temporary file system, most often).
-      throw new RuntimeFailure(`could not keep the output of the ${what} in ${place}: ${errorMessage(err)}`, {
+      throw new RuntimeFailure(`could not keep the output of the ${what} in ${quoteName(place)}: ${errorMessage(err)}`, {
         cause: err,
         hint: `${fileSystemHint(err, place) ?? 'check that place'}; ${ELSEWHERE}`,
       });

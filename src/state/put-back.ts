@@ -6,6 +6,7 @@ import type { LifeboatConfig } from '../config/config.js';
 import { DEFAULT_COMMAND_TIMEOUT_MS, commandTimeoutMs } from './capture.js';
 import { COMMAND_OUTPUT_FILE, restoreCommand } from './command.js';
 import { restoreSqlite } from './sqlite.js';
+import { quoteName } from '../format/quote.js';
 
 /** Whether a point's copy of an empty SQLite database may replace a live one that holds something, and how else the command leaves state alone. */
 export interface EmptyCopies {
@@ -46,10 +47,10 @@ export async function putStateBack(manifest: Manifest, root: string, options: Pu
     let keptAs: string | undefined;
     if (s.kind === 'sqlite') {
       const copy = path.join(root, s.name, path.basename(s.path));
-      options.note('state-restore', `restoring the SQLite database ${s.restore} from ${copy}`);
+      options.note('state-restore', `restoring the SQLite database ${quoteName(s.restore)} from ${quoteName(copy)}`);
       const restored = await restoreSqlite(s.name, copy, s.restore, options.signal);
       keptAs = restored.keptAs;
-      if (keptAs) options.note('state-kept', `the state ${s.restore} had before is kept as ${keptAs}`);
+      if (keptAs) options.note('state-kept', `the state ${quoteName(s.restore)} had before is kept as ${quoteName(keptAs)}`);
     } else if (s.kind === 'command') {
       options.note('state-restore', `restoring the state of ${s.name} with \`${s.restore}\``);
       await restoreCommand(s.name, s.restore, path.join(root, s.name, COMMAND_OUTPUT_FILE), {
@@ -82,7 +83,7 @@ export async function refuseEmptyCopies(manifest: Manifest, empty: EmptyCopies):
     const live = s.restore;
     if (!(await fsp.stat(live).then((st) => st.size > 0, () => false))) continue;
     // Exit 2 as a refusal lifted by a flag is, but not a UsageError: a failover still says what the target serves.
-    throw new LifeboatError(`point ${manifest.id} holds an empty copy of the SQLite database of source ${s.name} (its backup warned sqlite-empty): putting it back would replace the live database ${live} with one that holds no data`, ExitCode.usage, {
+    throw new LifeboatError(`point ${manifest.id} holds an empty copy of the SQLite database of source ${s.name} (its backup warned sqlite-empty): putting it back would replace the live database ${quoteName(live)} with one that holds no data`, ExitCode.usage, {
       hint: `choose a point whose copy holds data (lifeboat show POINT lists a point's warnings), leave the live state alone (${empty.leaveAlone}), or put the empty copy back all the same with --allow-empty-state`,
     });
   }

@@ -6,6 +6,7 @@ import type BetterSqlite3 from 'better-sqlite3';
 import { InterruptedError, RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../errors.js';
 import { makeDirectories } from '../format/mkdirs.js';
 import { sleep } from '../sleep.js';
+import { quoteName, shellWord } from '../format/quote.js';
 
 // A native module loaded only when a SQLite source is backed up or restored, not by every command.
 const requireAtRunTime = createRequire(import.meta.url);
@@ -86,17 +87,17 @@ export async function copySqlite(
   const patienceMs = options.patienceMs ?? COPY_PATIENCE_MS;
   try {
     const st = await fsp.stat(database);
-    if (!st.isFile()) throw new UsageError(`source ${name}: ${database} is not a file`);
+    if (!st.isFile()) throw new UsageError(`source ${name}: ${quoteName(database)} is not a file`);
     // SQLite says only that it is "unable to open database file".
     await fsp.access(database, fsConstants.R_OK);
   } catch (err) {
     if (err instanceof UsageError) throw err;
     const hint = (err as NodeJS.ErrnoException).code === 'EACCES' ? 'run the backup as a user who may read it, such as the one the server that writes it runs as' : undefined;
-    throw new UsageError(`source ${name}: cannot read the SQLite database ${database}: ${errorMessage(err)}`, { hint });
+    throw new UsageError(`source ${name}: cannot read the SQLite database ${quoteName(database)}: ${errorMessage(err)}`, { hint });
   }
   try {
     return await retryWhileBusy(
-      { signal: options.signal, patienceMs, onFirstBusy: () => options.tell?.(`${database} is locked by a writer; waiting up to ${patienceMs / 1000} s for it`) },
+      { signal: options.signal, patienceMs, onFirstBusy: () => options.tell?.(`${quoteName(database)} is locked by a writer; waiting up to ${patienceMs / 1000} s for it`) },
       async () => {
         const copyOnce = async () => {
           await fsp.rm(destination, { force: true });
@@ -113,7 +114,7 @@ export async function copySqlite(
         } catch (err) {
           if ((err as { code?: string }).code !== 'SQLITE_READONLY_ROLLBACK' || !options.rollBackHotJournal) throw err;
           rollBackHotJournal(name, database);
-          options.tell?.(`${database} held a transaction a writer left unfinished (${path.basename(database)}-journal); it was rolled back, as the next writer would have, and the copy holds the last committed state`);
+          options.tell?.(`${quoteName(database)} held a transaction a writer left unfinished (${quoteName(`${path.basename(database)}-journal`)}); it was rolled back, as the next writer would have, and the copy holds the last committed state`);
           pages = await copyOnce();
         }
         return { pages, ...(await seal(destination)), durationMs: Date.now() - started };
@@ -123,29 +124,29 @@ export async function copySqlite(
           if (err instanceof RuntimeFailure) return err;
           // A file of something else (a dump, a log, another store's data) named where the database was meant.
           if ((err as { code?: string }).code === 'SQLITE_NOTADB') {
-            return new UsageError(`source ${name}: ${database} is not a SQLite database`, { cause: err, hint: `check the file that sources.${name}.sqlite names` });
+            return new UsageError(`source ${name}: ${quoteName(database)} is not a SQLite database`, { cause: err, hint: `check the file that sources.${name}.sqlite names` });
           }
           if ((err as { code?: string }).code === 'SQLITE_READONLY_DIRECTORY') {
             // A database in WAL mode that no process has open: reading it makes its -shm file, beside it.
             const dir = path.dirname(database);
-            return new UsageError(`source ${name}: cannot read the SQLite database ${database} as this user: it is in WAL mode and no process has it open, so reading it needs its -wal and -shm files made beside it, in ${dir}, which this user may not write`, {
+            return new UsageError(`source ${name}: cannot read the SQLite database ${quoteName(database)} as this user: it is in WAL mode and no process has it open, so reading it needs its -wal and -shm files made beside it, in ${quoteName(dir)}, which this user may not write`, {
               cause: err,
-              hint: `run the backup as a user who may write ${dir}, or while the server that writes the database has it open`,
+              hint: `run the backup as a user who may write ${quoteName(dir)}, or while the server that writes the database has it open`,
             });
           }
           if ((err as { code?: string }).code === 'SQLITE_FULL') {
             // SQLite says "database or disk is full": what is full is where the copy is written, not the live database.
             const place = options.stagedIn ?? path.dirname(destination);
             const hint = fileSystemHint(err, place)!;
-            return new RuntimeFailure(`source ${name}: the copy of ${database} does not fit in ${place}: no space left on device (SQLITE_FULL)`, {
+            return new RuntimeFailure(`source ${name}: the copy of ${quoteName(database)} does not fit in ${quoteName(place)}: no space left on device (SQLITE_FULL)`, {
               cause: err,
               hint: options.elsewhere ? `${hint}; ${options.elsewhere}` : hint,
             });
           }
-          return new RuntimeFailure(`source ${name}: online backup of ${database} failed: ${errorMessage(err)}`, { cause: err });
+          return new RuntimeFailure(`source ${name}: online backup of ${quoteName(database)} failed: ${errorMessage(err)}`, { cause: err });
         },
         stayedLocked: (last) =>
-          new RuntimeFailure(`source ${name}: ${database} stayed locked by a writer for ${patienceMs / 1000} s: ${errorMessage(last)}`, {
+          new RuntimeFailure(`source ${name}: ${quoteName(database)} stayed locked by a writer for ${patienceMs / 1000} s: ${errorMessage(last)}`, {
             hint: options.lockedHint ?? 'a transaction that holds the database for minutes blocks a consistent copy; use a pre-backup hook to pause it',
           }),
       },
@@ -205,9 +206,9 @@ export async function restoreSqlite(name: string, copy: string, database: string
       }
     },
     {
-      failed: (err) => new RuntimeFailure(`source ${name}: restoring ${database} failed: ${errorMessage(err)}`, { cause: err, hint: fileSystemHint(err, path.dirname(database)) }),
+      failed: (err) => new RuntimeFailure(`source ${name}: restoring ${quoteName(database)} failed: ${errorMessage(err)}`, { cause: err, hint: fileSystemHint(err, path.dirname(database)) }),
       stayedLocked: (last) =>
-        new RuntimeFailure(`source ${name}: ${database} stayed locked by another connection for ${RESTORE_PATIENCE_MS / 1000} s: ${errorMessage(last)}`, {
+        new RuntimeFailure(`source ${name}: ${quoteName(database)} stayed locked by another connection for ${RESTORE_PATIENCE_MS / 1000} s: ${errorMessage(last)}`, {
           hint: lockedHint,
         }),
     },
@@ -260,8 +261,8 @@ function rollBackHotJournal(name: string, database: string): void {
   } catch (err) {
     if (isBusy(err)) throw err;
     throw new RuntimeFailure(
-      `source ${name}: ${database} holds a transaction a writer left unfinished (${database}-journal), and it could not be rolled back: ${errorMessage(err)}`,
-      { cause: err, hint: `starting the application that owns it rolls it back, as does \`sqlite3 ${database} "PRAGMA quick_check"\` run by a user who may write it` },
+      `source ${name}: ${quoteName(database)} holds a transaction a writer left unfinished (${quoteName(`${database}-journal`)}), and it could not be rolled back: ${errorMessage(err)}`,
+      { cause: err, hint: `starting the application that owns it rolls it back, as does \`sqlite3 ${shellWord(database)} "PRAGMA quick_check"\` run by a user who may write it` },
     );
   } finally {
     db?.close();
@@ -275,7 +276,7 @@ async function seal(file: string): Promise<{ bytes: number; empty: boolean }> {
   try {
     db.pragma('journal_mode = DELETE');
     const result = db.pragma('quick_check', { simple: true });
-    if (result !== 'ok') throw new RuntimeFailure(`the copy ${file} fails quick_check: ${String(result)}`);
+    if (result !== 'ok') throw new RuntimeFailure(`the copy ${quoteName(file)} fails quick_check: ${String(result)}`);
     empty = db.prepare('SELECT 1 FROM sqlite_master LIMIT 1').get() === undefined;
   } finally {
     db.close();

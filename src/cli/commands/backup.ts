@@ -13,7 +13,7 @@ import { NAME, sourceNameFor } from '../../format/paths.js';
 import { openRepository, type CliContext } from '../context.js';
 import { escapeUnprintable, formatBytes, quoteName, counted, shellWord } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
-import { ProgressRenderer, log, printResult, warningsJson } from '../output.js';
+import { ProgressRenderer, log, logNotice, printResult, warningsJson } from '../output.js';
 import { captureSources, isStateSource, stateSource, type CapturedSources, type PendingSource } from '../../state/capture.js';
 import { BackupHooks } from '../../state/hooks.js';
 import type { CommandRunner } from '../main.js';
@@ -167,7 +167,8 @@ export async function runBackup(ctx: CliContext, paths: string[], flags: BackupF
       }, { shownWhenQuiet: result.dryRun });
     } catch (err) {
       await state?.cleanup();
-      await hooks.after({ error: err }, (message) => log(ctx, `warning: ${message}`));
+      // A warning, printed with --quiet too: what the preBackup hook paused may still be paused.
+      await hooks.after({ error: err }, (message) => logNotice(ctx, { level: 'warning', code: 'hook-failed', message }));
       throw err;
     } finally {
       renderer.stop();

@@ -61,8 +61,8 @@ export function registerDiff(program: Command, run: CommandRunner): Command {
   return program
     .command('diff')
     .description('files added, changed and removed between two backup points')
-    .argument('<from>', 'older point')
-    .argument('<to>', 'newer point')
+    .argument('<from>', 'the older point: id, unique id prefix, latest, or an ISO-8601 time')
+    .argument('<to>', 'the newer point, in the same forms')
     .addHelpText('after', '\nExample:\n  lifeboat diff 20261120 latest')
     .action(run((ctx, a: string, b: string) => runDiff(ctx, a, b)));
 }

@@ -9,7 +9,7 @@ import { readActive, slotPoint } from '../../core/slots.js';
 import type { Repository } from '../../core/repository.js';
 import { openRepository, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
-import { formatBytes, counted } from '../format.js';
+import { formatBytes, counted, quoteName } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
 import { ProgressRenderer, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
@@ -42,7 +42,7 @@ function keepSwitched(ctx: CliContext, err: unknown): void {
 /** The text report of a failover or rollback, and the error that ends a failed one. */
 export function reportSwitch(ctx: CliContext, verb: 'failover' | 'rollback', r: SwitchResult): void {
   printResult(ctx, switchJson(r), () => {
-    const what = r.point ?? r.slot;
+    const what = r.point ?? quoteName(r.slot);
     if (!r.ok) return '';
     const lines = [
       `${verb === 'failover' ? 'failed over' : 'rolled back'} ${r.target} to ${what}: healthy ${r.health.unchecked ? '(no health check configured)' : `after ${r.health.attempts} check(s)`}, RTO ${formatDuration(r.rtoMs ?? r.durationMs)}`,
@@ -50,20 +50,20 @@ export function reportSwitch(ctx: CliContext, verb: 'failover' | 'rollback', r: 
     if (r.restore) {
       lines.push(
         r.reused
-          ? `  slot ${r.slot} already held it: ${counted(r.restore.unchanged ?? 0, 'file')} checked${r.restore.rewritten || r.restore.removed ? `, ${r.restore.rewritten} rewritten, ${r.restore.removed} removed` : ''}${r.restore.keptExcluded ? `, ${r.restore.keptExcluded} left out by the backup kept` : ''}`
-          : `  restored ${counted(r.restore.files, 'file')}, ${formatBytes(r.restore.bytes)} into ${r.slot}, every checksum verified`,
+          ? `  slot ${quoteName(r.slot)} already held it: ${counted(r.restore.unchanged ?? 0, 'file')} checked${r.restore.rewritten || r.restore.removed ? `, ${r.restore.rewritten} rewritten, ${r.restore.removed} removed` : ''}${r.restore.keptExcluded ? `, ${r.restore.keptExcluded} left out by the backup kept` : ''}`
+          : `  restored ${counted(r.restore.files, 'file')}, ${formatBytes(r.restore.bytes)} into ${quoteName(r.slot)}, every checksum verified`,
       );
     }
-    if (r.from.path && r.from.path !== r.slot) lines.push(`  previous: ${r.from.point ?? r.from.path} (back with: lifeboat rollback --to ${r.target})`);
-    if (r.pruned.length) lines.push(`  removed old slots: ${r.pruned.join(', ')}`);
+    if (r.from.path && r.from.path !== r.slot) lines.push(`  previous: ${r.from.point ?? quoteName(r.from.path)} (back with: lifeboat rollback --to ${r.target})`);
+    if (r.pruned.length) lines.push(`  removed old slots: ${r.pruned.map(quoteName).join(', ')}`);
     return lines.join('\n');
   });
   if (r.ok) return;
   const back = r.previousMissing
-    ? `; the slot it served before, ${r.from.path}, is missing, so ${r.slot} stays linked`
+    ? `; the slot it served before, ${quoteName(r.from.path ?? '')}, is missing, so ${quoteName(r.slot)} stays linked`
     : r.switchedBack
       ? r.from.path
-        ? `; switched back to ${r.from.point ?? r.from.path}, which is ${
+        ? `; switched back to ${r.from.point ?? quoteName(r.from.path)}, which is ${
             r.previousUnchecked
               ? r.previousHealthy
                 ? 'activated again (no health check configured)'
@@ -73,9 +73,9 @@ export function reportSwitch(ctx: CliContext, verb: 'failover' | 'rollback', r: 
                 : 'NOT healthy either'
           }`
         : '; the link was removed again (there was none before)'
-      : `; ${r.target} still serves ${r.from.point ?? r.from.path ?? 'nothing'}, the active link was not changed`;
-  throw new HealthError(`${verb} of ${r.target} to ${r.point ?? r.slot} failed: ${r.reason}${back}`, {
-    hint: r.previousHealthy === false || r.previousMissing ? 'the target is down: fail over to another point (lifeboat list, lifeboat failover POINT --to TARGET)' : undefined,
+      : `; ${r.target} still serves ${r.from.point ?? (r.from.path === null ? 'nothing' : quoteName(r.from.path))}, the active link was not changed`;
+  throw new HealthError(`${verb} of ${r.target} to ${r.point ?? quoteName(r.slot)} failed: ${r.reason}${back}`, {
+    hint: r.previousHealthy === false || r.previousMissing ? `the target is down: fail over to another point (lifeboat list, lifeboat failover POINT --to ${r.target})` : undefined,
   });
 }
 

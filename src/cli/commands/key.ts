@@ -9,7 +9,7 @@ import type { Storage } from '../../storage/storage.js';
 import type { Reporter } from '../../core/events.js';
 import { contextConfig, openContextStorage, type CliContext } from '../context.js';
 import { newPassword, passwordSource } from '../password.js';
-import { log, logNotice, printResult } from '../output.js';
+import { logNotice, printResult } from '../output.js';
 import { nonEmpty } from '../flags.js';
 import type { CommandRunner } from '../main.js';
 import { quoteName } from '../../format/quote.js';
@@ -55,7 +55,7 @@ async function runKeyList(ctx: CliContext): Promise<void> {
   await withKey(ctx, async (storage, key) => {
     const { keys, damaged } = await readKeys(storage);
     const rows = keys.map((k) => ({ ...keyInfo(k), current: k.id === key.keyId })).sort((a, b) => a.createdAt.localeCompare(b.createdAt));
-    for (const d of damaged) log(ctx, `warning: ${damagedKeyMessage(d)}`);
+    for (const d of damaged) logNotice(ctx, { level: 'warning', code: 'key-damaged', message: damagedKeyMessage(d) });
     printResult(ctx, rows, () =>
       [' ', 'ID'.padEnd(16), 'CREATED'.padEnd(24), 'HOST'.padEnd(20), 'KDF']
         .join(' ')
@@ -142,8 +142,9 @@ export function registerKey(program: Command, run: CommandRunner): Command {
     .option('--new-password-file <file>', 'file holding the new password (or LIFEBOAT_NEW_PASSWORD, or a prompt)')
     .action(run((ctx, options: NewPasswordOptions) => runKeyAdd(ctx, options)));
   key
-    .command('remove <id>')
+    .command('remove')
     .description('remove a password (not the one in use, never the last)')
+    .argument('<id>', 'the id of its key, as key list shows it, or a unique prefix of it')
     .action(run((ctx, id: string) => runKeyRemove(ctx, id)));
   key
     .command('passwd')

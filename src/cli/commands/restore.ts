@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import { RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../../errors.js';
 import { appendEvent } from '../../core/journal.js';
 import { checkRestoreTarget, restore, type RestoreResult } from '../../core/restore.js';
-import { NotEnoughSpace, checkFreeSpace, lockRestoreTarget } from '../../core/restore-target.js';
+import { NotEnoughSpace, checkFreeSpace, lockRestoreTarget, refusedBeforeWriting } from '../../core/restore-target.js';
 import { directoryFlag, utf8Path } from '../flags.js';
 import { sourcesIncluded } from '../../core/restore-plan.js';
 import { leftWorkDirectory, type Notice } from '../../core/events.js';
@@ -82,6 +82,16 @@ async function journalRestored(repo: Repository, renderer: ProgressRenderer, res
   );
 }
 
+/**
+ * Records a restore that failed, unless it was refused before it wrote anything (a target that is not
+ * empty, an --include that matches nothing): that changed nothing, and `status` would list it among
+ * the failed restores an operator looks into. Failing to journal does not hide the error.
+ */
+async function journalFailed(repo: Repository, err: unknown, event: { point: string; target?: string; durationMs: number }, detail: Record<string, unknown> = {}): Promise<void> {
+  if (refusedBeforeWriting(err)) return;
+  await appendEvent(repo.storage, { type: 'restore', outcome: 'failed', ...event, detail: { error: errorMessage(err), ...detail } }).catch(() => undefined);
+}
+
 export async function runRestore(ctx: CliContext, selector: string, flags: RestoreFlags): Promise<void> {
   // A --force replaces the whole target: with --include, everything else in it (the weights beside a tokenizer being put back) would be gone.
   if (flags.force && flags.include.length > 0) {
@@ -109,7 +119,7 @@ export async function runRestore(ctx: CliContext, selector: string, flags: Resto
       target: flags.target.startsWith('/') ? flags.target : `${ctx.cwd}/${flags.target}`,
       ...commonOptions(ctx, flags, config, renderer),
     }).catch(async (err: unknown) => {
-      if (!flags.dryRun) await appendEvent(repo.storage, { type: 'restore', point: point.id, target: flags.target, outcome: 'failed', durationMs: Date.now() - started, detail: { error: errorMessage(err) } }).catch(() => undefined);
+      if (!flags.dryRun) await journalFailed(repo, err, { point: point.id, target: flags.target, durationMs: Date.now() - started });
       throw await withIntactAlternative(err, repo, point, (id) => `lifeboat restore ${id} ${again}`);
     });
     await journalRestored(repo, renderer, result);
@@ -296,7 +306,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
     const restoredSoFar = () => done.map((d) => `${d.source} to ${quoteName(d.target)}`);
     for (const place of places) {
       const result = await restore(repo, point, { target: place.path, asTarget: place.name, targetLocked: true, ...commonOptions(ctx, flags, config, renderer) }).catch(async (err: unknown) => {
-        if (!flags.dryRun) await appendEvent(repo.storage, { type: 'restore', point: point.id, target: place.path, outcome: 'failed', durationMs: Date.now() - started, detail: { error: errorMessage(err), source: place.name } }).catch(() => undefined);
+        if (!flags.dryRun) await journalFailed(repo, err, { point: point.id, target: place.path, durationMs: Date.now() - started }, { source: place.name });
         // Sources are restored one after the other: which ones made it is worth a line of its own.
         if (done.length > 0) {
           renderer.notice({ level: 'warning', code: 'in-place-partial', message: `restored before ${place.name} failed: ${restoredSoFar().join(', ')}; the sources after it were not touched` });

@@ -18,15 +18,23 @@ interface StatusFlags {
   events?: string;
 }
 
+/** Why a failed event failed, where it recorded no reason: a restore's error, a drill's problems (as the drill said them). */
+function failedBecause(e: JournalEvent): string | undefined {
+  if (typeof e.detail?.error === 'string') return e.detail.error;
+  const problems = Array.isArray(e.detail?.problems) ? (e.detail.problems as { check?: unknown; message?: unknown }[]).filter((p) => typeof p?.message === 'string') : [];
+  return problems.length ? problems.map((p) => `${String(p.check)}: ${String(p.message)}`).join('; ') : undefined;
+}
+
 function describeEvent(e: JournalEvent): string {
   const rto = typeof e.detail?.rtoMs === 'number' ? `, RTO ${formatDuration(e.detail.rtoMs)}` : '';
+  const why = typeof e.detail?.reason === 'string' ? e.detail.reason : e.outcome === 'failed' ? failedBecause(e) : undefined;
   // A switch announced whose end is not journalled: one running now, or one stopped (killed) before it could say how it ended.
   const reason =
     e.outcome === 'switching'
       ? ': its end is not journalled: still running, or stopped (killed) before it could say how it ended'
-      : typeof e.detail?.reason === 'string'
-        ? `: ${escapeUnprintable(e.detail.reason)}`
-        : '';
+      : why === undefined
+        ? ''
+        : `: ${escapeUnprintable(why)}`;
   // A switch to a directory outside the slots (a link moved by hand) has no point: the directory is named instead.
   const what = e.point ?? (typeof e.detail?.slot === 'string' ? quoteName(e.detail.slot) : '');
   // A prune names no point: no gap is left for one.
@@ -84,19 +92,23 @@ function unreadableRepository(err: unknown, broken: RuntimeFailure | undefined):
 
 /**
  * What keeps a target that serves from being rolled back or looked after: a record of switches that
- * does not read, a slots directory that cannot be listed. The target may answer healthy, so this is
- * not exit 5; it is what lifeboat reads from disk failing, exit 1, as a repository that cannot be read is.
+ * does not read, a previous slot that is gone (removed by hand), a slots directory that cannot be
+ * listed. The target may answer healthy, so this is not exit 5; it is what lifeboat needs from disk
+ * failing, exit 1, as a repository that cannot be read is.
  */
 function unrecoverable(targets: TargetStatus[]): RuntimeFailure | undefined {
   const damaged = targets.filter((t) => t.record.damaged !== undefined);
+  const noWayBack = targets.filter((t) => t.record.damaged === undefined && t.previous.missing);
   const unlisted = targets.filter((t) => t.slotsError !== undefined);
-  if (!damaged.length && !unlisted.length) return undefined;
+  if (!damaged.length && !noWayBack.length && !unlisted.length) return undefined;
   const said = [
-    ...damaged.map((t) => `the record of switches of target ${t.name}, ${t.record.path}, is damaged (${t.record.damaged}), so a rollback does not know where to go`),
+    ...damaged.map((t) => `the record of switches of target ${t.name}, ${quoteName(t.record.path)}, is damaged (${t.record.damaged}), so a rollback does not know where to go`),
+    ...noWayBack.map((t) => `the previous slot of target ${t.name}, ${quoteName(t.previous.path!)}, is missing, so there is no rollback to ${t.previous.point ?? 'it'}`),
     ...unlisted.map((t) => `target ${t.name}'s slots directory ${t.slotsError}`),
   ];
-  const hint = damaged.length
-    ? `the next failover writes the record again; to go back meanwhile, fail over to the point served before: lifeboat failover POINT --to ${damaged[0]!.name} (the failovers in its events name it)`
+  const [first] = [...damaged, ...noWayBack];
+  const hint = first
+    ? `the next failover ${damaged.length ? 'writes the record again' : 'keeps the slot it replaces for a rollback'}; to go back meanwhile, fail over to the point served before: lifeboat failover POINT --to ${first.name}${damaged.length ? ' (the failovers in its events name it)' : ''}`
     : `check that the slots directory of ${unlisted[0]!.name} is a directory this user may read`;
   return new RuntimeFailure(said.join('; '), { hint });
 }
@@ -160,7 +172,7 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
 export function registerStatus(program: Command, run: CommandRunner): Command {
   return program
     .command('status')
-    .description('per target: the active point, its health, the age of the newest backup (RPO) and the last events; exit 5 when a target is unhealthy, 1 when the repository, a record of switches or a slots directory cannot be read (the targets are reported all the same)')
+    .description('per target: the active point, its health, the age of the newest backup (RPO) and the last events; exit 5 when a target is unhealthy, 1 when the repository, a record of switches or a slots directory cannot be read, or a previous slot is missing (the targets are reported all the same)')
     .option('--target <name>', 'only this target')
     .option('--events <n>', 'journal events shown per target (default 5), and of the repository (default 10)')
     .addHelpText('after', '\nExamples:\n  lifeboat status\n  lifeboat status --json --target prod')

@@ -153,7 +153,7 @@ export function registerVerify(program: Command, run: CommandRunner): Command {
   const command = program
     .command('verify')
     .description('check that every point is complete; with --read-data, read everything back and check every checksum')
-    .argument('[point]', 'only this point and what it depends on')
+    .argument('[point]', 'only this point and what it depends on: id, unique id prefix, latest, or an ISO-8601 time')
     .option('--read-data', 'read all data and check every SHA-256 and volume CRC-32')
     .option('--since-verified', 'read only volumes never verified, plus a rotating sample of the rest (implies --read-data)')
     .option('--sample <percent>', 'with --since-verified: the share re-read each run (default 5); every volume is re-read within ceil(100/PERCENT) runs')
