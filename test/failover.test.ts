@@ -595,6 +595,38 @@ test('a failover interrupted while deactivate runs activates the slot served bef
   await fsp.rm(work, { recursive: true, force: true });
 });
 
+test('a failover whose link cannot be switched once deactivate drained the old slot activates that slot again, says so, and leaves no switch under way', async (t) => {
+  // The check before the switch passes; then the link is replaced by a directory, which no link can be renamed over.
+  const { work, first, second } = await twoPoints(
+    '  prod:\n    slots: ./slots\n    active: ./current\n' +
+      '    activate: \'echo "activate $LIFEBOAT_POINT" >> hooks.log\'\n' +
+      '    deactivate: \'echo "deactivate $LIFEBOAT_POINT" >> hooks.log; test ! -e block || { mv current current.kept && mkdir -p current/held; }\'\n',
+  );
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  await fsp.writeFile(path.join(work, 'hooks.log'), '');
+  await fsp.writeFile(path.join(work, 'block'), '');
+
+  const r = await lifeboat(['failover', second], { cwd: work });
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, new RegExp(`the switch failed before the link moved \\(.+\\): activating ${first} again\n`));
+  assert.match(r.stderr, new RegExp(`failover of prod to ${second} failed before the switch: .+; prod still serves ${first}, nothing was switched`));
+  assert.doesNotMatch(r.stderr, /unexpected error|\n\s+at /);
+  assert.equal(await fsp.readFile(path.join(work, 'hooks.log'), 'utf8'), `deactivate ${first}\nactivate ${first}\n`, 'the old slot is activated again');
+
+  // The link put back by hand: the record holds no switch under way (status would say the slot may be drained), and the journal has the failure.
+  await fsp.rm(path.join(work, 'block'));
+  await fsp.rm(path.join(work, 'current'), { recursive: true });
+  await fsp.rename(path.join(work, 'current.kept'), path.join(work, 'current'));
+  const st = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.equal(st.code, 0, st.stderr);
+  const target = st.json().targets[0];
+  assert.equal(target.active.point, first);
+  assert.deepEqual(target.events.map((e: { type: string; outcome: string; point: string }) => `${e.type} ${e.point} ${e.outcome}`), [`failover ${first} ok`, `failover ${second} failed`]);
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0, 'a failover run again goes through');
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
+});
+
 /** A repository of one point per weights, of a model and a serving state whose `restore` command is given, for the target given. */
 async function pointsWithState(restore: string, target: string, weights: string[]): Promise<{ work: string; points: string[] }> {
   const work = await tempDir();

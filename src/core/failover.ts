@@ -227,17 +227,28 @@ async function transition(
   run.generation = await announceSwitch(run.spec.slots, run.spec.active, switchRecord(run, from, to, kind), journalled);
   run.move = { from, to };
   await announceInJournal(run, repo, kind, point);
-  if (from) {
-    try {
+  // Whether the old slot may be drained: its deactivate hook ran (or was started), and whether it succeeded.
+  let drained = false;
+  let deactivated = false;
+  try {
+    if (from) {
+      drained = true;
       await hook(run, 'deactivate', from, fromPoint);
-    } catch (err) {
-      // Nothing was switched: bring the old slot back to service before failing.
-      await hook(run, 'activate', from, fromPoint, true).catch(() => undefined);
-      throw err;
+      deactivated = true;
     }
+    for (const name of await removeLeftLinks(run.spec.active)) note(run, 'link-leftover-removed', `removed ${quoteName(name)}, a new link left by a switch that was stopped before it could rename it over ${quoteName(run.spec.active)}`);
+    await switchActive(run.spec.active, to).catch((err: unknown) => {
+      // A raw rename error would read as a bug: say which link, and what the file system refused.
+      throw new RuntimeFailure(`the active link ${quoteName(run.spec.active)} could not be switched to ${quoteName(to)}: ${errorMessage(err)}`, {
+        cause: err,
+        hint: fileSystemHint(err, path.dirname(run.spec.active)) ?? `lifeboat status --target ${run.spec.name} shows what is in the link's place`,
+      });
+    });
+  } catch (err) {
+    // Nothing was switched: bring the old slot back to service before failing, whatever failed after it was drained.
+    if (drained) await reactivate(run, from!, fromPoint, deactivated ? err : undefined);
+    throw err;
   }
-  for (const name of await removeLeftLinks(run.spec.active)) note(run, 'link-leftover-removed', `removed ${quoteName(name)}, a new link left by a switch that was stopped before it could rename it over ${quoteName(run.spec.active)}`);
-  await switchActive(run.spec.active, to);
   run.linkMoved = true;
   note(run, 'switched', `${quoteName(run.spec.active)} → ${quoteName(to)}`);
   let reason: string | undefined;
@@ -310,6 +321,19 @@ async function transition(
     note(run, previousHealthy ? 'previous-healthy' : 'previous-unhealthy', `${quoteName(from)} is ${said}`, previousHealthy ? 'info' : 'warning');
   }
   return { ok: false, health: h, reason, switchedBack: true, previousHealthy, ...(previousDetail ? { previousDetail } : {}), ...(previousUnchecked ? { previousUnchecked } : {}), rtoMs: null };
+}
+
+/**
+ * Runs `activate` again on the slot still linked, drained by its `deactivate` hook (or by a hook
+ * that failed or was stopped part-way); `after`: what stopped the switch once the hook had succeeded.
+ */
+async function reactivate(run: Run, from: string, fromPoint: string | null, after: unknown): Promise<void> {
+  if (!run.spec.activate) return;
+  // After a deactivate hook that failed, its error says why: only a failure after it drained the slot is news.
+  if (after !== undefined && !(after instanceof InterruptedError)) note(run, 'reactivating', `the switch failed before the link moved (${errorMessage(after)}): activating ${fromPoint ?? quoteName(from)} again`, 'warning');
+  await hook(run, 'activate', from, fromPoint, true).catch((failed: unknown) => {
+    note(run, 'hook-failed', `activate hook: ${errorMessage(failed)}; ${fromPoint ?? quoteName(from)} is still linked but may stay drained: see to it by hand`, 'warning');
+  });
 }
 
 function switchRecord(run: Run, from: string | null, to: string, kind: string): SwitchRecord {
