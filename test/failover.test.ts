@@ -627,6 +627,29 @@ test('a failover whose link cannot be switched once deactivate drained the old s
   assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
 });
 
+test('what the activate and deactivate hooks print is logged on stderr, as a backup hook\'s is: with --log-format json as log lines, never on stdout with --json', async (t) => {
+  const { work, first, second } = await twoPoints(
+    '  prod:\n    slots: ./slots\n    active: ./current\n' +
+      '    activate: \'echo "reloading $LIFEBOAT_POINT"; echo "reload warning" >&2\'\n' +
+      '    deactivate: \'echo "draining $LIFEBOAT_POINT"\'\n',
+  );
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const r = await lifeboat(['failover', first], { cwd: work });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, new RegExp(`Z reloading ${first}\n`));
+  assert.match(r.stderr, /Z reload warning\n/);
+  const json = await lifeboat(['--json', '--log-format', 'json', 'failover', second], { cwd: work });
+  assert.equal(json.code, 0, json.stderr);
+  assert.equal(json.json().point, second, 'stdout is the document alone');
+  const logged = json.stderr.split('\n').filter(Boolean).map((l) => JSON.parse(l).msg);
+  assert.ok(logged.includes(`draining ${first}`), json.stderr);
+  assert.ok(logged.includes(`reloading ${second}`), json.stderr);
+  const back = await lifeboat(['--json', 'rollback'], { cwd: work });
+  assert.equal(back.code, 0, back.stderr);
+  assert.equal(back.json().point, first);
+  assert.match(back.stderr, new RegExp(`Z draining ${second}\n(.*\n)*.*Z reloading ${first}\n`));
+});
+
 /** A repository of one point per weights, of a model and a serving state whose `restore` command is given, for the target given. */
 async function pointsWithState(restore: string, target: string, weights: string[]): Promise<{ work: string; points: string[] }> {
   const work = await tempDir();

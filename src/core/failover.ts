@@ -32,6 +32,8 @@ export interface SwitchOptions {
   /** Volumes streamed at once while restoring. */
   concurrency?: number;
   hookTimeoutMs?: number;
+  /** Each line the activate and deactivate hooks print (on stdout or stderr), to be logged as a backup's hooks' are. */
+  onOutput?: (line: string) => void;
 }
 
 export type SwitchOutcome = 'ok' | 'rolled-back' | 'failed';
@@ -119,6 +121,7 @@ async function hook(run: Run, name: 'activate' | 'deactivate', slot: string | nu
     env: hookEnv(run, slot, point),
     timeoutMs: run.options.hookTimeoutMs ?? run.spec.hookTimeoutMs ?? DEFAULT_HOOK_TIMEOUT_MS,
     signal: restoring ? undefined : run.options.signal,
+    onOutput: run.options.onOutput,
   });
 }
 

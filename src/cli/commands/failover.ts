@@ -11,7 +11,7 @@ import { openRepository, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
 import { formatBytes, counted, quoteName } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
-import { ProgressRenderer, printResult } from '../output.js';
+import { ProgressRenderer, log, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 import { nonEmpty } from '../flags.js';
 
@@ -95,6 +95,7 @@ export async function runFailover(ctx: CliContext, selector: string | undefined,
     const result = await failover(repo, point, spec, {
       signal: ctx.signal,
       reporter: renderer,
+      onOutput: (line) => log(ctx, line),
       concurrency: config.s3?.concurrency,
       applyState: flags.state,
       allowEmptyState: flags.allowEmptyState === true,
@@ -130,7 +131,7 @@ export async function runRollback(ctx: CliContext, flags: FailoverFlags): Promis
   });
   const renderer = new ProgressRenderer(ctx, `rollback of ${spec.name}`);
   try {
-    const result = await rollback('repo' in opened ? opened.repo : opened, spec, { signal: ctx.signal, reporter: renderer, applyState: flags.state, allowEmptyState: flags.allowEmptyState === true }).catch((err: unknown) => {
+    const result = await rollback('repo' in opened ? opened.repo : opened, spec, { signal: ctx.signal, reporter: renderer, onOutput: (line) => log(ctx, line), applyState: flags.state, allowEmptyState: flags.allowEmptyState === true }).catch((err: unknown) => {
       keepSwitched(ctx, err);
       throw err;
     });
