@@ -10,7 +10,7 @@ import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } 
 import { appendEvent, inSwitchOrder, lastSwitchGeneration, readEvents, withoutEndedAnnouncements, type JournalEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
-import { NotEnoughSpace, refusedBeforeWriting, removeLeftCopies, removeOtherStaging } from './restore-target.js';
+import { NotEnoughSpace, refusedBeforeWriting, removeLeftCopies, removeOtherStaging, restoreLeftUnfinished } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
 import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, markStateOf, settlePending, stateLeftBehind, switchNotMade, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
 import type { TargetSpec } from './targets.js';
@@ -835,8 +835,11 @@ export interface TargetStatus {
   name: string;
   /** `since`: when the target's record of switches last switched the link to this slot (null when it has no such switch). */
   active: { path: string | null; slot: string | null; point: string | null; completedAt: string | null; ageMs: number | null; /** See StatusResult's newest. */ aheadMs?: number; since: string | null; error?: string; /** What to do about `error`, when it is not to fail over again. */ hint?: string };
-  /** `missing`: the slot was removed since (by hand): a rollback has nowhere to go. */
-  previous: { path: string | null; point: string | null; missing?: true };
+  /**
+   * `missing`: the slot was removed since (by hand): a rollback has nowhere to go. `unfinished`: a restore into
+   * it (a failover repairing it, a restore --delta) was stopped part-way, leaving its lock: it may hold a mix of points.
+   */
+  previous: { path: string | null; point: string | null; missing?: true; unfinished?: { pid: number; since: string } };
   /** The record of switches in the slots directory; `damaged` says why it does not read (a rollback then does not know where to go). */
   record: { path: string; damaged?: string };
   health: { ok: boolean; detail: string; ms: number; checked: boolean };
@@ -1014,6 +1017,14 @@ export async function status(
       error = stateLeft ? `${error}, ${drained}` : `${spec.name} still serves ${served}, ${drained}`;
       hint = `lifeboat failover ${served} --to ${spec.name} activates it again${stateLeft ? ' and puts back its serving state' : ''}`;
     }
+    // A restore into the slot served (a failover run again to repair it) killed part-way: some files are the new ones, some not.
+    const unfinished = activePath && (await isDirectory(activePath)) ? await restoreLeftUnfinished(activePath) : undefined;
+    if (unfinished && activePath) {
+      const left = `${quoteName(activePath)}, which ${spec.name} serves, may hold a mix of old and new files: a restore into it (pid ${unfinished.pid}, started ${unfinished.since}) was stopped before it finished`;
+      error = error === undefined ? left : `${error}; ${left}`;
+      hint ??= `lifeboat failover ${point ?? 'POINT'} --to ${spec.name} checks it file by file and repairs it`;
+    }
+    const previousUnfinished = state.previous && state.previous !== activePath && (await isDirectory(state.previous)) ? await restoreLeftUnfinished(state.previous) : undefined;
     const h = spec.health && (spec.health.url || spec.health.command)
       ? await checkOnce(spec.health, Math.min(spec.health.timeoutMs ?? 5000, 5000), { cwd: spec.cwd, env: targetEnv(spec, activePath, point), signal: options.signal })
       : undefined;
@@ -1030,7 +1041,12 @@ export async function status(
         ...(error ? { error } : {}),
         ...(hint ? { hint } : {}),
       },
-      previous: { path: state.previous, point: slotPoint(spec.slots, state.previous) ?? null, ...(state.previous && !(await isDirectory(state.previous)) ? { missing: true as const } : {}) },
+      previous: {
+        path: state.previous,
+        point: slotPoint(spec.slots, state.previous) ?? null,
+        ...(state.previous && !(await isDirectory(state.previous)) ? { missing: true as const } : {}),
+        ...(previousUnfinished ? { unfinished: previousUnfinished } : {}),
+      },
       record: { path: path.join(spec.slots, TARGET_STATE_FILE), ...(damaged ? { damaged } : {}) },
       health: h ? { ok: h.ok, detail: h.detail, ms: h.ms, checked: true } : { ok: activePath !== null && error === undefined, detail: error ?? 'no health check configured', ms: 0, checked: false },
       rpoMs: await rpoOf(m),

@@ -173,6 +173,18 @@ export async function removeOtherStaging(target: string): Promise<string[]> {
 /** What marks a restore's lock beside its target: `.<target>.lifeboat-restoring`, a symbolic link to `<pid>-<seconds>`. */
 const LOCK_MARK = '.lifeboat-restoring';
 
+/**
+ * A restore into `target` stopped before it finished (killed, a power loss): the lock it left beside
+ * the target, whose process is gone, and when that restore started. A restore --delta (a failover
+ * repairing a slot) leaves the target then holding a mix of old and new files.
+ */
+export async function restoreLeftUnfinished(target: string): Promise<{ pid: number; since: string } | undefined> {
+  const held = await fsp.readlink(path.join(path.dirname(target), `.${path.basename(target)}${LOCK_MARK}`)).catch(() => '');
+  const owner = lockOwner(held);
+  if (!owner || ownerRuns(owner.pid, owner.since)) return undefined;
+  return { pid: owner.pid, since: new Date(owner.since).toISOString() };
+}
+
 /** The pid and start (ms) a restore lock names, when it names any. */
 function lockOwner(held: string): { pid: number; since: number } | undefined {
   const m = /^(\d+)-(\d{1,12})$/.exec(held);

@@ -8,7 +8,7 @@ import { chooseTarget } from '../../core/targets.js';
 import { NoRepository } from '../../core/repository.js';
 import { openRepository, type CliContext } from '../context.js';
 import { formatDuration } from '../../config/duration.js';
-import { escapeUnprintable, quoteName } from '../format.js';
+import { escapeUnprintable, quoteName, shellWord } from '../format.js';
 import { paint, printResult } from '../output.js';
 import { count, nonEmpty } from '../flags.js';
 import type { CommandRunner } from '../main.js';
@@ -64,7 +64,7 @@ function describeTarget(ctx: CliContext, t: TargetStatus): string[] {
       : t.active.since ? `, served since ${t.active.since}` : '';
   const active = t.active.error ?? (t.active.path ? `${t.active.point ?? quoteName(t.active.path)}${when}` : 'no active link');
   const lines = [`target ${t.name}: ${active}; ${health}`];
-  if (t.previous.path) lines.push(`  previous: ${t.previous.point ?? quoteName(t.previous.path)}${t.previous.missing ? ' (missing: no rollback to it)' : ''}`);
+  if (t.previous.path) lines.push(`  previous: ${t.previous.point ?? quoteName(t.previous.path)}${t.previous.missing ? ' (missing: no rollback to it)' : t.previous.unfinished ? ' (restored part-way: may hold a mix of old and new files)' : ''}`);
   if (t.record.damaged) lines.push(`  record of switches ${quoteName(t.record.path)} is damaged (${t.record.damaged}): a rollback does not know where to go`);
   if (t.slotsError) lines.push(`  slots: ${escapeUnprintable(t.slotsError)}`);
   if (t.slots.length) lines.push(`  slots: ${t.slots.map((s) => `${quoteName(s.name)}${s.active ? ' (active)' : s.previous ? ' (previous)' : ''}`).join(', ')}`);
@@ -100,16 +100,21 @@ function unrecoverable(targets: TargetStatus[]): RuntimeFailure | undefined {
   const damaged = targets.filter((t) => t.record.damaged !== undefined);
   const noWayBack = targets.filter((t) => t.record.damaged === undefined && t.previous.missing);
   const unlisted = targets.filter((t) => t.slotsError !== undefined);
-  if (!damaged.length && !noWayBack.length && !unlisted.length) return undefined;
+  const mixed = targets.filter((t) => t.record.damaged === undefined && t.previous.unfinished !== undefined);
+  if (!damaged.length && !noWayBack.length && !unlisted.length && !mixed.length) return undefined;
   const said = [
     ...damaged.map((t) => `the record of switches of target ${t.name}, ${quoteName(t.record.path)}, is damaged (${t.record.damaged}), so a rollback does not know where to go`),
     ...noWayBack.map((t) => `the previous slot of target ${t.name}, ${quoteName(t.previous.path!)}, is missing, so there is no rollback to ${t.previous.point ?? 'it'}`),
+    ...mixed.map((t) => `the previous slot of target ${t.name}, ${quoteName(t.previous.path!)}, may hold a mix of old and new files: a restore into it (pid ${t.previous.unfinished!.pid}, started ${t.previous.unfinished!.since}) was stopped before it finished, so a rollback would serve that`),
     ...unlisted.map((t) => `target ${t.name}'s slots directory ${t.slotsError}`),
   ];
   const [first] = [...damaged, ...noWayBack];
+  const repair = mixed[0];
   const hint = first
     ? `the next failover ${damaged.length ? 'writes the record again' : 'keeps the slot it replaces for a rollback'}; to go back meanwhile, fail over to the point served before: lifeboat failover POINT --to ${first.name}${damaged.length ? ' (the failovers in its events name it)' : ''}`
-    : `check that the slots directory of ${unlisted[0]!.name} is a directory this user may read`;
+    : repair
+      ? `lifeboat restore ${repair.previous.point ?? 'POINT'} --target ${shellWord(repair.previous.path!)} --delta checks it file by file and repairs it`
+      : `check that the slots directory of ${unlisted[0]!.name} is a directory this user may read`;
   return new RuntimeFailure(said.join('; '), { hint });
 }
 
@@ -172,7 +177,7 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
 export function registerStatus(program: Command, run: CommandRunner): Command {
   return program
     .command('status')
-    .description('per target: the active point, its health, the age of the newest backup (RPO) and the last events; exit 5 when a target is unhealthy, 1 when the repository, a record of switches or a slots directory cannot be read, or a previous slot is missing (the targets are reported all the same)')
+    .description('per target: the active point, its health, the age of the newest backup (RPO) and the last events; exit 5 when a target is unhealthy, 1 when the repository, a record of switches or a slots directory cannot be read, or a previous slot is missing or restored part-way (the targets are reported all the same)')
     .option('--target <name>', 'only this target')
     .option('--events <n>', 'journal events shown per target (default 5), and of the repository (default 10)')
     .addHelpText('after', '\nExamples:\n  lifeboat status\n  lifeboat status --json --target prod')
