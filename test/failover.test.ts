@@ -650,20 +650,27 @@ test('what the activate and deactivate hooks print is logged on stderr, as a bac
   assert.match(back.stderr, new RegExp(`Z draining ${second}\n(.*\n)*.*Z reloading ${first}\n`));
 });
 
+/**
+ * What a failover run again to repair the slot of `point` leaves when it is killed (kill -9) while it rewrites
+ * it: its lock, naming a process that is gone, beside the slot, whose weights are now the other point's. Returns that pid.
+ */
+async function leftPartRestored(work: string, point: string): Promise<number> {
+  const killed = spawn(process.execPath, ['-e', ''], { stdio: 'ignore' });
+  await once(killed, 'exit');
+  await fsp.symlink(`${killed.pid}-${Math.floor(Date.now() / 1000)}`, path.join(work, 'slots', `.${point}.lifeboat-restoring`));
+  await fsp.writeFile(path.join(work, 'slots', point, 'models', 'w.bin'), 'weights B');
+  return killed.pid!;
+}
+
 test('status reports a slot served, or kept for a rollback, that a restore stopped part-way left holding a mix of files, naming what repairs it', async (t) => {
   const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
   assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
   const slot = path.join(work, 'slots', first);
-  // A failover run again to repair the slot served, killed (kill -9) while it rewrote it: its lock stays, beside files half rewritten.
-  const killed = spawn(process.execPath, ['-e', ''], { stdio: 'ignore' });
-  await once(killed, 'exit');
-  const lock = path.join(work, 'slots', `.${first}.lifeboat-restoring`);
-  await fsp.symlink(`${killed.pid}-${Math.floor(Date.now() / 1000)}`, lock);
-  await fsp.writeFile(path.join(slot, 'models', 'w.bin'), 'weights B');
+  const pid = await leftPartRestored(work, first);
   const st = await lifeboat(['status'], { cwd: work });
   assert.equal(st.code, 5, st.stderr);
-  assert.match(st.stdout, new RegExp(`target prod: ${slot}, which prod serves, may hold a mix of old and new files: a restore into it \\(pid ${killed.pid}, started \\S+\\) was stopped before it finished;`));
+  assert.match(st.stdout, new RegExp(`target prod: ${slot}, which prod serves, may hold a mix of old and new files: a restore into it \\(pid ${pid}, started \\S+\\) was stopped before it finished;`));
   assert.match(st.stderr, new RegExp(`\\n {2}lifeboat failover ${first} --to prod checks it file by file and repairs it\\n$`));
   assert.equal((await lifeboat(['--json', 'status'], { cwd: work })).json().targets[0].active.hint, `lifeboat failover ${first} --to prod checks it file by file and repairs it`);
   // As the hint says.
@@ -674,15 +681,35 @@ test('status reports a slot served, or kept for a rollback, that a restore stopp
 
   // The slot kept for a rollback, left so: the target serves, but a rollback would serve the mix.
   assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
-  await fsp.symlink(`${killed.pid}-${Math.floor(Date.now() / 1000)}`, lock);
-  await fsp.writeFile(path.join(slot, 'models', 'w.bin'), 'weights B');
+  const again = await leftPartRestored(work, first);
   const prev = await lifeboat(['status'], { cwd: work });
   assert.equal(prev.code, 1, prev.stderr);
   assert.match(prev.stdout, new RegExp(`\\n {2}previous: ${first} \\(restored part-way: may hold a mix of old and new files\\)\\n`));
-  assert.match(prev.stderr, new RegExp(`the previous slot of target prod, ${slot}, may hold a mix of old and new files: a restore into it \\(pid ${killed.pid}, started \\S+\\) was stopped before it finished, so a rollback would serve that\\n {2}lifeboat restore ${first} --target ${slot} --delta checks it file by file and repairs it\\n$`));
-  assert.equal((await lifeboat(['--json', 'status'], { cwd: work })).json().targets[0].previous.unfinished.pid, killed.pid);
+  assert.match(prev.stderr, new RegExp(`the previous slot of target prod, ${slot}, may hold a mix of old and new files: a restore into it \\(pid ${again}, started \\S+\\) was stopped before it finished, so a rollback would serve that\\n {2}lifeboat restore ${first} --target ${slot} --delta checks it file by file and repairs it\\n$`));
+  assert.equal((await lifeboat(['--json', 'status'], { cwd: work })).json().targets[0].previous.unfinished.pid, again);
   const restored = await lifeboat(['restore', first, '--target', slot, '--delta'], { cwd: work });
   assert.equal(restored.code, 0, restored.stderr);
+  assert.equal(await fsp.readFile(path.join(slot, 'models', 'w.bin'), 'utf8'), 'weights A');
+  assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
+});
+
+test('a slot a restore stopped part-way left holding a mix of files is not served by a rollback, and a failover to another point does not remove what says so', async (t) => {
+  const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  const slot = path.join(work, 'slots', first);
+  const pid = await leftPartRestored(work, first);
+  // The operator moves on to the other point: the mixed slot becomes the one a rollback returns to.
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
+  const st = await lifeboat(['status'], { cwd: work });
+  assert.equal(st.code, 1, st.stderr);
+  assert.match(st.stderr, /the previous slot of target prod, .+, may hold a mix of old and new files/);
+  const back = await lifeboat(['rollback'], { cwd: work });
+  assert.equal(back.code, 3, back.stderr);
+  assert.match(back.stderr, new RegExp(`rollback of prod to ${first} failed before the switch: the previous slot ${slot} of target prod may hold a mix of old and new files: a restore into it \\(pid ${pid}, started \\S+\\) was stopped before it finished; prod still serves ${second}, nothing was switched\\n {2}lifeboat failover ${first} --to prod checks it file by file, repairs it and switches to it\\n$`));
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second), 'the link is as it was');
+  // As the hint says.
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
   assert.equal(await fsp.readFile(path.join(slot, 'models', 'w.bin'), 'utf8'), 'weights A');
   assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
 });

@@ -1,6 +1,6 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { CredentialsRefusedError, ExitCode, InterruptedError, LifeboatError, RuntimeFailure, UsageError, errorMessage, fileSystemHint, throwIfAborted } from '../errors.js';
+import { CredentialsRefusedError, ExitCode, IntegrityError, InterruptedError, LifeboatError, RuntimeFailure, UsageError, errorMessage, fileSystemHint, throwIfAborted } from '../errors.js';
 import { aheadOfClock } from '../config/duration.js';
 import { deploymentOf, type Manifest, type PointSummary } from '../format/manifest.js';
 import { putStateBack, refuseEmptyCopies, stateToPutBack, type EmptyCopies } from '../state/put-back.js';
@@ -780,6 +780,13 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
       throw new UsageError(`the previous slot ${quoteName(to)} of target ${spec.name} no longer exists`, { hint: `fail over to a chosen point instead: lifeboat failover ${slotPoint(spec.slots, to) ?? 'POINT'} --to ${spec.name}` });
     }
     if (to === from) throw new UsageError(`target ${spec.name} already serves ${quoteName(to)}`);
+    // A restore into it killed while it rewrote it (a failover to its point): serving it would serve a mix of points.
+    const unfinished = await restoreLeftUnfinished(to);
+    if (unfinished) {
+      throw new IntegrityError(`the previous slot ${quoteName(to)} of target ${spec.name} may hold a mix of old and new files: a restore into it (pid ${unfinished.pid}, started ${unfinished.since}) was stopped before it finished`, {
+        hint: `lifeboat failover ${slotPoint(spec.slots, to) ?? 'POINT'} --to ${spec.name} checks it file by file, repairs it and switches to it`,
+      });
+    }
     await checkActiveLinkWritable(spec.active, spec.name);
     for (const p of await removeLeftCopies(to)) note(run, 'copy-leftover-removed', `removed ${p}, a copy left by a restore that was stopped while it copied a file into place`);
     const point = slotPoint(spec.slots, to) ?? null;

@@ -156,9 +156,11 @@ export async function removeOtherStaging(target: string): Promise<string[]> {
   const own = stagingPrefix(target, false);
   const removed: string[] = [];
   for (const name of await fsp.readdir(path.dirname(target)).catch(() => [] as string[])) {
-    // A lock a failover killed while restoring another point left.
+    // A lock a failover killed while restoring another point into a new slot left. One beside a slot that is
+    // there says that slot was left part-restored (status tells it): it goes when that slot is repaired or removed.
     const locker = name.endsWith(LOCK_MARK) && name !== `.${path.basename(target)}${LOCK_MARK}` ? lockOwner(await fsp.readlink(path.join(path.dirname(target), name)).catch(() => '')) : undefined;
-    if (locker && !ownerRuns(locker.pid, locker.since)) await fsp.rm(path.join(path.dirname(target), name), { force: true });
+    const locked = path.join(path.dirname(target), name.slice(1, -LOCK_MARK.length));
+    if (locker && !ownerRuns(locker.pid, locker.since) && !(await fsp.lstat(locked).then(() => true, () => false))) await fsp.rm(path.join(path.dirname(target), name), { force: true });
     const mark = name.indexOf(STAGING_MARK);
     if (mark <= 0 || name.startsWith(own)) continue;
     const owner = stagingOwner(name.slice(mark + STAGING_MARK.length));
