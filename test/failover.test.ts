@@ -714,6 +714,35 @@ test('a slot a restore stopped part-way left holding a mix of files is not serve
   assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
 });
 
+test('a failover whose link cannot be switched back from an unhealthy slot says so, activates the slot still linked again, and records the switch for a rollback', async (t) => {
+  // The point named in `broken` is unhealthy; draining it, the hook puts a directory where the link is, which no link can be renamed over.
+  const { work, first, second } = await twoPoints(
+    '  prod:\n    slots: ./slots\n    active: ./current\n' +
+      '    activate: \'echo "activate $LIFEBOAT_POINT" >> hooks.log\'\n' +
+      '    deactivate: \'echo "deactivate $LIFEBOAT_POINT" >> hooks.log; test "$LIFEBOAT_POINT" != "$(cat broken 2>/dev/null)" || { mv current current.kept && mkdir -p current/held; }\'\n' +
+      '    health: { command: \'test "$LIFEBOAT_POINT" != "$(cat broken 2>/dev/null)"\', timeout: 1s, interval: 100ms }\n',
+  );
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  await fsp.writeFile(path.join(work, 'hooks.log'), '');
+  await fsp.writeFile(path.join(work, 'broken'), second);
+
+  const r = await lifeboat(['failover', second], { cwd: work });
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, new RegExp(`lifeboat: ${second} was not healthy \\(not healthy after .+\\), and switching back to ${first} failed: the active link ${path.join(work, 'current')} could not be switched: EISDIR.+; prod still serves ${second}\\n {2}once the cause is fixed, lifeboat rollback --to prod switches back to ${first}\\n$`));
+  assert.doesNotMatch(r.stderr, /unexpected error/);
+  assert.equal(await fsp.readFile(path.join(work, 'hooks.log'), 'utf8'), `deactivate ${first}\nactivate ${second}\ndeactivate ${second}\nactivate ${second}\n`, 'the slot still linked is not left drained');
+
+  // The link put back by hand, as it was: the rollback the hint names returns to the slot served before.
+  await fsp.rm(path.join(work, 'current'), { recursive: true });
+  await fsp.rename(path.join(work, 'current.kept'), path.join(work, 'current'));
+  await fsp.rm(path.join(work, 'broken'));
+  const back = await lifeboat(['rollback'], { cwd: work });
+  assert.equal(back.code, 0, back.stderr);
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first));
+  assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
+});
+
 /** A repository of one point per weights, of a model and a serving state whose `restore` command is given, for the target given. */
 async function pointsWithState(restore: string, target: string, weights: string[]): Promise<{ work: string; points: string[] }> {
   const work = await tempDir();

@@ -285,7 +285,18 @@ async function transition(
   run.switchingBack = true;
   await announceSwitchBack(run.spec.slots, { at: new Date().toISOString(), reason, state: putBack });
   await hook(run, 'deactivate', to, point).catch((err) => note(run, 'hook-failed', `deactivate hook: ${errorMessage(err)}`, 'warning'));
-  await switchActive(run.spec.active, from);
+  await switchActive(run.spec.active, from).catch(async (err: unknown) => {
+    // The link still names the new slot, just drained: activated again, it is as it was before the switch back began.
+    const served = point ?? quoteName(to);
+    await hook(run, 'activate', to, point, true).catch((failed: unknown) => note(run, 'hook-failed', `activate hook: ${errorMessage(failed)}; ${served} may stay drained`, 'warning'));
+    // Recorded as made, so that the rollback the hint names returns to the slot served before.
+    await remember(run, from, to, kind).catch(() => undefined);
+    const back = fromPoint ?? (from === null ? 'no link' : quoteName(from));
+    throw new RuntimeFailure(`${served} was not healthy (${reason}), and switching back to ${back} failed: the active link ${quoteName(run.spec.active)} could not be switched: ${errorMessage(err)}; ${run.spec.name} still serves ${served}`, {
+      cause: err,
+      hint: `${fileSystemHint(err, path.dirname(run.spec.active)) ?? 'once the cause is fixed'}, lifeboat rollback --to ${run.spec.name} switches back to ${back}`,
+    });
+  });
   let previousHealthy: boolean | null = null;
   let previousDetail: string | undefined;
   let previousUnchecked: boolean | undefined;
