@@ -205,6 +205,23 @@ test('an S3 repository with no credentials anywhere is a set-up error (exit 2) t
   await fsp.rm(home, { recursive: true, force: true });
 });
 
+test('an S3 endpoint that is not an http(s) URL is refused naming where it was given: the flag, the config, or the environment variable', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const env = { ...bareAwsEnv(work), AWS_ACCESS_KEY_ID: 'AKIDEXAMPLE', AWS_SECRET_ACCESS_KEY: 'not-a-secret', AWS_ENDPOINT_URL_S3: '', AWS_ENDPOINT_URL: '' };
+  const list = async (args: string[], more: NodeJS.ProcessEnv = {}) => {
+    const r = await lifeboat(['--repo', 's3://lifeboat-nobody/repo', ...args, 'list'], { cwd: work, env: { ...env, ...more } });
+    assert.equal(r.code, 2, r.stderr);
+    return r.stderr;
+  };
+  assert.equal(await list(['--s3-endpoint', 'ftp://127.0.0.1:9']), 'lifeboat: --s3-endpoint must be an http:// or https:// URL, not ftp://127.0.0.1:9\n');
+  assert.equal(await list([], { AWS_ENDPOINT_URL_S3: '127.0.0.1:9' }), 'lifeboat: AWS_ENDPOINT_URL_S3 must be an http:// or https:// URL, not 127.0.0.1:9\n');
+  assert.equal(await list([], { AWS_ENDPOINT_URL: 'ftp://127.0.0.1:9' }), 'lifeboat: AWS_ENDPOINT_URL must be an http:// or https:// URL, not ftp://127.0.0.1:9\n');
+  assert.match(await list(['--s3-endpoint', 'http://127.0.0.1:9/lifeboat-nobody']), /^lifeboat: --s3-endpoint http:\/\/127\.0\.0\.1:9\/lifeboat-nobody names the bucket lifeboat-nobody in its path/);
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 's3:\n  endpoint: ftp://127.0.0.1:9\n');
+  assert.equal(await list([]), 'lifeboat: s3.endpoint must be an http:// or https:// URL, not ftp://127.0.0.1:9\n');
+});
+
 test('AWS_PROFILE naming a profile that is in neither shared file says so, naming the files looked in and the profiles they hold (exit 2)', async () => {
   const home = await tempDir();
   await fsp.mkdir(path.join(home, '.aws'));
