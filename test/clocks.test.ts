@@ -58,6 +58,33 @@ test('a time selects the newest state at that time, not a point from a host whos
   assert.equal(await fsp.readFile(path.join(restored, 'models', 'w.bin'), 'utf8'), 'v3');
 });
 
+test('a full backup on a host whose clock is behind a point that cannot be read gets an id after it, so that latest and the next incremental are the new full, not the damaged point', async (t) => {
+  const { repo, models } = await workspace(t);
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  await pointAt(repo, models, 'full', '2026-11-24T06:00:00Z', 'v1');
+  // Taken by a host whose clock ran a day ahead; then its summary and manifest were lost.
+  const damaged = await pointAt(repo, models, 'incr', '2026-11-25T05:00:00Z', 'v2');
+  await fsp.writeFile(path.join(repo, 'points', `${damaged.id}.json`), '{}');
+  await fsp.writeFile(path.join(repo, 'summaries', `${damaged.id}.json`), '{}');
+
+  // An incremental cannot tell what it would build on, and says to take a full.
+  const incr = await lifeboat(['--repo', repo, 'backup', '--source', `models=${models}`]);
+  assert.equal(incr.code, 3, incr.stderr);
+  assert.match(incr.stderr, /take a full backup/);
+  // The full, taken with the clock set right (before the damaged point's time), comes after it.
+  const full = await pointAt(repo, models, 'full', '2026-11-24T07:00:00Z', 'v3');
+  assert.ok(full.id > damaged.id, `${full.id} after ${damaged.id}`);
+  assert.deepEqual(full.warnings.map((w) => w.code), ['clock-behind']);
+  assert.match(full.warnings[0]!.message, new RegExp(`before the newest point ${damaged.id} `));
+
+  const latest = await lifeboat(['--repo', repo, '--json', 'show', 'latest']);
+  assert.equal(latest.code, 0, latest.stderr);
+  assert.equal(latest.json().id, full.id);
+  const next = await lifeboat(['--repo', repo, '--json', 'backup', '--source', `models=${models}`]);
+  assert.equal(next.code, 0, next.stderr);
+  assert.equal(next.json().parent, full.id);
+});
+
 test('status says that the newest point completed ahead of this host\'s clock, with by how much, rather than an age of 0 that reads as a fresh backup', async (t) => {
   const { work, repo, models } = await workspace(t);
   await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\ntargets:\n  prod: { slots: ./slots, active: ./current }\n');
