@@ -406,7 +406,31 @@ test('init where a repository already is says so (exit 2) and leaves it as it wa
   assert.match(again.stderr, /lifeboat list/);
   assert.deepEqual(await fsp.readFile(path.join(d.repo, 'config.json')), config);
   assert.equal((await lifeboat(['--repo', d.repo, '--json', 'list'])).json().length, 1);
+  // A location whose name ends with a space is quoted in the hint as in the message, so that it can be seen.
+  const spaced = path.join(d.work, 'repo ');
+  assert.equal((await lifeboat(['--repo', spaced, 'init'])).code, 0);
+  const twice = await lifeboat(['--repo', spaced, 'init']);
+  assert.equal(twice.code, 2, twice.stderr);
+  assert.ok(twice.stderr.endsWith(`to start over, empty "${spaced}" first\n`), twice.stderr);
   await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('config errors quote the config file\'s path as other messages quote names', async (t) => {
+  const dir = path.join(await tempDir(), 'conf ');
+  t.after(() => fsp.rm(path.dirname(dir), { recursive: true, force: true }));
+  await fsp.mkdir(dir);
+  const file = path.join(dir, 'lifeboat.yaml');
+  for (const [yaml, said] of [
+    ['repository: [unclosed', `"${file}": invalid YAML: `],
+    ['repository: !env BACKUP_DIR\n', `"${file}":1: invalid YAML: `],
+    ['repository: 5\n', `"${file}": repository: must be text, not the number 5`],
+    ['repository: ./r\ntargets:\n  a: { slots: ./s, active: ./l }\n  b: { slots: ./s, active: ./m }\n', `"${file}": targets.b.slots: "${path.join(dir, 's')}" is also targets.a.slots`],
+  ]) {
+    await fsp.writeFile(file, yaml!);
+    const r = await lifeboat(['--config', file, 'list']);
+    assert.equal(r.code, 2, r.stderr);
+    assert.ok(r.stderr.startsWith(`lifeboat: ${said}`), r.stderr);
+  }
 });
 
 test('init inside another repository is refused (exit 2), and a folder under data/ not named as a point is never removed as an aborted backup', async (t) => {
