@@ -622,6 +622,17 @@ test('init refuses a non-empty location; commands on a missing repository exit 2
   const dangling = await lifeboat(['--repo', link, 'init']);
   assert.equal(dangling.code, 2, dangling.stderr);
   assert.ok(dangling.stderr.includes(`${link} is a symbolic link to ${path.join(d.work, 'volume', 'backups')}, which does not exist`), dangling.stderr);
+  // Names that end with a space are quoted, as other messages quote them, so that the space is seen.
+  const spaced = path.join(d.work, 'notes ');
+  await fsp.writeFile(spaced, 'not a repository\n');
+  const onSpaced = await lifeboat(['--repo', path.join(spaced, 'repo'), 'init']);
+  assert.equal(onSpaced.code, 2, onSpaced.stderr);
+  assert.ok(onSpaced.stderr.startsWith(`lifeboat: the repository "${path.join(spaced, 'repo')}" cannot be a directory: "${spaced}" is not one\n`), onSpaced.stderr);
+  const spacedLink = path.join(d.work, 'backups ');
+  await fsp.symlink(path.join(d.work, 'volume '), spacedLink);
+  const danglingSpaced = await lifeboat(['--repo', path.join(spacedLink, 'repo'), 'init']);
+  assert.equal(danglingSpaced.code, 2, danglingSpaced.stderr);
+  assert.ok(danglingSpaced.stderr.includes(`: "${spacedLink}" is a symbolic link to "${path.join(d.work, 'volume ')}", which does not exist`), danglingSpaced.stderr);
   // A tag key given twice would keep only the second value.
   const twice = await lifeboat(['--repo', d.repo, 'backup', d.src, '--tag', 'release=v1', '--tag', 'release=v2']);
   assert.equal(twice.code, 2, twice.stderr);

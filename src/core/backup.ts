@@ -9,6 +9,7 @@ import { DEFAULT_DEPLOYMENT, MANIFEST_FORMAT, capturedSources, MAX_MANIFEST_CHAR
 import { checkDeploymentName, checkSourceName } from '../format/paths.js';
 import { localAccounts, namesOf } from '../format/accounts.js';
 import { formatBytes } from '../format/units.js';
+import { quoteName } from '../format/quote.js';
 import { type Notice, type Progress, type Reporter, progressAt } from './events.js';
 import { LockLostError, acquireWriterLock, releaseAfter, type HeldLock } from './lock.js';
 import { describeAbortedBackups, removeUnfinishedWrites } from './leftovers.js';
@@ -446,7 +447,7 @@ async function refuseEmptied(repo: Repository, scanned: readonly ScannedSource[]
   if (!emptied.length) return;
   const { source, held } = emptied[0]!;
   const others = emptied.length > 1 ? ` (and ${emptied.slice(1).map((e) => e.source.spec.name).join(', ')})` : '';
-  throw new RuntimeFailure(`source ${source.spec.name} is empty${others}: ${source.root} holds no files, where the newest point ${latestId} has ${held}; is a volume not mounted?`, {
+  throw new RuntimeFailure(`source ${source.spec.name} is empty${others}: ${quoteName(source.root)} holds no files, where the newest point ${latestId} has ${held === 1 ? '1 file' : `${held} files`}; is a volume not mounted?`, {
     hint: 'nothing was stored; if the source is meant to be empty now, run again with --allow-empty',
   });
 }
