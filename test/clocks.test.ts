@@ -131,6 +131,24 @@ test('verify says that the oldest verification was recorded ahead of this host\'
   assert.doesNotMatch(text.stdout, /hour\(s\) ago/);
 });
 
+test('verify says how long ago, in minutes, a verification recorded within the hour was, not "0 hour(s) ago"', async (t) => {
+  const { repo, models } = await workspace(t);
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  await pointAt(repo, models, 'full', new Date().toISOString(), 'v1');
+  const storage = new LocalStorage(repo);
+  try {
+    const earlier = new Date(Date.now() - 30 * 60_000);
+    assert.equal((await verify(await Repository.open(storage), { readData: true, now: () => earlier })).ok, true);
+  } finally {
+    await storage.close();
+  }
+  const [volume] = (await fsp.readdir(path.join(repo, 'data'), { recursive: true })).filter((f) => f.endsWith('.tar'));
+  const sample = [50, 34, 25, 20, 17, 15, 13, 12, 10].find((p) => bucketOf(`data/${volume!.split(path.sep).join('/')}`, bucketCount(p)) !== 0);
+  const text = await lifeboat(['--repo', repo, 'verify', '--since-verified', '--sample', String(sample)]);
+  assert.equal(text.code, 0, text.stderr);
+  assert.match(text.stdout, /^oldest verification: \S+ \(3[01]m\d+s ago\)$/m);
+});
+
 test('a drill of a point completed ahead of this host\'s clock does not meet --rpo with an age of 0: the RPO check fails saying the clocks disagree', async (t) => {
   const { repo, models } = await workspace(t);
   assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
