@@ -12,7 +12,8 @@ import { LocalStorage } from '../src/storage/local.js';
 test('a source that held files in the newest point and is empty now (a volume not mounted) is refused unless --allow-empty', async () => {
   const work = await tempDir();
   const repo = path.join(work, 'repo');
-  const models = path.join(work, 'models');
+  // Its name ends with a space, which the message quotes so that it is seen.
+  const models = path.join(work, 'models ');
   const serving = path.join(work, 'serving');
   await fsp.mkdir(path.join(models, 'llama'), { recursive: true });
   await fsp.mkdir(serving);
@@ -35,7 +36,7 @@ test('a source that held files in the newest point and is empty now (a volume no
   for (const args of [[], ['--type', 'full'], ['--type', 'diff'], ['--dry-run']]) {
     const refused = await backup(...args);
     assert.equal(refused.code, 1, `${args.join(' ')}: ${refused.stderr}`);
-    assert.match(refused.stderr, new RegExp(`source models is empty: ${models} holds no files, where the newest point \\S+ has 2; is a volume not mounted\\?\\n {2}nothing was stored; if the source is meant to be empty now, run again with --allow-empty`));
+    assert.match(refused.stderr, new RegExp(`source models is empty: "${models}" holds no files, where the newest point \\S+ has 2 files; is a volume not mounted\\?\\n {2}nothing was stored; if the source is meant to be empty now, run again with --allow-empty`));
     assert.equal(refused.json().ok, false);
   }
   assert.equal(await points(), 2, 'no point was added');

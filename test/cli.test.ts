@@ -205,6 +205,23 @@ test('an S3 repository with no credentials anywhere is a set-up error (exit 2) t
   await fsp.rm(home, { recursive: true, force: true });
 });
 
+test('an S3 endpoint that is not an http(s) URL is refused naming where it was given: the flag, the config, or the environment variable', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const env = { ...bareAwsEnv(work), AWS_ACCESS_KEY_ID: 'AKIDEXAMPLE', AWS_SECRET_ACCESS_KEY: 'not-a-secret', AWS_ENDPOINT_URL_S3: '', AWS_ENDPOINT_URL: '' };
+  const list = async (args: string[], more: NodeJS.ProcessEnv = {}) => {
+    const r = await lifeboat(['--repo', 's3://lifeboat-nobody/repo', ...args, 'list'], { cwd: work, env: { ...env, ...more } });
+    assert.equal(r.code, 2, r.stderr);
+    return r.stderr;
+  };
+  assert.equal(await list(['--s3-endpoint', 'ftp://127.0.0.1:9']), 'lifeboat: --s3-endpoint must be an http:// or https:// URL, not ftp://127.0.0.1:9\n');
+  assert.equal(await list([], { AWS_ENDPOINT_URL_S3: '127.0.0.1:9' }), 'lifeboat: AWS_ENDPOINT_URL_S3 must be an http:// or https:// URL, not 127.0.0.1:9\n');
+  assert.equal(await list([], { AWS_ENDPOINT_URL: 'ftp://127.0.0.1:9' }), 'lifeboat: AWS_ENDPOINT_URL must be an http:// or https:// URL, not ftp://127.0.0.1:9\n');
+  assert.match(await list(['--s3-endpoint', 'http://127.0.0.1:9/lifeboat-nobody']), /^lifeboat: --s3-endpoint http:\/\/127\.0\.0\.1:9\/lifeboat-nobody names the bucket lifeboat-nobody in its path/);
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 's3:\n  endpoint: ftp://127.0.0.1:9\n');
+  assert.equal(await list([]), 'lifeboat: s3.endpoint must be an http:// or https:// URL, not ftp://127.0.0.1:9\n');
+});
+
 test('AWS_PROFILE naming a profile that is in neither shared file says so, naming the files looked in and the profiles they hold (exit 2)', async () => {
   const home = await tempDir();
   await fsp.mkdir(path.join(home, '.aws'));
@@ -389,7 +406,31 @@ test('init where a repository already is says so (exit 2) and leaves it as it wa
   assert.match(again.stderr, /lifeboat list/);
   assert.deepEqual(await fsp.readFile(path.join(d.repo, 'config.json')), config);
   assert.equal((await lifeboat(['--repo', d.repo, '--json', 'list'])).json().length, 1);
+  // A location whose name ends with a space is quoted in the hint as in the message, so that it can be seen.
+  const spaced = path.join(d.work, 'repo ');
+  assert.equal((await lifeboat(['--repo', spaced, 'init'])).code, 0);
+  const twice = await lifeboat(['--repo', spaced, 'init']);
+  assert.equal(twice.code, 2, twice.stderr);
+  assert.ok(twice.stderr.endsWith(`to start over, empty "${spaced}" first\n`), twice.stderr);
   await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('config errors quote the config file\'s path as other messages quote names', async (t) => {
+  const dir = path.join(await tempDir(), 'conf ');
+  t.after(() => fsp.rm(path.dirname(dir), { recursive: true, force: true }));
+  await fsp.mkdir(dir);
+  const file = path.join(dir, 'lifeboat.yaml');
+  for (const [yaml, said] of [
+    ['repository: [unclosed', `"${file}": invalid YAML: `],
+    ['repository: !env BACKUP_DIR\n', `"${file}":1: invalid YAML: `],
+    ['repository: 5\n', `"${file}": repository: must be text, not the number 5`],
+    ['repository: ./r\ntargets:\n  a: { slots: ./s, active: ./l }\n  b: { slots: ./s, active: ./m }\n', `"${file}": targets.b.slots: "${path.join(dir, 's')}" is also targets.a.slots`],
+  ]) {
+    await fsp.writeFile(file, yaml!);
+    const r = await lifeboat(['--config', file, 'list']);
+    assert.equal(r.code, 2, r.stderr);
+    assert.ok(r.stderr.startsWith(`lifeboat: ${said}`), r.stderr);
+  }
 });
 
 test('init inside another repository is refused (exit 2), and a folder under data/ not named as a point is never removed as an aborted backup', async (t) => {
@@ -581,6 +622,17 @@ test('init refuses a non-empty location; commands on a missing repository exit 2
   const dangling = await lifeboat(['--repo', link, 'init']);
   assert.equal(dangling.code, 2, dangling.stderr);
   assert.ok(dangling.stderr.includes(`${link} is a symbolic link to ${path.join(d.work, 'volume', 'backups')}, which does not exist`), dangling.stderr);
+  // Names that end with a space are quoted, as other messages quote them, so that the space is seen.
+  const spaced = path.join(d.work, 'notes ');
+  await fsp.writeFile(spaced, 'not a repository\n');
+  const onSpaced = await lifeboat(['--repo', path.join(spaced, 'repo'), 'init']);
+  assert.equal(onSpaced.code, 2, onSpaced.stderr);
+  assert.ok(onSpaced.stderr.startsWith(`lifeboat: the repository "${path.join(spaced, 'repo')}" cannot be a directory: "${spaced}" is not one\n`), onSpaced.stderr);
+  const spacedLink = path.join(d.work, 'backups ');
+  await fsp.symlink(path.join(d.work, 'volume '), spacedLink);
+  const danglingSpaced = await lifeboat(['--repo', path.join(spacedLink, 'repo'), 'init']);
+  assert.equal(danglingSpaced.code, 2, danglingSpaced.stderr);
+  assert.ok(danglingSpaced.stderr.includes(`: "${spacedLink}" is a symbolic link to "${path.join(d.work, 'volume ')}", which does not exist`), danglingSpaced.stderr);
   // A tag key given twice would keep only the second value.
   const twice = await lifeboat(['--repo', d.repo, 'backup', d.src, '--tag', 'release=v1', '--tag', 'release=v2']);
   assert.equal(twice.code, 2, twice.stderr);

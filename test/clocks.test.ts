@@ -58,6 +58,33 @@ test('a time selects the newest state at that time, not a point from a host whos
   assert.equal(await fsp.readFile(path.join(restored, 'models', 'w.bin'), 'utf8'), 'v3');
 });
 
+test('a full backup on a host whose clock is behind a point that cannot be read gets an id after it, so that latest and the next incremental are the new full, not the damaged point', async (t) => {
+  const { repo, models } = await workspace(t);
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  await pointAt(repo, models, 'full', '2026-11-24T06:00:00Z', 'v1');
+  // Taken by a host whose clock ran a day ahead; then its summary and manifest were lost.
+  const damaged = await pointAt(repo, models, 'incr', '2026-11-25T05:00:00Z', 'v2');
+  await fsp.writeFile(path.join(repo, 'points', `${damaged.id}.json`), '{}');
+  await fsp.writeFile(path.join(repo, 'summaries', `${damaged.id}.json`), '{}');
+
+  // An incremental cannot tell what it would build on, and says to take a full.
+  const incr = await lifeboat(['--repo', repo, 'backup', '--source', `models=${models}`]);
+  assert.equal(incr.code, 3, incr.stderr);
+  assert.match(incr.stderr, /take a full backup/);
+  // The full, taken with the clock set right (before the damaged point's time), comes after it.
+  const full = await pointAt(repo, models, 'full', '2026-11-24T07:00:00Z', 'v3');
+  assert.ok(full.id > damaged.id, `${full.id} after ${damaged.id}`);
+  assert.deepEqual(full.warnings.map((w) => w.code), ['clock-behind']);
+  assert.match(full.warnings[0]!.message, new RegExp(`before the newest point ${damaged.id} `));
+
+  const latest = await lifeboat(['--repo', repo, '--json', 'show', 'latest']);
+  assert.equal(latest.code, 0, latest.stderr);
+  assert.equal(latest.json().id, full.id);
+  const next = await lifeboat(['--repo', repo, '--json', 'backup', '--source', `models=${models}`]);
+  assert.equal(next.code, 0, next.stderr);
+  assert.equal(next.json().parent, full.id);
+});
+
 test('status says that the newest point completed ahead of this host\'s clock, with by how much, rather than an age of 0 that reads as a fresh backup', async (t) => {
   const { work, repo, models } = await workspace(t);
   await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\ntargets:\n  prod: { slots: ./slots, active: ./current }\n');
@@ -83,25 +110,37 @@ test('status says that the newest point completed ahead of this host\'s clock, w
   assert.equal(now.json().newest.aheadMs, undefined);
 });
 
-test('verify says that the oldest verification was recorded ahead of this host\'s clock, rather than "0 hour(s) ago"', async (t) => {
+/**
+ * The text of a `verify --since-verified` after one point's volume was read back by a host whose clock said
+ * `offsetMs` from now: with a sample that does not read the volume again (which would record it with this host's clock).
+ */
+async function verifiedAt(t: TestContext, offsetMs: number): Promise<string> {
   const { repo, models } = await workspace(t);
   assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
   await pointAt(repo, models, 'full', new Date().toISOString(), 'v1');
-  // Read back by a host whose clock ran five hours ahead.
   const storage = new LocalStorage(repo);
   try {
-    const ahead = new Date(Date.now() + 5 * 3_600_000 + 60_000);
-    assert.equal((await verify(await Repository.open(storage), { readData: true, now: () => ahead })).ok, true);
+    const then = new Date(Date.now() + offsetMs);
+    assert.equal((await verify(await Repository.open(storage), { readData: true, now: () => then })).ok, true);
   } finally {
     await storage.close();
   }
-  // A sample that does not read the volume again (which would record it with this host's clock).
   const [volume] = (await fsp.readdir(path.join(repo, 'data'), { recursive: true })).filter((f) => f.endsWith('.tar'));
   const sample = [50, 34, 25, 20, 17, 15, 13, 12, 10].find((p) => bucketOf(`data/${volume!.split(path.sep).join('/')}`, bucketCount(p)) !== 0);
   const text = await lifeboat(['--repo', repo, 'verify', '--since-verified', '--sample', String(sample)]);
   assert.equal(text.code, 0, text.stderr);
-  assert.match(text.stdout, /^oldest verification: \S+ \(5h\d+m in the future: the clock of the host that recorded it ran ahead of this one's\)$/m);
-  assert.doesNotMatch(text.stdout, /hour\(s\) ago/);
+  return text.stdout;
+}
+
+test('verify says that the oldest verification was recorded ahead of this host\'s clock, rather than "0 hour(s) ago"', async (t) => {
+  // Read back by a host whose clock ran five hours ahead.
+  const text = await verifiedAt(t, 5 * 3_600_000 + 60_000);
+  assert.match(text, /^oldest verification: \S+ \(5h\d+m in the future: the clock of the host that recorded it ran ahead of this one's\)$/m);
+  assert.doesNotMatch(text, /hour\(s\) ago/);
+});
+
+test('verify says how long ago, in minutes, a verification recorded within the hour was, not "0 hour(s) ago"', async (t) => {
+  assert.match(await verifiedAt(t, -30 * 60_000), /^oldest verification: \S+ \(3[01]m\d+s ago\)$/m);
 });
 
 test('a drill of a point completed ahead of this host\'s clock does not meet --rpo with an age of 0: the RPO check fails saying the clocks disagree', async (t) => {

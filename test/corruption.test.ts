@@ -47,6 +47,20 @@ test('a flipped byte in a volume is found by verify --read-data and refused by r
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 
+test('a restore that finds a file damaged names it quoted, as verify lists it, when its name ends with a space', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  await fsp.rename(path.join(d.src, 'weights.bin'), path.join(d.src, 'weights.bin '));
+  const b = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src]);
+  assert.equal(b.code, 0, b.stderr);
+  const volume = (await repoFiles(d.repo)).find((f) => f.startsWith(`data/${b.json().id}/`))!;
+  const file = path.join(d.repo, ...volume.split('/'));
+  await flipByte(file, Math.floor((await fsp.stat(file)).size / 2));
+  const r = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', path.join(d.work, 'restored')]);
+  assert.equal(r.code, 3, r.stderr);
+  assert.match(r.stderr, /^lifeboat: "models\/weights\.bin " from volume \S+ does not match its checksum/);
+});
+
 test('a flipped byte in the padding after a file body, outside every SHA-256, fails the volume CRC-32 of its framing', async () => {
   const { d, id, volume, file } = await backedUpVolume();
   // The first file body that does not end on a block.

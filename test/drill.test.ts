@@ -450,6 +450,22 @@ test('a JUnit report that cannot be written after the drill ran still leaves its
   assert.deepEqual(failed.json().warnings.map((w: { code: string }) => w.code), ['junit-failed']);
 });
 
+test('the JUnit report\'s path is quoted as other messages quote names, when it was written and when it could not be', async (t) => {
+  const d = await deployment();
+  t.after(() => Promise.all([d.work, d.scratch].map((p) => fsp.rm(p, { recursive: true, force: true }))));
+  // A directory whose name ends with a space, which unquoted would not be seen.
+  const dir = path.join(d.work, 'reports ');
+  const shown = `"${path.join(dir, 'drill.xml')}"`;
+  const run = (...args: string[]) => lifeboat(['--repo', d.repo, 'drill', '--junit', path.join(dir, 'drill.xml'), '--work-dir', d.scratch, ...args], { cwd: d.work });
+  const wrote = await run();
+  assert.equal(wrote.code, 0, wrote.stderr);
+  assert.ok(wrote.stderr.includes(`wrote the JUnit report ${shown}\n`), wrote.stderr);
+  // The directory replaced by a file while the drill runs.
+  const failed = await run('--smoke', `rm -rf 'reports ' && echo not a directory > 'reports '`);
+  assert.equal(failed.code, 1, failed.stderr);
+  assert.ok(failed.stderr.includes(`lifeboat: could not write the JUnit report ${shown}: `), failed.stderr);
+});
+
 test('a drill interrupted (SIGINT) during its smoke test keeps what the smoke command had printed in the interrupted check of the JUnit report and --json', async (t) => {
   const d = await deployment();
   t.after(() => Promise.all([d.work, d.scratch].map((p) => fsp.rm(p, { recursive: true, force: true }))));

@@ -518,6 +518,28 @@ describe('keys', () => {
     assert.match(configured.stderr, /warning: took over a stale lock of backup on gpu-node-7, pid 4242/);
   });
 
+  // A host of its own name needs a UTS namespace: root and unshare.
+  const ownHostName = process.getuid?.() === 0 && spawnSync('unshare', ['--uts', 'true']).status === 0;
+  it('key list keeps its columns in line when a key was added on a host with a long name (an EC2 host\'s full name)', { skip: !ownHostName && 'needs root and unshare --uts' }, async () => {
+    const r = path.join(work, 'long-host');
+    await initEncrypted(r);
+    const host = 'ip-10-0-12-34.eu-west-1.compute.internal';
+    const added = spawnSync('unshare', ['--uts', 'sh', '-c', `hostname ${host} && exec "$@"`, 'sh', process.execPath, BIN, '--repo', r, 'key', 'add'], {
+      env: { ...process.env, ...env(), LIFEBOAT_NEW_PASSWORD: 'another password' },
+      encoding: 'utf8',
+    });
+    assert.equal(added.status, 0, added.stderr);
+    const list = await ok(lifeboat(['--repo', r, 'key', 'list'], { env: env() }), 'key list');
+    const lines = list.stdout.trimEnd().split('\n');
+    assert.equal(lines.length, 3, list.stdout);
+    assert.ok(lines.some((l) => l.includes(host)), list.stdout);
+    // Each column starts where its heading does.
+    for (const heading of ['CREATED', 'HOST', 'KDF']) {
+      const at = lines[0]!.indexOf(heading);
+      for (const line of lines.slice(1)) assert.match(line.slice(at), heading === 'CREATED' ? /^\d{4}-/ : heading === 'HOST' ? /^\S/ : /^scrypt /, list.stdout);
+    }
+  });
+
   it('a damaged key file, which key list warns of, is removed by key remove; the genuine keys stay', async () => {
     const r = path.join(work, 'damaged-key');
     await initEncrypted(r);

@@ -180,6 +180,23 @@ test('prune gives the keep-within window back as it was written, from the flag o
   assert.match(text.stdout, /completed within 14d/);
 });
 
+test('prune lists kept and removed points in the same columns, in a dry run ("would remove") as in a prune', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  for (const type of ['full', 'full', 'incr']) {
+    await fsp.appendFile(path.join(d.src, 'config.json'), ' ');
+    assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src, '--type', type])).code, 0);
+  }
+  for (const args of [['--dry-run'], []]) {
+    const r = await lifeboat(['--repo', d.repo, 'prune', '--keep-full', '1', ...args]);
+    assert.equal(r.code, 0, r.stderr);
+    const rows = r.stdout.split('\n').filter((l) => /^(keep|remove|would remove) +\d{8}-/.test(l));
+    assert.equal(rows.length, 3, r.stdout);
+    // Each row's id starts in the same column.
+    assert.equal(new Set(rows.map((l) => l.search(/\d{8}-/))).size, 1, r.stdout);
+  }
+});
+
 test('status shows a prune of the journal as one plain line: it names no point, and leaves no gap for one', async (t) => {
   const d = await smallDeployment();
   t.after(() => fsp.rm(d.work, { recursive: true, force: true }));

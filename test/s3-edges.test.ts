@@ -70,7 +70,7 @@ describe('S3 edges', () => {
       for (const args of [['list'], ['init']]) {
         const r = await cli(`s3://${bucket}/caps`, endpoint, args);
         assert.equal(r.code, 2, `${args[0]} with ${endpoint}: ${r.stderr}`);
-        assert.match(r.stderr, new RegExp(`s3\\.endpoint .* names the bucket ${bucket} in its path`));
+        assert.match(r.stderr, new RegExp(`--s3-endpoint .* names the bucket ${bucket} in its path`));
         assert.ok(r.stderr.includes(`give the server alone as the endpoint (${server.endpoint})`), r.stderr);
         assert.doesNotMatch(r.stderr, /no lifeboat repository|\n\s+at /);
       }

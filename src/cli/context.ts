@@ -80,7 +80,10 @@ export function deploymentName(ctx: CliContext, config: LifeboatConfig): string 
 export function s3Settings(ctx: CliContext, config: LifeboatConfig): S3Settings {
   const s3: S3Settings = { ...(config.s3 ?? {}) };
   // Empty (a script's unset variable), it would fall back to AWS itself, under the same bucket name.
-  if (ctx.global.s3Endpoint !== undefined) s3.endpoint = nonEmpty('--s3-endpoint', ctx.global.s3Endpoint, 'the URL of an S3 endpoint');
+  if (ctx.global.s3Endpoint !== undefined) {
+    s3.endpoint = nonEmpty('--s3-endpoint', ctx.global.s3Endpoint, 'the URL of an S3 endpoint');
+    s3.endpointFrom = '--s3-endpoint';
+  }
   if (ctx.global.s3PathStyle) s3.forcePathStyle = true;
   return s3;
 }

@@ -7,6 +7,7 @@ import { updateMetricsFile, type MetricSample } from '../core/metrics.js';
 import { makeEvent, redactUrl, sendNotification } from '../core/notify.js';
 import { contextConfig, deploymentName, repositoryUrl, type CliContext } from './context.js';
 import { logNotice } from './output.js';
+import { quoteName } from './format.js';
 import { durationFlag, nonEmpty, reportFileFlag } from './flags.js';
 import { makeDirectories } from '../format/mkdirs.js';
 
@@ -112,7 +113,7 @@ export async function runMonitored(ctx: CliContext, command: string, flags: Cron
       await makeDirectories(path.dirname(metricsFile));
       await updateMetricsFile(metricsFile, { command, deployment }, metricSamples({ command, deployment }, code, startedAt, endedAt, figures));
     } catch (err) {
-      warn(`could not write the metrics file ${flags.metricsFile}: ${errorMessage(err)}`, 'metrics-failed');
+      warn(`could not write the metrics file ${quoteName(flags.metricsFile!)}: ${errorMessage(err)}`, 'metrics-failed');
     }
   }
 

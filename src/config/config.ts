@@ -223,7 +223,7 @@ export async function loadConfig(options: { explicit?: string; cwd: string; env:
     // command, which then named a directory that is not there, or ran something else.
     text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
   } catch {
-    throw new UsageError(`${file}: is not UTF-8 text`, { hint: 'save it as UTF-8 (iconv -f latin1 -t utf-8)' });
+    throw new UsageError(`${quoteName(file)}: is not UTF-8 text`, { hint: 'save it as UTF-8 (iconv -f latin1 -t utf-8)' });
   }
   return { config: await parseConfig(text, file), file };
 }
@@ -277,14 +277,14 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
   if (doc.errors.length > 0) {
     const e = doc.errors[0]!;
     const line = e.linePos?.[0]?.line;
-    throw new UsageError(`${file}${line ? `:${line}` : ''}: invalid YAML: ${e.message.split('\n')[0]}`);
+    throw new UsageError(`${quoteName(file)}${line ? `:${line}` : ''}: invalid YAML: ${e.message.split('\n')[0]}`);
   }
   // A tag the parser does not know (`!!js/function`, `!env`, `!include`) was dropped, its value taken as
   // plain text: a config written for another tool's loader would run with a meaning it never had.
   const unknownTag = doc.warnings.find((w) => w.code === 'TAG_RESOLVE_FAILED');
   if (unknownTag) {
     const line = text.slice(0, unknownTag.pos[0]).split('\n').length;
-    throw new UsageError(`${file}:${line}: invalid YAML: ${unknownTag.message.split('\n')[0]}`, { hint: 'lifeboat reads plain YAML: remove the tag and write the value itself' });
+    throw new UsageError(`${quoteName(file)}:${line}: invalid YAML: ${unknownTag.message.split('\n')[0]}`, { hint: 'lifeboat reads plain YAML: remove the tag and write the value itself' });
   }
   let raw: unknown;
   try {
@@ -292,14 +292,14 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
   } catch (err) {
     // What the parser refuses only once it builds the data (an alias bomb: anchors nested so that
     // their expansion would take all memory) is a config error like any other.
-    throw new UsageError(`${file}: invalid YAML: ${errorMessage(err).split('\n')[0]}`, { cause: err });
+    throw new UsageError(`${quoteName(file)}: invalid YAML: ${errorMessage(err).split('\n')[0]}`, { cause: err });
   }
   // `__proto__` as the name of a source or a target was dropped by the schema without a word: the
   // source was not backed up, the target not known.
   for (const section of ['sources', 'targets'] as const) {
     const entries = raw !== null && typeof raw === 'object' ? (raw as Record<string, unknown>)[section] : undefined;
     if (entries !== null && typeof entries === 'object' && Object.hasOwn(entries, '__proto__')) {
-      throw new UsageError(`${file}: ${section}.__proto__: cannot be a name: give it another one`);
+      throw new UsageError(`${quoteName(file)}: ${section}.__proto__: cannot be a name: give it another one`);
     }
   }
   const result = configSchema.safeParse(raw);
@@ -320,7 +320,7 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
     else if (issue.code === 'invalid_value' && message.startsWith('Invalid option')) message = `must be ${orList(issue.values.map(String))}, not ${JSON.stringify(given)}`;
     // A check of lifeboat's own may say what to write instead.
     const hint = issue.code === 'custom' && typeof issue.params?.hint === 'string' ? issue.params.hint : undefined;
-    throw new UsageError(`${file}: ${key}: ${message}`, { hint });
+    throw new UsageError(`${quoteName(file)}: ${key}: ${message}`, { hint });
   }
   const config = result.data;
   const base = path.dirname(file);
@@ -342,7 +342,7 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
     for (const [key, dir] of [['slots', target.slots], ['active', target.active]] as const) {
       const other = owners.get(dir);
       if (other !== undefined) {
-        throw new UsageError(`${file}: targets.${name}.${key}: ${dir} is also ${other}; each target needs a slots directory and an active link of its own`, {
+        throw new UsageError(`${quoteName(file)}: targets.${name}.${key}: ${quoteName(dir)} is also ${other}; each target needs a slots directory and an active link of its own`, {
           hint: `give targets.${name} its own ${key} (a failover of one target would remove or switch what the other serves)`,
         });
       }

@@ -9,6 +9,7 @@ import { DEFAULT_DEPLOYMENT, MANIFEST_FORMAT, capturedSources, MAX_MANIFEST_CHAR
 import { checkDeploymentName, checkSourceName } from '../format/paths.js';
 import { localAccounts, namesOf } from '../format/accounts.js';
 import { formatBytes } from '../format/units.js';
+import { quoteName } from '../format/quote.js';
 import { type Notice, type Progress, type Reporter, progressAt } from './events.js';
 import { LockLostError, acquireWriterLock, releaseAfter, type HeldLock } from './lock.js';
 import { describeAbortedBackups, removeUnfinishedWrites } from './leftovers.js';
@@ -152,9 +153,9 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     for (const spec of options.sources) {
       scanned.push(await scanSource(spec, excludesOf(spec, options), { ...reporter, notice: (n) => (n.level === 'warning' ? warn(n) : reporter.notice?.(n)) }, options.signal, leaveOut));
     }
-    const { choice, newest, reference } = await referenceRead;
+    const { choice, newest, reference, after = newest?.id } = await referenceRead;
     // Against this deployment's newest point: another deployment's host whose clock runs ahead is no reason to move this one's ids.
-    const clockBehind = clockBehindNotice(newest?.id, startedAt);
+    const clockBehind = clockBehindNotice(after, startedAt);
     if (clockBehind) warn(clockBehind);
     if (choice.fallbackReason) reporter.notice?.({ level: 'info', code: 'type-fallback', message: choice.fallbackReason });
     if (reference && options.deployment === undefined && reference.host !== os.hostname()) {
@@ -193,7 +194,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const totalBytes = allEntries.reduce((n, e) => n + (e.type === 'file' ? e.size : 0), 0);
     const fileCount = allEntries.filter((e) => e.type === 'file').length;
 
-    id = await uniquePointId(repo, ids, newest?.id, startedAt, choice.type);
+    id = await uniquePointId(repo, ids, after, startedAt, choice.type);
     const result: BackupResult = {
       id,
       type: choice.type,
@@ -381,7 +382,7 @@ async function readReference(
   requested: BackupType,
   deployment: string,
   deploymentsRecorded: Promise<string[] | undefined>,
-): Promise<{ choice: ReferenceChoice; newest?: Pick<PointSummary, 'id' | 'full'>; reference?: Manifest }> {
+): Promise<{ choice: ReferenceChoice; newest?: Pick<PointSummary, 'id' | 'full'>; reference?: Manifest; after?: string }> {
   const newestId = ids[ids.length - 1];
   const names = requested === 'incr' && newestId ? await deploymentsRecorded.catch(() => undefined) : undefined;
   const othersRecorded = names !== undefined && names.some((name) => name !== deployment);
@@ -397,13 +398,25 @@ async function readReference(
     // A point whose summary and manifest both cannot be read may be this deployment's newest: an incremental or a
     // differential cannot tell what it would build on, but a full needs no earlier point and is not stopped by it.
     if (!(err instanceof IntegrityError)) throw err;
-    if (requested === 'full') return { choice: chooseReference(undefined, 'full', deployment, true) };
+    if (requested === 'full') return { choice: chooseReference(undefined, 'full', deployment, true), after: await newestUnreadable(repo, deployment) };
     throw new IntegrityError(`this ${requested} backup cannot tell which point it builds on: ${err.message}`, { cause: err, hint: FULL_BACKUP_HINT });
   }
   // Only for the notice: a repository whose names cannot all be read is still backed up to.
   const otherNames = !newest && ids.length > 0 ? await repo.deploymentNames().catch(() => []) : [];
   const choice = chooseReference(newest, requested, deployment, ids.length > 0, otherNames);
   return { choice, newest, reference: choice.referenceId ? await referenceManifest(repo, choice.referenceId, requested) : undefined };
+}
+
+/**
+ * The newest point that cannot be read and is newer than every point of `deployment`: it may be this
+ * deployment's newest. A full taken on a host whose clock is behind it gets an id after it, as after any
+ * newest point; with an earlier id, `latest` would still stop on the damaged point, and every backup
+ * after the full that was to get past it.
+ */
+async function newestUnreadable(repo: Repository, deployment: string): Promise<string | undefined> {
+  const { summaries, unreadable } = await repo.readSummaries();
+  const ours = summaries.filter((s) => deploymentOf(s) === deployment).at(-1);
+  return unreadable.filter((u) => ours === undefined || u.id > ours.id).at(-1)?.id;
 }
 
 const FULL_BACKUP_HINT = 'take a full backup, which needs no earlier point: lifeboat backup --type full; lifeboat verify shows what is damaged';
@@ -434,7 +447,7 @@ async function refuseEmptied(repo: Repository, scanned: readonly ScannedSource[]
   if (!emptied.length) return;
   const { source, held } = emptied[0]!;
   const others = emptied.length > 1 ? ` (and ${emptied.slice(1).map((e) => e.source.spec.name).join(', ')})` : '';
-  throw new RuntimeFailure(`source ${source.spec.name} is empty${others}: ${source.root} holds no files, where the newest point ${latestId} has ${held}; is a volume not mounted?`, {
+  throw new RuntimeFailure(`source ${source.spec.name} is empty${others}: ${quoteName(source.root)} holds no files, where the newest point ${latestId} has ${held === 1 ? '1 file' : `${held} files`}; is a volume not mounted?`, {
     hint: 'nothing was stored; if the source is meant to be empty now, run again with --allow-empty',
   });
 }

@@ -118,7 +118,7 @@ export class Repository {
     }
     if (existing && !onlyKeys && (await storage.head(keys.config))) {
       throw new UsageError(`there is a lifeboat repository at ${quoteName(storage.location)} already; refusing to create another there`, {
-        hint: `\`lifeboat list\` shows what it holds; to start over, empty ${storage.location} first`,
+        hint: `\`lifeboat list\` shows what it holds; to start over, empty ${quoteName(storage.location)} first`,
       });
     }
     if (existing) throw notEmpty(onlyKeys);

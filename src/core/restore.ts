@@ -717,7 +717,7 @@ async function readVerified(entry: VolumeEntry, expected: ManifestEntry, what: s
   progress.bytesDone += Math.min(size, expected.size);
   const digest = createHash('sha256').update(data.subarray(0, Math.min(size, expected.size))).digest('hex');
   if (size !== expected.size || digest !== expected.sha256) {
-    throw new IntegrityError(`${expected.source}/${expected.path} from ${what} does not match its checksum (SHA-256 ${digest}, expected ${expected.sha256})`);
+    throw new IntegrityError(`${quoteName(`${expected.source}/${expected.path}`)} from ${what} does not match its checksum (SHA-256 ${digest}, expected ${expected.sha256})`);
   }
   return data;
 }
@@ -770,7 +770,7 @@ async function writeVerified(
   const digest = await hash.digest();
   if (size !== expected.size || digest !== expected.sha256) {
     throw new IntegrityError(
-      `${expected.source}/${expected.path} from ${what} does not match its checksum (SHA-256 ${digest}, expected ${expected.sha256})`,
+      `${quoteName(`${expected.source}/${expected.path}`)} from ${what} does not match its checksum (SHA-256 ${digest}, expected ${expected.sha256})`,
     );
   }
 }

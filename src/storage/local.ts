@@ -8,6 +8,7 @@ import { openRegularFile, syncPath, writeFileSynced } from '../format/durable.js
 import { createFileSink } from '../format/file-sink.js';
 import { putThroughWriter } from './put-through-writer.js';
 import { danglingLinkTarget, makeDirectories, notADirectoryOnTheWay } from '../format/mkdirs.js';
+import { quoteName } from '../format/quote.js';
 import {
   MAX_DOCUMENT_BYTES,
   ObjectNotFoundError,
@@ -71,13 +72,13 @@ export class LocalStorage implements Storage {
         // A link to a directory not made yet (a mount point's path, a volume not attached) is not a file in the way.
         const dangling = await danglingLinkTarget(blocker);
         if (dangling !== undefined) {
-          throw new UsageError(`the repository ${this.root} cannot be made: ${blocker} is a symbolic link to ${dangling}, which does not exist`, {
+          throw new UsageError(`the repository ${quoteName(this.root)} cannot be made: ${quoteName(blocker)} is a symbolic link to ${quoteName(dangling)}, which does not exist`, {
             hint: 'make the directory it points to first (or mount what should be there), or give another path',
           });
         }
-        throw new UsageError(`the repository ${this.root} cannot be a directory: ${blocker} is not one`, { hint: 'give a directory for the repository, or a path where one can be made' });
+        throw new UsageError(`the repository ${quoteName(this.root)} cannot be a directory: ${quoteName(blocker)} is not one`, { hint: 'give a directory for the repository, or a path where one can be made' });
       }
-      throw new RuntimeFailure(`cannot create ${dir}: ${errorMessage(err)}`, { cause: err });
+      throw new RuntimeFailure(`cannot create ${quoteName(dir)}: ${errorMessage(err)}`, { cause: err });
     });
     return path.join(dir, `${process.pid}-${randomBytes(6).toString('hex')}`);
   }

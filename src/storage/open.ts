@@ -8,6 +8,8 @@ import type { Reporter } from '../core/events.js';
 /** S3 settings from the config file and flags; everything else comes from the AWS chain. */
 export interface S3Settings {
   endpoint?: string;
+  /** Where `endpoint` was given (`--s3-endpoint`), as messages name it; s3.endpoint when not said. */
+  endpointFrom?: string;
   region?: string;
   forcePathStyle?: boolean;
   storageClass?: string;

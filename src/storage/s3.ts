@@ -136,7 +136,7 @@ export class S3Storage implements Storage {
       throw new UsageError(`s3.concurrency must be a whole number of at least 1, not ${String(settings.concurrency)}`);
     }
     const endpoint = settings.endpoint ?? nonEmpty(env.AWS_ENDPOINT_URL_S3) ?? nonEmpty(env.AWS_ENDPOINT_URL);
-    if (endpoint !== undefined) checkEndpoint(endpoint, options.bucket);
+    if (endpoint !== undefined) checkEndpoint(endpoint, options.bucket, endpointSource(settings, env));
     // S3-compatible servers rarely have a region of their own; AWS's default is their convention.
     const region =
       settings.region ?? nonEmpty(env.AWS_REGION) ?? nonEmpty(env.AWS_DEFAULT_REGION) ?? (endpoint ? 'us-east-1' : undefined);
@@ -765,19 +765,26 @@ class ListingMarkers {
  * the bucket's name (copied from a console or a browser) would put every key under a second copy
  * of the bucket's name, where no repository is found and `init` would make a new one.
  */
-function checkEndpoint(endpoint: string, bucket: string): void {
-  if (!/^https?:\/\/[^/]/i.test(endpoint)) throw new UsageError(`s3.endpoint must be an http:// or https:// URL, not ${endpoint}`);
+function checkEndpoint(endpoint: string, bucket: string, from: string): void {
+  const notAUrl = () => new UsageError(`${from} must be an http:// or https:// URL, not ${endpoint}`);
+  if (!/^https?:\/\/[^/]/i.test(endpoint)) throw notAUrl();
   let url: URL;
   try {
     url = new URL(endpoint);
   } catch {
-    throw new UsageError(`s3.endpoint must be an http:// or https:// URL, not ${endpoint}`);
+    throw notAUrl();
   }
   if (url.pathname.replace(/^\/+|\/+$/g, '') === bucket) {
-    throw new UsageError(`s3.endpoint ${endpoint} names the bucket ${bucket} in its path, so every request would look under ${bucket}/${bucket}/`, {
+    throw new UsageError(`${from} ${endpoint} names the bucket ${bucket} in its path, so every request would look under ${bucket}/${bucket}/`, {
       hint: `give the server alone as the endpoint (${url.origin}); the bucket comes from the repository URL`,
     });
   }
+}
+
+/** Where the endpoint in use was given, as a message names it: the flag or the config's key, else the environment variable. */
+function endpointSource(settings: S3Settings, env: NodeJS.ProcessEnv): string {
+  if (settings.endpoint !== undefined) return settings.endpointFrom ?? 's3.endpoint';
+  return nonEmpty(env.AWS_ENDPOINT_URL_S3) !== undefined ? 'AWS_ENDPOINT_URL_S3' : 'AWS_ENDPOINT_URL';
 }
 
 /**

@@ -10,7 +10,7 @@ import { makeDirectories } from '../../format/mkdirs.js';
 import { contextConfig, openRepository, repositoryUrl, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
 import { addCronOptions, runMonitored, type CronFlags } from '../cron.js';
-import { escapeUnprintable, formatBytes, counted } from '../format.js';
+import { escapeUnprintable, formatBytes, counted, quoteName } from '../format.js';
 import { directoryFlag, durationFlag, nonEmpty, pathFlag, reportFileFlag } from '../flags.js';
 import { ProgressRenderer, log, logNotice, printResult, warningsJson } from '../output.js';
 import type { CommandRunner } from '../main.js';
@@ -52,7 +52,7 @@ async function writeReport(file: string, xml: string): Promise<void> {
     await makeDirectories(path.dirname(file));
     await writeFileAtomic(file, xml);
   } catch (err) {
-    throw new RuntimeFailure(`could not write the JUnit report ${file}: ${errorMessage(err)}`, { cause: err, hint: fileSystemHint(err, path.dirname(file)) });
+    throw new RuntimeFailure(`could not write the JUnit report ${quoteName(file)}: ${errorMessage(err)}`, { cause: err, hint: fileSystemHint(err, path.dirname(file)) });
   }
 }
 
@@ -160,7 +160,7 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
     if (junitFile) {
       try {
         await writeReport(junitFile, drillJUnit(result, repository));
-        log(ctx, `wrote the JUnit report ${junitFile}`);
+        log(ctx, `wrote the JUnit report ${quoteName(junitFile)}`);
       } catch (err) {
         reportFailure = err;
         if (failure !== undefined) reportNotWritten(ctx, err, result.warnings);

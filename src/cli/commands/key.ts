@@ -12,7 +12,7 @@ import { newPassword, passwordSource } from '../password.js';
 import { logNotice, printResult } from '../output.js';
 import { nonEmpty } from '../flags.js';
 import type { CommandRunner } from '../main.js';
-import { quoteName } from '../../format/quote.js';
+import { quoteName, table } from '../format.js';
 
 interface NewPasswordOptions {
   newPasswordFile?: string;
@@ -56,12 +56,11 @@ async function runKeyList(ctx: CliContext): Promise<void> {
     const { keys, damaged } = await readKeys(storage);
     const rows = keys.map((k) => ({ ...keyInfo(k), current: k.id === key.keyId })).sort((a, b) => a.createdAt.localeCompare(b.createdAt));
     for (const d of damaged) logNotice(ctx, { level: 'warning', code: 'key-damaged', message: damagedKeyMessage(d) });
-    printResult(ctx, rows, () =>
-      [' ', 'ID'.padEnd(16), 'CREATED'.padEnd(24), 'HOST'.padEnd(20), 'KDF']
-        .join(' ')
-        .concat(
-          ...rows.map((r) => `\n${r.current ? '*' : ' '} ${r.id} ${r.createdAt.padEnd(24)} ${r.host.padEnd(20)} scrypt N=2^${r.kdf.logN} r=${r.kdf.r} p=${r.kdf.p}`),
-        ),
+    // Columns as wide as their widest cell: a host's full name (ip-10-0-12-34.eu-west-1.compute.internal) does not push KDF out of line.
+    printResult(
+      ctx,
+      rows,
+      () => table([[' ', 'ID', 'CREATED', 'HOST', 'KDF'], ...rows.map((r) => [r.current ? '*' : ' ', r.id, r.createdAt, quoteName(r.host), `scrypt N=2^${r.kdf.logN} r=${r.kdf.r} p=${r.kdf.p}`])]),
       { shownWhenQuiet: true },
     );
   });

@@ -70,8 +70,12 @@ export async function runPrune(ctx: CliContext, flags: PruneFlags): Promise<void
         () => {
           const lines: string[] = [];
           // A reason may quote a pin's.
-          for (const d of result.keep) lines.push(`keep    ${d.id}  ${d.type.padEnd(4)}  ${escapeUnprintable(d.reasons.join('; '))}`);
-          for (const d of result.remove) lines.push(`${result.dryRun ? 'would remove' : 'remove'}  ${d.id}  ${d.type.padEnd(4)}  ${escapeUnprintable(d.reasons.join('; '))}`);
+          // The verbs padded to the longest, so that the ids, types and reasons of kept and removed points line up.
+          const removeVerb = result.dryRun ? 'would remove' : 'remove';
+          const row = (verb: string, d: { id: string; type: string; reasons: string[] }) =>
+            `${verb.padEnd(removeVerb.length)}  ${d.id}  ${d.type.padEnd(4)}  ${escapeUnprintable(d.reasons.join('; '))}`;
+          for (const d of result.keep) lines.push(row('keep', d));
+          for (const d of result.remove) lines.push(row(removeVerb, d));
           if (result.dryRun) {
             for (const key of [...result.manifests, ...result.summaries, ...result.data.map((d) => d.key)]) lines.push(`  would delete ${key}`);
           }

@@ -27,7 +27,10 @@ interface VerifyFlags extends CronFlags {
 function age(iso: string, now: number): string {
   const ahead = aheadOfClock(iso, now);
   if (ahead !== undefined) return `${formatDuration(ahead)} in the future: the clock of the host that recorded it ran ahead of this one's`;
-  const h = Math.max(0, (now - Date.parse(iso)) / 3_600_000);
+  const ms = Math.max(0, now - Date.parse(iso));
+  const h = ms / 3_600_000;
+  // Within the hour by minutes and seconds, as status says an age: "0 hour(s) ago" would not say whether it was a minute or fifty.
+  if (h < 1) return `${formatDuration(ms)} ago`;
   return h < 48 ? `${Math.round(h)} hour(s) ago` : `${Math.round(h / 24)} day(s) ago`;
 }
 
