@@ -523,3 +523,20 @@ test('restore --in-place takes the lock of every directory before writing any: a
   assert.equal(await fsp.readFile(path.join(triton, 'config.pbtxt'), 'utf8'), 'name: "llama"\n');
   assert.deepEqual((await fsp.readdir(path.dirname(triton))).filter((n) => n.startsWith('.')), [], 'no lock left');
 });
+
+test('a repository whose path ends with a space is named quoted when a restore target lies inside it or holds it', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  await fsp.mkdir(src);
+  await fsp.writeFile(path.join(src, 'config.json'), '{}');
+  const repo = path.join(work, 'backups ');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  assert.equal((await lifeboat(['--repo', repo, 'backup', src])).code, 0);
+  const inside = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', path.join(repo, 'out')]);
+  assert.equal(inside.code, 2, inside.stderr);
+  assert.ok(inside.stderr.includes(`lies inside the repository "${repo}"`), inside.stderr);
+  const holding = await lifeboat(['--repo', repo, 'restore', 'latest', '--target', work, '--force']);
+  assert.equal(holding.code, 2, holding.stderr);
+  assert.ok(holding.stderr.includes(`holds the repository ("${repo}")`), holding.stderr);
+});

@@ -1,3 +1,4 @@
+import { quoteName } from '../format/quote.js';
 /** What long-running core work reports; the CLI decides how to show it. */
 export interface Progress {
   /** `compare`: files already at a target (or left by an interrupted restore) read back and checked. */
@@ -48,5 +49,5 @@ export function keepingWarnings(reporter: Reporter | undefined, warnings: Notice
 
 /** The notice of a work directory a killed run left, removed by a later one. */
 export function leftWorkDirectory(dir: string): Notice {
-  return { level: 'info', code: 'work-directory-removed', path: dir, message: `removed ${dir}, left by a run that was killed` };
+  return { level: 'info', code: 'work-directory-removed', path: dir, message: `removed ${quoteName(dir)}, left by a run that was killed` };
 }

@@ -136,7 +136,7 @@ export async function checkRestoreTarget(
 ): Promise<{ targetState: TargetState; mountPoint: boolean; repositoryInside?: string }> {
   const overlap = repositoryLocation === undefined ? undefined : await repositoryOverlap(repositoryLocation, target);
   if (overlap && 'targetInside' in overlap) {
-    throw new UsageError(`restore target ${quoteName(target)} lies inside the repository ${repositoryLocation}`, { hint: 'restore outside the repository; writing there would damage the backups' });
+    throw new UsageError(`restore target ${quoteName(target)} lies inside the repository ${quoteName(repositoryLocation!)}`, { hint: 'restore outside the repository; writing there would damage the backups' });
   }
   const { state: targetState, mountPoint } = await inspectTarget(target).catch(async (err: unknown) => {
     const code = (err as NodeJS.ErrnoException).code;
@@ -169,7 +169,7 @@ export async function checkRestoreTarget(
   }
   const repositoryInside = overlap?.repositoryInside;
   if (repositoryInside !== undefined && targetState === 'non-empty' && !options.delta) {
-    throw new UsageError(`restore target ${quoteName(target)} holds the repository (${repositoryInside}); --force would delete it with the rest of the tree`, {
+    throw new UsageError(`restore target ${quoteName(target)} holds the repository (${quoteName(repositoryInside)}); --force would delete it with the rest of the tree`, {
       hint: 'use --delta, which leaves the repository alone, or restore elsewhere',
     });
   }
@@ -198,7 +198,7 @@ function pathsToKeepForRepository(plan: RestorePlan, target: string, repositoryI
   for (const e of plan.entries) {
     const p = pathIn(plan, target, e);
     if ((kept.has(p) && e.type !== 'dir') || p === repositoryInside || p.startsWith(repositoryInside + path.sep)) {
-      throw new UsageError(`${e.source}/${e.path} of ${plan.manifest.id} would be restored where the repository is (${repositoryInside})`, {
+      throw new UsageError(`${quoteName(`${e.source}/${e.path}`)} of ${plan.manifest.id} would be restored where the repository is (${quoteName(repositoryInside)})`, {
         hint: 'restore into another directory',
       });
     }
