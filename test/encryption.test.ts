@@ -31,7 +31,7 @@ import { BIN, lifeboat, spawnLifeboat, type CliRun } from './helpers/cli.js';
 import { waitFor } from './helpers/processes.js';
 import { readAll } from './helpers/data.js';
 import { exists, repoFiles } from './helpers/repo.js';
-import { createTestBucket, startS3Server, type S3TestServer } from './helpers/s3server.js';
+import { s3ServerForSuite } from './helpers/s3server.js';
 import { compareSnapshots, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile } from './helpers/tree.js';
 
 const PASSWORD = 'correct horse battery staple 7f3a';
@@ -970,19 +970,10 @@ describe('keys', () => {
 });
 
 describe('an encrypted repository on the S3 test server', () => {
-  let server: S3TestServer;
-  let bucket: string;
-
-  before(async () => {
-    server = await startS3Server();
-    bucket = await createTestBucket(server);
-  });
-
-  after(async () => {
-    await server?.stop();
-  });
+  const s3 = s3ServerForSuite();
 
   it('round trip: full → incr → diff restore bit-exact; a flipped byte is found; a wrong password exits 2', async () => {
+    const { server, bucket } = s3;
     const repoArgs = ['--repo', `s3://${bucket}/enc`, '--s3-endpoint', server.endpoint, '--s3-path-style'];
     const e = { ...server.env, ...env() };
     const src = path.join(work, 's3-src', 'models');

@@ -28,6 +28,10 @@ const keyFileSchema = z.object({
   /** AES-256-GCM nonce and sealed data key (key, then tag). */
   nonce: base64,
   wrappedKey: base64,
+  /** The repository whose data key it wraps (keys made before it was recorded have none). */
+  repository: z.string().regex(/^[0-9a-f]{32}$/).optional(),
+  /** The key a `key passwd` made it to replace. */
+  replaces: z.string().regex(KEY_ID).optional(),
 });
 export type KeyFile = z.infer<typeof keyFileSchema>;
 
@@ -78,8 +82,11 @@ export function encryptionSettings(kdf: KdfParams = DEFAULT_KDF): EncryptionConf
   return { algorithm: 'aes-256-gcm', segmentSize: SEGMENT_SIZE, kdf: { ...kdf } };
 }
 
-/** Writes a new key file that opens `dataKey` with `password`; returns its id. */
-export async function addKey(storage: Storage, repositoryId: string, dataKey: Buffer, password: string, kdf: KdfParams): Promise<string> {
+/**
+ * Writes a new key file that opens `dataKey` with `password`; returns its id. `replaces` names the
+ * key a `key passwd` is about to remove, so that one killed in between is said by key list and verify.
+ */
+export async function addKey(storage: Storage, repositoryId: string, dataKey: Buffer, password: string, kdf: KdfParams, replaces?: string): Promise<string> {
   if (password.length === 0) throw new UsageError('the password is empty');
   // One more than an unlock reads would keep every command, key remove too, from opening the repository.
   let files = 0;
@@ -104,6 +111,8 @@ export async function addKey(storage: Storage, repositoryId: string, dataKey: Bu
     salt: salt.toString('base64'),
     nonce: wrapped.nonce.toString('base64'),
     wrappedKey: wrapped.sealed.toString('base64'),
+    repository: repositoryId,
+    ...(replaces === undefined ? {} : { replaces }),
   };
   if (!(await storage.putDocument(keyObject(id), encodeDocument(file), { ifAbsent: true }))) {
     throw new IntegrityError(`key ${id} already exists`);
@@ -111,10 +120,19 @@ export async function addKey(storage: Storage, repositoryId: string, dataKey: Bu
   return id;
 }
 
-/** Every readable key file; damaged ones are returned separately, never trusted. */
-export async function readKeys(storage: Storage): Promise<{ keys: KeyFile[]; damaged: string[] }> {
+/** The key files of a repository: those that may open it, damaged ones, and those of another repository. */
+export interface FoundKeys {
+  keys: KeyFile[];
+  damaged: string[];
+  /** Key files that say they wrap another repository's data key: left by an init that lost a race to create it, or copied in. */
+  foreign: KeyFile[];
+}
+
+/** Every readable key file of the repository `repositoryId`; damaged and foreign ones are returned separately, never trusted. */
+export async function readKeys(storage: Storage, repositoryId: string): Promise<FoundKeys> {
   const found: KeyFile[] = [];
   const damaged: string[] = [];
+  const foreign: KeyFile[] = [];
   let seen = 0;
   for await (const { key, size } of storage.list(KEYS_PREFIX)) {
     if (!key.endsWith('.json')) continue;
@@ -130,20 +148,48 @@ export async function readKeys(storage: Storage): Promise<{ keys: KeyFile[]; dam
     try {
       const file = decodeDocument(await storage.getDocument(key), keyFileSchema, `key ${key}`);
       if (keyObject(file.id) !== key) throw new IntegrityError(`${key} describes key ${file.id}`);
-      found.push(file);
+      (file.repository === undefined || file.repository === repositoryId ? found : foreign).push(file);
     } catch (err) {
       if (isNotFound(err)) continue;
       if (!(err instanceof IntegrityError)) throw err;
       damaged.push(key);
     }
   }
-  return { keys: found, damaged };
+  return { keys: found, damaged, foreign };
 }
 
 /** What is said of a damaged key file (key list, verify; `subject` when the notice names it already): it opens nothing, and what to do. */
 export function damagedKeyMessage(object: string, subject = object): string {
   const id = keyIdOf(object);
   return `${subject} is damaged and cannot open the repository${/^[0-9a-f]+$/.test(id) ? `; put it back from a copy to keep its password, or \`lifeboat key remove ${id}\` removes it` : ''}`;
+}
+
+/** What is said of a key file of another repository (`subject` as for damagedKeyMessage). */
+export function foreignKeyMessage(file: KeyFile, subject = keyObject(file.id)): string {
+  return `${subject} is a key of another repository (${file.repository}) and cannot open this one, as an init that lost a race to create this repository, or a copy from elsewhere, leaves one; \`lifeboat key remove ${file.id}\` removes it`;
+}
+
+/** A warning of key list and verify about the key files: one that opens nothing, or a key a `key passwd` did not finish replacing. */
+export interface KeyNotice {
+  code: 'key-damaged' | 'key-foreign' | 'key-passwd-unfinished';
+  path: string;
+  message: string;
+}
+
+/** What key list and verify say of `found`; `subject` names the file in the message when given (verify names it in `path`). */
+export function keyNotices({ keys, damaged, foreign }: FoundKeys, subject?: string): KeyNotice[] {
+  const ids = new Set(keys.map((k) => k.id));
+  return [
+    ...damaged.map((path): KeyNotice => ({ code: 'key-damaged', path, message: damagedKeyMessage(path, subject) })),
+    ...foreign.map((file): KeyNotice => ({ code: 'key-foreign', path: keyObject(file.id), message: foreignKeyMessage(file, subject) })),
+    ...keys
+      .filter((k) => k.replaces !== undefined && ids.has(k.replaces))
+      .map((k): KeyNotice => ({
+        code: 'key-passwd-unfinished',
+        path: keyObject(k.replaces!),
+        message: `key ${k.replaces} was being replaced by key ${k.id} by a key passwd that did not finish: both passwords open the repository until \`lifeboat key remove ${k.replaces}\`, run with the new password, removes it`,
+      })),
+  ];
 }
 
 export function keyInfo(file: KeyFile): KeyInfo {
@@ -169,7 +215,14 @@ async function tryKey(file: KeyFile, repositoryId: string, password: string): Pr
  * lifeboat left cut short after its config holds no backup and is made again; a repository whose
  * key files were removed cannot be read without a copy of one.
  */
-async function noKey(storage: Storage, damaged: string[]): Promise<Error> {
+async function noKey(storage: Storage, repositoryId: string, { damaged, foreign }: FoundKeys): Promise<Error> {
+  if (foreign.length) {
+    const others = foreign.map((k) => keyObject(k.id));
+    return new IntegrityError(
+      `the encrypted repository at ${quoteName(storage.location)} has no key of its own under ${KEYS_PREFIX}: ${others.join(', ')} ${others.length === 1 ? 'is a key' : 'are keys'} of another repository, not of ${repositoryId} that ${layout.config} names${damaged.length ? ` (damaged: ${damaged.join(', ')})` : ''}`,
+      { hint: `if ${layout.config} was replaced by another repository's, put this repository's back from a copy; if its key files were, put back its own` },
+    );
+  }
   if (damaged.length) return new IntegrityError(`the encrypted repository at ${quoteName(storage.location)} has no readable key under ${KEYS_PREFIX} (damaged: ${damaged.join(', ')})`);
   let backups = false;
   let others = false;
@@ -191,7 +244,7 @@ async function noKey(storage: Storage, damaged: string[]): Promise<Error> {
 }
 
 /** Finds the key that `password` opens among `keys`; a wrong password is a usage error (exit 2). */
-async function unlockKey(storage: Storage, repositoryId: string, password: string, { keys, damaged }: { keys: KeyFile[]; damaged: string[] }, origin: PasswordOrigin): Promise<UnlockedKey> {
+async function unlockKey(storage: Storage, repositoryId: string, password: string, { keys, damaged, foreign }: FoundKeys, origin: PasswordOrigin): Promise<UnlockedKey> {
   // Cheapest first, within a budget: key files planted with the costliest parameters allowed
   // (about 40 s of scrypt each) cannot stretch a wrong password's answer to most of an hour.
   const ordered = [...keys].sort((a, b) => kdfWork(a.kdf) - kdfWork(b.kdf));
@@ -208,6 +261,7 @@ async function unlockKey(storage: Storage, repositoryId: string, password: strin
   const notes = [
     ...(untried ? [`${untried} key(s) with costlier scrypt parameters than lifeboat creates were not tried, which can mean tampering`] : []),
     ...(damaged.length ? [`${damaged.length} key file(s) are damaged and were not tried (${damaged.join(', ')})`] : []),
+    ...(foreign.length ? [`${foreign.length} key file(s) of another repository were not tried (${foreign.map((k) => keyObject(k.id)).join(', ')})`] : []),
   ];
   throw new UsageError(`wrong password: none of the ${tried} key(s) tried of the repository at ${quoteName(storage.location)} opens with ${origin.what}`, {
     hint: [...notes, origin.hint].join('; '),
@@ -263,8 +317,8 @@ export async function unlockStorage(
     throw new UsageError(`the repository at ${quoteName(storage.location)} uses ${config.encryption.segmentSize}-byte encrypted segments; this lifeboat reads ${SEGMENT_SIZE}`, { hint: 'upgrade lifeboat' });
   }
   // Before the password is asked for: a repository without a key opens with none.
-  const found = await readKeys(storage);
-  if (found.keys.length === 0) throw await noKey(storage, found.damaged);
+  const found = await readKeys(storage, config.id);
+  if (found.keys.length === 0) throw await noKey(storage, config.id, found);
   const given = await password.get(`password for ${storage.location}`);
   await beforeUnlocking();
   const key = await unlockKey(storage, config.id, given, found, password.origin?.() ?? UNKNOWN_ORIGIN);
@@ -272,13 +326,14 @@ export async function unlockStorage(
 }
 
 /** Removes a key file; refuses the key in use and the last key. */
-export async function removeKey(storage: Storage, current: string, selector: string, beforeRemoving: () => Promise<void> = async () => undefined): Promise<string> {
-  const { keys, damaged } = await readKeys(storage);
+export async function removeKey(storage: Storage, repositoryId: string, current: string, selector: string, beforeRemoving: () => Promise<void> = async () => undefined): Promise<string> {
+  const { keys, damaged, foreign } = await readKeys(storage, repositoryId);
   const matches = keys.filter((k) => k.id.startsWith(selector));
   if (matches.length === 0) {
-    // A damaged key file opens nothing: `key list` warns of it, and it is removed by the id in its name.
-    const broken = selector.length === 0 ? [] : damaged.filter((name) => keyIdOf(name).startsWith(selector));
-    if (broken.length > 1) throw new UsageError(`${JSON.stringify(selector)} matches ${broken.length} damaged key files; give more of the id`);
+    // A damaged key file, or one of another repository, opens nothing: `key list` warns of it, and it is removed by the id in its name.
+    const unusable = [...damaged, ...foreign.map((k) => keyObject(k.id))];
+    const broken = selector.length === 0 ? [] : unusable.filter((name) => keyIdOf(name).startsWith(selector));
+    if (broken.length > 1) throw new UsageError(`${JSON.stringify(selector)} matches ${broken.length} key files that open nothing; give more of the id`);
     if (broken.length === 1) {
       await beforeRemoving();
       await storage.delete(broken);

@@ -13,7 +13,7 @@ import { describeLock, whileReading } from './lock.js';
 import { describeAbortedBackups, describeLeftover, describeLeftovers, incompleteWritesUnlisted, pointBeingWritten, unfinishedWrites, type UnfinishedWrites } from './leftovers.js';
 import * as ledgers from './verify-ledger.js';
 import { isNotFound } from '../storage/storage.js';
-import { damagedKeyMessage, readKeys } from './keys.js';
+import { keyNotices, readKeys } from './keys.js';
 
 export type ProblemKind =
   | 'manifest-unreadable'
@@ -292,9 +292,10 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
   if (!options.point) {
     const unrecorded = await deploymentsRecordProblem(repo, newestOfDeployment);
     if (unrecorded) problems.push(unrecorded);
-    // A damaged key file loses a password, not data: said each night, not found out on the day that password is needed.
-    for (const key of (await readKeys(repo.storage)).damaged) {
-      const n: Notice = { level: 'warning', code: 'key-damaged', path: key, message: damagedKeyMessage(key, 'this key file') };
+    // A damaged key file loses a password, not data: said each night, not found out on the day that password is needed;
+    // so is a key of another repository, which opens nothing, and an old password a killed key passwd left working.
+    for (const notice of keyNotices(await readKeys(repo.storage, repo.config.id), 'this key file')) {
+      const n: Notice = { level: 'warning', ...notice };
       warnings.push(n);
       reporter.notice?.(n);
     }

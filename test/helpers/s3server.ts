@@ -9,6 +9,7 @@ import * as fsp from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { after, before } from 'node:test';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { cephAvailable, startCephS3 } from './ceph.js';
 import { ProcessGroup } from './processes.js';
@@ -148,4 +149,17 @@ export async function createTestBucket(server: S3TestServer, endpoint = server.e
     client.destroy();
   }
   return bucket;
+}
+
+/** A server and a bucket of its for the suite this is called in: started before its tests, stopped after them. */
+export function s3ServerForSuite(): { readonly server: S3TestServer; readonly bucket: string } {
+  const held = {} as { server: S3TestServer; bucket: string };
+  before(async () => {
+    held.server = await startS3Server();
+    held.bucket = await createTestBucket(held.server);
+  });
+  after(async () => {
+    await held.server?.stop();
+  });
+  return held;
 }

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { ExitCode, InterruptedError, LifeboatError, UsageError, errorMessage } from '../../errors.js';
 import { whileHoldingLock, type WriterLockOptions } from '../../core/lock.js';
 import { lockStaleAfterMs } from '../cron.js';
-import { addKey, damagedKeyMessage, keyInfo, keyObject, readKeys, removeKey, unlockStorage, type UnlockedKey } from '../../core/keys.js';
+import { addKey, keyInfo, keyNotices, keyObject, readKeys, removeKey, unlockStorage, type UnlockedKey } from '../../core/keys.js';
 import { Repository } from '../../core/repository.js';
 import type { RepositoryConfig } from '../../format/manifest.js';
 import type { Storage } from '../../storage/storage.js';
@@ -52,10 +52,10 @@ async function withKey<T>(
 }
 
 async function runKeyList(ctx: CliContext): Promise<void> {
-  await withKey(ctx, async (storage, key) => {
-    const { keys, damaged } = await readKeys(storage);
-    const rows = keys.map((k) => ({ ...keyInfo(k), current: k.id === key.keyId })).sort((a, b) => a.createdAt.localeCompare(b.createdAt));
-    for (const d of damaged) logNotice(ctx, { level: 'warning', code: 'key-damaged', message: damagedKeyMessage(d) });
+  await withKey(ctx, async (storage, key, config) => {
+    const found = await readKeys(storage, config.id);
+    const rows = found.keys.map((k) => ({ ...keyInfo(k), current: k.id === key.keyId })).sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+    for (const { code, message } of keyNotices(found)) logNotice(ctx, { level: 'warning', code, message });
     // Columns as wide as their widest cell: a host's full name (ip-10-0-12-34.eu-west-1.compute.internal) does not push KDF out of line.
     printResult(
       ctx,
@@ -88,10 +88,10 @@ async function runKeyAdd(ctx: CliContext, options: NewPasswordOptions): Promise<
 }
 
 async function runKeyRemove(ctx: CliContext, selector: string): Promise<void> {
-  await withKey(ctx, async (storage, key) => {
+  await withKey(ctx, async (storage, key, config) => {
     await whileHoldingLock(storage, 'key remove', await keyLockOptions(ctx), lockReporter(ctx), async (lock) => {
       // A removal that lost its lock while paused deletes nothing: another removal meanwhile may have left this key the last.
-      const id = await removeKey(storage, key.keyId, selector, () => lock.check());
+      const id = await removeKey(storage, config.id, key.keyId, selector, () => lock.check());
       printResult(ctx, { removed: id }, () => `removed key ${id}`);
     });
   });
@@ -100,8 +100,9 @@ async function runKeyRemove(ctx: CliContext, selector: string): Promise<void> {
 async function runKeyPasswd(ctx: CliContext, options: NewPasswordOptions): Promise<void> {
   await withNewPassword(ctx, options, async (storage, key, config, password) => {
     await whileHoldingLock(storage, 'key passwd', await keyLockOptions(ctx), lockReporter(ctx), async (lock) => {
-      // The new key is stored before the old one goes, so a failure in between leaves both passwords working.
-      const id = await addKey(storage, config.id, key.dataKey, password, key.kdf);
+      // The new key is stored before the old one goes, so a failure in between leaves both passwords working;
+      // it names the key it replaces, so that key list and verify say what is left if this is killed in between.
+      const id = await addKey(storage, config.id, key.dataKey, password, key.kdf, key.keyId);
       try {
         await lock.check();
         await storage.delete([keyObject(key.keyId)]);
