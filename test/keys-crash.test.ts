@@ -286,4 +286,27 @@ describe('key commands and init killed or racing on the S3 test server', () => {
     await ok(runChild([...at(prefix), 'verify'], { env: { ...s3.server.env, ...pw('winner password') } }), 'verify');
   });
 
+  it('an init that loses a race to create the same repository says another init made it, and takes its key back', { timeout: 60_000 }, async () => {
+    const prefix = 'init-race-lost';
+    const proxy = await holdingProxy(3000);
+    let lost: CliRun;
+    try {
+      // The loser's listing finds the prefix empty, and its answer is held while the winner creates the repository.
+      proxy.inject('delay', { method: 'GET', path: /list-type=2/ });
+      const loser = runChild([...at(prefix, proxy.endpoint), 'init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10'], { env: { ...s3.server.env, ...pw('loser password') } });
+      assert.ok(await waitFor(async () => proxy.requests.some((r) => r.fault === 'delay'), 30_000), 'the loser listed');
+      await ok(run(prefix, ['init', '--encryption', 'aes-256-gcm', '--kdf-log-n', '10'], 'winner password'), 'the winning init');
+      lost = await loser;
+    } finally {
+      await proxy.stop();
+    }
+    assert.equal(lost.code, 2, lost.stderr);
+    assert.equal(
+      lost.stderr,
+      `lifeboat: another init created a repository at s3://${s3.bucket}/${prefix} while this one ran; refusing to create another there\n  \`lifeboat list\` shows what it holds (encrypted, it opens with that init's password); to start over, empty s3://${s3.bucket}/${prefix} first\n`,
+    );
+    const list = await ok(run(prefix, ['--json', 'key', 'list'], 'winner password'), 'key list');
+    assert.equal(list.stderr, '');
+    assert.equal(list.json().length, 1, 'the loser took its key back');
+  });
 });

@@ -104,7 +104,7 @@ export class Repository {
     const notEmpty = (onlyKeys: boolean) =>
       new UsageError(`${quoteName(storage.location)} is not empty; refusing to create a repository there`, {
         hint: onlyKeys
-          ? `it holds nothing but ${KEYS_PREFIX}, left by an init that did not finish: remove ${KEYS_PREFIX} and run init again`
+          ? `it holds nothing but ${KEYS_PREFIX}, left by an init that did not finish: remove ${KEYS_PREFIX} and run init again, once no other init is running there`
           : 'choose an empty directory or bucket prefix',
       });
     let existing = false;
@@ -123,7 +123,12 @@ export class Repository {
     }
     if (existing) throw notEmpty(onlyKeys);
     await options.beforeConfig?.(config);
-    if (!(await storage.putDocument(keys.config, encodeDocument(config), { ifAbsent: true }))) throw notEmpty(false);
+    if (!(await storage.putDocument(keys.config, encodeDocument(config), { ifAbsent: true }))) {
+      // Another init found the location empty too, and wrote its config first.
+      throw new UsageError(`another init created a repository at ${quoteName(storage.location)} while this one ran; refusing to create another there`, {
+        hint: `\`lifeboat list\` shows what it holds (encrypted, it opens with that init's password); to start over, empty ${quoteName(storage.location)} first`,
+      });
+    }
     return new Repository(storage, config);
   }
 
