@@ -180,7 +180,7 @@ describe('key commands and init killed or racing on the S3 test server', () => {
       await proxy.stop();
     }
     const [added] = (await keyIds(prefix, 'new password')).filter((id) => id !== old);
-    const expected = `key ${old} was being replaced by key ${added} by a key passwd that did not finish: both passwords open the repository until \`lifeboat key remove ${old}\`, run with the new password, removes it`;
+    const expected = `a key passwd that did not finish was replacing key ${old} with key ${added}: both passwords open the repository until \`lifeboat key remove ${old}\`, run with the new password, removes it`;
     for (const password of ['old password', 'new password']) {
       const list = await ok(run(prefix, ['--log-format', 'json', 'key', 'list'], password), `key list with the ${password}`);
       assert.deepEqual(warnings(list).filter((w) => w.code !== 'stale-lock'), [{ code: 'key-passwd-unfinished', message: expected }], list.stderr);

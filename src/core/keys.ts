@@ -187,7 +187,7 @@ export function keyNotices({ keys, damaged, foreign }: FoundKeys, subject?: stri
       .map((k): KeyNotice => ({
         code: 'key-passwd-unfinished',
         path: keyObject(k.replaces!),
-        message: `key ${k.replaces} was being replaced by key ${k.id} by a key passwd that did not finish: both passwords open the repository until \`lifeboat key remove ${k.replaces}\`, run with the new password, removes it`,
+        message: `a key passwd that did not finish was replacing key ${k.replaces} with key ${k.id}: both passwords open the repository until \`lifeboat key remove ${k.replaces}\`, run with the new password, removes it`,
       })),
   ];
 }
