@@ -1,9 +1,31 @@
 #!/usr/bin/env node
 import module from 'node:module';
+import os from 'node:os';
+import path from 'node:path';
 
 // Node 22.1 and later keep compiled code between runs (a faster start for every cron run);
-// Node 20 has no such cache, and this is skipped.
-module.enableCompileCache?.();
+// Node 20 has no such cache, and this is skipped. Node's own place for it is under TMPDIR,
+// where lifeboat stages state and tells users to point at a small tmpfs: some 2 MiB of cache
+// there would leave that much less room, so it goes where a user's caches go. Where that
+// directory cannot be made, Node goes on without the cache and says nothing.
+const cache = module.enableCompileCache && compileCacheDirectory();
+if (cache) module.enableCompileCache(cache);
+
+/** $XDG_CACHE_HOME/lifeboat/compile-cache, else ~/.cache/lifeboat/compile-cache; undefined with no home to put it in. */
+function compileCacheDirectory() {
+  let base = process.env.XDG_CACHE_HOME;
+  if (!base || !path.isAbsolute(base)) {
+    let home;
+    try {
+      home = os.homedir();
+    } catch {
+      return undefined;
+    }
+    if (!path.isAbsolute(home)) return undefined;
+    base = path.join(home, '.cache');
+  }
+  return path.join(base, 'lifeboat', 'compile-cache');
+}
 
 const { main } = await import('../dist/bundle/main.js');
 await main(process.argv);

@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import { spawnSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
+import module from 'node:module';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { runChild, type CliRun } from './helpers/cli.js';
@@ -84,3 +85,41 @@ test('under node --jitless, which has no WebAssembly and so no aligned memory, b
   await run(['--repo', 'repo', 'restore', 'latest', '--target', 'out']);
   assert.ok((await fsp.readFile(path.join(work, 'out', 'models', 'weights.bin'))).equals(await fsp.readFile(path.join(models, 'weights.bin'))));
 });
+
+// Node 22.1 and later can keep the compiled program between runs; Node's own place for it is under
+// TMPDIR, where lifeboat stages state and users point a small tmpfs.
+test('the installed program keeps its compiled code with the user\'s caches, never under TMPDIR, and works where there is no home for them', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'config.json'), '{}');
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), ['repository: ./repo', 'sources:', '  models: ./models', '  features: { command: "printf features-v1" }', ''].join('\n'));
+  const tmp = path.join(work, 'tmp');
+  await fsp.mkdir(tmp);
+  const caches = path.join(work, 'caches');
+  const home = path.join(work, 'home');
+  const runs: [string[], NodeJS.ProcessEnv][] = [
+    [['init'], { TMPDIR: tmp, XDG_CACHE_HOME: caches }],
+    [['backup'], { TMPDIR: tmp, XDG_CACHE_HOME: caches }],
+    [['list'], { TMPDIR: tmp, XDG_CACHE_HOME: '', HOME: home }],
+    [['list'], { TMPDIR: tmp, XDG_CACHE_HOME: 'relative', HOME: '' }],
+  ];
+  for (const [args, env] of runs) {
+    const r = await runChild(['--quiet', ...args], { cwd: work, env });
+    assert.equal(r.code, 0, `lifeboat ${args.join(' ')}: ${r.stderr}`);
+    assert.equal(r.stderr, '', `lifeboat ${args.join(' ')}`);
+  }
+  assert.deepEqual(await fsp.readdir(tmp), [], 'nothing is left in TMPDIR');
+  const names = await fsp.readdir(work);
+  assert.ok(!names.includes('relative') && !names.includes('.cache'), `nothing is cached in the working directory: ${names.join(', ')}`);
+  if (!hasCompileCache()) return;
+  for (const dir of [path.join(caches, 'lifeboat', 'compile-cache'), path.join(home, '.cache', 'lifeboat', 'compile-cache')]) {
+    const versions = await fsp.readdir(dir);
+    assert.equal(versions.length, 1, versions.join(', '));
+    assert.ok((await fsp.readdir(path.join(dir, versions[0]!))).length > 0, `compiled code is kept in ${dir}`);
+  }
+});
+
+function hasCompileCache(): boolean {
+  return typeof (module as { enableCompileCache?: unknown }).enableCompileCache === 'function';
+}

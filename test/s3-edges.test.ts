@@ -122,13 +122,16 @@ describe('S3 edges', () => {
     const aws = { AWS_ACCESS_KEY_ID: 'AKIAEXAMPLE', AWS_SECRET_ACCESS_KEY: 'not-a-real-secret', AWS_REGION: 'eu-west-1', AWS_ENDPOINT_URL_S3: '', AWS_ENDPOINT_URL: '' };
     const config = path.join(work, 'virtual-hosted.yaml');
     await fsp.writeFile(config, `s3:\n  endpoint: ${server.endpoint}\n  forcePathStyle: false\n`);
-    for (const [name, args, env] of [
-      ['AWS', ['--repo', 's3://xn--abc/prod', 'list'], aws],
-      ['forcePathStyle: false', ['--config', config, '--repo', 's3://xn--abc/prod', 'list'], server.env],
+    // Node 24's URL parser takes a label that is not punycode as it is; Node 20 and 22 refuse it, but
+    // take one that decodes to plain ASCII (xn--abc-).
+    for (const [name, bucket, args, env] of [
+      ['AWS', 'xn--abc', [], aws],
+      ['forcePathStyle: false', 'xn--abc', ['--config', config], server.env],
+      ['AWS, punycode of plain ASCII', 'xn--abc-', [], aws],
     ] as const) {
-      const r = await runChild([...args], { env: { ...env }, cwd: work });
+      const r = await runChild([...args, '--repo', `s3://${bucket}/prod`, 'list'], { env: { ...env }, cwd: work });
       assert.equal(r.code, 2, `${name}: ${r.stderr}`);
-      assert.match(r.stderr, /the bucket name "xn--abc" cannot be part of a host name/);
+      assert.ok(r.stderr.includes(`the bucket name "${bucket}" cannot be part of a host name`), r.stderr);
       assert.match(r.stderr, /use --s3-path-style/);
       assert.doesNotMatch(r.stderr, /Failed to construct URL|\n\s+at /, name);
     }

@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import Database from 'better-sqlite3';
 import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
 import { exists, repoFiles } from './helpers/repo.js';
@@ -917,4 +918,27 @@ test('a postBackup hook that fails after a failed backup is a warning: --quiet s
   assert.equal(json.code, 1, json.stderr);
   const lines = json.stderr.trimEnd().split('\n').map((l) => JSON.parse(l) as { level: string; msg: string; code?: string });
   assert.deepEqual(lines.filter((l) => l.code === 'hook-failed').map(({ level, msg }) => ({ level, msg })), [{ level: 'warning', msg: 'postBackup hook exited with status 3: cannot resume' }]);
+});
+
+// better-sqlite3 12 built against Node 24's headers: an object of it garbage-collected takes itself off
+// Node's clean-up list at exit, which Node 24 aborts on during a collection (exit 134, a native stack).
+test('the databases, statements and backups of SQLite copies, restores and checks are never collected, so that no collection after them aborts the process', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const db = path.join(work, 'registry.db');
+  seedDatabase(db, 'wal');
+  const script = [
+    `import { copySqlite, integrityCheck, restoreSqlite } from ${JSON.stringify(new URL('../src/state/sqlite.js', import.meta.url).href)};`,
+    `const [db, work] = process.argv.slice(1);`,
+    `for (let i = 0; i < 5; i++) {`,
+    `  await copySqlite('registry', db, work + '/copy' + i + '.db');`,
+    `  if (integrityCheck(work + '/copy' + i + '.db') !== 'ok') throw new Error('copy ' + i);`,
+    `  await restoreSqlite('registry', work + '/copy' + i + '.db', db);`,
+    `  globalThis.gc();`,
+    `}`,
+    `process.stdout.write('ok');`,
+  ].join('\n');
+  const run = spawnSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script, db, work], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(run.status, 0, run.stderr);
+  assert.equal(run.stdout, 'ok', run.stderr);
 });

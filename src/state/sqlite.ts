@@ -12,7 +12,55 @@ import { quoteName, shellWord } from '../format/quote.js';
 const requireAtRunTime = createRequire(import.meta.url);
 let sqliteModule: typeof BetterSqlite3 | undefined;
 function sqlite(): typeof BetterSqlite3 {
-  return (sqliteModule ??= requireAtRunTime('better-sqlite3') as typeof BetterSqlite3);
+  return (sqliteModule ??= keepingHandles(requireAtRunTime('better-sqlite3') as typeof BetterSqlite3));
+}
+
+/**
+ * Every database, statement and backup object better-sqlite3 makes in this process, kept until it
+ * ends. Built against Node 24's headers, each of them, when garbage-collected, takes itself off the
+ * list of what Node cleans up at exit, and Node 24 aborts the process when that happens during a
+ * collection (`Assertion failed: (env) != nullptr`, exit 134): a backup, restore or failover would
+ * die halfway, whenever a collection came after a database was closed. Never collected, none is;
+ * a command opens a few databases and prepares a few statements on each. Node 20 and 22 do not
+ * abort, and the same is done there.
+ */
+const kept: object[] = [];
+
+/** Makes `Database` keep what it makes (see `kept`); exported for tests, whose own databases live in the same process. */
+export function keepingHandles(Database: typeof BetterSqlite3): typeof BetterSqlite3 {
+  // The native module, loaded by the first database opened, is what makes each object.
+  kept.push(new Database(':memory:'));
+  const addon = Object.values(requireAtRunTime.cache).find((m) => m?.filename.endsWith('better_sqlite3.node'))?.exports as NativeSqlite | undefined;
+  if (!addon || addon.keepsHandles) return Database;
+  addon.keepsHandles = true;
+  const NativeDatabase = addon.Database;
+  const keeping = function (this: unknown, ...args: unknown[]) {
+    return keep(new NativeDatabase(...args));
+  } as unknown as NativeSqlite['Database'];
+  keeping.prototype = NativeDatabase.prototype;
+  addon.Database = keeping;
+  keepResults(NativeDatabase.prototype, 'prepare');
+  keepResults(NativeDatabase.prototype, 'backup');
+  keepResults(addon.Statement.prototype, 'iterate');
+  return Database;
+}
+
+interface NativeSqlite {
+  Database: new (...args: unknown[]) => object;
+  Statement: { prototype: Record<string, unknown> };
+  keepsHandles?: boolean;
+}
+
+function keep<T>(handle: T): T {
+  kept.push(handle as object);
+  return handle;
+}
+
+function keepResults(prototype: Record<string, unknown>, method: string): void {
+  const original = prototype[method] as (...args: unknown[]) => unknown;
+  prototype[method] = function (this: unknown, ...args: unknown[]) {
+    return keep(original.apply(this, args));
+  };
 }
 
 /**

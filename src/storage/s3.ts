@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { Readable, addAbortSignal } from 'node:stream';
+import { domainToUnicode } from 'node:url';
 import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
@@ -793,15 +794,26 @@ function endpointSource(settings: S3Settings, env: NodeJS.ProcessEnv): string {
  * a stack trace of its own and fail every request: said at once, as the set-up error it is.
  */
 function checkHostableBucket(bucket: string, endpoint: string | undefined): void {
-  try {
-    new URL(`https://${bucket}.s3.amazonaws.com`);
-    return;
-  } catch {
-    // Said below.
+  if (punycodeDecodes(bucket)) {
+    try {
+      new URL(`https://${bucket}.s3.amazonaws.com`);
+      return;
+    } catch {
+      // Said below.
+    }
   }
   throw new UsageError(`the bucket name ${JSON.stringify(bucket)} cannot be part of a host name, as ${endpoint === undefined ? 'AWS S3 addresses buckets' : 's3.forcePathStyle: false asks'} (virtual-hosted addressing)`, {
     hint: `check the bucket name in the repository URL (S3 bucket names are lowercase letters, digits, hyphens and dots, and do not start with xn--); for a server that has such a bucket, use --s3-path-style`,
   });
+}
+
+/**
+ * Whether every label of `host` that is punycode (`xn--…`) stands for a name that is not plain
+ * ASCII, as punycode must. Node 24's URL parser takes any such label as it is, where Node 20 and
+ * 22 refuse one that does not decode; this refuses it on all three.
+ */
+function punycodeDecodes(host: string): boolean {
+  return host.split('.').every((label) => !/^xn--/i.test(label) || /[^\x00-\x7f]/.test(domainToUnicode(label)));
 }
 
 /** s3.timeout or s3.idleTimeout in milliseconds, when set. */

@@ -2,7 +2,13 @@ import { PassThrough } from 'node:stream';
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
 import { runCli } from '../../src/cli/main.js';
+import { keepingHandles } from '../../src/state/sqlite.js';
+
+// The tests' own SQLite databases live in the process lifeboat runs in: under Node 24 one that is
+// collected aborts it, so they are kept as lifeboat keeps its own.
+keepingHandles(Database);
 
 export const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../bin/lifeboat.js');
 

@@ -4,6 +4,10 @@
  * Runs until SIGTERM. Usage: node sqlite-writer.js DB JOURNAL_MODE ROWS
  */
 import Database from 'better-sqlite3';
+import { keepingHandles } from '../../src/state/sqlite.js';
+
+// Under Node 24 a statement of better-sqlite3 that is collected aborts the process: kept, as lifeboat keeps its own.
+keepingHandles(Database);
 
 const [file, journalMode = 'delete', rowsArg = '50'] = process.argv.slice(2);
 if (!file) throw new Error('usage: sqlite-writer DB [JOURNAL_MODE] [ROWS]');
