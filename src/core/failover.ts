@@ -186,10 +186,14 @@ async function stateManifest(repo: MaybeRepository, target: string, point: strin
   });
 }
 
-/** Whether the last recorded switch was to `slot` and put its point's serving state back. */
-async function stateWentBackWith(slots: string, slot: string): Promise<boolean> {
+/**
+ * How the last recorded switch went to `slot`: putting its point's serving state back, or leaving the state
+ * as it was (--no-state); undefined when the last switch recorded went elsewhere.
+ */
+async function lastSwitchTo(slots: string, slot: string): Promise<'put back' | 'left' | undefined> {
   const last = (await readTargetState(slots)).history.at(-1);
-  return last?.to === slot && last.state !== false;
+  if (last?.to !== slot) return undefined;
+  return last.state === false ? 'left' : 'put back';
 }
 
 /** Whether the target's record says the point in `slot` has no serving state (known only for switches recorded since this was kept). */
@@ -647,11 +651,14 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     served = fromPoint ?? from ?? 'nothing';
     await checkActiveLinkWritable(spec.active, spec.name);
     // Run again for the point already served (to repair its slot, or unsure whether the first run went through),
-    // a failover must not put the backup's state over what the service has written since it was switched to.
-    // Unless a run stopped before its switch left another point's state in place: then it goes back.
-    if (from === slot && options.applyState === undefined && (await stateWentBackWith(spec.slots, slot)) && !(await stateLeftBehind(spec.slots, from))) {
+    // a failover must not put the backup's state over what the service has written since it was switched to,
+    // nor over the state a switch with --no-state kept. Unless a run stopped before its switch left another
+    // point's state in place: then it goes back.
+    const last = from === slot && options.applyState === undefined ? await lastSwitchTo(spec.slots, slot) : undefined;
+    if (last !== undefined && !(await stateLeftBehind(spec.slots, from))) {
       run.options = { ...options, applyState: false };
-      if (stateToPutBack(manifest).length > 0) note(run, 'state-left', `${spec.name} already serves ${manifest.id}, whose serving state was put back when it was switched to; the state is left as it is (--state puts it back again)`);
+      const when = last === 'put back' ? 'was put back when it was switched to' : 'was left as it was when it was switched to (--no-state)';
+      if (stateToPutBack(manifest).length > 0) note(run, 'state-left', `${spec.name} already serves ${manifest.id}, whose serving state ${when}; the state is left as it is (--state puts it back again)`);
     }
     // Refused before the slot is restored, which may take long: the operator hears it at once.
     if (run.options.applyState !== false) await refuseEmptyCopies(manifest, emptyCopies(run));
