@@ -123,6 +123,9 @@ test('random sequences of backups, failovers, rollbacks, prunes, pins and killed
     ].join('\n'),
   );
   await configure('./live/models');
+  // A host that prunes the repository and serves nothing: the journal alone says what targets serve.
+  await fsp.writeFile(path.join(work, 'elsewhere.yaml'), 'repository: ./repo\n');
+  const pruneHost = () => (rand() < 0.4 ? ['--config', 'elsewhere.yaml'] : []);
   const run = (args: string[]) => lifeboat(args, { cwd: work });
   assert.equal((await run(['init'])).code, 0);
 
@@ -209,6 +212,11 @@ test('random sequences of backups, failovers, rollbacks, prunes, pins and killed
     expectCode(st, 0, `${where}: status`);
     if (m.served && !new RegExp(`^target prod: ${m.served}, taken .* ago; healthy`, 'm').test(st.stdout)) fail(`${where}: status text`, st);
     if (m.previous && !new RegExp(`^ {2}previous: ${m.previous}$`, 'm').test(st.stdout)) fail(`${where}: status text previous`, st);
+    // Its slots, as they are on disk, the active and previous ones marked.
+    const onDisk = (await fsp.readdir(slots).catch(() => [] as string[])).filter((n) => !n.startsWith('.')).sort();
+    const marked = onDisk.map((n) => `${n}${n === m.served ? ' (active)' : n === m.previous ? ' (previous)' : ''}`);
+    const said = /^ {2}slots: (.*)$/m.exec(st.stdout)?.[1]?.split(', ').sort() ?? [];
+    if (said.join(', ') !== marked.join(', ')) fail(`${where}: status text slots, expected ${marked.join(', ')}`, st);
   }
 
   /** A selector of a point: its id, a unique prefix, `latest`, or a time that selects it. */
@@ -343,6 +351,44 @@ test('random sequences of backups, failovers, rollbacks, prunes, pins and killed
     }
   }
 
+  /**
+   * A failover and a prune started together: the prune waits for the failover, which reads, or the failover
+   * for the prune; a point the prune removes is refused (exit 2), and one served is never removed.
+   */
+  async function failoverBesidePrune(): Promise<void> {
+    const healthy = m.order.filter((id) => !m.points.get(id)!.broken);
+    if (healthy.length === 0) return;
+    const id = pick(rand, healthy);
+    log.push(`failover ${id} beside a prune`);
+    const children = [['--json', 'failover', id, '--to', 'prod'], [...pruneHost(), '--json', 'prune', '--keep-full', '1', '--keep-diff', '0']].map((args) => {
+      const child = spawnLifeboat(args, { cwd: work });
+      const out: Buffer[] = [];
+      const err: Buffer[] = [];
+      child.stdout!.on('data', (c: Buffer) => out.push(c));
+      child.stderr!.on('data', (c: Buffer) => err.push(c));
+      return new Promise<CliRun>((resolve) =>
+        child.on('close', (code) => {
+          const stdout = Buffer.concat(out).toString();
+          resolve({ code: code ?? 1, stdout, stderr: Buffer.concat(err).toString(), json: () => JSON.parse(stdout) });
+        }),
+      );
+    });
+    const [f, p] = await Promise.all(children);
+    log.push(`  failover ended ${f!.code}, prune ${p!.code}`);
+    expectCode(p!, [0, 4], 'a prune beside a failover');
+    const now = new Set((await listed()).map((x) => x.id));
+    if (f!.code === 0) {
+      if (!now.has(id)) fail(`the prune removed ${id}, which the failover beside it switched to`, p);
+      m.slots.set(id, m.points.get(id)!.tree);
+      switched(id);
+      m.lastEvent = `failover ${id} ok`;
+    } else {
+      expectCode(f!, 2, 'a failover beside a prune');
+      if (now.has(id)) fail(`the failover of ${id} beside a prune was refused, but the point is still there`, f);
+    }
+    await afterPrune('a prune beside a failover', m.order.filter((x) => !now.has(x)), false);
+  }
+
   /** A failover to a point a prune removed is refused, changing nothing. */
   async function failoverToRemoved(): Promise<void> {
     const id = pick(rand, m.removed);
@@ -354,10 +400,10 @@ test('random sequences of backups, failovers, rollbacks, prunes, pins and killed
   async function prune(): Promise<void> {
     const keepFull = 1 + Math.floor(rand() * 2);
     const keepDiff = Math.floor(rand() * 2);
-    const args = ['--json', 'prune', '--keep-full', String(keepFull), '--keep-diff', String(keepDiff)];
+    const args = [...pruneHost(), '--json', 'prune', '--keep-full', String(keepFull), '--keep-diff', String(keepDiff)];
     const dry = rand() < 0.2;
     if (dry) args.push('--dry-run');
-    log.push(args.slice(1).join(' '));
+    log.push(args.filter((a) => a !== '--json').join(' '));
     const r = await run(args);
     expectCode(r, 0, 'prune');
     await afterPrune(dry ? 'prune --dry-run' : 'prune', r.json().remove.map((x: { id: string }) => x.id), dry);
@@ -441,7 +487,7 @@ test('random sequences of backups, failovers, rollbacks, prunes, pins and killed
       before.live = { ...m.live };
       tree = await snapshotTree(models);
       args = ['backup', '--type', pick(rand, ['full', 'diff', 'incr'])];
-    } else args = ['prune', '--keep-full', '1', '--keep-diff', '0'];
+    } else args = [...pruneHost(), 'prune', '--keep-full', '1', '--keep-diff', '0'];
     const slow = rand() < 0.5;
     if (slow) await fsp.writeFile(path.join(work, 'slow'), '');
     const sick = kind === 'failover' && to !== before.served && rand() < 0.3;
@@ -531,6 +577,20 @@ test('random sequences of backups, failovers, rollbacks, prunes, pins and killed
       m.lastEvent = undefined;
       liveBefore = { ...m.live };
     }
+    const healthy = m.order.filter((id) => !m.points.get(id)!.broken);
+    if ((kind === 'failover' || kind === 'rollback') && rand() < 0.4 && healthy.length > 0) {
+      // Or the operator moves on: the next failover finishes what the killed one left, then fails over.
+      const to = pick(rand, healthy);
+      log.push(`  failover ${to}`);
+      const r = await run(['--json', 'failover', to, '--to', 'prod']);
+      expectCode(r, 0, 'the failover after a killed one');
+      m.slots.set(to, m.points.get(to)!.tree);
+      m.lastEvent = undefined;
+      if (to !== m.served) {
+        switched(to);
+        liveBefore = { ...m.live };
+      }
+    }
     for (let i = 0; ; i++) {
       const st = await run(['status']);
       if (st.code === 0) break;
@@ -602,9 +662,12 @@ test('random sequences of backups, failovers, rollbacks, prunes, pins and killed
     } else if (r < 0.8) {
       if (m.removed.length > 0) await failoverToRemoved();
       what = 'failover to a pruned point';
-    } else if (r < 0.83) {
+    } else if (r < 0.82) {
       await tamper();
       what = 'tamper';
+    } else if (r < 0.85) {
+      await failoverBesidePrune();
+      what = 'a failover beside a prune';
     } else {
       await killed(step);
       what = 'a killed step';
