@@ -10,6 +10,7 @@ import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } 
 import { appendEvent, inSwitchOrder, lastSwitchGeneration, readEvents, withoutEndedAnnouncements, type JournalEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
+import { whileReading } from './lock.js';
 import { NotEnoughSpace, refusedBeforeWriting, removeLeftCopies, removeOtherStaging, restoreLeftUnfinished } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
 import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, markStateOf, settlePending, stateLeftBehind, switchNotMade, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
@@ -637,6 +638,14 @@ async function servedStateBack(run: Run, repo: MaybeRepository, from: string, po
  * pre-activation check) leave the link untouched.
  */
 export async function failover(repo: Repository, manifest: Manifest, spec: TargetSpec, options: SwitchOptions = {}): Promise<SwitchResult> {
+  // Registered as a reader of the point until its switch is journalled, not only while its slot is restored:
+  // a prune started while the state goes back or the old slot drains would otherwise find it neither read nor
+  // served, and remove the point the target is about to serve.
+  const context = { signal: options.signal, reporter: options.reporter ?? {}, warnings: [], reads: [manifest.id] };
+  return whileReading(repo.storage, 'failover', context, () => failoverRegistered(repo, manifest, spec, options));
+}
+
+async function failoverRegistered(repo: Repository, manifest: Manifest, spec: TargetSpec, options: SwitchOptions): Promise<SwitchResult> {
   const run: Run = { spec, options, started: Date.now() };
   const slot = slotPath(spec.slots, manifest.id);
   const unlock = await lockTarget(spec.slots, spec.name, `failover ${manifest.id}`);
@@ -666,7 +675,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     for (const name of await removeOtherStaging(slot)) note(run, 'staging-removed', `removed ${quoteName(name)}, left by an interrupted failover to another point`);
     note(run, reused ? 'slot-check' : 'slot-restore', reused ? `checking slot ${quoteName(slot)} file by file` : `restoring ${manifest.id} into ${quoteName(slot)}`);
     // The server loads the slot right after the switch: the weights are left in memory for it.
-    const restoreSlot = () => restore(repo, manifest, { target: slot, delta: reused, concurrency: options.concurrency, pageCache: true, signal: options.signal, reporter: options.reporter });
+    const restoreSlot = () => restore(repo, manifest, { target: slot, delta: reused, concurrency: options.concurrency, pageCache: true, registered: true, signal: options.signal, reporter: options.reporter });
     const explained = (err: unknown): unknown => {
       if (!(err instanceof NotEnoughSpace)) return err;
       const kept = spec.keepSlots === undefined ? 'set keepSlots to have old slots removed' : `keepSlots (${spec.keepSlots}) never removes the active slot or the previous one, kept for a rollback`;
