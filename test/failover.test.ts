@@ -768,6 +768,33 @@ async function servingFirst(restore: string, target: string): Promise<{ work: st
   return { work, first, second };
 }
 
+test('a prune started while a failover puts back its point\'s serving state, after the slot was restored, does not remove that point: the failover reads it until the switch is journalled', async (t) => {
+  const { work, points } = await pointsWithState(
+    // Putting back the state waits while `hold` is there.
+    'cat > /dev/null; if test -e hold; then echo > putting-back; while test -e hold; do sleep 0.05; done; fi',
+    '{ slots: ./slots, active: ./current }',
+    ['A', 'B'],
+  );
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const [first, second] = points as [string, string];
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  // A newer full: the policy keeps it alone, and the incremental failed over to goes unless something keeps it.
+  assert.equal((await lifeboat(['backup', '--type', 'full'], { cwd: work })).code, 0);
+  await fsp.writeFile(path.join(work, 'hold'), '');
+  const running = runChild(['failover', second], { cwd: work });
+  assert.ok(await waitFor(async () => exists(path.join(work, 'putting-back')), 20_000), 'the state is being put back');
+  const pruned = await lifeboat(['prune', '--keep-full', '1'], { cwd: work });
+  await fsp.rm(path.join(work, 'hold'));
+  const r = await running;
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(pruned.code, 4, pruned.stdout + pruned.stderr);
+  assert.match(pruned.stderr, /the repository is being read by failover on /);
+  const listed = (await lifeboat(['--json', 'list'], { cwd: work })).json().map((p: { id: string }) => p.id);
+  assert.ok(listed.includes(second), `the point served is kept: ${listed.join(', ')}`);
+  assert.equal((await lifeboat(['prune', '--keep-full', '1'], { cwd: work })).code, 0, 'once it is served, the next prune keeps it');
+  assert.ok((await lifeboat(['--json', 'list'], { cwd: work })).json().some((p: { id: string }) => p.id === second));
+});
+
 test('a failover killed (kill -9) after the switch, before recording it: status, a failover run again and a rollback know the slot served before it', async () => {
   const { work, points } = await pointsWithState(
     'cat > /dev/null; echo "$LIFEBOAT_POINT" >> restored.log',

@@ -9,6 +9,8 @@ import { sleep } from './helpers/processes.js';
 import { makePointId } from '../src/format/ids.js';
 import { Repository } from '../src/core/repository.js';
 import { prune } from '../src/core/prune.js';
+import { restore } from '../src/core/restore.js';
+import type { LifeboatError } from '../src/errors.js';
 import { LocalStorage } from '../src/storage/local.js';
 
 function lockDocument(command: string, pid = process.pid) {
@@ -176,6 +178,25 @@ test('a restore, drill or verify of a point the prune it waited for removed says
     assert.doesNotMatch(r.stderr, /does not exist|no problems found/);
   }
   assert.equal(drilled!.json().error.exitCode, 2);
+  await assert.rejects(fsp.access(target), 'nothing is restored');
+  assert.deepEqual(await readers(d.repo), []);
+});
+
+test('a restore or failover whose point a prune removed after it was chosen, and before the reader registered, says so (exit 2), instead of reporting its data missing (exit 3)', async (t) => {
+  const d = await twoFulls();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const [older] = (await lifeboat(['--repo', d.repo, '--json', 'list'])).json().map((p: { id: string }) => p.id) as string[];
+  // The point is chosen (its manifest read), then a prune that started at that moment removes it and ends.
+  const repo = await Repository.open(new LocalStorage(d.repo));
+  const manifest = await repo.resolve(older!);
+  const pruned = await lifeboat(['--repo', d.repo, 'prune', '--keep-full', '1']);
+  assert.equal(pruned.code, 0, pruned.stderr);
+  const target = path.join(d.work, 'removed');
+  await assert.rejects(restore(repo, manifest, { target }), (err: LifeboatError) => {
+    assert.equal(err.exitCode, 2, err.message);
+    assert.match(err.message, new RegExp(`^backup point ${older} was removed by a prune that ran as this restore started$`));
+    return true;
+  });
   await assert.rejects(fsp.access(target), 'nothing is restored');
   assert.deepEqual(await readers(d.repo), []);
 });

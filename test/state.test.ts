@@ -696,7 +696,13 @@ async function twoRegistryPoints(t: { after(fn: () => Promise<unknown>): void },
   live.exec("UPDATE stage SET version = 'B'");
   const pointB = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
   const version = () => (live.prepare('SELECT version FROM stage').get() as { version: string }).version;
-  return { work, pointA, pointB, version };
+  /** Runs lifeboat there, which must succeed. */
+  const run = async (...args: string[]) => {
+    const r = await lifeboat(args, { cwd: work });
+    assert.equal(r.code, 0, r.stderr);
+    return r;
+  };
+  return { work, pointA, pointB, version, run };
 }
 
 test('a failover whose restore command fails after the SQLite state was put back says so, with where the state before is kept, not only that nothing was switched', async (t) => {
@@ -741,12 +747,7 @@ test('a rollback whose point has a manifest that cannot be read stops before the
 });
 
 test('a rollback of a failover made with --no-state leaves the serving state alone as that failover did, instead of putting back an old copy over it; --state puts it back', async (t) => {
-  const { work, pointA, pointB, version } = await twoRegistryPoints(t);
-  const run = async (...args: string[]) => {
-    const r = await lifeboat(args, { cwd: work });
-    assert.equal(r.code, 0, r.stderr);
-    return r;
-  };
+  const { work, pointA, pointB, version, run } = await twoRegistryPoints(t);
   await run('--quiet', 'failover', pointA);
   assert.equal(version(), 'A');
   // Only the model is to change: the registry is live and right.
@@ -765,6 +766,26 @@ test('a rollback of a failover made with --no-state leaves the serving state alo
   // A rollback of a switch that put the state back puts it back, as before.
   await run('--quiet', 'rollback');
   assert.equal(version(), 'B');
+});
+
+test('a failover run again for the point served leaves the serving state alone when that point was switched to with --no-state, as when its state went back then; --state puts it back', async (t) => {
+  const { work, pointA, pointB, version, run } = await twoRegistryPoints(t);
+  await run('--quiet', 'failover', pointA);
+  const written = (what: string) => {
+    const db = new Database(path.join(work, 'state', 'registry.db'));
+    db.exec(`UPDATE stage SET version = '${what}'`);
+    db.close();
+  };
+  for (const [how, by] of [['failover', ['failover', pointB, '--no-state']], ['rollback', ['rollback', '--no-state']]] as const) {
+    await run('--quiet', ...by);
+    written(`written since the ${how}`);
+    // Run again to repair the slot served: the registry the service wrote to stays.
+    const again = await run('failover', how === 'failover' ? pointB : pointA);
+    assert.equal(version(), `written since the ${how}`, `the registry is left alone after a ${how} made with --no-state`);
+    assert.match(again.stderr, /the state is left as it is \(--state puts it back again\)/);
+  }
+  await run('--quiet', 'failover', pointA, '--state');
+  assert.equal(version(), 'A', 'asked for, the state goes back');
 });
 
 async function readlinkOf(link: string): Promise<string> {

@@ -10,6 +10,7 @@ import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } 
 import { appendEvent, inSwitchOrder, lastSwitchGeneration, readEvents, withoutEndedAnnouncements, type JournalEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
+import { whileReading } from './lock.js';
 import { NotEnoughSpace, refusedBeforeWriting, removeLeftCopies, removeOtherStaging, restoreLeftUnfinished } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
 import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, markStateOf, settlePending, stateLeftBehind, switchNotMade, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
@@ -186,10 +187,14 @@ async function stateManifest(repo: MaybeRepository, target: string, point: strin
   });
 }
 
-/** Whether the last recorded switch was to `slot` and put its point's serving state back. */
-async function stateWentBackWith(slots: string, slot: string): Promise<boolean> {
+/**
+ * How the last recorded switch went to `slot`: putting its point's serving state back, or leaving the state
+ * as it was (--no-state); undefined when the last switch recorded went elsewhere.
+ */
+async function lastSwitchTo(slots: string, slot: string): Promise<'put back' | 'left' | undefined> {
   const last = (await readTargetState(slots)).history.at(-1);
-  return last?.to === slot && last.state !== false;
+  if (last?.to !== slot) return undefined;
+  return last.state === false ? 'left' : 'put back';
 }
 
 /** Whether the target's record says the point in `slot` has no serving state (known only for switches recorded since this was kept). */
@@ -633,6 +638,14 @@ async function servedStateBack(run: Run, repo: MaybeRepository, from: string, po
  * pre-activation check) leave the link untouched.
  */
 export async function failover(repo: Repository, manifest: Manifest, spec: TargetSpec, options: SwitchOptions = {}): Promise<SwitchResult> {
+  // Registered as a reader of the point until its switch is journalled, not only while its slot is restored:
+  // a prune started while the state goes back or the old slot drains would otherwise find it neither read nor
+  // served, and remove the point the target is about to serve.
+  const context = { signal: options.signal, reporter: options.reporter ?? {}, warnings: [], reads: [manifest.id] };
+  return whileReading(repo.storage, 'failover', context, () => failoverRegistered(repo, manifest, spec, options));
+}
+
+async function failoverRegistered(repo: Repository, manifest: Manifest, spec: TargetSpec, options: SwitchOptions): Promise<SwitchResult> {
   const run: Run = { spec, options, started: Date.now() };
   const slot = slotPath(spec.slots, manifest.id);
   const unlock = await lockTarget(spec.slots, spec.name, `failover ${manifest.id}`);
@@ -647,11 +660,14 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     served = fromPoint ?? from ?? 'nothing';
     await checkActiveLinkWritable(spec.active, spec.name);
     // Run again for the point already served (to repair its slot, or unsure whether the first run went through),
-    // a failover must not put the backup's state over what the service has written since it was switched to.
-    // Unless a run stopped before its switch left another point's state in place: then it goes back.
-    if (from === slot && options.applyState === undefined && (await stateWentBackWith(spec.slots, slot)) && !(await stateLeftBehind(spec.slots, from))) {
+    // a failover must not put the backup's state over what the service has written since it was switched to,
+    // nor over the state a switch with --no-state kept. Unless a run stopped before its switch left another
+    // point's state in place: then it goes back.
+    const last = from === slot && options.applyState === undefined ? await lastSwitchTo(spec.slots, slot) : undefined;
+    if (last !== undefined && !(await stateLeftBehind(spec.slots, from))) {
       run.options = { ...options, applyState: false };
-      if (stateToPutBack(manifest).length > 0) note(run, 'state-left', `${spec.name} already serves ${manifest.id}, whose serving state was put back when it was switched to; the state is left as it is (--state puts it back again)`);
+      const when = last === 'put back' ? 'was put back when it was switched to' : 'was left as it was when it was switched to (--no-state)';
+      if (stateToPutBack(manifest).length > 0) note(run, 'state-left', `${spec.name} already serves ${manifest.id}, whose serving state ${when}; the state is left as it is (--state puts it back again)`);
     }
     // Refused before the slot is restored, which may take long: the operator hears it at once.
     if (run.options.applyState !== false) await refuseEmptyCopies(manifest, emptyCopies(run));
@@ -659,7 +675,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
     for (const name of await removeOtherStaging(slot)) note(run, 'staging-removed', `removed ${quoteName(name)}, left by an interrupted failover to another point`);
     note(run, reused ? 'slot-check' : 'slot-restore', reused ? `checking slot ${quoteName(slot)} file by file` : `restoring ${manifest.id} into ${quoteName(slot)}`);
     // The server loads the slot right after the switch: the weights are left in memory for it.
-    const restoreSlot = () => restore(repo, manifest, { target: slot, delta: reused, concurrency: options.concurrency, pageCache: true, signal: options.signal, reporter: options.reporter });
+    const restoreSlot = () => restore(repo, manifest, { target: slot, delta: reused, concurrency: options.concurrency, pageCache: true, registered: true, signal: options.signal, reporter: options.reporter });
     const explained = (err: unknown): unknown => {
       if (!(err instanceof NotEnoughSpace)) return err;
       const kept = spec.keepSlots === undefined ? 'set keepSlots to have old slots removed' : `keepSlots (${spec.keepSlots}) never removes the active slot or the previous one, kept for a rollback`;

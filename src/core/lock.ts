@@ -500,7 +500,7 @@ export async function whileReading<T>(
       }),
   });
   try {
-    if (lock.waitedFor) await throwIfPruned(storage, command, lock.waitedFor, context.reads ?? []);
+    await throwIfPruned(storage, command, lock.waitedFor, context.reads ?? []);
     if (lock.unlocked) {
       const notice = unlockedNotice(lock.unlocked);
       context.warnings.push(notice);
@@ -513,13 +513,16 @@ export async function whileReading<T>(
 }
 
 /**
- * After waiting for a prune, the points a reader was started on may be gone: reading them now would
- * report their removed volumes as damaged data (or verify nothing), so this says what happened.
+ * After waiting for a prune, or when a prune ran to its end between choosing the points and registering
+ * (so that there was nothing to wait for), the points a reader was started on may be gone: reading them
+ * now would report their removed volumes as damaged data (or verify nothing), so this says what happened.
+ * Registered, the reader keeps any later prune from removing them.
  */
-async function throwIfPruned(storage: Storage, command: string, prune: LockInfo, reads: readonly string[]): Promise<void> {
+async function throwIfPruned(storage: Storage, command: string, prune: LockInfo | undefined, reads: readonly string[]): Promise<void> {
   for (const id of reads) {
     if (await storage.head(keys.point(id))) continue;
-    throw new UsageError(`backup point ${id} was removed by the prune (${describeLock(prune)}) this ${command} waited for`, {
+    const by = prune ? `the prune (${describeLock(prune)}) this ${command} waited for` : `a prune that ran as this ${command} started`;
+    throw new UsageError(`backup point ${id} was removed by ${by}`, {
       hint: 'see `lifeboat list` for the points that remain',
     });
   }

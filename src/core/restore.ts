@@ -70,7 +70,7 @@ export interface RestoreOptions {
   dryRun?: boolean;
   /** The target is thrown away after use (a drill, verify --deep): a failed restore keeps nothing for a next one to go on from. */
   disposable?: boolean;
-  /** The caller is registered as a reader of this point already (verify --deep): the restore registers no second time. */
+  /** The caller is registered as a reader of this point already (verify --deep, a failover): the restore registers no second time. */
   registered?: boolean;
   /** The caller holds the target's lock already (restore --in-place takes every source's before writing any). */
   targetLocked?: boolean;
