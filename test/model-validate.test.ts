@@ -219,20 +219,21 @@ test('ONNX: a valid model with external data passes; a missing or short external
   only(findings, 'garbage.onnx', /does not parse as an ONNX ModelProto/);
 });
 
-test('ONNX walked field by field: a graph of 100,000 small nodes is read in linear time', async (t) => {
+test('ONNX walked field by field: a graph of 100,000 small nodes is read to its end', async (t) => {
   const dir = await scratch(t);
   const file = path.join(dir, 'model.onnx');
   const { Model } = onnxTypes();
   const node = Array.from({ length: 100_000 }, (_, i) => ({ input: [`x${i}`], output: [`y${i}`], op_type: 'Relu' }));
-  await fsp.writeFile(file, Model.encode(Model.fromObject({ ir_version: 9, graph: { name: 'g', node } })).finish());
+  // A tensor after the nodes whose external data is missing: its finding shows that the walk got past every node.
+  const initializer = [{ name: 'W', dims: [4], data_type: 1, data_location: 1, external_data: [{ key: 'location', value: 'w.bin' }] }];
+  await fsp.writeFile(file, Model.encode(Model.fromObject({ ir_version: 9, graph: { name: 'g', node, initializer } })).finish());
   const { size } = await fsp.stat(file);
 
-  const started = Date.now();
+  // Copying the node list for each node appended (quadratic) had taken about 90 s here, and two reads per field
+  // several seconds; how long it takes is for the bench to judge, not this test.
   const check = await checkOnnx({ name: 'model.onnx', abs: file, size }, new Map(), 0);
-  const took = Date.now() - started;
-  assert.deepEqual(check.reasons, []);
-  // Copying the node list for each node appended (quadratic) took about 90 s here; appending in place takes a few.
-  assert.ok(took < 30_000, `took ${took} ms`);
+  assert.deepEqual(check.reasons, ['tensor W: external data file w.bin is not in the snapshot']);
+  assert.equal(check.info?.tensors, 1);
 });
 
 test('ONNX: external data that is a symlink out of the tree is not judged by the file this host has there', async (t) => {

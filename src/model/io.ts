@@ -16,19 +16,46 @@ export async function readAt(fh: fsp.FileHandle, position: number, length: numbe
 const WINDOW = 1 << 20;
 
 /**
+ * Reads at any offset through one bounded window, so that a walk over many
+ * small neighbouring fields makes one read per window rather than one or two
+ * per field. What it returns is a view of the window: copy what is kept.
+ */
+export class WindowedFile {
+  private buf: Buffer = Buffer.alloc(0);
+  private bufStart = 0;
+
+  constructor(
+    private readonly fh: fsp.FileHandle,
+    readonly size: number,
+    private readonly window = WINDOW,
+  ) {}
+
+  /** Up to `length` bytes at `position`; fewer only at the end of the file. */
+  async at(position: number, length: number): Promise<Buffer> {
+    if (position < this.bufStart || position + length > this.bufStart + this.buf.length) {
+      this.bufStart = position;
+      this.buf = await readAt(this.fh, position, Math.max(0, Math.min(Math.max(length, this.window), this.size - position)));
+    }
+    const at = position - this.bufStart;
+    return this.buf.subarray(at, at + length);
+  }
+}
+
+/**
  * Sequential little-endian reads through a file with a bounded buffer: what a
  * header walk needs without ever holding the file. Every length taken from the
  * file is checked against what is left before anything is allocated.
  */
 export class FileCursor {
-  private buf: Buffer = Buffer.alloc(0);
-  private bufStart = 0;
+  private readonly file: WindowedFile;
   pos = 0;
 
   constructor(
-    private readonly fh: fsp.FileHandle,
+    fh: fsp.FileHandle,
     readonly size: number,
-  ) {}
+  ) {
+    this.file = new WindowedFile(fh, size);
+  }
 
   get remaining(): number {
     return this.size - this.pos;
@@ -36,15 +63,10 @@ export class FileCursor {
 
   private async need(n: number, what: string): Promise<Buffer> {
     if (n > this.remaining) throw new TruncatedError(`${what} at byte ${this.pos} runs past the end of the file (${this.size} bytes)`);
-    const end = this.pos + n;
-    if (this.pos < this.bufStart || end > this.bufStart + this.buf.length) {
-      this.bufStart = this.pos;
-      this.buf = await readAt(this.fh, this.pos, Math.min(Math.max(n, WINDOW), this.size - this.pos));
-      if (this.buf.length < n) throw new TruncatedError(`${what} at byte ${this.pos}: the file is shorter than it claims`);
-    }
-    const at = this.pos - this.bufStart;
-    this.pos = end;
-    return this.buf.subarray(at, at + n);
+    const got = await this.file.at(this.pos, n);
+    if (got.length < n) throw new TruncatedError(`${what} at byte ${this.pos}: the file is shorter than it claims`);
+    this.pos += n;
+    return got;
   }
 
   async u8(what: string): Promise<number> {

@@ -1,9 +1,8 @@
-import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import type protobuf from 'protobufjs';
 import { errorMessage } from '../errors.js';
-import { readAt } from './io.js';
+import { WindowedFile, readAt } from './io.js';
 import { bump, dtypeSummary, type FileCheck, type ModelInfo, type TreeFile } from './types.js';
 import { openRegularFile } from '../format/durable.js';
 
@@ -82,6 +81,12 @@ export const ONNX_FULL_PARSE_BYTES = 64 << 20;
 /** Fields up to this size are read and decoded; bigger ones (raw tensor data, doc strings) are skipped or walked. */
 const FIELD_READ_BYTES = 1 << 20;
 const MAX_DEPTH = 32;
+/**
+ * The walk reads through a window this size: big enough that a graph of many
+ * small nodes takes one read per window, small enough that skipping past each
+ * big tensor and reading the next window adds little (64 KiB per tensor).
+ */
+const WALK_WINDOW_BYTES = 64 << 10;
 
 const DATA_TYPES: Record<number, string> = {
   1: 'f32', 2: 'u8', 3: 'i8', 4: 'u16', 5: 'i16', 6: 'i32', 7: 'i64', 8: 'string', 9: 'bool', 10: 'f16', 11: 'f64',
@@ -122,12 +127,12 @@ interface ModelMsg {
  * recursively and big bytes fields skipped. Every length is checked against
  * the enclosing message before anything is read.
  */
-async function walkMessage(fh: fsp.FileHandle, type: protobuf.Type, start: number, end: number, depth: number): Promise<Record<string, unknown>> {
+async function walkMessage(file: WindowedFile, type: protobuf.Type, start: number, end: number, depth: number): Promise<Record<string, unknown>> {
   if (depth > MAX_DEPTH) throw new Error(`messages nested more than ${MAX_DEPTH} deep`);
   const out: Record<string, unknown> = {};
   let pos = start;
   while (pos < end) {
-    const head = await readAt(fh, pos, Math.min(20, end - pos));
+    const head = await file.at(pos, Math.min(20, end - pos));
     const reader = pb().Reader.create(head);
     const tag = reader.uint32();
     const wireType = tag & 7;
@@ -147,7 +152,8 @@ async function walkMessage(fh: fsp.FileHandle, type: protobuf.Type, start: numbe
     if (id === 0 || fieldEnd > end) throw new Error(`field ${id} at byte ${pos} runs past the end of its message (byte ${end})`);
     const field = type.fieldsById[id];
     if (fieldEnd - pos <= FIELD_READ_BYTES) {
-      const decoded = type.decode(await readAt(fh, pos, fieldEnd - pos)) as unknown as Record<string, unknown>;
+      // A copy: decoded bytes fields are views of what is decoded, and would keep whole windows alive.
+      const decoded = type.decode(Buffer.from(await file.at(pos, fieldEnd - pos))) as unknown as Record<string, unknown>;
       // Appended in place: a graph of a million small nodes is a million fields, and copying the list for each took hours.
       for (const [k, v] of Object.entries(decoded)) {
         if (Array.isArray(v) && Array.isArray(out[k])) for (const item of v as unknown[]) (out[k] as unknown[]).push(item);
@@ -156,7 +162,7 @@ async function walkMessage(fh: fsp.FileHandle, type: protobuf.Type, start: numbe
     } else if (field && wireType === 2) {
       field.resolve();
       if (field.resolvedType instanceof pb().Type) {
-        const sub = await walkMessage(fh, field.resolvedType, bodyStart, fieldEnd, depth + 1);
+        const sub = await walkMessage(file, field.resolvedType, bodyStart, fieldEnd, depth + 1);
         if (field.repeated) ((out[field.name] ??= []) as unknown[]).push(sub);
         else out[field.name] = sub;
       }
@@ -220,7 +226,7 @@ export async function checkOnnx(file: TreeFile, byName: ReadonlyMap<string, Tree
         model = Model.decode(await readAt(fh, 0, size)) as unknown as ModelMsg;
       } else {
         walked = true;
-        model = (await walkMessage(fh, Model, 0, size, 0)) as ModelMsg;
+        model = (await walkMessage(new WindowedFile(fh, size, WALK_WINDOW_BYTES), Model, 0, size, 0)) as ModelMsg;
       }
     } catch (err) {
       return { reasons: [`does not parse as an ONNX ModelProto: ${errorMessage(err)}`] };
