@@ -323,6 +323,31 @@ describe('S3 driver under faults', () => {
     assert.doesNotMatch(r.stderr, /operation was aborted|unexpected/i);
   });
 
+  it('a backup interrupted while the server starts its multipart upload leaves no upload behind, as one on a local disk leaves no temporary file', async (t) => {
+    const work = await tempDir();
+    t.after(() => fsp.rm(work, { recursive: true, force: true }));
+    await fsp.mkdir(path.join(work, 'models'));
+    // Past the driver's 8 MiB part size: stored as a multipart upload.
+    await writeRandomFile(path.join(work, 'models', 'weights.bin'), 9 * MiB, prng(seed));
+    const repo = ['--repo', `s3://${bucket}/interrupted-create`, '--s3-endpoint', proxy.endpoint];
+    assert.equal((await lifeboat([...repo, 'init'], { env: server.env })).code, 0);
+    // The server starts the upload; its answer, with the upload's id, is held back, and Ctrl-C comes meanwhile.
+    const create = /\/interrupted-create\/data\/.*\?uploads/;
+    proxy.inject('delay', { method: 'POST', path: create });
+    t.after(() => proxy.cancelInjections());
+    const stop = new AbortController();
+    const held = setInterval(() => {
+      if (proxy.requests.some((r) => create.test(r.path) && r.fault === 'delay')) setTimeout(() => stop.abort(), 300);
+    }, 20);
+    t.after(() => clearInterval(held));
+    const r = await lifeboat([...repo, 'backup', path.join(work, 'models')], { env: server.env, signal: stop.signal });
+    assert.ok(stop.signal.aborted, 'interrupted');
+    assert.equal(r.code, 130, r.stderr);
+    const verify = await lifeboat([...repo, '--json', 'verify'], { env: server.env });
+    assert.equal(verify.code, 0, verify.stderr);
+    assert.deepEqual(verify.json().warnings, [], 'the interrupted backup cleaned up after itself');
+  });
+
   it('a restore or verify --read-data whose volumes the server will not serve fails as a storage failure (exit 1), not as damaged data', async (t) => {
     const d = await smallDeployment();
     t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
