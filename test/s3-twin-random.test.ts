@@ -17,7 +17,7 @@ import { compareSnapshots, mutateTree, pick, prng, seedFromEnv, snapshotTree, te
  * each also equal to the tree the point was taken of.
  */
 
-const STEPS = Number(process.env.LIFEBOAT_TEST_STEPS) || 24;
+const STEPS = Number(process.env.LIFEBOAT_TEST_STEPS) || 30;
 const PASSWORD = 'twin-password-0';
 
 type Twin = 'local' | 's3';
@@ -83,7 +83,7 @@ test('a repository on S3 answers every command as the same repository on local d
       let out = s;
       for (const [from, to] of names) out = out.split(from).join(to);
       // Time-like fields in text: ISO instants and durations.
-      return out.replace(/\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z/g, '<time>').replace(/\b\d+(\.\d+)?\s?(ms|s)\b/g, '<duration>');
+      return out.replace(/\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?Z?/g, '<time>').replace(/\b\d+(\.\d+)?\s?(ms|s)\b/g, '<duration>');
     };
     const walk = (v: unknown, key?: string): unknown => {
       if (key !== undefined && /At$|^durationMs$|^rtoMs$|^rpoMs$|^time$|^ageMs$/.test(key)) return '<time>';
@@ -101,7 +101,7 @@ test('a repository on S3 answers every command as the same repository on local d
       .map((l) => normalise(twin, l, extra) as string);
 
   /** The same exit code, the same normalised --json document (when `json`), the same warnings. */
-  const same = (what: string, r: Record<Twin, CliRun>, options: { json?: boolean; extra?: Record<Twin, Record<string, string>>; ignore?: (doc: any) => void } = {}): any => {
+  const same = (what: string, r: Record<Twin, CliRun>, options: { json?: boolean; text?: boolean; extra?: Record<Twin, Record<string, string>>; ignore?: (doc: any) => void } = {}): any => {
     if (r.local.code !== r.s3.code) fail(`${what}: exit ${r.local.code} on local disk, ${r.s3.code} on S3`, r);
     let doc: any;
     if (options.json) {
@@ -122,6 +122,14 @@ test('a repository on S3 answers every command as the same repository on local d
         fail(`${what}: the --json documents differ (local is expected, S3 actual): ${(e as Error).message}`, r);
       }
       doc = docs[0];
+    }
+    if (options.text) {
+      const texts = TWINS.map((tw) => normalise(tw, r[tw].stdout, options.extra?.[tw]) as string);
+      try {
+        assert.equal(texts[1], texts[0]);
+      } catch (e) {
+        fail(`${what}: the text output differs (local is expected, S3 actual): ${(e as Error).message}`, r);
+      }
     }
     const w = TWINS.map((tw) => warningLines(tw, r[tw], options.extra?.[tw]));
     try {
@@ -293,53 +301,86 @@ test('a repository on S3 answers every command as the same repository on local d
 
   async function look(): Promise<void> {
     if (points.local.length === 0) return;
-    const what = pick(rand, ['show', 'diff', 'verify', 'verify-point', 'read-data'] as const);
+    const what = pick(rand, ['list', 'show', 'diff', 'verify', 'verify-point', 'read-data'] as const);
+    // What a person reads, as well as --json.
+    const text = rand() < 0.4;
+    const mode = text ? [] : ['--json'];
+    const compare = { json: !text, text };
+    if (what === 'list') {
+      log.push(`list${text ? ' (text)' : ''}`);
+      same('list', await both([...mode, 'list']), compare);
+      return;
+    }
     if (what === 'show') {
       const i = pointIndex();
-      log.push(`show P${i}`);
-      same(`show P${i}`, await both((tw) => ['--json', 'show', points[tw][i]!]), { json: true });
+      log.push(`show P${i}${text ? ' (text)' : ''}`);
+      same(`show P${i}`, await both((tw) => [...mode, 'show', points[tw][i]!]), compare);
     } else if (what === 'diff') {
       const a = pointIndex();
       const b = pointIndex();
-      log.push(`diff P${a} P${b}`);
-      same(`diff P${a} P${b}`, await both((tw) => ['--json', 'diff', points[tw][a]!, points[tw][b]!]), { json: true });
+      log.push(`diff P${a} P${b}${text ? ' (text)' : ''}`);
+      same(`diff P${a} P${b}`, await both((tw) => [...mode, 'diff', points[tw][a]!, points[tw][b]!]), compare);
     } else {
-      const args = ['--json', 'verify'];
+      const args = [...mode, 'verify'];
       if (what === 'verify-point') args.push('latest');
       if (what === 'read-data' || rand() < 0.3) args.push('--read-data');
-      log.push(args.slice(1).join(' '));
+      log.push(args.join(' '));
       const r = await both(args);
-      same(args.slice(1).join(' '), r, { json: true });
+      same(args.join(' '), r, compare);
       if (r.local.code !== 0) fail('verify', r);
     }
   }
 
-  /** A backup or prune killed (SIGKILL) or interrupted (SIGINT) at the same random moment on both. */
+  /** A backup, prune, restore or verify killed (SIGKILL) or interrupted (SIGINT) at the same random moment on both. */
   async function killed(round: number): Promise<void> {
-    const kind = points.local.length > 1 && rand() < 0.3 ? 'prune' : 'backup';
+    const kind = pick(rand, points.local.length > 1 ? (['backup', 'backup', 'prune', 'restore', 'verify'] as const) : (['backup'] as const));
     const signal = pick(rand, ['SIGKILL', 'SIGINT'] as const);
     const delay = Math.floor(rand() * 1500);
     const type = typeFlag();
-    const args = kind === 'backup' ? ['backup', '--source', `models=${models}`, '--type', type] : ['prune', '--keep-full', '1'];
-    log.push(`${args.join(' ')} killed with ${signal} after ${delay} ms`);
+    const target = (tw: Twin) => path.join(work, `killed-${tw}-${round}`);
+    const args = (tw: Twin) => {
+      if (kind === 'backup') return ['backup', '--source', `models=${models}`, '--type', type];
+      if (kind === 'prune') return ['prune', '--keep-full', '1'];
+      if (kind === 'restore') return ['restore', points[tw][points[tw].length - 1]!, '--target', target(tw)];
+      return ['verify', '--read-data'];
+    };
+    log.push(`${args('local').join(' ')} killed with ${signal} after ${delay} ms`);
     const tree = await snapshotLive();
     const before = [...points.local];
-    const codes = await Promise.all(
+    const ends = await Promise.all(
       TWINS.map(async (tw) => {
-        const child = spawnLifeboat([...repoArgs(tw), ...args], { cwd: work, env: env() });
+        const child = spawnLifeboat([...repoArgs(tw), ...args(tw)], { cwd: work, env: env() });
         child.stdout!.resume();
         let err = '';
         child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
-        const done = new Promise<number>((resolve) => child.on('close', (c, sig) => resolve(c ?? 128 + (sig === 'SIGKILL' ? 9 : 2))));
+        const done = new Promise<{ code: number | null; sig: string | null }>((resolve) => child.on('close', (code, sig) => resolve({ code, sig })));
         await Promise.race([sleep(delay), done]);
         child.kill(signal);
-        const code = await done;
-        // 130: interrupted and stopped as it should; 137 or 130 too when the signal came before its handlers were set.
-        if (![0, 130, 137].includes(code)) fail(`${tw}: ${args.join(' ')} killed with ${signal}: exit ${code}: ${err}`);
-        return code;
+        const end = await done;
+        // Exit 0: it had finished; 130: interrupted; or ended by the signal itself (SIGKILL, or SIGINT before its handlers were set).
+        if (end.sig === null && end.code !== 0 && end.code !== 130) fail(`${tw}: ${args(tw).join(' ')} killed with ${signal}: exit ${end.code}: ${err}`);
+        return { ...end, err };
       }),
     );
-    log.push(`  exits: local ${codes[0]}, S3 ${codes[1]}`);
+    const ended = `local ${ends[0]!.sig ?? ends[0]!.code}, S3 ${ends[1]!.sig ?? ends[1]!.code}`;
+    log.push(`  ends: ${ended}`);
+    kills.set(`${kind} (${ended})`, (kills.get(`${kind} (${ended})`) ?? 0) + 1);
+    // Both interrupted and ended as they should (exit 130): each cleaned up after itself, alike.
+    if (ends.every((e) => e.code === 130)) {
+      if (kind === 'backup' || kind === 'prune') await syncList(`after an interrupted ${kind}`);
+      const v = await both(['--json', 'verify']);
+      same(`verify after an interrupted ${kind}`, v, { json: true });
+      if (kind === 'restore') for (const tw of TWINS) if (await fsp.lstat(target(tw)).then(() => true, () => false)) fail(`${tw}: an interrupted restore left its target`);
+    }
+    if (kind === 'restore' || kind === 'verify') {
+      // A reader killed before it could take back its registration holds no prune up.
+      log.push('  prune --keep-full 100');
+      const r = await both(['--json', 'prune', '--keep-full', '100']);
+      same('a prune after a killed reader', r, { json: true });
+      if (r.local.code !== 0) fail('a prune after a killed reader', r);
+      for (const tw of TWINS) await fsp.rm(target(tw), { recursive: true, force: true });
+      return;
+    }
     // Recovery, as README says: the next backup (or prune) cleans up and takes over a lock left behind.
     if (kind === 'prune') {
       log.push('  prune again');
@@ -355,7 +396,7 @@ test('a repository on S3 answers every command as the same repository on local d
       // other takes the same backup of the same tree, so that they go on alike.
       const lagging = grown[0] === 'local' ? 's3' : 'local';
       log.push(`  committed on ${grown[0]} only: backing up ${lagging} again`);
-      const again = await run(lagging, ['--json', ...args]);
+      const again = await run(lagging, ['--json', ...args(lagging)]);
       if (again.code !== 0) fail(`${lagging}: the backup after a killed one: exit ${again.code}: ${again.stderr}`);
     }
     if (grown.length > 0) model.push({ type, tree });
@@ -380,6 +421,8 @@ test('a repository on S3 answers every command as the same repository on local d
     if (v.local.code !== 0) fail('verify after a killed backup and the next', v);
   }
 
+  /** The killed steps and how each ended, for the log. */
+  const kills = new Map<string, number>();
   const start = Date.now();
   for (let round = 1; round <= STEPS; round++) {
     if (model.length === 0 || rand() < 0.5) {
@@ -412,4 +455,5 @@ test('a repository on S3 answers every command as the same repository on local d
   same('the last verify --read-data', r, { json: true });
   if (r.local.code !== 0) fail('the last verify --read-data', r);
   t.diagnostic(`${STEPS} steps, ${points.local.length} points at the end, in ${Math.round((Date.now() - start) / 1000)} s`);
+  t.diagnostic(`killed steps: ${[...kills].map(([k, n]) => `${n} ${k}`).join('; ') || 'none'}`);
 });
