@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, type TestContext } from 'node:test';
+import { ListMultipartUploadsCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { InterruptedError, RuntimeFailure } from '../src/errors.js';
 import { describeError, type RetryPolicy } from '../src/storage/retry.js';
 import { S3Storage } from '../src/storage/s3.js';
@@ -14,7 +15,7 @@ import { Repository } from '../src/core/repository.js';
 import { listAll, type Storage } from '../src/storage/storage.js';
 import { generatedStream, readAll, seededRandom, sha256Of, testSeed } from './helpers/data.js';
 import { startFaultProxy, type FaultProxy } from './helpers/fault-proxy.js';
-import { createTestBucket, startS3Server, type S3TestServer } from './helpers/s3server.js';
+import { createTestBucket, startS3Server, testClient, type S3TestServer } from './helpers/s3server.js';
 import { lifeboat, runChild } from './helpers/cli.js';
 import { smallDeployment } from './helpers/repo.js';
 import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
@@ -99,6 +100,19 @@ async function assertInterrupted(run: () => Promise<unknown>, interrupted: () =>
     return true;
   });
   assert.ok(Date.now() - interrupted() < 1000, `${what}: stopped ${Date.now() - interrupted()} ms after the interruption`);
+}
+
+/** An interruption that comes once `stored` finds, looking at the server directly, that it has done what was asked. */
+function interruptOnceServerHas(t: TestContext, stored: (sdk: S3Client) => Promise<boolean>): AbortController {
+  const stop = new AbortController();
+  const sdk = testClient(server);
+  t.after(() => sdk.destroy());
+  const look = async (): Promise<void> => {
+    if (await stored(sdk)) stop.abort();
+    else setTimeout(() => void look(), 20);
+  };
+  void look();
+  return stop;
 }
 
 describe('S3 driver under faults', () => {
@@ -332,20 +346,37 @@ describe('S3 driver under faults', () => {
     const repo = ['--repo', `s3://${bucket}/interrupted-create`, '--s3-endpoint', proxy.endpoint];
     assert.equal((await lifeboat([...repo, 'init'], { env: server.env })).code, 0);
     // The server starts the upload; its answer, with the upload's id, is held back, and Ctrl-C comes meanwhile.
-    const create = /\/interrupted-create\/data\/.*\?uploads/;
-    proxy.inject('delay', { method: 'POST', path: create });
+    proxy.inject('delay', { method: 'POST', path: /\/interrupted-create\/data\/.*\?uploads/ });
     t.after(() => proxy.cancelInjections());
-    const stop = new AbortController();
-    const held = setInterval(() => {
-      if (proxy.requests.some((r) => create.test(r.path) && r.fault === 'delay')) setTimeout(() => stop.abort(), 300);
-    }, 20);
-    t.after(() => clearInterval(held));
+    // Once the server lists the upload, its answer still on the way.
+    const stop = interruptOnceServerHas(t, async (sdk) => ((await sdk.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: 'interrupted-create/data/' }))).Uploads ?? []).length > 0);
     const r = await lifeboat([...repo, 'backup', path.join(work, 'models')], { env: server.env, signal: stop.signal });
     assert.ok(stop.signal.aborted, 'interrupted');
     assert.equal(r.code, 130, r.stderr);
     const verify = await lifeboat([...repo, '--json', 'verify'], { env: server.env });
     assert.equal(verify.code, 0, verify.stderr);
     assert.deepEqual(verify.json().warnings, [], 'the interrupted backup cleaned up after itself');
+  });
+
+  it('a backup interrupted while the server takes the repository lock leaves no lock behind, which would keep other hosts out', async (t) => {
+    const work = await tempDir();
+    t.after(() => fsp.rm(work, { recursive: true, force: true }));
+    await fsp.mkdir(path.join(work, 'models'));
+    await writeRandomFile(path.join(work, 'models', 'weights.bin'), MiB, prng(seed));
+    const repo = ['--repo', `s3://${bucket}/interrupted-lock`, '--s3-endpoint', proxy.endpoint];
+    assert.equal((await lifeboat([...repo, 'init'], { env: server.env })).code, 0);
+    // The server takes the lock; its answer is held back, and Ctrl-C comes meanwhile.
+    proxy.inject('delay', { method: 'PUT', path: /\/interrupted-lock\/locks\/lock\.json/ });
+    t.after(() => proxy.cancelInjections());
+    // Once the server holds the lock, its answer still on the way.
+    const stop = interruptOnceServerHas(t, async (sdk) => ((await sdk.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: 'interrupted-lock/locks/lock.json' }))).Contents ?? []).length > 0);
+    const r = await lifeboat([...repo, 'backup', path.join(work, 'models')], { env: server.env, signal: stop.signal });
+    assert.ok(stop.signal.aborted, 'interrupted');
+    assert.equal(r.code, 130, r.stderr);
+    // This process still runs: a lock of its own left behind would read as a live holder's.
+    const unlock = await lifeboat([...repo, '--json', 'unlock'], { env: server.env });
+    assert.equal(unlock.code, 0, unlock.stderr);
+    assert.equal(unlock.json().lock, null, 'no lock is left');
   });
 
   it('a restore or verify --read-data whose volumes the server will not serve fails as a storage failure (exit 1), not as damaged data', async (t) => {
