@@ -379,6 +379,25 @@ describe('S3 driver under faults', () => {
     assert.equal(unlock.json().lock, null, 'no lock is left');
   });
 
+  it('a verify interrupted while the server registers it as a reader leaves no registration behind, which would keep prunes out', async (t) => {
+    const d = await smallDeployment();
+    t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+    const repo = ['--repo', `s3://${bucket}/interrupted-reader`, '--s3-endpoint', proxy.endpoint];
+    assert.equal((await lifeboat([...repo, 'init'], { env: server.env })).code, 0);
+    assert.equal((await lifeboat([...repo, 'backup', d.src], { env: server.env })).code, 0);
+    // The server stores the registration; its answer is held back, and Ctrl-C comes meanwhile.
+    proxy.inject('delay', { method: 'PUT', path: /\/interrupted-reader\/locks\/readers\// });
+    t.after(() => proxy.cancelInjections());
+    const readers = async (sdk: S3Client) => ((await sdk.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: 'interrupted-reader/locks/readers/' }))).Contents ?? []).length;
+    const stop = interruptOnceServerHas(t, async (sdk) => (await readers(sdk)) > 0);
+    const r = await lifeboat([...repo, 'verify', '--read-data'], { env: server.env, signal: stop.signal });
+    assert.ok(stop.signal.aborted, 'interrupted');
+    assert.equal(r.code, 130, r.stderr);
+    // This process still runs: a registration of its own left behind would read as a live reader's.
+    const prune = await lifeboat([...repo, 'prune', '--keep-full', '1'], { env: server.env });
+    assert.equal(prune.code, 0, prune.stderr);
+  });
+
   it('a restore or verify --read-data whose volumes the server will not serve fails as a storage failure (exit 1), not as damaged data', async (t) => {
     const d = await smallDeployment();
     t.after(() => fsp.rm(d.work, { recursive: true, force: true }));

@@ -1,7 +1,7 @@
 import * as os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import * as z from 'zod';
-import { LockedError, PermissionRefusedError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
+import { InterruptedError, LockedError, PermissionRefusedError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { sleep } from '../sleep.js';
 import { formatDuration } from '../config/duration.js';
 import { isNotFound, isPermissionRefused, type Storage } from '../storage/storage.js';
@@ -469,6 +469,11 @@ export async function acquireReadLock(storage: Storage, command: string, options
   try {
     await storage.putDocument(key, encodeLock(info));
   } catch (err) {
+    // A write whose answer never came (the command interrupted while it was on its way, the connection
+    // lost) may have registered the reader all the same, on S3: left there, it would keep prunes on other
+    // hosts out (exit 4) until stale. The key is this reader's own; tried once.
+    await storage.delete([key]).catch(() => undefined);
+    if (err instanceof InterruptedError) throw err;
     return { unlocked: errorMessage(err), release: async () => undefined };
   }
   const lease = keepRefreshed(storage, key, info);
