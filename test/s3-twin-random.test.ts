@@ -335,7 +335,8 @@ test('a repository on S3 answers every command as the same repository on local d
   async function killed(round: number): Promise<void> {
     const kind = pick(rand, points.local.length > 1 ? (['backup', 'backup', 'prune', 'restore', 'verify'] as const) : (['backup'] as const));
     const signal = pick(rand, ['SIGKILL', 'SIGINT'] as const);
-    const delay = Math.floor(rand() * 1500);
+    // Past the start of the process (about half a second, before which SIGINT ends it as the signal does) as often as not.
+    const delay = Math.floor(rand() * (signal === 'SIGINT' ? 3000 : 1500));
     const type = typeFlag();
     const target = (tw: Twin) => path.join(work, `killed-${tw}-${round}`);
     const args = (tw: Twin) => {
