@@ -398,6 +398,26 @@ describe('S3 driver under faults', () => {
     assert.equal(prune.code, 0, prune.stderr);
   });
 
+  it('a backup interrupted while the server stores its manifest keeps the point whole: its data is not removed under a point that is there', async (t) => {
+    const d = await smallDeployment();
+    t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+    const repo = ['--repo', `s3://${bucket}/interrupted-commit`, '--s3-endpoint', proxy.endpoint];
+    assert.equal((await lifeboat([...repo, 'init'], { env: server.env })).code, 0);
+    // The server stores the manifest; its answer is held back, and Ctrl-C comes meanwhile.
+    proxy.inject('delay', { method: 'PUT', path: /\/interrupted-commit\/points\// });
+    t.after(() => proxy.cancelInjections());
+    const stop = interruptOnceServerHas(t, async (sdk) => ((await sdk.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: 'interrupted-commit/points/' }))).Contents ?? []).length > 0);
+    const r = await lifeboat([...repo, '--json', 'backup', d.src], { env: server.env, signal: stop.signal });
+    assert.ok(stop.signal.aborted, 'interrupted');
+    const verify = await lifeboat([...repo, '--json', 'verify', '--read-data'], { env: server.env });
+    assert.equal(verify.code, 0, verify.stdout);
+    assert.deepEqual([verify.json().backups, verify.json().problems, verify.json().warnings], [1, [], []]);
+    // Committed before the interrupt was seen, as a backup on a local disk whose manifest is in place.
+    assert.equal(r.code, 0, r.stderr);
+    const target = path.join(d.work, 'restored');
+    assert.equal((await lifeboat([...repo, 'restore', r.json().id, '--target', target], { env: server.env })).code, 0);
+  });
+
   it('a restore or verify --read-data whose volumes the server will not serve fails as a storage failure (exit 1), not as damaged data', async (t) => {
     const d = await smallDeployment();
     t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
