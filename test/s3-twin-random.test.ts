@@ -404,17 +404,11 @@ test('a repository on S3 answers every command as the same repository on local d
     if (grown.length > 0) model.push({ type, tree });
     await syncList('after a killed backup');
     if (points.local.length !== model.length) fail(`after a killed backup the repository has ${points.local.length} points, the model ${model.length}`);
-    // Whatever the killed runs left (a lock, unfinished volumes), the next backup takes over or removes.
+    // Whatever the killed runs left (a lock, unfinished volumes), the next backup takes over or removes: README
+    // says a lock whose process is gone from this host is taken over at once, so no `unlock` is needed here.
     const next = await both(['--json', 'backup', '--source', `models=${models}`, '--type', 'incr']);
     log.push('  the next backup');
-    if (next.local.code !== 0 || next.s3.code !== 0) {
-      if (next.local.code === 4 || next.s3.code === 4) {
-        log.push('  unlock');
-        const u = await both(['unlock']);
-        if (u.local.code !== 0 || u.s3.code !== 0) fail('unlock after a killed backup', u);
-      }
-      fail('the backup after a killed one', next);
-    }
+    if (next.local.code !== 0 || next.s3.code !== 0) fail('the backup after a killed one', next);
     model.push({ type: model.length === 0 ? 'full' : 'incr', tree });
     await syncList('after the backup after a killed one');
     // What each found left behind depends on when the signal came: compared after it, not its report.
