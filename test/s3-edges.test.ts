@@ -165,6 +165,7 @@ describe('S3 edges', () => {
         abort: async (uploadId) => {
           await sdk.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId }));
         },
+        abortUnanswered: async () => assert.fail('every create answered'),
       },
       // S3's smallest part, doubling with each part (as the driver's schedule does every 1,000).
       { key, partSize: (n) => 5 * MiB * 2 ** (n - 1), concurrency: 1, release: () => undefined, failure: (err) => err as Error },

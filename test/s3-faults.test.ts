@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, type TestContext } from 'node:test';
+import { ListMultipartUploadsCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { InterruptedError, RuntimeFailure } from '../src/errors.js';
 import { describeError, type RetryPolicy } from '../src/storage/retry.js';
 import { S3Storage } from '../src/storage/s3.js';
@@ -14,7 +15,7 @@ import { Repository } from '../src/core/repository.js';
 import { listAll, type Storage } from '../src/storage/storage.js';
 import { generatedStream, readAll, seededRandom, sha256Of, testSeed } from './helpers/data.js';
 import { startFaultProxy, type FaultProxy } from './helpers/fault-proxy.js';
-import { createTestBucket, startS3Server, type S3TestServer } from './helpers/s3server.js';
+import { createTestBucket, startS3Server, testClient, type S3TestServer } from './helpers/s3server.js';
 import { lifeboat, runChild } from './helpers/cli.js';
 import { smallDeployment } from './helpers/repo.js';
 import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
@@ -99,6 +100,19 @@ async function assertInterrupted(run: () => Promise<unknown>, interrupted: () =>
     return true;
   });
   assert.ok(Date.now() - interrupted() < 1000, `${what}: stopped ${Date.now() - interrupted()} ms after the interruption`);
+}
+
+/** An interruption that comes once `stored` finds, looking at the server directly, that it has done what was asked. */
+function interruptOnceServerHas(t: TestContext, stored: (sdk: S3Client) => Promise<boolean>): AbortController {
+  const stop = new AbortController();
+  const sdk = testClient(server);
+  t.after(() => sdk.destroy());
+  const look = async (): Promise<void> => {
+    if (await stored(sdk)) stop.abort();
+    else setTimeout(() => void look(), 20);
+  };
+  void look();
+  return stop;
 }
 
 describe('S3 driver under faults', () => {
@@ -321,6 +335,87 @@ describe('S3 driver under faults', () => {
     assert.equal(r.code, 130, r.stderr);
     assert.match(r.stderr, /\nlifeboat: interrupted\n$/);
     assert.doesNotMatch(r.stderr, /operation was aborted|unexpected/i);
+  });
+
+  it('a backup interrupted while the server starts its multipart upload leaves no upload behind, as one on a local disk leaves no temporary file', async (t) => {
+    const work = await tempDir();
+    t.after(() => fsp.rm(work, { recursive: true, force: true }));
+    await fsp.mkdir(path.join(work, 'models'));
+    // Past the driver's 8 MiB part size: stored as a multipart upload.
+    await writeRandomFile(path.join(work, 'models', 'weights.bin'), 9 * MiB, prng(seed));
+    const repo = ['--repo', `s3://${bucket}/interrupted-create`, '--s3-endpoint', proxy.endpoint];
+    assert.equal((await lifeboat([...repo, 'init'], { env: server.env })).code, 0);
+    // The server starts the upload; its answer, with the upload's id, is held back, and Ctrl-C comes meanwhile.
+    proxy.inject('delay', { method: 'POST', path: /\/interrupted-create\/data\/.*\?uploads/ });
+    t.after(() => proxy.cancelInjections());
+    // Once the server lists the upload, its answer still on the way.
+    const stop = interruptOnceServerHas(t, async (sdk) => ((await sdk.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: 'interrupted-create/data/' }))).Uploads ?? []).length > 0);
+    const r = await lifeboat([...repo, 'backup', path.join(work, 'models')], { env: server.env, signal: stop.signal });
+    assert.ok(stop.signal.aborted, 'interrupted');
+    assert.equal(r.code, 130, r.stderr);
+    const verify = await lifeboat([...repo, '--json', 'verify'], { env: server.env });
+    assert.equal(verify.code, 0, verify.stderr);
+    assert.deepEqual(verify.json().warnings, [], 'the interrupted backup cleaned up after itself');
+  });
+
+  it('a backup interrupted while the server takes the repository lock leaves no lock behind, which would keep other hosts out', async (t) => {
+    const work = await tempDir();
+    t.after(() => fsp.rm(work, { recursive: true, force: true }));
+    await fsp.mkdir(path.join(work, 'models'));
+    await writeRandomFile(path.join(work, 'models', 'weights.bin'), MiB, prng(seed));
+    const repo = ['--repo', `s3://${bucket}/interrupted-lock`, '--s3-endpoint', proxy.endpoint];
+    assert.equal((await lifeboat([...repo, 'init'], { env: server.env })).code, 0);
+    // The server takes the lock; its answer is held back, and Ctrl-C comes meanwhile.
+    proxy.inject('delay', { method: 'PUT', path: /\/interrupted-lock\/locks\/lock\.json/ });
+    t.after(() => proxy.cancelInjections());
+    // Once the server holds the lock, its answer still on the way.
+    const stop = interruptOnceServerHas(t, async (sdk) => ((await sdk.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: 'interrupted-lock/locks/lock.json' }))).Contents ?? []).length > 0);
+    const r = await lifeboat([...repo, 'backup', path.join(work, 'models')], { env: server.env, signal: stop.signal });
+    assert.ok(stop.signal.aborted, 'interrupted');
+    assert.equal(r.code, 130, r.stderr);
+    // This process still runs: a lock of its own left behind would read as a live holder's.
+    const unlock = await lifeboat([...repo, '--json', 'unlock'], { env: server.env });
+    assert.equal(unlock.code, 0, unlock.stderr);
+    assert.equal(unlock.json().lock, null, 'no lock is left');
+  });
+
+  it('a verify interrupted while the server registers it as a reader leaves no registration behind, which would keep prunes out', async (t) => {
+    const d = await smallDeployment();
+    t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+    const repo = ['--repo', `s3://${bucket}/interrupted-reader`, '--s3-endpoint', proxy.endpoint];
+    assert.equal((await lifeboat([...repo, 'init'], { env: server.env })).code, 0);
+    assert.equal((await lifeboat([...repo, 'backup', d.src], { env: server.env })).code, 0);
+    // The server stores the registration; its answer is held back, and Ctrl-C comes meanwhile.
+    proxy.inject('delay', { method: 'PUT', path: /\/interrupted-reader\/locks\/readers\// });
+    t.after(() => proxy.cancelInjections());
+    const readers = async (sdk: S3Client) => ((await sdk.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: 'interrupted-reader/locks/readers/' }))).Contents ?? []).length;
+    const stop = interruptOnceServerHas(t, async (sdk) => (await readers(sdk)) > 0);
+    const r = await lifeboat([...repo, 'verify', '--read-data'], { env: server.env, signal: stop.signal });
+    assert.ok(stop.signal.aborted, 'interrupted');
+    assert.equal(r.code, 130, r.stderr);
+    // This process still runs: a registration of its own left behind would read as a live reader's.
+    const prune = await lifeboat([...repo, 'prune', '--keep-full', '1'], { env: server.env });
+    assert.equal(prune.code, 0, prune.stderr);
+  });
+
+  it('a backup interrupted while the server stores its manifest keeps the point whole: its data is not removed under a point that is there', async (t) => {
+    const d = await smallDeployment();
+    t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+    const repo = ['--repo', `s3://${bucket}/interrupted-commit`, '--s3-endpoint', proxy.endpoint];
+    assert.equal((await lifeboat([...repo, 'init'], { env: server.env })).code, 0);
+    // The server stores the manifest; its answer is held back, and Ctrl-C comes meanwhile.
+    proxy.inject('delay', { method: 'PUT', path: /\/interrupted-commit\/points\// });
+    t.after(() => proxy.cancelInjections());
+    const stop = interruptOnceServerHas(t, async (sdk) => ((await sdk.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: 'interrupted-commit/points/' }))).Contents ?? []).length > 0);
+    const r = await lifeboat([...repo, '--json', 'backup', d.src], { env: server.env, signal: stop.signal });
+    assert.ok(stop.signal.aborted, 'interrupted');
+    const verify = await lifeboat([...repo, '--json', 'verify', '--read-data'], { env: server.env });
+    assert.equal(verify.code, 0, verify.stdout);
+    assert.deepEqual([verify.json().backups, verify.json().problems, verify.json().warnings], [1, [], []]);
+    // Committed before the interrupt was seen, as a backup on a local disk whose manifest is in place.
+    assert.equal(r.code, 0, r.stderr);
+    const target = path.join(d.work, 'restored');
+    assert.equal((await lifeboat([...repo, 'restore', r.json().id, '--target', target], { env: server.env })).code, 0);
   });
 
   it('a restore or verify --read-data whose volumes the server will not serve fails as a storage failure (exit 1), not as damaged data', async (t) => {

@@ -1,7 +1,7 @@
 import * as os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import * as z from 'zod';
-import { LockedError, PermissionRefusedError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
+import { InterruptedError, LockedError, PermissionRefusedError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { sleep } from '../sleep.js';
 import { formatDuration } from '../config/duration.js';
 import { isNotFound, isPermissionRefused, type Storage } from '../storage/storage.js';
@@ -261,14 +261,14 @@ async function tryLock(storage: Storage, command: string, leaseMs: number, optio
   const written = encodeLock(info);
   // A prune is what frees space: on a disk the repository filled, its lock may take the room kept aside for it.
   const spendReserve = command === 'prune';
-  if (await storage.putDocument(keys.lock, written, { ifAbsent: true, spendReserve })) return { held: holdLock(storage, info, written) };
+  if (await takingBack(storage, info, () => storage.putDocument(keys.lock, written, { ifAbsent: true, spendReserve }))) return { held: holdLock(storage, info, written) };
   const holder = await readStoredLock(storage, options);
   // Released between the two calls: the next attempt takes it.
   if (!holder) return tryLock(storage, command, leaseMs, options);
   const status = statusOf(holder);
   if (!holder.stale) return { busy: status };
   // Replaced only while it is still the stale lock judged: of two processes taking it over at once, one does.
-  if (await storage.putDocument(keys.lock, written, { ifMatch: holder.raw, spendReserve })) return { held: holdLock(storage, info, written, status) };
+  if (await takingBack(storage, info, () => storage.putDocument(keys.lock, written, { ifMatch: holder.raw, spendReserve }))) return { held: holdLock(storage, info, written, status) };
   const winner = await readLock(storage);
   if (!winner) return tryLock(storage, command, leaseMs, options);
   if (!winner.stale) return { busy: winner };
@@ -276,6 +276,26 @@ async function tryLock(storage: Storage, command: string, leaseMs: number, optio
 }
 
 const encodeLock = (info: LockInfo) => Buffer.from(JSON.stringify(info));
+
+/**
+ * A write of the lock whose answer never came (the command interrupted while it was on its way, the
+ * connection lost) may have taken the lock all the same, on S3 where the server finishes a request it
+ * has received: the lock would stay behind with nobody to release it, and keep other hosts' writers out
+ * until it is stale. It is looked at, and removed when it holds this process's token; tried once.
+ */
+async function takingBack(storage: Storage, info: LockInfo, write: () => Promise<boolean>): Promise<boolean> {
+  try {
+    return await write();
+  } catch (err) {
+    try {
+      const current = await readStoredLock(storage);
+      if (current?.info.token === info.token) await storage.delete([keys.lock]);
+    } catch {
+      // What could not be removed stays, and is taken over as stale.
+    }
+    throw err;
+  }
+}
 
 /** How often a rewrite of the lock is tried again when the lock holds this holder's token but not the bytes it last wrote. */
 const REWRITE_ATTEMPTS = 3;
@@ -449,6 +469,11 @@ export async function acquireReadLock(storage: Storage, command: string, options
   try {
     await storage.putDocument(key, encodeLock(info));
   } catch (err) {
+    // A write whose answer never came (the command interrupted while it was on its way, the connection
+    // lost) may have registered the reader all the same, on S3: left there, it would keep prunes on other
+    // hosts out (exit 4) until stale. The key is this reader's own; tried once.
+    await storage.delete([key]).catch(() => undefined);
+    if (err instanceof InterruptedError) throw err;
     return { unlocked: errorMessage(err), release: async () => undefined };
   }
   const lease = keepRefreshed(storage, key, info);

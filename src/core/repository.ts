@@ -433,8 +433,11 @@ export class Repository {
   async commitManifest(manifest: Manifest, options: { beforeVisible?: () => Promise<void> } = {}): Promise<void> {
     await this.writeSummary(manifest);
     const ok = await this.storage.putDocument(keys.point(manifest.id), encodeDocument(manifest), { ifAbsent: true, beforeVisible: options.beforeVisible }).catch(async (err: unknown) => {
+      // The manifest may have landed all the same: on S3 a server finishes a request whose answer never came (the
+      // command interrupted while it was on its way, the connection lost). Then the point is committed, and the
+      // backup must not remove its data as if it were not. Only this backup writes this id, so one there is its own.
+      if (await this.storage.head(keys.point(manifest.id)).catch(() => undefined)) return true;
       // The point was not committed (a full disk, the lock lost): its summary would be a leftover for verify to report.
-      // Should the manifest have landed all the same (a reply lost), the next backup writes the missing summary.
       await this.storage.delete([keys.summary(manifest.id)]).catch(() => undefined);
       throw err;
     });

@@ -30,6 +30,12 @@ export interface MultipartRequests {
   complete(uploadId: string, parts: CompletedPart[], size: number): Promise<void>;
   /** Abandons the upload (best effort). */
   abort(uploadId: string): Promise<void>;
+  /**
+   * Abandons whatever upload of the object a `create` that failed may have started all the same
+   * (the server started it, and its answer was lost or the command interrupted before it came),
+   * best effort.
+   */
+  abortUnanswered(): Promise<void>;
 }
 
 export interface PartWriterOptions {
@@ -59,6 +65,8 @@ export class PartWriter implements ObjectWriter {
   /** Bytes in the parts handed over so far. */
   private sent = 0;
   private uploadId?: string;
+  /** A `create` failed: the server may have started an upload whose id never came back. */
+  private createUnanswered = false;
   private partNumber = 0;
   private readonly parts: CompletedPart[] = [];
   private readonly inFlight = new Set<Promise<void>>();
@@ -92,7 +100,14 @@ export class PartWriter implements ObjectWriter {
     this.throwIfFailed();
     const partNumber = ++this.partNumber;
     if (partNumber > MAX_PARTS) throw new Error(`the object is larger than S3's ${MAX_PARTS} parts allow`);
-    this.uploadId ??= await this.requests.create();
+    if (this.uploadId === undefined) {
+      try {
+        this.uploadId = await this.requests.create();
+      } catch (err) {
+        this.createUnanswered = true;
+        throw err;
+      }
+    }
     const buffer = this.buffer;
     const data = buffer.subarray(0, this.fill);
     this.sent += data.length;
@@ -157,7 +172,9 @@ export class PartWriter implements ObjectWriter {
     // Parts still on the wire settle first: a part landing after the abort would be kept.
     await Promise.allSettled(this.inFlight);
     if (this.uploadId !== undefined) await this.requests.abort(this.uploadId).catch(() => undefined);
+    else if (this.createUnanswered) await this.requests.abortUnanswered().catch(() => undefined);
     this.uploadId = undefined;
+    this.createUnanswered = false;
   }
 
   private release(): void {

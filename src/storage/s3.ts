@@ -232,7 +232,8 @@ export class S3Storage implements Storage {
         create: () => this.createMultipart(key, objectKey, signal),
         uploadPart: (uploadId, partNumber, data) => this.uploadPart(key, objectKey, uploadId, partNumber, data, signal),
         complete: (uploadId, parts, size) => this.completeMultipart(key, objectKey, uploadId, parts, size, signal),
-        abort: (uploadId) => this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: objectKey, UploadId: uploadId })).then(() => undefined),
+        abort: (uploadId) => this.abortUpload(objectKey, uploadId),
+        abortUnanswered: () => this.abortUploadsOf(objectKey),
       },
       {
         key,
@@ -307,6 +308,23 @@ export class S3Storage implements Storage {
       cause,
       hint: 'many S3-compatible servers (Ceph, MinIO) offer other storage classes and server-side encryption only when set up for them: change or remove those settings in the config',
     });
+  }
+
+  /** One request, not retried: a clean-up after a failure or an interruption, which the next backup finishes if need be. */
+  private async abortUpload(objectKey: string, uploadId: string): Promise<void> {
+    await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: objectKey, UploadId: uploadId }));
+  }
+
+  /**
+   * Aborts every upload of exactly `objectKey`: what a CreateMultipartUpload whose answer never came
+   * (interrupted, or lost on the way) may have started. Only a volume is written through uploads, and a
+   * volume's key is its own backup's, so no other writer's upload is of that key.
+   */
+  private async abortUploadsOf(objectKey: string): Promise<void> {
+    const page = await this.client.send(new ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: objectKey }));
+    for (const upload of page.Uploads ?? []) {
+      if (upload.Key === objectKey && upload.UploadId) await this.abortUpload(objectKey, upload.UploadId);
+    }
   }
 
   private async createMultipart(key: string, objectKey: string, signal?: AbortSignal): Promise<string> {
