@@ -238,3 +238,26 @@ test('a manifest or summary whose volume key leaves the data of the repository i
   }
   await fsp.rm(s.work, { recursive: true, force: true });
 });
+
+test('a document that nests deeper, or holds more values for its size, than any lifeboat writes is damaged (exit 3) and is not parsed', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const full = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'full']);
+  assert.equal(full.code, 0, full.stderr);
+  const config = path.join(d.repo, 'config.json');
+  const original = await fsp.readFile(config);
+  // 100,000 levels deep, with a checksum to check: serialising it again to do so overflowed the stack (exit 1).
+  await fsp.writeFile(config, `{"format":${'['.repeat(100_000)}${']'.repeat(100_000)},"checksum":"sha256:${'0'.repeat(64)}"}`);
+  const deep = await lifeboat(['--repo', d.repo, 'list']);
+  assert.equal(deep.code, 3, deep.stderr);
+  assert.match(deep.stderr, /repository config config\.json is damaged: it nests more than 64 levels deep/);
+  await fsp.writeFile(config, original);
+  // Empty arrays, three bytes apiece, with a checksum that matches: parsed, each took 15 times its bytes of memory.
+  const manifest = path.join(d.repo, 'points', `${full.json().id}.json`);
+  await fsp.writeFile(manifest, encodeDocument({ format: 2, entries: Array.from({ length: 300_000 }, () => []) }));
+  for (const args of [['show', 'latest'], ['verify']]) {
+    const r = await lifeboat(['--repo', d.repo, ...args]);
+    assert.equal(r.code, 3, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stdout + r.stderr, /is damaged: it holds more objects, arrays or values for its \d+ bytes than any document lifeboat writes/, args.join(' '));
+  }
+});
