@@ -215,6 +215,27 @@ test('a document larger than any lifeboat writes is refused before it is read (e
   assert.ok(process.memoryUsage().rss - before < 256 << 20, 'the document was not read into memory');
 });
 
+test('a repository config or pin larger than any lifeboat writes is refused before it is read (exit 3 for the config)', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const full = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'full']);
+  assert.equal(full.code, 0, full.stderr);
+  const id = full.json().id;
+  assert.equal((await lifeboat(['--repo', d.repo, 'pin', id, '--reason', 'keep'])).code, 0);
+  const config = path.join(d.repo, 'config.json');
+  const original = await fsp.readFile(config);
+  // Sparse, 20 MiB: read, it was found damaged only once it was held in memory, and then as not JSON.
+  await fsp.truncate(config, 20 << 20);
+  const list = await lifeboat(['--repo', d.repo, 'list']);
+  assert.equal(list.code, 3, list.stderr);
+  assert.match(list.stderr, /config\.json is larger than the 1 MiB a document of its kind may have/);
+  await fsp.writeFile(config, original);
+  await fsp.truncate(path.join(d.repo, 'pins', `${id}.json`), 20 << 20);
+  const pinned = await lifeboat(['--repo', d.repo, '--json', 'list']);
+  assert.equal(pinned.code, 0, pinned.stderr);
+  assert.match(pinned.json()[0].pinReason, /its pin document does not read: .*larger than the 1 MiB a document of its kind may have/);
+});
+
 test('a manifest or summary whose volume key leaves the data of the repository is damaged (exit 3), never a key handed to storage', async () => {
   const s = await setup();
   for (const key of ['a/../../b', '/etc/passwd', 'data/../config.json', 'config.json', 'data//v1.tar', 'data/x\0.tar']) {
