@@ -2,8 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Header } from 'tar';
-import { lifeboat } from './helpers/cli.js';
+import { lifeboat, runChild } from './helpers/cli.js';
 import { exists, smallDeployment } from './helpers/repo.js';
 import { encodeDocument } from '../src/format/document.js';
 import { crc32, sha256Hex } from '../src/format/checksum.js';
@@ -281,4 +282,19 @@ test('a document that nests deeper, or holds more values for its size, than any 
     assert.equal(r.code, 3, `${args.join(' ')}: ${r.stderr}`);
     assert.match(r.stdout + r.stderr, /is damaged: it holds more objects, arrays or values for its \d+ bytes than any document lifeboat writes/, args.join(' '));
   }
+});
+
+test('a repository lock of many tiny values is found unreadable without being parsed, in bounded memory', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  // 30 MB of empty arrays: parsed, they took some 450 MB, in every command that looked at the lock.
+  await fsp.mkdir(path.join(d.repo, 'locks'), { recursive: true });
+  await fsp.writeFile(path.join(d.repo, 'locks', 'lock.json'), `{"host":[${'[],'.repeat(10_000_000)}[]]}`);
+  const rssFile = path.join(d.work, 'rss');
+  const preload = path.join(path.dirname(fileURLToPath(import.meta.url)), 'helpers', 'max-rss.js');
+  const backup = await runChild(['--repo', d.repo, 'backup', d.src], { env: { NODE_OPTIONS: `--import ${preload}`, MAX_RSS_FILE: rssFile } });
+  assert.equal(backup.code, 0, backup.stderr);
+  assert.match(backup.stderr, /took over the repository lock, whose document was unreadable/);
+  const mib = Number(await fsp.readFile(rssFile, 'utf8')) / 1024;
+  assert.ok(mib < 200, `peak RSS ${mib.toFixed(0)} MiB`);
 });

@@ -94,15 +94,19 @@ function shapeProblem(data: Buffer): string | undefined {
   return undefined;
 }
 
-export function decodeDocument<T>(data: Buffer, schema: z.ZodType<T>, what: string): T {
+/** A repository document's JSON, refused (IntegrityError) when it is not JSON or not shaped as lifeboat writes it. */
+export function parseDocumentJson(data: Buffer, what: string): unknown {
   const shape = shapeProblem(data);
   if (shape !== undefined) throw new IntegrityError(`${what} is damaged: ${shape}`);
-  let parsed: unknown;
   try {
-    parsed = JSON.parse(data.toString('utf8'));
+    return JSON.parse(data.toString('utf8'));
   } catch (err) {
     throw new IntegrityError(`${what} is not valid JSON: ${(err as Error).message}`);
   }
+}
+
+export function decodeDocument<T>(data: Buffer, schema: z.ZodType<T>, what: string): T {
+  const parsed = parseDocumentJson(data, what);
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
     throw new IntegrityError(`${what} is not a JSON object`);
   }
