@@ -2,8 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Header } from 'tar';
-import { lifeboat } from './helpers/cli.js';
+import { lifeboat, runChild } from './helpers/cli.js';
 import { exists, smallDeployment } from './helpers/repo.js';
 import { encodeDocument } from '../src/format/document.js';
 import { crc32, sha256Hex } from '../src/format/checksum.js';
@@ -215,6 +216,27 @@ test('a document larger than any lifeboat writes is refused before it is read (e
   assert.ok(process.memoryUsage().rss - before < 256 << 20, 'the document was not read into memory');
 });
 
+test('a repository config or pin larger than any lifeboat writes is refused before it is read (exit 3 for the config)', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const full = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'full']);
+  assert.equal(full.code, 0, full.stderr);
+  const id = full.json().id;
+  assert.equal((await lifeboat(['--repo', d.repo, 'pin', id, '--reason', 'keep'])).code, 0);
+  const config = path.join(d.repo, 'config.json');
+  const original = await fsp.readFile(config);
+  // Sparse, 20 MiB: read, it was found damaged only once it was held in memory, and then as not JSON.
+  await fsp.truncate(config, 20 << 20);
+  const list = await lifeboat(['--repo', d.repo, 'list']);
+  assert.equal(list.code, 3, list.stderr);
+  assert.match(list.stderr, /config\.json is larger than the 1 MiB a document of its kind may have/);
+  await fsp.writeFile(config, original);
+  await fsp.truncate(path.join(d.repo, 'pins', `${id}.json`), 20 << 20);
+  const pinned = await lifeboat(['--repo', d.repo, '--json', 'list']);
+  assert.equal(pinned.code, 0, pinned.stderr);
+  assert.match(pinned.json()[0].pinReason, /its pin document does not read: .*larger than the 1 MiB a document of its kind may have/);
+});
+
 test('a manifest or summary whose volume key leaves the data of the repository is damaged (exit 3), never a key handed to storage', async () => {
   const s = await setup();
   for (const key of ['a/../../b', '/etc/passwd', 'data/../config.json', 'config.json', 'data//v1.tar', 'data/x\0.tar']) {
@@ -237,4 +259,42 @@ test('a manifest or summary whose volume key leaves the data of the repository i
     assert.doesNotMatch(r.stderr, /invalid object key/);
   }
   await fsp.rm(s.work, { recursive: true, force: true });
+});
+
+test('a document that nests deeper, or holds more values for its size, than any lifeboat writes is damaged (exit 3) and is not parsed', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const full = await lifeboat(['--repo', d.repo, '--json', 'backup', d.src, '--type', 'full']);
+  assert.equal(full.code, 0, full.stderr);
+  const config = path.join(d.repo, 'config.json');
+  const original = await fsp.readFile(config);
+  // 100,000 levels deep, with a checksum to check: serialising it again to do so overflowed the stack (exit 1).
+  await fsp.writeFile(config, `{"format":${'['.repeat(100_000)}${']'.repeat(100_000)},"checksum":"sha256:${'0'.repeat(64)}"}`);
+  const deep = await lifeboat(['--repo', d.repo, 'list']);
+  assert.equal(deep.code, 3, deep.stderr);
+  assert.match(deep.stderr, /repository config config\.json is damaged: it nests more than 64 levels deep/);
+  await fsp.writeFile(config, original);
+  // Empty arrays, three bytes apiece, with a checksum that matches: parsed, each took 15 times its bytes of memory.
+  const manifest = path.join(d.repo, 'points', `${full.json().id}.json`);
+  await fsp.writeFile(manifest, encodeDocument({ format: 2, entries: Array.from({ length: 300_000 }, () => []) }));
+  for (const args of [['show', 'latest'], ['verify']]) {
+    const r = await lifeboat(['--repo', d.repo, ...args]);
+    assert.equal(r.code, 3, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stdout + r.stderr, /is damaged: it holds more objects, arrays or values for its \d+ bytes than any document lifeboat writes/, args.join(' '));
+  }
+});
+
+test('a repository lock of many tiny values is found unreadable without being parsed, in bounded memory', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  // 30 MB of empty arrays: parsed, they took some 450 MB, in every command that looked at the lock.
+  await fsp.mkdir(path.join(d.repo, 'locks'), { recursive: true });
+  await fsp.writeFile(path.join(d.repo, 'locks', 'lock.json'), `{"host":[${'[],'.repeat(10_000_000)}[]]}`);
+  const rssFile = path.join(d.work, 'rss');
+  const preload = path.join(path.dirname(fileURLToPath(import.meta.url)), 'helpers', 'max-rss.js');
+  const backup = await runChild(['--repo', d.repo, 'backup', d.src], { env: { NODE_OPTIONS: `--import ${preload}`, MAX_RSS_FILE: rssFile } });
+  assert.equal(backup.code, 0, backup.stderr);
+  assert.match(backup.stderr, /took over the repository lock, whose document was unreadable/);
+  const mib = Number(await fsp.readFile(rssFile, 'utf8')) / 1024;
+  assert.ok(mib < 200, `peak RSS ${mib.toFixed(0)} MiB`);
 });

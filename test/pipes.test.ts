@@ -54,3 +54,43 @@ test('pipes planted in a repository are integrity failures (exit 3), not a hang'
   assert.equal(list.code, 3, list.stderr);
   assert.match(list.stderr, /config\.json: it is not a regular file in the repository/);
 });
+
+test('a pipe or an outsized file where a target\'s record of switches, its switch lock or a metrics file should be is refused at once, not a hang', { ...BOUNDED, skip: noMkfifo }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await fsp.mkdir(path.join(work, 'live', 'models'), { recursive: true });
+  await fsp.writeFile(path.join(work, 'live', 'models', 'config.json'), '{"a":1}');
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), ['repository: ./repo', 'sources:', '  models: ./live/models', 'targets:', '  prod:', '    slots: ./slots', '    active: ./current', ''].join('\n'));
+  const run = (...args: string[]) => lifeboat(args, { cwd: work });
+  assert.equal((await run('init')).code, 0);
+  assert.equal((await run('backup')).code, 0);
+  assert.equal((await run('failover', 'latest', '--to', 'prod')).code, 0);
+  const record = path.join(work, 'slots', '.lifeboat-target.json');
+  const kept = await fsp.readFile(record);
+  for (const [what, plant] of [['a pipe', pipeAt], [
+    '300 MB (sparse)',
+    async (f: string) => {
+      await fsp.writeFile(f, '');
+      await fsp.truncate(f, 300 << 20);
+    },
+  ]] as const) {
+    await plant(record);
+    const status = await run('status');
+    assert.equal(status.code, 1, `${what}: ${status.stderr}`);
+    assert.match(status.stderr, /record of switches of target prod, .* is damaged \(it is (not a regular file|larger than any record of switches lifeboat writes)\)/, what);
+    await fsp.rm(record);
+    await fsp.writeFile(record, kept);
+    const lock = path.join(work, 'slots', '.lifeboat-switch.lock');
+    await plant(lock);
+    const rollback = await run('rollback', '--to', 'prod');
+    assert.equal(rollback.code, 1, `${what}: ${rollback.stderr}`);
+    assert.match(rollback.stderr, /cannot take the switch lock of target prod: .* is not one lifeboat made \(it is (not a regular file|larger than any switch lock)\)/, what);
+    await fsp.rm(lock);
+    const metrics = path.join(work, 'metrics.prom');
+    await plant(metrics);
+    const backup = await run('backup', '--metrics-file', metrics);
+    assert.equal(backup.code, 0, `${what}: ${backup.stderr}`);
+    assert.match(backup.stderr, /could not write the metrics file .*metrics\.prom: .* (is not a regular file|holds more than 16 MiB)/, what);
+    await fsp.rm(metrics);
+  }
+});

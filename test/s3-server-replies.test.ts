@@ -9,7 +9,7 @@ import { Readable } from 'node:stream';
 import { IntegrityError, RuntimeFailure, UsageError, errorMessage } from '../src/errors.js';
 import { sleep } from './helpers/processes.js';
 import { S3Storage } from '../src/storage/s3.js';
-import type { Storage } from '../src/storage/storage.js';
+import { SMALL_DOCUMENT_BYTES, type Storage } from '../src/storage/storage.js';
 
 // Replies of a broken or hostile server: listings whose every page says there is more, and a
 // document that claims to be larger than any lifeboat writes.
@@ -93,14 +93,17 @@ test('incomplete uploads: a listing that never moves on is an error, not an endl
   assert.ok(stub.pages() <= 2, `${stub.pages()} pages were asked for`);
 });
 
-test('a document the server says is larger than any lifeboat writes is refused before its body is read (exit 3)', BOUNDED, async (t) => {
+/**
+ * A server that answers every request with zeros, 600 MiB of them under a Content-Length that says
+ * so, or, without one (chunked), for as long as anyone reads; `sent()` counts what it sent.
+ */
+async function zerosServer(t: { after: (f: () => unknown) => void }, length: boolean): Promise<{ storage: Storage; sent: () => number }> {
   let sent = 0;
   const server = http.createServer((_req, res) => {
-    // Claims 600 MiB, then trickles zeros for as long as anyone reads.
-    res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(600 << 20) });
+    res.writeHead(200, { 'content-type': 'application/json', ...(length ? { 'content-length': String(600 << 20) } : {}) });
     const chunk = Buffer.alloc(64 << 10);
     const pump = () => {
-      while (!res.destroyed && sent < 600 << 20) {
+      while (!res.destroyed && (!length || sent < 600 << 20)) {
         sent += chunk.length;
         if (!res.write(chunk)) return void res.once('drain', pump);
       }
@@ -113,8 +116,19 @@ test('a document the server says is larger than any lifeboat writes is refused b
   server.on('connection', (socket) => t.after(() => socket.destroy()));
   const storage = await storageAt(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
   t.after(() => storage.close());
+  return { storage, sent: () => sent };
+}
+
+test('a document the server says is larger than any lifeboat writes is refused before its body is read (exit 3)', BOUNDED, async (t) => {
+  const { storage, sent } = await zerosServer(t, true);
   await assert.rejects(storage.getDocument('points/huge.json'), (err: unknown) => err instanceof IntegrityError && /larger than the 512 MiB a document may have/.test((err as Error).message));
-  assert.ok(sent < 64 << 20, `${sent >> 20} MiB were sent before the driver gave up`);
+  assert.ok(sent() < 64 << 20, `${sent() >> 20} MiB were sent before the driver gave up`);
+});
+
+test('a document sent without a length is read no further than a document of its kind may have (exit 3), not for as long as the server sends', BOUNDED, async (t) => {
+  const { storage, sent } = await zerosServer(t, false);
+  await assert.rejects(storage.getDocument('config.json', { maxBytes: SMALL_DOCUMENT_BYTES }), (err: unknown) => err instanceof IntegrityError && /config\.json is larger than the 1 MiB a document of its kind may have/.test((err as Error).message));
+  assert.ok(sent() < 64 << 20, `${sent() >> 20} MiB were sent before the driver gave up`);
 });
 
 test('temporary credentials the server says have expired are a set-up error (exit 2) that says to renew them', BOUNDED, async (t) => {

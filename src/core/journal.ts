@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import * as os from 'node:os';
 import * as z from 'zod';
-import type { Storage } from '../storage/storage.js';
+import { SMALL_DOCUMENT_BYTES, type Storage } from '../storage/storage.js';
 import { runPool } from './pool.js';
 
 const PREFIX = 'journal/';
@@ -69,7 +69,7 @@ async function readEntries(storage: Storage, wanted: readonly string[]): Promise
   // Several at once: on S3 each is a round trip, and `status` runs from monitoring every few minutes.
   await runPool(wanted, EVENTS_IN_FLIGHT, async (key, i) => {
     try {
-      const parsed = journalEventSchema.safeParse(JSON.parse((await storage.getDocument(key)).toString('utf8')));
+      const parsed = journalEventSchema.safeParse(JSON.parse((await storage.getDocument(key, { maxBytes: SMALL_DOCUMENT_BYTES })).toString('utf8')));
       if (parsed.success) read[i] = parsed.data;
     } catch {
       // A damaged journal entry must not hide the others.

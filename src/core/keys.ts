@@ -7,7 +7,7 @@ import { keys as layout, repositoryConfigSchema, type EncryptionConfig, type Rep
 import { DATA_KEY_SIZE, SEGMENT_SIZE } from '../crypto/segments.js';
 import { DEFAULT_KDF, checkKdf, deriveKey, unwrapKey, wrapKey, type KdfParams } from '../crypto/kdf.js';
 import { EncryptedStorage } from '../storage/encrypted.js';
-import { isNotFound, type Storage } from '../storage/storage.js';
+import { SMALL_DOCUMENT_BYTES, isNotFound, type Storage } from '../storage/storage.js';
 import { quoteName } from '../format/quote.js';
 
 export const KEYS_PREFIX = 'keys/';
@@ -279,7 +279,7 @@ const KDF_WORK_BUDGET = MAX_KEYS * kdfWork(DEFAULT_KDF);
 /** Reads the repository config without trusting it further than its schema; undefined when absent or unreadable. */
 async function readConfig(storage: Storage): Promise<RepositoryConfig | undefined> {
   try {
-    return decodeDocument(await storage.getDocument(layout.config), repositoryConfigSchema, `repository config ${layout.config}`);
+    return decodeDocument(await storage.getDocument(layout.config, { maxBytes: SMALL_DOCUMENT_BYTES }), repositoryConfigSchema, `repository config ${layout.config}`);
   } catch (err) {
     if (isNotFound(err) || err instanceof IntegrityError) return undefined; // Repository.open says what is wrong
     throw err;

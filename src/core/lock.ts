@@ -6,6 +6,7 @@ import { sleep } from '../sleep.js';
 import { formatDuration } from '../config/duration.js';
 import { isNotFound, isPermissionRefused, type Storage } from '../storage/storage.js';
 import { keys } from '../format/manifest.js';
+import { parseDocumentJson } from '../format/document.js';
 import type { Notice, Reporter } from './events.js';
 import { pidReusedSince, processRuns } from '../format/process-alive.js';
 
@@ -104,7 +105,7 @@ export async function readStoredLock(storage: Storage, options: StalenessOptions
   }
   let info: LockInfo;
   try {
-    info = lockSchema.parse(JSON.parse(raw.toString('utf8')));
+    info = lockSchema.parse(parseDocumentJson(raw, key));
   } catch {
     // A lock nobody can read can't be proven live; treat it as stale.
     info = { host: '?', pid: 0, command: '?', startedAt: '?', refreshedAt: new Date(0).toISOString(), leaseMs: 1 };

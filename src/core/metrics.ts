@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { writeFileSynced } from '../format/durable.js';
+import { readRegularFile, writeFileSynced } from '../format/durable.js';
 import { sleep } from '../sleep.js';
 
 /**
@@ -155,11 +155,14 @@ async function lockMetricsFile(file: string): Promise<() => Promise<void>> {
  * success is what an alert watches, and a count of points that vanished would read as none to `absent()`.
  */
 const CARRIED_OVER = ['lifeboat_last_success_timestamp_seconds', 'lifeboat_points'];
+/** Far more than the samples of every command and deployment take (a few KiB). */
+const METRICS_FILE_LIMIT = 16 * 1024 * 1024;
 
 async function replaceSamples(file: string, run: { command: string; deployment?: string }, samples: readonly MetricSample[]): Promise<void> {
   let previous: MetricSample[] = [];
   try {
-    previous = parseSamples(await fsp.readFile(file, 'utf8'));
+    // Not a named pipe (which blocked the open for ever), nor a file larger than lifeboat writes (read whole).
+    previous = parseSamples(await readRegularFile(file, METRICS_FILE_LIMIT));
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }

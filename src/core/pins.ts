@@ -4,7 +4,7 @@ import { LockedError, UsageError, errorMessage, type LifeboatError } from '../er
 import { decodeDocument, encodeDocument } from '../format/document.js';
 import { POINT_ID } from '../format/ids.js';
 import { keys } from '../format/manifest.js';
-import { isNotFound, type Storage } from '../storage/storage.js';
+import { SMALL_DOCUMENT_BYTES, isNotFound, type Storage } from '../storage/storage.js';
 import { SwitchSettling, appendEvent, eventsNewestFirst, isSwitch, switchGeneration, type JournalEvent } from './journal.js';
 import { runPool } from './pool.js';
 import { describeLock, readLock } from './lock.js';
@@ -110,7 +110,7 @@ export async function readPins(storage: Storage): Promise<Map<string, Pin>> {
   await runPool(ids, PIN_READS_AT_ONCE, async (id, i) => {
     const key = pinKey(id);
     try {
-      pins[i] = decodeDocument(await storage.getDocument(key), pinSchema, `pin ${key}`);
+      pins[i] = decodeDocument(await storage.getDocument(key, { maxBytes: SMALL_DOCUMENT_BYTES }), pinSchema, `pin ${key}`);
     } catch (err) {
       if (isNotFound(err)) return;
       pins[i] = { point: id, reason: `pinned (its pin document does not read: ${errorMessage(err)})`, pinnedAt: '', user: '', host: '' };

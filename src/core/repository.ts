@@ -20,7 +20,7 @@ import {
   type PointSummary,
   type RepositoryConfig,
 } from '../format/manifest.js';
-import { isNotFound, type Storage } from '../storage/storage.js';
+import { SMALL_DOCUMENT_BYTES, isNotFound, type Storage } from '../storage/storage.js';
 import { runPool } from './pool.js';
 import { KEYS_PREFIX } from './keys.js';
 import { quoteName } from '../format/quote.js';
@@ -29,6 +29,8 @@ export const DEFAULT_VOLUME_SIZE = 256 * 1024 * 1024;
 
 /** Manifest reads in flight at once when many are needed. */
 const MANIFEST_READS = 16;
+/** The most deployments.json may take: 100,000 names of up to 64 characters. */
+const DEPLOYMENTS_BYTES = 16 * 1024 * 1024;
 
 /** A committed point with no summary to read, and why. */
 export interface UnreadablePoint {
@@ -135,7 +137,7 @@ export class Repository {
   static async open(storage: Storage, options: { deployment?: string } = {}): Promise<Repository> {
     let raw: Buffer;
     try {
-      raw = await storage.getDocument(keys.config);
+      raw = await storage.getDocument(keys.config, { maxBytes: SMALL_DOCUMENT_BYTES });
     } catch (err) {
       if (isNotFound(err)) throw await missingConfig(storage);
       throw err;
@@ -380,7 +382,7 @@ export class Repository {
   /** `deployments.json` as stored: its names, missing (repositories written before it), or why it is damaged. */
   async deploymentsRecord(): Promise<{ names: string[] } | { missing: true } | { damaged: string }> {
     try {
-      return { names: decodeDocument(await this.storage.getDocument(keys.deployments), deploymentsSchema, keys.deployments).names };
+      return { names: decodeDocument(await this.storage.getDocument(keys.deployments, { maxBytes: DEPLOYMENTS_BYTES }), deploymentsSchema, keys.deployments).names };
     } catch (err) {
       if (isNotFound(err)) return { missing: true };
       if (err instanceof IntegrityError) return { damaged: errorMessage(err) };

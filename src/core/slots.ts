@@ -6,7 +6,7 @@ import * as os from 'node:os';
 import { constants as fsConstants } from 'node:fs';
 import { LockedError, RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../errors.js';
 import { POINT_ID } from '../format/ids.js';
-import { syncPath, writeFileSynced } from '../format/durable.js';
+import { readRegularFile, readRegularFileStats, syncPath, writeFileSynced } from '../format/durable.js';
 import { makeDirectories } from '../format/mkdirs.js';
 import { ownerRuns } from '../format/process-alive.js';
 import { sleep } from '../sleep.js';
@@ -15,6 +15,8 @@ import { quoteName, shellWord } from '../format/quote.js';
 /** Kept in the slots directory: what the link pointed at before the last switch, and the switches made. */
 export const TARGET_STATE_FILE = '.lifeboat-target.json';
 const HISTORY = 50;
+/** The most the record of switches may take: 50 switches, between paths of up to 4 KiB. */
+const TARGET_STATE_LIMIT = 4 * 1024 * 1024;
 
 const switchSchema = z.object({
   at: z.string(),
@@ -214,7 +216,7 @@ export async function announceSwitch(slots: string, active: string, made: Omit<S
 /** The record as it is in the file, a switch announced included; undefined when it is missing or does not read. */
 async function readRecord(slots: string): Promise<TargetRecord | undefined> {
   try {
-    const parsed = targetStateSchema.safeParse(JSON.parse(await fsp.readFile(path.join(slots, TARGET_STATE_FILE), 'utf8')));
+    const parsed = targetStateSchema.safeParse(JSON.parse(await readRegularFile(path.join(slots, TARGET_STATE_FILE), TARGET_STATE_LIMIT)));
     return parsed.success ? parsed.data : undefined;
   } catch {
     return undefined;
@@ -288,9 +290,12 @@ export async function stateLeftBehind(slots: string, active: string | null): Pro
 export async function targetStateDamage(slots: string): Promise<string | undefined> {
   let text: string;
   try {
-    text = await fsp.readFile(path.join(slots, TARGET_STATE_FILE), 'utf8');
+    text = await readRegularFile(path.join(slots, TARGET_STATE_FILE), TARGET_STATE_LIMIT);
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'ENOENT' ? undefined : errorMessage(err);
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EFTYPE') return 'it is not a regular file';
+    if (code === 'EFBIG') return 'it is larger than any record of switches lifeboat writes';
+    return code === 'ENOENT' ? undefined : errorMessage(err);
   }
   try {
     return targetStateSchema.safeParse(JSON.parse(text)).success ? undefined : 'it is not a record of switches';
@@ -363,6 +368,8 @@ const TARGET_LOCK_FILE = '.lifeboat-switch.lock';
 
 /** How long a lock file may stay empty while its maker writes it; one empty for longer was left so by a crash. */
 const BEING_WRITTEN_MS = 10_000;
+/** More than a switch lock holds: a host name, a pid, a command and a time. */
+const SWITCH_LOCK_LIMIT = 64 * 1024;
 /** How often a switch lock is looked at again while it changes hands (released, being written, removed as stale). */
 const LOCK_ATTEMPTS = 50;
 
@@ -412,7 +419,13 @@ export async function lockTarget(slots: string, name: string, command: string): 
         });
       }
     }
-    const found = await readSwitchLock(file);
+    const found = await readSwitchLock(file).catch((err: unknown) => {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'EFTYPE' && code !== 'EFBIG') throw err;
+      throw new RuntimeFailure(`cannot take the switch lock of target ${name}: ${quoteName(file)} is not one lifeboat made (${code === 'EFTYPE' ? 'it is not a regular file' : 'it is larger than any switch lock'})`, {
+        hint: `remove it, if no failover or rollback of target ${name} runs`,
+      });
+    });
     // Released since, or made a moment ago and not written yet: looked at again.
     if (found === 'gone') continue;
     if (found === 'being-written') {
@@ -446,13 +459,10 @@ async function readSwitchLock(file: string): Promise<'gone' | 'being-written' | 
   let text: string;
   let mtimeMs: number;
   try {
-    const handle = await fsp.open(file, 'r');
-    try {
-      mtimeMs = (await handle.stat()).mtimeMs;
-      text = await handle.readFile('utf8');
-    } finally {
-      await handle.close();
-    }
+    // A named pipe put there blocked the open for ever, and a file of 300 MB was read whole.
+    const read = await readRegularFileStats(file, SWITCH_LOCK_LIMIT);
+    text = read.text;
+    mtimeMs = Number(read.stats.mtimeMs);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'gone';
     throw err;

@@ -46,13 +46,67 @@ function rawChecksumMatches(data: Buffer): boolean {
   return hash.digest('hex') === tail[1];
 }
 
-export function decodeDocument<T>(data: Buffer, schema: z.ZodType<T>, what: string): T {
-  let parsed: unknown;
+/** Deeper than any document lifeboat writes: a manifest's entries are four levels down. */
+const MAX_DEPTH = 64;
+/**
+ * What JSON.parse makes of a document is bounded by its size only as long as it
+ * holds few values for its size: `[],[],…` takes 15 times its bytes in memory,
+ * nesting 5 million levels deep took 18 s and 1.1 GiB, and a manifest of a few
+ * hundred MiB of either exhausted the memory of the process. Nothing lifeboat
+ * writes has an object or array in fewer than 32 bytes, or a value in fewer
+ * than 4 (a manifest's entries take some 200 bytes apiece, a dozen values in
+ * one object), so a document with more is refused before it is parsed.
+ */
+const BYTES_PER_CONTAINER = 32;
+const BYTES_PER_VALUE = 4;
+/** Room for the empty objects and arrays of a small document (`"tags":{}`, `"warnings":[]`). */
+const SMALL_ALLOWANCE = 256;
+
+/** Why `data` cannot be a document lifeboat wrote, judged from its structure alone; undefined when it may be. */
+function shapeProblem(data: Buffer): string | undefined {
+  let depth = 0;
+  // Counted down, so that a document with too many is refused as soon as that shows.
+  let containers = SMALL_ALLOWANCE + data.length / BYTES_PER_CONTAINER;
+  let values = SMALL_ALLOWANCE + data.length / BYTES_PER_VALUE;
+  const tooMany = `it holds more objects, arrays or values for its ${data.length} bytes than any document lifeboat writes`;
+  for (let i = 0; i < data.length; i++) {
+    const c = data[i]!;
+    if (c === 0x22) {
+      // A string: on to its closing quote, one not escaped by an odd run of backslashes.
+      let end = data.indexOf(0x22, i + 1);
+      for (;;) {
+        if (end < 0) return undefined; // unterminated: JSON.parse says so
+        let slashes = 0;
+        while (data[end - 1 - slashes] === 0x5c) slashes++;
+        if (slashes % 2 === 0) break;
+        end = data.indexOf(0x22, end + 1);
+      }
+      i = end;
+    } else if (c === 0x7b || c === 0x5b) {
+      if (++depth > MAX_DEPTH) return `it nests more than ${MAX_DEPTH} levels deep`;
+      if (--containers < 0) return tooMany;
+    } else if (c === 0x7d || c === 0x5d) {
+      depth--;
+    } else if (c === 0x2c) {
+      if (--values < 0) return tooMany;
+    }
+  }
+  return undefined;
+}
+
+/** A repository document's JSON, refused (IntegrityError) when it is not JSON or not shaped as lifeboat writes it. */
+export function parseDocumentJson(data: Buffer, what: string): unknown {
+  const shape = shapeProblem(data);
+  if (shape !== undefined) throw new IntegrityError(`${what} is damaged: ${shape}`);
   try {
-    parsed = JSON.parse(data.toString('utf8'));
+    return JSON.parse(data.toString('utf8'));
   } catch (err) {
     throw new IntegrityError(`${what} is not valid JSON: ${(err as Error).message}`);
   }
+}
+
+export function decodeDocument<T>(data: Buffer, schema: z.ZodType<T>, what: string): T {
+  const parsed = parseDocumentJson(data, what);
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
     throw new IntegrityError(`${what} is not a JSON object`);
   }

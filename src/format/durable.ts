@@ -98,11 +98,23 @@ export function isGoneAsFile(err: unknown): boolean {
   return code === 'ENOENT' || code === 'EFTYPE';
 }
 
-/** A regular file's whole content as UTF-8 (see openRegularFile). */
-export async function readRegularFile(file: string): Promise<string> {
-  const { handle } = await openRegularFile(file);
+/**
+ * A regular file's whole content as UTF-8 (see openRegularFile), refused with
+ * EFBIG, before it is read, when it holds more than `limit` bytes.
+ */
+export async function readRegularFile(file: string, limit: number): Promise<string> {
+  return (await readRegularFileStats(file, limit)).text;
+}
+
+/** readRegularFile, with the stat taken just after opening. */
+export async function readRegularFileStats(file: string, limit: number): Promise<{ text: string; stats: BigIntStats }> {
+  const { handle, stats } = await openRegularFile(file);
   try {
-    return await handle.readFile('utf8');
+    if (stats.size > BigInt(limit)) {
+      const most = limit >= 1 << 20 ? `${limit / (1 << 20)} MiB` : `${limit / 1024} KiB`;
+      throw Object.assign(new Error(`${file} holds more than ${most}`), { code: 'EFBIG', path: file });
+    }
+    return { text: await handle.readFile('utf8'), stats };
   } finally {
     await handle.close();
   }

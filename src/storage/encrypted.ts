@@ -18,7 +18,7 @@ import {
 import { putThroughWriter } from './put-through-writer.js';
 import { DecryptingReader } from '../crypto/decrypting-reader.js';
 import { EMPTY_READER, streamOverReader } from './reader-over-stream.js';
-import { MAX_DOCUMENT_BYTES, documentTooLarge, readFully, type GetOptions, type IncompleteWrite, type ObjectInfo, type ObjectReader, type ObjectWriter, type PutDocumentOptions, type PutOptions, type Storage, type StorageCapabilities } from './storage.js';
+import { MAX_DOCUMENT_BYTES, documentTooLarge, readDocumentBody, readFully, type GetDocumentOptions, type GetOptions, type IncompleteWrite, type ObjectInfo, type ObjectReader, type ObjectWriter, type PutDocumentOptions, type PutOptions, type Storage, type StorageCapabilities } from './storage.js';
 
 /**
  * Objects left in plaintext: what is needed before a key is unlocked (the
@@ -76,22 +76,12 @@ export class EncryptedStorage implements Storage {
     return this.inner.putDocument(key, encryptBuffer(this.dataKey, key, data), options);
   }
 
-  async getDocument(key: string): Promise<Buffer> {
-    if (isPlaintextKey(key)) return this.inner.getDocument(key);
+  async getDocument(key: string, options?: GetDocumentOptions): Promise<Buffer> {
+    if (isPlaintextKey(key)) return this.inner.getDocument(key, options);
+    const limit = options?.maxBytes ?? MAX_DOCUMENT_BYTES;
     // Streamed, so an object too large to be a document is refused before it is held in memory.
     const body = await this.inner.get(key);
-    const chunks: Buffer[] = [];
-    let size = 0;
-    try {
-      for await (const chunk of body as AsyncIterable<Buffer>) {
-        size += chunk.length;
-        if (size > ciphertextSize(MAX_DOCUMENT_BYTES)) throw documentTooLarge(key);
-        chunks.push(chunk);
-      }
-    } finally {
-      body.destroy();
-    }
-    return decryptBuffer(this.dataKey, key, Buffer.concat(chunks, size));
+    return decryptBuffer(this.dataKey, key, await readDocumentBody(body, ciphertextSize(limit), () => documentTooLarge(key, limit)));
   }
 
   async get(key: string, options?: GetOptions): Promise<Readable> {

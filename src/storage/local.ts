@@ -15,6 +15,7 @@ import {
   documentTooLarge,
   isObjectKey,
   removeIncompleteOlderThan,
+  type GetDocumentOptions,
   type GetOptions,
   type IncompleteWrite,
   type ObjectInfo,
@@ -194,11 +195,12 @@ export class LocalStorage implements Storage {
     }
   }
 
-  async getDocument(key: string): Promise<Buffer> {
+  async getDocument(key: string, options?: GetDocumentOptions): Promise<Buffer> {
+    const limit = options?.maxBytes ?? MAX_DOCUMENT_BYTES;
     try {
       const { handle, stats } = await openRegularFile(this.pathOf(key));
       try {
-        if (stats.size > BigInt(MAX_DOCUMENT_BYTES)) throw documentTooLarge(key);
+        if (stats.size > BigInt(limit)) throw documentTooLarge(key, limit);
         return await handle.readFile();
       } finally {
         await handle.close();

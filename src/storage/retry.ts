@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import { CredentialsRefusedError, InterruptedError, LifeboatError, PermissionRefusedError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
-import { isAccessDenied, type GetOptions, type IncompleteWrite, type ObjectInfo, type ObjectReader, type ObjectWriter, type PutDocumentOptions, type PutOptions, type Storage, type StorageCapabilities } from './storage.js';
+import { isAccessDenied, type GetDocumentOptions, type GetOptions, type IncompleteWrite, type ObjectInfo, type ObjectReader, type ObjectWriter, type PutDocumentOptions, type PutOptions, type Storage, type StorageCapabilities } from './storage.js';
 import { sleep } from '../sleep.js';
 import type { Reporter } from '../core/events.js';
 
@@ -451,8 +451,8 @@ class RetryingStorage implements Storage {
     return stored !== undefined && Buffer.compare(stored, Buffer.from(data)) === 0;
   }
 
-  getDocument(key: string): Promise<Buffer> {
-    return retrying(this.policy, 'get', key, () => this.inner.getDocument(key));
+  getDocument(key: string, options?: GetDocumentOptions): Promise<Buffer> {
+    return retrying(this.policy, 'get', key, () => this.inner.getDocument(key, options));
   }
 
   get(key: string, options?: GetOptions): Promise<Readable> {

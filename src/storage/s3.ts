@@ -37,9 +37,11 @@ import {
   MAX_DOCUMENT_BYTES,
   ObjectNotFoundError,
   documentTooLarge,
+  readDocumentBody,
   isAccessDenied,
   isObjectKey,
   removeIncompleteOlderThan,
+  type GetDocumentOptions,
   type GetOptions,
   type IncompleteWrite,
   type ObjectInfo,
@@ -495,20 +497,23 @@ export class S3Storage implements Storage {
     return Buffer.from(expected).equals(held) ? { etag: response.ETag } : false;
   }
 
-  async getDocument(key: string): Promise<Buffer> {
+  async getDocument(key: string, options?: GetDocumentOptions): Promise<Buffer> {
     const objectKey = this.objectKey(key);
+    const limit = options?.maxBytes ?? MAX_DOCUMENT_BYTES;
     const release = await this.transfers.acquire();
     try {
       const response = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: objectKey }));
-      if ((response.ContentLength ?? 0) > MAX_DOCUMENT_BYTES) {
-        (response.Body as Readable | undefined)?.destroy();
-        throw documentTooLarge(key);
+      const body = response.Body as Readable;
+      if ((response.ContentLength ?? 0) > limit) {
+        body.destroy();
+        throw documentTooLarge(key, limit);
       }
-      const bytes = await response.Body!.transformToByteArray();
+      // Counted as it comes: a body sent without a length (chunked) was read for as long as it lasted.
+      const bytes = await readDocumentBody(body, limit, () => documentTooLarge(key, limit));
       if (response.ContentLength !== undefined && bytes.length !== response.ContentLength) {
         throw Object.assign(new Error('response body ended early'), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
       }
-      return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      return bytes;
     } catch (err) {
       if (isMissing(err)) throw new ObjectNotFoundError(key, this.location);
       throw err;

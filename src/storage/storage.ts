@@ -89,6 +89,11 @@ export interface PutDocumentOptions {
   spendReserve?: boolean;
 }
 
+export interface GetDocumentOptions {
+  /** The most bytes the document may have (MAX_DOCUMENT_BYTES when absent); a larger one is refused before it is read. */
+  maxBytes?: number;
+}
+
 export interface GetOptions {
   offset?: number;
   /** Number of bytes to read from offset; to the end when absent. */
@@ -144,8 +149,11 @@ export interface Storage {
    * false and changes nothing when the key's present state is not the one asked for.
    */
   putDocument(key: string, data: Uint8Array, options?: PutDocumentOptions): Promise<boolean>;
-  /** Reads a whole small document. Throws ObjectNotFoundError when absent. */
-  getDocument(key: string): Promise<Buffer>;
+  /**
+   * Reads a whole small document. Throws ObjectNotFoundError when absent, and
+   * documentTooLarge's error, having read at most that much, when it is larger than `maxBytes`.
+   */
+  getDocument(key: string, options?: GetDocumentOptions): Promise<Buffer>;
   /** Streams an object (or a byte range of it). Throws ObjectNotFoundError when absent. */
   get(key: string, options?: GetOptions): Promise<Readable>;
   /** Like get, read through calls into the caller's buffers. */
@@ -207,12 +215,36 @@ export function isObjectKey(key: string): boolean {
   return key !== '' && !key.startsWith('/') && !key.includes('\0') && !key.split('/').some((s) => s === '..' || s === '.' || s === '');
 }
 
-/** The largest document (config, manifest, ledger, pin, journal event) read into memory. */
+/** The largest document (manifest, summary, ledger, lock) read into memory. */
 export const MAX_DOCUMENT_BYTES = 512 * 1024 * 1024;
 
+/**
+ * The largest repository config, pin or journal event read: each takes a few
+ * hundred bytes, and one of 400 MB (a sparse file) took 1.2 GiB of memory and
+ * 10 s to be found damaged, in every command that read it.
+ */
+export const SMALL_DOCUMENT_BYTES = 1024 * 1024;
+
 /** Refused before it is read: nothing lifeboat writes as a document comes near the limit. */
-export function documentTooLarge(key: string): IntegrityError {
-  return new IntegrityError(`${key} is larger than the ${MAX_DOCUMENT_BYTES >> 20} MiB a document may have`);
+export function documentTooLarge(key: string, limit: number = MAX_DOCUMENT_BYTES): IntegrityError {
+  const kind = limit === MAX_DOCUMENT_BYTES ? 'a document' : 'a document of its kind';
+  return new IntegrityError(`${key} is larger than the ${limit / (1 << 20)} MiB ${kind} may have`);
+}
+
+/** A document's body read to its end, refused with `tooLarge` as soon as it holds more than `most` bytes. */
+export async function readDocumentBody(body: Readable, most: number, tooLarge: () => Error): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  try {
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      if (size > most) throw tooLarge();
+      chunks.push(chunk);
+    }
+  } finally {
+    body.destroy();
+  }
+  return Buffer.concat(chunks, size);
 }
 
 export class ObjectNotFoundError extends RuntimeFailure {

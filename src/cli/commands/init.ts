@@ -6,7 +6,7 @@ import { DEFAULT_KDF, KDF_LIMITS } from '../../crypto/kdf.js';
 import { contextConfig, openContextStorage, repositoryUrl, s3Settings, type CliContext } from '../context.js';
 import type { LifeboatConfig } from '../../config/config.js';
 import { MAX_S3_KEY_BYTES, MAX_S3_PREFIX_BYTES, enclosingLocations, openStorage, parseRepositoryUrl } from '../../storage/open.js';
-import { isNotFound, isPermissionRefused } from '../../storage/storage.js';
+import { SMALL_DOCUMENT_BYTES, isNotFound, isPermissionRefused } from '../../storage/storage.js';
 import { keys } from '../../format/manifest.js';
 import { GIVE_A_PASSWORD, newPassword, passwordSource } from '../password.js';
 import { printResult } from '../output.js';
@@ -116,7 +116,7 @@ async function refuseInsideRepository(ctx: CliContext, config: LifeboatConfig): 
     const storage = await openStorage(location, { cwd: ctx.cwd, s3: s3Settings(ctx, config), env: ctx.env, interrupt: ctx.signal });
     let raw: Buffer | undefined;
     try {
-      raw = await storage.getDocument(keys.config).catch((err: unknown) => {
+      raw = await storage.getDocument(keys.config, { maxBytes: SMALL_DOCUMENT_BYTES }).catch((err: unknown) => {
         // Nothing there, or nothing this user may see (credentials for the repository's prefix alone). Any
         // other failure (no such bucket, a storage that does not answer) is the init's own, said as it would say it.
         if (isNotFound(err) || isPermissionRefused(err)) return undefined;
