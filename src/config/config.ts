@@ -313,6 +313,8 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
     // A key with nothing after it (`retention:` whose lines were all commented out) is YAML's null.
     const given = issue.path.reduce<unknown>((v, k) => (v !== null && typeof v === 'object' ? (v as Record<PropertyKey, unknown>)[k] : undefined), raw);
     if (issue.code === 'invalid_type' && given === null) message = 'is empty: give its value, or leave the key out';
+    // A key its map needs, left out (a target without its active link): read as "undefined", it was "not the undefined undefined".
+    else if (issue.code === 'invalid_type' && given === undefined && issue.path.length > 1) message = `is missing: ${issue.path.slice(0, -1).map(String).join('.')} needs it`;
     // The schema library's own words ("Invalid input: expected string, received number") said as the config's.
     else if (issue.code === 'invalid_type' && message.startsWith('Invalid input')) message = `must be ${valueKind(issue.expected)}, not ${givenKind(given)}`;
     // An endpoint or a notification URL without its scheme (`127.0.0.1:9000`), and a word not among those a key takes.
