@@ -619,6 +619,15 @@ test('init refuses a non-empty location; commands on a missing repository exit 2
     assert.match(listed.stderr, /there is no lifeboat repository at/);
   }
   assert.equal(await fsp.readFile(file, 'utf8'), 'not a repository\n');
+  // A model's directory named as the repository has a config.json of its own: no repository there (exit 2), not a damaged one (exit 3).
+  const model = path.join(d.work, 'model');
+  await fsp.mkdir(model);
+  await fsp.writeFile(path.join(model, 'config.json'), JSON.stringify({ architectures: ['LlamaForCausalLM'], hidden_size: 64 }));
+  for (const command of [['list'], ['key', 'list'], ['verify']]) {
+    const r = await lifeboat(['--repo', model, ...command]);
+    assert.equal(r.code, 2, `${command.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, new RegExp(`there is no lifeboat repository at ${model}: its config\\.json is not a lifeboat repository's`));
+  }
   // A link to a directory not made yet (a volume not mounted) is said as such, not as a file in the way.
   const link = path.join(d.work, 'backups');
   await fsp.symlink(path.join(d.work, 'volume', 'backups'), link);
