@@ -42,6 +42,9 @@ test('config errors exit 2 and name the key', async () => {
     // A key its map needs, left out, is named as missing: it was "must be text, not the undefined undefined".
     ['repository: ./r\ntargets: { prod: { slots: /s } }\n', /targets\.prod\.active: is missing: targets\.prod needs it$/m],
     ['repository: ./r\nnotify: { on: [failure] }\n', /notify\.url: is missing: notify needs it$/m],
+    // A key written with other capitals is named as written, as unknown, with the key it leaves missing: not that key alone, "missing".
+    ['repository: ./r\ntargets: { prod: { Slots: /s, active: /a } }\n', /targets\.prod: unknown key "Slots"; missing: slots \(keys are case-sensitive\)$/m],
+    ['repository: ./r\ntargets: { prod: { slot: /s, active: /a } }\n', /targets\.prod: unknown key "slot"; missing: slots$/m],
     ['repository: ./r\nsources: { "bad name!": /srv }\n', /sources\.bad name!: source names use letters, digits, '\.', '_' or '-', starting with a letter, a digit or '_' \(at most 64\)$/m],
     // A deployment's name: YAML reads 2024 as a number, and a name the rule refuses is said with the rule, its first character too.
     ['repository: ./r\ndeployment: 2024\n', /deployment: is read as the number 2024: write the name in quotes \(deployment: "2024"\)$/m],
