@@ -608,6 +608,19 @@ test('init refuses a non-empty location; commands on a missing repository exit 2
     assert.ok(r.stderr.includes(`repository ${mistyped}: not a URL of a repository; ${written}\n`), r.stderr);
   }
   assert.deepEqual((await fsp.readdir(d.work)).filter((n) => n.includes(':')), [], 'no local directory was made');
+  // A repository path no file system holds (a name over 255 bytes, a path that leaves no room for the repository's files) is a
+  // usage error said in a line, not exit 1 with ENAMETOOLONG and the whole path, from any command.
+  for (const [url, problem] of [
+    ['y'.repeat(300), /a name in its path has 300 bytes, and a file system takes at most 255/],
+    [`file://${d.work}/${'y/'.repeat(2000)}`, /its path has \d+ bytes, and leaves no room for the repository's files \(at most 3712\)/],
+  ] as const) {
+    for (const command of [['init'], ['list'], ['backup', d.src]]) {
+      const r = await lifeboat(['--repo', url, ...command], { cwd: d.work });
+      assert.equal(r.code, 2, `${command[0]}: ${r.stderr}`);
+      assert.match(r.stderr, new RegExp(`^lifeboat: repository \\S{1,120}: ${problem.source}\n  give a shorter path\n$`));
+    }
+  }
+  assert.deepEqual((await fsp.readdir(d.work)).filter((n) => n.startsWith('y')), [], 'no directory was made');
   const local = await lifeboat(['--repo', './s3:/ml-backups/prod', 'init'], { cwd: d.work });
   assert.equal(local.code, 0, `a local directory so named, written as one: ${local.stderr}`);
   // A repository path where a file is: init says so (exit 2), and other commands find no repository there (exit 2).
