@@ -682,7 +682,8 @@ it('random command lines, flags, configs and environments end with a code of the
       }
       // A password that key passwd or key add set opens the encrypted repository from now on.
       if (outcome.run.code === 0 && g.command.words[0] === 'key' && ['add', 'passwd'].includes(g.command.words[1]!)) {
-        const file = given.has('--new-password-file') ? g.argv[g.argv.findIndex((a) => a === '--new-password-file') + 1] : undefined;
+        const at = g.argv.findIndex((a) => a === '--new-password-file' || a.startsWith('--new-password-file='));
+        const file = !given.has('--new-password-file') ? undefined : g.argv[at]!.includes('=') ? g.argv[at]!.slice(g.argv[at]!.indexOf('=') + 1) : g.argv[at + 1];
         const password = file ? fs.readFileSync(path.resolve(world.root, file), 'utf8').replace(/\r?\n$/, '') : g.env.LIFEBOAT_NEW_PASSWORD;
         if (password) world.passwords.add(password);
       }
