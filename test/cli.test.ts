@@ -39,6 +39,12 @@ test('config errors exit 2 and name the key', async () => {
     // Every line under a key commented out leaves the key empty (YAML's null).
     ['repository: ./r\nretention:\n#  keepFull: 4\n', /retention: is empty: give its value, or leave the key out$/m],
     ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: } }\n', /targets\.prod\.health: is empty: give its value, or leave the key out$/m],
+    // A key its map needs, left out, is named as missing: it was "must be text, not the undefined undefined".
+    ['repository: ./r\ntargets: { prod: { slots: /s } }\n', /targets\.prod\.active: is missing: targets\.prod needs it$/m],
+    ['repository: ./r\nnotify: { on: [failure] }\n', /notify\.url: is missing: notify needs it$/m],
+    // A key written with other capitals is named as written, as unknown, with the key it leaves missing: not that key alone, "missing".
+    ['repository: ./r\ntargets: { prod: { Slots: /s, active: /a } }\n', /targets\.prod: unknown key "Slots"; missing: slots \(keys are case-sensitive\)$/m],
+    ['repository: ./r\ntargets: { prod: { slot: /s, active: /a } }\n', /targets\.prod: unknown key "slot"; missing: slots$/m],
     ['repository: ./r\nsources: { "bad name!": /srv }\n', /sources\.bad name!: source names use letters, digits, '\.', '_' or '-', starting with a letter, a digit or '_' \(at most 64\)$/m],
     // A deployment's name: YAML reads 2024 as a number, and a name the rule refuses is said with the rule, its first character too.
     ['repository: ./r\ndeployment: 2024\n', /deployment: is read as the number 2024: write the name in quotes \(deployment: "2024"\)$/m],
@@ -602,6 +608,19 @@ test('init refuses a non-empty location; commands on a missing repository exit 2
     assert.ok(r.stderr.includes(`repository ${mistyped}: not a URL of a repository; ${written}\n`), r.stderr);
   }
   assert.deepEqual((await fsp.readdir(d.work)).filter((n) => n.includes(':')), [], 'no local directory was made');
+  // A repository path no file system holds (a name over 255 bytes, a path that leaves no room for the repository's files) is a
+  // usage error said in a line, not exit 1 with ENAMETOOLONG and the whole path, from any command.
+  for (const [url, problem] of [
+    ['y'.repeat(300), /a name in its path has 300 bytes, and a file system takes at most 255/],
+    [`file://${d.work}/${'y/'.repeat(2000)}`, /its path has \d+ bytes, and leaves no room for the repository's files \(at most 3712\)/],
+  ] as const) {
+    for (const command of [['init'], ['list'], ['backup', d.src]]) {
+      const r = await lifeboat(['--repo', url, ...command], { cwd: d.work });
+      assert.equal(r.code, 2, `${command[0]}: ${r.stderr}`);
+      assert.match(r.stderr, new RegExp(`^lifeboat: repository \\S{1,120}: ${problem.source}\n  give a shorter path\n$`));
+    }
+  }
+  assert.deepEqual((await fsp.readdir(d.work)).filter((n) => n.startsWith('y')), [], 'no directory was made');
   const local = await lifeboat(['--repo', './s3:/ml-backups/prod', 'init'], { cwd: d.work });
   assert.equal(local.code, 0, `a local directory so named, written as one: ${local.stderr}`);
   // A repository path where a file is: init says so (exit 2), and other commands find no repository there (exit 2).
@@ -616,6 +635,15 @@ test('init refuses a non-empty location; commands on a missing repository exit 2
     assert.match(listed.stderr, /there is no lifeboat repository at/);
   }
   assert.equal(await fsp.readFile(file, 'utf8'), 'not a repository\n');
+  // A model's directory named as the repository has a config.json of its own: no repository there (exit 2), not a damaged one (exit 3).
+  const model = path.join(d.work, 'model');
+  await fsp.mkdir(model);
+  await fsp.writeFile(path.join(model, 'config.json'), JSON.stringify({ architectures: ['LlamaForCausalLM'], hidden_size: 64 }));
+  for (const command of [['list'], ['key', 'list'], ['verify']]) {
+    const r = await lifeboat(['--repo', model, ...command]);
+    assert.equal(r.code, 2, `${command.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, new RegExp(`there is no lifeboat repository at ${model}: its config\\.json is not a lifeboat repository's`));
+  }
   // A link to a directory not made yet (a volume not mounted) is said as such, not as a file in the way.
   const link = path.join(d.work, 'backups');
   await fsp.symlink(path.join(d.work, 'volume', 'backups'), link);

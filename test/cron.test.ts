@@ -752,6 +752,13 @@ test('completion bash|zsh completes commands, the commands of key, options and t
     assert.match(screen, /drill +-- prove a point restores: restore it into a temporary directory/);
   } else t.diagnostic('zsh is not installed: its completion script was not run');
   assert.equal((await lifeboat(['completion', 'fish'])).code, 2);
+  // With --json, stdout holds one JSON document, as for every command: the script is in it, as printed without.
+  for (const [shell, plain] of [['bash', bash], ['zsh', zsh]] as const) {
+    const json = await lifeboat(['--json', 'completion', shell]);
+    assert.equal(json.code, 0, json.stderr);
+    assert.deepEqual(json.json(), { shell, script: plain.stdout });
+  }
+  assert.equal((await lifeboat(['completion', '--quiet', 'bash'])).stdout, bash.stdout);
   const version = await lifeboat(['--version']);
   assert.equal(version.code, 0);
   assert.match(version.stdout, /^\d+\.\d+\.\d+/);

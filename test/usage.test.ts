@@ -14,6 +14,7 @@ import { buildProgram } from '../src/cli/main.js';
 import { parseConfig } from '../src/config/config.js';
 import { lifeboat, runChild, type CliRun } from './helpers/cli.js';
 import { smallDeployment } from './helpers/repo.js';
+import { tempDir } from './helpers/tree.js';
 
 /** One `lifeboat: …` sentence with its hint on stderr, exit 2, and with --json the error document alone on stdout. */
 function assertUsageError(r: CliRun, message: RegExp, hint: RegExp, json: boolean): void {
@@ -70,6 +71,16 @@ test('what commander refuses (a missing argument or option, an unknown option or
   }
   // After a `--`, --json is an argument, not the flag.
   assertUsageError(await runChild(['diff', '--', '--json']), /missing required argument 'to'/, /see lifeboat diff --help/, false);
+  // An option's value forgotten before another option: commander took `--force` as the target, and restored into ./--force.
+  const work = await tempDir();
+  for (const args of [['restore', 'latest', '--target', '--force'], ['--repo', '-q', 'list'], ['prune', '--keep-full', '--dry-run', '--json']]) {
+    const [flag, next] = args.flatMap((a, i) => (['--target', '--repo', '--keep-full'].includes(a) ? [a, args[i + 1]!] : []));
+    assertUsageError(await lifeboat(args, { cwd: work }), new RegExp(`${flag} needs a value, and ${next} after it is an option`), new RegExp(`give ${flag} its value, or write ${flag}=${next} if that is the value meant`), args.includes('--json'));
+  }
+  assert.deepEqual(await fsp.readdir(work), [], 'nothing made under the option taken for a name');
+  // Given with `=`, or after `--`, such a value is the one meant.
+  const named = await lifeboat(['--repo=--json', 'list'], { cwd: work });
+  assert.match(named.stderr, /there is no lifeboat repository at \S+\/--json/);
   // With --log-format json, stderr holds JSON lines only: not the help commander shows of a command that needs a subcommand.
   for (const args of [['--log-format', 'json', 'key'], ['key', '--log-format=json']]) {
     const needs = await runChild(args);

@@ -203,10 +203,12 @@ function refuseHelpOfUnknownCommand(command: Command): void {
   };
 }
 
+/** The options a command takes: its own and those of the commands above it. */
+const optionsOf = (c: Command | null): Option[] => (c ? [...c.options, ...optionsOf(c.parent)] : []);
+
 /** The words of a command line that are no option nor an option's value, up to a `--`. */
 function operands(command: Command, args: readonly string[]): string[] {
-  const options = (c: Command | null): Option[] => (c ? [...c.options, ...options(c.parent)] : []);
-  const known = options(command);
+  const known = optionsOf(command);
   const words: string[] = [];
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]!;
@@ -259,6 +261,28 @@ function asUsageError(command: Command, heldHelp: (show: boolean) => void): (err
   };
 }
 
+/**
+ * `restore latest --target --force`: commander takes the word after an option that needs a value as
+ * that value, whatever it is, and the restore went to a directory named `--force`, without the
+ * --force meant. A value that is itself an option of the command is refused; `--target=--force`
+ * still gives it as the value.
+ */
+function refuseOptionAsValue(command: Command, argv: readonly string[]): void {
+  const known = optionsOf(command);
+  const names = new Set(known.flatMap((o) => [o.long, o.short]).filter((n) => n !== undefined));
+  const end = argv.indexOf('--');
+  const args = argv.slice(2, end === -1 ? undefined : end);
+  for (let i = 0; i < args.length - 1; i++) {
+    const option = known.find((o) => o.long === args[i] || o.short === args[i]);
+    if (!option || !(option.required || option.optional)) continue;
+    const given = args[i]!;
+    const next = args[++i]!;
+    if (names.has(next)) {
+      throw new UsageError(`${given} needs a value, and ${next} after it is an option`, { hint: `give ${given} its value, or write ${option.long ?? given}=${next} if that is the value meant` });
+    }
+  }
+}
+
 /** Whether a flag is on the command line before any `--`: what commander could not parse is known from there alone. */
 function givenOnCommandLine(argv: readonly string[], flag: string, value?: string): boolean {
   const end = argv.indexOf('--');
@@ -271,6 +295,7 @@ function givenOnCommandLine(argv: readonly string[], flag: string, value?: strin
 export async function runCli(argv: string[], io: CliIo, signal: AbortSignal): Promise<number> {
   const state: RunState = { printed: false };
   const program = buildProgram(io, signal, state);
+  program.hook('preAction', (_program, command) => refuseOptionAsValue(command, argv));
   try {
     await program.parseAsync(argv);
     if (state.document !== undefined) io.stdout.write(documentText(state.document));

@@ -304,15 +304,26 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
   }
   const result = configSchema.safeParse(raw);
   if (!result.success) {
-    const issue = result.error.issues[0]!;
-    const key = issue.path.map(String).join('.') || '(top level)';
+    const issues = result.error.issues;
+    const at = (i: (typeof issues)[number]) => i.path.map(String).join('.');
+    // A key written with other capitals (`Slots:`) is the unknown key it is, named as written, rather than the key it meant, "missing".
+    const misspelt = issues.find((i) => i.code === 'unrecognized_keys' && issues.some((m) => m.code === 'invalid_type' && m.path.length === i.path.length + 1 && at(m).startsWith(at(i))));
+    const issue = misspelt ?? issues[0]!;
+    const key = at(issue) || '(top level)';
     let message = issue.message;
     if (issue.code === 'unrecognized_keys') message = `unknown key ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`;
+    if (misspelt) {
+      const missing = issues.filter((m) => m.code === 'invalid_type' && m.path.length === issue.path.length + 1 && at(m).startsWith(at(issue))).map((m) => String(m.path.at(-1)));
+      const capitals = issue.code === 'unrecognized_keys' && issue.keys.some((k) => missing.some((m) => m.toLowerCase() === k.toLowerCase()));
+      message += `; missing: ${missing.join(', ')}${capitals ? ' (keys are case-sensitive)' : ''}`;
+    }
     // A key a record refuses (a source's name) is said with the rule it broke, not as an invalid key alone.
     if (issue.code === 'invalid_key' && issue.issues[0]) message = issue.issues[0].message;
     // A key with nothing after it (`retention:` whose lines were all commented out) is YAML's null.
     const given = issue.path.reduce<unknown>((v, k) => (v !== null && typeof v === 'object' ? (v as Record<PropertyKey, unknown>)[k] : undefined), raw);
     if (issue.code === 'invalid_type' && given === null) message = 'is empty: give its value, or leave the key out';
+    // A key its map needs, left out (a target without its active link): read as "undefined", it was "not the undefined undefined".
+    else if (issue.code === 'invalid_type' && given === undefined && issue.path.length > 1) message = `is missing: ${issue.path.slice(0, -1).map(String).join('.')} needs it`;
     // The schema library's own words ("Invalid input: expected string, received number") said as the config's.
     else if (issue.code === 'invalid_type' && message.startsWith('Invalid input')) message = `must be ${valueKind(issue.expected)}, not ${givenKind(given)}`;
     // An endpoint or a notification URL without its scheme (`127.0.0.1:9000`), and a word not among those a key takes.

@@ -42,9 +42,9 @@ const VERIFY_HINT = '`lifeboat verify` reports the damage';
 
 /** Nothing where a repository was named: never made there, or its disk or bucket is not what it was. */
 export class NoRepository extends UsageError {
-  constructor(location: string) {
+  constructor(location: string, why = '') {
     // A backup disk not mounted looks the same as no repository yet: a new, empty one made there would hide the backups.
-    super(`there is no lifeboat repository at ${quoteName(location)}`, {
+    super(`there is no lifeboat repository at ${quoteName(location)}${why}`, {
       hint: 'check that --repo, LIFEBOAT_REPO or repository: names it, and that its disk is mounted or its bucket is there; `lifeboat init` makes a new, empty one',
     });
   }
@@ -56,19 +56,32 @@ export class NoRepository extends UsageError {
  * encrypted, the id its keys are bound to: it is put back from a copy, not made anew.
  */
 async function missingConfig(storage: Storage): Promise<Error> {
-  const holds = async (prefix: string): Promise<boolean> => {
-    for await (const _ of storage.list(prefix)) return true;
-    return false;
-  };
   // The listing only tells the two apart: a storage that will not list says no more than that nothing is there.
-  const backups = await holds(keys.pointsPrefix).catch(() => false);
+  const backups = await holds(storage, keys.pointsPrefix).catch(() => false);
   if (!backups) return new NoRepository(storage.location);
-  const encrypted = await holds(KEYS_PREFIX).catch(() => false);
+  const encrypted = await holds(storage, KEYS_PREFIX).catch(() => false);
   return new IntegrityError(`the repository at ${quoteName(storage.location)} holds backups under ${keys.pointsPrefix} but its ${keys.config} is gone`, {
     hint: `put ${keys.config} back from a copy of the repository${
       encrypted ? `: it holds the repository id that the key files under ${KEYS_PREFIX} are bound to, and without it no password opens them` : ''
     }; \`lifeboat init\` would not make one over existing backups`,
   });
+}
+
+/** Whether anything is stored under `prefix`. */
+async function holds(storage: Storage, prefix: string): Promise<boolean> {
+  for await (const _ of storage.list(prefix)) return true;
+  return false;
+}
+
+/**
+ * Whether a config.json that does not read as a repository's is another program's (a model directory
+ * named as the repository: models have a config.json of their own), rather than a repository's damaged:
+ * nothing of lifeboat's config is in it, and there are no backups nor keys beside it.
+ */
+async function anotherProgramsConfig(storage: Storage, raw: Buffer): Promise<boolean> {
+  const text = raw.toString('latin1');
+  if (text.includes('lifeboat-repository') || text.includes('"checksum":"sha256:')) return false;
+  return !(await holds(storage, keys.pointsPrefix).catch(() => true)) && !(await holds(storage, KEYS_PREFIX).catch(() => true));
 }
 
 /** A repository: its config, its committed points, and the storage under them. */
@@ -148,7 +161,14 @@ export class Repository {
         hint: 'upgrade lifeboat',
       });
     }
-    const config = decodeDocument(raw, repositoryConfigSchema, `repository config ${keys.config}`);
+    let config: RepositoryConfig;
+    try {
+      config = decodeDocument(raw, repositoryConfigSchema, `repository config ${keys.config}`);
+    } catch (err) {
+      // Said as damaged data (exit 3), it sent the user looking for damage in a repository that was never there.
+      if (err instanceof IntegrityError && (await anotherProgramsConfig(storage, raw))) throw new NoRepository(storage.location, `: its ${keys.config} is not a lifeboat repository's (is it a model's directory?)`);
+      throw err;
+    }
     const repo = new Repository(storage, config);
     repo.deployment = options.deployment;
     return repo;

@@ -10,7 +10,7 @@ import { formatBytes } from '../format/units.js';
 import type { Notice, Reporter } from './events.js';
 import { ownerRuns } from '../format/process-alive.js';
 import { removeTree } from '../format/remove-tree.js';
-import { quoteName } from '../format/quote.js';
+import { quoteName, shortenedPath } from '../format/quote.js';
 
 /*
  * The target side of a restore: what is at the target, where the staging
@@ -56,10 +56,6 @@ export function stagingPlace(target: string, mountPoint: boolean, longest: numbe
   return { staging: path.join(path.dirname(target), `.lb${randomBytes(4).toString('hex').slice(0, digits)}`), marker: named };
 }
 
-/** A long path as its start and end (`/srv/models/aaa…aaa/weights.bin`), for a message. */
-export function shortenedPath(p: string): string {
-  return p.length <= 120 ? p : `${p.slice(0, 50)}…${p.slice(-60)}`;
-}
 
 /** The staging directory an entry of a staging name stands for: itself, or the short-named directory it links to. */
 async function stagingBehind(where: string): Promise<{ dir: string; marker?: string } | undefined> {

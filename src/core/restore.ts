@@ -33,7 +33,6 @@ import {
   PATH_MAX,
   removeStaging,
   repositoryOverlap,
-  shortenedPath,
   stagingPlace,
   stagingPrefix,
   takeInterruptedStaging,
@@ -42,7 +41,7 @@ import {
 import { directoriesNeedOpening, openDirectories, removeTree } from '../format/remove-tree.js';
 import { ArchivedObjectError, isNotFound } from '../storage/storage.js';
 import { excludeMatcher } from './scan.js';
-import { quoteName } from '../format/quote.js';
+import { quoteName, shortenedPath } from '../format/quote.js';
 
 export interface RestoreOptions {
   target: string;

@@ -43,3 +43,8 @@ export function shellWord(p: string): string {
   if (escapeUnprintable(p) === p) return `'${p.replace(/'/g, `'\\''`)}'`;
   return `$'${escapeUnprintable(p.replace(/\\/g, '\\\\').replace(/'/g, "\\'"))}'`;
 }
+
+/** A long path as its start and end (`/srv/models/aaa…aaa/weights.bin`), for a message. */
+export function shortenedPath(p: string): string {
+  return p.length <= 120 ? p : `${p.slice(0, 50)}…${p.slice(-60)}`;
+}

@@ -1,6 +1,7 @@
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UsageError } from '../errors.js';
+import { shortenedPath } from '../format/quote.js';
 import { LocalStorage } from './local.js';
 import type { Storage } from './storage.js';
 import type { Reporter } from '../core/events.js';
@@ -52,13 +53,15 @@ export function parseRepositoryUrl(url: string, cwd: string): RepositoryLocation
   }
   if (/^file:\/\//i.test(url)) {
     // Node's own error (ERR_INVALID_FILE_URL_HOST) says nothing of a repository: `file://backups` names the host "backups", not a relative directory.
+    let dir: string;
     try {
-      return { kind: 'local', dir: fileURLToPath(url) };
+      dir = fileURLToPath(url);
     } catch {
       throw new UsageError(`repository ${url}: not a file:// URL of a local directory`, {
         hint: 'a file:// URL takes an absolute path after its third slash (file:///backups/prod); for a relative directory give the path alone',
       });
     }
+    return { kind: 'local', dir: localDirectory(url, dir) };
   }
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
     throw new UsageError(`repository ${url}: unsupported scheme; use a directory, file:// or s3://`);
@@ -71,7 +74,30 @@ export function parseRepositoryUrl(url: string, cwd: string): RepositoryLocation
       hint: `for a local directory whose name starts with ${scheme}:, write ./${url}`,
     });
   }
-  return { kind: 'local', dir: path.resolve(cwd, url) };
+  return { kind: 'local', dir: localDirectory(url, path.resolve(cwd, url)) };
+}
+
+/** The longest name in a path, and the longest path, in bytes, that Linux file systems take. */
+const NAME_MAX = 255;
+const PATH_MAX = 4096;
+/** What a repository's own files add under its directory at most (`locks/readers/<host>-<pid>-<random>.json`, a volume's temporary file). */
+const LOCAL_KEY_ROOM = 384;
+
+/**
+ * A repository directory no file system can hold (a name in it too long, a path that leaves no room
+ * for the repository's files) is a usage error: every command failed with exit 1 at the first file
+ * it read or wrote, ENAMETOOLONG and the whole path in the message.
+ */
+function localDirectory(url: string, dir: string): string {
+  const long = dir.split(path.sep).find((name) => Buffer.byteLength(name) > NAME_MAX);
+  const problem =
+    long !== undefined
+      ? `a name in its path has ${Buffer.byteLength(long)} bytes, and a file system takes at most ${NAME_MAX}`
+      : Buffer.byteLength(dir) > PATH_MAX - LOCAL_KEY_ROOM
+        ? `its path has ${Buffer.byteLength(dir)} bytes, and leaves no room for the repository's files (at most ${PATH_MAX - LOCAL_KEY_ROOM})`
+        : undefined;
+  if (problem !== undefined) throw new UsageError(`repository ${shortenedPath(url)}: ${problem}`, { hint: 'give a shorter path' });
+  return dir;
 }
 
 export async function openStorage(

@@ -2,6 +2,7 @@ import type { Command, Option } from 'commander';
 import { UsageError } from '../../errors.js';
 import type { CliContext } from '../context.js';
 import type { CommandRunner } from '../main.js';
+import { printResult } from '../output.js';
 
 /** Options whose value is a path: complete file names there. */
 const FILE_VALUES = new Set(['--config', '--metrics-file', '--junit', '--target', '--work-dir', '--password-file', '--new-password-file']);
@@ -162,8 +163,9 @@ _lifeboat "$@"
 }
 
 export async function runCompletion(ctx: CliContext, program: Command, shell: string | undefined): Promise<void> {
-  if (shell === 'bash') ctx.stdout.write(bashCompletion(program));
-  else if (shell === 'zsh') ctx.stdout.write(zshCompletion(program));
+  const script = shell === 'bash' ? bashCompletion(program) : shell === 'zsh' ? zshCompletion(program) : undefined;
+  // With --json, stdout holds one document, as for every command: the script is in it.
+  if (script !== undefined) printResult(ctx, { shell, script }, () => script.replace(/\n$/, ''), { shownWhenQuiet: true });
   else throw new UsageError(`completion ${shell ?? ''}: choose bash or zsh`.replace('  ', ' '), { hint: 'lifeboat completion bash > /etc/bash_completion.d/lifeboat' });
 }
 
