@@ -274,7 +274,8 @@ function refuseOptionAsValue(command: Command, argv: readonly string[]): void {
   const args = argv.slice(2, end === -1 ? undefined : end);
   for (let i = 0; i < args.length - 1; i++) {
     const option = known.find((o) => o.long === args[i] || o.short === args[i]);
-    if (!option || !(option.required || option.optional)) continue;
+    // An option whose value is optional does not take a word starting with a dash; commander leaves it alone too.
+    if (!option?.required) continue;
     const given = args[i]!;
     const next = args[++i]!;
     if (names.has(next)) {
