@@ -102,6 +102,23 @@ async function assertInterrupted(run: () => Promise<unknown>, interrupted: () =>
   assert.ok(Date.now() - interrupted() < 1000, `${what}: stopped ${Date.now() - interrupted()} ms after the interruption`);
 }
 
+/** A models directory holding one random file of `bytes`, and a repository initialised under `prefix`, reached through the proxy. */
+async function modelsAndRepository(t: TestContext, prefix: string, bytes: number): Promise<{ work: string; models: string; repo: string[] }> {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const models = path.join(work, 'models');
+  await fsp.mkdir(models);
+  await writeRandomFile(path.join(models, 'weights.bin'), bytes, prng(seed));
+  const repo = ['--repo', `s3://${bucket}/${prefix}`, '--s3-endpoint', proxy.endpoint];
+  assert.equal((await lifeboat([...repo, 'init'], { env: server.env })).code, 0);
+  return { work, models, repo };
+}
+
+/** How many objects the server holds under `prefix`. */
+async function objectsUnder(sdk: S3Client, prefix: string): Promise<number> {
+  return ((await sdk.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix }))).Contents ?? []).length;
+}
+
 /** An interruption that comes once `stored` finds, looking at the server directly, that it has done what was asked. */
 function interruptOnceServerHas(t: TestContext, stored: (sdk: S3Client) => Promise<boolean>): AbortController {
   const stop = new AbortController();
@@ -314,13 +331,8 @@ describe('S3 driver under faults', () => {
   });
 
   it('a restore interrupted while it resumes a broken download says "interrupted" (exit 130), not the words of an aborted stream', async (t) => {
-    const work = await tempDir();
-    t.after(() => fsp.rm(work, { recursive: true, force: true }));
-    await fsp.mkdir(path.join(work, 'models'));
-    await writeRandomFile(path.join(work, 'models', 'weights.bin'), 6 * MiB, prng(seed));
-    const repo = ['--repo', `s3://${bucket}/interrupted-restore`, '--s3-endpoint', proxy.endpoint];
-    assert.equal((await lifeboat([...repo, 'init'], { env: server.env })).code, 0);
-    assert.equal((await lifeboat([...repo, 'backup', path.join(work, 'models')], { env: server.env })).code, 0);
+    const { work, models, repo } = await modelsAndRepository(t, 'interrupted-restore', 6 * MiB);
+    assert.equal((await lifeboat([...repo, 'backup', models], { env: server.env })).code, 0);
     // The volume's download breaks; its resume is answered late, and Ctrl-C comes meanwhile.
     proxy.inject('dropResponse', { method: 'GET', path: /\/data\// });
     proxy.inject('delay', { method: 'GET', path: /\/data\// });
@@ -338,19 +350,14 @@ describe('S3 driver under faults', () => {
   });
 
   it('a backup interrupted while the server starts its multipart upload leaves no upload behind, as one on a local disk leaves no temporary file', async (t) => {
-    const work = await tempDir();
-    t.after(() => fsp.rm(work, { recursive: true, force: true }));
-    await fsp.mkdir(path.join(work, 'models'));
     // Past the driver's 8 MiB part size: stored as a multipart upload.
-    await writeRandomFile(path.join(work, 'models', 'weights.bin'), 9 * MiB, prng(seed));
-    const repo = ['--repo', `s3://${bucket}/interrupted-create`, '--s3-endpoint', proxy.endpoint];
-    assert.equal((await lifeboat([...repo, 'init'], { env: server.env })).code, 0);
+    const { models, repo } = await modelsAndRepository(t, 'interrupted-create', 9 * MiB);
     // The server starts the upload; its answer, with the upload's id, is held back, and Ctrl-C comes meanwhile.
     proxy.inject('delay', { method: 'POST', path: /\/interrupted-create\/data\/.*\?uploads/ });
     t.after(() => proxy.cancelInjections());
     // Once the server lists the upload, its answer still on the way.
     const stop = interruptOnceServerHas(t, async (sdk) => ((await sdk.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: 'interrupted-create/data/' }))).Uploads ?? []).length > 0);
-    const r = await lifeboat([...repo, 'backup', path.join(work, 'models')], { env: server.env, signal: stop.signal });
+    const r = await lifeboat([...repo, 'backup', models], { env: server.env, signal: stop.signal });
     assert.ok(stop.signal.aborted, 'interrupted');
     assert.equal(r.code, 130, r.stderr);
     const verify = await lifeboat([...repo, '--json', 'verify'], { env: server.env });
@@ -359,18 +366,13 @@ describe('S3 driver under faults', () => {
   });
 
   it('a backup interrupted while the server takes the repository lock leaves no lock behind, which would keep other hosts out', async (t) => {
-    const work = await tempDir();
-    t.after(() => fsp.rm(work, { recursive: true, force: true }));
-    await fsp.mkdir(path.join(work, 'models'));
-    await writeRandomFile(path.join(work, 'models', 'weights.bin'), MiB, prng(seed));
-    const repo = ['--repo', `s3://${bucket}/interrupted-lock`, '--s3-endpoint', proxy.endpoint];
-    assert.equal((await lifeboat([...repo, 'init'], { env: server.env })).code, 0);
+    const { models, repo } = await modelsAndRepository(t, 'interrupted-lock', MiB);
     // The server takes the lock; its answer is held back, and Ctrl-C comes meanwhile.
     proxy.inject('delay', { method: 'PUT', path: /\/interrupted-lock\/locks\/lock\.json/ });
     t.after(() => proxy.cancelInjections());
     // Once the server holds the lock, its answer still on the way.
-    const stop = interruptOnceServerHas(t, async (sdk) => ((await sdk.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: 'interrupted-lock/locks/lock.json' }))).Contents ?? []).length > 0);
-    const r = await lifeboat([...repo, 'backup', path.join(work, 'models')], { env: server.env, signal: stop.signal });
+    const stop = interruptOnceServerHas(t, async (sdk) => (await objectsUnder(sdk, 'interrupted-lock/locks/lock.json')) > 0);
+    const r = await lifeboat([...repo, 'backup', models], { env: server.env, signal: stop.signal });
     assert.ok(stop.signal.aborted, 'interrupted');
     assert.equal(r.code, 130, r.stderr);
     // This process still runs: a lock of its own left behind would read as a live holder's.
@@ -388,8 +390,7 @@ describe('S3 driver under faults', () => {
     // The server stores the registration; its answer is held back, and Ctrl-C comes meanwhile.
     proxy.inject('delay', { method: 'PUT', path: /\/interrupted-reader\/locks\/readers\// });
     t.after(() => proxy.cancelInjections());
-    const readers = async (sdk: S3Client) => ((await sdk.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: 'interrupted-reader/locks/readers/' }))).Contents ?? []).length;
-    const stop = interruptOnceServerHas(t, async (sdk) => (await readers(sdk)) > 0);
+    const stop = interruptOnceServerHas(t, async (sdk) => (await objectsUnder(sdk, 'interrupted-reader/locks/readers/')) > 0);
     const r = await lifeboat([...repo, 'verify', '--read-data'], { env: server.env, signal: stop.signal });
     assert.ok(stop.signal.aborted, 'interrupted');
     assert.equal(r.code, 130, r.stderr);
@@ -406,7 +407,7 @@ describe('S3 driver under faults', () => {
     // The server stores the manifest; its answer is held back, and Ctrl-C comes meanwhile.
     proxy.inject('delay', { method: 'PUT', path: /\/interrupted-commit\/points\// });
     t.after(() => proxy.cancelInjections());
-    const stop = interruptOnceServerHas(t, async (sdk) => ((await sdk.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: 'interrupted-commit/points/' }))).Contents ?? []).length > 0);
+    const stop = interruptOnceServerHas(t, async (sdk) => (await objectsUnder(sdk, 'interrupted-commit/points/')) > 0);
     const r = await lifeboat([...repo, '--json', 'backup', d.src], { env: server.env, signal: stop.signal });
     assert.ok(stop.signal.aborted, 'interrupted');
     const verify = await lifeboat([...repo, '--json', 'verify', '--read-data'], { env: server.env });
