@@ -306,14 +306,16 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
   if (!result.success) {
     const issues = result.error.issues;
     const at = (i: (typeof issues)[number]) => i.path.map(String).join('.');
+    /** The keys the map at `map`'s path is missing: its wrong types one level below it. */
+    const missingUnder = (map: (typeof issues)[number]) => issues.filter((m) => m.code === 'invalid_type' && m.path.length === map.path.length + 1 && at(m).startsWith(at(map)));
     // A key written with other capitals (`Slots:`) is the unknown key it is, named as written, rather than the key it meant, "missing".
-    const misspelt = issues.find((i) => i.code === 'unrecognized_keys' && issues.some((m) => m.code === 'invalid_type' && m.path.length === i.path.length + 1 && at(m).startsWith(at(i))));
+    const misspelt = issues.find((i) => i.code === 'unrecognized_keys' && missingUnder(i).length > 0);
     const issue = misspelt ?? issues[0]!;
     const key = at(issue) || '(top level)';
     let message = issue.message;
     if (issue.code === 'unrecognized_keys') message = `unknown key ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`;
     if (misspelt) {
-      const missing = issues.filter((m) => m.code === 'invalid_type' && m.path.length === issue.path.length + 1 && at(m).startsWith(at(issue))).map((m) => String(m.path.at(-1)));
+      const missing = missingUnder(issue).map((m) => String(m.path.at(-1)));
       const capitals = issue.code === 'unrecognized_keys' && issue.keys.some((k) => missing.some((m) => m.toLowerCase() === k.toLowerCase()));
       message += `; missing: ${missing.join(', ')}${capitals ? ' (keys are case-sensitive)' : ''}`;
     }
