@@ -89,6 +89,8 @@ interface World {
   root: string;
   repos: { plain: string; encrypted: string };
   passwords: Set<string>;
+  /** Repositories a run of init made where the runs name one that is missing: from then on, repositories like the others. */
+  made: string[];
 }
 
 function pointIds(repo: string): string[] {
@@ -592,15 +594,20 @@ function allowedRoots(world: World, g: Generated, given: Set<string>): string[] 
       if (value) roots.push(path.dirname(path.resolve(world.root, value)));
     }
   }
-  // A repository init was told to make, wherever it was named.
-  if (g.command.words[0] === 'init') {
-    for (let i = 0; i < g.argv.length; i++) {
-      const value = ['--repo', '-r'].includes(g.argv[i]!) ? g.argv[i + 1] : g.argv[i]!.startsWith('--repo=') ? g.argv[i]!.slice(7) : undefined;
-      if (value) roots.push(path.resolve(world.root, value.replace(/^file:\/\//, '')));
-    }
-    if (g.env.LIFEBOAT_REPO) roots.push(path.resolve(world.root, g.env.LIFEBOAT_REPO.replace(/^file:\/\//, '')));
-  }
+  roots.push(...world.made, ...initRoots(world, g));
   if (given.has('--in-place')) roots.push(path.join(world.root, 'src'));
+  return roots;
+}
+
+/** A repository a run of init was told to make, wherever it was named. */
+function initRoots(world: World, g: Generated): string[] {
+  if (g.command.words[0] !== 'init') return [];
+  const roots: string[] = [];
+  for (let i = 0; i < g.argv.length; i++) {
+    const value = ['--repo', '-r'].includes(g.argv[i]!) ? g.argv[i + 1] : g.argv[i]!.startsWith('--repo=') ? g.argv[i]!.slice(7) : undefined;
+    if (value) roots.push(path.resolve(world.root, value.replace(/^file:\/\//, '')));
+  }
+  if (g.env.LIFEBOAT_REPO) roots.push(path.resolve(world.root, g.env.LIFEBOAT_REPO.replace(/^file:\/\//, '')));
   return roots;
 }
 
@@ -609,7 +616,7 @@ const setupRun = (argv: string[], env: NodeJS.ProcessEnv): Generated => ({ argv,
 
 async function makeWorld(seed: number): Promise<World> {
   const root = await tempDir('lifeboat-cli-fuzz-');
-  const world: World = { root, repos: { plain: path.join(root, 'repo-plain'), encrypted: path.join(root, 'repo-encrypted') }, passwords: new Set([PASSWORD]) };
+  const world: World = { root, repos: { plain: path.join(root, 'repo-plain'), encrypted: path.join(root, 'repo-encrypted') }, passwords: new Set([PASSWORD]), made: [] };
   const rand = prng(seed);
   const models = path.join(root, 'src', 'models');
   await fsp.mkdir(path.join(models, 'tok'), { recursive: true });
@@ -680,6 +687,7 @@ it('random command lines, flags, configs and environments end with a code of the
         const lost = pointsBefore[name].filter((id) => !pointIds(world.repos[name]).includes(id));
         if (lost.length > 0 && !pruned) problems.push(`points of the ${name} repository lost: ${lost.join(', ')}`);
       }
+      if (outcome.run.code === 0) world.made.push(...initRoots(world, g));
       // A password that key passwd or key add set opens the encrypted repository from now on.
       if (outcome.run.code === 0 && g.command.words[0] === 'key' && ['add', 'passwd'].includes(g.command.words[1]!)) {
         const at = g.argv.findIndex((a) => a === '--new-password-file' || a.startsWith('--new-password-file='));
