@@ -79,6 +79,9 @@ test('config errors exit 2 and name the key', async () => {
     ['repository: ./r\nhooks: { postBackup: "true", timeout: 5300w }\n', /hooks\.timeout: must be a duration of at most 100 years/],
     // Anchors nested so that their expansion would take all memory (the billion laughs): refused by the parser.
     [aliasBomb(), /lifeboat\.yaml: invalid YAML: Excessive alias count/],
+    // Nested so deep that the parser overflowed its stack, said as the stack's own words.
+    [`repository: ./r\nx: ${'['.repeat(100_000)}${']'.repeat(100_000)}\n`, /lifeboat\.yaml: invalid YAML: nested too deeply to be a lifeboat config$/m],
+    [`repository: ./r\nx: ${'{a: '.repeat(20_000)}1${'}'.repeat(20_000)}\n`, /lifeboat\.yaml: invalid YAML: nested too deeply to be a lifeboat config$/m],
     // Saved as Latin-1, the é would have become U+FFFD in the repository's path.
     [Buffer.from('repository: ./mod\xe8les\n', 'latin1'), /lifeboat\.yaml: is not UTF-8 text\n {2}save it as UTF-8/],
     // A tag for another loader is not dropped, leaving its value as plain text.
@@ -125,6 +128,30 @@ test('config errors exit 2 and name the key', async () => {
   assert.equal(file.code, 2);
   assert.match(file.stderr, new RegExp(`model.gguf is not a directory; a source is a directory, restored as DIR/<source name>/\\n {2}back up the directory that holds it: --source ${path.basename(dir)}=${dir}, with --exclude`));
   await fsp.rm(dir, { recursive: true, force: true });
+});
+
+test('a target may take its settings from another through a YAML merge key (<<: *anchor), its own keys winning', async () => {
+  const dir = await tempDir();
+  await fsp.mkdir(path.join(dir, 'slots-b'));
+  await fsp.writeFile(path.join(dir, 'lifeboat.yaml'), [
+    'repository: ./r',
+    'targets:',
+    '  a: &base',
+    '    slots: ./slots-a',
+    '    active: ./current-a',
+    '    health: { command: "true" }',
+    '  b:',
+    '    <<: *base',
+    '    slots: ./slots-b',
+    '    active: ./current-b',
+    '',
+  ].join('\n'));
+  assert.equal((await lifeboat(['init'], { cwd: dir })).code, 0);
+  const r = await lifeboat(['status', '--json'], { cwd: dir });
+  assert.equal(r.code, 0, r.stderr);
+  const targets = (JSON.parse(r.stdout) as { targets: { name: string; record: { path: string }; health: { checked: boolean; ok: boolean } }[] }).targets;
+  // b's health check is a's, merged in; its slots are its own.
+  assert.deepEqual(targets.map((t) => [t.name, path.basename(path.dirname(t.record.path)), t.health.checked && t.health.ok]), [['a', 'slots-a', true], ['b', 'slots-b', true]]);
 });
 
 test('the installed program reads a config file, and names the key of a bad one (exit 2)', async () => {

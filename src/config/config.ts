@@ -268,14 +268,30 @@ async function readConfigFile(file: string): Promise<{ bytes: Buffer; pipe: bool
   }
 }
 
+/** The parser recurses once per level: a file nested thousands deep overflows the stack, which says nothing to an operator. */
+function tooDeep(file: string, err: unknown): Error {
+  if (!isStackOverflow(err)) return err as Error;
+  return new UsageError(`${quoteName(file)}: invalid YAML: nested too deeply to be a lifeboat config`, { cause: err, hint: 'a lifeboat config is a few levels deep: check which file --config or LIFEBOAT_CONFIG names' });
+}
+
+const isStackOverflow = (err: unknown) => err instanceof RangeError && /call stack/i.test(err.message);
+
 export async function parseConfig(text: string, file: string): Promise<LifeboatConfig> {
   // Most runs have no config file; the YAML parser is loaded only for those that do. It is a
   // CommonJS package: bundled, its exports arrive as the default export only.
   const yaml: typeof import('yaml') & { default?: typeof import('yaml') } = await import('yaml');
   const { parseDocument } = yaml.default ?? yaml;
-  const doc = parseDocument(text, { prettyErrors: false });
+  let doc: ReturnType<typeof parseDocument>;
+  try {
+    // Merge keys (`<<: *base`) are YAML 1.1's, not 1.2's; a config reusing one target's settings for
+    // another writes them as docker-compose files do, and was refused as an unknown key `<<`.
+    doc = parseDocument(text, { prettyErrors: false, merge: true });
+  } catch (err) {
+    throw tooDeep(file, err);
+  }
   if (doc.errors.length > 0) {
     const e = doc.errors[0]!;
+    if (e.code === 'RESOURCE_EXHAUSTION' && /call stack/i.test(e.message)) throw tooDeep(file, new RangeError(e.message));
     const line = e.linePos?.[0]?.line;
     throw new UsageError(`${quoteName(file)}${line ? `:${line}` : ''}: invalid YAML: ${e.message.split('\n')[0]}`);
   }
@@ -290,6 +306,7 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
   try {
     raw = doc.toJS() ?? {};
   } catch (err) {
+    if (isStackOverflow(err)) throw tooDeep(file, err);
     // What the parser refuses only once it builds the data (an alias bomb: anchors nested so that
     // their expansion would take all memory) is a config error like any other.
     throw new UsageError(`${quoteName(file)}: invalid YAML: ${errorMessage(err).split('\n')[0]}`, { cause: err });
