@@ -308,6 +308,17 @@ test("shared AWS files in a HOME this user may not read (su without -, root's HO
   await fsp.rm(home, { recursive: true, force: true });
 });
 
+test('init under a directory this user may not enter names the repository, not "/" (exit 2)', { skip: process.geteuid?.() === 0 ? false : 'needs root to run lifeboat as another user' }, async () => {
+  const dir = await tempDir();
+  await fsp.chmod(dir, 0o700);
+  const repo = path.join(dir, 'repo');
+  const r = await runChild(['init', '--repo', repo], { user: { uid: 65534, gid: 65534 }, cwd: '/' });
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, new RegExp(`^lifeboat: cannot list the repository ${repo}: EACCES`));
+  assert.ok(!existsSync(repo));
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
 test('flags override LIFEBOAT_REPO, which overrides the config file; sources come from the config', async () => {
   const d = await smallDeployment();
   const other = path.join(d.work, 'other-repo');

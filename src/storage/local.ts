@@ -57,6 +57,11 @@ export class LocalStorage implements Storage {
     this.location = this.root;
   }
 
+  /** The listing of the top was named "/", which reads as the root of the file system. */
+  private get rootForErrors(): string {
+    return `the repository ${quoteName(this.root)}`;
+  }
+
   private pathOf(key: string): string {
     if (!isObjectKey(key)) {
       throw new RuntimeFailure(`invalid object key ${JSON.stringify(key)}`);
@@ -274,7 +279,7 @@ export class LocalStorage implements Storage {
   }
 
   async *listPrefixes(prefix: string): AsyncIterable<string> {
-    const entries = await entriesOf(path.join(this.root, ...prefix.split('/').filter(Boolean)), prefix || '/');
+    const entries = await entriesOf(path.join(this.root, ...prefix.split('/').filter(Boolean)), prefix || this.rootForErrors);
     const folders = entries.filter((e) => e.isDirectory() && !(prefix === '' && NOT_OBJECTS.has(e.name))).map((e) => `${prefix}${e.name}/`);
     folders.sort(compareKeys);
     // A folder emptied by deletes holds no object, and an object store would not list it. Folders are looked
@@ -284,7 +289,7 @@ export class LocalStorage implements Storage {
   }
 
   private async *walk(dir: string, dirKey: string, prefix: string): AsyncIterable<ObjectInfo> {
-    const entries = await entriesOf(dir, dirKey || '/');
+    const entries = await entriesOf(dir, dirKey || this.rootForErrors);
     // Key order: sort by the key each entry contributes ('a/' sorts as 'a/').
     const named = entries
       .filter((e) => !(dirKey === '' && NOT_OBJECTS.has(e.name)))
