@@ -58,6 +58,17 @@ test('init, restore and failover into a path that cannot be created fail with th
   const failover = await lifeboat(['--config', config, 'failover', '--to', 'prod']);
   assert.equal(failover.code, 1, failover.stderr);
   assert.match(failover.stderr, /cannot create the slots directory .* of target prod/);
+
+  // A file where the slots directory should be can never become one: the config's to fix (exit 2), not a failure to retry.
+  const file = path.join(d.work, 'slots-file');
+  await fsp.writeFile(file, 'not a directory\n');
+  for (const slots of [file, path.join(file, 'under')]) {
+    await fsp.writeFile(config, `repository: ${d.repo}\ntargets:\n  prod: { slots: ${slots}, active: ${d.work}/current }\n`);
+    const onFile = await lifeboat(['--config', config, 'failover', '--to', 'prod']);
+    assert.equal(onFile.code, 2, onFile.stderr);
+    assert.match(onFile.stderr, /cannot create the slots directory .* of target prod: .*not a directory.*\n {2}check targets\.prod\.slots in the config file/);
+  }
+  assert.equal(await fsp.readFile(file, 'utf8'), 'not a directory\n');
 });
 
 test('a work directory named for a pid that now belongs to a process started after the directory was made (a reboot, a container run again) is removed as left', async (t) => {

@@ -389,7 +389,10 @@ interface SwitchLockHolder {
  */
 export async function lockTarget(slots: string, name: string, command: string): Promise<() => Promise<void>> {
   await makeDirectories(slots).catch((err: unknown) => {
-    throw new RuntimeFailure(`cannot create the slots directory ${quoteName(slots)} of target ${name}: ${errorMessage(err)}`, {
+    // A path that can never be a directory (a file on the way, a name no file system holds) is the config's
+    // to fix, and running again changes nothing: exit 2, as for any other key that cannot work.
+    const never = ['ENOTDIR', 'ENAMETOOLONG', 'ELOOP'].includes((err as NodeJS.ErrnoException).code ?? '');
+    throw new (never ? UsageError : RuntimeFailure)(`cannot create the slots directory ${quoteName(slots)} of target ${name}: ${errorMessage(err)}`, {
       cause: err,
       hint: `check targets.${name}.slots in the config file`,
     });
