@@ -197,6 +197,27 @@ test('prune lists kept and removed points in the same columns, in a dry run ("wo
   }
 });
 
+test('prune --dry-run names no summary for a point written before summaries existed, and the prune deletes exactly what it named', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src, '--type', 'full'])).code, 0);
+  const [oldest] = (await lifeboat(['--repo', d.repo, '--json', 'list'])).json() as Listed[];
+  await fsp.appendFile(path.join(d.src, 'config.json'), ' ');
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src, '--type', 'full'])).code, 0);
+  // As an earlier version wrote it: a manifest and volumes, no summary.
+  await fsp.rm(path.join(d.repo, 'summaries', `${oldest!.id}.json`));
+  const before = await repoFiles(d.repo);
+  const dry = await lifeboat(['--repo', d.repo, '--json', 'prune', '--keep-full', '1', '--dry-run']);
+  assert.equal(dry.code, 0, dry.stderr);
+  assert.deepEqual(dry.json().remove.map((r: Listed) => r.id), [oldest!.id]);
+  assert.deepEqual(dry.json().objects, [`points/${oldest!.id}.json`, `data/${oldest!.id}/v000001.tar`]);
+  const real = await lifeboat(['--repo', d.repo, '--json', 'prune', '--keep-full', '1']);
+  assert.equal(real.code, 0, real.stderr);
+  assert.deepEqual(real.json().objects, dry.json().objects);
+  const after = await repoFiles(d.repo);
+  assert.deepEqual(before.filter((f) => !after.includes(f)), [`data/${oldest!.id}/v000001.tar`, `points/${oldest!.id}.json`]);
+});
+
 test('status shows a prune of the journal as one plain line: it names no point, and leaves no gap for one', async (t) => {
   const d = await smallDeployment();
   t.after(() => fsp.rm(d.work, { recursive: true, force: true }));

@@ -85,14 +85,17 @@ export async function planPrune(repo: Repository, options: Pick<PruneOptions, 'p
   for await (const { key, size } of repo.storage.list(keys.dataPrefix)) {
     if (!needed.has(key) && !ofRunningBackup(key.slice(keys.dataPrefix.length).split('/')[0])) data.push({ key, size });
   }
-  const orphans = (await repo.orphanSummaries(new Set(byId.keys()))).filter((key) => !ofRunningBackup(summaryIdOf(key)));
+  const gaps = await repo.summaryGaps(new Set(byId.keys()));
+  const orphans = gaps.orphans.filter((key) => !ofRunningBackup(summaryIdOf(key)));
+  // A point written before summaries existed (or whose summary was lost) has none to delete.
+  const unsummarised = new Set(gaps.missing);
   const removed = retention.remove.map((d) => d.id).reverse();
   return {
     keep: retention.keep,
     deployments: deploymentsOf(retention.keep.map((d) => byId.get(d.id)!)),
     remove: retention.remove,
     manifests: removed.map((id) => keys.point(id)),
-    summaries: [...removed.map((id) => keys.summary(id)), ...orphans],
+    summaries: [...removed.filter((id) => !unsummarised.has(id)).map((id) => keys.summary(id)), ...orphans],
     data,
     bytes: data.reduce((n, d) => n + d.size, 0),
   };
