@@ -167,12 +167,20 @@ test('prune on a real repository of two deployments keeps what README says, dry 
   const trees = new Map<string, Map<string, SnapshotEntry>>();
   // Summaries made unreadable since the last prune.
   const damagedSummaries = new Set<string>();
+  // A target that serves alpha's points: what it serves now and before (where rollback goes) is kept.
+  await fsp.writeFile(
+    path.join(work, 'serve.yaml'),
+    [`repository: ${repo}`, 'deployment: alpha', 'targets:', '  prod:', `    slots: ${path.join(work, 'slots')}`, `    active: ${path.join(work, 'current')}`, "    health: { command: 'true', timeout: 10s }", '    keepSlots: 2', ''].join('\n'),
+  );
+  const target: { served?: string; previous?: string } = {};
   const big = path.join(work, 'big', 'models');
   await fsp.mkdir(big, { recursive: true });
   await writeRandomFile(path.join(big, 'weights.bin'), 24 << 20, rand);
   const log: string[] = [];
+  let passed = false;
+  // What happened, step by step, when the test fails.
   t.after(() => {
-    if (process.exitCode) t.diagnostic(log.join('\n'));
+    if (!passed) for (const line of log) t.diagnostic(line);
   });
 
   const prunes = async (step: number) => {
@@ -219,7 +227,8 @@ test('prune on a real repository of two deployments keeps what README says, dry 
     log.push(`step ${step}: lifeboat ${command.join(' ')}${fromFile ? ` (file: ${file.join(', ')}${deployment ? `, deployment ${deployment}` : ''})` : ''}`);
 
     const pins = listed.filter((p) => p.pinned).map((p) => p.id);
-    const expected = oracleKeep(points, { keepFull, keepDiff, keepWithinMs }, { now: new Date(), protected: pins, deployment });
+    const served = [target.served, target.previous].filter((id): id is string => id !== undefined);
+    const expected = oracleKeep(points, { keepFull, keepDiff, keepWithinMs }, { now: new Date(), protected: [...pins, ...served], deployment });
     const before = await repoFiles(repo);
     const dry = await lifeboat([...command, '--dry-run']);
     assert.equal(dry.code, 0, dry.stderr);
@@ -313,7 +322,7 @@ test('prune on a real repository of two deployments keeps what README says, dry 
   for (let step = 0; step < steps; step++) {
     const listed: Listed[] = (await lifeboat(['--repo', repo, '--json', 'list', '--all'])).json();
     const r = rand();
-    if (listed.length === 0 || r < 0.6) {
+    if (listed.length === 0 || r < 0.62) {
       const deployment = pick(rand, deployments);
       const src = sources.get(deployment)!;
       await mutateTree(src, rand, step, { operations: 1 + Math.floor(rand() * 4), sizeOf: (rnd) => Math.floor(rnd() * 20_000), skip: (f) => f.endsWith('keep.txt') });
@@ -328,7 +337,7 @@ test('prune on a real repository of two deployments keeps what README says, dry 
       assert.ok(Math.abs(idTime - clock) < 60_000, `${point.id} was taken on the clock given it, ${new Date(clock).toISOString()}`);
       trees.set(point.id, await snapshotTree(src));
       log.push(`step ${step}: ${deployment} ${point.type} ${point.id} on ${point.parent}`);
-    } else if (r < 0.7) {
+    } else if (r < 0.67) {
       // A backup killed (kill -9) while it stores a large file: it leaves a temporary file, or volumes without a manifest.
       const deployment = pick(rand, deployments);
       const child = spawnLifeboat(['--repo', repo, '--deployment', deployment, 'backup', big, '--type', 'full']);
@@ -345,7 +354,7 @@ test('prune on a real repository of two deployments keeps what README says, dry 
       const committed = after.find((p) => !listed.some((q) => q.id === p.id));
       if (committed) trees.set(committed.id, await snapshotTree(big));
       log.push(`step ${step}: ${deployment} backup killed${committed ? `, after it committed ${committed.id}` : ''}: ${(await repoFiles(repo)).filter((f) => f.startsWith('.tmp/')).join(' ')}`);
-    } else if (r < 0.75) {
+    } else if (r < 0.72) {
       // A summary lost (a point written before summaries existed) or damaged: it is read from the manifest instead.
       const p = pick(rand, listed);
       const summary = path.join(repo, 'summaries', `${p.id}.json`);
@@ -355,7 +364,16 @@ test('prune on a real repository of two deployments keeps what README says, dry 
         damagedSummaries.add(p.id);
       }
       log.push(`step ${step}: summary of ${p.id} ${damagedSummaries.has(p.id) ? 'damaged' : 'removed'}`);
-    } else if (r < 0.85) {
+    } else if (r < 0.79) {
+      // A failover of the target to another of alpha's points.
+      const candidates = listed.filter((p) => p.deployment === 'alpha' && p.id !== target.served);
+      if (candidates.length === 0) continue;
+      const p = pick(rand, candidates);
+      const switched = await lifeboat(['--config', path.join(work, 'serve.yaml'), '--json', 'failover', p.id, '--to', 'prod']);
+      assert.equal(switched.code, 0, switched.stdout + switched.stderr);
+      [target.previous, target.served] = [target.served, p.id];
+      log.push(`step ${step}: failover to ${p.id} (previous ${target.previous})`);
+    } else if (r < 0.88) {
       const pinned = listed.filter((p) => p.pinned);
       if (pinned.length > 0 && rand() < 0.4) {
         const p = pick(rand, pinned);
@@ -370,5 +388,6 @@ test('prune on a real repository of two deployments keeps what README says, dry 
     } else await prunes(step);
   }
   await prunes(steps);
+  passed = true;
   await fsp.rm(work, { recursive: true, force: true });
 });
