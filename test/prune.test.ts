@@ -197,6 +197,56 @@ test('prune lists kept and removed points in the same columns, in a dry run ("wo
   }
 });
 
+test('prune --dry-run names no summary for a point written before summaries existed, and the prune deletes exactly what it named', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src, '--type', 'full'])).code, 0);
+  const [oldest] = (await lifeboat(['--repo', d.repo, '--json', 'list'])).json() as Listed[];
+  await fsp.appendFile(path.join(d.src, 'config.json'), ' ');
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src, '--type', 'full'])).code, 0);
+  // As an earlier version wrote it: a manifest and volumes, no summary.
+  await fsp.rm(path.join(d.repo, 'summaries', `${oldest!.id}.json`));
+  const before = await repoFiles(d.repo);
+  const dry = await lifeboat(['--repo', d.repo, '--json', 'prune', '--keep-full', '1', '--dry-run']);
+  assert.equal(dry.code, 0, dry.stderr);
+  assert.deepEqual(dry.json().remove.map((r: Listed) => r.id), [oldest!.id]);
+  assert.deepEqual(dry.json().objects, [`points/${oldest!.id}.json`, `data/${oldest!.id}/v000001.tar`]);
+  const real = await lifeboat(['--repo', d.repo, '--json', 'prune', '--keep-full', '1']);
+  assert.equal(real.code, 0, real.stderr);
+  assert.deepEqual(real.json().objects, dry.json().objects);
+  const after = await repoFiles(d.repo);
+  assert.deepEqual(before.filter((f) => !after.includes(f)), [`data/${oldest!.id}/v000001.tar`, `points/${oldest!.id}.json`]);
+});
+
+test('prune --dry-run names the temporary file a killed backup left, which the prune then deletes with what it named', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src, '--type', 'full'])).code, 0);
+  await writeRandomFile(path.join(d.src, 'shard.bin'), 64 << 20, prng(3));
+  const child = spawnLifeboat(['--repo', d.repo, 'backup', d.src, '--type', 'incr']);
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  const writing = async () => (await fsp.readdir(path.join(d.repo, '.tmp')).catch(() => [])).length > 0;
+  assert.ok(await waitFor(writing, 20_000), 'the backup is writing a volume');
+  child.kill('SIGKILL');
+  await exited;
+  const before = await repoFiles(d.repo);
+  const left = before.filter((f) => f.startsWith('.tmp/'));
+  assert.ok(left.length > 0, 'the killed backup left a temporary file');
+
+  const dry = await lifeboat(['--repo', d.repo, '--json', 'prune', '--keep-full', '1', '--dry-run']);
+  assert.equal(dry.code, 0, dry.stderr);
+  for (const f of left) assert.ok(dry.json().objects.includes(f), `the dry run names ${f}: ${dry.stdout}`);
+  const text = await lifeboat(['--repo', d.repo, 'prune', '--keep-full', '1', '--dry-run']);
+  for (const f of left) assert.match(text.stdout, new RegExp(`would delete ${f}: a temporary file of \\d+ bytes, left by a write that never finished`));
+  const real = await lifeboat(['--repo', d.repo, '--json', 'prune', '--keep-full', '1']);
+  assert.equal(real.code, 0, real.stderr);
+  assert.deepEqual(real.json().objects, dry.json().objects);
+  const after = await repoFiles(d.repo);
+  // The lock the killed backup left is taken over and given back: not a deletion the plan is about.
+  const gone = before.filter((f) => !after.includes(f) && f !== 'locks/lock.json');
+  assert.deepEqual(gone.sort(), [...dry.json().objects].sort(), 'the prune deleted exactly what its dry run named');
+});
+
 test('status shows a prune of the journal as one plain line: it names no point, and leaves no gap for one', async (t) => {
   const d = await smallDeployment();
   t.after(() => fsp.rm(d.work, { recursive: true, force: true }));

@@ -580,7 +580,7 @@ export async function removeLeftovers(repo: Repository, reporter: Reporter, lock
   // Credentials that may not delete (kept from deleting backups on purpose) leave the leftovers where they are,
   // and this backup goes on: its own volumes are under a new point's prefix, which no leftover shares.
   let refused = false;
-  const removing = async (what: string, remove: () => Promise<void>): Promise<boolean> => {
+  const removing = async (what: string, remove: () => Promise<unknown>): Promise<boolean> => {
     await lock.check();
     try {
       await remove();

@@ -138,17 +138,25 @@ export function incompleteWritesUnlisted(err: unknown): Notice {
  * Credentials that may not list them leave them, said in one line, as verify says it: nothing this
  * command does depends on them.
  */
-export async function removeUnfinishedWrites(repo: Repository, reporter: Reporter): Promise<void> {
-  let leftovers: IncompleteWrite[];
-  try {
-    ({ leftovers } = await unfinishedWrites(repo));
-  } catch (err) {
-    if (!isPermissionRefused(err)) throw err;
-    reporter.notice?.(incompleteWritesUnlisted(err));
-    return;
-  }
-  if (leftovers.length === 0) return;
+export async function removeUnfinishedWrites(repo: Repository, reporter: Reporter): Promise<IncompleteWrite[]> {
+  const leftovers = await leftoverWrites(repo, reporter);
+  if (leftovers.length === 0) return [];
   await repo.storage.removeIncomplete(leftovers);
   // One line, however many there were: a crashed backup of a large model can leave hundreds.
   reporter.notice?.({ level: 'info', code: 'leftovers-removed', ...(leftovers.length === 1 ? { path: leftovers[0]!.key } : {}), message: `removed ${describeLeftovers(leftovers)}` });
+  return leftovers;
+}
+
+/**
+ * The incomplete writes whose process is gone, which removeUnfinishedWrites would remove (what a prune's
+ * dry run names). Credentials that may not list them leave none, said in one line.
+ */
+export async function leftoverWrites(repo: Repository, reporter: Reporter): Promise<IncompleteWrite[]> {
+  try {
+    return (await unfinishedWrites(repo)).leftovers;
+  } catch (err) {
+    if (!isPermissionRefused(err)) throw err;
+    reporter.notice?.(incompleteWritesUnlisted(err));
+    return [];
+  }
 }

@@ -2,7 +2,8 @@ import { IntegrityError, LockedError, throwIfAborted } from '../errors.js';
 import { deploymentOf, deploymentsOf, keys, summaryIdOf, volumesNeeded } from '../format/manifest.js';
 import { type Reporter, progressAt } from './events.js';
 import { appendEvent } from './journal.js';
-import { pointBeingWritten, removeUnfinishedWrites } from './leftovers.js';
+import { leftoverWrites, pointBeingWritten, removeUnfinishedWrites } from './leftovers.js';
+import type { IncompleteWrite } from '../storage/storage.js';
 import { acquireWriterLock, describeLock, lockPollMs, readersOf, releaseAfter, type HeldLock } from './lock.js';
 import { formatDuration } from '../config/duration.js';
 import { sleep } from '../sleep.js';
@@ -42,6 +43,8 @@ export interface PrunePlan {
 }
 
 export interface PruneResult extends PrunePlan {
+  /** Writes that never finished (temporary files, incomplete uploads) whose process is gone: removed, or that a prune would remove. */
+  unfinished: IncompleteWrite[];
   dryRun: boolean;
   durationMs: number;
 }
@@ -85,14 +88,17 @@ export async function planPrune(repo: Repository, options: Pick<PruneOptions, 'p
   for await (const { key, size } of repo.storage.list(keys.dataPrefix)) {
     if (!needed.has(key) && !ofRunningBackup(key.slice(keys.dataPrefix.length).split('/')[0])) data.push({ key, size });
   }
-  const orphans = (await repo.orphanSummaries(new Set(byId.keys()))).filter((key) => !ofRunningBackup(summaryIdOf(key)));
+  const gaps = await repo.summaryGaps(new Set(byId.keys()));
+  const orphans = gaps.orphans.filter((key) => !ofRunningBackup(summaryIdOf(key)));
+  // A point written before summaries existed (or whose summary was lost) has none to delete.
+  const unsummarised = new Set(gaps.missing);
   const removed = retention.remove.map((d) => d.id).reverse();
   return {
     keep: retention.keep,
     deployments: deploymentsOf(retention.keep.map((d) => byId.get(d.id)!)),
     remove: retention.remove,
     manifests: removed.map((id) => keys.point(id)),
-    summaries: [...removed.map((id) => keys.summary(id)), ...orphans],
+    summaries: [...removed.filter((id) => !unsummarised.has(id)).map((id) => keys.summary(id)), ...orphans],
     data,
     bytes: data.reduce((n, d) => n + d.size, 0),
   };
@@ -150,7 +156,7 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
   try {
     const protectedPoints = options.findProtected ? await options.findProtected() : options.protected;
     const plan = await planPrune(repo, { ...options, protected: protectedPoints });
-    if (options.dryRun) return { ...plan, dryRun: true, durationMs: Date.now() - started };
+    if (options.dryRun) return { ...plan, unfinished: await leftoverWrites(repo, reporter), dryRun: true, durationMs: Date.now() - started };
     // Readers of the points kept (and of what they depend on, kept with them) need not wait for this prune.
     await lock?.announce(plan.remove.map((d) => d.id));
 
@@ -182,7 +188,7 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
       reporter.progress?.(progressAt(progress, batch[batch.length - 1]!.key));
     }
     await stillHeld();
-    await removeUnfinishedWrites(repo, reporter);
+    const unfinished = await removeUnfinishedWrites(repo, reporter);
     // The room a prune on a full disk took for its lock is kept aside again, now that there is room.
     await repo.storage.keepReserve().catch(() => undefined);
     const durationMs = Date.now() - started;
@@ -194,7 +200,7 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
       detail: { kept: plan.keep.length, removed: plan.remove.map((d) => d.id), dataObjects: plan.data.length, dataBytes: plan.bytes },
     });
     failed = false;
-    return { ...plan, dryRun: false, durationMs };
+    return { ...plan, unfinished, dryRun: false, durationMs };
   } finally {
     await releaseAfter(lock, failed);
   }

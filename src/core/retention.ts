@@ -20,7 +20,7 @@ export interface RetentionPoint {
 export interface RetentionPolicy {
   /** Keep the newest N full points (and what depends on them). Unset: every full is kept. */
   keepFull?: number;
-  /** Keep the newest N differential points of kept fulls. Unset: a diff lives as long as its full. */
+  /** Keep the newest N differential points of kept fulls. Unset: every diff of a kept full. */
   keepDiff?: number;
   /** Keep every point completed within this many milliseconds before `now`. */
   keepWithinMs?: number;

@@ -11,6 +11,7 @@ import { formatDuration } from '../../config/duration.js';
 import { ProgressRenderer, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 import { protectedPoints } from '../../core/pins.js';
+import { describeLeftover } from '../../core/leftovers.js';
 import { configuredTargets } from './pin.js';
 
 interface PruneFlags extends CronFlags {
@@ -62,7 +63,7 @@ export async function runPrune(ctx: CliContext, flags: PruneFlags): Promise<void
           dryRun: result.dryRun,
           keep: result.keep.map(({ id, type, reasons }) => ({ id, type, reasons })),
           remove: result.remove.map(({ id, type, reasons }) => ({ id, type, reasons })),
-          objects: [...result.manifests, ...result.summaries, ...result.data.map((d) => d.key)],
+          objects: [...result.manifests, ...result.summaries, ...result.data.map((d) => d.key), ...result.unfinished.map((w) => w.key)],
           dataObjects: result.data.length,
           dataBytes: result.bytes,
           durationMs: result.durationMs,
@@ -78,6 +79,7 @@ export async function runPrune(ctx: CliContext, flags: PruneFlags): Promise<void
           for (const d of result.remove) lines.push(row(removeVerb, d));
           if (result.dryRun) {
             for (const key of [...result.manifests, ...result.summaries, ...result.data.map((d) => d.key)]) lines.push(`  would delete ${key}`);
+            for (const write of result.unfinished) lines.push(`  would delete ${escapeUnprintable(write.key)}: ${describeLeftover(write)}`);
           }
           const verb = result.dryRun ? 'would remove' : 'removed';
           lines.push(
