@@ -27,5 +27,12 @@ function compileCacheDirectory() {
   return path.join(base, 'lifeboat', 'compile-cache');
 }
 
+// Loading the CLI takes a moment (half a second on a busy host): a signal that comes meanwhile is
+// kept for it, so that the run ends as any interrupted one does (exit 130), rather than killed.
+const early = [];
+const keep = (name) => early.push(name);
+const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+for (const name of SIGNALS) process.on(name, keep);
 const { main } = await import('../dist/bundle/main.js');
-await main(process.argv);
+for (const name of SIGNALS) process.off(name, keep);
+await main(process.argv, early);

@@ -1086,3 +1086,18 @@ test('a signal that comes after the command has ended (a supervisor stopping it 
   assert.deepEqual({ code, signal }, { code: 0, signal: null });
   assert.equal(typeof JSON.parse(stdout), 'object');
 });
+
+test('a SIGTERM that comes while the executable is still loading (half a second on a busy host) ends the run as any interrupted one: exit 130, saying so', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', path.join(work, 'repo'), 'init'])).code, 0);
+  // A module hook sends the signal as the CLI's code is being loaded, before it has run any of it.
+  await fsp.writeFile(
+    path.join(work, 'hooks.mjs'),
+    `export async function load(url, context, next) {\n  if (url.endsWith('/bundle/main.js')) process.kill(process.pid, 'SIGTERM');\n  return next(url, context);\n}\n`,
+  );
+  await fsp.writeFile(path.join(work, 'register.mjs'), `import { register } from 'node:module';\nregister(${JSON.stringify(new URL(`file://${path.join(work, 'hooks.mjs')}`).href)});\n`);
+  const r = await runChild(['--repo', path.join(work, 'repo'), 'list'], { env: { NODE_OPTIONS: `--import=${new URL(`file://${path.join(work, 'register.mjs')}`).href}` } });
+  assert.equal(r.code, 130, r.stderr);
+  assert.match(r.stderr, /SIGTERM received, stopping cleanly/);
+});

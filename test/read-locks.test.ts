@@ -12,6 +12,8 @@ import { prune } from '../src/core/prune.js';
 import { restore } from '../src/core/restore.js';
 import type { LifeboatError } from '../src/errors.js';
 import { LocalStorage } from '../src/storage/local.js';
+import { acquireLock, acquireReadLock } from '../src/core/lock.js';
+import { isNotFound } from '../src/storage/storage.js';
 
 function lockDocument(command: string, pid = process.pid) {
   const now = new Date().toISOString();
@@ -254,4 +256,47 @@ test('verify during a backup says the uncommitted point is being written, and wa
   const after = await lifeboat(['--repo', d.repo, '--json', 'verify']);
   assert.deepEqual(after.json().warnings.map((w: { path: string }) => w.path).sort(), [`data/${aborted}/`, `data/${writing}/`, `summaries/${writing}.json`].sort());
   await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('a reader that looks at the lock in the moment a prune rewrites it (moved aside, in a local repository) still waits for the prune', async (t) => {
+  const d = await twoFulls();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const [older] = (await lifeboat(['--repo', d.repo, '--json', 'list'])).json().map((p: { id: string }) => p.id) as string[];
+  const inner = new LocalStorage(d.repo);
+  const pruning = await acquireLock(inner, 'prune');
+  // The prune says, again and again, that it removes the point the reader reads, until a look of the reader's has found no lock.
+  let missed = false;
+  const rewriting = (async () => {
+    while (!missed) await pruning.announce([older!]);
+  })();
+  const storage = new Proxy(inner, {
+    get(target, prop) {
+      if (prop === 'getDocument') {
+        return async (key: string, ...rest: unknown[]) => {
+          const read = () => (target.getDocument as (...a: unknown[]) => Promise<Buffer>).call(target, key, ...rest);
+          if (key !== 'locks/lock.json' || missed) return read();
+          for (;;) {
+            try {
+              await read();
+            } catch (err) {
+              if (!isNotFound(err)) throw err;
+              missed = true;
+              throw err;
+            }
+          }
+        };
+      }
+      const value = Reflect.get(target, prop);
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
+  let waited = false;
+  let settled = false;
+  const reading = acquireReadLock(storage, 'restore', { reads: [older!], waiting: () => (waited = true) }).finally(() => (settled = true));
+  await rewriting;
+  while (!waited && !settled) await sleep(10);
+  await pruning.release();
+  const reader = await reading;
+  await reader.release();
+  assert.ok(waited && reader.waitedFor?.command === 'prune', 'the reader went on while the prune that removes its point held the lock');
 });

@@ -7,6 +7,8 @@ import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
 import { Repository } from '../src/core/repository.js';
 import { bucketCount, bucketOf, LEDGER_KEY } from '../src/core/verify-ledger.js';
 import { LocalStorage } from '../src/storage/local.js';
+import { verify } from '../src/core/verify.js';
+import { sleep } from './helpers/processes.js';
 
 interface Volume {
   key: string;
@@ -126,4 +128,40 @@ test('--subset reads a random share; flags that do not go together are usage err
   assert.equal((await lifeboat(['--repo', repo, 'verify', '--sample', '10'])).code, 2);
   assert.equal((await lifeboat(['--repo', repo, 'verify', '--since-verified', '--subset', '10'])).code, 2);
   assert.equal((await lifeboat(['--repo', repo, 'verify', '--subset', '0'])).code, 2);
+});
+
+test("two verify --read-data runs at once (a nightly one beside an operator's of one point) are both recorded: the one that ends last does not write back the record as it found it", async (t) => {
+  const { repo, backup, volumesOf } = await manyVolumes(t);
+  const first = await backup(3, 'a');
+  const second = await backup(3, 'b');
+  // The run of the first point reads the record as it starts, and goes on once the other run has written its own.
+  let otherDone!: () => void;
+  const otherWritten = new Promise<void>((resolve) => (otherDone = resolve));
+  let started = false;
+  const inner = new LocalStorage(repo);
+  const held = new Proxy(inner, {
+    get(target, prop) {
+      if (prop === 'getDocument') {
+        return async (key: string, options?: object) => {
+          if (key !== LEDGER_KEY || started) return target.getDocument(key, options);
+          started = true;
+          const read = target.getDocument(key, options);
+          await Promise.allSettled([read, otherWritten]);
+          return read;
+        };
+      }
+      const value = Reflect.get(target, prop);
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
+  const repository = await Repository.open(held);
+  const firstRun = verify(repository, { point: await repository.manifest(first), readData: true });
+  while (!started) await sleep(10);
+  const other = await lifeboat(['--repo', repo, '--json', 'verify', second, '--read-data']);
+  assert.equal(other.code, 0, other.stderr);
+  otherDone();
+  assert.equal((await firstRun).ok, true);
+  const ledger = JSON.parse(await fsp.readFile(path.join(repo, ...LEDGER_KEY.split('/')), 'utf8'));
+  const read = [...new Set([...(await volumesOf(first)), ...(await volumesOf(second))].map((v) => v.key))].sort();
+  assert.deepEqual(Object.keys(ledger.volumes).sort(), read);
 });

@@ -354,7 +354,8 @@ function afterFailedWrites(failed: OutputFailures, code: number, say: Say): numb
 }
 
 /** The process entry: signals become an abort, the exit code is set, never process.exit(). */
-export async function main(argv: string[]): Promise<void> {
+/** `early`: the signals that came while the executable was still loading this, in order. */
+export async function main(argv: string[], early: readonly string[] = []): Promise<void> {
   const controller = new AbortController();
   // What is said here, outside any command, is a log line like the others: one JSON object with --log-format json.
   const jsonLogs = givenOnCommandLine(argv, '--log-format', 'json');
@@ -381,6 +382,7 @@ export async function main(argv: string[]): Promise<void> {
   process.on('SIGTERM', () => onSignal('SIGTERM'));
   // A terminal or SSH session that goes away mid-restore: stop as cleanly as on Ctrl-C, not at once.
   process.on('SIGHUP', () => onSignal('SIGHUP'));
+  for (const name of early) onSignal(name);
   const ran = await runCli(argv, { stdout: process.stdout, stderr: process.stderr, env: process.env, cwd: process.cwd() }, controller.signal);
   // The failure of the last write arrives on the next turn of the event loop.
   await new Promise((resolve) => setImmediate(resolve));

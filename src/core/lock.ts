@@ -88,6 +88,24 @@ export async function readLock(storage: Storage, options: StalenessOptions = {},
   return stored && statusOf(stored);
 }
 
+/** How long a look that found no lock waits before it looks again. */
+const ABSENT_RELOOK_MS = 100;
+
+/**
+ * The lock as one that does not take it sees it: a reader, a pin, a look at which backup is running.
+ * A lock being rewritten in a local repository (a prune saying which points it removes, a lease
+ * refresh) is moved aside for that moment, a few milliseconds on a busy host, so a look that finds
+ * none looks once more a moment later: a prune is not taken for finished because it was rewriting
+ * its lock.
+ */
+export async function readLockSeen(storage: Storage, options: StalenessOptions = {}, signal?: AbortSignal): Promise<LockStatus | undefined> {
+  const first = await readLock(storage, options);
+  if (first) return first;
+  await sleep(ABSENT_RELOOK_MS, signal);
+  throwIfAborted(signal);
+  return readLock(storage, options);
+}
+
 /** A lock as read, with its bytes: what a conditional replace or removal of exactly that document compares with. */
 export interface StoredLock extends LockStatus {
   raw: Buffer;
@@ -487,7 +505,7 @@ export async function acquireReadLock(storage: Storage, command: string, options
   let waitedFor: LockInfo | undefined;
   try {
     for (;;) {
-      const writer = await readLock(storage, options);
+      const writer = await readLockSeen(storage, options, options.signal);
       if (!writer || writer.stale || !DELETES_DATA.has(writer.info.command)) break;
       const removing = writer.info.removing;
       if (removing && options.reads && !options.reads.some((id) => removing.includes(id))) break;

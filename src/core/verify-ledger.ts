@@ -50,6 +50,24 @@ export async function writeLedger(storage: Storage, ledger: Ledger): Promise<voi
   await storage.putDocument(LEDGER_KEY, encodeDocument(ledger));
 }
 
+/**
+ * Records what a run read in the ledger as it stands now, read again just before: another verify
+ * that ran meanwhile (a nightly --since-verified beside an operator's verify of one point) recorded
+ * what it read too, and writing back the ledger as this run found it, minutes or hours before, would
+ * undo that, a volume that run found damaged included. What the other run recorded of volumes this
+ * one did not list (written since) stays. Returns what was written.
+ */
+export async function recordInLedger(storage: Storage, found: Ledger, ok: readonly LedgerVolume[], failed: readonly string[], existing: ReadonlySet<string>, at: Date, countRun: boolean): Promise<Ledger> {
+  const current = await readLedger(storage, () => undefined);
+  const listed = new Set(existing);
+  for (const key of Object.keys(current.volumes)) if (!(key in found.volumes)) listed.add(key);
+  const updated = updateLedger(current, ok, failed, listed, at, false);
+  // Two runs that read the same sample bucket at once move on to the next one, not past it.
+  if (countRun) updated.runs = Math.max(current.runs, found.runs + 1);
+  await writeLedger(storage, updated);
+  return updated;
+}
+
 export function isVerified(ledger: Ledger, v: LedgerVolume): boolean {
   const rec = ledger.volumes[v.key];
   return rec !== undefined && rec.size === v.size && rec.crc32 === v.crc32;

@@ -264,10 +264,11 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
       else failed.push(volume.key);
     });
     result.bytesRead = progress.bytesDone;
-    const updated = ledgers.updateLedger(ledger, ok, failed, new Set(existing.keys()), (options.now ?? (() => new Date()))(), options.sinceVerified === true);
+    const at = (options.now ?? (() => new Date()))();
+    let updated = ledgers.updateLedger(ledger, ok, failed, new Set(existing.keys()), at, options.sinceVerified === true);
     let recorded = true;
     try {
-      await ledgers.writeLedger(repo.storage, updated);
+      updated = await ledgers.recordInLedger(repo.storage, ledger, ok, failed, new Set(existing.keys()), at, options.sinceVerified === true);
     } catch (err) {
       if (options.signal?.aborted) throw err;
       recorded = false;
