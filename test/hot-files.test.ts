@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createHash } from 'node:crypto';
-import { utimesSync, writeFileSync } from 'node:fs';
+import { rmSync, utimesSync, writeFileSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { lifeboat } from './helpers/cli.js';
@@ -128,4 +128,36 @@ test('a file over 64 MiB that changes while it is read is stored once, as read, 
   assert.equal(manifest.superseded, undefined, 'no copy read before the last: it was read once');
   assert.ok(manifest.warnings?.some((w: { code: string; message: string }) => w.code === 'file-changed-during-read' && /too large to read again/.test(w.message)), JSON.stringify(manifest.warnings));
   await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('a model file removed after the scan (an old version cleaned up during the backup) is said to have vanished, not to be an invalid model; --strict refuses it for that', async () => {
+  for (const strict of [false, true]) {
+    const d = await smallDeployment();
+    const tokenizer = path.join(d.src, 'tokenizer.json');
+    await fsp.writeFile(tokenizer, JSON.stringify({ model: { type: 'BPE', vocab: { a: 0, b: 1 } } }));
+    let removed = false;
+    const repo = await Repository.open(new LocalStorage(d.repo));
+    const options = {
+      sources: [{ name: 'models', path: d.src }],
+      type: 'full' as const,
+      strict,
+      reporter: {
+        progress: (p: { phase: string }) => {
+          // Reported once the source's top directory, which holds it, is scanned: the scan saw it, the checks will not.
+          if (p.phase !== 'scan' || removed) return;
+          removed = true;
+          rmSync(tokenizer);
+        },
+      },
+    };
+    const outcome = await backup(repo, options).then(
+      (result) => ({ warnings: result.warnings.map((w) => `${w.code} ${w.path}`) }),
+      (err: Error) => ({ refused: err.message }),
+    );
+    await repo.storage.close();
+    assert.ok(removed, 'the file was removed during the scan');
+    if (strict) assert.match((outcome as { refused: string }).refused, /refused by --strict: 1 warning\(s\), first: models\/tokenizer\.json file disappeared/);
+    else assert.deepEqual(outcome, { warnings: ['file-vanished models/tokenizer.json'] });
+    await fsp.rm(d.work, { recursive: true, force: true });
+  }
 });
