@@ -151,7 +151,7 @@ function regularFiles(): string[] {
 }
 
 function step(): void {
-  const op = rand() < 0.03 ? 'switch' : pick(['inplace', 'inplace', 'rewrite', 'append', 'append', 'truncate', 'replace', 'replace', 'recreate', 'rename-dir', 'counter', 'chmod'] as const);
+  const op = rand() < 0.03 ? 'switch' : pick(['inplace', 'inplace', 'overwrite', 'overwrite', 'rewrite', 'append', 'append', 'truncate', 'replace', 'replace', 'recreate', 'rename-dir', 'counter', 'chmod'] as const);
   const p = pick(regularFiles());
   const old = files.get(p)!;
   switch (op) {
@@ -168,6 +168,16 @@ function step(): void {
         fileState(p, content, () => fs.writeSync(fd, piece, 0, piece.length, at));
       }
       fs.closeSync(fd);
+      break;
+    }
+    case 'overwrite': {
+      // All of it rewritten in place with one call, at the same size: no stat before and after can tell.
+      const content = bytes(old.length);
+      fileState(p, content, () => {
+        const fd = fs.openSync(abs(p), 'r+');
+        fs.writeSync(fd, content, 0, content.length, 0);
+        fs.closeSync(fd);
+      });
       break;
     }
     case 'rewrite': {
