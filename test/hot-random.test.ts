@@ -132,7 +132,7 @@ test('backups taken while writers change the deployment hold only states that ex
   await fsp.mkdir(path.join(work, 'db'));
   await fsp.writeFile(
     path.join(work, 'lifeboat.yaml'),
-    ['sources:', '  models: ./models', '  registry: { sqlite: ./db/wal.db }', '  ledger: { sqlite: ./db/journal.db }', '  counter: { command: "cat state/counter.txt" }', ''].join('\n'),
+    ['sources:', '  models: ./models', '  live: ./models/current', '  registry: { sqlite: ./db/wal.db }', '  ledger: { sqlite: ./db/journal.db }', '  counter: { command: "cat state/counter.txt" }', ''].join('\n'),
   );
   const repos = { plain: path.join(work, 'repo-plain'), encrypted: path.join(work, 'repo-encrypted') };
   const envOf = (repo: string) => (repo === repos.encrypted ? PASSWORD : {});
@@ -200,12 +200,18 @@ test('backups taken while writers change the deployment hold only states that ex
         }
       }
       assert.equal(inPoint.get('current')?.type, 'symlink', `${what}: the live-version link is in the point`);
-
+      // The source under the link is read from one version, all of it: one the link named while the backup ran.
+      const liveFiles = p.shown.entries.filter((x) => x.source === 'live' && x.type === 'file' && !changedWhileRead.has(`live/${x.path}`));
+      const named = (states.get('models/current') ?? []).filter((s, i, all) => s.t0 <= p.to && (i + 1 === all.length || all[i + 1]!.t1 >= p.from));
+      const readFrom = named.find((s) => liveFiles.every((e) => heldDuring(states.get(`models/${s.link}/${e.path}`), (v) => v.h === e.sha256 && v.s === e.size, p.from, p.to)));
+      assert.ok(readFrom, `${what}: live holds files of no one version the link named then (${named.map((s) => s.link).join(', ')})`);
       const target = path.join(work, 'restored');
       await fsp.rm(target, { recursive: true, force: true });
       const restored = await run(p.repo, ['restore', p.id, '--target', target]);
       assert.equal(restored.code, 0, `${what}: ${restored.stderr}`);
-      assert.equal(compareSnapshots(expectedTree(p.shown, 'models'), await snapshotTree(path.join(target, 'models'))), undefined, `${what}: the restore is not the point's manifest`);
+      for (const source of ['models', 'live']) {
+        assert.equal(compareSnapshots(expectedTree(p.shown, source), await snapshotTree(path.join(target, source))), undefined, `${what}: the restore of ${source} is not the point's manifest`);
+      }
       for (const [name, file] of [['registry', 'wal.db'], ['ledger', 'journal.db']] as const) {
         const n = committedIn(path.join(target, name, file));
         assert.ok(n >= p.committed[name]! && n <= finalCommitted[name], `${what}: ${name} holds ${n} transactions, ${p.committed[name]} were committed before it began`);
@@ -221,6 +227,7 @@ test('backups taken while writers change the deployment hold only states that ex
 
     // At rest, an incremental of each repository restores the tree byte for byte, and the registries as they are.
     const final = await snapshotTree(path.join(work, 'models'));
+    const finalLive = await snapshotTree(await fsp.realpath(path.join(work, 'models', 'current')));
     const counter = await fsp.readFile(path.join(work, 'state', 'counter.txt'));
     for (const repo of Object.values(repos)) {
       const r = await run(repo, ['--json', 'backup', '--type', 'incr']);
@@ -231,6 +238,7 @@ test('backups taken while writers change the deployment hold only states that ex
       const restored = await run(repo, ['restore', 'latest', '--target', target]);
       assert.equal(restored.code, 0, restored.stderr);
       assert.equal(compareSnapshots(final, await snapshotTree(path.join(target, 'models'))), undefined, `${path.basename(repo)}: the restore of the last incremental is not the tree`);
+      assert.equal(compareSnapshots(finalLive, await snapshotTree(path.join(target, 'live'))), undefined, `${path.basename(repo)}: the restore of the last incremental is not the live version`);
       assert.equal(committedIn(path.join(target, 'registry', 'wal.db')), finalCommitted.registry);
       assert.equal(committedIn(path.join(target, 'ledger', 'journal.db')), finalCommitted.ledger);
       assert.deepEqual(await fsp.readFile(path.join(target, 'counter', 'stdout')), counter);

@@ -111,6 +111,9 @@ function setUp(): void {
   replace('state/counter.txt', Buffer.from(`counter ${counter}\n`));
 }
 
+/** Versions kept, the live one among them. */
+const KEEP_VERSIONS = 8;
+
 /** A new model version, then the live link switched to it with one rename. */
 function newVersion(): void {
   version++;
@@ -132,8 +135,8 @@ function newVersion(): void {
   fs.symlinkSync(target, staged);
   linkState('models/current', target, () => fs.renameSync(staged, abs('models/current')));
   // Versions before the last few are removed, as a deploy tool keeps some to roll back to.
-  const old = `models/versions/v${version - 4}`;
-  if (version > 4) {
+  const old = `models/versions/v${version - KEEP_VERSIONS}`;
+  if (version > KEEP_VERSIONS) {
     const t0 = Date.now();
     fs.rmSync(abs(old), { recursive: true });
     const t1 = Date.now();
@@ -151,7 +154,7 @@ function regularFiles(): string[] {
 }
 
 function step(): void {
-  const op = rand() < 0.03 ? 'switch' : pick(['inplace', 'inplace', 'overwrite', 'overwrite', 'rewrite', 'append', 'append', 'truncate', 'replace', 'replace', 'recreate', 'rename-dir', 'counter', 'chmod'] as const);
+  const op = rand() < 0.01 ? 'switch' : pick(['inplace', 'inplace', 'overwrite', 'overwrite', 'rewrite', 'append', 'append', 'truncate', 'replace', 'replace', 'recreate', 'rename-dir', 'counter', 'chmod'] as const);
   const p = pick(regularFiles());
   const old = files.get(p)!;
   switch (op) {
