@@ -25,7 +25,7 @@ import { ROWS_PER_TXN, startWriter, type Writer } from './helpers/writer.js';
 import { integrityCheck } from '../src/state/sqlite.js';
 
 const FILE_WRITER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'helpers', 'file-writer.js');
-const STEPS = Number(process.env.LIFEBOAT_TEST_STEPS) > 0 ? Number(process.env.LIFEBOAT_TEST_STEPS) : 10;
+const STEPS = Number(process.env.LIFEBOAT_TEST_STEPS) > 0 ? Number(process.env.LIFEBOAT_TEST_STEPS) : 8;
 const PASSWORD = { LIFEBOAT_PASSWORD: 'hot-random' };
 /** What a backup may warn of when files change under it; anything else is a defect. */
 const CHANGE_WARNINGS = new Set(['file-changed-during-read', 'file-vanished', 'unreadable']);
@@ -142,8 +142,8 @@ test('backups taken while writers change the deployment hold only states that ex
 
   const files = startFileWriter(work, seed, log);
   const registries: Record<'registry' | 'ledger', Writer> = {
-    registry: startWriter(path.join(work, 'db', 'wal.db'), 'wal', { checkpointEvery: rand() < 0.5 ? 0 : 3 + Math.floor(rand() * 20) }),
-    ledger: startWriter(path.join(work, 'db', 'journal.db'), 'delete'),
+    registry: startWriter(path.join(work, 'db', 'wal.db'), 'wal', { checkpointEvery: rand() < 0.5 ? 0 : 3 + Math.floor(rand() * 20), pauseMs: 10 }),
+    ledger: startWriter(path.join(work, 'db', 'journal.db'), 'delete', { pauseMs: 10 }),
   };
   const points: { repo: string; id: string; from: number; to: number; committed: Record<string, number>; shown: Shown }[] = [];
   let writersStopped = false;
