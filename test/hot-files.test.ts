@@ -3,13 +3,15 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createHash } from 'node:crypto';
-import { utimesSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, rmSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { lifeboat } from './helpers/cli.js';
 import { smallDeployment, type SmallDeployment } from './helpers/repo.js';
 import { tarBlocks } from './helpers/tar-blocks.js';
-import { backup } from '../src/core/backup.js';
+import { backup, type BackupResult } from '../src/core/backup.js';
+import type { Progress } from '../src/core/events.js';
 import { Repository } from '../src/core/repository.js';
 import { LocalStorage } from '../src/storage/local.js';
 import { prng, writeRandomFile } from './helpers/tree.js';
@@ -51,6 +53,21 @@ async function backupWhileRewriting(d: SmallDeployment, hot: string): Promise<{ 
   return { id, manifest: JSON.parse(await fsp.readFile(path.join(d.repo, 'points', `${id}.json`), 'utf8')) };
 }
 
+/**
+ * A full backup of the deployment taken in this process; `during` sees its progress reports and
+ * says, by returning true, that it has changed the source (it is not called again then).
+ */
+async function backupChanging(d: SmallDeployment, during: (p: Progress) => boolean, strict = false): Promise<BackupResult> {
+  let changed = false;
+  const repo = await Repository.open(new LocalStorage(d.repo));
+  try {
+    return await backup(repo, { sources: [{ name: 'models', path: d.src }], type: 'full', strict, reporter: { progress: (p) => void (changed ||= during(p)) } });
+  } finally {
+    await repo.storage.close();
+    assert.ok(changed, 'the source was changed during the backup');
+  }
+}
+
 test('a file rewritten while it is read is read again; every stored copy, superseded ones too, is checked by verify --read-data', async () => {
   const d = await smallDeployment();
   const hot = path.join(d.src, 'hot.bin');
@@ -90,24 +107,14 @@ test('a small file rewritten between the scan and its read is noticed, and store
   const d = await smallDeployment();
   const hot = path.join(d.src, 'hot-config.json');
   await fsp.writeFile(hot, JSON.stringify({ version: 1 }));
-  let rewritten = false;
-  const repo = await Repository.open(new LocalStorage(d.repo));
-  const result = await backup(repo, {
-    sources: [{ name: 'models', path: d.src }],
-    type: 'full',
-    reporter: {
-      progress: (p) => {
-        // Reported once the source's top directory, which holds it, is scanned: the file changes
-        // (same size, new mtime) after its stat was taken and before the backup reads it.
-        if (p.phase !== 'scan' || rewritten) return;
-        rewritten = true;
-        writeFileSync(hot, JSON.stringify({ version: 2 }));
-        utimesSync(hot, new Date(), new Date(Date.now() + 5_000));
-      },
-    },
+  const result = await backupChanging(d, (p) => {
+    // Reported once the source's top directory, which holds it, is scanned: the file changes
+    // (same size, new mtime) after its stat was taken and before the backup reads it.
+    if (p.phase !== 'scan') return false;
+    writeFileSync(hot, JSON.stringify({ version: 2 }));
+    utimesSync(hot, new Date(), new Date(Date.now() + 5_000));
+    return true;
   });
-  await repo.storage.close();
-  assert.ok(rewritten, 'the file was rewritten during the scan');
   const manifest = JSON.parse(await fsp.readFile(path.join(d.repo, 'points', `${result.id}.json`), 'utf8'));
   const entry = manifest.entries.find((e: { path: string }) => e.path === 'hot-config.json');
   // Read again in full (not taken from the reference or the first read): the digest is of the new content.
@@ -127,5 +134,52 @@ test('a file over 64 MiB that changes while it is read is stored once, as read, 
   assert.ok(entry, 'the file is in the point');
   assert.equal(manifest.superseded, undefined, 'no copy read before the last: it was read once');
   assert.ok(manifest.warnings?.some((w: { code: string; message: string }) => w.code === 'file-changed-during-read' && /too large to read again/.test(w.message)), JSON.stringify(manifest.warnings));
+  await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('a model file removed after the scan (an old version cleaned up during the backup) is said to have vanished, not to be an invalid model; --strict refuses it for that', async () => {
+  for (const strict of [false, true]) {
+    const d = await smallDeployment();
+    const tokenizer = path.join(d.src, 'tokenizer.json');
+    await fsp.writeFile(tokenizer, JSON.stringify({ model: { type: 'BPE', vocab: { a: 0, b: 1 } } }));
+    const removed = (p: Progress) => {
+      // Reported once the source's top directory, which holds it, is scanned: the scan saw it, the checks will not.
+      if (p.phase !== 'scan') return false;
+      rmSync(tokenizer);
+      return true;
+    };
+    const outcome = await backupChanging(d, removed, strict).then(
+      (result) => ({ warnings: result.warnings.map((w) => `${w.code} ${w.path}`) }),
+      (err: Error) => ({ refused: err.message }),
+    );
+    if (strict) assert.match((outcome as { refused: string }).refused, /refused by --strict: 1 warning\(s\), first: models\/tokenizer\.json file disappeared/);
+    else assert.deepEqual(outcome, { warnings: ['file-vanished models/tokenizer.json'] });
+    await fsp.rm(d.work, { recursive: true, force: true });
+  }
+});
+
+test('a file whose write was still going on when the backup opened it (its times set when the write began, so no stat tells) is read once more, and stored whole, not as a mix of both versions', async () => {
+  const d = await smallDeployment();
+  const hot = path.join(d.src, 'checkpoint.bin');
+  const size = 24 << 20;
+  const versions = [Buffer.alloc(size, 0x41), Buffer.alloc(size, 0x42)];
+  await fsp.writeFile(hot, versions[0]!);
+  // The times the file had when the backup opened it; a write in flight then changes its bytes, not its times.
+  const times = path.join(d.work, 'times');
+  execFileSync('touch', ['-r', hot, times]);
+  const result = await backupChanging(d, (p) => {
+    // Reported after the first 8 MiB of it are read.
+    if (p.phase !== 'backup' || p.current !== 'models/checkpoint.bin' || p.bytesDone < 8 << 20) return false;
+    const fd = openSync(hot, 'r+');
+    writeSync(fd, versions[1]!, 0, size, 0);
+    closeSync(fd);
+    execFileSync('touch', ['-r', times, hot]);
+    return true;
+  });
+  const manifest = JSON.parse(await fsp.readFile(path.join(d.repo, 'points', `${result.id}.json`), 'utf8'));
+  const entry = manifest.entries.find((e: { path: string }) => e.path === 'checkpoint.bin');
+  const digests = versions.map((v) => createHash('sha256').update(v).digest('hex'));
+  assert.ok(digests.includes(entry.sha256), 'the stored copy is one of the versions the file had, not a mix of both');
+  assert.equal((await lifeboat(['--repo', d.repo, 'verify', '--read-data'])).code, 0, 'every copy reads back as stored');
   await fsp.rm(d.work, { recursive: true, force: true });
 });

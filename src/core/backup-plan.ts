@@ -76,7 +76,7 @@ export interface BackupPlan {
 export const entryKey = (source: string, path: string) => `${source}\u0000${path}`;
 
 /** Coarse filesystem timestamps (FAT: 2 s) set the window. */
-const RACY_WINDOW_MS = 2000;
+export const RACY_WINDOW_MS = 2000;
 
 /**
  * Decides what to read. A file keeps its recorded SHA-256 and content

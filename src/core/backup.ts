@@ -14,7 +14,7 @@ import { type Notice, type Progress, type Reporter, progressAt } from './events.
 import { LockLostError, acquireWriterLock, releaseAfter, type HeldLock } from './lock.js';
 import { describeAbortedBackups, removeUnfinishedWrites } from './leftovers.js';
 import { isPermissionRefused } from '../storage/storage.js';
-import { chooseReference, type ReferenceChoice, countChanges, emptiedSince, emptySources, planBackup, type BackupPlan, type PlannedEntry } from './backup-plan.js';
+import { RACY_WINDOW_MS, chooseReference, type ReferenceChoice, countChanges, emptiedSince, emptySources, planBackup, type BackupPlan, type PlannedEntry } from './backup-plan.js';
 import { SMALL_FILE, SmallFileReader, type WholeFile } from './file-reader.js';
 import { Sha256Offload, type OffloadedDigest } from './hash-offload.js';
 import type { Repository } from './repository.js';
@@ -876,6 +876,7 @@ async function storeWholeFile(whole: WholeFile | undefined, planned: PlannedEntr
 async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreContext, attempt: number): Promise<Stored | 'vanished' | ReadDenied> {
   const s = planned.scanned;
   let opened: OpenedFile;
+  const openedAtMs = Date.now();
   try {
     opened = await openRegularFile(s.abs);
   } catch (err) {
@@ -917,10 +918,27 @@ async function storeFileOnce(planned: PlannedEntry, name: string, ctx: StoreCont
     const sha256 = await hash.digest();
     await writer.endEntry(written, size);
     const outcome = outcomeOf(before, await fh.stat({ bigint: true }), written, sha256);
+    if (!outcome.torn && size <= READ_AGAIN_MAX_BYTES && before.mtimeNs >= BigInt(openedAtMs - RACY_WINDOW_MS) * 1_000_000n) {
+      outcome.torn = !(await readsTheSame(fh, before, sha256, ctx, name));
+    }
     return storedAs(outcome, { point: ctx.pointId, volume, entry: index, offset }, outcome.torn ? undefined : probe?.digest());
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * Whether a file written just before it was opened reads again as it did. A
+ * write still going on then had set the file's times when it began, so the
+ * stat before and after the read cannot tell that its bytes changed during
+ * it (a checkpoint's one long write, slowed by the page cache's writeback):
+ * what was read may be a mix of both versions, and a second read differs.
+ */
+async function readsTheSame(fh: fsp.FileHandle, before: BigIntStats, sha256: string, ctx: StoreContext, name: string): Promise<boolean> {
+  const hash = ctx.hasher().stream();
+  const read = await copyBody(fh, Number(before.size), hash, undefined, ctx, name);
+  const after = await fh.stat({ bigint: true });
+  return (await hash.digest()) === sha256 && read === Number(before.size) && after.size === before.size && after.mtimeNs === before.mtimeNs;
 }
 
 /** Large files get a probe, collected as they are read. */

@@ -1,6 +1,7 @@
 import { errorMessage } from '../errors.js';
 import type { FileCheck, ModelFinding, ModelInfo } from './types.js';
 import { readUtf8Json } from './io.js';
+import { isGoneAsFile } from '../format/durable.js';
 
 /** Config and tokenizer files are parsed whole; anything bigger than this is not read. */
 export const MAX_JSON_BYTES = 256 << 20;
@@ -20,6 +21,8 @@ async function readJson(abs: string, size: number): Promise<{ value?: Record<str
   try {
     parsed = await readUtf8Json(abs);
   } catch (err) {
+    // A file that is gone is no file to judge: the caller says so, or leaves it out.
+    if (isGoneAsFile(err)) throw err;
     return { reason: `is not valid JSON: ${errorMessage(err)}` };
   }
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return { reason: 'is not a JSON object' };

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { errorMessage, throwIfAborted } from '../errors.js';
 import { checkGguf } from './gguf.js';
 import { checkHfFile, checkVocabulary, hfKind, type HfCheck, type HfKind } from './hf-config.js';
+import { isGoneAsFile } from '../format/durable.js';
 import { checkOnnx } from './onnx.js';
 import { checkSafetensors, checkSafetensorsIndex, isSafetensorsIndex, type SafetensorsCheck } from './safetensors.js';
 import { clip, type FileCheck, type ModelFinding, type ModelFormat, type ModelInfo, type TreeFile } from './types.js';
@@ -66,7 +67,9 @@ export async function validateTree(files: readonly TreeFile[], options: Validate
       record(f, format, check);
       return check;
     } catch (err) {
-      findings.push({ path: f.name, format, reason: `cannot be read: ${errorMessage(err)}` });
+      // Gone since the tree was listed (an old version removed while a backup runs): there is no model
+      // to judge, and the backup says the file vanished when it comes to read it.
+      if (!isGoneAsFile(err)) findings.push({ path: f.name, format, reason: `cannot be read: ${errorMessage(err)}` });
       return undefined;
     }
   };

@@ -17,9 +17,10 @@ export interface Writer {
   stop: () => Promise<number>;
 }
 
-/** A process that keeps inserting rows in transactions of ROWS_PER_TXN rows into a SQLite database. */
-export function startWriter(db: string, journalMode: string): Writer {
-  const child = spawn(process.execPath, [WRITER, db, journalMode, String(ROWS_PER_TXN)], { stdio: ['ignore', 'pipe', 'inherit'] });
+/** A process that keeps inserting rows in transactions of ROWS_PER_TXN rows into a SQLite database (checkpointing a WAL one every `checkpointEvery` transactions, when given; `pauseMs` between transactions, 1 unless given). */
+export function startWriter(db: string, journalMode: string, options: { checkpointEvery?: number; pauseMs?: number } = {}): Writer {
+  const args = [WRITER, db, journalMode, String(ROWS_PER_TXN), String(options.checkpointEvery ?? 0), String(options.pauseMs ?? 1)];
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
   let committed = 0;
   let buffered = '';
   let onReady: () => void;
