@@ -29,10 +29,15 @@ function compileCacheDirectory() {
 
 // Loading the CLI takes a moment (half a second on a busy host): a signal that comes meanwhile is
 // kept for it, so that the run ends as any interrupted one does (exit 130), rather than killed.
+// These listeners go only once the CLI has its own: a signal of which nothing is listening any
+// more is dropped, and Node 24 may load the CLI without turning to its event loop, so that one
+// received during the load is only handed to listeners after it.
 const early = [];
 const keep = (name) => early.push(name);
 const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 for (const name of SIGNALS) process.on(name, keep);
 const { main } = await import('../dist/bundle/main.js');
-for (const name of SIGNALS) process.off(name, keep);
-await main(process.argv, early);
+await main(process.argv, () => {
+  for (const name of SIGNALS) process.off(name, keep);
+  return early;
+});

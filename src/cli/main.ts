@@ -354,8 +354,11 @@ function afterFailedWrites(failed: OutputFailures, code: number, say: Say): numb
 }
 
 /** The process entry: signals become an abort, the exit code is set, never process.exit(). */
-/** `early`: the signals that came while the executable was still loading this, in order. */
-export async function main(argv: string[], early: readonly string[] = []): Promise<void> {
+/**
+ * `handOver`: called once this has its own signal listeners; it removes the executable's and
+ * returns the signals that came while the executable was still loading this, in order.
+ */
+export async function main(argv: string[], handOver: () => readonly string[] = () => []): Promise<void> {
   const controller = new AbortController();
   // What is said here, outside any command, is a log line like the others: one JSON object with --log-format json.
   const jsonLogs = givenOnCommandLine(argv, '--log-format', 'json');
@@ -382,7 +385,7 @@ export async function main(argv: string[], early: readonly string[] = []): Promi
   process.on('SIGTERM', () => onSignal('SIGTERM'));
   // A terminal or SSH session that goes away mid-restore: stop as cleanly as on Ctrl-C, not at once.
   process.on('SIGHUP', () => onSignal('SIGHUP'));
-  for (const name of early) onSignal(name);
+  for (const name of handOver()) onSignal(name);
   const ran = await runCli(argv, { stdout: process.stdout, stderr: process.stderr, env: process.env, cwd: process.cwd() }, controller.signal);
   // The failure of the last write arrives on the next turn of the event loop.
   await new Promise((resolve) => setImmediate(resolve));
