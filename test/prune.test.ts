@@ -225,7 +225,14 @@ test('prune --dry-run names the temporary file a killed backup left, which the p
   await writeRandomFile(path.join(d.src, 'shard.bin'), 64 << 20, prng(3));
   const child = spawnLifeboat(['--repo', d.repo, 'backup', d.src, '--type', 'incr']);
   const exited = new Promise((resolve) => child.once('exit', resolve));
-  const writing = async () => (await fsp.readdir(path.join(d.repo, '.tmp')).catch(() => [])).length > 0;
+  // A volume being written, not the lock's document on its way into place, which is gone a moment later.
+  const tmp = path.join(d.repo, '.tmp');
+  const writing = async () => {
+    for (const name of await fsp.readdir(tmp).catch(() => [])) {
+      if (((await fsp.stat(path.join(tmp, name)).catch(() => undefined))?.size ?? 0) >= 1 << 20) return true;
+    }
+    return false;
+  };
   assert.ok(await waitFor(writing, 20_000), 'the backup is writing a volume');
   child.kill('SIGKILL');
   await exited;
