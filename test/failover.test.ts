@@ -559,6 +559,15 @@ test('the paths of a target (its slots, its link) are named in quotes where thei
   assert.equal(rollback.stderr, `lifeboat: the previous slot ${JSON.stringify(path.join(slots, first))} of target prod no longer exists\n  fail over to a chosen point instead: lifeboat failover ${first} --to prod\n`);
 });
 
+test('a rollback of a target never failed over says there is nothing to roll back to, and makes no slots directory for it', async (t) => {
+  const { work } = await twoPoints('  prod: { slots: ./never/slots, active: ./current }\n');
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const rollback = await lifeboat(['rollback'], { cwd: work });
+  assert.equal(rollback.code, 2, rollback.stderr);
+  assert.match(rollback.stderr, /target prod has no previous slot to roll back to\n/);
+  assert.equal(await fsp.lstat(path.join(work, 'never')).then(() => true, () => false), false, 'nothing made for a target never failed over');
+});
+
 test('a rollback or failover refused before it changed anything is not journalled as a failed one, which status would list; a failover run again for a point without serving state says nothing of its state', async (t) => {
   const { work, first } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
   t.after(() => fsp.rm(work, { recursive: true, force: true }));

@@ -775,6 +775,10 @@ async function failoverRegistered(repo: Repository, manifest: Manifest, spec: Ta
   }
 }
 
+function noPreviousSlot(spec: TargetSpec): UsageError {
+  return new UsageError(`target ${spec.name} has no previous slot to roll back to`, { hint: `fail over to a chosen point instead: lifeboat failover POINT --to ${spec.name}` });
+}
+
 /**
  * Switches a target back to the slot it served before its last switch, with
  * the same health checking (and switching back again if that slot is not
@@ -786,6 +790,9 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
   let served = 'nothing';
   /** See failover. */
   let putServedStateBack: ((interrupted: boolean) => Promise<boolean>) | undefined;
+  // A target never failed over has no slots directory: nothing to roll back to, and nothing to make for it.
+  const slots = await fsp.lstat(spec.slots).catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? undefined : null));
+  if (slots === undefined) throw noPreviousSlot(spec);
   const unlock = await lockTarget(spec.slots, spec.name, 'rollback');
   try {
     await finishSwitchBack(run, repo);
@@ -801,7 +808,7 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
           hint: `fail over to the point served before: lifeboat status --target ${spec.name} lists the last failovers and the slots; lifeboat failover POINT --to ${spec.name}`,
         });
       }
-      throw new UsageError(`target ${spec.name} has no previous slot to roll back to`, { hint: `fail over to a chosen point instead: lifeboat failover POINT --to ${spec.name}` });
+      throw noPreviousSlot(spec);
     }
     if (!(await isDirectory(to))) {
       throw new UsageError(`the previous slot ${quoteName(to)} of target ${spec.name} no longer exists`, { hint: `fail over to a chosen point instead: lifeboat failover ${slotPoint(spec.slots, to) ?? 'POINT'} --to ${spec.name}` });
