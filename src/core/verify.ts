@@ -265,20 +265,19 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
     });
     result.bytesRead = progress.bytesDone;
     const at = (options.now ?? (() => new Date()))();
-    let updated = ledgers.updateLedger(ledger, ok, failed, new Set(existing.keys()), at, options.sinceVerified === true);
-    let recorded = true;
+    let updated: ledgers.Ledger | undefined;
     try {
       updated = await ledgers.recordInLedger(repo.storage, ledger, ok, failed, new Set(existing.keys()), at, options.sinceVerified === true);
     } catch (err) {
       if (options.signal?.aborted) throw err;
-      recorded = false;
       // Read-only credentials, most often: the record stays as it was, and so does what it says.
       const again = options.sinceVerified ? '; the next --since-verified run reads these volumes again, as never verified' : '';
       const n: Notice = { level: 'warning', code: 'ledger-not-written', path: ledgers.LEDGER_KEY, message: `could not record what was verified: ${errorMessage(err)}${again}` };
       warnings.push(n);
       reporter.notice?.(n);
     }
-    const oldest = ledgers.oldestVerification(recorded ? updated : ledger, jobs.map((j) => j.volume));
+    const recorded = updated !== undefined;
+    const oldest = ledgers.oldestVerification(updated ?? ledger, jobs.map((j) => j.volume));
     result.oldestVerifiedAt = oldest.oldestVerifiedAt;
     result.volumes = { ...(result.volumes ?? { total: jobs.length, read: chosen.length, skipped: jobs.length - chosen.length }), neverVerified: oldest.neverVerified, recorded };
   }
