@@ -269,12 +269,12 @@ async function readConfigFile(file: string): Promise<{ bytes: Buffer; pipe: bool
 }
 
 /** The parser recurses once per level: a file nested thousands deep overflows the stack, which says nothing to an operator. */
-function tooDeep(file: string, err: unknown): Error {
-  if (!isStackOverflow(err)) return err as Error;
-  return new UsageError(`${quoteName(file)}: invalid YAML: nested too deeply to be a lifeboat config`, { cause: err, hint: 'a lifeboat config is a few levels deep: check which file --config or LIFEBOAT_CONFIG names' });
+function tooDeep(file: string, cause: unknown): UsageError {
+  return new UsageError(`${quoteName(file)}: invalid YAML: nested too deeply to be a lifeboat config`, { cause, hint: 'a lifeboat config is a few levels deep: check which file --config or LIFEBOAT_CONFIG names' });
 }
 
-const isStackOverflow = (err: unknown) => err instanceof RangeError && /call stack/i.test(err.message);
+/** The stack's own words, whether the parser threw them or reported them among its errors. */
+const isStackOverflow = (message: string) => /call stack/i.test(message);
 
 export async function parseConfig(text: string, file: string): Promise<LifeboatConfig> {
   // Most runs have no config file; the YAML parser is loaded only for those that do. It is a
@@ -287,11 +287,12 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
     // another writes them as docker-compose files do, and was refused as an unknown key `<<`.
     doc = parseDocument(text, { prettyErrors: false, merge: true });
   } catch (err) {
-    throw tooDeep(file, err);
+    if (err instanceof RangeError && isStackOverflow(err.message)) throw tooDeep(file, err);
+    throw err;
   }
   if (doc.errors.length > 0) {
     const e = doc.errors[0]!;
-    if (e.code === 'RESOURCE_EXHAUSTION' && /call stack/i.test(e.message)) throw tooDeep(file, new RangeError(e.message));
+    if (e.code === 'RESOURCE_EXHAUSTION' && isStackOverflow(e.message)) throw tooDeep(file, e);
     const line = e.linePos?.[0]?.line;
     throw new UsageError(`${quoteName(file)}${line ? `:${line}` : ''}: invalid YAML: ${e.message.split('\n')[0]}`);
   }
@@ -306,7 +307,7 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
   try {
     raw = doc.toJS() ?? {};
   } catch (err) {
-    if (isStackOverflow(err)) throw tooDeep(file, err);
+    if (err instanceof RangeError && isStackOverflow(err.message)) throw tooDeep(file, err);
     // What the parser refuses only once it builds the data (an alias bomb: anchors nested so that
     // their expansion would take all memory) is a config error like any other.
     throw new UsageError(`${quoteName(file)}: invalid YAML: ${errorMessage(err).split('\n')[0]}`, { cause: err });
