@@ -30,6 +30,7 @@ test('config errors exit 2 and name the key', async () => {
     ['repository: ./r\nretention: { keepFull: "four" }\n', /retention\.keepFull: must be a whole number of at least 1$/m],
     ['repository: ./r\nretention: { keepFull: 2.5 }\n', /retention\.keepFull: must be a whole number of at least 1$/m],
     ['repository: ./r\nretention: { keepDiff: -1 }\n', /retention\.keepDiff: must be a whole number of at least 0$/m],
+    ['repository: ./r\nretention: { keepFull: 99999999999999999999 }\n', /retention\.keepFull: must be a whole number of at most 9007199254740991$/m],
     ['repository: s3://b/r\ns3: { concurrency: 100 }\n', /s3\.concurrency: must be a whole number from 1 to 64$/m],
     ['repository: ./r\nsurprise: 1\n', /unknown key "surprise"/],
     // Said in the config's words, not the schema library's ("Invalid URL", "Invalid option: expected one of …").

@@ -180,6 +180,7 @@ test('a flag value that cannot be used is refused (exit 2) naming the flag and w
     [['status', '--events', '0x10'], /--events 0x10: expected a whole number of at least 0/],
     [['status', '--events', ''], /--events "": expected a whole number of at least 0/],
     [['prune', '--keep-full', '1e1'], /--keep-full 1e1: expected a whole number of at least 1/],
+    [['prune', '--keep-full', '99999999999999999999'], /--keep-full 99999999999999999999: expected a whole number of at most 9007199254740991/],
     [['prune', '--keep-full', '1', '--keep-diff', ' 5 '], /--keep-diff " 5 ": expected a whole number of at least 0/],
     [['verify', '--subset', '0x10'], /--subset 0x10: expected a percentage above 0 and at most 100, such as 5 or 12\.5/],
     [['verify', '--subset', '1e1'], /--subset 1e1: expected a percentage above 0 and at most 100, such as 5 or 12\.5/],

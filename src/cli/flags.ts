@@ -28,6 +28,8 @@ const refused = (flag: string, value: string, expected: string) => new UsageErro
 export function count(flag: string, value: string, min: number, max?: number): number {
   const n = /^\d+$/.test(value) ? Number(value) : NaN;
   if (!(n >= min && (max === undefined || n <= max))) throw refused(flag, value, `a whole number ${max === undefined ? `of at least ${min}` : `from ${min} to ${max}`}`);
+  // Past this a number no longer counts one by one (the config refuses it too): 99999999999999999999 would read as 1e20.
+  if (!Number.isSafeInteger(n)) throw refused(flag, value, `a whole number of at most ${Number.MAX_SAFE_INTEGER}`);
   return n;
 }
 

@@ -33,8 +33,11 @@ const durationOf = (rule: DurationRule) =>
 /** A whole number from `min` (to `max`), said as the flags say it rather than in the schema library's words. */
 const wholeNumber = (min: number, max?: number) => {
   const expected = `must be a whole number ${max === undefined ? `of at least ${min}` : `from ${min} to ${max}`}`;
-  const n = z.number({ error: expected }).int({ error: expected }).min(min, { error: expected });
-  return max === undefined ? n : n.max(max, { error: expected });
+  return z.number({ error: expected }).superRefine((n, ctx) => {
+    if (!Number.isInteger(n) || n < min || (max !== undefined && n > max)) ctx.addIssue({ code: 'custom', message: expected });
+    // Past this a number no longer counts one by one: YAML's 99999999999999999999 reads as 1e20.
+    else if (!Number.isSafeInteger(n)) ctx.addIssue({ code: 'custom', message: `must be a whole number of at most ${Number.MAX_SAFE_INTEGER}` });
+  });
 };
 const duration = durationOf({});
 const positiveDuration = durationOf({ positive: true });
