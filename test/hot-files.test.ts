@@ -3,16 +3,18 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createHash } from 'node:crypto';
-import { closeSync, openSync, rmSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, rmSync, symlinkSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { lifeboat } from './helpers/cli.js';
 import { smallDeployment, type SmallDeployment } from './helpers/repo.js';
 import { tarBlocks } from './helpers/tar-blocks.js';
 import { backup, type BackupResult } from '../src/core/backup.js';
-import type { Progress } from '../src/core/events.js';
+import type { Notice, Progress } from '../src/core/events.js';
 import { Repository } from '../src/core/repository.js';
+import { scanSource } from '../src/core/scan.js';
 import { LocalStorage } from '../src/storage/local.js';
 import { prng, writeRandomFile } from './helpers/tree.js';
 
@@ -182,4 +184,45 @@ test('a file whose write was still going on when the backup opened it (its times
   assert.ok(digests.includes(entry.sha256), 'the stored copy is one of the versions the file had, not a mix of both');
   assert.equal((await lifeboat(['--repo', d.repo, 'verify', '--read-data'])).code, 0, 'every copy reads back as stored');
   await fsp.rm(d.work, { recursive: true, force: true });
+});
+
+test('an entry removed after its directory was listed, before it was looked at, is a file that vanished, not an unreadable one', async (t) => {
+  const work = await fsp.mkdtemp(path.join(os.tmpdir(), 'lifeboat-vanish-'));
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const dir = path.join(work, 'src', 'v1');
+  await fsp.mkdir(path.join(dir, 'sub'), { recursive: true });
+  const names = Array.from({ length: 40 }, (_, i) => `f${i}.json`);
+  for (const name of names) writeFileSync(path.join(dir, name), name);
+  // A link the scan warns about as it reaches it: a moment between the listing and the rest of its lstats.
+  // Its name is tried until the listing puts it before some files (the order is the file system's).
+  let trigger = '';
+  let listed: string[] = [];
+  for (let i = 0; i < 50 && !listed.slice(listed.indexOf(trigger) + 1).some((n) => n.startsWith('f')); i++) {
+    if (trigger) rmSync(path.join(dir, trigger));
+    trigger = `a-link${i}`;
+    symlinkSync(Buffer.from([0x6f, 0xff]), path.join(dir, trigger));
+    listed = readdirSync(dir);
+  }
+  const after = new Set(listed.slice(listed.indexOf(trigger) + 1));
+  assert.ok([...after].some((n) => n.startsWith('f')), `nothing listed after the link: ${listed.join(' ')}`);
+
+  const notices: Notice[] = [];
+  const scanned = await scanSource({ name: 'models', path: path.join(work, 'src') }, [], {
+    notice: (n) => {
+      notices.push(n);
+      if (n.code !== 'name-not-utf8') return;
+      for (const name of names) rmSync(path.join(dir, name));
+      rmSync(path.join(dir, 'sub'), { recursive: true });
+    },
+  });
+  assert.deepEqual(notices.filter((n) => n.code === 'unreadable'), []);
+  const vanished = new Set(notices.filter((n) => n.code === 'file-vanished').map((n) => n.path));
+  const kept = new Set(scanned.entries.map((e) => `models/${e.path}`));
+  // Listed before the link: kept as it was looked at (a directory then found gone is recorded empty, and said so).
+  for (const name of listed.filter((n) => n !== trigger)) {
+    const at = `models/v1/${name}`;
+    assert.equal(kept.has(at), !after.has(name), at);
+    assert.equal(vanished.has(at), after.has(name) || name === 'sub', at);
+  }
+  assert.equal(vanished.size, names.filter((n) => after.has(n)).length + 1);
 });

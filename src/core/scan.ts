@@ -208,6 +208,12 @@ function leaveOutLinksThroughLinks(entries: ScannedEntry[], source: string, foll
 /** Entries listed and stated between turns of the event loop. */
 const SYNC_BATCH = 256;
 
+/** Removed (or its directory replaced by a file) after the listing that named it: changed, not unreadable. */
+function isGone(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'ENOENT' || code === 'ENOTDIR';
+}
+
 /**
  * Walks a source tree without following symlinks. Unreadable entries and
  * special files are reported and skipped, never fatal.
@@ -271,7 +277,8 @@ export async function scanSource(
     try {
       names = readdirSync(absDir);
     } catch (err) {
-      reporter.notice?.({ level: 'warning', code: 'unreadable', path: `${spec.name}/${relDir}`, message: `cannot read directory: ${errorMessage(err)}` });
+      if (isGone(err)) reporter.notice?.({ level: 'warning', code: 'file-vanished', path: `${spec.name}/${relDir}`, message: 'directory disappeared before it could be listed; recorded empty' });
+      else reporter.notice?.({ level: 'warning', code: 'unreadable', path: `${spec.name}/${relDir}`, message: `cannot read directory: ${errorMessage(err)}` });
       continue;
     }
     if (++sinceYield >= SYNC_BATCH) await yieldNow();
@@ -284,7 +291,9 @@ export async function scanSource(
       try {
         st = lstatSync(abs, { bigint: true });
       } catch (err) {
-        reporter.notice?.({ level: 'warning', code: 'unreadable', path: `${spec.name}/${rel}`, message: `cannot stat: ${errorMessage(err)}` });
+        // Listed, then removed before it was looked at (an old version cleaned up while the backup runs).
+        if (isGone(err)) reporter.notice?.({ level: 'warning', code: 'file-vanished', path: `${spec.name}/${rel}`, message: 'disappeared before it could be read; not in this point' });
+        else reporter.notice?.({ level: 'warning', code: 'unreadable', path: `${spec.name}/${rel}`, message: `cannot stat: ${errorMessage(err)}` });
         continue;
       }
       const isDir = st.isDirectory();
