@@ -218,14 +218,16 @@ export interface WriterLockOptions {
   signal?: AbortSignal;
 }
 
+/** What a writer says of a stale lock it took over (`took over`), or that a dry run finds and the command would take over. */
+export function staleLockNotice(stale: LockStatus, verb: 'took over' | 'would take over'): Notice {
+  const message = stale.unreadable ? `${verb} the repository lock, whose document was unreadable (damaged or empty)` : `${verb} a stale lock of ${describeLock(stale.info)} (${stale.reason})`;
+  return { level: 'warning', code: 'stale-lock', message };
+}
+
 /** Takes the repository lock for a writing command (backup, prune), and reports a stale lock it took over. */
 export async function acquireWriterLock(storage: Storage, command: string, options: WriterLockOptions, reporter: Reporter): Promise<HeldLock> {
   const lock = await acquireLock(storage, command, undefined, writerLockOptions(options, reporter));
-  if (lock.tookOver) {
-    const stale = lock.tookOver;
-    const message = stale.unreadable ? 'took over the repository lock, whose document was unreadable (damaged or empty)' : `took over a stale lock of ${describeLock(stale.info)} (${stale.reason})`;
-    reporter.notice?.({ level: 'warning', code: 'stale-lock', message });
-  }
+  if (lock.tookOver) reporter.notice?.(staleLockNotice(lock.tookOver, 'took over'));
   // Where it fails (no room), the room kept for a prune is missing: the writer's own writes say so.
   await storage.keepReserve().catch(() => undefined);
   return lock;
