@@ -455,8 +455,8 @@ interface Claim {
 /**
  * Takes the claim on replacing the document at `final`: a directory made beside it (mkdir, of several
  * at once one succeeds) holding `owner.json` ({host, pid, at, nonce}). A claim whose owner is gone from
- * this host, or that is older than CLAIM_STALE_MS by its own time or by how long this process has seen
- * it unchanged, is removed, and the claim made again.
+ * this host, or that this process has seen unchanged for CLAIM_STALE_MS, is removed, and the claim made
+ * again.
  */
 async function claimBeside(final: string): Promise<Claim> {
   const dir = claimPath(final);
@@ -504,7 +504,12 @@ async function claimBeside(final: string): Promise<Claim> {
   }
 }
 
-/** Whether a claim whose `owner.json` reads `owner` ('' when it does not read), seen unchanged for `seenMs`, was left by a writer that is gone or stuck. */
+/**
+ * Whether a claim whose `owner.json` reads `owner` ('' when it does not read), seen unchanged for
+ * `seenMs`, was left by a writer that is gone or stuck. How long is measured by this process's own
+ * clock, not by the claim's time: a host whose clock is behind would have its claims taken over as
+ * soon as they are made.
+ */
 function claimAbandoned(owner: string, seenMs: number): boolean {
   if (seenMs > CLAIM_STALE_MS) return true;
   let info: { host?: unknown; pid?: unknown; at?: unknown };
@@ -514,7 +519,6 @@ function claimAbandoned(owner: string, seenMs: number): boolean {
     return false;
   }
   const at = typeof info.at === 'string' ? Date.parse(info.at) : Number.NaN;
-  if (Number.isFinite(at) && Date.now() - at > CLAIM_STALE_MS) return true;
   return info.host === os.hostname() && typeof info.pid === 'number' && !ownerRuns(info.pid, Number.isFinite(at) ? at : undefined);
 }
 
