@@ -154,6 +154,26 @@ test('a writer stopped while it replaces a document (SIGSTOP) does not write ove
   }
 });
 
+test('a writer stopped after it compared and before it wrote (its claim taken over meanwhile) does not write when it is continued', { timeout: 5 * 60_000 }, async (t) => {
+  const { rand, repo, storage } = await randomBed(t);
+  const key = 'locks/lock.json';
+  await storage.putDocument(key, Buffer.from(JSON.stringify({ seq: 0 })));
+  const nth = 1 + Math.floor(rand() * 50);
+  const writer = worker(t, 'rewrite', repo, key, String(nth));
+  assert.deepEqual(await writer.next(), { started: true });
+  assert.deepEqual(await writer.next(), { paused: nth });
+  // What it compared is what the document still holds: only its claim, taken over after CLAIM_STALE_MS, stops it.
+  const now = await storage.getDocument(key);
+  assert.deepEqual(JSON.parse(now.toString()), { seq: nth - 1 });
+  const mine = Buffer.from(JSON.stringify({ seq: -1, by: 'another' }));
+  assert.equal(await storage.putDocument(key, mine, { ifMatch: now }), true, 'the document was replaced beside the stopped writer');
+  writer.child.kill('SIGCONT');
+  assert.deepEqual(await writer.next(), { refused: nth });
+  await finished(writer);
+  assert.deepEqual(await storage.getDocument(key), mine, 'the writer, continued, wrote over the other\'s document');
+  await assert.rejects(fsp.readdir(path.join(repo, 'locks', 'lock.json.claim')), 'no claim is left behind');
+});
+
 test('a prune killed (SIGKILL) at any moment while it rewrites its lock leaves a whole lock, which the next writer takes over', { timeout: 10 * 60_000 }, async (t) => {
   const { rand, repo, storage } = await randomBed(t);
   let claimsLeft = 0;

@@ -9,10 +9,15 @@
  * look REPO STOP             reads the lock as a reader does until the file STOP exists.
  * take REPO STOP             tries to take the lock as a backup until the file STOP exists.
  * race REPO GO NAME KEYS...  once the file GO exists, replaces each key that holds "stale" with NAME.
- * rewrite REPO KEY           rewrites KEY (which holds {"seq":0}) with the next seq over the last it
- *                            wrote, back to back, until a replace finds it changed.
+ * rewrite REPO KEY [N]       rewrites KEY (which holds {"seq":0}) with the next seq over the last it
+ *                            wrote, back to back, until a replace finds it changed. With N, it stops
+ *                            itself (SIGSTOP) just before its Nth rename onto KEY, saying {"paused": N}:
+ *                            after its replace compared what KEY holds, before it writes; it ends
+ *                            there, saying {"wrote": N} if that replace went through.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, writeSync } from 'node:fs';
+import { createRequire, syncBuiltinESMExports } from 'node:module';
+import * as path from 'node:path';
 import { LockedError } from '../../src/errors.js';
 import { acquireLock, readLock } from '../../src/core/lock.js';
 import { LocalStorage } from '../../src/storage/local.js';
@@ -81,6 +86,8 @@ switch (mode) {
   }
   case 'rewrite': {
     const key = args[0]!;
+    const pauseAt = args[1] === undefined ? undefined : Number(args[1]);
+    if (pauseAt !== undefined) pauseBeforeRename(path.join(root!, ...key.split('/')), pauseAt);
     let last = Buffer.from(JSON.stringify({ seq: 0 }));
     say({ started: true });
     for (let seq = 1; ; seq++) {
@@ -90,9 +97,31 @@ switch (mode) {
         break;
       }
       last = next;
+      if (seq === pauseAt) {
+        say({ wrote: seq });
+        break;
+      }
     }
     break;
   }
   default:
     throw new Error(`unknown mode ${mode}`);
+}
+
+/**
+ * Stops this process just before its `nth` rename onto `file`. The storage code imports node:fs/promises
+ * as a namespace, which Node keeps in step with the module's object once told to.
+ */
+function pauseBeforeRename(file: string, nth: number): void {
+  const promises = (createRequire(import.meta.url)('node:fs') as typeof import('node:fs')).promises;
+  const rename = promises.rename;
+  let renames = 0;
+  promises.rename = async (from, to) => {
+    if (to === file && ++renames === nth) {
+      writeSync(1, `${JSON.stringify({ paused: nth })}\n`);
+      process.kill(process.pid, 'SIGSTOP');
+    }
+    return rename(from, to);
+  };
+  syncBuiltinESMExports();
 }
