@@ -170,7 +170,8 @@ test('the lease refresh never writes back a lock another process took over, and 
   assert.deepEqual(JSON.parse(await fsp.readFile(lockFile, 'utf8')), other, 'release leaves the other holder\'s lock');
 });
 
-test('a prune whose lock is taken over before it deletes deletes nothing and exits 4', async (t) => {
+/** A repository holding `count` full backups of a one-file source. */
+async function fullBackups(t: { after(fn: () => Promise<void>): void }, count: number): Promise<{ repo: string }> {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
   const src = path.join(work, 'src');
@@ -178,7 +179,12 @@ test('a prune whose lock is taken over before it deletes deletes nothing and exi
   await fsp.writeFile(path.join(src, 'a.bin'), 'a');
   const repo = path.join(work, 'repo');
   assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
-  for (let i = 0; i < 3; i++) assert.equal((await lifeboat(['--repo', repo, 'backup', src, '--type', 'full'])).code, 0);
+  for (let i = 0; i < count; i++) assert.equal((await lifeboat(['--repo', repo, 'backup', src, '--type', 'full'])).code, 0);
+  return { repo };
+}
+
+test('a prune whose lock is taken over before it deletes deletes nothing and exits 4', async (t) => {
+  const { repo } = await fullBackups(t, 3);
   const before = await pointIds(repo);
   const storage = new LocalStorage(repo);
   const other = { host: os.hostname(), pid: process.pid, command: 'backup', startedAt: new Date().toISOString(), refreshedAt: new Date().toISOString(), leaseMs: 1_800_000, token: 'e'.repeat(32) };
@@ -217,6 +223,25 @@ test('unlock removes only the lock it judged: one taken over since stays with it
   await fsp.writeFile(lockFile, JSON.stringify(stale));
   assert.equal(await removeLock(storage, (await readStoredLock(storage))!), true);
   await assert.rejects(fsp.access(lockFile));
+});
+
+test("a prune's plan never names the lock: the stale lock a killed backup left is taken over and said so, by --dry-run as what the prune would do", async (t) => {
+  const { repo } = await fullBackups(t, 2);
+  const gone = 2 ** 22 + 4242;
+  const stale = JSON.stringify({ host: os.hostname(), pid: gone, command: 'backup', startedAt: new Date().toISOString(), refreshedAt: new Date().toISOString(), leaseMs: 1_800_000, token: 'd'.repeat(32) });
+  const lockFile = path.join(repo, 'locks', 'lock.json');
+  await fsp.mkdir(path.dirname(lockFile));
+  await fsp.writeFile(lockFile, stale);
+  const dry = await lifeboat(['--repo', repo, '--json', 'prune', '--keep-full', '1', '--dry-run']);
+  assert.equal(dry.code, 0, dry.stderr);
+  assert.match(dry.stderr, new RegExp(`warning: would take over a stale lock of backup on .*, pid ${gone}, since .* \\(process ${gone} no longer runs on `));
+  assert.equal(await fsp.readFile(lockFile, 'utf8'), stale, 'a dry run leaves the lock');
+  const run = await lifeboat(['--repo', repo, '--json', 'prune', '--keep-full', '1']);
+  assert.equal(run.code, 0, run.stderr);
+  assert.match(run.stderr, new RegExp(`warning: took over a stale lock of backup on .*, pid ${gone}, `));
+  assert.deepEqual(run.json().objects, dry.json().objects, 'the prune removed what its dry run said');
+  assert.ok(!run.json().objects.includes('locks/lock.json'));
+  await assert.rejects(fsp.access(lockFile), 'the lock, taken over, is released');
 });
 
 test('a lock whose pid now belongs to a process started after it was taken (a reboot, a container run again) is stale: backup takes it over, unlock removes it', async (t) => {

@@ -258,32 +258,34 @@ test('verify during a backup says the uncommitted point is being written, and wa
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 
-test('a reader that looks at the lock in the moment a prune rewrites it (moved aside, in a local repository) still waits for the prune', async (t) => {
+test('a reader that looks at the lock while a prune rewrites it back to back (a local repository) always finds it, and waits for the prune', async (t) => {
   const d = await twoFulls();
   t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
   const [older] = (await lifeboat(['--repo', d.repo, '--json', 'list'])).json().map((p: { id: string }) => p.id) as string[];
   const inner = new LocalStorage(d.repo);
   const pruning = await acquireLock(inner, 'prune');
-  // The prune says, again and again, that it removes the point the reader reads, until a look of the reader's has found no lock.
-  let missed = false;
+  // The prune says, again and again, that it removes the point the reader reads, until the reader has waited for it.
+  let done = false;
   const rewriting = (async () => {
-    while (!missed) await pruning.announce([older!]);
+    while (!done) await pruning.announce([older!]);
   })();
+  // Each look of the reader's at the lock is a run of looks, any of which may fall on a rewrite.
+  let looks = 0;
+  let missed = 0;
   const storage = new Proxy(inner, {
     get(target, prop) {
       if (prop === 'getDocument') {
         return async (key: string, ...rest: unknown[]) => {
           const read = () => (target.getDocument as (...a: unknown[]) => Promise<Buffer>).call(target, key, ...rest);
-          if (key !== 'locks/lock.json' || missed) return read();
-          for (;;) {
-            try {
-              await read();
-            } catch (err) {
+          if (key !== 'locks/lock.json' || done) return read();
+          for (let i = 0; i < 200; i++) {
+            looks++;
+            await read().catch((err: unknown) => {
               if (!isNotFound(err)) throw err;
-              missed = true;
-              throw err;
-            }
+              missed++;
+            });
           }
+          return read();
         };
       }
       const value = Reflect.get(target, prop);
@@ -293,10 +295,12 @@ test('a reader that looks at the lock in the moment a prune rewrites it (moved a
   let waited = false;
   let settled = false;
   const reading = acquireReadLock(storage, 'restore', { reads: [older!], waiting: () => (waited = true) }).finally(() => (settled = true));
-  await rewriting;
   while (!waited && !settled) await sleep(10);
+  done = true;
+  await rewriting;
   await pruning.release();
   const reader = await reading;
   await reader.release();
+  assert.equal(missed, 0, `${missed} of ${looks} looks found no lock while the prune held it`);
   assert.ok(waited && reader.waitedFor?.command === 'prune', 'the reader went on while the prune that removes its point held the lock');
 });

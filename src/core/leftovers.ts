@@ -5,7 +5,7 @@ import { keys } from '../format/manifest.js';
 import { errorMessage } from '../errors.js';
 import { isPermissionRefused, type IncompleteWrite } from '../storage/storage.js';
 import type { Notice, Reporter } from './events.js';
-import { describeLock, readLockSeen, readersOf, type LockInfo } from './lock.js';
+import { describeLock, readLock, readersOf, type LockInfo } from './lock.js';
 import type { Repository } from './repository.js';
 
 /**
@@ -17,7 +17,7 @@ export async function pointBeingWritten(repo: Repository): Promise<(id: string) 
 }
 
 async function liveHolder(repo: Repository): Promise<LockInfo | undefined> {
-  const holder = await readLockSeen(repo.storage).catch(() => undefined);
+  const holder = await readLock(repo.storage).catch(() => undefined);
   return holder && !holder.stale ? holder.info : undefined;
 }
 

@@ -88,24 +88,6 @@ export async function readLock(storage: Storage, options: StalenessOptions = {},
   return stored && statusOf(stored);
 }
 
-/** How long a look that found no lock waits before it looks again. */
-const ABSENT_RELOOK_MS = 100;
-
-/**
- * The lock as one that does not take it sees it: a reader, a pin, a look at which backup is running.
- * A lock being rewritten in a local repository (a prune saying which points it removes, a lease
- * refresh) is moved aside for that moment, a few milliseconds on a busy host, so a look that finds
- * none looks once more a moment later: a prune is not taken for finished because it was rewriting
- * its lock.
- */
-export async function readLockSeen(storage: Storage, options: StalenessOptions = {}, signal?: AbortSignal): Promise<LockStatus | undefined> {
-  const first = await readLock(storage, options);
-  if (first) return first;
-  await sleep(ABSENT_RELOOK_MS, signal);
-  throwIfAborted(signal);
-  return readLock(storage, options);
-}
-
 /** A lock as read, with its bytes: what a conditional replace or removal of exactly that document compares with. */
 export interface StoredLock extends LockStatus {
   raw: Buffer;
@@ -236,14 +218,16 @@ export interface WriterLockOptions {
   signal?: AbortSignal;
 }
 
+/** What a writer says of a stale lock it took over (`took over`), or that a dry run finds and the command would take over. */
+export function staleLockNotice(stale: LockStatus, verb: 'took over' | 'would take over'): Notice {
+  const message = stale.unreadable ? `${verb} the repository lock, whose document was unreadable (damaged or empty)` : `${verb} a stale lock of ${describeLock(stale.info)} (${stale.reason})`;
+  return { level: 'warning', code: 'stale-lock', message };
+}
+
 /** Takes the repository lock for a writing command (backup, prune), and reports a stale lock it took over. */
 export async function acquireWriterLock(storage: Storage, command: string, options: WriterLockOptions, reporter: Reporter): Promise<HeldLock> {
   const lock = await acquireLock(storage, command, undefined, writerLockOptions(options, reporter));
-  if (lock.tookOver) {
-    const stale = lock.tookOver;
-    const message = stale.unreadable ? 'took over the repository lock, whose document was unreadable (damaged or empty)' : `took over a stale lock of ${describeLock(stale.info)} (${stale.reason})`;
-    reporter.notice?.({ level: 'warning', code: 'stale-lock', message });
-  }
+  if (lock.tookOver) reporter.notice?.(staleLockNotice(lock.tookOver, 'took over'));
   // Where it fails (no room), the room kept for a prune is missing: the writer's own writes say so.
   await storage.keepReserve().catch(() => undefined);
   return lock;
@@ -338,8 +322,9 @@ function holdLock(storage: Storage, info: LockInfo, written: Buffer, tookOver?: 
     return lost;
   };
   /**
-   * Runs the rewrites and looks at the lock one at a time: a look during a
-   * rewrite could find the lock away for the instant a local repository moves it aside.
+   * Runs the rewrites, the looks at the lock and its release one at a time: a
+   * release between a rewrite's comparison and its write would have the
+   * rewrite put back the lock just removed.
    */
   const inTurn = <T>(step: () => Promise<T>): Promise<T> => {
     const run = writes.then(step);
@@ -505,7 +490,7 @@ export async function acquireReadLock(storage: Storage, command: string, options
   let waitedFor: LockInfo | undefined;
   try {
     for (;;) {
-      const writer = await readLockSeen(storage, options, options.signal);
+      const writer = await readLock(storage, options);
       if (!writer || writer.stale || !DELETES_DATA.has(writer.info.command)) break;
       const removing = writer.info.removing;
       if (removing && options.reads && !options.reads.some((id) => removing.includes(id))) break;

@@ -7,7 +7,7 @@ import { keys } from '../format/manifest.js';
 import { SMALL_DOCUMENT_BYTES, isNotFound, type Storage } from '../storage/storage.js';
 import { SwitchSettling, appendEvent, eventsNewestFirst, isSwitch, switchGeneration, type JournalEvent } from './journal.js';
 import { runPool } from './pool.js';
-import { describeLock, readLockSeen } from './lock.js';
+import { describeLock, readLock } from './lock.js';
 import type { Repository } from './repository.js';
 import { readActive, readTargetState, slotPoint } from './slots.js';
 import type { TargetSpec } from './targets.js';
@@ -40,7 +40,7 @@ export async function pin(repo: Repository, point: string, reason: string, now =
   if (!text) throw new UsageError('a pin needs a reason: --reason TEXT');
   if (text.length > 1000) throw new UsageError('--reason is longer than 1000 characters');
   // A prune that is running planned without this pin; pinning now would promise what it may not keep.
-  const lock = await readLockSeen(repo.storage);
+  const lock = await readLock(repo.storage);
   if (lock && !lock.stale && lock.info.command === 'prune') {
     throw new LockedError(`a prune is running (${describeLock(lock.info)}); pin ${point} when it has finished`);
   }
@@ -62,7 +62,7 @@ export async function pin(repo: Repository, point: string, reason: string, now =
  * and pin fails, saying why.
  */
 async function confirmPin(storage: Storage, point: string): Promise<void> {
-  const lock = await readLockSeen(storage);
+  const lock = await readLock(storage);
   let failure: LifeboatError | undefined;
   if (lock && !lock.stale && lock.info.command === 'prune') {
     const removing = lock.info.removing;

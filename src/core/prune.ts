@@ -4,7 +4,7 @@ import { type Reporter, progressAt } from './events.js';
 import { appendEvent } from './journal.js';
 import { leftoverWrites, pointBeingWritten, removeUnfinishedWrites } from './leftovers.js';
 import type { IncompleteWrite } from '../storage/storage.js';
-import { acquireWriterLock, describeLock, lockPollMs, readersOf, releaseAfter, type HeldLock } from './lock.js';
+import { acquireWriterLock, describeLock, lockPollMs, readLock, readersOf, releaseAfter, staleLockNotice, type HeldLock } from './lock.js';
 import { formatDuration } from '../config/duration.js';
 import { sleep } from '../sleep.js';
 import type { Repository } from './repository.js';
@@ -156,7 +156,12 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
   try {
     const protectedPoints = options.findProtected ? await options.findProtected() : options.protected;
     const plan = await planPrune(repo, { ...options, protected: protectedPoints });
-    if (options.dryRun) return { ...plan, unfinished: await leftoverWrites(repo, reporter), dryRun: true, durationMs: Date.now() - started };
+    if (options.dryRun) {
+      // The lock a killed writer left is not among the objects: the prune takes it over, and says so, as it would here.
+      const stale = await readLock(repo.storage, { staleAfterMs: options.lockStaleAfterMs });
+      if (stale?.stale) reporter.notice?.(staleLockNotice(stale, 'would take over'));
+      return { ...plan, unfinished: await leftoverWrites(repo, reporter), dryRun: true, durationMs: Date.now() - started };
+    }
     // Readers of the points kept (and of what they depend on, kept with them) need not wait for this prune.
     await lock?.announce(plan.remove.map((d) => d.id));
 

@@ -1,5 +1,6 @@
 import { createReadStream, type Dirent } from 'node:fs';
 import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
@@ -9,6 +10,8 @@ import { createFileSink } from '../format/file-sink.js';
 import { putThroughWriter } from './put-through-writer.js';
 import { danglingLinkTarget, makeDirectories, notADirectoryOnTheWay } from '../format/mkdirs.js';
 import { quoteName } from '../format/quote.js';
+import { ownerRuns } from '../format/process-alive.js';
+import { sleep } from '../sleep.js';
 import {
   MAX_DOCUMENT_BYTES,
   ObjectNotFoundError,
@@ -108,32 +111,41 @@ export class LocalStorage implements Storage {
   }
 
   /**
-   * Replaces `key` with `tmp` only while it holds exactly `expected`, in a way
-   * that two processes doing this at once cannot both do, nor a process
-   * paused halfway do over another's document: the present document is moved
-   * aside (one rename; of several at once, one gets it), compared there, and
-   * the new one linked where nothing is. One that was not the expected
-   * document goes back. While it is aside the key is empty: a create-if-absent
-   * by another process in that instant wins, and this replacement is false.
+   * Replaces `key` with `tmp` only while it holds exactly `expected`, by a
+   * rename over it: the key holds the old document until the new one is in
+   * its place, never nothing. Two processes doing this at once cannot both
+   * do it, nor a process paused halfway do it over another's document: each
+   * takes the claim beside the key (see claimBeside) and compares and renames
+   * only while it holds it, the new document renamed from inside the claim,
+   * so that one whose claim was taken over (it was paused or slow for longer
+   * than CLAIM_STALE_MS) finds nothing to rename and tries again from the
+   * start. A create-if-absent never finds the key empty meanwhile.
    */
   private async replaceHolding(key: string, tmp: string, expected: Uint8Array): Promise<boolean> {
     const final = this.pathOf(key);
-    const aside = await this.tempFile();
-    try {
-      await fsp.rename(final, aside);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
-      throw err;
-    }
-    try {
-      if (await holdsExactly(aside, expected)) return await moveIntoPlace(tmp, final, true);
-      await moveIntoPlace(aside, final, true);
-      return false;
-    } catch (err) {
-      await moveIntoPlace(aside, final, true).catch(() => undefined);
-      throw err;
-    } finally {
-      await fsp.rm(aside, { force: true });
+    for (let attempt = 1; ; attempt++) {
+      const claim = await claimBeside(final);
+      try {
+        const staged = path.join(claim.dir, claim.nonce);
+        // The claim taken over before the link (ENOENT), or the link made in another's claim (not ours below): again.
+        const linked = await fsp.link(tmp, staged).then(() => true, (err: NodeJS.ErrnoException) => {
+          if (err.code === 'ENOENT') return false;
+          throw err;
+        });
+        if (linked && (await claim.held())) {
+          if (!(await holdsExactly(final, expected))) return false;
+          try {
+            await fsp.rename(staged, final);
+            return true;
+          } catch (err) {
+            // Taken over since it was compared: what it held may have changed.
+            if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+          }
+        }
+      } finally {
+        await claim.release();
+      }
+      if (attempt >= CLAIM_ATTEMPTS) throw new RuntimeFailure(`cannot replace ${key}: its claim (${path.basename(claimPath(final))}) was taken over ${attempt} times while this process held it`, { hint: 'the file system of the repository answers more slowly than other writers wait for; try again' });
     }
   }
 
@@ -412,6 +424,102 @@ async function moveIntoPlace(from: string, to: string, exclusive: boolean): Prom
       throw err;
     }
   }
+}
+
+/**
+ * How long a claim beside a document being replaced may stand before another replacer removes it, when
+ * its owner is not known to be gone (on another host, or not written down yet). A replace holds its claim
+ * for a few milliseconds; one slower than this has its claim taken over, and tries again.
+ */
+export const CLAIM_STALE_MS = 10_000;
+/** How often a replace whose claim was taken over while it held it tries again. */
+const CLAIM_ATTEMPTS = 5;
+/** The name of the file in a claim that says whose it is. */
+const CLAIM_OWNER = 'owner.json';
+
+/** Where the claim on replacing the document at `final` is made: a directory beside it. */
+function claimPath(final: string): string {
+  return `${final}.claim`;
+}
+
+interface Claim {
+  dir: string;
+  /** Unique to this claim: the name of the document it stages. */
+  nonce: string;
+  /** Whether the claim at `dir` is still this one. */
+  held(): Promise<boolean>;
+  /** Removes the claim if it is still this one, or else what this one staged in another's. */
+  release(): Promise<void>;
+}
+
+/**
+ * Takes the claim on replacing the document at `final`: a directory made beside it (mkdir, of several
+ * at once one succeeds) holding `owner.json` ({host, pid, at, nonce}). A claim whose owner is gone from
+ * this host, or that this process has seen unchanged for CLAIM_STALE_MS, is removed, and the claim made
+ * again.
+ */
+async function claimBeside(final: string): Promise<Claim> {
+  const dir = claimPath(final);
+  const ownerFile = path.join(dir, CLAIM_OWNER);
+  const nonce = randomBytes(8).toString('hex');
+  const owner = JSON.stringify({ host: os.hostname(), pid: process.pid, at: new Date().toISOString(), nonce });
+  const readOwner = () => fsp.readFile(ownerFile, 'utf8').catch(() => '');
+  let seen: { owner: string; since: number } | undefined;
+  for (let vanished = 0; ; ) {
+    try {
+      await fsp.mkdir(dir);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      // Its directory dropped by another process's delete (locks/ when a lock is released): made again.
+      if (code === 'ENOENT' && ++vanished < DIRECTORY_ATTEMPTS) {
+        await makeDirectories(path.dirname(dir));
+        continue;
+      }
+      if (code !== 'EEXIST') throw err;
+      const other = await readOwner();
+      if (seen?.owner !== other) seen = { owner: other, since: performance.now() };
+      if (claimAbandoned(other, performance.now() - seen.since)) {
+        // Removed only while it is still the claim judged; one removed that was not (another's, made meanwhile) costs its owner a new attempt.
+        if ((await readOwner()) === other) await fsp.rm(dir, { recursive: true, force: true, maxRetries: 3 }).catch(() => undefined);
+        seen = undefined;
+      } else {
+        await sleep(2 + Math.random() * 6);
+      }
+      continue;
+    }
+    // Another's claim here already (this one was taken over since the mkdir) when the file exists: held() says so.
+    await fsp.writeFile(ownerFile, owner, { flag: 'wx' }).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT' && err.code !== 'EEXIST') throw err;
+    });
+    const held = async () => (await readOwner()) === owner;
+    return {
+      dir,
+      nonce,
+      held,
+      release: async () => {
+        if (await held()) await fsp.rm(dir, { recursive: true, force: true, maxRetries: 3 }).catch(() => undefined);
+        else await fsp.rm(path.join(dir, nonce), { force: true }).catch(() => undefined);
+      },
+    };
+  }
+}
+
+/**
+ * Whether a claim whose `owner.json` reads `owner` ('' when it does not read), seen unchanged for
+ * `seenMs`, was left by a writer that is gone or stuck. How long is measured by this process's own
+ * clock, not by the claim's time: a host whose clock is behind would have its claims taken over as
+ * soon as they are made.
+ */
+function claimAbandoned(owner: string, seenMs: number): boolean {
+  if (seenMs > CLAIM_STALE_MS) return true;
+  let info: { host?: unknown; pid?: unknown; at?: unknown };
+  try {
+    info = JSON.parse(owner) as typeof info;
+  } catch {
+    return false;
+  }
+  const at = typeof info.at === 'string' ? Date.parse(info.at) : Number.NaN;
+  return info.host === os.hostname() && typeof info.pid === 'number' && !ownerRuns(info.pid, Number.isFinite(at) ? at : undefined);
 }
 
 /** Whether `file` holds exactly `bytes` (false when it is not there). */

@@ -71,8 +71,9 @@ export interface PutDocumentOptions {
   /**
    * Replace only: returns false, changing nothing, unless the key holds exactly
    * these bytes (a lock's holder rewriting its own lock). Atomic where the
-   * server honours If-Match (S3); a local repository compares and renames, with
-   * an instant between the two.
+   * server honours If-Match (S3); a local repository compares and renames over
+   * it while holding a claim beside the key. Either way the key holds the old
+   * document or the new one at every instant, never nothing.
    */
   ifMatch?: Uint8Array;
   /**

@@ -1,0 +1,127 @@
+/**
+ * A process that uses a local repository's lock (or one small document) with the real code, for tests
+ * of several processes at once. Run: node lock-worker.js MODE REPO ARGS... It prints one line of JSON
+ * for each thing it says (`{"held": true}`, and at its end what it found).
+ *
+ * announce REPO COUNT        holds the lock as a prune and says which points it removes, COUNT times
+ *                            back to back (as a prune's announcement and lease refreshes rewrite it);
+ *                            then waits for its stdin to close, and releases the lock.
+ * look REPO STOP             reads the lock as a reader does until the file STOP exists.
+ * take REPO STOP             tries to take the lock as a backup until the file STOP exists.
+ * race REPO GO NAME KEYS...  once the file GO exists, replaces each key that holds "stale" with NAME.
+ * rewrite REPO KEY [N]       rewrites KEY (which holds {"seq":0}) with the next seq over the last it
+ *                            wrote, back to back, until a replace finds it changed. With N, it stops
+ *                            itself (SIGSTOP) just before its Nth rename onto KEY, saying {"paused": N}:
+ *                            after its replace compared what KEY holds, before it writes; it ends
+ *                            there, saying {"wrote": N} if that replace went through.
+ */
+import { existsSync, writeSync } from 'node:fs';
+import { createRequire, syncBuiltinESMExports } from 'node:module';
+import * as path from 'node:path';
+import { LockedError } from '../../src/errors.js';
+import { acquireLock, readLock } from '../../src/core/lock.js';
+import { LocalStorage } from '../../src/storage/local.js';
+
+const [mode, root, ...args] = process.argv.slice(2);
+const storage = new LocalStorage(root!);
+const say = (what: unknown) => process.stdout.write(`${JSON.stringify(what)}\n`);
+/** Whether the file STOP exists, looked at every `every` calls. */
+const stopper = (file: string, every: number) => {
+  let calls = 0;
+  return () => ++calls % every === 0 && existsSync(file);
+};
+
+switch (mode) {
+  case 'announce': {
+    const lock = await acquireLock(storage, 'prune');
+    say({ held: true });
+    let lost: string | undefined;
+    let announced = 0;
+    try {
+      for (; announced < Number(args[0]); announced++) await lock.announce([`point-${announced}`, `point-${announced + 1}`]);
+    } catch (err) {
+      lost = (err as Error).message;
+    }
+    say({ announced, lost });
+    process.stdin.resume();
+    await new Promise((resolve) => process.stdin.on('end', resolve));
+    await lock.release();
+    break;
+  }
+  case 'look': {
+    const stop = stopper(args[0]!, 20);
+    let looks = 0;
+    let missing = 0;
+    while (!stop()) {
+      looks++;
+      if (!(await readLock(storage))) missing++;
+    }
+    say({ looks, missing });
+    break;
+  }
+  case 'take': {
+    const stop = stopper(args[0]!, 5);
+    let tries = 0;
+    let taken = 0;
+    while (!stop()) {
+      tries++;
+      try {
+        const lock = await acquireLock(storage, 'backup');
+        taken++;
+        await lock.release();
+      } catch (err) {
+        if (!(err instanceof LockedError)) throw err;
+      }
+    }
+    say({ tries, taken });
+    break;
+  }
+  case 'race': {
+    const [go, name, ...keys] = args;
+    while (!existsSync(go!)) await new Promise((r) => setTimeout(r, 1));
+    const won: string[] = [];
+    for (const key of keys) if (await storage.putDocument(key, Buffer.from(name!), { ifMatch: Buffer.from('stale') })) won.push(key);
+    say({ won });
+    break;
+  }
+  case 'rewrite': {
+    const key = args[0]!;
+    const pauseAt = args[1] === undefined ? undefined : Number(args[1]);
+    if (pauseAt !== undefined) pauseBeforeRename(path.join(root!, ...key.split('/')), pauseAt);
+    let last = Buffer.from(JSON.stringify({ seq: 0 }));
+    say({ started: true });
+    for (let seq = 1; ; seq++) {
+      const next = Buffer.from(JSON.stringify({ seq }));
+      if (!(await storage.putDocument(key, next, { ifMatch: last }))) {
+        say({ refused: seq });
+        break;
+      }
+      last = next;
+      if (seq === pauseAt) {
+        say({ wrote: seq });
+        break;
+      }
+    }
+    break;
+  }
+  default:
+    throw new Error(`unknown mode ${mode}`);
+}
+
+/**
+ * Stops this process just before its `nth` rename onto `file`. The storage code imports node:fs/promises
+ * as a namespace, which Node keeps in step with the module's object once told to.
+ */
+function pauseBeforeRename(file: string, nth: number): void {
+  const promises = (createRequire(import.meta.url)('node:fs') as typeof import('node:fs')).promises;
+  const rename = promises.rename;
+  let renames = 0;
+  promises.rename = async (from, to) => {
+    if (to === file && ++renames === nth) {
+      writeSync(1, `${JSON.stringify({ paused: nth })}\n`);
+      process.kill(process.pid, 'SIGSTOP');
+    }
+    return rename(from, to);
+  };
+  syncBuiltinESMExports();
+}
