@@ -1,0 +1,680 @@
+/**
+ * Every example of README.md, docs/S3.md, docs/SECURITY.md and docs/FORMAT.md that a user would run
+ * or rely on, run for real: the `lifeboat …` lines of each shell and cron block, against a fixture
+ * deployment and repository built here (and the test S3 server for the S3 examples); each YAML
+ * config, parsed and validated, and checked for what its prose says it means; the JSON shapes the
+ * prose gives for `--json`, against what the commands print; the example human output, line by
+ * line against the real output's shape; the exit codes the prose gives for what it shows.
+ *
+ * The examples name places of a production host. Before a line runs, these are replaced, and
+ * nothing else of it is changed (see `substitute`):
+ * - absolute paths of the examples (`/srv/…`, `/etc/triton`, `/etc/lifeboat`, `/backups/…`,
+ *   `/var/lib/mlflow/…`, `/etc/ssl/…`) go under a scratch root directory;
+ * - a point id of the examples (`20261120-030000-000F`) becomes a real point's id of the same type,
+ *   an id prefix (`20261120-030000`) the first point's id up to its seconds, and the example time
+ *   (`2026-11-20T03:00:00Z`) a moment just after the first point completed;
+ * - `s3://ml-backups/…` becomes a bucket of the test S3 server (a fresh one for each block that
+ *   runs `init`), whose address stands for every endpoint (`http://127.0.0.1:9000`,
+ *   `https://minio.internal:9000`, AWS itself through AWS_ENDPOINT_URL_S3), and the credentials the
+ *   examples' profiles hold are the server's (written into the ini files docs/S3.md shows);
+ * - the key id `3f2a9c` becomes the id of the key the line before it added;
+ * - the commands a config runs that this machine does not have (`pg_dump`, `pg_restore`,
+ *   `systemctl`) become `cat` and `true` alike, and the server at `127.0.0.1:8000` an HTTP server
+ *   of this test that answers 200 and records what it was sent.
+ * Lines of other tools (`aws`, `mc`, `npm`) are not run; each is listed with the reason.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import * as fsp from 'node:fs/promises';
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseConfig } from '../src/config/config.js';
+import { parseDuration } from '../src/config/duration.js';
+import { BIN } from './helpers/cli.js';
+import { createTestBucket, startS3Server, type S3TestServer } from './helpers/s3server.js';
+import { compareSnapshots, snapshotTree, tempDir, type SnapshotEntry } from './helpers/tree.js';
+
+const CHECKOUT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const DOCS = ['README.md', 'docs/S3.md', 'docs/SECURITY.md', 'docs/FORMAT.md'] as const;
+
+interface Block {
+  file: string;
+  /** The line of its opening fence. */
+  line: number;
+  lang: string;
+  text: string;
+}
+
+/** The fenced code blocks of a document, with their language tag ('' when there is none). */
+async function codeBlocks(file: string): Promise<Block[]> {
+  const doc = await fsp.readFile(path.join(CHECKOUT, file), 'utf8');
+  const lines = doc.split('\n');
+  const blocks: Block[] = [];
+  for (let i = 0; i < lines.length; i++) {
+    const open = /^```(\S*)\s*$/.exec(lines[i]!);
+    if (!open) continue;
+    const end = lines.findIndex((l, j) => j > i && /^```\s*$/.test(l));
+    assert.ok(end > i, `${file}:${i + 1}: a fence that is never closed`);
+    blocks.push({ file, line: i + 1, lang: open[1]!, text: lines.slice(i + 1, end).join('\n') });
+    i = end;
+  }
+  return blocks;
+}
+
+const ALL_BLOCKS: Block[] = [];
+/** Each block some test below ran or checked, by `file:line`. */
+const covered = new Map<string, string>();
+const key = (b: Block) => `${b.file}:${b.line}`;
+
+/**
+ * Blocks that are not examples a user runs or relies on as shown, each with why; found by a
+ * phrase of theirs, so that a block moved by an edit is still found.
+ */
+const NOT_RUNNABLE: { file: string; contains: string; reason: string }[] = [
+  { file: 'docs/FORMAT.md', contains: 'config.json                         the repository', reason: 'a listing of the repository layout, not a command or a document (test/compat.test.ts and the layout tests check it)' },
+  { file: 'docs/SECURITY.md', contains: 'header   "LBEN"', reason: 'a diagram of the encrypted object format (test/encryption.test.ts checks the format)' },
+  { file: 'docs/FORMAT.md', contains: 'PARTS="$OUT.parts"', reason: 'the recovery by hand, which test/manual-recovery.test.ts runs as written' },
+  { file: 'docs/S3.md', contains: '"lifeboat-abort-incomplete-uploads"', reason: 'a lifecycle rule for AWS S3 (aws s3api put-bucket-lifecycle-configuration), applied by AWS, not by lifeboat; parsed as JSON here' },
+  { file: 'docs/S3.md', contains: 'aws s3api put-bucket-lifecycle-configuration', reason: 'a command of the AWS CLI against AWS itself' },
+  { file: 'docs/S3.md', contains: '"LifeboatKmsKey"', reason: 'an IAM policy for AWS, which has no server here; parsed as JSON, its actions checked against README.md' },
+  { file: 'docs/S3.md', contains: 'mc admin user add', reason: 'commands of the MinIO client against a MinIO server' },
+  { file: 'docs/S3.md', contains: '"arn:aws:iam:::user/lifeboat"', reason: 'the Ceph bucket policy, which test/s3-permissions.test.ts applies and runs every command under' },
+  { file: 'docs/S3.md', contains: 'put-bucket-policy', reason: 'a command of the AWS CLI (the bucket owner applying the policy)' },
+  { file: 'docs/S3.md', contains: '"arn:aws:iam:::user/lifeboat-append"', reason: 'the append-only Ceph bucket policy, which test/s3-permissions.test.ts applies' },
+  { file: 'docs/S3.md', contains: 'trying again (attempt 2 of 6)', reason: 'a log line of a server that does not answer, which test/s3-silence.test.ts makes happen' },
+  { file: 'docs/S3.md', contains: 'HTTP 503 SlowDown Please reduce', reason: 'the error after retries of a throttling server, which test/s3-faults.test.ts makes happen' },
+  { file: 'docs/S3.md', contains: 'answered nothing within 20 s\n  check that', reason: 'the error of a server that never answers, which test/s3-silence.test.ts makes happen' },
+  { file: 'README.md', contains: 'mikepenz/action-junit-report', reason: 'a GitHub Actions step; its drill command line is run here from examples/github/nightly-drill.yml' },
+  { file: 'README.md', contains: 'npm run bench', reason: 'the development commands: `npm test` is what runs this file, and the bench is not a test' },
+  { file: 'README.md', contains: 'npm ci && npm run demo', reason: 'needs the network (npm ci) and builds the checkout; the demo itself is run here from dist/scripts/demo.js' },
+];
+
+function notRunnable(b: Block): string | undefined {
+  return NOT_RUNNABLE.find((n) => n.file === b.file && b.text.includes(n.contains))?.reason;
+}
+
+before(async () => {
+  for (const file of DOCS) ALL_BLOCKS.push(...(await codeBlocks(file)));
+});
+
+function blockAt(file: string, contains: string, lang?: string): Block {
+  const found = ALL_BLOCKS.filter((b) => b.file === file && b.text.includes(contains) && (lang === undefined || b.lang === lang));
+  assert.equal(found.length, 1, `${file} has one fenced block holding ${JSON.stringify(contains)}`);
+  return found[0]!;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the shell lines of the documents.
+
+/** Other tools' lines in the documents' shell blocks, not run here, with the reason. */
+const OTHER_TOOLS: Record<string, string> = {
+  aws: 'the AWS CLI, against AWS; the test makes its buckets itself',
+  mc: 'the MinIO client, against a MinIO server; the test makes its buckets itself',
+  npm: 'npm, which needs the network and rebuilds the checkout',
+  head: 'part of the checksum check of docs/FORMAT.md, run by its own test below',
+  jq: 'part of the checksum check of docs/FORMAT.md, run by its own test below',
+  doc: 'part of the checksum check of docs/FORMAT.md, run by its own test below',
+};
+
+/** A line without its trailing `# comment` (a `#` outside quotes, after a blank). */
+function stripComment(line: string): string {
+  let quote: string | undefined;
+  for (let i = 0; i < line.length; i++) {
+    const c = line[i]!;
+    if (quote) {
+      if (c === quote) quote = undefined;
+    } else if (c === "'" || c === '"') quote = c;
+    else if (c === '#' && (i === 0 || /\s/.test(line[i - 1]!))) return line.slice(0, i).trimEnd();
+  }
+  return line.trimEnd();
+}
+
+/** The command lines of a shell or cron block: continuations joined, comments and blank lines left out. */
+function commandLines(block: Block): string[] {
+  return block.text
+    .replace(/\\\n\s*/g, ' ')
+    .split('\n')
+    .map(stripComment)
+    .filter((l) => l.trim() !== '');
+}
+
+/** The first word of a line that is not a variable assignment. */
+function commandWord(line: string): string {
+  const words = line.replace(/^source <\(/, '').split(/\s+/);
+  return words.find((w) => !/^[A-Z_][A-Z0-9_]*=/.test(w)) ?? '';
+}
+
+interface Run {
+  line: string;
+  ran: string;
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function bash(script: string, options: { cwd: string; env: NodeJS.ProcessEnv }): Promise<Omit<Run, 'line' | 'ran'>> {
+  return new Promise((resolve) => {
+    execFile('bash', ['-o', 'pipefail', '-c', script], { cwd: options.cwd, env: options.env, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as NodeJS.ErrnoException).code === 'number' ? Number((err as NodeJS.ErrnoException).code) : 1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+interface Fixture {
+  root: string;
+  env: NodeJS.ProcessEnv;
+  /** The real ids standing for the examples': the first point of each type, the newest, the first point. */
+  ids: Partial<Record<'F' | 'D' | 'I', string>>;
+  first?: { id: string; completedAt: string };
+  keyId?: string;
+  s3?: { server: S3TestServer; bucket: string };
+  http?: string;
+}
+
+/** The paths of the examples that go under the scratch root. */
+const HOST_PATHS = /(^|[\s=:'"(<])(\/(?:srv|etc\/triton|etc\/lifeboat|etc\/ssl|backups|var\/lib\/mlflow)(?=[/\s'"]|$))/g;
+
+/** The example's words for a production host replaced by the fixture's, as the header of this file says. */
+function substitute(text: string, fx: Fixture): string {
+  let out = text.replace(HOST_PATHS, (_, before: string, p: string) => `${before}${fx.root}${p}`);
+  out = out.replace(/\b\d{8}-\d{6}-\d{3}([FDI])\b/g, (id, type: 'F' | 'D' | 'I') => {
+    const real = fx.ids[type];
+    assert.ok(real, `a point of type ${type} for ${id} in: ${text}`);
+    return real;
+  });
+  out = out.replace(/\b(\d{8}-\d{6})\b(?!-)/g, () => fx.first!.id.slice(0, 15));
+  out = out.replace(/\b2026-11-20T03:00:00Z\b/g, () => new Date(Date.parse(fx.first!.completedAt) + 1000).toISOString().replace(/\.\d+Z$/, 'Z'));
+  if (fx.keyId) out = out.replace(/\b3f2a9c\b/g, fx.keyId);
+  if (fx.s3) {
+    out = out.replace(/s3:\/\/ml-backups\//g, `s3://${fx.s3.bucket}/`);
+    out = out.replace(/https?:\/\/(127\.0\.0\.1:9000|minio\.internal:9000)/g, fx.s3.server.endpoint);
+  }
+  if (fx.http) {
+    out = out.replace(/http:\/\/127\.0\.0\.1:8000/g, fx.http);
+    out = out.replace(/https:\/\/hooks\.example\.com\/lifeboat/g, `${fx.http}/notify`);
+  }
+  out = out.replace(/"pg_dump -Fc features"/g, `"cat ${fx.root}/features.dump"`);
+  out = out.replace(/"pg_restore --clean -d features"/g, `"cat > ${fx.root}/features.restored"`);
+  out = out.replace(/"systemctl reload [\w-]+"/g, `"echo activated >> ${fx.root}/activate.log"`);
+  out = out.replace(/"\$\{fpath\[1\]\}\/_lifeboat"/g, `"${fx.root}/_lifeboat"`);
+  return out;
+}
+
+/** The exit code a line is expected to end with, when it is not 0, with the passage that says so. */
+interface Expect {
+  contains: string;
+  code: number;
+  why: string;
+}
+
+/**
+ * Runs the command lines of `block` in order (exports carried to the lines after them), each
+ * after its `before` step, and checks its exit code; returns what each printed.
+ */
+async function runBlock(block: Block, fx: Fixture, options: { cwd: string; expect?: Expect[]; before?: Record<string, () => Promise<void>>; env?: NodeJS.ProcessEnv }): Promise<Run[]> {
+  covered.set(key(block), 'run');
+  const runs: Run[] = [];
+  let exports = '';
+  for (const line of commandLines(block)) {
+    const word = commandWord(line);
+    if (word === 'export') {
+      exports += `${substitute(line, fx)}\n`;
+      continue;
+    }
+    if (word !== 'lifeboat') {
+      assert.ok(OTHER_TOOLS[word], `${key(block)}: a line of ${word}, which is neither lifeboat nor listed in OTHER_TOOLS: ${line}`);
+      continue;
+    }
+    for (const [contains, step] of Object.entries(options.before ?? {})) if (line.includes(contains)) await step();
+    const ran = substitute(line, fx);
+    const r = await bash(`${exports}${ran}`, { cwd: options.cwd, env: { ...fx.env, ...options.env } });
+    const expected = options.expect?.find((e) => line.includes(e.contains));
+    assert.equal(r.code, expected?.code ?? 0, `${key(block)}: ${line}\n  ran as: ${ran}\n  stdout: ${r.stdout.slice(0, 2000)}\n  stderr: ${r.stderr}`);
+    runs.push({ line, ran, ...r });
+  }
+  return runs;
+}
+
+/** The environment every line runs in: `lifeboat` on PATH is this checkout's, and no LIFEBOAT_ setting leaks in. */
+async function fixtureEnv(root: string): Promise<NodeJS.ProcessEnv> {
+  const bin = path.join(root, 'bin');
+  await fsp.mkdir(bin, { recursive: true });
+  await fsp.writeFile(path.join(bin, 'lifeboat'), `#!/bin/sh\nexec '${process.execPath}' '${BIN}' "$@"\n`, { mode: 0o755 });
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('LIFEBOAT_') && !k.startsWith('AWS_')) env[k] = v;
+  env.PATH = `${bin}:${process.env.PATH}`;
+  env.HOME = root;
+  return env;
+}
+
+/** An HTTP server that answers 200 to everything and keeps what it was sent. */
+async function recordingServer(): Promise<{ url: string; requests: { method: string; url: string; body: string }[]; close: () => Promise<void> }> {
+  const requests: { method: string; url: string; body: string }[] = [];
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      requests.push({ method: req.method ?? '', url: req.url ?? '', body: Buffer.concat(chunks).toString('utf8') });
+      res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, requests, close: () => new Promise((resolve) => server.close(() => resolve())) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The JSON shapes the prose gives (`{id, type, parent: id|null, restore: {files, bytes}}`).
+
+type Shape = { kind: 'any' } | { kind: 'object'; keys: Map<string, Shape> } | { kind: 'array'; of: Shape } | { kind: 'enum'; values: unknown[] };
+
+/** Parses the notation of the documents' shapes: keys, nested `{…}`, `[…]` of a shape, `"a"|"b"` literals; other words are any value. */
+function parseShape(text: string): Shape {
+  let i = 0;
+  const skip = () => {
+    while (i < text.length && /\s/.test(text[i]!)) i++;
+  };
+  const value = (): Shape => {
+    skip();
+    if (text[i] === '{') {
+      i++;
+      const keys = new Map<string, Shape>();
+      for (;;) {
+        skip();
+        if (text[i] === '}') {
+          i++;
+          return { kind: 'object', keys };
+        }
+        if (text.startsWith('...', i) || text[i] === '…') {
+          i += text[i] === '…' ? 1 : 3;
+        } else {
+          const name = /^[A-Za-z_][\w]*|^"[^"]*"/.exec(text.slice(i));
+          assert.ok(name, `a key at ${i} of ${text}`);
+          i += name[0].length;
+          skip();
+          let shape: Shape = { kind: 'any' };
+          if (text[i] === ':') {
+            i++;
+            shape = value();
+          }
+          keys.set(name[0].replace(/"/g, ''), shape);
+        }
+        skip();
+        if (text[i] === ',') i++;
+      }
+    }
+    if (text[i] === '[') {
+      i++;
+      skip();
+      const of = text[i] === '{' || text[i] === '[' ? value() : ({ kind: 'any' } as Shape);
+      const close = text.indexOf(']', i);
+      assert.ok(close >= 0, `a closing ] in ${text}`);
+      i = close + 1;
+      return { kind: 'array', of };
+    }
+    // A word, or literals joined by `|`: up to the next `,` or closing bracket.
+    const m = /^[^,}\]]*/.exec(text.slice(i))!;
+    i += m[0].length;
+    const alternatives = m[0].trim().split('|').map((a) => a.trim());
+    if (alternatives.every((a) => /^".*"$|^(true|false|null)$/.test(a))) return { kind: 'enum', values: alternatives.map((a) => JSON.parse(a)) };
+    return { kind: 'any' };
+  };
+  const shape = value();
+  return shape;
+}
+
+/**
+ * What of `shape` the document `real` lacks or has of another kind, as `path: problem` lines. Extra keys are
+ * fine (DESIGN.md: shapes are extended, never renamed); a key in `optional` (as `a.b`, the prose saying it
+ * appears only when it applies) may be missing; a value `null` stands for any shape.
+ */
+function shapeProblems(shape: Shape, real: unknown, optional: readonly string[] = [], at = ''): string[] {
+  if (real === null || shape.kind === 'any') return [];
+  if (shape.kind === 'enum') return shape.values.includes(real) ? [] : [`${at || '.'}: ${JSON.stringify(real)} is none of ${shape.values.map((v) => JSON.stringify(v)).join(', ')}`];
+  if (shape.kind === 'array') {
+    if (!Array.isArray(real)) return [`${at || '.'}: an array in the docs, ${typeof real} in the output`];
+    return real.flatMap((r, n) => shapeProblems(shape.of, r, optional, `${at}[${n}]`));
+  }
+  if (typeof real !== 'object' || Array.isArray(real)) return [`${at || '.'}: an object in the docs, ${Array.isArray(real) ? 'an array' : typeof real} in the output`];
+  const problems: string[] = [];
+  for (const [name, sub] of shape.keys) {
+    const where = at ? `${at}.${name}` : name;
+    if (!(name in (real as Record<string, unknown>))) {
+      if (!optional.includes(where.replace(/\[\d+\]/g, ''))) problems.push(`${where}: missing from the output`);
+      continue;
+    }
+    problems.push(...shapeProblems(sub, (real as Record<string, unknown>)[name], optional, where));
+  }
+  return problems;
+}
+
+function assertShape(what: string, shapeText: string, real: unknown, optional: readonly string[] = []): void {
+  const problems = shapeProblems(parseShape(shapeText), real, optional);
+  assert.deepEqual(problems, [], `${what}: the documented shape ${shapeText}\ndoes not match the output ${JSON.stringify(real).slice(0, 3000)}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Example human output: each line of the example, made a pattern (ids, numbers, times, paths and `…`
+// stand for any), must match a line of the real output, in the same order.
+
+function lineShape(example: string): RegExp {
+  const TOKENS: [RegExp, string][] = [
+    [/\d{8}-\d{6}-\d{3}[FDI]/g, '\u0001ID\u0001'],
+    [/\d{4}-\d\d-\d\dT[\d:.]+Z/g, '\u0001TIME\u0001'],
+    [/(?<=\s|^)\/\S*[^\s,.;:)]/g, '\u0001PATH\u0001'],
+    [/\S+@\S+(?=\))/g, '\u0001WHO\u0001'],
+    [/\d+(\.\d+)?( ?(GiB|MiB|KiB|bytes|B|ms|s|m|h|d)\b)?(\d+(\.\d+)?(ms|s|m|h|d))*/g, '\u0001NUM\u0001'],
+  ];
+  let s = example;
+  for (const [re, mark] of TOKENS) s = s.replace(re, mark);
+  const escaped = s
+    .split(/(\u0001\w+\u0001|…)/)
+    .map((part) => {
+      if (part === '\u0001ID\u0001') return '\\d{8}-\\d{6}-\\d{3}[FDI]';
+      if (part === '\u0001TIME\u0001') return '\\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z';
+      if (part === '\u0001PATH\u0001') return '/\\S*';
+      if (part === '\u0001WHO\u0001') return '\\S+@\\S+';
+      if (part === '\u0001NUM\u0001') return '\\d+(\\.\\d+)?( ?[A-Za-z]+)?(\\d+(\\.\\d+)?[a-z]+)*';
+      if (part === '…') return '.*';
+      return part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    })
+    .join('');
+  return new RegExp(`^${escaped}$`);
+}
+
+function assertOutputShape(what: string, example: string, real: string): void {
+  const lines = real.split('\n');
+  let at = 0;
+  for (const wanted of example.split('\n').filter((l) => l.trim() !== '')) {
+    const re = lineShape(wanted);
+    const found = lines.findIndex((l, n) => n >= at && re.test(l));
+    assert.ok(found >= 0, `${what}: the example line\n  ${wanted}\nhas no line of that shape (${re.source}) in the real output after line ${at + 1}:\n${real}`);
+    at = found + 1;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fixture: a host with the examples' paths under a scratch root.
+
+async function makeHost(): Promise<{ fx: Fixture; work: string; http: Awaited<ReturnType<typeof recordingServer>> }> {
+  const root = await tempDir('lifeboat-docs-');
+  const server = await recordingServer();
+  const fx: Fixture = { root, env: await fixtureEnv(root), ids: {}, http: server.url };
+  const models = path.join(root, 'srv/models');
+  await fsp.mkdir(path.join(models, 'tokenizer'), { recursive: true });
+  await fsp.writeFile(path.join(models, 'config.json'), JSON.stringify({ vocab_size: 8, hidden_size: 4 }));
+  await fsp.writeFile(path.join(models, 'tokenizer/tokenizer.json'), JSON.stringify({ model: { vocab: { a: 0, b: 1 } } }));
+  await fsp.writeFile(path.join(models, 'weights.bin'), Buffer.alloc(200_000, 7));
+  await fsp.mkdir(path.join(root, 'etc/triton'), { recursive: true });
+  await fsp.writeFile(path.join(root, 'etc/triton/config.pbtxt'), 'name: "fraud"\n');
+  await fsp.mkdir(path.join(root, 'backups'), { recursive: true });
+  const work = path.join(root, 'work');
+  await fsp.mkdir(work);
+  await fsp.writeFile(path.join(work, 'smoke.sh'), '#!/bin/sh\ntest -f "$LIFEBOAT_RESTORE_DIR/models/config.json" && echo "smoke ok for $LIFEBOAT_POINT"\n', { mode: 0o755 });
+  await fsp.writeFile(path.join(work, 'ops.pw'), 'an operator password\n');
+  await fsp.writeFile(path.join(work, 'new.pw'), 'a new password\n');
+  after(() => server.close());
+  return { fx, work, http: server };
+}
+
+/** The ids of the repository the config in `cwd` names: the first point of each type, and the first point. */
+async function refreshIds(fx: Fixture, cwd: string, args: string[] = []): Promise<void> {
+  const r = await bash(`lifeboat ${args.join(' ')} list --json`, { cwd, env: fx.env });
+  if (r.code !== 0) return;
+  const points = JSON.parse(r.stdout) as { id: string; type: string; completedAt: string }[];
+  if (points.length === 0) return;
+  fx.first = { id: points[0]!.id, completedAt: points[0]!.completedAt };
+  for (const p of points) fx.ids[p.type[0]!.toUpperCase() as 'F' | 'D' | 'I'] ??= p.id;
+  // The newest incremental stands for the examples' incrementals (`20261122-030000-457I`, "latest").
+  const incr = points.filter((p) => p.type === 'incr').at(-1);
+  if (incr) fx.ids.I = incr.id;
+}
+
+const nextSecond = () => new Promise((resolve) => setTimeout(resolve, 1100 - (Date.now() % 1000)));
+
+let host: Awaited<ReturnType<typeof makeHost>> | undefined;
+const walkRuns: Run[] = [];
+
+test("README.md's commands, from init to completion, run in order against a deployment at the examples' paths with the config README.md shows", async () => {
+  host = await makeHost();
+  const { fx, work } = host;
+  // The config of "The config file", as the working directory's lifeboat.yaml.
+  const config = blockAt('README.md', 'deployment: fraud-detector       # needed only');
+  covered.set(key(config), 'the config of the walk-through');
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), substitute(config.text, fx));
+  const readme = ALL_BLOCKS.filter((b) => b.file === 'README.md' && b.lang === 'sh');
+  const from = readme.findIndex((b) => b.text.includes('--repo /backups/fraud-detector init'));
+  const to = readme.findIndex((b) => b.text.includes('lifeboat completion bash'));
+  // The key commands need an encrypted repository: they run in the encryption test below.
+  assert.ok(from >= 0 && to > from);
+  const refresh = () => refreshIds(fx, work);
+  const includeTrees: Map<string, SnapshotEntry>[] = [];
+  let includes = 0;
+  for (const block of readme.slice(from, to + 1).filter((b) => !b.text.includes('lifeboat key'))) {
+    const runs = await runBlock(block, fx, {
+      cwd: work,
+      before: {
+        // Each backup in a second of its own, so that the example's id prefix (to the second) names one point,
+        // and something changed for it to store.
+        'lifeboat backup --source models=': async () => {
+          await refresh();
+          await nextSecond();
+          await fsp.writeFile(path.join(fx.root, 'srv/models/x.tmp'), 'scratch');
+          await fsp.writeFile(path.join(fx.root, 'srv/models/weights.bin'), Buffer.alloc(200_000, 8));
+        },
+        'lifeboat backup       ': async () => {
+          await nextSecond();
+          await fsp.writeFile(path.join(fx.root, 'etc/triton/config.pbtxt'), 'name: "fraud"\nmax_batch_size: 8\n');
+        },
+        // The restore examples are alternatives: each --include one restores into an empty target, and
+        // "the same" is checked: the directory alone restores what its `/**` restored.
+        '--target /srv/restore --include': async () => {
+          const target = path.join(fx.root, 'srv/restore');
+          if (includes++ > 0) includeTrees.push(await snapshotTree(target));
+          await fsp.rm(target, { recursive: true, force: true });
+        },
+        '--delete-excluded': async () => {
+          includeTrees.push(await snapshotTree(path.join(fx.root, 'srv/restore')));
+          assert.equal(includeTrees.length, 2);
+          assert.equal(compareSnapshots(includeTrees[0]!, includeTrees[1]!), undefined, '--include models/tokenizer restores what --include models/tokenizer/** does');
+          assert.deepEqual([...includeTrees[0]!.keys()].filter((p) => !p.startsWith('models')).length, 0);
+        },
+        'lifeboat list': refresh,
+        'lifeboat show': refresh,
+        'lifeboat diff': refresh,
+        'lifeboat restore 2026': refresh,
+        'lifeboat pin': refresh,
+      },
+    });
+    walkRuns.push(...runs);
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// The JSON shapes of the prose, against what the commands print.
+
+/** Every `{…}` or `[{…}]` in backquotes in a document, by its text. */
+async function inlineShapes(file: string): Promise<string[]> {
+  const doc = await fsp.readFile(path.join(CHECKOUT, file), 'utf8');
+  return [...doc.matchAll(/`(?:\w+: )?(\[?\{[^`]*\}\]?)`/g)].map((m) => m[1]!.replace(/\s+/g, ' '));
+}
+
+/** Shapes in backquotes that are not JSON a command prints, with why. */
+const NOT_SHAPES: Record<string, string> = {
+  '{a,b}': 'glob syntax of --include',
+  '{ ...entry, extra }': 'JavaScript, in the Performance section',
+};
+const checkedShapes = new Set<string>();
+
+/** The shape in backquotes that follows `anchor` in README.md. */
+async function shapeAfter(anchor: string, file = 'README.md'): Promise<string> {
+  const doc = (await fsp.readFile(path.join(CHECKOUT, file), 'utf8')).replace(/\s+/g, ' ');
+  const at = doc.indexOf(anchor);
+  assert.ok(at >= 0, `${file} says ${JSON.stringify(anchor)}`);
+  const m = /`((\w+): )?(\[?\{[^`]*\}\]?)`/.exec(doc.slice(at + anchor.length));
+  assert.ok(m, `a shape after ${JSON.stringify(anchor)}`);
+  checkedShapes.add(m[3]!);
+  // `sources: [{…}]` is the shape of that key of the document.
+  return m[2] ? `{${m[2]}: ${m[3]}}` : m[3]!;
+}
+
+test("the JSON shapes README.md gives for --json are those the commands print (extra keys allowed, none missing)", async () => {
+  assert.ok(host, 'the walk-through ran');
+  const { fx, work } = host;
+  const json = async (args: string, code = 0) => {
+    const r = await bash(`lifeboat --json ${args}`, { cwd: work, env: fx.env });
+    assert.equal(r.code, code, `lifeboat --json ${args}: ${r.stderr}`);
+    return JSON.parse(r.stdout);
+  };
+  await fsp.writeFile(path.join(fx.root, 'srv/models/weights.bin'), Buffer.alloc(200_000, 9));
+  const backup = await json('backup');
+  assertShape('backup --json', await shapeAfter('root\'s). `--json` prints'), backup);
+  const dryRun = walkRuns.find((r) => r.line.includes('backup --dry-run --json'));
+  assert.ok(dryRun);
+  assertShape('backup --dry-run --json', await shapeAfter('root\'s). `--json` prints'), JSON.parse(dryRun.stdout));
+  assertShape('list --json', await shapeAfter('# the same as list ``` `--json`:'), await json('list'));
+  const show = await json('show latest');
+  // "`restore` … present only when the config gave one, and `exclude` only when the backup had patterns".
+  assertShape('show --json sources', await shapeAfter('(`models=/srv/models (files, leaving out *.tmp /logs)`); `--json` has them in'), show, ['sources.restore', 'sources.exclude']);
+  assertShape('show --json warnings', await shapeAfter('shown after its size (`warning: models/a.bin: cannot read … (unreadable)`; `--json`:'), show);
+  const diff = await json(`diff ${fx.first!.id} latest`);
+  assertShape('diff --json', await shapeAfter('as `<source>/<path>` (`--json`:'), diff);
+  const counts = await shapeAfter('`--json`: `counts` and `directories`, each');
+  assertShape('diff --json counts', counts, diff.counts);
+  assertShape('diff --json directories', counts, diff.directories);
+  assertShape('verify --json', await shapeAfter('check that its models would load ``` `--json`:'), await json('verify'));
+  const readData = await json('verify --read-data --since-verified');
+  assert.ok('oldestVerifiedAt' in readData, JSON.stringify(readData));
+  assertShape('verify --read-data --json', await shapeAfter('then in days; `oldestVerifiedAt` and'), readData);
+  const target = path.join(fx.root, 'srv/json-restore');
+  assertShape('restore --json', await shapeAfter('nor a file outside the target. `--json`:'), await json(`restore latest --target ${target}`));
+  const delta = await json(`restore latest --target ${target} --delta`);
+  for (const k of ['rewritten', 'unchanged', 'removed', 'keptExcluded']) assert.ok(k in delta, `restore --delta --json has ${k}: ${JSON.stringify(delta)}`);
+  const drill = walkRuns.find((r) => r.line.includes('lifeboat drill 2026'));
+  assert.ok(drill);
+  assertShape('drill --json', await shapeAfter('not a failed check. `--json`:'), JSON.parse(drill.stdout));
+  assertShape('prune --json', await shapeAfter('(a prune does not run beside a backup). `--json`:'), await json('prune --keep-full 1 --dry-run'));
+  assertShape('completion --json', await shapeAfter('the script is in the one JSON document, as'), await json('completion bash'));
+  // An error: exit 2 for a point that does not exist, with the document of "Exit codes".
+  assertShape('an error with --json', await shapeAfter('With `--json`, stdout also gets'), await json('show 19990101-000000-000F', 2), ['error.hint']);
+});
+
+// ---------------------------------------------------------------------------------------------
+// S3: one server for the file; a bucket of its own for each block that runs `init`.
+
+let s3: S3TestServer | undefined;
+before(async () => {
+  s3 = await startS3Server();
+});
+after(async () => {
+  await s3?.stop();
+});
+
+/** The fixture's environment with the S3 server standing for AWS: its credentials, and its address as AWS_ENDPOINT_URL_S3. */
+async function withS3(fx: Fixture): Promise<void> {
+  fx.s3 = { server: s3!, bucket: await createTestBucket(s3!) };
+  Object.assign(fx.env, s3!.env, { AWS_ENDPOINT_URL_S3: s3!.endpoint });
+}
+
+test('"Serving state and failover": its config backs up from the cron line, fails over to the latest point and to a time, rolls back, and status and failover print what README.md shows', async () => {
+  const root = await tempDir('lifeboat-docs-');
+  const server = await recordingServer();
+  after(() => server.close());
+  const fx: Fixture = { root, env: await fixtureEnv(root), ids: {}, http: server.url };
+  await withS3(fx);
+  // The live slot the server reads through `current`, before any failover: a directory outside the slots.
+  const live = path.join(root, 'srv/serving/initial');
+  await fsp.mkdir(path.join(live, 'models/tokenizer'), { recursive: true });
+  await fsp.mkdir(path.join(live, 'serving'), { recursive: true });
+  await fsp.writeFile(path.join(live, 'models/config.json'), JSON.stringify({ vocab_size: 8 }));
+  await fsp.writeFile(path.join(live, 'models/tokenizer/tokenizer.json'), JSON.stringify({ model: { vocab: { a: 0 } } }));
+  await fsp.writeFile(path.join(live, 'serving/model.pbtxt'), 'v1\n');
+  await fsp.symlink('initial', path.join(root, 'srv/serving/current'));
+  await fsp.mkdir(path.join(root, 'var/lib/mlflow'), { recursive: true });
+  const { default: Database } = await import('better-sqlite3');
+  const dbPath = path.join(root, 'var/lib/mlflow/mlflow.db');
+  const db = new Database(dbPath);
+  db.exec("CREATE TABLE runs (name TEXT); INSERT INTO runs VALUES ('v1')");
+  db.close();
+  await fsp.writeFile(path.join(root, 'features.dump'), 'features at v1\n');
+
+  const block = blockAt('README.md', '# /etc/lifeboat/lifeboat.yaml');
+  covered.set(key(block), 'the config of the failover walk-through');
+  const etc = path.join(root, 'etc/lifeboat');
+  await fsp.mkdir(etc, { recursive: true });
+  await fsp.writeFile(path.join(etc, 'lifeboat.yaml'), substitute(block.text, fx));
+  // What the prose says this config means.
+  const config = await parseConfig(substitute(block.text, fx), 'lifeboat.yaml');
+  assert.deepEqual(config.sources?.registry, { sqlite: dbPath, restore: true });
+  assert.equal(config.targets?.prod?.hookTimeout, '10m');
+  assert.equal(config.targets?.prod?.keepSlots, 3);
+  const init = await bash(`lifeboat --repo s3://${fx.s3!.bucket}/fraud-detector init`, { cwd: etc, env: fx.env });
+  assert.equal(init.code, 0, init.stderr);
+
+  // The cron line: with --quiet, a backup that succeeds prints nothing, so cron mails nothing.
+  const cron = blockAt('README.md', 'hourly: an RPO of at most an hour');
+  const cronRuns = await runCron(cron, fx);
+  assert.deepEqual(cronRuns.map((r) => r.stdout + r.stderr), [''], 'the cron line prints nothing');
+  assert.deepEqual(server.requests.filter((r) => r.url.startsWith('/admin/')).map((r) => `${r.method} ${r.url}`), ['POST /admin/pause', 'POST /admin/resume'], 'the hooks paused and resumed the server');
+  // A second point, with other serving state: the failover to a time then goes back to the first.
+  await nextSecond();
+  await fsp.writeFile(path.join(live, 'serving/model.pbtxt'), 'v2\n');
+  await fsp.writeFile(path.join(root, 'features.dump'), 'features at v2\n');
+  assert.equal((await bash('lifeboat --quiet backup', { cwd: etc, env: fx.env })).code, 0);
+  await refreshIds(fx, etc);
+
+  const failover = await runBlock(blockAt('README.md', 'lifeboat failover --to prod'), fx, { cwd: etc });
+  // The first failover's previous is the directory served before any; the second's, a point, as in the example.
+  assertOutputShape('failover', blockAt('README.md', 'failed over prod to').text, failover[1]!.stdout);
+  covered.set(key(blockAt('README.md', 'failed over prod to')), 'the output of failover');
+  // The time selects the first point, whose state goes back.
+  const slots = path.join(root, 'srv/serving/slots');
+  const served = () => fsp.realpath(path.join(root, 'srv/serving/current'));
+  assert.equal(await served(), path.join(slots, fx.first!.id));
+  assert.equal(await fsp.readFile(path.join(root, 'features.restored'), 'utf8'), 'features at v1\n');
+  const reread = new Database(dbPath, { readonly: true });
+  assert.deepEqual(reread.prepare('SELECT name FROM runs').all(), [{ name: 'v1' }]);
+  reread.close();
+  assert.ok(server.requests.some((r) => r.url === '/admin/drain'), 'deactivate ran');
+  assert.ok(server.requests.some((r) => r.url === '/health'), 'the health check ran');
+  assert.match(await fsp.readFile(path.join(root, 'activate.log'), 'utf8'), /activated/);
+
+  await runBlock(blockAt('README.md', 'lifeboat rollback --to prod', 'sh'), fx, { cwd: etc });
+  assert.equal(path.basename(await served()), fx.ids.I, 'rolled back to the latest point');
+  const status = await runBlock(blockAt('README.md', 'lifeboat status --events 20'), fx, { cwd: etc });
+  // The slots are listed by when each was last written, which differs with the history: in the order of their marks here.
+  const slotsInOrder = (text: string) => text.replace(/^( {2}slots: )(.*)$/m, (_, lead: string, list: string) => lead + list.split(', ').sort((a, b) => a.replace(/^\S+/, '').localeCompare(b.replace(/^\S+/, ''))).join(', '));
+  assertOutputShape('status', slotsInOrder(blockAt('README.md', 'newest backup 20261122-030000-457I, 42m ago (RPO)').text), slotsInOrder(status[0]!.stdout));
+  covered.set(key(blockAt('README.md', 'newest backup 20261122-030000-457I, 42m ago (RPO)')), 'the output of status');
+  const statusJson = JSON.parse(status.find((r) => r.line.includes('--json'))!.stdout);
+  assertShape('status --json', await shapeAfter('(ops@gpu-7) ``` `--json` gives'), statusJson);
+  for (const t of statusJson.targets) for (const e of t.events) assertShape('status --json events', await shapeAfter('slots: [{name, point, active, previous}], events}], events}`, each event'), e);
+  const fo = await bash('lifeboat --json failover --to prod', { cwd: etc, env: fx.env });
+  assert.equal(fo.code, 0, fo.stderr);
+  // "`reused`, `restore`, `health.unchecked` and the fields after `durationMs` appear when they apply".
+  assertShape('failover --json', await shapeAfter('`failover --json` and `rollback --json` give'), JSON.parse(fo.stdout), ['reused', 'health.unchecked', 'reason', 'switchedBack', 'previousHealthy', 'previousDetail', 'previousUnchecked', 'previousMissing', 'interrupted', 'pruned']);
+
+  // The nightly cron lines of "Running from cron", from the same directory.
+  const nightly = await runCron(blockAt('README.md', 'nightly incremental at 03:00'), fx);
+  assert.deepEqual(nightly.map((r) => r.stdout + r.stderr), ['', ''], 'the nightly cron lines print nothing');
+});
+
+/** Runs the command of each line of a crontab block (its five time fields checked, then left out) with bash, as cron does. */
+async function runCron(block: Block, fx: Fixture): Promise<Run[]> {
+  covered.set(key(block), 'run');
+  const runs: Run[] = [];
+  for (const line of commandLines(block)) {
+    const fields = line.split(/\s+/);
+    for (const f of fields.slice(0, 5)) assert.match(f, /^(\*|\d+(-\d+)?)(,\d+(-\d+)?)*(\/\d+)?$/, `${key(block)}: a crontab time field: ${line}`);
+    const command = line.replace(/^(\S+\s+){5}/, '');
+    const ran = substitute(command, fx);
+    const r = await bash(ran, { cwd: fx.root, env: fx.env });
+    assert.equal(r.code, 0, `${key(block)}: ${line}\n  ran as ${ran}\n${r.stderr}`);
+    runs.push({ line, ran, ...r });
+  }
+  return runs;
+}
