@@ -192,7 +192,11 @@ function substitute(text: string, fx: Fixture): string {
   if (fx.keyId) out = out.replace(/\b3f2a9c\b/g, fx.keyId);
   if (fx.s3) {
     out = out.replace(/s3:\/\/ml-backups\//g, `s3://${fx.s3.bucket}/`);
-    out = out.replace(/https?:\/\/(127\.0\.0\.1:9000|minio\.internal:9000)/g, fx.s3.server.endpoint);
+    out = out.replace(/https?:\/\/(127\.0\.0\.1:9000|minio\.internal:9000|rgw\.example\.internal)/g, fx.s3.server.endpoint);
+    out = out.replace(/\bAWS_ACCESS_KEY_ID=\S+/g, `AWS_ACCESS_KEY_ID=${fx.s3.server.accessKeyId}`);
+    out = out.replace(/\bAWS_SECRET_ACCESS_KEY=\S+/g, `AWS_SECRET_ACCESS_KEY=${fx.s3.server.secretAccessKey}`);
+    out = out.replace(/^(aws_access_key_id = ).*$/gm, `$1${fx.s3.server.accessKeyId}`);
+    out = out.replace(/^(aws_secret_access_key = ).*$/gm, `$1${fx.s3.server.secretAccessKey}`);
   }
   if (fx.http) {
     out = out.replace(/http:\/\/127\.0\.0\.1:8000/g, fx.http);
@@ -216,7 +220,7 @@ interface Expect {
  * Runs the command lines of `block` in order (exports carried to the lines after them), each
  * after its `before` step, and checks its exit code; returns what each printed.
  */
-async function runBlock(block: Block, fx: Fixture, options: { cwd: string; expect?: Expect[]; before?: Record<string, () => Promise<void>>; env?: NodeJS.ProcessEnv }): Promise<Run[]> {
+async function runBlock(block: Block, fx: Fixture, options: { cwd: string | ((line: string) => string); expect?: Expect[]; before?: Record<string, () => Promise<void>>; env?: NodeJS.ProcessEnv }): Promise<Run[]> {
   covered.set(key(block), 'run');
   const runs: Run[] = [];
   let exports = '';
@@ -232,7 +236,8 @@ async function runBlock(block: Block, fx: Fixture, options: { cwd: string; expec
     }
     for (const [contains, step] of Object.entries(options.before ?? {})) if (line.includes(contains)) await step();
     const ran = substitute(line, fx);
-    const r = await bash(`${exports}${ran}`, { cwd: options.cwd, env: { ...fx.env, ...options.env } });
+    const cwd = typeof options.cwd === 'string' ? options.cwd : options.cwd(line);
+    const r = await bash(`${exports}${ran}`, { cwd, env: { ...fx.env, ...options.env } });
     const expected = options.expect?.find((e) => line.includes(e.contains));
     assert.equal(r.code, expected?.code ?? 0, `${key(block)}: ${line}\n  ran as: ${ran}\n  stdout: ${r.stdout.slice(0, 2000)}\n  stderr: ${r.stderr}`);
     runs.push({ line, ran, ...r });
@@ -418,6 +423,10 @@ async function makeHost(): Promise<{ fx: Fixture; work: string; http: Awaited<Re
   await fsp.writeFile(path.join(work, 'ops.pw'), 'an operator password\n');
   await fsp.writeFile(path.join(work, 'new.pw'), 'a new password\n');
   after(() => server.close());
+  // The config of "The config file", as the working directory's lifeboat.yaml.
+  const config = blockAt('README.md', 'deployment: fraud-detector       # needed only');
+  covered.set(key(config), 'the config of the walk-through');
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), substitute(config.text, fx));
   return { fx, work, http: server };
 }
 
@@ -442,10 +451,6 @@ const walkRuns: Run[] = [];
 test("README.md's commands, from init to completion, run in order against a deployment at the examples' paths with the config README.md shows", async () => {
   host = await makeHost();
   const { fx, work } = host;
-  // The config of "The config file", as the working directory's lifeboat.yaml.
-  const config = blockAt('README.md', 'deployment: fraud-detector       # needed only');
-  covered.set(key(config), 'the config of the walk-through');
-  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), substitute(config.text, fx));
   const readme = ALL_BLOCKS.filter((b) => b.file === 'README.md' && b.lang === 'sh');
   const from = readme.findIndex((b) => b.text.includes('--repo /backups/fraud-detector init'));
   const to = readme.findIndex((b) => b.text.includes('lifeboat completion bash'));
@@ -678,3 +683,109 @@ async function runCron(block: Block, fx: Fixture): Promise<Run[]> {
   }
   return runs;
 }
+
+/** Runs a block whose `init` lines each get a fresh bucket; a block without one uses the bucket of the block before. */
+async function runS3Block(block: Block, fx: Fixture, options: Parameters<typeof runBlock>[2]): Promise<Run[]> {
+  if (commandLines(block).some((l) => /\binit\b/.test(l) && commandWord(l) === 'lifeboat')) fx.s3 = { server: s3!, bucket: await createTestBucket(s3!) };
+  return runBlock(block, fx, options);
+}
+
+/** Checks a YAML block of the documents: it parses and validates, and `meaning` checks what its prose says of it. */
+async function checkConfig(block: Block, fx: Fixture, meaning: (config: Awaited<ReturnType<typeof parseConfig>>) => void): Promise<void> {
+  covered.set(key(block), 'parsed and validated');
+  const text = substitute(block.text, fx).replace(/<ACCOUNT_ID>/g, '0123456789abcdef');
+  meaning(await parseConfig(text, `${key(block)}.yaml`));
+}
+
+test('S3: the AWS, MinIO, Ceph and R2 examples of README.md and docs/S3.md run against the test S3 server, with the profiles docs/S3.md shows; their configs validate', async () => {
+  const { fx, work } = await makeHost();
+  fx.s3 = { server: s3!, bucket: await createTestBucket(s3!) };
+  // No credentials in the environment: the profile files of docs/S3.md give them. The server stands for AWS.
+  fx.env.AWS_ENDPOINT_URL_S3 = s3!.endpoint;
+  const aws = path.join(fx.root, '.aws');
+  await fsp.mkdir(aws);
+  for (const [contains, file] of [['[profile backup]', 'config'], ['[backup]', 'credentials']] as const) {
+    const ini = blockAt('docs/S3.md', contains, 'ini');
+    covered.set(key(ini), 'written as the profile files the S3 examples run with');
+    assert.equal(ini.text.split('\n')[0], `# ~/.aws/${file}`);
+    // README.md's example names the profile `backups`: the same profile under that name too.
+    const text = substitute(ini.text, fx);
+    await fsp.writeFile(path.join(aws, file), `${text}\n${text.replace(/\[(profile )?backup\]/, '[$1backups]')}\n`);
+  }
+  const ca = path.join(fx.root, 'etc/ssl/internal-ca.pem');
+  await fsp.mkdir(path.dirname(ca), { recursive: true });
+  await fsp.copyFile(path.join(CHECKOUT, 'test/helpers/loopback-tls.crt'), ca);
+
+  const readmeS3 = blockAt('README.md', '# MinIO, Ceph RGW, Cloudflare R2', 'sh');
+  // Its last line has no --repo: the repository comes from the lifeboat.yaml shown after it ("or in lifeboat.yaml").
+  const s3Config = blockAt('README.md', 'idleTimeout: 60s', 'yaml');
+  await checkConfig(s3Config, fx, (c) => {
+    assert.equal(c.s3?.concurrency, 4);
+    assert.equal(c.s3?.timeout, '20s');
+    assert.equal(c.s3?.forcePathStyle, true);
+  });
+  const s3Dir = path.join(fx.root, 's3-config');
+  await runS3Block(readmeS3, fx, {
+    cwd: (line) => (line.includes('--repo') ? work : s3Dir),
+    before: {
+      '--s3-path-style list': async () => {
+        await fsp.mkdir(s3Dir, { recursive: true });
+        await fsp.writeFile(path.join(s3Dir, 'lifeboat.yaml'), substitute(s3Config.text, fx));
+      },
+    },
+  });
+
+  // "Encryption": an encrypted repository on S3, with the password file the example names; then the key
+  // commands of README.md and docs/SECURITY.md against it, each key id of the examples standing for the key
+  // the line before added.
+  const password = path.join(fx.root, 'etc/lifeboat/password');
+  await fsp.mkdir(path.dirname(password), { recursive: true });
+  await fsp.writeFile(password, 'the first password\n', { mode: 0o600 });
+  // In the shell where README.md's S3 block exported its profile.
+  fx.env.AWS_PROFILE = 'backups';
+  await runS3Block(blockAt('README.md', 'init --encryption aes-256-gcm', 'sh'), fx, { cwd: work });
+  const encrypted = { LIFEBOAT_REPO: `s3://${fx.s3!.bucket}/prod`, LIFEBOAT_PASSWORD_FILE: password };
+  const keysBefore = {
+    'lifeboat key remove': async () => {
+      const r = await bash('lifeboat --json key list', { cwd: work, env: { ...fx.env, ...encrypted } });
+      assert.equal(r.code, 0, r.stderr);
+      const keys = JSON.parse(r.stdout) as { id: string; current: boolean }[];
+      const other = keys.filter((k) => !k.current);
+      assert.equal(other.length, 1, `one key besides the one in use: ${r.stdout}`);
+      fx.keyId = other[0]!.id.slice(0, 6);
+    },
+  };
+  for (const [file, contains, newPassword] of [['README.md', 'change the password in use', 'the second password'], ['docs/SECURITY.md', 'adds the new key, then removes the old one', 'the third password']] as const) {
+    await fsp.writeFile(path.join(work, 'new.pw'), `${newPassword}\n`);
+    const runs = await runBlock(blockAt(file, contains, 'sh'), fx, { cwd: work, env: encrypted, before: keysBefore });
+    assert.match(runs[0]!.stdout, /^\* /m, 'key list marks the key in use with *');
+    // `key passwd` changed the password in use: the file now holds the new one, and the old one opens nothing.
+    const old = await bash('lifeboat key list', { cwd: work, env: { ...fx.env, ...encrypted } });
+    assert.equal(old.code, 2, `the old password no longer opens the repository: ${old.stderr}`);
+    await fsp.copyFile(path.join(work, 'new.pw'), password);
+  }
+
+  // docs/S3.md, in order: AWS with a profile, MinIO with keys in the environment, Ceph through AWS_ENDPOINT_URL_S3.
+  delete fx.env.AWS_PROFILE;
+  const doc = (contains: string, lang: string) => blockAt('docs/S3.md', contains, lang);
+  await runS3Block(doc('aws s3 mb s3://ml-backups', 'sh'), fx, { cwd: work });
+  await checkConfig(doc('  region: eu-west-1', 'yaml'), fx, (c) => assert.equal(c.s3?.region, 'eu-west-1'));
+  await runS3Block(doc('AWS_PROFILE=backup lifeboat', 'sh'), fx, { cwd: work });
+  await runS3Block(doc('mc alias set local', 'sh'), fx, { cwd: work });
+  // The MinIO config, as lifeboat.yaml: the endpoint alone, path-style addressing by default.
+  const minio = doc('  endpoint: http://127.0.0.1:9000', 'yaml');
+  await checkConfig(minio, fx, (c) => assert.equal(c.s3?.endpoint, s3!.endpoint));
+  const minioDir = path.join(fx.root, 'minio');
+  await fsp.mkdir(minioDir);
+  await fsp.writeFile(path.join(minioDir, 'lifeboat.yaml'), substitute(minio.text, fx));
+  const listed = await bash('lifeboat list', { cwd: minioDir, env: { ...fx.env, ...s3!.env, AWS_ENDPOINT_URL_S3: '' } });
+  assert.equal(listed.code, 0, `lifeboat list with the MinIO config of docs/S3.md: ${listed.stderr}`);
+  await runS3Block(doc('export AWS_ENDPOINT_URL_S3=https://rgw.example.internal', 'sh'), fx, { cwd: work });
+  await checkConfig(doc('r2.cloudflarestorage.com', 'yaml'), fx, (c) => assert.equal(c.s3?.region, 'auto'));
+  await checkConfig(doc('# or AES256 for S3-managed keys', 'yaml'), fx, (c) => {
+    assert.deepEqual([c.s3?.storageClass, c.s3?.sse, c.s3?.kmsKeyId], ['STANDARD_IA', 'aws:kms', 'alias/ml-backups']);
+  });
+  await checkConfig(doc('idleTimeout: 2m', 'yaml'), fx, (c) => {
+    assert.deepEqual([parseDuration(c.s3!.timeout!), parseDuration(c.s3!.idleTimeout!)], [45_000, 120_000]);
+  });
+});
