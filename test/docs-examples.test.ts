@@ -391,19 +391,25 @@ function lineShape(example: string): RegExp {
   return new RegExp(`^${escaped}$`);
 }
 
-function assertOutputShape(what: string, example: string, real: string): void {
+function assertOutputShape(what: string, example: string, real: string, options: { anyOrder?: boolean } = {}): void {
   const lines = real.split('\n');
   let at = 0;
   for (const wanted of example.split('\n').filter((l) => l.trim() !== '')) {
     const re = lineShape(wanted);
     const found = lines.findIndex((l, n) => n >= at && re.test(l));
     assert.ok(found >= 0, `${what}: the example line\n  ${wanted}\nhas no line of that shape (${re.source}) in the real output after line ${at + 1}:\n${real}`);
-    at = found + 1;
+    if (!options.anyOrder) at = found + 1;
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // The fixture: a host with the examples' paths under a scratch root.
+
+/** What the tests started that outlives the test that started it (the walk-through's host serves the tests after it). */
+const closers: (() => Promise<void>)[] = [];
+after(async () => {
+  for (const close of closers) await close();
+});
 
 async function makeHost(): Promise<{ fx: Fixture; work: string; http: Awaited<ReturnType<typeof recordingServer>> }> {
   const root = await tempDir('lifeboat-docs-');
@@ -422,7 +428,7 @@ async function makeHost(): Promise<{ fx: Fixture; work: string; http: Awaited<Re
   await fsp.writeFile(path.join(work, 'smoke.sh'), '#!/bin/sh\ntest -f "$LIFEBOAT_RESTORE_DIR/models/config.json" && echo "smoke ok for $LIFEBOAT_POINT"\n', { mode: 0o755 });
   await fsp.writeFile(path.join(work, 'ops.pw'), 'an operator password\n');
   await fsp.writeFile(path.join(work, 'new.pw'), 'a new password\n');
-  after(() => server.close());
+  closers.push(server.close);
   // The config of "The config file", as the working directory's lifeboat.yaml.
   const config = blockAt('README.md', 'deployment: fraud-detector       # needed only');
   covered.set(key(config), 'the config of the walk-through');
@@ -588,7 +594,7 @@ async function withS3(fx: Fixture): Promise<void> {
 test('"Serving state and failover": its config backs up from the cron line, fails over to the latest point and to a time, rolls back, and status and failover print what README.md shows', async () => {
   const root = await tempDir('lifeboat-docs-');
   const server = await recordingServer();
-  after(() => server.close());
+  closers.push(server.close);
   const fx: Fixture = { root, env: await fixtureEnv(root), ids: {}, http: server.url };
   await withS3(fx);
   // The live slot the server reads through `current`, before any failover: a directory outside the slots.
@@ -788,4 +794,108 @@ test('S3: the AWS, MinIO, Ceph and R2 examples of README.md and docs/S3.md run a
   await checkConfig(doc('idleTimeout: 2m', 'yaml'), fx, (c) => {
     assert.deepEqual([parseDuration(c.s3!.timeout!), parseDuration(c.s3!.idleTimeout!)], [45_000, 120_000]);
   });
+});
+
+test("the walk-through's host: the drill step of README.md's GitHub Actions workflow (as examples/ has it), a failure's notification and JSON log lines, a damaged volume's restore error, and the anchors of the targets config", async () => {
+  assert.ok(host, 'the walk-through ran');
+  const { fx, work, http: server } = host;
+  // The workflow's drill step, run as the runner runs it (bash), with a smoke script at the path it names.
+  const workflow = blockAt('README.md', 'mikepenz/action-junit-report', 'yaml');
+  const { parse } = await import('yaml');
+  const steps = parse(workflow.text.replace(/^ {6}/gm, '')) as { name: string; run?: string }[];
+  const drillStep = steps.find((s) => s.run?.includes('lifeboat drill'))!.run!.trim();
+  const file = parse(await fsp.readFile(path.join(CHECKOUT, 'examples/github/nightly-drill.yml'), 'utf8')) as { jobs: { drill: { steps: { run?: string }[] } } };
+  assert.ok(file.jobs.drill.steps.some((s) => s.run?.replace(/\s+/g, ' ').trim() === drillStep.replace(/\s+/g, ' ')), 'examples/github/nightly-drill.yml runs the drill README.md shows');
+  await fsp.mkdir(path.join(work, 'scripts'), { recursive: true });
+  await fsp.writeFile(path.join(work, 'scripts/smoke.py'), 'import json, os, sys\njson.load(open(os.path.join(sys.argv[1], "config.json")))\nprint("smoke ok")\n');
+  const drill = await bash(drillStep, { cwd: work, env: fx.env });
+  assert.equal(drill.code, 0, drill.stderr);
+  const report = JSON.parse(await fsp.readFile(path.join(work, 'drill.json'), 'utf8'));
+  assert.equal(report.ok, true);
+  assert.match(await fsp.readFile(path.join(work, 'drill-report.xml'), 'utf8'), /<testsuite[^>]*>[\s\S]*<testcase[^>]*name="[^"]*smoke/);
+
+  // notify: { url, on: [failure, warning] } of the config: a failed run POSTs its event.
+  const before = server.requests.length;
+  const failed = await bash('lifeboat backup --source models=/nonexistent/models', { cwd: work, env: fx.env });
+  assert.notEqual(failed.code, 0);
+  const events = server.requests.slice(before).filter((r) => r.url === '/notify');
+  assert.equal(events.length, 1, `one notification of the failed backup: ${failed.stderr}`);
+  assertShape('the notification', await shapeAfter('as an unknown one in the config is):'), JSON.parse(events[0]!.body));
+  assertShape('the notification warnings', `{warnings: [${await shapeAfter('`warnings` holds the first 20 as')}]}`, JSON.parse(events[0]!.body));
+
+  // --log-format json: every line one object of the shape given; a note has its code, the error its exitCode and hint.
+  const plain = path.join(fx.root, 'backups/log-format');
+  assert.equal((await bash(`lifeboat --repo ${plain} init`, { cwd: work, env: fx.env })).code, 0);
+  const shape = (await shapeAfter('`--log-format json` makes every log line on stderr one JSON object (')).replace(/"/g, '');
+  const logLines = async (command: string, code: number) => {
+    const r = await bash(`lifeboat --log-format json --repo ${plain} ${command}`, { cwd: work, env: fx.env });
+    assert.equal(r.code, code, r.stderr);
+    const lines = r.stderr.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    for (const l of lines) assert.deepEqual(shapeProblems(parseShape(shape), l), [], `a log line of the shape ${shape}: ${JSON.stringify(l)}`);
+    return lines;
+  };
+  const notes = await logLines(`backup ${fx.root}/srv/models`, 0);
+  assert.ok(notes.some((l) => l.code === 'type-fallback'), JSON.stringify(notes));
+  const errors = await logLines('show 19990101-000000-000F', 2);
+  assert.ok(errors.some((l) => l.level === 'error' && l.exitCode === 2 && typeof l.hint === 'string'), JSON.stringify(errors));
+
+  // Anchors and merge keys: canary takes prod's health check, with slots and a link of its own.
+  await checkConfig(blockAt('README.md', '<<: *serving', 'yaml'), fx, (c) => {
+    assert.deepEqual(c.targets?.canary?.health, c.targets?.prod?.health);
+    assert.deepEqual([c.targets?.canary?.slots, c.targets?.canary?.active], ['/srv/canary/slots', '/srv/canary/current'].map((p) => fx.root + p));
+  });
+});
+
+test("a restore that meets a damaged volume says what README.md shows: the file, the volume, and the newest point that needs nothing of it, with the command to restore it", async () => {
+  const { fx, work } = await makeHost();
+  const repo = path.join(fx.root, 'backups/fraud-detector');
+  const ok = async (command: string) => {
+    const r = await bash(command, { cwd: work, env: fx.env });
+    assert.equal(r.code, 0, `${command}: ${r.stderr}`);
+    return r;
+  };
+  await ok(`lifeboat --repo ${repo} init`);
+  await ok('lifeboat backup --type full');
+  await fsp.writeFile(path.join(fx.root, 'srv/models/weights.bin'), Buffer.alloc(200_000, 9));
+  const incr = JSON.parse((await ok('lifeboat --json backup')).stdout) as { id: string };
+  const volume = path.join(repo, 'data', incr.id, 'v000001.tar');
+  const bytes = await fsp.readFile(volume);
+  const at = bytes.indexOf(Buffer.alloc(4096, 9));
+  assert.ok(at > 0, 'the new weights are in the incremental volume');
+  bytes[at + 100] = 0;
+  await fsp.writeFile(volume, bytes);
+  const example = blockAt('README.md', 'does not match its checksum', 'text');
+  covered.set(key(example), 'the error of a restore of a damaged volume');
+  const r = await bash(`lifeboat restore latest --target ${fx.root}/srv/restore`, { cwd: work, env: fx.env });
+  assert.equal(r.code, 3, r.stderr);
+  assertOutputShape('the error of a restore of a damaged volume', example.text, r.stderr);
+});
+
+test('the metrics a backup and a drill write are those README.md shows, line by line', async () => {
+  const { fx, work } = await makeHost();
+  const example = blockAt('README.md', 'lifeboat_last_run_timestamp_seconds', 'text');
+  covered.set(key(example), 'the metrics of a backup and a drill');
+  const prom = path.join(fx.root, 'metrics/lifeboat.prom');
+  // A repository and runs that name no deployment, as the example's labels are.
+  const repo = path.join(fx.root, 'backups/plain');
+  for (const command of [`init`, `backup ${fx.root}/srv/models --metrics-file ${prom}`, `drill --metrics-file ${prom}`]) {
+    const r = await bash(`lifeboat --repo ${repo} ${command}`, { cwd: fx.root, env: fx.env });
+    assert.equal(r.code, 0, `${command}: ${r.stderr}`);
+  }
+  // The order of samples means nothing to Prometheus: each line of the example has its like somewhere in the file.
+  assertOutputShape('the metrics file', example.text, (await fsp.readFile(prom, 'utf8')).split('\n').filter((l) => !l.startsWith('#')).join('\n'), { anyOrder: true });
+});
+
+test("docs/FORMAT.md's check of a document's checksum with head, sha256sum and jq gives the checksum the document holds", async () => {
+  const { fx, work } = await makeHost();
+  const repo = path.join(fx.root, 'backups/fraud-detector');
+  for (const command of [`--repo ${repo} init`, 'backup --type full']) assert.equal((await bash(`lifeboat ${command}`, { cwd: work, env: fx.env })).code, 0);
+  const point = (await fsp.readdir(path.join(repo, 'points')))[0]!.replace(/\.json$/, '');
+  const block = blockAt('docs/FORMAT.md', 'head -c -87', 'sh');
+  covered.set(key(block), 'run with REPO and POINT set');
+  const r = await bash(block.text, { cwd: fx.root, env: { ...fx.env, REPO: repo, POINT: point } });
+  assert.equal(r.code, 0, r.stderr);
+  const [sum, checksum] = r.stdout.trim().split('\n');
+  assert.match(checksum!, /^sha256:[0-9a-f]{64}$/);
+  assert.equal(`sha256:${sum!.split(/\s+/)[0]}`, checksum);
 });
