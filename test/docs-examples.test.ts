@@ -75,7 +75,6 @@ const key = (b: Block) => `${b.file}:${b.line}`;
  * phrase of theirs, so that a block moved by an edit is still found.
  */
 const NOT_RUNNABLE: { file: string; contains: string; reason: string }[] = [
-  { file: 'docs/FORMAT.md', contains: 'config.json                         the repository', reason: 'a listing of the repository layout, not a command or a document (test/compat.test.ts and the layout tests check it)' },
   { file: 'docs/SECURITY.md', contains: 'header   "LBEN"', reason: 'a diagram of the encrypted object format (test/encryption.test.ts checks the format)' },
   { file: 'docs/FORMAT.md', contains: 'PARTS="$OUT.parts"', reason: 'the recovery by hand, which test/manual-recovery.test.ts runs as written' },
   { file: 'docs/S3.md', contains: '"lifeboat-abort-incomplete-uploads"', reason: 'a lifecycle rule for AWS S3 (aws s3api put-bucket-lifecycle-configuration), applied by AWS, not by lifeboat; parsed as JSON here' },
@@ -570,8 +569,27 @@ test("the JSON shapes README.md gives for --json are those the commands print (e
   assertShape('drill --json', await shapeAfter('not a failed check. `--json`:'), JSON.parse(drill.stdout));
   assertShape('prune --json', await shapeAfter('(a prune does not run beside a backup). `--json`:'), await json('prune --keep-full 1 --dry-run'));
   assertShape('completion --json', await shapeAfter('the script is in the one JSON document, as'), await json('completion bash'));
+  // The first point was taken with the config's patterns alone, the second with `--exclude '**/*.tmp'` too.
+  const second = JSON.parse((await bash('lifeboat --json list', { cwd: work, env: fx.env })).stdout)[1].id as string;
+  assertShape('diff --json excludes', await shapeAfter('named on the line after the counts (`exclude patterns of models changed: *.tmp → *.tmp /logs`; `--json`:'), await json(`diff ${fx.first!.id} ${second}`));
+  const inPlace = await json('restore latest --in-place --delta');
+  assert.equal(inPlace.target, null);
+  assertShape('restore --in-place --json', await shapeAfter('`--json` gives `target: null` and'), inPlace);
+  // Config snippets of "unlock".
+  for (const anchor of ['The 30 minutes are configurable with', '`--retry-lock 30m` (or']) {
+    const snippet = await shapeAfter(anchor);
+    const config = await parseConfig(snippet, 'lifeboat.yaml');
+    assert.ok(config.lock && Object.keys(config.lock).length === 1, `lock: ${snippet} validates`);
+  }
   // An error: exit 2 for a point that does not exist, with the document of "Exit codes".
   assertShape('an error with --json', await shapeAfter('With `--json`, stdout also gets'), await json('show 19990101-000000-000F', 2), ['error.hint']);
+  // A repository two deployments share: status without a deployment gives the newest point of each.
+  assert.equal((await bash(`lifeboat --deployment other backup ${fx.root}/srv/models`, { cwd: work, env: fx.env })).code, 0);
+  const shared = await bash(`lifeboat --json --repo ${fx.root}/backups/fraud-detector status`, { cwd: fx.root, env: fx.env });
+  assert.equal(shared.code, 0, shared.stderr);
+  const sharedStatus = JSON.parse(shared.stdout);
+  assert.equal(sharedStatus.newest, null);
+  assertShape('status --json of a shared repository', await shapeAfter('`--json`: `newest: null` and'), sharedStatus);
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -668,6 +686,30 @@ test('"Serving state and failover": its config backs up from the cron line, fail
   assert.equal(fo.code, 0, fo.stderr);
   // "`reused`, `restore`, `health.unchecked` and the fields after `durationMs` appear when they apply".
   assertShape('failover --json', await shapeAfter('`failover --json` and `rollback --json` give'), JSON.parse(fo.stdout), ['reused', 'health.unchecked', 'reason', 'switchedBack', 'previousHealthy', 'previousDetail', 'previousUnchecked', 'previousMissing', 'interrupted', 'pruned']);
+
+  // A dry run names the state sources it would capture.
+  const dry = await bash('lifeboat --json backup --dry-run', { cwd: etc, env: fx.env });
+  assert.equal(dry.code, 0, dry.stderr);
+  assertShape('backup --dry-run --json', await shapeAfter('(`would capture features: the output of …`; in `--json`,'), JSON.parse(dry.stdout));
+  // What status says of a previous slot a restore left part-way, of a damaged record of switches, of a repository it cannot read.
+  const previous = JSON.parse((await bash('lifeboat --json status', { cwd: etc, env: fx.env })).stdout).targets[0].previous.path as string;
+  const pidMax = Number(await fsp.readFile('/proc/sys/kernel/pid_max', 'utf8'));
+  const restoring = path.join(path.dirname(previous), `.${path.basename(previous)}.lifeboat-restoring`);
+  await fsp.symlink(`${pidMax + 1}-${Math.floor(Date.now() / 1000)}`, restoring);
+  const partWay = await bash('lifeboat --json status', { cwd: etc, env: fx.env });
+  assert.equal(partWay.code, 1, partWay.stderr);
+  assertShape('status --json of a previous slot restored part-way', `{previous: ${await shapeAfter('a `restore --delta` into it, killed while it rewrote it: its `.<slot>.lifeboat-restoring` lock is still there, its process gone) has')}}`, JSON.parse(partWay.stdout).targets[0]);
+  await fsp.rm(restoring);
+  const record = path.join(slots, '.lifeboat-target.json');
+  const kept = await fsp.readFile(record);
+  await fsp.writeFile(record, 'not json');
+  const damaged = await bash('lifeboat --json status', { cwd: etc, env: fx.env });
+  assert.equal(damaged.code, 1, damaged.stderr);
+  assertShape('status --json of a damaged record', await shapeAfter('is said with why ('), JSON.parse(damaged.stdout).targets[0]);
+  await fsp.writeFile(record, kept);
+  const unread = await bash(`lifeboat --json --repo ${root}/backups/missing status`, { cwd: etc, env: fx.env });
+  assert.equal(unread.code, 1, unread.stderr);
+  assertShape('status --json without its repository', await shapeAfter('the age of its point, and `--json` has'), JSON.parse(unread.stdout));
 
   // The nightly cron lines of "Running from cron", from the same directory.
   const nightly = await runCron(blockAt('README.md', 'nightly incremental at 03:00'), fx);
@@ -898,4 +940,93 @@ test("docs/FORMAT.md's check of a document's checksum with head, sha256sum and j
   const [sum, checksum] = r.stdout.trim().split('\n');
   assert.match(checksum!, /^sha256:[0-9a-f]{64}$/);
   assert.equal(`sha256:${sum!.split(/\s+/)[0]}`, checksum);
+});
+
+test('"Global options" in README.md names every option the program takes before its command', async () => {
+  const { buildProgram } = await import('../src/cli/main.js');
+  const { PassThrough } = await import('node:stream');
+  const program = buildProgram({ stdout: new PassThrough(), stderr: new PassThrough(), env: {}, cwd: process.cwd() }, new AbortController().signal, { printed: false });
+  const readme = await fsp.readFile(path.join(CHECKOUT, 'README.md'), 'utf8');
+  const paragraph = /^Global options: [\s\S]*?\n\n/m.exec(readme)?.[0];
+  assert.ok(paragraph, 'README.md has a "Global options:" paragraph');
+  const missing = program.options.map((o) => o.long!).filter((flag) => !['--version', '--help'].includes(flag) && !paragraph.includes(`\`${flag}`));
+  assert.deepEqual(missing, [], 'global options README.md does not name');
+});
+
+/**
+ * Exit codes README.md gives for what it describes, each made to happen: the passage (which must still be
+ * there, word for word), the command, the code. `{root}` is the walk-through's scratch root.
+ */
+const EXIT_CLAIMS: { says: string; run: string; code: number; config?: string }[] = [
+  { says: 'A time without a zone, or a date alone, is refused (exit 2)', run: 'show 2026-11-20T03:00', code: 2 },
+  { says: 'A time without a zone, or a date alone, is refused (exit 2)', run: 'show 2026-11-20', code: 2 },
+  { says: 'So is a day the month lacks (`2026-11-31T03:00Z`)', run: 'show 2026-11-31T03:00Z', code: 2 },
+  { says: '`file://backups` names a host, not a relative directory, and is refused (exit 2)', run: '--repo file://backups list', code: 2 },
+  { says: 'So are `s3:/bucket/prefix` and `file:/backups` (a slash short)', run: '--repo s3:/bucket/prefix list', code: 2 },
+  { says: 'So are `s3:/bucket/prefix` and `file:/backups` (a slash short)', run: '--repo file:/backups list', code: 2 },
+  { says: 'Where a repository already is, it says so and leaves it as it was (exit 2)', run: 'init', code: 2 },
+  { says: "an empty one (a script's unset variable) is refused (exit 2)", run: 'backup ""', code: 2 },
+  { says: 'A pattern that starts with `!` (in `.gitignore`, re-including what an earlier pattern left out) is refused with exit 2', run: "backup --exclude '!x.tmp'", code: 2 },
+  { says: '`--delete-excluded` (with `--delta` only, else exit 2)', run: 'restore latest --target {root}/srv/claims --delete-excluded', code: 2 },
+  { says: '`--force` with `--include` is refused (exit 2)', run: 'restore latest --target {root}/srv/restore --force --include models', code: 2 },
+  { says: '`--work-dir` without `--state` is exit 2', run: 'restore latest --target {root}/srv/claims --work-dir {root}/scratch', code: 2 },
+  { says: 'a pattern that matches nothing in the point is an error (exit 2', run: "restore latest --target {root}/srv/claims --include 'models/nothing-here'", code: 2 },
+  { says: 'A target that is a symbolic link is refused (exit 2)', run: 'restore latest --target {root}/srv/link-target', code: 2 },
+  { says: 'A deployment given that has no points where others have some', run: 'prune --deployment fraud-detectr --keep-full 1', code: 2 },
+  { says: '5 when the smoke command failed or an objective was missed', run: 'drill --rpo 1ms', code: 5 },
+  { says: '5 when the smoke command failed or an objective was missed', run: "drill --smoke 'exit 1'", code: 5 },
+  { says: '`--events abc: expected a whole number of at least 0`', run: 'status --events abc', code: 2 },
+  { says: '`storageClass: GLACIER` or `DEEP_ARCHIVE` is refused (exit 2)', run: 'list', config: 'repository: s3://ml-backups/x\ns3:\n  storageClass: GLACIER\n', code: 2 },
+  { says: '`timeout: 60` is refused, naming the key (write `60s`)', run: 'list', config: 'repository: ./repo\ns3:\n  timeout: 60\n', code: 2 },
+  { says: 'a key left with nothing after it, its lines commented out: `retention: is empty`', run: 'list', config: 'repository: ./repo\nretention:\n  # keepFull: 4\n', code: 2 },
+];
+
+test('the exit codes README.md gives for situations it describes, made to happen', async () => {
+  assert.ok(host, 'the walk-through ran');
+  const { fx, work } = host;
+  const readme = (await fsp.readFile(path.join(CHECKOUT, 'README.md'), 'utf8')).replace(/\s+/g, ' ');
+  await fsp.symlink(path.join(fx.root, 'srv/restore'), path.join(fx.root, 'srv/link-target'));
+  for (const claim of EXIT_CLAIMS) {
+    assert.ok(readme.includes(claim.says), `README.md still says: ${claim.says}`);
+    let cwd = work;
+    if (claim.config) {
+      cwd = await fsp.mkdtemp(path.join(fx.root, 'claim-'));
+      await fsp.writeFile(path.join(cwd, 'lifeboat.yaml'), claim.config);
+    }
+    const run = claim.run.replace(/\{root\}/g, fx.root);
+    const r = await bash(`lifeboat ${run}`, { cwd, env: fx.env });
+    assert.equal(r.code, claim.code, `"${claim.says}": lifeboat ${run}\n${r.stderr}`);
+    assert.match(r.stderr, /^lifeboat: /m, 'one sentence saying what failed');
+  }
+});
+
+test("every file of the walk-through's repository has its place in docs/FORMAT.md's layout", async () => {
+  assert.ok(host, 'the walk-through ran');
+  const layout = blockAt('docs/FORMAT.md', 'config.json                         the repository', 'text');
+  covered.set(key(layout), "checked against the walk-through's repository");
+  const patterns = layout.text.split('\n').map((l) => l.split(/\s{2,}/)[0]!).filter((p) => p !== '');
+  const regexes = patterns.map((p) => new RegExp(`^${p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&').replace(/<[^>]+>/g, '[^/]+').replace(/v000001|v000002/, 'v\\d{6}')}$`));
+  const repo = path.join(host.fx.root, 'backups/fraud-detector');
+  const files: string[] = [];
+  const walk = async (dir: string, rel: string) => {
+    for (const e of await fsp.readdir(dir, { withFileTypes: true })) {
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) await walk(path.join(dir, e.name), r);
+      else files.push(r);
+    }
+  };
+  await walk(repo, '');
+  assert.ok(files.some((f) => f.startsWith('journal/')) && files.some((f) => f.startsWith('ledger/')), files.join(' '));
+  assert.deepEqual(files.filter((f) => !regexes.some((re) => re.test(f))), [], `files docs/FORMAT.md's layout (${patterns.join(', ')}) does not place`);
+});
+
+test('every fenced block of the documents has a language tag and is run, checked, or listed as not runnable with why; every JSON shape of README.md is checked', async () => {
+  const untagged = ALL_BLOCKS.filter((b) => b.lang === '').map(key);
+  assert.deepEqual(untagged, [], 'blocks without a language tag');
+  const missed = ALL_BLOCKS.filter((b) => !covered.has(key(b)) && !notRunnable(b)).map((b) => `${key(b)} (${b.lang}): ${b.text.split('\n')[0]}`);
+  assert.deepEqual(missed, [], 'blocks no test ran or checked and NOT_RUNNABLE does not list');
+  for (const n of NOT_RUNNABLE) assert.ok(ALL_BLOCKS.some((b) => b.file === n.file && b.text.includes(n.contains)), `NOT_RUNNABLE's ${n.file} block with ${JSON.stringify(n.contains)} is still there`);
+  const shapes = (await inlineShapes('README.md')).filter((s) => !NOT_SHAPES[s]);
+  const unchecked = shapes.filter((s) => !checkedShapes.has(s));
+  assert.deepEqual(unchecked, [], "README.md's JSON shapes no test checked");
 });
