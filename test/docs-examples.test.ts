@@ -77,9 +77,9 @@ const key = (b: Block) => `${b.file}:${b.line}`;
 const NOT_RUNNABLE: { file: string; contains: string; reason: string }[] = [
   { file: 'docs/SECURITY.md', contains: 'header   "LBEN"', reason: 'a diagram of the encrypted object format (test/encryption.test.ts checks the format)' },
   { file: 'docs/FORMAT.md', contains: 'PARTS="$OUT.parts"', reason: 'the recovery by hand, which test/manual-recovery.test.ts runs as written' },
-  { file: 'docs/S3.md', contains: '"lifeboat-abort-incomplete-uploads"', reason: 'a lifecycle rule for AWS S3 (aws s3api put-bucket-lifecycle-configuration), applied by AWS, not by lifeboat; parsed as JSON here' },
+  { file: 'docs/S3.md', contains: '"lifeboat-abort-incomplete-uploads"', reason: 'a lifecycle rule for AWS S3 (aws s3api put-bucket-lifecycle-configuration), applied by AWS, not by lifeboat; parsed as JSON below' },
   { file: 'docs/S3.md', contains: 'aws s3api put-bucket-lifecycle-configuration', reason: 'a command of the AWS CLI against AWS itself' },
-  { file: 'docs/S3.md', contains: '"LifeboatKmsKey"', reason: 'an IAM policy for AWS, which has no server here; parsed as JSON, its actions checked against README.md' },
+  { file: 'docs/S3.md', contains: '"LifeboatKmsKey"', reason: 'an IAM policy for AWS, which has no server here; parsed as JSON below, its actions checked against README.md' },
   { file: 'docs/S3.md', contains: 'mc admin user add', reason: 'commands of the MinIO client against a MinIO server' },
   { file: 'docs/S3.md', contains: '"arn:aws:iam:::user/lifeboat"', reason: 'the Ceph bucket policy, which test/s3-permissions.test.ts applies and runs every command under' },
   { file: 'docs/S3.md', contains: 'put-bucket-policy', reason: 'a command of the AWS CLI (the bucket owner applying the policy)' },
@@ -347,8 +347,13 @@ function shapeProblems(shape: Shape, real: unknown, optional: readonly string[] 
   const problems: string[] = [];
   for (const [name, sub] of shape.keys) {
     const where = at ? `${at}.${name}` : name;
+    // `{"<uid>": name}`: a map, whatever its keys.
+    if (name.startsWith('<')) {
+      for (const [k, v] of Object.entries(real)) problems.push(...shapeProblems(sub, v, optional, `${at}.${k}`));
+      continue;
+    }
     if (!(name in (real as Record<string, unknown>))) {
-      if (!optional.includes(where.replace(/\[\d+\]/g, ''))) problems.push(`${where}: missing from the output`);
+      if (!optional.includes(where.replace(/\[\d+\]/g, '').replace(/^\./, ''))) problems.push(`${where}: missing from the output`);
       continue;
     }
     problems.push(...shapeProblems(sub, (real as Record<string, unknown>)[name], optional, where));
@@ -684,8 +689,15 @@ test('"Serving state and failover": its config backs up from the cron line, fail
   for (const t of statusJson.targets) for (const e of t.events) assertShape('status --json events', await shapeAfter('slots: [{name, point, active, previous}], events}], events}`, each event'), e);
   const fo = await bash('lifeboat --json failover --to prod', { cwd: etc, env: fx.env });
   assert.equal(fo.code, 0, fo.stderr);
-  // "`reused`, `restore`, `health.unchecked` and the fields after `durationMs` appear when they apply".
-  assertShape('failover --json', await shapeAfter('`failover --json` and `rollback --json` give'), JSON.parse(fo.stdout), ['reused', 'health.unchecked', 'reason', 'switchedBack', 'previousHealthy', 'previousDetail', 'previousUnchecked', 'previousMissing', 'interrupted', 'pruned']);
+  // What README.md says appears only when it applies ("`reused`, `restore`, … and the fields after `durationMs` appear when they apply").
+  const failoverShape = await shapeAfter('`failover --json` and `rollback --json` give');
+  const readme = (await fsp.readFile(path.join(CHECKOUT, 'README.md'), 'utf8')).replace(/\s+/g, ' ');
+  const whenApply = /`reused`.*? appear when they apply/.exec(readme)?.[0];
+  assert.ok(whenApply, 'README.md says which fields of failover --json appear when they apply');
+  const topKeys = [...(parseShape(failoverShape) as { keys: Map<string, Shape> }).keys.keys()];
+  const conditional = [...whenApply.matchAll(/`([\w.]+)`/g)].map((m) => m[1]!).filter((k) => k !== 'durationMs');
+  if (whenApply.includes('the fields after `durationMs`')) conditional.push(...topKeys.slice(topKeys.indexOf('durationMs') + 1));
+  assertShape('failover --json', failoverShape, JSON.parse(fo.stdout), conditional);
 
   // A dry run names the state sources it would capture.
   const dry = await bash('lifeboat --json backup --dry-run', { cwd: etc, env: fx.env });
@@ -1018,6 +1030,67 @@ test("every file of the walk-through's repository has its place in docs/FORMAT.m
   await walk(repo, '');
   assert.ok(files.some((f) => f.startsWith('journal/')) && files.some((f) => f.startsWith('ledger/')), files.join(' '));
   assert.deepEqual(files.filter((f) => !regexes.some((re) => re.test(f))), [], `files docs/FORMAT.md's layout (${patterns.join(', ')}) does not place`);
+});
+
+/** The fields of a table of docs/FORMAT.md under `heading` (up to the next blank line after it): each row's names, whether optional, and its shape. */
+async function formatTable(heading: string): Promise<{ names: string[]; optional: boolean; shape?: string }[]> {
+  const doc = await fsp.readFile(path.join(CHECKOUT, 'docs/FORMAT.md'), 'utf8');
+  const at = doc.indexOf(heading);
+  assert.ok(at >= 0, `docs/FORMAT.md has ${heading}`);
+  const table = /\| field \| meaning \|\n\| --- \| --- \|\n((?:\|.*\n)+)/.exec(doc.slice(at))![1]!;
+  return table
+    .trim()
+    .split('\n')
+    .map((row) => {
+      const [, field, meaning] = row.split(/ \| |^\| | \|$/);
+      const names = [...field!.matchAll(/`([\w]+)(\[\])?`/g)].map((m) => m[1]!);
+      const given = /^(?:optional: )?`(\[?\{[^`]*\}\]?)`/.exec(meaning!.trim())?.[1];
+      // `sources[]` is a list of what the shape gives.
+      const shape = given && field!.includes('[]`') ? `[${given}]` : given;
+      return { names, optional: /^optional|\(absent in|only when/.test(meaning!.trim()) || /absent in manifests|absent means/.test(meaning!), shape };
+    });
+}
+
+test("the repository's documents have the fields docs/FORMAT.md's tables give them, and no field those tables leave out", async () => {
+  assert.ok(host, 'the walk-through ran');
+  const repo = path.join(host.fx.root, 'backups/fraud-detector');
+  const read = async (p: string) => JSON.parse(await fsp.readFile(path.join(repo, p), 'utf8')) as Record<string, unknown>;
+  const check = async (what: string, heading: string, doc: Record<string, unknown>, extraKeys: string[] = [], required?: string[]) => {
+    const rows = await formatTable(heading);
+    const documented = new Set(rows.flatMap((r) => r.names));
+    assert.deepEqual(Object.keys(doc).filter((k) => !documented.has(k) && !extraKeys.includes(k)), [], `${what}: fields docs/FORMAT.md does not give`);
+    for (const row of rows) {
+      for (const name of row.names) if (required ? required.includes(name) : !row.optional) assert.ok(name in doc, `${what}: ${name}, which docs/FORMAT.md gives, is missing`);
+      if (row.shape && row.names.length === 1 && row.names[0]! in doc) {
+        // `restore?` and `exclude?`: fields that appear when they apply.
+        const optional = [...row.shape.matchAll(/(\w+)\?/g)].map((m) => m[1]!);
+        assertShape(`${what}: ${row.names[0]}`, row.shape.replace(/\?/g, '').replace(/ or /g, '|'), doc[row.names[0]!], optional);
+      }
+    }
+  };
+  await check('config.json', '### config.json', await read('config.json'), ['checksum']);
+  const points = (await fsp.readdir(path.join(repo, 'points'))).sort();
+  for (const p of points) {
+    const manifest = await read(`points/${p}`);
+    await check(`points/${p}`, '### points/&lt;id&gt;.json', manifest, ['checksum']);
+    // An entry's fields depend on its type, as the table's meanings say: `(files)`, `(symlinks)`.
+    const byType: Record<string, string[]> = { file: ['size', 'sha256', 'ref'], symlink: ['target'], dir: [] };
+    for (const entry of manifest.entries as Record<string, unknown>[]) {
+      await check(`an entry of points/${p}`, 'Each entry:', entry, [], ['source', 'path', 'type', 'mode', 'mtimeNs', ...byType[entry.type as string]!]);
+    }
+    await check(`summaries/${p}`, '### summaries/&lt;id&gt;.json', await read(`summaries/${p}`), ['checksum']);
+  }
+});
+
+test("docs/S3.md's JSON documents parse, and its IAM policy grants what README.md says lifeboat needs", async () => {
+  for (const block of ALL_BLOCKS.filter((b) => b.lang === 'json')) assert.doesNotThrow(() => JSON.parse(block.text), `${key(block)} is JSON`);
+  const policy = JSON.parse(blockAt('docs/S3.md', '"LifeboatKmsKey"', 'json').text) as { Statement: { Action: string[] }[] };
+  const granted = new Set(policy.Statement.flatMap((st) => st.Action));
+  const readme = (await fsp.readFile(path.join(CHECKOUT, 'README.md'), 'utf8')).replace(/\s+/g, ' ');
+  const sentence = /The IAM policy lifeboat needs is: [^;]*\)/.exec(readme)?.[0];
+  assert.ok(sentence, 'README.md says which permissions lifeboat needs');
+  const needed = new Set([...sentence.matchAll(/`((?:s3|kms):\w+)`/g)].map((m) => m[1]!));
+  assert.deepEqual([...granted].sort(), [...needed].sort());
 });
 
 test('every fenced block of the documents has a language tag and is run, checked, or listed as not runnable with why; every JSON shape of README.md is checked', async () => {
