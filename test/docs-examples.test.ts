@@ -591,7 +591,7 @@ test("the JSON shapes README.md gives for --json are those the commands print (e
   const drill = walkRuns.find((r) => r.line.includes('lifeboat drill 2026'));
   assert.ok(drill);
   assertShape('drill --json', await shapeAfter('not a failed check. `--json`:'), JSON.parse(drill.stdout));
-  assertShape('prune --json', await shapeAfter('(a prune does not run beside a backup). `--json`:'), await json('prune --keep-full 1 --dry-run'));
+  assertShape('prune --json', await shapeAfter('which is not a leftover (a prune does not run beside a backup).'), await json('prune --keep-full 1 --dry-run'));
   assertShape('completion --json', await shapeAfter('the script is in the one JSON document, as'), await json('completion bash'));
   // The first point was taken with the config's patterns alone, the second with `--exclude '**/*.tmp'` too.
   const second = JSON.parse((await bash('lifeboat --json list', { cwd: work, env: fx.env })).stdout)[1].id as string;
