@@ -144,6 +144,28 @@ echo $status > "$OUT/few-status"; ls -A "$FEW" > "$OUT/few-left"
   assert.equal(await read('few-left'), '', 'the staging directory is removed');
 });
 
+test('a restore into a file system with no inode left for its staging directory says to free space there', { skip }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const { repo } = await backedUp(work, { 'weights.bin': 100_000 });
+  const none = path.join(work, 'no-inodes');
+  const out = path.join(work, 'out');
+  await Promise.all([none, out].map((d) => fsp.mkdir(d)));
+  // Bytes to spare, and no file: the root directory and the target's lock take the two inodes.
+  inNamespace(
+    String.raw`
+mount -t tmpfs -o size=4m,nr_inodes=2 tmpfs "$NONE"
+status=0; node "$BIN" --repo "$REPO" restore latest --target "$NONE/restore" 2> "$OUT/none.txt" || status=$?
+echo $status > "$OUT/none-status"; ls -A "$NONE" > "$OUT/none-left"
+`,
+    { NONE: none, REPO: repo, OUT: out },
+  );
+  const read = (name: string) => fsp.readFile(path.join(out, name), 'utf8');
+  assert.equal((await read('none-status')).trim(), '1');
+  assert.match(await read('none.txt'), /^lifeboat: cannot create .*no-inodes\/\.restore\.lifeboat-staging-\S+ to restore into: ENOSPC: no space left on device.*\n {2}free space on the file system of .*no-inodes, or use another place\n$/);
+  assert.equal(await read('none-left'), '', 'nothing is left behind');
+});
+
 test('a restore of thousands of small files is refused before it writes when their blocks do not fit, though their bytes would', { skip }, async (t) => {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));

@@ -364,7 +364,41 @@ test('a prune on a disk the repository filled up still runs: it frees the room k
   assert.equal(JSON.parse(await read('prune.json')).remove.length, 1);
   assert.equal(JSON.parse(await read('list.json')).length, 1);
   assert.equal(JSON.parse(await read('verify.json')).ok, true);
-  assert.equal((await read('reserve.txt')).trim(), 'space', 'the room is kept aside again');
+  assert.equal((await read('reserve.txt')).trim(), RESERVE_FILES, 'the room is kept aside again');
+  assert.doesNotMatch(await read('repo.txt'), /locks/, 'the lock is released');
+});
+
+const RESERVE_FILES = [...Array.from({ length: 8 }, (_, i) => `inode-${i}`), 'space'].join('\n');
+
+test('a prune on a disk out of inodes still runs: the reserve keeps files aside too, and is kept again only after the prune has written its journal', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  await fsp.mkdir(src);
+  await writeRandomFile(path.join(src, 'weights.bin'), 300_000, prng(seedFromEnv()));
+  // Bytes to spare, files not: every inode left is taken (on tmpfs a hard link takes one too, as the lock's does).
+  const read = await runInNamespace(work, [
+    'mkdir small && mount -t tmpfs -o size=64m,nr_inodes=64 tmpfs small',
+    'node "$BIN" --repo small/repo init > /dev/null',
+    'node "$BIN" --repo small/repo backup models --type full > /dev/null',
+    'echo 1 >> models/config.json',
+    'node "$BIN" --repo small/repo backup models --type full > /dev/null',
+    'i=0; while touch small/f$i 2> /dev/null; do i=$((i+1)); done',
+    'df --output=iavail small | tail -1 > out/iavail.txt',
+    'status=0; node "$BIN" --repo small/repo --json prune --keep-full 1 > out/prune.json 2> out/prune.txt || status=$?',
+    'echo "$status" > out/prune-status.txt',
+    'rm small/f*',
+    'node "$BIN" --repo small/repo --json list > out/list.json',
+    'node "$BIN" --repo small/repo --json verify > out/verify.json',
+    'ls -A small/repo/.reserve > out/reserve.txt',
+    'ls -A small/repo > out/repo.txt',
+  ]);
+  assert.equal((await read('iavail.txt')).trim(), '0', 'the premise: no inode is left');
+  assert.equal((await read('prune-status.txt')).trim(), '0', await read('prune.txt'));
+  assert.equal(JSON.parse(await read('prune.json')).remove.length, 1);
+  assert.equal(JSON.parse(await read('list.json')).length, 1);
+  assert.equal(JSON.parse(await read('verify.json')).ok, true);
+  assert.equal((await read('reserve.txt')).trim(), RESERVE_FILES, 'the files are kept aside again');
   assert.doesNotMatch(await read('repo.txt'), /locks/, 'the lock is released');
 });
 

@@ -556,6 +556,36 @@ test('a SQLite copy that does not fit where it is staged says which file system 
   assert.equal((await fsp.stat(path.join(work, 'restored', 'registry', 'registry.db'))).size, (await fsp.stat(path.join(work, 'registry.db'))).size);
 });
 
+test('a backup whose work directory has no inode left for the serving state says that file system is full, wherever it ran out, and leaves nothing there', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await fsp.mkdir(path.join(work, 'models'));
+  await fsp.writeFile(path.join(work, 'models', 'w.bin'), 'weights');
+  const db = new Database(path.join(work, 'registry.db'));
+  db.exec('CREATE TABLE runs (id INTEGER PRIMARY KEY, blob BLOB)');
+  db.prepare('INSERT INTO runs (blob) VALUES (?)').run(Buffer.alloc(10_000, 1));
+  db.close();
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\n  registry: { sqlite: ./registry.db }\n');
+  // Besides the root and `w`: no inode for the capture's directory (2), for the source's (3), for the copy (4), for its journal (5).
+  const inodes = [2, 3, 4, 5];
+  const read = await runInNamespace(work, [
+    'node "$BIN" init > /dev/null',
+    ...inodes.map((n) =>
+      [
+        `mkdir -p small-${n} && mount -t tmpfs -o size=4m,nr_inodes=${n} tmpfs small-${n} && mkdir small-${n}/w`,
+        `status=0; node "$BIN" backup --work-dir "$WORK/small-${n}/w" 2> out/${n}.txt || status=$?`,
+        `echo "$status" > out/${n}-status.txt; ls -A small-${n}/w > out/${n}-left.txt`,
+      ].join('\n'),
+    ),
+  ]);
+  for (const n of inodes) {
+    assert.equal((await read(`${n}-status.txt`)).trim(), '1', `${n} inodes`);
+    const said = await read(`${n}.txt`);
+    assert.match(said, new RegExp(`^lifeboat: (cannot make a directory to capture (serving state|source registry) in, under ${work}/small-${n}/w: ENOSPC: .*|source registry: the copy of ${work}/registry.db does not fit in ${work}/small-${n}/w: no space left on device \\(SQLITE_FULL\\))\n {2}free space on the file system of ${work}/small-${n}/w, or use another place; lifeboat backup --work-dir DIR \\(or TMPDIR\\) stages serving state elsewhere\n$`), `${n} inodes`);
+    assert.equal(await read(`${n}-left.txt`), '', `${n} inodes: nothing is left in the work directory`);
+  }
+});
+
 /** A served deployment: its models in `live/models`, its registry database to be in `state/registry.db`. */
 async function servedWithRegistry(t: { after(fn: () => Promise<unknown>): void }): Promise<{ work: string; dbFile: string }> {
   const work = await tempDir();

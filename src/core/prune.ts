@@ -194,8 +194,6 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
     }
     await stillHeld();
     const unfinished = await removeUnfinishedWrites(repo, reporter);
-    // The room a prune on a full disk took for its lock is kept aside again, now that there is room.
-    await repo.storage.keepReserve().catch(() => undefined);
     const durationMs = Date.now() - started;
     await appendEvent(repo.storage, {
       type: 'prune',
@@ -204,6 +202,9 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
       durationMs,
       detail: { kept: plan.keep.length, removed: plan.remove.map((d) => d.id), dataObjects: plan.data.length, dataBytes: plan.bytes },
     });
+    // The room a prune on a full disk took for its lock is kept aside again, now that there is room,
+    // last: what the prune freed goes to its own journal entry first.
+    await repo.storage.keepReserve().catch(() => undefined);
     failed = false;
     return { ...plan, unfinished, dryRun: false, durationMs };
   } finally {

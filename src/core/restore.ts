@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { Sha256Offload, type StreamDigest } from './hash-offload.js';
 import { SMALL_FILE } from './file-reader.js';
-import { CredentialsRefusedError, IntegrityError, LifeboatError, RuntimeFailure, UsageError, errorMessage, throwIfAborted } from '../errors.js';
+import { CredentialsRefusedError, IntegrityError, LifeboatError, RuntimeFailure, UsageError, errorMessage, fileSystemHint, throwIfAborted } from '../errors.js';
 import { firstFew, formatBytes } from '../format/units.js';
 import { recordedChecksum, volumeEntryName, type Manifest, type ManifestEntry } from '../format/manifest.js';
 import { unsafePathReason } from '../format/paths.js';
@@ -279,7 +279,10 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
             : `make the directory it points to first (or mount what should be there)${options.asTarget === undefined ? ', or give another --target' : ''}`,
       });
     }
-    throw new RuntimeFailure(`cannot create ${quoteName(staging)} to restore into: ${errorMessage(err)}`, { cause: err, hint: 'check the --target path and that it is writable' });
+    throw new RuntimeFailure(`cannot create ${quoteName(staging)} to restore into: ${errorMessage(err)}`, {
+      cause: err,
+      hint: fileSystemHint(err, path.dirname(target)) ?? 'check the --target path and that it is writable',
+    });
   }
   // Once files are written (or were taken over), what verified is kept for a next restore when this one fails.
   let worthKeeping = leftover !== undefined;

@@ -6,7 +6,7 @@ import { leftWorkDirectory, type Notice } from '../core/events.js';
 import { parseDuration } from '../config/duration.js';
 import { captureCommand, COMMAND_OUTPUT_FILE, ELSEWHERE } from './command.js';
 import { copySqlite } from './sqlite.js';
-import { RuntimeFailure, errorMessage } from '../errors.js';
+import { RuntimeFailure, errorMessage, fileSystemHint } from '../errors.js';
 import { makeWorkDirectory } from '../format/mkdirs.js';
 import { quoteName } from '../format/quote.js';
 
@@ -77,8 +77,13 @@ export async function captureSources(sources: readonly PendingSource[], options:
   const pending = sources.filter(isStateSource);
   if (pending.length === 0) return { sources: [...sources], warnings: [], cleanup: async () => undefined };
   const workDir = options.tmpDir ?? os.tmpdir();
+  // A directory that cannot be made (the work directory's disk is full, or not writable) is said with where, and what to do.
+  const cannotMake = (what: string, err: unknown) => {
+    const hint = fileSystemHint(err, workDir);
+    return new RuntimeFailure(`cannot make a directory to capture ${what} in, under ${quoteName(workDir)}: ${errorMessage(err)}`, { cause: err, hint: hint ? `${hint}; ${ELSEWHERE}` : 'give another one with --work-dir' });
+  };
   const root = await makeWorkDirectory(options.tmpDir, 'lifeboat-state-', (dir) => options.notice?.(leftWorkDirectory(dir))).catch((err: unknown) => {
-    throw new RuntimeFailure(`cannot make a directory to capture serving state in, under ${quoteName(workDir)}: ${errorMessage(err)}`, { cause: err, hint: 'give another one with --work-dir' });
+    throw cannotMake('serving state', err);
   });
   let cleaned = false;
   const cleanup = async () => {
@@ -95,7 +100,9 @@ export async function captureSources(sources: readonly PendingSource[], options:
         continue;
       }
       const dir = path.join(root, s.name);
-      await fsp.mkdir(dir, { mode: 0o700 });
+      await fsp.mkdir(dir, { mode: 0o700 }).catch((err: unknown) => {
+        throw cannotMake(`source ${s.name}`, err);
+      });
       const { state } = s;
       if (state.kind === 'sqlite') {
         const file = path.join(dir, path.basename(state.database));

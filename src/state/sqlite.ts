@@ -1,6 +1,6 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { constants as fsConstants } from 'node:fs';
+import { constants as fsConstants, statfsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type BetterSqlite3 from 'better-sqlite3';
 import { InterruptedError, RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../errors.js';
@@ -80,6 +80,24 @@ export interface SqliteCopy {
   durationMs: number;
   /** The copy has no table, index or view: an empty file, or one named where the database was meant. */
   empty: boolean;
+}
+
+/**
+ * SQLite says only that it is "unable to open database file" (SQLITE_CANTOPEN) when a file it makes,
+ * a copy or its journal, cannot be made in `dir` because its file system has no room or no inode
+ * left: that is the full disk it is, told as SQLITE_FULL. A copy takes two new files, the database
+ * and its journal, and a copy that failed has removed the file it made: fewer than two inodes left
+ * is no room.
+ */
+function asFull(err: unknown, dir: string): unknown {
+  if ((err as { code?: string }).code !== 'SQLITE_CANTOPEN') return err;
+  try {
+    const st = statfsSync(dir);
+    if (st.ffree >= 2 && st.bavail > 0) return err;
+  } catch {
+    return err;
+  }
+  return Object.assign(new Error('database or disk is full: no room or no inode left for a new file'), { code: 'SQLITE_FULL', cause: err });
 }
 
 function isBusy(err: unknown): boolean {
@@ -168,8 +186,9 @@ export async function copySqlite(
         return { pages, ...(await seal(destination)), durationMs: Date.now() - started };
       },
       {
-        failed: (err) => {
-          if (err instanceof RuntimeFailure) return err;
+        failed: (thrown) => {
+          if (thrown instanceof RuntimeFailure) return thrown;
+          const err = asFull(thrown, path.dirname(destination));
           // A file of something else (a dump, a log, another store's data) named where the database was meant.
           if ((err as { code?: string }).code === 'SQLITE_NOTADB') {
             return new UsageError(`source ${name}: ${quoteName(database)} is not a SQLite database`, { cause: err, hint: `check the file that sources.${name}.sqlite names` });

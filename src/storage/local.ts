@@ -44,6 +44,11 @@ const EARLIER_RESERVE_DIR = `${TMP_DIR}/reserve`;
 /** Directories at the root that hold no objects. */
 const NOT_OBJECTS = new Set([TMP_DIR, RESERVE_DIR]);
 const RESERVE_BYTES = 256 * 1024;
+/**
+ * Empty files kept aside beside it: a disk out of inodes (files, not bytes) is full too, and the lock
+ * takes a few (its temporary file, locks/, and on tmpfs its link).
+ */
+const RESERVE_INODES = Array.from({ length: 8 }, (_, i) => `inode-${i}`);
 
 /**
  * A repository in a local directory. Writes go to a temporary file, are fsynced
@@ -197,17 +202,24 @@ export class LocalStorage implements Storage {
 
   async putDocument(key: string, data: Uint8Array, options: PutDocumentOptions = {}): Promise<boolean> {
     this.pathOf(key); // an invalid key is refused before anything is written
-    const tmp = await this.tempFile();
+    const attempt = async (): Promise<boolean> => {
+      const tmp = await this.tempFile();
+      try {
+        await writeFileSynced(tmp, data, { flag: 'wx' });
+        return await this.commit(key, tmp, { exclusive: options.ifAbsent === true, ifMatch: options.ifMatch, beforeVisible: options.beforeVisible });
+      } finally {
+        await fsp.rm(tmp, { force: true });
+      }
+    };
     try {
-      await writeFileSynced(tmp, data, { flag: 'wx' }).catch(async (err: unknown) => {
+      // Out of room anywhere on the way (the temporary file, its directory, the link that places it: on
+      // tmpfs a link takes an inode too), a write that may spend the reserve frees it and starts again.
+      return await attempt().catch(async (err: unknown) => {
         const full = ['ENOSPC', 'EDQUOT'].includes((err as NodeJS.ErrnoException).code ?? '');
         if (!(full && options.spendReserve && (await this.spendReserve()))) throw err;
-        await fsp.rm(tmp, { force: true });
-        await writeFileSynced(tmp, data, { flag: 'wx' });
+        return attempt();
       });
-      return await this.commit(key, tmp, { exclusive: options.ifAbsent === true, ifMatch: options.ifMatch, beforeVisible: options.beforeVisible });
     } catch (err) {
-      await fsp.rm(tmp, { force: true });
       throw wrap('write', key, err);
     }
   }
@@ -374,26 +386,43 @@ export class LocalStorage implements Storage {
     await fsp.rm(path.join(this.root, EARLIER_RESERVE_DIR), { recursive: true, force: true }).catch(() => undefined);
     const dir = path.join(this.root, RESERVE_DIR);
     const file = path.join(dir, RESERVE_FILE);
-    if ((await fsp.stat(file).catch(() => undefined))?.size === RESERVE_BYTES) return;
+    const spaceKept = (await fsp.stat(file).catch(() => undefined))?.size === RESERVE_BYTES;
+    const inodesKept = (await Promise.all(RESERVE_INODES.map((name) => fsp.stat(path.join(dir, name)).then(() => true, () => false)))).every(Boolean);
+    if (spaceKept && inodesKept) return;
     await makeDirectories(dir);
     // Made by the holder of the writer lock only: one name serves, and what a killed writer left is written over.
+    // All or nothing: a reserve made in part, on a disk a prune has just taken it from, would take back
+    // the inodes its lock and its next writes need.
     const tmp = path.join(dir, `${RESERVE_FILE}.new`);
+    const made: string[] = [];
     try {
-      await fsp.writeFile(tmp, randomBytes(RESERVE_BYTES));
-      await fsp.rename(tmp, file);
+      for (const name of RESERVE_INODES) {
+        const inode = path.join(dir, name);
+        if (await fsp.stat(inode).then(() => true, () => false)) continue;
+        await fsp.writeFile(inode, '', { flag: 'wx' });
+        made.push(inode);
+      }
+      if (!spaceKept) {
+        await fsp.writeFile(tmp, randomBytes(RESERVE_BYTES));
+        await fsp.rename(tmp, file);
+      }
     } catch (err) {
-      await fsp.rm(tmp, { force: true });
+      await Promise.all([tmp, ...made].map((f) => fsp.rm(f, { force: true })));
       throw wrap('write', `${RESERVE_DIR}/${RESERVE_FILE}`, err);
     }
   }
 
-  /** Frees the room kept aside; whether there was any. */
+  /** Frees the room kept aside, bytes and inodes; whether there was any. */
   private async spendReserve(): Promise<boolean> {
+    let spent = false;
     for (const dir of [RESERVE_DIR, EARLIER_RESERVE_DIR]) {
-      const file = path.join(this.root, dir, RESERVE_FILE);
-      if (!(await fsp.stat(file).catch(() => undefined))) continue;
-      await fsp.rm(file, { force: true });
-      return true;
+      for (const name of [RESERVE_FILE, ...RESERVE_INODES]) {
+        const file = path.join(this.root, dir, name);
+        if (!(await fsp.stat(file).catch(() => undefined))) continue;
+        await fsp.rm(file, { force: true });
+        spent = true;
+      }
+      if (spent) return true;
     }
     return false;
   }
