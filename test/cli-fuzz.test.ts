@@ -559,7 +559,9 @@ function problemsOf(g: Generated, o: Outcome, given: Set<string>): string[] {
   if (!given.has('--debug') && /^\s+at .+(:\d+:\d+\)?|\(native\))$/m.test(stderr)) problems.push('a stack trace on stderr');
   // What the command line or the environment gave may be quoted back; anything else is the program's own words.
   let said = stderr;
-  for (const v of [...g.argv, ...Object.values(g.env)]) if (v && v.length > 1) said = said.split(v).join('');
+  // A value given as --flag=VALUE is quoted back as VALUE alone (`unknown encryption "NaN"`).
+  const givenValues = [...g.argv, ...g.argv.map((a) => (/^--[^=]+=/.test(a) ? a.slice(a.indexOf('=') + 1) : '')), ...Object.values(g.env)];
+  for (const v of givenValues.sort((a, b) => (b?.length ?? 0) - (a?.length ?? 0))) if (v && v.length > 1) said = said.split(v).join('');
   for (const word of ['undefined', '[object Object]', 'NaN']) if (said.includes(word)) problems.push(`"${word}" in a message`);
   if (said.includes('an unexpected error')) problems.push('an error nobody worded (an unexpected error)');
   if (code !== 0 && stderr.trim() === '') problems.push('failed without a word on stderr');
