@@ -387,8 +387,9 @@ export class LocalStorage implements Storage {
     const dir = path.join(this.root, RESERVE_DIR);
     const file = path.join(dir, RESERVE_FILE);
     const spaceKept = (await fsp.stat(file).catch(() => undefined))?.size === RESERVE_BYTES;
-    const inodesKept = (await Promise.all(RESERVE_INODES.map((name) => fsp.stat(path.join(dir, name)).then(() => true, () => false)))).every(Boolean);
-    if (spaceKept && inodesKept) return;
+    const present = await Promise.all(RESERVE_INODES.map((name) => fsp.stat(path.join(dir, name)).then(() => true, () => false)));
+    const missingInodes = RESERVE_INODES.filter((_, i) => !present[i]);
+    if (spaceKept && missingInodes.length === 0) return;
     await makeDirectories(dir);
     // Made by the holder of the writer lock only: one name serves, and what a killed writer left is written over.
     // All or nothing: a reserve made in part, on a disk a prune has just taken it from, would take back
@@ -396,9 +397,8 @@ export class LocalStorage implements Storage {
     const tmp = path.join(dir, `${RESERVE_FILE}.new`);
     const made: string[] = [];
     try {
-      for (const name of RESERVE_INODES) {
+      for (const name of missingInodes) {
         const inode = path.join(dir, name);
-        if (await fsp.stat(inode).then(() => true, () => false)) continue;
         await fsp.writeFile(inode, '', { flag: 'wx' });
         made.push(inode);
       }
