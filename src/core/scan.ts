@@ -5,6 +5,7 @@ import { Minimatch } from 'minimatch';
 import { UsageError, errorMessage, throwIfAborted } from '../errors.js';
 import { firstFew } from '../format/units.js';
 import { danglingLinkTarget } from '../format/mkdirs.js';
+import { isAbsentPath } from '../format/durable.js';
 import { linkEscapes, linkStaysInside, nameFromBytes, relativeTargetInside, sortByPath, sourceNameFor } from '../format/paths.js';
 import type { Reporter } from './events.js';
 import { quoteName, shellWord } from '../format/quote.js';
@@ -208,12 +209,6 @@ function leaveOutLinksThroughLinks(entries: ScannedEntry[], source: string, foll
 /** Entries listed and stated between turns of the event loop. */
 const SYNC_BATCH = 256;
 
-/** Removed (or its directory replaced by a file) after the listing that named it: changed, not unreadable. */
-function isGone(err: unknown): boolean {
-  const code = (err as NodeJS.ErrnoException).code;
-  return code === 'ENOENT' || code === 'ENOTDIR';
-}
-
 /**
  * Walks a source tree without following symlinks. Unreadable entries and
  * special files are reported and skipped, never fatal.
@@ -277,7 +272,7 @@ export async function scanSource(
     try {
       names = readdirSync(absDir);
     } catch (err) {
-      if (isGone(err)) reporter.notice?.({ level: 'warning', code: 'file-vanished', path: `${spec.name}/${relDir}`, message: 'directory disappeared before it could be listed; recorded empty' });
+      if (isAbsentPath(err)) reporter.notice?.({ level: 'warning', code: 'file-vanished', path: `${spec.name}/${relDir}`, message: 'directory disappeared before it could be listed; recorded empty' });
       else reporter.notice?.({ level: 'warning', code: 'unreadable', path: `${spec.name}/${relDir}`, message: `cannot read directory: ${errorMessage(err)}` });
       continue;
     }
@@ -292,7 +287,7 @@ export async function scanSource(
         st = lstatSync(abs, { bigint: true });
       } catch (err) {
         // Listed, then removed before it was looked at (an old version cleaned up while the backup runs).
-        if (isGone(err)) reporter.notice?.({ level: 'warning', code: 'file-vanished', path: `${spec.name}/${rel}`, message: 'disappeared before it could be read; not in this point' });
+        if (isAbsentPath(err)) reporter.notice?.({ level: 'warning', code: 'file-vanished', path: `${spec.name}/${rel}`, message: 'disappeared before it could be read; not in this point' });
         else reporter.notice?.({ level: 'warning', code: 'unreadable', path: `${spec.name}/${rel}`, message: `cannot stat: ${errorMessage(err)}` });
         continue;
       }

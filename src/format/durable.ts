@@ -92,6 +92,12 @@ export async function openRegularFile(file: string): Promise<OpenedFile> {
   throw Object.assign(new Error(`${file} is not a regular file`), { code: 'EFTYPE', path: file });
 }
 
+/** An error saying a path is not there: nothing at its name, or a file where one of its directories should be. */
+export function isAbsentPath(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'ENOENT' || code === 'ENOTDIR';
+}
+
 /** The error of openRegularFile when the file is gone or is no longer a regular file. */
 export function isGoneAsFile(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException).code;

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { IntegrityError, LifeboatError, PermissionRefusedError, RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../errors.js';
-import { openRegularFile, syncPath, writeFileSynced } from '../format/durable.js';
+import { isAbsentPath, openRegularFile, syncPath, writeFileSynced } from '../format/durable.js';
 import { createFileSink } from '../format/file-sink.js';
 import { putThroughWriter } from './put-through-writer.js';
 import { danglingLinkTarget, makeDirectories, notADirectoryOnTheWay } from '../format/mkdirs.js';
@@ -235,7 +235,7 @@ export class LocalStorage implements Storage {
         await handle.close();
       }
     } catch (err) {
-      if (isAbsent(err)) throw new ObjectNotFoundError(key, this.location);
+      if (isAbsentPath(err)) throw new ObjectNotFoundError(key, this.location);
       throw wrap('read', key, err);
     }
   }
@@ -280,7 +280,7 @@ export class LocalStorage implements Storage {
 
   private async openForReading(key: string): Promise<fsp.FileHandle> {
     return openRegularFile(this.pathOf(key)).then(({ handle }) => handle, (err: NodeJS.ErrnoException) => {
-      if (isAbsent(err)) throw new ObjectNotFoundError(key, this.location);
+      if (isAbsentPath(err)) throw new ObjectNotFoundError(key, this.location);
       throw wrap('read', key, err);
     });
   }
@@ -290,7 +290,7 @@ export class LocalStorage implements Storage {
       const st = await fsp.stat(this.pathOf(key));
       return st.isFile() ? { key, size: st.size } : undefined;
     } catch (err) {
-      if (isAbsent(err)) return undefined;
+      if (isAbsentPath(err)) return undefined;
       throw wrap('stat', key, err);
     }
   }
@@ -590,7 +590,7 @@ async function entriesOf(dir: string, keyForErrors: string): Promise<Dirent[]> {
   try {
     return await fsp.readdir(dir, { withFileTypes: true });
   } catch (err) {
-    if (isAbsent(err)) return [];
+    if (isAbsentPath(err)) return [];
     throw wrap('list', keyForErrors, err);
   }
 }
@@ -612,10 +612,4 @@ function wrap(op: string, key: string, err: unknown): Error {
   // What fills a repository's disk is most often the repository: the command that frees it is the useful advice.
   const hint = code === 'ENOSPC' || code === 'EDQUOT' ? 'free space on the file system of the repository; where its backups fill it, lifeboat prune removes the points retention does not keep (it runs on a full disk)' : fileSystemHint(err, 'the repository');
   return new RuntimeFailure(`cannot ${op} ${key}: ${errorMessage(err)}`, { cause: err, hint });
-}
-
-/** No such object: nothing at the path, or a file where one of its directories should be (a repository path that names a file). */
-function isAbsent(err: unknown): boolean {
-  const code = (err as NodeJS.ErrnoException).code;
-  return code === 'ENOENT' || code === 'ENOTDIR';
 }
