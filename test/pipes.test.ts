@@ -62,9 +62,10 @@ test('a pipe or an outsized file where a target\'s record of switches, its switc
   await fsp.writeFile(path.join(work, 'live', 'models', 'config.json'), '{"a":1}');
   await fsp.writeFile(path.join(work, 'lifeboat.yaml'), ['repository: ./repo', 'sources:', '  models: ./live/models', 'targets:', '  prod:', '    slots: ./slots', '    active: ./current', ''].join('\n'));
   const run = (...args: string[]) => lifeboat(args, { cwd: work });
-  assert.equal((await run('init')).code, 0);
-  assert.equal((await run('backup')).code, 0);
-  assert.equal((await run('failover', 'latest', '--to', 'prod')).code, 0);
+  for (const args of [['init'], ['backup'], ['failover', 'latest', '--to', 'prod']]) {
+    const setUp = await run(...args);
+    assert.equal(setUp.code, 0, `${args.join(' ')}: ${setUp.stderr}`);
+  }
   const record = path.join(work, 'slots', '.lifeboat-target.json');
   const kept = await fsp.readFile(record);
   for (const [what, plant] of [['a pipe', pipeAt], [

@@ -581,7 +581,7 @@ test('a backup whose work directory has no inode left for the serving state says
   for (const n of inodes) {
     assert.equal((await read(`${n}-status.txt`)).trim(), '1', `${n} inodes`);
     const said = await read(`${n}.txt`);
-    assert.match(said, new RegExp(`^lifeboat: (cannot make a directory to capture (serving state|source registry) in, under ${work}/small-${n}/w: ENOSPC: .*|source registry: the copy of ${work}/registry.db does not fit in ${work}/small-${n}/w: no space left on device \\(SQLITE_FULL\\))\n {2}free space on the file system of ${work}/small-${n}/w, or use another place; lifeboat backup --work-dir DIR \\(or TMPDIR\\) stages serving state elsewhere\n$`), `${n} inodes`);
+    assert.match(said, new RegExp(`^lifeboat: (cannot make a directory to capture (serving state|source registry) in, under ${work}/small-${n}/w: ENOSPC: .*|source registry: the copy of ${work}/registry.db does not fit in ${work}/small-${n}/w: no space or no inode left on its file system \\(SQLITE_CANTOPEN\\))\n {2}free space on the file system of ${work}/small-${n}/w, or use another place; lifeboat backup --work-dir DIR \\(or TMPDIR\\) stages serving state elsewhere\n$`), `${n} inodes`);
     assert.equal(await read(`${n}-left.txt`), '', `${n} inodes: nothing is left in the work directory`);
   }
 });

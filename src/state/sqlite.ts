@@ -97,7 +97,7 @@ function asFull(err: unknown, dir: string): unknown {
   } catch {
     return err;
   }
-  return Object.assign(new Error('database or disk is full: no room or no inode left for a new file'), { code: 'SQLITE_FULL', cause: err });
+  return Object.assign(new Error('database or disk is full: no room or no inode left for a new file'), { code: 'SQLITE_FULL', reported: 'SQLITE_CANTOPEN', cause: err });
 }
 
 function isBusy(err: unknown): boolean {
@@ -205,7 +205,10 @@ export async function copySqlite(
             // SQLite says "database or disk is full": what is full is where the copy is written, not the live database.
             const place = options.stagedIn ?? path.dirname(destination);
             const hint = fileSystemHint(err, place)!;
-            return new RuntimeFailure(`source ${name}: the copy of ${quoteName(database)} does not fit in ${quoteName(place)}: no space left on device (SQLITE_FULL)`, {
+            // Named as SQLite reported it, so that the code a user searches for is the one SQLite gave.
+            const reported = (err as { reported?: string }).reported;
+            const why = reported ? `no space or no inode left on its file system (${reported})` : 'no space left on device (SQLITE_FULL)';
+            return new RuntimeFailure(`source ${name}: the copy of ${quoteName(database)} does not fit in ${quoteName(place)}: ${why}`, {
               cause: err,
               hint: options.elsewhere ? `${hint}; ${options.elsewhere}` : hint,
             });
