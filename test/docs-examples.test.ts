@@ -180,7 +180,7 @@ interface Fixture {
 }
 
 /** The paths of the examples that go under the scratch root. */
-const HOST_PATHS = /(^|[\s=:'"(<])(\/(?:srv|etc\/triton|etc\/lifeboat|etc\/ssl|backups|var\/lib\/mlflow)(?=[/\s'"]|$))/g;
+const HOST_PATHS = /(^|[\s=:'"(<])(\/(?:srv|etc\/triton|etc\/lifeboat|etc\/ssl|backups|var\/lib\/mlflow|var\/lib\/node_exporter)(?=[/\s'"]|$))/g;
 
 /** The example's words for a production host replaced by the fixture's, as the header of this file says. */
 function substitute(text: string, fx: Fixture): string {
@@ -916,6 +916,58 @@ test("the walk-through's host: the drill step of README.md's GitHub Actions work
     assert.deepEqual(c.targets?.canary?.health, c.targets?.prod?.health);
     assert.deepEqual([c.targets?.canary?.slots, c.targets?.canary?.active], ['/srv/canary/slots', '/srv/canary/current'].map((p) => fx.root + p));
   });
+});
+
+test('examples/crontab and examples/systemd run as cron and systemd would run them, with the config of the walk-through in /etc/lifeboat: each exits 0, the cron lines print nothing, and each command leaves its metrics', async () => {
+  const { fx } = await makeHost();
+  const etc = path.join(fx.root, 'etc/lifeboat');
+  await fsp.mkdir(etc, { recursive: true });
+  // What the crontab's header says /etc/lifeboat holds: the walk-through's config (repository, sources, retention, notify) and the smoke test.
+  await fsp.writeFile(path.join(etc, 'lifeboat.yaml'), substitute(blockAt('README.md', 'deployment: fraud-detector       # needed only').text, fx));
+  await fsp.writeFile(path.join(etc, 'smoke.sh'), '#!/bin/sh\ntest -f "$LIFEBOAT_RESTORE_DIR/models/config.json"\n', { mode: 0o755 });
+  assert.equal((await bash('lifeboat init', { cwd: etc, env: fx.env })).code, 0);
+  const prom = path.join(fx.root, 'var/lib/node_exporter/textfile/lifeboat.prom');
+
+  const crontab = (await fsp.readFile(path.join(CHECKOUT, 'examples/crontab'), 'utf8')).split('\n');
+  const environment = crontab.filter((l) => /^[A-Z_]+=/.test(l));
+  assert.deepEqual(environment.map((l) => l.split('=')[0]), ['MAILTO', 'PATH']);
+  const jobs = crontab.filter((l) => /^[\d*]/.test(l));
+  // Sunday's full first, as a new repository's first night would be; then a weekday's incremental and prune; then the drill.
+  const byDay = [jobs.find((l) => /^\S+ \S+ \S+ \S+ 0 /.test(l)), jobs.find((l) => /^\S+ \S+ \S+ \S+ 1-6 /.test(l)), jobs.find((l) => l.includes(' drill '))];
+  assert.equal(jobs.length, 3, jobs.join('\n'));
+  for (const line of byDay) {
+    assert.ok(line, `examples/crontab: a Sunday, a weekday and a drill line: ${jobs.join('\n')}`);
+    const fields = line.split(/\s+/);
+    for (const f of fields.slice(0, 5)) assert.match(f, /^(\*|\d+(-\d+)?)(,\d+(-\d+)?)*(\/\d+)?$/, `a crontab time field: ${line}`);
+    // cron runs the line with sh, with the crontab's PATH (here: this checkout's lifeboat before it).
+    const ran = substitute(line.replace(/^(\S+\s+){5}/, ''), fx);
+    const r = await bash(ran, { cwd: fx.root, env: fx.env });
+    assert.equal(r.code, 0, `examples/crontab: ${line}\n  ran as ${ran}\n${r.stderr}`);
+    assert.equal(r.stdout + r.stderr, '', `examples/crontab: cron mails whatever a line prints: ${line}`);
+  }
+  const metrics = await fsp.readFile(prom, 'utf8');
+  for (const command of ['backup', 'prune', 'verify', 'drill']) {
+    assert.match(metrics, new RegExp(`^lifeboat_last_run_success\\{command="${command}",deployment="fraud-detector"\\} 1$`, 'm'), `the metrics of ${command}:\n${metrics}`);
+  }
+
+  // The service's commands, as systemd runs them: in its WorkingDirectory, with its Environment, the binary it names being this checkout's.
+  const unit = await fsp.readFile(path.join(CHECKOUT, 'examples/systemd/lifeboat-backup.service'), 'utf8');
+  const setting = (name: string) => [...unit.matchAll(new RegExp(`^${name}=(.*)$`, 'gm'))].map((m) => m[1]!);
+  assert.deepEqual(setting('WorkingDirectory'), ['/etc/lifeboat']);
+  const environmentOf = Object.fromEntries(setting('Environment').map((e) => substitute(e, fx).split(/=(.*)/s).slice(0, 2)));
+  assert.deepEqual(Object.keys(environmentOf), ['LIFEBOAT_CONFIG']);
+  const commands = [...setting('ExecStart'), ...setting('ExecStartPost')];
+  assert.equal(commands.length, 2, unit);
+  for (const command of commands) {
+    assert.match(command, /^\/usr\/local\/bin\/lifeboat /, 'systemd needs the absolute path of the program');
+    const ran = substitute(command.replace(/^\/usr\/local\/bin\/lifeboat /, 'lifeboat '), fx);
+    const r = await bash(ran, { cwd: etc, env: { ...fx.env, ...environmentOf } });
+    assert.equal(r.code, 0, `examples/systemd: ${command}\n  ran as ${ran}\n${r.stderr}`);
+    // --log-format json: one object per journal line, for log shippers.
+    for (const l of r.stderr.split('\n').filter(Boolean)) assert.doesNotThrow(() => JSON.parse(l), `a log line of ${command} that is not JSON: ${l}`);
+  }
+  const timer = await fsp.readFile(path.join(CHECKOUT, 'examples/systemd/lifeboat-backup.timer'), 'utf8');
+  assert.match(timer, /^OnCalendar=\*-\*-\* 03:00:00$/m);
 });
 
 test("a restore that meets a damaged volume says what README.md shows: the file, the volume, and the newest point that needs nothing of it, with the command to restore it", async () => {
