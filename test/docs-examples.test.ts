@@ -1152,6 +1152,89 @@ test("the repository's documents have the fields docs/FORMAT.md's tables give th
   }
 });
 
+/** The `{a, b?, c: {…}}` shape docs/FORMAT.md gives a document in the passage that holds `contains`, parsed into keys (`?` optional) and nested shapes. */
+async function braceShape(contains: string): Promise<string> {
+  const doc = await fsp.readFile(path.join(CHECKOUT, 'docs/FORMAT.md'), 'utf8');
+  const at = doc.indexOf(contains);
+  assert.ok(at >= 0, `docs/FORMAT.md has ${contains}`);
+  const open = doc.indexOf('{', at);
+  let depth = 0;
+  for (let i = open; i < doc.length; i++) {
+    if (doc[i] === '{') depth++;
+    if (doc[i] === '}' && --depth === 0) return doc.slice(open, i + 1);
+  }
+  assert.fail(`an unclosed shape after ${contains} in docs/FORMAT.md`);
+}
+
+/** The keys of a document that its shape in docs/FORMAT.md does not give, and those it gives (not optional) that the document lacks, nested shapes included. */
+function keysAgainstShape(what: string, shape: string, doc: unknown, extraKeys: string[] = []): void {
+  assert.ok(doc && typeof doc === 'object' && !Array.isArray(doc), `${what}: an object`);
+  const inner = shape.trim().slice(1, -1);
+  const fields: { name: string; optional: boolean; nested?: string; value?: unknown }[] = [];
+  let depth = 0;
+  let start = 0;
+  for (let i = 0; i <= inner.length; i++) {
+    const c = inner[i];
+    if (c === '{') depth++;
+    if (c === '}') depth--;
+    if ((c === ',' && depth === 0) || i === inner.length) {
+      const part = inner.slice(start, i).trim();
+      start = i + 1;
+      const m = /^([\w<>]+)(\?)?(?::\s*(\{.*\})|:\s*("[^"]*"|\d+))?$/s.exec(part);
+      assert.ok(m, `${what}: a field of docs/FORMAT.md's shape ${shape}: ${part}`);
+      fields.push({ name: m[1]!, optional: m[2] === '?', nested: m[3], value: m[4] === undefined ? undefined : JSON.parse(m[4]) });
+    }
+  }
+  const record = doc as Record<string, unknown>;
+  // `{<key>: {…}}`: a map whose every value has the nested shape.
+  if (fields.length === 1 && /^<\w+>$/.test(fields[0]!.name)) {
+    for (const [k, v] of Object.entries(record)) keysAgainstShape(`${what}.${k}`, fields[0]!.nested!, v);
+    return;
+  }
+  const named = new Set(fields.map((f) => f.name));
+  assert.deepEqual(Object.keys(record).filter((k) => !named.has(k) && !extraKeys.includes(k)), [], `${what}: fields docs/FORMAT.md's ${shape} does not give`);
+  for (const f of fields) {
+    if (!(f.name in record)) {
+      assert.ok(f.optional, `${what}: ${f.name}, which docs/FORMAT.md's ${shape} gives, is missing`);
+      continue;
+    }
+    if (f.nested) keysAgainstShape(`${what}.${f.name}`, f.nested, record[f.name]);
+    if (f.value !== undefined) assert.equal(record[f.name], f.value, `${what}: ${f.name}, which docs/FORMAT.md gives as ${JSON.stringify(f.value)}`);
+  }
+}
+
+test("the lock, pins, the ledger and the journal have the fields docs/FORMAT.md's shapes give them, and no other", async () => {
+  assert.ok(host, 'the walk-through ran');
+  const { fx } = host;
+  const repo = path.join(fx.root, 'backups/fraud-detector');
+  const inRepo = async (dir: string) => (await fsp.readdir(path.join(repo, dir))).filter((f) => f.endsWith('.json'));
+  const read = async (p: string) => JSON.parse(await fsp.readFile(p, 'utf8')) as unknown;
+  // The walk-through unpins what it pinned: a pin of its own, taken back after.
+  const work = host.work;
+  const pin = await bash(`lifeboat pin ${fx.first!.id} --reason "a shape to check"`, { cwd: work, env: fx.env });
+  assert.equal(pin.code, 0, pin.stderr);
+  const pins = await inRepo('pins');
+  assert.equal(pins.length, 1, pins.join(', '));
+  keysAgainstShape(`pins/${pins[0]}`, await braceShape('pins/<id>.json'), await read(path.join(repo, 'pins', pins[0]!)), ['checksum']);
+  assert.equal((await bash(`lifeboat unpin ${fx.first!.id}`, { cwd: work, env: fx.env })).code, 0);
+  keysAgainstShape('ledger/verified.json', await braceShape('ledger/verified.json'), await read(path.join(repo, 'ledger/verified.json')), ['checksum']);
+  const events = await inRepo('journal');
+  assert.ok(events.length > 0, "the walk-through's journal");
+  for (const e of events) keysAgainstShape(`journal/${e}`, await braceShape('journal/<time>-<random>.json'), await read(path.join(repo, 'journal', e)), ['checksum']);
+
+  // The lock exists while a backup holds it: a command source of the backup copies it out.
+  const other = path.join(fx.root, 'backups/lock-shape');
+  const copy = path.join(fx.root, 'lock-copy.json');
+  const config = path.join(fx.root, 'lock-shape.yaml');
+  await fsp.writeFile(config, `repository: ${other}\nsources:\n  lock: { command: "cp ${other}/locks/lock.json ${copy} && echo copied" }\n`);
+  for (const command of ['init', 'backup']) {
+    const r = await bash(`lifeboat --config ${config} ${command}`, { cwd: fx.root, env: fx.env });
+    assert.equal(r.code, 0, `${command}: ${r.stderr}`);
+  }
+  const lock = (await braceShape('`locks/lock.json` is')).replace(/}$/, ', removing?}');
+  keysAgainstShape('locks/lock.json', lock, await read(copy), ['checksum']);
+});
+
 test("docs/S3.md's JSON documents parse, and its IAM policy grants what README.md says lifeboat needs", async () => {
   for (const block of ALL_BLOCKS.filter((b) => b.lang === 'json')) assert.doesNotThrow(() => JSON.parse(block.text), `${key(block)} is JSON`);
   const policy = JSON.parse(blockAt('docs/S3.md', '"LifeboatKmsKey"', 'json').text) as { Statement: { Action: string[] }[] };
