@@ -18,6 +18,7 @@ import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { it } from 'node:test';
 import type { Command, Option } from 'commander';
+import { parse as parseYaml } from 'yaml';
 import { buildProgram, runCli } from '../src/cli/main.js';
 import { runChild, type CliRun } from './helpers/cli.js';
 import { prng, seedFromEnv, tempDir, writeRandomFile } from './helpers/tree.js';
@@ -598,7 +599,23 @@ function allowedRoots(world: World, g: Generated, given: Set<string>): string[] 
   }
   roots.push(...world.made, ...initRoots(world, g));
   if (given.has('--in-place')) roots.push(path.join(world.root, 'src'));
+  if (['failover', 'rollback'].includes(g.command.words[0]!)) roots.push(...targetRoots(world, g));
   return roots;
+}
+
+/** The slots and active links of the config's targets, wherever the config (changed at random) puts them: a failover makes them. */
+function targetRoots(world: World, g: Generated): string[] {
+  let config: unknown;
+  try {
+    config = parseYaml(g.config.toString('utf8'));
+  } catch {
+    return [];
+  }
+  const targets = (config as { targets?: unknown } | null)?.targets;
+  if (!targets || typeof targets !== 'object') return [];
+  return Object.values(targets as Record<string, unknown>).flatMap((t) =>
+    ['slots', 'active'].map((k) => (t as Record<string, unknown> | null)?.[k]).filter((v): v is string => typeof v === 'string').map((v) => path.resolve(world.root, v)),
+  );
 }
 
 /** A repository a run of init was told to make, wherever it was named. */
