@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { lifeboat, spawnLifeboat, type CliRun } from './helpers/cli.js';
 import { sleep, waitFor } from './helpers/processes.js';
+import { runInNamespace, unshare } from './helpers/namespace.js';
 import { compareSnapshots, mutateTree, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile, type SnapshotEntry } from './helpers/tree.js';
 
 /*
@@ -284,4 +285,25 @@ test('restore --in-place into directories that are gone, killed (SIGKILL) at ran
     assert.deepEqual(await besides(host), [], `seed ${seed}, round ${round}`);
   }
   t.diagnostic(`${partly} of 10 kills left some directories moved and others not`);
+});
+
+test('restore --in-place checks room for every source on one file system together, before anything is fetched: each fits, both do not, and neither is restored', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./srv/models\n  tokenizers: ./srv/tokenizers\n');
+  const read = await runInNamespace(work, [
+    'mkdir -p srv/models srv/tokenizers',
+    'head -c 5000000 /dev/urandom > srv/models/w.bin',
+    'head -c 5000000 /dev/urandom > srv/tokenizers/t.bin',
+    'node "$BIN" init > /dev/null',
+    'node "$BIN" backup 2> /dev/null',
+    // The host comes back with an 8 MiB disk where the sources were: 4.77 MiB each fit, 9.5 MiB do not.
+    'mount -t tmpfs -o size=8m tmpfs srv',
+    'status=0; node "$BIN" restore latest --in-place 2> out/stderr.txt || status=$?',
+    'echo "$status" > out/status.txt',
+    'ls -A srv > out/left.txt',
+  ]);
+  assert.equal((await read('status.txt')).trim(), '1', await read('stderr.txt'));
+  assert.match(await read('stderr.txt'), new RegExp(`the restore needs 9\\.5\\d MiB on the file system of ${work}/srv/models, ${work}/srv/tokenizers, and .* is free`));
+  assert.equal((await read('left.txt')).trim(), '', 'neither source was restored, nothing is left beside them');
 });
