@@ -303,11 +303,13 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
       return withIntactAlternative(err, repo, point, (id) => `lifeboat restore ${id} --in-place`);
     };
     const done: (RestoreResult & { source: string })[] = [];
+    /** What registering as a reader of the point said (a repository lock taken over), for --json's warnings. */
+    const reading: Notice[] = [];
     if (flags.dryRun) {
       for (const place of places) done.push({ ...(await restore(repo, point, options(place)).catch(async (err: unknown) => Promise.reject(await failed(place, err)))), source: place.name });
       for (const name of state) renderer.notice({ level: 'info', code: 'state-restore', message: `would put back the state of ${name}` });
     } else {
-      await whileReading(repo.storage, 'restore', { signal: ctx.signal, reporter: renderer, warnings: [], reads: [point.id] }, () =>
+      await whileReading(repo.storage, 'restore', { signal: ctx.signal, reporter: renderer, warnings: reading, reads: [point.id] }, () =>
         restoreAsOne(repo, point, places, options, scratch && { names: state, root: scratch.root, options: commonOptions(ctx, flags, config, renderer) }, renderer, failed, done),
       );
       for (const d of done) await journalRestored(repo, renderer, d, { source: d.source });
@@ -336,7 +338,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
       ...(flags.dryRun ? { dryRun: true } : {}),
       sources: done.map((d) => ({ source: d.source, ...targetFigures(d) })),
       ...(flags.state ? { state } : {}),
-      warnings: warningsJson([...unrecorded, ...done.flatMap((d) => d.warnings)]),
+      warnings: warningsJson([...unrecorded, ...reading, ...done.flatMap((d) => d.warnings)]),
     };
     printResult(ctx, json, () =>
       [
