@@ -87,7 +87,7 @@ test('restore --in-place puts each directory source back where it was backed up 
   assert.notEqual(now.models.get('llama/shard-0.bin')?.sha256, atFull.models.get('llama/shard-0.bin')?.sha256, 'outside the pattern: left alone');
   assert.equal(await fsp.readFile(path.join(triton, 'config.pbtxt'), 'utf8'), 'name: "edited"\n', 'a source the patterns do not choose: left alone');
 
-  // A source whose bytes are damaged fails the restore (exit 3) after the sources before it were restored: a warning names them.
+  // A source whose bytes are damaged fails the restore (exit 3) before any directory is moved into place: the sources before it are left as they were too.
   const manifest = JSON.parse(await fsp.readFile(path.join(work, 'repo', 'points', `${full}.json`), 'utf8'));
   const config = manifest.entries.find((e: { source: string; path: string }) => e.source === 'triton' && e.path === 'config.pbtxt');
   const volume = path.join(work, 'repo', manifest.volumes[config.ref.volume].key);
@@ -95,10 +95,12 @@ test('restore --in-place puts each directory source back where it was backed up 
   bytes[config.ref.offset + 512]! ^= 0x20;
   await fsp.writeFile(volume, bytes);
   await fsp.writeFile(path.join(models, 'llama', 'tokenizer', 'tokenizer.json'), '{"edited": true}');
+  const edited = await snapshotTree(models);
   const damaged = await run('restore', full, '--in-place', '--force');
   assert.equal(damaged.code, 3, damaged.stderr);
-  assert.match(damaged.stderr, new RegExp(`restored before triton failed: models to ${models}; the sources after it were not touched`));
-  assert.equal(compareSnapshots(atFull.models, await snapshotTree(models)), undefined, 'models, restored before the failure');
+  assert.doesNotMatch(damaged.stderr, /restored before/);
+  assert.equal(compareSnapshots(edited, await snapshotTree(models)), undefined, 'models, staged before the failure, left as they were');
+  assert.deepEqual((await fsp.readdir(path.dirname(models))).sort(), ['models'], 'its staging directory removed, as a restore that meets damage removes its own');
   assert.equal(await fsp.readFile(path.join(triton, 'config.pbtxt'), 'utf8'), 'name: "edited"\n', 'triton, left as it was');
 
   for (const [args, message] of [

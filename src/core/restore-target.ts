@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { CredentialsRefusedError, ExitCode, LifeboatError, LockedError, RuntimeFailure, errorMessage, fileSystemHint } from '../errors.js';
 import type { ManifestEntry } from '../format/manifest.js';
-import { syncPath } from '../format/durable.js';
+import { readRegularFile, syncPath, writeFileSynced } from '../format/durable.js';
 import { isMountPoint } from '../format/mounts.js';
 import { formatBytes } from '../format/units.js';
 import type { Notice, Reporter } from './events.js';
@@ -168,6 +168,74 @@ export async function removeOtherStaging(target: string): Promise<string[]> {
   return removed;
 }
 
+/**
+ * What restore --in-place writes beside each directory it is about to move a staged tree into
+ * (`.<target>.lifeboat-moving`): the point, and for every directory of the restore the device and
+ * inode of the staging directory the rename makes it. Written (and synced) beside every directory
+ * before the first is moved, removed once all are: a restore killed among the moves leaves them, and
+ * any one tells the next restore --in-place of that point which directories it had moved already.
+ */
+const MOVING_MARK = '.lifeboat-moving';
+
+/** Larger than any record a restore writes: anything bigger is not one. */
+const MOVING_RECORD_MAX = 1 << 20;
+
+interface MovingRecord {
+  point: string;
+  moves: { target: string; dev: string; ino: string }[];
+}
+
+function movingRecord(target: string): string {
+  return path.join(path.dirname(target), `.${path.basename(target)}${MOVING_MARK}`);
+}
+
+/** Records, durably, beside each target, that its staging directory is about to be moved into place there (see MOVING_MARK). */
+export async function recordMoves(point: string, moves: readonly { target: string; staging: string }[]): Promise<void> {
+  const record: MovingRecord = { point, moves: [] };
+  for (const m of moves) {
+    const st = await fsp.stat(m.staging, { bigint: true });
+    record.moves.push({ target: m.target, dev: String(st.dev), ino: String(st.ino) });
+  }
+  const text = `${JSON.stringify(record)}\n`;
+  for (const m of moves) {
+    // Written anew, never through what is at that name.
+    await fsp.rm(movingRecord(m.target), { force: true });
+    await writeFileSynced(movingRecord(m.target), text, { flag: 'wx', mode: 0o600 });
+  }
+  for (const dir of new Set(moves.map((m) => path.dirname(m.target)))) await syncPath(dir);
+}
+
+/** Removes what recordMoves wrote beside each of `targets`. */
+export async function removeMoveRecords(targets: readonly string[]): Promise<void> {
+  for (const target of targets) await fsp.rm(movingRecord(target), { force: true });
+}
+
+/**
+ * Which of `targets` are the very directories an interrupted restore --in-place of `point` moved
+ * into place (as any record it left beside one of them says, by device and inode): they hold the
+ * point, unless changed since.
+ */
+export async function movedByInterruptedRestore(targets: readonly string[], point: string): Promise<Set<string>> {
+  const recorded = new Map<string, string>();
+  for (const target of targets) {
+    let record: MovingRecord;
+    try {
+      record = JSON.parse(await readRegularFile(movingRecord(target), MOVING_RECORD_MAX)) as MovingRecord;
+    } catch {
+      // None; or one cut short by a crash as it was written, when the moves had not begun; or not one at all.
+      continue;
+    }
+    if (record?.point !== point || !Array.isArray(record.moves)) continue;
+    for (const m of record.moves) if (typeof m?.target === 'string') recorded.set(m.target, `${m.dev}:${m.ino}`);
+  }
+  const moved = new Set<string>();
+  for (const target of targets) {
+    const st = await fsp.lstat(target, { bigint: true }).catch(() => undefined);
+    if (st?.isDirectory() && recorded.get(target) === `${st.dev}:${st.ino}`) moved.add(target);
+  }
+  return moved;
+}
+
 /** What marks a restore's lock beside its target: `.<target>.lifeboat-restoring`, a symbolic link to `<pid>-<seconds>`. */
 const LOCK_MARK = '.lifeboat-restoring';
 
@@ -250,7 +318,7 @@ export async function lockRestoreTarget(target: string, mountPoint: boolean): Pr
  * is full. File systems that report no size (ramfs, some network ones) are
  * not judged.
  */
-export async function checkFreeSpace(staging: string, target: string, files: readonly ManifestEntry[]): Promise<void> {
+export async function checkFreeSpace(staging: string, target: string | readonly string[], files: readonly ManifestEntry[]): Promise<void> {
   const fsStats = await fsp.statfs(staging).catch(() => undefined);
   if (!fsStats || fsStats.blocks === 0) return;
   // Each file takes whole blocks: thousands of small files (tokenizers, configs, logs) take far more than their bytes.
@@ -262,7 +330,9 @@ export async function checkFreeSpace(staging: string, target: string, files: rea
   if (needed <= free) return;
   // Said when it is the blocks that do not fit: the bytes alone would.
   const inBlocks = bytes <= free ? ` (${formatBytes(bytes)} in ${files.length} files, each taking whole blocks of ${formatBytes(block)})` : '';
-  throw new NotEnoughSpace(`the restore needs ${formatBytes(needed)}${inBlocks} on the file system of ${quoteName(target)}, and ${formatBytes(free)} is free`);
+  // Several targets on one file system (restore --in-place) are staged at once: they need room together.
+  const where = typeof target === 'string' ? quoteName(target) : target.map(quoteName).join(', ');
+  throw new NotEnoughSpace(`the restore needs ${formatBytes(needed)}${inBlocks} on the file system of ${where}, and ${formatBytes(free)} is free`);
 }
 
 /** A restore refused before writing, for want of free space; callers may give their own hint. */

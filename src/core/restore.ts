@@ -244,7 +244,61 @@ interface RestoreSetting {
   started: number;
 }
 
-async function restoreLocked(repo: Repository, manifest: Manifest, options: RestoreOptions, { target, targetState, mountPoint, repositoryInside, reporter, warnings, started }: RestoreSetting): Promise<RestoreResult> {
+/**
+ * A restore planned and given its staging directory beside the target (a
+ * leftover of an interrupted restore taken over, a --delta target compared),
+ * with nothing fetched yet: `toFetch` is what its room is checked for.
+ */
+export interface PreparedRestore {
+  readonly target: string;
+  readonly staging: string;
+  readonly toFetch: readonly ManifestEntry[];
+  /** Fetches and verifies every file into the staging directory (and, but for a --delta, gives the tree its links, modes and times); the target is not touched. */
+  stage(): Promise<StagedRestore>;
+  /** Gives the restore up for `err`, another restore's failure: see StagedRestore.abandon. */
+  abandon(err: unknown): Promise<unknown>;
+}
+
+/** A restore whose files are all staged and verified, ready to be moved into its target. */
+export interface StagedRestore {
+  readonly target: string;
+  /**
+   * Whether commit() moves the staging directory into place by renaming it as a whole (it then becomes
+   * the target, same inode); false for a --delta, which moves files one by one, and for a mount point.
+   */
+  readonly renamedWhole: boolean;
+  readonly staging: string;
+  /** Moves the staged tree into place (a --delta: the staged files, and removes what the point lacks). */
+  commit(): Promise<RestoreResult>;
+  /**
+   * Gives the restore up for `err` (its own failure, or another's in the same restore --in-place): what
+   * verified is kept for the next restore into the target when a restore that failed so would keep it,
+   * else removed. Returns the error to throw.
+   */
+  abandon(err: unknown): Promise<unknown>;
+}
+
+/**
+ * Plans a restore into a target whose lock the caller holds, as a reader of the point already
+ * (`targetLocked` and `registered`), and makes its staging directory: the first step of
+ * restore(), which restore --in-place takes for every source before it fetches any.
+ */
+export async function prepareRestore(repo: Repository, manifest: Manifest, options: RestoreOptions): Promise<PreparedRestore> {
+  const target = path.resolve(options.target);
+  const { targetState, mountPoint, repositoryInside } = await checkRestoreTarget(target, options, repo.storage.location);
+  const reporter = options.reporter ?? {};
+  return prepareLocked(repo, manifest, options, { target, targetState, mountPoint, repositoryInside, reporter, warnings: [], started: Date.now() });
+}
+
+async function restoreLocked(repo: Repository, manifest: Manifest, options: RestoreOptions, setting: RestoreSetting): Promise<RestoreResult> {
+  const prepared = await prepareLocked(repo, manifest, options, setting);
+  await checkFreeSpace(prepared.staging, setting.target, prepared.toFetch).catch(async (err: unknown) => {
+    throw await prepared.abandon(err);
+  });
+  return (await prepared.stage()).commit();
+}
+
+async function prepareLocked(repo: Repository, manifest: Manifest, options: RestoreOptions, { target, targetState, mountPoint, repositoryInside, reporter, warnings, started }: RestoreSetting): Promise<PreparedRestore> {
   const delta = options.delta === true && targetState === 'non-empty';
   // A delta restore compares and rewrites each name on its own, so hard links are written as copies there.
   const plan = await planRestore(repo, manifest, options.include, { hardLinks: !delta, asTarget: options.asTarget });
@@ -286,95 +340,122 @@ async function restoreLocked(repo: Repository, manifest: Manifest, options: Rest
   }
   // Once files are written (or were taken over), what verified is kept for a next restore when this one fails.
   let worthKeeping = leftover !== undefined;
-  try {
-    const result: RestoreResult = { point: manifest.id, target, files: plan.files.length, bytes: plan.bytes, durationMs: 0, warnings };
-    const linked = new Set(plan.links.map((l) => l.entry));
-    let wanted = plan.files.filter((f) => !linked.has(f));
-    if (delta) {
-      const unchanged = await filesAlreadyRight(plan, target, plan.files, options.signal, reporter);
-      wanted = plan.files.filter((f) => !unchanged.has(f));
-      result.unchanged = unchanged.size;
-      result.rewritten = wanted.length;
-    }
-    let toFetch = wanted;
-    if (leftover) {
-      const reused = await keepVerifiedFiles(staging, plan, wanted, options.signal, reporter);
-      toFetch = wanted.filter((f) => !reused.has(f));
-      const bytes = [...reused].reduce((n, f) => n + f.size, 0);
-      reporter.notice?.({ level: 'info', code: 'restore-resumed', path: leftover.marker ?? leftover.where, message: `resuming an interrupted restore: ${reused.size} file(s), ${formatBytes(bytes)}, already there and verified` });
-    }
-    await checkFreeSpace(staging, target, toFetch);
-    worthKeeping = true;
-    const settled = await fetchFiles({
-      repo,
-      plan,
-      wanted: new Set(toFetch),
-      staging,
-      reporter,
-      warnings,
-      concurrency: options.concurrency ?? DEFAULT_TRANSFERS,
-      pageCache: options.pageCache,
-      signal: options.signal,
-      owners,
-    });
-    throwIfAborted(options.signal);
-    if (delta) {
-      ({ removed: result.removed, kept: result.keptExcluded } = await applyDelta(plan, staging, target, new Set(wanted), { mountPoint, include: options.include ?? [], keep, leftOut }, owners, settled));
-      await syncDirectories(plan, target);
-      await removeStaging(staging, marker);
-    } else {
-      await makeHardLinks(plan, staging);
-      await finishTree(plan, staging, owners, settled);
-      await syncDirectories(plan, staging);
-      const left = mountPoint
-        ? await moveIntoMountPoint(staging, target, targetState === 'non-empty')
-        : await moveIntoPlace(staging, target, targetState, plan.asTarget === undefined, `${marker ?? staging}-replaced`);
-      if (marker) await fsp.rm(marker, { force: true });
-      await syncPath(mountPoint ? target : path.dirname(target));
-      if (left) {
-        warnings.push(left);
-        reporter.notice?.(left);
-      }
-    }
-    if (owners?.refused) {
-      const who = `${process.getuid?.() ?? '?'}:${process.getgid?.() ?? '?'}`;
-      const n: Notice = {
-        level: 'warning',
-        code: 'owners-not-set',
-        path: owners.refused.path?.replaceAll(staging, target),
-        message: `the files could not be given their owners (${owners.refused.code}: the file system, such as NFS with root_squash or FAT, or a user namespace does not allow it); they belong to ${who}`,
-      };
-      warnings.push(n);
-      reporter.notice?.(n);
-    }
-    // A drill's or verify --deep's restore, removed once checked, lends nothing.
-    if (owners.withheld.count > 0 && !options.disposable) {
-      const n: Notice = {
-        level: 'warning',
-        code: 'set-id-withheld',
-        path: owners.withheld.first?.replaceAll(staging, target),
-        message: `${owners.withheld.count} file(s) restored without the set-user-ID or set-group-ID bit they had: they do not have here the owner or group the point recorded, whose rights the bit would lend (run as root, with owners restored, to keep it)`,
-      };
-      warnings.push(n);
-      reporter.notice?.(n);
-    }
-    result.durationMs = Date.now() - started;
-    return result;
-  } catch (err) {
+  let settledAs: 'committed' | 'abandoned' | undefined;
+  const abandon = async (err: unknown): Promise<unknown> => {
+    if (settledAs !== undefined) return err;
+    settledAs = 'abandoned';
     // Data that did not verify is not worth keeping, nor is a staging directory nothing was written into, nor
     // one that filled the disk, nor one holding a file larger than the file system or the file-size limit allows,
     // nor one where a path was too long (the next restore into that target would fail the same way). Otherwise
     // (the network, storage, an interrupt, credentials that ran out part-way) what verified stays for the next
     // restore to resume from.
-    const failsAgain = ['ENOSPC', 'EDQUOT', 'EFBIG', 'ENAMETOOLONG'].includes((err as NodeJS.ErrnoException).code ?? '');
+    // Another source's failure, given by restore --in-place, comes told as one sentence: its cause has the code.
+    const code = (err as NodeJS.ErrnoException).code ?? ((err as Error).cause as NodeJS.ErrnoException | undefined)?.code;
+    const failsAgain = ['ENOSPC', 'EDQUOT', 'EFBIG', 'ENAMETOOLONG'].includes(code ?? '');
     const usage = err instanceof UsageError && !(err instanceof CredentialsRefusedError);
     if (worthKeeping && !options.disposable && !failsAgain && !(err instanceof IntegrityError) && !usage) {
       reporter.notice?.({ level: 'warning', code: 'restore-kept', path: staging, message: `the files restored so far are kept there; the next restore into ${quoteName(target)} goes on from them (remove it if there will be none)` });
     } else {
       await removeStaging(staging, marker).catch(() => undefined);
     }
-    throw asRestoreFailure(err, staging, target);
-  }
+    return asRestoreFailure(err, staging, target);
+  };
+  /** Runs a step; a failure gives the restore up (as abandon does) and throws the error to show. */
+  const step = async <T>(work: () => Promise<T>): Promise<T> => {
+    try {
+      return await work();
+    } catch (err) {
+      throw await abandon(err);
+    }
+  };
+  const result: RestoreResult = { point: manifest.id, target, files: plan.files.length, bytes: plan.bytes, durationMs: 0, warnings };
+  const linked = new Set(plan.links.map((l) => l.entry));
+  let wanted = plan.files.filter((f) => !linked.has(f));
+  const toFetch = await step(async () => {
+    if (delta) {
+      const unchanged = await filesAlreadyRight(plan, target, plan.files, options.signal, reporter);
+      wanted = plan.files.filter((f) => !unchanged.has(f));
+      result.unchanged = unchanged.size;
+      result.rewritten = wanted.length;
+    }
+    if (!leftover) return wanted;
+    const reused = await keepVerifiedFiles(staging, plan, wanted, options.signal, reporter);
+    const bytes = [...reused].reduce((n, f) => n + f.size, 0);
+    reporter.notice?.({ level: 'info', code: 'restore-resumed', path: leftover.marker ?? leftover.where, message: `resuming an interrupted restore: ${reused.size} file(s), ${formatBytes(bytes)}, already there and verified` });
+    return wanted.filter((f) => !reused.has(f));
+  });
+
+  const commit = () =>
+    step(async () => {
+      if (settledAs !== undefined) throw new Error(`restore into ${target} committed or given up already`);
+      if (delta) {
+        ({ removed: result.removed, kept: result.keptExcluded } = await applyDelta(plan, staging, target, new Set(wanted), { mountPoint, include: options.include ?? [], keep, leftOut }, owners, settled));
+        await syncDirectories(plan, target);
+        await removeStaging(staging, marker);
+      } else {
+        const left = mountPoint
+          ? await moveIntoMountPoint(staging, target, targetState === 'non-empty')
+          : await moveIntoPlace(staging, target, targetState, plan.asTarget === undefined, `${marker ?? staging}-replaced`);
+        if (marker) await fsp.rm(marker, { force: true });
+        await syncPath(mountPoint ? target : path.dirname(target));
+        if (left) {
+          warnings.push(left);
+          reporter.notice?.(left);
+        }
+      }
+      settledAs = 'committed';
+      if (owners?.refused) {
+        const who = `${process.getuid?.() ?? '?'}:${process.getgid?.() ?? '?'}`;
+        const n: Notice = {
+          level: 'warning',
+          code: 'owners-not-set',
+          path: owners.refused.path?.replaceAll(staging, target),
+          message: `the files could not be given their owners (${owners.refused.code}: the file system, such as NFS with root_squash or FAT, or a user namespace does not allow it); they belong to ${who}`,
+        };
+        warnings.push(n);
+        reporter.notice?.(n);
+      }
+      // A drill's or verify --deep's restore, removed once checked, lends nothing.
+      if (owners.withheld.count > 0 && !options.disposable) {
+        const n: Notice = {
+          level: 'warning',
+          code: 'set-id-withheld',
+          path: owners.withheld.first?.replaceAll(staging, target),
+          message: `${owners.withheld.count} file(s) restored without the set-user-ID or set-group-ID bit they had: they do not have here the owner or group the point recorded, whose rights the bit would lend (run as root, with owners restored, to keep it)`,
+        };
+        warnings.push(n);
+        reporter.notice?.(n);
+      }
+      result.durationMs = Date.now() - started;
+      return result;
+    });
+
+  let settled: ReadonlySet<ManifestEntry> = new Set();
+  const staged: StagedRestore = { target, staging, renamedWhole: !delta && !mountPoint, commit, abandon };
+  const stage = () =>
+    step(async () => {
+      worthKeeping = true;
+      settled = await fetchFiles({
+        repo,
+        plan,
+        wanted: new Set(toFetch),
+        staging,
+        reporter,
+        warnings,
+        concurrency: options.concurrency ?? DEFAULT_TRANSFERS,
+        pageCache: options.pageCache,
+        signal: options.signal,
+        owners,
+      });
+      throwIfAborted(options.signal);
+      if (!delta) {
+        await makeHardLinks(plan, staging);
+        await finishTree(plan, staging, owners, settled);
+        await syncDirectories(plan, staging);
+      }
+      return staged;
+    });
+  return { target, staging, toFetch, stage, abandon };
 }
 
 /**

@@ -4,8 +4,9 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../../errors.js';
 import { appendEvent } from '../../core/journal.js';
-import { checkRestoreTarget, restore, type RestoreResult } from '../../core/restore.js';
-import { NotEnoughSpace, checkFreeSpace, lockRestoreTarget, refusedBeforeWriting } from '../../core/restore-target.js';
+import { checkRestoreTarget, prepareRestore, restore, type PreparedRestore, type RestoreOptions, type RestoreResult, type StagedRestore } from '../../core/restore.js';
+import { NotEnoughSpace, checkFreeSpace, lockRestoreTarget, movedByInterruptedRestore, recordMoves, refusedBeforeWriting, removeMoveRecords } from '../../core/restore-target.js';
+import { whileReading } from '../../core/lock.js';
 import { directoryFlag, utf8Path } from '../flags.js';
 import { sourcesIncluded } from '../../core/restore-plan.js';
 import { leftWorkDirectory, type Notice } from '../../core/events.js';
@@ -164,28 +165,13 @@ async function stateScratch(workDir: string | undefined, point: Manifest, names:
 }
 
 /**
- * restore --in-place --state: the point's state sources are restored into a
- * scratch directory, verified as any restore is, then put back where the point
- * says, as a failover does (SQLite copied into the live database, what it held
- * kept beside it; a command fed its captured output).
+ * restore --in-place --state: the point's state sources, restored into a scratch directory and
+ * verified as any restore is (before any directory is moved into place), are put back where the
+ * point says, as a failover does (SQLite copied into the live database, what it held kept beside
+ * it; a command fed its captured output).
  */
-async function restoreState(
-  ctx: CliContext,
-  repo: Repository,
-  point: Manifest,
-  names: string[],
-  options: ReturnType<typeof commonOptions>,
-  renderer: ProgressRenderer,
-  putBack: (name: string) => void,
-  scratch: StateScratch | undefined,
-  flags: RestoreFlags,
-): Promise<void> {
-  if (options.dryRun || !scratch) {
-    for (const name of names) renderer.notice({ level: 'info', code: 'state-restore', message: `would put back the state of ${name}` });
-    return;
-  }
+async function putStateBackFrom(ctx: CliContext, point: Manifest, names: string[], renderer: ProgressRenderer, putBack: (name: string) => void, scratch: StateScratch, flags: RestoreFlags): Promise<void> {
   const { config, file } = await loadConfig({ explicit: ctx.global.config, cwd: ctx.cwd, env: ctx.env });
-  await restore(repo, point, { ...options, delta: false, force: false, include: names, target: scratch.root });
   await putStateBack({ ...point, sources: point.sources.filter((s) => names.includes(s.name)) }, scratch.root, {
     cwd: file ? path.dirname(file) : ctx.cwd,
     env: { ...ctx.env, LIFEBOAT_POINT: point.id },
@@ -229,6 +215,8 @@ interface SourcePlace {
   path: string;
   /** The symbolic link the source was backed up through, when it was. */
   via?: string;
+  /** Whether an interrupted restore --in-place of the point had moved the source's tree into place (see movedByInterruptedRestore). */
+  moved?: boolean;
 }
 
 /**
@@ -273,8 +261,10 @@ async function throughLink(name: string, recorded: string): Promise<string> {
 
 /**
  * restore --in-place: each tree source of the point goes back to the directory
- * it was backed up from, one after the other, each with the guarantees of a
- * restore into --target (staged beside it, verified, moved into place).
+ * it was backed up from, each with the guarantees of a restore into --target
+ * (staged beside it, verified, moved into place), and all of them as one: every
+ * source is staged and verified (and, with --state, the state restored into its
+ * scratch directory) before any directory is moved into place.
  */
 async function runRestoreInPlace(ctx: CliContext, selector: string, flags: RestoreFlags): Promise<void> {
   if (flags.target) throw new UsageError('--in-place restores each source to the directory it was backed up from: it takes no --target');
@@ -291,41 +281,49 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
     if (places.length === 0 && state.length === 0) {
       throw new UsageError(`${point.id} has no directory source to restore in place${flags.state ? ', nor state to put back' : ''}`, { hint: 'restore it with --target DIR' });
     }
+    // A directory an interrupted restore of this point had moved into place holds the point: it is compared, not refused or staged again.
+    const moved = await movedByInterruptedRestore(places.map((p) => p.path), point.id);
+    for (const p of places) p.moved = moved.has(p.path);
     // Every directory is checked before any is written: a refusal must not come after half the sources were restored.
     const checked = [];
-    for (const p of places) checked.push(await checkRestoreTarget(p.path, { ...flags, inPlace: true }, repo.storage.location));
+    for (const p of places) checked.push(await checkRestoreTarget(p.path, { ...flags, delta: flags.delta || p.moved, inPlace: true }, repo.storage.location));
     // Every directory's lock too: another restore writing one of them must not find this one after it wrote the others.
     if (!flags.dryRun) for (const [i, p] of places.entries()) unlocks.push(await lockRestoreTarget(path.resolve(p.path), checked[i]!.mountPoint));
     if (state.length > 0) await refuseEmptyCopies({ ...point, sources: point.sources.filter((s) => state.includes(s.name)) }, emptyCopies(flags));
     scratch = state.length > 0 && !flags.dryRun ? await stateScratch(workDir, point, state, renderer) : undefined;
     const unrecorded = noteUnrecordedExcludes(point, flags, config, renderer);
     for (const p of places) renderer.notice({ level: 'info', code: 'in-place', message: `${p.name} ${flags.dryRun ? 'would go' : 'goes'} back to ${quoteName(p.path)}${p.via ? ` (through the link ${quoteName(p.via)})` : ''}` });
-    const started = Date.now();
-    const done: (RestoreResult & { source: string })[] = [];
-    /** The directories restored so far, named when a later source or the state fails (they stay restored). */
-    const restoredSoFar = () => done.map((d) => `${d.source} to ${quoteName(d.target)}`);
-    for (const place of places) {
-      const result = await restore(repo, point, { target: place.path, asTarget: place.name, targetLocked: true, ...commonOptions(ctx, flags, config, renderer) }).catch(async (err: unknown) => {
-        if (!flags.dryRun) await journalFailed(repo, err, { point: point.id, target: place.path, durationMs: Date.now() - started }, { source: place.name });
-        // Sources are restored one after the other: which ones made it is worth a line of its own.
-        if (done.length > 0) {
-          renderer.notice({ level: 'warning', code: 'in-place-partial', message: `restored before ${place.name} failed: ${restoredSoFar().join(', ')}; the sources after it were not touched` });
-        }
-        throw await withIntactAlternative(err, repo, point, (id) => `lifeboat restore ${id} --in-place`);
-      });
-      done.push({ ...result, source: place.name });
-      await journalRestored(repo, renderer, result, { source: place.name });
+    for (const p of places.filter((p) => p.moved)) {
+      renderer.notice({ level: 'info', code: 'in-place-moved', message: `${p.name} was moved into ${quoteName(p.path)} by an interrupted restore of ${point.id}: it is compared with the point, as --delta does` });
     }
-    if (state.length > 0) {
-      const putBack: string[] = [];
-      await restoreState(ctx, repo, point, state, commonOptions(ctx, flags, config, renderer), renderer, (name) => putBack.push(name), scratch, flags).catch((err: unknown) => {
-        // The directories (and any state put back before the failure) stay as restored: say which, as for a source that fails.
-        const restored = [...restoredSoFar(), ...putBack.map((name) => `the state of ${name}`)];
-        if (restored.length > 0) {
-          renderer.notice({ level: 'warning', code: 'in-place-partial', message: `restored before the state failed: ${restored.join(', ')}; ${state.filter((n) => !putBack.includes(n)).join(', ')} not put back` });
-        }
-        throw err;
-      });
+    const started = Date.now();
+    const options = (place: SourcePlace): RestoreOptions => ({ target: place.path, asTarget: place.name, targetLocked: true, ...commonOptions(ctx, flags, config, renderer), delta: flags.delta || place.moved });
+    const failed = async (place: SourcePlace, err: unknown): Promise<unknown> => {
+      if (!flags.dryRun) await journalFailed(repo, err, { point: point.id, target: place.path, durationMs: Date.now() - started }, { source: place.name });
+      return withIntactAlternative(err, repo, point, (id) => `lifeboat restore ${id} --in-place`);
+    };
+    const done: (RestoreResult & { source: string })[] = [];
+    /** What registering as a reader of the point said (a repository lock taken over), for --json's warnings. */
+    const reading: Notice[] = [];
+    if (flags.dryRun) {
+      for (const place of places) done.push({ ...(await restore(repo, point, options(place)).catch(async (err: unknown) => Promise.reject(await failed(place, err)))), source: place.name });
+      for (const name of state) renderer.notice({ level: 'info', code: 'state-restore', message: `would put back the state of ${name}` });
+    } else {
+      await whileReading(repo.storage, 'restore', { signal: ctx.signal, reporter: renderer, warnings: reading, reads: [point.id] }, () =>
+        restoreAsOne(repo, point, places, options, scratch && { names: state, root: scratch.root, options: commonOptions(ctx, flags, config, renderer) }, renderer, failed, done),
+      );
+      for (const d of done) await journalRestored(repo, renderer, d, { source: d.source });
+      if (state.length > 0) {
+        const putBack: string[] = [];
+        await putStateBackFrom(ctx, point, state, renderer, (name) => putBack.push(name), scratch!, flags).catch((err: unknown) => {
+          // The directories (and any state put back before the failure) stay as restored: say which.
+          const restored = [...done.map((d) => `${d.source} to ${quoteName(d.target)}`), ...putBack.map((name) => `the state of ${name}`)];
+          if (restored.length > 0) {
+            renderer.notice({ level: 'warning', code: 'in-place-partial', message: `restored before the state failed: ${restored.join(', ')}; ${state.filter((n) => !putBack.includes(n)).join(', ')} not put back` });
+          }
+          throw err;
+        });
+      }
     }
     renderer.stop();
     const durationMs = Date.now() - started;
@@ -340,7 +338,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
       ...(flags.dryRun ? { dryRun: true } : {}),
       sources: done.map((d) => ({ source: d.source, ...targetFigures(d) })),
       ...(flags.state ? { state } : {}),
-      warnings: warningsJson([...unrecorded, ...done.flatMap((d) => d.warnings)]),
+      warnings: warningsJson([...unrecorded, ...reading, ...done.flatMap((d) => d.warnings)]),
     };
     printResult(ctx, json, () =>
       [
@@ -360,13 +358,82 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
   }
 }
 
+/**
+ * Restores the directory sources of a point in place as one: the state into its scratch directory
+ * first (`state`), then every source staged beside its directory and verified, with room for all of
+ * them at once; only then each staged tree moved into place, one after the other. A failure before
+ * the moves leaves every directory as it was, the staging directories kept for the next restore (or
+ * removed) as a restore into --target keeps its own. The moves are recorded beside each directory
+ * first (see recordMoves), so that the next restore --in-place of the point finishes what a restore
+ * killed among them left. Each result is pushed onto `done` once its source is in place.
+ */
+async function restoreAsOne(
+  repo: Repository,
+  point: Manifest,
+  places: readonly SourcePlace[],
+  options: (place: SourcePlace) => RestoreOptions,
+  state: { names: string[]; root: string; options: Omit<RestoreOptions, 'target'> } | undefined,
+  renderer: ProgressRenderer,
+  failed: (place: SourcePlace, err: unknown) => Promise<unknown>,
+  done: (RestoreResult & { source: string })[],
+): Promise<void> {
+  if (state) await restore(repo, point, { ...state.options, registered: true, delta: false, force: false, include: state.names, target: state.root });
+  const prepared: PreparedRestore[] = [];
+  const staged: StagedRestore[] = [];
+  let place: SourcePlace | undefined;
+  try {
+    for (place of places) prepared.push(await prepareRestore(repo, point, { ...options(place), registered: true }));
+    place = undefined;
+    await checkRoomForAll(prepared);
+    for (const [i, p] of prepared.entries()) {
+      place = places[i];
+      staged.push(await p.stage());
+    }
+  } catch (err) {
+    // Nothing is in place yet: every source's staging directory goes, or stays for the next restore, as the failed one's does.
+    for (const p of prepared) await p.abandon(err);
+    throw place ? await failed(place, err) : err;
+  }
+  // Each directory is told which trees go where before the first is moved, durably.
+  const renamed = staged.filter((s) => s.renamedWhole);
+  if (renamed.length > 0) await recordMoves(point.id, renamed);
+  for (const [i, s] of staged.entries()) {
+    const result = await s.commit().catch(async (err: unknown) => {
+      for (const later of staged.slice(i + 1)) await later.abandon(err);
+      // A move that failed leaves the directories before it moved: worth a line of its own.
+      if (done.length > 0) {
+        const restored = done.map((d) => `${d.source} to ${quoteName(d.target)}`);
+        renderer.notice({ level: 'warning', code: 'in-place-partial', message: `restored before ${places[i]!.name} failed: ${restored.join(', ')}; the sources after it were not touched` });
+      }
+      throw await failed(places[i]!, err);
+    });
+    done.push({ ...result, source: places[i]!.name });
+  }
+  await removeMoveRecords(places.map((p) => p.path));
+}
+
+/**
+ * Refuses (before anything is fetched) sources that cannot all be staged at once: those on one file
+ * system need room for what each fetches, together, since none is moved into place before all are staged.
+ */
+async function checkRoomForAll(prepared: readonly PreparedRestore[]): Promise<void> {
+  const byDevice = new Map<bigint, PreparedRestore[]>();
+  for (const p of prepared) {
+    const { dev } = await fsp.stat(p.staging, { bigint: true });
+    byDevice.set(dev, [...(byDevice.get(dev) ?? []), p]);
+  }
+  for (const group of byDevice.values()) {
+    await checkFreeSpace(group[0]!.staging, group.length === 1 ? group[0]!.target : group.map((p) => p.target), group.flatMap((p) => p.toFetch));
+  }
+}
+
 export function registerRestore(program: Command, run: CommandRunner): Command {
   return program
     .command('restore')
     .description('restore a backup point into a directory, verifying every file; each source lands in DIR/<source>/ (or, --in-place, where it was backed up from)')
     .argument('<point>', 'id, unique id prefix, latest, or an ISO-8601 time')
     .option('--target <dir>', 'where to restore (must be empty or absent, unless --delta or --force)')
-    .option('--in-place', 'restore each directory source to the directory it was backed up from (with --delta: only what differs)')
+    .option('--in-place', 'restore each directory source to the directory it was backed up from, all staged and verified before any is moved into place (with --delta: only what differs)')
     .option('--delta', 'update an existing target: rewrite only files whose content differs, remove what the point lacks, except what its backup left out')
     .option('--delete-excluded', 'with --delta: also remove what the backup left out with its exclude patterns, and sockets and pipes')
     .option('--force', 'replace a non-empty target')

@@ -1,0 +1,309 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import Database from 'better-sqlite3';
+import { lifeboat, spawnLifeboat, type CliRun } from './helpers/cli.js';
+import { sleep, waitFor } from './helpers/processes.js';
+import { runInNamespace, unshare } from './helpers/namespace.js';
+import { compareSnapshots, mutateTree, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile, type SnapshotEntry } from './helpers/tree.js';
+
+/*
+ * restore --in-place restores the directory sources of a point as one: every source is staged and
+ * verified before any directory is moved into place, so a failure, an interrupt or a crash while
+ * staging leaves every directory as it was, and a crash among the moves is finished by the next run.
+ */
+
+type Host = { work: string; dirs: Record<'models' | 'tokenizers' | 'serving', string>; run: (...args: string[]) => Promise<CliRun> };
+
+/** A host with three directory sources in unrelated places (and a SQLite registry), its repository made. */
+async function threeSources(t: { after(fn: () => Promise<unknown>): void }, rand: () => number, tokenizerBytes = 0): Promise<Host> {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const dirs = { models: path.join(work, 'srv', 'models'), tokenizers: path.join(work, 'srv', 'tokenizers'), serving: path.join(work, 'etc', 'serving') };
+  await fsp.mkdir(path.join(dirs.models, 'llama'), { recursive: true });
+  for (let i = 0; i < 4; i++) await writeRandomFile(path.join(dirs.models, 'llama', `shard-${i}.bin`), 50_000 + Math.floor(rand() * 400_000), rand);
+  await fsp.mkdir(path.join(dirs.tokenizers, 'llama'), { recursive: true });
+  await writeRandomFile(path.join(dirs.tokenizers, 'llama', 'tokenizer.model'), 20_000 + Math.floor(rand() * 100_000), rand);
+  await fsp.writeFile(path.join(dirs.tokenizers, 'llama', 'tokenizer.json'), '{"model": {"vocab": {}}}');
+  if (tokenizerBytes > 0) await writeRandomFile(path.join(dirs.tokenizers, 'llama', 'merges.bin'), tokenizerBytes, rand);
+  await fsp.mkdir(path.join(dirs.serving, 'llama'), { recursive: true });
+  await fsp.writeFile(path.join(dirs.serving, 'llama', 'config.pbtxt'), 'name: "llama"\nmax_batch_size: 8\n'.repeat(40));
+  await fsp.symlink('llama/config.pbtxt', path.join(dirs.serving, 'current.pbtxt'));
+  await fsp.chmod(path.join(dirs.serving, 'llama'), 0o750);
+  await fsp.mkdir(path.join(work, 'state'));
+  const db = new Database(path.join(work, 'state', 'registry.db'));
+  db.exec("CREATE TABLE versions (name TEXT); INSERT INTO versions VALUES ('v1');");
+  db.close();
+  await fsp.writeFile(
+    path.join(work, 'lifeboat.yaml'),
+    'repository: ./repo\nsources:\n  models: ./srv/models\n  tokenizers: ./srv/tokenizers\n  serving: ./etc/serving\n  registry: { sqlite: ./state/registry.db, restore: true }\n',
+  );
+  const run = (...args: string[]): Promise<CliRun> => lifeboat(args, { cwd: work });
+  assert.equal((await run('init')).code, 0);
+  return { work, dirs, run };
+}
+
+type Trees = Record<keyof Host['dirs'], Map<string, SnapshotEntry>>;
+
+async function snapshots(host: Host): Promise<Trees> {
+  return { models: await snapshotTree(host.dirs.models), tokenizers: await snapshotTree(host.dirs.tokenizers), serving: await snapshotTree(host.dirs.serving) };
+}
+
+/** Whether every directory is as `expected` (the missing ones too); the first difference otherwise. */
+async function differences(host: Host, expected: Partial<Trees>): Promise<string | undefined> {
+  for (const name of ['models', 'tokenizers', 'serving'] as const) {
+    const want = expected[name];
+    const there = await fsp.stat(host.dirs[name]).then(() => true, () => false);
+    if (!want) {
+      if (there) return `${name} is there`;
+      continue;
+    }
+    if (!there) return `${name} is missing`;
+    const d = compareSnapshots(want, await snapshotTree(host.dirs[name]));
+    if (d) return `${name}: ${d}`;
+  }
+  return undefined;
+}
+
+/** What is beside the directories but themselves: staging directories, locks, records. */
+async function besides(host: Host): Promise<string[]> {
+  const names = [...(await fsp.readdir(path.join(host.work, 'srv'))), ...(await fsp.readdir(path.join(host.work, 'etc')))];
+  return names.filter((n) => !['models', 'tokenizers', 'serving'].includes(n));
+}
+
+/** Edits each of the three directories, so that a --delta has something to rewrite and remove in each. */
+async function editAll(host: Host): Promise<void> {
+  await fsp.writeFile(path.join(host.dirs.models, 'llama', 'shard-1.bin'), 'cut short');
+  await fsp.writeFile(path.join(host.dirs.models, 'stray.txt'), 'left by hand');
+  await fsp.writeFile(path.join(host.dirs.tokenizers, 'llama', 'tokenizer.json'), '{}');
+  await fsp.writeFile(path.join(host.dirs.serving, 'llama', 'config.pbtxt'), 'name: "broken"\n');
+}
+
+/** Flips a byte of an entry's data in the volume that holds it. */
+async function damageEntry(host: Host, point: string, source: string, file: string): Promise<void> {
+  const manifest = JSON.parse(await fsp.readFile(path.join(host.work, 'repo', 'points', `${point}.json`), 'utf8'));
+  const entry = manifest.entries.find((e: { source: string; path: string }) => e.source === source && e.path === file);
+  const volume = path.join(host.work, 'repo', manifest.volumes[entry.ref.volume].key);
+  const bytes = await fsp.readFile(volume);
+  // The entry's data follows its 512-byte tar header.
+  bytes[entry.ref.offset + 512 + 7]! ^= 0x20;
+  await fsp.writeFile(volume, bytes);
+}
+
+/** threeSources with a seed of its own, and a full backup of it. */
+async function backedUp(t: { after(fn: () => Promise<unknown>): void; diagnostic(message: string): void }): Promise<{ seed: number; host: Host; point: string }> {
+  const seed = seedFromEnv();
+  t.diagnostic(`seed ${seed}`);
+  const host = await threeSources(t, prng(seed));
+  const backup = await host.run('--json', 'backup', '--type', 'full');
+  assert.equal(backup.code, 0, backup.stderr);
+  return { seed, host, point: backup.json().id as string };
+}
+
+test('restore --in-place whose third source is damaged fails (exit 3) with the first two directories left byte for byte as they were, not restored', async (t) => {
+  const { seed, host, point } = await backedUp(t);
+  const atPoint = await snapshots(host);
+  await editAll(host);
+  const before = await snapshots(host);
+  await damageEntry(host, point, 'serving', 'llama/config.pbtxt');
+
+  for (const how of [['--delta'], ['--force']]) {
+    const r = await host.run('restore', point, '--in-place', ...how);
+    assert.equal(r.code, 3, `seed ${seed}: ${how}: ${r.stderr}`);
+    assert.match(r.stderr, /serving\/llama\/config\.pbtxt from volume .* does not match its checksum/);
+    assert.doesNotMatch(r.stderr, /restored before/);
+    assert.equal(await differences(host, before), undefined, `seed ${seed}: restore --in-place ${how} left a directory changed`);
+    // Data that did not verify is not kept: the staging directories of every source go, as a restore that meets damage removes its own.
+    assert.deepEqual(await besides(host), [], `restore --in-place ${how}`);
+  }
+
+  // With the volume whole again, the same restore goes through.
+  await damageEntry(host, point, 'serving', 'llama/config.pbtxt');
+  const r = await host.run('restore', point, '--in-place', '--delta');
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(await differences(host, atPoint), undefined, `seed ${seed}`);
+});
+
+/** Whether a file with data is under `dir`. */
+async function holdsData(dir: string): Promise<boolean> {
+  for (const d of await fsp.readdir(dir, { withFileTypes: true }).catch(() => [])) {
+    const p = path.join(dir, d.name);
+    if (d.isDirectory() ? await holdsData(p) : d.isFile() && (await fsp.stat(p).then((st) => st.size > 0, () => false))) return true;
+  }
+  return false;
+}
+
+test('Ctrl-C while restore --in-place fetches its second source stops it (exit 130) with every directory as it was; the next run goes on from what it verified', async (t) => {
+  const seed = seedFromEnv();
+  t.diagnostic(`seed ${seed}`);
+  // A large file in the second source, to be interrupted while it is written.
+  const host = await threeSources(t, prng(seed), 384 << 20);
+  assert.equal((await host.run('backup', '--type', 'full')).code, 0);
+  const atPoint = await snapshots(host);
+  await editAll(host);
+  await fsp.truncate(path.join(host.dirs.tokenizers, 'llama', 'merges.bin'), 1000);
+  const before = await snapshots(host);
+
+  const child = spawnLifeboat(['restore', 'latest', '--in-place', '--delta'], { cwd: host.work });
+  const stderr: Buffer[] = [];
+  child.stderr!.on('data', (c: Buffer) => stderr.push(c));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const staging = async () => (await fsp.readdir(path.join(host.work, 'srv'))).filter((n) => n.startsWith('.tokenizers.lifeboat-staging-')).map((n) => path.join(host.work, 'srv', n));
+  const fetching = await waitFor(async () => (await Promise.all((await staging()).map(holdsData))).some(Boolean), 60_000);
+  assert.ok(fetching, 'the second source is being fetched');
+  child.kill('SIGINT');
+  const code = await exited;
+  assert.equal(code, 130, Buffer.concat(stderr).toString());
+  assert.equal(await differences(host, before), undefined, `seed ${seed}: Ctrl-C left a directory changed`);
+  assert.match(Buffer.concat(stderr).toString(), /restore-kept|the files restored so far are kept there/);
+
+  const again = await host.run('restore', 'latest', '--in-place', '--delta');
+  assert.equal(again.code, 0, again.stderr);
+  assert.match(again.stderr, /resuming an interrupted restore/);
+  assert.equal(await differences(host, atPoint), undefined, `seed ${seed}`);
+  assert.deepEqual(await besides(host), []);
+});
+
+test('restore --in-place --state whose state fails verification leaves every directory untouched', async (t) => {
+  const { seed, host, point } = await backedUp(t);
+  await editAll(host);
+  const before = await snapshots(host);
+  const manifest = JSON.parse(await fsp.readFile(path.join(host.work, 'repo', 'points', `${point}.json`), 'utf8'));
+  const copy = manifest.entries.find((e: { source: string; type: string }) => e.source === 'registry' && e.type === 'file');
+  await damageEntry(host, point, 'registry', copy.path);
+  const db = new Database(path.join(host.work, 'state', 'registry.db'));
+  db.exec("INSERT INTO versions VALUES ('v2')");
+  db.close();
+
+  const r = await host.run('restore', point, '--in-place', '--delta', '--state');
+  assert.equal(r.code, 3, `seed ${seed}: ${r.stderr}`);
+  assert.match(r.stderr, /registry\/.* does not match its checksum/);
+  assert.equal(await differences(host, before), undefined, `seed ${seed}: a state that did not verify left a directory changed`);
+  const live = new Database(path.join(host.work, 'state', 'registry.db'), { readonly: true });
+  assert.deepEqual(live.prepare('SELECT name FROM versions ORDER BY name').all(), [{ name: 'v1' }, { name: 'v2' }], 'the live registry is left as it was');
+  live.close();
+});
+
+/** Whether a restore has begun to stage the first source (its staging directory is there). */
+async function staging(host: Host): Promise<boolean> {
+  return (await fsp.readdir(path.join(host.work, 'srv'))).some((n) => n.startsWith('.models.lifeboat-staging-'));
+}
+
+/**
+ * Runs `args` to the end; how long it took from the moment `begun` (or the first source's staging
+ * directory) was seen: the time a kill can land in, past the start of the process and its planning.
+ */
+async function workTime(host: Host, args: string[]): Promise<number> {
+  const child = spawnLifeboat(args, { cwd: host.work });
+  let running = true;
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  void exited.then(() => (running = false));
+  await waitFor(async () => !running || (await staging(host)), 30_000);
+  const begun = Date.now();
+  assert.equal(await exited, 0);
+  return Date.now() - begun;
+}
+
+/**
+ * Runs `args`, killed with SIGKILL `ms` after `when` (by default, once the first source is being staged; a
+ * path: once it is there); whether it was still running then.
+ */
+async function killedAfter(host: Host, args: string[], ms: number, when: string | (() => Promise<boolean>) = () => staging(host)): Promise<boolean> {
+  const child = spawnLifeboat(args, { cwd: host.work });
+  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+  let running = true;
+  void exited.then(() => (running = false));
+  if (typeof when === 'string') {
+    // Looked for without a pause: the moves it announces take a few milliseconds.
+    for (const until = Date.now() + 10_000; Date.now() < until && !fs.existsSync(when); );
+  } else await waitFor(async () => !running || (await when()), 30_000);
+  if (ms > 0) await sleep(ms);
+  const wasRunning = running;
+  child.kill('SIGKILL');
+  await exited;
+  return wasRunning;
+}
+
+test('restore --in-place --delta killed (SIGKILL) at random moments, staging or moving, and run again leaves every directory exactly at the point', async (t) => {
+  const seed = seedFromEnv();
+  t.diagnostic(`seed ${seed}`);
+  const rand = prng(seed);
+  const host = await threeSources(t, rand);
+  assert.equal((await host.run('backup', '--type', 'full')).code, 0);
+  const atPoint = await snapshots(host);
+  const args = ['restore', 'latest', '--in-place', '--delta'];
+  const mutate = async (round: number) => {
+    for (const [i, dir] of Object.values(host.dirs).entries()) await mutateTree(dir, rand, round * 3 + i, { operations: 6, sizeOf: (r) => Math.floor(r() * 200_000) });
+  };
+  await mutate(0);
+  const took = await workTime(host, args);
+  let killed = 0;
+  for (let round = 1; round <= 8; round++) {
+    await mutate(round);
+    const ms = Math.floor(rand() * took);
+    if (await killedAfter(host, args, ms)) killed++;
+    const r = await host.run(...args);
+    assert.equal(r.code, 0, `seed ${seed}, round ${round}, killed after ${ms} ms: ${r.stderr}`);
+    assert.equal(await differences(host, atPoint), undefined, `seed ${seed}, round ${round}, killed after ${ms} ms`);
+    assert.deepEqual(await besides(host), [], `seed ${seed}, round ${round}`);
+  }
+  t.diagnostic(`${killed} of 8 restores killed while they ran (a whole one took ${took} ms once it began to stage)`);
+});
+
+test('restore --in-place into directories that are gone, killed (SIGKILL) at random moments, among them while it moves them into place: the same command run again restores them all', async (t) => {
+  const seed = seedFromEnv();
+  t.diagnostic(`seed ${seed}`);
+  const rand = prng(seed);
+  // A large file in the second source: restored one after the other, the first would be in place long before the last.
+  const host = await threeSources(t, rand, 48 << 20);
+  assert.equal((await host.run('backup', '--type', 'full')).code, 0);
+  const atPoint = await snapshots(host);
+  const lost = () => Promise.all(Object.values(host.dirs).map((d) => fsp.rm(d, { recursive: true, force: true })));
+  await lost();
+  const took = await workTime(host, ['restore', 'latest', '--in-place']);
+  // Once the moves are about to begin, every directory is told which tree goes there.
+  const record = path.join(host.work, 'srv', '.models.lifeboat-moving');
+  const moving = () => fsp.lstat(record).then(() => true, () => false);
+  let partly = 0;
+  for (let round = 1; round <= 10; round++) {
+    await lost();
+    // Half the rounds at any moment, half as soon as the first directory is moved into place (or as the moves begin).
+    const atMoves = round % 2 === 0;
+    const ms = atMoves ? 0 : Math.floor(rand() * took);
+    await killedAfter(host, ['restore', 'latest', '--in-place'], ms, atMoves ? (rand() < 0.75 ? host.dirs.models : record) : undefined);
+    const there = (await Promise.all(Object.values(host.dirs).map((d) => fsp.stat(d).then(() => 1, () => 0)))).reduce((a: number, b) => a + b, 0);
+    if (there > 0 && there < 3) partly++;
+    t.diagnostic(`round ${round} ms ${ms} there ${there}`);
+    // One that finished before it was killed (or as good as: every directory moved, the records removed) leaves nothing
+    // to finish: the same command refuses the restored directories, as it refuses any that are not empty.
+    if (there === 3 && !(await moving()) && (await differences(host, atPoint)) === undefined) continue;
+    const r = await host.run('restore', 'latest', '--in-place');
+    assert.equal(r.code, 0, `seed ${seed}, round ${round}, killed after ${ms} ms${atMoves ? ' of the moves' : ''} with ${there} of 3 directories there: ${r.stderr}`);
+    assert.equal(await differences(host, atPoint), undefined, `seed ${seed}, round ${round}, killed after ${ms} ms`);
+    assert.deepEqual(await besides(host), [], `seed ${seed}, round ${round}`);
+  }
+  t.diagnostic(`${partly} of 10 kills left some directories moved and others not`);
+});
+
+test('restore --in-place checks room for every source on one file system together, before anything is fetched: each fits, both do not, and neither is restored', { skip: unshare ? false : 'unshare cannot make a mount namespace here' }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./srv/models\n  tokenizers: ./srv/tokenizers\n');
+  const read = await runInNamespace(work, [
+    'mkdir -p srv/models srv/tokenizers',
+    'head -c 5000000 /dev/urandom > srv/models/w.bin',
+    'head -c 5000000 /dev/urandom > srv/tokenizers/t.bin',
+    'node "$BIN" init > /dev/null',
+    'node "$BIN" backup 2> /dev/null',
+    // The host comes back with an 8 MiB disk where the sources were: 4.77 MiB each fit, 9.5 MiB do not.
+    'mount -t tmpfs -o size=8m tmpfs srv',
+    'status=0; node "$BIN" restore latest --in-place 2> out/stderr.txt || status=$?',
+    'echo "$status" > out/status.txt',
+    'ls -A srv > out/left.txt',
+  ]);
+  assert.equal((await read('status.txt')).trim(), '1', await read('stderr.txt'));
+  assert.match(await read('stderr.txt'), new RegExp(`the restore needs 9\\.5\\d MiB on the file system of ${work}/srv/models, ${work}/srv/tokenizers, and .* is free`));
+  assert.equal((await read('left.txt')).trim(), '', 'neither source was restored, nothing is left beside them');
+});
