@@ -10,7 +10,7 @@ import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } 
 import { appendEvent, inSwitchOrder, lastSwitchGeneration, readEvents, withoutEndedAnnouncements, type JournalEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
-import { whileReading } from './lock.js';
+import { readerLockOptions, whileReading, type ReaderLockOptions } from './lock.js';
 import { NotEnoughSpace, refusedBeforeWriting, removeLeftCopies, removeOtherStaging, restoreLeftUnfinished } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
 import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, markStateOf, settlePending, stateLeftBehind, switchNotMade, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
@@ -19,7 +19,7 @@ import { removeTree } from '../format/remove-tree.js';
 import { whileLeftUndone } from '../left-undone.js';
 import { quoteName } from '../format/quote.js';
 
-export interface SwitchOptions {
+export interface SwitchOptions extends ReaderLockOptions {
   signal?: AbortSignal;
   reporter?: Reporter;
   /**
@@ -641,7 +641,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
   // Registered as a reader of the point until its switch is journalled, not only while its slot is restored:
   // a prune started while the state goes back or the old slot drains would otherwise find it neither read nor
   // served, and remove the point the target is about to serve.
-  const context = { signal: options.signal, reporter: options.reporter ?? {}, warnings: [], reads: [manifest.id] };
+  const context = { ...readerLockOptions(options), reporter: options.reporter ?? {}, warnings: [], reads: [manifest.id] };
   return whileReading(repo.storage, 'failover', context, () => failoverRegistered(repo, manifest, spec, options));
 }
 

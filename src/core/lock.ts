@@ -442,10 +442,29 @@ export interface ReadLock {
 /** How often a reader waiting for a prune looks again. */
 const PRUNE_POLL_MS = 1000;
 
+/** How long a reader waits for a running prune when neither --retry-lock nor lock.retry says. */
+export const READER_WAIT_MS = 30 * 60 * 1000;
+
+/** How often a reader waiting for a prune says that it still waits. */
+const STILL_WAITING_MS = 60_000;
+
+/** What a reading command (restore, verify, drill, failover) is told about a running prune: how long to wait for it, and when its lock is stale. */
+export interface ReaderLockOptions {
+  /** How long to wait for a live prune before failing with exit 4 (--retry-lock, lock.retry); READER_WAIT_MS when unset. */
+  lockRetryMs?: number;
+  /** A prune's lock whose lease was not refreshed for this long is stale (--lock-stale-after, lock.staleAfter). */
+  lockStaleAfterMs?: number;
+}
+
+/** The options of a reading command that its registration as a reader takes. */
+export const readerLockOptions = (o: ReaderLockOptions & { signal?: AbortSignal }) => ({ signal: o.signal, lockRetryMs: o.lockRetryMs, lockStaleAfterMs: o.lockStaleAfterMs });
+
 export interface ReadLockOptions extends StalenessOptions {
   signal?: AbortSignal;
-  /** Called once when the reader has to wait for a prune that holds the lock. */
-  waiting?: (prune: LockInfo) => void;
+  /** How long to wait for a live prune before failing with exit 4; READER_WAIT_MS when unset. */
+  waitForMs?: number;
+  /** Called when the reader has to wait for a prune that holds the lock: once as it starts (`waitedMs` 0), then about every minute. */
+  waiting?: (prune: LockInfo, waitedMs: number, waitForMs: number) => void;
   /**
    * The points the reader reads (each with the chain it depends on, which a
    * prune keeps with it). A prune that has said what it removes, none of
@@ -459,10 +478,12 @@ export interface ReadLockOptions extends StalenessOptions {
 /**
  * Registers a reader (restore, verify, drill) under locks/readers/, so that a
  * prune does not delete what it reads: a prune that finds a live reader exits
- * 4, and a reader that finds a prune running waits for it to finish. Each
- * writes its own lock before looking for the other's, so of two that start
- * together at least one sees the other. Backups do not exclude readers: they
- * delete nothing a committed point uses. Where no lock can be written (a
+ * 4, and a reader that finds a prune running waits for it to finish, up to
+ * `waitForMs` (a prune alive but stuck, its lease refreshed by its timer while
+ * its work hangs, would otherwise hold it for ever), then exits 4 naming it.
+ * Each writes its own lock before looking for the other's, so of two that
+ * start together at least one sees the other. Backups do not exclude readers:
+ * they delete nothing a committed point uses. Where no lock can be written (a
  * repository mounted read-only, read-only credentials), the reader goes on
  * without one.
  */
@@ -487,6 +508,9 @@ export async function acquireReadLock(storage: Storage, command: string, options
       if (isPermissionRefused(err)) options.kept?.(errorMessage(err));
     });
   };
+  const waitForMs = options.waitForMs ?? READER_WAIT_MS;
+  const started = Date.now();
+  let told = started;
   let waitedFor: LockInfo | undefined;
   try {
     for (;;) {
@@ -494,10 +518,16 @@ export async function acquireReadLock(storage: Storage, command: string, options
       if (!writer || writer.stale || !DELETES_DATA.has(writer.info.command)) break;
       const removing = writer.info.removing;
       if (removing && options.reads && !options.reads.some((id) => removing.includes(id))) break;
+      const waited = Date.now() - started;
+      if (waited >= waitForMs) throw pruneOutwaited(command, writer.info, waitForMs);
       // Registered already, so no new prune starts; this one was past its look at the readers.
-      if (!waitedFor) options.waiting?.(writer.info);
+      if (!waitedFor) options.waiting?.(writer.info, 0, waitForMs);
+      else if (Date.now() - told >= STILL_WAITING_MS) {
+        told = Date.now();
+        options.waiting?.(writer.info, waited, waitForMs);
+      }
       waitedFor = writer.info;
-      await sleep(PRUNE_POLL_MS, options.signal);
+      await sleep(Math.min(PRUNE_POLL_MS, waitForMs - waited), options.signal);
       throwIfAborted(options.signal);
     }
   } catch (err) {
@@ -507,20 +537,33 @@ export async function acquireReadLock(storage: Storage, command: string, options
   return { waitedFor, release };
 }
 
+/** A reader that waited for a prune as long as it may: the prune, where it runs, and what to do. */
+function pruneOutwaited(command: string, prune: LockInfo, waitedMs: number): LockedError {
+  const elsewhere = prune.host !== os.hostname();
+  return new LockedError(`the repository is being pruned by ${describeLock(prune)}${waitedMs > 0 ? `, still after waiting ${formatDuration(waitedMs)}` : ''}; this ${command} reads what it may remove`, {
+    hint:
+      `if that prune is stuck (a hung mount or storage, a process stopped with Ctrl-Z), end process ${prune.pid} on ${prune.host} and run this ${command} again` +
+      (elsewhere ? ' (its lock stays until its lease runs out, lock.staleAfter: `lifeboat unlock --force` removes it once that process has ended)' : '') +
+      '; otherwise let it wait longer with --retry-lock (or lock.retry)',
+  });
+}
+
 /**
- * Runs `work` registered as a reader of the repository: after a running prune,
- * and keeping new ones from starting until it is done.
+ * Runs `work` registered as a reader of the repository: after a running prune
+ * (waited for up to `lockRetryMs`), and keeping new ones from starting until it is done.
  */
 export async function whileReading<T>(
   storage: Storage,
   command: string,
-  context: { signal?: AbortSignal; reporter: Reporter; warnings: Notice[]; reads?: readonly string[] },
+  context: { signal?: AbortSignal; reporter: Reporter; warnings: Notice[]; reads?: readonly string[] } & ReaderLockOptions,
   work: () => Promise<T>,
 ): Promise<T> {
   const lock = await acquireReadLock(storage, command, {
     signal: context.signal,
     reads: context.reads,
-    waiting: (prune) => context.reporter.notice?.(waitingNotice(prune)),
+    staleAfterMs: context.lockStaleAfterMs,
+    waitForMs: context.lockRetryMs,
+    waiting: (prune, waitedMs, waitForMs) => context.reporter.notice?.(waitingNotice(prune, waitedMs, waitForMs)),
     kept: (reason) =>
       context.reporter.notice?.({
         level: 'warning',
@@ -557,9 +600,13 @@ async function throwIfPruned(storage: Storage, command: string, prune: LockInfo 
   }
 }
 
-/** What a reader says while it waits for a prune. */
-function waitingNotice(prune: LockInfo): Notice {
-  return { level: 'info', code: 'waiting-for-prune', message: `waiting for the ${describeLock(prune)} to finish` };
+/** What a reader says as it starts waiting for a prune, and about every minute while it still waits. */
+function waitingNotice(prune: LockInfo, waitedMs: number, waitForMs: number): Notice {
+  const message =
+    waitedMs === 0
+      ? `waiting for the ${describeLock(prune)} to finish, up to ${formatDuration(waitForMs)} (--retry-lock)`
+      : `still waiting for the ${describeLock(prune)} to finish: ${formatDuration(waitedMs)} so far, up to ${formatDuration(waitForMs)}`;
+  return { level: 'info', code: 'waiting-for-prune', message };
 }
 
 /** The warning of a reader that could not register itself. */
