@@ -145,3 +145,19 @@ test('a prune killed (SIGKILL) at any moment while it rewrites its lock leaves a
   }
   t.diagnostic(`killed holding its claim: ${claimsLeft} of 20`);
 });
+
+test("processes taking over a target's stale switch lock at once never both hold it, nor lose it to a third (the lock is replaced, never set aside)", { timeout: 5 * 60_000 }, async (t) => {
+  const slots = await tempDir();
+  t.after(() => fsp.rm(slots, { recursive: true, force: true }));
+  const stop = path.join(slots, 'stop');
+  // Each takes the lock, checks no other holds it, and leaves it as a killed failover would: every take is a takeover.
+  const churners = [0, 1, 2].map(() => worker(t, 'churn', slots, stop));
+  await sleep(20_000);
+  await fsp.writeFile(stop, '');
+  const said = await Promise.all(churners.map((w) => w.next()));
+  await Promise.all(churners.map(finished));
+  t.diagnostic(`takeovers: ${said.map((s) => s.taken).join(', ')}; found held: ${said.map((s) => s.busy).join(', ')}`);
+  assert.ok(said.every((s) => (s.taken as number) > 0), 'each took the lock');
+  assert.deepEqual(said.map((s) => s.both), [0, 0, 0], 'no process held the lock while another did');
+  assert.deepEqual((await fsp.readdir(slots)).filter((n) => n !== 'stop' && n !== '.lifeboat-switch.lock'), [], 'nothing is left beside the lock (no claim, no copy)');
+});

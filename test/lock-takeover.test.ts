@@ -11,7 +11,8 @@ import { lockTarget } from '../src/core/slots.js';
 import type { LockedError } from '../src/errors.js';
 import { LocalStorage } from '../src/storage/local.js';
 import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
-import { startedNow } from './helpers/processes.js';
+import { sleep, startedNow } from './helpers/processes.js';
+import { worker } from './helpers/lock-workers.js';
 import { smallDeployment } from './helpers/repo.js';
 import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
 
@@ -299,6 +300,43 @@ test("a target's switch lock whose pid now belongs to a process started after it
   // A lock of an older version, without the time it was taken, is judged by its pid alone.
   await fsp.writeFile(lockFile, JSON.stringify({ host: os.hostname(), pid: other.pid, command: 'failover' }));
   await assert.rejects(lockTarget(slots, 'prod', 'rollback'), (err: LockedError) => err.exitCode === 4);
+});
+
+test("a target's switch lock written on another host (slots on NFS) is taken over once its failover was killed and its lease ran out; a live holder's never is", { timeout: 120_000 }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const slots = path.join(work, 'slots');
+  await fsp.mkdir(slots);
+  const lockFile = path.join(slots, '.lifeboat-switch.lock');
+  // A failover on gpu-node-2 whose lease is 6 s: it refreshes it every 2 s while it runs.
+  const failover = worker(t, 'switch', slots, '6000', 'gpu-node-2');
+  assert.deepEqual(await failover.next(), { held: true });
+  const busy = (err: LockedError) => err.exitCode === 4 && new RegExp(`being switched by failover \\(pid ${failover.child.pid} on gpu-node-2, since `).test(err.message);
+  await sleep(9000);
+  await assert.rejects(lockTarget(slots, 'prod', 'rollback'), busy, 'alive, and longer than its lease since it took the lock');
+  assert.ok(Date.parse(JSON.parse(await fsp.readFile(lockFile, 'utf8')).refreshedAt) > Date.now() - 6000, 'its lease is refreshed');
+
+  failover.child.kill('SIGKILL');
+  await failover.exited;
+  let refused = 0;
+  let release: (() => Promise<void>) | undefined;
+  while (!release && refused < 200) {
+    release = await lockTarget(slots, 'prod', 'rollback').catch((err: LockedError) => {
+      assert.ok(busy(err), err.message);
+      assert.match(err.hint ?? '', /taken over once its lease has not been refreshed for 6\.0s/);
+      refused++;
+      return undefined;
+    });
+    if (!release) await sleep(100);
+  }
+  assert.ok(release, 'taken over once its lease ran out');
+  assert.equal(JSON.parse(await fsp.readFile(lockFile, 'utf8')).host, os.hostname());
+  await release();
+  await assert.rejects(fsp.access(lockFile), 'released');
+
+  // A lock of an earlier version records no lease: from another host it is never judged, as before.
+  await fsp.writeFile(lockFile, JSON.stringify({ host: 'gpu-node-2', pid: 4242, command: 'failover', startedAt: new Date(Date.now() - 86_400_000).toISOString() }));
+  await assert.rejects(lockTarget(slots, 'prod', 'rollback'), (err: LockedError) => err.exitCode === 4 && /being switched by failover \(pid 4242 on gpu-node-2/.test(err.message) && /remove /.test(err.hint ?? ''));
 });
 
 test('an unreadable lock (damaged, empty) is said to be unreadable, not described as a holder "? on ?, pid 0": unlock removes it, a backup takes it over', async (t) => {
