@@ -8,6 +8,7 @@ import { LockLostError, acquireLock, readStoredLock, removeLock } from '../src/c
 import { prune } from '../src/core/prune.js';
 import { Repository } from '../src/core/repository.js';
 import { lockTarget } from '../src/core/slots.js';
+import { formatStart, processStart } from '../src/format/process-alive.js';
 import type { LockedError } from '../src/errors.js';
 import { LocalStorage } from '../src/storage/local.js';
 import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
@@ -245,7 +246,8 @@ test("a prune's plan never names the lock: the stale lock a killed backup left i
   await assert.rejects(fsp.access(lockFile), 'the lock, taken over, is released');
 });
 
-test('a lock whose pid now belongs to a process started after it was taken (a reboot, a container run again) is stale: backup takes it over, unlock removes it', async (t) => {
+/** An empty repository and a source of one small file to back up into it. */
+async function smallRepository(t: { after(fn: () => Promise<void>): void }): Promise<{ src: string; repo: string }> {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
   const src = path.join(work, 'models');
@@ -253,6 +255,11 @@ test('a lock whose pid now belongs to a process started after it was taken (a re
   await fsp.mkdir(src);
   await fsp.writeFile(path.join(src, 'config.json'), '{}');
   assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  return { src, repo };
+}
+
+test('a lock whose pid now belongs to a process started after it was taken (a reboot, a container run again) is stale: backup takes it over, unlock removes it', async (t) => {
+  const { src, repo } = await smallRepository(t);
   // The process that now has the pid the lock names: started minutes after the lock was taken.
   const other = startedNow(t);
   const lockFile = path.join(repo, 'locks', 'lock.json');
@@ -278,6 +285,33 @@ test('a lock whose pid now belongs to a process started after it was taken (a re
   await fsp.writeFile(lockFile, JSON.stringify({ ...killed, startedAt: now, refreshedAt: now }));
   const live = await lifeboat(['--repo', repo, 'unlock']);
   assert.equal(live.code, 4, live.stdout + live.stderr);
+});
+
+test('a lock that records its process start (ticks since boot) is judged by it, not by the clock: a live holder after a clock stepped forward is not taken over, a pid given again after a clock stepped back is', { skip: processStart(process.pid) === undefined && 'the system does not tell when a process started (no /proc)' }, async (t) => {
+  const { src, repo } = await smallRepository(t);
+  const holder = startedNow(t);
+  const start = processStart(holder.pid!);
+  assert.ok(start, 'the system tells when it started');
+  const lockFile = path.join(repo, 'locks', 'lock.json');
+  const lockAt = async (at: Date, ticks: number) => {
+    await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+    const time = at.toISOString();
+    await fsp.writeFile(lockFile, JSON.stringify({ host: os.hostname(), pid: holder.pid, command: 'backup', startedAt: time, refreshedAt: new Date().toISOString(), leaseMs: 1_800_000, token: 'e'.repeat(32), processStart: formatStart({ ...start, ticks }) }));
+  };
+
+  // Taken, then the clock stepped forward 10 minutes: by the times its process started after it took the lock.
+  await lockAt(new Date(Date.now() - 10 * 60_000), start.ticks);
+  const live = await lifeboat(['--repo', repo, 'backup', src]);
+  assert.equal(live.code, 4, live.stderr);
+  assert.match(live.stderr, new RegExp(`locked by backup on .*, pid ${holder.pid}, `));
+  assert.equal((await lifeboat(['--repo', repo, 'unlock'])).code, 4, 'unlock refuses it too');
+
+  // The pid given to another process, the clock stepped back meanwhile: by the times it could be the holder.
+  await lockAt(new Date(Date.now() + 10 * 60_000), start.ticks - 1);
+  const backup = await lifeboat(['--repo', repo, 'backup', src]);
+  assert.equal(backup.code, 0, backup.stderr);
+  assert.match(backup.stderr, /took over a stale lock .*that pid is now another process's/);
+  await assert.rejects(fsp.access(lockFile), 'released');
 });
 
 test("a target's switch lock whose pid now belongs to a process started after it was taken is taken over; one taken after that process started is not", async (t) => {

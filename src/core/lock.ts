@@ -8,7 +8,7 @@ import { isNotFound, isPermissionRefused, type Storage } from '../storage/storag
 import { keys } from '../format/manifest.js';
 import { parseDocumentJson } from '../format/document.js';
 import type { Notice, Reporter } from './events.js';
-import { pidReusedSince, processRuns } from '../format/process-alive.js';
+import { formatStart, parseStart, pidReusedSince, processRuns, processStart, startDiffers } from '../format/process-alive.js';
 
 export const DEFAULT_LEASE_MS = 30 * 60 * 1000;
 
@@ -23,6 +23,8 @@ const lockSchema = z.object({
   removing: z.array(z.string().max(64)).max(10_000_000).optional(),
   /** Unique to one holding of the lock: its holder checks the stored lock still has it before each step that commits or deletes. */
   token: z.string().max(128).optional(),
+  /** When the holder's process started, `<ticks>-<boot>` (see ProcessStart), where the system says: tells it from a later process given its pid whatever the clock does. */
+  processStart: z.string().max(64).optional(),
 });
 export type LockInfo = z.infer<typeof lockSchema>;
 
@@ -66,7 +68,11 @@ export function lockStaleness(info: LockInfo, now: Date, options: StalenessOptio
   if (info.host === host) {
     if (!alive(info.pid)) return `process ${info.pid} no longer runs on ${host}`;
     // The pid was given again (a reboot, a container whose every run has the same pid): its holder is gone.
-    const started = pidReusedSince(info.pid, Date.parse(info.startedAt), options.startedAt);
+    // Told by the process's start as the system counts it where the lock records it, so that a clock stepped
+    // while the holder runs does not make it look gone; by the times otherwise.
+    const differs = options.startedAt ? undefined : startDiffers(info.pid, parseStart(info.processStart));
+    if (differs) return `process ${info.pid} no longer runs on ${host}: that pid is now another process's`;
+    const started = differs === undefined ? pidReusedSince(info.pid, Date.parse(info.startedAt), options.startedAt) : undefined;
     if (started !== undefined) {
       return `process ${info.pid} no longer runs on ${host}: that pid is now another process's, started at ${new Date(started).toISOString()}`;
     }
@@ -257,10 +263,16 @@ export function releaseAfter(lock: HeldLock | undefined, failed: boolean): Promi
   return failed ? released.catch(() => undefined) : released;
 }
 
+/** What a lock of this process says of when it started (see ProcessStart), where the system says. */
+export function ownProcessStart(): { processStart?: string } {
+  const start = processStart(process.pid);
+  return start ? { processStart: formatStart(start) } : {};
+}
+
 /** One attempt: the lock taken (a stale holder's taken over), or the live holder that has it. */
 async function tryLock(storage: Storage, command: string, leaseMs: number, options: StalenessOptions): Promise<{ held: HeldLock } | { busy: LockStatus }> {
   const now = new Date().toISOString();
-  const info: LockInfo = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs, token: randomBytes(16).toString('hex') };
+  const info: LockInfo = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs, token: randomBytes(16).toString('hex'), ...ownProcessStart() };
   const written = encodeLock(info);
   // A prune is what frees space: on a disk the repository filled, its lock may take the room kept aside for it.
   const spendReserve = command === 'prune';
@@ -489,7 +501,7 @@ export interface ReadLockOptions extends StalenessOptions {
  */
 export async function acquireReadLock(storage: Storage, command: string, options: ReadLockOptions = {}): Promise<ReadLock> {
   const now = new Date().toISOString();
-  const info: LockInfo = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs: DEFAULT_LEASE_MS };
+  const info: LockInfo = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs: DEFAULT_LEASE_MS, ...ownProcessStart() };
   const key = keys.reader(`${info.host.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 64)}-${info.pid}-${randomBytes(4).toString('hex')}`);
   try {
     await storage.putDocument(key, encodeLock(info));

@@ -10,7 +10,7 @@ import { readRegularFile, readRegularFileStats, syncPath, writeFileSynced } from
 import { makeDirectories } from '../format/mkdirs.js';
 import { ownerRuns } from '../format/process-alive.js';
 import { sleep } from '../sleep.js';
-import { DEFAULT_LEASE_MS, lockStaleness, refreshInterval } from './lock.js';
+import { DEFAULT_LEASE_MS, lockStaleness, ownProcessStart, refreshInterval } from './lock.js';
 import { replaceHolding } from '../storage/local.js';
 import { formatDuration } from '../config/duration.js';
 import { quoteName, shellWord } from '../format/quote.js';
@@ -384,6 +384,7 @@ interface SwitchLockHolder {
   /** When its holder last refreshed its lease (locks of earlier versions have none). */
   refreshedAt?: string;
   leaseMs?: number;
+  processStart?: string;
 }
 
 /**
@@ -411,7 +412,7 @@ export async function lockTarget(slots: string, name: string, command: string, l
   });
   const file = path.join(slots, TARGET_LOCK_FILE);
   const now = new Date().toISOString();
-  const holder = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs };
+  const holder = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs, ...ownProcessStart() };
   const mine = JSON.stringify(holder);
   for (let attempt = 0; attempt < LOCK_ATTEMPTS; attempt++) {
     let handle: fsp.FileHandle | undefined;
@@ -505,9 +506,9 @@ async function replaceSwitchLock(file: string, text: string, judged: string): Pr
  * judged from another host.
  */
 function holderGone(holder: SwitchLockHolder): boolean {
-  const { host, pid, command, startedAt, refreshedAt, leaseMs } = holder;
+  const { host, pid, command, startedAt, refreshedAt, leaseMs, processStart } = holder;
   if (typeof host === 'string' && typeof pid === 'number' && typeof command === 'string' && typeof startedAt === 'string' && typeof refreshedAt === 'string' && typeof leaseMs === 'number' && leaseMs > 0) {
-    return lockStaleness({ host, pid, command, startedAt, refreshedAt, leaseMs }, new Date()) !== undefined;
+    return lockStaleness({ host, pid, command, startedAt, refreshedAt, leaseMs, ...(typeof processStart === 'string' ? { processStart } : {}) }, new Date()) !== undefined;
   }
   return host === os.hostname() && typeof pid === 'number' && !ownerRuns(pid, typeof startedAt === 'string' ? Date.parse(startedAt) : undefined);
 }
