@@ -368,6 +368,29 @@ test("a target's switch lock written on another host (slots on NFS) is taken ove
   await release();
   await assert.rejects(fsp.access(lockFile), 'released');
 
+  // Stopped (Ctrl-Z) past its lease there, and taken over: continued, it finds its lock lost before it switches anything.
+  const stopped = worker(t, 'switch', slots, '3000', 'gpu-node-2');
+  assert.deepEqual(await stopped.next(), { held: true });
+  stopped.child.kill('SIGSTOP');
+  let taken: (() => Promise<void>) | undefined;
+  for (let tries = 0; !taken && tries < 200; tries++) {
+    taken = await lockTarget(slots, 'prod', 'rollback').catch(() => undefined);
+    if (!taken) await sleep(100);
+  }
+  assert.ok(taken, 'taken over once its lease ran out');
+  stopped.child.kill('SIGCONT');
+  stopped.child.stdin!.end();
+  assert.match(String((await stopped.next()).lost), /^this failover lost the switch lock of target prod: rollback \(pid \d+ on .*\) took it over/);
+  await stopped.exited;
+  assert.equal(JSON.parse(await fsp.readFile(lockFile, 'utf8')).pid, process.pid, 'its release leaves the new holder its lock');
+  await taken();
+
+  // On its own host, a live holder whose lease ran out (stopped with Ctrl-Z) keeps its lock: its pid tells.
+  const live = startedNow(t);
+  const longAgo = new Date(Date.now() - 3_600_000).toISOString();
+  await fsp.writeFile(lockFile, JSON.stringify({ host: os.hostname(), pid: live.pid, command: 'failover', startedAt: new Date().toISOString(), refreshedAt: longAgo, leaseMs: 1000 }));
+  await assert.rejects(lockTarget(slots, 'prod', 'rollback'), (err: LockedError) => err.exitCode === 4 && new RegExp(`being switched by failover \\(pid ${live.pid} on `).test(err.message));
+
   // A lock of an earlier version records no lease: from another host it is never judged, as before.
   await fsp.writeFile(lockFile, JSON.stringify({ host: 'gpu-node-2', pid: 4242, command: 'failover', startedAt: new Date(Date.now() - 86_400_000).toISOString() }));
   await assert.rejects(lockTarget(slots, 'prod', 'rollback'), (err: LockedError) => err.exitCode === 4 && /being switched by failover \(pid 4242 on gpu-node-2/.test(err.message) && /remove /.test(err.hint ?? ''));

@@ -8,9 +8,9 @@ import { LockedError, RuntimeFailure, UsageError, errorMessage, fileSystemHint }
 import { POINT_ID } from '../format/ids.js';
 import { readRegularFile, readRegularFileStats, syncPath, writeFileSynced } from '../format/durable.js';
 import { makeDirectories } from '../format/mkdirs.js';
-import { ownerRuns } from '../format/process-alive.js';
+import { ownerRuns, parseStart } from '../format/process-alive.js';
 import { sleep } from '../sleep.js';
-import { DEFAULT_LEASE_MS, lockStaleness, ownProcessStart, refreshInterval } from './lock.js';
+import { DEFAULT_LEASE_MS, ownProcessStart, refreshInterval } from './lock.js';
 import { replaceHolding } from '../storage/local.js';
 import { formatDuration } from '../config/duration.js';
 import { quoteName, shellWord } from '../format/quote.js';
@@ -400,7 +400,7 @@ interface SwitchLockHolder {
  * never missing and a lock another process took meanwhile stays its own.
  * Exit 4 otherwise.
  */
-export async function lockTarget(slots: string, name: string, command: string, leaseMs = DEFAULT_LEASE_MS): Promise<() => Promise<void>> {
+export async function lockTarget(slots: string, name: string, command: string, leaseMs = DEFAULT_LEASE_MS): Promise<SwitchLock> {
   await makeDirectories(slots).catch((err: unknown) => {
     // A path that can never be a directory (a file on the way, a name no file system holds) is the config's
     // to fix, and running again changes nothing: exit 2, as for any other key that cannot work.
@@ -420,7 +420,7 @@ export async function lockTarget(slots: string, name: string, command: string, l
       handle = await fsp.open(file, 'wx');
       await handle.writeFile(mine);
       await handle.close();
-      return holdSwitchLock(file, holder, mine);
+      return holdSwitchLock(file, name, holder, mine);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
         // Made but not written (a full disk): an empty lock would be left for the next run to judge.
@@ -456,17 +456,20 @@ export async function lockTarget(slots: string, name: string, command: string, l
           : `wait for it to finish; if that process is gone, remove ${quoteName(file)}`,
       });
     }
-    if (await replaceSwitchLock(file, mine, found.text)) return holdSwitchLock(file, holder, mine);
+    if (await replaceSwitchLock(file, mine, found.text)) return holdSwitchLock(file, name, holder, mine);
   }
   throw new LockedError(`target ${name}: could not take the switch lock ${quoteName(file)}, which kept changing hands`, { hint: 'another failover or rollback of this target is starting; run this one again when it has finished' });
 }
 
+/** Releases a target's switch lock when called; `check` throws (exit 4) unless it is still this holder's. */
+export type SwitchLock = (() => Promise<void>) & { check(): Promise<void> };
+
 /**
  * Keeps the switch lock `written` refreshed until it is released, each refresh made only over what this
  * holder last wrote: a lock taken over meanwhile (this process was stopped past its lease) is never
- * written back. Returns what releases it.
+ * written back, and `check` says so before the link is switched.
  */
-function holdSwitchLock(file: string, holder: SwitchLockHolder & { leaseMs: number }, written: string): () => Promise<void> {
+function holdSwitchLock(file: string, name: string, holder: SwitchLockHolder & { leaseMs: number; command: string }, written: string): SwitchLock {
   let stored = written;
   let refreshing: Promise<unknown> = Promise.resolve();
   const timer = setInterval(() => {
@@ -480,12 +483,28 @@ function holdSwitchLock(file: string, holder: SwitchLockHolder & { leaseMs: numb
       .catch(() => undefined);
   }, refreshInterval(holder.leaseMs));
   timer.unref();
-  return async () => {
+  const release = async () => {
     clearInterval(timer);
     await refreshing;
     const current = await fsp.readFile(file, 'utf8').catch(() => '');
     if (current === stored) await fsp.rm(file, { force: true });
   };
+  const check = async () => {
+    await refreshing;
+    const current = await fsp.readFile(file, 'utf8').catch(() => '');
+    if (current === stored) return;
+    let by = 'it was removed';
+    try {
+      const other = JSON.parse(current) as SwitchLockHolder;
+      by = `${other.command ?? 'another process'} (pid ${other.pid ?? '?'} on ${other.host ?? '?'}) took it over`;
+    } catch {
+      // removed, or being written
+    }
+    throw new LockedError(`this ${holder.command} lost the switch lock of target ${name}: ${by}, this process having been stopped or slowed past its lease`, {
+      hint: 'it stopped before switching the link; see lifeboat status, and run it again once the other has finished',
+    });
+  };
+  return Object.assign(release, { check });
 }
 
 /** Replaces the switch lock with `text` only while it still holds `judged`. */
@@ -500,17 +519,17 @@ async function replaceSwitchLock(file: string, text: string, judged: string): Pr
 }
 
 /**
- * Whether the holder of a switch lock is gone: by the repository lock's rules (a pid no longer running
- * on this host, or given again to a process started after the lock was taken; on another host, a lease
- * not refreshed for as long as it says). A lock of an earlier version, which records no lease, is never
- * judged from another host.
+ * Whether the holder of a switch lock is gone. On this host, its pid tells for certain: it no longer
+ * runs, or was given again to another process (its recorded start differs; in a lock without one, it
+ * started after the lock was taken); a failover stopped here (Ctrl-Z) keeps its lock. On another host
+ * (slots on NFS), once its lease has not been refreshed for as long as it says, as the repository
+ * lock's; a lock of an earlier version, which records no lease, is never judged from there.
  */
 function holderGone(holder: SwitchLockHolder): boolean {
-  const { host, pid, command, startedAt, refreshedAt, leaseMs, processStart } = holder;
-  if (typeof host === 'string' && typeof pid === 'number' && typeof command === 'string' && typeof startedAt === 'string' && typeof refreshedAt === 'string' && typeof leaseMs === 'number' && leaseMs > 0) {
-    return lockStaleness({ host, pid, command, startedAt, refreshedAt, leaseMs, ...(typeof processStart === 'string' ? { processStart } : {}) }, new Date()) !== undefined;
-  }
-  return host === os.hostname() && typeof pid === 'number' && !ownerRuns(pid, typeof startedAt === 'string' ? Date.parse(startedAt) : undefined);
+  const { host, pid, startedAt, refreshedAt, leaseMs, processStart } = holder;
+  if (host === os.hostname()) return typeof pid === 'number' && !ownerRuns(pid, typeof startedAt === 'string' ? Date.parse(startedAt) : undefined, parseStart(processStart));
+  const refreshed = typeof refreshedAt === 'string' ? Date.parse(refreshedAt) : Number.NaN;
+  return Number.isFinite(refreshed) && typeof leaseMs === 'number' && leaseMs > 0 && Date.now() - refreshed > leaseMs;
 }
 
 /** Whether a failover or rollback of the target in `slots` runs now (its switch lock is held by a process that is not gone). */

@@ -16,7 +16,8 @@
  *                            there, saying {"wrote": N} if that replace went through.
  * switch SLOTS LEASE [HOST]  takes the switch lock of the target whose slots are SLOTS as a failover, with
  *                            a lease of LEASE ms, as if it ran on HOST; says {"held": true}, then refreshes
- *                            it until its stdin closes, and releases it.
+ *                            it until its stdin closes, looks whether it still holds it, saying {"lost":
+ *                            message} or {"lost": null}, and releases it.
  * churn SLOTS STOP           until the file STOP exists, takes the switch lock of SLOTS, makes the file
  *                            SLOTS/inside with O_EXCL while it holds it (EEXIST: another holds it too),
  *                            removes it, and leaves the lock as a killed failover does (its pid gone), for
@@ -124,6 +125,7 @@ switch (mode) {
     say({ held: true });
     process.stdin.resume();
     await new Promise((resolve) => process.stdin.on('end', resolve));
+    say({ lost: await unlock.check().then(() => null, (err: Error) => err.message) });
     await unlock();
     break;
   }
