@@ -168,6 +168,24 @@ test('a reader never waits without limit for a prune alive but stuck (its lease 
   assert.equal((await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', target])).code, 0, 'once the prune has ended, the restore goes on');
 });
 
+test("a reader takes a prune's lock not refreshed for --lock-stale-after (or lock.staleAfter) as stale, and goes on", async (t) => {
+  const d = await twoFulls();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const lockFile = path.join(d.repo, 'locks', 'lock.json');
+  const tenMinutesAgo = new Date(Date.now() - 10 * 60_000).toISOString();
+  await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+  await fsp.writeFile(lockFile, JSON.stringify({ ...JSON.parse(lockDocument('prune')), refreshedAt: tenMinutesAgo }));
+  const waited = await lifeboat(['--repo', d.repo, 'verify', '--retry-lock', '1s']);
+  assert.equal(waited.code, 4, 'within its lease of 30 minutes, the prune is live');
+  const flag = await lifeboat(['--repo', d.repo, 'verify', '--retry-lock', '1s', '--lock-stale-after', '5m']);
+  assert.equal(flag.code, 0, flag.stderr);
+  assert.doesNotMatch(flag.stderr, /waiting/);
+  const config = path.join(d.work, 'lifeboat.yaml');
+  await fsp.writeFile(config, 'lock:\n  staleAfter: 5m\n  retry: 1s\n');
+  const configured = await lifeboat(['--repo', d.repo, '--config', config, 'restore', 'latest', '--target', path.join(d.work, 'a')]);
+  assert.equal(configured.code, 0, configured.stderr);
+});
+
 test('once a running prune has said which points it removes, a restore of another point goes on beside it; one of those points waits', { timeout: 60_000 }, async (t) => {
   const d = await twoFulls();
   t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
