@@ -1,64 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { acquireLock, readStoredLock } from '../src/core/lock.js';
 import { LocalStorage } from '../src/storage/local.js';
 import { prng, seedFromEnv, tempDir } from './helpers/tree.js';
 import { sleep } from './helpers/processes.js';
+import { finished, worker } from './helpers/lock-workers.js';
+import type { ChildProcess } from 'node:child_process';
 
-const WORKER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'helpers', 'lock-worker.js');
-
-interface Worker {
-  child: ChildProcess;
-  /** Each line of JSON it printed, as they come. */
-  lines: unknown[];
-  /** The next line it prints (or has printed beyond those already taken). */
-  next(): Promise<Record<string, unknown>>;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>;
-}
-
-function worker(t: { after(fn: () => void): void }, ...args: string[]): Worker {
-  const child = spawn(process.execPath, [WORKER, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-  t.after(() => {
-    child.kill('SIGCONT');
-    child.kill('SIGKILL');
-  });
-  const lines: unknown[] = [];
-  const waiting: ((line: Record<string, unknown>) => void)[] = [];
-  let taken = 0;
-  let partial = '';
-  child.stdout!.on('data', (chunk: Buffer) => {
-    partial += chunk.toString();
-    for (let nl = partial.indexOf('\n'); nl >= 0; nl = partial.indexOf('\n')) {
-      lines.push(JSON.parse(partial.slice(0, nl)));
-      partial = partial.slice(nl + 1);
-      if (waiting.length > 0) waiting.shift()!(lines[taken++] as Record<string, unknown>);
-    }
-  });
-  let stderr = '';
-  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>((resolve) => child.on('close', (code, signal) => resolve({ code, signal, stderr })));
-  return {
-    child,
-    lines,
-    next: () =>
-      taken < lines.length
-        ? Promise.resolve(lines[taken++] as Record<string, unknown>)
-        : Promise.race([
-            new Promise<Record<string, unknown>>((resolve) => waiting.push(resolve)),
-            exited.then(({ code, signal, stderr: err }) => assert.fail(`the worker ${args[0]} ended (${code ?? signal}) before saying more: ${err}`)),
-          ]),
-    exited,
-  };
-}
-
-async function finished(w: Worker): Promise<void> {
-  const { code, signal, stderr } = await w.exited;
-  assert.equal(code, 0, `the worker ended with ${code ?? signal}: ${stderr}`);
-}
 
 test('a prune rewriting its lock back to back is never found without one: readers looking meanwhile always see it, and a backup never takes it', { timeout: 10 * 60_000 }, async (t) => {
   const repo = await tempDir();
@@ -194,4 +144,20 @@ test('a prune killed (SIGKILL) at any moment while it rewrites its lock leaves a
     await next.release();
   }
   t.diagnostic(`killed holding its claim: ${claimsLeft} of 20`);
+});
+
+test("processes taking over a target's stale switch lock at once never both hold it, nor lose it to a third (the lock is replaced, never set aside)", { timeout: 5 * 60_000 }, async (t) => {
+  const slots = await tempDir();
+  t.after(() => fsp.rm(slots, { recursive: true, force: true }));
+  const stop = path.join(slots, 'stop');
+  // Each takes the lock, checks no other holds it, and leaves it as a killed failover would: every take is a takeover.
+  const churners = [0, 1, 2].map(() => worker(t, 'churn', slots, stop));
+  await sleep(20_000);
+  await fsp.writeFile(stop, '');
+  const said = await Promise.all(churners.map((w) => w.next()));
+  await Promise.all(churners.map(finished));
+  t.diagnostic(`takeovers: ${said.map((s) => s.taken).join(', ')}; found held: ${said.map((s) => s.busy).join(', ')}`);
+  assert.ok(said.every((s) => (s.taken as number) > 0), 'each took the lock');
+  assert.deepEqual(said.map((s) => s.both), [0, 0, 0], 'no process held the lock while another did');
+  assert.deepEqual((await fsp.readdir(slots)).filter((n) => n !== 'stop' && n !== '.lifeboat-switch.lock'), [], 'nothing is left beside the lock (no claim, no copy)');
 });

@@ -8,10 +8,12 @@ import { LockLostError, acquireLock, readStoredLock, removeLock } from '../src/c
 import { prune } from '../src/core/prune.js';
 import { Repository } from '../src/core/repository.js';
 import { lockTarget } from '../src/core/slots.js';
+import { formatStart, processStart } from '../src/format/process-alive.js';
 import type { LockedError } from '../src/errors.js';
 import { LocalStorage } from '../src/storage/local.js';
 import { lifeboat, runChild, spawnLifeboat } from './helpers/cli.js';
-import { startedNow } from './helpers/processes.js';
+import { sleep, startedNow } from './helpers/processes.js';
+import { worker } from './helpers/lock-workers.js';
 import { smallDeployment } from './helpers/repo.js';
 import { prng, tempDir, writeRandomFile } from './helpers/tree.js';
 
@@ -244,7 +246,8 @@ test("a prune's plan never names the lock: the stale lock a killed backup left i
   await assert.rejects(fsp.access(lockFile), 'the lock, taken over, is released');
 });
 
-test('a lock whose pid now belongs to a process started after it was taken (a reboot, a container run again) is stale: backup takes it over, unlock removes it', async (t) => {
+/** An empty repository and a source of one small file to back up into it. */
+async function smallRepository(t: { after(fn: () => Promise<void>): void }): Promise<{ src: string; repo: string }> {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
   const src = path.join(work, 'models');
@@ -252,6 +255,11 @@ test('a lock whose pid now belongs to a process started after it was taken (a re
   await fsp.mkdir(src);
   await fsp.writeFile(path.join(src, 'config.json'), '{}');
   assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  return { src, repo };
+}
+
+test('a lock whose pid now belongs to a process started after it was taken (a reboot, a container run again) is stale: backup takes it over, unlock removes it', async (t) => {
+  const { src, repo } = await smallRepository(t);
   // The process that now has the pid the lock names: started minutes after the lock was taken.
   const other = startedNow(t);
   const lockFile = path.join(repo, 'locks', 'lock.json');
@@ -279,6 +287,33 @@ test('a lock whose pid now belongs to a process started after it was taken (a re
   assert.equal(live.code, 4, live.stdout + live.stderr);
 });
 
+test('a lock that records its process start (ticks since boot) is judged by it, not by the clock: a live holder after a clock stepped forward is not taken over, a pid given again after a clock stepped back is', { skip: processStart(process.pid) === undefined && 'the system does not tell when a process started (no /proc)' }, async (t) => {
+  const { src, repo } = await smallRepository(t);
+  const holder = startedNow(t);
+  const start = processStart(holder.pid!);
+  assert.ok(start, 'the system tells when it started');
+  const lockFile = path.join(repo, 'locks', 'lock.json');
+  const lockAt = async (at: Date, ticks: number) => {
+    await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+    const time = at.toISOString();
+    await fsp.writeFile(lockFile, JSON.stringify({ host: os.hostname(), pid: holder.pid, command: 'backup', startedAt: time, refreshedAt: new Date().toISOString(), leaseMs: 1_800_000, token: 'e'.repeat(32), processStart: formatStart({ ...start, ticks }) }));
+  };
+
+  // Taken, then the clock stepped forward 10 minutes: by the times its process started after it took the lock.
+  await lockAt(new Date(Date.now() - 10 * 60_000), start.ticks);
+  const live = await lifeboat(['--repo', repo, 'backup', src]);
+  assert.equal(live.code, 4, live.stderr);
+  assert.match(live.stderr, new RegExp(`locked by backup on .*, pid ${holder.pid}, `));
+  assert.equal((await lifeboat(['--repo', repo, 'unlock'])).code, 4, 'unlock refuses it too');
+
+  // The pid given to another process, the clock stepped back meanwhile: by the times it could be the holder.
+  await lockAt(new Date(Date.now() + 10 * 60_000), start.ticks - 1);
+  const backup = await lifeboat(['--repo', repo, 'backup', src]);
+  assert.equal(backup.code, 0, backup.stderr);
+  assert.match(backup.stderr, /took over a stale lock .*that pid is now another process's/);
+  await assert.rejects(fsp.access(lockFile), 'released');
+});
+
 test("a target's switch lock whose pid now belongs to a process started after it was taken is taken over; one taken after that process started is not", async (t) => {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
@@ -299,6 +334,66 @@ test("a target's switch lock whose pid now belongs to a process started after it
   // A lock of an older version, without the time it was taken, is judged by its pid alone.
   await fsp.writeFile(lockFile, JSON.stringify({ host: os.hostname(), pid: other.pid, command: 'failover' }));
   await assert.rejects(lockTarget(slots, 'prod', 'rollback'), (err: LockedError) => err.exitCode === 4);
+});
+
+test("a target's switch lock written on another host (slots on NFS) is taken over once its failover was killed and its lease ran out; a live holder's never is", { timeout: 120_000 }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const slots = path.join(work, 'slots');
+  await fsp.mkdir(slots);
+  const lockFile = path.join(slots, '.lifeboat-switch.lock');
+  // A failover on gpu-node-2 whose lease is 6 s: it refreshes it every 2 s while it runs.
+  const failover = worker(t, 'switch', slots, '6000', 'gpu-node-2');
+  assert.deepEqual(await failover.next(), { held: true });
+  const busy = (err: LockedError) => err.exitCode === 4 && new RegExp(`being switched by failover \\(pid ${failover.child.pid} on gpu-node-2, since `).test(err.message);
+  await sleep(9000);
+  await assert.rejects(lockTarget(slots, 'prod', 'rollback'), busy, 'alive, and longer than its lease since it took the lock');
+  assert.ok(Date.parse(JSON.parse(await fsp.readFile(lockFile, 'utf8')).refreshedAt) > Date.now() - 6000, 'its lease is refreshed');
+
+  failover.child.kill('SIGKILL');
+  await failover.exited;
+  let refused = 0;
+  let release: (() => Promise<void>) | undefined;
+  while (!release && refused < 200) {
+    release = await lockTarget(slots, 'prod', 'rollback').catch((err: LockedError) => {
+      assert.ok(busy(err), err.message);
+      assert.match(err.hint ?? '', /taken over once its lease has not been refreshed for 6\.0s/);
+      refused++;
+      return undefined;
+    });
+    if (!release) await sleep(100);
+  }
+  assert.ok(release, 'taken over once its lease ran out');
+  assert.equal(JSON.parse(await fsp.readFile(lockFile, 'utf8')).host, os.hostname());
+  await release();
+  await assert.rejects(fsp.access(lockFile), 'released');
+
+  // Stopped (Ctrl-Z) past its lease there, and taken over: continued, it finds its lock lost before it switches anything.
+  const stopped = worker(t, 'switch', slots, '3000', 'gpu-node-2');
+  assert.deepEqual(await stopped.next(), { held: true });
+  stopped.child.kill('SIGSTOP');
+  let taken: (() => Promise<void>) | undefined;
+  for (let tries = 0; !taken && tries < 200; tries++) {
+    taken = await lockTarget(slots, 'prod', 'rollback').catch(() => undefined);
+    if (!taken) await sleep(100);
+  }
+  assert.ok(taken, 'taken over once its lease ran out');
+  stopped.child.kill('SIGCONT');
+  stopped.child.stdin!.end();
+  assert.match(String((await stopped.next()).lost), /^this failover lost the switch lock of target prod: rollback \(pid \d+ on .*\) took it over/);
+  await stopped.exited;
+  assert.equal(JSON.parse(await fsp.readFile(lockFile, 'utf8')).pid, process.pid, 'its release leaves the new holder its lock');
+  await taken();
+
+  // On its own host, a live holder whose lease ran out (stopped with Ctrl-Z) keeps its lock: its pid tells.
+  const live = startedNow(t);
+  const longAgo = new Date(Date.now() - 3_600_000).toISOString();
+  await fsp.writeFile(lockFile, JSON.stringify({ host: os.hostname(), pid: live.pid, command: 'failover', startedAt: new Date().toISOString(), refreshedAt: longAgo, leaseMs: 1000 }));
+  await assert.rejects(lockTarget(slots, 'prod', 'rollback'), (err: LockedError) => err.exitCode === 4 && new RegExp(`being switched by failover \\(pid ${live.pid} on `).test(err.message));
+
+  // A lock of an earlier version records no lease: from another host it is never judged, as before.
+  await fsp.writeFile(lockFile, JSON.stringify({ host: 'gpu-node-2', pid: 4242, command: 'failover', startedAt: new Date(Date.now() - 86_400_000).toISOString() }));
+  await assert.rejects(lockTarget(slots, 'prod', 'rollback'), (err: LockedError) => err.exitCode === 4 && /being switched by failover \(pid 4242 on gpu-node-2/.test(err.message) && /remove /.test(err.hint ?? ''));
 });
 
 test('an unreadable lock (damaged, empty) is said to be unreadable, not described as a holder "? on ?, pid 0": unlock removes it, a backup takes it over', async (t) => {

@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import { lifeboat } from './helpers/cli.js';
 import { smallDeployment } from './helpers/repo.js';
 import { sleep } from './helpers/processes.js';
+import { finished, worker } from './helpers/lock-workers.js';
 import { makePointId } from '../src/format/ids.js';
 import { Repository } from '../src/core/repository.js';
 import { prune } from '../src/core/prune.js';
@@ -128,6 +129,61 @@ test('restore and verify wait for a running prune to finish, not for a backup', 
   controller.abort();
   assert.equal((await interrupted).code, 130);
   assert.deepEqual(await readers(d.repo), []);
+});
+
+test('a reader never waits without limit for a prune alive but stuck (its lease refreshed) or stopped (SIGSTOP): after --retry-lock or lock.retry it exits 4 naming the prune, its host and pid', { timeout: 120_000 }, async (t) => {
+  const d = await twoFulls();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  // A real process that holds the lock as a prune, its lease refreshed by its timer, and does nothing more.
+  const stuck = worker(t, 'announce', d.repo, '0');
+  assert.deepEqual(await stuck.next(), { held: true });
+  const pid = stuck.child.pid!;
+  const target = path.join(d.work, 'a');
+  const restored = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', target, '--retry-lock', '2s']);
+  assert.equal(restored.code, 4, restored.stderr);
+  assert.match(restored.stderr, new RegExp(`waiting for the prune on ${os.hostname()}, pid ${pid}, since .* to finish, up to 2\\.0s`));
+  assert.match(restored.stderr, new RegExp(`the repository is being pruned by prune on ${os.hostname()}, pid ${pid}, since .*, still after waiting 2\\.0s; this restore reads what it may remove`));
+  assert.match(restored.stderr, new RegExp(`end process ${pid} on ${os.hostname()} and run this restore again`));
+  await assert.rejects(fsp.access(target), 'nothing is restored');
+  assert.deepEqual(await readers(d.repo), [], 'its registration as a reader is removed');
+
+  // Stopped (Ctrl-Z): its lease is not refreshed, but has not run out; lock.retry of the config bounds the wait.
+  stuck.child.kill('SIGSTOP');
+  const config = path.join(d.work, 'lifeboat.yaml');
+  await fsp.writeFile(config, 'lock:\n  retry: 1s\n');
+  for (const args of [['verify'], ['drill'], ['restore', 'latest', '--target', target]]) {
+    const r = await lifeboat(['--repo', d.repo, '--config', config, ...args]);
+    assert.equal(r.code, 4, `${args[0]}: ${r.stderr}`);
+    // A drill's restore is the reader.
+    assert.match(r.stderr, new RegExp(`being pruned by prune on ${os.hostname()}, pid ${pid}, .*still after waiting 1\\.0s; this ${args[0] === 'drill' ? 'restore' : args[0]} reads`));
+  }
+  // --retry-lock 0 does not wait at all, and the flag wins over the config.
+  const now = await lifeboat(['--repo', d.repo, '--config', config, 'verify', '--retry-lock', '0']);
+  assert.equal(now.code, 4, now.stderr);
+  assert.match(now.stderr, /being pruned by prune on .*; this verify reads what it may remove/);
+  assert.doesNotMatch(now.stderr, /still after waiting/);
+  stuck.child.kill('SIGCONT');
+  stuck.child.stdin!.end();
+  await finished(stuck);
+  assert.equal((await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', target])).code, 0, 'once the prune has ended, the restore goes on');
+});
+
+test("a reader takes a prune's lock not refreshed for --lock-stale-after (or lock.staleAfter) as stale, and goes on", async (t) => {
+  const d = await twoFulls();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const lockFile = path.join(d.repo, 'locks', 'lock.json');
+  const tenMinutesAgo = new Date(Date.now() - 10 * 60_000).toISOString();
+  await fsp.mkdir(path.dirname(lockFile), { recursive: true });
+  await fsp.writeFile(lockFile, JSON.stringify({ ...JSON.parse(lockDocument('prune')), refreshedAt: tenMinutesAgo }));
+  const waited = await lifeboat(['--repo', d.repo, 'verify', '--retry-lock', '1s']);
+  assert.equal(waited.code, 4, 'within its lease of 30 minutes, the prune is live');
+  const flag = await lifeboat(['--repo', d.repo, 'verify', '--retry-lock', '1s', '--lock-stale-after', '5m']);
+  assert.equal(flag.code, 0, flag.stderr);
+  assert.doesNotMatch(flag.stderr, /waiting/);
+  const config = path.join(d.work, 'lifeboat.yaml');
+  await fsp.writeFile(config, 'lock:\n  staleAfter: 5m\n  retry: 1s\n');
+  const configured = await lifeboat(['--repo', d.repo, '--config', config, 'restore', 'latest', '--target', path.join(d.work, 'a')]);
+  assert.equal(configured.code, 0, configured.stderr);
 });
 
 test('once a running prune has said which points it removes, a restore of another point goes on beside it; one of those points waits', { timeout: 60_000 }, async (t) => {

@@ -10,7 +10,8 @@ import { compareSnapshots, prng, seedFromEnv, snapshotTree, tempDir, writeRandom
 import { InterruptedError } from '../src/errors.js';
 import { Repository } from '../src/core/repository.js';
 import { restore } from '../src/core/restore.js';
-import { removeOtherStaging, stagingPath } from '../src/core/restore-target.js';
+import { lockRestoreTarget, removeOtherStaging, stagingPath } from '../src/core/restore-target.js';
+import { formatStart, processStart } from '../src/format/process-alive.js';
 import type { Notice } from '../src/core/events.js';
 import { LocalStorage } from '../src/storage/local.js';
 
@@ -268,4 +269,34 @@ test('a second restore into a target another restore is writing exits 4 at once,
   assert.equal(r.code, 0, r.stderr);
   assert.equal(compareSnapshots(second, await snapshotTree(path.join(target, 'models'))), undefined);
   assert.deepEqual((await fsp.readdir(work)).filter((n) => n.startsWith('.restored')), [], 'no lock or staging directory left');
+});
+
+test("a restore target's lock names its process's start as the system counts it (ticks since boot), so a clock stepped by more than a minute neither makes a live owner look gone nor a pid given again look like its owner", { skip: processStart(process.pid) === undefined && 'the system does not tell when a process started (no /proc)' }, async (t) => {
+  const { work, src, repo } = await smallDeployment();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', repo, 'backup', src])).code, 0);
+  const target = path.join(work, 'restored');
+  const lock = path.join(work, '.restored.lifeboat-restoring');
+
+  const unlock = await lockRestoreTarget(target, false);
+  assert.match(await fsp.readlink(lock), new RegExp(`^${process.pid}-\\d+-${processStart(process.pid)!.ticks}-[0-9a-f]{8}$`), 'this process and its start');
+  await unlock();
+
+  // A live restore that took its lock, after which the clock was stepped forward 10 minutes: its recorded time is 10 minutes before its start by the clock now.
+  const holder = startedNow(t);
+  const start = processStart(holder.pid!);
+  assert.ok(start, 'the system tells when it started');
+  const before = Math.floor(Date.now() / 1000) - 600;
+  await fsp.symlink(`${holder.pid}-${before}-${formatStart(start)}`, lock);
+  const refused = await runChild(['--repo', repo, 'restore', 'latest', '--target', target]);
+  assert.equal(refused.code, 4, refused.stderr);
+  assert.match(refused.stderr, new RegExp(`being restored by another lifeboat process \\(pid ${holder.pid}, `));
+  await assert.rejects(fsp.access(target), 'nothing restored');
+
+  // The same pid given to another process (the owner gone, the clock stepped back): its start differs, whatever the recorded time says.
+  await fsp.rm(lock);
+  await fsp.symlink(`${holder.pid}-${Math.floor(Date.now() / 1000) + 600}-${formatStart({ ...start, ticks: start.ticks - 1 })}`, lock);
+  const taken = await runChild(['--repo', repo, 'restore', 'latest', '--target', target]);
+  assert.equal(taken.code, 0, taken.stderr);
+  await assert.rejects(fsp.access(lock), 'taken over, and removed when done');
 });

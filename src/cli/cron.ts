@@ -12,10 +12,14 @@ import { durationFlag, nonEmpty, reportFileFlag } from './flags.js';
 import { makeDirectories } from '../format/mkdirs.js';
 
 /** Flags every command run unattended takes (backup, verify, prune, drill). */
-export interface CronFlags {
+export interface CronFlags extends LockFlags {
   metricsFile?: string;
   notifyUrl?: string;
   notifyOn?: string[];
+}
+
+/** The flags of a command that takes the repository lock, or waits for a prune that holds it. */
+export interface LockFlags {
   lockStaleAfter?: string;
   retryLock?: string;
 }
@@ -61,13 +65,28 @@ export function addCronOptions(command: Command, options: { lock?: boolean } = {
   return command;
 }
 
+/**
+ * The flags of a reader (restore, verify, drill, failover): how long it waits for a running prune before
+ * exiting 4, and when that prune's lock is stale (a prune stopped, or killed on another host).
+ */
+export function addReaderLockOptions(command: Command): Command {
+  return command
+    .option('--retry-lock <duration>', 'wait this long for a running prune to finish before exiting 4 (lock.retry; default 30m)')
+    .option('--lock-stale-after <duration>', "take a prune's lock not refreshed for this long as stale and go on (lock.staleAfter; default 30m)");
+}
+
+/** What a reader (restore, verify, drill, failover) tells its registration as a reader: flags > config > READER_WAIT_MS and the holder's lease. */
+export function readerLockMs(flags: LockFlags, config: LifeboatConfig): { lockRetryMs?: number; lockStaleAfterMs?: number } {
+  return { lockRetryMs: lockRetryMs(flags, config), lockStaleAfterMs: lockStaleAfterMs(flags, config) };
+}
+
 /** flags > config > default (the holder's recorded lease, 30 minutes by default). */
-export function lockStaleAfterMs(flags: CronFlags, config: LifeboatConfig): number | undefined {
+export function lockStaleAfterMs(flags: LockFlags, config: LifeboatConfig): number | undefined {
   return durationFlag('--lock-stale-after', flags.lockStaleAfter ?? config.lock?.staleAfter, { positive: true, example: '10m or 2h' });
 }
 
 /** flags > config > not at all. */
-export function lockRetryMs(flags: CronFlags, config: LifeboatConfig): number | undefined {
+export function lockRetryMs(flags: LockFlags, config: LifeboatConfig): number | undefined {
   return durationFlag('--retry-lock', flags.retryLock ?? config.lock?.retry, { example: '10m or 2h' });
 }
 

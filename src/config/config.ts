@@ -172,7 +172,7 @@ export const configSchema = z
     lock: z
       .object({
         staleAfter: positiveDuration.describe('a lock whose lease was not refreshed for this long is stale and taken over (default 30m)').optional(),
-        retry: duration.describe('how long backup and prune wait for a lock another live process holds (default: not at all)').optional(),
+        retry: duration.describe('how long backup and prune wait for a lock another live process holds (default: not at all), and restore, verify, drill and failover for a running prune (default 30m)').optional(),
       })
       .strict()
       .optional(),

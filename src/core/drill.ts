@@ -10,6 +10,7 @@ import { keepingWarnings, leftWorkDirectory, type Notice, type Reporter } from '
 import { appendEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
+import { readerLockOptions, type ReaderLockOptions } from './lock.js';
 import { validateDirectory } from '../model/validate.js';
 import { runPool } from './pool.js';
 import { afterDelay } from '../sleep.js';
@@ -64,7 +65,7 @@ export interface DrillResult {
   warnings: Notice[];
 }
 
-export interface DrillOptions {
+export interface DrillOptions extends ReaderLockOptions {
   smoke?: string;
   smokeTimeoutMs?: number;
   rtoMs?: number;
@@ -140,7 +141,7 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
     let restored = false;
     try {
       // Through the page cache, as a failover restores: the read-back check and the smoke test then find the files in memory.
-      const r = await restore(repo, point, { target, concurrency: options.concurrency, pageCache: true, disposable: true, signal: options.signal, reporter });
+      const r = await restore(repo, point, { target, concurrency: options.concurrency, pageCache: true, disposable: true, ...readerLockOptions(options), reporter });
       files = r.files;
       bytes = r.bytes;
       restored = true;

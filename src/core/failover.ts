@@ -10,16 +10,16 @@ import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } 
 import { appendEvent, inSwitchOrder, lastSwitchGeneration, readEvents, withoutEndedAnnouncements, type JournalEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
-import { whileReading } from './lock.js';
+import { readerLockOptions, whileReading, type ReaderLockOptions } from './lock.js';
 import { NotEnoughSpace, refusedBeforeWriting, removeLeftCopies, removeOtherStaging, restoreLeftUnfinished } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
-import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, markStateOf, settlePending, stateLeftBehind, switchNotMade, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
+import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, markStateOf, settlePending, stateLeftBehind, switchNotMade, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchLock, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
 import type { TargetSpec } from './targets.js';
 import { removeTree } from '../format/remove-tree.js';
 import { whileLeftUndone } from '../left-undone.js';
 import { quoteName } from '../format/quote.js';
 
-export interface SwitchOptions {
+export interface SwitchOptions extends ReaderLockOptions {
   signal?: AbortSignal;
   reporter?: Reporter;
   /**
@@ -83,6 +83,8 @@ interface Run {
   stateSources?: string[];
   /** The switch's generation among the target's switches, once it is announced. */
   generation?: number;
+  /** The target's switch lock, looked at once more before the switch is announced. */
+  lock?: SwitchLock;
   /** The switch is being switched back: once that is journalled, the record no longer holds it as announced. */
   switchingBack?: boolean;
   /** The switch announced: the slot served and the one switched to. */
@@ -232,6 +234,8 @@ async function transition(
   // Written down before anything is drained: in the target's record, and in the journal, which a prune on
   // another host reads. Killed once the link moved, before the end is journalled, the point now served is kept.
   const journalled = 'unreadable' in repo ? undefined : () => lastSwitchGeneration(repo.storage, run.spec.name);
+  // Taken over while this process was stopped past its lease (on another host sharing the slots): nothing is switched.
+  await run.lock?.check();
   run.generation = await announceSwitch(run.spec.slots, run.spec.active, switchRecord(run, from, to, kind), journalled);
   run.move = { from, to };
   await announceInJournal(run, repo, kind, point);
@@ -641,7 +645,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
   // Registered as a reader of the point until its switch is journalled, not only while its slot is restored:
   // a prune started while the state goes back or the old slot drains would otherwise find it neither read nor
   // served, and remove the point the target is about to serve.
-  const context = { signal: options.signal, reporter: options.reporter ?? {}, warnings: [], reads: [manifest.id] };
+  const context = { ...readerLockOptions(options), reporter: options.reporter ?? {}, warnings: [], reads: [manifest.id] };
   return whileReading(repo.storage, 'failover', context, () => failoverRegistered(repo, manifest, spec, options));
 }
 
@@ -649,6 +653,7 @@ async function failoverRegistered(repo: Repository, manifest: Manifest, spec: Ta
   const run: Run = { spec, options, started: Date.now() };
   const slot = slotPath(spec.slots, manifest.id);
   const unlock = await lockTarget(spec.slots, spec.name, `failover ${manifest.id}`);
+  run.lock = unlock;
   /** What the target served when the failover started, said when it is interrupted before the switch. */
   let served = 'nothing';
   /** Once the new point's serving state went back: puts back that of the point still served, for a failover stopped before the switch (interrupted or not). */
@@ -794,6 +799,7 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
   const slots = await fsp.lstat(spec.slots).catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? undefined : null));
   if (slots === undefined) throw noPreviousSlot(spec);
   const unlock = await lockTarget(spec.slots, spec.name, 'rollback');
+  run.lock = unlock;
   try {
     await finishSwitchBack(run, repo);
     const state = await readTargetState(spec.slots);

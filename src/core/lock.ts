@@ -8,7 +8,7 @@ import { isNotFound, isPermissionRefused, type Storage } from '../storage/storag
 import { keys } from '../format/manifest.js';
 import { parseDocumentJson } from '../format/document.js';
 import type { Notice, Reporter } from './events.js';
-import { pidReusedSince, processRuns } from '../format/process-alive.js';
+import { formatStart, parseStart, pidReusedSince, processRuns, processStart, startDiffers } from '../format/process-alive.js';
 
 export const DEFAULT_LEASE_MS = 30 * 60 * 1000;
 
@@ -23,6 +23,8 @@ const lockSchema = z.object({
   removing: z.array(z.string().max(64)).max(10_000_000).optional(),
   /** Unique to one holding of the lock: its holder checks the stored lock still has it before each step that commits or deletes. */
   token: z.string().max(128).optional(),
+  /** When the holder's process started, `<ticks>-<boot>` (see ProcessStart), where the system says: tells it from a later process given its pid whatever the clock does. */
+  processStart: z.string().max(64).optional(),
 });
 export type LockInfo = z.infer<typeof lockSchema>;
 
@@ -66,7 +68,11 @@ export function lockStaleness(info: LockInfo, now: Date, options: StalenessOptio
   if (info.host === host) {
     if (!alive(info.pid)) return `process ${info.pid} no longer runs on ${host}`;
     // The pid was given again (a reboot, a container whose every run has the same pid): its holder is gone.
-    const started = pidReusedSince(info.pid, Date.parse(info.startedAt), options.startedAt);
+    // Told by the process's start as the system counts it where the lock records it, so that a clock stepped
+    // while the holder runs does not make it look gone; by the times otherwise.
+    const differs = options.startedAt ? undefined : startDiffers(info.pid, parseStart(info.processStart));
+    if (differs) return `process ${info.pid} no longer runs on ${host}: that pid is now another process's`;
+    const started = differs === undefined ? pidReusedSince(info.pid, Date.parse(info.startedAt), options.startedAt) : undefined;
     if (started !== undefined) {
       return `process ${info.pid} no longer runs on ${host}: that pid is now another process's, started at ${new Date(started).toISOString()}`;
     }
@@ -257,10 +263,16 @@ export function releaseAfter(lock: HeldLock | undefined, failed: boolean): Promi
   return failed ? released.catch(() => undefined) : released;
 }
 
+/** What a lock of this process says of when it started (see ProcessStart), where the system says. */
+export function ownProcessStart(): { processStart?: string } {
+  const start = processStart(process.pid);
+  return start ? { processStart: formatStart(start) } : {};
+}
+
 /** One attempt: the lock taken (a stale holder's taken over), or the live holder that has it. */
 async function tryLock(storage: Storage, command: string, leaseMs: number, options: StalenessOptions): Promise<{ held: HeldLock } | { busy: LockStatus }> {
   const now = new Date().toISOString();
-  const info: LockInfo = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs, token: randomBytes(16).toString('hex') };
+  const info: LockInfo = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs, token: randomBytes(16).toString('hex'), ...ownProcessStart() };
   const written = encodeLock(info);
   // A prune is what frees space: on a disk the repository filled, its lock may take the room kept aside for it.
   const spendReserve = command === 'prune';
@@ -442,10 +454,29 @@ export interface ReadLock {
 /** How often a reader waiting for a prune looks again. */
 const PRUNE_POLL_MS = 1000;
 
+/** How long a reader waits for a running prune when neither --retry-lock nor lock.retry says. */
+export const READER_WAIT_MS = 30 * 60 * 1000;
+
+/** How often a reader waiting for a prune says that it still waits. */
+const STILL_WAITING_MS = 60_000;
+
+/** What a reading command (restore, verify, drill, failover) is told about a running prune: how long to wait for it, and when its lock is stale. */
+export interface ReaderLockOptions {
+  /** How long to wait for a live prune before failing with exit 4 (--retry-lock, lock.retry); READER_WAIT_MS when unset. */
+  lockRetryMs?: number;
+  /** A prune's lock whose lease was not refreshed for this long is stale (--lock-stale-after, lock.staleAfter). */
+  lockStaleAfterMs?: number;
+}
+
+/** The options of a reading command that its registration as a reader takes. */
+export const readerLockOptions = (o: ReaderLockOptions & { signal?: AbortSignal }) => ({ signal: o.signal, lockRetryMs: o.lockRetryMs, lockStaleAfterMs: o.lockStaleAfterMs });
+
 export interface ReadLockOptions extends StalenessOptions {
   signal?: AbortSignal;
-  /** Called once when the reader has to wait for a prune that holds the lock. */
-  waiting?: (prune: LockInfo) => void;
+  /** How long to wait for a live prune before failing with exit 4; READER_WAIT_MS when unset. */
+  waitForMs?: number;
+  /** Called when the reader has to wait for a prune that holds the lock: once as it starts (`waitedMs` 0), then about every minute. */
+  waiting?: (prune: LockInfo, waitedMs: number, waitForMs: number) => void;
   /**
    * The points the reader reads (each with the chain it depends on, which a
    * prune keeps with it). A prune that has said what it removes, none of
@@ -459,16 +490,18 @@ export interface ReadLockOptions extends StalenessOptions {
 /**
  * Registers a reader (restore, verify, drill) under locks/readers/, so that a
  * prune does not delete what it reads: a prune that finds a live reader exits
- * 4, and a reader that finds a prune running waits for it to finish. Each
- * writes its own lock before looking for the other's, so of two that start
- * together at least one sees the other. Backups do not exclude readers: they
- * delete nothing a committed point uses. Where no lock can be written (a
+ * 4, and a reader that finds a prune running waits for it to finish, up to
+ * `waitForMs` (a prune alive but stuck, its lease refreshed by its timer while
+ * its work hangs, would otherwise hold it for ever), then exits 4 naming it.
+ * Each writes its own lock before looking for the other's, so of two that
+ * start together at least one sees the other. Backups do not exclude readers:
+ * they delete nothing a committed point uses. Where no lock can be written (a
  * repository mounted read-only, read-only credentials), the reader goes on
  * without one.
  */
 export async function acquireReadLock(storage: Storage, command: string, options: ReadLockOptions = {}): Promise<ReadLock> {
   const now = new Date().toISOString();
-  const info: LockInfo = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs: DEFAULT_LEASE_MS };
+  const info: LockInfo = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs: DEFAULT_LEASE_MS, ...ownProcessStart() };
   const key = keys.reader(`${info.host.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 64)}-${info.pid}-${randomBytes(4).toString('hex')}`);
   try {
     await storage.putDocument(key, encodeLock(info));
@@ -487,6 +520,9 @@ export async function acquireReadLock(storage: Storage, command: string, options
       if (isPermissionRefused(err)) options.kept?.(errorMessage(err));
     });
   };
+  const waitForMs = options.waitForMs ?? READER_WAIT_MS;
+  const started = Date.now();
+  let told = started;
   let waitedFor: LockInfo | undefined;
   try {
     for (;;) {
@@ -494,10 +530,16 @@ export async function acquireReadLock(storage: Storage, command: string, options
       if (!writer || writer.stale || !DELETES_DATA.has(writer.info.command)) break;
       const removing = writer.info.removing;
       if (removing && options.reads && !options.reads.some((id) => removing.includes(id))) break;
+      const waited = Date.now() - started;
+      if (waited >= waitForMs) throw pruneOutwaited(command, writer.info, waitForMs);
       // Registered already, so no new prune starts; this one was past its look at the readers.
-      if (!waitedFor) options.waiting?.(writer.info);
+      if (!waitedFor) options.waiting?.(writer.info, 0, waitForMs);
+      else if (Date.now() - told >= STILL_WAITING_MS) {
+        told = Date.now();
+        options.waiting?.(writer.info, waited, waitForMs);
+      }
       waitedFor = writer.info;
-      await sleep(PRUNE_POLL_MS, options.signal);
+      await sleep(Math.min(PRUNE_POLL_MS, waitForMs - waited), options.signal);
       throwIfAborted(options.signal);
     }
   } catch (err) {
@@ -507,20 +549,33 @@ export async function acquireReadLock(storage: Storage, command: string, options
   return { waitedFor, release };
 }
 
+/** A reader that waited for a prune as long as it may: the prune, where it runs, and what to do. */
+function pruneOutwaited(command: string, prune: LockInfo, waitedMs: number): LockedError {
+  const elsewhere = prune.host !== os.hostname();
+  return new LockedError(`the repository is being pruned by ${describeLock(prune)}${waitedMs > 0 ? `, still after waiting ${formatDuration(waitedMs)}` : ''}; this ${command} reads what it may remove`, {
+    hint:
+      `if that prune is stuck (a hung mount or storage, a process stopped with Ctrl-Z), end process ${prune.pid} on ${prune.host} and run this ${command} again` +
+      (elsewhere ? ' (its lock stays until its lease runs out, lock.staleAfter: `lifeboat unlock --force` removes it once that process has ended)' : '') +
+      '; otherwise let it wait longer with --retry-lock (or lock.retry)',
+  });
+}
+
 /**
- * Runs `work` registered as a reader of the repository: after a running prune,
- * and keeping new ones from starting until it is done.
+ * Runs `work` registered as a reader of the repository: after a running prune
+ * (waited for up to `lockRetryMs`), and keeping new ones from starting until it is done.
  */
 export async function whileReading<T>(
   storage: Storage,
   command: string,
-  context: { signal?: AbortSignal; reporter: Reporter; warnings: Notice[]; reads?: readonly string[] },
+  context: { signal?: AbortSignal; reporter: Reporter; warnings: Notice[]; reads?: readonly string[] } & ReaderLockOptions,
   work: () => Promise<T>,
 ): Promise<T> {
   const lock = await acquireReadLock(storage, command, {
     signal: context.signal,
     reads: context.reads,
-    waiting: (prune) => context.reporter.notice?.(waitingNotice(prune)),
+    staleAfterMs: context.lockStaleAfterMs,
+    waitForMs: context.lockRetryMs,
+    waiting: (prune, waitedMs, waitForMs) => context.reporter.notice?.(waitingNotice(prune, waitedMs, waitForMs)),
     kept: (reason) =>
       context.reporter.notice?.({
         level: 'warning',
@@ -557,9 +612,13 @@ async function throwIfPruned(storage: Storage, command: string, prune: LockInfo 
   }
 }
 
-/** What a reader says while it waits for a prune. */
-function waitingNotice(prune: LockInfo): Notice {
-  return { level: 'info', code: 'waiting-for-prune', message: `waiting for the ${describeLock(prune)} to finish` };
+/** What a reader says as it starts waiting for a prune, and about every minute while it still waits. */
+function waitingNotice(prune: LockInfo, waitedMs: number, waitForMs: number): Notice {
+  const message =
+    waitedMs === 0
+      ? `waiting for the ${describeLock(prune)} to finish, up to ${formatDuration(waitForMs)} (--retry-lock)`
+      : `still waiting for the ${describeLock(prune)} to finish: ${formatDuration(waitedMs)} so far, up to ${formatDuration(waitForMs)}`;
+  return { level: 'info', code: 'waiting-for-prune', message };
 }
 
 /** The warning of a reader that could not register itself. */

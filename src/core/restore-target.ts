@@ -8,7 +8,7 @@ import { readRegularFile, syncPath, writeFileSynced } from '../format/durable.js
 import { isMountPoint } from '../format/mounts.js';
 import { formatBytes } from '../format/units.js';
 import type { Notice, Reporter } from './events.js';
-import { ownerRuns } from '../format/process-alive.js';
+import { formatStart, ownerRuns, parseStart, processStart, type ProcessStart } from '../format/process-alive.js';
 import { removeTree } from '../format/remove-tree.js';
 import { quoteName, shortenedPath } from '../format/quote.js';
 
@@ -156,7 +156,7 @@ export async function removeOtherStaging(target: string): Promise<string[]> {
     // there says that slot was left part-restored (status tells it): it goes when that slot is repaired or removed.
     const locker = name.endsWith(LOCK_MARK) && name !== `.${path.basename(target)}${LOCK_MARK}` ? lockOwner(await fsp.readlink(path.join(path.dirname(target), name)).catch(() => '')) : undefined;
     const locked = path.join(path.dirname(target), name.slice(1, -LOCK_MARK.length));
-    if (locker && !ownerRuns(locker.pid, locker.since) && !(await fsp.lstat(locked).then(() => true, () => false))) await fsp.rm(path.join(path.dirname(target), name), { force: true });
+    if (locker && !ownerRuns(locker.pid, locker.since, locker.start) && !(await fsp.lstat(locked).then(() => true, () => false))) await fsp.rm(path.join(path.dirname(target), name), { force: true });
     const mark = name.indexOf(STAGING_MARK);
     if (mark <= 0 || name.startsWith(own)) continue;
     const owner = stagingOwner(name.slice(mark + STAGING_MARK.length));
@@ -236,7 +236,11 @@ export async function movedByInterruptedRestore(targets: readonly string[], poin
   return moved;
 }
 
-/** What marks a restore's lock beside its target: `.<target>.lifeboat-restoring`, a symbolic link to `<pid>-<seconds>`. */
+/**
+ * What marks a restore's lock beside its target: `.<target>.lifeboat-restoring`, a symbolic link to
+ * `<pid>-<seconds>-<ticks>-<boot>` (the process start, see ProcessStart), or `<pid>-<seconds>` where the
+ * system does not tell a process's start, and from earlier versions.
+ */
 const LOCK_MARK = '.lifeboat-restoring';
 
 /**
@@ -247,14 +251,14 @@ const LOCK_MARK = '.lifeboat-restoring';
 export async function restoreLeftUnfinished(target: string): Promise<{ pid: number; since: string } | undefined> {
   const held = await fsp.readlink(path.join(path.dirname(target), `.${path.basename(target)}${LOCK_MARK}`)).catch(() => '');
   const owner = lockOwner(held);
-  if (!owner || ownerRuns(owner.pid, owner.since)) return undefined;
+  if (!owner || ownerRuns(owner.pid, owner.since, owner.start)) return undefined;
   return { pid: owner.pid, since: new Date(owner.since).toISOString() };
 }
 
-/** The pid and start (ms) a restore lock names, when it names any. */
-function lockOwner(held: string): { pid: number; since: number } | undefined {
-  const m = /^(\d+)-(\d{1,12})$/.exec(held);
-  return m ? { pid: Number(m[1]), since: Number(m[2]) * 1000 } : undefined;
+/** The pid, time (ms) and process start a restore lock names, when it names any. */
+function lockOwner(held: string): { pid: number; since: number; start?: ProcessStart } | undefined {
+  const m = /^(\d+)-(\d{1,12})(?:-(\d+-[0-9a-f]+))?$/.exec(held);
+  return m ? { pid: Number(m[1]), since: Number(m[2]) * 1000, start: parseStart(m[3]) } : undefined;
 }
 
 /**
@@ -269,7 +273,8 @@ function lockOwner(held: string): { pid: number; since: number } | undefined {
  */
 export async function lockRestoreTarget(target: string, mountPoint: boolean): Promise<() => Promise<void>> {
   const file = path.join(path.dirname(target), `.${path.basename(target)}${LOCK_MARK}`);
-  const mine = `${process.pid}-${Math.floor(Date.now() / 1000)}`;
+  const started = processStart(process.pid);
+  const mine = `${process.pid}-${Math.floor(Date.now() / 1000)}${started ? `-${formatStart(started)}` : ''}`;
   for (let attempt = 0; attempt < 50; attempt++) {
     try {
       await fsp.symlink(mine, file);
@@ -290,7 +295,7 @@ export async function lockRestoreTarget(target: string, mountPoint: boolean): Pr
     const held = await fsp.readlink(file).catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? undefined : ''));
     if (held === undefined) continue;
     const owner = lockOwner(held);
-    if (owner && ownerRuns(owner.pid, owner.since)) {
+    if (owner && ownerRuns(owner.pid, owner.since, owner.start)) {
       throw new LockedError(`restore target ${quoteName(target)} is being restored by another lifeboat process (pid ${owner.pid}, since ${new Date(owner.since).toISOString()})`, {
         hint: `wait for it to finish, then run this restore again; if that process is gone, remove ${quoteName(file)}`,
       });

@@ -19,7 +19,7 @@ import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 import { danglingLinkTarget, makeDirectories, notADirectoryOnTheWay } from '../format/mkdirs.js';
 import { idMapper, localAccounts } from '../format/accounts.js';
 import { mountsUnder } from '../format/mounts.js';
-import { whileReading } from './lock.js';
+import { readerLockOptions, whileReading, type ReaderLockOptions } from './lock.js';
 import {
   LOST_AND_FOUND,
   asRestoreFailure,
@@ -43,7 +43,7 @@ import { ArchivedObjectError, isNotFound } from '../storage/storage.js';
 import { excludeMatcher } from './scan.js';
 import { quoteName, shortenedPath } from '../format/quote.js';
 
-export interface RestoreOptions {
+export interface RestoreOptions extends ReaderLockOptions {
   target: string;
   /** Rewrite only what differs in an existing target, and remove what the point lacks but did not leave out. */
   delta?: boolean;
@@ -116,7 +116,7 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
   const unlock = options.targetLocked ? async () => undefined : await lockRestoreTarget(target, mountPoint);
   try {
     if (options.registered) return await restoreLocked(repo, manifest, options, setting);
-    return await whileReading(repo.storage, 'restore', { signal: options.signal, reporter, warnings, reads: [manifest.id] }, () => restoreLocked(repo, manifest, options, setting));
+    return await whileReading(repo.storage, 'restore', { ...readerLockOptions(options), reporter, warnings, reads: [manifest.id] }, () => restoreLocked(repo, manifest, options, setting));
   } finally {
     await unlock();
   }

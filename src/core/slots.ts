@@ -8,8 +8,11 @@ import { LockedError, RuntimeFailure, UsageError, errorMessage, fileSystemHint }
 import { POINT_ID } from '../format/ids.js';
 import { readRegularFile, readRegularFileStats, syncPath, writeFileSynced } from '../format/durable.js';
 import { makeDirectories } from '../format/mkdirs.js';
-import { ownerRuns } from '../format/process-alive.js';
+import { ownerRuns, parseStart } from '../format/process-alive.js';
 import { sleep } from '../sleep.js';
+import { DEFAULT_LEASE_MS, ownProcessStart, refreshInterval } from './lock.js';
+import { replaceHolding } from '../storage/local.js';
+import { formatDuration } from '../config/duration.js';
 import { quoteName, shellWord } from '../format/quote.js';
 
 /** Kept in the slots directory: what the link pointed at before the last switch, and the switches made. */
@@ -378,16 +381,26 @@ interface SwitchLockHolder {
   pid?: number;
   command?: string;
   startedAt?: string;
+  /** When its holder last refreshed its lease (locks of earlier versions have none). */
+  refreshedAt?: string;
+  leaseMs?: number;
+  processStart?: string;
 }
 
 /**
  * Takes the target's switch lock (a file in its slots directory, made with
- * O_EXCL), so two failovers or rollbacks never switch one link at once. A lock
- * left by a process that is gone from this host (its pid no longer runs, or
- * now belongs to a process started after the lock was taken), or that does
- * not read (damaged, or left empty by a crash), is taken over. Exit 4 otherwise.
+ * O_EXCL), so two failovers or rollbacks never switch one link at once. Its
+ * holder refreshes its lease while it holds it, as the repository lock's does.
+ * A lock left by a process that is gone from this host (its pid no longer
+ * runs, or now belongs to a process started after the lock was taken), one
+ * from another host (a slots directory on NFS) whose lease has not been
+ * refreshed for as long as it says, or one that does not read (damaged, or
+ * left empty by a crash), is taken over: replaced by this process's own in
+ * one rename, while it still holds what was judged, so that the lock is
+ * never missing and a lock another process took meanwhile stays its own.
+ * Exit 4 otherwise.
  */
-export async function lockTarget(slots: string, name: string, command: string): Promise<() => Promise<void>> {
+export async function lockTarget(slots: string, name: string, command: string, leaseMs = DEFAULT_LEASE_MS): Promise<SwitchLock> {
   await makeDirectories(slots).catch((err: unknown) => {
     // A path that can never be a directory (a file on the way, a name no file system holds) is the config's
     // to fix, and running again changes nothing: exit 2, as for any other key that cannot work.
@@ -398,17 +411,16 @@ export async function lockTarget(slots: string, name: string, command: string): 
     });
   });
   const file = path.join(slots, TARGET_LOCK_FILE);
-  const mine = JSON.stringify({ host: os.hostname(), pid: process.pid, command, startedAt: new Date().toISOString() });
+  const now = new Date().toISOString();
+  const holder = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs, ...ownProcessStart() };
+  const mine = JSON.stringify(holder);
   for (let attempt = 0; attempt < LOCK_ATTEMPTS; attempt++) {
     let handle: fsp.FileHandle | undefined;
     try {
       handle = await fsp.open(file, 'wx');
       await handle.writeFile(mine);
       await handle.close();
-      return async () => {
-        const current = await fsp.readFile(file, 'utf8').catch(() => '');
-        if (current === mine) await fsp.rm(file, { force: true });
-      };
+      return holdSwitchLock(file, name, holder, mine);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
         // Made but not written (a full disk): an empty lock would be left for the next run to judge.
@@ -435,20 +447,89 @@ export async function lockTarget(slots: string, name: string, command: string): 
       await sleep(20 + attempt * 10);
       continue;
     }
-    const holder = found.holder;
-    if (holder && !holderGone(holder)) {
-      throw new LockedError(`target ${name} is being switched by ${holder.command ?? 'another process'} (pid ${holder.pid ?? '?'} on ${holder.host ?? '?'}, since ${holder.startedAt ?? '?'})`, {
-        hint: `wait for it to finish; if that process is gone, remove ${quoteName(file)}`,
+    const other = found.holder;
+    if (other && !holderGone(other)) {
+      const leased = typeof other.leaseMs === 'number' && other.host !== os.hostname();
+      throw new LockedError(`target ${name} is being switched by ${other.command ?? 'another process'} (pid ${other.pid ?? '?'} on ${other.host ?? '?'}, since ${other.startedAt ?? '?'})`, {
+        hint: leased
+          ? `wait for it to finish; if that process is gone, its lock is taken over once its lease has not been refreshed for ${formatDuration(other.leaseMs!)} (last at ${other.refreshedAt ?? '?'}), or remove ${quoteName(file)}`
+          : `wait for it to finish; if that process is gone, remove ${quoteName(file)}`,
       });
     }
-    await removeIfStill(file, found.text);
+    if (await replaceSwitchLock(file, mine, found.text)) return holdSwitchLock(file, name, holder, mine);
   }
   throw new LockedError(`target ${name}: could not take the switch lock ${quoteName(file)}, which kept changing hands`, { hint: 'another failover or rollback of this target is starting; run this one again when it has finished' });
 }
 
-/** Whether the holder of a switch lock is gone from this host. A pid given again (a reboot, a container whose every run has the same pid) to a process started after the lock was taken is not its holder. */
+/** Releases a target's switch lock when called; `check` throws (exit 4) unless it is still this holder's. */
+export type SwitchLock = (() => Promise<void>) & { check(): Promise<void> };
+
+/**
+ * Keeps the switch lock `written` refreshed until it is released, each refresh made only over what this
+ * holder last wrote: a lock taken over meanwhile (this process was stopped past its lease) is never
+ * written back, and `check` says so before the link is switched.
+ */
+function holdSwitchLock(file: string, name: string, holder: SwitchLockHolder & { leaseMs: number; command: string }, written: string): SwitchLock {
+  let stored = written;
+  let refreshing: Promise<unknown> = Promise.resolve();
+  const timer = setInterval(() => {
+    refreshing = refreshing
+      .then(async () => {
+        const next = JSON.stringify({ ...holder, refreshedAt: new Date().toISOString() });
+        if (await replaceSwitchLock(file, next, stored)) stored = next;
+        else clearInterval(timer);
+      })
+      // A refresh that fails is tried again at the next one.
+      .catch(() => undefined);
+  }, refreshInterval(holder.leaseMs));
+  timer.unref();
+  const release = async () => {
+    clearInterval(timer);
+    await refreshing;
+    const current = await fsp.readFile(file, 'utf8').catch(() => '');
+    if (current === stored) await fsp.rm(file, { force: true });
+  };
+  const check = async () => {
+    await refreshing;
+    const current = await fsp.readFile(file, 'utf8').catch(() => '');
+    if (current === stored) return;
+    let by = 'it was removed';
+    try {
+      const other = JSON.parse(current) as SwitchLockHolder;
+      by = `${other.command ?? 'another process'} (pid ${other.pid ?? '?'} on ${other.host ?? '?'}) took it over`;
+    } catch {
+      // removed, or being written
+    }
+    throw new LockedError(`this ${holder.command} lost the switch lock of target ${name}: ${by}, this process having been stopped or slowed past its lease`, {
+      hint: 'it stopped before switching the link; see lifeboat status, and run it again once the other has finished',
+    });
+  };
+  return Object.assign(release, { check });
+}
+
+/** Replaces the switch lock with `text` only while it still holds `judged`. */
+async function replaceSwitchLock(file: string, text: string, judged: string): Promise<boolean> {
+  const tmp = `${file}.${process.pid}-${randomBytes(4).toString('hex')}`;
+  try {
+    await fsp.writeFile(tmp, text, { flag: 'wx' });
+    return await replaceHolding(file, tmp, Buffer.from(judged), quoteName(file));
+  } finally {
+    await fsp.rm(tmp, { force: true });
+  }
+}
+
+/**
+ * Whether the holder of a switch lock is gone. On this host, its pid tells for certain: it no longer
+ * runs, or was given again to another process (its recorded start differs; in a lock without one, it
+ * started after the lock was taken); a failover stopped here (Ctrl-Z) keeps its lock. On another host
+ * (slots on NFS), once its lease has not been refreshed for as long as it says, as the repository
+ * lock's; a lock of an earlier version, which records no lease, is never judged from there.
+ */
 function holderGone(holder: SwitchLockHolder): boolean {
-  return holder.host === os.hostname() && typeof holder.pid === 'number' && !ownerRuns(holder.pid, typeof holder.startedAt === 'string' ? Date.parse(holder.startedAt) : undefined);
+  const { host, pid, startedAt, refreshedAt, leaseMs, processStart } = holder;
+  if (host === os.hostname()) return typeof pid === 'number' && !ownerRuns(pid, typeof startedAt === 'string' ? Date.parse(startedAt) : undefined, parseStart(processStart));
+  const refreshed = typeof refreshedAt === 'string' ? Date.parse(refreshedAt) : Number.NaN;
+  return Number.isFinite(refreshed) && typeof leaseMs === 'number' && leaseMs > 0 && Date.now() - refreshed > leaseMs;
 }
 
 /** Whether a failover or rollback of the target in `slots` runs now (its switch lock is held by a process that is not gone). */
@@ -480,22 +561,3 @@ async function readSwitchLock(file: string): Promise<'gone' | 'being-written' | 
   return { text };
 }
 
-/**
- * Removes the lock judged stale, only if it still holds `text`: it is moved
- * aside (one rename; of several processes at once, one gets it) and compared
- * there, and a lock another process took meanwhile goes back.
- */
-async function removeIfStill(file: string, text: string): Promise<void> {
-  const aside = `${file}.${process.pid}-${randomBytes(4).toString('hex')}`;
-  try {
-    await fsp.rename(file, aside);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw err;
-  }
-  try {
-    if ((await fsp.readFile(aside, 'utf8')) !== text) await fsp.link(aside, file).catch(() => undefined);
-  } finally {
-    await fsp.rm(aside, { force: true });
-  }
-}

@@ -9,7 +9,7 @@ import { checkEntries, refuseEscapingLinks } from './restore-plan.js';
 import type { Repository } from './repository.js';
 import { DEFAULT_TRANSFERS, runPool } from './pool.js';
 import { deepCheck } from './verify-deep.js';
-import { describeLock, whileReading } from './lock.js';
+import { describeLock, readerLockOptions, whileReading, type ReaderLockOptions } from './lock.js';
 import { describeAbortedBackups, describeLeftover, describeLeftovers, incompleteWritesUnlisted, pointBeingWritten, unfinishedWrites, type UnfinishedWrites } from './leftovers.js';
 import * as ledgers from './verify-ledger.js';
 import { isNotFound } from '../storage/storage.js';
@@ -37,7 +37,7 @@ export interface Problem {
   detail: string;
 }
 
-export interface VerifyOptions {
+export interface VerifyOptions extends ReaderLockOptions {
   /** Only this point and the chain it depends on. */
   point?: Manifest;
   readData?: boolean;
@@ -85,7 +85,7 @@ export async function verify(repo: Repository, options: VerifyOptions = {}): Pro
   const warnings: Notice[] = [];
   // Verifying every point reads those a running prune removes: only a verify of one point goes on beside it.
   const reads = options.point ? [options.point.id] : undefined;
-  return whileReading(repo.storage, 'verify', { signal: options.signal, reporter, warnings, reads }, () => verifyLocked(repo, options, reporter, warnings));
+  return whileReading(repo.storage, 'verify', { ...readerLockOptions(options), reporter, warnings, reads }, () => verifyLocked(repo, options, reporter, warnings));
 }
 
 async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: Reporter, warnings: Notice[]): Promise<VerifyResult> {

@@ -51,9 +51,54 @@ export function pidReusedSince(pid: number, takenAt: number | undefined, started
 }
 
 /**
- * Whether the owner of something taken at `takenAt` (ms; unknown for older records) by the process
- * `pid` of this host may still run: its pid runs, and not as a process started after that.
+ * When a process started, as the system counts it: clock ticks since the boot (/proc/PID/stat's
+ * starttime) and the first 8 hex digits of that boot's id. The wall clock plays no part, so a clock
+ * stepped while the process runs (NTP after a long suspend, an operator's `date -s`) changes nothing.
  */
-export function ownerRuns(pid: number, takenAt: number | undefined): boolean {
-  return processRuns(pid) && pidReusedSince(pid, takenAt) === undefined;
+export interface ProcessStart {
+  ticks: number;
+  boot: string;
+}
+
+/** When the process with this pid started (see ProcessStart), where the system says (Linux /proc); undefined elsewhere, or when it is gone. */
+export function processStart(pid: number): ProcessStart | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const ticks = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
+    const boot = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').replace(/[^0-9a-f]/g, '').slice(0, 8);
+    return Number.isSafeInteger(ticks) && boot.length === 8 ? { ticks, boot } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A process start written into a record: `<ticks>-<boot>`. */
+export const formatStart = (start: ProcessStart): string => `${start.ticks}-${start.boot}`;
+
+/** The process start a record holds (`<ticks>-<boot>`), or undefined. */
+export function parseStart(text: string | undefined): ProcessStart | undefined {
+  const m = text === undefined ? null : /^(\d{1,18})-([0-9a-f]{8})$/.exec(text);
+  return m ? { ticks: Number(m[1]), boot: m[2]! } : undefined;
+}
+
+/**
+ * Whether the owner of something taken at `takenAt` (ms; unknown for older records) by the process
+ * `pid` of this host may still run: its pid runs, and not as a process started after that. Where the
+ * record holds its owner's `start` and the system tells the running process's, the two are compared,
+ * and the wall clock is not used: a clock stepped forward by more than a minute while the owner runs
+ * would otherwise make it look started after the record was made, and gone.
+ */
+export function ownerRuns(pid: number, takenAt: number | undefined, start?: ProcessStart): boolean {
+  if (!processRuns(pid)) return false;
+  const differs = startDiffers(pid, start);
+  return differs === undefined ? pidReusedSince(pid, takenAt) === undefined : !differs;
+}
+
+/**
+ * Whether the process that has `pid` now is not the one that started at `start` (a record's): true or
+ * false where both are known, undefined where the record or the system does not say.
+ */
+export function startDiffers(pid: number, start: ProcessStart | undefined): boolean | undefined {
+  const now = start && processStart(pid);
+  return start && now ? now.ticks !== start.ticks || now.boot !== start.boot : undefined;
 }

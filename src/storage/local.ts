@@ -106,51 +106,12 @@ export class LocalStorage implements Storage {
     const final = this.pathOf(key);
     try {
       await condition.beforeVisible?.();
-      const placed = condition.ifMatch ? await this.replaceHolding(key, tmp, condition.ifMatch) : await moveIntoPlace(tmp, final, condition.exclusive === true);
+      const placed = condition.ifMatch ? await replaceHolding(final, tmp, condition.ifMatch, key) : await moveIntoPlace(tmp, final, condition.exclusive === true);
       if (placed) await syncPath(path.dirname(final));
       return placed;
     } finally {
       // A link, or a replacement that did not happen, leaves the temporary file behind.
       await fsp.rm(tmp, { force: true });
-    }
-  }
-
-  /**
-   * Replaces `key` with `tmp` only while it holds exactly `expected`, by a
-   * rename over it: the key holds the old document until the new one is in
-   * its place, never nothing. Two processes doing this at once cannot both
-   * do it, nor a process paused halfway do it over another's document: each
-   * takes the claim beside the key (see claimBeside) and compares and renames
-   * only while it holds it, the new document renamed from inside the claim,
-   * so that one whose claim was taken over (it was paused or slow for longer
-   * than CLAIM_STALE_MS) finds nothing to rename and tries again from the
-   * start. A create-if-absent never finds the key empty meanwhile.
-   */
-  private async replaceHolding(key: string, tmp: string, expected: Uint8Array): Promise<boolean> {
-    const final = this.pathOf(key);
-    for (let attempt = 1; ; attempt++) {
-      const claim = await claimBeside(final);
-      try {
-        const staged = path.join(claim.dir, claim.nonce);
-        // The claim taken over before the link (ENOENT), or the link made in another's claim (not ours below): again.
-        const linked = await fsp.link(tmp, staged).then(() => true, (err: NodeJS.ErrnoException) => {
-          if (err.code === 'ENOENT') return false;
-          throw err;
-        });
-        if (linked && (await claim.held())) {
-          if (!(await holdsExactly(final, expected))) return false;
-          try {
-            await fsp.rename(staged, final);
-            return true;
-          } catch (err) {
-            // Taken over since it was compared: what it held may have changed.
-            if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-          }
-        }
-      } finally {
-        await claim.release();
-      }
-      if (attempt >= CLAIM_ATTEMPTS) throw new RuntimeFailure(`cannot replace ${key}: its claim (${path.basename(claimPath(final))}) was taken over ${attempt} times while this process held it`, { hint: 'the file system of the repository answers more slowly than other writers wait for; try again' });
     }
   }
 
@@ -452,6 +413,43 @@ async function moveIntoPlace(from: string, to: string, exclusive: boolean): Prom
       if (code === 'ENOENT' && attempt < DIRECTORY_ATTEMPTS && (await isFile(from))) continue;
       throw err;
     }
+  }
+}
+
+/**
+ * Replaces the file `final` with `tmp` (a file on the same file system) only while it holds exactly
+ * `expected`, by a rename over it: it holds the old document until the new one is in its place, never
+ * nothing. Two processes doing this at once cannot both do it, nor a process paused halfway do it over
+ * another's document: each takes the claim beside the file (see claimBeside) and compares and renames
+ * only while it holds it, the new document renamed from inside the claim, so that one whose claim was
+ * taken over (it was paused or slow for longer than CLAIM_STALE_MS) finds nothing to rename and tries
+ * again from the start. A create-if-absent never finds the file missing meanwhile. `name` is what an
+ * error calls it (the repository's key). `tmp` stays where it is.
+ */
+export async function replaceHolding(final: string, tmp: string, expected: Uint8Array, name: string): Promise<boolean> {
+  for (let attempt = 1; ; attempt++) {
+    const claim = await claimBeside(final);
+    try {
+      const staged = path.join(claim.dir, claim.nonce);
+      // The claim taken over before the link (ENOENT), or the link made in another's claim (not ours below): again.
+      const linked = await fsp.link(tmp, staged).then(() => true, (err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT') return false;
+        throw err;
+      });
+      if (linked && (await claim.held())) {
+        if (!(await holdsExactly(final, expected))) return false;
+        try {
+          await fsp.rename(staged, final);
+          return true;
+        } catch (err) {
+          // Taken over since it was compared: what it held may have changed.
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        }
+      }
+    } finally {
+      await claim.release();
+    }
+    if (attempt >= CLAIM_ATTEMPTS) throw new RuntimeFailure(`cannot replace ${name}: its claim (${path.basename(claimPath(final))}) was taken over ${attempt} times while this process held it`, { hint: 'the file system answers more slowly than other writers wait for; try again' });
   }
 }
 

@@ -14,13 +14,24 @@
  *                            itself (SIGSTOP) just before its Nth rename onto KEY, saying {"paused": N}:
  *                            after its replace compared what KEY holds, before it writes; it ends
  *                            there, saying {"wrote": N} if that replace went through.
+ * switch SLOTS LEASE [HOST]  takes the switch lock of the target whose slots are SLOTS as a failover, with
+ *                            a lease of LEASE ms, as if it ran on HOST; says {"held": true}, then refreshes
+ *                            it until its stdin closes, looks whether it still holds it, saying {"lost":
+ *                            message} or {"lost": null}, and releases it.
+ * churn SLOTS STOP           until the file STOP exists, takes the switch lock of SLOTS, makes the file
+ *                            SLOTS/inside with O_EXCL while it holds it (EEXIST: another holds it too),
+ *                            removes it, and leaves the lock as a killed failover does (its pid gone), for
+ *                            the next to take over; says {taken, busy, both} (both: found another inside).
  */
-import { existsSync, writeSync } from 'node:fs';
+import { existsSync, renameSync, writeFileSync, writeSync } from 'node:fs';
+import * as fsp from 'node:fs/promises';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
 import * as path from 'node:path';
+import { hostname } from 'node:os';
 import { LockedError } from '../../src/errors.js';
 import { acquireLock, readLock } from '../../src/core/lock.js';
 import { LocalStorage } from '../../src/storage/local.js';
+import { lockTarget } from '../../src/core/slots.js';
 
 const [mode, root, ...args] = process.argv.slice(2);
 const storage = new LocalStorage(root!);
@@ -103,6 +114,47 @@ switch (mode) {
       }
     }
     break;
+  }
+  case 'switch': {
+    if (args[1] !== undefined) {
+      const os = createRequire(import.meta.url)('node:os') as typeof import('node:os');
+      os.hostname = () => args[1]!;
+      syncBuiltinESMExports();
+    }
+    const unlock = await lockTarget(root!, 'prod', 'failover', Number(args[0]));
+    say({ held: true });
+    process.stdin.resume();
+    await new Promise((resolve) => process.stdin.on('end', resolve));
+    say({ lost: await unlock.check().then(() => null, (err: Error) => err.message) });
+    await unlock();
+    break;
+  }
+  case 'churn': {
+    const stop = stopper(args[0]!, 1);
+    const inside = path.join(root!, 'inside');
+    const lockFile = path.join(root!, '.lifeboat-switch.lock');
+    let taken = 0;
+    let busy = 0;
+    let both = 0;
+    while (!stop()) {
+      try {
+        await lockTarget(root!, 'prod', 'failover');
+      } catch (err) {
+        if (!(err instanceof LockedError)) throw err;
+        busy++;
+        continue;
+      }
+      taken++;
+      const alone = await fsp.writeFile(inside, String(process.pid), { flag: 'wx' }).then(() => true, () => false);
+      if (alone) await fsp.rm(inside);
+      else both++;
+      // Left as a failover killed while it held the lock leaves it: its pid (no process has it) gone.
+      const left = `${lockFile}.left-${process.pid}`;
+      writeFileSync(left, JSON.stringify({ host: hostname(), pid: 2 ** 22 + 4242, command: 'failover', startedAt: new Date().toISOString() }));
+      renameSync(left, lockFile);
+    }
+    say({ taken, busy, both });
+    process.exit(0);
   }
   default:
     throw new Error(`unknown mode ${mode}`);

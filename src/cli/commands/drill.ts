@@ -9,7 +9,7 @@ import { writeFileAtomic } from '../../core/metrics.js';
 import { makeDirectories } from '../../format/mkdirs.js';
 import { contextConfig, openRepository, repositoryUrl, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
-import { addCronOptions, runMonitored, type CronFlags } from '../cron.js';
+import { addCronOptions, addReaderLockOptions, readerLockMs, runMonitored, type CronFlags } from '../cron.js';
 import { escapeUnprintable, formatBytes, counted, quoteName } from '../format.js';
 import { directoryFlag, durationFlag, nonEmpty, pathFlag, reportFileFlag } from '../flags.js';
 import { ProgressRenderer, log, logNotice, printResult, warningsJson } from '../output.js';
@@ -112,6 +112,7 @@ export async function runDrill(ctx: CliContext, selector: string | undefined, fl
           cwd: ctx.cwd,
           env: ctx.env,
           concurrency: config.s3?.concurrency,
+          ...readerLockMs(flags, config),
           signal: ctx.signal,
           reporter: keepingWarnings(renderer, warned),
           onCheck: (c) => {
@@ -191,7 +192,7 @@ export function registerDrill(program: Command, run: CommandRunner): Command {
     .option('--rpo <duration>', 'recovery point objective: the point must be at most this old')
     .option('--junit <file>', 'write a JUnit XML report (one testcase per check) for CI')
     .option('--work-dir <dir>', 'make the temporary restore directory here (default: the system temporary directory)');
-  addCronOptions(command);
+  addReaderLockOptions(addCronOptions(command));
   return command
     .addHelpText(
       'after',

@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { HealthError, InterruptedError, UsageError } from '../../errors.js';
 import { deploymentOf } from '../../format/manifest.js';
 import { loadConfig } from '../../config/config.js';
+import { addReaderLockOptions, readerLockMs, type LockFlags } from '../cron.js';
 import { InterruptedAfterSwitch, failover, rollback, type SwitchResult } from '../../core/failover.js';
 import { chooseTarget, type TargetSpec } from '../../core/targets.js';
 import { readActive, slotPoint } from '../../core/slots.js';
@@ -15,7 +16,7 @@ import { ProgressRenderer, log, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 import { nonEmpty } from '../flags.js';
 
-interface FailoverFlags {
+interface FailoverFlags extends LockFlags {
   to?: string;
   state?: boolean;
   allowEmptyState?: boolean;
@@ -97,6 +98,7 @@ export async function runFailover(ctx: CliContext, selector: string | undefined,
       reporter: renderer,
       onOutput: (line) => log(ctx, line),
       concurrency: config.s3?.concurrency,
+      ...readerLockMs(flags, config),
       applyState: flags.state,
       allowEmptyState: flags.allowEmptyState === true,
     }).catch(async (err: unknown) => {
@@ -144,14 +146,16 @@ export async function runRollback(ctx: CliContext, flags: FailoverFlags): Promis
 }
 
 export function registerFailover(program: Command, run: CommandRunner): Command {
-  return program
-    .command('failover')
-    .description('restore a point into a slot of a target, switch its active link atomically, health-check, and switch back on failure (exit 5)')
-    .argument('[point]', 'id, unique id prefix, latest (default), or an ISO-8601 time')
-    .option('--to <target>', 'the target from lifeboat.yaml (may be left out when there is only one)')
-    .option('--state', 'put the serving state back even when the target already serves the point (it went back when the point was switched to)')
-    .option('--no-state', 'leave serving state alone: no restore commands of command sources, no SQLite database copied back (the default when the target already serves the point)')
-    .option('--allow-empty-state', ALLOW_EMPTY_STATE_HELP)
+  return addReaderLockOptions(
+    program
+      .command('failover')
+      .description('restore a point into a slot of a target, switch its active link atomically, health-check, and switch back on failure (exit 5)')
+      .argument('[point]', 'id, unique id prefix, latest (default), or an ISO-8601 time')
+      .option('--to <target>', 'the target from lifeboat.yaml (may be left out when there is only one)')
+      .option('--state', 'put the serving state back even when the target already serves the point (it went back when the point was switched to)')
+      .option('--no-state', 'leave serving state alone: no restore commands of command sources, no SQLite database copied back (the default when the target already serves the point)')
+      .option('--allow-empty-state', ALLOW_EMPTY_STATE_HELP),
+  )
     .addHelpText(
       'after',
       '\nExamples:\n  lifeboat failover --to prod                          # the latest point\n  lifeboat failover 2026-11-20T03:00:00Z --to prod     # the state as of that moment',

@@ -12,6 +12,7 @@ import { sourcesIncluded } from '../../core/restore-plan.js';
 import { leftWorkDirectory, type Notice } from '../../core/events.js';
 import type { Manifest } from '../../format/manifest.js';
 import type { LifeboatConfig } from '../../config/config.js';
+import { addReaderLockOptions, readerLockMs, type LockFlags } from '../cron.js';
 import type { Repository } from '../../core/repository.js';
 import { loadConfig } from '../../config/config.js';
 import { makeWorkDirectory } from '../../format/mkdirs.js';
@@ -25,7 +26,7 @@ import { ProgressRenderer, printResult, warningsJson } from '../output.js';
 import type { CommandRunner } from '../main.js';
 import { ALLOW_EMPTY_STATE_HELP } from './failover.js';
 
-interface RestoreFlags {
+interface RestoreFlags extends LockFlags {
   target?: string;
   inPlace?: boolean;
   delta?: boolean;
@@ -52,6 +53,7 @@ function commonOptions(ctx: CliContext, flags: RestoreFlags, config: LifeboatCon
     numericOwner: flags.numericOwner,
     dryRun: flags.dryRun,
     concurrency: config.s3?.concurrency,
+    ...readerLockMs(flags, config),
     signal: ctx.signal,
     reporter: renderer,
   };
@@ -428,21 +430,23 @@ async function checkRoomForAll(prepared: readonly PreparedRestore[]): Promise<vo
 }
 
 export function registerRestore(program: Command, run: CommandRunner): Command {
-  return program
-    .command('restore')
-    .description('restore a backup point into a directory, verifying every file; each source lands in DIR/<source>/ (or, --in-place, where it was backed up from)')
-    .argument('<point>', 'id, unique id prefix, latest, or an ISO-8601 time')
-    .option('--target <dir>', 'where to restore (must be empty or absent, unless --delta or --force)')
-    .option('--in-place', 'restore each directory source to the directory it was backed up from, all staged and verified before any is moved into place (with --delta: only what differs)')
-    .option('--delta', 'update an existing target: rewrite only files whose content differs, remove what the point lacks, except what its backup left out')
-    .option('--delete-excluded', 'with --delta: also remove what the backup left out with its exclude patterns, and sockets and pipes')
-    .option('--force', 'replace a non-empty target')
-    .option('--state', 'with --in-place: put serving state back too (SQLite copied into the live database, restore commands fed their captured output), as a failover does')
-    .option('--allow-empty-state', `with --state: ${ALLOW_EMPTY_STATE_HELP}`)
-    .option('--work-dir <dir>', 'with --state: where the state is restored before it is put back (default: the system temporary directory)')
-    .option('-n, --dry-run', 'say what would be written, rewritten and removed (a --delta target is read and compared), and write nothing')
-    .option('--numeric-owner', 'as root, give files the recorded uid and gid numbers instead of the local ids of the recorded user and group names')
-    .option('-i, --include <glob>', 'restore only matching <source>/<path> entries; a directory or source name means all in it (repeatable)', collect, [])
+  return addReaderLockOptions(
+    program
+      .command('restore')
+      .description('restore a backup point into a directory, verifying every file; each source lands in DIR/<source>/ (or, --in-place, where it was backed up from)')
+      .argument('<point>', 'id, unique id prefix, latest, or an ISO-8601 time')
+      .option('--target <dir>', 'where to restore (must be empty or absent, unless --delta or --force)')
+      .option('--in-place', 'restore each directory source to the directory it was backed up from, all staged and verified before any is moved into place (with --delta: only what differs)')
+      .option('--delta', 'update an existing target: rewrite only files whose content differs, remove what the point lacks, except what its backup left out')
+      .option('--delete-excluded', 'with --delta: also remove what the backup left out with its exclude patterns, and sockets and pipes')
+      .option('--force', 'replace a non-empty target')
+      .option('--state', 'with --in-place: put serving state back too (SQLite copied into the live database, restore commands fed their captured output), as a failover does')
+      .option('--allow-empty-state', `with --state: ${ALLOW_EMPTY_STATE_HELP}`)
+      .option('--work-dir <dir>', 'with --state: where the state is restored before it is put back (default: the system temporary directory)')
+      .option('-n, --dry-run', 'say what would be written, rewritten and removed (a --delta target is read and compared), and write nothing')
+      .option('--numeric-owner', 'as root, give files the recorded uid and gid numbers instead of the local ids of the recorded user and group names')
+      .option('-i, --include <glob>', 'restore only matching <source>/<path> entries; a directory or source name means all in it (repeatable)', collect, []),
+  )
     .addHelpText(
       'after',
       '\nExamples:\n  lifeboat restore latest --target /srv/restore\n  lifeboat restore 2026-11-20T03:00:00Z --target /srv/models-prev --delta\n  lifeboat restore latest --target /tmp/tok --include models/tokenizer\n  lifeboat restore latest --in-place --delta        # a rebuilt or damaged host: every source where it was\n  lifeboat restore latest --in-place --delta --dry-run   # what that would rewrite and remove',

@@ -6,7 +6,7 @@ import { openRepository, type CliContext } from '../context.js';
 import { escapeUnprintable, formatBytes, quoteName, counted } from '../format.js';
 import { ProgressRenderer, printResult, warningsJson } from '../output.js';
 import type { CommandRunner } from '../main.js';
-import { addCronOptions, runMonitored, type CronFlags, type RunFigures } from '../cron.js';
+import { addCronOptions, addReaderLockOptions, readerLockMs, runMonitored, type CronFlags, type RunFigures } from '../cron.js';
 import { directoryFlag, percentFlag } from '../flags.js';
 import { aheadOfClock, formatDuration } from '../../config/duration.js';
 
@@ -101,6 +101,7 @@ export async function runVerify(ctx: CliContext, selector: string | undefined, f
       deep: flags.deep,
       tmpDir: workDir,
       concurrency: config.s3?.concurrency,
+      ...readerLockMs(flags, config),
       signal: ctx.signal,
       reporter: renderer,
     });
@@ -167,5 +168,5 @@ export function registerVerify(program: Command, run: CommandRunner): Command {
       'after',
       '\nEvery --read-data run records which volumes it read in the repository (ledger/verified.json).\n\nExamples:\n  lifeboat verify\n  lifeboat verify latest --read-data --json\n  lifeboat verify --read-data --since-verified --sample 10\n  lifeboat verify latest --deep')
     .action(run((ctx, selector: string | undefined, flags: VerifyFlags) => runMonitored(ctx, 'verify', flags, (figures) => runVerify(ctx, selector, flags, figures))));
-  return addCronOptions(command);
+  return addReaderLockOptions(addCronOptions(command));
 }
