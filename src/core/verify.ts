@@ -397,14 +397,48 @@ export function manifestsAhead(lastEntries: number | undefined): number {
   return Math.max(1, Math.min(MANIFESTS_AHEAD, Math.floor(ENTRIES_AHEAD / Math.max(1, lastEntries))));
 }
 
-/** `read`, remembering the last `keep` results (volumes are read in point order, several at a time). */
+/**
+ * Entries the manifests remembered for --read-data hold together, at most, beside the one read
+ * last: a manifest of 100,000 files takes some 50 MB once parsed, and five of them remembered
+ * took a verify of such points to 400 MB.
+ */
+const CACHED_ENTRIES = 50_000;
+
+/**
+ * `read`, remembering the last `keep` results whose entries together are at most CACHED_ENTRIES (the
+ * last one whatever its size): volumes are read in point order, several at a time, and each of a
+ * point's volumes needs its manifest.
+ */
 function recentlyRead(read: (id: string) => Promise<Manifest | undefined>, keep: number): (id: string) => Promise<Manifest | undefined> {
   const recent = new Map<string, Promise<Manifest | undefined>>();
+  /** Entries of the manifests remembered that have been read. */
+  const entries = new Map<string, number>();
+  let held = 0;
+  const forget = (id: string) => {
+    recent.delete(id);
+    held -= entries.get(id) ?? 0;
+    entries.delete(id);
+  };
+  const trim = () => {
+    while (recent.size > keep || (held > CACHED_ENTRIES && recent.size > 1)) forget(recent.keys().next().value!);
+  };
   return (id) => {
-    const known = recent.get(id) ?? read(id);
+    let known = recent.get(id);
+    if (!known) {
+      const reading = read(id).then((m) => {
+        // Counted once read, if still remembered by then.
+        if (recent.get(id) === reading && m) {
+          entries.set(id, m.entries.length);
+          held += m.entries.length;
+          trim();
+        }
+        return m;
+      });
+      known = reading;
+    }
     recent.delete(id);
     recent.set(id, known);
-    if (recent.size > keep) recent.delete(recent.keys().next().value!);
+    trim();
     return known;
   };
 }
