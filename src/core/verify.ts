@@ -171,13 +171,16 @@ async function verifyLocked(repo: Repository, options: VerifyOptions, reporter: 
   let lastEntries: number | undefined;
   /** Each deployment's newest checked point (ids come oldest first). */
   const newestOfDeployment = new Map<string, string>();
+  /** The point being checked; let go of before the next is read, so that a large manifest is not held while another is parsed. */
+  let m: Manifest | undefined;
   for (const id of selected) {
+    m = undefined;
     while (queued < selected.length && ahead.length < manifestsAhead(lastEntries)) {
       const loading = loadChecked(selected[queued++]!);
       loading.catch(() => undefined);
       ahead.push(loading);
     }
-    const m = await ahead.shift()!;
+    m = await ahead.shift()!;
     throwIfAborted(options.signal);
     if (!m) continue;
     lastEntries = m.entries.length;
