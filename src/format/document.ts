@@ -59,7 +59,8 @@ class JsonBuffer {
     // A piece takes at most 3 bytes per UTF-16 unit: only when that might not fit is it measured.
     if (piece.length * 3 > this.room()) {
       const bytes = Buffer.byteLength(piece);
-      if (bytes > this.room()) this.grow(bytes);
+      // Room for as many bytes again after it, so that pieces added one by one copy the buffer a few times only.
+      if (bytes > this.room()) this.grow(2 * bytes);
     }
     this.length += this.buffer.write(piece, this.length);
   }
@@ -93,11 +94,11 @@ class JsonBuffer {
   }
 
   /**
-   * Room for `bytes` more, and as many again. The part of a buffer not yet written takes no memory
-   * (allocUnsafe leaves it unwritten, and the system gives pages only once they are written).
+   * Room for `bytes` more. The part of a buffer not yet written takes no memory (allocUnsafe leaves
+   * it unwritten, and the system gives pages only once they are written).
    */
   private grow(bytes: number): void {
-    const larger = Buffer.allocUnsafe(this.length + 2 * bytes + CHECKSUM_TAIL_BYTES + 1);
+    const larger = Buffer.allocUnsafe(this.length + bytes + CHECKSUM_TAIL_BYTES + 1);
     this.buffer.copy(larger, 0, 0, this.length);
     this.buffer = larger;
   }
