@@ -1,11 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { BIN, lifeboat } from './helpers/cli.js';
 import { tempDir } from './helpers/tree.js';
 import { encodeDocument } from '../src/format/document.js';
+import { Repository } from '../src/core/repository.js';
+import { LocalStorage } from '../src/storage/local.js';
 import { MANIFEST_FORMAT, summarize, type Manifest } from '../src/format/manifest.js';
 
 const POINTS = 60;
@@ -123,4 +126,35 @@ test('restore of the tip of a long chain reads the manifests its files are store
   const r = await withSmallHeap(['--repo', repo, 'restore', 'latest', '--target', target]);
   assert.equal(r.code, 0, r.stderr.slice(-2000));
   assert.equal((await fsp.readdir(path.join(target, 'models'))).length, HOLDERS);
+});
+
+test('verify --read-data forgets the manifests of the points whose volumes it read once they hold more entries than its bound, whatever their number', async (t) => {
+  // Five were remembered whatever their size: points of 100,000 files each took a verify --read-data to 400 MB.
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const repo = path.join(work, 'repo');
+  await Repository.init(new LocalStorage(repo), { volumeSize: 1 << 20 });
+  const src = path.join(work, 'models');
+  await fsp.mkdir(src);
+  const ids: string[] = [];
+  for (let i = 0; i < 6; i++) {
+    // Each point stores three files of its own, in volumes of its own, which --read-data reads with the point's
+    // manifest: the reads running at once are mostly of one point's volumes, and need no other manifest.
+    for (let f = 0; f < 3; f++) await fsp.writeFile(path.join(src, `shard-${f}.bin`), randomBytes(700 << 10));
+    const r = await lifeboat(['--repo', repo, '--json', 'backup', '--source', `models=${src}`, '--type', i === 0 ? 'full' : 'incr']);
+    assert.equal(r.code, 0, r.stderr);
+    ids.push(r.json().id);
+  }
+  // Each point lists 60,000 entries, as a point of a large model tree does: more than the bound for any two of them.
+  for (const id of ids) {
+    const file = path.join(repo, 'points', `${id}.json`);
+    const manifest = JSON.parse(await fsp.readFile(file, 'utf8')) as Manifest;
+    for (let k = 0; k < 60_000; k++) manifest.entries.push({ source: 'models', path: `layer-${k}/shard-of-${id}`, type: 'dir', mode: 0o755, mtimeNs: '1767236400000000000', size: 0 });
+    await fsp.writeFile(file, encodeDocument(manifest));
+    await fsp.writeFile(path.join(repo, 'summaries', `${id}.json`), encodeDocument(summarize(manifest)));
+  }
+  const r = await withSmallHeap(['--repo', repo, '--json', 'verify', '--read-data'], 56);
+  assert.equal(r.code, 0, r.stderr.slice(-2000));
+  const volumes = await fsp.readdir(path.join(repo, 'data'), { recursive: true });
+  assert.equal(JSON.parse(r.stdout).volumes.read, volumes.filter((v) => v.endsWith('.tar')).length);
 });

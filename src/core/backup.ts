@@ -126,190 +126,17 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
 
   const startedAt = now();
   const lock = options.dryRun ? undefined : (options.lock ?? (await acquireWriterLock(repo.storage, 'backup', options, reporter)));
-  let sink: VolumeSink | undefined;
-  let hasher: Sha256Offload | undefined;
-  let id: string | undefined;
-  let leftoversRemoved: Promise<void> = Promise.resolve();
+  const run: BackupRun = { repo, options, reporter, warnings, warn, deployment, notCaptured, started, startedAt, now, lock, leftoversRemoved: Promise.resolve() };
   let failed = true;
   try {
     // Leftovers of aborted backups are listed and removed while this one scans; they must be gone
     // before it writes, since its own volumes have no manifest yet either.
-    if (lock) leftoversRemoved = removeLeftovers(repo, reporter, lock, (n) => kept.push(n));
-    leftoversRemoved.catch(() => undefined);
+    if (lock) run.leftoversRemoved = removeLeftovers(repo, reporter, lock, (n) => kept.push(n));
+    run.leftoversRemoved.catch(() => undefined);
 
-    const ids = await repo.pointIds();
-    // The record of deployments, which the commit may extend, is read while the sources are scanned.
-    const deploymentsRecorded = repo.recordedDeployments();
-    deploymentsRecorded.catch(() => undefined);
-    // So is the reference chosen, and its manifest read and checked: one waits on the disk while the other computes.
-    const referenceRead = readReference(repo, ids, options.type, deployment, deploymentsRecorded);
-    referenceRead.catch(() => undefined);
-
-    const scanned: ScannedSource[] = [];
-    // A local repository inside a source would be backed up into itself, growing with every backup.
-    const leaveOut = new Set<string>();
-    const repoDir = path.isAbsolute(repo.storage.location) ? await fsp.stat(repo.storage.location).catch(() => undefined) : undefined;
-    if (repoDir) leaveOut.add(`${repoDir.dev}:${repoDir.ino}`);
-    for (const spec of options.sources) {
-      scanned.push(await scanSource(spec, excludesOf(spec, options), { ...reporter, notice: (n) => (n.level === 'warning' ? warn(n) : reporter.notice?.(n)) }, options.signal, leaveOut));
-    }
-    const { choice, newest, reference, after = newest?.id } = await referenceRead;
-    // Against this deployment's newest point: another deployment's host whose clock runs ahead is no reason to move this one's ids.
-    const clockBehind = clockBehindNotice(after, startedAt);
-    if (clockBehind) warn(clockBehind);
-    if (choice.fallbackReason) reporter.notice?.({ level: 'info', code: 'type-fallback', message: choice.fallbackReason });
-    if (reference && options.deployment === undefined && reference.host !== os.hostname()) {
-      // Most often a host that took over after a failover; but two hosts sharing a repository unnamed build on each other's points.
-      reporter.notice?.({
-        level: 'info',
-        code: 'other-host',
-        message: `this ${choice.type} builds on ${reference.id}, taken on host ${reference.host}; if this host backs up another deployment, name each with --deployment so their backups stay apart`,
-      });
-    }
-    if (!options.allowEmpty) await refuseEmptied(repo, scanned, newest?.id, reference);
-    const allEntries = scanned.flatMap((s) => s.entries);
-    const captured = capturedSources(scanned.map((s) => ({ name: s.spec.name, kind: s.spec.kind })));
-    const plan = planBackup(allEntries, reference);
-    if (estimateManifestChars(allEntries) > MAX_MANIFEST_CHARS) throw manifestTooLarge(allEntries.length);
-    // The hashing thread takes tens of milliseconds to start: started now, it is ready when the first large file is read.
-    if (!options.dryRun && plan.entries.some((p) => p.action !== 'reuse' && p.scanned.type === 'file' && p.scanned.size > SMALL_FILE)) {
-      hasher = new Sha256Offload();
-    }
-    // Model files are checked on the source (headers only): a model that would not load is a warning, a failure with --strict.
-    // The checks mostly wait on small reads, so they run beside the storing unless --strict must refuse before it.
-    const modelCheck = unchangedFiles(plan, reference) ? Promise.resolve(modelsOf(reference!)) : validateSources(scanned, options.signal, reusableChecks(plan, reference));
-    modelCheck.catch(() => undefined);
-    const modelsChecked = async (): Promise<ValidationResult> => {
-      const models = await modelCheck;
-      for (const f of models.findings) warn({ code: 'model-invalid', path: f.path, message: `${f.format}: ${f.reason}` });
-      return models;
-    };
-    let models: ValidationResult | undefined;
-    if (options.strict || options.dryRun) {
-      models = await modelsChecked();
-      if (options.strict && models.findings.length > 0) {
-        throw new IntegrityError(`backup refused by --strict: ${models.findings.length} model problem(s), first: ${models.findings[0]!.path}: ${models.findings[0]!.reason}`);
-      }
-    }
-    const totalBytes = allEntries.reduce((n, e) => n + (e.type === 'file' ? e.size : 0), 0);
-    const fileCount = allEntries.filter((e) => e.type === 'file').length;
-
-    id = await uniquePointId(repo, ids, after, startedAt, choice.type);
-    const result: BackupResult = {
-      id,
-      type: choice.type,
-      requestedType: options.type,
-      parent: reference?.id ?? null,
-      deployment,
-      files: fileCount,
-      bytes: totalBytes,
-      added: 0,
-      changed: 0,
-      removed: 0,
-      storedBytes: 0,
-      durationMs: 0,
-      dryRun: options.dryRun === true,
-      warnings,
-    };
-    if (options.dryRun) {
-      // A file its stat alone cannot clear (racy, copied, its change time moved) is read and compared,
-      // as the backup would: else a dry run right after a backup reports what the backup then does not store.
-      const guessed: ManifestEntry[] = [];
-      let wouldStore = 0;
-      // Other names of one file are links to its first, as the backup records them: else each would count as changed.
-      const names = new Map<string, ManifestEntry>();
-      for (const p of plan.entries) {
-        throwIfAborted(options.signal);
-        const first = earlierName(p.scanned, names);
-        if (first) {
-          guessed.push(linkedTo(first, p.scanned));
-          continue;
-        }
-        const entry = plannedAsEntry(p);
-        if (p.action === 'verify' && (await sameContent(p.scanned.abs, p.basis!))) withContent(entry, p.basis!.sha256!, p.basis!.ref!);
-        else if (p.action !== 'reuse') wouldStore += p.scanned.size;
-        remember(p.scanned, entry, names);
-        guessed.push(entry);
-      }
-      Object.assign(result, countChanges(guessed, reference, plan.referenceByPath, captured));
-      // State that is not captured is not known to be gone.
-      const uncaptured = new Set(notCaptured.map((s) => s.name));
-      for (const e of reference?.entries ?? []) if (e.type !== 'dir' && uncaptured.has(e.source)) result.removed--;
-      result.wouldCapture = notCaptured;
-      result.storedBytes = wouldStore;
-      result.durationMs = Date.now() - started;
-      return result;
-    }
-
-    await leftoversRemoved;
-    sink = new VolumeSink(repo.storage, id, options.volumeSize ?? repo.config.volumeSize, options.concurrency ?? DEFAULT_TRANSFERS, options.signal);
-    const small = plan.entries.flatMap((p, position) =>
-      p.scanned.type === 'file' && p.action !== 'reuse' && p.scanned.size <= SMALL_FILE ? [{ position, path: p.scanned.abs, size: p.scanned.size }] : [],
-    );
-    const context: StoreContext = {
-      pointId: id,
-      // Started on first use: a backup that reads no large file (most incrementals) never waits for the thread.
-      hasher: () => (hasher ??= new Sha256Offload()),
-      sink,
-      smallFiles: new SmallFileReader(small),
-      progress: { phase: 'backup', filesDone: 0, filesTotal: plan.filesToRead, bytesDone: 0, bytesTotal: plan.bytesToRead },
-      reporter,
-      warn,
-      superseded: [],
-      hardLinks: new Map(),
-      twins: new ContentTwins(reference),
-      signal: options.signal,
-    };
-    const stored: ManifestEntry[] = [];
-    for (const [position, planned] of plan.entries.entries()) {
-      throwIfAborted(options.signal);
-      lock?.throwIfLost();
-      const entry = await storeEntry(planned, position, context);
-      if (entry) stored.push(entry);
-    }
-    const volumes = await sink.finish();
-    throwIfAborted(options.signal);
-    const { recognised } = models ?? (await modelsChecked());
-    const entries = stored.map((entry) => withModel(entry, recognised));
-
-    if (options.strict && warnings.length > 0) {
-      throw new IntegrityError(`backup refused by --strict: ${warnings.length} warning(s), first: ${warnings[0]!.path ?? ''} ${warnings[0]!.message}`);
-    }
-    const storedBytes = volumes.reduce((n, v) => n + v.size, 0);
-    const counts = countChanges(entries, reference, plan.referenceByPath, captured);
-    // As stored: files that vanished, or could not be read, since the scan are not in the point; others changed size.
-    const files = entries.filter((e) => e.type === 'file');
-    const storedFiles = { files: files.length, bytes: files.reduce((n, e) => n + e.size, 0) };
-    Object.assign(result, counts, storedFiles);
-    const manifest: Manifest = {
-      format: MANIFEST_FORMAT,
-      id,
-      type: choice.type,
-      parent: reference?.id ?? null,
-      full: reference ? reference.full : id,
-      startedAt: startedAt.toISOString(),
-      completedAt: now().toISOString(),
-      ...(options.deployment !== undefined ? { deployment: options.deployment } : {}),
-      host: os.hostname(),
-      tags: options.tags ?? {},
-      sources: scanned.map((s) => ({
-        name: s.spec.name,
-        kind: s.spec.kind ?? 'files',
-        path: s.spec.origin ?? s.root,
-        ...(s.spec.restore ? { restore: s.spec.restore } : {}),
-        mode: s.mode,
-        mtimeNs: s.mtimeNs,
-        uid: s.uid,
-        gid: s.gid,
-        exclude: [...excludesOf(s.spec, options)],
-      })),
-      volumes,
-      entries,
-      ...(context.superseded.length > 0 ? { superseded: context.superseded } : {}),
-      stats: { ...storedFiles, ...counts, storedBytes },
-      warnings: warnings.map((w) => ({ code: w.code, path: w.path, message: w.message })),
-      owners: ownerNames(scanned),
-    };
+    const taken = await takePoint(run);
+    if (!taken.manifest) return taken.result;
+    const { result, manifest, deploymentsRecorded, storedBytes } = taken;
     // A backup whose lock was taken over (it was paused for longer than the other's staleness threshold) may have had
     // its volumes removed as leftovers by the new holder: it commits nothing. The last look is taken once the manifest
     // is stored, just before it becomes visible.
@@ -319,17 +146,18 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       await repo.recordDeployments({ adding: deployment }, deploymentsRecorded);
       await repo.commitManifest(manifest, { beforeVisible: () => lock!.check() });
     } catch (err) {
-      // Past the estimate (very long names): JSON.stringify cannot build the document.
+      // Past the estimate (very long names): the document would be longer than a string can be, and could not be read.
       if (err instanceof RangeError) throw manifestTooLarge(manifest.entries.length);
       throw err;
     }
-    await committedUnderLock(lock!, id);
+    await committedUnderLock(lock!, manifest.id);
     warnings.push(...kept);
     result.storedBytes = storedBytes;
     result.durationMs = Date.now() - started;
     failed = false;
     return result;
   } catch (err) {
+    const { sink, id } = run;
     if (sink && id) {
       sink.abort(err instanceof Error ? err : new Error(String(err)));
       await sink.settle();
@@ -340,11 +168,214 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     if (lock && !(err instanceof LockLostError) && !(err instanceof InterruptedError)) throw (await lostLock(lock)) ?? err;
     throw err;
   } finally {
-    await hasher?.close();
+    await run.hasher?.close();
     // The lock covers the removal too, even when the backup failed before waiting for it.
-    await leftoversRemoved.catch(() => undefined);
+    await run.leftoversRemoved.catch(() => undefined);
     if (lock !== options.lock) await releaseAfter(lock, failed);
   }
+}
+
+/** What a backup's steps share, and what its end (committing, or cleaning up after a failure) needs of them. */
+interface BackupRun {
+  repo: Repository;
+  options: BackupOptions;
+  reporter: Reporter;
+  warnings: Notice[];
+  warn: (n: Omit<Notice, 'level'>) => void;
+  deployment: string;
+  notCaptured: UncapturedState[];
+  started: number;
+  startedAt: Date;
+  now: () => Date;
+  lock: HeldLock | undefined;
+  leftoversRemoved: Promise<void>;
+  sink?: VolumeSink;
+  hasher?: Sha256Offload;
+  id?: string;
+}
+
+/**
+ * Everything of a backup up to its manifest: the reference, the scan, the plan, the
+ * files stored. A dry run ends here, with its result. The scan, the plan and the
+ * reference are the most memory a point of many files takes (100,000 files: some
+ * 70 MB): they go with this function's return, before the manifest is serialised.
+ */
+async function takePoint(run: BackupRun): Promise<{ result: BackupResult; manifest?: undefined } | { result: BackupResult; manifest: Manifest; deploymentsRecorded: Promise<string[] | undefined>; storedBytes: number }> {
+  const { repo, options, reporter, warnings, warn, deployment, notCaptured, started, startedAt, now } = run;
+  const ids = await repo.pointIds();
+  // The record of deployments, which the commit may extend, is read while the sources are scanned.
+  const deploymentsRecorded = repo.recordedDeployments();
+  deploymentsRecorded.catch(() => undefined);
+  // So is the reference chosen, and its manifest read and checked: one waits on the disk while the other computes.
+  const referenceRead = readReference(repo, ids, options.type, deployment, deploymentsRecorded);
+  referenceRead.catch(() => undefined);
+
+  const scanned: ScannedSource[] = [];
+  // A local repository inside a source would be backed up into itself, growing with every backup.
+  const leaveOut = new Set<string>();
+  const repoDir = path.isAbsolute(repo.storage.location) ? await fsp.stat(repo.storage.location).catch(() => undefined) : undefined;
+  if (repoDir) leaveOut.add(`${repoDir.dev}:${repoDir.ino}`);
+  for (const spec of options.sources) {
+    scanned.push(await scanSource(spec, excludesOf(spec, options), { ...reporter, notice: (n) => (n.level === 'warning' ? warn(n) : reporter.notice?.(n)) }, options.signal, leaveOut));
+  }
+  const { choice, newest, reference, after = newest?.id } = await referenceRead;
+  // Against this deployment's newest point: another deployment's host whose clock runs ahead is no reason to move this one's ids.
+  const clockBehind = clockBehindNotice(after, startedAt);
+  if (clockBehind) warn(clockBehind);
+  if (choice.fallbackReason) reporter.notice?.({ level: 'info', code: 'type-fallback', message: choice.fallbackReason });
+  if (reference && options.deployment === undefined && reference.host !== os.hostname()) {
+    // Most often a host that took over after a failover; but two hosts sharing a repository unnamed build on each other's points.
+    reporter.notice?.({
+      level: 'info',
+      code: 'other-host',
+      message: `this ${choice.type} builds on ${reference.id}, taken on host ${reference.host}; if this host backs up another deployment, name each with --deployment so their backups stay apart`,
+    });
+  }
+  if (!options.allowEmpty) await refuseEmptied(repo, scanned, newest?.id, reference);
+  const allEntries = scanned.flatMap((s) => s.entries);
+  const captured = capturedSources(scanned.map((s) => ({ name: s.spec.name, kind: s.spec.kind })));
+  const plan = planBackup(allEntries, reference);
+  if (estimateManifestChars(allEntries) > MAX_MANIFEST_CHARS) throw manifestTooLarge(allEntries.length);
+  // The hashing thread takes tens of milliseconds to start: started now, it is ready when the first large file is read.
+  if (!options.dryRun && plan.entries.some((p) => p.action !== 'reuse' && p.scanned.type === 'file' && p.scanned.size > SMALL_FILE)) {
+    run.hasher = new Sha256Offload();
+  }
+  // Model files are checked on the source (headers only): a model that would not load is a warning, a failure with --strict.
+  // The checks mostly wait on small reads, so they run beside the storing unless --strict must refuse before it.
+  const modelCheck = unchangedFiles(plan, reference) ? Promise.resolve(modelsOf(reference!)) : validateSources(scanned, options.signal, reusableChecks(plan, reference));
+  modelCheck.catch(() => undefined);
+  const modelsChecked = async (): Promise<ValidationResult> => {
+    const models = await modelCheck;
+    for (const f of models.findings) warn({ code: 'model-invalid', path: f.path, message: `${f.format}: ${f.reason}` });
+    return models;
+  };
+  let models: ValidationResult | undefined;
+  if (options.strict || options.dryRun) {
+    models = await modelsChecked();
+    if (options.strict && models.findings.length > 0) {
+      throw new IntegrityError(`backup refused by --strict: ${models.findings.length} model problem(s), first: ${models.findings[0]!.path}: ${models.findings[0]!.reason}`);
+    }
+  }
+  const totalBytes = allEntries.reduce((n, e) => n + (e.type === 'file' ? e.size : 0), 0);
+  const fileCount = allEntries.filter((e) => e.type === 'file').length;
+
+  const id = (run.id = await uniquePointId(repo, ids, after, startedAt, choice.type));
+  const result: BackupResult = {
+    id,
+    type: choice.type,
+    requestedType: options.type,
+    parent: reference?.id ?? null,
+    deployment,
+    files: fileCount,
+    bytes: totalBytes,
+    added: 0,
+    changed: 0,
+    removed: 0,
+    storedBytes: 0,
+    durationMs: 0,
+    dryRun: options.dryRun === true,
+    warnings,
+  };
+  if (options.dryRun) {
+    // A file its stat alone cannot clear (racy, copied, its change time moved) is read and compared,
+    // as the backup would: else a dry run right after a backup reports what the backup then does not store.
+    const guessed: ManifestEntry[] = [];
+    let wouldStore = 0;
+    // Other names of one file are links to its first, as the backup records them: else each would count as changed.
+    const names = new Map<string, ManifestEntry>();
+    for (const p of plan.entries) {
+      throwIfAborted(options.signal);
+      const first = earlierName(p.scanned, names);
+      if (first) {
+        guessed.push(linkedTo(first, p.scanned));
+        continue;
+      }
+      const entry = plannedAsEntry(p);
+      if (p.action === 'verify' && (await sameContent(p.scanned.abs, p.basis!))) withContent(entry, p.basis!.sha256!, p.basis!.ref!);
+      else if (p.action !== 'reuse') wouldStore += p.scanned.size;
+      remember(p.scanned, entry, names);
+      guessed.push(entry);
+    }
+    Object.assign(result, countChanges(guessed, reference, plan.referenceByPath, captured));
+    // State that is not captured is not known to be gone.
+    const uncaptured = new Set(notCaptured.map((s) => s.name));
+    for (const e of reference?.entries ?? []) if (e.type !== 'dir' && uncaptured.has(e.source)) result.removed--;
+    result.wouldCapture = notCaptured;
+    result.storedBytes = wouldStore;
+    result.durationMs = Date.now() - started;
+    return { result };
+  }
+
+  await run.leftoversRemoved;
+  const sink = (run.sink = new VolumeSink(repo.storage, id, options.volumeSize ?? repo.config.volumeSize, options.concurrency ?? DEFAULT_TRANSFERS, options.signal));
+  const small = plan.entries.flatMap((p, position) =>
+    p.scanned.type === 'file' && p.action !== 'reuse' && p.scanned.size <= SMALL_FILE ? [{ position, path: p.scanned.abs, size: p.scanned.size }] : [],
+  );
+  const context: StoreContext = {
+    pointId: id,
+    // Started on first use: a backup that reads no large file (most incrementals) never waits for the thread.
+    hasher: () => (run.hasher ??= new Sha256Offload()),
+    sink,
+    smallFiles: new SmallFileReader(small),
+    progress: { phase: 'backup', filesDone: 0, filesTotal: plan.filesToRead, bytesDone: 0, bytesTotal: plan.bytesToRead },
+    reporter,
+    warn,
+    superseded: [],
+    hardLinks: new Map(),
+    twins: new ContentTwins(reference),
+    signal: options.signal,
+  };
+  const stored: ManifestEntry[] = [];
+  for (const [position, planned] of plan.entries.entries()) {
+    throwIfAborted(options.signal);
+    run.lock?.throwIfLost();
+    const entry = await storeEntry(planned, position, context);
+    if (entry) stored.push(entry);
+  }
+  const volumes = await sink.finish();
+  throwIfAborted(options.signal);
+  const { recognised } = models ?? (await modelsChecked());
+  const entries = stored.map((entry) => withModel(entry, recognised));
+
+  if (options.strict && warnings.length > 0) {
+    throw new IntegrityError(`backup refused by --strict: ${warnings.length} warning(s), first: ${warnings[0]!.path ?? ''} ${warnings[0]!.message}`);
+  }
+  const storedBytes = volumes.reduce((n, v) => n + v.size, 0);
+  const counts = countChanges(entries, reference, plan.referenceByPath, captured);
+  // As stored: files that vanished, or could not be read, since the scan are not in the point; others changed size.
+  const files = entries.filter((e) => e.type === 'file');
+  const storedFiles = { files: files.length, bytes: files.reduce((n, e) => n + e.size, 0) };
+  Object.assign(result, counts, storedFiles);
+  const manifest: Manifest = {
+    format: MANIFEST_FORMAT,
+    id,
+    type: choice.type,
+    parent: reference?.id ?? null,
+    full: reference ? reference.full : id,
+    startedAt: startedAt.toISOString(),
+    completedAt: now().toISOString(),
+    ...(options.deployment !== undefined ? { deployment: options.deployment } : {}),
+    host: os.hostname(),
+    tags: options.tags ?? {},
+    sources: scanned.map((s) => ({
+      name: s.spec.name,
+      kind: s.spec.kind ?? 'files',
+      path: s.spec.origin ?? s.root,
+      ...(s.spec.restore ? { restore: s.spec.restore } : {}),
+      mode: s.mode,
+      mtimeNs: s.mtimeNs,
+      uid: s.uid,
+      gid: s.gid,
+      exclude: [...excludesOf(s.spec, options)],
+    })),
+    volumes,
+    entries,
+    ...(context.superseded.length > 0 ? { superseded: context.superseded } : {}),
+    stats: { ...storedFiles, ...counts, storedBytes },
+    warnings: warnings.map((w) => ({ code: w.code, path: w.path, message: w.message })),
+    owners: ownerNames(scanned),
+  };
+  return { result, manifest, deploymentsRecorded, storedBytes };
 }
 
 /**
@@ -427,7 +458,8 @@ const FULL_BACKUP_HINT = 'take a full backup, which needs no earlier point: life
  */
 async function referenceManifest(repo: Repository, id: string, requested: BackupType): Promise<Manifest> {
   try {
-    return await repo.manifest(id);
+    // Not kept by the repository: the backup lets go of it before it writes its own manifest.
+    return await repo.loadManifest(id);
   } catch (err) {
     if (!(err instanceof IntegrityError)) throw err;
     throw new IntegrityError(`this ${requested} backup builds on ${id}, whose manifest cannot be read: ${err.message}`, { cause: err, hint: FULL_BACKUP_HINT });
@@ -757,10 +789,12 @@ async function storeOwnEntry(planned: PlannedEntry, position: number, ctx: Store
     }
     const entry = baseEntry(s);
     entry.size = stored.size;
-    entry.mtimeNs = stored.mtimeNs;
-    entry.ctimeNs = stored.ctimeNs;
     entry.mode = stored.mode;
-    entry.ino = stored.ino;
+    // The scan's strings are kept where the file is as it was scanned (as most are): the read's
+    // are copies, which 100,000 files' manifest would hold besides the scan's (some 10 MB).
+    if (stored.mtimeNs !== entry.mtimeNs) entry.mtimeNs = stored.mtimeNs;
+    if (stored.ctimeNs !== entry.ctimeNs) entry.ctimeNs = stored.ctimeNs;
+    if (stored.ino !== entry.ino) entry.ino = stored.ino;
     withContent(entry, stored.sha256, stored.ref, stored.probe);
     const tooLargeToReadAgain = stored.size > READ_AGAIN_MAX_BYTES;
     if (!stored.torn || attempt >= READ_ATTEMPTS || tooLargeToReadAgain) {

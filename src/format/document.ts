@@ -16,18 +16,92 @@ import { sha256Hex } from './checksum.js';
  */
 export function encodeDocument(body: Record<string, unknown>): Buffer {
   const { checksum: _ignored, ...rest } = body;
-  const compact = JSON.stringify(rest);
-  if (compact === '{}') return Buffer.from(`{"checksum":"sha256:${sha256Hex(compact)}"}\n`);
-  // The JSON is written once, into the document's own buffer, and hashed there: a manifest of
-  // 100,000 files is 36 MB of JSON, and building the document as a string, then converting it,
-  // held two more copies of it (and hashing the string a third) at the backup's peak of memory.
-  const length = Buffer.byteLength(compact);
-  const document = Buffer.allocUnsafe(length + CHECKSUM_TAIL_BYTES);
-  document.write(compact, 0, length);
+  const json = new JsonBuffer();
+  json.add('{');
+  let first = true;
+  // Member by member, and a long array element by element, as JSON.stringify would write them: a manifest
+  // of 100,000 files is 36 MB of JSON, which built whole as a string (then copied into the document's
+  // buffer) held a second copy of it at a backup's peak of memory. Each piece goes into the buffer as made.
+  for (const [key, value] of Object.entries(rest)) {
+    const whole = Array.isArray(value) ? undefined : JSON.stringify(value);
+    // What JSON.stringify leaves out of an object (undefined, a function) is left out here too.
+    if (whole === undefined && !Array.isArray(value)) continue;
+    json.add(`${first ? '' : ','}${JSON.stringify(key)}:`);
+    first = false;
+    if (whole === undefined) json.addArray(value as unknown[]);
+    else json.add(whole);
+  }
+  json.add('}');
+  const compact = json.finish();
+  if (compact.length === 2) return Buffer.from(`{"checksum":"sha256:${sha256Hex('{}')}"}\n`);
+  const document = compact.buffer;
+  const length = compact.length;
   const checksum = createHash('sha256').update(document.subarray(0, length)).digest('hex');
   // The closing brace of the compact JSON gives way to the checksum member.
   document.write(`,"checksum":"sha256:${checksum}"}\n`, length - 1, 'latin1');
-  return document;
+  return document.subarray(0, length - 1 + CHECKSUM_TAIL_BYTES + 1);
+}
+
+/** The longest string V8 makes: JSON.stringify of a longer document throws a RangeError, and so does JsonBuffer. */
+const MAX_STRING_CHARS = 2 ** 29 - 24;
+/** Elements of an array serialised together before they go into the buffer. */
+const ELEMENTS_PER_PIECE = 256;
+
+/** The compact JSON of a document, written into one buffer piece by piece, with room for the checksum after it. */
+class JsonBuffer {
+  private buffer = Buffer.allocUnsafe(64 << 10);
+  private length = 0;
+  private chars = 0;
+
+  add(piece: string): void {
+    this.chars += piece.length;
+    if (this.chars > MAX_STRING_CHARS) throw new RangeError('Invalid string length');
+    // A piece takes at most 3 bytes per UTF-16 unit: only when that might not fit is it measured.
+    if (piece.length * 3 > this.room()) {
+      const bytes = Buffer.byteLength(piece);
+      // Room for as many bytes again after it, so that pieces added one by one copy the buffer a few times only.
+      if (bytes > this.room()) this.grow(2 * bytes);
+    }
+    this.length += this.buffer.write(piece, this.length);
+  }
+
+  /**
+   * An array as JSON.stringify writes it (`null` for what it cannot represent), some elements at a
+   * time. The room for the rest is judged from the elements written so far, and made at once: each
+   * time a buffer grows, it and the larger one are both held while it is copied.
+   */
+  addArray(values: readonly unknown[]): void {
+    this.add('[');
+    const start = this.length;
+    for (let from = 0; from < values.length; from += ELEMENTS_PER_PIECE) {
+      const to = Math.min(values.length, from + ELEMENTS_PER_PIECE);
+      const parts: string[] = [];
+      for (let i = from; i < to; i++) parts.push(JSON.stringify(values[i]) ?? 'null');
+      this.add(`${from === 0 ? '' : ','}${parts.join(',')}`);
+      const expected = Math.ceil(((this.length - start) / to) * (values.length - to) * 1.25);
+      if (expected > this.room()) this.grow(expected);
+    }
+    this.add(']');
+  }
+
+  finish(): { buffer: Buffer; length: number } {
+    return { buffer: this.buffer, length: this.length };
+  }
+
+  /** Bytes that can still be written, leaving room for the checksum. */
+  private room(): number {
+    return this.buffer.length - this.length - CHECKSUM_TAIL_BYTES - 1;
+  }
+
+  /**
+   * Room for `bytes` more. The part of a buffer not yet written takes no memory (allocUnsafe leaves
+   * it unwritten, and the system gives pages only once they are written).
+   */
+  private grow(bytes: number): void {
+    const larger = Buffer.allocUnsafe(this.length + bytes + CHECKSUM_TAIL_BYTES + 1);
+    this.buffer.copy(larger, 0, 0, this.length);
+    this.buffer = larger;
+  }
 }
 
 const CHECKSUM_TAIL = /^,"checksum":"sha256:([0-9a-f]{64})"\}$/;
