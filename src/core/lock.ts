@@ -8,7 +8,7 @@ import { isNotFound, isPermissionRefused, type Storage } from '../storage/storag
 import { keys } from '../format/manifest.js';
 import { parseDocumentJson } from '../format/document.js';
 import type { Notice, Reporter } from './events.js';
-import { formatStart, parseStart, pidReusedSince, processRuns, processStart, startDiffers } from '../format/process-alive.js';
+import { ownStart, parseStart, pidReusedSince, processRuns, startDiffers } from '../format/process-alive.js';
 
 export const DEFAULT_LEASE_MS = 30 * 60 * 1000;
 
@@ -265,8 +265,8 @@ export function releaseAfter(lock: HeldLock | undefined, failed: boolean): Promi
 
 /** What a lock of this process says of when it started (see ProcessStart), where the system says. */
 export function ownProcessStart(): { processStart?: string } {
-  const start = processStart(process.pid);
-  return start ? { processStart: formatStart(start) } : {};
+  const start = ownStart();
+  return start ? { processStart: start } : {};
 }
 
 /** One attempt: the lock taken (a stale holder's taken over), or the live holder that has it. */

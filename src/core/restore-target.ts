@@ -8,7 +8,7 @@ import { readRegularFile, syncPath, writeFileSynced } from '../format/durable.js
 import { isMountPoint } from '../format/mounts.js';
 import { formatBytes } from '../format/units.js';
 import type { Notice, Reporter } from './events.js';
-import { formatStart, ownerRuns, parseStart, processStart, type ProcessStart } from '../format/process-alive.js';
+import { ownStart, ownerRuns, parseStart, type ProcessStart } from '../format/process-alive.js';
 import { removeTree } from '../format/remove-tree.js';
 import { quoteName, shortenedPath } from '../format/quote.js';
 
@@ -273,8 +273,8 @@ function lockOwner(held: string): { pid: number; since: number; start?: ProcessS
  */
 export async function lockRestoreTarget(target: string, mountPoint: boolean): Promise<() => Promise<void>> {
   const file = path.join(path.dirname(target), `.${path.basename(target)}${LOCK_MARK}`);
-  const started = processStart(process.pid);
-  const mine = `${process.pid}-${Math.floor(Date.now() / 1000)}${started ? `-${formatStart(started)}` : ''}`;
+  const started = ownStart();
+  const mine = `${process.pid}-${Math.floor(Date.now() / 1000)}${started ? `-${started}` : ''}`;
   for (let attempt = 0; attempt < 50; attempt++) {
     try {
       await fsp.symlink(mine, file);

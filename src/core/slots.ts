@@ -483,19 +483,21 @@ function holdSwitchLock(file: string, name: string, holder: SwitchLockHolder & {
       .catch(() => undefined);
   }, refreshInterval(holder.leaseMs));
   timer.unref();
+  // What the lock holds once the refresh under way (if any) is done: this holder's own while `stored`.
+  const current = async () => {
+    await refreshing;
+    return fsp.readFile(file, 'utf8').catch(() => '');
+  };
   const release = async () => {
     clearInterval(timer);
-    await refreshing;
-    const current = await fsp.readFile(file, 'utf8').catch(() => '');
-    if (current === stored) await fsp.rm(file, { force: true });
+    if ((await current()) === stored) await fsp.rm(file, { force: true });
   };
   const check = async () => {
-    await refreshing;
-    const current = await fsp.readFile(file, 'utf8').catch(() => '');
-    if (current === stored) return;
+    const now = await current();
+    if (now === stored) return;
     let by = 'it was removed';
     try {
-      const other = JSON.parse(current) as SwitchLockHolder;
+      const other = JSON.parse(now) as SwitchLockHolder;
       by = `${other.command ?? 'another process'} (pid ${other.pid ?? '?'} on ${other.host ?? '?'}) took it over`;
     } catch {
       // removed, or being written

@@ -20,16 +20,20 @@ const USER_HZ = 100;
  */
 export function processStartedAt(pid: number, now = Date.now()): number | undefined {
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The command name, in parentheses, may hold spaces and parentheses: the fields after it are counted from its end.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const startTicks = Number(fields[19]);
+    const startTicks = startTicksOf(pid);
     const uptime = Number(fs.readFileSync('/proc/uptime', 'utf8').split(' ')[0]);
     if (!Number.isFinite(startTicks) || !Number.isFinite(uptime)) return undefined;
     return now - (uptime - startTicks / USER_HZ) * 1000;
   } catch {
     return undefined;
   }
+}
+
+/** The clock ticks since the boot at which the process with this pid started (/proc/PID/stat's starttime); throws where /proc does not say. */
+function startTicksOf(pid: number): number {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // The command name, in parentheses, may hold spaces and parentheses: the fields after it are counted from its end.
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
 }
 
 /**
@@ -63,8 +67,7 @@ export interface ProcessStart {
 /** When the process with this pid started (see ProcessStart), where the system says (Linux /proc); undefined elsewhere, or when it is gone. */
 export function processStart(pid: number): ProcessStart | undefined {
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const ticks = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
+    const ticks = startTicksOf(pid);
     const boot = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').replace(/[^0-9a-f]/g, '').slice(0, 8);
     return Number.isSafeInteger(ticks) && boot.length === 8 ? { ticks, boot } : undefined;
   } catch {
@@ -74,6 +77,12 @@ export function processStart(pid: number): ProcessStart | undefined {
 
 /** A process start written into a record: `<ticks>-<boot>`. */
 export const formatStart = (start: ProcessStart): string => `${start.ticks}-${start.boot}`;
+
+/** This process's start as its records write it (`<ticks>-<boot>`), where the system says. */
+export function ownStart(): string | undefined {
+  const start = processStart(process.pid);
+  return start && formatStart(start);
+}
 
 /** The process start a record holds (`<ticks>-<boot>`), or undefined. */
 export function parseStart(text: string | undefined): ProcessStart | undefined {
