@@ -751,6 +751,86 @@ test('a failover whose restore command fails after the SQLite state was put back
   assert.match(r.stderr, new RegExp(`lifeboat: failover of prod to ${pointA} failed before the switch: restore command of source features exited with status 1; prod still serves ${pointB}, nothing was switched`));
 });
 
+test('a failover to a point whose models would not load leaves the live serving state as the service last wrote it, whether the slot served holds a point or was made by hand', async (t) => {
+  const { work, pointB, version, run } = await twoRegistryPoints(t);
+  // A shard whose header says it is longer than the file: the backup warns, the failover must refuse it.
+  const broken = Buffer.alloc(64);
+  broken.writeBigUInt64LE(1n << 40n);
+  await fsp.writeFile(path.join(work, 'live', 'models', 'model.safetensors'), broken);
+  const bad = await lifeboat(['--json', 'backup'], { cwd: work });
+  assert.equal(bad.code, 0, bad.stderr);
+  const pointC = bad.json().id as string;
+  const live = new Database(path.join(work, 'state', 'registry.db'));
+  t.after(async () => live.close());
+  const keptCopies = async () => (await fsp.readdir(path.join(work, 'state'))).filter((f) => f.startsWith('registry.db.lifeboat-replaced-'));
+
+  // A slot made by hand before lifeboat managed the target: no point's state could be put back over it.
+  await fsp.mkdir(path.join(work, 'slots', 'initial', 'models'), { recursive: true });
+  await fsp.symlink(path.join('slots', 'initial'), path.join(work, 'current'));
+  live.exec("UPDATE stage SET version = 'written by the service'");
+  const onHandMade = await lifeboat(['--json', 'failover', pointC], { cwd: work });
+  assert.equal(onHandMade.code, 5, onHandMade.stderr);
+  assert.match(onHandMade.json().reason, /would not load/);
+  assert.equal(version(), 'written by the service');
+  assert.deepEqual(await keptCopies(), [], 'the live database was never replaced');
+
+  // Served from a point: its backup copy would lose what the service wrote since it was taken.
+  await run('failover', pointB);
+  live.exec("UPDATE stage SET version = 'written since B'");
+  const before = (await keptCopies()).length;
+  const onPoint = await lifeboat(['--json', 'failover', pointC], { cwd: work });
+  assert.equal(onPoint.code, 5, onPoint.stderr);
+  assert.equal(version(), 'written since B');
+  assert.equal((await keptCopies()).length, before);
+  assert.doesNotMatch(onPoint.stderr, /warning/);
+  const status = await lifeboat(['status'], { cwd: work });
+  assert.equal(status.code, 0, status.stdout + status.stderr);
+});
+
+test('a failover switched back after a failed health check, or stopped by a failed pre-activation check, gives each SQLite database what it held just before, not the copy of the point served, which lacks what was written since', async (t) => {
+  const { work, pointA, pointB, version, run } = await twoRegistryPoints(t);
+  const config = path.join(work, 'lifeboat.yaml');
+  await fsp.writeFile(
+    config,
+    (await fsp.readFile(config, 'utf8')).replace(
+      '  prod: { slots: ./slots, active: ./current }',
+      '  prod: { slots: ./slots, active: ./current, health: { command: "test \\"$LIFEBOAT_POINT\\" != \\"$(cat unhealthy 2>/dev/null)\\"", preActivate: "test ! -e refused", timeout: 2s, interval: 100ms } }',
+    ),
+  );
+  const live = new Database(path.join(work, 'state', 'registry.db'));
+  t.after(async () => live.close());
+  const write = (v: string) => live.prepare('UPDATE stage SET version = ?').run(v);
+  const failsOver = async (flag: string, expected: RegExp) => {
+    await fsp.writeFile(path.join(work, flag), pointB);
+    const r = await lifeboat(['--json', 'failover', pointB], { cwd: work });
+    await fsp.rm(path.join(work, flag));
+    assert.equal(r.code, 5, r.stderr);
+    assert.match(r.json().reason, expected);
+    assert.doesNotMatch(r.stderr, /could not be put back|NOT put back|no copy to go back|NOT healthy/, 'everything it changed went back');
+    return r;
+  };
+
+  await run('failover', pointA);
+  write('written since A');
+  await failsOver('unhealthy', /not healthy/);
+  assert.equal(version(), 'written since A', 'switched back');
+  await failsOver('refused', /pre-activation check failed/);
+  assert.equal(version(), 'written since A', 'stopped before the switch');
+  assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
+
+  // A slot made by hand holds no point: what the database held is all there is to go back to.
+  await fsp.mkdir(path.join(work, 'slots', 'initial', 'models'), { recursive: true });
+  await fsp.rm(path.join(work, 'current'));
+  await fsp.symlink(path.join('slots', 'initial'), path.join(work, 'current'));
+  write('served from a slot made by hand');
+  await failsOver('refused', /pre-activation check failed/);
+  assert.equal(version(), 'served from a slot made by hand');
+  await failsOver('unhealthy', /not healthy/);
+  assert.equal(version(), 'served from a slot made by hand');
+  // Its health command cannot pass there (no point to compare); status must not say the state is another point's.
+  assert.doesNotMatch((await lifeboat(['status'], { cwd: work })).stdout, /serving state is that of/);
+});
+
 test('a rollback whose point has a manifest that cannot be read stops before the switch, rather than serve that point with the state of another and call it rolled back', async (t) => {
   const { work, pointA, pointB, version } = await twoRegistryPoints(t);
   for (const p of [pointA, pointB]) assert.equal((await lifeboat(['--quiet', 'failover', p], { cwd: work })).code, 0);

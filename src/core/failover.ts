@@ -4,6 +4,7 @@ import { CredentialsRefusedError, ExitCode, IntegrityError, InterruptedError, Li
 import { aheadOfClock } from '../config/duration.js';
 import { deploymentOf, type Manifest, type PointSummary } from '../format/manifest.js';
 import { putStateBack, refuseEmptyCopies, stateToPutBack, type EmptyCopies } from '../state/put-back.js';
+import { restoreSqlite } from '../state/sqlite.js';
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
 import type { Reporter } from './events.js';
 import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } from './health.js';
@@ -89,6 +90,15 @@ interface Run {
   switchingBack?: boolean;
   /** The switch announced: the slot served and the one switched to. */
   move?: { from: string | null; to: string };
+  /** The serving state sources the new point's state replaced, and where what each live database held is kept. */
+  stateChanged?: StateChange[];
+}
+
+/** A state source put back: for a SQLite database, the live file and where what it held just before is kept (if it held anything). */
+interface StateChange {
+  name: string;
+  live?: string;
+  keptAs?: string;
 }
 
 function note(run: Run, code: string, message: string, level: 'info' | 'warning' = 'info'): void {
@@ -143,16 +153,17 @@ async function health(run: Run, slot: string | null, point: string | null): Prom
  * Feeds each command source's captured state to its restore command, and copies SQLite sources back where asked.
  * An interrupt stops it, unless `unstoppable` (it puts back the state of what is served after one).
  */
-async function applyState(run: Run, manifest: Manifest, slot: string, unstoppable = false): Promise<void> {
-  if (run.options.applyState === false) return;
-  const done: { name: string; keptAs?: string }[] = [];
+async function applyState(run: Run, manifest: Manifest, slot: string, unstoppable = false): Promise<StateChange[]> {
+  if (run.options.applyState === false) return [];
+  const done: StateChange[] = [];
+  const liveOf = (name: string) => manifest.sources.find((s) => s.name === name && s.kind === 'sqlite')?.restore;
   await putStateBack(manifest, slot, {
     cwd: run.spec.cwd,
     env: hookEnv(run, slot, manifest.id),
     timeouts: run.spec.stateTimeouts,
     signal: unstoppable ? undefined : run.options.signal,
     note: (code, message) => note(run, code, message),
-    putBack: (name, keptAs) => done.push({ name, keptAs }),
+    putBack: (name, keptAs) => done.push({ name, live: liveOf(name), keptAs }),
     emptyCopies: emptyCopies(run),
   }).catch((err: unknown) => {
     // The link has not moved, but the live state has: "nothing was switched" must not hide it, --quiet or not.
@@ -164,6 +175,31 @@ async function applyState(run: Run, manifest: Manifest, slot: string, unstoppabl
     }
     throw err;
   });
+  return done;
+}
+
+/**
+ * Undoes what putting the new point's state back changed, for the slot `from` still (or again) served: each
+ * SQLite database gets back what it held just before (kept beside it), which the slot's own copy of its point
+ * would not give (the service has written since that point was taken); other sources, command sources and
+ * databases that held nothing, get the copy of the point `from` holds, which a slot made by hand lacks.
+ */
+async function undoState(run: Run, repo: MaybeRepository, from: string, fromPoint: string | null): Promise<void> {
+  const changed = run.stateChanged ?? [];
+  const kept = changed.filter((c): c is Required<StateChange> => c.live !== undefined && c.keptAs !== undefined);
+  const rest = new Set(changed.filter((c) => c.keptAs === undefined).map((c) => c.name));
+  for (const c of kept) {
+    note(run, 'state-restore', `putting back what ${quoteName(c.live)} held before, from ${quoteName(c.keptAs)}`);
+    const again = await restoreSqlite(c.name, c.keptAs, c.live);
+    if (again.keptAs) note(run, 'state-kept', `the state ${quoteName(c.live)} had before is kept as ${quoteName(again.keptAs)}`);
+  }
+  if (rest.size === 0) return;
+  if (fromPoint === null) {
+    const put = kept.length > 0 ? ` (${kept.map((c) => c.name).join(', ')} put back)` : '';
+    throw new Error(`${quoteName(from)} holds no point of the repository, so ${[...rest].join(', ')} has no copy to go back to${put}`);
+  }
+  const old = await stateManifest(repo, run.spec.name, fromPoint);
+  await applyState(run, { ...old, sources: old.sources.filter((s) => rest.has(s.name)) }, from, true);
 }
 
 function emptyCopies(run: Run): EmptyCopies {
@@ -291,6 +327,8 @@ async function transition(
   note(run, 'switching-back', `${quoteName(to)} failed (${reason}); switching back to ${from === null ? 'no link' : quoteName(from)}`, 'warning');
   // Written down first: killed before the old slot's state is back, the next failover or rollback puts it back and journals this one.
   const putBack = from !== null && fromPoint !== null && run.options.applyState !== false;
+  // What this run put back is undone; the record above, for a run killed first, knows only the point's copy.
+  const undo = from !== null && run.options.applyState !== false && (run.stateChanged?.length ?? 0) > 0;
   run.switchingBack = true;
   await announceSwitchBack(run.spec.slots, { at: new Date().toISOString(), reason, state: putBack });
   await hook(run, 'deactivate', to, point).catch((err) => note(run, 'hook-failed', `deactivate hook: ${errorMessage(err)}`, 'warning'));
@@ -311,18 +349,17 @@ async function transition(
   let previousUnchecked: boolean | undefined;
   if (from) {
     let stateBack = true;
-    if (putBack) {
+    if (undo) {
       // Not stopped by an interrupt, as the activate hook below is not: the slot served again needs its state.
-      await whileLeftUndone(`the serving state is that of ${point ?? to} while ${run.spec.name} serves ${fromPoint} again; lifeboat failover ${fromPoint} --to ${run.spec.name} puts it back`, () =>
-        stateManifest(repo, run.spec.name, fromPoint).then((old) => applyState(run, old, from, true)),
-      )
+      const again = fromPoint ? `; lifeboat failover ${fromPoint} --to ${run.spec.name} puts it back` : '';
+      await whileLeftUndone(`the serving state is that of ${point ?? to} while ${run.spec.name} serves ${fromPoint ?? quoteName(from)} again${again}`, () => undoState(run, repo, from, fromPoint))
         .then(() => markStateOf(run.spec.slots, undefined))
         .catch((err) => {
           stateBack = false;
           note(run, 'state-restore-failed', errorMessage(err), 'warning');
         });
-      await announceSwitchBack(run.spec.slots, { at: new Date().toISOString(), reason, state: false });
     }
+    if (putBack) await announceSwitchBack(run.spec.slots, { at: new Date().toISOString(), reason, state: false });
     let reactivated: string | undefined;
     await hook(run, 'activate', from, fromPoint, true).catch((err) => {
       reactivated = errorMessage(err);
@@ -331,7 +368,7 @@ async function transition(
     const back = await health(run, from, fromPoint).catch((err: unknown) => {
       if (!(err instanceof InterruptedError)) throw err;
       // "interrupted" alone would leave the operator to find out what is served, and with which state.
-      const state = putBack ? (stateBack ? ', its serving state put back' : ', its serving state NOT put back (see the warning above)') : '';
+      const state = undo ? (stateBack ? ', its serving state put back' : ', its serving state NOT put back (see the warning above)') : '';
       throw new InterruptedError(`interrupted after switching back: ${run.spec.name} serves ${fromPoint ?? from} again${state}, not confirmed healthy (${point ?? to} was not healthy: ${reason})`, {
         hint: `lifeboat status --target ${run.spec.name} shows whether it answers healthy`,
       });
@@ -617,9 +654,7 @@ async function servedStateBack(run: Run, repo: MaybeRepository, from: string, po
   const served = fromPoint ?? quoteName(from);
   const left = `the serving state is that of ${point ?? 'the point rolled back to'} while ${run.spec.name} serves ${served}${fromPoint ? `; lifeboat failover ${fromPoint} --to ${run.spec.name} --state puts it back` : ''}`;
   note(run, 'state-back', `putting back the serving state of ${served}, which ${run.spec.name} still serves${interrupted ? ' (interrupt again to stop at once, leaving the other point\'s state live)' : ''}`);
-  const putBack = fromPoint
-    ? whileLeftUndone(left, () => stateManifest(repo, run.spec.name, fromPoint).then((old) => applyState(run, old, from, true)))
-    : Promise.reject(new Error(`${quoteName(from)} holds no point of the repository`));
+  const putBack = whileLeftUndone(left, () => undoState(run, repo, from, fromPoint ?? null));
   return putBack.then(
     async () => {
       await markStateOf(run.spec.slots, undefined);
@@ -634,8 +669,8 @@ async function servedStateBack(run: Run, repo: MaybeRepository, from: string, po
 
 /**
  * Fails a target over to a point: restore it into its slot (or check and
- * reuse the slot that holds it, repairing what differs) → run the restore
- * commands of command sources → pre-activation check → deactivate → switch
+ * reuse the slot that holds it, repairing what differs) → check its models →
+ * put the serving state back → pre-activation check → deactivate → switch
  * the link atomically → activate → poll health. A target that does not get
  * healthy is switched back (outcome rolled-back). Every outcome is journalled.
  * Errors before the switch (a restore that fails verification, a failed
@@ -721,8 +756,19 @@ async function failoverRegistered(repo: Repository, manifest: Manifest, spec: Ta
       return result;
     };
 
+    // A slot whose bytes verified can still hold a model that will not load: checked before anything switches, and
+    // before the serving state goes back, which a slot refused here must leave as the service last wrote it.
+    if (from !== slot) {
+      const models = await validateDirectory(slot, { signal: options.signal });
+      if (models.findings.length > 0) {
+        note(run, 'model-invalid', `${models.findings.length} model problem(s) in ${quoteName(slot)}`);
+        result.reason = `the model in ${quoteName(slot)} would not load: ${models.findings.slice(0, 3).map((f) => `${f.path}: ${f.reason}`).join('; ')}`;
+        return finish();
+      }
+    }
+
     run.stateSources = stateToPutBack(manifest);
-    await stateInPlace(run, manifest.id, slot, from, () => applyState(run, manifest, slot));
+    await stateInPlace(run, manifest.id, slot, from, async () => void (run.stateChanged = await applyState(run, manifest, slot)));
     if (from && from !== slot && run.options.applyState !== false && run.stateSources.length > 0) putServedStateBack = (interrupted) => servedStateBack(run, repo, from, manifest.id, interrupted);
 
     if (from === slot) {
@@ -748,14 +794,6 @@ async function failoverRegistered(repo: Repository, manifest: Manifest, spec: Ta
       await putServedStateBack?.(false);
       return finish();
     };
-
-    // A slot whose bytes verified can still hold a model that will not load: check before anything switches.
-    const models = await validateDirectory(slot, { signal: options.signal });
-    if (models.findings.length > 0) {
-      note(run, 'model-invalid', `${models.findings.length} model problem(s) in ${quoteName(slot)}`);
-      result.reason = `the model in ${quoteName(slot)} would not load: ${models.findings.slice(0, 3).map((f) => `${f.path}: ${f.reason}`).join('; ')}`;
-      return notSwitched();
-    }
 
     const pre = spec.health?.preActivate;
     if (pre) {
@@ -861,7 +899,7 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
       });
       if (manifest) {
         run.stateSources = stateToPutBack(manifest);
-        await stateInPlace(run, point, slot, from, () => applyState(run, manifest, slot));
+        await stateInPlace(run, point, slot, from, async () => void (run.stateChanged = await applyState(run, manifest, slot)));
         if (from && run.stateSources.length > 0) putServedStateBack = (interrupted) => servedStateBack(run, repo, from, point, interrupted);
       } else run.stateSources = [];
     }
