@@ -41,6 +41,10 @@ test('what commander refuses (a missing argument or option, an unknown option or
   assertUsageError(await runChild(['restore', 'latest', '--json', '--target']), /option '--target <dir>' argument missing/, /see lifeboat restore --help/, true);
   assertUsageError(await runChild(['--json', 'bogus']), /unknown command 'bogus'/, /see lifeboat --help/, true);
   assertUsageError(await runChild(['key', 'add', '--bogus']), /unknown option '--bogus'/, /see lifeboat key add --help/, false);
+  // A target or directory given as a second word, as other tools take it: the hint names the option that takes it.
+  assertUsageError(await runChild(['failover', 'prod', 'latest']), /too many arguments for 'failover'\. Expected 1 argument but got 2\./, /the target is given with --to: lifeboat failover POINT --to TARGET; see lifeboat failover --help/, false);
+  assertUsageError(await runChild(['--json', 'restore', 'latest', '/srv/restore']), /too many arguments for 'restore'\. Expected 1 argument but got 2\./, /the directory to restore into is given with --target: lifeboat restore POINT --target DIR; see lifeboat restore --help/, true);
+  assertUsageError(await runChild(['list', 'all']), /too many arguments for 'list'\. Expected 0 arguments but got 1\./, /see lifeboat list --help/, false);
   // commander prints the help of a command that needs a subcommand; the error comes after it.
   const key = await runChild(['--json', 'key']);
   assertUsageError(key, /key needs a command: list, add, remove or passwd/, /see lifeboat key --help/, true);

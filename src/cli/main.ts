@@ -257,8 +257,19 @@ function asUsageError(command: Command, heldHelp: (show: boolean) => void): (err
     // "error: unknown option '--bogus'\n(Did you mean --all?)"
     const [problem = err.message, ...suggestion] = err.message.replace(/^error: /, '').split('\n');
     const didYouMean = suggestion.join(' ').replace(/^\((.*)\)$/, '$1').replace(/^Did/, 'did');
-    throw new UsageError(problem, { cause: err, hint: didYouMean ? `${didYouMean} ${help}` : help });
+    throw new UsageError(problem, { cause: err, hint: didYouMean ? `${didYouMean} ${help}` : [excessHint(command, err), help].filter(Boolean).join('; ') });
   };
+}
+
+/**
+ * `failover prod latest`, `restore latest /srv/restore`: a target or directory given as a second
+ * word, as other tools take it, is named by an option here.
+ */
+function excessHint(command: Command, err: CommanderError): string {
+  if (err.code !== 'commander.excessArguments') return '';
+  const named = (['--to', '--target'] as const).find((flag) => command.options.some((o) => o.long === flag));
+  if (!named) return '';
+  return `the ${named === '--to' ? 'target' : 'directory to restore into'} is given with ${named}: ${commandLine(command)} POINT ${named} ${named === '--to' ? 'TARGET' : 'DIR'}`;
 }
 
 /**
