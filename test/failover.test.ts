@@ -1423,6 +1423,7 @@ test('status with a repository that is missing or unreachable still reports what
   const down = await lifeboat(['status'], { cwd: work });
   assert.equal(down.code, 5, down.stderr);
   assert.match(down.stderr, /unhealthy: prod \(health check exited with status 1\); the repository could not be read either: there is no lifeboat repository/);
+  assert.match(down.stderr, new RegExp(`\n {2}if what prod serves is the cause, lifeboat rollback --to prod serves ${first} again\n$`), 'the way back an operator looks for');
   await fsp.rm(path.join(work, 'down'));
   // An S3 endpoint nobody answers on: the same, after the retries.
   const port = await freePort();

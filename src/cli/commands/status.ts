@@ -118,6 +118,14 @@ function unrecoverable(targets: TargetStatus[]): RuntimeFailure | undefined {
   return new RuntimeFailure(said.join('; '), { hint });
 }
 
+
+/** For a target served unhealthy that has a slot to go back to: the rollback an operator in an outage looks for. */
+function rollbackHint(sick: readonly TargetStatus[]): string | undefined {
+  const back = sick.find((t) => t.previous.path !== null && !t.previous.missing && t.previous.unfinished === undefined);
+  if (!back) return undefined;
+  return `if what ${back.name} serves is the cause, lifeboat rollback --to ${back.name} serves ${back.previous.point ?? quoteName(back.previous.path!)} again`;
+}
+
 export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<void> {
   const only = nonEmpty('--target', flags.target, 'the name of a target from lifeboat.yaml');
   const { config, file } = await loadConfig({ explicit: ctx.global.config, cwd: ctx.cwd, env: ctx.env });
@@ -163,7 +171,7 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
       const also = (unreadable === undefined ? '' : `; the repository could not be read either: ${errorMessage(unreadable)}`) + (broken ? `; ${broken.message}` : '');
       throw new HealthError(`unhealthy: ${sick.map((t) => `${t.name} (${t.active.error ?? t.health.detail})`).join(', ')}${also}`, {
         // A server answering from what it loaded before its slot went away will not come back after a restart.
-        hint: unlinked ? (unlinked.active.hint ?? `serve a point again: lifeboat failover --to ${unlinked.name}`) : undefined,
+        hint: unlinked ? (unlinked.active.hint ?? `serve a point again: lifeboat failover --to ${unlinked.name}`) : rollbackHint(sick),
       });
     }
     if (unreadable !== undefined) throw unreadableRepository(unreadable, broken);
