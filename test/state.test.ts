@@ -829,6 +829,14 @@ test('a failover switched back after a failed health check, or stopped by a fail
   assert.equal(version(), 'served from a slot made by hand');
   // Its health command cannot pass there (no point to compare); status must not say the state is another point's.
   assert.doesNotMatch((await lifeboat(['status'], { cwd: work })).stdout, /serving state is that of/);
+  // Rolled back to it from a point whose state went in, the live state stays that point's, and the operator hears so.
+  await run('failover', pointA);
+  assert.equal(version(), 'A');
+  await fsp.writeFile(path.join(work, 'unhealthy'), 'no point');
+  const back = await lifeboat(['rollback'], { cwd: work });
+  assert.equal(back.code, 0, back.stderr);
+  assert.match(back.stderr, new RegExp(`warning: .*slots/initial holds no point of the repository, so no serving state goes back with it: registry keeps the state ${pointA} put in place`));
+  assert.equal(version(), 'A');
 });
 
 test('a rollback whose point has a manifest that cannot be read stops before the switch, rather than serve that point with the state of another and call it rolled back', async (t) => {

@@ -888,6 +888,12 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
       durationMs: 0,
       pruned: [],
     };
+    const intoLive = state.history.findLast((h) => h.to === from);
+    if (!point && run.options.applyState !== false && intoLive?.state !== false && (intoLive?.stateSources?.length ?? 0) > 0) {
+      // A slot made by hand has no copy of any state: the operator must hear that the live state stays the other point's.
+      const left = intoLive!.stateSources!.join(', ');
+      note(run, 'state-none', `${quoteName(to)} holds no point of the repository, so no serving state goes back with it: ${left} keep${intoLive!.stateSources!.length === 1 ? 's' : ''} the state ${served} put in place (what a SQLite database held before is kept beside it)`, 'warning');
+    }
     if (point && run.options.applyState !== false) {
       const slot = to;
       const manifest = await stateManifest(repo, spec.name, point).catch((err: unknown) => {
