@@ -712,11 +712,11 @@ test('a failover, rollback or restore --state refuses to put back a SQLite copy 
  * A deployment whose registry (`restore: true`, and any `more` sources) was backed up twice: at
  * version A, then at version B; `version()` reads what the live registry holds now.
  */
-async function twoRegistryPoints(t: { after(fn: () => Promise<unknown>): void }, more = '') {
+async function twoRegistryPoints(t: { after(fn: () => Promise<unknown>): void }, more = '', target = '{ slots: ./slots, active: ./current }') {
   const { work, dbFile } = await servedWithRegistry(t);
   await fsp.writeFile(
     path.join(work, 'lifeboat.yaml'),
-    `repository: ./repo\nsources:\n  models: ./live/models\n  registry: { sqlite: ./state/registry.db, restore: true }\n${more}targets:\n  prod: { slots: ./slots, active: ./current }\n`,
+    `repository: ./repo\nsources:\n  models: ./live/models\n  registry: { sqlite: ./state/registry.db, restore: true }\n${more}targets:\n  prod: ${target}\n`,
   );
   assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
   const live = new Database(dbFile);
@@ -726,13 +726,15 @@ async function twoRegistryPoints(t: { after(fn: () => Promise<unknown>): void },
   live.exec("UPDATE stage SET version = 'B'");
   const pointB = (await lifeboat(['--json', 'backup'], { cwd: work })).json().id as string;
   const version = () => (live.prepare('SELECT version FROM stage').get() as { version: string }).version;
+  /** What the service writes to the live registry. */
+  const write = (v: string) => live.prepare('UPDATE stage SET version = ?').run(v);
   /** Runs lifeboat there, which must succeed. */
   const run = async (...args: string[]) => {
     const r = await lifeboat(args, { cwd: work });
     assert.equal(r.code, 0, r.stderr);
     return r;
   };
-  return { work, pointA, pointB, version, run };
+  return { work, pointA, pointB, version, write, run };
 }
 
 test('a failover whose restore command fails after the SQLite state was put back says so, with where the state before is kept, not only that nothing was switched', async (t) => {
@@ -752,7 +754,7 @@ test('a failover whose restore command fails after the SQLite state was put back
 });
 
 test('a failover to a point whose models would not load leaves the live serving state as the service last wrote it, whether the slot served holds a point or was made by hand', async (t) => {
-  const { work, pointB, version, run } = await twoRegistryPoints(t);
+  const { work, pointB, version, write, run } = await twoRegistryPoints(t);
   // A shard whose header says it is longer than the file: the backup warns, the failover must refuse it.
   const broken = Buffer.alloc(64);
   broken.writeBigUInt64LE(1n << 40n);
@@ -760,14 +762,12 @@ test('a failover to a point whose models would not load leaves the live serving 
   const bad = await lifeboat(['--json', 'backup'], { cwd: work });
   assert.equal(bad.code, 0, bad.stderr);
   const pointC = bad.json().id as string;
-  const live = new Database(path.join(work, 'state', 'registry.db'));
-  t.after(async () => live.close());
   const keptCopies = async () => (await fsp.readdir(path.join(work, 'state'))).filter((f) => f.startsWith('registry.db.lifeboat-replaced-'));
 
   // A slot made by hand before lifeboat managed the target: no point's state could be put back over it.
   await fsp.mkdir(path.join(work, 'slots', 'initial', 'models'), { recursive: true });
   await fsp.symlink(path.join('slots', 'initial'), path.join(work, 'current'));
-  live.exec("UPDATE stage SET version = 'written by the service'");
+  write('written by the service');
   const onHandMade = await lifeboat(['--json', 'failover', pointC], { cwd: work });
   assert.equal(onHandMade.code, 5, onHandMade.stderr);
   assert.match(onHandMade.json().reason, /would not load/);
@@ -776,7 +776,7 @@ test('a failover to a point whose models would not load leaves the live serving 
 
   // Served from a point: its backup copy would lose what the service wrote since it was taken.
   await run('failover', pointB);
-  live.exec("UPDATE stage SET version = 'written since B'");
+  write('written since B');
   const before = (await keptCopies()).length;
   const onPoint = await lifeboat(['--json', 'failover', pointC], { cwd: work });
   assert.equal(onPoint.code, 5, onPoint.stderr);
@@ -788,18 +788,11 @@ test('a failover to a point whose models would not load leaves the live serving 
 });
 
 test('a failover switched back after a failed health check, or stopped by a failed pre-activation check, gives each SQLite database what it held just before, not the copy of the point served, which lacks what was written since', async (t) => {
-  const { work, pointA, pointB, version, run } = await twoRegistryPoints(t);
-  const config = path.join(work, 'lifeboat.yaml');
-  await fsp.writeFile(
-    config,
-    (await fsp.readFile(config, 'utf8')).replace(
-      '  prod: { slots: ./slots, active: ./current }',
-      '  prod: { slots: ./slots, active: ./current, health: { command: "test \\"$LIFEBOAT_POINT\\" != \\"$(cat unhealthy 2>/dev/null)\\"", preActivate: "test ! -e refused", timeout: 2s, interval: 100ms } }',
-    ),
+  const { work, pointA, pointB, version, write, run } = await twoRegistryPoints(
+    t,
+    '',
+    '{ slots: ./slots, active: ./current, health: { command: "test \\"$LIFEBOAT_POINT\\" != \\"$(cat unhealthy 2>/dev/null)\\"", preActivate: "test ! -e refused", timeout: 2s, interval: 100ms } }',
   );
-  const live = new Database(path.join(work, 'state', 'registry.db'));
-  t.after(async () => live.close());
-  const write = (v: string) => live.prepare('UPDATE stage SET version = ?').run(v);
   const failsOver = async (flag: string, expected: RegExp) => {
     await fsp.writeFile(path.join(work, flag), pointB);
     const r = await lifeboat(['--json', 'failover', pointB], { cwd: work });
@@ -837,6 +830,36 @@ test('a failover switched back after a failed health check, or stopped by a fail
   assert.equal(back.code, 0, back.stderr);
   assert.match(back.stderr, new RegExp(`warning: .*slots/initial holds no point of the repository, so no serving state goes back with it: registry keeps the state ${pointA} put in place`));
   assert.equal(version(), 'A');
+});
+
+test('a failover killed (kill -9) before its switch, or while it switched back, leaves the next failover to give each SQLite database what it held before the killed one, not the copy of the point served', async (t) => {
+  const features = '  features: { command: "echo features", restore: "cat >/dev/null; test \\"$LIFEBOAT_POINT\\" != \\"$(cat kill-putting-back 2>/dev/null)\\" || kill -9 $PPID" }\n';
+  const { work, pointA, pointB, version, write, run } = await twoRegistryPoints(
+    t,
+    features,
+    "{ slots: ./slots, active: ./current, deactivate: 'test ! -e kill-draining || kill -9 $PPID', health: { command: 'test ! -e sick', timeout: 1s, interval: 100ms } }",
+  );
+  await run('failover', pointA);
+  write('written since A');
+
+  // Killed while the slot served is drained, B's state in place.
+  await fsp.writeFile(path.join(work, 'kill-draining'), '');
+  assert.notEqual((await runChild(['failover', pointB], { cwd: work })).code, 0, 'killed');
+  await fsp.rm(path.join(work, 'kill-draining'));
+  assert.equal(version(), 'B');
+  assert.equal((await lifeboat(['failover', pointA], { cwd: work })).code, 0);
+  assert.equal(version(), 'written since A', 'what the killed failover replaced went back');
+
+  // Killed while it switched back from an unhealthy B, putting A's state back (the database first, then the command source).
+  await fsp.writeFile(path.join(work, 'sick'), '');
+  await fsp.writeFile(path.join(work, 'kill-putting-back'), pointA);
+  assert.notEqual((await runChild(['failover', pointB], { cwd: work })).code, 0, 'killed');
+  await Promise.all(['sick', 'kill-putting-back'].map((f) => fsp.rm(path.join(work, f))));
+  const finished = await lifeboat(['failover', pointA], { cwd: work });
+  assert.equal(finished.code, 0, finished.stderr);
+  assert.match(finished.stderr, /putting it back now/);
+  assert.equal(version(), 'written since A');
+  assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
 });
 
 test('a rollback whose point has a manifest that cannot be read stops before the switch, rather than serve that point with the state of another and call it rolled back', async (t) => {

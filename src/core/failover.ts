@@ -14,7 +14,7 @@ import { restore } from './restore.js';
 import { readerLockOptions, whileReading, type ReaderLockOptions } from './lock.js';
 import { NotEnoughSpace, refusedBeforeWriting, removeLeftCopies, removeOtherStaging, restoreLeftUnfinished } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
-import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, markStateOf, settlePending, stateLeftBehind, switchNotMade, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchLock, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
+import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, markStateOf, settlePending, stateChangedInPlace, stateLeftBehind, switchNotMade, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchLock, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
 import type { TargetSpec } from './targets.js';
 import { removeTree } from '../format/remove-tree.js';
 import { whileLeftUndone } from '../left-undone.js';
@@ -326,11 +326,10 @@ async function transition(
   }
   note(run, 'switching-back', `${quoteName(to)} failed (${reason}); switching back to ${from === null ? 'no link' : quoteName(from)}`, 'warning');
   // Written down first: killed before the old slot's state is back, the next failover or rollback puts it back and journals this one.
-  const putBack = from !== null && fromPoint !== null && run.options.applyState !== false;
-  // What this run put back is undone; the record above, for a run killed first, knows only the point's copy.
+  // What this run put in place of the serving state is undone: by this run, or, killed first, by the next.
   const undo = from !== null && run.options.applyState !== false && (run.stateChanged?.length ?? 0) > 0;
   run.switchingBack = true;
-  await announceSwitchBack(run.spec.slots, { at: new Date().toISOString(), reason, state: putBack });
+  await announceSwitchBack(run.spec.slots, { at: new Date().toISOString(), reason, state: undo });
   await hook(run, 'deactivate', to, point).catch((err) => note(run, 'hook-failed', `deactivate hook: ${errorMessage(err)}`, 'warning'));
   await switchActive(run.spec.active, from).catch(async (err: unknown) => {
     // The link still names the new slot, just drained: activated again, it is as it was before the switch back began.
@@ -359,7 +358,7 @@ async function transition(
           note(run, 'state-restore-failed', errorMessage(err), 'warning');
         });
     }
-    if (putBack) await announceSwitchBack(run.spec.slots, { at: new Date().toISOString(), reason, state: false });
+    if (undo) await announceSwitchBack(run.spec.slots, { at: new Date().toISOString(), reason, state: false });
     let reactivated: string | undefined;
     await hook(run, 'activate', from, fromPoint, true).catch((err) => {
       reactivated = errorMessage(err);
@@ -595,21 +594,23 @@ async function finishSwitchBack(run: Run, repo: MaybeRepository): Promise<void> 
   const point = slotPoint(spec.slots, back.from) ?? null;
   const failed = slotPoint(spec.slots, back.to) ?? null;
   let after = 'stopped before the serving state of the slot switched back to was put back';
-  if (back.state && point && back.from) {
+  const changed = await stateChangedInPlace(spec.slots);
+  if (back.state && back.from && (point || changed)) {
     if (run.options.applyState === false) {
       after += ', and left so by a run with --no-state';
       note(run, 'state-left', `${leftUndone(spec, back)}: --no-state leaves the serving state of ${failed ?? quoteName(back.to)} live`, 'warning');
     } else {
       note(run, 'finishing-switch-back', `${leftUndone(spec, back)}: putting it back now`, 'warning');
       const slot = back.from;
-      await stateManifest(repo, spec.name, point)
-        .then((manifest) => applyState(run, manifest, slot))
+      // What the killed run replaced goes back as it would have; a record of an earlier version says only whose state it was.
+      run.stateChanged = changed;
+      await (changed ? undoState(run, repo, slot, point) : stateManifest(repo, spec.name, point!).then((manifest) => applyState(run, manifest, slot)))
         .then(() => markStateOf(spec.slots, undefined))
         .catch((err: unknown) => {
           if (err instanceof InterruptedError) throw err;
           throw new LifeboatError(`${leftUndone(spec, back)}, so its serving state is that of ${failed ?? quoteName(back.to)}, and putting it back failed: ${errorMessage(err)}`, err instanceof LifeboatError ? err.exitCode : ExitCode.runtime, {
             cause: err,
-            hint: `once the cause is fixed, lifeboat failover ${point} --to ${spec.name} puts it back; --no-state goes on, leaving the serving state as it is`,
+            hint: `once the cause is fixed, ${point ? `lifeboat failover ${point} --to ${spec.name} puts it back` : `lifeboat rollback --to ${spec.name} tries again`}; --no-state goes on, leaving the serving state as it is`,
           });
         });
       await hook(run, 'activate', slot, point, true).catch((err) => note(run, 'hook-failed', `activate hook: ${errorMessage(err)}`, 'warning'));
@@ -638,8 +639,11 @@ async function finishSwitchBack(run: Run, repo: MaybeRepository): Promise<void> 
  */
 async function stateInPlace(run: Run, point: string, slot: string, from: string | null, put: () => Promise<void>): Promise<void> {
   const putting = run.options.applyState !== false;
-  if (putting && from !== slot && run.stateSources?.length !== 0) await markStateOf(run.spec.slots, { slot, point, at: new Date().toISOString() });
+  const said = putting && from !== slot && run.stateSources?.length !== 0 ? { slot, point, at: new Date().toISOString() } : undefined;
+  if (said) await markStateOf(run.spec.slots, said);
   await put();
+  // What it replaced, for a run killed before the switch is undone: the next one puts back what was there.
+  if (said && run.stateChanged?.length) await markStateOf(run.spec.slots, { ...said, changed: run.stateChanged });
   if (putting && from === slot) await markStateOf(run.spec.slots, undefined);
 }
 
@@ -768,7 +772,12 @@ async function failoverRegistered(repo: Repository, manifest: Manifest, spec: Ta
     }
 
     run.stateSources = stateToPutBack(manifest);
-    await stateInPlace(run, manifest.id, slot, from, async () => void (run.stateChanged = await applyState(run, manifest, slot)));
+    // Left in place by a run stopped before its switch away from this slot: what that run replaced goes back, as it would have.
+    const leftBehind = from === slot && options.applyState === undefined ? await stateLeftBehind(spec.slots, from) : undefined;
+    await stateInPlace(run, manifest.id, slot, from, async () => {
+      if (leftBehind?.changed) await undoState({ ...run, stateChanged: leftBehind.changed }, repo, slot, manifest.id);
+      else run.stateChanged = await applyState(run, manifest, slot);
+    });
     if (from && from !== slot && run.options.applyState !== false && run.stateSources.length > 0) putServedStateBack = (interrupted) => servedStateBack(run, repo, from, manifest.id, interrupted);
 
     if (from === slot) {

@@ -66,7 +66,18 @@ const targetStateSchema = z.object({
    * process killed in between (or stopped by a second Ctrl-C) leaves it here: while the link names another
    * slot, that slot is served with this point's state (see stateLeftBehind).
    */
-  stateOf: z.object({ slot: z.string(), point: z.string(), at: z.string() }).optional(),
+  stateOf: z
+    .object({
+      slot: z.string(),
+      point: z.string(),
+      at: z.string(),
+      /**
+       * Once it is in place: the sources it replaced, and for a SQLite database where what it held just before is
+       * kept, which is what goes back when the switch is undone (the copy of the point served lacks what was written since).
+       */
+      changed: z.array(z.object({ name: z.string(), live: z.string().optional(), keptAs: z.string().optional() })).max(10_000).optional(),
+    })
+    .optional(),
 });
 type TargetRecord = z.infer<typeof targetStateSchema>;
 export type TargetState = Omit<TargetRecord, 'pending' | 'stateOf'>;
@@ -279,8 +290,13 @@ export async function markStateOf(slots: string, stateOf: TargetRecord['stateOf'
   await writeTargetState(slots, { ...rest, ...(stateOf ? { stateOf } : {}) }, false).catch(() => undefined);
 }
 
+/** What the serving state recorded as in place replaced, when that is recorded (see `stateOf.changed`). */
+export async function stateChangedInPlace(slots: string): Promise<NonNullable<TargetRecord['stateOf']>['changed']> {
+  return (await readRecord(slots))?.stateOf?.changed;
+}
+
 /** The point whose serving state a failover or rollback stopped before its switch left in place, when the link names another slot than that point's. */
-export async function stateLeftBehind(slots: string, active: string | null): Promise<{ point: string; slot: string; at: string } | undefined> {
+export async function stateLeftBehind(slots: string, active: string | null): Promise<NonNullable<TargetRecord['stateOf']> | undefined> {
   const stateOf = (await readRecord(slots))?.stateOf;
   return stateOf && stateOf.slot !== active ? stateOf : undefined;
 }
