@@ -736,10 +736,12 @@ test('completion bash|zsh completes commands, the commands of key, options and t
     const script = [
       'zmodload zsh/zpty',
       "zpty z 'zsh -f -i'",
-      `zpty -w z 'PS1="> "; fpath=(${dir} $fpath); autoload -Uz compinit; compinit -u -D; function lifeboat { }'`,
+      // Typed only once compinit is done (slow on a loaded machine): the echo of this line reads RE""ADY, its output READY.
+      `zpty -w z 'PS1="> "; fpath=(${dir} $fpath); autoload -Uz compinit; compinit -u -D; function lifeboat { }; print RE""ADY'`,
+      "zpty -r z all '*READY*'",
       ...['lifeboat key ', 'lifeboat key add --new', 'lifeboat dri', 'lifeboat d'].flatMap((line) => ['sleep 1', `zpty -w -n z $'\\C-u${line}\\t'`]),
       'sleep 1',
-      'all=""; while zpty -r -t z chunk; do all+="$chunk"; done',
+      'while zpty -r -t z chunk; do all+="$chunk"; done',
       "print -r -- \"$all\" | sed 's/\\x1b\\[[0-9;?]*[a-zA-Z]//g'",
       'zpty -d z',
     ].join('\n');
