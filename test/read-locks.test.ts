@@ -360,3 +360,72 @@ test('a reader that looks at the lock while a prune rewrites it back to back (a 
   assert.equal(missed, 0, `${missed} of ${looks} looks found no lock while the prune held it`);
   assert.ok(waited && reader.waitedFor?.command === 'prune', 'the reader went on while the prune that removes its point held the lock');
 });
+
+/** Rewrites a reader's registration as if its lease had last been refreshed two hours ago (the reader stopped, or its host cut off, since). */
+async function lapse(file: string, change: Record<string, unknown> = {}) {
+  const info = JSON.parse(await fsp.readFile(file, 'utf8'));
+  await fsp.writeFile(file, JSON.stringify({ ...info, refreshedAt: new Date(Date.now() - 2 * 3_600_000).toISOString(), ...change }));
+}
+
+test('a reader taken for gone (its lease lapsed) whose point a prune removed meanwhile says so when it goes on (exit 2), instead of reporting its data missing', async (t) => {
+  const d = await twoFulls();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const [older] = (await lifeboat(['--repo', d.repo, '--json', 'list'])).json().map((p: { id: string }) => p.id) as string[];
+  const reader = worker(t, 'read', d.repo, older!);
+  assert.deepEqual(await reader.next(), { reading: true });
+  const [registration] = await readers(d.repo);
+  assert.deepEqual(JSON.parse(await fsp.readFile(path.join(readersDir(d.repo), registration!), 'utf8')).reads, [older], 'it says which points it reads');
+  reader.child.kill('SIGSTOP');
+  await lapse(path.join(readersDir(d.repo), registration!));
+  const pruned = await lifeboat(['--repo', d.repo, 'prune', '--keep-full', '1']);
+  assert.equal(pruned.code, 0, pruned.stderr);
+  assert.deepEqual(await readers(d.repo), [], 'the prune removed the stale registration');
+  reader.child.kill('SIGCONT');
+  reader.child.stdin!.end();
+  const said = await reader.next();
+  assert.equal(said.exitCode, 2, String(said.error));
+  assert.match(String(said.error), new RegExp(`^backup point ${older} was removed by a prune while this restore was stopped for longer than its lease`));
+  await finished(reader);
+  assert.deepEqual(await readers(d.repo), [], 'its registration, written back, is removed as it ends');
+});
+
+test('a prune stops (exit 4), every point left whole, when a reader it took for gone comes back to read a point it has yet to remove; not for one that reads a point it keeps', async (t) => {
+  const d = await twoFulls();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  await fsp.writeFile(path.join(d.src, 'config.json'), JSON.stringify({ step: 2 }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src, '--type', 'full'])).code, 0);
+  const [oldest, middle, newest] = (await lifeboat(['--repo', d.repo, '--json', 'list'])).json().map((p: { id: string }) => p.id) as string[];
+  await fsp.mkdir(readersDir(d.repo), { recursive: true });
+  const registration = path.join(readersDir(d.repo), 'elsewhere.json');
+  // A restore on another host, cut off for longer than its lease.
+  const elsewhere = (reads: string[]) => ({ ...JSON.parse(lockDocument('restore')), host: 'db-elsewhere', reads });
+  await fsp.writeFile(registration, JSON.stringify(elsewhere([oldest!])));
+  await lapse(registration);
+
+  const pruning = worker(t, 'prune', d.repo, '1');
+  assert.deepEqual(await pruning.next(), { paused: `points/${middle}.json` }, 'newest first');
+  assert.deepEqual(await readers(d.repo), [], 'taken for gone, the registration was removed');
+  // Back, the reader writes its registration again as it refreshes its lease.
+  await fsp.mkdir(readersDir(d.repo), { recursive: true });
+  await fsp.writeFile(registration, JSON.stringify(elsewhere([oldest!])));
+  pruning.child.kill('SIGCONT');
+  const stopped = await pruning.next();
+  assert.equal(stopped.exitCode, 4, String(stopped.error));
+  assert.match(String(stopped.error), new RegExp(`^the prune stopped: restore on db-elsewhere, pid \\d+, since \\S+, taken for gone as the prune started, is reading again point ${oldest}, which this prune removes$`));
+  await finished(pruning);
+  assert.deepEqual((await lifeboat(['--repo', d.repo, '--json', 'list'])).json().map((p: { id: string }) => p.id), [oldest, newest], 'the point it reads is left');
+  await assert.rejects(fsp.access(path.join(d.repo, 'locks', 'lock.json')), 'the lock is released');
+  const verified = await lifeboat(['--repo', d.repo, 'verify', '--read-data']);
+  assert.equal(verified.code, 0, verified.stderr);
+
+  // Back to read the point the prune keeps, it does not stop the prune.
+  await lapse(registration, { reads: [newest] });
+  const again = worker(t, 'prune', d.repo, '1');
+  assert.deepEqual(await again.next(), { paused: `points/${oldest}.json` });
+  await fsp.mkdir(readersDir(d.repo), { recursive: true });
+  await fsp.writeFile(registration, JSON.stringify(elsewhere([newest!])));
+  again.child.kill('SIGCONT');
+  assert.deepEqual(await again.next(), { removed: [oldest] });
+  await finished(again);
+  assert.deepEqual((await lifeboat(['--repo', d.repo, '--json', 'list'])).json().map((p: { id: string }) => p.id), [newest]);
+});

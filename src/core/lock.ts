@@ -21,6 +21,8 @@ const lockSchema = z.object({
   leaseMs: z.number().int().positive(),
   /** A prune, once it has planned: the points it removes. Readers of other points need not wait for it. */
   removing: z.array(z.string().max(64)).max(10_000_000).optional(),
+  /** A reader that says: the points it reads (each with its chain). Absent: it may read any. */
+  reads: z.array(z.string().max(64)).max(10_000_000).optional(),
   /** Unique to one holding of the lock: its holder checks the stored lock still has it before each step that commits or deletes. */
   token: z.string().max(128).optional(),
   /** When the holder's process started, `<ticks>-<boot>` (see ProcessStart), where the system says: tells it from a later process given its pid whatever the clock does. */
@@ -424,15 +426,35 @@ function lockLost(command: string, refreshedAt: string, holder: LockInfo | undef
   });
 }
 
-/** Rewrites a reader's registration as its lease runs, until stopped. */
-function keepRefreshed(storage: Storage, key: string, info: LockInfo): { stop(): Promise<void> } {
+/**
+ * Rewrites a reader's registration as its lease runs, until stopped, each time over what it last wrote. A
+ * registration found gone was judged stale (by a prune or `unlock`: the reader was stopped, or its host
+ * cut off, for longer than its lease) and is written back; resumed() then says that a prune may have run
+ * meanwhile, without this reader.
+ */
+function keepRefreshed(storage: Storage, key: string, info: LockInfo, written: Buffer): { resumed(): Promise<boolean>; stop(): Promise<void> } {
+  let stored = written;
+  let resumed = false;
   let refreshing: Promise<unknown> = Promise.resolve();
-  const timer = setInterval(() => {
-    info.refreshedAt = new Date().toISOString();
-    refreshing = storage.putDocument(key, encodeLock(info)).catch(() => undefined);
-  }, refreshInterval(info.leaseMs));
+  const refresh = () => {
+    refreshing = refreshing.then(async () => {
+      info.refreshedAt = new Date().toISOString();
+      const next = encodeLock(info);
+      if (!(await storage.putDocument(key, next, { ifMatch: stored }))) {
+        resumed = true;
+        await storage.putDocument(key, next);
+      }
+      stored = next;
+    }).catch(() => undefined);
+    return refreshing;
+  };
+  const timer = setInterval(refresh, refreshInterval(info.leaseMs));
   timer.unref();
   return {
+    async resumed() {
+      await refresh();
+      return resumed;
+    },
     async stop() {
       clearInterval(timer);
       await refreshing;
@@ -448,6 +470,8 @@ export interface ReadLock {
   unlocked?: string;
   /** The prune this reader waited for, when it had to wait for one. */
   waitedFor?: LockInfo;
+  /** Whether this reader's registration was found gone (judged stale) and written back; refreshes it to look. */
+  resumed(): Promise<boolean>;
   release(): Promise<void>;
 }
 
@@ -501,19 +525,29 @@ export interface ReadLockOptions extends StalenessOptions {
  */
 export async function acquireReadLock(storage: Storage, command: string, options: ReadLockOptions = {}): Promise<ReadLock> {
   const now = new Date().toISOString();
-  const info: LockInfo = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs: DEFAULT_LEASE_MS, ...ownProcessStart() };
+  const info: LockInfo = {
+    host: os.hostname(),
+    pid: process.pid,
+    command,
+    startedAt: now,
+    refreshedAt: now,
+    leaseMs: DEFAULT_LEASE_MS,
+    ...ownProcessStart(),
+    ...(options.reads ? { reads: [...options.reads] } : {}),
+  };
+  const written = encodeLock(info);
   const key = keys.reader(`${info.host.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 64)}-${info.pid}-${randomBytes(4).toString('hex')}`);
   try {
-    await storage.putDocument(key, encodeLock(info));
+    await storage.putDocument(key, written);
   } catch (err) {
     // A write whose answer never came (the command interrupted while it was on its way, the connection
     // lost) may have registered the reader all the same, on S3: left there, it would keep prunes on other
     // hosts out (exit 4) until stale. The key is this reader's own; tried once.
     await storage.delete([key]).catch(() => undefined);
     if (err instanceof InterruptedError) throw err;
-    return { unlocked: errorMessage(err), release: async () => undefined };
+    return { unlocked: errorMessage(err), resumed: async () => false, release: async () => undefined };
   }
-  const lease = keepRefreshed(storage, key, info);
+  const lease = keepRefreshed(storage, key, info, written);
   const release = async () => {
     await lease.stop();
     await storage.delete([key]).catch((err) => {
@@ -546,7 +580,7 @@ export async function acquireReadLock(storage: Storage, command: string, options
     await release();
     throw err;
   }
-  return { waitedFor, release };
+  return { waitedFor, resumed: () => lease.resumed(), release };
 }
 
 /** A reader that waited for a prune as long as it may: the prune, where it runs, and what to do. */
@@ -591,6 +625,10 @@ export async function whileReading<T>(
       context.reporter.notice?.(notice);
     }
     return await work();
+  } catch (err) {
+    // Its registration judged stale while it was stopped, a prune may have removed what it read: that is what failed.
+    if (!(err instanceof InterruptedError) && (await lock.resumed())) await throwIfPruned(storage, command, 'stopped', context.reads ?? []);
+    throw err;
   } finally {
     await lock.release();
   }
@@ -602,10 +640,15 @@ export async function whileReading<T>(
  * now would report their removed volumes as damaged data (or verify nothing), so this says what happened.
  * Registered, the reader keeps any later prune from removing them.
  */
-async function throwIfPruned(storage: Storage, command: string, prune: LockInfo | undefined, reads: readonly string[]): Promise<void> {
+async function throwIfPruned(storage: Storage, command: string, prune: LockInfo | undefined | 'stopped', reads: readonly string[]): Promise<void> {
   for (const id of reads) {
     if (await storage.head(keys.point(id))) continue;
-    const by = prune ? `the prune (${describeLock(prune)}) this ${command} waited for` : `a prune that ran as this ${command} started`;
+    const by =
+      prune === 'stopped'
+        ? `a prune while this ${command} was stopped for longer than its lease (its registration as a reader was taken for that of a process gone)`
+        : prune
+          ? `the prune (${describeLock(prune)}) this ${command} waited for`
+          : `a prune that ran as this ${command} started`;
     throw new UsageError(`backup point ${id} was removed by ${by}`, {
       hint: 'see `lifeboat list` for the points that remain',
     });
