@@ -396,6 +396,35 @@ test("a target's switch lock written on another host (slots on NFS) is taken ove
   await assert.rejects(lockTarget(slots, 'prod', 'rollback'), (err: LockedError) => err.exitCode === 4 && /being switched by failover \(pid 4242 on gpu-node-2/.test(err.message) && /remove /.test(err.hint ?? ''));
 });
 
+test("the copy of a target's switch lock that a failover killed while it refreshed its lease left beside the lock is removed by the next holder; a live process's is not", { timeout: 60_000 }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const slots = path.join(work, 'slots');
+  await fsp.mkdir(slots);
+  // Its lease of 1.5 s is refreshed after 1 s: killed then, after it wrote the new lock's copy and before it renamed it.
+  const failover = worker(t, 'switch-killed', slots, '1500');
+  assert.deepEqual(await failover.next(), { held: true });
+  assert.deepEqual(await failover.next(), { paused: 1 });
+  failover.child.kill('SIGKILL');
+  await failover.exited;
+  const copies = async () => (await fsp.readdir(slots)).filter((n) => /^\.lifeboat-switch\.lock\.\d+-[0-9a-f]{8}$/.test(n));
+  const [left] = await copies();
+  assert.equal(left, `.lifeboat-switch.lock.${failover.child.pid}-${left!.slice(-8)}`, 'the killed refresh left its copy');
+  // Killed a minute ago; beside it, the copy of a process that runs, stopped while it replaces the lock for 20 s.
+  const minuteAgo = new Date(Date.now() - 60_000);
+  await fsp.utimes(path.join(slots, left!), minuteAgo, minuteAgo);
+  const live = startedNow(t);
+  const running = `.lifeboat-switch.lock.${live.pid}-0123abcd`;
+  await fsp.writeFile(path.join(slots, running), '{}');
+  const before = new Date(Date.now() - 20_000);
+  await fsp.utimes(path.join(slots, running), before, before);
+
+  const release = await lockTarget(slots, 'prod', 'rollback');
+  assert.deepEqual(await copies(), [running], "the killed process's copy is removed");
+  await release();
+  assert.deepEqual((await fsp.readdir(slots)).sort(), [running], 'and its claim: nothing else is left');
+});
+
 test('an unreadable lock (damaged, empty) is said to be unreadable, not described as a holder "? on ?, pid 0": unlock removes it, a backup takes it over', async (t) => {
   const d = await smallDeployment();
   t.after(() => fsp.rm(d.work, { recursive: true, force: true }));

@@ -24,6 +24,9 @@
  * read REPO POINT            reads POINT as a restore does, registered as a reader: says {"reading": true} once
  *                            registered, reads the point's manifest when its stdin closes, and says {"read":
  *                            true} or {"error": message, "exitCode": code}.
+ * switch-killed SLOTS LEASE  takes the switch lock of SLOTS as `switch` does, says {"held": true}, and stops
+ *                            itself (SIGSTOP) at its first lease refresh, just before it renames the new lock
+ *                            over the old one, saying {"paused": 1}: for the test to kill it there.
  * churn SLOTS STOP           until the file STOP exists, takes the switch lock of SLOTS, makes the file
  *                            SLOTS/inside with O_EXCL while it holds it (EEXIST: another holds it too),
  *                            removes it, and leaves the lock as a killed failover does (its pid gone), for
@@ -137,6 +140,14 @@ switch (mode) {
     await new Promise((resolve) => process.stdin.on('end', resolve));
     say({ lost: await unlock.check().then(() => null, (err: Error) => err.message) });
     await unlock();
+    break;
+  }
+  case 'switch-killed': {
+    pauseBeforeRename(path.join(root!, '.lifeboat-switch.lock'), 1);
+    await lockTarget(root!, 'prod', 'failover', Number(args[0]));
+    say({ held: true });
+    process.stdin.resume();
+    await new Promise((resolve) => process.stdin.on('end', resolve));
     break;
   }
   case 'churn': {
