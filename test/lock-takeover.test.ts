@@ -314,6 +314,28 @@ test('a lock that records its process start (ticks since boot) is judged by it, 
   await assert.rejects(fsp.access(lockFile), 'released');
 });
 
+test('the claim of a live process replacing the lock, which records its process start, is not taken for one a gone process left when the clock stepped forward since it was made', { skip: processStart(process.pid) === undefined && 'the system does not tell when a process started (no /proc)' }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const storage = new LocalStorage(work);
+  const before = Buffer.from('{"seq":0}');
+  await storage.putDocument('locks/lock.json', before);
+  const other = startedNow(t);
+  // Made, by the clock of then, 10 minutes before its process started by the clock of now.
+  const claim = path.join(work, 'locks', 'lock.json.claim');
+  await fsp.mkdir(claim);
+  const owner = JSON.stringify({ host: os.hostname(), pid: other.pid, at: new Date(Date.now() - 10 * 60_000).toISOString(), nonce: '0123456789abcdef', processStart: formatStart(processStart(other.pid!)!) });
+  await fsp.writeFile(path.join(claim, 'owner.json'), owner);
+  let settled = false;
+  const replacing = storage.putDocument('locks/lock.json', Buffer.from('{"seq":1}'), { ifMatch: before }).finally(() => (settled = true));
+  await sleep(1500);
+  assert.equal(await fsp.readFile(path.join(claim, 'owner.json'), 'utf8'), owner, 'the live claim is left to its owner');
+  assert.equal(settled, false, 'the replace waits for it');
+  await fsp.rm(claim, { recursive: true });
+  assert.equal(await replacing, true);
+  assert.equal(await fsp.readFile(path.join(work, 'locks', 'lock.json'), 'utf8'), '{"seq":1}');
+});
+
 test("a target's switch lock whose pid now belongs to a process started after it was taken is taken over; one taken after that process started is not", async (t) => {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
