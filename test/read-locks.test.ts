@@ -168,6 +168,21 @@ test('a reader never waits without limit for a prune alive but stuck (its lease 
   assert.equal((await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', target])).code, 0, 'once the prune has ended, the restore goes on');
 });
 
+test('a reader waiting for a prune says that it still waits, about every minute or every quarter of a shorter --retry-lock', { timeout: 60_000 }, async (t) => {
+  const d = await twoFulls();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const stuck = worker(t, 'announce', d.repo, '0');
+  assert.deepEqual(await stuck.next(), { held: true });
+  const pid = stuck.child.pid!;
+  const r = await lifeboat(['--repo', d.repo, 'verify', '--retry-lock', '4s']);
+  assert.equal(r.code, 4, r.stderr);
+  const still = r.stderr.split('\n').filter((l) => l.includes('still waiting'));
+  assert.ok(still.length >= 1, r.stderr);
+  for (const line of still) assert.match(line, new RegExp(`still waiting for the prune on ${os.hostname()}, pid ${pid}, since \\S+ to finish: \\d+\\.\\ds so far, up to 4\\.0s$`));
+  stuck.child.stdin!.end();
+  await finished(stuck);
+});
+
 test("a reader takes a prune's lock not refreshed for --lock-stale-after (or lock.staleAfter) as stale, and goes on", async (t) => {
   const d = await twoFulls();
   t.after(() => fsp.rm(d.work, { recursive: true, force: true }));

@@ -481,8 +481,10 @@ const PRUNE_POLL_MS = 1000;
 /** How long a reader waits for a running prune when neither --retry-lock nor lock.retry says. */
 export const READER_WAIT_MS = 30 * 60 * 1000;
 
-/** How often a reader waiting for a prune says that it still waits. */
-const STILL_WAITING_MS = 60_000;
+/** How often a reader waiting `waitForMs` for a prune says that it still waits: about every minute, or a quarter of a shorter wait. */
+function stillWaitingMs(waitForMs: number): number {
+  return Math.min(60_000, Math.max(PRUNE_POLL_MS, waitForMs / 4));
+}
 
 /** What a reading command (restore, verify, drill, failover) is told about a running prune: how long to wait for it, and when its lock is stale. */
 export interface ReaderLockOptions {
@@ -499,7 +501,7 @@ export interface ReadLockOptions extends StalenessOptions {
   signal?: AbortSignal;
   /** How long to wait for a live prune before failing with exit 4; READER_WAIT_MS when unset. */
   waitForMs?: number;
-  /** Called when the reader has to wait for a prune that holds the lock: once as it starts (`waitedMs` 0), then about every minute. */
+  /** Called when the reader has to wait for a prune that holds the lock: once as it starts (`waitedMs` 0), then as stillWaitingMs says. */
   waiting?: (prune: LockInfo, waitedMs: number, waitForMs: number) => void;
   /**
    * The points the reader reads (each with the chain it depends on, which a
@@ -568,7 +570,7 @@ export async function acquireReadLock(storage: Storage, command: string, options
       if (waited >= waitForMs) throw pruneOutwaited(command, writer.info, waitForMs);
       // Registered already, so no new prune starts; this one was past its look at the readers.
       if (!waitedFor) options.waiting?.(writer.info, 0, waitForMs);
-      else if (Date.now() - told >= STILL_WAITING_MS) {
+      else if (Date.now() - told >= stillWaitingMs(waitForMs)) {
         told = Date.now();
         options.waiting?.(writer.info, waited, waitForMs);
       }
@@ -655,7 +657,7 @@ async function throwIfPruned(storage: Storage, command: string, prune: LockInfo 
   }
 }
 
-/** What a reader says as it starts waiting for a prune, and about every minute while it still waits. */
+/** What a reader says as it starts waiting for a prune, and about every minute (see stillWaitingMs) while it still waits. */
 function waitingNotice(prune: LockInfo, waitedMs: number, waitForMs: number): Notice {
   const message =
     waitedMs === 0
