@@ -131,13 +131,17 @@ test('restore and verify wait for a running prune to finish, not for a backup', 
   assert.deepEqual(await readers(d.repo), []);
 });
 
-test('a reader never waits without limit for a prune alive but stuck (its lease refreshed) or stopped (SIGSTOP): after --retry-lock or lock.retry it exits 4 naming the prune, its host and pid', { timeout: 120_000 }, async (t) => {
+/** Two points, and a real process that holds the lock as a prune, its lease refreshed by its timer, and does nothing more. */
+async function stuckPrune(t: Parameters<typeof worker>[0] & { after(fn: () => Promise<void>): void }) {
   const d = await twoFulls();
   t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
-  // A real process that holds the lock as a prune, its lease refreshed by its timer, and does nothing more.
   const stuck = worker(t, 'announce', d.repo, '0');
   assert.deepEqual(await stuck.next(), { held: true });
-  const pid = stuck.child.pid!;
+  return { d, stuck, pid: stuck.child.pid! };
+}
+
+test('a reader never waits without limit for a prune alive but stuck (its lease refreshed) or stopped (SIGSTOP): after --retry-lock or lock.retry it exits 4 naming the prune, its host and pid', { timeout: 120_000 }, async (t) => {
+  const { d, stuck, pid } = await stuckPrune(t);
   const target = path.join(d.work, 'a');
   const restored = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', target, '--retry-lock', '2s']);
   assert.equal(restored.code, 4, restored.stderr);
@@ -169,11 +173,7 @@ test('a reader never waits without limit for a prune alive but stuck (its lease 
 });
 
 test('a reader waiting for a prune says that it still waits, about every minute or every quarter of a shorter --retry-lock', { timeout: 60_000 }, async (t) => {
-  const d = await twoFulls();
-  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
-  const stuck = worker(t, 'announce', d.repo, '0');
-  assert.deepEqual(await stuck.next(), { held: true });
-  const pid = stuck.child.pid!;
+  const { d, stuck, pid } = await stuckPrune(t);
   const r = await lifeboat(['--repo', d.repo, 'verify', '--retry-lock', '4s']);
   assert.equal(r.code, 4, r.stderr);
   const still = r.stderr.split('\n').filter((l) => l.includes('still waiting'));
