@@ -492,10 +492,12 @@ export interface ReaderLockOptions {
   lockRetryMs?: number;
   /** A prune's lock whose lease was not refreshed for this long is stale (--lock-stale-after, lock.staleAfter). */
   lockStaleAfterMs?: number;
+  /** The command the reader registers as and speaks of ("this drill"), where it is not the one reading (a drill's restore). */
+  readingFor?: string;
 }
 
 /** The options of a reading command that its registration as a reader takes. */
-export const readerLockOptions = (o: ReaderLockOptions & { signal?: AbortSignal }) => ({ signal: o.signal, lockRetryMs: o.lockRetryMs, lockStaleAfterMs: o.lockStaleAfterMs });
+export const readerLockOptions = (o: ReaderLockOptions & { signal?: AbortSignal }) => ({ signal: o.signal, lockRetryMs: o.lockRetryMs, lockStaleAfterMs: o.lockStaleAfterMs, readingFor: o.readingFor });
 
 export interface ReadLockOptions extends StalenessOptions {
   signal?: AbortSignal;
