@@ -26,6 +26,12 @@ export interface PruneOptions {
   lockRetryMs?: number;
   signal?: AbortSignal;
   reporter?: Reporter;
+  /**
+   * Told how many points there are (the kept and those to remove, counted as the plan counts them) once the
+   * prune has planned, and again after each point it removes: what is true of the repository should it fail
+   * or be stopped half-way.
+   */
+  onPointsLeft?: (points: number) => void;
 }
 
 export interface PrunePlan {
@@ -176,6 +182,8 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
   try {
     const protectedPoints = options.findProtected ? await options.findProtected() : options.protected;
     const plan = await planPrune(repo, { ...options, protected: protectedPoints });
+    let pointsLeft = plan.keep.length + plan.remove.length;
+    options.onPointsLeft?.(pointsLeft);
     if (options.dryRun) {
       // The lock a killed writer left is not among the objects: the prune takes it over, and says so, as it would here.
       const stale = await readLock(repo.storage, { staleAfterMs: options.lockStaleAfterMs });
@@ -200,6 +208,7 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
       await stillHeld();
       await repo.storage.delete([key]);
       pending.delete(key.slice(keys.pointsPrefix.length, -'.json'.length));
+      options.onPointsLeft?.(--pointsLeft);
       progress.filesDone++;
       reporter.progress?.(progressAt(progress, key));
     }
