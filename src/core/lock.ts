@@ -427,25 +427,24 @@ function lockLost(command: string, refreshedAt: string, holder: LockInfo | undef
 }
 
 /**
- * Rewrites a reader's registration as its lease runs, until stopped, each time over what it last wrote. A
- * registration found gone was judged stale (by a prune or `unlock`: the reader was stopped, or its host
- * cut off, for longer than its lease) and is written back; resumed() then says that a prune may have run
- * meanwhile, without this reader.
+ * Rewrites a reader's registration as its lease runs, until stopped. A registration found gone was judged
+ * stale (by a prune or `unlock`: the reader was stopped, or its host cut off, for longer than its lease)
+ * and is written back; resumed() then says that a prune may have run meanwhile, without this reader.
+ * Found by a create-if-absent, not by a replace of what was last written: a local repository's replace
+ * makes a claim beside the document, which a prune would list among the readers.
  */
-function keepRefreshed(storage: Storage, key: string, info: LockInfo, written: Buffer): { resumed(): Promise<boolean>; stop(): Promise<void> } {
-  let stored = written;
+function keepRefreshed(storage: Storage, key: string, info: LockInfo): { resumed(): Promise<boolean>; stop(): Promise<void> } {
   let resumed = false;
   let refreshing: Promise<unknown> = Promise.resolve();
   const refresh = () => {
-    refreshing = refreshing.then(async () => {
-      info.refreshedAt = new Date().toISOString();
-      const next = encodeLock(info);
-      if (!(await storage.putDocument(key, next, { ifMatch: stored }))) {
-        resumed = true;
-        await storage.putDocument(key, next);
-      }
-      stored = next;
-    }).catch(() => undefined);
+    refreshing = refreshing
+      .then(async () => {
+        info.refreshedAt = new Date().toISOString();
+        const next = encodeLock(info);
+        if (await storage.putDocument(key, next, { ifAbsent: true })) resumed = true;
+        else await storage.putDocument(key, next);
+      })
+      .catch(() => undefined);
     return refreshing;
   };
   const timer = setInterval(refresh, refreshInterval(info.leaseMs));
@@ -539,10 +538,9 @@ export async function acquireReadLock(storage: Storage, command: string, options
     ...ownProcessStart(),
     ...(options.reads ? { reads: [...options.reads] } : {}),
   };
-  const written = encodeLock(info);
   const key = keys.reader(`${info.host.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 64)}-${info.pid}-${randomBytes(4).toString('hex')}`);
   try {
-    await storage.putDocument(key, written);
+    await storage.putDocument(key, encodeLock(info));
   } catch (err) {
     // A write whose answer never came (the command interrupted while it was on its way, the connection
     // lost) may have registered the reader all the same, on S3: left there, it would keep prunes on other
@@ -551,7 +549,7 @@ export async function acquireReadLock(storage: Storage, command: string, options
     if (err instanceof InterruptedError) throw err;
     return { unlocked: errorMessage(err), resumed: async () => false, release: async () => undefined };
   }
-  const lease = keepRefreshed(storage, key, info, written);
+  const lease = keepRefreshed(storage, key, info);
   const release = async () => {
     await lease.stop();
     await storage.delete([key]).catch((err) => {
