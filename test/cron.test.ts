@@ -176,6 +176,43 @@ test('--metrics-file writes Prometheus text format atomically, keeps other comma
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 
+/**
+ * Makes `file` one this process may not delete: immutable (chattr +i) where it may set that (root, which
+ * the modes do not stop), else its directory not writable. Returns what undoes it.
+ */
+async function undeletable(file: string): Promise<() => Promise<void>> {
+  if (spawnSync('chattr', ['+i', file]).status === 0) return async () => void spawnSync('chattr', ['-i', file]);
+  await fsp.chmod(path.dirname(file), 0o555);
+  return () => fsp.chmod(path.dirname(file), 0o755);
+}
+
+test('a prune that fails half-way, having removed points, counts in its metrics the points that remain, not those of the run before', async (t) => {
+  const d = await smallDeployment();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  for (let i = 0; i < 3; i++) {
+    await fsp.writeFile(path.join(d.src, 'config.json'), JSON.stringify({ step: i }));
+    assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src, '--type', 'full'])).code, 0);
+  }
+  const metrics = path.join(d.work, 'lifeboat.prom');
+  const kept = await lifeboat(['--repo', d.repo, 'prune', '--keep-full', '3', '--metrics-file', metrics]);
+  assert.equal(kept.code, 0, kept.stderr);
+  assert.equal(value(parsePrometheus(await fsp.readFile(metrics, 'utf8')), 'lifeboat_points', 'prune'), 3);
+
+  // The data of the oldest point cannot be deleted: the prune fails once it has removed the points' manifests.
+  const [oldest] = (await lifeboat(['--repo', d.repo, '--json', 'list'])).json().map((p: { id: string }) => p.id) as string[];
+  const [volume] = await fsp.readdir(path.join(d.repo, 'data', oldest!));
+  const undo = await undeletable(path.join(d.repo, 'data', oldest!, volume!));
+  t.after(undo);
+  const failed = await lifeboat(['--repo', d.repo, 'prune', '--keep-full', '1', '--metrics-file', metrics]);
+  await undo();
+  assert.equal(failed.code, 2, failed.stderr);
+  assert.match(failed.stderr, new RegExp(`cannot delete data/${oldest}/`));
+  assert.equal((await lifeboat(['--repo', d.repo, '--json', 'list'])).json().length, 1, 'the points were removed');
+  const samples = parsePrometheus(await fsp.readFile(metrics, 'utf8'));
+  assert.equal(value(samples, 'lifeboat_last_run_exit_code', 'prune'), 2);
+  assert.equal(value(samples, 'lifeboat_points', 'prune'), 1);
+});
+
 test('a metrics file that cannot be written (a full disk, a file-size limit) is a warning that leaves no temporary file beside it, run after run', async (t) => {
   const d = await smallDeployment();
   t.after(() => fsp.rm(d.work, { recursive: true, force: true }));

@@ -314,6 +314,28 @@ test('a lock that records its process start (ticks since boot) is judged by it, 
   await assert.rejects(fsp.access(lockFile), 'released');
 });
 
+test('the claim of a live process replacing the lock, which records its process start, is not taken for one a gone process left when the clock stepped forward since it was made', { skip: processStart(process.pid) === undefined && 'the system does not tell when a process started (no /proc)' }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const storage = new LocalStorage(work);
+  const before = Buffer.from('{"seq":0}');
+  await storage.putDocument('locks/lock.json', before);
+  const other = startedNow(t);
+  // Made, by the clock of then, 10 minutes before its process started by the clock of now.
+  const claim = path.join(work, 'locks', 'lock.json.claim');
+  await fsp.mkdir(claim);
+  const owner = JSON.stringify({ host: os.hostname(), pid: other.pid, at: new Date(Date.now() - 10 * 60_000).toISOString(), nonce: '0123456789abcdef', processStart: formatStart(processStart(other.pid!)!) });
+  await fsp.writeFile(path.join(claim, 'owner.json'), owner);
+  let settled = false;
+  const replacing = storage.putDocument('locks/lock.json', Buffer.from('{"seq":1}'), { ifMatch: before }).finally(() => (settled = true));
+  await sleep(1500);
+  assert.equal(await fsp.readFile(path.join(claim, 'owner.json'), 'utf8'), owner, 'the live claim is left to its owner');
+  assert.equal(settled, false, 'the replace waits for it');
+  await fsp.rm(claim, { recursive: true });
+  assert.equal(await replacing, true);
+  assert.equal(await fsp.readFile(path.join(work, 'locks', 'lock.json'), 'utf8'), '{"seq":1}');
+});
+
 test("a target's switch lock whose pid now belongs to a process started after it was taken is taken over; one taken after that process started is not", async (t) => {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
@@ -394,6 +416,35 @@ test("a target's switch lock written on another host (slots on NFS) is taken ove
   // A lock of an earlier version records no lease: from another host it is never judged, as before.
   await fsp.writeFile(lockFile, JSON.stringify({ host: 'gpu-node-2', pid: 4242, command: 'failover', startedAt: new Date(Date.now() - 86_400_000).toISOString() }));
   await assert.rejects(lockTarget(slots, 'prod', 'rollback'), (err: LockedError) => err.exitCode === 4 && /being switched by failover \(pid 4242 on gpu-node-2/.test(err.message) && /remove /.test(err.hint ?? ''));
+});
+
+test("the copy of a target's switch lock that a failover killed while it refreshed its lease left beside the lock is removed by the next holder; a live process's is not", { timeout: 60_000 }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const slots = path.join(work, 'slots');
+  await fsp.mkdir(slots);
+  // Its lease of 1.5 s is refreshed after 1 s: killed then, after it wrote the new lock's copy and before it renamed it.
+  const failover = worker(t, 'switch-killed', slots, '1500');
+  assert.deepEqual(await failover.next(), { held: true });
+  assert.deepEqual(await failover.next(), { paused: 1 });
+  failover.child.kill('SIGKILL');
+  await failover.exited;
+  const copies = async () => (await fsp.readdir(slots)).filter((n) => /^\.lifeboat-switch\.lock\.\d+-[0-9a-f]{8}$/.test(n));
+  const [left] = await copies();
+  assert.equal(left, `.lifeboat-switch.lock.${failover.child.pid}-${left!.slice(-8)}`, 'the killed refresh left its copy');
+  // Killed a minute ago; beside it, the copy of a process that runs, stopped while it replaces the lock for 20 s.
+  const minuteAgo = new Date(Date.now() - 60_000);
+  await fsp.utimes(path.join(slots, left!), minuteAgo, minuteAgo);
+  const live = startedNow(t);
+  const running = `.lifeboat-switch.lock.${live.pid}-0123abcd`;
+  await fsp.writeFile(path.join(slots, running), '{}');
+  const before = new Date(Date.now() - 20_000);
+  await fsp.utimes(path.join(slots, running), before, before);
+
+  const release = await lockTarget(slots, 'prod', 'rollback');
+  assert.deepEqual(await copies(), [running], "the killed process's copy is removed");
+  await release();
+  assert.deepEqual((await fsp.readdir(slots)).sort(), [running], 'and its claim: nothing else is left');
 });
 
 test('an unreadable lock (damaged, empty) is said to be unreadable, not described as a holder "? on ?, pid 0": unlock removes it, a backup takes it over', async (t) => {

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { makeDirectories, makeWorkDirectory } from '../src/format/mkdirs.js';
+import { formatStart, processStart } from '../src/format/process-alive.js';
 import { lifeboat } from './helpers/cli.js';
 import { startedNow } from './helpers/processes.js';
 import { smallDeployment } from './helpers/repo.js';
@@ -84,6 +85,24 @@ test('a work directory named for a pid that now belongs to a process started aft
   const removed: string[] = [];
   const made = await makeWorkDirectory(work, 'lifeboat-drill-', (dir) => removed.push(dir));
   assert.deepEqual(removed, [before]);
-  assert.match(path.basename(made), new RegExp(`^lifeboat-drill-${process.pid}-\\d{10}-[A-Za-z0-9]{6}$`));
+  const started = processStart(process.pid);
+  assert.match(path.basename(made), new RegExp(`^lifeboat-drill-${process.pid}-\\d{10}${started ? `-${formatStart(started)}` : ''}-[A-Za-z0-9]{6}$`));
   assert.deepEqual((await fsp.readdir(work)).sort(), [path.basename(after), path.basename(older), path.basename(made)].sort());
+});
+
+test('a work directory whose name records its process start is judged by it, not by the clock: a live owner\'s made before the clock stepped forward stays, a pid given again after the clock stepped back is removed', { skip: processStart(process.pid) === undefined && 'the system does not tell when a process started (no /proc)' }, async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const other = startedNow(t);
+  const start = processStart(other.pid!)!;
+  const seconds = (msAgo: number) => Math.floor((Date.now() - msAgo) / 1000);
+  // Its owner runs: made, by the clock of then, 10 minutes before that process started by the clock of now.
+  const live = path.join(work, `lifeboat-drill-${other.pid}-${seconds(10 * 60_000)}-${formatStart(start)}-a1b2c3`);
+  // Made by another process of that pid, 10 minutes ahead of the clock of now.
+  const given = path.join(work, `lifeboat-drill-${other.pid}-${seconds(-10 * 60_000)}-${formatStart({ ...start, ticks: start.ticks + 1 })}-d4e5f6`);
+  for (const dir of [live, given]) await fsp.mkdir(dir);
+  const removed: string[] = [];
+  const made = await makeWorkDirectory(work, 'lifeboat-drill-', (dir) => removed.push(dir));
+  assert.deepEqual(removed, [given]);
+  assert.deepEqual((await fsp.readdir(work)).sort(), [path.basename(live), path.basename(made)].sort());
 });

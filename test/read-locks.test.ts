@@ -131,13 +131,17 @@ test('restore and verify wait for a running prune to finish, not for a backup', 
   assert.deepEqual(await readers(d.repo), []);
 });
 
-test('a reader never waits without limit for a prune alive but stuck (its lease refreshed) or stopped (SIGSTOP): after --retry-lock or lock.retry it exits 4 naming the prune, its host and pid', { timeout: 120_000 }, async (t) => {
+/** Two points, and a real process that holds the lock as a prune, its lease refreshed by its timer, and does nothing more. */
+async function stuckPrune(t: Parameters<typeof worker>[0] & { after(fn: () => Promise<void>): void }) {
   const d = await twoFulls();
   t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
-  // A real process that holds the lock as a prune, its lease refreshed by its timer, and does nothing more.
   const stuck = worker(t, 'announce', d.repo, '0');
   assert.deepEqual(await stuck.next(), { held: true });
-  const pid = stuck.child.pid!;
+  return { d, stuck, pid: stuck.child.pid! };
+}
+
+test('a reader never waits without limit for a prune alive but stuck (its lease refreshed) or stopped (SIGSTOP): after --retry-lock or lock.retry it exits 4 naming the prune, its host and pid', { timeout: 120_000 }, async (t) => {
+  const { d, stuck, pid } = await stuckPrune(t);
   const target = path.join(d.work, 'a');
   const restored = await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', target, '--retry-lock', '2s']);
   assert.equal(restored.code, 4, restored.stderr);
@@ -154,8 +158,7 @@ test('a reader never waits without limit for a prune alive but stuck (its lease 
   for (const args of [['verify'], ['drill'], ['restore', 'latest', '--target', target]]) {
     const r = await lifeboat(['--repo', d.repo, '--config', config, ...args]);
     assert.equal(r.code, 4, `${args[0]}: ${r.stderr}`);
-    // A drill's restore is the reader.
-    assert.match(r.stderr, new RegExp(`being pruned by prune on ${os.hostname()}, pid ${pid}, .*still after waiting 1\\.0s; this ${args[0] === 'drill' ? 'restore' : args[0]} reads`));
+    assert.match(r.stderr, new RegExp(`being pruned by prune on ${os.hostname()}, pid ${pid}, .*still after waiting 1\\.0s; this ${args[0]} reads what it may remove\n {2}.* run this ${args[0]} again`));
   }
   // --retry-lock 0 does not wait at all, and the flag wins over the config.
   const now = await lifeboat(['--repo', d.repo, '--config', config, 'verify', '--retry-lock', '0']);
@@ -166,6 +169,17 @@ test('a reader never waits without limit for a prune alive but stuck (its lease 
   stuck.child.stdin!.end();
   await finished(stuck);
   assert.equal((await lifeboat(['--repo', d.repo, 'restore', 'latest', '--target', target])).code, 0, 'once the prune has ended, the restore goes on');
+});
+
+test('a reader waiting for a prune says that it still waits, about every minute or every quarter of a shorter --retry-lock', { timeout: 60_000 }, async (t) => {
+  const { d, stuck, pid } = await stuckPrune(t);
+  const r = await lifeboat(['--repo', d.repo, 'verify', '--retry-lock', '4s']);
+  assert.equal(r.code, 4, r.stderr);
+  const still = r.stderr.split('\n').filter((l) => l.includes('still waiting'));
+  assert.ok(still.length >= 1, r.stderr);
+  for (const line of still) assert.match(line, new RegExp(`still waiting for the prune on ${os.hostname()}, pid ${pid}, since \\S+ to finish: \\d+\\.\\ds so far, up to 4\\.0s$`));
+  stuck.child.stdin!.end();
+  await finished(stuck);
 });
 
 test("a reader takes a prune's lock not refreshed for --lock-stale-after (or lock.staleAfter) as stale, and goes on", async (t) => {
@@ -232,7 +246,7 @@ test('a restore, drill or verify of a point the prune it waited for removed says
   const [restored, verified, drilled] = await Promise.all(waiting);
   for (const r of [restored!, verified!, drilled!]) {
     assert.equal(r.code, 2, r.stdout + r.stderr);
-    assert.match(r.stderr, new RegExp(`backup point ${older} was removed by the prune \\(prune on ${os.hostname()}, pid ${process.pid}, since .*\\) this (restore|verify) waited for`));
+    assert.match(r.stderr, new RegExp(`backup point ${older} was removed by the prune \\(prune on ${os.hostname()}, pid ${process.pid}, since .*\\) this ${r === drilled ? 'drill' : r === verified ? 'verify' : 'restore'} waited for`));
     assert.doesNotMatch(r.stderr, /does not exist|no problems found/);
   }
   assert.equal(drilled!.json().error.exitCode, 2);
@@ -359,4 +373,73 @@ test('a reader that looks at the lock while a prune rewrites it back to back (a 
   await reader.release();
   assert.equal(missed, 0, `${missed} of ${looks} looks found no lock while the prune held it`);
   assert.ok(waited && reader.waitedFor?.command === 'prune', 'the reader went on while the prune that removes its point held the lock');
+});
+
+/** Rewrites a reader's registration as if its lease had last been refreshed two hours ago (the reader stopped, or its host cut off, since). */
+async function lapse(file: string, change: Record<string, unknown> = {}) {
+  const info = JSON.parse(await fsp.readFile(file, 'utf8'));
+  await fsp.writeFile(file, JSON.stringify({ ...info, refreshedAt: new Date(Date.now() - 2 * 3_600_000).toISOString(), ...change }));
+}
+
+test('a reader taken for gone (its lease lapsed) whose point a prune removed meanwhile says so when it goes on (exit 2), instead of reporting its data missing', async (t) => {
+  const d = await twoFulls();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  const [older] = (await lifeboat(['--repo', d.repo, '--json', 'list'])).json().map((p: { id: string }) => p.id) as string[];
+  const reader = worker(t, 'read', d.repo, older!);
+  assert.deepEqual(await reader.next(), { reading: true });
+  const [registration] = await readers(d.repo);
+  assert.deepEqual(JSON.parse(await fsp.readFile(path.join(readersDir(d.repo), registration!), 'utf8')).reads, [older], 'it says which points it reads');
+  reader.child.kill('SIGSTOP');
+  await lapse(path.join(readersDir(d.repo), registration!));
+  const pruned = await lifeboat(['--repo', d.repo, 'prune', '--keep-full', '1']);
+  assert.equal(pruned.code, 0, pruned.stderr);
+  assert.deepEqual(await readers(d.repo), [], 'the prune removed the stale registration');
+  reader.child.kill('SIGCONT');
+  reader.child.stdin!.end();
+  const said = await reader.next();
+  assert.equal(said.exitCode, 2, String(said.error));
+  assert.match(String(said.error), new RegExp(`^backup point ${older} was removed by a prune while this restore was stopped for longer than its lease`));
+  await finished(reader);
+  assert.deepEqual(await readers(d.repo), [], 'its registration, written back, is removed as it ends');
+});
+
+test('a prune stops (exit 4), every point left whole, when a reader it took for gone comes back to read a point it has yet to remove; not for one that reads a point it keeps', async (t) => {
+  const d = await twoFulls();
+  t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
+  await fsp.writeFile(path.join(d.src, 'config.json'), JSON.stringify({ step: 2 }));
+  assert.equal((await lifeboat(['--repo', d.repo, 'backup', d.src, '--type', 'full'])).code, 0);
+  const [oldest, middle, newest] = (await lifeboat(['--repo', d.repo, '--json', 'list'])).json().map((p: { id: string }) => p.id) as string[];
+  await fsp.mkdir(readersDir(d.repo), { recursive: true });
+  const registration = path.join(readersDir(d.repo), 'elsewhere.json');
+  // A restore on another host, cut off for longer than its lease.
+  const elsewhere = (reads: string[]) => ({ ...JSON.parse(lockDocument('restore')), host: 'db-elsewhere', reads });
+  await fsp.writeFile(registration, JSON.stringify(elsewhere([oldest!])));
+  await lapse(registration);
+
+  const pruning = worker(t, 'prune', d.repo, '1');
+  assert.deepEqual(await pruning.next(), { paused: `points/${middle}.json` }, 'newest first');
+  assert.deepEqual(await readers(d.repo), [], 'taken for gone, the registration was removed');
+  // Back, the reader writes its registration again as it refreshes its lease.
+  await fsp.mkdir(readersDir(d.repo), { recursive: true });
+  await fsp.writeFile(registration, JSON.stringify(elsewhere([oldest!])));
+  pruning.child.kill('SIGCONT');
+  const stopped = await pruning.next();
+  assert.equal(stopped.exitCode, 4, String(stopped.error));
+  assert.match(String(stopped.error), new RegExp(`^the prune stopped: restore on db-elsewhere, pid \\d+, since \\S+, taken for gone as the prune started, is reading again point ${oldest}, which this prune removes$`));
+  await finished(pruning);
+  assert.deepEqual((await lifeboat(['--repo', d.repo, '--json', 'list'])).json().map((p: { id: string }) => p.id), [oldest, newest], 'the point it reads is left');
+  await assert.rejects(fsp.access(path.join(d.repo, 'locks', 'lock.json')), 'the lock is released');
+  const verified = await lifeboat(['--repo', d.repo, 'verify', '--read-data']);
+  assert.equal(verified.code, 0, verified.stderr);
+
+  // Back to read the point the prune keeps, it does not stop the prune.
+  await lapse(registration, { reads: [newest] });
+  const again = worker(t, 'prune', d.repo, '1');
+  assert.deepEqual(await again.next(), { paused: `points/${oldest}.json` });
+  await fsp.mkdir(readersDir(d.repo), { recursive: true });
+  await fsp.writeFile(registration, JSON.stringify(elsewhere([newest!])));
+  again.child.kill('SIGCONT');
+  assert.deepEqual(await again.next(), { removed: [oldest] });
+  await finished(again);
+  assert.deepEqual((await lifeboat(['--repo', d.repo, '--json', 'list'])).json().map((p: { id: string }) => p.id), [newest]);
 });

@@ -204,7 +204,29 @@ test('a staging directory named for a pid that now belongs to a process started 
   await assert.rejects(fsp.access(left), 'the left staging directory became the target');
   await fsp.access(live);
   await fsp.access(older);
-  assert.match(path.basename(stagingPath(path.join(work, 'out'), false)), new RegExp(`^\\.out\\.lifeboat-staging-${process.pid}-\\d{10}-[0-9a-f]{8}$`));
+  const started = processStart(process.pid);
+  assert.match(path.basename(stagingPath(path.join(work, 'out'), false)), new RegExp(`^\\.out\\.lifeboat-staging-${process.pid}-\\d{10}${started ? `-${formatStart(started)}` : ''}-[0-9a-f]{8}$`));
+});
+
+test('a staging directory whose name records its process start is judged by it, not by the clock: a live restore\'s made before the clock stepped forward stays, one of a pid given again after the clock stepped back is resumed', { skip: processStart(process.pid) === undefined && 'the system does not tell when a process started (no /proc)' }, async (t) => {
+  const { work, src, repo: repoDir } = await smallDeployment();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['--repo', repoDir, 'backup', src])).code, 0);
+  const other = startedNow(t);
+  const start = processStart(other.pid!)!;
+  const seconds = (msAgo: number) => Math.floor((Date.now() - msAgo) / 1000);
+  // Its restore runs: made, by the clock of then, 10 minutes before that process started by the clock of now.
+  const live = path.join(work, `.out.lifeboat-staging-${other.pid}-${seconds(10 * 60_000)}-${formatStart(start)}-00c0ffee`);
+  // Made by another process of that pid, 10 minutes ahead of the clock of now.
+  const left = path.join(work, `.out.lifeboat-staging-${other.pid}-${seconds(-10 * 60_000)}-${formatStart({ ...start, ticks: start.ticks + 1 })}-0badf00d`);
+  for (const dir of [left, live]) await fsp.mkdir(path.join(dir, 'models'), { recursive: true });
+  await fsp.copyFile(path.join(src, 'weights.bin'), path.join(left, 'models', 'weights.bin'));
+
+  const r = await lifeboat(['--repo', repoDir, 'restore', 'latest', '--target', path.join(work, 'out')]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, new RegExp(`${path.basename(left).replaceAll('.', '\\.')}: resuming an interrupted restore: 1 file\\(s\\)`));
+  await assert.rejects(fsp.access(left), 'the left staging directory became the target');
+  await fsp.access(live);
 });
 
 test('what an interrupted failover to another point left under a short name, named by a link, is removed with its link; its own and live ones stay', async (t) => {

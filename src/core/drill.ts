@@ -141,7 +141,7 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
     let restored = false;
     try {
       // Through the page cache, as a failover restores: the read-back check and the smoke test then find the files in memory.
-      const r = await restore(repo, point, { target, concurrency: options.concurrency, pageCache: true, disposable: true, ...readerLockOptions(options), reporter });
+      const r = await restore(repo, point, { target, concurrency: options.concurrency, pageCache: true, disposable: true, ...readerLockOptions(options), readingFor: 'drill', reporter });
       files = r.files;
       bytes = r.bytes;
       restored = true;

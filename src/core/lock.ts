@@ -21,6 +21,8 @@ const lockSchema = z.object({
   leaseMs: z.number().int().positive(),
   /** A prune, once it has planned: the points it removes. Readers of other points need not wait for it. */
   removing: z.array(z.string().max(64)).max(10_000_000).optional(),
+  /** A reader that says: the points it reads (each with its chain). Absent: it may read any. */
+  reads: z.array(z.string().max(64)).max(10_000_000).optional(),
   /** Unique to one holding of the lock: its holder checks the stored lock still has it before each step that commits or deletes. */
   token: z.string().max(128).optional(),
   /** When the holder's process started, `<ticks>-<boot>` (see ProcessStart), where the system says: tells it from a later process given its pid whatever the clock does. */
@@ -424,15 +426,34 @@ function lockLost(command: string, refreshedAt: string, holder: LockInfo | undef
   });
 }
 
-/** Rewrites a reader's registration as its lease runs, until stopped. */
-function keepRefreshed(storage: Storage, key: string, info: LockInfo): { stop(): Promise<void> } {
+/**
+ * Rewrites a reader's registration as its lease runs, until stopped. A registration found gone was judged
+ * stale (by a prune or `unlock`: the reader was stopped, or its host cut off, for longer than its lease)
+ * and is written back; resumed() then says that a prune may have run meanwhile, without this reader.
+ * Found by a create-if-absent, not by a replace of what was last written: a local repository's replace
+ * makes a claim beside the document, which a prune would list among the readers.
+ */
+function keepRefreshed(storage: Storage, key: string, info: LockInfo): { resumed(): Promise<boolean>; stop(): Promise<void> } {
+  let resumed = false;
   let refreshing: Promise<unknown> = Promise.resolve();
-  const timer = setInterval(() => {
-    info.refreshedAt = new Date().toISOString();
-    refreshing = storage.putDocument(key, encodeLock(info)).catch(() => undefined);
-  }, refreshInterval(info.leaseMs));
+  const refresh = () => {
+    refreshing = refreshing
+      .then(async () => {
+        info.refreshedAt = new Date().toISOString();
+        const next = encodeLock(info);
+        if (await storage.putDocument(key, next, { ifAbsent: true })) resumed = true;
+        else await storage.putDocument(key, next);
+      })
+      .catch(() => undefined);
+    return refreshing;
+  };
+  const timer = setInterval(refresh, refreshInterval(info.leaseMs));
   timer.unref();
   return {
+    async resumed() {
+      await refresh();
+      return resumed;
+    },
     async stop() {
       clearInterval(timer);
       await refreshing;
@@ -448,6 +469,8 @@ export interface ReadLock {
   unlocked?: string;
   /** The prune this reader waited for, when it had to wait for one. */
   waitedFor?: LockInfo;
+  /** Whether this reader's registration was found gone (judged stale) and written back; refreshes it to look. */
+  resumed(): Promise<boolean>;
   release(): Promise<void>;
 }
 
@@ -457,8 +480,10 @@ const PRUNE_POLL_MS = 1000;
 /** How long a reader waits for a running prune when neither --retry-lock nor lock.retry says. */
 export const READER_WAIT_MS = 30 * 60 * 1000;
 
-/** How often a reader waiting for a prune says that it still waits. */
-const STILL_WAITING_MS = 60_000;
+/** How often a reader waiting `waitForMs` for a prune says that it still waits: about every minute, or a quarter of a shorter wait. */
+function stillWaitingMs(waitForMs: number): number {
+  return Math.min(60_000, Math.max(PRUNE_POLL_MS, waitForMs / 4));
+}
 
 /** What a reading command (restore, verify, drill, failover) is told about a running prune: how long to wait for it, and when its lock is stale. */
 export interface ReaderLockOptions {
@@ -466,16 +491,18 @@ export interface ReaderLockOptions {
   lockRetryMs?: number;
   /** A prune's lock whose lease was not refreshed for this long is stale (--lock-stale-after, lock.staleAfter). */
   lockStaleAfterMs?: number;
+  /** The command the reader registers as and speaks of ("this drill"), where it is not the one reading (a drill's restore). */
+  readingFor?: string;
 }
 
 /** The options of a reading command that its registration as a reader takes. */
-export const readerLockOptions = (o: ReaderLockOptions & { signal?: AbortSignal }) => ({ signal: o.signal, lockRetryMs: o.lockRetryMs, lockStaleAfterMs: o.lockStaleAfterMs });
+export const readerLockOptions = (o: ReaderLockOptions & { signal?: AbortSignal }) => ({ signal: o.signal, lockRetryMs: o.lockRetryMs, lockStaleAfterMs: o.lockStaleAfterMs, readingFor: o.readingFor });
 
 export interface ReadLockOptions extends StalenessOptions {
   signal?: AbortSignal;
   /** How long to wait for a live prune before failing with exit 4; READER_WAIT_MS when unset. */
   waitForMs?: number;
-  /** Called when the reader has to wait for a prune that holds the lock: once as it starts (`waitedMs` 0), then about every minute. */
+  /** Called when the reader has to wait for a prune that holds the lock: once as it starts (`waitedMs` 0), then as stillWaitingMs says. */
   waiting?: (prune: LockInfo, waitedMs: number, waitForMs: number) => void;
   /**
    * The points the reader reads (each with the chain it depends on, which a
@@ -501,7 +528,16 @@ export interface ReadLockOptions extends StalenessOptions {
  */
 export async function acquireReadLock(storage: Storage, command: string, options: ReadLockOptions = {}): Promise<ReadLock> {
   const now = new Date().toISOString();
-  const info: LockInfo = { host: os.hostname(), pid: process.pid, command, startedAt: now, refreshedAt: now, leaseMs: DEFAULT_LEASE_MS, ...ownProcessStart() };
+  const info: LockInfo = {
+    host: os.hostname(),
+    pid: process.pid,
+    command,
+    startedAt: now,
+    refreshedAt: now,
+    leaseMs: DEFAULT_LEASE_MS,
+    ...ownProcessStart(),
+    ...(options.reads ? { reads: [...options.reads] } : {}),
+  };
   const key = keys.reader(`${info.host.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 64)}-${info.pid}-${randomBytes(4).toString('hex')}`);
   try {
     await storage.putDocument(key, encodeLock(info));
@@ -511,7 +547,7 @@ export async function acquireReadLock(storage: Storage, command: string, options
     // hosts out (exit 4) until stale. The key is this reader's own; tried once.
     await storage.delete([key]).catch(() => undefined);
     if (err instanceof InterruptedError) throw err;
-    return { unlocked: errorMessage(err), release: async () => undefined };
+    return { unlocked: errorMessage(err), resumed: async () => false, release: async () => undefined };
   }
   const lease = keepRefreshed(storage, key, info);
   const release = async () => {
@@ -534,7 +570,7 @@ export async function acquireReadLock(storage: Storage, command: string, options
       if (waited >= waitForMs) throw pruneOutwaited(command, writer.info, waitForMs);
       // Registered already, so no new prune starts; this one was past its look at the readers.
       if (!waitedFor) options.waiting?.(writer.info, 0, waitForMs);
-      else if (Date.now() - told >= STILL_WAITING_MS) {
+      else if (Date.now() - told >= stillWaitingMs(waitForMs)) {
         told = Date.now();
         options.waiting?.(writer.info, waited, waitForMs);
       }
@@ -546,7 +582,7 @@ export async function acquireReadLock(storage: Storage, command: string, options
     await release();
     throw err;
   }
-  return { waitedFor, release };
+  return { waitedFor, resumed: () => lease.resumed(), release };
 }
 
 /** A reader that waited for a prune as long as it may: the prune, where it runs, and what to do. */
@@ -591,6 +627,10 @@ export async function whileReading<T>(
       context.reporter.notice?.(notice);
     }
     return await work();
+  } catch (err) {
+    // Its registration judged stale while it was stopped, a prune may have removed what it read: that is what failed.
+    if (!(err instanceof InterruptedError) && (await lock.resumed())) await throwIfPruned(storage, command, 'stopped', context.reads ?? []);
+    throw err;
   } finally {
     await lock.release();
   }
@@ -602,17 +642,22 @@ export async function whileReading<T>(
  * now would report their removed volumes as damaged data (or verify nothing), so this says what happened.
  * Registered, the reader keeps any later prune from removing them.
  */
-async function throwIfPruned(storage: Storage, command: string, prune: LockInfo | undefined, reads: readonly string[]): Promise<void> {
+async function throwIfPruned(storage: Storage, command: string, prune: LockInfo | undefined | 'stopped', reads: readonly string[]): Promise<void> {
   for (const id of reads) {
     if (await storage.head(keys.point(id))) continue;
-    const by = prune ? `the prune (${describeLock(prune)}) this ${command} waited for` : `a prune that ran as this ${command} started`;
+    const by =
+      prune === 'stopped'
+        ? `a prune while this ${command} was stopped for longer than its lease (its registration as a reader was taken for that of a process gone)`
+        : prune
+          ? `the prune (${describeLock(prune)}) this ${command} waited for`
+          : `a prune that ran as this ${command} started`;
     throw new UsageError(`backup point ${id} was removed by ${by}`, {
       hint: 'see `lifeboat list` for the points that remain',
     });
   }
 }
 
-/** What a reader says as it starts waiting for a prune, and about every minute while it still waits. */
+/** What a reader says as it starts waiting for a prune, and about every minute (see stillWaitingMs) while it still waits. */
 function waitingNotice(prune: LockInfo, waitedMs: number, waitForMs: number): Notice {
   const message =
     waitedMs === 0

@@ -26,6 +26,12 @@ export interface PruneOptions {
   lockRetryMs?: number;
   signal?: AbortSignal;
   reporter?: Reporter;
+  /**
+   * Told how many points there are (the kept and those to remove, counted as the plan counts them) once the
+   * prune has planned, and again after each point it removes: what is true of the repository should it fail
+   * or be stopped half-way.
+   */
+  onPointsLeft?: (points: number) => void;
 }
 
 export interface PrunePlan {
@@ -111,7 +117,7 @@ const DELETE_BATCH = 500;
  * deployment's points). With `lockRetryMs`, a live reader is waited for as a live holder is, the
  * lock given back meanwhile so that the reader's own deployment can go on backing up and reading.
  */
-async function lockWithoutReaders(repo: Repository, options: PruneOptions, reporter: Reporter): Promise<HeldLock> {
+async function lockWithoutReaders(repo: Repository, options: PruneOptions, reporter: Reporter): Promise<{ lock: HeldLock; staleReaders: string[] }> {
   const waitMs = options.lockRetryMs ?? 0;
   const deadline = Date.now() + waitMs;
   for (let attempt = 1; ; attempt++) {
@@ -121,7 +127,7 @@ async function lockWithoutReaders(repo: Repository, options: PruneOptions, repor
       found = await readersOf(repo.storage, { staleAfterMs: options.lockStaleAfterMs });
       if (found.live.length === 0) {
         if (found.stale.length > 0) await repo.storage.delete(found.stale);
-        return lock;
+        return { lock, staleReaders: found.stale };
       }
     } catch (err) {
       await releaseAfter(lock, true);
@@ -142,6 +148,26 @@ async function lockWithoutReaders(repo: Repository, options: PruneOptions, repor
 }
 
 /**
+ * A reader whose registration this prune removed as stale (stopped, or its host cut off, for longer than
+ * its lease) that has come back, written it again, and reads (or does not say what it reads) a point the
+ * prune has yet to remove: the prune stops there, exit 4, every point left complete, rather than delete
+ * what the reader is reading. Once the manifests are gone, what remains to delete is no point's.
+ */
+async function throwIfReaderBack(repo: Repository, staleReaders: readonly string[], pending: ReadonlySet<string>, options: PruneOptions): Promise<void> {
+  if (pending.size === 0) return;
+  for (const key of staleReaders) {
+    const reader = await readLock(repo.storage, { staleAfterMs: options.lockStaleAfterMs }, key);
+    if (!reader || reader.stale) continue;
+    const reads = reader.info.reads?.filter((id) => pending.has(id));
+    if (reads?.length === 0) continue;
+    const what = reads ? `point ${reads[0]}, which this prune removes` : 'what this prune removes (it does not say which points it reads)';
+    throw new LockedError(`the prune stopped: ${describeLock(reader.info)}, taken for gone as the prune started, is reading again ${what}`, {
+      hint: `the points it had not removed (${pending.size}) are left whole; prune again when that ${reader.info.command} has finished`,
+    });
+  }
+}
+
+/**
  * Prune: lock → plan → delete the manifests of removed points one at a time,
  * newest first (a point's dependents are newer than it, so every visible point
  * keeps a complete chain whenever this stops) → delete data objects no kept
@@ -151,11 +177,13 @@ async function lockWithoutReaders(repo: Repository, options: PruneOptions, repor
 export async function prune(repo: Repository, options: PruneOptions): Promise<PruneResult> {
   const started = Date.now();
   const reporter = options.reporter ?? {};
-  const lock = options.dryRun ? undefined : await lockWithoutReaders(repo, options, reporter);
+  const { lock, staleReaders } = options.dryRun ? { lock: undefined, staleReaders: [] } : await lockWithoutReaders(repo, options, reporter);
   let failed = true;
   try {
     const protectedPoints = options.findProtected ? await options.findProtected() : options.protected;
     const plan = await planPrune(repo, { ...options, protected: protectedPoints });
+    let pointsLeft = plan.keep.length + plan.remove.length;
+    options.onPointsLeft?.(pointsLeft);
     if (options.dryRun) {
       // The lock a killed writer left is not among the objects: the prune takes it over, and says so, as it would here.
       const stale = await readLock(repo.storage, { staleAfterMs: options.lockStaleAfterMs });
@@ -167,15 +195,20 @@ export async function prune(repo: Repository, options: PruneOptions): Promise<Pr
 
     // Before each deletion, a look that the lock is still this prune's: one paused (a suspended VM, a hung mount) for
     // longer than others' staleness threshold has been taken over, and a backup may now build on what it planned to remove.
+    // And that no reader it took for gone is back to read a point it has yet to remove.
+    const pending = new Set(plan.remove.map((d) => d.id));
     const stillHeld = async () => {
       throwIfAborted(options.signal);
       await lock?.check();
+      await throwIfReaderBack(repo, staleReaders, pending, options);
     };
     const total = plan.manifests.length + plan.summaries.length + plan.data.length;
     const progress = { phase: 'verify' as const, filesDone: 0, filesTotal: total, bytesDone: 0, bytesTotal: plan.bytes };
     for (const key of plan.manifests) {
       await stillHeld();
       await repo.storage.delete([key]);
+      pending.delete(key.slice(keys.pointsPrefix.length, -'.json'.length));
+      options.onPointsLeft?.(--pointsLeft);
       progress.filesDone++;
       reporter.progress?.(progressAt(progress, key));
     }

@@ -8,7 +8,7 @@ import { readRegularFile, syncPath, writeFileSynced } from '../format/durable.js
 import { isMountPoint } from '../format/mounts.js';
 import { formatBytes } from '../format/units.js';
 import type { Notice, Reporter } from './events.js';
-import { ownStart, ownerRuns, parseStart, type ProcessStart } from '../format/process-alive.js';
+import { OWNER_MARK, markOwnerRuns, ownerMark, ownerRuns, parseStart, type ProcessStart } from '../format/process-alive.js';
 import { removeTree } from '../format/remove-tree.js';
 import { quoteName, shortenedPath } from '../format/quote.js';
 
@@ -19,9 +19,10 @@ import { quoteName, shortenedPath } from '../format/quote.js';
  */
 
 /**
- * What marks a staging directory's name: `.<target>.lifeboat-staging-<pid>-<seconds>-<random>`, or
- * without `.<target>` inside a mount point; `<seconds>`, when it was made (since the epoch), tells its
- * owner from a later process given the same pid. Older names have no `<seconds>`.
+ * What marks a staging directory's name: `.<target>.lifeboat-staging-<mark>-<random>`, or without
+ * `.<target>` inside a mount point; `<mark>` (see ownerMark), `<pid>-<seconds>-<ticks>-<boot>`, tells its
+ * owner from a later process given the same pid, by its start where it says, whatever the clock did.
+ * Older names have no `<ticks>-<boot>` (judged by `<seconds>`), or no `<seconds>`.
  */
 const STAGING_MARK = '.lifeboat-staging-';
 
@@ -32,8 +33,7 @@ export function stagingPrefix(target: string, mountPoint: boolean): string {
 
 /** A staging directory's name for this process, beside (or, at a mount point, in) `target`. */
 export function stagingPath(target: string, mountPoint: boolean): string {
-  const made = Math.floor(Date.now() / 1000);
-  return path.join(mountPoint ? target : path.dirname(target), `${stagingPrefix(target, mountPoint)}${process.pid}-${made}-${randomBytes(4).toString('hex')}`);
+  return path.join(mountPoint ? target : path.dirname(target), `${stagingPrefix(target, mountPoint)}${ownerMark()}-${randomBytes(4).toString('hex')}`);
 }
 
 /** The longest path the system takes, in bytes, with the NUL that ends it (Linux's PATH_MAX). */
@@ -88,11 +88,12 @@ async function removeLeftStaging(staging: string, marker?: string): Promise<bool
 
 /** Who left a staging directory, from what follows its prefix; `replaced`: what a --force set aside. */
 function stagingOwner(rest: string): { pid: number; running: boolean; replaced: boolean } | undefined {
-  const m = /^(\d+)(?:-(\d{1,12}))?-[0-9a-f]{8}(-replaced)?$/.exec(rest);
+  const m = STAGING_OWNER.exec(rest);
   if (!m) return undefined;
   const pid = Number(m[1]);
-  return { pid, running: ownerRuns(pid, m[2] === undefined ? undefined : Number(m[2]) * 1000), replaced: m[3] !== undefined };
+  return { pid, running: markOwnerRuns(pid, m[2], m[3]), replaced: m[4] !== undefined };
 }
+const STAGING_OWNER = new RegExp(`^${OWNER_MARK}-[0-9a-f]{8}(-replaced)?$`);
 
 /**
  * What restores killed or failed on this host left beside this target (their
@@ -273,8 +274,7 @@ function lockOwner(held: string): { pid: number; since: number; start?: ProcessS
  */
 export async function lockRestoreTarget(target: string, mountPoint: boolean): Promise<() => Promise<void>> {
   const file = path.join(path.dirname(target), `.${path.basename(target)}${LOCK_MARK}`);
-  const started = ownStart();
-  const mine = `${process.pid}-${Math.floor(Date.now() / 1000)}${started ? `-${started}` : ''}`;
+  const mine = ownerMark();
   for (let attempt = 0; attempt < 50; attempt++) {
     try {
       await fsp.symlink(mine, file);

@@ -116,7 +116,7 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
   const unlock = options.targetLocked ? async () => undefined : await lockRestoreTarget(target, mountPoint);
   try {
     if (options.registered) return await restoreLocked(repo, manifest, options, setting);
-    return await whileReading(repo.storage, 'restore', { ...readerLockOptions(options), reporter, warnings, reads: [manifest.id] }, () => restoreLocked(repo, manifest, options, setting));
+    return await whileReading(repo.storage, options.readingFor ?? 'restore', { ...readerLockOptions(options), reporter, warnings, reads: [manifest.id] }, () => restoreLocked(repo, manifest, options, setting));
   } finally {
     await unlock();
   }

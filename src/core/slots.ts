@@ -436,6 +436,7 @@ export async function lockTarget(slots: string, name: string, command: string, l
       handle = await fsp.open(file, 'wx');
       await handle.writeFile(mine);
       await handle.close();
+      await removeLeftLockCopies(slots);
       return holdSwitchLock(file, name, holder, mine);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
@@ -472,7 +473,10 @@ export async function lockTarget(slots: string, name: string, command: string, l
           : `wait for it to finish; if that process is gone, remove ${quoteName(file)}`,
       });
     }
-    if (await replaceSwitchLock(file, mine, found.text)) return holdSwitchLock(file, name, holder, mine);
+    if (await replaceSwitchLock(file, mine, found.text)) {
+      await removeLeftLockCopies(slots);
+      return holdSwitchLock(file, name, holder, mine);
+    }
   }
   throw new LockedError(`target ${name}: could not take the switch lock ${quoteName(file)}, which kept changing hands`, { hint: 'another failover or rollback of this target is starting; run this one again when it has finished' });
 }
@@ -527,12 +531,34 @@ function holdSwitchLock(file: string, name: string, holder: SwitchLockHolder & {
 
 /** Replaces the switch lock with `text` only while it still holds `judged`. */
 async function replaceSwitchLock(file: string, text: string, judged: string): Promise<boolean> {
-  const tmp = `${file}.${process.pid}-${randomBytes(4).toString('hex')}`;
+  const tmp = `${file}.${lockCopyName(process.pid)}`;
   try {
     await fsp.writeFile(tmp, text, { flag: 'wx' });
     return await replaceHolding(file, tmp, Buffer.from(judged), quoteName(file));
   } finally {
     await fsp.rm(tmp, { force: true });
+  }
+}
+
+/** What follows the lock's name in the copy a refresh or takeover writes beside it before it replaces the lock: `<pid>-<random>`. */
+const lockCopyName = (pid: number) => `${pid}-${randomBytes(4).toString('hex')}`;
+const LOCK_COPY = /^([1-9][0-9]*)-[0-9a-f]{8}$/;
+
+/**
+ * Removes the copies of the switch lock a process killed while it refreshed or took over the lock left
+ * beside it (`.lifeboat-switch.lock.<pid>-<random>`), which nothing else reads or removes: those whose
+ * process no longer runs on this host, and that are older than a write of the lock takes (the name
+ * does not say on which host its process ran: slots on NFS may be shared). Called by the lock's new
+ * holder; a copy of a process still replacing the lock is left alone.
+ */
+async function removeLeftLockCopies(slots: string): Promise<void> {
+  for (const name of await fsp.readdir(slots).catch(() => [] as string[])) {
+    const pid = name.startsWith(`${TARGET_LOCK_FILE}.`) ? LOCK_COPY.exec(name.slice(TARGET_LOCK_FILE.length + 1))?.[1] : undefined;
+    if (pid === undefined) continue;
+    const copy = path.join(slots, name);
+    const st = await fsp.lstat(copy).catch(() => undefined);
+    if (!st?.isFile() || Date.now() - st.mtimeMs < BEING_WRITTEN_MS || ownerRuns(Number(pid), st.mtimeMs)) continue;
+    await fsp.rm(copy, { force: true });
   }
 }
 

@@ -1,7 +1,7 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import * as os from 'node:os';
-import { ownerRuns } from './process-alive.js';
+import { OWNER_MARK, markOwnerRuns, ownerMark } from './process-alive.js';
 
 /**
  * `mkdir -p`: creates a directory and any missing parents, and accepts one
@@ -102,14 +102,15 @@ const madeHere = new Set<string>();
  */
 async function removeLeftWorkDirectories(dir: string, prefix: string, removed: (dir: string) => void): Promise<void> {
   const names = await fsp.readdir(dir).catch(() => [] as string[]);
-  // <prefix><pid>-<seconds since the epoch when it was made>-<random>; older names have no <seconds>.
-  const pattern = new RegExp(`^${prefix.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}(\\d+)(?:-(\\d{1,12}))?-[A-Za-z0-9]{6}$`);
+  // <prefix><pid>-<seconds since the epoch when it was made>-<ticks>-<boot>-<random> (see ownerMark); older names have no
+  // <ticks>-<boot>, or no <seconds>.
+  const pattern = new RegExp(`^${prefix.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}${OWNER_MARK}-[A-Za-z0-9]{6}$`);
   for (const name of names) {
     const m = pattern.exec(name);
     const pid = Number(m?.[1]);
     if (!m || !Number.isSafeInteger(pid) || pid <= 0) continue;
     const full = path.join(dir, name);
-    if (pid === process.pid ? madeHere.has(full) : ownerRuns(pid, m[2] === undefined ? undefined : Number(m[2]) * 1000)) continue;
+    if (pid === process.pid ? madeHere.has(full) : markOwnerRuns(pid, m[2], m[3])) continue;
     try {
       await fsp.rm(full, { recursive: true });
       removed(full);
@@ -129,7 +130,7 @@ export async function makeWorkDirectory(parent: string | undefined, prefix: stri
   if (parent !== undefined) await makeDirectories(parent);
   const dir = parent ?? os.tmpdir();
   await removeLeftWorkDirectories(dir, prefix, removed);
-  const made = await fsp.mkdtemp(path.join(dir, `${prefix}${process.pid}-${Math.floor(Date.now() / 1000)}-`));
+  const made = await fsp.mkdtemp(path.join(dir, `${prefix}${ownerMark()}-`));
   madeHere.add(made);
   return made;
 }

@@ -111,3 +111,24 @@ export function startDiffers(pid: number, start: ProcessStart | undefined): bool
   const now = start && processStart(pid);
   return start && now ? now.ticks !== start.ticks || now.boot !== start.boot : undefined;
 }
+
+/**
+ * What a name made by this process (a staging or work directory) says of its owner:
+ * `<pid>-<seconds>-<ticks>-<boot>`, its pid, the time (seconds since the epoch) and its start as
+ * records write it (see ProcessStart); `<pid>-<seconds>` where the system does not tell the start.
+ */
+export function ownerMark(now = Date.now()): string {
+  const start = ownStart();
+  return `${process.pid}-${Math.floor(now / 1000)}${start ? `-${start}` : ''}`;
+}
+
+/** The pattern of ownerMark in a name, its pid, seconds and start captured; older names have no seconds, or no start. */
+export const OWNER_MARK = '(\\d+)(?:-(\\d{1,12}))?(?:-(\\d{1,18}-[0-9a-f]{8}))?';
+
+/**
+ * Whether the owner a name's mark (see OWNER_MARK's captures) names may still run: by its start where
+ * the name has one, whatever the clock did; by its seconds otherwise, as ownerRuns judges.
+ */
+export function markOwnerRuns(pid: number, seconds: string | undefined, start: string | undefined): boolean {
+  return ownerRuns(pid, seconds === undefined ? undefined : Number(seconds) * 1000, parseStart(start));
+}

@@ -10,7 +10,7 @@ import { createFileSink } from '../format/file-sink.js';
 import { putThroughWriter } from './put-through-writer.js';
 import { danglingLinkTarget, makeDirectories, notADirectoryOnTheWay } from '../format/mkdirs.js';
 import { quoteName } from '../format/quote.js';
-import { ownerRuns } from '../format/process-alive.js';
+import { ownStart, ownerRuns, parseStart } from '../format/process-alive.js';
 import { sleep } from '../sleep.js';
 import {
   MAX_DOCUMENT_BYTES,
@@ -489,7 +489,8 @@ async function claimBeside(final: string): Promise<Claim> {
   const dir = claimPath(final);
   const ownerFile = path.join(dir, CLAIM_OWNER);
   const nonce = randomBytes(8).toString('hex');
-  const owner = JSON.stringify({ host: os.hostname(), pid: process.pid, at: new Date().toISOString(), nonce });
+  const start = ownStart();
+  const owner = JSON.stringify({ host: os.hostname(), pid: process.pid, at: new Date().toISOString(), nonce, ...(start ? { processStart: start } : {}) });
   const readOwner = () => fsp.readFile(ownerFile, 'utf8').catch(() => '');
   let seen: { owner: string; since: number } | undefined;
   for (let vanished = 0; ; ) {
@@ -539,14 +540,15 @@ async function claimBeside(final: string): Promise<Claim> {
  */
 function claimAbandoned(owner: string, seenMs: number): boolean {
   if (seenMs > CLAIM_STALE_MS) return true;
-  let info: { host?: unknown; pid?: unknown; at?: unknown };
+  let info: { host?: unknown; pid?: unknown; at?: unknown; processStart?: unknown };
   try {
     info = JSON.parse(owner) as typeof info;
   } catch {
     return false;
   }
   const at = typeof info.at === 'string' ? Date.parse(info.at) : Number.NaN;
-  return info.host === os.hostname() && typeof info.pid === 'number' && !ownerRuns(info.pid, Number.isFinite(at) ? at : undefined);
+  const start = typeof info.processStart === 'string' ? parseStart(info.processStart) : undefined;
+  return info.host === os.hostname() && typeof info.pid === 'number' && !ownerRuns(info.pid, Number.isFinite(at) ? at : undefined, start);
 }
 
 /** Whether `file` holds exactly `bytes` (false when it is not there). */

@@ -18,6 +18,15 @@
  *                            a lease of LEASE ms, as if it ran on HOST; says {"held": true}, then refreshes
  *                            it until its stdin closes, looks whether it still holds it, saying {"lost":
  *                            message} or {"lost": null}, and releases it.
+ * prune REPO KEEP            prunes as `prune --keep-full KEEP`, stopping itself (SIGSTOP) as it deletes its
+ *                            first point's manifest, saying {"paused": key}; says at its end {"removed": ids}
+ *                            or {"error": message, "exitCode": code}.
+ * read REPO POINT            reads POINT as a restore does, registered as a reader: says {"reading": true} once
+ *                            registered, reads the point's manifest when its stdin closes, and says {"read":
+ *                            true} or {"error": message, "exitCode": code}.
+ * switch-killed SLOTS LEASE  takes the switch lock of SLOTS as `switch` does, says {"held": true}, and stops
+ *                            itself (SIGSTOP) at its first lease refresh, just before it renames the new lock
+ *                            over the old one, saying {"paused": 1}: for the test to kill it there.
  * churn SLOTS STOP           until the file STOP exists, takes the switch lock of SLOTS, makes the file
  *                            SLOTS/inside with O_EXCL while it holds it (EEXIST: another holds it too),
  *                            removes it, and leaves the lock as a killed failover does (its pid gone), for
@@ -28,10 +37,14 @@ import * as fsp from 'node:fs/promises';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
 import * as path from 'node:path';
 import { hostname } from 'node:os';
-import { LockedError } from '../../src/errors.js';
+import { LifeboatError, LockedError } from '../../src/errors.js';
 import { acquireLock, readLock } from '../../src/core/lock.js';
 import { LocalStorage } from '../../src/storage/local.js';
 import { lockTarget } from '../../src/core/slots.js';
+import { Repository } from '../../src/core/repository.js';
+import { prune } from '../../src/core/prune.js';
+import { whileReading } from '../../src/core/lock.js';
+import { keys } from '../../src/format/manifest.js';
 
 const [mode, root, ...args] = process.argv.slice(2);
 const storage = new LocalStorage(root!);
@@ -129,6 +142,14 @@ switch (mode) {
     await unlock();
     break;
   }
+  case 'switch-killed': {
+    pauseBeforeRename(path.join(root!, '.lifeboat-switch.lock'), 1);
+    await lockTarget(root!, 'prod', 'failover', Number(args[0]));
+    say({ held: true });
+    process.stdin.resume();
+    await new Promise((resolve) => process.stdin.on('end', resolve));
+    break;
+  }
   case 'churn': {
     const stop = stopper(args[0]!, 1);
     const inside = path.join(root!, 'inside');
@@ -155,6 +176,39 @@ switch (mode) {
     }
     say({ taken, busy, both });
     process.exit(0);
+  }
+  case 'prune': {
+    const remove = storage.delete.bind(storage);
+    let paused = false;
+    storage.delete = async (keys: readonly string[]) => {
+      if (!paused && keys.some((k) => k.startsWith('points/'))) {
+        paused = true;
+        writeSync(1, `${JSON.stringify({ paused: keys[0] })}\n`);
+        process.kill(process.pid, 'SIGSTOP');
+      }
+      return remove(keys);
+    };
+    try {
+      const result = await prune(await Repository.open(storage), { policy: { keepFull: Number(args[0]) } });
+      say({ removed: result.remove.map((d) => d.id) });
+    } catch (err) {
+      say({ error: (err as Error).message, exitCode: (err as LifeboatError).exitCode });
+    }
+    break;
+  }
+  case 'read': {
+    try {
+      await whileReading(storage, 'restore', { reporter: {}, warnings: [], reads: [args[0]!] }, async () => {
+        say({ reading: true });
+        process.stdin.resume();
+        await new Promise((resolve) => process.stdin.on('end', resolve));
+        await storage.getDocument(keys.point(args[0]!));
+      });
+      say({ read: true });
+    } catch (err) {
+      say({ error: (err as Error).message, exitCode: (err as LifeboatError).exitCode });
+    }
+    break;
   }
   default:
     throw new Error(`unknown mode ${mode}`);

@@ -52,9 +52,10 @@ export async function runPrune(ctx: CliContext, flags: PruneFlags): Promise<void
         lockRetryMs: lockRetryMs(flags, config),
         signal: ctx.signal,
         reporter: renderer,
+        // A prune that fails half-way has removed some points: the metrics count what remains, not the count of a run before.
+        onPointsLeft: (points) => (figures.points = points),
       });
       renderer.stop();
-      figures.points = result.dryRun ? result.keep.length + result.remove.length : result.keep.length;
       figures.files = result.data.length;
       figures.bytes = result.bytes;
       printResult(
