@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import { spawn } from 'node:child_process';
 import { lifeboat } from './helpers/cli.js';
 import { compareSnapshots, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile } from './helpers/tree.js';
 import { decodeDocument, encodeDocument } from '../src/format/document.js';
@@ -151,4 +152,36 @@ test('diff does not name the other names of a file when only the name they were 
   await fsp.rm(path.join(src, 'v1', 'weights.bin'));
   const incr = await incrementalDiff(repo, src, full.json().id);
   assert.deepEqual([incr.changed, incr.removed], [[], ['models/v1/weights.bin']]);
+});
+
+test('a file chmod-ed while a backup looks at its names is recorded with one mode for all of them, the one its restore can give it', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const src = path.join(work, 'models');
+  // Many files between the two names, so that the scan looks at them some time apart.
+  for (const d of ['a', 'm', 'z']) await fsp.mkdir(path.join(src, d), { recursive: true });
+  for (let i = 0; i < 2000; i++) await fsp.writeFile(path.join(src, 'm', `f${i}`), `${i}\n`);
+  await fsp.writeFile(path.join(src, 'a', 'weights.bin'), 'shared weights\n');
+  await fsp.link(path.join(src, 'a', 'weights.bin'), path.join(src, 'z', 'weights.bin'));
+  const repo = path.join(work, 'repo');
+  assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
+  // Another process turns the file's mode over and over, as a deploy tool making it read-only might, once.
+  const flipper = spawn(process.execPath, ['-e', `const fs = require('fs'); for (let i = 0; ; i++) fs.chmodSync(${JSON.stringify(path.join(src, 'a', 'weights.bin'))}, i % 2 ? 0o444 : 0o644);`], { stdio: 'ignore' });
+  t.after(() => flipper.kill('SIGKILL'));
+  let split = 0;
+  for (let i = 0; i < 6; i++) {
+    const r = await lifeboat(['--repo', repo, '--json', 'backup', src, '--type', 'full']);
+    assert.equal(r.code, 0, r.stderr);
+    const shown = await lifeboat(['--repo', repo, '--json', 'show', r.json().id]);
+    const modes = new Set((shown.json().entries as { path: string; mode: number }[]).filter((e) => e.path.endsWith('weights.bin')).map((e) => e.mode));
+    if (modes.size > 1) split++;
+    const target = path.join(work, `restored-${i}`);
+    const restored = await lifeboat(['--repo', repo, 'restore', r.json().id, '--target', target]);
+    assert.equal(restored.code, 0, restored.stderr);
+    const [a, z] = await Promise.all(['a', 'z'].map((d) => fsp.stat(path.join(target, 'models', d, 'weights.bin'))));
+    assert.equal(a!.ino, z!.ino, 'restored as one file');
+    const recorded = (shown.json().entries as { path: string; mode: number }[]).find((e) => e.path === 'a/weights.bin')!.mode;
+    assert.equal(a!.mode & 0o7777, recorded & 0o7777, 'the mode the manifest gives its first name');
+  }
+  assert.equal(split, 0, 'names of one file recorded with different modes');
 });

@@ -754,7 +754,9 @@ function remember(s: ScannedEntry, entry: ManifestEntry, names: Map<string, Mani
 }
 
 function linkedTo(first: ManifestEntry, s: ScannedEntry): ManifestEntry {
-  const entry = withContent(baseEntry(s), first.sha256, first.ref);
+  // One file has one mode and owner: those its first name was seen with, even if a chmod or chown came between the
+  // looks at its names. Restored as one file, its names could not be given two; the next backup sees the change.
+  const entry = withContent({ ...baseEntry(s), mode: first.mode, uid: first.uid, gid: first.gid, ctimeNs: first.ctimeNs }, first.sha256, first.ref);
   entry.link = first.path;
   return entry;
 }
