@@ -4,7 +4,8 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
-import { lifeboat, spawnLifeboat, type CliRun } from './helpers/cli.js';
+import { spawnSync } from 'node:child_process';
+import { lifeboat, runChild, spawnLifeboat, type CliRun } from './helpers/cli.js';
 import { sleep, waitFor } from './helpers/processes.js';
 import { runInNamespace, unshare } from './helpers/namespace.js';
 import { compareSnapshots, mutateTree, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile, type SnapshotEntry } from './helpers/tree.js';
@@ -306,4 +307,133 @@ test('restore --in-place checks room for every source on one file system togethe
   assert.equal((await read('status.txt')).trim(), '1', await read('stderr.txt'));
   assert.match(await read('stderr.txt'), new RegExp(`the restore needs 9\\.5\\d MiB on the file system of ${work}/srv/models, ${work}/srv/tokenizers, and .* is free`));
   assert.equal((await read('left.txt')).trim(), '', 'neither source was restored, nothing is left beside them');
+});
+
+/**
+ * Whether `chattr +i` works where tests make their directories (ext4, xfs, btrfs, tmpfs from Linux
+ * 6.0, as root): an immutable directory cannot be renamed (EPERM), which makes a move into place
+ * fail on cue, after the staging and the moves before it went through.
+ */
+const chattrWorks = await (async () => {
+  if (process.getuid?.() !== 0) return false;
+  const dir = await tempDir('lifeboat-chattr-');
+  try {
+    await fsp.mkdir(path.join(dir, 'd'));
+    if (spawnSync('chattr', ['+i', path.join(dir, 'd')]).status !== 0) return false;
+    const refused = await fsp.rename(path.join(dir, 'd'), path.join(dir, 'e')).then(() => false, () => true);
+    spawnSync('chattr', ['-i', path.join(dir, 'd'), path.join(dir, 'e')]);
+    return refused;
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+})();
+const NO_CHATTR = 'chattr +i does not make a directory immutable here (not root, or a file system without the attribute)';
+
+/** Makes a directory immutable (it cannot be renamed) until the returned function is called. */
+function immutable(dir: string): () => void {
+  assert.equal(spawnSync('chattr', ['+i', dir]).status, 0);
+  return () => void spawnSync('chattr', ['-i', dir]);
+}
+
+/** Runs lifeboat as a process of its own, whose staging directories a later run may take over once it is gone. */
+function inChild(host: Host, ...args: string[]): Promise<CliRun> {
+  return runChild(args, { cwd: host.work });
+}
+
+/** What is beside the directories but staging directories: locks, records, trees set aside. */
+async function besidesButStaging(host: Host): Promise<string[]> {
+  return (await besides(host)).filter((n) => !/^\.(models|tokenizers|serving)\.lifeboat-staging-\d+-\d+-[0-9a-f]{8}$/.test(n));
+}
+
+/** The trees as they are, those gone left out. */
+async function snapshotsOfWhatIsThere(host: Host): Promise<Partial<Trees>> {
+  const trees: Partial<Trees> = {};
+  for (const name of ['models', 'tokenizers', 'serving'] as const) {
+    if (await fsp.stat(host.dirs[name]).then(() => true, () => false)) trees[name] = await snapshotTree(host.dirs[name]);
+  }
+  return trees;
+}
+
+test('restore --in-place whose third move fails (an immutable directory: EPERM) puts back the two moved before it: exit 1, every directory byte for byte as it was; the next run restores them all', { skip: chattrWorks ? false : NO_CHATTR }, async (t) => {
+  const { seed, host, point } = await backedUp(t);
+  const atPoint = await snapshots(host);
+  // A rebuilt host: models gone, tokenizers edited, serving edited and (by the test) immutable.
+  await editAll(host);
+  await fsp.rm(host.dirs.models, { recursive: true });
+  const before = await snapshotsOfWhatIsThere(host);
+  const mutable = immutable(host.dirs.serving);
+  try {
+    const r = await inChild(host, 'restore', point, '--in-place', '--force');
+    assert.equal(await differences(host, before), undefined, `seed ${seed}: a move that failed left a directory changed`);
+    assert.equal(r.code, 1, `seed ${seed}: ${r.stderr}`);
+    assert.match(r.stderr, /cannot restore into .*serving.*operation not permitted/i);
+    assert.match(r.stderr, /the directories moved before it were put back: every directory was left as it was/);
+    assert.doesNotMatch(r.stderr, /restored before/);
+    // The staged trees are kept for the next run to go on from; nothing else is left.
+    assert.deepEqual(await besidesButStaging(host), []);
+  } finally {
+    mutable();
+  }
+  const again = await inChild(host, 'restore', point, '--in-place', '--force');
+  assert.equal(again.code, 0, again.stderr);
+  assert.match(again.stderr, /resuming an interrupted restore/);
+  assert.equal(await differences(host, atPoint), undefined, `seed ${seed}`);
+  assert.deepEqual(await besides(host), []);
+});
+
+/** The phase the record of moves beside `dir` says, or `none`. */
+async function recordPhase(dir: string): Promise<string> {
+  const text = await fsp.readFile(path.join(path.dirname(dir), `.${path.basename(dir)}.lifeboat-moving`), 'utf8').catch(() => undefined);
+  return text === undefined ? 'none' : ((JSON.parse(text) as { phase?: string }).phase ?? 'old');
+}
+
+test('restore --in-place killed (SIGKILL) at random moments of its moves or of putting them back after one failed: the next run puts back what was left, and every directory is at one point', { skip: chattrWorks ? false : NO_CHATTR }, async (t) => {
+  const { seed, host, point } = await backedUp(t);
+  const rand = prng(seed + 1);
+  const atPoint = await snapshots(host);
+  await editAll(host);
+  await fsp.rm(host.dirs.tokenizers, { recursive: true });
+  const before = await snapshotsOfWhatIsThere(host);
+  const args = ['restore', point, '--in-place', '--force'];
+  const record = path.join(host.work, 'srv', '.models.lifeboat-moving');
+  const mutable = immutable(host.dirs.serving);
+  try {
+    // How long a failing run takes from the moment its record of moves is there to its end.
+    const child = spawnLifeboat(args, { cwd: host.work });
+    const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+    for (const until = Date.now() + 30_000; Date.now() < until && !fs.existsSync(record); );
+    const begun = Date.now();
+    await exited;
+    const took = Math.max(2, Date.now() - begun);
+    const phases: string[] = [];
+    const setAside = () => fs.readdirSync(path.join(host.work, 'srv')).some((n) => n.endsWith('-replaced'));
+    for (let round = 1; round <= 12; round++) {
+      // Half the rounds at any moment once the record is there; half within 4 ms of the first directory being set aside,
+      // the moment the moves, and soon after, the putting back, are under way.
+      const atMoves = round % 2 === 0;
+      const ms = Math.floor(rand() * (atMoves ? 4 : took));
+      await killedAfter(host, args, ms, atMoves ? async () => {
+        // Looked for without a pause (it lasts a few milliseconds), for no longer than a whole run takes.
+        for (const until = Date.now() + 5 * took + 100; Date.now() < until && !setAside(); );
+        return true;
+      } : record);
+      phases.push(await recordPhase(host.dirs.models));
+      // The directory that fails is failing still: the run puts back what the killed one left, stages, fails, puts back again.
+      const r = await inChild(host, ...args);
+      assert.equal(r.code, 1, `seed ${seed}, round ${round}, killed after ${ms} ms: ${r.stderr}`);
+      assert.match(r.stderr, /every directory was left as it was/);
+      if (phases.at(-1) !== 'none') assert.match(r.stderr, /put back .* as they were before an interrupted restore --in-place/);
+      assert.equal(await differences(host, before), undefined, `seed ${seed}, round ${round}, killed after ${ms} ms${atMoves ? ' of the moves' : ''} (record: ${phases.at(-1)})`);
+      assert.deepEqual(await besidesButStaging(host), [], `seed ${seed}, round ${round}`);
+    }
+    t.diagnostic(`a failing run took ${took} ms from its record of moves to its end; the kills left records: ${phases.join(' ')}`);
+  } finally {
+    mutable();
+  }
+  // Killed once more, with nothing failing: the next run ends at the point.
+  await killedAfter(host, args, 0, record);
+  const r = await inChild(host, ...args);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(await differences(host, atPoint), undefined, `seed ${seed}`);
+  assert.deepEqual(await besides(host), []);
 });

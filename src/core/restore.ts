@@ -30,7 +30,9 @@ import {
   moveFile,
   moveIntoMountPoint,
   moveIntoPlace,
+  mountPointAside,
   PATH_MAX,
+  type PlannedMove,
   removeStaging,
   repositoryOverlap,
   stagingPlace,
@@ -268,14 +270,22 @@ export interface StagedRestore {
    */
   readonly renamedWhole: boolean;
   readonly staging: string;
-  /** Moves the staged tree into place (a --delta: the staged files, and removes what the point lacks). */
-  commit(): Promise<RestoreResult>;
+  /**
+   * How commit() will move the staged tree into place, for restore --in-place to record and, if need
+   * be, put back (see putMoveBack): undefined for a --delta, which rewrites the target file by file.
+   */
+  plannedMove(): Promise<PlannedMove | undefined>;
+  /**
+   * Moves the staged tree into place (a --delta: the staged files, and removes what the point lacks).
+   * With `keepReplaced`, what the target held stays set aside where plannedMove() says.
+   */
+  commit(keepReplaced?: boolean): Promise<RestoreResult>;
   /**
    * Gives the restore up for `err` (its own failure, or another's in the same restore --in-place): what
    * verified is kept for the next restore into the target when a restore that failed so would keep it,
-   * else removed. Returns the error to throw.
+   * else removed. Returns the error to throw. `putBack`: it had been committed, and its move was put back.
    */
-  abandon(err: unknown): Promise<unknown>;
+  abandon(err: unknown, putBack?: boolean): Promise<unknown>;
 }
 
 /**
@@ -341,8 +351,8 @@ async function prepareLocked(repo: Repository, manifest: Manifest, options: Rest
   // Once files are written (or were taken over), what verified is kept for a next restore when this one fails.
   let worthKeeping = leftover !== undefined;
   let settledAs: 'committed' | 'abandoned' | undefined;
-  const abandon = async (err: unknown): Promise<unknown> => {
-    if (settledAs !== undefined) return err;
+  const abandon = async (err: unknown, putBack = false): Promise<unknown> => {
+    if (settledAs !== undefined && !(putBack && settledAs === 'committed')) return err;
     settledAs = 'abandoned';
     // Data that did not verify is not worth keeping, nor is a staging directory nothing was written into, nor
     // one that filled the disk, nor one holding a file larger than the file system or the file-size limit allows,
@@ -385,7 +395,8 @@ async function prepareLocked(repo: Repository, manifest: Manifest, options: Rest
     return wanted.filter((f) => !reused.has(f));
   });
 
-  const commit = () =>
+  const replaced = `${marker ?? staging}-replaced`;
+  const commit = (keepReplaced = false) =>
     step(async () => {
       if (settledAs !== undefined) throw new Error(`restore into ${target} committed or given up already`);
       if (delta) {
@@ -394,9 +405,10 @@ async function prepareLocked(repo: Repository, manifest: Manifest, options: Rest
         await removeStaging(staging, marker);
       } else {
         const left = mountPoint
-          ? await moveIntoMountPoint(staging, target, targetState === 'non-empty')
-          : await moveIntoPlace(staging, target, targetState, plan.asTarget === undefined, `${marker ?? staging}-replaced`);
-        if (marker) await fsp.rm(marker, { force: true });
+          ? await moveIntoMountPoint(staging, target, targetState === 'non-empty', keepReplaced)
+          : await moveIntoPlace(staging, target, targetState, plan.asTarget === undefined, replaced, keepReplaced);
+        // Kept while the move may be put back: it names the staging directory for the next restore.
+        if (marker && !keepReplaced) await fsp.rm(marker, { force: true });
         await syncPath(mountPoint ? target : path.dirname(target));
         if (left) {
           warnings.push(left);
@@ -431,7 +443,12 @@ async function prepareLocked(repo: Repository, manifest: Manifest, options: Rest
     });
 
   let settled: ReadonlySet<ManifestEntry> = new Set();
-  const staged: StagedRestore = { target, staging, renamedWhole: !delta && !mountPoint, commit, abandon };
+  const plannedMove = async (): Promise<PlannedMove | undefined> => {
+    if (delta) return undefined;
+    if (mountPoint) return { target, staging, ...(targetState === 'non-empty' ? { replaced: mountPointAside(staging) } : {}), names: await fsp.readdir(staging) };
+    return { target, staging, ...(targetState === 'absent' ? {} : { replaced }), ...(marker ? { marker } : {}) };
+  };
+  const staged: StagedRestore = { target, staging, renamedWhole: !delta && !mountPoint, plannedMove, commit, abandon };
   const stage = () =>
     step(async () => {
       worthKeeping = true;

@@ -5,7 +5,20 @@ import type { Command } from 'commander';
 import { RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../../errors.js';
 import { appendEvent } from '../../core/journal.js';
 import { checkRestoreTarget, prepareRestore, restore, type PreparedRestore, type RestoreOptions, type RestoreResult, type StagedRestore } from '../../core/restore.js';
-import { NotEnoughSpace, checkFreeSpace, lockRestoreTarget, movedByInterruptedRestore, recordMoves, refusedBeforeWriting, removeMoveRecords } from '../../core/restore-target.js';
+import {
+  NotEnoughSpace,
+  checkFreeSpace,
+  finishMoves,
+  lockRestoreTarget,
+  movedByInterruptedRestore,
+  putMovesBack,
+  recordMoves,
+  refusedBeforeWriting,
+  removeMoveRecords,
+  takeUpInterruptedMoves,
+  type MovingRecord,
+  type PlannedMove,
+} from '../../core/restore-target.js';
 import { whileReading } from '../../core/lock.js';
 import { directoryFlag, utf8Path } from '../flags.js';
 import { sourcesIncluded } from '../../core/restore-plan.js';
@@ -16,6 +29,7 @@ import { addReaderLockOptions, readerLockMs, type LockFlags } from '../cron.js';
 import type { Repository } from '../../core/repository.js';
 import { loadConfig } from '../../config/config.js';
 import { makeWorkDirectory } from '../../format/mkdirs.js';
+import { isMountPoint } from '../../format/mounts.js';
 import { removeTree } from '../../format/remove-tree.js';
 import { putStateBack, refuseEmptyCopies, restoreTimeouts, stateToPutBack, type EmptyCopies } from '../../state/put-back.js';
 import { openRepository, type CliContext } from '../context.js';
@@ -283,14 +297,18 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
     if (places.length === 0 && state.length === 0) {
       throw new UsageError(`${point.id} has no directory source to restore in place${flags.state ? ', nor state to put back' : ''}`, { hint: 'restore it with --target DIR' });
     }
+    // Every directory's lock first: another restore writing one of them must not find this one after it wrote the others.
+    if (!flags.dryRun) for (const p of places) unlocks.push(await lockRestoreTarget(path.resolve(p.path), await isMountPoint(p.path).catch(() => false)));
+    // What an interrupted restore --in-place left among its moves is put back (or, all made, finished) before anything is judged.
+    const { moved, putBack, finished } = flags.dryRun ? { moved: await movedByInterruptedRestore(places.map((p) => p.path), point.id), putBack: [], finished: [] } : await takeUpInterruptedMoves(places.map((p) => p.path), point.id);
+    for (const r of putBack) {
+      renderer.notice({ level: 'info', code: 'in-place-put-back', message: `put back ${r.moves.map((m) => quoteName(m.target)).join(', ')} as they were before an interrupted restore --in-place of ${r.point} (its staged files are gone on from)` });
+    }
+    for (const n of finished) renderer.notice(n);
     // A directory an interrupted restore of this point had moved into place holds the point: it is compared, not refused or staged again.
-    const moved = await movedByInterruptedRestore(places.map((p) => p.path), point.id);
     for (const p of places) p.moved = moved.has(p.path);
     // Every directory is checked before any is written: a refusal must not come after half the sources were restored.
-    const checked = [];
-    for (const p of places) checked.push(await checkRestoreTarget(p.path, { ...flags, delta: flags.delta || p.moved, inPlace: true }, repo.storage.location));
-    // Every directory's lock too: another restore writing one of them must not find this one after it wrote the others.
-    if (!flags.dryRun) for (const [i, p] of places.entries()) unlocks.push(await lockRestoreTarget(path.resolve(p.path), checked[i]!.mountPoint));
+    for (const p of places) await checkRestoreTarget(p.path, { ...flags, delta: flags.delta || p.moved, inPlace: true }, repo.storage.location);
     if (state.length > 0) await refuseEmptyCopies({ ...point, sources: point.sources.filter((s) => state.includes(s.name)) }, emptyCopies(flags));
     scratch = state.length > 0 && !flags.dryRun ? await stateScratch(workDir, point, state, renderer) : undefined;
     const unrecorded = noteUnrecordedExcludes(point, flags, config, renderer);
@@ -396,22 +414,61 @@ async function restoreAsOne(
     for (const p of prepared) await p.abandon(err);
     throw place ? await failed(place, err) : err;
   }
-  // Each directory is told which trees go where before the first is moved, durably.
-  const renamed = staged.filter((s) => s.renamedWhole);
-  if (renamed.length > 0) await recordMoves(point.id, renamed);
-  for (const [i, s] of staged.entries()) {
-    const result = await s.commit().catch(async (err: unknown) => {
-      for (const later of staged.slice(i + 1)) await later.abandon(err);
-      // A move that failed leaves the directories before it moved: worth a line of its own.
-      if (done.length > 0) {
-        const restored = done.map((d) => `${d.source} to ${quoteName(d.target)}`);
-        renderer.notice({ level: 'warning', code: 'in-place-partial', message: `restored before ${places[i]!.name} failed: ${restored.join(', ')}; the sources after it were not touched` });
-      }
-      throw await failed(places[i]!, err);
+  // Each directory is told which trees go where before the first is moved, durably; what each held is
+  // set aside, not removed, until every move is made, so that a move that fails can have the others put back.
+  const planned: (PlannedMove | undefined)[] = [];
+  for (const s of staged) planned.push(await s.plannedMove());
+  const moves = planned.filter((m): m is PlannedMove => m !== undefined);
+  const record = moves.length > 0 ? await recordMoves(point.id, moves) : undefined;
+  // Those that can be put back first: a --delta (a directory an interrupted restore had moved already) rewrites files one by one.
+  const order = [...staged.keys()].sort((a, b) => Number(planned[a] === undefined) - Number(planned[b] === undefined));
+  const results: (RestoreResult & { source: string })[] = [];
+  const committed: number[] = [];
+  for (const i of order) {
+    const result = await staged[i]!.commit(planned[i] !== undefined).catch(async (err: unknown) => {
+      for (const j of order.slice(order.indexOf(i) + 1)) await staged[j]!.abandon(err);
+      throw await undoMoves(record, err, places[i]!, committed.map((j) => ({ place: places[j]!, staged: staged[j]!, putBack: planned[j] !== undefined })), renderer, failed);
     });
-    done.push({ ...result, source: places[i]!.name });
+    committed.push(i);
+    results[i] = { ...result, source: places[i]!.name };
   }
+  if (record) {
+    for (const n of await finishMoves(record)) {
+      renderer.notice(n);
+      const of = record.moves.find((m) => m.replaced === n.path)?.target;
+      results[staged.findIndex((s) => s.target === of)]?.warnings.push(n);
+    }
+  }
+  done.push(...results);
   await removeMoveRecords(places.map((p) => p.path));
+}
+
+/**
+ * After the move into `place` failed with `err`: puts back the moves made before it (each directory
+ * renamed back to its staging directory, what it held renamed back from where it was set aside), and
+ * returns the error to throw, saying that every directory was left as it was, or, when some could
+ * not be put back (or were rewritten by a --delta, which cannot be), which stay restored. A record
+ * of moves that could not all be put back stays, for the next restore to finish putting them back.
+ */
+async function undoMoves(
+  record: MovingRecord | undefined,
+  err: unknown,
+  place: SourcePlace,
+  committed: { place: SourcePlace; staged: StagedRestore; putBack: boolean }[],
+  renderer: ProgressRenderer,
+  failed: (place: SourcePlace, err: unknown) => Promise<unknown>,
+): Promise<unknown> {
+  const notPutBack = record ? await putMovesBack(record) : [];
+  for (const c of committed) if (c.putBack && !notPutBack.some((f) => f.target === c.place.path)) await c.staged.abandon(err, true);
+  const error = await failed(place, err);
+  const stayed = [...committed.filter((c) => !c.putBack).map((c) => c.place), ...notPutBack.map((f) => committed.find((c) => c.place.path === f.target)?.place).filter((p) => p !== undefined)];
+  if (stayed.length > 0) {
+    const why = notPutBack.length > 0 ? `: ${notPutBack.map((f) => `${quoteName(f.target)} could not be put back (${errorMessage(f.err)})`).join(', ')}; the next restore --in-place puts it back first` : '';
+    renderer.notice({ level: 'warning', code: 'in-place-partial', message: `restored before ${place.name} failed: ${stayed.map((p) => `${p.name} to ${quoteName(p.path)}`).join(', ')}${why}` });
+  } else if (error instanceof Error) {
+    error.message += committed.length > 0 ? `; the directories moved before it were put back: every directory was left as it was` : '; every directory was left as it was';
+  }
+  return error;
 }
 
 /**
