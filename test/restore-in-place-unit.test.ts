@@ -381,6 +381,28 @@ test('restore --in-place whose third move fails (an immutable directory: EPERM) 
   assert.deepEqual(await besides(host), []);
 });
 
+/** How long a run of `args` takes from the moment its record of moves is there to its end (a few milliseconds at least). */
+async function movesTime(host: Host, args: string[], record: string): Promise<number> {
+  const child = spawnLifeboat(args, { cwd: host.work });
+  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+  for (const until = Date.now() + 30_000; Date.now() < until && !fs.existsSync(record); );
+  const begun = Date.now();
+  await exited;
+  return Math.max(2, Date.now() - begun);
+}
+
+/**
+ * For killedAfter: waits for the record of moves, then for `seen`, a state that lasts milliseconds, so
+ * both are looked for without a pause; for no longer than runs that `took` as long allow.
+ */
+function recordThen(record: string, seen: () => boolean, took: number): () => Promise<boolean> {
+  return async () => {
+    for (const until = Date.now() + 30_000; Date.now() < until && !fs.existsSync(record); );
+    for (const until = Date.now() + 5 * took + 100; Date.now() < until && !seen(); );
+    return true;
+  };
+}
+
 /** The phase the record of moves beside `dir` says, or `none`. */
 async function recordPhase(dir: string): Promise<string> {
   const text = await fsp.readFile(path.join(path.dirname(dir), `.${path.basename(dir)}.lifeboat-moving`), 'utf8').catch(() => undefined);
@@ -398,13 +420,7 @@ test('restore --in-place killed (SIGKILL) at random moments of its moves or of p
   const record = path.join(host.work, 'srv', '.models.lifeboat-moving');
   const mutable = immutable(host.dirs.serving);
   try {
-    // How long a failing run takes from the moment its record of moves is there to its end.
-    const child = spawnLifeboat(args, { cwd: host.work });
-    const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
-    for (const until = Date.now() + 30_000; Date.now() < until && !fs.existsSync(record); );
-    const begun = Date.now();
-    await exited;
-    const took = Math.max(2, Date.now() - begun);
+    const took = await movesTime(host, args, record);
     const phases: string[] = [];
     const setAside = () => fs.readdirSync(path.join(host.work, 'srv')).some((n) => n.endsWith('-replaced'));
     for (let round = 1; round <= 12; round++) {
@@ -412,11 +428,7 @@ test('restore --in-place killed (SIGKILL) at random moments of its moves or of p
       // the moment the moves, and soon after, the putting back, are under way.
       const atMoves = round % 2 === 0;
       const ms = Math.floor(rand() * (atMoves ? 4 : took));
-      await killedAfter(host, args, ms, atMoves ? async () => {
-        // Looked for without a pause (it lasts a few milliseconds), for no longer than a whole run takes.
-        for (const until = Date.now() + 5 * took + 100; Date.now() < until && !setAside(); );
-        return true;
-      } : record);
+      await killedAfter(host, args, ms, atMoves ? recordThen(record, setAside, took) : record);
       phases.push(await recordPhase(host.dirs.models));
       // The directory that fails is failing still: the run puts back what the killed one left, stages, fails, puts back again.
       const r = await inChild(host, ...args);
@@ -436,4 +448,108 @@ test('restore --in-place killed (SIGKILL) at random moments of its moves or of p
   assert.equal(r.code, 0, r.stderr);
   assert.equal(await differences(host, atPoint), undefined, `seed ${seed}`);
   assert.deepEqual(await besides(host), []);
+});
+
+test('status says a directory is part-way through a restore --in-place stopped among its moves (exit 1), which point, and the command that finishes it; that command does', async (t) => {
+  const { seed, host, point } = await backedUp(t);
+  const atPoint = await snapshots(host);
+  await editAll(host);
+  // What a restore killed just after it recorded its moves leaves (see docs/FORMAT.md): the record beside each directory, nothing moved yet.
+  const staging = path.join(host.work, 'srv', '.models.lifeboat-staging-1-1-0badf00d');
+  const record = { point, phase: 'moving', moves: [{ target: host.dirs.models, dev: '0', ino: '0', staging, replaced: `${staging}-replaced` }] };
+  await fsp.writeFile(path.join(host.work, 'srv', '.models.lifeboat-moving'), `${JSON.stringify(record)}\n`);
+
+  const text = await host.run('status');
+  assert.equal(text.code, 1, text.stderr);
+  const command = `lifeboat restore ${point} --in-place --force`;
+  assert.match(text.stdout, new RegExp(`source models: ${host.dirs.models} is part-way through a restore --in-place of ${point}, stopped while it moved the directories into place; ${command} finishes it`));
+  assert.match(text.stderr, /is part-way through a restore --in-place of .* that was stopped before it finished/);
+  const json = await host.run('--json', 'status');
+  assert.equal(json.code, 1);
+  assert.deepEqual(json.json().inPlace, [{ source: 'models', directory: host.dirs.models, point, phase: 'moving', running: false, replacing: true, command }]);
+
+  const r = await inChild(host, ...command.split(' ').slice(1));
+  assert.equal(r.code, 0, `seed ${seed}: ${r.stderr}`);
+  assert.match(r.stderr, /put back .*models.* as they were before an interrupted restore --in-place/);
+  assert.equal(await differences(host, atPoint), undefined, `seed ${seed}`);
+  const after = await host.run('--json', 'status');
+  assert.equal(after.code, 0, after.stderr);
+  assert.equal(after.json().inPlace, undefined);
+});
+
+/** Mounts a bounded tmpfs at `dir`; false when this process may not mount. */
+function mountTmpfs(dir: string): boolean {
+  return spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', dir]).status === 0;
+}
+const mayMount = process.getuid?.() === 0 && (await (async () => {
+  const dir = await tempDir('lifeboat-mount-');
+  try {
+    return mountTmpfs(dir) && spawnSync('umount', [dir]).status === 0;
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+})());
+
+/** A snapshot of a mount point without the staging directory a restore keeps inside it for the next one. */
+async function withoutStaging(dir: string): Promise<Map<string, SnapshotEntry>> {
+  const tree = await snapshotTree(dir);
+  for (const p of tree.keys()) if (/^\.lifeboat-staging-/.test(p)) tree.delete(p);
+  return tree;
+}
+
+test('restore --in-place into a mount point (filled entry by entry) is put back with the rest when a later move fails, and killed (SIGKILL) at random moments among its moves is finished by the next run', { skip: !mayMount ? 'mount -t tmpfs is not permitted here (not root)' : !chattrWorks ? NO_CHATTR : false }, async (t) => {
+  const seed = seedFromEnv();
+  t.diagnostic(`seed ${seed}`);
+  const rand = prng(seed);
+  const host = await threeSources(t, rand);
+  // Many names at the top of the mount point: filling it is a rename each, which takes a while to kill in.
+  for (let i = 0; i < 1500; i++) await fsp.writeFile(path.join(host.dirs.tokenizers, `vocab-${i}.txt`), `${i}\n`);
+  assert.equal((await host.run('backup', '--type', 'full')).code, 0);
+  const atPoint = await snapshots(host);
+  assert.ok(mountTmpfs(host.dirs.tokenizers), 'mount a tmpfs at the tokenizers');
+  try {
+    // A host where the tokenizers are a file system of their own, holding something else; models gone; serving edited.
+    const breakHost = async () => {
+      for (const name of await fsp.readdir(host.dirs.tokenizers)) if (!name.startsWith('.lifeboat-staging-')) await fsp.rm(path.join(host.dirs.tokenizers, name), { recursive: true });
+      await fsp.writeFile(path.join(host.dirs.tokenizers, 'old.txt'), 'what the disk held');
+      await fsp.rm(host.dirs.models, { recursive: true, force: true });
+      await fsp.writeFile(path.join(host.dirs.serving, 'llama', 'config.pbtxt'), 'name: "broken"\n');
+    };
+    await breakHost();
+    const before = { tokenizers: await snapshotTree(host.dirs.tokenizers), serving: await snapshotTree(host.dirs.serving) };
+    const asBefore = async () => (await fsp.stat(host.dirs.models).then(() => 'models is there', () => undefined)) ?? compareSnapshots(before.tokenizers, await withoutStaging(host.dirs.tokenizers)) ?? compareSnapshots(before.serving, await snapshotTree(host.dirs.serving));
+    const args = ['restore', 'latest', '--in-place', '--force'];
+
+    // The third move fails: the mount point, filled before it, is emptied back into its staging directory and given back what it held.
+    const mutable = immutable(host.dirs.serving);
+    try {
+      const r = await inChild(host, ...args);
+      assert.equal(await asBefore(), undefined, `seed ${seed}: a move that failed left a directory changed`);
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, /every directory was left as it was/);
+    } finally {
+      mutable();
+    }
+
+    const record = path.join(host.work, 'srv', '.tokenizers.lifeboat-moving');
+    const took = await movesTime(host, args, record);
+    assert.equal(await differences(host, atPoint), undefined, `seed ${seed}: the restore that went through`);
+    const filling = () => fs.readdirSync(host.dirs.tokenizers).some((n) => n.endsWith('-replaced'));
+    const left: string[] = [];
+    for (let round = 1; round <= 8; round++) {
+      await breakHost();
+      // Half the rounds within a few milliseconds of the mount point's old content being set aside (it is being filled then).
+      const atFill = round % 2 === 0;
+      const ms = Math.floor(rand() * (atFill ? 4 : took));
+      await killedAfter(host, args, ms, atFill ? recordThen(record, filling, took) : record);
+      left.push(await recordPhase(host.dirs.tokenizers));
+      const r = await inChild(host, ...args);
+      assert.equal(r.code, 0, `seed ${seed}, round ${round}, killed after ${ms} ms: ${r.stderr}`);
+      assert.equal(await differences(host, atPoint), undefined, `seed ${seed}, round ${round}, killed after ${ms} ms${atFill ? ' of the filling' : ''} (record: ${left.at(-1)})`);
+      assert.deepEqual(await besides(host), [], `seed ${seed}, round ${round}`);
+    }
+    t.diagnostic(`a whole run took ${took} ms from its record of moves; the kills left beside the mount point: ${left.join(' ')}`);
+  } finally {
+    spawnSync('umount', [host.dirs.tokenizers]);
+  }
 });
