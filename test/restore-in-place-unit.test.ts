@@ -354,25 +354,32 @@ async function snapshotsOfWhatIsThere(host: Host): Promise<Partial<Trees>> {
   return trees;
 }
 
-test('restore --in-place whose third move fails (an immutable directory: EPERM) puts back the two moved before it: exit 1, every directory byte for byte as it was; the next run restores them all', { skip: chattrWorks ? false : NO_CHATTR }, async (t) => {
+test('restore --in-place whose third move fails (an immutable directory: EPERM) puts back the two moved before it, renamed whole or rewritten by --delta: exit 1, every directory byte for byte as it was; the next run restores them all', { skip: chattrWorks ? false : NO_CHATTR }, async (t) => {
   const { seed, host, point } = await backedUp(t);
   const atPoint = await snapshots(host);
-  // A rebuilt host: models gone, tokenizers edited, serving edited and (by the test) immutable.
+  // A rebuilt host: models gone, tokenizers edited with files the point lacks, serving edited and (by the test) immutable.
   await editAll(host);
   await fsp.rm(host.dirs.models, { recursive: true });
+  await fsp.writeFile(path.join(host.dirs.tokenizers, 'llama', 'notes.txt'), 'kept by hand');
+  await fsp.mkdir(path.join(host.dirs.tokenizers, 'old', 'v1'), { recursive: true });
+  await fsp.writeFile(path.join(host.dirs.tokenizers, 'old', 'v1', 'vocab.txt'), 'a\nb\n');
+  await fsp.chmod(path.join(host.dirs.tokenizers, 'llama'), 0o700);
   const before = await snapshotsOfWhatIsThere(host);
-  const mutable = immutable(host.dirs.serving);
+  // --force renames serving aside, which its immutability refuses; --delta renames a file into llama, which refuses it.
+  const mutable = [immutable(host.dirs.serving), immutable(path.join(host.dirs.serving, 'llama'))];
   try {
-    const r = await inChild(host, 'restore', point, '--in-place', '--force');
-    assert.equal(await differences(host, before), undefined, `seed ${seed}: a move that failed left a directory changed`);
-    assert.equal(r.code, 1, `seed ${seed}: ${r.stderr}`);
-    assert.match(r.stderr, /cannot restore into .*serving.*operation not permitted/i);
-    assert.match(r.stderr, /the directories moved before it were put back: every directory was left as it was/);
-    assert.doesNotMatch(r.stderr, /restored before/);
-    // The staged trees are kept for the next run to go on from; nothing else is left.
-    assert.deepEqual(await besidesButStaging(host), []);
+    for (const how of ['--force', '--delta']) {
+      const r = await inChild(host, 'restore', point, '--in-place', how);
+      assert.equal(await differences(host, before), undefined, `seed ${seed}: ${how}: a move that failed left a directory changed`);
+      assert.equal(r.code, 1, `seed ${seed}: ${how}: ${r.stderr}`);
+      assert.match(r.stderr, /cannot restore into .*serving.*operation not permitted/i);
+      assert.match(r.stderr, /the directories moved before it were put back: every directory was left as it was/);
+      assert.doesNotMatch(r.stderr, /not put back/);
+      // The staged trees are kept for the next run to go on from; nothing else is left.
+      assert.deepEqual(await besidesButStaging(host), [], how);
+    }
   } finally {
-    mutable();
+    for (const undo of mutable.reverse()) undo();
   }
   const again = await inChild(host, 'restore', point, '--in-place', '--force');
   assert.equal(again.code, 0, again.stderr);
@@ -466,7 +473,7 @@ test('status says a directory is part-way through a restore --in-place stopped a
   assert.match(text.stderr, /is part-way through a restore --in-place of .* that was stopped before it finished/);
   const json = await host.run('--json', 'status');
   assert.equal(json.code, 1);
-  assert.deepEqual(json.json().inPlace, [{ source: 'models', directory: host.dirs.models, point, phase: 'moving', running: false, replacing: true, command }]);
+  assert.deepEqual(json.json().inPlace, [{ source: 'models', directory: host.dirs.models, point, phase: 'moving', running: false, command }]);
 
   const r = await inChild(host, ...command.split(' ').slice(1));
   assert.equal(r.code, 0, `seed ${seed}: ${r.stderr}`);

@@ -196,6 +196,12 @@ export interface PlannedMove {
   names?: string[];
   /** The link of the usual name to a staging directory named short (see stagingPlace), kept until every move is done. */
   marker?: string;
+  /**
+   * A --delta, which rewrites the target file by file, `replaced` holding what it removed or replaced:
+   * the restore that makes it puts it back should another move fail, but after a kill there is no
+   * telling which of its changes were made, and the next --delta finishes it forwards instead.
+   */
+  delta?: true;
 }
 
 export interface RecordedMove extends PlannedMove {
@@ -226,7 +232,8 @@ async function writeMovingRecord(record: MovingRecord): Promise<void> {
     try {
       await writeFileSynced(aside, text, { flag: 'wx', mode: 0o600 });
     } catch (err) {
-      if (m.names !== undefined && ['EACCES', 'EPERM', 'EROFS'].includes((err as NodeJS.ErrnoException).code ?? '')) continue;
+      // Only a mount point (filled entry by entry, or a --delta) is restored under a directory that cannot be written.
+      if ((m.names !== undefined || m.delta) && ['EACCES', 'EPERM', 'EROFS'].includes((err as NodeJS.ErrnoException).code ?? '')) continue;
       throw err;
     }
     // Replaced at once: a kill leaves the record before or the one after, never none, never half.
@@ -275,6 +282,8 @@ export interface InPlaceUnfinished {
   running: boolean;
   /** Whether a directory of that restore held something before it (a rerun is given --force to replace it again). */
   replacing: boolean;
+  /** Whether that restore was a --delta (a rerun is given --delta). */
+  delta: boolean;
 }
 
 /** Which of `directories` are part-way through a restore --in-place, running or left by one killed. */
@@ -285,7 +294,7 @@ export async function inPlaceUnfinished(directories: readonly string[]): Promise
     if (!record) continue;
     const held = lockOwner(await fsp.readlink(path.join(path.dirname(directory), `.${path.basename(directory)}${LOCK_MARK}`)).catch(() => ''));
     const running = held !== undefined && ownerRuns(held.pid, held.since, held.start);
-    found.push({ directory, point: record.point, phase: record.phase ?? 'moving', running, replacing: record.moves.some((m) => m.replaced !== undefined) });
+    found.push({ directory, point: record.point, phase: record.phase ?? 'moving', running, replacing: record.moves.some((m) => m.replaced !== undefined), delta: record.moves.some((m) => m.delta === true) });
   }
   return found;
 }
@@ -318,6 +327,7 @@ const there = (p: string) => fsp.lstat(p).then(() => true, () => false);
  * there now, so that running it again after a kill goes on where the kill stopped it.
  */
 export async function putMoveBack(m: RecordedMove): Promise<void> {
+  if (m.delta) return;
   if (m.names !== undefined) {
     await fsp.mkdir(m.staging, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
       if (err.code !== 'EEXIST') throw err;
@@ -407,6 +417,8 @@ export async function takeUpInterruptedMoves(targets: readonly string[], point: 
           hint: `correct that and run the restore again${kept.length > 0 ? `; what the directories held is kept at ${kept.join(', ')}` : ''}`,
         });
       }
+      // What a --delta killed part-way had set aside is of a tree it was changing: the next --delta brings that tree to its point.
+      for (const m of record.moves) if (m.delta && m.replaced !== undefined) await removeTree(m.replaced);
       putBack.push(record);
     });
   }
@@ -760,7 +772,7 @@ function filledMeanwhile(target: string, err: unknown): RuntimeFailure {
  * restore has then succeeded: a failure here (files of another user, say)
  * leaves it set aside, named in a warning, rather than failing the restore.
  */
-async function removeReplaced(aside: string): Promise<Notice | undefined> {
+export async function removeReplaced(aside: string): Promise<Notice | undefined> {
   try {
     await removeTree(aside);
     return undefined;

@@ -301,8 +301,8 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
     if (!flags.dryRun) for (const p of places) unlocks.push(await lockRestoreTarget(path.resolve(p.path), await isMountPoint(p.path).catch(() => false)));
     // What an interrupted restore --in-place left among its moves is put back (or, all made, finished) before anything is judged.
     const { moved, putBack, finished } = flags.dryRun ? { moved: await movedByInterruptedRestore(places.map((p) => p.path), point.id), putBack: [], finished: [] } : await takeUpInterruptedMoves(places.map((p) => p.path), point.id);
-    for (const r of putBack) {
-      renderer.notice({ level: 'info', code: 'in-place-put-back', message: `put back ${r.moves.map((m) => quoteName(m.target)).join(', ')} as they were before an interrupted restore --in-place of ${r.point} (its staged files are gone on from)` });
+    for (const r of putBack.filter((r) => r.moves.some((m) => !m.delta))) {
+      renderer.notice({ level: 'info', code: 'in-place-put-back', message: `put back ${r.moves.filter((m) => !m.delta).map((m) => quoteName(m.target)).join(', ')} as they were before an interrupted restore --in-place of ${r.point}; this restore goes on from what it had staged` });
     }
     for (const n of finished) renderer.notice(n);
     // A directory an interrupted restore of this point had moved into place holds the point: it is compared, not refused or staged again.
@@ -416,57 +416,71 @@ async function restoreAsOne(
   }
   // Each directory is told which trees go where before the first is moved, durably; what each held is
   // set aside, not removed, until every move is made, so that a move that fails can have the others put back.
-  const planned: (PlannedMove | undefined)[] = [];
+  const planned: PlannedMove[] = [];
   for (const s of staged) planned.push(await s.plannedMove());
-  const moves = planned.filter((m): m is PlannedMove => m !== undefined);
-  const record = moves.length > 0 ? await recordMoves(point.id, moves) : undefined;
-  // Those that can be put back first: a --delta (a directory an interrupted restore had moved already) rewrites files one by one.
-  const order = [...staged.keys()].sort((a, b) => Number(planned[a] === undefined) - Number(planned[b] === undefined));
+  const record = await recordMoves(point.id, planned);
+  // Whole moves first, a rename or two each to put back; a --delta rewrites and removes file by file.
+  const order = [...staged.keys()].sort((a, b) => Number(planned[a]!.delta === true) - Number(planned[b]!.delta === true));
   const results: (RestoreResult & { source: string })[] = [];
   const committed: number[] = [];
   for (const i of order) {
-    const result = await staged[i]!.commit(planned[i] !== undefined).catch(async (err: unknown) => {
+    const result = await staged[i]!.commit(true).catch(async (err: unknown) => {
       for (const j of order.slice(order.indexOf(i) + 1)) await staged[j]!.abandon(err);
-      throw await undoMoves(record, err, places[i]!, committed.map((j) => ({ place: places[j]!, staged: staged[j]!, putBack: planned[j] !== undefined })), renderer, failed);
+      throw await undoMoves(record, err, { place: places[i]!, staged: staged[i]! }, committed.map((j) => ({ place: places[j]!, staged: staged[j]! })), renderer, failed);
     });
     committed.push(i);
     results[i] = { ...result, source: places[i]!.name };
   }
-  if (record) {
-    for (const n of await finishMoves(record)) {
-      renderer.notice(n);
-      const of = record.moves.find((m) => m.replaced === n.path)?.target;
-      results[staged.findIndex((s) => s.target === of)]?.warnings.push(n);
-    }
-  }
+  const dropped = (n: Notice | undefined, i: number) => {
+    if (!n) return;
+    renderer.notice(n);
+    results[i]?.warnings.push(n);
+  };
+  for (const n of await finishMoves(record)) dropped(n, staged.findIndex((s) => s.target === record.moves.find((m) => m.replaced === n.path)?.target));
+  for (const [i, s] of staged.entries()) dropped(await s.deltaUndo()?.drop(), i);
   done.push(...results);
   await removeMoveRecords(places.map((p) => p.path));
 }
 
 /**
- * After the move into `place` failed with `err`: puts back the moves made before it (each directory
- * renamed back to its staging directory, what it held renamed back from where it was set aside), and
- * returns the error to throw, saying that every directory was left as it was, or, when some could
- * not be put back (or were rewritten by a --delta, which cannot be), which stay restored. A record
- * of moves that could not all be put back stays, for the next restore to finish putting them back.
+ * After the move into `failing` failed with `err`: puts back the moves made before it (a directory
+ * renamed whole goes back to its staging directory and what it held is renamed back from where it
+ * was set aside; a --delta's changes are undone, the last first), and returns the error to throw,
+ * saying that every directory was left as it was; or, when some could not be put back, a warning
+ * names them. A record of moves that could not all be put back stays, for the next restore to finish
+ * putting them back.
  */
 async function undoMoves(
-  record: MovingRecord | undefined,
+  record: MovingRecord,
   err: unknown,
-  place: SourcePlace,
-  committed: { place: SourcePlace; staged: StagedRestore; putBack: boolean }[],
+  failing: { place: SourcePlace; staged: StagedRestore },
+  committed: { place: SourcePlace; staged: StagedRestore }[],
   renderer: ProgressRenderer,
   failed: (place: SourcePlace, err: unknown) => Promise<unknown>,
 ): Promise<unknown> {
-  const notPutBack = record ? await putMovesBack(record) : [];
-  for (const c of committed) if (c.putBack && !notPutBack.some((f) => f.target === c.place.path)) await c.staged.abandon(err, true);
-  const error = await failed(place, err);
-  const stayed = [...committed.filter((c) => !c.putBack).map((c) => c.place), ...notPutBack.map((f) => committed.find((c) => c.place.path === f.target)?.place).filter((p) => p !== undefined)];
+  const notPutBack = await putMovesBack(record);
+  const stayed: { place: SourcePlace; why: string }[] = [];
+  for (const c of committed) {
+    const undo = c.staged.deltaUndo();
+    const f = notPutBack.find((n) => n.target === c.place.path);
+    if (f) stayed.push({ place: c.place, why: errorMessage(f.err) });
+    else if (!undo) await c.staged.abandon(err, true);
+    else await undo.putBack().catch((e: unknown) => stayed.push({ place: c.place, why: errorMessage(e) }));
+  }
+  const own = failing.staged.deltaUndo();
+  if (own?.failedToPutBack !== undefined) stayed.push({ place: failing.place, why: errorMessage(own.failedToPutBack) });
+  for (const { place, staged } of [...committed, failing]) {
+    if (staged.deltaUndo()?.complete === false) stayed.push({ place, why: 'what it removed on a file system mounted inside it could not be set aside' });
+  }
+  const error = await failed(failing.place, err);
   if (stayed.length > 0) {
-    const why = notPutBack.length > 0 ? `: ${notPutBack.map((f) => `${quoteName(f.target)} could not be put back (${errorMessage(f.err)})`).join(', ')}; the next restore --in-place puts it back first` : '';
-    renderer.notice({ level: 'warning', code: 'in-place-partial', message: `restored before ${place.name} failed: ${stayed.map((p) => `${p.name} to ${quoteName(p.path)}`).join(', ')}${why}` });
+    renderer.notice({
+      level: 'warning',
+      code: 'in-place-partial',
+      message: `not put back as they were after ${failing.place.name} failed: ${stayed.map((s) => `${s.place.name} in ${quoteName(s.place.path)} (${s.why})`).join(', ')}${notPutBack.length > 0 ? '; the next restore --in-place puts back what it can first' : ''}`,
+    });
   } else if (error instanceof Error) {
-    error.message += committed.length > 0 ? `; the directories moved before it were put back: every directory was left as it was` : '; every directory was left as it was';
+    error.message += committed.length > 0 ? '; the directories moved before it were put back: every directory was left as it was' : '; every directory was left as it was';
   }
   return error;
 }

@@ -126,7 +126,7 @@ function unrecoverable(targets: TargetStatus[], inPlace: readonly InPlaceStatus[
 }
 
 /** A source directory part-way through a restore --in-place, and the command that finishes it. */
-interface InPlaceStatus extends InPlaceUnfinished {
+interface InPlaceStatus extends Omit<InPlaceUnfinished, 'replacing' | 'delta'> {
   source: string;
   command: string;
 }
@@ -142,10 +142,10 @@ async function inPlaceStatus(config: LifeboatConfig): Promise<InPlaceStatus[]> {
     dirs.push({ source, directory });
   }
   const found = await inPlaceUnfinished(dirs.map((d) => d.directory));
-  return found.map((f) => ({
+  return found.map(({ replacing, delta, ...f }) => ({
     source: dirs.find((d) => d.directory === f.directory)!.source,
     ...f,
-    command: `lifeboat restore ${f.point} --in-place${f.replacing ? ' --force' : ''}`,
+    command: `lifeboat restore ${f.point} --in-place${delta ? ' --delta' : replacing ? ' --force' : ''}`,
   }));
 }
 
