@@ -309,8 +309,24 @@ export async function readMovingRecord(target: string): Promise<MovingRecord | u
     return undefined;
   }
   if (typeof record?.point !== 'string' || !Array.isArray(record.moves)) return undefined;
-  record.moves = record.moves.filter((m) => typeof m?.target === 'string' && path.isAbsolute(m.target));
+  // Its moves are renames a rerun makes: only one this user wrote, that no one else could have changed, names where.
+  const st = await fsp.lstat(movingRecord(target)).catch(() => undefined);
+  const uid = process.getuid?.();
+  if (!st || (uid !== undefined && st.uid !== uid) || (st.mode & 0o022) !== 0) return undefined;
+  record.moves = record.moves.filter((m) => typeof m?.target === 'string' && path.isAbsolute(m.target) && placesOfAMove(m));
   return record;
+}
+
+/** Whether the staging directory, the tree set aside and the link a move names are where a restore into its target puts them. */
+function placesOfAMove(m: RecordedMove): boolean {
+  const inside = m.names !== undefined;
+  const prefix = path.join(inside ? m.target : path.dirname(m.target), stagingPrefix(m.target, inside));
+  const short = (p: string) => path.dirname(p) === path.dirname(m.target) && SHORT_STAGING.test(path.basename(p));
+  const staging = m.staging === undefined || (typeof m.staging === 'string' && (m.staging.startsWith(prefix) || short(m.staging)) && !m.staging.slice(prefix.length).includes('/'));
+  const replaced = m.replaced === undefined || (typeof m.replaced === 'string' && m.replaced.startsWith(prefix) && m.replaced.endsWith('-replaced') && !m.replaced.slice(prefix.length).includes('/'));
+  const marker = m.marker === undefined || (typeof m.marker === 'string' && m.marker.startsWith(prefix) && !m.marker.slice(prefix.length).includes('/'));
+  const names = m.names === undefined || (Array.isArray(m.names) && m.names.every((n) => typeof n === 'string' && n !== '' && n !== '.' && n !== '..' && !n.includes('/')));
+  return staging && replaced && marker && names;
 }
 
 /** Whether a record's moves can be put back: written by a version that sets what it replaces aside (it names the staging directories). */
