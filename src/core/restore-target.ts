@@ -345,6 +345,9 @@ const there = (p: string) => fsp.lstat(p).then(() => true, () => false);
 export async function putMoveBack(m: RecordedMove): Promise<void> {
   if (m.delta) return;
   if (m.names !== undefined) {
+    // What it held is set aside before any entry is moved in, and given back by the move itself when it fails: with none
+    // set aside (not yet, or given back), every entry there is its own, even one named as a staged one.
+    if (m.replaced !== undefined && !(await there(m.replaced))) return;
     await fsp.mkdir(m.staging, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
       if (err.code !== 'EEXIST') throw err;
     });
