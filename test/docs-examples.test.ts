@@ -37,7 +37,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseConfig } from '../src/config/config.js';
 import { parseDuration } from '../src/config/duration.js';
-import { BIN } from './helpers/cli.js';
+import { BIN, lifeboat } from './helpers/cli.js';
 import { createTestBucket, startS3Server, type S3TestServer } from './helpers/s3server.js';
 import { compareSnapshots, snapshotTree, tempDir, type SnapshotEntry } from './helpers/tree.js';
 
@@ -1244,6 +1244,24 @@ test("docs/S3.md's JSON documents parse, and its IAM policy grants what README.m
   assert.ok(sentence, 'README.md says which permissions lifeboat needs');
   const needed = new Set([...sentence.matchAll(/`((?:s3|kms):\w+)`/g)].map((m) => m[1]!));
   assert.deepEqual([...granted].sort(), [...needed].sort());
+});
+
+test('"status": a source directory part-way through a restore --in-place is in --json as README.md shows', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await fsp.mkdir(path.join(work, 'srv', 'models'), { recursive: true });
+  await fsp.writeFile(path.join(work, 'srv', 'models', 'w.bin'), 'weights');
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./srv/models\n');
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const backup = await lifeboat(['--json', 'backup'], { cwd: work });
+  assert.equal(backup.code, 0, backup.stderr);
+  // What a restore --in-place killed as its moves began leaves beside the directory (docs/FORMAT.md).
+  const staging = path.join(work, 'srv', '.models.lifeboat-staging-1-1-0badf00d');
+  const record = { point: backup.json().id, phase: 'moving', moves: [{ target: path.join(work, 'srv', 'models'), dev: '0', ino: '0', staging, replaced: `${staging}-replaced` }] };
+  await fsp.writeFile(path.join(work, 'srv', '.models.lifeboat-moving'), JSON.stringify(record));
+  const status = await lifeboat(['--json', 'status'], { cwd: work });
+  assert.equal(status.code, 1, status.stderr);
+  assertShape('status --json of a directory part-way through a restore --in-place', await shapeAfter('is said too, with the point and the command that finishes it'), status.json());
 });
 
 test('every fenced block of the documents has a language tag and is run, checked, or listed as not runnable with why; every JSON shape of README.md is checked', async () => {

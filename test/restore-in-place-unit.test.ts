@@ -4,7 +4,8 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
-import { lifeboat, spawnLifeboat, type CliRun } from './helpers/cli.js';
+import { spawnSync } from 'node:child_process';
+import { lifeboat, runChild, spawnLifeboat, type CliRun } from './helpers/cli.js';
 import { sleep, waitFor } from './helpers/processes.js';
 import { runInNamespace, unshare } from './helpers/namespace.js';
 import { compareSnapshots, mutateTree, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile, type SnapshotEntry } from './helpers/tree.js';
@@ -306,4 +307,256 @@ test('restore --in-place checks room for every source on one file system togethe
   assert.equal((await read('status.txt')).trim(), '1', await read('stderr.txt'));
   assert.match(await read('stderr.txt'), new RegExp(`the restore needs 9\\.5\\d MiB on the file system of ${work}/srv/models, ${work}/srv/tokenizers, and .* is free`));
   assert.equal((await read('left.txt')).trim(), '', 'neither source was restored, nothing is left beside them');
+});
+
+/**
+ * Whether `chattr +i` works where tests make their directories (ext4, xfs, btrfs, tmpfs from Linux
+ * 6.0, as root): an immutable directory cannot be renamed (EPERM), which makes a move into place
+ * fail on cue, after the staging and the moves before it went through.
+ */
+const chattrWorks = await (async () => {
+  if (process.getuid?.() !== 0) return false;
+  const dir = await tempDir('lifeboat-chattr-');
+  try {
+    await fsp.mkdir(path.join(dir, 'd'));
+    if (spawnSync('chattr', ['+i', path.join(dir, 'd')]).status !== 0) return false;
+    const refused = await fsp.rename(path.join(dir, 'd'), path.join(dir, 'e')).then(() => false, () => true);
+    spawnSync('chattr', ['-i', path.join(dir, 'd'), path.join(dir, 'e')]);
+    return refused;
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+})();
+const NO_CHATTR = 'chattr +i does not make a directory immutable here (not root, or a file system without the attribute)';
+
+/** Makes a directory immutable (it cannot be renamed) until the returned function is called. */
+function immutable(dir: string): () => void {
+  assert.equal(spawnSync('chattr', ['+i', dir]).status, 0);
+  return () => void spawnSync('chattr', ['-i', dir]);
+}
+
+/** Runs lifeboat as a process of its own, whose staging directories a later run may take over once it is gone. */
+function inChild(host: Host, ...args: string[]): Promise<CliRun> {
+  return runChild(args, { cwd: host.work });
+}
+
+/** What is beside the directories but staging directories: locks, records, trees set aside. */
+async function besidesButStaging(host: Host): Promise<string[]> {
+  return (await besides(host)).filter((n) => !/^\.(models|tokenizers|serving)\.lifeboat-staging-\d+-\d+-[0-9a-f]{8}$/.test(n));
+}
+
+/** The trees as they are, those gone left out. */
+async function snapshotsOfWhatIsThere(host: Host): Promise<Partial<Trees>> {
+  const trees: Partial<Trees> = {};
+  for (const name of ['models', 'tokenizers', 'serving'] as const) {
+    if (await fsp.stat(host.dirs[name]).then(() => true, () => false)) trees[name] = await snapshotTree(host.dirs[name]);
+  }
+  return trees;
+}
+
+test('restore --in-place whose third move fails (an immutable directory: EPERM) puts back the two moved before it, renamed whole or rewritten by --delta: exit 1, every directory byte for byte as it was; the next run restores them all', { skip: chattrWorks ? false : NO_CHATTR }, async (t) => {
+  const { seed, host, point } = await backedUp(t);
+  const atPoint = await snapshots(host);
+  // A rebuilt host: models gone, tokenizers edited with files the point lacks, serving edited and (by the test) immutable.
+  await editAll(host);
+  await fsp.rm(host.dirs.models, { recursive: true });
+  await fsp.writeFile(path.join(host.dirs.tokenizers, 'llama', 'notes.txt'), 'kept by hand');
+  await fsp.mkdir(path.join(host.dirs.tokenizers, 'old', 'v1'), { recursive: true });
+  await fsp.writeFile(path.join(host.dirs.tokenizers, 'old', 'v1', 'vocab.txt'), 'a\nb\n');
+  await fsp.chmod(path.join(host.dirs.tokenizers, 'llama'), 0o700);
+  const before = await snapshotsOfWhatIsThere(host);
+  // --force renames serving aside, which its immutability refuses; --delta renames a file into llama, which refuses it.
+  const mutable = [immutable(host.dirs.serving), immutable(path.join(host.dirs.serving, 'llama'))];
+  try {
+    for (const how of ['--force', '--delta']) {
+      const r = await inChild(host, 'restore', point, '--in-place', how);
+      assert.equal(await differences(host, before), undefined, `seed ${seed}: ${how}: a move that failed left a directory changed`);
+      assert.equal(r.code, 1, `seed ${seed}: ${how}: ${r.stderr}`);
+      assert.match(r.stderr, /cannot restore into .*serving.*operation not permitted/i);
+      assert.match(r.stderr, /the directories moved before it were put back: every directory was left as it was/);
+      assert.doesNotMatch(r.stderr, /not put back/);
+      // The staged trees are kept for the next run to go on from; nothing else is left.
+      assert.deepEqual(await besidesButStaging(host), [], how);
+    }
+  } finally {
+    for (const undo of mutable.reverse()) undo();
+  }
+  const again = await inChild(host, 'restore', point, '--in-place', '--force');
+  assert.equal(again.code, 0, again.stderr);
+  assert.match(again.stderr, /resuming an interrupted restore/);
+  assert.equal(await differences(host, atPoint), undefined, `seed ${seed}`);
+  assert.deepEqual(await besides(host), []);
+});
+
+/** How long a run of `args` takes from the moment its record of moves is there to its end (a few milliseconds at least). */
+async function movesTime(host: Host, args: string[], record: string): Promise<number> {
+  const child = spawnLifeboat(args, { cwd: host.work });
+  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+  for (const until = Date.now() + 30_000; Date.now() < until && !fs.existsSync(record); );
+  const begun = Date.now();
+  await exited;
+  return Math.max(2, Date.now() - begun);
+}
+
+/**
+ * For killedAfter: waits for the record of moves, then for `seen`, a state that lasts milliseconds, so
+ * both are looked for without a pause; for no longer than runs that `took` as long allow.
+ */
+function recordThen(record: string, seen: () => boolean, took: number): () => Promise<boolean> {
+  return async () => {
+    for (const until = Date.now() + 30_000; Date.now() < until && !fs.existsSync(record); );
+    for (const until = Date.now() + 5 * took + 100; Date.now() < until && !seen(); );
+    return true;
+  };
+}
+
+/** The phase the record of moves beside `dir` says, or `none`. */
+async function recordPhase(dir: string): Promise<string> {
+  const text = await fsp.readFile(path.join(path.dirname(dir), `.${path.basename(dir)}.lifeboat-moving`), 'utf8').catch(() => undefined);
+  return text === undefined ? 'none' : ((JSON.parse(text) as { phase?: string }).phase ?? 'old');
+}
+
+test('restore --in-place killed (SIGKILL) at random moments of its moves or of putting them back after one failed: the next run puts back what was left, and every directory is at one point', { skip: chattrWorks ? false : NO_CHATTR }, async (t) => {
+  const { seed, host, point } = await backedUp(t);
+  const rand = prng(seed + 1);
+  const atPoint = await snapshots(host);
+  await editAll(host);
+  await fsp.rm(host.dirs.tokenizers, { recursive: true });
+  const before = await snapshotsOfWhatIsThere(host);
+  const args = ['restore', point, '--in-place', '--force'];
+  const record = path.join(host.work, 'srv', '.models.lifeboat-moving');
+  const mutable = immutable(host.dirs.serving);
+  try {
+    const took = await movesTime(host, args, record);
+    const phases: string[] = [];
+    const setAside = () => fs.readdirSync(path.join(host.work, 'srv')).some((n) => n.endsWith('-replaced'));
+    for (let round = 1; round <= 12; round++) {
+      // Half the rounds at any moment once the record is there; half within 4 ms of the first directory being set aside,
+      // the moment the moves, and soon after, the putting back, are under way.
+      const atMoves = round % 2 === 0;
+      const ms = Math.floor(rand() * (atMoves ? 4 : took));
+      await killedAfter(host, args, ms, atMoves ? recordThen(record, setAside, took) : record);
+      phases.push(await recordPhase(host.dirs.models));
+      // The directory that fails is failing still: the run puts back what the killed one left, stages, fails, puts back again.
+      const r = await inChild(host, ...args);
+      assert.equal(r.code, 1, `seed ${seed}, round ${round}, killed after ${ms} ms: ${r.stderr}`);
+      assert.match(r.stderr, /every directory was left as it was/);
+      if (phases.at(-1) !== 'none') assert.match(r.stderr, /put back .* as they were before an interrupted restore --in-place/);
+      assert.equal(await differences(host, before), undefined, `seed ${seed}, round ${round}, killed after ${ms} ms${atMoves ? ' of the moves' : ''} (record: ${phases.at(-1)})`);
+      assert.deepEqual(await besidesButStaging(host), [], `seed ${seed}, round ${round}`);
+    }
+    t.diagnostic(`a failing run took ${took} ms from its record of moves to its end; the kills left records: ${phases.join(' ')}`);
+  } finally {
+    mutable();
+  }
+  // Killed once more, with nothing failing: the next run ends at the point.
+  await killedAfter(host, args, 0, record);
+  const r = await inChild(host, ...args);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(await differences(host, atPoint), undefined, `seed ${seed}`);
+  assert.deepEqual(await besides(host), []);
+});
+
+test('status says a directory is part-way through a restore --in-place stopped among its moves (exit 1), which point, and the command that finishes it; that command does', async (t) => {
+  const { seed, host, point } = await backedUp(t);
+  const atPoint = await snapshots(host);
+  await editAll(host);
+  // What a restore killed just after it recorded its moves leaves (see docs/FORMAT.md): the record beside each directory, nothing moved yet.
+  const staging = path.join(host.work, 'srv', '.models.lifeboat-staging-1-1-0badf00d');
+  const record = { point, phase: 'moving', moves: [{ target: host.dirs.models, dev: '0', ino: '0', staging, replaced: `${staging}-replaced` }] };
+  await fsp.writeFile(path.join(host.work, 'srv', '.models.lifeboat-moving'), `${JSON.stringify(record)}\n`);
+
+  const text = await host.run('status');
+  assert.equal(text.code, 1, text.stderr);
+  const command = `lifeboat restore ${point} --in-place --force`;
+  assert.match(text.stdout, new RegExp(`source models: ${host.dirs.models} is part-way through a restore --in-place of ${point}, stopped while it moved the directories into place; ${command} finishes it`));
+  assert.match(text.stderr, /is part-way through a restore --in-place of .* that was stopped before it finished/);
+  const json = await host.run('--json', 'status');
+  assert.equal(json.code, 1);
+  assert.deepEqual(json.json().inPlace, [{ source: 'models', directory: host.dirs.models, point, phase: 'moving', running: false, command }]);
+
+  const r = await inChild(host, ...command.split(' ').slice(1));
+  assert.equal(r.code, 0, `seed ${seed}: ${r.stderr}`);
+  assert.match(r.stderr, /put back .*models.* as they were before an interrupted restore --in-place/);
+  assert.equal(await differences(host, atPoint), undefined, `seed ${seed}`);
+  const after = await host.run('--json', 'status');
+  assert.equal(after.code, 0, after.stderr);
+  assert.equal(after.json().inPlace, undefined);
+});
+
+/** Mounts a bounded tmpfs at `dir`; false when this process may not mount. */
+function mountTmpfs(dir: string): boolean {
+  return spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', dir]).status === 0;
+}
+const mayMount = process.getuid?.() === 0 && (await (async () => {
+  const dir = await tempDir('lifeboat-mount-');
+  try {
+    return mountTmpfs(dir) && spawnSync('umount', [dir]).status === 0;
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+})());
+
+/** A snapshot of a mount point without the staging directory a restore keeps inside it for the next one. */
+async function withoutStaging(dir: string): Promise<Map<string, SnapshotEntry>> {
+  const tree = await snapshotTree(dir);
+  for (const p of tree.keys()) if (/^\.lifeboat-staging-/.test(p)) tree.delete(p);
+  return tree;
+}
+
+test('restore --in-place into a mount point (filled entry by entry) is put back with the rest when a later move fails, and killed (SIGKILL) at random moments among its moves is finished by the next run', { skip: !mayMount ? 'mount -t tmpfs is not permitted here (not root)' : !chattrWorks ? NO_CHATTR : false }, async (t) => {
+  const seed = seedFromEnv();
+  t.diagnostic(`seed ${seed}`);
+  const rand = prng(seed);
+  const host = await threeSources(t, rand);
+  // Many names at the top of the mount point: filling it is a rename each, which takes a while to kill in.
+  for (let i = 0; i < 1500; i++) await fsp.writeFile(path.join(host.dirs.tokenizers, `vocab-${i}.txt`), `${i}\n`);
+  assert.equal((await host.run('backup', '--type', 'full')).code, 0);
+  const atPoint = await snapshots(host);
+  assert.ok(mountTmpfs(host.dirs.tokenizers), 'mount a tmpfs at the tokenizers');
+  try {
+    // A host where the tokenizers are a file system of their own, holding something else; models gone; serving edited.
+    const breakHost = async () => {
+      for (const name of await fsp.readdir(host.dirs.tokenizers)) if (!name.startsWith('.lifeboat-staging-')) await fsp.rm(path.join(host.dirs.tokenizers, name), { recursive: true });
+      await fsp.writeFile(path.join(host.dirs.tokenizers, 'old.txt'), 'what the disk held');
+      await fsp.rm(host.dirs.models, { recursive: true, force: true });
+      await fsp.writeFile(path.join(host.dirs.serving, 'llama', 'config.pbtxt'), 'name: "broken"\n');
+    };
+    await breakHost();
+    const before = { tokenizers: await snapshotTree(host.dirs.tokenizers), serving: await snapshotTree(host.dirs.serving) };
+    const asBefore = async () => (await fsp.stat(host.dirs.models).then(() => 'models is there', () => undefined)) ?? compareSnapshots(before.tokenizers, await withoutStaging(host.dirs.tokenizers)) ?? compareSnapshots(before.serving, await snapshotTree(host.dirs.serving));
+    const args = ['restore', 'latest', '--in-place', '--force'];
+
+    // The third move fails: the mount point, filled before it, is emptied back into its staging directory and given back what it held.
+    const mutable = immutable(host.dirs.serving);
+    try {
+      const r = await inChild(host, ...args);
+      assert.equal(await asBefore(), undefined, `seed ${seed}: a move that failed left a directory changed`);
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, /every directory was left as it was/);
+    } finally {
+      mutable();
+    }
+
+    const record = path.join(host.work, 'srv', '.tokenizers.lifeboat-moving');
+    const took = await movesTime(host, args, record);
+    assert.equal(await differences(host, atPoint), undefined, `seed ${seed}: the restore that went through`);
+    const filling = () => fs.readdirSync(host.dirs.tokenizers).some((n) => n.endsWith('-replaced'));
+    const left: string[] = [];
+    for (let round = 1; round <= 8; round++) {
+      await breakHost();
+      // Half the rounds within a few milliseconds of the mount point's old content being set aside (it is being filled then).
+      const atFill = round % 2 === 0;
+      const ms = Math.floor(rand() * (atFill ? 4 : took));
+      await killedAfter(host, args, ms, atFill ? recordThen(record, filling, took) : record);
+      left.push(await recordPhase(host.dirs.tokenizers));
+      const r = await inChild(host, ...args);
+      assert.equal(r.code, 0, `seed ${seed}, round ${round}, killed after ${ms} ms: ${r.stderr}`);
+      assert.equal(await differences(host, atPoint), undefined, `seed ${seed}, round ${round}, killed after ${ms} ms${atFill ? ' of the filling' : ''} (record: ${left.at(-1)})`);
+      assert.deepEqual(await besides(host), [], `seed ${seed}, round ${round}`);
+    }
+    t.diagnostic(`a whole run took ${took} ms from its record of moves; the kills left beside the mount point: ${left.join(' ')}`);
+  } finally {
+    spawnSync('umount', [host.dirs.tokenizers]);
+  }
 });

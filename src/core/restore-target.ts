@@ -171,44 +171,282 @@ export async function removeOtherStaging(target: string): Promise<string[]> {
 
 /**
  * What restore --in-place writes beside each directory it is about to move a staged tree into
- * (`.<target>.lifeboat-moving`): the point, and for every directory of the restore the device and
- * inode of the staging directory the rename makes it. Written (and synced) beside every directory
- * before the first is moved, removed once all are: a restore killed among the moves leaves them, and
- * any one tells the next restore --in-place of that point which directories it had moved already.
+ * (`.<target>.lifeboat-moving`): the point, how far the moves are (`phase`), and for every directory
+ * of the restore the device and inode of the staging directory the rename makes it (of the mount
+ * point itself, for one filled entry by entry), where that staging directory is, where what the
+ * directory held is set aside until every move is done (`replaced`), and for a mount point the names
+ * moved into it. Written (and synced) beside every directory before the first is moved, removed once
+ * all are and what they replaced is gone: a restore killed among the moves, or while it put them back
+ * after one failed, leaves them, and any one tells the next restore --in-place what to put back.
+ * Records of earlier versions have no `phase` nor `staging`: the next restore of their point compares
+ * the directories they moved with it.
  */
 const MOVING_MARK = '.lifeboat-moving';
 
 /** Larger than any record a restore writes: anything bigger is not one. */
 const MOVING_RECORD_MAX = 1 << 20;
 
-interface MovingRecord {
+/** One directory's move into place, as restore --in-place plans it before any is made. */
+export interface PlannedMove {
+  target: string;
+  /** The staged tree: renamed to the target, or (a mount point) emptied into it. */
+  staging: string;
+  /** Where what the target held is set aside until every move is done; none for a target that was not there. */
+  replaced?: string;
+  /** A mount point, filled entry by entry: the names moved out of `staging` into it. */
+  names?: string[];
+  /** The link of the usual name to a staging directory named short (see stagingPlace), kept until every move is done. */
+  marker?: string;
+  /**
+   * A --delta, which rewrites the target file by file, `replaced` holding what it removed or replaced:
+   * the restore that makes it puts it back should another move fail, but after a kill there is no
+   * telling which of its changes were made, and the next --delta finishes it forwards instead.
+   */
+  delta?: true;
+}
+
+export interface RecordedMove extends PlannedMove {
+  dev: string;
+  ino: string;
+}
+
+/** `moving`: moves under way (none made yet, some, or all); `putting-back`: a move failed, and those made are being undone; `moved`: all made, what they replaced being removed. */
+export type MovingPhase = 'moving' | 'putting-back' | 'moved';
+
+export interface MovingRecord {
   point: string;
-  moves: { target: string; dev: string; ino: string }[];
+  phase?: MovingPhase;
+  moves: RecordedMove[];
 }
 
 function movingRecord(target: string): string {
   return path.join(path.dirname(target), `.${path.basename(target)}${MOVING_MARK}`);
 }
 
-/** Records, durably, beside each target, that its staging directory is about to be moved into place there (see MOVING_MARK). */
-export async function recordMoves(point: string, moves: readonly { target: string; staging: string }[]): Promise<void> {
-  const record: MovingRecord = { point, moves: [] };
-  for (const m of moves) {
-    const st = await fsp.stat(m.staging, { bigint: true });
-    record.moves.push({ target: m.target, dev: String(st.dev), ino: String(st.ino) });
-  }
+/** Writes `record` durably beside each directory it moves (anew, never through what is at that name); a mount point under a directory this user may not write is skipped, told by the others. */
+async function writeMovingRecord(record: MovingRecord): Promise<void> {
   const text = `${JSON.stringify(record)}\n`;
-  for (const m of moves) {
-    // Written anew, never through what is at that name.
-    await fsp.rm(movingRecord(m.target), { force: true });
-    await writeFileSynced(movingRecord(m.target), text, { flag: 'wx', mode: 0o600 });
+  const written = new Set<string>();
+  for (const m of record.moves) {
+    const file = movingRecord(m.target);
+    const aside = `${file}-${randomBytes(4).toString('hex')}`;
+    try {
+      await writeFileSynced(aside, text, { flag: 'wx', mode: 0o600 });
+    } catch (err) {
+      // Only a mount point (filled entry by entry, or a --delta) is restored under a directory that cannot be written.
+      if ((m.names !== undefined || m.delta) && ['EACCES', 'EPERM', 'EROFS'].includes((err as NodeJS.ErrnoException).code ?? '')) continue;
+      throw err;
+    }
+    // Replaced at once: a kill leaves the record before or the one after, never none, never half.
+    await fsp.rename(aside, file);
+    written.add(path.dirname(file));
   }
-  for (const dir of new Set(moves.map((m) => path.dirname(m.target)))) await syncPath(dir);
+  for (const dir of written) await syncPath(dir);
 }
 
-/** Removes what recordMoves wrote beside each of `targets`. */
+/** Records, durably, beside each target, that its staging directory is about to be moved into place there (see MOVING_MARK). */
+export async function recordMoves(point: string, moves: readonly PlannedMove[]): Promise<MovingRecord> {
+  const record: MovingRecord = { point, phase: 'moving', moves: [] };
+  for (const m of moves) {
+    const st = await fsp.stat(m.names === undefined ? m.staging : m.target, { bigint: true });
+    record.moves.push({ ...m, dev: String(st.dev), ino: String(st.ino) });
+  }
+  await writeMovingRecord(record);
+  return record;
+}
+
+/** Says, durably, that the moves of `record` have come to `phase`. */
+export async function recordMovesAt(record: MovingRecord, phase: MovingPhase): Promise<void> {
+  record.phase = phase;
+  await writeMovingRecord(record);
+}
+
+/** Removes what recordMoves wrote beside each of `targets`, and any copy of it a kill left half-written. */
 export async function removeMoveRecords(targets: readonly string[]): Promise<void> {
-  for (const target of targets) await fsp.rm(movingRecord(target), { force: true });
+  for (const target of targets) {
+    const record = movingRecord(target);
+    await fsp.rm(record, { force: true });
+    const half = `${path.basename(record)}-`;
+    for (const name of await fsp.readdir(path.dirname(record)).catch(() => [] as string[])) {
+      if (name.startsWith(half) && /^[0-9a-f]{8}$/.test(name.slice(half.length))) await fsp.rm(path.join(path.dirname(record), name), { force: true });
+    }
+  }
+}
+
+/** A directory part-way through a restore --in-place, as the record beside it tells (see MOVING_MARK). */
+export interface InPlaceUnfinished {
+  directory: string;
+  point: string;
+  /** `moving` for a record of an earlier version, which does not say. */
+  phase: MovingPhase;
+  /** Whether the restore that wrote it holds the directory's lock still: it is running, not left. */
+  running: boolean;
+  /** Whether a directory of that restore held something before it (a rerun is given --force to replace it again). */
+  replacing: boolean;
+  /** Whether that restore was a --delta (a rerun is given --delta). */
+  delta: boolean;
+}
+
+/** Which of `directories` are part-way through a restore --in-place, running or left by one killed. */
+export async function inPlaceUnfinished(directories: readonly string[]): Promise<InPlaceUnfinished[]> {
+  const found: InPlaceUnfinished[] = [];
+  for (const directory of directories) {
+    const record = await readMovingRecord(directory);
+    if (!record) continue;
+    const held = lockOwner(await fsp.readlink(path.join(path.dirname(directory), `.${path.basename(directory)}${LOCK_MARK}`)).catch(() => ''));
+    const running = held !== undefined && ownerRuns(held.pid, held.since, held.start);
+    found.push({ directory, point: record.point, phase: record.phase ?? 'moving', running, replacing: record.moves.some((m) => m.replaced !== undefined), delta: record.moves.some((m) => m.delta === true) });
+  }
+  return found;
+}
+
+/** The record of moves beside `target`, if one is there and reads as one. */
+export async function readMovingRecord(target: string): Promise<MovingRecord | undefined> {
+  let record: MovingRecord;
+  try {
+    record = JSON.parse(await readRegularFile(movingRecord(target), MOVING_RECORD_MAX)) as MovingRecord;
+  } catch {
+    // None; or one cut short by a crash as it was written (by an earlier version), when the moves had not begun; or not one at all.
+    return undefined;
+  }
+  if (typeof record?.point !== 'string' || !Array.isArray(record.moves)) return undefined;
+  // Its moves are renames a rerun makes: only one this user wrote, that no one else could have changed, names where.
+  const st = await fsp.lstat(movingRecord(target)).catch(() => undefined);
+  const uid = process.getuid?.();
+  if (!st || (uid !== undefined && st.uid !== uid) || (st.mode & 0o022) !== 0) return undefined;
+  record.moves = record.moves.filter((m) => typeof m?.target === 'string' && path.isAbsolute(m.target) && placesOfAMove(m));
+  return record;
+}
+
+/** Whether the staging directory, the tree set aside and the link a move names are where a restore into its target puts them. */
+function placesOfAMove(m: RecordedMove): boolean {
+  const inside = m.names !== undefined;
+  const prefix = path.join(inside ? m.target : path.dirname(m.target), stagingPrefix(m.target, inside));
+  const short = (p: string) => path.dirname(p) === path.dirname(m.target) && SHORT_STAGING.test(path.basename(p));
+  const staging = m.staging === undefined || (typeof m.staging === 'string' && (m.staging.startsWith(prefix) || short(m.staging)) && !m.staging.slice(prefix.length).includes('/'));
+  const replaced = m.replaced === undefined || (typeof m.replaced === 'string' && m.replaced.startsWith(prefix) && m.replaced.endsWith('-replaced') && !m.replaced.slice(prefix.length).includes('/'));
+  const marker = m.marker === undefined || (typeof m.marker === 'string' && m.marker.startsWith(prefix) && !m.marker.slice(prefix.length).includes('/'));
+  const names = m.names === undefined || (Array.isArray(m.names) && m.names.every((n) => typeof n === 'string' && n !== '' && n !== '.' && n !== '..' && !n.includes('/')));
+  return staging && replaced && marker && names;
+}
+
+/** Whether a record's moves can be put back: written by a version that sets what it replaces aside (it names the staging directories). */
+function undoable(record: MovingRecord): boolean {
+  return record.phase !== undefined && record.phase !== 'moved' && record.moves.every((m) => typeof m.staging === 'string' && path.isAbsolute(m.staging));
+}
+
+const there = (p: string) => fsp.lstat(p).then(() => true, () => false);
+
+/**
+ * Undoes one move, as far as it was made: the restored tree goes back to its staging directory (for
+ * a mount point, each name moved in that is not in the staging directory any more), then what the
+ * directory held comes back from where it was set aside. Each step is a rename judged by what is
+ * there now, so that running it again after a kill goes on where the kill stopped it.
+ */
+export async function putMoveBack(m: RecordedMove): Promise<void> {
+  if (m.delta) return;
+  if (m.names !== undefined) {
+    // What it held is set aside before any entry is moved in, and given back by the move itself when it fails: with none
+    // set aside (not yet, or given back), every entry there is its own, even one named as a staged one.
+    if (m.replaced !== undefined && !(await there(m.replaced))) return;
+    await fsp.mkdir(m.staging, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EEXIST') throw err;
+    });
+    for (const name of m.names) {
+      if ((await there(path.join(m.staging, name))) || !(await there(path.join(m.target, name)))) continue;
+      await fsp.rename(path.join(m.target, name), path.join(m.staging, name));
+    }
+    if (m.replaced !== undefined && (await there(m.replaced))) {
+      for (const name of await fsp.readdir(m.replaced)) await fsp.rename(path.join(m.replaced, name), path.join(m.target, name));
+      await fsp.rmdir(m.replaced);
+    }
+    return;
+  }
+  const st = await fsp.lstat(m.target, { bigint: true }).catch(() => undefined);
+  if (st?.isDirectory() && `${st.dev}:${st.ino}` === `${m.dev}:${m.ino}`) await fsp.rename(m.target, m.staging);
+  if (m.replaced !== undefined && (await there(m.replaced))) await fsp.rename(m.replaced, m.target);
+}
+
+/**
+ * Puts back every move of `record`, the last made first, once the record says so; the records go
+ * once all are back. Returns the directories that could not be put back, with why.
+ */
+export async function putMovesBack(record: MovingRecord): Promise<{ target: string; err: unknown }[]> {
+  if (record.phase !== 'putting-back') await recordMovesAt(record, 'putting-back');
+  const failed: { target: string; err: unknown }[] = [];
+  for (const m of [...record.moves].reverse()) {
+    await putMoveBack(m).catch((err: unknown) => failed.push({ target: m.target, err }));
+  }
+  if (failed.length === 0) {
+    for (const dir of new Set(record.moves.map((m) => path.dirname(m.target)))) await syncPath(dir).catch(() => undefined);
+    await removeMoveRecords(record.moves.map((m) => m.target));
+  }
+  return failed;
+}
+
+/**
+ * Once every move of `record` is made: says so, removes what the directories held (set aside until
+ * then), and the records. Returns a warning for each tree that could not be removed.
+ */
+export async function finishMoves(record: MovingRecord): Promise<Notice[]> {
+  if (record.phase !== 'moved') await recordMovesAt(record, 'moved');
+  const left: Notice[] = [];
+  for (const m of record.moves) {
+    if (m.marker !== undefined) await fsp.rm(m.marker, { force: true });
+    if (m.replaced === undefined || !(await there(m.replaced))) continue;
+    const n = await removeReplaced(m.replaced);
+    if (n) left.push(n);
+  }
+  await removeMoveRecords(record.moves.map((m) => m.target));
+  return left;
+}
+
+/**
+ * What an interrupted restore --in-place left beside `targets` (whose locks the caller holds) is
+ * taken up before anything else: moves under way, or being put back, are put back (the directories
+ * as they were before it, its staging directories there for this restore to go on from); moves all
+ * made have what they replaced removed. The locks of other directories a record names are taken for
+ * the while. Returns the directories that hold `point` by such a restore, to be compared with it
+ * (see movedByInterruptedRestore), and what was done, to be told.
+ */
+export async function takeUpInterruptedMoves(targets: readonly string[], point: string): Promise<{ moved: Set<string>; putBack: MovingRecord[]; finished: Notice[] }> {
+  const records = new Map<string, MovingRecord>();
+  for (const target of targets) {
+    const record = await readMovingRecord(target);
+    // The same record lies beside every directory of its restore: it is taken up once.
+    if (record && record.moves.length > 0 && (undoable(record) || record.phase === 'moved')) records.set(JSON.stringify(record.moves.map((m) => m.target)), record);
+  }
+  const putBack: MovingRecord[] = [];
+  const withOthersLocked = async (record: MovingRecord, work: () => Promise<void>): Promise<void> => {
+    const unlocks: (() => Promise<void>)[] = [];
+    try {
+      for (const t of record.moves.map((m) => m.target).filter((t) => !targets.includes(t))) unlocks.push(await lockRestoreTarget(t, await isMountPoint(t).catch(() => false)));
+      await work();
+    } finally {
+      for (const unlock of unlocks) await unlock();
+    }
+  };
+  for (const record of records.values()) {
+    if (record.phase === 'moved') continue;
+    await withOthersLocked(record, async () => {
+      const failed = await putMovesBack(record);
+      if (failed.length > 0) {
+        const kept = record.moves.filter((m) => m.replaced).map((m) => quoteName(m.replaced!));
+        throw new RuntimeFailure(`an interrupted restore --in-place of ${record.point} could not be put back in ${failed.map((f) => `${quoteName(f.target)} (${errorMessage(f.err)})`).join(', ')}`, {
+          cause: failed[0]!.err,
+          hint: `correct that and run the restore again${kept.length > 0 ? `; what the directories held is kept at ${kept.join(', ')}` : ''}`,
+        });
+      }
+      // What a --delta killed part-way had set aside is of a tree it was changing: the next --delta brings that tree to its point.
+      for (const m of record.moves) if (m.delta && m.replaced !== undefined) await removeTree(m.replaced);
+      putBack.push(record);
+    });
+  }
+  // Directories whose moves were all made hold their point: found before their records go.
+  const moved = await movedByInterruptedRestore(targets, point);
+  const finished: Notice[] = [];
+  for (const record of records.values()) if (record.phase === 'moved') await withOthersLocked(record, async () => void finished.push(...(await finishMoves(record))));
+  return { moved, putBack, finished };
 }
 
 /**
@@ -219,15 +457,9 @@ export async function removeMoveRecords(targets: readonly string[]): Promise<voi
 export async function movedByInterruptedRestore(targets: readonly string[], point: string): Promise<Set<string>> {
   const recorded = new Map<string, string>();
   for (const target of targets) {
-    let record: MovingRecord;
-    try {
-      record = JSON.parse(await readRegularFile(movingRecord(target), MOVING_RECORD_MAX)) as MovingRecord;
-    } catch {
-      // None; or one cut short by a crash as it was written, when the moves had not begun; or not one at all.
-      continue;
-    }
-    if (record?.point !== point || !Array.isArray(record.moves)) continue;
-    for (const m of record.moves) if (typeof m?.target === 'string') recorded.set(m.target, `${m.dev}:${m.ino}`);
+    const record = await readMovingRecord(target);
+    if (record?.point !== point) continue;
+    for (const m of record.moves) recorded.set(m.target, `${m.dev}:${m.ino}`);
   }
   const moved = new Set<string>();
   for (const target of targets) {
@@ -421,10 +653,11 @@ export async function inspectTarget(target: string): Promise<{ state: TargetStat
  * Moves what was restored into a target where a file system is mounted, one
  * source at a time (each is a rename within that file system). When it
  * replaces, what was there is set aside first and removed last; if a move
- * fails, everything is put back as it was.
+ * fails, everything is put back as it was. With `keepReplaced`, what was
+ * there stays set aside (restore --in-place removes it once every directory is moved).
  */
-export async function moveIntoMountPoint(staging: string, target: string, replace: boolean): Promise<Notice | undefined> {
-  const aside = `${staging}-replaced`;
+export async function moveIntoMountPoint(staging: string, target: string, replace: boolean, keepReplaced = false): Promise<Notice | undefined> {
+  const aside = mountPointAside(staging);
   const keep = new Set([path.basename(staging), LOST_AND_FOUND]);
   const previous = replace ? (await fsp.readdir(target)).filter((n) => !keep.has(n)) : [];
   const setAside: string[] = [];
@@ -448,7 +681,12 @@ export async function moveIntoMountPoint(staging: string, target: string, replac
     throw err;
   }
   await fsp.rmdir(staging);
-  return previous.length > 0 ? removeReplaced(aside) : undefined;
+  return previous.length > 0 && !keepReplaced ? removeReplaced(aside) : undefined;
+}
+
+/** Where moveIntoMountPoint sets aside what a mount point held. */
+export function mountPointAside(staging: string): string {
+  return `${staging}-replaced`;
 }
 
 /**
@@ -515,31 +753,37 @@ export async function removeLeftCopies(root: string): Promise<string[]> {
 /**
  * Moves the verified staging directory to the target (opened to 0755 first,
  * unless `openUp` is false); returns a warning when what it replaced could not be removed.
+ * With `keepReplaced`, what the target was (an empty directory too) stays set aside at `old`.
  */
-export async function moveIntoPlace(staging: string, target: string, state: TargetState, openUp = true, old = `${staging}-replaced`): Promise<Notice | undefined> {
+export async function moveIntoPlace(staging: string, target: string, state: TargetState, openUp = true, old = `${staging}-replaced`, keepReplaced = false): Promise<Notice | undefined> {
   // Made 0700 so no one reads a half-restored tree; a source restored as the target has its own mode by now.
   if (openUp) await fsp.chmod(staging, 0o755);
-  if (state === 'non-empty') {
+  if (state === 'non-empty' || (state === 'empty' && keepReplaced)) {
     await fsp.rename(target, old);
     try {
+      if (state === 'empty' && (await fsp.readdir(old)).length > 0) throw filledMeanwhile(target, Object.assign(new Error('directory not empty'), { code: 'ENOTEMPTY' }));
       await fsp.rename(staging, target);
     } catch (err) {
       await fsp.rename(old, target);
       throw err;
     }
-    return removeReplaced(old);
+    return keepReplaced ? undefined : removeReplaced(old);
   }
   // rename() replaces an empty directory atomically.
   await fsp.rename(staging, target).catch((err: unknown) => {
     const code = (err as NodeJS.ErrnoException).code;
     if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw err;
-    // Another restore into the same target (or anything else) filled it while this one ran.
-    throw new RuntimeFailure(`restore target ${quoteName(target)} was filled by another process while this restore ran; nothing in it was replaced`, {
-      cause: err,
-      hint: 'run the restore again, with --delta to update what is there now or --force to replace it; it goes on from the files this one verified',
-    });
+    throw filledMeanwhile(target, err);
   });
   return undefined;
+}
+
+/** Another restore into the same target (or anything else) filled it while this one ran. */
+function filledMeanwhile(target: string, err: unknown): RuntimeFailure {
+  return new RuntimeFailure(`restore target ${quoteName(target)} was filled by another process while this restore ran; nothing in it was replaced`, {
+    cause: err,
+    hint: 'run the restore again, with --delta to update what is there now or --force to replace it; it goes on from the files this one verified',
+  });
 }
 
 /**
@@ -547,7 +791,7 @@ export async function moveIntoPlace(staging: string, target: string, state: Targ
  * restore has then succeeded: a failure here (files of another user, say)
  * leaves it set aside, named in a warning, rather than failing the restore.
  */
-async function removeReplaced(aside: string): Promise<Notice | undefined> {
+export async function removeReplaced(aside: string): Promise<Notice | undefined> {
   try {
     await removeTree(aside);
     return undefined;

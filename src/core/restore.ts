@@ -30,7 +30,10 @@ import {
   moveFile,
   moveIntoMountPoint,
   moveIntoPlace,
+  mountPointAside,
+  removeReplaced,
   PATH_MAX,
+  type PlannedMove,
   removeStaging,
   repositoryOverlap,
   stagingPlace,
@@ -268,14 +271,24 @@ export interface StagedRestore {
    */
   readonly renamedWhole: boolean;
   readonly staging: string;
-  /** Moves the staged tree into place (a --delta: the staged files, and removes what the point lacks). */
-  commit(): Promise<RestoreResult>;
+  /**
+   * How commit() will move the staged tree into place, for restore --in-place to record and, if need
+   * be, put back (see putMoveBack; a --delta, which rewrites the target file by file, is put back by deltaUndo()).
+   */
+  plannedMove(): Promise<PlannedMove>;
+  /**
+   * Moves the staged tree into place (a --delta: the staged files, and removes what the point lacks).
+   * With `keepReplaced`, what the target held stays set aside where plannedMove() says.
+   */
+  commit(keepReplaced?: boolean): Promise<RestoreResult>;
+  /** For a --delta committed (or failed) with `keepReplaced`: what puts its changes back, or drops what it set aside. */
+  deltaUndo(): DeltaUndo | undefined;
   /**
    * Gives the restore up for `err` (its own failure, or another's in the same restore --in-place): what
    * verified is kept for the next restore into the target when a restore that failed so would keep it,
-   * else removed. Returns the error to throw.
+   * else removed. Returns the error to throw. `putBack`: it had been committed, and its move was put back.
    */
-  abandon(err: unknown): Promise<unknown>;
+  abandon(err: unknown, putBack?: boolean): Promise<unknown>;
 }
 
 /**
@@ -341,8 +354,8 @@ async function prepareLocked(repo: Repository, manifest: Manifest, options: Rest
   // Once files are written (or were taken over), what verified is kept for a next restore when this one fails.
   let worthKeeping = leftover !== undefined;
   let settledAs: 'committed' | 'abandoned' | undefined;
-  const abandon = async (err: unknown): Promise<unknown> => {
-    if (settledAs !== undefined) return err;
+  const abandon = async (err: unknown, putBack = false): Promise<unknown> => {
+    if (settledAs !== undefined && !(putBack && settledAs === 'committed')) return err;
     settledAs = 'abandoned';
     // Data that did not verify is not worth keeping, nor is a staging directory nothing was written into, nor
     // one that filled the disk, nor one holding a file larger than the file system or the file-size limit allows,
@@ -385,18 +398,28 @@ async function prepareLocked(repo: Repository, manifest: Manifest, options: Rest
     return wanted.filter((f) => !reused.has(f));
   });
 
-  const commit = () =>
+  const replaced = `${marker ?? staging}-replaced`;
+  let deltaUndo: DeltaUndo | undefined;
+  const commit = (keepReplaced = false) =>
     step(async () => {
       if (settledAs !== undefined) throw new Error(`restore into ${target} committed or given up already`);
       if (delta) {
-        ({ removed: result.removed, kept: result.keptExcluded } = await applyDelta(plan, staging, target, new Set(wanted), { mountPoint, include: options.include ?? [], keep, leftOut }, owners, settled));
+        if (keepReplaced) deltaUndo = new DeltaUndo(replaced);
+        try {
+          ({ removed: result.removed, kept: result.keptExcluded } = await applyDelta(plan, staging, target, new Set(wanted), { mountPoint, include: options.include ?? [], keep, leftOut }, owners, settled, deltaUndo));
+        } catch (err) {
+          // What this one changed before it failed goes back too; if it cannot all, the caller is told the target was not left as it was.
+          await deltaUndo?.putBack().catch((undone: unknown) => (deltaUndo!.failedToPutBack = undone));
+          throw err;
+        }
         await syncDirectories(plan, target);
         await removeStaging(staging, marker);
       } else {
         const left = mountPoint
-          ? await moveIntoMountPoint(staging, target, targetState === 'non-empty')
-          : await moveIntoPlace(staging, target, targetState, plan.asTarget === undefined, `${marker ?? staging}-replaced`);
-        if (marker) await fsp.rm(marker, { force: true });
+          ? await moveIntoMountPoint(staging, target, targetState === 'non-empty', keepReplaced)
+          : await moveIntoPlace(staging, target, targetState, plan.asTarget === undefined, replaced, keepReplaced);
+        // Kept while the move may be put back: it names the staging directory for the next restore.
+        if (marker && !keepReplaced) await fsp.rm(marker, { force: true });
         await syncPath(mountPoint ? target : path.dirname(target));
         if (left) {
           warnings.push(left);
@@ -431,7 +454,12 @@ async function prepareLocked(repo: Repository, manifest: Manifest, options: Rest
     });
 
   let settled: ReadonlySet<ManifestEntry> = new Set();
-  const staged: StagedRestore = { target, staging, renamedWhole: !delta && !mountPoint, commit, abandon };
+  const plannedMove = async (): Promise<PlannedMove> => {
+    if (delta) return { target, staging, replaced, delta: true, ...(marker ? { marker } : {}) };
+    if (mountPoint) return { target, staging, ...(targetState === 'non-empty' ? { replaced: mountPointAside(staging) } : {}), names: await fsp.readdir(staging) };
+    return { target, staging, ...(targetState === 'absent' ? {} : { replaced }), ...(marker ? { marker } : {}) };
+  };
+  const staged: StagedRestore = { target, staging, renamedWhole: !delta && !mountPoint, plannedMove, commit, abandon, deltaUndo: () => deltaUndo };
   const stage = () =>
     step(async () => {
       worthKeeping = true;
@@ -1191,31 +1219,132 @@ async function applyDelta(
   layout: DeltaLayout,
   owners: OwnerMapping | undefined,
   settled: ReadonlySet<ManifestEntry>,
+  undo?: DeltaUndo,
 ): Promise<{ removed: number; kept: number }> {
+  if (undo) await undo.noteMetadata([...plan.sources.map((s) => sourceDir(plan, target, s.name)), ...plan.entries.map((e) => pathIn(plan, target, e))]);
   // Read-only directories the point restored before get their modes back from the point below.
   if (directoriesNeedOpening()) for (const s of plan.sources) await openDirectories(sourceDir(plan, target, s.name));
   const copied = new Set<ManifestEntry>();
   // Remove what the point does not have, or has with another type (a source that is a file or a link, too).
   const { extras, kept } = await extrasInTarget(plan, target, { ...layout, staging });
-  for (const p of extras) await removeTree(p);
-  for (const s of plan.sources) await makeDirectories(sourceDir(plan, target, s.name));
+  for (const p of extras) await (undo ? undo.setAside(p) : removeTree(p));
+  const makeDir = (p: string) => (undo ? undo.makeDirectories(p) : makeDirectories(p));
+  for (const s of plan.sources) await makeDir(sourceDir(plan, target, s.name));
   for (const e of plan.entries) {
     const p = pathIn(plan, target, e);
     if (e.type === 'dir') {
-      await makeDirectories(p);
+      await makeDir(p);
     } else if (e.type === 'symlink') {
       const current = await fsp.readlink(p).catch(() => undefined);
       if (current !== e.target) {
-        await removeTree(p);
+        if (!undo) await removeTree(p);
+        else if (await fsp.lstat(p).then(() => true, () => false)) await undo.setAside(p);
         await fsp.symlink(e.target!, p);
+        undo?.steps.push(() => fsp.rm(p, { force: true }));
       }
     } else if (rewritten.has(e)) {
+      const old = undo && (await fsp.lstat(p).catch(() => undefined))?.isFile() ? await undo.keepCopy(p) : undefined;
       // A copy to another file system has a new owner and time.
-      if ((await moveFile(pathIn(plan, staging, e), p)) === 'copied') copied.add(e);
+      const moved = await moveFile(pathIn(plan, staging, e), p).catch(async (err: unknown) => {
+        if (old !== undefined) await fsp.rm(old, { force: true });
+        throw err;
+      });
+      if (moved === 'copied') copied.add(e);
+      undo?.steps.push(old === undefined ? () => fsp.rm(p, { force: true }) : () => moveFile(old, p).then(() => undefined));
     }
   }
   await applyMetadata(plan, target, owners, (e) => settled.has(e) && !copied.has(e), true);
   return { removed: extras.length, kept };
+}
+
+/**
+ * What a --delta restore --in-place changes in its target, kept so that it can be put back should
+ * another directory's move fail: what it removes or replaces is set aside (renamed into `aside`, a
+ * file it rewrites hard-linked there first, so that its name is never empty), and each change leaves
+ * its inverse in `steps`; the modes, owners and times of what is there are noted before. Putting
+ * back runs the inverses, the last first, then gives back the noted metadata. What is on a file
+ * system mounted inside the target cannot be renamed aside: a file rewritten there is copied aside,
+ * and an extra removed there cannot be put back (`complete` is then false).
+ */
+export class DeltaUndo {
+  readonly steps: (() => Promise<void>)[] = [];
+  complete = true;
+  /** Why putting back the changes of a --delta that failed part-way did not succeed. */
+  failedToPutBack?: unknown;
+  private made = false;
+  private count = 0;
+  private noted: { p: string; st: fs.BigIntStats }[] = [];
+  constructor(readonly aside: string) {}
+
+  private async place(): Promise<string> {
+    if (!this.made) {
+      await fsp.mkdir(this.aside, { mode: 0o700 });
+      this.made = true;
+    }
+    return path.join(this.aside, String(this.count++));
+  }
+
+  async noteMetadata(paths: readonly string[]): Promise<void> {
+    for (const p of paths) {
+      const st = await fsp.lstat(p, { bigint: true }).catch(() => undefined);
+      if (st) this.noted.push({ p, st });
+    }
+  }
+
+  /** Moves what is at `p` aside (a removal that can be put back). */
+  async setAside(p: string): Promise<void> {
+    const to = await this.place();
+    try {
+      await fsp.rename(p, to);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+      this.complete = false;
+      await removeTree(p);
+      return;
+    }
+    this.steps.push(() => fsp.rename(to, p));
+  }
+
+  /** A second name (or, across file systems, a copy) of the file at `p`, about to be replaced. */
+  async keepCopy(p: string): Promise<string> {
+    const to = await this.place();
+    await fsp.link(p, to).catch(async (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EXDEV') throw err;
+      await fsp.copyFile(p, to, fs.constants.COPYFILE_EXCL);
+    });
+    return to;
+  }
+
+  async makeDirectories(p: string): Promise<void> {
+    const missing: string[] = [];
+    for (let at = p; !(await fsp.lstat(at).then(() => true, () => false)); at = path.dirname(at)) missing.push(at);
+    await makeDirectories(p);
+    if (missing.length > 0) this.steps.push(async () => {
+      for (const m of missing) await fsp.rmdir(m).catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? undefined : Promise.reject(err)));
+    });
+  }
+
+  /** Undoes every change, the last first, and gives back the noted metadata; throws the first failure, having tried every step. */
+  async putBack(): Promise<void> {
+    let first: unknown;
+    for (const step of this.steps.reverse()) await step().catch((err: unknown) => (first ??= err));
+    this.steps.length = 0;
+    for (const { p, st } of [...this.noted].reverse()) {
+      const now = await fsp.lstat(p, { bigint: true }).catch(() => undefined);
+      // Only what changed is set: a directory that could not be written (immutable) is left alone.
+      if (!now || (now.mode === st.mode && now.uid === st.uid && now.gid === st.gid && now.mtimeNs === st.mtimeNs)) continue;
+      await fsp.lchown(p, Number(st.uid), Number(st.gid)).catch(() => undefined);
+      if (!st.isSymbolicLink()) await fsp.chmod(p, Number(st.mode & 0o7777n)).catch((err: unknown) => (first ??= err));
+      await fsp.lutimes(p, Number(st.atimeNs) / 1e9, Number(st.mtimeNs) / 1e9).catch((err: unknown) => (first ??= err));
+    }
+    if (first !== undefined) throw first;
+    if (this.made) await fsp.rmdir(this.aside).catch(() => undefined);
+  }
+
+  /** Once every directory of the restore is in place: removes what was set aside. */
+  async drop(): Promise<Notice | undefined> {
+    return this.made ? removeReplaced(this.aside) : undefined;
+  }
 }
 
 /**

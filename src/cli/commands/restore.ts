@@ -5,7 +5,20 @@ import type { Command } from 'commander';
 import { RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../../errors.js';
 import { appendEvent } from '../../core/journal.js';
 import { checkRestoreTarget, prepareRestore, restore, type PreparedRestore, type RestoreOptions, type RestoreResult, type StagedRestore } from '../../core/restore.js';
-import { NotEnoughSpace, checkFreeSpace, lockRestoreTarget, movedByInterruptedRestore, recordMoves, refusedBeforeWriting, removeMoveRecords } from '../../core/restore-target.js';
+import {
+  NotEnoughSpace,
+  checkFreeSpace,
+  finishMoves,
+  lockRestoreTarget,
+  movedByInterruptedRestore,
+  putMovesBack,
+  recordMoves,
+  refusedBeforeWriting,
+  removeMoveRecords,
+  takeUpInterruptedMoves,
+  type MovingRecord,
+  type PlannedMove,
+} from '../../core/restore-target.js';
 import { whileReading } from '../../core/lock.js';
 import { directoryFlag, utf8Path } from '../flags.js';
 import { sourcesIncluded } from '../../core/restore-plan.js';
@@ -16,6 +29,7 @@ import { addReaderLockOptions, readerLockMs, type LockFlags } from '../cron.js';
 import type { Repository } from '../../core/repository.js';
 import { loadConfig } from '../../config/config.js';
 import { makeWorkDirectory } from '../../format/mkdirs.js';
+import { isMountPoint } from '../../format/mounts.js';
 import { removeTree } from '../../format/remove-tree.js';
 import { putStateBack, refuseEmptyCopies, restoreTimeouts, stateToPutBack, type EmptyCopies } from '../../state/put-back.js';
 import { openRepository, type CliContext } from '../context.js';
@@ -283,14 +297,18 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
     if (places.length === 0 && state.length === 0) {
       throw new UsageError(`${point.id} has no directory source to restore in place${flags.state ? ', nor state to put back' : ''}`, { hint: 'restore it with --target DIR' });
     }
+    // Every directory's lock first: another restore writing one of them must not find this one after it wrote the others.
+    if (!flags.dryRun) for (const p of places) unlocks.push(await lockRestoreTarget(path.resolve(p.path), await isMountPoint(p.path).catch(() => false)));
+    // What an interrupted restore --in-place left among its moves is put back (or, all made, finished) before anything is judged.
+    const { moved, putBack, finished } = flags.dryRun ? { moved: await movedByInterruptedRestore(places.map((p) => p.path), point.id), putBack: [], finished: [] } : await takeUpInterruptedMoves(places.map((p) => p.path), point.id);
+    for (const r of putBack.filter((r) => r.moves.some((m) => !m.delta))) {
+      renderer.notice({ level: 'info', code: 'in-place-put-back', message: `put back ${r.moves.filter((m) => !m.delta).map((m) => quoteName(m.target)).join(', ')} as they were before an interrupted restore --in-place of ${r.point}; this restore goes on from what it had staged` });
+    }
+    for (const n of finished) renderer.notice(n);
     // A directory an interrupted restore of this point had moved into place holds the point: it is compared, not refused or staged again.
-    const moved = await movedByInterruptedRestore(places.map((p) => p.path), point.id);
     for (const p of places) p.moved = moved.has(p.path);
     // Every directory is checked before any is written: a refusal must not come after half the sources were restored.
-    const checked = [];
-    for (const p of places) checked.push(await checkRestoreTarget(p.path, { ...flags, delta: flags.delta || p.moved, inPlace: true }, repo.storage.location));
-    // Every directory's lock too: another restore writing one of them must not find this one after it wrote the others.
-    if (!flags.dryRun) for (const [i, p] of places.entries()) unlocks.push(await lockRestoreTarget(path.resolve(p.path), checked[i]!.mountPoint));
+    for (const p of places) await checkRestoreTarget(p.path, { ...flags, delta: flags.delta || p.moved, inPlace: true }, repo.storage.location);
     if (state.length > 0) await refuseEmptyCopies({ ...point, sources: point.sources.filter((s) => state.includes(s.name)) }, emptyCopies(flags));
     scratch = state.length > 0 && !flags.dryRun ? await stateScratch(workDir, point, state, renderer) : undefined;
     const unrecorded = noteUnrecordedExcludes(point, flags, config, renderer);
@@ -396,22 +414,75 @@ async function restoreAsOne(
     for (const p of prepared) await p.abandon(err);
     throw place ? await failed(place, err) : err;
   }
-  // Each directory is told which trees go where before the first is moved, durably.
-  const renamed = staged.filter((s) => s.renamedWhole);
-  if (renamed.length > 0) await recordMoves(point.id, renamed);
-  for (const [i, s] of staged.entries()) {
-    const result = await s.commit().catch(async (err: unknown) => {
-      for (const later of staged.slice(i + 1)) await later.abandon(err);
-      // A move that failed leaves the directories before it moved: worth a line of its own.
-      if (done.length > 0) {
-        const restored = done.map((d) => `${d.source} to ${quoteName(d.target)}`);
-        renderer.notice({ level: 'warning', code: 'in-place-partial', message: `restored before ${places[i]!.name} failed: ${restored.join(', ')}; the sources after it were not touched` });
-      }
-      throw await failed(places[i]!, err);
+  // Each directory is told which trees go where before the first is moved, durably; what each held is
+  // set aside, not removed, until every move is made, so that a move that fails can have the others put back.
+  const planned: PlannedMove[] = [];
+  for (const s of staged) planned.push(await s.plannedMove());
+  const record = await recordMoves(point.id, planned);
+  // Whole moves first, a rename or two each to put back; a --delta rewrites and removes file by file.
+  const order = [...staged.keys()].sort((a, b) => Number(planned[a]!.delta === true) - Number(planned[b]!.delta === true));
+  const results: (RestoreResult & { source: string })[] = [];
+  const committed: number[] = [];
+  for (const i of order) {
+    const result = await staged[i]!.commit(true).catch(async (err: unknown) => {
+      for (const j of order.slice(order.indexOf(i) + 1)) await staged[j]!.abandon(err);
+      throw await undoMoves(record, err, { place: places[i]!, staged: staged[i]! }, committed.map((j) => ({ place: places[j]!, staged: staged[j]! })), renderer, failed);
     });
-    done.push({ ...result, source: places[i]!.name });
+    committed.push(i);
+    results[i] = { ...result, source: places[i]!.name };
   }
+  const dropped = (n: Notice | undefined, i: number) => {
+    if (!n) return;
+    renderer.notice(n);
+    results[i]?.warnings.push(n);
+  };
+  for (const n of await finishMoves(record)) dropped(n, staged.findIndex((s) => s.target === record.moves.find((m) => m.replaced === n.path)?.target));
+  for (const [i, s] of staged.entries()) dropped(await s.deltaUndo()?.drop(), i);
+  done.push(...results);
   await removeMoveRecords(places.map((p) => p.path));
+}
+
+/**
+ * After the move into `failing` failed with `err`: puts back the moves made before it (a directory
+ * renamed whole goes back to its staging directory and what it held is renamed back from where it
+ * was set aside; a --delta's changes are undone, the last first), and returns the error to throw,
+ * saying that every directory was left as it was; or, when some could not be put back, a warning
+ * names them. A record of moves that could not all be put back stays, for the next restore to finish
+ * putting them back.
+ */
+async function undoMoves(
+  record: MovingRecord,
+  err: unknown,
+  failing: { place: SourcePlace; staged: StagedRestore },
+  committed: { place: SourcePlace; staged: StagedRestore }[],
+  renderer: ProgressRenderer,
+  failed: (place: SourcePlace, err: unknown) => Promise<unknown>,
+): Promise<unknown> {
+  const notPutBack = await putMovesBack(record);
+  const stayed: { place: SourcePlace; why: string }[] = [];
+  for (const c of committed) {
+    const undo = c.staged.deltaUndo();
+    const f = notPutBack.find((n) => n.target === c.place.path);
+    if (f) stayed.push({ place: c.place, why: errorMessage(f.err) });
+    else if (!undo) await c.staged.abandon(err, true);
+    else await undo.putBack().catch((e: unknown) => stayed.push({ place: c.place, why: errorMessage(e) }));
+  }
+  const own = failing.staged.deltaUndo();
+  if (own?.failedToPutBack !== undefined) stayed.push({ place: failing.place, why: errorMessage(own.failedToPutBack) });
+  for (const { place, staged } of [...committed, failing]) {
+    if (staged.deltaUndo()?.complete === false) stayed.push({ place, why: 'what it removed on a file system mounted inside it could not be set aside' });
+  }
+  const error = await failed(failing.place, err);
+  if (stayed.length > 0) {
+    renderer.notice({
+      level: 'warning',
+      code: 'in-place-partial',
+      message: `not put back as they were after ${failing.place.name} failed: ${stayed.map((s) => `${s.place.name} in ${quoteName(s.place.path)} (${s.why})`).join(', ')}${notPutBack.length > 0 ? '; the next restore --in-place puts back what it can first' : ''}`,
+    });
+  } else if (error instanceof Error) {
+    error.message += committed.length > 0 ? '; the directories moved before it were put back: every directory was left as it was' : '; every directory was left as it was';
+  }
+  return error;
 }
 
 /**

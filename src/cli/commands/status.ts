@@ -1,3 +1,4 @@
+import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { HealthError, InterruptedError, LifeboatError, RuntimeFailure, errorMessage } from '../../errors.js';
@@ -12,6 +13,8 @@ import { escapeUnprintable, quoteName, shellWord } from '../format.js';
 import { paint, printResult } from '../output.js';
 import { count, nonEmpty } from '../flags.js';
 import type { CommandRunner } from '../main.js';
+import { inPlaceUnfinished, type InPlaceUnfinished } from '../../core/restore-target.js';
+import type { LifeboatConfig } from '../../config/config.js';
 
 interface StatusFlags {
   target?: string;
@@ -93,16 +96,18 @@ function unreadableRepository(err: unknown, broken: RuntimeFailure | undefined):
 /**
  * What keeps a target that serves from being rolled back or looked after: a record of switches that
  * does not read, a previous slot that is gone (removed by hand), a slots directory that cannot be
- * listed. The target may answer healthy, so this is not exit 5; it is what lifeboat needs from disk
+ * listed; and source directories a restore --in-place stopped among its moves left at two points. The target may answer healthy, so this is not exit 5; it is what lifeboat needs from disk
  * failing, exit 1, as a repository that cannot be read is.
  */
-function unrecoverable(targets: TargetStatus[]): RuntimeFailure | undefined {
+function unrecoverable(targets: TargetStatus[], inPlace: readonly InPlaceStatus[] = []): RuntimeFailure | undefined {
+  const left = inPlace.filter((d) => !d.running);
   const damaged = targets.filter((t) => t.record.damaged !== undefined);
   const noWayBack = targets.filter((t) => t.record.damaged === undefined && t.previous.missing);
   const unlisted = targets.filter((t) => t.slotsError !== undefined);
   const mixed = targets.filter((t) => t.record.damaged === undefined && t.previous.unfinished !== undefined);
-  if (!damaged.length && !noWayBack.length && !unlisted.length && !mixed.length) return undefined;
+  if (!damaged.length && !noWayBack.length && !unlisted.length && !mixed.length && !left.length) return undefined;
   const said = [
+    ...left.map((d) => `${quoteName(d.directory)} (source ${d.source}) is part-way through a restore --in-place of ${d.point} that was stopped before it finished`),
     ...damaged.map((t) => `the record of switches of target ${t.name}, ${quoteName(t.record.path)}, is damaged (${t.record.damaged}), so a rollback does not know where to go`),
     ...noWayBack.map((t) => `the previous slot of target ${t.name}, ${quoteName(t.previous.path!)}, is missing, so there is no rollback to ${t.previous.point ?? 'it'}`),
     ...mixed.map((t) => `the previous slot of target ${t.name}, ${quoteName(t.previous.path!)}, may hold a mix of old and new files: a restore into it (pid ${t.previous.unfinished!.pid}, started ${t.previous.unfinished!.since}) was stopped before it finished, so a rollback would serve that`),
@@ -110,7 +115,9 @@ function unrecoverable(targets: TargetStatus[]): RuntimeFailure | undefined {
   ];
   const [first] = [...damaged, ...noWayBack];
   const repair = mixed[0];
-  const hint = first
+  const hint = left.length
+    ? `${[...new Set(left.map((d) => d.command))].join('; ')} puts back what it moved and restores the point as one`
+    : first
     ? `the next failover ${damaged.length ? 'writes the record again' : 'keeps the slot it replaces for a rollback'}; to go back meanwhile, fail over to the point served before: lifeboat failover POINT --to ${first.name}${damaged.length ? ' (the failovers in its events name it)' : ''}`
     : repair
       ? `lifeboat restore ${repair.previous.point ?? 'POINT'} --target ${shellWord(repair.previous.path!)} --delta checks it file by file and repairs it`
@@ -118,12 +125,41 @@ function unrecoverable(targets: TargetStatus[]): RuntimeFailure | undefined {
   return new RuntimeFailure(said.join('; '), { hint });
 }
 
-
 /** For a target served unhealthy that has a slot to go back to: the rollback an operator in an outage looks for. */
 function rollbackHint(sick: readonly TargetStatus[]): string | undefined {
   const back = sick.find((t) => t.previous.path !== null && !t.previous.missing && t.previous.unfinished === undefined);
   if (!back) return undefined;
   return `if what ${back.name} serves is the cause, lifeboat rollback --to ${back.name} serves ${back.previous.point ?? quoteName(back.previous.path!)} again`;
+}
+
+/** A source directory part-way through a restore --in-place, and the command that finishes it. */
+interface InPlaceStatus extends Omit<InPlaceUnfinished, 'replacing' | 'delta'> {
+  source: string;
+  command: string;
+}
+
+/** The directory sources of the config part-way through a restore --in-place (see `.<dir>.lifeboat-moving`). */
+async function inPlaceStatus(config: LifeboatConfig): Promise<InPlaceStatus[]> {
+  const dirs: { source: string; directory: string }[] = [];
+  for (const [source, src] of Object.entries(config.sources ?? {})) {
+    const at = typeof src === 'string' ? src : 'path' in src ? src.path : undefined;
+    if (at === undefined) continue;
+    // Restored in place where a link to it leads, as restore --in-place goes.
+    const directory = (await fsp.lstat(at).then((st) => st.isSymbolicLink(), () => false)) ? await fsp.realpath(at).catch(() => at) : at;
+    dirs.push({ source, directory });
+  }
+  const found = await inPlaceUnfinished(dirs.map((d) => d.directory));
+  return found.map(({ replacing, delta, ...f }) => ({
+    source: dirs.find((d) => d.directory === f.directory)!.source,
+    ...f,
+    command: `lifeboat restore ${f.point} --in-place${delta ? ' --delta' : replacing ? ' --force' : ''}`,
+  }));
+}
+
+function describeInPlace(d: InPlaceStatus): string {
+  return d.running
+    ? `source ${d.source}: ${quoteName(d.directory)} is being restored in place to ${d.point} (${d.phase})`
+    : `source ${d.source}: ${quoteName(d.directory)} is part-way through a restore --in-place of ${d.point}, stopped while ${d.phase === 'moved' ? 'it removed what it replaced' : d.phase === 'putting-back' ? 'it put back the directories it had moved' : 'it moved the directories into place'}; ${d.command} finishes it`;
 }
 
 export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<void> {
@@ -143,7 +179,8 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
   try {
     const { result, unreadable, noPoints } = await status('repo' in opened ? opened.repo : opened, specs, { events, repositoryEvents, signal: ctx.signal });
     const deployment = 'repo' in opened ? opened.repo.deployment : undefined;
-    printResult(ctx, result, () => {
+    const inPlace = await inPlaceStatus(config);
+    printResult(ctx, inPlace.length > 0 ? { ...result, inPlace } : result, () => {
       const lines = !result.repository.ok
         ? [`repository not read: ${escapeUnprintable(result.repository.error)}`]
         : result.deployments
@@ -160,12 +197,13 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
         lines.push('no targets configured');
         for (const e of result.events) lines.push(`  ${describeEvent(e)}`);
       }
+      for (const d of inPlace) lines.push(describeInPlace(d));
       return lines.join('\n');
     }, { shownWhenQuiet: true });
     // A dangling or unreadable link is down whether or not a health check is configured.
     const sick = result.targets.filter((t) => (t.health.checked && !t.health.ok) || t.active.error !== undefined);
     // A target that is down is what a probe must hear first: exit 5, whatever the repository says.
-    const broken = unrecoverable(result.targets);
+    const broken = unrecoverable(result.targets, inPlace);
     if (sick.length) {
       const unlinked = sick.find((t) => t.active.error !== undefined);
       const also = (unreadable === undefined ? '' : `; the repository could not be read either: ${errorMessage(unreadable)}`) + (broken ? `; ${broken.message}` : '');
@@ -185,7 +223,7 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
 export function registerStatus(program: Command, run: CommandRunner): Command {
   return program
     .command('status')
-    .description('per target: the active point, its health, the age of the newest backup (RPO) and the last events; exit 5 when a target is unhealthy, 1 when the repository, a record of switches or a slots directory cannot be read, or a previous slot is missing or restored part-way (the targets are reported all the same)')
+    .description('per target: the active point, its health, the age of the newest backup (RPO) and the last events; exit 5 when a target is unhealthy, 1 when the repository, a record of switches or a slots directory cannot be read, a previous slot is missing or restored part-way, or a source directory is part-way through a restore --in-place that was stopped (the targets are reported all the same)')
     .option('--target <name>', 'only this target')
     .option('--events <n>', 'journal events shown per target (default 5), and of the repository (default 10)')
     .addHelpText('after', '\nExamples:\n  lifeboat status\n  lifeboat status --json --target prod')
