@@ -342,7 +342,7 @@ function inChild(host: Host, ...args: string[]): Promise<CliRun> {
 
 /** What is beside the directories but staging directories: locks, records, trees set aside. */
 async function besidesButStaging(host: Host): Promise<string[]> {
-  return (await besides(host)).filter((n) => !/^\.(models|tokenizers|serving)\.lifeboat-staging-\d+-\d+-[0-9a-f]{8}$/.test(n));
+  return (await besides(host)).filter((n) => !/^\.(models|tokenizers|serving)\.lifeboat-staging-\d+-\d+(-\d+-[0-9a-f]{8})?-[0-9a-f]{8}$/.test(n));
 }
 
 /** The trees as they are, those gone left out. */
