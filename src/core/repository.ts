@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { UsageError, IntegrityError, errorMessage } from '../errors.js';
 import { decodeDocument, encodeDocument } from '../format/document.js';
+import { decodeManifest } from '../format/manifest-read.js';
 import { POINT_ID, parseTimeSelector, pointTime } from '../format/ids.js';
 import {
   FORMAT_VERSION,
@@ -8,7 +9,6 @@ import {
   deploymentsOf,
   deploymentsSchema,
   keys,
-  manifestValidator,
   repositoryConfigSchema,
   summarize,
   summaryIdOf,
@@ -201,7 +201,7 @@ export class Repository {
       if (isNotFound(err)) throw new IntegrityError(`backup point ${id} is missing its manifest ${keys.point(id)}`);
       throw err;
     }
-    const manifest = decodeDocument(raw, manifestValidator(), `manifest of ${id}`);
+    const manifest = decodeManifest(raw, `manifest of ${id}`);
     if (manifest.id !== id) throw new IntegrityError(`manifest ${keys.point(id)} describes ${manifest.id}, not ${id}`);
     return manifest;
   }
