@@ -178,6 +178,14 @@ test('reading a manifest in slices accepts and rejects exactly what JSON.parse a
       got = { error: (err as Error).message };
     }
     assert.deepStrictEqual(got, expected, what);
+    // Read for the rest of it, the entries checked but not kept: refused alike, the same without its entries.
+    let withoutEntries: { manifest?: unknown; error?: string };
+    try {
+      withoutEntries = { manifest: decodeManifest(data, 'manifest', { entries: false }) };
+    } catch (err) {
+      withoutEntries = { error: (err as Error).message };
+    }
+    assert.deepStrictEqual(withoutEntries, expected.manifest ? { manifest: { ...expected.manifest, entries: [] } } : expected, what);
     if (expected.manifest) accepted++;
     // A manifest as lifeboat writes it is read in slices, not whole.
     if (kind === 'as written') assert.ok(inSlices, `${what}: not read in slices`);

@@ -166,7 +166,7 @@ test('verify --read-data forgets the manifests of the points whose volumes it re
   assert.equal(JSON.parse(r.stdout).volumes.read, volumes.filter((v) => v.endsWith('.tar')).length);
 });
 
-test('a manifest of 100,000 files is read in a 64 MiB heap, which its text, the tree parsed from it and its checked copy together overfill', async (t) => {
+test('a manifest of 100,000 files is read in a 64 MiB heap, which its text, the tree parsed from it and its checked copy together overfill; beside it, the volumes of another are read without its entries', async (t) => {
   const { repo, src } = await smallVolumesRepository(t);
   await fsp.writeFile(path.join(src, 'config.json'), '{}\n');
   const r = await lifeboat(['--repo', repo, '--json', 'backup', '--source', `models=${src}`, '--type', 'full']);
@@ -192,13 +192,24 @@ test('a manifest of 100,000 files is read in a 64 MiB heap, which its text, the 
     });
   }
   await fsp.writeFile(file, encodeDocument(manifest));
+  // Another point as large, whose volumes alone a restore of the first needs when its files are stored there.
+  const other = id.replace(/^(\d{8}-\d{6}-)\d{3}/, '$1999');
+  await fsp.writeFile(path.join(repo, 'points', `${other}.json`), encodeDocument({ ...manifest, id: other }));
   const reader = [
     `const { Repository } = await import(${JSON.stringify(pathToFileURL(path.resolve(import.meta.dirname, '../src/core/repository.js')).href)});`,
     `const { LocalStorage } = await import(${JSON.stringify(pathToFileURL(path.resolve(import.meta.dirname, '../src/storage/local.js')).href)});`,
     `const repo = await Repository.open(new LocalStorage(${JSON.stringify(repo)}));`,
-    `console.log((await repo.loadManifest(${JSON.stringify(id)})).entries.length);`,
+    `const manifest = await repo.loadManifest(${JSON.stringify(id)});`,
+    `console.log(manifest.entries.length);`,
+    `if (process.argv[1] === 'other') console.log(JSON.stringify(await repo.pointVolumes(${JSON.stringify(other)})));`,
   ].join('\n');
-  const child = spawnSync(process.execPath, ['--max-old-space-size=64', '--input-type=module', '-e', reader], { encoding: 'utf8' });
+  const read = (heapMib: number, also?: 'other') =>
+    spawnSync(process.execPath, [`--max-old-space-size=${heapMib}`, '--input-type=module', '-e', reader, ...(also ? [also] : [])], { encoding: 'utf8' });
+  let child = read(64);
   assert.equal(child.status, 0, child.stderr.slice(-2000));
   assert.equal(child.stdout.trim(), String(manifest.entries.length));
+  // Both manifests' entries together would overfill the heap: those of the other are checked, not kept.
+  child = read(80, 'other');
+  assert.equal(child.status, 0, child.stderr.slice(-2000));
+  assert.deepEqual(child.stdout.trim().split('\n'), [String(manifest.entries.length), JSON.stringify(manifest.volumes)]);
 });

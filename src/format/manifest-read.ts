@@ -24,8 +24,18 @@ import { entryValidator, manifestValidator, type Manifest, type ManifestEntry } 
  * is refused) is read again the whole way, which says why it is refused in the
  * same words as before.
  */
-export function decodeManifest(data: Buffer, what: string): Manifest {
-  return readInSlices(data) ?? decodeDocument(data, manifestValidator(), what);
+export function decodeManifest(data: Buffer, what: string, options: ReadOptions = {}): Manifest {
+  const manifest = readInSlices(data, options) ?? decodeDocument(data, manifestValidator(), what);
+  if (options.entries === false) manifest.entries = [];
+  return manifest;
+}
+
+export interface ReadOptions {
+  /**
+   * false: every entry is checked, none kept (the result has none), for a reader that needs the rest
+   * of the manifest only, such as the volumes of a point whose files another point refers to.
+   */
+  entries?: boolean;
 }
 
 /** Elements of `entries` parsed together: a slice of some 100 KB. */
@@ -47,7 +57,7 @@ const CLOSE_ARRAY = 0x5d;
 const REFUSED = Symbol('refused');
 
 /** The manifest, or undefined when the document is not one this reading takes (decodeDocument then decides). Exported for the tests. */
-export function readInSlices(data: Buffer): Manifest | undefined {
+export function readInSlices(data: Buffer, options: ReadOptions = {}): Manifest | undefined {
   // What decodeDocument refuses before it parses, and a checksum it would have to compute over a serialisation.
   if (shapeProblem(data) !== undefined || !rawChecksumMatches(data)) return undefined;
   const members: Record<string, unknown> = {};
@@ -69,7 +79,7 @@ export function readInSlices(data: Buffer): Manifest | undefined {
     at = skipSpace(data, at + 1);
     if (key === 'entries') {
       if (data[at] !== OPEN_ARRAY) return undefined;
-      const read = readEntries(data, at);
+      const read = readEntries(data, at, options.entries !== false);
       if (!read) return undefined;
       ({ entries, end: at } = read);
     } else {
@@ -90,7 +100,7 @@ export function readInSlices(data: Buffer): Manifest | undefined {
     at = skipSpace(data, at + 1);
     break;
   }
-  if (at !== data.length || entries === undefined || entries.length > MAX_ENTRIES) return undefined;
+  if (at !== data.length || entries === undefined) return undefined;
   // Every other member is checked by the manifest schema, the entries (each checked already) standing aside.
   members.entries = [];
   const checked = manifestValidator().safeParse(members);
@@ -99,8 +109,8 @@ export function readInSlices(data: Buffer): Manifest | undefined {
   return checked.data;
 }
 
-/** The elements of the entries array that starts at `start`, each checked, and where the array ends; undefined when one is refused. */
-function readEntries(data: Buffer, start: number): { entries: ManifestEntry[]; end: number } | undefined {
+/** The elements of the entries array that starts at `start`, each checked (and kept, with `keep`), and where the array ends; undefined when one is refused. */
+function readEntries(data: Buffer, start: number, keep: boolean): { entries: ManifestEntry[]; end: number } | undefined {
   const validator = entryValidator();
   const entries: ManifestEntry[] = [];
   // The same source and point names over and over: one string each, not one per entry.
@@ -111,6 +121,7 @@ function readEntries(data: Buffer, start: number): { entries: ManifestEntry[]; e
     names.set(name, name);
     return name;
   };
+  let count = 0;
   let at = skipSpace(data, start + 1);
   if (data[at] === CLOSE_ARRAY) return { entries, end: at + 1 };
   for (;;) {
@@ -139,7 +150,8 @@ function readEntries(data: Buffer, start: number): { entries: ManifestEntry[]; e
     if (!Array.isArray(parsed) || parsed.length !== elements) return undefined;
     for (const element of parsed) {
       const checked = validator.safeParse(element);
-      if (!checked.success) return undefined;
+      if (!checked.success || ++count > MAX_ENTRIES) return undefined;
+      if (!keep) continue;
       const entry = checked.data;
       entry.source = once(entry.source);
       if (entry.ref) entry.ref.point = once(entry.ref.point);
