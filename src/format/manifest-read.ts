@@ -25,7 +25,7 @@ import { entryValidator, manifestValidator, type Manifest, type ManifestEntry } 
  * same words as before.
  */
 export function decodeManifest(data: Buffer, what: string, options: ReadOptions = {}): Manifest {
-  const manifest = readInSlices(data, options) ?? decodeDocument(data, manifestValidator(), what);
+  const manifest = (data.length >= READ_IN_SLICES_FROM ? readInSlices(data, options) : undefined) ?? decodeDocument(data, manifestValidator(), what);
   if (options.entries === false) manifest.entries = [];
   return manifest;
 }
@@ -37,6 +37,13 @@ export interface ReadOptions {
    */
   entries?: boolean;
 }
+
+/**
+ * Smaller manifests (some 11,000 entries) are parsed whole, as they take little memory either way: in a
+ * fresh process, the entry schema's compiling and the checks of entries one by one before they are
+ * optimised took 80 to 105 ms of CPU for 2,000 entries, where parsing them whole took 45 to 73.
+ */
+const READ_IN_SLICES_FROM = 4 << 20;
 
 /** Elements of `entries` parsed together: a slice of some 100 KB. */
 const SLICE_ELEMENTS = 256;
