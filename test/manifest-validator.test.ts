@@ -5,7 +5,10 @@ import * as path from 'node:path';
 import { lifeboat } from './helpers/cli.js';
 import { prng, seedFromEnv, tempDir } from './helpers/tree.js';
 import { generateDeployment } from '../fixtures/generate.js';
+import { createHash } from 'node:crypto';
+import { decodeDocument } from '../src/format/document.js';
 import { manifestSchema, manifestValidator } from '../src/format/manifest.js';
+import { decodeManifest, readInSlices } from '../src/format/manifest-read.js';
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
@@ -48,14 +51,12 @@ function mutate(doc: Json, rand: () => number): Json {
   return copy;
 }
 
-test('the compiled manifest validator accepts and rejects exactly what the schema does, with the same output', async (t) => {
-  const seed = seedFromEnv();
-  t.diagnostic(`manifest validator: seed ${seed} (replay with LIFEBOAT_TEST_SEED=${seed})`);
-  const rand = prng(seed);
+/** The manifests (without their checksums) of a full and an incremental backup of a generated deployment with `smallFiles` small files and a symlink. */
+async function writtenManifests(t: { after(fn: () => Promise<void>): void }, seed: number, smallFiles: number): Promise<Json[]> {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
   const deployment = path.join(work, 'deployment');
-  await generateDeployment(deployment, { seed, shards: 2, shardBytes: 64 * 1024, onnxBytes: 16 * 1024, smallFiles: 12 });
+  await generateDeployment(deployment, { seed, shards: 2, shardBytes: 64 * 1024, onnxBytes: 16 * 1024, smallFiles });
   await fsp.symlink('models', path.join(deployment, 'current'));
   const repo = path.join(work, 'repo');
   assert.equal((await lifeboat(['--repo', repo, 'init'])).code, 0);
@@ -69,6 +70,14 @@ test('the compiled manifest validator accepts and rejects exactly what the schem
     const { checksum: _checksum, ...body } = JSON.parse(await fsp.readFile(path.join(repo, 'points', name), 'utf8'));
     manifests.push(body);
   }
+  return manifests;
+}
+
+test('the compiled manifest validator accepts and rejects exactly what the schema does, with the same output', async (t) => {
+  const seed = seedFromEnv();
+  t.diagnostic(`manifest validator: seed ${seed} (replay with LIFEBOAT_TEST_SEED=${seed})`);
+  const rand = prng(seed);
+  const manifests = await writtenManifests(t, seed, 12);
   const compiled = manifestValidator();
   let accepted = 0;
   const trials = 1500;
@@ -86,4 +95,101 @@ test('the compiled manifest validator accepts and rejects exactly what the schem
   }
   // Both kinds of input were tried: real manifests pass, and most mutations do not.
   assert.ok(accepted >= manifests.length && accepted < trials / 2, `${accepted} of ${trials} accepted`);
+});
+
+/** A document as encodeDocument writes one, of `body` (compact JSON text, which may be anything): its checksum last, over the bytes before it. */
+function documentOf(body: string): Buffer {
+  const hash = createHash('sha256').update(body).digest('hex');
+  return Buffer.from(body.endsWith('}') ? `${body.slice(0, -1)},"checksum":"sha256:${hash}"}\n` : `${body}\n`);
+}
+
+/** Changes to a document's text that the schema does not see: spaces, escapes, members named twice or out of place, bytes gone or changed. */
+function mutateText(text: string, rand: () => number): string {
+  const at = () => Math.floor(rand() * text.length);
+  const roll = rand();
+  if (roll < 0.15) {
+    const i = at();
+    return text.slice(0, i) + [' ', '\n', '\t', '\r', '  \n '][Math.floor(rand() * 5)]! + text.slice(i);
+  }
+  if (roll < 0.3) {
+    const i = at();
+    return text.slice(0, i) + '{}[],:"\\ 0a-.eE\u00e9'[Math.floor(rand() * 17)]! + text.slice(i + 1);
+  }
+  if (roll < 0.4) {
+    const i = at();
+    return text.slice(0, i) + text.slice(i + 1);
+  }
+  if (roll < 0.55) {
+    // A member again, last (JSON.parse keeps it) or first.
+    const member = ['"entries":[]', '"id":"20260101-000000-000F"', '"checksum":"x"', '"__proto__":{}', '"entries":{}', '"format":2', '"extra":[[[]]]'][Math.floor(rand() * 7)]!;
+    return rand() < 0.5 ? `${text.slice(0, -1)},${member}}` : `{${member},${text.slice(1)}`;
+  }
+  if (roll < 0.7) {
+    // A name written with an escape means the same name.
+    const name = ['entries', 'source', 'path', 'volumes', 'ref', 'sha256'][Math.floor(rand() * 6)]!;
+    return text.replace(`"${name}"`, `"\\u00${name.charCodeAt(0).toString(16)}${name.slice(1)}"`);
+  }
+  if (roll < 0.8) {
+    // Spaces around every separator, as an indented document has.
+    return text.replace(/([,:[{])"/g, (_, c: string) => `${c} \n"`);
+  }
+  if (roll < 0.9) return text.slice(0, at());
+  // An element of the entries array that is not an object, or an array in its place.
+  return text.replace('"entries":[', ['"entries":[1,', '"entries":[[],', '"entries":[null,', '"entries":[{},', '"entries":["x",'][Math.floor(rand() * 5)]!);
+}
+
+test('reading a manifest in slices accepts and rejects exactly what JSON.parse and the schema do, with the same result', async (t) => {
+  const seed = seedFromEnv();
+  t.diagnostic(`manifest slices: seed ${seed} (replay with LIFEBOAT_TEST_SEED=${seed})`);
+  const rand = prng(seed);
+  // More files than a slice holds (256 entries), so that entries are read across slices.
+  const manifests = await writtenManifests(t, seed, 300 + Math.floor(rand() * 500));
+  const slow = (data: Buffer) => {
+    try {
+      return { manifest: decodeDocument(data, manifestValidator(), 'manifest') };
+    } catch (err) {
+      return { error: (err as Error).message };
+    }
+  };
+  let sliced = 0;
+  let accepted = 0;
+  const trials = 400;
+  for (let i = 0; i < trials; i++) {
+    const base = manifests[Math.floor(rand() * manifests.length)]!;
+    const kind = i < manifests.length ? 'as written' : rand() < 0.4 ? 'values changed' : 'text changed';
+    const body = i < manifests.length ? manifests[i]! : kind === 'values changed' ? mutate(base, rand) : base;
+    let text = JSON.stringify(body);
+    if (kind === 'text changed') for (let n = 1 + Math.floor(rand() * 2); n > 0; n--) text = mutateText(text, rand);
+    // Most documents carry their checksum as written; some are damaged after it was taken.
+    const data = kind === 'values changed' && rand() < 0.1 ? Buffer.from(`${text}\n`) : documentOf(text);
+    const expected = slow(data);
+    const inSlices = readInSlices(data);
+    const what = `trial ${i} (${kind}): ${text.slice(0, 300)}`;
+    if (inSlices) {
+      sliced++;
+      assert.ok(expected.manifest, `${what}: read in slices, but refused whole: ${expected.error}`);
+      assert.deepStrictEqual(inSlices, expected.manifest, what);
+    }
+    // What a reader gets: the same manifest, or an error in the same words.
+    let got: { manifest?: unknown; error?: string };
+    try {
+      got = { manifest: decodeManifest(data, 'manifest') };
+    } catch (err) {
+      got = { error: (err as Error).message };
+    }
+    assert.deepStrictEqual(got, expected, what);
+    // Read for the rest of it, the entries checked but not kept: refused alike, the same without its entries.
+    let withoutEntries: { manifest?: unknown; error?: string };
+    try {
+      withoutEntries = { manifest: decodeManifest(data, 'manifest', { entries: false }) };
+    } catch (err) {
+      withoutEntries = { error: (err as Error).message };
+    }
+    assert.deepStrictEqual(withoutEntries, expected.manifest ? { manifest: { ...expected.manifest, entries: [] } } : expected, what);
+    if (expected.manifest) accepted++;
+    // A manifest as lifeboat writes it is read in slices, not whole.
+    if (kind === 'as written') assert.ok(inSlices, `${what}: not read in slices`);
+  }
+  t.diagnostic(`${accepted} of ${trials} accepted, ${sliced} read in slices`);
+  assert.ok(accepted > manifests.length && accepted < trials - 50, `${accepted} of ${trials} accepted`);
 });

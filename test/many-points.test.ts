@@ -1,9 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { spawn, spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { BIN, lifeboat } from './helpers/cli.js';
 import { tempDir } from './helpers/tree.js';
 import { encodeDocument } from '../src/format/document.js';
@@ -128,14 +129,20 @@ test('restore of the tip of a long chain reads the manifests its files are store
   assert.equal((await fsp.readdir(path.join(target, 'models'))).length, HOLDERS);
 });
 
-test('verify --read-data forgets the manifests of the points whose volumes it read once they hold more entries than its bound, whatever their number', async (t) => {
-  // Five were remembered whatever their size: points of 100,000 files each took a verify --read-data to 400 MB.
+/** An empty repository of 1 MiB volumes, and an empty directory `models` beside it to back up. */
+async function smallVolumesRepository(t: TestContext): Promise<{ repo: string; src: string }> {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
   const repo = path.join(work, 'repo');
   await Repository.init(new LocalStorage(repo), { volumeSize: 1 << 20 });
   const src = path.join(work, 'models');
   await fsp.mkdir(src);
+  return { repo, src };
+}
+
+test('verify --read-data forgets the manifests of the points whose volumes it read once they hold more entries than its bound, whatever their number', async (t) => {
+  // Five were remembered whatever their size: points of 100,000 files each took a verify --read-data to 400 MB.
+  const { repo, src } = await smallVolumesRepository(t);
   const ids: string[] = [];
   for (let i = 0; i < 6; i++) {
     // Each point stores three files of its own, in volumes of its own, which --read-data reads with the point's
@@ -157,4 +164,52 @@ test('verify --read-data forgets the manifests of the points whose volumes it re
   assert.equal(r.code, 0, r.stderr.slice(-2000));
   const volumes = await fsp.readdir(path.join(repo, 'data'), { recursive: true });
   assert.equal(JSON.parse(r.stdout).volumes.read, volumes.filter((v) => v.endsWith('.tar')).length);
+});
+
+test('a manifest of 100,000 files is read in a 64 MiB heap, which its text, the tree parsed from it and its checked copy together overfill; beside it, the volumes of another are read without its entries', async (t) => {
+  const { repo, src } = await smallVolumesRepository(t);
+  await fsp.writeFile(path.join(src, 'config.json'), '{}\n');
+  const r = await lifeboat(['--repo', repo, '--json', 'backup', '--source', `models=${src}`, '--type', 'full']);
+  assert.equal(r.code, 0, r.stderr);
+  const id = r.json().id as string;
+  const file = path.join(repo, 'points', `${id}.json`);
+  const manifest = JSON.parse(await fsp.readFile(file, 'utf8')) as Manifest;
+  const files = 100_000;
+  for (let k = 0; k < files; k++) {
+    manifest.entries.push({
+      source: 'models',
+      path: `eval/2026-10/run-${k}.json`,
+      type: 'file',
+      mode: 0o644,
+      mtimeNs: `17487360${String(k).padStart(11, '0')}`,
+      size: 628,
+      uid: 0,
+      gid: 0,
+      ino: String(2_000_000 + k),
+      ctimeNs: `17955972${String(k).padStart(11, '0')}`,
+      sha256: createHash('sha256').update(String(k)).digest('hex'),
+      ref: { point: id, volume: 0, entry: k + 1, offset: (k + 1) * 1536 },
+    });
+  }
+  await fsp.writeFile(file, encodeDocument(manifest));
+  // Another point as large, whose volumes alone a restore of the first needs when its files are stored there.
+  const other = id.replace(/^(\d{8}-\d{6}-)\d{3}/, '$1999');
+  await fsp.writeFile(path.join(repo, 'points', `${other}.json`), encodeDocument({ ...manifest, id: other }));
+  const reader = [
+    `const { Repository } = await import(${JSON.stringify(pathToFileURL(path.resolve(import.meta.dirname, '../src/core/repository.js')).href)});`,
+    `const { LocalStorage } = await import(${JSON.stringify(pathToFileURL(path.resolve(import.meta.dirname, '../src/storage/local.js')).href)});`,
+    `const repo = await Repository.open(new LocalStorage(${JSON.stringify(repo)}));`,
+    `const manifest = await repo.loadManifest(${JSON.stringify(id)});`,
+    `console.log(manifest.entries.length);`,
+    `if (process.argv[1] === 'other') console.log(JSON.stringify(await repo.pointVolumes(${JSON.stringify(other)})));`,
+  ].join('\n');
+  const read = (heapMib: number, also?: 'other') =>
+    spawnSync(process.execPath, [`--max-old-space-size=${heapMib}`, '--input-type=module', '-e', reader, ...(also ? [also] : [])], { encoding: 'utf8' });
+  let child = read(64);
+  assert.equal(child.status, 0, child.stderr.slice(-2000));
+  assert.equal(child.stdout.trim(), String(manifest.entries.length));
+  // Both manifests' entries together would overfill the heap: those of the other are checked, not kept.
+  child = read(80, 'other');
+  assert.equal(child.status, 0, child.stderr.slice(-2000));
+  assert.deepEqual(child.stdout.trim().split('\n'), [String(manifest.entries.length), JSON.stringify(manifest.volumes)]);
 });

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { UsageError, IntegrityError, errorMessage } from '../errors.js';
 import { decodeDocument, encodeDocument } from '../format/document.js';
+import { decodeManifest, type ReadOptions } from '../format/manifest-read.js';
 import { POINT_ID, parseTimeSelector, pointTime } from '../format/ids.js';
 import {
   FORMAT_VERSION,
@@ -8,7 +9,6 @@ import {
   deploymentsOf,
   deploymentsSchema,
   keys,
-  manifestValidator,
   repositoryConfigSchema,
   summarize,
   summaryIdOf,
@@ -19,6 +19,7 @@ import {
   type Manifest,
   type PointSummary,
   type RepositoryConfig,
+  type VolumeRecord,
 } from '../format/manifest.js';
 import { SMALL_DOCUMENT_BYTES, isNotFound, type Storage } from '../storage/storage.js';
 import { runPool } from './pool.js';
@@ -192,8 +193,16 @@ export class Repository {
     return manifest;
   }
 
+  /**
+   * The volumes a point's manifest records, the manifest read and checked whole but its entries not kept: a
+   * restore needs no more of the points its files' bytes are stored in, each of which lists every file of its own.
+   */
+  async pointVolumes(id: string): Promise<VolumeRecord[]> {
+    return (this.manifests.get(id) ?? (await this.loadManifest(id, { entries: false }))).volumes;
+  }
+
   /** Reads and checks a manifest without keeping it: work over many points must not hold every manifest in memory. */
-  async loadManifest(id: string): Promise<Manifest> {
+  async loadManifest(id: string, options?: ReadOptions): Promise<Manifest> {
     let raw: Buffer;
     try {
       raw = await this.storage.getDocument(keys.point(id));
@@ -201,7 +210,7 @@ export class Repository {
       if (isNotFound(err)) throw new IntegrityError(`backup point ${id} is missing its manifest ${keys.point(id)}`);
       throw err;
     }
-    const manifest = decodeDocument(raw, manifestValidator(), `manifest of ${id}`);
+    const manifest = decodeManifest(raw, `manifest of ${id}`, options);
     if (manifest.id !== id) throw new IntegrityError(`manifest ${keys.point(id)} describes ${manifest.id}, not ${id}`);
     return manifest;
   }

@@ -74,7 +74,7 @@ export async function planRestore(
       let volumes = volumesOf.get(ref.point);
       if (!volumes) {
         try {
-          volumes = (await repo.loadManifest(ref.point)).volumes;
+          volumes = await repo.pointVolumes(ref.point);
         } catch (err) {
           throw new IntegrityError(`${f.source}/${f.path} of ${manifest.id} is stored in point ${ref.point}, which cannot be read: ${(err as Error).message}`);
         }

@@ -109,7 +109,7 @@ const CHECKSUM_TAIL = /^,"checksum":"sha256:([0-9a-f]{64})"\}$/;
 const CHECKSUM_TAIL_BYTES = ',"checksum":"sha256:"}'.length + 64;
 
 /** Whether the document's raw bytes carry their checksum as encodeDocument writes it, and it matches them. */
-function rawChecksumMatches(data: Buffer): boolean {
+export function rawChecksumMatches(data: Buffer): boolean {
   let end = data.length;
   if (data[end - 1] === 0x0a) end--;
   // An empty document, `{"checksum":…}`, has no comma before its checksum: it is checked the slow way.
@@ -137,7 +137,7 @@ const BYTES_PER_VALUE = 4;
 const SMALL_ALLOWANCE = 256;
 
 /** Why `data` cannot be a document lifeboat wrote, judged from its structure alone; undefined when it may be. */
-function shapeProblem(data: Buffer): string | undefined {
+export function shapeProblem(data: Buffer): string | undefined {
   let depth = 0;
   // Counted down, so that a document with too many is refused as soon as that shows.
   let containers = SMALL_ALLOWANCE + data.length / BYTES_PER_CONTAINER;

@@ -201,6 +201,7 @@ export const manifestSchema = manifestFields.superRefine((m, ctx) => {
 export type Manifest = z.infer<typeof manifestSchema>;
 
 let compiledManifestSchema: typeof manifestSchema | undefined;
+let compiledEntrySchema: typeof entrySchema | undefined;
 
 /**
  * manifestSchema with zod's compiled fast path (as z.compile makes it; input it
@@ -212,15 +213,21 @@ let compiledManifestSchema: typeof manifestSchema | undefined;
  * which nothing here calls (about 4 ms more in every backup and restore).
  */
 export function manifestValidator(): typeof manifestSchema {
-  if (!compiledManifestSchema) {
-    try {
-      compiledManifestSchema = z.withParser(manifestSchema, compileFn(manifestSchema));
-    } catch {
-      // As z.compile: a schema the generated code cannot express keeps the regular parser.
-      compiledManifestSchema = manifestSchema;
-    }
+  return (compiledManifestSchema ??= compiled(manifestSchema));
+}
+
+/** entrySchema compiled as manifestValidator is: a manifest's entries are checked one at a time as they are read (manifest-read.ts). */
+export function entryValidator(): typeof entrySchema {
+  return (compiledEntrySchema ??= compiled(entrySchema));
+}
+
+function compiled<T extends typeof manifestSchema | typeof entrySchema>(schema: T): T {
+  try {
+    return z.withParser(schema, compileFn(schema)) as T;
+  } catch {
+    // As z.compile: a schema the generated code cannot express keeps the regular parser.
+    return schema;
   }
-  return compiledManifestSchema;
 }
 
 /**
