@@ -179,27 +179,31 @@ async function applyState(run: Run, manifest: Manifest, slot: string, unstoppabl
 }
 
 /**
- * Undoes what putting the new point's state back changed, for the slot `from` still (or again) served: each
- * SQLite database gets back what it held just before (kept beside it), which the slot's own copy of its point
- * would not give (the service has written since that point was taken); other sources, command sources and
- * databases that held nothing, get the copy of the point `from` holds, which a slot made by hand lacks.
+ * Undoes what putting the new point's state back changed, for the slot `from` still (or again) served. When
+ * every source it changed is a SQLite database that held something, each gets back what it held just before
+ * (kept beside it), which the slot's own copy of its point would not give (the service has written since that
+ * point was taken). Otherwise (a command source, whose state only a point's capture can give) the state of the
+ * point `from` holds goes back whole, as it was captured, so that the sources are of one moment; a slot made by
+ * hand has no such point, and its databases get back what they held, with an error naming what could not go back.
  */
 async function undoState(run: Run, repo: MaybeRepository, from: string, fromPoint: string | null): Promise<void> {
   const changed = run.stateChanged ?? [];
   const kept = changed.filter((c): c is Required<StateChange> => c.live !== undefined && c.keptAs !== undefined);
-  const rest = new Set(changed.filter((c) => c.keptAs === undefined).map((c) => c.name));
+  const rest = changed.filter((c) => c.keptAs === undefined).map((c) => c.name);
+  if (rest.length > 0 && fromPoint !== null) {
+    const old = await stateManifest(repo, run.spec.name, fromPoint);
+    await applyState(run, old, from, true);
+    return;
+  }
   for (const c of kept) {
     note(run, 'state-restore', `putting back what ${quoteName(c.live)} held before, from ${quoteName(c.keptAs)}`);
     const again = await restoreSqlite(c.name, c.keptAs, c.live);
     if (again.keptAs) note(run, 'state-kept', `the state ${quoteName(c.live)} had before is kept as ${quoteName(again.keptAs)}`);
   }
-  if (rest.size === 0) return;
-  if (fromPoint === null) {
+  if (rest.length > 0) {
     const put = kept.length > 0 ? ` (${kept.map((c) => c.name).join(', ')} put back)` : '';
-    throw new Error(`${quoteName(from)} holds no point of the repository, so ${[...rest].join(', ')} has no copy to go back to${put}`);
+    throw new Error(`${quoteName(from)} holds no point of the repository, so ${rest.join(', ')} has no copy to go back to${put}`);
   }
-  const old = await stateManifest(repo, run.spec.name, fromPoint);
-  await applyState(run, { ...old, sources: old.sources.filter((s) => rest.has(s.name)) }, from, true);
 }
 
 function emptyCopies(run: Run): EmptyCopies {
