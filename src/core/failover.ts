@@ -14,7 +14,7 @@ import { restore } from './restore.js';
 import { readerLockOptions, whileReading, type ReaderLockOptions } from './lock.js';
 import { NotEnoughSpace, refusedBeforeWriting, removeLeftCopies, removeOtherStaging, restoreLeftUnfinished } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
-import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, markStateOf, settlePending, stateChangedInPlace, stateLeftBehind, switchNotMade, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type SwitchLock, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
+import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, markStateOf, settlePending, stateChangedInPlace, stateLeftBehind, switchNotMade, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type StateChange, type SwitchLock, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
 import type { TargetSpec } from './targets.js';
 import { removeTree } from '../format/remove-tree.js';
 import { whileLeftUndone } from '../left-undone.js';
@@ -92,13 +92,6 @@ interface Run {
   move?: { from: string | null; to: string };
   /** The serving state sources the new point's state replaced, and where what each live database held is kept. */
   stateChanged?: StateChange[];
-}
-
-/** A state source put back: for a SQLite database, the live file and where what it held just before is kept (if it held anything). */
-interface StateChange {
-  name: string;
-  live?: string;
-  keptAs?: string;
 }
 
 function note(run: Run, code: string, message: string, level: 'info' | 'warning' = 'info'): void {
@@ -186,8 +179,7 @@ async function applyState(run: Run, manifest: Manifest, slot: string, unstoppabl
  * point `from` holds goes back whole, as it was captured, so that the sources are of one moment; a slot made by
  * hand has no such point, and its databases get back what they held, with an error naming what could not go back.
  */
-async function undoState(run: Run, repo: MaybeRepository, from: string, fromPoint: string | null): Promise<void> {
-  const changed = run.stateChanged ?? [];
+async function undoState(run: Run, repo: MaybeRepository, changed: readonly StateChange[], from: string, fromPoint: string | null): Promise<void> {
   const kept = changed.filter((c): c is Required<StateChange> => c.live !== undefined && c.keptAs !== undefined);
   const rest = changed.filter((c) => c.keptAs === undefined).map((c) => c.name);
   if (rest.length > 0 && fromPoint !== null) {
@@ -355,14 +347,14 @@ async function transition(
     if (undo) {
       // Not stopped by an interrupt, as the activate hook below is not: the slot served again needs its state.
       const again = fromPoint ? `; lifeboat failover ${fromPoint} --to ${run.spec.name} puts it back` : '';
-      await whileLeftUndone(`the serving state is that of ${point ?? to} while ${run.spec.name} serves ${fromPoint ?? quoteName(from)} again${again}`, () => undoState(run, repo, from, fromPoint))
+      await whileLeftUndone(`the serving state is that of ${point ?? to} while ${run.spec.name} serves ${fromPoint ?? quoteName(from)} again${again}`, () => undoState(run, repo, run.stateChanged ?? [], from, fromPoint))
         .then(() => markStateOf(run.spec.slots, undefined))
         .catch((err) => {
           stateBack = false;
           note(run, 'state-restore-failed', errorMessage(err), 'warning');
         });
+      await announceSwitchBack(run.spec.slots, { at: new Date().toISOString(), reason, state: false });
     }
-    if (undo) await announceSwitchBack(run.spec.slots, { at: new Date().toISOString(), reason, state: false });
     let reactivated: string | undefined;
     await hook(run, 'activate', from, fromPoint, true).catch((err) => {
       reactivated = errorMessage(err);
@@ -607,8 +599,7 @@ async function finishSwitchBack(run: Run, repo: MaybeRepository): Promise<void> 
       note(run, 'finishing-switch-back', `${leftUndone(spec, back)}: putting it back now`, 'warning');
       const slot = back.from;
       // What the killed run replaced goes back as it would have; a record of an earlier version says only whose state it was.
-      run.stateChanged = changed;
-      await (changed ? undoState(run, repo, slot, point) : stateManifest(repo, spec.name, point!).then((manifest) => applyState(run, manifest, slot)))
+      await (changed ? undoState(run, repo, changed, slot, point) : stateManifest(repo, spec.name, point!).then((manifest) => applyState(run, manifest, slot)))
         .then(() => markStateOf(spec.slots, undefined))
         .catch((err: unknown) => {
           if (err instanceof InterruptedError) throw err;
@@ -662,7 +653,7 @@ async function servedStateBack(run: Run, repo: MaybeRepository, from: string, po
   const served = fromPoint ?? quoteName(from);
   const left = `the serving state is that of ${point ?? 'the point rolled back to'} while ${run.spec.name} serves ${served}${fromPoint ? `; lifeboat failover ${fromPoint} --to ${run.spec.name} --state puts it back` : ''}`;
   note(run, 'state-back', `putting back the serving state of ${served}, which ${run.spec.name} still serves${interrupted ? ' (interrupt again to stop at once, leaving the other point\'s state live)' : ''}`);
-  const putBack = whileLeftUndone(left, () => undoState(run, repo, from, fromPoint ?? null));
+  const putBack = whileLeftUndone(left, () => undoState(run, repo, run.stateChanged ?? [], from, fromPoint ?? null));
   return putBack.then(
     async () => {
       await markStateOf(run.spec.slots, undefined);
@@ -779,7 +770,7 @@ async function failoverRegistered(repo: Repository, manifest: Manifest, spec: Ta
     // Left in place by a run stopped before its switch away from this slot: what that run replaced goes back, as it would have.
     const leftBehind = from === slot && options.applyState === undefined ? await stateLeftBehind(spec.slots, from) : undefined;
     await stateInPlace(run, manifest.id, slot, from, async () => {
-      if (leftBehind?.changed) await undoState({ ...run, stateChanged: leftBehind.changed }, repo, slot, manifest.id);
+      if (leftBehind?.changed) await undoState(run, repo, leftBehind.changed, slot, manifest.id);
       else run.stateChanged = await applyState(run, manifest, slot);
     });
     if (from && from !== slot && run.options.applyState !== false && run.stateSources.length > 0) putServedStateBack = (interrupted) => servedStateBack(run, repo, from, manifest.id, interrupted);

@@ -80,6 +80,8 @@ const targetStateSchema = z.object({
     .optional(),
 });
 type TargetRecord = z.infer<typeof targetStateSchema>;
+/** A serving-state source a switch put back: for a SQLite database, the live file and where what it held just before is kept. */
+export type StateChange = NonNullable<NonNullable<TargetRecord['stateOf']>['changed']>[number];
 export type TargetState = Omit<TargetRecord, 'pending' | 'stateOf'>;
 
 /** The slot directory that holds a point. */
