@@ -577,7 +577,8 @@ function problemsOf(g: Generated, o: Outcome, given: Set<string>): string[] {
   if (g.configInvalid && code === 0 && g.command.words[0] !== 'completion' && !helpOrVersion && !given.has('--config') && g.env.LIFEBOAT_CONFIG === undefined) {
     problems.push(`the config was accepted although ${g.configChange} is invalid`);
   }
-  if (code === 2 && /lifeboat\.yaml(:\d+)?: /.test(stderr) && g.configInvalid && !given.has('--config') && g.env.LIFEBOAT_CONFIG === undefined && !stderr.toLowerCase().includes(g.configInvalid.toLowerCase())) {
+  // A flag whose value is the config's name (`--work-dir lifeboat.yaml: … is not a directory`) is not a config error.
+  if (code === 2 && /(?<!--[\w-]+ \S*)lifeboat\.yaml(:\d+)?: /.test(stderr) && g.configInvalid && !given.has('--config') && g.env.LIFEBOAT_CONFIG === undefined && !stderr.toLowerCase().includes(g.configInvalid.toLowerCase())) {
     problems.push(`a config error that does not name the key ${g.configInvalid}`);
   }
   return problems;
