@@ -20,6 +20,7 @@ import { removeTree } from '../format/remove-tree.js';
 import { whileLeftUndone } from '../left-undone.js';
 import { quoteName } from '../format/quote.js';
 
+/** `lockStaleAfterMs` judges the target's switch lock as well: one held from another host whose lease was not refreshed for that long is taken over. */
 export interface SwitchOptions extends ReaderLockOptions {
   signal?: AbortSignal;
   reporter?: Reporter;
@@ -705,7 +706,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
 async function failoverRegistered(repo: Repository, manifest: Manifest, spec: TargetSpec, options: SwitchOptions): Promise<SwitchResult> {
   const run: Run = { spec, options, started: Date.now() };
   const slot = slotPath(spec.slots, manifest.id);
-  const unlock = await lockTarget(spec.slots, spec.name, `failover ${manifest.id}`);
+  const unlock = await lockTarget(spec.slots, spec.name, `failover ${manifest.id}`, undefined, options.lockStaleAfterMs);
   run.lock = unlock;
   /** What the target served when the failover started, said when it is interrupted before the switch. */
   let served = 'nothing';
@@ -860,7 +861,7 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
   // A target never failed over has no slots directory: nothing to roll back to, and nothing to make for it.
   const slots = await fsp.lstat(spec.slots).catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? undefined : null));
   if (slots === undefined) throw noPreviousSlot(spec);
-  const unlock = await lockTarget(spec.slots, spec.name, 'rollback');
+  const unlock = await lockTarget(spec.slots, spec.name, 'rollback', undefined, options.lockStaleAfterMs);
   run.lock = unlock;
   try {
     await finishSwitchBack(run, repo);
@@ -1014,7 +1015,7 @@ function newestOf(events: readonly JournalEvent[], n: number): JournalEvent[] {
 export async function status(
   repo: MaybeRepository,
   specs: TargetSpec[],
-  options: { now?: Date; events?: number; repositoryEvents?: number; signal?: AbortSignal } = {},
+  options: { now?: Date; events?: number; repositoryEvents?: number; signal?: AbortSignal; /** When a switch lock held from another host is stale (lock.staleAfter). */ lockStaleAfterMs?: number } = {},
 ): Promise<{ result: StatusResult; unreadable?: unknown; noPoints?: UsageError }> {
   const now = (options.now ?? new Date()).getTime();
   let newest: StatusResult['newest'] = null;
@@ -1112,7 +1113,7 @@ export async function status(
       hint = `serve it again: lifeboat failover ${served ?? 'POINT'} --to ${spec.name}`;
     }
     // A switch stopped while it was switched back: the slot linked again serves with another point's state.
-    const running = await beingSwitched(spec.slots);
+    const running = await beingSwitched(spec.slots, options.lockStaleAfterMs);
     const back = error === undefined && !running ? await unfinishedSwitchBack(spec.slots) : undefined;
     if (back?.state && slotPoint(spec.slots, back.from)) {
       error = `${leftUndone(spec, back)}: the serving state is that of ${slotPoint(spec.slots, back.to) ?? quoteName(back.to)}`;

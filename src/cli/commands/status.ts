@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { HealthError, InterruptedError, LifeboatError, RuntimeFailure, errorMessage } from '../../errors.js';
 import { loadConfig } from '../../config/config.js';
+import { lockStaleAfterMs } from '../cron.js';
 import { status, type TargetStatus } from '../../core/failover.js';
 import type { JournalEvent } from '../../core/journal.js';
 import { chooseTarget } from '../../core/targets.js';
@@ -177,7 +178,7 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
     return { unreadable: err };
   });
   try {
-    const { result, unreadable, noPoints } = await status('repo' in opened ? opened.repo : opened, specs, { events, repositoryEvents, signal: ctx.signal });
+    const { result, unreadable, noPoints } = await status('repo' in opened ? opened.repo : opened, specs, { events, repositoryEvents, signal: ctx.signal, lockStaleAfterMs: lockStaleAfterMs({}, config) });
     const deployment = 'repo' in opened ? opened.repo.deployment : undefined;
     const inPlace = await inPlaceStatus(config);
     printResult(ctx, inPlace.length > 0 ? { ...result, inPlace } : result, () => {
