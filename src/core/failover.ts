@@ -14,7 +14,7 @@ import { restore } from './restore.js';
 import { readerLockOptions, whileReading, type ReaderLockOptions } from './lock.js';
 import { NotEnoughSpace, refusedBeforeWriting, removeLeftCopies, removeOtherStaging, restoreLeftUnfinished } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
-import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, markStateOf, settlePending, stateChangedInPlace, stateLeftBehind, switchNotMade, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type StateChange, type SwitchLock, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
+import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, leftLockCopies, switchLockHolder, checkActiveLinkWritable, listSlots, markStateOf, settlePending, stateChangedInPlace, stateLeftBehind, switchNotMade, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type StateChange, type SwitchLock, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
 import type { TargetSpec } from './targets.js';
 import { removeTree } from '../format/remove-tree.js';
 import { whileLeftUndone } from '../left-undone.js';
@@ -964,6 +964,13 @@ export interface TargetStatus {
   slots: { name: string; point: string | null; active: boolean; previous: boolean }[];
   /** Why the slots directory could not be listed, when it could not. */
   slotsError?: string;
+  /**
+   * The target's switch lock, when there is one: what holds it (null where the lock does not say), and `stale`, whether that
+   * process is gone (or the lock does not read), so that the next failover or rollback takes it over; else one runs now.
+   */
+  switchLock?: { command: string | null; host: string | null; pid: number | null; startedAt: string | null; refreshedAt: string | null; stale: boolean };
+  /** Copies of the switch lock left beside it by processes killed while they rewrote it: harmless, removed by the next failover or rollback. */
+  switchLockCopies?: string[];
   events: JournalEvent[];
 }
 
@@ -1113,7 +1120,9 @@ export async function status(
       hint = `serve it again: lifeboat failover ${served ?? 'POINT'} --to ${spec.name}`;
     }
     // A switch stopped while it was switched back: the slot linked again serves with another point's state.
-    const running = await beingSwitched(spec.slots, options.lockStaleAfterMs);
+    const lock = await switchLockHolder(spec.slots, options.lockStaleAfterMs);
+    const running = lock?.stale === false;
+    const lockCopies = await leftLockCopies(spec.slots);
     const back = error === undefined && !running ? await unfinishedSwitchBack(spec.slots) : undefined;
     if (back?.state && slotPoint(spec.slots, back.from)) {
       error = `${leftUndone(spec, back)}: the serving state is that of ${slotPoint(spec.slots, back.to) ?? quoteName(back.to)}`;
@@ -1168,6 +1177,8 @@ export async function status(
       rpoMs: await rpoOf(m),
       slots: slots.map((s) => ({ name: s.name, point: s.point ?? null, active: s.path === activePath, previous: s.path === state.previous })),
       ...(slotsError ? { slotsError } : {}),
+      ...(lock ? { switchLock: { command: lock.holder?.command ?? null, host: lock.holder?.host ?? null, pid: lock.holder?.pid ?? null, startedAt: lock.holder?.startedAt ?? null, refreshedAt: lock.holder?.refreshedAt ?? null, stale: lock.stale } } : {}),
+      ...(lockCopies.length > 0 ? { switchLockCopies: lockCopies } : {}),
       events: newestOf(events.filter((e) => e.target === spec.name), wanted),
     });
   }

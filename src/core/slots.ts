@@ -394,7 +394,7 @@ const SWITCH_LOCK_LIMIT = 64 * 1024;
 /** How often a switch lock is looked at again while it changes hands (released, being written, removed as stale). */
 const LOCK_ATTEMPTS = 50;
 
-interface SwitchLockHolder {
+export interface SwitchLockHolder {
   host?: string;
   pid?: number;
   command?: string;
@@ -555,14 +555,20 @@ const LOCK_COPY = /^([1-9][0-9]*)-[0-9a-f]{8}$/;
  * holder; a copy of a process still replacing the lock is left alone.
  */
 async function removeLeftLockCopies(slots: string): Promise<void> {
+  for (const name of await leftLockCopies(slots)) await fsp.rm(path.join(slots, name), { force: true });
+}
+
+/** The names of the copies of the switch lock in `slots` that processes killed while they replaced the lock left (see removeLeftLockCopies). */
+export async function leftLockCopies(slots: string): Promise<string[]> {
+  const left: string[] = [];
   for (const name of await fsp.readdir(slots).catch(() => [] as string[])) {
     const pid = name.startsWith(`${TARGET_LOCK_FILE}.`) ? LOCK_COPY.exec(name.slice(TARGET_LOCK_FILE.length + 1))?.[1] : undefined;
     if (pid === undefined) continue;
-    const copy = path.join(slots, name);
-    const st = await fsp.lstat(copy).catch(() => undefined);
+    const st = await fsp.lstat(path.join(slots, name)).catch(() => undefined);
     if (!st?.isFile() || Date.now() - st.mtimeMs < BEING_WRITTEN_MS || ownerRuns(Number(pid), st.mtimeMs)) continue;
-    await fsp.rm(copy, { force: true });
+    left.push(name);
   }
+  return left.sort();
 }
 
 /**
@@ -580,10 +586,15 @@ function holderGone(holder: SwitchLockHolder, staleAfterMs?: number): boolean {
   return Number.isFinite(refreshed) && typeof leaseMs === 'number' && leaseMs > 0 && Date.now() - refreshed > staleLimit(leaseMs, staleAfterMs);
 }
 
-/** Whether a failover or rollback of the target in `slots` runs now (its switch lock is held by a process that is not gone). */
-export async function beingSwitched(slots: string, staleAfterMs?: number): Promise<boolean> {
+/**
+ * What holds the switch lock of the target in `slots`: its holder (absent when the lock does not read, or is being written),
+ * and whether that is gone; undefined when there is no lock. A failover or rollback runs now when it is not `stale`.
+ */
+export async function switchLockHolder(slots: string, staleAfterMs?: number): Promise<{ holder?: SwitchLockHolder; stale: boolean } | undefined> {
   const found = await readSwitchLock(path.join(slots, TARGET_LOCK_FILE)).catch(() => 'gone' as const);
-  return found === 'being-written' || (found !== 'gone' && found.holder !== undefined && !holderGone(found.holder, staleAfterMs));
+  if (found === 'gone') return undefined;
+  if (found === 'being-written') return { stale: false };
+  return { ...(found.holder ? { holder: found.holder } : {}), stale: found.holder === undefined || holderGone(found.holder, staleAfterMs) };
 }
 
 /** The switch lock as it is now: its holder (none when it does not read), or why there is none to judge. */

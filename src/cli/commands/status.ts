@@ -72,6 +72,12 @@ function describeTarget(ctx: CliContext, t: TargetStatus): string[] {
   if (t.record.damaged) lines.push(`  record of switches ${quoteName(t.record.path)} is damaged (${t.record.damaged}): a rollback does not know where to go`);
   if (t.slotsError) lines.push(`  slots: ${escapeUnprintable(t.slotsError)}`);
   if (t.slots.length) lines.push(`  slots: ${t.slots.map((s) => `${quoteName(s.name)}${s.active ? ' (active)' : s.previous ? ' (previous)' : ''}`).join(', ')}`);
+  if (t.switchLock) {
+    const l = t.switchLock;
+    const by = l.command === null && l.pid === null ? (l.stale ? 'a failover or rollback, in a lock that does not read (damaged, or left empty)' : 'a failover or rollback writing its lock') : `${l.command ?? 'a process'} (pid ${l.pid ?? '?'} on ${l.host ?? '?'}, since ${l.startedAt ?? '?'})`;
+    lines.push(l.stale ? `  switch lock left by ${by}, which is gone: the next failover or rollback takes it over` : `  being switched by ${by}`);
+  }
+  if (t.switchLockCopies) lines.push(`  left beside the switch lock by a failover or rollback killed while it rewrote it: ${t.switchLockCopies.map(quoteName).join(', ')} (harmless; the next failover or rollback removes ${t.switchLockCopies.length === 1 ? 'it' : 'them'})`);
   for (const e of t.events) lines.push(`  ${describeEvent(e)}`);
   return lines;
 }
