@@ -882,6 +882,7 @@ test('a switch undone after the copy kept of what a SQLite database held was rem
   const onHandMade = await lifeboat(['failover', pointB], { cwd: work });
   assert.equal(onHandMade.code, 5, onHandMade.stderr);
   assert.match(onHandMade.stderr, /warning: the copy of what \S+registry\.db held before, \S+, is missing, and \S+initial holds no point of the repository to take it from: registry keeps the state of the point put in place/);
+  assert.match(onHandMade.stderr, new RegExp(`failover of prod to ${pointB} failed: .*; switched back to \\S+initial, which is healthy again, but with the serving state of ${pointB}, which could not be undone \\(see the warning above\\)\n`));
   assert.equal(version(), 'B');
 });
 

@@ -72,6 +72,8 @@ export interface SwitchResult {
   previousDetail?: string;
   /** After switching back: no health check is configured, so `previousHealthy` says only whether the activate hook succeeded. */
   previousUnchecked?: boolean;
+  /** After switching back: the serving state it had replaced could not be put back (a warning says why), so the slot switched back to is served with the failed point's. */
+  stateNotPutBack?: true;
   pruned: string[];
 }
 
@@ -273,7 +275,7 @@ async function transition(
   to: string,
   point: string | null,
   kind: 'failover' | 'rollback',
-): Promise<Pick<SwitchResult, 'ok' | 'health' | 'reason' | 'switchedBack' | 'previousHealthy' | 'previousDetail' | 'previousUnchecked' | 'rtoMs' | 'interrupted' | 'previousMissing'>> {
+): Promise<Pick<SwitchResult, 'ok' | 'health' | 'reason' | 'switchedBack' | 'previousHealthy' | 'previousDetail' | 'previousUnchecked' | 'stateNotPutBack' | 'rtoMs' | 'interrupted' | 'previousMissing'>> {
   const fromPoint = slotPoint(run.spec.slots, from) ?? null;
   // Written down before anything is drained: in the target's record, and in the journal, which a prune on
   // another host reads. Killed once the link moved, before the end is journalled, the point now served is kept.
@@ -354,8 +356,8 @@ async function transition(
   let previousHealthy: boolean | null = null;
   let previousDetail: string | undefined;
   let previousUnchecked: boolean | undefined;
+  let stateBack = true;
   if (from) {
-    let stateBack = true;
     if (undo) {
       // Not stopped by an interrupt, as the activate hook below is not: the slot served again needs its state.
       const again = fromPoint ? `; lifeboat failover ${fromPoint} --to ${run.spec.name} puts it back` : '';
@@ -387,7 +389,7 @@ async function transition(
     const said = previousHealthy ? (back.unchecked ? 'activated again (no health check configured)' : 'healthy again') : back.unchecked ? `not activated again (${reactivated})` : 'NOT healthy either';
     note(run, previousHealthy ? 'previous-healthy' : 'previous-unhealthy', `${quoteName(from)} is ${said}`, previousHealthy ? 'info' : 'warning');
   }
-  return { ok: false, health: h, reason, switchedBack: true, previousHealthy, ...(previousDetail ? { previousDetail } : {}), ...(previousUnchecked ? { previousUnchecked } : {}), rtoMs: null };
+  return { ok: false, health: h, reason, switchedBack: true, previousHealthy, ...(previousDetail ? { previousDetail } : {}), ...(previousUnchecked ? { previousUnchecked } : {}), ...(stateBack ? {} : { stateNotPutBack: true as const }), rtoMs: null };
 }
 
 /**

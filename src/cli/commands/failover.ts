@@ -74,7 +74,7 @@ export function reportSwitch(ctx: CliContext, verb: 'failover' | 'rollback', r: 
               : r.previousHealthy
                 ? 'healthy again'
                 : 'NOT healthy either'
-          }`
+          }${r.stateNotPutBack ? `, but with the serving state of ${r.point ?? quoteName(r.slot)}, which could not be undone (see the warning above)` : ''}`
         : '; the link was removed again (there was none before)'
       : `; ${r.target} still serves ${r.from.point ?? (r.from.path === null ? 'nothing' : quoteName(r.from.path))}, the active link was not changed`;
   throw new HealthError(`${verb} of ${r.target} to ${r.point ?? quoteName(r.slot)} failed: ${r.reason}${back}`, {
