@@ -740,6 +740,15 @@ async function twoRegistryPoints(t: { after(fn: () => Promise<unknown>): void },
 test('a failover or rollback whose restore command fails, or is interrupted, after a SQLite database went back gives the database what it held just before, so the serving state is all of one moment; exit 1 says so', async (t) => {
   const { work, pointA, pointB, version, write, run } = await twoRegistryPoints(t, '  features: { command: "echo features", restore: "cat >/dev/null; test ! -e refuse && { test ! -e hang || sleep 60; }" }\n');
   const keptCopies = async () => (await fsp.readdir(path.join(work, 'state'))).filter((f) => f.startsWith('registry.db.lifeboat-replaced-'));
+  // Nothing served yet: there is no state of one to go back to, and a warning, even with --quiet, says what was put back.
+  await fsp.writeFile(path.join(work, 'refuse'), '');
+  const first = await lifeboat(['--quiet', 'failover', pointA], { cwd: work });
+  assert.equal(first.code, 1, first.stderr);
+  const kept = (await keptCopies()).sort().at(-1)!;
+  assert.match(first.stderr, new RegExp(`warning: putting back the state of ${pointA} failed after registry had been put back \\(what registry held is kept as \\S+/${kept.replace(/[.]/g, '\\.')}\\); features not put back\n`));
+  assert.match(first.stderr, /prod still serves nothing, nothing was switched\n/);
+  await fsp.rm(path.join(work, 'refuse'));
+
   await run('--quiet', 'failover', pointB);
   write('written since B');
   await fsp.writeFile(path.join(work, 'refuse'), '');

@@ -791,11 +791,12 @@ async function failoverRegistered(repo: Repository, manifest: Manifest, spec: Ta
     run.stateSources = stateToPutBack(manifest);
     // Left in place by a run stopped before its switch away from this slot: what that run replaced goes back, as it would have.
     const leftBehind = from === slot && options.applyState === undefined ? await stateLeftBehind(spec.slots, from) : undefined;
-    // Set first: a restore command that fails (or is interrupted) after a database went back leaves what went back to undo.
+    // Set first: a restore command that fails (or is interrupted) after a database went back leaves what went back to undo,
+    // listed as it goes back; with nothing served to go back to, a warning names it.
     if (from && from !== slot && run.options.applyState !== false && run.stateSources.length > 0) putServedStateBack = (interrupted) => servedStateBack(run, repo, from, manifest.id, interrupted);
     await stateInPlace(run, manifest.id, slot, from, async () => {
       if (leftBehind?.changed) await undoState(run, repo, leftBehind.changed, slot, manifest.id);
-      else await applyState(run, manifest, slot, false, (run.stateChanged = []));
+      else run.stateChanged = await applyState(run, manifest, slot, false, putServedStateBack && (run.stateChanged = []));
     });
 
     if (from === slot) {
@@ -933,7 +934,7 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
       if (manifest) {
         run.stateSources = stateToPutBack(manifest);
         if (from && run.stateSources.length > 0) putServedStateBack = (interrupted) => servedStateBack(run, repo, from, point, interrupted);
-        await stateInPlace(run, point, slot, from, async () => void (await applyState(run, manifest, slot, false, (run.stateChanged = []))));
+        await stateInPlace(run, point, slot, from, async () => void (run.stateChanged = await applyState(run, manifest, slot, false, putServedStateBack && (run.stateChanged = []))));
       } else run.stateSources = [];
     }
     await settle(run, 'rollback', result, await transition(run, repo, from, to, point, 'rollback'));
