@@ -1122,10 +1122,11 @@ export async function status(
       error = `${quoteName(spec.active)} is missing, though the record of switches has ${spec.name} serving ${served ?? quoteName(lastServed)}`;
       hint = `serve it again: lifeboat failover ${served ?? 'POINT'} --to ${spec.name}`;
     }
-    // A switch stopped while it was switched back: the slot linked again serves with another point's state.
+    // Who holds the switch lock: while a switch runs, what it has yet to finish is not reported as left undone.
     const lock = await switchLockHolder(spec.slots, options.lockStaleAfterMs);
     const running = lock?.stale === false;
     const lockCopies = await leftLockCopies(spec.slots);
+    // A switch stopped while it was switched back: the slot linked again serves with another point's state.
     const back = error === undefined && !running ? await unfinishedSwitchBack(spec.slots) : undefined;
     if (back?.state && slotPoint(spec.slots, back.from)) {
       error = `${leftUndone(spec, back)}: the serving state is that of ${slotPoint(spec.slots, back.to) ?? quoteName(back.to)}`;
