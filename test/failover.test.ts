@@ -967,12 +967,12 @@ test('a failover or rollback stopped before the switch by a pre-activation check
     'cat > /dev/null; echo "$LIFEBOAT_POINT" > state.live',
     "{ slots: ./slots, active: ./current, deactivate: 'test ! -e bad-hook', health: { command: 'true', preActivate: 'test ! -e bad-check' } }",
   );
-  for (const [bad, code, said] of [['bad-check', 5, 'the active link was not changed'], ['bad-hook', 1, 'nothing was switched']] as const) {
+  for (const [bad, code, said] of [['bad-check', 5, ', the active link was not changed'], ['bad-hook', 1, ' with its serving state as it was, nothing was switched']] as const) {
     await fsp.writeFile(path.join(work, bad), '');
     const r = await lifeboat(['failover', second], { cwd: work });
     assert.equal(r.code, code, r.stderr);
     assert.match(r.stderr, new RegExp(`putting back the serving state of ${first}, which prod still serves`));
-    assert.match(r.stderr, new RegExp(`prod still serves ${first}, ${said}`));
+    assert.match(r.stderr, new RegExp(`prod still serves ${first}${said}`));
     assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first));
     assert.equal(await fsp.readFile(path.join(work, 'state.live'), 'utf8'), `${first}\n`, `the state of the point served (${bad})`);
     await fsp.rm(path.join(work, bad));
@@ -1562,4 +1562,36 @@ test('a failover or rollback by a user who may write the slots but not the direc
   assert.equal(await fsp.readFile(path.join(work, 'own', 'hooks.log'), 'utf8'), '', 'nothing drained');
   assert.equal(await fsp.readlink(path.join(work, 'served', 'current')), served);
   await fsp.rm(work, { recursive: true, force: true });
+});
+
+test("a switch lock left on another host by a failover killed mid-way is taken over after --lock-stale-after (or lock.staleAfter), not only after the 30 minutes of its lease; a holder that refreshes its lease is never taken over", async (t) => {
+  const { work, first, second } = await servingFirst('cat > /dev/null', '{ slots: ./slots, active: ./current }');
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const lock = path.join(work, 'slots', '.lifeboat-switch.lock');
+  const leftOn = (host: string, refreshedAgoMs: number) =>
+    fsp.writeFile(lock, JSON.stringify({ host, pid: 4242, command: `failover ${second}`, startedAt: new Date(Date.now() - 600_000).toISOString(), refreshedAt: new Date(Date.now() - refreshedAgoMs).toISOString(), leaseMs: 1_800_000 }));
+  // Killed on gpu-node-2 five minutes ago: its lease of 30 minutes has not run out.
+  await leftOn('gpu-node-2', 300_000);
+  const held = await lifeboat(['failover', second], { cwd: work });
+  assert.equal(held.code, 4, held.stderr);
+  assert.match(held.stderr, /target prod is being switched by failover \S+ \(pid 4242 on gpu-node-2, since /);
+  assert.match(held.stderr, /taken over once its lease has not been refreshed for 30m0s \(last at \S+; --lock-stale-after or lock\.staleAfter shortens that\)/);
+  const short = await lifeboat(['failover', second, '--lock-stale-after', '4m'], { cwd: work });
+  assert.equal(short.code, 0, short.stderr);
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
+  assert.ok(!(await exists(lock)), 'released');
+
+  // The config's lock.staleAfter, for a rollback; status no longer takes the switch for one under way.
+  await leftOn('gpu-node-2', 300_000);
+  await fsp.appendFile(path.join(work, 'lifeboat.yaml'), 'lock: { staleAfter: 4m }\n');
+  const back = await lifeboat(['rollback'], { cwd: work });
+  assert.equal(back.code, 0, back.stderr);
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first));
+
+  // Refreshed a minute ago (it refreshes every minute): however short the threshold, two refreshes are waited for.
+  await leftOn('gpu-node-2', 60_000);
+  const live = await lifeboat(['rollback', '--lock-stale-after', '1s'], { cwd: work });
+  assert.equal(live.code, 4, live.stderr);
+  assert.match(live.stderr, /not been refreshed for 2m0s/);
+  await fsp.rm(lock);
 });

@@ -447,6 +447,52 @@ test("the copy of a target's switch lock that a failover killed while it refresh
   assert.deepEqual((await fsp.readdir(slots)).sort(), [running], 'and its claim: nothing else is left');
 });
 
+test("status says who holds a target's switch lock, whether that process is gone, and the copies of the lock killed processes left beside it, changing none of them", async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\ntargets:\n  prod: { slots: ./slots, active: ./current }\n');
+  assert.equal((await lifeboat(['init'], { cwd: work })).code, 0);
+  const slots = path.join(work, 'slots');
+  await fsp.mkdir(slots);
+  const lockFile = path.join(slots, '.lifeboat-switch.lock');
+  const status = async () => {
+    const text = await lifeboat(['status'], { cwd: work });
+    const json = await lifeboat(['--json', 'status'], { cwd: work });
+    assert.equal(text.code, 0, text.stdout + text.stderr);
+    assert.equal(json.code, 0, json.stdout + json.stderr);
+    return { text: text.stdout, target: json.json().targets[0] };
+  };
+  assert.equal((await status()).target.switchLock, undefined, 'no lock, nothing said');
+
+  const live = startedNow(t);
+  const since = new Date().toISOString();
+  await fsp.writeFile(lockFile, JSON.stringify({ host: os.hostname(), pid: live.pid, command: 'failover 20261122-030000-457I', startedAt: since, refreshedAt: since, leaseMs: 1_800_000 }));
+  let seen = await status();
+  assert.deepEqual(seen.target.switchLock, { command: 'failover 20261122-030000-457I', host: os.hostname(), pid: live.pid, startedAt: since, refreshedAt: since, stale: false });
+  assert.match(seen.text, new RegExp(`\n  being switched by failover 20261122-030000-457I \\(pid ${live.pid} on ${os.hostname()}, since ${since}\\)\n`));
+
+  // Its process gone, killed while it refreshed its lease: the lock and the copy it was writing stay.
+  live.kill('SIGKILL');
+  await new Promise((resolve) => live.once('exit', resolve));
+  const copy = `.lifeboat-switch.lock.${live.pid}-0123abcd`;
+  await fsp.writeFile(path.join(slots, copy), '{}');
+  const minuteAgo = new Date(Date.now() - 60_000);
+  await fsp.utimes(path.join(slots, copy), minuteAgo, minuteAgo);
+  seen = await status();
+  assert.equal(seen.target.switchLock.stale, true);
+  assert.deepEqual(seen.target.switchLockCopies, [copy]);
+  assert.match(seen.text, new RegExp(`\n  switch lock left by failover 20261122-030000-457I \\(pid ${live.pid} on .*\\), which is gone: the next failover or rollback takes it over\n`));
+  assert.match(seen.text, new RegExp(`\n  left beside the switch lock by a failover or rollback killed while it rewrote it: ${copy.replace(/[.]/g, '\\.')} \\(harmless; the next failover or rollback removes it\\)\n`));
+  assert.deepEqual((await fsp.readdir(slots)).sort(), ['.lifeboat-switch.lock', copy], 'status removes nothing');
+
+  // The next holder removes both.
+  const release = await lockTarget(slots, 'prod', 'rollback');
+  await release();
+  seen = await status();
+  assert.equal(seen.target.switchLock, undefined);
+  assert.equal(seen.target.switchLockCopies, undefined);
+});
+
 test('an unreadable lock (damaged, empty) is said to be unreadable, not described as a holder "? on ?, pid 0": unlock removes it, a backup takes it over', async (t) => {
   const d = await smallDeployment();
   t.after(() => fsp.rm(d.work, { recursive: true, force: true }));

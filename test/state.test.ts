@@ -737,20 +737,53 @@ async function twoRegistryPoints(t: { after(fn: () => Promise<unknown>): void },
   return { work, pointA, pointB, version, write, run };
 }
 
-test('a failover whose restore command fails after the SQLite state was put back says so, with where the state before is kept, not only that nothing was switched', async (t) => {
-  const { work, pointA, pointB, version } = await twoRegistryPoints(t, '  features: { command: "echo features", restore: "cat >/dev/null; test ! -e refuse" }\n');
-  assert.equal((await lifeboat(['--quiet', 'failover', pointB], { cwd: work })).code, 0);
+test('a failover or rollback whose restore command fails, or is interrupted, after a SQLite database went back gives the database what it held just before, so the serving state is all of one moment; exit 1 says so', async (t) => {
+  const { work, pointA, pointB, version, write, run } = await twoRegistryPoints(t, '  features: { command: "echo features", restore: "cat >/dev/null; test ! -e refuse && { test ! -e hang || sleep 60; }" }\n');
+  const keptCopies = async () => (await fsp.readdir(path.join(work, 'state'))).filter((f) => f.startsWith('registry.db.lifeboat-replaced-'));
+  // Nothing served yet: there is no state of one to go back to, and a warning, even with --quiet, says what was put back.
+  await fsp.writeFile(path.join(work, 'refuse'), '');
+  const first = await lifeboat(['--quiet', 'failover', pointA], { cwd: work });
+  assert.equal(first.code, 1, first.stderr);
+  const kept = (await keptCopies()).sort().at(-1)!;
+  assert.match(first.stderr, new RegExp(`warning: putting back the state of ${pointA} failed after registry had been put back \\(what registry held is kept as \\S+/${kept.replace(/[.]/g, '\\.')}\\); features not put back\n`));
+  assert.match(first.stderr, /prod still serves nothing, nothing was switched\n/);
+  await fsp.rm(path.join(work, 'refuse'));
+
+  await run('--quiet', 'failover', pointB);
+  write('written since B');
   await fsp.writeFile(path.join(work, 'refuse'), '');
   const r = await lifeboat(['--quiet', 'failover', pointA], { cwd: work });
   assert.equal(r.code, 1, r.stderr);
-  assert.equal(version(), 'A', 'the registry was put back before the restore command failed');
-  const kept = (await fsp.readdir(path.join(work, 'state'))).filter((f) => f.startsWith('registry.db.lifeboat-replaced-')).sort().at(-1)!;
-  assert.match(
-    r.stderr,
-    new RegExp(`warning: putting back the state of ${pointA} failed after registry had been put back \\(what registry held is kept as \\S+/${kept.replace(/[.]/g, '\\.')}\\); features not put back\n`),
-    'told even with --quiet',
-  );
-  assert.match(r.stderr, new RegExp(`lifeboat: failover of prod to ${pointA} failed before the switch: restore command of source features exited with status 1; prod still serves ${pointB}, nothing was switched`));
+  assert.equal(version(), 'written since B', 'what the registry held before the failover went back');
+  assert.doesNotMatch(r.stderr, /warning/);
+  assert.match(r.stderr, new RegExp(`lifeboat: failover of prod to ${pointA} failed before the switch: restore command of source features exited with status 1; prod still serves ${pointB} with its serving state as it was, nothing was switched`));
+  const status = await lifeboat(['status'], { cwd: work });
+  assert.equal(status.code, 0, status.stdout + status.stderr);
+  assert.doesNotMatch(status.stdout, /serving state is that of/);
+
+  // A rollback the same way (its point is A, served before B).
+  await fsp.rm(path.join(work, 'refuse'));
+  await run('failover', pointA);
+  write('written since A');
+  await fsp.writeFile(path.join(work, 'refuse'), '');
+  const back = await lifeboat(['rollback'], { cwd: work });
+  assert.equal(back.code, 1, back.stderr);
+  assert.match(back.stderr, new RegExp(`rollback of prod to ${pointB} failed before the switch: .*; prod still serves ${pointA} with its serving state as it was, nothing was switched`));
+  assert.equal(version(), 'written since A');
+  await fsp.rm(path.join(work, 'refuse'));
+
+  // Ctrl-C while the restore command runs, the registry already replaced.
+  await fsp.writeFile(path.join(work, 'hang'), '');
+  const before = (await keptCopies()).length;
+  const child = spawnLifeboat(['failover', pointB], { cwd: work });
+  let stderr = '';
+  child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+  assert.ok(await waitFor(async () => (await keptCopies()).length > before && version() === 'B' && stderr.includes('with `cat'), 30_000), stderr);
+  child.kill('SIGINT');
+  assert.equal(await exited, 130, stderr);
+  assert.match(stderr, new RegExp(`interrupted before the switch: prod still serves ${pointA}, and its serving state was put back; nothing was switched`));
+  assert.equal(version(), 'written since A');
 });
 
 test('a failover to a point whose models would not load leaves the live serving state as the service last wrote it, whether the slot served holds a point or was made by hand', async (t) => {
@@ -830,6 +863,36 @@ test('a failover switched back after a failed health check, or stopped by a fail
   assert.equal(back.code, 0, back.stderr);
   assert.match(back.stderr, new RegExp(`warning: .*slots/initial holds no point of the repository, so no serving state goes back with it: registry keeps the state ${pointA} put in place`));
   assert.equal(version(), 'A');
+});
+
+test('a switch undone after the copy kept of what a SQLite database held was removed (by hand, to free the disk) puts back the state of the point served, as that point holds it, and says so; from a slot made by hand, it says what is left', async (t) => {
+  // The health check removes the copies kept, as an operator freeing the disk would, then fails.
+  const { work, pointA, pointB, version, write, run } = await twoRegistryPoints(
+    t,
+    '',
+    '{ slots: ./slots, active: ./current, health: { command: "test \\"$LIFEBOAT_POINT\\" != \\"$(cat unhealthy 2>/dev/null)\\" || { rm -f state/registry.db.lifeboat-replaced-*; false; }", timeout: 1s, interval: 100ms } }',
+  );
+  await run('failover', pointA);
+  write('written since A');
+  await fsp.writeFile(path.join(work, 'unhealthy'), pointB);
+  const r = await lifeboat(['failover', pointB], { cwd: work });
+  assert.equal(r.code, 5, r.stderr);
+  assert.match(r.stderr, new RegExp(`warning: the copy of what \\S+registry\\.db held before, \\S+registry\\.db\\.lifeboat-replaced-\\S+, is missing: the serving state of ${pointA} goes back whole as that point holds it, without what was written since it was taken`));
+  assert.doesNotMatch(r.stderr, /could not be put back|NOT put back/);
+  assert.equal(version(), 'A', 'the state of the point served, not that of the point that failed');
+  const status = await lifeboat(['status'], { cwd: work });
+  assert.equal(status.code, 0, status.stdout + status.stderr);
+
+  // Served from a slot made by hand, no point holds its state: what is left is said, with exit 5 for the failed switch.
+  await fsp.mkdir(path.join(work, 'slots', 'initial', 'models'), { recursive: true });
+  await fsp.rm(path.join(work, 'current'));
+  await fsp.symlink(path.join('slots', 'initial'), path.join(work, 'current'));
+  write('served from a slot made by hand');
+  const onHandMade = await lifeboat(['failover', pointB], { cwd: work });
+  assert.equal(onHandMade.code, 5, onHandMade.stderr);
+  assert.match(onHandMade.stderr, /warning: the copy of what \S+registry\.db held before, \S+, is missing, and \S+initial holds no point of the repository to take it from: registry keeps the state of the point put in place/);
+  assert.match(onHandMade.stderr, new RegExp(`failover of prod to ${pointB} failed: .*; switched back to \\S+initial, which is healthy again, but with the serving state of ${pointB}, which could not be undone \\(see the warning above\\)\n`));
+  assert.equal(version(), 'B');
 });
 
 test('a failover killed (kill -9) before its switch leaves the next failover to give each SQLite database what it held before the killed one, not the copy of the point served; with a command source among the state, the point served goes back whole, every source of one moment', async (t) => {

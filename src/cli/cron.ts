@@ -69,10 +69,8 @@ export function addCronOptions(command: Command, options: { lock?: boolean } = {
  * The flags of a reader (restore, verify, drill, failover): how long it waits for a running prune before
  * exiting 4, and when that prune's lock is stale (a prune stopped, or killed on another host).
  */
-export function addReaderLockOptions(command: Command): Command {
-  return command
-    .option('--retry-lock <duration>', 'wait this long for a running prune to finish before exiting 4 (lock.retry; default 30m)')
-    .option('--lock-stale-after <duration>', "take a prune's lock not refreshed for this long as stale and go on (lock.staleAfter; default 30m)");
+export function addReaderLockOptions(command: Command, staleHelp = "take a prune's lock not refreshed for this long as stale and go on (lock.staleAfter; default 30m)"): Command {
+  return command.option('--retry-lock <duration>', 'wait this long for a running prune to finish before exiting 4 (lock.retry; default 30m)').option('--lock-stale-after <duration>', staleHelp);
 }
 
 /** What a reader (restore, verify, drill, failover) tells its registration as a reader: flags > config > READER_WAIT_MS and the holder's lease. */

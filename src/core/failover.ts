@@ -14,12 +14,13 @@ import { restore } from './restore.js';
 import { readerLockOptions, whileReading, type ReaderLockOptions } from './lock.js';
 import { NotEnoughSpace, refusedBeforeWriting, removeLeftCopies, removeOtherStaging, restoreLeftUnfinished } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
-import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, beingSwitched, checkActiveLinkWritable, listSlots, markStateOf, settlePending, stateChangedInPlace, stateLeftBehind, switchNotMade, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type StateChange, type SwitchLock, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
+import { TARGET_STATE_FILE, announceSwitch, announceSwitchBack, leftLockCopies, switchLockHolder, checkActiveLinkWritable, listSlots, markStateOf, settlePending, stateChangedInPlace, stateLeftBehind, switchNotMade, unfinishedSwitchBack, removeLeftLinks, lockTarget, planSlotPrune, readActive, readTargetState, slotPath, slotPoint, switchActive, targetStateDamage, writeTargetState, type StateChange, type SwitchLock, type SwitchRecord, type TargetState, type UnfinishedSwitchBack } from './slots.js';
 import type { TargetSpec } from './targets.js';
 import { removeTree } from '../format/remove-tree.js';
 import { whileLeftUndone } from '../left-undone.js';
 import { quoteName } from '../format/quote.js';
 
+/** `lockStaleAfterMs` judges the target's switch lock as well: one held from another host whose lease was not refreshed for that long is taken over. */
 export interface SwitchOptions extends ReaderLockOptions {
   signal?: AbortSignal;
   reporter?: Reporter;
@@ -71,6 +72,8 @@ export interface SwitchResult {
   previousDetail?: string;
   /** After switching back: no health check is configured, so `previousHealthy` says only whether the activate hook succeeded. */
   previousUnchecked?: boolean;
+  /** After switching back: the serving state it had replaced could not be put back (a warning says why), so the slot switched back to is served with the failed point's. */
+  stateNotPutBack?: true;
   pruned: string[];
 }
 
@@ -144,11 +147,13 @@ async function health(run: Run, slot: string | null, point: string | null): Prom
 
 /**
  * Feeds each command source's captured state to its restore command, and copies SQLite sources back where asked.
- * An interrupt stops it, unless `unstoppable` (it puts back the state of what is served after one).
+ * An interrupt stops it, unless `unstoppable` (it puts back the state of what is served after one). `into`: where
+ * each source is listed as it is put back, for a caller that undoes them when a later one fails (it then says
+ * what it left); without it, a failure part-way is a warning naming what was put back and what not.
  */
-async function applyState(run: Run, manifest: Manifest, slot: string, unstoppable = false): Promise<StateChange[]> {
+async function applyState(run: Run, manifest: Manifest, slot: string, unstoppable = false, into?: StateChange[]): Promise<StateChange[]> {
   if (run.options.applyState === false) return [];
-  const done: StateChange[] = [];
+  const done: StateChange[] = into ?? [];
   const liveOf = (name: string) => manifest.sources.find((s) => s.name === name && s.kind === 'sqlite')?.restore;
   await putStateBack(manifest, slot, {
     cwd: run.spec.cwd,
@@ -160,7 +165,7 @@ async function applyState(run: Run, manifest: Manifest, slot: string, unstoppabl
     emptyCopies: emptyCopies(run),
   }).catch((err: unknown) => {
     // The link has not moved, but the live state has: "nothing was switched" must not hide it, --quiet or not.
-    if (done.length > 0) {
+    if (done.length > 0 && into === undefined) {
       const kept = done.flatMap((d) => (d.keptAs ? [`what ${d.name} held is kept as ${d.keptAs}`] : []));
       const rest = stateToPutBack(manifest).filter((name) => !done.some((d) => d.name === name));
       const put = `${done.map((d) => d.name).join(', ')} had been put back${kept.length ? ` (${kept.join('; ')})` : ''}`;
@@ -182,20 +187,29 @@ async function applyState(run: Run, manifest: Manifest, slot: string, unstoppabl
 async function undoState(run: Run, repo: MaybeRepository, changed: readonly StateChange[], from: string, fromPoint: string | null): Promise<void> {
   const kept = changed.filter((c): c is Required<StateChange> => c.live !== undefined && c.keptAs !== undefined);
   const rest = changed.filter((c) => c.keptAs === undefined).map((c) => c.name);
-  if (rest.length > 0 && fromPoint !== null) {
+  // A copy removed since (by hand, to free the disk): the database holds the other point's state, and only the point served can replace it.
+  const lost: Required<StateChange>[] = [];
+  for (const c of kept) if (await fsp.lstat(c.keptAs).then(() => false, (err: NodeJS.ErrnoException) => err.code === 'ENOENT' || err.code === 'ENOTDIR')) lost.push(c);
+  const missing = lost.map((c) => `the copy of what ${quoteName(c.live)} held before, ${quoteName(c.keptAs)}, is missing`).join('; ');
+  if ((rest.length > 0 || lost.length > 0) && fromPoint !== null) {
+    if (lost.length > 0) note(run, 'state-copy-missing', `${missing}: the serving state of ${fromPoint} goes back whole as that point holds it, without what was written since it was taken`, 'warning');
     const old = await stateManifest(repo, run.spec.name, fromPoint);
     await applyState(run, old, from, true);
     return;
   }
-  for (const c of kept) {
+  const there = kept.filter((c) => !lost.includes(c));
+  for (const c of there) {
     note(run, 'state-restore', `putting back what ${quoteName(c.live)} held before, from ${quoteName(c.keptAs)}`);
     const again = await restoreSqlite(c.name, c.keptAs, c.live);
     if (again.keptAs) note(run, 'state-kept', `the state ${quoteName(c.live)} had before is kept as ${quoteName(again.keptAs)}`);
   }
-  if (rest.length > 0) {
-    const put = kept.length > 0 ? ` (${kept.map((c) => c.name).join(', ')} put back)` : '';
-    throw new Error(`${quoteName(from)} holds no point of the repository, so ${rest.join(', ')} has no copy to go back to${put}`);
+  const put = there.length > 0 ? ` (${there.map((c) => c.name).join(', ')} put back)` : '';
+  if (lost.length > 0) {
+    throw new RuntimeFailure(`${missing}, and ${quoteName(from)} holds no point of the repository to take it from: ${lost.map((c) => c.name).join(', ')} keeps the state of the point put in place${put}`, {
+      hint: `put the copy back where it was and run this again, or fail over to a point: lifeboat failover POINT --to ${run.spec.name}`,
+    });
   }
+  if (rest.length > 0) throw new Error(`${quoteName(from)} holds no point of the repository, so ${rest.join(', ')} has no copy to go back to${put}`);
 }
 
 function emptyCopies(run: Run): EmptyCopies {
@@ -261,7 +275,7 @@ async function transition(
   to: string,
   point: string | null,
   kind: 'failover' | 'rollback',
-): Promise<Pick<SwitchResult, 'ok' | 'health' | 'reason' | 'switchedBack' | 'previousHealthy' | 'previousDetail' | 'previousUnchecked' | 'rtoMs' | 'interrupted' | 'previousMissing'>> {
+): Promise<Pick<SwitchResult, 'ok' | 'health' | 'reason' | 'switchedBack' | 'previousHealthy' | 'previousDetail' | 'previousUnchecked' | 'stateNotPutBack' | 'rtoMs' | 'interrupted' | 'previousMissing'>> {
   const fromPoint = slotPoint(run.spec.slots, from) ?? null;
   // Written down before anything is drained: in the target's record, and in the journal, which a prune on
   // another host reads. Killed once the link moved, before the end is journalled, the point now served is kept.
@@ -342,8 +356,8 @@ async function transition(
   let previousHealthy: boolean | null = null;
   let previousDetail: string | undefined;
   let previousUnchecked: boolean | undefined;
+  let stateBack = true;
   if (from) {
-    let stateBack = true;
     if (undo) {
       // Not stopped by an interrupt, as the activate hook below is not: the slot served again needs its state.
       const again = fromPoint ? `; lifeboat failover ${fromPoint} --to ${run.spec.name} puts it back` : '';
@@ -375,7 +389,7 @@ async function transition(
     const said = previousHealthy ? (back.unchecked ? 'activated again (no health check configured)' : 'healthy again') : back.unchecked ? `not activated again (${reactivated})` : 'NOT healthy either';
     note(run, previousHealthy ? 'previous-healthy' : 'previous-unhealthy', `${quoteName(from)} is ${said}`, previousHealthy ? 'info' : 'warning');
   }
-  return { ok: false, health: h, reason, switchedBack: true, previousHealthy, ...(previousDetail ? { previousDetail } : {}), ...(previousUnchecked ? { previousUnchecked } : {}), rtoMs: null };
+  return { ok: false, health: h, reason, switchedBack: true, previousHealthy, ...(previousDetail ? { previousDetail } : {}), ...(previousUnchecked ? { previousUnchecked } : {}), ...(stateBack ? {} : { stateNotPutBack: true as const }), rtoMs: null };
 }
 
 /**
@@ -461,7 +475,8 @@ function beforeTheSwitch(err: unknown, run: Run, what: string, served: string, a
   // Refused credentials are no refused command line: they come part-way (temporary ones that ran out), and the operator needs to know what is served.
   if ((err instanceof UsageError && !(err instanceof CredentialsRefusedError)) || !(err instanceof Error)) return err;
   // The same error, its class, exit code, hint and damaged volume kept: only what it says grows.
-  err.message = `${what} failed before the switch: ${err.message}; ${run.spec.name} still serves ${served}, nothing was switched`;
+  const state = stateBack === undefined ? '' : stateBack ? ` with its serving state as it was` : `, but its serving state could not be put back as it was (see the warning above)`;
+  err.message = `${what} failed before the switch: ${err.message}; ${run.spec.name} still serves ${served}${state}, nothing was switched`;
   return err;
 }
 
@@ -636,9 +651,12 @@ async function stateInPlace(run: Run, point: string, slot: string, from: string 
   const putting = run.options.applyState !== false;
   const said = putting && from !== slot && run.stateSources?.length !== 0 ? { slot, point, at: new Date().toISOString() } : undefined;
   if (said) await markStateOf(run.spec.slots, said);
-  await put();
-  // What it replaced, for a run killed before the switch is undone: the next one puts back what was there.
-  if (said && run.stateChanged?.length) await markStateOf(run.spec.slots, { ...said, changed: run.stateChanged });
+  try {
+    await put();
+  } finally {
+    // What it replaced (all, or what went back before a source failed), for a run killed before the switch is undone: the next one puts back what was there.
+    if (said && run.stateChanged?.length) await markStateOf(run.spec.slots, { ...said, changed: run.stateChanged });
+  }
   if (putting && from === slot) await markStateOf(run.spec.slots, undefined);
 }
 
@@ -646,9 +664,13 @@ async function stateInPlace(run: Run, point: string, slot: string, from: string 
  * Puts back the serving state of the point in `from`, still served, which a failover or rollback stopped
  * before the switch had replaced with that of `point`; a warning says when it cannot. After an interrupt
  * too, which does not stop it (a second one stops the process at once, which then says what is left to do).
- * Returns whether it was put back.
+ * Returns whether it was put back; undefined when none of it had been replaced (a first source that failed).
  */
-async function servedStateBack(run: Run, repo: MaybeRepository, from: string, point: string | null, interrupted: boolean): Promise<boolean> {
+async function servedStateBack(run: Run, repo: MaybeRepository, from: string, point: string | null, interrupted: boolean): Promise<boolean | undefined> {
+  if (!run.stateChanged?.length) {
+    await markStateOf(run.spec.slots, undefined);
+    return undefined;
+  }
   const fromPoint = slotPoint(run.spec.slots, from);
   const served = fromPoint ?? quoteName(from);
   const left = `the serving state is that of ${point ?? 'the point rolled back to'} while ${run.spec.name} serves ${served}${fromPoint ? `; lifeboat failover ${fromPoint} --to ${run.spec.name} --state puts it back` : ''}`;
@@ -686,12 +708,12 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
 async function failoverRegistered(repo: Repository, manifest: Manifest, spec: TargetSpec, options: SwitchOptions): Promise<SwitchResult> {
   const run: Run = { spec, options, started: Date.now() };
   const slot = slotPath(spec.slots, manifest.id);
-  const unlock = await lockTarget(spec.slots, spec.name, `failover ${manifest.id}`);
+  const unlock = await lockTarget(spec.slots, spec.name, `failover ${manifest.id}`, undefined, options.lockStaleAfterMs);
   run.lock = unlock;
   /** What the target served when the failover started, said when it is interrupted before the switch. */
   let served = 'nothing';
   /** Once the new point's serving state went back: puts back that of the point still served, for a failover stopped before the switch (interrupted or not). */
-  let putServedStateBack: ((interrupted: boolean) => Promise<boolean>) | undefined;
+  let putServedStateBack: ((interrupted: boolean) => Promise<boolean | undefined>) | undefined;
   try {
     await finishSwitchBack(run, repo);
     const from = await readActive(spec.active);
@@ -769,11 +791,13 @@ async function failoverRegistered(repo: Repository, manifest: Manifest, spec: Ta
     run.stateSources = stateToPutBack(manifest);
     // Left in place by a run stopped before its switch away from this slot: what that run replaced goes back, as it would have.
     const leftBehind = from === slot && options.applyState === undefined ? await stateLeftBehind(spec.slots, from) : undefined;
+    // Set first: a restore command that fails (or is interrupted) after a database went back leaves what went back to undo,
+    // listed as it goes back; with nothing served to go back to, a warning names it.
+    if (from && from !== slot && run.options.applyState !== false && run.stateSources.length > 0) putServedStateBack = (interrupted) => servedStateBack(run, repo, from, manifest.id, interrupted);
     await stateInPlace(run, manifest.id, slot, from, async () => {
       if (leftBehind?.changed) await undoState(run, repo, leftBehind.changed, slot, manifest.id);
-      else run.stateChanged = await applyState(run, manifest, slot);
+      else run.stateChanged = await applyState(run, manifest, slot, false, putServedStateBack && (run.stateChanged = []));
     });
-    if (from && from !== slot && run.options.applyState !== false && run.stateSources.length > 0) putServedStateBack = (interrupted) => servedStateBack(run, repo, from, manifest.id, interrupted);
 
     if (from === slot) {
       // Already serving this point: the slot was checked; reload only if it had to be repaired, or if a switch
@@ -836,11 +860,11 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
   let to: string | null = null;
   let served = 'nothing';
   /** See failover. */
-  let putServedStateBack: ((interrupted: boolean) => Promise<boolean>) | undefined;
+  let putServedStateBack: ((interrupted: boolean) => Promise<boolean | undefined>) | undefined;
   // A target never failed over has no slots directory: nothing to roll back to, and nothing to make for it.
   const slots = await fsp.lstat(spec.slots).catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? undefined : null));
   if (slots === undefined) throw noPreviousSlot(spec);
-  const unlock = await lockTarget(spec.slots, spec.name, 'rollback');
+  const unlock = await lockTarget(spec.slots, spec.name, 'rollback', undefined, options.lockStaleAfterMs);
   run.lock = unlock;
   try {
     await finishSwitchBack(run, repo);
@@ -909,8 +933,8 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
       });
       if (manifest) {
         run.stateSources = stateToPutBack(manifest);
-        await stateInPlace(run, point, slot, from, async () => void (run.stateChanged = await applyState(run, manifest, slot)));
         if (from && run.stateSources.length > 0) putServedStateBack = (interrupted) => servedStateBack(run, repo, from, point, interrupted);
+        await stateInPlace(run, point, slot, from, async () => void (run.stateChanged = await applyState(run, manifest, slot, false, putServedStateBack && (run.stateChanged = []))));
       } else run.stateSources = [];
     }
     await settle(run, 'rollback', result, await transition(run, repo, from, to, point, 'rollback'));
@@ -943,6 +967,13 @@ export interface TargetStatus {
   slots: { name: string; point: string | null; active: boolean; previous: boolean }[];
   /** Why the slots directory could not be listed, when it could not. */
   slotsError?: string;
+  /**
+   * The target's switch lock, when there is one: what holds it (null where the lock does not say), and `stale`, whether that
+   * process is gone (or the lock does not read), so that the next failover or rollback takes it over; else one runs now.
+   */
+  switchLock?: { command: string | null; host: string | null; pid: number | null; startedAt: string | null; refreshedAt: string | null; stale: boolean };
+  /** Copies of the switch lock left beside it by processes killed while they rewrote it: harmless, removed by the next failover or rollback. */
+  switchLockCopies?: string[];
   events: JournalEvent[];
 }
 
@@ -994,7 +1025,7 @@ function newestOf(events: readonly JournalEvent[], n: number): JournalEvent[] {
 export async function status(
   repo: MaybeRepository,
   specs: TargetSpec[],
-  options: { now?: Date; events?: number; repositoryEvents?: number; signal?: AbortSignal } = {},
+  options: { now?: Date; events?: number; repositoryEvents?: number; signal?: AbortSignal; /** When a switch lock held from another host is stale (lock.staleAfter). */ lockStaleAfterMs?: number } = {},
 ): Promise<{ result: StatusResult; unreadable?: unknown; noPoints?: UsageError }> {
   const now = (options.now ?? new Date()).getTime();
   let newest: StatusResult['newest'] = null;
@@ -1091,8 +1122,11 @@ export async function status(
       error = `${quoteName(spec.active)} is missing, though the record of switches has ${spec.name} serving ${served ?? quoteName(lastServed)}`;
       hint = `serve it again: lifeboat failover ${served ?? 'POINT'} --to ${spec.name}`;
     }
+    // Who holds the switch lock: while a switch runs, what it has yet to finish is not reported as left undone.
+    const lock = await switchLockHolder(spec.slots, options.lockStaleAfterMs);
+    const running = lock?.stale === false;
+    const lockCopies = await leftLockCopies(spec.slots);
     // A switch stopped while it was switched back: the slot linked again serves with another point's state.
-    const running = await beingSwitched(spec.slots);
     const back = error === undefined && !running ? await unfinishedSwitchBack(spec.slots) : undefined;
     if (back?.state && slotPoint(spec.slots, back.from)) {
       error = `${leftUndone(spec, back)}: the serving state is that of ${slotPoint(spec.slots, back.to) ?? quoteName(back.to)}`;
@@ -1147,6 +1181,8 @@ export async function status(
       rpoMs: await rpoOf(m),
       slots: slots.map((s) => ({ name: s.name, point: s.point ?? null, active: s.path === activePath, previous: s.path === state.previous })),
       ...(slotsError ? { slotsError } : {}),
+      ...(lock ? { switchLock: { command: lock.holder?.command ?? null, host: lock.holder?.host ?? null, pid: lock.holder?.pid ?? null, startedAt: lock.holder?.startedAt ?? null, refreshedAt: lock.holder?.refreshedAt ?? null, stale: lock.stale } } : {}),
+      ...(lockCopies.length > 0 ? { switchLockCopies: lockCopies } : {}),
       events: newestOf(events.filter((e) => e.target === spec.name), wanted),
     });
   }

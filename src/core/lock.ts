@@ -59,6 +59,14 @@ export function refreshInterval(leaseMs: number): number {
 }
 
 /**
+ * How long a lock of lease `leaseMs` may go unrefreshed before it is stale: `staleAfterMs` (lock.staleAfter), or the
+ * lease; never less than two of its holder's refresh intervals, so that a live holder is not judged stale between two.
+ */
+export function staleLimit(leaseMs: number, staleAfterMs?: number): number {
+  return Math.max(staleAfterMs ?? leaseMs, Math.min(leaseMs, 2 * refreshInterval(leaseMs)));
+}
+
+/**
  * Pure staleness rule: the owner is gone from this host, or its lease has not
  * been refreshed for `staleAfterMs` (default: the lease the holder recorded).
  * A threshold shorter than two of the holder's refresh intervals is raised to
@@ -80,7 +88,7 @@ export function lockStaleness(info: LockInfo, now: Date, options: StalenessOptio
     }
   }
   const refreshed = Date.parse(info.refreshedAt);
-  const limit = Math.max(options.staleAfterMs ?? info.leaseMs, Math.min(info.leaseMs, 2 * refreshInterval(info.leaseMs)));
+  const limit = staleLimit(info.leaseMs, options.staleAfterMs);
   if (Number.isFinite(refreshed) && now.getTime() - refreshed > limit) {
     return `its lease was last refreshed at ${info.refreshedAt}, more than ${describeLimit(limit)} ago`;
   }

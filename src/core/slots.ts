@@ -10,7 +10,7 @@ import { readRegularFile, readRegularFileStats, syncPath, writeFileSynced } from
 import { makeDirectories } from '../format/mkdirs.js';
 import { ownerRuns, parseStart } from '../format/process-alive.js';
 import { sleep } from '../sleep.js';
-import { DEFAULT_LEASE_MS, ownProcessStart, refreshInterval } from './lock.js';
+import { DEFAULT_LEASE_MS, ownProcessStart, refreshInterval, staleLimit } from './lock.js';
 import { replaceHolding } from '../storage/local.js';
 import { formatDuration } from '../config/duration.js';
 import { quoteName, shellWord } from '../format/quote.js';
@@ -394,7 +394,7 @@ const SWITCH_LOCK_LIMIT = 64 * 1024;
 /** How often a switch lock is looked at again while it changes hands (released, being written, removed as stale). */
 const LOCK_ATTEMPTS = 50;
 
-interface SwitchLockHolder {
+export interface SwitchLockHolder {
   host?: string;
   pid?: number;
   command?: string;
@@ -412,13 +412,14 @@ interface SwitchLockHolder {
  * A lock left by a process that is gone from this host (its pid no longer
  * runs, or now belongs to a process started after the lock was taken), one
  * from another host (a slots directory on NFS) whose lease has not been
- * refreshed for as long as it says, or one that does not read (damaged, or
+ * refreshed for as long as it says (or `staleAfterMs`, lock.staleAfter), or
+ * one that does not read (damaged, or
  * left empty by a crash), is taken over: replaced by this process's own in
  * one rename, while it still holds what was judged, so that the lock is
  * never missing and a lock another process took meanwhile stays its own.
  * Exit 4 otherwise.
  */
-export async function lockTarget(slots: string, name: string, command: string, leaseMs = DEFAULT_LEASE_MS): Promise<SwitchLock> {
+export async function lockTarget(slots: string, name: string, command: string, leaseMs = DEFAULT_LEASE_MS, staleAfterMs?: number): Promise<SwitchLock> {
   await makeDirectories(slots).catch((err: unknown) => {
     // A path that can never be a directory (a file on the way, a name no file system holds) is the config's
     // to fix, and running again changes nothing: exit 2, as for any other key that cannot work.
@@ -467,11 +468,11 @@ export async function lockTarget(slots: string, name: string, command: string, l
       continue;
     }
     const other = found.holder;
-    if (other && !holderGone(other)) {
-      const leased = typeof other.leaseMs === 'number' && other.host !== os.hostname();
+    if (other && !holderGone(other, staleAfterMs)) {
+      const leased = typeof other.leaseMs === 'number' && other.leaseMs > 0 && other.host !== os.hostname();
       throw new LockedError(`target ${name} is being switched by ${other.command ?? 'another process'} (pid ${other.pid ?? '?'} on ${other.host ?? '?'}, since ${other.startedAt ?? '?'})`, {
         hint: leased
-          ? `wait for it to finish; if that process is gone, its lock is taken over once its lease has not been refreshed for ${formatDuration(other.leaseMs!)} (last at ${other.refreshedAt ?? '?'}), or remove ${quoteName(file)}`
+          ? `wait for it to finish; if that process is gone, its lock is taken over once its lease has not been refreshed for ${formatDuration(staleLimit(other.leaseMs!, staleAfterMs))} (last at ${other.refreshedAt ?? '?'}; --lock-stale-after or lock.staleAfter shortens that), or remove ${quoteName(file)}`
           : `wait for it to finish; if that process is gone, remove ${quoteName(file)}`,
       });
     }
@@ -554,34 +555,46 @@ const LOCK_COPY = /^([1-9][0-9]*)-[0-9a-f]{8}$/;
  * holder; a copy of a process still replacing the lock is left alone.
  */
 async function removeLeftLockCopies(slots: string): Promise<void> {
+  for (const name of await leftLockCopies(slots)) await fsp.rm(path.join(slots, name), { force: true });
+}
+
+/** The names of the copies of the switch lock in `slots` that processes killed while they replaced the lock left (see removeLeftLockCopies). */
+export async function leftLockCopies(slots: string): Promise<string[]> {
+  const left: string[] = [];
   for (const name of await fsp.readdir(slots).catch(() => [] as string[])) {
     const pid = name.startsWith(`${TARGET_LOCK_FILE}.`) ? LOCK_COPY.exec(name.slice(TARGET_LOCK_FILE.length + 1))?.[1] : undefined;
     if (pid === undefined) continue;
-    const copy = path.join(slots, name);
-    const st = await fsp.lstat(copy).catch(() => undefined);
+    const st = await fsp.lstat(path.join(slots, name)).catch(() => undefined);
     if (!st?.isFile() || Date.now() - st.mtimeMs < BEING_WRITTEN_MS || ownerRuns(Number(pid), st.mtimeMs)) continue;
-    await fsp.rm(copy, { force: true });
+    left.push(name);
   }
+  return left.sort();
 }
 
 /**
  * Whether the holder of a switch lock is gone. On this host, its pid tells for certain: it no longer
  * runs, or was given again to another process (its recorded start differs; in a lock without one, it
  * started after the lock was taken); a failover stopped here (Ctrl-Z) keeps its lock. On another host
- * (slots on NFS), once its lease has not been refreshed for as long as it says, as the repository
- * lock's; a lock of an earlier version, which records no lease, is never judged from there.
+ * (slots on NFS), once its lease has not been refreshed for as long as it says, or for `staleAfterMs`
+ * (lock.staleAfter), as the repository lock's; a lock of an earlier version, which records no lease,
+ * is never judged from there.
  */
-function holderGone(holder: SwitchLockHolder): boolean {
+function holderGone(holder: SwitchLockHolder, staleAfterMs?: number): boolean {
   const { host, pid, startedAt, refreshedAt, leaseMs, processStart } = holder;
   if (host === os.hostname()) return typeof pid === 'number' && !ownerRuns(pid, typeof startedAt === 'string' ? Date.parse(startedAt) : undefined, parseStart(processStart));
   const refreshed = typeof refreshedAt === 'string' ? Date.parse(refreshedAt) : Number.NaN;
-  return Number.isFinite(refreshed) && typeof leaseMs === 'number' && leaseMs > 0 && Date.now() - refreshed > leaseMs;
+  return Number.isFinite(refreshed) && typeof leaseMs === 'number' && leaseMs > 0 && Date.now() - refreshed > staleLimit(leaseMs, staleAfterMs);
 }
 
-/** Whether a failover or rollback of the target in `slots` runs now (its switch lock is held by a process that is not gone). */
-export async function beingSwitched(slots: string): Promise<boolean> {
+/**
+ * What holds the switch lock of the target in `slots`: its holder (absent when the lock does not read, or is being written),
+ * and whether that is gone; undefined when there is no lock. A failover or rollback runs now when it is not `stale`.
+ */
+export async function switchLockHolder(slots: string, staleAfterMs?: number): Promise<{ holder?: SwitchLockHolder; stale: boolean } | undefined> {
   const found = await readSwitchLock(path.join(slots, TARGET_LOCK_FILE)).catch(() => 'gone' as const);
-  return found === 'being-written' || (found !== 'gone' && found.holder !== undefined && !holderGone(found.holder));
+  if (found === 'gone') return undefined;
+  if (found === 'being-written') return { stale: false };
+  return { ...(found.holder ? { holder: found.holder } : {}), stale: found.holder === undefined || holderGone(found.holder, staleAfterMs) };
 }
 
 /** The switch lock as it is now: its holder (none when it does not read), or why there is none to judge. */

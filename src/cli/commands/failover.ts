@@ -2,8 +2,8 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { HealthError, InterruptedError, UsageError } from '../../errors.js';
 import { deploymentOf } from '../../format/manifest.js';
-import { loadConfig } from '../../config/config.js';
-import { addReaderLockOptions, readerLockMs, type LockFlags } from '../cron.js';
+import { loadConfig, type LifeboatConfig } from '../../config/config.js';
+import { addReaderLockOptions, lockStaleAfterMs, readerLockMs, type LockFlags } from '../cron.js';
 import { InterruptedAfterSwitch, failover, rollback, type SwitchResult } from '../../core/failover.js';
 import { chooseTarget, type TargetSpec } from '../../core/targets.js';
 import { readActive, slotPoint } from '../../core/slots.js';
@@ -22,13 +22,15 @@ interface FailoverFlags extends LockFlags {
   allowEmptyState?: boolean;
 }
 
+export const SWITCH_LOCK_STALE_HELP = "take over the target's switch lock left by a failover or rollback on another host when its lease was not refreshed for this long (lock.staleAfter; default 30m)";
+
 export const ALLOW_EMPTY_STATE_HELP = 'put back a SQLite copy the backup found empty (warning sqlite-empty) over a live database that holds something; refused otherwise';
 
-/** The named target from the config, paths taken from the config file's directory. */
-export async function resolveTarget(ctx: CliContext, name: string | undefined): Promise<TargetSpec> {
+/** The named target from the config, paths taken from the config file's directory; and the config. */
+export async function resolveTarget(ctx: CliContext, name: string | undefined): Promise<{ spec: TargetSpec; config: LifeboatConfig }> {
   const chosen = nonEmpty('--to', name, 'the name of a target from lifeboat.yaml');
   const { config, file } = await loadConfig({ explicit: ctx.global.config, cwd: ctx.cwd, env: ctx.env });
-  return chooseTarget(config, chosen, file ? path.dirname(file) : ctx.cwd, ctx.env);
+  return { spec: chooseTarget(config, chosen, file ? path.dirname(file) : ctx.cwd, ctx.env), config };
 }
 
 export function switchJson(r: SwitchResult) {
@@ -72,7 +74,7 @@ export function reportSwitch(ctx: CliContext, verb: 'failover' | 'rollback', r: 
               : r.previousHealthy
                 ? 'healthy again'
                 : 'NOT healthy either'
-          }`
+          }${r.stateNotPutBack ? `, but with the serving state of ${r.point ?? quoteName(r.slot)}, which could not be undone (see the warning above)` : ''}`
         : '; the link was removed again (there was none before)'
       : `; ${r.target} still serves ${r.from.point ?? (r.from.path === null ? 'nothing' : quoteName(r.from.path))}, the active link was not changed`;
   throw new HealthError(`${verb} of ${r.target} to ${r.point ?? quoteName(r.slot)} failed: ${r.reason}${back}`, {
@@ -81,7 +83,7 @@ export function reportSwitch(ctx: CliContext, verb: 'failover' | 'rollback', r: 
 }
 
 export async function runFailover(ctx: CliContext, selector: string | undefined, flags: FailoverFlags): Promise<void> {
-  const spec = await resolveTarget(ctx, flags.to);
+  const { spec } = await resolveTarget(ctx, flags.to);
   const { repo, config, close } = await openRepository(ctx);
   const renderer = new ProgressRenderer(ctx, `failover to ${spec.name}`);
   try {
@@ -124,7 +126,9 @@ async function servedDeployment(repo: Repository, spec: TargetSpec): Promise<str
 }
 
 export async function runRollback(ctx: CliContext, flags: FailoverFlags): Promise<void> {
-  const spec = await resolveTarget(ctx, flags.to);
+  const { spec, config } = await resolveTarget(ctx, flags.to);
+  // Checked before anything is opened: a mistyped duration is a refused command line.
+  const staleAfter = lockStaleAfterMs(flags, config);
   // The slot to go back to is on this host: a backup disk not mounted, or a bucket out of reach, only
   // keeps the rollback from putting back state (it then stops, and says --no-state does without).
   const opened = await openRepository(ctx).catch((err: unknown) => {
@@ -133,7 +137,7 @@ export async function runRollback(ctx: CliContext, flags: FailoverFlags): Promis
   });
   const renderer = new ProgressRenderer(ctx, `rollback of ${spec.name}`);
   try {
-    const result = await rollback('repo' in opened ? opened.repo : opened, spec, { signal: ctx.signal, reporter: renderer, onOutput: (line) => log(ctx, line), applyState: flags.state, allowEmptyState: flags.allowEmptyState === true }).catch((err: unknown) => {
+    const result = await rollback('repo' in opened ? opened.repo : opened, spec, { signal: ctx.signal, reporter: renderer, onOutput: (line) => log(ctx, line), applyState: flags.state, allowEmptyState: flags.allowEmptyState === true, lockStaleAfterMs: staleAfter }).catch((err: unknown) => {
       keepSwitched(ctx, err);
       throw err;
     });
@@ -155,6 +159,7 @@ export function registerFailover(program: Command, run: CommandRunner): Command 
       .option('--state', 'put the serving state back even when the target already serves the point (it went back when the point was switched to)')
       .option('--no-state', 'leave serving state alone: no restore commands of command sources, no SQLite database copied back (the default when the target already serves the point)')
       .option('--allow-empty-state', ALLOW_EMPTY_STATE_HELP),
+    "take a prune's lock, or the target's switch lock left by a failover or rollback on another host, not refreshed for this long as stale and go on (lock.staleAfter; default 30m)",
   )
     .addHelpText(
       'after',

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import type { CommandRunner } from '../main.js';
-import { ALLOW_EMPTY_STATE_HELP, runRollback } from './failover.js';
+import { ALLOW_EMPTY_STATE_HELP, SWITCH_LOCK_STALE_HELP, runRollback } from './failover.js';
 
 export function registerRollback(program: Command, run: CommandRunner): Command {
   return program
@@ -10,6 +10,7 @@ export function registerRollback(program: Command, run: CommandRunner): Command 
     .option('--state', 'put the serving state back even when the switch rolled back left it alone (--no-state)')
     .option('--no-state', 'leave serving state alone: no restore commands of command sources, no SQLite database copied back (the default when the switch rolled back was made with --no-state)')
     .option('--allow-empty-state', ALLOW_EMPTY_STATE_HELP)
+    .option('--lock-stale-after <duration>', SWITCH_LOCK_STALE_HELP)
     .addHelpText('after', '\nExample:\n  lifeboat rollback --to prod')
-    .action(run((ctx, flags: { to?: string; state?: boolean; allowEmptyState?: boolean }) => runRollback(ctx, flags)));
+    .action(run((ctx, flags: { to?: string; state?: boolean; allowEmptyState?: boolean; lockStaleAfter?: string }) => runRollback(ctx, flags)));
 }

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { HealthError, InterruptedError, LifeboatError, RuntimeFailure, errorMessage } from '../../errors.js';
 import { loadConfig } from '../../config/config.js';
+import { lockStaleAfterMs } from '../cron.js';
 import { status, type TargetStatus } from '../../core/failover.js';
 import type { JournalEvent } from '../../core/journal.js';
 import { chooseTarget } from '../../core/targets.js';
@@ -71,6 +72,12 @@ function describeTarget(ctx: CliContext, t: TargetStatus): string[] {
   if (t.record.damaged) lines.push(`  record of switches ${quoteName(t.record.path)} is damaged (${t.record.damaged}): a rollback does not know where to go`);
   if (t.slotsError) lines.push(`  slots: ${escapeUnprintable(t.slotsError)}`);
   if (t.slots.length) lines.push(`  slots: ${t.slots.map((s) => `${quoteName(s.name)}${s.active ? ' (active)' : s.previous ? ' (previous)' : ''}`).join(', ')}`);
+  if (t.switchLock) {
+    const l = t.switchLock;
+    const by = l.command === null && l.pid === null ? (l.stale ? 'a failover or rollback, in a lock that does not read (damaged, or left empty)' : 'a failover or rollback writing its lock') : `${l.command ?? 'a process'} (pid ${l.pid ?? '?'} on ${l.host ?? '?'}, since ${l.startedAt ?? '?'})`;
+    lines.push(l.stale ? `  switch lock left by ${by}, which is gone: the next failover or rollback takes it over` : `  being switched by ${by}`);
+  }
+  if (t.switchLockCopies) lines.push(`  left beside the switch lock by a failover or rollback killed while it rewrote it: ${t.switchLockCopies.map(quoteName).join(', ')} (harmless; the next failover or rollback removes ${t.switchLockCopies.length === 1 ? 'it' : 'them'})`);
   for (const e of t.events) lines.push(`  ${describeEvent(e)}`);
   return lines;
 }
@@ -177,7 +184,7 @@ export async function runStatus(ctx: CliContext, flags: StatusFlags): Promise<vo
     return { unreadable: err };
   });
   try {
-    const { result, unreadable, noPoints } = await status('repo' in opened ? opened.repo : opened, specs, { events, repositoryEvents, signal: ctx.signal });
+    const { result, unreadable, noPoints } = await status('repo' in opened ? opened.repo : opened, specs, { events, repositoryEvents, signal: ctx.signal, lockStaleAfterMs: lockStaleAfterMs({}, config) });
     const deployment = 'repo' in opened ? opened.repo.deployment : undefined;
     const inPlace = await inPlaceStatus(config);
     printResult(ctx, inPlace.length > 0 ? { ...result, inPlace } : result, () => {
