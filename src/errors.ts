@@ -49,6 +49,9 @@ export class UsageError extends LifeboatError {
  */
 export class CredentialsRefusedError extends UsageError {}
 
+/** A repository whose S3 bucket does not exist: a set-up mistake to most commands, backups that cannot be reached to `status`. */
+export class NoBucketError extends UsageError {}
+
 /**
  * A request the storage refused for want of permission (S3's 403 AccessDenied): exit 2, as a
  * configuration error, since running again changes nothing until the policy or the credentials

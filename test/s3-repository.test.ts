@@ -195,6 +195,21 @@ describe('an S3 repository through the CLI', () => {
     }
   });
 
+  it('status as a probe: a bucket gone is backups that cannot be reached (exit 1), as a repository missing is, with no advice to make a new one', async () => {
+    const s3 = ['--repo', `s3://${bucket}-gone/repo`, '--s3-endpoint', server.endpoint, '--s3-path-style'];
+    const text = await lifeboat([...s3, 'status'], { env: server.env });
+    assert.equal(text.code, 1, text.stderr);
+    assert.match(text.stdout, /^repository not read: the repository's bucket does not exist \(.*NoSuchBucket.*\)$/m);
+    assert.match(text.stderr, /the repository could not be read, so the age of the newest backup is not known: the repository's bucket does not exist .*\n {2}check the bucket name in the repository URL and the endpoint, and that the bucket is still there\n$/);
+    assert.doesNotMatch(text.stderr, /init|aws s3 mb/);
+    const json = await lifeboat([...s3, 'status', '--json'], { env: server.env });
+    assert.equal(json.code, 1, json.stderr);
+    const document = json.json() as { ok: boolean; repository: { ok: boolean }; error: { exitCode: number } };
+    assert.equal(document.ok, false);
+    assert.equal(document.repository.ok, false);
+    assert.equal(document.error.exitCode, 1);
+  });
+
   it('credentials the server refuses are a set-up error (exit 2) that names them, for init and for a repository that exists', async (t) => {
     if (!server.capabilities.checksCredentials) return t.skip(`the ${server.kind} test server accepts any credentials`);
     const repo = `s3://${bucket}/credentials`;

@@ -32,6 +32,8 @@ interface Relay {
   silence(): void;
   /** Connections taken so far. */
   connections(): number;
+  /** HTTP requests sent to it so far, passed on or not. */
+  requests(): number;
   silenced(): boolean;
   stop(): Promise<void>;
 }
@@ -46,6 +48,7 @@ async function startRelay(upstream?: string, silenceWhen: (sent: string) => bool
   let silent = target === undefined;
   let silencedOne = false;
   let connections = 0;
+  let requests = 0;
   const sockets = new Set<net.Socket>();
   const keep = (socket: net.Socket) => {
     sockets.add(socket);
@@ -59,6 +62,7 @@ async function startRelay(upstream?: string, silenceWhen: (sent: string) => bool
     if (server) keep(server);
     let connectionSilent = false;
     client.on('data', (chunk: Buffer) => {
+      requests += chunk.toString('latin1').match(/(?:^|\r\n)(?:GET|PUT|POST|DELETE|HEAD) \/\S* HTTP\/1\.1\r\n/g)?.length ?? 0;
       if (!silent && !connectionSilent && silenceWhen(chunk.toString('latin1'))) {
         silencedOne = true;
         if (scope === 'all') silent = true;
@@ -77,6 +81,7 @@ async function startRelay(upstream?: string, silenceWhen: (sent: string) => bool
     endpoint: `http://127.0.0.1:${port}`,
     silence: () => (silent = true),
     connections: () => connections,
+    requests: () => requests,
     silenced: () => silent || silencedOne,
     stop: async () => {
       for (const socket of sockets) socket.destroy();
@@ -347,6 +352,47 @@ describe('a real S3 server that stops answering in the middle of a backup', () =
     assert.doesNotMatch(next.stderr, /waiting|lock/);
     assert.equal((await lifeboat(['--config', 'direct.yaml', 'verify'], { cwd: dir, env: server.env })).code, 0);
   });
+
+  // The clean-up's requests (a batch delete of the volumes or of a reader's registration, the journal) had each
+  // waited for an answer on their own: a minute for a delete (s3.idleTimeout), request after request.
+  for (const command of ['backup', 'restore'] as const) {
+    it(`Ctrl-C stops a ${command} whose server went silent altogether after one s3.timeout of clean-up, not a wait per request`, BOUNDED, async (t) => {
+      const src = path.join(dir, `${command}-models`);
+      await fsp.mkdir(src);
+      const rand = prng(13);
+      for (let i = 0; i < 3; i++) await writeRandomFile(path.join(src, `shard-${i}.bin`), 256 * 1024, rand);
+      const prefix = `gone-${command}`;
+      await fsp.writeFile(path.join(dir, `${prefix}-direct.yaml`), `repository: s3://${bucket}/${prefix}\ns3:\n  endpoint: ${server.endpoint}\n`);
+      const direct = (...args: string[]) => lifeboat(['--config', `${prefix}-direct.yaml`, ...args], { cwd: dir, env: server.env });
+      assert.equal((await direct('init')).code, 0);
+      if (command === 'restore') assert.equal((await direct('backup', src, '--type', 'full')).code, 0);
+      // From the first request for a volume on, nothing passes on any connection: the server is gone.
+      const volumes = `${command === 'backup' ? 'PUT' : 'GET'} /${bucket}/${prefix}/data/`;
+      const relay = await startRelay(server.endpoint, (sent) => sent.startsWith(volumes), 'all');
+      t.after(() => relay.stop());
+      await fsp.writeFile(path.join(dir, `${prefix}-relayed.yaml`), `repository: s3://${bucket}/${prefix}\ns3:\n  endpoint: ${relay.endpoint}\n  timeout: 2s\n  idleTimeout: 45s\n`);
+      const args = command === 'backup' ? ['backup', src, '--type', 'full'] : ['restore', 'latest', '--target', `${prefix}-restored`];
+      let sentBefore = 0;
+      const ready = () => {
+        sentBefore = relay.requests();
+        return relay.silenced();
+      };
+      const { interruptedAt, ...r } = await interruptedRun(['--config', `${prefix}-relayed.yaml`, ...args], { cwd: dir, env: server.env }, ready);
+      const stoppedAfter = Date.now() - interruptedAt;
+      t.diagnostic(`interrupted ${command}: exit ${r.code}, ${stoppedAfter} ms after SIGINT: ${r.stderr.split('\n').join(' | ')}`);
+      assert.ok(interruptedAt > 0, 'the server went silent');
+      assert.equal(r.code, 130, r.stderr);
+      // One s3.timeout (2 s) for the first clean-up request, and no other sent after it; without the bound, 45 s for each delete.
+      assert.equal(relay.requests() - sentBefore, 1, 'requests sent after the interruption');
+      assert.ok(stoppedAfter < 20_000, `stopped ${stoppedAfter} ms after SIGINT`);
+      assert.doesNotMatch(r.stderr, /trying again|unexpected error/);
+      assert.match(r.stderr, /lifeboat: interrupted$/);
+      // What the clean-up could not remove, the next run on this host does.
+      const again = command === 'backup' ? await direct('backup', src, '--type', 'full') : await direct('restore', 'latest', '--target', `${prefix}-restored`);
+      assert.equal(again.code, 0, again.stderr);
+      assert.equal((await direct('verify')).code, 0);
+    });
+  }
 });
 
 /**

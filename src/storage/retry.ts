@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import { CredentialsRefusedError, InterruptedError, LifeboatError, PermissionRefusedError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
+import { CredentialsRefusedError, InterruptedError, LifeboatError, NoBucketError, PermissionRefusedError, RuntimeFailure, UsageError, errorMessage } from '../errors.js';
 import { isAccessDenied, type GetDocumentOptions, type GetOptions, type IncompleteWrite, type ObjectInfo, type ObjectReader, type ObjectWriter, type PutDocumentOptions, type PutOptions, type Storage, type StorageCapabilities } from './storage.js';
 import { sleep } from '../sleep.js';
 import type { Reporter } from '../core/events.js';
@@ -340,7 +340,7 @@ export function asFailure(operation: string, key: string, err: unknown, attempts
   if (err instanceof Error && err.name === 'AbortError') return err;
   // A wrong bucket name, or a bucket not made yet (init does not create buckets): a set-up mistake too.
   if ((err as { name?: string })?.name === 'NoSuchBucket') {
-    return new UsageError(`the repository's bucket does not exist (${operation} ${key}: ${describeError(err)})`, {
+    return new NoBucketError(`the repository's bucket does not exist (${operation} ${key}: ${describeError(err)})`, {
       cause: err,
       hint: 'check the bucket name in the repository URL and the endpoint; lifeboat does not create buckets (aws s3 mb s3://BUCKET)',
     });

@@ -864,6 +864,8 @@ class AnswerTimedHandler extends NodeHttpHandler {
   private readonly underway = new Set<AbortController>();
   /** Bodies of answers not yet read to their end, each stopped if the command is interrupted. */
   private readonly arriving = new Set<Readable>();
+  /** The error of a clean-up request that got no answer after the interruption: the rest are not sent to that server. */
+  private silentAfterInterrupt: Error | undefined;
 
   constructor(
     options: ConstructorParameters<typeof NodeHttpHandler>[0],
@@ -882,15 +884,19 @@ class AnswerTimedHandler extends NodeHttpHandler {
   }
 
   override async handle(request: HandlerArguments[0], options: HandlerArguments[1] = {}): ReturnType<NodeHttpHandler['handle']> {
+    // Ctrl-C stops what is under way at once; a request made after it (a clean-up) is left to run, for as long as
+    // s3.timeout allows whatever it asks (a batch delete too): after a first one that got no answer, the server is
+    // taken for gone, and the rest of the clean-up is left to the next backup rather than waited out request by request.
+    const cleanUp = this.interrupt?.aborted === true;
+    if (cleanUp && this.silentAfterInterrupt) throw this.silentAfterInterrupt;
     const outer = options.abortSignal as AbortSignal | undefined;
     const controller = new AbortController();
     const passOn = () => controller.abort(outer?.reason);
     if (outer?.aborted) passOn();
     outer?.addEventListener('abort', passOn, { once: true });
-    // Ctrl-C stops what is under way at once; a request made after it (a clean-up) is left to run.
-    if (this.interrupt && !this.interrupt.aborted) this.underway.add(controller);
+    if (this.interrupt && !cleanUp) this.underway.add(controller);
     let timedOut = false;
-    const timer = answersAtOnce(request)
+    const timer = answersAtOnce(request, cleanUp)
       ? setTimeout(() => {
           timedOut = true;
           controller.abort();
@@ -900,7 +906,11 @@ class AnswerTimedHandler extends NodeHttpHandler {
     try {
       answer = await super.handle(request, { ...options, abortSignal: controller.signal });
     } catch (err) {
-      if (timedOut) throw noAnswer(serverOf(request), this.answerTimeoutMs, err);
+      if (timedOut) {
+        const silent = noAnswer(serverOf(request), this.answerTimeoutMs, err);
+        if (cleanUp) this.silentAfterInterrupt = silent;
+        throw silent;
+      }
       if (controller.signal.aborted && this.interrupt?.aborted) throw new InterruptedError();
       throw schemeMismatch(serverOf(request), err) ?? noConnection(serverOf(request), err) ?? noTraffic(serverOf(request), err) ?? err;
     } finally {
@@ -924,10 +934,13 @@ class AnswerTimedHandler extends NodeHttpHandler {
   }
 }
 
-/** Whether the server is expected to begin its answer as soon as the request has arrived. */
-function answersAtOnce(request: HandlerArguments[0]): boolean {
+/**
+ * Whether the server is expected to begin its answer as soon as the request has arrived. A clean-up
+ * after an interruption is held to it for a batch delete too, which may otherwise take its time.
+ */
+function answersAtOnce(request: HandlerArguments[0], cleanUp: boolean): boolean {
   const query = request.query ?? {};
-  if (request.method === 'POST' && ('uploadId' in query || 'delete' in query)) return false;
+  if (!cleanUp && request.method === 'POST' && ('uploadId' in query || 'delete' in query)) return false;
   const length = Object.entries(request.headers).find(([name]) => name.toLowerCase() === 'content-length')?.[1];
   return length === undefined || Number(length) <= SMALL_BODY_BYTES;
 }

@@ -1,7 +1,7 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { HealthError, InterruptedError, LifeboatError, RuntimeFailure, errorMessage } from '../../errors.js';
+import { HealthError, InterruptedError, LifeboatError, NoBucketError, RuntimeFailure, errorMessage } from '../../errors.js';
 import { loadConfig } from '../../config/config.js';
 import { lockStaleAfterMs } from '../cron.js';
 import { status, type TargetStatus } from '../../core/failover.js';
@@ -84,17 +84,22 @@ function describeTarget(ctx: CliContext, t: TargetStatus): string[] {
 
 /**
  * Why the repository could not be read, as status ends on it. A repository missing where the
- * config names it is exit 1 here, not the usage error of other commands: to a probe it is backups
+ * config names it, or its bucket, is exit 1 here, not the usage error of other commands: to a probe it is backups
  * that cannot be reached (a disk not mounted, a bucket gone), like an unreachable storage, and the
  * advice to make a new one with init would be wrong. Other reasons keep their own code.
  */
 function unreadableRepository(err: unknown, broken: RuntimeFailure | undefined): LifeboatError {
   const why = errorMessage(err);
   const message = `the repository could not be read, so the age of the newest backup is not known: ${why}${broken ? `; ${broken.message}` : ''}`;
-  if (err instanceof NoRepository || !(err instanceof LifeboatError)) {
+  if (err instanceof NoRepository || err instanceof NoBucketError || !(err instanceof LifeboatError)) {
     return new RuntimeFailure(message, {
       cause: err,
-      hint: err instanceof NoRepository ? 'check that its disk is mounted or its bucket is there, and that --repo, LIFEBOAT_REPO or repository: names it' : undefined,
+      hint:
+        err instanceof NoRepository
+          ? 'check that its disk is mounted or its bucket is there, and that --repo, LIFEBOAT_REPO or repository: names it'
+          : err instanceof NoBucketError
+            ? 'check the bucket name in the repository URL and the endpoint, and that the bucket is still there'
+            : undefined,
     });
   }
   return new LifeboatError(message, err.exitCode, { cause: err, hint: err.hint });
