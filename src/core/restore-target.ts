@@ -607,8 +607,11 @@ export function refusedBeforeWriting(err: unknown): boolean {
 export function asRestoreFailure(err: unknown, staging: string, target: string): unknown {
   if (err instanceof LifeboatError || (err instanceof Error && err.name === 'AbortError') || (err as NodeJS.ErrnoException).code === undefined) return err;
   const at = (err as NodeJS.ErrnoException).path;
-  let message = errorMessage(err).replaceAll(staging, target);
-  if (at) message = message.replaceAll(at.replaceAll(staging, target), shortenedPath(at.replaceAll(staging, target)));
+  // Paths in the staging directory are said as where they go; what the target held, set aside beside it (`<staging>-replaced`), by its own name.
+  const staged = new RegExp(`${staging.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}(?!-replaced)`, 'g');
+  const inTarget = (text: string) => text.replace(staged, () => target);
+  let message = inTarget(errorMessage(err));
+  if (at) message = message.replaceAll(inTarget(at), shortenedPath(inTarget(at)));
   const hint =
     (err as NodeJS.ErrnoException).code === 'ENAMETOOLONG'
       ? `a path of the point is longer under ${quoteName(target)} than the system allows (4,096 bytes in all); restore into a target with a shorter path, or leave that part out with --include`
