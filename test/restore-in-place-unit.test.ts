@@ -732,8 +732,8 @@ test('restore --in-place --delta killed (SIGKILL) while it changes random trees:
   t.diagnostic(`records the kills left: ${tally.join(' ')}`);
 });
 
-/** Runs restore `point` --in-place --delta with `dir` made immutable: it fails (exit 1) with every directory as `before`; returns what it said. */
-async function deltaFailingOn(host: Host, point: string, dir: string, before: Partial<Trees>, seed: number): Promise<string> {
+/** Runs restore `point` --in-place --delta with `dir` made immutable: it fails (exit 1) with every directory as it was (`changed` says none differs); returns what it said. */
+async function deltaFailingOn(host: Host, point: string, dir: string, changed: () => Promise<string | undefined>, seed: number): Promise<string> {
   const mutable = immutable(dir);
   let r: CliRun;
   try {
@@ -742,7 +742,7 @@ async function deltaFailingOn(host: Host, point: string, dir: string, before: Pa
     mutable();
   }
   assert.equal(r.code, 1, `seed ${seed}: ${r.stderr}`);
-  assert.equal(await differences(host, before), undefined, `seed ${seed}`);
+  assert.equal(await changed(), undefined, `seed ${seed}`);
   return r.stderr;
 }
 
@@ -750,7 +750,8 @@ test('restore --in-place --delta put back after a later move failed keeps the fi
   const { seed, host, point } = await backedUp(t);
   const atPoint = await snapshots(host);
   await editAll(host);
-  await deltaFailingOn(host, point, path.join(host.dirs.serving, 'llama'), await snapshots(host), seed);
+  const before = await snapshots(host);
+  await deltaFailingOn(host, point, path.join(host.dirs.serving, 'llama'), () => differences(host, before), seed);
   const again = await inChild(host, 'restore', point, '--in-place', '--delta');
   assert.equal(again.code, 0, again.stderr);
   // models and tokenizers were rewritten (shard-1.bin, tokenizer.json) and put back: their files are not fetched again.
@@ -774,7 +775,8 @@ test('restore --in-place --delta sets what the point lacks on a file system moun
     await fsp.mkdir(path.join(mounted, 'stray'));
     await fsp.writeFile(path.join(mounted, 'stray', 'notes.txt'), 'left by hand');
     await fsp.writeFile(path.join(host.dirs.serving, 'llama', 'config.pbtxt'), 'name: "broken"\n');
-    const stderr = await deltaFailingOn(host, point, path.join(host.dirs.serving, 'llama'), await snapshots(host), seed);
+    const before = await snapshots(host);
+    const stderr = await deltaFailingOn(host, point, path.join(host.dirs.serving, 'llama'), () => differences(host, before), seed);
     assert.doesNotMatch(stderr, /not put back/);
     assert.match(stderr, /every directory was left as it was/);
     assert.deepEqual((await fsp.readdir(mounted)).sort(), ['shard-0.bin', 'shard-1.bin', 'shard-2.bin', 'shard-3.bin', 'stray'], 'nothing is left set aside on the mounted file system');
@@ -784,5 +786,31 @@ test('restore --in-place --delta sets what the point lacks on a file system moun
     assert.deepEqual((await fsp.readdir(mounted)).sort(), ['shard-0.bin', 'shard-1.bin', 'shard-2.bin', 'shard-3.bin']);
   } finally {
     spawnSync('umount', ['-l', mounted]);
+  }
+});
+
+test('restore --in-place --delta into a mount point sets what it replaces aside inside it, and puts it back when a later move fails', { skip: !mayMount ? 'mount -t tmpfs is not permitted here (not root)' : !chattrWorks ? NO_CHATTR : false }, async (t) => {
+  const { seed, host, point } = await backedUp(t);
+  const atPoint = await snapshots(host);
+  const kept = await tempDir('lifeboat-tokenizers-');
+  t.after(() => fsp.rm(kept, { recursive: true, force: true }));
+  await fsp.cp(host.dirs.tokenizers, kept, { recursive: true, preserveTimestamps: true });
+  assert.ok(mountTmpfs(host.dirs.tokenizers));
+  try {
+    await fsp.cp(kept, host.dirs.tokenizers, { recursive: true, preserveTimestamps: true });
+    await fsp.writeFile(path.join(host.dirs.tokenizers, 'llama', 'tokenizer.json'), '{}');
+    await fsp.writeFile(path.join(host.dirs.tokenizers, 'stray.txt'), 'left by hand');
+    await fsp.writeFile(path.join(host.dirs.serving, 'llama', 'config.pbtxt'), 'name: "broken"\n');
+    // What it staged is kept inside the mount point for the next run.
+    const before = { ...(await snapshots(host)), tokenizers: await withoutStaging(host.dirs.tokenizers) };
+    const changed = async () =>
+      compareSnapshots(before.models, await snapshotTree(host.dirs.models)) ?? compareSnapshots(before.tokenizers, await withoutStaging(host.dirs.tokenizers)) ?? compareSnapshots(before.serving, await snapshotTree(host.dirs.serving));
+    const stderr = await deltaFailingOn(host, point, path.join(host.dirs.serving, 'llama'), changed, seed);
+    assert.match(stderr, /every directory was left as it was/);
+    const again = await inChild(host, 'restore', point, '--in-place', '--delta');
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(await differences(host, atPoint), undefined, `seed ${seed}`);
+  } finally {
+    spawnSync('umount', ['-l', host.dirs.tokenizers]);
   }
 });

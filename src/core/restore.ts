@@ -1322,7 +1322,8 @@ async function extrasInTarget(plan: RestorePlan, target: string, layout: DeltaLa
     return { extras: await refuseMountedExtras(target, inTheWay), kept: 0 };
   }
   const wanted = new Map(plan.entries.map((e) => [path.join(e.source, ...e.path.split('/')), e]));
-  const keep = new Set([...(layout.staging ? [layout.staging] : []), ...(layout.mountPoint ? [path.join(target, LOST_AND_FOUND)] : []), ...layout.keep]);
+  // At a mount point, the staging directory and where a --delta sets aside what it replaces are inside the target.
+  const keep = new Set([...(layout.staging ? [layout.staging, mountPointAside(layout.staging)] : []), ...(layout.mountPoint ? [path.join(target, LOST_AND_FOUND)] : []), ...layout.keep]);
   const found = { extras: notDirectories, kept: 0 };
   for (const s of plan.sources) {
     const root = sourceDir(plan, target, s.name);
