@@ -89,3 +89,29 @@ test('a model store with read-only directories restores, replaces, delta-restore
   for (const point of points) await run('failover', point);
   assert.deepEqual((await fsp.readdir(path.join(work, 'slots'))).filter((n) => !n.startsWith('.')).sort(), points.slice(2).sort());
 });
+
+test('restore --in-place --delta as a non-root owner rewrites a file of another user it may read but not hard-link (protected_hardlinks), setting it aside by renaming it', { skip: asRoot ? false : 'needs root, to leave a file of another user in the tree' }, async (t) => {
+  const work = await tempDir();
+  t.after(() => removeTree(work));
+  await fsp.chmod(work, 0o755);
+  const models = path.join(work, 'models');
+  await fsp.mkdir(models);
+  await fsp.writeFile(path.join(models, 'config.json'), '{"layers": 2}\n');
+  await fsp.writeFile(path.join(models, 'other.json'), '{}\n');
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  models: ./models\n  other: ./other\n');
+  await fsp.mkdir(path.join(work, 'other'));
+  await fsp.writeFile(path.join(work, 'other', 'notes.txt'), 'notes\n');
+  await giveAway(work);
+  const run = (...args: string[]): Promise<CliRun> => runChild(args, { cwd: work, user });
+  assert.equal((await run('init')).code, 0);
+  const backup = await run('--json', 'backup');
+  assert.equal(backup.code, 0, backup.stderr);
+  const atPoint = await snapshotTree(models);
+  // Root left its own copy there, which nobody may read but neither write nor link to.
+  await fsp.rm(path.join(models, 'config.json'));
+  await fsp.writeFile(path.join(models, 'config.json'), '{"layers": 3}\n', { mode: 0o644 });
+  const r = await run('restore', backup.json().id as string, '--in-place', '--delta');
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(compareSnapshots(atPoint, await snapshotTree(models)), undefined);
+  assert.equal((await fsp.stat(path.join(models, 'config.json'))).uid, NOBODY);
+});

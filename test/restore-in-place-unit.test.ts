@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { lifeboat, runChild, spawnLifeboat, type CliRun } from './helpers/cli.js';
 import { sleep, waitFor } from './helpers/processes.js';
 import { runInNamespace, unshare } from './helpers/namespace.js';
-import { compareSnapshots, mutateTree, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile, type SnapshotEntry } from './helpers/tree.js';
+import { compareSnapshots, mutateTree, pick, prng, seedFromEnv, snapshotTree, tempDir, writeRandomFile, type SnapshotEntry } from './helpers/tree.js';
 
 /*
  * restore --in-place restores the directory sources of a point as one: every source is staged and
@@ -558,5 +558,259 @@ test('restore --in-place into a mount point (filled entry by entry) is put back 
     t.diagnostic(`a whole run took ${took} ms from its record of moves; the kills left beside the mount point: ${left.join(' ')}`);
   } finally {
     spawnSync('umount', [host.dirs.tokenizers]);
+  }
+});
+
+type TwoSources = { work: string; dirs: { a: string; b: string }; run: (...args: string[]) => Promise<CliRun> };
+
+/** A host with two directory sources, `a` and `b`, under srv/, its repository made. */
+async function twoSources(t: { after(fn: () => Promise<unknown>): void }): Promise<TwoSources> {
+  const work = await tempDir();
+  t.after(async () => {
+    spawnSync('chattr', ['-R', '-i', work], { stdio: 'ignore' });
+    await fsp.rm(work, { recursive: true, force: true });
+  });
+  const dirs = { a: path.join(work, 'srv', 'a'), b: path.join(work, 'srv', 'b') };
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  a: ./srv/a\n  b: ./srv/b\n');
+  const run = (...args: string[]): Promise<CliRun> => lifeboat(args, { cwd: work });
+  assert.equal((await run('init')).code, 0);
+  return { work, dirs, run };
+}
+
+/**
+ * Fills `root` (emptied first) with a random tree from a few names, so that two such trees share
+ * paths with other types and contents: files of random modes, directories (some read-only),
+ * symbolic links, hard links.
+ */
+async function randomShape(root: string, rand: () => number): Promise<void> {
+  spawnSync('chattr', ['-R', '-i', root], { stdio: 'ignore' });
+  await fsp.rm(root, { recursive: true, force: true });
+  await fsp.mkdir(root, { recursive: true });
+  const files: string[] = [];
+  const dirModes: [string, number][] = [];
+  const fill = async (dir: string, depth: number): Promise<void> => {
+    for (const name of ['m', 'n', 'o', 'p', 'q']) {
+      const p = path.join(dir, name);
+      const r = rand();
+      if (r < 0.35) {
+        await writeRandomFile(p, Math.floor(rand() * 3000), rand);
+        await fsp.chmod(p, pick(rand, [0o644, 0o600, 0o755, 0o444]));
+        files.push(p);
+      } else if (r < 0.55 && depth < 3) {
+        await fsp.mkdir(p);
+        await fill(p, depth + 1);
+        dirModes.push([p, pick(rand, [0o755, 0o700, 0o555, 0o750])]);
+      } else if (r < 0.65) await fsp.symlink(pick(rand, depth > 0 ? ['m', '../n', 'o/p', 'gone'] : ['m', 'o/p', 'gone']), p);
+      else if (r < 0.72 && files.length > 0) await fsp.link(pick(rand, files), p);
+    }
+  };
+  await fill(root, 0);
+  for (const [p, mode] of dirModes.reverse()) await fsp.chmod(p, mode);
+}
+
+async function twoSnapshots(host: TwoSources): Promise<Record<'a' | 'b', Map<string, SnapshotEntry>>> {
+  return { a: await snapshotTree(host.dirs.a), b: await snapshotTree(host.dirs.b) };
+}
+
+async function twoDifferences(host: TwoSources, want: Record<'a' | 'b', Map<string, SnapshotEntry>>): Promise<string | undefined> {
+  for (const name of ['a', 'b'] as const) {
+    const d = compareSnapshots(want[name], await snapshotTree(host.dirs[name]));
+    if (d) return `${name}: ${d}`;
+  }
+  return undefined;
+}
+
+/** What is beside the two directories but themselves and staging directories. */
+async function besidesTwo(host: TwoSources): Promise<string[]> {
+  return (await fsp.readdir(path.join(host.work, 'srv'))).filter((n) => !['a', 'b'].includes(n) && !/^\.(a|b)\.lifeboat-staging-\d+-\d+(-\d+-[0-9a-f]{8})?-[0-9a-f]{8}$/.test(n));
+}
+
+/** The directories of `root` (itself too), for one to be made immutable. */
+async function directoriesIn(root: string): Promise<string[]> {
+  const found = [root];
+  for (const d of await fsp.readdir(root, { withFileTypes: true })) if (d.isDirectory()) found.push(...(await directoriesIn(path.join(root, d.name))));
+  return found;
+}
+
+test('restore --in-place --delta between random trees (files, read-only directories, links, hard links, a type for another): a change that fails (an immutable directory) leaves both directories byte for byte as they were, and the next run reaches the point', { skip: chattrWorks ? false : NO_CHATTR }, async (t) => {
+  const seed = seedFromEnv();
+  t.diagnostic(`seed ${seed}`);
+  const rand = prng(seed);
+  const host = await twoSources(t);
+  for (const dir of Object.values(host.dirs)) await randomShape(dir, rand);
+  const backup = await host.run('--json', 'backup', '--type', 'full');
+  assert.equal(backup.code, 0, backup.stderr);
+  const point = backup.json().id as string;
+  const atPoint = await twoSnapshots(host);
+  let failed = 0;
+  for (let round = 1; round <= 6; round++) {
+    for (const dir of Object.values(host.dirs)) await randomShape(dir, rand);
+    const before = await twoSnapshots(host);
+    const candidates = [...(await directoriesIn(host.dirs.a)), ...(await directoriesIn(host.dirs.b))];
+    const stuck = pick(rand, candidates);
+    immutable(stuck);
+    let r: CliRun;
+    try {
+      r = await inChild(host as unknown as Host, 'restore', point, '--in-place', '--delta');
+    } finally {
+      // Set aside whole, within a directory the point lacks, it is where that went.
+      spawnSync('chattr', ['-R', '-i', path.join(host.work, 'srv')], { stdio: 'ignore' });
+    }
+    const where = `seed ${seed}, round ${round}, ${path.relative(host.work, stuck)} immutable`;
+    if (r.code === 0) {
+      // Nothing it changed was in it, or it went with what held it, which could then not be removed: the restore says where it is left.
+      for (const m of r.stderr.matchAll(/(\S+-replaced): holds what was replaced, which could not be removed/g)) await fsp.rm(m[1]!, { recursive: true, force: true });
+    } else {
+      failed++;
+      assert.equal(r.code, 1, `${where}: ${r.stderr}`);
+      assert.equal(await twoDifferences(host, before), undefined, `${where}: a change that failed left a directory changed: ${r.stderr}`);
+      assert.match(r.stderr, /every directory was left as it was/, where);
+      assert.doesNotMatch(r.stderr, /not put back|srv\/[ab]-replaced/, where);
+      assert.deepEqual(await besidesTwo(host), [], where);
+    }
+    const again = await inChild(host as unknown as Host, 'restore', point, '--in-place', '--delta');
+    assert.equal(again.code, 0, `${where}: ${again.stderr}`);
+    assert.equal(await twoDifferences(host, atPoint), undefined, where);
+    assert.deepEqual(await besidesTwo(host), [], where);
+  }
+  t.diagnostic(`${failed} of 6 restores failed on the immutable directory`);
+});
+
+/** Whether a --delta of `host` has begun to change a directory: its journal is there. */
+function journalBegun(host: TwoSources): () => Promise<boolean> {
+  return async () => {
+    for (const until = Date.now() + 30_000; Date.now() < until; ) {
+      if (fs.readdirSync(path.join(host.work, 'srv')).some((n) => n.endsWith('-replaced'))) return true;
+    }
+    return true;
+  };
+}
+
+test('restore --in-place --delta killed (SIGKILL) while it changes random trees: the next restore --in-place of any point first puts the directories back as they were (a run that then fails leaves them so), and a rerun of the same point, of another, or with --force reaches its point', async (t) => {
+  const seed = seedFromEnv();
+  t.diagnostic(`seed ${seed}`);
+  const rand = prng(seed);
+  const host = await twoSources(t);
+  const pointOf = async (): Promise<{ id: string; trees: Record<'a' | 'b', Map<string, SnapshotEntry>> }> => {
+    for (const dir of Object.values(host.dirs)) await randomShape(dir, rand);
+    const b = await host.run('--json', 'backup', '--type', 'full');
+    assert.equal(b.code, 0, b.stderr);
+    return { id: b.json().id as string, trees: await twoSnapshots(host) };
+  };
+  const first = await pointOf();
+  const other = await pointOf();
+  // A point with a file no tree has, whose data is damaged: a restore of it fails (exit 3) after taking up what a kill left, before any move.
+  await fsp.writeFile(path.join(host.dirs.a, 'only-here.bin'), 'only in the damaged point\n'.repeat(50));
+  const damagedPoint = await host.run('--json', 'backup', '--type', 'full');
+  assert.equal(damagedPoint.code, 0);
+  const damaged = damagedPoint.json().id as string;
+  await damageEntry(host as unknown as Host, damaged, 'a', 'only-here.bin');
+  const tally: string[] = [];
+  for (let round = 1; round <= 8; round++) {
+    for (const dir of Object.values(host.dirs)) await randomShape(dir, rand);
+    // Files enough for the changes to take a while.
+    for (let i = 0; i < 200; i++) await fsp.writeFile(path.join(host.dirs.b, `extra-${i}`), `${round}-${i}`);
+    const before = await twoSnapshots(host);
+    const ms = Math.floor(rand() * 6);
+    await killedAfter(host as unknown as Host, ['restore', first.id, '--in-place', '--delta'], ms, journalBegun(host));
+    const phase = await recordPhase(host.dirs.a);
+    const srv = path.join(host.work, 'srv');
+    const journaled = fs.readdirSync(srv).some((n) => n.startsWith('.a.') && fs.existsSync(path.join(srv, n, 'journal')));
+    const where = `seed ${seed}, round ${round}, killed ${ms} ms into its changes (record: ${phase})`;
+    const probe = await inChild(host as unknown as Host, 'restore', damaged, '--in-place', '--delta');
+    assert.equal(probe.code, 3, `${where}: ${probe.stderr}`);
+    // All changes made (`moved`): the killed run is finished forwards; else it is put back.
+    assert.equal(await twoDifferences(host, phase === 'moved' ? first.trees : before), undefined, where);
+    if (phase === 'moving' && journaled) assert.match(probe.stderr, /put back .*srv\/a.* as they were before an interrupted restore --in-place/, where);
+    const how = pick(rand, [[first, '--delta'], [other, '--delta'], [other, '--force']] as const);
+    const r = await inChild(host as unknown as Host, 'restore', how[0].id, '--in-place', how[1]);
+    assert.equal(r.code, 0, `${where}, then ${how[1]}: ${r.stderr}`);
+    assert.equal(await twoDifferences(host, how[0].trees), undefined, `${where}, then ${how[0] === first ? 'the same point' : 'another point'} ${how[1]}`);
+    assert.deepEqual(await besidesTwo(host), [], where);
+    tally.push(phase);
+  }
+  t.diagnostic(`records the kills left: ${tally.join(' ')}`);
+});
+
+/** Runs restore `point` --in-place --delta with `dir` made immutable: it fails (exit 1) with every directory as it was (`changed` says none differs); returns what it said. */
+async function deltaFailingOn(host: Host, point: string, dir: string, changed: () => Promise<string | undefined>, seed: number): Promise<string> {
+  const mutable = immutable(dir);
+  let r: CliRun;
+  try {
+    r = await inChild(host, 'restore', point, '--in-place', '--delta');
+  } finally {
+    mutable();
+  }
+  assert.equal(r.code, 1, `seed ${seed}: ${r.stderr}`);
+  assert.equal(await changed(), undefined, `seed ${seed}`);
+  return r.stderr;
+}
+
+test('restore --in-place --delta put back after a later move failed keeps the files it had rewritten in its staging directory: the next run goes on from them instead of fetching them again', { skip: chattrWorks ? false : NO_CHATTR }, async (t) => {
+  const { seed, host, point } = await backedUp(t);
+  const atPoint = await snapshots(host);
+  await editAll(host);
+  const before = await snapshots(host);
+  await deltaFailingOn(host, point, path.join(host.dirs.serving, 'llama'), () => differences(host, before), seed);
+  const again = await inChild(host, 'restore', point, '--in-place', '--delta');
+  assert.equal(again.code, 0, again.stderr);
+  // models and tokenizers were rewritten (shard-1.bin, tokenizer.json) and put back: their files are not fetched again.
+  for (const name of ['models', 'tokenizers']) assert.match(again.stderr, new RegExp(`\\.${name}\\.lifeboat-staging-\\S+: resuming an interrupted restore: 1 file\\(s\\)`), `seed ${seed}: ${name}`);
+  assert.equal(await differences(host, atPoint), undefined, `seed ${seed}`);
+  assert.deepEqual(await besides(host), []);
+});
+
+test('restore --in-place --delta sets what the point lacks on a file system mounted inside a directory aside on that file system, and puts it back when a later move fails', { skip: !mayMount ? 'mount -t tmpfs is not permitted here (not root)' : !chattrWorks ? NO_CHATTR : false }, async (t) => {
+  const { seed, host, point } = await backedUp(t);
+  const atPoint = await snapshots(host);
+  const mounted = path.join(host.dirs.models, 'llama');
+  // The shards on a volume of their own, mounted inside the source: one the point lacks, one it rewrites.
+  const shards = await tempDir('lifeboat-shards-');
+  t.after(() => fsp.rm(shards, { recursive: true, force: true }));
+  await fsp.cp(mounted, shards, { recursive: true, preserveTimestamps: true });
+  assert.ok(mountTmpfs(mounted));
+  try {
+    await fsp.cp(shards, mounted, { recursive: true, preserveTimestamps: true });
+    await fsp.writeFile(path.join(mounted, 'shard-1.bin'), 'cut short');
+    await fsp.mkdir(path.join(mounted, 'stray'));
+    await fsp.writeFile(path.join(mounted, 'stray', 'notes.txt'), 'left by hand');
+    await fsp.writeFile(path.join(host.dirs.serving, 'llama', 'config.pbtxt'), 'name: "broken"\n');
+    const before = await snapshots(host);
+    const stderr = await deltaFailingOn(host, point, path.join(host.dirs.serving, 'llama'), () => differences(host, before), seed);
+    assert.doesNotMatch(stderr, /not put back/);
+    assert.match(stderr, /every directory was left as it was/);
+    assert.deepEqual((await fsp.readdir(mounted)).sort(), ['shard-0.bin', 'shard-1.bin', 'shard-2.bin', 'shard-3.bin', 'stray'], 'nothing is left set aside on the mounted file system');
+    const again = await inChild(host, 'restore', point, '--in-place', '--delta');
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(await differences(host, atPoint), undefined, `seed ${seed}`);
+    assert.deepEqual((await fsp.readdir(mounted)).sort(), ['shard-0.bin', 'shard-1.bin', 'shard-2.bin', 'shard-3.bin']);
+  } finally {
+    spawnSync('umount', ['-l', mounted]);
+  }
+});
+
+test('restore --in-place --delta into a mount point sets what it replaces aside inside it, and puts it back when a later move fails', { skip: !mayMount ? 'mount -t tmpfs is not permitted here (not root)' : !chattrWorks ? NO_CHATTR : false }, async (t) => {
+  const { seed, host, point } = await backedUp(t);
+  const atPoint = await snapshots(host);
+  const kept = await tempDir('lifeboat-tokenizers-');
+  t.after(() => fsp.rm(kept, { recursive: true, force: true }));
+  await fsp.cp(host.dirs.tokenizers, kept, { recursive: true, preserveTimestamps: true });
+  assert.ok(mountTmpfs(host.dirs.tokenizers));
+  try {
+    await fsp.cp(kept, host.dirs.tokenizers, { recursive: true, preserveTimestamps: true });
+    await fsp.writeFile(path.join(host.dirs.tokenizers, 'llama', 'tokenizer.json'), '{}');
+    await fsp.writeFile(path.join(host.dirs.tokenizers, 'stray.txt'), 'left by hand');
+    await fsp.writeFile(path.join(host.dirs.serving, 'llama', 'config.pbtxt'), 'name: "broken"\n');
+    // What it staged is kept inside the mount point for the next run.
+    const before = { ...(await snapshots(host)), tokenizers: await withoutStaging(host.dirs.tokenizers) };
+    const changed = async () =>
+      compareSnapshots(before.models, await snapshotTree(host.dirs.models)) ?? compareSnapshots(before.tokenizers, await withoutStaging(host.dirs.tokenizers)) ?? compareSnapshots(before.serving, await snapshotTree(host.dirs.serving));
+    const stderr = await deltaFailingOn(host, point, path.join(host.dirs.serving, 'llama'), changed, seed);
+    assert.match(stderr, /every directory was left as it was/);
+    const again = await inChild(host, 'restore', point, '--in-place', '--delta');
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(await differences(host, atPoint), undefined, `seed ${seed}`);
+  } finally {
+    spawnSync('umount', ['-l', host.dirs.tokenizers]);
   }
 });

@@ -1,11 +1,13 @@
 import * as fsp from 'node:fs/promises';
+import * as fs from 'node:fs';
 import { constants as fsConstants } from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { CredentialsRefusedError, ExitCode, LifeboatError, LockedError, RuntimeFailure, errorMessage, fileSystemHint } from '../errors.js';
 import type { ManifestEntry } from '../format/manifest.js';
-import { readRegularFile, syncPath, writeFileSynced } from '../format/durable.js';
-import { isMountPoint } from '../format/mounts.js';
+import { readRegularFile, readRegularFileStats, syncPath, writeFileSynced } from '../format/durable.js';
+import { isMountPoint, mountsUnder } from '../format/mounts.js';
+import { makeDirectories } from '../format/mkdirs.js';
 import { formatBytes } from '../format/units.js';
 import type { Notice, Reporter } from './events.js';
 import { OWNER_MARK, markOwnerRuns, ownerMark, ownerRuns, parseStart, type ProcessStart } from '../format/process-alive.js';
@@ -198,9 +200,9 @@ export interface PlannedMove {
   /** The link of the usual name to a staging directory named short (see stagingPlace), kept until every move is done. */
   marker?: string;
   /**
-   * A --delta, which rewrites the target file by file, `replaced` holding what it removed or replaced:
-   * the restore that makes it puts it back should another move fail, but after a kill there is no
-   * telling which of its changes were made, and the next --delta finishes it forwards instead.
+   * A --delta, which rewrites the target file by file, `replaced` holding what it removed or replaced and
+   * the journal of its changes (see DeltaUndo), from which it is put back, by the restore that makes it
+   * should another move fail, or after a kill by the next restore --in-place of any point.
    */
   delta?: true;
 }
@@ -344,7 +346,10 @@ const there = (p: string) => fsp.lstat(p).then(() => true, () => false);
  * there now, so that running it again after a kill goes on where the kill stopped it.
  */
 export async function putMoveBack(m: RecordedMove): Promise<void> {
-  if (m.delta) return;
+  if (m.delta) {
+    if (m.replaced !== undefined) await putDeltaBack({ target: m.target, replaced: m.replaced, staging: m.staging });
+    return;
+  }
   if (m.names !== undefined) {
     // What it held is set aside before any entry is moved in, and given back by the move itself when it fails: with none
     // set aside (not yet, or given back), every entry there is its own, even one named as a staged one.
@@ -392,10 +397,15 @@ export async function finishMoves(record: MovingRecord): Promise<Notice[]> {
   if (record.phase !== 'moved') await recordMovesAt(record, 'moved');
   const left: Notice[] = [];
   for (const m of record.moves) {
+    // A --delta's staging directory is kept while its changes may be put back, and what it set aside on file systems mounted inside its directory is named by its journal.
+    const aside = m.delta && m.replaced !== undefined ? [...(await deltaAsidesElsewhere({ target: m.target, replaced: m.replaced, staging: m.staging })), m.replaced] : m.replaced !== undefined ? [m.replaced] : [];
+    if (m.delta) await removeTree(m.staging);
     if (m.marker !== undefined) await fsp.rm(m.marker, { force: true });
-    if (m.replaced === undefined || !(await there(m.replaced))) continue;
-    const n = await removeReplaced(m.replaced);
-    if (n) left.push(n);
+    for (const dir of aside) {
+      if (!(await there(dir))) continue;
+      const n = await removeReplaced(dir);
+      if (n) left.push(n);
+    }
   }
   await removeMoveRecords(record.moves.map((m) => m.target));
   return left;
@@ -409,14 +419,14 @@ export async function finishMoves(record: MovingRecord): Promise<Notice[]> {
  * the while. Returns the directories that hold `point` by such a restore, to be compared with it
  * (see movedByInterruptedRestore), and what was done, to be told.
  */
-export async function takeUpInterruptedMoves(targets: readonly string[], point: string): Promise<{ moved: Set<string>; putBack: MovingRecord[]; finished: Notice[] }> {
+export async function takeUpInterruptedMoves(targets: readonly string[], point: string): Promise<{ moved: Set<string>; putBack: { point: string; targets: string[] }[]; finished: Notice[] }> {
   const records = new Map<string, MovingRecord>();
   for (const target of targets) {
     const record = await readMovingRecord(target);
     // The same record lies beside every directory of its restore: it is taken up once.
     if (record && record.moves.length > 0 && (undoable(record) || record.phase === 'moved')) records.set(JSON.stringify(record.moves.map((m) => m.target)), record);
   }
-  const putBack: MovingRecord[] = [];
+  const putBack: { point: string; targets: string[] }[] = [];
   const withOthersLocked = async (record: MovingRecord, work: () => Promise<void>): Promise<void> => {
     const unlocks: (() => Promise<void>)[] = [];
     try {
@@ -429,6 +439,9 @@ export async function takeUpInterruptedMoves(targets: readonly string[], point: 
   for (const record of records.values()) {
     if (record.phase === 'moved') continue;
     await withOthersLocked(record, async () => {
+      // A --delta journals its changes (see DeltaUndo): one of an earlier version did not.
+      const journaled = new Set<string>();
+      for (const m of record.moves) if (m.delta && m.replaced !== undefined && (await there(path.join(m.replaced, DELTA_JOURNAL)))) journaled.add(m.target);
       const failed = await putMovesBack(record);
       if (failed.length > 0) {
         const kept = record.moves.filter((m) => m.replaced).map((m) => quoteName(m.replaced!));
@@ -437,9 +450,9 @@ export async function takeUpInterruptedMoves(targets: readonly string[], point: 
           hint: `correct that and run the restore again${kept.length > 0 ? `; what the directories held is kept at ${kept.join(', ')}` : ''}`,
         });
       }
-      // What a --delta killed part-way had set aside is of a tree it was changing: the next --delta brings that tree to its point.
+      // What a --delta of an earlier version killed part-way had set aside is of a tree it was changing: the next --delta brings that tree to its point.
       for (const m of record.moves) if (m.delta && m.replaced !== undefined) await removeTree(m.replaced);
-      putBack.push(record);
+      putBack.push({ point: record.point, targets: record.moves.filter((m) => !m.delta || journaled.has(m.target)).map((m) => m.target) });
     });
   }
   // Directories whose moves were all made hold their point: found before their records go.
@@ -594,8 +607,11 @@ export function refusedBeforeWriting(err: unknown): boolean {
 export function asRestoreFailure(err: unknown, staging: string, target: string): unknown {
   if (err instanceof LifeboatError || (err instanceof Error && err.name === 'AbortError') || (err as NodeJS.ErrnoException).code === undefined) return err;
   const at = (err as NodeJS.ErrnoException).path;
-  let message = errorMessage(err).replaceAll(staging, target);
-  if (at) message = message.replaceAll(at.replaceAll(staging, target), shortenedPath(at.replaceAll(staging, target)));
+  // Paths in the staging directory are said as where they go; what the target held, set aside beside it (`<staging>-replaced`), by its own name.
+  const staged = new RegExp(`${staging.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}(?!-replaced)`, 'g');
+  const inTarget = (text: string) => text.replace(staged, () => target);
+  let message = inTarget(errorMessage(err));
+  if (at) message = message.replaceAll(inTarget(at), shortenedPath(inTarget(at)));
   const hint =
     (err as NodeJS.ErrnoException).code === 'ENAMETOOLONG'
       ? `a path of the point is longer under ${quoteName(target)} than the system allows (4,096 bytes in all); restore into a target with a shorter path, or leave that part out with --include`
@@ -798,4 +814,277 @@ export async function removeReplaced(aside: string): Promise<Notice | undefined>
   } catch (err) {
     return { level: 'warning', code: 'replaced-left', path: aside, message: `holds what was replaced, which could not be removed (${errorMessage(err)}); remove it by hand` };
   }
+}
+
+/**
+ * The journal of a --delta restore --in-place (`journal` in the directory its changes set aside, the
+ * move's `replaced`): one JSON line per change, written before the change is made, so that the
+ * restore itself, should another directory's move fail, or the next restore --in-place of any point,
+ * after a kill, can undo them, the last first. A line is judged by what is there when it is undone,
+ * so one whose change was not made (killed between the two) undoes nothing; each change undone is
+ * followed by a line `{"undone": <line>}`, so that a kill while changes are undone goes on from there.
+ */
+const DELTA_JOURNAL = 'journal';
+
+/** Larger than the journal of a --delta of millions of changes: anything bigger is not one. */
+const DELTA_JOURNAL_MAX = 1 << 30;
+
+/** One change of a --delta, as its journal records it. */
+type DeltaStep =
+  /** What was at `p` (what the point lacks, or has as something else) renamed to `to`. */
+  | { op: 'aside'; p: string; to: string }
+  /** The staged file `from` renamed over `p`; the file there before, if any, hard-linked (or, where it cannot be, renamed) to `to` first. */
+  | { op: 'rewrite'; p: string; from: string; to?: string }
+  /** A symbolic link made at `p`. */
+  | { op: 'link'; p: string }
+  /** Directories made, the deepest first. */
+  | { op: 'mkdir'; dirs: string[] }
+  /** The mode, owner and times of what a --delta may change, as they were before it: [path, mode, uid, gid, atime ns, mtime ns]. */
+  | { op: 'meta'; noted: [string, number, number, number, string, string][] };
+
+type DeltaLine = DeltaStep | { undone: number };
+
+/**
+ * What a --delta restore --in-place changes in its target, set aside and journaled so that it can be
+ * put back: what it removes or replaces is renamed into `aside` (a file it rewrites hard-linked there
+ * first, so that its name is never empty), each change written to the journal before it is made, the
+ * modes, owners and times of what is there noted first. What is on a file system mounted inside the
+ * target is set aside on its own device, in a directory of the same name at that mount's root. With
+ * the target's lock held throughout, only this restore changes it.
+ */
+export class DeltaUndo {
+  private fd: number | undefined;
+  private count = 0;
+  private mounts: Promise<string[]> | undefined;
+  private made = new Set<string>();
+  constructor(
+    readonly target: string,
+    readonly aside: string,
+  ) {}
+
+  /** Makes the journal and notes the metadata of `paths` (those `changes` may change): before anything is changed. */
+  async begin(paths: readonly string[], changes: (p: string, st: fs.BigIntStats) => boolean): Promise<void> {
+    await fsp.mkdir(this.aside, { mode: 0o700 });
+    this.made.add(this.aside);
+    this.fd = fs.openSync(path.join(this.aside, DELTA_JOURNAL), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_APPEND | fs.constants.O_NOFOLLOW, 0o600);
+    const noted: [string, number, number, number, string, string][] = [];
+    for (const p of paths) {
+      const st = await fsp.lstat(p, { bigint: true }).catch(() => undefined);
+      if (st && changes(p, st)) noted.push([p, Number(st.mode & 0o7777n), Number(st.uid), Number(st.gid), String(st.atimeNs), String(st.mtimeNs)]);
+    }
+    this.write({ op: 'meta', noted });
+  }
+
+  /** Closes the journal; the changes are all made (or one failed). */
+  end(): void {
+    if (this.fd !== undefined) fs.closeSync(this.fd);
+    this.fd = undefined;
+  }
+
+  /** A write(2) of its own: the kernel has the line before the change is made, whatever kills the process then. */
+  private write(step: DeltaStep): void {
+    fs.writeSync(this.fd!, `${JSON.stringify(step)}\n`);
+  }
+
+  /** Where the next thing set aside from `p` goes: in `aside`, or (`onItsDevice`) in the directory of that name at the root of the file system mounted inside the target that holds `p`. */
+  private async slot(p: string, exdev: unknown): Promise<string> {
+    if (exdev === undefined) return path.join(this.aside, String(this.count++));
+    const dir = await fsp.realpath(path.dirname(p));
+    this.mounts ??= mountsUnder(this.target);
+    const mount = (await this.mounts).filter((m) => dir === m || dir.startsWith(`${m}/`)).sort((a, b) => b.length - a.length)[0];
+    if (mount === undefined) throw exdev;
+    return path.join(mount, path.basename(this.aside), String(this.count++));
+  }
+
+  /** Sets `p` aside with `move`, in `aside`, or, across file systems (EXDEV), on its own device. */
+  private async onSomeDevice(p: string, move: (to: string) => Promise<void>): Promise<void> {
+    try {
+      await move(await this.slot(p, undefined));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+      await move(await this.slot(p, err));
+    }
+  }
+
+  private async makeSlot(to: string): Promise<void> {
+    const dir = path.dirname(to);
+    if (this.made.has(dir)) return;
+    await fsp.mkdir(dir, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => (err.code === 'EEXIST' ? undefined : Promise.reject(err)));
+    this.made.add(dir);
+  }
+
+  /** Moves what is at `p` aside (a removal that can be put back). */
+  async setAside(p: string): Promise<void> {
+    await this.onSomeDevice(p, async (to) => {
+      this.write({ op: 'aside', p, to });
+      await this.makeSlot(to);
+      await fsp.rename(p, to);
+    });
+  }
+
+  /**
+   * Before the staged file `from` is renamed over `p`: a second name of the file at `p`, if one, in
+   * its place aside; where this user may not make one (a file of another user, with the kernel's
+   * protected_hardlinks), the file itself is renamed there.
+   */
+  async rewrite(p: string, from: string): Promise<void> {
+    if (!(await fsp.lstat(p).catch(() => undefined))?.isFile()) {
+      this.write({ op: 'rewrite', p, from });
+      return;
+    }
+    await this.onSomeDevice(p, async (to) => {
+      this.write({ op: 'rewrite', p, from, to });
+      await this.makeSlot(to);
+      await fsp.link(p, to).catch((err: NodeJS.ErrnoException) => (err.code === 'EPERM' ? fsp.rename(p, to) : Promise.reject(err)));
+    });
+  }
+
+  /** Before a symbolic link is made at `p`, where nothing is. */
+  symlink(p: string): void {
+    this.write({ op: 'link', p });
+  }
+
+  async makeDirectories(p: string): Promise<void> {
+    const missing: string[] = [];
+    for (let at = p; !(await there(at)); at = path.dirname(at)) missing.push(at);
+    if (missing.length > 0) this.write({ op: 'mkdir', dirs: missing });
+    await makeDirectories(p);
+  }
+
+  /** Undoes every change, the last first, and gives back the noted metadata; throws the first failure, having tried every step. */
+  async putBack(staging: string): Promise<void> {
+    this.end();
+    await putDeltaBack({ target: this.target, replaced: this.aside, staging });
+  }
+}
+
+const within = (p: unknown, dir: string): p is string => typeof p === 'string' && (p === dir || p.startsWith(`${dir}/`)) && !p.split('/').includes('..');
+
+/** Whether a line of a journal names only what a --delta of `m` may touch (see DeltaUndo). */
+function validStep(s: DeltaStep, m: { target: string; replaced: string; staging: string }): boolean {
+  const aside = (to: unknown) => typeof to === 'string' && path.isAbsolute(to) && path.basename(path.dirname(to)) === path.basename(m.replaced) && /^\d+$/.test(path.basename(to)) && !to.split('/').includes('..');
+  switch (s.op) {
+    case 'aside':
+      return within(s.p, m.target) && aside(s.to);
+    case 'rewrite':
+      return within(s.p, m.target) && within(s.from, m.staging) && (s.to === undefined || aside(s.to));
+    case 'link':
+      return within(s.p, m.target);
+    case 'mkdir':
+      return Array.isArray(s.dirs) && s.dirs.every((d) => within(d, m.target));
+    case 'meta':
+      return Array.isArray(s.noted) && s.noted.every((n) => Array.isArray(n) && within(n[0], m.target) && n.slice(1, 4).every((x) => Number.isInteger(x)) && n.slice(4).every((x) => typeof x === 'string' && /^-?\d+$/.test(x)));
+    default:
+      return false;
+  }
+}
+
+/** The lines of the journal of a --delta of `m` that read as such (the last may have been cut short by a crash), or undefined when there is none. */
+async function readDeltaJournal(m: { target: string; replaced: string; staging: string }): Promise<{ file: string; lines: (DeltaLine | undefined)[] } | undefined> {
+  const file = path.join(m.replaced, DELTA_JOURNAL);
+  let text: string;
+  let stats: fs.BigIntStats;
+  try {
+    ({ text, stats } = await readRegularFileStats(file, DELTA_JOURNAL_MAX));
+  } catch (err) {
+    if (isMissing(err)) return undefined;
+    throw err;
+  }
+  // Its lines are renames: only one this user wrote, that no one else could have changed, names where.
+  const uid = process.getuid?.();
+  if ((uid !== undefined && Number(stats.uid) !== uid) || (stats.mode & 0o022n) !== 0n) return undefined;
+  const lines = text.split('\n').map((line): DeltaLine | undefined => {
+    try {
+      const l = JSON.parse(line) as DeltaLine;
+      return 'undone' in l ? (Number.isInteger(l.undone) ? l : undefined) : validStep(l, m) ? l : undefined;
+    } catch {
+      return undefined;
+    }
+  });
+  return { file, lines };
+}
+
+const isMissing = (err: unknown) => ['ENOENT', 'ENOTDIR'].includes((err as NodeJS.ErrnoException).code ?? '');
+
+/** The directories a --delta of `m` set things aside in on file systems mounted inside its target (see DeltaUndo). */
+async function deltaAsidesElsewhere(m: { target: string; replaced: string; staging: string }): Promise<string[]> {
+  const journal = await readDeltaJournal(m).catch(() => undefined);
+  const dirs = new Set<string>();
+  for (const l of journal?.lines ?? []) if (l && 'op' in l && (l.op === 'aside' || l.op === 'rewrite') && l.to !== undefined) dirs.add(path.dirname(l.to));
+  dirs.delete(m.replaced);
+  return [...dirs];
+}
+
+/**
+ * Undoes the changes the journal of a --delta of `m` records and were not undone yet, the last first,
+ * and gives back the noted metadata; a rewritten file taken out goes back into the staging directory,
+ * for the next restore to go on from. Then removes the journal and the directories things were set
+ * aside in. Throws the first failure, having tried every step. Returns false when there is no journal
+ * (none was begun, or an earlier version's --delta, which kept none).
+ */
+export async function putDeltaBack(m: { target: string; replaced: string; staging: string }): Promise<boolean> {
+  const journal = await readDeltaJournal(m);
+  if (!journal) return false;
+  const undone = new Set(journal.lines.flatMap((l) => (l && 'undone' in l ? [l.undone] : [])));
+  let first: unknown;
+  for (let i = journal.lines.length - 1; i >= 0; i--) {
+    const s = journal.lines[i];
+    if (!s || 'undone' in s || undone.has(i)) continue;
+    try {
+      await undoStep(s);
+      await fsp.appendFile(journal.file, `${JSON.stringify({ undone: i })}\n`);
+    } catch (err) {
+      first ??= err;
+    }
+  }
+  if (first !== undefined) throw first;
+  for (const dir of await deltaAsidesElsewhere(m)) await fsp.rmdir(dir).catch((err: unknown) => (isMissing(err) ? undefined : Promise.reject(err)));
+  await fsp.rm(journal.file, { force: true });
+  await fsp.rmdir(m.replaced);
+  return true;
+}
+
+async function undoStep(s: DeltaStep): Promise<void> {
+  switch (s.op) {
+    case 'aside':
+      if (await there(s.to)) await fsp.rename(s.to, s.p);
+      return;
+    case 'rewrite': {
+      const kept = s.to === undefined ? undefined : await fsp.lstat(s.to).catch(() => undefined);
+      // The file there before was not set aside yet: nothing was changed.
+      if (s.to !== undefined && !kept) return;
+      const now = await fsp.lstat(s.p).catch(() => undefined);
+      const same = kept !== undefined && now?.ino === kept.ino && now.dev === kept.dev;
+      if (now?.isFile() && !same) await returnToStaging(s.p, s.from);
+      // Two names of one file: a rename of one over the other does nothing.
+      if (same) await fsp.unlink(s.to!);
+      else if (kept) await fsp.rename(s.to!, s.p);
+      return;
+    }
+    case 'link':
+      if ((await fsp.lstat(s.p).catch(() => undefined))?.isSymbolicLink()) await fsp.unlink(s.p);
+      return;
+    case 'mkdir':
+      for (const d of s.dirs) await fsp.rmdir(d).catch((err: unknown) => (isMissing(err) ? undefined : Promise.reject(err)));
+      return;
+    case 'meta': {
+      let first: unknown;
+      for (const [p, mode, uid, gid, atimeNs, mtimeNs] of [...s.noted].reverse()) {
+        const now = await fsp.lstat(p, { bigint: true }).catch(() => undefined);
+        // Only what changed is set: a directory that could not be written (immutable) is left alone.
+        if (!now || (Number(now.mode & 0o7777n) === mode && Number(now.uid) === uid && Number(now.gid) === gid && String(now.mtimeNs) === mtimeNs)) continue;
+        await fsp.lchown(p, uid, gid).catch(() => undefined);
+        if (!now.isSymbolicLink()) await fsp.chmod(p, mode).catch((err: unknown) => (first ??= err));
+        await fsp.lutimes(p, Number(BigInt(atimeNs) / 1000n) / 1e6, Number(BigInt(mtimeNs) / 1000n) / 1e6).catch((err: unknown) => (first ??= err));
+      }
+      if (first !== undefined) throw first;
+    }
+  }
+}
+
+/** A rewritten file a --delta had moved in goes back to where it was staged, if that is still there, else is removed. */
+async function returnToStaging(p: string, from: string): Promise<void> {
+  const staged = (await fsp.lstat(path.dirname(from)).catch(() => undefined))?.isDirectory() && !(await there(from));
+  if (staged && (await fsp.rename(p, from).then(() => true, () => false))) return;
+  await fsp.rm(p, { force: true });
 }

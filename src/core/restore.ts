@@ -24,6 +24,7 @@ import {
   LOST_AND_FOUND,
   asRestoreFailure,
   checkFreeSpace,
+  DeltaUndo,
   inspectTarget,
   leftCopy,
   lockRestoreTarget,
@@ -31,7 +32,6 @@ import {
   moveIntoMountPoint,
   moveIntoPlace,
   mountPointAside,
-  removeReplaced,
   PATH_MAX,
   type PlannedMove,
   removeStaging,
@@ -273,7 +273,7 @@ export interface StagedRestore {
   readonly staging: string;
   /**
    * How commit() will move the staged tree into place, for restore --in-place to record and, if need
-   * be, put back (see putMoveBack; a --delta, which rewrites the target file by file, is put back by deltaUndo()).
+   * be, put back (see putMoveBack; a --delta, which rewrites the target file by file, is put back from its journal, see DeltaUndo).
    */
   plannedMove(): Promise<PlannedMove>;
   /**
@@ -281,7 +281,7 @@ export interface StagedRestore {
    * With `keepReplaced`, what the target held stays set aside where plannedMove() says.
    */
   commit(keepReplaced?: boolean): Promise<RestoreResult>;
-  /** For a --delta committed (or failed) with `keepReplaced`: what puts its changes back, or drops what it set aside. */
+  /** For a --delta committed (or failed) with `keepReplaced`: what journaled its changes (put back with the other moves, see putMoveBack). */
   deltaUndo(): DeltaUndo | undefined;
   /**
    * Gives the restore up for `err` (its own failure, or another's in the same restore --in-place): what
@@ -404,16 +404,20 @@ async function prepareLocked(repo: Repository, manifest: Manifest, options: Rest
     step(async () => {
       if (settledAs !== undefined) throw new Error(`restore into ${target} committed or given up already`);
       if (delta) {
-        if (keepReplaced) deltaUndo = new DeltaUndo(replaced);
+        if (keepReplaced) deltaUndo = new DeltaUndo(target, replaced);
         try {
           ({ removed: result.removed, kept: result.keptExcluded } = await applyDelta(plan, staging, target, new Set(wanted), { mountPoint, include: options.include ?? [], keep, leftOut }, owners, settled, deltaUndo));
         } catch (err) {
-          // What this one changed before it failed goes back too; if it cannot all, the caller is told the target was not left as it was.
-          await deltaUndo?.putBack().catch((undone: unknown) => (deltaUndo!.failedToPutBack = undone));
+          // What this one changed before it failed goes back at once, its rewritten files into the staging directory before that is kept
+          // or removed; what cannot is tried again, and told, with the other moves (see putMoveBack).
+          await deltaUndo?.putBack(staging).catch(() => undefined);
           throw err;
+        } finally {
+          deltaUndo?.end();
         }
         await syncDirectories(plan, target);
-        await removeStaging(staging, marker);
+        // Kept while the changes may be put back, for the rewritten files to go back into (see finishMoves).
+        if (!keepReplaced) await removeStaging(staging, marker);
       } else {
         const left = mountPoint
           ? await moveIntoMountPoint(staging, target, targetState === 'non-empty', keepReplaced)
@@ -1221,7 +1225,15 @@ async function applyDelta(
   settled: ReadonlySet<ManifestEntry>,
   undo?: DeltaUndo,
 ): Promise<{ removed: number; kept: number }> {
-  if (undo) await undo.noteMetadata([...plan.sources.map((s) => sourceDir(plan, target, s.name)), ...plan.entries.map((e) => pathIn(plan, target, e))]);
+  if (undo) {
+    // What stays in place and is as recorded keeps its metadata: only the rest is noted, and directories, which the changes in them touch.
+    const byPath = new Map(plan.entries.map((e) => [pathIn(plan, target, e), e]));
+    const noted = [...plan.sources.map((s) => sourceDir(plan, target, s.name)), ...byPath.keys()];
+    await undo.begin(noted, (p, st) => {
+      const e = byPath.get(p);
+      return e === undefined || e.type === 'dir' || st.isDirectory() || (!rewritten.has(e) && !metadataAsRecorded(st, e, owners));
+    });
+  }
   // Read-only directories the point restored before get their modes back from the point below.
   if (directoriesNeedOpening()) for (const s of plan.sources) await openDirectories(sourceDir(plan, target, s.name));
   const copied = new Set<ManifestEntry>();
@@ -1239,112 +1251,18 @@ async function applyDelta(
       if (current !== e.target) {
         if (!undo) await removeTree(p);
         else if (await fsp.lstat(p).then(() => true, () => false)) await undo.setAside(p);
+        undo?.symlink(p);
         await fsp.symlink(e.target!, p);
-        undo?.steps.push(() => fsp.rm(p, { force: true }));
       }
     } else if (rewritten.has(e)) {
-      const old = undo && (await fsp.lstat(p).catch(() => undefined))?.isFile() ? await undo.keepCopy(p) : undefined;
+      const from = pathIn(plan, staging, e);
+      await undo?.rewrite(p, from);
       // A copy to another file system has a new owner and time.
-      const moved = await moveFile(pathIn(plan, staging, e), p).catch(async (err: unknown) => {
-        if (old !== undefined) await fsp.rm(old, { force: true });
-        throw err;
-      });
-      if (moved === 'copied') copied.add(e);
-      undo?.steps.push(old === undefined ? () => fsp.rm(p, { force: true }) : () => moveFile(old, p).then(() => undefined));
+      if ((await moveFile(from, p)) === 'copied') copied.add(e);
     }
   }
   await applyMetadata(plan, target, owners, (e) => settled.has(e) && !copied.has(e), true);
   return { removed: extras.length, kept };
-}
-
-/**
- * What a --delta restore --in-place changes in its target, kept so that it can be put back should
- * another directory's move fail: what it removes or replaces is set aside (renamed into `aside`, a
- * file it rewrites hard-linked there first, so that its name is never empty), and each change leaves
- * its inverse in `steps`; the modes, owners and times of what is there are noted before. Putting
- * back runs the inverses, the last first, then gives back the noted metadata. What is on a file
- * system mounted inside the target cannot be renamed aside: a file rewritten there is copied aside,
- * and an extra removed there cannot be put back (`complete` is then false).
- */
-export class DeltaUndo {
-  readonly steps: (() => Promise<void>)[] = [];
-  complete = true;
-  /** Why putting back the changes of a --delta that failed part-way did not succeed. */
-  failedToPutBack?: unknown;
-  private made = false;
-  private count = 0;
-  private noted: { p: string; st: fs.BigIntStats }[] = [];
-  constructor(readonly aside: string) {}
-
-  private async place(): Promise<string> {
-    if (!this.made) {
-      await fsp.mkdir(this.aside, { mode: 0o700 });
-      this.made = true;
-    }
-    return path.join(this.aside, String(this.count++));
-  }
-
-  async noteMetadata(paths: readonly string[]): Promise<void> {
-    for (const p of paths) {
-      const st = await fsp.lstat(p, { bigint: true }).catch(() => undefined);
-      if (st) this.noted.push({ p, st });
-    }
-  }
-
-  /** Moves what is at `p` aside (a removal that can be put back). */
-  async setAside(p: string): Promise<void> {
-    const to = await this.place();
-    try {
-      await fsp.rename(p, to);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
-      this.complete = false;
-      await removeTree(p);
-      return;
-    }
-    this.steps.push(() => fsp.rename(to, p));
-  }
-
-  /** A second name (or, across file systems, a copy) of the file at `p`, about to be replaced. */
-  async keepCopy(p: string): Promise<string> {
-    const to = await this.place();
-    await fsp.link(p, to).catch(async (err: NodeJS.ErrnoException) => {
-      if (err.code !== 'EXDEV') throw err;
-      await fsp.copyFile(p, to, fs.constants.COPYFILE_EXCL);
-    });
-    return to;
-  }
-
-  async makeDirectories(p: string): Promise<void> {
-    const missing: string[] = [];
-    for (let at = p; !(await fsp.lstat(at).then(() => true, () => false)); at = path.dirname(at)) missing.push(at);
-    await makeDirectories(p);
-    if (missing.length > 0) this.steps.push(async () => {
-      for (const m of missing) await fsp.rmdir(m).catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? undefined : Promise.reject(err)));
-    });
-  }
-
-  /** Undoes every change, the last first, and gives back the noted metadata; throws the first failure, having tried every step. */
-  async putBack(): Promise<void> {
-    let first: unknown;
-    for (const step of this.steps.reverse()) await step().catch((err: unknown) => (first ??= err));
-    this.steps.length = 0;
-    for (const { p, st } of [...this.noted].reverse()) {
-      const now = await fsp.lstat(p, { bigint: true }).catch(() => undefined);
-      // Only what changed is set: a directory that could not be written (immutable) is left alone.
-      if (!now || (now.mode === st.mode && now.uid === st.uid && now.gid === st.gid && now.mtimeNs === st.mtimeNs)) continue;
-      await fsp.lchown(p, Number(st.uid), Number(st.gid)).catch(() => undefined);
-      if (!st.isSymbolicLink()) await fsp.chmod(p, Number(st.mode & 0o7777n)).catch((err: unknown) => (first ??= err));
-      await fsp.lutimes(p, Number(st.atimeNs) / 1e9, Number(st.mtimeNs) / 1e9).catch((err: unknown) => (first ??= err));
-    }
-    if (first !== undefined) throw first;
-    if (this.made) await fsp.rmdir(this.aside).catch(() => undefined);
-  }
-
-  /** Once every directory of the restore is in place: removes what was set aside. */
-  async drop(): Promise<Notice | undefined> {
-    return this.made ? removeReplaced(this.aside) : undefined;
-  }
 }
 
 /**
@@ -1404,7 +1322,8 @@ async function extrasInTarget(plan: RestorePlan, target: string, layout: DeltaLa
     return { extras: await refuseMountedExtras(target, inTheWay), kept: 0 };
   }
   const wanted = new Map(plan.entries.map((e) => [path.join(e.source, ...e.path.split('/')), e]));
-  const keep = new Set([...(layout.staging ? [layout.staging] : []), ...(layout.mountPoint ? [path.join(target, LOST_AND_FOUND)] : []), ...layout.keep]);
+  // At a mount point, the staging directory and where a --delta sets aside what it replaces are inside the target.
+  const keep = new Set([...(layout.staging ? [layout.staging, mountPointAside(layout.staging)] : []), ...(layout.mountPoint ? [path.join(target, LOST_AND_FOUND)] : []), ...layout.keep]);
   const found = { extras: notDirectories, kept: 0 };
   for (const s of plan.sources) {
     const root = sourceDir(plan, target, s.name);

@@ -301,8 +301,8 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
     if (!flags.dryRun) for (const p of places) unlocks.push(await lockRestoreTarget(path.resolve(p.path), await isMountPoint(p.path).catch(() => false)));
     // What an interrupted restore --in-place left among its moves is put back (or, all made, finished) before anything is judged.
     const { moved, putBack, finished } = flags.dryRun ? { moved: await movedByInterruptedRestore(places.map((p) => p.path), point.id), putBack: [], finished: [] } : await takeUpInterruptedMoves(places.map((p) => p.path), point.id);
-    for (const r of putBack.filter((r) => r.moves.some((m) => !m.delta))) {
-      renderer.notice({ level: 'info', code: 'in-place-put-back', message: `put back ${r.moves.filter((m) => !m.delta).map((m) => quoteName(m.target)).join(', ')} as they were before an interrupted restore --in-place of ${r.point}; this restore goes on from what it had staged` });
+    for (const r of putBack.filter((r) => r.targets.length > 0)) {
+      renderer.notice({ level: 'info', code: 'in-place-put-back', message: `put back ${r.targets.map(quoteName).join(', ')} as they were before an interrupted restore --in-place of ${r.point}; this restore goes on from what it had staged` });
     }
     for (const n of finished) renderer.notice(n);
     // A directory an interrupted restore of this point had moved into place holds the point: it is compared, not refused or staged again.
@@ -437,7 +437,6 @@ async function restoreAsOne(
     results[i]?.warnings.push(n);
   };
   for (const n of await finishMoves(record)) dropped(n, staged.findIndex((s) => s.target === record.moves.find((m) => m.replaced === n.path)?.target));
-  for (const [i, s] of staged.entries()) dropped(await s.deltaUndo()?.drop(), i);
   done.push(...results);
   await removeMoveRecords(places.map((p) => p.path));
 }
@@ -458,19 +457,13 @@ async function undoMoves(
   renderer: ProgressRenderer,
   failed: (place: SourcePlace, err: unknown) => Promise<unknown>,
 ): Promise<unknown> {
+  // A --delta's changes are put back from its journal with the rest, its staging directory kept with the files it had rewritten.
   const notPutBack = await putMovesBack(record);
   const stayed: { place: SourcePlace; why: string }[] = [];
-  for (const c of committed) {
-    const undo = c.staged.deltaUndo();
+  for (const c of [...committed, failing]) {
     const f = notPutBack.find((n) => n.target === c.place.path);
     if (f) stayed.push({ place: c.place, why: errorMessage(f.err) });
-    else if (!undo) await c.staged.abandon(err, true);
-    else await undo.putBack().catch((e: unknown) => stayed.push({ place: c.place, why: errorMessage(e) }));
-  }
-  const own = failing.staged.deltaUndo();
-  if (own?.failedToPutBack !== undefined) stayed.push({ place: failing.place, why: errorMessage(own.failedToPutBack) });
-  for (const { place, staged } of [...committed, failing]) {
-    if (staged.deltaUndo()?.complete === false) stayed.push({ place, why: 'what it removed on a file system mounted inside it could not be set aside' });
+    else if (!c.staged.deltaUndo() && c !== failing) await c.staged.abandon(err, true);
   }
   const error = await failed(failing.place, err);
   if (stayed.length > 0) {
