@@ -180,9 +180,10 @@ test('failover end to end: back up a served deployment, lose it, fail over to ch
     assert.equal(fc.code, 5, fc.stderr);
     const rc = fc.json();
     assert.equal(rc.ok, false);
-    assert.equal(rc.outcome, 'rolled-back');
-    assert.equal(rc.switchedBack, true);
-    assert.equal(rc.previousHealthy, true);
+    // It failed once on a loaded machine with outcome 'failed', its output not kept: each check now says what the command said.
+    assert.equal(rc.outcome, 'rolled-back', fc.stderr);
+    assert.equal(rc.switchedBack, true, fc.stderr);
+    assert.equal(rc.previousHealthy, true, fc.stderr);
     assert.match(rc.reason, /not healthy after \d+ attempt\(s\).*HTTP 503/);
     assert.match(fc.stderr, /failover of prod to .* failed: .*switched back to .*, which is healthy again/);
     assert.equal(await readActive(path.join(serving, 'current')), path.join(serving, 'slots', pointB));
@@ -245,6 +246,7 @@ test('failover end to end: back up a served deployment, lose it, fail over to ch
         ['rollback', pointA, 'ok'],
         ['failover', pointB, 'ok'],
       ].slice(-5),
+      JSON.stringify(t.events),
     );
     assert.ok(t.events.every((e: any) => e.user && e.host && e.at && e.durationMs >= 0));
     assert.equal(typeof t.events.find((e: any) => e.outcome === 'ok').detail.rtoMs, 'number');
