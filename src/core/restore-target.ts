@@ -844,6 +844,9 @@ type DeltaStep =
 
 type DeltaLine = DeltaStep | { undone: number };
 
+/** A --delta's directory, where it set aside what it changed (holding its journal), and its staging directory. */
+type DeltaMove = { target: string; replaced: string; staging: string };
+
 /**
  * What a --delta restore --in-place changes in its target, set aside and journaled so that it can be
  * put back: what it removes or replaces is renamed into `aside` (a file it rewrites hard-linked there
@@ -961,7 +964,7 @@ export class DeltaUndo {
 const within = (p: unknown, dir: string): p is string => typeof p === 'string' && (p === dir || p.startsWith(`${dir}/`)) && !p.split('/').includes('..');
 
 /** Whether a line of a journal names only what a --delta of `m` may touch (see DeltaUndo). */
-function validStep(s: DeltaStep, m: { target: string; replaced: string; staging: string }): boolean {
+function validStep(s: DeltaStep, m: DeltaMove): boolean {
   const aside = (to: unknown) => typeof to === 'string' && path.isAbsolute(to) && path.basename(path.dirname(to)) === path.basename(m.replaced) && /^\d+$/.test(path.basename(to)) && !to.split('/').includes('..');
   switch (s.op) {
     case 'aside':
@@ -980,7 +983,7 @@ function validStep(s: DeltaStep, m: { target: string; replaced: string; staging:
 }
 
 /** The lines of the journal of a --delta of `m` that read as such (the last may have been cut short by a crash), or undefined when there is none. */
-async function readDeltaJournal(m: { target: string; replaced: string; staging: string }): Promise<{ file: string; lines: (DeltaLine | undefined)[] } | undefined> {
+async function readDeltaJournal(m: DeltaMove): Promise<{ file: string; lines: (DeltaLine | undefined)[] } | undefined> {
   const file = path.join(m.replaced, DELTA_JOURNAL);
   let text: string;
   let stats: fs.BigIntStats;
@@ -1007,11 +1010,16 @@ async function readDeltaJournal(m: { target: string; replaced: string; staging: 
 const isMissing = (err: unknown) => ['ENOENT', 'ENOTDIR'].includes((err as NodeJS.ErrnoException).code ?? '');
 
 /** The directories a --delta of `m` set things aside in on file systems mounted inside its target (see DeltaUndo). */
-async function deltaAsidesElsewhere(m: { target: string; replaced: string; staging: string }): Promise<string[]> {
+async function deltaAsidesElsewhere(m: DeltaMove): Promise<string[]> {
   const journal = await readDeltaJournal(m).catch(() => undefined);
+  return asidesElsewhere(journal?.lines ?? [], m.replaced);
+}
+
+/** The directories other than `replaced` that the lines of a journal set things aside in. */
+function asidesElsewhere(lines: readonly (DeltaLine | undefined)[], replaced: string): string[] {
   const dirs = new Set<string>();
-  for (const l of journal?.lines ?? []) if (l && 'op' in l && (l.op === 'aside' || l.op === 'rewrite') && l.to !== undefined) dirs.add(path.dirname(l.to));
-  dirs.delete(m.replaced);
+  for (const l of lines) if (l && 'op' in l && (l.op === 'aside' || l.op === 'rewrite') && l.to !== undefined) dirs.add(path.dirname(l.to));
+  dirs.delete(replaced);
   return [...dirs];
 }
 
@@ -1022,7 +1030,7 @@ async function deltaAsidesElsewhere(m: { target: string; replaced: string; stagi
  * aside in. Throws the first failure, having tried every step. Returns false when there is no journal
  * (none was begun, or an earlier version's --delta, which kept none).
  */
-export async function putDeltaBack(m: { target: string; replaced: string; staging: string }): Promise<boolean> {
+export async function putDeltaBack(m: DeltaMove): Promise<boolean> {
   const journal = await readDeltaJournal(m);
   if (!journal) return false;
   const undone = new Set(journal.lines.flatMap((l) => (l && 'undone' in l ? [l.undone] : [])));
@@ -1038,7 +1046,8 @@ export async function putDeltaBack(m: { target: string; replaced: string; stagin
     }
   }
   if (first !== undefined) throw first;
-  for (const dir of await deltaAsidesElsewhere(m)) await fsp.rmdir(dir).catch((err: unknown) => (isMissing(err) ? undefined : Promise.reject(err)));
+  // Named by the journal already read: it is about to go.
+  for (const dir of asidesElsewhere(journal.lines, m.replaced)) await fsp.rmdir(dir).catch((err: unknown) => (isMissing(err) ? undefined : Promise.reject(err)));
   await fsp.rm(journal.file, { force: true });
   await fsp.rmdir(m.replaced);
   return true;
