@@ -1597,3 +1597,47 @@ test("a switch lock left on another host by a failover killed mid-way is taken o
   assert.match(live.stderr, /not been refreshed for 2m0s/);
   await fsp.rm(lock);
 });
+
+test('slots reached through a symbolic link are the slots an active link set by hand to their real path names, and the reverse: status names the point, a failover keeps the slot served for a rollback, which returns to it', async () => {
+  for (const configured of ['through the link', 'by the real path'] as const) {
+    // `via` leads to `real`: the config names the slots one way, the link set by hand the other.
+    const slots = configured === 'through the link' ? './via/slots' : './real/slots';
+    const { work, first, second } = await twoPoints(`  prod: { slots: ${slots}, active: ./current, keepSlots: 2 }\n`);
+    try {
+      await fsp.mkdir(path.join(work, 'real'));
+      await fsp.symlink('real', path.join(work, 'via'));
+      assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+      const byHand = path.join(work, configured === 'through the link' ? 'real' : 'via', 'slots', first);
+      await fsp.rm(path.join(work, 'current'));
+      await fsp.symlink(byHand, path.join(work, 'current'));
+      const slotOf = (point: string) => path.join(work, slots, point);
+      const third = '20200101-000000-000F';
+
+      const st = await lifeboat(['--json', 'status'], { cwd: work });
+      assert.equal(st.code, 0, `${configured}: ${st.stderr}`);
+      const t = st.json().targets[0];
+      assert.deepEqual([t.active.point, t.active.path], [first, slotOf(first)], configured);
+      assert.deepEqual(t.slots, [{ name: first, point: first, active: true, previous: false }], configured);
+      assert.match((await lifeboat(['status'], { cwd: work })).stdout, new RegExp(`\ntarget prod: ${first}, taken `), configured);
+
+      // Run again for the point served, the failover knows it: the slot is checked, nothing switched.
+      const again = await lifeboat(['--json', 'failover', first], { cwd: work });
+      assert.equal(again.code, 0, again.stderr);
+      assert.deepEqual([again.json().from.point, again.json().reused], [first, true], configured);
+      assert.equal(await fsp.readlink(path.join(work, 'current')), byHand, `${configured}: the link set by hand is left as it is`);
+
+      // keepSlots 2 never removes the slot served before, what a rollback returns to: a third slot goes instead.
+      await fsp.mkdir(path.join(work, 'real', 'slots', third));
+      const fs = await lifeboat(['--json', 'failover', second], { cwd: work });
+      assert.equal(fs.code, 0, fs.stderr);
+      assert.deepEqual([fs.json().from.point, fs.json().pruned], [first, [third]], configured);
+      assert.equal((await lifeboat(['--json', 'status'], { cwd: work })).json().targets[0].previous.point, first, configured);
+      const back = await lifeboat(['--json', 'rollback'], { cwd: work });
+      assert.equal(back.code, 0, `${configured}: ${back.stderr}`);
+      assert.equal(back.json().point, first, configured);
+      assert.equal(await readActive(path.join(work, 'current')), slotOf(first), configured);
+    } finally {
+      await fsp.rm(work, { recursive: true, force: true });
+    }
+  }
+});

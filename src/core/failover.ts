@@ -550,7 +550,7 @@ async function journalError(run: Run, repo: MaybeRepository, type: string, point
   if ('unreadable' in repo || refusedBeforeWriting(err)) return;
   const { move } = run;
   // Stopped once the new slot was linked (interrupted, or the switch could not be recorded): the target serves it, and a prune elsewhere must keep it.
-  const switched = move !== undefined && run.linkMoved === true && (await readActive(run.spec.active).catch(() => null)) === move.to;
+  const switched = move !== undefined && run.linkMoved === true && (await readActive(run.spec.active, run.spec.slots).catch(() => null)) === move.to;
   await appendEvent(repo.storage, {
     type,
     point,
@@ -716,7 +716,7 @@ async function failoverRegistered(repo: Repository, manifest: Manifest, spec: Ta
   let putServedStateBack: ((interrupted: boolean) => Promise<boolean | undefined>) | undefined;
   try {
     await finishSwitchBack(run, repo);
-    const from = await readActive(spec.active);
+    const from = await readActive(spec.active, spec.slots);
     const fromPoint = slotPoint(spec.slots, from) ?? null;
     served = fromPoint ?? from ?? 'nothing';
     await checkActiveLinkWritable(spec.active, spec.name);
@@ -869,7 +869,7 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
   try {
     await finishSwitchBack(run, repo);
     const state = await readTargetState(spec.slots);
-    const from = await readActive(spec.active);
+    const from = await readActive(spec.active, spec.slots);
     served = slotPoint(spec.slots, from) ?? from ?? 'nothing';
     to = state.previous;
     if (!to) {
@@ -1097,7 +1097,7 @@ export async function status(
     let error: string | undefined;
     let hint: string | undefined;
     try {
-      activePath = await readActive(spec.active);
+      activePath = await readActive(spec.active, spec.slots);
       // A slot removed by hand leaves the link dangling: the server has nothing to load after a restart.
       if (activePath && !(await isDirectory(activePath))) error = `${quoteName(spec.active)} links to ${quoteName(activePath)}, which is missing`;
     } catch (err) {

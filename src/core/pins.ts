@@ -173,7 +173,7 @@ async function journalSlots(storage: Storage, out: Map<string, string>): Promise
 async function localSlots(targets: readonly TargetSpec[], out: Map<string, string>): Promise<void> {
   for (const t of targets) {
     try {
-      const active = slotPoint(t.slots, await readActive(t.active));
+      const active = slotPoint(t.slots, await readActive(t.active, t.slots));
       if (active) addReason(out, active, `active slot of target ${t.name}`);
     } catch {
       // Not a link lifeboat can read here (another host's target): the journal speaks for it.

@@ -97,11 +97,34 @@ export function slotPoint(slots: string, dir: string | null | undefined): string
 }
 
 /**
+ * `dir` named as the slots directory `slots` names its slots, when it is one of them reached another way: through a
+ * symbolic link on the way (the slots directory configured through a link, or a link set by hand to the real path),
+ * or a bind mount. Paths of slots are compared as strings everywhere, so they are compared as the directories they
+ * are only once each is named so. A slot removed since is judged by its parent directory; anything else is `dir`.
+ */
+export async function asSlot(slots: string, dir: string): Promise<string> {
+  const base = path.resolve(slots);
+  if (path.dirname(dir) === base) return dir;
+  const real = await fsp.realpath(dir).catch(() => dir);
+  for (const candidate of real === dir ? [dir] : [dir, real]) {
+    if (await sameDirectory(path.dirname(candidate), base)) return path.join(base, path.basename(candidate));
+  }
+  return dir;
+}
+
+/** Whether two paths lead to the same directory (its device and inode), whatever links lie on the way. */
+async function sameDirectory(a: string, b: string): Promise<boolean> {
+  const [x, y] = await Promise.all([fsp.stat(a).catch(() => undefined), fsp.stat(b).catch(() => undefined)]);
+  return x !== undefined && y !== undefined && x.isDirectory() && x.dev === y.dev && x.ino === y.ino;
+}
+
+/**
  * Where the `active` link points (absolute), or null when there is no link.
  * Anything else at that path (a real directory) is refused: switching it
- * atomically is impossible, and replacing it would destroy it.
+ * atomically is impossible, and replacing it would destroy it. Given the
+ * target's `slots`, a slot is named as it is there (see asSlot).
  */
-export async function readActive(active: string): Promise<string | null> {
+export async function readActive(active: string, slots?: string): Promise<string | null> {
   let st;
   try {
     st = await fsp.lstat(active);
@@ -114,7 +137,8 @@ export async function readActive(active: string): Promise<string | null> {
       hint: `move it aside and make it a link to the directory the server reads (ln -s DIR ${shellWord(active)}), so it can be switched atomically`,
     });
   }
-  return path.resolve(path.dirname(active), await fsp.readlink(active));
+  const dir = path.resolve(path.dirname(active), await fsp.readlink(active));
+  return slots === undefined ? dir : asSlot(slots, dir);
 }
 
 /**
@@ -201,7 +225,7 @@ export async function readTargetState(slots: string, own?: Pick<SwitchRecord, 'f
   if (pending?.generation !== undefined) state.generation = Math.max(state.generation ?? 0, pending.generation);
   if (pending && !(own && own.from === pending.from && own.to === pending.to)) {
     const { active, back: _switchedBack, ...made } = pending;
-    if ((await readActive(active).catch(() => null)) === made.to) {
+    if ((await readActive(active, slots).catch(() => null)) === made.to) {
       state.history.push(made);
       state.previous = made.from;
     }
@@ -233,10 +257,25 @@ export async function announceSwitch(slots: string, active: string, made: Omit<S
 async function readRecord(slots: string): Promise<TargetRecord | undefined> {
   try {
     const parsed = targetStateSchema.safeParse(JSON.parse(await readRegularFile(path.join(slots, TARGET_STATE_FILE), TARGET_STATE_LIMIT)));
-    return parsed.success ? parsed.data : undefined;
+    return parsed.success ? await slotsNamed(slots, parsed.data) : undefined;
   } catch {
     return undefined;
   }
+}
+
+/** The record with each slot it names named as `slots` names it (see asSlot): written while the slots directory was configured another way, it still names the same slots. */
+async function slotsNamed(slots: string, record: TargetRecord): Promise<TargetRecord> {
+  const named = new Map<string, Promise<string>>();
+  const slot = (dir: string) => named.get(dir) ?? named.set(dir, asSlot(slots, dir)).get(dir)!;
+  const either = async (dir: string | null) => (dir === null ? null : slot(dir));
+  const move = async <T extends { from: string | null; to: string }>(s: T): Promise<T> => ({ ...s, from: await either(s.from), to: await slot(s.to) });
+  return {
+    ...record,
+    previous: await either(record.previous),
+    history: await Promise.all(record.history.map(move)),
+    ...(record.pending ? { pending: await move(record.pending) } : {}),
+    ...(record.stateOf ? { stateOf: { ...record.stateOf, slot: await slot(record.stateOf.slot) } } : {}),
+  };
 }
 
 /** A switch that was being switched back when its process was stopped: the link names `from` again. */
@@ -256,7 +295,7 @@ export async function unfinishedSwitchBack(slots: string): Promise<UnfinishedSwi
   const pending = (await readRecord(slots))?.pending;
   if (!pending?.back) return undefined;
   const { active, back, ...made } = pending;
-  if ((await readActive(active).catch(() => undefined)) !== made.from) return undefined;
+  if ((await readActive(active, slots).catch(() => undefined)) !== made.from) return undefined;
   return { ...made, ...back, at: made.at };
 }
 
@@ -268,7 +307,7 @@ export async function switchNotMade(slots: string): Promise<SwitchRecord | undef
   const pending = (await readRecord(slots))?.pending;
   if (!pending || pending.back || pending.from === null || pending.from === pending.to) return undefined;
   const { active, back: _back, ...made } = pending;
-  return (await readActive(active).catch(() => undefined)) === made.from ? made : undefined;
+  return (await readActive(active, slots).catch(() => undefined)) === made.from ? made : undefined;
 }
 
 /** Takes the switch announced out of the record, once what it did is journalled. */

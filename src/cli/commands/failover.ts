@@ -107,7 +107,7 @@ export async function runFailover(ctx: CliContext, selector: string | undefined,
       keepSwitched(ctx, err);
       // Damaged data fails the restore before the switch: the link is as it was.
       // The intact point is often the one served now: failing over to it again would change nothing.
-      const served = slotPoint(spec.slots, await readActive(spec.active).catch(() => null));
+      const served = slotPoint(spec.slots, await readActive(spec.active, spec.slots).catch(() => null));
       throw await withIntactAlternative(err, repo, point, (id) => (id === served ? `${spec.name} serves it now` : `lifeboat failover ${id} --to ${spec.name}`));
     });
     renderer.stop();
@@ -120,7 +120,7 @@ export async function runFailover(ctx: CliContext, selector: string | undefined,
 
 /** The deployment of the point a target's active slot holds, when it is known. */
 async function servedDeployment(repo: Repository, spec: TargetSpec): Promise<string | undefined> {
-  const active = slotPoint(spec.slots, await readActive(spec.active).catch(() => null));
+  const active = slotPoint(spec.slots, await readActive(spec.active, spec.slots).catch(() => null));
   if (!active) return undefined;
   return repo.summary(active).then(deploymentOf, () => undefined);
 }
