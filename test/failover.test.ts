@@ -1641,3 +1641,32 @@ test('slots reached through a symbolic link are the slots an active link set by 
     }
   }
 });
+
+test('a health check whose attempts are stopped at the limit each one has (half a short timeout) says so, and how to give a check more: a server that answers after 0.6 of the timeout', async (t) => {
+  const url = await healthEndpoint(t, (_req, res) => void setTimeout(() => res.writeHead(200, { connection: 'close' }).end(), 1200));
+  const h = await waitHealthy({ url, timeoutMs: 2000, intervalMs: 100 }, {});
+  assert.equal(h.ok, false, h.detail);
+  assert.equal(h.attemptLimitMs, 1000);
+  // A command that needs as long, likewise; an answer that is not a time-out is no such case.
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  assert.equal((await waitHealthy({ command: 'sleep 1.2', timeoutMs: 2000, intervalMs: 100 }, { cwd: work })).attemptLimitMs, 1000);
+  const refused = await waitHealthy({ command: 'exit 1', timeoutMs: 500, intervalMs: 100 }, { cwd: work });
+  assert.deepEqual([refused.ok, refused.attemptLimitMs], [false, undefined]);
+
+  const { work: deployment, first } = await twoPoints(`  prod: { slots: ./slots, active: ./current, health: { url: "${url}", timeout: 2s, interval: 100ms } }\n`);
+  t.after(() => fsp.rm(deployment, { recursive: true, force: true }));
+  const fo = await lifeboat(['--json', 'failover', first], { cwd: deployment });
+  assert.equal(fo.code, 5, fo.stderr);
+  assert.match(fo.json().reason, /: no answer within \d+ ms; each attempt may take at most 1000 ms \(half the health timeout\), so a check that needs longer never passes$/);
+  assert.equal(fo.json().health.attemptLimitMs, 1000);
+  const text = await lifeboat(['failover', first], { cwd: deployment });
+  assert.equal(text.code, 5, text.stderr);
+  assert.match(text.stderr, /each attempt may take at most 1000 ms \(half the health timeout\), so a check that needs longer never passes; the link was removed again \(there was none before\)\n {2}raise targets\.prod\.health\.timeout to more than twice what one check needs, or set targets\.prod\.health\.retries: 0, which gives the one check the whole timeout\n$/);
+  // As the hint says: one check given the whole timeout passes.
+  const config = path.join(deployment, 'lifeboat.yaml');
+  await fsp.writeFile(config, (await fsp.readFile(config, 'utf8')).replace('interval: 100ms', 'interval: 100ms, retries: 0'));
+  const single = await lifeboat(['--json', 'failover', first], { cwd: deployment });
+  assert.equal(single.code, 0, single.stderr);
+  assert.equal(single.json().health.attempts, 1);
+});

@@ -7,7 +7,7 @@ import { putStateBack, refuseEmptyCopies, stateToPutBack, type EmptyCopies } fro
 import { restoreSqlite } from '../state/sqlite.js';
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
 import type { Reporter } from './events.js';
-import { DEFAULT_HEALTH_TIMEOUT_MS, checkOnce, waitHealthy, type HealthResult } from './health.js';
+import { DEFAULT_HEALTH_TIMEOUT_MS, attemptLimitAdvice, checkOnce, waitHealthy, type HealthResult } from './health.js';
 import { appendEvent, inSwitchOrder, lastSwitchGeneration, readEvents, withoutEndedAnnouncements, type JournalEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
@@ -260,7 +260,8 @@ async function isDirectory(p: string): Promise<boolean> {
 
 function healthFailure(run: Run, h: HealthResult): string {
   const t = run.spec.health?.timeoutMs ?? DEFAULT_HEALTH_TIMEOUT_MS;
-  return `not healthy after ${h.attempts} attempt(s) in ${h.ms} ms (limit ${t} ms): ${h.detail}`;
+  const cut = h.attemptLimitMs === undefined ? '' : `; ${attemptLimitAdvice(h.attemptLimitMs, `targets.${run.spec.name}.health`).reason}`;
+  return `not healthy after ${h.attempts} attempt(s) in ${h.ms} ms (limit ${t} ms): ${h.detail}${cut}`;
 }
 
 /**

@@ -1,5 +1,5 @@
 import { errorMessage, throwIfAborted } from '../errors.js';
-import { runShell } from '../state/command.js';
+import { CommandTimedOut, runShell } from '../state/command.js';
 import { sleep } from '../sleep.js';
 
 export const DEFAULT_HEALTH_TIMEOUT_MS = 60_000;
@@ -13,6 +13,19 @@ const MAX_ATTEMPT_MS = 10_000;
 /** How long one attempt may take: the whole timeout only when no retry is allowed. */
 function attemptLimitMs(spec: HealthSpec, timeoutMs: number): number {
   return spec.retries === 0 ? timeoutMs : Math.min(MAX_ATTEMPT_MS, Math.ceil(timeoutMs / 2));
+}
+
+/**
+ * What a check whose attempts were stopped at the limit each one has (HealthResult.attemptLimitMs) says: in its
+ * reason, that limit; in the hint, the ways out, for the health check configured at `key` (`targets.prod.health`).
+ */
+export function attemptLimitAdvice(limitMs: number, key: string): { reason: string; hint: string } {
+  const half = limitMs < MAX_ATTEMPT_MS;
+  const single = `set ${key}.retries: 0, which gives the one check the whole timeout`;
+  return {
+    reason: `each attempt may take at most ${limitMs} ms (${half ? 'half the health timeout' : 'the most one attempt is given'}), so a check that needs longer never passes`,
+    hint: half ? `raise ${key}.timeout to more than twice what one check needs, or ${single}` : single,
+  };
 }
 
 export interface HealthSpec {
@@ -38,6 +51,8 @@ export interface HealthAttempt {
   /** HTTP status, or the command's outcome. */
   detail: string;
   ms: number;
+  /** Stopped at its time limit: no answer, or no exit, by then. */
+  timedOut?: true;
 }
 
 export interface HealthResult {
@@ -49,6 +64,11 @@ export interface HealthResult {
   detail: string;
   /** No check configured: healthy by assumption. */
   unchecked?: boolean;
+  /**
+   * Set when it failed because its attempts were stopped at the limit each one has, less than the timeout so
+   * that a hang is retried (see attemptLimitMs): that limit. A check that needs longer never passes.
+   */
+  attemptLimitMs?: number;
 }
 
 export interface HealthRunOptions {
@@ -92,10 +112,13 @@ export async function checkOnce(spec: HealthSpec, timeoutMs: number, options: He
   if (answered && (!answered.ok || !spec.command)) return { ...answered, ms: Date.now() - started };
   const left = Math.max(100, timeoutMs - (Date.now() - started));
   const ran = await checkCommand(spec.command!, left, options);
-  return { ok: ran.ok, detail: answered ? `${answered.detail}; ${ran.ok ? 'the command exited 0' : `the command failed: ${ran.detail}`}` : ran.detail, ms: Date.now() - started };
+  const detail = answered ? `${answered.detail}; ${ran.ok ? 'the command exited 0' : `the command failed: ${ran.detail}`}` : ran.detail;
+  return { ok: ran.ok, detail, ms: Date.now() - started, ...(ran.timedOut ? { timedOut: true as const } : {}) };
 }
 
-async function checkUrl(url: string, timeoutMs: number, options: HealthRunOptions): Promise<{ ok: boolean; detail: string }> {
+type Checked = Omit<HealthAttempt, 'ms'>;
+
+async function checkUrl(url: string, timeoutMs: number, options: HealthRunOptions): Promise<Checked> {
   try {
     const signals = [AbortSignal.timeout(timeoutMs), ...(options.signal ? [options.signal] : [])];
     const answer = await httpGet(url, AbortSignal.any(signals));
@@ -105,18 +128,18 @@ async function checkUrl(url: string, timeoutMs: number, options: HealthRunOption
     // Interrupted, the target is not unhealthy: the command stops, as it does during a health command.
     throwIfAborted(options.signal);
     // OpenSSL's messages run over several lines; the first says it.
-    const reason = (err as Error).name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : errorMessage(err).split('\n')[0]!.trim();
-    return { ok: false, detail: reason };
+    if ((err as Error).name === 'TimeoutError') return { ok: false, detail: `no answer within ${timeoutMs} ms`, timedOut: true };
+    return { ok: false, detail: errorMessage(err).split('\n')[0]!.trim() };
   }
 }
 
-async function checkCommand(command: string, timeoutMs: number, options: HealthRunOptions): Promise<{ ok: boolean; detail: string }> {
+async function checkCommand(command: string, timeoutMs: number, options: HealthRunOptions): Promise<Checked> {
   try {
     await runShell(options.commandName ?? 'health check', command, { cwd: options.cwd, env: options.env, timeoutMs, signal: options.signal });
     return { ok: true, detail: 'exit 0' };
   } catch (err) {
     throwIfAborted(options.signal);
-    return { ok: false, detail: errorMessage(err) };
+    return { ok: false, detail: errorMessage(err), ...(err instanceof CommandTimedOut ? { timedOut: true as const } : {}) };
   }
 }
 
@@ -130,13 +153,17 @@ export async function waitHealthy(spec: HealthSpec | undefined, options: HealthR
   const intervalMs = spec.intervalMs ?? DEFAULT_HEALTH_INTERVAL_MS;
   const started = Date.now();
   const deadline = started + timeoutMs;
+  const limit = attemptLimitMs(spec, timeoutMs);
   let attempts = 0;
   let last: HealthAttempt = { ok: false, detail: 'not checked', ms: 0 };
+  /** An attempt was stopped at `limit`, not at the deadline: one that needs longer was never given the time. */
+  let cutAtLimit = false;
   for (;;) {
     throwIfAborted(options.signal);
     attempts++;
-    const budget = Math.max(100, Math.min(deadline - Date.now(), attemptLimitMs(spec, timeoutMs)));
+    const budget = Math.max(100, Math.min(deadline - Date.now(), limit));
     last = await checkOnce(spec, budget, options);
+    if (last.timedOut && budget === limit && limit < timeoutMs) cutAtLimit = true;
     options.onAttempt?.(last, attempts);
     if (last.ok) return { ok: true, attempts, ms: Date.now() - started, detail: last.detail };
     const failures = attempts;
@@ -147,6 +174,6 @@ export async function waitHealthy(spec: HealthSpec | undefined, options: HealthR
     // timeout passes whatever the interval (one longer than the timeout gave a single check).
     await sleep(Math.min(intervalMs, left), options.signal);
   }
-  return { ok: false, attempts, ms: Date.now() - started, detail: last.detail };
+  return { ok: false, attempts, ms: Date.now() - started, detail: last.detail, ...(cutAtLimit && last.timedOut ? { attemptLimitMs: limit } : {}) };
 }
 

@@ -49,6 +49,9 @@ class LineTail {
   }
 }
 
+/** A command stopped because it ran past its timeout (exit 1, as any command that fails). */
+export class CommandTimedOut extends RuntimeFailure {}
+
 /** How a command ended, with the last lines of its stderr: what a secret manager or a dump said before it failed or hung. */
 function describeEnd(what: string, how: string, tail: string): string {
   const last = tail.trim().split('\n').slice(-3).join(' | ');
@@ -204,7 +207,7 @@ export async function runShell(
     stdout?.end();
     stderr.end();
     if (aborted) throw new InterruptedError();
-    if (timedOut) throw new RuntimeFailure(describeEnd(what, `timed out after ${options.timeoutMs} ms and was stopped`, stderr.tail));
+    if (timedOut) throw new CommandTimedOut(describeEnd(what, `timed out after ${options.timeoutMs} ms and was stopped`, stderr.tail));
     if (code !== 0) throw new RuntimeFailure(describeEnd(what, sig ? `was killed by ${sig}` : `exited with status ${code}`, stderr.tail));
     return { durationMs: Date.now() - started, ...(options.stdoutFile ? { bytes } : {}) };
   } catch (err) {

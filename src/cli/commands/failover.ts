@@ -6,6 +6,7 @@ import { loadConfig, type LifeboatConfig } from '../../config/config.js';
 import { addReaderLockOptions, lockStaleAfterMs, readerLockMs, type LockFlags } from '../cron.js';
 import { InterruptedAfterSwitch, failover, rollback, type SwitchResult } from '../../core/failover.js';
 import { chooseTarget, type TargetSpec } from '../../core/targets.js';
+import { attemptLimitAdvice } from '../../core/health.js';
 import { readActive, slotPoint } from '../../core/slots.js';
 import type { Repository } from '../../core/repository.js';
 import { openRepository, type CliContext } from '../context.js';
@@ -77,8 +78,11 @@ export function reportSwitch(ctx: CliContext, verb: 'failover' | 'rollback', r: 
           }${r.stateNotPutBack ? `, but with the serving state of ${r.point ?? quoteName(r.slot)}, which could not be undone (see the warning above)` : ''}`
         : '; the link was removed again (there was none before)'
       : `; ${r.target} still serves ${r.from.point ?? (r.from.path === null ? 'nothing' : quoteName(r.from.path))}, the active link was not changed`;
+  const down = r.previousHealthy === false || r.previousMissing ? `the target is down: fail over to another point (lifeboat list, lifeboat failover POINT --to ${r.target})` : undefined;
+  // Attempts stopped at their limit: a check that needs longer is never given the time, whatever is served.
+  const cut = r.health.attemptLimitMs === undefined ? undefined : attemptLimitAdvice(r.health.attemptLimitMs, `targets.${r.target}.health`).hint;
   throw new HealthError(`${verb} of ${r.target} to ${r.point ?? quoteName(r.slot)} failed: ${r.reason}${back}`, {
-    hint: r.previousHealthy === false || r.previousMissing ? `the target is down: fail over to another point (lifeboat list, lifeboat failover POINT --to ${r.target})` : undefined,
+    hint: [down, cut].filter((h) => h !== undefined).join('; ') || undefined,
   });
 }
 
