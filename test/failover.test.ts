@@ -16,6 +16,8 @@ import { tempDir } from './helpers/tree.js';
 import { ProcessGroup, freePort, sleep, stderrTail, waitFor, waitForPort } from './helpers/processes.js';
 import { ROWS_PER_TXN, startWriter } from './helpers/writer.js';
 import { generateDeployment, rewriteSafetensorsData } from '../fixtures/generate.js';
+import { decodeDocument, encodeDocument } from '../src/format/document.js';
+import { manifestSchema } from '../src/format/manifest.js';
 import { integrityCheck } from '../src/state/sqlite.js';
 import { listSlots, planSlotPrune, switchActive, readActive, type SlotInfo } from '../src/core/slots.js';
 import { waitHealthy } from '../src/core/health.js';
@@ -1669,4 +1671,41 @@ test('a health check whose attempts are stopped at the limit each one has (half 
   const single = await lifeboat(['--json', 'failover', first], { cwd: deployment });
   assert.equal(single.code, 0, single.stderr);
   assert.equal(single.json().health.attempts, 1);
+});
+
+test('a failover that reuses the slot of a point taken before points recorded their exclude patterns keeps what the config\'s patterns match, and says so on stderr and among the --json warnings', async (t) => {
+  const { work, first } = await twoPoints('  prod: { slots: ./slots, active: ./current }\n');
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  assert.equal((await lifeboat(['failover', first], { cwd: work })).code, 0);
+  // What an earlier version wrote: the same manifest without the patterns.
+  const file = path.join(work, 'repo', 'points', `${first}.json`);
+  const m = decodeDocument(await fsp.readFile(file), manifestSchema, 'manifest');
+  for (const s of m.sources) delete s.exclude;
+  await fsp.writeFile(file, encodeDocument(m));
+  const log = path.join(work, 'slots', first, 'models', 'server.log');
+  const config = path.join(work, 'lifeboat.yaml');
+  await fsp.appendFile(config, 'exclude: ["*.log"]\n');
+  await fsp.writeFile(log, 'served\n');
+
+  const said = `${first} does not record the exclude patterns its backup left files out with (an earlier version took it)`;
+  const kept = await lifeboat(['--json', 'failover', first], { cwd: work });
+  assert.equal(kept.code, 0, kept.stderr);
+  assert.deepEqual([kept.json().reused, kept.json().restore.keptExcluded, kept.json().restore.removed], [true, 1, 0]);
+  assert.equal(await fsp.readFile(log, 'utf8'), 'served\n');
+  assert.equal(kept.stderr.split(said).length - 1, 1, `said once on stderr: ${kept.stderr}`);
+  assert.deepEqual(kept.json().warnings, [{ code: 'excludes-unrecorded', message: `${said}: the check of its slot keeps what the config's exclude patterns match (*.log)` }]);
+
+  // Without patterns in the config, what the point lacks goes, and that is a warning.
+  await fsp.writeFile(config, (await fsp.readFile(config, 'utf8')).replace('exclude: ["*.log"]\n', ''));
+  const bare = await lifeboat(['--json', 'failover', first], { cwd: work });
+  assert.equal(bare.code, 0, bare.stderr);
+  assert.deepEqual([bare.json().restore.keptExcluded, bare.json().restore.removed], [0, 1]);
+  assert.match(bare.stderr, /warning.*and the config has none: the check of its slot removes everything the point lacks, what its backup left out included/i);
+  assert.deepEqual(bare.json().warnings.map((w: { code: string }) => w.code), ['excludes-unrecorded']);
+  // A slot restored anew has nothing the backup left out to keep: nothing to say.
+  await fsp.rm(path.join(work, 'slots', first), { recursive: true });
+  await fsp.rm(path.join(work, 'current'));
+  const fresh = await lifeboat(['--json', 'failover', first], { cwd: work });
+  assert.equal(fresh.code, 0, fresh.stderr);
+  assert.deepEqual(fresh.json().warnings, []);
 });

@@ -6,11 +6,11 @@ import { deploymentOf, type Manifest, type PointSummary } from '../format/manife
 import { putStateBack, refuseEmptyCopies, stateToPutBack, type EmptyCopies } from '../state/put-back.js';
 import { restoreSqlite } from '../state/sqlite.js';
 import { DEFAULT_HOOK_TIMEOUT_MS, runHook } from '../state/hooks.js';
-import type { Reporter } from './events.js';
+import type { Notice, Reporter } from './events.js';
 import { DEFAULT_HEALTH_TIMEOUT_MS, attemptLimitAdvice, checkOnce, waitHealthy, type HealthResult } from './health.js';
 import { appendEvent, inSwitchOrder, lastSwitchGeneration, readEvents, withoutEndedAnnouncements, type JournalEvent } from './journal.js';
 import type { Repository } from './repository.js';
-import { restore } from './restore.js';
+import { restore, unrecordedExcludes } from './restore.js';
 import { readerLockOptions, whileReading, type ReaderLockOptions } from './lock.js';
 import { NotEnoughSpace, refusedBeforeWriting, removeLeftCopies, removeOtherStaging, restoreLeftUnfinished } from './restore-target.js';
 import { validateDirectory } from '../model/validate.js';
@@ -37,6 +37,8 @@ export interface SwitchOptions extends ReaderLockOptions {
   hookTimeoutMs?: number;
   /** Each line the activate and deactivate hooks print (on stdout or stderr), to be logged as a backup's hooks' are. */
   onOutput?: (line: string) => void;
+  /** The config's exclude patterns: what the check of a reused slot keeps of what a point that does not record its own left out. */
+  excludesWhenUnrecorded?: readonly string[];
 }
 
 export type SwitchOutcome = 'ok' | 'rolled-back' | 'failed';
@@ -75,12 +77,16 @@ export interface SwitchResult {
   /** After switching back: the serving state it had replaced could not be put back (a warning says why), so the slot switched back to is served with the failed point's. */
   stateNotPutBack?: true;
   pruned: string[];
+  /** What it warned of (on stderr as it went), and what it said of a point that does not record its exclude patterns. */
+  warnings: Notice[];
 }
 
 interface Run {
   spec: TargetSpec;
   options: SwitchOptions;
   started: number;
+  /** The warnings said so far, for the result. */
+  warnings: Notice[];
   /** The link was moved to the new slot: from then on, an error no longer means that nothing changed. */
   linkMoved?: boolean;
   /** The serving-state sources of the point switched to, when its manifest was read. */
@@ -98,7 +104,9 @@ interface Run {
 }
 
 function note(run: Run, code: string, message: string, level: 'info' | 'warning' = 'info'): void {
-  run.options.reporter?.notice?.({ level, code, message });
+  const n: Notice = { level, code, message };
+  if (level === 'warning') run.warnings.push(n);
+  run.options.reporter?.notice?.(n);
 }
 
 /** What hooks and health checks of a target see: the environment, with the target, its link, the slot and the point. */
@@ -707,7 +715,7 @@ export async function failover(repo: Repository, manifest: Manifest, spec: Targe
 }
 
 async function failoverRegistered(repo: Repository, manifest: Manifest, spec: TargetSpec, options: SwitchOptions): Promise<SwitchResult> {
-  const run: Run = { spec, options, started: Date.now() };
+  const run: Run = { spec, options, started: Date.now(), warnings: [] };
   const slot = slotPath(spec.slots, manifest.id);
   const unlock = await lockTarget(spec.slots, spec.name, `failover ${manifest.id}`, undefined, options.lockStaleAfterMs);
   run.lock = unlock;
@@ -734,10 +742,16 @@ async function failoverRegistered(repo: Repository, manifest: Manifest, spec: Ta
     // Refused before the slot is restored, which may take long: the operator hears it at once.
     if (run.options.applyState !== false) await refuseEmptyCopies(manifest, emptyCopies(run));
     const reused = await isDirectory(slot);
+    const unrecorded = reused ? unrecordedExcludes(manifest, options.excludesWhenUnrecorded ?? [], 'the check of its slot') : undefined;
+    if (unrecorded) {
+      run.warnings.push(unrecorded);
+      options.reporter?.notice?.(unrecorded);
+    }
     for (const name of await removeOtherStaging(slot)) note(run, 'staging-removed', `removed ${quoteName(name)}, left by an interrupted failover to another point`);
     note(run, reused ? 'slot-check' : 'slot-restore', reused ? `checking slot ${quoteName(slot)} file by file` : `restoring ${manifest.id} into ${quoteName(slot)}`);
     // The server loads the slot right after the switch: the weights are left in memory for it.
-    const restoreSlot = () => restore(repo, manifest, { target: slot, delta: reused, concurrency: options.concurrency, pageCache: true, registered: true, signal: options.signal, reporter: options.reporter });
+    const restoreSlot = () =>
+      restore(repo, manifest, { target: slot, delta: reused, excludesWhenUnrecorded: options.excludesWhenUnrecorded, concurrency: options.concurrency, pageCache: true, registered: true, signal: options.signal, reporter: options.reporter });
     const explained = (err: unknown): unknown => {
       if (!(err instanceof NotEnoughSpace)) return err;
       const kept = spec.keepSlots === undefined ? 'set keepSlots to have old slots removed' : `keepSlots (${spec.keepSlots}) never removes the active slot or the previous one, kept for a rollback`;
@@ -755,6 +769,7 @@ async function failoverRegistered(repo: Repository, manifest: Manifest, spec: Ta
         throw explained(again);
       });
     });
+    run.warnings.push(...r.warnings.filter((w) => w.level === 'warning'));
     const changed = (r.rewritten ?? 0) + (r.removed ?? 0);
     if (reused) note(run, 'slot-reused', changed ? `slot ${quoteName(slot)} repaired: ${r.rewritten} rewritten, ${r.removed} removed` : `slot ${quoteName(slot)} holds ${manifest.id} intact`);
     const result: SwitchResult = {
@@ -771,6 +786,7 @@ async function failoverRegistered(repo: Repository, manifest: Manifest, spec: Ta
       rtoMs: null,
       durationMs: 0,
       pruned: madeRoom,
+      warnings: run.warnings,
     };
     const finish = async (): Promise<SwitchResult> => {
       result.durationMs = Date.now() - run.started;
@@ -857,7 +873,7 @@ function noPreviousSlot(spec: TargetSpec): UsageError {
  * healthy). Rolling back twice returns to where it started.
  */
 export async function rollback(repo: MaybeRepository, spec: TargetSpec, options: SwitchOptions = {}): Promise<SwitchResult> {
-  const run: Run = { spec, options, started: Date.now() };
+  const run: Run = { spec, options, started: Date.now(), warnings: [] };
   let to: string | null = null;
   let served = 'nothing';
   /** See failover. */
@@ -916,6 +932,7 @@ export async function rollback(repo: MaybeRepository, spec: TargetSpec, options:
       rtoMs: null,
       durationMs: 0,
       pruned: [],
+      warnings: run.warnings,
     };
     const intoLive = state.history.findLast((h) => h.to === from);
     if (!point && run.options.applyState !== false && intoLive?.state !== false && (intoLive?.stateSources?.length ?? 0) > 0) {

@@ -1280,6 +1280,20 @@ interface DeltaLayout {
 }
 
 /**
+ * What is said once before a --delta (`by`), or a failover's check of a slot it reuses, from a point taken by an
+ * earlier version, which did not record the exclude patterns of its backup: the config's (`patterns`) stand in
+ * for them, or, without any, what the backup left out is removed with the rest, as before. Undefined for a point
+ * that records them.
+ */
+export function unrecordedExcludes(point: Manifest, patterns: readonly string[], by: string): Notice | undefined {
+  if (point.sources.every((s) => s.exclude !== undefined)) return undefined;
+  const taken = `${point.id} does not record the exclude patterns its backup left files out with (an earlier version took it)`;
+  return patterns.length > 0
+    ? { level: 'info', code: 'excludes-unrecorded', message: `${taken}: ${by} keeps what the config's exclude patterns match (${patterns.join(' ')})` }
+    : { level: 'warning', code: 'excludes-unrecorded', message: `${taken}, and the config has none: ${by} removes everything the point lacks, what its backup left out included` };
+}
+
+/**
  * What the point's backup left out of each source with its exclude patterns,
  * matched as the backup matched them, as rsync --delete spares excluded
  * files: a --delta keeps it. A source whose point does not record its patterns

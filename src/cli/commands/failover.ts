@@ -13,7 +13,7 @@ import { openRepository, type CliContext } from '../context.js';
 import { withIntactAlternative } from '../damage.js';
 import { formatBytes, counted, quoteName } from '../format.js';
 import { formatDuration } from '../../config/duration.js';
-import { ProgressRenderer, log, printResult } from '../output.js';
+import { ProgressRenderer, log, printResult, warningsJson } from '../output.js';
 import type { CommandRunner } from '../main.js';
 import { nonEmpty } from '../flags.js';
 
@@ -35,7 +35,7 @@ export async function resolveTarget(ctx: CliContext, name: string | undefined): 
 }
 
 export function switchJson(r: SwitchResult) {
-  return { ...r };
+  return { ...r, warnings: warningsJson(r.warnings) };
 }
 
 /** Interrupted after the switch, the --json document still says what was switched (`switched`, `interrupted`, `from`), beside the error. */
@@ -107,6 +107,7 @@ export async function runFailover(ctx: CliContext, selector: string | undefined,
       ...readerLockMs(flags, config),
       applyState: flags.state,
       allowEmptyState: flags.allowEmptyState === true,
+      excludesWhenUnrecorded: config.exclude,
     }).catch(async (err: unknown) => {
       keepSwitched(ctx, err);
       // Damaged data fails the restore before the switch: the link is as it was.

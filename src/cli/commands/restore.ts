@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../../errors.js';
 import { appendEvent } from '../../core/journal.js';
-import { checkRestoreTarget, prepareRestore, restore, type PreparedRestore, type RestoreOptions, type RestoreResult, type StagedRestore } from '../../core/restore.js';
+import { checkRestoreTarget, prepareRestore, restore, unrecordedExcludes, type PreparedRestore, type RestoreOptions, type RestoreResult, type StagedRestore } from '../../core/restore.js';
 import {
   NotEnoughSpace,
   checkFreeSpace,
@@ -80,13 +80,8 @@ function commonOptions(ctx: CliContext, flags: RestoreFlags, config: LifeboatCon
  */
 function noteUnrecordedExcludes(point: Manifest, flags: RestoreFlags, config: LifeboatConfig, renderer: ProgressRenderer): Notice[] {
   if (!flags.delta || flags.deleteExcluded || flags.include.length > 0) return [];
-  if (point.sources.every((s) => s.exclude !== undefined)) return [];
-  const taken = `${point.id} does not record the exclude patterns its backup left files out with (an earlier version took it)`;
-  const patterns = config.exclude ?? [];
-  const notice: Notice =
-    patterns.length > 0
-      ? { level: 'info', code: 'excludes-unrecorded', message: `${taken}: --delta keeps what the config's exclude patterns match (${patterns.join(' ')})` }
-      : { level: 'warning', code: 'excludes-unrecorded', message: `${taken}, and the config has none: --delta removes everything the point lacks, what its backup left out included` };
+  const notice = unrecordedExcludes(point, config.exclude ?? [], '--delta');
+  if (!notice) return [];
   renderer.notice(notice);
   return [notice];
 }
