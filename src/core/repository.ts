@@ -25,6 +25,7 @@ import { SMALL_DOCUMENT_BYTES, isNotFound, type Storage } from '../storage/stora
 import { runPool } from './pool.js';
 import { KEYS_PREFIX } from './keys.js';
 import { quoteName } from '../format/quote.js';
+import { editDistance } from '../format/spelling.js';
 
 export const DEFAULT_VOLUME_SIZE = 256 * 1024 * 1024;
 
@@ -550,17 +551,6 @@ export class Repository {
     }
     return orphans;
   }
-}
-
-/** Levenshtein distance, for telling a typo of `latest` from an id. */
-function editDistance(a: string, b: string): number {
-  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const next = [i];
-    for (let j = 1; j <= b.length; j++) next[j] = Math.min(row[j]! + 1, next[j - 1]! + 1, row[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-    row = next;
-  }
-  return row[b.length]!;
 }
 
 function safeJson(raw: Buffer): Record<string, unknown> | undefined {
