@@ -25,7 +25,7 @@ import { SMALL_DOCUMENT_BYTES, isNotFound, type Storage } from '../storage/stora
 import { runPool } from './pool.js';
 import { KEYS_PREFIX } from './keys.js';
 import { quoteName } from '../format/quote.js';
-import { editDistance } from '../format/spelling.js';
+import { editDistance, meantWord } from '../format/spelling.js';
 
 export const DEFAULT_VOLUME_SIZE = 256 * 1024 * 1024;
 
@@ -327,7 +327,10 @@ export class Repository {
 
   /** That `deployment` has no points, though the repository holds others' (`names`): a new deployment, or a name mistyped. */
   noPointsOf(deployment: string, names: readonly string[]): UsageError {
-    return new UsageError(`the repository at ${quoteName(this.storage.location)} has no backup points of deployment ${deployment}`, { hint: `its deployments: ${names.join(', ')}` });
+    const meant = meantWord(deployment, names);
+    return new UsageError(`the repository at ${quoteName(this.storage.location)} has no backup points of deployment ${deployment}`, {
+      hint: `${meant === undefined ? '' : `did you mean ${meant}? `}its deployments: ${names.join(', ')}`,
+    });
   }
 
   /**
