@@ -79,7 +79,7 @@ test('config errors exit 2 and name the key', async () => {
     ['repository: ./r\nsources: { registry: { sqlite: "" } }\n', /sources\.registry\.sqlite: is empty: give the SQLite database file$/m],
     ['repository: ./r\nsources: { features: { command: "pg_dump", restore: true } }\n', /sources\.features\.restore: must be a command, which gets the captured state on its stdin$/m],
     ['repository: ./r\nsources: { features: { command: "pg_dump", timeout: 10 } }\n', /sources\.features\.timeout: must be a duration such as 90s, 15m, 2h or 14d, with its unit: 10 alone has none$/m],
-    ['repository: ./r\nsources: { features: { command: "pg_dump", timout: 10m } }\n', /sources\.features: unknown key "timout"$/m],
+    ['repository: ./r\nsources: { features: { command: "pg_dump", timout: 10m } }\n', /sources\.features: unknown key "timout"\n {2}did you mean timeout\? the keys of sources\.features are command, restore and timeout$/m],
     ['repository: ./r\nsources: { features: { comand: "pg_dump" } }\n', /sources\.features: must be a directory, \{ path: DIR \}, \{ sqlite: DATABASE \} or \{ command: COMMAND \}, not a map of "comand"$/m],
     ['repository: ./r\nsources: { models: 5 }\n', /sources\.models: must be a directory, /],
     ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { url: "http://127.0.0.1/", timeout: 0m } } }\n', /targets\.prod\.health\.timeout: must be a duration longer than 0/],

@@ -69,6 +69,14 @@ const commandSource = z
   .strict();
 type SourceEntry = string | z.infer<typeof pathSource> | z.infer<typeof sqliteSource> | z.infer<typeof commandSource>;
 
+/** The kind of a source written as a map, told by its key. */
+function sourceKind(value: object): typeof pathSource | typeof sqliteSource | typeof commandSource | undefined {
+  if ('sqlite' in value) return sqliteSource;
+  if ('command' in value) return commandSource;
+  if ('path' in value) return pathSource;
+  return undefined;
+}
+
 /**
  * A source: its kind is told by its key (`sqlite`, `command`, `path`, or a
  * directory alone), and checked as that kind, so that a mistake is reported at
@@ -77,9 +85,8 @@ type SourceEntry = string | z.infer<typeof pathSource> | z.infer<typeof sqliteSo
 const sourceSchema = z.unknown().transform((value, ctx): SourceEntry => {
   let schema: z.ZodType<SourceEntry> = directorySource;
   if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
-    if ('sqlite' in value) schema = sqliteSource;
-    else if ('command' in value) schema = commandSource;
-    else if ('path' in value) schema = pathSource;
+    const kind = sourceKind(value);
+    if (kind) schema = kind;
     else {
       const keys = Object.keys(value);
       ctx.addIssue({ code: 'custom', message: `must be ${SOURCE_KINDS}${keys.length > 0 ? `, not a map of ${keys.map((k) => JSON.stringify(k)).join(', ')}` : ''}` });
@@ -357,7 +364,7 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
     else if (issue.code === 'invalid_value' && message.startsWith('Invalid option')) message = `must be ${orList(issue.values.map(String))}, not ${JSON.stringify(given)}`;
     // A check of lifeboat's own may say what to write instead; an unknown key, the keys its map takes.
     let hint = issue.code === 'custom' && typeof issue.params?.hint === 'string' ? issue.params.hint : undefined;
-    if (issue.code === 'unrecognized_keys') hint = knownKeysHint(issue.keys[0]!, issue.path);
+    if (issue.code === 'unrecognized_keys') hint = knownKeysHint(issue.keys[0]!, issue.path, given);
     throw new UsageError(`${quoteName(file)}: ${key}: ${message}`, { hint });
   }
   const config = result.data;
@@ -395,8 +402,12 @@ interface SchemaNode {
   _zod: { def: { type: string; innerType?: SchemaNode; shape?: Record<string, SchemaNode>; valueType?: SchemaNode } };
 }
 
-/** The keys the config's map at `at` takes, where the schema lists them (not under a source, whose kind its keys decide). */
-function keysAt(at: readonly PropertyKey[]): string[] | undefined {
+/** The keys the config's map at `at` (`given`) takes: those of its kind for a source, else those the schema lists. */
+function keysAt(at: readonly PropertyKey[], given: unknown): string[] | undefined {
+  if (at.length === 2 && at[0] === 'sources' && given !== null && typeof given === 'object') {
+    const kind = sourceKind(given);
+    return kind && Object.keys(kind.shape);
+  }
   let node: SchemaNode | undefined = configSchema as unknown as SchemaNode;
   for (let i = 0; node !== undefined; ) {
     const def: SchemaNode['_zod']['def'] = node._zod.def;
@@ -413,8 +424,8 @@ function keysAt(at: readonly PropertyKey[]): string[] | undefined {
 }
 
 /** What a key the config does not know was meant to be (`retension`, `keep_full`), and which keys its map takes. */
-function knownKeysHint(key: string, at: readonly PropertyKey[]): string | undefined {
-  const known = keysAt(at);
+function knownKeysHint(key: string, at: readonly PropertyKey[], given: unknown): string | undefined {
+  const known = keysAt(at, given);
   if (!known) return undefined;
   const meant = meantWord(key, known);
   const takes = `the keys ${at.length === 0 ? 'at the top level' : `of ${at.map(String).join('.')}`} are ${andList(known)}`;
