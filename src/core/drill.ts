@@ -300,6 +300,9 @@ async function checkRestoredTree(point: Manifest, target: string, signal?: Abort
   return { bad: found.filter((f): f is string => f !== undefined), closed };
 }
 
+/** What starts a line of lifeboat's own after the smoke command's output: nothing after a whole line, which left an empty line in its tail. */
+const newLine = (output: string) => (output === '' || output.endsWith('\n') ? '' : '\n');
+
 /** Runs the smoke command through the shell with LIFEBOAT_RESTORE_DIR set; keeps the tail of its output. */
 function runSmoke(command: string, target: string, point: Manifest, options: DrillOptions): Promise<NonNullable<DrillResult['smoke']>> {
   const started = Date.now();
@@ -327,7 +330,7 @@ function runSmoke(command: string, target: string, point: Manifest, options: Dri
     const limit = options.smokeTimeoutMs ?? DEFAULT_SMOKE_TIMEOUT_MS;
     const cancelTimeout = afterDelay(limit, () => {
       timedOut = true;
-      output += `\n[lifeboat: the smoke command ran longer than ${formatDuration(limit)} and was killed]\n`;
+      output += `${newLine(output)}[lifeboat: the smoke command ran longer than ${formatDuration(limit)} and was killed]\n`;
       kill();
     });
     const onAbort = () => kill();
@@ -341,7 +344,7 @@ function runSmoke(command: string, target: string, point: Manifest, options: Dri
     exitAndOutput(child).then(
       ({ code, sig }) => done(code, sig),
       (err: Error) => {
-        output += `\n[lifeboat: could not start the smoke command: ${err.message}]\n`;
+        output += `${newLine(output)}[lifeboat: could not start the smoke command: ${err.message}]\n`;
         done(127, null);
       },
     );
