@@ -481,3 +481,20 @@ test('a drill interrupted (SIGINT) during its smoke test keeps what the smoke co
   assert.match(findAll(smokeCase, 'error')[0]?.attrs.message ?? '', /interrupted/);
   assert.equal(findAll(smokeCase, 'system-out')[0]?.text, printed.replaceAll('\u001b', '\ufffd'), 'the report has it escaped');
 });
+
+test('a --work-dir inside the repository is refused as the flag it is (exit 2), by drill and verify --deep, before anything is made there', async (t) => {
+  const d = await deployment();
+  t.after(() => Promise.all([d.work, d.scratch].map((p) => fsp.rm(p, { recursive: true, force: true }))));
+  const before = await fsp.readdir(d.repo);
+  for (const [args, who] of [
+    [['drill', '--work-dir', path.join(d.repo, 'data')], 'the drill'],
+    [['verify', '--deep', '--work-dir', d.repo], 'verify --deep'],
+  ] as const) {
+    const r = await lifeboat(['--repo', d.repo, ...args]);
+    assert.equal(r.code, 2, r.stderr);
+    // It was "restore target …/lifeboat-drill-…/restore lies inside the repository", a directory the operator never named.
+    assert.match(r.stderr, new RegExp(`^lifeboat: --work-dir \\S+ lies inside the repository \\S+\\n {2}give ${who} a --work-dir outside the repository`));
+  }
+  assert.deepEqual(await fsp.readdir(d.repo), before);
+  assert.deepEqual((await fsp.readdir(path.join(d.repo, 'data'))).filter((n) => n.startsWith('lifeboat-')), []);
+});

@@ -10,6 +10,7 @@ import { keepingWarnings, leftWorkDirectory, type Notice, type Reporter } from '
 import { appendEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
+import { refuseWorkDirInRepository } from './restore-target.js';
 import { readerLockOptions, type ReaderLockOptions } from './lock.js';
 import { validateDirectory } from '../model/validate.js';
 import { runPool } from './pool.js';
@@ -126,6 +127,7 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
     options.onCheck?.(c);
     if (c.status === 'failed') problems.push({ check: c.name, message: c.message });
   };
+  await refuseWorkDirInRepository(repo.storage.location, options.workDir, 'the drill');
   const base = await makeWorkDirectory(options.workDir, 'lifeboat-drill-', (dir) => reporter.notice?.(leftWorkDirectory(dir))).catch((err: unknown) => {
     throw workDirectoryFailure(err, options.workDir, 'restore the point into for the drill');
   });
