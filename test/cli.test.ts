@@ -27,12 +27,21 @@ test('config errors exit 2 and name the key', async () => {
   const dir = await tempDir();
   const cases: [string | Buffer, RegExp][] = [
     ['repository: [unclosed', /invalid YAML/],
+    // A syntax error names its line, as a tag the parser does not know does: in a long config, which line is the first question.
+    ['repository: ./r\nsources:\n  models: /srv/models\n\tserving: /etc/triton\n', /lifeboat\.yaml:4: invalid YAML: Tabs are not allowed as indentation$/m],
+    ['repository: ./r\nretention: { keepFull: 4 }\nretention: { keepDiff: 7 }\n', /lifeboat\.yaml:3: invalid YAML: Map keys must be unique$/m],
+    ['repository: ./r\ndeployment: "fraud\n', /lifeboat\.yaml:2: invalid YAML: Missing closing "quote$/m],
+    // An unknown key: the key it was likely meant to be, and the keys its map takes.
+    ['repository: ./r\nretension: { keepFull: 4 }\n', /\(top level\): unknown key "retension"\n {2}did you mean retention\? the keys at the top level are repository, deployment, s3, sources, exclude, hooks, retention, targets, notify and lock$/m],
+    ['repository: ./r\nretention: { keep_full: 4 }\n', /retention: unknown key "keep_full"\n {2}did you mean keepFull\? the keys of retention are keepFull, keepDiff and keepWithin$/m],
+    ['repository: ./r\nlock: { stale_after: 10m }\n', /lock: unknown key "stale_after"\n {2}did you mean staleAfter\? /],
+    ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { url: "http://127.0.0.1/", timout: 5s } } }\n', /targets\.prod\.health: unknown key "timout"\n {2}did you mean timeout\? the keys of targets\.prod\.health are url, /],
     ['repository: ./r\nretention: { keepFull: "four" }\n', /retention\.keepFull: must be a whole number of at least 1$/m],
     ['repository: ./r\nretention: { keepFull: 2.5 }\n', /retention\.keepFull: must be a whole number of at least 1$/m],
     ['repository: ./r\nretention: { keepDiff: -1 }\n', /retention\.keepDiff: must be a whole number of at least 0$/m],
     ['repository: ./r\nretention: { keepFull: 99999999999999999999 }\n', /retention\.keepFull: must be a whole number of at most 9007199254740991$/m],
     ['repository: s3://b/r\ns3: { concurrency: 100 }\n', /s3\.concurrency: must be a whole number from 1 to 64$/m],
-    ['repository: ./r\nsurprise: 1\n', /unknown key "surprise"/],
+    ['repository: ./r\nsurprise: 1\n', /unknown key "surprise"\n {2}the keys at the top level are repository, /],
     // Said in the config's words, not the schema library's ("Invalid URL", "Invalid option: expected one of …").
     ['repository: s3://b/r\ns3: { endpoint: "127.0.0.1:9000" }\n', /s3\.endpoint: must be a URL \(http:\/\/… or https:\/\/…\), not "127\.0\.0\.1:9000"$/m],
     ['repository: ./r\nnotify: { url: "hooks.example.com/lifeboat" }\n', /notify\.url: must be a URL \(http:\/\/… or https:\/\/…\), not "hooks\.example\.com\/lifeboat"$/m],
@@ -70,7 +79,7 @@ test('config errors exit 2 and name the key', async () => {
     ['repository: ./r\nsources: { registry: { sqlite: "" } }\n', /sources\.registry\.sqlite: is empty: give the SQLite database file$/m],
     ['repository: ./r\nsources: { features: { command: "pg_dump", restore: true } }\n', /sources\.features\.restore: must be a command, which gets the captured state on its stdin$/m],
     ['repository: ./r\nsources: { features: { command: "pg_dump", timeout: 10 } }\n', /sources\.features\.timeout: must be a duration such as 90s, 15m, 2h or 14d, with its unit: 10 alone has none$/m],
-    ['repository: ./r\nsources: { features: { command: "pg_dump", timout: 10m } }\n', /sources\.features: unknown key "timout"$/m],
+    ['repository: ./r\nsources: { features: { command: "pg_dump", timout: 10m } }\n', /sources\.features: unknown key "timout"\n {2}did you mean timeout\? the keys of sources\.features are command, restore and timeout$/m],
     ['repository: ./r\nsources: { features: { comand: "pg_dump" } }\n', /sources\.features: must be a directory, \{ path: DIR \}, \{ sqlite: DATABASE \} or \{ command: COMMAND \}, not a map of "comand"$/m],
     ['repository: ./r\nsources: { models: 5 }\n', /sources\.models: must be a directory, /],
     ['repository: ./r\ntargets: { prod: { slots: /s, active: /a, health: { url: "http://127.0.0.1/", timeout: 0m } } }\n', /targets\.prod\.health\.timeout: must be a duration longer than 0/],
@@ -466,7 +475,7 @@ test('config errors quote the config file\'s path as other messages quote names'
   await fsp.mkdir(dir);
   const file = path.join(dir, 'lifeboat.yaml');
   for (const [yaml, said] of [
-    ['repository: [unclosed', `"${file}": invalid YAML: `],
+    ['repository: [unclosed', `"${file}":1: invalid YAML: `],
     ['repository: !env BACKUP_DIR\n', `"${file}":1: invalid YAML: `],
     ['repository: 5\n', `"${file}": repository: must be text, not the number 5`],
     ['repository: ./r\ntargets:\n  a: { slots: ./s, active: ./l }\n  b: { slots: ./s, active: ./m }\n', `"${file}": targets.b.slots: "${path.join(dir, 's')}" is also targets.a.slots`],

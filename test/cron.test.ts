@@ -754,6 +754,8 @@ test('completion bash|zsh completes commands, the commands of key, options and t
   assert.deepEqual(offered('key', '').sort(), ['add', 'list', 'passwd', 'remove']);
   assert.deepEqual(offered('--repo', '/r', 'key', 'add', '--new'), ['--new-password-file']);
   assert.deepEqual(offered('key', 'add', '--new-password-file', path.join(dir, 'lifeboat.b')), [path.join(dir, 'lifeboat.bash')]);
+  // A repository is a directory more often than a URL: its path is completed.
+  assert.deepEqual(offered('--repo', path.join(dir, 'lifeboat.b')), [path.join(dir, 'lifeboat.bash')]);
   assert.deepEqual(offered('backup', '--ty'), ['--type']);
   assert.deepEqual(offered('--log-format', '').sort(), ['json', 'text']);
   // Options that check their values themselves have a fixed set all the same.
@@ -766,6 +768,7 @@ test('completion bash|zsh completes commands, the commands of key, options and t
   assert.match(zsh.stdout, /^#compdef lifeboat/);
   assert.match(zsh.stdout, /'drill:/);
   assert.match(zsh.stdout, /\{--type,-t\}'\[[^\]]*\]:type:\(full diff incr\)'/);
+  assert.match(zsh.stdout, /\{--repo,-r\}'\[[^\]]*\]:url:_files -\/'/);
   if (hasCommand('zsh')) {
     await fsp.writeFile(path.join(dir, '_lifeboat'), zsh.stdout);
     execFileSync('zsh', ['-n', path.join(dir, '_lifeboat')]);

@@ -361,13 +361,17 @@ test('a deployment named that has no points in a shared repository: prune says s
   for (const dryRun of [[], ['--dry-run']]) {
     const typo = await lifeboat(['--repo', repo, '--deployment', 'aa', 'prune', '--keep-full', '1', ...dryRun]);
     assert.equal(typo.code, 2, typo.stderr);
-    assert.match(typo.stderr, /^lifeboat: the repository at .* has no backup points of deployment aa\n {2}its deployments: a, b\n$/);
+    assert.match(typo.stderr, /^lifeboat: the repository at .* has no backup points of deployment aa\n {2}did you mean a\? its deployments: a, b\n$/);
   }
+  // A name as far from every deployment's as from another's is not guessed at.
+  const far = await lifeboat(['--repo', repo, '--deployment', 'fraud-detector', 'prune', '--keep-full', '1', '--dry-run']);
+  assert.equal(far.code, 2, far.stderr);
+  assert.match(far.stderr, /\n {2}its deployments: a, b\n$/);
   assert.equal((await lifeboat(['--repo', repo, '--json', 'list', '--all'])).json().length, 3, 'nothing was removed');
 
   const status = await lifeboat(['--repo', repo, '--deployment', 'aa', 'status']);
   assert.equal(status.code, 2, status.stderr);
-  assert.match(status.stdout, /^no backups of deployment aa yet \(its deployments: a, b\)\n/);
+  assert.match(status.stdout, /^no backups of deployment aa yet \(did you mean a\? its deployments: a, b\)\n/);
   assert.doesNotMatch(status.stdout + status.stderr, /not read|could not be read/);
   assert.match(status.stderr, /^lifeboat: the repository at .* has no backup points of deployment aa\n/);
   const json = await lifeboat(['--repo', repo, '--deployment', 'aa', '--json', 'status']);

@@ -361,7 +361,8 @@ test('a smoke command that outlives --smoke-timeout is stopped with SIGTERM firs
   assert.equal(j.smoke.timedOut, true);
   assert.deepEqual(j.problems.map((p: { check: string }) => p.check), ['smoke']);
   assert.match(j.problems[0].message, /^the smoke command ran longer than 1(\.0)?s \(--smoke-timeout\) and was killed$/);
-  assert.match(j.smoke.output, /loading\n[^]*ran longer than 1(\.0)?s and was killed/);
+  // Its line follows the smoke command's last, with no empty line between them in the output's tail.
+  assert.match(j.smoke.output, /loading\n\[lifeboat: the smoke command ran longer than 1(\.0)?s and was killed\]\n$/);
   const { cases } = await junit(report);
   assert.match(findAll(cases.get('smoke')!, 'failure')[0]!.attrs.message!, /ran longer than 1(\.0)?s \(--smoke-timeout\)/);
 });
@@ -479,4 +480,21 @@ test('a drill interrupted (SIGINT) during its smoke test keeps what the smoke co
   const smokeCase = cases.get('smoke')!;
   assert.match(findAll(smokeCase, 'error')[0]?.attrs.message ?? '', /interrupted/);
   assert.equal(findAll(smokeCase, 'system-out')[0]?.text, printed.replaceAll('\u001b', '\ufffd'), 'the report has it escaped');
+});
+
+test('a --work-dir inside the repository is refused as the flag it is (exit 2), by drill and verify --deep, before anything is made there', async (t) => {
+  const d = await deployment();
+  t.after(() => Promise.all([d.work, d.scratch].map((p) => fsp.rm(p, { recursive: true, force: true }))));
+  const before = await fsp.readdir(d.repo);
+  for (const [args, who] of [
+    [['drill', '--work-dir', path.join(d.repo, 'data')], 'the drill'],
+    [['verify', '--deep', '--work-dir', d.repo], 'verify --deep'],
+  ] as const) {
+    const r = await lifeboat(['--repo', d.repo, ...args]);
+    assert.equal(r.code, 2, r.stderr);
+    // It was "restore target …/lifeboat-drill-…/restore lies inside the repository", a directory the operator never named.
+    assert.match(r.stderr, new RegExp(`^lifeboat: --work-dir \\S+ lies inside the repository \\S+\\n {2}give ${who} a --work-dir outside the repository`));
+  }
+  assert.deepEqual(await fsp.readdir(d.repo), before);
+  assert.deepEqual((await fsp.readdir(path.join(d.repo, 'data'))).filter((n) => n.startsWith('lifeboat-')), []);
 });

@@ -160,6 +160,12 @@ test('retention from the config file; --keep-full overrides it', async () => {
   assert.deepEqual(new Set(fromConfig.json().keep.map((k: Listed) => k.id)), expectedKeep(list, 1, 1));
   const flagged = await lifeboat(['--json', 'prune', '--dry-run', '--keep-full', '3'], { cwd: d.work });
   assert.deepEqual(new Set(flagged.json().keep.map((k: Listed) => k.id)), expectedKeep(list, 3, 1));
+  // Every prune needs a number of fulls to keep, as README.md says: a window alone is refused, not taken for "keep every full".
+  await fsp.writeFile(path.join(d.work, 'lifeboat.yaml'), `repository: ${d.repo}\nretention: { keepWithin: 14d }\n`);
+  const windowOnly = await lifeboat(['prune'], { cwd: d.work });
+  assert.equal(windowOnly.code, 2, windowOnly.stderr);
+  assert.match(windowOnly.stderr, /^lifeboat: prune needs --keep-full N \(or retention\.keepFull in the config\)\n/);
+  assert.equal((await lifeboat(['--json', 'list'], { cwd: d.work })).json().length, list.length, 'nothing was removed');
   await fsp.rm(d.work, { recursive: true, force: true });
 });
 

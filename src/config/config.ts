@@ -9,6 +9,7 @@ import { excludePatternProblem } from '../core/scan.js';
 import { ARCHIVE_STORAGE_CLASSES } from '../storage/storage.js';
 import { durationExpected, type DurationRule } from './duration.js';
 import { quoteName } from '../format/quote.js';
+import { meantWord } from '../format/spelling.js';
 
 /**
  * A duration; `positive` where zero makes no sense (a timeout, an interval, a lease). YAML reads
@@ -68,6 +69,14 @@ const commandSource = z
   .strict();
 type SourceEntry = string | z.infer<typeof pathSource> | z.infer<typeof sqliteSource> | z.infer<typeof commandSource>;
 
+/** The kind of a source written as a map, told by its key. */
+function sourceKind(value: object): typeof pathSource | typeof sqliteSource | typeof commandSource | undefined {
+  if ('sqlite' in value) return sqliteSource;
+  if ('command' in value) return commandSource;
+  if ('path' in value) return pathSource;
+  return undefined;
+}
+
 /**
  * A source: its kind is told by its key (`sqlite`, `command`, `path`, or a
  * directory alone), and checked as that kind, so that a mistake is reported at
@@ -76,9 +85,8 @@ type SourceEntry = string | z.infer<typeof pathSource> | z.infer<typeof sqliteSo
 const sourceSchema = z.unknown().transform((value, ctx): SourceEntry => {
   let schema: z.ZodType<SourceEntry> = directorySource;
   if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
-    if ('sqlite' in value) schema = sqliteSource;
-    else if ('command' in value) schema = commandSource;
-    else if ('path' in value) schema = pathSource;
+    const kind = sourceKind(value);
+    if (kind) schema = kind;
     else {
       const keys = Object.keys(value);
       ctx.addIssue({ code: 'custom', message: `must be ${SOURCE_KINDS}${keys.length > 0 ? `, not a map of ${keys.map((k) => JSON.stringify(k)).join(', ')}` : ''}` });
@@ -276,6 +284,9 @@ function tooDeep(file: string, cause: unknown): UsageError {
   return new UsageError(`${quoteName(file)}: invalid YAML: nested too deeply to be a lifeboat config`, { cause, hint: 'a lifeboat config is a few levels deep: check which file --config or LIFEBOAT_CONFIG names' });
 }
 
+/** The line (from 1) of an offset of the text; one past its end (an unclosed quote) is its last line. */
+const lineAt = (text: string, offset: number) => text.slice(0, Math.min(offset, text.trimEnd().length)).split('\n').length;
+
 /** The stack's own words, whether the parser threw them or reported them among its errors. */
 const isStackOverflow = (message: string) => /call stack/i.test(message);
 
@@ -296,15 +307,14 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
   if (doc.errors.length > 0) {
     const e = doc.errors[0]!;
     if (e.code === 'RESOURCE_EXHAUSTION' && isStackOverflow(e.message)) throw tooDeep(file, e);
-    const line = e.linePos?.[0]?.line;
-    throw new UsageError(`${quoteName(file)}${line ? `:${line}` : ''}: invalid YAML: ${e.message.split('\n')[0]}`);
+    // The parser gives an error's offset in the text; its line (`linePos`) only when it words the error itself, which it is not asked to.
+    throw new UsageError(`${quoteName(file)}:${lineAt(text, e.pos[0])}: invalid YAML: ${e.message.split('\n')[0]}`);
   }
   // A tag the parser does not know (`!!js/function`, `!env`, `!include`) was dropped, its value taken as
   // plain text: a config written for another tool's loader would run with a meaning it never had.
   const unknownTag = doc.warnings.find((w) => w.code === 'TAG_RESOLVE_FAILED');
   if (unknownTag) {
-    const line = text.slice(0, unknownTag.pos[0]).split('\n').length;
-    throw new UsageError(`${quoteName(file)}:${line}: invalid YAML: ${unknownTag.message.split('\n')[0]}`, { hint: 'lifeboat reads plain YAML: remove the tag and write the value itself' });
+    throw new UsageError(`${quoteName(file)}:${lineAt(text, unknownTag.pos[0])}: invalid YAML: ${unknownTag.message.split('\n')[0]}`, { hint: 'lifeboat reads plain YAML: remove the tag and write the value itself' });
   }
   let raw: unknown;
   try {
@@ -352,8 +362,9 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
     // An endpoint or a notification URL without its scheme (`127.0.0.1:9000`), and a word not among those a key takes.
     else if (issue.code === 'invalid_format' && issue.format === 'url') message = `must be a URL (http://… or https://…), not ${JSON.stringify(given)}`;
     else if (issue.code === 'invalid_value' && message.startsWith('Invalid option')) message = `must be ${orList(issue.values.map(String))}, not ${JSON.stringify(given)}`;
-    // A check of lifeboat's own may say what to write instead.
-    const hint = issue.code === 'custom' && typeof issue.params?.hint === 'string' ? issue.params.hint : undefined;
+    // A check of lifeboat's own may say what to write instead; an unknown key, the keys its map takes.
+    let hint = issue.code === 'custom' && typeof issue.params?.hint === 'string' ? issue.params.hint : undefined;
+    if (issue.code === 'unrecognized_keys') hint = knownKeysHint(issue.keys[0]!, issue.path, given);
     throw new UsageError(`${quoteName(file)}: ${key}: ${message}`, { hint });
   }
   const config = result.data;
@@ -386,10 +397,47 @@ export async function parseConfig(text: string, file: string): Promise<LifeboatC
   return config;
 }
 
+/** The parts of a schema's definition that say which keys a map of the config takes. */
+interface SchemaNode {
+  _zod: { def: { type: string; innerType?: SchemaNode; shape?: Record<string, SchemaNode>; valueType?: SchemaNode } };
+}
+
+/** The keys the config's map at `at` (`given`) takes: those of its kind for a source, else those the schema lists. */
+function keysAt(at: readonly PropertyKey[], given: unknown): string[] | undefined {
+  if (at.length === 2 && at[0] === 'sources' && given !== null && typeof given === 'object') {
+    const kind = sourceKind(given);
+    return kind && Object.keys(kind.shape);
+  }
+  let node: SchemaNode | undefined = configSchema as unknown as SchemaNode;
+  for (let i = 0; node !== undefined; ) {
+    const def: SchemaNode['_zod']['def'] = node._zod.def;
+    if (def.type === 'optional') node = def.innerType;
+    else if (def.type === 'object' && def.shape) {
+      if (i === at.length) return Object.keys(def.shape);
+      node = def.shape[String(at[i++])];
+    } else if (def.type === 'record' && i < at.length) {
+      i++;
+      node = def.valueType;
+    } else return undefined;
+  }
+  return undefined;
+}
+
+/** What a key the config does not know was meant to be (`retension`, `keep_full`), and which keys its map takes. */
+function knownKeysHint(key: string, at: readonly PropertyKey[], given: unknown): string | undefined {
+  const known = keysAt(at, given);
+  if (!known) return undefined;
+  const meant = meantWord(key, known);
+  const takes = `the keys ${at.length === 0 ? 'at the top level' : `of ${at.map(String).join('.')}`} are ${andList(known)}`;
+  return meant === undefined ? takes : `did you mean ${meant}? ${takes}`;
+}
+
 const KINDS: Record<string, string> = { string: 'text', array: 'a list', object: 'a map of keys', boolean: 'true or false', number: 'a number' };
 const valueKind = (expected: string) => KINDS[expected] ?? expected;
-/** `a, b or c`. */
-const orList = (words: readonly string[]) => (words.length > 1 ? `${words.slice(0, -1).join(', ')} or ${words.at(-1)}` : (words[0] ?? ''));
+/** `a, b or c`; `a, b and c`. */
+const wordList = (words: readonly string[], last: string) => (words.length > 1 ? `${words.slice(0, -1).join(', ')} ${last} ${words.at(-1)}` : (words[0] ?? ''));
+const orList = (words: readonly string[]) => wordList(words, 'or');
+const andList = (words: readonly string[]) => wordList(words, 'and');
 /** What YAML made of the value given: `!!binary` gives bytes, `[a]` a list, `5` a number. */
 function givenKind(given: unknown): string {
   if (given instanceof Uint8Array) return 'binary data (a !!binary tag)';

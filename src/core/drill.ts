@@ -10,6 +10,7 @@ import { keepingWarnings, leftWorkDirectory, type Notice, type Reporter } from '
 import { appendEvent } from './journal.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
+import { refuseWorkDirInRepository } from './restore-target.js';
 import { readerLockOptions, type ReaderLockOptions } from './lock.js';
 import { validateDirectory } from '../model/validate.js';
 import { runPool } from './pool.js';
@@ -126,6 +127,7 @@ export async function drill(repo: Repository, point: Manifest, options: DrillOpt
     options.onCheck?.(c);
     if (c.status === 'failed') problems.push({ check: c.name, message: c.message });
   };
+  await refuseWorkDirInRepository(repo.storage.location, options.workDir, 'the drill');
   const base = await makeWorkDirectory(options.workDir, 'lifeboat-drill-', (dir) => reporter.notice?.(leftWorkDirectory(dir))).catch((err: unknown) => {
     throw workDirectoryFailure(err, options.workDir, 'restore the point into for the drill');
   });
@@ -300,6 +302,9 @@ async function checkRestoredTree(point: Manifest, target: string, signal?: Abort
   return { bad: found.filter((f): f is string => f !== undefined), closed };
 }
 
+/** What starts a line of lifeboat's own after the smoke command's output: nothing after a whole line, which left an empty line in its tail. */
+const newLine = (output: string) => (output === '' || output.endsWith('\n') ? '' : '\n');
+
 /** Runs the smoke command through the shell with LIFEBOAT_RESTORE_DIR set; keeps the tail of its output. */
 function runSmoke(command: string, target: string, point: Manifest, options: DrillOptions): Promise<NonNullable<DrillResult['smoke']>> {
   const started = Date.now();
@@ -327,7 +332,7 @@ function runSmoke(command: string, target: string, point: Manifest, options: Dri
     const limit = options.smokeTimeoutMs ?? DEFAULT_SMOKE_TIMEOUT_MS;
     const cancelTimeout = afterDelay(limit, () => {
       timedOut = true;
-      output += `\n[lifeboat: the smoke command ran longer than ${formatDuration(limit)} and was killed]\n`;
+      output += `${newLine(output)}[lifeboat: the smoke command ran longer than ${formatDuration(limit)} and was killed]\n`;
       kill();
     });
     const onAbort = () => kill();
@@ -341,7 +346,7 @@ function runSmoke(command: string, target: string, point: Manifest, options: Dri
     exitAndOutput(child).then(
       ({ code, sig }) => done(code, sig),
       (err: Error) => {
-        output += `\n[lifeboat: could not start the smoke command: ${err.message}]\n`;
+        output += `${newLine(output)}[lifeboat: could not start the smoke command: ${err.message}]\n`;
         done(127, null);
       },
     );

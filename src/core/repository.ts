@@ -25,6 +25,7 @@ import { SMALL_DOCUMENT_BYTES, isNotFound, type Storage } from '../storage/stora
 import { runPool } from './pool.js';
 import { KEYS_PREFIX } from './keys.js';
 import { quoteName } from '../format/quote.js';
+import { editDistance, meantWord } from '../format/spelling.js';
 
 export const DEFAULT_VOLUME_SIZE = 256 * 1024 * 1024;
 
@@ -326,7 +327,10 @@ export class Repository {
 
   /** That `deployment` has no points, though the repository holds others' (`names`): a new deployment, or a name mistyped. */
   noPointsOf(deployment: string, names: readonly string[]): UsageError {
-    return new UsageError(`the repository at ${quoteName(this.storage.location)} has no backup points of deployment ${deployment}`, { hint: `its deployments: ${names.join(', ')}` });
+    const meant = meantWord(deployment, names);
+    return new UsageError(`the repository at ${quoteName(this.storage.location)} has no backup points of deployment ${deployment}`, {
+      hint: `${meant === undefined ? '' : `did you mean ${meant}? `}its deployments: ${names.join(', ')}`,
+    });
   }
 
   /**
@@ -550,17 +554,6 @@ export class Repository {
     }
     return orphans;
   }
-}
-
-/** Levenshtein distance, for telling a typo of `latest` from an id. */
-function editDistance(a: string, b: string): number {
-  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const next = [i];
-    for (let j = 1; j <= b.length; j++) next[j] = Math.min(row[j]! + 1, next[j - 1]! + 1, row[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-    row = next;
-  }
-  return row[b.length]!;
 }
 
 function safeJson(raw: Buffer): Record<string, unknown> | undefined {

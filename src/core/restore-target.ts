@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import { constants as fsConstants } from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { CredentialsRefusedError, ExitCode, LifeboatError, LockedError, RuntimeFailure, errorMessage, fileSystemHint } from '../errors.js';
+import { CredentialsRefusedError, ExitCode, LifeboatError, LockedError, RuntimeFailure, UsageError, errorMessage, fileSystemHint } from '../errors.js';
 import type { ManifestEntry } from '../format/manifest.js';
 import { readRegularFile, readRegularFileStats, syncPath, writeFileSynced } from '../format/durable.js';
 import { isMountPoint, mountsUnder } from '../format/mounts.js';
@@ -649,6 +649,17 @@ export async function repositoryOverlap(repositoryLocation: string, target: stri
   if (within(real, repo)) return { targetInside: true };
   if (within(repo, real)) return { repositoryInside: path.join(path.resolve(target), path.relative(real, repo)) };
   return undefined;
+}
+
+/**
+ * A --work-dir inside the repository, where a drill or verify --deep would restore: refused as the flag it is,
+ * before anything is made there, rather than as a restore target the operator never named.
+ */
+export async function refuseWorkDirInRepository(repositoryLocation: string, workDir: string | undefined, command: string): Promise<void> {
+  if (workDir === undefined || !(await repositoryOverlap(repositoryLocation, workDir).then((o) => o && 'targetInside' in o))) return;
+  throw new UsageError(`--work-dir ${quoteName(workDir)} lies inside the repository ${quoteName(repositoryLocation)}`, {
+    hint: `give ${command} a --work-dir outside the repository, or none to use the system temporary directory; writing in the repository would damage the backups`,
+  });
 }
 
 export async function inspectTarget(target: string): Promise<{ state: TargetState; mountPoint: boolean }> {

@@ -6,6 +6,7 @@ import { validateDirectory } from '../model/validate.js';
 import type { Reporter } from './events.js';
 import type { Repository } from './repository.js';
 import { restore } from './restore.js';
+import { refuseWorkDirInRepository } from './restore-target.js';
 import { makeWorkDirectory } from '../format/mkdirs.js';
 import { removeTree } from '../format/remove-tree.js';
 
@@ -31,6 +32,7 @@ export interface DeepOptions {
  */
 export async function deepCheck(repo: Repository, points: readonly Manifest[], options: DeepOptions = {}): Promise<DeepProblem[]> {
   const problems: DeepProblem[] = [];
+  await refuseWorkDirInRepository(repo.storage.location, options.tmpDir, 'verify --deep');
   for (const m of points) {
     throwIfAborted(options.signal);
     const work = await makeWorkDirectory(options.tmpDir, 'lifeboat-deep-').catch((err: unknown) => {

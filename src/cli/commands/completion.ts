@@ -4,9 +4,9 @@ import type { CliContext } from '../context.js';
 import type { CommandRunner } from '../main.js';
 import { printResult } from '../output.js';
 
-/** Options whose value is a path: complete file names there. */
-const FILE_VALUES = new Set(['--config', '--metrics-file', '--junit', '--target', '--work-dir', '--password-file', '--new-password-file']);
-const DIR_VALUES = new Set(['--target', '--work-dir']);
+/** Options whose value is a path: complete file names there (a repository's directory, too: `--repo /backups/prod`). */
+const FILE_VALUES = new Set(['--config', '--metrics-file', '--junit', '--target', '--work-dir', '--password-file', '--new-password-file', '--repo']);
+const DIR_VALUES = new Set(['--target', '--work-dir', '--repo']);
 /**
  * Options with a fixed set of values that check them themselves, for an error of their own, instead of with
  * commander's choices: completion offers their values all the same.
