@@ -840,7 +840,11 @@ type DeltaStep =
   /** Directories made, the deepest first. */
   | { op: 'mkdir'; dirs: string[] }
   /** The mode, owner and times of what a --delta may change, as they were before it: [path, mode, uid, gid, atime ns, mtime ns]. */
-  | { op: 'meta'; noted: [string, number, number, number, string, string][] };
+  | { op: 'meta'; noted: NotedMetadata[] };
+
+type NotedMetadata = [string, number, number, number, string, string];
+
+const metadataNoted = (p: string, st: fs.BigIntStats): NotedMetadata => [p, Number(st.mode & 0o7777n), Number(st.uid), Number(st.gid), String(st.atimeNs), String(st.mtimeNs)];
 
 type DeltaLine = DeltaStep | { undone: number };
 
@@ -870,12 +874,17 @@ export class DeltaUndo {
     await fsp.mkdir(this.aside, { mode: 0o700 });
     this.made.add(this.aside);
     this.fd = fs.openSync(path.join(this.aside, DELTA_JOURNAL), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_APPEND | fs.constants.O_NOFOLLOW, 0o600);
-    const noted: [string, number, number, number, string, string][] = [];
+    const noted: NotedMetadata[] = [];
     for (const p of paths) {
       const st = await fsp.lstat(p, { bigint: true }).catch(() => undefined);
-      if (st && changes(p, st)) noted.push([p, Number(st.mode & 0o7777n), Number(st.uid), Number(st.gid), String(st.atimeNs), String(st.mtimeNs)]);
+      if (st && changes(p, st)) noted.push(metadataNoted(p, st));
     }
     this.write({ op: 'meta', noted });
+  }
+
+  /** Before a change of the mode of `p` that begin() did not note (a directory opened to change what is in it): its metadata as it is. */
+  noteMetadata(p: string): void {
+    this.write({ op: 'meta', noted: [metadataNoted(p, fs.lstatSync(p, { bigint: true }))] });
   }
 
   /** Closes the journal; the changes are all made (or one failed). */

@@ -1234,8 +1234,14 @@ async function applyDelta(
       return e === undefined || e.type === 'dir' || st.isDirectory() || (!rewritten.has(e) && !metadataAsRecorded(st, e, owners));
     });
   }
-  // Read-only directories the point restored before get their modes back from the point below.
-  if (directoriesNeedOpening()) for (const s of plan.sources) await openDirectories(sourceDir(plan, target, s.name));
+  // Read-only directories the point restored before get their modes back from the point below; the others (what the
+  // point lacks, what its backup left out) theirs as they were, noted before they are opened.
+  const opened: { dir: string; mode: number }[] = [];
+  const opening = (dir: string, mode: number) => {
+    undo?.noteMetadata(dir);
+    opened.push({ dir, mode });
+  };
+  if (directoriesNeedOpening()) for (const s of plan.sources) await openDirectories(sourceDir(plan, target, s.name), opening);
   const copied = new Set<ManifestEntry>();
   // Remove what the point does not have, or has with another type (a source that is a file or a link, too).
   const { extras, kept } = await extrasInTarget(plan, target, { ...layout, staging });
@@ -1262,7 +1268,22 @@ async function applyDelta(
     }
   }
   await applyMetadata(plan, target, owners, (e) => settled.has(e) && !copied.has(e), true);
+  await closeDirectories(plan, target, opened);
   return { removed: extras.length, kept };
+}
+
+/**
+ * Gives the directories a --delta opened and the point gives no mode (kept as its backup left them out, or
+ * above what --include chose) their modes back, those in a directory before it.
+ */
+async function closeDirectories(plan: RestorePlan, target: string, opened: readonly { dir: string; mode: number }[]): Promise<void> {
+  if (opened.length === 0) return;
+  const given = new Set(plan.entries.filter((e) => e.type === 'dir').map((e) => pathIn(plan, target, e)));
+  for (const s of plan.sources) if (s.mode !== undefined) given.add(sourceDir(plan, target, s.name));
+  for (const { dir, mode } of [...opened].reverse()) {
+    if (given.has(dir) || !(await fsp.lstat(dir).then((st) => st.isDirectory(), () => false))) continue;
+    await fsp.chmod(dir, mode);
+  }
 }
 
 /**
