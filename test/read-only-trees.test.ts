@@ -173,7 +173,7 @@ test('a --delta in place killed (SIGKILL) as a non-root owner is put back by the
   // What the point lacks: a read-only directory, and files enough in another for the changes to take a while.
   await editReadOnly(path.join(models, 'shards'), async () => {
     await fsp.rm(path.join(models, 'shards', 'only-here.bin'));
-    for (let i = 0; i < 600; i++) await fsp.writeFile(path.join(models, 'shards', `extra-${i}`), `${i}\n`);
+    for (let i = 0; i < 1500; i++) await fsp.writeFile(path.join(models, 'shards', `extra-${i}`), `${i}\n`);
   });
   await fsp.mkdir(path.join(models, 'junk'));
   await fsp.writeFile(path.join(models, 'junk', 'notes.txt'), 'notes\n');

@@ -415,11 +415,11 @@ export async function finishMoves(record: MovingRecord): Promise<Notice[]> {
  * What an interrupted restore --in-place left beside `targets` (whose locks the caller holds) is
  * taken up before anything else: moves under way, or being put back, are put back (the directories
  * as they were before it, its staging directories there for this restore to go on from); moves all
- * made have what they replaced removed. The locks of other directories a record names are taken for
+ * made have what they replaced removed. The locks of other directories a record names (than `held`) are taken for
  * the while. Returns the directories that hold `point` by such a restore, to be compared with it
  * (see movedByInterruptedRestore), and what was done, to be told.
  */
-export async function takeUpInterruptedMoves(targets: readonly string[], point: string): Promise<{ moved: Set<string>; putBack: { point: string; targets: string[] }[]; finished: Notice[] }> {
+export async function takeUpInterruptedMoves(targets: readonly string[], point: string, held: readonly string[] = targets): Promise<{ moved: Set<string>; putBack: { point: string; targets: string[] }[]; finished: Notice[] }> {
   const records = new Map<string, MovingRecord>();
   for (const target of targets) {
     const record = await readMovingRecord(target);
@@ -430,7 +430,7 @@ export async function takeUpInterruptedMoves(targets: readonly string[], point: 
   const withOthersLocked = async (record: MovingRecord, work: () => Promise<void>): Promise<void> => {
     const unlocks: (() => Promise<void>)[] = [];
     try {
-      for (const t of record.moves.map((m) => m.target).filter((t) => !targets.includes(t))) unlocks.push(await lockRestoreTarget(t, await isMountPoint(t).catch(() => false)));
+      for (const t of record.moves.map((m) => m.target).filter((t) => !held.includes(t))) unlocks.push(await lockRestoreTarget(t, await isMountPoint(t).catch(() => false)));
       await work();
     } finally {
       for (const unlock of unlocks) await unlock();

@@ -39,6 +39,7 @@ import {
   stagingPlace,
   stagingPrefix,
   takeInterruptedStaging,
+  takeUpInterruptedMoves,
   type TargetState,
 } from './restore-target.js';
 import { directoriesNeedOpening, openDirectories, removeTree } from '../format/remove-tree.js';
@@ -118,11 +119,42 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
   if (options.dryRun) return plannedRestore(repo, manifest, options, setting);
   const unlock = options.targetLocked ? async () => undefined : await lockRestoreTarget(target, mountPoint);
   try {
-    if (options.registered) return await restoreLocked(repo, manifest, options, setting);
-    return await whileReading(repo.storage, options.readingFor ?? 'restore', { ...readerLockOptions(options), reporter, warnings, reads: [manifest.id] }, () => restoreLocked(repo, manifest, options, setting));
+    // restore --in-place, which holds the locks of its directories, has taken up what such a restore left before.
+    const taken = options.targetLocked ? setting : await takeUpInPlaceAround(manifest, options, setting, repo.storage.location);
+    if (options.registered) return await restoreLocked(repo, manifest, options, taken);
+    return await whileReading(repo.storage, options.readingFor ?? 'restore', { ...readerLockOptions(options), reporter, warnings, reads: [manifest.id] }, () => restoreLocked(repo, manifest, options, taken));
   } finally {
     await unlock();
   }
+}
+
+/**
+ * The directories a restore into `target` writes in or under, beside which a restore --in-place killed
+ * part-way may have left its record of moves (a --delta's journal): the target, the directory of each
+ * source of the point in it, and every directory above it.
+ */
+function directoriesAround(manifest: Manifest, target: string, asTarget: string | undefined): string[] {
+  const around = [target, ...(asTarget === undefined ? manifest.sources.map((s) => path.join(target, s.name)) : [])];
+  for (let at = path.dirname(target); at !== path.dirname(at); at = path.dirname(at)) around.push(at);
+  return around;
+}
+
+/**
+ * Before a restore into a target whose lock it holds: what a restore --in-place killed part-way left in
+ * or around it (see directoriesAround) is put back as it was, or, its moves all made, finished (see
+ * takeUpInterruptedMoves), as the next restore --in-place does; else this restore would change a
+ * directory that the next restore --in-place puts back over it, and what the killed one had set aside
+ * would stay. Returns the setting, the target judged again when anything was done.
+ */
+async function takeUpInPlaceAround(manifest: Manifest, options: RestoreOptions, setting: RestoreSetting, repositoryLocation: string): Promise<RestoreSetting> {
+  const { target, reporter } = setting;
+  const { putBack, finished } = await takeUpInterruptedMoves(directoriesAround(manifest, target, options.asTarget), manifest.id, [target]);
+  for (const r of putBack.filter((r) => r.targets.length > 0)) {
+    reporter.notice?.({ level: 'info', code: 'in-place-put-back', message: `put back ${r.targets.map(quoteName).join(', ')} as they were before an interrupted restore --in-place of ${r.point}, before restoring into ${quoteName(target)}` });
+  }
+  for (const n of finished) reporter.notice?.(n);
+  if (putBack.length === 0 && finished.length === 0) return setting;
+  return { ...setting, ...(await checkRestoreTarget(target, options, repositoryLocation)) };
 }
 
 /**
