@@ -919,3 +919,32 @@ test('a failover that repairs the slot a killed restore --in-place --delta was c
   assert.doesNotMatch(again.stderr, /put back/);
   assert.equal(compareSnapshots(atPoint, await snapshotTree(path.join(slot, 'm'))), undefined);
 });
+
+test('restore --dry-run after a killed restore --in-place --delta changes nothing and says that the restore would first put back its changes, how many, and that its figures are of the directories as the kill left them', async (t) => {
+  const { seed, rand, host, point } = await randomTwoSources(t);
+  for (const dir of Object.values(host.dirs)) await randomShape(dir, rand);
+  for (let i = 0; i < 2000; i++) await fsp.writeFile(path.join(host.dirs.b, `extra-${i}`), `${i}`);
+  await killedAmongChanges(host, point, `seed ${seed}`);
+  const srv = path.join(host.work, 'srv');
+  const left = await snapshotTree(srv);
+  // The changes the journals hold (each directory's own), none undone yet.
+  let changes = 0;
+  for (const name of fs.readdirSync(srv).filter((n) => n.endsWith('-replaced'))) {
+    const text = fs.existsSync(path.join(srv, name, 'journal')) ? fs.readFileSync(path.join(srv, name, 'journal'), 'utf8') : '';
+    changes += text.split('\n').filter((l) => l.startsWith('{"op":') && !l.startsWith('{"op":"meta"')).length;
+  }
+  for (const args of [['--in-place', '--delta'], ['--target', srv, '--delta'], ['--target', srv, '--force']]) {
+    const where = `seed ${seed}, restore --dry-run ${args.join(' ').replaceAll(host.work, '.')}`;
+    const r = await inChild(host as unknown as Host, '--json', 'restore', point, '--dry-run', ...args);
+    assert.equal(r.code, 0, `${where}: ${r.stderr}`);
+    const said = (r.json().warnings as { code: string; message: string }[]).filter((w) => w.code === 'put-back-first');
+    assert.equal(said.length, 1, `${where}: ${r.stdout}`);
+    assert.match(said[0]!.message, new RegExp(`left .*srv/a.*srv/b.* part-way: the restore would first put back its ${changes} change\\(s\\).* the figures below are of the directories as that restore left them`), where);
+    assert.match(r.stderr, /warning: an interrupted restore --in-place of .* would first put back/, where);
+    assert.equal(compareSnapshots(left, await snapshotTree(srv)), undefined, `${where}: nothing was changed`);
+  }
+  // The count is what the restore puts back: the same directories, every change undone.
+  const r = await inChild(host as unknown as Host, 'restore', point, '--in-place', '--delta');
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /put back .*srv\/a.*srv\/b.* as they were before an interrupted restore --in-place/);
+});

@@ -463,6 +463,49 @@ export async function takeUpInterruptedMoves(targets: readonly string[], point: 
 }
 
 /**
+ * What a restore --in-place killed part-way left beside `dirs` for the next restore into them to put
+ * back first (see takeUpInterruptedMoves), found without changing anything, for a --dry-run to say:
+ * for each such restore, its point, its directories, and how many changes would be undone (a
+ * --delta's journaled changes not undone yet, and each directory renamed into place).
+ */
+export async function leftToPutBack(dirs: readonly string[]): Promise<{ point: string; directories: string[]; changes: number }[]> {
+  const records = new Map<string, MovingRecord>();
+  for (const dir of dirs) {
+    const record = await readMovingRecord(dir);
+    if (record && record.moves.length > 0 && undoable(record)) records.set(JSON.stringify(record.moves.map((m) => m.target)), record);
+  }
+  const left: { point: string; directories: string[]; changes: number }[] = [];
+  for (const record of records.values()) {
+    let changes = 0;
+    for (const m of record.moves) changes += await changesToPutBack(m);
+    left.push({ point: record.point, directories: record.moves.map((m) => m.target), changes });
+  }
+  return left;
+}
+
+/** How many changes putMoveBack would undo for `m`, as far as what is there tells. */
+async function changesToPutBack(m: RecordedMove): Promise<number> {
+  if (m.delta) {
+    const journal = m.replaced === undefined ? undefined : await readDeltaJournal({ target: m.target, replaced: m.replaced, staging: m.staging }).catch(() => undefined);
+    const lines = journal?.lines ?? [];
+    const undone = new Set(lines.flatMap((l) => (l && 'undone' in l ? [l.undone] : [])));
+    return lines.filter((l, i) => l !== undefined && 'op' in l && l.op !== 'meta' && !undone.has(i)).length;
+  }
+  const st = await fsp.lstat(m.target, { bigint: true }).catch(() => undefined);
+  const renamed = st?.isDirectory() === true && `${st.dev}:${st.ino}` === `${m.dev}:${m.ino}`;
+  return renamed || (m.replaced !== undefined && (await there(m.replaced))) ? 1 : 0;
+}
+
+/** What a --dry-run says of what leftToPutBack found: that the restore would put it back first, and that its figures are of the directories as they are now. */
+export function putBackFirstNotice(left: { point: string; directories: string[]; changes: number }): Notice {
+  return {
+    level: 'warning',
+    code: 'put-back-first',
+    message: `an interrupted restore --in-place of ${left.point} left ${left.directories.map(quoteName).join(', ')} part-way: the restore would first put back its ${left.changes} change(s), the last first, and then restore; the figures below are of the directories as that restore left them, not as they will be then, and will differ`,
+  };
+}
+
+/**
  * Which of `targets` are the very directories an interrupted restore --in-place of `point` moved
  * into place (as any record it left beside one of them says, by device and inode): they hold the
  * point, unless changed since.

@@ -40,6 +40,8 @@ import {
   stagingPrefix,
   takeInterruptedStaging,
   takeUpInterruptedMoves,
+  leftToPutBack,
+  putBackFirstNotice,
   type TargetState,
 } from './restore-target.js';
 import { directoriesNeedOpening, openDirectories, removeTree } from '../format/remove-tree.js';
@@ -253,6 +255,14 @@ async function plannedRestore(repo: Repository, manifest: Manifest, options: Res
   const plan = await planRestore(repo, manifest, options.include, { hardLinks: !delta, asTarget: options.asTarget });
   const keep = pathsToKeepForRepository(plan, target, repositoryInside);
   const result: RestoreResult = { point: manifest.id, target, files: plan.files.length, bytes: plan.bytes, durationMs: 0, dryRun: true, warnings };
+  // restore --in-place finds these for all its directories at once.
+  if (!options.targetLocked) {
+    for (const left of await leftToPutBack(directoriesAround(manifest, target, options.asTarget))) {
+      const n = putBackFirstNotice(left);
+      warnings.push(n);
+      reporter.notice?.(n);
+    }
+  }
   if (delta) {
     const unchanged = await filesAlreadyRight(plan, target, plan.files, options.signal, reporter);
     result.unchanged = unchanged.size;
