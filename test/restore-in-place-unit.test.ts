@@ -854,7 +854,7 @@ test('a restore --target into a directory a killed restore --in-place --delta le
     if (way.length === 1 || way.length === 2) {
       // Refused (exit 2) as a restore into a directory that is not empty is: --in-place has put the directories back first.
       assert.equal(r.code, 2, `${where}: ${r.stderr}`);
-      assert.match(r.stderr, /is not empty/, where);
+      assert.match(r.stderr, way[0] === '--in-place' ? /is not empty/ : /is not empty, and an interrupted restore --in-place of \S+ left .*srv\/a.*srv\/b.* part-way\n.*restore with --delta or --force, which first put them back as they were/, where);
       if (way[0] === '--in-place') assert.equal(await twoDifferences(host, before), undefined, where);
       else assert.equal(await recordPhase(host.dirs.b), 'moving', `${where}: nothing was changed`);
     } else {
@@ -877,7 +877,7 @@ test('a restore --target into a directory a killed restore --in-place --delta le
   }
 });
 
-test('a failover that repairs the slot a killed restore --in-place --delta was changing (a source under the served link) puts the change back first, then repairs the slot: nothing is left for a later restore --in-place to put back over it', async (t) => {
+test('a failover that repairs the slot a killed restore --in-place --delta was changing (a source under the served link) puts the change back first: nothing is left for a later restore --in-place to put back over it; such a slot, served no more, is not rolled back to', async (t) => {
   const work = await tempDir();
   t.after(() => fsp.rm(work, { recursive: true, force: true }));
   await fsp.mkdir(path.join(work, 'seed', 'm', 'ro'), { recursive: true });
@@ -892,22 +892,27 @@ test('a failover that repairs the slot a killed restore --in-place --delta was c
   const point = backup.json().id as string;
   const atPoint = await snapshotTree(path.join(work, 'seed', 'm'));
   assert.equal((await run('failover', point, '--to', 'prod')).code, 0);
+  const other = await run('--json', 'backup');
+  assert.equal(other.code, 0, other.stderr);
   const slot = path.join(work, 'slots', point);
-  // Served from the slot now, and changed there: files the point lacks (enough for the changes to take a while), one rewritten.
-  for (let i = 0; i < 2000; i++) await fsp.writeFile(path.join(slot, 'm', `extra-${i}`), `${i}`);
-  await fsp.writeFile(path.join(slot, 'm', 'config.json'), '{"layers": 3}\n');
-  const lines = () => {
-    const aside = fs.readdirSync(slot).find((n) => n.endsWith('-replaced'));
-    const journal = aside === undefined ? undefined : path.join(slot, aside, 'journal');
-    return journal !== undefined && fs.existsSync(journal) ? fs.readFileSync(journal, 'utf8').split('\n').length : 0;
+  /** Changes the slot served (files the point lacks, enough for the changes to take a while; one rewritten), and kills a restore --in-place --delta among its changes to it. */
+  const killedInSlot = async () => {
+    for (let i = 0; i < 2000; i++) await fsp.writeFile(path.join(slot, 'm', `extra-${i}`), `${i}`);
+    await fsp.writeFile(path.join(slot, 'm', 'config.json'), '{"layers": 3}\n');
+    const lines = () => {
+      const aside = fs.readdirSync(slot).find((n) => n.endsWith('-replaced'));
+      const journal = aside === undefined ? undefined : path.join(slot, aside, 'journal');
+      return journal !== undefined && fs.existsSync(journal) ? fs.readFileSync(journal, 'utf8').split('\n').length : 0;
+    };
+    const child = spawnLifeboat(['restore', point, '--in-place', '--delta'], { cwd: work });
+    const exited = new Promise<string | null>((resolve) => child.on('exit', (_code, signal) => resolve(signal)));
+    for (const until = Date.now() + 30_000; Date.now() < until && lines() < 30; );
+    child.kill('SIGKILL');
+    assert.equal(await exited, 'SIGKILL');
+    assert.equal(await recordPhase(path.join(slot, 'm')), 'moving', 'killed among its changes');
   };
-  const child = spawnLifeboat(['restore', point, '--in-place', '--delta'], { cwd: work });
-  const exited = new Promise<string | null>((resolve) => child.on('exit', (_code, signal) => resolve(signal)));
-  for (const until = Date.now() + 30_000; Date.now() < until && lines() < 30; );
-  child.kill('SIGKILL');
-  assert.equal(await exited, 'SIGKILL');
-  assert.equal(await recordPhase(path.join(slot, 'm')), 'moving', 'killed among its changes');
 
+  await killedInSlot();
   const failover = await run('--json', 'failover', point, '--to', 'prod');
   assert.equal(failover.code, 0, failover.stderr);
   assert.match(failover.stderr, /put back .*current\/m.* as they were before an interrupted restore --in-place/);
@@ -918,6 +923,15 @@ test('a failover that repairs the slot a killed restore --in-place --delta was c
   assert.equal(again.code, 0, again.stderr);
   assert.doesNotMatch(again.stderr, /put back/);
   assert.equal(compareSnapshots(atPoint, await snapshotTree(path.join(slot, 'm'))), undefined);
+
+  // Served no more, such a slot is the one a rollback would go back to: refused, as one a failover's restore was killed in.
+  await killedInSlot();
+  const away = await run('failover', other.json().id as string, '--to', 'prod');
+  assert.equal(away.code, 0, away.stderr);
+  const rollback = await run('rollback', '--to', 'prod');
+  assert.equal(rollback.code, 3, rollback.stderr);
+  assert.match(rollback.stderr, new RegExp(`previous slot .*${point}.* may hold a mix of old and new files[^]*lifeboat failover ${point} --to prod`));
+  assert.equal(await fsp.readlink(path.join(work, 'current')), path.join('slots', other.json().id as string));
 });
 
 test('restore --dry-run after a killed restore --in-place --delta changes nothing and says that the restore would first put back its changes, how many, and that its figures are of the directories as the kill left them', async (t) => {

@@ -116,7 +116,9 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
   const reporter = options.reporter ?? {};
   const warnings: Notice[] = [];
   const target = path.resolve(options.target);
-  const { targetState, mountPoint, repositoryInside } = await checkRestoreTarget(target, options, repo.storage.location);
+  const { targetState, mountPoint, repositoryInside } = await checkRestoreTarget(target, options, repo.storage.location).catch(async (err: unknown) => {
+    throw await refusedOverLeftovers(err, manifest, target, options);
+  });
   const setting: RestoreSetting = { target, targetState, mountPoint, repositoryInside, reporter, warnings, started };
   if (options.dryRun) return plannedRestore(repo, manifest, options, setting);
   const unlock = options.targetLocked ? async () => undefined : await lockRestoreTarget(target, mountPoint);
@@ -139,6 +141,21 @@ function directoriesAround(manifest: Manifest, target: string, asTarget: string 
   const around = [target, ...(asTarget === undefined ? manifest.sources.map((s) => path.join(target, s.name)) : [])];
   for (let at = path.dirname(target); at !== path.dirname(at); at = path.dirname(at)) around.push(at);
   return around;
+}
+
+/**
+ * A restore refused for a target that is not empty (no --delta nor --force), where a restore --in-place
+ * killed part-way left a directory in or around it half-changed: the error says so, and what puts it back.
+ */
+async function refusedOverLeftovers(err: unknown, manifest: Manifest, target: string, options: RestoreOptions): Promise<unknown> {
+  if (!(err instanceof UsageError) || options.delta || options.force || options.targetLocked) return err;
+  if ((await inspectTarget(target).catch(() => undefined))?.state !== 'non-empty') return err;
+  const [left] = await leftToPutBack(directoriesAround(manifest, target, options.asTarget));
+  if (!left) return err;
+  return new UsageError(`${err.message}, and an interrupted restore --in-place of ${left.point} left ${left.directories.map(quoteName).join(', ')} part-way`, {
+    cause: err,
+    hint: `restore with --delta or --force, which first put ${left.directories.length === 1 ? 'it' : 'them'} back as ${left.directories.length === 1 ? 'it was' : 'they were'}, or run lifeboat restore ${left.point} --in-place --delta`,
+  });
 }
 
 /**
