@@ -538,10 +538,14 @@ const LOCK_MARK = '.lifeboat-restoring';
  * repairing a slot) leaves the target then holding a mix of old and new files.
  */
 export async function restoreLeftUnfinished(target: string): Promise<{ pid: number; since: string } | undefined> {
-  const held = await fsp.readlink(path.join(path.dirname(target), `.${path.basename(target)}${LOCK_MARK}`)).catch(() => '');
-  const owner = lockOwner(held);
-  if (!owner || ownerRuns(owner.pid, owner.since, owner.start)) return undefined;
-  return { pid: owner.pid, since: new Date(owner.since).toISOString() };
+  const locks = [path.join(path.dirname(target), `.${path.basename(target)}${LOCK_MARK}`)];
+  // A restore --in-place of a source in it (a slot, through the link that serves it) locks that directory, beside it inside the target.
+  for (const name of await fsp.readdir(target).catch(() => [] as string[])) if (name.startsWith('.') && name.endsWith(LOCK_MARK)) locks.push(path.join(target, name));
+  for (const lock of locks) {
+    const owner = lockOwner(await fsp.readlink(lock).catch(() => ''));
+    if (owner && !ownerRuns(owner.pid, owner.since, owner.start)) return { pid: owner.pid, since: new Date(owner.since).toISOString() };
+  }
+  return undefined;
 }
 
 /** The pid, time (ms) and process start a restore lock names, when it names any. */
