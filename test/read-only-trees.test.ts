@@ -1,8 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { runChild, type CliRun } from './helpers/cli.js';
+import { runChild, spawnLifeboat, type CliRun } from './helpers/cli.js';
 import { removeTree } from '../src/format/remove-tree.js';
 import { compareSnapshots, snapshotTree, tempDir } from './helpers/tree.js';
 
@@ -114,4 +115,90 @@ test('restore --in-place --delta as a non-root owner rewrites a file of another 
   assert.equal(r.code, 0, r.stderr);
   assert.equal(compareSnapshots(atPoint, await snapshotTree(models)), undefined);
   assert.equal((await fsp.stat(path.join(models, 'config.json'))).uid, NOBODY);
+});
+
+/**
+ * A store whose owner is not root: models/ holds read-only directories, one of which (cache/) its backup
+ * leaves out; its repository made and a point of it taken.
+ */
+async function readOnlyStore(t: { after(fn: () => Promise<unknown>): void }): Promise<{ work: string; models: string; run: (...args: string[]) => Promise<CliRun>; point: string }> {
+  const work = await tempDir();
+  t.after(() => removeTree(work));
+  await fsp.chmod(work, 0o755);
+  const models = path.join(work, 'models');
+  for (const dir of ['shards', 'cache']) await fsp.mkdir(path.join(models, dir), { recursive: true });
+  await fsp.writeFile(path.join(models, 'shards', 'a.bin'), 'weights a\n'.repeat(500));
+  await fsp.writeFile(path.join(models, 'cache', 'kv.tmp'), 'cached\n');
+  for (const dir of ['shards', 'cache']) await fsp.chmod(path.join(models, dir), 0o555);
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nexclude: [cache]\nsources:\n  models: ./models\n');
+  await giveAway(work);
+  const run = (...args: string[]): Promise<CliRun> => runChild(args, { cwd: work, user });
+  assert.equal((await run('init')).code, 0);
+  const backup = await run('--json', 'backup');
+  assert.equal(backup.code, 0, backup.stderr);
+  return { work, models, run, point: backup.json().id as string };
+}
+
+test('a --delta as a non-root owner gives the read-only directories it opened and the point gives no mode (one its backup left out) their modes back', async (t) => {
+  const { models, run, point } = await readOnlyStore(t);
+  const before = await snapshotTree(models);
+  for (const args of [['--in-place', '--delta'], ['--target', path.dirname(models), '--delta']]) {
+    await editReadOnly(path.join(models, 'shards'), async () => {
+      await fsp.writeFile(path.join(models, 'shards', 'stray.bin'), 'stray\n');
+      await giveAway(models);
+    });
+    const r = await run('restore', point, ...args);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(compareSnapshots(before, await snapshotTree(models)), undefined, `restore ${args.join(' ')}`);
+    assert.equal((await fsp.stat(path.join(models, 'cache'))).mode & 0o7777, 0o555, `restore ${args.join(' ')}: the directory left out is read-only still`);
+  }
+});
+
+test('a --delta in place killed (SIGKILL) as a non-root owner is put back by the next restore with every directory it opened read-only again, what the point lacks and what its backup left out too', async (t) => {
+  const { work, models, run, point } = await readOnlyStore(t);
+  // A point with a file no tree has, whose data is damaged: a restore of it fails (exit 3) once it has put back what the kill left.
+  await editReadOnly(path.join(models, 'shards'), async () => {
+    await fsp.writeFile(path.join(models, 'shards', 'only-here.bin'), 'only in the damaged point\n'.repeat(50));
+    await giveAway(models);
+  });
+  const backup = await run('--json', 'backup');
+  assert.equal(backup.code, 0, backup.stderr);
+  const damaged = backup.json().id as string;
+  const manifest = JSON.parse(await fsp.readFile(path.join(work, 'repo', 'points', `${damaged}.json`), 'utf8'));
+  const entry = manifest.entries.find((e: { path: string }) => e.path === 'shards/only-here.bin');
+  const volume = path.join(work, 'repo', manifest.volumes[entry.ref.volume].key);
+  const bytes = await fsp.readFile(volume);
+  bytes[entry.ref.offset + 512 + 7]! ^= 0x20;
+  await fsp.writeFile(volume, bytes);
+  // What the point lacks: a read-only directory, and files enough in another for the changes to take a while.
+  await editReadOnly(path.join(models, 'shards'), async () => {
+    await fsp.rm(path.join(models, 'shards', 'only-here.bin'));
+    for (let i = 0; i < 1500; i++) await fsp.writeFile(path.join(models, 'shards', `extra-${i}`), `${i}\n`);
+  });
+  await fsp.mkdir(path.join(models, 'junk'));
+  await fsp.writeFile(path.join(models, 'junk', 'notes.txt'), 'notes\n');
+  await fsp.chmod(path.join(models, 'junk'), 0o555);
+  await giveAway(models);
+  const before = await snapshotTree(models);
+
+  const child = spawnLifeboat(['restore', point, '--in-place', '--delta'], { cwd: work, user });
+  const exited = new Promise<string | null>((resolve) => child.on('exit', (_code, signal) => resolve(signal)));
+  const journal = () => {
+    const aside = fs.readdirSync(work).find((n) => n.endsWith('-replaced'));
+    return aside === undefined ? '' : fs.readFileSync(path.join(work, aside, 'journal'), 'utf8');
+  };
+  // Looked for without a pause: the changes take milliseconds.
+  for (const until = Date.now() + 30_000; Date.now() < until && journal().split('\n').length < 40; );
+  child.kill('SIGKILL');
+  assert.equal(await exited, 'SIGKILL');
+  assert.match(await fsp.readFile(path.join(work, '.models.lifeboat-moving'), 'utf8'), /"phase":"moving"/, 'killed among its changes');
+
+  const probe = await run('restore', damaged, '--in-place', '--delta');
+  assert.equal(probe.code, 3, probe.stderr);
+  assert.match(probe.stderr, /put back .*models.* as they were before an interrupted restore --in-place/);
+  assert.equal(compareSnapshots(before, await snapshotTree(models)), undefined);
+  const r = await run('restore', point, '--in-place', '--delta');
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal((await fsp.stat(path.join(models, 'cache'))).mode & 0o7777, 0o555);
+  assert.equal(await fsp.stat(path.join(models, 'junk')).then(() => true, () => false), false);
 });

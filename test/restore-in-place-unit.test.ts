@@ -632,7 +632,8 @@ async function directoriesIn(root: string): Promise<string[]> {
   return found;
 }
 
-test('restore --in-place --delta between random trees (files, read-only directories, links, hard links, a type for another): a change that fails (an immutable directory) leaves both directories byte for byte as they were, and the next run reaches the point', { skip: chattrWorks ? false : NO_CHATTR }, async (t) => {
+/** twoSources filled with random trees (a seed of its own), and a full backup of them. */
+async function randomTwoSources(t: { after(fn: () => Promise<unknown>): void; diagnostic(message: string): void }) {
   const seed = seedFromEnv();
   t.diagnostic(`seed ${seed}`);
   const rand = prng(seed);
@@ -640,8 +641,11 @@ test('restore --in-place --delta between random trees (files, read-only director
   for (const dir of Object.values(host.dirs)) await randomShape(dir, rand);
   const backup = await host.run('--json', 'backup', '--type', 'full');
   assert.equal(backup.code, 0, backup.stderr);
-  const point = backup.json().id as string;
-  const atPoint = await twoSnapshots(host);
+  return { seed, rand, host, point: backup.json().id as string, atPoint: await twoSnapshots(host) };
+}
+
+test('restore --in-place --delta between random trees (files, read-only directories, links, hard links, a type for another): a change that fails (an immutable directory) leaves both directories byte for byte as they were, and the next run reaches the point', { skip: chattrWorks ? false : NO_CHATTR }, async (t) => {
+  const { seed, rand, host, point, atPoint } = await randomTwoSources(t);
   let failed = 0;
   for (let round = 1; round <= 6; round++) {
     for (const dir of Object.values(host.dirs)) await randomShape(dir, rand);
@@ -813,4 +817,148 @@ test('restore --in-place --delta into a mount point sets what it replaces aside 
   } finally {
     spawnSync('umount', ['-l', host.dirs.tokenizers]);
   }
+});
+
+/** Kills restore `point` --in-place --delta once the journal of b's changes has a few lines, among them: the record of moves says `moving`. */
+async function killedAmongChanges(host: TwoSources, point: string, where: string): Promise<void> {
+  const srv = path.join(host.work, 'srv');
+  // b, with its many files to remove, changed after a.
+  const lines = () => {
+    const aside = fs.readdirSync(srv).find((n) => n.startsWith('.b.') && n.endsWith('-replaced'));
+    // The directory is made a moment before the journal in it.
+    const text = aside === undefined ? '' : fs.existsSync(path.join(srv, aside, 'journal')) ? fs.readFileSync(path.join(srv, aside, 'journal'), 'utf8') : '';
+    return text.split('\n').length;
+  };
+  await killedAfter(host as unknown as Host, ['restore', point, '--in-place', '--delta'], 0, async () => {
+    for (const until = Date.now() + 30_000; Date.now() < until && lines() < 30; );
+    return true;
+  });
+  assert.equal(await recordPhase(host.dirs.b), 'moving', `${where}: killed among its changes`);
+}
+
+test('a restore --target into a directory a killed restore --in-place --delta left half-changed, or holding one, first puts it back (--delta, --force) or is refused, changing nothing (no --delta nor --force); restore --in-place without --delta puts it back, then is refused; what the kill set aside is never lost', async (t) => {
+  const { seed, rand, host, point, atPoint } = await randomTwoSources(t);
+  for (const dir of Object.values(host.dirs)) await randomShape(dir, rand);
+  // Files enough for the changes to take a while.
+  for (let i = 0; i < 2000; i++) await fsp.writeFile(path.join(host.dirs.b, `extra-${i}`), `${i}`);
+  const before = await twoSnapshots(host);
+  const srv = path.join(host.work, 'srv');
+  const kept = path.join(host.work, 'kept');
+  await fsp.cp(srv, kept, { recursive: true, preserveTimestamps: true, verbatimSymlinks: true });
+  for (const way of [['--target', srv, '--delta'], ['--target', srv, '--force'], ['--target', host.dirs.b, '--delta'], ['--target', srv], ['--in-place']]) {
+    await fsp.rm(srv, { recursive: true, force: true });
+    await fsp.cp(kept, srv, { recursive: true, preserveTimestamps: true, verbatimSymlinks: true });
+    const where = `seed ${seed}, restore ${way.join(' ').replaceAll(host.work, '.')}`;
+    await killedAmongChanges(host, point, where);
+    const r = await inChild(host as unknown as Host, 'restore', point, ...way);
+    if (way.length === 1 || way.length === 2) {
+      // Refused (exit 2) as a restore into a directory that is not empty is: --in-place has put the directories back first.
+      assert.equal(r.code, 2, `${where}: ${r.stderr}`);
+      assert.match(r.stderr, way[0] === '--in-place' ? /is not empty/ : /is not empty, and an interrupted restore --in-place of \S+ left .*srv\/a.*srv\/b.* part-way\n.*restore with --delta or --force, which first put them back as they were/, where);
+      if (way[0] === '--in-place') assert.equal(await twoDifferences(host, before), undefined, where);
+      else assert.equal(await recordPhase(host.dirs.b), 'moving', `${where}: nothing was changed`);
+    } else {
+      assert.equal(r.code, 0, `${where}: ${r.stderr}`);
+      assert.match(r.stderr, /put back .*srv\/a.*srv\/b.* as they were before an interrupted restore --in-place/, where);
+      // A source lands in <target>/<source>: restored into b, it is b/b, b put back as it was.
+      if (way[1] === host.dirs.b) {
+        assert.equal(compareSnapshots(atPoint.b, await snapshotTree(path.join(host.dirs.b, 'b'))), undefined, where);
+        await fsp.rm(path.join(host.dirs.b, 'a'), { recursive: true });
+        await fsp.rm(path.join(host.dirs.b, 'b'), { recursive: true });
+        assert.equal(await twoDifferences(host, before), undefined, where);
+      } else assert.equal(await twoDifferences(host, atPoint), undefined, where);
+      assert.deepEqual(await besidesTwo(host), [], where);
+    }
+    // Nothing is left for the next restore --in-place to put back over what is there now.
+    const again = await inChild(host as unknown as Host, 'restore', point, '--in-place', '--delta');
+    assert.equal(again.code, 0, `${where}, then --in-place --delta: ${again.stderr}`);
+    assert.equal(await twoDifferences(host, atPoint), undefined, `${where}, then --in-place --delta`);
+    assert.deepEqual(await besidesTwo(host), [], `${where}, then --in-place --delta`);
+  }
+});
+
+test('a failover that repairs the slot a killed restore --in-place --delta was changing (a source under the served link) puts the change back first: nothing is left for a later restore --in-place to put back over it; such a slot, served no more, is not rolled back to', async (t) => {
+  const work = await tempDir();
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  await fsp.mkdir(path.join(work, 'seed', 'm', 'ro'), { recursive: true });
+  await fsp.writeFile(path.join(work, 'seed', 'm', 'ro', 'a.bin'), 'weights a\n'.repeat(100));
+  await fsp.writeFile(path.join(work, 'seed', 'm', 'config.json'), '{"layers": 2}\n');
+  await fsp.symlink('seed', path.join(work, 'current'));
+  await fsp.writeFile(path.join(work, 'lifeboat.yaml'), 'repository: ./repo\nsources:\n  m: ./current/m\ntargets:\n  prod: { slots: ./slots, active: ./current }\n');
+  const run = (...args: string[]) => runChild(args, { cwd: work });
+  assert.equal((await run('init')).code, 0);
+  const backup = await run('--json', 'backup');
+  assert.equal(backup.code, 0, backup.stderr);
+  const point = backup.json().id as string;
+  const atPoint = await snapshotTree(path.join(work, 'seed', 'm'));
+  assert.equal((await run('failover', point, '--to', 'prod')).code, 0);
+  const other = await run('--json', 'backup');
+  assert.equal(other.code, 0, other.stderr);
+  const slot = path.join(work, 'slots', point);
+  /** Changes the slot served (files the point lacks, enough for the changes to take a while; one rewritten), and kills a restore --in-place --delta among its changes to it. */
+  const killedInSlot = async () => {
+    for (let i = 0; i < 2000; i++) await fsp.writeFile(path.join(slot, 'm', `extra-${i}`), `${i}`);
+    await fsp.writeFile(path.join(slot, 'm', 'config.json'), '{"layers": 3}\n');
+    const lines = () => {
+      const aside = fs.readdirSync(slot).find((n) => n.endsWith('-replaced'));
+      const journal = aside === undefined ? undefined : path.join(slot, aside, 'journal');
+      return journal !== undefined && fs.existsSync(journal) ? fs.readFileSync(journal, 'utf8').split('\n').length : 0;
+    };
+    const child = spawnLifeboat(['restore', point, '--in-place', '--delta'], { cwd: work });
+    const exited = new Promise<string | null>((resolve) => child.on('exit', (_code, signal) => resolve(signal)));
+    for (const until = Date.now() + 30_000; Date.now() < until && lines() < 30; );
+    child.kill('SIGKILL');
+    assert.equal(await exited, 'SIGKILL');
+    assert.equal(await recordPhase(path.join(slot, 'm')), 'moving', 'killed among its changes');
+  };
+
+  await killedInSlot();
+  const failover = await run('--json', 'failover', point, '--to', 'prod');
+  assert.equal(failover.code, 0, failover.stderr);
+  assert.match(failover.stderr, /put back .*current\/m.* as they were before an interrupted restore --in-place/);
+  assert.deepEqual([failover.json().restore.rewritten, failover.json().restore.removed], [1, 2000]);
+  assert.equal(compareSnapshots(atPoint, await snapshotTree(path.join(slot, 'm'))), undefined);
+  assert.deepEqual((await fsp.readdir(slot)).filter((n) => !n.includes('.lifeboat-staging-') || n.endsWith('-replaced')), ['m'], 'no record of moves, no journal, nothing set aside is left in the slot');
+  const again = await run('restore', point, '--in-place', '--delta');
+  assert.equal(again.code, 0, again.stderr);
+  assert.doesNotMatch(again.stderr, /put back/);
+  assert.equal(compareSnapshots(atPoint, await snapshotTree(path.join(slot, 'm'))), undefined);
+
+  // Served no more, such a slot is the one a rollback would go back to: refused, as one a failover's restore was killed in.
+  await killedInSlot();
+  const away = await run('failover', other.json().id as string, '--to', 'prod');
+  assert.equal(away.code, 0, away.stderr);
+  const rollback = await run('rollback', '--to', 'prod');
+  assert.equal(rollback.code, 3, rollback.stderr);
+  assert.match(rollback.stderr, new RegExp(`previous slot .*${point}.* may hold a mix of old and new files[^]*lifeboat failover ${point} --to prod`));
+  assert.equal(await fsp.readlink(path.join(work, 'current')), path.join('slots', other.json().id as string));
+});
+
+test('restore --dry-run after a killed restore --in-place --delta changes nothing and says that the restore would first put back its changes, how many, and that its figures are of the directories as the kill left them', async (t) => {
+  const { seed, rand, host, point } = await randomTwoSources(t);
+  for (const dir of Object.values(host.dirs)) await randomShape(dir, rand);
+  for (let i = 0; i < 2000; i++) await fsp.writeFile(path.join(host.dirs.b, `extra-${i}`), `${i}`);
+  await killedAmongChanges(host, point, `seed ${seed}`);
+  const srv = path.join(host.work, 'srv');
+  const left = await snapshotTree(srv);
+  // The changes the journals hold (each directory's own), none undone yet.
+  let changes = 0;
+  for (const name of fs.readdirSync(srv).filter((n) => n.endsWith('-replaced'))) {
+    const text = fs.existsSync(path.join(srv, name, 'journal')) ? fs.readFileSync(path.join(srv, name, 'journal'), 'utf8') : '';
+    changes += text.split('\n').filter((l) => l.startsWith('{"op":') && !l.startsWith('{"op":"meta"')).length;
+  }
+  for (const args of [['--in-place', '--delta'], ['--target', srv, '--delta'], ['--target', srv, '--force']]) {
+    const where = `seed ${seed}, restore --dry-run ${args.join(' ').replaceAll(host.work, '.')}`;
+    const r = await inChild(host as unknown as Host, '--json', 'restore', point, '--dry-run', ...args);
+    assert.equal(r.code, 0, `${where}: ${r.stderr}`);
+    const said = (r.json().warnings as { code: string; message: string }[]).filter((w) => w.code === 'put-back-first');
+    assert.equal(said.length, 1, `${where}: ${r.stdout}`);
+    assert.match(said[0]!.message, new RegExp(`left .*srv/a.*srv/b.* part-way: the restore would first put back its ${changes} change\\(s\\).* the figures below are of the directories as that restore left them`), where);
+    assert.match(r.stderr, /warning: an interrupted restore --in-place of .* would first put back/, where);
+    assert.equal(compareSnapshots(left, await snapshotTree(srv)), undefined, `${where}: nothing was changed`);
+  }
+  // The count is what the restore puts back: the same directories, every change undone.
+  const r = await inChild(host as unknown as Host, 'restore', point, '--in-place', '--delta');
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /put back .*srv\/a.*srv\/b.* as they were before an interrupted restore --in-place/);
 });

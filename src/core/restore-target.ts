@@ -415,11 +415,11 @@ export async function finishMoves(record: MovingRecord): Promise<Notice[]> {
  * What an interrupted restore --in-place left beside `targets` (whose locks the caller holds) is
  * taken up before anything else: moves under way, or being put back, are put back (the directories
  * as they were before it, its staging directories there for this restore to go on from); moves all
- * made have what they replaced removed. The locks of other directories a record names are taken for
+ * made have what they replaced removed. The locks of other directories a record names (than `held`) are taken for
  * the while. Returns the directories that hold `point` by such a restore, to be compared with it
  * (see movedByInterruptedRestore), and what was done, to be told.
  */
-export async function takeUpInterruptedMoves(targets: readonly string[], point: string): Promise<{ moved: Set<string>; putBack: { point: string; targets: string[] }[]; finished: Notice[] }> {
+export async function takeUpInterruptedMoves(targets: readonly string[], point: string, held: readonly string[] = targets): Promise<{ moved: Set<string>; putBack: { point: string; targets: string[] }[]; finished: Notice[] }> {
   const records = new Map<string, MovingRecord>();
   for (const target of targets) {
     const record = await readMovingRecord(target);
@@ -430,7 +430,7 @@ export async function takeUpInterruptedMoves(targets: readonly string[], point: 
   const withOthersLocked = async (record: MovingRecord, work: () => Promise<void>): Promise<void> => {
     const unlocks: (() => Promise<void>)[] = [];
     try {
-      for (const t of record.moves.map((m) => m.target).filter((t) => !targets.includes(t))) unlocks.push(await lockRestoreTarget(t, await isMountPoint(t).catch(() => false)));
+      for (const t of record.moves.map((m) => m.target).filter((t) => !held.includes(t))) unlocks.push(await lockRestoreTarget(t, await isMountPoint(t).catch(() => false)));
       await work();
     } finally {
       for (const unlock of unlocks) await unlock();
@@ -460,6 +460,49 @@ export async function takeUpInterruptedMoves(targets: readonly string[], point: 
   const finished: Notice[] = [];
   for (const record of records.values()) if (record.phase === 'moved') await withOthersLocked(record, async () => void finished.push(...(await finishMoves(record))));
   return { moved, putBack, finished };
+}
+
+/**
+ * What a restore --in-place killed part-way left beside `dirs` for the next restore into them to put
+ * back first (see takeUpInterruptedMoves), found without changing anything, for a --dry-run to say:
+ * for each such restore, its point, its directories, and how many changes would be undone (a
+ * --delta's journaled changes not undone yet, and each directory renamed into place).
+ */
+export async function leftToPutBack(dirs: readonly string[]): Promise<{ point: string; directories: string[]; changes: number }[]> {
+  const records = new Map<string, MovingRecord>();
+  for (const dir of dirs) {
+    const record = await readMovingRecord(dir);
+    if (record && record.moves.length > 0 && undoable(record)) records.set(JSON.stringify(record.moves.map((m) => m.target)), record);
+  }
+  const left: { point: string; directories: string[]; changes: number }[] = [];
+  for (const record of records.values()) {
+    let changes = 0;
+    for (const m of record.moves) changes += await changesToPutBack(m);
+    left.push({ point: record.point, directories: record.moves.map((m) => m.target), changes });
+  }
+  return left;
+}
+
+/** How many changes putMoveBack would undo for `m`, as far as what is there tells. */
+async function changesToPutBack(m: RecordedMove): Promise<number> {
+  if (m.delta) {
+    const journal = m.replaced === undefined ? undefined : await readDeltaJournal({ target: m.target, replaced: m.replaced, staging: m.staging }).catch(() => undefined);
+    const lines = journal?.lines ?? [];
+    const undone = new Set(lines.flatMap((l) => (l && 'undone' in l ? [l.undone] : [])));
+    return lines.filter((l, i) => l !== undefined && 'op' in l && l.op !== 'meta' && !undone.has(i)).length;
+  }
+  const st = await fsp.lstat(m.target, { bigint: true }).catch(() => undefined);
+  const renamed = st?.isDirectory() === true && `${st.dev}:${st.ino}` === `${m.dev}:${m.ino}`;
+  return renamed || (m.replaced !== undefined && (await there(m.replaced))) ? 1 : 0;
+}
+
+/** What a --dry-run says of what leftToPutBack found: that the restore would put it back first, and that its figures are of the directories as they are now. */
+export function putBackFirstNotice(left: { point: string; directories: string[]; changes: number }): Notice {
+  return {
+    level: 'warning',
+    code: 'put-back-first',
+    message: `an interrupted restore --in-place of ${left.point} left ${left.directories.map(quoteName).join(', ')} part-way: the restore would first put back its ${left.changes} change(s), the last first, and then restore; the figures below are of the directories as that restore left them, not as they will be then, and will differ`,
+  };
 }
 
 /**
@@ -495,10 +538,14 @@ const LOCK_MARK = '.lifeboat-restoring';
  * repairing a slot) leaves the target then holding a mix of old and new files.
  */
 export async function restoreLeftUnfinished(target: string): Promise<{ pid: number; since: string } | undefined> {
-  const held = await fsp.readlink(path.join(path.dirname(target), `.${path.basename(target)}${LOCK_MARK}`)).catch(() => '');
-  const owner = lockOwner(held);
-  if (!owner || ownerRuns(owner.pid, owner.since, owner.start)) return undefined;
-  return { pid: owner.pid, since: new Date(owner.since).toISOString() };
+  const locks = [path.join(path.dirname(target), `.${path.basename(target)}${LOCK_MARK}`)];
+  // A restore --in-place of a source in it (a slot, through the link that serves it) locks that directory, beside it inside the target.
+  for (const name of await fsp.readdir(target).catch(() => [] as string[])) if (name.startsWith('.') && name.endsWith(LOCK_MARK)) locks.push(path.join(target, name));
+  for (const lock of locks) {
+    const owner = lockOwner(await fsp.readlink(lock).catch(() => ''));
+    if (owner && !ownerRuns(owner.pid, owner.since, owner.start)) return { pid: owner.pid, since: new Date(owner.since).toISOString() };
+  }
+  return undefined;
 }
 
 /** The pid, time (ms) and process start a restore lock names, when it names any. */
@@ -851,7 +898,11 @@ type DeltaStep =
   /** Directories made, the deepest first. */
   | { op: 'mkdir'; dirs: string[] }
   /** The mode, owner and times of what a --delta may change, as they were before it: [path, mode, uid, gid, atime ns, mtime ns]. */
-  | { op: 'meta'; noted: [string, number, number, number, string, string][] };
+  | { op: 'meta'; noted: NotedMetadata[] };
+
+type NotedMetadata = [string, number, number, number, string, string];
+
+const metadataNoted = (p: string, st: fs.BigIntStats): NotedMetadata => [p, Number(st.mode & 0o7777n), Number(st.uid), Number(st.gid), String(st.atimeNs), String(st.mtimeNs)];
 
 type DeltaLine = DeltaStep | { undone: number };
 
@@ -881,12 +932,17 @@ export class DeltaUndo {
     await fsp.mkdir(this.aside, { mode: 0o700 });
     this.made.add(this.aside);
     this.fd = fs.openSync(path.join(this.aside, DELTA_JOURNAL), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_APPEND | fs.constants.O_NOFOLLOW, 0o600);
-    const noted: [string, number, number, number, string, string][] = [];
+    const noted: NotedMetadata[] = [];
     for (const p of paths) {
       const st = await fsp.lstat(p, { bigint: true }).catch(() => undefined);
-      if (st && changes(p, st)) noted.push([p, Number(st.mode & 0o7777n), Number(st.uid), Number(st.gid), String(st.atimeNs), String(st.mtimeNs)]);
+      if (st && changes(p, st)) noted.push(metadataNoted(p, st));
     }
     this.write({ op: 'meta', noted });
+  }
+
+  /** Before a change of the mode of `p` that begin() did not note (a directory opened to change what is in it): its metadata as it is. */
+  noteMetadata(p: string): void {
+    this.write({ op: 'meta', noted: [metadataNoted(p, fs.lstatSync(p, { bigint: true }))] });
   }
 
   /** Closes the journal; the changes are all made (or one failed). */

@@ -39,6 +39,9 @@ import {
   stagingPlace,
   stagingPrefix,
   takeInterruptedStaging,
+  takeUpInterruptedMoves,
+  leftToPutBack,
+  putBackFirstNotice,
   type TargetState,
 } from './restore-target.js';
 import { directoriesNeedOpening, openDirectories, removeTree } from '../format/remove-tree.js';
@@ -113,16 +116,64 @@ export async function restore(repo: Repository, manifest: Manifest, options: Res
   const reporter = options.reporter ?? {};
   const warnings: Notice[] = [];
   const target = path.resolve(options.target);
-  const { targetState, mountPoint, repositoryInside } = await checkRestoreTarget(target, options, repo.storage.location);
+  const { targetState, mountPoint, repositoryInside } = await checkRestoreTarget(target, options, repo.storage.location).catch(async (err: unknown) => {
+    throw await refusedOverLeftovers(err, manifest, target, options);
+  });
   const setting: RestoreSetting = { target, targetState, mountPoint, repositoryInside, reporter, warnings, started };
   if (options.dryRun) return plannedRestore(repo, manifest, options, setting);
   const unlock = options.targetLocked ? async () => undefined : await lockRestoreTarget(target, mountPoint);
   try {
-    if (options.registered) return await restoreLocked(repo, manifest, options, setting);
-    return await whileReading(repo.storage, options.readingFor ?? 'restore', { ...readerLockOptions(options), reporter, warnings, reads: [manifest.id] }, () => restoreLocked(repo, manifest, options, setting));
+    // restore --in-place, which holds the locks of its directories, has taken up what such a restore left before.
+    const taken = options.targetLocked ? setting : await takeUpInPlaceAround(manifest, options, setting, repo.storage.location);
+    if (options.registered) return await restoreLocked(repo, manifest, options, taken);
+    return await whileReading(repo.storage, options.readingFor ?? 'restore', { ...readerLockOptions(options), reporter, warnings, reads: [manifest.id] }, () => restoreLocked(repo, manifest, options, taken));
   } finally {
     await unlock();
   }
+}
+
+/**
+ * The directories a restore into `target` writes in or under, beside which a restore --in-place killed
+ * part-way may have left its record of moves (a --delta's journal): the target, the directory of each
+ * source of the point in it, and every directory above it.
+ */
+function directoriesAround(manifest: Manifest, target: string, asTarget: string | undefined): string[] {
+  const around = [target, ...(asTarget === undefined ? manifest.sources.map((s) => path.join(target, s.name)) : [])];
+  for (let at = path.dirname(target); at !== path.dirname(at); at = path.dirname(at)) around.push(at);
+  return around;
+}
+
+/**
+ * A restore refused for a target that is not empty (no --delta nor --force), where a restore --in-place
+ * killed part-way left a directory in or around it half-changed: the error says so, and what puts it back.
+ */
+async function refusedOverLeftovers(err: unknown, manifest: Manifest, target: string, options: RestoreOptions): Promise<unknown> {
+  if (!(err instanceof UsageError) || options.delta || options.force || options.targetLocked) return err;
+  if ((await inspectTarget(target).catch(() => undefined))?.state !== 'non-empty') return err;
+  const [left] = await leftToPutBack(directoriesAround(manifest, target, options.asTarget));
+  if (!left) return err;
+  return new UsageError(`${err.message}, and an interrupted restore --in-place of ${left.point} left ${left.directories.map(quoteName).join(', ')} part-way`, {
+    cause: err,
+    hint: `restore with --delta or --force, which first put ${left.directories.length === 1 ? 'it' : 'them'} back as ${left.directories.length === 1 ? 'it was' : 'they were'}, or run lifeboat restore ${left.point} --in-place --delta`,
+  });
+}
+
+/**
+ * Before a restore into a target whose lock it holds: what a restore --in-place killed part-way left in
+ * or around it (see directoriesAround) is put back as it was, or, its moves all made, finished (see
+ * takeUpInterruptedMoves), as the next restore --in-place does; else this restore would change a
+ * directory that the next restore --in-place puts back over it, and what the killed one had set aside
+ * would stay. Returns the setting, the target judged again when anything was done.
+ */
+async function takeUpInPlaceAround(manifest: Manifest, options: RestoreOptions, setting: RestoreSetting, repositoryLocation: string): Promise<RestoreSetting> {
+  const { target, reporter } = setting;
+  const { putBack, finished } = await takeUpInterruptedMoves(directoriesAround(manifest, target, options.asTarget), manifest.id, [target]);
+  for (const r of putBack.filter((r) => r.targets.length > 0)) {
+    reporter.notice?.({ level: 'info', code: 'in-place-put-back', message: `put back ${r.targets.map(quoteName).join(', ')} as they were before an interrupted restore --in-place of ${r.point}, before restoring into ${quoteName(target)}` });
+  }
+  for (const n of finished) reporter.notice?.(n);
+  if (putBack.length === 0 && finished.length === 0) return setting;
+  return { ...setting, ...(await checkRestoreTarget(target, options, repositoryLocation)) };
 }
 
 /**
@@ -221,6 +272,14 @@ async function plannedRestore(repo: Repository, manifest: Manifest, options: Res
   const plan = await planRestore(repo, manifest, options.include, { hardLinks: !delta, asTarget: options.asTarget });
   const keep = pathsToKeepForRepository(plan, target, repositoryInside);
   const result: RestoreResult = { point: manifest.id, target, files: plan.files.length, bytes: plan.bytes, durationMs: 0, dryRun: true, warnings };
+  // restore --in-place finds these for all its directories at once.
+  if (!options.targetLocked) {
+    for (const left of await leftToPutBack(directoriesAround(manifest, target, options.asTarget))) {
+      const n = putBackFirstNotice(left);
+      warnings.push(n);
+      reporter.notice?.(n);
+    }
+  }
   if (delta) {
     const unchanged = await filesAlreadyRight(plan, target, plan.files, options.signal, reporter);
     result.unchanged = unchanged.size;
@@ -1234,8 +1293,14 @@ async function applyDelta(
       return e === undefined || e.type === 'dir' || st.isDirectory() || (!rewritten.has(e) && !metadataAsRecorded(st, e, owners));
     });
   }
-  // Read-only directories the point restored before get their modes back from the point below.
-  if (directoriesNeedOpening()) for (const s of plan.sources) await openDirectories(sourceDir(plan, target, s.name));
+  // Read-only directories the point restored before get their modes back from the point below; the others (what the
+  // point lacks, what its backup left out) theirs as they were, noted before they are opened.
+  const opened: { dir: string; mode: number }[] = [];
+  const opening = (dir: string, mode: number) => {
+    undo?.noteMetadata(dir);
+    opened.push({ dir, mode });
+  };
+  if (directoriesNeedOpening()) for (const s of plan.sources) await openDirectories(sourceDir(plan, target, s.name), opening);
   const copied = new Set<ManifestEntry>();
   // Remove what the point does not have, or has with another type (a source that is a file or a link, too).
   const { extras, kept } = await extrasInTarget(plan, target, { ...layout, staging });
@@ -1262,7 +1327,22 @@ async function applyDelta(
     }
   }
   await applyMetadata(plan, target, owners, (e) => settled.has(e) && !copied.has(e), true);
+  await closeDirectories(plan, target, opened);
   return { removed: extras.length, kept };
+}
+
+/**
+ * Gives the directories a --delta opened and the point gives no mode (kept as its backup left them out, or
+ * above what --include chose) their modes back, those in a directory before it.
+ */
+async function closeDirectories(plan: RestorePlan, target: string, opened: readonly { dir: string; mode: number }[]): Promise<void> {
+  if (opened.length === 0) return;
+  const given = new Set(plan.entries.filter((e) => e.type === 'dir').map((e) => pathIn(plan, target, e)));
+  for (const s of plan.sources) if (s.mode !== undefined) given.add(sourceDir(plan, target, s.name));
+  for (const { dir, mode } of [...opened].reverse()) {
+    if (given.has(dir) || !(await fsp.lstat(dir).then((st) => st.isDirectory(), () => false))) continue;
+    await fsp.chmod(dir, mode);
+  }
 }
 
 /**

@@ -10,16 +10,18 @@ const OWNER_ALL = 0o700;
  * and model stores are often made read-only (0555) against accidents: as any
  * user but root, nothing in such a directory can be renamed or removed.
  * Directories of other users are left as they are; what cannot be done there
- * then fails with its own error.
+ * then fails with its own error. `opening` is told of each directory (with
+ * its mode) before it is opened, a directory before those in it.
  */
-export async function openDirectories(root: string): Promise<void> {
+export async function openDirectories(root: string, opening?: (dir: string, mode: number) => void): Promise<void> {
   const st = await fsp.lstat(root).catch(() => undefined);
   if (!st?.isDirectory()) return;
   if ((st.mode & OWNER_ALL) !== OWNER_ALL && st.uid === process.geteuid?.()) {
+    opening?.(root, st.mode & 0o7777);
     await fsp.chmod(root, (st.mode & 0o7777) | OWNER_ALL).catch(() => undefined);
   }
   const entries = await fsp.readdir(root, { withFileTypes: true }).catch(() => []);
-  for (const d of entries) if (d.isDirectory()) await openDirectories(path.join(root, d.name));
+  for (const d of entries) if (d.isDirectory()) await openDirectories(path.join(root, d.name), opening);
 }
 
 /** Whether open directories would let this user change what is in them (root's rights do not depend on modes). */

@@ -9,8 +9,10 @@ import {
   NotEnoughSpace,
   checkFreeSpace,
   finishMoves,
+  leftToPutBack,
   lockRestoreTarget,
   movedByInterruptedRestore,
+  putBackFirstNotice,
   putMovesBack,
   recordMoves,
   refusedBeforeWriting,
@@ -300,6 +302,9 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
       renderer.notice({ level: 'info', code: 'in-place-put-back', message: `put back ${r.targets.map(quoteName).join(', ')} as they were before an interrupted restore --in-place of ${r.point}; this restore goes on from what it had staged` });
     }
     for (const n of finished) renderer.notice(n);
+    // A dry run puts nothing back: it says what the restore would put back first.
+    const leftBehind = flags.dryRun ? (await leftToPutBack(places.map((p) => p.path))).map(putBackFirstNotice) : [];
+    for (const n of leftBehind) renderer.notice(n);
     // A directory an interrupted restore of this point had moved into place holds the point: it is compared, not refused or staged again.
     for (const p of places) p.moved = moved.has(p.path);
     // Every directory is checked before any is written: a refusal must not come after half the sources were restored.
@@ -353,7 +358,7 @@ async function runRestoreInPlace(ctx: CliContext, selector: string, flags: Resto
       ...(flags.dryRun ? { dryRun: true } : {}),
       sources: done.map((d) => ({ source: d.source, ...targetFigures(d) })),
       ...(flags.state ? { state } : {}),
-      warnings: warningsJson([...unrecorded, ...reading, ...done.flatMap((d) => d.warnings)]),
+      warnings: warningsJson([...leftBehind, ...unrecorded, ...reading, ...done.flatMap((d) => d.warnings)]),
     };
     printResult(ctx, json, () =>
       [
