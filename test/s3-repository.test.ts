@@ -468,6 +468,39 @@ describe('an S3 repository through the CLI', () => {
     assert.deepEqual(await incompleteUploads(prefix), []);
   });
 
+  it('prune aborts an incomplete multipart upload a killed backup left, and its summary line and --json count it apart from data objects', async (t) => {
+    if (!server.capabilities.multipartListAndAbort) return t.skip(`${server.kind} cannot list multipart uploads`);
+    const dir = path.join(work, 'prune-uploads');
+    t.after(() => fsp.rm(dir, { recursive: true, force: true }));
+    const src = await smallModels(dir, prng(seed + 9));
+    const prefix = 'prune-uploads';
+    await initRepository(prefix, 8 * MiB);
+    await ok(cli(prefix, ['backup', src, '--type', 'full']), 'backup');
+    // What a backup killed an hour ago left: a volume's upload begun, with one part, never completed.
+    const leave = async (): Promise<string> => {
+      const left = `data/${makePointId(new Date(Date.now() - 3_600_000 - Math.floor(Math.random() * 60_000)), 'full')}/v000001.tar`;
+      const upload = await sdk.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: `${prefix}/${left}` }));
+      await sdk.send(new UploadPartCommand({ Bucket: bucket, Key: `${prefix}/${left}`, UploadId: upload.UploadId, PartNumber: 1, Body: Buffer.alloc(5 * MiB, 7) }));
+      return left;
+    };
+    const left = await leave();
+    const line = (verb: string) => new RegExp(`^${verb} 0 point\\(s\\) and 0 data object\\(s\\), 0 B, and an incomplete multipart upload; 1 point\\(s\\) kept`, 'm');
+    const dry = await ok(cli(prefix, ['prune', '--keep-full', '1', '--dry-run']), 'prune --dry-run');
+    assert.match(dry.stdout, line('would remove'));
+    const dryJson = (await ok(cli(prefix, ['--json', 'prune', '--keep-full', '1', '--dry-run']), 'prune --dry-run --json')).json();
+    assert.deepEqual([dryJson.objects, dryJson.dataObjects, dryJson.unfinishedWrites], [[left], 0, 1]);
+    const pruned = (await ok(cli(prefix, ['--json', 'prune', '--keep-full', '1']), 'prune --json')).json();
+    assert.deepEqual([pruned.objects, pruned.dataObjects, pruned.unfinishedWrites], [[left], 0, 1]);
+    assert.deepEqual(await incompleteUploads(prefix), []);
+    await leave();
+    const text = await ok(cli(prefix, ['prune', '--keep-full', '1']), 'prune');
+    assert.match(text.stdout, line('removed'));
+    assert.deepEqual(await incompleteUploads(prefix), []);
+    // Nothing left: no count of what did not happen.
+    const none = await ok(cli(prefix, ['prune', '--keep-full', '1']), 'prune with nothing to remove');
+    assert.match(none.stdout, /^removed 0 point\(s\) and 0 data object\(s\), 0 B; 1 point\(s\) kept/m);
+  });
+
   it('the lock: a live holder on this host makes a backup exit 4 naming host and pid; a stale one is taken over', async (t) => {
     if (!server.capabilities.conditionalPut) {
       t.skip(`${server.kind} ignores If-None-Match on PutObject, so a lock object cannot be created exclusively there`);

@@ -99,12 +99,17 @@ export function describeLeftover(write: IncompleteWrite): string {
  */
 export function describeLeftovers(writes: readonly IncompleteWrite[]): string {
   if (writes.length === 1) return describeLeftover(writes[0]!);
-  const kinds = new Map<string, number>();
-  for (const write of writes) kinds.set(write.what, (kinds.get(write.what) ?? 0) + 1);
-  const counts = [...kinds].map(([what, n]) => (n === 1 ? what : `${n} ${what.replace(/^an? /, '')}s`)).join(' and ');
+  const counts = countLeftovers(writes);
   const sizes = writes.map((write) => write.size);
   const bytes = sizes.every((size) => size !== undefined) ? ` of ${sizes.reduce((a, b) => a + b, 0)} bytes in all` : '';
   return `${counts}${bytes}, left by writes that never finished (backups or other commands that were stopped): ${named(writes.map((write) => write.key))}`;
+}
+
+/** How many writes of each kind: `an incomplete multipart upload`, `3 temporary files and an incomplete multipart upload`. */
+export function countLeftovers(writes: readonly IncompleteWrite[]): string {
+  const kinds = new Map<string, number>();
+  for (const write of writes) kinds.set(write.what, (kinds.get(write.what) ?? 0) + 1);
+  return [...kinds].map(([what, n]) => (n === 1 ? what : `${n} ${what.replace(/^an? /, '')}s`)).join(' and ');
 }
 
 /** The first few of several names, and how many more: `a, b, c and 2 more`, `a and b`. */

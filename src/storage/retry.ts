@@ -54,11 +54,48 @@ export class EndpointError extends Error {
     readonly server: string,
     readonly hint: string,
     readonly code: string,
-    options: { name?: string; cause?: unknown } = {},
+    options: { name?: string; cause?: unknown; waited?: string } = {},
   ) {
     super(message, { cause: options.cause });
     this.name = options.name ?? 'Error';
+    this.waited = options.waited;
   }
+
+  /** For a wait that ran out with no answer: how long it was, and which setting gave it ("20 s, s3.timeout"). */
+  readonly waited: string | undefined;
+}
+
+/**
+ * A request failed, or not sent, because the server at `server` has stopped answering: requests
+ * in a row got no answer at all, none answered in between. Not retried: the server has shown it
+ * does not answer, and each attempt would only wait out its time limit again.
+ */
+export class SilentServerError extends EndpointError {
+  constructor(message: string, server: string, hint: string) {
+    super(message, server, hint, 'ESILENT', { name: 'ServerSilent' });
+  }
+}
+
+/** What to do about a server that stopped answering, and what becomes of what the command leaves. */
+function silentServerHint(server: string): string {
+  return `check that ${server} is the S3 endpoint (s3.endpoint, --s3-endpoint, AWS_ENDPOINT_URL_S3), that its server is up and that this host reaches it, then run the command again: what this run could not remove (its lock, volumes, an incomplete upload) the next one takes over and removes; a server that is only slow needs a longer s3.timeout`;
+}
+
+/**
+ * The server at `server` taken for silent: `requests` requests in a row got no answer, the last
+ * of them as `last` (an EndpointError from noAnswer, noConnection or noTraffic) says.
+ */
+export function stoppedAnswering(server: string, requests: number, last: EndpointError): SilentServerError {
+  const waited = last.waited === undefined ? '' : ` (the last waited ${last.waited})`;
+  return new SilentServerError(`the server at ${server} stopped answering: ${requests} requests in a row got no answer${waited}`, server, silentServerHint(server));
+}
+
+/**
+ * A request not sent, since the server at `server` has stopped answering: `why` says what showed
+ * it (an earlier request that got no answer within s3.timeout, after Ctrl-C; or requests in a row).
+ */
+export function notSent(server: string, why: string): SilentServerError {
+  return new SilentServerError(`not sent, since the server at ${server} ${why}`, server, silentServerHint(server));
 }
 
 /** "20 s", or "300 ms" for a wait that is no whole number of seconds. */
@@ -67,8 +104,8 @@ function waitedFor(ms: number): string {
 }
 
 /** A wait that ran out, said with what to check: named and coded as a timeout, so that it is retried as one. */
-function timedOut(message: string, server: string, hint: string, cause: unknown): EndpointError {
-  return new EndpointError(message, server, hint, 'ETIMEDOUT', { name: 'TimeoutError', cause });
+function timedOut(message: string, server: string, hint: string, cause: unknown, waited: string): EndpointError {
+  return new EndpointError(message, server, hint, 'ETIMEDOUT', { name: 'TimeoutError', cause, waited });
 }
 
 /** The milliseconds the SDK says it waited, when `err` is its TimeoutError of the kind `pattern` (whose group 1 is the wait) matches. */
@@ -85,6 +122,7 @@ export function noAnswer(server: string, waitedMs: number, cause: unknown): Endp
     server,
     `check that ${server} is the S3 endpoint (s3.endpoint, --s3-endpoint, AWS_ENDPOINT_URL_S3) and that its server is up: it took the connection but sent no answer; a server that is only slow needs a longer s3.timeout`,
     cause,
+    `${waitedFor(waitedMs)}, s3.timeout`,
   );
 }
 
@@ -100,6 +138,7 @@ export function noConnection(server: string, err: unknown): EndpointError | unde
     server,
     `check the endpoint's host and port (s3.endpoint, --s3-endpoint, AWS_ENDPOINT_URL_S3), that its server is up, and that no firewall drops this host's connections to it`,
     err,
+    `${waitedFor(ms)} for a connection`,
   );
 }
 
@@ -116,6 +155,7 @@ export function noTraffic(server: string | undefined, err: unknown): EndpointErr
     server ?? '',
     'a link or a server that stalls for long stretches needs a longer s3.idleTimeout; else check the server and the network to it',
     err,
+    `${waitedFor(ms)} with nothing moving, s3.idleTimeout`,
   );
 }
 
@@ -201,7 +241,7 @@ export const RETRYABLE_STATUS = new Set([408, 429, 500, 502, 503, 504]);
  */
 export function isRetryable(err: unknown): boolean {
   if (err === null || typeof err !== 'object') return false;
-  if (err instanceof LifeboatError) return false;
+  if (err instanceof LifeboatError || err instanceof SilentServerError) return false;
   const e = err as {
     name?: string;
     code?: string;

@@ -24,7 +24,7 @@ import {
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { InterruptedError, RuntimeFailure, UsageError } from '../errors.js';
 import { MAX_S3_KEY_BYTES, MAX_S3_PREFIX_BYTES, type S3Settings } from './open.js';
-import { DEFAULT_RETRY_POLICY, asFailure, describeError, noAnswer, noConnection, noTraffic, schemeMismatch, backoffDelay, isRetryable, pauseBeforeRetry, refusedPermission, reportingRetries, retrying, webPageAnswer, withRetry, type RefusedPermission, type RetryPolicy } from './retry.js';
+import { DEFAULT_RETRY_POLICY, asFailure, describeError, notSent, stoppedAnswering, noAnswer, noConnection, noTraffic, schemeMismatch, backoffDelay, isRetryable, pauseBeforeRetry, refusedPermission, reportingRetries, retrying, webPageAnswer, withRetry, type EndpointError, type RefusedPermission, type RetryPolicy, type SilentServerError } from './retry.js';
 import type { Reporter } from '../core/events.js';
 import { parseDuration } from '../config/duration.js';
 import { credentialsFailure, nonEmpty, staticCredentials } from './s3-credentials.js';
@@ -144,6 +144,7 @@ export class S3Storage implements Storage {
     const region =
       settings.region ?? nonEmpty(env.AWS_REGION) ?? nonEmpty(env.AWS_DEFAULT_REGION) ?? (endpoint ? 'us-east-1' : undefined);
     const tuning = options.tuning ?? {};
+    const policy = tuning.retry ?? DEFAULT_RETRY_POLICY;
     const partConcurrency = tuning.partConcurrency ?? 4;
     // Sockets for every part of every transfer, plus downloads a caller holds open.
     const agentOptions = { keepAlive: true, maxSockets: Math.max(50, concurrency * partConcurrency * 2) };
@@ -172,12 +173,14 @@ export class S3Storage implements Storage {
           httpsAgent: new HttpsAgent(agentOptions),
         },
         tuning.answerTimeoutMs ?? timeoutSetting(settings, 'timeout') ?? DEFAULT_ANSWER_TIMEOUT_MS,
+        policy.maxAttempts,
         options.interrupt,
+        options.reporter,
       ),
     });
     signUploadsWithoutPayloadHash(client);
     explainMissingCredentials(client, env);
-    const retry = { ...(tuning.retry ?? DEFAULT_RETRY_POLICY), interrupt: options.interrupt };
+    const retry = { ...policy, interrupt: options.interrupt };
     return new S3Storage(client, options.bucket, options.prefix, settings, concurrency, tuning, options.reporter ? reportingRetries(retry, options.reporter) : retry);
   }
 
@@ -860,17 +863,23 @@ type HandlerArguments = Parameters<NodeHttpHandler['handle']>;
  * objects are left to the idle timeout alone.
  */
 class AnswerTimedHandler extends NodeHttpHandler {
-  /** Requests under way, each stopped if the command is interrupted. */
+  /** Requests under way, each stopped if the command is interrupted or the server is taken for silent. */
   private readonly underway = new Set<AbortController>();
-  /** Bodies of answers not yet read to their end, each stopped if the command is interrupted. */
+  /** Bodies of answers not yet read to their end, each stopped if the command is interrupted or the server is taken for silent. */
   private readonly arriving = new Set<Readable>();
-  /** The error of a clean-up request that got no answer after the interruption: the rest are not sent to that server. */
-  private silentAfterInterrupt: Error | undefined;
+  /** Requests in a row that got no answer at all (no status, not a byte), since the server last answered one. */
+  private unanswered = 0;
+  /** Why the server is taken for silent, once it is: from then on no request is sent to it. */
+  private silence: { why: string; error?: SilentServerError } | undefined;
 
   constructor(
     options: ConstructorParameters<typeof NodeHttpHandler>[0],
     private readonly answerTimeoutMs: number,
+    /** Requests in a row without an answer after which the server is taken for silent: a request's attempts. */
+    private readonly silentAfter: number,
     private readonly interrupt?: AbortSignal,
+    /** Told when the clean-up after Ctrl-C is cut short. */
+    private readonly reporter?: Reporter,
   ) {
     super(options);
     interrupt?.addEventListener(
@@ -886,15 +895,17 @@ class AnswerTimedHandler extends NodeHttpHandler {
   override async handle(request: HandlerArguments[0], options: HandlerArguments[1] = {}): ReturnType<NodeHttpHandler['handle']> {
     // Ctrl-C stops what is under way at once; a request made after it (a clean-up) is left to run, for as long as
     // s3.timeout allows whatever it asks (a batch delete too): after a first one that got no answer, the server is
-    // taken for gone, and the rest of the clean-up is left to the next backup rather than waited out request by request.
+    // taken for gone, and the rest of the clean-up is left to the next run rather than waited out request by request.
+    // Without Ctrl-C, the server is taken for gone once as many requests in a row as a request may make attempts got
+    // no answer at all: what is under way stops, and no request is sent to it any more (a clean-up's neither).
     const cleanUp = this.interrupt?.aborted === true;
-    if (cleanUp && this.silentAfterInterrupt) throw this.silentAfterInterrupt;
+    if (this.silence) throw notSent(serverOf(request), this.silence.why);
     const outer = options.abortSignal as AbortSignal | undefined;
     const controller = new AbortController();
     const passOn = () => controller.abort(outer?.reason);
     if (outer?.aborted) passOn();
     outer?.addEventListener('abort', passOn, { once: true });
-    if (this.interrupt && !cleanUp) this.underway.add(controller);
+    if (!cleanUp) this.underway.add(controller);
     let timedOut = false;
     const timer = answersAtOnce(request, cleanUp)
       ? setTimeout(() => {
@@ -906,18 +917,21 @@ class AnswerTimedHandler extends NodeHttpHandler {
     try {
       answer = await super.handle(request, { ...options, abortSignal: controller.signal });
     } catch (err) {
-      if (timedOut) {
-        const silent = noAnswer(serverOf(request), this.answerTimeoutMs, err);
-        if (cleanUp) this.silentAfterInterrupt = silent;
-        throw silent;
-      }
+      if (controller.signal.reason === SILENCED) throw this.silentError(request);
+      if (timedOut) throw this.noAnswerTo(request, noAnswer(serverOf(request), this.answerTimeoutMs, err), cleanUp);
       if (controller.signal.aborted && this.interrupt?.aborted) throw new InterruptedError();
-      throw schemeMismatch(serverOf(request), err) ?? noConnection(serverOf(request), err) ?? noTraffic(serverOf(request), err) ?? err;
+      const mismatch = schemeMismatch(serverOf(request), err);
+      if (mismatch) throw mismatch;
+      const unaccepted = noConnection(serverOf(request), err);
+      if (unaccepted) throw this.noAnswerTo(request, unaccepted, cleanUp, true);
+      const stalled = noTraffic(serverOf(request), err);
+      throw stalled ? this.noAnswerTo(request, stalled, cleanUp) : err;
     } finally {
       clearTimeout(timer);
       outer?.removeEventListener('abort', passOn);
       this.underway.delete(controller);
     }
+    this.unanswered = 0;
     const { statusCode, headers, body } = answer.response;
     const contentType = Object.entries(headers).find(([name]) => name.toLowerCase() === 'content-type')?.[1];
     const notS3 = webPageAnswer(serverOf(request), statusCode, contentType);
@@ -925,14 +939,51 @@ class AnswerTimedHandler extends NodeHttpHandler {
       (body as { destroy?: () => void } | undefined)?.destroy?.();
       throw notS3;
     }
-    if (this.interrupt && !this.interrupt.aborted && body instanceof Readable && !body.destroyed) {
+    if (!cleanUp && body instanceof Readable && !body.destroyed) {
       // An answer still arriving (a manifest, a volume) stops at Ctrl-C too, whoever reads it.
       this.arriving.add(body);
       body.once('close', () => this.arriving.delete(body));
     }
     return answer;
   }
+
+  /** The error of a request sent before the server was taken for silent, which got no answer either. */
+  private silentError(request: HandlerArguments[0]): Error {
+    return this.silence?.error ?? notSent(serverOf(request), this.silence?.why ?? 'stopped answering');
+  }
+
+  /**
+   * Counts a request that got no answer at all (`err` says how long it waited for one). After Ctrl-C the
+   * first such clean-up request is enough, else as many in a row as a request makes attempts: the server is
+   * then taken for silent. The clean-up request keeps its own error, and the next ones are not sent; without
+   * Ctrl-C, what is under way stops too, and the request that showed it fails with the error that says so,
+   * unless `ownError`: a connection not accepted says so itself, with what to check (the host, the port, a firewall).
+   */
+  private noAnswerTo(request: HandlerArguments[0], err: EndpointError, cleanUp: boolean, ownError = false): Error {
+    const server = serverOf(request);
+    if (this.silence) return this.silence.error ?? err;
+    this.unanswered++;
+    if (cleanUp) {
+      this.silence = { why: `answered nothing to an earlier request of the clean-up after the interruption (it waited ${err.waited ?? 's3.timeout'})` };
+      // The command then says no more than `interrupted`: what it leaves behind is said here.
+      this.reporter?.notice?.({
+        level: 'warning',
+        code: 'cleanup-cut-short',
+        message: `the server at ${server} answered nothing to the clean-up after the interruption (it waited ${err.waited ?? 's3.timeout'}): the rest of the clean-up was not sent, and what it would have removed (this command's lock or registration as a reader, stored volumes, an incomplete upload) stays until the next backup or prune takes it over and removes it (at once on this host, from another host once it is stale: lock.staleAfter)`,
+      });
+      return err;
+    }
+    if (this.unanswered < this.silentAfter) return err;
+    const error = stoppedAnswering(server, this.unanswered, err);
+    this.silence = { why: `had stopped answering (${this.unanswered} requests in a row got no answer)`, error };
+    this.underway.forEach((underway) => underway.abort(SILENCED));
+    this.arriving.forEach((body) => body.destroy(error));
+    return ownError ? err : error;
+  }
 }
+
+/** The reason a request under way is stopped with when the server is taken for silent. */
+const SILENCED = Symbol('the server is taken for silent');
 
 /**
  * Whether the server is expected to begin its answer as soon as the request has arrived. A clean-up

@@ -11,7 +11,7 @@ import { formatDuration } from '../../config/duration.js';
 import { ProgressRenderer, printResult } from '../output.js';
 import type { CommandRunner } from '../main.js';
 import { protectedPoints } from '../../core/pins.js';
-import { describeLeftover } from '../../core/leftovers.js';
+import { countLeftovers, describeLeftover } from '../../core/leftovers.js';
 import { configuredTargets } from './pin.js';
 
 interface PruneFlags extends CronFlags {
@@ -67,6 +67,7 @@ export async function runPrune(ctx: CliContext, flags: PruneFlags): Promise<void
           objects: [...result.manifests, ...result.summaries, ...result.data.map((d) => d.key), ...result.unfinished.map((w) => w.key)],
           dataObjects: result.data.length,
           dataBytes: result.bytes,
+          unfinishedWrites: result.unfinished.length,
           durationMs: result.durationMs,
         },
         () => {
@@ -83,8 +84,10 @@ export async function runPrune(ctx: CliContext, flags: PruneFlags): Promise<void
             for (const write of result.unfinished) lines.push(`  would delete ${escapeUnprintable(write.key)}: ${describeLeftover(write)}`);
           }
           const verb = result.dryRun ? 'would remove' : 'removed';
+          // Writes that never finished are not data objects: counted apart, so that the line says all that went.
+          const unfinished = result.unfinished.length > 0 ? `, and ${countLeftovers(result.unfinished)}` : '';
           lines.push(
-            `${verb} ${result.remove.length} point(s) and ${result.data.length} data object(s), ${formatBytes(result.bytes)}; ${result.keep.length} point(s) kept${result.dryRun ? '' : ` in ${formatDuration(result.durationMs)}`}`,
+            `${verb} ${result.remove.length} point(s) and ${result.data.length} data object(s), ${formatBytes(result.bytes)}${unfinished}; ${result.keep.length} point(s) kept${result.dryRun ? '' : ` in ${formatDuration(result.durationMs)}`}`,
           );
           return lines.join('\n');
         },
