@@ -11,7 +11,7 @@ import { DeleteObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client }
 import { lifeboat, runChild, spawnLifeboat, type CliRun } from './helpers/cli.js';
 import { tarBlocks } from './helpers/tar-blocks.js';
 import { smallDeployment } from './helpers/repo.js';
-import { freePort, sleep } from './helpers/processes.js';
+import { freePort, sleep, waitFor } from './helpers/processes.js';
 import { createTestBucket, testClient, startS3Server, type S3TestServer } from './helpers/s3server.js';
 import { sendNotification, makeEvent } from '../src/core/notify.js';
 import { updateMetricsFile } from '../src/core/metrics.js';
@@ -590,12 +590,14 @@ test('--log-format json: every stderr line is one JSON object; results stay on s
 test('--log-format json: what the entry point says itself (a signal received, results that could not be written) is a JSON line too', { skip: existsSync('/dev/full') ? undefined : 'no /dev/full' }, async (t) => {
   const d = await smallDeployment();
   t.after(() => fsp.rm(d.work, { recursive: true, force: true }));
-  await fsp.writeFile(path.join(d.work, 'lifeboat.yaml'), `repository: ${JSON.stringify(d.repo)}\nsources:\n  slow: { command: "sleep 20; echo state" }\n`);
+  // The command says when it runs: nothing is printed before its output is captured, and the backup ends soon after.
+  const running = path.join(d.work, 'running');
+  await fsp.writeFile(path.join(d.work, 'lifeboat.yaml'), `repository: ${JSON.stringify(d.repo)}\nsources:\n  slow: { command: "touch running; sleep 20; echo state" }\n`);
   const child = spawnLifeboat(['--log-format', 'json', 'backup'], { cwd: d.work });
   let stderr = '';
-  const started = new Promise<void>((resolve) => child.stderr!.on('data', (c: Buffer) => ((stderr += c.toString('utf8')), resolve())));
+  child.stderr!.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
   const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
-  await started;
+  assert.ok(await waitFor(() => fsp.access(running).then(() => true, () => false), 30_000), `the command source did not start: ${stderr}`);
   child.kill('SIGTERM');
   assert.equal(await exited, 130, stderr);
   const lines = stderr.trimEnd().split('\n').map((l) => JSON.parse(l));
