@@ -292,14 +292,38 @@ export interface InPlaceUnfinished {
 /** Which of `directories` are part-way through a restore --in-place, running or left by one killed. */
 export async function inPlaceUnfinished(directories: readonly string[]): Promise<InPlaceUnfinished[]> {
   const found: InPlaceUnfinished[] = [];
+  const furthest = await recordsBeside(directories);
   for (const directory of directories) {
-    const record = await readMovingRecord(directory);
-    if (!record) continue;
+    const beside = await readMovingRecord(directory);
+    if (!beside) continue;
+    const record = furthest.get(restoreOf(beside)) ?? beside;
     const held = lockOwner(await fsp.readlink(path.join(path.dirname(directory), `.${path.basename(directory)}${LOCK_MARK}`)).catch(() => ''));
     const running = held !== undefined && ownerRuns(held.pid, held.since, held.start);
     found.push({ directory, point: record.point, phase: record.phase ?? 'moving', running, replacing: record.moves.some((m) => m.replaced !== undefined), delta: record.moves.some((m) => m.delta === true) });
   }
   return found;
+}
+
+const PHASE_ORDER: Record<MovingPhase, number> = { moving: 0, 'putting-back': 1, moved: 2 };
+
+/** Which restore a record is of: the directories it moves, the same in every record of that restore. */
+const restoreOf = (record: MovingRecord): string => JSON.stringify(record.moves.map((m) => m.target));
+
+/**
+ * The records beside `dirs`, one for each restore (the same lies beside every directory of it), by
+ * restoreOf. A kill while they are rewritten for a new phase, one directory after the other, leaves
+ * some at the phase before and some at the new one: the furthest is taken, as the restore had come to
+ * it (`putting-back` is written before anything is put back, `moved` only once every move is made).
+ */
+async function recordsBeside(dirs: readonly string[]): Promise<Map<string, MovingRecord>> {
+  const records = new Map<string, MovingRecord>();
+  for (const dir of dirs) {
+    const record = await readMovingRecord(dir);
+    if (!record) continue;
+    const seen = records.get(restoreOf(record));
+    if (!seen || PHASE_ORDER[record.phase ?? 'moving'] > PHASE_ORDER[seen.phase ?? 'moving']) records.set(restoreOf(record), record);
+  }
+  return records;
 }
 
 /** The record of moves beside `target`, if one is there and reads as one. */
@@ -394,7 +418,8 @@ export async function putMovesBack(record: MovingRecord): Promise<{ target: stri
  * then), and the records. Returns a warning for each tree that could not be removed.
  */
 export async function finishMoves(record: MovingRecord): Promise<Notice[]> {
-  if (record.phase !== 'moved') await recordMovesAt(record, 'moved');
+  // Written again when it says so already: a kill as it was written may have left a record beside another directory at the phase before, which must not be taken for it once what the moves replaced starts to go.
+  await recordMovesAt(record, 'moved');
   const left: Notice[] = [];
   for (const m of record.moves) {
     // A --delta's staging directory is kept while its changes may be put back, and what it set aside on file systems mounted inside its directory is named by its journal.
@@ -420,12 +445,8 @@ export async function finishMoves(record: MovingRecord): Promise<Notice[]> {
  * (see movedByInterruptedRestore), and what was done, to be told.
  */
 export async function takeUpInterruptedMoves(targets: readonly string[], point: string, held: readonly string[] = targets): Promise<{ moved: Set<string>; putBack: { point: string; targets: string[] }[]; finished: Notice[] }> {
-  const records = new Map<string, MovingRecord>();
-  for (const target of targets) {
-    const record = await readMovingRecord(target);
-    // The same record lies beside every directory of its restore: it is taken up once.
-    if (record && record.moves.length > 0 && (undoable(record) || record.phase === 'moved')) records.set(JSON.stringify(record.moves.map((m) => m.target)), record);
-  }
+  // The same record lies beside every directory of its restore: it is taken up once, at the furthest phase any says.
+  const records = new Map([...(await recordsBeside(targets))].filter(([, record]) => record.moves.length > 0 && (undoable(record) || record.phase === 'moved')));
   const putBack: { point: string; targets: string[] }[] = [];
   const withOthersLocked = async (record: MovingRecord, work: () => Promise<void>): Promise<void> => {
     const unlocks: (() => Promise<void>)[] = [];
@@ -469,13 +490,9 @@ export async function takeUpInterruptedMoves(targets: readonly string[], point: 
  * --delta's journaled changes not undone yet, and each directory renamed into place).
  */
 export async function leftToPutBack(dirs: readonly string[]): Promise<{ point: string; directories: string[]; changes: number }[]> {
-  const records = new Map<string, MovingRecord>();
-  for (const dir of dirs) {
-    const record = await readMovingRecord(dir);
-    if (record && record.moves.length > 0 && undoable(record)) records.set(JSON.stringify(record.moves.map((m) => m.target)), record);
-  }
+  const records = [...(await recordsBeside(dirs)).values()].filter((record) => record.moves.length > 0 && undoable(record));
   const left: { point: string; directories: string[]; changes: number }[] = [];
-  for (const record of records.values()) {
+  for (const record of records) {
     let changes = 0;
     for (const m of record.moves) changes += await changesToPutBack(m);
     left.push({ point: record.point, directories: record.moves.map((m) => m.target), changes });
