@@ -1043,6 +1043,47 @@ test('a failover or rollback interrupted (Ctrl-C) before the switch, once the ne
   await fsp.rm(work, { recursive: true, force: true });
 });
 
+test('a failover or rollback interrupted (Ctrl-C) once a restore command ended well, before its end was taken in, puts back the state of the point still served, rather than leave the other point\'s and say nothing was put back', async (t) => {
+  const { work, first, second } = await servingFirst(
+    // Putting back the point named in `slow` writes its state and exits 0, leaving behind a process that holds its stderr
+    // open and writes to it: lifeboat reads on, and the interrupt comes before the command's end is taken in, as it may
+    // in the moment between a command's exit and its pipes closing on a loaded machine.
+    'cat > /dev/null; echo "$LIFEBOAT_POINT" > state.live; if test "$LIFEBOAT_POINT" = "$(cat slow 2>/dev/null)"; then (while :; do echo . >&2; sleep 0.1; done) & echo > written; fi',
+    '{ slots: ./slots, active: ./current }',
+  );
+  t.after(() => fsp.rm(work, { recursive: true, force: true }));
+  const live = () => fsp.readFile(path.join(work, 'state.live'), 'utf8');
+  const interrupted = async (args: string[], putting: string) => {
+    await fsp.rm(path.join(work, 'written'), { force: true });
+    await fsp.writeFile(path.join(work, 'slow'), putting);
+    const child = spawnLifeboat(args, { cwd: work });
+    let stderr = '';
+    child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    assert.ok(await waitFor(async () => exists(path.join(work, 'written')), 20_000), stderr);
+    assert.equal(await live(), `${putting}\n`, 'the restore command has put its state in place');
+    await sleep(300);
+    child.kill('SIGINT');
+    const code = await exited;
+    await fsp.rm(path.join(work, 'slow'));
+    return { code, stderr };
+  };
+  const failover = await interrupted(['failover', second], second);
+  assert.equal(failover.code, 130, failover.stderr);
+  assert.match(failover.stderr, new RegExp(`interrupted before the switch: prod still serves ${first}, and its serving state was put back; nothing was switched`));
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', first));
+  assert.equal(await live(), `${first}\n`, 'the state of the point served, not that of the point failed over to');
+  assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
+
+  assert.equal((await lifeboat(['failover', second], { cwd: work })).code, 0);
+  const rollback = await interrupted(['rollback'], first);
+  assert.equal(rollback.code, 130, rollback.stderr);
+  assert.match(rollback.stderr, new RegExp(`interrupted before the switch: prod still serves ${second}, and its serving state was put back; nothing was switched`));
+  assert.equal(await readActive(path.join(work, 'current')), path.join(work, 'slots', second));
+  assert.equal(await live(), `${second}\n`, 'the state of the point served, not that of the point rolled back to');
+  assert.equal((await lifeboat(['status'], { cwd: work })).code, 0);
+});
+
 test('a failover --json interrupted after the switch says in its document that it switched, from what, and that it was interrupted', async () => {
   const { work, first, second } = await twoPoints('  prod: { slots: ./slots, active: ./current, activate: "sh activate.sh" }\n');
   await fsp.writeFile(path.join(work, 'activate.sh'), 'exit 0\n');

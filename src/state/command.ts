@@ -52,6 +52,12 @@ class LineTail {
 /** A command stopped because it ran past its timeout (exit 1, as any command that fails). */
 export class CommandTimedOut extends RuntimeFailure {}
 
+/**
+ * An interrupt that came once the command had run to its end (exit status 0), before its exit was taken in or
+ * while what it left running in the background held its output open: what it was to do is done.
+ */
+export class InterruptedAfterCommandEnded extends InterruptedError {}
+
 /** How a command ended, with the last lines of its stderr: what a secret manager or a dump said before it failed or hung. */
 function describeEnd(what: string, how: string, tail: string): string {
   const last = tail.trim().split('\n').slice(-3).join(' | ');
@@ -206,7 +212,7 @@ export async function runShell(
     const [{ code, sig }] = await Promise.all([exited, stdoutDone, stdinDone]);
     stdout?.end();
     stderr.end();
-    if (aborted) throw new InterruptedError();
+    if (aborted) throw code === 0 && sig === null ? new InterruptedAfterCommandEnded() : new InterruptedError();
     if (timedOut) throw new CommandTimedOut(describeEnd(what, `timed out after ${options.timeoutMs} ms and was stopped`, stderr.tail));
     if (code !== 0) throw new RuntimeFailure(describeEnd(what, sig ? `was killed by ${sig}` : `exited with status ${code}`, stderr.tail));
     return { durationMs: Date.now() - started, ...(options.stdoutFile ? { bytes } : {}) };

@@ -4,7 +4,7 @@ import { ExitCode, LifeboatError } from '../errors.js';
 import type { Manifest } from '../format/manifest.js';
 import type { LifeboatConfig } from '../config/config.js';
 import { DEFAULT_COMMAND_TIMEOUT_MS, commandTimeoutMs } from './capture.js';
-import { COMMAND_OUTPUT_FILE, restoreCommand } from './command.js';
+import { COMMAND_OUTPUT_FILE, InterruptedAfterCommandEnded, restoreCommand } from './command.js';
 import { restoreSqlite } from './sqlite.js';
 import { quoteName } from '../format/quote.js';
 
@@ -26,7 +26,7 @@ export interface PutBackOptions {
   signal?: AbortSignal;
   /** Told what is done, as it is done. */
   note: (code: string, message: string) => void;
-  /** Told each source put back, as it is (a failure later leaves those put back), and where a database's state from before was kept. */
+  /** Told each source put back, as it is (a failure later leaves those put back), and where a database's state from before was kept; a command source also when an interrupt came only once its restore command had ended well. */
   putBack?: (name: string, keptAs?: string) => void;
 }
 
@@ -58,6 +58,10 @@ export async function putStateBack(manifest: Manifest, root: string, options: Pu
         env: options.env,
         timeoutMs: options.timeouts?.[s.name] ?? DEFAULT_COMMAND_TIMEOUT_MS,
         signal: options.signal,
+      }).catch((err: unknown) => {
+        // Interrupted only once it had put its state in place: told as put back, so that what undoes the switch undoes it too.
+        if (err instanceof InterruptedAfterCommandEnded) options.putBack?.(s.name);
+        throw err;
       });
     } else {
       continue;
