@@ -27,6 +27,8 @@ export interface FaultProxyOptions {
   /** Only requests with these methods get random faults (all when absent). */
   methods?: string[];
   maxFaults?: number;
+  /** At most this many faults in a row for one request (its method and URL), its retries included: a budget of attempts it then stays within. */
+  maxFaultsInARow?: number;
   lifetimeMs?: number;
 }
 
@@ -50,6 +52,8 @@ export interface FaultProxy {
   setRates(rates: FaultRates, methods?: string[]): void;
   /** Injects `kind` into the next `times` requests with this method (any when absent), before any random fault. */
   inject(kind: FaultKind, options?: { method?: string; path?: RegExp; times?: number }): void;
+  /** Sets (or, undefined, lifts) the most faults in a row one request gets. */
+  limitFaultsInARow(max: number | undefined): void;
   /** Drops the injected faults not yet used. */
   cancelInjections(): void;
   /**
@@ -71,6 +75,9 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   let methods = options.methods;
   const scripted: { kind: FaultKind; method?: string; path?: RegExp; remaining: number }[] = [];
   const maxFaults = options.maxFaults ?? 10_000;
+  let maxInARow = options.maxFaultsInARow;
+  /** Faults in a row of each request (method and URL) that got one last time. */
+  const inARow = new Map<string, number>();
   const delayMs = options.delayMs ?? 200;
   const requests: ProxiedRequest[] = [];
   const injected = Object.fromEntries(FAULT_KINDS.map((k) => [k, 0])) as Record<FaultKind, number>;
@@ -109,7 +116,10 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     maxConcurrent = Math.max(maxConcurrent, open);
     res.on('close', () => open--);
     const method = req.method ?? 'GET';
-    const fault = chooseFault(method, req.url ?? '/');
+    const request = `${method} ${req.url ?? '/'}`;
+    const fault = maxInARow !== undefined && (inARow.get(request) ?? 0) >= maxInARow ? undefined : chooseFault(method, req.url ?? '/');
+    if (fault) inARow.set(request, (inARow.get(request) ?? 0) + 1);
+    else inARow.delete(request);
     const id = ++requestCount;
     requests.push({ method, path: req.url ?? '/', range: header(req, 'range'), contentMd5: header(req, 'content-md5') !== undefined, fault });
     if (fault) injected[fault]++;
@@ -252,6 +262,9 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     setRates(next, nextMethods) {
       rates = next;
       methods = nextMethods;
+    },
+    limitFaultsInARow(max) {
+      maxInARow = max;
     },
     inject(kind, injectOptions = {}) {
       scripted.push({ kind, method: injectOptions.method, path: injectOptions.path, remaining: injectOptions.times ?? 1 });
